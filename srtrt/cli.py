@@ -1,0 +1,146 @@
+"""`srtrt` command line: run, eval, compare, train, export, build.
+
+Each subcommand parses its flags here and hands them to the module that does the work; an
+expected failure (SrtrtError) is printed as one line and becomes the exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import SrtrtError
+
+
+def _add_run(sub):
+    p = sub.add_parser("run", help="upscale images (files, directories, globs)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("-o", "--output", help="output file (one input) or directory (many)")
+    p.add_argument("--model", help="checkpoint (.safetensors + .json); default: the embedded model")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    p.add_argument("--tile", type=int, default=None, help="tile core size in LR pixels; 0 = whole image in one pass")
+    p.add_argument("--margin", type=int, default=None, help="overlap on each side in LR pixels (default: the receptive-field radius)")
+    p.add_argument("--batch", type=int, default=None, help="tiles per backend call")
+    p.add_argument("--device", default=None, help="cpu or cuda[:i]")
+    p.add_argument("--alpha", default="bicubic", choices=["bicubic", "model"], help="how an alpha channel is upscaled")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    p.add_argument("--max-pixels", type=int, default=None, help="refuse inputs with more LR pixels (0 = no limit)")
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS", help="spread the batch over a Ray cluster")
+    p.add_argument("-q", "--quiet", action="store_true")
+
+
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="Y-PSNR/SSIM of a model and of bicubic on folders of HR images")
+    p.add_argument("dirs", nargs="+", metavar="DIR")
+    p.add_argument("--model", help="checkpoint; default: the embedded model")
+    p.add_argument("--scale", type=int, default=None, help="must match the model (default: the model's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def _add_compare(sub):
+    p = sub.add_parser("compare", help="one PNG: LR, bicubic, model and HR crops side by side")
+    p.add_argument("image")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--model")
+    p.add_argument("--crop", type=int, default=128, help="HR crop size shown per panel")
+
+
+def _add_train(sub):
+    from srtrt.train.trainer import TrainConfig  # the defaults live there
+
+    d = TrainConfig(data="")
+    p = sub.add_parser("train", help="train SRResNet (phase srresnet) or SRGAN (phase srgan)")
+    p.add_argument("data", help="folder of HR training images")
+    p.add_argument("--out", default=d.out)
+    p.add_argument("--phase", default=d.phase, choices=["srresnet", "srgan"])
+    p.add_argument("--init", help="srgan phase: SRResNet checkpoint to start from")
+    for name in ("scale", "blocks", "channels", "patch", "batch", "iters", "val_count", "val_crop",
+                 "val_every", "log_every", "workers", "seed"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("lr", "adv_weight", "pixel_weight"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--schedule", default=d.schedule, choices=["constant", "cosine", "step"])
+    p.add_argument("--vgg-weights", help="VGG19 ImageNet weights (.pth or .safetensors) for the srgan phase")
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "fp16", "off"])
+    p.add_argument("--no-resume", dest="resume", action="store_false")
+    p.add_argument("-q", "--quiet", action="store_true")
+
+
+def _add_export(sub):
+    p = sub.add_parser("export", help="export the inference view to ONNX")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--model")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
+    p.add_argument("--fused", action="store_true", help="one PixelShufflePReLU node per upsample step")
+    p.add_argument("--opset", type=int, default=None)
+
+
+def _add_build(sub):
+    p = sub.add_parser("build", help="build a TensorRT engine for this GPU (cached)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model")
+    src.add_argument("--onnx")
+    p.add_argument("--precision", default="fp16", choices=["fp16", "fp32"])
+    p.add_argument("--tile", type=int, default=None)
+    p.add_argument("--margin", type=int, default=None)
+    p.add_argument("--max-batch", type=int, default=4)
+    p.add_argument("--opt-level", type=int, default=3)
+    p.add_argument("--no-plugin", action="store_true", help="keep DepthToSpace+PRelu instead of the Triton plugin")
+    p.add_argument("-o", "--output", help="write the plan here as well as into the cache")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="srtrt", description="Exact, fast, bounded-memory x4 super-resolution.")
+    ap.add_argument("--version", action="version", version=f"srtrt {__import__('srtrt').__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_eval, _add_compare, _add_train, _add_export, _add_build):
+        add(sub)
+    return ap
+
+
+def _run_train(args) -> int:
+    from srtrt.train.trainer import TrainConfig, train
+
+    fields = TrainConfig.__dataclass_fields__
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields}, progress=not args.quiet)
+    path = train(cfg)
+    print(f"best model: {path}")
+    return 0
+
+
+def _dispatch(args) -> int:
+    if args.command == "train":
+        return _run_train(args)
+    if args.command == "eval":
+        from srtrt.train.evaluate import main as eval_main
+        return eval_main(args)
+    if args.command == "compare":
+        from srtrt.train.compare import main as compare_main
+        return compare_main(args)
+    if args.command == "run":
+        from srtrt.engine.cli_run import main as run_main
+        return run_main(args)
+    if args.command == "export":
+        from srtrt.engine.export import main as export_main
+        return export_main(args)
+    if args.command == "build":
+        from srtrt.engine.build import main as build_main
+        return build_main(args)
+    raise AssertionError(args.command)
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except SrtrtError as e:
+        print(f"srtrt: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("srtrt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""SRGAN networks (Ledig et al., CVPR 2017): the SRResNet generator, the discriminator, and
+the inference view that every backend runs.
+
+Value ranges follow the paper: the generator takes LR RGB in [0, 1] and returns tanh output in
+[-1, 1]; the inference view maps that back to [0, 1] so callers never see the training range.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SRResNetConfig:
+    scale: int = 4
+    blocks: int = 16
+    channels: int = 64
+    head_kernel: int = 9
+    tail_kernel: int = 9
+
+    def __post_init__(self):
+        if self.scale not in (2, 4, 8):
+            raise ValueError(f"scale must be 2, 4 or 8, not {self.scale}")
+        if self.blocks < 0 or self.channels < 1:
+            raise ValueError("blocks must be >= 0 and channels >= 1")
+        if self.head_kernel % 2 == 0 or self.tail_kernel % 2 == 0:
+            raise ValueError("kernel sizes must be odd")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, padding=k // 2)
+
+
+class ResidualBlock(nn.Module):
+    """conv3-BN-PReLU-conv3-BN plus identity."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = _conv(channels, channels, 3)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.act = nn.PReLU(channels)
+        self.conv2 = _conv(channels, channels, 3)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return x + self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))
+
+
+class UpsampleBlock(nn.Module):
+    """conv C->4C, PixelShuffle(2), PReLU: one x2 step (sub-pixel convolution)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = _conv(channels, channels * 4, 3)
+        self.shuffle = nn.PixelShuffle(2)
+        self.act = nn.PReLU(channels)
+
+    def forward(self, x):
+        return self.act(self.shuffle(self.conv(x)))
+
+
+class SRResNet(nn.Module):
+    """The SRGAN generator. Input LR RGB in [0, 1], output HR RGB in [-1, 1] (tanh)."""
+
+    def __init__(self, config: SRResNetConfig = SRResNetConfig()):
+        super().__init__()
+        c = config.channels
+        self.config = config
+        self.head = _conv(3, c, config.head_kernel)
+        self.head_act = nn.PReLU(c)
+        self.body = nn.Sequential(*(ResidualBlock(c) for _ in range(config.blocks)))
+        self.body_conv = _conv(c, c, 3)
+        self.body_bn = nn.BatchNorm2d(c)
+        self.upsample = nn.Sequential(*(UpsampleBlock(c) for _ in range(int(math.log2(config.scale)))))
+        self.tail = _conv(c, 3, config.tail_kernel)
+
+    def forward(self, x):
+        feat = self.head_act(self.head(x))
+        feat = feat + self.body_bn(self.body_conv(self.body(feat)))
+        return torch.tanh(self.tail(self.upsample(feat)))
+
+
+def receptive_field_radius(config: SRResNetConfig) -> int:
+    """Radius in LR pixels of the input window that one output pixel depends on.
+
+    Walks the layers backwards from an HR pixel, widening the dependency interval by each
+    conv's half-kernel at that layer's resolution and mapping through each PixelShuffle(2)
+    with floor(j / 2), exactly as the tensors do. The worst case over the `scale` output
+    phases is the radius; 40 for the default x4 network.
+    """
+    steps = int(math.log2(config.scale))
+    worst = 0
+    base = config.scale * 10_000  # far from 0 so floor division behaves like the interior
+    for phase in range(config.scale):
+        lo = hi = base + phase
+        lo, hi = lo - config.tail_kernel // 2, hi + config.tail_kernel // 2
+        for _ in range(steps):  # each upsample block: shuffle back to half resolution, then conv3
+            lo, hi = lo // 2, hi // 2
+            lo, hi = lo - 1, hi + 1
+        body = 1 + 2 * config.blocks + config.head_kernel // 2  # body conv, 2 per block, head
+        lo, hi = lo - body, hi + body
+        centre = (base + phase) // config.scale
+        worst = max(worst, centre - lo, hi - centre)
+    return worst
+
+
+class InferenceView(nn.Module):
+    """What every backend runs: RGB [0, 1] in, RGB [0, 1] out, clamped inside the graph."""
+
+    def __init__(self, generator: SRResNet):
+        super().__init__()
+        self.generator = generator
+        self.scale = generator.config.scale
+        self.radius = receptive_field_radius(generator.config)
+
+    def forward(self, x):
+        return ((self.generator(x) + 1.0) * 0.5).clamp(0.0, 1.0)
+
+
+class Discriminator(nn.Module):
+    """The paper's discriminator: 8 convs (64->512, strides 1/2 alternating), dense 1024, dense 1.
+
+    Returns logits; the sigmoid lives in the loss. The adaptive pool fixes the dense input at
+    512x6x6, which is an identity for the paper's 96x96 crops and lets other crop sizes work.
+    """
+
+    def __init__(self, channels: int = 64):
+        super().__init__()
+        layers = [nn.Conv2d(3, channels, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True)]
+        cin = channels
+        for cout, stride in [(channels, 2), (channels * 2, 1), (channels * 2, 2), (channels * 4, 1),
+                             (channels * 4, 2), (channels * 8, 1), (channels * 8, 2)]:
+            layers += [nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True)]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(6)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(cin * 36, 1024), nn.LeakyReLU(0.2, inplace=True), nn.Linear(1024, 1))
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)))

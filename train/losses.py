@@ -1,0 +1,89 @@
+"""SRGAN losses: the VGG54 content loss and the adversarial BCE (Ledig et al., eq. 3-6).
+
+VGG19 is defined here with torchvision's layer indices so torchvision's ImageNet weights
+(`vgg19-dcbb9e9d.pth`) load as they are; torchvision itself is not needed.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from srtrt.errors import SrtrtError
+
+# torchvision's vgg19 "E" config; "M" = max-pool. features[:36] ends at relu5_4.
+_VGG19 = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
+VGG19_FILE = "vgg19-dcbb9e9d.pth"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def vgg19_features() -> nn.Sequential:
+    layers, cin = [], 3
+    for v in _VGG19:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=True)]
+            cin = v
+    return nn.Sequential(*layers)
+
+
+def torchvision_cache_path() -> Path:
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch")
+    return Path(home) / "hub" / "checkpoints" / VGG19_FILE
+
+
+def load_vgg19_weights(path: str | os.PathLike | None) -> dict[str, torch.Tensor]:
+    """VGG19 `features.*` tensors from `path` or torchvision's cache; a clear error if neither exists."""
+    candidate = Path(path) if path else torchvision_cache_path()
+    if not candidate.is_file():
+        raise SrtrtError(
+            "VGG19 ImageNet weights are needed for the SRGAN phase and were not found. Put torchvision's "
+            f"{VGG19_FILE} there (python -c 'import torchvision; torchvision.models.vgg19(weights=\"DEFAULT\")' "
+            "on a networked machine) or pass --vgg-weights PATH (.pth or .safetensors)", candidate)
+    if candidate.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(candidate))
+    else:
+        state = torch.load(candidate, map_location="cpu", weights_only=True)  # restricted unpickler, tensors only
+    return {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+
+
+class VGGContentLoss(nn.Module):
+    """MSE between VGG19 relu5_4 features of SR and HR, both given in [-1, 1].
+
+    Inputs are mapped to [0, 1] and ImageNet-normalised, as VGG was trained; features are
+    scaled by 1/12.75 as in the paper, which keeps the 1e-3 adversarial weight meaningful.
+    """
+
+    def __init__(self, weights: dict[str, torch.Tensor] | None, feature_scale: float = 1 / 12.75):
+        super().__init__()
+        self.features = vgg19_features()[:36]
+        if weights is not None:
+            self.features.load_state_dict({k: v for k, v in weights.items() if int(k.split(".")[0]) < 36})
+        self.features.requires_grad_(False).eval()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.feature_scale = feature_scale
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # VGG stays a fixed feature extractor
+
+    def _phi(self, x):
+        return self.features(((x + 1) * 0.5 - self.mean) / self.std) * self.feature_scale
+
+    def forward(self, sr, hr):
+        with torch.no_grad():
+            target = self._phi(hr)
+        return F.mse_loss(self._phi(sr), target)
+
+
+def adversarial_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
+    """BCE on logits; the generator's loss is adversarial_loss(D(G(lr)), real=True) = -log D(G(lr))."""
+    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+    return F.binary_cross_entropy_with_logits(logits.float(), target.float())

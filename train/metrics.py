@@ -1,0 +1,61 @@
+"""PSNR and SSIM as the SR literature computes them: on the BT.601 studio-range luma
+(MATLAB rgb2ycbcr, Y in [16, 235]) of 8-bit images, with `border` pixels cut from each side;
+SSIM with an 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03, data range 255."""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
+    """uint8 HxWx3 RGB -> float64 Y in [16, 235] (MATLAB rgb2ycbcr, not rounded)."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected uint8 HxWx3 RGB, got {rgb.dtype} {rgb.shape}")
+    x = rgb.astype(np.float64) / 255.0
+    return 16.0 + 65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]
+
+
+def _crop(a: np.ndarray, border: int) -> np.ndarray:
+    return a[border:a.shape[0] - border, border:a.shape[1] - border] if border else a
+
+
+def psnr(a: np.ndarray, b: np.ndarray, border: int = 0, data_range: float = 255.0) -> float:
+    a, b = _crop(np.asarray(a, np.float64), border), _crop(np.asarray(b, np.float64), border)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    mse = np.mean((a - b) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(data_range ** 2 / mse))
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+    r = np.arange(size) - size // 2
+    g = np.exp(-(r ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def _filter_valid(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Separable 'valid' correlation, as MATLAB filter2(w, x, 'valid')."""
+    x = sliding_window_view(x, len(w), axis=0) @ w
+    return sliding_window_view(x, len(w), axis=1) @ w
+
+
+def ssim(a: np.ndarray, b: np.ndarray, border: int = 0, data_range: float = 255.0) -> float:
+    a, b = _crop(np.asarray(a, np.float64), border), _crop(np.asarray(b, np.float64), border)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    w = _gaussian_window()
+    mu_a, mu_b = _filter_valid(a, w), _filter_valid(b, w)
+    var_a = _filter_valid(a * a, w) - mu_a ** 2
+    var_b = _filter_valid(b * b, w) - mu_b ** 2
+    cov = _filter_valid(a * b, w) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return float(s.mean())
+
+
+def psnr_y(sr: np.ndarray, hr: np.ndarray, border: int) -> float:
+    return psnr(rgb_to_y(sr), rgb_to_y(hr), border)
+
+
+def ssim_y(sr: np.ndarray, hr: np.ndarray, border: int) -> float:
+    return ssim(rgb_to_y(sr), rgb_to_y(hr), border)

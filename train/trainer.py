@@ -1,0 +1,247 @@
+"""SRResNet / SRGAN training, readable in one sitting.
+
+Phase "srresnet": MSE between G(lr) and hr (both on the [-1, 1] tanh scale).
+Phase "srgan":    VGG54 content loss + 1e-3 adversarial BCE (+ optional pixel MSE), one D step
+                  per G step, the generator initialised from an SRResNet checkpoint.
+
+A run directory holds `state.*` (everything needed to resume), `model.*` (the best generator
+by validation PSNR, an srtrt checkpoint), `metrics.jsonl` and `curve.png`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from srtrt import checkpoint
+from srtrt.errors import SrtrtError
+from srtrt.nets import Discriminator, InferenceView, SRResNet, SRResNetConfig
+
+from .data import OffsetSampler, PatchDataset, list_images, load_rgb, split_holdout
+from .degrade import bicubic_downscale, modcrop
+from .losses import VGGContentLoss, adversarial_loss, load_vgg19_weights
+from .metrics import psnr_y
+from .state import load_state, save_state
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str = "runs/srresnet_x4"
+    phase: str = "srresnet"          # srresnet | srgan
+    init: str | None = None          # srgan: the SRResNet checkpoint to start from
+    scale: int = 4
+    blocks: int = 16
+    channels: int = 64
+    patch: int = 96                  # HR crop size
+    batch: int = 16
+    iters: int = 100_000
+    lr: float = 1e-4
+    schedule: str = "constant"       # constant | cosine | step (x0.1 at half, the paper's SRGAN)
+    adv_weight: float = 1e-3
+    pixel_weight: float = 0.0        # srgan: optional MSE term
+    vgg_weights: str | None = None
+    val_count: int = 4               # photos of `data` held out for validation (never set5/set14)
+    val_crop: int = 256
+    val_every: int = 1000
+    log_every: int = 20
+    workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"                # auto | bf16 | fp16 | off
+    resume: bool = True
+    progress: bool = True
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def pick_amp(name: str, device: torch.device) -> torch.dtype | None:
+    if name == "off":
+        return None
+    if name in ("bf16", "fp16"):
+        return torch.bfloat16 if name == "bf16" else torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if _cpu_has_fast_bf16() else None
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in (" amx_bf16", " avx512_bf16"))
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(step, cfg.iters) / cfg.iters))
+    if cfg.schedule == "step":
+        return cfg.lr if step < cfg.iters // 2 else cfg.lr * 0.1
+    return cfg.lr
+
+
+def validation_pairs(paths, scale: int, crop: int) -> list[tuple[torch.Tensor, np.ndarray]]:
+    """Centre crops of held-out photos: (LR tensor 1x3xhxw in [0,1], HR uint8 HxWx3)."""
+    pairs = []
+    for p in paths:
+        img = load_rgb(p)
+        w, h = img.size
+        c = min(crop, w, h) // scale * scale
+        hr = img.crop(((w - c) // 2, (h - c) // 2, (w - c) // 2 + c, (h - c) // 2 + c))
+        hr = modcrop(hr, scale)
+        lr = torch.from_numpy(np.array(bicubic_downscale(hr, scale))).permute(2, 0, 1)[None].float() / 255
+        pairs.append((lr, np.asarray(hr)))
+    return pairs
+
+
+@torch.no_grad()
+def validate(generator: SRResNet, pairs, device) -> float:
+    view = InferenceView(generator).eval()
+    scores = []
+    for lr, hr in pairs:
+        sr = view(lr.to(device))[0].permute(1, 2, 0).mul(255).round().byte().cpu().numpy()
+        scores.append(psnr_y(sr, hr, border=generator.config.scale))
+    generator.train()
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def plot_curve(metrics_path: Path, png: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return  # the curve is a convenience; metrics.jsonl has the numbers
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["loss_g"]) for r in rows if "loss_g" in r]
+    val = [(r["step"], r["val_psnr"]) for r in rows if "val_psnr" in r]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    if train:
+        ax[0].plot(*zip(*train), lw=0.8)
+        ax[0].set_yscale("log")
+    ax[0].set(xlabel="iteration", ylabel="generator loss", title="training loss")
+    if val:
+        ax[1].plot(*zip(*val), marker="o")
+    ax[1].set(xlabel="iteration", ylabel="Y-PSNR (dB)", title="held-out validation")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def train(cfg: TrainConfig) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    amp = pick_amp(cfg.amp, device)
+    torch.manual_seed(cfg.seed)
+
+    # Data: held-out validation photos come from the training folder, never from test sets.
+    train_paths, val_paths = split_holdout(list_images(cfg.data), cfg.val_count)
+    dataset = PatchDataset(train_paths, cfg.scale, cfg.patch, cfg.seed)
+    val_pairs = validation_pairs(val_paths, cfg.scale, cfg.val_crop)
+
+    # Models and optimisers.
+    gcfg = SRResNetConfig(scale=cfg.scale, blocks=cfg.blocks, channels=cfg.channels)
+    generator = SRResNet(gcfg).to(device, memory_format=torch.channels_last)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    modules, optimizers = {"g": generator}, {"g": opt_g}
+    gan = cfg.phase == "srgan"
+    if gan:
+        content = VGGContentLoss(load_vgg19_weights(cfg.vgg_weights)).to(device, memory_format=torch.channels_last)
+        discriminator = Discriminator().to(device, memory_format=torch.channels_last)
+        opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        modules["d"], optimizers["d"] = discriminator, opt_d
+    elif cfg.phase != "srresnet":
+        raise SrtrtError(f"unknown phase {cfg.phase!r} (srresnet or srgan)")
+
+    state_path, metrics_path = out / "state", out / "metrics.jsonl"
+    step, best = 0, -float("inf")
+    if cfg.resume and state_path.with_suffix(".json").exists():
+        doc = load_state(state_path, modules, optimizers)
+        step, best = doc["step"], doc.get("best_val_psnr", best)
+        print(f"resumed {out} at step {step}")
+    elif gan:
+        if not cfg.init:
+            raise SrtrtError("the srgan phase starts from an SRResNet checkpoint: pass --init PATH")
+        generator.load_state_dict(checkpoint.load(cfg.init).state_dict)
+
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch, sampler=OffsetSampler(step * cfg.batch, (cfg.iters - step) * cfg.batch),
+        num_workers=cfg.workers, drop_last=True, persistent_workers=cfg.workers > 0)
+    generator.train()
+    bar = tqdm(total=cfg.iters, initial=step, disable=not cfg.progress, dynamic_ncols=True, unit="it")
+    log = open(metrics_path, "a")
+    t0, seen = time.time(), 0
+    for lr_img, hr_img in loader:
+        lr_img = lr_img.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        hr_img = hr_img.to(device, non_blocking=True)
+        for opt in optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(cfg, step)
+
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            sr = generator(lr_img)
+        if gan:
+            # Discriminator step: real HR vs the generator's (detached) output.
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss_d = 0.5 * (adversarial_loss(discriminator(hr_img), True)
+                                + adversarial_loss(discriminator(sr.detach()), False))
+            opt_d.zero_grad(set_to_none=True)
+            scaler.scale(loss_d).backward()
+            scaler.step(opt_d)
+            # Generator step: content + adversarial (+ pixel).
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss_content = content(sr, hr_img)
+                loss_adv = adversarial_loss(discriminator(sr), True)
+            loss_g = loss_content + cfg.adv_weight * loss_adv
+            if cfg.pixel_weight:
+                loss_g = loss_g + cfg.pixel_weight * F.mse_loss(sr.float(), hr_img)
+        else:
+            loss_g = F.mse_loss(sr.float(), hr_img)
+        opt_g.zero_grad(set_to_none=True)
+        scaler.scale(loss_g).backward()
+        scaler.step(opt_g)
+        scaler.update()
+        step += 1
+        seen += 1
+        bar.update(1)
+
+        if step % cfg.log_every == 0 or step == cfg.iters:
+            row = {"step": step, "loss_g": round(loss_g.item(), 6), "lr": learning_rate(cfg, step - 1),
+                   "it_s": round(seen / (time.time() - t0), 3)}
+            if gan:
+                row.update(loss_d=round(loss_d.item(), 6), loss_content=round(loss_content.item(), 6))
+            bar.set_postfix(loss=f"{row['loss_g']:.4g}", it_s=row["it_s"])
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+        if step % cfg.val_every == 0 or step == cfg.iters:
+            val = validate(generator, val_pairs, device)
+            log.write(json.dumps({"step": step, "val_psnr": round(val, 4)}) + "\n")
+            log.flush()
+            meta = {"training": {"phase": cfg.phase, "data": Path(cfg.data).name, "iterations": step,
+                                 "patch": cfg.patch, "batch": cfg.batch, "lr": cfg.lr, "schedule": cfg.schedule,
+                                 "amp": str(amp).replace("torch.", "") if amp else "off",
+                                 "val_psnr_y": round(val, 4), "val_images": [p.name for p in val_paths]}}
+            if val > best or not val_pairs:
+                best = val
+                checkpoint.save(out / "model", generator, "srresnet", gcfg, meta)
+            checkpoint.save(out / "last", generator, "srresnet", gcfg, meta)
+            save_state(state_path, step, modules, optimizers, {"best_val_psnr": best, "config": asdict(cfg)})
+            plot_curve(metrics_path, out / "curve.png")
+            bar.write(f"step {step}: validation Y-PSNR {val:.3f} dB (best {best:.3f})")
+    bar.close()
+    log.close()
+    return out / "model.safetensors"
