@@ -1,0 +1,91 @@
+"""Tile planner: static-shape LR windows whose cores partition the image.
+
+Along each axis a window is `core + 2 * margin` long (or the whole axis when the axis is
+shorter). Core i covers [i*core, (i+1)*core) clipped to the image; its window is centred on it
+and then shifted inward so it lies inside the image. A window therefore never needs padding:
+where it touches the image border the network's zero padding falls on the same pixels as in a
+whole-image pass, and everywhere else the core has at least `margin` real pixels of context.
+With margin >= the receptive-field radius a tiled run equals the whole-image run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Span:
+    """One axis of a tile: the window [w0, w0+wlen) read, the core [c0, c0+clen) kept."""
+
+    w0: int
+    wlen: int
+    c0: int
+    clen: int
+
+
+@dataclass(frozen=True)
+class Tile:
+    row: int          # index of the band of cores this tile belongs to
+    y: Span
+    x: Span
+
+    @property
+    def window(self) -> tuple[int, int, int, int]:
+        """(top, left, height, width) in LR pixels."""
+        return self.y.w0, self.x.w0, self.y.wlen, self.x.wlen
+
+    @property
+    def core(self) -> tuple[int, int, int, int]:
+        return self.y.c0, self.x.c0, self.y.clen, self.x.clen
+
+    @property
+    def core_in_window(self) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of the core relative to the window."""
+        return self.y.c0 - self.y.w0, self.x.c0 - self.x.w0, self.y.clen, self.x.clen
+
+
+def plan_axis(length: int, core: int, margin: int) -> list[Span]:
+    if length <= 0:
+        raise ValueError(f"image side must be positive, got {length}")
+    if core <= 0 or margin < 0:
+        raise ValueError(f"core must be > 0 and margin >= 0 (got core={core}, margin={margin})")
+    window = core + 2 * margin
+    if length <= window:
+        return [Span(0, length, 0, length)]  # one window of the axis' own size covers it
+    spans = []
+    for c0 in range(0, length, core):
+        clen = min(core, length - c0)
+        w0 = min(max(c0 - margin, 0), length - window)
+        spans.append(Span(w0, window, c0, clen))
+    return spans
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    height: int
+    width: int
+    core: int
+    margin: int
+    rows: tuple[Span, ...]
+    cols: tuple[Span, ...]
+
+    @property
+    def window_shape(self) -> tuple[int, int]:
+        """The one (height, width) every window of this image has."""
+        return self.rows[0].wlen, self.cols[0].wlen
+
+    def __len__(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    def __iter__(self):
+        """Tiles in raster order, so cores complete whole row bands one after another."""
+        for r, ys in enumerate(self.rows):
+            for xs in self.cols:
+                yield Tile(r, ys, xs)
+
+
+def plan(height: int, width: int, core: int, margin: int) -> TilePlan:
+    """Plan tiles for an LR image; `core <= 0` means the whole image as one window."""
+    if core <= 0:
+        core = max(height, width)
+    return TilePlan(height, width, core, margin,
+                    tuple(plan_axis(height, core, margin)), tuple(plan_axis(width, core, margin)))
