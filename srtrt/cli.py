@@ -125,7 +125,7 @@ def _dispatch(args) -> int:
         from srtrt.engine.export import main as export_main
         return export_main(args)
     if args.command == "build":
-        from srtrt.engine.build import main as build_main
+        from srtrt.engine.trt_build import main as build_main
         return build_main(args)
     raise AssertionError(args.command)
 

@@ -145,3 +145,21 @@ class Discriminator(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.pool(self.features(x)))
+
+
+def fold_batchnorm(generator: SRResNet) -> SRResNet:
+    """Fold every eval-mode BatchNorm into the conv before it (in place); returns the generator.
+
+    Inference then does one conv where training did conv + affine, with identical results up
+    to rounding. The folded model is for inference only.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    generator.eval()
+    pairs = [(generator, "body_conv", "body_bn")]
+    pairs += [(block, conv, bn) for block in generator.body for conv, bn in (("conv1", "bn1"), ("conv2", "bn2"))]
+    for owner, conv, bn in pairs:
+        if isinstance(getattr(owner, bn), nn.BatchNorm2d):
+            setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+            setattr(owner, bn, nn.Identity())
+    return generator

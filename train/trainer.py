@@ -24,6 +24,8 @@ from srtrt import checkpoint
 from srtrt.errors import SrtrtError
 from srtrt.nets import Discriminator, InferenceView, SRResNet, SRResNetConfig
 
+from srtrt.engine.precision import cpu_has_fast_bf16
+
 from .data import OffsetSampler, PatchDataset, list_images, load_rgb, split_holdout
 from .degrade import bicubic_downscale, modcrop
 from .losses import VGGContentLoss, adversarial_loss, load_vgg19_weights
@@ -73,15 +75,7 @@ def pick_amp(name: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if name == "bf16" else torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if _cpu_has_fast_bf16() else None
-
-
-def _cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in (" amx_bf16", " avx512_bf16"))
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:

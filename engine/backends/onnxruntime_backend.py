@@ -1,0 +1,60 @@
+"""ONNX Runtime backend: runs an exported graph (fp32 or fp16 I/O) on the CPU EP, or CUDA/TensorRT EPs when installed."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from srtrt.errors import SrtrtError
+
+from .base import Backend, TileDefaults
+
+
+def available() -> tuple[bool, str]:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False, 'onnxruntime is not installed (pip install "srtrt[onnx]")'
+    return True, "onnxruntime " + onnxruntime.__version__
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path: str | os.PathLike, scale: int, radius: int, device: str = "cpu",
+                 threads: int | None = None):
+        ok, why = available()
+        if not ok:
+            raise SrtrtError(why)
+        import onnxruntime as ort
+
+        from srtrt.engine.ort_custom_op import register_custom_ops  # fused graphs carry PixelShufflePReLU
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        register_custom_ops(opts)
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise SrtrtError("onnxruntime here has no CUDA provider (pip install onnxruntime-gpu)")
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(device.partition(":")[2] or 0)}))
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
+        inp = self.session.get_inputs()[0]
+        self.input_name, self.output_name = inp.name, self.session.get_outputs()[0].name
+        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        self.precision = "fp16" if self.input_dtype == np.float16 else "fp32"
+        self.scale, self.radius = scale, radius
+        self.path = Path(onnx_path)
+        self.defaults = TileDefaults(core=192, batch=1)
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        feed = x.detach().cpu().numpy().astype(self.input_dtype, copy=False)
+        (y,) = self.session.run([self.output_name], {self.input_name: feed})
+        return torch.from_numpy(y)
+
+    def describe(self) -> str:
+        return f"onnxruntime ({self.precision}, {'+'.join(self.session.get_providers())}, {self.path.name})"

@@ -1,0 +1,57 @@
+"""The reference backend: the PyTorch inference view on CPU or CUDA.
+
+Speed comes from folded BatchNorm, channels_last, a reduced precision where the device does it
+natively (bf16 on CPUs with AVX512-BF16/AMX, fp16 or bf16 on CUDA), the fused Triton
+pixel-shuffle+PReLU op on CUDA, and optionally torch.compile.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from srtrt.nets import InferenceView, fold_batchnorm
+
+from .base import Backend, TileDefaults
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, view: InferenceView, device: str | torch.device = "cpu", precision: str = "fp32",
+                 channels_last: bool = True, compile: bool = False, fused_op: bool | None = None):
+        self.device = torch.device(device)
+        if precision not in DTYPES:
+            raise ValueError(f"precision must be one of {sorted(DTYPES)}, not {precision!r}")
+        if precision == "fp16" and self.device.type == "cpu":
+            raise ValueError("fp16 on the CPU is emulated and slow; use bf16 or fp32")
+        self.precision, self.dtype = precision, DTYPES[precision]
+        self.scale, self.radius = view.scale, view.radius
+        self.channels_last = channels_last
+        generator = fold_batchnorm(copy.deepcopy(view.generator))
+        if fused_op is None:
+            fused_op = self.device.type == "cuda"
+        if fused_op:
+            from srtrt.kernels.torch_op import fuse_upsample
+            generator = fuse_upsample(generator)
+        self.fused_op = fused_op
+        model = InferenceView(generator).to(self.device, self.dtype).eval()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = torch.compile(model, dynamic=False) if compile else model
+        self.compiled = compile
+        self.defaults = TileDefaults(core=512, batch=4) if self.device.type == "cuda" else TileDefaults(core=192, batch=1)
+
+    @torch.inference_mode()
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, self.dtype, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def describe(self) -> str:
+        extras = [e for e, on in (("channels_last", self.channels_last), ("fused Triton op", self.fused_op),
+                                  ("torch.compile", self.compiled)) if on]
+        return f"torch ({self.precision}, {self.device}{', ' + ', '.join(extras) if extras else ''})"

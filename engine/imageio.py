@@ -1,0 +1,352 @@
+"""Decoding input images into one normalised form the runtime can tile.
+
+Every input becomes a `DecodedImage`: colour or grey pixels (uint8, or uint16 for 16-bit
+sources), an optional alpha plane, and the metadata to carry to the output (ICC profile,
+EXIF with its orientation already applied). Every expected failure -- missing file, not an
+image, truncated or corrupt data, unsupported pixel mode, an image over the size limit -- is
+a one-line `SrtrtError` naming the file.
+
+Pillow truncates 16-bit colour (RGB, RGBA, grey+alpha) to 8 bits because it has no 16-bit
+colour modes. Its C decoders still undo PNG filtering and TIFF compression on the full
+16-bit samples; only the last unpacking step keeps one byte per sample. So such files are
+decoded twice, once keeping the first byte of every sample and once the second, and the two
+halves are joined. That keeps the fast, well-tested C decoders (all PNG filters, interlacing,
+every TIFF compression libtiff knows) instead of a slow pure-Python decoder or an extra
+native dependency.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import sys
+import threading
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from srtrt.errors import SrtrtError
+
+DEFAULT_MAX_PIXELS = 20000 * 20000  # LR pixels; the x4 output is 16 times larger
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
+INPUT_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"})
+ORIENTATION_TAG = 0x0112
+EXIF_PREFIX = b"Exif\x00\x00"
+
+
+@dataclass
+class DecodedImage:
+    pixels: np.ndarray          # H x W x C, C = 1 (grey) or 3 (colour); uint8 or uint16
+    alpha: np.ndarray | None    # H x W, same dtype as pixels
+    bit_depth: int              # 8 or 16
+    icc_profile: bytes | None
+    exif: bytes | None          # starts with b"Exif\0\0"; orientation tag already reset to 1
+    format: str                 # source format, e.g. "PNG"; "memory" for in-memory images
+    path: str | None
+
+    @property
+    def height(self) -> int:
+        return self.pixels.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.pixels.shape[1]
+
+
+# --------------------------------------------------------------------------- reading files
+
+def read_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode the file fully (so truncation shows up now, not halfway through a run)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise SrtrtError("is a directory, not an image", path)
+    if not os.path.exists(path):
+        raise SrtrtError("no such file", path)
+    if os.path.getsize(path) == 0:
+        raise SrtrtError("empty file, not an image", path)
+    try:
+        with _open_lazily(path) as img:
+            _check_size(img.size, max_pixels, path)
+            source_format = img.format
+            if _sixteen_bit_colour_rawmode(img) is not None:
+                return _read_sixteen_bit_colour(img, path, source_format)
+            img.load()
+            return _normalise(img, path, source_format)
+    except SrtrtError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise SrtrtError(f"image refused as a decompression bomb ({exc}); "
+                         "raise the limit with --max-pixels", path) from exc
+    except Exception as exc:  # a decoder fed hostile bytes may raise anything
+        raise SrtrtError(_describe_decode_error(exc), path) from exc
+
+
+def from_pil(img: Image.Image, path=None) -> DecodedImage:
+    """The same normalisation as `read_image`, for an image already in memory."""
+    filename = getattr(img, "filename", None) or None
+    path = path if path is not None else filename
+    if filename and img.tile and _sixteen_bit_colour_rawmode(img) is not None:
+        return read_image(filename, max_pixels=None)  # not loaded yet: keep all 16 bits
+    try:
+        img.load()
+        return _normalise(img, path, img.format or "memory")
+    except SrtrtError:
+        raise
+    except Exception as exc:
+        raise SrtrtError(_describe_decode_error(exc), path) from exc
+
+
+# Pillow's own bomb check is a process-wide setting read inside Image.open. The limit that
+# counts is `max_pixels` (checked from the header right after opening), so Pillow's check
+# is lifted for the duration of the (header-only, fast) open, under a lock.
+_OPEN_LOCK = threading.Lock()
+
+
+def _open_lazily(path) -> Image.Image:
+    with _OPEN_LOCK:
+        saved_limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                return Image.open(path, formats=INPUT_FORMATS)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved_limit
+
+
+def _check_size(size: tuple[int, int], max_pixels: int | None, path) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise SrtrtError(f"image has an empty size {width}x{height}", path)
+    if max_pixels and width * height > max_pixels:
+        raise SrtrtError(
+            f"image is {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,} (a decompression-bomb guard); raise it with --max-pixels", path)
+
+
+def _describe_decode_error(exc: BaseException) -> str:
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a PNG, JPEG, WebP, TIFF or BMP image (or its header is corrupt)"
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, MemoryError):
+        return "not enough memory to decode the image"
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    if "truncated" in detail.lower():
+        return f"truncated image file ({detail})"
+    return f"corrupt or unreadable image ({type(exc).__name__}: {detail})"
+
+
+# --------------------------------------------------------------------------- normalisation
+
+def _normalise(img: Image.Image, path, source_format: str) -> DecodedImage:
+    orientation, exif = _orientation_and_exif(img)
+    icc = img.info.get("icc_profile") or None
+    if img.mode == "CMYK":
+        img, icc = _cmyk_to_rgb(img, icc)
+    img = _to_basic_mode(img, path)
+    if img.mode in ("I", "F"):
+        pixels, alpha = _wide_grey_to_uint16(img, path), None
+    else:
+        array = np.asarray(img)
+        if array.dtype.byteorder not in ("=", "|"):     # I;16B: make it native uint16
+            array = array.astype(np.uint16)
+        pixels, alpha = _split_alpha(array, img.mode)
+    bit_depth = 16 if pixels.dtype == np.uint16 else 8
+    pixels, alpha = _apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation)
+    return DecodedImage(pixels, alpha, bit_depth, icc, exif, source_format, path)
+
+
+def _to_basic_mode(img: Image.Image, path) -> Image.Image:
+    """Reduce Pillow's many modes to L, LA, RGB, RGBA, I;16*, I or F."""
+    mode = img.mode
+    has_transparency = "transparency" in img.info
+    if mode == "1":
+        return img.convert("L")
+    if mode == "P":
+        return img.convert("RGBA" if has_transparency else "RGB")
+    if mode == "PA":
+        return img.convert("RGBA")
+    if mode in ("L", "RGB") and has_transparency:     # a tRNS colour key becomes real alpha
+        return img.convert("LA" if mode == "L" else "RGBA")
+    if mode == "La":
+        return img.convert("LA")
+    if mode == "RGBa":
+        return img.convert("RGBA")
+    if mode in ("RGBX", "YCbCr", "HSV"):
+        return img.convert("RGB")
+    if mode in ("L", "LA", "RGB", "RGBA", "I", "F") or mode.startswith("I;16"):
+        return img
+    raise SrtrtError(f"unsupported pixel mode {mode}", path)
+
+
+def _split_alpha(array: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
+    if array.ndim == 2:
+        return array[:, :, None], None
+    if mode in ("LA", "RGBA"):
+        return np.ascontiguousarray(array[:, :, :-1]), np.ascontiguousarray(array[:, :, -1])
+    return array, None
+
+
+def _wide_grey_to_uint16(img: Image.Image, path) -> np.ndarray:
+    """32-bit integer and float grey: kept at 16 bits when the values allow it, else refused."""
+    values = np.asarray(img)
+    if img.mode == "I":
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise SrtrtError("32-bit integer pixels outside 0..65535 are not supported", path)
+        return values.astype(np.uint16)[:, :, None]
+    if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
+        raise SrtrtError("floating-point pixels must lie in [0, 1]", path)
+    return np.round(values * 65535.0).astype(np.uint16)[:, :, None]
+
+
+def _cmyk_to_rgb(img: Image.Image, icc: bytes | None) -> tuple[Image.Image, None]:
+    """Use the embedded CMYK profile when there is one; the output is then plain sRGB."""
+    if icc:
+        try:
+            import io
+
+            from PIL import ImageCms
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"),
+                                             outputMode="RGB"), None
+        except Exception:
+            pass  # a broken or missing colour engine falls back to Pillow's plain conversion
+    return img.convert("RGB"), None
+
+
+# --------------------------------------------------------------------------- orientation
+
+def _apply_orientation(array: np.ndarray | None, orientation: int) -> np.ndarray | None:
+    """EXIF orientation 1..8 applied to an H x W (x C) array, as ImageOps.exif_transpose does."""
+    if array is None or orientation == 1:
+        return array
+    transforms = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+        8: lambda a: np.rot90(a, 1),
+    }
+    return np.ascontiguousarray(transforms[orientation](array))
+
+
+def _orientation_and_exif(img: Image.Image) -> tuple[int, bytes | None]:
+    try:
+        orientation = int(img.getexif().get(ORIENTATION_TAG, 1))
+    except Exception:
+        orientation = 1  # unreadable EXIF must not make the image unreadable
+    if orientation not in range(1, 9):
+        orientation = 1
+    raw = img.info.get("exif")
+    exif = _exif_with_orientation_reset(raw) if isinstance(raw, bytes) and raw else None
+    return orientation, exif
+
+
+def _exif_with_orientation_reset(raw: bytes) -> bytes | None:
+    """Patch the orientation in place (lossless: everything else stays byte for byte).
+
+    Returns the EXIF with the b"Exif\\0\\0" prefix, or None when it cannot be parsed.
+    """
+    body = bytearray(raw[len(EXIF_PREFIX):] if raw.startswith(EXIF_PREFIX) else raw)
+    try:
+        order = {b"II": "<", b"MM": ">"}[bytes(body[:2])]
+        ifd0 = struct.unpack_from(order + "I", body, 4)[0]
+        (count,) = struct.unpack_from(order + "H", body, ifd0)
+        for index in range(count):
+            entry = ifd0 + 2 + 12 * index
+            tag, kind = struct.unpack_from(order + "HH", body, entry)
+            if tag == ORIENTATION_TAG and kind == 3:  # SHORT, value stored inline
+                struct.pack_into(order + "H", body, entry + 8, 1)
+    except (KeyError, struct.error):
+        return None
+    return EXIF_PREFIX + bytes(body)
+
+
+# --------------------------------------------------------------------------- 16-bit colour
+
+_SIXTEEN_BIT_COLOUR = {f"{m};16{e}" for m in ("RGB", "RGBX", "RGBA", "LA") for e in "BLN"}
+
+
+def _tile_rawmode(tile) -> str | None:
+    args = tile.args
+    if isinstance(args, str):
+        return args
+    if isinstance(args, tuple) and args and isinstance(args[0], str):
+        return args[0]
+    return None
+
+
+def _sixteen_bit_colour_rawmode(img: Image.Image) -> str | None:
+    """The raw mode when Pillow would truncate this file's 16-bit colour samples, else None."""
+    rawmodes = {_tile_rawmode(tile) for tile in img.tile}
+    if len(rawmodes) == 1 and (rawmode := rawmodes.pop()) in _SIXTEEN_BIT_COLOUR:
+        return rawmode
+    return None
+
+
+def _read_sixteen_bit_colour(first: Image.Image, path, source_format: str) -> DecodedImage:
+    rawmode = _sixteen_bit_colour_rawmode(first)
+    layout, byte_order = rawmode.split(";16")
+    if layout == "LA":
+        if source_format != "PNG":
+            raise SrtrtError(f"unsupported 16-bit grey+alpha {source_format}", path)
+        # A 16-bit grey+alpha PNG pixel is 4 bytes, like 8-bit RGBA, so one RGBA decode
+        # (same filter stride) yields the bytes: grey high, grey low, alpha high, alpha low.
+        first.tile = [tile._replace(args="RGBA") for tile in first.tile]
+        first.load()
+        quad = np.asarray(first).astype(np.uint16)
+        samples = np.stack([quad[..., 0] << 8 | quad[..., 1], quad[..., 2] << 8 | quad[..., 3]], -1)
+    else:
+        big_endian = byte_order == "B" or (byte_order == "N" and sys.byteorder == "big")
+        first_bytes = _decode_one_byte_per_sample(first, f"{layout};16B")
+        with _open_lazily(path) as second:
+            second_bytes = _decode_one_byte_per_sample(second, f"{layout};16L")
+        high, low = (first_bytes, second_bytes) if big_endian else (second_bytes, first_bytes)
+        samples = high.astype(np.uint16) << 8 | low
+    orientation, exif = _orientation_and_exif(first)
+    icc = first.info.get("icc_profile") or None
+    pixels, alpha = _split_alpha(samples, "LA" if layout == "LA" else first.mode)
+    return DecodedImage(_apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation),
+                        16, icc, exif, source_format, path)
+
+
+def _decode_one_byte_per_sample(img: Image.Image, rawmode: str) -> np.ndarray:
+    """Decode with an unpacker that keeps byte 0 (";16B") or byte 1 (";16L") of each sample."""
+    def with_rawmode(args):
+        return rawmode if isinstance(args, str) else (rawmode, *args[1:])
+
+    img.tile = [tile._replace(args=with_rawmode(tile.args)) for tile in img.tile]
+    img.load()
+    return np.asarray(img)
+
+
+# --------------------------------------------------------------------------- back to Pillow
+
+def to_pil(pixels: np.ndarray, alpha: np.ndarray | None, bit_depth: int) -> Image.Image:
+    """A result as a PIL image. Pillow has no 16-bit colour or grey+alpha modes, so those come
+    back as 8-bit (with a warning); write to a file to keep all 16 bits."""
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.shape[2] not in (1, 3):
+        raise ValueError(f"pixels must have 1 or 3 channels, got {pixels.shape[2]}")
+    if bit_depth == 16 and pixels.shape[2] == 1 and alpha is None:
+        return Image.fromarray(np.ascontiguousarray(pixels[:, :, 0], dtype=np.uint16))
+    if bit_depth == 16:
+        warnings.warn("16-bit colour or grey+alpha cannot be held by a PIL image; "
+                      "returning 8 bits per sample", stacklevel=2)
+        pixels = to_eight_bit(pixels)
+        alpha = None if alpha is None else to_eight_bit(alpha)
+    planes = pixels if alpha is None else np.concatenate([pixels, alpha[:, :, None]], axis=2)
+    planes = np.ascontiguousarray(planes, dtype=np.uint8)
+    return Image.fromarray(planes[:, :, 0] if planes.shape[2] == 1 else planes)  # L, LA, RGB, RGBA
+
+
+def to_eight_bit(values: np.ndarray) -> np.ndarray:
+    """uint16 -> uint8 with rounding (65535 -> 255, 32768 -> 128)."""
+    return ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)

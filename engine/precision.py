@@ -1,0 +1,61 @@
+"""`--precision auto`: the fastest precision that passes the quality guard on this device.
+
+The guard (bench/quality_guard.py) measures each reduced precision of the default model on
+Set5 and records the Y-PSNR change against fp32 in `srtrt/weights/quality_guard.json`. A
+precision whose change is within QUALITY_GUARD_DB is used by default; an unmeasured one is not.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+QUALITY_GUARD_DB = 0.05
+
+
+
+@lru_cache(maxsize=None)
+def _guard_file() -> dict:
+    import srtrt
+
+    path = Path(srtrt.__file__).parent / "weights" / "quality_guard.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def passes_guard(backend: str, device_type: str, precision: str) -> tuple[bool, str]:
+    entry = _guard_file().get(f"{backend}-{device_type}-{precision}")
+    if entry is None:
+        return False, f"{precision} has no quality-guard measurement for {backend} on {device_type}"
+    delta = entry["delta_db"]
+    ok = abs(delta) <= QUALITY_GUARD_DB
+    return ok, f"{precision} changes Set5 Y-PSNR by {delta:+.3f} dB ({'within' if ok else 'outside'} ±{QUALITY_GUARD_DB})"
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in (" amx_bf16", " avx512_bf16"))
+
+
+def auto_precision(backend: str, device: torch.device) -> tuple[str, str]:
+    """(precision, reason) for `--precision auto`."""
+    if device.type == "cuda":
+        candidates = ["fp16", "bf16"] if backend in ("torch", "tensorrt") else ["fp16"]
+    elif backend == "torch" and cpu_has_fast_bf16():
+        candidates = ["bf16"]
+    else:
+        candidates = []
+    reasons = []
+    for p in candidates:
+        ok, why = passes_guard(backend, device.type, p)
+        if ok:
+            return p, why
+        reasons.append(why)
+    return "fp32", "fp32" + (f" ({'; '.join(reasons)})" if reasons else " (no faster precision on this device)")

@@ -1,0 +1,85 @@
+"""One image through the runtime: decoded planes in, a streaming writer (or an array) out.
+
+Colour always goes through the network. Alpha is upscaled with bicubic by default, band by
+band from an LR strip with a few rows of context (equal to resizing the whole alpha plane),
+or through the network with `alpha="model"`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .imageio import DecodedImage, read_image, to_pil
+from .runtime import Band, Planes, TiledUpscaler
+from .writers import open_writer
+
+BICUBIC_CONTEXT = 4  # LR rows; PIL's bicubic reads 2 source pixels each side when enlarging
+
+
+def bicubic_rows(plane: np.ndarray, y0: int, y1: int, scale: int) -> np.ndarray:
+    """Output rows [y0*scale, y1*scale) of a bicubic x`scale` resize of a 2-D plane."""
+    s0, s1 = max(0, y0 - BICUBIC_CONTEXT), min(plane.shape[0], y1 + BICUBIC_CONTEXT)
+    strip = Image.fromarray(np.ascontiguousarray(plane[s0:s1]))
+    big = np.asarray(strip.resize((plane.shape[1] * scale, (s1 - s0) * scale), Image.Resampling.BICUBIC))
+    return big[(y0 - s0) * scale:(y1 - s0) * scale]
+
+
+def _planes(image: DecodedImage, alpha_mode: str) -> Planes:
+    return Planes(image.pixels, image.alpha if alpha_mode == "model" else None)
+
+
+def _with_bicubic_alpha(image: DecodedImage, alpha_mode: str, scale: int, sink):
+    """Wrap a band sink so bands get their alpha when the network does not produce it."""
+    if image.alpha is None or alpha_mode == "model":
+        return sink
+
+    def add_alpha(band: Band):
+        rows = band.colour.shape[0] // scale
+        y0 = band.y0 // scale
+        sink(Band(band.y0, band.colour, bicubic_rows(image.alpha, y0, y0 + rows, scale)))
+
+    return add_alpha
+
+
+def upscale_decoded(upscaler: TiledUpscaler, image: DecodedImage, alpha_mode: str = "bicubic", on_tile=None):
+    """The whole result in memory as (pixels, alpha) arrays in the source's bit depth."""
+    s = upscaler.backend.scale
+    out_dtype = image.pixels.dtype
+    colour = np.empty((image.height * s, image.width * s, image.pixels.shape[2]), out_dtype)
+    alpha = np.empty((image.height * s, image.width * s), out_dtype) if image.alpha is not None else None
+
+    def keep(band: Band):
+        colour[band.y0:band.y0 + band.colour.shape[0]] = band.colour
+        if alpha is not None:
+            alpha[band.y0:band.y0 + band.alpha.shape[0]] = band.alpha
+
+    upscaler.run(_planes(image, alpha_mode), _with_bicubic_alpha(image, alpha_mode, s, keep), out_dtype, on_tile)
+    return colour, alpha
+
+
+def upscale_to_pil(upscaler: TiledUpscaler, image: DecodedImage, alpha_mode: str = "bicubic") -> Image.Image:
+    colour, alpha = upscale_decoded(upscaler, image, alpha_mode)
+    return to_pil(colour, alpha, image.bit_depth)
+
+
+def upscale_file(upscaler: TiledUpscaler, source: str | Path, destination: str | Path, *, overwrite: bool = False,
+                 max_pixels: int | None = None, alpha_mode: str = "bicubic", on_tile=None,
+                 on_plan=None) -> Path:
+    """Decode `source`, stream its upscaled rows into `destination` (temp name, then rename)."""
+    kwargs = {} if max_pixels is None else {"max_pixels": max_pixels or None}
+    image = read_image(source, **kwargs)
+    s = upscaler.backend.scale
+    if on_plan:
+        on_plan(len(upscaler.plan(image.height, image.width)))
+    channels = image.pixels.shape[2] + (image.alpha is not None)
+    with open_writer(destination, image.width * s, image.height * s, channels, image.bit_depth,
+                     icc_profile=image.icc_profile, exif=image.exif, overwrite=overwrite) as writer:
+        def write(band: Band):
+            rows = band.colour if band.alpha is None else np.concatenate([band.colour, band.alpha[..., None]], -1)
+            writer.write_rows(rows)
+
+        upscaler.run(_planes(image, alpha_mode), _with_bicubic_alpha(image, alpha_mode, s, write),
+                     image.pixels.dtype, on_tile)
+    return Path(destination)

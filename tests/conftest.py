@@ -1,0 +1,51 @@
+"""Shared fixtures. Tests run on the CPU and never need ../shared (they use it when present)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from srtrt.nets import InferenceView, SRResNet, SRResNetConfig
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test when it is absent (fresh clones, CI elsewhere)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    return path
+
+
+def random_view(blocks: int = 2, channels: int = 8, scale: int = 4, seed: int = 0) -> InferenceView:
+    """A small random SRResNet with non-trivial eval-mode BatchNorm statistics."""
+    torch.manual_seed(seed)
+    g = SRResNet(SRResNetConfig(scale=scale, blocks=blocks, channels=channels))
+    for m in g.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.1, 0.1)
+    return InferenceView(g).eval()
+
+
+@pytest.fixture
+def tiny_view():
+    return random_view()
+
+
+def smooth_image(h: int, w: int, channels: int = 3, seed: int = 0, dtype=np.uint8) -> np.ndarray:
+    """A photo-like test image: smooth gradients plus a little texture."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    planes = []
+    for c in range(channels):
+        fy, fx, ph = rng.uniform(0.02, 0.2, 3)
+        planes.append(0.5 + 0.35 * np.sin(fy * yy + ph) * np.cos(fx * xx) + 0.1 * rng.random((h, w)))
+    img = np.clip(np.stack(planes, -1), 0, 1)
+    top = np.iinfo(dtype).max
+    return (img * top).round().astype(dtype)

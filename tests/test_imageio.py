@@ -1,0 +1,379 @@
+"""Decoding: every input mode normalised correctly, metadata carried, bad files refused in one line."""
+from __future__ import annotations
+
+import io
+import struct
+import time
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageFile, ImageOps
+
+from srtrt.engine.imageio import DecodedImage, from_pil, read_image, to_pil
+from srtrt.engine.writers import TiffEncoder, open_writer, tiff_directory
+from srtrt.errors import SrtrtError
+
+RNG = np.random.default_rng(7)
+
+
+def random_array(height, width, channels, dtype=np.uint8):
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    return RNG.integers(0, np.iinfo(dtype).max + 1, shape, dtype=dtype)
+
+
+def save(tmp_path, image: Image.Image, name: str, **options) -> str:
+    path = str(tmp_path / name)
+    image.save(path, **options)
+    return path
+
+
+def srgb_profile() -> bytes:
+    ImageCms = pytest.importorskip("PIL.ImageCms")
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def exif_with_orientation(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "srtrt test camera"  # Make: proves the other tags survive
+    return exif.tobytes()
+
+
+# --------------------------------------------------------------------------- hand-made PNGs
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+ADAM7 = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+
+
+def handmade_png(samples: np.ndarray, colour_type: int, interlace: bool = False) -> bytes:
+    """A 16-bit PNG written independently of the project's encoder (filter None only)."""
+    height, width = samples.shape[:2]
+    big_endian = samples.astype(">u2").reshape(height, width, -1)
+    passes = [(x0, y0, dx, dy) for x0, y0, dx, dy in ADAM7] if interlace else [(0, 0, 1, 1)]
+    raw = bytearray()
+    for x0, y0, dx, dy in passes:
+        sub_image = big_endian[y0::dy, x0::dx]
+        if sub_image.size:
+            for row in sub_image:
+                raw += b"\x00" + row.tobytes()
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, int(interlace))
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
+            + png_chunk(b"IDAT", zlib.compress(bytes(raw))) + png_chunk(b"IEND", b""))
+
+
+def write_bytes(tmp_path, name: str, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def through_writer(tmp_path, image: DecodedImage, name: str) -> str:
+    """Write a decoded image back out with the project's writer (band by band)."""
+    channels = image.pixels.shape[2] + (image.alpha is not None)
+    planes = image.pixels if image.alpha is None else np.dstack([image.pixels, image.alpha])
+    path = str(tmp_path / name)
+    with open_writer(path, image.width, image.height, channels, image.bit_depth,
+                     icc_profile=image.icc_profile, exif=image.exif) as writer:
+        for top in range(0, image.height, 5):
+            writer.write_rows(planes[top:top + 5])
+    return path
+
+
+# --------------------------------------------------------------------------- modes
+
+@pytest.mark.parametrize("mode, channels, has_alpha", [
+    ("RGB", 3, False), ("RGBA", 3, True), ("L", 1, False), ("LA", 1, True)])
+def test_basic_modes_round_trip_exactly(tmp_path, mode, channels, has_alpha):
+    planes = random_array(19, 23, len(mode))
+    path = save(tmp_path, Image.fromarray(planes), f"in_{mode}.png")
+    image = read_image(path)
+    assert (image.pixels.shape, image.bit_depth, image.format) == ((19, 23, channels), 8, "PNG")
+    assert image.pixels.dtype == np.uint8 and (image.alpha is not None) == has_alpha
+    out = read_image(through_writer(tmp_path, image, "out.png"))
+    np.testing.assert_array_equal(out.pixels, image.pixels)
+    if has_alpha:
+        np.testing.assert_array_equal(out.alpha, planes[..., -1])
+        assert out.alpha.shape == (19, 23) and out.alpha.dtype == np.uint8
+    planes_back = out.pixels[..., 0] if channels == 1 else out.pixels
+    np.testing.assert_array_equal(planes_back, planes if not has_alpha else planes[..., :-1].squeeze())
+
+
+def test_palette_without_transparency_becomes_rgb(tmp_path):
+    source = Image.fromarray(random_array(16, 20, 3)).quantize(17)
+    path = save(tmp_path, source, "p.png")
+    image = read_image(path)
+    assert image.pixels.shape == (16, 20, 3) and image.alpha is None
+    np.testing.assert_array_equal(image.pixels, np.asarray(source.convert("RGB")))
+
+
+def test_palette_with_transparency_becomes_rgba(tmp_path):
+    source = Image.fromarray(random_array(16, 20, 3)).quantize(8)
+    path = save(tmp_path, source, "pt.png", transparency=3)
+    image = read_image(path)
+    expected = np.asarray(Image.open(path).convert("RGBA"))
+    assert image.pixels.shape == (16, 20, 3) and image.alpha is not None
+    np.testing.assert_array_equal(image.alpha, expected[..., 3])
+    assert set(np.unique(image.alpha)) == {0, 255}
+    out = read_image(through_writer(tmp_path, image, "pt_out.png"))
+    np.testing.assert_array_equal(out.alpha, expected[..., 3])
+
+
+def test_one_bit_becomes_grey(tmp_path):
+    path = save(tmp_path, Image.fromarray(random_array(9, 11, 1) > 127).convert("1"), "bw.png")
+    image = read_image(path)
+    assert image.pixels.shape == (9, 11, 1) and image.bit_depth == 8
+    assert set(np.unique(image.pixels)) <= {0, 255}
+
+
+def test_sixteen_bit_grey_png_stays_sixteen_bit(tmp_path):
+    values = random_array(13, 17, 1, np.uint16)
+    path = save(tmp_path, Image.fromarray(values), "g16.png")
+    image = read_image(path)
+    assert image.bit_depth == 16 and image.pixels.dtype == np.uint16
+    np.testing.assert_array_equal(image.pixels[..., 0], values)
+    out = read_image(through_writer(tmp_path, image, "g16_out.png"))
+    assert out.bit_depth == 16
+    np.testing.assert_array_equal(out.pixels, image.pixels)
+
+
+@pytest.mark.parametrize("interlace", [False, True])
+@pytest.mark.parametrize("colour_type, planes", [(2, 3), (6, 4), (4, 2)])
+def test_sixteen_bit_colour_png_keeps_every_bit(tmp_path, colour_type, planes, interlace):
+    samples = random_array(11, 13, planes, np.uint16)
+    path = write_bytes(tmp_path, "c16.png", handmade_png(samples, colour_type, interlace))
+    image = read_image(path)
+    assert image.bit_depth == 16 and image.pixels.dtype == np.uint16
+    has_alpha = planes in (2, 4)
+    np.testing.assert_array_equal(image.pixels, samples[..., :planes - has_alpha])
+    if has_alpha:
+        np.testing.assert_array_equal(image.alpha, samples[..., -1])
+    out = read_image(through_writer(tmp_path, image, "c16_out.png"))
+    np.testing.assert_array_equal(out.pixels, image.pixels)
+    assert out.bit_depth == 16 and (out.alpha is None) == (not has_alpha)
+
+
+def test_sixteen_bit_grey_tiff(tmp_path):
+    values = random_array(10, 12, 1, np.uint16)
+    image = read_image(save(tmp_path, Image.fromarray(values), "g16.tif"))
+    assert image.bit_depth == 16 and image.format == "TIFF"
+    np.testing.assert_array_equal(image.pixels[..., 0], values)
+    out = read_image(through_writer(tmp_path, image, "g16_out.tif"))
+    np.testing.assert_array_equal(out.pixels, image.pixels)
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_sixteen_bit_colour_tiff_compressed_and_raw(tmp_path, channels):
+    samples = random_array(9, 14, channels, np.uint16)
+    compressed = str(tmp_path / "c16.tif")
+    with open_writer(compressed, 14, 9, channels, 16) as writer:
+        writer.write_rows(samples)
+    raw = write_bytes(tmp_path, "raw16.tif", uncompressed_tiff(samples))
+    for path in (compressed, raw):
+        image = read_image(path)
+        assert image.bit_depth == 16
+        np.testing.assert_array_equal(image.pixels, samples[..., :3])
+        if channels == 4:
+            np.testing.assert_array_equal(image.alpha, samples[..., 3])
+
+
+def uncompressed_tiff(samples: np.ndarray) -> bytes:
+    """A baseline TIFF with no compression: Pillow decodes it without libtiff."""
+    height, width, channels = samples.shape
+    data = samples.astype("<u2").tobytes()
+    entries = [(256, 4, [width]), (257, 4, [height]), (258, 3, [16] * channels), (259, 3, [1]),
+               (262, 3, [2]), (273, 4, [8]), (277, 3, [channels]), (278, 4, [height]),
+               (279, 4, [len(data)]), (284, 3, [1])]
+    if channels == 4:
+        entries.append((338, 3, [2]))
+    directory_offset = 8 + len(data) + len(data) % 2
+    return (b"II*\x00" + struct.pack("<I", directory_offset) + data + b"\x00" * (len(data) % 2)
+            + tiff_directory(entries, directory_offset, bigtiff=False))
+
+
+def test_bigtiff_reads_back(tmp_path):
+    samples = random_array(7, 9, 3, np.uint16)
+    path = str(tmp_path / "big.tif")
+    from srtrt.engine.writers import ImageWriter
+    writer = ImageWriter(path, 9, 7, 3, 16, TiffEncoder(9, 7, 3, 16, bigtiff=True), overwrite=False)
+    with writer:
+        writer.write_rows(samples)
+    assert open(path, "rb").read(4) == b"II+\x00"
+    np.testing.assert_array_equal(read_image(path).pixels, samples)
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path):
+    rgb = Image.fromarray(random_array(16, 24, 3))
+    path = save(tmp_path, rgb.convert("CMYK"), "cmyk.jpg", quality=95)
+    image = read_image(path)
+    assert image.pixels.shape == (16, 24, 3) and image.icc_profile is None
+    np.testing.assert_array_equal(image.pixels, np.asarray(Image.open(path).convert("RGB")))
+
+
+def test_exif_rotated_jpeg_is_upright_and_orientation_reset(tmp_path):
+    source = Image.fromarray(random_array(12, 30, 3))
+    path = save(tmp_path, source, "rot.jpg", exif=exif_with_orientation(6), quality=95)
+    image = read_image(path)
+    assert (image.height, image.width) == (30, 12)
+    np.testing.assert_array_equal(image.pixels, np.asarray(ImageOps.exif_transpose(Image.open(path))))
+    carried = Image.Exif()
+    carried.load(image.exif)
+    assert carried[0x0112] == 1 and carried[0x010F] == "srtrt test camera"
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_orientation_matches_pillow(tmp_path, orientation):
+    source = Image.fromarray(random_array(5, 8, 4))
+    path = save(tmp_path, source, "o.png", exif=exif_with_orientation(orientation))
+    image = read_image(path)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)))
+    np.testing.assert_array_equal(image.pixels, expected[..., :3])
+    np.testing.assert_array_equal(image.alpha, expected[..., 3])
+
+
+def test_icc_and_exif_are_carried_to_every_output_format(tmp_path):
+    profile = srgb_profile()
+    path = save(tmp_path, Image.fromarray(random_array(8, 8, 3)), "icc.png", icc_profile=profile,
+                exif=exif_with_orientation(1))
+    image = read_image(path)
+    assert image.icc_profile == profile and image.exif.startswith(b"Exif\x00\x00")
+    for name in ("out.png", "out.tif", "out.jpg", "out.webp"):
+        written = Image.open(through_writer(tmp_path, image, name))
+        assert written.info.get("icc_profile") == profile, name
+        if not name.endswith(".tif"):  # TIFF output carries the ICC profile but not EXIF
+            assert written.getexif()[0x010F] == "srtrt test camera", name
+
+
+def test_bmp_and_webp_inputs(tmp_path):
+    rgb = random_array(10, 14, 3)
+    bmp = read_image(save(tmp_path, Image.fromarray(rgb), "in.bmp"))
+    assert bmp.format == "BMP"
+    np.testing.assert_array_equal(bmp.pixels, rgb)
+    rgba = random_array(10, 14, 4)
+    webp = read_image(save(tmp_path, Image.fromarray(rgba), "in.webp", lossless=True))
+    assert webp.format == "WEBP"
+    np.testing.assert_array_equal(webp.alpha, rgba[..., 3])
+    out = Image.open(through_writer(tmp_path, webp, "out.webp"))
+    assert out.mode == "RGBA" and out.size == (14, 10)
+
+
+def test_wide_integer_and_float_modes(tmp_path):
+    ints = Image.fromarray(np.arange(12, dtype=np.int32).reshape(3, 4) * 5000)
+    image = from_pil(ints)
+    assert image.bit_depth == 16 and int(image.pixels.max()) == 55000
+    with pytest.raises(SrtrtError, match="outside 0..65535"):
+        from_pil(Image.fromarray(np.full((2, 2), -1, np.int32)))
+    floats = from_pil(Image.fromarray(np.array([[0.0, 0.5], [1.0, 0.25]], np.float32)))
+    assert floats.bit_depth == 16 and floats.pixels[..., 0].tolist() == [[0, 32768], [65535, 16384]]
+    with pytest.raises(SrtrtError, match=r"\[0, 1\]"):
+        from_pil(Image.fromarray(np.full((2, 2), 3.0, np.float32)))
+    with pytest.raises(SrtrtError, match="unsupported pixel mode LAB"):
+        from_pil(Image.new("LAB", (2, 2)), path="lab-image")
+
+
+def test_to_pil_modes():
+    grey16 = random_array(4, 5, 1, np.uint16)[..., None]
+    assert to_pil(grey16, None, 16).mode == "I;16"
+    np.testing.assert_array_equal(np.asarray(to_pil(grey16, None, 16)), grey16[..., 0])
+    rgb, alpha = random_array(4, 5, 3), random_array(4, 5, 1)
+    assert to_pil(rgb, alpha, 8).mode == "RGBA"
+    assert to_pil(rgb[..., :1], alpha, 8).mode == "LA"
+    with pytest.warns(UserWarning, match="8 bits"):
+        eight = to_pil(np.full((2, 2, 3), 65535, np.uint16), None, 16)
+    assert eight.mode == "RGB" and np.asarray(eight).max() == 255
+
+
+# --------------------------------------------------------------------------- errors
+
+def assert_refused(path, match: str, **kwargs):
+    with pytest.raises(SrtrtError, match=match) as caught:
+        read_image(path, **kwargs)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+def valid_bytes(image: Image.Image, image_format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, image_format, **options)
+    return buffer.getvalue()
+
+
+def test_missing_directory_empty_and_garbage_files(tmp_path):
+    assert_refused(tmp_path / "absent.png", "no such file")
+    assert_refused(tmp_path, "is a directory")
+    assert_refused(write_bytes(tmp_path, "empty.png", b""), "empty file")
+    assert_refused(write_bytes(tmp_path, "junk.png", bytes(range(256)) * 4), "not a PNG, JPEG")
+    gif = save(tmp_path, Image.new("P", (4, 4)), "anim.gif")
+    assert_refused(gif, "not a PNG, JPEG")
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG"])
+def test_truncated_files_are_refused_at_read_time(tmp_path, image_format):
+    data = valid_bytes(Image.fromarray(random_array(64, 64, 3)), image_format)
+    path = write_bytes(tmp_path, f"cut.{image_format.lower()}", data[: len(data) * 2 // 3])
+    assert_refused(path, "truncated|corrupt")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_decompression_bomb_header_is_refused_before_allocation(tmp_path):
+    header = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
+    bomb = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
+            + png_chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + png_chunk(b"IEND", b""))
+    path = write_bytes(tmp_path, "bomb.png", bomb)
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        message = assert_refused(path, "--max-pixels")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - started < 2 and peak < 5_000_000
+    assert "100000x100000" in message
+
+
+def test_pixel_limit_is_ours_not_pillows(tmp_path, monkeypatch):
+    path = save(tmp_path, Image.fromarray(random_array(30, 30, 3)), "small.png")
+    assert_refused(path, "over the limit of 100", max_pixels=100)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow alone would call 900 px a bomb
+    assert read_image(path, max_pixels=None).pixels.shape == (30, 30, 3)
+    assert read_image(path, max_pixels=0).width == 30
+    assert Image.MAX_IMAGE_PIXELS == 100  # the process-wide setting is left as it was
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+def fuzz_seeds() -> list[bytes]:
+    rgb = Image.fromarray(random_array(12, 10, 3))
+    return [valid_bytes(rgb, "PNG"), valid_bytes(rgb.convert("RGBA"), "PNG"),
+            handmade_png(random_array(6, 5, 3, np.uint16), 2),
+            valid_bytes(rgb, "JPEG", quality=80), valid_bytes(rgb, "TIFF", compression="tiff_deflate"),
+            valid_bytes(rgb, "TIFF"), valid_bytes(rgb.convert("RGBA"), "WEBP", lossless=True),
+            valid_bytes(rgb, "WEBP", quality=50), valid_bytes(rgb, "BMP")]
+
+
+SEEDS = fuzz_seeds()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's notes on corrupt EXIF and tags
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.sampled_from(SEEDS), edits=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)),
+                                                   max_size=6), cut=st.floats(0.05, 1.0))
+def test_mutated_files_decode_or_raise_srtrt_error(tmp_path, seed, edits, cut):
+    data = bytearray(seed)
+    for where, value in edits:
+        data[min(int(where * len(data)), len(data) - 1)] = value
+    path = write_bytes(tmp_path, "fuzz.img", bytes(data[: max(1, int(cut * len(data)))]))
+    try:
+        image = read_image(path, max_pixels=1_000_000)
+    except SrtrtError as error:
+        assert "\n" not in str(error)
+    else:
+        assert image.pixels.ndim == 3 and image.pixels.shape[2] in (1, 3)
+        assert image.bit_depth in (8, 16)

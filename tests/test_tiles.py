@@ -1,0 +1,82 @@
+"""Tile planner properties and the exactness proof: with margin >= radius, tiles == whole image."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from srtrt.engine import tiles
+from srtrt.engine.backends.torch_backend import TorchBackend
+from srtrt.engine.runtime import Planes, TiledUpscaler
+
+from conftest import random_view, smooth_image
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 700), st.integers(1, 700), st.integers(1, 300), st.integers(0, 60))
+def test_plan_cores_partition_and_windows_are_static(h, w, core, margin):
+    plan = tiles.plan(h, w, core, margin)
+    covered = np.zeros((h, w), np.int32)
+    shapes = set()
+    for t in plan:
+        wy, wx, wh, ww = t.window
+        cy, cx, ch, cw = t.core
+        shapes.add((wh, ww))
+        assert 0 <= wy and wy + wh <= h and 0 <= wx and wx + ww <= w          # windows inside the image
+        assert wy <= cy and cy + ch <= wy + wh and wx <= cx and cx + cw <= wx + ww  # core inside window
+        # Context: on each side the window either reaches the image border (all context there is)
+        # or extends >= margin pixels beyond the core.
+        assert wy == 0 or cy - wy >= margin
+        assert wx == 0 or cx - wx >= margin
+        assert wy + wh == h or (wy + wh) - (cy + ch) >= margin
+        assert wx + ww == w or (wx + ww) - (cx + cw) >= margin
+        covered[cy:cy + ch, cx:cx + cw] += 1
+    assert (covered == 1).all()           # cores partition the image: no gap, no overlap
+    assert shapes == {plan.window_shape}  # one static window shape per image
+    assert plan.window_shape == (min(h, core + 2 * margin), min(w, core + 2 * margin))
+
+
+def test_plan_raster_order_completes_bands_in_order():
+    plan = tiles.plan(100, 130, 32, 8)
+    rows = [t.row for t in plan]
+    assert rows == sorted(rows)
+    assert len(plan) == len(plan.rows) * len(plan.cols) == 4 * 5
+
+
+def test_whole_image_when_core_is_zero():
+    plan = tiles.plan(37, 91, 0, 40)
+    assert len(plan) == 1 and plan.window_shape == (37, 91)
+
+
+@pytest.mark.parametrize("bad", [(0, 5, 8, 2), (5, 5, 8, -1)])
+def test_plan_rejects_bad_arguments(bad):
+    with pytest.raises(ValueError):
+        tiles.plan(*bad)
+
+
+def _whole(view, img: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].double() / 255
+    with torch.no_grad():
+        return view.double()(x)[0].permute(1, 2, 0).float().numpy()
+
+
+@pytest.mark.parametrize("h,w,core", [(57, 83, 16), (1, 45, 8), (45, 1, 8), (3, 4, 16), (40, 41, 13), (29, 64, 100)])
+def test_tiled_equals_whole_image_random_weights(h, w, core):
+    view = random_view(blocks=3, channels=8)
+    img = smooth_image(h, w, seed=h * w)
+    ref = _whole(view, img)
+    up = TiledUpscaler(TorchBackend(random_view(blocks=3, channels=8)), core=core, margin=view.radius, batch=3)
+    out, _ = up.run_to_array(Planes(img), np.float32)
+    assert out.shape == (h * 4, w * 4, 3)
+    assert np.abs(out - ref).max() <= 1e-5
+
+
+def test_margin_below_radius_is_not_exact():
+    """The proof has teeth: too little context changes the output near tile borders."""
+    view = random_view(blocks=3, channels=8)
+    img = smooth_image(64, 64, seed=1)
+    up = TiledUpscaler(TorchBackend(view), core=16, margin=view.radius // 4)
+    out, _ = up.run_to_array(Planes(img), np.float32)
+    assert np.abs(out - _whole(random_view(blocks=3, channels=8), img)).max() > 1e-4
