@@ -30,13 +30,14 @@ class OnnxRuntimeBackend(Backend):
             raise SrtrtError(why)
         import onnxruntime as ort
 
-        from srtrt.engine.ort_custom_op import register_custom_ops  # fused graphs carry PixelShufflePReLU
+        from srtrt.engine import ort_custom_op
+        from srtrt.engine.export import load_metadata
 
-        opts = ort.SessionOptions()
+        # Fused graphs carry PixelShufflePReLU nodes, which need the custom-op library.
+        opts = ort_custom_op.session_options() if load_metadata(onnx_path).get("fused") else ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
-        register_custom_ops(opts)
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -1,0 +1,223 @@
+"""Export the inference view (RGB [0,1] in and out) to one ONNX file.
+
+The graph has input "lr" (N, 3, H, W) and output "sr" (N, 3, H*s, W*s), dynamic N, H, W,
+in fp32 or fp16 (the dtypes decide TensorRT's precision). BatchNorm is folded into the
+convolutions by the exporter's optimizer. `fused=True` replaces each DepthToSpace(CRD) ->
+PRelu pair with one `srtrt::PixelShufflePReLU` node, which TensorRT matches to the Triton
+plugin and onnxruntime runs through engine/ort_custom_op.py. Model provenance goes into
+the file's metadata_props (`load_metadata` reads it back).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import logging
+import os
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from srtrt.errors import SrtrtError
+
+INPUT_NAME = "lr"
+OUTPUT_NAME = "sr"
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+FUSED_OP, FUSED_DOMAIN = "PixelShufflePReLU", "srtrt"
+META_PREFIX = "srtrt."
+EXAMPLE_SHAPE = (2, 3, 32, 32)  # tracing input; batch > 1 so torch.export keeps it symbolic
+
+
+def _onnx():
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+    except ImportError:
+        raise SrtrtError("ONNX export needs onnx and onnxscript (pip install 'srtrt[onnx]')") from None
+    return onnx
+
+
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    """A hash of the weights for models that did not come from a checkpoint file."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter reports progress on stdout and logs notes about unrelated optional
+    packages; `srtrt export` prints its own one line instead. Real warnings still show."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecations
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def _to_onnx(view: torch.nn.Module, dtype: torch.dtype, opset: int | None, dynamic: bool, input_shape):
+    model = copy.deepcopy(view).eval().to("cpu", dtype)  # traced on the CPU, whatever the device
+    example = torch.rand(input_shape or EXAMPLE_SHAPE, dtype=torch.float32).to(dtype)
+    shapes = None
+    if dynamic:
+        Dim = torch.export.Dim
+        shapes = ({0: Dim("batch"), 2: Dim("height"), 3: Dim("width")},)  # per positional input
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME],
+                                    output_names=[OUTPUT_NAME], dynamic_shapes=shapes,
+                                    opset_version=opset, external_data=False, optimize=True,
+                                    verbose=False)
+    return program.model_proto
+
+
+def _strip_trace_metadata(model) -> None:
+    # Per-node stack traces and FX names: large, and they leak the exporting machine's paths.
+    g = model.graph
+    for item in (*g.node, *g.value_info, *g.input, *g.output, *g.initializer):
+        del item.metadata_props[:]
+
+
+def _attr(node, name, default=None):
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def fuse_pixel_shuffle_prelu(model, aot: bool = True) -> int:
+    """Replace DepthToSpace(CRD) -> PRelu pairs by one srtrt::PixelShufflePReLU node, in place.
+
+    Returns the number of pairs fused. Slopes become 1-D (C or 1 values), which is what the
+    kernel reads.
+    """
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    producer = {out: i for i, n in enumerate(g.node) for out in n.output}
+    uses = Counter(name for n in g.node for name in n.input)
+    graph_outputs = {o.name for o in g.output}
+    inits = {t.name: t for t in g.initializer}
+    fused, dropped = {}, set()
+    for i, prelu in enumerate(g.node):
+        if prelu.op_type != "PRelu" or prelu.domain not in ("", "ai.onnx"):
+            continue
+        j = producer.get(prelu.input[0])
+        d2s = g.node[j] if j is not None else None
+        if (d2s is None or d2s.op_type != "DepthToSpace" or _attr(d2s, "mode", b"DCR") != b"CRD"
+                or uses[d2s.output[0]] != 1 or d2s.output[0] in graph_outputs):
+            continue  # DCR is a different permutation; a shared shuffle output must stay
+        slope = prelu.input[1]
+        if slope in inits:
+            flat = slope + "_flat"
+            if flat not in inits:
+                inits[flat] = numpy_helper.from_array(numpy_helper.to_array(inits[slope]).reshape(-1), flat)
+                g.initializer.append(inits[flat])
+            slope = flat
+        fused[i] = helper.make_node(
+            FUSED_OP, [d2s.input[0], slope], list(prelu.output), name=prelu.name + "_fused",
+            domain=FUSED_DOMAIN, upscale=int(_attr(d2s, "blocksize")), plugin_namespace=FUSED_DOMAIN,
+            plugin_version="1", aot=int(aot))
+        dropped.add(j)
+    if not fused:
+        return 0
+    nodes = [fused.get(i, n) for i, n in enumerate(g.node) if i not in dropped]
+    g.ClearField("node")
+    g.node.extend(nodes)
+    # Drop what the old pairs left behind: the shuffle outputs' shapes and unused 4-D slopes.
+    used = {name for n in g.node for name in n.input}
+    kept_vi = [vi for vi in g.value_info if vi.name in used or vi.name in graph_outputs]
+    g.ClearField("value_info")
+    g.value_info.extend(kept_vi)
+    kept_init = [t for t in g.initializer if t.name in used]
+    g.ClearField("initializer")
+    g.initializer.extend(kept_init)
+    if not any(o.domain == FUSED_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(FUSED_DOMAIN, 1))
+    return len(fused)
+
+
+def _set_metadata(model, meta: dict) -> None:
+    from onnx import helper
+
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update({META_PREFIX + k: str(v) for k, v in meta.items()})
+    helper.set_model_props(model, props)
+
+
+_META_TYPES = {"scale": int, "radius": int, "fused": lambda v: v == "True", "aot": lambda v: v == "True"}
+
+
+def load_metadata(path) -> dict:
+    """The srtrt metadata of an exported file: model_sha256, scale, radius, precision, fused, ..."""
+    onnx = _onnx()
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError:
+        raise SrtrtError("ONNX file not found", path) from None
+    except Exception as e:  # protobuf raises its own DecodeError for non-ONNX bytes
+        raise SrtrtError(f"not a readable ONNX file ({e.__class__.__name__})", path) from None
+    meta = {}
+    for p in model.metadata_props:
+        if p.key.startswith(META_PREFIX):
+            key = p.key[len(META_PREFIX):]
+            meta[key] = _META_TYPES.get(key, str)(p.value)
+    return meta
+
+
+def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: bool = False,
+                opset: int | None = None, dynamic: bool = True, *, aot: bool = True,
+                input_shape: tuple[int, int, int, int] | None = None) -> Path:
+    """Write `view` (an InferenceView: RGB [0,1] in and out) as one ONNX file at `path`.
+
+    precision: "fp32" or "fp16" (weights and I/O in that dtype). fused: one
+    PixelShufflePReLU node per upsample step (`aot` sets the node's TensorRT plugin mode).
+    dynamic: symbolic batch, height and width; otherwise the graph is fixed at
+    `input_shape` (default (2, 3, 32, 32), also the tracing input). Written atomically.
+    """
+    onnx = _onnx()
+    if precision not in PRECISIONS:
+        raise SrtrtError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    path = Path(path)
+    sha = getattr(view, "checkpoint_sha256", None) or state_dict_sha256(view)
+    model = _to_onnx(view, PRECISIONS[precision], opset, dynamic, input_shape)
+    _strip_trace_metadata(model)
+    if fused and fuse_pixel_shuffle_prelu(model, aot=aot) == 0:
+        raise SrtrtError("no DepthToSpace -> PRelu pair to fuse in this model")
+    _set_metadata(model, {"model_sha256": sha, "scale": view.scale, "radius": view.radius,
+                          "precision": precision, "fused": bool(fused), **({"aot": bool(aot)} if fused else {})})
+    onnx.checker.check_model(model)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save_model(model, str(tmp), save_as_external_data=False)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise SrtrtError(f"cannot write ({e.strerror or e})", path) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def main(args) -> int:
+    """`srtrt export`: -o/--output, --model, --precision, --fused, --opset."""
+    import srtrt
+
+    view = srtrt.load_model(args.model)
+    path = export_onnx(view, args.output, precision=args.precision, fused=args.fused, opset=args.opset)
+    size = path.stat().st_size
+    size_text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+    print(f"wrote {path} ({args.precision}{', fused' if args.fused else ''}, x{view.scale}, "
+          f"radius {view.radius}, {size_text})")
+    return 0

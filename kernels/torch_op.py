@@ -1,0 +1,62 @@
+"""`torch.ops.srtrt.pixel_shuffle_prelu`: the fused kernel as a torch operator.
+
+CUDA tensors run the Triton kernel; CPU tensors (and CUDA without triton) run the plain
+torch reference, so importing this module never needs triton. The op is a `triton_op`, so
+torch.compile can see the kernel inside it and torch.export keeps it as one node.
+`fuse_upsample` swaps an SRResNet's shuffle + PReLU pairs for the op (the torch backend
+on CUDA).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.library import triton_op, wrap_triton
+
+from . import pixel_shuffle_prelu as kernel_source
+
+OP_NAME = "srtrt::pixel_shuffle_prelu"
+
+
+@triton_op(OP_NAME, mutates_args=())
+def pixel_shuffle_prelu(x: torch.Tensor, alpha: torch.Tensor, r: int) -> torch.Tensor:
+    """PReLU(PixelShuffle(r)(x)) with per-channel (C) or shared (1) slopes; NCHW in, NCHW out."""
+    if x.device.type == "cuda" and kernel_source.HAVE_TRITON:
+        out = kernel_source.empty_output(x, r)
+        return kernel_source.launch(wrap_triton(kernel_source.pixel_shuffle_prelu_kernel), x, alpha, r, out)
+    return kernel_source.reference(x, alpha, r)
+
+
+@pixel_shuffle_prelu.register_fake
+def _(x: torch.Tensor, alpha: torch.Tensor, r: int) -> torch.Tensor:
+    # Shape and dtype only: lets torch.export and torch.compile trace without running a kernel.
+    return x.new_empty(kernel_source.output_shape(x.shape, r))
+
+
+class FusedUpsampleBlock(nn.Module):
+    """An UpsampleBlock whose PixelShuffle(r) + PReLU run as one op (same weights, same result)."""
+
+    def __init__(self, conv: nn.Conv2d, act: nn.PReLU, upscale: int):
+        super().__init__()
+        self.conv = conv
+        self.act = act  # kept as a module so state_dict keys match the unfused block
+        self.upscale = upscale
+
+    def forward(self, x):
+        return torch.ops.srtrt.pixel_shuffle_prelu(self.conv(x), self.act.weight, self.upscale)
+
+
+def fuse_upsample(model: nn.Module) -> nn.Module:
+    """A copy of `model` (an SRResNet or its InferenceView) with every UpsampleBlock fused."""
+    from srtrt.nets import UpsampleBlock
+
+    fused = copy.deepcopy(model)
+    blocks = [(name, m) for name, m in fused.named_modules() if isinstance(m, UpsampleBlock)]
+    if not blocks:
+        raise ValueError("model has no UpsampleBlock to fuse")
+    for name, block in blocks:
+        parent_name, _, child = name.rpartition(".")
+        parent = fused.get_submodule(parent_name) if parent_name else fused
+        setattr(parent, child, FusedUpsampleBlock(block.conv, block.act, block.shuffle.upscale_factor))
+    return fused

@@ -1,0 +1,222 @@
+"""ONNX export: parity of onnxruntime with torch, fp32 and fp16, plain and fused graphs,
+dynamic shapes, metadata, atomic single-file output and the `srtrt export` command."""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_view, shared_data
+
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxscript", "onnxruntime")),
+    reason="needs srtrt[onnx]")
+HAVE_ORTX = importlib.util.find_spec("onnxruntime_extensions") is not None
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-3}
+NP_DTYPE = {"fp32": np.float32, "fp16": np.float16}
+
+
+def _tweak_prelu_slopes(view, seed=1):
+    # Distinct per-channel slopes, some negative, so a slope mix-up would show.
+    g = torch.Generator().manual_seed(seed)
+    for m in view.modules():
+        if isinstance(m, torch.nn.PReLU):
+            m.weight.data = torch.rand(m.weight.shape, generator=g) - 0.3
+    return view
+
+
+@pytest.fixture(scope="module")
+def view():
+    return _tweak_prelu_slopes(random_view(blocks=2, channels=16))
+
+
+@pytest.fixture(scope="module")
+def exported(view, tmp_path_factory):
+    """(precision, fused) -> path, each made once per module. Exports are slow on a CPU, so
+    fp32-fused comes from rewriting fp32-plain, and fp16 is exported fused only (when
+    onnxruntime can run it) - which also covers `export_onnx(fused=True)` end to end."""
+    import onnx
+
+    from srtrt.engine.export import export_onnx, fuse_pixel_shuffle_prelu
+
+    cache, root = {}, tmp_path_factory.mktemp("onnx")
+
+    def get(precision, fused):
+        key = (precision, fused)
+        if key not in cache:
+            path = root / f"model_{precision}_{'fused' if fused else 'plain'}.onnx"
+            if key == ("fp32", True):
+                model = onnx.load(str(get("fp32", False)))
+                assert fuse_pixel_shuffle_prelu(model) == 2
+                onnx.save(model, str(path))
+                cache[key] = path
+            else:
+                cache[key] = export_onnx(view, path, precision=precision, fused=fused)
+        return cache[key]
+    return get
+
+
+FP16_FUSED = HAVE_ORTX  # the fp16 graph the module exports
+
+
+def _session(path):
+    from srtrt.engine.ort_custom_op import inference_session
+
+    return inference_session(path)
+
+
+def _max_diff(path, view, x, precision):
+    with torch.no_grad():
+        expected = view(x).numpy()
+    got = _session(path).run(["sr"], {"lr": x.numpy().astype(NP_DTYPE[precision])})[0]
+    assert got.dtype == NP_DTYPE[precision] and got.shape == expected.shape
+    return float(np.abs(got.astype(np.float32) - expected).max())
+
+
+def _needs_ortx(fused):
+    if fused and not HAVE_ORTX:
+        pytest.skip("fused graphs run in onnxruntime through onnxruntime-extensions")
+
+
+@pytest.mark.parametrize("precision, fused", [("fp32", False), ("fp32", True), ("fp16", FP16_FUSED)],
+                         ids=["fp32-plain", "fp32-fused", "fp16"])
+def test_onnxruntime_matches_torch_on_two_shapes(exported, view, precision, fused):
+    _needs_ortx(fused)
+    path = exported(precision, fused)
+    for shape in [(1, 3, 13, 21), (3, 3, 8, 5)]:  # one file, dynamic batch, height and width
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape)))
+        assert _max_diff(path, view, x, precision) <= TOLERANCE[precision]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_onnxruntime_matches_torch_on_a_photo(exported, view, precision):
+    from PIL import Image
+
+    photo = Image.open(shared_data("samples", "astronaut.png")).convert("RGB")
+    w, h = photo.size
+    crop = photo.crop((w // 2 - 24, h // 4, w // 2 + 24, h // 4 + 40))  # face and helmet edge
+    x = torch.from_numpy(np.asarray(crop, np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
+    assert _max_diff(exported(precision, FP16_FUSED), view, x, precision) <= TOLERANCE[precision]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_graph_io_batchnorm_folded_and_single_file(exported, precision):
+    import onnx
+
+    fused = precision == "fp16" and FP16_FUSED
+    path = exported(precision, fused)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in model.graph.node]
+    assert "BatchNormalization" not in ops
+    assert ops.count("PixelShufflePReLU" if fused else "DepthToSpace") == 2
+    elem = onnx.TensorProto.FLOAT if precision == "fp32" else onnx.TensorProto.FLOAT16
+    (inp,), (out,) = model.graph.input, model.graph.output
+    assert (inp.name, out.name) == ("lr", "sr")
+    assert inp.type.tensor_type.elem_type == elem == out.type.tensor_type.elem_type
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert dims[1] == 3 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3]))
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert sorted(p.name for p in path.parent.iterdir() if not p.name.endswith(".onnx")) == []
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_fused_graph_has_plugin_nodes(exported, precision):
+    import onnx
+
+    if precision == "fp16" and not FP16_FUSED:
+        pytest.skip("fp16 is exported plain without onnxruntime-extensions")
+    model = onnx.load(str(exported(precision, True)))
+    onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in model.graph.node]
+    assert "DepthToSpace" not in ops and ops.count("PixelShufflePReLU") == 2
+    assert ops.count("PRelu") == 3  # head + one per residual block remain
+    for node in (n for n in model.graph.node if n.op_type == "PixelShufflePReLU"):
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert node.domain == "srtrt"
+        assert attrs == {"upscale": 2, "plugin_namespace": b"srtrt", "plugin_version": b"1", "aot": 1}
+        slope = next(t for t in model.graph.initializer if t.name == node.input[1])
+        assert list(slope.dims) == [16]
+    assert ("srtrt", 1) in [(o.domain, o.version) for o in model.opset_import]
+
+
+def test_fusion_skips_dcr_depth_to_space():
+    import onnx
+    from onnx import helper
+
+    from srtrt.engine.export import fuse_pixel_shuffle_prelu
+
+    nodes = [helper.make_node("DepthToSpace", ["x"], ["t"], blocksize=2, mode="DCR"),
+             helper.make_node("PRelu", ["t", "a"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 2, 2])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor("a", onnx.TensorProto.FLOAT, [1], [0.25])])
+    model = helper.make_model(graph)
+    assert fuse_pixel_shuffle_prelu(model) == 0
+    assert [n.op_type for n in model.graph.node] == ["DepthToSpace", "PRelu"]
+
+
+def test_metadata(exported, view):
+    from srtrt.engine.export import load_metadata, state_dict_sha256
+
+    meta = load_metadata(exported("fp16", FP16_FUSED))
+    expected = {"model_sha256": state_dict_sha256(view), "scale": 4, "radius": view.radius,
+                "precision": "fp16", "fused": FP16_FUSED}
+    assert meta == {**expected, **({"aot": True} if FP16_FUSED else {})}
+    assert len(meta["model_sha256"]) == 64
+
+
+def test_full_default_architecture_small_input(tmp_path):
+    from srtrt.engine.export import export_onnx
+
+    view = random_view(blocks=16, channels=64, seed=3)
+    path = export_onnx(view, tmp_path / "full.onnx")
+    x = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(0))
+    assert _max_diff(path, view, x, "fp32") <= TOLERANCE["fp32"]
+
+
+def test_cli_export_from_a_checkpoint(tmp_path, capsys):
+    from srtrt import checkpoint
+    from srtrt.cli import main
+    from srtrt.engine.export import load_metadata
+
+    view = random_view(blocks=1, channels=8)
+    weights = checkpoint.save(tmp_path / "ckpt", view.generator, "srresnet", view.generator.config)
+    out = tmp_path / "out" / "model.onnx"
+    assert main(["export", "-o", str(out), "--model", str(weights)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and str(out) in lines[0]
+    meta = load_metadata(out)
+    assert meta["model_sha256"] == checkpoint.file_sha256(weights)
+    assert (meta["scale"], meta["radius"], meta["precision"], meta["fused"]) == (4, view.radius, "fp32", False)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx"]  # no temp file left
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from srtrt.cli import main
+
+    code = main(["export", "-o", str(tmp_path / "m.onnx"), "--model", str(tmp_path / "missing")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "not found" in err
+
+
+def test_load_metadata_refuses_non_onnx(tmp_path):
+    from srtrt.engine.export import load_metadata
+    from srtrt.errors import SrtrtError
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\xff\x00not a model")
+    with pytest.raises(SrtrtError, match="bad.onnx"):
+        load_metadata(bad)
+
+
+def test_custom_op_registration_is_idempotent():
+    if not HAVE_ORTX:
+        pytest.skip("onnxruntime-extensions is not installed")
+    from srtrt.engine import ort_custom_op
+
+    ort_custom_op.register()
+    ort_custom_op.register()
+    assert ort_custom_op.session_options() is not None
