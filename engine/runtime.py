@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -53,6 +54,25 @@ class Band:
     y0: int
     colour: np.ndarray
     alpha: np.ndarray | None
+
+
+@dataclass
+class StageTimes:
+    """Busy seconds per stage of the last run (waits on queues excluded), for the pipeline benchmark.
+
+    With the stages overlapping, `wall` approaches the slowest stage rather than their sum.
+    """
+
+    read: float = 0.0      # window extraction and float conversion
+    infer: float = 0.0     # backend calls, including host<->device copies
+    assemble: float = 0.0  # placing cores into bands and the sink (encoding, writing)
+    wall: float = 0.0
+    tiles: int = 0
+    batches: int = 0
+
+    @property
+    def slowest(self) -> float:
+        return max(self.read, self.infer, self.assemble)
 
 
 def _max_value(dtype) -> float:
@@ -96,6 +116,7 @@ class TiledUpscaler:
         self.batch = max(1, backend.defaults.batch if batch is None else batch)
         self.cuda = backend.device.type == "cuda"
         self.streams = [torch.cuda.Stream(backend.device) for _ in range(streams)] if self.cuda else []
+        self.times = StageTimes()
 
     def plan(self, height: int, width: int) -> tiling.TilePlan:
         return tiling.plan(height, width, self.core, self.margin)
@@ -109,16 +130,22 @@ class TiledUpscaler:
             for tile in plan:
                 pending.append(tile)
                 if len(pending) == self.batch:
-                    q_in.put((pending, self._stack(sources, pending)))
+                    q_in.put((pending, self._timed_stack(sources, pending)))
                     pending = []
                 if stop.is_set():
                     return
             if pending:
-                q_in.put((pending, self._stack(sources, pending)))
+                q_in.put((pending, self._timed_stack(sources, pending)))
         except BaseException as e:  # handed to the caller's thread
             q_in.put(e)
         finally:
             q_in.put(_DONE)
+
+    def _timed_stack(self, sources, batch_tiles) -> torch.Tensor:
+        t0 = time.perf_counter()
+        x = self._stack(sources, batch_tiles)
+        self.times.read += time.perf_counter() - t0
+        return x
 
     def _stack(self, sources, batch_tiles) -> torch.Tensor:
         x = torch.stack([_to_float_tile(src, t.window) for t in batch_tiles for src in sources])
@@ -157,7 +184,10 @@ class TiledUpscaler:
             while (item := q_out.get()) is not _DONE:
                 batch_tiles, host, event = item
                 if event is not None:
-                    event.synchronize()
+                    t0 = time.perf_counter()
+                    event.synchronize()  # device time, not assembly: counted under infer
+                    self.times.infer += time.perf_counter() - t0
+                t0 = time.perf_counter()
                 out = host.numpy()
                 for k, tile in enumerate(batch_tiles):
                     if tile.row != band_row:
@@ -171,6 +201,7 @@ class TiledUpscaler:
                         colour = band[..., :channels]
                         sink(Band(tile.y.c0 * s, colour, band[..., channels] if has_alpha else None))
                         band = None
+                self.times.assemble += time.perf_counter() - t0
                 if on_tile:
                     on_tile(len(batch_tiles))
         except BaseException as e:
@@ -187,6 +218,8 @@ class TiledUpscaler:
         channels = planes.colour.shape[2] if planes.colour.ndim == 3 else 1
         window = plan.window_shape
         self.backend.prepare(min(self.batch, len(plan)) * n_planes, *window)
+        self.times = StageTimes(tiles=len(plan))
+        start = time.perf_counter()
 
         q_in: queue.Queue = queue.Queue(QUEUE_DEPTH)
         q_out: queue.Queue = queue.Queue(QUEUE_DEPTH)
@@ -202,7 +235,10 @@ class TiledUpscaler:
                 if isinstance(item, BaseException):
                     raise item
                 batch_tiles, x = item
+                t0 = time.perf_counter()
                 host, event = self._infer(x, n_planes, channels, out_dtype, i)
+                self.times.infer += time.perf_counter() - t0
+                self.times.batches += 1
                 q_out.put((batch_tiles, host, event))
                 i += 1
                 if errors:
@@ -216,6 +252,7 @@ class TiledUpscaler:
                     pass
             q_out.put(_DONE)
             assembler.join()
+            self.times.wall = time.perf_counter() - start
         if errors:
             raise errors[0]
 

@@ -134,6 +134,12 @@ def plot_curve(metrics_path: Path, png: Path) -> None:
     plt.close(fig)
 
 
+def _drop_rows_after(metrics_path: Path, step: int) -> None:
+    if metrics_path.exists():
+        rows = [line for line in metrics_path.read_text().splitlines() if line.strip()]
+        metrics_path.write_text("".join(r + "\n" for r in rows if json.loads(r)["step"] <= step))
+
+
 def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,6 +171,7 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.resume and state_path.with_suffix(".json").exists():
         doc = load_state(state_path, modules, optimizers)
         step, best = doc["step"], doc.get("best_val_psnr", best)
+        _drop_rows_after(metrics_path, step)  # a crash after the last save logged steps that will run again
         print(f"resumed {out} at step {step}")
     elif gan:
         if not cfg.init:
