@@ -46,7 +46,7 @@ def _add_compare(sub):
 
 
 def _add_train(sub):
-    from srtrt.train.trainer import TrainConfig  # the defaults live there
+    from srtrt.train.config import TrainConfig  # the defaults live there
 
     d = TrainConfig(data="")
     p = sub.add_parser("train", help="train SRResNet (phase srresnet) or SRGAN (phase srgan)")
@@ -100,7 +100,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _run_train(args) -> int:
-    from srtrt.train.trainer import TrainConfig, train
+    from srtrt.train.config import TrainConfig
+    from srtrt.train.trainer import train
 
     fields = TrainConfig.__dataclass_fields__
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields}, progress=not args.quiet)

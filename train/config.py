@@ -1,0 +1,33 @@
+"""Training options and their defaults (torch-free, so the CLI can show them quickly)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str = "runs/srresnet_x4"
+    phase: str = "srresnet"          # srresnet | srgan
+    init: str | None = None          # srgan: the SRResNet checkpoint to start from
+    scale: int = 4
+    blocks: int = 16
+    channels: int = 64
+    patch: int = 96                  # HR crop size
+    batch: int = 16
+    iters: int = 100_000
+    lr: float = 1e-4
+    schedule: str = "constant"       # constant | cosine | step (x0.1 at half, the paper's SRGAN)
+    adv_weight: float = 1e-3
+    pixel_weight: float = 0.0        # srgan: optional MSE term
+    vgg_weights: str | None = None
+    val_count: int = 4               # photos of `data` held out for validation (never set5/set14)
+    val_crop: int = 256
+    val_every: int = 1000
+    log_every: int = 20
+    workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"                # auto | bf16 | fp16 | off
+    resume: bool = True
+    progress: bool = True
