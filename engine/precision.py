@@ -27,14 +27,14 @@ def _guard_file() -> dict:
         return {}
 
 
-def passes_guard(backend: str, device_type: str, precision: str) -> tuple[bool, str]:
+def passes_guard(backend: str, device_type: str, precision: str, guard: dict | None = None) -> tuple[bool, str]:
     """Whether `precision` keeps Set5 Y-PSNR within the guard, and the measurement that says so.
 
     A path measured exactly is judged by its own number. An unmeasured one (a GPU no guard ran
     on yet) is judged by the worst measurement of the same number format on another path, since
     fp16/bf16 storage of weights and activations is what costs the accuracy; the reason says so.
     """
-    guard = _guard_file()
+    guard = _guard_file() if guard is None else guard
     key = f"{backend}-{device_type}-{precision}"
     if key in guard:
         entries, where = [guard[key]], ""
@@ -57,17 +57,18 @@ def cpu_has_fast_bf16() -> bool:
     return any(f in flags for f in (" amx_bf16", " avx512_bf16"))
 
 
-def auto_precision(backend: str, device: torch.device) -> tuple[str, str]:
+def auto_precision(backend: str, device: torch.device, guard: dict | None = None,
+                   fast_bf16_cpu: bool | None = None) -> tuple[str, str]:
     """(precision, reason) for `--precision auto`."""
     if device.type == "cuda":
         candidates = ["fp16", "bf16"] if backend in ("torch", "tensorrt") else ["fp16"]
-    elif backend == "torch" and cpu_has_fast_bf16():
+    elif backend == "torch" and (cpu_has_fast_bf16() if fast_bf16_cpu is None else fast_bf16_cpu):
         candidates = ["bf16"]
     else:
         candidates = []
     reasons = []
     for p in candidates:
-        ok, why = passes_guard(backend, device.type, p)
+        ok, why = passes_guard(backend, device.type, p, guard)
         if ok:
             return p, why
         reasons.append(why)
