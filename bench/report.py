@@ -1,0 +1,305 @@
+"""Render benchmark JSON files into bench/results/REPORT.md and throughput PNGs.
+
+    python bench/report.py                    # every bench/results/*.json
+    python bench/report.py a.json b.json      # these runs
+    python bench/report.py --out DIR ...      # write REPORT.md and the PNGs into DIR
+
+One section per device. When several runs of one device are given, the newest full run is
+used (else the newest quick one, else the newest smoke one): every ratio and percentage in a
+section comes from one run, never from two. A short table goes to stdout at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+EAGER_CASE = "eager-fp32-nchw"
+BICUBIC_CASE = "bicubic-torch"
+MODE_PREFERENCE = {"full": 0, "quick": 1, "smoke": 2}
+SRTRT_GROUPS = ("srtrt", "tile-sweep", "batch-sweep")
+TARGETS = {"cpu_vs_eager": 3.0, "gpu_vs_eager": 10.0, "gpu_peak_pct": 50.0, "pipeline_efficiency": 0.90}
+
+
+@dataclass
+class Run:
+    path: Path
+    info: dict            # machine_info["srtrt"]
+    when: str             # ISO date-time of the run
+    commit: str
+    benchmarks: list
+
+    @property
+    def device(self) -> str:
+        return self.info.get("slug", "unknown")
+
+    @property
+    def mode(self) -> str:
+        return self.info.get("mode", "full")
+
+    def peaks(self) -> dict[str, float]:
+        """dtype -> measured TFLOP/s (the best round: the peak is what the hardware can reach)."""
+        return {b["extra_info"]["dtype"]: b["extra_info"]["flop_per_round"] / b["stats"]["min"] / 1e12
+                for b in self.benchmarks if b["extra_info"].get("kind") == "peak"}
+
+    def of_kind(self, kind: str) -> list:
+        return [b for b in self.benchmarks if b["extra_info"].get("kind") == kind]
+
+
+def load(path: Path) -> Run | None:
+    doc = json.loads(path.read_text())
+    info = doc.get("machine_info", {}).get("srtrt")
+    if info is None:
+        print(f"{path}: not a bench/ run (no srtrt machine info); skipped", file=sys.stderr)
+        return None
+    commit = doc.get("commit_info", {})
+    return Run(path, info, doc.get("datetime", ""), f"{commit.get('id', '')[:10]}{'+dirty' if commit.get('dirty') else ''}",
+               doc.get("benchmarks", []))
+
+
+def choose(runs: list[Run]) -> list[Run]:
+    """One run per device: the best mode, then the newest."""
+    best: dict[str, Run] = {}
+    for run in runs:
+        have = best.get(run.device)
+        rank = (MODE_PREFERENCE.get(run.mode, 3), _negated(run.when))
+        if have is None or rank < (MODE_PREFERENCE.get(have.mode, 3), _negated(have.when)):
+            best[run.device] = run
+    return sorted(best.values(), key=lambda r: (r.info["device"]["kind"] != "cpu", r.device))
+
+
+def _negated(when: str) -> tuple:
+    return tuple(-ord(ch) for ch in when)  # newest first when sorting ascending
+
+
+# ------------------------------------------------------------------------------- the rows
+
+def rows(run: Run) -> list[dict]:
+    """One row per throughput case, with ratios to the same run's eager and bicubic cases."""
+    peaks = run.peaks()
+    cases = run.of_kind("throughput")
+    medians = {(b["extra_info"]["workload"], b["extra_info"]["case"]): b["stats"]["median"] for b in cases}
+    out = []
+    for b in cases:
+        e, seconds = b["extra_info"], b["stats"]["median"]
+        eager = medians.get((e["workload"], EAGER_CASE))
+        bicubic = medians.get((e["workload"], BICUBIC_CASE))
+        peak = peaks.get(e.get("peak_key") or "")
+        flop = e.get("model_gflop")
+        out.append({
+            "case": e["case"], "group": e["group"], "workload": e["workload"], "precision": e["precision"],
+            "lr": f"{e['lr_width']}x{e['lr_height']}", "mp_s": e["output_mp"] / seconds, "ms": seconds * 1e3,
+            "vs_eager": eager / seconds if eager else None, "vs_bicubic": bicubic / seconds if bicubic else None,
+            "peak_pct": 100 * flop * 1e9 / seconds / (peak * 1e12) if flop and peak else None,
+            "tiles": e.get("windows"), "core": e.get("core"), "batch": e.get("batch"), "rounds": b["stats"]["rounds"],
+        })
+    return sorted(out, key=lambda r: (r["workload"] != "2k-output", -r["mp_s"]))
+
+
+def _fmt(value, spec: str, missing: str = "—") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def _table(header: list[str], lines: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(line) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def _tiling(row: dict) -> str:
+    if row["group"] == "bicubic":
+        return "—"
+    if row["core"] is None:
+        return "whole image, one call"
+    return f"{row['tiles']} × {row['core'] or 'whole'}, {row['batch']}"
+
+
+def throughput_table(rs: list[dict]) -> str:
+    return _table(
+        ["case", "workload (LR)", "output MP/s", "ms / image", "× eager fp32", "× bicubic (torch)", "% of peak",
+         "tiles × core, batch", "rounds"],
+        [[r["case"], f"{r['workload']} ({r['lr']})", _fmt(r["mp_s"], ".3g"), _fmt(r["ms"], ".4g"),
+          _fmt(r["vs_eager"], ".2f"), _fmt(r["vs_bicubic"], ".3g"), _fmt(r["peak_pct"], ".1f"),
+          _tiling(r),
+          str(r["rounds"])] for r in rs])
+
+
+def pipeline_section(run: Run) -> str:
+    parts = []
+    for b in run.of_kind("pipeline"):
+        e, st = b["extra_info"], b["extra_info"]["stages"]
+        parts.append(f"`{e['case']}` ({e['describe']}) on {e['lr_width']}x{e['lr_height']} → "
+                     f"{e['output_mp']:.1f} MP PNG{'; ' + e['note'] if e.get('note') else ''}")
+        parts.append(_table(
+            ["decode", "read (tiles)", "infer", "assemble + encode", "encode only", "runtime wall", "file wall",
+             "efficiency (slowest / wall)"],
+            [[f"{st['decode']:.2f} s", f"{st['read']:.2f} s", f"{st['infer']:.2f} s", f"{st['assemble']:.2f} s",
+              f"{st['encode_only']:.2f} s", f"{st['runtime_wall']:.2f} s", f"{st['file_wall']:.2f} s",
+              f"{100 * e['efficiency']:.1f}%"]]))
+    return "\n\n".join(parts)
+
+
+def targets(run: Run, rs: list[dict]) -> list[str]:
+    lines = []
+    peaks = run.peaks()
+    gpu = run.info["device"]["kind"] == "cuda"
+    best = max((r for r in rs if r["group"] in SRTRT_GROUPS and r["workload"] == "2k-output"),
+               key=lambda r: r["mp_s"], default=None)
+    if best and best["vs_eager"] is not None:
+        want = TARGETS["gpu_vs_eager" if gpu else "cpu_vs_eager"]
+        lines.append(f"- best srtrt path on 2K output: `{best['case']}` at {best['vs_eager']:.2f}× eager fp32 "
+                     f"(target ≥ {want:g}×: {'met' if best['vs_eager'] >= want else 'not met'}), "
+                     f"{_fmt(best['peak_pct'], '.1f')}% of the measured {best['precision']} matmul peak")
+        if gpu and "fp16" in peaks:
+            fp16 = 100 * _flop_rate(run, best) / (peaks["fp16"] * 1e12)
+            lines.append(f"- GPU: {fp16:.1f}% of the measured fp16 peak ({peaks['fp16']:.3g} TFLOP/s); "
+                         f"target ≥ {TARGETS['gpu_peak_pct']:g}%: {'met' if fp16 >= TARGETS['gpu_peak_pct'] else 'not met'}")
+    for b in run.of_kind("pipeline"):
+        eff = b["extra_info"]["efficiency"]
+        lines.append(f"- pipeline efficiency {100 * eff:.1f}% (target ≥ {100 * TARGETS['pipeline_efficiency']:.0f}%: "
+                     f"{'met' if eff >= TARGETS['pipeline_efficiency'] else 'not met'})")
+    return lines
+
+
+def _flop_rate(run: Run, row: dict) -> float:
+    for b in run.of_kind("throughput"):
+        e = b["extra_info"]
+        if e["case"] == row["case"] and e["workload"] == row["workload"]:
+            return e["model_gflop"] * 1e9 / b["stats"]["median"]
+    return 0.0
+
+
+def device_section(run: Run, plot_name: str | None) -> str:
+    info, rs = run.info, rows(run)
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    peaks = run.peaks()
+    out = [f"## {info['describe']}", "",
+           f"Run: `{run.path.name}`, {run.when}, commit {run.commit or '?'}, mode **{run.mode}**. {versions}.",
+           f"Model: SRResNet x4, 16 blocks, 64 channels ({info['weights']}).", ""]
+    if run.mode != "full":
+        out += [f"> A {run.mode} run: fewer rounds{' and tiny inputs' if run.mode == 'smoke' else ''}; "
+                "use a full run for published numbers.", ""]
+    if peaks:
+        out += ["Measured matmul peak: " + ", ".join(f"{k} {v:.3g} TFLOP/s" for k, v in sorted(peaks.items())), ""]
+    out += ["### Targets", "", *targets(run, rs), ""]
+    for group, title in (("throughput", "Throughput"), ("sweeps", "Tile and batch sweeps")):
+        chosen = [r for r in rs if (r["group"] in ("tile-sweep", "batch-sweep")) == (group == "sweeps")]
+        if chosen:
+            out += [f"### {title}", "", throughput_table(chosen), ""]
+    if run.of_kind("pipeline"):
+        out += ["### `srtrt run` pipeline (busy seconds per stage, last round)", "", pipeline_section(run), ""]
+    if plot_name:
+        out += [f"![throughput]({plot_name})", ""]
+    return "\n".join(out)
+
+
+HOW_TO_READ = """\
+Output MP/s: output megapixels per second (median round). × eager fp32: how many times faster
+than the naive PyTorch baseline (NCHW fp32, BatchNorm unfolded, whole image in one call) on the
+same workload in the same run; × bicubic: the same against torch bicubic x4 (below 1 means
+slower than bicubic). % of peak: the FLOPs the case computed (convolutions only; tiled runs
+count their margins) per second, over the measured matmul peak of the dtype it computes in.
+"""
+
+
+def render(runs: list[Run], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(runs, out_dir)
+    sections = [device_section(run, plots.get(run.device)) for run in runs]
+    text = "# srtrt benchmarks\n\n" + HOW_TO_READ + "\n" + "\n".join(sections)
+    path = out_dir / "REPORT.md"
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------------------- plotting
+
+def write_plots(runs: list[Run], out_dir: Path) -> dict[str, str]:
+    """throughput.png (every device) and, with several devices, throughput-<device>.png each."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots", file=sys.stderr)
+        return {}
+    names = {}
+    fig = _figure(plt, runs)
+    fig.savefig(out_dir / "throughput.png", dpi=110)
+    plt.close(fig)
+    for run in runs:
+        names[run.device] = "throughput.png"
+    if len(runs) > 1:
+        for run in runs:
+            name = f"throughput-{run.device}.png"
+            fig = _figure(plt, [run])
+            fig.savefig(out_dir / name, dpi=110)
+            plt.close(fig)
+            names[run.device] = name
+    return names
+
+
+COLOURS = {"bicubic": "#9e9e9e", "baseline": "#d62728", "srtrt": "#1f77b4", "tile-sweep": "#6baed6",
+           "batch-sweep": "#9ecae1"}
+
+
+def _figure(plt, runs: list[Run]):
+    panels = [(run, w) for run in runs
+              for w in sorted({r["workload"] for r in rows(run)}, key=lambda w: (w != "2k-output", w))]
+    heights = [max(2.0, 0.32 * len([r for r in rows(run) if r["workload"] == w]) + 1.0) for run, w in panels]
+    fig, axes = plt.subplots(len(panels) or 1, 1, figsize=(9, sum(heights) or 3),
+                             gridspec_kw={"height_ratios": heights or [1]}, squeeze=False)
+    for ax, (run, workload) in zip(axes[:, 0], panels):
+        rs = [r for r in rows(run) if r["workload"] == workload][::-1]
+        ax.barh([r["case"] for r in rs], [r["mp_s"] for r in rs], color=[COLOURS.get(r["group"], "k") for r in rs])
+        ax.set_xscale("log")
+        ax.set_xlim(right=max(r["mp_s"] for r in rs) * 4)  # room for the labels
+        ax.set_xlabel("output megapixels per second (log scale)")
+        ax.set_title(f"{run.info['describe']} — {workload} ({run.mode} run)", fontsize=9)
+        for i, r in enumerate(rs):
+            if r["vs_eager"] is not None:
+                ax.text(r["mp_s"], i, f" {r['vs_eager']:.2f}× eager", va="center", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------- console
+
+def summary(runs: list[Run]) -> str:
+    lines = []
+    for run in runs:
+        lines.append(f"{run.info['describe']} [{run.mode}]")
+        lines.append(f"  {'case':<34} {'workload':<10} {'MP/s':>9} {'ms':>10} {'x eager':>8} {'% peak':>7}")
+        for r in rows(run):
+            lines.append(f"  {r['case']:<34} {r['workload']:<10} {r['mp_s']:>9.3g} {r['ms']:>10.1f} "
+                         f"{_fmt(r['vs_eager'], '.2f'):>8} {_fmt(r['peak_pct'], '.1f'):>7}")
+        for b in run.of_kind("pipeline"):
+            e = b["extra_info"]
+            lines.append(f"  pipeline {e['case']} {e['lr_width']}x{e['lr_height']}: "
+                         f"{e['stages']['file_wall']:.2f} s, efficiency {100 * e['efficiency']:.1f}%")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json", nargs="*", type=Path, help="benchmark JSON files (default: bench/results/*.json)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for REPORT.md and the PNGs")
+    args = parser.parse_args(argv)
+    paths = args.json or sorted(RESULTS.glob("*.json"))
+    runs = choose([r for r in map(load, paths) if r is not None])
+    if not runs:
+        print(f"no benchmark results in {', '.join(map(str, paths)) or RESULTS}", file=sys.stderr)
+        return 1
+    report = render(runs, args.out)
+    print(summary(runs))
+    print(f"wrote {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

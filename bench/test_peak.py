@@ -1,0 +1,55 @@
+"""The device's measured matrix-math peak: square matmuls per dtype, in TFLOP/s.
+
+The report divides each model case's FLOPs per second by the peak of the dtype it computes in
+("percent of peak"). A measured peak, not a datasheet one: it is what this machine's BLAS
+(oneDNN/MKL on a CPU, cuBLAS on a GPU) reaches on large, well-shaped matrices.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+import run_mode
+
+CUDA = torch.cuda.is_available()
+MODE = run_mode.current(CUDA)
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+if CUDA:
+    PEAKS = ["fp16", "bf16", "tf32", "fp32"]
+    SIZE, PER_ROUND = (1024, 2) if MODE.name == "smoke" else (8192, 20)
+else:
+    PEAKS = ["bf16", "fp32"]  # fp16 matmul on a CPU is emulated; no case computes in it there
+    SIZE, PER_ROUND = {"smoke": (256, 1), "quick": (2048, 2), "full": (4096, 2)}[MODE.name]
+
+
+@contextlib.contextmanager
+def matmul_precision(name: str):
+    """tf32 lets cuBLAS round fp32 inputs to TF32 on tensor cores; fp32 forbids it."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if name == "tf32" else "highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize("name", PEAKS)
+def test_matmul_peak(benchmark, name, device):
+    a = torch.randn(SIZE, SIZE, device=device).to(DTYPES[name])
+    b = torch.randn(SIZE, SIZE, device=device).to(DTYPES[name])
+
+    def run():
+        for _ in range(PER_ROUND):
+            torch.mm(a, b)
+        if CUDA:
+            torch.cuda.synchronize()
+
+    flop = 2 * SIZE ** 3 * PER_ROUND
+    benchmark.group = "matmul peak"
+    benchmark.extra_info.update(kind="peak", dtype=name, n=SIZE, matmuls_per_round=PER_ROUND,
+                                flop_per_round=flop, device=device.type)
+    with matmul_precision(name):
+        benchmark.pedantic(run, rounds=max(3, MODE.rounds), iterations=1, warmup_rounds=1)
+    benchmark.extra_info["tflops_best"] = round(flop / benchmark.stats.stats.min / 1e12, 3)
