@@ -82,8 +82,8 @@ def _max_value(dtype) -> float:
 def _to_float_tile(plane: np.ndarray, window) -> torch.Tensor:
     """A window of an HxW[xC] plane as a float32 3xhxw tensor in [0, 1]."""
     top, left, h, w = window
-    a = plane[top:top + h, left:left + w]
-    t = torch.from_numpy(np.ascontiguousarray(a)).to(torch.float32)
+    a = np.array(plane[top:top + h, left:left + w])  # a copy: decoded planes may be read-only
+    t = torch.from_numpy(a).to(torch.float32)
     if np.issubdtype(plane.dtype, np.integer):
         t = t.div_(_max_value(plane.dtype))
     t = t.unsqueeze(-1) if t.ndim == 2 else t
@@ -111,6 +111,7 @@ class TiledUpscaler:
     def __init__(self, backend: Backend, core: int | None = None, margin: int | None = None,
                  batch: int | None = None, streams: int = 2):
         self.backend = backend
+        self.auto_core = core is None
         self.core = backend.defaults.core if core is None else core
         self.margin = backend.radius if margin is None else margin
         self.batch = max(1, backend.defaults.batch if batch is None else batch)
@@ -119,7 +120,11 @@ class TiledUpscaler:
         self.times = StageTimes()
 
     def plan(self, height: int, width: int) -> tiling.TilePlan:
-        return tiling.plan(height, width, self.core, self.margin)
+        core = self.core
+        whole = self.backend.defaults.whole_image_pixels
+        if self.auto_core and height * width <= whole and self.backend.accepts(1, height, width):
+            core = 0  # the image fits one window: no overlap to recompute
+        return tiling.plan(height, width, core, self.margin)
 
     # -- the three stages ------------------------------------------------------------------
     def _read(self, planes: Planes, plan: tiling.TilePlan, q_in: queue.Queue, stop: threading.Event):

@@ -80,3 +80,14 @@ def test_margin_below_radius_is_not_exact():
     up = TiledUpscaler(TorchBackend(view), core=16, margin=view.radius // 4)
     out, _ = up.run_to_array(Planes(img), np.float32)
     assert np.abs(out - _whole(random_view(blocks=3, channels=8), img)).max() > 1e-4
+
+
+def test_small_images_run_whole_and_large_ones_tile():
+    """With the default core, an image that fits the backend's memory budget is one window."""
+    view = random_view()
+    up = TiledUpscaler(TorchBackend(view))
+    whole = up.backend.defaults.whole_image_pixels
+    side = int(whole ** 0.5)
+    assert len(up.plan(side, side)) == 1
+    assert len(up.plan(side + 200, side + 200)) > 1
+    assert len(TiledUpscaler(TorchBackend(view), core=32).plan(side, side)) > 1  # an explicit core is obeyed

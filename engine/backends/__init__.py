@@ -47,13 +47,13 @@ def _torch(view, device: torch.device, precision: str) -> Backend:
 
 
 def _onnxruntime(view, device: torch.device, precision: str) -> Backend:
-    from srtrt.engine.export import export_onnx
+    from srtrt.engine.export import export_onnx, state_dict_sha256
 
     from .onnxruntime_backend import OnnxRuntimeBackend
 
     if precision not in ("fp32", "fp16"):
         raise SrtrtError(f"onnxruntime runs fp32 or fp16 graphs, not {precision}")
-    sha = getattr(view, "checkpoint_sha256", "") or "unhashed"
+    sha = getattr(view, "checkpoint_sha256", "") or state_dict_sha256(view)
     path = cache_dir() / "onnx" / f"{sha[:16]}-x{view.scale}-{precision}.onnx"
     if not path.exists():
         export_onnx(view, path, precision=precision)

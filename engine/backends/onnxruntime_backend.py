@@ -9,7 +9,8 @@ import torch
 
 from srtrt.errors import SrtrtError
 
-from .base import Backend, TileDefaults
+from .base import Backend, activation_bytes_per_pixel, defaults_for_budget
+from .torch_backend import CPU_ACTIVATION_BUDGET
 
 
 def available() -> tuple[bool, str]:
@@ -50,7 +51,8 @@ class OnnxRuntimeBackend(Backend):
         self.precision = "fp16" if self.input_dtype == np.float16 else "fp32"
         self.scale, self.radius = scale, radius
         self.path = Path(onnx_path)
-        self.defaults = TileDefaults(core=192, batch=1)
+        # Sized like the torch CPU backend for the default 64-channel network (ORT allocates fp32 internally).
+        self.defaults = defaults_for_budget(CPU_ACTIVATION_BUDGET, activation_bytes_per_pixel(64, scale, 4), radius)
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         feed = x.detach().cpu().numpy().astype(self.input_dtype, copy=False)

@@ -12,9 +12,11 @@ import torch
 
 from srtrt.nets import InferenceView, fold_batchnorm
 
-from .base import Backend, TileDefaults
+from .base import Backend, activation_bytes_per_pixel, defaults_for_budget
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CPU_ACTIVATION_BUDGET = 1_500_000_000   # keeps `srtrt run` on any image under ~2.5 GB resident
+CUDA_ACTIVATION_BUDGET = 8_000_000_000
 
 
 class TorchBackend(Backend):
@@ -42,7 +44,11 @@ class TorchBackend(Backend):
             model = model.to(memory_format=torch.channels_last)
         self.model = torch.compile(model, dynamic=False) if compile else model
         self.compiled = compile
-        self.defaults = TileDefaults(core=512, batch=4) if self.device.type == "cuda" else TileDefaults(core=192, batch=1)
+        bpp = activation_bytes_per_pixel(view.generator.config.channels, self.scale, self.dtype.itemsize)
+        if self.device.type == "cuda":  # batches of 4 large windows keep a GPU busy; memory is plentiful
+            self.defaults = defaults_for_budget(CUDA_ACTIVATION_BUDGET, bpp, self.radius, batch=4)
+        else:  # one window at a time, as large as the budget allows: less overlap to recompute
+            self.defaults = defaults_for_budget(CPU_ACTIVATION_BUDGET, bpp, self.radius, batch=1)
 
     @torch.inference_mode()
     def infer(self, x: torch.Tensor) -> torch.Tensor:
