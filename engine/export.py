@@ -159,7 +159,10 @@ _META_TYPES = {"scale": int, "radius": int, "fused": lambda v: v == "True", "aot
 
 
 def load_metadata(path) -> dict:
-    """The srtrt metadata of an exported file: model_sha256, scale, radius, precision, fused, ..."""
+    """The srtrt metadata of an exported file: model_sha256, scale, radius, precision, fused, ...
+
+    Refuses (SrtrtError) a file whose external-data paths leave its folder (see onnx_safety).
+    """
     onnx = _onnx()
     path = Path(path)
     try:
@@ -168,6 +171,9 @@ def load_metadata(path) -> dict:
         raise SrtrtError("ONNX file not found", path) from None
     except Exception as e:  # protobuf raises its own DecodeError for non-ONNX bytes
         raise SrtrtError(f"not a readable ONNX file ({e.__class__.__name__})", path) from None
+    from .onnx_safety import check_external_data
+
+    check_external_data(model, path)  # before any loader follows an external-data path
     meta = {}
     for p in model.metadata_props:
         if p.key.startswith(META_PREFIX):

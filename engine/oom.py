@@ -1,0 +1,67 @@
+"""Out of device memory: recognise it and step down to a smaller tile batch, then a smaller tile.
+
+A tile batch's activations are what fill the GPU, so the fallback for an image that runs out of
+memory is to retry it with half the batch (down to one tile), then with half the tile core
+(down to `MIN_CORE` LR pixels, or until the window stops shrinking). Tiled output equals the
+whole-image output whatever the tile, so a retried image is the same image, only slower.
+"""
+from __future__ import annotations
+
+from .runtime import TiledUpscaler
+
+MIN_CORE = 32  # LR pixels: below this the margins dominate the work of a window
+
+# Messages of allocation failures that do not come as torch.cuda.OutOfMemoryError:
+# onnxruntime ("Failed to allocate memory for requested buffer", BFC arena, CUDA error 2),
+# TensorRT contexts and cuDNN/cuBLAS workspaces, and older torch builds.
+_MARKERS = ("out of memory", "failed to allocate memory", "out of gpu memory",
+            "cudaerrormemoryallocation", "cuda_error_out_of_memory", "bfcarena",
+            "cublas_status_alloc_failed", "cudnn_status_alloc_failed")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a device allocation failure from torch, onnxruntime or TensorRT."""
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    if isinstance(exc, MemoryError) or not isinstance(exc, Exception):
+        return False  # host memory and interrupts are not retried with smaller tiles
+    message = str(exc).lower()
+    return any(marker in message for marker in _MARKERS)
+
+
+def free_device_memory(upscaler: TiledUpscaler) -> None:
+    """Hand cached blocks back so the retry starts from an empty allocator."""
+    if upscaler.cuda:
+        import torch
+
+        try:
+            torch.cuda.synchronize(upscaler.backend.device)
+            torch.cuda.empty_cache()
+        except RuntimeError:
+            pass  # the device is in a bad state; the retry will say so
+
+
+def smaller(upscaler: TiledUpscaler, height: int, width: int, min_core: int = MIN_CORE) -> TiledUpscaler | None:
+    """The next smaller setting for an HxW image, or None when there is none left.
+
+    Half the batch while it is above one; then half the core while that shrinks the window
+    and the backend accepts the new window shape.
+    """
+    plan = upscaler.plan(height, width)
+    if min(upscaler.batch, len(plan)) > 1:  # a batch larger than the image's tile count is not used
+        return TiledUpscaler(upscaler.backend, core=plan.core, margin=upscaler.margin,
+                             batch=min(upscaler.batch, len(plan)) // 2)
+    old_window = plan.window_shape
+    core = min(plan.core, max(height, width))
+    while core > min_core:
+        core = max(min_core, core // 2)
+        candidate = TiledUpscaler(upscaler.backend, core=core, margin=upscaler.margin, batch=1)
+        window = candidate.plan(height, width).window_shape
+        if window[0] * window[1] < old_window[0] * old_window[1]:
+            return candidate if upscaler.backend.accepts(1, *window) else None
+    return None

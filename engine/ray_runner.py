@@ -1,0 +1,229 @@
+"""`srtrt run DIR -o OUTDIR --ray [ADDRESS]`: one batch spread over a Ray cluster with Ray Data.
+
+    paths (driver) --from_items--> Dataset of {source, destination}
+        --map_batches(ImageActor, actor pool)--> one status row per image --> summary (driver)
+
+Only paths travel through the object store: each actor decodes its own inputs, streams their
+tiles through the same runtime as a local run and writes its own outputs (temporary name, then
+rename), returning a small status row (path, output, status, message, seconds). One actor per
+GPU (`num_gpus=1`) where the cluster has GPUs, otherwise one single-threaded CPU actor per CPU;
+each builds its backend once. Inputs and the output folder must be visible to every node at
+the same paths (a shared file system); a single machine always qualifies.
+
+A bad image fails that image only. Outputs already present are skipped (on the driver, before
+any work is scheduled), so running the same command again after a crash or preemption resumes
+where it stopped. `--ray` with no address starts a local Ray on this machine; with an address
+(`ray://host:10001`, `host:6379`, `auto`) it connects to that cluster.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from srtrt.errors import SrtrtError
+
+from .cli_run import (DONE, FAILED, SKIPPED, BatchReport, FileRunner, Outcome, expand_inputs, make_output_folder,
+                      plan_jobs)
+
+INSTALL = 'srtrt --ray needs Ray: pip install "srtrt[ray]"'
+LOCAL = "auto"  # what `--ray` without an address passes
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the [data] extra)
+    except ImportError:
+        raise SrtrtError(INSTALL) from None
+    return ray
+
+
+class ImageActor:
+    """A Ray Data actor: builds the backend once, then upscales the images of each batch of paths."""
+
+    def __init__(self, options: dict):
+        import torch
+
+        from srtrt.engine.backends import create_backend
+
+        try:
+            import ray
+
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+            torch.set_num_threads(max(1, int(cpus)))
+        except Exception:  # outside Ray (tests call the class directly)
+            pass
+        selection = create_backend(options["backend"], options["model"], options["precision"], options["device"])
+        self.describe = selection.backend.describe()
+        self.runner = FileRunner(selection.backend, tile=options["tile"], margin=options["margin"],
+                                 batch=options["batch"], max_pixels=options["max_pixels"], alpha=options["alpha"],
+                                 overwrite=options["overwrite"], log=lambda m: print(m, file=sys.stderr))
+
+    def __call__(self, batch: dict) -> dict:
+        rows = {k: [] for k in ("path", "output", "status", "message", "seconds", "pixels")}
+        for source, destination in zip(batch["source"], batch["destination"]):
+            source, destination = Path(str(source)), Path(str(destination))
+            try:
+                outcome = self.runner.run(source, destination)
+            except Exception as e:  # anything unexpected fails this image, not the job
+                outcome = Outcome(source, destination, FAILED, f"{source}: {type(e).__name__}: {' '.join(str(e).split())}")
+            rows["path"].append(str(source))
+            rows["output"].append(str(destination))
+            rows["status"].append(outcome.status)
+            rows["message"].append(outcome.message)
+            rows["seconds"].append(float(outcome.seconds))
+            rows["pixels"].append(int(outcome.pixels))
+        return rows
+
+
+def _connect(ray, address: str, quiet: bool) -> bool:
+    """Start a local Ray or connect to `address`; returns True when this call started it."""
+    import logging
+
+    if ray.is_initialized():
+        return False
+    level = logging.ERROR if quiet else logging.WARNING
+    if address == LOCAL:
+        ray.init(num_cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+                 include_dashboard=False, logging_level=level)
+    else:
+        try:
+            ray.init(address=address, logging_level=level)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise SrtrtError(f"cannot connect to the Ray cluster at {address} ({' '.join(str(e).split())[:200]})") from None
+    return True
+
+
+def _pool(ray, jobs: int, device: str | None) -> tuple[int, dict]:
+    """Pool size and map_batches arguments: one actor per GPU, else one per CPU."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0)) if device in (None, "cuda") or str(device).startswith("cuda") else 0
+    if gpus:
+        size, per_actor = min(gpus, jobs), {"num_gpus": 1}
+    else:
+        size, per_actor = max(1, min(int(resources.get("CPU", 1)), jobs)), {"num_cpus": 1}
+    from ray.data import ActorPoolStrategy
+
+    if _ray_version(ray) >= (2, 51):  # `concurrency` is deprecated from 2.51 on
+        return size, {"compute": ActorPoolStrategy(size=size), **per_actor}
+    return size, {"concurrency": size, **per_actor}
+
+
+def _ray_version(ray) -> tuple[int, int]:
+    major, minor, *_ = (ray.__version__.split(".") + ["0", "0"])
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def _actor_device(device: str | None, pool: dict) -> str | None:
+    # each GPU actor sees its one GPU as cuda:0 (Ray sets CUDA_VISIBLE_DEVICES)
+    if pool.get("num_gpus"):
+        return "cuda"
+    return device or "cpu"
+
+
+def _sweep_dead_partials(destinations: list[Path]) -> None:
+    """After an interrupted local run: delete temporary files of processes that no longer exist."""
+    for destination in destinations:
+        try:
+            leftovers = list(destination.parent.glob(f".{destination.name}.partial-*"))
+        except OSError:
+            continue
+        for leftover in leftovers:
+            pid = leftover.name.rsplit(".partial-", 1)[1].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                try:
+                    leftover.unlink()
+                except OSError:
+                    pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def main(args) -> int:
+    ray = _import_ray()
+    import srtrt
+
+    from .signals import StopOnSignals, Stopped
+
+    inputs = expand_inputs(args.inputs)
+    if not inputs:
+        raise SrtrtError(f"no input images match {' '.join(args.inputs)}")
+    make_output_folder(args.output, len(inputs) > 1)
+    scale = srtrt.load_model(args.model).scale  # checks the model once, here, with one line if it is bad
+
+    def say(message: str, always: bool = False) -> None:
+        if always or not args.quiet:
+            print(message, file=sys.stderr)
+
+    report = BatchReport()
+    todo, existing = [], 0
+    for job in plan_jobs(inputs, args.output, scale):
+        if job.refusal:
+            report.add(Outcome(job.source, job.destination, job.status, job.refusal))
+            say(f"srtrt: {job.refusal}", always=job.status == FAILED)
+        elif os.path.lexists(job.destination) and not args.overwrite:
+            report.add(Outcome(job.source, job.destination, SKIPPED))
+            existing += 1
+        else:
+            todo.append(job)
+    if existing:
+        say(f"srtrt: {existing} outputs exist, skipped (--overwrite to replace)")
+
+    started = False
+    try:
+        if todo:
+            started = _connect(ray, args.ray, args.quiet)
+        with StopOnSignals() as stop:  # after ray.init, which installs handlers of its own
+            if todo:
+                _run_dataset(ray, args, todo, report, say, stop)
+            stop.check()
+    except Stopped as stopped:
+        if started and args.ray == LOCAL:
+            ray.shutdown()
+            started = False
+            _sweep_dead_partials([job.destination for job in todo])
+        say(f"srtrt: stopped by {stopped.name}: finished outputs kept ({len(report.done)} reported before the stop), "
+            "images in progress discarded", always=True)
+        return stopped.exit_code
+    finally:
+        if started:
+            ray.shutdown()
+    say(report.summary(), always=True)
+    return report.exit_code
+
+
+def _run_dataset(ray, args, todo, report: BatchReport, say, stop) -> None:
+    import ray.data
+
+    import logging
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = not args.quiet and sys.stderr.isatty()
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset INFO lines; srtrt reports per image
+    size, pool = _pool(ray, len(todo), args.device)
+    options = {"backend": args.backend, "model": args.model, "precision": args.precision,
+               "device": _actor_device(args.device, pool), "tile": args.tile, "margin": args.margin,
+               "batch": args.batch, "max_pixels": args.max_pixels, "alpha": args.alpha, "overwrite": args.overwrite}
+    items = [{"source": str(job.source), "destination": str(job.destination)} for job in todo]
+    dataset = ray.data.from_items(items).map_batches(
+        ImageActor, fn_constructor_args=(options,), batch_size=1, batch_format="numpy", **pool)
+    say(f"srtrt: {len(todo)} images over {size} Ray actors ({'1 GPU' if pool.get('num_gpus') else '1 CPU'} each)")
+    report.started = time.perf_counter()  # throughput of the work, not of starting the cluster
+    for row in dataset.iter_rows():
+        outcome = report.add(Outcome(Path(row["path"]), Path(row["output"]), str(row["status"]), str(row["message"]),
+                                     float(row["seconds"]), int(row["pixels"])))
+        if outcome.status == DONE:
+            say(f"srtrt: {outcome.message}")
+        elif outcome.status == FAILED:
+            say(f"srtrt: {outcome.message}", always=True)
+        stop.check()

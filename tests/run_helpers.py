@@ -1,0 +1,60 @@
+"""Helpers for the `srtrt run` tests: a tiny random checkpoint, small images, leftovers."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from conftest import smooth_image
+from srtrt import checkpoint
+from srtrt.nets import SRResNet, SRResNetConfig
+
+
+def save_tiny_model(folder: Path, name: str = "tiny", blocks: int = 1, channels: int = 4, seed: int = 0) -> Path:
+    """A random SRResNet checkpoint small enough that a run takes milliseconds per image."""
+    torch.manual_seed(seed)
+    config = SRResNetConfig(blocks=blocks, channels=channels)
+    return checkpoint.save(folder / f"{name}.safetensors", SRResNet(config).eval(), "srresnet", config)
+
+
+def write_images(folder: Path, count: int, height: int = 24, width: int = 32, prefix: str = "img",
+                 suffix: str = ".png") -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"{prefix}{i}{suffix}"
+        Image.fromarray(smooth_image(height, width, seed=i)).save(path)
+        paths.append(path)
+    return paths
+
+
+def partials(folder: Path) -> list[Path]:
+    """Temporary files a writer left behind (`.NAME.partial-PID-TOKEN`), searched recursively."""
+    return [p for p in Path(folder).rglob("*") if ".partial-" in p.name or p.name.endswith(".tmp")]
+
+
+def is_complete_image(path: Path, size: tuple[int, int] | None = None) -> bool:
+    """Opens and decodes fully (a truncated file raises), with the expected size if given."""
+    with Image.open(path) as img:
+        img.load()
+        return size is None or img.size == size
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img)
+
+
+def cli_env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+def srtrt_process(*args: str, **kwargs) -> subprocess.Popen:
+    """`srtrt ...` in a fresh interpreter (for signals and concurrent runs)."""
+    return subprocess.Popen([sys.executable, "-m", "srtrt.cli", *map(str, args)], env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)

@@ -1,0 +1,150 @@
+"""`srtrt run` on batches: bad files, skip/overwrite, output naming, interruption by signals."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from run_helpers import (is_complete_image, partials, pixels, save_tiny_model, srtrt_process,
+                         write_images)
+from srtrt.cli import main
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+def run(capsys, *args) -> tuple[int, str]:
+    code = main(["run", *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+def test_batch_over_a_folder_with_a_corrupt_file(tmp_path, capsys, model):
+    sources = write_images(tmp_path / "in", 3)
+    data = sources[1].read_bytes()
+    (tmp_path / "in" / "cut.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "in" / "text.jpg").write_text("not an image\n")
+    code, err = run(capsys, tmp_path / "in", "-o", tmp_path / "out", "--model", model)
+
+    assert code == 1
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["img0_x4.png", "img1_x4.png", "img2_x4.png"]
+    for name in written:
+        assert is_complete_image(tmp_path / "out" / name, (128, 96))
+    bad_lines = [line for line in err.splitlines() if "cut.png" in line or "text.jpg" in line]
+    assert len(bad_lines) == 2 and all(line.startswith("srtrt: ") for line in bad_lines)
+    assert "Traceback" not in err
+    assert "3 done, 0 skipped, 2 failed" in err
+    assert partials(tmp_path) == []
+
+
+def test_existing_outputs_are_skipped_unless_overwrite(tmp_path, capsys, model):
+    write_images(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    assert run(capsys, tmp_path / "in", "-o", out, "--model", model)[0] == 0
+    first = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.iterdir()}
+
+    code, err = run(capsys, tmp_path / "in", "-o", out, "--model", model)
+    assert code == 0 and err.count("exists, skipped") == 2 and "0 done, 2 skipped" in err
+    assert {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.iterdir()} == first
+
+    code, err = run(capsys, tmp_path / "in", "-o", out, "--model", model, "--overwrite")
+    assert code == 0 and "2 done, 0 skipped" in err
+    after = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.iterdir()}
+    assert after.keys() == first.keys()
+    assert all(after[n][1] != first[n][1] for n in first)  # replaced by rename, not rewritten in place
+    assert partials(tmp_path) == []
+
+
+def test_output_file_or_directory(tmp_path, capsys, model):
+    (source,) = write_images(tmp_path / "in", 1)
+    # one input: -o is a file, its extension picks the format
+    assert run(capsys, source, "-o", tmp_path / "one.tif", "--model", model)[0] == 0
+    with Image.open(tmp_path / "one.tif") as img:
+        assert img.format == "TIFF" and img.size == (128, 96)
+    # a trailing separator makes it a folder, created if missing
+    assert run(capsys, source, "-o", f"{tmp_path / 'new'}{os.sep}", "--model", model)[0] == 0
+    assert is_complete_image(tmp_path / "new" / "img0_x4.png", (128, 96))
+    # an existing folder is a folder
+    (tmp_path / "there").mkdir()
+    assert run(capsys, source, "-o", tmp_path / "there", "--model", model)[0] == 0
+    assert [p.name for p in (tmp_path / "there").iterdir()] == ["img0_x4.png"]
+    # several inputs need a folder, not an existing file
+    write_images(tmp_path / "in", 2)
+    code, err = run(capsys, tmp_path / "in", "-o", tmp_path / "one.tif", "--model", model)
+    assert code == 2 and "several inputs need an output directory" in err and len(err.strip().splitlines()) == 1
+    # an unknown extension for a single output file
+    code, err = run(capsys, source, "-o", tmp_path / "x.gif", "--model", model)
+    assert code == 1 and "unknown output format '.gif'" in err and not (tmp_path / "x.gif").exists()
+
+
+def test_default_name_beside_the_input_and_no_second_generation(tmp_path, capsys, model):
+    folder = tmp_path / "photos"
+    write_images(folder, 2, prefix="shot")
+    code, err = run(capsys, folder, "--model", model)
+    assert code == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["shot0.png", "shot0_x4.png", "shot1.png", "shot1_x4.png"]
+    assert pixels(folder / "shot1_x4.png").shape == (96, 128, 3)
+    # the folder now holds its own results; a re-run neither upscales them again nor rewrites them
+    code, err = run(capsys, folder, "--model", model)
+    assert code == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["shot0.png", "shot0_x4.png", "shot1.png", "shot1_x4.png"]
+    assert err.count("not upscaled again") == 2 and err.count("exists, skipped") == 2
+
+
+def test_two_inputs_with_one_output_name_are_not_merged(tmp_path, capsys, model):
+    write_images(tmp_path / "in", 1, prefix="a")
+    Image.open(tmp_path / "in" / "a0.png").convert("RGB").save(tmp_path / "in" / "a0.jpg")
+    code, err = run(capsys, tmp_path / "in", "-o", tmp_path / "out", "--model", model)
+    assert code == 1
+    # inputs are taken in sorted order: a0.jpg owns the name, a0.png is refused, nothing is replaced
+    (refusal,) = [line for line in err.splitlines() if "same output name" in line]
+    assert refusal.startswith(f"srtrt: {tmp_path / 'in' / 'a0.png'}: same output name a0_x4.png as ")
+    assert refusal.endswith("a0.jpg; rename one of them")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a0_x4.png"]
+    reference = tmp_path / "ref.png"
+    assert run(capsys, tmp_path / "in" / "a0.jpg", "-o", reference, "--model", model)[0] == 0
+    assert (tmp_path / "out" / "a0_x4.png").read_bytes() == reference.read_bytes()
+
+
+def test_missing_input_and_empty_glob(tmp_path, capsys, model):
+    code, err = run(capsys, tmp_path / "nope.png", "--model", model)
+    assert code == 1 and "nope.png: no such file" in err
+    code, err = run(capsys, str(tmp_path / "*.webp"), "--model", model)
+    assert code == 2 and "no input images match" in err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_batch_keeps_finished_outputs_and_no_partial_file(tmp_path, signum):
+    """Send the signal while the second image's temporary file exists, i.e. inside a write."""
+    model = save_tiny_model(tmp_path, channels=16, blocks=2)
+    write_images(tmp_path / "in", 6, height=128, width=192)  # ~0.4 s an image: time to catch one mid-write
+    out = tmp_path / "out"
+    process = srtrt_process("run", tmp_path / "in", "-o", out, "--model", model, "--tile", "16", "--margin", "4")
+    deadline, sent = time.monotonic() + 60, False
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            finished = list(out.glob("*_x4.png")) if out.is_dir() else []
+            if finished and partials(out):
+                process.send_signal(signum)
+                sent = True
+                break
+            time.sleep(0.005)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert sent, f"the run ended before a second image was in progress: {err}"
+    assert process.returncode == 128 + signum, err
+    assert err.strip().splitlines()[-1].startswith(f"srtrt: stopped by {signal.Signals(signum).name}")
+    assert "Traceback" not in err
+    assert partials(tmp_path) == []
+    kept = sorted(out.glob("*_x4.png"))
+    assert 1 <= len(kept) < 6
+    for path in kept:
+        assert is_complete_image(path, (768, 512))

@@ -1,0 +1,445 @@
+"""Faults and hostile input for `srtrt run`: each is refused or survived with one line, and
+nothing finished is lost, nothing half-written is left (see engine/FAULTS.md)."""
+from __future__ import annotations
+
+import errno
+import io
+import os
+import random
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from run_helpers import is_complete_image, partials, pixels, save_tiny_model, srtrt_process, write_images
+from srtrt.cli import main
+from srtrt.errors import SrtrtError
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+def run(capsys, *args) -> tuple[int, str]:
+    code = main(["run", *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+def one_line_errors(err: str) -> list[str]:
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("srtrt: ")]
+
+
+# --------------------------------------------------------------------------- signals
+
+def test_first_signal_is_recorded_and_raised_at_the_next_check():
+    from srtrt.engine.signals import StopOnSignals, Stopped
+
+    before = signal.getsignal(signal.SIGTERM)
+    with StopOnSignals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)  # recorded, nothing raised here
+        assert stop.requested
+        with pytest.raises(Stopped) as caught:
+            stop.check()
+    assert caught.value.exit_code == 143 and caught.value.name == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert Stopped(signal.SIGINT).exit_code == 130
+
+
+# --------------------------------------------------------------------------- device memory
+
+def out_of_memory_above(view, limit: int):
+    """Fault injection: a real Backend (a TorchBackend subclass) that raises torch.cuda.OutOfMemoryError,
+    as CUDA would, when a call holds more than `limit` LR pixels (batch x height x width).
+
+    The CPU has no device memory to exhaust, so this stands in for a GPU that is too small.
+    """
+    from srtrt.engine.backends.torch_backend import TorchBackend
+
+    class OutOfMemoryAbove(TorchBackend):
+        def __init__(self):
+            super().__init__(view, "cpu", "fp32")
+            self.calls = []
+
+        def infer(self, x):
+            n, _, h, w = x.shape
+            self.calls.append((n, h, w))
+            if n * h * w > limit:
+                raise torch.cuda.OutOfMemoryError(
+                    f"CUDA out of memory. Tried to allocate {n * h * w * 4096} bytes (injected)")
+            return super().infer(x)
+
+    return OutOfMemoryAbove()
+
+
+@pytest.fixture
+def inject_oom(monkeypatch, model):
+    """Make `srtrt run` use an out_of_memory_above backend with the given limit."""
+    import srtrt
+    import srtrt.engine.backends as backends
+
+    made = []
+
+    def use(limit: int):
+        def create(name="auto", model=None, precision="auto", device=None, view=None):
+            backend = out_of_memory_above(srtrt.load_model(model), limit)
+            made.append(backend)
+            return backends.Selection(backend, "torch with injected out-of-memory")
+
+        monkeypatch.setattr(backends, "create_backend", create)
+        return made
+
+    return use
+
+
+def test_out_of_memory_halves_the_batch_then_the_tile(tmp_path, capsys, model, inject_oom):
+    (source,) = write_images(tmp_path / "in", 1, height=160, width=160)
+    options = ["--model", model, "--tile", "64", "--margin", "10", "--batch", "4"]  # margin = the model's radius
+    reference = tmp_path / "reference.png"
+    assert run(capsys, source, "-o", reference, *options)[0] == 0
+
+    made = inject_oom(limit=52 * 52)  # only one window of a 32-pixel core (32 + 2*10) fits
+    out = tmp_path / "out.png"
+    code, err = run(capsys, source, "-o", out, *options)
+    assert code == 0, err
+    retries = [line.split("retrying with ")[1] for line in err.splitlines() if "retrying with" in line]
+    assert retries == ["batch 2, tile 64", "batch 1, tile 64", "batch 1, tile 32"]
+    calls = made[0].calls
+    assert calls[:3] == [(4, 84, 84), (2, 84, 84), (1, 84, 84)]
+    assert set(calls[3:]) == {(1, 52, 52)} and len(calls[3:]) == 25  # 160 = 5 x 32: 5x5 tiles
+    # tiled output does not depend on the tile (fp32 sums in another order: a rounding step at most)
+    diff = np.abs(pixels(out).astype(int) - pixels(reference).astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+    assert partials(tmp_path) == []
+
+
+def test_out_of_memory_at_the_floor_fails_that_image_only(tmp_path, capsys, model, inject_oom):
+    write_images(tmp_path / "in", 1, height=80, width=80, prefix="big")
+    write_images(tmp_path / "in", 1, height=8, width=8, prefix="small")
+    inject_oom(limit=20 * 20)  # below the smallest window (32 + 2*4)^2, above the 8x8 image
+    code, err = run(capsys, tmp_path / "in", "-o", tmp_path / "out", "--model", model, "--margin", "4")
+    assert code == 1
+    (failure,) = [line for line in one_line_errors(err) if "even with" in line]
+    assert "big0.png: out of device memory even with batch 1 and tile 32" in failure
+    assert "try a smaller --tile or --device cpu" in failure
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["small0_x4.png"]
+    assert partials(tmp_path) == []
+
+
+@pytest.mark.parametrize("exc, expected", [
+    (torch.cuda.OutOfMemoryError("CUDA out of memory"), True),
+    (RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer"), True),
+    (RuntimeError("TensorRT could not create an execution context (out of GPU memory?)"), True),
+    (RuntimeError("CUDA error: out of memory"), True),
+    (RuntimeError("Given groups=1, weight of size [4, 3, 9, 9]"), False),
+    (MemoryError(), False),
+    (KeyboardInterrupt(), False),
+])
+def test_what_counts_as_out_of_device_memory(exc, expected):
+    from srtrt.engine.oom import is_out_of_memory
+
+    assert is_out_of_memory(exc) is expected
+
+
+# --------------------------------------------------------------------------- files
+
+def test_output_path_equal_to_the_input_is_refused(tmp_path, capsys, model):
+    (source,) = write_images(tmp_path, 1)
+    before = source.read_bytes()
+    code, err = run(capsys, source, "-o", source, "--model", model, "--overwrite")
+    assert code == 1 and one_line_errors(err)[-1] == f"srtrt: {source}: output path is the input itself"
+    assert source.read_bytes() == before and partials(tmp_path) == []
+
+
+def test_output_folder_that_cannot_be_created(tmp_path, capsys, model):
+    write_images(tmp_path / "in", 2)
+    (tmp_path / "file").write_text("x")
+    code, err = run(capsys, tmp_path / "in", "-o", tmp_path / "file" / "sub", "--model", model)
+    assert code == 2 and len(one_line_errors(err)) == 1 and "cannot create the output folder" in err
+
+
+def test_unwritable_output_folder(tmp_path, capsys, model, monkeypatch):
+    """Root ignores permission bits, so the refusal is injected at the writer's open()."""
+    import srtrt.engine.writers as writers
+
+    write_images(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+    monkeypatch.setattr(writers, "open", refuse, raising=False)
+    code, err = run(capsys, tmp_path / "in", "-o", out, "--model", model)
+    assert code == 1
+    lines = [line for line in one_line_errors(err) if "Permission denied" in line]
+    assert len(lines) == 2 and all("cannot write to" in line for line in lines)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")
+def test_read_only_output_folder(tmp_path, capsys, model):
+    write_images(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        code, err = run(capsys, tmp_path / "in", "-o", out, "--model", model)
+    finally:
+        out.chmod(0o700)
+    assert code == 1 and err.count("cannot write to") == 2 and list(out.iterdir()) == []
+
+
+class DiskFillsUp(io.RawIOBase):
+    """The writer's file on a disk that is full for one output: writes raise ENOSPC."""
+
+    def __init__(self, file):
+        self._file = file
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+
+def test_full_disk_fails_that_image_and_keeps_the_others(tmp_path, capsys, model, monkeypatch):
+    import srtrt.engine.writers as writers
+
+    write_images(tmp_path / "in", 3)
+    real_open = open
+
+    def open_on_full_disk(path, mode="r", *args, **kwargs):
+        file = real_open(path, mode, *args, **kwargs)
+        return DiskFillsUp(file) if "img1_x4" in os.fspath(path) else file
+
+    monkeypatch.setattr(writers, "open", open_on_full_disk, raising=False)
+    code, err = run(capsys, tmp_path / "in", "-o", tmp_path / "out", "--model", model)
+    assert code == 1
+    (full,) = [line for line in one_line_errors(err) if "No space left on device" in line]
+    assert "img1_x4.png" in full
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img0_x4.png", "img2_x4.png"]
+    assert all(is_complete_image(p, (128, 96)) for p in (tmp_path / "out").iterdir())
+    assert partials(tmp_path) == []
+
+
+def test_two_runs_into_one_folder_at_once(tmp_path, capsys, model):
+    write_images(tmp_path / "in", 6, height=48, width=64)
+    reference = tmp_path / "reference"
+    assert run(capsys, tmp_path / "in", "-o", reference, "--model", model)[0] == 0
+    out = tmp_path / "out"
+    runs = [srtrt_process("run", tmp_path / "in", "-o", out, "--model", model, "--overwrite", "-q")
+            for _ in range(2)]
+    results = [p.communicate(timeout=120) for p in runs]
+    assert [p.returncode for p in runs] == [0, 0], results
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
+    for path in out.iterdir():
+        assert is_complete_image(path, (256, 192))
+        assert path.read_bytes() == (reference / path.name).read_bytes()
+    assert partials(tmp_path) == []
+
+
+def test_a_planted_symlink_in_the_output_folder_is_not_followed(tmp_path, capsys, model):
+    (source,) = write_images(tmp_path / "in", 1)
+    victim = tmp_path / "elsewhere.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "img0_x4.png").symlink_to(victim)
+    code, err = run(capsys, source, "-o", out / "img0_x4.png", "--model", model)
+    assert code == 0 and "exists, skipped" in err  # without --overwrite an existing name is left alone
+    code, err = run(capsys, source, "-o", out / "img0_x4.png", "--model", model, "--overwrite")
+    assert code == 0
+    assert victim.read_text() == "keep me"
+    assert not (out / "img0_x4.png").is_symlink() and is_complete_image(out / "img0_x4.png", (128, 96))
+
+
+# --------------------------------------------------------------------------- decoding
+
+def test_mutated_images_in_a_batch_fail_alone(tmp_path, capsys, model):
+    """Random byte edits and cuts of PNG, JPEG, TIFF and WebP files, all in one batch."""
+    rng = random.Random(7)
+    folder = tmp_path / "in"
+    write_images(folder, 1, prefix="good")
+    seeds = {}
+    for fmt, suffix in (("PNG", ".png"), ("JPEG", ".jpg"), ("TIFF", ".tif"), ("WEBP", ".webp")):
+        buffer = io.BytesIO()
+        Image.open(folder / "good0.png").save(buffer, fmt)
+        seeds[suffix] = buffer.getvalue()
+    for i in range(16):
+        suffix = list(seeds)[i % 4]
+        data = bytearray(seeds[suffix])
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        cut = len(data) if i % 3 else rng.randrange(1, len(data))
+        (folder / f"mutant{i:02d}{suffix}").write_bytes(bytes(data[:cut]))
+    code, err = run(capsys, folder, "-o", tmp_path / "out", "--model", model)
+    lines = one_line_errors(err)
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert "good0_x4.png" in written
+    failed = [line for line in lines if "mutant" in line and "->" not in line]
+    # every mutant either decoded (its output is complete) or failed with its own one line
+    assert len(failed) + len(written) == 17
+    assert code == (1 if failed else 0)
+    assert all(is_complete_image(tmp_path / "out" / name) for name in written)
+    assert partials(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- models and engines
+
+def test_truncated_weights_are_one_line(tmp_path, capsys):
+    model = save_tiny_model(tmp_path)
+    model.write_bytes(model.read_bytes()[:300])
+    (source,) = write_images(tmp_path / "in", 1)
+    code, err = run(capsys, source, "--model", model)
+    assert code == 2
+    assert one_line_errors(err) == [line for line in err.splitlines() if line]
+    assert "corrupt or truncated weights" in err and str(model) in err
+    assert not (tmp_path / "in" / "img0_x4.png").exists()
+
+
+def test_config_that_does_not_match_the_tensors_is_one_line(tmp_path, capsys):
+    import json
+
+    model = save_tiny_model(tmp_path)
+    sidecar = model.with_suffix(".json")
+    doc = json.loads(sidecar.read_text())
+    doc["config"]["channels"] = 8
+    sidecar.write_text(json.dumps(doc))
+    (source,) = write_images(tmp_path / "in", 1)
+    code, err = run(capsys, source, "--model", model)
+    assert code == 2 and "weights do not match the config" in err and len(one_line_errors(err)) == 1
+
+
+def _onnx_with_external_weights(tmp_path, location: str):
+    """The exported tiny model re-saved with its weights in `weights.bin` beside it, then the
+    location its tensors name rewritten to `location` (the data itself stays in weights.bin)."""
+    import onnx
+
+    from conftest import random_view
+    from srtrt.engine.export import export_onnx
+
+    folder = tmp_path / "model"
+    path = export_onnx(random_view(blocks=1, channels=4), folder / "m.onnx")
+    proto = onnx.load(str(path))
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.bin", size_threshold=0)
+    return _relocate(path, location)
+
+
+def test_onnx_external_data_inside_its_folder_loads(tmp_path):
+    from srtrt.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    path = _onnx_with_external_weights(tmp_path, "weights.bin")
+    backend = OnnxRuntimeBackend(path, 4, 6)
+    y = backend.infer(torch.rand(1, 3, 8, 8))
+    assert y.shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute", "symlink"])
+def test_onnx_external_data_outside_its_folder_is_refused(tmp_path, where):
+    from srtrt.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    path = _onnx_with_external_weights(tmp_path, "weights.bin")
+    data = path.parent / "weights.bin"
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(data.read_bytes())
+    if where == "symlink":
+        data.unlink()
+        data.symlink_to(outside)
+        location = "weights.bin"
+    else:
+        location = "../secret.bin" if where == "parent" else str(outside)
+    path = _relocate(path, location)
+    with pytest.raises(SrtrtError, match="refused: external data .* (absolute path|outside the model's folder)") as e:
+        OnnxRuntimeBackend(path, 4, 6)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def _relocate(path: Path, location: str) -> Path:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save_model(proto, str(path))
+    return path
+
+
+def test_poisoned_onnx_cache_is_refused_by_srtrt_run(tmp_path, capsys, monkeypatch):
+    """`--backend onnxruntime` reuses the ONNX file cached for the checkpoint; a planted one
+    that points its weights outside the cache folder is refused with one line."""
+    import shutil
+
+    import srtrt
+
+    model = save_tiny_model(tmp_path)
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    sha = srtrt.load_model(model).checkpoint_sha256
+    planted = tmp_path / "cache" / "onnx" / f"{sha[:16]}-x4-fp32.onnx"
+    planted.parent.mkdir(parents=True)
+    crafted = _onnx_with_external_weights(tmp_path, "../../../secret.bin")
+    shutil.copy(crafted, planted)
+    (source,) = write_images(tmp_path / "in", 1)
+    code, err = run(capsys, source, "--model", model, "--backend", "onnxruntime", "--precision", "fp32")
+    assert code == 2
+    (line,) = one_line_errors(err)
+    assert line.startswith(f"srtrt: {planted}: refused: external data '../../../secret.bin' lies outside")
+    assert not (tmp_path / "in" / "img0_x4.png").exists()
+
+
+def test_tensorrt_without_a_gpu_is_one_line(tmp_path, capsys, model):
+    """Plans for another GPU or TensorRT version are refused by engine_cache (tests/test_tensorrt.py:
+    test_validate_refuses_a_plan_built_for_something_else, test_find_picks_a_fitting_plan_and_explains_misses);
+    on a machine without TensorRT or a GPU, asking for it is one line too."""
+    (source,) = write_images(tmp_path / "in", 1)
+    code, err = run(capsys, source, "--model", model, "--backend", "tensorrt")
+    assert code == 2 and len(one_line_errors(err)) == 1
+    assert not (tmp_path / "in" / "img0_x4.png").exists()
+
+
+# --------------------------------------------------------------------------- names
+
+@pytest.mark.parametrize("name", ["..png", "...png", "a..b.png", "-rf.png", "with space.png", "back\\slash.png",
+                                  "new\nline.png", ".hidden.png"])
+def test_odd_input_names_stay_in_the_output_folder(tmp_path, capsys, model, name):
+    source = tmp_path / "in" / name
+    source.parent.mkdir()
+    Image.fromarray(np.full((6, 5, 3), 90, np.uint8)).save(source, "PNG")
+    out = tmp_path / "out"
+    code, err = run(capsys, source, "-o", f"{out}{os.sep}", "--model", model)
+    assert code == 0, err
+    (written,) = list(out.iterdir())
+    assert written.parent == out and written.name == f"{Path(name).stem}_x4.png"
+    assert is_complete_image(written, (20, 24))
+
+
+def test_output_names_come_from_stems_only(tmp_path):
+    from srtrt.engine.cli_run import output_path
+
+    out = str(tmp_path / "out")
+    for source in ["..", "../x.png", "a/../../b.png", "/etc/passwd", "dir/.png", "c:\\evil\\..\\x.png"]:
+        destination = output_path(Path(source), out, True, 4)
+        assert destination.parent == Path(out) and destination.name.endswith("_x4.png")
+        assert os.sep not in destination.name
+
+
+def test_globs_with_separators_and_symlinked_inputs(tmp_path, capsys, model):
+    write_images(tmp_path / "in" / "sub", 2)
+    elsewhere = tmp_path / "elsewhere"
+    write_images(elsewhere, 1, prefix="target")
+    (tmp_path / "in" / "link.png").symlink_to(elsewhere / "target0.png")
+    pattern = str(tmp_path / "in" / "sub" / ".." / "sub" / "*.png")
+    code, err = run(capsys, pattern, "-o", tmp_path / "out", "--model", model)
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img0_x4.png", "img1_x4.png"]
+    # a symlinked input is named after the link and written beside the link, never beside its target
+    code, err = run(capsys, tmp_path / "in" / "link.png", "--model", model)
+    assert code == 0 and is_complete_image(tmp_path / "in" / "link_x4.png", (128, 96))
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["target0.png"]
