@@ -200,10 +200,13 @@ def build_serialized(onnx_path, profile: Profile, *, opt_level: int = 3, workspa
     """
     import onnx
 
+    from srtrt.engine.onnx_safety import check_external_data
+
     out = out or sys.stderr
     trt = import_tensorrt()
     onnx_path = Path(onnx_path)
     model = onnx.load(str(onnx_path), load_external_data=False)
+    check_external_data(model, onnx_path)  # the parser would follow external-data paths anywhere
     mode = plugin_mode(model)
     if mode == "unset":
         raise SrtrtError(f"{PLUGIN_OP} nodes must all carry aot=0 or aot=1", onnx_path)
