@@ -58,3 +58,11 @@ def srtrt_process(*args: str, **kwargs) -> subprocess.Popen:
     """`srtrt ...` in a fresh interpreter (for signals and concurrent runs)."""
     return subprocess.Popen([sys.executable, "-m", "srtrt.cli", *map(str, args)], env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def run_cli(capsys, *args) -> tuple[int, str]:
+    """`srtrt run ARGS` in this process: (exit code, what it printed on stderr)."""
+    from srtrt.cli import main
+
+    code = main(["run", *map(str, args)])
+    return code, capsys.readouterr().err

@@ -9,19 +9,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from run_helpers import (is_complete_image, partials, pixels, save_tiny_model, srtrt_process,
+from run_helpers import (is_complete_image, partials, pixels, run_cli as run, save_tiny_model, srtrt_process,
                          write_images)
-from srtrt.cli import main
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("model"))
-
-
-def run(capsys, *args) -> tuple[int, str]:
-    code = main(["run", *map(str, args)])
-    return code, capsys.readouterr().err
 
 
 def test_batch_over_a_folder_with_a_corrupt_file(tmp_path, capsys, model):

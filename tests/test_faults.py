@@ -14,19 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from run_helpers import is_complete_image, partials, pixels, save_tiny_model, srtrt_process, write_images
-from srtrt.cli import main
+from run_helpers import is_complete_image, partials, pixels, run_cli as run, save_tiny_model, srtrt_process, write_images
 from srtrt.errors import SrtrtError
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("model"))
-
-
-def run(capsys, *args) -> tuple[int, str]:
-    code = main(["run", *map(str, args)])
-    return code, capsys.readouterr().err
 
 
 def one_line_errors(err: str) -> list[str]:
