@@ -53,7 +53,7 @@ def _add_train(sub):
     p.add_argument("data", help="folder of HR training images")
     p.add_argument("--out", default=d.out)
     p.add_argument("--phase", default=d.phase, choices=["srresnet", "srgan"])
-    p.add_argument("--init", help="srgan phase: SRResNet checkpoint to start from")
+    p.add_argument("--init", help="checkpoint to start from (the srgan phase needs the SRResNet one)")
     for name in ("scale", "blocks", "channels", "patch", "batch", "iters", "val_count", "val_crop",
                  "val_every", "log_every", "workers", "seed"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))

@@ -151,3 +151,13 @@ def test_srgan_phase_without_vgg_weights_stops_before_training(photos, tmp_path,
 
     with pytest.raises(SrtrtError, match="not found"):
         train(_config(photos, out, phase="srgan", vgg_weights=str(tmp_path / "missing.pth")))
+
+
+def test_init_starts_from_given_weights_and_rejects_another_config(photos, straight_run, tmp_path):
+    out, best = straight_run
+    start = checkpoint.load(best)
+    cont = train(_config(photos, tmp_path / "cont", iters=1, val_every=1, lr=0.0, init=str(best)))
+    assert all(torch.equal(start.state_dict[k], v) for k, v in checkpoint.load(cont).state_dict.items()
+               if k.endswith("weight") and "bn" not in k)  # lr 0: the weights are exactly the init
+    with pytest.raises(SrtrtError, match="--init has config"):
+        train(_config(photos, tmp_path / "other", channels=8, init=str(best)))

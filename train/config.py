@@ -9,7 +9,7 @@ class TrainConfig:
     data: str
     out: str = "runs/srresnet_x4"
     phase: str = "srresnet"          # srresnet | srgan
-    init: str | None = None          # srgan: the SRResNet checkpoint to start from
+    init: str | None = None          # weights to start from (required by srgan: the SRResNet)
     scale: int = 4
     blocks: int = 16
     channels: int = 64

@@ -145,10 +145,13 @@ def train(cfg: TrainConfig) -> Path:
         step, best = doc["step"], doc.get("best_val_psnr", best)
         _drop_rows_after(metrics_path, step)  # a crash after the last save logged steps that will run again
         print(f"resumed {out} at step {step}")
+    elif cfg.init:  # start from trained weights (optimiser state starts fresh)
+        init = checkpoint.load(cfg.init)
+        if init.config != gcfg:
+            raise SrtrtError(f"--init has config {init.config}, this run {gcfg}", cfg.init)
+        generator.load_state_dict(init.state_dict)
     elif gan:
-        if not cfg.init:
-            raise SrtrtError("the srgan phase starts from an SRResNet checkpoint: pass --init PATH")
-        generator.load_state_dict(checkpoint.load(cfg.init).state_dict)
+        raise SrtrtError("the srgan phase starts from an SRResNet checkpoint: pass --init PATH")
 
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     loader = torch.utils.data.DataLoader(
