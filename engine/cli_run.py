@@ -21,6 +21,7 @@ import glob
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -224,7 +225,9 @@ class FileRunner:
                                time.perf_counter() - start)
             return Outcome(source, destination, FAILED, str(e), time.perf_counter() - start)
         seconds = time.perf_counter() - start
-        return Outcome(source, destination, DONE, f"{source} -> {destination}", seconds, _pixels(destination))
+        height, width = _lr_size(source)
+        pixels = height * width * self.upscaler.backend.scale ** 2
+        return Outcome(source, destination, DONE, f"{source} -> {destination}", seconds, pixels)
 
     def _upscale(self, source: Path, destination: Path, on_tile, on_plan) -> None:
         from . import oom
@@ -255,19 +258,11 @@ class FileRunner:
 def _lr_size(source: Path) -> tuple[int, int]:
     from PIL import Image
 
-    with Image.open(source) as img:  # header only
-        width, height = img.size
+    with warnings.catch_warnings():  # the size check proper is read_image's (--max-pixels)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(source) as img:  # header only
+            width, height = img.size
     return height, width
-
-
-def _pixels(path: Path) -> int:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            return img.size[0] * img.size[1]
-    except Exception:  # the output is written; its size only feeds the throughput line
-        return 0
 
 
 # --------------------------------------------------------------------------- the batch

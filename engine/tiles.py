@@ -1,7 +1,8 @@
 """Tile planner: static-shape LR windows whose cores partition the image.
 
-Along each axis a window is `core + 2 * margin` long (or the whole axis when the axis is
-shorter). Core i covers [i*core, (i+1)*core) clipped to the image; its window is centred on it
+Along each axis the cores are as many as `core` requires but equal in size (so windows are no
+larger than needed), and a window is `core + 2 * margin` long (or the whole axis when the axis
+is shorter). Core i covers [i*core, (i+1)*core) clipped to the image; its window is centred on it
 and then shifted inward so it lies inside the image. A window therefore never needs padding:
 where it touches the image border the network's zero padding falls on the same pixels as in a
 whole-image pass, and everywhere else the core has at least `margin` real pixels of context.
@@ -51,6 +52,12 @@ def plan_axis(length: int, core: int, margin: int) -> list[Span]:
     window = core + 2 * margin
     if length <= window:
         return [Span(0, length, 0, length)]  # one window of the axis' own size covers it
+    # Balance the cores: as many as `core` needs, but equal-sized, so the windows shrink to the
+    # smallest that covers the axis (less margin to recompute; never larger than asked).
+    core = -(-length // -(-length // core))
+    window = core + 2 * margin
+    if length <= window:
+        return [Span(0, length, 0, length)]
     spans = []
     for c0 in range(0, length, core):
         clen = min(core, length - c0)
