@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from srtrt.errors import SrtrtError
+from srtrt.sidecar import read_versioned_json
 
 FORMAT = "srtrt-engine"
 VERSION = 1
@@ -248,15 +249,7 @@ def read_sidecar(plan: Path) -> dict:
     side = sidecar_path(plan)
     if not side.is_file():
         raise SrtrtError(f"engine plan has no sidecar {side.name}, so what it was built for is unknown: {REBUILD}", plan)
-    try:
-        doc = json.loads(side.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SrtrtError(f"engine sidecar is not readable JSON ({e.__class__.__name__}): {REBUILD}", side) from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise SrtrtError(f"not an srtrt engine sidecar (expected format {FORMAT!r}): {REBUILD}", side)
-    if doc.get("version") != VERSION:
-        raise SrtrtError(f"engine sidecar version {doc.get('version')!r} is not supported (this srtrt reads {VERSION}): "
-                         f"{REBUILD}", side)
+    doc = read_versioned_json(side, FORMAT, VERSION, "engine sidecar", REBUILD)
     try:
         doc["key"] = EngineKey.from_dict(doc["key"])
     except (KeyError, TypeError, ValueError) as e:

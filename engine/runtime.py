@@ -124,7 +124,7 @@ class TiledUpscaler:
         whole = self.backend.defaults.whole_image_pixels
         if self.auto_core and height * width <= whole and self.backend.accepts(1, height, width):
             core = 0  # the image fits one window: no overlap to recompute
-        return tiling.plan(height, width, core, self.margin)
+        return tiling.plan(height, width, core, self.margin, self.backend.balanced_tiles)
 
     # -- the three stages ------------------------------------------------------------------
     def _read(self, planes: Planes, plan: tiling.TilePlan, q_in: queue.Queue, stop: threading.Event):

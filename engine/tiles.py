@@ -44,7 +44,7 @@ class Tile:
         return self.y.c0 - self.y.w0, self.x.c0 - self.x.w0, self.y.clen, self.x.clen
 
 
-def plan_axis(length: int, core: int, margin: int) -> list[Span]:
+def plan_axis(length: int, core: int, margin: int, balance: bool = True) -> list[Span]:
     if length <= 0:
         raise ValueError(f"image side must be positive, got {length}")
     if core <= 0 or margin < 0:
@@ -54,7 +54,8 @@ def plan_axis(length: int, core: int, margin: int) -> list[Span]:
         return [Span(0, length, 0, length)]  # one window of the axis' own size covers it
     # Balance the cores: as many as `core` needs, but equal-sized, so the windows shrink to the
     # smallest that covers the axis (less margin to recompute; never larger than asked).
-    core = -(-length // -(-length // core))
+    if balance:
+        core = -(-length // -(-length // core))
     window = core + 2 * margin
     if length <= window:
         return [Span(0, length, 0, length)]
@@ -90,9 +91,12 @@ class TilePlan:
                 yield Tile(r, ys, xs)
 
 
-def plan(height: int, width: int, core: int, margin: int) -> TilePlan:
-    """Plan tiles for an LR image; `core <= 0` means the whole image as one window."""
+def plan(height: int, width: int, core: int, margin: int, balance: bool = True) -> TilePlan:
+    """Plan tiles for an LR image; `core <= 0` means the whole image as one window.
+
+    `balance=False` keeps every window exactly `core + 2 * margin` (engines tuned for one shape).
+    """
     if core <= 0:
         core = max(height, width)
-    return TilePlan(height, width, core, margin,
-                    tuple(plan_axis(height, core, margin)), tuple(plan_axis(width, core, margin)))
+    return TilePlan(height, width, core, margin, tuple(plan_axis(height, core, margin, balance)),
+                    tuple(plan_axis(width, core, margin, balance)))

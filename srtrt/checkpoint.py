@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from . import registry
 from .errors import SrtrtError
+from .sidecar import read_versioned_json
 
 FORMAT = "srtrt-checkpoint"
 VERSION = 1
@@ -74,14 +75,7 @@ def load(path: str | os.PathLike | None = None) -> Checkpoint:
     for p in (weights, sidecar):
         if not p.is_file():
             raise SrtrtError("checkpoint file not found (a checkpoint is NAME.safetensors + NAME.json)", p)
-    try:
-        doc = json.loads(sidecar.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SrtrtError(f"not a readable checkpoint config ({e.__class__.__name__})", sidecar) from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise SrtrtError(f"not an srtrt checkpoint config (expected format {FORMAT!r})", sidecar)
-    if doc.get("version") != VERSION:
-        raise SrtrtError(f"checkpoint version {doc.get('version')!r} is not supported (this srtrt reads {VERSION})", sidecar)
+    doc = read_versioned_json(sidecar, FORMAT, VERSION, "checkpoint config")
     try:
         arch = registry.get(doc.get("architecture"))
         config = arch.make_config(doc.get("config") or {})

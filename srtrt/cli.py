@@ -18,7 +18,7 @@ def _add_run(sub):
     p.add_argument("--model", help="checkpoint (.safetensors + .json); default: the embedded model")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    p.add_argument("--tile", type=int, default=None, help="tile core size in LR pixels; 0 = whole image in one pass")
+    p.add_argument("--tile", type=int, default=None, help="tile core size in LR pixels (cores are balanced, so at most N); 0 = whole image in one pass")
     p.add_argument("--margin", type=int, default=None, help="overlap on each side in LR pixels (default: the receptive-field radius)")
     p.add_argument("--batch", type=int, default=None, help="tiles per backend call")
     p.add_argument("--device", default=None, help="cpu or cuda[:i]")

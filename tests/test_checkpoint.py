@@ -109,7 +109,7 @@ def test_wrong_sidecar_fields_are_refused(saved, field, value, expected):
 def test_sidecar_that_is_not_json_is_refused(saved):
     _, weights, sidecar = saved
     sidecar.write_text("{not json")
-    assert "not a readable checkpoint config" in _refused(weights)
+    assert "checkpoint config is not readable JSON" in _refused(weights)
 
 
 class _Trap:

@@ -93,3 +93,9 @@ def test_small_images_run_whole_and_large_ones_tile():
     assert len(up.plan(side, side)) == 1
     assert len(up.plan(side + 200, side + 200)) > 1
     assert len(TiledUpscaler(TorchBackend(view), core=32).plan(side, side)) > 1  # an explicit core is obeyed
+
+
+def test_unbalanced_plan_keeps_the_exact_window():
+    plan = tiles.plan(2000, 3000, 512, 40, balance=False)
+    assert plan.window_shape == (592, 592)
+    assert tiles.plan(2000, 3000, 512, 40).window_shape[0] < 592  # balanced: 4 cores of 500

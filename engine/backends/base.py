@@ -41,6 +41,7 @@ class Backend(abc.ABC):
     scale: int = 4
     radius: int = 0                  # receptive-field radius in LR pixels
     defaults: TileDefaults = TileDefaults(core=256, batch=1)
+    balanced_tiles: bool = True      # False: windows of exactly core + 2*margin (engines tuned for one shape)
 
     @abc.abstractmethod
     def infer(self, x: torch.Tensor) -> torch.Tensor:

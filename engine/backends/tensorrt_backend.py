@@ -58,6 +58,7 @@ def _torch_dtypes(trt) -> dict:
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    balanced_tiles = False  # windows of exactly the profile's opt shape: the tactics were timed for it
 
     def __init__(self, plan: str | Path, device: str | torch.device | None = None, *, cuda_graphs: bool = False):
         from srtrt.engine.trt_build import import_tensorrt, require_cuda

@@ -1,0 +1,22 @@
+"""JSON sidecars (checkpoint configs, engine descriptions): read, check format and version, or
+raise one SrtrtError line that names the file and ends with what to do about it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import SrtrtError
+
+
+def read_versioned_json(path: Path, fmt: str, version: int, what: str, remedy: str = "") -> dict:
+    """The document at `path` if it is a JSON object with format `fmt` and version `version`."""
+    tail = f": {remedy}" if remedy else ""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SrtrtError(f"{what} is not readable JSON ({e.__class__.__name__}){tail}", path) from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise SrtrtError(f"not an srtrt {what} (expected format {fmt!r}){tail}", path)
+    if doc.get("version") != version:
+        raise SrtrtError(f"{what} version {doc.get('version')!r} is not supported (this srtrt reads {version}){tail}", path)
+    return doc
