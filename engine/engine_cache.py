@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from srtrt.checkpoint import file_sha256
 from srtrt.errors import SrtrtError
 from srtrt.sidecar import read_versioned_json
 
@@ -199,14 +200,6 @@ def timing_cache_path(gpu_name: str, compute_capability, trt_version: str, root:
     """Where the builder keeps the timing cache for one GPU model and TensorRT version."""
     gpu = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-") or "gpu"
     return (root or cache_dir()) / f"timing-{gpu}-{sm(compute_capability).replace('_', '')}-trt{trt_version}.cache"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
