@@ -159,5 +159,7 @@ def test_init_starts_from_given_weights_and_rejects_another_config(photos, strai
     cont = train(_config(photos, tmp_path / "cont", iters=1, val_every=1, lr=0.0, init=str(best)))
     assert all(torch.equal(start.state_dict[k], v) for k, v in checkpoint.load(cont).state_dict.items()
                if k.endswith("weight") and "bn" not in k)  # lr 0: the weights are exactly the init
+    lineage = checkpoint.load(cont).meta["training"]["initialised_from"]
+    assert lineage["sha256"] == start.sha256 and lineage["iterations"] == start.meta["training"]["iterations"]
     with pytest.raises(SrtrtError, match="--init has config"):
         train(_config(photos, tmp_path / "other", channels=8, init=str(best)))

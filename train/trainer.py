@@ -139,17 +139,17 @@ def train(cfg: TrainConfig) -> Path:
         raise SrtrtError(f"unknown phase {cfg.phase!r} (srresnet or srgan)")
 
     state_path, metrics_path = out / "state", out / "metrics.jsonl"
+    parent = checkpoint.load(cfg.init) if cfg.init else None
     step, best = 0, -float("inf")
     if cfg.resume and state_path.with_suffix(".json").exists():
         doc = load_state(state_path, modules, optimizers)
         step, best = doc["step"], doc.get("best_val_psnr", best)
         _drop_rows_after(metrics_path, step)  # a crash after the last save logged steps that will run again
         print(f"resumed {out} at step {step}")
-    elif cfg.init:  # start from trained weights (optimiser state starts fresh)
-        init = checkpoint.load(cfg.init)
-        if init.config != gcfg:
-            raise SrtrtError(f"--init has config {init.config}, this run {gcfg}", cfg.init)
-        generator.load_state_dict(init.state_dict)
+    elif parent:  # start from trained weights (optimiser state starts fresh)
+        if parent.config != gcfg:
+            raise SrtrtError(f"--init has config {parent.config}, this run {gcfg}", cfg.init)
+        generator.load_state_dict(parent.state_dict)
     elif gan:
         raise SrtrtError("the srgan phase starts from an SRResNet checkpoint: pass --init PATH")
 
@@ -211,6 +211,8 @@ def train(cfg: TrainConfig) -> Path:
                                  "patch": cfg.patch, "batch": cfg.batch, "lr": cfg.lr, "schedule": cfg.schedule,
                                  "amp": str(amp).replace("torch.", "") if amp else "off",
                                  "val_psnr_y": round(val, 4), "val_images": [p.name for p in val_paths]}}
+            if parent:  # a model's sidecar names every run that led to it
+                meta["training"]["initialised_from"] = {"sha256": parent.sha256, **parent.meta.get("training", {})}
             if val > best or not val_pairs:
                 best = val
                 checkpoint.save(out / "model", generator, "srresnet", gcfg, meta)
