@@ -1,5 +1,5 @@
 """`srtrt eval` and `srtrt compare` on generated images with a random tiny model; the published
-Set5 bicubic baseline when ../shared/data is present."""
+Set5 bicubic baseline and the default model's scores when ../shared/data is present."""
 import json
 import math
 from pathlib import Path
@@ -19,6 +19,7 @@ from srtrt.train.evaluate import evaluate_folder, super_resolve
 from synthetic import smooth_image, write_images
 
 SET5 = Path(__file__).resolve().parents[2] / "shared" / "data" / "set5"
+SET14 = SET5.with_name("set14")
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +126,18 @@ def test_set5_bicubic_baseline_matches_the_literature(model_path):
     assert len(result["images"]) == 5
     assert result["bicubic"]["psnr"] == pytest.approx(28.42, abs=0.02)
     assert result["bicubic"]["ssim"] == pytest.approx(0.811, abs=0.002)
+
+
+@pytest.mark.skipif(not (SET5.is_dir() and SET14.is_dir()), reason="../shared/data/set5, set14 are not present")
+def test_default_model_reaches_its_targets_and_the_scores_its_sidecar_states():
+    """Set5 >= 30.6 dB and Set14 >= 27.4 dB (Y); the shipped JSON must not overstate them."""
+    stated = checkpoint.load().meta["eval"]
+    model = srtrt.load_model()
+    for folder, target in ((SET5, 30.6), (SET14, 27.4)):
+        result = evaluate_folder(folder, model)
+        assert result["model"]["psnr"] >= target
+        assert result["model"]["psnr"] == pytest.approx(stated[folder.name]["model"]["psnr"], abs=1e-3)
+        assert result["model"]["ssim"] == pytest.approx(stated[folder.name]["model"]["ssim"], abs=1e-3)
 
 
 # --- compare ---------------------------------------------------------------------------------
