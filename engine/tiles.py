@@ -49,16 +49,14 @@ def plan_axis(length: int, core: int, margin: int, balance: bool = True) -> list
         raise ValueError(f"image side must be positive, got {length}")
     if core <= 0 or margin < 0:
         raise ValueError(f"core must be > 0 and margin >= 0 (got core={core}, margin={margin})")
-    window = core + 2 * margin
-    if length <= window:
+    if length <= core + 2 * margin:
         return [Span(0, length, 0, length)]  # one window of the axis' own size covers it
     # Balance the cores: as many as `core` needs, but equal-sized, so the windows shrink to the
-    # smallest that covers the axis (less margin to recompute; never larger than asked).
+    # smallest that covers the axis (less margin to recompute; never larger than asked, so
+    # the axis still needs more than one).
     if balance:
         core = -(-length // -(-length // core))
     window = core + 2 * margin
-    if length <= window:
-        return [Span(0, length, 0, length)]
     spans = []
     for c0 in range(0, length, core):
         clen = min(core, length - c0)
