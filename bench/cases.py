@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import model_flops
-from srtrt.engine.precision import cpu_has_fast_bf16
-from srtrt.engine.runtime import Band, Planes, TiledUpscaler
+from srtrt.engine.backends.precision import cpu_has_fast_bf16
+from srtrt.engine.datapath.runtime import Band, Planes, TiledUpscaler
 from workloads import Workload
 
 
@@ -227,7 +227,7 @@ def make_backend(case: Case, view, device: torch.device, workdir: Path):
 
 def _onnx_file(view, precision: str, workdir: Path, fused: bool) -> Path:
     """Exported once per session and precision (the export takes a while on a CPU)."""
-    from srtrt.engine.export import export_onnx
+    from srtrt.engine.toolchain.export import export_onnx
 
     path = workdir / f"model-{precision}{'-fused' if fused else ''}.onnx"
     if not path.exists():
@@ -236,7 +236,7 @@ def _onnx_file(view, precision: str, workdir: Path, fused: bool) -> Path:
 
 
 def _tensorrt_backend(case: Case, view, device: torch.device, workdir: Path):
-    from srtrt.engine import trt_build
+    from srtrt.engine.toolchain import trt_build
     from srtrt.engine.backends.tensorrt_backend import TensorRTBackend
 
     core = case.core or 512

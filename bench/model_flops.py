@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from srtrt.engine import tiles as tiling
+from srtrt.engine.datapath import tiles as tiling
 from srtrt.nets import SRResNetConfig
 
 

@@ -5,7 +5,7 @@
 Every path runs each Set5 LR image through the tiled runtime (as `srtrt run` does), output
 quantised to uint8, and is scored with the evaluation protocol of train/evaluate.py (HR
 modcropped, LR by bicubic downscale, BT.601 Y, `scale` pixels of border cut). Each entry
-records its change against torch-cpu-fp32 measured in the same run. engine/precision.py lets
+records its change against torch-cpu-fp32 measured in the same run. engine/backends/precision.py lets
 `--precision auto` use a reduced precision only when |delta_db| <= 0.05.
 
 Results merge into srtrt/weights/quality_guard.json under "{backend}-{device}-{precision}";
@@ -41,7 +41,7 @@ EXIT_REFUSED = 2
 def guard_file() -> Path:
     import srtrt
 
-    return Path(srtrt.__file__).parent / "weights" / "quality_guard.json"  # where engine/precision.py reads
+    return Path(srtrt.__file__).parent / "weights" / "quality_guard.json"  # where engine/backends/precision.py reads
 
 
 def key(path: tuple[str, str, str]) -> str:
@@ -74,7 +74,7 @@ def set5_pairs(folder: Path, scale: int) -> list[tuple[str, np.ndarray, np.ndarr
 
 def score(path: tuple[str, str, str], view, pairs, scale: int) -> float:
     from srtrt.engine.backends import create_backend
-    from srtrt.engine.runtime import Planes, TiledUpscaler
+    from srtrt.engine.datapath.runtime import Planes, TiledUpscaler
     from srtrt.train.metrics import psnr_y
 
     backend_name, device, precision = path
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from srtrt.checkpoint import DEFAULT_WEIGHTS
-    from srtrt.engine.precision import QUALITY_GUARD_DB
+    from srtrt.engine.backends.precision import QUALITY_GUARD_DB
 
     if not DEFAULT_WEIGHTS.is_file():
         print(f"quality guard: {DEFAULT_WEIGHTS} is absent. The guard measures the real default model only "

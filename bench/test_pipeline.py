@@ -21,10 +21,10 @@ import model_flops
 import run_mode
 import workloads
 from srtrt.engine.backends.torch_backend import TorchBackend
-from srtrt.engine.imageio import read_image
-from srtrt.engine.runtime import TiledUpscaler
-from srtrt.engine.upscale_image import upscale_file
-from srtrt.engine.writers import open_writer
+from srtrt.engine.datapath.imageio import read_image
+from srtrt.engine.datapath.runtime import TiledUpscaler
+from srtrt.engine.datapath.pipeline import upscale_file
+from srtrt.engine.datapath.writers import open_writer
 
 CUDA = torch.cuda.is_available()
 MODE = run_mode.current(CUDA)

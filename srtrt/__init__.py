@@ -31,6 +31,6 @@ def upscale(image, output=None, **options):
 
     Options are those of `srtrt run`: model, backend, precision, tile, margin, batch, device.
     """
-    from srtrt.engine.api import upscale as _upscale
+    from srtrt.engine.batch.api import upscale as _upscale
 
     return _upscale(image, output, **options)

@@ -57,9 +57,11 @@ def _add_train(sub):
     for name in ("scale", "blocks", "channels", "patch", "batch", "iters", "val_count", "val_crop",
                  "val_every", "log_every", "workers", "seed"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("lr", "adv_weight", "pixel_weight"):
+    for name in ("lr", "adv_weight", "pixel_weight", "gan_psnr_drop"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--schedule", default=d.schedule, choices=["constant", "cosine", "step"])
+    p.add_argument("--content-loss", default=d.content_loss, choices=["mse", "vgg22", "vgg54"],
+                   help="srgan phase: mse needs no VGG weights (SRGAN-MSE); vgg22/vgg54 need --vgg-weights")
     p.add_argument("--vgg-weights", help="VGG19 ImageNet weights (.pth or .safetensors) for the srgan phase")
     p.add_argument("--device", default=d.device)
     p.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "fp16", "off"])
@@ -120,13 +122,13 @@ def _dispatch(args) -> int:
         from srtrt.train.compare import main as compare_main
         return compare_main(args)
     if args.command == "run":
-        from srtrt.engine.cli_run import main as run_main
+        from srtrt.engine.batch.cli_run import main as run_main
         return run_main(args)
     if args.command == "export":
-        from srtrt.engine.export import main as export_main
+        from srtrt.engine.toolchain.export import main as export_main
         return export_main(args)
     if args.command == "build":
-        from srtrt.engine.trt_build import main as build_main
+        from srtrt.engine.toolchain.trt_build import main as build_main
         return build_main(args)
     raise AssertionError(args.command)
 

@@ -39,7 +39,7 @@ def exported(view, tmp_path_factory):
     onnxruntime can run it) - which also covers `export_onnx(fused=True)` end to end."""
     import onnx
 
-    from srtrt.engine.export import export_onnx, fuse_pixel_shuffle_prelu
+    from srtrt.engine.toolchain.export import export_onnx, fuse_pixel_shuffle_prelu
 
     cache, root = {}, tmp_path_factory.mktemp("onnx")
 
@@ -62,7 +62,7 @@ FP16_FUSED = HAVE_ORTX  # the fp16 graph the module exports
 
 
 def _session(path):
-    from srtrt.engine.ort_custom_op import inference_session
+    from srtrt.engine.toolchain.ort_custom_op import inference_session
 
     return inference_session(path)
 
@@ -146,7 +146,7 @@ def test_fusion_skips_dcr_depth_to_space():
     import onnx
     from onnx import helper
 
-    from srtrt.engine.export import fuse_pixel_shuffle_prelu
+    from srtrt.engine.toolchain.export import fuse_pixel_shuffle_prelu
 
     nodes = [helper.make_node("DepthToSpace", ["x"], ["t"], blocksize=2, mode="DCR"),
              helper.make_node("PRelu", ["t", "a"], ["y"])]
@@ -159,7 +159,7 @@ def test_fusion_skips_dcr_depth_to_space():
 
 
 def test_metadata(exported, view):
-    from srtrt.engine.export import load_metadata, state_dict_sha256
+    from srtrt.engine.toolchain.export import load_metadata, state_dict_sha256
 
     meta = load_metadata(exported("fp16", FP16_FUSED))
     expected = {"model_sha256": state_dict_sha256(view), "scale": 4, "radius": view.radius,
@@ -169,7 +169,7 @@ def test_metadata(exported, view):
 
 
 def test_full_default_architecture_small_input(tmp_path):
-    from srtrt.engine.export import export_onnx
+    from srtrt.engine.toolchain.export import export_onnx
 
     view = random_view(blocks=16, channels=64, seed=3)
     path = export_onnx(view, tmp_path / "full.onnx")
@@ -180,7 +180,7 @@ def test_full_default_architecture_small_input(tmp_path):
 def test_cli_export_from_a_checkpoint(tmp_path, capsys):
     from srtrt import checkpoint
     from srtrt.cli import main
-    from srtrt.engine.export import load_metadata
+    from srtrt.engine.toolchain.export import load_metadata
 
     view = random_view(blocks=1, channels=8)
     weights = checkpoint.save(tmp_path / "ckpt", view.generator, "srresnet", view.generator.config)
@@ -203,7 +203,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_load_metadata_refuses_non_onnx(tmp_path):
-    from srtrt.engine.export import load_metadata
+    from srtrt.engine.toolchain.export import load_metadata
     from srtrt.errors import SrtrtError
 
     bad = tmp_path / "bad.onnx"
@@ -215,7 +215,7 @@ def test_load_metadata_refuses_non_onnx(tmp_path):
 def test_custom_op_registration_is_idempotent():
     if not HAVE_ORTX:
         pytest.skip("onnxruntime-extensions is not installed")
-    from srtrt.engine import ort_custom_op
+    from srtrt.engine.toolchain import ort_custom_op
 
     ort_custom_op.register()
     ort_custom_op.register()

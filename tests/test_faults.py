@@ -31,7 +31,7 @@ def one_line_errors(err: str) -> list[str]:
 # --------------------------------------------------------------------------- signals
 
 def test_first_signal_is_recorded_and_raised_at_the_next_check():
-    from srtrt.engine.signals import StopOnSignals, Stopped
+    from srtrt.engine.batch.signals import StopOnSignals, Stopped
 
     before = signal.getsignal(signal.SIGTERM)
     with StopOnSignals() as stop:
@@ -134,7 +134,7 @@ def test_out_of_memory_at_the_floor_fails_that_image_only(tmp_path, capsys, mode
     (KeyboardInterrupt(), False),
 ])
 def test_what_counts_as_out_of_device_memory(exc, expected):
-    from srtrt.engine.oom import is_out_of_memory
+    from srtrt.engine.batch.oom import is_out_of_memory
 
     assert is_out_of_memory(exc) is expected
 
@@ -158,7 +158,7 @@ def test_output_folder_that_cannot_be_created(tmp_path, capsys, model):
 
 def test_unwritable_output_folder(tmp_path, capsys, model, monkeypatch):
     """Root ignores permission bits, so the refusal is injected at the writer's open()."""
-    import srtrt.engine.writers as writers
+    import srtrt.engine.datapath.writers as writers
 
     write_images(tmp_path / "in", 2)
     out = tmp_path / "out"
@@ -202,7 +202,7 @@ class DiskFillsUp(io.RawIOBase):
 
 
 def test_full_disk_fails_that_image_and_keeps_the_others(tmp_path, capsys, model, monkeypatch):
-    import srtrt.engine.writers as writers
+    import srtrt.engine.datapath.writers as writers
 
     write_images(tmp_path / "in", 3)
     real_open = open
@@ -315,7 +315,7 @@ def _onnx_with_external_weights(tmp_path, location: str):
     import onnx
 
     from conftest import random_view
-    from srtrt.engine.export import export_onnx
+    from srtrt.engine.toolchain.export import export_onnx
 
     folder = tmp_path / "model"
     path = export_onnx(random_view(blocks=1, channels=4), folder / "m.onnx")
@@ -415,7 +415,7 @@ def test_odd_input_names_stay_in_the_output_folder(tmp_path, capsys, model, name
 
 
 def test_output_names_come_from_stems_only(tmp_path):
-    from srtrt.engine.cli_run import output_path
+    from srtrt.engine.batch.cli_run import output_path
 
     out = str(tmp_path / "out")
     for source in ["..", "../x.png", "a/../../b.png", "/etc/passwd", "dir/.png", "c:\\evil\\..\\x.png"]:

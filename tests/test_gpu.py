@@ -118,14 +118,14 @@ def test_reduced_precisions_stay_close_to_fp32(precision, tolerance):
 
 
 def _upscaler(backend, **kw):
-    from srtrt.engine.runtime import TiledUpscaler
+    from srtrt.engine.datapath.runtime import TiledUpscaler
 
     return TiledUpscaler(backend, **kw)
 
 
 @pytest.mark.parametrize("fused", [False, pytest.param(True, marks=needs_triton)], ids=["plain", "fused"])
 def test_tiles_equal_whole_image_fp32(fused):
-    from srtrt.engine.runtime import Planes
+    from srtrt.engine.datapath.runtime import Planes
 
     view = random_view(blocks=2, channels=8)
     img = smooth_image(70, 90)
@@ -155,7 +155,7 @@ class _StreamRecorder:
 
 
 def test_batches_alternate_between_two_streams_from_pinned_buffers(monkeypatch):
-    from srtrt.engine.runtime import Planes, TiledUpscaler
+    from srtrt.engine.datapath.runtime import Planes, TiledUpscaler
 
     view = random_view(blocks=2, channels=8)
     img = smooth_image(96, 128)
@@ -185,7 +185,7 @@ def test_batches_alternate_between_two_streams_from_pinned_buffers(monkeypatch):
 def test_cuda_graph_backend_equals_plain_backend():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     from cuda_graphs import GraphedTorchBackend
-    from srtrt.engine.runtime import Planes
+    from srtrt.engine.datapath.runtime import Planes
 
     view = random_view(blocks=2, channels=8)
     img = smooth_image(80, 100)

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile, ImageOps
 
-from srtrt.engine.imageio import DecodedImage, from_pil, read_image, to_pil
-from srtrt.engine.writers import TiffEncoder, open_writer, tiff_directory
+from srtrt.engine.datapath.imageio import DecodedImage, from_pil, read_image, to_pil
+from srtrt.engine.datapath.writers import TiffEncoder, open_writer, tiff_directory
 from srtrt.errors import SrtrtError
 
 RNG = np.random.default_rng(7)
@@ -200,7 +200,7 @@ def uncompressed_tiff(samples: np.ndarray) -> bytes:
 def test_bigtiff_reads_back(tmp_path):
     samples = random_array(7, 9, 3, np.uint16)
     path = str(tmp_path / "big.tif")
-    from srtrt.engine.writers import ImageWriter
+    from srtrt.engine.datapath.writers import ImageWriter
     writer = ImageWriter(path, 9, 7, 3, 16, TiffEncoder(9, 7, 3, 16, bigtiff=True), overwrite=False)
     with writer:
         writer.write_rows(samples)

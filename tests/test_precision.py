@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from srtrt.engine.precision import QUALITY_GUARD_DB, auto_precision, passes_guard
+from srtrt.engine.backends.precision import QUALITY_GUARD_DB, auto_precision, passes_guard
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

@@ -74,7 +74,7 @@ def test_a_rerun_writes_nothing_new(local_ray, batch, capsys):
 
 def test_actor_rows_are_small_status_dicts(batch, tmp_path):
     """The actor class outside Ray: one row per path, no pixels in the rows."""
-    from srtrt.engine.ray_runner import ImageActor
+    from srtrt.engine.batch.ray_runner import ImageActor
 
     root, model = batch
     args = parser().parse_args(["run", "x", "--model", str(model)])

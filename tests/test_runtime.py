@@ -9,9 +9,9 @@ import torch
 from PIL import Image, ImageCms
 
 from srtrt.engine.backends.torch_backend import TorchBackend
-from srtrt.engine.imageio import read_image
-from srtrt.engine.runtime import Planes, TiledUpscaler
-from srtrt.engine.upscale_image import bicubic_rows, upscale_file
+from srtrt.engine.datapath.imageio import read_image
+from srtrt.engine.datapath.runtime import Planes, TiledUpscaler
+from srtrt.engine.datapath.pipeline import bicubic_rows, upscale_file
 
 from conftest import random_view, smooth_image
 
@@ -25,7 +25,7 @@ def _reference(view, img: np.ndarray) -> np.ndarray:
 def test_torch_and_onnxruntime_agree_with_whole_image(tmp_path):
     pytest.importorskip("onnxruntime")
     from srtrt.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from srtrt.engine.export import export_onnx
+    from srtrt.engine.toolchain.export import export_onnx
 
     view = random_view(blocks=2, channels=8)
     img = smooth_image(50, 70, seed=3)

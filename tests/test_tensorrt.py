@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from srtrt.engine import engine_cache
-from srtrt.engine.engine_cache import EngineKey, Profile, profile_for
+from srtrt.engine.toolchain import engine_cache
+from srtrt.engine.toolchain.engine_cache import EngineKey, Profile, profile_for
 from srtrt.errors import SrtrtError
 
 ROOT = Path(__file__).resolve().parents[1]
 OUR_SOURCES = {
-    "srtrt.engine.trt_build": ROOT / "engine" / "trt_build.py",
+    "srtrt.engine.toolchain.trt_build": ROOT / "engine" / "toolchain" / "trt_build.py",
     "srtrt.engine.backends.tensorrt_backend": ROOT / "engine" / "backends" / "tensorrt_backend.py",
     "srtrt.kernels.trt_plugin": ROOT / "kernels" / "trt_plugin.py",
 }
@@ -72,7 +72,7 @@ def test_profile_from_window_and_batch():
 
 
 def test_build_window_is_core_plus_two_margins():
-    from srtrt.engine import tiles
+    from srtrt.engine.datapath import tiles
 
     plan = tiles.plan(2000, 3000, 512, 40, balance=False)  # what the TensorRT backend asks for
     assert plan.window_shape == profile_for(512 + 2 * 40, 4).window
@@ -220,15 +220,6 @@ def test_find_picks_a_fitting_plan_and_explains_misses(cache):
 # without TensorRT or without a GPU
 
 
-@pytest.fixture
-def build_entry(monkeypatch):
-    """srtrt/cli.py dispatches `build` to srtrt.engine.build; alias it to trt_build until it exists."""
-    if importlib.util.find_spec("srtrt.engine.build") is None:
-        from srtrt.engine import trt_build
-
-        monkeypatch.setitem(sys.modules, "srtrt.engine.build", trt_build)
-
-
 def _fake_tensorrt(version: str, **attrs) -> types.ModuleType:
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
@@ -238,7 +229,7 @@ def _fake_tensorrt(version: str, **attrs) -> types.ModuleType:
     return trt
 
 
-def test_build_without_tensorrt_is_one_line(monkeypatch, capsys, build_entry, cache):
+def test_build_without_tensorrt_is_one_line(monkeypatch, capsys, cache):
     from srtrt import cli
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
@@ -251,7 +242,7 @@ def test_build_without_tensorrt_is_one_line(monkeypatch, capsys, build_entry, ca
     assert not cache.exists()
 
 
-def test_build_without_gpu_is_one_line(monkeypatch, capsys, build_entry):
+def test_build_without_gpu_is_one_line(monkeypatch, capsys):
     from srtrt import cli
 
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt("11.4.0.106"))
@@ -275,7 +266,7 @@ def test_backend_availability_and_cache_lookup_without_tensorrt(monkeypatch):
 
 
 def test_network_flags_strongly_typed_on_10_only():
-    from srtrt.engine.trt_build import network_flags
+    from srtrt.engine.toolchain.trt_build import network_flags
 
     flag = types.SimpleNamespace(STRONGLY_TYPED=5)
     assert network_flags(_fake_tensorrt("10.13.0.35", NetworkDefinitionCreationFlag=flag)) == 1 << 5
@@ -291,7 +282,7 @@ def test_sources_never_use_the_fp16_builder_flag_or_import_tensorrt_at_module_le
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
                 assert not any(m.split(".")[0] == "tensorrt" for m in mods), f"{name} imports tensorrt eagerly"
-    code = "import sys; import srtrt.engine.trt_build, srtrt.kernels.trt_plugin, " \
+    code = "import sys; import srtrt.engine.toolchain.trt_build, srtrt.kernels.trt_plugin, " \
            "srtrt.engine.backends.tensorrt_backend; print('tensorrt' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
@@ -318,7 +309,7 @@ def _toy_plugin_model(aot_values):
 
 
 def test_plugin_mode_of_a_graph():
-    from srtrt.engine.trt_build import onnx_precision, plugin_mode, set_plugin_mode
+    from srtrt.engine.toolchain.trt_build import onnx_precision, plugin_mode, set_plugin_mode
 
     pytest.importorskip("onnx")
     assert plugin_mode(_toy_plugin_model([])) == "none"
@@ -348,10 +339,10 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def export_module():
-    if importlib.util.find_spec("srtrt.engine.export") is None:
-        pytest.skip("engine/export.py is not there yet")
+    if importlib.util.find_spec("srtrt.engine.toolchain.export") is None:
+        pytest.skip("engine/toolchain/export.py is not there yet")
     pytest.importorskip("onnxscript")
-    return importlib.import_module("srtrt.engine.export")
+    return importlib.import_module("srtrt.engine.toolchain.export")
 
 
 def _elem(value) -> str:
@@ -366,7 +357,7 @@ def test_onnx_for_the_builder_has_the_intended_dtypes_and_nodes(tmp_path, tiny_c
     import onnx
 
     from srtrt import checkpoint
-    from srtrt.engine.trt_build import prepare_onnx
+    from srtrt.engine.toolchain.trt_build import prepare_onnx
 
     path, facts = prepare_onnx(tmp_path, model=str(tiny_checkpoint), precision=precision, plugin=plugin)
     m = onnx.load(str(path))
@@ -668,9 +659,9 @@ def trt_ready():
 def test_engine_matches_torch_and_tiles_match_whole_image(trt_ready, tiny_checkpoint, export_module, cache,
                                                           precision, plugin):
     import srtrt
-    from srtrt.engine import tiles
+    from srtrt.engine.datapath import tiles
     from srtrt.engine.backends.tensorrt_backend import TensorRTBackend
-    from srtrt.engine.trt_build import build
+    from srtrt.engine.toolchain.trt_build import build
 
     view = srtrt.load_model(str(tiny_checkpoint))
     core, margin = 24, view.radius
@@ -709,7 +700,7 @@ def test_engine_matches_torch_and_tiles_match_whole_image(trt_ready, tiny_checkp
 @pytest.mark.tensorrt
 def test_cuda_graphs_replay_equals_plain_run(trt_ready, tiny_checkpoint, export_module, cache):
     from srtrt.engine.backends.tensorrt_backend import TensorRTBackend
-    from srtrt.engine.trt_build import build
+    from srtrt.engine.toolchain.trt_build import build
 
     path, k = build(model=str(tiny_checkpoint), precision="fp16", tile=16, margin=8, max_batch=2, opt_level=1,
                     plugin="aot", progress=False)

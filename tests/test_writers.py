@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from srtrt.engine import writers
-from srtrt.engine.writers import ImageWriter, TiffEncoder, filter_rows, open_writer
+from srtrt.engine.datapath import writers
+from srtrt.engine.datapath.writers import ImageWriter, TiffEncoder, filter_rows, open_writer
 from srtrt.errors import SrtrtError
 
 RNG = np.random.default_rng(11)
@@ -170,7 +170,7 @@ def test_tiff_strips_decode_to_the_rows_written(tmp_path, monkeypatch, bit_depth
     monkeypatch.setattr(writers, "STRIP_BYTES", 200)  # many strips, the last one short
     pixels = random_rows(23, 10, channels, bit_depth)
     path = write_image(str(tmp_path / "out.tiff"), pixels, 7, icc_profile=b"icc" * 20)
-    from srtrt.engine.imageio import read_image
+    from srtrt.engine.datapath.imageio import read_image
     image = read_image(path)
     planes = image.pixels if image.alpha is None else np.dstack([image.pixels, image.alpha])
     np.testing.assert_array_equal(planes, pixels)

@@ -18,8 +18,10 @@ class TrainConfig:
     iters: int = 100_000
     lr: float = 1e-4
     schedule: str = "constant"       # constant | cosine | step (x0.1 at half, the paper's SRGAN)
+    content_loss: str = "vgg54"      # srgan: mse | vgg22 | vgg54 (Ledig et al., Table 1)
     adv_weight: float = 1e-3
     pixel_weight: float = 0.0        # srgan: optional MSE term
+    gan_psnr_drop: float = 1.5       # srgan: checkpoints more than this many dB below the start are not kept
     vgg_weights: str | None = None
     val_count: int = 4               # photos of `data` held out for validation (never set5/set14)
     val_crop: int = 256

@@ -1,4 +1,4 @@
-"""SRGAN losses: the VGG54 content loss and the adversarial BCE (Ledig et al., eq. 3-6).
+"""SRGAN losses: the content losses (MSE, VGG22, VGG54) and the adversarial BCE (Ledig et al., eq. 3-6).
 
 VGG19 is defined here with torchvision's layer indices so torchvision's ImageNet weights
 (`vgg19-dcbb9e9d.pth`) load as they are; torchvision itself is not needed.
@@ -14,11 +14,13 @@ from torch import nn
 
 from srtrt.errors import SrtrtError
 
-# torchvision's vgg19 "E" config; "M" = max-pool. features[:36] ends at relu5_4.
+# torchvision's vgg19 "E" config; "M" = max-pool. features[:9] ends at relu2_2, [:36] at relu5_4.
 _VGG19 = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
 VGG19_FILE = "vgg19-dcbb9e9d.pth"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+VGG_LAYERS = {"vgg22": 9, "vgg54": 36}  # content-loss name -> number of `features` layers kept
+CONTENT_LOSSES = ("mse", *VGG_LAYERS)
 
 
 def vgg19_features() -> nn.Sequential:
@@ -45,7 +47,8 @@ def load_vgg19_weights(path: str | os.PathLike | None) -> dict[str, torch.Tensor
         raise SrtrtError(
             "VGG19 ImageNet weights are needed for the SRGAN phase and were not found. Put torchvision's "
             f"{VGG19_FILE} there (python -c 'import torchvision; torchvision.models.vgg19(weights=\"DEFAULT\")' "
-            "on a networked machine) or pass --vgg-weights PATH (.pth or .safetensors)", candidate)
+            "on a networked machine) or pass --vgg-weights PATH (.pth or .safetensors), "
+            "or train SRGAN-MSE with --content-loss mse, which needs no VGG", candidate)
     if candidate.suffix == ".safetensors":
         from safetensors.torch import load_file
         state = load_file(str(candidate))
@@ -55,17 +58,18 @@ def load_vgg19_weights(path: str | os.PathLike | None) -> dict[str, torch.Tensor
 
 
 class VGGContentLoss(nn.Module):
-    """MSE between VGG19 relu5_4 features of SR and HR, both given in [-1, 1].
+    """MSE between VGG19 features (relu5_4 by default, relu2_2 with layers=9) of SR and HR, both in [-1, 1].
 
     Inputs are mapped to [0, 1] and ImageNet-normalised, as VGG was trained; features are
     scaled by 1/12.75 as in the paper, which keeps the 1e-3 adversarial weight meaningful.
     """
 
-    def __init__(self, weights: dict[str, torch.Tensor] | None, feature_scale: float = 1 / 12.75):
+    def __init__(self, weights: dict[str, torch.Tensor] | None, feature_scale: float = 1 / 12.75,
+                 layers: int = VGG_LAYERS["vgg54"]):
         super().__init__()
-        self.features = vgg19_features()[:36]
+        self.features = vgg19_features()[:layers]
         if weights is not None:
-            self.features.load_state_dict({k: v for k, v in weights.items() if int(k.split(".")[0]) < 36})
+            self.features.load_state_dict({k: v for k, v in weights.items() if int(k.split(".")[0]) < layers})
         self.features.requires_grad_(False).eval()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
@@ -81,6 +85,22 @@ class VGGContentLoss(nn.Module):
         with torch.no_grad():
             target = self._phi(hr)
         return F.mse_loss(self._phi(sr), target)
+
+
+class PixelContentLoss(nn.Module):
+    """SRGAN-MSE's content loss: pixel MSE on the [-1, 1] scale, as the SRResNet phase uses."""
+
+    def forward(self, sr, hr):
+        return F.mse_loss(sr.float(), hr.float())
+
+
+def content_loss(name: str, vgg_weights: str | os.PathLike | None) -> nn.Module:
+    """The content loss a phase-srgan run names; only the VGG variants need VGG19 weights."""
+    if name == "mse":
+        return PixelContentLoss()
+    if name not in VGG_LAYERS:
+        raise SrtrtError(f"unknown content loss {name!r} (one of {', '.join(CONTENT_LOSSES)})")
+    return VGGContentLoss(load_vgg19_weights(vgg_weights), layers=VGG_LAYERS[name])
 
 
 def adversarial_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:

@@ -1,8 +1,13 @@
 """SRResNet / SRGAN training, readable in one sitting.
 
 Phase "srresnet": MSE between G(lr) and hr (both on the [-1, 1] tanh scale).
-Phase "srgan":    VGG54 content loss + 1e-3 adversarial BCE (+ optional pixel MSE), one D step
-                  per G step, the generator initialised from an SRResNet checkpoint.
+Phase "srgan":    content loss (MSE, VGG22 or VGG54: Ledig et al.'s SRGAN-MSE/-VGG22/-VGG54)
+                  + 1e-3 adversarial BCE (+ optional pixel MSE), one D step per G step, the
+                  generator initialised from an SRResNet checkpoint.
+
+Checkpoint selection uses held-out training photos only: the srresnet phase keeps the best
+validation PSNR; the srgan phase keeps the most faithful detail (high-frequency energy
+closest to the HR photos') among checkpoints within `gan_psnr_drop` dB of its start.
 
 A run directory holds `state.*` (everything needed to resume), `model.*` (the best generator
 by validation PSNR, an srtrt checkpoint), `metrics.jsonl` and `curve.png`.
@@ -24,13 +29,13 @@ from srtrt import checkpoint
 from srtrt.errors import SrtrtError
 from srtrt.nets import Discriminator, InferenceView, SRResNet, SRResNetConfig
 
-from srtrt.engine.precision import cpu_has_fast_bf16
+from srtrt.engine.backends.precision import cpu_has_fast_bf16
 
 from .config import TrainConfig
 from .data import OffsetSampler, PatchDataset, list_images, load_rgb, split_holdout
 from .degrade import bicubic_downscale, modcrop
-from .losses import VGGContentLoss, adversarial_loss, load_vgg19_weights
-from .metrics import psnr_y
+from .losses import adversarial_loss, content_loss
+from .metrics import hf_ratio_y, psnr_y
 from .state import load_state, save_state
 
 
@@ -73,14 +78,25 @@ def validation_pairs(paths, scale: int, crop: int) -> list[tuple[torch.Tensor, n
 
 
 @torch.no_grad()
-def validate(generator: SRResNet, pairs, device) -> float:
+def validate(generator: SRResNet, pairs, device) -> tuple[float, float]:
+    """Mean Y-PSNR and high-frequency energy ratio (SR / HR) over the held-out pairs."""
     view = InferenceView(generator).eval()
-    scores = []
+    psnrs, hfs = [], []
     for lr, hr in pairs:
         sr = view(lr.to(device))[0].permute(1, 2, 0).mul(255).round().byte().cpu().numpy()
-        scores.append(psnr_y(sr, hr, border=generator.config.scale))
+        psnrs.append(psnr_y(sr, hr, border=generator.config.scale))
+        hfs.append(hf_ratio_y(sr, hr, border=generator.config.scale))
     generator.train()
-    return float(np.mean(scores)) if scores else float("nan")
+    return (float(np.mean(psnrs)), float(np.mean(hfs))) if psnrs else (float("nan"), float("nan"))
+
+
+def selection_score(phase: str, val_psnr: float, val_hf: float, start_psnr: float, max_drop: float) -> float:
+    """Higher is better. srresnet: PSNR. srgan: detail (HF ratio, capped at HR's), within a PSNR floor."""
+    if phase != "srgan":
+        return val_psnr
+    if val_psnr < start_psnr - max_drop:
+        return -float("inf")
+    return -abs(1.0 - val_hf)
 
 
 def plot_curve(metrics_path: Path, png: Path) -> None:
@@ -131,7 +147,7 @@ def train(cfg: TrainConfig) -> Path:
     modules, optimizers = {"g": generator}, {"g": opt_g}
     gan = cfg.phase == "srgan"
     if gan:
-        content = VGGContentLoss(load_vgg19_weights(cfg.vgg_weights)).to(device, memory_format=torch.channels_last)
+        content = content_loss(cfg.content_loss, cfg.vgg_weights).to(device, memory_format=torch.channels_last)
         discriminator = Discriminator().to(device, memory_format=torch.channels_last)
         opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
         modules["d"], optimizers["d"] = discriminator, opt_d
@@ -140,10 +156,11 @@ def train(cfg: TrainConfig) -> Path:
 
     state_path, metrics_path = out / "state", out / "metrics.jsonl"
     parent = checkpoint.load(cfg.init) if cfg.init else None
-    step, best = 0, -float("inf")
+    step, best, start_psnr = 0, -float("inf"), float("nan")
     if cfg.resume and state_path.with_suffix(".json").exists():
         doc = load_state(state_path, modules, optimizers)
-        step, best = doc["step"], doc.get("best_val_psnr", best)
+        step, best = doc["step"], doc.get("best_score", doc.get("best_val_psnr", best))
+        start_psnr = doc.get("start_val_psnr", start_psnr)
         _drop_rows_after(metrics_path, step)  # a crash after the last save logged steps that will run again
         print(f"resumed {out} at step {step}")
     elif parent:  # start from trained weights (optimiser state starts fresh)
@@ -152,6 +169,8 @@ def train(cfg: TrainConfig) -> Path:
         generator.load_state_dict(parent.state_dict)
     elif gan:
         raise SrtrtError("the srgan phase starts from an SRResNet checkpoint: pass --init PATH")
+    if gan and step == 0:  # the PSNR floor for checkpoint selection is relative to the start
+        start_psnr = validate(generator, val_pairs, device)[0]
 
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     loader = torch.utils.data.DataLoader(
@@ -204,22 +223,28 @@ def train(cfg: TrainConfig) -> Path:
             log.write(json.dumps(row) + "\n")
             log.flush()
         if step % cfg.val_every == 0 or step == cfg.iters:
-            val = validate(generator, val_pairs, device)
-            log.write(json.dumps({"step": step, "val_psnr": round(val, 4)}) + "\n")
+            val, val_hf = validate(generator, val_pairs, device)
+            log.write(json.dumps({"step": step, "val_psnr": round(val, 4), "val_hf": round(val_hf, 4)}) + "\n")
             log.flush()
             meta = {"training": {"phase": cfg.phase, "data": Path(cfg.data).name, "iterations": step,
                                  "patch": cfg.patch, "batch": cfg.batch, "lr": cfg.lr, "schedule": cfg.schedule,
                                  "amp": str(amp).replace("torch.", "") if amp else "off",
-                                 "val_psnr_y": round(val, 4), "val_images": [p.name for p in val_paths]}}
+                                 "val_psnr_y": round(val, 4), "val_hf_ratio_y": round(val_hf, 4),
+                                 "val_images": [p.name for p in val_paths]}}
+            if gan:
+                meta["training"].update(content_loss=cfg.content_loss, adv_weight=cfg.adv_weight,
+                                        pixel_weight=cfg.pixel_weight)
             if parent:  # a model's sidecar names every run that led to it
                 meta["training"]["initialised_from"] = {"sha256": parent.sha256, **parent.meta.get("training", {})}
-            if val > best or not val_pairs:
-                best = val
+            score = selection_score(cfg.phase, val, val_hf, start_psnr, cfg.gan_psnr_drop)
+            if score > best or not val_pairs or not (out / "model.safetensors").exists():
+                best = score
                 checkpoint.save(out / "model", generator, "srresnet", gcfg, meta)
             checkpoint.save(out / "last", generator, "srresnet", gcfg, meta)
-            save_state(state_path, step, modules, optimizers, {"best_val_psnr": best, "config": asdict(cfg)})
+            save_state(state_path, step, modules, optimizers,
+                       {"best_score": best, "start_val_psnr": start_psnr, "config": asdict(cfg)})
             plot_curve(metrics_path, out / "curve.png")
-            bar.write(f"step {step}: validation Y-PSNR {val:.3f} dB (best {best:.3f})")
+            bar.write(f"step {step}: validation Y-PSNR {val:.3f} dB, HF ratio {val_hf:.3f} (best score {best:.4g})")
     bar.close()
     log.close()
     return out / "model.safetensors"

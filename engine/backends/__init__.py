@@ -15,8 +15,8 @@ import torch
 
 from srtrt.errors import SrtrtError
 
-from .base import Backend, TileDefaults
-from srtrt.engine.precision import auto_precision
+from srtrt.engine.backends.base import Backend, TileDefaults
+from srtrt.engine.backends.precision import auto_precision
 
 __all__ = ["Backend", "TileDefaults", "Selection", "create_backend", "cache_dir"]
 
@@ -41,15 +41,15 @@ def _device(device: str | None) -> torch.device:
 
 
 def _torch(view, device: torch.device, precision: str) -> Backend:
-    from .torch_backend import TorchBackend
+    from srtrt.engine.backends.torch_backend import TorchBackend
 
     return TorchBackend(view, device, precision)
 
 
 def _onnxruntime(view, device: torch.device, precision: str) -> Backend:
-    from srtrt.engine.export import export_onnx, state_dict_sha256
+    from srtrt.engine.toolchain.export import export_onnx, state_dict_sha256
 
-    from .onnxruntime_backend import OnnxRuntimeBackend
+    from srtrt.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     if precision not in ("fp32", "fp16"):
         raise SrtrtError(f"onnxruntime runs fp32 or fp16 graphs, not {precision}")
@@ -61,7 +61,7 @@ def _onnxruntime(view, device: torch.device, precision: str) -> Backend:
 
 
 def _tensorrt(view, device: torch.device, precision: str) -> Backend:
-    from .tensorrt_backend import TensorRTBackend, available
+    from srtrt.engine.backends.tensorrt_backend import TensorRTBackend, available
 
     ok, why = available()
     if not ok:

@@ -9,8 +9,8 @@ import torch
 
 from srtrt.errors import SrtrtError
 
-from .base import Backend, activation_bytes_per_pixel, defaults_for_budget
-from .torch_backend import CPU_ACTIVATION_BUDGET
+from srtrt.engine.backends.base import Backend, activation_bytes_per_pixel, defaults_for_budget
+from srtrt.engine.backends.torch_backend import CPU_ACTIVATION_BUDGET
 
 
 def available() -> tuple[bool, str]:
@@ -31,8 +31,8 @@ class OnnxRuntimeBackend(Backend):
             raise SrtrtError(why)
         import onnxruntime as ort
 
-        from srtrt.engine import ort_custom_op
-        from srtrt.engine.export import load_metadata
+        from srtrt.engine.toolchain import ort_custom_op
+        from srtrt.engine.toolchain.export import load_metadata
 
         # Fused graphs carry PixelShufflePReLU nodes, which need the custom-op library.
         opts = ort_custom_op.session_options() if load_metadata(onnx_path).get("fused") else ort.SessionOptions()

@@ -7,7 +7,7 @@ first use. Batches larger than the engine's profile are split. With `cuda_graphs
 (stream, tile shape) is captured once into a torch.cuda.CUDAGraph after one ordinary run, and
 replayed from then on.
 
-Plans come from the engine cache (engine/engine_cache.py) and are validated against their
+Plans come from the engine cache (engine/toolchain/engine_cache.py) and are validated against their
 sidecar (GPU, TensorRT version, sha256) before TensorRT sees them. Every `import tensorrt` is
 inside a function.
 """
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from srtrt.engine import engine_cache
-from srtrt.engine.engine_cache import Profile
+from srtrt.engine.toolchain import engine_cache
+from srtrt.engine.toolchain.engine_cache import Profile
 from srtrt.errors import SrtrtError
 
-from .base import Backend, TileDefaults
+from srtrt.engine.backends.base import Backend, TileDefaults
 
 # Every `tensorrt` name this module uses (on the module, the runtime, the engine and its
 # execution contexts); tests/test_tensorrt.py checks them against TensorRT 11.4's bindings.
@@ -38,7 +38,7 @@ MAX_GRAPHS = 16  # captured CUDA graphs kept per backend (one per stream and til
 
 def available() -> tuple[bool, str]:
     """(True, what) when TensorRT imports and a CUDA GPU is visible, else (False, why not)."""
-    from srtrt.engine.trt_build import import_tensorrt
+    from srtrt.engine.toolchain.trt_build import import_tensorrt
 
     try:
         trt = import_tensorrt()
@@ -61,7 +61,7 @@ class TensorRTBackend(Backend):
     balanced_tiles = False  # windows of exactly the profile's opt shape: the tactics were timed for it
 
     def __init__(self, plan: str | Path, device: str | torch.device | None = None, *, cuda_graphs: bool = False):
-        from srtrt.engine.trt_build import import_tensorrt, require_cuda
+        from srtrt.engine.toolchain.trt_build import import_tensorrt, require_cuda
 
         trt = import_tensorrt()
         require_cuda()
@@ -130,7 +130,7 @@ class TensorRTBackend(Backend):
         when TensorRT or a GPU is missing or no plan fits; plans built for another GPU or
         TensorRT are named as such.
         """
-        from srtrt.engine.trt_build import import_tensorrt, require_cuda
+        from srtrt.engine.toolchain.trt_build import import_tensorrt, require_cuda
 
         if precision not in engine_cache.PRECISIONS:
             raise SrtrtError(f"TensorRT engines are built fp16 or fp32, not {precision}")

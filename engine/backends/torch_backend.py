@@ -12,7 +12,7 @@ import torch
 
 from srtrt.nets import InferenceView, fold_batchnorm
 
-from .base import Backend, activation_bytes_per_pixel, defaults_for_budget
+from srtrt.engine.backends.base import Backend, activation_bytes_per_pixel, defaults_for_budget
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CPU_ACTIVATION_BUDGET = 1_500_000_000   # keeps `srtrt run` on any image under ~2.5 GB resident

@@ -4,7 +4,7 @@ The graph has input "lr" (N, 3, H, W) and output "sr" (N, 3, H*s, W*s), dynamic 
 in fp32 or fp16 (the dtypes decide TensorRT's precision). BatchNorm is folded into the
 convolutions by the exporter's optimizer. `fused=True` replaces each DepthToSpace(CRD) ->
 PRelu pair with one `srtrt::PixelShufflePReLU` node, which TensorRT matches to the Triton
-plugin and onnxruntime runs through engine/ort_custom_op.py. Model provenance goes into
+plugin and onnxruntime runs through engine/toolchain/ort_custom_op.py. Model provenance goes into
 the file's metadata_props (`load_metadata` reads it back).
 """
 from __future__ import annotations
@@ -171,7 +171,7 @@ def load_metadata(path) -> dict:
         raise SrtrtError("ONNX file not found", path) from None
     except Exception as e:  # protobuf raises its own DecodeError for non-ONNX bytes
         raise SrtrtError(f"not a readable ONNX file ({e.__class__.__name__})", path) from None
-    from .onnx_safety import check_external_data
+    from srtrt.engine.toolchain.onnx_io import check_external_data
 
     check_external_data(model, path)  # before any loader follows an external-data path
     meta = {}

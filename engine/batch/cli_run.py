@@ -27,8 +27,8 @@ from pathlib import Path
 
 from srtrt.errors import SrtrtError
 
-from .imageio import INPUT_SUFFIXES
-from .writers import OUTPUT_SUFFIXES
+from srtrt.engine.datapath.imageio import INPUT_SUFFIXES
+from srtrt.engine.datapath.writers import OUTPUT_SUFFIXES
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 
@@ -202,7 +202,7 @@ class FileRunner:
 
     def __init__(self, backend, *, tile=None, margin=None, batch=None, max_pixels=None, alpha="bicubic",
                  overwrite=False, log=None):
-        from .runtime import TiledUpscaler
+        from srtrt.engine.datapath.runtime import TiledUpscaler
 
         self.backend = backend
         self.upscaler = TiledUpscaler(backend, core=tile, margin=margin, batch=batch)
@@ -230,8 +230,8 @@ class FileRunner:
         return Outcome(source, destination, DONE, f"{source} -> {destination}", seconds, pixels)
 
     def _upscale(self, source: Path, destination: Path, on_tile, on_plan) -> None:
-        from . import oom
-        from .upscale_image import upscale_file
+        from srtrt.engine.batch import oom
+        from srtrt.engine.datapath.pipeline import upscale_file
 
         while True:
             try:
@@ -276,12 +276,12 @@ def _progress(quiet: bool):
 
 def main(args) -> int:
     if args.ray:
-        from srtrt.engine.ray_runner import main as ray_main
+        from srtrt.engine.batch.ray_runner import main as ray_main
         return ray_main(args)
 
     from srtrt.engine.backends import create_backend
 
-    from .signals import StopOnSignals, Stopped
+    from srtrt.engine.batch.signals import StopOnSignals, Stopped
 
     inputs = expand_inputs(args.inputs)
     if not inputs:

@@ -20,8 +20,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import tiles as tiling
-from .backends.base import Backend
+from srtrt.engine.datapath import tiles as tiling
+from srtrt.engine.backends.base import Backend
 
 QUEUE_DEPTH = 2
 _DONE = object()

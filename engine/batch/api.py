@@ -5,10 +5,10 @@ from functools import lru_cache
 
 from PIL import Image
 
-from .backends import create_backend
-from .imageio import from_pil, read_image
-from .runtime import TiledUpscaler
-from .upscale_image import upscale_file, upscale_to_pil
+from srtrt.engine.backends import create_backend
+from srtrt.engine.datapath.imageio import from_pil, read_image
+from srtrt.engine.datapath.runtime import TiledUpscaler
+from srtrt.engine.datapath.pipeline import upscale_file, upscale_to_pil
 
 
 @lru_cache(maxsize=4)

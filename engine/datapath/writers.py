@@ -26,7 +26,7 @@ import numpy as np
 
 from srtrt.errors import SrtrtError
 
-from .imageio import to_eight_bit
+from srtrt.engine.datapath.imageio import to_eight_bit
 
 OUTPUT_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG",
                   ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}

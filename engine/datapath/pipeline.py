@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .imageio import DecodedImage, read_image, to_pil
-from .runtime import Band, Planes, TiledUpscaler
-from .writers import open_writer
+from srtrt.engine.datapath.imageio import DecodedImage, read_image, to_pil
+from srtrt.engine.datapath.runtime import Band, Planes, TiledUpscaler
+from srtrt.engine.datapath.writers import open_writer
 
 BICUBIC_CONTEXT = 4  # LR rows; PIL's bicubic reads 2 source pixels each side when enlarging
 

@@ -7,7 +7,7 @@ whole-image output whatever the tile, so a retried image is the same image, only
 """
 from __future__ import annotations
 
-from .runtime import TiledUpscaler
+from srtrt.engine.datapath.runtime import TiledUpscaler
 
 MIN_CORE = 32  # LR pixels: below this the margins dominate the work of a window
 

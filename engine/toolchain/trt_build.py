@@ -22,8 +22,8 @@ from pathlib import Path
 
 from srtrt.errors import SrtrtError
 
-from . import engine_cache
-from .engine_cache import EngineKey, Profile, profile_for
+from srtrt.engine.toolchain import engine_cache
+from srtrt.engine.toolchain.engine_cache import EngineKey, Profile, profile_for
 
 INSTALL_HINT = 'pip install "srtrt[tensorrt]" on a machine with a CUDA GPU'
 PLUGIN_OP = "PixelShufflePReLU"
@@ -143,7 +143,7 @@ def set_plugin_mode(model, mode: str) -> None:
 
 
 def onnx_metadata(model) -> dict:
-    """The srtrt metadata engine/export.py writes (keys without their "srtrt." prefix)."""
+    """The srtrt metadata engine/toolchain/export.py writes (keys without their "srtrt." prefix)."""
     prefix = "srtrt."
     return {p.key[len(prefix):]: p.value for p in model.metadata_props if p.key.startswith(prefix)}
 
@@ -200,7 +200,7 @@ def build_serialized(onnx_path, profile: Profile, *, opt_level: int = 3, workspa
     """
     import onnx
 
-    from srtrt.engine.onnx_safety import check_external_data
+    from srtrt.engine.toolchain.onnx_io import check_external_data
 
     out = out or sys.stderr
     trt = import_tensorrt()
@@ -313,7 +313,7 @@ def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | No
                  "radius": int(meta["radius"]) if "radius" in meta else None, "source": str(src.resolve())}
     else:
         import srtrt
-        from srtrt.engine.export import export_onnx
+        from srtrt.engine.toolchain.export import export_onnx
 
         view = srtrt.load_model(model)
         path = export_onnx(view, workdir / "model.onnx", precision=precision, fused=plugin != "none",

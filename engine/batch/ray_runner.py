@@ -24,7 +24,7 @@ from pathlib import Path
 
 from srtrt.errors import SrtrtError
 
-from .cli_run import (DONE, FAILED, SKIPPED, BatchReport, FileRunner, Outcome, expand_inputs, make_output_folder,
+from srtrt.engine.batch.cli_run import (DONE, FAILED, SKIPPED, BatchReport, FileRunner, Outcome, expand_inputs, make_output_folder,
                       plan_jobs)
 
 INSTALL = 'srtrt --ray needs Ray: pip install "srtrt[ray]"'
@@ -153,7 +153,7 @@ def main(args) -> int:
     ray = _import_ray()
     import srtrt
 
-    from .signals import StopOnSignals, Stopped
+    from srtrt.engine.batch.signals import StopOnSignals, Stopped
 
     inputs = expand_inputs(args.inputs)
     if not inputs:

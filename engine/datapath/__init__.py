@@ -1,0 +1,1 @@
+"""The per-image data path: decode, tile planning, the streaming runtime, assembly and encoding."""
