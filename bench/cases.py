@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import model_flops
-from srtrt.engine.backends.precision import cpu_has_fast_bf16
+from srtrt.hardware import cpu_has_fast_bf16
 from srtrt.engine.datapath.runtime import Band, Planes, TiledUpscaler
 from workloads import Workload
 

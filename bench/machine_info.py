@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import os
-import platform
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
+
+from srtrt import hardware
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
 # A package can be published under several distribution names (tensorrt-cu12, ...).
@@ -41,23 +40,13 @@ def versions() -> dict:
     return {name: package_version(name) for name in DISTRIBUTIONS} | {"python": sys.version.split()[0]}
 
 
-def _cpuinfo_field(text: str, field: str) -> str:
-    match = re.search(rf"^{field}\s*:\s*(.*)$", text, re.MULTILINE)
-    return match.group(1).strip() if match else ""
-
-
 def cpu_info() -> dict:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    flags = set(_cpuinfo_field(text, "flags").split())
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    flags = hardware.cpu_flags()
     return {
         "kind": "cpu",
-        "name": _cpuinfo_field(text, "model name") or platform.processor() or "unknown CPU",
+        "name": hardware.cpu_model(),
         "flags": [f for f in CPU_FLAGS if f in flags],
-        "cores": usable,
+        "cores": hardware.usable_cpus(),
         "torch_threads": torch.get_num_threads(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }

@@ -29,7 +29,7 @@ from srtrt import checkpoint
 from srtrt.errors import SrtrtError
 from srtrt.nets import Discriminator, InferenceView, SRResNet, SRResNetConfig
 
-from srtrt.engine.backends.precision import cpu_has_fast_bf16
+from srtrt.hardware import cpu_has_fast_bf16
 
 from .config import TrainConfig
 from .data import OffsetSampler, PatchDataset, list_images, load_rgb, split_holdout

@@ -13,22 +13,19 @@ from pathlib import Path
 
 import torch
 
+from srtrt.cache import cache_dir
 from srtrt.errors import SrtrtError
 
 from srtrt.engine.backends.base import Backend, TileDefaults
 from srtrt.engine.backends.precision import auto_precision
 
-__all__ = ["Backend", "TileDefaults", "Selection", "create_backend", "cache_dir"]
+__all__ = ["Backend", "TileDefaults", "Selection", "create_backend"]
 
 
 @dataclass
 class Selection:
     backend: Backend
     reason: str
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SRTRT_CACHE") or Path.home() / ".cache" / "srtrt")
 
 
 def _device(device: str | None) -> torch.device:
@@ -54,7 +51,7 @@ def _onnxruntime(view, device: torch.device, precision: str) -> Backend:
     if precision not in ("fp32", "fp16"):
         raise SrtrtError(f"onnxruntime runs fp32 or fp16 graphs, not {precision}")
     sha = getattr(view, "checkpoint_sha256", "") or state_dict_sha256(view)
-    path = cache_dir() / "onnx" / f"{sha[:16]}-x{view.scale}-{precision}.onnx"
+    path = cache_dir("onnx") / f"{sha[:16]}-x{view.scale}-{precision}.onnx"
     if not path.exists():
         export_onnx(view, path, precision=precision)
     return OnnxRuntimeBackend(path, view.scale, view.radius, device=str(device))

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-QUALITY_GUARD_DB = 0.05
+from srtrt.hardware import cpu_has_fast_bf16
 
+QUALITY_GUARD_DB = 0.05
 
 
 @lru_cache(maxsize=None)
@@ -47,14 +48,6 @@ def passes_guard(backend: str, device_type: str, precision: str, guard: dict | N
     ok = abs(delta) <= QUALITY_GUARD_DB
     verdict = "within" if ok else "outside"
     return ok, f"{precision} changes Set5 Y-PSNR by {delta:+.3f} dB{where}, {verdict} the ±{QUALITY_GUARD_DB} dB guard"
-
-
-def cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in (" amx_bf16", " avx512_bf16"))
 
 
 def auto_precision(backend: str, device: torch.device, guard: dict | None = None,

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from srtrt import cache as srtrt_cache
 from srtrt.checkpoint import file_sha256
 from srtrt.errors import SrtrtError
 from srtrt.sidecar import read_versioned_json
@@ -37,8 +38,7 @@ Shape = tuple  # (N, C, H, W)
 
 def cache_dir() -> Path:
     """The engine cache folder (not created here): `engines/` under srtrt's cache root."""
-    root = os.environ.get("SRTRT_CACHE")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "srtrt") / "engines"
+    return srtrt_cache.cache_dir("engines")
 
 
 # ---------------------------------------------------------------------------------------------
