@@ -7,9 +7,7 @@ returned reason says what was picked and why, so users never have to guess.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
