@@ -3,8 +3,8 @@
 CUDA tensors run the Triton kernel; CPU tensors (and CUDA without triton) run the plain
 torch reference, so importing this module never needs triton. The op is a `triton_op`, so
 torch.compile can see the kernel inside it and torch.export keeps it as one node.
-`fuse_upsample` swaps an SRResNet's shuffle + PReLU pairs for the op (the torch backend
-on CUDA).
+`fuse_upsample` swaps a generator's shuffle + PReLU steps (as the architecture registry
+lists them) for the op (the torch backend on CUDA).
 """
 from __future__ import annotations
 
@@ -48,15 +48,17 @@ class FusedUpsampleBlock(nn.Module):
 
 
 def fuse_upsample(model: nn.Module) -> nn.Module:
-    """A copy of `model` (an SRResNet or its InferenceView) with every UpsampleBlock fused."""
-    from srtrt.nets import UpsampleBlock
+    """A copy of `model` (a registered generator or its InferenceView) with every upsample step fused."""
+    from srtrt import registry
 
     fused = copy.deepcopy(model)
-    blocks = [(name, m) for name, m in fused.named_modules() if isinstance(m, UpsampleBlock)]
-    if not blocks:
-        raise ValueError("model has no UpsampleBlock to fuse")
-    for name, block in blocks:
-        parent_name, _, child = name.rpartition(".")
-        parent = fused.get_submodule(parent_name) if parent_name else fused
-        setattr(parent, child, FusedUpsampleBlock(block.conv, block.act, block.shuffle.upscale_factor))
+    wrapped = hasattr(fused, "generator")
+    generator = fused.generator if wrapped else fused
+    steps = registry.of(generator).upsample_steps(generator)
+    if not steps:
+        raise ValueError("model has no upsample step to fuse")
+    for step in steps:
+        parent_name, _, child = step.module.rpartition(".")
+        parent = generator.get_submodule(parent_name) if parent_name else generator
+        setattr(parent, child, FusedUpsampleBlock(step.conv, step.prelu, step.upscale))
     return fused

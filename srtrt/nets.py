@@ -111,13 +111,18 @@ def receptive_field_radius(config: SRResNetConfig) -> int:
 
 
 class InferenceView(nn.Module):
-    """What every backend runs: RGB [0, 1] in, RGB [0, 1] out, clamped inside the graph."""
+    """What every backend runs: RGB [0, 1] in, RGB [0, 1] out, clamped inside the graph.
 
-    def __init__(self, generator: SRResNet):
+    Carries `scale` and `radius` (receptive-field radius in LR pixels), asked of the registry.
+    """
+
+    def __init__(self, generator: nn.Module):
+        from . import registry  # the registry imports this module
+
         super().__init__()
         self.generator = generator
         self.scale = generator.config.scale
-        self.radius = receptive_field_radius(generator.config)
+        self.radius = registry.of(generator).radius(generator.config)
 
     def forward(self, x):
         return ((self.generator(x) + 1.0) * 0.5).clamp(0.0, 1.0)

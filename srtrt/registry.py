@@ -1,31 +1,67 @@
-"""Architecture registry: a checkpoint's `architecture` name -> how to build and describe it.
+"""Architecture registry: the one place that knows what a network is and what it can do.
 
-New architectures register a builder here; nothing else in the package names classes directly.
+A checkpoint's `architecture` name maps to an `Architecture`: how to make its config and build
+it, and the facts the rest of srtrt asks for instead of reading the network class itself —
+scale, receptive-field radius (the tile margin that makes tiling exact), the channel count
+that sizes activation memory, how to fold BatchNorm for inference, and which
+conv -> PixelShuffle -> PReLU steps the fused kernel may replace. Adding an architecture
+means a network file and one entry here.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 
-from .nets import InferenceView, SRResNet, SRResNetConfig, receptive_field_radius
+from .nets import (
+    InferenceView,
+    SRResNet,
+    SRResNetConfig,
+    fold_batchnorm,
+    receptive_field_radius,
+)
+
+
+@dataclass(frozen=True)
+class UpsampleStep:
+    """One fusable sub-pixel step: `module` (a dotted name in the generator) computes
+    PReLU(PixelShuffle(conv(x), upscale)) with these conv and PReLU modules."""
+
+    module: str
+    conv: nn.Conv2d
+    prelu: nn.PReLU
+    upscale: int
 
 
 @dataclass(frozen=True)
 class Architecture:
     name: str
+    network: type[nn.Module]
     make_config: Callable[[dict], object]
-    build: Callable[[object], nn.Module]
-    radius: Callable[[object], int]
+    radius: Callable[[object], int]                  # config -> receptive-field radius in LR pixels
+    feature_channels: Callable[[object], int]        # config -> channels of the upsampled feature maps
+    fold_batchnorm: Callable[[nn.Module], nn.Module]  # eval-mode generator -> same results, no BatchNorm
+    upsample_steps: Callable[[nn.Module], list[UpsampleStep]]
+
+    def build(self, config) -> nn.Module:
+        return self.network(config)
+
+
+def _srresnet_upsample_steps(generator: SRResNet) -> list[UpsampleStep]:
+    return [UpsampleStep(f"upsample.{i}", block.conv, block.act, block.shuffle.upscale_factor)
+            for i, block in enumerate(generator.upsample)]
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     "srresnet": Architecture(
         name="srresnet",
+        network=SRResNet,
         make_config=lambda d: SRResNetConfig(**d),
-        build=SRResNet,
         radius=receptive_field_radius,
+        feature_channels=lambda config: config.channels,
+        fold_batchnorm=fold_batchnorm,
+        upsample_steps=_srresnet_upsample_steps,
     ),
 }
 
@@ -35,6 +71,14 @@ def get(name: str) -> Architecture:
         return ARCHITECTURES[name]
     except KeyError:
         raise KeyError(f"unknown architecture {name!r} (known: {', '.join(sorted(ARCHITECTURES))})") from None
+
+
+def of(generator: nn.Module) -> Architecture:
+    """The registered architecture a generator instance belongs to."""
+    for arch in ARCHITECTURES.values():
+        if type(generator) is arch.network:
+            return arch
+    raise KeyError(f"{type(generator).__name__} is not a registered architecture")
 
 
 def inference_view(generator: nn.Module) -> InferenceView:

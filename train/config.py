@@ -9,6 +9,7 @@ class TrainConfig:
     data: str
     out: str = "runs/srresnet_x4"
     phase: str = "srresnet"          # srresnet | srgan
+    architecture: str = "srresnet"   # a name in srtrt/registry.py
     init: str | None = None          # weights to start from (required by srgan: the SRResNet)
     scale: int = 4
     blocks: int = 16

@@ -25,11 +25,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from srtrt import checkpoint
+from srtrt import checkpoint, registry
 from srtrt.errors import SrtrtError
-from srtrt.nets import Discriminator, InferenceView, SRResNet, SRResNetConfig
-
 from srtrt.hardware import cpu_has_fast_bf16
+from srtrt.nets import Discriminator
 
 from .config import TrainConfig
 from .data import OffsetSampler, PatchDataset, list_images, load_rgb, split_holdout
@@ -78,9 +77,9 @@ def validation_pairs(paths, scale: int, crop: int) -> list[tuple[torch.Tensor, n
 
 
 @torch.no_grad()
-def validate(generator: SRResNet, pairs, device) -> tuple[float, float]:
+def validate(generator: torch.nn.Module, pairs, device) -> tuple[float, float]:
     """Mean Y-PSNR and high-frequency energy ratio (SR / HR) over the held-out pairs."""
-    view = InferenceView(generator).eval()
+    view = registry.inference_view(generator)
     psnrs, hfs = [], []
     for lr, hr in pairs:
         sr = view(lr.to(device))[0].permute(1, 2, 0).mul(255).round().byte().cpu().numpy()
@@ -141,8 +140,9 @@ def train(cfg: TrainConfig) -> Path:
     val_pairs = validation_pairs(val_paths, cfg.scale, cfg.val_crop)
 
     # Models and optimisers.
-    gcfg = SRResNetConfig(scale=cfg.scale, blocks=cfg.blocks, channels=cfg.channels)
-    generator = SRResNet(gcfg).to(device, memory_format=torch.channels_last)
+    arch = registry.get(cfg.architecture)
+    gcfg = arch.make_config({"scale": cfg.scale, "blocks": cfg.blocks, "channels": cfg.channels})
+    generator = arch.build(gcfg).to(device, memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     modules, optimizers = {"g": generator}, {"g": opt_g}
     gan = cfg.phase == "srgan"
@@ -239,8 +239,8 @@ def train(cfg: TrainConfig) -> Path:
             score = selection_score(cfg.phase, val, val_hf, start_psnr, cfg.gan_psnr_drop)
             if score > best or not val_pairs or not (out / "model.safetensors").exists():
                 best = score
-                checkpoint.save(out / "model", generator, "srresnet", gcfg, meta)
-            checkpoint.save(out / "last", generator, "srresnet", gcfg, meta)
+                checkpoint.save(out / "model", generator, arch.name, gcfg, meta)
+            checkpoint.save(out / "last", generator, arch.name, gcfg, meta)
             save_state(state_path, step, modules, optimizers,
                        {"best_score": best, "start_val_psnr": start_psnr, "config": asdict(cfg)})
             plot_curve(metrics_path, out / "curve.png")

@@ -9,10 +9,14 @@ from __future__ import annotations
 import copy
 
 import torch
+from srtrt.engine.backends.base import (
+    Backend,
+    activation_bytes_per_pixel,
+    defaults_for_budget,
+)
 
-from srtrt.nets import InferenceView, fold_batchnorm
-
-from srtrt.engine.backends.base import Backend, activation_bytes_per_pixel, defaults_for_budget
+from srtrt import registry
+from srtrt.nets import InferenceView
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CPU_ACTIVATION_BUDGET = 1_500_000_000   # keeps `srtrt run` on any image under ~2.5 GB resident
@@ -32,7 +36,8 @@ class TorchBackend(Backend):
         self.precision, self.dtype = precision, DTYPES[precision]
         self.scale, self.radius = view.scale, view.radius
         self.channels_last = channels_last
-        generator = fold_batchnorm(copy.deepcopy(view.generator))
+        arch = registry.of(view.generator)
+        generator = arch.fold_batchnorm(copy.deepcopy(view.generator))
         if fused_op is None:
             fused_op = self.device.type == "cuda"
         if fused_op:
@@ -44,7 +49,8 @@ class TorchBackend(Backend):
             model = model.to(memory_format=torch.channels_last)
         self.model = torch.compile(model, dynamic=False) if compile else model
         self.compiled = compile
-        bpp = activation_bytes_per_pixel(view.generator.config.channels, self.scale, self.dtype.itemsize)
+        bpp = activation_bytes_per_pixel(arch.feature_channels(view.generator.config), self.scale,
+                                         self.dtype.itemsize)
         if self.device.type == "cuda":  # batches of 4 large windows keep a GPU busy; memory is plentiful
             self.defaults = defaults_for_budget(CUDA_ACTIVATION_BUDGET, bpp, self.radius, batch=4)
         else:  # one window at a time, as large as the budget allows: less overlap to recompute
