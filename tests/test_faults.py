@@ -415,7 +415,7 @@ def test_odd_input_names_stay_in_the_output_folder(tmp_path, capsys, model, name
 
 
 def test_output_names_come_from_stems_only(tmp_path):
-    from srtrt.engine.batch.cli_run import output_path
+    from srtrt.engine.batch.files import output_path
 
     out = str(tmp_path / "out")
     for source in ["..", "../x.png", "a/../../b.png", "/etc/passwd", "dir/.png", "c:\\evil\\..\\x.png"]:

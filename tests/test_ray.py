@@ -74,13 +74,11 @@ def test_a_rerun_writes_nothing_new(local_ray, batch, capsys):
 
 def test_actor_rows_are_small_status_dicts(batch, tmp_path):
     """The actor class outside Ray: one row per path, no pixels in the rows."""
+    from srtrt.engine.batch.options import RunOptions
     from srtrt.engine.batch.ray_runner import ImageActor
 
     root, model = batch
-    args = parser().parse_args(["run", "x", "--model", str(model)])
-    options = {k: getattr(args, k) for k in ("backend", "model", "precision", "device", "tile", "margin", "batch",
-                                             "max_pixels", "alpha", "overwrite")}
-    actor = ImageActor(options)
+    actor = ImageActor(RunOptions.from_args(parser().parse_args(["run", "x", "--model", str(model)])))
     rows = actor({"source": [str(root / "in" / "img0.png"), str(root / "in" / "broken.png"), str(tmp_path)],
                   "destination": [str(tmp_path / "a.png"), str(tmp_path / "b.png"), str(tmp_path / "c.png")]})
     assert rows["status"] == ["done", "failed", "failed"]

@@ -1,30 +1,58 @@
-"""`srtrt.upscale`: the Python face of `srtrt run`."""
+"""`srtrt.upscale`: the Python face of `srtrt run`, through the same per-file pipeline.
+
+Options are `RunOptions` fields. The backend is built once per (model, backend, precision,
+device) and kept for the next call; asking for another configuration closes the previous
+one, and the last one is closed when the interpreter exits.
+"""
 from __future__ import annotations
 
-from functools import lru_cache
+import atexit
+import threading
+from pathlib import Path
 
 from PIL import Image
+from srtrt.engine.batch.files import DONE, FileRunner
+from srtrt.engine.batch.options import RunOptions, open_backend
+from srtrt.engine.datapath.imageio import from_pil, to_pil
 
-from srtrt.engine.backends import create_backend
-from srtrt.engine.datapath.imageio import from_pil, read_image
-from srtrt.engine.datapath.runtime import TiledUpscaler
-from srtrt.engine.datapath.pipeline import upscale_file, upscale_to_pil
+from srtrt.errors import SrtrtError
 
-
-@lru_cache(maxsize=4)
-def _backend(backend: str, model: str | None, precision: str, device: str | None):
-    return create_backend(backend, model, precision, device).backend  # built once per configuration
+_lock = threading.Lock()
+_current: dict = {}  # {"key": backend_key, "backend": Backend}
 
 
-def upscale(image, output=None, *, model=None, backend="auto", precision="auto", tile=None, margin=None,
-            batch=None, device=None, alpha="bicubic", overwrite=False, max_pixels=None):
-    """Upscale a PIL image or a path. Returns a PIL image, or writes `output` and returns its Path."""
-    upscaler = TiledUpscaler(_backend(backend, None if model is None else str(model), precision, device),
-                             core=tile, margin=margin, batch=batch)
+def _backend(options: RunOptions):
+    with _lock:
+        if _current.get("key") != options.backend_key:
+            close()
+            _current.update(key=options.backend_key, backend=open_backend(options).backend)
+        return _current["backend"]
+
+
+@atexit.register
+def close() -> None:
+    """Release the kept backend (device memory, engine contexts)."""
+    backend = _current.pop("backend", None)
+    _current.pop("key", None)
+    if backend is not None:
+        backend.close()
+
+
+def upscale(image, output=None, **options):
+    """Upscale a PIL image or a path. Returns a PIL image, or writes `output` and returns its Path.
+
+    Raises SrtrtError (one line) for bad input, an existing `output` without overwrite=True, or an
+    image that does not fit the device even at the smallest tile.
+    """
+    opts = RunOptions(**options)
+    runner = FileRunner(_backend(opts), opts)
     if output is not None:
         if isinstance(image, Image.Image):
             raise TypeError("writing to `output` takes a path; for a PIL image call upscale(image) and save the result")
-        return upscale_file(upscaler, image, output, overwrite=overwrite, max_pixels=max_pixels, alpha_mode=alpha)
-    decoded = from_pil(image) if isinstance(image, Image.Image) else read_image(
-        image, **({} if max_pixels is None else {"max_pixels": max_pixels or None}))
-    return upscale_to_pil(upscaler, decoded, alpha)
+        outcome = runner.run(Path(image), Path(output))
+        if outcome.status != DONE:
+            raise SrtrtError(outcome.message)
+        return Path(output)
+    decoded = from_pil(image) if isinstance(image, Image.Image) else runner.decode(image)
+    colour, alpha = runner.upscale_arrays(decoded, label=str(image) if not isinstance(image, Image.Image) else "image")
+    return to_pil(colour, alpha, decoded.bit_depth)

@@ -22,10 +22,21 @@ import sys
 import time
 from pathlib import Path
 
-from srtrt.errors import SrtrtError
+from srtrt.engine.batch.files import (
+    DONE,
+    FAILED,
+    SKIPPED,
+    BatchReport,
+    FileRunner,
+    Outcome,
+    expand_inputs,
+    make_output_folder,
+    plan_jobs,
+)
+from srtrt.engine.batch.options import RunOptions, open_backend
 
-from srtrt.engine.batch.cli_run import (DONE, FAILED, SKIPPED, BatchReport, FileRunner, Outcome, expand_inputs, make_output_folder,
-                      plan_jobs)
+from srtrt.errors import SrtrtError
+from srtrt.hardware import usable_cpus
 
 INSTALL = 'srtrt --ray needs Ray: pip install "srtrt[ray]"'
 LOCAL = "auto"  # what `--ray` without an address passes
@@ -43,10 +54,8 @@ def _import_ray():
 class ImageActor:
     """A Ray Data actor: builds the backend once, then upscales the images of each batch of paths."""
 
-    def __init__(self, options: dict):
+    def __init__(self, options: RunOptions):
         import torch
-
-        from srtrt.engine.backends import create_backend
 
         try:
             import ray
@@ -55,11 +64,9 @@ class ImageActor:
             torch.set_num_threads(max(1, int(cpus)))
         except Exception:  # outside Ray (tests call the class directly)
             pass
-        selection = create_backend(options["backend"], options["model"], options["precision"], options["device"])
+        selection = open_backend(options)
         self.describe = selection.backend.describe()
-        self.runner = FileRunner(selection.backend, tile=options["tile"], margin=options["margin"],
-                                 batch=options["batch"], max_pixels=options["max_pixels"], alpha=options["alpha"],
-                                 overwrite=options["overwrite"], log=lambda m: print(m, file=sys.stderr))
+        self.runner = FileRunner(selection.backend, options, log=lambda m: print(m, file=sys.stderr))
 
     def __call__(self, batch: dict) -> dict:
         rows = {k: [] for k in ("path", "output", "status", "message", "seconds", "pixels")}
@@ -86,8 +93,7 @@ def _connect(ray, address: str, quiet: bool) -> bool:
         return False
     level = logging.ERROR if quiet else logging.WARNING
     if address == LOCAL:
-        ray.init(num_cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-                 include_dashboard=False, logging_level=level)
+        ray.init(num_cpus=usable_cpus(), include_dashboard=False, logging_level=level)
     else:
         try:
             ray.init(address=address, logging_level=level)
@@ -151,9 +157,9 @@ def _alive(pid: int) -> bool:
 
 def main(args) -> int:
     ray = _import_ray()
-    import srtrt
-
     from srtrt.engine.batch.signals import StopOnSignals, Stopped
+
+    import srtrt
 
     inputs = expand_inputs(args.inputs)
     if not inputs:
@@ -203,17 +209,15 @@ def main(args) -> int:
 
 
 def _run_dataset(ray, args, todo, report: BatchReport, say, stop) -> None:
-    import ray.data
-
     import logging
+
+    import ray.data
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = not args.quiet and sys.stderr.isatty()
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset INFO lines; srtrt reports per image
     size, pool = _pool(ray, len(todo), args.device)
-    options = {"backend": args.backend, "model": args.model, "precision": args.precision,
-               "device": _actor_device(args.device, pool), "tile": args.tile, "margin": args.margin,
-               "batch": args.batch, "max_pixels": args.max_pixels, "alpha": args.alpha, "overwrite": args.overwrite}
+    options = RunOptions.from_args(args).replace(device=_actor_device(args.device, pool))
     items = [{"source": str(job.source), "destination": str(job.destination)} for job in todo]
     dataset = ray.data.from_items(items).map_batches(
         ImageActor, fn_constructor_args=(options,), batch_size=1, batch_format="numpy", **pool)

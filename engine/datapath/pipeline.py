@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-from srtrt.engine.datapath.imageio import DecodedImage, read_image, to_pil
+from srtrt.engine.datapath.imageio import DecodedImage, read_image
 from srtrt.engine.datapath.runtime import Band, Planes, TiledUpscaler
 from srtrt.engine.datapath.writers import open_writer
 
@@ -59,23 +58,18 @@ def upscale_decoded(upscaler: TiledUpscaler, image: DecodedImage, alpha_mode: st
     return colour, alpha
 
 
-def upscale_to_pil(upscaler: TiledUpscaler, image: DecodedImage, alpha_mode: str = "bicubic") -> Image.Image:
-    colour, alpha = upscale_decoded(upscaler, image, alpha_mode)
-    return to_pil(colour, alpha, image.bit_depth)
-
-
-def upscale_file(upscaler: TiledUpscaler, source: str | Path, destination: str | Path, *, overwrite: bool = False,
-                 max_pixels: int | None = None, alpha_mode: str = "bicubic", on_tile=None,
-                 on_plan=None) -> Path:
-    """Decode `source`, stream its upscaled rows into `destination` (temp name, then rename)."""
-    kwargs = {} if max_pixels is None else {"max_pixels": max_pixels or None}
-    image = read_image(source, **kwargs)
+def upscale_file(upscaler: TiledUpscaler, image: DecodedImage | str | Path, destination: str | Path, *,
+                 overwrite: bool = False, alpha_mode: str = "bicubic", on_tile=None,
+                 png_level: int | None = None) -> Path:
+    """Stream the upscaled rows of an image (decoded, or a path to decode) into `destination`
+    (temp name, then rename)."""
+    if not isinstance(image, DecodedImage):
+        image = read_image(image)
     s = upscaler.backend.scale
-    if on_plan:
-        on_plan(len(upscaler.plan(image.height, image.width)))
     channels = image.pixels.shape[2] + (image.alpha is not None)
     with open_writer(destination, image.width * s, image.height * s, channels, image.bit_depth,
-                     icc_profile=image.icc_profile, exif=image.exif, overwrite=overwrite) as writer:
+                     icc_profile=image.icc_profile, exif=image.exif, overwrite=overwrite,
+                     **({} if png_level is None else {"png_level": png_level})) as writer:  # TEMP until writers has it
         def write(band: Band):
             rows = band.colour if band.alpha is None else np.concatenate([band.colour, band.alpha[..., None]], -1)
             writer.write_rows(rows)

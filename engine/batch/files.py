@@ -1,0 +1,285 @@
+"""One file at a time, the same way for `srtrt run`, its `--ray` actors and `srtrt.upscale`.
+
+- Inputs: files as given, folders' images, globs; each paired with `<stem>_x4.png` (or `-o`),
+  names that would collide or loop refused before any work (`plan_jobs`).
+- `FileRunner` holds one backend and the options: it skips existing outputs unless asked to
+  overwrite, decodes within the size limit, streams the upscaled rows to a temporary file
+  renamed when complete, and retries an image that runs out of device memory with half the
+  tile batch, then half the tile (see `oom`), failing with one line only when nothing smaller
+  is left. Every file ends as an `Outcome`: done, skipped or failed with a one-line message.
+- `DecodeAhead` decodes the next input on a worker thread while the current one computes:
+  one image ahead, so host memory holds at most two decoded inputs.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from srtrt.engine.batch.options import RunOptions
+from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, DecodedImage, read_image
+from srtrt.engine.datapath.writers import OUTPUT_SUFFIXES
+
+from srtrt.atomic import remove_partials
+from srtrt.errors import SrtrtError
+
+DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+
+
+@dataclass
+class Outcome:
+    """What became of one input: status done/skipped/failed, a one-line message, seconds spent,
+    and the output's size in pixels (0 unless done)."""
+
+    source: Path
+    destination: Path | None
+    status: str
+    message: str = ""
+    seconds: float = 0.0
+    pixels: int = 0
+
+
+@dataclass
+class BatchReport:
+    outcomes: list[Outcome] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, outcome: Outcome) -> Outcome:
+        self.outcomes.append(outcome)
+        return outcome
+
+    def _of(self, status: str) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def done(self) -> list[Outcome]:
+        return self._of(DONE)
+
+    @property
+    def skipped(self) -> list[Outcome]:
+        return self._of(SKIPPED)
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return self._of(FAILED)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def summary(self) -> str:
+        wall = max(time.perf_counter() - self.started, 1e-9)
+        megapixels = sum(o.pixels for o in self.done) / 1e6
+        return (f"srtrt: {len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed "
+                f"in {wall:.1f} s ({len(self.done) / wall:.2f} images/s, {megapixels / wall:.2f} output MP/s)")
+
+
+# --------------------------------------------------------------------------- inputs and names
+
+def expand_inputs(patterns: list[str]) -> list[Path]:
+    """Files as given, directories' image files (sorted, not recursive), globs expanded; unmatched names kept
+    so they are reported as missing rather than silently dropped."""
+    found: list[Path] = []
+    for pattern in patterns:
+        p = Path(pattern)
+        if p.is_dir():
+            found += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in INPUT_SUFFIXES)
+        elif any(c in pattern for c in "*?[") and not p.exists():
+            found += sorted(Path(m) for m in glob.glob(pattern) if Path(m).is_file())
+        else:
+            found.append(p)
+    unique, seen = [], set()
+    for f in found:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def output_path(source: Path, output: str | None, many: bool, scale: int) -> Path:
+    """`<stem>_x4.png` beside the input by default; `-o` is a file for one input, a directory for many.
+
+    Names come from the input's stem only, so no input name can place a file outside the output folder.
+    """
+    name = f"{Path(source.name).stem}_x{scale}.png"
+    if output is None:
+        return source.parent / name
+    out = Path(output)
+    if many or out.is_dir() or output.endswith(("/", "\\")):
+        return out / name
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise SrtrtError(f"unknown output format {out.suffix!r} (use one of {', '.join(sorted(OUTPUT_SUFFIXES))})", out)
+    return out
+
+
+@dataclass
+class Job:
+    source: Path
+    destination: Path | None = None
+    refusal: str | None = None  # set when the input is refused before any work
+    status: str = FAILED        # what a refusal counts as
+
+
+def plan_jobs(inputs: list[Path], output: str | None, scale: int) -> list[Job]:
+    """Pair every input with its destination; refuse names that would collide or loop.
+
+    - a destination equal to its own input: refused (the input would be destroyed);
+    - two inputs with the same destination (a.png and a.jpg, or dir1/a.png and dir2/a.png into
+      one folder): the later ones are refused, none overwrites another's result;
+    - an input that is the destination of another input (`a_x4.png` beside `a.png`): skipped,
+      as it is this batch's own output from an earlier run, not a source.
+    """
+    many = len(inputs) > 1
+    jobs = []
+    for source in inputs:
+        try:
+            jobs.append(Job(source, output_path(source, output, many, scale)))
+        except SrtrtError as e:
+            jobs.append(Job(source, refusal=str(e)))
+    owner: dict[Path, Path] = {}
+    for job in jobs:
+        if job.destination is not None:
+            owner.setdefault(real_path(job.destination), job.source)
+    for job in jobs:
+        if job.refusal or job.destination is None:
+            continue
+        key, first = real_path(job.destination), owner.get(real_path(job.destination))
+        if key == real_path(job.source):
+            job.refusal = f"{job.destination}: output path is the input itself"
+        elif first is not None and real_path(first) != real_path(job.source):
+            job.refusal = f"{job.source}: same output name {job.destination.name} as {first}; rename one of them"
+        elif real_path(job.source) in owner and real_path(owner[real_path(job.source)]) != real_path(job.source):
+            job.refusal, job.status = (f"{job.source}: is the output of {owner[real_path(job.source)]} in this batch, "
+                                       "not upscaled again"), SKIPPED
+    return jobs
+
+
+def real_path(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def make_output_folder(output: str | None, many: bool) -> None:
+    """Create `-o` when it names a folder; one line if that is impossible."""
+    if output is None or not (many or output.endswith(("/", "\\"))):
+        return
+    out = Path(output)
+    if out.is_file():
+        raise SrtrtError("is a file, but several inputs need an output directory", output)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SrtrtError(f"cannot create the output folder ({e.strerror or e})", output) from None
+
+
+# --------------------------------------------------------------------------- one file at a time
+
+class FileRunner:
+    """One backend, one file at a time: skip/overwrite, size limit, out-of-memory fallback, an Outcome per file."""
+
+    def __init__(self, backend, options: RunOptions = RunOptions(), log=None):
+        from srtrt.engine.datapath.runtime import TiledUpscaler
+
+        self.backend, self.options = backend, options
+        self.upscaler = TiledUpscaler(backend, core=options.tile, margin=options.margin, batch=options.batch)
+        self.log = log or (lambda message: None)
+
+    def decode(self, source: str | Path) -> DecodedImage:
+        return read_image(source, **self.options.decode_limit)
+
+    def run(self, source: Path, destination: Path, on_tile=None, on_plan=None,
+            decoded: Future | None = None) -> Outcome:
+        """Upscale `source` into `destination`; `decoded` is the image already being decoded (DecodeAhead)."""
+        start = time.perf_counter()
+        overwrite = self.options.overwrite
+        existed = os.path.lexists(destination)
+        try:
+            if real_path(destination) == real_path(source):
+                raise SrtrtError("output path is the input itself", destination)
+            if existed and not overwrite:
+                return Outcome(source, destination, SKIPPED, f"{destination}: exists, skipped (--overwrite to replace)")
+            image = decoded.result() if decoded is not None else self.decode(source)
+            if on_plan:
+                on_plan(len(self.upscaler.plan(image.height, image.width)))
+            self._retrying(image, source, destination,
+                           lambda upscaler: self._write(upscaler, image, destination, on_tile))
+        except SrtrtError as e:
+            if not existed and not overwrite and os.path.lexists(destination):
+                # another run wrote it while this one was encoding; its output is complete
+                return Outcome(source, destination, SKIPPED, f"{destination}: written meanwhile by another run, skipped",
+                               time.perf_counter() - start)
+            return Outcome(source, destination, FAILED, str(e), time.perf_counter() - start)
+        pixels = image.height * image.width * self.backend.scale ** 2
+        return Outcome(source, destination, DONE, f"{source} -> {destination}", time.perf_counter() - start, pixels)
+
+    def upscale_arrays(self, image: DecodedImage, label: str = "image") -> tuple[np.ndarray, np.ndarray | None]:
+        """The whole result in memory (colour, alpha), with the same out-of-memory fallback."""
+        from srtrt.engine.datapath.pipeline import upscale_decoded
+
+        return self._retrying(image, label, None, lambda upscaler: upscale_decoded(upscaler, image, self.options.alpha))
+
+    def _write(self, upscaler, image: DecodedImage, destination: Path, on_tile) -> None:
+        from srtrt.engine.datapath.pipeline import upscale_file
+
+        upscale_file(upscaler, image, destination, overwrite=self.options.overwrite, alpha_mode=self.options.alpha,
+                     on_tile=on_tile, png_level=self.options.png_level)
+
+    def _retrying(self, image: DecodedImage, source, destination: Path | None, work):
+        from srtrt.engine.batch import oom
+
+        while True:
+            try:
+                return work(self.upscaler)
+            except Exception as e:
+                if not oom.is_out_of_memory(e):
+                    raise
+                remove_partials(destination)
+                oom.free_device_memory(self.upscaler)
+                before = self.upscaler
+                after = oom.smaller(before, image.height, image.width)
+                cause = " ".join(str(e).split())[:160]
+                if after is None:
+                    raise SrtrtError(f"out of device memory even with batch {before.batch} and tile {before.core} "
+                                     f"({cause}); try a smaller --tile or --device cpu", source) from None
+                self.log(f"srtrt: {source}: out of device memory with batch {before.batch}, tile {before.core}; "
+                         f"retrying with batch {after.batch}, tile {after.core}")
+                self.upscaler = after  # later images start from the setting that fits
+
+
+class DecodeAhead:
+    """Decode the next input on one worker thread while the current image computes."""
+
+    def __init__(self, runner: FileRunner):
+        self._runner = runner
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="srtrt-decode")
+        self._pending: dict[Path, Future] = {}
+
+    def take(self, job: Job) -> Future | None:
+        """The decode of `job` (started now if it was not yet); None when the job will not decode."""
+        if not self._wanted(job):
+            return None
+        return self._pending.pop(job.source, None) or self._pool.submit(self._runner.decode, job.source)
+
+    def start(self, job: Job | None) -> None:
+        """Begin decoding `job` in the background (at most one image ahead)."""
+        if job is not None and self._wanted(job) and job.source not in self._pending:
+            self._pending[job.source] = self._pool.submit(self._runner.decode, job.source)
+
+    def _wanted(self, job: Job) -> bool:
+        return (job.refusal is None and job.destination is not None
+                and (self._runner.options.overwrite or not os.path.lexists(job.destination)))
+
+    def close(self) -> None:
+        for future in self._pending.values():
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> DecodeAhead:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,65 @@
+"""`RunOptions`: every option of `srtrt run`, typed, in one object.
+
+The CLI builds it from its flags, `srtrt.upscale` from its keywords and the Ray driver ships
+it to its actors, so each promise (out-of-memory retry, skip/overwrite, max pixels, atomic
+output) is kept by the same code whichever door an image comes in by.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from srtrt.errors import SrtrtError
+
+ALPHA_MODES = ("bicubic", "model")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    model: str | None = None         # checkpoint path or embedded name; None = the default model
+    backend: str = "auto"
+    precision: str = "auto"
+    device: str | None = None        # cpu | cuda[:i]; None = the best there is
+    tile: int | None = None          # LR core size; None = the backend's default; 0 = whole image
+    margin: int | None = None        # LR overlap per side; None = the receptive-field radius
+    batch: int | None = None         # tiles per backend call
+    alpha: str = "bicubic"           # how an alpha channel is upscaled: bicubic | model
+    overwrite: bool = False          # replace existing outputs (default: skip them)
+    max_pixels: int | None = None    # refuse larger inputs (LR pixels); None = the default limit, 0 = none
+    png_level: int | None = None     # PNG deflate level; None = the measured default
+
+    def __post_init__(self):
+        if self.alpha not in ALPHA_MODES:
+            raise SrtrtError(f"alpha must be one of {', '.join(ALPHA_MODES)}, not {self.alpha!r}")
+        for name in ("tile", "margin", "batch", "max_pixels"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise SrtrtError(f"{name} must be >= 0, not {value}")
+        if self.png_level is not None and not 0 <= self.png_level <= 9:
+            raise SrtrtError(f"png level must be 0-9, not {self.png_level}")
+
+    @classmethod
+    def from_args(cls, args) -> RunOptions:
+        """From parsed `srtrt run` flags (argparse names match the field names)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+    def replace(self, **changes) -> RunOptions:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def backend_key(self) -> tuple:
+        """What the backend depends on: runs with equal keys can share one backend."""
+        return (self.model, self.backend, self.precision, self.device)
+
+    @property
+    def decode_limit(self) -> dict:
+        """Keyword arguments for `read_image`: the default limit unless one was given (0 = none)."""
+        return {} if self.max_pixels is None else {"max_pixels": self.max_pixels or None}
+
+
+def open_backend(options: RunOptions):
+    """The backend these options ask for, with the reason it was picked (a `Selection`)."""
+    from srtrt.engine.backends import create_backend
+
+    return create_backend(options.backend, options.model, options.precision, options.device)

@@ -1,0 +1,141 @@
+"""`srtrt.upscale`: the Python face of `srtrt run`, kept to the same promises.
+
+PIL in -> PIL out (modes, alpha, 16-bit), path -> file, skip/overwrite, errors as one-line
+SrtrtError, the out-of-memory ladder and backend cleanup: all through the same per-file
+pipeline as the CLI, so the outputs are the CLI's outputs byte for byte.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import srtrt
+from conftest import smooth_image
+from run_helpers import partials, pixels, run_cli, save_tiny_model, write_images
+from srtrt.engine.batch import api
+from srtrt.errors import SrtrtError
+
+FP32 = {"backend": "torch", "precision": "fp32"}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return str(save_tiny_model(tmp_path_factory.mktemp("model")))
+
+
+@pytest.fixture(autouse=True)
+def fresh_backend():
+    api.close()
+    yield
+    api.close()
+
+
+def test_pil_in_pil_out_equals_the_cli_output(tmp_path, capsys, model):
+    (source,) = write_images(tmp_path, 1, height=30, width=41)
+    code, err = run_cli(capsys, source, "-o", tmp_path / "cli.png", "--model", model, "--precision", "fp32",
+                        "--backend", "torch")
+    assert code == 0, err
+    with Image.open(source) as img:
+        out = srtrt.upscale(img, model=model, **FP32)
+    assert out.mode == "RGB" and out.size == (41 * 4, 30 * 4)
+    assert np.array_equal(np.asarray(out), pixels(tmp_path / "cli.png"))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "LA", "P"])
+def test_modes_survive_the_round_trip(model, mode):
+    rgb = Image.fromarray(smooth_image(20, 24))
+    img = rgb.convert(mode) if mode != "LA" else Image.merge("LA", (rgb.convert("L"), rgb.getchannel("G")))
+    out = srtrt.upscale(img, model=model, **FP32)
+    expected = {"L": "L", "RGBA": "RGBA", "LA": "LA", "P": "RGB"}[mode]
+    assert out.mode == expected and out.size == (96, 80)
+    if "A" in mode:  # alpha is upscaled with bicubic by default: a smooth plane stays within its range
+        alpha = np.asarray(out.getchannel("A"), dtype=int)
+        source_alpha = np.asarray(img.getchannel("A"), dtype=int)
+        assert source_alpha.min() - 8 <= alpha.min() and alpha.max() <= source_alpha.max() + 8
+
+
+def test_sixteen_bit_grey_stays_sixteen_bit(tmp_path, model):
+    grey = smooth_image(18, 22, channels=1, dtype=np.uint16)[..., 0]
+    path = tmp_path / "grey16.png"
+    Image.fromarray(grey).save(path)
+    out = srtrt.upscale(path, model=model, **FP32)
+    values = np.asarray(out)
+    assert out.mode == "I;16" and out.size == (88, 72) and values.dtype == np.uint16
+    assert values.max() > 255  # the 16-bit range is kept, not cut to 8 bits
+
+
+def test_path_to_file_skips_existing_unless_overwrite(tmp_path, model):
+    (source,) = write_images(tmp_path, 1)
+    destination = tmp_path / "out_x4.png"
+    assert srtrt.upscale(source, destination, model=model, **FP32) == destination
+    first = destination.read_bytes()
+    with pytest.raises(SrtrtError, match="exists") as caught:
+        srtrt.upscale(source, destination, model=model, **FP32)
+    assert "\n" not in str(caught.value) and destination.read_bytes() == first
+    assert srtrt.upscale(source, destination, model=model, overwrite=True, **FP32) == destination
+    assert destination.read_bytes() == first and partials(tmp_path) == []
+
+
+def test_bad_input_is_one_line_srtrt_error_and_nothing_is_written(tmp_path, model):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    with pytest.raises(SrtrtError) as caught:
+        srtrt.upscale(broken, tmp_path / "o.png", model=model, **FP32)
+    assert str(broken) in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "o.png").exists() and partials(tmp_path) == []
+    with pytest.raises(SrtrtError, match=str(broken)):
+        srtrt.upscale(broken, model=model, **FP32)
+
+
+def test_size_limit_and_wrong_calls(tmp_path, model):
+    (source,) = write_images(tmp_path, 1, height=24, width=32)
+    with pytest.raises(SrtrtError, match="limit|pixels"):
+        srtrt.upscale(source, model=model, max_pixels=100, **FP32)
+    with pytest.raises(TypeError):
+        srtrt.upscale(source, model=model, tile_size=64)  # not an option of srtrt run
+    with pytest.raises(TypeError, match="path"):
+        srtrt.upscale(Image.new("RGB", (8, 8)), tmp_path / "o.png", model=model)
+
+
+def test_out_of_memory_ladder_holds_for_the_api(tmp_path, monkeypatch, model):
+    import srtrt.engine.backends as backends
+    from test_faults import out_of_memory_above
+
+    made = []
+
+    def create(name="auto", model=None, precision="auto", device=None, view=None):
+        made.append(out_of_memory_above(srtrt.load_model(model), 52 * 52))
+        return backends.Selection(made[-1], "torch with injected out-of-memory")
+
+    (source,) = write_images(tmp_path, 1, height=160, width=160)
+    options = {"model": model, "tile": 64, "margin": 10, "batch": 4, **FP32}
+    reference = np.asarray(srtrt.upscale(source, **options))
+    api.close()
+    monkeypatch.setattr(backends, "create_backend", create)
+    out = np.asarray(srtrt.upscale(source, **options))
+    assert made[0].calls[:3] == [(4, 74, 74), (2, 74, 74), (1, 74, 74)] and set(made[0].calls[3:]) == {(1, 52, 52)}
+    diff = np.abs(out.astype(int) - reference.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_backend_is_kept_per_configuration_and_closed_when_replaced(tmp_path, monkeypatch, model):
+    import srtrt.engine.backends as backends
+
+    real_create, made, closed = backends.create_backend, [], []
+
+    def create(*args, **kwargs):
+        selection = real_create(*args, **kwargs)
+        selection.backend.close = lambda b=selection.backend: closed.append(b)
+        made.append(selection.backend)
+        return selection
+
+    monkeypatch.setattr(backends, "create_backend", create)
+    img = Image.fromarray(smooth_image(16, 16))
+    srtrt.upscale(img, model=model, **FP32)
+    srtrt.upscale(img, model=model, tile=8, **FP32)  # tiles do not change the backend
+    assert len(made) == 1 and closed == []
+    srtrt.upscale(img, model=model, backend="torch", precision="bf16")
+    assert len(made) == 2 and closed == [made[0]]
+    api.close()
+    assert closed == made
