@@ -25,24 +25,30 @@ def _add_run(sub):
     p.add_argument("--alpha", default="bicubic", choices=["bicubic", "model"], help="how an alpha channel is upscaled")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     p.add_argument("--max-pixels", type=int, default=None, help="refuse inputs with more LR pixels (0 = no limit)")
+    p.add_argument("--png-level", type=int, default=None, metavar="0-9",
+                   help="PNG deflate level (default: measured for speed at a size close to level 6's; 9 = smallest)")
     p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS", help="spread the batch over a Ray cluster")
     p.add_argument("-q", "--quiet", action="store_true")
 
 
 def _add_eval(sub):
-    p = sub.add_parser("eval", help="Y-PSNR/SSIM of a model and of bicubic on folders of HR images")
+    p = sub.add_parser("eval", help="Y-PSNR/SSIM/HF ratio of models and of bicubic on folders of HR images")
     p.add_argument("dirs", nargs="+", metavar="DIR")
-    p.add_argument("--model", help="checkpoint; default: the embedded model")
+    p.add_argument("--model", action="append", metavar="MODEL",
+                   help="embedded model (srresnet, srgan) or checkpoint; repeat to score several in one table "
+                        "(default: srresnet)")
     p.add_argument("--scale", type=int, default=None, help="must match the model (default: the model's)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
 def _add_compare(sub):
-    p = sub.add_parser("compare", help="one PNG: LR, bicubic, model and HR crops side by side")
+    p = sub.add_parser("compare", help="one PNG: LR, bicubic, each model and HR crops side by side")
     p.add_argument("image")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--model")
-    p.add_argument("--crop", type=int, default=128, help="HR crop size shown per panel")
+    p.add_argument("--model", action="append", metavar="MODEL",
+                   help="embedded model (srresnet, srgan) or checkpoint; repeat for several "
+                        "(default: every embedded model installed)")
+    p.add_argument("--crop", type=int, default=256, help="HR crop size in pixels (panels are shown at least 256 px)")
 
 
 def _add_train(sub):
@@ -135,6 +141,9 @@ def _dispatch(args) -> int:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    from srtrt.engine.datapath.imageio import silence_library_warnings
+
+    silence_library_warnings()  # before any thread starts: decoders' notes are srtrt's to word
     try:
         return _dispatch(args)
     except SrtrtError as e:

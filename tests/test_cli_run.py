@@ -142,3 +142,34 @@ def test_a_signal_mid_batch_keeps_finished_outputs_and_no_partial_file(tmp_path,
     assert 1 <= len(kept) < 6
     for path in kept:
         assert is_complete_image(path, (768, 512))
+
+
+def test_the_next_image_decodes_while_this_one_computes(tmp_path, capsys, monkeypatch):
+    """DecodeAhead: the second image's decode starts before the first image's network work ends."""
+    import threading
+
+    from srtrt.engine.backends.torch_backend import TorchBackend
+    from srtrt.engine.batch.files import FileRunner
+
+    model = save_tiny_model(tmp_path)
+    sources = write_images(tmp_path / "in", 2)
+    second_started = threading.Event()
+    real_decode, real_infer = FileRunner.decode, TorchBackend.infer
+    seen_ahead = []
+
+    def decode(self, source):
+        if source == sources[1]:
+            second_started.set()
+        return real_decode(self, source)
+
+    def infer(self, x):
+        if not seen_ahead:  # the first image's first batch: wait (bounded) for the decode ahead
+            seen_ahead.append(second_started.wait(timeout=20))
+        return real_infer(self, x)
+
+    monkeypatch.setattr(FileRunner, "decode", decode)
+    monkeypatch.setattr(TorchBackend, "infer", infer)
+    code, err = run(capsys, tmp_path / "in", "-o", tmp_path / "out", "--model", model, "--backend", "torch")
+    assert code == 0, err
+    assert seen_ahead == [True]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img0_x4.png", "img1_x4.png"]
