@@ -33,11 +33,6 @@ def random_view(blocks: int = 2, channels: int = 8, scale: int = 4, seed: int = 
     return InferenceView(g).eval()
 
 
-@pytest.fixture
-def tiny_view():
-    return random_view()
-
-
 def smooth_image(h: int, w: int, channels: int = 3, seed: int = 0, dtype=np.uint8) -> np.ndarray:
     """A photo-like test image: smooth gradients plus a little texture."""
     rng = np.random.default_rng(seed)
