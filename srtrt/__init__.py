@@ -1,8 +1,10 @@
 """srtrt: exact, fast, bounded-memory x4 super-resolution (SRGAN / SRResNet).
 
     import srtrt
-    model = srtrt.load_model()                  # the embedded default model, eval mode, CPU
+    model = srtrt.load_model()                  # the embedded default model (srresnet), eval mode, CPU
+    gan = srtrt.load_model("srgan")             # the embedded GAN-trained model: texture instead of blur
     srtrt.upscale("photo.png", "photo_x4.png")  # tiled, streaming, seam-free
+    srtrt.upscale("photo.png", "photo_gan.png", model="srgan")
 """
 from __future__ import annotations
 
@@ -12,15 +14,17 @@ __version__ = "0.1.0"
 __all__ = ["SrtrtError", "load_model", "upscale", "__version__"]
 
 
-def load_model(path=None):
+def load_model(model=None):
     """The inference view (RGB [0,1] in and out) of a checkpoint, eval mode, CPU.
 
-    `path=None` loads the embedded default x4 model. The module carries `.scale` and
-    `.radius` (receptive-field radius in LR pixels).
+    `model` is a checkpoint path (NAME.safetensors + NAME.json), the name of an embedded x4
+    model (`"srresnet"`, the default, or `"srgan"`), or None for the default; srtrt.checkpoint
+    resolves it. The module carries `.scale`, `.radius` (receptive-field radius in LR pixels)
+    and `.checkpoint_sha256`.
     """
     from . import checkpoint, registry
 
-    ckpt = checkpoint.load(path)
+    ckpt = checkpoint.load(model)
     view = registry.inference_view(ckpt.build())
     view.checkpoint_sha256 = ckpt.sha256
     return view

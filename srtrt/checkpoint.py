@@ -1,5 +1,11 @@
 """Checkpoint format: `NAME.safetensors` (weights) beside `NAME.json` (architecture, config,
-provenance, eval scores). Loading never unpickles, and every failure is one SrtrtError line."""
+provenance, eval scores). Loading never unpickles, and every failure is one SrtrtError line.
+
+Where a model comes from is decided here and nowhere else: `load(model)` takes a checkpoint
+path, an embedded model's name (`srresnet`, the default, or `srgan`; files in `WEIGHTS_DIR`),
+or None for the default. A bare embedded name always means the embedded model; a file of that
+name in the working folder is reached as `./srgan` or `srgan.safetensors`. The CLI, the
+backends and the Python API pass the user's string through to here unchanged."""
 from __future__ import annotations
 
 import hashlib
@@ -10,15 +16,19 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as tensors_to_bytes
 
-from . import registry
+from . import atomic, registry
 from .errors import SrtrtError
 from .sidecar import read_versioned_json
 
 FORMAT = "srtrt-checkpoint"
 VERSION = 1
-DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "srresnet_x4.safetensors"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+EMBEDDED = {"srresnet": "srresnet_x4", "srgan": "srgan_x4"}  # name -> file stem in WEIGHTS_DIR
+DEFAULT_MODEL = "srresnet"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / f"{EMBEDDED[DEFAULT_MODEL]}.safetensors"
 
 
 @dataclass
@@ -46,18 +56,57 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 
 
+def embedded_path(name: str) -> Path:
+    """The weights file of an embedded model (which may not be installed)."""
+    return WEIGHTS_DIR / f"{EMBEDDED[name]}.safetensors"
+
+
+def embedded_models() -> list[str]:
+    """Names of the embedded models whose weights are installed, the default first."""
+    return [name for name in EMBEDDED if all(p.is_file() for p in _paths(embedded_path(name)))]
+
+
+def _is_embedded_name(model) -> bool:
+    return isinstance(model, str) and model in EMBEDDED
+
+
+def model_label(model: str | os.PathLike | None) -> str:
+    """A short name for tables and panels: the embedded name, or the checkpoint's file stem."""
+    if model is None:
+        return DEFAULT_MODEL
+    if _is_embedded_name(model):
+        return model
+    return _paths(model)[0].stem
+
+
+def resolve(model: str | os.PathLike | None) -> Path:
+    """The weights file `model` names: None (the default), an embedded name, or a checkpoint path."""
+    if model is None:
+        model = DEFAULT_MODEL
+    if _is_embedded_name(model):
+        weights = embedded_path(model)
+        if not weights.is_file():
+            raise SrtrtError(f"the embedded {model} weights are not installed ({weights} is missing); "
+                             f"installed: {', '.join(embedded_models()) or 'none'}", model)
+        return weights
+    weights, sidecar = _paths(model)
+    if not weights.is_file() and not sidecar.is_file():
+        raise SrtrtError("checkpoint file not found (a checkpoint is NAME.safetensors + NAME.json; "
+                         f"embedded models: {', '.join(embedded_models()) or 'none installed'})", model)
+    return weights
+
+
 def save(path: str | os.PathLike, model: torch.nn.Module, architecture: str, config, meta: dict | None = None) -> Path:
-    """Write weights and config atomically (temporary names, then rename)."""
+    """Write weights and config, each atomically (srtrt.atomic: unique temporary name, then rename)."""
     weights, sidecar = _paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     doc = {"format": FORMAT, "version": VERSION, "architecture": architecture,
            "config": config.to_dict(), **(meta or {})}
-    tmp_w, tmp_j = weights.with_name(weights.name + ".tmp"), sidecar.with_name(sidecar.name + ".tmp")
-    save_file(tensors, str(tmp_w))
-    tmp_j.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp_w, weights)
-    os.replace(tmp_j, sidecar)
+    # Weights first: a crash between the two renames leaves new weights beside the old sidecar
+    # (refused by load() if the shapes changed), never a sidecar for weights that are not there.
+    atomic.write_bytes(weights, tensors_to_bytes(tensors))
+    atomic.write_text(sidecar, json.dumps(doc, indent=2) + "\n")
     return weights
 
 
@@ -69,9 +118,9 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load(path: str | os.PathLike | None = None) -> Checkpoint:
-    """Read and validate a checkpoint; `None` means the embedded default model."""
-    weights, sidecar = _paths(path if path is not None else DEFAULT_WEIGHTS)
+def load(model: str | os.PathLike | None = None) -> Checkpoint:
+    """Read and validate a checkpoint: a path, an embedded model's name, or None (the default model)."""
+    weights, sidecar = _paths(resolve(model))
     for p in (weights, sidecar):
         if not p.is_file():
             raise SrtrtError("checkpoint file not found (a checkpoint is NAME.safetensors + NAME.json)", p)
@@ -91,10 +140,12 @@ def load(path: str | os.PathLike | None = None) -> Checkpoint:
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise SrtrtError(f"weights do not match the config ({what}{' ...' if len(missing or unexpected) > 3 else ''})", weights)
+        more = " ..." if len(missing or unexpected) > 3 else ""
+        raise SrtrtError(f"weights do not match the config ({what}{more})", weights)
     for k, v in expected.items():
         if state[k].shape != v.shape:
-            raise SrtrtError(f"weights do not match the config ({k}: {tuple(state[k].shape)} vs {tuple(v.shape)})", weights)
+            shapes = f"{tuple(state[k].shape)} vs {tuple(v.shape)}"
+            raise SrtrtError(f"weights do not match the config ({k}: {shapes})", weights)
         if state[k].dtype.is_floating_point != v.dtype.is_floating_point:
             raise SrtrtError(f"weights do not match the config ({k} has dtype {state[k].dtype})", weights)
         state[k] = state[k].to(v.dtype)

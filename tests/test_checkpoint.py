@@ -1,9 +1,15 @@
-"""Checkpoint format: round trip, and every kind of bad file refused with one SrtrtError line."""
+"""Checkpoint format: round trip, every kind of bad file refused with one SrtrtError line, and
+embedded models by name (srresnet, srgan) resolved in one place for every entry point."""
 import json
 import pickle
 
+import numpy as np
 import pytest
 import torch
+from embedded import install_embedded
+from PIL import Image
+from run_helpers import pixels, run_cli, save_tiny_model, write_images
+from srtrt.train.evaluate import super_resolve
 
 import srtrt
 from srtrt import checkpoint
@@ -134,3 +140,78 @@ def test_torch_save_file_is_refused(saved):
     model, weights, _ = saved
     torch.save(model.state_dict(), weights)  # a .pth under the .safetensors name
     assert "corrupt" in _refused(weights)
+
+
+def test_save_writes_through_unique_temporary_names(saved, monkeypatch):
+    """Two processes saving the same checkpoint never share a temporary file (srtrt.atomic names)."""
+    model, weights, _ = saved
+    seen = []
+    real = checkpoint.atomic.temp_name
+    monkeypatch.setattr(checkpoint.atomic, "temp_name", lambda path: seen.append(real(path)) or seen[-1])
+    checkpoint.save(weights, model, "srresnet", TINY)
+    assert len(seen) == 2 and all(f"partial-{__import__('os').getpid()}-" in name for name in seen)
+    assert sorted(p.name for p in weights.parent.iterdir()) == ["model.json", "model.safetensors"]
+
+
+# --- embedded models by name -----------------------------------------------------------------
+
+@pytest.fixture
+def embedded(monkeypatch, tmp_path):
+    return install_embedded(monkeypatch, tmp_path / "weights")
+
+
+def test_embedded_names_resolve_to_their_weights(embedded):
+    for name, path in embedded.items():
+        sha = checkpoint.file_sha256(path)
+        assert checkpoint.resolve(name) == path
+        assert checkpoint.load(name).sha256 == sha and srtrt.load_model(name).checkpoint_sha256 == sha
+    assert checkpoint.load().sha256 == checkpoint.load("srresnet").sha256  # srresnet stays the default
+    assert checkpoint.load("srgan").sha256 != checkpoint.load("srresnet").sha256
+    assert checkpoint.embedded_models() == ["srresnet", "srgan"]
+
+
+def test_embedded_model_not_installed_is_one_line(monkeypatch, tmp_path):
+    install_embedded(monkeypatch, tmp_path, names=("srresnet",))
+    assert checkpoint.embedded_models() == ["srresnet"]
+    message = _refused("srgan")
+    assert message.startswith("srgan: ") and "not installed" in message and "srgan_x4.safetensors" in message
+    assert "installed: srresnet" in message
+
+
+def test_neither_a_name_nor_a_checkpoint_lists_the_embedded_names(embedded):
+    message = _refused("srgn")
+    assert message.startswith("srgn: checkpoint file not found")
+    assert message.endswith("embedded models: srresnet, srgan)")
+
+
+def test_a_path_stays_a_path_beside_an_embedded_name(embedded, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    local = checkpoint.file_sha256(save_tiny_model(tmp_path, "srgan", seed=7))
+    assert checkpoint.load("./srgan").sha256 == local
+    assert checkpoint.load("srgan.safetensors").sha256 == local
+    assert checkpoint.load("srgan").sha256 == checkpoint.file_sha256(embedded["srgan"])  # a bare name is embedded
+
+
+def test_model_label_names_embedded_models_and_files():
+    assert checkpoint.model_label(None) == "srresnet" and checkpoint.model_label("srgan") == "srgan"
+    assert checkpoint.model_label("runs/gan/model.safetensors") == "model"
+    assert checkpoint.model_label(checkpoint.WEIGHTS_DIR / "srgan_x4.json") == "srgan_x4"
+
+
+def test_an_embedded_name_flows_through_run_and_upscale(embedded, tmp_path, capsys):
+    """`srtrt run --model srgan` and `srtrt.upscale(model="srgan")` run the srgan weights, unchanged."""
+    (image,) = write_images(tmp_path / "in", 1)
+    with Image.open(image) as im:
+        lr = im.convert("RGB")
+    expected = {name: super_resolve(srtrt.load_model(name), lr).astype(int) for name in embedded}
+    assert np.abs(expected["srgan"] - expected["srresnet"]).max() > 8  # the two models are told apart
+
+    out = tmp_path / "out.png"
+    code, err = run_cli(capsys, image, "-o", out, "--model", "srgan", "--backend", "torch", "--precision", "fp32")
+    assert code == 0, err
+    assert np.abs(pixels(out).astype(int) - expected["srgan"]).max() <= 1  # float order; same weights
+    result = np.asarray(srtrt.upscale(image, model="srgan", backend="torch", precision="fp32")).astype(int)
+    assert np.abs(result - expected["srgan"]).max() <= 1
+
+    code, err = run_cli(capsys, image, "-o", tmp_path / "no.png", "--model", "srgn")
+    assert code == 2 and "embedded models: srresnet, srgan" in err and err.count("\n") == 1

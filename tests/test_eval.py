@@ -1,5 +1,6 @@
-"""`srtrt eval` and `srtrt compare` on generated images with a random tiny model; the published
-Set5 bicubic baseline and the default model's scores when ../shared/data is present."""
+"""`srtrt eval` on generated images with random tiny models (one, or several in one table); the
+published Set5 bicubic baseline, and the embedded models' scores against their sidecars when
+../shared/data is present."""
 import json
 import math
 from pathlib import Path
@@ -7,19 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from embedded import install_embedded
 from PIL import Image
+from srtrt.train.evaluate import evaluate_folder
+from synthetic import smooth_image, write_images
 
 import srtrt
 from srtrt import checkpoint
 from srtrt.cli import main
 from srtrt.nets import SRResNet, SRResNetConfig
-from srtrt.train.compare import GAP, LABEL_HEIGHT, compare_image, detail_crop, model_crop
-from srtrt.train.degrade import bicubic_downscale
-from srtrt.train.evaluate import evaluate_folder, super_resolve
-from synthetic import smooth_image, write_images
 
 SET5 = Path(__file__).resolve().parents[2] / "shared" / "data" / "set5"
 SET14 = SET5.with_name("set14")
+REAL_SRGAN = checkpoint.embedded_path("srgan")  # the shipped file, looked up before any test patches the folder
+METRICS = {"psnr", "ssim", "hf"}
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +54,19 @@ def test_json_has_exactly_the_specified_structure(capsys, folder, model_path):
     doc = json.loads(out)  # exactly one JSON object on stdout
     assert list(doc) == ["synth"]
     res = doc["synth"]
-    assert set(res) == {"model", "bicubic", "images"}
-    assert set(res["model"]) == set(res["bicubic"]) == {"psnr", "ssim"}
+    assert set(res) == {"model", "bicubic", "images", "models"}
+    assert set(res["model"]) == set(res["bicubic"]) == METRICS
+    assert res["models"] == {"tiny": res["model"]}  # one model: its label is the checkpoint's file stem
     assert [r["name"] for r in res["images"]] == ["alpha.png", "grey.png", "img00.png", "img01.png"]
     for row in res["images"]:
-        assert set(row) == {"name", "model_psnr", "model_ssim", "bicubic_psnr", "bicubic_ssim"}
-        assert all(math.isfinite(v) for k, v in row.items() if k != "name")
+        assert set(row) == {"name", "models", *(f"{m}_{k}" for m in ("model", "bicubic") for k in METRICS)}
+        assert row["models"] == {"tiny": {k: row[f"model_{k}"] for k in METRICS}}
+        assert all(math.isfinite(v) for k, v in row.items() if k not in ("name", "models"))
         assert row["bicubic_psnr"] > 28 and 0.8 < row["bicubic_ssim"] <= 1  # smooth images: bicubic is good
+        assert 0 < row["bicubic_hf"] < 0.5  # ... but smooth: it loses the fine detail (here: the noise)
         assert row["model_psnr"] < row["bicubic_psnr"]  # an untrained model is not
     for method in ("model", "bicubic"):
-        for metric in ("psnr", "ssim"):
+        for metric in METRICS:
             mean = np.mean([r[f"{method}_{metric}"] for r in res["images"]])
             assert res[method][metric] == pytest.approx(mean, abs=1e-3)
 
@@ -73,15 +78,57 @@ def test_json_keys_one_entry_per_folder(capsys, folder, model_path, tmp_path):
     assert code == 0 and list(json.loads(out)) == ["synth", "other"]
 
 
+def _average_row(out: str) -> list[str]:
+    return next(line for line in out.splitlines() if line.strip().startswith("average")).split()
+
+
 def test_table_lists_every_image_and_the_average(capsys, folder, model_path):
     code, out, _ = _run(capsys, folder, "--model", model_path)
     assert code == 0
-    assert "synth" in out and "bicubic PSNR" in out
+    assert "synth" in out and "tiny PSNR" in out and "bicubic PSNR" in out and "HF" in out
     for name in ("alpha.png", "grey.png", "img00.png", "img01.png", "average"):
         assert name in out
-    average = next(line for line in out.splitlines() if line.strip().startswith("average")).split()
     result = evaluate_folder(folder, srtrt.load_model(model_path))
-    assert float(average[3]) == pytest.approx(result["bicubic"]["psnr"], abs=1e-3)
+    cells = [float(v) for v in _average_row(out)[1:]]  # model PSNR SSIM HF, bicubic PSNR SSIM HF
+    expected = [result[m][k] for m in ("model", "bicubic") for k in ("psnr", "ssim", "hf")]
+    assert cells == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def second_model_path(tmp_path_factory):
+    torch.manual_seed(1)
+    cfg = SRResNetConfig(blocks=1, channels=8)
+    return checkpoint.save(tmp_path_factory.mktemp("model2") / "other", SRResNet(cfg), "srresnet", cfg)
+
+
+def test_several_models_are_scored_in_one_table_and_one_json(capsys, folder, model_path, second_model_path):
+    code, out, _ = _run(capsys, folder, "--model", model_path, "--model", second_model_path, "--json")
+    assert code == 0
+    res = json.loads(out)["synth"]
+    assert list(res["models"]) == ["tiny", "other"]
+    assert res["model"] == res["models"]["tiny"]  # the one-model keys describe the first model
+    alone = evaluate_folder(folder, srtrt.load_model(second_model_path))
+    assert res["models"]["other"] == pytest.approx(alone["model"], abs=1e-4)  # same numbers as a run of its own
+    assert res["models"]["other"]["psnr"] != pytest.approx(res["models"]["tiny"]["psnr"], abs=1e-3)
+
+    code, out, _ = _run(capsys, folder, "--model", model_path, "--model", second_model_path)
+    header = next(line for line in out.splitlines() if "PSNR" in line).split()
+    assert header == ["image", "tiny", "PSNR", "SSIM", "HF", "other", "PSNR", "SSIM", "HF",
+                      "bicubic", "PSNR", "SSIM", "HF"]
+    cells = [float(v) for v in _average_row(out)[1:]]
+    assert cells[3:6] == pytest.approx([res["models"]["other"][k] for k in ("psnr", "ssim", "hf")], abs=1e-3)
+
+
+def test_embedded_names_in_eval(capsys, folder, monkeypatch, tmp_path):
+    paths = install_embedded(monkeypatch, tmp_path / "weights")
+    code, out, _ = _run(capsys, folder, "--model", "srresnet", "--model", "srgan", "--json")
+    assert code == 0
+    res = json.loads(out)["synth"]
+    assert list(res["models"]) == ["srresnet", "srgan"]
+    assert res["models"]["srgan"] == pytest.approx(
+        evaluate_folder(folder, srtrt.load_model(paths["srgan"]))["model"], abs=1e-4)
+    code, out, _ = _run(capsys, folder, "--json")  # no --model: the default alone
+    assert code == 0 and list(json.loads(out)["synth"]["models"]) == ["srresnet"]
 
 
 def _error(capsys, *argv) -> str:
@@ -120,6 +167,15 @@ def test_missing_model(capsys, folder, tmp_path):
     assert "checkpoint file not found" in _error(capsys, folder, "--model", tmp_path / "none.safetensors")
 
 
+def test_model_neither_embedded_nor_a_file_lists_the_embedded_names(capsys, folder):
+    err = _error(capsys, folder, "--model", "srgn")
+    assert err.startswith("srtrt: srgn: checkpoint file not found") and "embedded models: srresnet" in err
+
+
+def test_the_same_model_twice_is_refused(capsys, folder, model_path):
+    assert "a model is named twice" in _error(capsys, folder, "--model", model_path, "--model", model_path)
+
+
 @pytest.mark.skipif(not SET5.is_dir(), reason="../shared/data/set5 is not present")
 def test_set5_bicubic_baseline_matches_the_literature(model_path):
     result = evaluate_folder(SET5, srtrt.load_model(model_path))
@@ -128,65 +184,35 @@ def test_set5_bicubic_baseline_matches_the_literature(model_path):
     assert result["bicubic"]["ssim"] == pytest.approx(0.811, abs=0.002)
 
 
+def _scores_match_the_sidecar(model: str | None, folders: tuple[Path, ...]) -> dict[str, dict]:
+    """Evaluate an embedded model on `folders`; every score its sidecar states must be reproduced (1e-3)."""
+    stated = checkpoint.load(model).meta["eval"]
+    view = srtrt.load_model(model)
+    results = {}
+    for folder in folders:
+        result = evaluate_folder(folder, view)
+        claims = stated[folder.name]["model"]
+        assert {"psnr", "ssim"} <= set(claims)
+        for metric, value in claims.items():
+            if metric in result["model"]:
+                assert result["model"][metric] == pytest.approx(value, abs=1e-3), (folder.name, metric)
+        results[folder.name] = result
+    return results
+
+
 @pytest.mark.skipif(not (SET5.is_dir() and SET14.is_dir()), reason="../shared/data/set5, set14 are not present")
 def test_default_model_reaches_its_targets_and_the_scores_its_sidecar_states():
     """Set5 >= 30.6 dB and Set14 >= 27.4 dB (Y); the shipped JSON must not overstate them."""
-    stated = checkpoint.load().meta["eval"]
-    model = srtrt.load_model()
-    for folder, target in ((SET5, 30.6), (SET14, 27.4)):
-        result = evaluate_folder(folder, model)
-        assert result["model"]["psnr"] >= target
-        assert result["model"]["psnr"] == pytest.approx(stated[folder.name]["model"]["psnr"], abs=1e-3)
-        assert result["model"]["ssim"] == pytest.approx(stated[folder.name]["model"]["ssim"], abs=1e-3)
+    results = _scores_match_the_sidecar(None, (SET5, SET14))
+    assert results["set5"]["model"]["psnr"] >= 30.6
+    assert results["set14"]["model"]["psnr"] >= 27.4
 
 
-# --- compare ---------------------------------------------------------------------------------
-
-def test_detail_crop_finds_the_textured_region():
-    rng = np.random.default_rng(0)
-    img = np.full((64, 96, 3), 128, np.uint8)
-    img[32:64, 60:92] = rng.integers(0, 256, (32, 32, 3))
-    assert detail_crop(img, 32, 4) == (60, 32)
-    x, y = detail_crop(img, 24, 4)
-    assert x % 4 == 0 and y % 4 == 0 and 60 <= x <= 68 and 32 <= y <= 40
-
-
-def test_model_crop_equals_the_whole_image_run(model_path):
-    model = srtrt.load_model(model_path)
-    lr = bicubic_downscale(Image.fromarray(smooth_image(np.random.default_rng(5), 160, 160)), 4)
-    whole = super_resolve(model, lr).astype(int)
-    for box in [(0, 0, 32, 32), (64, 48, 128, 112), (128, 128, 160, 160)]:
-        x0, y0, x1, y1 = box
-        diff = np.abs(model_crop(model, lr, box, 4).astype(int) - whole[y0:y1, x0:x1])
-        assert diff.max() <= 1  # float32 accumulation order differs; the radius covers all dependencies
-
-
-def test_compare_writes_one_labelled_png(model_path, tmp_path, capsys):
-    image = write_images(tmp_path / "in", [(90, 70)], seed=7)[0]
-    out = tmp_path / "out" / "cmp.png"
-    assert main(["compare", str(image), "-o", str(out), "--model", str(model_path), "--crop", "48"]) == 0
-    assert capsys.readouterr().out.strip() == str(out)
-    with Image.open(out) as im:
-        assert im.format == "PNG" and im.size == (4 * 48 + 3 * GAP, 48 + LABEL_HEIGHT)
-        sheet = np.asarray(im.convert("RGB"))
-    assert sorted(p.name for p in out.parent.iterdir()) == ["cmp.png"]  # no temporary file left
-    # The HR panel (last) is the HR crop itself: some 48x48 aligned window of the modcropped input.
-    hr_panel = sheet[LABEL_HEIGHT:, 3 * (48 + GAP):]
-    hr = np.asarray(Image.open(image).convert("RGB"))
-    windows = np.lib.stride_tricks.sliding_window_view(hr, (48, 48, 3))[:, :, 0]
-    assert np.all(windows == hr_panel, axis=(2, 3, 4)).any()
-
-
-def test_compare_crop_larger_than_the_image_is_clamped(model_path, tmp_path):
-    image = write_images(tmp_path, [(40, 36)], seed=8)[0]
-    sheet = compare_image(image, srtrt.load_model(model_path), crop=128)
-    assert sheet.size == (4 * 36 + 3 * GAP, 36 + LABEL_HEIGHT)
-
-
-def test_compare_unreadable_image(capsys, model_path, tmp_path):
-    bad = tmp_path / "bad.png"
-    bad.write_bytes(b"nope")
-    assert main(["compare", str(bad), "-o", str(tmp_path / "o.png"), "--model", str(model_path)]) == 2
-    err = capsys.readouterr().err
-    assert str(bad) in err and err.count("\n") == 1
-    assert not (tmp_path / "o.png").exists()
+@pytest.mark.skipif(not REAL_SRGAN.is_file(), reason="srtrt/weights/srgan_x4.safetensors is not shipped yet")
+def test_shipped_srgan_loads_by_name_and_scores_what_its_sidecar_states():
+    ckpt = checkpoint.load("srgan")
+    assert ckpt.sha256 == checkpoint.file_sha256(REAL_SRGAN)
+    assert ckpt.meta["training"]["phase"] == "srgan"
+    assert srtrt.load_model("srgan").scale == 4
+    if SET5.is_dir():
+        _scores_match_the_sidecar("srgan", (SET5,))

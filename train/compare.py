@@ -1,27 +1,42 @@
-"""`srtrt compare IMAGE -o OUT.png`: LR, bicubic, model and HR crops side by side, labelled.
+"""`srtrt compare IMAGE -o OUT.png`: LR, bicubic, each model and HR crops side by side, labelled.
 
 The HR image is degraded exactly as `srtrt eval` does (modcrop, PIL bicubic downscale), and
 the crop is placed where the HR image has the most gradient energy, where differences
-between methods show. The model only sees an LR window of the crop plus its receptive-field
-radius, which gives the same pixels as running it on the whole image, for any image size.
+between methods show. Each model panel is labelled with the model's name and, on that crop,
+its Y-PSNR and HF ratio (fine-detail energy relative to HR's: what a GAN is for). Panels
+smaller than MIN_PANEL pixels are enlarged by whole-pixel repetition, so nothing is resampled.
+
+A model only sees an LR window of the crop plus its receptive-field radius, which gives the
+same pixels as running it on the whole image, for any image size.
 """
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
+from srtrt import atomic
 from srtrt.errors import SrtrtError
 
 from .degrade import bicubic_downscale, bicubic_upscale
-from .evaluate import check_scale, read_hr, super_resolve
-from .metrics import psnr_y
+from .evaluate import check_scale, load_models, read_hr, super_resolve
+from .metrics import hf_ratio_y, psnr_y
 
-LABEL_HEIGHT = 16
+MIN_PANEL = 256      # shown size of the smallest panel side, in screen pixels
+FONT_SIZE = 14
+LINE_HEIGHT = FONT_SIZE + 4
+LABEL_HEIGHT = 2 * LINE_HEIGHT + 4
 GAP = 4
 BACKGROUND = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str          # what the pixels are: LR, bicubic, a model's name, HR
+    detail: str         # the second label line: scores on this crop, or how the panel was made
+    pixels: np.ndarray  # uint8 HxWx3 at HR size
 
 
 def detail_crop(hr: np.ndarray, size: int, align: int) -> tuple[int, int]:
@@ -41,7 +56,12 @@ def detail_crop(hr: np.ndarray, size: int, align: int) -> tuple[int, int]:
 
 
 def model_crop(model, lr: Image.Image, box: tuple[int, int, int, int], scale: int) -> np.ndarray:
-    """Model output for the HR box (multiples of scale), from an LR window padded by the radius."""
+    """Model output for the HR box (multiples of scale), from an LR window padded by the radius.
+
+    The tile planner's rule for one core: the window reaches `radius` LR pixels past the core
+    on every side, clipped to the image, where the network's zero padding then falls on the
+    same pixels as in a whole-image run. A model without `.radius` gets the whole image.
+    """
     radius = int(getattr(model, "radius", max(lr.size)))
     x0, y0, x1, y1 = (v // scale for v in box)
     wx0, wy0 = max(0, x0 - radius), max(0, y0 - radius)
@@ -51,20 +71,16 @@ def model_crop(model, lr: Image.Image, box: tuple[int, int, int, int], scale: in
     return sr[oy:oy + (y1 - y0) * scale, ox:ox + (x1 - x0) * scale]
 
 
-def render_panels(panels: list[tuple[str, np.ndarray]]) -> Image.Image:
-    """Panels of equal size in one row, each with its label above it."""
-    h, w = panels[0][1].shape[:2]
-    sheet = Image.new("RGB", (len(panels) * w + (len(panels) - 1) * GAP, h + LABEL_HEIGHT), BACKGROUND)
-    draw = ImageDraw.Draw(sheet)
-    for i, (label, pixels) in enumerate(panels):
-        x = i * (w + GAP)
-        sheet.paste(Image.fromarray(pixels), (x, LABEL_HEIGHT))
-        draw.text((x + 2, 2), label, fill=(0, 0, 0))
-    return sheet
+def _scored(title: str, pixels: np.ndarray, hr: np.ndarray) -> Panel:
+    return Panel(title, f"{psnr_y(pixels, hr, 0):.2f} dB  HF {hf_ratio_y(pixels, hr, 0):.2f}", pixels)
 
 
-def compare_image(path: str | Path, model, crop: int = 128) -> Image.Image:
-    scale = check_scale(model, None)
+def compare_panels(path: str | Path, models, crop: int = 256) -> list[Panel]:
+    """LR (nearest), bicubic, one panel per model ({label: inference view}, or one view), HR."""
+    models = dict(models) if isinstance(models, dict) else {"model": models}
+    scale = check_scale(next(iter(models.values())), None)
+    for model in models.values():
+        check_scale(model, scale)
     hr_img = read_hr(Path(path), scale)
     size = min(crop, *hr_img.size) // scale * scale
     if size < scale:
@@ -73,40 +89,72 @@ def compare_image(path: str | Path, model, crop: int = 128) -> Image.Image:
     x, y = detail_crop(hr, size, scale)
     box = (x, y, x + size, y + size)
     lr_img = bicubic_downscale(hr_img, scale)
-    lr_box = tuple(v // scale for v in box)
     hr_crop = hr[y:y + size, x:x + size]
-    lr_crop = np.asarray(lr_img.crop(lr_box).resize((size, size), Image.Resampling.NEAREST))
+    lr_crop = np.asarray(lr_img.crop(tuple(v // scale for v in box))).repeat(scale, 0).repeat(scale, 1)
     bicubic_crop = np.asarray(bicubic_upscale(lr_img, scale))[y:y + size, x:x + size]
-    sr_crop = model_crop(model, lr_img, box, scale)
-    return render_panels([
-        (f"LR (x{scale} nearest)", lr_crop),
-        (f"bicubic {psnr_y(bicubic_crop, hr_crop, 0):.2f} dB", bicubic_crop),
-        (f"model {psnr_y(sr_crop, hr_crop, 0):.2f} dB", sr_crop),
-        ("HR", hr_crop),
-    ])
+    return [
+        Panel("LR", f"x{scale} nearest, {size // scale} px", lr_crop),
+        _scored("bicubic", bicubic_crop, hr_crop),
+        *(_scored(label, model_crop(model, lr_img, box, scale), hr_crop) for label, model in models.items()),
+        Panel("HR", f"{size} px at ({x}, {y})", hr_crop),
+    ]
+
+
+def zoom_for(size: int) -> int:
+    """Whole-pixel enlargement that shows a `size`-pixel panel at least MIN_PANEL pixels wide."""
+    return max(1, -(-MIN_PANEL // size))
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    """`text`, shortened with an ellipsis until it fits `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def render_panels(panels: list[Panel]) -> Image.Image:
+    """Panels of equal size in one row, enlarged to at least MIN_PANEL pixels, each labelled above."""
+    h, w = panels[0].pixels.shape[:2]
+    zoom = zoom_for(min(h, w))
+    h, w = h * zoom, w * zoom
+    sheet = Image.new("RGB", (len(panels) * w + (len(panels) - 1) * GAP, h + LABEL_HEIGHT), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=FONT_SIZE)
+    for i, panel in enumerate(panels):
+        x = i * (w + GAP)
+        sheet.paste(Image.fromarray(panel.pixels.repeat(zoom, 0).repeat(zoom, 1)), (x, LABEL_HEIGHT))
+        for line, text in enumerate((panel.title, panel.detail)):
+            draw.text((x + 2, 2 + line * LINE_HEIGHT), _fit(draw, text, font, w - 4), fill=(0, 0, 0), font=font)
+    return sheet
+
+
+def compare_image(path: str | Path, models, crop: int = 256) -> Image.Image:
+    return render_panels(compare_panels(path, models, crop))
 
 
 def save_png_atomic(img: Image.Image, output: str | Path) -> Path:
-    """Write to a temporary name beside the target, then rename: never a half-written PNG."""
+    """Write through srtrt.atomic: a unique temporary name, then rename; never a half-written PNG."""
     out = Path(output)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        img.save(tmp, format="PNG")
-        os.replace(tmp, out)
+        with atomic.atomic_open(out, "wb") as f:
+            img.save(f, format="PNG")
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise SrtrtError(f"cannot write ({e.strerror or e.__class__.__name__})", out) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return out
 
 
-def main(args) -> int:
-    import srtrt
+def default_models() -> list[str | None]:
+    """Every embedded model that is installed (srresnet, and srgan once its weights ship)."""
+    from srtrt import checkpoint
 
-    model = srtrt.load_model(args.model)
-    out = save_png_atomic(compare_image(args.image, model, args.crop), args.output)
+    return checkpoint.embedded_models() or [None]
+
+
+def main(args) -> int:
+    models = load_models(args.model or default_models())
+    out = save_png_atomic(compare_image(args.image, models, args.crop), args.output)
     print(out)
     return 0

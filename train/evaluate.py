@@ -1,9 +1,18 @@
-"""`srtrt eval`: Y-PSNR / SSIM of a model and of bicubic on folders of HR images.
+"""`srtrt eval`: Y-PSNR / SSIM / HF ratio of one or more models and of bicubic on folders of HR images.
 
 The protocol of the SR literature: HR cropped to a multiple of the scale, LR by PIL bicubic
-downscale, the model run on the whole LR image, its output quantised to 8 bits, and both
+downscale, the model run on the whole LR image, its output quantised to 8 bits, and the
 metrics computed on BT.601 studio-range Y with `scale` pixels cut from each border. The
 bicubic baseline is PIL bicubic upscaling of the same LR image. Averages are over images.
+
+PSNR and SSIM reward the blur an MSE-trained model produces; what a GAN-trained model is for
+shows in the third measure, `hf`: the high-frequency (Laplacian) energy of the output relative
+to the HR image's (train/metrics.py `hf_ratio_y`). 1 is as much fine detail as the original;
+bicubic and MSE models sit well below it, a GAN should come closer without passing it.
+
+Several models (`--model srresnet --model srgan`) are scored on the same images in one run.
+The JSON keeps the one-model shape, `model` / `model_*` being the first model's scores, and
+adds `models` ({label: {psnr, ssim, hf}}) per folder and per image for all of them.
 
 Every image crosses between PIL and torch through `image_to_tensor` / `tensor_to_uint8`,
 which check the [0, 1] value range: a tensor on the [-1, 1] training scale (or one mapped
@@ -24,7 +33,7 @@ from srtrt.errors import SrtrtError
 
 from .data import IMAGE_SUFFIXES
 from .degrade import bicubic_downscale, bicubic_upscale, modcrop
-from .metrics import psnr_y, ssim_y
+from .metrics import hf_ratio_y, psnr_y, ssim_y
 
 SSIM_WINDOW = 11  # the Gaussian window needs at least this many pixels after the border cut
 RANGE_TOLERANCE = 1e-4  # float noise allowed outside [0, 1] before a tensor is refused
@@ -81,17 +90,27 @@ def model_scale(model: torch.nn.Module) -> int:
     return scale
 
 
-def evaluate_image(path: Path, model: torch.nn.Module, scale: int) -> dict:
+def scores(sr: np.ndarray, hr: np.ndarray, border: int) -> dict:
+    """PSNR, SSIM and HF ratio of one uint8 RGB output against its HR image, on Y."""
+    return {"psnr": psnr_y(sr, hr, border), "ssim": ssim_y(sr, hr, border), "hf": hf_ratio_y(sr, hr, border)}
+
+
+def evaluate_image(path: Path, models: dict[str, torch.nn.Module], scale: int) -> dict:
+    """One row: `models` (label -> inference view) and bicubic scored on one HR image."""
     hr_img = read_hr(path, scale)
     hr = np.asarray(hr_img)
     lr = bicubic_downscale(hr_img, scale)
-    sr = super_resolve(model, lr)
-    if sr.shape != hr.shape:
-        raise SrtrtError(f"model output {sr.shape[1]}x{sr.shape[0]} does not match HR {hr.shape[1]}x{hr.shape[0]}", path)
-    bicubic = np.asarray(bicubic_upscale(lr, scale))
-    return {"name": path.name,
-            "model_psnr": psnr_y(sr, hr, border=scale), "model_ssim": ssim_y(sr, hr, border=scale),
-            "bicubic_psnr": psnr_y(bicubic, hr, border=scale), "bicubic_ssim": ssim_y(bicubic, hr, border=scale)}
+    per_model = {}
+    for label, model in models.items():
+        sr = super_resolve(model, lr)
+        if sr.shape != hr.shape:
+            raise SrtrtError(f"model output {sr.shape[1]}x{sr.shape[0]} does not match HR {hr.shape[1]}x{hr.shape[0]}",
+                             path)
+        per_model[label] = scores(sr, hr, scale)
+    bicubic = scores(np.asarray(bicubic_upscale(lr, scale)), hr, scale)
+    first = next(iter(per_model.values()))
+    return {"name": path.name, **{f"model_{k}": v for k, v in first.items()},
+            **{f"bicubic_{k}": v for k, v in bicubic.items()}, "models": per_model}
 
 
 def list_test_images(folder: str | Path) -> list[Path]:
@@ -104,18 +123,27 @@ def list_test_images(folder: str | Path) -> list[Path]:
     return paths
 
 
-def evaluate_folder(folder: str | Path, model: torch.nn.Module, scale: int | None = None) -> dict:
-    """Scores of `model` (an inference view with `.scale`) and of bicubic on every image in `folder`.
+def evaluate_folder(folder: str | Path, model, scale: int | None = None) -> dict:
+    """Scores of a model (an inference view with `.scale`), or of several ({label: view}), and of
+    bicubic on every image in `folder`.
 
-    Returns {"model": {"psnr", "ssim"}, "bicubic": {"psnr", "ssim"}, "images": [per-image rows]},
-    averages taken over images as the SR literature does.
+    Returns {"model": {"psnr", "ssim", "hf"}, "bicubic": {...}, "images": [per-image rows],
+    "models": {label: {...}}}, "model" being the first model; averages over images, as the SR
+    literature takes them.
     """
-    scale = check_scale(model, scale)
-    rows = [evaluate_image(p, model, scale) for p in list_test_images(folder)]
+    models = dict(model) if isinstance(model, dict) else {"model": model}
+    if not models:
+        raise ValueError("no model to evaluate")
+    scale = check_scale(next(iter(models.values())), scale)
+    for m in models.values():
+        check_scale(m, scale)
+    rows = [evaluate_image(p, models, scale) for p in list_test_images(folder)]
+    averages = {label: _means([r["models"][label] for r in rows]) for label in models}
     return {
-        "model": {"psnr": _mean(rows, "model_psnr"), "ssim": _mean(rows, "model_ssim")},
-        "bicubic": {"psnr": _mean(rows, "bicubic_psnr"), "ssim": _mean(rows, "bicubic_ssim")},
+        "model": next(iter(averages.values())),
+        "bicubic": _means([_prefixed(r, "bicubic_") for r in rows]),
         "images": rows,
+        "models": averages,
     }
 
 
@@ -126,14 +154,15 @@ def check_scale(model: torch.nn.Module, scale: int | None) -> int:
     return have
 
 
-def _mean(rows: list[dict], key: str) -> float:
-    return float(np.mean([r[key] for r in rows]))
+def _means(rows: list[dict]) -> dict:
+    """Per-key average of score dicts (psnr, ssim, hf)."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
 def _folder_keys(dirs: list[str]) -> list[str]:
     """Each folder's name; the path as given when two folders share a name."""
     names = [Path(d).resolve().name or str(d) for d in dirs]
-    return [n if names.count(n) == 1 else str(d) for n, d in zip(names, dirs)]
+    return [n if names.count(n) == 1 else str(d) for n, d in zip(names, dirs, strict=True)]
 
 
 def _json_safe(value):
@@ -148,26 +177,52 @@ def _json_safe(value):
 
 
 def format_table(results: dict[str, dict], scale: int) -> str:
+    """One block per folder: a row per image and the average, columns PSNR / SSIM / HF per method."""
     lines = []
     for key, res in results.items():
+        methods = [*res["models"], "bicubic"]
         width = max([len("average")] + [len(r["name"]) for r in res["images"]])
-        lines.append(f"{key} (x{scale}, Y channel, {scale}-pixel border cut)")
-        lines.append(f"  {'image':<{width}}  {'model PSNR':>10}  {'SSIM':>6}  {'bicubic PSNR':>12}  {'SSIM':>6}")
-        for r in res["images"]:
-            lines.append(f"  {r['name']:<{width}}  {r['model_psnr']:>10.3f}  {r['model_ssim']:>6.4f}"
-                         f"  {r['bicubic_psnr']:>12.3f}  {r['bicubic_ssim']:>6.4f}")
-        m, b = res["model"], res["bicubic"]
-        lines.append(f"  {'average':<{width}}  {m['psnr']:>10.3f}  {m['ssim']:>6.4f}  {b['psnr']:>12.3f}  {b['ssim']:>6.4f}")
+        heads = [max(10, len(m) + 5) for m in methods]
+        lines.append(f"{key} (x{scale}, Y channel, {scale}-pixel border cut; HF = fine-detail energy / HR's)")
+        lines.append(f"  {'image':<{width}}" + "".join(f"  {m + ' PSNR':>{h}}  {'SSIM':>6}  {'HF':>5}"
+                                                       for m, h in zip(methods, heads, strict=True)))
+        rows = [(r["name"], [*r["models"].values(), _prefixed(r, "bicubic_")]) for r in res["images"]]
+        rows.append(("average", [*res["models"].values(), res["bicubic"]]))
+        for name, cells in rows:
+            lines.append(f"  {name:<{width}}" + "".join(f"  {c['psnr']:>{h}.3f}  {c['ssim']:>6.4f}  {c['hf']:>5.3f}"
+                                                        for c, h in zip(cells, heads, strict=True)))
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 
-def main(args) -> int:
+def _prefixed(row: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix)}
+
+
+def model_labels(specs: list) -> list[str]:
+    """Column names for `--model` values: embedded names or file stems; the value as given where two collide."""
+    from srtrt import checkpoint
+
+    labels = [checkpoint.model_label(spec) for spec in specs]
+    return [label if labels.count(label) == 1 else str(spec) for label, spec in zip(labels, specs, strict=True)]
+
+
+def load_models(specs: list | None) -> dict[str, torch.nn.Module]:
+    """label -> inference view for each `--model` value (None or [] = the default model)."""
     import srtrt
 
-    model = srtrt.load_model(args.model)
-    scale = check_scale(model, args.scale)
-    results = {key: evaluate_folder(d, model, scale) for key, d in zip(_folder_keys(args.dirs), args.dirs)}
+    specs = list(specs or [None])
+    labels = model_labels(specs)
+    if len(set(labels)) != len(labels):
+        raise SrtrtError(f"a model is named twice: {', '.join(map(str, specs))}")
+    return {label: srtrt.load_model(spec) for label, spec in zip(labels, specs, strict=True)}
+
+
+def main(args) -> int:
+    models = load_models(args.model)
+    scale = check_scale(next(iter(models.values())), args.scale)
+    keys = _folder_keys(args.dirs)
+    results = {key: evaluate_folder(d, models, scale) for key, d in zip(keys, args.dirs, strict=True)}
     if args.json:
         print(json.dumps(_json_safe(results)))
     else:
