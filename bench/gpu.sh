@@ -3,7 +3,9 @@
 #   (a) the GPU tests (pytest tests -m gpu: the Triton kernel on real CUDA, backend and tile
 #       exactness, stream overlap), (b) the GPU benchmarks -> OUTDIR/<device>.json,
 #   (c) the quality guard for the CUDA precisions -> OUTDIR/quality_guard.json,
-#   (d) the report -> OUTDIR/REPORT.md, OUTDIR/throughput.png; a short table is printed last.
+#   (d) only when SRTRT_TRAIN_MINUTES=N is set: N wall-clock minutes of training, both phases
+#       from the shipped weights (bench/gpu_train.py) -> OUTDIR/train/; N adds to the total,
+#   (e) the report -> OUTDIR/REPORT.md, OUTDIR/throughput.png; a short table is printed last.
 # Everything it prints also goes to OUTDIR/gpu.log.
 #
 # Needs a python with torch (CUDA) and triton; srtrt need not be installed (bench/srtrt_path.py
@@ -121,10 +123,17 @@ rc=$?
 if [ $rc = 2 ]; then STATUS[quality-guard]="refused (no trained default model, or no Set5: see above)"; elif [ $rc != 0 ]; then FAILED=1; fi
 [ -f srtrt/weights/quality_guard.json ] && cp srtrt/weights/quality_guard.json "$OUT/quality_guard.json"
 
-# (d) report, whose short table is the last thing printed
+# (d) training, when a budget is given: checkpoints and metrics for a later CPU evaluation (never shipped from here)
+if [ -n "${SRTRT_TRAIN_MINUTES:-}" ]; then
+    TRAIN_LIMIT=$("$PY" -c "import sys; print(int(float(sys.argv[1]) * 72) + 120)" "$SRTRT_TRAIN_MINUTES")  # +20%, +2 min set-up
+    step train "$TRAIN_LIMIT" "${RUN[@]}" bench/gpu_train.py "$OUT/train" --minutes "$SRTRT_TRAIN_MINUTES" \
+        ${MODE[@]+"${MODE[@]}"} || FAILED=1
+fi
+
+# (e) report, whose short table is the last thing printed
 echo
 echo "== steps ($(( $(date +%s) - STARTED ))s in all; results in $OUT)"
-for name in gpu-tests benchmarks quality-guard; do
+for name in gpu-tests benchmarks quality-guard train; do
     printf '  %-14s %s\n' "$name" "${STATUS[$name]:-not run}"
 done
 if [ -f "$OUT/$SLUG.json" ]; then

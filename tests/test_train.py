@@ -1,17 +1,22 @@
-"""A tiny training run on generated images: the loss falls, resuming continues exactly, and the
-SRGAN phase runs its mechanics (with a deliberately random VGG file) or refuses to start without VGG."""
+"""A tiny training run on generated images: the loss falls, resuming continues exactly, a
+wall-clock budget stops a run with everything saved; the SRGAN phase with each content loss
+(mse needs no VGG; vgg22/vgg54 run with a deliberately random VGG file, or refuse to start
+without one) alternates D and G and resumes exactly; bench/gpu_train.py runs in smoke mode."""
+import importlib.util
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
-from srtrt import checkpoint
-from srtrt.errors import SrtrtError
 from srtrt.train.losses import VGGContentLoss, vgg19_features
 from srtrt.train.trainer import TrainConfig, train
 from synthetic import write_images
+
+from srtrt import checkpoint
+from srtrt.errors import SrtrtError
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -140,17 +145,130 @@ def test_srgan_phase_trains_generator_and_discriminator(photos, straight_run, tm
     assert checkpoint.load(out / "model").meta["training"]["phase"] == "srgan"
 
 
-def test_srgan_phase_without_vgg_weights_stops_before_training(photos, tmp_path, monkeypatch):
+@pytest.mark.parametrize("content_loss", ["vgg22", "vgg54"])
+def test_vgg_content_loss_without_weights_stops_before_training(photos, tmp_path, monkeypatch, content_loss):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))  # no torchvision cache here
     out = tmp_path / "srgan"
     with pytest.raises(SrtrtError) as info:
-        train(_config(photos, out, phase="srgan", init=str(tmp_path / "unused.safetensors")))
+        train(_config(photos, out, phase="srgan", content_loss=content_loss, init=str(tmp_path / "unused.safetensors")))
     message = str(info.value)
     assert "\n" not in message and "--vgg-weights" in message and "VGG19" in message
+    assert "--content-loss mse" in message  # the way on without VGG
     assert not (out / "metrics.jsonl").exists() and not (out / "state.json").exists()
 
     with pytest.raises(SrtrtError, match="not found"):
-        train(_config(photos, out, phase="srgan", vgg_weights=str(tmp_path / "missing.pth")))
+        train(_config(photos, out, phase="srgan", content_loss=content_loss, vgg_weights=str(tmp_path / "missing.pth")))
+
+
+def test_vgg22_content_loss_trains_with_a_vgg_file(photos, straight_run, tmp_path, random_vgg_file):
+    _, init = straight_run
+    out = tmp_path / "vgg22"
+    train(_config(photos, out, phase="srgan", content_loss="vgg22", init=str(init), vgg_weights=str(random_vgg_file),
+                  iters=2, batch=2, val_every=2))
+    assert [r["step"] for r in _metrics(out) if "loss_g" in r] == [1, 2]
+    assert checkpoint.load(out / "model").meta["training"]["content_loss"] == "vgg22"
+
+
+GAN_ITERS = 6
+
+
+def _gan_config(photos, out, init, **overrides) -> TrainConfig:
+    gan = dict(phase="srgan", content_loss="mse", init=str(init), iters=GAN_ITERS, batch=2, val_every=GAN_ITERS // 2,
+               lr=1e-3)
+    return _config(photos, out, **{**gan, **overrides})
+
+
+@pytest.fixture(scope="module")
+def gan_run(photos, straight_run, tmp_path_factory):
+    """SRGAN-MSE from the tiny SRResNet, with no VGG anywhere (an empty TORCH_HOME)."""
+    _, init = straight_run
+    out = tmp_path_factory.mktemp("gan")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(out / "empty_torch_home"))
+        train(_gan_config(photos, out, init))
+    return out, init
+
+
+def _adam_steps(state: dict, prefix: str) -> set[float]:
+    return {float(v) for k, v in state.items() if k.startswith(prefix + ".") and k.endswith(".step")}
+
+
+def test_srgan_mse_alternates_discriminator_and_generator_steps(gan_run):
+    out, init = gan_run
+    rows = [r for r in _metrics(out) if "loss_g" in r]
+    assert [r["step"] for r in rows] == list(range(1, GAN_ITERS + 1))
+    # One D step per G step: both optimisers have stepped every parameter once per iteration.
+    state = load_file(str(out / "state.safetensors"))
+    assert _adam_steps(state, "opt_d") == _adam_steps(state, "opt_g") == {float(GAN_ITERS)}
+    # Both losses move, and the generator left its SRResNet start.
+    for key in ("loss_d", "loss_g", "loss_content"):
+        values = [r[key] for r in rows]
+        assert len(set(values)) == len(values) and all(np.isfinite(values)), key
+    assert all(r["loss_d"] > 0 for r in rows)
+    start = checkpoint.load(init).state_dict
+    assert any(not torch.equal(state[f"g.{k}"], v) for k, v in start.items() if v.is_floating_point())
+    trained = checkpoint.load(out / "model").meta["training"]
+    assert trained["phase"] == "srgan" and trained["content_loss"] == "mse"
+    assert [r["step"] for r in _metrics(out) if "val_hf" in r] == [GAN_ITERS // 2, GAN_ITERS]
+
+
+def test_resumed_srgan_run_matches_an_uninterrupted_one(photos, gan_run, tmp_path, monkeypatch, capsys):
+    straight, init = gan_run
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    interrupted = tmp_path / "interrupted"
+    train(_gan_config(photos, interrupted, init, iters=GAN_ITERS // 2))
+    capsys.readouterr()
+    train(_gan_config(photos, interrupted, init))
+    assert f"at step {GAN_ITERS // 2}" in capsys.readouterr().out
+    resumed, uninterrupted = (load_file(str(run / "state.safetensors")) for run in (interrupted, straight))
+    assert resumed.keys() == uninterrupted.keys()
+    assert any(k.startswith("d.") for k in resumed) and any(k.startswith("opt_d.") for k in resumed)
+    # The DataLoader draws its base seed from the global RNG whenever an iterator starts, so the RNG
+    # state a resumed run saves is one draw further on; no training step draws from it.
+    for k in sorted(set(resumed) - {"rng.torch"}):  # G, D and both optimisers' moments: bit-identical
+        assert torch.equal(resumed[k], uninterrupted[k]), k
+    assert _without_speed(_metrics(interrupted)) == _without_speed(_metrics(straight))
+
+
+def test_a_spent_time_budget_stops_with_everything_saved_and_resumes_exactly(photos, straight_run, tmp_path, capsys):
+    straight, _ = straight_run
+    out = tmp_path / "budget"
+    train(_config(photos, out, minutes=1e-6))  # spent before the first step ends
+    assert "budget is spent" in capsys.readouterr().out
+    assert json.loads((out / "state.json").read_text())["step"] == 1
+    assert checkpoint.load(out / "model").meta["training"]["iterations"] == 1
+    assert [r["step"] for r in _metrics(out)] == [1, 1]  # the last step is logged and validated
+    train(_config(photos, out))  # no budget: runs to the end
+    resumed, uninterrupted = _generator_tensors(out), _generator_tensors(straight)
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+
+
+def _gpu_train_module():
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_train.py"
+    spec = importlib.util.spec_from_file_location("gpu_train", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_train_smoke_runs_both_phases_from_the_shipped_weights(photos, tmp_path, capsys, monkeypatch):
+    """The GPU training script's whole path on this CPU: both phases, budget-limited, outputs in OUTDIR."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))  # SRGAN-MSE needs no VGG
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts bench/ on the path
+    out = tmp_path / "gpu_train"
+    assert _gpu_train_module().main([str(out), "--minutes", "0.2", "--smoke", "--data", str(photos)]) == 0
+    summary = json.loads((out / "gpu_train.json").read_text())
+    assert summary["smoke"] and summary["minutes"] == 0.2
+    shipped = checkpoint.load()
+    for phase, run in (("srresnet", "srresnet"), ("srgan", "srgan_mse")):
+        model = checkpoint.load(out / run / "model")
+        assert model.config == shipped.config and model.meta["training"]["phase"] == phase
+        assert summary[run]["steps"] > summary[run]["probe_steps"] >= 1  # the probe, then the scheduled run
+        assert model.meta["training"]["iterations"] <= summary[run]["steps"]
+        assert (out / run / "metrics.jsonl").is_file() and (out / run / "state.json").is_file()
+    assert checkpoint.load(out / "srresnet" / "model").meta["training"]["initialised_from"]["sha256"] == shipped.sha256
+    assert summary["srgan_mse"]["init"] in (str(out / "srresnet" / "model.safetensors"), str(checkpoint.resolve(None)))
+    assert checkpoint.load(out / "srgan_mse" / "model").meta["training"]["content_loss"] == "mse"
 
 
 def test_init_starts_from_given_weights_and_rejects_another_config(photos, straight_run, tmp_path):

@@ -17,6 +17,7 @@ class TrainConfig:
     patch: int = 96                  # HR crop size
     batch: int = 16
     iters: int = 100_000
+    minutes: float = 0.0             # wall-clock budget: stop, validate and save once it is spent (0 = none)
     lr: float = 1e-4
     schedule: str = "constant"       # constant | cosine | step (x0.1 at half, the paper's SRGAN)
     content_loss: str = "vgg54"      # srgan: mse | vgg22 | vgg54 (Ledig et al., Table 1)

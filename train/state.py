@@ -3,11 +3,13 @@ into one safetensors file, everything else (step, config, optimiser hyper-parame
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as tensors_to_bytes
+
+from srtrt import atomic
 
 
 def _flatten_optimizer(prefix: str, sd: dict, tensors: dict) -> dict:
@@ -33,7 +35,7 @@ def _unflatten_optimizer(prefix: str, doc: dict, tensors: dict) -> dict:
 
 
 def save_state(path: Path, step: int, modules: dict, optimizers: dict, extra: dict) -> None:
-    """Write `path`.safetensors + `path`.json atomically."""
+    """Write `path`.safetensors + `path`.json, each atomically (srtrt.atomic); the JSON, which names the step, last."""
     tensors, doc = {}, {"step": step, "optimizers": {}, **extra}
     for name, module in modules.items():
         for k, v in module.state_dict().items():
@@ -43,10 +45,8 @@ def save_state(path: Path, step: int, modules: dict, optimizers: dict, extra: di
     tensors["rng.torch"] = torch.get_rng_state()
     path.parent.mkdir(parents=True, exist_ok=True)
     weights, sidecar = path.with_suffix(".safetensors"), path.with_suffix(".json")
-    save_file(tensors, str(weights) + ".tmp")
-    Path(str(sidecar) + ".tmp").write_text(json.dumps(doc, indent=1))
-    os.replace(str(weights) + ".tmp", weights)
-    os.replace(str(sidecar) + ".tmp", sidecar)
+    atomic.write_bytes(weights, tensors_to_bytes(tensors))
+    atomic.write_text(sidecar, json.dumps(doc, indent=1))
 
 
 def load_state(path: Path, modules: dict, optimizers: dict) -> dict:

@@ -128,6 +128,7 @@ def _drop_rows_after(metrics_path: Path, step: int) -> None:
 
 
 def train(cfg: TrainConfig) -> Path:
+    deadline = time.time() + cfg.minutes * 60 if cfg.minutes > 0 else math.inf
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
@@ -213,8 +214,9 @@ def train(cfg: TrainConfig) -> Path:
         step += 1
         seen += 1
         bar.update(1)
+        out_of_time = time.time() >= deadline  # then this step is the last: logged, validated, saved
 
-        if step % cfg.log_every == 0 or step == cfg.iters:
+        if step % cfg.log_every == 0 or step == cfg.iters or out_of_time:
             row = {"step": step, "loss_g": round(loss_g.item(), 6), "lr": learning_rate(cfg, step - 1),
                    "it_s": round(seen / (time.time() - t0), 3)}
             if gan:
@@ -222,7 +224,7 @@ def train(cfg: TrainConfig) -> Path:
             bar.set_postfix(loss=f"{row['loss_g']:.4g}", it_s=row["it_s"])
             log.write(json.dumps(row) + "\n")
             log.flush()
-        if step % cfg.val_every == 0 or step == cfg.iters:
+        if step % cfg.val_every == 0 or step == cfg.iters or out_of_time:
             val, val_hf = validate(generator, val_pairs, device)
             log.write(json.dumps({"step": step, "val_psnr": round(val, 4), "val_hf": round(val_hf, 4)}) + "\n")
             log.flush()
@@ -245,6 +247,9 @@ def train(cfg: TrainConfig) -> Path:
                        {"best_score": best, "start_val_psnr": start_psnr, "config": asdict(cfg)})
             plot_curve(metrics_path, out / "curve.png")
             bar.write(f"step {step}: validation Y-PSNR {val:.3f} dB, HF ratio {val_hf:.3f} (best score {best:.4g})")
+        if out_of_time:
+            bar.write(f"stopped at step {step}: the {cfg.minutes:g}-minute budget is spent")
+            break
     bar.close()
     log.close()
     return out / "model.safetensors"
