@@ -141,9 +141,9 @@ def _dispatch(args) -> int:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    from srtrt.engine.datapath.imageio import silence_library_warnings
+    from srtrt.engine.datapath.decoder_messages import quiet_decoding_libraries
 
-    silence_library_warnings()  # before any thread starts: decoders' notes are srtrt's to word
+    quiet_decoding_libraries()  # before any thread starts: what decoders say is srtrt's to word
     try:
         return _dispatch(args)
     except SrtrtError as e:

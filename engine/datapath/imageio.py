@@ -16,6 +16,7 @@ native dependency.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import sys
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from srtrt.engine.datapath import decoder_messages
 
 from srtrt.errors import SrtrtError
 
@@ -65,21 +67,19 @@ def read_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImag
         raise SrtrtError("no such file", path)
     if os.path.getsize(path) == 0:
         raise SrtrtError("empty file, not an image", path)
-    try:
-        with _open_lazily(path) as img:
-            _check_size(img.size, max_pixels, path)
-            source_format = img.format
-            if _sixteen_bit_colour_rawmode(img) is not None:
-                return _read_sixteen_bit_colour(img, path, source_format)
-            img.load()
-            return _normalise(img, path, source_format)
-    except SrtrtError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise SrtrtError(f"image refused as a decompression bomb ({exc}); "
-                         "raise the limit with --max-pixels", path) from exc
-    except Exception as exc:  # a decoder fed hostile bytes may raise anything
-        raise SrtrtError(_describe_decode_error(exc), path) from exc
+    with _pillow_size_check_lifted(), decoder_messages.kept() as notes:
+        try:
+            with _open_lazily(path) as img:
+                _check_size(img.size, max_pixels, path)
+                source_format = img.format
+                if _sixteen_bit_colour_rawmode(img) is not None:
+                    return _read_sixteen_bit_colour(img, path, source_format)
+                img.load()
+                return _normalise(img, path, source_format)
+        except SrtrtError:
+            raise
+        except Exception as exc:  # a decoder fed hostile bytes may raise anything
+            raise SrtrtError(_describe_decode_error(exc) + decoder_messages.as_suffix(notes), path) from exc
 
 
 def from_pil(img: Image.Image, path=None) -> DecodedImage:
@@ -97,22 +97,34 @@ def from_pil(img: Image.Image, path=None) -> DecodedImage:
         raise SrtrtError(_describe_decode_error(exc), path) from exc
 
 
-# Pillow's own bomb check is a process-wide setting read inside Image.open. The limit that
-# counts is `max_pixels` (checked from the header right after opening), so Pillow's check
-# is lifted for the duration of the (header-only, fast) open, under a lock.
-_OPEN_LOCK = threading.Lock()
+# Pillow's own bomb check is a process-wide setting, read inside Image.open and again when
+# a TIFF allocates its pixels in load(). The limit that counts is `max_pixels` (checked from
+# the header right after opening), so Pillow's check is lifted while any decode of ours runs:
+# the first to start saves the setting, the last to finish puts it back.
+_LIMIT_LOCK = threading.Lock()
+_limit_lifts = 0
+_saved_limit = None
+
+
+@contextlib.contextmanager
+def _pillow_size_check_lifted():
+    global _limit_lifts, _saved_limit
+    with _LIMIT_LOCK:
+        if _limit_lifts == 0:
+            _saved_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        _limit_lifts += 1
+    try:
+        yield
+    finally:
+        with _LIMIT_LOCK:
+            _limit_lifts -= 1
+            if _limit_lifts == 0:
+                Image.MAX_IMAGE_PIXELS = _saved_limit
 
 
 def _open_lazily(path) -> Image.Image:
-    with _OPEN_LOCK:
-        saved_limit = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                return Image.open(path, formats=INPUT_FORMATS)
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved_limit
+    with _pillow_size_check_lifted():
+        return Image.open(path, formats=INPUT_FORMATS)
 
 
 def _check_size(size: tuple[int, int], max_pixels: int | None, path) -> None:
