@@ -15,8 +15,8 @@ def _add_run(sub):
     p = sub.add_parser("run", help="upscale images (files, directories, globs)")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("-o", "--output", help="output file (one input) or directory (many)")
-    p.add_argument("--model", help="checkpoint (.safetensors + .json); default: the embedded model")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
+    p.add_argument("--model", help="embedded model (srresnet, the default, or srgan) or a checkpoint (.safetensors + .json)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino", "onnxruntime", "tensorrt"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--tile", type=int, default=None, help="tile core size in LR pixels (cores are balanced, so at most N); 0 = whole image in one pass")
     p.add_argument("--margin", type=int, default=None, help="overlap on each side in LR pixels (default: the receptive-field radius)")
@@ -85,10 +85,16 @@ def _add_export(sub):
 
 
 def _add_build(sub):
-    p = sub.add_parser("build", help="build a TensorRT engine for this GPU (cached)")
+    p = sub.add_parser("build", help="build a TensorRT engine for this GPU, or a TensorRT-RTX one (no GPU needed); cached")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model")
     src.add_argument("--onnx")
+    p.add_argument("--tensorrt", default="auto", choices=["auto", "trt", "rtx"],
+                   help="trt: TensorRT, for this GPU; rtx: TensorRT-RTX, for --cc targets; auto: TensorRT where it "
+                        "imports, else TensorRT-RTX")
+    p.add_argument("--cc", default=None, metavar="M.m,...",
+                   help="TensorRT-RTX target compute capabilities, e.g. 8.6,8.9 (default: its portable set; "
+                        "current: the visible GPU)")
     p.add_argument("--precision", default="fp16", choices=["fp16", "fp32"])
     p.add_argument("--tile", type=int, default=None)
     p.add_argument("--margin", type=int, default=None)
