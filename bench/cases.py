@@ -10,26 +10,26 @@ Three families, all on the same uint8 LR image of a workload:
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
+import model_flops
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-
-import model_flops
-from srtrt.hardware import cpu_has_fast_bf16
 from srtrt.engine.datapath.runtime import Band, Planes, TiledUpscaler
 from workloads import Workload
+
+from srtrt.hardware import cpu_has_fast_bf16
 
 
 @dataclass(frozen=True)
 class Case:
     id: str
     group: str                 # bicubic | baseline | srtrt | tile-sweep | batch-sweep
-    backend: str               # torch-interpolate | pil | eager | torch | onnxruntime | tensorrt
+    backend: str               # torch-interpolate | pil | eager | torch | openvino | onnxruntime | tensorrt
     precision: str = "fp32"
     channels_last: bool = True
     fused_op: bool = False
@@ -69,6 +69,8 @@ def throughput_cases(device_type: str, mode: str) -> list[Case]:
             Case("torch-fp32", "srtrt", "torch", "fp32"),
             Case("torch-bf16", "srtrt", "torch", "bf16", big_on_cpu=True, needs=("fast-bf16",)),
             Case(f"torch-{best}-compile", "srtrt", "torch", best, compile=True, needs=("compiler",)),
+            Case("openvino-fp32", "srtrt", "openvino", "fp32", needs=("openvino",)),
+            Case("openvino-bf16", "srtrt", "openvino", "bf16", big_on_cpu=True, needs=("openvino", "fast-bf16")),
             Case("onnxruntime-fp32", "srtrt", "onnxruntime", "fp32", needs=("onnxruntime",)),
         ]
     else:
@@ -104,6 +106,20 @@ def sweep_cases(device_type: str, mode: str) -> list[Case]:
                   needs=needs) for core in cores]
     cases += [Case(f"torch-{best}-tile{core_for_batches}-batch{b}", "batch-sweep", "torch", best, fused_op=fused,
                    core=core_for_batches, batch=b, needs=needs) for b in batches]
+    if device_type == "cpu":
+        cases += openvino_sweep_cases(mode)
+    return cases
+
+
+def openvino_sweep_cases(mode: str) -> list[Case]:
+    """The sweep behind the openvino backend's tile defaults (engine/backends/openvino_backend.py)."""
+    best = best_precision("cpu")
+    needs = ("openvino",) + (("fast-bf16",) if best == "bf16" else ())
+    cores, batches = ([96, 192, 384, 0], [1, 2, 4]) if mode == "full" else ([0], [2])
+    cases = [Case(f"openvino-{best}-tile{core or 'whole'}", "tile-sweep", "openvino", best, core=core, needs=needs)
+             for core in cores]
+    cases += [Case(f"openvino-{best}-tile128-batch{b}", "batch-sweep", "openvino", best, core=128, batch=b,
+                   needs=needs) for b in batches]
     return cases
 
 
@@ -122,6 +138,8 @@ def missing(case: Case, device: torch.device) -> str | None:
             return "torch.compile on the CPU needs a C++ compiler"
         if need == "triton" and not _has("triton"):
             return "triton is not installed"
+        if need == "openvino" and not _has("openvino"):
+            return "openvino is not installed"
         if need == "onnxruntime" and not _has("onnxruntime"):
             return "onnxruntime is not installed"
         if need == "onnxruntime-cuda" and not _ort_has_cuda():
@@ -215,6 +233,11 @@ def make_backend(case: Case, view, device: torch.device, workdir: Path):
             from srtrt.engine.backends.torch_backend import TorchBackend as cls
         return cls(view, device, case.precision, channels_last=case.channels_last, compile=case.compile,
                    fused_op=case.fused_op)
+    if case.backend == "openvino":
+        from srtrt.engine.backends.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(_onnx_file(view, "fp32", workdir, fused=False), view.scale, view.radius,
+                               precision=case.precision, channels=view.generator.config.channels)
     if case.backend == "onnxruntime":
         from srtrt.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -236,8 +259,8 @@ def _onnx_file(view, precision: str, workdir: Path, fused: bool) -> Path:
 
 
 def _tensorrt_backend(case: Case, view, device: torch.device, workdir: Path):
-    from srtrt.engine.toolchain import trt_build
     from srtrt.engine.backends.tensorrt_backend import TensorRTBackend
+    from srtrt.engine.toolchain import trt_build
 
     core = case.core or 512
     plan, _ = trt_build.build(onnx_path=str(_onnx_file(view, case.precision, workdir, fused=True)),

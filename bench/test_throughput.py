@@ -7,12 +7,11 @@ computed (tiles' margins included) and which measured matmul peak they compare t
 """
 from __future__ import annotations
 
-import pytest
-import torch
-
 import cases
 import model_flops
+import pytest
 import run_mode
+import torch
 
 CUDA = torch.cuda.is_available()
 DEVICE_TYPE = "cuda" if CUDA else "cpu"
@@ -34,7 +33,7 @@ def workload_skip_reason(case: cases.Case, workload_name: str) -> str | None:
     if MODE.name == "quick":
         return "quick mode on a CPU: the 2K-input image runs only in the pipeline benchmark"
     if not case.big_on_cpu:
-        return "on a CPU the 2K-input image runs only bicubic, eager (when it fits in memory) and torch bf16"
+        return "on a CPU the 2K-input image runs only bicubic, eager (when it fits in memory), torch and openvino bf16"
     return None
 
 

@@ -1,39 +1,134 @@
-"""`--precision auto` follows the quality guard's measurements, never a guess."""
+"""`--precision auto` and `--backend auto` on the CPU follow this model's quality-guard measurements, never a guess."""
 from __future__ import annotations
 
 import torch
-
-from srtrt.engine.backends.precision import QUALITY_GUARD_DB, auto_precision, passes_guard
+from srtrt.engine.backends import CPU_ORDER, cpu_choice
+from srtrt.engine.backends.precision import (
+    GUARD_FORMAT,
+    GUARD_VERSION,
+    QUALITY_GUARD_DB,
+    UNMEASURED,
+    _guard_file,
+    auto_precision,
+    measured_paths,
+    passes_guard,
+)
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+SHA, OTHER_SHA = "a" * 64, "b" * 64
+NO_OPENVINO = (False, "openvino is not installed (pip install openvino)")
+
+
+def guard(paths: dict, sha: str = SHA) -> dict:
+    """A guard document holding `paths` ({"torch-cpu-bf16": {"delta_db": ...}, ...}) for one model."""
+    return {"format": GUARD_FORMAT, "version": GUARD_VERSION, "models": {sha: {"model": "test", "paths": paths}}}
 
 
 def test_measured_path_within_guard_is_chosen():
-    guard = {"torch-cpu-bf16": {"delta_db": -0.01}}
-    precision, why = auto_precision("torch", CPU, guard, fast_bf16_cpu=True)
+    g = guard({"torch-cpu-bf16": {"delta_db": -0.01}})
+    precision, why = auto_precision("torch", CPU, SHA, g, fast_bf16_cpu=True)
     assert precision == "bf16" and "-0.010 dB" in why
 
 
 def test_measured_path_outside_guard_falls_back_to_fp32():
-    guard = {"torch-cpu-bf16": {"delta_db": -(QUALITY_GUARD_DB + 0.02)}}
-    precision, why = auto_precision("torch", CPU, guard, fast_bf16_cpu=True)
+    g = guard({"torch-cpu-bf16": {"delta_db": -(QUALITY_GUARD_DB + 0.02)}})
+    precision, why = auto_precision("torch", CPU, SHA, g, fast_bf16_cpu=True)
     assert precision == "fp32" and "outside" in why
 
 
 def test_cpu_without_fast_bf16_stays_fp32():
-    guard = {"torch-cpu-bf16": {"delta_db": 0.0}}
-    assert auto_precision("torch", CPU, guard, fast_bf16_cpu=False)[0] == "fp32"
+    g = guard({"torch-cpu-bf16": {"delta_db": 0.0}})
+    precision, why = auto_precision("torch", CPU, SHA, g, fast_bf16_cpu=False)
+    assert precision == "fp32" and "neither AVX512-BF16 nor AMX" in why
 
 
 def test_unmeasured_path_uses_the_worst_measurement_of_its_format():
-    guard = {"onnxruntime-cpu-fp16": {"delta_db": -0.001}, "torch-cpu-bf16": {"delta_db": -0.2}}
-    assert auto_precision("torch", CUDA, guard) == ("fp16", auto_precision("torch", CUDA, guard)[1])
-    ok, why = passes_guard("torch", "cuda", "fp16", guard)
+    g = guard({"onnxruntime-cpu-fp16": {"delta_db": -0.001}, "torch-cpu-bf16": {"delta_db": -0.2}})
+    precision, why = auto_precision("torch", CUDA, SHA, g)
+    assert precision == "fp16"
+    assert why == "fp16 changes Set5 Y-PSNR by -0.001 dB (measured as onnxruntime-cpu-fp16), within the ±0.05 dB guard"
+    ok, why = passes_guard("torch", "cuda", "fp16", SHA, g)
     assert ok and "onnxruntime-cpu-fp16" in why
-    ok, _ = passes_guard("torch", "cuda", "bf16", guard)
+    ok, _ = passes_guard("torch", "cuda", "bf16", SHA, g)
     assert not ok  # bf16 measured outside the guard elsewhere: not used on the GPU either
 
 
+def test_exact_refuses_a_proxy():
+    g = guard({"torch-cpu-bf16": {"delta_db": -0.001}})
+    ok, why = passes_guard("openvino", "cpu", "bf16", SHA, g, exact=True)
+    assert not ok and why == "openvino-cpu-bf16 has no quality-guard measurement for this model"
+
+
 def test_no_measurement_means_fp32():
-    assert auto_precision("torch", CUDA, {})[0] == "fp32"
-    assert auto_precision("onnxruntime", CPU, {})[0] == "fp32"
+    assert auto_precision("torch", CUDA, SHA, {})[0] == "fp32"
+    assert auto_precision("onnxruntime", CPU, SHA, {})[0] == "fp32"
+
+
+def test_another_models_measurement_is_never_used():
+    g = guard({"torch-cpu-bf16": {"delta_db": -0.001}, "torch-cuda-fp16": {"delta_db": 0.0}}, sha=OTHER_SHA)
+    assert measured_paths(SHA, g) == {}
+    for device in (CPU, CUDA):
+        assert auto_precision("torch", device, SHA, g, fast_bf16_cpu=True) == ("fp32", f"fp32 ({UNMEASURED})")
+    ok, why = passes_guard("torch", "cpu", "bf16", SHA, g)
+    assert not ok and why == UNMEASURED
+
+
+def test_the_shipped_guard_file_is_read_and_keyed_by_sha256():
+    doc = _guard_file()
+    assert doc["format"] == GUARD_FORMAT and doc["version"] == GUARD_VERSION
+    for sha, model in doc["models"].items():
+        assert len(sha) == 64 and model["paths"]["torch-cpu-fp32"]["delta_db"] == 0.0
+
+
+# ------------------------------------------------------------------ --backend auto without CUDA
+
+MEASURED = {"torch-cpu-fp32": {"delta_db": 0.0}, "torch-cpu-bf16": {"delta_db": -0.006},
+            "openvino-cpu-fp32": {"delta_db": 0.0}, "openvino-cpu-bf16": {"delta_db": -0.004}}
+
+
+def test_order_is_fastest_first_and_ends_with_the_reference():
+    assert CPU_ORDER[0] == ("openvino", "bf16") and CPU_ORDER[-1] == ("torch", "fp32")
+
+
+def test_auto_picks_openvino_bf16_where_it_passes():
+    name, precision, why = cpu_choice(SHA, guard=guard(MEASURED), fast_bf16_cpu=True)
+    assert (name, precision) == ("openvino", "bf16")
+    assert why == ("the fastest CPU path the quality guard allows: "
+                   "bf16 changes Set5 Y-PSNR by -0.004 dB, within the ±0.05 dB guard")
+
+
+def test_auto_falls_back_to_torch_bf16_when_openvino_bf16_fails_the_guard():
+    paths = {**MEASURED, "openvino-cpu-bf16": {"delta_db": -0.09}}
+    name, precision, why = cpu_choice(SHA, guard=guard(paths), fast_bf16_cpu=True)
+    assert (name, precision) == ("torch", "bf16")
+    assert "openvino bf16 not used (bf16 changes Set5 Y-PSNR by -0.090 dB, outside" in why
+
+
+def test_auto_without_bf16_hardware_uses_openvino_fp32_and_says_why():
+    name, precision, why = cpu_choice(SHA, guard=guard(MEASURED), fast_bf16_cpu=False)
+    assert (name, precision) == ("openvino", "fp32")
+    assert "bf16 not used (this CPU has neither AVX512-BF16 nor AMX" in why
+
+
+def test_auto_without_openvino_falls_back_to_torch_and_says_why():
+    name, precision, why = cpu_choice(SHA, openvino=NO_OPENVINO, guard=guard(MEASURED), fast_bf16_cpu=True)
+    assert (name, precision) == ("torch", "bf16")
+    assert why.endswith("; openvino is not installed (pip install openvino)")
+
+
+def test_auto_needs_a_measurement_of_openvino_itself():
+    paths = {k: v for k, v in MEASURED.items() if k.startswith("torch")}
+    name, precision, why = cpu_choice(SHA, guard=guard(paths), fast_bf16_cpu=False)
+    assert (name, precision) == ("torch", "fp32")
+    assert "openvino fp32 not used (openvino-cpu-fp32 has no quality-guard measurement for this model)" in why
+
+
+def test_auto_for_an_unmeasured_model_is_torch_fp32_with_the_reason():
+    name, precision, why = cpu_choice(SHA, guard=guard(MEASURED, sha=OTHER_SHA), fast_bf16_cpu=True)
+    assert (name, precision, why) == ("torch", "fp32", f"fp32 ({UNMEASURED})")
+    assert UNMEASURED == "no quality-guard measurement for this model; bench/quality_guard.py --model PATH measures one"
+
+
+def test_auto_with_a_precision_asked_takes_the_fastest_backend_for_it():
+    assert cpu_choice(SHA, "fp32", guard={})[:2] == ("openvino", "fp32")
+    assert cpu_choice(SHA, "bf16", NO_OPENVINO, guard={})[:2] == ("torch", "bf16")

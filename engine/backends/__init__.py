@@ -1,21 +1,21 @@
-"""Backend selection: `create_backend("auto" | "torch" | "onnxruntime" | "tensorrt", ...)`.
+"""Backend selection: `create_backend("auto" | "torch" | "openvino" | "onnxruntime" | "tensorrt", ...)`.
 
 `auto` takes the fastest backend this machine has, in the order measured by bench/:
-TensorRT (a cached engine for this GPU) > torch CUDA > torch CPU. ONNX Runtime on the CPU is
-slower than torch with bf16 and about even in fp32, so it is chosen only by name. The
-returned reason says what was picked and why, so users never have to guess.
+TensorRT (a cached engine for this GPU) > torch CUDA; without CUDA, CPU_ORDER below, where a
+path counts only if the quality guard measured it for this model. ONNX Runtime on the CPU is
+slower than OpenVINO and torch, so it is chosen only by name. The returned reason says what
+was picked and why, so users never have to guess.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+from srtrt.engine.backends.base import Backend, TileDefaults
+from srtrt.engine.backends.precision import auto_precision, cpu_bf16_reason, measured_paths, passes_guard
 
 from srtrt.cache import cache_dir
 from srtrt.errors import SrtrtError
-
-from srtrt.engine.backends.base import Backend, TileDefaults
-from srtrt.engine.backends.precision import auto_precision
 
 __all__ = ["Backend", "TileDefaults", "Selection", "create_backend"]
 
@@ -41,18 +41,44 @@ def _torch(view, device: torch.device, precision: str) -> Backend:
     return TorchBackend(view, device, precision)
 
 
-def _onnxruntime(view, device: torch.device, precision: str) -> Backend:
-    from srtrt.engine.toolchain.export import export_onnx, state_dict_sha256
+def _model_sha256(view) -> str:
+    """What the ONNX cache and the quality guard key a model by: its checkpoint file's hash."""
+    from srtrt.engine.toolchain.export import state_dict_sha256
 
+    return getattr(view, "checkpoint_sha256", "") or state_dict_sha256(view)
+
+
+def _exported_onnx(view, precision: str):
+    """The graph `srtrt export` writes for this model, exported once and cached by its sha256."""
+    from srtrt.engine.toolchain.export import export_onnx
+
+    path = cache_dir("onnx") / f"{_model_sha256(view)[:16]}-x{view.scale}-{precision}.onnx"
+    if not path.exists():
+        export_onnx(view, path, precision=precision)
+    return path
+
+
+def _onnxruntime(view, device: torch.device, precision: str) -> Backend:
     from srtrt.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     if precision not in ("fp32", "fp16"):
         raise SrtrtError(f"onnxruntime runs fp32 or fp16 graphs, not {precision}")
-    sha = getattr(view, "checkpoint_sha256", "") or state_dict_sha256(view)
-    path = cache_dir("onnx") / f"{sha[:16]}-x{view.scale}-{precision}.onnx"
-    if not path.exists():
-        export_onnx(view, path, precision=precision)
-    return OnnxRuntimeBackend(path, view.scale, view.radius, device=str(device))
+    return OnnxRuntimeBackend(_exported_onnx(view, precision), view.scale, view.radius, device=str(device))
+
+
+def _openvino(view, device: torch.device, precision: str) -> Backend:
+    from srtrt.engine.backends.openvino_backend import HINTS, OpenVinoBackend, available
+
+    ok, why = available()
+    if not ok:
+        raise SrtrtError(why)
+    if device.type != "cpu":
+        raise SrtrtError(f"the openvino backend runs on the CPU, not {device}")
+    if precision not in HINTS:
+        raise SrtrtError(f"openvino runs {' or '.join(HINTS)} on the CPU, not {precision}")
+    # bf16 is a compile-time hint on the CPU plugin: one fp32 graph serves both precisions.
+    return OpenVinoBackend(_exported_onnx(view, "fp32"), view.scale, view.radius, precision,
+                           channels=view.generator.config.channels)
 
 
 def _tensorrt(view, device: torch.device, precision: str) -> Backend:
@@ -64,7 +90,50 @@ def _tensorrt(view, device: torch.device, precision: str) -> Backend:
     return TensorRTBackend.from_cache(view.checkpoint_sha256, precision, device)
 
 
-_MAKERS = {"torch": _torch, "onnxruntime": _onnxruntime, "tensorrt": _tensorrt}
+_MAKERS = {"torch": _torch, "openvino": _openvino, "onnxruntime": _onnxruntime, "tensorrt": _tensorrt}
+
+# Without CUDA, fastest first (bench/, 2K output on a 2-core AMX Xeon: 0.83, 1.60, 3.96, 7.0 s).
+# torch fp32 is the reference and needs no measurement; every other path needs one for this model.
+CPU_ORDER = [("openvino", "bf16"), ("torch", "bf16"), ("openvino", "fp32"), ("torch", "fp32")]
+CPU_REFERENCE = ("torch", "fp32")
+
+
+def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True, ""), guard: dict | None = None,
+               fast_bf16_cpu: bool | None = None) -> tuple[str, str, str]:
+    """(backend, precision, why) for `--backend auto` without CUDA: the first CPU_ORDER path this
+    machine has and the quality guard allows for the model with this sha256.
+
+    `openvino` is (installed, why not); `guard` and `fast_bf16_cpu` default to the real file and CPU.
+    """
+    from srtrt.engine.backends.openvino_backend import HINTS
+
+    has_openvino, openvino_why = openvino
+    notes = [] if has_openvino else [openvino_why]
+    if asked != "auto":  # the fastest backend that runs the precision asked for
+        return ("openvino" if has_openvino and asked in HINTS else "torch"), asked, "; ".join(["as asked", *notes])
+    if not measured_paths(sha, guard):
+        precision, why = auto_precision("torch", torch.device("cpu"), sha, guard, fast_bf16_cpu)  # fp32, says why
+        return "torch", precision, "; ".join([why, *notes])
+    if no_bf16 := cpu_bf16_reason(fast_bf16_cpu):
+        notes.append(f"bf16 not used ({no_bf16})")
+    for name, precision in CPU_ORDER:
+        if (name == "openvino" and not has_openvino) or (precision == "bf16" and no_bf16):
+            continue
+        if (name, precision) == CPU_REFERENCE:
+            return name, precision, "; ".join(["fp32, the reference", *notes])
+        ok, why = passes_guard(name, "cpu", precision, sha, guard, exact=True)
+        if ok:
+            return name, precision, "; ".join([f"the fastest CPU path the quality guard allows: {why}", *notes])
+        notes.append(f"{name} {precision} not used ({why})")
+    raise AssertionError("CPU_ORDER ends with the reference")
+
+
+def _auto_cpu(view, dev: torch.device, asked: str, sha: str) -> Selection:
+    from srtrt.engine.backends.openvino_backend import available
+
+    name, precision, why = cpu_choice(sha, asked, available())
+    backend = _MAKERS[name](view, dev, precision)
+    return Selection(backend, f"{backend.describe()}: no CUDA device; {why}")
 
 
 def create_backend(name: str = "auto", model: str | None = None, precision: str = "auto",
@@ -74,8 +143,9 @@ def create_backend(name: str = "auto", model: str | None = None, precision: str 
 
     view = view if view is not None else srtrt.load_model(model)
     dev = _device(device)
+    sha, asked = _model_sha256(view), precision
     if precision == "auto":
-        precision, why_precision = auto_precision(name if name != "auto" else "torch", dev)
+        precision, why_precision = auto_precision(name if name != "auto" else "torch", dev, sha)
     else:
         why_precision = "as asked"
     if name != "auto":
@@ -86,11 +156,10 @@ def create_backend(name: str = "auto", model: str | None = None, precision: str 
 
     if dev.type == "cuda":
         try:
-            backend = _tensorrt(view, dev, "fp16" if precision == "auto" else precision)
-            return Selection(backend, f"{backend.describe()}: a TensorRT engine for this GPU is cached")
+            backend = _tensorrt(view, dev, precision)
+            return Selection(backend, f"{backend.describe()}: a {backend.key.label} engine for this GPU is cached")
         except (SrtrtError, ImportError) as e:
             fallback = f"TensorRT not used ({e})"
         backend = _torch(view, dev, precision)
         return Selection(backend, f"{backend.describe()}: fastest available on {dev}; {fallback}")
-    backend = _torch(view, dev, precision)
-    return Selection(backend, f"{backend.describe()}: no CUDA device; precision {why_precision}")
+    return _auto_cpu(view, dev, asked, sha)

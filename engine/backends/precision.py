@@ -1,68 +1,99 @@
-"""`--precision auto`: the fastest precision that passes the quality guard on this device.
+"""`--precision auto`: the fastest precision that passes the quality guard, for this model, on this device.
 
-The guard (bench/quality_guard.py) measures each reduced precision of the default model on
-Set5 and records the Y-PSNR change against fp32 in `srtrt/weights/quality_guard.json`. A
-precision whose change is within QUALITY_GUARD_DB is used by default; an unmeasured one is not.
+The guard (bench/quality_guard.py) runs a model's backends and precisions on Set5 and records
+each path's Y-PSNR change against torch fp32 in `srtrt/weights/quality_guard.json`, under the
+sha256 of the checkpoint it measured. A precision whose change is within QUALITY_GUARD_DB is
+used by default; an unmeasured one is not, and a model nobody measured runs in fp32: one
+model's numbers say nothing about another's.
 """
 from __future__ import annotations
 
-import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
 
+from srtrt.errors import SrtrtError
 from srtrt.hardware import cpu_has_fast_bf16
 
 QUALITY_GUARD_DB = 0.05
+GUARD_FORMAT, GUARD_VERSION = "srtrt-quality-guard", 2
+UNMEASURED = "no quality-guard measurement for this model; bench/quality_guard.py --model PATH measures one"
 
 
-@lru_cache(maxsize=None)
-def _guard_file() -> dict:
+def guard_path() -> Path:
     import srtrt
 
-    path = Path(srtrt.__file__).parent / "weights" / "quality_guard.json"
+    return Path(srtrt.__file__).parent / "weights" / "quality_guard.json"
+
+
+@cache
+def _guard_file() -> dict:
+    from srtrt.sidecar import read_versioned_json
+
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+        return read_versioned_json(guard_path(), GUARD_FORMAT, GUARD_VERSION, "quality guard")
+    except SrtrtError:
+        return {}  # no usable measurements: every model runs in fp32
 
 
-def passes_guard(backend: str, device_type: str, precision: str, guard: dict | None = None) -> tuple[bool, str]:
-    """Whether `precision` keeps Set5 Y-PSNR within the guard, and the measurement that says so.
+def measured_paths(model_sha256: str, guard: dict | None = None) -> dict[str, dict]:
+    """This model's entries, "{backend}-{device}-{precision}" -> {delta_db, psnr, ...}; {} if unmeasured."""
+    guard = _guard_file() if guard is None else guard
+    return guard.get("models", {}).get(model_sha256, {}).get("paths", {})
+
+
+def cpu_bf16_reason(fast_bf16_cpu: bool | None = None) -> str:
+    """Why bf16 is not used on this CPU, or "" when the CPU does bf16 in hardware."""
+    fast = cpu_has_fast_bf16() if fast_bf16_cpu is None else fast_bf16_cpu
+    return "" if fast else "this CPU has neither AVX512-BF16 nor AMX, so bf16 would be emulated"
+
+
+def passes_guard(backend: str, device_type: str, precision: str, model_sha256: str, guard: dict | None = None,
+                 exact: bool = False) -> tuple[bool, str]:
+    """Whether `precision` keeps this model's Set5 Y-PSNR within the guard, and the measurement that says so.
 
     A path measured exactly is judged by its own number. An unmeasured one (a GPU no guard ran
-    on yet) is judged by the worst measurement of the same number format on another path, since
-    fp16/bf16 storage of weights and activations is what costs the accuracy; the reason says so.
+    on yet) is judged, unless `exact`, by the worst measurement of the same number format on
+    another path of the same model, since fp16/bf16 storage of weights and activations is what
+    costs the accuracy; the reason says so.
     """
-    guard = _guard_file() if guard is None else guard
+    paths = measured_paths(model_sha256, guard)
+    if not paths:
+        return False, UNMEASURED
     key = f"{backend}-{device_type}-{precision}"
-    if key in guard:
-        entries, where = [guard[key]], ""
+    if key in paths:
+        entries, where = [paths[key]], ""
     else:
-        proxies = sorted(k for k in guard if k.endswith(f"-{precision}"))
+        proxies = [] if exact else sorted(k for k in paths if k.endswith(f"-{precision}"))
         if not proxies:
-            return False, f"{precision} has no quality-guard measurement"
-        entries, where = [guard[k] for k in proxies], f" (measured as {', '.join(proxies)})"
+            return False, f"{key} has no quality-guard measurement for this model"
+        entries, where = [paths[k] for k in proxies], f" (measured as {', '.join(proxies)})"
     delta = max((e["delta_db"] for e in entries), key=abs)
     ok = abs(delta) <= QUALITY_GUARD_DB
     verdict = "within" if ok else "outside"
     return ok, f"{precision} changes Set5 Y-PSNR by {delta:+.3f} dB{where}, {verdict} the ±{QUALITY_GUARD_DB} dB guard"
 
 
-def auto_precision(backend: str, device: torch.device, guard: dict | None = None,
+def auto_precision(backend: str, device: torch.device, model_sha256: str, guard: dict | None = None,
                    fast_bf16_cpu: bool | None = None) -> tuple[str, str]:
-    """(precision, reason) for `--precision auto`."""
+    """(precision, reason) for `--precision auto` of `backend` running the model with this sha256."""
     if device.type == "cuda":
         candidates = ["fp16", "bf16"] if backend in ("torch", "tensorrt") else ["fp16"]
-    elif backend == "torch" and (cpu_has_fast_bf16() if fast_bf16_cpu is None else fast_bf16_cpu):
+    elif backend in ("torch", "openvino"):
+        if no_bf16 := cpu_bf16_reason(fast_bf16_cpu):
+            return "fp32", f"fp32 ({no_bf16})"
         candidates = ["bf16"]
     else:
         candidates = []
+    if not candidates:
+        return "fp32", "fp32 (no faster precision on this device)"
+    if not measured_paths(model_sha256, guard):
+        return "fp32", f"fp32 ({UNMEASURED})"
     reasons = []
     for p in candidates:
-        ok, why = passes_guard(backend, device.type, p, guard)
+        ok, why = passes_guard(backend, device.type, p, model_sha256, guard)
         if ok:
             return p, why
         reasons.append(why)
-    return "fp32", "fp32" + (f" ({'; '.join(reasons)})" if reasons else " (no faster precision on this device)")
+    return "fp32", f"fp32 ({'; '.join(reasons)})"

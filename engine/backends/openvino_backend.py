@@ -1,0 +1,144 @@
+"""OpenVINO backend: the fp32 ONNX graph of `srtrt export`, compiled for the CPU once per window shape.
+
+The CPU plugin computes in bf16 on AMX / AVX512-BF16 (INFERENCE_PRECISION_HINT; inputs and
+outputs stay fp32), the fastest CPU path bench/ measured. Static shapes run faster than a
+dynamic graph, and the runtime uses one window shape per image, so each (N, 3, h, w) is compiled
+once and kept for the images and tiles that follow; OpenVINO's CACHE_DIR keeps the compiled
+blobs so the next process starts without recompiling.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from srtrt.engine.backends.base import Backend, TileDefaults, defaults_for_budget
+from srtrt.engine.backends.torch_backend import CPU_ACTIVATION_BUDGET
+
+from srtrt.cache import cache_dir
+from srtrt.errors import SrtrtError
+from srtrt.hardware import usable_cpus
+
+HINTS = {"fp32": "f32", "bf16": "bf16"}   # srtrt precision -> INFERENCE_PRECISION_HINT
+KEEP_COMPILED = 4        # window shapes held compiled at once; each holds its own activation memory
+KEEP_CACHED_BLOBS = 64   # compiled blobs kept in CACHE_DIR (one per shape and precision, a few MB each)
+INSTALL_HINT = "pip install openvino"
+
+# Resident bytes per LR pixel of one compiled window, 64-channel x4 network: peak RSS growth
+# from 256x256 to 512x640 windows, OpenVINO 2026.4 (bf16 4.5 KB, f32 8.6 KB; bench/README.md).
+BYTES_PER_PIXEL = {"bf16": 4_600, "fp32": 8_700}
+
+
+def available() -> tuple[bool, str]:
+    """Whether this backend can run here: OpenVINO, and the exporter that writes its graph."""
+    try:
+        import openvino
+    except ImportError:
+        return False, f"openvino is not installed ({INSTALL_HINT})"
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        return False, f"openvino needs {' and '.join(missing)} to export the graph (pip install {' '.join(missing)})"
+    return True, "openvino " + openvino.get_version().split("-")[0]
+
+
+def _reason(error: Exception) -> str:
+    """The cause out of OpenVINO's message: its summary when it has one (unconverted operations),
+    else its last line; the lines before name OpenVINO's own source files."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if "Summary:" in lines:
+        lines = [line.removeprefix("-- ") for line in lines[lines.index("Summary:") + 1:]]
+        return "; ".join(lines) or error.__class__.__name__
+    return lines[-1] if lines else error.__class__.__name__
+
+
+def tile_defaults(precision: str, radius: int, channels: int = 64) -> TileDefaults:
+    """One window per call, as large as the CPU activation budget allows: the bench/ sweep on the
+    2K-output image ran fastest as one window, and slower with every extra window (margins are
+    recomputed) and with batches of several (2 cores have nothing to overlap)."""
+    bpp = BYTES_PER_PIXEL[precision] * channels // 64
+    return defaults_for_budget(CPU_ACTIVATION_BUDGET, bpp, radius, batch=1)
+
+
+def _prune_blobs(folder: Path, keep: int = KEEP_CACHED_BLOBS) -> None:
+    """Keep CACHE_DIR bounded: every distinct window shape adds a blob, so drop the least recently used."""
+    try:
+        blobs = sorted(folder.glob("*.blob"), key=lambda p: p.stat().st_atime, reverse=True)
+    except OSError:
+        return
+    for old in blobs[keep:]:
+        old.unlink(missing_ok=True)
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+
+    def __init__(self, onnx_path: str | os.PathLike, scale: int, radius: int, precision: str = "fp32",
+                 threads: int | None = None, cache: str | os.PathLike | None = None, channels: int = 64):
+        ok, why = available()
+        if not ok:
+            raise SrtrtError(why)
+        if precision not in HINTS:
+            raise SrtrtError(f"openvino runs {' or '.join(HINTS)} on the CPU, not {precision}")
+        import openvino as ov
+        from openvino.frontend import FrontEndManager
+
+        self._ov = ov
+        self.path = Path(onnx_path)
+        self.precision, self.scale, self.radius = precision, scale, radius
+        self.threads = threads or usable_cpus()
+        # The ONNX frontend alone: read_model would also try other frontends on a bad file, and they log noise.
+        try:
+            frontend = FrontEndManager().load_by_framework("onnx")
+            self.model = frontend.convert(frontend.load(str(self.path)))
+        except Exception as e:  # OpenVINO raises several unrelated types (GeneralFailure, OpConversionFailure, ...)
+            raise SrtrtError(f"OpenVINO cannot read this ONNX file ({_reason(e)})", self.path) from None
+        self.core = ov.Core()
+        self.cache = Path(cache) if cache is not None else cache_dir("openvino")
+        try:
+            self.cache.mkdir(parents=True, exist_ok=True)
+            _prune_blobs(self.cache)
+            self.core.set_property({"CACHE_DIR": str(self.cache)})
+        except OSError:
+            self.cache = None  # an unwritable cache costs start-up time only
+        self.config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "INFERENCE_NUM_THREADS": self.threads,
+                       "PERFORMANCE_HINT": "LATENCY"}
+        self._requests: OrderedDict[tuple[int, int, int], object] = OrderedDict()
+        self.compilations = 0  # how many window shapes were compiled (tests check reuse)
+        self.defaults = tile_defaults(precision, radius, channels)
+
+    def _request(self, batch: int, height: int, width: int):
+        """The infer request compiled for this exact input shape, compiling it on first use."""
+        shape = (batch, height, width)
+        if shape in self._requests:
+            self._requests.move_to_end(shape)
+            return self._requests[shape]
+        model = self.model.clone()
+        model.reshape({model.inputs[0]: self._ov.PartialShape([batch, 3, height, width])})
+        try:
+            compiled = self.core.compile_model(model, "CPU", self.config)
+        except Exception as e:
+            raise SrtrtError(f"OpenVINO cannot compile this ONNX file for {batch}x3x{height}x{width} "
+                             f"({_reason(e)})", self.path) from None
+        self.compilations += 1
+        self._requests[shape] = compiled.create_infer_request()
+        while len(self._requests) > KEEP_COMPILED:
+            self._requests.popitem(last=False)
+        return self._requests[shape]
+
+    def prepare(self, batch: int, height: int, width: int) -> None:
+        self._request(batch, height, width)
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        feed = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        result = self._request(n, h, w).infer({0: feed}, share_inputs=True, share_outputs=False)
+        return torch.from_numpy(result[0])
+
+    def describe(self) -> str:
+        return f"openvino ({self.precision}, cpu, {self.threads} threads, {self.path.name})"
+
+    def close(self) -> None:
+        self._requests.clear()

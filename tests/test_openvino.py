@@ -1,0 +1,156 @@
+"""The openvino backend: parity with torch fp32, bf16 accuracy, tiling exactness, one compiled
+model per window shape, the auto choice, and bad ONNX files as one line."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("openvino")
+pytest.importorskip("onnxscript")  # the exporter that writes the graph the backend runs
+
+from conftest import random_view, smooth_image  # noqa: E402
+from run_helpers import partials, run_cli, save_tiny_model, write_images  # noqa: E402
+from srtrt.engine.backends import create_backend  # noqa: E402
+from srtrt.engine.backends.openvino_backend import OpenVinoBackend  # noqa: E402
+from srtrt.engine.backends.torch_backend import TorchBackend  # noqa: E402
+from srtrt.engine.datapath.runtime import Planes, TiledUpscaler  # noqa: E402
+from srtrt.engine.toolchain.export import export_onnx  # noqa: E402
+
+from srtrt.hardware import cpu_has_fast_bf16  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def view():
+    return random_view(blocks=2, channels=8, seed=3)
+
+
+@pytest.fixture(scope="module")
+def onnx_file(view, tmp_path_factory):
+    return export_onnx(view, tmp_path_factory.mktemp("onnx") / "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def blob_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("openvino-cache")
+
+
+def backend(view, onnx_file, blob_cache, precision="fp32") -> OpenVinoBackend:
+    return OpenVinoBackend(onnx_file, view.scale, view.radius, precision, cache=blob_cache,
+                           channels=view.generator.config.channels)
+
+
+def photo_batch(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(smooth_image(h, w, seed=seed)).permute(2, 0, 1).unsqueeze(0).float() / 255
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return 10 * math.log10(1.0 / ((a - b) ** 2).mean().item())
+
+
+def test_fp32_matches_torch_fp32_on_a_random_crop(view, onnx_file, blob_cache):
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 37, 53)
+    with backend(view, onnx_file, blob_cache) as ov:
+        y = ov.infer(x)
+    ref = TorchBackend(view, "cpu", "fp32").infer(x)
+    assert y.shape == (1, 3, 37 * 4, 53 * 4) and y.dtype == torch.float32
+    assert (y - ref).abs().max().item() <= 1e-4
+
+
+@pytest.mark.skipif(not cpu_has_fast_bf16(), reason="bf16 runs in hardware only with AVX512-BF16 or AMX")
+def test_bf16_is_within_45_db_of_fp32(view, onnx_file, blob_cache):
+    x = photo_batch(40, 48)
+    with backend(view, onnx_file, blob_cache, "fp32") as f32, backend(view, onnx_file, blob_cache, "bf16") as bf16:
+        exact, reduced = f32.infer(x), bf16.infer(x)
+    assert bf16.describe().startswith("openvino (bf16, cpu, ")
+    assert not torch.equal(exact, reduced)  # bf16 really computed in bf16
+    assert psnr(reduced, exact) >= 45.0
+
+
+def test_tiled_equals_whole_image_at_fp32(view, onnx_file, blob_cache):
+    lr = smooth_image(50, 70, seed=1)
+    with backend(view, onnx_file, blob_cache) as ov:
+        whole, _ = TiledUpscaler(ov, core=0).run_to_array(Planes(lr))
+        tiled, _ = TiledUpscaler(ov, core=16, margin=view.radius).run_to_array(Planes(lr))
+    assert whole.shape == (200, 280, 3)
+    assert np.abs(whole - tiled).max() <= 1e-5
+
+
+def test_one_compiled_model_per_window_shape_reused_across_images(view, onnx_file, blob_cache):
+    with backend(view, onnx_file, blob_cache) as ov:
+        upscaler = TiledUpscaler(ov, core=16, margin=view.radius, batch=5)
+        assert len(upscaler.plan(48, 64)) == 12
+        upscaler.run_to_array(Planes(smooth_image(48, 64, seed=2)))
+        assert ov.compilations == 2  # batches of 5, 5 and 2 windows of one size: two input shapes
+        upscaler.run_to_array(Planes(smooth_image(48, 64, seed=3)))
+        assert ov.compilations == 2  # the same shapes again: nothing new compiled
+        upscaler.run_to_array(Planes(smooth_image(24, 30, seed=4)))
+        assert ov.compilations == 3  # an image smaller than one window brings its own shape
+    assert any(blob_cache.iterdir())  # compiled blobs kept for the next process
+
+
+def test_create_backend_reuses_the_cached_export(tmp_path, monkeypatch):
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path))
+    view = random_view(blocks=1, channels=4, seed=5)
+    first = create_backend("openvino", precision="fp32", view=view)
+    exported = sorted((tmp_path / "onnx").glob("*.onnx"))
+    assert len(exported) == 1 and exported[0].name.endswith("-x4-fp32.onnx")
+    mtime = exported[0].stat().st_mtime_ns
+    second = create_backend("openvino", precision="fp32", view=view)
+    assert exported[0].stat().st_mtime_ns == mtime  # exported once, by the model's sha256
+    assert first.backend.path == second.backend.path == exported[0]
+    assert first.reason.startswith("openvino (fp32, cpu, ") and "as asked" in first.reason
+    second.backend.infer(torch.rand(1, 3, 8, 8))
+    assert any((tmp_path / "openvino").iterdir())  # CACHE_DIR under srtrt's cache root
+
+
+def test_auto_on_this_cpu_picks_openvino_for_the_default_model():
+    from srtrt.engine.backends.precision import passes_guard
+
+    sha = __import__("srtrt").load_model().checkpoint_sha256
+    selection = create_backend("auto", device="cpu")
+    if cpu_has_fast_bf16() and passes_guard("openvino", "cpu", "bf16", sha, exact=True)[0]:
+        assert selection.reason.startswith("openvino (bf16, cpu, ")
+        assert "the fastest CPU path the quality guard allows: bf16 changes Set5 Y-PSNR by" in selection.reason
+    else:
+        assert selection.reason.startswith("openvino (fp32, cpu, ") and "bf16 not used" in selection.reason
+    assert selection.backend.name == "openvino"
+
+
+def test_an_onnx_file_openvino_cannot_read_is_one_line_naming_it(tmp_path):
+    from srtrt.errors import SrtrtError
+
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x08\x07not a protobuf at all")
+    with pytest.raises(SrtrtError) as raised:
+        OpenVinoBackend(bad, 4, 5)
+    message = str(raised.value)
+    assert message.startswith(f"{bad}: OpenVINO cannot read this ONNX file (") and "\n" not in message
+
+
+def test_fused_graph_names_the_op_openvino_lacks(view, tmp_path):
+    from srtrt.errors import SrtrtError
+
+    fused = export_onnx(view, tmp_path / "fused.onnx", fused=True)
+    with pytest.raises(SrtrtError, match="PixelShufflePReLU") as raised:
+        OpenVinoBackend(fused, view.scale, view.radius)
+    assert str(raised.value).startswith(f"{fused}: OpenVINO cannot read this ONNX file (")
+
+
+def test_cli_with_a_corrupt_cached_export_exits_2_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from srtrt.checkpoint import file_sha256
+
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    weights = save_tiny_model(tmp_path)
+    cached = tmp_path / "cache" / "onnx" / f"{file_sha256(weights)[:16]}-x4-fp32.onnx"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"truncated")
+    (image,) = write_images(tmp_path / "in", 1)
+    out = tmp_path / "out.png"
+    code, err = run_cli(capsys, image, "-o", out, "--model", weights, "--backend", "openvino")
+    assert code == 2
+    assert err.strip().splitlines() == [f"srtrt: {cached}: OpenVINO cannot read this ONNX file (Model can't be parsed)"]
+    assert not out.exists() and not partials(tmp_path)
