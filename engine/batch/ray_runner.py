@@ -57,6 +57,9 @@ class ImageActor:
     def __init__(self, options: RunOptions):
         import torch
 
+        from srtrt.engine.datapath.decoder_messages import quiet_decoding_libraries
+
+        quiet_decoding_libraries()  # an actor is a process of its own: decoders' messages are srtrt's here too
         try:
             import ray
 
