@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile, ImageOps
 
 from srtrt.engine.datapath.imageio import DecodedImage, from_pil, read_image, to_pil
-from srtrt.engine.datapath.writers import TiffEncoder, open_writer, tiff_directory
+from srtrt.engine.datapath.writers import TiffEncoder, open_writer
 from srtrt.errors import SrtrtError
 
 RNG = np.random.default_rng(7)
@@ -184,17 +184,14 @@ def test_sixteen_bit_colour_tiff_compressed_and_raw(tmp_path, channels):
 
 
 def uncompressed_tiff(samples: np.ndarray) -> bytes:
-    """A baseline TIFF with no compression: Pillow decodes it without libtiff."""
-    height, width, channels = samples.shape
-    data = samples.astype("<u2").tobytes()
-    entries = [(256, 4, [width]), (257, 4, [height]), (258, 3, [16] * channels), (259, 3, [1]),
-               (262, 3, [2]), (273, 4, [8]), (277, 3, [channels]), (278, 4, [height]),
-               (279, 4, [len(data)]), (284, 3, [1])]
-    if channels == 4:
-        entries.append((338, 3, [2]))
-    directory_offset = 8 + len(data) + len(data) % 2
-    return (b"II*\x00" + struct.pack("<I", directory_offset) + data + b"\x00" * (len(data) % 2)
-            + tiff_directory(entries, directory_offset, bigtiff=False))
+    """A baseline TIFF in one uncompressed strip, written by tifffile rather than the project's writer."""
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, samples.astype("<u2"), photometric="rgb", planarconfig="contig",
+                     extrasamples=("unassalpha",) if samples.shape[2] == 4 else None,
+                     rowsperstrip=samples.shape[0], compression=None, metadata=None)
+    return buffer.getvalue()
 
 
 def test_bigtiff_reads_back(tmp_path):

@@ -102,7 +102,9 @@ def test_streamed_png_decodes_to_the_rows_written(tmp_path, bit_depth, channels,
 
 
 def test_png_uses_every_filter_and_pillow_agrees(tmp_path, monkeypatch):
-    """Rows built so that Sub, Up and Paeth each win somewhere; the data spans many IDAT chunks."""
+    """Rows built so that Sub, Up and Paeth each win somewhere; the data spans many IDAT chunks.
+
+    The adaptive filter is what the high levels use (writers.ADAPTIVE_FILTER_LEVEL)."""
     monkeypatch.setattr(writers, "IDAT_BYTES", 4096)
     height, width = 300, 400
     y, x = np.mgrid[0:height, 0:width]
@@ -112,7 +114,7 @@ def test_png_uses_every_filter_and_pillow_agrees(tmp_path, monkeypatch):
     noise = RNG.integers(0, 256, (height, width), dtype=np.uint8)
     band = np.where(y < 75, gradient, np.where(y < 150, stripes, np.where(y < 225, diagonal, noise)))
     pixels = np.repeat(band[..., None], 3, axis=2)
-    path = write_image(str(tmp_path / "filters.png"), pixels, band_rows=64)
+    path = write_image(str(tmp_path / "filters.png"), pixels, band_rows=64, png_level=9)
     data = open(path, "rb").read()
     assert sum(kind == b"IDAT" for kind, _ in png_chunks(data)) > 1
     np.testing.assert_array_equal(np.asarray(Image.open(path)), pixels)
@@ -158,8 +160,8 @@ def test_memory_while_streaming_does_not_grow_with_height(tmp_path, extension):
 
     short, tall = peak_for(1024), peak_for(4096)  # both past one TIFF strip
     assert tall < short * 1.3 + 64 * 1024, (short, tall)
-    # the file buffer, a few copies of one TIFF strip, temporaries of a few bands
-    assert tall < writers.FILE_BUFFER_BYTES + 4 * writers.STRIP_BYTES + 40 * band_bytes, tall
+    # the file buffer, a few TIFF tiles' worth, temporaries of a few bands
+    assert tall < writers.FILE_BUFFER_BYTES + 4 * writers.SEGMENT_BYTES + 40 * band_bytes, tall
 
 
 # --------------------------------------------------------------------------- TIFF
@@ -167,7 +169,7 @@ def test_memory_while_streaming_does_not_grow_with_height(tmp_path, extension):
 @pytest.mark.parametrize("bit_depth", [8, 16])
 @pytest.mark.parametrize("channels", [1, 3, 4])
 def test_tiff_strips_decode_to_the_rows_written(tmp_path, monkeypatch, bit_depth, channels):
-    monkeypatch.setattr(writers, "STRIP_BYTES", 200)  # many strips, the last one short
+    monkeypatch.setattr(writers, "SEGMENT_BYTES", 200)  # many tiles (16x16), the last row and column short
     pixels = random_rows(23, 10, channels, bit_depth)
     path = write_image(str(tmp_path / "out.tiff"), pixels, 7, icc_profile=b"icc" * 20)
     from srtrt.engine.datapath.imageio import read_image

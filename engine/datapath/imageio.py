@@ -7,16 +7,15 @@ image, truncated or corrupt data, unsupported pixel mode, an image over the size
 a one-line `SrtrtError` naming the file.
 
 Pillow truncates 16-bit colour (RGB, RGBA, grey+alpha) to 8 bits because it has no 16-bit
-colour modes. Its C decoders still undo PNG filtering and TIFF compression on the full
-16-bit samples; only the last unpacking step keeps one byte per sample. So such files are
-decoded twice, once keeping the first byte of every sample and once the second, and the two
-halves are joined. That keeps the fast, well-tested C decoders (all PNG filters, interlacing,
-every TIFF compression libtiff knows) instead of a slow pure-Python decoder or an extra
-native dependency.
+colour modes. Such files are opened by Pillow as usual (header, size check, metadata) and
+their pixels decoded once, in full, by tifffile (TIFF: every compression imagecodecs knows,
+strips or tiles, planar or interleaved) or by libpng through imagecodecs (PNG: every filter,
+interlacing; a tRNS colour key becomes alpha, as it does at 8 bits).
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import struct
 import sys
@@ -303,39 +302,101 @@ def _sixteen_bit_colour_rawmode(img: Image.Image) -> str | None:
 
 
 def _read_sixteen_bit_colour(first: Image.Image, path, source_format: str) -> DecodedImage:
-    rawmode = _sixteen_bit_colour_rawmode(first)
-    layout, byte_order = rawmode.split(";16")
-    if layout == "LA":
-        if source_format != "PNG":
-            raise SrtrtError(f"unsupported 16-bit grey+alpha {source_format}", path)
-        # A 16-bit grey+alpha PNG pixel is 4 bytes, like 8-bit RGBA, so one RGBA decode
-        # (same filter stride) yields the bytes: grey high, grey low, alpha high, alpha low.
-        first.tile = [tile._replace(args="RGBA") for tile in first.tile]
-        first.load()
-        quad = np.asarray(first).astype(np.uint16)
-        samples = np.stack([quad[..., 0] << 8 | quad[..., 1], quad[..., 2] << 8 | quad[..., 3]], -1)
-    else:
-        big_endian = byte_order == "B" or (byte_order == "N" and sys.byteorder == "big")
-        first_bytes = _decode_one_byte_per_sample(first, f"{layout};16B")
-        with _open_lazily(path) as second:
-            second_bytes = _decode_one_byte_per_sample(second, f"{layout};16L")
-        high, low = (first_bytes, second_bytes) if big_endian else (second_bytes, first_bytes)
-        samples = high.astype(np.uint16) << 8 | low
+    """Pixels from tifffile or imagecodecs, metadata and orientation from Pillow's header."""
+    layout = _sixteen_bit_colour_rawmode(first).split(";16")[0]
+    colour_channels = 1 if layout == "LA" else 3
+    with _library_messages_dropped():
+        samples = _tiff_samples(path) if source_format == "TIFF" else _png_samples(path)
+    if samples.ndim == 2:
+        samples = samples[:, :, None]
+    # TIFF RGBX: the extra sample is not alpha; PNG RGB with a tRNS key: libpng made it alpha
+    has_alpha = layout in ("LA", "RGBA") or (source_format == "PNG" and samples.shape[2] > colour_channels)
+    if (samples.shape[:2] != (first.height, first.width) or samples.dtype != np.uint16
+            or samples.shape[2] < colour_channels + has_alpha):
+        raise SrtrtError(f"corrupt or unreadable image (decoded {samples.dtype} samples of shape "
+                         f"{samples.shape} for a {first.width}x{first.height} {layout} image)", path)
+    pixels = np.ascontiguousarray(samples[:, :, :colour_channels])
+    alpha = np.ascontiguousarray(samples[:, :, colour_channels]) if has_alpha else None
     orientation, exif = _orientation_and_exif(first)
     icc = first.info.get("icc_profile") or None
-    pixels, alpha = _split_alpha(samples, "LA" if layout == "LA" else first.mode)
     return DecodedImage(_apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation),
                         16, icc, exif, source_format, path)
 
 
-def _decode_one_byte_per_sample(img: Image.Image, rawmode: str) -> np.ndarray:
-    """Decode with an unpacker that keeps byte 0 (";16B") or byte 1 (";16L") of each sample."""
-    def with_rawmode(args):
-        return rawmode if isinstance(args, str) else (rawmode, *args[1:])
+def _tiff_samples(path) -> np.ndarray:
+    """The first image of a TIFF as (height, width, samples), interleaved whatever the file's layout."""
+    import tifffile
 
-    img.tile = [tile._replace(args=with_rawmode(tile.args)) for tile in img.tile]
-    img.load()
-    return np.asarray(img)
+    with tifffile.TiffFile(path) as tiff:
+        page = tiff.pages[0]
+        samples, axes = page.asarray(), page.axes
+    if "S" in axes:
+        samples = np.moveaxis(samples, axes.index("S"), -1)
+        axes = axes.replace("S", "") + "S"
+    extra = tuple(i for i, axis in enumerate(axes) if axis not in "YXS")
+    return samples.squeeze(axis=extra) if extra else samples
+
+
+def _png_samples(path) -> np.ndarray:
+    """A 16-bit PNG decoded by libpng: (height, width[, samples]) native uint16."""
+    import imagecodecs
+
+    with open(path, "rb") as file:
+        return imagecodecs.png_decode(file.read())
+
+
+class _DroppedForDecodingThreads:
+    """Stands in for sys.stderr while some thread decodes: that thread's writes are dropped."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.threads: set[int] = set()
+
+    def write(self, text):
+        return len(text) if threading.get_ident() in self.threads else self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+class _DropForDecodingThreads(logging.Filter):
+    def __init__(self, threads: set[int]):
+        super().__init__()
+        self.threads = threads
+
+    def filter(self, record) -> bool:
+        return record.thread not in self.threads
+
+
+_MESSAGES_LOCK = threading.Lock()
+_decoding_threads: set[int] = set()
+_stderr_stand_in: _DroppedForDecodingThreads | None = None
+logging.getLogger("tifffile").addFilter(_DropForDecodingThreads(_decoding_threads))
+
+
+@contextlib.contextmanager
+def _library_messages_dropped():
+    """libpng (inside imagecodecs) prints its warnings on sys.stderr ("Interlace handling should
+    be turned on"), tifffile logs them; while this thread decodes, both are dropped for it (a
+    failure is one line of its own), and other threads' output passes through unchanged."""
+    global _stderr_stand_in
+    me = threading.get_ident()
+    with _MESSAGES_LOCK:
+        if not _decoding_threads:
+            _stderr_stand_in = _DroppedForDecodingThreads(sys.stderr)
+            sys.stderr = _stderr_stand_in
+        _decoding_threads.add(me)
+        _stderr_stand_in.threads.add(me)
+    try:
+        yield
+    finally:
+        with _MESSAGES_LOCK:
+            _decoding_threads.discard(me)
+            _stderr_stand_in.threads.discard(me)
+            if not _decoding_threads:
+                if sys.stderr is _stderr_stand_in:  # unless someone replaced it meanwhile
+                    sys.stderr = _stderr_stand_in.stream
+                _stderr_stand_in = None
 
 
 # --------------------------------------------------------------------------- back to Pillow

@@ -1,30 +1,39 @@
-"""The streaming tiled runtime: reader -> device worker -> assembler/writer, joined by bounded queues.
+"""The streaming tiled runtime: reader -> device worker -> assembler -> encoder, joined by bounded queues.
 
-    reader thread     cuts LR windows (static shape) into batches of float tiles
-    device worker     runs the backend; on CUDA, alternates streams with pinned buffers so the
-                      copies of one batch overlap the compute of the next; quantises on device
-    assembler thread  writes each tile's core into the current row band and hands finished
-                      bands to the sink (a streaming encoder), then forgets them
+    reader thread     copies LR windows (one static shape), in the image's own dtype (uint8,
+                      uint16), straight into a reused staging buffer (pinned on CUDA)
+    device worker     uploads the batch as integers, makes it float on the device, runs the
+                      backend, quantises there and copies the integers back into a reused pinned
+                      buffer; on CUDA it alternates streams so one batch's copies overlap the next
+                      one's compute
+    assembler thread  writes each tile's core into the current row band and hands finished bands over
+    encoder thread    hands each band to the sink (a streaming encoder), then forgets it
 
-Queues hold at most a few batches, so memory is bounded by the tile and band sizes, never by
-the image: an HxW input needs the LR image, O(batch) windows and one band of output rows.
+Queues hold at most a few batches and one band, so memory is bounded by the tile and band sizes,
+never by the image: an HxW input needs the LR image, O(batch) windows and two bands of output
+rows (the assembler starts a band only once the encoder has taken the one before). On the CPU the same functions run (the "device" is the CPU), so a CPU run checks
+the bytes a GPU run produces.
 """
 from __future__ import annotations
 
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
-
-from srtrt.engine.datapath import tiles as tiling
 from srtrt.engine.backends.base import Backend
+from srtrt.engine.datapath import tiles as tiling
 
 QUEUE_DEPTH = 2
+BAND_QUEUE_DEPTH = 1  # a finished band waits for the encoder to take it: one encoded, one filled
 _DONE = object()
+
+
+class _Stopped(Exception):
+    """The reader was told to stop while it waited for a staging buffer."""
 
 
 @dataclass
@@ -46,6 +55,10 @@ class Planes:
     def width(self) -> int:
         return self.colour.shape[1]
 
+    @property
+    def channels(self) -> int:
+        return self.colour.shape[2] if self.colour.ndim == 3 else 1
+
 
 @dataclass
 class Band:
@@ -61,44 +74,99 @@ class StageTimes:
     """Busy seconds per stage of the last run (waits on queues excluded), for the pipeline benchmark.
 
     With the stages overlapping, `wall` approaches the slowest stage rather than their sum.
+    Stages run on different threads, so every update goes through `add` (one lock).
     """
 
-    read: float = 0.0      # window extraction and float conversion
-    infer: float = 0.0     # backend calls, including host<->device copies
-    assemble: float = 0.0  # placing cores into bands and the sink (encoding, writing)
+    read: float = 0.0      # window extraction into the staging buffer (and, on the CPU, float conversion)
+    infer: float = 0.0     # backend calls, including host<->device copies and conversions
+    assemble: float = 0.0  # placing cores into bands
+    encode: float = 0.0    # the sink: encoding and writing the bands
     wall: float = 0.0
     tiles: int = 0
     batches: int = 0
 
+    def __post_init__(self):
+        self._lock = threading.Lock()  # not a field: asdict() and comparisons ignore it
+
+    def add(self, **amounts) -> None:
+        with self._lock:
+            for name, amount in amounts.items():
+                setattr(self, name, getattr(self, name) + amount)
+
     @property
     def slowest(self) -> float:
-        return max(self.read, self.infer, self.assemble)
+        return max(self.read, self.infer, self.assemble, self.encode)
 
 
 def _max_value(dtype) -> float:
     return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
 
 
-def _to_float_tile(plane: np.ndarray, window) -> torch.Tensor:
-    """A window of an HxW[xC] plane as a float32 3xhxw tensor in [0, 1]."""
-    top, left, h, w = window
-    a = np.array(plane[top:top + h, left:left + w])  # a copy: decoded planes may be read-only
-    t = torch.from_numpy(a).to(torch.float32)
-    if np.issubdtype(plane.dtype, np.integer):
-        t = t.div_(_max_value(plane.dtype))
-    t = t.unsqueeze(-1) if t.ndim == 2 else t
-    t = t.permute(2, 0, 1)
-    return t.expand(3, -1, -1) if t.shape[0] == 1 else t
+# uint16 travels as int16 (same bits): torch's uint16 support is partial on some devices
+_STAGING_DTYPE = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.int16}
+
+
+def _staging_dtype(dtype) -> torch.dtype:
+    return _STAGING_DTYPE.get(np.dtype(dtype), torch.float32)
+
+
+def to_network_input(x: torch.Tensor, colour_channels: int, max_value: float) -> torch.Tensor:
+    """Staged windows (N, h, w, C [+ 1 alpha]) of uint8, int16-held uint16 or float ->
+    (N * planes, 3, h, w) float32 in [0, 1], wherever `x` lives (on the device for CUDA).
+
+    Each tile gives its colour plane, then its alpha plane; one-channel planes are repeated to RGB.
+    """
+    if x.dtype == torch.int16:
+        x = x.to(torch.int32).bitwise_and_(0xFFFF)
+    x = x.to(torch.float32)
+    if max_value != 1.0:
+        x = x.div_(max_value)
+    x = x.permute(0, 3, 1, 2)
+    colour = x[:, :colour_channels]
+    planes = [colour.expand(-1, 3, -1, -1) if colour_channels == 1 else colour]
+    if x.shape[1] > colour_channels:
+        planes.append(x[:, colour_channels:colour_channels + 1].expand(-1, 3, -1, -1))
+    return torch.stack(planes, 1).reshape(-1, 3, *x.shape[2:])
 
 
 def _quantise(y: torch.Tensor, out_dtype) -> torch.Tensor:
-    """[0, 1] floats -> the output dtype (rounded, clamped); float output stays float32."""
+    """[0, 1] floats -> the output dtype (rounded, clamped) on y's device; uint16 comes back as
+    int16 holding the same bits; float output stays float32."""
     y = y.float()
     if not np.issubdtype(out_dtype, np.integer):
         return y
     top = _max_value(out_dtype)
     q = y.mul_(top).round_().clamp_(0, top)
-    return q.to(torch.uint8) if out_dtype == np.uint8 else q.to(torch.int32)
+    return q.to(torch.uint8) if out_dtype == np.uint8 else q.to(torch.int32).to(torch.int16)
+
+
+def _host_array(host: torch.Tensor) -> np.ndarray:
+    out = host.numpy()
+    return out.view(np.uint16) if out.dtype == np.int16 else out
+
+
+class StagingBuffers:
+    """A few reusable host buffers of one shape and dtype (pinned for CUDA copies).
+
+    `take` hands out a free one, first waiting for the CUDA event its last user recorded (the
+    copy that reads or fills it); `give` returns it. Taking blocks while all are in use, which
+    is the back-pressure between the stage that fills them and the one that empties them.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, count: int, pinned: bool):
+        self.key = (shape, dtype, count, pinned)
+        self._free: queue.Queue = queue.Queue()
+        for _ in range(count):
+            self._free.put((torch.empty(shape, dtype=dtype, pin_memory=pinned), None))
+
+    def take(self, timeout: float | None = None) -> torch.Tensor:
+        buffer, event = self._free.get(timeout=timeout)
+        if event is not None:
+            event.synchronize()
+        return buffer
+
+    def give(self, buffer: torch.Tensor, event=None) -> None:
+        self._free.put((buffer, event))
 
 
 class TiledUpscaler:
@@ -118,6 +186,9 @@ class TiledUpscaler:
         self.cuda = backend.device.type == "cuda"
         self.streams = [torch.cuda.Stream(backend.device) for _ in range(streams)] if self.cuda else []
         self.times = StageTimes()
+        # kept across images: allocated again only when the window shape, batch or dtype changes
+        self._inputs: StagingBuffers | None = None
+        self._outputs: StagingBuffers | None = None
 
     def plan(self, height: int, width: int) -> tiling.TilePlan:
         core = self.core
@@ -126,49 +197,89 @@ class TiledUpscaler:
             core = 0  # the image fits one window: no overlap to recompute
         return tiling.plan(height, width, core, self.margin, self.backend.balanced_tiles)
 
-    # -- the three stages ------------------------------------------------------------------
+    def _buffers(self, current: StagingBuffers | None, shape, dtype, count: int) -> StagingBuffers:
+        if current is not None and current.key == (shape, dtype, count, self.cuda):
+            return current
+        return StagingBuffers(shape, dtype, count, pinned=self.cuda)
+
+    # -- the four stages -------------------------------------------------------------------
     def _read(self, planes: Planes, plan: tiling.TilePlan, q_in: queue.Queue, stop: threading.Event):
-        """Reader: batches of (tiles, float tensor) where each tile contributes one entry per plane."""
+        """Reader: batches of (tiles, staged windows, staging buffer or None) in plan order.
+
+        On CUDA the staged integers go to the device worker, which returns the buffer after its
+        upload; on the CPU they become the float batch here and the buffer is free at once.
+        """
         try:
-            sources = [planes.colour] + ([planes.alpha] if planes.alpha is not None else [])
+            max_value = _max_value(planes.colour.dtype)
             pending = []
             for tile in plan:
                 pending.append(tile)
                 if len(pending) == self.batch:
-                    q_in.put((pending, self._timed_stack(sources, pending)))
+                    q_in.put(self._staged_batch(planes, pending, max_value, stop))
                     pending = []
                 if stop.is_set():
                     return
             if pending:
-                q_in.put((pending, self._timed_stack(sources, pending)))
+                q_in.put(self._staged_batch(planes, pending, max_value, stop))
+        except _Stopped:
+            pass
         except BaseException as e:  # handed to the caller's thread
             q_in.put(e)
         finally:
             q_in.put(_DONE)
 
-    def _timed_stack(self, sources, batch_tiles) -> torch.Tensor:
+    def _staged_batch(self, planes: Planes, batch_tiles, max_value: float, stop: threading.Event):
+        while True:  # all buffers in flight: wait for the device worker, unless the run is over
+            try:
+                buffer = self._inputs.take(timeout=0.05)
+                break
+            except queue.Empty:
+                if stop.is_set():
+                    raise _Stopped from None
         t0 = time.perf_counter()
-        x = self._stack(sources, batch_tiles)
-        self.times.read += time.perf_counter() - t0
-        return x
-
-    def _stack(self, sources, batch_tiles) -> torch.Tensor:
-        x = torch.stack([_to_float_tile(src, t.window) for t in batch_tiles for src in sources])
-        return x.pin_memory() if self.cuda else x
-
-    def _infer(self, x: torch.Tensor, n_planes: int, channels: int, out_dtype, i: int):
-        """Device worker step: returns (host tensor, event or None) of quantised outputs."""
-        b = self.backend
+        staged = self._stage(buffer, planes, batch_tiles)
         if not self.cuda:
-            return self._postprocess(b.infer(x), n_planes, channels, out_dtype), None
+            staged = to_network_input(staged, planes.channels, max_value)
+            self._inputs.give(buffer)
+            buffer = None
+        self.times.add(read=time.perf_counter() - t0)
+        return batch_tiles, staged, buffer
+
+    @staticmethod
+    def _stage(buffer: torch.Tensor, planes: Planes, batch_tiles) -> torch.Tensor:
+        """Copy each tile's window of every plane into buffer[k] (h, w, C [+ 1]) in the source dtype."""
+        staged = buffer.numpy()
+        if staged.dtype == np.int16:
+            staged = staged.view(np.uint16)
+        channels = planes.channels
+        for k, tile in enumerate(batch_tiles):
+            top, left, h, w = tile.window
+            window = planes.colour[top:top + h, left:left + w]
+            staged[k, :, :, :channels] = window if window.ndim == 3 else window[:, :, None]
+            if planes.alpha is not None:
+                staged[k, :, :, channels] = planes.alpha[top:top + h, left:left + w]
+        return buffer[:len(batch_tiles)]
+
+    def _infer(self, staged: torch.Tensor, buffer, planes: Planes, out_dtype, i: int):
+        """Device worker step: returns (host tensor, output buffer or None, event or None) of quantised outputs."""
+        b = self.backend
+        n_planes = 1 + (planes.alpha is not None)
+        if not self.cuda:
+            return self._postprocess(b.infer(staged), n_planes, planes.channels, out_dtype), None, None
         stream = self.streams[i % len(self.streams)]
         with torch.cuda.stream(stream):
-            y = self._postprocess(b.infer(x.to(b.device, non_blocking=True)), n_planes, channels, out_dtype)
-            host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
+            on_device = staged.to(b.device, non_blocking=True)
+            uploaded = torch.cuda.Event()
+            uploaded.record(stream)
+            self._inputs.give(buffer, uploaded)  # the reader refills it once the upload is done
+            x = to_network_input(on_device, planes.channels, _max_value(planes.colour.dtype))
+            y = self._postprocess(b.infer(x), n_planes, planes.channels, out_dtype)
+            host_buffer = self._outputs.take()
+            host = host_buffer[:y.shape[0]]
             host.copy_(y, non_blocking=True)
             event = torch.cuda.Event()
             event.record(stream)
-        return host, event
+        return host, host_buffer, event
 
     @staticmethod
     def _postprocess(y: torch.Tensor, n_planes: int, channels: int, out_dtype) -> torch.Tensor:
@@ -178,78 +289,115 @@ class TiledUpscaler:
         parts = [colour.float()] + [y[:, p].float().mean(1, keepdim=True) for p in range(1, n_planes)]
         return _quantise(torch.cat(parts, 1), out_dtype)
 
-    def _assemble(self, planes: Planes, plan: tiling.TilePlan, q_out: queue.Queue, sink, out_dtype,
-                  on_tile: Callable[[int], None] | None, errors: list):
+    def _assemble(self, planes: Planes, plan: tiling.TilePlan, q_out: queue.Queue, bands: queue.Queue,
+                  out_dtype, on_tile: Callable[[int], None] | None, errors: list, abandon: threading.Event):
         s, width = self.backend.scale, planes.width * self.backend.scale
-        channels = planes.colour.shape[2] if planes.colour.ndim == 3 else 1
+        channels = planes.channels
         has_alpha = planes.alpha is not None
         band_dtype = np.float32 if not np.issubdtype(out_dtype, np.integer) else out_dtype
         tiles_per_row, band, band_row, placed = len(plan.cols), None, -1, 0
         try:
             while (item := q_out.get()) is not _DONE:
-                batch_tiles, host, event = item
-                if event is not None:
+                batch_tiles, host, host_buffer, event = item
+                try:
+                    if abandon.is_set():
+                        continue
+                    if event is not None:
+                        t0 = time.perf_counter()
+                        event.synchronize()  # device time, not assembly: counted under infer
+                        self.times.add(infer=time.perf_counter() - t0)
                     t0 = time.perf_counter()
-                    event.synchronize()  # device time, not assembly: counted under infer
-                    self.times.infer += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                out = host.numpy()
-                for k, tile in enumerate(batch_tiles):
-                    if tile.row != band_row:
-                        band_row, placed = tile.row, 0
-                        band = np.empty((tile.y.clen * s, width, channels + has_alpha), band_dtype)
-                    cy, cx, ch, cw = tile.core_in_window
-                    core = out[k, :, cy * s:(cy + ch) * s, cx * s:(cx + cw) * s]
-                    band[:, tile.x.c0 * s:(tile.x.c0 + cw) * s] = np.moveaxis(core, 0, -1)
-                    placed += 1
-                    if placed == tiles_per_row:
-                        colour = band[..., :channels]
-                        sink(Band(tile.y.c0 * s, colour, band[..., channels] if has_alpha else None))
-                        band = None
-                self.times.assemble += time.perf_counter() - t0
+                    out = _host_array(host)
+                    for k, tile in enumerate(batch_tiles):
+                        if tile.row != band_row:
+                            band_row, placed = tile.row, 0
+                            band = np.empty((tile.y.clen * s, width, channels + has_alpha), band_dtype)
+                        cy, cx, ch, cw = tile.core_in_window
+                        core = out[k, :, cy * s:(cy + ch) * s, cx * s:(cx + cw) * s]
+                        band[:, tile.x.c0 * s:(tile.x.c0 + cw) * s] = np.moveaxis(core, 0, -1)
+                        placed += 1
+                        if placed == tiles_per_row:
+                            colour = band[..., :channels]
+                            self.times.add(assemble=time.perf_counter() - t0)
+                            bands.put(Band(tile.y.c0 * s, colour, band[..., channels] if has_alpha else None))
+                            bands.join()  # taken: only then start the next band, so two bands at most
+                            t0 = time.perf_counter()
+                            band = None
+                    self.times.add(assemble=time.perf_counter() - t0)
+                finally:
+                    if host_buffer is not None:
+                        self._outputs.give(host_buffer)  # its cores are copied into bands by now
                 if on_tile:
                     on_tile(len(batch_tiles))
         except BaseException as e:
             errors.append(e)
-            while q_out.get() is not _DONE:  # drain so the worker never blocks on a full queue
-                pass
+            while (item := q_out.get()) is not _DONE:  # drain so the worker never blocks on a full queue
+                if item[2] is not None:
+                    self._outputs.give(item[2])
+        finally:
+            bands.put(_DONE)
+
+    def _encode(self, bands: queue.Queue, sink, errors: list, abandon: threading.Event):
+        """Encoder: the sink gets each finished band; after an error the rest are dropped."""
+        try:
+            while (band := bands.get()) is not _DONE:
+                bands.task_done()
+                if errors or abandon.is_set():
+                    continue
+                t0 = time.perf_counter()
+                sink(band)
+                self.times.add(encode=time.perf_counter() - t0)
+        except BaseException as e:
+            errors.append(e)
+            while bands.get() is not _DONE:
+                bands.task_done()
 
     # -- driver ----------------------------------------------------------------------------
     def run(self, planes: Planes, sink: Callable[[Band], None], out_dtype=np.uint8,
             on_tile: Callable[[int], None] | None = None) -> None:
-        """Upscale `planes`, calling `sink` with each finished row band, top to bottom."""
+        """Upscale `planes`, calling `sink` with each finished row band, top to bottom, on the
+        runtime's encoder thread; an exception in any stage (the sink's included) is raised here."""
         plan = self.plan(planes.height, planes.width)
         n_planes = 1 + (planes.alpha is not None)
-        channels = planes.colour.shape[2] if planes.colour.ndim == 3 else 1
+        batch = min(self.batch, len(plan))
         window = plan.window_shape
-        self.backend.prepare(min(self.batch, len(plan)) * n_planes, *window)
+        self.backend.prepare(batch * n_planes, *window)
         self.times = StageTimes(tiles=len(plan))
+        self._allocate_staging(planes, batch, window, out_dtype)
         start = time.perf_counter()
 
         q_in: queue.Queue = queue.Queue(QUEUE_DEPTH)
         q_out: queue.Queue = queue.Queue(QUEUE_DEPTH)
-        stop, errors = threading.Event(), []
-        reader = threading.Thread(target=self._read, args=(planes, plan, q_in, stop), daemon=True)
-        assembler = threading.Thread(target=self._assemble,
-                                     args=(planes, plan, q_out, sink, out_dtype, on_tile, errors), daemon=True)
+        bands: queue.Queue = queue.Queue(BAND_QUEUE_DEPTH)
+        stop, abandon, errors = threading.Event(), threading.Event(), []
+        reader = threading.Thread(target=self._read, args=(planes, plan, q_in, stop), daemon=True,
+                                  name="srtrt-reader")
+        assembler = threading.Thread(target=self._assemble, daemon=True, name="srtrt-assembler",
+                                     args=(planes, plan, q_out, bands, out_dtype, on_tile, errors, abandon))
+        encoder = threading.Thread(target=self._encode, args=(bands, sink, errors, abandon), daemon=True,
+                                   name="srtrt-encoder")
         reader.start()
         assembler.start()
+        encoder.start()
         i = 0
+        finished = False
         try:
             while (item := q_in.get()) is not _DONE:
                 if isinstance(item, BaseException):
                     raise item
-                batch_tiles, x = item
+                batch_tiles, staged, buffer = item
                 t0 = time.perf_counter()
-                host, event = self._infer(x, n_planes, channels, out_dtype, i)
-                self.times.infer += time.perf_counter() - t0
-                self.times.batches += 1
-                q_out.put((batch_tiles, host, event))
+                host, host_buffer, event = self._infer(staged, buffer, planes, out_dtype, i)
+                self.times.add(infer=time.perf_counter() - t0, batches=1)
+                q_out.put((batch_tiles, host, host_buffer, event))
                 i += 1
                 if errors:
                     break
+            finished = True
         finally:
             stop.set()
+            if not finished or errors:
+                abandon.set()  # the output is lost anyway: drop queued work instead of finishing it
             while reader.is_alive():  # unblock the reader if it waits on a full queue
                 try:
                     q_in.get(timeout=0.05)
@@ -257,15 +405,27 @@ class TiledUpscaler:
                     pass
             q_out.put(_DONE)
             assembler.join()
+            encoder.join()
             self.times.wall = time.perf_counter() - start
         if errors:
             raise errors[0]
 
+    def _allocate_staging(self, planes: Planes, batch: int, window: tuple[int, int], out_dtype) -> None:
+        """Staging buffers for this window shape and batch, reused from the last image when they fit."""
+        staged_channels = planes.channels + (planes.alpha is not None)
+        self._inputs = self._buffers(self._inputs, (batch, *window, staged_channels),
+                                     _staging_dtype(planes.colour.dtype), QUEUE_DEPTH + 2 if self.cuda else 1)
+        if self.cuda:
+            s = self.backend.scale
+            out_channels = planes.channels + (planes.alpha is not None)
+            out_torch_dtype = _staging_dtype(out_dtype)
+            self._outputs = self._buffers(self._outputs, (batch, out_channels, window[0] * s, window[1] * s),
+                                          out_torch_dtype, QUEUE_DEPTH + len(self.streams) + 1)
+
     def run_to_array(self, planes: Planes, out_dtype=np.float32) -> tuple[np.ndarray, np.ndarray | None]:
         """The whole output in memory (for small images, tests and the Python API)."""
         s = self.backend.scale
-        channels = planes.colour.shape[2] if planes.colour.ndim == 3 else 1
-        colour = np.empty((planes.height * s, planes.width * s, channels), out_dtype)
+        colour = np.empty((planes.height * s, planes.width * s, planes.channels), out_dtype)
         alpha = np.empty((planes.height * s, planes.width * s), out_dtype) if planes.alpha is not None else None
 
         def keep(band: Band):

@@ -1,13 +1,18 @@
 """Atomic image writers fed row band by row band.
 
 `open_writer` picks the encoder from the file extension. Everything is written to a hidden
-temporary file beside the destination (`.NAME.partial-<pid>-<token>`) and renamed over the
+temporary file beside the destination (`srtrt.atomic.temp_name`) and renamed over the
 destination only on `commit`, so an interrupted run never leaves a half-written image under
 the real name.
 
-- PNG and TIFF stream: memory holds only the rows being encoded, whatever the image height.
-  Both encoders are small and written here (numpy for the filters, zlib for deflate), so big
-  outputs need no extra dependency; TIFF switches to BigTIFF when the file could pass 4 GB.
+- PNG streams and compresses on several threads: each band is cut into chunks of rows that
+  are filtered and deflated in parallel (zlib-ng), each chunk a raw-deflate piece ended by a
+  sync flush, so the pieces concatenate into one valid zlib stream; the Adler-32 checksums of
+  the chunks are combined in order. `write_rows` returns when its band is in the file, so an
+  error (disk full) is raised by the call whose rows caused it. Memory holds one band.
+- TIFF is written by tifffile in deflate-compressed tiles with horizontal prediction, the
+  tiles of each row of tiles compressed on several threads; it switches to BigTIFF when the
+  file could pass 4 GB. Memory holds a few rows of tiles.
 - JPEG, WebP and BMP are encoded by Pillow from the whole image at commit. Their formats cap
   the size anyway (JPEG 65500 px a side, WebP 16383), and the caps are checked at open time.
   They hold 8 bits only, so 16-bit rows are rounded to 8 bits; JPEG and BMP cannot hold alpha
@@ -17,16 +22,20 @@ the real name.
 from __future__ import annotations
 
 import os
-import secrets
 import struct
+import threading
 import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-
-from srtrt.errors import SrtrtError
-
 from srtrt.engine.datapath.imageio import to_eight_bit
+from zlib_ng import zlib_ng
+
+from srtrt.atomic import commit as commit_file
+from srtrt.atomic import temp_name
+from srtrt.errors import SrtrtError
+from srtrt.hardware import usable_cpus
 
 OUTPUT_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG",
                   ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
@@ -36,20 +45,26 @@ IN_MEMORY_LIMIT_BYTES = 4 << 30       # JPEG, WebP and BMP are encoded from one 
 JPEG_MAX_EXIF_BYTES = 65533           # one APP1 marker
 JPEG_QUALITY = 95
 WEBP_QUALITY = 95
-ZLIB_LEVEL = 6
 FILE_BUFFER_BYTES = 1 << 20
 EXIF_PREFIX = b"Exif\x00\x00"
 
 
 def open_writer(path, width: int, height: int, channels: int, bit_depth: int,
                 icc_profile: bytes | None = None, exif: bytes | None = None,
-                overwrite: bool = False) -> "ImageWriter":
-    """Check the destination and the format's limits, then create the temporary file."""
+                overwrite: bool = False, png_level: int | None = None,
+                threads: int | None = None) -> ImageWriter:
+    """Check the destination and the format's limits, then create the temporary file.
+
+    png_level: deflate level 0-9 of a PNG (None: DEFAULT_PNG_LEVEL); threads: how many
+    threads compress a PNG or TIFF (None: every CPU this process may use).
+    """
     path = os.fspath(path)
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     if channels not in (1, 2, 3, 4) or bit_depth not in (8, 16):
         raise ValueError(f"need 1-4 channels and 8 or 16 bits, got {channels}, {bit_depth}")
+    if png_level is not None and not 0 <= png_level <= 9:
+        raise SrtrtError(f"png level must be 0-9, not {png_level}", path)
     image_format = _format_from_extension(path)
     _check_destination(path, overwrite)
     if image_format in MAX_SIDE and max(width, height) > MAX_SIDE[image_format]:
@@ -60,9 +75,9 @@ def open_writer(path, width: int, height: int, channels: int, bit_depth: int,
         raise SrtrtError(f"{width}x{height} is too large to encode as {image_format} in memory "
                          f"({in_memory_bytes / 2**30:.1f} GiB); write .png or .tif, which stream", path)
     if image_format == "PNG":
-        encoder = PngEncoder(width, height, channels, bit_depth, icc_profile, exif)
+        encoder = PngEncoder(width, height, channels, bit_depth, icc_profile, exif, png_level, threads)
     elif image_format == "TIFF":
-        encoder = TiffEncoder(width, height, channels, bit_depth, icc_profile)
+        encoder = TiffEncoder(width, height, channels, bit_depth, icc_profile, threads=threads)
     else:
         encoder = PillowEncoder(image_format, width, height, channels, bit_depth, icc_profile,
                                 exif, path)
@@ -90,7 +105,11 @@ def _check_destination(path: str, overwrite: bool) -> None:
 
 
 class ImageWriter:
-    """Rows in, top to bottom; the finished file appears under its name only on commit."""
+    """Rows in, top to bottom; the finished file appears under its name only on commit.
+
+    The encoder gets start(file), write(file, rows), finish(file) and abort(); an error in any
+    of them (or in one of its threads) aborts the writer and becomes one SrtrtError line.
+    """
 
     def __init__(self, path: str, width: int, height: int, channels: int, bit_depth: int,
                  encoder, overwrite: bool):
@@ -99,15 +118,14 @@ class ImageWriter:
         self.rows_written = 0
         self._encoder, self._overwrite = encoder, overwrite
         self._dtype = np.uint8 if bit_depth == 8 else np.uint16
-        folder, name = os.path.split(path)
-        self._temp_path = os.path.join(folder, f".{name}.partial-{os.getpid()}-{secrets.token_hex(3)}")
+        self._temp_path = temp_name(path)
         self._state = "open"
         try:
             # "x": fail rather than clobber; permissions follow the umask like any new file
             self._file = open(self._temp_path, "xb", buffering=FILE_BUFFER_BYTES)
         except OSError as exc:
             self._state = "aborted"
-            raise SrtrtError(f"cannot write to {folder or '.'}: {_reason(exc)}", path) from exc
+            raise SrtrtError(f"cannot write to {os.path.dirname(path) or '.'}: {_reason(exc)}", path) from exc
         self._guard(self._encoder.start, self._file)
 
     def write_rows(self, rows: np.ndarray) -> None:
@@ -129,25 +147,27 @@ class ImageWriter:
         if not self._overwrite and os.path.lexists(self.path):
             self.abort()  # someone else created it while we were encoding
             raise SrtrtError("output already exists (use --overwrite to replace it)", self.path)
-        self._guard(os.replace, self._temp_path, self.path)
+        self._guard(commit_file, self._temp_path, self.path)
         self._state = "committed"
-        _fsync_folder(os.path.dirname(self.path) or ".")
 
     def abort(self) -> None:
-        """Forget the output: close and delete the temporary file. Safe to call again."""
+        """Forget the output: stop the encoder, close and delete the temporary file. Safe to call again."""
         if self._state != "open":
             return
         self._state = "aborted"
         try:
-            self._file.close()
-        except OSError:
-            pass  # closing flushes the buffer, which fails again on a full disk
-        try:
-            os.unlink(self._temp_path)
-        except FileNotFoundError:
-            pass
+            self._encoder.abort()
+        finally:
+            try:
+                self._file.close()
+            except OSError:
+                pass  # closing flushes the buffer, which fails again on a full disk
+            try:
+                os.unlink(self._temp_path)
+            except FileNotFoundError:
+                pass
 
-    def __enter__(self) -> "ImageWriter":
+    def __enter__(self) -> ImageWriter:
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> bool:
@@ -164,12 +184,16 @@ class ImageWriter:
         self._file.close()
 
     def _guard(self, action, *args) -> None:
-        """Run an I/O step; on failure (disk full, encoder refusal) abort and say so in one line."""
+        """Run an encoding or I/O step; on failure (disk full, encoder refusal, an encoder
+        thread's error) abort and say so in one line. Interrupts abort and pass through."""
         try:
             action(*args)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:
             self.abort()
             raise SrtrtError(f"cannot write the output: {_reason(exc)}", self.path) from exc
+        except BaseException:
+            self.abort()
+            raise
 
     def _require_open(self) -> None:
         if self._state != "open":
@@ -190,29 +214,31 @@ class ImageWriter:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError):
+        return "not enough memory"
     return getattr(exc, "strerror", None) or " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _fsync_folder(folder: str) -> None:
-    """Make the rename itself durable; not every platform can open a folder, so best effort."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+def _thread_count(threads: int | None) -> int:
+    return max(1, usable_cpus() if threads is None else threads)
 
 
 # --------------------------------------------------------------------------- PNG
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}   # grey, grey+alpha, RGB, RGBA
+# zlib-ng level 3 on Up-filtered rows of the default model's x4 output of
+# ../shared/data/big/ladybird_2048x1536.png: about 12x the speed of zlib level 6, for a file
+# 8% larger (level 4: 1.6x slower again, 4% larger). bench/test_encoding.py measures it.
+DEFAULT_PNG_LEVEL = 3
+# From level 7 (zlib-ng's lazy matching) rows get the per-row adaptive filter: 2.5% smaller
+# files at level 9 on the same output. Below it Up alone is as small (at level 6: 1% smaller
+# than adaptive) and 30x cheaper to compute than Paeth.
+ADAPTIVE_FILTER_LEVEL = 7
 IDAT_BYTES = 1 << 18                          # compressed bytes gathered per IDAT chunk
-FILTER_BATCH_BYTES = 1 << 20                  # raw bytes filtered at a time (bounds temporaries)
+CHUNK_BYTES = 1 << 20                         # raw bytes per parallel deflate chunk (size cost < 0.1%)
+FILTER_BATCH_BYTES = 1 << 17                  # raw bytes filtered at a time (temporaries stay in cache)
+ADLER_BASE = 65521
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -220,21 +246,54 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
-class PngEncoder:
-    """Non-interlaced PNG, one deflate stream fed as rows arrive.
+def zlib_header(level: int) -> bytes:
+    """The two bytes that open a zlib stream: deflate with a 32 KB window, FLEVEL from `level`."""
+    method = 0x78
+    flevel = 0 if level <= 1 else 1 if level <= 5 else 2 if level == 6 else 3
+    flags = flevel << 6
+    flags += 31 - (method << 8 | flags) % 31
+    return bytes([method, flags])
 
-    Each row gets the PNG filter (Sub, Up or Paeth) whose output has the smallest sum of
-    absolute signed bytes, the heuristic the PNG specification recommends; all three are
-    computed for a batch of rows at once in numpy. Only the last row is kept between calls.
+
+def adler32_combine(first: int, second: int, second_length: int) -> int:
+    """Adler-32 of A + B from adler32(A), adler32(B) and len(B).
+
+    Sums per RFC 1950: s1 = 1 + sum of bytes, s2 = sum of the running s1; appending B adds
+    s1(B) - 1 to s1 and, to s2, s2(B) plus len(B) times s1(A) - 1.
+    """
+    s1a, s2a = first & 0xFFFF, first >> 16
+    s1b, s2b = second & 0xFFFF, second >> 16
+    s1 = (s1a + s1b - 1) % ADLER_BASE
+    s2 = (s2a + s2b + second_length * (s1a - 1)) % ADLER_BASE
+    return s2 << 16 | s1
+
+
+class PngEncoder:
+    """Non-interlaced PNG, one zlib stream compressed in parallel chunks of rows.
+
+    Each chunk of rows is filtered and raw-deflated on its own (zlib-ng, on a thread pool);
+    a chunk ends with a sync flush, which closes on a byte boundary, so the chunks
+    concatenate into one deflate stream that a final empty block closes, as pigz does. The
+    zlib header is written first and the Adler-32 of the whole stream, combined from the
+    chunks' checksums, last. Only the last row is kept between calls.
     """
 
-    def __init__(self, width, height, channels, bit_depth, icc_profile=None, exif=None):
+    def __init__(self, width, height, channels, bit_depth, icc_profile=None, exif=None,
+                 level: int | None = None, threads: int | None = None):
         self.width, self.height, self.channels, self.bit_depth = width, height, channels, bit_depth
         self.icc_profile, self.exif = icc_profile, exif
+        self.level = DEFAULT_PNG_LEVEL if level is None else level
+        if not 0 <= self.level <= 9:
+            raise ValueError(f"png level must be 0-9, got {self.level}")
+        self.adaptive = self.level >= ADAPTIVE_FILTER_LEVEL
+        self.threads = _thread_count(threads)
         self.pixel_bytes = channels * bit_depth // 8
-        self._previous = np.zeros(width * self.pixel_bytes, np.uint8)  # row above: zeros at top
-        self._deflate = zlib.compressobj(ZLIB_LEVEL)
+        self.row_samples = width * channels
+        # the row above the next one: zeros above the top row; kept in the sample dtype
+        self._previous = np.zeros(self.row_samples, np.uint8 if bit_depth == 8 else np.uint16)
+        self._adler = 1
         self._pending = bytearray()
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="srtrt-png") if self.threads > 1 else None
 
     def start(self, file) -> None:
         header = struct.pack(">IIBBBBB", self.width, self.height, self.bit_depth,
@@ -246,45 +305,99 @@ class PngEncoder:
         if self.exif:
             body = self.exif[len(EXIF_PREFIX):] if self.exif.startswith(EXIF_PREFIX) else self.exif
             file.write(png_chunk(b"eXIf", body))
+        self._pending += zlib_header(self.level)
 
     def write(self, file, rows: np.ndarray) -> None:
-        raw = self._as_bytes(rows)
-        batch = max(1, FILTER_BATCH_BYTES // raw.shape[1])
-        for top in range(0, raw.shape[0], batch):
-            part = raw[top:top + batch]
-            filtered = filter_rows(part, self._previous, self.pixel_bytes)
-            self._previous = part[-1].copy()
-            self._pending += self._deflate.compress(filtered.tobytes())
+        samples = rows.reshape(rows.shape[0], self.row_samples)
+        chunks = self._chunks(samples.shape[0])
+        parts = [samples[top:bottom] for top, bottom in chunks]
+        aboves = [self._previous if top == 0 else samples[top - 1] for top, _ in chunks]
+        run = self._pool.map if self._pool else map
+        results = run(self._deflate_chunk, parts, aboves)
+        for data, adler, length in results:
+            self._adler = adler32_combine(self._adler, adler, length)
+            self._pending += data
             if len(self._pending) >= IDAT_BYTES:
                 self._flush_idat(file)
+        self._previous = samples[-1].copy()
 
     def finish(self, file) -> None:
-        self._pending += self._deflate.flush()
+        self._pending += zlib_ng.compressobj(self.level, zlib.DEFLATED, -15).flush()  # final empty block
+        self._pending += struct.pack(">I", self._adler)
         self._flush_idat(file)
         file.write(png_chunk(b"IEND", b""))
+        self.abort()
+
+    def abort(self) -> None:
+        """Release the threads; a chunk already running finishes on its own and is dropped."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _chunks(self, rows: int) -> list[tuple[int, int]]:
+        """Row ranges of about CHUNK_BYTES each, in a multiple of the thread count so every
+        thread gets an equal share of the band."""
+        count = -(-rows * self.row_samples * self.bit_depth // 8 // CHUNK_BYTES)
+        count = min(rows, -(-max(count, 1) // self.threads) * self.threads)
+        edges = [rows * i // count for i in range(count + 1)]
+        return [(edges[i], edges[i + 1]) for i in range(count)]
+
+    def _deflate_chunk(self, samples: np.ndarray, above: np.ndarray) -> tuple[bytes, int, int]:
+        """One chunk of rows -> (raw deflate ending on a sync flush, Adler-32 of its bytes, their count)."""
+        raw, previous = self._as_bytes(samples), self._as_bytes(above[None])[0]
+        lines = filter_rows(raw, previous, self.pixel_bytes) if self.adaptive else up_filter_rows(raw, previous)
+        # wbits -15: raw deflate; the zlib header and checksum are the encoder's
+        compressor = zlib_ng.compressobj(self.level, zlib.DEFLATED, -15)
+        data = compressor.compress(lines) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        return data, zlib_ng.adler32(lines), lines.nbytes
 
     def _flush_idat(self, file) -> None:
         if self._pending:
             # written in pieces so the compressed data is not copied again
             file.write(struct.pack(">I", len(self._pending)) + b"IDAT")
             file.write(self._pending)
-            file.write(struct.pack(">I", zlib.crc32(self._pending, zlib.crc32(b"IDAT"))))
+            file.write(struct.pack(">I", zlib_ng.crc32(self._pending, zlib_ng.crc32(b"IDAT"))))
             self._pending = bytearray()
 
-    def _as_bytes(self, rows: np.ndarray) -> np.ndarray:
-        """(h, width, channels) samples -> (h, width * pixel_bytes) bytes; PNG is big-endian."""
-        samples = rows.astype(">u2", copy=False) if self.bit_depth == 16 else rows
-        return np.ascontiguousarray(samples).view(np.uint8).reshape(rows.shape[0], -1)
+    def _as_bytes(self, samples: np.ndarray) -> np.ndarray:
+        """(h, row samples) -> (h, row bytes) uint8; PNG is big-endian."""
+        if self.bit_depth == 16:
+            samples = samples.astype(">u2")
+        return np.ascontiguousarray(samples).view(np.uint8).reshape(samples.shape[0], -1)
 
 
 FILTER_SUB, FILTER_UP, FILTER_PAETH = 1, 2, 4
 
 
-def filter_rows(raw: np.ndarray, previous: np.ndarray, pixel_bytes: int) -> np.ndarray:
-    """PNG-filter rows of bytes: returns (h, 1 + row bytes), each line led by its filter type.
+def up_filter_rows(raw: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """Every row Up-filtered: (h, 1 + row bytes), each line led by its filter type.
 
     raw: (h, n) uint8; previous: (n,) the unfiltered row above raw[0] (zeros for the first).
     """
+    lines = np.empty((raw.shape[0], raw.shape[1] + 1), np.uint8)
+    lines[:, 0] = FILTER_UP
+    np.subtract(raw[0], previous, out=lines[0, 1:])  # uint8: wraps modulo 256 as PNG asks
+    np.subtract(raw[1:], raw[:-1], out=lines[1:, 1:])
+    return lines
+
+
+def filter_rows(raw: np.ndarray, previous: np.ndarray, pixel_bytes: int) -> np.ndarray:
+    """Adaptive PNG filtering: (h, 1 + row bytes), each line led by its filter type.
+
+    Each row gets the filter (Sub, Up or Paeth) whose output has the smallest sum of absolute
+    signed bytes, the heuristic the PNG specification recommends. All arithmetic is uint8
+    (wrapping modulo 256, as PNG filters do); rows go through in small batches so the
+    temporaries stay in cache. raw: (h, n) uint8; previous: (n,) the unfiltered row above raw[0].
+    """
+    lines = np.empty((raw.shape[0], raw.shape[1] + 1), np.uint8)
+    batch = max(1, FILTER_BATCH_BYTES // raw.shape[1])
+    for top in range(0, raw.shape[0], batch):
+        above_first = previous if top == 0 else raw[top - 1]
+        _filter_batch(raw[top:top + batch], above_first, pixel_bytes, lines[top:top + batch])
+    return lines
+
+
+def _filter_batch(raw: np.ndarray, previous: np.ndarray, pixel_bytes: int, lines: np.ndarray) -> None:
     above = np.concatenate([previous[None], raw[:-1]])
     left = np.zeros_like(raw)
     left[:, pixel_bytes:] = raw[:, :-pixel_bytes]
@@ -292,138 +405,165 @@ def filter_rows(raw: np.ndarray, previous: np.ndarray, pixel_bytes: int) -> np.n
     above_left[:, pixel_bytes:] = above[:, :-pixel_bytes]
 
     candidates = np.stack([raw - left, raw - above, raw - paeth_predictor(left, above, above_left)])
-    # cost: sum of |byte as signed int8| per row
-    costs = np.abs(candidates.view(np.int8).astype(np.int16)).sum(axis=2, dtype=np.int64)
+    # cost: sum of |byte read as a signed int8| per row; in uint8 that is min(v, -v)
+    costs = np.minimum(candidates, np.negative(candidates)).sum(axis=2, dtype=np.uint32)
     best = np.argmin(costs, axis=0)
-    lines = np.empty((raw.shape[0], raw.shape[1] + 1), np.uint8)
     lines[:, 0] = np.array([FILTER_SUB, FILTER_UP, FILTER_PAETH], np.uint8)[best]
     lines[:, 1:] = candidates[best, np.arange(raw.shape[0])]
-    return lines
 
 
 def paeth_predictor(left: np.ndarray, above: np.ndarray, above_left: np.ndarray) -> np.ndarray:
-    a, b, c = (x.astype(np.int16) for x in (left, above, above_left))
-    distance_a, distance_b, distance_c = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)
-    use_a = (distance_a <= distance_b) & (distance_a <= distance_c)
-    use_b = ~use_a & (distance_b <= distance_c)
-    return np.where(use_a, left, np.where(use_b, above, above_left))
+    """The PNG Paeth predictor on uint8 arrays, with no wider temporaries.
+
+    With p = a + b - c: |p - a| = |b - c|, |p - b| = |a - c| and |p - c| = |(a - c) + (b - c)|,
+    which is |a - c| + |b - c| when the two differences have the same sign (then it is never
+    the smallest, ties aside) and the difference of the two magnitudes otherwise.
+    """
+    a, b, c = left, above, above_left
+    to_a, to_b = _absolute_difference(b, c), _absolute_difference(a, c)
+    same_sign = (b >= c) == (a >= c)
+    to_c = _absolute_difference(to_a, to_b)  # |p - c| where the signs differ
+    use_a = (to_a <= to_b) & (same_sign | (to_a <= to_c))
+    use_b = ~use_a & (same_sign | (to_b <= to_c))
+    return np.where(use_a, a, np.where(use_b, b, c))
+
+
+def _absolute_difference(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.maximum(x, y) - np.minimum(x, y)
 
 
 # --------------------------------------------------------------------------- TIFF
 
-STRIP_BYTES = 1 << 19                    # raw bytes per strip (the only rows held in memory)
-TIFF_SHORT, TIFF_LONG, TIFF_UNDEFINED, TIFF_LONG8 = 3, 4, 7, 16
+SEGMENT_BYTES = 1 << 18                  # raw bytes per TIFF tile (sides are multiples of 16)
+TILE_ROWS = 64                           # rows per TIFF tile: what the encoder holds is a few such rows
+TIFF_DEFLATE_LEVEL = 6                   # libdeflate (through tifffile): faster than zlib at 6
 CLASSIC_TIFF_LIMIT = 2**32 - (1 << 24)   # leave room for the directory and rounding
+HANDOVER_POLL_SECONDS = 0.1
 
 
 class TiffEncoder:
-    """Little-endian TIFF in deflate-compressed strips with horizontal prediction.
+    """Little-endian TIFF through tifffile: deflate-compressed tiles with horizontal prediction.
 
-    Strips go out as they fill; the image directory (strip offsets and sizes, ICC profile)
-    is written after the last strip and the header is patched to point at it. BigTIFF is
-    used when the file could exceed 4 GB. EXIF is not written: in TIFF it is a directory of
-    its own whose offsets would have to be rebuilt.
+    Tiles are wide and short (64 rows), so a row of tiles is a thin band of the image.
+    tifffile pulls tiles from an iterator, so it runs on a thread of its own, fed one row of
+    tiles at a time; it compresses each row's tiles on `threads` threads. It starts (writes
+    its header) at the first rows, through the file the writer holds then. Handing over a row
+    of tiles waits until tifffile has taken it, which it does once the row before is in the
+    file, so memory stays at two rows of tiles and a write error surfaces at the next rows.
+    BigTIFF is used when the file could exceed 4 GB (the worst case: incompressible tiles).
+    EXIF is not written: in TIFF it is a directory of its own whose offsets would have to be
+    rebuilt; the ICC profile is.
     """
 
-    def __init__(self, width, height, channels, bit_depth, icc_profile=None, bigtiff=None):
+    def __init__(self, width, height, channels, bit_depth, icc_profile=None, bigtiff=None,
+                 threads: int | None = None):
         self.width, self.height, self.channels, self.bit_depth = width, height, channels, bit_depth
         self.icc_profile = icc_profile
-        row_bytes = width * channels * bit_depth // 8
-        self.rows_per_strip = max(1, min(height, STRIP_BYTES // row_bytes))
-        strips = -(-height // self.rows_per_strip)
-        worst_case = row_bytes * height * 1.01 + strips * 64 + len(icc_profile or b"") + (1 << 20)
+        self.threads = _thread_count(threads)
+        self.pixel_bytes = channels * bit_depth // 8
+        self.tile_rows = max(16, min(TILE_ROWS, SEGMENT_BYTES // (16 * self.pixel_bytes) // 16 * 16))
+        self.tile_width = max(16, min(-(-width // 16) * 16,
+                                      SEGMENT_BYTES // (self.tile_rows * self.pixel_bytes) // 16 * 16))
+        self.tiles_down, self.tiles_across = -(-height // self.tile_rows), -(-width // self.tile_width)
+        tiles = self.tiles_down * self.tiles_across
+        stored_bytes = tiles * self.tile_rows * self.tile_width * self.pixel_bytes  # edge tiles are padded
+        worst_case = stored_bytes * 1.01 + tiles * 64 + len(icc_profile or b"") + (1 << 20)
         self.bigtiff = worst_case > CLASSIC_TIFF_LIMIT if bigtiff is None else bigtiff
-        self._strip = np.empty((self.rows_per_strip, width, channels),
-                               np.uint8 if bit_depth == 8 else np.uint16)
-        self._strip_rows = 0
-        self._offsets: list[int] = []
-        self._byte_counts: list[int] = []
-        self._position = 0
+        self._dtype = np.uint8 if bit_depth == 8 else np.uint16
+        self._band = None              # the row of tiles being filled
+        self._band_rows = 0
+        self._handover = threading.Condition()
+        self._offered = None           # a row of tiles tifffile has not taken yet
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._stopping = False
 
     def start(self, file) -> None:
-        # the directory offset (last field) is patched in finish()
-        header = (b"II+\x00" + struct.pack("<HHQ", 8, 0, 0)) if self.bigtiff \
-            else (b"II*\x00" + struct.pack("<I", 0))
-        self._emit(file, header)
+        pass  # tifffile writes its header when the first rows arrive
 
     def write(self, file, rows: np.ndarray) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run_tifffile, args=(file,), daemon=True,
+                                            name="srtrt-tiff")
+            self._thread.start()
         taken = 0
         while taken < rows.shape[0]:
-            count = min(rows.shape[0] - taken, self.rows_per_strip - self._strip_rows)
-            self._strip[self._strip_rows:self._strip_rows + count] = rows[taken:taken + count]
-            self._strip_rows += count
+            if self._band is None:
+                self._band = np.empty((self.tile_rows, self.width, self.channels), self._dtype)
+            count = min(rows.shape[0] - taken, self.tile_rows - self._band_rows)
+            self._band[self._band_rows:self._band_rows + count] = rows[taken:taken + count]
+            self._band_rows += count
             taken += count
-            if self._strip_rows == self.rows_per_strip:
-                self._write_strip(file)
+            if self._band_rows == self.tile_rows:
+                self._hand_over(self._band)
 
     def finish(self, file) -> None:
-        if self._strip_rows:
-            self._write_strip(file)
-        if self._position % 2:
-            self._emit(file, b"\x00")  # directories start on a word boundary
-        directory_offset = self._position
-        self._emit(file, self._directory(directory_offset))
-        file.seek(8 if self.bigtiff else 4)
-        file.write(struct.pack("<Q" if self.bigtiff else "<I", directory_offset))
-        file.seek(0, os.SEEK_END)
+        if self._band_rows:
+            self._hand_over(self._band[:self._band_rows])
+        self._thread.join()
+        self._raise_thread_error()
 
-    def _write_strip(self, file) -> None:
-        strip = self._strip[:self._strip_rows]
-        predicted = strip.copy()
-        predicted[:, 1:] -= strip[:, :-1]  # horizontal differencing (Predictor 2), wraps mod 2**bits
-        data = zlib.compress(predicted.astype("<u2" if self.bit_depth == 16 else np.uint8,
-                                              copy=False).tobytes(), ZLIB_LEVEL)
-        self._offsets.append(self._position)
-        self._byte_counts.append(len(data))
-        self._emit(file, data)
-        self._strip_rows = 0
+    def abort(self) -> None:
+        """Stop tifffile's thread (its iterator raises) and wait for it."""
+        with self._handover:
+            self._stopping = True
+            self._handover.notify_all()
+        if self._thread is not None:
+            self._thread.join()
 
-    def _emit(self, file, data: bytes) -> None:
-        file.write(data)
-        self._position += len(data)
+    def _hand_over(self, band: np.ndarray) -> None:
+        """Offer tifffile the next row of tiles and wait until it takes it; its error is raised here."""
+        with self._handover:
+            self._offered = band
+            self._handover.notify_all()
+            while self._offered is not None and self._error is None and self._thread.is_alive():
+                self._handover.wait(HANDOVER_POLL_SECONDS)
+            self._raise_thread_error()
+            if self._offered is not None:
+                raise RuntimeError("the TIFF writer thread stopped")
+        self._band, self._band_rows = None, 0
 
-    def _directory(self, offset: int) -> bytes:
-        offset_type = TIFF_LONG8 if self.bigtiff else TIFF_LONG
-        entries = [
-            (256, TIFF_LONG, [self.width]),
-            (257, TIFF_LONG, [self.height]),
-            (258, TIFF_SHORT, [self.bit_depth] * self.channels),
-            (259, TIFF_SHORT, [8]),                                  # deflate
-            (262, TIFF_SHORT, [2 if self.channels >= 3 else 1]),     # RGB, or min-is-black grey
-            (273, offset_type, self._offsets),
-            (277, TIFF_SHORT, [self.channels]),
-            (278, TIFF_LONG, [self.rows_per_strip]),
-            (279, offset_type, self._byte_counts),
-            (284, TIFF_SHORT, [1]),                                  # interleaved samples
-            (317, TIFF_SHORT, [2]),                                  # horizontal predictor
-        ]
-        if self.channels in (2, 4):
-            entries.append((338, TIFF_SHORT, [2]))                   # unassociated alpha
-        if self.icc_profile:
-            entries.append((34675, TIFF_UNDEFINED, self.icc_profile))
-        return tiff_directory(entries, offset, self.bigtiff)
+    def _raise_thread_error(self) -> None:
+        if self._error is not None:
+            raise self._error
 
+    def _run_tifffile(self, file) -> None:
+        import tifffile
 
-def tiff_directory(entries, offset: int, bigtiff: bool) -> bytes:
-    """One image file directory at `offset`, its out-of-line values right after it."""
-    formats = {TIFF_SHORT: "H", TIFF_LONG: "I", TIFF_LONG8: "Q"}
-    count_format, entry_head, inline_bytes = ("<Q", "<HHQ", 8) if bigtiff else ("<H", "<HHI", 4)
-    next_format = "<Q" if bigtiff else "<I"
-    table_bytes = (struct.calcsize(count_format) + len(entries) * (4 + 2 * inline_bytes)
-                   + struct.calcsize(next_format))
-    table = bytearray(struct.pack(count_format, len(entries)))
-    extra = bytearray()
-    for tag, kind, values in sorted(entries, key=lambda entry: entry[0]):
-        payload = bytes(values) if kind == TIFF_UNDEFINED \
-            else struct.pack(f"<{len(values)}{formats[kind]}", *values)
-        table += struct.pack(entry_head, tag, kind, len(values))
-        if len(payload) <= inline_bytes:
-            table += payload.ljust(inline_bytes, b"\x00")
-        else:
-            table += struct.pack(next_format, offset + table_bytes + len(extra))
-            extra += payload + b"\x00" * (len(payload) % 2)
-    table += struct.pack(next_format, 0)  # no further directories
-    return bytes(table + extra)
+        tile_bytes = self.tile_rows * self.tile_width * self.pixel_bytes
+        try:
+            with tifffile.TiffWriter(file, bigtiff=self.bigtiff, byteorder="<") as tiff:
+                tiff.write(
+                    self._tiles(), shape=(self.height, self.width, self.channels)[:3 if self.channels > 1 else 2],
+                    dtype=self._dtype, photometric="rgb" if self.channels >= 3 else "minisblack",
+                    planarconfig="contig" if self.channels > 1 else None,
+                    extrasamples=("unassalpha",) if self.channels in (2, 4) else None,
+                    tile=(self.tile_rows, self.tile_width), compression="zlib",
+                    compressionargs={"level": TIFF_DEFLATE_LEVEL}, predictor=True,
+                    iccprofile=self.icc_profile or None, metadata=None, software="srtrt",
+                    maxworkers=self.threads,
+                    # one row of tiles per pass, so tifffile takes rows of tiles one by one
+                    buffersize=self.tiles_across * tile_bytes)
+        except BaseException as exc:  # handed to the writer's thread
+            self._error = exc
+        finally:
+            with self._handover:
+                self._handover.notify_all()
+
+    def _tiles(self):
+        """Tiles in file order (rows of tiles, left to right), as the rows arrive."""
+        for _ in range(self.tiles_down):
+            with self._handover:
+                while self._offered is None and not self._stopping:
+                    self._handover.wait()
+                if self._stopping:
+                    raise RuntimeError("TIFF output abandoned")
+                band, self._offered = self._offered, None
+                self._handover.notify_all()
+            if self.channels == 1:
+                band = band[:, :, 0]  # one sample per pixel: tifffile wants 2-D tiles
+            for left in range(0, self.width, self.tile_width):
+                yield band[:, left:left + self.tile_width]
 
 
 # --------------------------------------------------------------------------- Pillow formats
@@ -472,4 +612,7 @@ class PillowEncoder:
             if self.exif:
                 options["exif"] = self.exif
         image.save(file, format=self.format, **options)
+        self._image = None
+
+    def abort(self) -> None:
         self._image = None
