@@ -69,7 +69,7 @@ def upscale_file(upscaler: TiledUpscaler, image: DecodedImage | str | Path, dest
     channels = image.pixels.shape[2] + (image.alpha is not None)
     with open_writer(destination, image.width * s, image.height * s, channels, image.bit_depth,
                      icc_profile=image.icc_profile, exif=image.exif, overwrite=overwrite,
-                     **({} if png_level is None else {"png_level": png_level})) as writer:  # TEMP until writers has it
+                     png_level=png_level) as writer:
         def write(band: Band):
             rows = band.colour if band.alpha is None else np.concatenate([band.colour, band.alpha[..., None]], -1)
             writer.write_rows(rows)
