@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from run_helpers import is_complete_image, partials, pixels, save_tiny_model, srtrt_process, write_images
+from run_helpers import run_cli as run
 
-from run_helpers import is_complete_image, partials, pixels, run_cli as run, save_tiny_model, srtrt_process, write_images
 from srtrt.errors import SrtrtError
 
 
@@ -73,8 +74,9 @@ def out_of_memory_above(view, limit: int):
 @pytest.fixture
 def inject_oom(monkeypatch, model):
     """Make `srtrt run` use an out_of_memory_above backend with the given limit."""
-    import srtrt
     import srtrt.engine.backends as backends
+
+    import srtrt
 
     made = []
 
@@ -313,7 +315,6 @@ def _onnx_with_external_weights(tmp_path, location: str):
     """The exported tiny model re-saved with its weights in `weights.bin` beside it, then the
     location its tensors name rewritten to `location` (the data itself stays in weights.bin)."""
     import onnx
-
     from conftest import random_view
     from srtrt.engine.toolchain.export import export_onnx
 
@@ -437,3 +438,107 @@ def test_globs_with_separators_and_symlinked_inputs(tmp_path, capsys, model):
     code, err = run(capsys, tmp_path / "in" / "link.png", "--model", model)
     assert code == 0 and is_complete_image(tmp_path / "in" / "link_x4.png", (128, 96))
     assert sorted(p.name for p in elsewhere.iterdir()) == ["target0.png"]
+
+
+# --------------------------------------------------------------------------- the parallel encoder
+
+def test_an_exception_in_one_encoder_thread_fails_that_image_only(tmp_path, capsys, model, monkeypatch):
+    import srtrt.engine.datapath.writers as writers
+
+    write_images(tmp_path / "in", 2, height=48, width=64)
+    write_images(tmp_path / "in", 1, height=48, width=40, prefix="odd")
+    real = writers.PngEncoder._deflate_chunk
+
+    def fails_for_the_odd_image(self, samples, above):
+        if self.width == 40 * 4:
+            raise RuntimeError("injected failure in an encoder thread")
+        return real(self, samples, above)
+
+    monkeypatch.setattr(writers.PngEncoder, "_deflate_chunk", fails_for_the_odd_image)
+    code, err = run(capsys, tmp_path / "in", "-o", tmp_path / "out", "--model", model)
+    assert code == 1
+    (failure,) = [line for line in one_line_errors(err) if "injected" in line]
+    assert "odd0_x4.png: cannot write the output: injected failure in an encoder thread" in failure
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img0_x4.png", "img1_x4.png"]
+    assert all(is_complete_image(p, (256, 192)) for p in (tmp_path / "out").iterdir())
+    assert partials(tmp_path) == []
+
+
+class DiskFillsAfter(io.RawIOBase):
+    """A disk with room for `room` more bytes: the write that does not fit raises ENOSPC."""
+
+    def __init__(self, file, room: int):
+        self._file, self._room = file, room
+
+    def write(self, data):
+        if len(data) > self._room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room -= len(data)
+        return self._file.write(data)
+
+    def seek(self, *args):
+        return self._file.seek(*args)
+
+    def tell(self):
+        return self._file.tell()
+
+    def seekable(self):
+        return True
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_disk_full_in_the_middle_of_a_file(tmp_path, capsys, model, monkeypatch, suffix):
+    """The disk fills after part of the image is written, while encoder threads are busy."""
+    import srtrt.engine.datapath.writers as writers
+
+    (source,) = write_images(tmp_path / "in", 1, height=160, width=200)
+    noise = np.random.default_rng(3).integers(0, 256, (160, 200, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(source)  # noise stays noise after x4: the output hardly compresses
+    real_open = open
+
+    def open_on_a_filling_disk(path, mode="r", *args, **kwargs):
+        file = real_open(path, mode, *args, **kwargs)
+        return DiskFillsAfter(file, 300_000) if "partial" in os.fspath(path) else file
+
+    monkeypatch.setattr(writers, "open", open_on_a_filling_disk, raising=False)
+    out = tmp_path / f"out{suffix}"
+    code, err = run(capsys, source, "-o", out, "--model", model, "--tile", "32")
+    assert code == 1
+    (full,) = [line for line in one_line_errors(err) if "No space left" in line]
+    assert f"{out}: cannot write the output: No space left on device" in full
+    assert not out.exists() and partials(tmp_path) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_encoder_is_busy(tmp_path, signum):
+    """Level 9 makes encoding the slow stage, so the signal lands while bands are being compressed."""
+    import time
+
+    model = save_tiny_model(tmp_path)
+    source = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (320, 320, 3), dtype=np.uint8)).save(source)
+    out = tmp_path / "out.png"
+    process = srtrt_process("run", source, "-o", out, "--model", model, "--tile", "32", "--png-level", "9")
+    deadline, sent = time.monotonic() + 120, False
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            # a first buffer of compressed bands has reached the file (of about 3 MB in all)
+            written = [p for p in partials(tmp_path) if p.stat().st_size > 0]
+            if written:
+                process.send_signal(signum)
+                sent = True
+                break
+            time.sleep(0.005)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert sent, f"the run ended before its output was being written: {err}"
+    assert process.returncode == 128 + signum, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"srtrt: stopped by {signal.Signals(signum).name}")
+    assert partials(tmp_path) == []
+    assert not out.exists() or is_complete_image(out, (1280, 1280))  # the stop waits for the batch in progress

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile, ImageOps
-
 from srtrt.engine.datapath.imageio import DecodedImage, from_pil, read_image, to_pil
 from srtrt.engine.datapath.writers import TiffEncoder, open_writer
+
 from srtrt.errors import SrtrtError
 
 RNG = np.random.default_rng(7)
@@ -374,3 +374,57 @@ def test_mutated_files_decode_or_raise_srtrt_error(tmp_path, seed, edits, cut):
     else:
         assert image.pixels.ndim == 3 and image.pixels.shape[2] in (1, 3)
         assert image.bit_depth in (8, 16)
+
+
+# --------------------------------------------------------------------------- 16-bit colour, one decode
+
+def test_sixteen_bit_png_decoders_say_nothing_on_stderr(tmp_path, capfd):
+    samples = random_array(9, 10, 3, np.uint16)
+    path = write_bytes(tmp_path, "i16.png", handmade_png(samples, 2, interlace=True))
+    np.testing.assert_array_equal(read_image(path).pixels, samples)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""  # libpng's interlace warning is not passed on
+
+
+def test_sixteen_bit_rgb_png_colour_key_becomes_alpha(tmp_path):
+    samples = random_array(6, 7, 3, np.uint16)
+    samples[2, 3] = (1, 2, 3)
+    data = handmade_png(samples, 2)
+    ihdr_end = 8 + 12 + 13
+    keyed = data[:ihdr_end] + png_chunk(b"tRNS", struct.pack(">HHH", 1, 2, 3)) + data[ihdr_end:]
+    image = read_image(write_bytes(tmp_path, "key16.png", keyed))
+    np.testing.assert_array_equal(image.pixels, samples)
+    expected = np.full((6, 7), 65535, np.uint16)
+    expected[2, 3] = 0
+    np.testing.assert_array_equal(image.alpha, expected)
+
+
+@pytest.mark.parametrize("layout", ["separate", "lzw-strips", "tiled"])
+def test_sixteen_bit_colour_tiff_layouts(tmp_path, layout):
+    import tifffile
+
+    samples = random_array(20, 18, 4, np.uint16)
+    path = str(tmp_path / f"{layout}.tif")
+    options = {"separate": dict(planarconfig="separate", data=np.moveaxis(samples, -1, 0)),
+               "lzw-strips": dict(compression="lzw", rowsperstrip=3, planarconfig="contig"),
+               "tiled": dict(tile=(16, 16), compression="zlib", predictor=True, planarconfig="contig")}[layout]
+    data = options.pop("data", samples)
+    tifffile.imwrite(path, data, photometric="rgb", extrasamples=("unassalpha",), metadata=None, **options)
+    image = read_image(path)
+    assert image.bit_depth == 16 and image.format == "TIFF"
+    np.testing.assert_array_equal(image.pixels, samples[..., :3])
+    np.testing.assert_array_equal(image.alpha, samples[..., 3])
+
+
+@pytest.mark.parametrize("name", ["c16.png", "c16.tif"])
+def test_damaged_sixteen_bit_colour_is_one_line(tmp_path, name, capfd):
+    samples = random_array(40, 40, 3, np.uint16)
+    path = str(tmp_path / name)
+    with open_writer(path, 40, 40, 3, 16) as writer:
+        writer.write_rows(samples)
+    data = bytearray(open(path, "rb").read())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(64)  # compressed pixel data zeroed: the headers still open
+    write_bytes(tmp_path, name, bytes(data))
+    assert_refused(path, "corrupt|truncated")
+    assert capfd.readouterr().err == ""

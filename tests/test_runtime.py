@@ -6,14 +6,12 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
+from conftest import random_view, smooth_image
 from PIL import Image, ImageCms
-
 from srtrt.engine.backends.torch_backend import TorchBackend
 from srtrt.engine.datapath.imageio import read_image
-from srtrt.engine.datapath.runtime import Planes, TiledUpscaler
 from srtrt.engine.datapath.pipeline import bicubic_rows, upscale_file
-
-from conftest import random_view, smooth_image
+from srtrt.engine.datapath.runtime import Planes, TiledUpscaler
 
 
 def _reference(view, img: np.ndarray) -> np.ndarray:
@@ -117,3 +115,126 @@ def test_memory_is_bounded_by_a_band_not_the_image():
     tracemalloc.stop()
     assert max(rows_seen) <= 16 * 4 and sum(rows_seen) == 160 * 4
     assert peak < full_output_bytes / 4 and peak < 3 * band_bytes + 2_000_000
+
+
+# --------------------------------------------------------------------------- integer transfers, staging, threads
+
+def _float_planes(planes: Planes) -> Planes:
+    """The same image as float32 in [0, 1], divided as the device conversion divides."""
+    top = float(np.iinfo(planes.colour.dtype).max)
+    alpha = None if planes.alpha is None else planes.alpha.astype(np.float32) / np.float32(top)
+    return Planes(planes.colour.astype(np.float32) / np.float32(top), alpha)
+
+
+@pytest.mark.parametrize("case", ["rgb8", "grey8", "rgb16", "rgba8-model-alpha", "la16-model-alpha"])
+def test_integer_windows_give_the_bytes_of_float_windows(case):
+    """Windows travel as uint8/uint16 and become float where the network runs (here the CPU,
+    the same functions as on CUDA): the output bytes equal those of float input."""
+    dtype = np.uint16 if "16" in case else np.uint8
+    channels = 1 if case.startswith(("grey", "la")) else 3
+    colour = smooth_image(37, 45, channels, seed=6, dtype=dtype)
+    alpha = smooth_image(37, 45, 1, seed=8, dtype=dtype)[..., 0] if "alpha" in case else None
+    planes = Planes(colour, alpha)
+    up = TiledUpscaler(TorchBackend(random_view(blocks=1, channels=4)), core=16, batch=3)
+    integer_colour, integer_alpha = up.run_to_array(planes, dtype)
+    float_colour, float_alpha = up.run_to_array(_float_planes(planes), dtype)
+    assert integer_colour.dtype == dtype and integer_colour.tobytes() == float_colour.tobytes()
+    assert (integer_alpha is None) == (alpha is None)
+    if alpha is not None:
+        assert integer_alpha.tobytes() == float_alpha.tobytes()
+
+
+def test_staging_buffers_are_made_once_per_window_shape_and_batch(monkeypatch):
+    from srtrt.engine.datapath import runtime
+
+    made = []
+    real = runtime.StagingBuffers.__init__
+
+    def counting(self, shape, dtype, count, pinned):
+        made.append((shape, dtype))
+        real(self, shape, dtype, count, pinned)
+
+    monkeypatch.setattr(runtime.StagingBuffers, "__init__", counting)
+    up = TiledUpscaler(TorchBackend(random_view(blocks=1, channels=4)), core=16, batch=2)
+    image = smooth_image(50, 60, seed=1)
+    for _ in range(2):  # many batches per image, two images: one staging allocation
+        up.run(Planes(image), lambda band: None, np.uint8)
+    assert made == [((2, *up.plan(50, 60).window_shape, 3), torch.uint8)]
+    up.run(Planes(smooth_image(50, 60, seed=1, dtype=np.uint16)), lambda band: None, np.uint16)
+    assert len(made) == 2 and made[1][1] == torch.int16  # uint16 windows travel as int16 bits
+
+
+def test_bands_reach_the_sink_on_the_encoder_thread_in_order():
+    import threading
+
+    seen = []
+    up = TiledUpscaler(TorchBackend(random_view(blocks=1, channels=4)), core=16)
+    up.run(Planes(smooth_image(70, 40, seed=3)), lambda band: seen.append((threading.current_thread().name, band.y0)),
+           np.uint8)
+    assert {name for name, _ in seen} == {"srtrt-encoder"}
+    assert [y0 for _, y0 in seen] == sorted(y0 for _, y0 in seen) and seen[0][1] == 0
+    assert up.times.encode >= 0 and up.times.batches == len(up.plan(70, 40))
+
+
+def test_a_sink_error_is_the_runs_error_and_every_thread_ends():
+    import threading
+
+    calls = []
+
+    def failing_sink(band):
+        calls.append(band.y0)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+
+    up = TiledUpscaler(TorchBackend(random_view(blocks=1, channels=4)), core=16)
+    with pytest.raises(OSError, match="No space left"):
+        up.run(Planes(smooth_image(120, 40, seed=2)), failing_sink, np.uint8)
+    assert len(calls) == 2  # the bands after the failure were dropped, not encoded
+    names = {"srtrt-reader", "srtrt-assembler", "srtrt-encoder"}
+    assert not [t for t in threading.enumerate() if t.name in names]
+
+
+def test_stage_times_add_up_across_threads():
+    import threading
+
+    from srtrt.engine.datapath.runtime import StageTimes
+
+    times = StageTimes()
+
+    def hammer():
+        for _ in range(20000):
+            times.add(read=1.0, batches=1)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert times.read == 80000.0 and times.batches == 80000
+    from dataclasses import asdict
+    assert set(asdict(times)) == {"read", "infer", "assemble", "encode", "wall", "tiles", "batches"}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_cuda_integer_transfers_match_float_input_and_reuse_pinned_buffers(dtype, monkeypatch):
+    from srtrt.engine.datapath import runtime
+
+    made = []
+    real = runtime.StagingBuffers.__init__
+
+    def counting(self, shape, staged_dtype, count, pinned):
+        made.append(pinned)
+        real(self, shape, staged_dtype, count, pinned)
+
+    monkeypatch.setattr(runtime.StagingBuffers, "__init__", counting)
+    backend = TorchBackend(random_view(blocks=1, channels=4), "cuda", "fp32")
+    up = TiledUpscaler(backend, core=16, batch=2)
+    planes = Planes(smooth_image(64, 80, seed=4, dtype=dtype), smooth_image(64, 80, 1, seed=5, dtype=dtype)[..., 0])
+    integer, integer_alpha = up.run_to_array(planes, dtype)
+    again, _ = up.run_to_array(planes, dtype)
+    assert made == [True, True]  # inputs and outputs, pinned, allocated once for both runs
+    as_float, float_alpha = up.run_to_array(_float_planes(planes), dtype)
+    assert integer.tobytes() == again.tobytes() == as_float.tobytes()
+    assert integer_alpha.tobytes() == float_alpha.tobytes()

@@ -5,15 +5,16 @@ import errno
 import io
 import os
 import struct
+import threading
 import tracemalloc
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
-
 from srtrt.engine.datapath import writers
 from srtrt.engine.datapath.writers import ImageWriter, TiffEncoder, filter_rows, open_writer
+
 from srtrt.errors import SrtrtError
 
 RNG = np.random.default_rng(11)
@@ -341,3 +342,164 @@ def test_bigtiff_forced_reads_back(tmp_path):
         writer.write_rows(pixels)
     assert open(path, "rb").read(4) == b"II+\x00"
     np.testing.assert_array_equal(np.asarray(Image.open(path)), pixels)
+
+
+# --------------------------------------------------------------------------- parallel PNG
+
+def idat_stream(path) -> bytes:
+    return b"".join(body for kind, body in png_chunks(open(path, "rb").read()) if kind == b"IDAT")
+
+
+@pytest.mark.parametrize("cut", [0, 1, 7, 1000, 4095, 4096])
+def test_adler32_combine_matches_zlib(cut):
+    data = RNG.integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    first, second = data[:cut], data[cut:]
+    assert writers.adler32_combine(zlib.adler32(first), zlib.adler32(second), len(second)) == zlib.adler32(data)
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_parallel_chunks_make_one_zlib_stream_whatever_the_thread_count(tmp_path, monkeypatch, bit_depth):
+    """Many chunks per band, spread over 1, 2 or 3 threads: the same filtered bytes, a valid
+    zlib stream (zlib.decompress checks the combined Adler-32), the same pixels."""
+    monkeypatch.setattr(writers, "CHUNK_BYTES", 700)  # a few rows per chunk
+    pixels = random_rows(61, 37, 3, bit_depth)
+    streams = []
+    for threads in (1, 2, 3):
+        path = write_image(str(tmp_path / f"t{threads}.png"), pixels, 20, threads=threads)
+        streams.append(zlib.decompress(idat_stream(path)))
+        decoded, _ = reference_decode(open(path, "rb").read())
+        np.testing.assert_array_equal(decoded, pixels)
+    assert streams[0] == streams[1] == streams[2]
+    header = idat_stream(str(tmp_path / "t1.png"))[:2]
+    assert header == writers.zlib_header(writers.DEFAULT_PNG_LEVEL) and int.from_bytes(header, "big") % 31 == 0
+
+
+def test_default_level_up_filters_every_row_and_high_levels_adapt(tmp_path):
+    pixels = random_rows(40, 30, 3, 8)
+    filters = {}
+    for level in (writers.DEFAULT_PNG_LEVEL, writers.ADAPTIVE_FILTER_LEVEL - 1, 9):
+        stream = zlib.decompress(idat_stream(write_image(str(tmp_path / f"l{level}.png"), pixels, 16,
+                                                         png_level=level)))
+        filters[level] = {stream[row * (30 * 3 + 1)] for row in range(40)}
+    assert filters[writers.DEFAULT_PNG_LEVEL] == filters[writers.ADAPTIVE_FILTER_LEVEL - 1] == {writers.FILTER_UP}
+    assert filters[9] - {writers.FILTER_UP}  # random rows: Sub or Paeth win some
+
+
+def test_png_level_changes_the_size_never_the_pixels(tmp_path):
+    y, x = np.mgrid[0:64, 0:96]
+    smooth = np.dstack([(x * 2 + y) % 256, (y * 3) % 256, (x + y * 5) % 256]).astype(np.uint8)
+    sizes = {}
+    for level in (0, 1, 3, 6, 9):
+        path = write_image(str(tmp_path / f"l{level}.png"), smooth, 16, png_level=level)
+        np.testing.assert_array_equal(np.asarray(Image.open(path)), smooth)
+        sizes[level] = os.path.getsize(path)
+    assert sizes[0] > sizes[1] >= sizes[6] and sizes[0] > smooth.nbytes  # level 0: stored blocks
+    with pytest.raises(SrtrtError, match="png level must be 0-9"):
+        open_writer(str(tmp_path / "bad.png"), 4, 4, 3, 8, png_level=10)
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_paeth_predictor_matches_the_specification_for_every_byte_triple():
+    a, b, c = (v.ravel() for v in np.meshgrid(*[np.arange(256, dtype=np.uint8)] * 3, indexing="ij"))
+    ia, ib, ic = (v.astype(np.int32) for v in (a, b, c))
+    p = ia + ib - ic
+    pa, pb, pc = np.abs(p - ia), np.abs(p - ib), np.abs(p - ic)
+    expected = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+    np.testing.assert_array_equal(writers.paeth_predictor(a, b, c), expected)
+
+
+def test_filters_compute_in_bytes(monkeypatch):
+    """No wider temporaries: every array the filters make is uint8 (or the bool masks and the per-row costs)."""
+    made = []
+    real_empty, real_zeros_like = np.empty, np.zeros_like
+    def empty(shape, dtype=float, **kwargs):
+        made.append(np.dtype(dtype))
+        return real_empty(shape, dtype, **kwargs)
+
+    monkeypatch.setattr(np, "empty", empty)
+    monkeypatch.setattr(np, "zeros_like", lambda x, *a, **k: made.append(x.dtype) or real_zeros_like(x, *a, **k))
+    raw = RNG.integers(0, 256, (9, 24), dtype=np.uint8)
+    filter_rows(raw, np.zeros(24, np.uint8), 3)
+    writers.up_filter_rows(raw, np.zeros(24, np.uint8))
+    assert made and set(made) == {np.dtype(np.uint8)}
+    candidates = writers.paeth_predictor(raw, raw[::-1], raw[:, ::-1])
+    assert candidates.dtype == np.uint8
+
+
+def test_an_exception_in_an_encoder_thread_aborts_the_file(tmp_path, monkeypatch):
+    real = writers.PngEncoder._deflate_chunk
+    calls = []
+
+    def fails_on_the_third_chunk(self, samples, above):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 3:
+            raise RuntimeError("injected encoder failure\nsecond line")
+        return real(self, samples, above)
+
+    monkeypatch.setattr(writers, "CHUNK_BYTES", 2048)
+    monkeypatch.setattr(writers.PngEncoder, "_deflate_chunk", fails_on_the_third_chunk)
+    writer = open_writer(str(tmp_path / "x.png"), 64, 200, 3, 8, threads=2)
+    with pytest.raises(SrtrtError, match="cannot write the output: injected encoder failure second line") as caught:
+        with writer:
+            for _ in range(4):
+                writer.write_rows(random_rows(50, 64, 3, 8))
+    assert "\n" not in str(caught.value)
+    assert any(name.startswith("srtrt-png") for name in calls)
+    assert os.listdir(tmp_path) == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("srtrt-png")]
+
+
+class FillsAfter:
+    """The writer's file on a disk that fills after `room` bytes: later writes raise ENOSPC."""
+
+    def __init__(self, file, room):
+        self._file, self._room = file, room
+
+    def write(self, data):
+        if len(data) > self._room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room -= len(data)
+        return self._file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+
+@pytest.mark.parametrize("name", ["mid.png", "mid.tif"])
+def test_disk_full_in_the_middle_of_a_parallel_encode(tmp_path, name):
+    path = str(tmp_path / name)
+    writer = open_writer(path, 256, 600, 3, 8, threads=2)
+    writer._file = FillsAfter(writer._file, 150_000)  # incompressible rows: full after a few bands
+    with pytest.raises(SrtrtError, match="No space left on device") as caught:
+        with writer:
+            for _ in range(600 // 40):
+                writer.write_rows(random_rows(40, 256, 3, 8))
+    assert path in str(caught.value) and "\n" not in str(caught.value)
+    assert os.listdir(tmp_path) == []
+    assert not [t for t in threading.enumerate() if t.name.startswith(("srtrt-png", "srtrt-tiff"))]
+
+
+# --------------------------------------------------------------------------- TIFF through tifffile
+
+def test_tiff_tiles_tags_and_threads(tmp_path):
+    import tifffile
+
+    pixels = random_rows(150, 333, 4, 16)
+    path = write_image(str(tmp_path / "t.tif"), pixels, 33, icc_profile=b"icc" * 20, threads=2)
+    with tifffile.TiffFile(path) as tiff:
+        page = tiff.pages[0]
+        assert not tiff.is_bigtiff and page.is_tiled and page.compression == 8 and page.predictor == 2
+        assert page.tilelength == writers.TILE_ROWS and page.tilewidth % 16 == 0
+        assert page.extrasamples == (2,) and page.photometric == 2  # unassociated alpha, RGB
+        assert page.tags["InterColorProfile"].value == b"icc" * 20
+        np.testing.assert_array_equal(page.asarray(), pixels)
+    assert not [t for t in threading.enumerate() if t.name.startswith("srtrt-tiff")]
+
+
+def test_interrupted_tiff_leaves_nothing_and_stops_its_thread(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with open_writer(str(tmp_path / "x.tif"), 100, 300, 3, 8) as writer:
+            writer.write_rows(random_rows(150, 100, 3, 8))
+            raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("srtrt-tiff")]

@@ -298,7 +298,14 @@ def _sixteen_bit_colour_rawmode(img: Image.Image) -> str | None:
     rawmodes = {_tile_rawmode(tile) for tile in img.tile}
     if len(rawmodes) == 1 and (rawmode := rawmodes.pop()) in _SIXTEEN_BIT_COLOUR:
         return rawmode
+    if img.format == "TIFF" and img.mode in ("RGB", "RGBA", "LA") and _tiff_bits_per_sample(img) == {16}:
+        return f"{img.mode};16N"  # e.g. uncompressed planar TIFF, which Pillow reads plane by plane
     return None
+
+
+def _tiff_bits_per_sample(img: Image.Image) -> set[int]:
+    bits = getattr(img, "tag_v2", {}).get(258, ())
+    return set(bits) if isinstance(bits, tuple) else {bits}
 
 
 def _read_sixteen_bit_colour(first: Image.Image, path, source_format: str) -> DecodedImage:

@@ -329,9 +329,9 @@ class PngEncoder:
         self.abort()
 
     def abort(self) -> None:
-        """Release the threads; a chunk already running finishes on its own and is dropped."""
+        """Release the threads: chunks not started are dropped, one already running is waited for."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
     def _chunks(self, rows: int) -> list[tuple[int, int]]:
