@@ -2,8 +2,9 @@
 
 Runs engine.upscale_image.upscale_file (what `srtrt run` calls) with the best torch path of
 the device and records the runtime's per-stage busy seconds (`upscaler.times`: read, infer,
-assemble, encode -- each on its own thread), the decode time and a separate encode-only time. The report shows pipeline efficiency = slowest stage / wall:
-near 100% means decoding, tiling and encoding hide behind the compute.
+assemble, encode -- each on its own thread), the decode time and a separate encode-only time.
+The report shows pipeline efficiency = slowest stage / wall: near 100% means decoding, tiling
+and encoding hide behind the compute.
 Quick mode uses a 1024x768 input (a quarter of the work); smoke mode a tiny one.
 """
 from __future__ import annotations
@@ -12,18 +13,17 @@ import importlib.util
 import time
 from dataclasses import asdict
 
-import numpy as np
-import torch
-from PIL import Image
-
 import cases
 import model_flops
+import numpy as np
 import run_mode
+import torch
 import workloads
+from PIL import Image
 from srtrt.engine.backends.torch_backend import TorchBackend
 from srtrt.engine.datapath.imageio import read_image
-from srtrt.engine.datapath.runtime import TiledUpscaler
 from srtrt.engine.datapath.pipeline import upscale_file
+from srtrt.engine.datapath.runtime import TiledUpscaler
 from srtrt.engine.datapath.writers import open_writer
 
 CUDA = torch.cuda.is_available()

@@ -11,8 +11,9 @@
 
 Queues hold at most a few batches and one band, so memory is bounded by the tile and band sizes,
 never by the image: an HxW input needs the LR image, O(batch) windows and two bands of output
-rows (the assembler starts a band only once the encoder has taken the one before). On the CPU the same functions run (the "device" is the CPU), so a CPU run checks
-the bytes a GPU run produces.
+rows (the assembler starts a band only once the encoder has taken the one before). On the CPU
+the same functions run (the "device" is the CPU), so a CPU run checks the bytes a GPU run
+produces.
 """
 from __future__ import annotations
 
