@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from srtrt import atomic
+
 from . import pixel_shuffle_prelu as kernel_source
 
 DEFAULT_ARCHS = (80, 89, 90)
@@ -151,9 +153,7 @@ def write_images_c(path: Path, images) -> Path:
                     f"{k.threads}, {k.shared}, {k.block}}},")
     parts += ["", "const srtrt_kernel_image srtrt_pixel_shuffle_prelu_images[] = {", *rows, "};",
               f"const int srtrt_pixel_shuffle_prelu_image_count = {len(images)};", ""]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(parts))
-    os.replace(tmp, path)
+    atomic.write_text(path, "\n".join(parts))
     return path
 
 

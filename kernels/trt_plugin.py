@@ -1,7 +1,8 @@
 """`srtrt::PixelShufflePReLU`: the fused Triton kernel as a TensorRT plugin (tensorrt.plugin, "QDP").
 
 The ONNX parser maps a node `PixelShufflePReLU` with attributes plugin_namespace="srtrt",
-plugin_version="1" onto this plugin; the node's `aot` attribute picks the implementation:
+plugin_version="1" (kernels/fused_op.py owns these names) onto this plugin; the node's `aot`
+attribute picks the implementation:
 
 - JIT (`aot=0`): TensorRT calls `_impl` from Python at every enqueue; it launches the Triton
   kernel on torch views of TensorRT's buffers. Such an engine needs this module registered
@@ -14,17 +15,21 @@ plugin_version="1" onto this plugin; the node's `aot` attribute picks the implem
 Inputs: x (N, C*r*r, H, W) and alpha (C or 1 slopes), both the network's dtype (fp32 or fp16,
 NCHW); attribute `upscale` (r). Output: (N, C, H*r, W*r), same dtype.
 
-Nothing here imports tensorrt until `register()` runs; registration is idempotent. This module
-must not use `from __future__ import annotations`: tensorrt.plugin reads the decorated
-functions' annotations as classes.
-"""
-import threading
-from typing import List, Tuple, Union
+The same definitions register with TensorRT-RTX (`register("tensorrt_rtx")`) where its wheel
+ships `tensorrt_rtx.plugin` (1.7.1's does not; `unavailable()` says so). A GPU-less build
+cannot ask the GPU for its architecture, so the builder names the AOT target with `aot_target`
+(TensorRT-RTX: the lowest target compute capability, as forward-compatible PTX).
 
-NAMESPACE = "srtrt"
-NAME = "PixelShufflePReLU"
-PLUGIN_ID = f"{NAMESPACE}::{NAME}"
-VERSION = "1"  # QDP creators are always version "1"
+Nothing here imports tensorrt until `register()` runs; registration is idempotent per module.
+This module must not use `from __future__ import annotations`: tensorrt.plugin reads the
+decorated functions' annotations as classes.
+"""
+import contextlib
+import importlib
+import threading
+from typing import List, Optional, Tuple, Union
+
+from .fused_op import NAME, NAMESPACE, PLUGIN_ID
 
 # Every tensorrt / tensorrt.plugin name this module uses (checked against TensorRT 11.4's
 # bindings by tests/test_tensorrt.py).
@@ -36,42 +41,54 @@ TRTP_NAMES_USED = (
 )
 
 _lock = threading.Lock()
-_state = {"registered": False, "aot": False}
-_kernels = {}  # (arch, dtype, upscale) -> kernels.aot.AotKernel
+_registered = {}  # module name ("tensorrt", "tensorrt_rtx") -> whether it has the AOT implementation
+_target = {"arch": None, "ptx_version": None}  # the AOT kernel's target; arch None = the current GPU's
+_kernels = {}  # (arch, ptx_version, dtype, upscale) -> kernels.aot.AotKernel
 
 
-def is_registered() -> bool:
-    return _state["registered"]
+def unavailable(module: str = "tensorrt") -> Optional[str]:
+    """None when `module.plugin` imports, else why not (one line)."""
+    try:
+        importlib.import_module(f"{module}.plugin")
+    except Exception as e:  # ModuleNotFoundError from a wheel without the plugin bindings, or worse
+        return f"{module}.plugin: {str(e).splitlines()[0] if str(e) else e.__class__.__name__}"
+    return None
 
 
-def aot_supported() -> bool:
-    """Whether the registered plugin has an AOT implementation (TensorRT >= 10.9)."""
-    return _state["aot"]
-
-
-def register() -> bool:
-    """Register the plugin with TensorRT's plugin registry (once per process).
+def register(module: str = "tensorrt") -> bool:
+    """Register the plugin with `module`'s plugin registry (once per process and module).
 
     Call before parsing an ONNX with PixelShufflePReLU nodes and before deserializing an engine
     built with the JIT implementation. Returns whether the AOT implementation is available.
     """
     with _lock:
-        if _state["registered"]:
-            return _state["aot"]
-        import tensorrt.plugin as trtp
-
+        if module in _registered:
+            return _registered[module]
+        trtp = importlib.import_module(f"{module}.plugin")
+        trt = importlib.import_module(module)
         if hasattr(trtp.op, NAMESPACE) and hasattr(getattr(trtp.op, NAMESPACE), NAME):
             # Another copy of this module (e.g. imported under a second name) got there first.
-            _state.update(registered=True, aot=hasattr(trtp, "KernelLaunchParams"))
-            return _state["aot"]
-        _define(trtp)
-        _state["registered"] = True
-        return _state["aot"]
+            _registered[module] = hasattr(trtp, "KernelLaunchParams")
+        else:
+            _registered[module] = _define(trtp, trt)
+        return _registered[module]
 
 
-def _trt_dtype_name(dtype) -> str:
-    import tensorrt as trt
+@contextlib.contextmanager
+def aot_target(arch: Optional[int], ptx_version: Optional[int] = None):
+    """Compile AOT kernels for compute capability `arch` (e.g. 80) while the block runs, instead
+    of the current GPU's; `ptx_version` pins the PTX ISA (see kernels/aot.py)."""
+    with _lock:
+        saved = dict(_target)
+        _target.update(arch=arch, ptx_version=ptx_version)
+    try:
+        yield
+    finally:
+        with _lock:
+            _target.update(saved)
 
+
+def _trt_dtype_name(trt, dtype) -> str:
     names = {trt.DataType.FLOAT: "fp32", trt.DataType.HALF: "fp16"}
     if hasattr(trt.DataType, "BF16"):
         names[trt.DataType.BF16] = "bf16"
@@ -90,17 +107,25 @@ def _alpha_stride(alpha_desc) -> int:
     return 0 if n == 1 else 1
 
 
-def _aot_kernel(arch: int, dtype: str, upscale: int):
-    key = (arch, dtype, upscale)
+def _aot_kernel(dtype: str, upscale: int):
+    arch, ptx_version = _target["arch"], _target["ptx_version"]
+    if arch is None:
+        import torch
+
+        major, minor = torch.cuda.get_device_capability()
+        arch = major * 10 + minor
+    key = (arch, ptx_version, dtype, upscale)
     if key not in _kernels:
         from . import aot
 
-        _kernels[key] = aot.compile_kernel(arch, dtype, upscale, channels_last=False, with_cubin=False)
+        _kernels[key] = aot.compile_kernel(arch, dtype, upscale, channels_last=False, ptx_version=ptx_version,
+                                           with_cubin=False)
     return _kernels[key]
 
 
-def _define(trtp):
-    """The decorated functions. Annotations must be real classes, hence the nested definitions."""
+def _define(trtp, trt) -> bool:
+    """The decorated functions; returns whether the AOT one was defined. Annotations must be
+    real classes, hence the nested definitions."""
 
     @trtp.register(PLUGIN_ID)
     def _desc(x: trtp.TensorDesc, alpha: trtp.TensorDesc, upscale: int) -> trtp.TensorDesc:
@@ -129,15 +154,12 @@ def _define(trtp):
             k.launch(k.pixel_shuffle_prelu_kernel, xt, at, upscale, yt)
 
     if not hasattr(trtp, "KernelLaunchParams"):  # TensorRT < 10.9: JIT only
-        return
+        return False
 
     @trtp.aot_impl(PLUGIN_ID)
     def _aot_impl(x: trtp.TensorDesc, alpha: trtp.TensorDesc, upscale: int, outputs: Tuple[trtp.TensorDesc],
                   tactic: int) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymIntExprs]:
-        import torch
-
-        major, minor = torch.cuda.get_device_capability()
-        kernel = _aot_kernel(major * 10 + minor, _trt_dtype_name(x.dtype), upscale)
+        kernel = _aot_kernel(_trt_dtype_name(trt, x.dtype), upscale)
         y = outputs[0]
         total = y.shape_expr.numel()
         params = trtp.KernelLaunchParams()
@@ -155,4 +177,4 @@ def _define(trtp):
         ])
         return kernel.name, kernel.ptx, params, extra
 
-    _state["aot"] = True
+    return True

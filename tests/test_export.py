@@ -62,9 +62,11 @@ FP16_FUSED = HAVE_ORTX  # the fp16 graph the module exports
 
 
 def _session(path):
-    from srtrt.engine.toolchain.ort_custom_op import inference_session
+    import onnxruntime as ort
 
-    return inference_session(path)
+    from srtrt.engine.toolchain.ort_custom_op import session_options
+
+    return ort.InferenceSession(str(path), sess_options=session_options(), providers=["CPUExecutionProvider"])
 
 
 def _max_diff(path, view, x, precision):
@@ -159,9 +161,11 @@ def test_fusion_skips_dcr_depth_to_space():
 
 
 def test_metadata(exported, view):
-    from srtrt.engine.toolchain.export import load_metadata, state_dict_sha256
+    from srtrt.engine.toolchain.export import state_dict_sha256
+    from srtrt.engine.toolchain.onnx_io import load_onnx, metadata
 
-    meta = load_metadata(exported("fp16", FP16_FUSED))
+    meta = metadata(exported("fp16", FP16_FUSED))
+    assert metadata(load_onnx(exported("fp16", FP16_FUSED))) == meta  # a path or a loaded model
     expected = {"model_sha256": state_dict_sha256(view), "scale": 4, "radius": view.radius,
                 "precision": "fp16", "fused": FP16_FUSED}
     assert meta == {**expected, **({"aot": True} if FP16_FUSED else {})}
@@ -180,7 +184,7 @@ def test_full_default_architecture_small_input(tmp_path):
 def test_cli_export_from_a_checkpoint(tmp_path, capsys):
     from srtrt import checkpoint
     from srtrt.cli import main
-    from srtrt.engine.toolchain.export import load_metadata
+    from srtrt.engine.toolchain.onnx_io import metadata
 
     view = random_view(blocks=1, channels=8)
     weights = checkpoint.save(tmp_path / "ckpt", view.generator, "srresnet", view.generator.config)
@@ -188,7 +192,7 @@ def test_cli_export_from_a_checkpoint(tmp_path, capsys):
     assert main(["export", "-o", str(out), "--model", str(weights)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and str(out) in lines[0]
-    meta = load_metadata(out)
+    meta = metadata(out)
     assert meta["model_sha256"] == checkpoint.file_sha256(weights)
     assert (meta["scale"], meta["radius"], meta["precision"], meta["fused"]) == (4, view.radius, "fp32", False)
     assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx"]  # no temp file left
@@ -202,14 +206,58 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1 and "not found" in err
 
 
-def test_load_metadata_refuses_non_onnx(tmp_path):
-    from srtrt.engine.toolchain.export import load_metadata
+def test_metadata_refuses_non_onnx(tmp_path):
+    from srtrt.engine.toolchain.onnx_io import load_onnx, metadata
     from srtrt.errors import SrtrtError
 
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\xff\x00not a model")
-    with pytest.raises(SrtrtError, match="bad.onnx"):
-        load_metadata(bad)
+    with pytest.raises(SrtrtError, match="bad.onnx: not a readable ONNX file"):
+        metadata(bad)
+    with pytest.raises(SrtrtError, match="missing.onnx: ONNX file not found"):
+        load_onnx(tmp_path / "missing.onnx")
+
+
+def test_load_onnx_checks_external_data_before_reading_it(exported, tmp_path, monkeypatch):
+    import onnx
+    import onnx.external_data_helper as helper
+
+    from srtrt.engine.toolchain.onnx_io import load_onnx
+    from srtrt.errors import SrtrtError
+
+    path = tmp_path / "m.onnx"
+    onnx.save_model(onnx.load(str(exported("fp32", False))), str(path), save_as_external_data=True,
+                    location="w.bin", size_threshold=0)
+    assert load_onnx(path).graph.initializer[0].raw_data  # inside its folder: loaded
+    proto = onnx.load(str(path), load_external_data=False)
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../w.bin"
+    onnx.save_model(proto, str(path))
+    monkeypatch.setattr(helper, "load_external_data_for_model", lambda *a: pytest.fail("read before the check"))
+    with pytest.raises(SrtrtError, match="refused: external data '../w.bin' lies outside"):
+        load_onnx(path)
+
+
+def test_unfusing_restores_the_stock_ops_and_the_numbers(exported, view, tmp_path):
+    from srtrt.engine.toolchain.export import fused_nodes, save_onnx, unfuse_pixel_shuffle_prelu
+    from srtrt.engine.toolchain.onnx_io import load_onnx, metadata
+
+    model = load_onnx(exported("fp32", True))
+    assert len(fused_nodes(model)) == 2
+    assert unfuse_pixel_shuffle_prelu(model) == 2 and not fused_nodes(model)
+    assert unfuse_pixel_shuffle_prelu(model) == 0
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("DepthToSpace") == 2 and ops.count("PRelu") == 5
+    assert "srtrt" not in [o.domain for o in model.opset_import]
+    path = save_onnx(model, tmp_path / "unfused.onnx")
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    assert metadata(path)["fused"] is False and "aot" not in metadata(path)
+    x = torch.rand(2, 3, 9, 7, generator=torch.Generator().manual_seed(3))
+    assert _max_diff(path, view, x, "fp32") <= TOLERANCE["fp32"]
 
 
 def test_custom_op_registration_is_idempotent():

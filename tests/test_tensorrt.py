@@ -1,5 +1,6 @@
 """TensorRT engines: profile, cache and sidecar, `srtrt build` without TensorRT, the ONNX the
 builder gets, the plugin against the real `tensorrt.plugin` sources, the TensorRT names used.
+(TensorRT-RTX, which builds here for real: tests/test_tensorrt_rtx.py.)
 
 Everything except the `tensorrt`-marked tests runs on the CPU. The name and plugin checks
 need TensorRT 11.4's Python bindings wheel (`tensorrt-cu13-bindings`, 1.3 MB, no libraries):
@@ -9,7 +10,7 @@ cache is searched too. Without it they skip; tests never download anything.
 from __future__ import annotations
 
 import ast
-import importlib.util
+import importlib
 import json
 import os
 import re
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUR_SOURCES = {
     "srtrt.engine.toolchain.trt_build": ROOT / "engine" / "toolchain" / "trt_build.py",
     "srtrt.engine.backends.tensorrt_backend": ROOT / "engine" / "backends" / "tensorrt_backend.py",
+    "srtrt.engine.backends.tensorrt_rtx_backend": ROOT / "engine" / "backends" / "tensorrt_rtx_backend.py",
     "srtrt.kernels.trt_plugin": ROOT / "kernels" / "trt_plugin.py",
 }
 H200, A100 = ("NVIDIA H200", (9, 0)), ("NVIDIA A100-SXM4-80GB", (8, 0))
@@ -38,8 +40,10 @@ SHA = "ab" * 32
 
 
 def key(**over) -> EngineKey:
-    base = dict(model_sha256=SHA, precision="fp16", profile=profile_for(592, 4), plugin="aot",
-                gpu_name=H200[0], compute_capability=H200[1], trt_version="11.4.0.106")
+    base = dict(model_sha256=SHA, precision="fp16", profile=profile_for(592, 4), plugin="aot", margin=40,
+                flavour="trt", trt_version="11.4.0.106", gpu_name=H200[0], compute_capabilities=(H200[1],))
+    if "compute_capability" in over:
+        over["compute_capabilities"] = (over.pop("compute_capability"),)
     base.update(over)
     return EngineKey(**base)
 
@@ -83,10 +87,11 @@ def test_key_round_trip_digest_and_stem():
     assert EngineKey.from_dict(json.loads(json.dumps(k.to_dict()))) == k
     assert k.gpu == "NVIDIA H200 (sm_90)"
     stem = k.stem()
-    assert stem.startswith("abababababab-fp16-aot-b4-592x592-nvidia-h200-sm90-trt11.4.0.106-")
+    assert stem.startswith("abababababab-fp16-aot-b4-592x592-m40-nvidia-h200-sm90-trt11.4.0.106-")
     variants = [key(model_sha256="cd" * 32), key(precision="fp32"), key(profile=profile_for(592, 8)),
                 key(profile=profile_for(336, 4)), key(plugin="jit"), key(plugin="none"), key(gpu_name=A100[0]),
-                key(compute_capability=(9, 1)), key(trt_version="10.13.0.35")]
+                key(compute_capability=(9, 1)), key(trt_version="10.13.0.35"), key(margin=32),
+                key(flavour="rtx", gpu_name="", compute_capabilities=(), trt_version="1.7.1.116")]
     digests = {v.digest() for v in variants} | {k.digest()}
     assert len(digests) == len(variants) + 1
     assert len({v.stem() for v in variants} | {stem}) == len(variants) + 1
@@ -94,6 +99,10 @@ def test_key_round_trip_digest_and_stem():
         key(precision="bf16")
     with pytest.raises(ValueError):
         key(plugin="cpp")
+    with pytest.raises(ValueError, match="names the one GPU"):
+        key(gpu_name="")  # a TensorRT plan is always for the GPU that built it
+    with pytest.raises(ValueError):
+        key(flavour="onnx")
 
 
 def test_cache_dir_and_timing_cache_location(tmp_path, monkeypatch):
@@ -112,12 +121,14 @@ def test_cache_dir_and_timing_cache_location(tmp_path, monkeypatch):
 def test_store_and_lookup(cache):
     k = key()
     assert engine_cache.lookup(k) is None
-    path = engine_cache.store(k, b"plan bytes", {"scale": 4, "radius": 40, "margin": 40, "core": 512})
+    path = engine_cache.store(k, b"plan bytes", {"scale": 4, "radius": 40})
     assert path.parent == cache and path.suffix == ".plan"
     assert engine_cache.lookup(k) == path
     doc = json.loads(path.with_suffix(".json").read_text())
     assert doc["key"] == k.to_dict() and doc["plan_bytes"] == 10 and doc["radius"] == 40
+    assert doc["version"] == 2 and doc["key"]["margin"] == 40 and doc["key"]["flavour"] == "trt"
     assert engine_cache.lookup(key(plugin="jit")) is None
+    assert engine_cache.lookup(key(margin=8)) is None  # the margin the window was built for is part of the key
     assert not list(cache.glob("*.tmp")) and not list(cache.glob(".*"))
 
 
@@ -137,6 +148,8 @@ def _one_line(e: BaseException) -> str:
     (dict(precision="fp32"), "engine is fp32, fp16 was asked"),
     (dict(profile=profile_for(336, 4)), "engine profile is batch <= 4, window 336x336"),
     (dict(plugin="jit"), "engine plugin mode is jit, wanted aot"),
+    (dict(margin=20), "engine was built for margin 20, wanted 40: run `srtrt build --margin 40`"),
+    (dict(flavour="rtx", gpu_name="", compute_capabilities=()), "engine is a TensorRT-RTX plan, a TensorRT one"),
 ])
 def test_validate_refuses_a_plan_built_for_something_else(cache, built, message):
     path = engine_cache.write_plan(cache / "copied.plan", key(**built), b"x" * 100)
@@ -171,6 +184,9 @@ def test_missing_or_bad_sidecars_are_refused(cache):
     with pytest.raises(SrtrtError, match="not an srtrt engine sidecar"):
         engine_cache.validate(path)
     side.write_text(json.dumps({"format": "srtrt-engine", "version": 1, "key": {"precision": "fp16"}}))
+    with pytest.raises(SrtrtError, match="version 1 is not supported .*run `srtrt build` again"):
+        engine_cache.validate(path)  # sidecars from before flavours and margins
+    side.write_text(json.dumps({"format": "srtrt-engine", "version": 2, "key": {"precision": "fp16"}}))
     with pytest.raises(SrtrtError, match="bad key"):
         engine_cache.validate(path)
     side.unlink()
@@ -233,12 +249,17 @@ def test_build_without_tensorrt_is_one_line(monkeypatch, capsys, cache):
     from srtrt import cli
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)  # (auto falls back to TensorRT-RTX)
     rc = cli.main(["build", "--precision", "fp16", "--tile", "256"])
     err = capsys.readouterr().err
-    assert rc != 0
+    assert rc == 2
     assert len(err.strip().splitlines()) == 1, err
-    assert err.startswith("srtrt: TensorRT is not installed")
+    assert err.startswith("srtrt: TensorRT is not installed (") and " and TensorRT-RTX is not installed (" in err
     assert 'pip install "srtrt[tensorrt]" on a machine with a CUDA GPU' in err
+    assert 'pip install "srtrt[tensorrt-rtx]" (builds need no GPU)' in err
+    rc = cli.main(["build", "--tensorrt", "trt"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("srtrt: TensorRT is not installed (") and len(err.strip().splitlines()) == 1
     assert not cache.exists()
 
 
@@ -265,6 +286,19 @@ def test_backend_availability_and_cache_lookup_without_tensorrt(monkeypatch):
         tensorrt_backend.TensorRTBackend.from_cache(SHA, "bf16", "cuda")
 
 
+def test_backend_selection_without_a_gpu_names_both_flavours_in_one_line(monkeypatch):
+    from srtrt.engine.backends import _tensorrt
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    view = types.SimpleNamespace(checkpoint_sha256=SHA)
+    with pytest.raises(SrtrtError) as e:
+        _tensorrt(view, torch.device("cuda"), "fp16")
+    text = _one_line(e.value)
+    assert text.startswith("TensorRT is not installed") and "; " in text
+    assert "TensorRT-RTX" in text.split("; ", 1)[1]
+
+
 def test_network_flags_strongly_typed_on_10_only():
     from srtrt.engine.toolchain.trt_build import network_flags
 
@@ -281,9 +315,11 @@ def test_sources_never_use_the_fp16_builder_flag_or_import_tensorrt_at_module_le
         for node in ast.parse(src).body:  # top-level statements only
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-                assert not any(m.split(".")[0] == "tensorrt" for m in mods), f"{name} imports tensorrt eagerly"
+                assert not any(m.split(".")[0] in ("tensorrt", "tensorrt_rtx") for m in mods), \
+                    f"{name} imports tensorrt eagerly"
     code = "import sys; import srtrt.engine.toolchain.trt_build, srtrt.kernels.trt_plugin, " \
-           "srtrt.engine.backends.tensorrt_backend; print('tensorrt' in sys.modules)"
+           "srtrt.engine.backends.tensorrt_backend, srtrt.engine.backends.tensorrt_rtx_backend; " \
+           "print('tensorrt' in sys.modules or 'tensorrt_rtx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
 
@@ -339,8 +375,6 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def export_module():
-    if importlib.util.find_spec("srtrt.engine.toolchain.export") is None:
-        pytest.skip("engine/toolchain/export.py is not there yet")
     pytest.importorskip("onnxscript")
     return importlib.import_module("srtrt.engine.toolchain.export")
 
@@ -357,10 +391,11 @@ def test_onnx_for_the_builder_has_the_intended_dtypes_and_nodes(tmp_path, tiny_c
     import onnx
 
     from srtrt import checkpoint
+    from srtrt.engine.toolchain.onnx_io import load_onnx
     from srtrt.engine.toolchain.trt_build import prepare_onnx
 
     path, facts = prepare_onnx(tmp_path, model=str(tiny_checkpoint), precision=precision, plugin=plugin)
-    m = onnx.load(str(path))
+    m = load_onnx(path)
     want = "FLOAT16" if precision == "fp16" else "FLOAT"
     assert [_elem(v) for v in (*m.graph.input, *m.graph.output)] == [want, want]
     assert facts["io"] == {"inputs": {"lr": want}, "outputs": {"sr": want}}
@@ -386,6 +421,12 @@ def test_onnx_for_the_builder_has_the_intended_dtypes_and_nodes(tmp_path, tiny_c
     other = "fp32" if precision == "fp16" else "fp16"
     with pytest.raises(SrtrtError, match=f"the graph is {precision} but --precision {other} was asked"):
         prepare_onnx(tmp_path, onnx_path=str(path), precision=other)
+    if plugin != "none":  # --no-plugin on a fused file (or a flavour without the plugin): built unfused
+        (tmp_path / "plain").mkdir()
+        plain, facts3 = prepare_onnx(tmp_path / "plain", onnx_path=str(path), precision=precision, plugin="none")
+        ops = [n.op_type for n in load_onnx(plain).graph.node]
+        assert facts3["plugin"] == "none" and "PixelShufflePReLU" not in ops
+        assert ops.count("DepthToSpace") == 2 and facts3["sha256"] == facts["sha256"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,11 +521,10 @@ def test_every_tensorrt_name_used_exists_in_tensorrt_11_4(bindings):
     missing = {}
     for modname, path in OUR_SOURCES.items():
         mod = importlib.import_module(modname)
-        declared = set(mod.TRT_NAMES_USED)
+        declared = set(getattr(mod, "TRT_NAMES_USED", ()))
         undeclared = _trt_attributes(path) - declared
         assert not undeclared, f"{modname}: add {sorted(undeclared)} to TRT_NAMES_USED"
-        allowed_10 = set(getattr(mod, "TRT10_ONLY", ()))
-        absent = sorted(n for n in declared - allowed_10 if not _exists(n, tokens, binary))
+        absent = sorted(n for n in declared if not _exists(n, tokens, binary))
         if absent:
             missing[modname] = absent
     assert not missing, f"not in TensorRT 11.4's bindings: {missing}"

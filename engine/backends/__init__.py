@@ -82,12 +82,17 @@ def _openvino(view, device: torch.device, precision: str) -> Backend:
 
 
 def _tensorrt(view, device: torch.device, precision: str) -> Backend:
-    from srtrt.engine.backends.tensorrt_backend import TensorRTBackend, available
+    """A cached TensorRT plan for this GPU, else a cached TensorRT-RTX plan covering it; else one line why not."""
+    from srtrt.engine.backends.tensorrt_backend import TensorRTBackend
+    from srtrt.engine.backends.tensorrt_rtx_backend import TensorRTRTXBackend
 
-    ok, why = available()
-    if not ok:
-        raise SrtrtError(why)
-    return TensorRTBackend.from_cache(view.checkpoint_sha256, precision, device)
+    misses = []
+    for flavour in (TensorRTBackend, TensorRTRTXBackend):
+        try:
+            return flavour.from_cache(view.checkpoint_sha256, precision, device)
+        except SrtrtError as e:
+            misses.append(str(e))
+    raise SrtrtError("; ".join(misses))
 
 
 _MAKERS = {"torch": _torch, "openvino": _openvino, "onnxruntime": _onnxruntime, "tensorrt": _tensorrt}

@@ -40,6 +40,7 @@ class Backend(abc.ABC):
     precision: str = "fp32"          # fp32 | fp16 | bf16: what the network computes in
     scale: int = 4
     radius: int = 0                  # receptive-field radius in LR pixels
+    margin: int | None = None        # tile overlap the backend was built for (engines); None = use the radius
     defaults: TileDefaults = TileDefaults(core=256, batch=1)
     balanced_tiles: bool = True      # False: windows of exactly core + 2*margin (engines tuned for one shape)
 

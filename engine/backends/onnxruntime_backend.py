@@ -32,10 +32,10 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         from srtrt.engine.toolchain import ort_custom_op
-        from srtrt.engine.toolchain.export import load_metadata
+        from srtrt.engine.toolchain.onnx_io import metadata
 
         # Fused graphs carry PixelShufflePReLU nodes, which need the custom-op library.
-        opts = ort_custom_op.session_options() if load_metadata(onnx_path).get("fused") else ort.SessionOptions()
+        opts = ort_custom_op.session_options() if metadata(onnx_path).get("fused") else ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads

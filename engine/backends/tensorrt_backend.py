@@ -7,13 +7,15 @@ first use. Batches larger than the engine's profile are split. With `cuda_graphs
 (stream, tile shape) is captured once into a torch.cuda.CUDAGraph after one ordinary run, and
 replayed from then on.
 
+The TensorRT-RTX backend (tensorrt_rtx_backend.py) is this class with the flavour's hooks
+overridden: `_check_blob` (before deserializing), `_create_context`, `_uses_torch_graphs`.
+
 Plans come from the engine cache (engine/toolchain/engine_cache.py) and are validated against their
-sidecar (GPU, TensorRT version, sha256) before TensorRT sees them. Every `import tensorrt` is
-inside a function.
+sidecar (GPU, version, sha256) before TensorRT sees them; the tile margin the plan was built
+for comes from there too. Every `import tensorrt` is inside a function.
 """
 from __future__ import annotations
 
-import dataclasses
 import threading
 from pathlib import Path
 
@@ -26,7 +28,8 @@ from srtrt.errors import SrtrtError
 from srtrt.engine.backends.base import Backend, TileDefaults
 
 # Every `tensorrt` name this module uses (on the module, the runtime, the engine and its
-# execution contexts); tests/test_tensorrt.py checks them against TensorRT 11.4's bindings.
+# execution contexts); tests/test_tensorrt.py checks them against TensorRT 11.4's bindings and
+# tests/test_tensorrt_rtx.py against tensorrt_rtx (the RTX backend runs this code too).
 TRT_NAMES_USED = (
     "__version__", "Logger", "WARNING", "Runtime", "deserialize_cuda_engine", "create_execution_context",
     "num_io_tensors", "get_tensor_name", "get_tensor_mode", "TensorIOMode", "INPUT", "OUTPUT", "get_tensor_dtype",
@@ -36,17 +39,23 @@ TRT_NAMES_USED = (
 MAX_GRAPHS = 16  # captured CUDA graphs kept per backend (one per stream and tile shape)
 
 
-def available() -> tuple[bool, str]:
-    """(True, what) when TensorRT imports and a CUDA GPU is visible, else (False, why not)."""
-    from srtrt.engine.toolchain.trt_build import import_tensorrt
+def _flavour(key: str):
+    from srtrt.engine.toolchain.trt_build import FLAVOURS
+
+    return FLAVOURS[key]
+
+
+def available(flavour: str = "trt") -> tuple[bool, str]:
+    """(True, what) when the flavour imports and a CUDA GPU is visible, else (False, why not)."""
+    from srtrt.engine.toolchain.trt_build import import_flavour
 
     try:
-        trt = import_tensorrt()
+        trt = import_flavour(_flavour(flavour))
     except SrtrtError as e:
         return False, str(e)
     if not torch.cuda.is_available():
         return False, f"no CUDA GPU is visible (torch {torch.__version__})"
-    return True, f"TensorRT {trt.__version__} on {torch.cuda.get_device_name()}"
+    return True, f"{_flavour(flavour).name} {trt.__version__} on {torch.cuda.get_device_name()}"
 
 
 def _torch_dtypes(trt) -> dict:
@@ -56,42 +65,57 @@ def _torch_dtypes(trt) -> dict:
     return dtypes
 
 
+def _cuda_device(device) -> torch.device:
+    device = torch.device(device if device is not None else "cuda")
+    if device.type != "cuda":
+        raise SrtrtError(f"TensorRT engines run on a CUDA device, not {device}")
+    return device
+
+
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    flavour = "trt"         # EngineKey.flavour this backend loads
     balanced_tiles = False  # windows of exactly the profile's opt shape: the tactics were timed for it
+    graphs_label = "CUDA graphs"
 
     def __init__(self, plan: str | Path, device: str | torch.device | None = None, *, cuda_graphs: bool = False):
-        from srtrt.engine.toolchain.trt_build import import_tensorrt, require_cuda
+        from srtrt.engine.toolchain.trt_build import import_flavour, require_cuda
 
-        trt = import_tensorrt()
-        require_cuda()
+        flavour = _flavour(self.flavour)
+        trt = import_flavour(flavour)
+        require_cuda(flavour, f"{flavour.name} engines run on a CUDA GPU")
         plan = Path(plan)
-        device = torch.device(device if device is not None else "cuda")
-        if device.type != "cuda":
-            raise SrtrtError(f"the TensorRT backend runs on a CUDA device, not {device}")
+        device = _cuda_device(device)
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         gpu_name, cc = engine_cache.gpu_identity(device)
 
         doc = engine_cache.validate(plan)  # sidecar readable, bytes intact
         built = doc["key"]
-        here = dataclasses.replace(built, gpu_name=gpu_name, compute_capability=cc, trt_version=str(trt.__version__))
-        engine_cache.check_key(built, here, plan)  # same GPU and TensorRT
+        if built.flavour != self.flavour:
+            other = "tensorrt_rtx_backend.TensorRTRTXBackend" if built.flavour == "rtx" else "TensorRTBackend"
+            raise SrtrtError(f"engine is a {engine_cache.FLAVOURS[built.flavour]} plan, not {flavour.name}: "
+                             f"load it with {other}", plan)
+        engine_cache.check_runs_here(built, gpu_name, cc, str(trt.__version__), plan)
         if built.plugin == "jit":
             from srtrt.kernels import trt_plugin
 
-            trt_plugin.register()  # the JIT plugin runs Python at every enqueue
+            trt_plugin.register(flavour.module)  # the JIT plugin runs Python at every enqueue
 
         self._trt = trt
         self.device = device
         self.key = built
         self.plan = plan
+        self.gpu = (gpu_name, cc)
+        self.notes = []  # what describe() adds (e.g. a TensorRT-RTX validity warning)
         self._logger = trt.Logger(trt.Logger.WARNING)
+        blob = plan.read_bytes()
         with torch.cuda.device(device):
             self._runtime = trt.Runtime(self._logger)
-            self._engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
+            self._check_blob(blob)
+            self._engine = self._runtime.deserialize_cuda_engine(blob)
         if self._engine is None:
-            raise SrtrtError("TensorRT could not deserialize the engine (see TensorRT's messages above)", plan)
+            raise SrtrtError(f"{flavour.name} could not deserialize the engine (see its messages above)", plan)
 
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -108,43 +132,63 @@ class TensorRTBackend(Backend):
         self.precision = built.precision
         self.dtype = self.in_dtype
         self.scale = int(doc.get("scale") or 4)
-        self.radius = int(doc.get("radius") or 0)
-        margin = int(doc.get("margin", self.radius))
-        core = max(1, min(self.profile.window) - 2 * margin)
+        # The window is core + 2 * margin for the margin the plan was built with: tiles use
+        # exactly that (base.Backend.margin), whatever the model's radius says.
+        self.margin = built.margin
+        self.radius = int(doc["radius"]) if doc.get("radius") is not None else built.margin
+        core = max(1, min(self.profile.window) - 2 * self.margin)
         self.defaults = TileDefaults(core=core, batch=self.profile.max_batch)
         self.cuda_graphs = cuda_graphs
 
         self._lock = threading.Lock()
         self._contexts = {}   # stream handle -> execution context
         self._shapes = {}     # stream handle -> input shape last set on that context
-        self._graphs = {}     # (stream handle, shape) -> (graph, static input, static output) or None
+        self._graphs = {}     # (stream handle, shape) -> (graph or None, static input, static output) or None
+        self._after_load()
 
     @classmethod
     def from_cache(cls, model_sha256: str, precision: str, device: str | torch.device | None = None,
                    window=None, max_batch: int | None = None, *, plugin: str | None = None,
-                   cuda_graphs: bool = False, root: Path | None = None) -> "TensorRTBackend":
-        """The backend for the newest cached plan of this model and precision on this GPU.
+                   cuda_graphs: bool | None = None, root: Path | None = None) -> "TensorRTBackend":
+        """The backend for the newest cached plan of this model and precision that runs on this GPU.
 
         `window` ((h, w) or int, LR pixels) and `max_batch` narrow the choice to plans whose
         profile is exactly that window with at least that batch. Raises SrtrtError (one line)
-        when TensorRT or a GPU is missing or no plan fits; plans built for another GPU or
-        TensorRT are named as such.
+        when the flavour or a GPU is missing or no plan fits; plans built for another GPU or
+        version are named as such. `cuda_graphs` None: the class's default.
         """
-        from srtrt.engine.toolchain.trt_build import import_tensorrt, require_cuda
+        from srtrt.engine.toolchain.trt_build import import_flavour, require_cuda
 
+        flavour = _flavour(cls.flavour)
         if precision not in engine_cache.PRECISIONS:
-            raise SrtrtError(f"TensorRT engines are built fp16 or fp32, not {precision}")
+            raise SrtrtError(f"{flavour.name} engines are built fp16 or fp32, not {precision}")
         if not model_sha256:
             raise SrtrtError("the model has no checkpoint hash, so no cached engine can match it")
-        trt = import_tensorrt()
-        require_cuda()
-        device = torch.device(device if device is not None else "cuda")
-        if device.type != "cuda":
-            raise SrtrtError(f"the TensorRT backend runs on a CUDA device, not {device}")
+        trt = import_flavour(flavour)
+        require_cuda(flavour, f"{flavour.name} engines run on a CUDA GPU")
+        device = _cuda_device(device)
         gpu_name, cc = engine_cache.gpu_identity(device)
-        plan = engine_cache.find(model_sha256, precision, gpu_name, cc, str(trt.__version__), window=window,
-                                 max_batch=max_batch, plugin=plugin, root=root)
-        return cls(plan, device, cuda_graphs=cuda_graphs)
+        plan = engine_cache.find(model_sha256, precision, gpu_name, cc, str(trt.__version__), flavour=cls.flavour,
+                                 window=window, max_batch=max_batch, plugin=plugin, root=root)
+        kwargs = {} if cuda_graphs is None else {"cuda_graphs": cuda_graphs}
+        return cls(plan, device, **kwargs)
+
+    # -----------------------------------------------------------------------------------------
+    # flavour hooks
+
+    def _check_blob(self, blob: bytes) -> None:
+        """Before deserializing (TensorRT-RTX asks the runtime whether the plan can run here)."""
+
+    def _after_load(self) -> None:
+        """After the engine is deserialized and the backend's fields are set."""
+
+    def _create_context(self):
+        return self._engine.create_execution_context()
+
+    @property
+    def _uses_torch_graphs(self) -> bool:
+        """Capture CUDA graphs with torch here (TensorRT-RTX captures its own)."""
+        return self.cuda_graphs
 
     # -----------------------------------------------------------------------------------------
 
@@ -178,10 +222,10 @@ class TensorRTBackend(Backend):
         return self._run(x)
 
     def describe(self) -> str:
-        extras = [f"TensorRT {self._trt.__version__}", f"plugin {self.key.plugin}", str(self.profile)]
+        extras = [self.key.label, f"plugin {self.key.plugin}", str(self.profile), f"margin {self.margin}"]
         if self.cuda_graphs:
-            extras.append("CUDA graphs")
-        return f"tensorrt ({self.precision}, {self.device}, {', '.join(extras)})"
+            extras.append(self.graphs_label)
+        return f"{self.name} ({self.precision}, {self.device}, {', '.join(extras + self.notes)})"
 
     def close(self) -> None:
         self._graphs.clear()
@@ -196,7 +240,7 @@ class TensorRTBackend(Backend):
         ctx = self._contexts.get(handle)
         if ctx is None:
             with self._lock, torch.cuda.device(self.device):
-                ctx = self._contexts.get(handle) or self._engine.create_execution_context()
+                ctx = self._contexts.get(handle) or self._create_context()
                 if ctx is None:
                     raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?)")
                 self._contexts[handle] = ctx
@@ -208,12 +252,17 @@ class TensorRTBackend(Backend):
         self._shapes[handle] = shape
         return tuple(int(d) for d in ctx.get_tensor_shape(self._out))
 
-    def _bind(self, ctx, handle: int, x: torch.Tensor) -> torch.Tensor:
+    def _bind(self, ctx, handle: int, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         out_shape = self._set_shape(ctx, handle, tuple(x.shape))
-        out = torch.empty(out_shape, dtype=self.out_dtype, device=self.device)
+        if out is None:
+            out = torch.empty(out_shape, dtype=self.out_dtype, device=self.device)
         ctx.set_tensor_address(self._in, x.data_ptr())
         ctx.set_tensor_address(self._out, out.data_ptr())
         return out
+
+    def _enqueue(self, ctx, handle: int) -> None:
+        if not ctx.execute_async_v3(handle):
+            raise RuntimeError("TensorRT failed to enqueue the engine (see TensorRT's messages above)")
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         stream = torch.cuda.current_stream(self.device)
@@ -224,15 +273,19 @@ class TensorRTBackend(Backend):
             if captured is not None:
                 graph, static_in, static_out = captured
                 static_in.copy_(x)
-                graph.replay()
-                return static_out.clone()  # the next replay overwrites static_out
+                if graph is not None:
+                    graph.replay()
+                else:  # the flavour replays its own graph for these fixed addresses
+                    self._bind(ctx, handle, static_in, static_out)
+                    self._enqueue(ctx, handle)
+                return static_out.clone()  # the next run overwrites static_out
         out = self._bind(ctx, handle, x)
-        if not ctx.execute_async_v3(handle):
-            raise RuntimeError("TensorRT failed to enqueue the engine (see TensorRT's messages above)")
+        self._enqueue(ctx, handle)
         return out
 
     def _graph(self, ctx, shape: tuple, stream):
-        """The captured graph for (stream, shape), capturing it on first use; None if not capturable."""
+        """(graph, static input, static output) for (stream, shape), made on first use; None past MAX_GRAPHS
+        or if not capturable. The graph is None where the flavour captures its own (fixed buffers only)."""
         key = (stream.cuda_stream, shape)
         if key in self._graphs:
             return self._graphs[key]
@@ -240,10 +293,13 @@ class TensorRTBackend(Backend):
             return None
         static_in = torch.zeros(shape, dtype=self.in_dtype, device=self.device)
         static_out = self._bind(ctx, stream.cuda_stream, static_in)
-        # One ordinary run first, so TensorRT's lazy initialisation is not captured.
-        if not ctx.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT failed to enqueue the engine (see TensorRT's messages above)")
+        # One ordinary run first, so lazy initialisation (and TensorRT-RTX's kernel
+        # specialisation for this shape) is not captured.
+        self._enqueue(ctx, stream.cuda_stream)
         stream.synchronize()
+        if not self._uses_torch_graphs:
+            self._graphs[key] = (None, static_in, static_out)
+            return self._graphs[key]
         graph = torch.cuda.CUDAGraph()
         ok = False
         try:

@@ -182,7 +182,8 @@ class TiledUpscaler:
         self.backend = backend
         self.auto_core = core is None
         self.core = backend.defaults.core if core is None else core
-        self.margin = backend.radius if margin is None else margin
+        self.margin = margin if margin is not None else (backend.margin if backend.margin is not None
+                                                         else backend.radius)
         self.batch = max(1, backend.defaults.batch if batch is None else batch)
         self.cuda = backend.device.type == "cuda"
         self.streams = [torch.cuda.Stream(backend.device) for _ in range(streams)] if self.cuda else []

@@ -1,14 +1,17 @@
-"""Engine cache: TensorRT plans with a JSON sidecar, never loaded blindly.
+"""Engine cache: TensorRT and TensorRT-RTX plans with a JSON sidecar, never loaded blindly.
 
-A plan only runs on the GPU model and TensorRT version that built it, for the model, precision
-and shape profile it was built from. Each plan `NAME.plan` has a sidecar `NAME.json` holding
-the key it was built for and the plan's sha256, so a plan copied from another machine, built
-by another TensorRT, or cut short by a full disk is refused with one line instead of crashing
-(or silently computing garbage) inside TensorRT.
+A TensorRT plan only runs on the GPU model and TensorRT version that built it; a TensorRT-RTX
+plan runs on the compute capabilities it was built for (with or without a GPU) and that
+TensorRT-RTX version. Both are for one model, precision, shape profile and tile margin. Each
+plan `NAME.plan` has a sidecar `NAME.json` holding the key it was built for and the plan's
+sha256, so a plan copied from another machine, built by another TensorRT, or cut short by a
+full disk is refused with one line instead of crashing (or silently computing garbage) inside
+TensorRT.
 
 Location: `$SRTRT_CACHE/engines` if SRTRT_CACHE is set (the root the other srtrt caches use
-too), else `~/.cache/srtrt/engines`. The builder keeps its timing
-caches in the same folder (one per GPU and TensorRT version).
+too), else `~/.cache/srtrt/engines`. The TensorRT builder keeps its timing caches in the same
+folder (one per GPU and TensorRT version); a TensorRT-RTX plan's runtime (JIT) caches lie
+beside it (one per GPU model).
 
 Pure Python: nothing here imports TensorRT or needs a GPU (`gpu_identity` asks torch lazily).
 """
@@ -16,21 +19,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from srtrt import atomic
 from srtrt import cache as srtrt_cache
 from srtrt.checkpoint import file_sha256
 from srtrt.errors import SrtrtError
 from srtrt.sidecar import read_versioned_json
 
 FORMAT = "srtrt-engine"
-VERSION = 1
+VERSION = 2  # 2: flavour, target compute capabilities and margin in the key
 PLUGIN_MODES = ("none", "jit", "aot")
 PRECISIONS = ("fp32", "fp16")
+FLAVOURS = {"trt": "TensorRT", "rtx": "TensorRT-RTX"}  # key.flavour -> what users read
+# TensorRT-RTX 1.7's build targets (its ComputeCapability enum; tests/test_tensorrt_rtx.py
+# checks the installed module), and the set a build without --cc covers, per NVIDIA's
+# "CPU-only AOT" page: 8.0, 8.6, 8.9, 12.0 "and later" (12.1 taken as later). Turing (7.5)
+# needs an explicit target; Hopper (9.0) and data-center Blackwell (10.x) are not targets.
+RTX_TARGETS = ((7, 5), (8, 0), (8, 6), (8, 9), (12, 0), (12, 1))
+RTX_DEFAULT_TARGETS = ((8, 0), (8, 6), (8, 9), (12, 0), (12, 1))
 REBUILD = "run `srtrt build` again"
 
 Shape = tuple  # (N, C, H, W)
@@ -120,57 +130,113 @@ def sm(compute_capability) -> str:
     return f"sm_{int(major)}{int(minor)}"
 
 
+def _slug(text: str, fallback: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or fallback
+
+
 @dataclass(frozen=True)
 class EngineKey:
-    """Everything a plan depends on. Two keys are equal exactly when one plan serves both."""
+    """Everything a cached plan is for. Two keys are equal exactly when one cache entry serves both.
+
+    TensorRT (flavour "trt") builds on the GPU that will run the plan: `gpu_name` and the one
+    entry of `compute_capabilities` are that GPU's. TensorRT-RTX ("rtx") builds for compute
+    capabilities, with or without a GPU: `gpu_name` is "" and `compute_capabilities` are the
+    targets, empty for TensorRT-RTX's portable set (RTX_DEFAULT_TARGETS). `margin` is the
+    overlap the window (core + 2 * margin) was built for, which the runtime tiles with.
+    """
 
     model_sha256: str
     precision: str                       # fp32 | fp16 (the ONNX graph's dtypes)
     profile: Profile
     plugin: str                          # none | jit | aot
-    gpu_name: str                        # torch.cuda.get_device_name()
-    compute_capability: tuple[int, int]  # torch.cuda.get_device_capability()
-    trt_version: str                     # tensorrt.__version__
+    margin: int                          # LR pixels of overlap on each side of a tile's core
+    flavour: str                         # trt | rtx
+    trt_version: str                     # the flavour's __version__
+    compute_capabilities: tuple          # ((major, minor), ...): where the plan runs (see above)
+    gpu_name: str = ""                   # torch.cuda.get_device_name() of the building GPU (trt)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
         if self.plugin not in PLUGIN_MODES:
             raise ValueError(f"plugin must be one of {PLUGIN_MODES}, not {self.plugin!r}")
+        if self.flavour not in FLAVOURS:
+            raise ValueError(f"flavour must be one of {tuple(FLAVOURS)}, not {self.flavour!r}")
         if not self.model_sha256:
             raise ValueError("model_sha256 must not be empty")
-        object.__setattr__(self, "compute_capability", tuple(int(v) for v in self.compute_capability))
+        if int(self.margin) < 0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
+        ccs = tuple(sorted({(int(a), int(b)) for a, b in self.compute_capabilities}))
+        if self.flavour == "trt" and (len(ccs) != 1 or not self.gpu_name):
+            raise ValueError("a TensorRT key names the one GPU (name and compute capability) that built it")
+        object.__setattr__(self, "compute_capabilities", ccs)
+        object.__setattr__(self, "margin", int(self.margin))
 
     @property
-    def sm(self) -> str:
-        return sm(self.compute_capability)
+    def label(self) -> str:
+        """'TensorRT 11.4.0.106', 'TensorRT-RTX 1.7.1.116'."""
+        return f"{FLAVOURS[self.flavour]} {self.trt_version}"
+
+    @property
+    def targets(self) -> tuple:
+        """The compute capabilities the plan runs on."""
+        return self.compute_capabilities or RTX_DEFAULT_TARGETS
 
     @property
     def gpu(self) -> str:
-        """'NVIDIA H200 (sm_90)'."""
-        return f"{self.gpu_name} ({self.sm})"
+        """Where the plan runs: 'NVIDIA H200 (sm_90)'; 'sm_86, sm_89'; 'the TensorRT-RTX portable set (...)'."""
+        if self.flavour == "trt":
+            return f"{self.gpu_name} ({sm(self.compute_capabilities[0])})"
+        listed = ", ".join(sm(cc) for cc in self.targets)
+        return listed if self.compute_capabilities else f"the TensorRT-RTX portable set ({listed})"
+
+    def gpu_mismatch(self, gpu_name: str, compute_capability) -> str | None:
+        """None when the plan can run on this GPU, else why not (one line, with what to do)."""
+        cc = tuple(int(v) for v in compute_capability)
+        here = f"{gpu_name} ({sm(cc)})"
+        if self.flavour == "trt":
+            if (self.gpu_name, self.compute_capabilities[0]) == (gpu_name, cc):
+                return None
+            return f"engine was built for {self.gpu}, this GPU is {here}: {REBUILD}"
+        if cc in self.targets:
+            return None
+        if cc not in RTX_TARGETS:
+            return (f"engine is a TensorRT-RTX plan for {self.gpu}, this GPU is {here}, which TensorRT-RTX does "
+                    f"not target: build with TensorRT (`srtrt build --tensorrt trt`)")
+        return (f"engine is a TensorRT-RTX plan for {self.gpu}, this GPU is {here}: "
+                f"run `srtrt build --tensorrt rtx --cc {cc[0]}.{cc[1]}`")
+
+    def version_mismatch(self, trt_version: str) -> str | None:
+        if self.trt_version == trt_version:
+            return None
+        name = FLAVOURS[self.flavour]
+        return f"engine was built with {self.label}, this is {name} {trt_version}: {REBUILD}"
 
     def to_dict(self) -> dict:
         return {"model_sha256": self.model_sha256, "precision": self.precision, "profile": self.profile.to_dict(),
-                "plugin": self.plugin, "gpu_name": self.gpu_name,
-                "compute_capability": list(self.compute_capability), "trt_version": self.trt_version}
+                "plugin": self.plugin, "margin": self.margin, "flavour": self.flavour,
+                "trt_version": self.trt_version, "compute_capabilities": [list(cc) for cc in self.compute_capabilities],
+                "gpu_name": self.gpu_name}
 
     @classmethod
     def from_dict(cls, d: dict) -> "EngineKey":
-        return cls(d["model_sha256"], d["precision"], Profile.from_dict(d["profile"]), d["plugin"], d["gpu_name"],
-                   tuple(d["compute_capability"]), d["trt_version"])
+        return cls(model_sha256=d["model_sha256"], precision=d["precision"], profile=Profile.from_dict(d["profile"]),
+                   plugin=d["plugin"], margin=d["margin"], flavour=d["flavour"], trt_version=d["trt_version"],
+                   compute_capabilities=tuple(tuple(cc) for cc in d["compute_capabilities"]),
+                   gpu_name=d["gpu_name"])
 
     def digest(self) -> str:
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 
     def stem(self) -> str:
-        """A readable, unique file stem: model, precision, plugin, profile, GPU, TensorRT, digest."""
+        """A readable, unique file stem: model, precision, plugin, profile, margin, where, flavour, digest."""
         n, _, h, w = self.profile.max
-        gpu = re.sub(r"[^a-z0-9]+", "-", self.gpu_name.lower()).strip("-") or "gpu"
-        trt = re.sub(r"[^0-9A-Za-z.]+", "-", self.trt_version)
-        return (f"{self.model_sha256[:12]}-{self.precision}-{self.plugin}-b{n}-{h}x{w}-{gpu}-"
-                f"{self.sm.replace('_', '')}-trt{trt}-{self.digest()[:8]}")
+        ccs = "-".join(sm(cc).replace("_", "") for cc in self.compute_capabilities) or "portable"
+        where = f"{_slug(self.gpu_name, 'gpu')}-{ccs}" if self.flavour == "trt" else ccs
+        version = re.sub(r"[^0-9A-Za-z.]+", "-", self.trt_version)
+        return (f"{self.model_sha256[:12]}-{self.precision}-{self.plugin}-b{n}-{h}x{w}-m{self.margin}-{where}-"
+                f"{self.flavour}{version}-{self.digest()[:8]}")
 
 
 def gpu_identity(device=None) -> tuple[str, tuple[int, int]]:
@@ -197,26 +263,20 @@ def sidecar_path(plan: Path) -> Path:
 
 
 def timing_cache_path(gpu_name: str, compute_capability, trt_version: str, root: Path | None = None) -> Path:
-    """Where the builder keeps the timing cache for one GPU model and TensorRT version."""
-    gpu = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-") or "gpu"
-    return (root or cache_dir()) / f"timing-{gpu}-{sm(compute_capability).replace('_', '')}-trt{trt_version}.cache"
+    """Where the TensorRT builder keeps the timing cache for one GPU model and TensorRT version."""
+    return (root or cache_dir()) / (f"timing-{_slug(gpu_name, 'gpu')}-{sm(compute_capability).replace('_', '')}-"
+                                    f"trt{trt_version}.cache")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def runtime_cache_path(plan: Path, gpu_name: str, compute_capability) -> Path:
+    """Beside a TensorRT-RTX plan: its runtime (JIT) cache for one GPU model."""
+    plan = Path(plan)
+    return plan.with_name(f"{plan.stem}.{_slug(gpu_name, 'gpu')}-{sm(compute_capability).replace('_', '')}"
+                          f".runtime-cache")
 
 
 def write_plan(path: Path, key: EngineKey, plan: bytes, info: dict | None = None) -> Path:
-    """Write `plan` and its sidecar at `path` (temporary names, then rename; sidecar last)."""
+    """Write `plan` and its sidecar at `path` (each atomically; the sidecar last)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     plan = bytes(plan)
@@ -226,8 +286,8 @@ def write_plan(path: Path, key: EngineKey, plan: bytes, info: dict | None = None
     side = sidecar_path(path)
     if side.exists():
         side.unlink()  # a plan is never left beside a sidecar that describes another plan
-    _atomic_write(path, plan)
-    _atomic_write(side, (json.dumps(doc, indent=2) + "\n").encode())
+    atomic.write_bytes(path, plan)
+    atomic.write_text(side, json.dumps(doc, indent=2) + "\n")
     return path
 
 
@@ -251,12 +311,17 @@ def read_sidecar(plan: Path) -> dict:
 
 
 def check_key(built: EngineKey, wanted: EngineKey, plan: Path | None = None) -> None:
-    """Raise SrtrtError naming the first thing that differs (GPU, TensorRT, model, precision, ...)."""
-    if (built.gpu_name, built.compute_capability) != (wanted.gpu_name, wanted.compute_capability):
-        raise SrtrtError(f"engine was built for {built.gpu}, this GPU is {wanted.gpu}: {REBUILD}", plan)
-    if built.trt_version != wanted.trt_version:
-        raise SrtrtError(f"engine was built with TensorRT {built.trt_version}, this is TensorRT {wanted.trt_version}: "
+    """Raise SrtrtError naming the first thing that differs (flavour, GPU, version, model, ...)."""
+    if built.flavour != wanted.flavour:
+        raise SrtrtError(f"engine is a {FLAVOURS[built.flavour]} plan, a {FLAVOURS[wanted.flavour]} one was asked: "
                          f"{REBUILD}", plan)
+    if (built.gpu_name, built.compute_capabilities) != (wanted.gpu_name, wanted.compute_capabilities):
+        if built.flavour == "trt":
+            raise SrtrtError(built.gpu_mismatch(wanted.gpu_name, wanted.compute_capabilities[0]), plan)
+        raise SrtrtError(f"engine is a TensorRT-RTX plan for {built.gpu}, wanted one for {wanted.gpu}: {REBUILD}",
+                         plan)
+    if built.trt_version != wanted.trt_version:
+        raise SrtrtError(built.version_mismatch(wanted.trt_version), plan)
     if built.model_sha256 != wanted.model_sha256:
         raise SrtrtError(f"engine was built for model {built.model_sha256[:12]}, not {wanted.model_sha256[:12]}: "
                          f"run `srtrt build` for this model", plan)
@@ -266,8 +331,19 @@ def check_key(built: EngineKey, wanted: EngineKey, plan: Path | None = None) -> 
     if built.profile != wanted.profile:
         raise SrtrtError(f"engine profile is {built.profile} (min {built.profile.min}), wanted {wanted.profile} "
                          f"(min {wanted.profile.min}): run `srtrt build` with this tile and batch", plan)
+    if built.margin != wanted.margin:
+        raise SrtrtError(f"engine was built for margin {built.margin}, wanted {wanted.margin}: "
+                         f"run `srtrt build --margin {wanted.margin}`", plan)
     if built.plugin != wanted.plugin:
         raise SrtrtError(f"engine plugin mode is {built.plugin}, wanted {wanted.plugin}: {REBUILD}", plan)
+
+
+def check_runs_here(built: EngineKey, gpu_name: str, compute_capability, trt_version: str,
+                    plan: Path | None = None) -> None:
+    """Raise SrtrtError (one line) unless the plan runs on this GPU with this flavour version."""
+    why = built.gpu_mismatch(gpu_name, compute_capability) or built.version_mismatch(trt_version)
+    if why:
+        raise SrtrtError(why, plan)
 
 
 def check_plan_file(plan: Path, doc: dict) -> None:
@@ -325,25 +401,29 @@ def entries(root: Path | None = None) -> list[tuple[Path, dict]]:
 
 
 def find(model_sha256: str, precision: str, gpu_name: str, compute_capability, trt_version: str, *,
-         window=None, max_batch: int | None = None, plugin: str | None = None, root: Path | None = None) -> Path:
-    """The cached plan to run this model at this precision on this GPU and TensorRT.
+         flavour: str = "trt", window=None, max_batch: int | None = None, plugin: str | None = None,
+         root: Path | None = None) -> Path:
+    """The cached `flavour` plan to run this model at this precision on this GPU and version.
 
-    A plan qualifies when model, precision, GPU and TensorRT match and, when given, its
-    profile's largest shape is exactly `window` (int or (h, w)), its batch is at least
-    `max_batch` and its plugin mode is `plugin`. Among those the newest plan wins (with a
-    window given: the smallest sufficient batch, then the newest). The plan is validated before it is returned. Raises SrtrtError
-    with the reason when none qualifies; plans only for another GPU or TensorRT are named as such.
+    A plan qualifies when model, precision and flavour match, it runs on this GPU (TensorRT:
+    built on this GPU model; TensorRT-RTX: its targets cover this compute capability) with this
+    `trt_version`, and, when given, its profile's largest shape is exactly `window` (int or
+    (h, w)), its batch is at least `max_batch` and its plugin mode is `plugin`. Among those the
+    newest plan wins (with a window given: the smallest sufficient batch, then the newest). The
+    plan is validated before it is returned. Raises SrtrtError with the reason when none
+    qualifies; plans only for another GPU or version are named as such.
     """
     cc = tuple(int(v) for v in compute_capability)
     hw = _hw(window) if window is not None else None
     here = f"{gpu_name} ({sm(cc)})"
+    name = FLAVOURS[flavour]
     same_model, candidates = [], []
     for plan, doc in entries(root):  # newest first
         k = doc["key"]
-        if k.model_sha256 != model_sha256 or k.precision != precision:
+        if k.model_sha256 != model_sha256 or k.precision != precision or k.flavour != flavour:
             continue
         same_model.append(k)
-        if (k.gpu_name, k.compute_capability, k.trt_version) != (gpu_name, cc, trt_version):
+        if k.gpu_mismatch(gpu_name, cc) or k.version_mismatch(trt_version):
             continue
         if hw is not None and k.profile.window != hw:
             continue
@@ -360,15 +440,16 @@ def find(model_sha256: str, precision: str, gpu_name: str, compute_capability, t
     want = ", ".join([precision] + ([f"window {hw[0]}x{hw[1]}"] if hw else [])
                      + ([f"batch {max_batch}"] if max_batch is not None else [])
                      + ([f"plugin {plugin}"] if plugin is not None else []))
-    for k in same_model:
-        if (k.gpu_name, k.compute_capability) != (gpu_name, cc):
-            raise SrtrtError(f"engine was built for {k.gpu}, this GPU is {here}: {REBUILD}")
-    for k in same_model:
-        if k.trt_version != trt_version:
-            raise SrtrtError(f"engine was built with TensorRT {k.trt_version}, this is TensorRT {trt_version}: {REBUILD}")
+    for why in (k.gpu_mismatch(gpu_name, cc) for k in same_model):
+        if why:
+            raise SrtrtError(why)
+    for why in (k.version_mismatch(trt_version) for k in same_model):
+        if why:
+            raise SrtrtError(why)
+    build = "srtrt build" + (" --tensorrt rtx" if flavour == "rtx" else "")
     if same_model:
-        have = "; ".join(sorted({f"{k.profile}, plugin {k.plugin}" for k in same_model}))
-        raise SrtrtError(f"no cached TensorRT engine for this model with {want} on {here} (cached: {have}): "
-                         f"run `srtrt build` with this tile and batch")
-    raise SrtrtError(f"no cached TensorRT engine for model {model_sha256[:12]} ({want}) on {here}: "
-                     f"run `srtrt build --precision {precision}`")
+        have = "; ".join(sorted({f"{k.profile}, margin {k.margin}, plugin {k.plugin}" for k in same_model}))
+        raise SrtrtError(f"no cached {name} engine for this model with {want} on {here} (cached: {have}): "
+                         f"run `{build}` with this tile and batch")
+    raise SrtrtError(f"no cached {name} engine for model {model_sha256[:12]} ({want}) on {here}: "
+                     f"run `{build} --precision {precision}`")

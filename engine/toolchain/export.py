@@ -3,9 +3,10 @@
 The graph has input "lr" (N, 3, H, W) and output "sr" (N, 3, H*s, W*s), dynamic N, H, W,
 in fp32 or fp16 (the dtypes decide TensorRT's precision). BatchNorm is folded into the
 convolutions by the exporter's optimizer. `fused=True` replaces each DepthToSpace(CRD) ->
-PRelu pair with one `srtrt::PixelShufflePReLU` node, which TensorRT matches to the Triton
-plugin and onnxruntime runs through engine/toolchain/ort_custom_op.py. Model provenance goes into
-the file's metadata_props (`load_metadata` reads it back).
+PRelu pair with one `srtrt::PixelShufflePReLU` node (kernels/fused_op.py), which TensorRT
+matches to the Triton plugin and onnxruntime runs through engine/toolchain/ort_custom_op.py;
+`unfuse_pixel_shuffle_prelu` turns such nodes back into the two stock ops. Model provenance
+goes into the file's metadata_props (engine/toolchain/onnx_io.py's `metadata` reads it back).
 """
 from __future__ import annotations
 
@@ -14,20 +15,22 @@ import copy
 import hashlib
 import io
 import logging
-import os
 import warnings
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from srtrt import atomic
 from srtrt.errors import SrtrtError
+from srtrt.kernels import fused_op
+
+from srtrt.engine.toolchain.onnx_io import META_PREFIX
 
 INPUT_NAME = "lr"
 OUTPUT_NAME = "sr"
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
-FUSED_OP, FUSED_DOMAIN = "PixelShufflePReLU", "srtrt"
-META_PREFIX = "srtrt."
 EXAMPLE_SHAPE = (2, 3, 32, 32)  # tracing input; batch > 1 so torch.export keeps it symbolic
 
 
@@ -125,9 +128,9 @@ def fuse_pixel_shuffle_prelu(model, aot: bool = True) -> int:
                 g.initializer.append(inits[flat])
             slope = flat
         fused[i] = helper.make_node(
-            FUSED_OP, [d2s.input[0], slope], list(prelu.output), name=prelu.name + "_fused",
-            domain=FUSED_DOMAIN, upscale=int(_attr(d2s, "blocksize")), plugin_namespace=FUSED_DOMAIN,
-            plugin_version="1", aot=int(aot))
+            fused_op.NAME, [d2s.input[0], slope], list(prelu.output), name=prelu.name + "_fused",
+            domain=fused_op.NAMESPACE, upscale=int(_attr(d2s, "blocksize")), plugin_namespace=fused_op.NAMESPACE,
+            plugin_version=fused_op.PLUGIN_VERSION, aot=int(aot))
         dropped.add(j)
     if not fused:
         return 0
@@ -142,9 +145,61 @@ def fuse_pixel_shuffle_prelu(model, aot: bool = True) -> int:
     kept_init = [t for t in g.initializer if t.name in used]
     g.ClearField("initializer")
     g.initializer.extend(kept_init)
-    if not any(o.domain == FUSED_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(FUSED_DOMAIN, 1))
+    if not any(o.domain == fused_op.NAMESPACE for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(fused_op.NAMESPACE, fused_op.DOMAIN_VERSION))
     return len(fused)
+
+
+def fused_nodes(model) -> list:
+    """The graph's PixelShufflePReLU nodes, by op type alone as TensorRT's parser matches them."""
+    return [n for n in model.graph.node if n.op_type == fused_op.NAME]
+
+
+def unfuse_pixel_shuffle_prelu(model) -> int:
+    """The inverse of `fuse_pixel_shuffle_prelu`, in place: each PixelShufflePReLU node becomes
+    DepthToSpace(CRD) -> PRelu again, for builders without the plugin. Returns the count."""
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    nodes, count = [], 0
+    for n in g.node:
+        if n.op_type != fused_op.NAME:
+            nodes.append(n)
+            continue
+        x, slope = n.input[0], n.input[1]
+        shuffled = f"{n.output[0]}_unfused_shuffle"
+        slope_4d = f"{slope}_unfused"  # (C, 1, 1): PRelu broadcasts it over (N, C, H, W)
+        if slope_4d not in inits:
+            if slope in inits:
+                values = numpy_helper.to_array(inits[slope]).reshape(-1, 1, 1)
+                inits[slope_4d] = numpy_helper.from_array(values, slope_4d)
+                g.initializer.append(inits[slope_4d])
+            else:
+                shape = f"{slope_4d}_shape"
+                g.initializer.append(numpy_helper.from_array(np.array([-1, 1, 1], np.int64), shape))
+                nodes.append(helper.make_node("Reshape", [slope, shape], [slope_4d], name=f"{n.name}_slope"))
+                inits[slope_4d] = None
+        nodes.append(helper.make_node("DepthToSpace", [x], [shuffled], name=f"{n.name}_shuffle",
+                                      blocksize=int(_attr(n, "upscale")), mode="CRD"))
+        nodes.append(helper.make_node("PRelu", [shuffled, slope_4d], list(n.output), name=f"{n.name}_prelu"))
+        count += 1
+    if not count:
+        return 0
+    g.ClearField("node")
+    g.node.extend(nodes)
+    used = {name for node in g.node for name in node.input}
+    kept = [t for t in g.initializer if t.name in used]
+    g.ClearField("initializer")
+    g.initializer.extend(kept)
+    kept_ops = [o for o in model.opset_import if o.domain != fused_op.NAMESPACE]
+    del model.opset_import[:]
+    model.opset_import.extend(kept_ops)
+    _set_metadata(model, {"fused": False})
+    props = [p for p in model.metadata_props if p.key != META_PREFIX + "aot"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(props)
+    return count
 
 
 def _set_metadata(model, meta: dict) -> None:
@@ -153,33 +208,6 @@ def _set_metadata(model, meta: dict) -> None:
     props = {p.key: p.value for p in model.metadata_props}
     props.update({META_PREFIX + k: str(v) for k, v in meta.items()})
     helper.set_model_props(model, props)
-
-
-_META_TYPES = {"scale": int, "radius": int, "fused": lambda v: v == "True", "aot": lambda v: v == "True"}
-
-
-def load_metadata(path) -> dict:
-    """The srtrt metadata of an exported file: model_sha256, scale, radius, precision, fused, ...
-
-    Refuses (SrtrtError) a file whose external-data paths leave its folder (see onnx_safety).
-    """
-    onnx = _onnx()
-    path = Path(path)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except FileNotFoundError:
-        raise SrtrtError("ONNX file not found", path) from None
-    except Exception as e:  # protobuf raises its own DecodeError for non-ONNX bytes
-        raise SrtrtError(f"not a readable ONNX file ({e.__class__.__name__})", path) from None
-    from srtrt.engine.toolchain.onnx_io import check_external_data
-
-    check_external_data(model, path)  # before any loader follows an external-data path
-    meta = {}
-    for p in model.metadata_props:
-        if p.key.startswith(META_PREFIX):
-            key = p.key[len(META_PREFIX):]
-            meta[key] = _META_TYPES.get(key, str)(p.value)
-    return meta
 
 
 def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: bool = False,
@@ -204,15 +232,18 @@ def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: boo
     _set_metadata(model, {"model_sha256": sha, "scale": view.scale, "radius": view.radius,
                           "precision": precision, "fused": bool(fused), **({"aot": bool(aot)} if fused else {})})
     onnx.checker.check_model(model)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_onnx(model, path)
+    return path
+
+
+def save_onnx(model, path) -> Path:
+    """Write `model` as one self-contained file at `path`, atomically (srtrt.atomic)."""
+    path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save_model(model, str(tmp), save_as_external_data=False)
-        os.replace(tmp, path)
+        atomic.write_bytes(path, model.SerializeToString())
     except OSError as e:
         raise SrtrtError(f"cannot write ({e.strerror or e})", path) from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

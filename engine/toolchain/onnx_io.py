@@ -1,10 +1,12 @@
-"""ONNX files are untrusted input: external-data references must stay inside the model's folder.
+"""The one place srtrt loads an ONNX file, and reads the metadata srtrt's export writes into it.
 
+ONNX files are untrusted input: external-data references must stay inside the model's folder.
 A tensor stored outside the .onnx file names its data file in `external_data["location"]`,
 resolved relative to the model's folder by onnx and onnxruntime. A crafted file can point that
 at an absolute path or climb out with `..` (or through a symlink), making the loader read any
-file the user can read into a weight tensor. `check_external_data` refuses such a model with one
-line before anything loads the data. srtrt itself always writes self-contained files.
+file the user can read into a weight tensor. `load_onnx` therefore parses the file without its
+external data, refuses such a model with one line (`check_external_data`), and only then loads
+the data. srtrt itself always writes self-contained files.
 """
 from __future__ import annotations
 
@@ -12,6 +14,58 @@ import os
 from pathlib import Path
 
 from srtrt.errors import SrtrtError
+
+META_PREFIX = "srtrt."  # metadata_props keys export.py writes: "srtrt.model_sha256", ...
+# How each metadata value is read back (everything else stays a string).
+META_TYPES = {"scale": int, "radius": int, "fused": lambda v: v == "True", "aot": lambda v: v == "True"}
+
+
+def load_onnx(path, load_external_data: bool = True):
+    """The ModelProto at `path`; SrtrtError (one line) when it is missing, unreadable or unsafe.
+
+    The external-data check runs on the parsed file before any external data is read, so a
+    model pointing outside its folder is refused without touching the file it points at.
+    """
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    path = Path(path)
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except FileNotFoundError:
+        raise SrtrtError("ONNX file not found", path) from None
+    except OSError as e:
+        raise SrtrtError(f"cannot read the ONNX file ({e.strerror or e.__class__.__name__})", path) from None
+    except Exception as e:  # protobuf raises its own DecodeError for non-ONNX bytes
+        raise SrtrtError(f"not a readable ONNX file ({e.__class__.__name__})", path) from None
+    if not model.HasField("graph") or not model.graph.input or not model.graph.output:
+        raise SrtrtError("not a readable ONNX file (no graph with inputs and outputs)", path)
+    check_external_data(model, path)
+    if load_external_data and external_locations(model):
+        try:
+            load_external_data_for_model(model, str(path.parent))
+        except (OSError, ValueError) as e:
+            raise SrtrtError(f"cannot read the model's external data ({e.__class__.__name__}: {e})", path) from None
+    return model
+
+
+def metadata(source) -> dict:
+    """The srtrt metadata of an exported model (keys without the "srtrt." prefix, typed).
+
+    `source`: a path (loaded with `load_onnx`, external data not read) or a loaded ModelProto.
+    Keys: model_sha256, scale, radius, precision, fused and, for fused graphs, aot.
+    """
+    model = source if hasattr(source, "metadata_props") else load_onnx(source, load_external_data=False)
+    meta = {}
+    for p in model.metadata_props:
+        if p.key.startswith(META_PREFIX):
+            key = p.key[len(META_PREFIX):]
+            try:
+                meta[key] = META_TYPES.get(key, str)(p.value)
+            except ValueError:
+                where = None if model is source else source
+                raise SrtrtError(f"metadata {p.key} is {p.value!r}, not a number", where) from None
+    return meta
 
 
 def _tensors(model):

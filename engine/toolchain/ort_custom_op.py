@@ -9,9 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from srtrt.errors import SrtrtError
+from srtrt.kernels import fused_op
 
-FUSED_OP = "PixelShufflePReLU"
-FUSED_DOMAIN = "srtrt"
 _registered = False
 
 
@@ -35,10 +34,11 @@ def register() -> None:
     except ImportError:
         raise SrtrtError("running fused ONNX graphs on the CPU needs onnxruntime-extensions "
                          "(pip install 'srtrt[onnx]')") from None
-    attrs = {"upscale": PyCustomOpDef.dt_int64, "aot": PyCustomOpDef.dt_int64,
+    types = {"upscale": PyCustomOpDef.dt_int64, "aot": PyCustomOpDef.dt_int64,
              "plugin_namespace": PyCustomOpDef.dt_string, "plugin_version": PyCustomOpDef.dt_string}
+    attrs = {name: types[name] for name in fused_op.ATTRIBUTES}
     for dtype in (PyCustomOpDef.dt_float, PyCustomOpDef.dt_float16):
-        @onnx_op(op_type=f"{FUSED_DOMAIN}::{FUSED_OP}", inputs=[dtype, dtype], outputs=[dtype], attrs=attrs)
+        @onnx_op(op_type=fused_op.PLUGIN_ID, inputs=[dtype, dtype], outputs=[dtype], attrs=attrs)
         def pixel_shuffle_prelu(x, alpha, upscale=2, **_plugin_attrs):
             return _compute(x, alpha, upscale)
     _registered = True
@@ -54,10 +54,3 @@ def session_options():
     so.register_custom_ops_library(get_library_path())
     return so
 
-
-def inference_session(path, **kwargs):
-    """A CPU InferenceSession for an exported model, fused or not."""
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), sess_options=session_options(),
-                                providers=["CPUExecutionProvider"], **kwargs)

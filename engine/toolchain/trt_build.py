@@ -1,41 +1,52 @@
-"""`srtrt build`: ONNX -> TensorRT engine for this GPU, stored in the engine cache.
+"""`srtrt build`: ONNX -> TensorRT or TensorRT-RTX engine, stored in the engine cache.
+
+Two flavours share this builder (`--tensorrt trt | rtx | auto`; auto: TensorRT where it
+imports, else TensorRT-RTX):
+- TensorRT (`tensorrt`) builds on the GPU that will run the plan; the plan is for that GPU
+  model. It keeps a timing cache per GPU model and version.
+- TensorRT-RTX (`tensorrt_rtx`) builds for compute capabilities (`--cc 8.6,8.9`; default: its
+  portable set), with no GPU needed ("CPU-only AOT"); at load a JIT step specialises the plan
+  for the user's GPU. No timing cache: using one makes the build query a GPU.
 
 Precision lives in the ONNX graph's dtypes: `--precision fp16` exports an fp16 graph and the
-network is strongly typed (TensorRT 10 gets the STRONGLY_TYPED flag; TensorRT 11 is always
-strongly typed and has no FP16 builder flag). One optimisation profile covers the runtime's
-tiles: opt = max = a full batch of full windows (core + 2*margin), min = one tiny tile.
+network is strongly typed (TensorRT 10 and TensorRT-RTX get the STRONGLY_TYPED flag; TensorRT 11
+is always strongly typed); neither flavour has, or gets, an FP16 builder flag. One optimisation
+profile covers the runtime's tiles: opt = max = a full batch of full windows (core + 2*margin),
+min = one tiny tile.
 
 With the plugin (the default), each DepthToSpace -> PRelu pair is one `PixelShufflePReLU` node
 run by the Triton kernel (kernels/trt_plugin.py); its `aot` attribute picks the AOT
 implementation (PTX baked into the plan, no Python needed at run time; the default) or the JIT
-one (Python callback at every enqueue).
+one (Python callback at every enqueue). Where the flavour's wheel has no plugin module
+(TensorRT-RTX 1.7.1 ships none) the graph is built unfused, and the build says so.
 
-Every `import tensorrt` is inside a function, so this module imports on any machine.
+Every `import tensorrt` / `import tensorrt_rtx` is inside a function, so this module imports
+on any machine.
 """
 from __future__ import annotations
 
-import os
+import importlib
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from srtrt import atomic
 from srtrt.errors import SrtrtError
+from srtrt.kernels import fused_op
 
 from srtrt.engine.toolchain import engine_cache
 from srtrt.engine.toolchain.engine_cache import EngineKey, Profile, profile_for
 
-INSTALL_HINT = 'pip install "srtrt[tensorrt]" on a machine with a CUDA GPU'
-PLUGIN_OP = "PixelShufflePReLU"
-PLUGIN_NAMESPACE = "srtrt"
-DEFAULT_CORE = 512           # LR core per tile, as the torch backend uses on CUDA
+DEFAULT_CORE = 512           # LR core per tile: with the default margin (40) the window is 592 x 592
 DEFAULT_BATCH = 4
-DEFAULT_WORKSPACE = 4 << 30  # bytes, capped at half the GPU's memory
+DEFAULT_WORKSPACE = 4 << 30  # bytes, capped at half the GPU's memory (TensorRT; TensorRT-RTX keeps its default)
 
-# Every `tensorrt` name this module uses, on the module or on its objects (builder, network,
-# parser, config, profile, parser errors, timing cache, progress monitor). tests/test_tensorrt.py
-# checks them against TensorRT 11.4's bindings; names that exist only in 10.x go in TRT10_ONLY
-# and must be behind a version guard.
+# Every name this module uses on `trt` (the flavour's module: tensorrt, or tensorrt_rtx in the
+# shared code) and on `rtx` (tensorrt_rtx only). tests/test_tensorrt.py checks TRT_NAMES_USED
+# against TensorRT 11.4's bindings; tests/test_tensorrt_rtx.py checks RTX_NAMES_USED and the
+# shared ones (all but TRT_ONLY_NAMES) against the installed tensorrt_rtx.
 TRT_NAMES_USED = (
     "__version__", "Logger", "WARNING", "INFO", "VERBOSE", "Builder", "create_network", "NetworkDefinitionCreationFlag",
     "STRONGLY_TYPED", "OnnxParser", "parse_from_file", "num_errors", "get_error", "desc", "node", "node_name",
@@ -45,32 +56,66 @@ TRT_NAMES_USED = (
     "IProgressMonitor", "phase_start", "step_complete", "phase_finish", "progress_monitor",
     "build_serialized_network",
 )
-TRT10_ONLY = ()
+TRT_ONLY_NAMES = ("create_timing_cache", "set_timing_cache", "get_timing_cache", "serialize")
+RTX_NAMES_USED = ("ComputeCapability", "CURRENT", "num_compute_capabilities", "set_compute_capability")
 
 
 # ---------------------------------------------------------------------------------------------
-# what is needed, and whether it is here
+# the two flavours
 
 
-def import_tensorrt():
-    """The tensorrt module, or one SrtrtError line saying it is missing and how to get it."""
+@dataclass(frozen=True)
+class Flavour:
+    key: str      # EngineKey.flavour: trt | rtx
+    module: str   # what to import
+    hint: str     # how to get it
+
+    @property
+    def name(self) -> str:
+        return engine_cache.FLAVOURS[self.key]
+
+
+TENSORRT = Flavour("trt", "tensorrt", 'pip install "srtrt[tensorrt]" on a machine with a CUDA GPU')
+TENSORRT_RTX = Flavour("rtx", "tensorrt_rtx", 'pip install "srtrt[tensorrt-rtx]" (builds need no GPU)')
+FLAVOURS = {"trt": TENSORRT, "rtx": TENSORRT_RTX}
+CHOICES = ("auto", *FLAVOURS)  # `srtrt build --tensorrt`
+
+
+def import_flavour(flavour: Flavour = TENSORRT):
+    """The flavour's module, or one SrtrtError line saying it is missing and how to get it."""
     try:
-        import tensorrt as trt
+        trt = importlib.import_module(flavour.module)
     except Exception as e:  # ImportError, or OSError from a half-installed libnvinfer
         cause = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-        raise SrtrtError(f"TensorRT is not installed ({cause}): {INSTALL_HINT}") from None
+        raise SrtrtError(f"{flavour.name} is not installed ({cause}): {flavour.hint}") from None
     if not hasattr(trt, "Builder"):
-        raise SrtrtError(f"the installed `tensorrt` package has no TensorRT in it: {INSTALL_HINT}")
+        raise SrtrtError(f"the installed `{flavour.module}` package has no {flavour.name} in it: {flavour.hint}")
     return trt
 
 
-def require_cuda():
-    """torch with a visible CUDA GPU, or one SrtrtError line."""
+def resolve_flavour(choice: str = "auto") -> tuple[Flavour, object]:
+    """(flavour, its module) for `--tensorrt choice`: auto = TensorRT where it imports, else TensorRT-RTX."""
+    if choice in FLAVOURS:
+        return FLAVOURS[choice], import_flavour(FLAVOURS[choice])
+    if choice != "auto":
+        raise SrtrtError(f"--tensorrt must be one of {', '.join(CHOICES)}, not {choice!r}")
+    reasons = []
+    for flavour in FLAVOURS.values():
+        try:
+            return flavour, import_flavour(flavour)
+        except SrtrtError as e:
+            reasons.append(str(e).rsplit(f": {flavour.hint}", 1)[0])
+    raise SrtrtError(f"{' and '.join(reasons)}: {TENSORRT.hint}, or {TENSORRT_RTX.hint}")
+
+
+def require_cuda(flavour: Flavour = TENSORRT, why: str | None = None):
+    """torch with a visible CUDA GPU, or one SrtrtError line ending with `why` (default: a build's)."""
     import torch
 
     if not torch.cuda.is_available():
-        raise SrtrtError(f"no CUDA GPU is visible (torch {torch.__version__}): TensorRT builds an engine on the GPU "
-                         f"that will run it; {INSTALL_HINT}")
+        why = why or (f"{flavour.name} builds an engine on the GPU that will run it; {flavour.hint}, "
+                      f"or build without a GPU with TensorRT-RTX (`srtrt build --tensorrt rtx`)")
+        raise SrtrtError(f"no CUDA GPU is visible (torch {torch.__version__}): {why}")
     return torch
 
 
@@ -79,11 +124,45 @@ def trt_major(trt) -> int:
 
 
 def network_flags(trt) -> int:
-    """Strongly typed on TensorRT 10 (an opt-in flag there); 0 on 11+, where it is always on."""
+    """STRONGLY_TYPED where it is an opt-in flag (TensorRT 10, TensorRT-RTX 1.x); 0 on TensorRT 11+."""
     flags = 0
     if trt_major(trt) < 11 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     return flags
+
+
+def parse_cc(text: str | None) -> tuple | str:
+    """`--cc`: "8.6,8.9" -> ((8, 6), (8, 9)); "" or None -> () (the portable set); "current" -> "current"."""
+    if text is None or not str(text).strip():
+        return ()
+    items = [t.strip() for t in str(text).replace(";", ",").split(",") if t.strip()]
+    if [t.lower() for t in items] == ["current"]:
+        return "current"
+    ccs = []
+    for item in items:
+        major, dot, minor = item.partition(".")
+        if item.lower() == "current":
+            raise SrtrtError("--cc current must be the only target")
+        if not (dot and major.isdigit() and minor.isdigit()):
+            raise SrtrtError(f"--cc {item}: write compute capabilities as MAJOR.MINOR, e.g. --cc 8.6,8.9")
+        ccs.append((int(major), int(minor)))
+    return tuple(sorted(set(ccs)))
+
+
+def rtx_targets(rtx, ccs) -> list:
+    """The tensorrt_rtx.ComputeCapability values for parsed `--cc` targets; SrtrtError for one it lacks."""
+    known = {name: value for name, value in rtx.ComputeCapability.__members__.items() if name.startswith("SM")}
+    if ccs == "current":
+        return [rtx.ComputeCapability.CURRENT]
+    values = []
+    for major, minor in ccs:
+        value = known.get(f"SM{major}{minor}")
+        if value is None:
+            listed = ", ".join(f"{n[2:-1]}.{n[-1]}" for n in known)
+            raise SrtrtError(f"--cc {major}.{minor}: TensorRT-RTX {rtx.__version__} targets {listed} "
+                             f"(or `current`, the visible GPU)")
+        values.append(value)
+    return values
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,15 +190,13 @@ def onnx_io(model) -> dict:
     return {"inputs": side(model.graph.input), "outputs": side(model.graph.output)}
 
 
-def plugin_nodes(model) -> list:
-    return [n for n in model.graph.node if n.op_type == PLUGIN_OP]
-
-
 def plugin_mode(model) -> str:
     """none (no plugin nodes), jit or aot (every node says so), or unset (missing or mixed `aot`)."""
     from onnx import helper
 
-    nodes = plugin_nodes(model)
+    from srtrt.engine.toolchain.export import fused_nodes
+
+    nodes = fused_nodes(model)
     if not nodes:
         return "none"
     modes = set()
@@ -133,19 +210,95 @@ def set_plugin_mode(model, mode: str) -> None:
     """Make every PixelShufflePReLU node ask for the `mode` (jit or aot) implementation."""
     from onnx import helper
 
+    from srtrt.engine.toolchain.export import fused_nodes
+
     if mode not in ("jit", "aot"):
         raise ValueError(f"plugin mode must be jit or aot, not {mode!r}")
-    wanted = {"aot": int(mode == "aot"), "plugin_namespace": PLUGIN_NAMESPACE, "plugin_version": "1"}
-    for n in plugin_nodes(model):
+    wanted = {"aot": int(mode == "aot"), "plugin_namespace": fused_op.NAMESPACE,
+              "plugin_version": fused_op.PLUGIN_VERSION}
+    for n in fused_nodes(model):
         keep = [a for a in n.attribute if a.name not in wanted]
         del n.attribute[:]
         n.attribute.extend(keep + [helper.make_attribute(k, v) for k, v in wanted.items()])
 
 
-def onnx_metadata(model) -> dict:
-    """The srtrt metadata engine/toolchain/export.py writes (keys without their "srtrt." prefix)."""
-    prefix = "srtrt."
-    return {p.key[len(prefix):]: p.value for p in model.metadata_props if p.key.startswith(prefix)}
+def plugin_unavailable(flavour: Flavour) -> str | None:
+    """None when the flavour can run the fused node (its plugin module imports), else why not."""
+    from srtrt.kernels import trt_plugin
+
+    return trt_plugin.unavailable(flavour.module)
+
+
+def _checked(name: str, value: int, lo: int, hi: int | None = None) -> int:
+    if value < lo or (hi is not None and value > hi):
+        allowed = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise SrtrtError(f"--{name} must be {allowed}, got {value}")
+    return value
+
+
+def view_facts(view, model: str | None, precision: str, plugin: str) -> dict:
+    """What a checkpoint's export will be, known before exporting (the cache key needs no ONNX)."""
+    from srtrt.engine.toolchain.export import state_dict_sha256
+
+    sha = getattr(view, "checkpoint_sha256", "") or state_dict_sha256(view)  # as export_onnx records it
+    return {"sha256": sha, "precision": precision, "plugin": plugin, "scale": view.scale,
+            "radius": view.radius, "source": str(model) if model else "embedded default model"}
+
+
+def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | None = None,
+                 precision: str = "fp16", plugin: str = "aot", view=None) -> tuple[Path, dict]:
+    """The ONNX the builder gets, written under `workdir`, and facts about it.
+
+    From a checkpoint (`model`, None = the embedded one; or an already loaded `view`): exported
+    at `precision`, fused unless `plugin == "none"`, with every plugin node set to `plugin`.
+    From `onnx_path`: loaded through onnx_io.load_onnx (external data outside the file's folder
+    is refused before anything reads it) and taken as it is, except that plugin nodes without
+    an `aot` choice get `plugin`, and `plugin == "none"` turns fused nodes back into
+    DepthToSpace + PRelu. Returns (path, {"sha256", "precision", "plugin", "scale", "radius",
+    "source", "io"}).
+    """
+    from srtrt.engine.toolchain.export import save_onnx, unfuse_pixel_shuffle_prelu
+    from srtrt.engine.toolchain.onnx_io import load_onnx, metadata
+
+    workdir = Path(workdir)
+    if onnx_path is not None:
+        src = Path(onnx_path)
+        if not src.is_file():
+            raise SrtrtError("ONNX file not found", src)
+        m = load_onnx(src)
+        meta = metadata(m)
+        sha = meta.get("model_sha256") or engine_cache.file_sha256(src)
+        got = onnx_precision(m)
+        if got != precision:
+            raise SrtrtError(f"the graph is {got} but --precision {precision} was asked: pass --precision {got}, "
+                             f"or export with `srtrt export --precision {precision}`", src)
+        mode = plugin_mode(m)
+        if plugin == "none" and mode != "none":
+            unfuse_pixel_shuffle_prelu(m)
+            mode = "none"
+        elif mode == "unset":
+            set_plugin_mode(m, plugin)
+            mode = plugin
+        path = save_onnx(m, workdir / src.name)
+        facts = {"sha256": sha, "precision": got, "plugin": mode, "scale": int(meta.get("scale", 4)),
+                 "radius": meta.get("radius"), "source": str(src.resolve())}
+    else:
+        import srtrt
+        from srtrt.engine.toolchain.export import export_onnx
+
+        view = view if view is not None else srtrt.load_model(model)
+        path = export_onnx(view, workdir / "model.onnx", precision=precision, fused=plugin != "none",
+                           aot=plugin == "aot")
+        m = load_onnx(path)
+        if plugin != "none" and plugin_mode(m) != plugin:
+            raise SrtrtError(f"the fused export does not have {fused_op.NAME} nodes with aot={int(plugin == 'aot')}",
+                             path)
+        got = onnx_precision(m)
+        if got != precision:
+            raise SrtrtError(f"export gave a {got} graph, {precision} was asked", path)
+        facts = {**view_facts(view, model, precision, plugin), "plugin": plugin_mode(m)}
+    facts["io"] = onnx_io(m)
+    return Path(path), facts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,33 +343,43 @@ def _workspace_limit() -> int:
     return min(DEFAULT_WORKSPACE, total // 2)
 
 
-def build_serialized(onnx_path, profile: Profile, *, opt_level: int = 3, workspace: int | None = None,
-                     timing_cache: Path | None = None, progress: bool = True, verbose: bool = False,
-                     out=None) -> bytes:
-    """Parse `onnx_path`, build one engine for `profile`, return the serialized plan.
+@dataclass
+class Network:
+    """A parsed network and what keeps it alive (the parser owns the weights)."""
 
-    Registers the PixelShufflePReLU plugin first when the graph has such nodes. Parser errors
-    are printed one per line (to `out`, default stderr) and raise SrtrtError.
+    trt: object
+    builder: object
+    network: object
+    parser: object
+    logger: object
+    plugin: str  # the graph's plugin mode: none | jit | aot
+
+
+def parse_network(onnx_path, flavour: Flavour = TENSORRT, *, verbose: bool = False, out=None) -> Network:
+    """The flavour's strongly typed network for `onnx_path` (parser errors: one per line, then SrtrtError).
+
+    Registers the PixelShufflePReLU plugin with the flavour first when the graph has such nodes.
     """
-    import onnx
-
-    from srtrt.engine.toolchain.onnx_io import check_external_data
+    from srtrt.engine.toolchain.onnx_io import load_onnx
 
     out = out or sys.stderr
-    trt = import_tensorrt()
+    trt = import_flavour(flavour)
     onnx_path = Path(onnx_path)
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    check_external_data(model, onnx_path)  # the parser would follow external-data paths anywhere
+    model = load_onnx(onnx_path, load_external_data=False)  # the parser would follow external-data paths anywhere
     mode = plugin_mode(model)
     if mode == "unset":
-        raise SrtrtError(f"{PLUGIN_OP} nodes must all carry aot=0 or aot=1", onnx_path)
+        raise SrtrtError(f"{fused_op.NAME} nodes must all carry aot=0 or aot=1", onnx_path)
     if mode != "none":
         from srtrt.kernels import trt_plugin
 
-        has_aot = trt_plugin.register()
+        why = trt_plugin.unavailable(flavour.module)
+        if why:
+            raise SrtrtError(f"the graph has {fused_op.NAME} nodes, but {flavour.name} has no usable plugin module "
+                             f"({why}): build with --no-plugin", onnx_path)
+        has_aot = trt_plugin.register(flavour.module)
         if mode == "aot" and not has_aot:
-            raise SrtrtError(f"TensorRT {trt.__version__} has no AOT Python plugins (10.9 or newer has): "
-                             f"build with the JIT plugin or without the plugin", onnx_path)
+            raise SrtrtError(f"{flavour.name} {trt.__version__} has no AOT Python plugins (TensorRT 10.9 or newer "
+                             f"has): build with the JIT plugin or without the plugin", onnx_path)
 
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -227,15 +390,52 @@ def build_serialized(onnx_path, profile: Profile, *, opt_level: int = 3, workspa
             err = parser.get_error(i)
             where = err.node_name() or err.node_operator() or f"node {err.node()}"
             print(f"{onnx_path.name}: {where}: {err.desc()}", file=out)
-        raise SrtrtError(f"TensorRT could not parse the ONNX ({parser.num_errors} error(s) above)", onnx_path)
+        raise SrtrtError(f"{flavour.name} could not parse the ONNX ({parser.num_errors} error(s) above)", onnx_path)
     if network.num_inputs != 1:
         raise SrtrtError(f"expected one network input, found {network.num_inputs}", onnx_path)
+    return Network(trt, builder, network, parser, logger, mode)
 
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace or _workspace_limit())
+
+def _set_targets(rtx, config, targets) -> None:
+    """TensorRT-RTX: build for `targets` (ComputeCapability values); none = its portable set."""
+    config.num_compute_capabilities = len(targets)
+    for i, value in enumerate(targets):
+        if not config.set_compute_capability(value, i):
+            raise SrtrtError(f"TensorRT-RTX refused the build target {value}")
+
+
+def build_serialized(onnx_path, profile: Profile, *, flavour: Flavour = TENSORRT, targets=(),
+                     opt_level: int = 3, workspace: int | None = None, timing_cache: Path | None = None,
+                     progress: bool = True, verbose: bool = False, out=None) -> bytes:
+    """Parse `onnx_path`, build one engine for `profile`, return the serialized plan.
+
+    TensorRT-RTX builds for `targets` (tensorrt_rtx.ComputeCapability values; empty: its
+    portable set); its AOT plugin kernels are compiled for the lowest target. `timing_cache`
+    is TensorRT's only; `workspace` (bytes) defaults to DEFAULT_WORKSPACE capped at half the
+    GPU for TensorRT, and to TensorRT-RTX's own default.
+    """
+    out = out or sys.stderr
+    net = parse_network(onnx_path, flavour, verbose=verbose, out=out)
+    trt = net.trt
+    config = net.builder.create_builder_config()
+    if flavour.key == "trt" or workspace:
+        # TensorRT-RTX allocates an explicitly limited pool at build time, which fails without
+        # a GPU ("Error Code 2: OutOfMemory"); its default limit builds anywhere.
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace or _workspace_limit())
     config.builder_optimization_level = int(opt_level)
-    cache = None
-    if timing_cache is not None:
+    aot_arch = ptx = None  # AOT plugin kernels: for the building GPU
+    if flavour.key == "rtx":
+        _set_targets(trt, config, targets)
+        if net.plugin == "aot":
+            from srtrt.kernels import aot
+
+            # PTX for the lowest target runs on every later one through the driver's JIT;
+            # CURRENT (the only target, value 1): the building GPU's own.
+            lowest = min(engine_cache.RTX_DEFAULT_TARGETS)
+            named = [int(v) for v in targets if int(v) >= 75]
+            aot_arch = min(named) if named else (None if targets else lowest[0] * 10 + lowest[1])
+            ptx = aot.PORTABLE_PTX_VERSION if aot_arch is not None else None
+    elif timing_cache is not None:
         blob = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
         cache = config.create_timing_cache(blob)
         if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
@@ -243,23 +443,23 @@ def build_serialized(onnx_path, profile: Profile, *, opt_level: int = 3, workspa
             cache = config.create_timing_cache(b"")
             config.set_timing_cache(cache, ignore_mismatch=False)
 
-    prof = builder.create_optimization_profile()
-    prof.set_shape(network.get_input(0).name, profile.min, profile.opt, profile.max)
+    prof = net.builder.create_optimization_profile()
+    prof.set_shape(net.network.get_input(0).name, profile.min, profile.opt, profile.max)
     config.add_optimization_profile(prof)
 
     monitor = _progress_monitor(trt, out) if progress else None
     if monitor is not None:
         config.progress_monitor = monitor
 
-    plan = builder.build_serialized_network(network, config)
+    from srtrt.kernels import trt_plugin
+
+    with trt_plugin.aot_target(aot_arch, ptx):
+        plan = net.builder.build_serialized_network(net.network, config)
     if plan is None:
-        raise SrtrtError("TensorRT could not build the engine (see TensorRT's messages above)", onnx_path)
-    if timing_cache is not None:
-        data = config.get_timing_cache().serialize()
+        raise SrtrtError(f"{flavour.name} could not build the engine (see its messages above)", onnx_path)
+    if flavour.key == "trt" and timing_cache is not None:
         Path(timing_cache).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(timing_cache).with_name(Path(timing_cache).name + f".{os.getpid()}.tmp")
-        tmp.write_bytes(bytes(data))
-        os.replace(tmp, timing_cache)
+        atomic.write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(plan)
 
 
@@ -267,109 +467,108 @@ def build_serialized(onnx_path, profile: Profile, *, opt_level: int = 3, workspa
 # srtrt build
 
 
-def _checked(name: str, value: int, lo: int, hi: int | None = None) -> int:
-    if value < lo or (hi is not None and value > hi):
-        allowed = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise SrtrtError(f"--{name} must be {allowed}, got {value}")
-    return value
-
-
-def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | None = None,
-                 precision: str = "fp16", plugin: str = "aot") -> tuple[Path, dict]:
-    """The ONNX the builder gets, written under `workdir`, and facts about it.
-
-    From a checkpoint (`model`, None = the embedded one): exported at `precision`, fused unless
-    `plugin == "none"`, with every plugin node set to `plugin`. From `onnx_path`: taken as it
-    is, except that plugin nodes without an `aot` choice get `plugin` (or refuse "none").
-    Returns (path, {"sha256", "precision", "plugin", "scale", "radius", "source", "io"}).
-    """
-    import onnx
-
-    workdir = Path(workdir)
-    if onnx_path is not None:
-        src = Path(onnx_path)
-        if not src.is_file():
-            raise SrtrtError("ONNX file not found", src)
-        try:
-            m = onnx.load(str(src))
-        except Exception as e:
-            raise SrtrtError(f"not a readable ONNX model ({e.__class__.__name__})", src) from None
-        meta = onnx_metadata(m)
-        sha = meta.get("model_sha256") or engine_cache.file_sha256(src)
-        got = onnx_precision(m)
-        if got != precision:
-            raise SrtrtError(f"the graph is {got} but --precision {precision} was asked: pass --precision {got}, "
-                             f"or export with `srtrt export --precision {precision}`", src)
-        mode = plugin_mode(m)
-        if mode == "unset":
-            if plugin == "none":
-                raise SrtrtError(f"the graph has {PLUGIN_OP} nodes; build it with the plugin, or export without "
-                                 f"--fused", src)
-            set_plugin_mode(m, plugin)
-            mode = plugin
-        path = workdir / src.name
-        onnx.save(m, str(path))
-        facts = {"sha256": sha, "precision": got, "plugin": mode, "scale": int(meta.get("scale", 4)),
-                 "radius": int(meta["radius"]) if "radius" in meta else None, "source": str(src.resolve())}
-    else:
-        import srtrt
-        from srtrt.engine.toolchain.export import export_onnx
-
-        view = srtrt.load_model(model)
-        path = export_onnx(view, workdir / "model.onnx", precision=precision, fused=plugin != "none",
-                           aot=plugin == "aot")
-        m = onnx.load(str(path))
-        if plugin != "none" and plugin_mode(m) != plugin:
-            raise SrtrtError(f"the fused export does not have {PLUGIN_OP} nodes with aot={int(plugin == 'aot')}", path)
-        got = onnx_precision(m)
-        if got != precision:
-            raise SrtrtError(f"export gave a {got} graph, {precision} was asked", path)
-        facts = {"sha256": view.checkpoint_sha256, "precision": got, "plugin": plugin_mode(m), "scale": view.scale,
-                 "radius": view.radius, "source": str(model) if model else "embedded default model"}
-    facts["io"] = onnx_io(m)
-    return Path(path), facts
+def _where(flavour: Flavour, trt, cc) -> tuple[dict, list]:
+    """(the key's gpu_name / compute_capabilities, the RTX build targets) for this build."""
+    if flavour.key == "trt":
+        if parse_cc(cc):
+            raise SrtrtError("--cc names TensorRT-RTX targets; TensorRT builds for the GPU it runs on "
+                             "(pass --tensorrt rtx)")
+        require_cuda(flavour)
+        gpu_name, here = engine_cache.gpu_identity()
+        return {"gpu_name": gpu_name, "compute_capabilities": (here,)}, []
+    ccs = parse_cc(cc)
+    targets = rtx_targets(trt, ccs)  # refuses a target this TensorRT-RTX lacks
+    if ccs != "current":
+        return {"gpu_name": "", "compute_capabilities": ccs}, targets
+    require_cuda(flavour, "--cc current builds for the visible GPU; name the targets (e.g. --cc 8.6,8.9) "
+                          "or leave --cc out for TensorRT-RTX's portable set")
+    gpu_name, here = engine_cache.gpu_identity()
+    if here not in engine_cache.RTX_TARGETS:
+        raise SrtrtError(f"--cc current: {gpu_name} ({engine_cache.sm(here)}) is not a TensorRT-RTX target: "
+                         f"build with TensorRT (`--tensorrt trt`)")
+    return {"gpu_name": gpu_name, "compute_capabilities": (here,)}, targets
 
 
 def build(*, model: str | None = None, onnx_path: str | None = None, precision: str = "fp16",
           tile: int | None = None, margin: int | None = None, max_batch: int = DEFAULT_BATCH, opt_level: int = 3,
-          plugin: str = "aot", output: str | None = None, progress: bool = True, out=None) -> tuple[Path, EngineKey]:
-    """Build an engine for this GPU and put it in the cache (and at `output` when given).
+          plugin: str = "aot", output: str | None = None, progress: bool = True, out=None,
+          tensorrt: str = "auto", cc: str | None = None) -> tuple[Path, EngineKey]:
+    """Build an engine (or find it already built in the cache); put it at `output` too when given.
 
-    `plugin`: "aot" (default), "jit" or "none" (stock DepthToSpace + PRelu layers).
-    Returns (cached plan path, key).
+    `tensorrt`: trt, rtx or auto (TensorRT where it imports, else TensorRT-RTX). `cc`: the
+    TensorRT-RTX targets ("8.6,8.9"; None = its portable set; "current" = the visible GPU).
+    `plugin`: "aot" (default), "jit" or "none" (stock DepthToSpace + PRelu layers; also what a
+    flavour without a plugin module gets). Returns (cached plan path, key).
     """
+    import srtrt
+
     out = out or sys.stderr
-    trt = import_tensorrt()
-    require_cuda()
+    flavour, trt = resolve_flavour(tensorrt)
+    version = str(trt.__version__)
     if plugin not in engine_cache.PLUGIN_MODES:
         raise SrtrtError(f"plugin must be one of {engine_cache.PLUGIN_MODES}, not {plugin!r}")
     max_batch = _checked("max-batch", int(max_batch), 1)
     opt_level = _checked("opt-level", int(opt_level), 0, 5)
-    gpu_name, cc = engine_cache.gpu_identity()
+    where, targets = _where(flavour, trt, cc)
+    unfused = plugin_unavailable(flavour) if plugin != "none" else None
+    if unfused:
+        plugin = "none"
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="srtrt-build-") as tmp:
-        path, facts = prepare_onnx(Path(tmp), model=model, onnx_path=onnx_path, precision=precision, plugin=plugin)
+        view, path = None, None
+        if onnx_path is None:  # the key is known before the (slow) export
+            view = srtrt.load_model(model)
+            facts = view_facts(view, model, precision, plugin)
+        else:
+            path, facts = prepare_onnx(Path(tmp), onnx_path=onnx_path, precision=precision, plugin=plugin)
         radius = facts["radius"]
         if margin is None and radius is None:
-            raise SrtrtError("the ONNX has no receptive-field radius in its metadata: pass --margin", path)
+            raise SrtrtError("the ONNX has no receptive-field radius in its metadata: pass --margin", onnx_path)
         margin = _checked("margin", int(radius if margin is None else margin), 0)
         core = _checked("tile", int(DEFAULT_CORE if tile is None else tile), 1)
-        window = core + 2 * margin
-        profile = profile_for(window, max_batch)
-        key = EngineKey(facts["sha256"], facts["precision"], profile, facts["plugin"], gpu_name, cc, str(trt.__version__))
-        print(f"building a TensorRT {trt.__version__} engine for {key.gpu}: {key.precision}, plugin {key.plugin}, "
-              f"{profile}", file=out, flush=True)
-        timing = engine_cache.timing_cache_path(gpu_name, cc, str(trt.__version__))
-        plan = build_serialized(path, profile, opt_level=opt_level, timing_cache=timing, progress=progress, out=out)
-    import srtrt
-
-    info = {"scale": facts["scale"], "radius": radius, "margin": margin, "core": core, "io": facts["io"],
-            "source": facts["source"], "opt_level": opt_level, "build_seconds": round(time.monotonic() - started, 1),
+        profile = profile_for(core + 2 * margin, max_batch)
+        key = EngineKey(model_sha256=facts["sha256"], precision=facts["precision"], profile=profile,
+                        plugin=facts["plugin"], margin=margin, flavour=flavour.key, trt_version=version, **where)
+        cached = _cached(key, out)
+        if cached is not None:
+            print(f"served from the cache: {cached.name}", file=out, flush=True)
+            if output:
+                engine_cache.write_plan(Path(output), key, cached.read_bytes(), _info_of(cached))
+            return cached, key
+        if unfused:
+            print(f"{flavour.name} {version} has no usable plugin module ({unfused}): building unfused "
+                  f"(DepthToSpace + PRelu, not {fused_op.NAME})", file=out, flush=True)
+        print(f"building a {key.label} engine for {key.gpu}: {key.precision}, plugin {key.plugin}, {profile}, "
+              f"margin {margin}", file=out, flush=True)
+        if path is None:
+            path, facts = prepare_onnx(Path(tmp), model=model, precision=precision, plugin=plugin, view=view)
+        timing = (engine_cache.timing_cache_path(where["gpu_name"], where["compute_capabilities"][0], version)
+                  if flavour.key == "trt" else None)
+        plan = build_serialized(path, profile, flavour=flavour, targets=targets, opt_level=opt_level,
+                                timing_cache=timing, progress=progress, out=out)
+    info = {"scale": facts["scale"], "radius": radius, "io": facts["io"], "source": facts["source"],
+            "opt_level": opt_level, "build_seconds": round(time.monotonic() - started, 1),
             "srtrt_version": srtrt.__version__}
     cached = engine_cache.store(key, plan, info)
     if output:
         engine_cache.write_plan(Path(output), key, plan, info)
     return cached, key
+
+
+def _cached(key: EngineKey, out) -> Path | None:
+    """The valid cached plan for exactly `key`; a damaged one is reported and rebuilt."""
+    try:
+        return engine_cache.lookup(key)
+    except SrtrtError as e:
+        print(f"cached plan refused ({e}): rebuilding", file=out, flush=True)
+        return None
+
+
+def _info_of(plan: Path) -> dict:
+    """A cached plan's sidecar facts beyond its key and bytes (what `write_plan` takes as info)."""
+    doc = engine_cache.read_sidecar(plan)
+    return {k: v for k, v in doc.items() if k not in ("format", "version", "key", "plan_sha256", "plan_bytes",
+                                                      "created")}
 
 
 def main(args) -> int:
@@ -378,10 +577,10 @@ def main(args) -> int:
     started = time.monotonic()
     path, key = build(model=args.model, onnx_path=args.onnx, precision=args.precision, tile=args.tile,
                       margin=args.margin, max_batch=args.max_batch, opt_level=args.opt_level, plugin=plugin,
-                      output=args.output)
+                      output=args.output, tensorrt=getattr(args, "tensorrt", "auto"), cc=getattr(args, "cc", None))
     size = path.stat().st_size / 2**20
-    print(f"built {path} ({size:.1f} MiB) in {time.monotonic() - started:.0f} s: {key.precision}, plugin {key.plugin}, "
-          f"{key.profile}, {key.gpu}, TensorRT {key.trt_version}")
+    print(f"{path} ({size:.1f} MiB, {time.monotonic() - started:.0f} s): {key.precision}, plugin {key.plugin}, "
+          f"{key.profile}, margin {key.margin}, {key.gpu}, {key.label}")
     if args.output:
         print(f"also written to {args.output} (with {Path(args.output).with_suffix('.json').name})")
     return 0
