@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from srtrt.engine.datapath.runtime import Band, Planes, TiledUpscaler
 from workloads import Workload
 
+from srtrt.engine.datapath.runtime import Band, Planes, TiledUpscaler
 from srtrt.hardware import cpu_has_fast_bf16
 
 

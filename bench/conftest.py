@@ -40,7 +40,8 @@ def pytest_configure(config):
         os.environ[run_mode.SMOKE_ENV] = "1"
     mode = current_mode()
     option = config.option
-    if getattr(option, "benchmark_json", None) is None and mode.name != "smoke" and not getattr(option, "benchmark_disable", False):
+    saving = mode.name != "smoke" and not getattr(option, "benchmark_disable", False)
+    if getattr(option, "benchmark_json", None) is None and saving:
         suffix = "" if mode.full else f"-{mode.name}"
         RESULTS.mkdir(parents=True, exist_ok=True)
         option.benchmark_json = RESULTS / f"{probe.slug()}{suffix}.json"

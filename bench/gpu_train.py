@@ -91,10 +91,9 @@ def run_phase(cfg, seconds: float) -> dict:
 
 def held_out_psnr(model_path: str | Path, cfg) -> float:
     """Y-PSNR of a checkpoint on the photos `cfg`'s runs hold out (the trainer's own validation)."""
+    from srtrt import checkpoint
     from srtrt.train.data import list_images, split_holdout
     from srtrt.train.trainer import pick_device, validate, validation_pairs
-
-    from srtrt import checkpoint
 
     device = pick_device(cfg.device)
     _, val_paths = split_holdout(list_images(cfg.data), cfg.val_count)
@@ -122,10 +121,9 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny configuration: checks the script, on any device")
     args = ap.parse_args(argv)
 
-    from srtrt.train.trainer import pick_device
-
     from srtrt import atomic, checkpoint
     from srtrt.errors import SrtrtError
+    from srtrt.train.trainer import pick_device
 
     try:
         if args.minutes <= 0 or not 0 < args.gan_share < 1:

@@ -135,10 +135,9 @@ def main(argv=None) -> int:
                         help="file to update (default srtrt/weights/quality_guard.json)")
     args = parser.parse_args(argv)
 
-    from srtrt.engine.backends.precision import QUALITY_GUARD_DB, guard_path
-
     from srtrt import atomic
     from srtrt.checkpoint import DEFAULT_WEIGHTS
+    from srtrt.engine.backends.precision import QUALITY_GUARD_DB, guard_path
 
     if args.model is None and not DEFAULT_WEIGHTS.is_file():
         print(f"quality guard: {DEFAULT_WEIGHTS} is absent. The guard measures the real default model only "

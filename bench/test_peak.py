@@ -9,9 +9,8 @@ from __future__ import annotations
 import contextlib
 
 import pytest
-import torch
-
 import run_mode
+import torch
 
 CUDA = torch.cuda.is_available()
 MODE = run_mode.current(CUDA)

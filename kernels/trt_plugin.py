@@ -27,7 +27,6 @@ decorated functions' annotations as classes.
 import contextlib
 import importlib
 import threading
-from typing import List, Optional, Tuple, Union
 
 from .fused_op import NAME, NAMESPACE, PLUGIN_ID
 
@@ -46,7 +45,7 @@ _target = {"arch": None, "ptx_version": None}  # the AOT kernel's target; arch N
 _kernels = {}  # (arch, ptx_version, dtype, upscale) -> kernels.aot.AotKernel
 
 
-def unavailable(module: str = "tensorrt") -> Optional[str]:
+def unavailable(module: str = "tensorrt") -> str | None:
     """None when `module.plugin` imports, else why not (one line)."""
     try:
         importlib.import_module(f"{module}.plugin")
@@ -75,7 +74,7 @@ def register(module: str = "tensorrt") -> bool:
 
 
 @contextlib.contextmanager
-def aot_target(arch: Optional[int], ptx_version: Optional[int] = None):
+def aot_target(arch: int | None, ptx_version: int | None = None):
     """Compile AOT kernels for compute capability `arch` (e.g. 80) while the block runs, instead
     of the current GPU's; `ptx_version` pins the PTX ISA (see kernels/aot.py)."""
     with _lock:
@@ -137,12 +136,12 @@ def _define(trtp, trt) -> bool:
 
     @trtp.autotune(PLUGIN_ID)
     def _autotune(x: trtp.TensorDesc, alpha: trtp.TensorDesc, upscale: int,
-                  outputs: Tuple[trtp.TensorDesc]) -> List[trtp.AutoTuneCombination]:
+                  outputs: tuple[trtp.TensorDesc]) -> list[trtp.AutoTuneCombination]:
         # x, alpha and y share one dtype (fp32 or fp16); linear NCHW only.
         return [trtp.AutoTuneCombination("FP32|FP16, FP32|FP16, FP32|FP16", "LINEAR")]
 
     @trtp.impl(PLUGIN_ID)
-    def _impl(x: trtp.Tensor, alpha: trtp.Tensor, upscale: int, outputs: Tuple[trtp.Tensor], stream: int) -> None:
+    def _impl(x: trtp.Tensor, alpha: trtp.Tensor, upscale: int, outputs: tuple[trtp.Tensor], stream: int) -> None:
         import torch
 
         from . import pixel_shuffle_prelu as k
@@ -157,8 +156,8 @@ def _define(trtp, trt) -> bool:
         return False
 
     @trtp.aot_impl(PLUGIN_ID)
-    def _aot_impl(x: trtp.TensorDesc, alpha: trtp.TensorDesc, upscale: int, outputs: Tuple[trtp.TensorDesc],
-                  tactic: int) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymIntExprs]:
+    def _aot_impl(x: trtp.TensorDesc, alpha: trtp.TensorDesc, upscale: int, outputs: tuple[trtp.TensorDesc],
+                  tactic: int) -> tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:
         kernel = _aot_kernel(_trt_dtype_name(trt, x.dtype), upscale)
         y = outputs[0]
         total = y.shape_expr.numel()

@@ -18,8 +18,10 @@ def _add_run(sub):
     p.add_argument("--model", help="embedded model (srresnet, the default, or srgan) or a checkpoint (.safetensors + .json)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino", "onnxruntime", "tensorrt"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    p.add_argument("--tile", type=int, default=None, help="tile core size in LR pixels (cores are balanced, so at most N); 0 = whole image in one pass")
-    p.add_argument("--margin", type=int, default=None, help="overlap on each side in LR pixels (default: the receptive-field radius)")
+    p.add_argument("--tile", type=int, default=None,
+                   help="tile core size in LR pixels (cores are balanced, so at most N); 0 = whole image in one pass")
+    p.add_argument("--margin", type=int, default=None,
+                   help="overlap on each side in LR pixels (default: the receptive-field radius)")
     p.add_argument("--batch", type=int, default=None, help="tiles per backend call")
     p.add_argument("--device", default=None, help="cpu or cuda[:i]")
     p.add_argument("--alpha", default="bicubic", choices=["bicubic", "model"], help="how an alpha channel is upscaled")

@@ -38,7 +38,7 @@ def smooth_image(h: int, w: int, channels: int = 3, seed: int = 0, dtype=np.uint
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     planes = []
-    for c in range(channels):
+    for _ in range(channels):
         fy, fx, ph = rng.uniform(0.02, 0.2, 3)
         planes.append(0.5 + 0.35 * np.sin(fy * yy + ph) * np.cos(fx * xx) + 0.1 * rng.random((h, w)))
     img = np.clip(np.stack(planes, -1), 0, 1)

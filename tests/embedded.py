@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from run_helpers import save_tiny_model
-
 from srtrt import checkpoint
+
+from run_helpers import save_tiny_model
 
 
 def install_embedded(monkeypatch, folder: Path, names=("srresnet", "srgan")) -> dict[str, Path]:

@@ -26,9 +26,10 @@ import zlib
 from collections.abc import Callable, Iterator
 
 import numpy as np
-from conftest import smooth_image
 from PIL import Image
 from test_imageio import exif_with_orientation, handmade_png, srgb_profile, uncompressed_tiff
+
+from conftest import smooth_image
 
 KINDS = ("bitflip", "truncate", "byterun", "header", "splice")
 SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}

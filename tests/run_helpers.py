@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from conftest import smooth_image
 from srtrt import checkpoint
 from srtrt.nets import SRResNet, SRResNetConfig
+
+from conftest import smooth_image
 
 
 def save_tiny_model(folder: Path, name: str = "tiny", blocks: int = 1, channels: int = 4, seed: int = 0) -> Path:

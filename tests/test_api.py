@@ -11,10 +11,11 @@ import pytest
 from PIL import Image
 
 import srtrt
-from conftest import smooth_image
-from run_helpers import partials, pixels, run_cli, save_tiny_model, write_images
 from srtrt.engine.batch import api
 from srtrt.errors import SrtrtError
+
+from conftest import smooth_image
+from run_helpers import partials, pixels, run_cli, save_tiny_model, write_images
 
 FP32 = {"backend": "torch", "precision": "fp32"}
 
@@ -100,6 +101,7 @@ def test_size_limit_and_wrong_calls(tmp_path, model):
 
 def test_out_of_memory_ladder_holds_for_the_api(tmp_path, monkeypatch, model):
     import srtrt.engine.backends as backends
+
     from test_faults import out_of_memory_above
 
     made = []

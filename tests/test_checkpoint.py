@@ -6,15 +6,16 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from embedded import install_embedded
 from PIL import Image
-from run_helpers import pixels, run_cli, save_tiny_model, write_images
-from srtrt.train.evaluate import super_resolve
 
 import srtrt
 from srtrt import checkpoint
 from srtrt.errors import SrtrtError
 from srtrt.nets import InferenceView, SRResNet, SRResNetConfig
+from srtrt.train.evaluate import super_resolve
+
+from embedded import install_embedded
+from run_helpers import pixels, run_cli, save_tiny_model, write_images
 
 TINY = SRResNetConfig(blocks=2, channels=8)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from run_helpers import (is_complete_image, partials, pixels, run_cli as run, save_tiny_model, srtrt_process,
-                         write_images)
+from run_helpers import is_complete_image, partials, pixels, save_tiny_model, srtrt_process, write_images
+from run_helpers import run_cli as run
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,10 @@
 model's name and scores, panels shown at least MIN_PANEL pixels; both embedded models by default."""
 import numpy as np
 import pytest
-from embedded import install_embedded
 from PIL import Image
-from run_helpers import save_tiny_model
+
+import srtrt
+from srtrt.cli import main
 from srtrt.train.compare import (
     GAP,
     LABEL_HEIGHT,
@@ -18,10 +19,10 @@ from srtrt.train.compare import (
 from srtrt.train.degrade import bicubic_downscale
 from srtrt.train.evaluate import super_resolve
 from srtrt.train.metrics import hf_ratio_y, psnr_y
-from synthetic import smooth_image, write_images
 
-import srtrt
-from srtrt.cli import main
+from embedded import install_embedded
+from run_helpers import save_tiny_model
+from synthetic import smooth_image, write_images
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 from srtrt.train.data import OffsetSampler, PatchDataset, list_images, split_holdout
+
 from synthetic import write_images
 
 SCALE, PATCH = 4, 16

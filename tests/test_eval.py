@@ -8,15 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from embedded import install_embedded
 from PIL import Image
-from srtrt.train.evaluate import evaluate_folder
-from synthetic import smooth_image, write_images
 
 import srtrt
 from srtrt import checkpoint
 from srtrt.cli import main
 from srtrt.nets import SRResNet, SRResNetConfig
+from srtrt.train.evaluate import evaluate_folder
+
+from embedded import install_embedded
+from synthetic import smooth_image, write_images
 
 SET5 = Path(__file__).resolve().parents[2] / "shared" / "data" / "set5"
 SET14 = SET5.with_name("set14")

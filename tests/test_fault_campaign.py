@@ -17,8 +17,9 @@ import warnings
 from pathlib import Path
 
 import pytest
-from fault_campaign import KINDS, kind_of, mutations
 from PIL import Image
+
+from fault_campaign import KINDS, kind_of, mutations
 from run_helpers import partials, save_tiny_model, srtrt_process
 
 COUNT = int(os.environ.get("SRTRT_FAULT_CAMPAIGN", "1000"))

@@ -185,6 +185,7 @@ def test_batches_alternate_between_two_streams_from_pinned_buffers(monkeypatch):
 def test_cuda_graph_backend_equals_plain_backend():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     from cuda_graphs import GraphedTorchBackend
+
     from srtrt.engine.datapath.runtime import Planes
 
     view = random_view(blocks=2, channels=8)

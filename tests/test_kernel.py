@@ -17,8 +17,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import random_view
 from srtrt.kernels import pixel_shuffle_prelu as kernel_source
+
+from conftest import random_view
 
 HERE = Path(__file__).resolve().parent
 HAVE_TRITON = importlib.util.find_spec("triton") is not None

@@ -14,6 +14,7 @@ from srtrt.nets import InferenceView, SRResNet, SRResNetConfig
 from srtrt.train.degrade import bicubic_downscale, bicubic_upscale, modcrop
 from srtrt.train.evaluate import evaluate_folder, image_to_tensor, super_resolve, tensor_to_uint8
 from srtrt.train.metrics import psnr, psnr_y, rgb_to_y, ssim_y
+
 from synthetic import smooth_image, write_images
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+
 from srtrt.engine.backends import CPU_ORDER, cpu_choice
 from srtrt.engine.backends.precision import (
     GUARD_FORMAT,

@@ -7,8 +7,9 @@ import pytest
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
-from run_helpers import is_complete_image, partials, save_tiny_model, write_images  # noqa: E402
 from srtrt.cli import main, parser  # noqa: E402
+
+from run_helpers import is_complete_image, partials, save_tiny_model, write_images  # noqa: E402
 
 
 @pytest.fixture(scope="module")

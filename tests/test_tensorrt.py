@@ -699,8 +699,8 @@ def trt_ready():
 def test_engine_matches_torch_and_tiles_match_whole_image(trt_ready, tiny_checkpoint, export_module, cache,
                                                           precision, plugin):
     import srtrt
-    from srtrt.engine.datapath import tiles
     from srtrt.engine.backends.tensorrt_backend import TensorRTBackend
+    from srtrt.engine.datapath import tiles
     from srtrt.engine.toolchain.trt_build import build
 
     view = srtrt.load_model(str(tiny_checkpoint))

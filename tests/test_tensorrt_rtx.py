@@ -186,8 +186,9 @@ def test_a_corrupt_onnx_is_refused(cache, capsys, tmp_path):
 
 @pytest.fixture(scope="module")
 def small_onnx(tmp_path_factory) -> Path:
-    from conftest import random_view
     from srtrt.engine.toolchain.export import export_onnx
+
+    from conftest import random_view
 
     return export_onnx(random_view(blocks=1, channels=4), tmp_path_factory.mktemp("onnx") / "m.onnx")
 

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from srtrt.engine.datapath import tiles
 from srtrt.engine.backends.torch_backend import TorchBackend
+from srtrt.engine.datapath import tiles
 from srtrt.engine.datapath.runtime import Planes, TiledUpscaler
 
 from conftest import random_view, smooth_image

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from srtrt.train.losses import VGGContentLoss, vgg19_features
-from srtrt.train.trainer import TrainConfig, train
-from synthetic import write_images
 
 from srtrt import checkpoint
 from srtrt.errors import SrtrtError
+from srtrt.train.losses import VGGContentLoss, vgg19_features
+from srtrt.train.trainer import TrainConfig, train
+
+from synthetic import write_images
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, TiffImagePlugin
-from run_helpers import is_complete_image, partials, save_tiny_model, srtrt_process
+
 from srtrt.engine.datapath import decoder_messages
 from srtrt.engine.datapath.imageio import read_image
-
 from srtrt.errors import SrtrtError
+
+from run_helpers import is_complete_image, partials, save_tiny_model, srtrt_process
 
 RGB = Image.fromarray(np.random.default_rng(3).integers(0, 256, (20, 24, 3), dtype=np.uint8))
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from srtrt.engine.backends.base import Backend, TileDefaults
-from srtrt.engine.backends.precision import auto_precision, cpu_bf16_reason, measured_paths, passes_guard
 
 from srtrt.cache import cache_dir
+from srtrt.engine.backends.base import Backend, TileDefaults
+from srtrt.engine.backends.precision import auto_precision, cpu_bf16_reason, measured_paths, passes_guard
 from srtrt.errors import SrtrtError
 
 __all__ = ["Backend", "TileDefaults", "Selection", "create_backend"]

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from srtrt.errors import SrtrtError
-
 from srtrt.engine.backends.base import Backend, activation_bytes_per_pixel, defaults_for_budget
 from srtrt.engine.backends.torch_backend import CPU_ACTIVATION_BUDGET
+from srtrt.errors import SrtrtError
 
 
 def available() -> tuple[bool, str]:

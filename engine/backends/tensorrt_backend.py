@@ -21,11 +21,10 @@ from pathlib import Path
 
 import torch
 
+from srtrt.engine.backends.base import Backend, TileDefaults
 from srtrt.engine.toolchain import engine_cache
 from srtrt.engine.toolchain.engine_cache import Profile
 from srtrt.errors import SrtrtError
-
-from srtrt.engine.backends.base import Backend, TileDefaults
 
 # Every `tensorrt` name this module uses (on the module, the runtime, the engine and its
 # execution contexts); tests/test_tensorrt.py checks them against TensorRT 11.4's bindings and
@@ -149,7 +148,7 @@ class TensorRTBackend(Backend):
     @classmethod
     def from_cache(cls, model_sha256: str, precision: str, device: str | torch.device | None = None,
                    window=None, max_batch: int | None = None, *, plugin: str | None = None,
-                   cuda_graphs: bool | None = None, root: Path | None = None) -> "TensorRTBackend":
+                   cuda_graphs: bool | None = None, root: Path | None = None) -> TensorRTBackend:
         """The backend for the newest cached plan of this model and precision that runs on this GPU.
 
         `window` ((h, w) or int, LR pixels) and `max_batch` narrow the choice to plans whose

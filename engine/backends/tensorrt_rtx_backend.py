@@ -23,10 +23,9 @@ from __future__ import annotations
 import torch
 
 from srtrt import atomic
+from srtrt.engine.backends.tensorrt_backend import TensorRTBackend
 from srtrt.engine.toolchain import engine_cache
 from srtrt.errors import SrtrtError
-
-from srtrt.engine.backends.tensorrt_backend import TensorRTBackend
 
 # Every `rtx` name this module uses; tests/test_tensorrt_rtx.py checks them against the
 # installed tensorrt_rtx.

@@ -9,13 +9,13 @@ from __future__ import annotations
 import copy
 
 import torch
+
+from srtrt import registry
 from srtrt.engine.backends.base import (
     Backend,
     activation_bytes_per_pixel,
     defaults_for_budget,
 )
-
-from srtrt import registry
 from srtrt.nets import InferenceView
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

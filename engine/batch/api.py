@@ -11,10 +11,10 @@ import threading
 from pathlib import Path
 
 from PIL import Image
+
 from srtrt.engine.batch.files import DONE, FileRunner
 from srtrt.engine.batch.options import RunOptions, open_backend
 from srtrt.engine.datapath.imageio import from_pil, to_pil
-
 from srtrt.errors import SrtrtError
 
 _lock = threading.Lock()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sys
 
+from srtrt.atomic import remove_partials
 from srtrt.engine.batch.files import (
     FAILED,
     BatchReport,
@@ -31,8 +32,6 @@ from srtrt.engine.batch.files import (
     plan_jobs,
 )
 from srtrt.engine.batch.options import RunOptions, open_backend
-
-from srtrt.atomic import remove_partials
 from srtrt.errors import SrtrtError
 
 # --------------------------------------------------------------------------- the batch

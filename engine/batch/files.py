@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from srtrt.atomic import remove_partials
 from srtrt.engine.batch.options import RunOptions
 from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, DecodedImage, read_image
 from srtrt.engine.datapath.writers import OUTPUT_SUFFIXES
-
-from srtrt.atomic import remove_partials
 from srtrt.errors import SrtrtError
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
@@ -181,9 +181,10 @@ def make_output_folder(output: str | None, many: bool) -> None:
 class FileRunner:
     """One backend, one file at a time: skip/overwrite, size limit, out-of-memory fallback, an Outcome per file."""
 
-    def __init__(self, backend, options: RunOptions = RunOptions(), log=None):
+    def __init__(self, backend, options: RunOptions | None = None, log=None):
         from srtrt.engine.datapath.runtime import TiledUpscaler
 
+        options = options or RunOptions()
         self.backend, self.options = backend, options
         self.upscaler = TiledUpscaler(backend, core=options.tile, margin=options.margin, batch=options.batch)
         self.log = log or (lambda message: None)

@@ -34,7 +34,6 @@ from srtrt.engine.batch.files import (
     plan_jobs,
 )
 from srtrt.engine.batch.options import RunOptions, open_backend
-
 from srtrt.errors import SrtrtError
 from srtrt.hardware import usable_cpus
 
@@ -160,9 +159,8 @@ def _alive(pid: int) -> bool:
 
 def main(args) -> int:
     ray = _import_ray()
-    from srtrt.engine.batch.signals import StopOnSignals, Stopped
-
     import srtrt
+    from srtrt.engine.batch.signals import StopOnSignals, Stopped
 
     inputs = expand_inputs(args.inputs)
     if not inputs:

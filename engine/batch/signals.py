@@ -67,7 +67,7 @@ class StopOnSignals:
                 signal.signal(s, signal.SIG_DFL)
             raise Stopped(self.signum)
 
-    def __enter__(self) -> "StopOnSignals":
+    def __enter__(self) -> StopOnSignals:
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handler) for s in STOP_SIGNALS}
         return self

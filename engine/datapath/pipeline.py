@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
 from srtrt.engine.datapath.imageio import DecodedImage, read_image
 from srtrt.engine.datapath.runtime import Band, Planes, TiledUpscaler
 from srtrt.engine.datapath.writers import open_writer

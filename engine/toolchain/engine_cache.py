@@ -89,7 +89,7 @@ class Profile:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Profile":
+    def from_dict(cls, d: dict) -> Profile:
         return cls(tuple(d["min"]), tuple(d["opt"]), tuple(d["max"]))
 
     def __str__(self) -> str:
@@ -219,7 +219,7 @@ class EngineKey:
                 "gpu_name": self.gpu_name}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EngineKey":
+    def from_dict(cls, d: dict) -> EngineKey:
         return cls(model_sha256=d["model_sha256"], precision=d["precision"], profile=Profile.from_dict(d["profile"]),
                    plugin=d["plugin"], margin=d["margin"], flavour=d["flavour"], trt_version=d["trt_version"],
                    compute_capabilities=tuple(tuple(cc) for cc in d["compute_capabilities"]),

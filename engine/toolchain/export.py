@@ -23,10 +23,9 @@ import numpy as np
 import torch
 
 from srtrt import atomic
+from srtrt.engine.toolchain.onnx_io import META_PREFIX
 from srtrt.errors import SrtrtError
 from srtrt.kernels import fused_op
-
-from srtrt.engine.toolchain.onnx_io import META_PREFIX
 
 INPUT_NAME = "lr"
 OUTPUT_NAME = "sr"

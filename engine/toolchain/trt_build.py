@@ -33,11 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from srtrt import atomic
-from srtrt.errors import SrtrtError
-from srtrt.kernels import fused_op
-
 from srtrt.engine.toolchain import engine_cache
 from srtrt.engine.toolchain.engine_cache import EngineKey, Profile, profile_for
+from srtrt.errors import SrtrtError
+from srtrt.kernels import fused_op
 
 DEFAULT_CORE = 512           # LR core per tile: with the default margin (40) the window is 592 x 592
 DEFAULT_BATCH = 4
