@@ -11,15 +11,15 @@ import torch
 pytest.importorskip("openvino")
 pytest.importorskip("onnxscript")  # the exporter that writes the graph the backend runs
 
-from conftest import random_view, smooth_image  # noqa: E402
-from run_helpers import partials, run_cli, save_tiny_model, write_images  # noqa: E402
 from srtrt.engine.backends import create_backend  # noqa: E402
 from srtrt.engine.backends.openvino_backend import OpenVinoBackend  # noqa: E402
 from srtrt.engine.backends.torch_backend import TorchBackend  # noqa: E402
 from srtrt.engine.datapath.runtime import Planes, TiledUpscaler  # noqa: E402
 from srtrt.engine.toolchain.export import export_onnx  # noqa: E402
-
 from srtrt.hardware import cpu_has_fast_bf16  # noqa: E402
+
+from conftest import random_view, smooth_image  # noqa: E402
+from run_helpers import partials, run_cli, save_tiny_model, write_images  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,16 @@ def test_one_compiled_model_per_window_shape_reused_across_images(view, onnx_fil
         upscaler.run_to_array(Planes(smooth_image(24, 30, seed=4)))
         assert ov.compilations == 3  # an image smaller than one window brings its own shape
     assert any(blob_cache.iterdir())  # compiled blobs kept for the next process
+
+
+def test_compiled_blob_cache_stays_bounded(view, onnx_file, tmp_path):
+    from srtrt.engine.backends.openvino_backend import KEEP_CACHED_BLOBS
+
+    for i in range(KEEP_CACHED_BLOBS + 5):
+        (tmp_path / f"{i}.blob").write_bytes(b"old")
+    (tmp_path / "notes.txt").write_text("not OpenVINO's")
+    backend(view, onnx_file, tmp_path).close()
+    assert len(list(tmp_path.glob("*.blob"))) == KEEP_CACHED_BLOBS and (tmp_path / "notes.txt").exists()
 
 
 def test_create_backend_reuses_the_cached_export(tmp_path, monkeypatch):

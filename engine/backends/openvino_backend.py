@@ -8,6 +8,7 @@ blobs so the next process starts without recompiling.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from collections import OrderedDict
@@ -15,16 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from srtrt.engine.backends.base import Backend, TileDefaults, defaults_for_budget
-from srtrt.engine.backends.torch_backend import CPU_ACTIVATION_BUDGET
 
 from srtrt.cache import cache_dir
+from srtrt.engine.backends.base import Backend, TileDefaults, defaults_for_budget
+from srtrt.engine.backends.torch_backend import CPU_ACTIVATION_BUDGET
 from srtrt.errors import SrtrtError
 from srtrt.hardware import usable_cpus
 
 HINTS = {"fp32": "f32", "bf16": "bf16"}   # srtrt precision -> INFERENCE_PRECISION_HINT
 KEEP_COMPILED = 4        # window shapes held compiled at once; each holds its own activation memory
-KEEP_CACHED_BLOBS = 64   # compiled blobs kept in CACHE_DIR (one per shape and precision, a few MB each)
+KEEP_CACHED_BLOBS = 16   # compiled blobs kept in CACHE_DIR (one per shape and precision, ~6 MB each)
 INSTALL_HINT = "pip install openvino"
 
 # Resident bytes per LR pixel of one compiled window, 64-channel x4 network: peak RSS growth
@@ -56,8 +57,8 @@ def _reason(error: Exception) -> str:
 
 def tile_defaults(precision: str, radius: int, channels: int = 64) -> TileDefaults:
     """One window per call, as large as the CPU activation budget allows: the bench/ sweep on the
-    2K-output image ran fastest as one window, and slower with every extra window (margins are
-    recomputed) and with batches of several (2 cores have nothing to overlap)."""
+    2K-output image ran fastest as one window and slower with every extra window (margins are
+    recomputed); batches sped up small tiles but never caught up with one large window."""
     bpp = BYTES_PER_PIXEL[precision] * channels // 64
     return defaults_for_budget(CPU_ACTIVATION_BUDGET, bpp, radius, batch=1)
 
@@ -69,7 +70,8 @@ def _prune_blobs(folder: Path, keep: int = KEEP_CACHED_BLOBS) -> None:
     except OSError:
         return
     for old in blobs[keep:]:
-        old.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # another process may hold or have removed it
+            old.unlink()
 
 
 class OpenVinoBackend(Backend):
