@@ -21,12 +21,12 @@ import sr_content
 import torch
 import workloads
 from PIL import Image
+
 from srtrt.engine.backends.base import Backend, TileDefaults
 from srtrt.engine.datapath import writers
 from srtrt.engine.datapath.imageio import read_image
 from srtrt.engine.datapath.runtime import Planes, TiledUpscaler
 from srtrt.engine.datapath.tiles import TilePlan
-
 from srtrt.hardware import usable_cpus
 
 CUDA = torch.cuda.is_available()
@@ -88,8 +88,10 @@ class RecordedNetwork(Backend):
     defaults = TileDefaults(core=256, batch=4)
 
     def __init__(self, hr: np.ndarray):
-        self.hr = torch.from_numpy(hr)
+        # as the network would give it (float, planar), so infer only gathers its windows
+        self.hr = torch.from_numpy(hr).permute(2, 0, 1).float().div_(255.0)
         self.windows: list = []
+        self._out: torch.Tensor | None = None
 
     def start(self, plan: TilePlan) -> None:
         self.windows = [tile.window for tile in plan]
@@ -97,8 +99,11 @@ class RecordedNetwork(Backend):
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         taken, self.windows = self.windows[:x.shape[0]], self.windows[x.shape[0]:]
         s = self.scale
-        crops = [self.hr[top * s:(top + h) * s, left * s:(left + w) * s] for top, left, h, w in taken]
-        return torch.stack(crops).permute(0, 3, 1, 2).float().div_(255.0)
+        crops = [self.hr[:, top * s:(top + h) * s, left * s:(left + w) * s] for top, left, h, w in taken]
+        shape = (len(crops), *crops[0].shape)
+        if self._out is None or tuple(self._out.shape) != shape:  # an engine's output buffer: made once
+            self._out = torch.empty(shape)
+        return torch.stack(crops, out=self._out)
 
 
 def run_file(upscaler: TiledUpscaler, backend: RecordedNetwork, source, destination, threads: int) -> None:

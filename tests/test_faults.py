@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from run_helpers import is_complete_image, partials, pixels, save_tiny_model, srtrt_process, write_images
-from run_helpers import run_cli as run
 
 from srtrt.errors import SrtrtError
+
+from run_helpers import is_complete_image, partials, pixels, save_tiny_model, srtrt_process, write_images
+from run_helpers import run_cli as run
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +75,8 @@ def out_of_memory_above(view, limit: int):
 @pytest.fixture
 def inject_oom(monkeypatch, model):
     """Make `srtrt run` use an out_of_memory_above backend with the given limit."""
-    import srtrt.engine.backends as backends
-
     import srtrt
+    import srtrt.engine.backends as backends
 
     made = []
 
@@ -94,7 +94,8 @@ def inject_oom(monkeypatch, model):
 
 def test_out_of_memory_halves_the_batch_then_the_tile(tmp_path, capsys, model, inject_oom):
     (source,) = write_images(tmp_path / "in", 1, height=160, width=160)
-    options = ["--model", model, "--tile", "64", "--margin", "10", "--batch", "4", "--precision", "fp32"]  # margin = radius
+    # margin = radius
+    options = ["--model", model, "--tile", "64", "--margin", "10", "--batch", "4", "--precision", "fp32"]
     reference = tmp_path / "reference.png"
     assert run(capsys, source, "-o", reference, *options)[0] == 0
 
@@ -315,8 +316,10 @@ def _onnx_with_external_weights(tmp_path, location: str):
     """The exported tiny model re-saved with its weights in `weights.bin` beside it, then the
     location its tensors name rewritten to `location` (the data itself stays in weights.bin)."""
     import onnx
-    from conftest import random_view
+
     from srtrt.engine.toolchain.export import export_onnx
+
+    from conftest import random_view
 
     folder = tmp_path / "model"
     path = export_onnx(random_view(blocks=1, channels=4), folder / "m.onnx")

@@ -6,12 +6,14 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
-from conftest import random_view, smooth_image
 from PIL import Image, ImageCms
+
 from srtrt.engine.backends.torch_backend import TorchBackend
 from srtrt.engine.datapath.imageio import read_image
 from srtrt.engine.datapath.pipeline import bicubic_rows, upscale_file
 from srtrt.engine.datapath.runtime import Planes, TiledUpscaler
+
+from conftest import random_view, smooth_image
 
 
 def _reference(view, img: np.ndarray) -> np.ndarray:
@@ -159,9 +161,10 @@ def test_staging_buffers_are_made_once_per_window_shape_and_batch(monkeypatch):
     image = smooth_image(50, 60, seed=1)
     for _ in range(2):  # many batches per image, two images: one staging allocation
         up.run(Planes(image), lambda band: None, np.uint8)
-    assert made == [((2, *up.plan(50, 60).window_shape, 3), torch.uint8)]
+    h, w = up.plan(50, 60).window_shape
+    assert made == [((2, h, w, 3), torch.uint8), ((2, 4 * h, 4 * w, 3), torch.uint8)]  # windows in, outputs back
     up.run(Planes(smooth_image(50, 60, seed=1, dtype=np.uint16)), lambda band: None, np.uint16)
-    assert len(made) == 2 and made[1][1] == torch.int16  # uint16 windows travel as int16 bits
+    assert len(made) == 4 and made[2][1] == made[3][1] == torch.int16  # uint16 travels as int16 bits
 
 
 def test_bands_reach_the_sink_on_the_encoder_thread_in_order():

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from srtrt.engine.backends.base import Backend
 from srtrt.engine.datapath import tiles as tiling
 
@@ -130,15 +131,21 @@ def to_network_input(x: torch.Tensor, colour_channels: int, max_value: float) ->
     return torch.stack(planes, 1).reshape(-1, 3, *x.shape[2:])
 
 
-def _quantise(y: torch.Tensor, out_dtype) -> torch.Tensor:
-    """[0, 1] floats -> the output dtype (rounded, clamped) on y's device; uint16 comes back as
-    int16 holding the same bits; float output stays float32."""
-    y = y.float()
-    if not np.issubdtype(out_dtype, np.integer):
-        return y
-    top = _max_value(out_dtype)
-    q = y.mul_(top).round_().clamp_(0, top)
-    return q.to(torch.uint8) if out_dtype == np.uint8 else q.to(torch.int32).to(torch.int16)
+def _quantise(y: torch.Tensor, out_dtype, out: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, C, H, W) floats in [0, 1] -> `out` (N, H, W, C) of the output dtype (rounded, clamped),
+    on y's device; uint16 is held as int16 with the same bits; float output stays float32.
+
+    The clamp makes the one copy (into `work` when given: a reused buffer, so no fresh pages
+    each batch), rounding works in place and the cast writes the interleaved layout the
+    bands and encoders want.
+    """
+    q = torch.clamp(y, 0, 1, out=work[:y.shape[0]]) if work is not None else y.float().clamp(0, 1)
+    if np.issubdtype(out_dtype, np.integer):
+        q = q.mul_(_max_value(out_dtype)).round_()
+        if out_dtype == np.uint16:
+            q = q.to(torch.int32)  # a float beyond int16 must not be cast to it directly
+    out.permute(0, 3, 1, 2).copy_(q)
+    return out
 
 
 def _host_array(host: torch.Tensor) -> np.ndarray:
@@ -191,6 +198,7 @@ class TiledUpscaler:
         # kept across images: allocated again only when the window shape, batch or dtype changes
         self._inputs: StagingBuffers | None = None
         self._outputs: StagingBuffers | None = None
+        self._work: torch.Tensor | None = None
 
     def plan(self, height: int, width: int) -> tiling.TilePlan:
         core = self.core
@@ -263,11 +271,15 @@ class TiledUpscaler:
         return buffer[:len(batch_tiles)]
 
     def _infer(self, staged: torch.Tensor, buffer, planes: Planes, out_dtype, i: int):
-        """Device worker step: returns (host tensor, output buffer or None, event or None) of quantised outputs."""
+        """Device worker step: returns (host tensor, its output buffer, event or None) of quantised outputs."""
         b = self.backend
         n_planes = 1 + (planes.alpha is not None)
         if not self.cuda:
-            return self._postprocess(b.infer(staged), n_planes, planes.channels, out_dtype), None, None
+            host_buffer = self._outputs.take()
+            y = b.infer(staged)
+            host = self._postprocess(y, n_planes, planes.channels, out_dtype, host_buffer[:y.shape[0] // n_planes],
+                                     self._work)
+            return host, host_buffer, None
         stream = self.streams[i % len(self.streams)]
         with torch.cuda.stream(stream):
             on_device = staged.to(b.device, non_blocking=True)
@@ -275,21 +287,25 @@ class TiledUpscaler:
             uploaded.record(stream)
             self._inputs.give(buffer, uploaded)  # the reader refills it once the upload is done
             x = to_network_input(on_device, planes.channels, _max_value(planes.colour.dtype))
-            y = self._postprocess(b.infer(x), n_planes, planes.channels, out_dtype)
+            y = b.infer(x)
             host_buffer = self._outputs.take()
-            host = host_buffer[:y.shape[0]]
-            host.copy_(y, non_blocking=True)
+            host = host_buffer[:y.shape[0] // n_planes]
+            quantised = torch.empty(host.shape, dtype=host.dtype, device=b.device)
+            host.copy_(self._postprocess(y, n_planes, planes.channels, out_dtype, quantised), non_blocking=True)
             event = torch.cuda.Event()
             event.record(stream)
         return host, host_buffer, event
 
     @staticmethod
-    def _postprocess(y: torch.Tensor, n_planes: int, channels: int, out_dtype) -> torch.Tensor:
-        """Network output (N*P, 3, H, W) -> (N, P, C', H, W) quantised; grey planes become channel means."""
+    def _postprocess(y: torch.Tensor, n_planes: int, channels: int, out_dtype, out: torch.Tensor,
+                     work: torch.Tensor | None = None) -> torch.Tensor:
+        """Network output (N*P, 3, H, W) -> `out` (N, H, W, C' [+ alpha]) quantised; grey planes become
+        channel means."""
         y = y.reshape(-1, n_planes, 3, *y.shape[-2:])
         colour = y[:, 0] if channels == 3 else y[:, 0].float().mean(1, keepdim=True)
-        parts = [colour.float()] + [y[:, p].float().mean(1, keepdim=True) for p in range(1, n_planes)]
-        return _quantise(torch.cat(parts, 1), out_dtype)
+        parts = [colour] + [y[:, p].float().mean(1, keepdim=True) for p in range(1, n_planes)]
+        return _quantise(parts[0] if len(parts) == 1 else torch.cat([p.float() for p in parts], 1), out_dtype,
+                         out, work)
 
     def _assemble(self, planes: Planes, plan: tiling.TilePlan, q_out: queue.Queue, bands: queue.Queue,
                   out_dtype, on_tile: Callable[[int], None] | None, errors: list, abandon: threading.Event):
@@ -315,8 +331,8 @@ class TiledUpscaler:
                             band_row, placed = tile.row, 0
                             band = np.empty((tile.y.clen * s, width, channels + has_alpha), band_dtype)
                         cy, cx, ch, cw = tile.core_in_window
-                        core = out[k, :, cy * s:(cy + ch) * s, cx * s:(cx + cw) * s]
-                        band[:, tile.x.c0 * s:(tile.x.c0 + cw) * s] = np.moveaxis(core, 0, -1)
+                        core = out[k, cy * s:(cy + ch) * s, cx * s:(cx + cw) * s]
+                        band[:, tile.x.c0 * s:(tile.x.c0 + cw) * s] = core
                         placed += 1
                         if placed == tiles_per_row:
                             colour = band[..., :channels]
@@ -417,12 +433,15 @@ class TiledUpscaler:
         staged_channels = planes.channels + (planes.alpha is not None)
         self._inputs = self._buffers(self._inputs, (batch, *window, staged_channels),
                                      _staging_dtype(planes.colour.dtype), QUEUE_DEPTH + 2 if self.cuda else 1)
-        if self.cuda:
-            s = self.backend.scale
-            out_channels = planes.channels + (planes.alpha is not None)
-            out_torch_dtype = _staging_dtype(out_dtype)
-            self._outputs = self._buffers(self._outputs, (batch, out_channels, window[0] * s, window[1] * s),
-                                          out_torch_dtype, QUEUE_DEPTH + len(self.streams) + 1)
+        s = self.backend.scale
+        out_channels = planes.channels + (planes.alpha is not None)
+        out_shape = (batch, window[0] * s, window[1] * s, out_channels)
+        self._outputs = self._buffers(self._outputs, out_shape, _staging_dtype(out_dtype),
+                                      QUEUE_DEPTH + len(self.streams) + 2)
+        if not self.cuda:  # the clamp's copy; on CUDA the caching allocator serves it per stream
+            work_shape = (batch, out_channels, window[0] * s, window[1] * s)
+            if self._work is None or tuple(self._work.shape) != work_shape:
+                self._work = torch.empty(work_shape, dtype=torch.float32)
 
     def run_to_array(self, planes: Planes, out_dtype=np.float32) -> tuple[np.ndarray, np.ndarray | None]:
         """The whole output in memory (for small images, tests and the Python API)."""
