@@ -117,11 +117,9 @@ def merge(models: dict, measured: dict, model_sha: str, label: str) -> tuple[dic
 
 def model_label(model: str | None) -> str:
     """How the guard file names a model: the embedded name, or the checkpoint's file stem."""
-    from srtrt import checkpoint
+    from srtrt.checkpoint import model_label as label
 
-    if hasattr(checkpoint, "model_label"):
-        return checkpoint.model_label(model)
-    return "srresnet" if model is None else Path(model).stem
+    return label(model)
 
 
 def main(argv=None) -> int:
