@@ -30,6 +30,7 @@ from srtrt.engine.backends.base import Backend
 from srtrt.engine.datapath import tiles as tiling
 
 QUEUE_DEPTH = 2
+QUANTISE_SLICE_BYTES = 1 << 21  # float rows quantised at a time on the CPU (about half a core's L2)
 BAND_QUEUE_DEPTH = 1  # a finished band waits for the encoder to take it: one encoded, one filled
 _DONE = object()
 
@@ -135,11 +136,22 @@ def _quantise(y: torch.Tensor, out_dtype, out: torch.Tensor, work: torch.Tensor 
     """(N, C, H, W) floats in [0, 1] -> `out` (N, H, W, C) of the output dtype (rounded, clamped),
     on y's device; uint16 is held as int16 with the same bits; float output stays float32.
 
-    The clamp makes the one copy (into `work` when given: a reused buffer, so no fresh pages
-    each batch), rounding works in place and the cast writes the interleaved layout the
-    bands and encoders want.
+    The clamp makes the one copy, rounding works in place and the cast writes the interleaved
+    layout the bands and encoders want. With `work` (the CPU) that goes slice by slice of rows
+    through one small reused buffer, which stays in cache; on a GPU the whole batch at once.
     """
-    q = torch.clamp(y, 0, 1, out=work[:y.shape[0]]) if work is not None else y.float().clamp(0, 1)
+    if work is None:
+        return _quantise_rows(y, out_dtype, out, y.float().clamp(0, 1))
+    rows = work.shape[2]
+    for top in range(0, y.shape[2], rows):
+        part = y[:, :, top:top + rows]
+        _quantise_rows(part, out_dtype, out[:, top:top + rows],
+                       work[:part.shape[0], :, :part.shape[2]].copy_(part).clamp_(0, 1))  # any float dtype in
+    return out
+
+
+def _quantise_rows(y: torch.Tensor, out_dtype, out: torch.Tensor, clamped: torch.Tensor) -> torch.Tensor:
+    q = clamped
     if np.issubdtype(out_dtype, np.integer):
         q = q.mul_(_max_value(out_dtype)).round_()
         if out_dtype == np.uint16:
@@ -436,10 +448,12 @@ class TiledUpscaler:
         s = self.backend.scale
         out_channels = planes.channels + (planes.alpha is not None)
         out_shape = (batch, window[0] * s, window[1] * s, out_channels)
-        self._outputs = self._buffers(self._outputs, out_shape, _staging_dtype(out_dtype),
-                                      QUEUE_DEPTH + len(self.streams) + 2)
-        if not self.cuda:  # the clamp's copy; on CUDA the caching allocator serves it per stream
-            work_shape = (batch, out_channels, window[0] * s, window[1] * s)
+        # CPU: one being filled, the queue's, one being assembled; CUDA: one per stream in flight too
+        count = QUEUE_DEPTH + 1 + (len(self.streams) + 1 if self.cuda else 0)
+        self._outputs = self._buffers(self._outputs, out_shape, _staging_dtype(out_dtype), count)
+        if not self.cuda:  # the clamp's copy, a slice of rows at a time
+            rows = max(1, QUANTISE_SLICE_BYTES // (batch * out_channels * window[1] * s * 4))
+            work_shape = (batch, out_channels, rows, window[1] * s)
             if self._work is None or tuple(self._work.shape) != work_shape:
                 self._work = torch.empty(work_shape, dtype=torch.float32)
 
