@@ -12,9 +12,9 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
+
 from srtrt.engine.datapath import writers
 from srtrt.engine.datapath.writers import ImageWriter, TiffEncoder, filter_rows, open_writer
-
 from srtrt.errors import SrtrtError
 
 RNG = np.random.default_rng(11)
@@ -503,3 +503,12 @@ def test_interrupted_tiff_leaves_nothing_and_stops_its_thread(tmp_path):
             raise KeyboardInterrupt
     assert os.listdir(tmp_path) == []
     assert not [t for t in threading.enumerate() if t.name.startswith("srtrt-tiff")]
+
+
+@pytest.mark.parametrize("name", ["e.png", "e.tif"])
+def test_an_empty_band_writes_nothing(tmp_path, name):
+    pixels = random_rows(5, 7, 3, 8)
+    with open_writer(str(tmp_path / name), 7, 5, 3, 8) as writer:
+        writer.write_rows(pixels[:0])
+        writer.write_rows(pixels)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / name)), pixels)

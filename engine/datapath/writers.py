@@ -29,11 +29,11 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from srtrt.engine.datapath.imageio import to_eight_bit
 from zlib_ng import zlib_ng
 
 from srtrt.atomic import commit as commit_file
 from srtrt.atomic import temp_name
+from srtrt.engine.datapath.imageio import to_eight_bit
 from srtrt.errors import SrtrtError
 from srtrt.hardware import usable_cpus
 
@@ -308,6 +308,8 @@ class PngEncoder:
         self._pending += zlib_header(self.level)
 
     def write(self, file, rows: np.ndarray) -> None:
+        if rows.shape[0] == 0:
+            return
         samples = rows.reshape(rows.shape[0], self.row_samples)
         chunks = self._chunks(samples.shape[0])
         parts = [samples[top:bottom] for top, bottom in chunks]
