@@ -21,10 +21,9 @@ def sr_output(view, lr: np.ndarray) -> np.ndarray:
     path = cache_dir("bench") / f"sr-{model}-{lr.shape[1]}x{lr.shape[0]}-{key}.npy"
     if path.is_file():
         return np.load(path)
+    from srtrt.atomic import atomic_open
     from srtrt.engine.backends import create_backend
     from srtrt.engine.datapath.runtime import Planes, TiledUpscaler
-
-    from srtrt.atomic import atomic_open
 
     selection = create_backend("auto", view=view, device="cuda" if _cuda() else "cpu")
     hr, _ = TiledUpscaler(selection.backend).run_to_array(Planes(lr), np.uint8)

@@ -20,6 +20,7 @@ import run_mode
 import torch
 import workloads
 from PIL import Image
+
 from srtrt.engine.backends.torch_backend import TorchBackend
 from srtrt.engine.datapath.imageio import read_image
 from srtrt.engine.datapath.pipeline import upscale_file

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile, ImageOps
+
 from srtrt.engine.datapath.imageio import DecodedImage, from_pil, read_image, to_pil
 from srtrt.engine.datapath.writers import TiffEncoder, open_writer
-
 from srtrt.errors import SrtrtError
 
 RNG = np.random.default_rng(7)

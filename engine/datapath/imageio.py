@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from srtrt.engine.datapath import decoder_messages
 
+from srtrt.engine.datapath import decoder_messages
 from srtrt.errors import SrtrtError
 
 DEFAULT_MAX_PIXELS = 20000 * 20000  # LR pixels; the x4 output is 16 times larger
