@@ -135,11 +135,23 @@ def pipeline_section(run: Run) -> str:
         parts.append(f"`{e['case']}` ({e['describe']}) on {e['lr_width']}x{e['lr_height']} → "
                      f"{e['output_mp']:.1f} MP PNG{'; ' + e['note'] if e.get('note') else ''}")
         parts.append(_table(
-            ["decode", "read (tiles)", "infer", "assemble + encode", "encode only", "runtime wall", "file wall",
-             "efficiency (slowest / wall)"],
+            ["decode", "read (tiles)", "infer", "assemble", "encode (own thread)", "encode only", "runtime wall",
+             "file wall", "efficiency (slowest / wall)"],
             [[f"{st['decode']:.2f} s", f"{st['read']:.2f} s", f"{st['infer']:.2f} s", f"{st['assemble']:.2f} s",
-              f"{st['encode_only']:.2f} s", f"{st['runtime_wall']:.2f} s", f"{st['file_wall']:.2f} s",
-              f"{100 * e['efficiency']:.1f}%"]]))
+              f"{st.get('encode', 0.0):.2f} s", f"{st['encode_only']:.2f} s", f"{st['runtime_wall']:.2f} s",
+              f"{st['file_wall']:.2f} s", f"{100 * e['efficiency']:.1f}%"]]))
+    encoding = run.of_kind("encoding")
+    if encoding:
+        parts.append("PNG encoding of a real x4 SR output (`bench/test_encoding.py`):")
+        parts.append(_table(["case", "MP/s", "size vs zlib level 6"],
+                            [[b["extra_info"]["case"], f"{b['extra_info']['mp_per_s']:.1f}",
+                              f"{b['extra_info']['size_vs_zlib6']:.3f}x"] for b in encoding]))
+    ceiling = run.of_kind("pipeline-ceiling")
+    if ceiling:
+        parts.append("Pipeline ceiling: a network that costs nothing over real SR content (decode excluded; "
+                     "tiles + assembly + PNG encode):")
+        parts.append(_table(["case", "output MP/s"],
+                            [[b["extra_info"]["case"], f"{b['extra_info']['mp_per_s']:.1f}"] for b in ceiling]))
     return "\n\n".join(parts)
 
 
@@ -190,7 +202,7 @@ def device_section(run: Run, plot_name: str | None) -> str:
         chosen = [r for r in rs if (r["group"] in ("tile-sweep", "batch-sweep")) == (group == "sweeps")]
         if chosen:
             out += [f"### {title}", "", throughput_table(chosen), ""]
-    if run.of_kind("pipeline"):
+    if run.of_kind("pipeline") or run.of_kind("encoding") or run.of_kind("pipeline-ceiling"):
         out += ["### `srtrt run` pipeline (busy seconds per stage, last round)", "", pipeline_section(run), ""]
     if plot_name:
         out += [f"![throughput]({plot_name})", ""]
