@@ -44,3 +44,15 @@ def smooth_image(h: int, w: int, channels: int = 3, seed: int = 0, dtype=np.uint
     img = np.clip(np.stack(planes, -1), 0, 1)
     top = np.iinfo(dtype).max
     return (img * top).round().astype(dtype)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A 1-block, 8-channel SRResNet checkpoint with fixed random weights (the engine build tests)."""
+    from srtrt import checkpoint
+
+    torch.manual_seed(0)
+    config = SRResNetConfig(scale=4, blocks=1, channels=8)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    checkpoint.save(path, SRResNet(config).eval(), "srresnet", config)
+    return path.with_suffix(".safetensors")

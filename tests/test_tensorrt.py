@@ -362,18 +362,6 @@ def test_plugin_mode_of_a_graph():
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from srtrt import checkpoint
-    from srtrt.nets import SRResNet, SRResNetConfig
-
-    torch.manual_seed(0)
-    config = SRResNetConfig(scale=4, blocks=1, channels=8)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    checkpoint.save(path, SRResNet(config).eval(), "srresnet", config)
-    return path.with_suffix(".safetensors")
-
-
-@pytest.fixture(scope="module")
 def export_module():
     pytest.importorskip("onnxscript")
     return importlib.import_module("srtrt.engine.toolchain.export")

@@ -24,6 +24,8 @@ from srtrt.engine.toolchain import engine_cache
 from srtrt.engine.toolchain.engine_cache import EngineKey, profile_for
 from srtrt.errors import SrtrtError
 
+from test_faults import _relocate
+
 rtx = pytest.importorskip("tensorrt_rtx")
 pytest.importorskip("onnxscript")
 
@@ -36,18 +38,6 @@ VERSION = str(rtx.__version__)
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
     return engine_cache.cache_dir()
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from srtrt import checkpoint
-    from srtrt.nets import SRResNet, SRResNetConfig
-
-    torch.manual_seed(0)
-    config = SRResNetConfig(scale=4, blocks=1, channels=8)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    checkpoint.save(path, SRResNet(config).eval(), "srresnet", config)
-    return path.with_suffix(".safetensors")
 
 
 def rtx_key(**over) -> EngineKey:
@@ -202,17 +192,6 @@ def _onnx_with_external_weights(source: Path, folder: Path) -> Path:
     onnx.save_model(onnx.load(str(source)), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="weights.bin", size_threshold=0)
     return path
-
-
-def _relocate(path: Path, location: str) -> None:
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    for tensor in proto.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = location
-    onnx.save_model(proto, str(path))
 
 
 @pytest.mark.parametrize("where", ["parent", "absolute"])
