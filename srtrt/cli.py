@@ -1,4 +1,4 @@
-"""`srtrt` command line: run, eval, compare, train, export, build.
+"""`srtrt` command line: run, eval, compare, train, interpolate, export, build.
 
 Each subcommand parses its flags here and hands them to the module that does the work; an
 expected failure (SrtrtError) is printed as one line and becomes the exit code.
@@ -77,6 +77,22 @@ def _add_train(sub):
     p.add_argument("-q", "--quiet", action="store_true")
 
 
+def _add_interpolate(sub):
+    from srtrt.train.config import TrainConfig
+
+    d = TrainConfig(data="")
+    p = sub.add_parser("interpolate", help="blend a PSNR model with its GAN fine-tune; alpha chosen on held-out photos")
+    p.add_argument("data", help="the training folder: its held-out photos (split as `srtrt train` splits them) choose alpha")
+    p.add_argument("--gan", required=True, help="the GAN-trained checkpoint (fine-tuned from --psnr)")
+    p.add_argument("--psnr", default=None, help="the PSNR-trained checkpoint (default: the embedded srresnet)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--alpha", type=float, default=None, help="use this alpha instead of choosing one")
+    p.add_argument("--psnr-drop", type=float, default=1.0,
+                   help="largest validation PSNR loss against the PSNR model an alpha may cost (dB)")
+    p.add_argument("--val-count", type=int, default=d.val_count)
+    p.add_argument("--val-crop", type=int, default=d.val_crop)
+
+
 def _add_export(sub):
     p = sub.add_parser("export", help="export the inference view to ONNX")
     p.add_argument("-o", "--output", required=True)
@@ -110,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="srtrt", description="Exact, fast, bounded-memory x4 super-resolution.")
     ap.add_argument("--version", action="version", version=f"srtrt {__import__('srtrt').__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_eval, _add_compare, _add_train, _add_export, _add_build):
+    for add in (_add_run, _add_eval, _add_compare, _add_train, _add_interpolate, _add_export, _add_build):
         add(sub)
     return ap
 
@@ -135,6 +151,9 @@ def _dispatch(args) -> int:
     if args.command == "compare":
         from srtrt.train.compare import main as compare_main
         return compare_main(args)
+    if args.command == "interpolate":
+        from srtrt.train.interpolate import main as interpolate_main
+        return interpolate_main(args)
     if args.command == "run":
         from srtrt.engine.batch.cli_run import main as run_main
         return run_main(args)

@@ -1,0 +1,96 @@
+"""`srtrt interpolate`: the blend is the parameter-wise lerp, alpha is chosen by the trainer's
+srgan rule on the held-out photos, and what is written is a checkpoint that says how it was made."""
+import json
+
+import pytest
+import torch
+
+from srtrt import checkpoint, cli
+from srtrt.errors import SrtrtError
+from srtrt.nets import SRResNet, SRResNetConfig
+from srtrt.train.interpolate import DEFAULT_ALPHAS, blend, choose
+
+from synthetic import write_images
+
+TINY = SRResNetConfig(scale=4, blocks=1, channels=8)
+
+
+def _save(folder, name, seed, config=TINY):
+    torch.manual_seed(seed)
+    model = SRResNet(config).eval()
+    for module in model.modules():  # non-trivial BN statistics, so they are blended too
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    return checkpoint.save(folder / name, model, "srresnet", config, {"training": {"phase": name}})
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("blend")
+    return checkpoint.load(_save(folder, "psnr", 0)), checkpoint.load(_save(folder, "gan", 1)), folder
+
+
+def test_blend_is_the_parameter_wise_lerp(pair):
+    psnr, gan, _ = pair
+    for alpha in (0.0, 0.25, 1.0):
+        got = blend(psnr, gan, alpha).state_dict()
+        for name, a in psnr.state_dict.items():
+            if a.dtype.is_floating_point:
+                want = (1 - alpha) * a + alpha * gan.state_dict[name]
+                torch.testing.assert_close(got[name], want, rtol=0, atol=1e-6)
+            else:  # counters such as num_batches_tracked are not interpolated
+                assert torch.equal(got[name], a)
+
+
+def test_blend_refuses_other_configs_and_alphas_outside_0_1(pair, tmp_path):
+    psnr, gan, _ = pair
+    other = checkpoint.load(_save(tmp_path, "wide", 2, SRResNetConfig(scale=4, blocks=1, channels=16)))
+    with pytest.raises(SrtrtError, match="cannot interpolate"):
+        blend(psnr, other, 0.5)
+    with pytest.raises(SrtrtError, match=r"alpha must be in \[0, 1\]"):
+        blend(psnr, gan, 1.5)
+
+
+def _rows(*triples):
+    return [{"alpha": a, "val_psnr_y": p, "val_hf_ratio_y": h} for a, p, h in triples]
+
+
+def test_choice_is_the_detail_closest_to_hr_within_the_psnr_floor():
+    rows = _rows((0.0, 30.0, 0.15), (0.5, 29.6, 0.30), (0.7, 29.1, 0.45), (0.9, 28.5, 0.80), (1.0, 28.0, 1.05))
+    assert choose(rows, psnr_drop=1.0)["alpha"] == 0.7  # 0.9 and 1.0 are below the 29.0 floor
+    assert choose(rows, psnr_drop=3.0)["alpha"] == 1.0  # |1 - 1.05| beats |1 - 0.80|
+    assert choose(rows, psnr_drop=0.1)["alpha"] == 0.0  # nothing else is within 0.1 dB
+    with pytest.raises(SrtrtError, match="alpha 0"):
+        choose(rows[1:], psnr_drop=1.0)
+
+
+def test_cli_writes_the_chosen_blend_with_its_sweep_and_parents(pair, tmp_path, capsys):
+    psnr, gan, folder = pair
+    photos = tmp_path / "photos"
+    write_images(photos, [(64, 64), (72, 56), (56, 80)], seed=3)
+    out = tmp_path / "blended"
+    code = cli.main(["interpolate", str(photos), "--psnr", str(folder / "psnr.safetensors"),
+                     "--gan", str(folder / "gan.safetensors"), "--out", str(out), "--val-count", "1", "--val-crop", "48"])
+    assert code == 0
+    doc = json.loads(out.with_suffix(".json").read_text())["training"]
+    assert [r["alpha"] for r in doc["sweep"]] == list(DEFAULT_ALPHAS)
+    assert doc["alpha"] == choose(doc["sweep"], 1.0)["alpha"]
+    assert doc["psnr_model"]["sha256"] == psnr.sha256 and doc["gan_model"]["sha256"] == gan.sha256
+    assert doc["psnr_model"]["phase"] == "psnr" and len(doc["val_images"]) == 1
+    written = checkpoint.load(out).state_dict
+    for name, tensor in blend(psnr, gan, doc["alpha"]).state_dict().items():
+        assert torch.equal(written[name], tensor)
+    assert f"alpha {doc['alpha']}" in capsys.readouterr().out
+
+
+def test_cli_bad_alpha_is_one_line_and_writes_nothing(pair, tmp_path, capsys):
+    _, _, folder = pair
+    photos = tmp_path / "photos"
+    write_images(photos, [(64, 64), (72, 56)], seed=4)
+    out = tmp_path / "never"
+    code = cli.main(["interpolate", str(photos), "--psnr", str(folder / "psnr"), "--gan", str(folder / "gan"),
+                     "--out", str(out), "--alpha", "1.5", "--val-count", "1", "--val-crop", "48"])
+    err = capsys.readouterr().err
+    assert code != 0 and err.count("\n") == 1 and "alpha must be in [0, 1]" in err
+    assert not list(tmp_path.glob("never*"))
