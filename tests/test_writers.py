@@ -17,6 +17,8 @@ from srtrt.engine.datapath import writers
 from srtrt.engine.datapath.writers import ImageWriter, TiffEncoder, filter_rows, open_writer
 from srtrt.errors import SrtrtError
 
+from conftest import smooth_image
+
 RNG = np.random.default_rng(11)
 
 
@@ -512,3 +514,35 @@ def test_an_empty_band_writes_nothing(tmp_path, name):
         writer.write_rows(pixels[:0])
         writer.write_rows(pixels)
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / name)), pixels)
+
+
+def _graphic(height, width) -> np.ndarray:
+    """Flat rectangles on a flat ground: what LZ77 compresses far better than Huffman codes alone."""
+    rng = np.random.default_rng(5)
+    pixels = np.full((height, width, 3), 240, np.uint8)
+    for _ in range(400):
+        y, x = rng.integers(0, height - 8), rng.integers(0, width - 8)
+        pixels[y:y + rng.integers(4, 80), x:x + rng.integers(4, 240)] = rng.integers(0, 256, 3)
+    return pixels
+
+
+def _zlib6_of_up_filtered(pixels: np.ndarray) -> int:
+    rows = pixels.reshape(pixels.shape[0], -1)
+    return len(zlib.compress(writers.up_filter_rows(rows, np.zeros(rows.shape[1], np.uint8)).tobytes(), 6))
+
+
+@pytest.mark.parametrize("content", ["graphic", "photo-like"])
+def test_default_level_stays_close_to_zlib6_on_runs_and_on_texture(tmp_path, content):
+    """Levels 1-3 Huffman-code each chunk and fall back to LZ77 where the chunk is mostly runs:
+    flat graphics stay within 1.1x of zlib level 6 (Huffman alone: several times larger), and
+    so does smooth photo-like content, where Huffman codes alone are the whole gain."""
+    shape = (768, 1536)  # chunks of a realistic size: ~1 MB
+    pixels = _graphic(*shape) if content == "graphic" else smooth_image(*shape, seed=2)
+    path = write_image(str(tmp_path / "out.png"), pixels, 384)
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), pixels)
+    size = len(idat_stream(path))
+    assert size <= 1.1 * _zlib6_of_up_filtered(pixels)
+    if content == "graphic":  # the fallback is what keeps it there
+        rows = pixels.reshape(pixels.shape[0], -1)
+        lines = writers.up_filter_rows(rows, np.zeros(rows.shape[1], np.uint8))
+        assert len(writers.raw_deflate(lines, 3, zlib.Z_HUFFMAN_ONLY)) > 2 * size

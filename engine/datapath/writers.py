@@ -227,13 +227,16 @@ def _thread_count(threads: int | None) -> int:
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}   # grey, grey+alpha, RGB, RGBA
-# zlib-ng level 3 on Up-filtered rows of the default model's x4 output of
-# ../shared/data/big/ladybird_2048x1536.png: about 12x the speed of zlib level 6, for a file
-# 8% larger (level 4: 1.6x slower again, 4% larger). bench/test_encoding.py measures it.
+# Levels 1-3 code each chunk of Up-filtered rows with Huffman codes alone (no LZ77 matching):
+# on the default model's x4 output of ../shared/data/big/ladybird_2048x1536.png that is about
+# 2x the speed of LZ77 at level 3 and 5% larger than zlib level 6 (level 3 LZ77: 8% larger),
+# because an SR output's residuals are small and rarely repeat. A chunk Huffman shrinks more
+# than REDUNDANT_RATIO times is mostly runs (flat areas, graphics), where LZ77 is what pays
+# (up to 12x smaller there): it is LZ77-coded at the level as well and the smaller one kept.
+# bench/test_encoding.py measures speed and size.
 DEFAULT_PNG_LEVEL = 3
-# From level 7 (zlib-ng's lazy matching) rows get the per-row adaptive filter: 2.5% smaller
-# files at level 9 on the same output. Below it Up alone is as small (at level 6: 1% smaller
-# than adaptive) and 30x cheaper to compute than Paeth.
+ENTROPY_ONLY_MAX_LEVEL = 3
+REDUNDANT_RATIO = 5
 ADAPTIVE_FILTER_LEVEL = 7
 IDAT_BYTES = 1 << 18                          # compressed bytes gathered per IDAT chunk
 CHUNK_BYTES = 1 << 20                         # raw bytes per parallel deflate chunk (size cost < 0.1%)
@@ -348,9 +351,12 @@ class PngEncoder:
         """One chunk of rows -> (raw deflate ending on a sync flush, Adler-32 of its bytes, their count)."""
         raw, previous = self._as_bytes(samples), self._as_bytes(above[None])[0]
         lines = filter_rows(raw, previous, self.pixel_bytes) if self.adaptive else up_filter_rows(raw, previous)
-        # wbits -15: raw deflate; the zlib header and checksum are the encoder's
-        compressor = zlib_ng.compressobj(self.level, zlib.DEFLATED, -15)
-        data = compressor.compress(lines) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        if 1 <= self.level <= ENTROPY_ONLY_MAX_LEVEL:
+            data = raw_deflate(lines, self.level, zlib.Z_HUFFMAN_ONLY)
+            if lines.nbytes > REDUNDANT_RATIO * len(data):  # mostly runs: LZ77 may do far better
+                data = min(data, raw_deflate(lines, self.level, zlib.Z_DEFAULT_STRATEGY), key=len)
+        else:
+            data = raw_deflate(lines, self.level, zlib.Z_DEFAULT_STRATEGY)
         return data, zlib_ng.adler32(lines), lines.nbytes
 
     def _flush_idat(self, file) -> None:
@@ -366,6 +372,13 @@ class PngEncoder:
         if self.bit_depth == 16:
             samples = samples.astype(">u2")
         return np.ascontiguousarray(samples).view(np.uint8).reshape(samples.shape[0], -1)
+
+
+def raw_deflate(data, level: int, strategy: int) -> bytes:
+    """Raw deflate (wbits -15: the zlib header and checksum are the encoder's) ending on a sync
+    flush, so pieces compressed on their own concatenate into one stream."""
+    compressor = zlib_ng.compressobj(level, zlib.DEFLATED, -15, 8, strategy)
+    return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
 
 FILTER_SUB, FILTER_UP, FILTER_PAETH = 1, 2, 4
