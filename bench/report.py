@@ -146,6 +146,19 @@ def pipeline_section(run: Run) -> str:
         parts.append(_table(["case", "MP/s", "size vs zlib level 6"],
                             [[b["extra_info"]["case"], f"{b['extra_info']['mp_per_s']:.1f}",
                               f"{b['extra_info']['size_vs_zlib6']:.3f}x"] for b in encoding]))
+    formats = {(b["extra_info"]["model"], b["extra_info"]["format"]): b for b in run.of_kind("format")}
+    models = sorted({m for m, _ in formats}, key=lambda m: m != "tiny")
+    if models:
+        parts.append("`srtrt run` of the pipeline image to .png and to uncompressed .bmp (`test_png_against_bmp`; "
+                     "tiny = 1 block, 16 channels, standing in for a fast engine):")
+        lines = []
+        for m in models:
+            png, bmp = formats.get((m, "png")), formats.get((m, "bmp"))
+            wall = {f: b["stats"]["median"] for f, b in (("png", png), ("bmp", bmp)) if b}
+            ratio = f"{wall['png'] / wall['bmp']:.2f}x" if len(wall) == 2 else "—"
+            lines.append([m, (png or bmp)["extra_info"]["describe"], _fmt(wall.get("png"), ".2f"),
+                          _fmt(wall.get("bmp"), ".2f"), ratio])
+        parts.append(_table(["model", "backend", ".png wall (s)", ".bmp wall (s)", "png / bmp"], lines))
     ceiling = run.of_kind("pipeline-ceiling")
     if ceiling:
         parts.append("Pipeline ceiling: a network that costs nothing over real SR content (decode excluded; "
@@ -202,7 +215,7 @@ def device_section(run: Run, plot_name: str | None) -> str:
         chosen = [r for r in rs if (r["group"] in ("tile-sweep", "batch-sweep")) == (group == "sweeps")]
         if chosen:
             out += [f"### {title}", "", throughput_table(chosen), ""]
-    if run.of_kind("pipeline") or run.of_kind("encoding") or run.of_kind("pipeline-ceiling"):
+    if any(run.of_kind(k) for k in ("pipeline", "encoding", "pipeline-ceiling", "format")):
         out += ["### `srtrt run` pipeline (busy seconds per stage, last round)", "", pipeline_section(run), ""]
     if plot_name:
         out += [f"![throughput]({plot_name})", ""]

@@ -1,27 +1,29 @@
 """The whole `srtrt run` path on the 2K-input image: decode, tiles, compute, PNG encode.
 
-Runs engine.upscale_image.upscale_file (what `srtrt run` calls) with the best torch path of
-the device and records the runtime's per-stage busy seconds (`upscaler.times`: read, infer,
+Runs engine.datapath.pipeline.upscale_file (what `srtrt run` calls) with the backend `srtrt run`
+picks on this device (`create_backend("auto")`) and records the runtime's per-stage busy seconds (`upscaler.times`: read, infer,
 assemble, encode -- each on its own thread), the decode time and a separate encode-only time.
 The report shows pipeline efficiency = slowest stage / wall: near 100% means decoding, tiling
 and encoding hide behind the compute.
+
+`test_png_against_bmp`: the same run to .png and to uncompressed .bmp, with the default model
+and with a tiny fast one (1 block, 16 channels, random weights: speed does not depend on them)
+standing in for a fast engine; the report gives the PNG / BMP wall ratio per model.
 Quick mode uses a 1024x768 input (a quarter of the work); smoke mode a tiny one.
 """
 from __future__ import annotations
 
-import importlib.util
 import time
 from dataclasses import asdict
 
-import cases
 import model_flops
 import numpy as np
+import pytest
 import run_mode
 import torch
 import workloads
 from PIL import Image
 
-from srtrt.engine.backends.torch_backend import TorchBackend
 from srtrt.engine.datapath.imageio import read_image
 from srtrt.engine.datapath.pipeline import upscale_file
 from srtrt.engine.datapath.runtime import TiledUpscaler
@@ -31,10 +33,18 @@ CUDA = torch.cuda.is_available()
 MODE = run_mode.current(CUDA)
 
 
-def best_upscaler(view, device) -> TiledUpscaler:
-    precision = cases.best_precision(device.type)
-    fused = device.type == "cuda" and importlib.util.find_spec("triton") is not None
-    return TiledUpscaler(TorchBackend(view, device, precision, fused_op=fused))
+def auto_upscaler(view, device) -> TiledUpscaler:
+    """What `srtrt run` uses here: the backend and precision `--backend auto` picks."""
+    from srtrt.engine.backends import create_backend
+
+    return TiledUpscaler(create_backend("auto", view=view, device=device.type).backend)
+
+
+def tiny_view():
+    from srtrt.nets import InferenceView, SRResNet, SRResNetConfig
+
+    torch.manual_seed(0)
+    return InferenceView(SRResNet(SRResNetConfig(blocks=1, channels=16))).eval()
 
 
 def encode_only_seconds(path, rows_per_band: int) -> float:
@@ -62,7 +72,7 @@ def test_srtrt_run_pipeline(benchmark, view, device, workload, tmp_path):
     work = workload("pipeline")
     source = workloads.write_png(work, tmp_path)
     destination = tmp_path / "out.png"
-    upscaler = best_upscaler(view, device)
+    upscaler = auto_upscaler(view, device)
     rounds = []
 
     def run():
@@ -80,7 +90,8 @@ def test_srtrt_run_pipeline(benchmark, view, device, workload, tmp_path):
     decode = decode_seconds(source)
     slowest = max(last["read"], last["infer"], last["assemble"], last["encode"])
     benchmark.extra_info.update(
-        kind="pipeline", case=f"srtrt-run-torch-{upscaler.backend.precision}", backend="torch",
+        kind="pipeline", case=f"srtrt-run-{upscaler.backend.name}-{upscaler.backend.precision}",
+        backend=upscaler.backend.name,
         precision=upscaler.backend.precision, describe=upscaler.backend.describe(), weights=view.bench_weights,
         peak_key=upscaler.backend.precision, model_gflop=flop / 1e9, windows=windows, core=upscaler.core,
         margin=upscaler.margin, batch=upscaler.batch, **work.info(),
@@ -91,3 +102,23 @@ def test_srtrt_run_pipeline(benchmark, view, device, workload, tmp_path):
                 "encode_only": encode_only_seconds(destination, upscaler.core * view.scale)},
         stage_rounds=rounds[1:],  # the first entry is the warm-up round
         efficiency=slowest / last["file_wall"])
+
+
+FORMAT_CASES = [(model, suffix) for model in ("tiny", "default") for suffix in (".png", ".bmp")]
+
+
+@pytest.mark.parametrize("model, suffix", FORMAT_CASES, ids=[f"{m}-{s[1:]}" for m, s in FORMAT_CASES])
+def test_png_against_bmp(benchmark, view, device, workload, tmp_path, model, suffix):
+    work = workload("pipeline")
+    source = workloads.write_png(work, tmp_path)
+    destination = tmp_path / f"out{suffix}"
+    upscaler = auto_upscaler(tiny_view() if model == "tiny" else view, device)
+    benchmark.group = "png against bmp"
+    benchmark.pedantic(upscale_file, args=(upscaler, source, destination), kwargs={"overwrite": True},
+                       rounds=MODE.big_rounds if model == "default" else MODE.rounds, iterations=1, warmup_rounds=1)
+    if suffix == ".png":  # what the encoder wrote decodes to the pixels the run computed
+        assert Image.open(destination).size == (work.width * view.scale, work.height * view.scale)
+    benchmark.extra_info.update(
+        kind="format", case=f"srtrt-run-{model}-{suffix[1:]}", model=model, format=suffix[1:],
+        describe=upscaler.backend.describe(), **work.info(),
+        file_bytes=destination.stat().st_size)
