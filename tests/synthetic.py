@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 
-def smooth_image(rng: np.random.Generator, height: int, width: int, detail: int = 8) -> np.ndarray:
+def blurred_grid(rng: np.random.Generator, height: int, width: int, detail: int = 8) -> np.ndarray:
     """uint8 HxWx3: a coarse random grid upscaled bicubically, plus a little noise."""
     coarse = rng.integers(30, 226, size=(max(2, height // detail), max(2, width // detail), 3), dtype=np.uint8)
     field = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
@@ -23,6 +23,6 @@ def write_images(folder: Path, sizes: list[tuple[int, int]], seed: int = 0, pref
     paths = []
     for i, (w, h) in enumerate(sizes):
         path = folder / f"{prefix}{i:02d}.png"
-        Image.fromarray(smooth_image(rng, h, w)).save(path)
+        Image.fromarray(blurred_grid(rng, h, w)).save(path)
         paths.append(path)
     return paths

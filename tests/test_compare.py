@@ -22,7 +22,7 @@ from srtrt.train.metrics import hf_ratio_y, psnr_y
 
 from embedded import install_embedded
 from run_helpers import save_tiny_model
-from synthetic import smooth_image, write_images
+from synthetic import blurred_grid, write_images
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_detail_crop_finds_the_textured_region():
 
 def test_model_crop_equals_the_whole_image_run(model_path):
     model = srtrt.load_model(model_path)
-    lr = bicubic_downscale(Image.fromarray(smooth_image(np.random.default_rng(5), 160, 160)), 4)
+    lr = bicubic_downscale(Image.fromarray(blurred_grid(np.random.default_rng(5), 160, 160)), 4)
     whole = super_resolve(model, lr).astype(int)
     for box in [(0, 0, 32, 32), (64, 48, 128, 112), (128, 128, 160, 160)]:
         x0, y0, x1, y1 = box

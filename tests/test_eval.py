@@ -17,7 +17,7 @@ from srtrt.nets import SRResNet, SRResNetConfig
 from srtrt.train.evaluate import evaluate_folder
 
 from embedded import install_embedded
-from synthetic import smooth_image, write_images
+from synthetic import blurred_grid, write_images
 
 SET5 = Path(__file__).resolve().parents[2] / "shared" / "data" / "set5"
 SET14 = SET5.with_name("set14")
@@ -38,8 +38,8 @@ def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("data") / "synth"
     write_images(root, [(64, 64), (70, 53)], seed=1)
     rng = np.random.default_rng(2)
-    Image.fromarray(smooth_image(rng, 48, 40)).convert("L").save(root / "grey.png")
-    Image.fromarray(smooth_image(rng, 40, 48)).convert("RGBA").save(root / "alpha.png")
+    Image.fromarray(blurred_grid(rng, 48, 40)).convert("L").save(root / "grey.png")
+    Image.fromarray(blurred_grid(rng, 40, 48)).convert("RGBA").save(root / "alpha.png")
     return root
 
 

@@ -15,7 +15,7 @@ from srtrt.train.degrade import bicubic_downscale, bicubic_upscale, modcrop
 from srtrt.train.evaluate import evaluate_folder, image_to_tensor, super_resolve, tensor_to_uint8
 from srtrt.train.metrics import psnr, psnr_y, rgb_to_y, ssim_y
 
-from synthetic import smooth_image, write_images
+from synthetic import blurred_grid, write_images
 
 
 def _grey(value: int, h: int = 32, w: int = 32) -> np.ndarray:
@@ -38,7 +38,7 @@ def test_rgb_to_y_refuses_float_or_grey_input():
 
 
 def test_identical_images_give_infinite_psnr_and_unit_ssim():
-    img = smooth_image(np.random.default_rng(0), 40, 40)
+    img = blurred_grid(np.random.default_rng(0), 40, 40)
     assert psnr_y(img, img, border=4) == math.inf
     assert ssim_y(img, img, border=4) == pytest.approx(1.0, abs=1e-12)
 
@@ -53,7 +53,7 @@ def test_constant_offset_gives_the_closed_form_psnr(d):
 
 def test_ssim_is_symmetric_and_below_one_for_noise():
     rng = np.random.default_rng(1)
-    clean = smooth_image(rng, 48, 48)
+    clean = blurred_grid(rng, 48, 48)
     noisy = np.clip(clean + rng.normal(0, 12, clean.shape), 0, 255).astype(np.uint8)
     a, b = ssim_y(clean, noisy, 4), ssim_y(noisy, clean, 4)
     assert a == pytest.approx(b, abs=1e-12)
@@ -73,7 +73,7 @@ def test_border_pixels_are_excluded():
 
 
 def test_bicubic_of_pil_matches_by_construction():
-    img = Image.fromarray(smooth_image(np.random.default_rng(2), 50, 45))
+    img = Image.fromarray(blurred_grid(np.random.default_rng(2), 50, 45))
     hr = modcrop(img, 4)
     assert hr.size == (44, 48)
     lr = bicubic_downscale(hr, 4)
@@ -85,7 +85,7 @@ def test_bicubic_of_pil_matches_by_construction():
 # --- value-range guards -------------------------------------------------------------------
 
 def test_image_tensor_round_trip_is_exact_and_in_unit_range():
-    arr = smooth_image(np.random.default_rng(3), 20, 30)
+    arr = blurred_grid(np.random.default_rng(3), 20, 30)
     t = image_to_tensor(Image.fromarray(arr))
     assert t.shape == (1, 3, 20, 30) and t.dtype == torch.float32
     assert 0 <= t.min() and t.max() <= 1
@@ -110,7 +110,7 @@ def test_tensor_to_uint8_rounds_and_clamps_float_noise():
 def test_the_real_generator_view_passes_the_guard():
     torch.manual_seed(0)
     view = InferenceView(SRResNet(SRResNetConfig(blocks=1, channels=8))).eval()
-    sr = super_resolve(view, Image.fromarray(smooth_image(np.random.default_rng(4), 8, 8)))
+    sr = super_resolve(view, Image.fromarray(blurred_grid(np.random.default_rng(4), 8, 8)))
     assert sr.shape == (32, 32, 3) and sr.dtype == np.uint8
 
 
