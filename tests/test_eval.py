@@ -213,7 +213,10 @@ def test_default_model_reaches_its_targets_and_the_scores_its_sidecar_states():
 def test_shipped_srgan_loads_by_name_and_scores_what_its_sidecar_states():
     ckpt = checkpoint.load("srgan")
     assert ckpt.sha256 == checkpoint.file_sha256(REAL_SRGAN)
-    assert ckpt.meta["training"]["phase"] == "srgan"
+    training = ckpt.meta["training"]  # a blend of the shipped SRResNet and its GAN fine-tune
+    assert training["phase"] == "interpolate" and 0 < training["alpha"] <= 1
+    assert training["psnr_model"]["sha256"] == checkpoint.load("srresnet").sha256
+    assert training["gan_model"]["phase"] == "srgan" and training["gan_model"]["content_loss"] == "mse"
     assert srtrt.load_model("srgan").scale == 4
     if SET5.is_dir():
         _scores_match_the_sidecar("srgan", (SET5,))
