@@ -1,6 +1,8 @@
 """Shared fixtures. Tests run on the CPU and never need ../shared (they use it when present)."""
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,23 @@ def smooth_image(h: int, w: int, channels: int = 3, seed: int = 0, dtype=np.uint
     img = np.clip(np.stack(planes, -1), 0, 1)
     top = np.iinfo(dtype).max
     return (img * top).round().astype(dtype)
+
+
+class DiskFillsAfter:
+    """A file on a disk with room for `room` more bytes (0: already full): the write that does
+    not fit raises ENOSPC; everything else (seek, flush, close, ...) is the real file's."""
+
+    def __init__(self, file, room: int = 0):
+        self._file, self._room = file, room
+
+    def write(self, data):
+        if len(data) > self._room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room -= len(data)
+        return self._file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
 
 
 @pytest.fixture(scope="module")

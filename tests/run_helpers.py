@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,24 @@ def srtrt_process(*args: str, **kwargs) -> subprocess.Popen:
     """`srtrt ...` in a fresh interpreter (for signals and concurrent runs)."""
     return subprocess.Popen([sys.executable, "-m", "srtrt.cli", *map(str, args)], env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def signal_when(process: subprocess.Popen, ready, signum: int, timeout: float) -> tuple[bool, str]:
+    """Send `signum` to `process` as soon as `ready()` holds (polled every 5 ms); then wait for it.
+    Returns (whether the signal was sent before the process ended, its stderr)."""
+    deadline, sent = time.monotonic() + timeout, False
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if ready():
+                process.send_signal(signum)
+                sent = True
+                break
+            time.sleep(0.005)
+        _, err = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return sent, err
 
 
 def run_cli(capsys, *args) -> tuple[int, str]:

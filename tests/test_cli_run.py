@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from run_helpers import is_complete_image, partials, pixels, save_tiny_model, srtrt_process, write_images
+from run_helpers import is_complete_image, partials, pixels, save_tiny_model, signal_when, srtrt_process, write_images
 from run_helpers import run_cli as run
 
 
@@ -120,19 +119,7 @@ def test_a_signal_mid_batch_keeps_finished_outputs_and_no_partial_file(tmp_path,
     write_images(tmp_path / "in", 6, height=128, width=192)  # ~0.4 s an image: time to catch one mid-write
     out = tmp_path / "out"
     process = srtrt_process("run", tmp_path / "in", "-o", out, "--model", model, "--tile", "16", "--margin", "4")
-    deadline, sent = time.monotonic() + 60, False
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            finished = list(out.glob("*_x4.png")) if out.is_dir() else []
-            if finished and partials(out):
-                process.send_signal(signum)
-                sent = True
-                break
-            time.sleep(0.005)
-        _, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    sent, err = signal_when(process, lambda: out.is_dir() and any(out.glob("*_x4.png")) and partials(out), signum, 60)
     assert sent, f"the run ended before a second image was in progress: {err}"
     assert process.returncode == 128 + signum, err
     assert err.strip().splitlines()[-1].startswith(f"srtrt: stopped by {signal.Signals(signum).name}")

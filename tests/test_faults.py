@@ -16,7 +16,8 @@ from PIL import Image
 
 from srtrt.errors import SrtrtError
 
-from run_helpers import is_complete_image, partials, pixels, save_tiny_model, srtrt_process, write_images
+from conftest import DiskFillsAfter
+from run_helpers import is_complete_image, partials, pixels, save_tiny_model, signal_when, srtrt_process, write_images
 from run_helpers import run_cli as run
 
 
@@ -191,19 +192,6 @@ def test_read_only_output_folder(tmp_path, capsys, model):
     assert code == 1 and err.count("cannot write to") == 2 and list(out.iterdir()) == []
 
 
-class DiskFillsUp(io.RawIOBase):
-    """The writer's file on a disk that is full for one output: writes raise ENOSPC."""
-
-    def __init__(self, file):
-        self._file = file
-
-    def write(self, data):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def __getattr__(self, name):
-        return getattr(self._file, name)
-
-
 def test_full_disk_fails_that_image_and_keeps_the_others(tmp_path, capsys, model, monkeypatch):
     import srtrt.engine.datapath.writers as writers
 
@@ -212,7 +200,7 @@ def test_full_disk_fails_that_image_and_keeps_the_others(tmp_path, capsys, model
 
     def open_on_full_disk(path, mode="r", *args, **kwargs):
         file = real_open(path, mode, *args, **kwargs)
-        return DiskFillsUp(file) if "img1_x4" in os.fspath(path) else file
+        return DiskFillsAfter(file) if "img1_x4" in os.fspath(path) else file
 
     monkeypatch.setattr(writers, "open", open_on_full_disk, raising=False)
     code, err = run(capsys, tmp_path / "in", "-o", tmp_path / "out", "--model", model)
@@ -467,31 +455,6 @@ def test_an_exception_in_one_encoder_thread_fails_that_image_only(tmp_path, caps
     assert partials(tmp_path) == []
 
 
-class DiskFillsAfter(io.RawIOBase):
-    """A disk with room for `room` more bytes: the write that does not fit raises ENOSPC."""
-
-    def __init__(self, file, room: int):
-        self._file, self._room = file, room
-
-    def write(self, data):
-        if len(data) > self._room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self._room -= len(data)
-        return self._file.write(data)
-
-    def seek(self, *args):
-        return self._file.seek(*args)
-
-    def tell(self):
-        return self._file.tell()
-
-    def seekable(self):
-        return True
-
-    def __getattr__(self, name):
-        return getattr(self._file, name)
-
-
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
 def test_disk_full_in_the_middle_of_a_file(tmp_path, capsys, model, monkeypatch, suffix):
     """The disk fills after part of the image is written, while encoder threads are busy."""
@@ -518,27 +481,13 @@ def test_disk_full_in_the_middle_of_a_file(tmp_path, capsys, model, monkeypatch,
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_while_the_encoder_is_busy(tmp_path, signum):
     """Level 9 makes encoding the slow stage, so the signal lands while bands are being compressed."""
-    import time
-
     model = save_tiny_model(tmp_path)
     source = tmp_path / "noise.png"
     Image.fromarray(np.random.default_rng(5).integers(0, 256, (320, 320, 3), dtype=np.uint8)).save(source)
     out = tmp_path / "out.png"
     process = srtrt_process("run", source, "-o", out, "--model", model, "--tile", "32", "--png-level", "9")
-    deadline, sent = time.monotonic() + 120, False
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            # a first buffer of compressed bands has reached the file (of about 3 MB in all)
-            written = [p for p in partials(tmp_path) if p.stat().st_size > 0]
-            if written:
-                process.send_signal(signum)
-                sent = True
-                break
-            time.sleep(0.005)
-        _, err = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    # sent once a first buffer of compressed bands has reached the file (of about 3 MB in all)
+    sent, err = signal_when(process, lambda: any(p.stat().st_size > 0 for p in partials(tmp_path)), signum, 120)
     assert sent, f"the run ended before its output was being written: {err}"
     assert process.returncode == 128 + signum, err
     assert "Traceback" not in err

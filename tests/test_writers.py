@@ -17,7 +17,7 @@ from srtrt.engine.datapath import writers
 from srtrt.engine.datapath.writers import ImageWriter, TiffEncoder, filter_rows, open_writer
 from srtrt.errors import SrtrtError
 
-from conftest import smooth_image
+from conftest import DiskFillsAfter, smooth_image
 
 RNG = np.random.default_rng(11)
 
@@ -451,27 +451,11 @@ def test_an_exception_in_an_encoder_thread_aborts_the_file(tmp_path, monkeypatch
     assert not [t for t in threading.enumerate() if t.name.startswith("srtrt-png")]
 
 
-class FillsAfter:
-    """The writer's file on a disk that fills after `room` bytes: later writes raise ENOSPC."""
-
-    def __init__(self, file, room):
-        self._file, self._room = file, room
-
-    def write(self, data):
-        if len(data) > self._room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self._room -= len(data)
-        return self._file.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._file, name)
-
-
 @pytest.mark.parametrize("name", ["mid.png", "mid.tif"])
 def test_disk_full_in_the_middle_of_a_parallel_encode(tmp_path, name):
     path = str(tmp_path / name)
     writer = open_writer(path, 256, 600, 3, 8, threads=2)
-    writer._file = FillsAfter(writer._file, 150_000)  # incompressible rows: full after a few bands
+    writer._file = DiskFillsAfter(writer._file, 150_000)  # incompressible rows: full after a few bands
     with pytest.raises(SrtrtError, match="No space left on device") as caught:
         with writer:
             for _ in range(600 // 40):
