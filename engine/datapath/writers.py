@@ -237,6 +237,9 @@ PNG_COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}   # grey, grey+alpha, RGB, RGBA
 DEFAULT_PNG_LEVEL = 3
 ENTROPY_ONLY_MAX_LEVEL = 3
 REDUNDANT_RATIO = 5
+# From level 7 (zlib-ng's lazy matching) rows get the per-row adaptive filter: 2.5% smaller
+# files at level 9 on the same output. Below it Up alone is as small (at level 6: 1% smaller
+# than adaptive) and 30x cheaper to compute than Paeth.
 ADAPTIVE_FILTER_LEVEL = 7
 IDAT_BYTES = 1 << 18                          # compressed bytes gathered per IDAT chunk
 CHUNK_BYTES = 1 << 20                         # raw bytes per parallel deflate chunk (size cost < 0.1%)
