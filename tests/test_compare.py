@@ -18,7 +18,7 @@ from srtrt.train.compare import (
 )
 from srtrt.train.degrade import bicubic_downscale
 from srtrt.train.evaluate import super_resolve
-from srtrt.train.metrics import hf_ratio_y, psnr_y
+from srtrt.train.metrics import grid_ratio_y, hf_ratio_y, psnr_y
 
 from embedded import install_embedded
 from run_helpers import save_tiny_model
@@ -62,7 +62,8 @@ def test_panels_are_lr_bicubic_each_model_and_hr_with_scores_on_the_crop(model_p
     assert all(p.pixels.shape == (64, 64, 3) for p in panels)
     hr = panels[-1].pixels
     for panel in panels[1:4]:
-        assert panel.detail == f"{psnr_y(panel.pixels, hr, 0):.2f} dB  HF {hf_ratio_y(panel.pixels, hr, 0):.2f}"
+        assert panel.detail == (f"{psnr_y(panel.pixels, hr, 0):.2f} dB  HF {hf_ratio_y(panel.pixels, hr, 0):.2f}  "
+                                f"grid {grid_ratio_y(panel.pixels, 4):.2f}")
     # Each model panel is that model's whole-image output at the crop (the crop sits where HR is found).
     with Image.open(image) as im:
         full = np.asarray(im.convert("RGB"))

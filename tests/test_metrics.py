@@ -13,8 +13,9 @@ from PIL import Image
 from srtrt.nets import InferenceView, SRResNet, SRResNetConfig
 from srtrt.train.degrade import bicubic_downscale, bicubic_upscale, modcrop
 from srtrt.train.evaluate import evaluate_folder, image_to_tensor, super_resolve, tensor_to_uint8
-from srtrt.train.metrics import psnr, psnr_y, rgb_to_y, ssim_y
+from srtrt.train.metrics import grid_ratio_y, psnr, psnr_y, rgb_to_y, ssim_y
 
+from conftest import smooth_image
 from synthetic import blurred_grid, write_images
 
 
@@ -137,3 +138,23 @@ def test_an_interpolating_model_scores_like_bicubic_and_the_range_bug_does_not(t
     assert good["model"]["psnr"] > 28
     broken = evaluate_folder(folder, _Upsampler(remap_input=True))
     assert broken["model"]["psnr"] < 15  # the threshold above separates the bug from correct code
+
+
+def test_grid_ratio_is_near_zero_without_a_pattern_and_large_with_one():
+    photo = smooth_image(256, 256, seed=5)
+    # A fixed 4x4 tile added everywhere: what disagreeing sub-pixel phases draw.
+    tile = np.random.default_rng(6).integers(-6, 7, (4, 4, 1))
+    gridded = np.clip(photo.astype(int) + np.tile(tile, (64, 64, 3)), 0, 255).astype(np.uint8)
+    clean, dirty = grid_ratio_y(photo, 4), grid_ratio_y(gridded, 4)
+    assert clean < 0.05
+    assert dirty > 0.3
+    # The same tile at period 4 is invisible to a period-3 reading, and period 1 has no phases.
+    assert grid_ratio_y(gridded, 3) < 0.05
+    assert grid_ratio_y(gridded, 1) == 0.0
+    # Cutting a border of whole periods keeps the phases: the reading barely moves.
+    assert grid_ratio_y(gridded, 4, border=4) == pytest.approx(dirty, rel=0.1)
+
+
+def test_grid_ratio_refuses_an_image_smaller_than_its_period():
+    with pytest.raises(ValueError, match="too small"):
+        grid_ratio_y(np.zeros((4, 4, 3), np.uint8), 4)

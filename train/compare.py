@@ -3,7 +3,8 @@
 The HR image is degraded exactly as `srtrt eval` does (modcrop, PIL bicubic downscale), and
 the crop is placed where the HR image has the most gradient energy, where differences
 between methods show. Each model panel is labelled with the model's name and, on that crop,
-its Y-PSNR and HF ratio (fine-detail energy relative to HR's: what a GAN is for). Panels
+its Y-PSNR, HF ratio (fine-detail energy relative to HR's: what a GAN is for) and grid
+strength (a pattern at the network's sub-pixel period: what a GAN must not add). Panels
 smaller than MIN_PANEL pixels are enlarged by whole-pixel repetition, so nothing is resampled.
 
 A model only sees an LR window of the crop plus its receptive-field radius, which gives the
@@ -22,7 +23,7 @@ from srtrt.errors import SrtrtError
 
 from .degrade import bicubic_downscale, bicubic_upscale
 from .evaluate import check_scale, load_models, read_hr, super_resolve
-from .metrics import hf_ratio_y, psnr_y
+from .metrics import grid_ratio_y, hf_ratio_y, psnr_y
 
 MIN_PANEL = 256      # shown size of the smallest panel side, in screen pixels
 FONT_SIZE = 14
@@ -71,8 +72,14 @@ def model_crop(model, lr: Image.Image, box: tuple[int, int, int, int], scale: in
     return sr[oy:oy + (y1 - y0) * scale, ox:ox + (x1 - x0) * scale]
 
 
-def _scored(title: str, pixels: np.ndarray, hr: np.ndarray) -> Panel:
-    return Panel(title, f"{psnr_y(pixels, hr, 0):.2f} dB  HF {hf_ratio_y(pixels, hr, 0):.2f}", pixels)
+def score_line(pixels: np.ndarray, hr: np.ndarray, scale: int) -> str:
+    """A panel's second label line: Y-PSNR, HF ratio and grid strength on the crop."""
+    return (f"{psnr_y(pixels, hr, 0):.2f} dB  HF {hf_ratio_y(pixels, hr, 0):.2f}  "
+            f"grid {grid_ratio_y(pixels, scale):.2f}")
+
+
+def _scored(title: str, pixels: np.ndarray, hr: np.ndarray, scale: int) -> Panel:
+    return Panel(title, score_line(pixels, hr, scale), pixels)
 
 
 def compare_panels(path: str | Path, models, crop: int = 256) -> list[Panel]:
@@ -94,8 +101,8 @@ def compare_panels(path: str | Path, models, crop: int = 256) -> list[Panel]:
     bicubic_crop = np.asarray(bicubic_upscale(lr_img, scale))[y:y + size, x:x + size]
     return [
         Panel("LR", f"x{scale} nearest, {size // scale} px", lr_crop),
-        _scored("bicubic", bicubic_crop, hr_crop),
-        *(_scored(label, model_crop(model, lr_img, box, scale), hr_crop) for label, model in models.items()),
+        _scored("bicubic", bicubic_crop, hr_crop, scale),
+        *(_scored(label, model_crop(model, lr_img, box, scale), hr_crop, scale) for label, model in models.items()),
         Panel("HR", f"{size} px at ({x}, {y})", hr_crop),
     ]
 

@@ -8,11 +8,13 @@ bicubic baseline is PIL bicubic upscaling of the same LR image. Averages are ove
 PSNR and SSIM reward the blur an MSE-trained model produces; what a GAN-trained model is for
 shows in the third measure, `hf`: the high-frequency (Laplacian) energy of the output relative
 to the HR image's (train/metrics.py `hf_ratio_y`). 1 is as much fine detail as the original;
-bicubic and MSE models sit well below it, a GAN should come closer without passing it.
+bicubic and MSE models sit well below it, a GAN should come closer without passing it. The
+fourth, `grid`, is what a GAN must not buy that detail with: a pattern repeating at the
+network's sub-pixel period (`grid_ratio_y`; HR photos read about 0.01).
 
 Several models (`--model srresnet --model srgan`) are scored on the same images in one run.
 The JSON keeps the one-model shape, `model` / `model_*` being the first model's scores, and
-adds `models` ({label: {psnr, ssim, hf}}) per folder and per image for all of them.
+adds `models` ({label: {psnr, ssim, hf, grid}}) per folder and per image for all of them.
 
 Every image crosses between PIL and torch through `image_to_tensor` / `tensor_to_uint8`,
 which check the [0, 1] value range: a tensor on the [-1, 1] training scale (or one mapped
@@ -33,7 +35,7 @@ from srtrt.errors import SrtrtError
 
 from .data import IMAGE_SUFFIXES
 from .degrade import bicubic_downscale, bicubic_upscale, modcrop
-from .metrics import hf_ratio_y, psnr_y, ssim_y
+from .metrics import grid_ratio_y, hf_ratio_y, psnr_y, ssim_y
 
 SSIM_WINDOW = 11  # the Gaussian window needs at least this many pixels after the border cut
 RANGE_TOLERANCE = 1e-4  # float noise allowed outside [0, 1] before a tensor is refused
@@ -90,9 +92,11 @@ def model_scale(model: torch.nn.Module) -> int:
     return scale
 
 
-def scores(sr: np.ndarray, hr: np.ndarray, border: int) -> dict:
-    """PSNR, SSIM and HF ratio of one uint8 RGB output against its HR image, on Y."""
-    return {"psnr": psnr_y(sr, hr, border), "ssim": ssim_y(sr, hr, border), "hf": hf_ratio_y(sr, hr, border)}
+def scores(sr: np.ndarray, hr: np.ndarray, scale: int) -> dict:
+    """PSNR, SSIM, HF ratio and grid strength of one uint8 RGB output against its HR image, on Y,
+    with `scale` pixels cut from each border (the grid's period is the scale)."""
+    return {"psnr": psnr_y(sr, hr, scale), "ssim": ssim_y(sr, hr, scale), "hf": hf_ratio_y(sr, hr, scale),
+            "grid": grid_ratio_y(sr, scale, scale)}
 
 
 def evaluate_image(path: Path, models: dict[str, torch.nn.Module], scale: int) -> dict:
@@ -127,7 +131,7 @@ def evaluate_folder(folder: str | Path, model, scale: int | None = None) -> dict
     """Scores of a model (an inference view with `.scale`), or of several ({label: view}), and of
     bicubic on every image in `folder`.
 
-    Returns {"model": {"psnr", "ssim", "hf"}, "bicubic": {...}, "images": [per-image rows],
+    Returns {"model": {"psnr", "ssim", "hf", "grid"}, "bicubic": {...}, "images": [per-image rows],
     "models": {label: {...}}}, "model" being the first model; averages over images, as the SR
     literature takes them.
     """
@@ -155,7 +159,7 @@ def check_scale(model: torch.nn.Module, scale: int | None) -> int:
 
 
 def _means(rows: list[dict]) -> dict:
-    """Per-key average of score dicts (psnr, ssim, hf)."""
+    """Per-key average of score dicts (psnr, ssim, hf, grid)."""
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
@@ -177,20 +181,22 @@ def _json_safe(value):
 
 
 def format_table(results: dict[str, dict], scale: int) -> str:
-    """One block per folder: a row per image and the average, columns PSNR / SSIM / HF per method."""
+    """One block per folder: a row per image and the average, columns PSNR / SSIM / HF / grid per method."""
     lines = []
     for key, res in results.items():
         methods = [*res["models"], "bicubic"]
         width = max([len("average")] + [len(r["name"]) for r in res["images"]])
         heads = [max(10, len(m) + 5) for m in methods]
-        lines.append(f"{key} (x{scale}, Y channel, {scale}-pixel border cut; HF = fine-detail energy / HR's)")
-        lines.append(f"  {'image':<{width}}" + "".join(f"  {m + ' PSNR':>{h}}  {'SSIM':>6}  {'HF':>5}"
+        lines.append(f"{key} (x{scale}, Y channel, {scale}-pixel border cut; HF = fine-detail energy / HR's, "
+                     f"grid = {scale}-pixel pattern strength, HR photos ~0.01)")
+        lines.append(f"  {'image':<{width}}" + "".join(f"  {m + ' PSNR':>{h}}  {'SSIM':>6}  {'HF':>5}  {'grid':>5}"
                                                        for m, h in zip(methods, heads, strict=True)))
         rows = [(r["name"], [*r["models"].values(), _prefixed(r, "bicubic_")]) for r in res["images"]]
         rows.append(("average", [*res["models"].values(), res["bicubic"]]))
         for name, cells in rows:
-            lines.append(f"  {name:<{width}}" + "".join(f"  {c['psnr']:>{h}.3f}  {c['ssim']:>6.4f}  {c['hf']:>5.3f}"
-                                                        for c, h in zip(cells, heads, strict=True)))
+            lines.append(f"  {name:<{width}}" + "".join(
+                f"  {c['psnr']:>{h}.3f}  {c['ssim']:>6.4f}  {c['hf']:>5.3f}  {c['grid']:>5.3f}"
+                for c, h in zip(cells, heads, strict=True)))
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

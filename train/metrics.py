@@ -61,11 +61,15 @@ def ssim_y(sr: np.ndarray, hr: np.ndarray, border: int) -> float:
     return ssim(rgb_to_y(sr), rgb_to_y(hr), border)
 
 
+def laplacian(y: np.ndarray) -> np.ndarray:
+    """4-neighbour Laplacian of a plane, (H-2)x(W-2): its interior pixels."""
+    y = np.asarray(y, np.float64)
+    return y[1:-1, :-2] + y[1:-1, 2:] + y[:-2, 1:-1] + y[2:, 1:-1] - 4 * y[1:-1, 1:-1]
+
+
 def laplacian_energy(y: np.ndarray, border: int = 0) -> float:
     """Mean squared 4-neighbour Laplacian of a luma plane: how much fine detail it carries."""
-    y = _crop(np.asarray(y, np.float64), border)
-    lap = y[1:-1, :-2] + y[1:-1, 2:] + y[:-2, 1:-1] + y[2:, 1:-1] - 4 * y[1:-1, 1:-1]
-    return float(np.mean(lap ** 2))
+    return float(np.mean(laplacian(_crop(y, border)) ** 2))
 
 
 def hf_ratio_y(sr: np.ndarray, hr: np.ndarray, border: int) -> float:
@@ -75,3 +79,25 @@ def hf_ratio_y(sr: np.ndarray, hr: np.ndarray, border: int) -> float:
     which would mean invented noise.
     """
     return laplacian_energy(rgb_to_y(sr), border) / max(laplacian_energy(rgb_to_y(hr), border), 1e-12)
+
+
+def grid_ratio_y(rgb: np.ndarray, period: int, border: int = 0) -> float:
+    """Strength, on Y, of a pattern that repeats every `period` pixels: the upsampler's sub-pixel grid.
+
+    A x`period` network computes each of the period x period output phases with its own
+    weights; when they disagree the output carries a fixed grid (a GAN fine-tune's classic
+    cross-hatch). The Laplacian of Y is averaged over each phase separately and the spread of
+    those means is divided by the Laplacian's RMS, so the number is free of the image's
+    content and needs no reference. HR photos read about 0.01 (sampling noise); a grid a
+    person sees at 1:1 reads 0.2 and up. `period` <= 1 has no phases: 0.
+    """
+    if period <= 1:
+        return 0.0
+    lap = laplacian(_crop(rgb_to_y(rgb), border))
+    h, w = lap.shape[0] // period * period, lap.shape[1] // period * period
+    if h == 0 or w == 0:
+        raise ValueError(f"image {rgb.shape[1]}x{rgb.shape[0]} is too small for a period of {period}")
+    lap = lap[:h, :w]
+    phase_means = lap.reshape(h // period, period, w // period, period).mean(axis=(0, 2))
+    rms = float(np.sqrt(np.mean(lap ** 2)))
+    return float(phase_means.std() / rms) if rms > 0 else 0.0
