@@ -23,7 +23,8 @@ CPU afterwards, and one replaces or joins the embedded weights only if held-out 
 choose) says it is better: an srresnet checkpoint needs a higher held-out Y-PSNR than the
 shipped srresnet_x4; an srgan checkpoint needs a held-out HF ratio closer to 1 than the
 shipped srgan_x4's (with none shipped, clearly closer than the srresnet's) while staying
-within the trainer's PSNR floor (gan_psnr_drop dB below its start). Its sidecar then gets the
+within the trainer's PSNR floor (gan_psnr_drop dB below its start) and grid cap (no more than
+GRID_GROWTH_MAX times its start's sub-pixel grid: trainer.selection_score). Its sidecar then gets the
 Set5/Set14 scores `srtrt eval` measures, which tests/test_eval.py checks.
 
 --smoke: a tiny budget-shaped run (small patches and batches, generated photos unless --data

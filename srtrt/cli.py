@@ -65,7 +65,7 @@ def _add_train(sub):
     for name in ("scale", "blocks", "channels", "patch", "batch", "iters", "val_count", "val_crop",
                  "val_every", "log_every", "workers", "seed"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("lr", "adv_weight", "pixel_weight", "gan_psnr_drop"):
+    for name in ("lr", "adv_weight", "pixel_weight", "grid_weight", "gan_psnr_drop"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--schedule", default=d.schedule, choices=["constant", "cosine", "step"])
     p.add_argument("--content-loss", default=d.content_loss, choices=["mse", "vgg22", "vgg54"],

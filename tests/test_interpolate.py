@@ -52,15 +52,19 @@ def test_blend_refuses_other_configs_and_alphas_outside_0_1(pair, tmp_path):
         blend(psnr, gan, 1.5)
 
 
-def _rows(*triples):
-    return [{"alpha": a, "val_psnr_y": p, "val_hf_ratio_y": h} for a, p, h in triples]
+def _rows(*rows):
+    return [{"alpha": a, "val_psnr_y": p, "val_hf_ratio_y": h, "val_grid_ratio_y": g} for a, p, h, g in rows]
 
 
-def test_choice_is_the_detail_closest_to_hr_within_the_psnr_floor():
-    rows = _rows((0.0, 30.0, 0.15), (0.5, 29.6, 0.30), (0.7, 29.1, 0.45), (0.9, 28.5, 0.80), (1.0, 28.0, 1.05))
+def test_choice_is_the_detail_closest_to_hr_within_the_psnr_floor_and_the_grid_cap():
+    rows = _rows((0.0, 30.0, 0.15, 0.06), (0.5, 29.6, 0.30, 0.07), (0.7, 29.1, 0.45, 0.08),
+                 (0.9, 28.5, 0.80, 0.09), (1.0, 28.0, 1.05, 0.10))
     assert choose(rows, psnr_drop=1.0)["alpha"] == 0.7  # 0.9 and 1.0 are below the 29.0 floor
     assert choose(rows, psnr_drop=3.0)["alpha"] == 1.0  # |1 - 1.05| beats |1 - 0.80|
     assert choose(rows, psnr_drop=0.1)["alpha"] == 0.0  # nothing else is within 0.1 dB
+    # Detail that comes with more than twice the PSNR model's grid is not taken.
+    gridded = _rows((0.0, 30.0, 0.15, 0.06), (0.5, 29.6, 0.30, 0.11), (0.7, 29.1, 0.45, 0.13))
+    assert choose(gridded, psnr_drop=1.0)["alpha"] == 0.5
     with pytest.raises(SrtrtError, match="alpha 0"):
         choose(rows[1:], psnr_drop=1.0)
 

@@ -14,8 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from srtrt import checkpoint
 from srtrt.errors import SrtrtError
-from srtrt.train.losses import VGGContentLoss, vgg19_features
-from srtrt.train.trainer import TrainConfig, train
+from srtrt.train.losses import VGGContentLoss, grid_loss, vgg19_features
+from srtrt.train.trainer import TrainConfig, Validation, selection_score, train
 
 from synthetic import write_images
 
@@ -209,8 +209,8 @@ def test_srgan_mse_alternates_discriminator_and_generator_steps(gan_run):
     start = checkpoint.load(init).state_dict
     assert any(not torch.equal(state[f"g.{k}"], v) for k, v in start.items() if v.is_floating_point())
     trained = checkpoint.load(out / "model").meta["training"]
-    assert trained["phase"] == "srgan" and trained["content_loss"] == "mse"
-    assert [r["step"] for r in _metrics(out) if "val_hf" in r] == [GAN_ITERS // 2, GAN_ITERS]
+    assert trained["phase"] == "srgan" and trained["content_loss"] == "mse" and trained["grid_weight"] == 10.0
+    assert [r["step"] for r in _metrics(out) if "val_grid" in r] == [GAN_ITERS // 2, GAN_ITERS]
 
 
 def test_resumed_srgan_run_matches_an_uninterrupted_one(photos, gan_run, tmp_path, monkeypatch, capsys):
@@ -282,3 +282,30 @@ def test_init_starts_from_given_weights_and_rejects_another_config(photos, strai
     assert lineage["sha256"] == start.sha256 and lineage["iterations"] == start.meta["training"]["iterations"]
     with pytest.raises(SrtrtError, match="--init has config"):
         train(_config(photos, tmp_path / "other", channels=8, init=str(best)))
+
+
+def test_grid_loss_sees_a_sub_pixel_pattern_and_not_texture():
+    gen = torch.Generator().manual_seed(0)
+    hr = torch.rand(4, 3, 48, 48, generator=gen) * 2 - 1
+    texture = hr + 0.2 * torch.randn(4, 3, 48, 48, generator=gen)  # detail that differs from HR, no period
+    pattern = hr + 0.2 * torch.randn(1, 3, 4, 4, generator=gen).repeat(1, 1, 12, 12)  # the same 4x4 tile everywhere
+    assert grid_loss(hr, hr, 4) == 0
+    assert grid_loss(pattern, hr, 4) > 100 * grid_loss(texture, hr, 4)
+    # Its gradient removes the pattern: descending it flattens the tile (its mean is no pattern).
+    tile = torch.zeros(1, 3, 4, 4, requires_grad=True)
+    start = torch.randn(1, 3, 4, 4, generator=gen)
+    for _ in range(200):
+        loss = grid_loss(hr + (start + tile).repeat(1, 1, 12, 12), hr, 4)
+        (grad,) = torch.autograd.grad(loss, tile)
+        tile = (tile - 0.3 * grad).detach().requires_grad_(True)
+    left = (start + tile).detach()
+    assert (left - left.mean(dim=(2, 3), keepdim=True)).abs().max() < 0.05 * start.abs().max()
+
+
+def test_srgan_selection_wants_detail_within_the_psnr_floor_and_without_a_grown_grid():
+    start = Validation(psnr=30.0, hf=0.15, grid=0.06)
+    assert selection_score("srresnet", Validation(29.0, 0.9, 0.5), start, 1.0) == 29.0  # PSNR alone
+    textured, blurred = Validation(29.3, 0.60, 0.08), Validation(29.8, 0.30, 0.06)
+    assert selection_score("srgan", textured, start, 1.0) > selection_score("srgan", blurred, start, 1.0)
+    assert selection_score("srgan", Validation(28.9, 0.95, 0.06), start, 1.0) == -float("inf")  # below the floor
+    assert selection_score("srgan", Validation(29.5, 0.95, 0.13), start, 1.0) == -float("inf")  # grid > 2x start's

@@ -23,6 +23,7 @@ class TrainConfig:
     content_loss: str = "vgg54"      # srgan: mse | vgg22 | vgg54 (Ledig et al., Table 1)
     adv_weight: float = 1e-3
     pixel_weight: float = 0.0        # srgan: optional MSE term
+    grid_weight: float = 10.0        # srgan: weight of losses.grid_loss (0 = off)
     gan_psnr_drop: float = 1.5       # srgan: checkpoints more than this many dB below the start are not kept
     vgg_weights: str | None = None
     val_count: int = 4               # photos of `data` held out for validation (never set5/set14)

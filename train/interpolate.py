@@ -5,7 +5,8 @@ GAN model is a fine-tune of the PSNR model, so the two sit in one basin and ever
 them is a working network: α = 0 is the SRResNet's blur, α = 1 the GAN's full texture (and its
 noise). The trade-off is picked on the same held-out training photos the trainer validates on
 (never Set5/Set14), by the trainer's own srgan selection rule: the α whose fine-detail energy
-comes closest to the HR photos', among those within `psnr_drop` dB of the PSNR model.
+comes closest to the HR photos', among those within `psnr_drop` dB of the PSNR model and with
+no more than GRID_GROWTH_MAX times its sub-pixel grid.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from srtrt.errors import SrtrtError
 
 from .config import TrainConfig
 from .data import list_images, split_holdout
-from .trainer import selection_score, validate, validation_pairs
+from .trainer import GRID_GROWTH_MAX, Validation, selection_score, validate, validation_pairs
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -38,22 +39,26 @@ def blend(psnr: checkpoint.Checkpoint, gan: checkpoint.Checkpoint, alpha: float)
 
 
 def sweep(psnr, gan, pairs, alphas=DEFAULT_ALPHAS) -> list[dict]:
-    """Validation Y-PSNR and HF ratio of each blend, in the order of `alphas`."""
+    """Validation Y-PSNR, HF ratio and grid strength of each blend, in the order of `alphas`."""
     rows = []
     for alpha in alphas:
-        val, hf = validate(blend(psnr, gan, alpha), pairs, torch.device("cpu"))
-        rows.append({"alpha": alpha, "val_psnr_y": round(val, 4), "val_hf_ratio_y": round(hf, 4)})
+        val, hf, grid = validate(blend(psnr, gan, alpha), pairs, torch.device("cpu"))
+        rows.append({"alpha": alpha, "val_psnr_y": round(val, 4), "val_hf_ratio_y": round(hf, 4),
+                     "val_grid_ratio_y": round(grid, 4)})
     return rows
+
+
+def _validation(row: dict) -> Validation:
+    return Validation(row["val_psnr_y"], row["val_hf_ratio_y"], row.get("val_grid_ratio_y", float("nan")))
 
 
 def choose(rows: list[dict], psnr_drop: float) -> dict:
     """The trainer's srgan rule over the sweep; the floor is relative to the PSNR model (alpha 0)."""
-    start = next((r["val_psnr_y"] for r in rows if r["alpha"] == 0.0), None)
+    start = next((_validation(r) for r in rows if r["alpha"] == 0.0), None)
     if start is None:
         raise SrtrtError("the sweep must include alpha 0 (the PSNR model) to set the PSNR floor")
     # Ties (all below the floor but alpha 0) go to the higher PSNR.
-    return max(rows, key=lambda r: (selection_score("srgan", r["val_psnr_y"], r["val_hf_ratio_y"], start, psnr_drop),
-                                    r["val_psnr_y"]))
+    return max(rows, key=lambda r: (selection_score("srgan", _validation(r), start, psnr_drop), r["val_psnr_y"]))
 
 
 def interpolate(data: str, psnr_model: str, gan_model: str, out: str, psnr_drop: float,
@@ -73,8 +78,10 @@ def interpolate(data: str, psnr_model: str, gan_model: str, out: str, psnr_drop:
     model = blend(psnr, gan, chosen["alpha"])
     meta = {"training": {
         "phase": "interpolate", "alpha": chosen["alpha"], "rule": None if alpha is not None else
-        f"HF ratio closest to 1 within {psnr_drop} dB of the PSNR model on held-out training photos",
+        f"HF ratio closest to 1 within {psnr_drop} dB of the PSNR model and at most {GRID_GROWTH_MAX}x its "
+        "grid strength, on held-out training photos",
         "val_psnr_y": chosen["val_psnr_y"], "val_hf_ratio_y": chosen["val_hf_ratio_y"],
+        "val_grid_ratio_y": chosen["val_grid_ratio_y"],
         "val_images": [p.name for p in val_paths], "val_crop": val_crop, "sweep": rows,
         "psnr_model": {"sha256": psnr.sha256, **psnr.meta.get("training", {})},
         "gan_model": {"sha256": gan.sha256, **gan.meta.get("training", {})},
@@ -87,5 +94,5 @@ def main(args: argparse.Namespace) -> int:
     path, chosen = interpolate(args.data, args.psnr, args.gan, args.out, args.psnr_drop, args.alpha,
                                args.val_count, args.val_crop)
     print(f"alpha {chosen['alpha']}: validation Y-PSNR {chosen['val_psnr_y']:.3f} dB, "
-          f"HF ratio {chosen['val_hf_ratio_y']:.3f} -> {path}")
+          f"HF ratio {chosen['val_hf_ratio_y']:.3f}, grid {chosen['val_grid_ratio_y']:.3f} -> {path}")
     return 0

@@ -1,4 +1,5 @@
-"""SRGAN losses: the content losses (MSE, VGG22, VGG54) and the adversarial BCE (Ledig et al., eq. 3-6).
+"""SRGAN losses: the content losses (MSE, VGG22, VGG54), the adversarial BCE (Ledig et al., eq. 3-6)
+and the grid loss that keeps the adversarial term from buying detail with a sub-pixel pattern.
 
 VGG19 is defined here with torchvision's layer indices so torchvision's ImageNet weights
 (`vgg19-dcbb9e9d.pth`) load as they are; torchvision itself is not needed.
@@ -101,6 +102,32 @@ def content_loss(name: str, vgg_weights: str | os.PathLike | None) -> nn.Module:
     if name not in VGG_LAYERS:
         raise SrtrtError(f"unknown content loss {name!r} (one of {', '.join(CONTENT_LOSSES)})")
     return VGGContentLoss(load_vgg19_weights(vgg_weights), layers=VGG_LAYERS[name])
+
+
+_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def phase_means(x: torch.Tensor, period: int) -> torch.Tensor:
+    """Per channel, the Laplacian of `x` (N,C,H,W) averaged over each of the period x period
+    sub-pixel phases and the whole batch: (C, period, period)."""
+    c = x.shape[1]
+    lap = F.conv2d(x.float(), _LAPLACIAN.to(x.device).expand(c, 1, 3, 3), groups=c)
+    h, w = lap.shape[-2] // period * period, lap.shape[-1] // period * period
+    lap = lap[..., :h, :w].reshape(x.shape[0], c, h // period, period, w // period, period)
+    return lap.mean(dim=(0, 2, 4))
+
+
+def grid_loss(sr: torch.Tensor, hr: torch.Tensor, period: int) -> torch.Tensor:
+    """Squared difference of SR's and HR's per-phase Laplacian means (phase_means) over the batch.
+
+    A x`period` generator computes each sub-pixel phase with its own weights. Under the
+    adversarial term alone it learns to add detail as a fixed pattern at that period (the
+    GAN cross-hatch; metrics.grid_ratio_y reads it), because phase-specific weights see every
+    pixel of every image and move fastest. HR photos have no such pattern: their phase means
+    are equal up to sampling noise, which comparing with HR's own (same crops) cancels. The
+    loss leaves texture alone, since texture averages out over the phases.
+    """
+    return F.mse_loss(phase_means(sr, period), phase_means(hr, period))
 
 
 def adversarial_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:

@@ -2,12 +2,14 @@
 
 Phase "srresnet": MSE between G(lr) and hr (both on the [-1, 1] tanh scale).
 Phase "srgan":    content loss (MSE, VGG22 or VGG54: Ledig et al.'s SRGAN-MSE/-VGG22/-VGG54)
-                  + 1e-3 adversarial BCE (+ optional pixel MSE), one D step per G step, the
-                  generator initialised from an SRResNet checkpoint.
+                  + 1e-3 adversarial BCE + grid loss (no sub-pixel pattern; losses.grid_loss)
+                  (+ optional pixel MSE), one D step per G step, the generator initialised
+                  from an SRResNet checkpoint.
 
 Checkpoint selection uses held-out training photos only: the srresnet phase keeps the best
 validation PSNR; the srgan phase keeps the most faithful detail (high-frequency energy
-closest to the HR photos') among checkpoints within `gan_psnr_drop` dB of its start.
+closest to the HR photos') among checkpoints within `gan_psnr_drop` dB of its start and
+without a grown sub-pixel grid (selection_score).
 
 A run directory holds `state.*` (everything needed to resume), `model.*` (the best generator
 by validation PSNR, an srtrt checkpoint), `metrics.jsonl` and `curve.png`.
@@ -19,6 +21,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,8 +36,8 @@ from srtrt.nets import Discriminator
 from .config import TrainConfig
 from .data import OffsetSampler, PatchDataset, list_images, load_rgb, split_holdout
 from .degrade import bicubic_downscale, modcrop
-from .losses import adversarial_loss, content_loss
-from .metrics import hf_ratio_y, psnr_y
+from .losses import adversarial_loss, content_loss, grid_loss
+from .metrics import grid_ratio_y, hf_ratio_y, psnr_y
 from .state import load_state, save_state
 
 
@@ -76,26 +79,37 @@ def validation_pairs(paths, scale: int, crop: int) -> list[tuple[torch.Tensor, n
     return pairs
 
 
+class Validation(NamedTuple):
+    psnr: float  # mean Y-PSNR
+    hf: float    # mean high-frequency energy ratio, SR / HR
+    grid: float  # mean sub-pixel grid strength (metrics.grid_ratio_y)
+
+
 @torch.no_grad()
-def validate(generator: torch.nn.Module, pairs, device) -> tuple[float, float]:
-    """Mean Y-PSNR and high-frequency energy ratio (SR / HR) over the held-out pairs."""
+def validate(generator: torch.nn.Module, pairs, device) -> Validation:
+    """Y-PSNR, HF ratio and grid strength averaged over the held-out pairs."""
     view = registry.inference_view(generator)
-    psnrs, hfs = [], []
+    scale = generator.config.scale
+    rows = []
     for lr, hr in pairs:
         sr = view(lr.to(device))[0].permute(1, 2, 0).mul(255).round().byte().cpu().numpy()
-        psnrs.append(psnr_y(sr, hr, border=generator.config.scale))
-        hfs.append(hf_ratio_y(sr, hr, border=generator.config.scale))
+        rows.append((psnr_y(sr, hr, scale), hf_ratio_y(sr, hr, scale), grid_ratio_y(sr, scale, scale)))
     generator.train()
-    return (float(np.mean(psnrs)), float(np.mean(hfs))) if psnrs else (float("nan"), float("nan"))
+    return Validation(*(float(np.mean(col)) for col in zip(*rows))) if rows else Validation(*[float("nan")] * 3)
 
 
-def selection_score(phase: str, val_psnr: float, val_hf: float, start_psnr: float, max_drop: float) -> float:
-    """Higher is better. srresnet: PSNR. srgan: detail (HF ratio, capped at HR's), within a PSNR floor."""
+GRID_GROWTH_MAX = 2.0  # srgan: a checkpoint may carry at most this many times its start's grid strength
+
+
+def selection_score(phase: str, val: Validation, start: Validation, max_drop: float) -> float:
+    """Higher is better. srresnet: PSNR. srgan: detail (HF ratio, capped at HR's), within a PSNR
+    floor `max_drop` dB below the start and without growing the start's sub-pixel grid more
+    than GRID_GROWTH_MAX times: detail bought with a regular pattern is not detail."""
     if phase != "srgan":
-        return val_psnr
-    if val_psnr < start_psnr - max_drop:
+        return val.psnr
+    if val.psnr < start.psnr - max_drop or val.grid > GRID_GROWTH_MAX * start.grid:
         return -float("inf")
-    return -abs(1.0 - val_hf)
+    return -abs(1.0 - val.hf)
 
 
 def plot_curve(metrics_path: Path, png: Path) -> None:
@@ -157,11 +171,11 @@ def train(cfg: TrainConfig) -> Path:
 
     state_path, metrics_path = out / "state", out / "metrics.jsonl"
     parent = checkpoint.load(cfg.init) if cfg.init else None
-    step, best, start_psnr = 0, -float("inf"), float("nan")
+    step, best, start = 0, -float("inf"), Validation(*[float("nan")] * 3)
     if cfg.resume and state_path.with_suffix(".json").exists():
         doc = load_state(state_path, modules, optimizers)
         step, best = doc["step"], doc.get("best_score", doc.get("best_val_psnr", best))
-        start_psnr = doc.get("start_val_psnr", start_psnr)
+        start = Validation(doc.get("start_val_psnr", start.psnr), float("nan"), doc.get("start_val_grid", start.grid))
         _drop_rows_after(metrics_path, step)  # a crash after the last save logged steps that will run again
         print(f"resumed {out} at step {step}")
     elif parent:  # start from trained weights (optimiser state starts fresh)
@@ -170,8 +184,8 @@ def train(cfg: TrainConfig) -> Path:
         generator.load_state_dict(parent.state_dict)
     elif gan:
         raise SrtrtError("the srgan phase starts from an SRResNet checkpoint: pass --init PATH")
-    if gan and step == 0:  # the PSNR floor for checkpoint selection is relative to the start
-        start_psnr = validate(generator, val_pairs, device)[0]
+    if gan and step == 0:  # the PSNR floor and grid cap for checkpoint selection are relative to the start
+        start = validate(generator, val_pairs, device)
 
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     loader = torch.utils.data.DataLoader(
@@ -198,11 +212,14 @@ def train(cfg: TrainConfig) -> Path:
             opt_d.zero_grad(set_to_none=True)
             scaler.scale(loss_d).backward()
             scaler.step(opt_d)
-            # Generator step: content + adversarial (+ pixel).
+            # Generator step: content + adversarial + grid (+ pixel).
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 loss_content = content(sr, hr_img)
                 loss_adv = adversarial_loss(discriminator(sr), True)
             loss_g = loss_content + cfg.adv_weight * loss_adv
+            loss_grid = grid_loss(sr, hr_img, cfg.scale)
+            if cfg.grid_weight:
+                loss_g = loss_g + cfg.grid_weight * loss_grid
             if cfg.pixel_weight:
                 loss_g = loss_g + cfg.pixel_weight * F.mse_loss(sr.float(), hr_img)
         else:
@@ -220,33 +237,39 @@ def train(cfg: TrainConfig) -> Path:
             row = {"step": step, "loss_g": round(loss_g.item(), 6), "lr": learning_rate(cfg, step - 1),
                    "it_s": round(seen / (time.time() - t0), 3)}
             if gan:
-                row.update(loss_d=round(loss_d.item(), 6), loss_content=round(loss_content.item(), 6))
+                row.update(loss_d=round(loss_d.item(), 6), loss_content=round(loss_content.item(), 6),
+                           loss_grid=float(f"{loss_grid.item():.4g}"))
             bar.set_postfix(loss=f"{row['loss_g']:.4g}", it_s=row["it_s"])
             log.write(json.dumps(row) + "\n")
             log.flush()
         if step % cfg.val_every == 0 or step == cfg.iters or out_of_time:
-            val, val_hf = validate(generator, val_pairs, device)
-            log.write(json.dumps({"step": step, "val_psnr": round(val, 4), "val_hf": round(val_hf, 4)}) + "\n")
+            scored = validate(generator, val_pairs, device)
+            val, val_hf, val_grid = scored
+            log.write(json.dumps({"step": step, "val_psnr": round(val, 4), "val_hf": round(val_hf, 4),
+                                  "val_grid": round(val_grid, 4)}) + "\n")
             log.flush()
             meta = {"training": {"phase": cfg.phase, "data": Path(cfg.data).name, "iterations": step,
                                  "patch": cfg.patch, "batch": cfg.batch, "lr": cfg.lr, "schedule": cfg.schedule,
                                  "amp": str(amp).replace("torch.", "") if amp else "off",
                                  "val_psnr_y": round(val, 4), "val_hf_ratio_y": round(val_hf, 4),
+                                 "val_grid_ratio_y": round(val_grid, 4),
                                  "val_images": [p.name for p in val_paths]}}
             if gan:
                 meta["training"].update(content_loss=cfg.content_loss, adv_weight=cfg.adv_weight,
-                                        pixel_weight=cfg.pixel_weight)
+                                        pixel_weight=cfg.pixel_weight, grid_weight=cfg.grid_weight)
             if parent:  # a model's sidecar names every run that led to it
                 meta["training"]["initialised_from"] = {"sha256": parent.sha256, **parent.meta.get("training", {})}
-            score = selection_score(cfg.phase, val, val_hf, start_psnr, cfg.gan_psnr_drop)
+            score = selection_score(cfg.phase, scored, start, cfg.gan_psnr_drop)
             if score > best or not val_pairs or not (out / "model.safetensors").exists():
                 best = score
                 checkpoint.save(out / "model", generator, arch.name, gcfg, meta)
             checkpoint.save(out / "last", generator, arch.name, gcfg, meta)
             save_state(state_path, step, modules, optimizers,
-                       {"best_score": best, "start_val_psnr": start_psnr, "config": asdict(cfg)})
+                       {"best_score": best, "start_val_psnr": start.psnr, "start_val_grid": start.grid,
+                        "config": asdict(cfg)})
             plot_curve(metrics_path, out / "curve.png")
-            bar.write(f"step {step}: validation Y-PSNR {val:.3f} dB, HF ratio {val_hf:.3f} (best score {best:.4g})")
+            bar.write(f"step {step}: validation Y-PSNR {val:.3f} dB, HF ratio {val_hf:.3f}, grid {val_grid:.3f} "
+                      f"(best score {best:.4g})")
         if out_of_time:
             bar.write(f"stopped at step {step}: the {cfg.minutes:g}-minute budget is spent")
             break
