@@ -236,7 +236,7 @@ def make_backend(case: Case, view, device: torch.device, workdir: Path):
     if case.backend == "openvino":
         from srtrt.engine.backends.openvino_backend import OpenVinoBackend
 
-        return OpenVinoBackend(_onnx_file(view, "fp32", workdir, fused=False), view.scale, view.radius,
+        return OpenVinoBackend(_onnx_file(view, "fp32", workdir, fused=False, polyphase=True), view.scale, view.radius,
                                precision=case.precision, channels=view.generator.config.channels)
     if case.backend == "onnxruntime":
         from srtrt.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -248,13 +248,14 @@ def make_backend(case: Case, view, device: torch.device, workdir: Path):
     raise ValueError(f"unknown backend {case.backend}")
 
 
-def _onnx_file(view, precision: str, workdir: Path, fused: bool) -> Path:
-    """Exported once per session and precision (the export takes a while on a CPU)."""
+def _onnx_file(view, precision: str, workdir: Path, fused: bool, polyphase: bool = False) -> Path:
+    """Exported once per session and form (the export takes a while on a CPU); the OpenVINO
+    cases run the polyphase graph, as srtrt's openvino backend does."""
     from srtrt.engine.toolchain.export import export_onnx
 
-    path = workdir / f"model-{precision}{'-fused' if fused else ''}.onnx"
+    path = workdir / f"model-{precision}{'-fused' if fused else ''}{'-polyphase' if polyphase else ''}.onnx"
     if not path.exists():
-        export_onnx(view, path, precision=precision, fused=fused)
+        export_onnx(view, path, precision=precision, fused=fused, polyphase=polyphase)
     return path
 
 

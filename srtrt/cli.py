@@ -99,6 +99,8 @@ def _add_export(sub):
     p.add_argument("--model")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
     p.add_argument("--fused", action="store_true", help="one PixelShufflePReLU node per upsample step")
+    p.add_argument("--polyphase", action="store_true",
+                   help="last upsample step and tail conv in polyphase form (same values; faster on CPUs)")
     p.add_argument("--opset", type=int, default=None)
 
 

@@ -3,7 +3,7 @@
 A checkpoint's `architecture` name maps to an `Architecture`: how to make its config and build
 it, and the facts the rest of srtrt asks for instead of reading the network class itself —
 scale, receptive-field radius (the tile margin that makes tiling exact), the channel count
-that sizes activation memory, how to fold BatchNorm for inference, and which
+that sizes activation memory, how to fold BatchNorm and rewrite the tail for inference, and which
 conv -> PixelShuffle -> PReLU steps the fused kernel may replace. Adding an architecture
 means a network file and one entry here.
 """
@@ -19,6 +19,7 @@ from .nets import (
     SRResNet,
     SRResNetConfig,
     fold_batchnorm,
+    polyphase_tail,
     receptive_field_radius,
 )
 
@@ -42,6 +43,7 @@ class Architecture:
     radius: Callable[[object], int]                  # config -> receptive-field radius in LR pixels
     feature_channels: Callable[[object], int]        # config -> channels of the upsampled feature maps
     fold_batchnorm: Callable[[nn.Module], nn.Module]  # eval-mode generator -> same results, no BatchNorm
+    polyphase_tail: Callable[[nn.Module], nn.Module]  # eval-mode generator -> same results, no full-size shuffle
     upsample_steps: Callable[[nn.Module], list[UpsampleStep]]
 
     def build(self, config) -> nn.Module:
@@ -61,6 +63,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         radius=receptive_field_radius,
         feature_channels=lambda config: config.channels,
         fold_batchnorm=fold_batchnorm,
+        polyphase_tail=polyphase_tail,
         upsample_steps=_srresnet_upsample_steps,
     ),
 }

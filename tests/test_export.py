@@ -167,7 +167,7 @@ def test_metadata(exported, view):
     meta = metadata(exported("fp16", FP16_FUSED))
     assert metadata(load_onnx(exported("fp16", FP16_FUSED))) == meta  # a path or a loaded model
     expected = {"model_sha256": state_dict_sha256(view), "scale": 4, "radius": view.radius,
-                "precision": "fp16", "fused": FP16_FUSED}
+                "precision": "fp16", "fused": FP16_FUSED, "polyphase": False}
     assert meta == {**expected, **({"aot": True} if FP16_FUSED else {})}
     assert len(meta["model_sha256"]) == 64
 
@@ -268,3 +268,25 @@ def test_custom_op_registration_is_idempotent():
     ort_custom_op.register()
     ort_custom_op.register()
     assert ort_custom_op.session_options() is not None
+
+
+def test_polyphase_graph_computes_the_same_image_with_a_small_final_shuffle(view, tmp_path):
+    import onnx
+
+    from srtrt.engine.toolchain.export import export_onnx
+    from srtrt.engine.toolchain.onnx_io import metadata
+
+    path = export_onnx(view, tmp_path / "poly.onnx", polyphase=True)
+    for shape in [(1, 3, 13, 21), (2, 3, 8, 5)]:
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape)))
+        assert _max_diff(path, view, x, "fp32") <= TOLERANCE["fp32"]
+    model = onnx.load(str(path))
+    ops = [n.op_type for n in model.graph.node if n.op_type != "Constant"]
+    assert ops.count("DepthToSpace") == 2
+    assert ops[-7:] == ["PRelu", "Conv", "DepthToSpace", "Tanh", "Add", "Mul", "Clip"]  # the shuffle is last
+    # The last shuffle moves 3 x 4 channels (RGB per sub-pixel phase), not the 16 features.
+    tail = [n for n in model.graph.node if n.op_type == "Conv"][-1]
+    weights = {t.name: t for t in model.graph.initializer}
+    assert list(weights[tail.input[1]].dims) == [12, 4 * view.generator.config.channels, 5, 5]
+    meta = metadata(path)
+    assert meta["polyphase"] is True and meta["radius"] == view.radius

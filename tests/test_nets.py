@@ -1,9 +1,21 @@
 """Networks: output shapes, receptive-field radius (computed and measured), discriminator,
-and the [0, 1] contract of the inference view."""
+the [0, 1] contract of the inference view, and the polyphase tail rewrite."""
+import copy
+
 import pytest
 import torch
 
-from srtrt.nets import Discriminator, InferenceView, SRResNet, SRResNetConfig, receptive_field_radius
+from srtrt.nets import (
+    Discriminator,
+    InferenceView,
+    PreShuffleUpsample,
+    SRResNet,
+    SRResNetConfig,
+    fold_batchnorm,
+    polyphase_kernel,
+    polyphase_tail,
+    receptive_field_radius,
+)
 
 
 @pytest.mark.parametrize("scale", [2, 4, 8])
@@ -103,3 +115,35 @@ def test_inference_view_maps_tanh_output_to_unit_range():
     assert raw.min() < -0.99 and raw.max() > 0.99
     assert out.min() >= 0 and out.max() <= 1
     torch.testing.assert_close(out, ((raw + 1) / 2).clamp(0, 1))
+
+
+@pytest.mark.parametrize("cfg", [SRResNetConfig(blocks=1, channels=8), SRResNetConfig(scale=2, blocks=1, channels=8),
+                                 SRResNetConfig(blocks=1, channels=8, tail_kernel=3),
+                                 SRResNetConfig(scale=8, blocks=1, channels=4, tail_kernel=5)],
+                         ids=["x4", "x2", "x4-tail3", "x8-tail5"])
+def test_polyphase_tail_computes_the_same_image(cfg):
+    torch.manual_seed(0)
+    generator = SRResNet(cfg).eval()
+    for m in generator.modules():
+        if isinstance(m, torch.nn.PReLU):  # distinct slopes, some negative: a slope mix-up would show
+            m.weight.data.uniform_(-0.5, 0.5)
+    rewritten = polyphase_tail(fold_batchnorm(copy.deepcopy(generator)))
+    assert isinstance(rewritten.upsample[-1], PreShuffleUpsample)  # its shuffle moved behind the tail
+    assert rewritten.tail.conv.out_channels == 3 * 4  # the RGB tail, once per sub-pixel phase
+    for shape in [(1, 3, 7, 9), (2, 3, 16, 5)]:  # odd sizes: the borders are where padding could differ
+        x = torch.rand(shape)
+        with torch.no_grad():
+            assert (generator(x) - rewritten(x)).abs().max() <= 1e-5
+    # The receptive field is a fact of the network, not of its form: one changed LR pixel reaches as far.
+    assert InferenceView(rewritten).radius == InferenceView(generator).radius
+
+
+def test_polyphase_kernel_moves_every_tap_once():
+    weight = torch.randn(3, 2, 9, 9)
+    kernel = polyphase_kernel(weight, 2)
+    assert kernel.shape == (12, 8, 5, 5)
+    # Each output phase holds every original tap exactly once; the rest are zeros.
+    for phase in range(4):
+        taps = kernel[phase::4]
+        assert torch.count_nonzero(taps) == torch.count_nonzero(weight)
+        assert torch.isclose(taps.sum(), weight.sum(), atol=1e-4)

@@ -29,7 +29,8 @@ def view():
 
 @pytest.fixture(scope="module")
 def onnx_file(view, tmp_path_factory):
-    return export_onnx(view, tmp_path_factory.mktemp("onnx") / "model.onnx")
+    """The form create_backend gives this backend: the polyphase tail."""
+    return export_onnx(view, tmp_path_factory.mktemp("onnx") / "model.onnx", polyphase=True)
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +108,15 @@ def test_create_backend_reuses_the_cached_export(tmp_path, monkeypatch):
     view = random_view(blocks=1, channels=4, seed=5)
     first = create_backend("openvino", precision="fp32", view=view)
     exported = sorted((tmp_path / "onnx").glob("*.onnx"))
-    assert len(exported) == 1 and exported[0].name.endswith("-x4-fp32.onnx")
+    assert len(exported) == 1 and exported[0].name.endswith("-x4-fp32-polyphase.onnx")
     mtime = exported[0].stat().st_mtime_ns
     second = create_backend("openvino", precision="fp32", view=view)
     assert exported[0].stat().st_mtime_ns == mtime  # exported once, by the model's sha256
     assert first.backend.path == second.backend.path == exported[0]
     assert first.reason.startswith("openvino (fp32, cpu, ") and "as asked" in first.reason
-    second.backend.infer(torch.rand(1, 3, 8, 8))
+    x = torch.rand(1, 3, 11, 9)
+    with torch.no_grad():  # the polyphase graph computes the model's own image
+        assert (second.backend.infer(x) - view(x)).abs().max() <= 1e-4
     assert any((tmp_path / "openvino").iterdir())  # CACHE_DIR under srtrt's cache root
 
 
@@ -155,7 +158,7 @@ def test_cli_with_a_corrupt_cached_export_exits_2_and_writes_nothing(tmp_path, m
 
     monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
     weights = save_tiny_model(tmp_path)
-    cached = tmp_path / "cache" / "onnx" / f"{file_sha256(weights)[:16]}-x4-fp32.onnx"
+    cached = tmp_path / "cache" / "onnx" / f"{file_sha256(weights)[:16]}-x4-fp32-polyphase.onnx"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"truncated")
     (image,) = write_images(tmp_path / "in", 1)

@@ -48,13 +48,14 @@ def _model_sha256(view) -> str:
     return getattr(view, "checkpoint_sha256", "") or state_dict_sha256(view)
 
 
-def _exported_onnx(view, precision: str):
+def _exported_onnx(view, precision: str, polyphase: bool = False):
     """The graph `srtrt export` writes for this model, exported once and cached by its sha256."""
     from srtrt.engine.toolchain.export import export_onnx
 
-    path = cache_dir("onnx") / f"{_model_sha256(view)[:16]}-x{view.scale}-{precision}.onnx"
+    form = "-polyphase" if polyphase else ""
+    path = cache_dir("onnx") / f"{_model_sha256(view)[:16]}-x{view.scale}-{precision}{form}.onnx"
     if not path.exists():
-        export_onnx(view, path, precision=precision)
+        export_onnx(view, path, precision=precision, polyphase=polyphase)
     return path
 
 
@@ -76,8 +77,9 @@ def _openvino(view, device: torch.device, precision: str) -> Backend:
         raise SrtrtError(f"the openvino backend runs on the CPU, not {device}")
     if precision not in HINTS:
         raise SrtrtError(f"openvino runs {' or '.join(HINTS)} on the CPU, not {precision}")
-    # bf16 is a compile-time hint on the CPU plugin: one fp32 graph serves both precisions.
-    return OpenVinoBackend(_exported_onnx(view, "fp32"), view.scale, view.radius, precision,
+    # bf16 is a compile-time hint on the CPU plugin: one fp32 graph serves both precisions. The
+    # polyphase tail: AMX convolutions want 16+ output channels, the RGB tail has 3 (openvino_backend).
+    return OpenVinoBackend(_exported_onnx(view, "fp32", polyphase=True), view.scale, view.radius, precision,
                            channels=view.generator.config.channels)
 
 

@@ -1,7 +1,11 @@
 """OpenVINO backend: the fp32 ONNX graph of `srtrt export`, compiled for the CPU once per window shape.
 
 The CPU plugin computes in bf16 on AMX / AVX512-BF16 (INFERENCE_PRECISION_HINT; inputs and
-outputs stay fp32), the fastest CPU path bench/ measured. Static shapes run faster than a
+outputs stay fp32), the fastest CPU path bench/ measured. backends.create_backend hands it the
+`--polyphase` export: the 9x9 tail conv to 3 channels at full resolution and the 64-channel
+shuffle before it were 40% of a 2K-output image (AMX tiles want 16+ output channels); as one
+conv to 12 channels at half resolution and a 12-channel shuffle, the same values cost 1.4x less
+(OpenVINO's per-layer profile, bench/README.md). Static shapes run faster than a
 dynamic graph, and the runtime uses one window shape per image, so each (N, 3, h, w) is compiled
 once and kept for the images and tiles that follow; OpenVINO's CACHE_DIR keeps the compiled
 blobs so the next process starts without recompiling.

@@ -211,25 +211,34 @@ def _set_metadata(model, meta: dict) -> None:
 
 def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: bool = False,
                 opset: int | None = None, dynamic: bool = True, *, aot: bool = True,
-                input_shape: tuple[int, int, int, int] | None = None) -> Path:
+                input_shape: tuple[int, int, int, int] | None = None, polyphase: bool = False) -> Path:
     """Write `view` (an InferenceView: RGB [0,1] in and out) as one ONNX file at `path`.
 
     precision: "fp32" or "fp16" (weights and I/O in that dtype). fused: one
     PixelShufflePReLU node per upsample step (`aot` sets the node's TensorRT plugin mode).
     dynamic: symbolic batch, height and width; otherwise the graph is fixed at
-    `input_shape` (default (2, 3, 32, 32), also the tracing input). Written atomically.
+    `input_shape` (default (2, 3, 32, 32), also the tracing input). polyphase: the last
+    upsample step and the tail conv in their polyphase form (srtrt/nets.py `polyphase_tail`:
+    same values, no full-resolution feature shuffle; what the OpenVINO backend runs).
+    Written atomically.
     """
     onnx = _onnx()
     if precision not in PRECISIONS:
         raise SrtrtError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     path = Path(path)
     sha = getattr(view, "checkpoint_sha256", None) or state_dict_sha256(view)
+    if polyphase:
+        from srtrt import registry
+
+        view = copy.deepcopy(view)
+        registry.of(view.generator).polyphase_tail(view.generator)
     model = _to_onnx(view, PRECISIONS[precision], opset, dynamic, input_shape)
     _strip_trace_metadata(model)
     if fused and fuse_pixel_shuffle_prelu(model, aot=aot) == 0:
         raise SrtrtError("no DepthToSpace -> PRelu pair to fuse in this model")
     _set_metadata(model, {"model_sha256": sha, "scale": view.scale, "radius": view.radius,
-                          "precision": precision, "fused": bool(fused), **({"aot": bool(aot)} if fused else {})})
+                          "precision": precision, "fused": bool(fused), "polyphase": bool(polyphase),
+                          **({"aot": bool(aot)} if fused else {})})
     onnx.checker.check_model(model)
     save_onnx(model, path)
     return path
@@ -247,13 +256,15 @@ def save_onnx(model, path) -> Path:
 
 
 def main(args) -> int:
-    """`srtrt export`: -o/--output, --model, --precision, --fused, --opset."""
+    """`srtrt export`: -o/--output, --model, --precision, --fused, --polyphase, --opset."""
     import srtrt
 
     view = srtrt.load_model(args.model)
-    path = export_onnx(view, args.output, precision=args.precision, fused=args.fused, opset=args.opset)
+    path = export_onnx(view, args.output, precision=args.precision, fused=args.fused, opset=args.opset,
+                       polyphase=args.polyphase)
     size = path.stat().st_size
     size_text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
-    print(f"wrote {path} ({args.precision}{', fused' if args.fused else ''}, x{view.scale}, "
+    print(f"wrote {path} ({args.precision}{', fused' if args.fused else ''}{', polyphase' if args.polyphase else ''}, "
+          f"x{view.scale}, "
           f"radius {view.radius}, {size_text})")
     return 0
