@@ -35,6 +35,7 @@ class Case:
     fused_op: bool = False
     compile: bool = False
     cuda_graphs: bool = False
+    polyphase: bool = True     # openvino: the polyphase-tail graph srtrt runs (False: the plain export)
     core: int | None = None    # LR core per tile; None: the backend's default; 0: the whole image
     batch: int | None = None   # tiles per call; None: the backend's default
     big_on_cpu: bool = False   # also run on the 2K-input workload when the device is a CPU
@@ -71,6 +72,7 @@ def throughput_cases(device_type: str, mode: str) -> list[Case]:
             Case(f"torch-{best}-compile", "srtrt", "torch", best, compile=True, needs=("compiler",)),
             Case("openvino-fp32", "srtrt", "openvino", "fp32", needs=("openvino",)),
             Case("openvino-bf16", "srtrt", "openvino", "bf16", big_on_cpu=True, needs=("openvino", "fast-bf16")),
+            Case("openvino-bf16-plain", "srtrt", "openvino", "bf16", polyphase=False, needs=("openvino", "fast-bf16")),
             Case("onnxruntime-fp32", "srtrt", "onnxruntime", "fp32", needs=("onnxruntime",)),
         ]
     else:
@@ -236,7 +238,8 @@ def make_backend(case: Case, view, device: torch.device, workdir: Path):
     if case.backend == "openvino":
         from srtrt.engine.backends.openvino_backend import OpenVinoBackend
 
-        return OpenVinoBackend(_onnx_file(view, "fp32", workdir, fused=False, polyphase=True), view.scale, view.radius,
+        return OpenVinoBackend(_onnx_file(view, "fp32", workdir, fused=False, polyphase=case.polyphase),
+                               view.scale, view.radius,
                                precision=case.precision, channels=view.generator.config.channels)
     if case.backend == "onnxruntime":
         from srtrt.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
