@@ -197,7 +197,7 @@ def polyphase_kernel(weight: torch.Tensor, r: int) -> torch.Tensor:
     """
     cout, cin, k, _ = weight.shape
     half = k // 2
-    lo, hi = (0 - half) // r, (r - 1 + half) // r
+    lo, hi = -half // r, (r - 1 + half) // r  # the taps' offsets on z's grid
     if -lo != hi:
         raise ValueError(f"a {k}x{k} kernel at x{r} has no centred polyphase form")
     size = hi - lo + 1
