@@ -1,6 +1,7 @@
 """Decoding: every input mode normalised correctly, metadata carried, bad files refused in one line."""
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import time
@@ -31,7 +32,10 @@ def save(tmp_path, image: Image.Image, name: str, **options) -> str:
     return path
 
 
+@functools.cache
 def srgb_profile() -> bytes:
+    """One sRGB ICC profile per process: LittleCMS stamps a new profile with the current time, so
+    two made a second apart differ, and inputs built from them (the fault campaign's) would too."""
     ImageCms = pytest.importorskip("PIL.ImageCms")
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
