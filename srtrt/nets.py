@@ -179,8 +179,9 @@ class PreShuffleUpsample(nn.Module):
         r2 = block.shuffle.upscale_factor ** 2
         self.conv = block.conv
         slopes = block.act.weight.detach()
-        self.act = nn.PReLU(slopes.numel() * r2 if slopes.numel() > 1 else 1)
-        self.act.weight.data.copy_(slopes.repeat_interleave(r2) if slopes.numel() > 1 else slopes)
+        slopes = slopes.repeat_interleave(r2) if slopes.numel() > 1 else slopes  # one shared slope stays one
+        self.act = nn.PReLU(slopes.numel())
+        self.act.weight.data.copy_(slopes)
 
     def forward(self, x):
         return self.act(self.conv(x))

@@ -72,14 +72,10 @@ def model_crop(model, lr: Image.Image, box: tuple[int, int, int, int], scale: in
     return sr[oy:oy + (y1 - y0) * scale, ox:ox + (x1 - x0) * scale]
 
 
-def score_line(pixels: np.ndarray, hr: np.ndarray, scale: int) -> str:
-    """A panel's second label line: Y-PSNR, HF ratio and grid strength on the crop."""
-    return (f"{psnr_y(pixels, hr, 0):.2f} dB  HF {hf_ratio_y(pixels, hr, 0):.2f}  "
-            f"grid {grid_ratio_y(pixels, scale):.2f}")
-
-
 def _scored(title: str, pixels: np.ndarray, hr: np.ndarray, scale: int) -> Panel:
-    return Panel(title, score_line(pixels, hr, scale), pixels)
+    """A panel labelled with its Y-PSNR, HF ratio and grid strength on the crop."""
+    return Panel(title, f"{psnr_y(pixels, hr, 0):.2f} dB  HF {hf_ratio_y(pixels, hr, 0):.2f}  "
+                        f"grid {grid_ratio_y(pixels, scale):.2f}", pixels)
 
 
 def compare_panels(path: str | Path, models, crop: int = 256) -> list[Panel]:

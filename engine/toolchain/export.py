@@ -264,7 +264,6 @@ def main(args) -> int:
                        polyphase=args.polyphase)
     size = path.stat().st_size
     size_text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
-    print(f"wrote {path} ({args.precision}{', fused' if args.fused else ''}{', polyphase' if args.polyphase else ''}, "
-          f"x{view.scale}, "
-          f"radius {view.radius}, {size_text})")
+    form = (", fused" if args.fused else "") + (", polyphase" if args.polyphase else "")
+    print(f"wrote {path} ({args.precision}{form}, x{view.scale}, radius {view.radius}, {size_text})")
     return 0
