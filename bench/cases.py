@@ -35,7 +35,7 @@ class Case:
     fused_op: bool = False
     compile: bool = False
     cuda_graphs: bool = False
-    polyphase: bool = True     # openvino: the polyphase-tail graph srtrt runs (False: the plain export)
+    polyphase: bool = True     # the polyphase tail srtrt runs on the CPU (False: the plain network, for the ratio)
     core: int | None = None    # LR core per tile; None: the backend's default; 0: the whole image
     batch: int | None = None   # tiles per call; None: the backend's default
     big_on_cpu: bool = False   # also run on the 2K-input workload when the device is a CPU
@@ -69,6 +69,7 @@ def throughput_cases(device_type: str, mode: str) -> list[Case]:
         cases += [
             Case("torch-fp32", "srtrt", "torch", "fp32"),
             Case("torch-bf16", "srtrt", "torch", "bf16", big_on_cpu=True, needs=("fast-bf16",)),
+            Case("torch-bf16-plain", "srtrt", "torch", "bf16", polyphase=False, needs=("fast-bf16",)),
             Case(f"torch-{best}-compile", "srtrt", "torch", best, compile=True, needs=("compiler",)),
             Case("openvino-fp32", "srtrt", "openvino", "fp32", needs=("openvino",)),
             Case("openvino-bf16", "srtrt", "openvino", "bf16", big_on_cpu=True, needs=("openvino", "fast-bf16")),
@@ -233,8 +234,10 @@ def make_backend(case: Case, view, device: torch.device, workdir: Path):
             from cuda_graphs import GraphedTorchBackend as cls
         else:
             from srtrt.engine.backends.torch_backend import TorchBackend as cls
+        # On a GPU the backend's own default (no polyphase tail: the fused op does the shuffles there).
+        polyphase = None if case.polyphase else False
         return cls(view, device, case.precision, channels_last=case.channels_last, compile=case.compile,
-                   fused_op=case.fused_op)
+                   fused_op=case.fused_op, polyphase=polyphase)
     if case.backend == "openvino":
         from srtrt.engine.backends.openvino_backend import OpenVinoBackend
 

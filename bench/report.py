@@ -22,7 +22,8 @@ EAGER_CASE = "eager-fp32-nchw"
 BICUBIC_CASE = "bicubic-torch"
 MODE_PREFERENCE = {"full": 0, "quick": 1, "smoke": 2}
 SRTRT_GROUPS = ("srtrt", "tile-sweep", "batch-sweep")
-TARGETS = {"cpu_vs_eager": 3.0, "gpu_vs_eager": 10.0, "gpu_peak_pct": 50.0, "pipeline_efficiency": 0.90}
+TARGETS = {"cpu_vs_eager": 3.0, "gpu_vs_eager": 10.0, "gpu_peak_pct": 50.0, "pipeline_efficiency": 0.90,
+           "cpu_default_vs_eager": 9.0, "cpu_default_vs_torch_bf16": 1.6}
 
 
 @dataclass
@@ -183,10 +184,37 @@ def targets(run: Run, rs: list[dict]) -> list[str]:
             fp16 = 100 * _flop_rate(run, best) / (peaks["fp16"] * 1e12)
             lines.append(f"- GPU: {fp16:.1f}% of the measured fp16 peak ({peaks['fp16']:.3g} TFLOP/s); "
                          f"target ≥ {TARGETS['gpu_peak_pct']:g}%: {'met' if fp16 >= TARGETS['gpu_peak_pct'] else 'not met'}")
+    if not gpu:
+        lines += cpu_default_targets(run, rs)
     for b in run.of_kind("pipeline"):
         eff = b["extra_info"]["efficiency"]
         lines.append(f"- pipeline efficiency {100 * eff:.1f}% (target ≥ {100 * TARGETS['pipeline_efficiency']:.0f}%: "
                      f"{'met' if eff >= TARGETS['pipeline_efficiency'] else 'not met'})")
+    return lines
+
+
+def cpu_default_targets(run: Run, rs: list[dict]) -> list[str]:
+    """What `srtrt run` picks on this CPU (the pipeline case records it) against eager fp32 and
+    torch bf16 on the 2K-output image, and the polyphase tail against the plain network."""
+    on_2k = {r["case"]: r for r in rs if r["workload"] == "2k-output"}
+    lines = []
+    for b in run.of_kind("pipeline")[:1]:
+        default = on_2k.get(f"{b['extra_info']['backend']}-{b['extra_info']['precision']}")
+        if default is None or default["vs_eager"] is None:
+            continue
+        want = TARGETS["cpu_default_vs_eager"]
+        line = (f"- what `srtrt run` picks here, `{default['case']}`: {default['vs_eager']:.2f}× eager fp32 "
+                f"(target ≥ {want:g}×: {'met' if default['vs_eager'] >= want else 'not met'}), "
+                f"{_fmt(default['peak_pct'], '.1f')}% of the measured {default['precision']} matmul peak")
+        torch_bf16 = on_2k.get("torch-bf16")
+        if torch_bf16 and default["case"] != "torch-bf16":
+            ratio, want = default["mp_s"] / torch_bf16["mp_s"], TARGETS["cpu_default_vs_torch_bf16"]
+            line += f"; {ratio:.2f}× torch bf16 (target ≥ {want:g}×: {'met' if ratio >= want else 'not met'})"
+        lines.append(line)
+    ratios = [f"{name} {on_2k[name]['mp_s'] / on_2k[name + '-plain']['mp_s']:.2f}×"
+              for name in ("openvino-bf16", "torch-bf16") if name in on_2k and name + "-plain" in on_2k]
+    if ratios:
+        lines.append(f"- polyphase tail against the plain network, same run: {', '.join(ratios)}")
     return lines
 
 

@@ -18,6 +18,7 @@ from .nets import (
     InferenceView,
     SRResNet,
     SRResNetConfig,
+    UpsampleBlock,
     fold_batchnorm,
     polyphase_tail,
     receptive_field_radius,
@@ -51,8 +52,9 @@ class Architecture:
 
 
 def _srresnet_upsample_steps(generator: SRResNet) -> list[UpsampleStep]:
+    # A step polyphase_tail rewrote no longer shuffles: the tail does, so there is nothing to fuse.
     return [UpsampleStep(f"upsample.{i}", block.conv, block.act, block.shuffle.upscale_factor)
-            for i, block in enumerate(generator.upsample)]
+            for i, block in enumerate(generator.upsample) if isinstance(block, UpsampleBlock)]
 
 
 ARCHITECTURES: dict[str, Architecture] = {

@@ -39,6 +39,29 @@ def test_torch_and_onnxruntime_agree_with_whole_image(tmp_path):
     assert np.abs(outputs["torch"] - outputs["onnxruntime"]).max() <= 1e-4
 
 
+def test_torch_cpu_runs_the_polyphase_tail_with_the_same_image():
+    view = random_view(blocks=2, channels=8)
+    x = torch.rand(1, 3, 19, 26)
+    polyphase, plain = TorchBackend(view), TorchBackend(view, polyphase=False)
+    assert polyphase.polyphase and not plain.polyphase and "polyphase tail" in polyphase.describe()
+    last_shuffle = [m for m in polyphase.model.modules() if isinstance(m, torch.nn.PixelShuffle)][-1]
+    assert last_shuffle.upscale_factor == 2 and polyphase.model.generator.tail.conv.out_channels == 12
+    assert (polyphase.infer(x) - plain.infer(x)).abs().max() <= 1e-5
+    img = smooth_image(45, 61, seed=8)  # tiles of the rewritten network still equal the whole image
+    tiled, _ = TiledUpscaler(polyphase, core=16, margin=view.radius).run_to_array(Planes(img), np.float32)
+    assert np.abs(tiled - _reference(view, img)).max() <= 1e-5
+
+
+def test_fused_op_fuses_the_steps_the_polyphase_tail_left():
+    from srtrt.kernels.torch_op import FusedUpsampleBlock
+
+    view = random_view(blocks=1, channels=8)
+    both = TorchBackend(view, fused_op=True, polyphase=True)  # the op's reference runs on the CPU
+    assert sum(isinstance(m, FusedUpsampleBlock) for m in both.model.modules()) == 1  # the x4 net's first step
+    x = torch.rand(1, 3, 13, 17)
+    assert (both.infer(x) - TorchBackend(view, polyphase=False).infer(x)).abs().max() <= 1e-5
+
+
 def test_bicubic_alpha_bands_equal_whole_resize():
     alpha = smooth_image(37, 53, channels=1, seed=5)[..., 0]
     whole = np.asarray(Image.fromarray(alpha).resize((53 * 4, 37 * 4), Image.Resampling.BICUBIC))

@@ -1,7 +1,9 @@
 """The reference backend: the PyTorch inference view on CPU or CUDA.
 
 Speed comes from folded BatchNorm, channels_last, a reduced precision where the device does it
-natively (bf16 on CPUs with AVX512-BF16/AMX, fp16 or bf16 on CUDA), the fused Triton
+natively (bf16 on CPUs with AVX512-BF16/AMX, fp16 or bf16 on CUDA), the polyphase tail on the
+CPU (the 9x9 conv to 3 channels at full resolution as a conv to 12 channels at half resolution,
+nets.polyphase_tail; bench/ measures it against the plain graph), the fused Triton
 pixel-shuffle+PReLU op on CUDA, and optionally torch.compile.
 """
 from __future__ import annotations
@@ -27,7 +29,8 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, view: InferenceView, device: str | torch.device = "cpu", precision: str = "fp32",
-                 channels_last: bool = True, compile: bool = False, fused_op: bool | None = None):
+                 channels_last: bool = True, compile: bool = False, fused_op: bool | None = None,
+                 polyphase: bool | None = None):
         self.device = torch.device(device)
         if precision not in DTYPES:
             raise ValueError(f"precision must be one of {sorted(DTYPES)}, not {precision!r}")
@@ -38,11 +41,16 @@ class TorchBackend(Backend):
         self.channels_last = channels_last
         arch = registry.of(view.generator)
         generator = arch.fold_batchnorm(copy.deepcopy(view.generator))
+        if polyphase is None:  # measured on CPUs (bench/ torch-bf16 vs torch-bf16-plain); GPUs keep the fused op
+            polyphase = self.device.type == "cpu"
+        if polyphase:
+            generator = arch.polyphase_tail(generator)
+        self.polyphase = polyphase
         if fused_op is None:
             fused_op = self.device.type == "cuda"
         if fused_op:
             from srtrt.kernels.torch_op import fuse_upsample
-            generator = fuse_upsample(generator)
+            generator = fuse_upsample(generator)  # the steps that still shuffle (all but the last when polyphase)
         self.fused_op = fused_op
         model = InferenceView(generator).to(self.device, self.dtype).eval()
         if channels_last:
@@ -64,6 +72,6 @@ class TorchBackend(Backend):
         return self.model(x)
 
     def describe(self) -> str:
-        extras = [e for e, on in (("channels_last", self.channels_last), ("fused Triton op", self.fused_op),
-                                  ("torch.compile", self.compiled)) if on]
+        extras = [e for e, on in (("channels_last", self.channels_last), ("polyphase tail", self.polyphase),
+                                  ("fused Triton op", self.fused_op), ("torch.compile", self.compiled)) if on]
         return f"torch ({self.precision}, {self.device}{', ' + ', '.join(extras) if extras else ''})"
