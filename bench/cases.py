@@ -22,7 +22,7 @@ from PIL import Image
 from workloads import Workload
 
 from srtrt.engine.datapath.runtime import Band, Planes, TiledUpscaler
-from srtrt.hardware import cpu_has_fast_bf16
+from srtrt.hardware import cpu_has_fast_bf16, cpu_has_fast_int8
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ def throughput_cases(device_type: str, mode: str) -> list[Case]:
             Case(f"torch-{best}-compile", "srtrt", "torch", best, compile=True, needs=("compiler",)),
             Case("openvino-fp32", "srtrt", "openvino", "fp32", needs=("openvino",)),
             Case("openvino-bf16", "srtrt", "openvino", "bf16", big_on_cpu=True, needs=("openvino", "fast-bf16")),
+            Case("openvino-int8", "srtrt", "openvino", "int8", needs=("openvino", "fast-int8")),
             Case("openvino-bf16-plain", "srtrt", "openvino", "bf16", polyphase=False, needs=("openvino", "fast-bf16")),
             Case("onnxruntime-fp32", "srtrt", "onnxruntime", "fp32", needs=("onnxruntime",)),
         ]
@@ -137,6 +138,8 @@ def missing(case: Case, device: torch.device) -> str | None:
     for need in case.needs:
         if need == "fast-bf16" and not cpu_has_fast_bf16():
             return "this CPU has neither AVX512-BF16 nor AMX: bf16 would be emulated"
+        if need == "fast-int8" and not cpu_has_fast_int8():
+            return "this CPU has neither VNNI nor AMX int8"
         if need == "compiler" and not _has_c_compiler():
             return "torch.compile on the CPU needs a C++ compiler"
         if need == "triton" and not _has("triton"):
@@ -241,7 +244,8 @@ def make_backend(case: Case, view, device: torch.device, workdir: Path):
     if case.backend == "openvino":
         from srtrt.engine.backends.openvino_backend import OpenVinoBackend
 
-        return OpenVinoBackend(_onnx_file(view, "fp32", workdir, fused=False, polyphase=case.polyphase),
+        graph = "int8" if case.precision == "int8" else "fp32"  # bf16 is a compile hint on the fp32 graph
+        return OpenVinoBackend(_onnx_file(view, graph, workdir, fused=False, polyphase=case.polyphase),
                                view.scale, view.radius,
                                precision=case.precision, channels=view.generator.config.channels)
     if case.backend == "onnxruntime":

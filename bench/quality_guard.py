@@ -34,7 +34,7 @@ from workloads import shared_data  # noqa: E402
 SET5 = shared_data("set5")
 REFERENCE = ("torch", "cpu", "fp32")
 CPU_PATHS = [REFERENCE, ("torch", "cpu", "bf16"), ("openvino", "cpu", "fp32"), ("openvino", "cpu", "bf16"),
-             ("onnxruntime", "cpu", "fp32"), ("onnxruntime", "cpu", "fp16")]
+             ("openvino", "cpu", "int8"), ("onnxruntime", "cpu", "fp32"), ("onnxruntime", "cpu", "fp16")]
 CUDA_PATHS = [("torch", "cuda", "fp32"), ("torch", "cuda", "fp16"), ("torch", "cuda", "bf16")]
 EXIT_REFUSED = 2
 
@@ -43,15 +43,16 @@ def key(path: tuple[str, str, str]) -> str:
     return "-".join(path)
 
 
-def paths_for(device: str) -> list[tuple[str, str, str]]:
+def paths_for(device: str, calibrated: bool = False) -> list[tuple[str, str, str]]:
     cuda = torch.cuda.is_available()
     if device == "cuda" and not cuda:
         raise SystemExit("quality guard: --device cuda asked, but no CUDA device is visible")
-    from srtrt.hardware import cpu_has_fast_bf16
+    from srtrt.hardware import cpu_has_fast_bf16, cpu_has_fast_int8
 
     chosen = [REFERENCE]  # always: every delta is against this run's own fp32 reference
     if device in ("all", "cpu"):  # emulated bf16 is not what --precision auto would ever run
-        chosen += [p for p in CPU_PATHS[1:] if p[2] != "bf16" or cpu_has_fast_bf16()]
+        chosen += [p for p in CPU_PATHS[1:] if (p[2] != "bf16" or cpu_has_fast_bf16())
+                   and (p[2] != "int8" or (calibrated and cpu_has_fast_int8()))]  # int8 needs the model's ranges
     if device in ("all", "cuda") and cuda:
         chosen += CUDA_PATHS
     return chosen
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
     pairs = set5_pairs(args.set5, view.scale)
     today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
     measured, reference = {}, None
-    for path in paths_for(args.device):
+    for path in paths_for(args.device, calibrated=bool(view.int8_calibration)):
         psnr = score(path, view, pairs, view.scale)
         reference = psnr if path == REFERENCE else reference
         measured[key(path)] = {"psnr": round(psnr, 4), "delta_db": round(psnr - reference, 4),

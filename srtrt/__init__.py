@@ -20,13 +20,14 @@ def load_model(model=None):
     `model` is a checkpoint path (NAME.safetensors + NAME.json), the name of an embedded x4
     model (`"srresnet"`, the default, or `"srgan"`), or None for the default; srtrt.checkpoint
     resolves it. The module carries `.scale`, `.radius` (receptive-field radius in LR pixels)
-    and `.checkpoint_sha256`.
+    `.checkpoint_sha256` and `.int8_calibration` (the sidecar's activation ranges, or None).
     """
     from . import checkpoint, registry
 
     ckpt = checkpoint.load(model)
     view = registry.inference_view(ckpt.build())
     view.checkpoint_sha256 = ckpt.sha256
+    view.int8_calibration = ckpt.meta.get("int8_calibration")
     return view
 
 

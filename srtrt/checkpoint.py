@@ -110,6 +110,16 @@ def save(path: str | os.PathLike, model: torch.nn.Module, architecture: str, con
     return weights
 
 
+def update_meta(model: str | os.PathLike | None, key: str, value) -> Path:
+    """Set one descriptive entry of a checkpoint's sidecar, atomically; the weights (and so the
+    sha256 the caches and the quality guard key it by) stay as they are."""
+    _, sidecar = _paths(resolve(model))
+    doc = read_versioned_json(sidecar, FORMAT, VERSION, "checkpoint config")
+    doc[key] = value
+    atomic.write_text(sidecar, json.dumps(doc, indent=2) + "\n")
+    return sidecar
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -17,7 +17,7 @@ def _add_run(sub):
     p.add_argument("-o", "--output", help="output file (one input) or directory (many)")
     p.add_argument("--model", help="embedded model (srresnet, the default, or srgan) or a checkpoint (.safetensors + .json)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino", "onnxruntime", "tensorrt"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16", "int8"])
     p.add_argument("--tile", type=int, default=None,
                    help="tile core size in LR pixels (cores are balanced, so at most N); 0 = whole image in one pass")
     p.add_argument("--margin", type=int, default=None,
@@ -93,11 +93,19 @@ def _add_interpolate(sub):
     p.add_argument("--val-crop", type=int, default=d.val_crop)
 
 
+def _add_calibrate(sub):
+    p = sub.add_parser("calibrate", help="measure a model's int8 activation ranges on photos (the openvino int8 path)")
+    p.add_argument("photos", help="a folder of ordinary photos (not a test set); each is downscaled as training's LR")
+    p.add_argument("--model", help="checkpoint whose sidecar gets the ranges (default: the embedded default model)")
+    p.add_argument("--images", type=int, default=None, help="how many photos to use (default 16)")
+
+
 def _add_export(sub):
     p = sub.add_parser("export", help="export the inference view to ONNX")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--model")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                   help="int8: fp32 I/O, calibrated convs in QDQ form (needs srtrt calibrate)")
     p.add_argument("--fused", action="store_true", help="one PixelShufflePReLU node per upsample step")
     p.add_argument("--polyphase", action="store_true",
                    help="last upsample step and tail conv in polyphase form (same values; faster on CPUs)")
@@ -128,7 +136,8 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="srtrt", description="Exact, fast, bounded-memory x4 super-resolution.")
     ap.add_argument("--version", action="version", version=f"srtrt {__import__('srtrt').__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_eval, _add_compare, _add_train, _add_interpolate, _add_export, _add_build):
+    for add in (_add_run, _add_eval, _add_compare, _add_train, _add_interpolate, _add_calibrate, _add_export,
+                _add_build):
         add(sub)
     return ap
 
@@ -159,6 +168,9 @@ def _dispatch(args) -> int:
     if args.command == "run":
         from srtrt.engine.batch.cli_run import main as run_main
         return run_main(args)
+    if args.command == "calibrate":
+        from srtrt.engine.toolchain.quantize import main as calibrate_main
+        return calibrate_main(args)
     if args.command == "export":
         from srtrt.engine.toolchain.export import main as export_main
         return export_main(args)

@@ -45,6 +45,7 @@ class Architecture:
     feature_channels: Callable[[object], int]        # config -> channels of the upsampled feature maps
     fold_batchnorm: Callable[[nn.Module], nn.Module]  # eval-mode generator -> same results, no BatchNorm
     polyphase_tail: Callable[[nn.Module], nn.Module]  # eval-mode generator -> same results, no full-size shuffle
+    int8_convs: Callable[[nn.Module], list[str]]     # generator -> names of the convs that may run in int8
     upsample_steps: Callable[[nn.Module], list[UpsampleStep]]
 
     def build(self, config) -> nn.Module:
@@ -57,6 +58,13 @@ def _srresnet_upsample_steps(generator: SRResNet) -> list[UpsampleStep]:
             for i, block in enumerate(generator.upsample) if isinstance(block, UpsampleBlock)]
 
 
+def _srresnet_int8_convs(generator: SRResNet) -> list[str]:
+    # The RGB head and tail stay in float: the head has 3 input channels (nothing for int8 to
+    # gain) and the tail's rounding reaches the image undamped.
+    return [name for name, m in generator.named_modules()
+            if isinstance(m, nn.Conv2d) and not name.startswith(("head", "tail"))]
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     "srresnet": Architecture(
         name="srresnet",
@@ -66,6 +74,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         feature_channels=lambda config: config.channels,
         fold_batchnorm=fold_batchnorm,
         polyphase_tail=polyphase_tail,
+        int8_convs=_srresnet_int8_convs,
         upsample_steps=_srresnet_upsample_steps,
     ),
 }

@@ -122,10 +122,15 @@ def test_create_backend_reuses_the_cached_export(tmp_path, monkeypatch):
 
 def test_auto_on_this_cpu_picks_openvino_for_the_default_model():
     from srtrt.engine.backends.precision import passes_guard
+    from srtrt.hardware import cpu_has_fast_int8
 
-    sha = __import__("srtrt").load_model().checkpoint_sha256
+    view = __import__("srtrt").load_model()
+    sha = view.checkpoint_sha256
     selection = create_backend("auto", device="cpu")
-    if cpu_has_fast_bf16() and passes_guard("openvino", "cpu", "bf16", sha, exact=True)[0]:
+    if cpu_has_fast_int8() and view.int8_calibration and passes_guard("openvino", "cpu", "int8", sha, exact=True)[0]:
+        assert selection.reason.startswith("openvino (int8, cpu, ")
+        assert "the fastest CPU path the quality guard allows: int8 changes Set5 Y-PSNR by" in selection.reason
+    elif cpu_has_fast_bf16() and passes_guard("openvino", "cpu", "bf16", sha, exact=True)[0]:
         assert selection.reason.startswith("openvino (bf16, cpu, ")
         assert "the fastest CPU path the quality guard allows: bf16 changes Set5 Y-PSNR by" in selection.reason
     else:

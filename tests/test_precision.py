@@ -20,6 +20,11 @@ SHA, OTHER_SHA = "a" * 64, "b" * 64
 NO_OPENVINO = (False, "openvino is not installed (pip install openvino)")
 
 
+def choice(*args, fast_int8_cpu: bool = False, **kw):
+    """cpu_choice on a CPU without int8 units unless a test says otherwise (this machine's own may have them)."""
+    return cpu_choice(*args, fast_int8_cpu=fast_int8_cpu, **kw)
+
+
 def guard(paths: dict, sha: str = SHA) -> dict:
     """A guard document holding `paths` ({"torch-cpu-bf16": {"delta_db": ...}, ...}) for one model."""
     return {"format": GUARD_FORMAT, "version": GUARD_VERSION, "models": {sha: {"model": "test", "paths": paths}}}
@@ -88,48 +93,71 @@ MEASURED = {"torch-cpu-fp32": {"delta_db": 0.0}, "torch-cpu-bf16": {"delta_db": 
 
 
 def test_order_is_fastest_first_and_ends_with_the_reference():
-    assert CPU_ORDER[0] == ("openvino", "bf16") and CPU_ORDER[-1] == ("torch", "fp32")
+    assert CPU_ORDER[:2] == [("openvino", "int8"), ("openvino", "bf16")] and CPU_ORDER[-1] == ("torch", "fp32")
+
+
+def test_auto_picks_openvino_int8_where_it_is_calibrated_and_passes():
+    paths = {**MEASURED, "openvino-cpu-int8": {"delta_db": -0.04}}
+    name, precision, why = choice(SHA, guard=guard(paths), fast_bf16_cpu=True, fast_int8_cpu=True)
+    assert (name, precision) == ("openvino", "int8")
+    assert why == ("the fastest CPU path the quality guard allows: "
+                   "int8 changes Set5 Y-PSNR by -0.040 dB, within the ±0.05 dB guard")
+
+
+def test_auto_skips_int8_without_int8_units_or_calibration_and_says_why():
+    paths = {**MEASURED, "openvino-cpu-int8": {"delta_db": -0.04}}
+    for kw, reason in (({"fast_int8_cpu": False}, "this CPU has neither VNNI nor AMX int8"),
+                       ({"fast_int8_cpu": True, "calibrated": False}, "the model has no int8 calibration")):
+        name, precision, why = choice(SHA, guard=guard(paths), fast_bf16_cpu=True, **kw)
+        assert (name, precision) == ("openvino", "bf16") and f"int8 not used ({reason})" in why
+
+
+def test_int8_outside_the_guard_falls_back_to_bf16():
+    paths = {**MEASURED, "openvino-cpu-int8": {"delta_db": -0.2}}
+    name, precision, why = choice(SHA, guard=guard(paths), fast_bf16_cpu=True, fast_int8_cpu=True)
+    assert (name, precision) == ("openvino", "bf16") and "openvino int8 not used (int8 changes" in why
 
 
 def test_auto_picks_openvino_bf16_where_it_passes():
-    name, precision, why = cpu_choice(SHA, guard=guard(MEASURED), fast_bf16_cpu=True)
+    name, precision, why = choice(SHA, guard=guard(MEASURED), fast_bf16_cpu=True)
     assert (name, precision) == ("openvino", "bf16")
     assert why == ("the fastest CPU path the quality guard allows: "
-                   "bf16 changes Set5 Y-PSNR by -0.004 dB, within the ±0.05 dB guard")
+                   "bf16 changes Set5 Y-PSNR by -0.004 dB, within the ±0.05 dB guard; "
+                   "int8 not used (this CPU has neither VNNI nor AMX int8)")
 
 
 def test_auto_falls_back_to_torch_bf16_when_openvino_bf16_fails_the_guard():
     paths = {**MEASURED, "openvino-cpu-bf16": {"delta_db": -0.09}}
-    name, precision, why = cpu_choice(SHA, guard=guard(paths), fast_bf16_cpu=True)
+    name, precision, why = choice(SHA, guard=guard(paths), fast_bf16_cpu=True)
     assert (name, precision) == ("torch", "bf16")
     assert "openvino bf16 not used (bf16 changes Set5 Y-PSNR by -0.090 dB, outside" in why
 
 
 def test_auto_without_bf16_hardware_uses_openvino_fp32_and_says_why():
-    name, precision, why = cpu_choice(SHA, guard=guard(MEASURED), fast_bf16_cpu=False)
+    name, precision, why = choice(SHA, guard=guard(MEASURED), fast_bf16_cpu=False)
     assert (name, precision) == ("openvino", "fp32")
     assert "bf16 not used (this CPU has neither AVX512-BF16 nor AMX" in why
 
 
 def test_auto_without_openvino_falls_back_to_torch_and_says_why():
-    name, precision, why = cpu_choice(SHA, openvino=NO_OPENVINO, guard=guard(MEASURED), fast_bf16_cpu=True)
+    name, precision, why = choice(SHA, openvino=NO_OPENVINO, guard=guard(MEASURED), fast_bf16_cpu=True)
     assert (name, precision) == ("torch", "bf16")
     assert why.endswith("; openvino is not installed (pip install openvino)")
 
 
 def test_auto_needs_a_measurement_of_openvino_itself():
     paths = {k: v for k, v in MEASURED.items() if k.startswith("torch")}
-    name, precision, why = cpu_choice(SHA, guard=guard(paths), fast_bf16_cpu=False)
+    name, precision, why = choice(SHA, guard=guard(paths), fast_bf16_cpu=False)
     assert (name, precision) == ("torch", "fp32")
     assert "openvino fp32 not used (openvino-cpu-fp32 has no quality-guard measurement for this model)" in why
 
 
 def test_auto_for_an_unmeasured_model_is_torch_fp32_with_the_reason():
-    name, precision, why = cpu_choice(SHA, guard=guard(MEASURED, sha=OTHER_SHA), fast_bf16_cpu=True)
+    name, precision, why = choice(SHA, guard=guard(MEASURED, sha=OTHER_SHA), fast_bf16_cpu=True)
     assert (name, precision, why) == ("torch", "fp32", f"fp32 ({UNMEASURED})")
     assert UNMEASURED == "no quality-guard measurement for this model; bench/quality_guard.py --model PATH measures one"
 
 
 def test_auto_with_a_precision_asked_takes_the_fastest_backend_for_it():
-    assert cpu_choice(SHA, "fp32", guard={})[:2] == ("openvino", "fp32")
-    assert cpu_choice(SHA, "bf16", NO_OPENVINO, guard={})[:2] == ("torch", "bf16")
+    assert choice(SHA, "fp32", guard={})[:2] == ("openvino", "fp32")
+    assert choice(SHA, "bf16", NO_OPENVINO, guard={})[:2] == ("torch", "bf16")

@@ -14,7 +14,13 @@ import torch
 
 from srtrt.cache import cache_dir
 from srtrt.engine.backends.base import Backend, TileDefaults
-from srtrt.engine.backends.precision import auto_precision, cpu_bf16_reason, measured_paths, passes_guard
+from srtrt.engine.backends.precision import (
+    auto_precision,
+    cpu_bf16_reason,
+    cpu_int8_reason,
+    measured_paths,
+    passes_guard,
+)
 from srtrt.errors import SrtrtError
 
 __all__ = ["Backend", "TileDefaults", "Selection", "create_backend"]
@@ -49,10 +55,15 @@ def _model_sha256(view) -> str:
 
 
 def _exported_onnx(view, precision: str, polyphase: bool = False):
-    """The graph `srtrt export` writes for this model, exported once and cached by its sha256."""
+    """The graph `srtrt export` writes for this model, exported once and cached by its sha256
+    (and, for int8, by its calibration: a new calibration is a new graph)."""
     from srtrt.engine.toolchain.export import export_onnx
 
     form = "-polyphase" if polyphase else ""
+    if precision == "int8":
+        from srtrt.engine.toolchain.quantize import calibration_digest
+
+        form = f"-{calibration_digest(view.int8_calibration)}{form}"
     path = cache_dir("onnx") / f"{_model_sha256(view)[:16]}-x{view.scale}-{precision}{form}.onnx"
     if not path.exists():
         export_onnx(view, path, precision=precision, polyphase=polyphase)
@@ -77,10 +88,11 @@ def _openvino(view, device: torch.device, precision: str) -> Backend:
         raise SrtrtError(f"the openvino backend runs on the CPU, not {device}")
     if precision not in HINTS:
         raise SrtrtError(f"openvino runs {' or '.join(HINTS)} on the CPU, not {precision}")
-    # bf16 is a compile-time hint on the CPU plugin: one fp32 graph serves both precisions. The
-    # polyphase tail: AMX convolutions want 16+ output channels, the RGB tail has 3 (openvino_backend).
-    return OpenVinoBackend(_exported_onnx(view, "fp32", polyphase=True), view.scale, view.radius, precision,
-                           channels=view.generator.config.channels)
+    # bf16 is a compile-time hint on the CPU plugin: one fp32 graph serves fp32 and bf16; int8 has
+    # its own (QDQ) graph. The polyphase tail: AMX convolutions want 16+ output channels, the RGB
+    # tail has 3 (openvino_backend).
+    graph = _exported_onnx(view, "int8" if precision == "int8" else "fp32", polyphase=True)
+    return OpenVinoBackend(graph, view.scale, view.radius, precision, channels=view.generator.config.channels)
 
 
 def _tensorrt(view, device: torch.device, precision: str) -> Backend:
@@ -99,23 +111,28 @@ def _tensorrt(view, device: torch.device, precision: str) -> Backend:
 
 _MAKERS = {"torch": _torch, "openvino": _openvino, "onnxruntime": _onnxruntime, "tensorrt": _tensorrt}
 
-# Without CUDA, fastest first (bench/, 2K output on a 2-core AMX Xeon: 0.83, 1.60, 3.96, 7.0 s).
-# torch fp32 is the reference and needs no measurement; every other path needs one for this model.
-CPU_ORDER = [("openvino", "bf16"), ("torch", "bf16"), ("openvino", "fp32"), ("torch", "fp32")]
+# Without CUDA, fastest first (bench/, 2K output, 2-core AMD EPYC: openvino int8 0.74 s, bf16 1.20 s,
+# torch bf16 2.04 s in one run; openvino f32 2.69 s, torch fp32 5.64 s in the full run). torch fp32
+# is the reference and needs no measurement; every other path needs one for this model.
+CPU_ORDER = [("openvino", "int8"), ("openvino", "bf16"), ("torch", "bf16"), ("openvino", "fp32"), ("torch", "fp32")]
 CPU_REFERENCE = ("torch", "fp32")
 
 
 def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True, ""), guard: dict | None = None,
-               fast_bf16_cpu: bool | None = None) -> tuple[str, str, str]:
+               fast_bf16_cpu: bool | None = None, fast_int8_cpu: bool | None = None,
+               calibrated: bool = True) -> tuple[str, str, str]:
     """(backend, precision, why) for `--backend auto` without CUDA: the first CPU_ORDER path this
     machine has and the quality guard allows for the model with this sha256.
 
-    `openvino` is (installed, why not); `guard` and `fast_bf16_cpu` default to the real file and CPU.
+    `openvino` is (installed, why not); `guard`, `fast_bf16_cpu` and `fast_int8_cpu` default to the
+    real file and CPU; `calibrated`: the model has int8 ranges (its sidecar's int8_calibration).
     """
     from srtrt.engine.backends.openvino_backend import HINTS
 
     has_openvino, openvino_why = openvino
     notes = [] if has_openvino else [openvino_why]
+    if asked == "int8" and not has_openvino:
+        raise SrtrtError(f"int8 runs on the openvino backend only: {openvino_why}")
     if asked != "auto":  # the fastest backend that runs the precision asked for
         return ("openvino" if has_openvino and asked in HINTS else "torch"), asked, "; ".join(["as asked", *notes])
     if not measured_paths(sha, guard):
@@ -123,8 +140,12 @@ def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True
         return "torch", precision, "; ".join([why, *notes])
     if no_bf16 := cpu_bf16_reason(fast_bf16_cpu):
         notes.append(f"bf16 not used ({no_bf16})")
+    no_int8 = cpu_int8_reason(fast_int8_cpu) or ("" if calibrated else "the model has no int8 calibration")
+    if no_int8 and has_openvino:
+        notes.append(f"int8 not used ({no_int8})")
     for name, precision in CPU_ORDER:
-        if (name == "openvino" and not has_openvino) or (precision == "bf16" and no_bf16):
+        if (name == "openvino" and not has_openvino) or (precision == "bf16" and no_bf16) or \
+                (precision == "int8" and no_int8):
             continue
         if (name, precision) == CPU_REFERENCE:
             return name, precision, "; ".join(["fp32, the reference", *notes])
@@ -138,7 +159,7 @@ def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True
 def _auto_cpu(view, dev: torch.device, asked: str, sha: str) -> Selection:
     from srtrt.engine.backends.openvino_backend import available
 
-    name, precision, why = cpu_choice(sha, asked, available())
+    name, precision, why = cpu_choice(sha, asked, available(), calibrated=bool(getattr(view, "int8_calibration", None)))
     backend = _MAKERS[name](view, dev, precision)
     return Selection(backend, f"{backend.describe()}: no CUDA device; {why}")
 

@@ -1,7 +1,9 @@
 """OpenVINO backend: the fp32 ONNX graph of `srtrt export`, compiled for the CPU once per window shape.
 
 The CPU plugin computes in bf16 on AMX / AVX512-BF16 (INFERENCE_PRECISION_HINT; inputs and
-outputs stay fp32), the fastest CPU path bench/ measured. backends.create_backend hands it the
+outputs stay fp32). Precision int8 runs the QDQ graph of a calibrated model
+(engine/toolchain/quantize.py): its body convolutions in int8 on VNNI / AMX, the rest in bf16
+(f32 where the CPU lacks bf16), the fastest CPU path bench/ measured. backends.create_backend hands it the
 `--polyphase` export: the 9x9 tail conv to 3 channels at full resolution and the 64-channel
 shuffle before it were 40% of a 2K-output image (AMX tiles want 16+ output channels); as one
 conv to 12 channels at half resolution and a 12-channel shuffle, the same values cost 1.4x less
@@ -25,16 +27,17 @@ from srtrt.cache import cache_dir
 from srtrt.engine.backends.base import Backend, TileDefaults, defaults_for_budget
 from srtrt.engine.backends.torch_backend import CPU_ACTIVATION_BUDGET
 from srtrt.errors import SrtrtError
-from srtrt.hardware import usable_cpus
+from srtrt.hardware import cpu_has_fast_bf16, usable_cpus
 
-HINTS = {"fp32": "f32", "bf16": "bf16"}   # srtrt precision -> INFERENCE_PRECISION_HINT
+# srtrt precision -> INFERENCE_PRECISION_HINT; int8's hint is for the layers its graph leaves in float.
+HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "bf16"}
 KEEP_COMPILED = 4        # window shapes held compiled at once; each holds its own activation memory
 KEEP_CACHED_BLOBS = 16   # compiled blobs kept in CACHE_DIR (one per shape and precision, ~6 MB each)
 INSTALL_HINT = "pip install openvino"
 
 # Resident bytes per LR pixel of one compiled window, 64-channel x4 network: peak RSS growth
 # from 256x256 to 512x640 windows, OpenVINO 2026.4 (bf16 4.5 KB, f32 8.6 KB; bench/README.md).
-BYTES_PER_PIXEL = {"bf16": 4_600, "fp32": 8_700}
+BYTES_PER_PIXEL = {"bf16": 4_600, "fp32": 8_700, "int8": 4_600}  # int8: bf16's, its float layers' storage
 
 
 def available() -> tuple[bool, str]:
@@ -109,7 +112,8 @@ class OpenVinoBackend(Backend):
             self.core.set_property({"CACHE_DIR": str(self.cache)})
         except OSError:
             self.cache = None  # an unwritable cache costs start-up time only
-        self.config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "INFERENCE_NUM_THREADS": self.threads,
+        hint = HINTS[precision] if precision != "int8" or cpu_has_fast_bf16() else "f32"
+        self.config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": self.threads,
                        "PERFORMANCE_HINT": "LATENCY"}
         self._requests: OrderedDict[tuple[int, int, int], object] = OrderedDict()
         self.compilations = 0  # how many window shapes were compiled (tests check reuse)

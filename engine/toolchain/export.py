@@ -29,7 +29,7 @@ from srtrt.kernels import fused_op
 
 INPUT_NAME = "lr"
 OUTPUT_NAME = "sr"
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float32}  # int8: fp32 I/O, QDQ convs
 EXAMPLE_SHAPE = (2, 3, 32, 32)  # tracing input; batch > 1 so torch.export keeps it symbolic
 
 
@@ -214,7 +214,8 @@ def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: boo
                 input_shape: tuple[int, int, int, int] | None = None, polyphase: bool = False) -> Path:
     """Write `view` (an InferenceView: RGB [0,1] in and out) as one ONNX file at `path`.
 
-    precision: "fp32" or "fp16" (weights and I/O in that dtype). fused: one
+    precision: "fp32" or "fp16" (weights and I/O in that dtype), or "int8" (fp32 I/O, the model's
+    calibrated convs in QDQ form: engine/toolchain/quantize.py). fused: one
     PixelShufflePReLU node per upsample step (`aot` sets the node's TensorRT plugin mode).
     dynamic: symbolic batch, height and width; otherwise the graph is fixed at
     `input_shape` (default (2, 3, 32, 32), also the tracing input). polyphase: the last
@@ -227,6 +228,11 @@ def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: boo
         raise SrtrtError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     path = Path(path)
     sha = getattr(view, "checkpoint_sha256", None) or state_dict_sha256(view)
+    calibration = getattr(view, "int8_calibration", None)
+    if precision == "int8" and not calibration:
+        from srtrt.engine.toolchain.quantize import NO_CALIBRATION
+
+        raise SrtrtError(f"this model {NO_CALIBRATION}")
     if polyphase:
         from srtrt import registry
 
@@ -236,6 +242,10 @@ def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: boo
     _strip_trace_metadata(model)
     if fused and fuse_pixel_shuffle_prelu(model, aot=aot) == 0:
         raise SrtrtError("no DepthToSpace -> PRelu pair to fuse in this model")
+    if precision == "int8":
+        from srtrt.engine.toolchain.quantize import quantize_onnx
+
+        quantize_onnx(model, calibration)
     _set_metadata(model, {"model_sha256": sha, "scale": view.scale, "radius": view.radius,
                           "precision": precision, "fused": bool(fused), "polyphase": bool(polyphase),
                           **({"aot": bool(aot)} if fused else {})})

@@ -1,0 +1,162 @@
+"""int8 for the CPU: activation ranges measured on photos, and the QDQ graph OpenVINO runs in int8.
+
+`calibrate` runs the folded fp32 network on LR photos and records, for each convolution the
+architecture lets run in int8 (registry `int8_convs`: all but the RGB head and tail, whose
+error reaches the image undamped), the range of its input. `quantize_onnx` turns an `srtrt
+export` graph into the standard ONNX QDQ form: each such conv reads its input through
+QuantizeLinear -> DequantizeLinear (uint8, one scale per tensor, from that range) and its weights
+as int8 with one scale per output channel. OpenVINO folds each pair into an int8 convolution
+(VNNI / AMX); everything else stays in bf16 or f32. The ranges belong to the model, so they are
+kept in its checkpoint sidecar (`int8_calibration`), and the quality guard judges the result.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from srtrt import registry
+from srtrt.errors import SrtrtError
+
+WEIGHT_PREFIX = "generator."   # the exporter names a conv's weight after the module: generator.<conv>.weight
+NO_CALIBRATION = "has no int8 calibration (srtrt calibrate PHOTOS --model M measures one)"
+DEFAULT_IMAGES = 16  # photos calibrated on; min-max ranges settle within a dozen (bench/README.md)
+
+
+def calibrate(view, images: Iterable[torch.Tensor], source: str = "") -> dict:
+    """Input range of every int8 conv over `images` (1x3xHxW LR tensors in [0, 1]): the record
+    `srtrt calibrate` writes into the checkpoint sidecar."""
+    arch = registry.of(view.generator)
+    generator = arch.fold_batchnorm(copy.deepcopy(view.generator))  # the graph export writes
+    names = arch.int8_convs(generator)
+    modules = dict(generator.named_modules())
+    lo, hi = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)  # 0 stays inside: uint8 zero points need it
+
+    def observe(name):
+        def hook(_module, inputs):
+            lo[name] = min(lo[name], inputs[0].min().item())
+            hi[name] = max(hi[name], inputs[0].max().item())
+        return hook
+
+    hooks = [modules[n].register_forward_pre_hook(observe(n)) for n in names]
+    count = 0
+    try:
+        with torch.inference_mode():
+            for x in images:
+                registry.inference_view(generator)(x)
+                count += 1
+    finally:
+        for h in hooks:
+            h.remove()
+    if count == 0:
+        raise SrtrtError("no images to calibrate on")
+    return {"method": "min-max", "images": count, "source": source, "date": datetime.date.today().isoformat(),
+            "ranges": {n: [round(lo[n], 6), round(hi[n], 6)] for n in names}}
+
+
+def calibration_digest(calibration: dict) -> str:
+    """A short name for one calibration's ranges (cache file names)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(calibration["ranges"], sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _activation_qparams(lo: float, hi: float) -> tuple[np.float32, np.uint8]:
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max(hi - lo, 1e-8) / 255.0
+    return np.float32(scale), np.uint8(np.clip(round(-lo / scale), 0, 255))
+
+
+def _weight_qparams(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per output channel: the largest |w| of each channel maps to 127."""
+    scale = np.abs(weight).reshape(weight.shape[0], -1).max(axis=1) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    q = np.clip(np.round(weight / scale.reshape(-1, *([1] * (weight.ndim - 1)))), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def quantize_onnx(model, calibration: dict) -> int:
+    """Rewrite an exported fp32 ONNX model (in place) into QDQ form for the calibrated convs;
+    returns how many convs were rewritten. Refuses a graph that lacks a calibrated conv."""
+    from onnx import helper, numpy_helper
+
+    ranges = calibration["ranges"]
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    nodes, done = [], set()
+    for node in graph.node:
+        conv = node.input[1].removeprefix(WEIGHT_PREFIX).removesuffix(".weight") if node.op_type == "Conv" else None
+        if conv in ranges and node.input[1] in initializers:
+            p = f"{node.name}_int8"
+            x_scale, x_zero = _activation_qparams(*ranges[conv])
+            w_q, w_scale = _weight_qparams(numpy_helper.to_array(initializers[node.input[1]]))
+            graph.initializer.extend([
+                numpy_helper.from_array(np.array(x_scale), f"{p}_x_scale"),
+                numpy_helper.from_array(np.array(x_zero), f"{p}_x_zero"),
+                numpy_helper.from_array(w_q, f"{p}_w"),
+                numpy_helper.from_array(w_scale, f"{p}_w_scale"),
+                numpy_helper.from_array(np.zeros(w_scale.shape, np.int8), f"{p}_w_zero"),
+            ])
+            nodes += [
+                helper.make_node("QuantizeLinear", [node.input[0], f"{p}_x_scale", f"{p}_x_zero"], [f"{p}_xq"],
+                                 name=f"{p}_quantize"),
+                helper.make_node("DequantizeLinear", [f"{p}_xq", f"{p}_x_scale", f"{p}_x_zero"], [f"{p}_x"],
+                                 name=f"{p}_dequantize"),
+                helper.make_node("DequantizeLinear", [f"{p}_w", f"{p}_w_scale", f"{p}_w_zero"], [f"{p}_wf"],
+                                 name=f"{p}_weights", axis=0),
+            ]
+            node.input[0], node.input[1] = f"{p}_x", f"{p}_wf"
+            done.add(conv)
+        nodes.append(node)
+    if missing := sorted(set(ranges) - done):
+        raise SrtrtError(f"the int8 calibration names convs this graph lacks ({', '.join(missing[:3])})")
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for n in graph.node for name in n.input}
+    kept = [i for i in graph.initializer if i.name in used]  # the fp32 weights the int8 ones replace
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return len(done)
+
+
+def lr_photos(folder: str | Path, scale: int, limit: int = DEFAULT_IMAGES) -> Iterator[torch.Tensor]:
+    """The first `limit` readable photos of `folder`, bicubic-downscaled by `scale` as training's
+    LR inputs are (1x3xHxW in [0, 1]). A file that cannot be read is reported on one line and skipped."""
+    from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, read_image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SrtrtError("not a directory", folder)
+    used = 0
+    for path in sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in INPUT_SUFFIXES):
+        if used == limit:
+            return
+        try:
+            image = read_image(path)
+        except SrtrtError as e:
+            print(f"srtrt: {e} (skipped)", file=sys.stderr)
+            continue
+        x = torch.from_numpy(image.pixels.astype(np.float32) / (2 ** image.bit_depth - 1)).permute(2, 0, 1)[None]
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        if min(x.shape[-2:]) < 2 * scale:
+            continue  # too small to downscale: nothing to measure
+        used += 1
+        yield torch.nn.functional.interpolate(x, scale_factor=1 / scale, mode="bicubic", antialias=True).clamp(0, 1)
+
+
+def main(args) -> int:
+    """`srtrt calibrate DIR`: measure the int8 ranges of --model on the photos in DIR, into its sidecar."""
+    import srtrt
+    from srtrt import checkpoint
+
+    view = srtrt.load_model(args.model)
+    record = calibrate(view, lr_photos(args.photos, view.scale, args.images or DEFAULT_IMAGES), source=Path(args.photos).name)
+    sidecar = checkpoint.update_meta(args.model, "int8_calibration", record)
+    print(f"calibrated {len(record['ranges'])} convs on {record['images']} photos of {args.photos}: {sidecar}")
+    return 0

@@ -1,0 +1,134 @@
+"""int8: calibration ranges, the QDQ graph, and the openvino int8 path (engine/toolchain/quantize.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from srtrt import checkpoint, registry
+from srtrt.engine.toolchain.quantize import calibrate, lr_photos, quantize_onnx
+from srtrt.errors import SrtrtError
+
+from conftest import random_view, smooth_image
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / ((a - b) ** 2).mean()))
+
+
+def _calibrated(view, seed: int = 1):
+    photos = [torch.from_numpy(smooth_image(40, 48, seed=s)).permute(2, 0, 1)[None].float() / 255 for s in (seed, 7)]
+    view.int8_calibration = calibrate(view, photos)
+    return view, photos
+
+
+def test_calibration_covers_every_int8_conv_input_and_leaves_head_and_tail():
+    view, photos = _calibrated(random_view(blocks=2, channels=8))
+    ranges = view.int8_calibration["ranges"]
+    names = registry.of(view.generator).int8_convs(view.generator)
+    assert list(ranges) == names and "head" not in ranges and not any(n.startswith("tail") for n in ranges)
+    assert view.int8_calibration["images"] == 2
+    seen = {}
+    conv = dict(view.generator.named_modules())["body.1.conv2"]
+    hook = conv.register_forward_pre_hook(lambda _m, i: seen.setdefault("x", []).append(i[0]))
+    with torch.no_grad():
+        for x in photos:
+            view(x)
+    hook.remove()
+    lo, hi = ranges["body.1.conv2"]
+    assert lo <= min(float(x.min()) for x in seen["x"]) + 1e-5 and hi >= max(float(x.max()) for x in seen["x"]) - 1e-5
+
+
+def test_qdq_graph_runs_in_onnxruntime_close_to_fp32(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+
+    from srtrt.engine.toolchain.export import export_onnx
+
+    view, photos = _calibrated(random_view(blocks=2, channels=16))
+    fp32 = onnx.load(export_onnx(view, tmp_path / "fp32.onnx"))
+    path = export_onnx(view, tmp_path / "int8.onnx", precision="int8")
+    model = onnx.load(path)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") == len(view.int8_calibration["ranges"]) == sum(
+        1 for n in fp32.graph.node if n.op_type == "Conv") - 2  # all but head and tail
+    assert not any(i.name == "generator.body.0.conv1.weight" for i in model.graph.initializer)  # int8 replaces it
+    x = photos[0].numpy()
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
+    with torch.no_grad():
+        ref = view(photos[0])
+    assert _psnr(torch.from_numpy(out), ref) >= 35
+
+
+def test_int8_export_without_calibration_is_refused_in_one_line(tmp_path):
+    from srtrt.engine.toolchain.export import export_onnx
+
+    with pytest.raises(SrtrtError, match="has no int8 calibration"):
+        export_onnx(random_view(), tmp_path / "m.onnx", precision="int8")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_calibration_naming_a_missing_conv_is_refused(tmp_path):
+    import onnx
+
+    from srtrt.engine.toolchain.export import export_onnx
+
+    view, _ = _calibrated(random_view(blocks=1, channels=8))
+    model = onnx.load(export_onnx(view, tmp_path / "fp32.onnx"))
+    bad = {"ranges": {**view.int8_calibration["ranges"], "body.9.conv1": [0.0, 1.0]}}
+    with pytest.raises(SrtrtError, match="body.9.conv1"):
+        quantize_onnx(model, bad)
+
+
+def test_openvino_int8_agrees_with_fp32_and_tiles_match_the_whole_image(tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    from srtrt.engine.backends import create_backend
+    from srtrt.engine.datapath.runtime import Planes, TiledUpscaler
+
+    view, photos = _calibrated(random_view(blocks=2, channels=16))
+    backend = create_backend("openvino", precision="int8", view=view).backend
+    assert backend.precision == "int8" and "-int8-" in backend.path.name
+    with torch.no_grad():
+        ref = view(photos[0])
+    assert _psnr(backend.infer(photos[0]), ref) >= 35
+    img = smooth_image(44, 60, seed=3)
+    whole, _ = TiledUpscaler(backend, core=0).run_to_array(Planes(img), np.float32)
+    tiled, _ = TiledUpscaler(backend, core=16, margin=view.radius).run_to_array(Planes(img), np.float32)
+    assert np.abs(whole - tiled).max() <= 2e-2  # same static ranges in every tile: only op-order rounding
+
+
+def test_calibrate_command_writes_the_sidecar_and_keeps_the_weights(tmp_path, capsys):
+    from srtrt.cli import main
+
+    stem = tmp_path / "model"
+    view = random_view(blocks=1, channels=8)
+    checkpoint.save(stem, view.generator, "srresnet", view.generator.config)
+    before = checkpoint.file_sha256(stem.with_suffix(".safetensors"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from PIL import Image
+
+    for s in range(3):
+        Image.fromarray(smooth_image(64, 80, seed=s)).save(photos / f"p{s}.png")
+    (photos / "broken.png").write_bytes(b"not a png")
+    assert main(["calibrate", str(photos), "--model", str(stem)]) == 0
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "skipped" in err
+    loaded = checkpoint.load(stem)
+    assert loaded.sha256 == before and loaded.meta["int8_calibration"]["images"] == 3
+    import srtrt
+
+    assert srtrt.load_model(stem).int8_calibration["ranges"].keys() == set(
+        registry.of(view.generator).int8_convs(view.generator))
+    assert main(["calibrate", str(tmp_path / "nowhere"), "--model", str(stem)]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_lr_photos_downscale_by_the_scale_and_stop_at_the_limit(tmp_path):
+    from PIL import Image
+
+    for s in range(3):
+        Image.fromarray(smooth_image(40, 64, seed=s)).save(tmp_path / f"p{s}.png")
+    shapes = [tuple(x.shape) for x in lr_photos(tmp_path, 4, limit=2)]
+    assert shapes == [(1, 3, 10, 16), (1, 3, 10, 16)]
