@@ -132,3 +132,10 @@ def test_lr_photos_downscale_by_the_scale_and_stop_at_the_limit(tmp_path):
         Image.fromarray(smooth_image(40, 64, seed=s)).save(tmp_path / f"p{s}.png")
     shapes = [tuple(x.shape) for x in lr_photos(tmp_path, 4, limit=2)]
     assert shapes == [(1, 3, 10, 16), (1, 3, 10, 16)]
+
+
+def test_int8_on_the_torch_backend_is_one_clear_line():
+    from srtrt.engine.backends import create_backend
+
+    with pytest.raises(SrtrtError, match="the torch backend: precision must be one of"):
+        create_backend("torch", precision="int8", device="cpu", view=random_view())

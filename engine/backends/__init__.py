@@ -44,7 +44,10 @@ def _device(device: str | None) -> torch.device:
 def _torch(view, device: torch.device, precision: str) -> Backend:
     from srtrt.engine.backends.torch_backend import TorchBackend
 
-    return TorchBackend(view, device, precision)
+    try:
+        return TorchBackend(view, device, precision)
+    except ValueError as e:  # a precision torch cannot run here (int8, fp16 on the CPU): one line, no traceback
+        raise SrtrtError(f"the torch backend: {e}") from None
 
 
 def _model_sha256(view) -> str:
