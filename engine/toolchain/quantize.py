@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 import datetime
+import hashlib
+import json
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -25,7 +27,7 @@ from srtrt.errors import SrtrtError
 
 WEIGHT_PREFIX = "generator."   # the exporter names a conv's weight after the module: generator.<conv>.weight
 NO_CALIBRATION = "has no int8 calibration (srtrt calibrate PHOTOS --model M measures one)"
-DEFAULT_IMAGES = 16  # photos calibrated on; min-max ranges settle within a dozen (bench/README.md)
+DEFAULT_IMAGES = 16  # photos calibrated on: what the shipped models used (16 of the 91 training photos)
 
 
 def calibrate(view, images: Iterable[torch.Tensor], source: str = "") -> dict:
@@ -44,11 +46,11 @@ def calibrate(view, images: Iterable[torch.Tensor], source: str = "") -> dict:
         return hook
 
     hooks = [modules[n].register_forward_pre_hook(observe(n)) for n in names]
-    count = 0
+    folded, count = registry.inference_view(generator), 0
     try:
         with torch.inference_mode():
             for x in images:
-                registry.inference_view(generator)(x)
+                folded(x)
                 count += 1
     finally:
         for h in hooks:
@@ -61,9 +63,6 @@ def calibrate(view, images: Iterable[torch.Tensor], source: str = "") -> dict:
 
 def calibration_digest(calibration: dict) -> str:
     """A short name for one calibration's ranges (cache file names)."""
-    import hashlib
-    import json
-
     return hashlib.sha256(json.dumps(calibration["ranges"], sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -129,6 +128,7 @@ def lr_photos(folder: str | Path, scale: int, limit: int = DEFAULT_IMAGES) -> It
     """The first `limit` readable photos of `folder`, bicubic-downscaled by `scale` as training's
     LR inputs are (1x3xHxW in [0, 1]). A file that cannot be read is reported on one line and skipped."""
     from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, read_image
+    from srtrt.engine.datapath.runtime import to_network_input
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -142,8 +142,8 @@ def lr_photos(folder: str | Path, scale: int, limit: int = DEFAULT_IMAGES) -> It
         except SrtrtError as e:
             print(f"srtrt: {e} (skipped)", file=sys.stderr)
             continue
-        x = torch.from_numpy(image.pixels.astype(np.float32) / (2 ** image.bit_depth - 1)).permute(2, 0, 1)[None]
-        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        pixels = torch.from_numpy(image.pixels.astype(np.float32))[None]
+        x = to_network_input(pixels, image.pixels.shape[2], float(2 ** image.bit_depth - 1))
         if min(x.shape[-2:]) < 2 * scale:
             continue  # too small to downscale: nothing to measure
         used += 1
