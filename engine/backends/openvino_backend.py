@@ -15,6 +15,7 @@ blobs so the next process starts without recompiling.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 from collections import OrderedDict
@@ -62,6 +63,24 @@ def _reason(error: Exception) -> str:
     return lines[-1] if lines else error.__class__.__name__
 
 
+@functools.cache
+def shared_core():
+    """The one `openvino.Core` of this process, made on first use and kept until exit.
+
+    Each Core loads its own CPU plugin, and the plugin puts an alternate signal stack of its own
+    on the thread that creates it (mmap'd, sized for AMX state). When a plugin is destroyed it
+    unmaps that stack, but puts back the stack it replaced only if its own is still the current
+    one. So two Cores released in the order they were made (A, B, then A dropped, then B) leave
+    the thread's alternate stack pointing at A's unmapped memory, and the next signal a handler
+    takes on that stack -- SIGCHLD once any child exits (torch's DataLoader installs one, so does
+    asyncio), SIGINT at Ctrl-C -- kills the process with SIGSEGV (engine/FAULTS.md). One Core
+    for the process means one such stack, installed once and mapped for as long as it is used.
+    """
+    import openvino as ov
+
+    return ov.Core()
+
+
 def tile_defaults(precision: str, radius: int, channels: int = 64) -> TileDefaults:
     """One window per call, as large as the CPU activation budget allows: the bench/ sweep on the
     2K-output image ran fastest as one window and slower with every extra window (margins are
@@ -104,17 +123,18 @@ class OpenVinoBackend(Backend):
             self.model = frontend.convert(frontend.load(str(self.path)))
         except Exception as e:  # OpenVINO raises several unrelated types (GeneralFailure, OpConversionFailure, ...)
             raise SrtrtError(f"OpenVINO cannot read this ONNX file ({_reason(e)})", self.path) from None
-        self.core = ov.Core()
+        self.core = shared_core()
+        hint = HINTS[precision] if precision != "int8" or cpu_has_fast_bf16() else "f32"
+        self.config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": self.threads,
+                       "PERFORMANCE_HINT": "LATENCY"}
+        # The cache folder is a property of each compile, not of the shared Core: backends may differ.
         self.cache = Path(cache) if cache is not None else cache_dir("openvino")
         try:
             self.cache.mkdir(parents=True, exist_ok=True)
             _prune_blobs(self.cache)
-            self.core.set_property({"CACHE_DIR": str(self.cache)})
+            self.config["CACHE_DIR"] = str(self.cache)
         except OSError:
             self.cache = None  # an unwritable cache costs start-up time only
-        hint = HINTS[precision] if precision != "int8" or cpu_has_fast_bf16() else "f32"
-        self.config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": self.threads,
-                       "PERFORMANCE_HINT": "LATENCY"}
         self._requests: OrderedDict[tuple[int, int, int], object] = OrderedDict()
         self.compilations = 0  # how many window shapes were compiled (tests check reuse)
         self.defaults = tile_defaults(precision, radius, channels)
