@@ -14,16 +14,21 @@ __version__ = "0.1.0"
 __all__ = ["SrtrtError", "load_model", "upscale", "__version__"]
 
 
-def load_model(model=None):
-    """The inference view (RGB [0,1] in and out) of a checkpoint, eval mode, CPU.
+def load_model(model=None, allow_noncommercial: bool = False):
+    """The inference view (image in [0,1] in and out) of a model, eval mode, CPU.
 
     `model` is a checkpoint path (NAME.safetensors + NAME.json), the name of an embedded x4
-    model (`"srresnet"`, the default, or `"srgan"`), or None for the default; srtrt.checkpoint
-    resolves it. The module carries `.scale`, `.radius` (receptive-field radius in LR pixels)
-    `.checkpoint_sha256` and `.int8_calibration` (the sidecar's activation ranges, or None).
+    model (`"srresnet"`, the default, or `"srgan"`), None for the default, or a community model
+    file (`.safetensors`, `.pth`, `.ckpt`, `.pt` without an srtrt sidecar) that spandrel reads;
+    `allow_noncommercial` lets spandrel_extra_arches' architectures be detected. The module
+    carries `.facts` (registry.ModelFacts: scale, channels, size requirements, tile margin),
+    `.scale`, `.radius` (the default tile margin in LR pixels), `.checkpoint_sha256` and
+    `.int8_calibration` (the sidecar's activation ranges, or None).
     """
-    from . import checkpoint, registry
+    from . import checkpoint, registry, zoo
 
+    if zoo.is_community_file(model):
+        return zoo.load_view(model, allow_noncommercial)
     ckpt = checkpoint.load(model)
     view = registry.inference_view(ckpt.build())
     view.checkpoint_sha256 = ckpt.sha256

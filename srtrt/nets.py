@@ -121,11 +121,38 @@ class InferenceView(nn.Module):
 
         super().__init__()
         self.generator = generator
-        self.scale = generator.config.scale
-        self.radius = registry.of(generator).radius(generator.config)
+        self.facts = registry.srresnet_facts(generator.config)
+        self.scale = self.facts.scale
+        self.radius = self.facts.margin
 
     def forward(self, x):
         return ((self.generator(x) + 1.0) * 0.5).clamp(0.0, 1.0)
+
+    def with_generator(self, generator: nn.Module) -> InferenceView:
+        """The same kind of view over another generator (a backend's folded or rewritten copy)."""
+        return InferenceView(generator)
+
+
+class CommunityView(nn.Module):
+    """The same contract for a community network read by spandrel (srtrt/community.py): image in
+    [0, 1] in, image in [0, 1] out, clamped inside the graph. `facts` (a registry.ModelFacts)
+    holds its scale, channels, size requirements and tile margin; `radius` is that margin."""
+
+    def __init__(self, generator: nn.Module, facts, sha256: str, source=None):
+        super().__init__()
+        self.generator = generator
+        self.facts = facts
+        self.scale = facts.scale
+        self.radius = facts.margin
+        self.checkpoint_sha256 = sha256
+        self.source = source  # the model file, for work done in another process (ONNX export)
+        self.int8_calibration = None
+
+    def forward(self, x):
+        return self.generator(x).clamp(0.0, 1.0)
+
+    def with_generator(self, generator: nn.Module) -> CommunityView:
+        return CommunityView(generator, self.facts, self.checkpoint_sha256, self.source)
 
 
 class Discriminator(nn.Module):

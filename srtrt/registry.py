@@ -6,6 +6,11 @@ scale, receptive-field radius (the tile margin that makes tiling exact), the cha
 that sizes activation memory, how to fold BatchNorm and rewrite the tail for inference, and which
 conv -> PixelShuffle -> PReLU steps the fused kernel may replace. Adding an architecture
 means a network file and one entry here.
+
+Community networks (any of the architectures spandrel reads) share one entry, `community`:
+nothing to fold or rewrite, and their facts (`ModelFacts`) come from spandrel's description
+and from measuring the network (srtrt/zoo.py), not from a config. Every loaded model's view
+carries its `ModelFacts`; the runtime, the export and the backends read those, never spandrel.
 """
 from __future__ import annotations
 
@@ -37,12 +42,45 @@ class UpsampleStep:
 
 
 @dataclass(frozen=True)
+class ModelFacts:
+    """What the runtime, the export and the backends may ask of one loaded model."""
+
+    architecture: str                 # "srresnet", or spandrel's id ("ESRGAN", "Compact", "SPAN", ...)
+    scale: int
+    channels: int = 3                 # image channels in and out: 3 (RGB) or 1 (grey)
+    feature_channels: int = 64        # the widest activation: sizes tile memory
+    minimum: int = 1                  # smallest LR side the network takes
+    multiple_of: int = 1              # LR sides must be multiples of this
+    half: bool = True                 # fp16 allowed (spandrel says whether it overflows)
+    bfloat16: bool = True
+    global_operations: bool = False   # pooling or attention over the whole input: never exact in tiles
+    radius: int | None = None         # receptive-field radius in LR pixels; None: unbounded or beyond what was measured
+    margin: int = 0                   # the default tile margin: the radius where affordable, else measured
+    margin_figure: dict | None = None  # the measurement behind a margin below the radius
+
+    @property
+    def exact(self) -> bool:
+        """Tiles equal a whole-image pass (fp32) at the default margin."""
+        return self.radius is not None and self.margin >= self.radius
+
+    def tiling_note(self, margin: int | None = None) -> str:
+        """How exact tiles at `margin` (default: the model's) are, in words for the run's first line."""
+        margin = self.margin if margin is None else margin
+        if self.radius is not None and margin >= self.radius:
+            return f"exact tiles (margin {margin} >= receptive-field radius {self.radius})"
+        if self.margin_figure and margin == self.margin:
+            f = self.margin_figure
+            return (f"measured margin {margin}: tiled 8-bit output within 1 level of a whole-image pass on "
+                    f"{100 * f['within_1_level']:.2f} % of samples (max {f['max_level_diff']})")
+        return f"margin {margin}, below the receptive field and not measured: tiles may show seams"
+
+
+@dataclass(frozen=True)
 class Architecture:
     name: str
     network: type[nn.Module]
     make_config: Callable[[dict], object]
-    radius: Callable[[object], int]                  # config -> receptive-field radius in LR pixels
-    feature_channels: Callable[[object], int]        # config -> channels of the upsampled feature maps
+    radius: Callable[[object], int | None]           # config -> receptive-field radius in LR pixels
     fold_batchnorm: Callable[[nn.Module], nn.Module]  # eval-mode generator -> same results, no BatchNorm
     polyphase_tail: Callable[[nn.Module], nn.Module]  # eval-mode generator -> same results, no full-size shuffle
     int8_convs: Callable[[nn.Module], list[str]]     # generator -> names of the convs that may run in int8
@@ -50,6 +88,11 @@ class Architecture:
 
     def build(self, config) -> nn.Module:
         return self.network(config)
+
+    @property
+    def rewrites_tail(self) -> bool:
+        """Whether polyphase_tail changes anything (the backends name the rewrite only when it does)."""
+        return self.polyphase_tail is not Unchanged.module
 
 
 def _srresnet_upsample_steps(generator: SRResNet) -> list[UpsampleStep]:
@@ -65,19 +108,47 @@ def _srresnet_int8_convs(generator: SRResNet) -> list[str]:
             if isinstance(m, nn.Conv2d) and not name.startswith(("head", "tail"))]
 
 
+def srresnet_facts(config: SRResNetConfig) -> ModelFacts:
+    radius = receptive_field_radius(config)
+    return ModelFacts("srresnet", config.scale, feature_channels=config.channels, radius=radius, margin=radius)
+
+
+class Unchanged:
+    """The rewrites a community network does without: no BatchNorm to fold, no tail to rewrite."""
+
+    @staticmethod
+    def module(generator: nn.Module) -> nn.Module:
+        return generator
+
+    @staticmethod
+    def nothing(generator: nn.Module) -> list:
+        return []
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     "srresnet": Architecture(
         name="srresnet",
         network=SRResNet,
         make_config=lambda d: SRResNetConfig(**d),
         radius=receptive_field_radius,
-        feature_channels=lambda config: config.channels,
         fold_batchnorm=fold_batchnorm,
         polyphase_tail=polyphase_tail,
         int8_convs=_srresnet_int8_convs,
         upsample_steps=_srresnet_upsample_steps,
     ),
+    "community": Architecture(
+        name="community",
+        network=nn.Module,
+        make_config=lambda d: None,
+        radius=lambda config: None,
+        fold_batchnorm=Unchanged.module,
+        polyphase_tail=Unchanged.module,
+        int8_convs=Unchanged.nothing,
+        upsample_steps=Unchanged.nothing,
+    ),
 }
+
+COMMUNITY_MODULES = ("spandrel", "srtrt.community")  # where community network classes (and their wrapper) live
 
 
 def get(name: str) -> Architecture:
@@ -92,7 +163,14 @@ def of(generator: nn.Module) -> Architecture:
     for arch in ARCHITECTURES.values():
         if type(generator) is arch.network:
             return arch
+    if type(generator).__module__.startswith(COMMUNITY_MODULES):
+        return ARCHITECTURES["community"]
     raise KeyError(f"{type(generator).__name__} is not a registered architecture")
+
+
+def facts(view: nn.Module) -> ModelFacts:
+    """The facts of a loaded model's view (nets.InferenceView or nets.CommunityView)."""
+    return view.facts
 
 
 def inference_view(generator: nn.Module) -> InferenceView:

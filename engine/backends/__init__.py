@@ -30,6 +30,7 @@ __all__ = ["Backend", "TileDefaults", "Selection", "create_backend"]
 class Selection:
     backend: Backend
     reason: str
+    facts: object = None  # the model's registry.ModelFacts (tile margin and how exact it is)
 
 
 def _device(device: str | None) -> torch.device:
@@ -69,7 +70,12 @@ def _exported_onnx(view, precision: str, polyphase: bool = False):
         form = f"-{calibration_digest(view.int8_calibration)}{form}"
     path = cache_dir("onnx") / f"{_model_sha256(view)[:16]}-x{view.scale}-{precision}{form}.onnx"
     if not path.exists():
-        export_onnx(view, path, precision=precision, polyphase=polyphase)
+        if getattr(view, "source", None) is not None:  # a community model: exported in a child process
+            from srtrt.engine.toolchain.export_isolated import export_community
+
+            export_community(view, path, precision, polyphase)
+        else:
+            export_onnx(view, path, precision=precision, polyphase=polyphase)
     return path
 
 
@@ -95,7 +101,7 @@ def _openvino(view, device: torch.device, precision: str) -> Backend:
     # its own (QDQ) graph. The polyphase tail: AMX convolutions want 16+ output channels, the RGB
     # tail has 3 (openvino_backend).
     graph = _exported_onnx(view, "int8" if precision == "int8" else "fp32", polyphase=True)
-    return OpenVinoBackend(graph, view.scale, view.radius, precision, channels=view.generator.config.channels)
+    return OpenVinoBackend(graph, view.scale, view.radius, precision, channels=view.facts.feature_channels)
 
 
 def _tensorrt(view, device: torch.device, precision: str) -> Backend:
@@ -123,12 +129,14 @@ CPU_REFERENCE = ("torch", "fp32")
 
 def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True, ""), guard: dict | None = None,
                fast_bf16_cpu: bool | None = None, fast_int8_cpu: bool | None = None,
-               calibrated: bool = True) -> tuple[str, str, str]:
+               calibrated: bool = True, judge=None) -> tuple[str, str, str]:
     """(backend, precision, why) for `--backend auto` without CUDA: the first CPU_ORDER path this
     machine has and the quality guard allows for the model with this sha256.
 
     `openvino` is (installed, why not); `guard`, `fast_bf16_cpu` and `fast_int8_cpu` default to the
     real file and CPU; `calibrated`: the model has int8 ranges (its sidecar's int8_calibration).
+    `judge(backend, precision) -> (allowed, why)` replaces the Set5 guard (a community model's
+    agreement with its own fp32 output, agreement.py).
     """
     from srtrt.engine.backends.openvino_backend import HINTS
 
@@ -138,9 +146,13 @@ def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True
         raise SrtrtError(f"int8 runs on the openvino backend only: {openvino_why}")
     if asked != "auto":  # the fastest backend that runs the precision asked for
         return ("openvino" if has_openvino and asked in HINTS else "torch"), asked, "; ".join(["as asked", *notes])
-    if not measured_paths(sha, guard):
-        precision, why = auto_precision("torch", torch.device("cpu"), sha, guard, fast_bf16_cpu)  # fp32, says why
-        return "torch", precision, "; ".join([why, *notes])
+    if judge is None:
+        if not measured_paths(sha, guard):
+            precision, why = auto_precision("torch", torch.device("cpu"), sha, guard, fast_bf16_cpu)  # fp32, says why
+            return "torch", precision, "; ".join([why, *notes])
+
+        def judge(name, precision):
+            return passes_guard(name, "cpu", precision, sha, guard, exact=True)
     if no_bf16 := cpu_bf16_reason(fast_bf16_cpu):
         notes.append(f"bf16 not used ({no_bf16})")
     no_int8 = cpu_int8_reason(fast_int8_cpu) or ("" if calibrated else "the model has no int8 calibration")
@@ -152,7 +164,7 @@ def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True
             continue
         if (name, precision) == CPU_REFERENCE:
             return name, precision, "; ".join(["fp32, the reference", *notes])
-        ok, why = passes_guard(name, "cpu", precision, sha, guard, exact=True)
+        ok, why = judge(name, precision)
         if ok:
             return name, precision, "; ".join([f"the fastest CPU path the quality guard allows: {why}", *notes])
         notes.append(f"{name} {precision} not used ({why})")
@@ -162,7 +174,13 @@ def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True
 def _auto_cpu(view, dev: torch.device, asked: str, sha: str) -> Selection:
     from srtrt.engine.backends.openvino_backend import available
 
-    name, precision, why = cpu_choice(sha, asked, available(), calibrated=bool(getattr(view, "int8_calibration", None)))
+    judge = None
+    if view.facts.architecture != "srresnet":  # no Set5 measurement: judged by agreement with its own fp32
+        from srtrt.engine.backends.agreement import agreement_judge
+
+        judge = agreement_judge(view, lambda name, precision: _MAKERS[name](view, dev, precision))
+    name, precision, why = cpu_choice(sha, asked, available(), calibrated=bool(getattr(view, "int8_calibration", None)),
+                                      judge=judge)
     backend = _MAKERS[name](view, dev, precision)
     return Selection(backend, f"{backend.describe()}: no CUDA device; {why}")
 
@@ -173,6 +191,15 @@ def create_backend(name: str = "auto", model: str | None = None, precision: str 
     import srtrt
 
     view = view if view is not None else srtrt.load_model(model)
+    selection = _create(name, precision, device, view)
+    facts = view.facts  # what the runtime asks the backend about the model's inputs (registry.ModelFacts)
+    selection.backend.channels, selection.backend.minimum = facts.channels, facts.minimum
+    selection.backend.multiple_of = facts.multiple_of
+    selection.facts = facts
+    return selection
+
+
+def _create(name: str, precision: str, device: str | None, view) -> Selection:
     dev = _device(device)
     sha, asked = _model_sha256(view), precision
     if precision == "auto":

@@ -43,6 +43,9 @@ class Backend(abc.ABC):
     margin: int | None = None        # tile overlap the backend was built for (engines); None = use the radius
     defaults: TileDefaults = TileDefaults(core=256, batch=1)
     balanced_tiles: bool = True      # False: windows of exactly core + 2*margin (engines tuned for one shape)
+    minimum: int = 1                 # smallest LR side the network takes (registry.ModelFacts)
+    multiple_of: int = 1             # LR window sides must be multiples of this (registry.ModelFacts)
+    channels: int = 3                # image channels in and out: 3 RGB, 1 grey (registry.ModelFacts)
 
     @abc.abstractmethod
     def infer(self, x: torch.Tensor) -> torch.Tensor:

@@ -146,11 +146,11 @@ class OpenVinoBackend(Backend):
             self._requests.move_to_end(shape)
             return self._requests[shape]
         model = self.model.clone()
-        model.reshape({model.inputs[0]: self._ov.PartialShape([batch, 3, height, width])})
+        model.reshape({model.inputs[0]: self._ov.PartialShape([batch, self.channels, height, width])})
         try:
             compiled = self.core.compile_model(model, "CPU", self.config)
         except Exception as e:
-            raise SrtrtError(f"OpenVINO cannot compile this ONNX file for {batch}x3x{height}x{width} "
+            raise SrtrtError(f"OpenVINO cannot compile this ONNX file for {batch}x{self.channels}x{height}x{width} "
                              f"({_reason(e)})", self.path) from None
         self.compilations += 1
         self._requests[shape] = compiled.create_infer_request()

@@ -36,13 +36,18 @@ class TorchBackend(Backend):
             raise ValueError(f"precision must be one of {sorted(DTYPES)}, not {precision!r}")
         if precision == "fp16" and self.device.type == "cpu":
             raise ValueError("fp16 on the CPU is emulated and slow; use bf16 or fp32")
+        facts = view.facts
+        if precision == "fp16" and not facts.half or precision == "bf16" and not facts.bfloat16:
+            raise ValueError(f"{facts.architecture} does not support {precision} (its outputs overflow or go NaN)")
         self.precision, self.dtype = precision, DTYPES[precision]
         self.scale, self.radius = view.scale, view.radius
+        self.channels, self.minimum, self.multiple_of = facts.channels, facts.minimum, facts.multiple_of
         self.channels_last = channels_last
         arch = registry.of(view.generator)
         generator = arch.fold_batchnorm(copy.deepcopy(view.generator))
         if polyphase is None:  # measured on CPUs (bench/ torch-bf16 vs torch-bf16-plain); GPUs keep the fused op
             polyphase = self.device.type == "cpu"
+        polyphase = polyphase and arch.rewrites_tail
         if polyphase:
             generator = arch.polyphase_tail(generator)
         self.polyphase = polyphase
@@ -52,13 +57,12 @@ class TorchBackend(Backend):
             from srtrt.kernels.torch_op import fuse_upsample
             generator = fuse_upsample(generator)  # the steps that still shuffle (all but the last when polyphase)
         self.fused_op = fused_op
-        model = InferenceView(generator).to(self.device, self.dtype).eval()
+        model = view.with_generator(generator).to(self.device, self.dtype).eval()
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = torch.compile(model, dynamic=False) if compile else model
         self.compiled = compile
-        bpp = activation_bytes_per_pixel(arch.feature_channels(view.generator.config), self.scale,
-                                         self.dtype.itemsize)
+        bpp = activation_bytes_per_pixel(view.facts.feature_channels, self.scale, self.dtype.itemsize)
         if self.device.type == "cuda":  # batches of 4 large windows keep a GPU busy; memory is plentiful
             self.defaults = defaults_for_budget(CUDA_ACTIVATION_BUDGET, bpp, self.radius, batch=4)
         else:  # one window at a time, as large as the budget allows: less overlap to recompute

@@ -60,6 +60,7 @@ def main(args) -> int:
     backend = selection.backend
     if not args.quiet:
         print(f"srtrt: backend {selection.reason}", file=sys.stderr)
+        print(f"srtrt: {selection.facts.tiling_note(options.margin)}", file=sys.stderr)
     runner = FileRunner(backend, options, log=lambda m: print(m, file=sys.stderr))
     jobs = plan_jobs(inputs, args.output, backend.scale)
 

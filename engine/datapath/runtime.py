@@ -28,6 +28,7 @@ import torch
 
 from srtrt.engine.backends.base import Backend
 from srtrt.engine.datapath import tiles as tiling
+from srtrt.errors import SrtrtError
 
 QUEUE_DEPTH = 2
 QUANTISE_SLICE_BYTES = 1 << 21  # float rows quantised at a time on the CPU (about half a core's L2)
@@ -113,11 +114,13 @@ def _staging_dtype(dtype) -> torch.dtype:
     return _STAGING_DTYPE.get(np.dtype(dtype), torch.float32)
 
 
-def to_network_input(x: torch.Tensor, colour_channels: int, max_value: float) -> torch.Tensor:
+def to_network_input(x: torch.Tensor, colour_channels: int, max_value: float, network_channels: int = 3) -> torch.Tensor:
     """Staged windows (N, h, w, C [+ 1 alpha]) of uint8, int16-held uint16 or float ->
-    (N * planes, 3, h, w) float32 in [0, 1], wherever `x` lives (on the device for CUDA).
+    (N * planes, network_channels, h, w) float32 in [0, 1], wherever `x` lives (on the device for CUDA).
 
-    Each tile gives its colour plane, then its alpha plane; one-channel planes are repeated to RGB.
+    An RGB network gets each tile's colour plane, then its alpha plane; one-channel planes are
+    repeated to RGB. A grey (one-channel) network gets every channel as a plane of its own, so
+    a grey image stays grey and an RGB one is upscaled channel by channel.
     """
     if x.dtype == torch.int16:
         x = x.to(torch.int32).bitwise_and_(0xFFFF)
@@ -125,11 +128,18 @@ def to_network_input(x: torch.Tensor, colour_channels: int, max_value: float) ->
     if max_value != 1.0:
         x = x.div_(max_value)
     x = x.permute(0, 3, 1, 2)
+    if network_channels == 1:
+        return x.reshape(-1, 1, *x.shape[2:])
     colour = x[:, :colour_channels]
     planes = [colour.expand(-1, 3, -1, -1) if colour_channels == 1 else colour]
     if x.shape[1] > colour_channels:
         planes.append(x[:, colour_channels:colour_channels + 1].expand(-1, 3, -1, -1))
     return torch.stack(planes, 1).reshape(-1, 3, *x.shape[2:])
+
+
+def planes_per_tile(colour_channels: int, has_alpha: bool, network_channels: int = 3) -> int:
+    """How many network inputs one tile makes (to_network_input's planes)."""
+    return (colour_channels if network_channels == 1 else 1) + has_alpha
 
 
 def _quantise(y: torch.Tensor, out_dtype, out: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tensor:
@@ -223,11 +233,14 @@ class TiledUpscaler:
         self._work: torch.Tensor | None = None
 
     def plan(self, height: int, width: int) -> tiling.TilePlan:
+        smallest = max(self.backend.minimum, self.backend.multiple_of)
+        if min(height, width) < smallest:
+            raise SrtrtError(f"image is {width}x{height}, smaller than the {smallest}-pixel side this model needs")
         core = self.core
         whole = self.backend.defaults.whole_image_pixels
         if self.auto_core and height * width <= whole and self.backend.accepts(1, height, width):
             core = 0  # the image fits one window: no overlap to recompute
-        return tiling.plan(height, width, core, self.margin, self.backend.balanced_tiles)
+        return tiling.plan(height, width, core, self.margin, self.backend.balanced_tiles, self.backend.multiple_of)
 
     def _buffers(self, current: StagingBuffers | None, shape, dtype, count: int) -> StagingBuffers:
         if current is not None and current.key == (shape, dtype, count, self.cuda):
@@ -271,7 +284,7 @@ class TiledUpscaler:
         t0 = time.perf_counter()
         staged = self._stage(buffer, planes, batch_tiles)
         if not self.cuda:
-            staged = to_network_input(staged, planes.channels, max_value)
+            staged = to_network_input(staged, planes.channels, max_value, self.backend.channels)
             self._inputs.give(buffer)
             buffer = None
         self.times.add(read=time.perf_counter() - t0)
@@ -295,7 +308,7 @@ class TiledUpscaler:
     def _infer(self, staged: torch.Tensor, buffer, planes: Planes, out_dtype, i: int):
         """Device worker step: returns (host tensor, its output buffer, event or None) of quantised outputs."""
         b = self.backend
-        n_planes = 1 + (planes.alpha is not None)
+        n_planes = planes_per_tile(planes.channels, planes.alpha is not None, b.channels)
         if not self.cuda:
             host_buffer = self._outputs.take()
             y = b.infer(staged)
@@ -308,7 +321,7 @@ class TiledUpscaler:
             uploaded = torch.cuda.Event()
             uploaded.record(stream)
             self._inputs.give(buffer, uploaded)  # the reader refills it once the upload is done
-            x = to_network_input(on_device, planes.channels, _max_value(planes.colour.dtype))
+            x = to_network_input(on_device, planes.channels, _max_value(planes.colour.dtype), b.channels)
             y = b.infer(x)
             host_buffer = self._outputs.take()
             host = host_buffer[:y.shape[0] // n_planes]
@@ -321,8 +334,10 @@ class TiledUpscaler:
     @staticmethod
     def _postprocess(y: torch.Tensor, n_planes: int, channels: int, out_dtype, out: torch.Tensor,
                      work: torch.Tensor | None = None) -> torch.Tensor:
-        """Network output (N*P, 3, H, W) -> `out` (N, H, W, C' [+ alpha]) quantised; grey planes become
-        channel means."""
+        """Network output (N*P, 3 or 1, H, W) -> `out` (N, H, W, C' [+ alpha]) quantised; an RGB
+        network's grey planes become channel means, a grey network's planes are the channels."""
+        if y.shape[1] == 1:
+            return _quantise(y.reshape(-1, n_planes, *y.shape[-2:]), out_dtype, out, work)
         y = y.reshape(-1, n_planes, 3, *y.shape[-2:])
         colour = y[:, 0] if channels == 3 else y[:, 0].float().mean(1, keepdim=True)
         parts = [colour] + [y[:, p].float().mean(1, keepdim=True) for p in range(1, n_planes)]

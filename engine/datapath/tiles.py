@@ -44,19 +44,29 @@ class Tile:
         return self.y.c0 - self.y.w0, self.x.c0 - self.x.w0, self.y.clen, self.x.clen
 
 
-def plan_axis(length: int, core: int, margin: int, balance: bool = True) -> list[Span]:
+def plan_axis(length: int, core: int, margin: int, balance: bool = True, multiple_of: int = 1) -> list[Span]:
+    """Spans along one axis. `multiple_of`: window lengths the network requires to be multiples of
+    this (pixel-unshuffle, attention windows); met by the windows' shapes, never by padding."""
     if length <= 0:
         raise ValueError(f"image side must be positive, got {length}")
     if core <= 0 or margin < 0:
         raise ValueError(f"core must be > 0 and margin >= 0 (got core={core}, margin={margin})")
+    if length < multiple_of:
+        raise ValueError(f"image side {length} is below the network's multiple of {multiple_of}")
+    longest = length // multiple_of * multiple_of  # the longest window the axis holds
     if length <= core + 2 * margin:
-        return [Span(0, length, 0, length)]  # one window of the axis' own size covers it
+        if longest == length:
+            return [Span(0, length, 0, length)]  # one window of the axis' own size covers it
+        # Two windows of the longest allowed length, one from each end, cores meeting in the middle:
+        # each core has longest - length/2 pixels of context on its inner side.
+        half = -(-length // 2)
+        return [Span(0, longest, 0, half), Span(length - longest, longest, half, length - half)]
     # Balance the cores: as many as `core` needs, but equal-sized, so the windows shrink to the
     # smallest that covers the axis (less margin to recompute; never larger than asked, so
     # the axis still needs more than one).
     if balance:
         core = -(-length // -(-length // core))
-    window = core + 2 * margin
+    window = min(-(-(core + 2 * margin) // multiple_of) * multiple_of, longest)
     spans = []
     for c0 in range(0, length, core):
         clen = min(core, length - c0)
@@ -89,12 +99,13 @@ class TilePlan:
                 yield Tile(r, ys, xs)
 
 
-def plan(height: int, width: int, core: int, margin: int, balance: bool = True) -> TilePlan:
+def plan(height: int, width: int, core: int, margin: int, balance: bool = True, multiple_of: int = 1) -> TilePlan:
     """Plan tiles for an LR image; `core <= 0` means the whole image as one window.
 
-    `balance=False` keeps every window exactly `core + 2 * margin` (engines tuned for one shape).
+    `balance=False` keeps every window exactly `core + 2 * margin` (engines tuned for one shape);
+    `multiple_of`: every window side a multiple of it (the network's size requirement).
     """
     if core <= 0:
         core = max(height, width)
-    return TilePlan(height, width, core, margin, tuple(plan_axis(height, core, margin, balance)),
-                    tuple(plan_axis(width, core, margin, balance)))
+    return TilePlan(height, width, core, margin, tuple(plan_axis(height, core, margin, balance, multiple_of)),
+                    tuple(plan_axis(width, core, margin, balance, multiple_of)))

@@ -61,14 +61,32 @@ def _quiet_exporter():
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecations
+            # Tracing notes about the module (community networks that cache fused weights as plain
+            # attributes in forward): the exported graph is checked by running it, not by these.
+            warnings.simplefilter("ignore", UserWarning)
             yield
     finally:
         log.setLevel(level)
 
 
-def _to_onnx(view: torch.nn.Module, dtype: torch.dtype, opset: int | None, dynamic: bool, input_shape):
+def example_shape(view: torch.nn.Module) -> tuple[int, int, int, int]:
+    """The tracing input: batch 2, the model's channels, a side its size requirements allow."""
+    facts = view.facts
+    step = max(facts.multiple_of, 1)
+    side = -(-max(EXAMPLE_SHAPE[2], facts.minimum) // step) * step
+    return EXAMPLE_SHAPE[0], facts.channels, side, side
+
+
+EXPORTERS = ("dynamo", "torchscript")
+LEGACY_OPSET = 17
+
+
+def _to_onnx(view: torch.nn.Module, dtype: torch.dtype, opset: int | None, dynamic: bool, input_shape,
+             exporter: str = "dynamo"):
     model = copy.deepcopy(view).eval().to("cpu", dtype)  # traced on the CPU, whatever the device
-    example = torch.rand(input_shape or EXAMPLE_SHAPE, dtype=torch.float32).to(dtype)
+    example = torch.rand(input_shape or example_shape(view), dtype=torch.float32).to(dtype)
+    if exporter == "torchscript":
+        return _to_onnx_torchscript(model, example, opset, dynamic)
     shapes = None
     if dynamic:
         Dim = torch.export.Dim
@@ -79,6 +97,19 @@ def _to_onnx(view: torch.nn.Module, dtype: torch.dtype, opset: int | None, dynam
                                     opset_version=opset, external_data=False, optimize=True,
                                     verbose=False)
     return program.model_proto
+
+
+def _to_onnx_torchscript(model: torch.nn.Module, example: torch.Tensor, opset: int | None, dynamic: bool):
+    """The TorchScript-based exporter: some community networks (SPAN: weights fused in forward)
+    crash torch.export, while tracing them works."""
+    import onnx
+
+    axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"}}
+    buffer = io.BytesIO()
+    with _quiet_exporter(), torch.no_grad():
+        torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes=axes if dynamic else None, opset_version=opset or LEGACY_OPSET)
+    return onnx.load_from_string(buffer.getvalue())
 
 
 def _strip_trace_metadata(model) -> None:
@@ -211,7 +242,8 @@ def _set_metadata(model, meta: dict) -> None:
 
 def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: bool = False,
                 opset: int | None = None, dynamic: bool = True, *, aot: bool = True,
-                input_shape: tuple[int, int, int, int] | None = None, polyphase: bool = False) -> Path:
+                input_shape: tuple[int, int, int, int] | None = None, polyphase: bool = False,
+                exporter: str = "dynamo") -> Path:
     """Write `view` (an InferenceView: RGB [0,1] in and out) as one ONNX file at `path`.
 
     precision: "fp32" or "fp16" (weights and I/O in that dtype), or "int8" (fp32 I/O, the model's
@@ -221,7 +253,8 @@ def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: boo
     `input_shape` (default (2, 3, 32, 32), also the tracing input). polyphase: the last
     upsample step and the tail conv in their polyphase form (srtrt/nets.py `polyphase_tail`:
     same values, no full-resolution feature shuffle; what the OpenVINO backend runs).
-    Written atomically.
+    exporter: "dynamo" (torch.export) or "torchscript" (tracing; engine/toolchain/export_isolated.py
+    falls back to it for networks torch.export cannot take). Written atomically.
     """
     onnx = _onnx()
     if precision not in PRECISIONS:
@@ -238,7 +271,7 @@ def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: boo
 
         view = copy.deepcopy(view)
         registry.of(view.generator).polyphase_tail(view.generator)
-    model = _to_onnx(view, PRECISIONS[precision], opset, dynamic, input_shape)
+    model = _to_onnx(view, PRECISIONS[precision], opset, dynamic, input_shape, exporter)
     _strip_trace_metadata(model)
     if fused and fuse_pixel_shuffle_prelu(model, aot=aot) == 0:
         raise SrtrtError("no DepthToSpace -> PRelu pair to fuse in this model")

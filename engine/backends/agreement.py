@@ -1,0 +1,70 @@
+"""The precision guard for a model without a test set (a community model): a reduced precision
+is allowed when the backend's output agrees with the same model's torch fp32 output to at least
+AGREEMENT_DB dB PSNR on reference content.
+
+The embedded models are judged on Set5 (precision.py, measured in bench/). A community model
+has no such table and its users have no test set to hand, but what reduced precision costs is
+how far it moves the model's own output, so that is measured instead: on first use of each
+(backend, precision), on zoo.reference_image content (photo-like shading, edges and texture),
+cached by the weights' sha256 and the backend library's version. 45 dB is about a third of
+an 8-bit level of RMS difference: OpenVINO bf16 agreed with fp32 to 49.5 dB (Compact) and
+56.9 dB (RRDBNet x4plus) on real weights (model-zoo notes), while an fp16 overflow or a NaN
+lands far below it.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from srtrt.errors import SrtrtError
+
+AGREEMENT_DB = 45.0
+REFERENCE_SIDE = 96  # LR pixels: one window, small enough to measure in seconds even for RRDBNet
+
+
+def _library_version(backend: str) -> str:
+    if backend == "openvino":
+        import openvino
+
+        return "openvino-" + openvino.get_version().split("-")[0]
+    return "torch-" + torch.__version__
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = torch.mean((a.float().clamp(0, 1) - b.float().clamp(0, 1)) ** 2).item()
+    if math.isnan(mse):
+        return -math.inf  # NaNs: as far from agreement as it gets
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def measured_agreement(view, backend: str, precision: str, make) -> float:
+    """PSNR (dB) of `make()`'s output (a Backend for this path) against torch fp32, cached."""
+    from srtrt import receptive_field, zoo
+    from srtrt.engine.backends.torch_backend import TorchBackend
+
+    def measure() -> dict:
+        facts = view.facts
+        lr = zoo.reference_image(REFERENCE_SIDE, facts.channels, facts.multiple_of)
+        reference = TorchBackend(view, "cpu", "fp32").infer(lr)
+        with make() as candidate:
+            value = psnr(candidate.infer(lr), reference)
+        return {"psnr_db": value if math.isfinite(value) else (999.0 if value > 0 else -999.0)}
+
+    kind = f"agreement-{backend}-cpu-{precision}-{_library_version(backend)}"
+    return receptive_field.cached(kind, view.checkpoint_sha256, measure)["psnr_db"]
+
+
+def agreement_judge(view, make_backend):
+    """A judge for backends.cpu_choice: (backend, precision) -> (allowed, reason), measuring on demand."""
+    def judge(backend: str, precision: str) -> tuple[bool, str]:
+        if precision in ("fp16", "bf16") and not getattr(view.facts, "half" if precision == "fp16" else "bfloat16"):
+            return False, f"{view.facts.architecture} does not support {precision}"
+        try:
+            value = measured_agreement(view, backend, precision, lambda: make_backend(backend, precision))
+        except SrtrtError as e:  # the path cannot run this model at all (an export that fails)
+            return False, str(e)
+        ok = value >= AGREEMENT_DB
+        return ok, (f"{precision} agrees with this model's fp32 output to {value:.1f} dB on reference content "
+                    f"({'at or above' if ok else 'below'} the {AGREEMENT_DB:.0f} dB guard; measured once, cached)")
+    return judge

@@ -1,0 +1,61 @@
+"""ONNX export of a community model in a child process, with a fallback exporter.
+
+torch.export takes srtrt's own networks, but some community architectures crash it outright
+(SPAN, whose convolutions fuse their weights inside forward, dies with SIGSEGV in torch 2.14's
+fake-tensor tracing): no exception to catch, the process is gone. So a community model is
+exported by a child process that loads the same file, first with torch.export, then with the
+TorchScript tracer; the parent sees an exit status. What fails is one line naming the
+architecture and the stage, and `auto` then runs the model on torch.
+
+    python -m srtrt.engine.toolchain.export_isolated MODEL OUT.onnx PRECISION POLYPHASE EXPORTER
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from srtrt.errors import SrtrtError
+
+TIMEOUT_S = 900  # a 23-block RRDBNet exports in about a minute on 2 cores
+
+
+def export_community(view, path: Path, precision: str, polyphase: bool) -> Path:
+    """Export `view` (a nets.CommunityView loaded from `view.source`) to `path`; one line if no exporter can."""
+    failures = []
+    for exporter in ("dynamo", "torchscript"):
+        command = [sys.executable, "-m", __name__, str(view.source), str(path), precision, str(int(polyphase)), exporter]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            failures.append(f"{exporter}: no result in {TIMEOUT_S} s")
+            continue
+        if done.returncode == 0 and path.is_file():
+            return path
+        failures.append(f"{exporter}: {_cause(done)}")
+    raise SrtrtError(f"{view.facts.architecture} does not export to ONNX ({'; '.join(failures)})", view.source)
+
+
+def _cause(done: subprocess.CompletedProcess) -> str:
+    if done.returncode < 0:
+        return f"the exporter crashed ({signal.Signals(-done.returncode).name})"
+    lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit status {done.returncode}"
+
+
+def _child(model: str, out: str, precision: str, polyphase: str, exporter: str) -> int:
+    import srtrt
+    from srtrt.engine.toolchain.export import export_onnx
+
+    try:
+        view = srtrt.load_model(model)
+        export_onnx(view, out, precision=precision, polyphase=polyphase == "1", exporter=exporter)
+    except Exception as e:  # the parent reads the last line of stderr
+        print(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(*sys.argv[1:6]))

@@ -1,0 +1,126 @@
+"""Community models into srtrt: read (srtrt.community), measured (srtrt.receptive_field), registered
+(registry.ModelFacts on a nets.CommunityView). Nothing after this module asks spandrel anything.
+
+The tile margin is decided once per weights file and cached by its sha256:
+- the receptive-field radius is measured from the network; where it is at most AFFORDABLE_RADIUS
+  LR pixels (Compact 18, SPAN, SRResNet 40) the margin is the radius and tiles are exact;
+- where it is larger (a 23-block RRDBNet reaches ~349) or unbounded (global pooling, attention),
+  the margin is the smallest of MARGIN_CANDIDATES whose tiled 8-bit output stays within one level
+  of a whole-image pass on REFERENCE_SIDE-pixel reference content on >= 99.9 % of samples, and the
+  run says so with the figure. `--margin` overrides either.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import community, receptive_field
+from .errors import SrtrtError
+from .nets import CommunityView
+from .registry import ModelFacts
+
+AFFORDABLE_RADIUS = 64      # LR pixels of margin per side worth recomputing for exact tiles
+MARGIN_CANDIDATES = (4, 8, 12, 16, 24, 32, 48, 64, 96)
+REFERENCE_SIDE = 160        # LR side of the reference content the margin is measured on
+MEASURE_CORE = 48           # small cores: many seams per reference image, so the figure is a worst case
+
+
+def is_community_file(model) -> bool:
+    return isinstance(model, (str, os.PathLike)) and community.is_community_file(model)
+
+
+def load_view(path, allow_noncommercial: bool = False) -> CommunityView:
+    """The inference view of a community model file, its facts registered (measured on first use)."""
+    model = community.load(path, allow_noncommercial)
+    if model.input_channels != model.output_channels:
+        raise SrtrtError(f"{model.architecture_name} maps {model.input_channels} channels to "
+                         f"{model.output_channels}; srtrt runs image-to-image models of equal channels", path)
+    module = model.module.eval()
+    tiling = receptive_field.cached("tiling", model.sha256, lambda: measure_tiling(model))
+    facts = ModelFacts(
+        architecture=model.architecture_id, scale=model.scale, channels=model.input_channels,
+        feature_channels=widest_activation(module), minimum=model.minimum, multiple_of=model.multiple_of,
+        half=model.supports_half, bfloat16=model.supports_bfloat16, global_operations=model.global_operations,
+        radius=tiling["radius"], margin=tiling["margin"], margin_figure=tiling.get("figure"))
+    return CommunityView(module, facts, model.sha256, source=Path(path).resolve())
+
+
+def widest_activation(module: nn.Module) -> int:
+    """The most channels any conv or linear layer reads or writes: what sizes activation memory
+    (RRDBNet's dense blocks read 64 + 4 x 32 = 192)."""
+    widths = [max(m.in_channels, m.out_channels) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    widths += [max(m.in_features, m.out_features) for m in module.modules() if isinstance(m, nn.Linear)]
+    return max(widths, default=64)
+
+
+def measure_tiling(model: community.CommunityModel) -> dict:
+    """{"radius": int | None, "margin": int, "figure": dict | None} for the cache."""
+    module = model.module.eval()
+    if not model.global_operations:
+        radius = receptive_field.measure_radius(module, model.scale, model.input_channels,
+                                                limit=4 * AFFORDABLE_RADIUS, multiple_of=model.multiple_of,
+                                                minimum=model.minimum)
+        if radius is not None and radius <= AFFORDABLE_RADIUS:
+            return {"radius": radius, "margin": radius, "figure": None}
+    else:
+        radius = None
+    reference = reference_image(REFERENCE_SIDE, model.input_channels, model.multiple_of)
+    run = _WindowRunner(module, model.multiple_of)
+    margin, figure = receptive_field.measure_margin(run.tiled, run.whole, reference,
+                                                    [m for m in MARGIN_CANDIDATES if m < REFERENCE_SIDE // 2])
+    if margin is None:  # nothing within 1 level: the largest tried, and the figure says how far off it is
+        margin = figure["margin"]
+    return {"radius": radius, "margin": margin, "figure": figure}
+
+
+def reference_image(side: int, channels: int, multiple_of: int = 1, seed: int = 0) -> torch.Tensor:
+    """Photo-like content (1, C, side, side) in [0, 1]: smooth shading, edges and fine texture, so
+    a margin that passes here has seen the structures seams show on. Deterministic."""
+    side = -(-side // multiple_of) * multiple_of
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:side, 0:side] / side
+    planes = []
+    for _ in range(channels):
+        shading = sum(rng.uniform(0.1, 0.3) * np.sin(2 * np.pi * (rng.uniform(0.5, 3) * x + rng.uniform(0.5, 3) * y)
+                                                     + rng.uniform(0, 6.3)) for _ in range(4))
+        edges = sum(rng.uniform(0.1, 0.25) * (np.cos(rng.uniform(0, 3.2)) * (x - rng.uniform(0, 1))
+                                              + np.sin(rng.uniform(0, 3.2)) * (y - rng.uniform(0, 1)) > 0)
+                    for _ in range(6))
+        texture = 0.08 * rng.standard_normal((side, side))
+        planes.append(0.5 + shading + edges - 0.4 + texture)
+    image = np.clip(np.stack(planes), 0, 1).astype(np.float32)
+    return torch.from_numpy(image)[None]
+
+
+class _WindowRunner:
+    """Whole-image and tiled passes of a module in fp32, tiled exactly as the runtime tiles
+    (engine/datapath/tiles.py: the same planner, the same window shapes)."""
+
+    def __init__(self, module: nn.Module, multiple_of: int):
+        self.module, self.multiple_of = module, multiple_of
+
+    @torch.inference_mode()
+    def whole(self, lr: torch.Tensor) -> torch.Tensor:
+        return self.module(lr).clamp(0, 1)
+
+    @torch.inference_mode()
+    def tiled(self, lr: torch.Tensor, margin: int) -> torch.Tensor:
+        from srtrt.engine.datapath import tiles
+
+        _, _, h, w = lr.shape
+        plan = tiles.plan(h, w, MEASURE_CORE, margin, multiple_of=self.multiple_of)
+        out, s = None, None
+        for tile in plan:
+            top, left, wh, ww = tile.window
+            y = self.module(lr[:, :, top:top + wh, left:left + ww]).clamp(0, 1)
+            if out is None:
+                s = y.shape[-1] // ww
+                out = torch.empty(lr.shape[0], y.shape[1], h * s, w * s)
+            ct, cl, ch, cw = tile.core_in_window
+            c0y, c0x = tile.y.c0, tile.x.c0
+            out[:, :, c0y * s:(c0y + ch) * s, c0x * s:(c0x + cw) * s] = y[:, :, ct * s:(ct + ch) * s, cl * s:(cl + cw) * s]
+        return out

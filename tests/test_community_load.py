@@ -1,0 +1,330 @@
+"""srtrt.community: community model files read through spandrel, from small random networks
+built with spandrel's own architecture classes (no downloads), and the files it must refuse."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import pickle
+import sys
+import types
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+spandrel = pytest.importorskip("spandrel")
+
+from spandrel.architectures.Compact import Compact  # noqa: E402
+from spandrel.architectures.DnCNN import DnCNN  # noqa: E402
+from spandrel.architectures.ESRGAN import ESRGAN  # noqa: E402
+from spandrel.architectures.RCAN import RCAN  # noqa: E402
+from spandrel.architectures.SPAN import SPAN  # noqa: E402
+from spandrel.architectures.SwinIR import SwinIR  # noqa: E402
+
+from srtrt import checkpoint, community  # noqa: E402
+from srtrt.errors import SrtrtError  # noqa: E402
+from srtrt.nets import SRResNet, SRResNetConfig  # noqa: E402
+
+# name: (constructor, architecture id, scale, channels, global operations, supports half)
+CASES = {
+    "rrdb_x4": (lambda: ESRGAN(in_nc=3, out_nc=3, num_filters=16, num_blocks=1, scale=4), "ESRGAN", 4, 3, False, True),
+    # Real-ESRGAN x2: pixel-unshuffle by 2 (12 input planes), then the x4 body.
+    "rrdb_x2": (lambda: ESRGAN(in_nc=12, out_nc=3, num_filters=16, num_blocks=1, scale=4, shuffle_factor=2),
+                "ESRGAN", 2, 3, False, True),
+    "compact": (lambda: Compact(num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=2, upscale=4), "Compact", 4, 3, False, True),
+    "compact_grey": (lambda: Compact(num_in_ch=1, num_out_ch=1, num_feat=16, num_conv=2, upscale=2),
+                     "Compact", 2, 1, False, True),
+    "compact_x1": (lambda: Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=1, upscale=1), "Compact", 1, 3, False, True),
+    "span": (lambda: SPAN(num_in_ch=3, num_out_ch=3, feature_channels=16, upscale=4), "SPAN", 4, 3, False, True),
+    "swinir": (lambda: SwinIR(img_size=32, in_chans=3, embed_dim=12, depths=[2], num_heads=[2], window_size=8,
+                              upscale=2, upsampler="pixelshuffledirect"), "SwinIR", 2, 3, True, False),
+    "rcan": (lambda: RCAN(scale=2, n_resgroups=1, n_resblocks=1, n_feats=16, reduction=4), "RCAN", 2, 3, True, False),
+}
+
+
+def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage (SwinIR's buffers), so every tensor gets its own.
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def _save_both(tmp_path: pathlib.Path, name: str, model: torch.nn.Module) -> tuple[pathlib.Path, pathlib.Path]:
+    tensors = _tensors(model)
+    st, pth = tmp_path / f"{name}.safetensors", tmp_path / f"{name}.pth"
+    save_file(tensors, str(st))
+    torch.save(tensors, pth)
+    return st, pth
+
+
+def _refusal(path, **kwargs) -> str:
+    with pytest.raises(SrtrtError) as info:
+        community.load(path, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}: ")
+    return message
+
+
+@pytest.fixture
+def fresh_registry():
+    community._registry.cache_clear()
+    yield
+    community._registry.cache_clear()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_detects_architecture_and_facts(tmp_path, name):
+    build, arch, scale, channels, global_ops, half = CASES[name]
+    torch.manual_seed(0)
+    net = build().eval()
+    st, pth = _save_both(tmp_path, name, net)
+    a, b = community.load(st), community.load(pth)
+    for m in (a, b):
+        assert (m.architecture_id, m.scale, m.input_channels, m.output_channels) == (arch, scale, channels, channels)
+        assert m.global_operations is global_ops and m.supports_half is half
+        assert m.purpose == ("Restoration" if scale == 1 else "SR")
+        assert not m.module.training and all(p.dtype == torch.float32 and p.device.type == "cpu"
+                                               for p in m.module.parameters())
+    assert a.sha256 == hashlib.sha256(st.read_bytes()).hexdigest() != b.sha256
+
+    x = torch.rand(1, channels, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ya, yb, expected = a.module(x), b.module(x.clone()), net(x.clone())
+    assert torch.equal(x, torch.rand(1, channels, 16, 16, generator=torch.Generator().manual_seed(1)))  # input untouched
+    assert ya.shape == (1, channels, 16 * scale, 16 * scale)
+    assert torch.equal(ya, yb)
+    torch.testing.assert_close(ya, expected)
+
+
+def test_size_requirements_and_tiling_hints(tmp_path):
+    torch.manual_seed(0)
+    x2 = community.load(_save_both(tmp_path, "x2", CASES["rrdb_x2"][0]())[0])
+    assert (x2.minimum, x2.multiple_of, x2.square, x2.tiling) == (4, 4, False, "supported") and "unshuffle" in x2.tags
+    swin = community.load(_save_both(tmp_path, "swin", CASES["swinir"][0]())[0])
+    assert (swin.minimum, swin.multiple_of, swin.tiling) == (16, 1, "discouraged")
+    compact = community.load(_save_both(tmp_path, "compact", CASES["compact"][0]())[0])
+    assert (compact.minimum, compact.multiple_of, compact.tiling) == (1, 1, "supported")
+    assert compact.architecture_name == "RealESRGAN Compact" and compact.tags == ("16nf", "2nc")
+
+
+def test_spandrel_call_function_is_kept(tmp_path):
+    # FDnCNN takes a noise-level plane beside the image; spandrel adds it in its call function.
+    torch.manual_seed(0)
+    net = DnCNN(in_nc=4, out_nc=3, nc=8, nb=4, act_mode="BR", mode="FDnCNN").eval()
+    m = community.load(_save_both(tmp_path, "fdncnn", net)[0])
+    assert (m.architecture_id, m.scale, m.input_channels, m.purpose) == ("DnCNN", 1, 3, "Restoration")
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        expected = net(torch.cat([x, torch.full((1, 1, 16, 16), 15 / 255)], dim=1))
+        torch.testing.assert_close(m.module(x), expected)
+
+
+def test_wrapped_state_dicts_are_unwrapped(tmp_path):
+    torch.manual_seed(0)
+    tensors = _tensors(CASES["compact"][0]())
+    path = tmp_path / "wrapped.pth"
+    torch.save({"params_ema": tensors, "iter": 1000}, path)
+    assert community.load(path).architecture_id == "Compact"
+    path = tmp_path / "trainer.ckpt"   # a training checkpoint of a DataParallel model
+    torch.save({"state_dict": {f"module.{k}": v for k, v in tensors.items()}, "epoch": 3}, path)
+    assert community.load(path).architecture_id == "Compact"
+
+
+class _Touch:
+    """Unpickled, this creates `path`: a stand-in for any code a pickle can run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (pathlib.Path(self.path),)
+
+
+def test_a_pickle_that_runs_code_is_refused_and_never_run(tmp_path):
+    live_marker = tmp_path / "proof"
+    torch.save({"w": torch.zeros(1), "x": _Touch(live_marker)}, tmp_path / "live.pth")
+    torch.load(tmp_path / "live.pth", weights_only=False)   # what plain unpickling would do
+    assert live_marker.exists()
+
+    marker = tmp_path / "never"
+    torch.save({"w": torch.zeros(1), "x": _Touch(marker)}, tmp_path / "evil.pth")
+    (tmp_path / "evil_raw.ckpt").write_bytes(pickle.dumps(_Touch(marker), protocol=2))
+    for name in ("evil.pth", "evil_raw.ckpt"):
+        message = _refusal(tmp_path / name)
+        assert "refused: the file's pickle names" in message and "not weights" in message
+    assert not marker.exists()
+
+
+def test_a_pickled_module_is_refused(tmp_path):
+    path = tmp_path / "whole.pth"
+    torch.save(torch.nn.Conv2d(3, 3, 3), path)
+    assert "pickle names torch.nn.modules.conv.Conv2d" in _refusal(path)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_torchscript_is_refused_without_loading_it(tmp_path, monkeypatch):
+    path = tmp_path / "scripted.pt"
+    torch.jit.script(torch.nn.Conv2d(3, 3, 3)).save(str(path))
+
+    def jit_load(*args, **kwargs):
+        raise AssertionError("torch.jit.load was called")
+
+    monkeypatch.setattr(torch.jit, "load", jit_load)
+    assert "TorchScript files are not supported" in _refusal(path)
+
+
+def test_a_plain_state_dict_pt_loads(tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.save(_tensors(CASES["compact"][0]()), path)
+    assert community.load(path).architecture_id == "Compact"
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_truncated_files_are_refused(tmp_path, suffix):
+    st, pth = _save_both(tmp_path, "whole", CASES["compact"][0]())
+    data = (st if suffix == ".safetensors" else pth).read_bytes()
+    for cut in (len(data) // 2, 40):
+        path = tmp_path / f"cut{cut}{suffix}"
+        path.write_bytes(data[:cut])
+        assert "corrupt or truncated model file" in _refusal(path)
+
+
+def test_legacy_pickle_truncated_is_refused(tmp_path):
+    path = tmp_path / "legacy.pth"
+    torch.save(_tensors(CASES["compact"][0]()), path, _use_new_zipfile_serialization=False)
+    assert community.load(path).architecture_id == "Compact"
+    path.write_bytes(path.read_bytes()[:300])
+    assert "corrupt or truncated model file" in _refusal(path)
+
+
+@pytest.mark.parametrize("suffix", community.SUFFIXES)
+def test_random_bytes_are_refused(tmp_path, suffix):
+    path = tmp_path / f"noise{suffix}"
+    path.write_bytes(os.urandom(4096))
+    assert "corrupt or truncated model file" in _refusal(path)
+
+
+def test_not_a_state_dict(tmp_path):
+    path = tmp_path / "list.pth"
+    torch.save([torch.zeros(2)], path)
+    assert "holds a list, not a state dict" in _refusal(path)
+
+
+def test_no_architecture_matches_lists_families(tmp_path, fresh_registry):
+    path = tmp_path / "unknown.safetensors"
+    save_file({"encoder.weight": torch.zeros(4, 4)}, str(path))
+    message = _refusal(path)
+    assert "no supported architecture matches" in message and community.SUPPORTED_FAMILIES in message
+    assert "--allow-noncommercial" in message and "pip install spandrel_extra_arches" in message
+
+
+def test_srtrt_checkpoint_is_not_community(tmp_path):
+    torch.manual_seed(0)
+    config = SRResNetConfig(scale=4, blocks=1, channels=8)
+    weights = checkpoint.save(tmp_path / "own", SRResNet(config).eval(), "srresnet", config)
+    assert not community.is_community_file(weights)
+    assert not community.is_community_file(tmp_path / "own.pth")
+    assert "no supported architecture matches" in _refusal(weights)   # spandrel knows no SRResNet
+
+    sidecar = weights.with_suffix(".json")
+    sidecar.write_text(sidecar.read_text()[:60])    # a damaged srtrt sidecar is still srtrt's
+    assert not community.is_community_file(weights)
+
+
+def test_is_community_file(tmp_path):
+    for suffix in (".pth", ".ckpt", ".pt", ".safetensors", ".PTH"):
+        assert community.is_community_file(tmp_path / f"m{suffix}")
+    assert not community.is_community_file(tmp_path / "m.onnx")
+    assert not community.is_community_file(tmp_path / "m")
+    (tmp_path / "zoo.json").write_text(json.dumps({"name": "4x-something", "scale": 4}))
+    assert community.is_community_file(tmp_path / "zoo.pth")
+
+
+def test_supported_families_come_from_spandrel():
+    names = {s.architecture.name for s in spandrel.MAIN_REGISTRY
+             if type(s.architecture).__module__.startswith("spandrel.")}
+    families = community.SUPPORTED_FAMILIES
+    assert isinstance(families, str) and set(families.split(", ")) == names
+    assert {"ESRGAN", "SwinIR", "RealESRGAN Compact", "SPAN", "RCAN"} <= names
+
+
+def test_weights_that_do_not_fit_are_one_line(tmp_path):
+    tensors = _tensors(CASES["compact"][0]())
+    tensors["body.2.weight"] = torch.zeros(5, 5, 3, 3)
+    path = tmp_path / "mismatch.safetensors"
+    save_file(tensors, str(path))
+    message = _refusal(path)
+    assert "looks like RealESRGAN Compact, but its weights do not load" in message
+    assert "size mismatch for body.2.weight" in message
+
+
+def test_scale_and_channel_limits(tmp_path):
+    torch.manual_seed(0)
+    x16 = _save_both(tmp_path, "x16", Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=1, upscale=16))[0]
+    assert "scale 16: srtrt runs scales 1 to 8" in _refusal(x16)
+    rgba = _save_both(tmp_path, "rgba", Compact(num_in_ch=4, num_out_ch=4, num_feat=8, num_conv=1, upscale=2))[0]
+    assert "maps 4 channels to 4" in _refusal(rgba)
+
+
+class _FakeArch(spandrel.Architecture):
+    """A stand-in for architectures too big to build here (GFPGAN, LaMa): a small Compact
+    network described the way spandrel describes a face or inpainting model."""
+
+    def __init__(self, purpose: str, arch_id: str = "Fake"):
+        super().__init__(id=arch_id, name=f"{arch_id} net", detect=lambda state: "fake_marker" in state)
+        self.purpose = purpose
+
+    def load(self, state_dict):
+        net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=1, upscale=4)
+        facts = dict(architecture=self, tags=[], supports_half=True, supports_bfloat16=True, input_channels=3,
+                     output_channels=3)
+        if self.purpose == "Inpainting":
+            return spandrel.MaskedImageModelDescriptor(net, net.state_dict(), purpose="Inpainting", **facts)
+        return spandrel.ImageModelDescriptor(net, net.state_dict(), purpose=self.purpose, scale=4, **facts)
+
+
+def _fake_file(tmp_path) -> pathlib.Path:
+    path = tmp_path / "fake.safetensors"
+    save_file({"fake_marker": torch.zeros(1)}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("purpose, words", [("FaceSR", "is a face restoration model"),
+                                             ("Inpainting", "is an inpainting model")])
+def test_other_purposes_are_refused(tmp_path, monkeypatch, purpose, words):
+    registry = spandrel.ArchRegistry()
+    registry.add(spandrel.ArchSupport.from_architecture(_FakeArch(purpose)))
+    monkeypatch.setattr(community, "_registry", lambda allow_noncommercial: registry)
+    message = _refusal(_fake_file(tmp_path))
+    assert words in message and "not super-resolution" in message
+
+
+@pytest.mark.slow
+def test_real_inpainting_model_is_refused(tmp_path):
+    from spandrel.architectures.LaMa import LaMa  # 51M parameters: ~5 s to build, save and refuse
+
+    path = tmp_path / "lama.safetensors"
+    save_file(_tensors(LaMa(in_nc=4, out_nc=3)), str(path))
+    assert "is an inpainting model (LaMa: MaskedImageModelDescriptor" in _refusal(path)
+
+
+def test_noncommercial_needs_opt_in(tmp_path, monkeypatch, fresh_registry):
+    extra = spandrel.ArchRegistry()
+    extra.add(spandrel.ArchSupport.from_architecture(_FakeArch("SR", "NonCommercial")))
+    monkeypatch.setitem(sys.modules, "spandrel_extra_arches", types.SimpleNamespace(EXTRA_REGISTRY=extra))
+    before = len(spandrel.MAIN_REGISTRY)
+    path = _fake_file(tmp_path)
+
+    message = _refusal(path)
+    assert "NonCommercial net model, a non-commercial architecture" in message and "--allow-noncommercial" in message
+    m = community.load(path, allow_noncommercial=True)
+    assert (m.architecture_id, m.scale) == ("NonCommercial", 4)
+    assert len(spandrel.MAIN_REGISTRY) == before and "NonCommercial" not in spandrel.MAIN_REGISTRY
+
+
+def test_opt_in_without_the_package_says_how(tmp_path, monkeypatch, fresh_registry):
+    monkeypatch.setitem(sys.modules, "spandrel_extra_arches", None)   # import fails
+    path = tmp_path / "unknown.pth"
+    torch.save({"encoder.weight": torch.zeros(4, 4)}, path)
+    message = _refusal(path, allow_noncommercial=True)
+    assert "pip install spandrel_extra_arches" in message and "--allow-noncommercial" not in message
