@@ -24,9 +24,12 @@ from .nets import CommunityView
 from .registry import ModelFacts
 
 AFFORDABLE_RADIUS = 64      # LR pixels of margin per side worth recomputing for exact tiles
-MARGIN_CANDIDATES = (4, 8, 12, 16, 24, 32, 48, 64, 96)
-REFERENCE_SIDE = 160        # LR side of the reference content the margin is measured on
-MEASURE_CORE = 48           # small cores: many seams per reference image, so the figure is a worst case
+# The margin search: 16 windows of core 32 on 128-pixel content, so every candidate below 48 leaves
+# seams to judge (a larger one would make a single window). First use of a 23-block RRDBNet costs
+# about a minute on 2 cores, once per weights file.
+MARGIN_CANDIDATES = (4, 8, 12, 16, 24, 32, 40)
+REFERENCE_SIDE = 128        # LR side of the reference content the margin is measured on
+MEASURE_CORE = 32           # small cores: many seams per reference image, so the figure is a worst case
 
 
 def is_community_file(model) -> bool:
@@ -61,8 +64,9 @@ def measure_tiling(model: community.CommunityModel) -> dict:
     """{"radius": int | None, "margin": int, "figure": dict | None} for the cache."""
     module = model.module.eval()
     if not model.global_operations:
+        # Measured only as far as an affordable radius: a larger field is None ("beyond what was measured").
         radius = receptive_field.measure_radius(module, model.scale, model.input_channels,
-                                                limit=4 * AFFORDABLE_RADIUS, multiple_of=model.multiple_of,
+                                                limit=2 * AFFORDABLE_RADIUS + 8, multiple_of=model.multiple_of,
                                                 minimum=model.minimum)
         if radius is not None and radius <= AFFORDABLE_RADIUS:
             return {"radius": radius, "margin": radius, "figure": None}
@@ -70,8 +74,7 @@ def measure_tiling(model: community.CommunityModel) -> dict:
         radius = None
     reference = reference_image(REFERENCE_SIDE, model.input_channels, model.multiple_of)
     run = _WindowRunner(module, model.multiple_of)
-    margin, figure = receptive_field.measure_margin(run.tiled, run.whole, reference,
-                                                    [m for m in MARGIN_CANDIDATES if m < REFERENCE_SIDE // 2])
+    margin, figure = receptive_field.measure_margin(run.tiled, run.whole, reference, MARGIN_CANDIDATES)
     if margin is None:  # nothing within 1 level: the largest tried, and the figure says how far off it is
         margin = figure["margin"]
     return {"radius": radius, "margin": margin, "figure": figure}

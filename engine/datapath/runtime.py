@@ -128,8 +128,8 @@ def to_network_input(x: torch.Tensor, colour_channels: int, max_value: float, ne
     if max_value != 1.0:
         x = x.div_(max_value)
     x = x.permute(0, 3, 1, 2)
-    if network_channels == 1:
-        return x.reshape(-1, 1, *x.shape[2:])
+    if network_channels == 1:  # a copy: float windows needing no scaling would still be the reader's buffer
+        return x.reshape(-1, 1, *x.shape[2:]).clone()
     colour = x[:, :colour_channels]
     planes = [colour.expand(-1, 3, -1, -1) if colour_channels == 1 else colour]
     if x.shape[1] > colour_channels:
