@@ -11,11 +11,12 @@ is in that set at once (no sampling of sub-pixel phases), and by translation equ
 p reaches" and "inputs one output reads" have the same extent. Compared with the alternatives:
 
   * reverse mode (the gradient of one output) keeps every activation of the graph for the backward
-    pass: tens of GB for a 23-block RRDBNet at 512x512 in fp64. A JVP carries one tangent beside
-    each live activation, so memory stays about twice that of plain inference;
+    pass: on the order of 100 GB for a 23-block RRDBNet at 512x512 in fp64. A JVP carries one
+    tangent beside each live activation, so memory stays about twice that of plain inference;
   * a finite difference f(x + d) - f(x) needs no autodiff but cancels: an influence below one ulp
-    of the output (weight products decay geometrically with depth, to 1e-20 and beyond at the edge
-    of a deep field) reads as zero. A JVP holds the influence itself, which fp64 keeps far below that.
+    of the output reads as zero, and influence decays geometrically with distance (1e-8 at the
+    edge of a 4-block SRResNet's field, 1e-50 at a 3-block RRDBNet's). A JVP holds the influence
+    itself; fp64 keeps it down to 1e-308, and a rescaled second pass (see `_support`) further.
 
 Zero tangent means no influence except for exact cancellation, which random inputs and random
 tangent directions make a measure-zero event; the union over two random inputs keeps ReLU/PReLU
@@ -49,6 +50,8 @@ from srtrt.cache import cache_dir
 START_SIDE = 32         # first strip length and smallest square: tiny inputs can change what window nets do
 STRIP_WIDTH = 8         # the strips' short side (before the module's own size rules)
 SEEDS = (0, 1)          # random inputs whose supports are united
+RESOLVED_ABOVE = 1e-250  # a support whose faintest influence is above this has lost nothing to underflow
+LIFT_TO = 1e280          # where a rescaled pass puts the strongest influence (headroom below 1.8e308)
 WITHIN_1_LEVEL = 0.999  # fraction of 8-bit samples that must be within one level
 CACHE_KIND = "receptive_field"
 CACHE_FORMAT = 1
@@ -64,6 +67,7 @@ class _Reach:
 
     reach: tuple[int, int]
     touches: tuple[bool, bool]
+    resolved: bool = True  # False: influence near fp64's underflow, the support may be cut short
 
 
 def _allowed(side: int, multiple_of: int, minimum: int) -> int:
@@ -84,12 +88,44 @@ def _axis_reach(positions: torch.Tensor, centre: int, length: int) -> tuple[int,
     return max(centre - lo, hi - centre), lo == 0 or hi == length - 1
 
 
-def _reach_of(mask: torch.Tensor, centre: tuple[int, int], scale: int, lr_shape: tuple[int, int]) -> _Reach:
+def _reach_of(mask: torch.Tensor, centre: tuple[int, int], scale: int, lr_shape: tuple[int, int],
+              resolved: bool) -> _Reach:
     """`mask`: (H, W) non-zero support, at `scale` times the LR grid (1 for input supports)."""
     rows = torch.nonzero(mask.any(1)).flatten() // scale
     cols = torch.nonzero(mask.any(0)).flatten() // scale
     (ry, ty), (rx, tx) = _axis_reach(rows, centre[0], lr_shape[0]), _axis_reach(cols, centre[1], lr_shape[1])
-    return _Reach((ry, rx), (ty, tx))
+    return _Reach((ry, rx), (ty, tx), resolved)
+
+
+def _faintest(values: torch.Tensor) -> float:
+    """The smallest non-zero magnitude (inf when none); NaN when any value is not finite."""
+    if not bool(torch.isfinite(values).all()):
+        return math.nan
+    magnitudes = values.abs()
+    return float(magnitudes[magnitudes != 0].min()) if bool((magnitudes != 0).any()) else math.inf
+
+
+def _support(derivative: Callable[[float], torch.Tensor | None], centre: tuple[int, int], scale: int,
+             lr_shape: tuple[int, int]) -> _Reach:
+    """The reach of `derivative(factor)` (linear in `factor`), made sure to be resolved in fp64.
+
+    Influence decays geometrically with distance (1e-50 at the edge of a 3-block RRDBNet's field,
+    some 1e-350 extrapolated to 23 blocks), so the edge of a deep field can underflow to zero. When the
+    faintest influence comes near that floor, the pass is repeated with the seed scaled by a
+    power of two (exact) that lifts the strongest influence near fp64's ceiling, which buys some
+    250 more orders of magnitude; when even that is not enough the support is marked unresolved.
+    """
+    values = derivative(1.0)
+    if values is None:  # the output does not depend on the input at all
+        return _Reach((0, 0), (False, False))
+    faintest = _faintest(values)
+    if faintest < RESOLVED_ABOVE:
+        peak = float(values.abs().max())
+        values = derivative(math.ldexp(1.0, min(1000, math.floor(math.log2(LIFT_TO / peak)))))
+        faintest = _faintest(values)
+    resolved = faintest >= RESOLVED_ABOVE  # False for NaN: an overflow somewhere
+    mask = (values != 0).flatten(0, -3).any(0)  # NaN counts as influence, never as none
+    return _reach_of(mask, centre, scale, lr_shape, resolved)
 
 
 def _only_tensor(out) -> torch.Tensor:
@@ -116,7 +152,7 @@ class _Prober:
         centre = (shape[0] // 2, shape[1] // 2)
         if self.forward_mode is None:
             try:
-                reach = self._forward(x.clone(), gen, centre)  # a clone: the module may write into its input
+                reach = self._forward(x, gen, centre)
                 self.forward_mode = True
                 return reach
             except (NotImplementedError, RuntimeError):  # an op without a forward-mode formula
@@ -134,42 +170,44 @@ class _Prober:
             raise ValueError(f"output {tuple(out.shape[-2:])} for input {tuple(shape[-2:])} is not x{self.scale}")
 
     def _forward(self, x: torch.Tensor, gen: torch.Generator, centre: tuple[int, int]) -> _Reach:
+        """The support of the input pixel `centre`'s influence on the (HR) output."""
         tangent = torch.zeros_like(x)
         tangent[0, :, centre[0], centre[1]] = self._random(self.channels, gen)  # random: channels never cancel
-        shape = x.shape
-        with torch.no_grad(), fwAD.dual_level():
-            out = _only_tensor(self.model(fwAD.make_dual(x, tangent)))
-            self._check(out, shape)
-            influence = fwAD.unpack_dual(out).tangent
-        if influence is None:  # the output does not depend on the input at all
-            return _Reach((0, 0), (False, False))
-        mask = (influence != 0).flatten(0, -3).any(0)  # NaN/inf count as influence, never as none
-        return _reach_of(mask, centre, self.scale, tuple(shape[-2:]))
+
+        def jvp(factor: float) -> torch.Tensor | None:
+            with torch.no_grad(), fwAD.dual_level():  # clones: the module may write into its input
+                out = _only_tensor(self.model(fwAD.make_dual(x.clone(), tangent * factor)))
+                self._check(out, x.shape)
+                return fwAD.unpack_dual(out).tangent
+
+        return _support(jvp, centre, self.scale, tuple(x.shape[-2:]))
 
     def _reverse(self, x: torch.Tensor, gen: torch.Generator, centre: tuple[int, int]) -> _Reach:
+        """The support of the gradient of the centre LR pixel's scale*scale outputs on the input."""
         leaf = x.requires_grad_(True)
         with torch.enable_grad():
             out = _only_tensor(self.model(leaf.clone()))  # the clone lets in-place first ops run
-            self._check(out, x.shape)
-            s, (cy, cx) = self.scale, centre
-            cotangent = torch.zeros_like(out)
-            phases = cotangent[0, :, cy * s:(cy + 1) * s, cx * s:(cx + 1) * s]
-            phases.copy_(self._random(phases.shape, gen))
-            (grad,) = torch.autograd.grad(out, leaf, cotangent, allow_unused=True)
-        if grad is None:
-            return _Reach((0, 0), (False, False))
-        return _reach_of((grad != 0).flatten(0, -3).any(0), centre, 1, tuple(x.shape[-2:]))
+        self._check(out, x.shape)
+        s, (cy, cx) = self.scale, centre
+        cotangent = torch.zeros_like(out)
+        phases = cotangent[0, :, cy * s:(cy + 1) * s, cx * s:(cx + 1) * s]
+        phases.copy_(self._random(phases.shape, gen))
 
-    def union(self, shape: tuple[int, int], axes: tuple[int, ...], seeds: tuple[int, ...]) -> tuple[int, bool]:
-        """Largest reach over random inputs along `axes`, and whether any touched the border there
-        (a touch is conclusive, so the remaining inputs are skipped)."""
-        reach = 0
+        def vjp(factor: float) -> torch.Tensor | None:
+            return torch.autograd.grad(out, leaf, cotangent * factor, retain_graph=True, allow_unused=True)[0]
+
+        return _support(vjp, centre, 1, tuple(x.shape[-2:]))
+
+    def union(self, shape: tuple[int, int], axes: tuple[int, ...], seeds: tuple[int, ...]) -> tuple[int, bool, bool]:
+        """Largest reach over random inputs along `axes`, whether any touched the border there (a
+        touch is conclusive, so the remaining inputs are skipped) and whether all were resolved."""
+        reach, resolved = 0, True
         for seed in seeds:
             probe = self(shape, seed)
-            reach = max([reach] + [probe.reach[a] for a in axes])
+            reach, resolved = max([reach] + [probe.reach[a] for a in axes]), resolved and probe.resolved
             if any(probe.touches[a] for a in axes):
-                return reach, True
-        return reach, False
+                return reach, True, resolved
+        return reach, False, resolved
 
 
 def measure_radius(module: torch.nn.Module, scale: int, channels: int, *, limit: int = 512,
@@ -177,7 +215,8 @@ def measure_radius(module: torch.nn.Module, scale: int, channels: int, *, limit:
     """Receptive-field radius in LR pixels of `module` (NCHW in, NCHW `scale` times larger out):
     the farthest LR distance, along rows or columns, between an output pixel's LR position and an
     input pixel it depends on. None when the field reaches the border of a `limit`-sided input
-    (radius about limit / 2 or more: global operations, or too deep to measure within the limit).
+    (radius about limit / 2 or more: global operations, or too deep to measure within the limit),
+    or when its edge is too faint to resolve in fp64 (so it may be wider than it looks).
 
     Inputs are sides >= `minimum` and multiples of `multiple_of`. See the module docstring for the method.
     """
@@ -195,9 +234,9 @@ def measure_radius(module: torch.nn.Module, scale: int, channels: int, *, limit:
     # Just large enough that a field of the strips' reach stays clear of the border.
     side = min(_allowed(max(start, 2 * bound + 3), multiple_of, minimum), longest)
     while True:
-        reach, touched = probe.union((side, side), (0, 1), SEEDS)
+        reach, touched, resolved = probe.union((side, side), (0, 1), SEEDS)
         if not touched:
-            return reach
+            return reach if resolved else None  # an unresolved edge may be cut short: no finite radius to vouch for
         if side == longest:
             return None
         side = min(_allowed(2 * side, multiple_of, minimum), longest)
@@ -210,7 +249,7 @@ def _strip_reach(probe: _Prober, axis: int, length: int, longest: int, multiple_
     width = min(_allowed(STRIP_WIDTH, multiple_of, minimum), longest)
     while True:
         shape = (length, width) if axis == 0 else (width, length)
-        reach, touched = probe.union(shape, (axis,), SEEDS[:1])
+        reach, touched, _ = probe.union(shape, (axis,), SEEDS[:1])  # cut short by underflow is still a lower bound
         if not touched:
             return reach
         if length == longest:

@@ -120,6 +120,29 @@ def test_reverse_mode_fallback_agrees():
     assert rf.measure_radius(custom, 2, 3) == rf.measure_radius(_seeded(_ThreeConvs, False), 2, 3) == 4
 
 
+def _faint_chain(convs: int) -> nn.Module:
+    """Linear 3x3 convs, identity at the centre tap and 1e-20 on the others: the influence at
+    distance d is about 1e-20**d, below fp64's smallest number from d = 17 on."""
+    layers = []
+    for _ in range(convs):
+        conv = nn.Conv2d(3, 3, 3, padding=1, bias=False)
+        conv.weight.data.fill_(1e-20)
+        conv.weight.data[:, :, 1, 1] = torch.eye(3)
+        layers.append(conv)
+    return nn.Sequential(*layers)
+
+
+def test_an_edge_below_fp64_underflow_is_rescaled_or_refused():
+    chain = _faint_chain(20).double()
+    x, tangent = torch.rand(1, 3, 48, 48, dtype=torch.float64), torch.zeros(1, 3, 48, 48, dtype=torch.float64)
+    tangent[0, :, 24, 24] = 1
+    with torch.no_grad(), fwAD.dual_level():
+        plain = fwAD.unpack_dual(chain(fwAD.make_dual(x, tangent))).tangent
+    assert torch.nonzero(plain.abs().amax((0, 1)))[:, 0].max() - 24 < 20  # one plain pass loses the edge
+    assert rf.measure_radius(_faint_chain(20), 1, 3) == 20
+    assert rf.measure_radius(_faint_chain(30), 1, 3) is None  # 1e-600: beyond any rescaling
+
+
 class _MultipleOf(nn.Module):
     def __init__(self, net: nn.Module, multiple: int, minimum: int):
         super().__init__()
