@@ -39,7 +39,9 @@ def load_model(model=None, allow_noncommercial: bool = False):
 def upscale(image, output=None, **options):
     """Upscale a PIL image or an image path. Returns a PIL image, or writes `output` and returns its path.
 
-    Options are those of `srtrt run`: model, backend, precision, tile, margin, batch, device.
+    Options are those of `srtrt run`: model (an embedded name, a checkpoint or a community model
+    file), backend, precision, tile, margin, batch, device, and allow_noncommercial=True to let a
+    community file be detected as one of spandrel_extra_arches' non-commercial architectures.
     """
     from srtrt.engine.batch.api import upscale as _upscale
 

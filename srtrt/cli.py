@@ -10,12 +10,21 @@ import sys
 
 from .errors import SrtrtError
 
+_COMMUNITY_FILE = "a community model file (.safetensors/.pth/.ckpt/.pt without an srtrt sidecar, read by spandrel)"
+
+
+def _add_allow_noncommercial(p):
+    p.add_argument("--allow-noncommercial", action="store_true",
+                   help="let --model files be detected as spandrel_extra_arches' non-commercial architectures")
+
 
 def _add_run(sub):
     p = sub.add_parser("run", help="upscale images (files, directories, globs)")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("-o", "--output", help="output file (one input) or directory (many)")
-    p.add_argument("--model", help="embedded model (srresnet, the default, or srgan) or a checkpoint (.safetensors + .json)")
+    p.add_argument("--model", help="embedded model (srresnet, the default, or srgan), a checkpoint (.safetensors + .json) "
+                                   f"or {_COMMUNITY_FILE}")
+    _add_allow_noncommercial(p)
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino", "onnxruntime", "tensorrt"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16", "int8"])
     p.add_argument("--tile", type=int, default=None,
@@ -37,8 +46,9 @@ def _add_eval(sub):
     p = sub.add_parser("eval", help="Y-PSNR/SSIM/HF ratio of models and of bicubic on folders of HR images")
     p.add_argument("dirs", nargs="+", metavar="DIR")
     p.add_argument("--model", action="append", metavar="MODEL",
-                   help="embedded model (srresnet, srgan) or checkpoint; repeat to score several in one table "
-                        "(default: srresnet)")
+                   help=f"embedded model (srresnet, srgan), checkpoint or {_COMMUNITY_FILE}; repeat to score several in one "
+                        "table (default: srresnet)")
+    _add_allow_noncommercial(p)
     p.add_argument("--scale", type=int, default=None, help="must match the model (default: the model's)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
@@ -48,8 +58,9 @@ def _add_compare(sub):
     p.add_argument("image")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--model", action="append", metavar="MODEL",
-                   help="embedded model (srresnet, srgan) or checkpoint; repeat for several "
+                   help=f"embedded model (srresnet, srgan), checkpoint or {_COMMUNITY_FILE}; repeat for several "
                         "(default: every embedded model installed)")
+    _add_allow_noncommercial(p)
     p.add_argument("--crop", type=int, default=256, help="HR crop size in pixels (panels are shown at least 256 px)")
 
 
@@ -96,27 +107,33 @@ def _add_interpolate(sub):
 def _add_calibrate(sub):
     p = sub.add_parser("calibrate", help="measure a model's int8 activation ranges on photos (the openvino int8 path)")
     p.add_argument("photos", help="a folder of ordinary photos (not a test set); each is downscaled as training's LR")
-    p.add_argument("--model", help="checkpoint whose sidecar gets the ranges (default: the embedded default model)")
+    p.add_argument("--model", help="srtrt checkpoint whose sidecar gets the ranges (default: the embedded default model; "
+                                   "community model files have no int8 path)")
+    _add_allow_noncommercial(p)
     p.add_argument("--images", type=int, default=None, help="how many photos to use (default 16)")
 
 
 def _add_export(sub):
     p = sub.add_parser("export", help="export the inference view to ONNX")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--model")
+    p.add_argument("--model", help=f"embedded model (default srresnet), checkpoint or {_COMMUNITY_FILE}")
+    _add_allow_noncommercial(p)
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
                    help="int8: fp32 I/O, calibrated convs in QDQ form (needs srtrt calibrate)")
-    p.add_argument("--fused", action="store_true", help="one PixelShufflePReLU node per upsample step")
+    p.add_argument("--fused", action="store_true",
+                   help="one PixelShufflePReLU node per upsample step (srtrt's own networks)")
     p.add_argument("--polyphase", action="store_true",
-                   help="last upsample step and tail conv in polyphase form (same values; faster on CPUs)")
+                   help="last upsample step and tail conv in polyphase form (same values; faster on CPUs; "
+                        "srtrt's own networks, community models are exported as they are)")
     p.add_argument("--opset", type=int, default=None)
 
 
 def _add_build(sub):
     p = sub.add_parser("build", help="build a TensorRT engine for this GPU, or a TensorRT-RTX one (no GPU needed); cached")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model")
+    src.add_argument("--model", help=f"embedded model (default srresnet), checkpoint or {_COMMUNITY_FILE}")
     src.add_argument("--onnx")
+    _add_allow_noncommercial(p)
     p.add_argument("--tensorrt", default="auto", choices=["auto", "trt", "rtx"],
                    help="trt: TensorRT, for this GPU; rtx: TensorRT-RTX, for --cc targets; auto: TensorRT where it "
                         "imports, else TensorRT-RTX")
@@ -128,7 +145,8 @@ def _add_build(sub):
     p.add_argument("--margin", type=int, default=None)
     p.add_argument("--max-batch", type=int, default=4)
     p.add_argument("--opt-level", type=int, default=3)
-    p.add_argument("--no-plugin", action="store_true", help="keep DepthToSpace+PRelu instead of the Triton plugin")
+    p.add_argument("--no-plugin", action="store_true",
+                   help="keep DepthToSpace+PRelu instead of the Triton plugin (community models never use it)")
     p.add_argument("-o", "--output", help="write the plan here as well as into the cache")
 
 

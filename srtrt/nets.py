@@ -146,13 +146,16 @@ class CommunityView(nn.Module):
         self.radius = facts.margin
         self.checkpoint_sha256 = sha256
         self.source = source  # the model file, for work done in another process (ONNX export)
+        self.allow_noncommercial = False  # how the file was allowed to load (spandrel_extra_arches)
         self.int8_calibration = None
 
     def forward(self, x):
         return self.generator(x).clamp(0.0, 1.0)
 
     def with_generator(self, generator: nn.Module) -> CommunityView:
-        return CommunityView(generator, self.facts, self.checkpoint_sha256, self.source)
+        view = CommunityView(generator, self.facts, self.checkpoint_sha256, self.source)
+        view.allow_noncommercial = self.allow_noncommercial
+        return view
 
 
 class Discriminator(nn.Module):

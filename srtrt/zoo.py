@@ -12,6 +12,7 @@ The tile margin is decided once per weights file and cached by its sha256:
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +44,17 @@ def load_view(path, allow_noncommercial: bool = False) -> CommunityView:
         raise SrtrtError(f"{model.architecture_name} maps {model.input_channels} channels to "
                          f"{model.output_channels}; srtrt runs image-to-image models of equal channels", path)
     module = model.module.eval()
-    tiling = receptive_field.cached("tiling", model.sha256, lambda: measure_tiling(model))
+    with warnings.catch_warnings():  # torch's forward-mode autodiff loads its decompositions with a deprecation note
+        warnings.simplefilter("ignore", FutureWarning)
+        tiling = receptive_field.cached("tiling", model.sha256, lambda: measure_tiling(model))
     facts = ModelFacts(
         architecture=model.architecture_id, scale=model.scale, channels=model.input_channels,
         feature_channels=widest_activation(module), minimum=model.minimum, multiple_of=model.multiple_of,
         half=model.supports_half, bfloat16=model.supports_bfloat16, global_operations=model.global_operations,
         radius=tiling["radius"], margin=tiling["margin"], margin_figure=tiling.get("figure"))
-    return CommunityView(module, facts, model.sha256, source=Path(path).resolve())
+    view = CommunityView(module, facts, model.sha256, source=Path(path).resolve())
+    view.allow_noncommercial = allow_noncommercial  # a child process that loads the file again needs it too
+    return view
 
 
 def widest_activation(module: nn.Module) -> int:

@@ -106,9 +106,10 @@ def test_out_of_memory_ladder_holds_for_the_api(tmp_path, monkeypatch, model):
 
     made = []
 
-    def create(name="auto", model=None, precision="auto", device=None, view=None):
-        made.append(out_of_memory_above(srtrt.load_model(model), 52 * 52))
-        return backends.Selection(made[-1], "torch with injected out-of-memory")
+    def create(name="auto", model=None, precision="auto", device=None, view=None, allow_noncommercial=False):
+        view = srtrt.load_model(model)
+        made.append(out_of_memory_above(view, 52 * 52))
+        return backends.Selection(made[-1], "torch with injected out-of-memory", view.facts)
 
     (source,) = write_images(tmp_path, 1, height=160, width=160)
     options = {"model": model, "tile": 64, "margin": 10, "batch": 4, **FP32}

@@ -82,10 +82,11 @@ def inject_oom(monkeypatch, model):
     made = []
 
     def use(limit: int):
-        def create(name="auto", model=None, precision="auto", device=None, view=None):
-            backend = out_of_memory_above(srtrt.load_model(model), limit)
+        def create(name="auto", model=None, precision="auto", device=None, view=None, allow_noncommercial=False):
+            view = srtrt.load_model(model)
+            backend = out_of_memory_above(view, limit)
             made.append(backend)
-            return backends.Selection(backend, "torch with injected out-of-memory")
+            return backends.Selection(backend, "torch with injected out-of-memory", view.facts)
 
         monkeypatch.setattr(backends, "create_backend", create)
         return made

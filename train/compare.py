@@ -8,7 +8,9 @@ strength (a pattern at the network's sub-pixel period: what a GAN must not add).
 smaller than MIN_PANEL pixels are enlarged by whole-pixel repetition, so nothing is resampled.
 
 A model only sees an LR window of the crop plus its receptive-field radius, which gives the
-same pixels as running it on the whole image, for any image size.
+same pixels as running it on the whole image, for any image size (for a community model whose
+tile margin is below its receptive field, as close as its tiles are). Community models are shown
+at their own scale; a grey model's panel is grey (train/evaluate.py `super_resolve`).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from srtrt import atomic
 from srtrt.errors import SrtrtError
 
 from .degrade import bicubic_downscale, bicubic_upscale
-from .evaluate import check_scale, load_models, read_hr, super_resolve
+from .evaluate import check_scale, load_models, lr_requirements, read_hr, super_resolve
 from .metrics import grid_ratio_y, hf_ratio_y, psnr_y
 
 MIN_PANEL = 256      # shown size of the smallest panel side, in screen pixels
@@ -61,15 +63,27 @@ def model_crop(model, lr: Image.Image, box: tuple[int, int, int, int], scale: in
 
     The tile planner's rule for one core: the window reaches `radius` LR pixels past the core
     on every side, clipped to the image, where the network's zero padding then falls on the
-    same pixels as in a whole-image run. A model without `.radius` gets the whole image.
+    same pixels as in a whole-image run; sides grown to the model's minimum and multiple (its
+    facts; `lr`'s sides are multiples of it). A model without `.radius` gets the whole image.
     """
     radius = int(getattr(model, "radius", max(lr.size)))
+    step, minimum = lr_requirements([model])
     x0, y0, x1, y1 = (v // scale for v in box)
-    wx0, wy0 = max(0, x0 - radius), max(0, y0 - radius)
-    wx1, wy1 = min(lr.size[0], x1 + radius), min(lr.size[1], y1 + radius)
+    wx0, wx1 = _window(x0, x1, radius, lr.size[0], step, minimum)
+    wy0, wy1 = _window(y0, y1, radius, lr.size[1], step, minimum)
     sr = super_resolve(model, lr.crop((wx0, wy0, wx1, wy1)))
     oy, ox = (y0 - wy0) * scale, (x0 - wx0) * scale
     return sr[oy:oy + (y1 - y0) * scale, ox:ox + (x1 - x0) * scale]
+
+
+def _window(c0: int, c1: int, radius: int, length: int, step: int, minimum: int) -> tuple[int, int]:
+    """The LR window around core [c0, c1) on an axis of `length` (a multiple of `step`): `radius` more
+    on each side, clipped, its start on the `step` grid (a pixel-unshuffle sees the pixels in the same
+    groups as in a whole-image run), then grown to a multiple of `step` of at least `minimum`."""
+    w0, w1 = max(0, c0 - radius) // step * step, min(length, c1 + radius)
+    size = min(-(-max(w1 - w0, minimum) // step) * step, length)
+    w0 = min(w0, length - size)
+    return w0, w0 + size
 
 
 def _scored(title: str, pixels: np.ndarray, hr: np.ndarray, scale: int) -> Panel:
@@ -84,7 +98,7 @@ def compare_panels(path: str | Path, models, crop: int = 256) -> list[Panel]:
     scale = check_scale(next(iter(models.values())), None)
     for model in models.values():
         check_scale(model, scale)
-    hr_img = read_hr(Path(path), scale)
+    hr_img = read_hr(Path(path), scale, *lr_requirements(models.values()))
     size = min(crop, *hr_img.size) // scale * scale
     if size < scale:
         raise SrtrtError(f"--crop {crop} is smaller than the scale x{scale}")
@@ -157,7 +171,7 @@ def default_models() -> list[str | None]:
 
 
 def main(args) -> int:
-    models = load_models(args.model or default_models())
+    models = load_models(args.model or default_models(), getattr(args, "allow_noncommercial", False))
     out = save_png_atomic(compare_image(args.image, models, args.crop), args.output)
     print(out)
     return 0

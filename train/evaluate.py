@@ -19,12 +19,18 @@ adds `models` ({label: {psnr, ssim, hf, grid}}) per folder and per image for all
 Every image crosses between PIL and torch through `image_to_tensor` / `tensor_to_uint8`,
 which check the [0, 1] value range: a tensor on the [-1, 1] training scale (or one mapped
 twice) fails loudly instead of producing a plausible-looking low score.
+
+Any model srtrt.load_model reads is scored, community model files included: the scale, image
+channels and size requirements are the model's (its `.facts`, registry.ModelFacts). A grey model
+is given the LR image's luma and its output is scored as a grey image, so its scores are on Y
+like every other column's.
 """
 from __future__ import annotations
 
 import json
 import math
 import sys
+from functools import reduce
 from pathlib import Path
 
 import numpy as np
@@ -65,24 +71,44 @@ def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.detach().float().mul(255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def read_hr(path: Path, scale: int) -> Image.Image:
-    """An HR test image as RGB (grey, palette, alpha dropped), cropped to a multiple of `scale`."""
+def read_hr(path: Path, scale: int, multiple_of: int = 1, minimum: int = 1) -> Image.Image:
+    """An HR test image as RGB (grey, palette, alpha dropped), cropped to a multiple of `scale`
+    (times `multiple_of`: LR sides the models need to be multiples of); refused when its LR is
+    smaller than `minimum`."""
     try:
         with Image.open(path) as im:
             img = ImageOps.exif_transpose(im).convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError) as e:
         detail = str(e).splitlines()[0] if str(e) else "no detail"
         raise SrtrtError(f"cannot read image ({e.__class__.__name__}: {detail})", path) from None
-    hr = modcrop(img, scale)
-    if min(hr.size) < 2 * scale + SSIM_WINDOW:
+    hr = modcrop(img, scale * multiple_of)
+    if min(hr.size) < 2 * scale + SSIM_WINDOW or min(hr.size) // scale < minimum:
         raise SrtrtError(f"image is {img.size[0]}x{img.size[1]}, too small to evaluate at x{scale}", path)
     return hr
 
 
 @torch.inference_mode()
 def super_resolve(model: torch.nn.Module, lr: Image.Image) -> np.ndarray:
-    """Run the inference view (RGB [0,1] in and out) on the whole LR image; uint8 HxWx3."""
+    """Run the inference view ([0,1] in and out) on the whole LR image; uint8 HxWx3.
+
+    A grey model (facts.channels 1) gets the LR luma (PIL "L": BT.601 weights, the ones the
+    Y metrics use) and its output comes back as grey RGB, whose Y is that luma."""
+    if model_channels(model) == 1:
+        luma = torch.from_numpy(np.asarray(lr.convert("L"), dtype=np.float32) / 255.0)[None, None]
+        return tensor_to_uint8(model(luma).expand(-1, 3, -1, -1))
     return tensor_to_uint8(model(image_to_tensor(lr)))
+
+
+def model_channels(model: torch.nn.Module) -> int:
+    """Image channels the model takes and gives: 3 (RGB) or 1 (grey); models without facts are RGB."""
+    facts = getattr(model, "facts", None)
+    return facts.channels if facts is not None else 3
+
+
+def lr_requirements(models) -> tuple[int, int]:
+    """(multiple_of, minimum) that LR images must meet for every one of `models` (their facts)."""
+    facts = [f for f in (getattr(m, "facts", None) for m in models) if f is not None]
+    return reduce(math.lcm, (f.multiple_of for f in facts), 1), max((f.minimum for f in facts), default=1)
 
 
 def model_scale(model: torch.nn.Module) -> int:
@@ -101,7 +127,7 @@ def scores(sr: np.ndarray, hr: np.ndarray, scale: int) -> dict:
 
 def evaluate_image(path: Path, models: dict[str, torch.nn.Module], scale: int) -> dict:
     """One row: `models` (label -> inference view) and bicubic scored on one HR image."""
-    hr_img = read_hr(path, scale)
+    hr_img = read_hr(path, scale, *lr_requirements(models.values()))
     hr = np.asarray(hr_img)
     lr = bicubic_downscale(hr_img, scale)
     per_model = {}
@@ -213,7 +239,7 @@ def model_labels(specs: list) -> list[str]:
     return [label if labels.count(label) == 1 else str(spec) for label, spec in zip(labels, specs, strict=True)]
 
 
-def load_models(specs: list | None) -> dict[str, torch.nn.Module]:
+def load_models(specs: list | None, allow_noncommercial: bool = False) -> dict[str, torch.nn.Module]:
     """label -> inference view for each `--model` value (None or [] = the default model)."""
     import srtrt
 
@@ -221,11 +247,11 @@ def load_models(specs: list | None) -> dict[str, torch.nn.Module]:
     labels = model_labels(specs)
     if len(set(labels)) != len(labels):
         raise SrtrtError(f"a model is named twice: {', '.join(map(str, specs))}")
-    return {label: srtrt.load_model(spec) for label, spec in zip(labels, specs, strict=True)}
+    return {label: srtrt.load_model(spec, allow_noncommercial) for label, spec in zip(labels, specs, strict=True)}
 
 
 def main(args) -> int:
-    models = load_models(args.model)
+    models = load_models(args.model, getattr(args, "allow_noncommercial", False))
     scale = check_scale(next(iter(models.values())), args.scale)
     keys = _folder_keys(args.dirs)
     results = {key: evaluate_folder(d, models, scale) for key, d in zip(keys, args.dirs, strict=True)}

@@ -186,11 +186,13 @@ def _auto_cpu(view, dev: torch.device, asked: str, sha: str) -> Selection:
 
 
 def create_backend(name: str = "auto", model: str | None = None, precision: str = "auto",
-                   device: str | None = None, view=None) -> Selection:
-    """Build the named backend (or the fastest available for `auto`) for a checkpoint."""
+                   device: str | None = None, view=None, allow_noncommercial: bool = False) -> Selection:
+    """Build the named backend (or the fastest available for `auto`) for a checkpoint.
+
+    `allow_noncommercial`: passed to srtrt.load_model (community files of spandrel_extra_arches)."""
     import srtrt
 
-    view = view if view is not None else srtrt.load_model(model)
+    view = view if view is not None else srtrt.load_model(model, allow_noncommercial)
     selection = _create(name, precision, device, view)
     facts = view.facts  # what the runtime asks the backend about the model's inputs (registry.ModelFacts)
     selection.backend.channels, selection.backend.minimum = facts.channels, facts.minimum

@@ -127,6 +127,7 @@ class TensorRTBackend(Backend):
         self.out_dtype = dtypes[self._engine.get_tensor_dtype(self._out)]
         lo, opt, hi = (tuple(int(d) for d in s) for s in self._engine.get_tensor_profile_shape(self._in, 0))
         self.profile = Profile(lo, opt, hi)
+        self.channels = self.profile.max[1]  # 1 (grey) or 3 (RGB): the plan's input, whatever asks it
 
         self.precision = built.precision
         self.dtype = self.in_dtype

@@ -1,8 +1,9 @@
 """`srtrt.upscale`: the Python face of `srtrt run`, through the same per-file pipeline.
 
-Options are `RunOptions` fields. The backend is built once per (model, backend, precision,
-device) and kept for the next call; asking for another configuration closes the previous
-one, and the last one is closed when the interpreter exits.
+Options are `RunOptions` fields (model may be a community model file; allow_noncommercial=True
+lets it be a spandrel_extra_arches architecture). The backend is built once per (model,
+backend, precision, device, allow_noncommercial) and kept for the next call; asking for another
+configuration closes the previous one, and the last one is closed when the interpreter exits.
 """
 from __future__ import annotations
 

@@ -213,7 +213,8 @@ class FileRunner:
                 # another run wrote it while this one was encoding; its output is complete
                 return Outcome(source, destination, SKIPPED, f"{destination}: written meanwhile by another run, skipped",
                                time.perf_counter() - start)
-            return Outcome(source, destination, FAILED, str(e), time.perf_counter() - start)
+            message = str(e) if e.path is not None else f"{source}: {e}"  # every failure names its file
+            return Outcome(source, destination, FAILED, message, time.perf_counter() - start)
         pixels = image.height * image.width * self.backend.scale ** 2
         return Outcome(source, destination, DONE, f"{source} -> {destination}", time.perf_counter() - start, pixels)
 

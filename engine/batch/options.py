@@ -27,6 +27,7 @@ class RunOptions:
     overwrite: bool = False          # replace existing outputs (default: skip them)
     max_pixels: int | None = None    # refuse larger inputs (LR pixels); None = the default limit, 0 = none
     png_level: int | None = None     # PNG deflate level; None = the measured default
+    allow_noncommercial: bool = False  # a community model file may be a spandrel_extra_arches architecture
 
     def __post_init__(self):
         if self.alpha not in ALPHA_MODES:
@@ -50,7 +51,7 @@ class RunOptions:
     @property
     def backend_key(self) -> tuple:
         """What the backend depends on: runs with equal keys can share one backend."""
-        return (self.model, self.backend, self.precision, self.device)
+        return (self.model, self.backend, self.precision, self.device, self.allow_noncommercial)
 
     @property
     def decode_limit(self) -> dict:
@@ -62,4 +63,5 @@ def open_backend(options: RunOptions):
     """The backend these options ask for, with the reason it was picked (a `Selection`)."""
     from srtrt.engine.backends import create_backend
 
-    return create_backend(options.backend, options.model, options.precision, options.device)
+    return create_backend(options.backend, options.model, options.precision, options.device,
+                          allow_noncommercial=options.allow_noncommercial)

@@ -166,7 +166,9 @@ def main(args) -> int:
     if not inputs:
         raise SrtrtError(f"no input images match {' '.join(args.inputs)}")
     make_output_folder(args.output, len(inputs) > 1)
-    scale = srtrt.load_model(args.model).scale  # checks the model once, here, with one line if it is bad
+    # Checks the model once, here, with one line if it is bad; the actors load it again from the
+    # same path (RunOptions carries model and allow_noncommercial), so output names say its own scale.
+    scale = srtrt.load_model(args.model, getattr(args, "allow_noncommercial", False)).scale
 
     def say(message: str, always: bool = False) -> None:
         if always or not args.quiet:

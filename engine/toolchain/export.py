@@ -299,14 +299,64 @@ def save_onnx(model, path) -> Path:
 
 
 def main(args) -> int:
-    """`srtrt export`: -o/--output, --model, --precision, --fused, --polyphase, --opset."""
+    """`srtrt export`: -o/--output, --model, --precision, --fused, --polyphase, --opset, --allow-noncommercial."""
     import srtrt
 
-    view = srtrt.load_model(args.model)
-    path = export_onnx(view, args.output, precision=args.precision, fused=args.fused, opset=args.opset,
-                       polyphase=args.polyphase)
+    view = srtrt.load_model(args.model, getattr(args, "allow_noncommercial", False))
+    community = getattr(view, "source", None) is not None  # a community model file (nets.CommunityView)
+    if community:
+        polyphase = _community_export_checks(view, args)
+        path = Path(args.output)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SrtrtError(f"cannot write ({e.strerror or e})", path) from None
+        export_community_view(view, path, args.precision, polyphase)
+    else:
+        polyphase = args.polyphase
+        path = export_onnx(view, args.output, precision=args.precision, fused=args.fused, opset=args.opset,
+                           polyphase=polyphase)
     size = path.stat().st_size
     size_text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
-    form = (", fused" if args.fused else "") + (", polyphase" if args.polyphase else "")
-    print(f"wrote {path} ({args.precision}{form}, x{view.scale}, radius {view.radius}, {size_text})")
+    form = (", fused" if args.fused else "") + (", polyphase" if polyphase else "")
+    if community:
+        what = f"{view.facts.architecture}, x{view.scale}, {'grey' if view.facts.channels == 1 else 'RGB'}, " \
+               f"tile margin {view.radius}"
+    else:
+        what = f"x{view.scale}, radius {view.radius}"
+    print(f"wrote {path} ({args.precision}{form}, {what}, {size_text})")
     return 0
+
+
+def export_community_view(view, path: Path, precision: str, polyphase: bool = False) -> Path:
+    """A community model (nets.CommunityView) to ONNX at `path`: `srtrt export` and `srtrt build`.
+    In a child process, torch.export first, then the TorchScript tracer: some architectures (SPAN)
+    crash torch.export with a signal, which would take this process down."""
+    from srtrt.engine.toolchain.export_isolated import export_community
+
+    return export_community(view, path, precision, polyphase)
+
+
+def _community_export_checks(view, args) -> bool:
+    """Refuse, in one line, what a community model's export cannot honour; returns whether the
+    polyphase rewrite applies (it never changes a community network: say so, export it as it is)."""
+    from srtrt import registry
+
+    arch, name = registry.of(view.generator), view.facts.architecture
+    if args.fused and not arch.upsample_steps(view.generator):
+        raise SrtrtError(f"--fused: a {name} model has no conv -> PixelShuffle -> PReLU steps registered to fuse "
+                         "(srtrt's own networks have); export without --fused")
+    if args.precision == "int8":
+        raise SrtrtError("--precision int8 needs an int8 calibration in an srtrt checkpoint's sidecar; "
+                         f"a {name} model exports fp32 or fp16")
+    if args.precision == "fp16" and not view.facts.half:
+        raise SrtrtError(f"--precision fp16: spandrel marks {name} as unsafe in fp16; export fp32")
+    if args.opset is not None:  # export_isolated's child picks the opset (torch's default, TorchScript's 17)
+        raise SrtrtError("--opset is not supported for community models yet; leave it out")
+    if args.polyphase and not arch.rewrites_tail:
+        import sys
+
+        print(f"srtrt: --polyphase changes nothing in a {name} model (no sub-pixel tail to rewrite): "
+              "exported as it is", file=sys.stderr)
+        return False
+    return args.polyphase

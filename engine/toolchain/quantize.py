@@ -155,7 +155,10 @@ def main(args) -> int:
     import srtrt
     from srtrt import checkpoint
 
-    view = srtrt.load_model(args.model)
+    view = srtrt.load_model(args.model, getattr(args, "allow_noncommercial", False))
+    if getattr(view, "source", None) is not None:  # a community file: no int8 convs registered, no sidecar to keep ranges
+        raise SrtrtError(f"int8 calibration is for srtrt's own checkpoints; a {view.facts.architecture} model "
+                         "file has no int8 path (run it in fp32, bf16 or fp16)", args.model)
     record = calibrate(view, lr_photos(args.photos, view.scale, args.images or DEFAULT_IMAGES), source=Path(args.photos).name)
     sidecar = checkpoint.update_meta(args.model, "int8_calibration", record)
     print(f"calibrated {len(record['ranges'])} convs on {record['images']} photos of {args.photos}: {sidecar}")

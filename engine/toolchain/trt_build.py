@@ -189,6 +189,12 @@ def onnx_io(model) -> dict:
     return {"inputs": side(model.graph.input), "outputs": side(model.graph.output)}
 
 
+def onnx_channels(model) -> int:
+    """The graph input's channel count (dim 1), 3 where it is symbolic (srtrt's exports fix it)."""
+    dim = model.graph.input[0].type.tensor_type.shape.dim
+    return int(dim[1].dim_value) if len(dim) == 4 and dim[1].dim_value > 0 else 3
+
+
 def plugin_mode(model) -> str:
     """none (no plugin nodes), jit or aot (every node says so), or unset (missing or mixed `aot`)."""
     from onnx import helper
@@ -240,12 +246,15 @@ def view_facts(view, model: str | None, precision: str, plugin: str) -> dict:
     from srtrt.engine.toolchain.export import state_dict_sha256
 
     sha = getattr(view, "checkpoint_sha256", "") or state_dict_sha256(view)  # as export_onnx records it
+    facts = view.facts  # registry.ModelFacts: a community model may be grey or need sides of a multiple
     return {"sha256": sha, "precision": precision, "plugin": plugin, "scale": view.scale,
-            "radius": view.radius, "source": str(model) if model else "embedded default model"}
+            "radius": view.radius, "source": str(model) if model else "embedded default model",
+            "channels": facts.channels, "minimum": facts.minimum, "multiple_of": facts.multiple_of}
 
 
 def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | None = None,
-                 precision: str = "fp16", plugin: str = "aot", view=None) -> tuple[Path, dict]:
+                 precision: str = "fp16", plugin: str = "aot", view=None,
+                 allow_noncommercial: bool = False) -> tuple[Path, dict]:
     """The ONNX the builder gets, written under `workdir`, and facts about it.
 
     From a checkpoint (`model`, None = the embedded one; or an already loaded `view`): exported
@@ -253,8 +262,10 @@ def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | No
     From `onnx_path`: loaded through onnx_io.load_onnx (external data outside the file's folder
     is refused before anything reads it) and taken as it is, except that plugin nodes without
     an `aot` choice get `plugin`, and `plugin == "none"` turns fused nodes back into
-    DepthToSpace + PRelu. Returns (path, {"sha256", "precision", "plugin", "scale", "radius",
-    "source", "io"}).
+    DepthToSpace + PRelu. A community model file (`allow_noncommercial`: as srtrt.load_model takes
+    it) is exported as it is (export.export_community_view); it has nothing to fuse, so `plugin`
+    must be "none". Returns (path, {"sha256", "precision", "plugin", "scale", "radius", "source",
+    "channels", "io"}; from a checkpoint also "minimum" and "multiple_of").
     """
     from srtrt.engine.toolchain.export import save_onnx, unfuse_pixel_shuffle_prelu
     from srtrt.engine.toolchain.onnx_io import load_onnx, metadata
@@ -280,14 +291,22 @@ def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | No
             mode = plugin
         path = save_onnx(m, workdir / src.name)
         facts = {"sha256": sha, "precision": got, "plugin": mode, "scale": int(meta.get("scale", 4)),
-                 "radius": meta.get("radius"), "source": str(src.resolve())}
+                 "radius": meta.get("radius"), "source": str(src.resolve()), "channels": onnx_channels(m)}
     else:
         import srtrt
         from srtrt.engine.toolchain.export import export_onnx
 
-        view = view if view is not None else srtrt.load_model(model)
-        path = export_onnx(view, workdir / "model.onnx", precision=precision, fused=plugin != "none",
-                           aot=plugin == "aot")
+        view = view if view is not None else srtrt.load_model(model, allow_noncommercial)
+        if getattr(view, "source", None) is not None:  # a community model file: nothing to fuse
+            from srtrt.engine.toolchain.export import export_community_view
+
+            if plugin != "none":
+                raise SrtrtError(f"a {view.facts.architecture} model has no steps for the {fused_op.NAME} plugin: "
+                                 "build with --no-plugin")
+            path = export_community_view(view, workdir / "model.onnx", precision)
+        else:
+            path = export_onnx(view, workdir / "model.onnx", precision=precision, fused=plugin != "none",
+                               aot=plugin == "aot")
         m = load_onnx(path)
         if plugin != "none" and plugin_mode(m) != plugin:
             raise SrtrtError(f"the fused export does not have {fused_op.NAME} nodes with aot={int(plugin == 'aot')}",
@@ -491,13 +510,15 @@ def _where(flavour: Flavour, trt, cc) -> tuple[dict, list]:
 def build(*, model: str | None = None, onnx_path: str | None = None, precision: str = "fp16",
           tile: int | None = None, margin: int | None = None, max_batch: int = DEFAULT_BATCH, opt_level: int = 3,
           plugin: str = "aot", output: str | None = None, progress: bool = True, out=None,
-          tensorrt: str = "auto", cc: str | None = None) -> tuple[Path, EngineKey]:
+          tensorrt: str = "auto", cc: str | None = None, allow_noncommercial: bool = False) -> tuple[Path, EngineKey]:
     """Build an engine (or find it already built in the cache); put it at `output` too when given.
 
     `tensorrt`: trt, rtx or auto (TensorRT where it imports, else TensorRT-RTX). `cc`: the
     TensorRT-RTX targets ("8.6,8.9"; None = its portable set; "current" = the visible GPU).
     `plugin`: "aot" (default), "jit" or "none" (stock DepthToSpace + PRelu layers; also what a
-    flavour without a plugin module gets). Returns (cached plan path, key).
+    flavour without a plugin module gets). A community model file (`allow_noncommercial` as
+    srtrt.load_model takes it) is built without the plugin (it has no PixelShuffle + PReLU steps),
+    for its channels and with windows of the side multiple it needs. Returns (cached plan path, key).
     """
     import srtrt
 
@@ -509,14 +530,16 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
     max_batch = _checked("max-batch", int(max_batch), 1)
     opt_level = _checked("opt-level", int(opt_level), 0, 5)
     where, targets = _where(flavour, trt, cc)
-    unfused = plugin_unavailable(flavour) if plugin != "none" else None
-    if unfused:
-        plugin = "none"
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="srtrt-build-") as tmp:
         view, path = None, None
-        if onnx_path is None:  # the key is known before the (slow) export
-            view = srtrt.load_model(model)
+        if onnx_path is None:
+            view = srtrt.load_model(model, allow_noncommercial)
+            plugin = _model_checks(view, precision, plugin, out)
+        unfused = plugin_unavailable(flavour) if plugin != "none" else None
+        if unfused:
+            plugin = "none"
+        if view is not None:  # the key is known before the (slow) export
             facts = view_facts(view, model, precision, plugin)
         else:
             path, facts = prepare_onnx(Path(tmp), onnx_path=onnx_path, precision=precision, plugin=plugin)
@@ -525,7 +548,12 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
             raise SrtrtError("the ONNX has no receptive-field radius in its metadata: pass --margin", onnx_path)
         margin = _checked("margin", int(radius if margin is None else margin), 0)
         core = _checked("tile", int(DEFAULT_CORE if tile is None else tile), 1)
-        profile = profile_for(core + 2 * margin, max_batch)
+        # The runtime rounds each window side up to the model's `multiple_of` (engine/datapath/tiles.py)
+        # and never sends one below its minimum side: the profile must take exactly those shapes.
+        step = facts.get("multiple_of", 1)
+        window = -(-(core + 2 * margin) // step) * step
+        min_side = -(-max(facts.get("minimum", 1), step) // step) * step
+        profile = profile_for(window, max_batch, channels=facts["channels"], min_side=min_side)
         key = EngineKey(model_sha256=facts["sha256"], precision=facts["precision"], profile=profile,
                         plugin=facts["plugin"], margin=margin, flavour=flavour.key, trt_version=version, **where)
         cached = _cached(key, out)
@@ -540,18 +568,35 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
         print(f"building a {key.label} engine for {key.gpu}: {key.precision}, plugin {key.plugin}, {profile}, "
               f"margin {margin}", file=out, flush=True)
         if path is None:
-            path, facts = prepare_onnx(Path(tmp), model=model, precision=precision, plugin=plugin, view=view)
+            path, facts = prepare_onnx(Path(tmp), model=model, precision=precision, plugin=plugin, view=view,
+                                       allow_noncommercial=allow_noncommercial)
         timing = (engine_cache.timing_cache_path(where["gpu_name"], where["compute_capabilities"][0], version)
                   if flavour.key == "trt" else None)
         plan = build_serialized(path, profile, flavour=flavour, targets=targets, opt_level=opt_level,
                                 timing_cache=timing, progress=progress, out=out)
-    info = {"scale": facts["scale"], "radius": radius, "io": facts["io"], "source": facts["source"],
-            "opt_level": opt_level, "build_seconds": round(time.monotonic() - started, 1),
+    info = {"scale": facts["scale"], "radius": radius, "channels": facts["channels"], "io": facts["io"],
+            "source": facts["source"], "opt_level": opt_level, "build_seconds": round(time.monotonic() - started, 1),
             "srtrt_version": srtrt.__version__}
     cached = engine_cache.store(key, plan, info)
     if output:
         engine_cache.write_plan(Path(output), key, plan, info)
     return cached, key
+
+
+def _model_checks(view, precision: str, plugin: str, out) -> str:
+    """The plugin mode a loaded model gets: "none" where it has no conv -> PixelShuffle -> PReLU
+    steps (every community model: the plugin is for srtrt's own networks), said in one note.
+    An fp16 build of a model spandrel marks unsafe in fp16 is refused in one line."""
+    from srtrt import registry
+
+    name = view.facts.architecture
+    if precision == "fp16" and not view.facts.half:
+        raise SrtrtError(f"--precision fp16: spandrel marks {name} as unsafe in fp16; build with --precision fp32")
+    if plugin != "none" and not registry.of(view.generator).upsample_steps(view.generator):
+        print(f"a {name} model has no conv -> PixelShuffle -> PReLU steps for the {fused_op.NAME} plugin: "
+              "building without it", file=out, flush=True)
+        return "none"
+    return plugin
 
 
 def _cached(key: EngineKey, out) -> Path | None:
@@ -576,7 +621,8 @@ def main(args) -> int:
     started = time.monotonic()
     path, key = build(model=args.model, onnx_path=args.onnx, precision=args.precision, tile=args.tile,
                       margin=args.margin, max_batch=args.max_batch, opt_level=args.opt_level, plugin=plugin,
-                      output=args.output, tensorrt=getattr(args, "tensorrt", "auto"), cc=getattr(args, "cc", None))
+                      output=args.output, tensorrt=getattr(args, "tensorrt", "auto"), cc=getattr(args, "cc", None),
+                      allow_noncommercial=getattr(args, "allow_noncommercial", False))
     size = path.stat().st_size / 2**20
     print(f"{path} ({size:.1f} MiB, {time.monotonic() - started:.0f} s): {key.precision}, plugin {key.plugin}, "
           f"{key.profile}, margin {key.margin}, {key.gpu}, {key.label}")

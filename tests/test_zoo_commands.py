@@ -1,0 +1,326 @@
+"""`--model COMMUNITY_FILE` in every command besides `srtrt run`: export (ONNX equal to torch fp32),
+build (a TensorRT-RTX plan for a grey model, no GPU needed), eval and compare (the model's own
+scale, channels and size multiple), calibrate (one line: no int8 path), `run --ray` (the driver
+and its actors, on a stand-in Ray), and --allow-noncommercial reaching the loader.
+
+Models are spandrel's own architecture classes with small configs and random weights."""
+from __future__ import annotations
+
+import io
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+pytest.importorskip("spandrel")
+
+from spandrel.architectures.Compact import Compact  # noqa: E402
+from spandrel.architectures.ESRGAN import ESRGAN  # noqa: E402
+
+import srtrt  # noqa: E402
+from srtrt.cli import main, parser  # noqa: E402
+
+from conftest import smooth_image  # noqa: E402
+
+MODELS = {
+    "c4": lambda: Compact(num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=4, upscale=4),
+    "c2": lambda: Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2),
+    "grey": lambda: Compact(num_in_ch=1, num_out_ch=1, num_feat=8, num_conv=2, upscale=2),
+    # Real-ESRGAN x2's form: pixel-unshuffle, then an x4 body; LR sides must be multiples of 4.
+    "rrdb_x2": lambda: ESRGAN(in_nc=12, out_nc=3, num_filters=8, num_blocks=1, scale=4, shuffle_factor=2),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def own_cache(tmp_path_factory):
+    """Measurements, exports and engines land in this module's own cache, never the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SRTRT_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("zoo")
+    paths = {}
+    for name, make in MODELS.items():
+        torch.manual_seed(0)
+        net = make().eval()
+        with torch.no_grad():
+            for p in net.parameters():
+                p.mul_(0.5)  # keeps random outputs inside [0, 1] more often than not
+        paths[name] = folder / f"{name}.safetensors"
+        save_file({k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}, str(paths[name]))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Two small HR photos whose sides are not multiples of 8 (x2 times the unshuffle model's 4)."""
+    folder = tmp_path_factory.mktemp("hr")
+    for i, (h, w) in enumerate([(46, 50), (42, 54)]):
+        Image.fromarray(smooth_image(h, w, seed=i)).save(folder / f"p{i}.png")
+    return folder
+
+
+def one_line_exit_2(capsys, argv) -> str:
+    rc = main(list(map(str, argv)))
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("srtrt: "), captured.err
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# srtrt export
+
+
+def test_export_writes_a_graph_equal_to_torch_fp32_and_says_polyphase_is_a_no_op(files, tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from srtrt.engine.toolchain.onnx_io import metadata
+
+    out = tmp_path / "out" / "c4.onnx"
+    assert main(["export", "-o", str(out), "--model", str(files["c4"]), "--polyphase"]) == 0
+    captured = capsys.readouterr()
+    (line,) = captured.out.strip().splitlines()
+    assert line.startswith(f"wrote {out} (fp32, Compact, x4, RGB, tile margin ") and ", polyphase" not in line
+    assert "--polyphase changes nothing in a Compact model" in captured.err
+    view = srtrt.load_model(files["c4"])
+    meta = metadata(out)
+    assert (meta["model_sha256"], meta["scale"], meta["radius"]) == (view.checkpoint_sha256, 4, view.radius)
+    assert (meta["precision"], meta["fused"], meta["polyphase"]) == ("fp32", False, False)  # as exported, honestly
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for shape in [(1, 3, 16, 20), (2, 3, 9, 13)]:  # dynamic batch, height and width
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape)))
+        (got,) = session.run(["sr"], {"lr": x.numpy()})
+        with torch.no_grad():
+            want = view(x).numpy()
+        assert got.shape == want.shape == (shape[0], 3, shape[2] * 4, shape[3] * 4)
+        assert np.abs(got - want).max() < 1e-4
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--fused"], "--fused: a Compact model has no conv -> PixelShuffle -> PReLU steps"),
+    (["--precision", "int8"], "--precision int8 needs an int8 calibration in an srtrt checkpoint's sidecar"),
+    (["--opset", "18"], "--opset is not supported for community models"),
+])
+def test_export_options_a_community_model_cannot_honour_are_one_line(files, tmp_path, capsys, flags, says):
+    out = tmp_path / "m.onnx"
+    line = one_line_exit_2(capsys, ["export", "-o", out, "--model", files["c2"], *flags])
+    assert says in line
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# srtrt build --tensorrt rtx
+
+
+def test_build_a_tensorrt_rtx_plan_for_a_grey_model_without_a_gpu(files, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("tensorrt_rtx")
+    pytest.importorskip("onnxscript")
+    from srtrt.engine.toolchain import engine_cache
+
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))  # the engine cache starts empty
+    view = srtrt.load_model(files["grey"])
+    rc = main(["build", "--tensorrt", "rtx", "--model", str(files["grey"]), "--tile", "16", "--max-batch", "2"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "a Compact model has no conv -> PixelShuffle -> PReLU steps for the PixelShufflePReLU plugin: " \
+           "building without it" in captured.err
+    (plan,) = engine_cache.cache_dir().glob("*.plan")
+    doc = json.loads(plan.with_suffix(".json").read_text())
+    side = 16 + 2 * view.radius
+    assert doc["key"]["model_sha256"] == view.checkpoint_sha256 and doc["key"]["plugin"] == "none"
+    assert doc["key"]["margin"] == view.radius
+    assert doc["key"]["profile"] == {"min": [1, 1, 1, 1], "opt": [2, 1, side, side], "max": [2, 1, side, side]}
+    assert (doc["scale"], doc["radius"], doc["channels"]) == (2, view.radius, 1)
+    assert doc["io"] == {"inputs": {"lr": "FLOAT16"}, "outputs": {"sr": "FLOAT16"}}
+    assert engine_cache.validate(plan)["key"].model_sha256 == view.checkpoint_sha256
+
+
+# ---------------------------------------------------------------------------------------------
+# srtrt eval and srtrt compare
+
+
+def test_eval_scores_rgb_grey_and_unshuffle_models_at_their_scale(files, photos, capsys):
+    from srtrt.train.evaluate import super_resolve
+
+    argv = ["eval", str(photos), "--json"] + [a for name in ("c2", "grey", "rrdb_x2") for a in ("--model", str(files[name]))]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)[photos.name]
+    assert list(result["models"]) == ["c2", "grey", "rrdb_x2"] and len(result["images"]) == 2
+    for scores in result["models"].values():
+        assert all(np.isfinite(v) for v in scores.values())
+
+    lr = Image.fromarray(smooth_image(20, 24, seed=3))
+    grey = super_resolve(srtrt.load_model(files["grey"]), lr)
+    assert grey.shape == (40, 48, 3) and (grey == grey[..., :1]).all()  # a grey model is scored as grey
+    assert not (super_resolve(srtrt.load_model(files["c2"]), lr) == grey).all()
+
+    line = one_line_exit_2(capsys, ["eval", str(photos), "--model", files["c2"], "--scale", "4"])
+    assert "--scale 4 does not match the model's scale x2" in line
+
+
+def test_compare_crops_equal_whole_image_runs_and_a_grey_model_shows_grey(files, photos, tmp_path, capsys):
+    from srtrt.train.compare import compare_panels, model_crop
+    from srtrt.train.degrade import bicubic_downscale
+    from srtrt.train.evaluate import read_hr, super_resolve
+
+    for name in ("c2", "rrdb_x2"):  # exact tiles: the crop's window gives the whole-image pixels
+        view = srtrt.load_model(files[name])
+        assert view.facts.exact
+        lr = bicubic_downscale(read_hr(photos / "p0.png", 2, 4), 2)
+        whole = super_resolve(view, lr)
+        for box in [(2, 6, 18, 22), (30, 10, 48, 30)]:
+            x0, y0, x1, y1 = box
+            np.testing.assert_array_equal(model_crop(view, lr, box, 2), whole[y0:y1, x0:x1])
+
+    models = {name: srtrt.load_model(files[name]) for name in ("c2", "grey", "rrdb_x2")}
+    panels = compare_panels(photos / "p1.png", models, crop=32)
+    assert [p.title for p in panels] == ["LR", "bicubic", "c2", "grey", "rrdb_x2", "HR"]
+    assert {p.pixels.shape for p in panels} == {(32, 32, 3)}
+    assert (panels[3].pixels == panels[3].pixels[..., :1]).all() and not (panels[2].pixels == panels[2].pixels[..., :1]).all()
+
+    out = tmp_path / "sheet.png"
+    assert main(["compare", str(photos / "p1.png"), "-o", str(out), "--model", str(files["grey"]), "--crop", "32"]) == 0
+    assert capsys.readouterr().out.strip() == str(out) and Image.open(out).size[1] > 32
+
+
+# ---------------------------------------------------------------------------------------------
+# srtrt calibrate
+
+
+def test_calibrate_refuses_a_community_model_in_one_line_and_writes_nothing(files, photos, capsys):
+    before = sorted(p.name for p in files["c2"].parent.iterdir())
+    line = one_line_exit_2(capsys, ["calibrate", photos, "--model", files["c2"]])
+    assert line == (f"srtrt: {files['c2']}: int8 calibration is for srtrt's own checkpoints; a Compact model file "
+                    "has no int8 path (run it in fp32, bf16 or fp16)")
+    assert sorted(p.name for p in files["c2"].parent.iterdir()) == before  # no sidecar: it stays a community file
+
+
+# ---------------------------------------------------------------------------------------------
+# srtrt run --ray: the driver and its actors, on a stand-in for Ray that runs the actor in this process
+
+
+class _Dataset:
+    made: list = []
+
+    def __init__(self, items):
+        self.items = items
+
+    def map_batches(self, fn, fn_constructor_args=(), **kwargs):
+        self.fn, self.args = fn, fn_constructor_args
+        _Dataset.made.append(self)
+        return self
+
+    def iter_rows(self):
+        actor = self.fn(*self.args)
+        for item in self.items:
+            rows = actor({k: [v] for k, v in item.items()})
+            yield {k: v[0] for k, v in rows.items()}
+
+
+def _stand_in_ray():
+    data = types.ModuleType("ray.data")
+    data.from_items = _Dataset
+    data.ActorPoolStrategy = lambda size: ("pool", size)
+    data.DataContext = types.SimpleNamespace(get_current=lambda: types.SimpleNamespace(enable_progress_bars=False))
+    ray = types.ModuleType("ray")
+    ray.__version__, ray.data = "2.60.0", data
+    ray.is_initialized = lambda: True  # a cluster "already connected": nothing to start or shut down
+    ray.cluster_resources = lambda: {"CPU": 1}
+    return ray, data
+
+
+def test_ray_actors_get_the_community_model_and_outputs_carry_its_scale(files, tmp_path, capsys, monkeypatch):
+    ray, data = _stand_in_ray()
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    monkeypatch.setitem(sys.modules, "ray.data", data)
+    _Dataset.made.clear()
+    for i in range(2):
+        Image.fromarray(smooth_image(12, 16, seed=i)).save(tmp_path / f"in{i}.png")
+    out = tmp_path / "out"
+    code = main(["run", str(tmp_path / "in0.png"), str(tmp_path / "in1.png"), "-o", str(out), "--model",
+                 str(files["c2"]), "--backend", "torch", "--precision", "fp32", "--allow-noncommercial", "--ray"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    (dataset,) = _Dataset.made
+    (options,) = dataset.args
+    assert (options.model, options.allow_noncommercial, options.device) == (str(files["c2"]), True, "cpu")
+    assert sorted(p.name for p in out.iterdir()) == ["in0_x2.png", "in1_x2.png"]
+    assert Image.open(out / "in0_x2.png").size == (32, 24)
+    assert "srtrt: 2 done, 0 skipped, 0 failed" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# --allow-noncommercial
+
+
+def test_every_model_command_takes_allow_noncommercial():
+    commands = {"run": ["x"], "eval": ["d"], "compare": ["i", "-o", "o"], "calibrate": ["p"], "export": ["-o", "o"],
+                "build": []}
+    for command, rest in commands.items():
+        args = parser().parse_args([command, *rest, "--allow-noncommercial"])
+        assert args.allow_noncommercial is True
+        assert parser().parse_args([command, *rest]).allow_noncommercial is False
+
+
+def test_allow_noncommercial_reaches_the_loader_from_upscale_eval_and_calibrate(files, photos, monkeypatch, capsys):
+    from srtrt.engine.batch import api
+
+    real, seen = srtrt.load_model, []
+
+    def recording(model=None, allow_noncommercial=False):
+        seen.append((model, allow_noncommercial))
+        return real(model, allow_noncommercial)
+
+    monkeypatch.setattr(srtrt, "load_model", recording)
+    image = Image.fromarray(smooth_image(10, 12))
+    try:
+        out = srtrt.upscale(image, model=str(files["c2"]), backend="torch", precision="fp32", allow_noncommercial=True)
+    finally:
+        api.close()
+    assert out.size == (24, 20) and seen[-1] == (str(files["c2"]), True)
+    assert main(["eval", str(photos), "--model", str(files["c2"]), "--allow-noncommercial", "--json"]) == 0
+    assert seen[-1] == (str(files["c2"]), True)
+    main(["calibrate", str(photos), "--model", str(files["c2"]), "--allow-noncommercial"])
+    assert seen[-1] == (str(files["c2"]), True)
+    capsys.readouterr()
+
+
+def test_build_refuses_fp16_for_a_model_spandrel_marks_unsafe_in_fp16(files, capsys, monkeypatch):
+    pytest.importorskip("tensorrt_rtx")
+    from dataclasses import replace
+
+    from srtrt.engine.toolchain import trt_build
+
+    view = srtrt.load_model(files["c2"])
+    view.facts = replace(view.facts, half=False)  # as spandrel says of SwinIR, RCAN, ...
+    monkeypatch.setattr(srtrt, "load_model", lambda model=None, allow_noncommercial=False: view)
+    with pytest.raises(srtrt.SrtrtError, match="--precision fp16: spandrel marks Compact as unsafe in fp16; "
+                                               "build with --precision fp32"):
+        trt_build.build(model=str(files["c2"]), tensorrt="rtx", out=io.StringIO())
+
+
+@pytest.mark.slow
+def test_ray_run_on_a_local_cluster(files, tmp_path, capsys):
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    for i in range(2):
+        Image.fromarray(smooth_image(12, 16, seed=i)).save(tmp_path / f"in{i}.png")
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    try:
+        code = main(["run", str(tmp_path / "in0.png"), str(tmp_path / "in1.png"), "-o", str(tmp_path / "out"),
+                     "--model", str(files["grey"]), "--backend", "torch", "--precision", "fp32", "--ray", "-q"])
+    finally:
+        ray.shutdown()
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["in0_x2.png", "in1_x2.png"]
