@@ -91,7 +91,8 @@ def resolve(model: str | os.PathLike | None) -> Path:
         return weights
     weights, sidecar = _paths(model)
     if not weights.is_file() and not sidecar.is_file():
-        raise SrtrtError("checkpoint file not found (a checkpoint is NAME.safetensors + NAME.json; "
+        raise SrtrtError("checkpoint file not found (a checkpoint is NAME.safetensors + NAME.json, a community "
+                         "model one .safetensors/.pth/.ckpt/.pt file; "
                          f"embedded models: {', '.join(embedded_models()) or 'none installed'})", model)
     return weights
 

@@ -34,7 +34,8 @@ MEASURE_CORE = 32           # small cores: many seams per reference image, so th
 
 
 def is_community_file(model) -> bool:
-    return isinstance(model, (str, os.PathLike)) and community.is_community_file(model)
+    """An existing model file without an srtrt sidecar; a missing one is reported by srtrt.checkpoint."""
+    return isinstance(model, (str, os.PathLike)) and Path(model).is_file() and community.is_community_file(model)
 
 
 def load_view(path, allow_noncommercial: bool = False) -> CommunityView:
