@@ -16,6 +16,7 @@ from spandrel.architectures.Compact import Compact  # noqa: E402
 from spandrel.architectures.ESRGAN import ESRGAN  # noqa: E402
 from spandrel.architectures.RCAN import RCAN  # noqa: E402
 from spandrel.architectures.SPAN import SPAN  # noqa: E402
+from spandrel.architectures.SwinIR import SwinIR  # noqa: E402
 
 import srtrt  # noqa: E402
 from srtrt import zoo  # noqa: E402
@@ -34,6 +35,8 @@ MODELS = {
     # a field of 19 LR pixels, beyond the affordable margin the test sets (a 23-block one reaches ~349)
     "rrdb_deep": lambda: ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=2),
     "rcan": lambda: RCAN(scale=2, n_resgroups=1, n_resblocks=1, n_feats=16, reduction=4),
+    "swinir": lambda: SwinIR(img_size=32, in_chans=3, embed_dim=12, depths=[2], num_heads=[2], window_size=8,
+                             upscale=2, upsampler="pixelshuffledirect"),
 }
 
 
@@ -155,6 +158,22 @@ def test_span_exports_through_the_fallback_and_runs_on_openvino(model_files):
     reference = TorchBackend(view, "cpu", "fp32").infer(x)
     with create_backend("openvino", precision="fp32", view=view).backend as ov:
         assert (ov.infer(x) - reference).abs().max() <= 1e-4
+
+
+def test_a_graph_that_only_holds_its_traced_size_is_refused_and_auto_runs_torch(model_files):
+    """SwinIR's export bakes its window partition for the traced size: the export's check at another
+    size refuses it in one line (both exporters), and auto takes torch instead of a wrong graph."""
+    pytest.importorskip("openvino")
+    from srtrt.engine.backends import create_backend
+    from srtrt.errors import SrtrtError
+
+    view = srtrt.load_model(model_files["swinir"])
+    with pytest.raises(SrtrtError) as refused:
+        create_backend("openvino", precision="fp32", view=view)
+    assert "SwinIR does not export to ONNX" in str(refused.value) and "\n" not in str(refused.value)
+    selection = create_backend("auto", view=view)
+    assert selection.backend.name == "torch" and "does not export" in selection.reason
+    selection.backend.close()
 
 
 def test_run_names_the_output_by_scale_and_says_how_exact(model_files, tmp_path, capsys):

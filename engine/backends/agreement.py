@@ -64,6 +64,8 @@ def agreement_judge(view, make_backend):
             value = measured_agreement(view, backend, precision, lambda: make_backend(backend, precision))
         except SrtrtError as e:  # the path cannot run this model at all (an export that fails)
             return False, str(e)
+        except Exception as e:  # a network that breaks in this precision (dtype mixes in its forward) fails the guard
+            return False, f"{precision} fails on this model ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
         ok = value >= AGREEMENT_DB
         return ok, (f"{precision} agrees with this model's fp32 output to {value:.1f} dB on reference content "
                     f"({'at or above' if ok else 'below'} the {AGREEMENT_DB:.0f} dB guard; measured once, cached)")

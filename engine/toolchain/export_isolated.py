@@ -21,8 +21,14 @@ from srtrt.errors import SrtrtError
 TIMEOUT_S = 900  # a 23-block RRDBNet exports in about a minute on 2 cores
 
 
+_failed: dict[tuple, str] = {}  # (weights, precision, polyphase) -> why, so one process tries each once
+
+
 def export_community(view, path: Path, precision: str, polyphase: bool) -> Path:
     """Export `view` (a nets.CommunityView loaded from `view.source`) to `path`; one line if no exporter can."""
+    key = (view.checkpoint_sha256, precision, polyphase)
+    if key in _failed:
+        raise SrtrtError(_failed[key], view.source)
     failures = []
     for exporter in ("dynamo", "torchscript"):
         command = [sys.executable, "-m", __name__, str(view.source), str(path), precision, str(int(polyphase)), exporter,
@@ -35,7 +41,8 @@ def export_community(view, path: Path, precision: str, polyphase: bool) -> Path:
         if done.returncode == 0 and path.is_file():
             return path
         failures.append(f"{exporter}: {_cause(done)}")
-    raise SrtrtError(f"{view.facts.architecture} does not export to ONNX ({'; '.join(failures)})", view.source)
+    _failed[key] = f"{view.facts.architecture} does not export to ONNX ({'; '.join(failures)})"
+    raise SrtrtError(_failed[key], view.source)
 
 
 def _cause(done: subprocess.CompletedProcess) -> str:
