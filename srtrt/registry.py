@@ -136,18 +136,20 @@ ARCHITECTURES: dict[str, Architecture] = {
         int8_convs=_srresnet_int8_convs,
         upsample_steps=_srresnet_upsample_steps,
     ),
-    "community": Architecture(
-        name="community",
-        network=nn.Module,
-        make_config=lambda d: None,
-        radius=lambda config: None,
-        fold_batchnorm=Unchanged.module,
-        polyphase_tail=Unchanged.module,
-        int8_convs=Unchanged.nothing,
-        upsample_steps=Unchanged.nothing,
-    ),
 }
 
+# Community networks (spandrel's classes): not a checkpoint architecture (`get` never returns it),
+# the entry `of` gives their modules so the backends' rewrites leave them as they are.
+COMMUNITY = Architecture(
+    name="community",
+    network=nn.Module,
+    make_config=lambda d: None,
+    radius=lambda config: None,
+    fold_batchnorm=Unchanged.module,
+    polyphase_tail=Unchanged.module,
+    int8_convs=Unchanged.nothing,
+    upsample_steps=Unchanged.nothing,
+)
 COMMUNITY_MODULES = ("spandrel", "srtrt.community")  # where community network classes (and their wrapper) live
 
 
@@ -164,13 +166,8 @@ def of(generator: nn.Module) -> Architecture:
         if type(generator) is arch.network:
             return arch
     if type(generator).__module__.startswith(COMMUNITY_MODULES):
-        return ARCHITECTURES["community"]
+        return COMMUNITY
     raise KeyError(f"{type(generator).__name__} is not a registered architecture")
-
-
-def facts(view: nn.Module) -> ModelFacts:
-    """The facts of a loaded model's view (nets.InferenceView or nets.CommunityView)."""
-    return view.facts
 
 
 def inference_view(generator: nn.Module) -> InferenceView:
