@@ -46,6 +46,7 @@ def cpu_info() -> dict:
     return {
         "kind": "cpu",
         "name": hardware.cpu_model(),
+        "generation": hardware.cpu_generation(),
         "flags": [f for f in CPU_FLAGS if f in flags],
         "cores": hardware.usable_cpus(),
         "torch_threads": torch.get_num_threads(),
@@ -90,13 +91,17 @@ def describe(info: dict | None = None) -> str:
     if info["kind"] == "cuda":
         return f"{info['name']} (sm {info['compute_capability']}, driver {info['driver']})"
     flags = ", ".join(info["flags"]) or "no AVX-512"
-    return f"{info['name']} ({info['cores']} cores; {flags})"
+    generation = f"{info['generation']}, " if info.get("generation") else ""
+    return f"{info['name']} ({generation}{info['cores']} cores; {flags})"
 
 
 def slug(info: dict | None = None) -> str:
-    """A file-name-safe device name: 'cuda-nvidia-h200', 'cpu-amd-epyc-2c'."""
+    """A file-name-safe device name: 'cuda-nvidia-h200', 'cpu-amd-epyc-f25m17-2c' (the CPU's family and
+    model tell generations apart that share a model name)."""
     info = info or device_info()
     name = re.sub(r"[^a-z0-9]+", "-", info["name"].lower()).strip("-")
+    if info["kind"] != "cuda" and info.get("generation"):
+        name += "-f{}m{}".format(*re.findall(r"\d+", info["generation"])[:2])
     return f"cuda-{name}" if info["kind"] == "cuda" else f"cpu-{name}-{info['cores']}c"
 
 

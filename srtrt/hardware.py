@@ -32,6 +32,12 @@ def cpu_model() -> str:
     return _field("model name") or platform.processor() or "unknown CPU"
 
 
+def cpu_generation() -> str:
+    """'family F model M' from /proc/cpuinfo: one model name ("AMD EPYC") covers several generations."""
+    family, model = _field("cpu family"), _field("model")
+    return f"family {family} model {model}" if family and model else ""
+
+
 def cpu_has_fast_bf16() -> bool:
     return any(f in cpu_flags() for f in FAST_BF16_FLAGS)
 

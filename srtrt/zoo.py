@@ -50,7 +50,9 @@ def load_view(path, allow_noncommercial: bool = False) -> CommunityView:
         tiling = receptive_field.cached("tiling", model.sha256, lambda: measure_tiling(model))
     facts = ModelFacts(
         architecture=model.architecture_id, scale=model.scale, channels=model.input_channels,
-        feature_channels=widest_activation(module), minimum=model.minimum, multiple_of=model.multiple_of,
+        feature_channels=activation_width(module, model.scale, model.input_channels, model.minimum,
+                                          model.multiple_of),
+        minimum=model.minimum, multiple_of=model.multiple_of,
         half=model.supports_half, bfloat16=model.supports_bfloat16, global_operations=model.global_operations,
         radius=tiling["radius"], margin=tiling["margin"], margin_figure=tiling.get("figure"))
     view = CommunityView(module, facts, model.sha256, source=Path(path).resolve())
@@ -58,12 +60,28 @@ def load_view(path, allow_noncommercial: bool = False) -> CommunityView:
     return view
 
 
-def widest_activation(module: nn.Module) -> int:
-    """The most channels any conv or linear layer reads or writes: what sizes activation memory
-    (RRDBNet's dense blocks read 64 + 4 x 32 = 192)."""
-    widths = [max(m.in_channels, m.out_channels) for m in module.modules() if isinstance(m, nn.Conv2d)]
-    widths += [max(m.in_features, m.out_features) for m in module.modules() if isinstance(m, nn.Linear)]
-    return max(widths, default=64)
+def activation_width(module: nn.Module, scale: int, channels: int, minimum: int = 1, multiple_of: int = 1) -> int:
+    """The model's activation memory per LR pixel, as the channel count of an SRResNet-like network
+    whose widest maps are at the output's resolution (what backends.base.activation_bytes_per_pixel
+    assumes): the largest conv or linear output, in values per LR pixel at its own resolution,
+    over scale^2. Measured with one small forward pass: RRDBNet's 192-channel concatenations sit
+    at the LR resolution and weigh less than its 64-channel maps at x4 (its width is 64, not 192)."""
+    step = max(multiple_of, 1)
+    side = -(-max(16, minimum) // step) * step
+    widest = [0.0]
+
+    def record(layer, inputs, output):
+        if isinstance(output, torch.Tensor):
+            widest[0] = max(widest[0], output.numel() / (side * side))
+
+    hooks = [m.register_forward_hook(record) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.inference_mode():
+            module(torch.rand(1, channels, side, side))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return max(1, round(widest[0] / scale**2)) if widest[0] else 64
 
 
 def measure_tiling(model: community.CommunityModel) -> dict:
