@@ -75,3 +75,37 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
     checkpoint.save(path, SRResNet(config).eval(), "srresnet", config)
     return path.with_suffix(".safetensors")
+
+
+@pytest.fixture(scope="module")
+def own_srtrt_cache(tmp_path_factory):
+    """srtrt's cache (measurements, exports, engines) in a folder of this module's own, never the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SRTRT_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and oversubscribed cores make them crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def save_community_models(folder: Path, makers: dict) -> dict[str, Path]:
+    """Each maker's network (spandrel's own classes) with seed-0 random weights halved (random
+    outputs stay inside [0, 1] more often), saved as NAME.safetensors in `folder`."""
+    from safetensors.torch import save_file
+
+    paths = {}
+    for name, make in makers.items():
+        torch.manual_seed(0)
+        net = make().eval()
+        with torch.no_grad():
+            for p in net.parameters():
+                p.mul_(0.5)
+        paths[name] = folder / f"{name}.safetensors"
+        save_file({k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}, str(paths[name]))
+    return paths

@@ -18,14 +18,7 @@ from srtrt.nets import InferenceView, SRResNet, SRResNetConfig, receptive_field_
 
 from conftest import smooth_image
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are small: a second thread only adds barrier waits, badly so on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _seeded(factory, *args, **kwargs) -> nn.Module:

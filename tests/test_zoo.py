@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 pytest.importorskip("spandrel")
 
@@ -23,7 +22,7 @@ from srtrt import zoo  # noqa: E402
 from srtrt.engine.backends.torch_backend import TorchBackend  # noqa: E402
 from srtrt.engine.datapath.runtime import Planes, TiledUpscaler  # noqa: E402
 
-from conftest import smooth_image  # noqa: E402
+from conftest import save_community_models, smooth_image  # noqa: E402
 from run_helpers import partials, run_cli  # noqa: E402
 
 MODELS = {
@@ -40,27 +39,12 @@ MODELS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def own_cache(tmp_path_factory):
-    """Measurements and exports land in this module's own cache, never the user's."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SRTRT_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
+pytestmark = pytest.mark.usefixtures("own_srtrt_cache")
 
 
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("zoo")
-    files = {}
-    for name, make in MODELS.items():
-        torch.manual_seed(0)
-        net = make().eval()
-        with torch.no_grad():
-            for p in net.parameters():
-                p.mul_(0.5)  # random init at full scale saturates deep stacks; smaller keeps outputs in range
-        files[name] = folder / f"{name}.safetensors"
-        save_file({k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}, str(files[name]))
-    return files
+    return save_community_models(tmp_path_factory.mktemp("zoo"), MODELS)
 
 
 def lr_image(h: int, w: int, channels: int = 3, seed: int = 0) -> np.ndarray:
@@ -137,24 +121,14 @@ def test_measurements_are_cached_by_sha256(model_files, monkeypatch):
     assert srtrt.load_model(model_files["compact"]).facts.radius == 8
 
 
-def test_openvino_agrees_with_torch_fp32(model_files):
+@pytest.mark.parametrize("name", ["compact", "span"])
+def test_openvino_agrees_with_torch_fp32(model_files, name):
+    """SPAN crashes torch.export in some torch versions: its child-process export falls back to tracing."""
     pytest.importorskip("openvino")
     from srtrt.engine.backends import create_backend
 
-    view = srtrt.load_model(model_files["compact"])
+    view = srtrt.load_model(model_files[name])
     x = torch.from_numpy(lr_image(30, 34)).permute(2, 0, 1)[None].contiguous()
-    reference = TorchBackend(view, "cpu", "fp32").infer(x)
-    with create_backend("openvino", precision="fp32", view=view).backend as ov:
-        assert (ov.infer(x) - reference).abs().max() <= 1e-4
-
-
-def test_span_exports_through_the_fallback_and_runs_on_openvino(model_files):
-    """torch.export crashes on SPAN in some torch versions; the child-process export falls back."""
-    pytest.importorskip("openvino")
-    from srtrt.engine.backends import create_backend
-
-    view = srtrt.load_model(model_files["span"])
-    x = torch.from_numpy(lr_image(24, 28)).permute(2, 0, 1)[None].contiguous()
     reference = TorchBackend(view, "cpu", "fp32").infer(x)
     with create_backend("openvino", precision="fp32", view=view).backend as ov:
         assert (ov.infer(x) - reference).abs().max() <= 1e-4

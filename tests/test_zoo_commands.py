@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 pytest.importorskip("spandrel")
 
@@ -25,7 +24,7 @@ from spandrel.architectures.ESRGAN import ESRGAN  # noqa: E402
 import srtrt  # noqa: E402
 from srtrt.cli import main, parser  # noqa: E402
 
-from conftest import smooth_image  # noqa: E402
+from conftest import save_community_models, smooth_image  # noqa: E402
 
 MODELS = {
     "c4": lambda: Compact(num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=4, upscale=4),
@@ -36,27 +35,12 @@ MODELS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def own_cache(tmp_path_factory):
-    """Measurements, exports and engines land in this module's own cache, never the user's."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SRTRT_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
+pytestmark = pytest.mark.usefixtures("own_srtrt_cache")
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("zoo")
-    paths = {}
-    for name, make in MODELS.items():
-        torch.manual_seed(0)
-        net = make().eval()
-        with torch.no_grad():
-            for p in net.parameters():
-                p.mul_(0.5)  # keeps random outputs inside [0, 1] more often than not
-        paths[name] = folder / f"{name}.safetensors"
-        save_file({k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}, str(paths[name]))
-    return paths
+    return save_community_models(tmp_path_factory.mktemp("zoo"), MODELS)
 
 
 @pytest.fixture(scope="module")
