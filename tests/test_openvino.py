@@ -93,14 +93,19 @@ def test_one_compiled_model_per_window_shape_reused_across_images(view, onnx_fil
     assert any(blob_cache.iterdir())  # compiled blobs kept for the next process
 
 
-def test_compiled_blob_cache_stays_bounded(view, onnx_file, tmp_path):
-    from srtrt.engine.backends.openvino_backend import KEEP_CACHED_BLOBS
+def test_compiled_blob_cache_stays_within_its_size_and_drops_the_least_recently_used(view, onnx_file, tmp_path,
+                                                                                       monkeypatch):
+    import os
 
-    for i in range(KEEP_CACHED_BLOBS + 5):
-        (tmp_path / f"{i}.blob").write_bytes(b"old")
+    monkeypatch.setenv("SRTRT_OPENVINO_CACHE_MB", "1")
+    for i in range(6):  # 300 KB each, used at times 1000 s apart: blob 5 the most recent
+        blob = tmp_path / f"{i}.blob"
+        blob.write_bytes(b"x" * 300_000)
+        os.utime(blob, (1_000_000 + 1000 * i, 1_000_000 + 1000 * i))
     (tmp_path / "notes.txt").write_text("not OpenVINO's")
     backend(view, onnx_file, tmp_path).close()
-    assert len(list(tmp_path.glob("*.blob"))) == KEEP_CACHED_BLOBS and (tmp_path / "notes.txt").exists()
+    kept = sorted(p.name for p in tmp_path.glob("*.blob"))
+    assert kept == ["3.blob", "4.blob", "5.blob"] and (tmp_path / "notes.txt").exists()
 
 
 def test_create_backend_reuses_the_cached_export(tmp_path, monkeypatch):

@@ -33,7 +33,7 @@ from srtrt.hardware import cpu_has_fast_bf16, usable_cpus
 # srtrt precision -> INFERENCE_PRECISION_HINT; int8's hint is for the layers its graph leaves in float.
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "bf16"}
 KEEP_COMPILED = 4        # window shapes held compiled at once; each holds its own activation memory
-KEEP_CACHED_BLOBS = 16   # compiled blobs kept in CACHE_DIR (one per shape and precision, ~6 MB each)
+CACHE_BUDGET_MB = 512    # compiled blobs kept in CACHE_DIR, least recently used dropped first (SRTRT_OPENVINO_CACHE_MB)
 INSTALL_HINT = "pip install openvino"
 
 # Resident bytes per LR pixel of one compiled window, 64-channel x4 network: peak RSS growth
@@ -89,15 +89,29 @@ def tile_defaults(precision: str, radius: int, channels: int = 64) -> TileDefaul
     return defaults_for_budget(CPU_ACTIVATION_BUDGET, bpp, radius, batch=1)
 
 
-def _prune_blobs(folder: Path, keep: int = KEEP_CACHED_BLOBS) -> None:
-    """Keep CACHE_DIR bounded: every distinct window shape adds a blob, so drop the least recently used."""
+def cache_budget_bytes() -> int:
+    """CACHE_DIR's size limit: SRTRT_OPENVINO_CACHE_MB, else CACHE_BUDGET_MB."""
     try:
-        blobs = sorted(folder.glob("*.blob"), key=lambda p: p.stat().st_atime, reverse=True)
+        return max(0, int(os.environ.get("SRTRT_OPENVINO_CACHE_MB", CACHE_BUDGET_MB))) << 20
+    except ValueError:
+        return CACHE_BUDGET_MB << 20
+
+
+def _prune_blobs(folder: Path, budget: int | None = None) -> None:
+    """Keep CACHE_DIR within its size limit: every distinct window shape and precision adds a
+    blob, so the least recently used go first (last read or written; the newest always stays)."""
+    budget = cache_budget_bytes() if budget is None else budget
+    try:
+        stats = [(p, p.stat()) for p in folder.glob("*.blob")]
     except OSError:
         return
-    for old in blobs[keep:]:
-        with contextlib.suppress(OSError):  # another process may hold or have removed it
-            old.unlink()
+    stats.sort(key=lambda item: max(item[1].st_atime, item[1].st_mtime), reverse=True)
+    total = 0
+    for i, (path, stat) in enumerate(stats):
+        total += stat.st_size
+        if i > 0 and total > budget:
+            with contextlib.suppress(OSError):  # another process may hold or have removed it
+                path.unlink()
 
 
 class OpenVinoBackend(Backend):
