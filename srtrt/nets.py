@@ -138,7 +138,7 @@ class CommunityView(nn.Module):
     [0, 1] in, image in [0, 1] out, clamped inside the graph. `facts` (a registry.ModelFacts)
     holds its scale, channels, size requirements and tile margin; `radius` is that margin."""
 
-    def __init__(self, generator: nn.Module, facts, sha256: str, source=None):
+    def __init__(self, generator: nn.Module, facts, sha256: str, source=None, allow_noncommercial: bool = False):
         super().__init__()
         self.generator = generator
         self.facts = facts
@@ -146,16 +146,14 @@ class CommunityView(nn.Module):
         self.radius = facts.margin
         self.checkpoint_sha256 = sha256
         self.source = source  # the model file, for work done in another process (ONNX export)
-        self.allow_noncommercial = False  # how the file was allowed to load (spandrel_extra_arches)
+        self.allow_noncommercial = allow_noncommercial  # how the file was allowed to load (spandrel_extra_arches)
         self.int8_calibration = None
 
     def forward(self, x):
         return self.generator(x).clamp(0.0, 1.0)
 
     def with_generator(self, generator: nn.Module) -> CommunityView:
-        view = CommunityView(generator, self.facts, self.checkpoint_sha256, self.source)
-        view.allow_noncommercial = self.allow_noncommercial
-        return view
+        return CommunityView(generator, self.facts, self.checkpoint_sha256, self.source, self.allow_noncommercial)
 
 
 class Discriminator(nn.Module):

@@ -55,9 +55,8 @@ def load_view(path, allow_noncommercial: bool = False) -> CommunityView:
         minimum=model.minimum, multiple_of=model.multiple_of,
         half=model.supports_half, bfloat16=model.supports_bfloat16, global_operations=model.global_operations,
         radius=tiling["radius"], margin=tiling["margin"], margin_figure=tiling.get("figure"))
-    view = CommunityView(module, facts, model.sha256, source=Path(path).resolve())
-    view.allow_noncommercial = allow_noncommercial  # a child process that loads the file again needs it too
-    return view
+    # The source and the opt-in travel with the view: a child process loads the file again (ONNX export).
+    return CommunityView(module, facts, model.sha256, Path(path).resolve(), allow_noncommercial)
 
 
 def activation_width(module: nn.Module, scale: int, channels: int, minimum: int = 1, multiple_of: int = 1) -> int:

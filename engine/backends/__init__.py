@@ -22,6 +22,7 @@ from srtrt.engine.backends.precision import (
     passes_guard,
 )
 from srtrt.errors import SrtrtError
+from srtrt.nets import CommunityView
 
 __all__ = ["Backend", "TileDefaults", "Selection", "create_backend"]
 
@@ -70,7 +71,7 @@ def _exported_onnx(view, precision: str, polyphase: bool = False):
         form = f"-{calibration_digest(view.int8_calibration)}{form}"
     path = cache_dir("onnx") / f"{_model_sha256(view)[:16]}-x{view.scale}-{precision}{form}.onnx"
     if not path.exists():
-        if getattr(view, "source", None) is not None:  # a community model: exported in a child process
+        if isinstance(view, CommunityView):  # exported in a child process that loads its file again
             from srtrt.engine.toolchain.export_isolated import export_community
 
             export_community(view, path, precision, polyphase)
@@ -175,7 +176,7 @@ def _auto_cpu(view, dev: torch.device, asked: str, sha: str) -> Selection:
     from srtrt.engine.backends.openvino_backend import available
 
     judge = None
-    if view.facts.architecture != "srresnet":  # no Set5 measurement: judged by agreement with its own fp32
+    if isinstance(view, CommunityView):  # no Set5 measurement: judged by agreement with its own fp32
         from srtrt.engine.backends.agreement import agreement_judge
 
         judge = agreement_judge(view, lambda name, precision: _MAKERS[name](view, dev, precision))

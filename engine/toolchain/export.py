@@ -26,6 +26,7 @@ from srtrt import atomic
 from srtrt.engine.toolchain.onnx_io import META_PREFIX
 from srtrt.errors import SrtrtError
 from srtrt.kernels import fused_op
+from srtrt.nets import CommunityView
 
 INPUT_NAME = "lr"
 OUTPUT_NAME = "sr"
@@ -303,7 +304,7 @@ def main(args) -> int:
     import srtrt
 
     view = srtrt.load_model(args.model, getattr(args, "allow_noncommercial", False))
-    community = getattr(view, "source", None) is not None  # a community model file (nets.CommunityView)
+    community = isinstance(view, CommunityView)
     if community:
         polyphase = _community_export_checks(view, args)
         path = Path(args.output)

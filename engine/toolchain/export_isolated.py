@@ -32,7 +32,7 @@ def export_community(view, path: Path, precision: str, polyphase: bool) -> Path:
     failures = []
     for exporter in ("dynamo", "torchscript"):
         command = [sys.executable, "-m", __name__, str(view.source), str(path), precision, str(int(polyphase)), exporter,
-                   str(int(getattr(view, "allow_noncommercial", False)))]
+                   str(int(view.allow_noncommercial))]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:

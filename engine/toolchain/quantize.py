@@ -24,6 +24,7 @@ import torch
 
 from srtrt import registry
 from srtrt.errors import SrtrtError
+from srtrt.nets import CommunityView
 
 WEIGHT_PREFIX = "generator."   # the exporter names a conv's weight after the module: generator.<conv>.weight
 NO_CALIBRATION = "has no int8 calibration (srtrt calibrate PHOTOS --model M measures one)"
@@ -156,7 +157,7 @@ def main(args) -> int:
     from srtrt import checkpoint
 
     view = srtrt.load_model(args.model, getattr(args, "allow_noncommercial", False))
-    if getattr(view, "source", None) is not None:  # a community file: no int8 convs registered, no sidecar to keep ranges
+    if isinstance(view, CommunityView):  # no int8 convs registered, no sidecar to keep ranges
         raise SrtrtError(f"int8 calibration is for srtrt's own checkpoints; a {view.facts.architecture} model "
                          "file has no int8 path (run it in fp32, bf16 or fp16)", args.model)
     record = calibrate(view, lr_photos(args.photos, view.scale, args.images or DEFAULT_IMAGES), source=Path(args.photos).name)

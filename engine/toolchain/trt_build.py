@@ -295,9 +295,10 @@ def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | No
     else:
         import srtrt
         from srtrt.engine.toolchain.export import export_onnx
+        from srtrt.nets import CommunityView  # torch, needed only when exporting here
 
         view = view if view is not None else srtrt.load_model(model, allow_noncommercial)
-        if getattr(view, "source", None) is not None:  # a community model file: nothing to fuse
+        if isinstance(view, CommunityView):  # nothing to fuse
             from srtrt.engine.toolchain.export import export_community_view
 
             if plugin != "none":
