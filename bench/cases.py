@@ -9,7 +9,9 @@ Three families, all on the same uint8 LR image of a workload:
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +78,8 @@ def throughput_cases(device_type: str, mode: str) -> list[Case]:
             Case("openvino-int8", "srtrt", "openvino", "int8", needs=("openvino", "fast-int8")),
             Case("openvino-bf16-plain", "srtrt", "openvino", "bf16", polyphase=False, needs=("openvino", "fast-bf16")),
             Case("onnxruntime-fp32", "srtrt", "onnxruntime", "fp32", needs=("onnxruntime",)),
+            # what `--backend auto --precision auto` runs: its pick, against the cases above (report.py)
+            Case("auto", "srtrt", "auto", "auto"),
         ]
     else:
         cases += [
@@ -232,6 +236,11 @@ def _eager(view, workload: Workload, device: torch.device) -> Runner:
 
 
 def make_backend(case: Case, view, device: torch.device, workdir: Path):
+    if case.backend == "auto":
+        from srtrt.engine.backends import create_backend
+
+        with srtrt_cache(auto_cache(workdir)):  # measured in this session, not read from an older one
+            return create_backend("auto", view=view, device=str(device)).backend
     if case.backend == "torch":
         if case.cuda_graphs:
             from cuda_graphs import GraphedTorchBackend as cls
@@ -256,6 +265,25 @@ def make_backend(case: Case, view, device: torch.device, workdir: Path):
     if case.backend == "tensorrt":
         return _tensorrt_backend(case, view, device, workdir)
     raise ValueError(f"unknown backend {case.backend}")
+
+
+def auto_cache(workdir: Path) -> Path:
+    """The srtrt cache `auto`'s cases measure into: this session's (bench/test_auto.py starts it)."""
+    return workdir / "auto-cache"
+
+
+@contextlib.contextmanager
+def srtrt_cache(folder: Path):
+    """SRTRT_CACHE pointed at `folder` for the duration."""
+    before = os.environ.get("SRTRT_CACHE")
+    os.environ["SRTRT_CACHE"] = str(folder)
+    try:
+        yield folder
+    finally:
+        if before is None:
+            os.environ.pop("SRTRT_CACHE", None)
+        else:
+            os.environ["SRTRT_CACHE"] = before
 
 
 def _onnx_file(view, precision: str, workdir: Path, fused: bool, polyphase: bool = False) -> Path:
@@ -292,7 +320,8 @@ def _srtrt(case: Case, view, workload: Workload, device: torch.device, workdir: 
     flop, windows = model_flops.tiled_flop(view.generator.config, workload.height, workload.width,
                                            upscaler.core, upscaler.margin)
     info = {"device": device.type, "model_gflop": flop / 1e9, "windows": windows, "core": upscaler.core,
-            "margin": upscaler.margin, "batch": upscaler.batch, "describe": backend.describe()}
+            "margin": upscaler.margin, "batch": upscaler.batch, "describe": backend.describe(),
+            "picked": f"{backend.name}-{backend.precision}"}
     return Runner(lambda: upscaler.run(planes, keep, np.uint8), info, close=backend.close)
 
 

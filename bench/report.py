@@ -23,7 +23,8 @@ BICUBIC_CASE = "bicubic-torch"
 MODE_PREFERENCE = {"full": 0, "quick": 1, "smoke": 2}
 SRTRT_GROUPS = ("srtrt", "tile-sweep", "batch-sweep")
 TARGETS = {"cpu_vs_eager": 3.0, "gpu_vs_eager": 10.0, "gpu_peak_pct": 50.0, "pipeline_efficiency": 0.90,
-           "cpu_default_vs_eager": 9.0, "cpu_default_vs_torch_bf16": 1.6}
+           "cpu_default_vs_eager": 9.0, "cpu_default_vs_torch_bf16": 1.6, "auto_within_pct": 5.0,
+           "auto_start_seconds": 5.0}
 
 
 @dataclass
@@ -211,11 +212,36 @@ def cpu_default_targets(run: Run, rs: list[dict]) -> list[str]:
             ratio, want = default["mp_s"] / torch_bf16["mp_s"], TARGETS["cpu_default_vs_torch_bf16"]
             line += f"; {ratio:.2f}× torch bf16 (target ≥ {want:g}×: {'met' if ratio >= want else 'not met'})"
         lines.append(line)
+    lines += auto_target(run, on_2k)
     ratios = [f"{name} {on_2k[name]['mp_s'] / on_2k[name + '-plain']['mp_s']:.2f}×"
               for name in ("openvino-bf16", "torch-bf16") if name in on_2k and name + "-plain" in on_2k]
     if ratios:
         lines.append(f"- polyphase tail against the plain network, same run: {', '.join(ratios)}")
     return lines
+
+
+def auto_target(run: Run, on_2k: dict) -> list[str]:
+    """`--backend auto`'s pick (timed at start-up, measured.py) against the fastest of the paths
+    it could have picked, all run in this run on the 2K-output image."""
+    from srtrt.engine.backends import CPU_ORDER
+
+    picked = next((b["extra_info"].get("picked") for b in run.of_kind("throughput")
+                   if b["extra_info"]["case"] == "auto" and b["extra_info"]["workload"] == "2k-output"), None)
+    candidates = [on_2k[f"{name}-{precision}"] for name, precision in CPU_ORDER if f"{name}-{precision}" in on_2k]
+    lines = []
+    for b in run.of_kind("auto-start"):
+        e, want = b["extra_info"], TARGETS["auto_start_seconds"]
+        lines.append(f"- `auto`'s measurement at start-up: {b['stats']['median']:.1f} s (target ≤ {want:g} s: "
+                     f"{'met' if b['stats']['median'] <= want else 'not met'}); first use with the exports "
+                     f"{e['first_use_seconds']:.1f} s; a second start {e['second_start_seconds']:.2f} s (cached)")
+    if "auto" not in on_2k or not picked or not candidates:
+        return lines
+    fastest, auto = max(candidates, key=lambda r: r["mp_s"]), on_2k["auto"]
+    behind = 100 * (fastest["mp_s"] / auto["mp_s"] - 1)
+    want = TARGETS["auto_within_pct"]
+    return lines + [f"- `auto` picked `{picked}` at {auto['mp_s']:.2f} MP/s; the fastest of {len(candidates)} paths here, "
+            f"`{fastest['case']}`, ran {fastest['mp_s']:.2f} MP/s: auto {behind:+.1f}% behind "
+            f"(target ≤ {want:g}%: {'met' if behind <= want else 'not met'}); {auto['vs_eager'] or 0:.2f}× eager fp32"]
 
 
 def _flop_rate(run: Run, row: dict) -> float:

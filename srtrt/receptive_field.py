@@ -314,11 +314,12 @@ def _read(path) -> dict:
     return stored["results"]
 
 
-def cached(kind: str, sha256: str, compute: Callable[[], dict]) -> dict:
+def cached(kind: str, sha256: str, compute: Callable[[], dict], valid: Callable[[dict], bool] | None = None) -> dict:
     """`compute()`'s result for the weights with this sha256, from the cache when it holds one.
 
     Results live in <cache>/receptive_field/<sha256>.json, one entry per `kind`, written
-    atomically; a file that is corrupt or of another format version is recomputed, never trusted.
+    atomically; a file that is corrupt or of another format version is recomputed, never trusted,
+    and so is an entry that `valid` (when given) rejects.
     The value returned is the JSON round trip of `compute()`'s dict, the same whether cached or not.
     """
     sha256 = sha256.lower()
@@ -326,7 +327,7 @@ def cached(kind: str, sha256: str, compute: Callable[[], dict]) -> dict:
         raise ValueError(f"not a sha256 hex digest: {sha256!r}")
     path = cache_dir(CACHE_KIND) / f"{sha256}.json"
     results = _read(path)
-    if isinstance(results.get(kind), dict):
+    if isinstance(results.get(kind), dict) and (valid is None or valid(results[kind])):
         return results[kind]
     value = compute()
     if not isinstance(value, dict):

@@ -100,7 +100,7 @@ def test_auto_picks_openvino_int8_where_it_is_calibrated_and_passes():
     paths = {**MEASURED, "openvino-cpu-int8": {"delta_db": -0.04}}
     name, precision, why = choice(SHA, guard=guard(paths), fast_bf16_cpu=True, fast_int8_cpu=True)
     assert (name, precision) == ("openvino", "int8")
-    assert why == ("the fastest CPU path the quality guard allows: "
+    assert why == ("the first allowed in CPU_ORDER (not timed); allowed by the quality guard: "
                    "int8 changes Set5 Y-PSNR by -0.040 dB, within the ±0.05 dB guard")
 
 
@@ -121,7 +121,7 @@ def test_int8_outside_the_guard_falls_back_to_bf16():
 def test_auto_picks_openvino_bf16_where_it_passes():
     name, precision, why = choice(SHA, guard=guard(MEASURED), fast_bf16_cpu=True)
     assert (name, precision) == ("openvino", "bf16")
-    assert why == ("the fastest CPU path the quality guard allows: "
+    assert why == ("the first allowed in CPU_ORDER (not timed); allowed by the quality guard: "
                    "bf16 changes Set5 Y-PSNR by -0.004 dB, within the ±0.05 dB guard; "
                    "int8 not used (this CPU has neither VNNI nor AMX int8)")
 
@@ -161,3 +161,60 @@ def test_auto_for_an_unmeasured_model_is_torch_fp32_with_the_reason():
 def test_auto_with_a_precision_asked_takes_the_fastest_backend_for_it():
     assert choice(SHA, "fp32", guard={})[:2] == ("openvino", "fp32")
     assert choice(SHA, "bf16", NO_OPENVINO, guard={})[:2] == ("torch", "bf16")
+
+
+# ------------------------------------------------------------------ the measured pick (measured.py)
+
+def timer_of(seconds: dict, asked: list | None = None):
+    """A timer that reports fixed figures per path (what measured.cached_seconds would measure),
+    recording which paths it was asked to time."""
+    def timer(paths):
+        if asked is not None:
+            asked.append(list(paths))
+        chosen = min(paths, key=lambda p: seconds[p])
+        return chosen, f"timed {len(paths)}"
+    return timer
+
+
+AMX_LIKE = {("openvino", "int8"): 0.74, ("openvino", "bf16"): 0.52, ("torch", "bf16"): 0.95,
+            ("openvino", "fp32"): 2.7, ("torch", "fp32"): 8.9}   # int8 behind bf16 (the Xeon of issue 24)
+VNNI_LIKE = {("openvino", "int8"): 0.74, ("openvino", "bf16"): 1.20, ("torch", "bf16"): 2.04,
+             ("openvino", "fp32"): 2.69, ("torch", "fp32"): 5.64}  # int8 ahead (a Zen 4 EPYC)
+
+
+def test_the_timer_decides_among_every_path_the_guard_allows():
+    paths = {**MEASURED, "openvino-cpu-int8": {"delta_db": -0.04}}
+    for figures, expected in ((AMX_LIKE, ("openvino", "bf16")), (VNNI_LIKE, ("openvino", "int8"))):
+        asked = []
+        name, precision, why = choice(SHA, guard=guard(paths), fast_bf16_cpu=True, fast_int8_cpu=True,
+                                      timer=timer_of(figures, asked))
+        assert (name, precision) == expected
+        assert asked == [CPU_ORDER]  # all five: each allowed by the guard (torch fp32 is the reference)
+        assert why.startswith(f"fastest here, timed 5; allowed by the quality guard: {precision} changes Set5")
+
+
+def test_the_timer_never_sees_a_path_the_guard_refuses_or_the_cpu_lacks():
+    paths = {**MEASURED, "openvino-cpu-int8": {"delta_db": -0.2}, "torch-cpu-bf16": {"delta_db": -0.09}}
+    asked = []
+    name, precision, why = choice(SHA, guard=guard(paths), fast_bf16_cpu=True, fast_int8_cpu=True,
+                                  timer=timer_of({**AMX_LIKE, ("torch", "bf16"): 0.01}, asked))
+    assert asked == [[("openvino", "bf16"), ("openvino", "fp32"), ("torch", "fp32")]]
+    assert (name, precision) == ("openvino", "bf16")
+    assert "openvino int8 not used" in why and "torch bf16 not used" in why
+    asked.clear()  # a CPU without bf16 or int8 units: the fp32 paths only
+    choice(SHA, guard=guard(paths), fast_bf16_cpu=False, fast_int8_cpu=False, timer=timer_of(AMX_LIKE, asked))
+    assert asked == [[("openvino", "fp32"), ("torch", "fp32")]]
+
+
+def test_one_allowed_path_is_not_timed():
+    name, precision, why = choice(SHA, openvino=NO_OPENVINO, guard=guard(MEASURED), fast_bf16_cpu=False,
+                                  timer=timer_of({}, asked := []))
+    assert (name, precision) == ("torch", "fp32") and asked == [] and why.startswith("fp32, the reference")
+
+
+def test_a_precision_asked_is_kept_and_its_backends_are_timed():
+    asked = []
+    name, precision, why = choice(SHA, "bf16", guard={}, timer=timer_of({**AMX_LIKE, ("torch", "bf16"): 0.1}, asked))
+    assert (name, precision) == ("torch", "bf16") and asked == [[("openvino", "bf16"), ("torch", "bf16")]]
+    assert "as asked" in why
+    assert choice(SHA, "int8", guard={}, timer=timer_of({}, asked := []))[:2] == ("openvino", "int8") and asked == []

@@ -121,23 +121,27 @@ def _tensorrt(view, device: torch.device, precision: str) -> Backend:
 
 _MAKERS = {"torch": _torch, "openvino": _openvino, "onnxruntime": _onnxruntime, "tensorrt": _tensorrt}
 
-# Without CUDA, fastest first (bench/, 2K output, 2-core AMD EPYC: openvino int8 0.74 s, bf16 1.20 s,
-# torch bf16 2.04 s in one run; openvino f32 2.69 s, torch fp32 5.64 s in the full run). torch fp32
-# is the reference and needs no measurement; every other path needs one for this model.
+# Without CUDA, the candidates in the order they are judged (and picked by when nothing is timed:
+# ties, or a caller that passes no timer). bench/ measured this order on a 2-core Zen 4 EPYC
+# (openvino int8 0.74 s, bf16 1.20 s, torch bf16 2.04 s, openvino fp32 2.69 s, torch fp32 5.64 s per
+# 2K-output image), but an AMX Xeon put int8 behind bf16: `auto` times the paths (measured.py).
+# torch fp32 is the reference and needs no guard measurement; every other path needs one for this model.
 CPU_ORDER = [("openvino", "int8"), ("openvino", "bf16"), ("torch", "bf16"), ("openvino", "fp32"), ("torch", "fp32")]
 CPU_REFERENCE = ("torch", "fp32")
 
 
 def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True, ""), guard: dict | None = None,
                fast_bf16_cpu: bool | None = None, fast_int8_cpu: bool | None = None,
-               calibrated: bool = True, judge=None) -> tuple[str, str, str]:
-    """(backend, precision, why) for `--backend auto` without CUDA: the first CPU_ORDER path this
-    machine has and the quality guard allows for the model with this sha256.
+               calibrated: bool = True, judge=None, timer=None) -> tuple[str, str, str]:
+    """(backend, precision, why) for `--backend auto` without CUDA: of the CPU_ORDER paths this
+    machine has and the quality guard allows for the model with this sha256, the fastest.
 
     `openvino` is (installed, why not); `guard`, `fast_bf16_cpu` and `fast_int8_cpu` default to the
     real file and CPU; `calibrated`: the model has int8 ranges (its sidecar's int8_calibration).
     `judge(backend, precision) -> (allowed, why)` replaces the Set5 guard (a community model's
-    agreement with its own fp32 output, agreement.py).
+    agreement with its own fp32 output, agreement.py). `timer(paths) -> (path, figures)` picks
+    among several allowed paths by measuring them (measured.py); without one the first allowed
+    path in CPU_ORDER is taken.
     """
     from srtrt.engine.backends.openvino_backend import HINTS
 
@@ -145,8 +149,10 @@ def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True
     notes = [] if has_openvino else [openvino_why]
     if asked == "int8" and not has_openvino:
         raise SrtrtError(f"int8 runs on the openvino backend only: {openvino_why}")
-    if asked != "auto":  # the fastest backend that runs the precision asked for
-        return ("openvino" if has_openvino and asked in HINTS else "torch"), asked, "; ".join(["as asked", *notes])
+    if asked != "auto":  # the precision asked for, on the backend that runs it fastest
+        paths = [(name, asked) for name in ("openvino", "torch") if (name != "openvino" or has_openvino and asked in HINTS)
+                 and (name != "torch" or asked != "int8")]
+        return _timed(paths, {p: "as asked" for p in paths}, notes, timer)
     if judge is None:
         if not measured_paths(sha, guard):
             precision, why = auto_precision("torch", torch.device("cpu"), sha, guard, fast_bf16_cpu)  # fp32, says why
@@ -159,17 +165,46 @@ def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True
     no_int8 = cpu_int8_reason(fast_int8_cpu) or ("" if calibrated else "the model has no int8 calibration")
     if no_int8 and has_openvino:
         notes.append(f"int8 not used ({no_int8})")
+    allowed: dict[tuple[str, str], str] = {}
     for name, precision in CPU_ORDER:
         if (name == "openvino" and not has_openvino) or (precision == "bf16" and no_bf16) or \
                 (precision == "int8" and no_int8):
             continue
         if (name, precision) == CPU_REFERENCE:
-            return name, precision, "; ".join(["fp32, the reference", *notes])
+            allowed[name, precision] = "fp32, the reference"
+            continue
         ok, why = judge(name, precision)
         if ok:
-            return name, precision, "; ".join([f"the fastest CPU path the quality guard allows: {why}", *notes])
-        notes.append(f"{name} {precision} not used ({why})")
-    raise AssertionError("CPU_ORDER ends with the reference")
+            allowed[name, precision] = f"allowed by the quality guard: {why}"
+        else:
+            notes.append(f"{name} {precision} not used ({why})")
+    return _timed(list(allowed), allowed, notes, timer)
+
+
+def _timed(paths: list[tuple[str, str]], whys: dict, notes: list[str], timer) -> tuple[str, str, str]:
+    """The fastest of `paths` by `timer` (the first when there is one path or no timer), and why."""
+    if timer is None or len(paths) == 1:
+        (name, precision), how = paths[0], "" if len(paths) == 1 else "the first allowed in CPU_ORDER (not timed); "
+        return name, precision, "; ".join([how + whys[name, precision], *notes])
+    (name, precision), figures = timer(paths)
+    return name, precision, "; ".join([f"fastest here, {figures}", whys[name, precision], *notes])
+
+
+def _speed_timer(view, dev: torch.device, sha: str):
+    """The timer cpu_choice asks: each path run on the window shape class this model tiles into
+    (measured.py), once per CPU, sha256, library versions and window; cached."""
+    from srtrt.engine.backends import measured
+
+    facts = view.facts
+    window = measured.window_shape(facts.margin, facts.multiple_of, facts.minimum)
+
+    def timer(paths):
+        seconds, took = measured.cached_seconds(sha, paths, lambda name, precision: _MAKERS[name](view, dev, precision),
+                                                window, facts.channels)
+        chosen = measured.fastest(seconds, paths)
+        when = "measured earlier" if took is None else f"measured now in {took:.1f} s"
+        return chosen, f"{when}: {measured.figures(seconds, window, chosen)}"
+    return timer
 
 
 def _auto_cpu(view, dev: torch.device, asked: str, sha: str) -> Selection:
@@ -181,7 +216,7 @@ def _auto_cpu(view, dev: torch.device, asked: str, sha: str) -> Selection:
 
         judge = agreement_judge(view, lambda name, precision: _MAKERS[name](view, dev, precision))
     name, precision, why = cpu_choice(sha, asked, available(), calibrated=bool(getattr(view, "int8_calibration", None)),
-                                      judge=judge)
+                                      judge=judge, timer=_speed_timer(view, dev, sha))
     backend = _MAKERS[name](view, dev, precision)
     return Selection(backend, f"{backend.describe()}: no CUDA device; {why}")
 

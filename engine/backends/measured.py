@@ -1,0 +1,134 @@
+"""`--backend auto` on the CPU: every path the quality guard allows is timed on this machine, and
+the fastest one runs.
+
+A fixed order cannot know a CPU. OpenVINO int8 ran 1.6x faster than bf16 on a Zen 4 EPYC (VNNI,
+no AMX) and 1.4x slower than bf16 on an AMX Xeon, for the same model and image (bench/, issue
+notes); which CPU family is fast at what is exactly what a measurement finds out and a table gets
+wrong on the next machine. So each candidate runs the model on one window of MEASURE_CORE LR
+pixels plus the model's margin on each side (the shape class of the windows a run tiles into),
+after one untimed warm-up call, for at least MIN_SECONDS; its best call counts.
+
+Measured once per CPU (model name, family/model, usable cores), model sha256, library versions
+and window, then kept in the per-weights cache (receptive_field.cached): a second run starts with
+no measurement. An entry from another CPU, other library versions or another candidate set is
+never used: its identity is checked field by field, and a mismatch measures again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+
+import torch
+
+MEASURE_CORE = 64     # LR core side of the timed window (the margin is added on each side)
+MIN_SECONDS = 0.2     # timed calls per candidate continue until this much time is spent ...
+MAX_CALLS = 5         # ... or this many calls were made
+SLOWER_CUT = 1.5      # a candidate whose first timed call is this much slower than the best so far stops there
+
+Path = tuple[str, str]  # (backend, precision)
+
+
+def label(path: Path) -> str:
+    return f"{path[0]} {path[1]}"
+
+
+def identity(window: tuple[int, int]) -> dict:
+    """What a measurement depends on besides the model: CPU, libraries, window shape."""
+    from srtrt.hardware import cpu_generation, cpu_model, usable_cpus
+
+    versions = {"torch": torch.__version__}
+    try:
+        import openvino
+
+        versions["openvino"] = openvino.get_version()
+    except ImportError:
+        versions["openvino"] = ""
+    return {"cpu": cpu_model(), "generation": cpu_generation(), "cpus": usable_cpus(), "threads": torch.get_num_threads(),
+            "versions": versions, "window": list(window)}
+
+
+def window_shape(margin: int, multiple_of: int = 1, minimum: int = 1) -> tuple[int, int]:
+    """The timed window: MEASURE_CORE plus the margin each side, rounded up to what the model accepts."""
+    side = max(MEASURE_CORE + 2 * margin, minimum)
+    side = -(-side // multiple_of) * multiple_of
+    return side, side
+
+
+def time_path(backend, window: tuple[int, int], channels: int = 3, best_so_far: float = float("inf")) -> float:
+    """Seconds per call of `backend.infer` on one window: the best timed call after a warm-up.
+
+    A path that has clearly lost is not timed further: a warm-up call SLOWER_CUT² times the
+    best so far (one-time costs included, so it is an upper bound) is its figure, and a first
+    timed call SLOWER_CUT times the best ends it."""
+    x = torch.rand(1, channels, *window, generator=torch.Generator().manual_seed(0))
+    backend.prepare(1, *window)
+    start = time.perf_counter()
+    backend.infer(x)  # warm-up: allocates, fills caches
+    warm_up = time.perf_counter() - start
+    if warm_up > SLOWER_CUT ** 2 * best_so_far:
+        return warm_up
+    best, spent, calls = float("inf"), 0.0, 0
+    while calls < MAX_CALLS and (calls == 0 or spent < MIN_SECONDS):
+        start = time.perf_counter()
+        backend.infer(x)
+        took = time.perf_counter() - start
+        best, spent, calls = min(best, took), spent + took, calls + 1
+        if took > SLOWER_CUT * best_so_far:
+            break
+    return best
+
+
+def measure(candidates: list[Path], make: Callable[[str, str], object], window: tuple[int, int],
+            channels: int = 3, timer: Callable = time_path) -> dict[str, float]:
+    """Seconds per window for each candidate, `make(backend, precision)` building each in turn
+    (one at a time, so only one holds memory)."""
+    seconds: dict[str, float] = {}
+    for path in candidates:
+        with make(*path) as backend:
+            seconds[label(path)] = timer(backend, window, channels, min(seconds.values(), default=float("inf")))
+    return seconds
+
+
+def _kind(ident: dict) -> str:
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    return f"speed-{digest}"
+
+
+def cached_seconds(sha256: str, candidates: list[Path], make, window: tuple[int, int], channels: int = 3,
+                   timer: Callable = time_path) -> tuple[dict[str, float], float | None]:
+    """(seconds per candidate label, how long measuring took now or None when read from the
+    cache): the cached figures when the cache holds this exact measurement, else measured and stored."""
+    from srtrt import receptive_field
+
+    ident = identity(window)
+    wanted = sorted(label(p) for p in candidates)
+    measured_now = []
+
+    def compute() -> dict:
+        start = time.perf_counter()
+        seconds = measure(candidates, make, window, channels, timer)
+        measured_now.append(time.perf_counter() - start)
+        return {"identity": ident, "seconds": seconds, "took_seconds": measured_now[0]}
+
+    def valid(entry: dict) -> bool:
+        seconds = entry.get("seconds")
+        return (entry.get("identity") == json.loads(json.dumps(ident)) and isinstance(seconds, dict)
+                and sorted(seconds) == wanted
+                and all(isinstance(v, (int, float)) and 0 < v < float("inf") for v in seconds.values()))
+
+    entry = receptive_field.cached(_kind({**ident, "candidates": wanted}), sha256, compute, valid)
+    return entry["seconds"], (measured_now[0] if measured_now else None)
+
+
+def fastest(seconds: dict[str, float], candidates: list[Path]) -> Path:
+    """The candidate with the fewest seconds; ties go to the earlier candidate (the guard's order)."""
+    return min(candidates, key=lambda p: (seconds[label(p)], candidates.index(p)))
+
+
+def figures(seconds: dict[str, float], window: tuple[int, int], chosen: Path) -> str:
+    """'openvino bf16 41 ms (picked), torch bf16 88 ms, ... per 192x192 window'."""
+    ordered = sorted(seconds.items(), key=lambda kv: kv[1])
+    parts = [f"{name} {value * 1e3:.0f} ms{' (picked)' if name == label(chosen) else ''}" for name, value in ordered]
+    return f"{', '.join(parts)} per {window[0]}x{window[1]} window"

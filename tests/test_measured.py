@@ -1,0 +1,117 @@
+"""`--backend auto` times the paths the guard allows (engine/backends/measured.py): real backends,
+measured once per CPU, model, library versions and window, never trusted from a foreign entry."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from srtrt.engine.backends import measured
+from srtrt.engine.backends.torch_backend import TorchBackend
+
+from conftest import random_view
+
+pytestmark = pytest.mark.usefixtures("own_srtrt_cache", "one_torch_thread")
+
+SHA = "c" * 64
+WINDOW = (24, 24)
+PATHS = [("torch", "bf16"), ("torch", "fp32")]
+
+
+class Counted:
+    """A real TorchBackend that counts its calls."""
+
+    def __init__(self, backend):
+        self.backend, self.calls = backend, 0
+
+    def infer(self, x):
+        self.calls += 1
+        return self.backend.infer(x)
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.backend.close()
+
+
+@pytest.fixture(scope="module")
+def view():
+    return random_view(blocks=1, channels=8, seed=3)
+
+
+def maker(view, made: list | None = None):
+    def make(name, precision):
+        assert name == "torch"
+        backend = Counted(TorchBackend(view, "cpu", precision))
+        if made is not None:
+            made.append((precision, backend))
+        return backend
+    return make
+
+
+def test_window_is_the_core_plus_the_margin_rounded_to_what_the_model_takes():
+    assert measured.window_shape(40) == (measured.MEASURE_CORE + 80,) * 2
+    assert measured.window_shape(5, multiple_of=16) == (80, 80)
+    assert measured.window_shape(0, minimum=100) == (100, 100)
+
+
+def test_every_candidate_is_run_and_a_losing_one_stops_after_one_timed_call(view):
+    made = []
+    seconds = measured.measure(PATHS, maker(view, made), WINDOW)
+    assert sorted(seconds) == ["torch bf16", "torch fp32"] and all(v > 0 for v in seconds.values())
+    assert [p for p, _ in made] == ["bf16", "fp32"]
+    backend = Counted(TorchBackend(view, "cpu", "fp32"))
+    measured.time_path(backend, WINDOW, best_so_far=1e-9)  # far behind the best: the warm-up call only
+    assert backend.calls == 1
+    backend.calls = 0
+    measured.time_path(backend, WINDOW)
+    assert 3 <= backend.calls <= measured.MAX_CALLS + 1  # warm-up, then calls until MIN_SECONDS or MAX_CALLS
+
+
+def test_measured_once_then_from_the_cache(view):
+    made = []
+    first, took = measured.cached_seconds(SHA, PATHS, maker(view, made), WINDOW)
+    assert took > 0 and len(made) == 2
+    again, took = measured.cached_seconds(SHA, PATHS, maker(view, made), WINDOW)
+    assert took is None and again == first and len(made) == 2  # nothing built, nothing run
+    chosen = measured.fastest(first, PATHS)
+    assert first[measured.label(chosen)] == min(first.values())
+    line = measured.figures(first, WINDOW, chosen)
+    assert line.endswith("per 24x24 window") and f"{measured.label(chosen)} " in line and "(picked)" in line
+
+
+def _entries(cache_root) -> tuple[object, dict]:
+    path = cache_root / "receptive_field" / f"{SHA}.json"
+    return path, json.loads(path.read_text())
+
+
+def test_a_foreign_or_damaged_entry_is_measured_again(view, tmp_path, monkeypatch):
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path))
+    measured.cached_seconds(SHA, PATHS, maker(view), WINDOW)
+    path, stored = _entries(tmp_path)
+    (kind, entry), = ((k, v) for k, v in stored["results"].items() if k.startswith("speed-"))
+    for damage in ({"identity": {**entry["identity"], "cpu": "another CPU"}},   # copied from another machine
+                   {"seconds": {"torch bf16": 0.001}},                           # a candidate missing
+                   {"seconds": {"torch bf16": -1.0, "torch fp32": 0.5}}):        # nonsense figures
+        stored["results"][kind] = {**entry, **damage}
+        path.write_text(json.dumps(stored))
+        seconds, took = measured.cached_seconds(SHA, PATHS, maker(view), WINDOW)
+        assert took and sorted(seconds) == ["torch bf16", "torch fp32"] and min(seconds.values()) > 0
+
+
+def test_another_window_threads_or_candidate_set_is_another_measurement(view):
+    measured.cached_seconds(SHA, PATHS, maker(view), WINDOW)
+    assert measured.cached_seconds(SHA, PATHS, maker(view), (32, 32))[1]
+    assert measured.cached_seconds(SHA, list(reversed(PATHS)), maker(view), WINDOW)[1] is None  # the same set
+    assert measured.cached_seconds(SHA, PATHS[1:], maker(view), WINDOW)[1]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2 if before == 1 else 1)
+    try:
+        assert measured.cached_seconds(SHA, PATHS, maker(view), WINDOW)[1]
+    finally:
+        torch.set_num_threads(before)
