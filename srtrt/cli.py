@@ -38,6 +38,15 @@ def _add_run(sub):
     p.add_argument("--max-pixels", type=int, default=None, help="refuse inputs with more LR pixels (0 = no limit)")
     p.add_argument("--png-level", type=int, default=None, metavar="0-9",
                    help="PNG deflate level (default: measured for speed at a size close to level 6's; 9 = smallest)")
+    video = p.add_argument_group("video")
+    video.add_argument("--codec", default=None, choices=["libx264", "libx265", "libsvtav1", "libvpx-vp9", "h264_nvenc",
+                                                         "hevc_nvenc"],
+                       help="video encoder (default: libx264 for 8-bit, libx265 for 10-bit, libvpx-vp9 for .webm)")
+    video.add_argument("--crf", type=int, default=None, help="video quality, the codec's own scale (default: measured, README)")
+    video.add_argument("--preset", default=None, help="the encoder's speed preset (default: measured, README)")
+    video.add_argument("--resume", action="store_true", help="continue videos whose earlier run died, from their closed segments")
+    video.add_argument("--stop-at-bad-frame", action="store_true",
+                       help="a video that fails to decode midway is written up to its last good frame (default: it fails)")
     p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS", help="spread the batch over a Ray cluster")
     p.add_argument("-q", "--quiet", action="store_true")
 

@@ -80,7 +80,18 @@ def main(args) -> int:
 
             def on_plan(n):  # after decoding, before the output file is opened
                 stop.check()
+                bar.unit = "tile"
                 bar.reset(total=n)
+
+            def on_frames(total, done):  # a video: progress in frames (fps and ETA from tqdm)
+                stop.check()
+                bar.unit = "frame"
+                bar.reset(total=total or None)
+                bar.update(done)
+
+            def on_frame(n):
+                stop.check()
+                bar.update(n)
 
             for i, job in enumerate(jobs, 1):
                 stop.check()
@@ -94,7 +105,8 @@ def main(args) -> int:
                 bar.reset(total=0)
                 bar.set_description(f"[{i}/{len(jobs)}] {job.source.name}")
                 outcome = report.add(runner.run(job.source, job.destination, on_tile=on_tile, on_plan=on_plan,
-                                                decoded=decoded))
+                                                decoded=decoded, on_frame=on_frame, on_frames=on_frames,
+                                                stop_check=stop.check))
                 current = None
                 say(f"srtrt: {outcome.message}", always=outcome.status == FAILED)
             stop.check()
@@ -102,7 +114,7 @@ def main(args) -> int:
         remove_partials(current)
         bar.close()
         print(f"srtrt: stopped by {stopped.name}: {len(report.done)} finished outputs kept, "
-              "any image in progress discarded", file=sys.stderr)
+              "any image in progress discarded (a video's finished segments are kept for --resume)", file=sys.stderr)
         return stopped.exit_code
     finally:
         backend.close()

@@ -25,6 +25,7 @@ from srtrt.atomic import remove_partials
 from srtrt.engine.batch.options import RunOptions
 from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, DecodedImage, read_image
 from srtrt.engine.datapath.writers import OUTPUT_SUFFIXES
+from srtrt.engine.video import VIDEO_SUFFIXES, is_video
 from srtrt.errors import SrtrtError
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
@@ -87,7 +88,8 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
     for pattern in patterns:
         p = Path(pattern)
         if p.is_dir():
-            found += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in INPUT_SUFFIXES)
+            found += sorted(f for f in p.iterdir()
+                            if f.is_file() and f.suffix.lower() in INPUT_SUFFIXES | VIDEO_SUFFIXES)
         elif any(c in pattern for c in "*?[") and not p.exists():
             found += sorted(Path(m) for m in glob.glob(pattern) if Path(m).is_file())
         else:
@@ -105,13 +107,19 @@ def output_path(source: Path, output: str | None, many: bool, scale: int) -> Pat
     """`<stem>_x4.png` beside the input by default; `-o` is a file for one input, a directory for many.
 
     Names come from the input's stem only, so no input name can place a file outside the output folder.
+    A video keeps its container (`clip_x4.mkv`); `-o` for one video names a video file.
     """
-    name = f"{Path(source.name).stem}_x{scale}.png"
+    video = is_video(source)
+    name = f"{Path(source.name).stem}_x{scale}{Path(source.name).suffix.lower() if video else '.png'}"
     if output is None:
         return source.parent / name
     out = Path(output)
     if many or out.is_dir() or output.endswith(("/", "\\")):
         return out / name
+    if video:
+        if out.suffix.lower() not in VIDEO_SUFFIXES:
+            raise SrtrtError(f"a video's output needs a video container ({', '.join(sorted(VIDEO_SUFFIXES))})", out)
+        return out
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise SrtrtError(f"unknown output format {out.suffix!r} (use one of {', '.join(sorted(OUTPUT_SUFFIXES))})", out)
     return out
@@ -193,8 +201,11 @@ class FileRunner:
         return read_image(source, **self.options.decode_limit)
 
     def run(self, source: Path, destination: Path, on_tile=None, on_plan=None,
-            decoded: Future | None = None) -> Outcome:
-        """Upscale `source` into `destination`; `decoded` is the image already being decoded (DecodeAhead)."""
+            decoded: Future | None = None, on_frame=None, on_frames=None, stop_check=None) -> Outcome:
+        """Upscale `source` into `destination`; `decoded` is the image already being decoded (DecodeAhead).
+
+        A video reports `on_frames(total, done)` once and `on_frame(1)` per frame; `stop_check` is
+        called between its tile batches (it may raise to stop)."""
         start = time.perf_counter()
         overwrite = self.options.overwrite
         existed = os.path.lexists(destination)
@@ -203,6 +214,8 @@ class FileRunner:
                 raise SrtrtError("output path is the input itself", destination)
             if existed and not overwrite:
                 return Outcome(source, destination, SKIPPED, f"{destination}: exists, skipped (--overwrite to replace)")
+            if is_video(source):
+                return self._video(source, destination, on_frame, on_frames, stop_check, start)
             image = decoded.result() if decoded is not None else self.decode(source)
             if on_plan:
                 on_plan(len(self.upscaler.plan(image.height, image.width)))
@@ -217,6 +230,22 @@ class FileRunner:
             return Outcome(source, destination, FAILED, message, time.perf_counter() - start)
         pixels = image.height * image.width * self.backend.scale ** 2
         return Outcome(source, destination, DONE, f"{source} -> {destination}", time.perf_counter() - start, pixels)
+
+    def _video(self, source: Path, destination: Path, on_frame, on_frames, stop_check, start: float) -> Outcome:
+        try:
+            from srtrt.engine.video.run import upscale_video
+        except ImportError as e:
+            raise SrtrtError(f"videos need PyAV: pip install av ({e})", source) from None
+        result = upscale_video(self, source, destination, on_frame, on_frames, stop_check)
+        s = self.backend.scale
+        pixels = result.frames * result.width * result.height * s * s
+        return Outcome(source, result.destination, DONE, result.summary(source), time.perf_counter() - start, pixels)
+
+    def upscale_frame(self, rgb: np.ndarray, on_tile=None) -> np.ndarray:
+        """One video frame (H x W x 3) through the runtime, with the same out-of-memory fallback as an image."""
+        from srtrt.engine.video.run import frame_through
+
+        return self._retrying(_Shape(*rgb.shape[:2]), "frame", None, lambda upscaler: frame_through(upscaler, rgb, on_tile))
 
     def upscale_arrays(self, image: DecodedImage, label: str = "image") -> tuple[np.ndarray, np.ndarray | None]:
         """The whole result in memory (colour, alpha), with the same out-of-memory fallback."""
@@ -252,6 +281,14 @@ class FileRunner:
                 self.upscaler = after  # later images start from the setting that fits
 
 
+@dataclass
+class _Shape:
+    """What the out-of-memory fallback needs to know of a video frame."""
+
+    height: int
+    width: int
+
+
 class DecodeAhead:
     """Decode the next input on one worker thread while the current image computes."""
 
@@ -272,7 +309,7 @@ class DecodeAhead:
             self._pending[job.source] = self._pool.submit(self._runner.decode, job.source)
 
     def _wanted(self, job: Job) -> bool:
-        return (job.refusal is None and job.destination is not None
+        return (job.refusal is None and job.destination is not None and not is_video(job.source)
                 and (self._runner.options.overwrite or not os.path.lexists(job.destination)))
 
     def close(self) -> None:

@@ -28,6 +28,12 @@ class RunOptions:
     max_pixels: int | None = None    # refuse larger inputs (LR pixels); None = the default limit, 0 = none
     png_level: int | None = None     # PNG deflate level; None = the measured default
     allow_noncommercial: bool = False  # a community model file may be a spandrel_extra_arches architecture
+    # video only
+    codec: str | None = None         # libx264, libx265, libsvtav1, libvpx-vp9, h264/hevc_nvenc; None = measured default
+    crf: int | None = None           # constant quality on the codec's own scale; None = its measured default
+    preset: str | None = None        # the codec's speed preset; None = its measured default
+    resume: bool = False             # continue a video whose run died, from its closed segments
+    stop_at_bad_frame: bool = False  # a video that fails to decode midway keeps the frames before the error
 
     def __post_init__(self):
         if self.alpha not in ALPHA_MODES:
@@ -36,6 +42,8 @@ class RunOptions:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise SrtrtError(f"{name} must be >= 0, not {value}")
+        if self.crf is not None and not 0 <= self.crf <= 63:
+            raise SrtrtError(f"crf must be 0-63, not {self.crf}")
         if self.png_level is not None and not 0 <= self.png_level <= 9:
             raise SrtrtError(f"png level must be 0-9, not {self.png_level}")
 

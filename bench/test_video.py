@@ -1,0 +1,140 @@
+"""Video: what the pipeline around the network costs, its speed with a nearly free network, memory.
+
+- `test_video_pipeline_share`: a 480x270 pan/zoom over ../shared/data/big (real content) through
+  `srtrt run`'s FileRunner with the default model and backend; the network-only time is the same
+  decoded frames through the runtime with no decode or encode. Target: (wall - network) / wall <= 15 %.
+- `test_video_pipeline_speed`: the same clip with a tiny random network (1 block, 16 channels)
+  standing in for a free one: output frames per second at 1080p output (1920x1080 from 480x270),
+  against the clip's 24 fps. Target >= 1.5x real time.
+- `test_video_peak_rss_flat`: peak RSS of `srtrt run` on the clip and on one 10x longer, each in a
+  fresh process. Target: within 10 %.
+Smoke mode (`--smoke`) uses a 96x54 clip of a few frames and only checks that the code runs.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import run_mode
+import torch
+from PIL import Image
+
+av = pytest.importorskip("av")
+
+from srtrt.engine.batch.files import FileRunner  # noqa: E402
+from srtrt.engine.batch.options import RunOptions  # noqa: E402
+from srtrt.engine.video.colour import Colour  # noqa: E402
+from srtrt.engine.video.planes import rgb_to_frame  # noqa: E402
+from srtrt.engine.video.run import frame_through  # noqa: E402
+from srtrt.engine.video.source import FrameReader, probe  # noqa: E402
+
+MODE = run_mode.current(torch.cuda.is_available())
+SMOKE = run_mode._on(run_mode.SMOKE_ENV)
+SIZE = (96, 54) if SMOKE else (480, 270)
+FRAMES = 4 if SMOKE else 48
+BIG = Path(__file__).resolve().parents[2] / "shared/data/big/elephants_3840x2160.png"
+
+
+def pan_clip(path: Path, frames: int = FRAMES, size=SIZE) -> Path:
+    photo = Image.open(BIG).convert("RGB")
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=24, options={"crf": "16"})
+        s.width, s.height, s.pix_fmt = *size, "yuv420p"
+        for i in range(frames):
+            zoom = 1 + 0.003 * i
+            w, h = int(1920 / zoom), int(1080 / zoom)
+            x, y = 400 + 5 * i, 300 + 2 * i
+            rgb = np.asarray(photo.crop((x, y, x + w, y + h)).resize(size, Image.Resampling.LANCZOS))
+            f = rgb_to_frame(rgb, "yuv420p", Colour(1, False, 1, 1))
+            f.pts = i
+            out.mux(s.encode(f))
+        out.mux(s.encode())
+    return path
+
+
+def tiny_view():
+    from srtrt.nets import InferenceView, SRResNet, SRResNetConfig
+
+    torch.manual_seed(0)
+    return InferenceView(SRResNet(SRResNetConfig(blocks=1, channels=16))).eval()
+
+
+def _runner(view=None) -> FileRunner:
+    from srtrt.engine.backends import create_backend
+
+    backend = create_backend("auto", view=view).backend if view is not None else create_backend("auto").backend
+    return FileRunner(backend, RunOptions(overwrite=True))
+
+
+def _network_only(runner, clip: Path) -> float:
+    info = probe(clip)
+    reader = FrameReader(clip, info)
+    frames = [f.rgb for f in reader]
+    reader.close()
+    t0 = time.perf_counter()
+    for rgb in frames:
+        frame_through(runner.upscaler, rgb)
+    return time.perf_counter() - t0
+
+
+def test_video_pipeline_share(benchmark, tmp_path):
+    clip = pan_clip(tmp_path / "pan.mp4")
+    runner = _runner()
+    out = tmp_path / "pan_x4.mp4"
+    walls = []
+
+    def run():
+        t0 = time.perf_counter()
+        outcome = runner.run(clip, out)
+        walls.append(time.perf_counter() - t0)
+        assert outcome.status == "done", outcome.message
+
+    benchmark.group = "video"
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    network = _network_only(runner, clip)
+    share = max(0.0, walls[-1] - network) / walls[-1]
+    benchmark.extra_info.update(frames=FRAMES, size=SIZE, wall_s=walls[-1], network_s=network, pipeline_share=share)
+    print(f"\nvideo pipeline share: {share:.1%} (wall {walls[-1]:.2f} s, network {network:.2f} s)")
+    if not SMOKE:
+        assert share <= 0.15
+
+
+def test_video_pipeline_speed(benchmark, tmp_path):
+    clip = pan_clip(tmp_path / "pan.mp4")
+    runner = _runner(tiny_view())
+    out = tmp_path / "pan_x4.mp4"
+
+    def run():
+        assert runner.run(clip, out).status == "done"
+
+    benchmark.group = "video"
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    fps = FRAMES / benchmark.stats.stats.mean
+    benchmark.extra_info.update(frames=FRAMES, output_fps=fps, realtime=fps / 24)
+    print(f"\nvideo pipeline with a tiny network: {fps:.1f} fps at {SIZE[0] * 4}x{SIZE[1] * 4} ({fps / 24:.2f}x real time)")
+    if not SMOKE:
+        assert fps / 24 >= 1.5
+
+
+def _peak_rss_mb(clip: Path) -> float:
+    code = ("import resource, sys; from srtrt.cli import main; "
+            f"rc = main(['run', {str(clip)!r}, '--overwrite', '-q']); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024); sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def test_video_peak_rss_flat(benchmark, tmp_path):
+    short = pan_clip(tmp_path / "short.mp4", FRAMES)
+    long = pan_clip(tmp_path / "long.mp4", FRAMES * 10)
+    benchmark.group = "video"
+    peaks = benchmark.pedantic(lambda: (_peak_rss_mb(short), _peak_rss_mb(long)), rounds=1, iterations=1)
+    growth = peaks[1] / peaks[0] - 1
+    benchmark.extra_info.update(peak_short_mb=peaks[0], peak_long_mb=peaks[1], growth=growth)
+    print(f"\npeak RSS {peaks[0]:.0f} MB ({FRAMES} frames) -> {peaks[1]:.0f} MB ({FRAMES * 10} frames): {growth:+.1%}")
+    if not SMOKE:
+        assert growth <= 0.10

@@ -1,0 +1,224 @@
+"""The video encoder: codec choice, and a thread that turns upscaled RGB frames into segment files.
+
+Each segment is a closed, self-contained MP4 holding only the video stream (MP4 keeps both
+pts and dts exactly, unlike Matroska, so segments join later without re-encoding). A segment
+is written under a temporary name and renamed when its encoder is flushed, so a segment file
+that exists is whole; `on_segment` then records it (the resume manifest).
+
+Frames keep the input's timestamps: the encoder's time base is the input stream's and every
+frame carries its own pts and duration, so variable frame rate survives.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from srtrt.atomic import commit, temp_name
+from srtrt.engine.video.colour import Colour
+from srtrt.engine.video.planes import rgb_to_frame
+from srtrt.errors import SrtrtError
+
+CODECS = ("libx264", "libx265", "libsvtav1", "libvpx-vp9", "h264_nvenc", "hevc_nvenc")
+# Measured defaults (README, "Video"): constant quality, each codec's own scale.
+DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libsvtav1": 30, "libvpx-vp9": 31, "h264_nvenc": 21, "hevc_nvenc": 23}
+DEFAULT_PRESET = {"libx264": "medium", "libx265": "fast", "libsvtav1": "8", "libvpx-vp9": None,
+                  "h264_nvenc": "p5", "hevc_nvenc": "p5"}
+QUEUE_FRAMES = 2  # upscaled frames waiting for the encoder (each is a full output frame)
+_END = object()
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    codec: str
+    pix_fmt: str
+    width: int
+    height: int
+    time_base: Fraction
+    rate: Fraction
+    colour: Colour
+    options: dict = field(default_factory=dict)
+
+
+def _pix_fmts(codec: str) -> set[str]:
+    return {f.name for f in (av.Codec(codec, "w").video_formats or ())}
+
+
+def default_codec(container_format: str, bits: int) -> str:
+    if container_format == "webm":
+        return "libvpx-vp9"
+    return "libx265" if bits > 8 else "libx264"
+
+
+def choose_settings(codec: str, crf: int | None, preset: str | None, source_pix_fmt: str, bits: int,
+                    width: int, height: int, time_base: Fraction, rate: Fraction | None, colour: Colour,
+                    path) -> EncoderSettings:
+    """The encoder for an output of `width` x `height`: the source's chroma layout and bit depth
+    where the codec has them, else 4:2:0 of the nearest depth it has."""
+    if codec not in CODECS:
+        raise SrtrtError(f"unknown codec {codec!r} (use one of {', '.join(CODECS)})")
+    if codec.endswith("_nvenc"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SrtrtError(f"{codec} needs an NVIDIA GPU; none is available (use libx264 or libx265)")
+    if codec == "libx265" and min(width, height) < 64:  # x265 4.2 corrupts memory below its 64-pixel block
+        raise SrtrtError(f"libx265 cannot encode {width}x{height} frames (under 64 pixels); use --codec libx264", path)
+    available = _pix_fmts(codec)
+    depth = "10le" if bits > 8 else ""
+    layout = next((c for c in ("444", "422", "420") if f"yuv{c}" in source_pix_fmt), "420")
+    odd = width % 2 or height % 2
+    wanted = [f"yuv{layout}p{depth}", f"yuv420p{depth}", "yuv420p"]
+    if odd:  # 4:2:0 and 4:2:2 need even sizes
+        wanted = [f"yuv444p{depth}", "yuv444p"]
+    pix_fmt = next((f for f in wanted if f in available), None)
+    if pix_fmt is None:
+        raise SrtrtError(f"{codec} cannot encode a {width}x{height} frame "
+                         f"({'odd sizes need 4:4:4, which it lacks' if odd else 'no suitable pixel format'})", path)
+    options = {}
+    crf = DEFAULT_CRF[codec] if crf is None else crf
+    preset = DEFAULT_PRESET[codec] if preset is None else preset
+    if codec.endswith("_nvenc"):
+        options.update(rc="vbr", cq=str(crf), b="0")
+    else:
+        options["crf"] = str(crf)
+    if codec == "libvpx-vp9":
+        options.update(b="0", row_mt="1", deadline="good", **({"cpu-used": preset} if preset else {"cpu-used": "2"}))
+    elif preset:
+        options["preset"] = preset
+    if codec == "libx265":
+        options["x265-params"] = "log-level=error"
+    if codec == "libsvtav1":
+        options["svtav1-params"] = "enable-hdr=0"
+    return EncoderSettings(codec, pix_fmt, width, height, time_base, rate or Fraction(24), colour, options)
+
+
+def _open_segment(path: str, settings: EncoderSettings):
+    container = av.open(path, "w", format="mp4")
+    try:
+        stream = container.add_stream(settings.codec, rate=settings.rate, options=dict(settings.options))
+        stream.width, stream.height, stream.pix_fmt = settings.width, settings.height, settings.pix_fmt
+        cc = stream.codec_context
+        cc.time_base = settings.time_base
+        cc.colorspace, cc.color_range = settings.colour.matrix, settings.colour.range_code
+        cc.color_primaries, cc.color_trc = settings.colour.primaries, settings.colour.transfer
+    except BaseException:
+        container.close()
+        raise
+    return container, stream
+
+
+class SegmentEncoder:
+    """A thread encoding `put` frames into numbered segment files; `cut()` closes the current one.
+
+    `on_segment(path, first_index, frames)` runs on the thread after each segment is renamed into
+    place. Errors surface from `put`, `cut` or `finish` in the caller's thread.
+    """
+
+    def __init__(self, settings: EncoderSettings, segment_path, on_segment, path_for_errors):
+        self.settings, self._segment_path, self._on_segment = settings, segment_path, on_segment
+        self._source = path_for_errors
+        self._queue: queue.Queue = queue.Queue(QUEUE_FRAMES)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="srtrt-video-encode")
+        self._thread.start()
+
+    def put(self, frame) -> None:
+        self._send(("frame", frame))
+
+    def cut(self, number: int) -> None:
+        """Frames from now on go into segment `number`."""
+        self._send(("cut", number))
+
+    def finish(self) -> None:
+        self._send(_END)
+        self._thread.join()
+        self._raise()
+
+    def abort(self) -> None:
+        """Stop now; the segment in progress is deleted, closed ones stay."""
+        self._send(("abort", None), check=False)
+        self._thread.join()
+
+    def _send(self, item, check: bool = True) -> None:
+        while self._thread.is_alive():
+            try:
+                self._queue.put(item, timeout=0.05)
+                break
+            except queue.Full:
+                pass
+        if check:
+            self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        current = None  # (container, stream, temp, number, first index, frames)
+        try:
+            while (item := self._queue.get()) is not _END:
+                kind, value = item
+                if kind == "abort":
+                    break
+                if kind == "cut":
+                    current = self._close(current)
+                    number = value
+                    continue
+                if current is None:
+                    temp = temp_name(self._segment_path(number))
+                    container, stream = _open_segment(temp, self.settings)
+                    current = [container, stream, temp, number, value.index, 0]
+                self._encode(current, value)
+            else:
+                current = self._close(current)
+        except BaseException as e:
+            self._error = _one_line(e, self._source)
+            while (item := self._queue.get()) is not _END and item[0] != "abort":  # the producer must not block
+                pass
+        finally:
+            if current is not None:  # aborted or failed: the segment in progress is discarded
+                with contextlib.suppress(Exception):
+                    current[0].close()
+                with contextlib.suppress(OSError):
+                    os.unlink(current[2])
+
+    def _encode(self, current, frame) -> None:
+        container, stream = current[0], current[1]
+        out = rgb_to_frame(frame.rgb, self.settings.pix_fmt, self.settings.colour)
+        out.pts, out.time_base = frame.pts, self.settings.time_base
+        if frame.duration:
+            out.duration = frame.duration
+        container.mux(stream.encode(out))
+        current[5] += 1
+
+    def _close(self, current):
+        if current is None:
+            return None
+        container, stream, temp, number, first, frames = current
+        container.mux(stream.encode())
+        container.close()
+        with open(temp, "rb+") as f:
+            os.fsync(f.fileno())
+        final = self._segment_path(number)
+        commit(temp, final)
+        self._on_segment(Path(final), first, frames)
+        return None
+
+
+def _one_line(e: BaseException, source) -> BaseException:
+    if isinstance(e, SrtrtError) or not isinstance(e, Exception):
+        return e
+    if isinstance(e, OSError) and e.errno == 28:
+        return SrtrtError("disk full while encoding", source)
+    cause = " ".join(str(e).split())[:200]
+    if "No space left" in cause:
+        return SrtrtError("disk full while encoding", source)
+    return SrtrtError(f"encoding failed ({cause})", source)

@@ -1,0 +1,148 @@
+"""The output file: the encoded video segments joined, and every other stream copied packet for packet.
+
+Audio and subtitle packets, attachments (fonts), stream metadata and disposition, the
+container's metadata and chapters come from the input untouched; no stream but the video is
+re-encoded. The output container is the input's when it can hold all of that (checked by
+building the header in memory first), otherwise Matroska, which holds everything.
+"""
+from __future__ import annotations
+
+import contextlib
+import heapq
+import io
+import os
+from pathlib import Path
+
+import av
+
+from srtrt.atomic import commit, temp_name
+from srtrt.errors import SrtrtError
+
+FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
+COPIED = ("audio", "subtitle")
+# Matroska's statistics tags describe the input's encode, not the output's
+_STALE_TAGS = ("DURATION", "NUMBER_OF_FRAMES", "NUMBER_OF_BYTES", "BPS", "_STATISTICS_")
+
+
+def copied_streams(container, video) -> list:
+    return [s for s in container.streams if s.type in COPIED and s is not video]
+
+
+def attachments(container) -> list:
+    return [s for s in container.streams if s.type == "attachment"]
+
+
+def _holds(fmt: str, codec: str) -> bool:
+    try:
+        with av.open(io.BytesIO(), "w", format=fmt) as out:
+            out.add_mux_stream(codec)  # asks FFmpeg whether the format takes the codec
+        return True
+    except ValueError:
+        return False
+
+
+def fits(source, video, suffix: str, video_codec: str) -> str | None:
+    """None when a `suffix` file can hold the video codec and every copied stream, else why not.
+
+    The copied streams are checked by writing a header in memory (some refusals happen only
+    there); the video stream in that header is the input's, standing in for the encoder's.
+    """
+    fmt = FORMATS.get(suffix)
+    if fmt is None:
+        return f"{suffix} is not a video container srtrt writes"
+    if not _holds(fmt, video_codec):
+        return f"{suffix} cannot hold {video_codec}"
+    if attachments(source) and fmt != "matroska":
+        return f"{suffix} cannot hold attachments"
+    try:
+        with av.open(io.BytesIO(), "w", format=fmt) as out:
+            if _holds(fmt, video.codec_context.name):
+                out.add_stream_from_template(video)
+            for stream in copied_streams(source, video):
+                out.add_stream_from_template(stream)
+            for stream in attachments(source):
+                out.add_attachment(stream.metadata.get("filename", "attachment"),
+                                   stream.mimetype or "application/octet-stream", stream.data)
+            out.start_encoding()
+    except (ValueError, av.FFmpegError) as e:
+        return f"{suffix} cannot hold these streams ({' '.join(str(e).split())[:120]})"
+    return None
+
+
+def _video_packets(segments: list[Path], out_stream):
+    """The segments' packets in order, dts kept strictly increasing across the joins."""
+    last_dts = None
+    for path in segments:
+        with av.open(str(path)) as segment:
+            for packet in segment.demux(segment.streams.video[0]):
+                if packet.size == 0:
+                    continue
+                if last_dts is not None and packet.dts is not None and packet.dts <= last_dts:
+                    packet.dts = last_dts + 1  # a fresh encoder's first dts may precede the last one's
+                last_dts = packet.dts
+                packet.stream = out_stream
+                yield packet
+
+
+def _time(packet) -> float:
+    stamp = packet.dts if packet.dts is not None else packet.pts
+    return float(stamp * packet.time_base) if stamp is not None else float("-inf")
+
+
+def join(source_path: Path, segments: list[Path], destination: Path, display_matrix, fsync: bool = True) -> None:
+    """Write `destination` (temporary name, then rename) from the video segments and the input's other streams."""
+    temp = temp_name(destination)
+    fmt = FORMATS[destination.suffix.lower()]
+    try:
+        with av.open(str(source_path), metadata_errors="replace") as source, av.open(temp, "w", format=fmt) as out, \
+                av.open(str(segments[0])) as first:
+            video = _source_video(source)
+            out.metadata.update({k: v for k, v in source.metadata.items() if k.lower() != "encoder"})
+            out_video = out.add_stream_from_template(first.streams.video[0])
+            _copy_tags(video, out_video)
+            if display_matrix is not None:
+                out_video.set_display_matrix(display_matrix)
+            mapping = {}
+            for stream in copied_streams(source, video):
+                mapping[stream.index] = out.add_stream_from_template(stream)
+                _copy_tags(stream, mapping[stream.index])
+            for stream in attachments(source):
+                out.add_attachment(stream.metadata.get("filename", f"attachment{stream.index}"),
+                                   stream.mimetype or "application/octet-stream", stream.data)
+            with contextlib.suppress(Exception):
+                chapters = source.chapters()
+                if chapters:
+                    out.set_chapters(chapters)
+            copied = _copied_packets(source, mapping) if mapping else iter(())
+            for packet in heapq.merge(_video_packets(segments, out_video), copied, key=_time):
+                out.mux(packet)
+        if fsync:
+            with open(temp, "rb+") as f:
+                os.fsync(f.fileno())
+        commit(temp, destination, fsync)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        if isinstance(e, OSError) and e.errno == 28 or "No space left" in str(e):
+            raise SrtrtError("disk full while writing the output", destination) from None
+        if isinstance(e, (av.FFmpegError, ValueError)):
+            raise SrtrtError(f"cannot write the output ({' '.join(str(e).split())[:160]})", destination) from None
+        raise
+
+
+def _source_video(source):
+    return next(s for s in source.streams.video if not s.disposition & av.stream.Disposition.attached_pic)
+
+
+def _copied_packets(source, mapping: dict):
+    for packet in source.demux([source.streams[i] for i in mapping]):
+        if packet.size == 0:  # demuxer flush packets
+            continue
+        packet.stream = mapping[packet.stream.index]
+        yield packet
+
+
+def _copy_tags(src, dst) -> None:
+    dst.metadata.update({k: v for k, v in src.metadata.items() if not k.upper().startswith(_STALE_TAGS)})
+    with contextlib.suppress(AttributeError, TypeError, ValueError):
+        dst.disposition = src.disposition

@@ -1,0 +1,85 @@
+"""The work folder of one video: closed segment files and a manifest, so a dead run can continue.
+
+    .clip_x4.mp4.srtrt-video/      hidden, beside the output
+        manifest.json              source (path, size, mtime), the settings, closed segments
+        seg-00000.mp4 ...          each a whole, independently decodable piece of the video
+
+Segments start at the input's keyframes, so a resumed run seeks the input straight to the
+first frame of the first missing segment and the decoded frames are the same as in one pass.
+The manifest is rewritten atomically after each segment is renamed into place, so it never
+lists a segment that is not whole; a death loses at most the segment in progress. A manifest
+made for another source file or other settings is not resumed from.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from srtrt.atomic import write_text
+
+MANIFEST = "manifest.json"
+
+
+def work_folder(destination: Path) -> Path:
+    return destination.parent / f".{destination.name}.srtrt-video"
+
+
+def source_key(source: Path) -> dict:
+    stat = os.stat(source)
+    return {"path": str(Path(source).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+@dataclass
+class Segment:
+    file: str
+    first: int   # index of its first frame
+    frames: int
+    first_pts: int
+
+
+@dataclass
+class Work:
+    folder: Path
+    key: dict                  # source and settings: what the segments were made from
+    segments: list[Segment] = field(default_factory=list)
+
+    @property
+    def next_index(self) -> int:
+        return self.segments[-1].first + self.segments[-1].frames if self.segments else 0
+
+    def segment_path(self, number: int) -> Path:
+        return self.folder / f"seg-{number:05d}.mp4"
+
+    def add(self, path: Path, first: int, frames: int, first_pts: int) -> None:
+        self.segments.append(Segment(path.name, first, frames, first_pts))
+        self.save()
+
+    def save(self) -> None:
+        data = {"key": self.key, "segments": [vars(s) for s in self.segments]}
+        write_text(self.folder / MANIFEST, json.dumps(data, indent=1))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def start(destination: Path, key: dict, resume: bool) -> Work:
+    """The work folder for `destination`: continued when `resume` and it was made from the same
+    source and settings, otherwise started afresh."""
+    folder = work_folder(destination)
+    if resume:
+        try:
+            data = json.loads((folder / MANIFEST).read_text())
+            if data.get("key") == key:
+                segments = [Segment(**s) for s in data.get("segments", [])]
+                if all((folder / s.file).is_file() for s in segments):
+                    return Work(folder, key, segments)
+        except (OSError, ValueError, TypeError):
+            pass
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    work = Work(folder, key)
+    work.save()
+    return work

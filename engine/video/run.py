@@ -1,0 +1,170 @@
+"""One video through the image runtime: decode thread -> TiledUpscaler per frame -> encoder thread -> join.
+
+    FrameReader (thread)  RGB frames of the input, with their pts, a few at a time
+    this thread           each frame through the same TiledUpscaler as an image (so a frame's
+                          output equals upscaling that decoded frame as an image)
+    SegmentEncoder        RGB -> YUV (the input's matrix and range), encode, closed segments
+    join                  segments + the input's other streams -> the output (temp name, rename)
+
+A new segment starts at an input keyframe once the current one holds `SEGMENT_SECONDS`; the
+work folder (`resume`) lists the closed ones, so `resume=True` continues a run that died from
+the first missing segment. Without it, a stopped or failed run leaves nothing under the output
+name; the work folder is kept after a stop (for --resume) and removed after a failure.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from srtrt.engine.datapath.imageio import DEFAULT_MAX_PIXELS
+from srtrt.engine.datapath.runtime import Band, Planes
+from srtrt.engine.video import remux, resume
+from srtrt.engine.video.encoder import choose_settings, default_codec
+from srtrt.engine.video.source import FrameReader, open_input, probe, video_stream
+from srtrt.errors import SrtrtError
+
+SEGMENT_SECONDS = 2.0  # at most this much work (plus one GOP) is lost when a run dies
+
+
+@dataclass
+class VideoResult:
+    destination: Path
+    frames: int
+    width: int   # input frame size
+    height: int
+    seconds: float
+    note: str = ""  # e.g. the container changed
+
+    def summary(self, source: Path) -> str:
+        size = self.destination.stat().st_size / 1e6
+        fps = self.frames / max(self.seconds, 1e-9)
+        return (f"{source} -> {self.destination} ({self.frames} frames, {fps:.2f} fps, {size:.1f} MB)"
+                + (f"; {self.note}" if self.note else ""))
+
+
+def output_container(source: Path, destination: Path, codec: str) -> tuple[Path, str]:
+    """(destination, note): the requested container when it holds every stream, else .mkv."""
+    with open_input(source) as container:
+        video = video_stream(container, source)
+        why = remux.fits(container, video, destination.suffix.lower(), codec)
+        if why is None:
+            return destination, ""
+        fallback = destination.with_suffix(".mkv")
+        if remux.fits(container, video, ".mkv", codec) is not None:
+            raise SrtrtError(f"no container holds {codec} with this file's streams ({why})", source)
+        return fallback, f"{why}: written as {fallback.name}"
+
+
+def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_total=None,
+                  stop_check=None) -> VideoResult:
+    """Upscale every frame of `source` into `destination` (or its .mkv twin; see the result) with a
+    `FileRunner`'s backend, options and out-of-memory fallback."""
+    start = time.perf_counter()
+    upscaler, options = runner.upscaler, runner.options
+    info = probe(source)
+    limit = options.decode_limit.get("max_pixels", DEFAULT_MAX_PIXELS)
+    if limit and info.width * info.height > limit:
+        raise SrtrtError(f"frames are {info.width}x{info.height}, more than --max-pixels {limit:,} pixels", source)
+    upscaler.plan(info.height, info.width)  # too small for the model: one line now, not per frame
+    s = upscaler.backend.scale
+    fmt = remux.FORMATS.get(destination.suffix.lower(), "matroska")
+    codec = options.codec or default_codec(fmt, info.bits)
+    settings = choose_settings(codec, options.crf, options.preset, info.pix_fmt, info.bits, info.width * s,
+                               info.height * s, info.time_base, info.rate, info.colour, source)
+    destination, note = output_container(source, destination, codec)
+    if os.path.lexists(destination) and not options.overwrite:
+        raise SrtrtError("exists (--overwrite to replace)", destination)
+    key = {"source": resume.source_key(source), "settings": repr(settings), "model": repr(options.backend_key),
+           "scale": s}
+    work = resume.start(destination, key, options.resume)
+    if on_total:
+        on_total(info.frames or 0, work.next_index)
+    try:
+        frames, bad, end = _encode_all(runner, source, info, settings, work, on_frame, stop_check)
+        if not bad:
+            bad = _truncated(info, frames, end)
+            if bad and not options.stop_at_bad_frame:
+                raise SrtrtError(bad, source)
+        if not work.segments:
+            raise SrtrtError("no frame was decoded", source)
+        remux.join(source, [work.folder / seg.file for seg in work.segments], destination, info.display_matrix)
+    except SrtrtError:
+        work.remove()  # nothing to resume from a bad file; a full disk gets its space back
+        raise
+    work.remove()
+    if bad:
+        note = "; ".join(filter(None, [note, f"stopped at the last good frame ({frames}): {bad}"]))
+    return VideoResult(destination, frames, info.width, info.height, time.perf_counter() - start, note)
+
+
+def _truncated(info, frames: int, end: float | None) -> str:
+    """Why the decoded frames fall short of what the header announces, or ""."""
+    if info.frames and frames < info.frames:
+        return f"ends after frame {frames} of the {info.frames} its header announces (truncated?)"
+    if end is not None and info.duration:
+        played, period = end - info.start, 1 / float(info.rate or 24)
+        if played < info.duration - info.duration_slack - 2 * period:
+            return f"ends after frame {frames}, at {played:.2f} s of the {info.duration:.2f} s its header announces (truncated?)"
+    return ""
+
+
+def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> tuple[int, str, float | None]:
+    """Decode, upscale and encode the frames from the first missing segment on.
+
+    Returns (frames in the output, "" or why decoding stopped early with --stop-at-bad-frame,
+    the end time of the last frame in seconds or None if no frame was left to do).
+    """
+    from srtrt.engine.video.encoder import SegmentEncoder
+
+    done = work.next_index
+    first_pts: dict[int, int] = {}  # first frame index of a segment in progress -> its pts
+    encoder = SegmentEncoder(settings, work.segment_path,
+                             lambda path, first, count: work.add(path, first, count, first_pts.pop(first)), source)
+    # resume: seek to the last closed segment's keyframe, decode on and skip the frames already done
+    last = work.segments[-1] if work.segments else None
+    reader = FrameReader(source, info, first_index=last.first if last else 0, start_pts=last.first_pts if last else None)
+    segment_start, number, count, bad, end = None, len(work.segments), done, "", None
+    try:
+        try:
+            for frame in reader:
+                if frame.index < done:
+                    continue
+                seconds = float(frame.pts * info.time_base)
+                if segment_start is None or (frame.key and seconds - segment_start >= SEGMENT_SECONDS):
+                    encoder.cut(number)
+                    first_pts[frame.index] = frame.pts
+                    number, segment_start = number + 1, seconds
+                frame.rgb = runner.upscale_frame(frame.rgb, (lambda n: stop_check()) if stop_check else None)
+                encoder.put(frame)
+                count = frame.index + 1
+                period = frame.duration * info.time_base if frame.duration else 1 / (info.rate or 24)
+                end = float(frame.pts * info.time_base + period)
+                if on_frame:
+                    on_frame(1)
+        except SrtrtError as e:
+            if not (runner.options.stop_at_bad_frame and reader.failed):
+                raise
+            bad = str(e)
+        encoder.finish()
+    except BaseException:
+        encoder.abort()
+        raise
+    finally:
+        reader.close()
+    return count, bad, end
+
+
+def frame_through(upscaler, rgb: np.ndarray, on_tile=None) -> np.ndarray:
+    """One RGB frame through the runtime, exactly as an image's colour plane."""
+    s = upscaler.backend.scale
+    out = np.empty((rgb.shape[0] * s, rgb.shape[1] * s, 3), rgb.dtype)
+
+    def keep(band: Band) -> None:
+        out[band.y0:band.y0 + band.colour.shape[0]] = band.colour
+
+    upscaler.run(Planes(rgb), keep, rgb.dtype, on_tile)
+    return out

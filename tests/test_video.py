@@ -1,0 +1,409 @@
+"""Videos through `srtrt run` and `srtrt.upscale`: clips made here with PyAV, checked on the output.
+
+Frames and timestamps, copied streams (audio packets byte for byte, subtitles, attachments),
+colour tags and bit depth, rotation, container fallback, quality against the image path, bad
+inputs (one line each, the batch goes on), resume after a killed run, and Ctrl-C.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av")
+
+from srtrt.engine.video.colour import Colour  # noqa: E402
+from srtrt.engine.video.planes import frame_to_rgb, rgb_to_frame  # noqa: E402
+
+from run_helpers import partials, save_tiny_model, srtrt_process  # noqa: E402
+from run_helpers import run_cli as run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+def moving(i: int, h: int, w: int, bits: int = 8) -> np.ndarray:
+    """A smooth picture that moves with i (codec-friendly, so quality checks measure the pipeline)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    rgb = np.stack([np.sin((xx + 2 * i) / 7), np.cos((yy - i) / 5), np.sin((xx + yy + 3 * i) / 9)], -1) * 0.4 + 0.5
+    top = 255 if bits == 8 else 65535
+    return np.round(rgb * top).astype(np.uint8 if bits == 8 else np.uint16)
+
+
+def make_clip(path: Path, frames: int = 12, size=(48, 32), codec: str = "libx264", pix_fmt: str = "yuv420p",
+              pts=None, time_base=Fraction(1, 24), audio: str | None = "aac", subtitles: bool = False,
+              attachment: bool = False, rotation: int = 0, colour: Colour | None = None, gop: int = 6,
+              rate=24) -> dict:
+    """Write a clip; returns what went in (the audio packets' bytes, the subtitle texts)."""
+    w, h = size
+    colour = colour or Colour(1, False, 1, 1)  # BT.709 tagged, limited range
+    pts = list(range(frames)) if pts is None else pts
+    made = {"audio": [], "subtitles": []}
+    with av.open(str(path), "w") as out:
+        video = out.add_stream(codec, rate=rate, options={"g": str(gop), "crf": "12"} if codec != "libvpx-vp9"
+                               else {"g": str(gop), "crf": "12", "b": "0"})
+        video.width, video.height, video.pix_fmt = w, h, pix_fmt
+        video.codec_context.time_base = time_base
+        cc = video.codec_context
+        cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc = (colour.matrix, colour.range_code,
+                                                                           colour.primaries, colour.transfer)
+        if codec == "libx265":
+            video.options = {**video.options, "x265-params": "log-level=error"}
+        if rotation:
+            video.set_display_rotation(rotation)
+        sound = None
+        if audio:
+            sound = out.add_stream(audio, rate=48000)
+            sound.metadata["language"] = "fra"
+            sound.metadata["title"] = "commentary"
+        text = out.add_mux_stream("subrip") if subtitles else None
+        if text is not None:
+            text.metadata["language"] = "eng"
+        if attachment:
+            out.add_attachment("font.ttf", "application/x-truetype-font", b"not really a font" * 20)
+        if out.format.name == "matroska":
+            out.metadata["title"] = "a test clip"
+        bits = 10 if "10" in pix_fmt else 8
+        for i, stamp in enumerate(pts):
+            frame = rgb_to_frame(moving(i, h, w, bits), pix_fmt, colour)
+            frame.pts, frame.time_base = stamp, time_base
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+        seconds = float((pts[-1] + 1) * time_base)
+        if sound is not None:
+            samples = 960 if audio == "libopus" else 1024
+            for j in range(int(seconds * 48000 / samples)):
+                wave = np.sin(np.arange(samples, dtype=np.float32) * (0.01 + j * 1e-4))[None] * 0.2
+                frame = av.AudioFrame.from_ndarray(wave.astype(np.float32), format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = 48000, j * samples
+                for packet in sound.encode(frame):
+                    made["audio"].append(bytes(packet))
+                    out.mux(packet)
+            for packet in sound.encode():
+                made["audio"].append(bytes(packet))
+                out.mux(packet)
+        if text is not None:
+            for k in range(2):
+                packet = av.Packet(f"line {k}".encode())
+                packet.stream, packet.time_base = text, Fraction(1, 1000)
+                packet.pts = packet.dts = 100 + 300 * k
+                packet.duration = 200
+                out.mux(packet)
+                made["subtitles"].append(f"line {k}".encode())
+    return made
+
+
+def video_frames(path: Path) -> list:
+    """(pts in seconds, RGB array as the pipeline decodes it, rotation) per frame."""
+    from srtrt.engine.video.source import probe
+
+    colour = probe(path).colour
+    with av.open(str(path)) as c:
+        return [(float(f.pts * f.time_base), frame_to_rgb(f, colour), f.rotation) for f in c.decode(c.streams.video[0])]
+
+
+def packets(path: Path, kind: str) -> list[bytes]:
+    with av.open(str(path)) as c:
+        streams = [s for s in c.streams if s.type == kind]
+        return [bytes(p) for p in c.demux(streams) if p.size] if streams else []
+
+
+def y_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    weights = np.array([0.2126, 0.7152, 0.0722])
+    scale = 255.0 if a.dtype == np.uint8 else 65535.0
+    ya, yb = (x.astype(np.float64) / scale @ weights for x in (a, b))
+    return float(10 * np.log10(1 / max(np.mean((ya - yb) ** 2), 1e-12)))
+
+
+# --------------------------------------------------------------------------- what is kept
+
+def test_mp4_keeps_frames_timestamps_audio_colour_and_quality(tmp_path, capsys, model):
+    import srtrt
+
+    source = tmp_path / "clip.mp4"
+    made = make_clip(source, frames=12, colour=Colour(1, False, 1, 1))
+    code, err = run(capsys, source, "--model", model, "--backend", "torch")
+    assert code == 0, err
+    out = tmp_path / "clip_x4.mp4"
+    assert "clip.mp4 -> " in err and "12 frames" in err and "Traceback" not in err
+
+    before, after = video_frames(source), video_frames(out)
+    assert [t for t, _, _ in after] == [t for t, _, _ in before]  # same count, same timestamps
+    assert packets(out, "audio") == made["audio"] == packets(source, "audio")
+    with av.open(str(out)) as c:
+        v = c.streams.video[0]
+        cc = v.codec_context
+        assert (cc.width, cc.height, cc.pix_fmt) == (192, 128, "yuv420p")
+        assert (cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc) == (1, 1, 1, 1)
+        assert c.streams.audio[0].metadata.get("language") == "fra"
+    with av.open(str(source)) as c_in, av.open(str(out)) as c_out:
+        assert abs(c_out.duration - c_in.duration) <= 0.05 * 1e6
+
+    # each frame as the image path upscales that decoded frame, up to the codec's loss at these settings
+    from PIL import Image
+    reference = [np.asarray(srtrt.upscale(Image.fromarray(rgb), model=str(model), backend="torch"))
+                 for _, rgb, _ in before]
+    direct = tmp_path / "direct.mp4"
+    from srtrt.engine.video.encoder import DEFAULT_CRF, DEFAULT_PRESET
+
+    with av.open(str(direct), "w") as o:  # the same codec settings on the reference frames themselves
+        s = o.add_stream("libx264", rate=24, options={"crf": str(DEFAULT_CRF["libx264"]),
+                                                      "preset": DEFAULT_PRESET["libx264"]})
+        s.width, s.height, s.pix_fmt = 192, 128, "yuv420p"
+        for i, ref in enumerate(reference):
+            f = rgb_to_frame(ref, "yuv420p", Colour(1, False, 1, 1))
+            f.pts = i
+            o.mux(s.encode(f))
+        o.mux(s.encode())
+    codec_only = np.mean([y_psnr(r, f) for r, (_, f, _) in zip(reference, video_frames(direct))])
+    ours = np.mean([y_psnr(r, f) for r, (_, f, _) in zip(reference, after)])
+    assert ours >= codec_only - 0.5, (ours, codec_only)
+    assert partials(tmp_path) == []
+
+
+def test_mkv_keeps_vfr_opus_subtitles_attachment_and_tags(tmp_path, capsys, model):
+    source = tmp_path / "vfr.mkv"
+    stamps = [0, 40, 80, 200, 210, 260, 400, 440, 520, 530]  # milliseconds: a variable frame rate
+    made = make_clip(source, frames=len(stamps), pts=stamps, time_base=Fraction(1, 1000), audio="libopus",
+                     subtitles=True, attachment=True)
+    code, err = run(capsys, source, "--model", model, "--backend", "torch")
+    out = tmp_path / "vfr_x4.mkv"
+    assert code == 0 and out.is_file(), err
+
+    assert [t for t, _, _ in video_frames(out)] == [s / 1000 for s in stamps]
+    assert packets(out, "audio") == made["audio"]
+    assert packets(out, "subtitle") == made["subtitles"]
+    with av.open(str(out)) as c:
+        (attached,) = [s for s in c.streams if s.type == "attachment"]
+        assert attached.data == b"not really a font" * 20 and attached.metadata.get("filename") == "font.ttf"
+        assert c.streams.audio[0].metadata.get("language") == "fra"
+        assert c.streams.audio[0].metadata.get("title") == "commentary"
+        assert c.streams.subtitles[0].metadata.get("language") == "eng"
+        assert c.metadata.get("title") == "a test clip"
+
+
+def test_ten_bit_stays_ten_bit_with_its_colour(tmp_path, capsys, model):
+    source = tmp_path / "deep.mkv"
+    colour = Colour(9, False, 9, 16)  # BT.2020 matrix and primaries, PQ transfer
+    # x265 corrupts its heap below 64x64 (seen with PyAV 18.1's libx265 4.2): the clip is 64x64
+    make_clip(source, frames=8, size=(64, 64), codec="libx265", pix_fmt="yuv420p10le", audio=None, colour=colour)
+    code, err = run(capsys, source, "--model", model, "--backend", "torch")
+    out = tmp_path / "deep_x4.mkv"
+    assert code == 0, err
+    with av.open(str(out)) as c:
+        cc = c.streams.video[0].codec_context
+        assert c.streams.video[0].codec_context.name == "hevc"
+        assert cc.pix_fmt == "yuv420p10le"
+        assert (cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc) == (9, 1, 9, 16)
+    frames = video_frames(out)
+    assert len(frames) == 8 and frames[0][1].dtype == np.uint16
+
+
+def test_odd_size_and_rotation_are_kept(tmp_path, capsys, model):
+    source = tmp_path / "odd.mp4"
+    make_clip(source, frames=6, size=(47, 33), pix_fmt="yuv444p", rotation=90, audio=None)
+    code, err = run(capsys, source, "--model", model, "--backend", "torch", "--crf", "20", "--preset", "veryfast")
+    out = tmp_path / "odd_x4.mp4"
+    assert code == 0, err
+    frames = video_frames(out)
+    assert len(frames) == 6 and frames[0][1].shape == (132, 188, 3)
+    assert all(rotation == 90 for _, _, rotation in frames)
+
+
+def test_a_stream_the_container_cannot_hold_switches_to_mkv_and_says_so(tmp_path, capsys, model):
+    source = tmp_path / "subs.mp4"
+    make_clip(source, frames=6, audio=None)
+    # mp4 with an SRT track cannot be made; an mkv input asked to go into -o .mp4 is the same case
+    mkv = tmp_path / "subs.mkv"
+    make_clip(mkv, frames=6, audio=None, subtitles=True)
+    code, err = run(capsys, mkv, "-o", tmp_path / "wanted.mp4", "--model", model, "--backend", "torch")
+    assert code == 0, err
+    assert not (tmp_path / "wanted.mp4").exists() and (tmp_path / "wanted.mkv").is_file()
+    assert "written as wanted.mkv" in err
+    assert packets(tmp_path / "wanted.mkv", "subtitle") == [b"line 0", b"line 1"]
+
+
+def test_api_takes_videos(tmp_path, model):
+    import srtrt
+    from srtrt.errors import SrtrtError
+
+    source = tmp_path / "clip.webm"
+    make_clip(source, frames=6, codec="libvpx-vp9", audio="libopus")
+    written = srtrt.upscale(source, tmp_path / "big.webm", model=str(model), backend="torch", crf=40)
+    assert written == tmp_path / "big.webm"
+    assert len(video_frames(written)) == 6
+    with av.open(str(written)) as c:
+        assert c.streams.video[0].codec_context.name == "vp9"
+    with pytest.raises(SrtrtError, match="exists"):
+        srtrt.upscale(source, tmp_path / "big.webm", model=str(model), backend="torch")
+
+
+# --------------------------------------------------------------------------- bad input
+
+def test_bad_videos_fail_with_one_line_each_and_the_batch_goes_on(tmp_path, capsys, model):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_clip(folder / "good.mp4", frames=6, audio=None)
+    with av.open(str(folder / "silent.mka"), "w") as o:  # audio only, under a video name below
+        s = o.add_stream("libopus", rate=48000)
+        for j in range(5):
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="fltp", layout="mono")
+            f.sample_rate, f.pts = 48000, j * 960
+            o.mux(s.encode(f))
+        o.mux(s.encode())
+    (folder / "silent.mka").rename(folder / "noaudio.mkv")
+    (folder / "text.mp4").write_text("not a video\n")
+    make_clip(tmp_path / "long.mkv", frames=96, audio=None)  # 4 s, cut after about 2
+    data = (tmp_path / "long.mkv").read_bytes()
+    (folder / "cut.mkv").write_bytes(data[: len(data) // 2])
+    (folder / "still.png").write_bytes(b"")  # an empty image in the same folder
+
+    code, err = run(capsys, folder, "-o", tmp_path / "out", "--model", model, "--backend", "torch")
+    assert code == 1 and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good_x4.mp4"]
+    lines = err.splitlines()
+    assert sum("noaudio.mkv: no video stream" in line for line in lines) == 1
+    assert sum("text.mp4: cannot open as video" in line for line in lines) == 1
+    assert sum("cut.mkv: ends after frame" in line and "truncated" in line for line in lines) == 1
+    assert "1 done, 0 skipped, 3 failed" in err or "1 done, 0 skipped, 4 failed" in err
+    assert partials(tmp_path) == [] and not list((tmp_path / "out").glob(".*"))
+
+
+def test_truncated_video_fails_naming_the_frame_or_stops_there_when_asked(tmp_path, capsys, model):
+    make_clip(tmp_path / "long.mp4", frames=30, audio=None)
+    data = (tmp_path / "long.mp4").read_bytes()
+    # mp4 keeps its index at the end (faststart off): corrupt the middle of the frame data instead
+    broken = bytearray(data)
+    mdat = data.index(b"mdat")
+    broken[mdat + len(data) // 3: mdat + len(data) // 3 + 400] = bytes(400)
+    (tmp_path / "broken.mp4").write_bytes(bytes(broken))
+    cut = tmp_path / "cut.mkv"
+    make_clip(tmp_path / "whole.mkv", frames=30, audio=None)
+    whole = (tmp_path / "whole.mkv").read_bytes()
+    cut.write_bytes(whole[: len(whole) // 2])
+
+    for source in (tmp_path / "broken.mp4", cut):
+        code, err = run(capsys, source, "--model", model, "--backend", "torch")
+        out = source.with_name(source.stem + "_x4" + source.suffix)
+        if code == 0:  # the decoder concealed the damage; then every frame must still be there
+            assert len(video_frames(out)) == 30 or "truncated" in err
+            out.unlink()
+            continue
+        assert code == 1 and len([line for line in err.splitlines() if str(source) in line]) == 1
+        assert "frame" in err and not out.exists() and "Traceback" not in err
+
+
+def test_frames_beyond_max_pixels_and_unknown_codec_for_webm(tmp_path, capsys, model):
+    source = tmp_path / "clip.mp4"
+    make_clip(source, frames=4, audio=None)
+    code, err = run(capsys, source, "--model", model, "--backend", "torch", "--max-pixels", "100")
+    assert code == 1 and "more than --max-pixels" in err and not (tmp_path / "clip_x4.mp4").exists()
+
+    webm = tmp_path / "clip.webm"
+    make_clip(webm, frames=4, codec="libvpx-vp9", audio=None)
+    code, err = run(capsys, webm, "--model", model, "--backend", "torch", "--codec", "libx264")
+    # webm cannot hold H.264: the output becomes .mkv, and the run says so
+    assert code == 0 and "written as clip_x4.mkv" in err and (tmp_path / "clip_x4.mkv").is_file()
+
+
+# --------------------------------------------------------------------------- resume and signals
+
+def _wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def _closed_segments(work: Path) -> list[dict]:
+    """The segments the manifest lists as closed (it is rewritten atomically after each one)."""
+    try:
+        return json.loads((work / "manifest.json").read_text())["segments"]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def _long_clip(tmp_path: Path) -> Path:
+    source = tmp_path / "long.mp4"
+    make_clip(source, frames=240, size=(64, 48), audio="aac", gop=12)  # 10 s: five 2-second segments
+    return source
+
+
+def test_resume_after_a_killed_run_loses_at_most_one_segment(tmp_path, capsys, model):
+    source = _long_clip(tmp_path)
+    work = tmp_path / ".long_x4.mp4.srtrt-video"
+    process = srtrt_process("run", source, "--model", model, "--backend", "torch", "-q")
+    try:
+        assert _wait_for(lambda: len(_closed_segments(work)) >= 1 or process.poll() is not None, 120)
+        process.kill()  # as a power cut would: no cleanup at all
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    if process.returncode == 0:
+        pytest.skip("the run finished before it could be killed")
+    done = _closed_segments(work)
+    assert len(done) >= 1 and not (tmp_path / "long_x4.mp4").exists()
+
+    from srtrt.engine.batch.files import DONE, FileRunner
+    from srtrt.engine.batch.options import RunOptions, open_backend
+
+    options = RunOptions(model=str(model), backend="torch", resume=True)
+    starts, upscaled = [], []  # where the resumed run starts, and the frames it upscales
+    runner = FileRunner(open_backend(options).backend, options)
+    outcome = runner.run(source, tmp_path / "long_x4.mp4", on_frame=upscaled.append,
+                         on_frames=lambda total, done: starts.append((total, done)))
+    assert outcome.status == DONE, outcome.message
+    (total, skipped), = starts
+    assert skipped == sum(d["frames"] for d in done) > 0  # every closed segment kept, none encoded again
+    assert len(upscaled) == total - skipped
+    resumed = tmp_path / "long_x4.mp4"
+    code, err = run(capsys, source, "-o", tmp_path / "fresh.mp4", "--model", model, "--backend", "torch")
+    assert code == 0, err
+    assert packets(resumed, "video") == packets(tmp_path / "fresh.mp4", "video")  # the same bits as one pass
+    assert packets(resumed, "audio") == packets(source, "audio")
+    assert not work.exists() and partials(tmp_path) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_leaves_nothing_under_the_output_name(tmp_path, signum, model):
+    source = _long_clip(tmp_path)
+    work = tmp_path / ".long_x4.mp4.srtrt-video"
+    process = srtrt_process("run", source, "--model", model, "--backend", "torch")
+    try:
+        assert _wait_for(lambda: (work / "seg-00000.mp4").exists() or process.poll() is not None, 120)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    if "stopped by" not in err:
+        pytest.skip("the run finished before the signal")
+    assert process.returncode == 128 + signum
+    assert err.strip().splitlines()[-1].startswith(f"srtrt: stopped by {signal.Signals(signum).name}")
+    assert not (tmp_path / "long_x4.mp4").exists() and partials(tmp_path) == []
+    assert "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- colour arithmetic
+
+@pytest.mark.parametrize("matrix,swscale_name", [(6, "smpte170m"), (1, "itu709"), (9, "bt2020")])
+@pytest.mark.parametrize("full", [False, True])
+def test_colour_conversion_matches_swscale_told_the_matrix_and_range(matrix, swscale_name, full):
+    rgb = moving(3, 32, 48)
+    colour = Colour(matrix, full)
+    frame = rgb_to_frame(rgb, "yuv444p", colour)
+    ours = frame_to_rgb(frame, colour)
+    theirs = frame.reformat(format="rgb24", src_colorspace=swscale_name, src_color_range="JPEG" if full else "MPEG",
+                            dst_colorspace=swscale_name, dst_color_range="JPEG").to_ndarray()
+    assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+    assert np.abs(ours.astype(int) - rgb.astype(int)).max() <= 2  # and the round trip is lossless up to rounding
