@@ -159,12 +159,30 @@ def _add_build(sub):
     p.add_argument("-o", "--output", help="write the plan here as well as into the cache")
 
 
+def _add_serve(sub):
+    p = sub.add_parser("serve", help="a web page and an HTTP API over the engine (pip install \"srtrt[serve]\")")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; any but loopback needs --token")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--models", metavar="DIR", help="offer the model files in DIR too (checkpoints, community models)")
+    p.add_argument("--token", default=None,
+                   help="bearer token for every route, the page included (or set SRTRT_SERVE_TOKEN)")
+    p.add_argument("--device", default=None, help="cpu or cuda[:i]")
+    p.add_argument("--max-pixels", type=int, default=None, help="refuse inputs with more LR pixels (0 = no limit)")
+    p.add_argument("--max-upload-mb", type=int, default=1024, help="largest upload in MiB")
+    p.add_argument("--queue", type=int, default=16, help="jobs waiting behind the running one; more get HTTP 429")
+    p.add_argument("--keep-minutes", type=float, default=60.0, help="how long a finished job's result is kept")
+    p.add_argument("--keep-mb", type=int, default=4096, help="results kept in all (MiB), oldest deleted first")
+    p.add_argument("--work-dir", default=None, help="where job folders go (default: a temporary folder)")
+    p.add_argument("--no-warm", dest="warm", action="store_false",
+                   help="open a model's backend at its first job, not the default model's at start")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="srtrt", description="Exact, fast, bounded-memory x4 super-resolution.")
     ap.add_argument("--version", action="version", version=f"srtrt {__import__('srtrt').__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     for add in (_add_run, _add_eval, _add_compare, _add_train, _add_interpolate, _add_calibrate, _add_export,
-                _add_build):
+                _add_build, _add_serve):
         add(sub)
     return ap
 
@@ -195,6 +213,9 @@ def _dispatch(args) -> int:
     if args.command == "run":
         from srtrt.engine.batch.cli_run import main as run_main
         return run_main(args)
+    if args.command == "serve":
+        from srtrt.engine.serve.main import main as serve_main
+        return serve_main(args)
     if args.command == "calibrate":
         from srtrt.engine.toolchain.quantize import main as calibrate_main
         return calibrate_main(args)

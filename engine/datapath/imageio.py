@@ -68,8 +68,8 @@ def read_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImag
         raise SrtrtError("empty file, not an image", path)
     with _pillow_size_check_lifted(), decoder_messages.kept() as notes:
         try:
-            with _open_lazily(path) as img:
-                _check_size(img.size, max_pixels, path)
+            with open_lazily(path) as img:
+                check_size(img.size, max_pixels, path)
                 source_format = img.format
                 if _sixteen_bit_colour_rawmode(img) is not None:
                     return _read_sixteen_bit_colour(img, path, source_format)
@@ -121,12 +121,12 @@ def _pillow_size_check_lifted():
                 Image.MAX_IMAGE_PIXELS = _saved_limit
 
 
-def _open_lazily(path) -> Image.Image:
+def open_lazily(path) -> Image.Image:
     with _pillow_size_check_lifted():
         return Image.open(path, formats=INPUT_FORMATS)
 
 
-def _check_size(size: tuple[int, int], max_pixels: int | None, path) -> None:
+def check_size(size: tuple[int, int], max_pixels: int | None, path) -> None:
     width, height = size
     if width <= 0 or height <= 0:
         raise SrtrtError(f"image has an empty size {width}x{height}", path)

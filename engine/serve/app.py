@@ -1,0 +1,276 @@
+"""The routes: the page, the models, jobs (create, read, follow, fetch, cancel). `create_app(config)`.
+
+Every refusal is a status and `{"detail": one line}`, never a traceback. The OpenAPI schema at
+/openapi.json (rendered at /docs) documents the API; the page in static/ uses nothing else.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+
+from srtrt import __version__
+from srtrt.engine.batch.options import RunOptions
+from srtrt.engine.serve import models, uploads
+from srtrt.engine.serve.jobs import AWAITING, TERMINAL, JobQueue, QueueFull
+from srtrt.engine.serve.schema import JobOptions, JobRequest, JobView, Problem, ServerView, job_view
+from srtrt.engine.serve.security import Guard
+from srtrt.engine.serve.settings import ServeConfig
+from srtrt.engine.serve.uploads import Refused
+from srtrt.errors import SrtrtError
+
+STATIC = resources.files("srtrt.engine.serve") / "static"
+EVENT_POLL = 0.1        # seconds between looks at the queue for an event stream
+KEEPALIVE = 15.0        # a comment line this often keeps proxies from closing a quiet stream
+MEDIA = {".png": "image/png", ".tif": "image/tiff", ".tiff": "image/tiff", ".mp4": "video/mp4", ".m4v": "video/mp4",
+         ".mkv": "video/x-matroska", ".mov": "video/quicktime", ".webm": "video/webm", ".avi": "video/x-msvideo"}
+PROBLEMS = {status: {"model": Problem} for status in (400, 401, 403, 404, 409, 413, 415, 422, 429)}
+
+
+def _create_body() -> dict:
+    """The two ways to create a job, for the schema: FastAPI cannot infer a route that takes either."""
+    options = JobOptions.model_json_schema()
+    form = {**options, "properties": {"file": {"type": "string", "format": "binary",
+                                               "description": "the image or video (any field name)"},
+                                      **options["properties"]}, "required": ["file"]}
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": form},
+        "application/json": {"schema": JobRequest.model_json_schema()}}}}
+
+
+def create_app(config: ServeConfig, log=None) -> FastAPI:
+    log = log or (lambda message: print(message, file=sys.stderr))
+    root = Path(tempfile.mkdtemp(prefix="srtrt-serve-", dir=config.work_dir))
+    queue = JobQueue(config, root, log)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        queue.start(_warm_options(config))
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(queue.stop)
+            shutil.rmtree(root, ignore_errors=True)
+
+    app = FastAPI(title="srtrt serve", version=__version__, lifespan=lifespan, responses=PROBLEMS,
+                  description="Upscale images and videos with srtrt: create a job (a multipart upload, or JSON naming "
+                              "its options and then PUT its input), follow its progress (GET, or server-sent events), "
+                              "fetch the result, cancel it. Errors are `{\"detail\": one line}`.")
+    app.add_middleware(Guard, config=config)
+    app.state.queue = queue
+    _handlers(app)
+
+    def view(job) -> JobView:
+        return job_view(job, queue.position(job))
+
+    def found(job_id: str):
+        job = queue.get(job_id)
+        if job is None:
+            raise Refused(404, f"no job {job_id} (finished results are kept {config.keep_seconds / 60:g} minutes)")
+        return job
+
+    def run_options(chosen: JobOptions) -> tuple[RunOptions, str]:
+        entry = models.resolve(chosen.model, config.models_dir)
+        return RunOptions(model=entry.source, backend=chosen.backend, precision=chosen.precision, alpha=chosen.alpha,
+                          png_level=chosen.png_level, device=config.device, max_pixels=config.max_pixels), entry.id
+
+    # ---------------------------------------------------------------- the page
+
+    @app.get("/", include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+
+    # ---------------------------------------------------------------- the server
+
+    @app.get("/api/server", response_model=ServerView, summary="Models offered, limits")
+    def server() -> ServerView:
+        offered = models.list_models(config.models_dir)
+        shown = []
+        for entry in offered:
+            options = RunOptions(model=entry.source, device=config.device)
+            shown.append({"id": entry.id, "kind": entry.kind, "chosen": queue.warm.reason(options)})
+        return ServerView(models=shown, default_model=offered[0].id if offered else None,
+                          max_upload_bytes=config.max_upload_bytes, max_pixels=config.max_pixels,
+                          queue_size=config.queue_size, keep_seconds=config.keep_seconds)
+
+    # ---------------------------------------------------------------- jobs
+
+    @app.post("/api/jobs", status_code=202, response_model=JobView, openapi_extra=_create_body(),
+              summary="Create a job: upload a file (multipart), or name its options (JSON) and PUT the input after")
+    async def create_job(request: Request):
+        json_body = request.headers.get("content-type", "").split(";")[0].strip() == "application/json"
+        with queue.admission():
+            if json_body:
+                asked = JobRequest.model_validate(json.loads(await _small_body(request)))
+                options, model = run_options(asked)
+                name = uploads.display_name(asked.filename)
+                uploads.accepted_suffix(name)  # 415 now rather than after the upload
+                job = queue.create(name, options, model, listed=True)
+                return JSONResponse(view(job).model_dump(), status_code=201)
+            job = queue.create("upload", RunOptions(), "")
+            try:
+                upload = await uploads.receive_form(request, job.folder, config.max_upload_bytes)
+                options, job.model = run_options(JobOptions.model_validate(upload.fields))
+                job.name, job.options = upload.name, options
+                await asyncio.to_thread(uploads.check_pixels, upload.path, upload.name, config.max_pixels)
+                queue.submit(job, upload.path)
+            except BaseException:
+                queue.discard(job)
+                raise
+        return view(job)
+
+    @app.put("/api/jobs/{job_id}/input", status_code=202, response_model=JobView,
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+             summary="The input of a job created by JSON, as the raw request body")
+    async def put_input(job_id: str, request: Request):
+        job = found(job_id)
+        if job.state != AWAITING:
+            raise Refused(409, f"job {job_id} is {job.state}: its input is already in")
+        path = uploads.input_path(job.folder, job.name)
+        try:
+            await uploads.receive_body(request, path, config.max_upload_bytes)
+            await asyncio.to_thread(uploads.check_pixels, path, job.name, config.max_pixels)
+        except BaseException:
+            queue.discard(job)
+            raise
+        if not queue.submit(job, path):
+            raise Refused(409, f"job {job_id} was cancelled")
+        return view(job)
+
+    @app.get("/api/jobs", response_model=list[JobView], summary="Every job the server holds, oldest first")
+    def list_jobs():
+        return [view(job) for job in queue.jobs()]
+
+    @app.get("/api/jobs/{job_id}", response_model=JobView, summary="A job's state and progress")
+    def get_job(job_id: str):
+        return view(found(job_id))
+
+    @app.get("/api/jobs/{job_id}/events", summary="A job's state as server-sent events, until it ends",
+             response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+    async def job_events(job_id: str, request: Request):
+        found(job_id)
+
+        def snapshot():
+            job = queue.get(job_id)
+            return None if job is None else view(job).model_dump_json()
+
+        return _event_stream(request, queue, snapshot, "job", ends=lambda: _ended(queue, job_id))
+
+    @app.get("/api/events", summary="The whole queue as server-sent events (one list per change)",
+             response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+    async def queue_events(request: Request):
+        def snapshot():
+            return json.dumps([view(job).model_dump() for job in queue.jobs()])
+
+        return _event_stream(request, queue, snapshot, "jobs")
+
+    @app.get("/api/jobs/{job_id}/result", summary="The result file (inline; ?download=1 for an attachment)",
+             response_class=FileResponse, responses={200: {"content": {"image/png": {}, "video/*": {}}}})
+    def result(job_id: str, download: bool = False):
+        job = found(job_id)
+        if job.state != "done" or job.result is None or not job.result.is_file():
+            raise Refused(409, job.message if job.state in TERMINAL else f"job {job_id} is {job.state}: no result yet")
+        return FileResponse(job.result, media_type=MEDIA.get(job.result.suffix.lower(), "application/octet-stream"),
+                            filename=job.result_name, content_disposition_type="attachment" if download else "inline")
+
+    @app.delete("/api/jobs/{job_id}", response_model=JobView,
+                summary="Cancel a job (a running one stops at its next tile batch); a finished one is deleted")
+    def cancel(job_id: str):
+        job = queue.cancel(job_id)
+        if job is None:
+            raise Refused(404, f"no job {job_id}")
+        return view(job)
+
+    return app
+
+
+def _warm_options(config: ServeConfig) -> RunOptions | None:
+    if not config.warm_default:
+        return None
+    entry = models.resolve(None, config.models_dir)
+    return RunOptions(model=entry.source, device=config.device, max_pixels=config.max_pixels)
+
+
+async def _small_body(request: Request, limit: int = 16 * 1024) -> bytes:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise Refused(413, f"a JSON job request is at most {limit} bytes; send the file with PUT")
+    return bytes(body)
+
+
+def _ended(queue: JobQueue, job_id: str) -> bool:
+    job = queue.get(job_id)
+    return job is None or job.state in TERMINAL
+
+
+def _event_stream(request: Request, queue: JobQueue, snapshot, event: str, ends=None) -> StreamingResponse:
+    """Send `snapshot()` whenever it changes (looked at when the queue's version moves); stop when `ends()`."""
+
+    async def stream():
+        seen, last, quiet = -1, None, 0.0
+        while not await request.is_disconnected():
+            if queue.version != seen:
+                seen = queue.version
+                data = snapshot()
+                if data is not None and data != last:
+                    last, quiet = data, 0.0
+                    yield f"event: {event}\ndata: {data}\n\n"
+                if ends is not None and ends():
+                    return
+            if quiet >= KEEPALIVE:
+                quiet = 0.0
+                yield ": keepalive\n\n"
+            await asyncio.sleep(EVENT_POLL)
+            quiet += EVENT_POLL
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _handlers(app: FastAPI) -> None:
+    """Every refusal as its status and one line."""
+
+    @app.exception_handler(Refused)
+    async def refused(request, e: Refused):
+        return JSONResponse({"detail": e.message}, status_code=e.status)
+
+    @app.exception_handler(QueueFull)
+    async def full(request, e: QueueFull):
+        return JSONResponse({"detail": str(e)}, status_code=429, headers={"Retry-After": str(e.retry_after)})
+
+    @app.exception_handler(SrtrtError)
+    async def srtrt_error(request, e: SrtrtError):
+        return JSONResponse({"detail": str(e)}, status_code=400)
+
+    @app.exception_handler(json.JSONDecodeError)
+    async def bad_json(request, e: json.JSONDecodeError):
+        return JSONResponse({"detail": f"the body is not JSON ({e.msg} at character {e.pos})"}, status_code=400)
+
+    @app.exception_handler(ValidationError)
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, e):
+        return JSONResponse({"detail": _one_line_errors(e.errors())}, status_code=422)
+
+
+def _one_line_errors(errors) -> str:
+    parts = []
+    for error in errors:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path"))
+        parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else error.get("msg", "invalid"))
+    return "; ".join(parts)

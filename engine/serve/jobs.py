@@ -1,0 +1,327 @@
+"""Jobs: a bounded queue in front of one worker thread that runs them, one at a time, on the engine.
+
+Each job is one file in a folder of its own under the server's work folder, run by the same
+`FileRunner` as `srtrt run` (skip/overwrite, size limit, out-of-memory fallback, atomic output),
+with the backend kept warm between jobs. Admission is counted before an upload is read, so a full
+queue answers 429 without taking the body; a running job stops at its next tile batch (or frame)
+when cancelled. Finished jobs keep their result for `keep_seconds`, and fewer when the results
+together pass `keep_bytes` (oldest first, the newest always kept): disk use stays bounded.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import secrets
+import shutil
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from srtrt.atomic import remove_partials
+from srtrt.engine.batch.files import DONE, output_path
+from srtrt.engine.batch.options import RunOptions
+from srtrt.engine.serve.settings import ServeConfig
+from srtrt.engine.serve.warm import WarmBackends
+from srtrt.errors import SrtrtError
+
+AWAITING, QUEUED, RUNNING, FAILED, CANCELLED = "awaiting_input", "queued", "running", "failed", "cancelled"
+STATES = (AWAITING, QUEUED, RUNNING, DONE, FAILED, CANCELLED)
+TERMINAL = frozenset({DONE, FAILED, CANCELLED})
+SWEEP_SECONDS = 30.0    # the worker looks for expired results at least this often
+UPLOAD_WAIT = 600.0     # a job created by JSON whose input never comes is dropped after this long
+MAX_RECORDS = 1000      # finished jobs remembered, whatever their size
+
+
+class QueueFull(Exception):
+    def __init__(self, retry_after: int):
+        self.retry_after = retry_after
+        super().__init__(f"the queue is full; retry in about {retry_after} s")
+
+
+class Cancelled(Exception):
+    """Raised from the progress callbacks of a job whose cancel was asked for."""
+
+
+@dataclass
+class Job:
+    id: str
+    name: str                 # the client's file name: shown, never used as a path
+    folder: Path
+    options: RunOptions
+    model: str
+    source: Path | None = None
+    state: str = AWAITING
+    message: str = ""
+    unit: str = "tile"        # what progress counts: tiles of an image, frames of a video
+    done: int = 0
+    total: int = 0
+    backend: str = ""         # the backend that ran it and why (what `auto` chose)
+    result: Path | None = None
+    result_bytes: int = 0
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    cancel_requested: bool = False
+
+    @property
+    def result_name(self) -> str:
+        """The download name: the client's stem with the output's own ending (`photo_x4.png`)."""
+        assert self.result is not None
+        return PurePosixPath(self.name).stem + self.result.name[len("input"):]
+
+
+class JobQueue:
+    def __init__(self, config: ServeConfig, root: Path, log=None):
+        self.config, self.root = config, root
+        self.log = log or (lambda message: None)
+        self.warm = WarmBackends(log=self.log)
+        self.version = 0  # bumped on every change: event streams send when it moves
+        self._jobs: dict[str, Job] = {}
+        self._pending: deque[Job] = deque()
+        self._uploading = 0
+        self._durations: deque[float] = deque(maxlen=20)
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- life
+
+    def start(self, warm: RunOptions | None = None) -> None:
+        self._thread = threading.Thread(target=self._work, args=(warm,), name="srtrt-serve-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        self.warm.close()
+
+    # ---------------------------------------------------------------- admission
+
+    @contextlib.contextmanager
+    def admission(self):
+        """A place in the queue, held while an upload streams in; QueueFull (-> 429) when there is none."""
+        with self._cond:
+            waiting = self._uploading + len(self._pending) + sum(j.state == AWAITING for j in self._jobs.values())
+            if waiting >= self.config.queue_size:
+                raise QueueFull(self._retry_after())
+            self._uploading += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._uploading -= 1
+
+    def create(self, name: str, options: RunOptions, model: str, listed: bool = False) -> Job:
+        """A job awaiting its input, with a fresh folder; the id is random, so ids cannot be guessed.
+
+        `listed`: shown (and counted against the queue) from now on, as a job created by JSON whose
+        input comes later; otherwise from `submit`, as an upload's job is once its file is in."""
+        job_id = secrets.token_hex(8)
+        folder = self.root / job_id
+        folder.mkdir()
+        job = Job(job_id, name, folder, options, model)
+        if listed:
+            with self._cond:
+                self._jobs[job_id] = job
+                self._changed()
+        return job
+
+    def submit(self, job: Job, source: Path) -> bool:
+        """Queue a job whose input is in; False when it was cancelled (or expired) meanwhile."""
+        with self._cond:
+            if job.state != AWAITING or self._jobs.get(job.id, job) is not job:
+                return False
+            job.source, job.state = source, QUEUED
+            self._jobs[job.id] = job
+            self._pending.append(job)
+            self._changed()
+            self._cond.notify_all()
+            return True
+
+    def discard(self, job: Job) -> None:
+        """Forget a job whose upload was refused, with its files."""
+        with self._cond:
+            self._jobs.pop(job.id, None)
+            self._changed()
+        _remove(job.folder)
+
+    # ---------------------------------------------------------------- reading
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def position(self, job: Job) -> int | None:
+        """1 = next to run."""
+        with self._cond:
+            return next((i for i, j in enumerate(self._pending, 1) if j is job), None)
+
+    def jobs(self) -> list[Job]:
+        with self._cond:
+            return list(self._jobs.values())
+
+    # ---------------------------------------------------------------- cancel and delete
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Stop a job (a running one at its next tile batch); a finished job's files are deleted and it is forgotten."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            if job.state in (AWAITING, QUEUED):
+                if job in self._pending:
+                    self._pending.remove(job)
+                self._finish(job, CANCELLED, "cancelled")
+            elif job.state == RUNNING:
+                job.cancel_requested = True
+                self._changed()
+                return job
+            else:
+                del self._jobs[job_id]
+                self._changed()
+        _remove(job.folder)
+        return job
+
+    # ---------------------------------------------------------------- the worker
+
+    def _work(self, warm: RunOptions | None) -> None:
+        if warm is not None:
+            try:
+                self.warm.runner(warm)
+                self._changed_locked()
+            except SrtrtError as e:
+                self.log(f"srtrt serve: the default model did not open: {e}")
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    if not self._cond.wait(timeout=SWEEP_SECONDS):
+                        break
+                if self._stopping:
+                    return
+                job = self._pending.popleft() if self._pending else None
+                if job is not None:
+                    job.state, job.started = RUNNING, time.time()
+                    self._changed()
+            if job is not None:
+                self._run(job)
+            self._sweep()
+
+    def _run(self, job: Job) -> None:
+        destination = None
+
+        def check():
+            if job.cancel_requested or self._stopping:
+                raise Cancelled
+
+        def on_plan(total):
+            check()
+            self._progress(job, "tile", 0, total)
+
+        def on_frames(total, done):
+            check()
+            self._progress(job, "frame", done, total or 0)
+
+        def on_step(n):  # a tile batch or a frame
+            check()
+            self._progress(job, job.unit, job.done + n, job.total)
+
+        try:
+            check()
+            runner = self.warm.runner(job.options)
+            with self._cond:
+                job.backend = self.warm.reason(job.options) or ""
+                self._changed()
+            destination = output_path(job.source, None, False, runner.backend.scale)
+            outcome = runner.run(job.source, destination, on_tile=on_step, on_plan=on_plan, on_frame=on_step,
+                                 on_frames=on_frames, stop_check=check)
+        except Cancelled:
+            remove_partials(destination)
+            self._end(job, CANCELLED, "cancelled")
+            return
+        except SrtrtError as e:  # the model or backend could not open
+            self._end(job, FAILED, self._public(job, str(e)))
+            return
+        except Exception as e:  # a bug or an unexpected library error: this job fails, the server goes on
+            self.log(f"srtrt serve: job {job.id} ({job.name}):\n{traceback.format_exc()}")
+            self._end(job, FAILED, f"{job.name}: internal error ({type(e).__name__}: {_one_line(str(e))})")
+            return
+        if outcome.status == DONE:
+            job.result = outcome.destination
+            job.result_bytes = outcome.destination.stat().st_size
+            with contextlib.suppress(OSError):
+                job.source.unlink()  # the result stays; the input is no longer needed
+            self._end(job, DONE, f"{job.name} -> {job.result_name}", keep_files=True)
+        else:
+            self._end(job, FAILED, self._public(job, outcome.message))
+
+    def _progress(self, job: Job, unit: str, done: int, total: int) -> None:
+        with self._cond:
+            job.unit, job.done, job.total = unit, done, total
+            self._changed()
+
+    def _end(self, job: Job, state: str, message: str, keep_files: bool = False) -> None:
+        with self._cond:
+            if job.started is not None:
+                self._durations.append(time.time() - job.started)
+            self._finish(job, state, message)
+        if not keep_files:
+            _remove(job.folder)
+
+    def _finish(self, job: Job, state: str, message: str) -> None:
+        job.state, job.message, job.finished = state, message, time.time()
+        self._changed()
+
+    def _public(self, job: Job, message: str) -> str:
+        """A pipeline message in the client's words: its file name, not the server's folders."""
+        text = message.replace(str(job.source), job.name).replace(str(job.folder) + os.sep, "")
+        return _one_line(text)
+
+    # ---------------------------------------------------------------- bounds
+
+    def _retry_after(self) -> int:
+        per_job = sum(self._durations) / len(self._durations) if self._durations else 2.0
+        return max(1, math.ceil(per_job * (len(self._pending) + 1)))
+
+    def _sweep(self) -> None:
+        now = time.time()
+        with self._cond:
+            finished = sorted((j for j in self._jobs.values() if j.state in TERMINAL), key=lambda j: j.finished)
+            gone = [j for j in finished if now - j.finished > self.config.keep_seconds]
+            kept = [j for j in finished if j not in gone]
+            total = sum(j.result_bytes for j in kept)
+            while len(kept) > 1 and (total > self.config.keep_bytes or len(kept) > MAX_RECORDS):
+                oldest = kept.pop(0)
+                total -= oldest.result_bytes
+                gone.append(oldest)
+            gone += [j for j in self._jobs.values() if j.state == AWAITING and now - j.created > UPLOAD_WAIT]
+            for job in gone:
+                self._jobs.pop(job.id, None)
+                if job.state == AWAITING:
+                    self._finish(job, CANCELLED, "its input never came")
+            if gone:
+                self._changed()
+        for job in gone:
+            _remove(job.folder)
+
+    # ---------------------------------------------------------------- change notes
+
+    def _changed(self) -> None:  # under the lock
+        self.version += 1
+
+    def _changed_locked(self) -> None:
+        with self._cond:
+            self._changed()
+
+
+def _remove(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:300]

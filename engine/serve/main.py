@@ -1,0 +1,43 @@
+"""`srtrt serve`: check the settings, build the app, run it on uvicorn until Ctrl-C."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from srtrt.engine.serve.settings import MiB, ServeConfig
+from srtrt.errors import SrtrtError
+
+TOKEN_ENV = "SRTRT_SERVE_TOKEN"  # keeps the token out of `ps` and shell history
+
+
+def config_from_args(args) -> ServeConfig:
+    return ServeConfig(host=args.host, port=args.port, models_dir=Path(args.models) if args.models else None,
+                       token=args.token or os.environ.get(TOKEN_ENV) or None, device=args.device,
+                       work_dir=Path(args.work_dir) if args.work_dir else None,
+                       max_upload_bytes=args.max_upload_mb * MiB, max_pixels=_max_pixels(args.max_pixels),
+                       queue_size=args.queue, keep_seconds=args.keep_minutes * 60.0, keep_bytes=args.keep_mb * MiB,
+                       warm_default=args.warm)
+
+
+def _max_pixels(value: int | None) -> int:
+    from srtrt.engine.datapath.imageio import DEFAULT_MAX_PIXELS
+
+    return DEFAULT_MAX_PIXELS if value is None else value
+
+
+def main(args) -> int:
+    try:
+        import uvicorn
+
+        from srtrt.engine.serve.app import create_app
+    except ImportError as e:
+        raise SrtrtError(f'srtrt serve needs its extra: pip install "srtrt[serve]" ({e})') from None
+    config = config_from_args(args)
+    app = create_app(config)
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    where = f"http://{host}:{config.port}/"
+    print(f"srtrt: serving on {where}" + (" (open it as /?token=TOKEN once)" if config.token else "")
+          + f"; API schema at {where}docs", file=sys.stderr)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=3)
+    return 0

@@ -1,0 +1,78 @@
+"""Who may call the server: one ASGI layer in front of every route, the page and its files included.
+
+- A token (required on a non-loopback bind): `Authorization: Bearer T`, or the cookie the page gets
+  by opening `/?token=T` once (HttpOnly, SameSite=Strict, so other sites' requests never carry it).
+- No CORS: a request whose Origin is another site is refused, so a page elsewhere cannot make a
+  visitor's browser queue jobs on a server it can reach (localhost included).
+- On a loopback bind, only loopback Host names are served: a DNS-rebinding site cannot pose as it.
+"""
+from __future__ import annotations
+
+import secrets
+from urllib.parse import parse_qs, urlsplit
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse, RedirectResponse
+
+from srtrt.engine.serve.settings import ServeConfig, is_loopback
+
+COOKIE = "srtrt_token"
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+class Guard:
+    def __init__(self, app, config: ServeConfig):
+        self.app, self.config = app, config
+        self._token = config.token.encode() if config.token else None
+        self._names = LOOPBACK_NAMES | {config.host} if is_loopback(config.host) else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        response = self._refusal(scope, headers) or self._login(scope)
+        if response is not None:
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    def _refusal(self, scope, headers: Headers):
+        host = headers.get("host", "")
+        if self._names is not None and _hostname(host) not in self._names:
+            return _refuse(403, f"Host {host!r} is not this server's loopback name")
+        origin = headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != host:
+            return _refuse(403, "cross-origin requests are refused (the server sends no CORS headers)")
+        if self._token is None or self._authorised(scope, headers):
+            return None
+        return _refuse(401, "needs the server's token: Authorization: Bearer TOKEN (or open the page as /?token=TOKEN)",
+                       {"WWW-Authenticate": "Bearer"})
+
+    def _authorised(self, scope, headers: Headers) -> bool:
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and self._matches(given.strip()):
+            return True
+        cookies = dict(part.strip().split("=", 1) for part in headers.get("cookie", "").split(";") if "=" in part)
+        return self._matches(cookies.get(COOKIE, "")) or (scope["path"] == "/" and self._matches(_query_token(scope)))
+
+    def _matches(self, given: str) -> bool:
+        return bool(given) and secrets.compare_digest(given.encode(), self._token)
+
+    def _login(self, scope):
+        """`/?token=T` (checked above): keep the token in a cookie and drop it from the address bar."""
+        if self._token is None or scope["path"] != "/" or not _query_token(scope):
+            return None
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE, self.config.token, httponly=True, samesite="strict")
+        return response
+
+
+def _query_token(scope) -> str:
+    return parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
+
+
+def _hostname(host: str) -> str:
+    return (urlsplit(f"//{host}").hostname or "").strip("[]")
+
+
+def _refuse(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)

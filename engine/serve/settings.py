@@ -1,0 +1,48 @@
+"""`ServeConfig`: what the server may do, in one object checked once when it starts."""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from srtrt.engine.datapath.imageio import DEFAULT_MAX_PIXELS
+from srtrt.errors import SrtrtError
+
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    models_dir: Path | None = None   # community model files and checkpoints offered besides the embedded models
+    token: str | None = None         # bearer token; required on any non-loopback address
+    device: str | None = None        # cpu | cuda[:i]; None = the best there is
+    work_dir: Path | None = None     # per-job folders; None = a temporary folder removed at exit
+    max_upload_bytes: int = 1024 * MiB
+    max_pixels: int = DEFAULT_MAX_PIXELS  # LR pixels per image or video frame; 0 = no limit (the --max-pixels rule)
+    queue_size: int = 16             # jobs waiting behind the running one; more get 429
+    keep_seconds: float = 3600.0     # a finished job's files are deleted after this long...
+    keep_bytes: int = 4096 * MiB     # ...or sooner, oldest first, when finished results exceed this
+    warm_default: bool = False       # open the default model's backend at start (shows what `auto` chose)
+
+    def __post_init__(self):
+        if not is_loopback(self.host) and not self.token:
+            raise SrtrtError(f"--host {self.host} is reachable from other machines: it needs --token "
+                             "(bearer auth on every route)")
+        if self.models_dir is not None and not Path(self.models_dir).is_dir():
+            raise SrtrtError("--models: not a folder", self.models_dir)
+        for name in ("max_upload_bytes", "queue_size"):
+            if getattr(self, name) < 1:
+                raise SrtrtError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.max_pixels < 0:
+            raise SrtrtError(f"max pixels must be >= 0, not {self.max_pixels}")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

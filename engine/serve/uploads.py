@@ -1,0 +1,210 @@
+"""Request bodies into a job's folder: streamed to disk, limited in size, checked in pixels before decode.
+
+A client's file name is only ever shown and offered back as a download name: the file on disk is
+`input<suffix>` in the job's own folder, the suffix one of the known image and video suffixes.
+Refusals are `Refused(status, one line)`: 413 too large, 415 not a kind srtrt reads, 422 over the
+pixel limit (read from the header: nothing is decoded), 400 a malformed form.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, check_size, open_lazily
+from srtrt.engine.video import VIDEO_SUFFIXES, is_video
+from srtrt.errors import SrtrtError
+
+ACCEPTED_SUFFIXES = frozenset(INPUT_SUFFIXES | VIDEO_SUFFIXES)
+FIELD_LIMIT = 4096          # bytes in one form field (options are short)
+FORM_OVERHEAD = 64 * 1024   # part headers and fields besides the file, within a declared Content-Length
+NAME_LIMIT = 120            # characters of a file name kept for display
+
+
+class Refused(Exception):
+    def __init__(self, status: int, message: str):
+        self.status, self.message = status, message
+        super().__init__(message)
+
+
+@dataclass
+class Upload:
+    name: str                 # the client's file name, for display only
+    path: Path | None = None  # where its bytes are: <job folder>/input<suffix>
+    size: int = 0
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def display_name(name: str | None) -> str:
+    """The last component of a client's file name, printable, without quotes; never used as a path."""
+    last = PurePosixPath((name or "").replace("\\", "/")).name
+    clean = "".join(c for c in last if c.isprintable() and c not in '"<>').strip().lstrip(".")
+    if len(clean) > NAME_LIMIT:
+        suffix = PurePosixPath(clean).suffix[:10]
+        clean = clean[:NAME_LIMIT - len(suffix)] + suffix
+    return clean or "upload"
+
+
+def accepted_suffix(name: str) -> str:
+    """The input's kind, from its name's suffix; 415 for one srtrt does not read."""
+    suffix = PurePosixPath(name).suffix.lower()
+    if suffix not in ACCEPTED_SUFFIXES:
+        raise Refused(415, f"{name}: not an image or video srtrt reads ({', '.join(sorted(ACCEPTED_SUFFIXES))})")
+    return suffix
+
+
+def input_path(folder: Path, name: str) -> Path:
+    return folder / f"input{accepted_suffix(name)}"
+
+
+def check_declared_length(headers, limit: int, overhead: int = 0) -> None:
+    """413 before reading a byte when the client says the body is too large."""
+    try:
+        declared = int(headers.get("content-length", "-1"))
+    except ValueError:
+        raise Refused(400, "Content-Length is not a number") from None
+    if declared > limit + overhead:
+        raise Refused(413, f"upload of {declared:,} bytes is over the limit of {limit:,} bytes")
+
+
+async def receive_form(request, folder: Path, limit: int) -> Upload:
+    """A multipart form with one file part (any field name) and short option fields, the file streamed to disk."""
+    content_type, params = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or not params.get(b"boundary"):
+        raise Refused(415, "send the file as multipart/form-data (or create the job with JSON, then PUT its input)")
+    check_declared_length(request.headers, limit, FORM_OVERHEAD)
+    form = _FormReader(folder, limit)
+    parser = MultipartParser(params[b"boundary"], form.callbacks())
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except Refused:
+        raise
+    except Exception as e:  # python-multipart's own parse errors
+        raise Refused(400, f"malformed multipart form ({' '.join(str(e).split())[:120]})") from None
+    finally:
+        form.close()
+    if form.upload.path is None:
+        raise Refused(400, "the form has no file part")
+    return form.upload
+
+
+async def receive_body(request, path: Path, limit: int) -> int:
+    """A raw request body (PUT) streamed into `path`; its size."""
+    check_declared_length(request.headers, limit)
+    size = 0
+    with open(path, "xb") as f:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise Refused(413, f"upload is over the limit of {limit:,} bytes")
+            f.write(chunk)
+    return size
+
+
+class _FormReader:
+    """python-multipart callbacks: part headers, then the file's bytes to disk or a field's bytes to memory."""
+
+    def __init__(self, folder: Path, limit: int):
+        self.folder, self.limit = folder, limit
+        self.upload = Upload(name="upload")
+        self._headers: dict[bytes, bytes] = {}
+        self._header, self._value = b"", b""
+        self._file = None
+        self._field: str | None = None
+        self._data = bytearray()
+
+    def callbacks(self) -> dict:
+        return {"on_part_begin": self._part_begin, "on_header_field": self._header_field,
+                "on_header_value": self._header_value, "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
+                "on_part_end": self._part_end}
+
+    def _part_begin(self) -> None:
+        self._headers, self._field, self._data = {}, None, bytearray()
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[self._header.lower()] = self._value
+        self._header, self._value = b"", b""
+
+    def _headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        if b"filename" not in params:
+            self._field = params.get(b"name", b"").decode("utf-8", "replace")
+            return
+        if self.upload.path is not None:
+            raise Refused(400, "one file per job: send each file in a request of its own")
+        self.upload.name = display_name(params[b"filename"].decode("utf-8", "replace"))
+        self.upload.path = input_path(self.folder, self.upload.name)
+        self._file = open(self.upload.path, "xb")
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._file is not None:
+            self.upload.size += end - start
+            if self.upload.size > self.limit:
+                raise Refused(413, f"{self.upload.name}: upload is over the limit of {self.limit:,} bytes")
+            self._file.write(data[start:end])
+        else:
+            self._data += data[start:end]
+            if len(self._data) > FIELD_LIMIT:
+                raise Refused(400, f"form field {self._field!r} is over {FIELD_LIMIT} bytes")
+
+    def _part_end(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        elif self._field:
+            self.upload.fields[self._field] = self._data.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+# --------------------------------------------------------------------------- pixel limit
+
+def check_pixels(path: Path, name: str, max_pixels: int) -> None:
+    """422 when the header says the image (or a video frame) is over `max_pixels`; nothing is decoded.
+
+    A header that cannot be read passes: the job then fails with the pipeline's own one line."""
+    if not max_pixels:
+        return
+    if is_video(path):
+        size = _video_size(path)
+        if size and size[0] * size[1] > max_pixels:
+            raise Refused(422, f"{name}: video frames are {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, over "
+                               f"the limit of {max_pixels:,} (a decompression-bomb guard); raise it with --max-pixels")
+        return
+    size = _image_size(path)
+    if size is not None:
+        try:
+            check_size(size, max_pixels, name)  # the rule and words of `srtrt run --max-pixels`
+        except SrtrtError as e:
+            raise Refused(422, str(e)) from None
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    try:
+        with open_lazily(path) as img:  # reads the header only; Pillow's own bomb check lifted as read_image does
+            return img.size
+    except Exception:
+        return None
+
+
+def _video_size(path: Path) -> tuple[int, int] | None:
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            context = container.streams.video[0].codec_context
+            return context.width, context.height
+    except Exception:
+        return None

@@ -1,0 +1,310 @@
+"""`srtrt serve` through the ASGI test client: jobs, progress, results equal to `srtrt run`, limits, auth."""
+from __future__ import annotations
+
+import io
+import json
+import struct
+import threading
+import time
+import warnings
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="srtrt serve needs its extra: pip install 'srtrt[serve]'")
+pytest.importorskip("python_multipart", reason="srtrt serve needs its extra: pip install 'srtrt[serve]'")
+
+with warnings.catch_warnings():  # starlette would rather have httpx2; httpx is what is installed
+    warnings.simplefilter("ignore", UserWarning)
+    from fastapi.testclient import TestClient  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from srtrt.engine.serve.app import create_app  # noqa: E402
+from srtrt.engine.serve.settings import ServeConfig  # noqa: E402
+from srtrt.errors import SrtrtError  # noqa: E402
+
+from run_helpers import run_cli, save_tiny_model, write_images  # noqa: E402
+
+LOCAL = "http://127.0.0.1:8000"
+TINY = {"model": "tiny.safetensors", "backend": "torch"}
+
+pytestmark = pytest.mark.usefixtures("own_srtrt_cache", "one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("models")
+    save_tiny_model(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    return write_images(tmp_path_factory.mktemp("inputs"), 3, height=24, width=32)
+
+
+@contextmanager
+def serving(tmp_path: Path, models_dir: Path, base_url: str = LOCAL, **settings):
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    app = create_app(ServeConfig(models_dir=models_dir, work_dir=work, **settings), log=lambda m: None)
+    with TestClient(app, base_url=base_url) as client:
+        client.app_state = app.state
+        yield client
+
+
+def upload(client, data: bytes, name: str = "photo.png", **fields):
+    return client.post("/api/jobs", files={"file": (name, data, "application/octet-stream")}, data={**TINY, **fields})
+
+
+def finished(client, job_id: str, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed", "cancelled"):
+            return job
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+def job_folders(tmp_path: Path) -> list[Path]:
+    return [p for p in (tmp_path / "work").glob("*/*") if p.is_dir()]
+
+
+class Gate:
+    """Holds the worker inside a job's first progress report until released: a job that stays running."""
+
+    def __init__(self, queue):
+        self.entered, self.release = threading.Event(), threading.Event()
+        self._progress = queue._progress
+        queue._progress = self
+
+    def __call__(self, *args):
+        self.entered.set()
+        assert self.release.wait(30)
+        return self._progress(*args)
+
+
+# --------------------------------------------------------------------------- the job path
+
+
+def test_upload_progress_result_equals_srtrt_run(tmp_path, models_dir, images, capsys):
+    source = images[0]
+    with serving(tmp_path, models_dir) as client:
+        created = upload(client, source.read_bytes(), source.name)
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+        events = []
+        with client.stream("GET", f"/api/jobs/{job_id}/events") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+        assert events[-1]["state"] == "done", events[-1]
+        progress = events[-1]["progress"]
+        assert progress["unit"] == "tile" and progress["done"] == progress["total"] >= 1
+        assert "torch" in events[-1]["backend"]
+        result = client.get(events[-1]["result_url"])
+        assert result.status_code == 200 and result.headers["content-type"] == "image/png"
+        download = client.get(events[-1]["result_url"], params={"download": 1})
+        assert 'attachment; filename="img0_x4.png"' in download.headers["content-disposition"]
+    code, err = run_cli(capsys, source, "-o", tmp_path / "cli.png", "--model", models_dir / "tiny.safetensors",
+                        "--backend", "torch", "-q")
+    assert code == 0, err
+    assert result.content == (tmp_path / "cli.png").read_bytes()
+    assert Image.open(io.BytesIO(result.content)).size == (32 * 4, 24 * 4)
+
+
+def test_json_job_then_put_input(tmp_path, models_dir, images):
+    with serving(tmp_path, models_dir) as client:
+        created = client.post("/api/jobs", json={**TINY, "filename": "from-json.png"})
+        assert created.status_code == 201, created.text
+        job = created.json()
+        assert job["state"] == "awaiting_input" and job["input_url"]
+        put = client.put(job["input_url"], content=images[1].read_bytes())
+        assert put.status_code == 202, put.text
+        done = finished(client, job["id"])
+        assert done["state"] == "done" and done["result_name"] == "from-json_x4.png"
+        assert client.put(job["input_url"], content=b"again").status_code in (404, 409)
+        assert client.post("/api/jobs", json={**TINY, "filename": "notes.txt"}).status_code == 415
+        bad = client.post("/api/jobs", json={**TINY, "filename": "a.png", "tile": 0})
+        assert bad.status_code == 422 and "\n" not in bad.json()["detail"]
+
+
+def test_cancel_queued_and_running_jobs(tmp_path, models_dir, images):
+    with serving(tmp_path, models_dir) as client:
+        gate = Gate(client.app_state.queue)
+        running = upload(client, images[0].read_bytes()).json()["id"]
+        assert gate.entered.wait(30)
+        queued = upload(client, images[1].read_bytes()).json()["id"]
+        assert client.get(f"/api/jobs/{queued}").json()["position"] == 1
+        assert client.delete(f"/api/jobs/{queued}").json()["state"] == "cancelled"
+        assert client.delete(f"/api/jobs/{running}").json()["cancel_requested"] is True
+        gate.release.set()
+        job = finished(client, running)
+        assert job["state"] == "cancelled" and job["result_url"] is None
+        assert client.get(f"/api/jobs/{running}/result").status_code == 409
+        assert job_folders(tmp_path) == []  # inputs and partial outputs removed
+        after = upload(client, images[2].read_bytes()).json()["id"]
+        assert finished(client, after)["state"] == "done"  # the server goes on
+        assert client.delete(f"/api/jobs/{after}").status_code == 200  # a finished job: deleted
+        assert client.get(f"/api/jobs/{after}").status_code == 404
+
+
+def test_full_queue_answers_429_with_retry_after(tmp_path, models_dir, images):
+    with serving(tmp_path, models_dir, queue_size=2) as client:
+        gate = Gate(client.app_state.queue)
+        first = upload(client, images[0].read_bytes()).json()["id"]
+        assert gate.entered.wait(30)
+        accepted = [upload(client, images[i].read_bytes()) for i in (1, 2)]
+        assert [r.status_code for r in accepted] == [202, 202]
+        refused = upload(client, images[0].read_bytes())
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        assert "queue is full" in refused.json()["detail"]
+        gate.release.set()
+        for job_id in [first] + [r.json()["id"] for r in accepted]:
+            assert finished(client, job_id)["state"] == "done"
+        assert upload(client, images[0].read_bytes()).status_code == 202  # room again
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_oversized_upload_is_413_and_leaves_nothing(tmp_path, models_dir):
+    with serving(tmp_path, models_dir, max_upload_bytes=1000) as client:
+        declared = upload(client, b"x" * 5000)
+        assert declared.status_code == 413 and "over the limit of 1,000 bytes" in declared.json()["detail"]
+        boundary = "srtrtboundary"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.png\"\r\n\r\n".encode()
+                + b"x" * 5000 + f"\r\n--{boundary}--\r\n".encode())
+        chunked = client.post("/api/jobs", content=iter([body[:100], body[100:]]),
+                              headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        assert chunked.status_code == 413  # no Content-Length: counted while streaming
+        assert client.get("/api/jobs").json() == []
+        assert job_folders(tmp_path) == []
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A few hundred bytes whose header claims width x height pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_422_before_any_decode(tmp_path, models_dir, monkeypatch):
+    from PIL import ImageFile
+
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self) or None)
+    with serving(tmp_path, models_dir) as client:
+        response = upload(client, bomb_png(30000, 30000), "bomb.png")
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert detail.startswith("bomb.png: image is 30000x30000") and "decompression-bomb guard" in detail
+        assert "\n" not in detail
+        assert decoded == []
+        assert client.get("/api/jobs").json() == [] and job_folders(tmp_path) == []
+
+
+def test_corrupt_file_fails_alone_in_one_line(tmp_path, models_dir, images):
+    with serving(tmp_path, models_dir) as client:
+        broken = upload(client, b"\x89PNG\r\n\x1a\n this is not a png", "broken.png").json()["id"]
+        job = finished(client, broken)
+        assert job["state"] == "failed"
+        assert job["message"].startswith("broken.png: ") and "\n" not in job["message"]
+        assert str(tmp_path) not in job["message"]  # the server's folders stay private
+        assert client.get(f"/api/jobs/{broken}/result").json()["detail"] == job["message"]
+        good = upload(client, images[0].read_bytes()).json()["id"]
+        assert finished(client, good)["state"] == "done"
+
+
+@pytest.mark.parametrize("name", ["../../escape.png", "..\\..\\escape.png", "/etc/escape.png", "sub/../../escape.png",
+                                  '"quoted"\r\nX-Injected: 1.png'])
+def test_file_names_are_never_paths(tmp_path, models_dir, images, name):
+    with serving(tmp_path, models_dir) as client:
+        created = upload(client, images[0].read_bytes(), name)
+        assert created.status_code == 202, created.text
+        job = finished(client, created.json()["id"])
+        assert job["state"] == "done" and "/" not in job["name"] and "\\" not in job["name"]
+        result = client.get(job["result_url"], params={"download": 1})
+        assert result.status_code == 200 and "x-injected" not in result.headers
+        files = [p.name for p in (tmp_path / "work").rglob("*") if p.is_file()]
+        assert files == ["input_x4.png"]
+    assert not list(tmp_path.parent.rglob("escape*"))
+
+
+def test_models_come_from_the_listing_only(tmp_path, models_dir, images):
+    (tmp_path / "outside.safetensors").write_bytes(b"not read")
+    with serving(tmp_path, models_dir) as client:
+        listed = client.get("/api/server").json()
+        assert {"id": "tiny.safetensors", "kind": "checkpoint", "chosen": None} in listed["models"]
+        for model in ("../outside.safetensors", str(tmp_path / "outside.safetensors"), "tiny.json"):
+            refused = upload(client, images[0].read_bytes(), model=model)
+            assert refused.status_code == 400 and "unknown model" in refused.json()["detail"]
+        assert client.get("/api/jobs").json() == []
+
+
+# --------------------------------------------------------------------------- who may call
+
+
+def test_non_local_bind_needs_a_token(tmp_path, models_dir, capsys):
+    with pytest.raises(SrtrtError, match="needs --token"):
+        ServeConfig(host="0.0.0.0")
+    from srtrt.cli import main
+
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "needs --token" in capsys.readouterr().err
+
+
+def test_token_guards_every_route(tmp_path, models_dir, images):
+    with serving(tmp_path, models_dir, base_url="http://srtrt.example:8000", host="0.0.0.0", token="s3cret") as client:
+        for path in ("/", "/static/app.js", "/api/server", "/api/jobs", "/openapi.json", "/docs"):
+            refused = client.get(path)
+            assert refused.status_code == 401, path
+            assert refused.headers["www-authenticate"] == "Bearer"
+        assert upload(client, images[0].read_bytes()).status_code == 401
+        assert client.get("/api/server", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        ok = {"Authorization": "Bearer s3cret"}
+        assert client.get("/api/server", headers=ok).status_code == 200
+        login = client.get("/?token=s3cret", follow_redirects=False)
+        assert login.status_code == 303 and login.headers["location"] == "/"
+        assert "HttpOnly" in login.headers["set-cookie"] and "SameSite=strict" in login.headers["set-cookie"]
+        assert client.get("/").status_code == 200  # the cookie now
+        client.cookies.clear()
+        assert client.get("/").status_code == 401
+
+
+def test_other_sites_are_refused(tmp_path, models_dir, images):
+    with serving(tmp_path, models_dir) as client:
+        cross = client.post("/api/jobs", files={"file": ("a.png", images[0].read_bytes())},
+                            headers={"Origin": "http://evil.example"})
+        assert cross.status_code == 403 and "access-control-allow-origin" not in cross.headers
+        assert client.get("/api/server", headers={"Host": "evil.example"}).status_code == 403  # DNS rebinding
+        assert client.get("/api/server", headers={"Origin": LOCAL}).status_code == 200
+
+
+def test_results_are_bounded_in_space(tmp_path, models_dir, images):
+    with serving(tmp_path, models_dir, keep_bytes=1) as client:
+        first = upload(client, images[0].read_bytes()).json()["id"]
+        assert finished(client, first)["state"] == "done"
+        second = upload(client, images[1].read_bytes()).json()["id"]
+        assert finished(client, second)["state"] == "done"
+        deadline = time.monotonic() + 10
+        while client.get(f"/api/jobs/{first}").status_code != 404 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert client.get(f"/api/jobs/{first}").status_code == 404
+        assert client.get(f"/api/jobs/{second}/result").status_code == 200  # the newest is always kept
+        assert len(job_folders(tmp_path)) == 1
+
+
+def test_openapi_documents_the_api(tmp_path, models_dir):
+    with serving(tmp_path, models_dir) as client:
+        schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    assert set(paths["/api/jobs"]["post"]["requestBody"]["content"]) == {"multipart/form-data", "application/json"}
+    assert {"get", "delete"} <= set(paths["/api/jobs/{job_id}"])
+    assert "/api/jobs/{job_id}/result" in paths and "/api/jobs/{job_id}/events" in paths
+    assert "429" in paths["/api/jobs"]["post"]["responses"]

@@ -1,0 +1,150 @@
+"""`srtrt serve`'s page in a real browser: Debian's Chromium, headless, driven by Selenium.
+
+Drops an image and a corrupt file on the page, waits for the result, checks it is shown at 4x
+the input's size (1:1 zoom), that the corrupt file's one line is shown and that the page's
+download equals the API's result; a screenshot of the page is saved beside the test's files
+(and copied to $SRTRT_TEST_ARTIFACTS when that is set).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="srtrt serve needs its extra: pip install 'srtrt[serve]'")
+uvicorn = pytest.importorskip("uvicorn", reason="srtrt serve needs its extra: pip install 'srtrt[serve]'")
+webdriver = pytest.importorskip("selenium.webdriver", reason="the page test drives Chromium with selenium (pip install selenium)")
+
+from srtrt.engine.serve.app import create_app  # noqa: E402
+from srtrt.engine.serve.settings import ServeConfig  # noqa: E402
+
+from run_helpers import save_tiny_model, write_images  # noqa: E402
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+pytestmark = [pytest.mark.usefixtures("own_srtrt_cache", "one_torch_thread"), pytest.mark.slow]
+
+DROP = """
+const [input, zone] = arguments;
+const transfer = new DataTransfer();
+for (const file of input.files) transfer.items.add(file);
+zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def live_server(config: ServeConfig):
+    server = uvicorn.Server(uvicorn.Config(create_app(config, log=lambda m: None), host=config.host, port=config.port,
+                                           log_level="warning", timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://{config.host}:{config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@contextmanager
+def chromium(downloads: Path):
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.skip("no Chromium here (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900",
+                 "--force-device-scale-factor=1"):
+        options.add_argument(flag)
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})
+    try:
+        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    except Exception as e:  # a browser that cannot start here is an environment's limit, not a failure of srtrt
+        pytest.skip(f"Chromium did not start: {' '.join(str(e).split())[:200]}")
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _all_ended(jobs: list[dict]) -> list[dict] | None:
+    return jobs if len(jobs) == 2 and all(j["state"] in ("done", "failed") for j in jobs) else None
+
+
+def test_page_drop_progress_result_and_download(tmp_path):
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    models = tmp_path / "models"
+    models.mkdir()
+    save_tiny_model(models)
+    (image,) = write_images(tmp_path / "in", 1, height=48, width=64, prefix="dropped")
+    broken = tmp_path / "in" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not a PNG after all")
+    (tmp_path / "work").mkdir()
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    config = ServeConfig(port=free_port(), models_dir=models, work_dir=tmp_path / "work")
+    with live_server(config) as url, chromium(downloads) as driver:
+        driver.get(url + "/")
+        wait_for(lambda: len(Select(driver.find_element(By.ID, "model")).options) > 1, 30, "the model list")
+        Select(driver.find_element(By.ID, "model")).select_by_value("tiny.safetensors")
+        Select(driver.find_element(By.ID, "backend")).select_by_value("torch")
+
+        picker = driver.execute_script("const i = document.createElement('input'); i.type = 'file'; i.multiple = true;"
+                                       "i.style.display = 'none'; document.body.append(i); return i;")
+        picker.send_keys(f"{image}\n{broken}")
+        driver.execute_script(DROP, picker, driver.find_element(By.ID, "drop"))
+
+        after = driver.find_element(By.ID, "after")
+        wait_for(lambda: driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", after),
+                 90, "the result on the page")
+        size = driver.execute_script("const r = arguments[0].getBoundingClientRect();"
+                                     "return [arguments[0].naturalWidth, arguments[0].naturalHeight, r.width, r.height];", after)
+        assert size == [64 * 4, 48 * 4, 64 * 4, 48 * 4]  # 4x the input, shown at 1:1
+
+        jobs = {j["name"]: j for j in wait_for(lambda: _all_ended(httpx.get(url + "/api/jobs").json()), 60, "both jobs")}
+        assert jobs["dropped0.png"]["state"] == "done" and jobs["broken.png"]["state"] == "failed"
+        from_api = httpx.get(url + jobs["dropped0.png"]["result_url"]).content
+        queue = driver.find_element(By.ID, "jobs")
+        wait_for(lambda: jobs["broken.png"]["message"] in queue.text, 10, "the failed file's line on the page")
+        assert jobs["broken.png"]["message"].startswith("broken.png: ")
+
+        driver.find_element(By.ID, "download").click()
+        saved = wait_for(lambda: [p for p in downloads.iterdir() if not p.name.startswith(".") and p.suffix != ".crdownload"],
+                         30, "the download")
+        assert [p.name for p in saved] == ["dropped0_x4.png"]
+        assert saved[0].read_bytes() == from_api
+
+        shot = tmp_path / "serve-page.png"
+        driver.save_screenshot(str(shot))
+        if os.environ.get("SRTRT_TEST_ARTIFACTS"):
+            Path(os.environ["SRTRT_TEST_ARTIFACTS"]).mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, Path(os.environ["SRTRT_TEST_ARTIFACTS"]) / shot.name)
+        assert shot.stat().st_size > 0
