@@ -175,6 +175,9 @@ def _add_serve(sub):
     p.add_argument("--work-dir", default=None, help="where job folders go (default: a temporary folder)")
     p.add_argument("--no-warm", dest="warm", action="store_false",
                    help="open a model's backend at its first job, not the default model's at start")
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                   help="run jobs on a Ray Serve deployment (one replica per GPU, else CPU replicas): a local Ray, "
+                        "or the cluster at ADDRESS (pip install \"srtrt[serve-ray]\")")
 
 
 def parser() -> argparse.ArgumentParser:

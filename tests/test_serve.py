@@ -308,3 +308,76 @@ def test_openapi_documents_the_api(tmp_path, models_dir):
     assert {"get", "delete"} <= set(paths["/api/jobs/{job_id}"])
     assert "/api/jobs/{job_id}/result" in paths and "/api/jobs/{job_id}/events" in paths
     assert "429" in paths["/api/jobs"]["post"]["responses"]
+
+
+# --------------------------------------------------------------------------- each client its own view
+
+
+def test_each_client_sees_only_its_own_jobs(tmp_path, models_dir, images):
+    with serving(tmp_path, models_dir) as alice:
+        created = upload(alice, images[0].read_bytes())
+        minted = created.headers["x-srtrt-client"]  # a fresh client gets its id, as header and cookie
+        assert f"srtrt_client={minted}" in created.headers["set-cookie"] and "HttpOnly" in created.headers["set-cookie"]
+        job_id = created.json()["id"]
+        assert len(job_id) == 32 and int(job_id, 16) >= 0  # 128 random bits
+        job = finished(alice, job_id)
+        assert job["state"] == "done"
+        assert "x-srtrt-client" not in alice.get("/api/jobs").headers  # known now: nothing minted
+
+        # another browser: its own cookie jar (no `with`: the app's lifespan is alice's)
+        bob = TestClient(alice.app, base_url=LOCAL)
+        assert bob.get("/api/jobs").json() == []
+        for path in (f"/api/jobs/{job_id}", f"/api/jobs/{job_id}/result", f"/api/jobs/{job_id}/events"):
+            assert bob.get(path).status_code == 404, path
+        assert bob.delete(f"/api/jobs/{job_id}").status_code == 404
+        with bob.stream("GET", "/api/events") as stream:  # the queue's events carry no one else's jobs
+            first = next(line for line in stream.iter_lines() if line.startswith("data: "))
+        assert json.loads(first[6:]) == []
+        bobs = upload(bob, images[1].read_bytes()).json()["id"]
+        assert [j["id"] for j in bob.get("/api/jobs").json()] == [bobs]
+        finished(bob, bobs)
+
+        assert [j["id"] for j in alice.get("/api/jobs").json()] == [job_id]
+        assert alice.get(f"/api/jobs/{job_id}/result").status_code == 200  # bob's tries changed nothing
+        program = {"X-Srtrt-Client": minted}  # a program keeps its id as a header, no cookies
+        alice.cookies.clear()
+        assert alice.get(f"/api/jobs/{job_id}", headers=program).json()["state"] == "done"
+        assert alice.get("/api/jobs", headers={"X-Srtrt-Client": "short"}).status_code == 400
+
+
+# --------------------------------------------------------------------------- videos
+
+
+def test_video_job_progress_in_frames_audio_kept(tmp_path, models_dir, capsys):
+    pytest.importorskip("av")
+    from test_video import make_clip, packets
+
+    source = tmp_path / "clip.mp4"
+    made = make_clip(source, frames=8, size=(32, 24), audio="aac")
+    with serving(tmp_path, models_dir) as client:
+        job_id = upload(client, source.read_bytes(), "clip.mp4").json()["id"]
+        events = []
+        with client.stream("GET", f"/api/jobs/{job_id}/events") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+        job = events[-1]
+        assert job["state"] == "done", job
+        assert job["progress"] == {"unit": "frame", "done": 8, "total": 8}
+        assert any(e["state"] == "running" and e["progress"]["unit"] == "frame" for e in events)
+        assert job["result_name"] == "clip_x4.mp4"
+        result = client.get(job["result_url"])
+        assert result.status_code == 200 and result.headers["content-type"] == "video/mp4"
+    out = tmp_path / "served.mp4"
+    out.write_bytes(result.content)
+    import av
+
+    with av.open(str(out)) as c:
+        stream = c.streams.video[0]
+        assert (stream.codec_context.width, stream.codec_context.height) == (128, 96)
+        assert sum(1 for _ in c.decode(stream)) == 8
+    assert packets(out, "audio") == made["audio"]
+    code, err = run_cli(capsys, source, "-o", tmp_path / "cli.mp4", "--model", models_dir / "tiny.safetensors",
+                        "--backend", "torch", "-q")
+    assert code == 0, err
+    assert result.content == (tmp_path / "cli.mp4").read_bytes()

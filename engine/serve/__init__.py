@@ -9,6 +9,8 @@ package imports none of them until `app.create_app` is called, so `import srtrt.
 - warm: one backend per model configuration kept open between jobs;
 - jobs: the bounded queue and the worker that runs one job at a time on the engine;
 - security: bearer token, same-origin and Host checks on every route;
+- clients: each client (a header or cookie id) sees and touches only its own jobs;
 - schema: what the API takes and gives (the OpenAPI schema at /openapi.json);
-- app: the routes; static/: the page; main: `srtrt serve` on uvicorn.
+- app: the routes; static/: the page; main: `srtrt serve` on uvicorn;
+- replicas: `--ray`, the jobs run on a Ray Serve deployment (needs the `serve-ray` extra).
 """

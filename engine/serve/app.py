@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from srtrt import __version__
 from srtrt.engine.batch.options import RunOptions
 from srtrt.engine.serve import models, uploads
+from srtrt.engine.serve.clients import ClientId, client_of
 from srtrt.engine.serve.jobs import AWAITING, TERMINAL, JobQueue, QueueFull
 from srtrt.engine.serve.schema import JobOptions, JobRequest, JobView, Problem, ServerView, job_view
 from srtrt.engine.serve.security import Guard
@@ -51,8 +52,13 @@ def _create_body() -> dict:
 
 def create_app(config: ServeConfig, log=None) -> FastAPI:
     log = log or (lambda message: print(message, file=sys.stderr))
+    backends = None
+    if config.ray:  # connect before anything is made, so a cluster that cannot be reached is one line
+        from srtrt.engine.serve.replicas import RayBackends
+
+        backends = RayBackends(config.ray, config.device, log)
     root = Path(tempfile.mkdtemp(prefix="srtrt-serve-", dir=config.work_dir))
-    queue = JobQueue(config, root, log)
+    queue = JobQueue(config, root, log, backends, workers=backends.replicas if backends else 1)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -66,16 +72,19 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
     app = FastAPI(title="srtrt serve", version=__version__, lifespan=lifespan, responses=PROBLEMS,
                   description="Upscale images and videos with srtrt: create a job (a multipart upload, or JSON naming "
                               "its options and then PUT its input), follow its progress (GET, or server-sent events), "
-                              "fetch the result, cancel it. Errors are `{\"detail\": one line}`.")
-    app.add_middleware(Guard, config=config)
+                              "fetch the result, cancel it. Errors are `{\"detail\": one line}`. Each client sees only "
+                              "its own jobs: it is named by the `X-Srtrt-Client` header, else the `srtrt_client` "
+                              "cookie; a request with neither is given a fresh id in both.")
+    app.add_middleware(ClientId)
+    app.add_middleware(Guard, config=config)  # outermost: nothing, not even a client id, before the token
     app.state.queue = queue
     _handlers(app)
 
     def view(job) -> JobView:
         return job_view(job, queue.position(job))
 
-    def found(job_id: str):
-        job = queue.get(job_id)
+    def found(job_id: str, request: Request):
+        job = queue.get(job_id, client_of(request))
         if job is None:
             raise Refused(404, f"no job {job_id} (finished results are kept {config.keep_seconds / 60:g} minutes)")
         return job
@@ -118,9 +127,9 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
                 options, model = run_options(asked)
                 name = uploads.display_name(asked.filename)
                 uploads.accepted_suffix(name)  # 415 now rather than after the upload
-                job = queue.create(name, options, model, listed=True)
+                job = queue.create(name, options, model, client_of(request), listed=True)
                 return JSONResponse(view(job).model_dump(), status_code=201)
-            job = queue.create("upload", RunOptions(), "")
+            job = queue.create("upload", RunOptions(), "", client_of(request))
             try:
                 upload = await uploads.receive_form(request, job.folder, config.max_upload_bytes)
                 options, job.model = run_options(JobOptions.model_validate(upload.fields))
@@ -137,7 +146,7 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
                  "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
              summary="The input of a job created by JSON, as the raw request body")
     async def put_input(job_id: str, request: Request):
-        job = found(job_id)
+        job = found(job_id, request)
         if job.state != AWAITING:
             raise Refused(409, f"job {job_id} is {job.state}: its input is already in")
         path = uploads.input_path(job.folder, job.name)
@@ -151,37 +160,40 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
             raise Refused(409, f"job {job_id} was cancelled")
         return view(job)
 
-    @app.get("/api/jobs", response_model=list[JobView], summary="Every job the server holds, oldest first")
-    def list_jobs():
-        return [view(job) for job in queue.jobs()]
+    @app.get("/api/jobs", response_model=list[JobView], summary="This client's jobs, oldest first")
+    def list_jobs(request: Request):
+        return [view(job) for job in queue.jobs(client_of(request))]
 
     @app.get("/api/jobs/{job_id}", response_model=JobView, summary="A job's state and progress")
-    def get_job(job_id: str):
-        return view(found(job_id))
+    def get_job(job_id: str, request: Request):
+        return view(found(job_id, request))
 
     @app.get("/api/jobs/{job_id}/events", summary="A job's state as server-sent events, until it ends",
              response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
     async def job_events(job_id: str, request: Request):
-        found(job_id)
+        found(job_id, request)
+        owner = client_of(request)
 
         def snapshot():
-            job = queue.get(job_id)
+            job = queue.get(job_id, owner)
             return None if job is None else view(job).model_dump_json()
 
-        return _event_stream(request, queue, snapshot, "job", ends=lambda: _ended(queue, job_id))
+        return _event_stream(request, queue, snapshot, "job", ends=lambda: _ended(queue, job_id, owner))
 
-    @app.get("/api/events", summary="The whole queue as server-sent events (one list per change)",
+    @app.get("/api/events", summary="This client's jobs as server-sent events (one list per change)",
              response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
     async def queue_events(request: Request):
+        owner = client_of(request)
+
         def snapshot():
-            return json.dumps([view(job).model_dump() for job in queue.jobs()])
+            return json.dumps([view(job).model_dump() for job in queue.jobs(owner)])
 
         return _event_stream(request, queue, snapshot, "jobs")
 
     @app.get("/api/jobs/{job_id}/result", summary="The result file (inline; ?download=1 for an attachment)",
              response_class=FileResponse, responses={200: {"content": {"image/png": {}, "video/*": {}}}})
-    def result(job_id: str, download: bool = False):
-        job = found(job_id)
+    def result(job_id: str, request: Request, download: bool = False):
+        job = found(job_id, request)
         if job.state != "done" or job.result is None or not job.result.is_file():
             raise Refused(409, job.message if job.state in TERMINAL else f"job {job_id} is {job.state}: no result yet")
         return FileResponse(job.result, media_type=MEDIA.get(job.result.suffix.lower(), "application/octet-stream"),
@@ -189,8 +201,8 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
 
     @app.delete("/api/jobs/{job_id}", response_model=JobView,
                 summary="Cancel a job (a running one stops at its next tile batch); a finished one is deleted")
-    def cancel(job_id: str):
-        job = queue.cancel(job_id)
+    def cancel(job_id: str, request: Request):
+        job = queue.cancel(job_id, client_of(request))
         if job is None:
             raise Refused(404, f"no job {job_id}")
         return view(job)
@@ -214,8 +226,8 @@ async def _small_body(request: Request, limit: int = 16 * 1024) -> bytes:
     return bytes(body)
 
 
-def _ended(queue: JobQueue, job_id: str) -> bool:
-    job = queue.get(job_id)
+def _ended(queue: JobQueue, job_id: str, owner: str) -> bool:
+    job = queue.get(job_id, owner)
     return job is None or job.state in TERMINAL
 
 

@@ -53,6 +53,7 @@ class Job:
     folder: Path
     options: RunOptions
     model: str
+    owner: str                # the client that created it: the only one that sees it (clients.py)
     source: Path | None = None
     state: str = AWAITING
     message: str = ""
@@ -75,10 +76,11 @@ class Job:
 
 
 class JobQueue:
-    def __init__(self, config: ServeConfig, root: Path, log=None):
+    def __init__(self, config: ServeConfig, root: Path, log=None, backends=None, workers: int = 1):
         self.config, self.root = config, root
         self.log = log or (lambda message: None)
-        self.warm = WarmBackends(log=self.log)
+        self.warm = backends or WarmBackends(log=self.log)  # or replicas.RayBackends: the same three methods
+        self.workers = workers  # jobs run at once: one per device (a Ray replica each)
         self.version = 0  # bumped on every change: event streams send when it moves
         self._jobs: dict[str, Job] = {}
         self._pending: deque[Job] = deque()
@@ -86,20 +88,23 @@ class JobQueue:
         self._durations: deque[float] = deque(maxlen=20)
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # ---------------------------------------------------------------- life
 
     def start(self, warm: RunOptions | None = None) -> None:
-        self._thread = threading.Thread(target=self._work, args=(warm,), name="srtrt-serve-worker", daemon=True)
-        self._thread.start()
+        for i in range(self.workers):  # only the first opens the default model: one backend is enough to show
+            thread = threading.Thread(target=self._work, args=(warm if i == 0 else None,), daemon=True,
+                                      name=f"srtrt-serve-worker-{i}")
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
+        for thread in self._threads:
+            thread.join(timeout=60)
         self.warm.close()
 
     # ---------------------------------------------------------------- admission
@@ -118,15 +123,15 @@ class JobQueue:
             with self._cond:
                 self._uploading -= 1
 
-    def create(self, name: str, options: RunOptions, model: str, listed: bool = False) -> Job:
-        """A job awaiting its input, with a fresh folder; the id is random, so ids cannot be guessed.
+    def create(self, name: str, options: RunOptions, model: str, owner: str, listed: bool = False) -> Job:
+        """A job awaiting its input, with a fresh folder; the id is 128 random bits, so ids cannot be guessed.
 
         `listed`: shown (and counted against the queue) from now on, as a job created by JSON whose
         input comes later; otherwise from `submit`, as an upload's job is once its file is in."""
-        job_id = secrets.token_hex(8)
+        job_id = secrets.token_hex(16)
         folder = self.root / job_id
         folder.mkdir()
-        job = Job(job_id, name, folder, options, model)
+        job = Job(job_id, name, folder, options, model, owner)
         if listed:
             with self._cond:
                 self._jobs[job_id] = job
@@ -154,24 +159,26 @@ class JobQueue:
 
     # ---------------------------------------------------------------- reading
 
-    def get(self, job_id: str) -> Job | None:
-        return self._jobs.get(job_id)
+    def get(self, job_id: str, owner: str) -> Job | None:
+        """The job, if `owner` created it: another client's job is as absent as one that never was."""
+        job = self._jobs.get(job_id)
+        return job if job is not None and job.owner == owner else None
 
     def position(self, job: Job) -> int | None:
         """1 = next to run."""
         with self._cond:
             return next((i for i, j in enumerate(self._pending, 1) if j is job), None)
 
-    def jobs(self) -> list[Job]:
+    def jobs(self, owner: str) -> list[Job]:
         with self._cond:
-            return list(self._jobs.values())
+            return [job for job in self._jobs.values() if job.owner == owner]
 
     # ---------------------------------------------------------------- cancel and delete
 
-    def cancel(self, job_id: str) -> Job | None:
+    def cancel(self, job_id: str, owner: str) -> Job | None:
         """Stop a job (a running one at its next tile batch); a finished job's files are deleted and it is forgotten."""
         with self._cond:
-            job = self._jobs.get(job_id)
+            job = self.get(job_id, owner)
             if job is None:
                 return None
             if job.state in (AWAITING, QUEUED):
@@ -286,7 +293,7 @@ class JobQueue:
 
     def _retry_after(self) -> int:
         per_job = sum(self._durations) / len(self._durations) if self._durations else 2.0
-        return max(1, math.ceil(per_job * (len(self._pending) + 1)))
+        return max(1, math.ceil(per_job * (len(self._pending) + 1) / self.workers))
 
     def _sweep(self) -> None:
         now = time.time()

@@ -17,7 +17,7 @@ def config_from_args(args) -> ServeConfig:
                        work_dir=Path(args.work_dir) if args.work_dir else None,
                        max_upload_bytes=args.max_upload_mb * MiB, max_pixels=_max_pixels(args.max_pixels),
                        queue_size=args.queue, keep_seconds=args.keep_minutes * 60.0, keep_bytes=args.keep_mb * MiB,
-                       warm_default=args.warm)
+                       warm_default=args.warm, ray=args.ray)
 
 
 def _max_pixels(value: int | None) -> int:

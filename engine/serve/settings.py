@@ -25,6 +25,7 @@ class ServeConfig:
     keep_seconds: float = 3600.0     # a finished job's files are deleted after this long...
     keep_bytes: int = 4096 * MiB     # ...or sooner, oldest first, when finished results exceed this
     warm_default: bool = False       # open the default model's backend at start (shows what `auto` chose)
+    ray: str | None = None           # run jobs on a Ray Serve deployment: "auto" (local Ray) or a cluster address
 
     def __post_init__(self):
         if not is_loopback(self.host) and not self.token:

@@ -1,0 +1,107 @@
+"""`srtrt serve --ray` on a local Ray (2 CPUs): a job through the Ray Serve deployment gives the
+same bytes as one run in the server's own process. Skipped without the `serve-ray` extra."""
+from __future__ import annotations
+
+import time
+import warnings
+
+import pytest
+
+pytest.importorskip("fastapi", reason="srtrt serve needs its extra: pip install 'srtrt[serve]'")
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.serve", reason="srtrt serve --ray needs its extra: pip install 'srtrt[serve-ray]'")
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
+    from fastapi.testclient import TestClient  # noqa: E402
+
+from srtrt.cli import parser  # noqa: E402
+from srtrt.engine.serve.app import create_app  # noqa: E402
+from srtrt.engine.serve.main import config_from_args  # noqa: E402
+
+from run_helpers import save_tiny_model, write_images  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("own_srtrt_cache", "one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+def upload(client, data: bytes, name: str) -> str:
+    files = {"file": (name, data, "application/octet-stream")}
+    created = client.post("/api/jobs", files=files, data={"model": "tiny.safetensors", "backend": "torch"})
+    assert created.status_code == 202, created.text
+    return created.json()["id"]
+
+
+def finished(client, job_id: str, timeout: float = 180.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+def served(tmp_path, models, *flags):
+    (tmp_path / "work").mkdir(parents=True, exist_ok=True)
+    args = parser().parse_args(["serve", "--models", str(models), "--work-dir", str(tmp_path / "work"), "--no-warm",
+                                *flags])
+    return TestClient(create_app(config_from_args(args), log=lambda m: None), base_url="http://127.0.0.1:8000")
+
+
+def test_a_job_through_ray_serve_gives_the_same_bytes(local_ray, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    save_tiny_model(models)
+    image, other = write_images(tmp_path / "in", 2, height=24, width=32)
+    broken = b"\x89PNG\r\n\x1a\n not a png"
+
+    results = {}
+    for flags in ((), ("--ray",)):
+        with served(tmp_path / "-".join(flags or ("local",)), models, *flags) as client:
+            queue = client.app.state.queue
+            assert type(queue.warm).__name__ == ("RayBackends" if flags else "WarmBackends")
+            assert queue.workers == 1  # one CPU replica of 2 cores: one job at a time
+            job = finished(client, upload(client, image.read_bytes(), image.name))
+            assert job["state"] == "done", job
+            assert job["progress"]["unit"] == "tile" and job["progress"]["done"] == job["progress"]["total"] >= 1
+            assert "torch" in job["backend"]
+            results[flags] = client.get(job["result_url"]).content
+            failed = finished(client, upload(client, broken, "broken.png"))
+            assert failed["state"] == "failed" and failed["message"].startswith("broken.png: "), failed
+            assert "srtrt-replica" not in failed["message"] and "\n" not in failed["message"]
+            later = finished(client, upload(client, other.read_bytes(), other.name))
+            assert later["state"] == "done"  # the replica goes on after a failed file
+    assert results[("--ray",)] == results[()]
+
+
+def test_cancel_reaches_the_replica(local_ray, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    save_tiny_model(models)
+    pytest.importorskip("av")
+    from test_video import make_clip
+
+    long = tmp_path / "long.mp4"
+    make_clip(long, frames=240, size=(64, 48), audio=None)  # a step per frame: the job is caught mid-way
+    (small,) = write_images(tmp_path / "small", 1, height=24, width=32)
+    with served(tmp_path, models, "--ray") as client:
+        job_id = upload(client, long.read_bytes(), long.name)
+        deadline = time.monotonic() + 120
+        while client.get(f"/api/jobs/{job_id}").json()["progress"]["done"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.delete(f"/api/jobs/{job_id}").json()["cancel_requested"] is True
+        job = finished(client, job_id)
+        assert job["state"] == "cancelled" and job["progress"]["done"] < job["progress"]["total"], job
+        started = time.monotonic()
+        after = finished(client, upload(client, small.read_bytes(), small.name))
+        assert after["state"] == "done" and time.monotonic() - started < 30  # the replica is free again
