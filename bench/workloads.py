@@ -100,3 +100,49 @@ def write_png(workload: Workload, folder: Path) -> Path:
     path = Path(folder) / f"{workload.name}-{workload.width}x{workload.height}.png"
     Image.fromarray(workload.lr).save(path, compress_level=1)
     return path
+
+
+# The varied-size folder: photos of many sizes, as a camera roll or a scraped folder holds them.
+VARIED_COUNT = {"full": 120, "quick": 120, "smoke": 6}
+VARIED_SIDES = (64, 320)  # LR side range, each side drawn on its own
+VARIED_SOURCES = ("samples", "big")  # never the test sets (set5, set14)
+
+
+def _varied_sources() -> list[tuple[Image.Image, str]]:
+    found = []
+    for folder in VARIED_SOURCES:
+        root = shared_data(folder)
+        for path in sorted(root.glob("*")) if root.is_dir() else []:
+            if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+                with Image.open(path) as im:
+                    found.append((im.convert("RGB"), f"{folder}/{path.name}"))
+    return found
+
+
+def varied_folder(folder: Path, mode: str, seed: int = 24) -> dict:
+    """Write the varied-size folder into `folder` as PNGs: each image a random crop of one of
+    the ../shared/data samples/big photos, downscaled (bicubic) to a random size of 64-320 px a
+    side; generated photo-like images when those are absent. Deterministic for a seed.
+    Returns the workload's info (count, LR megapixels, distinct sizes, sources)."""
+    rng = np.random.default_rng(seed)
+    sources = _varied_sources()
+    lo, hi = VARIED_SIDES if mode != "smoke" else (32, 64)
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels, sizes = 0, set()
+    for i in range(VARIED_COUNT[mode]):
+        width, height = (int(v) for v in rng.integers(lo, hi + 1, 2))
+        if sources:
+            photo, _ = sources[i % len(sources)]
+            # a crop of the target's aspect, 1-4x the target size, so every image is a downscale
+            zoom = min(rng.uniform(1, 4), photo.width / width, photo.height / height)
+            cw, ch = int(width * zoom), int(height * zoom)
+            left, top = int(rng.integers(0, photo.width - cw + 1)), int(rng.integers(0, photo.height - ch + 1))
+            image = photo.crop((left, top, left + cw, top + ch)).resize((width, height), Image.Resampling.BICUBIC)
+        else:
+            image = Image.fromarray(photo_like(width, height, seed=i))
+        image.save(folder / f"varied-{i:03d}-{width}x{height}.png", compress_level=1)
+        pixels += width * height
+        sizes.add((width, height))
+    return {"workload": "varied-folder", "images": VARIED_COUNT[mode], "lr_megapixels": round(pixels / 1e6, 4),
+            "output_mp": round(pixels * 16 / 1e6, 4), "distinct_sizes": len(sizes), "lr_sides": [lo, hi],
+            "input_source": ", ".join(label for _, label in sources) or "generated photo-like images"}

@@ -1,5 +1,6 @@
 """The openvino backend: parity with torch fp32, bf16 accuracy, tiling exactness, one compiled
-model per window shape, the auto choice, and bad ONNX files as one line."""
+model per window shape (small shapes seen once on the dynamic-shape model, equal to the static
+one), the auto choice, and bad ONNX files as one line."""
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ pytest.importorskip("openvino")
 pytest.importorskip("onnxscript")  # the exporter that writes the graph the backend runs
 
 from srtrt.engine.backends import create_backend  # noqa: E402
-from srtrt.engine.backends.openvino_backend import OpenVinoBackend  # noqa: E402
+from srtrt.engine.backends.openvino_backend import KEEP_COMPILED, OpenVinoBackend  # noqa: E402
 from srtrt.engine.backends.torch_backend import TorchBackend  # noqa: E402
 from srtrt.engine.datapath.runtime import Planes, TiledUpscaler  # noqa: E402
 from srtrt.engine.toolchain.export import export_onnx  # noqa: E402
@@ -82,6 +83,7 @@ def test_tiled_equals_whole_image_at_fp32(view, onnx_file, blob_cache):
 
 def test_one_compiled_model_per_window_shape_reused_across_images(view, onnx_file, blob_cache):
     with backend(view, onnx_file, blob_cache) as ov:
+        ov.dynamic_pixels = 0  # every shape static, as for large windows
         upscaler = TiledUpscaler(ov, core=16, margin=view.radius, batch=5)
         assert len(upscaler.plan(48, 64)) == 12
         upscaler.run_to_array(Planes(smooth_image(48, 64, seed=2)))
@@ -91,6 +93,49 @@ def test_one_compiled_model_per_window_shape_reused_across_images(view, onnx_fil
         upscaler.run_to_array(Planes(smooth_image(24, 30, seed=4)))
         assert ov.compilations == 3  # an image smaller than one window brings its own shape
     assert any(blob_cache.iterdir())  # compiled blobs kept for the next process
+
+
+def test_small_shapes_seen_once_run_on_the_dynamic_model_and_equal_the_static_ones(view, onnx_file, blob_cache):
+    sizes = [(37, 53), (64, 41), (30, 90), (48, 48)]
+    with backend(view, onnx_file, blob_cache) as dynamic, backend(view, onnx_file, blob_cache) as static:
+        static.dynamic_pixels = 0
+        for i, (h, w) in enumerate(sizes):
+            planes = Planes(smooth_image(h, w, seed=10 + i))
+            got, _ = TiledUpscaler(dynamic).run_to_array(planes)
+            want, _ = TiledUpscaler(static).run_to_array(planes)
+            assert np.abs(got - want).max() <= 1e-5
+    assert dynamic.compilations == 0 and dynamic.dynamic_runs == len(sizes)  # one model served every size
+    assert static.compilations == len(sizes) and static.dynamic_runs == 0
+
+
+def test_a_shape_that_comes_again_or_a_large_window_is_compiled_static_and_kept(view, onnx_file, blob_cache):
+    with backend(view, onnx_file, blob_cache) as ov:
+        upscaler = TiledUpscaler(ov)
+        image = Planes(smooth_image(40, 56, seed=5))
+        first, _ = upscaler.run_to_array(image)
+        assert (ov.compilations, ov.dynamic_runs) == (0, 1)
+        second, _ = upscaler.run_to_array(image)  # the shape came again: compiled static now
+        upscaler.run_to_array(image)
+        assert (ov.compilations, ov.dynamic_runs) == (1, 1)
+        assert np.abs(first - second).max() <= 1e-5
+        ov.dynamic_pixels = 40 * 56  # a window this large is compiled static on first sight
+        upscaler.run_to_array(Planes(smooth_image(40, 60, seed=6)))
+        assert (ov.compilations, ov.dynamic_runs) == (2, 1)
+        for i in range(8):  # many shapes, each twice: the compiled models held stay bounded
+            for _ in range(2):
+                upscaler.run_to_array(Planes(smooth_image(20 + i, 24, seed=i)))
+        assert len(ov._requests) <= KEEP_COMPILED
+
+
+def test_tiles_of_one_image_share_a_shape_so_it_is_compiled_static_after_the_first(view, onnx_file, blob_cache):
+    with backend(view, onnx_file, blob_cache) as ov, backend(view, onnx_file, blob_cache) as static:
+        static.dynamic_pixels = 0
+        planes = Planes(smooth_image(64, 72, seed=7))
+        got, _ = TiledUpscaler(ov, core=16).run_to_array(planes)  # 20 windows, most of one interior shape
+        want, _ = TiledUpscaler(static, core=16).run_to_array(planes)
+        assert np.abs(got - want).max() <= 1e-5
+        windows = len(TiledUpscaler(ov, core=16).plan(64, 72))
+        assert ov.compilations >= 1 and ov.dynamic_runs < windows / 2  # each shape runs dynamic once at most
 
 
 def test_compiled_blob_cache_stays_within_its_size_and_drops_the_least_recently_used(view, onnx_file, tmp_path,

@@ -8,9 +8,12 @@ outputs stay fp32). Precision int8 runs the QDQ graph of a calibrated model
 shuffle before it were 40% of a 2K-output image (AMX tiles want 16+ output channels); as one
 conv to 12 channels at half resolution and a 12-channel shuffle, the same values cost 1.4x less
 (OpenVINO's per-layer profile, bench/README.md). Static shapes run faster than a
-dynamic graph, and the runtime uses one window shape per image, so each (N, 3, h, w) is compiled
-once and kept for the images and tiles that follow; OpenVINO's CACHE_DIR keeps the compiled
-blobs so the next process starts without recompiling.
+dynamic graph on large windows, and the runtime uses one window shape per image, so each
+(N, 3, h, w) seen again or large is compiled once and kept for the images and tiles that
+follow; OpenVINO's CACHE_DIR keeps the compiled blobs so the next process starts without
+recompiling. A small shape seen for the first time runs on one dynamic-shape model instead:
+a folder of photos of many sizes brings a new shape per image, and compiling each cost more
+than its inference (bench/test_varied.py). Both compute the same values.
 """
 from __future__ import annotations
 
@@ -33,6 +36,11 @@ from srtrt.hardware import cpu_has_fast_bf16, usable_cpus
 # srtrt precision -> INFERENCE_PRECISION_HINT; int8's hint is for the layers its graph leaves in float.
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "bf16"}
 KEEP_COMPILED = 4        # window shapes held compiled at once; each holds its own activation memory
+# Windows below this many LR pixels (batch included) run on the dynamic-shape model until their shape comes
+# again: compiling a static model (0.2-0.4 s) outweighs its speed-up there (bench/test_varied.py).
+DYNAMIC_BELOW_PIXELS = 160_000
+STATIC_AFTER_IMAGES = 2  # a shape prepared or run this often is compiled static
+REMEMBERED_SHAPES = 4096  # shapes whose count is kept (a bound on memory, never reached by a folder)
 CACHE_BUDGET_MB = 512    # compiled blobs kept in CACHE_DIR, least recently used dropped first (SRTRT_OPENVINO_CACHE_MB)
 INSTALL_HINT = "pip install openvino"
 
@@ -150,35 +158,55 @@ class OpenVinoBackend(Backend):
         except OSError:
             self.cache = None  # an unwritable cache costs start-up time only
         self._requests: OrderedDict[tuple[int, int, int], object] = OrderedDict()
-        self.compilations = 0  # how many window shapes were compiled (tests check reuse)
+        self.compilations = 0  # how many window shapes were compiled static (tests check reuse)
+        self.dynamic_pixels = DYNAMIC_BELOW_PIXELS  # 0: every shape compiled static
+        self._dynamic = None  # the dynamic-shape infer request, compiled on first use
+        self.dynamic_runs = 0  # inferences through it (tests and bench/ check which path ran)
+        self._prepared: OrderedDict[tuple[int, int, int], int] = OrderedDict()  # shape -> images prepared
         self.defaults = tile_defaults(precision, radius, channels)
 
+    def _compile(self, dims: list[int], label: str):
+        model = self.model.clone()
+        model.reshape({model.inputs[0]: self._ov.PartialShape(dims)})
+        try:
+            return self.core.compile_model(model, "CPU", self.config).create_infer_request()
+        except Exception as e:
+            raise SrtrtError(f"OpenVINO cannot compile this ONNX file for {label} ({_reason(e)})", self.path) from None
+
     def _request(self, batch: int, height: int, width: int):
-        """The infer request compiled for this exact input shape, compiling it on first use."""
+        """The infer request for this input shape: its own static model when it has one, is large or
+        was prepared for more than one image (compiled now); else the shared dynamic-shape model."""
         shape = (batch, height, width)
         if shape in self._requests:
             self._requests.move_to_end(shape)
             return self._requests[shape]
-        model = self.model.clone()
-        model.reshape({model.inputs[0]: self._ov.PartialShape([batch, self.channels, height, width])})
-        try:
-            compiled = self.core.compile_model(model, "CPU", self.config)
-        except Exception as e:
-            raise SrtrtError(f"OpenVINO cannot compile this ONNX file for {batch}x{self.channels}x{height}x{width} "
-                             f"({_reason(e)})", self.path) from None
+        if batch * height * width < self.dynamic_pixels and self._prepared.get(shape, 0) < STATIC_AFTER_IMAGES:
+            if self._dynamic is None:
+                self._dynamic = self._compile([-1, self.channels, -1, -1], "any input size")
+            return self._dynamic
+        self._requests[shape] = self._compile([batch, self.channels, height, width],
+                                              f"{batch}x{self.channels}x{height}x{width}")
         self.compilations += 1
-        self._requests[shape] = compiled.create_infer_request()
         while len(self._requests) > KEEP_COMPILED:
             self._requests.popitem(last=False)
         return self._requests[shape]
 
     def prepare(self, batch: int, height: int, width: int) -> None:
+        """Called once per image: counts the images of each shape, so one that comes again is compiled."""
+        shape = (batch, height, width)
+        self._prepared[shape] = self._prepared.pop(shape, 0) + 1
+        while len(self._prepared) > REMEMBERED_SHAPES:
+            self._prepared.popitem(last=False)
         self._request(batch, height, width)
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         feed = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        result = self._request(n, h, w).infer({0: feed}, share_inputs=True, share_outputs=False)
+        request = self._request(n, h, w)
+        if request is self._dynamic:  # a shape that runs again (the next tile of the same image) is compiled static
+            self.dynamic_runs += 1
+            self._prepared[n, h, w] = self._prepared.get((n, h, w), 0) + 1
+        result = request.infer({0: feed}, share_inputs=True, share_outputs=False)
         return torch.from_numpy(result[0])
 
     def describe(self) -> str:
@@ -186,3 +214,4 @@ class OpenVinoBackend(Backend):
 
     def close(self) -> None:
         self._requests.clear()
+        self._dynamic = None

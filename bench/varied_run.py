@@ -1,0 +1,33 @@
+"""The per-file path of `srtrt run` over a list of files, timed: what bench/test_varied.py measures.
+
+Same steps as engine/batch/cli_run.py without the terminal: plan_jobs names the outputs, a
+FileRunner upscales each file (decode, tiles, compute, PNG encode, rename) while DecodeAhead
+decodes the next one.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from srtrt.engine.batch.files import DONE, DecodeAhead, FileRunner, plan_jobs
+from srtrt.engine.batch.options import RunOptions
+
+
+def run_files(backend, files: list[Path], output: Path) -> dict:
+    """Upscale `files` into the folder `output` (overwriting); seconds, output MP and MP/s."""
+    output.mkdir(parents=True, exist_ok=True)
+    runner = FileRunner(backend, RunOptions(overwrite=True))
+    jobs = plan_jobs(files, str(output) + "/", backend.scale)
+    t0 = time.perf_counter()
+    outcomes = []
+    with DecodeAhead(runner) as ahead:
+        for i, job in enumerate(jobs, 1):
+            decoded = ahead.take(job)
+            ahead.start(jobs[i] if i < len(jobs) else None)
+            outcomes.append(runner.run(job.source, job.destination, decoded=decoded))
+    seconds = time.perf_counter() - t0
+    failed = [o.message for o in outcomes if o.status != DONE]
+    if failed:
+        raise RuntimeError(f"{len(failed)} files failed: {failed[0]}")
+    megapixels = sum(o.pixels for o in outcomes) / 1e6
+    return {"seconds": seconds, "output_mp": megapixels, "mp_per_s": megapixels / seconds, "images": len(outcomes)}
