@@ -138,6 +138,24 @@ def test_tiles_of_one_image_share_a_shape_so_it_is_compiled_static_after_the_fir
         assert ov.compilations >= 1 and ov.dynamic_runs < windows / 2  # each shape runs dynamic once at most
 
 
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_a_new_small_shape_gives_the_values_its_static_model_gives(precision, tmp_path, monkeypatch):
+    """The default model (it has int8 ranges): a fresh backend's first small image against the same
+    image once its shape is compiled static. int8 never takes the dynamic model (it differs there)."""
+    from srtrt.hardware import cpu_has_fast_int8
+
+    if precision == "bf16" and not cpu_has_fast_bf16() or precision == "int8" and not cpu_has_fast_int8():
+        pytest.skip(f"{precision} is not fast on this CPU")
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path))
+    planes = Planes(smooth_image(60, 45, seed=1))
+    fresh = create_backend("openvino", precision=precision, device="cpu").backend
+    first, _ = TiledUpscaler(fresh).run_to_array(planes)
+    again, _ = TiledUpscaler(fresh).run_to_array(planes)
+    again, _ = TiledUpscaler(fresh).run_to_array(planes)  # by now compiled static
+    assert fresh.compilations == 1 and fresh.dynamic_runs == (0 if precision == "int8" else 1)
+    assert np.abs(first - again).max() <= 1e-5
+
+
 def test_compiled_blob_cache_stays_within_its_size_and_drops_the_least_recently_used(view, onnx_file, tmp_path,
                                                                                        monkeypatch):
     import os
