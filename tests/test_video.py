@@ -1,11 +1,14 @@
 """Videos through `srtrt run` and `srtrt.upscale`: clips made here with PyAV, checked on the output.
 
 Frames and timestamps, copied streams (audio packets byte for byte, subtitles, attachments),
-colour tags and bit depth, rotation, container fallback, quality against the image path, bad
-inputs (one line each, the batch goes on), resume after a killed run, and Ctrl-C.
+colour tags and bit depth, rotation, chapters, container fallback, quality against (and frames
+equal to) the image path, bad inputs (one line each, the batch goes on; damaged frames with and
+without --stop-at-bad-frame; repeated timestamps; a real full disk), resume after a killed run,
+Ctrl-C, and --ray over a folder of a video and an image.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -276,30 +279,6 @@ def test_bad_videos_fail_with_one_line_each_and_the_batch_goes_on(tmp_path, caps
     assert partials(tmp_path) == [] and not list((tmp_path / "out").glob(".*"))
 
 
-def test_truncated_video_fails_naming_the_frame_or_stops_there_when_asked(tmp_path, capsys, model):
-    make_clip(tmp_path / "long.mp4", frames=30, audio=None)
-    data = (tmp_path / "long.mp4").read_bytes()
-    # mp4 keeps its index at the end (faststart off): corrupt the middle of the frame data instead
-    broken = bytearray(data)
-    mdat = data.index(b"mdat")
-    broken[mdat + len(data) // 3: mdat + len(data) // 3 + 400] = bytes(400)
-    (tmp_path / "broken.mp4").write_bytes(bytes(broken))
-    cut = tmp_path / "cut.mkv"
-    make_clip(tmp_path / "whole.mkv", frames=30, audio=None)
-    whole = (tmp_path / "whole.mkv").read_bytes()
-    cut.write_bytes(whole[: len(whole) // 2])
-
-    for source in (tmp_path / "broken.mp4", cut):
-        code, err = run(capsys, source, "--model", model, "--backend", "torch")
-        out = source.with_name(source.stem + "_x4" + source.suffix)
-        if code == 0:  # the decoder concealed the damage; then every frame must still be there
-            assert len(video_frames(out)) == 30 or "truncated" in err
-            out.unlink()
-            continue
-        assert code == 1 and len([line for line in err.splitlines() if str(source) in line]) == 1
-        assert "frame" in err and not out.exists() and "Traceback" not in err
-
-
 def test_frames_beyond_max_pixels_and_unknown_codec_for_webm(tmp_path, capsys, model):
     source = tmp_path / "clip.mp4"
     make_clip(source, frames=4, audio=None)
@@ -407,3 +386,225 @@ def test_colour_conversion_matches_swscale_told_the_matrix_and_range(matrix, sws
                             dst_colorspace=swscale_name, dst_color_range="JPEG").to_ndarray()
     assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
     assert np.abs(ours.astype(int) - rgb.astype(int)).max() <= 2  # and the round trip is lossless up to rounding
+
+
+# --------------------------------------------------------------------------- API, damage, timestamps, chapters, disk, Ray
+
+def test_api_refuses_a_video_without_an_output_path(tmp_path, model):
+    import srtrt
+    from srtrt.errors import SrtrtError
+
+    source = tmp_path / "clip.mp4"
+    make_clip(source, frames=2, audio=None)
+    with pytest.raises(SrtrtError) as caught:
+        srtrt.upscale(source, model=str(model), backend="torch")
+    assert str(caught.value) == f"{source}: a video needs an output path: srtrt.upscale(video, output)"
+
+
+def _spoil_packet(source: Path, destination: Path, number: int) -> None:
+    """Copy `source`'s video into `destination` with packet `number` replaced by bytes no decoder
+    accepts (a NAL length far past the packet's end): decoding certainly fails there."""
+    with av.open(str(source)) as i, av.open(str(destination), "w") as o:
+        out = o.add_stream_from_template(i.streams.video[0])
+        for n, packet in enumerate(p for p in i.demux(i.streams.video[0]) if p.size):
+            if n == number:
+                bad = av.Packet(b"\xff" * packet.size)
+                bad.pts, bad.dts, bad.time_base, bad.is_keyframe = packet.pts, packet.dts, packet.time_base, False
+                packet = bad
+            packet.stream = out
+            o.mux(packet)
+
+
+def _decodable_frames(path: Path) -> list[float]:
+    """Timestamps (s) of the frames FFmpeg decodes before its first error."""
+    stamps = []
+    with av.open(str(path)) as c:
+        with contextlib.suppress(av.FFmpegError):
+            for frame in c.decode(c.streams.video[0]):
+                stamps.append(float(frame.pts * frame.time_base))
+    return stamps
+
+
+def test_a_bad_frame_fails_naming_it_or_stops_there_with_the_good_frames(tmp_path, capsys, model):
+    make_clip(tmp_path / "whole.mkv", frames=24, audio=None, gop=6)
+    spoiled = tmp_path / "spoiled.mkv"
+    _spoil_packet(tmp_path / "whole.mkv", spoiled, 10)
+    whole = (tmp_path / "whole.mkv").read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole[: len(whole) // 2])  # the header's duration says 1 s; half the frames are there
+
+    for source, says in ((spoiled, "undecodable video after frame "), (cut, "ends after frame ")):
+        good = _decodable_frames(source)
+        assert 0 < len(good) < 24
+        out = source.with_name(source.stem + "_x4.mkv")
+        code, err = run(capsys, source, "--model", model, "--backend", "torch")
+        (line,) = [line for line in err.splitlines() if str(source) in line]
+        assert code == 1 and f"{source}: {says}{len(good)}" in line, err
+        assert not out.exists() and partials(tmp_path) == [] and not list(tmp_path.glob(".*srtrt-video"))
+
+        code, err = run(capsys, source, "--model", model, "--backend", "torch", "--stop-at-bad-frame")
+        assert code == 0, err
+        assert f"{len(good)} frames" in err and f"stopped at the last good frame, {len(good)} frames kept" in err
+        assert [t for t, _, _ in video_frames(out)] == good  # exactly the good frames, with their timestamps
+
+
+def test_repeated_timestamps_are_moved_one_tick_and_the_run_says_so(tmp_path, capsys, model):
+    make_clip(tmp_path / "even.mkv", frames=8, audio=None, pts=[40 * i for i in range(8)],
+              time_base=Fraction(1, 1000))
+    source = tmp_path / "repeats.mkv"
+    with av.open(str(tmp_path / "even.mkv")) as i, av.open(str(source), "w") as o:
+        out = o.add_stream_from_template(i.streams.video[0])
+        for packet in i.demux(i.streams.video[0]):
+            if packet.size:
+                if packet.pts == 120:  # the fourth frame repeats the third's time (Matroska allows it)
+                    packet.pts = packet.dts = 80
+                packet.stream = out
+                o.mux(packet)
+    assert [round(t * 1000) for t in _decodable_frames(source)] == [0, 40, 80, 80, 160, 200, 240, 280]
+    code, err = run(capsys, source, "--model", model, "--backend", "torch")
+    assert code == 0, err
+    assert "1 frame with a repeated or backward timestamp moved one tick after the frame before" in err
+    assert [round(t * 1000) for t, _, _ in video_frames(tmp_path / "repeats_x4.mkv")] == [0, 40, 80, 81, 160, 200,
+                                                                                          240, 280]
+
+
+def test_chapters_and_container_metadata_are_kept(tmp_path, capsys, model):
+    source = tmp_path / "chapters.mkv"
+    make_clip(source, frames=24, audio="libopus")
+    chaptered = tmp_path / "book.mkv"
+    with av.open(str(source)) as i, av.open(str(chaptered), "w") as o:
+        o.metadata.update(title="a test clip", comment="with chapters")
+        mapping = {s.index: o.add_stream_from_template(s) for s in i.streams}
+        o.set_chapters([{"id": 1, "start": 0, "end": 500, "time_base": Fraction(1, 1000),
+                         "metadata": {"title": "Opening"}},
+                        {"id": 2, "start": 500, "end": 1000, "time_base": Fraction(1, 1000),
+                         "metadata": {"title": "Ending"}}])
+        for packet in i.demux():
+            if packet.size:
+                packet.stream = mapping[packet.stream.index]
+                o.mux(packet)
+    code, err = run(capsys, chaptered, "--model", model, "--backend", "torch")
+    assert code == 0, err
+
+    def chapters(path: Path) -> list:
+        with av.open(str(path)) as c:
+            return [(float(ch["start"] * ch["time_base"]), float(ch["end"] * ch["time_base"]), ch["metadata"])
+                    for ch in c.chapters()], {k: v for k, v in c.metadata.items() if k.lower() != "encoder"}
+
+    assert chapters(tmp_path / "book_x4.mkv") == chapters(chaptered)
+    assert chapters(chaptered)[0][1][2] == {"title": "Ending"}
+
+
+def test_disk_full_mid_encode_is_one_line_and_leaves_nothing(tmp_path, model):
+    """A real full disk: a 256 KiB tmpfs mounted in a private mount namespace (root only)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "--mount", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {tmp_path}"],
+            capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root and unshare)")
+    source = _long_clip(tmp_path)
+    small = tmp_path / "small"
+    small.mkdir()
+    run_srtrt = " ".join([sys.executable, "-m", "srtrt.cli", "run", str(source), "-o", str(small / "out.mp4"),
+                          "--model", str(model), "--backend", "torch", "--crf", "0"])
+    script = (f"mount -t tmpfs -o size=256k tmpfs {small} && {{ {run_srtrt}; rc=$?; "
+              f"echo LEFT; ls -A {small}; exit $rc; }}")
+    from run_helpers import cli_env
+
+    done = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, env=cli_env(),
+                          timeout=300)
+    left = done.stdout.split("LEFT\n", 1)[1].split()
+    assert done.returncode == 1, done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if "disk full" in line]
+    assert line == f"srtrt: {source}: disk full while encoding", done.stderr
+    assert "Traceback" not in done.stderr and left == []
+
+
+def test_ray_runs_a_folder_of_a_video_and_an_image(tmp_path, capsys, model):
+    pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    from run_helpers import write_images
+
+    folder = tmp_path / "in"
+    write_images(folder, 1, height=40, width=56)
+    made = make_clip(folder / "clip.mp4", frames=12, audio="aac")
+    code, err = run(capsys, folder, "-o", tmp_path / "local", "--model", model, "--backend", "torch", "-q")
+    assert code == 0, err
+    code, err = run(capsys, folder, "-o", tmp_path / "ray", "--model", model, "--backend", "torch", "--ray")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == ["clip_x4.mp4", "img0_x4.png"]
+    assert (tmp_path / "ray" / "img0_x4.png").read_bytes() == (tmp_path / "local" / "img0_x4.png").read_bytes()
+    ray_frames, local_frames = video_frames(tmp_path / "ray" / "clip_x4.mp4"), video_frames(tmp_path / "local" / "clip_x4.mp4")
+    assert [t for t, _, _ in ray_frames] == [t for t, _, _ in local_frames] == [i / 24 for i in range(12)]
+    assert min(y_psnr(a, b) for (_, a, _), (_, b, _) in zip(ray_frames, local_frames)) > 40  # encoder threads may differ
+    assert packets(tmp_path / "ray" / "clip_x4.mp4", "audio") == made["audio"]
+    assert "clip.mp4 -> " in err and "12 frames" in err
+    assert "srtrt: 2 done, 0 skipped, 0 failed" in err and partials(tmp_path) == []
+
+
+def test_each_frame_equals_upscaling_it_as_an_image(tmp_path, model):
+    from PIL import Image
+
+    import srtrt
+    from srtrt.engine.batch.files import FileRunner
+    from srtrt.engine.batch.options import RunOptions, open_backend
+    from srtrt.engine.video.source import FrameReader, probe
+
+    source = tmp_path / "clip.mp4"
+    make_clip(source, frames=3, audio=None)
+    options = RunOptions(model=str(model), backend="torch")
+    runner = FileRunner(open_backend(options).backend, options)
+    reader = FrameReader(source, probe(source))
+    try:
+        for frame in reader:
+            image = np.asarray(srtrt.upscale(Image.fromarray(frame.rgb), model=str(model), backend="torch"))
+            assert np.array_equal(runner.upscale_frame(frame.rgb), image)
+    finally:
+        reader.close()
+
+
+def test_an_encoder_that_fails_at_its_flush_reports_instead_of_hanging(tmp_path):
+    import threading
+
+    from srtrt.engine.video.encoder import SegmentEncoder, choose_settings
+    from srtrt.engine.video.source import Frame
+    from srtrt.errors import SrtrtError
+
+    # medium (the default) holds frames in its lookahead, so the refusal comes at the flush
+    settings = choose_settings("libx264", None, None, "yuv420p", 8, 64, 48, Fraction(1, 24), Fraction(24),
+                               Colour(1, False, 1, 1), "clip.mp4")
+    encoder = SegmentEncoder(settings, lambda n: tmp_path / f"seg-{n}.mp4", lambda *a: None, "clip.mp4")
+    encoder.cut(0)
+    for index in range(3):  # the same timestamp three times: x264 refuses it
+        encoder.put(Frame(index, 5, 1, index == 0, moving(index, 48, 64)))
+    raised = []
+
+    def finish():
+        try:
+            encoder.finish()
+        except SrtrtError as e:
+            raised.append(str(e))
+
+    worker = threading.Thread(target=finish, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive()
+    assert len(raised) == 1 and raised[0].startswith("clip.mp4: encoding failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuv422p", "yuv444p"])
+@pytest.mark.parametrize("matrix", [6, 1, 9])
+def test_fast_8_bit_conversion_is_within_one_code_value_of_the_exact_one(pix_fmt, matrix):
+    from srtrt.engine.video.colour import rgb_to_yuv
+    from srtrt.engine.video.planes import _plane_array, subsampling
+
+    rgb = np.random.default_rng(matrix).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    colour = Colour(matrix, False)
+    frame = rgb_to_frame(rgb, pix_fmt, colour)
+    for plane, exact in zip(frame.planes, rgb_to_yuv(rgb, 8, colour, subsampling(pix_fmt))):
+        ours = _plane_array(plane, np.uint8).astype(int)
+        assert ours.shape == exact.shape and np.abs(ours - exact).max() <= 1 and np.abs(ours - exact).mean() < 0.1

@@ -16,6 +16,7 @@ from PIL import Image
 from srtrt.engine.batch.files import DONE, FileRunner
 from srtrt.engine.batch.options import RunOptions, open_backend
 from srtrt.engine.datapath.imageio import from_pil, to_pil
+from srtrt.engine.video import is_video
 from srtrt.errors import SrtrtError
 
 _lock = threading.Lock()
@@ -42,9 +43,12 @@ def close() -> None:
 def upscale(image, output=None, **options):
     """Upscale a PIL image or a path. Returns a PIL image, or writes `output` and returns its Path.
 
-    Raises SrtrtError (one line) for bad input, an existing `output` without overwrite=True, or an
-    image that does not fit the device even at the smallest tile.
+    A video path needs `output` (a video file). Raises SrtrtError (one line) for bad input, an
+    existing `output` without overwrite=True, or an image that does not fit the device even at
+    the smallest tile.
     """
+    if output is None and not isinstance(image, Image.Image) and is_video(image):
+        raise SrtrtError("a video needs an output path: srtrt.upscale(video, output)", image)
     opts = RunOptions(**options)
     runner = FileRunner(_backend(opts), opts)
     if output is not None:

@@ -10,6 +10,7 @@ GPU (`num_gpus=1`) where the cluster has GPUs, otherwise one single-threaded CPU
 each builds its backend once. Inputs and the output folder must be visible to every node at
 the same paths (a shared file system); a single machine always qualifies.
 
+Videos go the same way, one per actor (`FileRunner` decodes, upscales and encodes it there).
 A bad image fails that image only. Outputs already present are skipped (on the driver, before
 any work is scheduled), so running the same command again after a crash or preemption resumes
 where it stopped. `--ray` with no address starts a local Ray on this machine; with an address
@@ -51,7 +52,8 @@ def _import_ray():
 
 
 class ImageActor:
-    """A Ray Data actor: builds the backend once, then upscales the images of each batch of paths."""
+    """A Ray Data actor: builds the backend once, then upscales the files of each batch of paths
+    (batches of one, so each video is one actor's from its first frame to its last)."""
 
     def __init__(self, options: RunOptions):
         import torch
@@ -79,7 +81,7 @@ class ImageActor:
             except Exception as e:  # anything unexpected fails this image, not the job
                 outcome = Outcome(source, destination, FAILED, f"{source}: {type(e).__name__}: {' '.join(str(e).split())}")
             rows["path"].append(str(source))
-            rows["output"].append(str(destination))
+            rows["output"].append(str(outcome.destination or destination))  # a video may change container
             rows["status"].append(outcome.status)
             rows["message"].append(outcome.message)
             rows["seconds"].append(float(outcome.seconds))
@@ -224,7 +226,7 @@ def _run_dataset(ray, args, todo, report: BatchReport, say, stop) -> None:
     items = [{"source": str(job.source), "destination": str(job.destination)} for job in todo]
     dataset = ray.data.from_items(items).map_batches(
         ImageActor, fn_constructor_args=(options,), batch_size=1, batch_format="numpy", **pool)
-    say(f"srtrt: {len(todo)} images over {size} Ray actors ({'1 GPU' if pool.get('num_gpus') else '1 CPU'} each)")
+    say(f"srtrt: {len(todo)} files over {size} Ray actors ({'1 GPU' if pool.get('num_gpus') else '1 CPU'} each)")
     report.started = time.perf_counter()  # throughput of the work, not of starting the cluster
     for row in dataset.iter_rows():
         outcome = report.add(Outcome(Path(row["path"]), Path(row["output"]), str(row["status"]), str(row["message"]),

@@ -163,6 +163,7 @@ class SegmentEncoder:
 
     def _run(self) -> None:
         current = None  # (container, stream, temp, number, first index, frames)
+        item = None
         try:
             while (item := self._queue.get()) is not _END:
                 kind, value = item
@@ -181,7 +182,8 @@ class SegmentEncoder:
                 current = self._close(current)
         except BaseException as e:
             self._error = _one_line(e, self._source)
-            while (item := self._queue.get()) is not _END and item[0] != "abort":  # the producer must not block
+            # drain until the producer's last item, so it never blocks (the end itself may be what failed)
+            while item is not _END and (item := self._queue.get()) is not _END and item[0] != "abort":
                 pass
         finally:
             if current is not None:  # aborted or failed: the segment in progress is discarded

@@ -84,7 +84,7 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
     if on_total:
         on_total(info.frames or 0, work.next_index)
     try:
-        frames, bad, end = _encode_all(runner, source, info, settings, work, on_frame, stop_check)
+        frames, bad, end, nudged = _encode_all(runner, source, info, settings, work, on_frame, stop_check)
         if not bad:
             bad = _truncated(info, frames, end)
             if bad and not options.stop_at_bad_frame:
@@ -96,8 +96,11 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
         work.remove()  # nothing to resume from a bad file; a full disk gets its space back
         raise
     work.remove()
+    if nudged:
+        moved = f"{nudged} frame{'s' if nudged > 1 else ''} with a repeated or backward timestamp"
+        note = "; ".join(filter(None, [note, f"{moved} moved one tick after the frame before"]))
     if bad:
-        note = "; ".join(filter(None, [note, f"stopped at the last good frame ({frames}): {bad}"]))
+        note = "; ".join(filter(None, [note, f"stopped at the last good frame, {frames} frames kept ({bad})"]))
     return VideoResult(destination, frames, info.width, info.height, time.perf_counter() - start, note)
 
 
@@ -112,11 +115,12 @@ def _truncated(info, frames: int, end: float | None) -> str:
     return ""
 
 
-def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> tuple[int, str, float | None]:
+def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> tuple[int, str, float | None, int]:
     """Decode, upscale and encode the frames from the first missing segment on.
 
     Returns (frames in the output, "" or why decoding stopped early with --stop-at-bad-frame,
-    the end time of the last frame in seconds or None if no frame was left to do).
+    the end time of the last frame in seconds or None if no frame was left to do, the number
+    of timestamps moved to keep them increasing).
     """
     from srtrt.engine.video.encoder import SegmentEncoder
 
@@ -148,14 +152,14 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> t
         except SrtrtError as e:
             if not (runner.options.stop_at_bad_frame and reader.failed):
                 raise
-            bad = str(e)
+            bad = str(e).removeprefix(f"{e.path}: ")
         encoder.finish()
     except BaseException:
         encoder.abort()
         raise
     finally:
         reader.close()
-    return count, bad, end
+    return count, bad, end, reader.nudged
 
 
 def frame_through(upscaler, rgb: np.ndarray, on_tile=None) -> np.ndarray:

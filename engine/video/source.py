@@ -3,7 +3,8 @@
 `probe` reads what the rest of the pipeline needs once (size, bit depth, colour, rotation,
 time base, the header's frame count); `FrameReader` decodes in the background into
 a bounded queue (a few frames, so memory does not grow with the video) and hands over RGB
-frames with their own timestamps. A decode error fails the video at the frame it happened,
+frames with their own timestamps (a duplicate or backward one moved one tick past the previous
+frame's, which encoders require). A decode error fails the video at the frame it happened,
 never silently skipping frames.
 """
 from __future__ import annotations
@@ -84,12 +85,22 @@ def probe(path: Path) -> VideoInfo:
         for side in first.side_data:
             if side.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
                 display = tuple(np.frombuffer(bytes(side), "<i4").tolist())
-        duration = float(stream.duration * stream.time_base) if stream.duration else (
-            container.duration / 1e6 if container.duration else None)
-        slack = 0.0 if stream.duration else 1.0  # other streams may outlast the video in a container's duration
+        duration = float(stream.duration * stream.time_base) if stream.duration else _tagged_duration(stream)
+        slack = 0.0  # a stream's own duration
+        if duration is None and container.duration:
+            duration, slack = container.duration / 1e6, 1.0  # other streams may outlast the video in the container's
         return VideoInfo(first.width, first.height, max(c.bits for c in first.format.components), pix_fmt, colour,
                          stream.time_base, stream.average_rate or stream.guessed_rate, stream.frames or 0, duration,
                          slack, float((first.pts or 0) * stream.time_base), display)
+
+
+def _tagged_duration(stream) -> float | None:
+    """Matroska's per-stream DURATION tag (HH:MM:SS.nnnnnnnnn), written by FFmpeg and mkvmerge."""
+    try:
+        hours, minutes, seconds = stream.metadata.get("DURATION", "").split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
 
 
 def _decoded(container, stream, path: Path, start_pts: int | None = None):
@@ -119,6 +130,7 @@ class FrameReader:
         self.path, self.info = path, info
         self._first_index, self._start_pts, self._max_pixels = first_index, start_pts, max_pixels
         self.failed = False  # the decoder raised (as opposed to the consumer failing)
+        self.nudged = 0  # frames whose timestamp was moved to keep them strictly increasing
         self._queue: queue.Queue = queue.Queue(QUEUE_FRAMES)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="srtrt-video-decode")
@@ -134,7 +146,7 @@ class FrameReader:
         return False
 
     def _run(self) -> None:
-        index = self._first_index - 1
+        index, last_pts = self._first_index - 1, None
         try:
             with open_input(self.path) as container:
                 stream = video_stream(container, self.path)
@@ -143,8 +155,12 @@ class FrameReader:
                         continue
                     index += 1
                     self._check(frame, index)
+                    pts = frame.pts
+                    if last_pts is not None and pts <= last_pts:  # encoders refuse a repeated or backward timestamp
+                        pts, self.nudged = last_pts + 1, self.nudged + 1
+                    last_pts = pts
                     rgb = frame_to_rgb(frame, self.info.colour)
-                    if not self._put(Frame(index, frame.pts, frame.duration or 0, bool(frame.key_frame), rgb)):
+                    if not self._put(Frame(index, pts, frame.duration or 0, bool(frame.key_frame), rgb)):
                         return
         except SrtrtError as e:
             self._put(e)
