@@ -22,7 +22,8 @@ from srtrt.engine.video.colour import Colour
 from srtrt.engine.video.encoder import choose_settings
 from srtrt.engine.video.planes import frame_to_rgb, rgb_to_frame
 
-CANDIDATES = [("libx264", 18, "medium"), ("libx264", 18, "veryfast"), ("libx264", 23, "medium"),
+CANDIDATES = [("libx264", 18, "medium"), ("libx264", 18, "faster"), ("libx264", 18, "veryfast"),
+              ("libx264", 20, "veryfast"), ("libx264", 23, "medium"), ("libsvtav1", 30, "10"),
               ("libx265", 20, "fast"), ("libx265", 24, "fast"), ("libsvtav1", 30, "8"), ("libsvtav1", 35, "10"),
               ("libvpx-vp9", 31, "4")]
 
