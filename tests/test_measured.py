@@ -115,3 +115,54 @@ def test_another_window_threads_or_candidate_set_is_another_measurement(view):
         assert measured.cached_seconds(SHA, PATHS, maker(view), WINDOW)[1]
     finally:
         torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ a folder of many small sizes
+
+def test_shape_class_of_a_run():
+    small_distinct = [(100 + i, 80 + 2 * i) for i in range(10)]
+    assert measured.shape_class_of(small_distinct) == measured.MANY_SIZES
+    assert measured.shape_class_of(small_distinct[:7]) == measured.LARGE        # too few images to matter
+    assert measured.shape_class_of([(120, 90)] * 10) == measured.LARGE           # one size: compiled once, then reused
+    assert measured.shape_class_of([(2048, 1536)] * 6 + small_distinct[:4]) == measured.LARGE  # mostly big
+
+
+def test_a_folders_shape_class_is_read_from_its_image_headers(tmp_path):
+    from PIL import Image
+
+    from srtrt.engine.batch.files import shape_class
+
+    files = []
+    for i in range(9):
+        files.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (60 + 7 * i, 40 + 3 * i)).save(files[-1])
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    assert shape_class(files + [tmp_path / "broken.png", tmp_path / "missing.png"]) == measured.MANY_SIZES
+    assert shape_class(files[:5]) == measured.LARGE
+
+
+def test_new_shapes_are_timed_with_their_set_up_after_one_warm_up_image(view):
+    backend = Counted(TorchBackend(view, "cpu", "fp32"))
+    seconds = measured.time_new_shapes(backend, (1, 1))
+    assert seconds > 0 and backend.calls == 1 + len(measured.NEW_SHAPES)
+    backend.calls = 0
+    measured.time_new_shapes(backend, (1, 1), best_so_far=1e-9)  # behind after its first timed image: stops
+    assert backend.calls == 2
+
+
+def test_each_shape_class_is_its_own_measurement(view):
+    sha = "d" * 64
+    measured.cached_seconds(sha, PATHS, maker(view), WINDOW)
+    _, took = measured.cached_seconds(sha, PATHS, maker(view), (1, 1), timer=measured.time_new_shapes,
+                                      shape_class=measured.MANY_SIZES)
+    assert took is not None
+    assert measured.cached_seconds(sha, PATHS, maker(view), WINDOW)[1] is None  # the large class kept
+
+
+def test_run_options_refuse_an_unknown_shape_class():
+    from srtrt.engine.batch.options import RunOptions
+    from srtrt.errors import SrtrtError
+
+    assert RunOptions(shape_class="many-sizes").backend_key != RunOptions().backend_key
+    with pytest.raises(SrtrtError, match="shape_class must be one of large, many-sizes"):
+        RunOptions(shape_class="tiny")

@@ -190,24 +190,27 @@ def _timed(paths: list[tuple[str, str]], whys: dict, notes: list[str], timer) ->
     return name, precision, "; ".join([f"fastest here, {figures}", whys[name, precision], *notes])
 
 
-def _speed_timer(view, dev: torch.device, sha: str):
-    """The timer cpu_choice asks: each path run on the window shape class this model tiles into
-    (measured.py), once per CPU, sha256, library versions and window; cached."""
+def _speed_timer(view, dev: torch.device, sha: str, shape_class: str):
+    """The timer cpu_choice asks: each path run on the shapes this run's images bring (measured.py),
+    once per CPU, sha256, library versions and shape class; cached."""
     from srtrt.engine.backends import measured
 
     facts = view.facts
-    window = measured.window_shape(facts.margin, facts.multiple_of, facts.minimum)
+    if shape_class == measured.MANY_SIZES:
+        window, time_one = (facts.multiple_of, facts.multiple_of), measured.time_new_shapes
+    else:
+        window, time_one = measured.window_shape(facts.margin, facts.multiple_of, facts.minimum), measured.time_path
 
     def timer(paths):
         seconds, took = measured.cached_seconds(sha, paths, lambda name, precision: _MAKERS[name](view, dev, precision),
-                                                window, facts.channels)
+                                                window, facts.channels, time_one, shape_class)
         chosen = measured.fastest(seconds, paths)
         when = "measured earlier" if took is None else f"measured now in {took:.1f} s"
-        return chosen, f"{when}: {measured.figures(seconds, window, chosen)}"
+        return chosen, f"{when}: {measured.figures(seconds, window, chosen, shape_class)}"
     return timer
 
 
-def _auto_cpu(view, dev: torch.device, asked: str, sha: str) -> Selection:
+def _auto_cpu(view, dev: torch.device, asked: str, sha: str, shape_class: str) -> Selection:
     from srtrt.engine.backends.openvino_backend import available
 
     judge = None
@@ -216,20 +219,23 @@ def _auto_cpu(view, dev: torch.device, asked: str, sha: str) -> Selection:
 
         judge = agreement_judge(view, lambda name, precision: _MAKERS[name](view, dev, precision))
     name, precision, why = cpu_choice(sha, asked, available(), calibrated=bool(getattr(view, "int8_calibration", None)),
-                                      judge=judge, timer=_speed_timer(view, dev, sha))
+                                      judge=judge, timer=_speed_timer(view, dev, sha, shape_class))
     backend = _MAKERS[name](view, dev, precision)
     return Selection(backend, f"{backend.describe()}: no CUDA device; {why}")
 
 
 def create_backend(name: str = "auto", model: str | None = None, precision: str = "auto",
-                   device: str | None = None, view=None, allow_noncommercial: bool = False) -> Selection:
+                   device: str | None = None, view=None, allow_noncommercial: bool = False,
+                   shape_class: str = "large") -> Selection:
     """Build the named backend (or the fastest available for `auto`) for a checkpoint.
 
-    `allow_noncommercial`: passed to srtrt.load_model (community files of spandrel_extra_arches)."""
+    `allow_noncommercial`: passed to srtrt.load_model (community files of spandrel_extra_arches).
+    `shape_class`: what the run's images are like ("large", or "many-sizes" for a folder of small
+    images of many sizes: measured.shape_class_of), for the speed `auto` measures on the CPU."""
     import srtrt
 
     view = view if view is not None else srtrt.load_model(model, allow_noncommercial)
-    selection = _create(name, precision, device, view)
+    selection = _create(name, precision, device, view, shape_class)
     facts = view.facts  # what the runtime asks the backend about the model's inputs (registry.ModelFacts)
     selection.backend.channels, selection.backend.minimum = facts.channels, facts.minimum
     selection.backend.multiple_of = facts.multiple_of
@@ -237,7 +243,7 @@ def create_backend(name: str = "auto", model: str | None = None, precision: str 
     return selection
 
 
-def _create(name: str, precision: str, device: str | None, view) -> Selection:
+def _create(name: str, precision: str, device: str | None, view, shape_class: str = "large") -> Selection:
     dev = _device(device)
     sha, asked = _model_sha256(view), precision
     if precision == "auto":
@@ -258,4 +264,4 @@ def _create(name: str, precision: str, device: str | None, view) -> Selection:
             fallback = f"TensorRT not used ({e})"
         backend = _torch(view, dev, precision)
         return Selection(backend, f"{backend.describe()}: fastest available on {dev}; {fallback}")
-    return _auto_cpu(view, dev, asked, sha)
+    return _auto_cpu(view, dev, asked, sha, shape_class)

@@ -8,8 +8,15 @@ wrong on the next machine. So each candidate runs the model on one window of MEA
 pixels plus the model's margin on each side (the shape class of the windows a run tiles into),
 after one untimed warm-up call, for at least MIN_SECONDS; its best call counts.
 
+A folder of photos of many sizes is another workload: each image is one window of a shape not
+seen before, and a path that compiles per shape (OpenVINO int8, whose dynamic-shape model differs
+from its static one) pays a compile per image that no per-window timing shows (issue 24: int8 ran
+such a folder at 0.47 of its single-image rate, bf16 at 0.98). For that shape class
+(`MANY_SIZES`, chosen by `shape_class_of` from the run's inputs) each candidate is timed on
+NEW_SHAPES images of sizes it has not seen, compile included, after one warm-up image.
+
 Measured once per CPU (model name, family/model, usable cores), model sha256, library versions
-and window, then kept in the per-weights cache (receptive_field.cached): a second run starts with
+and window or shape class, then kept in the per-weights cache (receptive_field.cached): a second run starts with
 no measurement. An entry from another CPU, other library versions or another candidate set is
 never used: its identity is checked field by field, and a mismatch measures again.
 """
@@ -27,15 +34,28 @@ MIN_SECONDS = 0.2     # timed calls per candidate continue until this much time 
 MAX_CALLS = 5         # ... or this many calls were made
 SLOWER_CUT = 1.5      # a candidate whose first timed call is this much slower than the best so far stops there
 
+LARGE, MANY_SIZES = "large", "many-sizes"  # shape classes: big images in big windows; small images, each size new
+NEW_SHAPES = [(120, 88), (104, 136), (144, 112)]  # LR sizes timed for MANY_SIZES (a warm-up image first: 96x128)
+MANY_SIZES_MIN_IMAGES = 8  # a run this long or longer ...
+SMALL_IMAGE_PIXELS = 160_000  # ... whose images are mostly below this (LR pixels) and mostly of distinct sizes
+
 Path = tuple[str, str]  # (backend, precision)
+
+
+def shape_class_of(sizes: list[tuple[int, int]]) -> str:
+    """MANY_SIZES when most of a run's images are small and of distinct sizes, else LARGE."""
+    if len(sizes) < MANY_SIZES_MIN_IMAGES:
+        return LARGE
+    small = sum(w * h < SMALL_IMAGE_PIXELS for w, h in sizes)
+    return MANY_SIZES if 2 * small > len(sizes) and 2 * len(set(sizes)) > len(sizes) else LARGE
 
 
 def label(path: Path) -> str:
     return f"{path[0]} {path[1]}"
 
 
-def identity(window: tuple[int, int]) -> dict:
-    """What a measurement depends on besides the model: CPU, libraries, window shape."""
+def identity(window: tuple[int, int], shape_class: str = LARGE) -> dict:
+    """What a measurement depends on besides the model: CPU, libraries, window shape and class."""
     from srtrt.hardware import cpu_generation, cpu_model, usable_cpus
 
     versions = {"torch": torch.__version__}
@@ -46,7 +66,7 @@ def identity(window: tuple[int, int]) -> dict:
     except ImportError:
         versions["openvino"] = ""
     return {"cpu": cpu_model(), "generation": cpu_generation(), "cpus": usable_cpus(), "threads": torch.get_num_threads(),
-            "versions": versions, "window": list(window)}
+            "versions": versions, "window": list(window), "class": shape_class}
 
 
 def window_shape(margin: int, multiple_of: int = 1, minimum: int = 1) -> tuple[int, int]:
@@ -82,6 +102,29 @@ def time_path(backend, window: tuple[int, int], channels: int = 3, best_so_far: 
     return best
 
 
+def time_new_shapes(backend, rounding: tuple[int, int], channels: int = 3, best_so_far: float = float("inf")) -> float:
+    """Mean seconds per image of a size the backend has not seen (NEW_SHAPES, rounded up to
+    `rounding`: the model's multiple_of, passed where time_path takes its window), set-up and
+    compiles included, after one warm-up image; stops early once clearly behind `best_so_far`.
+    Compiled blobs are not read from or written to a disk cache here: a new folder's sizes are not in it."""
+    multiple = rounding[0]
+    config = getattr(backend, "config", None)
+    if isinstance(config, dict):
+        config.pop("CACHE_DIR", None)
+    spent = []
+    for h, w in [(96, 128), *NEW_SHAPES]:
+        h, w = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+        x = torch.rand(1, channels, h, w, generator=torch.Generator().manual_seed(h * w))
+        start = time.perf_counter()
+        backend.prepare(1, h, w)
+        backend.infer(x)
+        spent.append(time.perf_counter() - start)
+        if len(spent) > 1 and spent[-1] > SLOWER_CUT * best_so_far:
+            break
+    timed = spent[1:]  # the first image also compiled what every size shares
+    return sum(timed) / len(timed)
+
+
 def measure(candidates: list[Path], make: Callable[[str, str], object], window: tuple[int, int],
             channels: int = 3, timer: Callable = time_path) -> dict[str, float]:
     """Seconds per window for each candidate, `make(backend, precision)` building each in turn
@@ -99,12 +142,12 @@ def _kind(ident: dict) -> str:
 
 
 def cached_seconds(sha256: str, candidates: list[Path], make, window: tuple[int, int], channels: int = 3,
-                   timer: Callable = time_path) -> tuple[dict[str, float], float | None]:
+                   timer: Callable = time_path, shape_class: str = LARGE) -> tuple[dict[str, float], float | None]:
     """(seconds per candidate label, how long measuring took now or None when read from the
     cache): the cached figures when the cache holds this exact measurement, else measured and stored."""
     from srtrt import receptive_field
 
-    ident = identity(window)
+    ident = identity(window, shape_class)
     wanted = sorted(label(p) for p in candidates)
     measured_now = []
 
@@ -129,8 +172,10 @@ def fastest(seconds: dict[str, float], candidates: list[Path]) -> Path:
     return min(candidates, key=lambda p: (seconds[label(p)], candidates.index(p)))
 
 
-def figures(seconds: dict[str, float], window: tuple[int, int], chosen: Path) -> str:
-    """'openvino bf16 41 ms (picked), torch bf16 88 ms, ... per 192x192 window'."""
+def figures(seconds: dict[str, float], window: tuple[int, int], chosen: Path, shape_class: str = LARGE) -> str:
+    """'openvino bf16 41 ms (picked), torch bf16 88 ms, ... per 144x144 window'."""
     ordered = sorted(seconds.items(), key=lambda kv: kv[1])
     parts = [f"{name} {value * 1e3:.0f} ms{' (picked)' if name == label(chosen) else ''}" for name, value in ordered]
-    return f"{', '.join(parts)} per {window[0]}x{window[1]} window"
+    per = f"{window[0]}x{window[1]} window" if shape_class == LARGE else \
+        "small image of a size not seen before (a folder of many sizes)"
+    return f"{', '.join(parts)} per {per}"

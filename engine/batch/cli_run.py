@@ -30,6 +30,7 @@ from srtrt.engine.batch.files import (
     expand_inputs,
     make_output_folder,
     plan_jobs,
+    shape_class,
 )
 from srtrt.engine.batch.options import RunOptions, open_backend
 from srtrt.errors import SrtrtError
@@ -50,10 +51,10 @@ def main(args) -> int:
 
     from srtrt.engine.batch.signals import StopOnSignals, Stopped
 
-    options = RunOptions.from_args(args)
     inputs = expand_inputs(args.inputs)
     if not inputs:
         raise SrtrtError(f"no input images match {' '.join(args.inputs)}")
+    options = RunOptions.from_args(args).replace(shape_class=shape_class(inputs))
     make_output_folder(args.output, len(inputs) > 1)
 
     selection = open_backend(options)

@@ -103,6 +103,29 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
     return unique
 
 
+SHAPE_SAMPLE = 64  # inputs whose headers are read to tell a folder of many small sizes from big images
+
+
+def shape_class(inputs: list[Path]) -> str:
+    """What `auto` should time for this batch (backends.measured.shape_class_of): read from the
+    image headers of up to SHAPE_SAMPLE inputs spread over the batch; videos and unreadable files
+    are left out (they fail later with their own line)."""
+    from srtrt.engine.backends.measured import shape_class_of
+    from srtrt.engine.datapath.imageio import open_lazily
+
+    step = max(1, len(inputs) // SHAPE_SAMPLE)
+    sizes = []
+    for path in inputs[::step][:SHAPE_SAMPLE]:
+        if is_video(path):
+            continue
+        try:
+            with open_lazily(path) as img:
+                sizes.append(img.size)
+        except Exception:  # noqa: BLE001 - any unreadable input is simply not counted
+            continue
+    return shape_class_of(sizes)
+
+
 def output_path(source: Path, output: str | None, many: bool, scale: int) -> Path:
     """`<stem>_x4.png` beside the input by default; `-o` is a file for one input, a directory for many.
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from srtrt.errors import SrtrtError
 
 ALPHA_MODES = ("bicubic", "model")
+SHAPE_CLASSES = ("large", "many-sizes")  # backends.measured.LARGE, MANY_SIZES
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class RunOptions:
     max_pixels: int | None = None    # refuse larger inputs (LR pixels); None = the default limit, 0 = none
     png_level: int | None = None     # PNG deflate level; None = the measured default
     allow_noncommercial: bool = False  # a community model file may be a spandrel_extra_arches architecture
+    shape_class: str = "large"       # "many-sizes": a folder of small images of many sizes (what `auto` times)
     # video only
     codec: str | None = None         # libx264, libx265, libsvtav1, libvpx-vp9, h264/hevc_nvenc; None = measured default
     crf: int | None = None           # constant quality on the codec's own scale; None = its measured default
@@ -44,6 +46,8 @@ class RunOptions:
                 raise SrtrtError(f"{name} must be >= 0, not {value}")
         if self.crf is not None and not 0 <= self.crf <= 63:
             raise SrtrtError(f"crf must be 0-63, not {self.crf}")
+        if self.shape_class not in SHAPE_CLASSES:
+            raise SrtrtError(f"shape_class must be one of {', '.join(SHAPE_CLASSES)}, not {self.shape_class!r}")
         if self.png_level is not None and not 0 <= self.png_level <= 9:
             raise SrtrtError(f"png level must be 0-9, not {self.png_level}")
 
@@ -59,7 +63,7 @@ class RunOptions:
     @property
     def backend_key(self) -> tuple:
         """What the backend depends on: runs with equal keys can share one backend."""
-        return (self.model, self.backend, self.precision, self.device, self.allow_noncommercial)
+        return (self.model, self.backend, self.precision, self.device, self.allow_noncommercial, self.shape_class)
 
     @property
     def decode_limit(self) -> dict:
@@ -72,4 +76,4 @@ def open_backend(options: RunOptions):
     from srtrt.engine.backends import create_backend
 
     return create_backend(options.backend, options.model, options.precision, options.device,
-                          allow_noncommercial=options.allow_noncommercial)
+                          allow_noncommercial=options.allow_noncommercial, shape_class=options.shape_class)

@@ -33,6 +33,7 @@ from srtrt.engine.batch.files import (
     expand_inputs,
     make_output_folder,
     plan_jobs,
+    shape_class,
 )
 from srtrt.engine.batch.options import RunOptions, open_backend
 from srtrt.errors import SrtrtError
@@ -222,7 +223,8 @@ def _run_dataset(ray, args, todo, report: BatchReport, say, stop) -> None:
     context.enable_progress_bars = not args.quiet and sys.stderr.isatty()
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset INFO lines; srtrt reports per image
     size, pool = _pool(ray, len(todo), args.device)
-    options = RunOptions.from_args(args).replace(device=_actor_device(args.device, pool))
+    options = RunOptions.from_args(args).replace(device=_actor_device(args.device, pool),
+                                                 shape_class=shape_class([job.source for job in todo]))
     items = [{"source": str(job.source), "destination": str(job.destination)} for job in todo]
     dataset = ray.data.from_items(items).map_batches(
         ImageActor, fn_constructor_args=(options,), batch_size=1, batch_format="numpy", **pool)
