@@ -106,7 +106,8 @@ def test_out_of_memory_ladder_holds_for_the_api(tmp_path, monkeypatch, model):
 
     made = []
 
-    def create(name="auto", model=None, precision="auto", device=None, view=None, allow_noncommercial=False):
+    def create(name="auto", model=None, precision="auto", device=None, view=None, allow_noncommercial=False,
+               shape_class="large"):
         view = srtrt.load_model(model)
         made.append(out_of_memory_above(view, 52 * 52))
         return backends.Selection(made[-1], "torch with injected out-of-memory", view.facts)

@@ -82,7 +82,8 @@ def inject_oom(monkeypatch, model):
     made = []
 
     def use(limit: int):
-        def create(name="auto", model=None, precision="auto", device=None, view=None, allow_noncommercial=False):
+        def create(name="auto", model=None, precision="auto", device=None, view=None, allow_noncommercial=False,
+                   shape_class="large"):
             view = srtrt.load_model(model)
             backend = out_of_memory_above(view, limit)
             made.append(backend)

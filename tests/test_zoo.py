@@ -134,20 +134,95 @@ def test_openvino_agrees_with_torch_fp32(model_files, name):
         assert (ov.infer(x) - reference).abs().max() <= 1e-4
 
 
-def test_a_graph_that_only_holds_its_traced_size_is_refused_and_auto_runs_torch(model_files):
-    """SwinIR's export bakes its window partition for the traced size: the export's check at another
-    size refuses it in one line (both exporters), and auto takes torch instead of a wrong graph."""
+def static_graphs(view) -> list[str]:
+    from srtrt.cache import cache_dir
+
+    return sorted(p.name for p in cache_dir("onnx").glob(f"{view.checkpoint_sha256[:16]}-*x*x*x*.onnx"))
+
+
+def test_swinir_runs_on_openvino_from_a_static_graph_per_window_shape(model_files, tmp_path, capsys):
+    """SwinIR's dynamic-shape graph bakes its window partition for the traced size (SwinIR #145), so
+    OpenVINO compiles each window shape from a graph exported at that shape: it agrees with torch fp32
+    on the same tiles, an image's tiles (edge windows included) bring one shape, and `srtrt run` takes it."""
     pytest.importorskip("openvino")
     from srtrt.engine.backends import create_backend
+
+    view = srtrt.load_model(model_files["swinir"])
+    planes = Planes(lr_image(100, 120), None)
+    with create_backend("openvino", precision="fp32", view=view).backend as ov:
+        assert ov.model is None and "NxCxHxW" in ov.describe()  # no dynamic-shape model at all
+        before = static_graphs(view)
+        got, _ = TiledUpscaler(ov, core=40, margin=view.radius).run_to_array(planes)
+        assert ov.dynamic_runs == 0 and ov.compilations == 1  # one window shape for all of the image's tiles
+    want, _ = TiledUpscaler(TorchBackend(view, "cpu", "fp32"), core=40, margin=view.radius).run_to_array(planes)
+    assert np.abs(got - want).max() <= 1e-4
+    assert len(static_graphs(view)) == len(before) + 1
+
+    image = tmp_path / "photo.png"
+    Image.fromarray(smooth_image(40, 48, seed=2)).save(image)
+    outputs = {}
+    for backend in ("openvino", "torch"):
+        code, err = run_cli(capsys, image, "--model", model_files["swinir"], "--backend", backend, "--precision", "fp32",
+                            "-o", tmp_path / f"{backend}.png")
+        assert code == 0, err
+        outputs[backend] = np.asarray(Image.open(tmp_path / f"{backend}.png"), dtype=np.int16)
+    assert np.abs(outputs["openvino"] - outputs["torch"]).max() <= 1
+
+
+def test_auto_may_pick_openvino_for_swinir(model_files, monkeypatch):
+    """The static graphs pass the agreement guard, so `auto` times openvino among the allowed paths."""
+    pytest.importorskip("openvino")
+    from srtrt.engine import backends
+
+    picked = []
+
+    def openvino_first(view, dev, sha, shape_class):
+        def timer(paths):
+            picked.extend(paths)
+            return next(p for p in paths if p[0] == "openvino"), "openvino timed fastest (stub)"
+        return timer
+
+    monkeypatch.setattr(backends, "_speed_timer", openvino_first)
+    selection = backends.create_backend("auto", view=srtrt.load_model(model_files["swinir"]))
+    with selection.backend:
+        assert selection.backend.name == "openvino" and "does not export" not in selection.reason
+    assert ("openvino", "fp32") in picked
+
+
+def test_a_model_whose_static_export_fails_too_is_one_line_and_auto_runs_torch(model_files, monkeypatch, tmp_path):
+    """Both exporters failing at the static shape (here: the child crashing) is one line naming the
+    architecture and the stage, and auto takes torch."""
+    pytest.importorskip("openvino")
+    import subprocess
+
+    from srtrt.engine.backends import create_backend
+    from srtrt.engine.toolchain import export_isolated
     from srtrt.errors import SrtrtError
 
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))  # no graph exported earlier
+    monkeypatch.setattr(export_isolated, "_failed", {})
+    monkeypatch.setattr(export_isolated.subprocess, "run",
+                        lambda command, **kw: subprocess.CompletedProcess(command, -11, "", ""))
     view = srtrt.load_model(model_files["swinir"])
     with pytest.raises(SrtrtError) as refused:
         create_backend("openvino", precision="fp32", view=view)
-    assert "SwinIR does not export to ONNX" in str(refused.value) and "\n" not in str(refused.value)
+    line = str(refused.value)
+    assert "SwinIR does not export to ONNX at a static " in line and "\n" not in line
+    assert "dynamo: the exporter crashed (SIGSEGV); torchscript: the exporter crashed (SIGSEGV)" in line
     selection = create_backend("auto", view=view)
     assert selection.backend.name == "torch" and "does not export" in selection.reason
     selection.backend.close()
+
+
+def test_a_failed_dynamic_export_is_remembered_for_the_next_process(model_files, tmp_path):
+    from srtrt.engine.toolchain import export_isolated
+
+    view = srtrt.load_model(model_files["compact"])
+    graph = tmp_path / "g.onnx"
+    assert export_isolated.dynamic_failure(view, graph) is None  # worth trying
+    export_isolated.remember_dynamic_failure(graph, "Compact does not export to ONNX (dynamo: x)")
+    assert export_isolated.dynamic_failure(view, graph) == "Compact does not export to ONNX (dynamo: x)"
+    assert "window partition" in export_isolated.dynamic_failure(srtrt.load_model(model_files["swinir"]), graph)
 
 
 def test_run_names_the_output_by_scale_and_says_how_exact(model_files, tmp_path, capsys):

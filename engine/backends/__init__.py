@@ -59,25 +59,56 @@ def _model_sha256(view) -> str:
     return getattr(view, "checkpoint_sha256", "") or state_dict_sha256(view)
 
 
-def _exported_onnx(view, precision: str, polyphase: bool = False):
-    """The graph `srtrt export` writes for this model, exported once and cached by its sha256
-    (and, for int8, by its calibration: a new calibration is a new graph)."""
-    from srtrt.engine.toolchain.export import export_onnx
-
+def _onnx_path(view, precision: str, polyphase: bool = False, shape: tuple[int, int, int, int] | None = None):
+    """Where the ONNX cache keeps this graph: by the model's sha256, precision and form (for int8, its
+    calibration: a new calibration is a new graph) and, for a static graph, its (N, C, h, w)."""
     form = "-polyphase" if polyphase else ""
     if precision == "int8":
         from srtrt.engine.toolchain.quantize import calibration_digest
 
         form = f"-{calibration_digest(view.int8_calibration)}{form}"
-    path = cache_dir("onnx") / f"{_model_sha256(view)[:16]}-x{view.scale}-{precision}{form}.onnx"
+    fixed = "" if shape is None else "-" + "x".join(map(str, shape))
+    return cache_dir("onnx") / f"{_model_sha256(view)[:16]}-x{view.scale}-{precision}{form}{fixed}.onnx"
+
+
+def _exported_onnx(view, precision: str, polyphase: bool = False, shape: tuple[int, int, int, int] | None = None):
+    """The graph `srtrt export` writes for this model (given `shape`, fixed at that shape), exported
+    once and cached (_onnx_path)."""
+    from srtrt.engine.toolchain.export import export_onnx
+
+    path = _onnx_path(view, precision, polyphase, shape)
     if not path.exists():
         if isinstance(view, CommunityView):  # exported in a child process that loads its file again
             from srtrt.engine.toolchain.export_isolated import export_community
 
-            export_community(view, path, precision, polyphase)
+            export_community(view, path, precision, polyphase, shape)
         else:
-            export_onnx(view, path, precision=precision, polyphase=polyphase)
+            export_onnx(view, path, precision=precision, polyphase=polyphase, dynamic=shape is None, input_shape=shape)
     return path
+
+
+def _openvino_graphs(view, precision: str):
+    """The dynamic-shape graph; for a community model whose dynamic export fails (or is known to:
+    SwinIR, HAT), one static graph per window shape, the first exported now so that a model no
+    exporter takes is one line here, before any image."""
+    from srtrt.engine.backends.measured import window_shape
+    from srtrt.engine.backends.openvino_backend import OnnxGraphs
+
+    if not isinstance(view, CommunityView):
+        return OnnxGraphs(dynamic=_exported_onnx(view, precision, polyphase=True))
+    from srtrt.engine.toolchain.export_isolated import dynamic_failure, remember_dynamic_failure
+
+    dynamic = _onnx_path(view, precision, polyphase=True)
+    if dynamic_failure(view, dynamic) is None:
+        try:
+            return OnnxGraphs(dynamic=_exported_onnx(view, precision, polyphase=True))
+        except SrtrtError as e:  # the next process goes straight to the static graphs
+            remember_dynamic_failure(dynamic, str(e))
+    graphs = OnnxGraphs(static=lambda shape: _exported_onnx(view, precision, True, shape),
+                        name=_onnx_path(view, precision, True).name.replace(".onnx", "-NxCxHxW.onnx"))
+    facts = view.facts
+    graphs.static((1, facts.channels, *window_shape(facts.margin, facts.multiple_of, facts.minimum)))
+    return graphs
 
 
 def _onnxruntime(view, device: torch.device, precision: str) -> Backend:
@@ -101,8 +132,8 @@ def _openvino(view, device: torch.device, precision: str) -> Backend:
     # bf16 is a compile-time hint on the CPU plugin: one fp32 graph serves fp32 and bf16; int8 has
     # its own (QDQ) graph. The polyphase tail: AMX convolutions want 16+ output channels, the RGB
     # tail has 3 (openvino_backend).
-    graph = _exported_onnx(view, "int8" if precision == "int8" else "fp32", polyphase=True)
-    return OpenVinoBackend(graph, view.scale, view.radius, precision, channels=view.facts.feature_channels)
+    graphs = _openvino_graphs(view, "int8" if precision == "int8" else "fp32")
+    return OpenVinoBackend(graphs, view.scale, view.radius, precision, channels=view.facts.feature_channels)
 
 
 def _tensorrt(view, device: torch.device, precision: str) -> Backend:

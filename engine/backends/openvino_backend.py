@@ -14,6 +14,11 @@ follow; OpenVINO's CACHE_DIR keeps the compiled blobs so the next process starts
 recompiling. A small shape seen for the first time runs on one dynamic-shape model instead:
 a folder of photos of many sizes brings a new shape per image, and compiling each cost more
 than its inference (bench/test_varied.py). Both compute the same values.
+
+A model whose dynamic-shape graph cannot be exported (window-attention transformers: SwinIR,
+HAT) comes as OnnxGraphs with one static file per window shape instead, exported on first use
+(seconds each, then cached on disk): every shape is compiled from its own file, none is reshaped,
+and there is no dynamic-shape model.
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ import functools
 import importlib.util
 import os
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -122,10 +129,24 @@ def _prune_blobs(folder: Path, budget: int | None = None) -> None:
                 path.unlink()
 
 
+@dataclass(frozen=True)
+class OnnxGraphs:
+    """Where the backend's graphs come from: one dynamic-shape file, reshaped for each window shape,
+    or `static(shape)`, the file of a graph fixed at that (N, C, h, w) (exported when first asked)."""
+
+    dynamic: Path | None = None
+    static: Callable[[tuple[int, int, int, int]], Path] | None = None
+    name: str = ""  # what describe() and errors call a per-shape source
+
+    @property
+    def label(self) -> Path:
+        return self.dynamic if self.dynamic is not None else Path(self.name or "per-shape graphs")
+
+
 class OpenVinoBackend(Backend):
     name = "openvino"
 
-    def __init__(self, onnx_path: str | os.PathLike, scale: int, radius: int, precision: str = "fp32",
+    def __init__(self, onnx_path: str | os.PathLike | OnnxGraphs, scale: int, radius: int, precision: str = "fp32",
                  threads: int | None = None, cache: str | os.PathLike | None = None, channels: int = 64):
         ok, why = available()
         if not ok:
@@ -135,16 +156,12 @@ class OpenVinoBackend(Backend):
         import openvino as ov
         from openvino.frontend import FrontEndManager
 
-        self._ov = ov
-        self.path = Path(onnx_path)
+        self._ov, self._frontends = ov, FrontEndManager()
+        self.graphs = onnx_path if isinstance(onnx_path, OnnxGraphs) else OnnxGraphs(dynamic=Path(onnx_path))
+        self.path = self.graphs.label
         self.precision, self.scale, self.radius = precision, scale, radius
         self.threads = threads or usable_cpus()
-        # The ONNX frontend alone: read_model would also try other frontends on a bad file, and they log noise.
-        try:
-            frontend = FrontEndManager().load_by_framework("onnx")
-            self.model = frontend.convert(frontend.load(str(self.path)))
-        except Exception as e:  # OpenVINO raises several unrelated types (GeneralFailure, OpConversionFailure, ...)
-            raise SrtrtError(f"OpenVINO cannot read this ONNX file ({_reason(e)})", self.path) from None
+        self.model = self._read(self.graphs.dynamic) if self.graphs.dynamic is not None else None
         self.core = shared_core()
         hint = HINTS[precision] if precision != "int8" or cpu_has_fast_bf16() else "f32"
         self.config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": self.threads,
@@ -162,15 +179,26 @@ class OpenVinoBackend(Backend):
         # 0: every shape compiled static. int8 always is: its dynamic-shape model computed other values than the
         # static one (up to 4 levels of 255 on a 120x90 image, same PSNR against fp32), and a tile on one next to a
         # tile on the other would show it; bf16's were bit-identical.
-        self.dynamic_pixels = 0 if precision == "int8" else DYNAMIC_BELOW_PIXELS
+        self.dynamic_pixels = 0 if precision == "int8" or self.model is None else DYNAMIC_BELOW_PIXELS
         self._dynamic = None  # the dynamic-shape infer request, compiled on first use
         self.dynamic_runs = 0  # inferences through it (tests and bench/ check which path ran)
         self._prepared: OrderedDict[tuple[int, int, int], int] = OrderedDict()  # shape -> images prepared
         self.defaults = tile_defaults(precision, radius, channels)
 
+    def _read(self, path: Path):
+        # The ONNX frontend alone: read_model would also try other frontends on a bad file, and they log noise.
+        try:
+            frontend = self._frontends.load_by_framework("onnx")
+            return frontend.convert(frontend.load(str(path)))
+        except Exception as e:  # OpenVINO raises several unrelated types (GeneralFailure, OpConversionFailure, ...)
+            raise SrtrtError(f"OpenVINO cannot read this ONNX file ({_reason(e)})", path) from None
+
     def _compile(self, dims: list[int], label: str):
-        model = self.model.clone()
-        model.reshape({model.inputs[0]: self._ov.PartialShape(dims)})
+        if self.model is None:  # a graph exported for this very shape: nothing to reshape
+            model = self._read(self.graphs.static(tuple(dims)))
+        else:
+            model = self.model.clone()
+            model.reshape({model.inputs[0]: self._ov.PartialShape(dims)})
         try:
             return self.core.compile_model(model, "CPU", self.config).create_infer_request()
         except Exception as e:

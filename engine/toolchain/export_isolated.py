@@ -7,10 +7,18 @@ exported by a child process that loads the same file, first with torch.export, t
 TorchScript tracer; the parent sees an exit status. What fails is one line naming the
 architecture and the stage, and `auto` then runs the model on torch.
 
-    python -m srtrt.engine.toolchain.export_isolated MODEL OUT.onnx PRECISION POLYPHASE EXPORTER NONCOMMERCIAL
+Window-attention transformers (SwinIR, HAT) do not export with dynamic H and W: a Python branch
+on the input size (the window partition's padding) is traced into a Reshape (SwinIR #145). A
+graph exported at one static shape computes them exactly, so `shape` asks for that: one file per
+window shape. Architectures in DYNAMIC_FAILS skip the dynamic attempt, and a failed dynamic
+attempt is remembered beside the cached graph it would have been (NAME.onnx.failed), so the next
+process does not spend the minutes again.
+
+    python -m srtrt.engine.toolchain.export_isolated MODEL OUT.onnx PRECISION POLYPHASE EXPORTER NONCOMMERCIAL SHAPE
 """
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -19,20 +27,24 @@ from pathlib import Path
 from srtrt.errors import SrtrtError
 
 TIMEOUT_S = 900  # a 23-block RRDBNet exports in about a minute on 2 cores
+# spandrel architecture ids whose dynamic-shape graph is wrong or fails in OpenVINO (window partition
+# traced at one size): exported per window shape straight away.
+DYNAMIC_FAILS = frozenset({"SwinIR", "HAT"})
+
+_failed: dict[tuple, str] = {}  # (weights, precision, polyphase, static) -> why, so one process tries each once
 
 
-_failed: dict[tuple, str] = {}  # (weights, precision, polyphase) -> why, so one process tries each once
-
-
-def export_community(view, path: Path, precision: str, polyphase: bool) -> Path:
-    """Export `view` (a nets.CommunityView loaded from `view.source`) to `path`; one line if no exporter can."""
-    key = (view.checkpoint_sha256, precision, polyphase)
+def export_community(view, path: Path, precision: str, polyphase: bool,
+                     shape: tuple[int, int, int, int] | None = None) -> Path:
+    """Export `view` (a nets.CommunityView loaded from `view.source`) to `path`, with dynamic N, H, W
+    or, given `shape`, fixed at that (N, C, H, W); one line if no exporter can."""
+    key = (view.checkpoint_sha256, precision, polyphase, shape is not None)
     if key in _failed:
         raise SrtrtError(_failed[key], view.source)
     failures = []
     for exporter in ("dynamo", "torchscript"):
         command = [sys.executable, "-m", __name__, str(view.source), str(path), precision, str(int(polyphase)), exporter,
-                   str(int(view.allow_noncommercial))]
+                   str(int(view.allow_noncommercial)), "x".join(map(str, shape)) if shape else "dynamic"]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -41,8 +53,33 @@ def export_community(view, path: Path, precision: str, polyphase: bool) -> Path:
         if done.returncode == 0 and path.is_file():
             return path
         failures.append(f"{exporter}: {_cause(done)}")
-    _failed[key] = f"{view.facts.architecture} does not export to ONNX ({'; '.join(failures)})"
+    stage = "" if shape is None else f" at a static {'x'.join(map(str, shape[2:]))} window"
+    _failed[key] = f"{view.facts.architecture} does not export to ONNX{stage} ({'; '.join(failures)})"
     raise SrtrtError(_failed[key], view.source)
+
+
+def dynamic_failure(view, path: Path) -> str | None:
+    """Why `view` has no dynamic-shape graph at `path` (known for its architecture, or an earlier
+    attempt with this torch), or None: worth trying."""
+    if view.facts.architecture in DYNAMIC_FAILS:
+        return f"{view.facts.architecture} has no dynamic-shape graph (its window partition is traced at one size)"
+    import torch
+
+    try:
+        memo = json.loads(Path(f"{path}.failed").read_text())
+    except (OSError, ValueError):
+        return None
+    return memo.get("why") if isinstance(memo, dict) and memo.get("torch") == torch.__version__ else None
+
+
+def remember_dynamic_failure(path: Path, why: str) -> None:
+    """Beside a cached graph (never a user's `srtrt export` output): its dynamic export failed, and why."""
+    import torch
+
+    try:  # a cache that cannot be written costs the next process the attempt, nothing more
+        Path(f"{path}.failed").write_text(json.dumps({"torch": torch.__version__, "why": why}))
+    except OSError:
+        pass
 
 
 def _cause(done: subprocess.CompletedProcess) -> str:
@@ -52,15 +89,18 @@ def _cause(done: subprocess.CompletedProcess) -> str:
     return lines[-1] if lines else f"exit status {done.returncode}"
 
 
-def _child(model: str, out: str, precision: str, polyphase: str, exporter: str, noncommercial: str) -> int:
+def _child(model: str, out: str, precision: str, polyphase: str, exporter: str, noncommercial: str,
+           shape: str = "dynamic") -> int:
     import srtrt
     from srtrt.engine.toolchain.export import export_onnx
 
+    fixed = None if shape == "dynamic" else tuple(int(n) for n in shape.split("x"))
     try:
         view = srtrt.load_model(model, allow_noncommercial=noncommercial == "1")
-        export_onnx(view, out, precision=precision, polyphase=polyphase == "1", exporter=exporter)
+        export_onnx(view, out, precision=precision, polyphase=polyphase == "1", exporter=exporter,
+                    dynamic=fixed is None, input_shape=fixed)
         if precision == "fp32":
-            _check_at_another_size(view, Path(out))
+            _check_against_module(view, Path(out), fixed)
     except Exception as e:  # the parent reads the last line of stderr
         Path(out).unlink(missing_ok=True)
         print(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
@@ -68,28 +108,32 @@ def _child(model: str, out: str, precision: str, polyphase: str, exporter: str, 
     return 0
 
 
-def _check_at_another_size(view, path: Path) -> None:
-    """The graph must compute the network at a size it was not traced at: exporters bake Python
+def _check_against_module(view, path: Path, shape: tuple[int, int, int, int] | None) -> None:
+    """A dynamic graph must compute the network at a size it was not traced at: exporters bake Python
     branches on the input size into the graph (SwinIR's and HAT's window partition), and such a
-    graph would fail, or be wrong, on every window but the traced one. Checked with OpenVINO,
-    which runs the graph afterwards, against the module in fp32."""
+    graph would fail, or be wrong, on every window but the traced one. A static graph is checked at
+    its own shape. Checked with OpenVINO, which runs the graph afterwards, against the module in fp32."""
     import numpy as np
     import torch
 
     from srtrt.engine.backends.openvino_backend import shared_core
     from srtrt.engine.toolchain.export import example_shape
 
-    _, channels, side, _ = example_shape(view)
-    step = max(view.facts.multiple_of, 1)
-    x = torch.rand(1, channels, side + step, side + 2 * step)
+    untraced = shape is None
+    if untraced:
+        _, channels, side, _ = example_shape(view)
+        step = max(view.facts.multiple_of, 1)
+        shape = (1, channels, side + step, side + 2 * step)
+    x = torch.rand(*shape)
     model = shared_core().read_model(str(path))
     model.reshape({model.inputs[0]: list(x.shape)})
     got = shared_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x.numpy())[0]
     with torch.inference_mode():
         want = view(x).numpy()
     if got.shape != want.shape or not np.allclose(got, want, atol=1e-3):
-        raise ValueError(f"the graph is wrong at {x.shape[2]}x{x.shape[3]}, a size it was not traced at")
+        where = ", a size it was not traced at" if untraced else ""
+        raise ValueError(f"the graph is wrong at {x.shape[2]}x{x.shape[3]}{where}")
 
 
 if __name__ == "__main__":
-    sys.exit(_child(*sys.argv[1:7]))
+    sys.exit(_child(*sys.argv[1:8]))
