@@ -7,7 +7,10 @@ Per model, in one run so the ratios are honest:
   (on the 2K-input image a whole-image pass would need an estimated 40 GB); Compact runs the whole image in one call.
 - auto: what `srtrt run IMAGE --model FILE` picks (`create_backend("auto")`) behind the tiled
   runtime (TiledUpscaler over the image's Planes, uint8 out, kept in memory, no encoding).
-- torch-bf16, openvino-bf16: those paths by name, on CPUs with fast bf16.
+- torch-bf16, openvino-bf16: those paths by name, on CPUs with fast bf16; openvino-int8 on CPUs
+  with VNNI/AMX, after `srtrt calibrate`'s measurement on centre crops of four sample photos
+  (../shared/data/samples, or generated photo-like content), kept by sha256 as the CLI keeps it.
+  `auto` then also weighs int8, if its agreement with fp32 passes the guard.
 
 The first use of each weights file measures its tile margin and (auto) its bf16 agreement with
 fp32; both are cached by sha256 and happen while the model is loaded or the backend built,
@@ -53,7 +56,9 @@ CASES = [
     Case("auto", "zoo-srtrt", "auto", "auto"),
     Case("torch-bf16", "zoo-srtrt", "torch", "bf16", needs=("fast-bf16",)),
     Case("openvino-bf16", "zoo-srtrt", "openvino", "bf16", needs=("openvino", "fast-bf16")),
+    Case("openvino-int8", "zoo-srtrt", "openvino", "int8", needs=("openvino", "fast-int8")),
 ]
+CALIBRATION_PHOTOS, CALIBRATION_SIDE = 4, 96  # int8 ranges from centre crops of ../shared/data/samples (LR)
 PAIRS = [(m, c) for m in zoo_models.MODELS for c in CASES]  # each model's cases together, eager first
 
 
@@ -78,6 +83,7 @@ def zoo():
             path = zoo_models.weights_file(model)
             t0 = time.perf_counter()
             view = srtrt.load_model(str(path))  # first use of a file: measures its margin (cached by sha256)
+            calibrate_int8(view)
             facts = view.facts
             loaded[model.name] = Loaded(view, path, {
                 "model": model.name, "label": model.label, "architecture": facts.architecture,
@@ -89,6 +95,28 @@ def zoo():
         return loaded[model.name]
 
     return get
+
+
+def calibrate_int8(view) -> None:
+    """What `srtrt calibrate SAMPLES --model FILE` does, on small centre crops (a 23-block RRDBNet
+    runs eagerly here): the ranges kept by sha256, so `auto` and the int8 case find them."""
+    from srtrt import zoo as srtrt_zoo
+    from srtrt.engine.toolchain.quantize import calibrate, lr_photos
+
+    samples, side = workloads.shared_data("samples"), CALIBRATION_SIDE
+
+    def centre(lr: torch.Tensor) -> torch.Tensor:
+        top, left = max((lr.shape[-2] - side) // 2, 0), max((lr.shape[-1] - side) // 2, 0)
+        return lr[..., top:top + side, left:left + side]
+
+    if samples.is_dir():
+        photos = [centre(lr) for lr in lr_photos(samples, view.scale, CALIBRATION_PHOTOS)]
+    else:
+        photos = [torch.from_numpy(workloads.photo_like(side, side, seed)).permute(2, 0, 1)[None].float() / 255
+                  for seed in range(CALIBRATION_PHOTOS)]
+    record = calibrate(view, photos, source=samples.name if samples.is_dir() else "photo-like")
+    srtrt_zoo.store_calibration(view.checkpoint_sha256, record)
+    view.int8_calibration = record
 
 
 # ---------------------------------------------------------------------------------- runners

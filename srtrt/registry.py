@@ -113,6 +113,12 @@ def srresnet_facts(config: SRResNetConfig) -> ModelFacts:
     return ModelFacts("srresnet", config.scale, feature_channels=config.channels, radius=radius, margin=radius)
 
 
+def _community_int8_convs(generator: nn.Module) -> list[str]:
+    # Every conv is a candidate: calibration keeps those that run, less the first and last to run
+    # (they read and write the image; quantize.calibrate), and the agreement guard judges the result.
+    return [name for name, m in generator.named_modules() if isinstance(m, nn.Conv2d)]
+
+
 class Unchanged:
     """The rewrites a community network does without: no BatchNorm to fold, no tail to rewrite."""
 
@@ -147,7 +153,7 @@ COMMUNITY = Architecture(
     radius=lambda config: None,
     fold_batchnorm=Unchanged.module,
     polyphase_tail=Unchanged.module,
-    int8_convs=Unchanged.nothing,
+    int8_convs=_community_int8_convs,
     upsample_steps=Unchanged.nothing,
 )
 COMMUNITY_MODULES = ("spandrel", "srtrt.community")  # where community network classes (and their wrapper) live

@@ -11,6 +11,7 @@ The tile margin is decided once per weights file and cached by its sha256:
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -19,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import community, receptive_field
+from . import atomic, community, receptive_field
+from .cache import cache_dir
 from .errors import SrtrtError
 from .nets import CommunityView
 from .registry import ModelFacts
@@ -56,7 +58,41 @@ def load_view(path, allow_noncommercial: bool = False) -> CommunityView:
         half=model.supports_half, bfloat16=model.supports_bfloat16, global_operations=model.global_operations,
         radius=tiling["radius"], margin=tiling["margin"], margin_figure=tiling.get("figure"))
     # The source and the opt-in travel with the view: a child process loads the file again (ONNX export).
-    return CommunityView(module, facts, model.sha256, Path(path).resolve(), allow_noncommercial)
+    view = CommunityView(module, facts, model.sha256, Path(path).resolve(), allow_noncommercial)
+    view.int8_calibration = stored_calibration(model.sha256)
+    return view
+
+
+CALIBRATION_FORMAT = "srtrt-int8-calibration"
+
+
+def _calibration_path(sha256: str) -> Path:
+    return cache_dir("int8-calibration") / f"{sha256}.json"
+
+
+def store_calibration(sha256: str, record: dict) -> Path:
+    """Keep `srtrt calibrate`'s int8 ranges for a community model file, by its weights' sha256: the
+    user's file (and the folder it lies in) is never written to. Returns where they are kept."""
+    path = _calibration_path(sha256)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(path, json.dumps({"format": CALIBRATION_FORMAT, "sha256": sha256,
+                                            "int8_calibration": record}, indent=1))
+    except OSError as e:
+        raise SrtrtError(f"cannot write ({e.strerror or e})", path) from None
+    return path
+
+
+def stored_calibration(sha256: str) -> dict | None:
+    """The int8 ranges `srtrt calibrate` kept for these weights, or None (none, or not readable as ours)."""
+    try:
+        stored = json.loads(_calibration_path(sha256).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stored, dict) or stored.get("format") != CALIBRATION_FORMAT or stored.get("sha256") != sha256:
+        return None
+    record = stored.get("int8_calibration")
+    return record if isinstance(record, dict) and isinstance(record.get("ranges"), dict) else None
 
 
 def activation_width(module: nn.Module, scale: int, channels: int, minimum: int = 1, multiple_of: int = 1) -> int:

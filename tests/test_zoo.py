@@ -260,3 +260,16 @@ def test_a_pickle_that_would_run_code_is_refused_by_srtrt_run(tmp_path, capsys):
     assert code == 2 and "Traceback" not in err
     assert len([line for line in err.splitlines() if line.startswith("srtrt: ")]) == 1
     assert not marker.exists() and not (tmp_path / "photo_x4.png").exists()
+
+
+def test_int8_calibration_keeps_the_convs_that_run_less_the_two_that_touch_the_image(model_files):
+    """SPAN defines training-time conv branches its inference never runs, and its first conv to run
+    is not the first it defines: ranges exist only for convs that ran, the image's two in float."""
+    from srtrt.engine.toolchain.quantize import calibrate
+
+    view = srtrt.load_model(model_files["span"])
+    ranges = calibrate(view, [zoo.reference_image(32, 3)])["ranges"]
+    assert ranges and all(hi > lo for lo, hi in ranges.values())
+    assert not any(".conv." in name for name in ranges)  # the re-parameterised branches never run
+    assert "conv_1.eval_conv" not in ranges and "upsampler.0" not in ranges  # reads / writes the image
+    assert "conv_cat" in ranges

@@ -1,6 +1,6 @@
 """`--model COMMUNITY_FILE` in every command besides `srtrt run`: export (ONNX equal to torch fp32),
 build (a TensorRT-RTX plan for a grey model, no GPU needed), eval and compare (the model's own
-scale, channels and size multiple), calibrate (one line: no int8 path), `run --ray` (the driver
+scale, channels and size multiple), calibrate (ranges kept by sha256; int8 export and run), `run --ray` (the driver
 and its actors, on a stand-in Ray), and --allow-noncommercial reaching the loader.
 
 Models are spandrel's own architecture classes with small configs and random weights."""
@@ -92,7 +92,7 @@ def test_export_writes_a_graph_equal_to_torch_fp32_and_says_polyphase_is_a_no_op
 
 @pytest.mark.parametrize("flags, says", [
     (["--fused"], "--fused: a Compact model has no conv -> PixelShuffle -> PReLU steps"),
-    (["--precision", "int8"], "--precision int8 needs an int8 calibration in an srtrt checkpoint's sidecar"),
+    (["--precision", "int8"], "--precision int8: this Compact model has no int8 calibration (srtrt calibrate PHOTOS"),
     (["--opset", "18"], "--opset is not supported for community models"),
 ])
 def test_export_options_a_community_model_cannot_honour_are_one_line(files, tmp_path, capsys, flags, says):
@@ -181,12 +181,42 @@ def test_compare_crops_equal_whole_image_runs_and_a_grey_model_shows_grey(files,
 # srtrt calibrate
 
 
-def test_calibrate_refuses_a_community_model_in_one_line_and_writes_nothing(files, photos, capsys):
-    before = sorted(p.name for p in files["c2"].parent.iterdir())
-    line = one_line_exit_2(capsys, ["calibrate", photos, "--model", files["c2"]])
-    assert line == (f"srtrt: {files['c2']}: int8 calibration is for srtrt's own checkpoints; a Compact model file "
-                    "has no int8 path (run it in fp32, bf16 or fp16)")
-    assert sorted(p.name for p in files["c2"].parent.iterdir()) == before  # no sidecar: it stays a community file
+def test_calibrate_keeps_a_community_models_ranges_by_sha256_and_int8_runs_on_openvino(files, photos, tmp_path, capsys):
+    """The ranges go to srtrt's cache, never beside the user's file; export and run then take int8
+    (QDQ convs, head and tail in float) and it stays close to the model's own fp32 output."""
+    pytest.importorskip("openvino")
+    onnx = pytest.importorskip("onnx")
+    from srtrt.engine.backends import create_backend
+    from srtrt.engine.datapath.runtime import Planes, TiledUpscaler
+
+    before = sorted(p.name for p in files["c4"].parent.iterdir())
+    assert srtrt.load_model(files["c4"]).int8_calibration is None
+    assert main(["calibrate", str(photos), "--model", str(files["c4"])]) == 0
+    assert "calibrated 4 convs on 2 photos" in capsys.readouterr().out  # 6 convs: all but the first and last
+    assert sorted(p.name for p in files["c4"].parent.iterdir()) == before
+    view = srtrt.load_model(files["c4"])
+    assert len(view.int8_calibration["ranges"]) == 4
+
+    out = tmp_path / "c4-int8.onnx"
+    assert main(["export", "-o", str(out), "--model", str(files["c4"]), "--precision", "int8"]) == 0
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops.count("QuantizeLinear") == 4 and ops.count("Conv") == 6
+
+    image = smooth_image(40, 44, seed=3)
+    outputs = {}
+    for precision in ("fp32", "int8"):
+        with create_backend("openvino", precision=precision, view=view).backend as backend:
+            outputs[precision], _ = TiledUpscaler(backend).run_to_array(Planes(image), np.uint8)
+    diff = outputs["int8"].astype(float) - outputs["fp32"]
+    assert 0 < np.abs(diff).max() <= 8  # int8 ran (not the fp32 graph), within a few levels
+    assert 10 * np.log10(255 ** 2 / np.mean(diff ** 2)) > 40
+
+    # the guard for a model without a test set: agreement with its own fp32 output, cached per calibration
+    from srtrt.engine.backends.agreement import agreement_judge
+
+    judge = agreement_judge(view, lambda name, precision: create_backend(name, precision=precision, view=view).backend)
+    ok, why = judge("openvino", "int8")
+    assert ok and why.startswith("int8 agrees with this model's fp32 output to "), why
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,9 +286,11 @@ def test_every_model_command_takes_allow_noncommercial():
         assert parser().parse_args([command, *rest]).allow_noncommercial is False
 
 
-def test_allow_noncommercial_reaches_the_loader_from_upscale_eval_and_calibrate(files, photos, monkeypatch, capsys):
+def test_allow_noncommercial_reaches_the_loader_from_upscale_eval_and_calibrate(files, photos, monkeypatch, capsys,
+                                                                                tmp_path):
     from srtrt.engine.batch import api
 
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path))  # the calibration below stays out of the module's cache
     real, seen = srtrt.load_model, []
 
     def recording(model=None, allow_noncommercial=False):

@@ -51,7 +51,12 @@ def measured_agreement(view, backend: str, precision: str, make) -> float:
             value = psnr(candidate.infer(lr), reference)
         return {"psnr_db": value if math.isfinite(value) else (999.0 if value > 0 else -999.0)}
 
-    kind = f"agreement-{backend}-cpu-{precision}-{_library_version(backend)}"
+    form = precision
+    if precision == "int8":  # a new calibration is a new int8 model
+        from srtrt.engine.toolchain.quantize import calibration_digest
+
+        form = f"int8-{calibration_digest(view.int8_calibration)}"
+    kind = f"agreement-{backend}-cpu-{form}-{_library_version(backend)}"
     return receptive_field.cached(kind, view.checkpoint_sha256, measure)["psnr_db"]
 
 

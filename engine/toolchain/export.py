@@ -347,9 +347,9 @@ def _community_export_checks(view, args) -> bool:
     if args.fused and not arch.upsample_steps(view.generator):
         raise SrtrtError(f"--fused: a {name} model has no conv -> PixelShuffle -> PReLU steps registered to fuse "
                          "(srtrt's own networks have); export without --fused")
-    if args.precision == "int8":
-        raise SrtrtError("--precision int8 needs an int8 calibration in an srtrt checkpoint's sidecar; "
-                         f"a {name} model exports fp32 or fp16")
+    if args.precision == "int8" and not view.int8_calibration:
+        raise SrtrtError(f"--precision int8: this {name} model has no int8 calibration "
+                         f"(srtrt calibrate PHOTOS --model {args.model} measures one)")
     if args.precision == "fp16" and not view.facts.half:
         raise SrtrtError(f"--precision fp16: spandrel marks {name} as unsafe in fp16; export fp32")
     if args.opset is not None:  # export_isolated's child picks the opset (torch's default, TorchScript's 17)

@@ -39,15 +39,18 @@ def calibrate(view, images: Iterable[torch.Tensor], source: str = "") -> dict:
     names = arch.int8_convs(generator)
     modules = dict(generator.named_modules())
     lo, hi = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)  # 0 stays inside: uint8 zero points need it
+    ran: list[str] = []  # in the order they first ran
 
     def observe(name):
         def hook(_module, inputs):
+            if name not in ran:
+                ran.append(name)
             lo[name] = min(lo[name], inputs[0].min().item())
             hi[name] = max(hi[name], inputs[0].max().item())
         return hook
 
     hooks = [modules[n].register_forward_pre_hook(observe(n)) for n in names]
-    folded, count = registry.inference_view(generator), 0
+    folded, count = view.with_generator(generator).eval(), 0
     try:
         with torch.inference_mode():
             for x in images:
@@ -58,8 +61,12 @@ def calibrate(view, images: Iterable[torch.Tensor], source: str = "") -> dict:
             h.remove()
     if count == 0:
         raise SrtrtError("no images to calibrate on")
+    # A conv that never ran has no range (SPAN's training-time branches; inference runs their sum).
+    # A community network's first and last convs in running order read and write the image: they stay
+    # in float, as srresnet's head and tail (registry), whatever order its class defines them in.
+    kept = ran[1:-1] if arch is registry.COMMUNITY else [n for n in names if n in ran]
     return {"method": "min-max", "images": count, "source": source, "date": datetime.date.today().isoformat(),
-            "ranges": {n: [round(lo[n], 6), round(hi[n], 6)] for n in names}}
+            "ranges": {n: [round(lo[n], 6), round(hi[n], 6)] for n in kept}}
 
 
 def calibration_digest(calibration: dict) -> str:
@@ -125,9 +132,12 @@ def quantize_onnx(model, calibration: dict) -> int:
     return len(done)
 
 
-def lr_photos(folder: str | Path, scale: int, limit: int = DEFAULT_IMAGES) -> Iterator[torch.Tensor]:
+def lr_photos(folder: str | Path, scale: int, limit: int = DEFAULT_IMAGES, channels: int = 3, multiple_of: int = 1,
+              minimum: int = 1) -> Iterator[torch.Tensor]:
     """The first `limit` readable photos of `folder`, bicubic-downscaled by `scale` as training's
-    LR inputs are (1x3xHxW in [0, 1]). A file that cannot be read is reported on one line and skipped."""
+    LR inputs are (1x3xHxW in [0, 1]; a grey network, `channels` 1, gets each colour channel as a
+    plane), cropped to the network's `multiple_of`; one smaller than its `minimum` side is passed
+    over. A file that cannot be read is reported on one line and skipped."""
     from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, read_image
     from srtrt.engine.datapath.runtime import to_network_input
 
@@ -144,23 +154,31 @@ def lr_photos(folder: str | Path, scale: int, limit: int = DEFAULT_IMAGES) -> It
             print(f"srtrt: {e} (skipped)", file=sys.stderr)
             continue
         pixels = torch.from_numpy(image.pixels.astype(np.float32))[None]
-        x = to_network_input(pixels, image.pixels.shape[2], float(2 ** image.bit_depth - 1))
-        if min(x.shape[-2:]) < 2 * scale:
-            continue  # too small to downscale: nothing to measure
+        x = to_network_input(pixels, image.pixels.shape[2], float(2 ** image.bit_depth - 1), channels)
+        if min(x.shape[-2:]) < max(2, minimum) * scale:
+            continue  # too small to downscale (or for the network): nothing to measure
+        lr = torch.nn.functional.interpolate(x, scale_factor=1 / scale, mode="bicubic", antialias=True).clamp(0, 1)
+        h, w = (side // multiple_of * multiple_of for side in lr.shape[-2:])
+        if min(h, w) < minimum:
+            continue
         used += 1
-        yield torch.nn.functional.interpolate(x, scale_factor=1 / scale, mode="bicubic", antialias=True).clamp(0, 1)
+        yield lr[..., :h, :w]
 
 
 def main(args) -> int:
-    """`srtrt calibrate DIR`: measure the int8 ranges of --model on the photos in DIR, into its sidecar."""
+    """`srtrt calibrate DIR`: measure the int8 ranges of --model on the photos in DIR, into its sidecar
+    (a community model file has none: the ranges are kept by its sha256, zoo.store_calibration)."""
     import srtrt
-    from srtrt import checkpoint
+    from srtrt import checkpoint, zoo
 
     view = srtrt.load_model(args.model, getattr(args, "allow_noncommercial", False))
-    if isinstance(view, CommunityView):  # no int8 convs registered, no sidecar to keep ranges
-        raise SrtrtError(f"int8 calibration is for srtrt's own checkpoints; a {view.facts.architecture} model "
-                         "file has no int8 path (run it in fp32, bf16 or fp16)", args.model)
-    record = calibrate(view, lr_photos(args.photos, view.scale, args.images or DEFAULT_IMAGES), source=Path(args.photos).name)
-    sidecar = checkpoint.update_meta(args.model, "int8_calibration", record)
-    print(f"calibrated {len(record['ranges'])} convs on {record['images']} photos of {args.photos}: {sidecar}")
+    facts = view.facts
+    photos = lr_photos(args.photos, view.scale, args.images or DEFAULT_IMAGES, facts.channels, facts.multiple_of,
+                       facts.minimum)
+    record = calibrate(view, photos, source=Path(args.photos).name)
+    if isinstance(view, CommunityView):
+        where = zoo.store_calibration(view.checkpoint_sha256, record)
+    else:
+        where = checkpoint.update_meta(args.model, "int8_calibration", record)
+    print(f"calibrated {len(record['ranges'])} convs on {record['images']} photos of {args.photos}: {where}")
     return 0
