@@ -135,6 +135,8 @@ def _add_export(sub):
                    help="last upsample step and tail conv in polyphase form (same values; faster on CPUs; "
                         "srtrt's own networks, community models are exported as they are)")
     p.add_argument("--opset", type=int, default=None)
+    p.add_argument("--shape", metavar="HxW", help="a graph fixed at this LR size, batch 1, instead of any size "
+                                                  "(window-attention models, SwinIR and HAT, export only so)")
 
 
 def _add_build(sub):

@@ -133,7 +133,9 @@ def load(path: str | os.PathLike, allow_noncommercial: bool = False) -> Communit
         raise SrtrtError(_no_match(state, allow_noncommercial), path)
     name = support.architecture.name
     try:
-        descriptor = spandrel.ModelLoader(device="cpu", registry=registry).load_from_state_dict(state)
+        with warnings.catch_warnings():  # SwinIR/HAT's constructors call torch.meshgrid without indexing=: noise
+            warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
+            descriptor = spandrel.ModelLoader(device="cpu", registry=registry).load_from_state_dict(state)
     except Exception as e:  # size mismatches, missing keys, failed asserts: all say the file is bad
         raise SrtrtError(f"looks like {name}, but its weights do not load ({_first_line(e)})", path) from None
 

@@ -273,3 +273,43 @@ def test_int8_calibration_keeps_the_convs_that_run_less_the_two_that_touch_the_i
     assert not any(".conv." in name for name in ranges)  # the re-parameterised branches never run
     assert "conv_1.eval_conv" not in ranges and "upsampler.0" not in ranges  # reads / writes the image
     assert "conv_cat" in ranges
+
+
+def test_srtrt_export_takes_swinir_at_a_fixed_shape_only(model_files, tmp_path, capsys):
+    """Without --shape a SwinIR export is one line naming the fix; with it, a static graph that
+    computes the network at that shape (checked against torch fp32 through onnxruntime)."""
+    ort = pytest.importorskip("onnxruntime")
+    from srtrt.cli import main
+
+    out = tmp_path / "swinir.onnx"
+    assert main(["export", "-o", str(out), "--model", str(model_files["swinir"])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["srtrt: a SwinIR model exports only at a fixed size (its window partition is traced at one): "
+                   "add --shape HxW in LR pixels"] and not out.exists()
+    assert main(["export", "-o", str(out), "--model", str(model_files["swinir"]), "--shape", "24x40"]) == 0
+    assert "fixed at 24x40, SwinIR, x2" in capsys.readouterr().out
+    x = torch.rand(1, 3, 24, 40)
+    session = ort.InferenceSession(str(out))
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.inference_mode():
+        want = srtrt.load_model(model_files["swinir"])(x).numpy()
+    assert got.shape == (1, 3, 48, 80) and np.abs(got - want).max() <= 1e-4
+    assert main(["export", "-o", str(out), "--model", str(model_files["rrdb_x2"]), "--shape", "30x32"]) == 2
+    assert "this model needs sides of at least 4 LR pixels, multiples of 4" in capsys.readouterr().err
+
+
+def test_an_explicit_cpu_backend_takes_a_community_models_reduced_precision_by_agreement(model_files, monkeypatch):
+    """`--backend openvino|torch --precision auto`: judged like `auto`, by agreement with the model's
+    own fp32 output, never by the Set5 table the model is not in."""
+    from srtrt.engine import backends
+
+    monkeypatch.setattr(backends, "cpu_bf16_reason", lambda: "")  # judged on any CPU: the agreement runs
+    monkeypatch.setattr(backends, "cpu_int8_reason", lambda: "")
+    view = srtrt.load_model(model_files["compact"])
+    selection = backends.create_backend("torch", view=view)
+    assert selection.backend.precision == "bf16"
+    assert "precision bf16 agrees with this model's fp32 output to " in selection.reason
+    selection.backend.close()
+    view = srtrt.load_model(model_files["swinir"])  # whose bf16 fails in torch (a dtype mix in its forward)
+    selection = backends.create_backend("torch", view=view)
+    assert selection.backend.precision == "fp32" and "bf16 fails on this model" in selection.reason

@@ -241,6 +241,25 @@ def _speed_timer(view, dev: torch.device, sha: str, shape_class: str):
     return timer
 
 
+def _community_cpu_precision(view, name: str, dev: torch.device) -> tuple[str, str]:
+    """`--backend torch|openvino --precision auto` for a community model: the first of that backend's
+    reduced precisions (CPU_ORDER: fastest first) this CPU has and the agreement guard allows, else fp32."""
+    from srtrt.engine.backends.agreement import agreement_judge
+
+    judge = agreement_judge(view, lambda backend, precision: _MAKERS[backend](view, dev, precision))
+    reasons = []
+    for backend, precision in CPU_ORDER:
+        if backend != name or precision == "fp32":
+            continue
+        unfit = cpu_bf16_reason() if precision == "bf16" else \
+            cpu_int8_reason() or ("" if view.int8_calibration else "the model has no int8 calibration")
+        ok, why = (False, unfit) if unfit else judge(backend, precision)
+        if ok:
+            return precision, why
+        reasons.append(f"{precision} not used ({why})")
+    return "fp32", f"fp32 ({'; '.join(reasons) or 'no faster precision on this backend'})"
+
+
 def _auto_cpu(view, dev: torch.device, asked: str, sha: str, shape_class: str) -> Selection:
     from srtrt.engine.backends.openvino_backend import available
 
@@ -277,7 +296,9 @@ def create_backend(name: str = "auto", model: str | None = None, precision: str 
 def _create(name: str, precision: str, device: str | None, view, shape_class: str = "large") -> Selection:
     dev = _device(device)
     sha, asked = _model_sha256(view), precision
-    if precision == "auto":
+    if precision == "auto" and name in ("torch", "openvino") and dev.type == "cpu" and isinstance(view, CommunityView):
+        precision, why_precision = _community_cpu_precision(view, name, dev)
+    elif precision == "auto":
         precision, why_precision = auto_precision(name if name != "auto" else "torch", dev, sha)
     else:
         why_precision = "as asked"

@@ -300,26 +300,28 @@ def save_onnx(model, path) -> Path:
 
 
 def main(args) -> int:
-    """`srtrt export`: -o/--output, --model, --precision, --fused, --polyphase, --opset, --allow-noncommercial."""
+    """`srtrt export`: -o/--output, --model, --precision, --fused, --polyphase, --opset, --shape, --allow-noncommercial."""
     import srtrt
 
     view = srtrt.load_model(args.model, getattr(args, "allow_noncommercial", False))
     community = isinstance(view, CommunityView)
+    shape = _fixed_shape(view, getattr(args, "shape", None))
     if community:
-        polyphase = _community_export_checks(view, args)
+        polyphase = _community_export_checks(view, args, shape)
         path = Path(args.output)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise SrtrtError(f"cannot write ({e.strerror or e})", path) from None
-        export_community_view(view, path, args.precision, polyphase)
+        export_community_view(view, path, args.precision, polyphase, shape)
     else:
         polyphase = args.polyphase
         path = export_onnx(view, args.output, precision=args.precision, fused=args.fused, opset=args.opset,
-                           polyphase=polyphase)
+                           polyphase=polyphase, dynamic=shape is None, input_shape=shape)
     size = path.stat().st_size
     size_text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
     form = (", fused" if args.fused else "") + (", polyphase" if polyphase else "")
+    form += f", fixed at {shape[2]}x{shape[3]}" if shape else ""
     if community:
         what = f"{view.facts.architecture}, x{view.scale}, {'grey' if view.facts.channels == 1 else 'RGB'}, " \
                f"tile margin {view.radius}"
@@ -329,21 +331,43 @@ def main(args) -> int:
     return 0
 
 
-def export_community_view(view, path: Path, precision: str, polyphase: bool = False) -> Path:
+def export_community_view(view, path: Path, precision: str, polyphase: bool = False,
+                          shape: tuple[int, int, int, int] | None = None) -> Path:
     """A community model (nets.CommunityView) to ONNX at `path`: `srtrt export` and `srtrt build`.
     In a child process, torch.export first, then the TorchScript tracer: some architectures (SPAN)
     crash torch.export with a signal, which would take this process down."""
     from srtrt.engine.toolchain.export_isolated import export_community
 
-    return export_community(view, path, precision, polyphase)
+    return export_community(view, path, precision, polyphase, shape)
 
 
-def _community_export_checks(view, args) -> bool:
+def _fixed_shape(view, text: str | None) -> tuple[int, int, int, int] | None:
+    """`--shape HxW` as the graph's (1, C, H, W), checked against the model's size requirements."""
+    if not text:
+        return None
+    try:
+        height, width = (int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise SrtrtError(f"--shape must be HxW in LR pixels (e.g. 64x64), not {text!r}") from None
+    facts = view.facts
+    step, smallest = max(facts.multiple_of, 1), max(facts.minimum, 1)
+    if min(height, width) < smallest or height % step or width % step:
+        raise SrtrtError(f"--shape {height}x{width}: this model needs sides of at least {smallest} LR pixels"
+                         + (f", multiples of {step}" if step > 1 else ""))
+    return 1, facts.channels, height, width
+
+
+def _community_export_checks(view, args, shape=None) -> bool:
     """Refuse, in one line, what a community model's export cannot honour; returns whether the
     polyphase rewrite applies (it never changes a community network: say so, export it as it is)."""
     from srtrt import registry
+    from srtrt.engine.toolchain.export_isolated import DYNAMIC_FAILS
 
     arch, name = registry.of(view.generator), view.facts.architecture
+    if shape is None and name in DYNAMIC_FAILS:
+        step = view.facts.multiple_of
+        raise SrtrtError(f"a {name} model exports only at a fixed size (its window partition is traced at one): "
+                         "add --shape HxW in LR pixels" + (f", multiples of {step}" if step > 1 else ""))
     if args.fused and not arch.upsample_steps(view.generator):
         raise SrtrtError(f"--fused: a {name} model has no conv -> PixelShuffle -> PReLU steps registered to fuse "
                          "(srtrt's own networks have); export without --fused")
