@@ -7,6 +7,10 @@
   repeated 4x4, through the torch backend and the same runtime): output frames per second at
   1080p output (1920x1080 from 480x270), against the clip's 24 fps. Target >= 1.5x real time.
 Each result records the CPU model and the load average before and after (the machine may be shared).
+- `test_video_small_frames_share_batches`: a 160x90 clip (one window a frame) at batch 4 with the
+  default model and backend: output frames per second with frames grouped into shared backend
+  batches (video.run.MAX_GROUP_FRAMES) against one frame per run. No target: on a CPU backend a
+  batch costs about its windows' sum, the gain is the per-run overhead; GPU backends gain more.
 - `test_video_peak_rss_flat`: peak RSS of `srtrt run` on the clip and on one 10x longer, each in a
   fresh process. Target: within 10 %.
 Smoke mode (`--smoke`) uses a 96x54 clip of a few frames and only checks that the code runs.
@@ -74,11 +78,11 @@ def free_view():
     return FreeView(SRResNet(SRResNetConfig(blocks=1, channels=4))).eval()
 
 
-def _runner(view=None) -> FileRunner:
+def _runner(view=None, batch: int | None = None) -> FileRunner:
     from srtrt.engine.backends import create_backend
 
     backend = create_backend("torch", view=view).backend if view is not None else create_backend("auto").backend
-    return FileRunner(backend, RunOptions(overwrite=True))
+    return FileRunner(backend, RunOptions(overwrite=True, batch=batch))
 
 
 def _machine(benchmark) -> None:
@@ -138,6 +142,37 @@ def test_video_pipeline_speed(benchmark, tmp_path):
           f"({fps / 24:.2f}x real time; load {benchmark.extra_info['load_before'][0]:.2f} -> {os.getloadavg()[0]:.2f})")
     if not SMOKE:
         assert fps / 24 >= 1.5
+
+
+def test_video_small_frames_share_batches(benchmark, tmp_path, monkeypatch):
+    from srtrt.engine.video import run as video_run
+
+    size = SIZE if SMOKE else (160, 90)
+    clip = pan_clip(tmp_path / "small.mp4", size=size)
+    runner = _runner(batch=4)
+    out = tmp_path / "small_x4.mp4"
+    grouping = video_run.MAX_GROUP_FRAMES
+    frames_per_call = video_run.group_size(runner.upscaler, size[1], size[0])
+
+    def run(most: int = grouping):
+        monkeypatch.setattr(video_run, "MAX_GROUP_FRAMES", most)
+        assert runner.run(clip, out).status == "done"
+
+    for most in (grouping, 1):  # warm both batch shapes (compiled models, caches)
+        run(most)
+    benchmark.group = "video"
+    _machine(benchmark)
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    grouped = FRAMES / benchmark.stats.stats.mean
+    t0 = time.perf_counter()
+    run(1)
+    single = FRAMES / (time.perf_counter() - t0)
+    benchmark.extra_info.update(frames=FRAMES, size=size, backend=runner.backend.describe(), batch=4,
+                                frames_per_call=frames_per_call, grouped_fps=grouped, one_frame_fps=single,
+                                speedup=grouped / single, load_after=os.getloadavg())
+    print(f"\nvideo {size[0]}x{size[1]}, {runner.backend.describe()}, batch 4: {grouped:.2f} fps with "
+          f"{frames_per_call} frames a call, {single:.2f} fps one frame a call ({grouped / single:.2f}x; "
+          f"load {benchmark.extra_info['load_before'][0]:.2f} -> {os.getloadavg()[0]:.2f})")
 
 
 def _peak_rss_mb(clip: Path) -> float:

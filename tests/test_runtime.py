@@ -260,6 +260,98 @@ def test_stage_times_add_up_across_threads():
     assert set(asdict(times)) == {"read", "infer", "assemble", "encode", "wall", "tiles", "batches"}
 
 
+# --------------------------------------------------------------------------- several images, one run
+
+@pytest.fixture
+def batch_invariant_torch(monkeypatch):
+    """torch's CPU convolutions without oneDNN, which runs a batch of one through other kernels
+    than a larger batch (values up to 1e-7 apart, now and then a uint8 value one apart); the
+    native convolution computes every sample of a batch alike, so bytes can be compared."""
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+
+
+def _run_many_to_arrays(up: TiledUpscaler, frames: list[Planes], out_dtype=np.uint8):
+    """run_many's outputs per image, and the (image, y0) order its bands came in."""
+    s = up.backend.scale
+    colours = [np.zeros((p.height * s, p.width * s, p.channels), out_dtype) for p in frames]
+    alphas = [np.zeros((p.height * s, p.width * s), out_dtype) if p.alpha is not None else None for p in frames]
+    order = []
+
+    def keep(index, band):
+        order.append((index, band.y0))
+        colours[index][band.y0:band.y0 + band.colour.shape[0]] = band.colour
+        if band.alpha is not None:
+            alphas[index][band.y0:band.y0 + band.alpha.shape[0]] = band.alpha
+
+    up.run_many(frames, keep, out_dtype)
+    return colours, alphas, order
+
+
+def test_small_frames_share_a_batch_and_each_equals_its_own_run(batch_invariant_torch):
+    """Three different frames of one window each at batch 4: one backend call for all three,
+    and every frame's bytes equal running it alone."""
+    rng = np.random.default_rng(11)
+    frames = [Planes(rng.integers(0, 256, (20, 28, 3), dtype=np.uint8)) for _ in range(3)]
+    up = TiledUpscaler(TorchBackend(random_view(blocks=1, channels=4)), batch=4)
+    assert len(up.plan(20, 28)) == 1
+    together, _, order = _run_many_to_arrays(up, frames)
+    assert up.times.batches == 1 < len(frames) and up.times.tiles == 3
+    assert order == [(0, 0), (1, 0), (2, 0)]
+    alone = [up.run_to_array(planes, np.uint8)[0] for planes in frames]
+    assert [out.tobytes() for out in together] == [out.tobytes() for out in alone]
+
+    # with oneDNN (the default) batch 1 and batch 3 may differ by a rounding, never by more
+    torch.backends.mkldnn.enabled = True
+    together, _, _ = _run_many_to_arrays(up, frames)
+    for planes, out in zip(frames, together):
+        assert np.abs(out.astype(int) - up.run_to_array(planes, np.uint8)[0]).max() <= 1
+
+
+@pytest.mark.parametrize("case", ["rgb8", "rgba8-model-alpha", "grey16", "rgb-float-out"])
+def test_frames_of_several_tiles_share_batches_across_frames(case, batch_invariant_torch):
+    """12 tiles a frame at batch 8: batches hold the end of one frame and the start of the next;
+    each frame (alpha and grey planes, 16 bits and float output included) still equals its own
+    run, and bands come frame by frame, top to bottom."""
+    dtype = np.uint16 if "16" in case else np.uint8
+    channels = 1 if "grey" in case else 3
+    out_dtype = np.float32 if "float" in case else dtype
+    frames = [Planes(smooth_image(40, 50, channels, seed=i, dtype=dtype),
+                     smooth_image(40, 50, 1, seed=10 + i, dtype=dtype)[..., 0] if "alpha" in case else None)
+              for i in range(3)]
+    up = TiledUpscaler(TorchBackend(random_view(blocks=1, channels=4)), core=16, batch=8)
+    plan = up.plan(40, 50)
+    assert len(plan) == 12 and len(plan) % up.batch
+    colours, alphas, order = _run_many_to_arrays(up, frames, out_dtype)
+    assert up.times.batches == 36 // 8 + 1 and up.times.tiles == 36  # 5 calls where one frame at a time takes 6
+    assert order == [(i, span.c0 * 4) for i in range(3) for span in plan.rows]
+    for planes, colour, alpha in zip(frames, colours, alphas):
+        alone_colour, alone_alpha = up.run_to_array(planes, out_dtype)
+        assert colour.tobytes() == alone_colour.tobytes()
+        assert (alpha is None) == (alone_alpha is None)
+        if alpha is not None:
+            assert alpha.tobytes() == alone_alpha.tobytes()
+
+
+def test_run_many_refuses_mixed_shapes_and_raises_a_sinks_error():
+    import threading
+
+    up = TiledUpscaler(TorchBackend(random_view(blocks=1, channels=4)), core=16, batch=5)
+    with pytest.raises(ValueError, match="one shape"):
+        up.run_many([Planes(smooth_image(40, 50)), Planes(smooth_image(40, 52))], lambda i, band: None)
+    seen = []
+
+    def failing_sink(index, band):
+        seen.append(index)
+        if index == 1:
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        up.run_many([Planes(smooth_image(40, 50, seed=i)) for i in range(3)], failing_sink)
+    assert seen == [0, 0, 0, 1]  # frame 0's three bands, then the failure; frame 2 never reached the sink
+    names = {"srtrt-reader", "srtrt-assembler", "srtrt-encoder"}
+    assert not [t for t in threading.enumerate() if t.name in names]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])

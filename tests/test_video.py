@@ -566,6 +566,116 @@ def test_each_frame_equals_upscaling_it_as_an_image(tmp_path, model):
         reader.close()
 
 
+def test_frames_batched_together_give_the_video_of_one_frame_at_a_time(tmp_path, model, monkeypatch):
+    """--batch 4 with frames of one window each: four frames per backend call, never across a
+    segment cut (here at frame 50, inside a group), and the output's packets are those of the same
+    run one frame per call. oneDNN computes a batch of one with other kernels than a batch of four
+    (values 1e-7 apart, now and then a byte one apart): the native convolution keeps bytes comparable."""
+    import torch
+
+    from srtrt.engine.batch.files import DONE, FileRunner
+    from srtrt.engine.batch.options import RunOptions, open_backend
+    from srtrt.engine.video import run as video_run
+
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    source = tmp_path / "clip.mkv"
+    make_clip(source, frames=56, audio="libopus", gop=5)  # keyframes every 5 frames: the 2 s cut comes at 50
+    options = RunOptions(model=str(model), backend="torch", batch=4)
+    runner = FileRunner(open_backend(options).backend, options)
+    assert len(runner.upscaler.plan(32, 48)) == 1 and video_run.group_size(runner.upscaler, 32, 48) == 4
+    real_infer, calls = runner.backend.infer, []
+    runner.backend.infer = lambda x: calls.append(x.shape[0]) or real_infer(x)
+    outputs, frames_seen, most = {}, {}, video_run.MAX_GROUP_FRAMES
+    for group in (most, 1):
+        monkeypatch.setattr(video_run, "MAX_GROUP_FRAMES", group)
+        calls.clear()
+        seen = []
+        outputs[group] = tmp_path / f"grouped_{group}.mkv"
+        outcome = runner.run(source, outputs[group], on_frame=seen.append)
+        assert outcome.status == DONE, outcome.message
+        frames_seen[group] = (list(calls), len(seen))
+    # 50 frames before the cut: 12 calls of 4 and one of 2; 6 after it: one of 4, one of 2
+    assert frames_seen[most] == ([4] * 12 + [2] + [4, 2], 56)
+    assert frames_seen[1] == ([1] * 56, 56)
+    grouped, single = outputs[most], outputs[1]
+    assert packets(grouped, "video") == packets(single, "video")
+    decoded = video_frames(grouped)
+    assert [t for t, _, _ in decoded] == [t for t, _, _ in video_frames(source)] and len(decoded) == 56
+    with av.open(str(grouped)) as c:
+        keys = [i for i, p in enumerate(p for p in c.demux(c.streams.video[0]) if p.size) if p.is_keyframe]
+    assert keys == [0, 50]  # the segments start where one frame at a time starts them
+    assert packets(grouped, "audio") == packets(source, "audio")
+
+
+def test_a_bad_frame_keeps_the_good_frames_of_an_unfinished_group(tmp_path, capsys, model):
+    """Groups of 3 frames: the 8 frames before the damage end with a group of 2 still waiting when
+    decoding fails; --stop-at-bad-frame upscales and keeps them too."""
+    make_clip(tmp_path / "whole.mkv", frames=24, audio=None, gop=6)
+    spoiled = tmp_path / "spoiled.mkv"
+    _spoil_packet(tmp_path / "whole.mkv", spoiled, 10)
+    good = _decodable_frames(spoiled)
+    assert len(good) % 3 == 2
+    code, err = run(capsys, spoiled, "--model", model, "--backend", "torch", "--batch", "3", "--stop-at-bad-frame")
+    assert code == 0, err
+    assert f"stopped at the last good frame, {len(good)} frames kept" in err
+    assert [t for t, _, _ in video_frames(tmp_path / "spoiled_x4.mkv")] == good
+
+
+def test_out_of_memory_with_frames_batched_together_puts_fewer_frames_together(tmp_path, model, monkeypatch):
+    """Out of device memory (injected above two windows a call) with eight frames a batch: the
+    group is retried with half the batch, then half again, the later groups hold two frames, and
+    the video equals the one made one frame at a time."""
+    import torch
+
+    from srtrt.engine.batch.files import DONE, FileRunner
+    from srtrt.engine.batch.options import RunOptions, open_backend
+    from srtrt.engine.video import run as video_run
+
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # see the test above
+    source = tmp_path / "clip.mp4"
+    make_clip(source, frames=12, audio=None)
+    options = RunOptions(model=str(model), backend="torch", batch=8)
+    said = []
+    runner = FileRunner(open_backend(options).backend, options, log=said.append)
+    real_infer, calls = runner.backend.infer, []
+
+    def at_most_two(x):
+        calls.append(x.shape[0])
+        if x.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_infer(x)
+
+    runner.backend.infer = at_most_two
+    assert runner.run(source, tmp_path / "grouped.mp4").status == DONE
+    assert [line.split("retrying with ")[1].split(",")[0] for line in said] == ["batch 4", "batch 2"]
+    assert calls == [8, 4] + [2] * 6 and video_run.group_size(runner.upscaler, 32, 48) == 2
+    monkeypatch.setattr(video_run, "MAX_GROUP_FRAMES", 1)
+    assert runner.run(source, tmp_path / "single.mp4").status == DONE
+    assert packets(tmp_path / "grouped.mp4", "video") == packets(tmp_path / "single.mp4", "video")
+
+
+def test_upscale_frames_equals_each_frame_alone(tmp_path, model, monkeypatch):
+    """FileRunner.upscale_frames on decoded frames at batch 4: the frames upscale_frame gives one by one."""
+    import torch
+
+    from srtrt.engine.batch.files import FileRunner
+    from srtrt.engine.batch.options import RunOptions, open_backend
+    from srtrt.engine.video.source import FrameReader, probe
+
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # see the test above
+    source = tmp_path / "clip.mp4"
+    make_clip(source, frames=5, audio=None)
+    options = RunOptions(model=str(model), backend="torch", batch=4, tile=16)  # 6 windows a frame
+    runner = FileRunner(open_backend(options).backend, options)
+    reader = FrameReader(source, probe(source))
+    try:
+        rgbs = [frame.rgb for frame in reader]
+    finally:
+        reader.close()
+    together = runner.upscale_frames(rgbs)
+    assert [a.tobytes() for a in together] == [runner.upscale_frame(rgb).tobytes() for rgb in rgbs]
+
+
 def test_an_encoder_that_fails_at_its_flush_reports_instead_of_hanging(tmp_path):
     import threading
 

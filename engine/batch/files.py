@@ -266,9 +266,15 @@ class FileRunner:
 
     def upscale_frame(self, rgb: np.ndarray, on_tile=None) -> np.ndarray:
         """One video frame (H x W x 3) through the runtime, with the same out-of-memory fallback as an image."""
-        from srtrt.engine.video.run import frame_through
+        return self.upscale_frames([rgb], on_tile)[0]
 
-        return self._retrying(_Shape(*rgb.shape[:2]), "frame", None, lambda upscaler: frame_through(upscaler, rgb, on_tile))
+    def upscale_frames(self, rgbs: list[np.ndarray], on_tile=None) -> list[np.ndarray]:
+        """Video frames of one shape through the runtime together (their windows share the tile
+        batches), with the same out-of-memory fallback as an image; the upscaled frames in order."""
+        from srtrt.engine.video.run import frames_through
+
+        return self._retrying(_Shape(*rgbs[0].shape[:2]), "frame", None,
+                              lambda upscaler: frames_through(upscaler, rgbs, on_tile), images=len(rgbs))
 
     def upscale_arrays(self, image: DecodedImage, label: str = "image") -> tuple[np.ndarray, np.ndarray | None]:
         """The whole result in memory (colour, alpha), with the same out-of-memory fallback."""
@@ -282,7 +288,9 @@ class FileRunner:
         upscale_file(upscaler, image, destination, overwrite=self.options.overwrite, alpha_mode=self.options.alpha,
                      on_tile=on_tile, png_level=self.options.png_level)
 
-    def _retrying(self, image: DecodedImage, source, destination: Path | None, work):
+    def _retrying(self, image: DecodedImage, source, destination: Path | None, work, images: int = 1):
+        """`work(upscaler)`, stepping down after running out of device memory; `images` of the
+        image's shape go through together (video frames)."""
         from srtrt.engine.batch import oom
 
         while True:
@@ -294,7 +302,7 @@ class FileRunner:
                 remove_partials(destination)
                 oom.free_device_memory(self.upscaler)
                 before = self.upscaler
-                after = oom.smaller(before, image.height, image.width)
+                after = oom.smaller(before, image.height, image.width, images=images)
                 cause = " ".join(str(e).split())[:160]
                 if after is None:
                     raise SrtrtError(f"out of device memory even with batch {before.batch} and tile {before.core} "

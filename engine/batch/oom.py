@@ -46,16 +46,18 @@ def free_device_memory(upscaler: TiledUpscaler) -> None:
             pass  # the device is in a bad state; the retry will say so
 
 
-def smaller(upscaler: TiledUpscaler, height: int, width: int, min_core: int = MIN_CORE) -> TiledUpscaler | None:
-    """The next smaller setting for an HxW image, or None when there is none left.
+def smaller(upscaler: TiledUpscaler, height: int, width: int, min_core: int = MIN_CORE,
+            images: int = 1) -> TiledUpscaler | None:
+    """The next smaller setting for `images` HxW images run together (video frames sharing
+    batches), or None when there is none left.
 
     Half the batch while it is above one; then half the core while that shrinks the window
     and the backend accepts the new window shape.
     """
     plan = upscaler.plan(height, width)
-    if min(upscaler.batch, len(plan)) > 1:  # a batch larger than the image's tile count is not used
-        return TiledUpscaler(upscaler.backend, core=plan.core, margin=upscaler.margin,
-                             batch=min(upscaler.batch, len(plan)) // 2)
+    used = min(upscaler.batch, images * len(plan))  # a batch larger than the images' tile count is not used
+    if used > 1:
+        return TiledUpscaler(upscaler.backend, core=plan.core, margin=upscaler.margin, batch=used // 2)
     old_window = plan.window_shape
     core = min(plan.core, max(height, width))
     while core > min_core:

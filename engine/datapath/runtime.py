@@ -1,26 +1,29 @@
 """The streaming tiled runtime: reader -> device worker -> assembler -> encoder, joined by bounded queues.
 
     reader thread     copies LR windows (one static shape), in the image's own dtype (uint8,
-                      uint16), straight into a reused staging buffer (pinned on CUDA)
+                      uint16), straight into a reused staging buffer (pinned on CUDA); with
+                      several images of one shape (video frames) one batch may hold windows of
+                      several of them, so small images still fill the backend's batch
     device worker     uploads the batch as integers, makes it float on the device, runs the
                       backend, quantises there and copies the integers back into a reused pinned
                       buffer; on CUDA it alternates streams so one batch's copies overlap the next
                       one's compute
-    assembler thread  writes each tile's core into the current row band and hands finished bands over
+    assembler thread  writes each tile's core into the current row band (of the current image)
+                      and hands finished bands over
     encoder thread    hands each band to the sink (a streaming encoder), then forgets it
 
 Queues hold at most a few batches and one band, so memory is bounded by the tile and band sizes,
-never by the image: an HxW input needs the LR image, O(batch) windows and two bands of output
-rows (the assembler starts a band only once the encoder has taken the one before). On the CPU
-the same functions run (the "device" is the CPU), so a CPU run checks the bytes a GPU run
-produces.
+never by the image: an HxW input needs the LR image (`run_many`: its LR images), O(batch)
+windows and two bands of output rows (the assembler starts a band only once the encoder has
+taken the one before). On the CPU the same functions run (the "device" is the CPU), so a CPU
+run checks the bytes a GPU run produces.
 """
 from __future__ import annotations
 
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -210,7 +213,8 @@ class StagingBuffers:
 
 
 class TiledUpscaler:
-    """Runs one backend over tiles of images; reusable across images.
+    """Runs one backend over tiles of images; reusable across images. `run` takes one image,
+    `run_many` several of one shape whose windows share the backend's batches.
 
     `core`/`margin`/`batch` default to the backend's defaults and its receptive-field radius.
     With margin >= backend.radius the output equals a whole-image pass.
@@ -248,24 +252,26 @@ class TiledUpscaler:
         return StagingBuffers(shape, dtype, count, pinned=self.cuda)
 
     # -- the four stages -------------------------------------------------------------------
-    def _read(self, planes: Planes, plan: tiling.TilePlan, q_in: queue.Queue, stop: threading.Event):
-        """Reader: batches of (tiles, staged windows, staging buffer or None) in plan order.
+    def _read(self, frames: Sequence[Planes], plan: tiling.TilePlan, q_in: queue.Queue, stop: threading.Event):
+        """Reader: batches of (windows, staged windows, staging buffer or None), a window being
+        (image index, tile), in (image, plan) order; a batch runs on into the next image.
 
         On CUDA the staged integers go to the device worker, which returns the buffer after its
         upload; on the CPU they become the float batch here and the buffer is free at once.
         """
         try:
-            max_value = _max_value(planes.colour.dtype)
+            max_value = _max_value(frames[0].colour.dtype)
             pending = []
-            for tile in plan:
-                pending.append(tile)
-                if len(pending) == self.batch:
-                    q_in.put(self._staged_batch(planes, pending, max_value, stop))
-                    pending = []
-                if stop.is_set():
-                    return
+            for f in range(len(frames)):
+                for tile in plan:
+                    pending.append((f, tile))
+                    if len(pending) == self.batch:
+                        q_in.put(self._staged_batch(frames, pending, max_value, stop))
+                        pending = []
+                    if stop.is_set():
+                        return
             if pending:
-                q_in.put(self._staged_batch(planes, pending, max_value, stop))
+                q_in.put(self._staged_batch(frames, pending, max_value, stop))
         except _Stopped:
             pass
         except BaseException as e:  # handed to the caller's thread
@@ -273,7 +279,7 @@ class TiledUpscaler:
         finally:
             q_in.put(_DONE)
 
-    def _staged_batch(self, planes: Planes, batch_tiles, max_value: float, stop: threading.Event):
+    def _staged_batch(self, frames: Sequence[Planes], windows, max_value: float, stop: threading.Event):
         while True:  # all buffers in flight: wait for the device worker, unless the run is over
             try:
                 buffer = self._inputs.take(timeout=0.05)
@@ -282,31 +288,34 @@ class TiledUpscaler:
                 if stop.is_set():
                     raise _Stopped from None
         t0 = time.perf_counter()
-        staged = self._stage(buffer, planes, batch_tiles)
+        staged = self._stage(buffer, frames, windows)
         if not self.cuda:
-            staged = to_network_input(staged, planes.channels, max_value, self.backend.channels)
+            staged = to_network_input(staged, frames[0].channels, max_value, self.backend.channels)
             self._inputs.give(buffer)
             buffer = None
         self.times.add(read=time.perf_counter() - t0)
-        return batch_tiles, staged, buffer
+        return windows, staged, buffer
 
     @staticmethod
-    def _stage(buffer: torch.Tensor, planes: Planes, batch_tiles) -> torch.Tensor:
-        """Copy each tile's window of every plane into buffer[k] (h, w, C [+ 1]) in the source dtype."""
+    def _stage(buffer: torch.Tensor, frames: Sequence[Planes], windows) -> torch.Tensor:
+        """Copy each (image, tile)'s window of every plane of that image into buffer[k]
+        (h, w, C [+ 1]) in the source dtype."""
         staged = buffer.numpy()
         if staged.dtype == np.int16:
             staged = staged.view(np.uint16)
-        channels = planes.channels
-        for k, tile in enumerate(batch_tiles):
+        channels = frames[0].channels
+        for k, (f, tile) in enumerate(windows):
+            planes = frames[f]
             top, left, h, w = tile.window
             window = planes.colour[top:top + h, left:left + w]
             staged[k, :, :, :channels] = window if window.ndim == 3 else window[:, :, None]
             if planes.alpha is not None:
                 staged[k, :, :, channels] = planes.alpha[top:top + h, left:left + w]
-        return buffer[:len(batch_tiles)]
+        return buffer[:len(windows)]
 
     def _infer(self, staged: torch.Tensor, buffer, planes: Planes, out_dtype, i: int):
-        """Device worker step: returns (host tensor, its output buffer, event or None) of quantised outputs."""
+        """Device worker step: returns (host tensor, its output buffer, event or None) of quantised outputs.
+        `planes` is any image of the run: only its channels, alpha and dtype (shared by all) matter."""
         b = self.backend
         n_planes = planes_per_tile(planes.channels, planes.alpha is not None, b.channels)
         if not self.cuda:
@@ -346,14 +355,18 @@ class TiledUpscaler:
 
     def _assemble(self, planes: Planes, plan: tiling.TilePlan, q_out: queue.Queue, bands: queue.Queue,
                   out_dtype, on_tile: Callable[[int], None] | None, errors: list, abandon: threading.Event):
+        """Assembler: (image index, Band) onto `bands` per finished row band, image by image.
+        `planes` is any image of the run (they share shape and dtype)."""
         s, width = self.backend.scale, planes.width * self.backend.scale
         channels = planes.channels
         has_alpha = planes.alpha is not None
         band_dtype = np.float32 if not np.issubdtype(out_dtype, np.integer) else out_dtype
-        tiles_per_row, band, band_row, placed = len(plan.cols), None, -1, 0
+        # the band in progress belongs to one (image, row); windows come in (image, plan) order,
+        # so an image's last band is complete before the next image's first window arrives
+        tiles_per_row, band, band_key, placed = len(plan.cols), None, None, 0
         try:
             while (item := q_out.get()) is not _DONE:
-                batch_tiles, host, host_buffer, event = item
+                windows, host, host_buffer, event = item
                 try:
                     if abandon.is_set():
                         continue
@@ -363,9 +376,9 @@ class TiledUpscaler:
                         self.times.add(infer=time.perf_counter() - t0)
                     t0 = time.perf_counter()
                     out = _host_array(host)
-                    for k, tile in enumerate(batch_tiles):
-                        if tile.row != band_row:
-                            band_row, placed = tile.row, 0
+                    for k, (f, tile) in enumerate(windows):
+                        if (f, tile.row) != band_key:
+                            band_key, placed = (f, tile.row), 0
                             band = np.empty((tile.y.clen * s, width, channels + has_alpha), band_dtype)
                         cy, cx, ch, cw = tile.core_in_window
                         core = out[k, cy * s:(cy + ch) * s, cx * s:(cx + cw) * s]
@@ -374,7 +387,7 @@ class TiledUpscaler:
                         if placed == tiles_per_row:
                             colour = band[..., :channels]
                             self.times.add(assemble=time.perf_counter() - t0)
-                            bands.put(Band(tile.y.c0 * s, colour, band[..., channels] if has_alpha else None))
+                            bands.put((f, Band(tile.y.c0 * s, colour, band[..., channels] if has_alpha else None)))
                             bands.join()  # taken: only then start the next band, so two bands at most
                             t0 = time.perf_counter()
                             band = None
@@ -383,7 +396,7 @@ class TiledUpscaler:
                     if host_buffer is not None:
                         self._outputs.give(host_buffer)  # its cores are copied into bands by now
                 if on_tile:
-                    on_tile(len(batch_tiles))
+                    on_tile(len(windows))
         except BaseException as e:
             errors.append(e)
             while (item := q_out.get()) is not _DONE:  # drain so the worker never blocks on a full queue
@@ -393,14 +406,14 @@ class TiledUpscaler:
             bands.put(_DONE)
 
     def _encode(self, bands: queue.Queue, sink, errors: list, abandon: threading.Event):
-        """Encoder: the sink gets each finished band; after an error the rest are dropped."""
+        """Encoder: the sink gets each finished (image index, band); after an error the rest are dropped."""
         try:
-            while (band := bands.get()) is not _DONE:
+            while (item := bands.get()) is not _DONE:
                 bands.task_done()
                 if errors or abandon.is_set():
                     continue
                 t0 = time.perf_counter()
-                sink(band)
+                sink(*item)
                 self.times.add(encode=time.perf_counter() - t0)
         except BaseException as e:
             errors.append(e)
@@ -412,12 +425,31 @@ class TiledUpscaler:
             on_tile: Callable[[int], None] | None = None) -> None:
         """Upscale `planes`, calling `sink` with each finished row band, top to bottom, on the
         runtime's encoder thread; an exception in any stage (the sink's included) is raised here."""
+        self.run_many([planes], lambda _, band: sink(band), out_dtype, on_tile)
+
+    def run_many(self, frames: Sequence[Planes], sink: Callable[[int, Band], None], out_dtype=np.uint8,
+                 on_tile: Callable[[int], None] | None = None) -> None:
+        """Upscale images of one shape, channel count, alpha and dtype (video frames) with one tile
+        plan, their windows filling the batches in (image, tile) order; `sink(index, band)` gets
+        every band of image 0 top to bottom, then image 1's, ... on the encoder thread.
+
+        Each image's output equals its own `run` where the backend computes every sample of a
+        batch alike whatever the batch size (oneDNN, for one, takes other kernels for a batch of
+        one: a value may then round one step apart). An exception in any stage is raised here.
+        """
+        if not frames:
+            return
+        planes = frames[0]  # the one shape, channels, alpha and dtype of them all
+        for other in frames[1:]:
+            if (other.colour.shape != planes.colour.shape or other.colour.dtype != planes.colour.dtype
+                    or (other.alpha is None) != (planes.alpha is None)):
+                raise ValueError("run_many takes images of one shape, alpha and dtype")
         plan = self.plan(planes.height, planes.width)
         n_planes = 1 + (planes.alpha is not None)
-        batch = min(self.batch, len(plan))
+        batch = min(self.batch, len(plan) * len(frames))
         window = plan.window_shape
         self.backend.prepare(batch * n_planes, *window)
-        self.times = StageTimes(tiles=len(plan))
+        self.times = StageTimes(tiles=len(plan) * len(frames))
         self._allocate_staging(planes, batch, window, out_dtype)
         start = time.perf_counter()
 
@@ -425,7 +457,7 @@ class TiledUpscaler:
         q_out: queue.Queue = queue.Queue(QUEUE_DEPTH)
         bands: queue.Queue = queue.Queue(BAND_QUEUE_DEPTH)
         stop, abandon, errors = threading.Event(), threading.Event(), []
-        reader = threading.Thread(target=self._read, args=(planes, plan, q_in, stop), daemon=True,
+        reader = threading.Thread(target=self._read, args=(frames, plan, q_in, stop), daemon=True,
                                   name="srtrt-reader")
         assembler = threading.Thread(target=self._assemble, daemon=True, name="srtrt-assembler",
                                      args=(planes, plan, q_out, bands, out_dtype, on_tile, errors, abandon))
@@ -440,11 +472,11 @@ class TiledUpscaler:
             while (item := q_in.get()) is not _DONE:
                 if isinstance(item, BaseException):
                     raise item
-                batch_tiles, staged, buffer = item
+                windows, staged, buffer = item
                 t0 = time.perf_counter()
                 host, host_buffer, event = self._infer(staged, buffer, planes, out_dtype, i)
                 self.times.add(infer=time.perf_counter() - t0, batches=1)
-                q_out.put((batch_tiles, host, host_buffer, event))
+                q_out.put((windows, host, host_buffer, event))
                 i += 1
                 if errors:
                     break

@@ -1,8 +1,11 @@
-"""One video through the image runtime: decode thread -> TiledUpscaler per frame -> encoder thread -> join.
+"""One video through the image runtime: decode thread -> TiledUpscaler per group of frames -> encoder thread -> join.
 
     FrameReader (thread)  RGB frames of the input, with their pts, a few at a time
-    this thread           each frame through the same TiledUpscaler as an image (so a frame's
-                          output equals upscaling that decoded frame as an image)
+    this thread           groups of consecutive frames through the same TiledUpscaler as an image
+                          (so a frame's output equals upscaling that decoded frame as an image,
+                          but for the roundings a backend's batch size may change); a group holds
+                          as many whole frames as one backend batch has windows for, so frames
+                          smaller than the batch still fill it (`group_size`)
     SegmentEncoder        RGB -> YUV (the input's matrix and range), encode, closed segments
     join                  segments + the input's other streams -> the output (temp name, rename)
 
@@ -28,6 +31,7 @@ from srtrt.engine.video.source import FrameReader, open_input, probe, video_stre
 from srtrt.errors import SrtrtError
 
 SEGMENT_SECONDS = 2.0  # at most this much work (plus one GOP) is lost when a run dies
+MAX_GROUP_FRAMES = 8  # frames upscaled together at most: their inputs and outputs are all held at once
 
 
 @dataclass
@@ -132,6 +136,24 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> t
     last = work.segments[-1] if work.segments else None
     reader = FrameReader(source, info, first_index=last.first if last else 0, start_pts=last.first_pts if last else None)
     segment_start, number, count, bad, end = None, len(work.segments), done, "", None
+    group: list = []  # decoded frames of the current segment waiting to be upscaled together
+    on_tile = (lambda n: stop_check()) if stop_check else None
+
+    def flush() -> None:
+        """Upscale the waiting frames and put them to the encoder, in order."""
+        nonlocal count, end
+        if not group:
+            return
+        for frame, rgb in zip(group, runner.upscale_frames([f.rgb for f in group], on_tile)):
+            frame.rgb = rgb
+            encoder.put(frame)
+            count = frame.index + 1
+            period = frame.duration * info.time_base if frame.duration else 1 / (info.rate or 24)
+            end = float(frame.pts * info.time_base + period)
+            if on_frame:
+                on_frame(1)
+        group.clear()
+
     try:
         try:
             for frame in reader:
@@ -139,20 +161,20 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> t
                     continue
                 seconds = float(frame.pts * info.time_base)
                 if segment_start is None or (frame.key and seconds - segment_start >= SEGMENT_SECONDS):
+                    flush()  # a group never spans a cut: its frames belong to the segment before
                     encoder.cut(number)
                     first_pts[frame.index] = frame.pts
                     number, segment_start = number + 1, seconds
-                frame.rgb = runner.upscale_frame(frame.rgb, (lambda n: stop_check()) if stop_check else None)
-                encoder.put(frame)
-                count = frame.index + 1
-                period = frame.duration * info.time_base if frame.duration else 1 / (info.rate or 24)
-                end = float(frame.pts * info.time_base + period)
-                if on_frame:
-                    on_frame(1)
+                group.append(frame)
+                # the runner's upscaler may have stepped down after running out of memory: ask each time
+                if len(group) >= group_size(runner.upscaler, info.height, info.width):
+                    flush()
+            flush()
         except SrtrtError as e:
             if not (runner.options.stop_at_bad_frame and reader.failed):
                 raise
             bad = str(e).removeprefix(f"{e.path}: ")
+            flush()  # the good frames decoded before the bad one are kept
         encoder.finish()
     except BaseException:
         encoder.abort()
@@ -162,13 +184,24 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> t
     return count, bad, end, reader.nudged
 
 
+def group_size(upscaler, height: int, width: int) -> int:
+    """How many whole HxW frames of windows fill one backend batch (at least 1, at most MAX_GROUP_FRAMES)."""
+    return max(1, min(MAX_GROUP_FRAMES, upscaler.batch // len(upscaler.plan(height, width))))
+
+
+def frames_through(upscaler, rgbs: list[np.ndarray], on_tile=None) -> list[np.ndarray]:
+    """RGB frames of one shape through the runtime together (their windows share batches), each
+    exactly as an image's colour plane."""
+    s = upscaler.backend.scale
+    outs = [np.empty((rgb.shape[0] * s, rgb.shape[1] * s, 3), rgb.dtype) for rgb in rgbs]
+
+    def keep(index: int, band: Band) -> None:
+        outs[index][band.y0:band.y0 + band.colour.shape[0]] = band.colour
+
+    upscaler.run_many([Planes(rgb) for rgb in rgbs], keep, rgbs[0].dtype, on_tile)
+    return outs
+
+
 def frame_through(upscaler, rgb: np.ndarray, on_tile=None) -> np.ndarray:
     """One RGB frame through the runtime, exactly as an image's colour plane."""
-    s = upscaler.backend.scale
-    out = np.empty((rgb.shape[0] * s, rgb.shape[1] * s, 3), rgb.dtype)
-
-    def keep(band: Band) -> None:
-        out[band.y0:band.y0 + band.colour.shape[0]] = band.colour
-
-    upscaler.run(Planes(rgb), keep, rgb.dtype, on_tile)
-    return out
+    return frames_through(upscaler, [rgb], on_tile)[0]
