@@ -313,3 +313,20 @@ def test_an_explicit_cpu_backend_takes_a_community_models_reduced_precision_by_a
     view = srtrt.load_model(model_files["swinir"])  # whose bf16 fails in torch (a dtype mix in its forward)
     selection = backends.create_backend("torch", view=view)
     assert selection.backend.precision == "fp32" and "bf16 fails on this model" in selection.reason
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_a_community_model_takes_half_precision_only_where_it_agrees(model_files):
+    """On CUDA, fp16/bf16 for a community model are judged by agreement with its fp32 output, measured
+    with torch on the GPU; fp16 never where spandrel says the architecture overflows in it."""
+    from srtrt.engine import backends
+
+    view = srtrt.load_model(model_files["compact"])
+    selection = backends.create_backend("torch", view=view, device="cuda")
+    assert selection.backend.precision in ("fp16", "bf16"), selection.reason
+    assert "agrees with this model's fp32 output" in selection.reason
+    selection.backend.close()
+    view = srtrt.load_model(model_files["swinir"])
+    selection = backends.create_backend("auto", view=view, device="cuda")
+    assert selection.backend.precision != "fp16" and "SwinIR does not support fp16" in selection.reason
+    selection.backend.close()

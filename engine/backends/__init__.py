@@ -241,17 +241,22 @@ def _speed_timer(view, dev: torch.device, sha: str, shape_class: str):
     return timer
 
 
-def _community_cpu_precision(view, name: str, dev: torch.device) -> tuple[str, str]:
-    """`--backend torch|openvino --precision auto` for a community model: the first of that backend's
-    reduced precisions (CPU_ORDER: fastest first) this CPU has and the agreement guard allows, else fp32."""
+def _community_precision(view, name: str, dev: torch.device) -> tuple[str, str]:
+    """`--precision auto` for a community model: the first reduced precision `name` runs on this
+    device (fastest first) that the agreement guard allows, else fp32. On CUDA the agreement is
+    measured with torch at that precision on the GPU (what fp16/bf16 storage costs this model,
+    whichever engine then runs it); fp16 only where spandrel says the architecture takes it."""
     from srtrt.engine.backends.agreement import agreement_judge
 
-    judge = agreement_judge(view, lambda backend, precision: _MAKERS[backend](view, dev, precision))
+    if dev.type == "cuda":
+        candidates = [("torch", p) for p in (("fp16", "bf16") if name in ("auto", "torch") else ("fp16",))]
+        judge = agreement_judge(view, lambda _, precision: _torch(view, dev, precision), "cuda")
+    else:
+        candidates = [(b, p) for b, p in CPU_ORDER if b == name and p != "fp32"]
+        judge = agreement_judge(view, lambda backend, precision: _MAKERS[backend](view, dev, precision))
     reasons = []
-    for backend, precision in CPU_ORDER:
-        if backend != name or precision == "fp32":
-            continue
-        unfit = cpu_bf16_reason() if precision == "bf16" else \
+    for backend, precision in candidates:
+        unfit = "" if dev.type == "cuda" else cpu_bf16_reason() if precision == "bf16" else \
             cpu_int8_reason() or ("" if view.int8_calibration else "the model has no int8 calibration")
         ok, why = (False, unfit) if unfit else judge(backend, precision)
         if ok:
@@ -296,8 +301,8 @@ def create_backend(name: str = "auto", model: str | None = None, precision: str 
 def _create(name: str, precision: str, device: str | None, view, shape_class: str = "large") -> Selection:
     dev = _device(device)
     sha, asked = _model_sha256(view), precision
-    if precision == "auto" and name in ("torch", "openvino") and dev.type == "cpu" and isinstance(view, CommunityView):
-        precision, why_precision = _community_cpu_precision(view, name, dev)
+    if precision == "auto" and isinstance(view, CommunityView) and (dev.type == "cuda" or name in ("torch", "openvino")):
+        precision, why_precision = _community_precision(view, name, dev)
     elif precision == "auto":
         precision, why_precision = auto_precision(name if name != "auto" else "torch", dev, sha)
     else:
@@ -311,9 +316,11 @@ def _create(name: str, precision: str, device: str | None, view, shape_class: st
     if dev.type == "cuda":
         try:
             backend = _tensorrt(view, dev, precision)
-            return Selection(backend, f"{backend.describe()}: a {backend.key.label} engine for this GPU is cached")
+            return Selection(backend, f"{backend.describe()}: a {backend.key.label} engine for this GPU is cached; "
+                                      f"precision {why_precision}")
         except (SrtrtError, ImportError) as e:
             fallback = f"TensorRT not used ({e})"
         backend = _torch(view, dev, precision)
-        return Selection(backend, f"{backend.describe()}: fastest available on {dev}; {fallback}")
+        return Selection(backend, f"{backend.describe()}: fastest available on {dev}; precision {why_precision}; "
+                                  f"{fallback}")
     return _auto_cpu(view, dev, asked, sha, shape_class)

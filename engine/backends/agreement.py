@@ -32,14 +32,15 @@ def _library_version(backend: str) -> str:
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean((a.float().clamp(0, 1) - b.float().clamp(0, 1)) ** 2).item()
+    mse = torch.mean((a.float().cpu().clamp(0, 1) - b.float().cpu().clamp(0, 1)) ** 2).item()
     if math.isnan(mse):
         return -math.inf  # NaNs: as far from agreement as it gets
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def measured_agreement(view, backend: str, precision: str, make) -> float:
-    """PSNR (dB) of `make()`'s output (a Backend for this path) against torch fp32, cached."""
+def measured_agreement(view, backend: str, precision: str, make, device: str = "cpu") -> float:
+    """PSNR (dB) of `make()`'s output (a Backend for this path, on `device`) against torch fp32 on
+    the CPU, cached."""
     from srtrt import receptive_field, zoo
     from srtrt.engine.backends.torch_backend import TorchBackend
 
@@ -56,17 +57,18 @@ def measured_agreement(view, backend: str, precision: str, make) -> float:
         from srtrt.engine.toolchain.quantize import calibration_digest
 
         form = f"int8-{calibration_digest(view.int8_calibration)}"
-    kind = f"agreement-{backend}-cpu-{form}-{_library_version(backend)}"
+    kind = f"agreement-{backend}-{device}-{form}-{_library_version(backend)}"
     return receptive_field.cached(kind, view.checkpoint_sha256, measure)["psnr_db"]
 
 
-def agreement_judge(view, make_backend):
-    """A judge for backends.cpu_choice: (backend, precision) -> (allowed, reason), measuring on demand."""
+def agreement_judge(view, make_backend, device: str = "cpu"):
+    """A judge for backends.cpu_choice: (backend, precision) -> (allowed, reason), measuring on
+    demand; `make_backend(backend, precision)` builds the path on `device` (its type: "cpu", "cuda")."""
     def judge(backend: str, precision: str) -> tuple[bool, str]:
         if precision in ("fp16", "bf16") and not getattr(view.facts, "half" if precision == "fp16" else "bfloat16"):
             return False, f"{view.facts.architecture} does not support {precision}"
         try:
-            value = measured_agreement(view, backend, precision, lambda: make_backend(backend, precision))
+            value = measured_agreement(view, backend, precision, lambda: make_backend(backend, precision), device)
         except SrtrtError as e:  # the path cannot run this model at all (an export that fails)
             return False, str(e)
         except Exception as e:  # a network that breaks in this precision (dtype mixes in its forward) fails the guard
