@@ -244,6 +244,40 @@ def auto_target(run: Run, on_2k: dict) -> list[str]:
             f"(target ≤ {want:g}%: {'met' if behind <= want else 'not met'}); {auto['vs_eager'] or 0:.2f}× eager fp32"]
 
 
+def workloads_section(run: Run) -> list[str]:
+    """Video, the varied-size folder and `srtrt serve`, one line per measurement, with its target's verdict."""
+    def verdict(e: dict) -> str:
+        return f" (target {e['target']}: {'met' if e['met'] else 'not met'})" if "target" in e else ""
+
+    lines = []
+    for b in run.of_kind("video-share"):
+        e = b["extra_info"]
+        lines.append(f"- video {e['size'][0]}x{e['size'][1]}, {e['frames']} frames: the pipeline around the network "
+                     f"is {100 * e['pipeline_share']:.1f} % of the run{verdict(e)}")
+    for b in run.of_kind("video-speed"):
+        e = b["extra_info"]
+        lines.append(f"- video with a free network: {e['output_fps']:.1f} fps = {e['realtime']:.2f}x real time{verdict(e)}")
+    for b in run.of_kind("video-batches"):
+        e = b["extra_info"]
+        lines.append(f"- video {e['size'][0]}x{e['size'][1]}, {e['backend']}: {e['grouped_fps']:.2f} fps with "
+                     f"{e['frames_per_call']} frames a call, {e['one_frame_fps']:.2f} one frame a call ({e['speedup']:.2f}x)")
+    for b in run.of_kind("video-rss"):
+        e = b["extra_info"]
+        lines.append(f"- video peak RSS {e['peak_short_mb']:.0f} MB -> {e['peak_long_mb']:.0f} MB for a 10x longer clip "
+                     f"({100 * e['growth']:+.1f} %){verdict(e)}")
+    for b in run.of_kind("varied"):
+        e = b["extra_info"]
+        lines.append(f"- varied-size folder, `{e['case']}`: {e['folder_mp_per_s']:.3f} output MP/s against "
+                     f"{e['single_mp_per_s']:.3f} for the single 2K image ({100 * e['ratio']:.0f} %; target ≥ 75 %: "
+                     f"{'met' if e['ratio'] >= 0.75 else 'not met'})")
+    for b in run.of_kind("serve"):
+        e = b["extra_info"]
+        lines.append(f"- `srtrt serve`, {e['clients']} concurrent clients: {e['accepted']} done, {e['refused_429']} "
+                     f"answered 429, none lost; {e['jobs_per_s']:.2f} jobs/s, p95 latency {e['p95_latency_s']:.2f} s, "
+                     f"server peak RSS {e['peak_rss_mb']:.0f} MiB ({e['warm_rss_mb']:.0f} warm)")
+    return lines
+
+
 def _flop_rate(run: Run, row: dict) -> float:
     for b in run.of_kind("throughput"):
         e = b["extra_info"]
@@ -269,6 +303,8 @@ def device_section(run: Run, plot_name: str | None) -> str:
         chosen = [r for r in rs if (r["group"] in ("tile-sweep", "batch-sweep")) == (group == "sweeps")]
         if chosen:
             out += [f"### {title}", "", throughput_table(chosen), ""]
+    if extra := workloads_section(run):
+        out += ["### Video, a folder of many sizes, serve", "", *extra, ""]
     if any(run.of_kind(k) for k in ("pipeline", "encoding", "pipeline-ceiling", "format")):
         out += ["### `srtrt run` pipeline (busy seconds per stage, last round)", "", pipeline_section(run), ""]
     if plot_name:

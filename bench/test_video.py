@@ -13,7 +13,9 @@ Each result records the CPU model and the load average before and after (the mac
   batch costs about its windows' sum, the gain is the per-run overhead; GPU backends gain more.
 - `test_video_peak_rss_flat`: peak RSS of `srtrt run` on the clip and on one 10x longer, each in a
   fresh process. Target: within 10 %.
-Smoke mode (`--smoke`) uses a 96x54 clip of a few frames and only checks that the code runs.
+Each target's verdict is recorded (extra_info `target`, `met`; bench/report.py prints it), not asserted:
+a bench run measures, it does not fail on a slow host. Smoke mode (`--smoke`) uses a 96x54 clip of a
+few frames and only checks that the code runs.
 """
 from __future__ import annotations
 
@@ -117,12 +119,10 @@ def test_video_pipeline_share(benchmark, tmp_path):
     benchmark.pedantic(run, rounds=1, iterations=1)
     network = _network_only(runner, clip)
     share = max(0.0, walls[-1] - network) / walls[-1]
-    benchmark.extra_info.update(frames=FRAMES, size=SIZE, wall_s=walls[-1], network_s=network, pipeline_share=share,
-                                load_after=os.getloadavg())
+    benchmark.extra_info.update(kind="video-share", frames=FRAMES, size=SIZE, wall_s=walls[-1], network_s=network,
+                                pipeline_share=share, target="≤ 15 %", met=share <= 0.15, load_after=os.getloadavg())
     print(f"\nvideo pipeline share: {share:.1%} (wall {walls[-1]:.2f} s, network {network:.2f} s; "
           f"load {benchmark.extra_info['load_before'][0]:.2f} -> {os.getloadavg()[0]:.2f})")
-    if not SMOKE:
-        assert share <= 0.15
 
 
 def test_video_pipeline_speed(benchmark, tmp_path):
@@ -137,11 +137,10 @@ def test_video_pipeline_speed(benchmark, tmp_path):
     _machine(benchmark)
     benchmark.pedantic(run, rounds=1, iterations=1)
     fps = FRAMES / benchmark.stats.stats.mean
-    benchmark.extra_info.update(frames=FRAMES, output_fps=fps, realtime=fps / 24, load_after=os.getloadavg())
+    benchmark.extra_info.update(kind="video-speed", frames=FRAMES, output_fps=fps, realtime=fps / 24,
+                                target="≥ 1.5x real time at 24 fps", met=fps / 24 >= 1.5, load_after=os.getloadavg())
     print(f"\nvideo pipeline with a free network: {fps:.1f} fps at {SIZE[0] * 4}x{SIZE[1] * 4} "
           f"({fps / 24:.2f}x real time; load {benchmark.extra_info['load_before'][0]:.2f} -> {os.getloadavg()[0]:.2f})")
-    if not SMOKE:
-        assert fps / 24 >= 1.5
 
 
 def test_video_small_frames_share_batches(benchmark, tmp_path, monkeypatch):
@@ -167,7 +166,7 @@ def test_video_small_frames_share_batches(benchmark, tmp_path, monkeypatch):
     t0 = time.perf_counter()
     run(1)
     single = FRAMES / (time.perf_counter() - t0)
-    benchmark.extra_info.update(frames=FRAMES, size=size, backend=runner.backend.describe(), batch=4,
+    benchmark.extra_info.update(kind="video-batches", frames=FRAMES, size=size, backend=runner.backend.describe(), batch=4,
                                 frames_per_call=frames_per_call, grouped_fps=grouped, one_frame_fps=single,
                                 speedup=grouped / single, load_after=os.getloadavg())
     print(f"\nvideo {size[0]}x{size[1]}, {runner.backend.describe()}, batch 4: {grouped:.2f} fps with "
@@ -189,7 +188,7 @@ def test_video_peak_rss_flat(benchmark, tmp_path):
     benchmark.group = "video"
     peaks = benchmark.pedantic(lambda: (_peak_rss_mb(short), _peak_rss_mb(long)), rounds=1, iterations=1)
     growth = peaks[1] / peaks[0] - 1
-    benchmark.extra_info.update(peak_short_mb=peaks[0], peak_long_mb=peaks[1], growth=growth)
+    benchmark.extra_info.update(kind="video-rss", peak_short_mb=peaks[0], peak_long_mb=peaks[1], growth=growth,
+                                target="≤ +10 %", met=growth <= 0.10)
     print(f"\npeak RSS {peaks[0]:.0f} MB ({FRAMES} frames) -> {peaks[1]:.0f} MB ({FRAMES * 10} frames): {growth:+.1%}")
-    if not SMOKE:
-        assert growth <= 0.10
+
