@@ -244,37 +244,33 @@ def auto_target(run: Run, on_2k: dict) -> list[str]:
             f"(target ≤ {want:g}%: {'met' if behind <= want else 'not met'}); {auto['vs_eager'] or 0:.2f}× eager fp32"]
 
 
-def workloads_section(run: Run) -> list[str]:
-    """Video, the varied-size folder and `srtrt serve`, one line per measurement, with its target's verdict."""
-    def verdict(e: dict) -> str:
-        return f" (target {e['target']}: {'met' if e['met'] else 'not met'})" if "target" in e else ""
+# One line per measurement of these kinds (bench/test_video.py, test_varied.py, test_serve.py).
+WORKLOAD_LINES = {
+    "video-share": lambda e: (f"video {e['size'][0]}x{e['size'][1]}, {e['frames']} frames: the pipeline around the "
+                              f"network is {100 * e['pipeline_share']:.1f} % of the run"),
+    "video-speed": lambda e: f"video with a free network: {e['output_fps']:.1f} fps = {e['realtime']:.2f}x real time",
+    "video-batches": lambda e: (f"video {e['size'][0]}x{e['size'][1]}, {e['backend']}: {e['grouped_fps']:.2f} fps with "
+                                f"{e['frames_per_call']} frames a call, {e['one_frame_fps']:.2f} one frame a call "
+                                f"({e['speedup']:.2f}x)"),
+    "video-rss": lambda e: (f"video peak RSS {e['peak_short_mb']:.0f} MB -> {e['peak_long_mb']:.0f} MB for a 10x longer "
+                            f"clip ({100 * e['growth']:+.1f} %)"),
+    "varied": lambda e: (f"varied-size folder, `{e['case']}`: {e['folder_mp_per_s']:.3f} output MP/s against "
+                         f"{e['single_mp_per_s']:.3f} for the single 2K image ({100 * e['ratio']:.0f} %; target ≥ 75 %: "
+                         f"{'met' if e['ratio'] >= 0.75 else 'not met'})"),
+    "serve": lambda e: (f"`srtrt serve`, {e['clients']} concurrent clients: {e['accepted']} done, {e['refused_429']} "
+                        f"answered 429, none lost; {e['jobs_per_s']:.2f} jobs/s, p95 latency {e['p95_latency_s']:.2f} s, "
+                        f"server peak RSS {e['peak_rss_mb']:.0f} MiB ({e['warm_rss_mb']:.0f} warm)"),
+}
 
+
+def workloads_section(run: Run) -> list[str]:
+    """Video, the varied-size folder and `srtrt serve`: a line per measurement, with its target's verdict."""
     lines = []
-    for b in run.of_kind("video-share"):
-        e = b["extra_info"]
-        lines.append(f"- video {e['size'][0]}x{e['size'][1]}, {e['frames']} frames: the pipeline around the network "
-                     f"is {100 * e['pipeline_share']:.1f} % of the run{verdict(e)}")
-    for b in run.of_kind("video-speed"):
-        e = b["extra_info"]
-        lines.append(f"- video with a free network: {e['output_fps']:.1f} fps = {e['realtime']:.2f}x real time{verdict(e)}")
-    for b in run.of_kind("video-batches"):
-        e = b["extra_info"]
-        lines.append(f"- video {e['size'][0]}x{e['size'][1]}, {e['backend']}: {e['grouped_fps']:.2f} fps with "
-                     f"{e['frames_per_call']} frames a call, {e['one_frame_fps']:.2f} one frame a call ({e['speedup']:.2f}x)")
-    for b in run.of_kind("video-rss"):
-        e = b["extra_info"]
-        lines.append(f"- video peak RSS {e['peak_short_mb']:.0f} MB -> {e['peak_long_mb']:.0f} MB for a 10x longer clip "
-                     f"({100 * e['growth']:+.1f} %){verdict(e)}")
-    for b in run.of_kind("varied"):
-        e = b["extra_info"]
-        lines.append(f"- varied-size folder, `{e['case']}`: {e['folder_mp_per_s']:.3f} output MP/s against "
-                     f"{e['single_mp_per_s']:.3f} for the single 2K image ({100 * e['ratio']:.0f} %; target ≥ 75 %: "
-                     f"{'met' if e['ratio'] >= 0.75 else 'not met'})")
-    for b in run.of_kind("serve"):
-        e = b["extra_info"]
-        lines.append(f"- `srtrt serve`, {e['clients']} concurrent clients: {e['accepted']} done, {e['refused_429']} "
-                     f"answered 429, none lost; {e['jobs_per_s']:.2f} jobs/s, p95 latency {e['p95_latency_s']:.2f} s, "
-                     f"server peak RSS {e['peak_rss_mb']:.0f} MiB ({e['warm_rss_mb']:.0f} warm)")
+    for kind, line in WORKLOAD_LINES.items():
+        for b in run.of_kind(kind):
+            e = b["extra_info"]
+            verdict = f" (target {e['target']}: {'met' if e['met'] else 'not met'})" if "target" in e else ""
+            lines.append(f"- {line(e)}{verdict}")
     return lines
 
 
