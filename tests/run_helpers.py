@@ -86,3 +86,14 @@ def run_cli(capsys, *args) -> tuple[int, str]:
 
     code = main(["run", *map(str, args)])
     return code, capsys.readouterr().err
+
+
+def finished(client, job_id: str, timeout: float = 60.0) -> dict:
+    """An `srtrt serve` job's status once it has ended (done, failed, cancelled), polled through `client`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed", "cancelled"):
+            return job
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} did not finish: {job}")

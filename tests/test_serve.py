@@ -25,7 +25,7 @@ from srtrt.engine.serve.app import create_app  # noqa: E402
 from srtrt.engine.serve.settings import ServeConfig  # noqa: E402
 from srtrt.errors import SrtrtError  # noqa: E402
 
-from run_helpers import run_cli, save_tiny_model, write_images  # noqa: E402
+from run_helpers import finished, run_cli, save_tiny_model, write_images  # noqa: E402
 
 LOCAL = "http://127.0.0.1:8000"
 TINY = {"model": "tiny.safetensors", "backend": "torch"}
@@ -57,16 +57,6 @@ def serving(tmp_path: Path, models_dir: Path, base_url: str = LOCAL, **settings)
 
 def upload(client, data: bytes, name: str = "photo.png", **fields):
     return client.post("/api/jobs", files={"file": (name, data, "application/octet-stream")}, data={**TINY, **fields})
-
-
-def finished(client, job_id: str, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if job["state"] in ("done", "failed", "cancelled"):
-            return job
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 def job_folders(tmp_path: Path) -> list[Path]:

@@ -99,6 +99,21 @@ def as_the_page(driver, url: str):
     return httpx.Client(base_url=url, headers={"X-Srtrt-Client": driver.get_cookie("srtrt_client")["value"]})
 
 
+def drop_files(driver, url: str, *paths: Path) -> None:
+    """Open the page, pick the tiny model on torch, and drop `paths` on its drop zone as a user would."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    driver.get(url + "/")
+    wait_for(lambda: len(Select(driver.find_element(By.ID, "model")).options) > 1, 30, "the model list")
+    Select(driver.find_element(By.ID, "model")).select_by_value("tiny.safetensors")
+    Select(driver.find_element(By.ID, "backend")).select_by_value("torch")
+    picker = driver.execute_script("const i = document.createElement('input'); i.type = 'file'; i.multiple = true;"
+                                   "i.style.display = 'none'; document.body.append(i); return i;")
+    picker.send_keys("\n".join(map(str, paths)))
+    driver.execute_script(DROP, picker, driver.find_element(By.ID, "drop"))
+
+
 def _all_ended(jobs: list[dict]) -> list[dict] | None:
     return jobs if len(jobs) == 2 and all(j["state"] in ("done", "failed") for j in jobs) else None
 
@@ -106,7 +121,6 @@ def _all_ended(jobs: list[dict]) -> list[dict] | None:
 def test_page_drop_progress_result_and_download(tmp_path):
     import httpx
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
 
     models = tmp_path / "models"
     models.mkdir()
@@ -119,15 +133,7 @@ def test_page_drop_progress_result_and_download(tmp_path):
     downloads.mkdir()
     config = ServeConfig(port=free_port(), models_dir=models, work_dir=tmp_path / "work")
     with live_server(config) as url, chromium(downloads) as driver:
-        driver.get(url + "/")
-        wait_for(lambda: len(Select(driver.find_element(By.ID, "model")).options) > 1, 30, "the model list")
-        Select(driver.find_element(By.ID, "model")).select_by_value("tiny.safetensors")
-        Select(driver.find_element(By.ID, "backend")).select_by_value("torch")
-
-        picker = driver.execute_script("const i = document.createElement('input'); i.type = 'file'; i.multiple = true;"
-                                       "i.style.display = 'none'; document.body.append(i); return i;")
-        picker.send_keys(f"{image}\n{broken}")
-        driver.execute_script(DROP, picker, driver.find_element(By.ID, "drop"))
+        drop_files(driver, url, image, broken)
 
         after = driver.find_element(By.ID, "after")
         wait_for(lambda: driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", after),
@@ -162,7 +168,6 @@ def test_page_drop_progress_result_and_download(tmp_path):
 def test_page_shows_a_video_result_as_a_video(tmp_path):
     pytest.importorskip("av")
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
     from test_video import make_clip
 
     models = tmp_path / "models"
@@ -174,14 +179,7 @@ def test_page_shows_a_video_result_as_a_video(tmp_path):
     (tmp_path / "work").mkdir()
     config = ServeConfig(port=free_port(), models_dir=models, work_dir=tmp_path / "work")
     with live_server(config) as url, chromium(tmp_path / "downloads") as driver:
-        driver.get(url + "/")
-        wait_for(lambda: len(Select(driver.find_element(By.ID, "model")).options) > 1, 30, "the model list")
-        Select(driver.find_element(By.ID, "model")).select_by_value("tiny.safetensors")
-        Select(driver.find_element(By.ID, "backend")).select_by_value("torch")
-        picker = driver.execute_script("const i = document.createElement('input'); i.type = 'file';"
-                                       "i.style.display = 'none'; document.body.append(i); return i;")
-        picker.send_keys(str(clip))
-        driver.execute_script(DROP, picker, driver.find_element(By.ID, "drop"))
+        drop_files(driver, url, clip)
 
         video = driver.find_element(By.ID, "video")
         wait_for(lambda: video.is_displayed(), 90, "the video result on the page")

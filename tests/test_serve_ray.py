@@ -19,7 +19,7 @@ from srtrt.cli import parser  # noqa: E402
 from srtrt.engine.serve.app import create_app  # noqa: E402
 from srtrt.engine.serve.main import config_from_args  # noqa: E402
 
-from run_helpers import save_tiny_model, write_images  # noqa: E402
+from run_helpers import finished, save_tiny_model, write_images  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("own_srtrt_cache", "one_torch_thread")
 
@@ -39,16 +39,6 @@ def upload(client, data: bytes, name: str) -> str:
     created = client.post("/api/jobs", files=files, data={"model": "tiny.safetensors", "backend": "torch"})
     assert created.status_code == 202, created.text
     return created.json()["id"]
-
-
-def finished(client, job_id: str, timeout: float = 180.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if job["state"] in ("done", "failed", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 def served(tmp_path, models, *flags):
@@ -71,15 +61,15 @@ def test_a_job_through_ray_serve_gives_the_same_bytes(local_ray, tmp_path):
             queue = client.app.state.queue
             assert type(queue.warm).__name__ == ("RayBackends" if flags else "WarmBackends")
             assert queue.workers == 1  # one CPU replica of 2 cores: one job at a time
-            job = finished(client, upload(client, image.read_bytes(), image.name))
+            job = finished(client, upload(client, image.read_bytes(), image.name), 180)
             assert job["state"] == "done", job
             assert job["progress"]["unit"] == "tile" and job["progress"]["done"] == job["progress"]["total"] >= 1
             assert "torch" in job["backend"]
             results[flags] = client.get(job["result_url"]).content
-            failed = finished(client, upload(client, broken, "broken.png"))
+            failed = finished(client, upload(client, broken, "broken.png"), 180)
             assert failed["state"] == "failed" and failed["message"].startswith("broken.png: "), failed
             assert "srtrt-replica" not in failed["message"] and "\n" not in failed["message"]
-            later = finished(client, upload(client, other.read_bytes(), other.name))
+            later = finished(client, upload(client, other.read_bytes(), other.name), 180)
             assert later["state"] == "done"  # the replica goes on after a failed file
     assert results[("--ray",)] == results[()]
 
@@ -100,8 +90,8 @@ def test_cancel_reaches_the_replica(local_ray, tmp_path):
         while client.get(f"/api/jobs/{job_id}").json()["progress"]["done"] < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert client.delete(f"/api/jobs/{job_id}").json()["cancel_requested"] is True
-        job = finished(client, job_id)
+        job = finished(client, job_id, 180)
         assert job["state"] == "cancelled" and job["progress"]["done"] < job["progress"]["total"], job
         started = time.monotonic()
-        after = finished(client, upload(client, small.read_bytes(), small.name))
+        after = finished(client, upload(client, small.read_bytes(), small.name), 180)
         assert after["state"] == "done" and time.monotonic() - started < 30  # the replica is free again
