@@ -25,6 +25,7 @@ from .cache import cache_dir
 from .errors import SrtrtError
 from .nets import CommunityView
 from .registry import ModelFacts
+from .sidecar import read_versioned_json
 
 AFFORDABLE_RADIUS = 64      # LR pixels of margin per side worth recomputing for exact tiles
 # The margin search: 16 windows of core 32 on 128-pixel content, so every candidate below 48 leaves
@@ -63,7 +64,7 @@ def load_view(path, allow_noncommercial: bool = False) -> CommunityView:
     return view
 
 
-CALIBRATION_FORMAT = "srtrt-int8-calibration"
+CALIBRATION_FORMAT, CALIBRATION_VERSION = "srtrt-int8-calibration", 1
 
 
 def _calibration_path(sha256: str) -> Path:
@@ -76,8 +77,8 @@ def store_calibration(sha256: str, record: dict) -> Path:
     path = _calibration_path(sha256)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(path, json.dumps({"format": CALIBRATION_FORMAT, "sha256": sha256,
-                                            "int8_calibration": record}, indent=1))
+        atomic.write_text(path, json.dumps({"format": CALIBRATION_FORMAT, "version": CALIBRATION_VERSION,
+                                            "sha256": sha256, "int8_calibration": record}, indent=1))
     except OSError as e:
         raise SrtrtError(f"cannot write ({e.strerror or e})", path) from None
     return path
@@ -86,13 +87,13 @@ def store_calibration(sha256: str, record: dict) -> Path:
 def stored_calibration(sha256: str) -> dict | None:
     """The int8 ranges `srtrt calibrate` kept for these weights, or None (none, or not readable as ours)."""
     try:
-        stored = json.loads(_calibration_path(sha256).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(stored, dict) or stored.get("format") != CALIBRATION_FORMAT or stored.get("sha256") != sha256:
+        stored = read_versioned_json(_calibration_path(sha256), CALIBRATION_FORMAT, CALIBRATION_VERSION,
+                                     "int8 calibration")
+    except SrtrtError:
         return None
     record = stored.get("int8_calibration")
-    return record if isinstance(record, dict) and isinstance(record.get("ranges"), dict) else None
+    ok = stored.get("sha256") == sha256 and isinstance(record, dict) and isinstance(record.get("ranges"), dict)
+    return record if ok else None
 
 
 def activation_width(module: nn.Module, scale: int, channels: int, minimum: int = 1, multiple_of: int = 1) -> int:

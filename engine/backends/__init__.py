@@ -191,9 +191,9 @@ def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True
 
         def judge(name, precision):
             return passes_guard(name, "cpu", precision, sha, guard, exact=True)
-    if no_bf16 := cpu_bf16_reason(fast_bf16_cpu):
+    if no_bf16 := _cpu_unfit("bf16", calibrated, fast_bf16_cpu, fast_int8_cpu):
         notes.append(f"bf16 not used ({no_bf16})")
-    no_int8 = cpu_int8_reason(fast_int8_cpu) or ("" if calibrated else "the model has no int8 calibration")
+    no_int8 = _cpu_unfit("int8", calibrated, fast_bf16_cpu, fast_int8_cpu)
     if no_int8 and has_openvino:
         notes.append(f"int8 not used ({no_int8})")
     allowed: dict[tuple[str, str], str] = {}
@@ -210,6 +210,16 @@ def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True
         else:
             notes.append(f"{name} {precision} not used ({why})")
     return _timed(list(allowed), allowed, notes, timer)
+
+
+def _cpu_unfit(precision: str, calibrated: bool, fast_bf16_cpu: bool | None = None,
+               fast_int8_cpu: bool | None = None) -> str:
+    """Why this CPU (or the model) rules `precision` out before any measurement, or ""."""
+    if precision == "bf16":
+        return cpu_bf16_reason(fast_bf16_cpu)
+    if precision == "int8":
+        return cpu_int8_reason(fast_int8_cpu) or ("" if calibrated else "the model has no int8 calibration")
+    return ""
 
 
 def _timed(paths: list[tuple[str, str]], whys: dict, notes: list[str], timer) -> tuple[str, str, str]:
@@ -256,8 +266,7 @@ def _community_precision(view, name: str, dev: torch.device) -> tuple[str, str]:
         judge = agreement_judge(view, lambda backend, precision: _MAKERS[backend](view, dev, precision))
     reasons = []
     for backend, precision in candidates:
-        unfit = "" if dev.type == "cuda" else cpu_bf16_reason() if precision == "bf16" else \
-            cpu_int8_reason() or ("" if view.int8_calibration else "the model has no int8 calibration")
+        unfit = "" if dev.type == "cuda" else _cpu_unfit(precision, bool(view.int8_calibration))
         ok, why = (False, unfit) if unfit else judge(backend, precision)
         if ok:
             return precision, why
