@@ -29,7 +29,6 @@ from srtrt.engine.serve.warm import WarmBackends
 from srtrt.errors import SrtrtError
 
 AWAITING, QUEUED, RUNNING, FAILED, CANCELLED = "awaiting_input", "queued", "running", "failed", "cancelled"
-STATES = (AWAITING, QUEUED, RUNNING, DONE, FAILED, CANCELLED)
 TERMINAL = frozenset({DONE, FAILED, CANCELLED})
 SWEEP_SECONDS = 30.0    # the worker looks for expired results at least this often
 UPLOAD_WAIT = 600.0     # a job created by JSON whose input never comes is dropped after this long

@@ -200,11 +200,11 @@ def _image_size(path: Path) -> tuple[int, int] | None:
 
 
 def _video_size(path: Path) -> tuple[int, int] | None:
-    try:
-        import av
+    try:  # the video stream run would take (never a cover picture)
+        from srtrt.engine.video.source import open_input, video_stream
 
-        with av.open(str(path)) as container:
-            context = container.streams.video[0].codec_context
+        with open_input(path) as container:
+            context = video_stream(container, path).codec_context
             return context.width, context.height
     except Exception:
         return None

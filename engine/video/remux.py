@@ -16,6 +16,7 @@ from pathlib import Path
 import av
 
 from srtrt.atomic import commit, temp_name
+from srtrt.engine.video.source import open_input, video_stream
 from srtrt.errors import SrtrtError
 
 FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
@@ -89,14 +90,14 @@ def _time(packet) -> float:
     return float(stamp * packet.time_base) if stamp is not None else float("-inf")
 
 
-def join(source_path: Path, segments: list[Path], destination: Path, display_matrix, fsync: bool = True) -> None:
+def join(source_path: Path, segments: list[Path], destination: Path, display_matrix) -> None:
     """Write `destination` (temporary name, then rename) from the video segments and the input's other streams."""
     temp = temp_name(destination)
     fmt = FORMATS[destination.suffix.lower()]
     try:
-        with av.open(str(source_path), metadata_errors="replace") as source, av.open(temp, "w", format=fmt) as out, \
+        with open_input(source_path) as source, av.open(temp, "w", format=fmt) as out, \
                 av.open(str(segments[0])) as first:
-            video = _source_video(source)
+            video = video_stream(source, source_path)
             out.metadata.update({k: v for k, v in source.metadata.items() if k.lower() != "encoder"})
             out_video = out.add_stream_from_template(first.streams.video[0])
             _copy_tags(video, out_video)
@@ -116,10 +117,9 @@ def join(source_path: Path, segments: list[Path], destination: Path, display_mat
             copied = _copied_packets(source, mapping) if mapping else iter(())
             for packet in heapq.merge(_video_packets(segments, out_video), copied, key=_time):
                 out.mux(packet)
-        if fsync:
-            with open(temp, "rb+") as f:
-                os.fsync(f.fileno())
-        commit(temp, destination, fsync)
+        with open(temp, "rb+") as f:
+            os.fsync(f.fileno())
+        commit(temp, destination)
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(temp)
@@ -128,10 +128,6 @@ def join(source_path: Path, segments: list[Path], destination: Path, display_mat
         if isinstance(e, (av.FFmpegError, ValueError)):
             raise SrtrtError(f"cannot write the output ({' '.join(str(e).split())[:160]})", destination) from None
         raise
-
-
-def _source_video(source):
-    return next(s for s in source.streams.video if not s.disposition & av.stream.Disposition.attached_pic)
 
 
 def _copied_packets(source, mapping: dict):

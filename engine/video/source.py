@@ -125,10 +125,9 @@ class FrameReader:
     seek lands on the keyframe at or before it) but not handed over.
     """
 
-    def __init__(self, path: Path, info: VideoInfo, first_index: int = 0, start_pts: int | None = None,
-                 max_pixels: int | None = None):
+    def __init__(self, path: Path, info: VideoInfo, first_index: int = 0, start_pts: int | None = None):
         self.path, self.info = path, info
-        self._first_index, self._start_pts, self._max_pixels = first_index, start_pts, max_pixels
+        self._first_index, self._start_pts = first_index, start_pts
         self.failed = False  # the decoder raised (as opposed to the consumer failing)
         self.nudged = 0  # frames whose timestamp was moved to keep them strictly increasing
         self._queue: queue.Queue = queue.Queue(QUEUE_FRAMES)
@@ -170,9 +169,6 @@ class FrameReader:
 
     def _check(self, frame, index: int) -> None:
         info = self.info
-        if self._max_pixels and frame.width * frame.height > self._max_pixels:
-            raise SrtrtError(f"frames are {frame.width}x{frame.height}, more than --max-pixels "
-                             f"{self._max_pixels:,} pixels", self.path)
         if (frame.width, frame.height) != (info.width, info.height):
             raise SrtrtError(f"frame {index} changes size to {frame.width}x{frame.height} "
                              f"(from {info.width}x{info.height}); not supported", self.path)
