@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,9 @@ def save_community_models(folder: Path, makers: dict) -> dict[str, Path]:
     paths = {}
     for name, make in makers.items():
         torch.manual_seed(0)
-        net = make().eval()
+        with warnings.catch_warnings():  # SwinIR/HAT's constructors call torch.meshgrid without indexing=
+            warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
+            net = make().eval()
         with torch.no_grad():
             for p in net.parameters():
                 p.mul_(0.5)

@@ -331,6 +331,32 @@ def test_the_tiled_runtime_uses_the_margin_a_plan_was_built_for():
     assert TiledUpscaler(Engine()).margin == 40
 
 
+def test_an_engine_fixed_at_one_window_refuses_a_smaller_image_in_one_line():
+    """A plan fixed at one window (a window-attention model) cannot take the image-sized window a
+    smaller image would need: one line before anything runs, not a failure inside the engine."""
+    from srtrt.engine.backends.base import Backend, TileDefaults
+    from srtrt.engine.datapath.runtime import TiledUpscaler
+    from srtrt.errors import SrtrtError
+
+    class FixedEngine(Backend):  # stands in for a TensorRT plan whose profile is one 40x40 window
+        radius, margin, defaults, balanced_tiles = 4, 4, TileDefaults(core=32, batch=1), False
+
+        def accepts(self, batch, height, width):
+            return (height, width) == (40, 40)
+
+        def infer(self, x):
+            return x
+
+        def describe(self):
+            return "batch <= 1, window 40x40 only"
+
+    runtime = TiledUpscaler(FixedEngine(), core=32)
+    assert runtime.plan(100, 70).window_shape == (40, 40)
+    with pytest.raises(SrtrtError, match=r"image is 60x30: its 30x40 windows are outside what this engine takes "
+                                         r"\(batch <= 1, window 40x40 only\)"):
+        runtime.plan(30, 60)
+
+
 def _attributes(path: Path, alias: str) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):

@@ -20,6 +20,7 @@ pytest.importorskip("spandrel")
 
 from spandrel.architectures.Compact import Compact  # noqa: E402
 from spandrel.architectures.ESRGAN import ESRGAN  # noqa: E402
+from spandrel.architectures.SwinIR import SwinIR  # noqa: E402
 
 import srtrt  # noqa: E402
 from srtrt.cli import main, parser  # noqa: E402
@@ -32,6 +33,9 @@ MODELS = {
     "grey": lambda: Compact(num_in_ch=1, num_out_ch=1, num_feat=8, num_conv=2, upscale=2),
     # Real-ESRGAN x2's form: pixel-unshuffle, then an x4 body; LR sides must be multiples of 4.
     "rrdb_x2": lambda: ESRGAN(in_nc=12, out_nc=3, num_filters=8, num_blocks=1, scale=4, shuffle_factor=2),
+    # window attention: exports only at a fixed size
+    "swinir": lambda: SwinIR(img_size=32, in_chans=3, embed_dim=12, depths=[2], num_heads=[2], window_size=8,
+                             upscale=2, upsampler="pixelshuffledirect"),
 }
 
 
@@ -127,6 +131,26 @@ def test_build_a_tensorrt_rtx_plan_for_a_grey_model_without_a_gpu(files, tmp_pat
     assert (doc["scale"], doc["radius"], doc["channels"]) == (2, view.radius, 1)
     assert doc["io"] == {"inputs": {"lr": "FLOAT16"}, "outputs": {"sr": "FLOAT16"}}
     assert engine_cache.validate(plan)["key"].model_sha256 == view.checkpoint_sha256
+
+
+@pytest.mark.slow
+def test_a_window_attention_model_builds_a_plan_fixed_at_one_window(files, tmp_path, capsys, monkeypatch):
+    """SwinIR has no dynamic-shape graph: its plan takes exactly one window, one at a time, and says so."""
+    pytest.importorskip("tensorrt_rtx")
+    pytest.importorskip("onnxscript")
+    from srtrt.engine.toolchain import engine_cache
+
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    view = srtrt.load_model(files["swinir"])
+    rc = main(["build", "--tensorrt", "rtx", "--precision", "fp32", "--model", str(files["swinir"]), "--tile", "24"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    side = 24 + 2 * view.facts.margin
+    assert f"the engine takes {side}x{side} windows only, 1 at a time" in captured.err
+    assert f"batch <= 1, window {side}x{side} only" in captured.out
+    (plan,) = engine_cache.cache_dir().glob("*.plan")
+    profile = json.loads(plan.with_suffix(".json").read_text())["key"]["profile"]
+    assert profile["min"] == profile["opt"] == profile["max"] == [1, 3, side, side]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -244,7 +244,12 @@ class TiledUpscaler:
         whole = self.backend.defaults.whole_image_pixels
         if self.auto_core and height * width <= whole and self.backend.accepts(1, height, width):
             core = 0  # the image fits one window: no overlap to recompute
-        return tiling.plan(height, width, core, self.margin, self.backend.balanced_tiles, self.backend.multiple_of)
+        plan = tiling.plan(height, width, core, self.margin, self.backend.balanced_tiles, self.backend.multiple_of)
+        if not self.backend.accepts(1, *plan.window_shape):  # an engine fixed at one window larger than the image
+            h, w = plan.window_shape
+            raise SrtrtError(f"image is {width}x{height}: its {h}x{w} windows are outside what this engine takes "
+                             f"({self.backend.describe()})")
+        return plan
 
     def _buffers(self, current: StagingBuffers | None, shape, dtype, count: int) -> StagingBuffers:
         if current is not None and current.key == (shape, dtype, count, self.cuda):

@@ -94,7 +94,8 @@ class Profile:
 
     def __str__(self) -> str:
         n, _, h, w = self.max
-        return f"batch <= {n}, window {h}x{w}"
+        only = " only" if self.min[2:] == self.max[2:] else ""
+        return f"batch <= {n}, window {h}x{w}{only}"
 
 
 def _hw(window) -> tuple[int, int]:

@@ -58,11 +58,19 @@ def export_community(view, path: Path, precision: str, polyphase: bool,
     raise SrtrtError(_failed[key], view.source)
 
 
+def static_only(view) -> str | None:
+    """Why `view`'s architecture exports only at a fixed size, or None."""
+    if view.facts.architecture in DYNAMIC_FAILS:
+        return f"{view.facts.architecture} has no dynamic-shape graph (its window partition is traced at one size)"
+    return None
+
+
 def dynamic_failure(view, path: Path) -> str | None:
     """Why `view` has no dynamic-shape graph at `path` (known for its architecture, or an earlier
     attempt with this torch), or None: worth trying."""
-    if view.facts.architecture in DYNAMIC_FAILS:
-        return f"{view.facts.architecture} has no dynamic-shape graph (its window partition is traced at one size)"
+    known = static_only(view)
+    if known:
+        return known
     import torch
 
     try:

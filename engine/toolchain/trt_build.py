@@ -195,6 +195,15 @@ def onnx_channels(model) -> int:
     return int(dim[1].dim_value) if len(dim) == 4 and dim[1].dim_value > 0 else 3
 
 
+def fixed_input(model) -> tuple[int, int, int] | None:
+    """(batch, height, width) of a graph that takes one input shape only, None where any is symbolic."""
+    dim = model.graph.input[0].type.tensor_type.shape.dim
+    if len(dim) != 4:
+        return None
+    n, h, w = (int(dim[i].dim_value) for i in (0, 2, 3))
+    return (n, h, w) if min(n, h, w) > 0 else None
+
+
 def plugin_mode(model) -> str:
     """none (no plugin nodes), jit or aot (every node says so), or unset (missing or mixed `aot`)."""
     from onnx import helper
@@ -254,7 +263,8 @@ def view_facts(view, model: str | None, precision: str, plugin: str) -> dict:
 
 def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | None = None,
                  precision: str = "fp16", plugin: str = "aot", view=None,
-                 allow_noncommercial: bool = False) -> tuple[Path, dict]:
+                 allow_noncommercial: bool = False, shape: tuple[int, int, int, int] | None = None
+                 ) -> tuple[Path, dict]:
     """The ONNX the builder gets, written under `workdir`, and facts about it.
 
     From a checkpoint (`model`, None = the embedded one; or an already loaded `view`): exported
@@ -264,8 +274,9 @@ def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | No
     an `aot` choice get `plugin`, and `plugin == "none"` turns fused nodes back into
     DepthToSpace + PRelu. A community model file (`allow_noncommercial`: as srtrt.load_model takes
     it) is exported as it is (export.export_community_view); it has nothing to fuse, so `plugin`
-    must be "none". Returns (path, {"sha256", "precision", "plugin", "scale", "radius", "source",
-    "channels", "io"}; from a checkpoint also "minimum" and "multiple_of").
+    must be "none"; `shape` (N, C, H, W) fixes its graph at that input (window-attention models
+    export only so). Returns (path, {"sha256", "precision", "plugin", "scale", "radius", "source",
+    "channels", "io", "fixed_input"}; from a checkpoint also "minimum" and "multiple_of").
     """
     from srtrt.engine.toolchain.export import save_onnx, unfuse_pixel_shuffle_prelu
     from srtrt.engine.toolchain.onnx_io import load_onnx, metadata
@@ -304,7 +315,7 @@ def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | No
             if plugin != "none":
                 raise SrtrtError(f"a {view.facts.architecture} model has no steps for the {fused_op.NAME} plugin: "
                                  "build with --no-plugin")
-            path = export_community_view(view, workdir / "model.onnx", precision)
+            path = export_community_view(view, workdir / "model.onnx", precision, shape=shape)
         else:
             path = export_onnx(view, workdir / "model.onnx", precision=precision, fused=plugin != "none",
                                aot=plugin == "aot")
@@ -317,6 +328,7 @@ def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | No
             raise SrtrtError(f"export gave a {got} graph, {precision} was asked", path)
         facts = {**view_facts(view, model, precision, plugin), "plugin": plugin_mode(m)}
     facts["io"] = onnx_io(m)
+    facts["fixed_input"] = fixed_input(m)
     return Path(path), facts
 
 
@@ -554,6 +566,9 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
         step = facts.get("multiple_of", 1)
         window = -(-(core + 2 * margin) // step) * step
         min_side = -(-max(facts.get("minimum", 1), step) // step) * step
+        fixed = _fixed_shape(view, facts, window, out)
+        if fixed:  # the engine takes exactly that shape: the runtime's windows are all of it
+            max_batch, window, min_side = fixed[0], fixed[1:], max(fixed[1:])
         profile = profile_for(window, max_batch, channels=facts["channels"], min_side=min_side)
         key = EngineKey(model_sha256=facts["sha256"], precision=facts["precision"], profile=profile,
                         plugin=facts["plugin"], margin=margin, flavour=flavour.key, trt_version=version, **where)
@@ -570,7 +585,8 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
               f"margin {margin}", file=out, flush=True)
         if path is None:
             path, facts = prepare_onnx(Path(tmp), model=model, precision=precision, plugin=plugin, view=view,
-                                       allow_noncommercial=allow_noncommercial)
+                                       allow_noncommercial=allow_noncommercial,
+                                       shape=(1, facts["channels"], *window) if fixed else None)
         timing = (engine_cache.timing_cache_path(where["gpu_name"], where["compute_capabilities"][0], version)
                   if flavour.key == "trt" else None)
         plan = build_serialized(path, profile, flavour=flavour, targets=targets, opt_level=opt_level,
@@ -582,6 +598,21 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
     if output:
         engine_cache.write_plan(Path(output), key, plan, info)
     return cached, key
+
+
+def _fixed_shape(view, facts: dict, window: int, out) -> tuple[int, int, int] | None:
+    """(batch, height, width) when the engine can take one input shape only, said in one line: a
+    model whose architecture exports only at a fixed size (one window, one at a time), or an ONNX
+    fixed at one shape (`srtrt export --shape`). None: batches and windows up to the profile's."""
+    from srtrt.engine.toolchain.export_isolated import static_only
+
+    why = static_only(view) if view is not None else None
+    fixed = (1, window, window) if why else facts.get("fixed_input")
+    if fixed:
+        why, smaller = (why, "--tile") if why else ("the ONNX is fixed at one input shape", "srtrt export --shape")
+        print(f"{why}: the engine takes {fixed[1]}x{fixed[2]} windows only, {fixed[0]} at a time; images with "
+              f"a smaller side need another backend or a smaller {smaller}", file=out, flush=True)
+    return fixed
 
 
 def _model_checks(view, precision: str, plugin: str, out) -> str:
