@@ -95,6 +95,16 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def tiny_swinir():
+    """A two-block SwinIR x2 (window attention: no dynamic-shape export), small enough for tests."""
+    from spandrel.architectures.SwinIR import SwinIR
+
+    with warnings.catch_warnings():  # its constructor calls torch.meshgrid without indexing=
+        warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
+        return SwinIR(img_size=32, in_chans=3, embed_dim=12, depths=[2], num_heads=[2], window_size=8, upscale=2,
+                      upsampler="pixelshuffledirect")
+
+
 def save_community_models(folder: Path, makers: dict) -> dict[str, Path]:
     """Each maker's network (spandrel's own classes) with seed-0 random weights halved (random
     outputs stay inside [0, 1] more often), saved as NAME.safetensors in `folder`."""

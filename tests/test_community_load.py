@@ -21,11 +21,12 @@ from spandrel.architectures.DnCNN import DnCNN  # noqa: E402
 from spandrel.architectures.ESRGAN import ESRGAN  # noqa: E402
 from spandrel.architectures.RCAN import RCAN  # noqa: E402
 from spandrel.architectures.SPAN import SPAN  # noqa: E402
-from spandrel.architectures.SwinIR import SwinIR  # noqa: E402
 
 from srtrt import checkpoint, community  # noqa: E402
 from srtrt.errors import SrtrtError  # noqa: E402
 from srtrt.nets import SRResNet, SRResNetConfig  # noqa: E402
+
+from conftest import tiny_swinir  # noqa: E402
 
 # name: (constructor, architecture id, scale, channels, global operations, supports half)
 CASES = {
@@ -38,8 +39,7 @@ CASES = {
                      "Compact", 2, 1, False, True),
     "compact_x1": (lambda: Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=1, upscale=1), "Compact", 1, 3, False, True),
     "span": (lambda: SPAN(num_in_ch=3, num_out_ch=3, feature_channels=16, upscale=4), "SPAN", 4, 3, False, True),
-    "swinir": (lambda: SwinIR(img_size=32, in_chans=3, embed_dim=12, depths=[2], num_heads=[2], window_size=8,
-                              upscale=2, upsampler="pixelshuffledirect"), "SwinIR", 2, 3, True, False),
+    "swinir": (tiny_swinir, "SwinIR", 2, 3, True, False),
     "rcan": (lambda: RCAN(scale=2, n_resgroups=1, n_resblocks=1, n_feats=16, reduction=4), "RCAN", 2, 3, True, False),
 }
 

@@ -15,14 +15,13 @@ from spandrel.architectures.Compact import Compact  # noqa: E402
 from spandrel.architectures.ESRGAN import ESRGAN  # noqa: E402
 from spandrel.architectures.RCAN import RCAN  # noqa: E402
 from spandrel.architectures.SPAN import SPAN  # noqa: E402
-from spandrel.architectures.SwinIR import SwinIR  # noqa: E402
 
 import srtrt  # noqa: E402
 from srtrt import zoo  # noqa: E402
 from srtrt.engine.backends.torch_backend import TorchBackend  # noqa: E402
 from srtrt.engine.datapath.runtime import Planes, TiledUpscaler  # noqa: E402
 
-from conftest import save_community_models, smooth_image  # noqa: E402
+from conftest import save_community_models, smooth_image, tiny_swinir  # noqa: E402
 from run_helpers import partials, run_cli  # noqa: E402
 
 MODELS = {
@@ -34,8 +33,7 @@ MODELS = {
     # a field of 19 LR pixels, beyond the affordable margin the test sets (a 23-block one reaches ~349)
     "rrdb_deep": lambda: ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=2),
     "rcan": lambda: RCAN(scale=2, n_resgroups=1, n_resblocks=1, n_feats=16, reduction=4),
-    "swinir": lambda: SwinIR(img_size=32, in_chans=3, embed_dim=12, depths=[2], num_heads=[2], window_size=8,
-                             upscale=2, upsampler="pixelshuffledirect"),
+    "swinir": tiny_swinir,
 }
 
 

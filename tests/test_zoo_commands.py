@@ -20,12 +20,11 @@ pytest.importorskip("spandrel")
 
 from spandrel.architectures.Compact import Compact  # noqa: E402
 from spandrel.architectures.ESRGAN import ESRGAN  # noqa: E402
-from spandrel.architectures.SwinIR import SwinIR  # noqa: E402
 
 import srtrt  # noqa: E402
 from srtrt.cli import main, parser  # noqa: E402
 
-from conftest import save_community_models, smooth_image  # noqa: E402
+from conftest import save_community_models, smooth_image, tiny_swinir  # noqa: E402
 
 MODELS = {
     "c4": lambda: Compact(num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=4, upscale=4),
@@ -34,8 +33,7 @@ MODELS = {
     # Real-ESRGAN x2's form: pixel-unshuffle, then an x4 body; LR sides must be multiples of 4.
     "rrdb_x2": lambda: ESRGAN(in_nc=12, out_nc=3, num_filters=8, num_blocks=1, scale=4, shuffle_factor=2),
     # window attention: exports only at a fixed size
-    "swinir": lambda: SwinIR(img_size=32, in_chans=3, embed_dim=12, depths=[2], num_heads=[2], window_size=8,
-                             upscale=2, upsampler="pixelshuffledirect"),
+    "swinir": tiny_swinir,
 }
 
 
