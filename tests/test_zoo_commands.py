@@ -151,6 +151,38 @@ def test_a_window_attention_model_builds_a_plan_fixed_at_one_window(files, tmp_p
     assert profile["min"] == profile["opt"] == profile["max"] == [1, 3, side, side]
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("flavour", ["trt", "rtx"])
+def test_a_fixed_window_plan_runs_a_window_attention_model_on_the_gpu(files, tmp_path, monkeypatch, flavour):
+    """On a GPU: SwinIR's one-window plan, tiled, stays within the measured margin's bound of torch's
+    whole-image pass (one 8-bit level, less the TF32 rounding a TensorRT fp32 build allows itself);
+    an image smaller than the window is one line."""
+    from srtrt.engine.backends.tensorrt_backend import TensorRTBackend, available
+    from srtrt.engine.backends.tensorrt_rtx_backend import TensorRTRTXBackend
+    from srtrt.engine.backends.torch_backend import TorchBackend
+    from srtrt.engine.datapath.runtime import Planes, TiledUpscaler
+    from srtrt.engine.toolchain import engine_cache, trt_build
+
+    ok, why = available(flavour)
+    if not ok:
+        pytest.skip(why)
+    if flavour == "rtx" and tuple(torch.cuda.get_device_capability()) not in engine_cache.RTX_TARGETS:
+        pytest.skip("this GPU is not a TensorRT-RTX target")
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    view = srtrt.load_model(files["swinir"])
+    path, _ = trt_build.build(model=str(files["swinir"]), precision="fp32", tensorrt=flavour, tile=24,
+                              progress=False, out=io.StringIO())
+    backend = (TensorRTBackend if flavour == "trt" else TensorRTRTXBackend)(path, "cuda")
+    image = smooth_image(70, 90).astype(np.float32) / 255
+    tiled, _ = TiledUpscaler(backend).run_to_array(Planes(image))
+    whole, _ = TiledUpscaler(TorchBackend(view, "cpu", "fp32"), core=0, margin=0).run_to_array(Planes(image))
+    levels = np.abs(np.round(np.clip(tiled, 0, 1) * 255) - np.round(np.clip(whole, 0, 1) * 255))
+    assert (levels <= 1).mean() >= 0.99 and levels.max() <= 3, (levels <= 1).mean()
+    with pytest.raises(srtrt.SrtrtError, match="windows are outside what this engine takes"):
+        TiledUpscaler(backend).run_to_array(Planes(image[:20, :30]))
+    backend.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # srtrt eval and srtrt compare
 
