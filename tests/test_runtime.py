@@ -209,6 +209,33 @@ def test_staging_buffers_are_made_once_per_window_shape_and_batch(monkeypatch):
     assert len(made) == 4 and made[2][1] == made[3][1] == torch.int16  # uint16 travels as int16 bits
 
 
+def test_a_shorter_group_of_frames_runs_in_a_slice_of_the_staging_buffers_there_are(monkeypatch):
+    """Video frames cut short at a segment (4, 2, then 4 frames of one window each at batch 4):
+    the staging buffers are made once, and each frame still equals its own run."""
+    from srtrt.engine.datapath import runtime
+
+    made = []
+    real = runtime.StagingBuffers.__init__
+
+    def counting(self, shape, dtype, count, pinned):
+        made.append(shape)
+        real(self, shape, dtype, count, pinned)
+
+    monkeypatch.setattr(runtime.StagingBuffers, "__init__", counting)
+    up = TiledUpscaler(TorchBackend(random_view(blocks=1, channels=4)), core=64, batch=4)
+    frames = [smooth_image(20, 24, seed=i) for i in range(4)]
+    for group in (frames, frames[:2], frames):
+        outs = [np.zeros((80, 96, 3), np.uint8) for _ in group]
+
+        def keep(index, band, outs=outs):
+            outs[index][band.y0:band.y0 + band.colour.shape[0]] = band.colour
+
+        up.run_many([Planes(f) for f in group], keep, np.uint8)
+    assert len(made) == 2 and made[0][0] == made[1][0] == 4  # windows in, outputs back: at batch 4, once
+    alone, _ = TiledUpscaler(up.backend, core=64).run_to_array(Planes(frames[3]), np.uint8)
+    assert np.array_equal(outs[3], alone)
+
+
 def test_bands_reach_the_sink_on_the_encoder_thread_in_order():
     import threading
 

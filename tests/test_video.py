@@ -654,6 +654,56 @@ def test_out_of_memory_with_frames_batched_together_puts_fewer_frames_together(t
     assert packets(tmp_path / "grouped.mp4", "video") == packets(tmp_path / "single.mp4", "video")
 
 
+def test_a_run_plans_the_frame_once_per_upscaler_not_per_frame(tmp_path, model):
+    """12 frames in groups of 4: the tile plan is made once before decoding, once for the group
+    size and once per group by the runtime, never once per frame; a new upscaler or batch is planned again."""
+    from srtrt.engine.batch.files import DONE, FileRunner
+    from srtrt.engine.batch.options import RunOptions, open_backend
+    from srtrt.engine.datapath.runtime import TiledUpscaler
+    from srtrt.engine.video.run import GroupSizes
+
+    source = tmp_path / "clip.mp4"
+    make_clip(source, frames=12, audio=None)
+    options = RunOptions(model=str(model), backend="torch", batch=4)
+    runner = FileRunner(open_backend(options).backend, options)
+    upscaler, plans, groups = runner.upscaler, [], []
+    real_plan, real_run_many = upscaler.plan, upscaler.run_many
+    upscaler.plan = lambda h, w: plans.append((h, w)) or real_plan(h, w)
+    upscaler.run_many = lambda frames, *rest: groups.append(len(frames)) or real_run_many(frames, *rest)
+    assert runner.run(source, tmp_path / "out.mp4").status == DONE
+    assert groups == [4, 4, 4] and plans == [(32, 48)] * (2 + len(groups))
+
+    sizes, plans[:] = GroupSizes(32, 48), []
+    assert [sizes(upscaler) for _ in range(5)] == [4] * 5 and len(plans) == 1
+    upscaler.batch = 2
+    assert sizes(upscaler) == 2 and len(plans) == 2
+    smaller, smaller_plans = TiledUpscaler(upscaler.backend, batch=1), []  # as the out-of-memory fallback makes
+    real_smaller_plan = smaller.plan
+    smaller.plan = lambda h, w: smaller_plans.append((h, w)) or real_smaller_plan(h, w)
+    assert [sizes(smaller) for _ in range(3)] == [1] * 3 and smaller_plans == [(32, 48)] and len(plans) == 2
+
+
+def test_disk_full_is_enospc_or_ffmpegs_text_and_nothing_else():
+    import errno
+    import os
+
+    from srtrt.engine.video.encoder import disk_full
+
+    def ffmpeg_error(code: int) -> Exception:
+        try:
+            av.error.err_check(-code)
+        except Exception as e:
+            return e
+        raise AssertionError(f"err_check({-code}) raised nothing")
+
+    full = [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), ffmpeg_error(errno.ENOSPC),
+            ValueError("av_write_trailer: No space left on device")]
+    other = [OSError(errno.EIO, os.strerror(errno.EIO)), ffmpeg_error(errno.EIO), ValueError("Invalid data"),
+             KeyboardInterrupt()]
+    assert [disk_full(e) for e in full] == [True] * 3
+    assert [disk_full(e) for e in other] == [False] * 4
+
+
 def test_upscale_frames_equals_each_frame_alone(tmp_path, model, monkeypatch):
     """FileRunner.upscale_frames on decoded frames at batch 4: the frames upscale_frame gives one by one."""
     import torch

@@ -211,6 +211,12 @@ class StagingBuffers:
     def give(self, buffer: torch.Tensor, event=None) -> None:
         self._free.put((buffer, event))
 
+    def fits(self, shape: tuple[int, ...], dtype: torch.dtype, count: int, pinned: bool) -> bool:
+        """Whether these buffers serve batches of `shape`: the same but for a batch no larger (every
+        user takes a slice of the batch it has)."""
+        have, *rest = self.key
+        return have[1:] == shape[1:] and have[0] >= shape[0] and tuple(rest) == (dtype, count, pinned)
+
 
 class TiledUpscaler:
     """Runs one backend over tiles of images; reusable across images. `run` takes one image,
@@ -252,7 +258,8 @@ class TiledUpscaler:
         return plan
 
     def _buffers(self, current: StagingBuffers | None, shape, dtype, count: int) -> StagingBuffers:
-        if current is not None and current.key == (shape, dtype, count, self.cuda):
+        # a smaller batch (a video's frames cut short at a segment) runs in a slice of the ones there are
+        if current is not None and current.fits(shape, dtype, count, self.cuda):
             return current
         return StagingBuffers(shape, dtype, count, pinned=self.cuda)
 
@@ -516,7 +523,8 @@ class TiledUpscaler:
         if not self.cuda:  # the clamp's copy, a slice of rows at a time
             rows = max(1, QUANTISE_SLICE_BYTES // (batch * out_channels * window[1] * s * 4))
             work_shape = (batch, out_channels, rows, window[1] * s)
-            if self._work is None or tuple(self._work.shape) != work_shape:
+            work = self._work
+            if work is None or work.shape[0] < batch or (work.shape[1], work.shape[3]) != (work_shape[1], work_shape[3]):
                 self._work = torch.empty(work_shape, dtype=torch.float32)
 
     def run_to_array(self, planes: Planes, out_dtype=np.float32) -> tuple[np.ndarray, np.ndarray | None]:

@@ -11,6 +11,7 @@ frame carries its own pts and duration, so variable frame rate survives.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import queue
 import threading
@@ -218,9 +219,11 @@ class SegmentEncoder:
 def _one_line(e: BaseException, source) -> BaseException:
     if isinstance(e, SrtrtError) or not isinstance(e, Exception):
         return e
-    if isinstance(e, OSError) and e.errno == 28:
+    if disk_full(e):
         return SrtrtError("disk full while encoding", source)
-    cause = " ".join(str(e).split())[:200]
-    if "No space left" in cause:
-        return SrtrtError("disk full while encoding", source)
-    return SrtrtError(f"encoding failed ({cause})", source)
+    return SrtrtError(f"encoding failed ({' '.join(str(e).split())[:200]})", source)
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether `e` is a full disk: ENOSPC, or FFmpeg's text for it (an error that does not carry the errno)."""
+    return isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left" in str(e)

@@ -16,6 +16,7 @@ from pathlib import Path
 import av
 
 from srtrt.atomic import commit, temp_name
+from srtrt.engine.video.encoder import disk_full
 from srtrt.engine.video.source import open_input, video_stream
 from srtrt.errors import SrtrtError
 
@@ -123,7 +124,7 @@ def join(source_path: Path, segments: list[Path], destination: Path, display_mat
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(temp)
-        if isinstance(e, OSError) and e.errno == 28 or "No space left" in str(e):
+        if disk_full(e):
             raise SrtrtError("disk full while writing the output", destination) from None
         if isinstance(e, (av.FFmpegError, ValueError)):
             raise SrtrtError(f"cannot write the output ({' '.join(str(e).split())[:160]})", destination) from None

@@ -137,6 +137,7 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> t
     reader = FrameReader(source, info, first_index=last.first if last else 0, start_pts=last.first_pts if last else None)
     segment_start, number, count, bad, end = None, len(work.segments), done, "", None
     group: list = []  # decoded frames of the current segment waiting to be upscaled together
+    sizes = GroupSizes(info.height, info.width)
     on_tile = (lambda n: stop_check()) if stop_check else None
 
     def flush() -> None:
@@ -166,8 +167,9 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> t
                     first_pts[frame.index] = frame.pts
                     number, segment_start = number + 1, seconds
                 group.append(frame)
-                # the runner's upscaler may have stepped down after running out of memory: ask each time
-                if len(group) >= group_size(runner.upscaler, info.height, info.width):
+                # the runner's upscaler may have stepped down after running out of memory: asked each frame,
+                # planned once per upscaler
+                if len(group) >= sizes(runner.upscaler):
                     flush()
             flush()
         except SrtrtError as e:
@@ -187,6 +189,22 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> t
 def group_size(upscaler, height: int, width: int) -> int:
     """How many whole HxW frames of windows fill one backend batch (at least 1, at most MAX_GROUP_FRAMES)."""
     return max(1, min(MAX_GROUP_FRAMES, upscaler.batch // len(upscaler.plan(height, width))))
+
+
+class GroupSizes:
+    """`group_size` of one frame size for the runner's current upscaler, planned once per upscaler
+    and batch rather than once per frame."""
+
+    def __init__(self, height: int, width: int):
+        self.height, self.width = height, width
+        self._upscaler, self._batch, self._size = None, None, 0
+
+    def __call__(self, upscaler) -> int:
+        # the upscaler itself is kept, not its id(): a freed one's id may come back for its successor
+        if upscaler is not self._upscaler or upscaler.batch != self._batch:
+            self._size = group_size(upscaler, self.height, self.width)
+            self._upscaler, self._batch = upscaler, upscaler.batch
+        return self._size
 
 
 def frames_through(upscaler, rgbs: list[np.ndarray], on_tile=None) -> list[np.ndarray]:
