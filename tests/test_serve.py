@@ -237,6 +237,25 @@ def test_models_come_from_the_listing_only(tmp_path, models_dir, images):
         assert client.get("/api/jobs").json() == []
 
 
+def test_the_models_folder_is_read_as_it_is_now(tmp_path):
+    """Listed per request: a file dropped in while the server runs is offered, and a sidecar written
+    beside one makes it an srtrt checkpoint, with nothing cached to go stale."""
+    from srtrt import checkpoint
+    from srtrt.engine.serve import models
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "a.pth").write_bytes(b"x")
+
+    def offered():
+        return [(entry.id, entry.kind) for entry in models.list_models(folder) if entry.kind != "embedded"]
+
+    assert offered() == [("a.pth", "community")]
+    (folder / "b.pth").write_bytes(b"x")
+    (folder / "a.json").write_text(json.dumps({"format": checkpoint.FORMAT}))
+    assert offered() == [("a.pth", "checkpoint"), ("b.pth", "community")]
+
+
 # --------------------------------------------------------------------------- who may call
 
 

@@ -18,6 +18,7 @@ where it stopped. `--ray` with no address starts a local Ray on this machine; wi
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -40,7 +41,7 @@ from srtrt.errors import SrtrtError
 from srtrt.hardware import usable_cpus
 
 INSTALL = 'srtrt --ray needs Ray: pip install "srtrt[ray]"'
-LOCAL = "auto"  # what `--ray` without an address passes
+LOCAL = "auto"  # what `--ray` without an address passes (to `srtrt run` and `srtrt serve`)
 
 
 def _import_ray():
@@ -57,18 +58,10 @@ class ImageActor:
     (batches of one, so each video is one actor's from its first frame to its last)."""
 
     def __init__(self, options: RunOptions):
-        import torch
-
         from srtrt.engine.datapath.decoder_messages import quiet_decoding_libraries
 
         quiet_decoding_libraries()  # an actor is a process of its own: decoders' messages are srtrt's here too
-        try:
-            import ray
-
-            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-            torch.set_num_threads(max(1, int(cpus)))
-        except Exception:  # outside Ray (tests call the class directly)
-            pass
+        threads_as_assigned()
         selection = open_backend(options)
         self.describe = selection.backend.describe()
         self.runner = FileRunner(selection.backend, options, log=lambda m: print(m, file=sys.stderr))
@@ -90,20 +83,34 @@ class ImageActor:
         return rows
 
 
-def _connect(ray, address: str, quiet: bool) -> bool:
-    """Start a local Ray or connect to `address`; returns True when this call started it."""
-    import logging
+def threads_as_assigned() -> None:
+    """Torch threads = the CPUs Ray assigned this actor (or Serve replica), not every core of the node."""
+    import torch
 
+    try:
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        torch.set_num_threads(max(1, int(cpus)))
+    except Exception:  # outside Ray (tests call the classes directly)
+        pass
+
+
+def connect(ray, address: str, quiet: bool = True, local_cpus: int | None = None) -> bool:
+    """Start a local Ray or connect to `address`; returns True when this call started it (and so stops it).
+    `local_cpus` sizes a Ray started here; None leaves it to Ray, so a RAY_ADDRESS in the environment
+    is joined instead (Ray refuses a CPU count when it joins a cluster)."""
     if ray.is_initialized():
         return False
     level = logging.ERROR if quiet else logging.WARNING
-    if address == LOCAL:
-        ray.init(num_cpus=usable_cpus(), include_dashboard=False, logging_level=level)
-    else:
-        try:
+    try:
+        if address == LOCAL:
+            cpus = {} if local_cpus is None else {"num_cpus": local_cpus}
+            ray.init(include_dashboard=False, logging_level=level, **cpus)
+        else:
             ray.init(address=address, logging_level=level)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise SrtrtError(f"cannot connect to the Ray cluster at {address} ({' '.join(str(e).split())[:200]})") from None
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise SrtrtError(f"cannot connect to the Ray cluster at {address} ({' '.join(str(e).split())[:200]})") from None
     return True
 
 
@@ -194,7 +201,7 @@ def main(args) -> int:
     started = False
     try:
         if todo:
-            started = _connect(ray, args.ray, args.quiet)
+            started = connect(ray, args.ray, args.quiet, usable_cpus())
         with StopOnSignals() as stop:  # after ray.init, which installs handlers of its own
             if todo:
                 _run_dataset(ray, args, todo, report, say, stop)
@@ -215,8 +222,6 @@ def main(args) -> int:
 
 
 def _run_dataset(ray, args, todo, report: BatchReport, say, stop) -> None:
-    import logging
-
     import ray.data
 
     context = ray.data.DataContext.get_current()

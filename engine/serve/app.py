@@ -89,10 +89,9 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
             raise Refused(404, f"no job {job_id} (finished results are kept {config.keep_seconds / 60:g} minutes)")
         return job
 
-    def run_options(chosen: JobOptions) -> tuple[RunOptions, str]:
+    def job_options(chosen: JobOptions) -> tuple[RunOptions, str]:
         entry = models.resolve(chosen.model, config.models_dir)
-        return RunOptions(model=entry.source, backend=chosen.backend, precision=chosen.precision, alpha=chosen.alpha,
-                          png_level=chosen.png_level, device=config.device, max_pixels=config.max_pixels), entry.id
+        return _run_options(config, entry, chosen), entry.id
 
     # ---------------------------------------------------------------- the page
 
@@ -109,8 +108,7 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
         offered = models.list_models(config.models_dir)
         shown = []
         for entry in offered:
-            options = RunOptions(model=entry.source, device=config.device)
-            shown.append({"id": entry.id, "kind": entry.kind, "chosen": queue.warm.reason(options)})
+            shown.append({"id": entry.id, "kind": entry.kind, "chosen": queue.warm.reason(_run_options(config, entry))})
         return ServerView(models=shown, default_model=offered[0].id if offered else None,
                           max_upload_bytes=config.max_upload_bytes, max_pixels=config.max_pixels,
                           queue_size=config.queue_size, keep_seconds=config.keep_seconds)
@@ -124,7 +122,7 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
         with queue.admission():
             if json_body:
                 asked = JobRequest.model_validate(json.loads(await _small_body(request)))
-                options, model = run_options(asked)
+                options, model = job_options(asked)
                 name = uploads.display_name(asked.filename)
                 uploads.accepted_suffix(name)  # 415 now rather than after the upload
                 job = queue.create(name, options, model, client_of(request), listed=True)
@@ -132,7 +130,7 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
             job = queue.create("upload", RunOptions(), "", client_of(request))
             try:
                 upload = await uploads.receive_form(request, job.folder, config.max_upload_bytes)
-                options, job.model = run_options(JobOptions.model_validate(upload.fields))
+                options, job.model = job_options(JobOptions.model_validate(upload.fields))
                 job.name, job.options = upload.name, options
                 await asyncio.to_thread(uploads.check_pixels, upload.path, upload.name, config.max_pixels)
                 queue.submit(job, upload.path)
@@ -213,8 +211,14 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
 def _warm_options(config: ServeConfig) -> RunOptions | None:
     if not config.warm_default:
         return None
-    entry = models.resolve(None, config.models_dir)
-    return RunOptions(model=entry.source, device=config.device, max_pixels=config.max_pixels)
+    return _run_options(config, models.resolve(None, config.models_dir))
+
+
+def _run_options(config: ServeConfig, entry: models.ModelEntry, chosen: JobOptions | None = None) -> RunOptions:
+    """What a job runs with: the client's choices (JobOptions' defaults when none), the server's device and limit."""
+    chosen = JobOptions() if chosen is None else chosen
+    return RunOptions(model=entry.source, backend=chosen.backend, precision=chosen.precision, alpha=chosen.alpha,
+                      png_level=chosen.png_level, device=config.device, max_pixels=config.max_pixels)
 
 
 async def _small_body(request: Request, limit: int = 16 * 1024) -> bytes:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 import secrets
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
+from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 
 COOKIE = "srtrt_client"
@@ -33,12 +34,13 @@ class ClientId:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = Headers(scope=scope)
-        given = headers.get(HEADER.lower())
+        connection = HTTPConnection(scope)
+        given = connection.headers.get(HEADER.lower())
         if given is not None and not VALID.fullmatch(given):
             response = JSONResponse({"detail": f"{HEADER}: 16 to 128 letters, digits, - or _"}, status_code=400)
             return await response(scope, receive, send)
-        client = given or _cookie(headers)
+        cookie = connection.cookies.get(COOKIE, "")  # Starlette parses the Cookie header, as for a route
+        client = given or (cookie if VALID.fullmatch(cookie) else None)
         fresh = client is None
         if fresh:
             client = secrets.token_urlsafe(24)
@@ -52,11 +54,3 @@ class ClientId:
             await send(message)
 
         return await self.app(scope, receive, send_with_id)
-
-
-def _cookie(headers: Headers) -> str | None:
-    for part in headers.get("cookie", "").split(";"):
-        name, _, value = part.strip().partition("=")
-        if name == COOKIE and VALID.fullmatch(value):
-            return value
-    return None

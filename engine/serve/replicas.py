@@ -19,10 +19,10 @@ from pathlib import Path
 from srtrt.atomic import write_bytes
 from srtrt.engine.batch.files import DONE, Outcome
 from srtrt.engine.batch.options import RunOptions
+from srtrt.engine.batch.ray_runner import connect, threads_as_assigned
 from srtrt.errors import SrtrtError
 
 APP_NAME = "srtrt-serve"
-LOCAL = "auto"             # what `--ray` without an address means: a local Ray (or the one RAY_ADDRESS names)
 CPUS_PER_REPLICA = 4       # threads a CPU replica's backend gets; fewer where the cluster has fewer
 PROGRESS_EVERY = 0.1       # seconds: tile and frame counts are summed between progress messages
 INSTALL = 'srtrt serve --ray needs Ray Serve: pip install "srtrt[serve-ray]"'
@@ -40,8 +40,11 @@ class Replica:
         from srtrt.engine.serve.warm import WarmBackends
 
         quiet_decoding_libraries()
-        _threads_as_assigned()
+        threads_as_assigned()
         self.warm = WarmBackends(log=lambda message: logging.getLogger("srtrt").warning(message))
+        # Ray Serve may start the next request while a cancelled one's worker is still stopping (its
+        # generator is closed after the slot is freed): the warm runner's buffers take one job at a time.
+        self._engine = threading.Lock()
 
     def describe(self, options: RunOptions) -> dict:
         """Open (or find warm) the backend: what `auto` chose, and the model's scale."""
@@ -82,11 +85,14 @@ class Replica:
             events.put(event)
 
         try:
-            runner = self.warm.runner(options)
-            destination = output_path(source, None, False, runner.backend.scale)
-            outcome = runner.run(source, destination, on_plan=lambda n: say("plan", n), on_tile=lambda n: say("tile", n),
-                                 on_frames=lambda total, done: say("frames", total, done),
-                                 on_frame=lambda n: say("frame", n), stop_check=check)
+            with self._engine:
+                check()  # cancelled while waiting for the engine
+                runner = self.warm.runner(options)
+                destination = output_path(source, None, False, runner.backend.scale)
+                outcome = runner.run(source, destination, on_plan=lambda n: say("plan", n),
+                                     on_tile=lambda n: say("tile", n),
+                                     on_frames=lambda total, done: say("frames", total, done),
+                                     on_frame=lambda n: say("frame", n), stop_check=check)
         except Cancelled:
             outcome = Outcome(source, None, "cancelled", "cancelled")
         except SrtrtError as e:
@@ -119,18 +125,6 @@ def _batched(events: queues.Queue):
         yield (last, pending)
 
 
-def _threads_as_assigned() -> None:
-    import torch
-
-    try:
-        import ray
-
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-        torch.set_num_threads(max(1, int(cpus)))
-    except Exception:  # outside Ray
-        pass
-
-
 # --------------------------------------------------------------------------- the server's side
 
 
@@ -144,7 +138,7 @@ class RayBackends:
         except ImportError:
             raise SrtrtError(INSTALL) from None
         self.log = log or (lambda message: None)
-        self._started_ray = _connect(ray, address)
+        self._started_ray = connect(ray, address)  # no CPU count: `--ray` alone joins RAY_ADDRESS if set
         replicas, actor = _replicas(ray, device)
         self.replicas = replicas
         # a GPU replica sees its one GPU as cuda:0 (Ray sets CUDA_VISIBLE_DEVICES); None lets it pick the best
@@ -211,20 +205,6 @@ class RemoteRunner:
 class _Scale:
     def __init__(self, scale: int):
         self.scale = scale
-
-
-def _connect(ray, address: str) -> bool:
-    """Start a local Ray or join `address`; True when this call started it (and so stops it)."""
-    if ray.is_initialized():
-        return False
-    try:
-        if address == LOCAL:
-            ray.init(include_dashboard=False, logging_level=logging.ERROR)
-        else:
-            ray.init(address=address, logging_level=logging.ERROR)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise SrtrtError(f"cannot connect to the Ray cluster at {address} ({' '.join(str(e).split())[:200]})") from None
-    return True
 
 
 def _replicas(ray, device: str | None) -> tuple[int, dict]:

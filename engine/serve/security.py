@@ -12,6 +12,7 @@ import secrets
 from urllib.parse import parse_qs, urlsplit
 
 from starlette.datastructures import Headers
+from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, RedirectResponse
 
 from srtrt.engine.serve.settings import ServeConfig, is_loopback
@@ -51,8 +52,8 @@ class Guard:
         scheme, _, given = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and self._matches(given.strip()):
             return True
-        cookies = dict(part.strip().split("=", 1) for part in headers.get("cookie", "").split(";") if "=" in part)
-        return self._matches(cookies.get(COOKIE, "")) or (scope["path"] == "/" and self._matches(_query_token(scope)))
+        cookie = HTTPConnection(scope).cookies.get(COOKIE, "")  # Starlette parses the Cookie header, as for a route
+        return self._matches(cookie) or (scope["path"] == "/" and self._matches(_query_token(scope)))
 
     def _matches(self, given: str) -> bool:
         return bool(given) and secrets.compare_digest(given.encode(), self._token)
