@@ -137,6 +137,7 @@ def main(argv=None) -> int:
     from srtrt import atomic
     from srtrt.checkpoint import DEFAULT_WEIGHTS
     from srtrt.engine.backends.precision import QUALITY_GUARD_DB, guard_path
+    from srtrt.engine.toolchain.quantize import calibration_digest
 
     if args.model is None and not DEFAULT_WEIGHTS.is_file():
         print(f"quality guard: {DEFAULT_WEIGHTS} is absent. The guard measures the real default model only "
@@ -164,6 +165,8 @@ def main(argv=None) -> int:
                                "measured_on": device_description(path[1]), "date": today,
                                "reference": key(REFERENCE),
                                "images": len(pairs)}
+        if path[2] == "int8":  # the guard judges these ranges only (engine/backends/precision.passes_guard)
+            measured[key(path)]["calibration"] = calibration_digest(view.int8_calibration)
         verdict = "within" if abs(psnr - reference) <= QUALITY_GUARD_DB else "OUTSIDE"
         print(f"{key(path):<26} {psnr:8.4f} dB  delta {psnr - reference:+.4f} dB  ({verdict} ±{QUALITY_GUARD_DB})")
 

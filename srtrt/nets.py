@@ -241,22 +241,22 @@ def polyphase_kernel(weight: torch.Tensor, r: int) -> torch.Tensor:
     return out
 
 
-class PolyphaseTail(nn.Module):
+class PolyphaseTail(nn.Conv2d):
     """conv(PixelShuffle_r(z)) computed as PixelShuffle_r(conv'(z)): the same values, with r*r
     times the output channels (AMX and tensor cores want 16 or more, the RGB tail has 3) and
-    the big C-channel shuffle at full resolution replaced by a 3*r*r-channel one."""
+    the big C-channel shuffle at full resolution replaced by a 3*r*r-channel one. A conv itself,
+    so its weights keep the tail's name (what int8 calibration ranges are named by)."""
 
     def __init__(self, tail: nn.Conv2d, r: int):
-        super().__init__()
         kernel = polyphase_kernel(tail.weight.detach(), r)
-        self.conv = nn.Conv2d(kernel.shape[1], kernel.shape[0], kernel.shape[-1], padding=kernel.shape[-1] // 2)
-        self.conv.weight.data.copy_(kernel)
+        super().__init__(kernel.shape[1], kernel.shape[0], kernel.shape[-1], padding=kernel.shape[-1] // 2)
+        self.weight.data.copy_(kernel)
         bias = tail.bias.detach() if tail.bias is not None else torch.zeros(tail.out_channels)
-        self.conv.bias.data.copy_(bias.repeat_interleave(r * r))
+        self.bias.data.copy_(bias.repeat_interleave(r * r))
         self.shuffle = nn.PixelShuffle(r)
 
     def forward(self, z):
-        return self.shuffle(self.conv(z))
+        return self.shuffle(super().forward(z))
 
 
 def polyphase_tail(generator: SRResNet) -> SRResNet:

@@ -129,7 +129,7 @@ def test_polyphase_tail_computes_the_same_image(cfg):
             m.weight.data.uniform_(-0.5, 0.5)
     rewritten = polyphase_tail(fold_batchnorm(copy.deepcopy(generator)))
     assert isinstance(rewritten.upsample[-1], PreShuffleUpsample)  # its shuffle moved behind the tail
-    assert rewritten.tail.conv.out_channels == 3 * 4  # the RGB tail, once per sub-pixel phase
+    assert rewritten.tail.out_channels == 3 * 4  # the RGB tail, once per sub-pixel phase
     for shape in [(1, 3, 7, 9), (2, 3, 16, 5)]:  # odd sizes: the borders are where padding could differ
         x = torch.rand(shape)
         with torch.no_grad():

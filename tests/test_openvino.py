@@ -62,6 +62,27 @@ def test_fp32_matches_torch_fp32_on_a_random_crop(view, onnx_file, blob_cache):
     assert (y - ref).abs().max().item() <= 1e-4
 
 
+def test_the_layer_profile_names_every_convolution_that_ran_and_sums_to_the_run(view, onnx_file, tmp_path):
+    """What bench/openvino_profile.py reads: per-layer kernels and times of the compiled shape."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from openvino_profile import summarise
+
+    ov = OpenVinoBackend(onnx_file, view.scale, view.radius, "fp32", cache=None, channels=view.generator.config.channels)
+    ov.config["PERF_COUNT"] = True
+    ov.prepare(1, 64, 64)
+    ov.infer(photo_batch(64, 64))
+    layers = ov.layer_profile()
+    convs = [layer for layer in layers if layer.node_type == "Convolution" and str(layer.status).endswith("EXECUTED")]
+    assert len(convs) >= 2 * 2 + 2  # two per block, at least the head and the upsampling around them
+    summary = summarise(layers)
+    assert summary["by_type"]["Convolution"] > 0 and set(summary["convolution_ms_by_format"]) <= {"f32", "bf16", "int8", "other"}
+    assert abs(sum(summary["by_type"].values()) - summary["profile_ms"]) < 0.01 * summary["profile_ms"] + 0.01
+    ov.close()
+
+
 @pytest.mark.skipif(not cpu_has_fast_bf16(), reason="bf16 runs in hardware only with AVX512-BF16 or AMX")
 def test_bf16_is_within_45_db_of_fp32(view, onnx_file, blob_cache):
     x = photo_batch(40, 48)

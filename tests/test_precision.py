@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+import srtrt
 from srtrt.engine.backends import CPU_ORDER, cpu_choice
 from srtrt.engine.backends.precision import (
     GUARD_FORMAT,
@@ -110,6 +111,28 @@ def test_auto_skips_int8_without_int8_units_or_calibration_and_says_why():
                        ({"fast_int8_cpu": True, "calibrated": False}, "the model has no int8 calibration")):
         name, precision, why = choice(SHA, guard=guard(paths), fast_bf16_cpu=True, **kw)
         assert (name, precision) == ("openvino", "bf16") and f"int8 not used ({reason})" in why
+
+
+def test_an_int8_measurement_of_other_ranges_does_not_count():
+    """The guard's int8 entry names the calibration it measured: a model recalibrated since is not judged by it."""
+    paths = {**MEASURED, "openvino-cpu-int8": {"delta_db": -0.04, "calibration": "0123abcd"}}
+    name, precision, _ = choice(SHA, guard=guard(paths), fast_bf16_cpu=True, fast_int8_cpu=True, calibration="0123abcd")
+    assert (name, precision) == ("openvino", "int8")
+    name, precision, why = choice(SHA, guard=guard(paths), fast_bf16_cpu=True, fast_int8_cpu=True, calibration="feedbeef")
+    assert (name, precision) == ("openvino", "bf16")
+    assert "openvino int8 not used (openvino-cpu-int8 was measured with other int8 ranges than this model's (feedbeef)" in why
+
+
+def test_the_shipped_models_int8_guard_entries_name_their_calibration():
+    from srtrt import checkpoint
+    from srtrt.engine.backends.precision import measured_paths
+    from srtrt.engine.toolchain.quantize import calibration_digest
+
+    for name in checkpoint.embedded_models():
+        view = srtrt.load_model(name)
+        if view.int8_calibration:
+            entry = measured_paths(view.checkpoint_sha256)["openvino-cpu-int8"]
+            assert entry["calibration"] == calibration_digest(view.int8_calibration), name
 
 
 def test_int8_outside_the_guard_falls_back_to_bf16():

@@ -22,11 +22,11 @@ def _calibrated(view, seed: int = 1):
     return view, photos
 
 
-def test_calibration_covers_every_int8_conv_input_and_leaves_head_and_tail():
+def test_calibration_covers_every_int8_conv_input_tail_included_and_leaves_the_head():
     view, photos = _calibrated(random_view(blocks=2, channels=8))
     ranges = view.int8_calibration["ranges"]
     names = registry.of(view.generator).int8_convs(view.generator)
-    assert list(ranges) == names and "head" not in ranges and not any(n.startswith("tail") for n in ranges)
+    assert list(ranges) == names and "head" not in ranges and names[-1] == "tail"
     assert view.int8_calibration["images"] == 2
     seen = {}
     conv = dict(view.generator.named_modules())["body.1.conv2"]
@@ -51,13 +51,29 @@ def test_qdq_graph_runs_in_onnxruntime_close_to_fp32(tmp_path):
     model = onnx.load(path)
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") == len(view.int8_calibration["ranges"]) == sum(
-        1 for n in fp32.graph.node if n.op_type == "Conv") - 2  # all but head and tail
+        1 for n in fp32.graph.node if n.op_type == "Conv") - 1  # all but the head
     assert not any(i.name == "generator.body.0.conv1.weight" for i in model.graph.initializer)  # int8 replaces it
     x = photos[0].numpy()
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
     with torch.no_grad():
         ref = view(photos[0])
     assert _psnr(torch.from_numpy(out), ref) >= 35
+
+
+def test_the_polyphase_tail_keeps_the_tails_name_and_runs_in_int8(tmp_path):
+    """The polyphase graph OpenVINO runs rewrites the tail into a conv to 3*r*r channels: the tail's
+    calibration range (the same values, before the shuffle) quantises it."""
+    import onnx
+
+    from srtrt.engine.toolchain.export import export_onnx
+
+    view, _ = _calibrated(random_view(blocks=1, channels=8))
+    model = onnx.load(export_onnx(view, tmp_path / "int8.onnx", precision="int8", polyphase=True))
+    assert "generator.tail.weight" not in {i.name for i in model.graph.initializer}  # replaced by its int8 form
+    quantised = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(quantised) == len(view.int8_calibration["ranges"])
+    int8_tail = next(i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and i.dims[0] == 3 * 4)
+    assert list(int8_tail.dims[1:]) == [4 * 8, 5, 5]  # 12 phases of RGB from the 4 x 8 pre-shuffle channels
 
 
 def test_int8_export_without_calibration_is_refused_in_one_line(tmp_path):

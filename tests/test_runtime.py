@@ -45,7 +45,7 @@ def test_torch_cpu_runs_the_polyphase_tail_with_the_same_image():
     polyphase, plain = TorchBackend(view), TorchBackend(view, polyphase=False)
     assert polyphase.polyphase and not plain.polyphase and "polyphase tail" in polyphase.describe()
     last_shuffle = [m for m in polyphase.model.modules() if isinstance(m, torch.nn.PixelShuffle)][-1]
-    assert last_shuffle.upscale_factor == 2 and polyphase.model.generator.tail.conv.out_channels == 12
+    assert last_shuffle.upscale_factor == 2 and polyphase.model.generator.tail.out_channels == 12
     assert (polyphase.infer(x) - plain.infer(x)).abs().max() <= 1e-5
     img = smooth_image(45, 61, seed=8)  # tiles of the rewritten network still equal the whole image
     tiled, _ = TiledUpscaler(polyphase, core=16, margin=view.radius).run_to_array(Planes(img), np.float32)

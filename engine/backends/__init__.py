@@ -163,12 +163,13 @@ CPU_REFERENCE = ("torch", "fp32")
 
 def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True, ""), guard: dict | None = None,
                fast_bf16_cpu: bool | None = None, fast_int8_cpu: bool | None = None,
-               calibrated: bool = True, judge=None, timer=None) -> tuple[str, str, str]:
+               calibrated: bool = True, judge=None, timer=None, calibration: str | None = None) -> tuple[str, str, str]:
     """(backend, precision, why) for `--backend auto` without CUDA: of the CPU_ORDER paths this
     machine has and the quality guard allows for the model with this sha256, the fastest.
 
     `openvino` is (installed, why not); `guard`, `fast_bf16_cpu` and `fast_int8_cpu` default to the
-    real file and CPU; `calibrated`: the model has int8 ranges (its sidecar's int8_calibration).
+    real file and CPU; `calibrated`: the model has int8 ranges (its sidecar's int8_calibration), and
+    `calibration` their digest, which the guard's int8 measurement must name.
     `judge(backend, precision) -> (allowed, why)` replaces the Set5 guard (a community model's
     agreement with its own fp32 output, agreement.py). `timer(paths) -> (path, figures)` picks
     among several allowed paths by measuring them (measured.py); without one the first allowed
@@ -190,7 +191,7 @@ def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True
             return "torch", precision, "; ".join([why, *notes])
 
         def judge(name, precision):
-            return passes_guard(name, "cpu", precision, sha, guard, exact=True)
+            return passes_guard(name, "cpu", precision, sha, guard, exact=True, calibration=calibration)
     if no_bf16 := _cpu_unfit("bf16", calibrated, fast_bf16_cpu, fast_int8_cpu):
         notes.append(f"bf16 not used ({no_bf16})")
     no_int8 = _cpu_unfit("int8", calibrated, fast_bf16_cpu, fast_int8_cpu)
@@ -231,9 +232,9 @@ def _timed(paths: list[tuple[str, str]], whys: dict, notes: list[str], timer) ->
     return name, precision, "; ".join([f"fastest here, {figures}", whys[name, precision], *notes])
 
 
-def _speed_timer(view, dev: torch.device, sha: str, shape_class: str):
+def _speed_timer(view, dev: torch.device, sha: str, shape_class: str, calibration: str = ""):
     """The timer cpu_choice asks: each path run on the shapes this run's images bring (measured.py),
-    once per CPU, sha256, library versions and shape class; cached."""
+    once per CPU, sha256, int8 ranges, library versions and shape class; cached."""
     from srtrt.engine.backends import measured
 
     facts = view.facts
@@ -244,7 +245,7 @@ def _speed_timer(view, dev: torch.device, sha: str, shape_class: str):
 
     def timer(paths):
         seconds, took = measured.cached_seconds(sha, paths, lambda name, precision: _MAKERS[name](view, dev, precision),
-                                                window, facts.channels, time_one, shape_class)
+                                                window, facts.channels, time_one, shape_class, calibration)
         chosen = measured.fastest(seconds, paths)
         when = "measured earlier" if took is None else f"measured now in {took:.1f} s"
         return chosen, f"{when}: {measured.figures(seconds, window, chosen, shape_class)}"
@@ -282,8 +283,12 @@ def _auto_cpu(view, dev: torch.device, asked: str, sha: str, shape_class: str) -
         from srtrt.engine.backends.agreement import agreement_judge
 
         judge = agreement_judge(view, lambda name, precision: _MAKERS[name](view, dev, precision))
-    name, precision, why = cpu_choice(sha, asked, available(), calibrated=bool(getattr(view, "int8_calibration", None)),
-                                      judge=judge, timer=_speed_timer(view, dev, sha, shape_class))
+    from srtrt.engine.toolchain.quantize import calibration_digest
+
+    calibration = getattr(view, "int8_calibration", None)
+    digest = calibration_digest(calibration) if calibration else None
+    name, precision, why = cpu_choice(sha, asked, available(), calibrated=digest is not None, judge=judge,
+                                      timer=_speed_timer(view, dev, sha, shape_class, digest or ""), calibration=digest)
     backend = _MAKERS[name](view, dev, precision)
     return Selection(backend, f"{backend.describe()}: no CUDA device; {why}")
 

@@ -142,9 +142,11 @@ def _kind(ident: dict) -> str:
 
 
 def cached_seconds(sha256: str, candidates: list[Path], make, window: tuple[int, int], channels: int = 3,
-                   timer: Callable = time_path, shape_class: str = LARGE) -> tuple[dict[str, float], float | None]:
+                   timer: Callable = time_path, shape_class: str = LARGE, calibration: str = ""
+                   ) -> tuple[dict[str, float], float | None]:
     """(seconds per candidate label, how long measuring took now or None when read from the
-    cache): the cached figures when the cache holds this exact measurement, else measured and stored."""
+    cache): the cached figures when the cache holds this exact measurement, else measured and stored.
+    `calibration`: the digest of the int8 ranges timed (other ranges make another int8 graph)."""
     from srtrt import receptive_field
 
     ident = identity(window, shape_class)
@@ -163,7 +165,7 @@ def cached_seconds(sha256: str, candidates: list[Path], make, window: tuple[int,
                 and sorted(seconds) == wanted
                 and all(isinstance(v, (int, float)) and 0 < v < float("inf") for v in seconds.values()))
 
-    entry = receptive_field.cached(_kind({**ident, "candidates": wanted}), sha256, compute, valid)
+    entry = receptive_field.cached(_kind({**ident, "candidates": wanted, "int8": calibration}), sha256, compute, valid)
     return entry["seconds"], (measured_now[0] if measured_now else None)
 
 

@@ -2,7 +2,7 @@
 
 The CPU plugin computes in bf16 on AMX / AVX512-BF16 (INFERENCE_PRECISION_HINT; inputs and
 outputs stay fp32). Precision int8 runs the QDQ graph of a calibrated model
-(engine/toolchain/quantize.py): its body convolutions in int8 on VNNI / AMX, the rest in bf16
+(engine/toolchain/quantize.py): its calibrated convolutions in int8 on VNNI / AMX, the rest in bf16
 (f32 where the CPU lacks bf16), the fastest CPU path bench/ measured. backends.create_backend hands it the
 `--polyphase` export: the 9x9 tail conv to 3 channels at full resolution and the 64-channel
 shuffle before it were 40% of a 2K-output image (AMX tiles want 16+ output channels); as one
@@ -182,6 +182,7 @@ class OpenVinoBackend(Backend):
         self.dynamic_pixels = 0 if precision == "int8" or self.model is None else DYNAMIC_BELOW_PIXELS
         self._dynamic = None  # the dynamic-shape infer request, compiled on first use
         self.dynamic_runs = 0  # inferences through it (tests and bench/ check which path ran)
+        self._last = None  # the request of the last inference (its layer profile)
         self._prepared: OrderedDict[tuple[int, int, int], int] = OrderedDict()  # shape -> images prepared
         self.defaults = tile_defaults(precision, radius, channels)
 
@@ -238,11 +239,17 @@ class OpenVinoBackend(Backend):
             self.dynamic_runs += 1
             self._prepared[n, h, w] = self._prepared.get((n, h, w), 0) + 1
         result = request.infer({0: feed}, share_inputs=True, share_outputs=False)
+        self._last = request
         return torch.from_numpy(result[0])
+
+    def layer_profile(self) -> list:
+        """OpenVINO's per-layer timings (ProfilingInfo) of the last inference. Only a backend whose
+        `config` had PERF_COUNT set before that shape was compiled has them (bench/openvino_profile.py)."""
+        return [] if self._last is None else list(self._last.get_profiling_info())
 
     def describe(self) -> str:
         return f"openvino ({self.precision}, cpu, {self.threads} threads, {self.path.name})"
 
     def close(self) -> None:
         self._requests.clear()
-        self._dynamic = None
+        self._dynamic = self._last = None

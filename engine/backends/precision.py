@@ -56,13 +56,14 @@ def cpu_int8_reason(fast_int8_cpu: bool | None = None) -> str:
 
 
 def passes_guard(backend: str, device_type: str, precision: str, model_sha256: str, guard: dict | None = None,
-                 exact: bool = False) -> tuple[bool, str]:
+                 exact: bool = False, calibration: str | None = None) -> tuple[bool, str]:
     """Whether `precision` keeps this model's Set5 Y-PSNR within the guard, and the measurement that says so.
 
     A path measured exactly is judged by its own number. An unmeasured one (a GPU no guard ran
     on yet) is judged, unless `exact`, by the worst measurement of the same number format on
     another path of the same model, since fp16/bf16 storage of weights and activations is what
-    costs the accuracy; the reason says so.
+    costs the accuracy; the reason says so. `calibration`: the digest of the model's int8 ranges
+    (quantize.calibration_digest); an int8 measurement of other ranges does not count.
     """
     paths = measured_paths(model_sha256, guard)
     if not paths:
@@ -75,6 +76,9 @@ def passes_guard(backend: str, device_type: str, precision: str, model_sha256: s
         if not proxies:
             return False, f"{key} has no quality-guard measurement for this model"
         entries, where = [paths[k] for k in proxies], f" (measured as {', '.join(proxies)})"
+    if precision == "int8" and calibration is not None and any(e.get("calibration") != calibration for e in entries):
+        return False, (f"{key} was measured with other int8 ranges than this model's ({calibration}): "
+                       "bench/quality_guard.py measures these")
     delta = max((e["delta_db"] for e in entries), key=abs)
     ok = abs(delta) <= QUALITY_GUARD_DB
     verdict = "within" if ok else "outside"

@@ -1,8 +1,8 @@
 """int8 for the CPU: activation ranges measured on photos, and the QDQ graph OpenVINO runs in int8.
 
 `calibrate` runs the folded fp32 network on LR photos and records, for each convolution the
-architecture lets run in int8 (registry `int8_convs`: all but the RGB head and tail, whose
-error reaches the image undamped), the range of its input. `quantize_onnx` turns an `srtrt
+architecture lets run in int8 (registry `int8_convs`: for srtrt's networks all but the RGB head),
+the range of its input. `quantize_onnx` turns an `srtrt
 export` graph into the standard ONNX QDQ form: each such conv reads its input through
 QuantizeLinear -> DequantizeLinear (uint8, one scale per tensor, from that range) and its weights
 as int8 with one scale per output channel. OpenVINO folds each pair into an int8 convolution
@@ -63,7 +63,8 @@ def calibrate(view, images: Iterable[torch.Tensor], source: str = "") -> dict:
         raise SrtrtError("no images to calibrate on")
     # A conv that never ran has no range (SPAN's training-time branches; inference runs their sum).
     # A community network's first and last convs in running order read and write the image: they stay
-    # in float, as srresnet's head and tail (registry), whatever order its class defines them in.
+    # in float whatever order its class defines them in (srresnet's tail is int8 by measurement, registry;
+    # an unknown network's last conv is not, its rounding reaching the image undamped).
     kept = ran[1:-1] if arch is registry.COMMUNITY else [n for n in names if n in ran]
     return {"method": "min-max", "images": count, "source": source, "date": datetime.date.today().isoformat(),
             "ranges": {n: [round(lo[n], 6), round(hi[n], 6)] for n in kept}}
