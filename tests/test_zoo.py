@@ -174,7 +174,7 @@ def test_auto_may_pick_openvino_for_swinir(model_files, monkeypatch):
 
     picked = []
 
-    def openvino_first(view, dev, sha, shape_class):
+    def openvino_first(view, dev, sha, shape_class, calibration=""):
         def timer(paths):
             picked.extend(paths)
             return next(p for p in paths if p[0] == "openvino"), "openvino timed fastest (stub)"
