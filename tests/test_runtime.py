@@ -188,40 +188,37 @@ def test_cpu_slice_quantiser_gives_the_whole_batch_quantisers_bytes(out_dtype, i
     assert torch.equal(whole, sliced)
 
 
-def test_staging_buffers_are_made_once_per_window_shape_and_batch(monkeypatch):
+@pytest.fixture
+def staging_made(monkeypatch) -> list:
+    """(shape, dtype, pinned) of every StagingBuffers the test's runtime makes."""
     from srtrt.engine.datapath import runtime
 
     made = []
     real = runtime.StagingBuffers.__init__
 
     def counting(self, shape, dtype, count, pinned):
-        made.append((shape, dtype))
+        made.append((shape, dtype, pinned))
         real(self, shape, dtype, count, pinned)
 
     monkeypatch.setattr(runtime.StagingBuffers, "__init__", counting)
+    return made
+
+
+def test_staging_buffers_are_made_once_per_window_shape_and_batch(staging_made):
+    made = staging_made
     up = TiledUpscaler(TorchBackend(random_view(blocks=1, channels=4)), core=16, batch=2)
     image = smooth_image(50, 60, seed=1)
     for _ in range(2):  # many batches per image, two images: one staging allocation
         up.run(Planes(image), lambda band: None, np.uint8)
     h, w = up.plan(50, 60).window_shape
-    assert made == [((2, h, w, 3), torch.uint8), ((2, 4 * h, 4 * w, 3), torch.uint8)]  # windows in, outputs back
+    assert made == [((2, h, w, 3), torch.uint8, False), ((2, 4 * h, 4 * w, 3), torch.uint8, False)]  # in, out
     up.run(Planes(smooth_image(50, 60, seed=1, dtype=np.uint16)), lambda band: None, np.uint16)
     assert len(made) == 4 and made[2][1] == made[3][1] == torch.int16  # uint16 travels as int16 bits
 
 
-def test_a_shorter_group_of_frames_runs_in_a_slice_of_the_staging_buffers_there_are(monkeypatch):
+def test_a_shorter_group_of_frames_runs_in_a_slice_of_the_staging_buffers_there_are(staging_made):
     """Video frames cut short at a segment (4, 2, then 4 frames of one window each at batch 4):
     the staging buffers are made once, and each frame still equals its own run."""
-    from srtrt.engine.datapath import runtime
-
-    made = []
-    real = runtime.StagingBuffers.__init__
-
-    def counting(self, shape, dtype, count, pinned):
-        made.append(shape)
-        real(self, shape, dtype, count, pinned)
-
-    monkeypatch.setattr(runtime.StagingBuffers, "__init__", counting)
     up = TiledUpscaler(TorchBackend(random_view(blocks=1, channels=4)), core=64, batch=4)
     frames = [smooth_image(20, 24, seed=i) for i in range(4)]
     for group in (frames, frames[:2], frames):
@@ -231,7 +228,7 @@ def test_a_shorter_group_of_frames_runs_in_a_slice_of_the_staging_buffers_there_
             outs[index][band.y0:band.y0 + band.colour.shape[0]] = band.colour
 
         up.run_many([Planes(f) for f in group], keep, np.uint8)
-    assert len(made) == 2 and made[0][0] == made[1][0] == 4  # windows in, outputs back: at batch 4, once
+    assert [shape[0] for shape, *_ in staging_made] == [4, 4]  # windows in, outputs back: at batch 4, once
     alone, _ = TiledUpscaler(up.backend, core=64).run_to_array(Planes(frames[3]), np.uint8)
     assert np.array_equal(outs[3], alone)
 
@@ -382,23 +379,13 @@ def test_run_many_refuses_mixed_shapes_and_raises_a_sinks_error():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-def test_cuda_integer_transfers_match_float_input_and_reuse_pinned_buffers(dtype, monkeypatch):
-    from srtrt.engine.datapath import runtime
-
-    made = []
-    real = runtime.StagingBuffers.__init__
-
-    def counting(self, shape, staged_dtype, count, pinned):
-        made.append(pinned)
-        real(self, shape, staged_dtype, count, pinned)
-
-    monkeypatch.setattr(runtime.StagingBuffers, "__init__", counting)
+def test_cuda_integer_transfers_match_float_input_and_reuse_pinned_buffers(dtype, staging_made):
     backend = TorchBackend(random_view(blocks=1, channels=4), "cuda", "fp32")
     up = TiledUpscaler(backend, core=16, batch=2)
     planes = Planes(smooth_image(64, 80, seed=4, dtype=dtype), smooth_image(64, 80, 1, seed=5, dtype=dtype)[..., 0])
     integer, integer_alpha = up.run_to_array(planes, dtype)
     again, _ = up.run_to_array(planes, dtype)
-    assert made == [True, True]  # inputs and outputs, pinned, allocated once for both runs
+    assert [pinned for *_, pinned in staging_made] == [True, True]  # in and out, pinned, once for both runs
     as_float, float_alpha = up.run_to_array(_float_planes(planes), dtype)
     assert integer.tobytes() == again.tobytes() == as_float.tobytes()
     assert integer_alpha.tobytes() == float_alpha.tobytes()
