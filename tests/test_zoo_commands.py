@@ -151,6 +151,18 @@ def test_a_window_attention_model_builds_a_plan_fixed_at_one_window(files, tmp_p
     assert profile["min"] == profile["opt"] == profile["max"] == [1, 3, side, side]
 
 
+def test_an_onnx_fixed_at_a_non_square_shape_is_refused_in_one_line(files, tmp_path, capsys, monkeypatch):
+    """The runtime's windows are square wherever the image allows: a plan fixed at 24x32 could take none."""
+    pytest.importorskip("tensorrt_rtx")
+    pytest.importorskip("onnxscript")
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    graph = tmp_path / "c2.onnx"
+    assert main(["export", "-o", str(graph), "--model", str(files["c2"]), "--shape", "24x32"]) == 0
+    capsys.readouterr()
+    line = one_line_exit_2(capsys, ["build", "--tensorrt", "rtx", "--precision", "fp32", "--onnx", graph])
+    assert "the ONNX is fixed at 24x32, but the runtime's windows are square: export it with --shape NxN" in line
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("flavour", ["trt", "rtx"])
 def test_a_fixed_window_plan_runs_a_window_attention_model_on_the_gpu(files, tmp_path, monkeypatch, flavour):

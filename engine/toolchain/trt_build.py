@@ -608,6 +608,9 @@ def _fixed_shape(view, facts: dict, window: int, out) -> tuple[int, int, int] | 
 
     why = static_only(view) if view is not None else None
     fixed = (1, window, window) if why else facts.get("fixed_input")
+    if fixed and fixed[1] != fixed[2]:  # tiles.plan makes square windows wherever the image allows
+        raise SrtrtError(f"the ONNX is fixed at {fixed[1]}x{fixed[2]}, but the runtime's windows are square: "
+                         "export it with --shape NxN", facts.get("source"))
     if fixed:
         why, smaller = (why, "--tile") if why else ("the ONNX is fixed at one input shape", "srtrt export --shape")
         print(f"{why}: the engine takes {fixed[1]}x{fixed[2]} windows only, {fixed[0]} at a time; images with "
