@@ -46,7 +46,7 @@ def number_format(exec_type: str) -> str:
 
 
 def summarise(layers) -> dict:
-    """Per-layer ProfilingInfo (or dicts with its fields) -> milliseconds by layer type, by kernel and,
+    """Per-layer ProfilingInfo (or objects with its fields) -> milliseconds by layer type, by kernel and,
     for convolutions, by number format; plus the Reorders' count and time."""
     by_type, by_kernel, conv_by_format = defaultdict(float), defaultdict(float), defaultdict(float)
     counts: dict[str, int] = defaultdict(int)

@@ -361,10 +361,10 @@ def _community_export_checks(view, args, shape=None) -> bool:
     """Refuse, in one line, what a community model's export cannot honour; returns whether the
     polyphase rewrite applies (it never changes a community network: say so, export it as it is)."""
     from srtrt import registry
-    from srtrt.engine.toolchain.export_isolated import DYNAMIC_FAILS
+    from srtrt.engine.toolchain.export_isolated import static_only
 
     arch, name = registry.of(view.generator), view.facts.architecture
-    if shape is None and name in DYNAMIC_FAILS:
+    if shape is None and static_only(view):
         step = view.facts.multiple_of
         raise SrtrtError(f"a {name} model exports only at a fixed size (its window partition is traced at one): "
                          "add --shape HxW in LR pixels" + (f", multiples of {step}" if step > 1 else ""))
