@@ -389,3 +389,45 @@ def test_cuda_integer_transfers_match_float_input_and_reuse_pinned_buffers(dtype
     as_float, float_alpha = up.run_to_array(_float_planes(planes), dtype)
     assert integer.tobytes() == again.tobytes() == as_float.tobytes()
     assert integer_alpha.tobytes() == float_alpha.tobytes()
+
+
+class _OneWindowTorch(TorchBackend):
+    """torch taking one 40x40 window only, as a TensorRT plan of SwinIR does (such a plan needs a GPU)."""
+
+    balanced_tiles = False
+
+    def __init__(self, view):
+        super().__init__(view)
+        self.windows = []
+
+    def accepts(self, batch, height, width):
+        return (height, width) == (40, 40)
+
+    def infer(self, x):
+        self.windows.append(tuple(x.shape[2:]))
+        return super().infer(x)
+
+
+def test_images_an_engine_cannot_take_run_on_the_fallback_auto_named(tmp_path):
+    """`auto` on CUDA names torch as the fallback of a TensorRT plan: an image too small for the
+    plan's one window runs there (said once), a larger one through the plan's windows, both exact."""
+    from srtrt.engine.batch.files import FileRunner
+    from srtrt.engine.batch.options import RunOptions
+
+    view = random_view()
+    fixed = _OneWindowTorch(view)
+    fixed.fallback = lambda: TorchBackend(view)
+    margin = fixed.radius
+    lines = []
+    runner = FileRunner(fixed, RunOptions(tile=40 - 2 * margin, margin=margin), log=lines.append)
+    reference = FileRunner(TorchBackend(view), RunOptions(tile=0))
+    for name, (h, w) in {"small": (30, 24), "again": (20, 36), "large": (70, 100)}.items():
+        Image.fromarray(smooth_image(h, w, seed=h)).save(tmp_path / f"{name}.png")
+        image = read_image(tmp_path / f"{name}.png")
+        got, _ = runner.upscale_arrays(image)
+        want, _ = reference.upscale_arrays(image)
+        diff = np.abs(got.astype(int) - want.astype(int))
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.999, name  # fp32 tiles: equal up to rounding ties
+    assert set(fixed.windows) == {(40, 40)}  # the large image only, in the plan's windows
+    assert len(lines) == 1 and "windows are outside what this engine takes" in lines[0]
+    assert "; such images run on torch (fp32, cpu" in lines[0], lines[0]

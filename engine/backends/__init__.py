@@ -305,11 +305,16 @@ def create_backend(name: str = "auto", model: str | None = None, precision: str 
 
     view = view if view is not None else srtrt.load_model(model, allow_noncommercial)
     selection = _create(name, precision, device, view, shape_class)
-    facts = view.facts  # what the runtime asks the backend about the model's inputs (registry.ModelFacts)
-    selection.backend.channels, selection.backend.minimum = facts.channels, facts.minimum
-    selection.backend.multiple_of = facts.multiple_of
-    selection.facts = facts
+    _fit_to_model(selection.backend, view)
+    selection.facts = view.facts
     return selection
+
+
+def _fit_to_model(backend: Backend, view) -> Backend:
+    """Give `backend` what the runtime asks it about the model's inputs (registry.ModelFacts)."""
+    facts = view.facts
+    backend.channels, backend.minimum, backend.multiple_of = facts.channels, facts.minimum, facts.multiple_of
+    return backend
 
 
 def _create(name: str, precision: str, device: str | None, view, shape_class: str = "large") -> Selection:
@@ -330,8 +335,10 @@ def _create(name: str, precision: str, device: str | None, view, shape_class: st
     if dev.type == "cuda":
         try:
             backend = _tensorrt(view, dev, precision)
-            return Selection(backend, f"{backend.describe()}: a {backend.key.label} engine for this GPU is cached; "
-                                      f"precision {why_precision}")
+            # an image whose windows the plan's profile cannot take (one fixed window: SwinIR, HAT) runs on torch
+            backend.fallback = lambda: _fit_to_model(_torch(view, dev, precision), view)
+            return Selection(backend, f"{backend.describe()}: a {backend.key.label} engine for this GPU is cached "
+                                      f"(images outside its windows run on torch); precision {why_precision}")
         except (SrtrtError, ImportError) as e:
             fallback = f"TensorRT not used ({e})"
         backend = _torch(view, dev, precision)

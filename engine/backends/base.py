@@ -8,6 +8,7 @@ with its own streams.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +47,9 @@ class Backend(abc.ABC):
     minimum: int = 1                 # smallest LR side the network takes (registry.ModelFacts)
     multiple_of: int = 1             # LR window sides must be multiples of this (registry.ModelFacts)
     channels: int = 3                # image channels in and out: 3 RGB, 1 grey (registry.ModelFacts)
+    # `auto` on CUDA: makes the backend that runs an image whose windows this engine's profile
+    # cannot take (a plan fixed at one window); None: such an image is refused in one line
+    fallback: Callable[[], Backend] | None = None
 
     @abc.abstractmethod
     def infer(self, x: torch.Tensor) -> torch.Tensor:

@@ -218,7 +218,26 @@ class FileRunner:
         options = options or RunOptions()
         self.backend, self.options = backend, options
         self.upscaler = TiledUpscaler(backend, core=options.tile, margin=options.margin, batch=options.batch)
+        self.fallback_upscaler = None  # for images the backend's engine cannot take (backend.fallback), made on need
         self.log = log or (lambda message: None)
+
+    def upscaler_for(self, height: int, width: int):
+        """The upscaler an image of this size runs on: the backend's, or the fallback `auto` named
+        where the backend's engine cannot take the image's windows (a plan fixed at one window)."""
+        from srtrt.engine.datapath.runtime import TiledUpscaler, WindowsOutsideEngine
+
+        if self.backend.fallback is None:
+            return self.upscaler
+        try:
+            self.upscaler.plan(height, width)
+            return self.upscaler
+        except WindowsOutsideEngine as e:
+            if self.fallback_upscaler is None:
+                backend, options = self.backend.fallback(), self.options
+                self.fallback_upscaler = TiledUpscaler(backend, core=options.tile, margin=options.margin,
+                                                       batch=options.batch)
+                self.log(f"srtrt: {e}; such images run on {backend.describe()}")
+            return self.fallback_upscaler
 
     def decode(self, source: str | Path) -> DecodedImage:
         return read_image(source, **self.options.decode_limit)
@@ -241,7 +260,7 @@ class FileRunner:
                 return self._video(source, destination, on_frame, on_frames, stop_check, start)
             image = decoded.result() if decoded is not None else self.decode(source)
             if on_plan:
-                on_plan(len(self.upscaler.plan(image.height, image.width)))
+                on_plan(len(self.upscaler_for(image.height, image.width).plan(image.height, image.width)))
             self._retrying(image, source, destination,
                            lambda upscaler: self._write(upscaler, image, destination, on_tile))
         except SrtrtError as e:
@@ -293,15 +312,15 @@ class FileRunner:
         image's shape go through together (video frames)."""
         from srtrt.engine.batch import oom
 
+        before = self.upscaler_for(image.height, image.width)
         while True:
             try:
-                return work(self.upscaler)
+                return work(before)
             except Exception as e:
                 if not oom.is_out_of_memory(e):
                     raise
                 remove_partials(destination)
-                oom.free_device_memory(self.upscaler)
-                before = self.upscaler
+                oom.free_device_memory(before)
                 after = oom.smaller(before, image.height, image.width, images=images)
                 cause = " ".join(str(e).split())[:160]
                 if after is None:
@@ -309,7 +328,12 @@ class FileRunner:
                                      f"({cause}); try a smaller --tile or --device cpu", source) from None
                 self.log(f"srtrt: {source}: out of device memory with batch {before.batch}, tile {before.core}; "
                          f"retrying with batch {after.batch}, tile {after.core}")
-                self.upscaler = after  # later images start from the setting that fits
+                # later images start from the setting that fits
+                if before is self.upscaler:
+                    self.upscaler = after
+                else:
+                    self.fallback_upscaler = after
+                before = after
 
 
 @dataclass

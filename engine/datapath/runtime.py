@@ -39,6 +39,10 @@ BAND_QUEUE_DEPTH = 1  # a finished band waits for the encoder to take it: one en
 _DONE = object()
 
 
+class WindowsOutsideEngine(SrtrtError):
+    """An image needs windows the backend's engine cannot take (its profile is fixed at one window)."""
+
+
 class _Stopped(Exception):
     """The reader was told to stop while it waited for a staging buffer."""
 
@@ -253,8 +257,8 @@ class TiledUpscaler:
         plan = tiling.plan(height, width, core, self.margin, self.backend.balanced_tiles, self.backend.multiple_of)
         if not self.backend.accepts(1, *plan.window_shape):  # an engine fixed at one window larger than the image
             h, w = plan.window_shape
-            raise SrtrtError(f"image is {width}x{height}: its {h}x{w} windows are outside what this engine takes "
-                             f"({self.backend.describe()})")
+            raise WindowsOutsideEngine(f"image is {width}x{height}: its {h}x{w} windows are outside what this "
+                                       f"engine takes ({self.backend.describe()})")
         return plan
 
     def _buffers(self, current: StagingBuffers | None, shape, dtype, count: int) -> StagingBuffers:

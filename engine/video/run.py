@@ -68,11 +68,12 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
     """Upscale every frame of `source` into `destination` (or its .mkv twin; see the result) with a
     `FileRunner`'s backend, options and out-of-memory fallback."""
     start = time.perf_counter()
-    upscaler, options = runner.upscaler, runner.options
+    options = runner.options
     info = probe(source)
     limit = options.decode_limit.get("max_pixels", DEFAULT_MAX_PIXELS)
     if limit and info.width * info.height > limit:
         raise SrtrtError(f"frames are {info.width}x{info.height}, more than --max-pixels {limit:,} pixels", source)
+    upscaler = runner.upscaler_for(info.height, info.width)
     upscaler.plan(info.height, info.width)  # too small for the model: one line now, not per frame
     s = upscaler.backend.scale
     fmt = remux.FORMATS.get(destination.suffix.lower(), "matroska")
@@ -169,7 +170,7 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> t
                 group.append(frame)
                 # the runner's upscaler may have stepped down after running out of memory: asked each frame,
                 # planned once per upscaler
-                if len(group) >= sizes(runner.upscaler):
+                if len(group) >= sizes(runner.upscaler_for(info.height, info.width)):
                     flush()
             flush()
         except SrtrtError as e:
