@@ -37,6 +37,12 @@ def test_the_next_job_waits_for_the_one_still_running(tmp_path, monkeypatch):
 
     monkeypatch.setattr(TorchBackend, "infer", infer)
     replica = Replica()
+    try:
+        import ray
+
+        assert not ray.is_initialized()  # a replica made outside Ray starts none
+    except ImportError:
+        pass
     first = replica.run(".png", data, options, "a.png")
     assert next(first)[0] == "plan"  # its worker is mid-job; the stream is left open, as Ray Serve may leave it
     second: list = []

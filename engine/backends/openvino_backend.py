@@ -13,7 +13,11 @@ dynamic graph on large windows, and the runtime uses one window shape per image,
 follow; OpenVINO's CACHE_DIR keeps the compiled blobs so the next process starts without
 recompiling. A small shape seen for the first time runs on one dynamic-shape model instead:
 a folder of photos of many sizes brings a new shape per image, and compiling each cost more
-than its inference (bench/test_varied.py). Both compute the same values.
+than its inference (bench/test_varied.py). In bf16 and f32 both compute the same values, so a
+small shape that comes again is compiled static. int8's dynamic model fuses its quantize steps
+otherwise and rounds differently (a few levels of 255 apart, the same agreement with fp32), so
+in int8 a small shape always runs on the dynamic model: an image's output never depends on the
+images before it.
 
 A model whose dynamic-shape graph cannot be exported (window-attention transformers: SwinIR,
 HAT) comes as OnnxGraphs with one static file per window shape instead, exported on first use
@@ -176,10 +180,11 @@ class OpenVinoBackend(Backend):
             self.cache = None  # an unwritable cache costs start-up time only
         self._requests: OrderedDict[tuple[int, int, int], object] = OrderedDict()
         self.compilations = 0  # how many window shapes were compiled static (tests check reuse)
-        # 0: every shape compiled static. int8 always is: its dynamic-shape model computed other values than the
-        # static one (up to 4 levels of 255 on a 120x90 image, same PSNR against fp32), and a tile on one next to a
-        # tile on the other would show it; bf16's were bit-identical.
-        self.dynamic_pixels = 0 if precision == "int8" or self.model is None else DYNAMIC_BELOW_PIXELS
+        # 0: every shape compiled static
+        self.dynamic_pixels = 0 if self.model is None else DYNAMIC_BELOW_PIXELS
+        # whether a small shape that comes again moves to a static model: only where both give the same values
+        # (int8's dynamic model differs from its static one by up to 8 levels of 255, at the same PSNR against fp32)
+        self.promotes = precision != "int8"
         self._dynamic = None  # the dynamic-shape infer request, compiled on first use
         self.dynamic_runs = 0  # inferences through it (tests and bench/ check which path ran)
         self._last = None  # the request of the last inference (its layer profile)
@@ -212,7 +217,8 @@ class OpenVinoBackend(Backend):
         if shape in self._requests:
             self._requests.move_to_end(shape)
             return self._requests[shape]
-        if batch * height * width < self.dynamic_pixels and self._prepared.get(shape, 0) < STATIC_AFTER_IMAGES:
+        if batch * height * width < self.dynamic_pixels and (
+                not self.promotes or self._prepared.get(shape, 0) < STATIC_AFTER_IMAGES):
             if self._dynamic is None:
                 self._dynamic = self._compile([-1, self.channels, -1, -1], "any input size")
             return self._dynamic

@@ -89,11 +89,15 @@ def threads_as_assigned() -> None:
 
     try:
         import ray
-
+    except ImportError:
+        return
+    if not ray.is_initialized():  # outside Ray (tests call the classes directly): asking would start a Ray
+        return
+    try:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-        torch.set_num_threads(max(1, int(cpus)))
-    except Exception:  # outside Ray (tests call the classes directly)
-        pass
+    except Exception:  # not inside a task or actor
+        return
+    torch.set_num_threads(max(1, int(cpus)))
 
 
 def connect(ray, address: str, quiet: bool = True, local_cpus: int | None = None) -> bool:
