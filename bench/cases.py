@@ -240,7 +240,9 @@ def make_backend(case: Case, view, device: torch.device, workdir: Path):
         from srtrt.engine.backends import create_backend
 
         with srtrt_cache(auto_cache(workdir)):  # measured in this session, not read from an older one
-            return create_backend("auto", view=view, device=str(device)).backend
+            selection = create_backend("auto", view=view, device=str(device))
+        selection.backend.auto_reason = selection.reason  # what it measured, for the report
+        return selection.backend
     if case.backend == "torch":
         if case.cuda_graphs:
             from cuda_graphs import GraphedTorchBackend as cls
@@ -322,6 +324,8 @@ def _srtrt(case: Case, view, workload: Workload, device: torch.device, workdir: 
     info = {"device": device.type, "model_gflop": flop / 1e9, "windows": windows, "core": upscaler.core,
             "margin": upscaler.margin, "batch": upscaler.batch, "describe": backend.describe(),
             "picked": f"{backend.name}-{backend.precision}"}
+    if hasattr(backend, "auto_reason"):
+        info["auto_reason"] = backend.auto_reason
     return Runner(lambda: upscaler.run(planes, keep, np.uint8), info, close=backend.close)
 
 

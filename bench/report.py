@@ -225,8 +225,9 @@ def auto_target(run: Run, on_2k: dict) -> list[str]:
     it could have picked, all run in this run on the 2K-output image."""
     from srtrt.engine.backends import CPU_ORDER
 
-    picked = next((b["extra_info"].get("picked") for b in run.of_kind("throughput")
-                   if b["extra_info"]["case"] == "auto" and b["extra_info"]["workload"] == "2k-output"), None)
+    auto_case = next((b["extra_info"] for b in run.of_kind("throughput")
+                      if b["extra_info"]["case"] == "auto" and b["extra_info"]["workload"] == "2k-output"), {})
+    picked = auto_case.get("picked")
     candidates = [on_2k[f"{name}-{precision}"] for name, precision in CPU_ORDER if f"{name}-{precision}" in on_2k]
     lines = []
     for b in run.of_kind("auto-start"):
@@ -241,7 +242,8 @@ def auto_target(run: Run, on_2k: dict) -> list[str]:
     want = TARGETS["auto_within_pct"]
     return lines + [f"- `auto` picked `{picked}` at {auto['mp_s']:.2f} MP/s; the fastest of {len(candidates)} paths here, "
             f"`{fastest['case']}`, ran {fastest['mp_s']:.2f} MP/s: auto {behind:+.1f}% behind "
-            f"(target ≤ {want:g}%: {'met' if behind <= want else 'not met'}); {auto['vs_eager'] or 0:.2f}× eager fp32"]
+            f"(target ≤ {want:g}%: {'met' if behind <= want else 'not met'}); {auto['vs_eager'] or 0:.2f}× eager fp32"] + \
+        ([f"- what `auto` measured at its start in this run: {auto_case['auto_reason']}"] if "auto_reason" in auto_case else [])
 
 
 # One line per measurement of these kinds (bench/test_video.py, test_varied.py, test_serve.py).

@@ -3,6 +3,7 @@ measured once per CPU, model, library versions and window, never trusted from a 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -39,6 +40,12 @@ class Counted:
         self.backend.close()
 
 
+@pytest.fixture(autouse=True)
+def one_look(monkeypatch):
+    """Each candidate built and timed once (the second look has its own test), so builds can be counted."""
+    monkeypatch.setattr(measured, "CONFIRM_BUDGET", 0)
+
+
 @pytest.fixture(scope="module")
 def view():
     return random_view(blocks=1, channels=8, seed=3)
@@ -71,6 +78,36 @@ def test_every_candidate_is_run_and_a_losing_one_stops_after_one_timed_call(view
     backend.calls = 0
     measured.time_path(backend, WINDOW)
     assert 3 <= backend.calls <= measured.MAX_CALLS + 1  # warm-up, then calls until MIN_SECONDS or MAX_CALLS
+
+
+def test_a_candidate_timed_in_a_slow_moment_of_the_host_is_timed_again(view):
+    builds, figures = [], []
+
+    def make(name, precision):  # two names for one real backend: equally fast
+        backend = Counted(TorchBackend(view, "cpu", precision))
+        builds.append(name)
+        if builds == ["torch"]:  # its first build meets a slow moment: each call 15 % longer
+            infer = backend.infer
+
+            def slowed(x):
+                start = time.perf_counter()
+                y = infer(x)
+                time.sleep(0.15 * (time.perf_counter() - start))
+                return y
+            backend.infer = slowed
+        return backend
+
+    def timer(*args):
+        figures.append(measured.time_path(*args))
+        return figures[-1]
+
+    seconds = measured.measure([("torch", "fp32"), ("same", "fp32")], make, (96, 96), timer=timer, budget=60)
+    if seconds["same fp32"] < seconds["torch fp32"]:  # the slowed one came second: timed again
+        assert builds == ["torch", "same", "torch"]
+        assert seconds["torch fp32"] == min(figures[0], figures[2])
+    builds.clear()
+    measured.measure([("torch", "fp32"), ("same", "fp32")], make, (96, 96), budget=0)
+    assert builds == ["torch", "same"]  # no time left for a second look
 
 
 def test_measured_once_then_from_the_cache(view):
