@@ -240,10 +240,13 @@ def auto_target(run: Run, on_2k: dict) -> list[str]:
     fastest, auto = max(candidates, key=lambda r: r["mp_s"]), on_2k["auto"]
     behind = 100 * (fastest["mp_s"] / auto["mp_s"] - 1)
     want = TARGETS["auto_within_pct"]
-    return lines + [f"- `auto` picked `{picked}` at {auto['mp_s']:.2f} MP/s; the fastest of {len(candidates)} paths here, "
-            f"`{fastest['case']}`, ran {fastest['mp_s']:.2f} MP/s: auto {behind:+.1f}% behind "
-            f"(target ≤ {want:g}%: {'met' if behind <= want else 'not met'}); {auto['vs_eager'] or 0:.2f}× eager fp32"] + \
-        ([f"- what `auto` measured at its start in this run: {auto_case['auto_reason']}"] if "auto_reason" in auto_case else [])
+    lines.append(f"- `auto` picked `{picked}` at {auto['mp_s']:.2f} MP/s; the fastest of {len(candidates)} paths here, "
+                 f"`{fastest['case']}`, ran {fastest['mp_s']:.2f} MP/s: auto {behind:+.1f}% behind "
+                 f"(target ≤ {want:g}%: {'met' if behind <= want else 'not met'}); "
+                 f"{auto['vs_eager'] or 0:.2f}× eager fp32")
+    if "auto_reason" in auto_case:
+        lines.append(f"- what `auto` measured at its start in this run: {auto_case['auto_reason']}")
+    return lines
 
 
 # One line per measurement of these kinds (bench/test_video.py, test_varied.py, test_serve.py).
