@@ -270,7 +270,7 @@ def make_backend(case: Case, view, device: torch.device, workdir: Path):
 
 
 def auto_cache(workdir: Path) -> Path:
-    """The srtrt cache `auto`'s cases measure into: this session's (bench/test_auto.py starts it)."""
+    """The srtrt cache the `auto` throughput case measures into: this session's, never an older one."""
     return workdir / "auto-cache"
 
 
