@@ -2,7 +2,9 @@
 
 `pytest bench/` measures; the unit suite (`pytest`, testpaths = tests) never collects this
 folder. Results go to bench/results/<device>.json (full) or <device>-quick.json unless
---benchmark-json names another file; smoke runs write nothing unless asked.
+--benchmark-json names another file; a run of a selection (some files, -k, -m) goes to
+bench/results/partial/ instead, so it never replaces a whole run's report; smoke runs write
+nothing unless asked.
 """
 from __future__ import annotations
 
@@ -43,8 +45,17 @@ def pytest_configure(config):
     saving = mode.name != "smoke" and not getattr(option, "benchmark_disable", False)
     if getattr(option, "benchmark_json", None) is None and saving:
         suffix = "" if mode.full else f"-{mode.name}"
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        option.benchmark_json = RESULTS / f"{probe.slug()}{suffix}.json"
+        folder = RESULTS / "partial" if _selection(config) else RESULTS
+        folder.mkdir(parents=True, exist_ok=True)
+        option.benchmark_json = folder / f"{probe.slug()}{suffix}.json"
+
+
+def _selection(config) -> bool:
+    """Whether this run measures part of bench/ only: named files or tests, -k or -m."""
+    option = config.option
+    if getattr(option, "keyword", "") or getattr(option, "markexpr", ""):
+        return True
+    return any(Path(arg.split("::")[0]).resolve() != BENCH for arg in config.args)
 
 
 def current_mode() -> run_mode.Mode:

@@ -762,9 +762,11 @@ def test_fast_8_bit_conversion_is_within_one_code_value_of_the_exact_one(pix_fmt
     from srtrt.engine.video.colour import rgb_to_yuv
     from srtrt.engine.video.planes import _plane_array, subsampling
 
-    rgb = np.random.default_rng(matrix).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     colour = Colour(matrix, False)
-    frame = rgb_to_frame(rgb, pix_fmt, colour)
-    for plane, exact in zip(frame.planes, rgb_to_yuv(rgb, 8, colour, subsampling(pix_fmt))):
-        ours = _plane_array(plane, np.uint8).astype(int)
-        assert ours.shape == exact.shape and np.abs(ours - exact).max() <= 1 and np.abs(ours - exact).mean() < 0.1
+    for shape in [(48, 64, 3), (47, 63, 3)]:  # an odd size: chroma blocks cut at the edge
+        rgb = np.random.default_rng(matrix).integers(0, 256, shape, dtype=np.uint8)
+        frame = rgb_to_frame(rgb, pix_fmt, colour)
+        for plane, exact in zip(frame.planes, rgb_to_yuv(rgb, 8, colour, subsampling(pix_fmt))):
+            difference = _plane_array(plane, np.uint8).astype(int) - exact
+            assert difference.shape == exact.shape and np.abs(difference).max() <= 1
+            assert np.abs(difference).mean() < 0.1 and abs(difference.mean()) < 0.02  # rare, and unbiased
