@@ -60,6 +60,7 @@ def subsampling(pix_fmt: str) -> tuple[int, int]:
     return frame.planes[0].height // frame.planes[1].height, frame.planes[0].width // frame.planes[1].width
 
 
+@functools.cache  # asked once per frame: the format lookup (and its exception) once per format
 def _deep_twin(pix_fmt: str) -> str | None:
     """The 16-bit format with `pix_fmt`'s planes and subsampling (yuv420p -> yuv420p16le), or None."""
     try:
