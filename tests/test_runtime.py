@@ -169,18 +169,20 @@ def test_integer_windows_give_the_bytes_of_float_windows(case):
         assert integer_alpha.tobytes() == float_alpha.tobytes()
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["planar", "interleaved"])
 @pytest.mark.parametrize("out_dtype", [np.uint8, np.uint16, np.float32])
 @pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_cpu_slice_quantiser_gives_the_whole_batch_quantisers_bytes(out_dtype, in_dtype):
-    """The CPU path (slices of rows through a small buffer, numpy's interleaving cast) and the
-    device path (the whole batch in torch) give the same values, out-of-range and half-way
-    values included, with a slice height that does not divide the rows."""
+def test_cpu_slice_quantiser_gives_the_whole_batch_quantisers_bytes(out_dtype, in_dtype, layout):
+    """The CPU path (slices of rows through a small buffer, numpy's interleaving cast; for a
+    channels_last output the same in its own layout) and the device path (the whole batch in
+    torch) give the same values, out-of-range and half-way values included, with a slice height
+    that does not divide the rows."""
     from srtrt.engine.datapath.runtime import _quantise, _staging_dtype
 
     gen = torch.Generator().manual_seed(3)
     y = (torch.rand(3, 4, 23, 17, generator=gen) * 1.4 - 0.2)
     y[0, 0, 0, :4] = torch.tensor([0.5 / 255, 1.5 / 255, 254.5 / 255, float(np.float32(0.5 / 65535))])
-    y = y.to(in_dtype)
+    y = y.to(in_dtype).contiguous(memory_format=layout)
     whole = torch.empty(3, 23, 17, 4, dtype=_staging_dtype(out_dtype))
     sliced = torch.zeros_like(whole)
     _quantise(y, out_dtype, whole)

@@ -582,7 +582,8 @@ def test_frames_batched_together_give_the_video_of_one_frame_at_a_time(tmp_path,
     make_clip(source, frames=56, audio="libopus", gop=5)  # keyframes every 5 frames: the 2 s cut comes at 50
     options = RunOptions(model=str(model), backend="torch", batch=4)
     runner = FileRunner(open_backend(options).backend, options)
-    assert len(runner.upscaler.plan(32, 48)) == 1 and video_run.group_size(runner.upscaler, 32, 48) == 4
+    # eight frames a runtime call (video_run.CALL_WINDOWS), four a backend call
+    assert len(runner.upscaler.plan(32, 48)) == 1 and video_run.group_size(runner.upscaler, 32, 48) == 8
     real_infer, calls = runner.backend.infer, []
     runner.backend.infer = lambda x: calls.append(x.shape[0]) or real_infer(x)
     outputs, frames_seen, most = {}, {}, video_run.MAX_GROUP_FRAMES
@@ -648,15 +649,52 @@ def test_out_of_memory_with_frames_batched_together_puts_fewer_frames_together(t
     runner.backend.infer = at_most_two
     assert runner.run(source, tmp_path / "grouped.mp4").status == DONE
     assert [line.split("retrying with ")[1].split(",")[0] for line in said] == ["batch 4", "batch 2"]
-    assert calls == [8, 4] + [2] * 6 and video_run.group_size(runner.upscaler, 32, 48) == 2
+    assert calls == [8, 4] + [2] * 6 and runner.upscaler.batch == 2
     monkeypatch.setattr(video_run, "MAX_GROUP_FRAMES", 1)
     assert runner.run(source, tmp_path / "single.mp4").status == DONE
     assert packets(tmp_path / "grouped.mp4", "video") == packets(tmp_path / "single.mp4", "video")
 
 
+def test_out_of_memory_after_frames_went_to_the_encoder_goes_on_from_the_next_frame(tmp_path, model, monkeypatch):
+    """Frames go to the encoder as soon as they are done, so an out-of-memory retry (injected at the
+    fourth backend call of a group of eight one-window frames, batch 2) may come after some of the
+    group's frames were encoded: the retry goes on from the first frame not yet delivered, and the
+    video has every frame once, equal to one made one frame at a time."""
+    import torch
+
+    from srtrt.engine.batch.files import DONE, FileRunner
+    from srtrt.engine.batch.options import RunOptions, open_backend
+    from srtrt.engine.video import run as video_run
+
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # see test_frames_batched_together_...
+    source = tmp_path / "clip.mp4"
+    make_clip(source, frames=12, audio=None)
+    options = RunOptions(model=str(model), backend="torch", batch=2)
+    said = []
+    runner = FileRunner(open_backend(options).backend, options, log=said.append)
+    assert video_run.group_size(runner.upscaler, 32, 48) == 8
+    real_infer, calls = runner.backend.infer, []
+
+    def fourth_call_fails(x):
+        calls.append(x.shape[0])
+        if len(calls) == 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_infer(x)
+
+    runner.backend.infer = fourth_call_fails
+    assert runner.run(source, tmp_path / "retried.mp4").status == DONE
+    assert len(said) == 1 and "retrying with batch 1" in said[0]
+    runner.backend.infer = real_infer
+    monkeypatch.setattr(video_run, "MAX_GROUP_FRAMES", 1)
+    assert runner.run(source, tmp_path / "single.mp4").status == DONE
+    assert [t for t, _, _ in video_frames(tmp_path / "retried.mp4")] == [t for t, _, _ in video_frames(source)]
+    assert packets(tmp_path / "retried.mp4", "video") == packets(tmp_path / "single.mp4", "video")
+
+
 def test_a_run_plans_the_frame_once_per_upscaler_not_per_frame(tmp_path, model):
-    """12 frames in groups of 4: the tile plan is made once before decoding, once for the group
-    size and once per group by the runtime, never once per frame; a new upscaler or batch is planned again."""
+    """12 frames in groups of 8 (one window a frame): the tile plan is made once before decoding, once
+    for the group size and once per group by the runtime, never once per frame; a new upscaler or
+    batch is planned again."""
     from srtrt.engine.batch.files import DONE, FileRunner
     from srtrt.engine.batch.options import RunOptions, open_backend
     from srtrt.engine.datapath.runtime import TiledUpscaler
@@ -671,16 +709,16 @@ def test_a_run_plans_the_frame_once_per_upscaler_not_per_frame(tmp_path, model):
     upscaler.plan = lambda h, w: plans.append((h, w)) or real_plan(h, w)
     upscaler.run_many = lambda frames, *rest: groups.append(len(frames)) or real_run_many(frames, *rest)
     assert runner.run(source, tmp_path / "out.mp4").status == DONE
-    assert groups == [4, 4, 4] and plans == [(32, 48)] * (2 + len(groups))
+    assert groups == [8, 4] and plans == [(32, 48)] * (2 + len(groups))
 
     sizes, plans[:] = GroupSizes(32, 48), []
-    assert [sizes(upscaler) for _ in range(5)] == [4] * 5 and len(plans) == 1
-    upscaler.batch = 2
-    assert sizes(upscaler) == 2 and len(plans) == 2
+    assert [sizes(upscaler) for _ in range(5)] == [8] * 5 and len(plans) == 1
+    upscaler.batch = 16
+    assert sizes(upscaler) == 8 and len(plans) == 2
     smaller, smaller_plans = TiledUpscaler(upscaler.backend, batch=1), []  # as the out-of-memory fallback makes
     real_smaller_plan = smaller.plan
     smaller.plan = lambda h, w: smaller_plans.append((h, w)) or real_smaller_plan(h, w)
-    assert [sizes(smaller) for _ in range(3)] == [1] * 3 and smaller_plans == [(32, 48)] and len(plans) == 2
+    assert [sizes(smaller) for _ in range(3)] == [8] * 3 and smaller_plans == [(32, 48)] and len(plans) == 2
 
 
 def test_disk_full_is_enospc_or_ffmpegs_text_and_nothing_else():

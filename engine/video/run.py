@@ -5,7 +5,9 @@
                           (so a frame's output equals upscaling that decoded frame as an image,
                           but for the roundings a backend's batch size may change); a group holds
                           as many whole frames as one backend batch has windows for, so frames
-                          smaller than the batch still fill it (`group_size`)
+                          smaller than the batch still fill it, and at least a few windows, so
+                          the runtime's stages overlap across small frames (`group_size`); each
+                          frame goes on to the encoder as soon as it is done
     SegmentEncoder        RGB -> YUV (the input's matrix and range), encode, closed segments
     join                  segments + the input's other streams -> the output (temp name, rename)
 
@@ -31,7 +33,8 @@ from srtrt.engine.video.source import FrameReader, open_input, probe, video_stre
 from srtrt.errors import SrtrtError
 
 SEGMENT_SECONDS = 2.0  # at most this much work (plus one GOP) is lost when a run dies
-MAX_GROUP_FRAMES = 8  # frames upscaled together at most: their inputs and outputs are all held at once
+MAX_GROUP_FRAMES = 8  # frames through one runtime call at most: their inputs are all held at once
+CALL_WINDOWS = 8  # windows one runtime call gets at least (in whole frames), so its stages overlap across frames
 
 
 @dataclass
@@ -142,11 +145,12 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> t
     on_tile = (lambda n: stop_check()) if stop_check else None
 
     def flush() -> None:
-        """Upscale the waiting frames and put them to the encoder, in order."""
-        nonlocal count, end
-        if not group:
-            return
-        for frame, rgb in zip(group, runner.upscale_frames([f.rgb for f in group], on_tile)):
+        """Upscale the waiting frames, each put to the encoder as soon as it is done, in order."""
+        waiting = iter(list(group))
+
+        def deliver(rgb: np.ndarray) -> None:  # on the runtime's encoder thread
+            nonlocal count, end
+            frame = next(waiting)
             frame.rgb = rgb
             encoder.put(frame)
             count = frame.index + 1
@@ -154,6 +158,9 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> t
             end = float(frame.pts * info.time_base + period)
             if on_frame:
                 on_frame(1)
+
+        if group:
+            runner.stream_frames([f.rgb for f in group], deliver, on_tile)
         group.clear()
 
     try:
@@ -188,8 +195,12 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> t
 
 
 def group_size(upscaler, height: int, width: int) -> int:
-    """How many whole HxW frames of windows fill one backend batch (at least 1, at most MAX_GROUP_FRAMES)."""
-    return max(1, min(MAX_GROUP_FRAMES, upscaler.batch // len(upscaler.plan(height, width))))
+    """How many whole HxW frames go through one runtime call: as many as one backend batch has
+    windows for, and enough for CALL_WINDOWS windows, so that small frames (one window each) do
+    not pay the runtime's start and drain per frame but overlap one frame's copies and encoding
+    with the next one's network (at least 1, at most MAX_GROUP_FRAMES)."""
+    windows = len(upscaler.plan(height, width))
+    return max(1, min(MAX_GROUP_FRAMES, max(upscaler.batch // windows, -(-CALL_WINDOWS // windows))))
 
 
 class GroupSizes:
@@ -208,19 +219,30 @@ class GroupSizes:
         return self._size
 
 
-def frames_through(upscaler, rgbs: list[np.ndarray], on_tile=None) -> list[np.ndarray]:
+def frames_through(upscaler, rgbs: list[np.ndarray], deliver, on_tile=None) -> None:
     """RGB frames of one shape through the runtime together (their windows share batches), each
-    exactly as an image's colour plane."""
+    exactly as an image's colour plane; `deliver(rgb)` gets each output frame in order as soon as
+    its last band is done, on the runtime's encoder thread, so the frames before it are encoded
+    while the later ones compute and outputs are never all held at once."""
     s = upscaler.backend.scale
-    outs = [np.empty((rgb.shape[0] * s, rgb.shape[1] * s, 3), rgb.dtype) for rgb in rgbs]
+    height, width = rgbs[0].shape[0] * s, rgbs[0].shape[1] * s
+    current: dict[int, np.ndarray] = {}  # the one frame whose bands are arriving
 
     def keep(index: int, band: Band) -> None:
-        outs[index][band.y0:band.y0 + band.colour.shape[0]] = band.colour
+        rows = band.colour.shape[0]
+        if band.y0 == 0 and rows == height:  # one band is the frame (a band is never reused)
+            deliver(band.colour)
+            return
+        out = current.setdefault(index, np.empty((height, width, 3), rgbs[0].dtype))
+        out[band.y0:band.y0 + rows] = band.colour
+        if band.y0 + rows == height:
+            deliver(current.pop(index))
 
     upscaler.run_many([Planes(rgb) for rgb in rgbs], keep, rgbs[0].dtype, on_tile)
-    return outs
 
 
 def frame_through(upscaler, rgb: np.ndarray, on_tile=None) -> np.ndarray:
     """One RGB frame through the runtime, exactly as an image's colour plane."""
-    return frames_through(upscaler, [rgb], on_tile)[0]
+    outs: list[np.ndarray] = []
+    frames_through(upscaler, [rgb], outs.append, on_tile)
+    return outs[0]
