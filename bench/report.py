@@ -4,9 +4,12 @@
     python bench/report.py a.json b.json      # these runs
     python bench/report.py --out DIR ...      # write REPORT.md and the PNGs into DIR
 
-One section per device. When several runs of one device are given, the newest full run is
-used (else the newest quick one, else the newest smoke one): every ratio and percentage in a
-section comes from one run, never from two. A short table goes to stdout at the end.
+One section per device. When several runs of one device are given, the newest full run with
+throughput cases is used (else the newest quick one, else the newest smoke one): every ratio
+and percentage of its tables comes from one run, never from two. The video, varied-folder and
+serve lines come from the best run of the device that has each kind (the suites run on their
+own: `pytest bench/test_video.py --benchmark-json=...`), each line from one run, named when it
+is not the section's. A short table goes to stdout at the end.
 """
 from __future__ import annotations
 
@@ -63,13 +66,17 @@ def load(path: Path) -> Run | None:
                doc.get("benchmarks", []))
 
 
+def _rank(run: Run) -> tuple:
+    """Lower is better: a run with throughput cases (not a suite run on its own), the best mode, the newest."""
+    return not run.of_kind("throughput"), MODE_PREFERENCE.get(run.mode, 3), _negated(run.when)
+
+
 def choose(runs: list[Run]) -> list[Run]:
-    """One run per device: the best mode, then the newest."""
+    """One run per device: one with throughput cases, the best mode, then the newest."""
     best: dict[str, Run] = {}
     for run in runs:
         have = best.get(run.device)
-        rank = (MODE_PREFERENCE.get(run.mode, 3), _negated(run.when))
-        if have is None or rank < (MODE_PREFERENCE.get(have.mode, 3), _negated(have.when)):
+        if have is None or _rank(run) < _rank(have):
             best[run.device] = run
     return sorted(best.values(), key=lambda r: (r.info["device"]["kind"] != "cpu", r.device))
 
@@ -269,14 +276,18 @@ WORKLOAD_LINES = {
 }
 
 
-def workloads_section(run: Run) -> list[str]:
-    """Video, the varied-size folder and `srtrt serve`: a line per measurement, with its target's verdict."""
+def workloads_section(run: Run, device_runs: list[Run]) -> list[str]:
+    """Video, the varied-size folder and `srtrt serve`: a line per measurement, with its target's
+    verdict, from the best of the device's runs that has the kind (the section's own run first)."""
     lines = []
     for kind, line in WORKLOAD_LINES.items():
-        for b in run.of_kind(kind):
+        having = [r for r in device_runs if r.of_kind(kind)]
+        source = run if run.of_kind(kind) else min(having, key=lambda r: _rank(r)[1:], default=None)
+        for b in source.of_kind(kind) if source else ():
             e = b["extra_info"]
             verdict = f" (target {e['target']}: {'met' if e['met'] else 'not met'})" if "target" in e else ""
-            lines.append(f"- {line(e)}{verdict}")
+            where = "" if source is run else f" (`{source.path.name}`, {source.when[:10]})"
+            lines.append(f"- {line(e)}{verdict}{where}")
     return lines
 
 
@@ -288,7 +299,7 @@ def _flop_rate(run: Run, row: dict) -> float:
     return 0.0
 
 
-def device_section(run: Run, plot_name: str | None) -> str:
+def device_section(run: Run, plot_name: str | None, device_runs: list[Run] = ()) -> str:
     info, rs = run.info, rows(run)
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     peaks = run.peaks()
@@ -305,7 +316,7 @@ def device_section(run: Run, plot_name: str | None) -> str:
         chosen = [r for r in rs if (r["group"] in ("tile-sweep", "batch-sweep")) == (group == "sweeps")]
         if chosen:
             out += [f"### {title}", "", throughput_table(chosen), ""]
-    if extra := workloads_section(run):
+    if extra := workloads_section(run, list(device_runs)):
         out += ["### Video, a folder of many sizes, serve", "", *extra, ""]
     if any(run.of_kind(k) for k in ("pipeline", "encoding", "pipeline-ceiling", "format")):
         out += ["### `srtrt run` pipeline (busy seconds per stage, last round)", "", pipeline_section(run), ""]
@@ -323,10 +334,12 @@ count their margins) per second, over the measured matmul peak of the dtype it c
 """
 
 
-def render(runs: list[Run], out_dir: Path) -> Path:
+def render(runs: list[Run], out_dir: Path, every_run: list[Run] = ()) -> Path:
+    """REPORT.md for the chosen `runs`; `every_run` (all given) supplies the suites run on their own."""
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = write_plots(runs, out_dir)
-    sections = [device_section(run, plots.get(run.device)) for run in runs]
+    sections = [device_section(run, plots.get(run.device), [r for r in every_run if r.device == run.device])
+                for run in runs]
     text = "# srtrt benchmarks\n\n" + HOW_TO_READ + "\n" + "\n".join(sections)
     path = out_dir / "REPORT.md"
     path.write_text(text)
@@ -408,11 +421,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for REPORT.md and the PNGs")
     args = parser.parse_args(argv)
     paths = args.json or sorted(RESULTS.glob("*.json"))
-    runs = choose([r for r in map(load, paths) if r is not None])
+    loaded = [r for r in map(load, paths) if r is not None]
+    runs = choose(loaded)
     if not runs:
         print(f"no benchmark results in {', '.join(map(str, paths)) or RESULTS}", file=sys.stderr)
         return 1
-    report = render(runs, args.out)
+    report = render(runs, args.out, loaded)
     print(summary(runs))
     print(f"wrote {report}")
     return 0

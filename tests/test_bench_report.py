@@ -1,0 +1,45 @@
+"""bench/report.py: which run a device's section comes from, and where its workload lines come from."""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import report  # noqa: E402
+
+
+def _run(path: Path, when: str, benchmarks: list, mode: str = "full") -> Path:
+    info = {"slug": "cpu-test-2c", "mode": mode, "describe": "Test CPU", "device": {"kind": "cpu"},
+            "versions": {"torch": "0"}, "weights": "embedded default model"}
+    path.write_text(json.dumps({"machine_info": {"srtrt": info}, "datetime": when,
+                                "commit_info": {"id": "abc"}, "benchmarks": benchmarks}))
+    return path
+
+
+def _throughput(case: str, seconds: float) -> dict:
+    return {"extra_info": {"kind": "throughput", "case": case, "group": "srtrt", "workload": "2k-output",
+                           "precision": "fp32", "lr_width": 512, "lr_height": 384, "output_mp": 3.1},
+            "stats": {"median": seconds, "min": seconds, "rounds": 3}}
+
+
+def _video(fps: float) -> dict:
+    return {"extra_info": {"kind": "video-speed", "output_fps": fps, "realtime": fps / 24, "encoder": "libx264 ultrafast",
+                           "target": "≥ 1.5x real time at 24 fps", "met": fps / 24 >= 1.5}, "stats": {}}
+
+
+def test_a_newer_suite_run_on_its_own_neither_replaces_the_device_run_nor_is_lost(tmp_path):
+    """The throughput run stays the section's run when a video suite ran later on its own, and the
+    video line still appears, from the newest full run that has it, named."""
+    main = _run(tmp_path / "cpu.json", "2026-12-03T10:00", [_throughput("eager-fp32-nchw", 10.0),
+                                                            _throughput("torch-fp32", 2.0)])
+    _run(tmp_path / "video-old.json", "2026-12-03T11:00", [_video(20.0)])
+    _run(tmp_path / "video.json", "2026-12-03T12:00", [_video(30.7)])
+    _run(tmp_path / "video-quick.json", "2026-12-03T13:00", [_video(99.0)], mode="quick")
+    loaded = [report.load(p) for p in sorted(tmp_path.glob("*.json"))]
+    chosen = report.choose(loaded)
+    assert [r.path for r in chosen] == [main]
+    text = report.render(chosen, tmp_path / "out", loaded).read_text()
+    assert "torch-fp32" in text
+    video_lines = [line for line in text.splitlines() if "free network" in line]
+    assert video_lines == ["- video with a free network, libx264 ultrafast: 30.7 fps = 1.28x real time "
+                           "(target ≥ 1.5x real time at 24 fps: not met) (`video.json`, 2026-12-03)"]
