@@ -23,6 +23,7 @@ import run_mode  # noqa: E402
 import workloads  # noqa: E402
 
 RESULTS = BENCH / "results"
+ALLOCATOR = pytest.StashKey[str]()
 
 
 def pytest_addoption(parser):
@@ -35,6 +36,10 @@ def pytest_addoption(parser):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
+    # the process runs under the allocator policy `srtrt` itself sets (every case alike, baselines too)
+    from srtrt.engine.batch.allocator import keep_freed_buffers
+
+    config.stash[ALLOCATOR] = "srtrt policy (engine/batch/allocator.py)" if keep_freed_buffers() else "default"
     # Modules read the mode while they are collected, so it travels in the environment.
     if config.getoption("--quick", False):
         os.environ[run_mode.QUICK_ENV] = "1"
@@ -79,6 +84,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "versions": probe.versions(),
         "mode": current_mode().name,
         "weights": weights_label(),
+        "allocator": config.stash.get(ALLOCATOR, "default"),
     }
     if device["kind"] == "cuda":  # fp32 convolutions run on TF32 tensor cores when this is on
         machine_info["srtrt"]["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32

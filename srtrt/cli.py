@@ -238,6 +238,9 @@ def main(argv=None) -> int:
     from srtrt.engine.datapath.decoder_messages import quiet_decoding_libraries
 
     quiet_decoding_libraries()  # before any thread starts: what decoders say is srtrt's to word
+    from srtrt.engine.batch.allocator import keep_freed_buffers
+
+    keep_freed_buffers()  # before the runtime's threads make their arenas
     try:
         return _dispatch(args)
     except SrtrtError as e:
