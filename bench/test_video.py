@@ -13,6 +13,8 @@ Each result records the CPU model and the load average before and after (the mac
   default model and backend: output frames per second with frames grouped into shared backend
   batches (video.run.MAX_GROUP_FRAMES) against one frame per run. No target: on a CPU backend a
   batch costs about its windows' sum, the gain is the per-run overhead; GPU backends gain more.
+- `test_video_runtime_frames_per_call`: the runtime alone around the free network, ms a 1080p frame
+  with a group's frames in one call against one frame a call. No target.
 - `test_video_peak_rss_flat`: peak RSS of `srtrt run` on the clip and on one 10x longer, each in a
   fresh process. Target: within 10 %.
 Each target's verdict is recorded (extra_info `target`, `met`; bench/report.py prints it), not asserted:
@@ -176,6 +178,46 @@ def test_video_small_frames_share_batches(benchmark, tmp_path, monkeypatch):
     print(f"\nvideo {size[0]}x{size[1]}, {runner.backend.describe()}, batch 4: {grouped:.2f} fps with "
           f"{frames_per_call} frames a call, {single:.2f} fps one frame a call ({grouped / single:.2f}x; "
           f"load {benchmark.extra_info['load_before'][0]:.2f} -> {os.getloadavg()[0]:.2f})")
+
+
+def test_video_runtime_frames_per_call(benchmark, tmp_path):
+    """The runtime alone around a network that costs nothing (decoded 480x270 frames, 1080p out, no
+    decode or encode): milliseconds a frame with the frames of a group in one runtime call (as a run
+    makes them, video.run.group_size) against one frame a call. No target: what overlapping one
+    frame's copies with the next one's network saves."""
+    from srtrt.engine.video.run import frame_through, frames_through, group_size
+
+    clip = pan_clip(tmp_path / "pan.mp4")
+    info = probe(clip)
+    reader = FrameReader(clip, info)
+    frames = [f.rgb for f in reader]
+    reader.close()
+    upscaler = _runner(free_view()).upscaler
+    per_call = group_size(upscaler, info.height, info.width)
+
+    def grouped():
+        for i in range(0, len(frames), per_call):
+            frames_through(upscaler, frames[i:i + per_call], lambda rgb: None)
+
+    def one_a_call():
+        for rgb in frames:
+            frame_through(upscaler, rgb)
+
+    grouped(), one_a_call()  # warm both
+    benchmark.group = "video"
+    _machine(benchmark)
+    benchmark.pedantic(grouped, rounds=3, iterations=1)
+    ms_grouped = benchmark.stats.stats.median / len(frames) * 1e3
+    singles = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        one_a_call()
+        singles.append((time.perf_counter() - t0) / len(frames) * 1e3)
+    ms_single = float(np.median(singles))
+    benchmark.extra_info.update(kind="video-runtime", frames_per_call=per_call, ms_per_frame=ms_grouped,
+                                ms_one_frame_a_call=ms_single, size=SIZE, load_after=os.getloadavg())
+    print(f"\nruntime around a free network, {SIZE[0] * 4}x{SIZE[1] * 4} out: {ms_grouped:.1f} ms a frame with "
+          f"{per_call} frames a call, {ms_single:.1f} ms one frame a call")
 
 
 def _peak_rss_mb(clip: Path) -> float:
