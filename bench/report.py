@@ -265,7 +265,8 @@ WORKLOAD_LINES = {
     "video-batches": lambda e: (f"video {e['size'][0]}x{e['size'][1]}, {e['backend']}: {e['grouped_fps']:.2f} fps with "
                                 f"{e['frames_per_call']} frames a call, {e['one_frame_fps']:.2f} one frame a call "
                                 f"({e['speedup']:.2f}x)"),
-    "video-runtime": lambda e: (f"video runtime around a free network: {e['ms_per_frame']:.1f} ms a {e['size'][0] * 4}x{e['size'][1] * 4} frame with "
+    "video-runtime": lambda e: (f"video runtime around a free network: {e['ms_per_frame']:.1f} ms a "
+                                f"{e['size'][0] * 4}x{e['size'][1] * 4} frame with "
                                 f"{e['frames_per_call']} frames a call, {e['ms_one_frame_a_call']:.1f} ms one frame a call"),
     "video-rss": lambda e: (f"video peak RSS {e['peak_short_mb']:.0f} MB -> {e['peak_long_mb']:.0f} MB for a 10x longer "
                             f"clip ({100 * e['growth']:+.1f} %)"),

@@ -8,7 +8,7 @@ and 6-10 ms of kernel time of its ~50 ms of CPU on two cores (measured with `per
 video run with a free network). Blocks up to glibc's largest mmap threshold now come from the
 heap and are reused, up to TRIM_BYTES of free heap is kept, and two arenas serve the runtime's
 threads (each thread's arena would hold its own freed buffers). Measured on that run: 2-3 ms of
-kernel time a frame instead of 6-10, about 7 % more frames per second.
+kernel time a frame instead of 6-10, about 11 % more frames per second in alternating runs.
 
 Set once at the start of the CLI (a library does not change its host process's allocator), and
 not where the user set glibc's own variables for it.

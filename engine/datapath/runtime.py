@@ -160,8 +160,9 @@ def _quantise(y: torch.Tensor, out_dtype, out: torch.Tensor, work: torch.Tensor 
     if work is None:
         return _quantise_rows(y, out_dtype, out, y.float().clamp(0, 1))
     integer, target, rows = np.issubdtype(out_dtype, np.integer), _host_array(out), work.shape[2]
-    if y.permute(0, 2, 3, 1).is_contiguous():
-        return _quantise_interleaved(y.permute(0, 2, 3, 1), integer, _max_value(out_dtype), target, work, out)
+    nhwc = y.permute(0, 2, 3, 1)
+    if nhwc.is_contiguous():
+        return _quantise_interleaved(nhwc, integer, _max_value(out_dtype), target, work, out)
     # CPU: numpy's casting copy into each channel's strided view is several times faster than
     # torch's permuting copy (NCHW float -> NHWC integers), which is the bulk of the cost here.
     for top in range(0, y.shape[2], rows):
@@ -184,9 +185,8 @@ def _quantise_interleaved(nhwc: torch.Tensor, integer: bool, max_value: float, t
     """`_quantise` of an output already interleaved (a channels_last network's): the same steps
     in its own layout, with no transposition, through `work`'s memory viewed as NHWC rows (about
     3x faster than the planar path for a 1080p frame)."""
-    n, height, width, channels = nhwc.shape
     rows = work.shape[2]
-    for top in range(0, height, rows):
+    for top in range(0, nhwc.shape[1], rows):
         part = nhwc[:, top:top + rows]
         slot = work.view(-1)[:part.numel()].view(part.shape)
         if part.dtype == torch.float32:  # the clamp makes the one copy

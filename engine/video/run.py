@@ -146,7 +146,7 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> t
 
     def flush() -> None:
         """Upscale the waiting frames, each put to the encoder as soon as it is done, in order."""
-        waiting = iter(list(group))
+        waiting = iter(group)  # stream_frames returns before the group is cleared
 
         def deliver(rgb: np.ndarray) -> None:  # on the runtime's encoder thread
             nonlocal count, end
