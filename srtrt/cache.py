@@ -1,4 +1,5 @@
-"""srtrt's cache root: `SRTRT_CACHE` (with `~` expanded) or ~/.cache/srtrt. Not created here."""
+"""srtrt's cache root: `SRTRT_CACHE`, else `$XDG_CACHE_HOME/srtrt`, else ~/.cache/srtrt (`~` expanded
+in both variables; an empty or relative XDG_CACHE_HOME is ignored, as the XDG spec says). Not created here."""
 from __future__ import annotations
 
 import os
@@ -7,7 +8,11 @@ from pathlib import Path
 
 def cache_root() -> Path:
     root = os.environ.get("SRTRT_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "srtrt"
+    if root:
+        return Path(root).expanduser()
+    xdg = Path(os.environ.get("XDG_CACHE_HOME", "")).expanduser()
+    base = xdg if xdg.is_absolute() else Path.home() / ".cache"
+    return base / "srtrt"
 
 
 def cache_dir(kind: str) -> Path:

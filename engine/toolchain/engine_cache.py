@@ -8,8 +8,8 @@ sha256, so a plan copied from another machine, built by another TensorRT, or cut
 full disk is refused with one line instead of crashing (or silently computing garbage) inside
 TensorRT.
 
-Location: `$SRTRT_CACHE/engines` if SRTRT_CACHE is set (the root the other srtrt caches use
-too), else `~/.cache/srtrt/engines`. The TensorRT builder keeps its timing caches in the same
+Location: `engines` under srtrt.cache.cache_root() (SRTRT_CACHE, else $XDG_CACHE_HOME/srtrt, else
+~/.cache/srtrt: the root the other srtrt caches use too). The TensorRT builder keeps its timing caches in the same
 folder (one per GPU and TensorRT version); a TensorRT-RTX plan's runtime (JIT) caches lie
 beside it (one per GPU model).
 
