@@ -96,6 +96,25 @@ def test_a_calibration_naming_a_missing_conv_is_refused(tmp_path):
         quantize_onnx(model, bad)
 
 
+def test_int8_from_the_cached_fp32_graph_equals_a_traced_one(tmp_path):
+    """The backends quantise their cached fp32 graph rather than trace the model again: the
+    same graph as tracing for int8 directly, and another model's graph is refused."""
+    import onnx
+
+    from srtrt.engine.toolchain.export import export_onnx
+
+    view, _ = _calibrated(random_view(blocks=1, channels=8))
+    fp32 = export_onnx(view, tmp_path / "fp32.onnx", polyphase=True)
+    traced = onnx.load(export_onnx(view, tmp_path / "traced.onnx", precision="int8", polyphase=True))
+    derived = onnx.load(export_onnx(view, tmp_path / "derived.onnx", precision="int8", polyphase=True, float_graph=fp32))
+    assert derived.SerializeToString() == traced.SerializeToString()
+    other, _ = _calibrated(random_view(blocks=1, channels=8, seed=5))
+    with pytest.raises(SrtrtError, match="fp32.onnx: is not this model's plain fp32 graph"):
+        export_onnx(other, tmp_path / "wrong.onnx", precision="int8", polyphase=True, float_graph=fp32)
+    with pytest.raises(SrtrtError, match="not this model's plain fp32 graph"):  # a plain tail is not the polyphase form
+        export_onnx(view, tmp_path / "wrong.onnx", precision="int8", float_graph=fp32)
+
+
 def test_openvino_int8_agrees_with_fp32_and_tiles_match_the_whole_image(tmp_path, monkeypatch):
     pytest.importorskip("openvino")
     monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))

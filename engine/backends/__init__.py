@@ -73,7 +73,8 @@ def _onnx_path(view, precision: str, polyphase: bool = False, shape: tuple[int, 
 
 def _exported_onnx(view, precision: str, polyphase: bool = False, shape: tuple[int, int, int, int] | None = None):
     """The graph `srtrt export` writes for this model (given `shape`, fixed at that shape), exported
-    once and cached (_onnx_path)."""
+    once and cached (_onnx_path). An int8 graph is the cached fp32 one quantised (exported first if
+    missing: `auto` times both, and one trace then serves both)."""
     from srtrt.engine.toolchain.export import export_onnx
 
     path = _onnx_path(view, precision, polyphase, shape)
@@ -83,7 +84,9 @@ def _exported_onnx(view, precision: str, polyphase: bool = False, shape: tuple[i
 
             export_community(view, path, precision, polyphase, shape)
         else:
-            export_onnx(view, path, precision=precision, polyphase=polyphase, dynamic=shape is None, input_shape=shape)
+            float_graph = _exported_onnx(view, "fp32", polyphase, shape) if precision == "int8" else None
+            export_onnx(view, path, precision=precision, polyphase=polyphase, dynamic=shape is None, input_shape=shape,
+                        float_graph=float_graph)
     return path
 
 

@@ -244,7 +244,7 @@ def _set_metadata(model, meta: dict) -> None:
 def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: bool = False,
                 opset: int | None = None, dynamic: bool = True, *, aot: bool = True,
                 input_shape: tuple[int, int, int, int] | None = None, polyphase: bool = False,
-                exporter: str = "dynamo") -> Path:
+                exporter: str = "dynamo", float_graph: Path | None = None) -> Path:
     """Write `view` (an InferenceView: RGB [0,1] in and out) as one ONNX file at `path`.
 
     precision: "fp32" or "fp16" (weights and I/O in that dtype), or "int8" (fp32 I/O, the model's
@@ -255,7 +255,10 @@ def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: boo
     upsample step and the tail conv in their polyphase form (srtrt/nets.py `polyphase_tail`:
     same values, no full-resolution feature shuffle; what the OpenVINO backend runs).
     exporter: "dynamo" (torch.export) or "torchscript" (tracing; engine/toolchain/export_isolated.py
-    falls back to it for networks torch.export cannot take). Written atomically.
+    falls back to it for networks torch.export cannot take). float_graph (int8 only): the fp32
+    graph this function wrote for the same view with the same form (polyphase, dynamic or shape);
+    its copy is quantised instead of tracing again (a trace costs seconds, the QDQ rewrite none).
+    Written atomically.
     """
     onnx = _onnx()
     if precision not in PRECISIONS:
@@ -267,13 +270,22 @@ def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: boo
         from srtrt.engine.toolchain.quantize import NO_CALIBRATION
 
         raise SrtrtError(f"this model {NO_CALIBRATION}")
-    if polyphase:
-        from srtrt import registry
+    if precision == "int8" and float_graph is not None:
+        from srtrt.engine.toolchain.onnx_io import load_onnx, metadata
 
-        view = copy.deepcopy(view)
-        registry.of(view.generator).polyphase_tail(view.generator)
-    model = _to_onnx(view, PRECISIONS[precision], opset, dynamic, input_shape, exporter)
-    _strip_trace_metadata(model)
+        model = load_onnx(float_graph)
+        traced = metadata(model)
+        if (traced.get("model_sha256"), traced.get("precision"), traced.get("polyphase"), traced.get("fused")) != (
+                sha, "fp32", bool(polyphase), False):
+            raise SrtrtError("is not this model's plain fp32 graph in the same form", float_graph)
+    else:
+        if polyphase:
+            from srtrt import registry
+
+            view = copy.deepcopy(view)
+            registry.of(view.generator).polyphase_tail(view.generator)
+        model = _to_onnx(view, PRECISIONS[precision], opset, dynamic, input_shape, exporter)
+        _strip_trace_metadata(model)
     if fused and fuse_pixel_shuffle_prelu(model, aot=aot) == 0:
         raise SrtrtError("no DepthToSpace -> PRelu pair to fuse in this model")
     if precision == "int8":
