@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import time
 from fractions import Fraction
@@ -136,6 +137,10 @@ def test_mp4_keeps_frames_timestamps_audio_colour_and_quality(tmp_path, capsys, 
     assert code == 0, err
     out = tmp_path / "clip_x4.mp4"
     assert "clip.mp4 -> " in err and "12 frames" in err and "Traceback" not in err
+    size = (tmp_path / "clip_x4.mp4").stat().st_size  # the summary gives the output's size, in kB when small
+    assert re.search(r"\(12 frames, [0-9.]+ fps, ([0-9.]+) (kB|MB)\)", err), err
+    shown = float(re.search(r"fps, ([0-9.]+) (kB|MB)\)", err).group(1)) * (1e3 if size < 100_000 else 1e6)
+    assert abs(shown - size) <= 0.05 * size + 100
 
     before, after = video_frames(source), video_frames(out)
     assert [t for t, _, _ in after] == [t for t, _, _ in before]  # same count, same timestamps

@@ -47,9 +47,10 @@ class VideoResult:
     note: str = ""  # e.g. the container changed
 
     def summary(self, source: Path) -> str:
-        size = self.destination.stat().st_size / 1e6
+        size = self.destination.stat().st_size
+        shown = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"  # a short clip is no "0.0 MB"
         fps = self.frames / max(self.seconds, 1e-9)
-        return (f"{source} -> {self.destination} ({self.frames} frames, {fps:.2f} fps, {size:.1f} MB)"
+        return (f"{source} -> {self.destination} ({self.frames} frames, {fps:.2f} fps, {shown})"
                 + (f"; {self.note}" if self.note else ""))
 
 
