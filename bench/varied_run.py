@@ -11,6 +11,7 @@ from pathlib import Path
 
 from srtrt.engine.batch.files import DONE, DecodeAhead, FileRunner, plan_jobs
 from srtrt.engine.batch.options import RunOptions
+from srtrt.engine.batch.threads import torch_for_data_only
 
 
 def run_files(backend, files: list[Path], output: Path) -> dict:
@@ -20,7 +21,7 @@ def run_files(backend, files: list[Path], output: Path) -> dict:
     jobs = plan_jobs(files, str(output) + "/", backend.scale)
     t0 = time.perf_counter()
     outcomes = []
-    with DecodeAhead(runner) as ahead:
+    with DecodeAhead(runner) as ahead, torch_for_data_only(backend):  # as `srtrt run` runs
         for i, job in enumerate(jobs, 1):
             decoded = ahead.take(job)
             ahead.start(jobs[i] if i < len(jobs) else None)

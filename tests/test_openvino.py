@@ -171,6 +171,7 @@ def test_a_small_image_gives_the_same_values_the_first_time_and_every_time_after
     monkeypatch.setenv("SRTRT_CACHE", str(tmp_path))
     planes = Planes(smooth_image(60, 45, seed=1))
     fresh = create_backend("openvino", precision=precision, device="cpu").backend
+    assert fresh.own_threads  # its TBB pool runs the network: torch keeps one thread in `srtrt run`
     first, _ = TiledUpscaler(fresh).run_to_array(planes)
     again, _ = TiledUpscaler(fresh).run_to_array(planes)
     again, _ = TiledUpscaler(fresh).run_to_array(planes)  # bf16: by now compiled static

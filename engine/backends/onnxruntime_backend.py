@@ -44,6 +44,7 @@ class OnnxRuntimeBackend(Backend):
                 raise SrtrtError("onnxruntime here has no CUDA provider (pip install onnxruntime-gpu)")
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(device.partition(":")[2] or 0)}))
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
+        self.own_threads = not device.startswith("cuda")  # ONNX Runtime's intra-op pool on the CPU
         inp = self.session.get_inputs()[0]
         self.input_name, self.output_name = inp.name, self.session.get_outputs()[0].name
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32

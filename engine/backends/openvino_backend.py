@@ -149,6 +149,7 @@ class OnnxGraphs:
 
 class OpenVinoBackend(Backend):
     name = "openvino"
+    own_threads = True  # OpenVINO's TBB pool
 
     def __init__(self, onnx_path: str | os.PathLike | OnnxGraphs, scale: int, radius: int, precision: str = "fp32",
                  threads: int | None = None, cache: str | os.PathLike | None = None, channels: int = 64):

@@ -33,6 +33,7 @@ from srtrt.engine.batch.files import (
     shape_class,
 )
 from srtrt.engine.batch.options import RunOptions, open_backend
+from srtrt.engine.batch.threads import torch_for_data_only
 from srtrt.errors import SrtrtError
 
 # --------------------------------------------------------------------------- the batch
@@ -74,7 +75,7 @@ def main(args) -> int:
 
     current = None
     try:
-        with StopOnSignals() as stop, DecodeAhead(runner) as ahead:
+        with StopOnSignals() as stop, DecodeAhead(runner) as ahead, torch_for_data_only(backend):
             def on_tile(n):  # runs in the runtime's assembler thread after each batch of tiles
                 stop.check()
                 bar.update(n)
