@@ -40,6 +40,7 @@ av = pytest.importorskip("av")
 
 from srtrt.engine.batch.files import FileRunner  # noqa: E402
 from srtrt.engine.batch.options import RunOptions  # noqa: E402
+from srtrt.engine.batch.threads import torch_for_data_only  # noqa: E402
 from srtrt.engine.video.colour import Colour  # noqa: E402
 from srtrt.engine.video.planes import rgb_to_frame  # noqa: E402
 from srtrt.engine.video.run import frame_through  # noqa: E402
@@ -114,14 +115,16 @@ def test_video_pipeline_share(benchmark, tmp_path):
 
     def run():
         t0 = time.perf_counter()
-        outcome = runner.run(clip, out)
+        with torch_for_data_only(runner.backend):  # as `srtrt run` runs
+            outcome = runner.run(clip, out)
         walls.append(time.perf_counter() - t0)
         assert outcome.status == "done", outcome.message
 
     benchmark.group = "video"
     _machine(benchmark)
     benchmark.pedantic(run, rounds=1, iterations=1)
-    network = _network_only(runner, clip)
+    with torch_for_data_only(runner.backend):
+        network = _network_only(runner, clip)
     share = max(0.0, walls[-1] - network) / walls[-1]
     benchmark.extra_info.update(kind="video-share", frames=FRAMES, size=SIZE, wall_s=walls[-1], network_s=network,
                                 pipeline_share=share, target="≤ 15 %", met=share <= 0.15, load_after=os.getloadavg())
@@ -161,7 +164,8 @@ def test_video_small_frames_share_batches(benchmark, tmp_path, monkeypatch):
 
     def run(most: int = grouping):
         monkeypatch.setattr(video_run, "MAX_GROUP_FRAMES", most)
-        assert runner.run(clip, out).status == "done"
+        with torch_for_data_only(runner.backend):
+            assert runner.run(clip, out).status == "done"
 
     for most in (grouping, 1):  # warm both batch shapes (compiled models, caches)
         run(most)
