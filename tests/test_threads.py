@@ -28,13 +28,19 @@ def two_threads():
     torch.set_num_threads(before)
 
 
-def test_a_backend_on_its_own_pool_leaves_torch_one_thread_then_restores(tmp_path, two_threads):
+@pytest.fixture
+def onnxruntime_backend(tmp_path):
+    """A real backend with its own CPU pool (ONNX Runtime needs no compile, so it is the quick one)."""
     pytest.importorskip("onnxruntime")
     from srtrt.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
     from srtrt.engine.toolchain.export import export_onnx
 
     view = random_view(blocks=1, channels=8)
-    backend = OnnxRuntimeBackend(export_onnx(view, tmp_path / "m.onnx"), view.scale, view.radius)
+    return OnnxRuntimeBackend(export_onnx(view, tmp_path / "m.onnx"), view.scale, view.radius)
+
+
+def test_a_backend_on_its_own_pool_leaves_torch_one_thread_then_restores(onnxruntime_backend, two_threads):
+    backend = onnxruntime_backend
     assert backend.own_threads
     with torch_for_data_only(backend):
         assert torch.get_num_threads() == 1
@@ -51,13 +57,7 @@ def test_the_torch_backend_keeps_its_threads(two_threads):
         assert torch.get_num_threads() == 2
 
 
-def test_threads_are_restored_when_the_run_fails(tmp_path, two_threads):
-    pytest.importorskip("onnxruntime")
-    from srtrt.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from srtrt.engine.toolchain.export import export_onnx
-
-    view = random_view(blocks=1, channels=8)
-    backend = OnnxRuntimeBackend(export_onnx(view, tmp_path / "m.onnx"), view.scale, view.radius)
-    with pytest.raises(RuntimeError), torch_for_data_only(backend):
+def test_threads_are_restored_when_the_run_fails(onnxruntime_backend, two_threads):
+    with pytest.raises(RuntimeError), torch_for_data_only(onnxruntime_backend):
         raise RuntimeError("a run that failed")
     assert torch.get_num_threads() == 2
