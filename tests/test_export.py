@@ -290,3 +290,37 @@ def test_polyphase_graph_computes_the_same_image_with_a_small_final_shuffle(view
     assert list(weights[tail.input[1]].dims) == [12, 4 * view.generator.config.channels, 5, 5]
     meta = metadata(path)
     assert meta["polyphase"] is True and meta["radius"] == view.radius
+
+
+def test_runtime_graph_is_traced_quickly_and_holds_at_sizes_it_was_not_traced_at(view, tmp_path):
+    """The CPU backends' cached graph comes from the TorchScript exporter (a trace: shapes could be
+    baked in): exact at other sizes and batches, and every conv's weight keeps its module's name."""
+    import onnx
+
+    from srtrt.engine.toolchain.export import EXAMPLE_SHAPE, LEGACY_OPSET, export_for_runtime
+    from srtrt.engine.toolchain.quantize import WEIGHT_PREFIX
+
+    path = export_for_runtime(view, tmp_path / "runtime.onnx", polyphase=True)
+    model = onnx.load(str(path))
+    assert model.opset_import[0].version == LEGACY_OPSET  # the quick exporter ran
+    for shape in [(1, 3, 13, 21), (3, 3, 8, 5), (1, 3, 2 * EXAMPLE_SHAPE[2] + 7, 9)]:
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape)))
+        assert _max_diff(path, view, x, "fp32") <= TOLERANCE["fp32"]
+    convs = {f"{name}.weight" for name, m in view.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert {n.input[1] for n in model.graph.node if n.op_type == "Conv"} <= convs  # what quantize_onnx finds them by
+    assert all(name.startswith(WEIGHT_PREFIX) for name in convs)
+    assert "BatchNormalization" not in {n.op_type for n in model.graph.node}
+
+
+def test_runtime_graph_falls_back_to_torch_export(view, tmp_path, monkeypatch):
+    import onnx
+
+    from srtrt.engine.toolchain import export
+
+    def gone(*args, **kwargs):  # a torch without the TorchScript exporter
+        raise RuntimeError("legacy exporter removed")
+    monkeypatch.setattr(export, "_to_onnx_torchscript", gone)
+    path = export.export_for_runtime(view, tmp_path / "runtime.onnx")
+    assert onnx.load(str(path)).opset_import[0].version > export.LEGACY_OPSET
+    x = torch.rand(1, 3, 11, 17, generator=torch.Generator().manual_seed(5))
+    assert _max_diff(path, view, x, "fp32") <= TOLERANCE["fp32"]

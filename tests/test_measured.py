@@ -141,6 +141,28 @@ def test_a_candidate_timed_in_a_slow_moment_of_the_host_is_timed_again(view):
     assert builds == ["torch", "same"]  # no time left for a second look
 
 
+def test_a_leader_with_no_runner_up_close_is_not_timed_again(view):
+    builds = []
+
+    def make(name, precision):
+        backend = Counted(TorchBackend(view, "cpu", precision))
+        builds.append(name)
+        if name == "slow":  # each call three times as long: never within CONFIRM_WITHIN
+            infer = backend.infer
+
+            def slowed(x):
+                start = time.perf_counter()
+                y = infer(x)
+                time.sleep(2 * (time.perf_counter() - start))
+                return y
+            backend.infer = slowed
+        return backend
+
+    seconds = measured.measure([("torch", "fp32"), ("slow", "fp32")], make, (96, 96), budget=60)
+    assert seconds["slow fp32"] > measured.CONFIRM_WITHIN * seconds["torch fp32"]
+    assert builds == ["torch", "slow"]  # a second look could only lower the leader's figure
+
+
 def test_measured_once_then_from_the_cache(view):
     made = []
     first, took, _ = measured.cached_seconds(SHA, PATHS, maker(view, made), WINDOW)

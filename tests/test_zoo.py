@@ -206,10 +206,34 @@ def test_a_model_whose_static_export_fails_too_is_one_line_and_auto_runs_torch(m
         create_backend("openvino", precision="fp32", view=view)
     line = str(refused.value)
     assert "SwinIR does not export to ONNX at a static " in line and "\n" not in line
-    assert "dynamo: the exporter crashed (SIGSEGV); torchscript: the exporter crashed (SIGSEGV)" in line
+    assert "torchscript: the exporter crashed (SIGSEGV); dynamo: the exporter crashed (SIGSEGV)" in line
     selection = create_backend("auto", view=view)
     assert selection.backend.name == "torch" and "does not export" in selection.reason
     selection.backend.close()
+
+
+def test_the_cache_graph_is_traced_first_and_a_handed_on_one_goes_through_torch_export(model_files, monkeypatch, tmp_path):
+    """The order the child is asked to try the exporters in: the runtime's fp32 graph (checked against
+    the module in the child) TorchScript first; `srtrt export`'s file and unchecked precisions torch.export first."""
+    import subprocess
+
+    from srtrt.engine.toolchain import export_isolated
+    from srtrt.errors import SrtrtError
+
+    tried = []
+
+    def child(command, **kw):
+        tried.append(command[7])  # python -m MODULE MODEL OUT PRECISION POLYPHASE EXPORTER ...
+        return subprocess.CompletedProcess(command, 2, "", "ValueError: the graph is wrong at 33x34")
+    monkeypatch.setattr(export_isolated.subprocess, "run", child)
+    view = srtrt.load_model(model_files["compact"])
+    for precision, quick, order in [("fp32", True, ["torchscript", "dynamo"]), ("fp32", False, ["dynamo", "torchscript"]),
+                                    ("fp16", True, ["dynamo", "torchscript"])]:
+        tried.clear()
+        monkeypatch.setattr(export_isolated, "_failed", {})
+        with pytest.raises(SrtrtError, match="the graph is wrong at 33x34"):
+            export_isolated.export_community(view, tmp_path / "g.onnx", precision, True, quick=quick)
+        assert tried == order
 
 
 def test_a_failed_dynamic_export_is_remembered_for_the_next_process(model_files, tmp_path):

@@ -75,18 +75,18 @@ def _exported_onnx(view, precision: str, polyphase: bool = False, shape: tuple[i
     """The graph `srtrt export` writes for this model (given `shape`, fixed at that shape), exported
     once and cached (_onnx_path). An int8 graph is the cached fp32 one quantised (exported first if
     missing: `auto` times both, and one trace then serves both)."""
-    from srtrt.engine.toolchain.export import export_onnx
+    from srtrt.engine.toolchain.export import export_for_runtime
 
     path = _onnx_path(view, precision, polyphase, shape)
     if not path.exists():
         if isinstance(view, CommunityView):  # exported in a child process that loads its file again
             from srtrt.engine.toolchain.export_isolated import export_community
 
-            export_community(view, path, precision, polyphase, shape)
+            export_community(view, path, precision, polyphase, shape, quick=True)
         else:
             float_graph = _exported_onnx(view, "fp32", polyphase, shape) if precision == "int8" else None
-            export_onnx(view, path, precision=precision, polyphase=polyphase, dynamic=shape is None, input_shape=shape,
-                        float_graph=float_graph)
+            export_for_runtime(view, path, precision, polyphase=polyphase, dynamic=shape is None, input_shape=shape,
+                               float_graph=float_graph)
     return path
 
 

@@ -145,10 +145,11 @@ def measure(candidates: list[Path], make: Callable[[str, str], object], window: 
 
     A shared host has slow moments, and a candidate timed in one looks slower than it is (one full
     bench run here had `auto` take openvino bf16 over an int8 that ran 1.8x faster). So after the
-    pass each candidate within CONFIRM_WITHIN of the leader, the leader first (it too may have met a
-    slow moment, and then a runner-up's second look would overtake it unfairly), is built and timed
-    again while the timing has taken less than `budget` seconds (CONFIRM_BUDGET; builds and first-use
-    exports not counted), and keeps its better figure: a slow moment only ever adds time."""
+    pass, when a runner-up is within CONFIRM_WITHIN of the leader, each candidate that close, the
+    leader first (it too may have met a slow moment, and then a runner-up's second look would
+    overtake it unfairly), is built and timed again while the timing has taken less than `budget`
+    seconds (CONFIRM_BUDGET; builds and first-use exports not counted), and keeps its better figure:
+    a slow moment only ever adds time."""
     seconds: dict[str, float] = {}
     timing, budget = [0.0], CONFIRM_BUDGET if budget is None else budget
 
@@ -162,8 +163,11 @@ def measure(candidates: list[Path], make: Callable[[str, str], object], window: 
     for path in candidates:
         seconds[label(path)] = timed(path)
     leader = min(seconds.values(), default=0.0)
-    for path in sorted(candidates, key=lambda p: seconds[label(p)]):
-        if seconds[label(path)] > CONFIRM_WITHIN * leader or timing[0] > budget:
+    close = [p for p in sorted(candidates, key=lambda p: seconds[label(p)]) if seconds[label(p)] <= CONFIRM_WITHIN * leader]
+    if len(close) < 2:  # a second look only ever lowers a figure: a leader with no one close keeps its lead
+        return seconds
+    for path in close:
+        if timing[0] > budget:
             break
         seconds[label(path)] = min(seconds[label(path)], timed(path))
     return seconds

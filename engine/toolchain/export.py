@@ -2,7 +2,8 @@
 
 The graph has input "lr" (N, 3, H, W) and output "sr" (N, 3, H*s, W*s), dynamic N, H, W,
 in fp32 or fp16 (the dtypes decide TensorRT's precision). BatchNorm is folded into the
-convolutions by the exporter's optimizer. `fused=True` replaces each DepthToSpace(CRD) ->
+convolutions before tracing (the registry's fold_batchnorm), so with either exporter each conv's weight
+keeps its module's name, which the int8 rewrite finds it by. `fused=True` replaces each DepthToSpace(CRD) ->
 PRelu pair with one `srtrt::PixelShufflePReLU` node (kernels/fused_op.py), which TensorRT
 matches to the Triton plugin and onnxruntime runs through engine/toolchain/ort_custom_op.py;
 `unfuse_pixel_shuffle_prelu` turns such nodes back into the two stock ops. Model provenance
@@ -34,10 +35,13 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float3
 EXAMPLE_SHAPE = (2, 3, 32, 32)  # tracing input; batch > 1 so torch.export keeps it symbolic
 
 
-def _onnx():
+def _onnx(exporter: str | None = "dynamo"):
+    """The onnx module; onnxscript too when torch.export traces (0.6 s to import: not paid otherwise)."""
     try:
         import onnx
-        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+
+        if exporter == "dynamo":
+            import onnxscript  # noqa: F401
     except ImportError:
         raise SrtrtError("ONNX export needs onnx and onnxscript (pip install 'srtrt[onnx]')") from None
     return onnx
@@ -62,6 +66,7 @@ def _quiet_exporter():
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecations
+            warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript-based export": chosen knowingly
             # Tracing notes about the module (community networks that cache fused weights as plain
             # attributes in forward): the exported graph is checked by running it, not by these.
             warnings.simplefilter("ignore", UserWarning)
@@ -84,7 +89,11 @@ LEGACY_OPSET = 17
 
 def _to_onnx(view: torch.nn.Module, dtype: torch.dtype, opset: int | None, dynamic: bool, input_shape,
              exporter: str = "dynamo"):
-    model = copy.deepcopy(view).eval().to("cpu", dtype)  # traced on the CPU, whatever the device
+    from srtrt import registry
+
+    model = copy.deepcopy(view).eval()
+    registry.of(model.generator).fold_batchnorm(model.generator)
+    model = model.to("cpu", dtype)  # traced on the CPU, whatever the device
     example = torch.rand(input_shape or example_shape(view), dtype=torch.float32).to(dtype)
     if exporter == "torchscript":
         return _to_onnx_torchscript(model, example, opset, dynamic)
@@ -260,7 +269,7 @@ def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: boo
     its copy is quantised instead of tracing again (a trace costs seconds, the QDQ rewrite none).
     Written atomically.
     """
-    onnx = _onnx()
+    onnx = _onnx(None if precision == "int8" and float_graph is not None else exporter)
     if precision not in PRECISIONS:
         raise SrtrtError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     path = Path(path)
@@ -298,6 +307,21 @@ def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: boo
     onnx.checker.check_model(model)
     save_onnx(model, path)
     return path
+
+
+def export_for_runtime(view: torch.nn.Module, path, precision: str = "fp32", **form) -> Path:
+    """export_onnx for the graph a CPU backend runs from the cache, traced by the quicker exporter.
+
+    A first run waits on this export (its backend measurement needs the graph): the TorchScript
+    exporter takes 0.2-1.3 s for SRResNet here, torch.export 3-6 s, and OpenVINO runs both graphs
+    at the same speed and within 1e-5 of each other. Tracing records Python shape arithmetic as
+    constants, which no op of the project's own networks has (tests/test_export.py runs the graph at
+    a size it was not traced at); community networks (window partitions) keep torch.export first
+    (export_isolated.py). Where this torch has no TorchScript exporter, or it fails, torch.export."""
+    try:
+        return export_onnx(view, path, precision, exporter="torchscript", **form)
+    except Exception:  # whatever the legacy exporter raises, torch.export is the answer
+        return export_onnx(view, path, precision, exporter="dynamo", **form)
 
 
 def save_onnx(model, path) -> Path:
