@@ -260,7 +260,8 @@ def auto_target(run: Run, on_2k: dict) -> list[str]:
 WORKLOAD_LINES = {
     "video-share": lambda e: (f"video {e['size'][0]}x{e['size'][1]}, {e['frames']} frames: the pipeline around the "
                               f"network is {100 * e['pipeline_share']:.1f} % of the run"),
-    "video-speed": lambda e: (f"video with a free network, {e.get('encoder', 'default encoder')}: "
+    "video-speed": lambda e: (f"video with a free network{f' ({n})' if (n := e.get('network')) else ''}, "
+                              f"{e.get('encoder', 'default encoder')}: "
                               f"{e['output_fps']:.1f} fps = {e['realtime']:.2f}x real time"),
     "video-batches": lambda e: (f"video {e['size'][0]}x{e['size'][1]}, {e['backend']}: {e['grouped_fps']:.2f} fps with "
                                 f"{e['frames_per_call']} frames a call, {e['one_frame_fps']:.2f} one frame a call "

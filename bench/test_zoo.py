@@ -16,15 +16,13 @@ The first use of each weights file measures its tile margin and (auto) its bf16 
 fp32; both are cached by sha256 and happen while the model is loaded or the backend built,
 outside the timed rounds, and every case has one untimed warm-up round (OpenVINO compiles there).
 
-test_peak_rss: `srtrt run` in a subprocess with the RRDBNet file, its peak RSS from wait4().
+test_peak_rss: `srtrt run` in a subprocess with the RRDBNet file, its peak RSS as it reads it (peak_memory.py).
 By default on a 512x384 crop of the big image (a minute or two); with SRTRT_BENCH_ZOO_RSS=1 on
 the whole 2048x1536 image (tens of minutes on 2 cores), the case the 3 GB target is about.
 """
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ import torch
 import workloads
 import zoo_models
 from cases import Case, Runner, missing
+from peak_memory import run_srtrt
 from PIL import Image
 
 pytest.importorskip("spandrel", reason="the community models are spandrel's architectures (pip install spandrel)")
@@ -223,22 +222,6 @@ def rss_input(folder: Path) -> tuple[Path, str]:
     return path, f"{label}, {width}x{height} LR"
 
 
-def srtrt_command() -> list[str]:
-    script = Path(sys.executable).with_name("srtrt")  # the console script `srtrt run` is, beside this python
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "srtrt.cli"]
-
-
-def run_measured(args: list[str], log: Path) -> tuple[int, float, int]:
-    """(exit code, wall seconds, peak RSS bytes) of one child. wait4() gives that child's own
-    rusage; RUSAGE_CHILDREN would be the maximum over every child this process ever waited for."""
-    t0 = time.perf_counter()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss * 1024  # Linux: kilobytes
-
-
 def warm_caches(loaded: Loaded) -> str:
     """What auto picks, built once here so the child finds the ONNX export and the agreement
     measurement cached: its RSS is then `srtrt run`'s own, not an exporter's."""
@@ -255,12 +238,11 @@ def test_peak_rss(benchmark, zoo, tmp_path):
     loaded = zoo(zoo_models.BY_NAME[RSS_MODEL])
     image, label = rss_input(tmp_path)
     reason = warm_caches(loaded)
-    args = [*srtrt_command(), "run", str(image), "--model", str(loaded.path), "-o", str(tmp_path / "out.png"),
-            "--overwrite"]
+    args = ["run", str(image), "--model", str(loaded.path), "-o", str(tmp_path / "out.png"), "--overwrite"]
     result = {}
 
     def run():
-        result["code"], result["wall"], result["rss"] = run_measured(args, tmp_path / "srtrt-run.log")
+        result["code"], result["wall"], result["rss"] = run_srtrt(args, tmp_path / "srtrt-run.log")
 
     benchmark.group = "zoo: peak RSS of srtrt run"
     benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
@@ -268,6 +250,6 @@ def test_peak_rss(benchmark, zoo, tmp_path):
     assert result["code"] == 0, f"srtrt run failed ({result['code']}):\n{log[-2000:]}"
     rss_gb = result["rss"] / 1e9
     benchmark.extra_info.update(
-        kind="zoo-rss", **loaded.info, input=label, full_image=full_rss(), command=" ".join(args[1:]),
+        kind="zoo-rss", **loaded.info, input=label, full_image=full_rss(), command=" ".join(args),
         reason=reason, peak_rss_gb=round(rss_gb, 3), rss_target_gb=RSS_TARGET_GB, within_target=rss_gb < RSS_TARGET_GB,
         wall_s=round(result["wall"], 2), log_head=log.strip().splitlines()[:3])
