@@ -108,6 +108,18 @@ def test_a_slow_first_call_alone_does_not_cut_a_path_that_is_faster(view):
     assert f"torch fp32 <= {figure * 1e3:.0f} ms (first call only)" in line
 
 
+def slow_down(backend, extra: float) -> None:
+    """Each call of `backend.infer` then takes (1 + extra) times as long: the real call, then a sleep."""
+    infer = backend.infer
+
+    def slowed(x):
+        start = time.perf_counter()
+        y = infer(x)
+        time.sleep(extra * (time.perf_counter() - start))
+        return y
+    backend.infer = slowed
+
+
 def test_a_candidate_timed_in_a_slow_moment_of_the_host_is_timed_again(view):
     builds, figures = [], []
 
@@ -115,14 +127,7 @@ def test_a_candidate_timed_in_a_slow_moment_of_the_host_is_timed_again(view):
         backend = Counted(TorchBackend(view, "cpu", precision))
         builds.append(name)
         if builds == ["torch"]:  # its first build meets a slow moment: each call 15 % longer
-            infer = backend.infer
-
-            def slowed(x):
-                start = time.perf_counter()
-                y = infer(x)
-                time.sleep(0.15 * (time.perf_counter() - start))
-                return y
-            backend.infer = slowed
+            slow_down(backend, 0.15)
         return backend
 
     def timer(*args):
@@ -148,14 +153,7 @@ def test_a_leader_with_no_runner_up_close_is_not_timed_again(view):
         backend = Counted(TorchBackend(view, "cpu", precision))
         builds.append(name)
         if name == "slow":  # each call three times as long: never within CONFIRM_WITHIN
-            infer = backend.infer
-
-            def slowed(x):
-                start = time.perf_counter()
-                y = infer(x)
-                time.sleep(2 * (time.perf_counter() - start))
-                return y
-            backend.infer = slowed
+            slow_down(backend, 2.0)
         return backend
 
     seconds = measured.measure([("torch", "fp32"), ("slow", "fp32")], make, (96, 96), budget=60)
