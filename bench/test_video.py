@@ -248,8 +248,9 @@ def test_video_runtime_frames_per_call(benchmark, tmp_path):
 
 
 def _peak_rss_mb(clip: Path) -> float:
-    code, _, peak = run_srtrt(["run", str(clip), "--overwrite", "-q"], clip.with_suffix(".log"))
-    assert code == 0, clip.with_suffix(".log").read_text()[-2000:]
+    log = clip.with_suffix(".log")
+    code, _, peak = run_srtrt(["run", str(clip), "--overwrite", "-q"], log)
+    assert code == 0, log.read_text()[-2000:]
     return peak / 2**20
 
 

@@ -35,15 +35,14 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float3
 EXAMPLE_SHAPE = (2, 3, 32, 32)  # tracing input; batch > 1 so torch.export keeps it symbolic
 
 
-def _onnx(exporter: str | None = "dynamo"):
-    """The onnx module; onnxscript too when torch.export traces (0.6 s to import: not paid otherwise)."""
+NEEDS_ONNX = "ONNX export needs onnx and onnxscript (pip install 'srtrt[onnx]')"
+
+
+def _onnx():
     try:
         import onnx
-
-        if exporter == "dynamo":
-            import onnxscript  # noqa: F401
     except ImportError:
-        raise SrtrtError("ONNX export needs onnx and onnxscript (pip install 'srtrt[onnx]')") from None
+        raise SrtrtError(NEEDS_ONNX) from None
     return onnx
 
 
@@ -97,6 +96,10 @@ def _to_onnx(view: torch.nn.Module, dtype: torch.dtype, opset: int | None, dynam
     example = torch.rand(input_shape or example_shape(view), dtype=torch.float32).to(dtype)
     if exporter == "torchscript":
         return _to_onnx_torchscript(model, example, opset, dynamic)
+    try:
+        import onnxscript  # noqa: F401  (torch.export's ONNX exporter needs it; 0.6 s to import, not paid by tracing)
+    except ImportError:
+        raise SrtrtError(NEEDS_ONNX) from None
     shapes = None
     if dynamic:
         Dim = torch.export.Dim
@@ -269,7 +272,7 @@ def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: boo
     its copy is quantised instead of tracing again (a trace costs seconds, the QDQ rewrite none).
     Written atomically.
     """
-    onnx = _onnx(None if precision == "int8" and float_graph is not None else exporter)
+    onnx = _onnx()
     if precision not in PRECISIONS:
         raise SrtrtError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     path = Path(path)
@@ -316,8 +319,9 @@ def export_for_runtime(view: torch.nn.Module, path, precision: str = "fp32", **f
     exporter takes 0.2-1.3 s for SRResNet here, torch.export 3-6 s, and OpenVINO runs both graphs
     at the same speed and within 1e-5 of each other. Tracing records Python shape arithmetic as
     constants, which no op of the project's own networks has (tests/test_export.py runs the graph at
-    a size it was not traced at); community networks (window partitions) keep torch.export first
-    (export_isolated.py). Where this torch has no TorchScript exporter, or it fails, torch.export."""
+    a size it was not traced at); a community network's graph is checked for that in its child
+    process (export_isolated.py, `quick`). Where this torch has no TorchScript exporter, or it fails,
+    torch.export."""
     try:
         return export_onnx(view, path, precision, exporter="torchscript", **form)
     except Exception:  # whatever the legacy exporter raises, torch.export is the answer

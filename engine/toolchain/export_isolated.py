@@ -3,8 +3,9 @@
 torch.export takes srtrt's own networks, but some community architectures crash it outright
 (SPAN, whose convolutions fuse their weights inside forward, dies with SIGSEGV in torch 2.14's
 fake-tensor tracing): no exception to catch, the process is gone. So a community model is
-exported by a child process that loads the same file, first with torch.export, then with the
-TorchScript tracer; the parent sees an exit status. What fails is one line naming the
+exported by a child process that loads the same file, with torch.export and the TorchScript
+tracer in turn (the tracer first for the fp32 graph the cache keeps, which the child checks; see
+`quick`); the parent sees an exit status. What fails is one line naming the
 architecture and the stage, and `auto` then runs the model on torch.
 
 Window-attention transformers (SwinIR, HAT) do not export with dynamic H and W: a Python branch
