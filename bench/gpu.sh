@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# bench/gpu.sh OUTDIR -- everything a GPU machine should run, in one command (~8 minutes):
+# bench/gpu.sh OUTDIR -- everything a GPU machine should run, in one command (~5 minutes on an H200):
 #   (a) the GPU tests (pytest tests -m gpu: the Triton kernel on real CUDA, backend and tile
-#       exactness, stream overlap), (b) the GPU benchmarks -> OUTDIR/<device>.json,
+#       exactness, stream overlap), (b) the GPU benchmarks, file by file -> OUTDIR/<device>.json,
 #   (c) the quality guard for the CUDA precisions -> OUTDIR/quality_guard.json,
 #   (d) only when SRTRT_TRAIN_MINUTES=N is set: N wall-clock minutes of training, both phases
 #       from the shipped weights (bench/gpu_train.py) -> OUTDIR/train/; N adds to the total,
 #   (e) the report -> OUTDIR/REPORT.md, OUTDIR/throughput.png; a short table is printed last.
 # Everything it prints also goes to OUTDIR/gpu.log.
 #
-# Needs a python with torch (CUDA) and triton; srtrt need not be installed (bench/srtrt_path.py
-# maps the checkout), nothing is installed and no network is used. If pytest or
-# pytest-benchmark are missing, their pure-Python packages are taken from a carried
-# .venv/lib/python3*/site-packages when one is there.
+# Needs a python with torch (CUDA), triton and srtrt's light dependencies (zlib-ng, safetensors,
+# pillow; spandrel for the zoo part, which skips without it); srtrt need not be installed
+# (bench/srtrt_path.py maps the checkout), nothing is installed and no network is used. If pytest
+# or pytest-benchmark are missing, their pure-Python packages are taken from a carried
+# .venv/lib/python3*/site-packages when one is there. Set5 and the big image come from
+# ../shared/data, or from shared/data inside the checkout (bench/workloads.py).
 #
-# The time limits of the steps add up to under 10 minutes (tests 120 s, benchmarks 330 s,
-# guard 80 s, report 40 s).
+# The time limits of the steps add up to under 9 minutes (tests 60 s, benchmarks 390 s,
+# guard 40 s, report 40 s).
 # Exit codes: 0 every step passed (a guard refused for lack of the trained model or Set5 counts as
 #   skipped); 1 a step failed (see the log); 2 usage; 3 no CUDA GPU visible: nothing was run.
 # SRTRT_GPU_SH_ON_CPU=1 runs every step on a CPU anyway, in smoke mode, to check the script.
@@ -93,9 +95,11 @@ fi
 
 SLUG=$("${RUN[@]}" bench/machine_info.py --slug)
 declare -A STATUS
+STEPS=()
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, note how it ended
     local name=$1 limit=$2
     shift 2
+    STEPS+=("$name")
     echo
     echo "== $name (limit ${limit}s): $*"
     local t0 rc
@@ -108,17 +112,35 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, note how it end
 
 FAILED=0
 # (a) GPU tests: modules that need absent packages fail to collect; the others still run.
-step gpu-tests 120 "${RUN[@]}" -m pytest tests -m gpu -q -rs -p no:cacheprovider \
+step gpu-tests 60 "${RUN[@]}" -m pytest tests -m gpu -q -rs -p no:cacheprovider \
     --continue-on-collection-errors --junitxml="$OUT/gpu-tests.xml" || FAILED=1
 
-# (b) benchmarks: one JSON for this device
+# (b) benchmarks, one pytest run per part (pytest-benchmark writes its JSON only when a run
+#     ends, so a part that overruns its limit loses its own results, not the others'), most
+#     wanted first; then merged into one JSON for this device. Limits add up to 390 s (an H200
+#     machine with 16 cores took 13/46/27/37/30 s for the first five).
 if [ $ON_CPU = 1 ]; then MODE=(--smoke); else MODE=(); fi
-step benchmarks 330 "${RUN[@]}" -m pytest bench -q -p no:cacheprovider ${MODE[@]+"${MODE[@]}"} \
-    --benchmark-json="$OUT/$SLUG.json" --benchmark-columns=min,median,rounds || FAILED=1
+PARTS="$OUT/parts"
+mkdir -p "$PARTS"
+BENCH_PARTS=(  # name limit target
+    "peak 20 bench/test_peak.py"
+    "throughput 70 bench/test_throughput.py::test_throughput"
+    "sweeps 40 bench/test_throughput.py::test_sweep"
+    "pipeline 50 bench/test_pipeline.py"
+    "varied 50 bench/test_varied.py"
+    "encoding 90 bench/test_encoding.py"
+    "zoo 70 bench/test_zoo.py"
+)
+for part in "${BENCH_PARTS[@]}"; do
+    read -r name limit target <<< "$part"
+    step "bench-$name" "$limit" "${RUN[@]}" -m pytest "$target" -q -p no:cacheprovider ${MODE[@]+"${MODE[@]}"} \
+        --benchmark-json="$PARTS/$name.json" --benchmark-columns=min,median,rounds || FAILED=1
+done
+"$PY" bench/merge_results.py "$OUT/$SLUG.json" "$PARTS"/*.json || FAILED=1
 
 # (c) quality guard (needs the trained default model; exit 2 = refused, not a failure)
 if [ $ON_CPU = 1 ]; then GUARD_DEVICE=cpu; else GUARD_DEVICE=cuda; fi
-step quality-guard 80 "${RUN[@]}" bench/quality_guard.py --device $GUARD_DEVICE
+step quality-guard 40 "${RUN[@]}" bench/quality_guard.py --device $GUARD_DEVICE
 rc=$?
 if [ $rc = 2 ]; then STATUS[quality-guard]="refused (no trained default model, or no Set5: see above)"; elif [ $rc != 0 ]; then FAILED=1; fi
 [ -f srtrt/weights/quality_guard.json ] && cp srtrt/weights/quality_guard.json "$OUT/quality_guard.json"
@@ -133,8 +155,8 @@ fi
 # (e) report, whose short table is the last thing printed
 echo
 echo "== steps ($(( $(date +%s) - STARTED ))s in all; results in $OUT)"
-for name in gpu-tests benchmarks quality-guard train; do
-    printf '  %-14s %s\n' "$name" "${STATUS[$name]:-not run}"
+for name in "${STEPS[@]}"; do
+    printf '  %-17s %s\n' "$name" "${STATUS[$name]}"
 done
 if [ -f "$OUT/$SLUG.json" ]; then
     echo

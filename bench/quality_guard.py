@@ -55,7 +55,18 @@ def paths_for(device: str, calibrated: bool = False) -> list[tuple[str, str, str
                    and (p[2] != "int8" or (calibrated and cpu_has_fast_int8()))]  # int8 needs the model's ranges
     if device in ("all", "cuda") and cuda:
         chosen += CUDA_PATHS
-    return chosen
+    return [p for p in chosen if _installed(p[0])]
+
+
+def _installed(backend: str) -> bool:
+    """False, with a line saying so, for a backend whose package this machine lacks."""
+    from srtrt.engine.backends import onnxruntime_backend, openvino_backend
+
+    probes = {"openvino": openvino_backend.available, "onnxruntime": onnxruntime_backend.available}
+    ok, why = probes[backend]() if backend in probes else (True, "")
+    if not ok:
+        print(f"quality guard: {backend} skipped ({why})")
+    return ok
 
 
 def set5_pairs(folder: Path, scale: int) -> list[tuple[str, np.ndarray, np.ndarray]]:

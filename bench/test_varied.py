@@ -27,11 +27,15 @@ import workloads
 
 from srtrt.hardware import cpu_has_fast_bf16, cpu_has_fast_int8
 
-MODE = run_mode.current(torch.cuda.is_available())
+CUDA = torch.cuda.is_available()
+MODE = run_mode.current(CUDA)
+DEVICE = "cuda" if CUDA else "cpu"  # where `srtrt run` computes on this machine
 CHUNKS = 4
-# ("auto", "auto"): what `srtrt run` picks here (measured at start-up, engine/backends/measured.py)
-PATHS = [("auto", "auto", True), ("openvino", "int8", True), ("openvino", "bf16", True), ("openvino", "bf16", False),
-         ("torch", "bf16", True)]
+# ("auto", "auto"): what `srtrt run` picks here (measured at start-up on a CPU, engine/backends/measured.py)
+CPU_PATHS = [("auto", "auto", True), ("openvino", "int8", True), ("openvino", "bf16", True),
+             ("openvino", "bf16", False), ("torch", "bf16", True)]
+CUDA_PATHS = [("auto", "auto", True), ("torch", "fp16", True)]
+PATHS = CUDA_PATHS if CUDA else CPU_PATHS
 
 
 def path_id(path) -> str:
@@ -58,14 +62,14 @@ def test_varied_folder_against_one_image(benchmark, path, inputs, view, tmp_path
     from srtrt.errors import SrtrtError
 
     name, precision, dynamic = path
-    if precision == "bf16" and not cpu_has_fast_bf16():
+    if DEVICE == "cpu" and precision == "bf16" and not cpu_has_fast_bf16():
         pytest.skip("bf16 runs in hardware only with AVX512-BF16 or AMX")
     if precision == "int8" and not cpu_has_fast_int8():
         pytest.skip("int8 runs fast only with VNNI or AMX int8")
     try:
         files = inputs[0]
         kind = shape_class(files) if name == "auto" else "large"  # what `srtrt run` on this folder asks `auto` for
-        backend = create_backend(name, precision=precision, device="cpu", view=view, shape_class=kind).backend
+        backend = create_backend(name, precision=precision, device=DEVICE, view=view, shape_class=kind).backend
     except SrtrtError as e:
         pytest.skip(str(e))
     if backend.name == "openvino":
@@ -89,7 +93,7 @@ def test_varied_folder_against_one_image(benchmark, path, inputs, view, tmp_path
         folder["mp_per_s"] = folder["output_mp"] / folder["seconds"]
         one_image = sum(singles) / len(singles)
         if name == "auto":  # the single image as `srtrt run big.png` runs it: auto for one large image
-            with create_backend("auto", device="cpu", view=view, shape_class="large").backend as alone:
+            with create_backend("auto", device=DEVICE, view=view, shape_class="large").backend as alone:
                 varied_run.run_files(alone, [single], tmp_path / "warm-up")
                 alone_rate, alone_describe = single_mp_per_s(alone, single, tmp_path / "alone"), alone.describe()
             benchmark.extra_info.update(single_default=alone_describe, single_default_mp_per_s=alone_rate,

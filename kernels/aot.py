@@ -78,7 +78,8 @@ def compile_kernel(arch: int = 90, dtype: str = "fp32", upscale: int = 2, channe
         raise ValueError(f"dtype must be one of {sorted(TRITON_DTYPES)}, not {dtype!r}")
     sig = signature(dtype)
     src = ASTSource(fn=kernel_source.pixel_shuffle_prelu_kernel, signature=sig,
-                    constexprs={"R": upscale, "CHANNELS_LAST": channels_last, "BLOCK": kernel_source.BLOCK})
+                    constexprs={"R": upscale, "CHANNELS_LAST": channels_last, "BLOCK": kernel_source.BLOCK,
+                                "IN_CHANNELS_LAST": False})  # TensorRT hands plugins linear (NCHW) inputs
     # The kernel has a single multiply, so FMA contraction cannot change a result; say so
     # explicitly rather than depend on Triton's changing default.
     options = {"num_warps": kernel_source.NUM_WARPS, "enable_fp_fusion": False}

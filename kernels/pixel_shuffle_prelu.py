@@ -21,6 +21,7 @@ except ImportError:  # the reference path still works
 HAVE_TRITON = triton is not None
 BLOCK = 1024      # output elements per program
 NUM_WARPS = 4
+INDEX_LIMIT = 2**31  # the kernel indexes in int32: a launch covers fewer elements than this
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -40,17 +41,18 @@ if HAVE_TRITON:
 
     @triton.jit
     def pixel_shuffle_prelu_kernel(
-        x_ptr,            # (N, C*R*R, H, W), contiguous
+        x_ptr,            # (N, C*R*R, H, W), NCHW or channels_last memory order
         alpha_ptr,        # C slopes, or one shared slope
         C,                # output channels
         H,                # input height
         W,                # input width
-        total,            # output elements, N*C*H*R*W*R (< 2**31)
+        total,            # output elements, N*C*H*R*W*R (< INDEX_LIMIT)
         alpha_stride,     # 1: per-channel slope, 0: one shared slope
         y_ptr,            # (N, C, H*R, W*R), NCHW or channels_last memory order
         R: tl.constexpr,
         CHANNELS_LAST: tl.constexpr,
         BLOCK: tl.constexpr,
+        IN_CHANNELS_LAST: tl.constexpr = False,
     ):
         # Walk the output in its own memory order so the stores are coalesced; the loads
         # gather from R*R input planes.
@@ -77,7 +79,10 @@ if HAVE_TRITON:
         w = ow // R
         j = ow % R
         src_channel = (c * R + i) * R + j
-        src = ((n * (C * R * R) + src_channel) * H + h) * W + w
+        if IN_CHANNELS_LAST:  # read a channels_last input where it lies: no layout copy first
+            src = ((n * H + h) * W + w) * (C * R * R) + src_channel
+        else:
+            src = ((n * (C * R * R) + src_channel) * H + h) * W + w
         v = tl.load(x_ptr + src, mask=mask, other=0.0).to(tl.float32)
         a = tl.load(alpha_ptr + c * alpha_stride, mask=mask, other=0.0).to(tl.float32)
         y = tl.where(v > 0, v, v * a)
@@ -94,9 +99,15 @@ def _check(x: torch.Tensor, alpha: torch.Tensor, r: int) -> tuple[int, int, int,
     shape = output_shape(x.shape, r)
     if alpha.numel() not in (1, shape[1]):
         raise ValueError(f"PReLU needs 1 or {shape[1]} slopes, got {alpha.numel()}")
-    if x.numel() >= 2**31:
-        raise ValueError("tensor too large for 32-bit indexing; split the batch")
+    if x[:1].numel() >= INDEX_LIMIT:  # a batch is split into launches; one image cannot be
+        raise ValueError(f"one image of {tuple(x.shape[1:])} is too large for 32-bit indexing")
     return shape
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether `x` lies in channels_last order (NCHW-contiguous wins where both hold: then
+    the two orders index the same)."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def empty_output(x: torch.Tensor, r: int, channels_last: bool = False) -> torch.Tensor:
@@ -107,7 +118,8 @@ def empty_output(x: torch.Tensor, r: int, channels_last: bool = False) -> torch.
 def launch(kernel, x: torch.Tensor, alpha: torch.Tensor, r: int, out: torch.Tensor) -> torch.Tensor:
     """Run `kernel` (the Triton kernel, or torch's wrap_triton of it) writing into `out`.
 
-    `out` must be NCHW-contiguous or channels_last; its memory order picks the kernel variant.
+    `x` and `out` may each be NCHW-contiguous or channels_last: the kernel reads and writes
+    each in its own order. A batch too large for int32 indexing is run in several launches.
     """
     shape = _check(x, alpha, r)
     if tuple(out.shape) != shape or out.dtype != x.dtype:
@@ -118,15 +130,20 @@ def launch(kernel, x: torch.Tensor, alpha: torch.Tensor, r: int, out: torch.Tens
         channels_last = True
     else:
         raise ValueError("out must be NCHW-contiguous or channels_last")
-    x = x.contiguous()
+    in_channels_last = is_channels_last(x)
+    if not in_channels_last:
+        x = x.contiguous()
     alpha = alpha.reshape(-1).contiguous()
-    total = out.numel()
-    if total == 0:
+    if out.numel() == 0:
         return out
     n, c, oh, ow = shape
-    grid = (triton.cdiv(total, BLOCK),)
-    kernel[grid](x, alpha, c, oh // r, ow // r, total, 0 if alpha.numel() == 1 else 1, out,
-                 R=r, CHANNELS_LAST=channels_last, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    per_launch = max(1, (INDEX_LIMIT - 1) // out[:1].numel())  # images per launch
+    for first in range(0, n, per_launch):
+        # a batch slice of an NCHW or channels_last tensor keeps its order and contiguity
+        xs, ys = x[first:first + per_launch], out[first:first + per_launch]
+        kernel[(triton.cdiv(ys.numel(), BLOCK),)](
+            xs, alpha, c, oh // r, ow // r, ys.numel(), 0 if alpha.numel() == 1 else 1, ys,
+            R=r, CHANNELS_LAST=channels_last, BLOCK=BLOCK, IN_CHANNELS_LAST=in_channels_last, num_warps=NUM_WARPS)
     return out
 
 

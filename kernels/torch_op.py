@@ -21,17 +21,19 @@ OP_NAME = "srtrt::pixel_shuffle_prelu"
 
 @triton_op(OP_NAME, mutates_args=())
 def pixel_shuffle_prelu(x: torch.Tensor, alpha: torch.Tensor, r: int) -> torch.Tensor:
-    """PReLU(PixelShuffle(r)(x)) with per-channel (C) or shared (1) slopes; NCHW in, NCHW out."""
+    """PReLU(PixelShuffle(r)(x)) with per-channel (C) or shared (1) slopes; the output in x's
+    memory order (NCHW or channels_last), so a channels_last network pays no layout copies."""
     if x.device.type == "cuda" and kernel_source.HAVE_TRITON:
-        out = kernel_source.empty_output(x, r)
+        out = kernel_source.empty_output(x, r, kernel_source.is_channels_last(x))
         return kernel_source.launch(wrap_triton(kernel_source.pixel_shuffle_prelu_kernel), x, alpha, r, out)
-    return kernel_source.reference(x, alpha, r)
+    order = torch.channels_last if kernel_source.is_channels_last(x) else torch.contiguous_format
+    return kernel_source.reference(x, alpha, r).contiguous(memory_format=order)  # as the fake says
 
 
 @pixel_shuffle_prelu.register_fake
 def _(x: torch.Tensor, alpha: torch.Tensor, r: int) -> torch.Tensor:
-    # Shape and dtype only: lets torch.export and torch.compile trace without running a kernel.
-    return x.new_empty(kernel_source.output_shape(x.shape, r))
+    # Shape, dtype and memory order: lets torch.export and torch.compile trace without running a kernel.
+    return kernel_source.empty_output(x, r, kernel_source.is_channels_last(x))
 
 
 class FusedUpsampleBlock(nn.Module):

@@ -69,14 +69,29 @@ def test_fused_kernel_equals_reference(dtype, channels_last, r, slopes):
 
 @needs_triton
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_torch_op_on_cuda_runs_the_kernel_exactly(dtype):
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_torch_op_on_cuda_runs_the_kernel_exactly_in_the_input_order(dtype, channels_last):
     from srtrt.kernels import pixel_shuffle_prelu as k
     from srtrt.kernels import torch_op  # noqa: F401  (registers torch.ops.srtrt)
 
-    x = torch.randn(1, 64 * 4, 19, 21, device="cuda").to(DTYPES[dtype])
+    order = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 64 * 4, 19, 21, device="cuda").to(DTYPES[dtype]).contiguous(memory_format=order)
     alpha = (torch.rand(64, device="cuda") - 0.5).to(DTYPES[dtype])
     got = torch.ops.srtrt.pixel_shuffle_prelu(x, alpha, 2)
+    assert got.is_contiguous(memory_format=order)  # a channels_last network pays no layout copy
     assert torch.equal(got, k.reference(x.float(), alpha.float(), 2).to(DTYPES[dtype]))
+
+
+@needs_triton
+def test_fused_kernel_splits_a_batch_past_int32_indexing():
+    from srtrt.kernels import pixel_shuffle_prelu as k
+
+    x = torch.randn(3, 4, 23000, 8192, device="cuda", dtype=torch.float16)  # 2.26e9 elements, 4.5 GB
+    alpha = torch.full((1,), 0.25, device="cuda", dtype=torch.float16)
+    assert x.numel() >= k.INDEX_LIMIT > x[:1].numel()
+    got = k.pixel_shuffle_prelu(x, alpha, 2)
+    for i in range(3):  # image by image, so the reference stays within int32 too
+        assert torch.equal(got[i:i + 1], k.reference(x[i:i + 1].float(), alpha.float(), 2).half())
 
 
 # --------------------------------------------------------------------- the torch backend
@@ -105,6 +120,14 @@ def test_cuda_fp32_matches_cpu_reference():
     with strict_fp32():
         got = _backend(view).infer(x.cuda()).cpu()
     assert (got - expected).abs().max().item() <= 1e-5
+
+
+def test_auto_without_an_engine_runs_torch_for_a_model_with_no_file():
+    from srtrt.engine.backends import create_backend
+
+    view = random_view(blocks=1, channels=8)  # built in memory: no checkpoint file, no hash of one
+    selection = create_backend("auto", view=view, device="cuda")
+    assert selection.backend.describe().startswith("torch (") and "TensorRT not used" in selection.reason
 
 
 @pytest.mark.parametrize("precision,tolerance", [("fp16", 1e-2), ("bf16", 4e-2)])
@@ -160,14 +183,13 @@ def test_batches_alternate_between_two_streams_from_pinned_buffers(monkeypatch):
     view = random_view(blocks=2, channels=8)
     img = smooth_image(96, 128)
     pinned = []
-    stack = TiledUpscaler._stack
+    stage = TiledUpscaler._stage
 
-    def recording_stack(self, sources, tiles):
-        x = stack(self, sources, tiles)
-        pinned.append(x.is_pinned())
-        return x
+    def recording_stage(buffer, frames, windows):
+        pinned.append(buffer.is_pinned())
+        return stage(buffer, frames, windows)
 
-    monkeypatch.setattr(TiledUpscaler, "_stack", recording_stack)
+    monkeypatch.setattr(TiledUpscaler, "_stage", staticmethod(recording_stage))
     recorder = _StreamRecorder(_backend(view, "fp16"))
     two, _ = TiledUpscaler(recorder, core=32, batch=2, streams=2).run_to_array(Planes(img), np.uint8)
     one, _ = TiledUpscaler(_backend(view, "fp16"), core=32, batch=2, streams=1).run_to_array(Planes(img), np.uint8)

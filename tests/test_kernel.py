@@ -45,6 +45,7 @@ def test_kernel_matches_reference_and_writes_every_element(interpreted, case):
     r = interpreted[case]
     assert r["unwritten"] == 0, r          # the output was NaN-filled before the launch
     assert r["layout_ok"], r
+    assert r.get("launches", 1) == (3 if case.endswith("-split") else 1), r  # 5 images, 2 a launch
     if "-bf16-" in case:
         # The interpreter rounds fp32 -> bf16 towards zero (GPUs round to nearest even),
         # so allow the last bf16 bit: relative error below 2**-7.

@@ -286,6 +286,17 @@ def test_backend_availability_and_cache_lookup_without_tensorrt(monkeypatch):
         tensorrt_backend.TensorRTBackend.from_cache(SHA, "bf16", "cuda")
 
 
+def test_engine_lookup_for_a_model_with_no_file_is_one_line(monkeypatch):
+    from srtrt.engine.backends import _tensorrt
+
+    from conftest import random_view
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SrtrtError) as e:  # keyed by its weights' hash: no AttributeError
+        _tensorrt(random_view(blocks=1, channels=8), torch.device("cuda"), "fp16")
+    assert "\n" not in _one_line(e.value)
+
+
 def test_backend_selection_without_a_gpu_names_both_flavours_in_one_line(monkeypatch):
     from srtrt.engine.backends import _tensorrt
 

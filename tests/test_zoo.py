@@ -337,6 +337,25 @@ def test_an_explicit_cpu_backend_takes_a_community_models_reduced_precision_by_a
     assert selection.backend.precision == "fp32" and "bf16 fails on this model" in selection.reason
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_a_community_model_runs_torch_without_the_fused_op_and_tiles_exactly(model_files):
+    """The fused shuffle + PReLU op is the default model's; a community model has no such step."""
+    view = srtrt.load_model(model_files["compact"])
+    image = lr_image(40, 52)
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # plain fp32 convolutions, to compare with the CPU
+    try:
+        backend = TorchBackend(view, "cuda", "fp32")
+        assert not backend.fused_op
+        tiled, _ = TiledUpscaler(backend, core=16, batch=3).run_to_array(Planes(image))
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+    whole, _ = TiledUpscaler(TorchBackend(view, "cpu", "fp32"), core=0, margin=0).run_to_array(Planes(image))
+    assert np.abs(tiled - whole).max() <= 1e-5
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_on_a_gpu_a_community_model_takes_half_precision_only_where_it_agrees(model_files):
     """On CUDA, fp16/bf16 for a community model are judged by agreement with its fp32 output, measured

@@ -147,7 +147,7 @@ def _tensorrt(view, device: torch.device, precision: str) -> Backend:
     misses = []
     for flavour in (TensorRTBackend, TensorRTRTXBackend):
         try:
-            return flavour.from_cache(view.checkpoint_sha256, precision, device)
+            return flavour.from_cache(_model_sha256(view), precision, device)  # a bare view has no file
         except SrtrtError as e:
             misses.append(str(e))
     raise SrtrtError("; ".join(misses))

@@ -51,8 +51,8 @@ class TorchBackend(Backend):
         if polyphase:
             generator = arch.polyphase_tail(generator)
         self.polyphase = polyphase
-        if fused_op is None:
-            fused_op = self.device.type == "cuda"
+        if fused_op is None:  # on a GPU wherever the model has a shuffle + PReLU step (community models: none)
+            fused_op = self.device.type == "cuda" and bool(arch.upsample_steps(generator))
         if fused_op:
             from srtrt.kernels.torch_op import fuse_upsample
             generator = fuse_upsample(generator)  # the steps that still shuffle (all but the last when polyphase)

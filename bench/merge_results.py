@@ -1,0 +1,47 @@
+"""Merges pytest-benchmark JSONs of one machine's runs into one, as bench/gpu.sh needs.
+
+    python bench/merge_results.py OUT.json PART.json [PART.json ...]
+
+gpu.sh runs bench/ in parts, each with its own time limit, so that a part that overruns loses
+only its own results; report.py reads one run per device. The merged file keeps the first
+part's machine and commit information and every part's benchmarks, in the order given.
+A part that is missing or unreadable (its run was killed before it wrote) is named and left out.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def merge(parts: list[Path]) -> dict | None:
+    merged = None
+    for path in parts:
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            print(f"{path}: left out ({e.__class__.__name__}: {e})", file=sys.stderr)
+            continue
+        if merged is None:
+            merged = doc
+        else:
+            merged["benchmarks"].extend(doc.get("benchmarks", []))
+    return merged
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        return 2
+    out, parts = Path(argv[0]), [Path(a) for a in argv[1:]]
+    merged = merge(parts)
+    if merged is None:
+        print(f"{out}: not written, no part could be read", file=sys.stderr)
+        return 1
+    out.write_text(json.dumps(merged, indent=1))
+    print(f"{out}: {len(merged['benchmarks'])} benchmarks from {len(parts)} parts")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
