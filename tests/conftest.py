@@ -1,6 +1,7 @@
 """Shared fixtures. Tests run on the CPU and never need ../shared (they use it when present)."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import warnings
@@ -34,6 +35,19 @@ def random_view(blocks: int = 2, channels: int = 8, scale: int = 4, seed: int = 
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.1, 0.1)
     return InferenceView(g).eval()
+
+
+@contextlib.contextmanager
+def strict_fp32():
+    """Plain fp32 convolutions and matmuls: TF32 would make fp32 comparisons loose."""
+    saved = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved[0]
+        torch.set_float32_matmul_precision(saved[1])
 
 
 def smooth_image(h: int, w: int, channels: int = 3, seed: int = 0, dtype=np.uint8) -> np.ndarray:

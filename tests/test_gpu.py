@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_view, smooth_image
+from conftest import random_view, smooth_image, strict_fp32
 
 pytestmark = [
     pytest.mark.gpu,
@@ -29,19 +28,6 @@ pytestmark = [
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FP32_TILE_TOLERANCE = 1e-5  # the design's bound for a tiled fp32 run against a whole-image run
-
-
-@contextlib.contextmanager
-def strict_fp32():
-    """Plain fp32 convolutions and matmuls: TF32 would make fp32 comparisons loose."""
-    saved = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = saved[0]
-        torch.set_float32_matmul_precision(saved[1])
 
 
 # ------------------------------------------------------------------------------ the kernel

@@ -21,7 +21,7 @@ from srtrt import zoo  # noqa: E402
 from srtrt.engine.backends.torch_backend import TorchBackend  # noqa: E402
 from srtrt.engine.datapath.runtime import Planes, TiledUpscaler  # noqa: E402
 
-from conftest import save_community_models, smooth_image, tiny_swinir  # noqa: E402
+from conftest import save_community_models, smooth_image, strict_fp32, tiny_swinir  # noqa: E402
 from run_helpers import partials, run_cli  # noqa: E402
 
 MODELS = {
@@ -343,14 +343,10 @@ def test_on_a_gpu_a_community_model_runs_torch_without_the_fused_op_and_tiles_ex
     """The fused shuffle + PReLU op is the default model's; a community model has no such step."""
     view = srtrt.load_model(model_files["compact"])
     image = lr_image(40, 52)
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False  # plain fp32 convolutions, to compare with the CPU
-    try:
+    with strict_fp32():  # to compare with the CPU
         backend = TorchBackend(view, "cuda", "fp32")
         assert not backend.fused_op
         tiled, _ = TiledUpscaler(backend, core=16, batch=3).run_to_array(Planes(image))
-    finally:
-        torch.backends.cudnn.allow_tf32 = saved
     whole, _ = TiledUpscaler(TorchBackend(view, "cpu", "fp32"), core=0, margin=0).run_to_array(Planes(image))
     assert np.abs(tiled - whole).max() <= 1e-5
 
