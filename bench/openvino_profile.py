@@ -69,6 +69,29 @@ def summarise(layers) -> dict:
             "reorders": {"count": counts.get("Reorder", 0), "ms": round(by_type.get("Reorder", 0.0), 3)}}
 
 
+def layer_rows(backend) -> list[dict]:
+    """Every executed layer of the last inference, slowest first: its kernel and time, and from the
+    compiled (runtime) model the precision it ran in and the graph nodes fused into it -- which
+    convolutions took which kernel, and what was fused into the ones that left AMX."""
+    def field(info, key: str) -> str:
+        return str(info[key].astype(str)) if key in info else ""
+
+    runtime = {}
+    if backend._last is not None:
+        for op in backend._last.get_compiled_model().get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            runtime[op.get_friendly_name()] = {"runtime_precision": field(info, "runtimePrecision"),
+                                               "output_precisions": field(info, "outputPrecisions"),
+                                               "fused": field(info, "originalLayersNames")}
+    rows = []
+    for layer in backend.layer_profile():
+        if not str(layer.status).endswith("EXECUTED"):
+            continue
+        rows.append({"name": layer.node_name, "type": str(layer.node_type), "kernel": str(layer.exec_type),
+                     "ms": round(layer.real_time.total_seconds() * 1e3, 3), **runtime.get(layer.node_name, {})})
+    return sorted(rows, key=lambda row: -row["ms"])
+
+
 def profile(precision: str, model: str | None, window_lr: np.ndarray, runs: int) -> dict:
     """One precision: its backend as `srtrt run` makes it, timed and profiled on one window."""
     from srtrt.engine.backends import create_backend
@@ -87,7 +110,8 @@ def profile(precision: str, model: str | None, window_lr: np.ndarray, runs: int)
         backend.infer(x)
         times.append((time.perf_counter() - start) * 1e3)
     result = {"window": [h, w], "describe": backend.describe(), "runs_ms": [round(t, 1) for t in times],
-              "wall_ms": round(statistics.median(times), 1), **summarise(backend.layer_profile())}
+              "wall_ms": round(statistics.median(times), 1), **summarise(backend.layer_profile()),
+              "layers": layer_rows(backend)}
     backend.close()
     return result
 

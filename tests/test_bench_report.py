@@ -43,3 +43,26 @@ def test_a_newer_suite_run_on_its_own_neither_replaces_the_device_run_nor_is_los
     video_lines = [line for line in text.splitlines() if "free network" in line]
     assert video_lines == ["- video with a free network, libx264 ultrafast: 30.7 fps = 1.28x real time "
                            "(target ≥ 1.5x real time at 24 fps: not met) (`video.json`, 2026-12-03)"]
+
+
+def _auto(picked: str, seconds: float) -> dict:
+    bench = _throughput("auto", seconds)
+    bench["extra_info"]["picked"] = picked
+    return bench
+
+
+def _auto_line(tmp_path, picked: str) -> str:
+    run = _run(tmp_path / f"{picked}.json", "2026-12-04T10:00",
+               [_throughput("eager-fp32-nchw", 10.0), _throughput("openvino-int8", 1.0),
+                _throughput("openvino-bf16", 1.5), _auto(picked, 1.15)])
+    text = report.render([report.load(run)], tmp_path / picked).read_text()
+    return next(line for line in text.splitlines() if line.startswith("- `auto` picked"))
+
+
+def test_auto_against_the_fastest_path_judges_the_pick_not_the_noise_between_two_runs_of_it(tmp_path):
+    """auto timed 15 % behind the int8 row: when it picked int8 itself that gap is one path timed
+    twice (target met, the gap shown); when it picked bf16 it is a wrong pick (not met)."""
+    same = _auto_line(tmp_path, "openvino-int8")
+    assert "the pick is the fastest path (target ≤ 5%: met)" in same and "+15.0%" in same
+    wrong = _auto_line(tmp_path, "openvino-bf16")
+    assert "auto +15.0% behind (target ≤ 5%: not met)" in wrong

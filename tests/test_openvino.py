@@ -68,7 +68,7 @@ def test_the_layer_profile_names_every_convolution_that_ran_and_sums_to_the_run(
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from openvino_profile import summarise
+    from openvino_profile import layer_rows, summarise
 
     ov = OpenVinoBackend(onnx_file, view.scale, view.radius, "fp32", cache=None, channels=view.generator.config.channels)
     ov.config["PERF_COUNT"] = True
@@ -80,6 +80,12 @@ def test_the_layer_profile_names_every_convolution_that_ran_and_sums_to_the_run(
     summary = summarise(layers)
     assert summary["by_type"]["Convolution"] > 0 and set(summary["convolution_ms_by_format"]) <= {"f32", "bf16", "int8", "other"}
     assert abs(sum(summary["by_type"].values()) - summary["profile_ms"]) < 0.01 * summary["profile_ms"] + 0.01
+    rows = layer_rows(ov)  # per layer, slowest first, with what the compiled model fused into each conv
+    assert len(rows) == sum(1 for layer in layers if str(layer.status).endswith("EXECUTED"))
+    assert [r["ms"] for r in rows] == sorted((r["ms"] for r in rows), reverse=True)
+    conv_rows = [r for r in rows if r["type"] == "Convolution"]
+    assert len(conv_rows) == len(convs) and all(r["runtime_precision"] and r["fused"] for r in conv_rows)
+    assert any("prelu" in r["fused"].lower() for r in conv_rows)  # an activation runs inside its conv
     ov.close()
 
 

@@ -76,6 +76,46 @@ def test_the_polyphase_tail_keeps_the_tails_name_and_runs_in_int8(tmp_path):
     assert list(int8_tail.dims[1:]) == [4 * 8, 5, 5]  # 12 phases of RGB from the 4 x 8 pre-shuffle channels
 
 
+def test_a_prelu_between_int8_convs_becomes_max_with_the_same_values_unless_a_slope_exceeds_one(tmp_path,
+                                                                                                monkeypatch):
+    """OpenVINO on AMX leaves the int8 kernel for a conv with a PReLU fused into it (quantize.py
+    _prelu_as_max): such a PRelu is written as Max(x, a*x), which equals it for slopes a <= 1
+    (negative ones included); one channel above 1 keeps the PRelu, and so does the head's (its
+    conv is not int8). Without graph optimisations onnxruntime runs both graphs' arithmetic as
+    written: the outputs are equal."""
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+
+    from srtrt.engine.toolchain import quantize
+    from srtrt.engine.toolchain.export import export_onnx
+
+    view = random_view(blocks=2, channels=8)
+    with torch.no_grad():
+        acts = dict(view.generator.named_modules())
+        acts["body.0.act"].weight.copy_(torch.linspace(-0.5, 1.0, 8))
+        acts["body.1.act"].weight.copy_(torch.linspace(0.1, 1.5, 8))
+    view, photos = _calibrated(view)
+    rewritten = onnx.load(export_onnx(view, tmp_path / "max.onnx", precision="int8"))
+    monkeypatch.setattr(quantize, "_prelu_as_max", lambda nodes, _initializers: nodes)
+    plain = onnx.load(export_onnx(view, tmp_path / "prelu.onnx", precision="int8"))
+
+    def after_conv(model, op):  # the convs (by bias name) whose output goes straight into an `op` node
+        made_by = {out: n for n in model.graph.node for out in n.output}
+        return sorted(made_by[n.input[0]].input[2] for n in model.graph.node
+                      if n.op_type == op and made_by.get(n.input[0]) is not None and made_by[n.input[0]].op_type == "Conv")
+
+    assert after_conv(rewritten, "Max") == ["generator.body.0.conv1.bias"]
+    assert after_conv(rewritten, "PRelu") == ["generator.body.1.conv1.bias", "generator.head.bias"]
+    assert after_conv(plain, "PRelu") == ["generator.body.0.conv1.bias", "generator.body.1.conv1.bias",
+                                          "generator.head.bias"]
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    run = lambda path: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(  # noqa: E731
+        None, {"lr": photos[0].numpy()})[0]
+    np.testing.assert_array_equal(run(tmp_path / "max.onnx"), run(tmp_path / "prelu.onnx"))
+
+
 def test_int8_export_without_calibration_is_refused_in_one_line(tmp_path):
     from srtrt.engine.toolchain.export import export_onnx
 

@@ -64,9 +64,9 @@ def _onnx_path(view, precision: str, polyphase: bool = False, shape: tuple[int, 
     calibration: a new calibration is a new graph) and, for a static graph, its (N, C, h, w)."""
     form = "-polyphase" if polyphase else ""
     if precision == "int8":
-        from srtrt.engine.toolchain.quantize import calibration_digest
+        from srtrt.engine.toolchain.quantize import int8_graph_tag
 
-        form = f"-{calibration_digest(view.int8_calibration)}{form}"
+        form = f"-{int8_graph_tag(view.int8_calibration)}{form}"
     fixed = "" if shape is None else "-" + "x".join(map(str, shape))
     return cache_dir("onnx") / f"{_model_sha256(view)[:16]}-x{view.scale}-{precision}{form}{fixed}.onnx"
 
@@ -287,12 +287,13 @@ def _auto_cpu(view, dev: torch.device, asked: str, sha: str, shape_class: str) -
         from srtrt.engine.backends.agreement import agreement_judge
 
         judge = agreement_judge(view, lambda name, precision: _MAKERS[name](view, dev, precision))
-    from srtrt.engine.toolchain.quantize import calibration_digest
+    from srtrt.engine.toolchain.quantize import calibration_digest, int8_graph_tag
 
     calibration = getattr(view, "int8_calibration", None)
-    digest = calibration_digest(calibration) if calibration else None
+    digest = calibration_digest(calibration) if calibration else None  # the guard's entries name the ranges
+    graph = int8_graph_tag(calibration) if calibration else ""  # the timings name the graph too
     name, precision, why = cpu_choice(sha, asked, available(), calibrated=digest is not None, judge=judge,
-                                      timer=_speed_timer(view, dev, sha, shape_class, digest or ""), calibration=digest)
+                                      timer=_speed_timer(view, dev, sha, shape_class, graph), calibration=digest)
     backend = _MAKERS[name](view, dev, precision)
     return Selection(backend, f"{backend.describe()}: no CUDA device; {why}")
 

@@ -54,9 +54,9 @@ def measured_agreement(view, backend: str, precision: str, make, device: str = "
 
     form = precision
     if precision == "int8":  # a new calibration is a new int8 model
-        from srtrt.engine.toolchain.quantize import calibration_digest
+        from srtrt.engine.toolchain.quantize import int8_graph_tag
 
-        form = f"int8-{calibration_digest(view.int8_calibration)}"
+        form = f"int8-{int8_graph_tag(view.int8_calibration)}"
     kind = f"agreement-{backend}-{device}-{form}-{_library_version(backend)}"
     return receptive_field.cached(kind, view.checkpoint_sha256, measure)["psnr_db"]
 

@@ -29,6 +29,9 @@ from srtrt.nets import CommunityView
 WEIGHT_PREFIX = "generator."   # the exporter names a conv's weight after the module: generator.<conv>.weight
 NO_CALIBRATION = "has no int8 calibration (srtrt calibrate PHOTOS --model M measures one)"
 DEFAULT_IMAGES = 16  # photos calibrated on: what the shipped models used (16 of the 91 training photos)
+# The form of the QDQ graph quantize_onnx writes; a new form is a new cached graph and a new timing.
+# 2: a PRelu between int8 convs written as Max (_prelu_as_max).
+QDQ_FORM = 2
 
 
 def calibrate(view, images: Iterable[torch.Tensor], source: str = "") -> dict:
@@ -73,6 +76,11 @@ def calibrate(view, images: Iterable[torch.Tensor], source: str = "") -> dict:
 def calibration_digest(calibration: dict) -> str:
     """A short name for one calibration's ranges (cache file names)."""
     return hashlib.sha256(json.dumps(calibration["ranges"], sort_keys=True).encode()).hexdigest()[:8]
+
+
+def int8_graph_tag(calibration: dict) -> str:
+    """What names one int8 graph in caches (ONNX files, timings, agreement): its ranges and its form."""
+    return f"{calibration_digest(calibration)}-q{QDQ_FORM}"
 
 
 def _activation_qparams(lo: float, hi: float) -> tuple[np.float32, np.uint8]:
@@ -125,12 +133,48 @@ def quantize_onnx(model, calibration: dict) -> int:
     if missing := sorted(set(ranges) - done):
         raise SrtrtError(f"the int8 calibration names convs this graph lacks ({', '.join(missing[:3])})")
     del graph.node[:]
-    graph.node.extend(nodes)
+    graph.node.extend(_prelu_as_max(nodes, initializers))
     used = {name for n in graph.node for name in n.input}
     kept = [i for i in graph.initializer if i.name in used]  # the fp32 weights the int8 ones replace
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return len(done)
+
+
+def _prelu_as_max(nodes: list, initializers: dict) -> list:
+    """PRelu(x, a) between two int8 convs written as Max(x, a * x): the same values for slopes a <= 1.
+
+    OpenVINO's CPU plugin fuses a PRelu and the next conv's QuantizeLinear into the int8 conv before
+    them (per-channel PReLU and requantize to u8 as post-ops). On AMX the plugin then runs that conv on
+    jit_avx512_I8 (VNNI) instead of brgconv_avx512_amx_I8: half the int8 time of the default model on
+    an AMX Xeon went to such convs (bench/results/openvino-profile-cpu-intel-r-xeon-r-processor-f6m207-2c.json),
+    while every conv that writes bf16 ran on AMX. x read twice is not a post-op the plugin fuses, so the
+    conv writes bf16 and the Max joins the quantize in one element-wise subgraph. A channel with a
+    slope above 1 keeps the PRelu (there max picks the wrong branch). Neutral on a CPU without AMX
+    (AMD Zen 4: 1260 against 1292 ms a window, Set5 delta -0.0428 against -0.042 dB)."""
+    from onnx import helper, numpy_helper
+
+    consumers: dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    int8_outputs = {node.output[0] for node in nodes
+                    if node.op_type == "Conv" and node.input[0].endswith("_int8_x")}
+    rewritten = []
+    for node in nodes:
+        slope = initializers.get(node.input[1]) if node.op_type == "PRelu" else None
+        after = consumers.get(node.output[0], []) if slope is not None else []
+        if (slope is None or node.input[0] not in int8_outputs or not after
+                or any(c.op_type != "QuantizeLinear" for c in after)):
+            rewritten.append(node)
+            continue
+        if numpy_helper.to_array(slope).max() > 1:
+            rewritten.append(node)
+            continue
+        scaled = f"{node.output[0]}_ax"
+        rewritten += [helper.make_node("Mul", [node.input[0], node.input[1]], [scaled], name=f"{node.name}_ax"),
+                      helper.make_node("Max", [node.input[0], scaled], [node.output[0]], name=f"{node.name}_max")]
+    return rewritten
 
 
 def lr_photos(folder: str | Path, scale: int, limit: int = DEFAULT_IMAGES, channels: int = 3, multiple_of: int = 1,
