@@ -218,6 +218,40 @@ def test_staging_buffers_are_made_once_per_window_shape_and_batch(staging_made):
     assert len(made) == 4 and made[2][1] == made[3][1] == torch.int16  # uint16 travels as int16 bits
 
 
+def test_images_of_other_sizes_reuse_the_staging_buffers_while_their_windows_fit(staging_made):
+    """A folder of many sizes: each image is one window of its own shape. A smaller one runs in the
+    buffers the larger made (no new allocation: pinning host memory costs a driver call on CUDA), a
+    larger one makes new ones; every output equals a fresh runtime's."""
+    backend = TorchBackend(random_view(blocks=1, channels=4))
+    up, mine = TiledUpscaler(backend, core=0), []
+    for size in ((40, 56), (24, 30), (33, 17), (48, 60)):
+        image = smooth_image(*size, seed=sum(size))
+        before = len(staging_made)
+        got, _ = up.run_to_array(Planes(image), np.uint8)
+        mine += [shape for shape, *_ in staging_made[before:]]
+        fresh, _ = TiledUpscaler(backend, core=0).run_to_array(Planes(image), np.uint8)
+        assert got.shape == (4 * size[0], 4 * size[1], 3) and np.array_equal(got, fresh)
+    # windows in, outputs back: made for the first image, then for the larger last one only
+    assert mine == [(1, 40, 56, 3), (1, 160, 224, 3), (1, 48, 60, 3), (1, 192, 240, 3)]
+
+
+def test_staging_buffers_refit_only_smaller_shapes_of_the_same_kind_and_only_when_all_are_home():
+    from srtrt.engine.datapath.runtime import StagingBuffers
+
+    buffers = StagingBuffers((2, 8, 8, 3), torch.uint8, 2, pinned=False)
+    held = buffers.take()
+    assert held.shape == (2, 8, 8, 3) and held.is_contiguous()
+    assert not buffers.refit((1, 4, 4, 3), torch.uint8, 2, False)  # one is still in use
+    buffers.give(held)
+    assert not buffers.refit((2, 9, 8, 3), torch.uint8, 2, False)  # more elements than each holds
+    assert not buffers.refit((1, 4, 4, 3), torch.int16, 2, False) and not buffers.refit((1, 4, 4, 3), torch.uint8, 3, False)
+    assert buffers.refit((1, 5, 7, 3), torch.uint8, 2, False)
+    a, b = buffers.take(), buffers.take()
+    assert a.shape == b.shape == (1, 5, 7, 3) and a.data_ptr() != b.data_ptr()
+    buffers.give(a), buffers.give(b)
+    assert buffers.refit((2, 8, 8, 3), torch.uint8, 2, False)  # back to the size they were made for
+
+
 def test_a_shorter_group_of_frames_runs_in_a_slice_of_the_staging_buffers_there_are(staging_made):
     """Video frames cut short at a segment (4, 2, then 4 frames of one window each at batch 4):
     the staging buffers are made once, and each frame still equals its own run."""

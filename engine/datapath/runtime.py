@@ -20,6 +20,7 @@ run checks the bytes a GPU run produces.
 """
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -215,33 +216,44 @@ def _host_array(host: torch.Tensor) -> np.ndarray:
 
 
 class StagingBuffers:
-    """A few reusable host buffers of one shape and dtype (pinned for CUDA copies).
+    """A few reusable host buffers of one dtype (pinned for CUDA copies), viewed in the current shape.
 
     `take` hands out a free one, first waiting for the CUDA event its last user recorded (the
     copy that reads or fills it); `give` returns it. Taking blocks while all are in use, which
     is the back-pressure between the stage that fills them and the one that empties them.
+    Each buffer is flat storage viewed in `shape`, so a later image whose windows need no more
+    elements reuses it (`refit`): pinning host memory is a slow driver call, and a folder of
+    images of many sizes brings a new window shape with nearly every image.
     """
 
     def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, count: int, pinned: bool):
-        self.key = (shape, dtype, count, pinned)
+        self.shape, self.dtype, self.count, self.pinned = shape, dtype, count, pinned
+        self.capacity = math.prod(shape)
         self._free: queue.Queue = queue.Queue()
+        self._flat: dict[int, torch.Tensor] = {}  # data pointer -> the flat buffer a view was taken of
         for _ in range(count):
-            self._free.put((torch.empty(shape, dtype=dtype, pin_memory=pinned), None))
+            flat = torch.empty(self.capacity, dtype=dtype, pin_memory=pinned)
+            self._flat[flat.data_ptr()] = flat
+            self._free.put((flat, None))
 
     def take(self, timeout: float | None = None) -> torch.Tensor:
-        buffer, event = self._free.get(timeout=timeout)
+        flat, event = self._free.get(timeout=timeout)
         if event is not None:
             event.synchronize()
-        return buffer
+        return flat[:math.prod(self.shape)].view(self.shape)
 
     def give(self, buffer: torch.Tensor, event=None) -> None:
-        self._free.put((buffer, event))
+        self._free.put((self._flat[buffer.data_ptr()], event))
 
-    def fits(self, shape: tuple[int, ...], dtype: torch.dtype, count: int, pinned: bool) -> bool:
-        """Whether these buffers serve batches of `shape`: the same but for a batch no larger (every
-        user takes a slice of the batch it has)."""
-        have, *rest = self.key
-        return have[1:] == shape[1:] and have[0] >= shape[0] and tuple(rest) == (dtype, count, pinned)
+    def refit(self, shape: tuple[int, ...], dtype: torch.dtype, count: int, pinned: bool) -> bool:
+        """Serve `shape` from now on if these buffers hold enough elements of the same dtype (and
+        count and pinning) and none is in use; returns whether they do."""
+        if (dtype, count, pinned) != (self.dtype, self.count, self.pinned) or math.prod(shape) > self.capacity:
+            return False
+        if self._free.qsize() != self.count:  # a run that failed may not have given every one back
+            return False
+        self.shape = shape
+        return True
 
 
 class TiledUpscaler:
@@ -284,8 +296,9 @@ class TiledUpscaler:
         return plan
 
     def _buffers(self, current: StagingBuffers | None, shape, dtype, count: int) -> StagingBuffers:
-        # a smaller batch (a video's frames cut short at a segment) runs in a slice of the ones there are
-        if current is not None and current.fits(shape, dtype, count, self.cuda):
+        # a smaller window or batch (an image of another size, a video's frames cut short at a segment)
+        # runs in the ones there are
+        if current is not None and current.refit(shape, dtype, count, self.cuda):
             return current
         return StagingBuffers(shape, dtype, count, pinned=self.cuda)
 
