@@ -161,7 +161,14 @@ def srtrt_runner(case: Case, loaded: Loaded, lr: np.ndarray, device: torch.devic
             "core": 0 if len(plan) == 1 else plan.core, "default_core": upscaler.core, "batch": upscaler.batch,
             "windows": len(plan), "window": [wh, ww],
             "computed_gflop": loaded.info["flop_per_lr_pixel"] * len(plan) * wh * ww / 1e9}
-    return Runner(lambda: upscaler.run(planes, keep, np.uint8), info, close=selection.backend.close)
+
+    def run():
+        upscaler.run(planes, keep, np.uint8)
+        # busy milliseconds per runtime stage, last round: where a small network's time goes besides itself
+        info["stage_ms"] = {name: round(1e3 * getattr(upscaler.times, name), 3)
+                            for name in ("read", "infer", "assemble", "encode", "wall")}
+
+    return Runner(run, info, close=selection.backend.close)
 
 
 def skip_reason(case: Case, device: torch.device) -> str | None:
@@ -192,6 +199,8 @@ def test_zoo(benchmark, model, case, zoo, workload, device):
         benchmark.pedantic(runner.run, rounds=MODE.rounds, iterations=1, warmup_rounds=1)
     finally:
         runner.close()
+    if "stage_ms" in runner.info:
+        benchmark.extra_info["stage_ms"] = runner.info["stage_ms"]
     seconds = median_seconds(benchmark)
     if seconds:
         benchmark.extra_info["output_mp_per_s"] = round(work.output_megapixels / seconds, 4)
