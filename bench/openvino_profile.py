@@ -1,6 +1,6 @@
 """Where OpenVINO spends the time, per precision: the per-layer profile of what `srtrt run` compiles.
 
-    python bench/openvino_profile.py [--precision bf16 int8 ...] [--model NAME|PATH] [--runs N] [--json PATH]
+    python bench/openvino_profile.py [--precision bf16 int8 int8-prelu ...] [--model NAME|PATH] [--runs N] [--json PATH]
 
 Each precision's backend is made as `srtrt run --backend openvino --precision P` makes it
 (backends.create_backend: the same graph, polyphase tail and CPU hints), with OpenVINO's
@@ -11,12 +11,17 @@ ref_...): the convolutions' time by number format, the Reorders (layout and prec
 conversions) and the element-wise layers (residual adds, activations) around them. It answers
 "why is int8 slower (or faster) than bf16 on this CPU" with the kernels that ran, not a guess.
 
+`int8-prelu` is the int8 graph as it was before the PRelu rewrite (quantize.QDQ_FORM 1: each
+PRelu between int8 convs kept, so OpenVINO fuses it and the next quantize into the conv), for
+the before/after on a CPU with AMX, where those fused convs left AMX.
+
 Prints a table per precision and a comparison; writes bench/results/openvino-profile-<device>.json
 (the CPU and the library versions with it).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -92,18 +97,35 @@ def layer_rows(backend) -> list[dict]:
     return sorted(rows, key=lambda row: -row["ms"])
 
 
-def profile(precision: str, model: str | None, window_lr: np.ndarray, runs: int) -> dict:
+@contextlib.contextmanager
+def int8_graph_form(name: str):
+    """For `int8-prelu`: quantize_onnx writes the form-1 graph (PRelu kept; its own cache name)."""
+    if name != "int8-prelu":
+        yield
+        return
+    from srtrt.engine.toolchain import quantize
+
+    saved = quantize.QDQ_FORM, quantize._prelu_as_max
+    quantize.QDQ_FORM, quantize._prelu_as_max = 1, lambda nodes, initializers: nodes
+    try:
+        yield
+    finally:
+        quantize.QDQ_FORM, quantize._prelu_as_max = saved
+
+
+def profile(name: str, model: str | None, window_lr: np.ndarray, runs: int) -> dict:
     """One precision: its backend as `srtrt run` makes it, timed and profiled on one window."""
     from srtrt.engine.backends import create_backend
     from srtrt.engine.datapath.runtime import TiledUpscaler
 
-    backend = create_backend("openvino", model, precision, "cpu").backend
-    backend.config["PERF_COUNT"] = True
-    backend.config.pop("CACHE_DIR", None)  # compile here, with the counters, not from a cached blob
-    h, w = TiledUpscaler(backend).plan(*window_lr.shape[:2]).window_shape
-    x = torch.from_numpy(window_lr[:h, :w]).permute(2, 0, 1)[None].float().div(255).contiguous()
-    backend.prepare(1, h, w)
-    backend.infer(x)  # warm-up
+    with int8_graph_form(name):  # the graph is exported by the first inference at the latest
+        backend = create_backend("openvino", model, name.split("-")[0], "cpu").backend
+        backend.config["PERF_COUNT"] = True
+        backend.config.pop("CACHE_DIR", None)  # compile here, with the counters, not from a cached blob
+        h, w = TiledUpscaler(backend).plan(*window_lr.shape[:2]).window_shape
+        x = torch.from_numpy(window_lr[:h, :w]).permute(2, 0, 1)[None].float().div(255).contiguous()
+        backend.prepare(1, h, w)
+        backend.infer(x)  # warm-up
     times = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -127,7 +149,7 @@ def print_table(precision: str, r: dict) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--precision", nargs="+", default=["bf16", "int8"], choices=["fp32", "bf16", "int8"])
+    ap.add_argument("--precision", nargs="+", default=["bf16", "int8"], choices=["fp32", "bf16", "int8", "int8-prelu"])
     ap.add_argument("--model", default=None, help="checkpoint path or embedded name (default: the default model)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", default=None, help="default: bench/results/openvino-profile-<device>.json")

@@ -2,7 +2,7 @@
 
 Same steps as engine/batch/cli_run.py without the terminal: plan_jobs names the outputs, a
 FileRunner upscales each file (decode, tiles, compute, PNG encode, rename) while DecodeAhead
-decodes the next one.
+decodes the next one and the previous one's output is written (FileRunner.submit).
 """
 from __future__ import annotations
 
@@ -20,12 +20,20 @@ def run_files(backend, files: list[Path], output: Path) -> dict:
     runner = FileRunner(backend, RunOptions(overwrite=True))
     jobs = plan_jobs(files, str(output) + "/", backend.scale)
     t0 = time.perf_counter()
-    outcomes = []
-    with DecodeAhead(runner) as ahead, torch_for_data_only(backend):  # as `srtrt run` runs
-        for i, job in enumerate(jobs, 1):
-            decoded = ahead.take(job)
-            ahead.start(jobs[i] if i < len(jobs) else None)
-            outcomes.append(runner.run(job.source, job.destination, decoded=decoded))
+    outcomes, pending = [], None
+    try:
+        with DecodeAhead(runner) as ahead, torch_for_data_only(backend):  # as `srtrt run` runs
+            for i, job in enumerate(jobs, 1):
+                decoded = ahead.take(job)
+                ahead.start(jobs[i] if i < len(jobs) else None)
+                written = runner.submit(job.source, job.destination, decoded=decoded)
+                if pending is not None:
+                    outcomes.append(pending.result())
+                pending = written
+            if pending is not None:
+                outcomes.append(pending.result())
+    finally:
+        runner.close()
     seconds = time.perf_counter() - t0
     failed = [o.message for o in outcomes if o.status != DONE]
     if failed:

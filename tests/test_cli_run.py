@@ -5,8 +5,11 @@ import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
+
+import srtrt
 
 from run_helpers import is_complete_image, partials, pixels, save_tiny_model, signal_when, srtrt_process, write_images
 from run_helpers import run_cli as run
@@ -160,3 +163,78 @@ def test_the_next_image_decodes_while_this_one_computes(tmp_path, capsys, monkey
     assert code == 0, err
     assert seen_ahead == [True]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img0_x4.png", "img1_x4.png"]
+
+
+def test_a_small_output_is_written_while_the_next_image_computes(tmp_path, capsys, monkeypatch):
+    """FileRunner.submit: the first image's write starts before the second image's network work
+    ends; every output equals the streamed one (FileRunner.run) and the outcomes come in order."""
+    import threading
+
+    import srtrt.engine.datapath.pipeline as pipeline
+    from srtrt.engine.backends.torch_backend import TorchBackend
+    from srtrt.engine.batch.files import FileRunner
+    from srtrt.engine.batch.options import RunOptions
+
+    model = save_tiny_model(tmp_path)
+    sources = write_images(tmp_path / "in", 3)
+    writing, calls = threading.Event(), []
+    real_write, real_infer = pipeline.write_upscaled, TorchBackend.infer
+
+    def write_upscaled(image, colour, *args, **kwargs):
+        writing.set()
+        return real_write(image, colour, *args, **kwargs)
+
+    def infer(self, x):
+        calls.append(writing.wait(timeout=20) if len(calls) == 1 else None)  # the second image's batch
+        return real_infer(self, x)
+
+    monkeypatch.setattr(pipeline, "write_upscaled", write_upscaled)
+    monkeypatch.setattr(TorchBackend, "infer", infer)
+    code, err = run(capsys, tmp_path / "in", "-o", tmp_path / "out", "--model", model, "--backend", "torch")
+    assert code == 0, err
+    assert calls[1] is True
+    done = [line for line in err.splitlines() if " -> " in line]
+    assert [line.split(" -> ")[0].rsplit("/", 1)[-1] for line in done] == ["img0.png", "img1.png", "img2.png"]
+    monkeypatch.undo()
+    streamed = FileRunner(TorchBackend(srtrt.load_model(str(model))), RunOptions())
+    for source in sources:
+        outcome = streamed.run(source, tmp_path / f"{source.stem}_streamed.png")
+        assert outcome.status == "done", outcome.message
+        assert np.array_equal(pixels(outcome.destination), pixels(tmp_path / "out" / f"{source.stem}_x4.png"))
+
+
+def test_outputs_above_the_write_behind_size_stream_into_their_file(tmp_path, monkeypatch):
+    import srtrt.engine.batch.files as files
+    import srtrt.engine.datapath.pipeline as pipeline
+    from srtrt.engine.backends.torch_backend import TorchBackend
+    from srtrt.engine.batch.options import RunOptions
+
+    (source,) = write_images(tmp_path / "in", 1)
+    runner = files.FileRunner(TorchBackend(srtrt.load_model(str(save_tiny_model(tmp_path)))), RunOptions())
+    behind = runner.submit(source, tmp_path / "behind.png").result()
+    monkeypatch.setattr(files, "WRITE_BEHIND_BYTES", behind.pixels * 3 - 1)  # one byte short of its output
+    monkeypatch.setattr(pipeline, "write_upscaled", lambda *a, **k: pytest.fail("not streamed"))
+    written = runner.submit(source, tmp_path / "streamed.png")
+    assert written.done() and written.result().status == "done"
+    runner.close()
+    assert np.array_equal(pixels(tmp_path / "behind.png"), pixels(tmp_path / "streamed.png"))
+
+
+def test_a_stop_while_an_output_is_written_behind_leaves_no_file(tmp_path):
+    from srtrt.engine.backends.torch_backend import TorchBackend
+    from srtrt.engine.batch.files import FileRunner
+    from srtrt.engine.batch.options import RunOptions
+    from srtrt.engine.batch.signals import Stopped
+
+    (source,) = write_images(tmp_path / "in", 1)
+    runner = FileRunner(TorchBackend(srtrt.load_model(str(save_tiny_model(tmp_path)))), RunOptions())
+
+    def stop():
+        raise Stopped(signal.SIGINT)
+
+    written = runner.submit(source, tmp_path / "out.png", stop_check=stop)
+    with pytest.raises(Stopped):
+        written.result()
+    runner.close()
+    assert not (tmp_path / "out.png").exists()
+    assert partials(tmp_path) == []

@@ -74,6 +74,7 @@ def main(args) -> int:
             (bar.write if bar_on else lambda m: print(m, file=sys.stderr))(message)
 
     current = None
+    pending = None  # the last image's output, still being written on the runner's writer thread
     try:
         with StopOnSignals() as stop, DecodeAhead(runner) as ahead, torch_for_data_only(backend):
             def on_tile(n):  # runs in the runtime's assembler thread after each batch of tiles
@@ -95,9 +96,16 @@ def main(args) -> int:
                 stop.check()
                 bar.update(n)
 
+            def collect():  # the previous image's outcome, once its output is written
+                nonlocal pending
+                if pending is not None:
+                    outcome, pending = report.add(pending.result()), None
+                    say(f"srtrt: {outcome.message}", always=outcome.status == FAILED)
+
             for i, job in enumerate(jobs, 1):
                 stop.check()
                 if job.refusal:
+                    collect()
                     report.add(Outcome(job.source, job.destination, job.status, job.refusal))
                     say(f"srtrt: {job.refusal}", always=job.status == FAILED)
                     continue
@@ -106,19 +114,28 @@ def main(args) -> int:
                 ahead.start(jobs[i] if i < len(jobs) else None)  # the next image decodes while this one runs
                 bar.reset(total=0)
                 bar.set_description(f"[{i}/{len(jobs)}] {job.source.name}")
-                outcome = report.add(runner.run(job.source, job.destination, on_tile=on_tile, on_plan=on_plan,
-                                                decoded=decoded, on_frame=on_frame, on_frames=on_frames,
-                                                stop_check=stop.check))
+                # a small image's output is written while the next one computes (FileRunner.submit)
+                written = runner.submit(job.source, job.destination, on_tile=on_tile, on_plan=on_plan,
+                                        decoded=decoded, on_frame=on_frame, on_frames=on_frames,
+                                        stop_check=stop.check)
                 current = None
-                say(f"srtrt: {outcome.message}", always=outcome.status == FAILED)
+                collect()
+                pending = written
+            collect()
             stop.check()
     except Stopped as stopped:
         remove_partials(current)
+        if pending is not None:  # the last image's write: kept if it finishes, discarded if the stop reached it
+            try:
+                report.add(pending.result())
+            except Stopped:
+                pass
         bar.close()
         print(f"srtrt: stopped by {stopped.name}: {len(report.done)} finished outputs kept, "
               "any image in progress discarded (a video's finished segments are kept for --resume)", file=sys.stderr)
         return stopped.exit_code
     finally:
+        runner.close()
         backend.close()
     bar.close()
     if len(jobs) > 1 and not args.quiet:

@@ -7,6 +7,8 @@
   renamed when complete, and retries an image that runs out of device memory with half the
   tile batch, then half the tile (see `oom`), failing with one line only when nothing smaller
   is left. Every file ends as an `Outcome`: done, skipped or failed with a one-line message.
+  `submit` leaves a small image's encoding and write to a writer thread while the caller
+  computes the next image (a small image's own stages run one after another).
 - `DecodeAhead` decodes the next input on a worker thread while the current one computes:
   one image ahead, so host memory holds at most two decoded inputs.
 """
@@ -29,6 +31,16 @@ from srtrt.engine.video import VIDEO_SUFFIXES, is_video
 from srtrt.errors import SrtrtError
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+# An output up to this size is held in memory and written while the next image computes
+# (FileRunner.submit): a small image's stages run one after another, so on a GPU its encoding
+# was a third of its time. Larger outputs stream into their file as they are computed.
+WRITE_BEHIND_BYTES = 32 * 2**20
+
+
+def _finished(outcome: Outcome) -> Future:
+    future: Future = Future()
+    future.set_result(outcome)
+    return future
 
 
 @dataclass
@@ -219,6 +231,7 @@ class FileRunner:
         self.backend, self.options = backend, options
         self.upscaler = TiledUpscaler(backend, core=options.tile, margin=options.margin, batch=options.batch)
         self.fallback_upscaler = None  # for images the backend's engine cannot take (backend.fallback), made on need
+        self._writer_pool: ThreadPoolExecutor | None = None  # submit's write-behind thread, made on need
         self.log = log or (lambda message: None)
 
     def upscaler_for(self, height: int, width: int):
@@ -248,6 +261,19 @@ class FileRunner:
 
         A video reports `on_frames(total, done)` once and `on_frame(1)` per frame; `stop_check` is
         called between its tile batches (it may raise to stop)."""
+        return self.submit(source, destination, on_tile, on_plan, decoded, on_frame, on_frames, stop_check,
+                           write_behind=False).result()
+
+    def submit(self, source: Path, destination: Path, on_tile=None, on_plan=None,
+               decoded: Future | None = None, on_frame=None, on_frames=None, stop_check=None,
+               write_behind: bool = True) -> Future:
+        """`run`, returning once the image is computed: an output of up to WRITE_BEHIND_BYTES is
+        encoded and written on the runner's writer thread while the caller starts the next image.
+        The Future's Outcome is ready when the file is in place; take it before submitting the
+        image after next (so at most two such outputs are held). `stop_check` is also called
+        while writing; a stop there removes the temporary file and the Future raises it. Large
+        images, which stream their rows into the file as they are computed, and videos come
+        back finished."""
         start = time.perf_counter()
         overwrite = self.options.overwrite
         existed = os.path.lexists(destination)
@@ -255,23 +281,65 @@ class FileRunner:
             if real_path(destination) == real_path(source):
                 raise SrtrtError("output path is the input itself", destination)
             if existed and not overwrite:
-                return Outcome(source, destination, SKIPPED, f"{destination}: exists, skipped (--overwrite to replace)")
+                return _finished(Outcome(source, destination, SKIPPED,
+                                         f"{destination}: exists, skipped (--overwrite to replace)"))
             if is_video(source):
-                return self._video(source, destination, on_frame, on_frames, stop_check, start)
+                return _finished(self._video(source, destination, on_frame, on_frames, stop_check, start))
             image = decoded.result() if decoded is not None else self.decode(source)
             if on_plan:
                 on_plan(len(self.upscaler_for(image.height, image.width).plan(image.height, image.width)))
+            if write_behind and self._output_bytes(image) <= WRITE_BEHIND_BYTES:
+                from srtrt.engine.datapath.pipeline import upscale_decoded
+
+                colour, alpha = self._retrying(
+                    image, source, destination,
+                    lambda upscaler: upscale_decoded(upscaler, image, self.options.alpha, on_tile))
+                return self._writer().submit(self._write_behind, source, destination, image, colour, alpha,
+                                             start, existed, stop_check)
             self._retrying(image, source, destination,
                            lambda upscaler: self._write(upscaler, image, destination, on_tile))
         except SrtrtError as e:
-            if not existed and not overwrite and os.path.lexists(destination):
-                # another run wrote it while this one was encoding; its output is complete
-                return Outcome(source, destination, SKIPPED, f"{destination}: written meanwhile by another run, skipped",
-                               time.perf_counter() - start)
-            message = str(e) if e.path is not None else f"{source}: {e}"  # every failure names its file
-            return Outcome(source, destination, FAILED, message, time.perf_counter() - start)
+            return _finished(self._failed(e, source, destination, existed, start))
+        return _finished(self._done(source, destination, image, start))
+
+    def close(self) -> None:
+        """Wait for the output being written, then stop the writer thread."""
+        if self._writer_pool is not None:
+            self._writer_pool.shutdown(wait=True)
+            self._writer_pool = None
+
+    def _writer(self) -> ThreadPoolExecutor:
+        if self._writer_pool is None:
+            self._writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="srtrt-write")
+        return self._writer_pool
+
+    def _output_bytes(self, image: DecodedImage) -> int:
+        s = self.backend.scale
+        channels = image.pixels.shape[2] + (image.alpha is not None)
+        return image.height * image.width * s * s * channels * image.pixels.dtype.itemsize
+
+    def _write_behind(self, source: Path, destination: Path, image: DecodedImage, colour, alpha,
+                      start: float, existed: bool, stop_check) -> Outcome:
+        from srtrt.engine.datapath.pipeline import write_upscaled
+
+        try:
+            write_upscaled(image, colour, alpha, destination, scale=self.backend.scale,
+                           overwrite=self.options.overwrite, png_level=self.options.png_level, stop_check=stop_check)
+        except SrtrtError as e:
+            return self._failed(e, source, destination, existed, start)
+        return self._done(source, destination, image, start)
+
+    def _done(self, source: Path, destination: Path, image: DecodedImage, start: float) -> Outcome:
         pixels = image.height * image.width * self.backend.scale ** 2
         return Outcome(source, destination, DONE, f"{source} -> {destination}", time.perf_counter() - start, pixels)
+
+    def _failed(self, e: SrtrtError, source: Path, destination: Path, existed: bool, start: float) -> Outcome:
+        if not existed and not self.options.overwrite and os.path.lexists(destination):
+            # another run wrote it while this one was encoding; its output is complete
+            return Outcome(source, destination, SKIPPED, f"{destination}: written meanwhile by another run, skipped",
+                           time.perf_counter() - start)
+        message = str(e) if e.path is not None else f"{source}: {e}"  # every failure names its file
+        return Outcome(source, destination, FAILED, message, time.perf_counter() - start)
 
     def _video(self, source: Path, destination: Path, on_frame, on_frames, stop_check, start: float) -> Outcome:
         try:

@@ -15,6 +15,7 @@ from srtrt.engine.datapath.imageio import DecodedImage, read_image
 from srtrt.engine.datapath.runtime import Band, Planes, TiledUpscaler
 from srtrt.engine.datapath.writers import open_writer
 
+WRITE_SLICE_BYTES = 4 * 2**20  # write_upscaled checks for a stop between slices of about this size
 BICUBIC_CONTEXT = 4  # LR rows; PIL's bicubic reads 2 source pixels each side when enlarging
 
 
@@ -59,6 +60,16 @@ def upscale_decoded(upscaler: TiledUpscaler, image: DecodedImage, alpha_mode: st
     return colour, alpha
 
 
+def _open_output(image: DecodedImage, destination: str | Path, scale: int, overwrite: bool, png_level: int | None):
+    channels = image.pixels.shape[2] + (image.alpha is not None)
+    return open_writer(destination, image.width * scale, image.height * scale, channels, image.bit_depth,
+                       icc_profile=image.icc_profile, exif=image.exif, overwrite=overwrite, png_level=png_level)
+
+
+def _rows(colour: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    return colour if alpha is None else np.concatenate([colour, alpha[..., None]], -1)
+
+
 def upscale_file(upscaler: TiledUpscaler, image: DecodedImage | str | Path, destination: str | Path, *,
                  overwrite: bool = False, alpha_mode: str = "bicubic", on_tile=None,
                  png_level: int | None = None) -> Path:
@@ -67,14 +78,24 @@ def upscale_file(upscaler: TiledUpscaler, image: DecodedImage | str | Path, dest
     if not isinstance(image, DecodedImage):
         image = read_image(image)
     s = upscaler.backend.scale
-    channels = image.pixels.shape[2] + (image.alpha is not None)
-    with open_writer(destination, image.width * s, image.height * s, channels, image.bit_depth,
-                     icc_profile=image.icc_profile, exif=image.exif, overwrite=overwrite,
-                     png_level=png_level) as writer:
+    with _open_output(image, destination, s, overwrite, png_level) as writer:
         def write(band: Band):
-            rows = band.colour if band.alpha is None else np.concatenate([band.colour, band.alpha[..., None]], -1)
-            writer.write_rows(rows)
+            writer.write_rows(_rows(band.colour, band.alpha))
 
         upscaler.run(_planes(image, alpha_mode), _with_bicubic_alpha(image, alpha_mode, s, write),
                      image.pixels.dtype, on_tile)
+    return Path(destination)
+
+
+def write_upscaled(image: DecodedImage, colour: np.ndarray, alpha: np.ndarray | None, destination: str | Path, *,
+                   scale: int, overwrite: bool = False, png_level: int | None = None, stop_check=None) -> Path:
+    """Write an upscale_decoded result of `image` into `destination` as upscale_file writes it
+    (same format, metadata, temp name then rename). `stop_check` is called between slices of
+    rows (it may raise to stop; the temporary file is then removed)."""
+    rows = max(1, WRITE_SLICE_BYTES // max(1, colour[0].nbytes))
+    with _open_output(image, destination, scale, overwrite, png_level) as writer:
+        for top in range(0, colour.shape[0], rows):
+            if stop_check:
+                stop_check()
+            writer.write_rows(_rows(colour[top:top + rows], None if alpha is None else alpha[top:top + rows]))
     return Path(destination)
