@@ -56,10 +56,12 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
 ADAM7 = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
 
 
-def handmade_png(samples: np.ndarray, colour_type: int, interlace: bool = False) -> bytes:
-    """A 16-bit PNG written independently of the project's encoder (filter None only)."""
+def handmade_png(samples: np.ndarray, colour_type: int, interlace: bool = False, bit_depth: int = 16,
+                 before: tuple = (), after: tuple = ()) -> bytes:
+    """A PNG written independently of the project's encoder (filter None only); `before` and
+    `after` are extra (kind, data) chunks around the IDAT."""
     height, width = samples.shape[:2]
-    big_endian = samples.astype(">u2").reshape(height, width, -1)
+    big_endian = samples.astype(">u2" if bit_depth == 16 else np.uint8).reshape(height, width, -1)
     passes = [(x0, y0, dx, dy) for x0, y0, dx, dy in ADAM7] if interlace else [(0, 0, 1, 1)]
     raw = bytearray()
     for x0, y0, dx, dy in passes:
@@ -67,9 +69,10 @@ def handmade_png(samples: np.ndarray, colour_type: int, interlace: bool = False)
         if sub_image.size:
             for row in sub_image:
                 raw += b"\x00" + row.tobytes()
-    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, int(interlace))
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
-            + png_chunk(b"IDAT", zlib.compress(bytes(raw))) + png_chunk(b"IEND", b""))
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, int(interlace))
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + b"".join(png_chunk(*c) for c in before)
+            + png_chunk(b"IDAT", zlib.compress(bytes(raw))) + b"".join(png_chunk(*c) for c in after)
+            + png_chunk(b"IEND", b""))
 
 
 def write_bytes(tmp_path, name: str, data: bytes) -> str:
@@ -378,6 +381,81 @@ def test_mutated_files_decode_or_raise_srtrt_error(tmp_path, seed, edits, cut):
     else:
         assert image.pixels.ndim == 3 and image.pixels.shape[2] in (1, 3)
         assert image.bit_depth in (8, 16)
+
+
+# --------------------------------------------------------------------------- 8-bit PNG through libpng
+
+PNG_COLOUR_TYPES = {"L": (0, 1), "LA": (4, 2), "RGB": (2, 3), "RGBA": (6, 4)}
+
+
+def decoded_both_ways(path, monkeypatch) -> tuple[DecodedImage, int, DecodedImage]:
+    """read_image(path), how many times libpng decoded, and read_image through Pillow alone."""
+    import imagecodecs
+
+    import srtrt.engine.datapath.imageio as imageio
+
+    calls, real = [], imagecodecs.png_decode
+    with monkeypatch.context() as patch:
+        patch.setattr(imagecodecs, "png_decode", lambda data: calls.append(1) or real(data))
+        fast = read_image(path)
+    with monkeypatch.context() as patch:
+        patch.setattr(imageio, "_read_plain_png", lambda img, path: None)
+        reference = read_image(path)
+    return fast, len(calls), reference
+
+
+def assert_same_image(a: DecodedImage, b: DecodedImage) -> None:
+    np.testing.assert_array_equal(a.pixels, b.pixels)
+    assert (a.alpha is None) == (b.alpha is None)
+    if a.alpha is not None:
+        np.testing.assert_array_equal(a.alpha, b.alpha)
+    assert (a.bit_depth, a.icc_profile, a.exif, a.format, a.path) == (b.bit_depth, b.icc_profile, b.exif, b.format, b.path)
+
+
+@pytest.mark.parametrize("interlace", [False, True])
+@pytest.mark.parametrize("mode", list(PNG_COLOUR_TYPES))
+def test_plain_png_decodes_through_libpng_as_pillow_does(tmp_path, monkeypatch, mode, interlace):
+    colour_type, channels = PNG_COLOUR_TYPES[mode]
+    samples = random_array(13, 17, channels)
+    gamma = (b"gAMA", struct.pack(">I", 45455))  # Pillow ignores it: libpng must too
+    path = write_bytes(tmp_path, "p.png", handmade_png(samples, colour_type, interlace, 8, before=[gamma]))
+    fast, decodes, reference = decoded_both_ways(path, monkeypatch)
+    assert decodes == 1
+    assert_same_image(fast, reference)
+    np.testing.assert_array_equal(fast.pixels, samples.reshape(13, 17, channels)[:, :, :1 + 2 * (mode[0] == "R")])
+
+
+def test_plain_png_metadata_and_orientation_as_pillow_reads_them(tmp_path, monkeypatch):
+    image = Image.fromarray(random_array(10, 14, 3))
+    path = save(tmp_path, image, "o.png", exif=exif_with_orientation(6), icc_profile=srgb_profile())
+    fast, decodes, reference = decoded_both_ways(path, monkeypatch)
+    assert decodes == 1
+    assert_same_image(fast, reference)
+    assert fast.pixels.shape == (14, 10, 3) and fast.icc_profile == srgb_profile()
+
+
+@pytest.mark.parametrize("late", [b"eXIf", b"tEXt"])
+def test_metadata_after_the_pixels_leaves_the_png_to_pillow(tmp_path, monkeypatch, late):
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    data = exif.tobytes()[6:] if late == b"eXIf" else b"Comment\x00written after the pixels"
+    path = write_bytes(tmp_path, "late.png", handmade_png(random_array(6, 9, 3), 2, bit_depth=8, after=[(late, data)]))
+    fast, decodes, reference = decoded_both_ways(path, monkeypatch)
+    assert decodes == 0
+    assert_same_image(fast, reference)
+
+
+def test_a_truncated_plain_png_fails_as_pillow_says(tmp_path, monkeypatch):
+    import srtrt.engine.datapath.imageio as imageio
+
+    data = handmade_png(random_array(40, 40, 3), 2, bit_depth=8)
+    path = write_bytes(tmp_path, "cut.png", data[:len(data) // 2])
+    with pytest.raises(SrtrtError) as fast:
+        read_image(path)
+    monkeypatch.setattr(imageio, "_read_plain_png", lambda img, path: None)
+    with pytest.raises(SrtrtError) as reference:
+        read_image(path)
+    assert str(fast.value) == str(reference.value)
 
 
 # --------------------------------------------------------------------------- 16-bit colour, one decode

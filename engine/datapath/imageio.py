@@ -10,7 +10,8 @@ Pillow truncates 16-bit colour (RGB, RGBA, grey+alpha) to 8 bits because it has 
 colour modes. Such files are opened by Pillow as usual (header, size check, metadata) and
 their pixels decoded once, in full, by tifffile (TIFF: every compression imagecodecs knows,
 strips or tiles, planar or interleaved) or by libpng through imagecodecs (PNG: every filter,
-interlacing; a tRNS colour key becomes alpha, as it does at 8 bits).
+interlacing; a tRNS colour key becomes alpha, as it does at 8 bits). libpng also decodes plain
+8-bit PNGs, 1.5-2x faster than Pillow with the same result (`_read_plain_png`).
 """
 from __future__ import annotations
 
@@ -73,6 +74,8 @@ def read_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImag
                 source_format = img.format
                 if _sixteen_bit_colour_rawmode(img) is not None:
                     return _read_sixteen_bit_colour(img, path, source_format)
+                if (decoded := _read_plain_png(img, path)) is not None:
+                    return decoded
                 img.load()
                 return _normalise(img, path, source_format)
         except SrtrtError:
@@ -277,6 +280,59 @@ def _exif_with_orientation_reset(raw: bytes) -> bytes | None:
     except (KeyError, struct.error):
         return None
     return EXIF_PREFIX + bytes(body)
+
+
+# --------------------------------------------------------------------------- 8-bit PNG
+
+_PLAIN_PNG_CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
+_PNG_METADATA_CHUNKS = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")
+
+
+def _read_plain_png(img: Image.Image, path) -> DecodedImage | None:
+    """An 8-bit grey/RGB PNG (with or without alpha, no colour key) decoded by libpng, about
+    twice as fast as Pillow (whose pixels it equals); None where Pillow must decode it: other
+    modes, orientation from XMP or a raw-profile text chunk, metadata after the pixels (Pillow
+    reads those while decoding), or data libpng refuses (Pillow then says what is wrong)."""
+    channels = _PLAIN_PNG_CHANNELS.get(img.mode)
+    rawmodes = {_tile_rawmode(tile) for tile in img.tile}
+    if (img.format != "PNG" or channels is None or rawmodes != {img.mode} or "transparency" in img.info
+            or ("exif" not in img.info and ("XML:com.adobe.xmp" in img.info or "Raw profile type exif" in img.info))):
+        return None
+    import imagecodecs
+
+    with open(path, "rb") as file:
+        data = file.read()
+    if _png_metadata_after_pixels(data):
+        return None
+    try:
+        with _library_messages_dropped():
+            samples = imagecodecs.png_decode(data)
+    except Exception:
+        return None
+    if samples.ndim == 2:
+        samples = samples[:, :, None]
+    if samples.shape != (img.height, img.width, channels) or samples.dtype != np.uint8:
+        return None
+    pixels, alpha = _split_alpha(samples, img.mode)
+    # getexif() would decode the whole image to look for a late eXIf chunk: there is none (checked above)
+    orientation, exif = _orientation_and_exif(img) if "exif" in img.info else (1, None)
+    icc = img.info.get("icc_profile") or None
+    return DecodedImage(_apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation),
+                        8, icc, exif, "PNG", path)
+
+
+def _png_metadata_after_pixels(data: bytes) -> bool:
+    """Whether a PNG has an EXIF or text chunk after its first IDAT (or a chunk list that breaks off)."""
+    position, seen_pixels = 8, False
+    while position + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, position)
+        if kind == b"IEND":
+            return False
+        seen_pixels = seen_pixels or kind == b"IDAT"
+        if seen_pixels and kind in _PNG_METADATA_CHUNKS:
+            return True
+        position += 12 + length
+    return True
 
 
 # --------------------------------------------------------------------------- 16-bit colour
