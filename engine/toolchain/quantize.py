@@ -150,8 +150,10 @@ def _prelu_as_max(nodes: list, initializers: dict) -> list:
     an AMX Xeon went to such convs (bench/results/openvino-profile-cpu-intel-r-xeon-r-processor-f6m207-2c.json),
     while every conv that writes bf16 ran on AMX. x read twice is not a post-op the plugin fuses, so the
     conv writes bf16 and the Max joins the quantize in one element-wise subgraph. A channel with a
-    slope above 1 keeps the PRelu (there max picks the wrong branch). Neutral on a CPU without AMX
-    (AMD Zen 4: 1260 against 1292 ms a window, Set5 delta -0.0442 against -0.0437 dB)."""
+    slope above 1 keeps the PRelu (there max picks the wrong branch). On that Xeon every int8 conv
+    then ran on AMX: 1172-1249 against 1438 ms a 384x512 window (bf16 1721 ms; the element-wise
+    subgraphs grew from 100 to 214 ms). Neutral on a CPU without AMX (AMD Zen 4: 1260 against
+    1292 ms, Set5 delta -0.0442 against -0.0437 dB)."""
     from onnx import helper, numpy_helper
 
     consumers: dict[str, list] = {}
