@@ -445,6 +445,15 @@ def test_metadata_after_the_pixels_leaves_the_png_to_pillow(tmp_path, monkeypatc
     assert_same_image(fast, reference)
 
 
+def test_a_plain_png_still_decodes_without_imagecodecs(tmp_path, monkeypatch):
+    import sys
+
+    samples = random_array(5, 6, 3)
+    path = save(tmp_path, Image.fromarray(samples), "p.png")
+    monkeypatch.setitem(sys.modules, "imagecodecs", None)  # `import imagecodecs` now raises ImportError
+    np.testing.assert_array_equal(read_image(path).pixels, samples)
+
+
 def test_a_truncated_plain_png_fails_as_pillow_says(tmp_path, monkeypatch):
     import srtrt.engine.datapath.imageio as imageio
 

@@ -298,8 +298,10 @@ def _read_plain_png(img: Image.Image, path) -> DecodedImage | None:
     if (img.format != "PNG" or channels is None or rawmodes != {img.mode} or "transparency" in img.info
             or ("exif" not in img.info and ("XML:com.adobe.xmp" in img.info or "Raw profile type exif" in img.info))):
         return None
-    import imagecodecs
-
+    try:
+        import imagecodecs
+    except ImportError:  # a declared dependency, but Pillow reads these files too
+        return None
     with open(path, "rb") as file:
         data = file.read()
     if _png_metadata_after_pixels(data):
