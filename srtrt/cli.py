@@ -246,9 +246,10 @@ def main(argv=None) -> int:
     except SrtrtError as e:
         print(f"srtrt: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("srtrt: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C outside a batch, or a second signal during a batch's clean-up
+        stopped = getattr(e, "name", None)  # signals.Stopped: which signal, and its exit code
+        print(f"srtrt: stopped by {stopped}" if stopped else "srtrt: interrupted", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
 
 
 if __name__ == "__main__":

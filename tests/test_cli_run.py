@@ -238,3 +238,18 @@ def test_a_stop_while_an_output_is_written_behind_leaves_no_file(tmp_path):
     runner.close()
     assert not (tmp_path / "out.png").exists()
     assert partials(tmp_path) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_that_reaches_the_top_exits_with_its_signal_code(capsys, monkeypatch, signum):
+    """A second signal raises Stopped wherever the batch is, its clean-up included: the exit code
+    still names the signal (130 for SIGINT, 143 for SIGTERM), in one line."""
+    from srtrt import cli
+    from srtrt.engine.batch.signals import Stopped
+
+    def stopped(args):
+        raise Stopped(signum)
+
+    monkeypatch.setattr(cli, "_dispatch", stopped)
+    assert cli.main(["run", "x.png"]) == 128 + signum
+    assert capsys.readouterr().err == f"srtrt: stopped by {signal.Signals(signum).name}\n"
