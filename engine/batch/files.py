@@ -289,11 +289,7 @@ class FileRunner:
             if on_plan:
                 on_plan(len(self.upscaler_for(image.height, image.width).plan(image.height, image.width)))
             if write_behind and self._output_bytes(image) <= WRITE_BEHIND_BYTES:
-                from srtrt.engine.datapath.pipeline import upscale_decoded
-
-                colour, alpha = self._retrying(
-                    image, source, destination,
-                    lambda upscaler: upscale_decoded(upscaler, image, self.options.alpha, on_tile))
+                colour, alpha = self.upscale_arrays(image, source, on_tile)
                 return self._writer().submit(self._write_behind, source, destination, image, colour, alpha,
                                              start, existed, stop_check)
             self._retrying(image, source, destination,
@@ -378,11 +374,13 @@ class FileRunner:
         self._retrying(_Shape(*rgbs[0].shape[:2]), "frame", None,
                        lambda upscaler: frames_through(upscaler, rgbs[delivered:], counted, on_tile), images=len(rgbs))
 
-    def upscale_arrays(self, image: DecodedImage, label: str = "image") -> tuple[np.ndarray, np.ndarray | None]:
+    def upscale_arrays(self, image: DecodedImage, label: str | Path = "image",
+                       on_tile=None) -> tuple[np.ndarray, np.ndarray | None]:
         """The whole result in memory (colour, alpha), with the same out-of-memory fallback."""
         from srtrt.engine.datapath.pipeline import upscale_decoded
 
-        return self._retrying(image, label, None, lambda upscaler: upscale_decoded(upscaler, image, self.options.alpha))
+        return self._retrying(image, label, None,
+                              lambda upscaler: upscale_decoded(upscaler, image, self.options.alpha, on_tile))
 
     def _write(self, upscaler, image: DecodedImage, destination: Path, on_tile) -> None:
         from srtrt.engine.datapath.pipeline import upscale_file
