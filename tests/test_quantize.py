@@ -173,6 +173,41 @@ def test_openvino_int8_agrees_with_fp32_and_tiles_match_the_whole_image(tmp_path
     assert np.abs(whole - tiled).max() <= 2e-2  # same static ranges in every tile: only op-order rounding
 
 
+def test_a_community_models_int8_computes_the_same_in_openvinos_dynamic_and_static_models(tmp_path, monkeypatch):
+    """A Compact whose convs have zero biases (as random or pruned weights do): OpenVINO 2026.4's
+    dynamic-shape model mis-scaled a bias-less int8 conv written for the Max form, so such a conv
+    keeps its PRelu (quantize._prelu_as_max). Every form the run may take (the dynamic model for a
+    small window, a static one for a large) agrees with fp32, and the guard judges each. The
+    ranges are the view's own, never stored: the exporting child takes them from the parent."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("spandrel")
+    from safetensors.torch import save_file
+    from spandrel.architectures.Compact import Compact
+
+    import srtrt
+    from srtrt import zoo
+    from srtrt.engine.backends import create_backend
+
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    net = Compact(num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=4, upscale=4).eval()
+    with torch.no_grad():  # Kaiming, as trained nets scale: small weights hide the error under the upsampled input
+        for name, p in net.named_parameters():
+            p.zero_() if name.endswith(".bias") else torch.nn.init.kaiming_normal_(p, a=0.2) if p.dim() == 4 else None
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "compact.safetensors"))
+    view = srtrt.load_model(str(tmp_path / "compact.safetensors"))
+    assert zoo.stored_calibration(view.checkpoint_sha256) is None
+    photos = [torch.from_numpy(smooth_image(40, 48, seed=s)).permute(2, 0, 1)[None].float() / 255 for s in (1, 7)]
+    view.int8_calibration = calibrate(view, photos)
+    lr = torch.from_numpy(smooth_image(32, 32, seed=3)).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        ref = view(lr)
+    with create_backend("openvino", precision="int8", view=view).backend as backend:
+        dynamic, static = backend.every_form_infer(lr)
+        assert backend.dynamic_runs == 1
+    assert _psnr(dynamic, ref) >= 35 and _psnr(static, ref) >= 35  # the Max form's dynamic model: 13 dB
+
+
 def test_calibrate_command_writes_the_sidecar_and_keeps_the_weights(tmp_path, capsys):
     from srtrt.cli import main
 

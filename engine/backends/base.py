@@ -56,6 +56,11 @@ class Backend(abc.ABC):
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, h, w) float32 in [0, 1] on self.device -> (N, 3, h*s, w*s) in [0, 1] on self.device."""
 
+    def every_form_infer(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """`infer(x)` through each compiled form a run may use for an input like `x` (one here): what
+        the precision guard judges, so no form runs unjudged."""
+        return [self.infer(x)]
+
     def accepts(self, batch: int, height: int, width: int) -> bool:
         """Whether this input shape can run (engines with fixed profiles say no outside them)."""
         return True

@@ -15,7 +15,8 @@ window shape. Architectures in DYNAMIC_FAILS skip the dynamic attempt, and a fai
 attempt is remembered beside the cached graph it would have been (NAME.onnx.failed), so the next
 process does not spend the minutes again.
 
-    python -m srtrt.engine.toolchain.export_isolated MODEL OUT.onnx PRECISION POLYPHASE EXPORTER NONCOMMERCIAL SHAPE
+    python -m srtrt.engine.toolchain.export_isolated MODEL OUT.onnx PRECISION POLYPHASE EXPORTER NONCOMMERCIAL SHAPE \
+        CALIBRATION
 """
 from __future__ import annotations
 
@@ -51,7 +52,9 @@ def export_community(view, path: Path, precision: str, polyphase: bool,
     exporters = ("torchscript", "dynamo") if quick and precision == "fp32" else ("dynamo", "torchscript")
     for exporter in exporters:
         command = [sys.executable, "-m", __name__, str(view.source), str(path), precision, str(int(polyphase)), exporter,
-                   str(int(view.allow_noncommercial)), "x".join(map(str, shape)) if shape else "dynamic"]
+                   str(int(view.allow_noncommercial)), "x".join(map(str, shape)) if shape else "dynamic",
+                   # the int8 ranges this graph is named after (_onnx_path), not whatever the child finds stored
+                   json.dumps(view.int8_calibration) if precision == "int8" else "-"]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -105,13 +108,15 @@ def _cause(done: subprocess.CompletedProcess) -> str:
 
 
 def _child(model: str, out: str, precision: str, polyphase: str, exporter: str, noncommercial: str,
-           shape: str = "dynamic") -> int:
+           shape: str = "dynamic", calibration: str = "-") -> int:
     import srtrt
     from srtrt.engine.toolchain.export import export_onnx
 
     fixed = None if shape == "dynamic" else tuple(int(n) for n in shape.split("x"))
     try:
         view = srtrt.load_model(model, allow_noncommercial=noncommercial == "1")
+        if calibration != "-":
+            view.int8_calibration = json.loads(calibration)
         export_onnx(view, out, precision=precision, polyphase=polyphase == "1", exporter=exporter,
                     dynamic=fixed is None, input_shape=fixed)
         if precision == "fp32":
@@ -151,4 +156,4 @@ def _check_against_module(view, path: Path, shape: tuple[int, int, int, int] | N
 
 
 if __name__ == "__main__":
-    sys.exit(_child(*sys.argv[1:8]))
+    sys.exit(_child(*sys.argv[1:9]))

@@ -30,8 +30,8 @@ WEIGHT_PREFIX = "generator."   # the exporter names a conv's weight after the mo
 NO_CALIBRATION = "has no int8 calibration (srtrt calibrate PHOTOS --model M measures one)"
 DEFAULT_IMAGES = 16  # photos calibrated on: what the shipped models used (16 of the 91 training photos)
 # The form of the QDQ graph quantize_onnx writes; a new form is a new cached graph and a new timing.
-# 2: a PRelu between int8 convs written as Max (_prelu_as_max).
-QDQ_FORM = 2
+# 2: a PRelu between int8 convs written as Max (_prelu_as_max). 3: not after a bias-less conv.
+QDQ_FORM = 3
 
 
 def calibrate(view, images: Iterable[torch.Tensor], source: str = "") -> dict:
@@ -153,15 +153,24 @@ def _prelu_as_max(nodes: list, initializers: dict) -> list:
     slope above 1 keeps the PRelu (there max picks the wrong branch). On that Xeon every int8 conv
     then ran on AMX: 1172-1249 against 1438 ms a 384x512 window (bf16 1721 ms; the element-wise
     subgraphs grew from 100 to 214 ms). Neutral on a CPU without AMX (AMD Zen 4: 1260 against
-    1292 ms, Set5 delta -0.0442 against -0.0437 dB)."""
+    1292 ms, Set5 delta -0.0442 against -0.0437 dB).
+
+    A conv without a bias (or with an all-zero one, which OpenVINO drops) keeps the PRelu too:
+    OpenVINO 2026.4's dynamic-shape model scales such a conv's output by its dequantize scales once
+    more when Mul and Max both read it (its static model and onnxruntime are right), which took a
+    Compact with zero biases from 44 to 18 dB against fp32 (tests/test_quantize.py)."""
     from onnx import helper, numpy_helper
 
     consumers: dict[str, list] = {}
     for node in nodes:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    def has_bias(conv) -> bool:
+        bias = initializers.get(conv.input[2]) if len(conv.input) > 2 else None
+        return bias is not None and bool(numpy_helper.to_array(bias).any())
+
     int8_outputs = {node.output[0] for node in nodes
-                    if node.op_type == "Conv" and node.input[0].endswith("_int8_x")}
+                    if node.op_type == "Conv" and node.input[0].endswith("_int8_x") and has_bias(node)}
     def between_int8_convs(node) -> bool:
         slope = initializers.get(node.input[1]) if node.op_type == "PRelu" else None
         after = consumers.get(node.output[0], [])
