@@ -100,6 +100,7 @@ def calibrate_int8(view) -> None:
     """What `srtrt calibrate SAMPLES --model FILE` does, on small centre crops (a 23-block RRDBNet
     runs eagerly here): the ranges kept by sha256, so `auto` and the int8 case find them."""
     from srtrt import zoo as srtrt_zoo
+    from srtrt.engine.backends.agreement import AGREEMENT_DB
     from srtrt.engine.toolchain.quantize import calibrate, lr_photos
 
     samples, side = workloads.shared_data("samples"), CALIBRATION_SIDE
@@ -113,7 +114,7 @@ def calibrate_int8(view) -> None:
     else:
         photos = [torch.from_numpy(workloads.photo_like(side, side, seed)).permute(2, 0, 1)[None].float() / 255
                   for seed in range(CALIBRATION_PHOTOS)]
-    record = calibrate(view, photos, source=samples.name if samples.is_dir() else "photo-like")
+    record = calibrate(view, photos, source=samples.name if samples.is_dir() else "photo-like", agreement_db=AGREEMENT_DB)
     srtrt_zoo.store_calibration(view.checkpoint_sha256, record)
     view.int8_calibration = record
 

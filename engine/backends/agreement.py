@@ -75,6 +75,8 @@ def agreement_judge(view, make_backend, device: str = "cpu"):
         except Exception as e:  # a network that breaks in this precision (dtype mixes in its forward) fails the guard
             return False, f"{precision} fails on this model ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
         ok = value >= AGREEMENT_DB
-        return ok, (f"{precision} agrees with this model's fp32 output to {value:.1f} dB on reference content "
+        floated = len((view.int8_calibration or {}).get("float", [])) if precision == "int8" else 0
+        mixed = f" with {floated} convs left in float by its calibration" if floated else ""
+        return ok, (f"{precision}{mixed} agrees with this model's fp32 output to {value:.1f} dB on reference content "
                     f"({'at or above' if ok else 'below'} the {AGREEMENT_DB:.0f} dB guard; measured once, cached)")
     return judge

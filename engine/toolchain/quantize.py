@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from srtrt import registry
+from srtrt.engine.backends.agreement import AGREEMENT_DB
 from srtrt.errors import SrtrtError
 from srtrt.nets import CommunityView
 
@@ -34,9 +35,12 @@ DEFAULT_IMAGES = 16  # photos calibrated on: what the shipped models used (16 of
 QDQ_FORM = 3
 
 
-def calibrate(view, images: Iterable[torch.Tensor], source: str = "") -> dict:
+def calibrate(view, images: Iterable[torch.Tensor], source: str = "", agreement_db: float | None = None) -> dict:
     """Input range of every int8 conv over `images` (1x3xHxW LR tensors in [0, 1]): the record
-    `srtrt calibrate` writes into the checkpoint sidecar."""
+    `srtrt calibrate` writes into the checkpoint sidecar. `agreement_db` (a community model, judged
+    by agreement with its fp32 output): the convs whose rounding would cost that agreement are left
+    in float (mixed_int8.py) and named in the record's "float"."""
+    images = list(images)
     arch = registry.of(view.generator)
     generator = arch.fold_batchnorm(copy.deepcopy(view.generator))  # the graph export writes
     names = arch.int8_convs(generator)
@@ -69,8 +73,25 @@ def calibrate(view, images: Iterable[torch.Tensor], source: str = "") -> dict:
     # in float whatever order its class defines them in (srresnet's tail is int8 by measurement, registry;
     # an unknown network's last conv is not, its rounding reaching the image undamped).
     kept = ran[1:-1] if arch is registry.COMMUNITY else [n for n in names if n in ran]
-    return {"method": "min-max", "images": count, "source": source, "date": datetime.date.today().isoformat(),
-            "ranges": {n: [round(lo[n], 6), round(hi[n], 6)] for n in kept}}
+    record = {"method": "min-max", "images": count, "source": source, "date": datetime.date.today().isoformat(),
+              "ranges": {n: [round(lo[n], 6), round(hi[n], 6)] for n in kept}}
+    if agreement_db is not None and record["ranges"]:
+        from srtrt.engine.toolchain.mixed_int8 import keep_in_float, selection_images
+
+        facts = view.facts
+        chosen = keep_in_float(view, generator, record["ranges"],
+                               selection_images(images, facts.channels, facts.multiple_of, facts.minimum), agreement_db)
+        record["ranges"] = {n: r for n, r in record["ranges"].items() if n in chosen["ranges"]}
+        record["float"] = chosen["float"]
+        record["simulated_db"], record["target_db"] = chosen["simulated_db"], chosen["target_db"]
+    return record
+
+
+def describe_selection(calibration: dict) -> str:
+    """What mixed_int8 chose for a community model's calibration, in one line."""
+    floated, total = len(calibration.get("float", [])), len(calibration["ranges"]) + len(calibration.get("float", []))
+    agrees = f"int8 simulated to agree with fp32 to {calibration['simulated_db']:.1f} dB (wanted {calibration['target_db']:.1f})"
+    return f"{agrees} with {floated} of {total} convs kept in float" if floated else f"{agrees}, every conv in int8"
 
 
 def calibration_digest(calibration: dict) -> str:
@@ -231,10 +252,13 @@ def main(args) -> int:
     facts = view.facts
     photos = lr_photos(args.photos, view.scale, args.images or DEFAULT_IMAGES, facts.channels, facts.multiple_of,
                        facts.minimum)
-    record = calibrate(view, photos, source=Path(args.photos).name)
-    if isinstance(view, CommunityView):
+    community = isinstance(view, CommunityView)
+    record = calibrate(view, photos, source=Path(args.photos).name, agreement_db=AGREEMENT_DB if community else None)
+    if community:
         where = zoo.store_calibration(view.checkpoint_sha256, record)
     else:
         where = checkpoint.update_meta(args.model, "int8_calibration", record)
     print(f"calibrated {len(record['ranges'])} convs on {record['images']} photos of {args.photos}: {where}")
+    if "simulated_db" in record:
+        print(describe_selection(record))
     return 0
