@@ -98,12 +98,19 @@ def zoo():
 
 def calibrate_int8(view) -> None:
     """What `srtrt calibrate SAMPLES --model FILE` does, on small centre crops (a 23-block RRDBNet
-    runs eagerly here): the ranges kept by sha256, so `auto` and the int8 case find them."""
+    runs eagerly here): the ranges kept by sha256, so `auto` and the int8 case find them. Done once
+    per weights file and data: the float-conv selection takes a 23-block RRDBNet minutes."""
     from srtrt import zoo as srtrt_zoo
     from srtrt.engine.backends.agreement import AGREEMENT_DB
+    from srtrt.engine.toolchain.mixed_int8 import MARGIN_DB
     from srtrt.engine.toolchain.quantize import calibrate, lr_photos
 
     samples, side = workloads.shared_data("samples"), CALIBRATION_SIDE
+    source = samples.name if samples.is_dir() else "photo-like"
+    stored = srtrt_zoo.stored_calibration(view.checkpoint_sha256)
+    if stored and stored.get("source") == source and stored.get("target_db") == round(AGREEMENT_DB + MARGIN_DB, 2):
+        view.int8_calibration = stored
+        return
 
     def centre(lr: torch.Tensor) -> torch.Tensor:
         top, left = max((lr.shape[-2] - side) // 2, 0), max((lr.shape[-1] - side) // 2, 0)
@@ -114,7 +121,7 @@ def calibrate_int8(view) -> None:
     else:
         photos = [torch.from_numpy(workloads.photo_like(side, side, seed)).permute(2, 0, 1)[None].float() / 255
                   for seed in range(CALIBRATION_PHOTOS)]
-    record = calibrate(view, photos, source=samples.name if samples.is_dir() else "photo-like", agreement_db=AGREEMENT_DB)
+    record = calibrate(view, photos, source=source, agreement_db=AGREEMENT_DB)
     srtrt_zoo.store_calibration(view.checkpoint_sha256, record)
     view.int8_calibration = record
 
