@@ -51,15 +51,15 @@ def selection_images(images: list[torch.Tensor], channels: int, multiple_of: int
 
 def fake_quantized(generator: nn.Module, ranges: dict) -> nn.Module:
     """A copy of `generator` whose calibrated convs read their input and weights rounded as in int8."""
-    from srtrt.engine.toolchain.quantize import _activation_qparams, _weight_qparams
+    from srtrt.engine.toolchain.quantize import activation_qparams, weight_qparams
 
     generator = copy.deepcopy(generator)
     modules = dict(generator.named_modules())
     for name, (lo, hi) in ranges.items():
         conv = modules[name]
-        q, scale = _weight_qparams(conv.weight.detach().numpy())
+        q, scale = weight_qparams(conv.weight.detach().numpy())
         conv.weight.data = torch.from_numpy(q).float() * torch.from_numpy(scale).view(-1, *[1] * (q.ndim - 1))
-        step, zero = (float(v) for v in _activation_qparams(lo, hi))
+        step, zero = (float(v) for v in activation_qparams(lo, hi))
         conv.register_forward_pre_hook(
             lambda _m, inputs, step=step, zero=zero: ((inputs[0] / step + zero).round().clamp(0, 255) - zero) * step)
     return generator
@@ -74,7 +74,7 @@ def _mse(view, generator: nn.Module, images: list[torch.Tensor], references: lis
 
 def error_shares(view, generator: nn.Module, ranges: dict, images: list[torch.Tensor]) -> dict[str, float]:
     """Each calibrated conv's estimated contribution to the int8 output's squared error (step 2)."""
-    from srtrt.engine.toolchain.quantize import _activation_qparams, _weight_qparams
+    from srtrt.engine.toolchain.quantize import activation_qparams, weight_qparams
 
     generator = copy.deepcopy(generator).requires_grad_(False)
     modules = dict(generator.named_modules())
@@ -91,8 +91,8 @@ def error_shares(view, generator: nn.Module, ranges: dict, images: list[torch.Te
 
     noise = {}
     for name, (lo, hi) in ranges.items():
-        step = float(_activation_qparams(lo, hi)[0])
-        _, weight_scale = _weight_qparams(modules[name].weight.numpy())
+        step = float(activation_qparams(lo, hi)[0])
+        _, weight_scale = weight_qparams(modules[name].weight.numpy())
         noise[name] = (step * step / 12, torch.from_numpy(weight_scale) ** 2 / 12)
         modules[name].weight.requires_grad_(True)
     hooks = [modules[name].register_forward_pre_hook(keep_input(name)) for name in ranges]
@@ -101,7 +101,7 @@ def error_shares(view, generator: nn.Module, ranges: dict, images: list[torch.Te
         with torch.enable_grad():
             for x in images:
                 seen.clear()
-                out = network(x.requires_grad_(False))
+                out = network(x.clone())  # a plain tensor, whatever mode made `x`
                 direction = torch.randn(out.shape, generator=probe)
                 names = list(seen)
                 grads = torch.autograd.grad(out, [seen[n] for n in names] + [modules[n].weight for n in names],

@@ -104,13 +104,13 @@ def int8_graph_tag(calibration: dict) -> str:
     return f"{calibration_digest(calibration)}-q{QDQ_FORM}"
 
 
-def _activation_qparams(lo: float, hi: float) -> tuple[np.float32, np.uint8]:
+def activation_qparams(lo: float, hi: float) -> tuple[np.float32, np.uint8]:
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = max(hi - lo, 1e-8) / 255.0
     return np.float32(scale), np.uint8(np.clip(round(-lo / scale), 0, 255))
 
 
-def _weight_qparams(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def weight_qparams(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 per output channel: the largest |w| of each channel maps to 127."""
     scale = np.abs(weight).reshape(weight.shape[0], -1).max(axis=1) / 127.0
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
@@ -131,8 +131,8 @@ def quantize_onnx(model, calibration: dict) -> int:
         conv = node.input[1].removeprefix(WEIGHT_PREFIX).removesuffix(".weight") if node.op_type == "Conv" else None
         if conv in ranges and node.input[1] in initializers:
             p = f"{node.name}_int8"
-            x_scale, x_zero = _activation_qparams(*ranges[conv])
-            w_q, w_scale = _weight_qparams(numpy_helper.to_array(initializers[node.input[1]]))
+            x_scale, x_zero = activation_qparams(*ranges[conv])
+            w_q, w_scale = weight_qparams(numpy_helper.to_array(initializers[node.input[1]]))
             graph.initializer.extend([
                 numpy_helper.from_array(np.array(x_scale), f"{p}_x_scale"),
                 numpy_helper.from_array(np.array(x_zero), f"{p}_x_zero"),
