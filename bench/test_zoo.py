@@ -102,13 +102,13 @@ def calibrate_int8(view) -> None:
     per weights file and data: the float-conv selection takes a 23-block RRDBNet minutes."""
     from srtrt import zoo as srtrt_zoo
     from srtrt.engine.backends.agreement import AGREEMENT_DB
-    from srtrt.engine.toolchain.mixed_int8 import MARGIN_DB
+    from srtrt.engine.toolchain.mixed_int8 import selection_target
     from srtrt.engine.toolchain.quantize import calibrate, lr_photos
 
     samples, side = workloads.shared_data("samples"), CALIBRATION_SIDE
     source = samples.name if samples.is_dir() else "photo-like"
     stored = srtrt_zoo.stored_calibration(view.checkpoint_sha256)
-    if stored and stored.get("source") == source and stored.get("target_db") == round(AGREEMENT_DB + MARGIN_DB, 2):
+    if stored and stored.get("source") == source and stored.get("target_db") == selection_target(AGREEMENT_DB):
         view.int8_calibration = stored
         return
 

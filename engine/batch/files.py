@@ -311,8 +311,7 @@ class FileRunner:
 
     def _output_bytes(self, image: DecodedImage) -> int:
         s = self.backend.scale
-        channels = image.pixels.shape[2] + (image.alpha is not None)
-        return image.height * image.width * s * s * channels * image.pixels.dtype.itemsize
+        return image.height * image.width * s * s * image.file_channels * image.pixels.dtype.itemsize
 
     def _write_behind(self, source: Path, destination: Path, image: DecodedImage, colour, alpha,
                       start: float, existed: bool, stop_check) -> Outcome:

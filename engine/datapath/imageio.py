@@ -55,6 +55,11 @@ class DecodedImage:
     def width(self) -> int:
         return self.pixels.shape[1]
 
+    @property
+    def file_channels(self) -> int:
+        """Channels an output file of this image holds: colour, plus alpha where it has one."""
+        return self.pixels.shape[2] + (self.alpha is not None)
+
 
 # --------------------------------------------------------------------------- reading files
 

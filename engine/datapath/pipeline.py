@@ -61,8 +61,7 @@ def upscale_decoded(upscaler: TiledUpscaler, image: DecodedImage, alpha_mode: st
 
 
 def _open_output(image: DecodedImage, destination: str | Path, scale: int, overwrite: bool, png_level: int | None):
-    channels = image.pixels.shape[2] + (image.alpha is not None)
-    return open_writer(destination, image.width * scale, image.height * scale, channels, image.bit_depth,
+    return open_writer(destination, image.width * scale, image.height * scale, image.file_channels, image.bit_depth,
                        icc_profile=image.icc_profile, exif=image.exif, overwrite=overwrite, png_level=png_level)
 
 

@@ -34,6 +34,11 @@ REFERENCE_SEEDS = (1, 2, 3)  # the guard measures on seed 0, at the same side (i
                              # at 96 than at 64 LR pixels: 42.6-44.3 dB against 42.6-45.5 for one Compact)
 
 
+def selection_target(agreement_db: float) -> float:
+    """The agreement the simulation asks for (dB): the guard's, plus the margin."""
+    return round(agreement_db + MARGIN_DB, 2)
+
+
 def selection_images(images: list[torch.Tensor], channels: int, multiple_of: int = 1,
                      minimum: int = 1) -> list[torch.Tensor]:
     """Centre crops of the first calibration photos and photo-like content the guard does not see."""
@@ -117,15 +122,18 @@ def error_shares(view, generator: nn.Module, ranges: dict, images: list[torch.Te
     return shares
 
 
-def keep_in_float(view, generator: nn.Module, ranges: dict, images: list[torch.Tensor], target_db: float) -> dict:
+def keep_in_float(view, generator: nn.Module, ranges: dict, images: list[torch.Tensor], agreement_db: float) -> dict:
     """Steps 1-3 for a calibration's `ranges` (conv -> input range) of the folded `generator`:
     {"ranges": those that stay int8, "float": convs moved back, "simulated_db", "target_db"}."""
-    references = [_reference(view, generator, x) for x in images]
-    wanted = 10 ** (-(target_db + MARGIN_DB) / 10)
+    with torch.inference_mode():
+        fp32 = view.with_generator(generator).eval()
+        references = [fp32(x) for x in images]
+    target = selection_target(agreement_db)
+    wanted = 10 ** (-target / 10)
     whole = mse = _mse(view, fake_quantized(generator, ranges), images, references)
     remaining, floated = dict(ranges), []
     if mse > wanted:  # the ranking takes a backward pass per image: minutes for a 23-block RRDBNet on 2 cores
-        print(f"srtrt: int8 in every conv simulates to {_db(mse):.1f} dB against the {target_db + MARGIN_DB:.1f} wanted: "
+        print(f"srtrt: int8 in every conv simulates to {_db(mse):.1f} dB against the {target:.1f} wanted: "
               f"ranking the {len(ranges)} convs by their share of the error", file=sys.stderr)
         shares = error_shares(view, generator, ranges, images)
         order = sorted(ranges, key=lambda n: -shares[n])
@@ -141,13 +149,7 @@ def keep_in_float(view, generator: nn.Module, ranges: dict, images: list[torch.T
             mse = _mse(view, fake_quantized(generator, remaining), images, references)
         if mse > wanted:  # out of reach with half the convs in float: left whole, for the guard to refuse
             remaining, floated, mse = dict(ranges), [], whole
-    return {"ranges": remaining, "float": floated, "simulated_db": round(_db(mse), 2),
-            "target_db": round(target_db + MARGIN_DB, 2)}
-
-
-def _reference(view, generator: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
-        return view.with_generator(generator).eval()(x)
+    return {"ranges": remaining, "float": floated, "simulated_db": round(_db(mse), 2), "target_db": target}
 
 
 def _db(mse: float) -> float:

@@ -81,9 +81,7 @@ def calibrate(view, images: Iterable[torch.Tensor], source: str = "", agreement_
         facts = view.facts
         chosen = keep_in_float(view, generator, record["ranges"],
                                selection_images(images, facts.channels, facts.multiple_of, facts.minimum), agreement_db)
-        record["ranges"] = {n: r for n, r in record["ranges"].items() if n in chosen["ranges"]}
-        record["float"] = chosen["float"]
-        record["simulated_db"], record["target_db"] = chosen["simulated_db"], chosen["target_db"]
+        record.update(chosen)  # ranges: those left in int8, in running order still
     return record
 
 
