@@ -87,7 +87,8 @@ def zoo():
             loaded[model.name] = Loaded(view, path, {
                 "model": model.name, "label": model.label, "architecture": facts.architecture,
                 "params": zoo_models.parameters(view.generator), "weights": f"random, seed {zoo_models.SEED}",
-                "weights_file": str(path), "load_s": round(time.perf_counter() - t0, 2),
+                "weights_file": f"{zoo_models.CACHE_KIND}/{path.name}",  # in srtrt's cache folder
+                "load_s": round(time.perf_counter() - t0, 2),
                 "radius": facts.radius, "facts_margin": facts.margin, "feature_channels": facts.feature_channels,
                 "flop_per_lr_pixel": zoo_models.conv_flop_per_lr_pixel(view.generator, facts.channels),
                 **zoo_models.output_check(view.generator)})
@@ -266,7 +267,11 @@ def test_peak_rss(benchmark, zoo, tmp_path):
     log = (tmp_path / "srtrt-run.log").read_text(errors="replace")
     assert result["code"] == 0, f"srtrt run failed ({result['code']}):\n{log[-2000:]}"
     rss_gb = result["rss"] / 1e9
+    def portable(text: str) -> str:  # the report names no folder of this machine
+        return (text.replace(str(tmp_path), "OUT").replace(str(loaded.path.parent), zoo_models.CACHE_KIND)
+                .replace(str(workloads.SHARED_BIG), "../shared/data/big"))
+
     benchmark.extra_info.update(
-        kind="zoo-rss", **loaded.info, input=label, full_image=full_rss(), command=" ".join(args),
+        kind="zoo-rss", **loaded.info, input=label, full_image=full_rss(), command=portable(" ".join(args)),
         reason=reason, peak_rss_gb=round(rss_gb, 3), rss_target_gb=RSS_TARGET_GB, within_target=rss_gb < RSS_TARGET_GB,
-        wall_s=round(result["wall"], 2), log_head=log.strip().splitlines()[:3])
+        wall_s=round(result["wall"], 2), log_head=[portable(line) for line in log.strip().splitlines()[:3]])
