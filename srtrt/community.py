@@ -39,6 +39,7 @@ from torch import nn
 
 from .checkpoint import FORMAT as SRTRT_FORMAT
 from .checkpoint import file_sha256
+from .engine.datapath.tiles import allowed_side
 from .errors import SrtrtError
 
 SUFFIXES = (".pth", ".ckpt", ".pt", ".safetensors")
@@ -180,7 +181,7 @@ def _image_to_image(descriptor, spandrel, path: Path) -> nn.Module:
     if call is not None and call.__module__ == spandrel.ImageModelDescriptor.__module__:
         call = None  # spandrel's default, model(image)
     name, size, scale = descriptor.architecture.name, descriptor.size_requirements, descriptor.scale
-    n = -(-max(size.minimum, 8) // size.multiple_of) * size.multiple_of
+    n = allowed_side(8, size.multiple_of, size.minimum)
     x = torch.rand(1, descriptor.input_channels, n, n, generator=torch.Generator().manual_seed(0))
     probe = x.clone()
     try:

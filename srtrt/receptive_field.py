@@ -46,6 +46,7 @@ import torch.autograd.forward_ad as fwAD
 
 from srtrt import atomic
 from srtrt.cache import cache_dir
+from srtrt.engine.datapath.tiles import allowed_side
 
 START_SIDE = 32         # first strip length and smallest square: tiny inputs can change what window nets do
 STRIP_WIDTH = 8         # the strips' short side (before the module's own size rules)
@@ -70,13 +71,7 @@ class _Reach:
     resolved: bool = True  # False: influence near fp64's underflow, the support may be cut short
 
 
-def _allowed(side: int, multiple_of: int, minimum: int) -> int:
-    """The smallest side >= `side` the module accepts."""
-    side = max(side, minimum, 1)
-    return -(-side // multiple_of) * multiple_of
-
-
-def _largest_allowed(limit: int, multiple_of: int, minimum: int) -> int | None:
+def _largestallowed_side(limit: int, multiple_of: int, minimum: int) -> int | None:
     side = limit // multiple_of * multiple_of
     return side if side >= max(minimum, 1) else None
 
@@ -220,11 +215,11 @@ def measure_radius(module: torch.nn.Module, scale: int, channels: int, *, limit:
 
     Inputs are sides >= `minimum` and multiples of `multiple_of`. See the module docstring for the method.
     """
-    longest = _largest_allowed(limit, multiple_of, minimum)
+    longest = _largestallowed_side(limit, multiple_of, minimum)
     if longest is None:
         return None
     probe = _Prober(module, scale, channels)
-    start = _allowed(min(START_SIDE, longest), multiple_of, minimum)
+    start = allowed_side(min(START_SIDE, longest), multiple_of, minimum)
     bound = 0
     for axis in (0, 1):
         reach = _strip_reach(probe, axis, start, longest, multiple_of, minimum)
@@ -232,21 +227,21 @@ def measure_radius(module: torch.nn.Module, scale: int, channels: int, *, limit:
             return None
         bound = max(bound, reach)
     # Just large enough that a field of the strips' reach stays clear of the border.
-    side = min(_allowed(max(start, 2 * bound + 3), multiple_of, minimum), longest)
+    side = min(allowed_side(max(start, 2 * bound + 3), multiple_of, minimum), longest)
     while True:
         reach, touched, resolved = probe.union((side, side), (0, 1), SEEDS)
         if not touched:
             return reach if resolved else None  # an unresolved edge may be cut short: no finite radius to vouch for
         if side == longest:
             return None
-        side = min(_allowed(2 * side, multiple_of, minimum), longest)
+        side = min(allowed_side(2 * side, multiple_of, minimum), longest)
 
 
 def _strip_reach(probe: _Prober, axis: int, length: int, longest: int, multiple_of: int, minimum: int) -> int | None:
     """A lower bound of the reach along `axis` from strips that double in length until the support
     stays clear of their ends; None when it still reaches them at `longest`. One random input
     suffices: a lower bound needs no union, and a touch is conclusive."""
-    width = min(_allowed(STRIP_WIDTH, multiple_of, minimum), longest)
+    width = min(allowed_side(STRIP_WIDTH, multiple_of, minimum), longest)
     while True:
         shape = (length, width) if axis == 0 else (width, length)
         reach, touched, _ = probe.union(shape, (axis,), SEEDS[:1])  # cut short by underflow is still a lower bound
@@ -254,7 +249,7 @@ def _strip_reach(probe: _Prober, axis: int, length: int, longest: int, multiple_
             return reach
         if length == longest:
             return None
-        length = min(_allowed(2 * length, multiple_of, minimum), longest)
+        length = min(allowed_side(2 * length, multiple_of, minimum), longest)
 
 
 # -- margin -------------------------------------------------------------------------------------

@@ -133,7 +133,7 @@ def measure_tiling(model: community.CommunityModel) -> dict:
     else:
         radius = None
     reference = reference_image(REFERENCE_SIDE, model.input_channels, model.multiple_of)
-    run = _WindowRunner(module, model.multiple_of)
+    run = _WindowRunner(module, model.multiple_of, model.minimum)
     margin, figure = receptive_field.measure_margin(run.tiled, run.whole, reference, MARGIN_CANDIDATES)
     if margin is None:  # nothing within 1 level: the largest tried, and the figure says how far off it is
         margin = figure["margin"]
@@ -163,8 +163,8 @@ class _WindowRunner:
     """Whole-image and tiled passes of a module in fp32, tiled exactly as the runtime tiles
     (engine/datapath/tiles.py: the same planner, the same window shapes)."""
 
-    def __init__(self, module: nn.Module, multiple_of: int):
-        self.module, self.multiple_of = module, multiple_of
+    def __init__(self, module: nn.Module, multiple_of: int, minimum: int):
+        self.module, self.multiple_of, self.minimum = module, multiple_of, minimum
 
     @torch.inference_mode()
     def whole(self, lr: torch.Tensor) -> torch.Tensor:
@@ -175,7 +175,7 @@ class _WindowRunner:
         from srtrt.engine.datapath import tiles
 
         _, _, h, w = lr.shape
-        plan = tiles.plan(h, w, MEASURE_CORE, margin, multiple_of=self.multiple_of)
+        plan = tiles.plan(h, w, MEASURE_CORE, margin, multiple_of=self.multiple_of, minimum=self.minimum)
         out, s = None, None
         for tile in plan:
             top, left, wh, ww = tile.window

@@ -18,6 +18,42 @@ from conftest import random_view, smooth_image
 @given(st.integers(1, 700), st.integers(1, 700), st.integers(1, 300), st.integers(0, 60))
 def test_plan_cores_partition_and_windows_are_static(h, w, core, margin):
     plan = tiles.plan(h, w, core, margin)
+    _assert_cores_partition_with_context(plan, h, w, margin)
+    assert plan.window_shape[0] <= min(h, core + 2 * margin) and plan.window_shape[1] <= min(w, core + 2 * margin)
+    # Balanced cores: no more windows than `core` needs along each axis.
+    assert len(plan.rows) <= -(-h // core) and len(plan.cols) <= -(-w // core)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 400), st.integers(1, 400), st.integers(1, 120), st.integers(0, 40), st.integers(1, 16),
+       st.integers(0, 64))
+def test_windows_meet_the_networks_size_requirements(h, w, core, margin, multiple_of, minimum):
+    """A community model's minimum side and multiple (a downsampling U-Net's 40, an unshuffle's 4)
+    hold for every window, met by the windows' shapes; the cores still partition the image."""
+    smallest = tiles.allowed_side(1, multiple_of, minimum)
+    if min(h, w) < smallest:
+        with pytest.raises(ValueError):
+            tiles.plan(h, w, core, margin, multiple_of=multiple_of, minimum=minimum)
+        return
+    plan = tiles.plan(h, w, core, margin, multiple_of=multiple_of, minimum=minimum)
+    wh, ww = plan.window_shape
+    assert min(wh, ww) >= max(minimum, 1) and wh % multiple_of == 0 and ww % multiple_of == 0
+
+    def context(length: int) -> int:
+        """Full context wherever a window of an allowed side can hold a core and both margins; an
+        axis too short for that, and no multiple the network takes, has no whole-image pass to
+        equal: its cores get what context its longest windows hold (two, one from each end)."""
+        longest = length // multiple_of * multiple_of
+        if longest == length or longest - 2 * margin >= 1:
+            return margin
+        return min(margin, longest - -(-length // 2))
+
+    _assert_cores_partition_with_context(plan, h, w, context(h), context(w))
+
+
+def _assert_cores_partition_with_context(plan: tiles.TilePlan, h: int, w: int, margin: int,
+                                         margin_x: int | None = None) -> None:
+    margin_y, margin_x = margin, margin if margin_x is None else margin_x
     covered = np.zeros((h, w), np.int32)
     shapes = set()
     for t in plan:
@@ -28,16 +64,13 @@ def test_plan_cores_partition_and_windows_are_static(h, w, core, margin):
         assert wy <= cy and cy + ch <= wy + wh and wx <= cx and cx + cw <= wx + ww  # core inside window
         # Context: on each side the window either reaches the image border (all context there is)
         # or extends >= margin pixels beyond the core.
-        assert wy == 0 or cy - wy >= margin
-        assert wx == 0 or cx - wx >= margin
-        assert wy + wh == h or (wy + wh) - (cy + ch) >= margin
-        assert wx + ww == w or (wx + ww) - (cx + cw) >= margin
+        assert wy == 0 or cy - wy >= margin_y
+        assert wx == 0 or cx - wx >= margin_x
+        assert wy + wh == h or (wy + wh) - (cy + ch) >= margin_y
+        assert wx + ww == w or (wx + ww) - (cx + cw) >= margin_x
         covered[cy:cy + ch, cx:cx + cw] += 1
     assert (covered == 1).all()           # cores partition the image: no gap, no overlap
     assert shapes == {plan.window_shape}  # one static window shape per image
-    assert plan.window_shape[0] <= min(h, core + 2 * margin) and plan.window_shape[1] <= min(w, core + 2 * margin)
-    # Balanced cores: no more windows than `core` needs along each axis.
-    assert len(plan.rows) <= -(-h // core) and len(plan.cols) <= -(-w // core)
 
 
 def test_plan_raster_order_completes_bands_in_order():

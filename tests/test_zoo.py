@@ -82,6 +82,24 @@ def test_a_grey_model_keeps_a_grey_image_grey_and_tiles_exactly(model_files):
     assert np.abs(tiled - whole).max() <= 1e-5
 
 
+def test_windows_meet_the_minimum_side_without_padding(tmp_path):
+    """MixDehazeNet states a 40-pixel minimum (its reflect pads fail below it): the windows of a
+    64x90 image in tiles of 16 are lengthened to 40 and the run completes (it failed before)."""
+    from spandrel.architectures.MixDehazeNet import MixDehazeNet
+
+    path = save_community_models(tmp_path, {"dehaze": lambda: MixDehazeNet(embed_dims=[8, 16, 32, 16, 8],
+                                                                           depths=[1, 1, 1, 1, 1])})["dehaze"]
+    view = srtrt.load_model(path)
+    assert view.facts.minimum == 40
+    seen = []
+    backend = TorchBackend(view, "cpu", "fp32")
+    infer = backend.infer
+    backend.infer = lambda x: seen.append(tuple(x.shape[-2:])) or infer(x)
+    out, _ = TiledUpscaler(backend, core=16, margin=4).run_to_array(Planes(lr_image(64, 90), None))
+    assert out.shape == (64, 90, 3) and np.isfinite(out).all()
+    assert len(seen) > 1 and all(min(shape) >= 40 for shape in seen)
+
+
 def test_windows_meet_the_multiple_of_without_padding(model_files):
     """An x2 pixel-unshuffle model needs sides that are multiples of 4: an image of 45x62 runs in
     windows of such sides, every pixel covered once."""
@@ -265,6 +283,30 @@ def test_an_image_below_the_models_minimum_is_one_line(model_files, tmp_path, ca
     assert code == 1 and "Traceback" not in err
     assert len(lines) == 1 and "smaller than the 4-pixel side this model needs" in lines[0]
     assert not (tmp_path / "tiny_x2.png").exists() and not partials(tmp_path)
+
+
+def test_a_community_network_failing_on_an_image_is_one_line_and_the_batch_goes_on(model_files, tmp_path, capsys,
+                                                                                    monkeypatch):
+    """A network's own code refusing an input (a shape its author never tried): the image's one
+    line names the architecture and the error, nothing is written for it, the next image runs."""
+    srtrt.load_model(model_files["compact"])  # measured before the fault, as a model file's first use is
+    forward = Compact.forward
+
+    def narrow_only(self, x):
+        if x.shape[-1] > 32:
+            raise RuntimeError("shape '[1, 9, 7, 9, 7, 1]' is invalid for input of size 4096")
+        return forward(self, x)
+
+    monkeypatch.setattr(Compact, "forward", narrow_only)
+    Image.fromarray(smooth_image(20, 48, seed=1)).save(tmp_path / "wide.png")
+    Image.fromarray(smooth_image(20, 24, seed=2)).save(tmp_path / "narrow.png")
+    code, err = run_cli(capsys, tmp_path / "wide.png", tmp_path / "narrow.png", "-o", tmp_path / "out",
+                        "--model", model_files["compact"], "--backend", "torch", "--precision", "fp32")
+    lines = [line for line in err.splitlines() if "wide.png" in line]
+    assert code == 1 and "Traceback" not in err
+    assert len(lines) == 1 and "the Compact model failed on this image (RuntimeError: shape" in lines[0]
+    assert not (tmp_path / "out" / "wide_x4.png").exists() and not partials(tmp_path)
+    assert Image.open(tmp_path / "out" / "narrow_x4.png").size == (96, 80)
 
 
 def test_a_pickle_that_would_run_code_is_refused_by_srtrt_run(tmp_path, capsys):

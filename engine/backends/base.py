@@ -47,6 +47,7 @@ class Backend(abc.ABC):
     minimum: int = 1                 # smallest LR side the network takes (registry.ModelFacts)
     multiple_of: int = 1             # LR window sides must be multiples of this (registry.ModelFacts)
     channels: int = 3                # image channels in and out: 3 RGB, 1 grey (registry.ModelFacts)
+    architecture: str = "srresnet"   # the network's family: srtrt's own or spandrel's id (registry.ModelFacts)
     own_threads: bool = False        # the network runs on the backend's own CPU thread pool, not torch's
     # `auto` on CUDA: makes the backend that runs an image whose windows this engine's profile
     # cannot take (a plan fixed at one window); None: such an image is refused in one line

@@ -29,6 +29,8 @@ from collections.abc import Callable
 
 import torch
 
+from srtrt.engine.datapath.tiles import allowed_side
+
 MEASURE_CORE = 64     # LR core side of the timed window (the margin is added on each side)
 MIN_SECONDS = 0.2     # timed calls per candidate continue until this much time is spent ...
 MAX_CALLS = 5         # ... or this many calls were made
@@ -80,8 +82,7 @@ def identity(window: tuple[int, int], shape_class: str = LARGE) -> dict:
 
 def window_shape(margin: int, multiple_of: int = 1, minimum: int = 1) -> tuple[int, int]:
     """The timed window: MEASURE_CORE plus the margin each side, rounded up to what the model accepts."""
-    side = max(MEASURE_CORE + 2 * margin, minimum)
-    side = -(-side // multiple_of) * multiple_of
+    side = allowed_side(MEASURE_CORE + 2 * margin, multiple_of, minimum)
     return side, side
 
 

@@ -42,6 +42,7 @@ class TorchBackend(Backend):
         self.precision, self.dtype = precision, DTYPES[precision]
         self.scale, self.radius = view.scale, view.radius
         self.channels, self.minimum, self.multiple_of = facts.channels, facts.minimum, facts.multiple_of
+        self.architecture = facts.architecture
         self.channels_last = channels_last
         arch = registry.of(view.generator)
         generator = arch.fold_batchnorm(copy.deepcopy(view.generator))

@@ -390,6 +390,7 @@ class FileRunner:
     def _retrying(self, image: DecodedImage, source, destination: Path | None, work, images: int = 1):
         """`work(upscaler)`, stepping down after running out of device memory; `images` of the
         image's shape go through together (video frames)."""
+        from srtrt import registry
         from srtrt.engine.batch import oom
 
         before = self.upscaler_for(image.height, image.width)
@@ -398,7 +399,12 @@ class FileRunner:
                 return work(before)
             except Exception as e:
                 if not oom.is_out_of_memory(e):
-                    raise
+                    if isinstance(e, (SrtrtError, OSError)) or before.backend.architecture in registry.ARCHITECTURES:
+                        raise  # said already, an I/O error, or srtrt's own network failing: a bug, its traceback the report
+                    # a community network's own code refusing this input: one line, the batch goes on
+                    cause = " ".join(str(e).split())[:200] or type(e).__name__
+                    raise SrtrtError(f"the {before.backend.architecture} model failed on this image "
+                                     f"({type(e).__name__}: {cause})", source) from None
                 remove_partials(destination)
                 oom.free_device_memory(before)
                 after = oom.smaller(before, image.height, image.width, images=images)

@@ -281,14 +281,15 @@ class TiledUpscaler:
         self._work: torch.Tensor | None = None
 
     def plan(self, height: int, width: int) -> tiling.TilePlan:
-        smallest = max(self.backend.minimum, self.backend.multiple_of)
+        smallest = tiling.allowed_side(1, self.backend.multiple_of, self.backend.minimum)
         if min(height, width) < smallest:
             raise SrtrtError(f"image is {width}x{height}, smaller than the {smallest}-pixel side this model needs")
         core = self.core
         whole = self.backend.defaults.whole_image_pixels
         if self.auto_core and height * width <= whole and self.backend.accepts(1, height, width):
             core = 0  # the image fits one window: no overlap to recompute
-        plan = tiling.plan(height, width, core, self.margin, self.backend.balanced_tiles, self.backend.multiple_of)
+        plan = tiling.plan(height, width, core, self.margin, self.backend.balanced_tiles, self.backend.multiple_of,
+                           self.backend.minimum)
         if not self.backend.accepts(1, *plan.window_shape):  # an engine fixed at one window larger than the image
             h, w = plan.window_shape
             raise WindowsOutsideEngine(f"image is {width}x{height}: its {h}x{w} windows are outside what this "

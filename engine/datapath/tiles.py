@@ -7,6 +7,12 @@ and then shifted inward so it lies inside the image. A window therefore never ne
 where it touches the image border the network's zero padding falls on the same pixels as in a
 whole-image pass, and everywhere else the core has at least `margin` real pixels of context.
 With margin >= the receptive-field radius a tiled run equals the whole-image run.
+
+A community model may need sides of at least `minimum` and multiples of `multiple_of`: windows
+are lengthened to meet them (more context, never padding). An axis that is no such multiple has
+no window of its own length; its windows are the longest allowed, with cores small enough that
+each keeps its full margin, or, where no allowed window holds a core and both margins, two
+windows from the ends whose cores meet in the middle (such an axis has no whole-image pass to equal).
 """
 from __future__ import annotations
 
@@ -44,29 +50,48 @@ class Tile:
         return self.y.c0 - self.y.w0, self.x.c0 - self.x.w0, self.y.clen, self.x.clen
 
 
-def plan_axis(length: int, core: int, margin: int, balance: bool = True, multiple_of: int = 1) -> list[Span]:
-    """Spans along one axis. `multiple_of`: window lengths the network requires to be multiples of
-    this (pixel-unshuffle, attention windows); met by the windows' shapes, never by padding."""
+def allowed_side(side: int, multiple_of: int = 1, minimum: int = 1) -> int:
+    """The shortest window side >= `side` the network takes: at least `minimum`, a multiple of
+    `multiple_of` (the size requirements a community model states; 1 and 1 for srtrt's own)."""
+    multiple_of = max(multiple_of, 1)
+    return -(-max(side, minimum, 1) // multiple_of) * multiple_of
+
+
+def plan_axis(length: int, core: int, margin: int, balance: bool = True, multiple_of: int = 1,
+              minimum: int = 1) -> list[Span]:
+    """Spans along one axis. `multiple_of`, `minimum`: window lengths the network requires to be
+    multiples of / at least (pixel-unshuffle, attention windows, downsampling U-Nets); met by the
+    windows' shapes, never by padding."""
     if length <= 0:
         raise ValueError(f"image side must be positive, got {length}")
     if core <= 0 or margin < 0:
         raise ValueError(f"core must be > 0 and margin >= 0 (got core={core}, margin={margin})")
-    if length < multiple_of:
-        raise ValueError(f"image side {length} is below the network's multiple of {multiple_of}")
+    if length < allowed_side(1, multiple_of, minimum):
+        raise ValueError(f"image side {length} is below the network's smallest window "
+                         f"{allowed_side(1, multiple_of, minimum)}")
     longest = length // multiple_of * multiple_of  # the longest window the axis holds
-    if length <= core + 2 * margin:
-        if longest == length:
-            return [Span(0, length, 0, length)]  # one window of the axis' own size covers it
-        # Two windows of the longest allowed length, one from each end, cores meeting in the middle:
-        # each core has longest - length/2 pixels of context on its inner side.
+    fitted = longest - 2 * margin  # the longest core such a window holds with a full margin each side
+    if length <= core + 2 * margin and longest == length:
+        return [Span(0, length, 0, length)]  # one window of the axis' own size covers it
+    if longest < length:  # no multiple the network takes: windows shorter than the axis
         half = -(-length // 2)
-        return [Span(0, longest, 0, half), Span(length - longest, longest, half, length - half)]
+        if fitted < 1 or (length <= core + 2 * margin and longest - half >= margin):
+            # Two windows of the longest allowed length, one from each end, cores meeting in the
+            # middle: each core has longest - length/2 pixels of context on its inner side (all
+            # there is when no allowed window holds a core and both margins).
+            return [Span(0, longest, 0, half), Span(length - longest, longest, half, length - half)]
+        if length <= core + 2 * margin:
+            core = fitted  # more, smaller cores: each gets its full margin
     # Balance the cores: as many as `core` needs, but equal-sized, so the windows shrink to the
     # smallest that covers the axis (less margin to recompute; never larger than asked, so
     # the axis still needs more than one).
-    if balance:
-        core = -(-length // -(-length // core))
-    window = min(-(-(core + 2 * margin) // multiple_of) * multiple_of, longest)
+    def balanced(core: int) -> int:
+        return -(-length // -(-length // core)) if balance else core
+
+    core = balanced(core)
+    if longest < length and allowed_side(core + 2 * margin, multiple_of, minimum) > longest:
+        core = balanced(fitted)  # the axis' longest window cannot hold this core and both margins
+    window = min(allowed_side(core + 2 * margin, multiple_of, minimum), longest)
     spans = []
     for c0 in range(0, length, core):
         clen = min(core, length - c0)
@@ -99,13 +124,15 @@ class TilePlan:
                 yield Tile(r, ys, xs)
 
 
-def plan(height: int, width: int, core: int, margin: int, balance: bool = True, multiple_of: int = 1) -> TilePlan:
+def plan(height: int, width: int, core: int, margin: int, balance: bool = True, multiple_of: int = 1,
+         minimum: int = 1) -> TilePlan:
     """Plan tiles for an LR image; `core <= 0` means the whole image as one window.
 
     `balance=False` keeps every window exactly `core + 2 * margin` (engines tuned for one shape);
-    `multiple_of`: every window side a multiple of it (the network's size requirement).
+    `multiple_of`, `minimum`: every window side a multiple of it / at least it (the network's size
+    requirements; a window longer than `core + 2 * margin` only gives its core more context).
     """
     if core <= 0:
         core = max(height, width)
-    return TilePlan(height, width, core, margin, tuple(plan_axis(height, core, margin, balance, multiple_of)),
-                    tuple(plan_axis(width, core, margin, balance, multiple_of)))
+    return TilePlan(height, width, core, margin, tuple(plan_axis(height, core, margin, balance, multiple_of, minimum)),
+                    tuple(plan_axis(width, core, margin, balance, multiple_of, minimum)))

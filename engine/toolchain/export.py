@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from srtrt import atomic
+from srtrt.engine.datapath.tiles import allowed_side
 from srtrt.engine.toolchain.onnx_io import META_PREFIX
 from srtrt.errors import SrtrtError
 from srtrt.kernels import fused_op
@@ -77,8 +78,7 @@ def _quiet_exporter():
 def example_shape(view: torch.nn.Module) -> tuple[int, int, int, int]:
     """The tracing input: batch 2, the model's channels, a side its size requirements allow."""
     facts = view.facts
-    step = max(facts.multiple_of, 1)
-    side = -(-max(EXAMPLE_SHAPE[2], facts.minimum) // step) * step
+    side = allowed_side(EXAMPLE_SHAPE[2], facts.multiple_of, facts.minimum)
     return EXAMPLE_SHAPE[0], facts.channels, side, side
 
 
