@@ -185,6 +185,22 @@ def test_swinir_runs_on_openvino_from_a_static_graph_per_window_shape(model_file
     assert np.abs(outputs["openvino"] - outputs["torch"]).max() <= 1
 
 
+def test_swinir_runs_on_onnxruntime_from_a_static_graph_per_window_shape(model_files):
+    """ONNX Runtime takes the same per-shape graphs as OpenVINO (it failed on the dynamic one): an
+    image's tiles load one graph, and the output agrees with torch fp32 on the same tiles."""
+    pytest.importorskip("onnxruntime")
+    from srtrt.engine.backends import create_backend
+
+    view = srtrt.load_model(model_files["swinir"])
+    planes = Planes(lr_image(100, 120), None)
+    with create_backend("onnxruntime", precision="fp32", view=view).backend as ort:
+        assert "NxCxHxW" in ort.describe()
+        got, _ = TiledUpscaler(ort, core=40, margin=view.radius).run_to_array(planes)
+        assert len(ort._static) == 2  # the shape loaded when it was made, then one for all of the image's tiles
+    want, _ = TiledUpscaler(TorchBackend(view, "cpu", "fp32"), core=40, margin=view.radius).run_to_array(planes)
+    assert np.abs(got - want).max() <= 1e-4
+
+
 def test_auto_may_pick_openvino_for_swinir(model_files, monkeypatch):
     """The static graphs pass the agreement guard, so `auto` times openvino among the allowed paths."""
     pytest.importorskip("openvino")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from srtrt.cache import cache_dir
-from srtrt.engine.backends.base import Backend, TileDefaults
+from srtrt.engine.backends.base import Backend, OnnxGraphs, TileDefaults
 from srtrt.engine.backends.precision import (
     auto_precision,
     cpu_bf16_reason,
@@ -90,27 +90,27 @@ def _exported_onnx(view, precision: str, polyphase: bool = False, shape: tuple[i
     return path
 
 
-def _openvino_graphs(view, precision: str):
+def _onnx_graphs(view, precision: str, polyphase: bool) -> OnnxGraphs:
     """The dynamic-shape graph; for a community model whose dynamic export fails (or is known to:
     SwinIR, HAT), one static graph per window shape, the first exported now so that a model no
-    exporter takes is one line here, before any image."""
+    exporter takes is one line here, before any image. OpenVINO and ONNX Runtime both run these."""
     from srtrt.engine.backends.measured import window_shape
-    from srtrt.engine.backends.openvino_backend import OnnxGraphs
 
     if not isinstance(view, CommunityView):
-        return OnnxGraphs(dynamic=_exported_onnx(view, precision, polyphase=True))
+        return OnnxGraphs(dynamic=_exported_onnx(view, precision, polyphase))
     from srtrt.engine.toolchain.export_isolated import dynamic_failure, remember_dynamic_failure
 
-    dynamic = _onnx_path(view, precision, polyphase=True)
+    dynamic = _onnx_path(view, precision, polyphase)
     if dynamic_failure(view, dynamic) is None:
         try:
-            return OnnxGraphs(dynamic=_exported_onnx(view, precision, polyphase=True))
+            return OnnxGraphs(dynamic=_exported_onnx(view, precision, polyphase))
         except SrtrtError as e:  # the next process goes straight to the static graphs
             remember_dynamic_failure(dynamic, str(e))
-    graphs = OnnxGraphs(static=lambda shape: _exported_onnx(view, precision, True, shape),
-                        name=_onnx_path(view, precision, True).name.replace(".onnx", "-NxCxHxW.onnx"))
     facts = view.facts
-    graphs.static((1, facts.channels, *window_shape(facts.margin, facts.multiple_of, facts.minimum)))
+    graphs = OnnxGraphs(static=lambda shape: _exported_onnx(view, precision, polyphase, shape),
+                        name=dynamic.name.replace(".onnx", "-NxCxHxW.onnx"),
+                        first=(1, facts.channels, *window_shape(facts.margin, facts.multiple_of, facts.minimum)))
+    graphs.static(graphs.first)
     return graphs
 
 
@@ -119,7 +119,8 @@ def _onnxruntime(view, device: torch.device, precision: str) -> Backend:
 
     if precision not in ("fp32", "fp16"):
         raise SrtrtError(f"onnxruntime runs fp32 or fp16 graphs, not {precision}")
-    return OnnxRuntimeBackend(_exported_onnx(view, precision), view.scale, view.radius, device=str(device))
+    return OnnxRuntimeBackend(_onnx_graphs(view, precision, polyphase=False), view.scale, view.radius,
+                              device=str(device))
 
 
 def _openvino(view, device: torch.device, precision: str) -> Backend:
@@ -135,7 +136,7 @@ def _openvino(view, device: torch.device, precision: str) -> Backend:
     # bf16 is a compile-time hint on the CPU plugin: one fp32 graph serves fp32 and bf16; int8 has
     # its own (QDQ) graph. The polyphase tail: AMX convolutions want 16+ output channels, the RGB
     # tail has 3 (openvino_backend).
-    graphs = _openvino_graphs(view, "int8" if precision == "int8" else "fp32")
+    graphs = _onnx_graphs(view, "int8" if precision == "int8" else "fp32", polyphase=True)
     return OpenVinoBackend(graphs, view.scale, view.radius, precision, channels=view.facts.feature_channels)
 
 

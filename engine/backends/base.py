@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -80,3 +81,18 @@ class Backend(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+@dataclass(frozen=True)
+class OnnxGraphs:
+    """Where the backend's graphs come from: one dynamic-shape file, reshaped for each window shape,
+    or `static(shape)`, the file of a graph fixed at that (N, C, h, w) (exported when first asked)."""
+
+    dynamic: Path | None = None
+    static: Callable[[tuple[int, int, int, int]], Path] | None = None
+    name: str = ""  # what describe() and errors call a per-shape source
+    first: tuple[int, int, int, int] | None = None  # the shape whose static graph was exported already
+
+    @property
+    def label(self) -> Path:
+        return self.dynamic if self.dynamic is not None else Path(self.name or "per-shape graphs")

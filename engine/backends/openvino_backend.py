@@ -31,15 +31,13 @@ import functools
 import importlib.util
 import os
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from srtrt.cache import cache_dir
-from srtrt.engine.backends.base import Backend, TileDefaults, defaults_for_budget
+from srtrt.engine.backends.base import Backend, OnnxGraphs, TileDefaults, defaults_for_budget
 from srtrt.engine.backends.torch_backend import CPU_ACTIVATION_BUDGET
 from srtrt.errors import SrtrtError
 from srtrt.hardware import cpu_has_fast_bf16, usable_cpus
@@ -72,7 +70,7 @@ def available() -> tuple[bool, str]:
     return True, "openvino " + openvino.get_version().split("-")[0]
 
 
-def _reason(error: Exception) -> str:
+def failure_reason(error: Exception) -> str:
     """The cause out of OpenVINO's message: its summary when it has one (unconverted operations),
     else its last line; the lines before name OpenVINO's own source files."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -133,20 +131,6 @@ def _prune_blobs(folder: Path, budget: int | None = None) -> None:
                 path.unlink()
 
 
-@dataclass(frozen=True)
-class OnnxGraphs:
-    """Where the backend's graphs come from: one dynamic-shape file, reshaped for each window shape,
-    or `static(shape)`, the file of a graph fixed at that (N, C, h, w) (exported when first asked)."""
-
-    dynamic: Path | None = None
-    static: Callable[[tuple[int, int, int, int]], Path] | None = None
-    name: str = ""  # what describe() and errors call a per-shape source
-
-    @property
-    def label(self) -> Path:
-        return self.dynamic if self.dynamic is not None else Path(self.name or "per-shape graphs")
-
-
 class OpenVinoBackend(Backend):
     name = "openvino"
     own_threads = True  # OpenVINO's TBB pool
@@ -198,7 +182,7 @@ class OpenVinoBackend(Backend):
             frontend = self._frontends.load_by_framework("onnx")
             return frontend.convert(frontend.load(str(path)))
         except Exception as e:  # OpenVINO raises several unrelated types (GeneralFailure, OpConversionFailure, ...)
-            raise SrtrtError(f"OpenVINO cannot read this ONNX file ({_reason(e)})", path) from None
+            raise SrtrtError(f"OpenVINO cannot read this ONNX file ({failure_reason(e)})", path) from None
 
     def _compile(self, dims: list[int], label: str):
         if self.model is None:  # a graph exported for this very shape: nothing to reshape
@@ -209,7 +193,7 @@ class OpenVinoBackend(Backend):
         try:
             return self.core.compile_model(model, "CPU", self.config).create_infer_request()
         except Exception as e:
-            raise SrtrtError(f"OpenVINO cannot compile this ONNX file for {label} ({_reason(e)})", self.path) from None
+            raise SrtrtError(f"OpenVINO cannot compile this ONNX file for {label} ({failure_reason(e)})", self.path) from None
 
     def _request(self, batch: int, height: int, width: int):
         """The infer request for this input shape: its own static model when it has one, is large or

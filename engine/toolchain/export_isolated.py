@@ -136,7 +136,7 @@ def _check_against_module(view, path: Path, shape: tuple[int, int, int, int] | N
     import numpy as np
     import torch
 
-    from srtrt.engine.backends.openvino_backend import shared_core
+    from srtrt.engine.backends.openvino_backend import failure_reason, shared_core
     from srtrt.engine.toolchain.export import example_shape
 
     untraced = shape is None
@@ -145,14 +145,17 @@ def _check_against_module(view, path: Path, shape: tuple[int, int, int, int] | N
         step = max(view.facts.multiple_of, 1)
         shape = (1, channels, side + step, side + 2 * step)
     x = torch.rand(*shape)
-    model = shared_core().read_model(str(path))
-    model.reshape({model.inputs[0]: list(x.shape)})
-    got = shared_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x.numpy())[0]
+    where = f"{x.shape[2]}x{x.shape[3]}" + (", a size it was not traced at" if untraced else "")
+    try:
+        model = shared_core().read_model(str(path))
+        model.reshape({model.inputs[0]: list(x.shape)})
+        got = shared_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x.numpy())[0]
+    except Exception as e:  # OpenVINO's own types; its message names its source files first
+        raise ValueError(f"the graph fails at {where} ({failure_reason(e)})") from None
     with torch.inference_mode():
         want = view(x).numpy()
     if got.shape != want.shape or not np.allclose(got, want, atol=1e-3):
-        where = ", a size it was not traced at" if untraced else ""
-        raise ValueError(f"the graph is wrong at {x.shape[2]}x{x.shape[3]}{where}")
+        raise ValueError(f"the graph is wrong at {where}")
 
 
 if __name__ == "__main__":
