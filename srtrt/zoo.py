@@ -11,6 +11,7 @@ The tile margin is decided once per weights file and cached by its sha256:
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -34,6 +35,10 @@ AFFORDABLE_RADIUS = 64      # LR pixels of margin per side worth recomputing for
 MARGIN_CANDIDATES = (4, 8, 12, 16, 24, 32, 40)
 REFERENCE_SIDE = 128        # LR side of the reference content the margin is measured on
 MEASURE_CORE = 32           # small cores: many seams per reference image, so the figure is a worst case
+# A tiled pass at margin = radius differing from the whole-image pass by more than this, both in
+# float64 (whose rounding is ~1e-15 here; fp32's, ~1e-6, would hide a small miss), is not exact.
+EXACT_TOLERANCE = 1e-9
+TILING_KIND = "tiling-v2"   # v2: an exact radius is confirmed by a tiled pass (v1 entries are measured again)
 
 
 def is_community_file(model) -> bool:
@@ -50,7 +55,7 @@ def load_view(path, allow_noncommercial: bool = False) -> CommunityView:
     module = model.module.eval()
     with warnings.catch_warnings():  # torch's forward-mode autodiff loads its decompositions with a deprecation note
         warnings.simplefilter("ignore", FutureWarning)
-        tiling = receptive_field.cached("tiling", model.sha256, lambda: measure_tiling(model))
+        tiling = receptive_field.cached(TILING_KIND, model.sha256, lambda: measure_tiling(model))
     facts = ModelFacts(
         architecture=model.architecture_id, scale=model.scale, channels=model.input_channels,
         feature_channels=activation_width(module, model.scale, model.input_channels, model.minimum,
@@ -123,21 +128,32 @@ def activation_width(module: nn.Module, scale: int, channels: int, minimum: int 
 def measure_tiling(model: community.CommunityModel) -> dict:
     """{"radius": int | None, "margin": int, "figure": dict | None} for the cache."""
     module = model.module.eval()
+    reference = reference_image(REFERENCE_SIDE, model.input_channels, model.multiple_of)
+    run = _WindowRunner(module, model.multiple_of, model.minimum)
+    radius = None
     if not model.global_operations:
         # Measured only as far as an affordable radius: a larger field is None ("beyond what was measured").
         radius = receptive_field.measure_radius(module, model.scale, model.input_channels,
                                                 limit=2 * AFFORDABLE_RADIUS + 8, multiple_of=model.multiple_of,
                                                 minimum=model.minimum)
         if radius is not None and radius <= AFFORDABLE_RADIUS:
-            return {"radius": radius, "margin": radius, "figure": None}
-    else:
-        radius = None
-    reference = reference_image(REFERENCE_SIDE, model.input_channels, model.multiple_of)
-    run = _WindowRunner(module, model.multiple_of, model.minimum)
+            # The field is measured from one input pixel, and a max pooling passes a pixel on only where
+            # it is its cell's maximum (SAFMN): a tiled pass confirms what exact tiles promise.
+            if _tiles_equal_whole(module, model, reference, radius):
+                return {"radius": radius, "margin": radius, "figure": None}
+            radius = None  # a path the one-pixel probe did not see: the margin is measured like a global model's
     margin, figure = receptive_field.measure_margin(run.tiled, run.whole, reference, MARGIN_CANDIDATES)
     if margin is None:  # nothing within 1 level: the largest tried, and the figure says how far off it is
         margin = figure["margin"]
     return {"radius": radius, "margin": margin, "figure": figure}
+
+
+def _tiles_equal_whole(module: nn.Module, model: community.CommunityModel, reference: torch.Tensor,
+                       margin: int) -> bool:
+    """Whether tiles at `margin` equal the whole-image pass on `reference`, computed in float64."""
+    double = _WindowRunner(copy.deepcopy(module).double(), model.multiple_of, model.minimum)
+    x = reference.double()
+    return (double.tiled(x, margin) - double.whole(x)).abs().max().item() <= EXACT_TOLERANCE
 
 
 def reference_image(side: int, channels: int, multiple_of: int = 1, seed: int = 0) -> torch.Tensor:
@@ -182,7 +198,7 @@ class _WindowRunner:
             y = self.module(lr[:, :, top:top + wh, left:left + ww]).clamp(0, 1)
             if out is None:
                 s = y.shape[-1] // ww
-                out = torch.empty(lr.shape[0], y.shape[1], h * s, w * s)
+                out = torch.empty(lr.shape[0], y.shape[1], h * s, w * s, dtype=y.dtype)
             ct, cl, ch, cw = tile.core_in_window
             c0y, c0x = tile.y.c0, tile.x.c0
             out[:, :, c0y * s:(c0y + ch) * s, c0x * s:(c0x + cw) * s] = y[:, :, ct * s:(ct + ch) * s, cl * s:(cl + cw) * s]

@@ -38,6 +38,9 @@ def test_windows_meet_the_networks_size_requirements(h, w, core, margin, multipl
     plan = tiles.plan(h, w, core, margin, multiple_of=multiple_of, minimum=minimum)
     wh, ww = plan.window_shape
     assert min(wh, ww) >= max(minimum, 1) and wh % multiple_of == 0 and ww % multiple_of == 0
+    # on an axis a whole-image pass can take, windows start on its grid of multiples
+    assert h % multiple_of or all(t.y.w0 % multiple_of == 0 for t in plan)
+    assert w % multiple_of or all(t.x.w0 % multiple_of == 0 for t in plan)
 
     def context(length: int) -> int:
         """Full context wherever a window of an allowed side can hold a core and both margins; an

@@ -91,11 +91,18 @@ def plan_axis(length: int, core: int, margin: int, balance: bool = True, multipl
     core = balanced(core)
     if longest < length and allowed_side(core + 2 * margin, multiple_of, minimum) > longest:
         core = balanced(fitted)  # the axis' longest window cannot hold this core and both margins
-    window = min(allowed_side(core + 2 * margin, multiple_of, minimum), longest)
+    # A network that takes multiples of N downsamples by N (pixel-unshuffle, strided U-Net levels,
+    # pooling grids): it commutes with shifts of N pixels only, so where a whole-image pass exists to
+    # equal, cores and margins are multiples of N and every window starts on the image's grid.
+    step = multiple_of if longest == length else 1
+    core, pad = (-(-n // step) * step for n in (core, margin))
+    window = min(allowed_side(core + 2 * pad, multiple_of, minimum), longest)
+    if window == length:
+        return [Span(0, length, 0, length)]
     spans = []
     for c0 in range(0, length, core):
         clen = min(core, length - c0)
-        w0 = min(max(c0 - margin, 0), length - window)
+        w0 = min(max(c0 - pad, 0), length - window)
         spans.append(Span(w0, window, c0, clen))
     return spans
 
