@@ -153,6 +153,8 @@ def load(path: str | os.PathLike, allow_noncommercial: bool = False) -> Communit
                          "srtrt runs grey (1 -> 1) and RGB (3 -> 3) models", path)
 
     size = descriptor.size_requirements
+    if size.square:  # Uformer: tiles of a non-square image would have to be square too, and they are not
+        raise SrtrtError(f"{name} takes square inputs only; srtrt's tiles follow the image's shape", path)
     return CommunityModel(
         module=_image_to_image(descriptor, spandrel, p),
         architecture_id=str(descriptor.architecture.id),

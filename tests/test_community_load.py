@@ -308,6 +308,16 @@ def test_real_inpainting_model_is_refused(tmp_path):
     assert "is an inpainting model (LaMa: MaskedImageModelDescriptor" in _refusal(path)
 
 
+@pytest.mark.filterwarnings("ignore:torch.meshgrid")  # Uformer's constructor
+def test_a_model_that_takes_square_inputs_only_is_refused(tmp_path):
+    """Uformer's windows must be square; a tile of a wide image is not, so it is one line at load."""
+    from spandrel.architectures.Uformer import Uformer
+
+    path = tmp_path / "uformer.safetensors"
+    save_file(_tensors(Uformer(embed_dim=8, depths=[1] * 9, num_heads=[1] * 9)), str(path))
+    assert "Uformer takes square inputs only" in _refusal(path)
+
+
 def test_noncommercial_needs_opt_in(tmp_path, monkeypatch, fresh_registry):
     extra = spandrel.ArchRegistry()
     extra.add(spandrel.ArchSupport.from_architecture(_FakeArch("SR", "NonCommercial")))
