@@ -3,7 +3,9 @@
 
 The tile margin is decided once per weights file and cached by its sha256:
 - the receptive-field radius is measured from the network; where it is at most AFFORDABLE_RADIUS
-  LR pixels (Compact 18, SPAN, SRResNet 40) the margin is the radius and tiles are exact;
+  LR pixels (Compact 18, SPAN, SRResNet 40) the margin is the radius and tiles are exact, once a
+  float64 tiled pass at that margin equals the whole image (a max pooling hides paths from the
+  one-pixel probe: SAFMN);
 - where it is larger (a 23-block RRDBNet reaches ~349) or unbounded (global pooling, attention),
   the margin is the smallest of MARGIN_CANDIDATES whose tiled 8-bit output stays within one level
   of a whole-image pass on REFERENCE_SIDE-pixel reference content on >= 99.9 % of samples, and the
