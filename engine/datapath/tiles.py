@@ -93,8 +93,9 @@ def plan_axis(length: int, core: int, margin: int, balance: bool = True, multipl
         core = balanced(fitted)  # the axis' longest window cannot hold this core and both margins
     # A network that takes multiples of N downsamples by N (pixel-unshuffle, strided U-Net levels,
     # pooling grids): it commutes with shifts of N pixels only, so where a whole-image pass exists to
-    # equal, cores and margins are multiples of N and every window starts on the image's grid.
-    step = multiple_of if longest == length else 1
+    # equal, cores and margins are multiples of N and every window starts on the image's grid
+    # (not for an engine built for one window, `balance=False`: its window is core + 2 * margin as asked).
+    step = multiple_of if longest == length and balance else 1
     core, pad = (-(-n // step) * step for n in (core, margin))
     window = min(allowed_side(core + 2 * pad, multiple_of, minimum), longest)
     if window == length:

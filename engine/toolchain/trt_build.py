@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from srtrt import atomic
+from srtrt.engine.datapath.tiles import allowed_side
 from srtrt.engine.toolchain import engine_cache
 from srtrt.engine.toolchain.engine_cache import EngineKey, Profile, profile_for
 from srtrt.errors import SrtrtError
@@ -563,9 +564,9 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
         core = _checked("tile", int(DEFAULT_CORE if tile is None else tile), 1)
         # The runtime rounds each window side up to the model's `multiple_of` (engine/datapath/tiles.py)
         # and never sends one below its minimum side: the profile must take exactly those shapes.
-        step = facts.get("multiple_of", 1)
-        window = -(-(core + 2 * margin) // step) * step
-        min_side = -(-max(facts.get("minimum", 1), step) // step) * step
+        step, smallest = facts.get("multiple_of", 1), facts.get("minimum", 1)
+        window = allowed_side(core + 2 * margin, step, smallest)
+        min_side = allowed_side(1, step, smallest)
         fixed = _fixed_shape(view, facts, window, out)
         if fixed:  # the engine takes exactly that shape: the runtime's windows are all of it
             max_batch, window, min_side = fixed[0], fixed[1:], max(fixed[1:])
