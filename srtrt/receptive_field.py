@@ -71,7 +71,7 @@ class _Reach:
     resolved: bool = True  # False: influence near fp64's underflow, the support may be cut short
 
 
-def _largestallowed_side(limit: int, multiple_of: int, minimum: int) -> int | None:
+def _largest_allowed(limit: int, multiple_of: int, minimum: int) -> int | None:
     side = limit // multiple_of * multiple_of
     return side if side >= max(minimum, 1) else None
 
@@ -215,7 +215,7 @@ def measure_radius(module: torch.nn.Module, scale: int, channels: int, *, limit:
 
     Inputs are sides >= `minimum` and multiples of `multiple_of`. See the module docstring for the method.
     """
-    longest = _largestallowed_side(limit, multiple_of, minimum)
+    longest = _largest_allowed(limit, multiple_of, minimum)
     if longest is None:
         return None
     probe = _Prober(module, scale, channels)

@@ -178,7 +178,8 @@ def reference_image(side: int, channels: int, multiple_of: int = 1, seed: int = 
 
 
 class _WindowRunner:
-    """Whole-image and tiled passes of a module in fp32, tiled exactly as the runtime tiles
+    """Whole-image and tiled passes of a module in its own dtype (fp32; float64 to confirm exact tiles),
+    tiled exactly as the runtime tiles
     (engine/datapath/tiles.py: the same planner, the same window shapes)."""
 
     def __init__(self, module: nn.Module, multiple_of: int, minimum: int):
