@@ -3,9 +3,9 @@
 
 The tile margin is decided once per weights file and cached by its sha256:
 - the receptive-field radius is measured from the network; where it is at most AFFORDABLE_RADIUS
-  LR pixels (Compact 18, SPAN, SRResNet 40) the margin is the radius and tiles are exact, once a
-  float64 tiled pass at that margin equals the whole image (a max pooling hides paths from the
-  one-pixel probe: SAFMN);
+  LR pixels (Compact 18, SPAN, SRResNet 40) the margin is the radius and tiles are exact, once
+  windows of exactly that margin, lying inside reference content, equal the whole-image pass in
+  float64 (a max pooling hides paths from the one-pixel probe: SAFMN);
 - where it is larger (a 23-block RRDBNet reaches ~349) or unbounded (global pooling, attention),
   the margin is the smallest of MARGIN_CANDIDATES whose tiled 8-bit output stays within one level
   of a whole-image pass on REFERENCE_SIDE-pixel reference content on >= 99.9 % of samples, and the
@@ -40,7 +40,14 @@ MEASURE_CORE = 32           # small cores: many seams per reference image, so th
 # A tiled pass at margin = radius differing from the whole-image pass by more than this, both in
 # float64 (whose rounding is ~1e-15 here; fp32's, ~1e-6, would hide a small miss), is not exact.
 EXACT_TOLERANCE = 1e-9
-TILING_KIND = "tiling-v2"   # v2: an exact radius is confirmed by a tiled pass (v1 entries are measured again)
+# Content past every side of a confirming window, so a path reaching beyond the margin finds input
+# there (8: past a pooling cell or a dilation's gap), and such windows per axis (content at 4 places).
+CONFIRM_BEYOND = 8
+CONFIRM_WINDOWS_PER_AXIS = 2
+# v2: an exact radius is confirmed by a tiled pass; v3: by windows inside the content (a v2 check could
+# pass with every window touching the border, and margins above 48 made it one window). Older entries
+# are measured again.
+TILING_KIND = "tiling-v3"
 
 
 def is_community_file(model) -> bool:
@@ -130,8 +137,6 @@ def activation_width(module: nn.Module, scale: int, channels: int, minimum: int 
 def measure_tiling(model: community.CommunityModel) -> dict:
     """{"radius": int | None, "margin": int, "figure": dict | None} for the cache."""
     module = model.module.eval()
-    reference = reference_image(REFERENCE_SIDE, model.input_channels, model.multiple_of)
-    run = _WindowRunner(module, model.multiple_of, model.minimum)
     radius = None
     if not model.global_operations:
         # Measured only as far as an affordable radius: a larger field is None ("beyond what was measured").
@@ -140,22 +145,55 @@ def measure_tiling(model: community.CommunityModel) -> dict:
                                                 minimum=model.minimum)
         if radius is not None and radius <= AFFORDABLE_RADIUS:
             # The field is measured from one input pixel, and a max pooling passes a pixel on only where
-            # it is its cell's maximum (SAFMN): a tiled pass confirms what exact tiles promise.
-            if _tiles_equal_whole(module, model, reference, radius):
+            # it is its cell's maximum (SAFMN): windows of that margin confirm what exact tiles promise.
+            if _tiles_equal_whole(module, radius, model.input_channels, model.multiple_of, model.minimum):
                 return {"radius": radius, "margin": radius, "figure": None}
             radius = None  # a path the one-pixel probe did not see: the margin is measured like a global model's
+    reference = reference_image(REFERENCE_SIDE, model.input_channels, model.multiple_of)
+    run = _WindowRunner(module, model.multiple_of, model.minimum)
     margin, figure = receptive_field.measure_margin(run.tiled, run.whole, reference, MARGIN_CANDIDATES)
     if margin is None:  # nothing within 1 level: the largest tried, and the figure says how far off it is
         margin = figure["margin"]
     return {"radius": radius, "margin": margin, "figure": figure}
 
 
-def _tiles_equal_whole(module: nn.Module, model: community.CommunityModel, reference: torch.Tensor,
-                       margin: int) -> bool:
-    """Whether tiles at `margin` equal the whole-image pass on `reference`, computed in float64."""
-    double = _WindowRunner(copy.deepcopy(module).double(), model.multiple_of, model.minimum)
-    x = reference.double()
-    return (double.tiled(x, margin) - double.whole(x)).abs().max().item() <= EXACT_TOLERANCE
+def _tiles_equal_whole(module: nn.Module, margin: int, channels: int, multiple_of: int = 1, minimum: int = 1) -> bool:
+    """Whether windows with `margin` pixels of context equal the whole-image pass, in float64.
+
+    Only windows inside the content are compared: a side that touches the border has the same zero
+    padding as the whole image there and tests nothing, and those windows are what the check is about."""
+    plan = _confirmation_plan(margin, multiple_of, minimum)
+    inside = set(_windows_inside(plan.rows, plan.height))
+    double = _WindowRunner(copy.deepcopy(module).double(), multiple_of, minimum)
+    x = reference_image(plan.height, channels, multiple_of).double()
+    whole = double.whole(x)
+    s = whole.shape[-1] // plan.width
+    for tile in plan:
+        if tile.y in inside and tile.x in inside:
+            (y0, ylen), (x0, xlen) = (tile.y.c0, tile.y.clen), (tile.x.c0, tile.x.clen)
+            expected = whole[..., y0 * s:(y0 + ylen) * s, x0 * s:(x0 + xlen) * s]
+            if (double.core(x, tile) - expected).abs().max().item() > EXACT_TOLERANCE:
+                return False
+    return True
+
+
+def _confirmation_plan(margin: int, multiple_of: int, minimum: int):
+    """The runtime's plan (MEASURE_CORE cores) on the smallest square content from REFERENCE_SIDE up
+    with CONFIRM_WINDOWS_PER_AXIS windows per axis inside it (a margin near half the content would
+    otherwise leave no window inside, or make the whole plan one window)."""
+    from srtrt.engine.datapath import tiles
+
+    side = tiles.allowed_side(REFERENCE_SIDE, multiple_of, minimum)
+    while True:
+        plan = tiles.plan(side, side, MEASURE_CORE, margin, multiple_of=multiple_of, minimum=minimum)
+        if len(_windows_inside(plan.rows, side)) >= CONFIRM_WINDOWS_PER_AXIS:
+            return plan
+        side += max(multiple_of, 1)
+
+
+def _windows_inside(spans, length: int) -> list:
+    """The spans whose windows have CONFIRM_BEYOND pixels of content past both ends."""
+    return [s for s in spans if s.w0 >= CONFIRM_BEYOND and s.w0 + s.wlen <= length - CONFIRM_BEYOND]
 
 
 def reference_image(side: int, channels: int, multiple_of: int = 1, seed: int = 0) -> torch.Tensor:
@@ -197,12 +235,19 @@ class _WindowRunner:
         plan = tiles.plan(h, w, MEASURE_CORE, margin, multiple_of=self.multiple_of, minimum=self.minimum)
         out, s = None, None
         for tile in plan:
-            top, left, wh, ww = tile.window
-            y = self.module(lr[:, :, top:top + wh, left:left + ww]).clamp(0, 1)
+            core = self.core(lr, tile)
             if out is None:
-                s = y.shape[-1] // ww
-                out = torch.empty(lr.shape[0], y.shape[1], h * s, w * s, dtype=y.dtype)
-            ct, cl, ch, cw = tile.core_in_window
+                s = core.shape[-1] // tile.x.clen
+                out = torch.empty(lr.shape[0], core.shape[1], h * s, w * s, dtype=core.dtype)
             c0y, c0x = tile.y.c0, tile.x.c0
-            out[:, :, c0y * s:(c0y + ch) * s, c0x * s:(c0x + cw) * s] = y[:, :, ct * s:(ct + ch) * s, cl * s:(cl + cw) * s]
+            out[:, :, c0y * s:(c0y + tile.y.clen) * s, c0x * s:(c0x + tile.x.clen) * s] = core
         return out
+
+    @torch.inference_mode()
+    def core(self, lr: torch.Tensor, tile) -> torch.Tensor:
+        """The output over `tile`'s core, from a pass over its window alone."""
+        top, left, wh, ww = tile.window
+        y = self.module(lr[:, :, top:top + wh, left:left + ww]).clamp(0, 1)
+        s = y.shape[-1] // ww
+        ct, cl, ch, cw = tile.core_in_window
+        return y[:, :, ct * s:(ct + ch) * s, cl * s:(cl + cw) * s]

@@ -75,6 +75,20 @@ def test_tiles_are_exact_at_the_measured_radius(model_files, name):
     assert np.abs(tiled - whole).max() <= 1e-5
 
 
+@pytest.mark.parametrize("radius", [20, 56])
+def test_exact_tiles_are_confirmed_by_windows_inside_the_content_at_any_affordable_margin(radius):
+    """A box blur of known radius: windows one pixel short of it must differ from the whole image.
+    At 56 (above half the 128-pixel reference less a core) a plan on the reference alone would be one
+    window, equal to the whole image by construction; the confirmation grows its content instead."""
+    blur = torch.nn.Conv2d(3, 3, 2 * radius + 1, padding=radius, groups=3, bias=False)
+    torch.nn.init.constant_(blur.weight, 1 / (2 * radius + 1) ** 2)
+    assert zoo._tiles_equal_whole(blur, radius, channels=3)
+    assert not zoo._tiles_equal_whole(blur, radius - 1, channels=3)
+    plan = zoo._confirmation_plan(radius, multiple_of=8, minimum=1)
+    inside = zoo._windows_inside(plan.rows, plan.height)
+    assert len(inside) >= zoo.CONFIRM_WINDOWS_PER_AXIS and all(s.c0 - s.w0 == -(-radius // 8) * 8 for s in inside)
+
+
 def test_a_grey_model_keeps_a_grey_image_grey_and_tiles_exactly(model_files):
     view = srtrt.load_model(model_files["grey"])
     tiled, whole = tiled_and_whole(view, lr_image(40, 52, channels=1), core=16)
