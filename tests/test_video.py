@@ -239,6 +239,96 @@ def test_a_stream_the_container_cannot_hold_switches_to_mkv_and_says_so(tmp_path
     assert packets(tmp_path / "wanted.mkv", "subtitle") == [b"line 0", b"line 1"]
 
 
+def test_a_fallback_name_never_writes_over_an_input_or_another_output(tmp_path, capsys, model):
+    """The .mkv twin is settled before any work: asked for clip.mp4, clip.mkv (SRT inside) would be
+    written over itself; in a folder, x.webm through H.264 would land on x.mkv's output."""
+    clip = tmp_path / "clip.mkv"
+    make_clip(clip, frames=4, audio=None, subtitles=True)
+    before = clip.read_bytes()
+    code, err = run(capsys, clip, "-o", tmp_path / "clip.mp4", "--model", model, "--backend", "torch", "--overwrite")
+    assert code == 1 and "output path is the input itself" in err and "written as clip.mkv" in err
+    assert clip.read_bytes() == before and not (tmp_path / "clip.mp4").exists()
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_clip(folder / "x.mkv", frames=4, audio=None)
+    make_clip(folder / "x.webm", frames=4, codec="libvpx-vp9", audio=None, size=(64, 48))
+    code, err = run(capsys, folder, "--model", model, "--backend", "torch", "--codec", "libx264", "--overwrite")
+    assert code == 1 and "same output name x_x4.mkv" in err
+    with av.open(str(folder / "x_x4.mkv")) as c:  # x.mkv's output (48x32 in), not x.webm's
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (48 * 4, 32 * 4)
+    code, err = run(capsys, folder, "--model", model, "--backend", "torch", "--codec", "libx264")
+    assert "x_x4.mkv: exists, skipped" in err and "is the output of" in err  # a rerun knows its own output
+
+
+def test_av1_in_and_out_vp9_into_webm_and_avi_read_into_mkv(tmp_path, capsys, model):
+    """Streams are copied without opening a codec (an AV1 input decodes through libdav1d, which is
+    no encoder name); the container check opens the output's own encoder."""
+    av1 = tmp_path / "av1.mkv"
+    make_clip(av1, frames=4, codec="libsvtav1", audio=None, size=(64, 48))
+    code, err = run(capsys, av1, "--model", model, "--backend", "torch", "--codec", "libsvtav1")
+    assert code == 0, err
+    assert "Svt[info]" not in err
+    with av.open(str(tmp_path / "av1_x4.mkv")) as c:
+        assert c.streams.video[0].codec_context.codec.canonical_name == "av1" and c.streams.video[0].frames in (0, 4)
+    assert len(video_frames(tmp_path / "av1_x4.mkv")) == 4
+
+    mp4 = tmp_path / "h264.mp4"
+    make_clip(mp4, frames=4, audio=None)
+    code, err = run(capsys, mp4, "-o", tmp_path / "vp9.webm", "--model", model, "--backend", "torch",
+                    "--codec", "libvpx-vp9", "--crf", "40")
+    assert code == 0 and (tmp_path / "vp9.webm").is_file() and "written as" not in err, err
+
+    avi = tmp_path / "old.avi"
+    make_clip(avi, frames=4, codec="mjpeg", pix_fmt="yuvj420p", audio=None)
+    code, err = run(capsys, avi, "--model", model, "--backend", "torch")
+    assert code == 0 and "AVI keeps no timestamps: written as old_x4.mkv" in err, err
+    assert len(video_frames(tmp_path / "old_x4.mkv")) == 4
+
+
+def test_a_timecode_a_late_start_and_a_one_frame_x265_clip(tmp_path, capsys, model):
+    mov = tmp_path / "tc.mov"
+    make_clip(mov, frames=4, audio=None)  # then the same clip with a timecode, as cameras write it
+    with av.open(str(mov)) as src, av.open(str(tmp_path / "tc2.mov"), "w") as out:
+        out.metadata["timecode"] = "01:00:00:00"
+        stream = out.add_stream_from_template(src.streams.video[0], opaque=True)
+        stream.codec_context.framerate = 24
+        for packet in src.demux(src.streams.video[0]):
+            if packet.size:
+                packet.stream = stream
+                out.mux(packet)
+    code, err = run(capsys, tmp_path / "tc2.mov", "--model", model, "--backend", "torch")
+    assert code == 0, err
+    with av.open(str(tmp_path / "tc2_x4.mov")) as c:
+        assert any(s.metadata.get("timecode") == "01:00:00:00" for s in c.streams)
+
+    late = tmp_path / "late.mkv"  # Matroska's DURATION tag is where the stream ends: 0.5 s in, 0.25 s long
+    make_clip(late, frames=6, audio=None, pts=[500 + 42 * i for i in range(6)], time_base=Fraction(1, 1000))
+    code, err = run(capsys, late, "--model", model, "--backend", "torch")
+    assert code == 0 and "truncated" not in err, err
+
+    one = tmp_path / "one.mp4"  # x265 gives a one-frame encode an uninitialised decode time
+    make_clip(one, frames=1, audio=None, size=(64, 64))
+    code, err = run(capsys, one, "--model", model, "--backend", "torch", "--codec", "libx265")
+    assert code == 0 and len(video_frames(tmp_path / "one_x4.mp4")) == 1, err
+
+
+def test_settings_an_encoder_refuses_fail_before_decoding_and_a_lost_bit_depth_is_said(tmp_path, capsys, model):
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, frames=4, audio=None)
+    code, err = run(capsys, clip, "--model", model, "--backend", "torch", "--preset", "bogus")
+    assert code == 1 and "libx264 refuses its settings (crf=18, preset=bogus" in err, err
+    assert not list(tmp_path.glob("clip_x4*")) and partials(tmp_path) == []
+
+    ten = tmp_path / "ten.mkv"
+    make_clip(ten, frames=4, codec="libx265", pix_fmt="yuv420p10le", audio=None, size=(64, 64))
+    code, err = run(capsys, ten, "-o", tmp_path / "ten.webm", "--model", model, "--backend", "torch",
+                    "--codec", "libvpx-vp9", "--crf", "40")
+    formats = {f.name for f in av.Codec("libvpx-vp9", "w").video_formats}
+    assert code == 0, err
+    assert ("10-bit input written as 8-bit" in err) == ("yuv420p10le" not in formats)
+
+
 def test_api_takes_videos(tmp_path, model):
     import srtrt
     from srtrt.errors import SrtrtError
@@ -247,6 +337,11 @@ def test_api_takes_videos(tmp_path, model):
     make_clip(source, frames=6, codec="libvpx-vp9", audio="libopus")
     written = srtrt.upscale(source, tmp_path / "big.webm", model=str(model), backend="torch", crf=40)
     assert written == tmp_path / "big.webm"
+    # the path returned is the file written: here the .mkv twin (webm holds no H.264); never an image name
+    assert srtrt.upscale(source, tmp_path / "h264.webm", model=str(model), backend="torch",
+                         codec="libx264") == tmp_path / "h264.mkv"
+    with pytest.raises(SrtrtError, match="needs a video container"):
+        srtrt.upscale(source, tmp_path / "big.png", model=str(model), backend="torch")
     assert len(video_frames(written)) == 6
     with av.open(str(written)) as c:
         assert c.streams.video[0].codec_context.name == "vp9"

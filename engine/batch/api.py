@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from srtrt.engine.batch.files import DONE, FileRunner
+from srtrt.engine.batch.files import DONE, FileRunner, output_path
 from srtrt.engine.batch.options import RunOptions, open_backend
 from srtrt.engine.datapath.imageio import from_pil, to_pil
 from srtrt.engine.video import is_video
@@ -41,7 +41,8 @@ def close() -> None:
 
 
 def upscale(image, output=None, **options):
-    """Upscale a PIL image or a path. Returns a PIL image, or writes `output` and returns its Path.
+    """Upscale a PIL image or a path. Returns a PIL image, or writes `output` and returns the Path
+    written (a video whose container cannot hold its streams goes to the .mkv of that name).
 
     A video path needs `output` (a video file). Raises SrtrtError (one line) for bad input, an
     existing `output` without overwrite=True, or an image that does not fit the device even at
@@ -54,10 +55,12 @@ def upscale(image, output=None, **options):
     if output is not None:
         if isinstance(image, Image.Image):
             raise TypeError("writing to `output` takes a path; for a PIL image call upscale(image) and save the result")
-        outcome = runner.run(Path(image), Path(output))
+        source = Path(image)
+        # named as `srtrt run -o` names it (a folder gets <stem>_x4.<ext>; a video needs a video container)
+        outcome = runner.run(source, output_path(source, str(output), False, runner.backend.scale))
         if outcome.status != DONE:
             raise SrtrtError(outcome.message)
-        return Path(output)
+        return outcome.destination  # a video's .mkv twin when its container cannot hold its streams
     decoded = from_pil(image) if isinstance(image, Image.Image) else runner.decode(image)
     colour, alpha = runner.upscale_arrays(decoded, label=str(image) if not isinstance(image, Image.Image) else "image")
     return to_pil(colour, alpha, decoded.bit_depth)

@@ -64,7 +64,7 @@ def main(args) -> int:
         print(f"srtrt: backend {selection.reason}", file=sys.stderr)
         print(f"srtrt: {selection.facts.tiling_note(options.margin)}", file=sys.stderr)
     runner = FileRunner(backend, options, log=lambda m: print(m, file=sys.stderr))
-    jobs = plan_jobs(inputs, args.output, backend.scale)
+    jobs = plan_jobs(inputs, args.output, backend.scale, options)
 
     report = BatchReport()
     bar, bar_on = _progress(args.quiet)
@@ -109,6 +109,8 @@ def main(args) -> int:
                     report.add(Outcome(job.source, job.destination, job.status, job.refusal))
                     say(f"srtrt: {job.refusal}", always=job.status == FAILED)
                     continue
+                if job.note:
+                    say(f"srtrt: {job.source}: {job.note}")
                 current = job.destination
                 decoded = ahead.take(job)
                 ahead.start(jobs[i] if i < len(jobs) else None)  # the next image decodes while this one runs

@@ -166,10 +166,14 @@ class Job:
     destination: Path | None = None
     refusal: str | None = None  # set when the input is refused before any work
     status: str = FAILED        # what a refusal counts as
+    note: str = ""              # why the destination is not the name asked for (a video's container)
 
 
-def plan_jobs(inputs: list[Path], output: str | None, scale: int) -> list[Job]:
+def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None) -> list[Job]:
     """Pair every input with its destination; refuse names that would collide or loop.
+
+    With the run's `options`, a video's destination is the file it will really be written to (its
+    .mkv twin when the container asked for cannot hold its streams), so the checks below see it.
 
     - a destination equal to its own input: refused (the input would be destroyed);
     - two inputs with the same destination (a.png and a.jpg, or dir1/a.png and dir2/a.png into
@@ -181,7 +185,7 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int) -> list[Job]:
     jobs = []
     for source in inputs:
         try:
-            jobs.append(Job(source, output_path(source, output, many, scale)))
+            jobs.append(_settled(Job(source, output_path(source, output, many, scale)), options, scale))
         except SrtrtError as e:
             jobs.append(Job(source, refusal=str(e)))
     owner: dict[Path, Path] = {}
@@ -193,13 +197,27 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int) -> list[Job]:
             continue
         key, first = real_path(job.destination), owner.get(real_path(job.destination))
         if key == real_path(job.source):
-            job.refusal = f"{job.destination}: output path is the input itself"
+            job.refusal = f"{job.destination}: output path is the input itself" + (f" ({job.note})" if job.note else "")
         elif first is not None and real_path(first) != real_path(job.source):
             job.refusal = f"{job.source}: same output name {job.destination.name} as {first}; rename one of them"
         elif real_path(job.source) in owner and real_path(owner[real_path(job.source)]) != real_path(job.source):
             job.refusal, job.status = (f"{job.source}: is the output of {owner[real_path(job.source)]} in this batch, "
                                        "not upscaled again"), SKIPPED
     return jobs
+
+
+def _settled(job: Job, options, scale: int) -> Job:
+    """`job` with a video's real destination; a file that cannot be read as one keeps its name (its
+    run says why, in one line)."""
+    if options is None or not is_video(job.source):
+        return job
+    try:
+        from srtrt.engine.video.run import settled_destination
+
+        job.destination, job.note = settled_destination(job.source, job.destination, options, scale)
+    except (ImportError, SrtrtError):
+        pass
+    return job
 
 
 def real_path(path: Path) -> Path:

@@ -190,7 +190,9 @@ def main(args) -> int:
 
     report = BatchReport()
     todo, existing = [], 0
-    for job in plan_jobs(inputs, args.output, scale):
+    for job in plan_jobs(inputs, args.output, scale, RunOptions.from_args(args)):
+        if job.note and not job.refusal:
+            say(f"srtrt: {job.source}: {job.note}")
         if job.refusal:
             report.add(Outcome(job.source, job.destination, job.status, job.refusal))
             say(f"srtrt: {job.refusal}", always=job.status == FAILED)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import queue
 import threading
@@ -24,6 +25,7 @@ import av
 from srtrt.atomic import commit, temp_name
 from srtrt.engine.video.colour import Colour
 from srtrt.engine.video.planes import rgb_to_frame
+from srtrt.engine.video.source import ffmpeg_reason
 from srtrt.errors import SrtrtError
 
 CODECS = ("libx264", "libx265", "libsvtav1", "libvpx-vp9", "h264_nvenc", "hevc_nvenc")
@@ -31,7 +33,9 @@ CODECS = ("libx264", "libx265", "libsvtav1", "libvpx-vp9", "h264_nvenc", "hevc_n
 DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libsvtav1": 30, "libvpx-vp9": 31, "h264_nvenc": 21, "hevc_nvenc": 23}
 DEFAULT_PRESET = {"libx264": "medium", "libx265": "fast", "libsvtav1": "8", "libvpx-vp9": None,
                   "h264_nvenc": "p5", "hevc_nvenc": "p5"}
+STAND_IN_SIDE = 128  # the encoder's size where it is opened only to check it (x265 needs 64 or more)
 QUEUE_FRAMES = 2  # upscaled frames waiting for the encoder (each is a full output frame)
+DTS_LEAD_SECONDS = 10  # a decode time this far before its presentation time is no reordering delay
 _END = object()
 
 
@@ -45,6 +49,10 @@ class EncoderSettings:
     rate: Fraction
     colour: Colour
     options: dict = field(default_factory=dict)
+
+    @property
+    def bits(self) -> int:
+        return 10 if "10" in self.pix_fmt else 8
 
 
 def _pix_fmts(codec: str) -> set[str]:
@@ -100,15 +108,35 @@ def choose_settings(codec: str, crf: int | None, preset: str | None, source_pix_
     return EncoderSettings(codec, pix_fmt, width, height, time_base, rate or Fraction(24), colour, options)
 
 
+def add_video_stream(container, settings: EncoderSettings, width: int | None = None, height: int | None = None):
+    """The encoder's stream in `container` (at `width` x `height` instead of the settings' for a stand-in)."""
+    if settings.codec == "libsvtav1":
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole configuration at info level; errors only
+    stream = container.add_stream(settings.codec, rate=settings.rate, options=dict(settings.options))
+    stream.width, stream.height, stream.pix_fmt = width or settings.width, height or settings.height, settings.pix_fmt
+    cc = stream.codec_context
+    cc.time_base = settings.time_base
+    cc.colorspace, cc.color_range = settings.colour.matrix, settings.colour.range_code
+    cc.color_primaries, cc.color_trc = settings.colour.primaries, settings.colour.transfer
+    return stream
+
+
+def check_encoder(settings: EncoderSettings, path) -> None:
+    """Open the encoder once at a small size (in Matroska, which holds every codec here), so options
+    it refuses (a preset of another codec's) fail in one line before any frame is decoded."""
+    try:
+        with av.open(io.BytesIO(), "w", format="matroska") as out:
+            add_video_stream(out, settings, STAND_IN_SIDE, STAND_IN_SIDE)
+            out.start_encoding()
+    except (ValueError, av.FFmpegError) as e:
+        asked = ", ".join(f"{k}={v}" for k, v in settings.options.items() if k in ("preset", "crf", "cpu-used", "cq"))
+        raise SrtrtError(f"{settings.codec} refuses its settings ({asked}; {ffmpeg_reason(e)})", path) from None
+
+
 def _open_segment(path: str, settings: EncoderSettings):
     container = av.open(path, "w", format="mp4")
     try:
-        stream = container.add_stream(settings.codec, rate=settings.rate, options=dict(settings.options))
-        stream.width, stream.height, stream.pix_fmt = settings.width, settings.height, settings.pix_fmt
-        cc = stream.codec_context
-        cc.time_base = settings.time_base
-        cc.colorspace, cc.color_range = settings.colour.matrix, settings.colour.range_code
-        cc.color_primaries, cc.color_trc = settings.colour.primaries, settings.colour.transfer
+        stream = add_video_stream(container, settings)
     except BaseException:
         container.close()
         raise
@@ -163,7 +191,7 @@ class SegmentEncoder:
             raise error
 
     def _run(self) -> None:
-        current = None  # (container, stream, temp, number, first index, frames)
+        current = None  # (container, stream, temp, number, first index, frames, last dts)
         item = None
         try:
             while (item := self._queue.get()) is not _END:
@@ -177,7 +205,7 @@ class SegmentEncoder:
                 if current is None:
                     temp = temp_name(self._segment_path(number))
                     container, stream = _open_segment(temp, self.settings)
-                    current = [container, stream, temp, number, value.index, 0]
+                    current = [container, stream, temp, number, value.index, 0, None]
                 self._encode(current, value)
             else:
                 current = self._close(current)
@@ -199,14 +227,14 @@ class SegmentEncoder:
         out.pts, out.time_base = frame.pts, self.settings.time_base
         if frame.duration:
             out.duration = frame.duration
-        container.mux(stream.encode(out))
+        container.mux(_plausible_dts(stream.encode(out), current))
         current[5] += 1
 
     def _close(self, current):
         if current is None:
             return None
-        container, stream, temp, number, first, frames = current
-        container.mux(stream.encode())
+        container, stream, temp, number, first, frames, _ = current
+        container.mux(_plausible_dts(stream.encode(), current))
         container.close()
         with open(temp, "rb+") as f:
             os.fsync(f.fileno())
@@ -216,12 +244,26 @@ class SegmentEncoder:
         return None
 
 
+def _plausible_dts(packets: list, current: list) -> list:
+    """Packets with a decode time the muxer takes: x265 hands a one-frame encode out with an
+    uninitialised dts (-1.7e18 seen), which MP4 refuses. A dts more than DTS_LEAD_SECONDS before its
+    pts becomes that pts, or one tick after the segment's last dts (`current[6]`) if the pts is not later."""
+    for packet in packets:
+        if packet.dts is not None and packet.pts is not None:
+            if packet.dts < packet.pts - DTS_LEAD_SECONDS / packet.time_base:
+                last = current[6]
+                packet.dts = packet.pts if last is None or packet.pts > last else last + 1
+            current[6] = packet.dts
+    return packets
+
+
 def _one_line(e: BaseException, source) -> BaseException:
     if isinstance(e, SrtrtError) or not isinstance(e, Exception):
         return e
     if disk_full(e):
         return SrtrtError("disk full while encoding", source)
-    return SrtrtError(f"encoding failed ({' '.join(str(e).split())[:200]})", source)
+    return SrtrtError(f"encoding failed ({ffmpeg_reason(e)})", source)
+
 
 
 def disk_full(e: BaseException) -> bool:

@@ -16,11 +16,14 @@ from pathlib import Path
 import av
 
 from srtrt.atomic import commit, temp_name
-from srtrt.engine.video.encoder import disk_full
-from srtrt.engine.video.source import open_input, video_stream
+from srtrt.engine.video.encoder import STAND_IN_SIDE, disk_full
+from srtrt.engine.video.source import ffmpeg_reason, open_input, video_stream
 from srtrt.errors import SrtrtError
 
-FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
+FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
+# read but not written: AVI stores a frame rate and frames in decode order, no timestamps, so it can
+# keep neither variable frame rate nor B-frames (they play out of order)
+UNWRITTEN = {".avi": "AVI keeps no timestamps"}
 COPIED = ("audio", "subtitle")
 # Matroska's statistics tags describe the input's encode, not the output's
 _STALE_TAGS = ("DURATION", "NUMBER_OF_FRAMES", "NUMBER_OF_BYTES", "BPS", "_STATISTICS_")
@@ -34,40 +37,36 @@ def attachments(container) -> list:
     return [s for s in container.streams if s.type == "attachment"]
 
 
-def _holds(fmt: str, codec: str) -> bool:
-    try:
-        with av.open(io.BytesIO(), "w", format=fmt) as out:
-            out.add_mux_stream(codec)  # asks FFmpeg whether the format takes the codec
-        return True
-    except ValueError:
-        return False
+def fits(source, video, suffix: str, settings) -> str | None:
+    """None when a `suffix` file can hold the encoder's video and every copied stream, else why not.
 
+    Checked by writing a header in memory with the encoder itself opened (at a small size: its
+    codec, profile and pixel format are what a container may refuse) beside the copied streams
+    (some refusals happen only there)."""
+    from srtrt.engine.video.encoder import add_video_stream
 
-def fits(source, video, suffix: str, video_codec: str) -> str | None:
-    """None when a `suffix` file can hold the video codec and every copied stream, else why not.
-
-    The copied streams are checked by writing a header in memory (some refusals happen only
-    there); the video stream in that header is the input's, standing in for the encoder's.
-    """
     fmt = FORMATS.get(suffix)
     if fmt is None:
-        return f"{suffix} is not a video container srtrt writes"
-    if not _holds(fmt, video_codec):
-        return f"{suffix} cannot hold {video_codec}"
+        return UNWRITTEN.get(suffix, f"{suffix} is not a video container srtrt writes")
     if attachments(source) and fmt != "matroska":
         return f"{suffix} cannot hold attachments"
+    try:  # the encoder itself opens (encoder.check_encoder): a failure here is the container's
+        with av.open(io.BytesIO(), "w", format=fmt) as out:
+            add_video_stream(out, settings, STAND_IN_SIDE, STAND_IN_SIDE)
+            out.start_encoding()
+    except (ValueError, av.FFmpegError):
+        return f"{suffix} cannot hold {settings.codec}"
     try:
         with av.open(io.BytesIO(), "w", format=fmt) as out:
-            if _holds(fmt, video.codec_context.name):
-                out.add_stream_from_template(video)
+            add_video_stream(out, settings, STAND_IN_SIDE, STAND_IN_SIDE)
             for stream in copied_streams(source, video):
-                out.add_stream_from_template(stream)
+                _copy_stream(out, stream)
             for stream in attachments(source):
                 out.add_attachment(stream.metadata.get("filename", "attachment"),
                                    stream.mimetype or "application/octet-stream", stream.data)
             out.start_encoding()
     except (ValueError, av.FFmpegError) as e:
-        return f"{suffix} cannot hold these streams ({' '.join(str(e).split())[:120]})"
+        return f"{suffix} cannot hold these streams ({ffmpeg_reason(e)})"
     return None
 
 
@@ -100,13 +99,17 @@ def join(source_path: Path, segments: list[Path], destination: Path, display_mat
                 av.open(str(segments[0])) as first:
             video = video_stream(source, source_path)
             out.metadata.update({k: v for k, v in source.metadata.items() if k.lower() != "encoder"})
-            out_video = out.add_stream_from_template(first.streams.video[0])
+            out_video = _copy_stream(out, first.streams.video[0])
+            # the stream's frame rate: Matroska's default frame duration, and what MOV needs to keep a timecode
+            rate = video.average_rate or video.guessed_rate
+            if rate:
+                out_video.codec_context.framerate = rate
             _copy_tags(video, out_video)
             if display_matrix is not None:
                 out_video.set_display_matrix(display_matrix)
             mapping = {}
             for stream in copied_streams(source, video):
-                mapping[stream.index] = out.add_stream_from_template(stream)
+                mapping[stream.index] = _copy_stream(out, stream)
                 _copy_tags(stream, mapping[stream.index])
             for stream in attachments(source):
                 out.add_attachment(stream.metadata.get("filename", f"attachment{stream.index}"),
@@ -127,8 +130,14 @@ def join(source_path: Path, segments: list[Path], destination: Path, display_mat
         if disk_full(e):
             raise SrtrtError("disk full while writing the output", destination) from None
         if isinstance(e, (av.FFmpegError, ValueError)):
-            raise SrtrtError(f"cannot write the output ({' '.join(str(e).split())[:160]})", destination) from None
+            raise SrtrtError(f"cannot write the output ({ffmpeg_reason(e)})", destination) from None
         raise
+
+
+def _copy_stream(out, stream):
+    """A stream of `out` with `stream`'s codec parameters, for its packets as they are (opaque: no
+    codec is opened, so a stream decoded by another library's decoder, libdav1d, copies as well)."""
+    return out.add_stream_from_template(stream, opaque=True)
 
 
 def _copied_packets(source, mapping: dict):

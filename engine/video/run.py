@@ -25,11 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from srtrt.engine.batch.files import real_path
 from srtrt.engine.datapath.imageio import DEFAULT_MAX_PIXELS
 from srtrt.engine.datapath.runtime import Band, Planes
 from srtrt.engine.video import remux, resume
-from srtrt.engine.video.encoder import choose_settings, default_codec
-from srtrt.engine.video.source import FrameReader, open_input, probe, video_stream
+from srtrt.engine.video.encoder import EncoderSettings, check_encoder, choose_settings, default_codec
+from srtrt.engine.video.source import FrameReader, VideoInfo, open_input, probe, video_stream
 from srtrt.errors import SrtrtError
 
 SEGMENT_SECONDS = 2.0  # at most this much work (plus one GOP) is lost when a run dies
@@ -54,17 +55,50 @@ class VideoResult:
                 + (f"; {self.note}" if self.note else ""))
 
 
-def output_container(source: Path, destination: Path, codec: str) -> tuple[Path, str]:
+def output_container(source: Path, destination: Path, settings) -> tuple[Path, str]:
     """(destination, note): the requested container when it holds every stream, else .mkv."""
     with open_input(source) as container:
         video = video_stream(container, source)
-        why = remux.fits(container, video, destination.suffix.lower(), codec)
+        why = remux.fits(container, video, destination.suffix.lower(), settings)
         if why is None:
             return destination, ""
         fallback = destination.with_suffix(".mkv")
-        if remux.fits(container, video, ".mkv", codec) is not None:
-            raise SrtrtError(f"no container holds {codec} with this file's streams ({why})", source)
+        if remux.fits(container, video, ".mkv", settings) is not None:
+            raise SrtrtError(f"no container holds {settings.codec} with this file's streams ({why})", source)
         return fallback, f"{why}: written as {fallback.name}"
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    info: VideoInfo
+    settings: EncoderSettings
+    destination: Path  # the requested file, or its .mkv twin when its container cannot hold the streams
+    note: str          # why the container changed, or ""
+    depth_note: str    # why the bit depth went down, or ""
+
+
+def plan_video(source: Path, destination: Path, options, scale: int) -> VideoPlan:
+    """What `source` becomes with these options: its encoder settings and the file it is written to.
+    Deterministic, so a batch plans every name before any work and the run writes the same one."""
+    info = probe(source)
+    limit = options.decode_limit.get("max_pixels", DEFAULT_MAX_PIXELS)
+    if limit and info.width * info.height > limit:
+        raise SrtrtError(f"frames are {info.width}x{info.height}, more than --max-pixels {limit:,} pixels", source)
+    fmt = remux.FORMATS.get(destination.suffix.lower(), "matroska")
+    codec = options.codec or default_codec(fmt, info.bits)
+    settings = choose_settings(codec, options.crf, options.preset, info.pix_fmt, info.bits, info.width * scale,
+                               info.height * scale, info.time_base, info.rate, info.colour, source)
+    check_encoder(settings, source)
+    destination, note = output_container(source, destination, settings)
+    depth_note = (f"{info.bits}-bit input written as {settings.bits}-bit ({codec} here has no {info.bits}-bit format)"
+                  if settings.bits < info.bits else "")
+    return VideoPlan(info, settings, destination, note, depth_note)
+
+
+def settled_destination(source: Path, destination: Path, options, scale: int) -> tuple[Path, str]:
+    """(the file `source` is written to, why it is not `destination` or ""): a batch's plan, before any work."""
+    plan = plan_video(source, destination, options, scale)
+    return plan.destination, plan.note
 
 
 def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_total=None,
@@ -73,18 +107,14 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
     `FileRunner`'s backend, options and out-of-memory fallback."""
     start = time.perf_counter()
     options = runner.options
-    info = probe(source)
-    limit = options.decode_limit.get("max_pixels", DEFAULT_MAX_PIXELS)
-    if limit and info.width * info.height > limit:
-        raise SrtrtError(f"frames are {info.width}x{info.height}, more than --max-pixels {limit:,} pixels", source)
+    s = runner.backend.scale
+    plan = plan_video(source, destination, options, s)
+    info, settings, destination = plan.info, plan.settings, plan.destination
+    note = "; ".join(filter(None, [plan.note, plan.depth_note]))
     upscaler = runner.upscaler_for(info.height, info.width)
     upscaler.plan(info.height, info.width)  # too small for the model: one line now, not per frame
-    s = upscaler.backend.scale
-    fmt = remux.FORMATS.get(destination.suffix.lower(), "matroska")
-    codec = options.codec or default_codec(fmt, info.bits)
-    settings = choose_settings(codec, options.crf, options.preset, info.pix_fmt, info.bits, info.width * s,
-                               info.height * s, info.time_base, info.rate, info.colour, source)
-    destination, note = output_container(source, destination, codec)
+    if real_path(destination) == real_path(source):
+        raise SrtrtError(f"output path is the input itself ({note})", destination)
     if os.path.lexists(destination) and not options.overwrite:
         raise SrtrtError("exists (--overwrite to replace)", destination)
     key = {"source": resume.source_key(source), "settings": repr(settings), "model": repr(options.backend_key),
@@ -114,13 +144,17 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
 
 
 def _truncated(info, frames: int, end: float | None) -> str:
-    """Why the decoded frames fall short of what the header announces, or ""."""
-    if info.frames and frames < info.frames:
-        return f"ends after frame {frames} of the {info.frames} its header announces (truncated?)"
+    """Why the decoded frames fall short of what the header announces, or "".
+
+    Time first: a header's frame count may include frames that were never stored (AVI's empty
+    index entries for dropped frames), while frames that reach the announced end are all there."""
     if end is not None and info.duration:
         played, period = end - info.start, 1 / float(info.rate or 24)
         if played < info.duration - info.duration_slack - 2 * period:
             return f"ends after frame {frames}, at {played:.2f} s of the {info.duration:.2f} s its header announces (truncated?)"
+        return ""
+    if info.frames and frames < info.frames:
+        return f"ends after frame {frames} of the {info.frames} its header announces (truncated?)"
     return ""
 
 

@@ -56,10 +56,11 @@ def open_input(path: Path):
     try:
         return av.open(str(path), metadata_errors="replace")
     except (av.FFmpegError, UnicodeDecodeError, OSError) as e:
-        raise SrtrtError(f"cannot open as video ({_cause(e)})", path) from None
+        raise SrtrtError(f"cannot open as video ({ffmpeg_reason(e)})", path) from None
 
 
-def _cause(e: BaseException) -> str:
+def ffmpeg_reason(e: BaseException) -> str:
+    """An error's cause in one short line, without the file name FFmpeg's errors carry (a temporary one)."""
     return " ".join(str(getattr(e, "strerror", None) or e).split())[:160]
 
 
@@ -85,13 +86,16 @@ def probe(path: Path) -> VideoInfo:
         for side in first.side_data:
             if side.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
                 display = tuple(np.frombuffer(bytes(side), "<i4").tolist())
-        duration = float(stream.duration * stream.time_base) if stream.duration else _tagged_duration(stream)
+        start = float((first.pts or 0) * stream.time_base)
+        duration = float(stream.duration * stream.time_base) if stream.duration else None
+        if duration is None and (tagged := _tagged_duration(stream)) is not None:
+            duration = max(tagged - start, 0.0)  # FFmpeg's Matroska tag is where the stream ends, not its length
         slack = 0.0  # a stream's own duration
         if duration is None and container.duration:
             duration, slack = container.duration / 1e6, 1.0  # other streams may outlast the video in the container's
         return VideoInfo(first.width, first.height, max(c.bits for c in first.format.components), pix_fmt, colour,
                          stream.time_base, stream.average_rate or stream.guessed_rate, stream.frames or 0, duration,
-                         slack, float((first.pts or 0) * stream.time_base), display)
+                         slack, start, display)
 
 
 def _tagged_duration(stream) -> float | None:
@@ -115,7 +119,7 @@ def _decoded(container, stream, path: Path, start_pts: int | None = None):
                 index += 1
                 yield frame
     except av.FFmpegError as e:
-        raise SrtrtError(f"undecodable video after frame {index + 1} ({_cause(e)})", path) from None
+        raise SrtrtError(f"undecodable video after frame {index + 1} ({ffmpeg_reason(e)})", path) from None
 
 
 class FrameReader:
@@ -164,7 +168,7 @@ class FrameReader:
         except SrtrtError as e:
             self._put(e)
         except Exception as e:  # a bug or an exotic format: still one line, naming the frame
-            self._put(SrtrtError(f"cannot decode frame {index + 1} ({_cause(e)})", self.path))
+            self._put(SrtrtError(f"cannot decode frame {index + 1} ({ffmpeg_reason(e)})", self.path))
         self._put(_END)
 
     def _check(self, frame, index: int) -> None:
