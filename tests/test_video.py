@@ -284,6 +284,13 @@ def test_av1_in_and_out_vp9_into_webm_and_avi_read_into_mkv(tmp_path, capsys, mo
     code, err = run(capsys, avi, "--model", model, "--backend", "torch")
     assert code == 0 and "AVI keeps no timestamps: written as old_x4.mkv" in err, err
     assert len(video_frames(tmp_path / "old_x4.mkv")) == 4
+    # H.264 with B-frames in AVI: decoded frames carry their neighbours' decode slots; the slots in order are right
+    make_clip(tmp_path / "b.avi", frames=8, audio=None, gop=8)
+    with av.open(str(tmp_path / "b.avi")) as c:
+        assert [f.pts for f in c.decode(video=0)] != list(range(8))  # what PyAV itself reads
+    code, err = run(capsys, tmp_path / "b.avi", "--model", model, "--backend", "torch")
+    assert code == 0 and "moved" not in err, err
+    assert [round(t * 24) for t, _, _ in video_frames(tmp_path / "b_x4.mkv")] == list(range(8))
 
 
 def test_a_timecode_a_late_start_and_a_one_frame_x265_clip(tmp_path, capsys, model):

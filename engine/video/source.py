@@ -9,6 +9,7 @@ never silently skipping frames.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import queue
 import threading
@@ -108,15 +109,24 @@ def _tagged_duration(stream) -> float | None:
 
 
 def _decoded(container, stream, path: Path, start_pts: int | None = None):
-    """Frames of `stream` in presentation order; from the keyframe at `start_pts` when given."""
+    """Frames of `stream` in presentation order; from the keyframe at `start_pts` when given.
+
+    AVI stores frames in decode order and no presentation times: its demuxer labels each packet
+    with its decode slot, so reordered (B-) frames come out carrying their neighbours' times. The
+    slots are the frames' times in order, so the n-th frame out gets the n-th packet's slot."""
     stream.thread_type = "AUTO"  # frame threads: several times faster than the default slice threads
     if start_pts is not None:
         container.seek(start_pts, stream=stream, backward=True, any_frame=False)
+    slots = collections.deque() if container.format.name == "avi" else None
     index = -1
     try:
         for packet in container.demux(stream):
+            if slots is not None and packet.size and packet.dts is not None:
+                slots.append(packet.dts)
             for frame in packet.decode():
                 index += 1
+                if slots:
+                    frame.pts = slots.popleft()
                 yield frame
     except av.FFmpegError as e:
         raise SrtrtError(f"undecodable video after frame {index + 1} ({ffmpeg_reason(e)})", path) from None
