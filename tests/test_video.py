@@ -453,6 +453,7 @@ def test_resume_after_a_killed_run_loses_at_most_one_segment(tmp_path, capsys, m
     (total, skipped), = starts
     assert skipped == sum(d["frames"] for d in done) > 0  # every closed segment kept, none encoded again
     assert len(upscaled) == total - skipped
+    assert outcome.pixels == (total - skipped) * 64 * 48 * 4 * 4, outcome  # this run's frames only
     resumed = tmp_path / "long_x4.mp4"
     code, err = run(capsys, source, "-o", tmp_path / "fresh.mp4", "--model", model, "--backend", "torch")
     assert code == 0, err

@@ -361,7 +361,7 @@ class FileRunner:
             raise SrtrtError(f"videos need PyAV: pip install av ({e})", source) from None
         result = upscale_video(self, source, destination, on_frame, on_frames, stop_check)
         s = self.backend.scale
-        pixels = result.frames * result.width * result.height * s * s
+        pixels = (result.frames - result.resumed) * result.width * result.height * s * s  # this run's work
         return Outcome(source, result.destination, DONE, result.summary(source), time.perf_counter() - start, pixels)
 
     def upscale_frame(self, rgb: np.ndarray, on_tile=None) -> np.ndarray:

@@ -46,11 +46,12 @@ class VideoResult:
     height: int
     seconds: float
     note: str = ""  # e.g. the container changed
+    resumed: int = 0  # frames a stopped run had done (--resume): not part of this run's fps
 
     def summary(self, source: Path) -> str:
         size = self.destination.stat().st_size
         shown = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"  # a short clip is no "0.0 MB"
-        fps = self.frames / max(self.seconds, 1e-9)
+        fps = (self.frames - self.resumed) / max(self.seconds, 1e-9)
         return (f"{source} -> {self.destination} ({self.frames} frames, {fps:.2f} fps, {shown})"
                 + (f"; {self.note}" if self.note else ""))
 
@@ -120,6 +121,7 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
     key = {"source": resume.source_key(source), "settings": repr(settings), "model": repr(options.backend_key),
            "scale": s}
     work = resume.start(destination, key, options.resume)
+    resumed = work.next_index
     if on_total:
         on_total(info.frames or 0, work.next_index)
     try:
@@ -140,7 +142,7 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
         note = "; ".join(filter(None, [note, f"{moved} moved one tick after the frame before"]))
     if bad:
         note = "; ".join(filter(None, [note, f"stopped at the last good frame, {frames} frames kept ({bad})"]))
-    return VideoResult(destination, frames, info.width, info.height, time.perf_counter() - start, note)
+    return VideoResult(destination, frames, info.width, info.height, time.perf_counter() - start, note, resumed)
 
 
 def _truncated(info, frames: int, end: float | None) -> str:
