@@ -234,7 +234,7 @@ def measure_radius(module: torch.nn.Module, scale: int, channels: int, *, limit:
             return reach if resolved else None  # an unresolved edge may be cut short: no finite radius to vouch for
         if side == longest:
             return None
-        side = min(allowed_side(2 * side, multiple_of, minimum), longest)
+        side = _next_length(side, longest, multiple_of, minimum)
 
 
 def _strip_reach(probe: _Prober, axis: int, length: int, longest: int, multiple_of: int, minimum: int) -> int | None:
@@ -249,7 +249,14 @@ def _strip_reach(probe: _Prober, axis: int, length: int, longest: int, multiple_
             return reach
         if length == longest:
             return None
-        length = min(allowed_side(2 * length, multiple_of, minimum), longest)
+        length = _next_length(length, longest, multiple_of, minimum)
+
+
+def _next_length(length: int, longest: int, multiple_of: int, minimum: int) -> int:
+    """Twice `length`, or `longest` straight away when the doubling after that would pass it: 32,
+    64, 136 for a limit of 136, not 32, 64, 128, 136 (a deep network touches each, and pays for each)."""
+    doubled = allowed_side(2 * length, multiple_of, minimum)
+    return longest if 2 * doubled > longest else doubled
 
 
 # -- margin -------------------------------------------------------------------------------------
