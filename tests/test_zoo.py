@@ -409,6 +409,29 @@ def test_an_explicit_cpu_backend_takes_a_community_models_reduced_precision_by_a
     assert selection.backend.precision == "fp32" and "bf16 fails on this model" in selection.reason
 
 
+def test_a_grey_models_openvino_paths_are_judged_on_one_channel(model_files, monkeypatch):
+    """The paths `auto` only judges or times are built like the one it picks: told the model's one
+    channel (they were compiled for three, failed, and OpenVINO was never used for grey models)."""
+    pytest.importorskip("openvino")
+    from srtrt.engine import backends
+
+    monkeypatch.setattr(backends, "cpu_bf16_reason", lambda fast=None: "")
+    view = srtrt.load_model(model_files["grey"])
+    selection = backends.create_backend("openvino", view=view)
+    assert selection.backend.precision == "bf16" and "agrees with this model's fp32 output" in selection.reason
+    selection.backend.close()
+
+
+def test_int8_asked_for_a_model_without_calibration_is_one_line(model_files, tmp_path, capsys):
+    image = tmp_path / "in.png"
+    Image.fromarray(smooth_image(24, 20)).save(image)
+    for backend in ("auto", "openvino"):
+        code, err = run_cli(capsys, image, "--model", model_files["compact"], "--precision", "int8",
+                            "--backend", backend)
+        assert code == 2 and "has no int8 calibration (srtrt calibrate" in err and "Traceback" not in err
+    assert not (tmp_path / "in_x4.png").exists()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_on_a_gpu_a_community_model_runs_torch_without_the_fused_op_and_tiles_exactly(model_files):

@@ -156,6 +156,12 @@ def _tensorrt(view, device: torch.device, precision: str) -> Backend:
 
 _MAKERS = {"torch": _torch, "openvino": _openvino, "onnxruntime": _onnxruntime, "tensorrt": _tensorrt}
 
+
+def _make(name: str, view, dev: torch.device, precision: str) -> Backend:
+    """A backend of `name` for `view`, told the model's input facts: every path built, the one
+    picked and those only judged or timed alike (a grey model's static graphs take one channel)."""
+    return _fit_to_model(_MAKERS[name](view, dev, precision), view)
+
 # Without CUDA, the candidates in the order they are judged (and picked by when nothing is timed:
 # ties, or a caller that passes no timer). bench/ measured this order on a 2-core Zen 4 EPYC
 # (openvino int8 0.74 s, bf16 1.20 s, torch bf16 2.04 s, openvino fp32 2.69 s, torch fp32 5.64 s per
@@ -249,7 +255,7 @@ def _speed_timer(view, dev: torch.device, sha: str, shape_class: str, calibratio
 
     def timer(paths):
         seconds, took, first_call = measured.cached_seconds(
-            sha, paths, lambda name, precision: _MAKERS[name](view, dev, precision),
+            sha, paths, lambda name, precision: _make(name, view, dev, precision),
             window, facts.channels, time_one, shape_class, calibration)
         chosen = measured.fastest(seconds, paths)
         when = "measured earlier" if took is None else f"measured now in {took:.1f} s"
@@ -269,7 +275,7 @@ def _community_precision(view, name: str, dev: torch.device) -> tuple[str, str]:
         judge = agreement_judge(view, lambda _, precision: _torch(view, dev, precision), "cuda")
     else:
         candidates = [(b, p) for b, p in CPU_ORDER if b == name and p != "fp32"]
-        judge = agreement_judge(view, lambda backend, precision: _MAKERS[backend](view, dev, precision))
+        judge = agreement_judge(view, lambda backend, precision: _make(backend, view, dev, precision))
     reasons = []
     for backend, precision in candidates:
         unfit = "" if dev.type == "cuda" else _cpu_unfit(precision, bool(view.int8_calibration))
@@ -287,7 +293,7 @@ def _auto_cpu(view, dev: torch.device, asked: str, sha: str, shape_class: str) -
     if isinstance(view, CommunityView):  # no Set5 measurement: judged by agreement with its own fp32
         from srtrt.engine.backends.agreement import agreement_judge
 
-        judge = agreement_judge(view, lambda name, precision: _MAKERS[name](view, dev, precision))
+        judge = agreement_judge(view, lambda name, precision: _make(name, view, dev, precision))
     from srtrt.engine.toolchain.quantize import calibration_digest, int8_graph_tag
 
     calibration = getattr(view, "int8_calibration", None)
@@ -295,7 +301,7 @@ def _auto_cpu(view, dev: torch.device, asked: str, sha: str, shape_class: str) -
     graph = int8_graph_tag(calibration) if calibration else ""  # the timings name the graph too
     name, precision, why = cpu_choice(sha, asked, available(), calibrated=digest is not None, judge=judge,
                                       timer=_speed_timer(view, dev, sha, shape_class, graph), calibration=digest)
-    backend = _MAKERS[name](view, dev, precision)
+    backend = _make(name, view, dev, precision)
     return Selection(backend, f"{backend.describe()}: no CUDA device; {why}")
 
 
@@ -327,6 +333,10 @@ def _fit_to_model(backend: Backend, view) -> Backend:
 def _create(name: str, precision: str, device: str | None, view, shape_class: str = "large") -> Selection:
     dev = _device(device)
     sha, asked = _model_sha256(view), precision
+    if precision == "int8" and not getattr(view, "int8_calibration", None):
+        from srtrt.engine.toolchain.quantize import NO_CALIBRATION
+
+        raise SrtrtError(f"--precision int8: this model {NO_CALIBRATION}")
     if precision == "auto" and isinstance(view, CommunityView) and (dev.type == "cuda" or name in ("torch", "openvino")):
         precision, why_precision = _community_precision(view, name, dev)
     elif precision == "auto":
@@ -336,7 +346,7 @@ def _create(name: str, precision: str, device: str | None, view, shape_class: st
     if name != "auto":
         if name not in _MAKERS:
             raise SrtrtError(f"unknown backend {name!r} (auto, {', '.join(_MAKERS)})")
-        backend = _MAKERS[name](view, dev, precision)
+        backend = _make(name, view, dev, precision)
         return Selection(backend, f"{backend.describe()}: as asked; precision {why_precision}")
 
     if dev.type == "cuda":
