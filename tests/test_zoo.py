@@ -378,7 +378,7 @@ def test_srtrt_export_takes_swinir_at_a_fixed_shape_only(model_files, tmp_path, 
     out = tmp_path / "swinir.onnx"
     assert main(["export", "-o", str(out), "--model", str(model_files["swinir"])]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["srtrt: a SwinIR model exports only at a fixed size (its window partition is traced at one): "
+    assert err == ["srtrt: the SwinIR model exports only at a fixed size (its window partition is traced at one): "
                    "add --shape HxW in LR pixels"] and not out.exists()
     assert main(["export", "-o", str(out), "--model", str(model_files["swinir"]), "--shape", "24x40"]) == 0
     assert "fixed at 24x40, SwinIR, x2" in capsys.readouterr().out

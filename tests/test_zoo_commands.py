@@ -20,6 +20,7 @@ pytest.importorskip("spandrel")
 
 from spandrel.architectures.Compact import Compact  # noqa: E402
 from spandrel.architectures.ESRGAN import ESRGAN  # noqa: E402
+from spandrel.architectures.OmniSR import OmniSR  # noqa: E402
 
 import srtrt  # noqa: E402
 from srtrt.cli import main, parser  # noqa: E402
@@ -34,6 +35,8 @@ MODELS = {
     "rrdb_x2": lambda: ESRGAN(in_nc=12, out_nc=3, num_filters=8, num_blocks=1, scale=4, shuffle_factor=2),
     # window attention: exports only at a fixed size
     "swinir": tiny_swinir,
+    # window attention too, not known so in advance: its dynamic-shape export is found to hold at one size
+    "omnisr": lambda: OmniSR(num_feat=16, block_num=1, window_size=4, res_num=1, up_scale=2),
 }
 
 
@@ -76,7 +79,7 @@ def test_export_writes_a_graph_equal_to_torch_fp32_and_says_polyphase_is_a_no_op
     captured = capsys.readouterr()
     (line,) = captured.out.strip().splitlines()
     assert line.startswith(f"wrote {out} (fp32, Compact, x4, RGB, tile margin ") and ", polyphase" not in line
-    assert "--polyphase changes nothing in a Compact model" in captured.err
+    assert "--polyphase changes nothing in the Compact model" in captured.err
     view = srtrt.load_model(files["c4"])
     meta = metadata(out)
     assert (meta["model_sha256"], meta["scale"], meta["radius"]) == (view.checkpoint_sha256, 4, view.radius)
@@ -93,7 +96,7 @@ def test_export_writes_a_graph_equal_to_torch_fp32_and_says_polyphase_is_a_no_op
 
 
 @pytest.mark.parametrize("flags, says", [
-    (["--fused"], "--fused: a Compact model has no conv -> PixelShuffle -> PReLU steps"),
+    (["--fused"], "--fused: the Compact model has no conv -> PixelShuffle -> PReLU steps"),
     (["--precision", "int8"], "--precision int8: this Compact model has no int8 calibration (srtrt calibrate PHOTOS"),
     (["--opset", "18"], "--opset is not supported for community models"),
 ])
@@ -118,7 +121,7 @@ def test_build_a_tensorrt_rtx_plan_for_a_grey_model_without_a_gpu(files, tmp_pat
     rc = main(["build", "--tensorrt", "rtx", "--model", str(files["grey"]), "--tile", "16", "--max-batch", "2"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert "a Compact model has no conv -> PixelShuffle -> PReLU steps for the PixelShufflePReLU plugin: " \
+    assert "the Compact model has no conv -> PixelShuffle -> PReLU steps for the PixelShufflePReLU plugin: " \
            "building without it" in captured.err
     (plan,) = engine_cache.cache_dir().glob("*.plan")
     doc = json.loads(plan.with_suffix(".json").read_text())
@@ -149,6 +152,22 @@ def test_a_window_attention_model_builds_a_plan_fixed_at_one_window(files, tmp_p
     (plan,) = engine_cache.cache_dir().glob("*.plan")
     profile = json.loads(plan.with_suffix(".json").read_text())["key"]["profile"]
     assert profile["min"] == profile["opt"] == profile["max"] == [1, 3, side, side]
+
+
+def test_a_model_whose_dynamic_graph_holds_at_one_size_exports_with_a_hint_and_builds_for_one_window(
+        files, tmp_path, capsys, monkeypatch):
+    """OmniSR is not among the architectures known to export at a fixed size only; its dynamic-shape
+    graph fails the check at an untraced size: export says to add --shape, build makes a one-window plan."""
+    pytest.importorskip("tensorrt_rtx")
+    pytest.importorskip("onnxscript")
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    err = one_line_exit_2(capsys, ["export", "-o", tmp_path / "o.onnx", "--model", files["omnisr"]])
+    assert "dynamic-shape graph holds at the size it was traced at only" in err and "add --shape HxW" in err
+    rc = main(["build", "--tensorrt", "rtx", "--precision", "fp32", "--model", str(files["omnisr"]), "--tile", "16"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "OmniSR's dynamic-shape graph holds at its traced size only: the engine takes" in captured.err
+    assert "batch <= 1, window" in captured.out
 
 
 def test_an_onnx_fixed_at_a_non_square_shape_is_refused_in_one_line(files, tmp_path, capsys, monkeypatch):

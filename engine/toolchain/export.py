@@ -353,7 +353,17 @@ def main(args) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise SrtrtError(f"cannot write ({e.strerror or e})", path) from None
-        export_community_view(view, path, args.precision, polyphase, shape)
+        try:
+            export_community_view(view, path, args.precision, polyphase, shape)
+        except SrtrtError as e:
+            from srtrt.engine.toolchain.export_isolated import fails_untraced
+
+            if shape is not None or not fails_untraced(e):
+                raise
+            step = view.facts.multiple_of
+            raise SrtrtError(f"the {view.facts.architecture} model's dynamic-shape graph holds at the size it was traced "
+                             "at only (its window partition): add --shape HxW in LR pixels"
+                             + (f", multiples of {step}" if step > 1 else ""), args.model) from None
     else:
         polyphase = args.polyphase
         path = export_onnx(view, args.output, precision=args.precision, fused=args.fused, opset=args.opset,
@@ -406,10 +416,10 @@ def _community_export_checks(view, args, shape=None) -> bool:
     arch, name = registry.of(view.generator), view.facts.architecture
     if shape is None and static_only(view):
         step = view.facts.multiple_of
-        raise SrtrtError(f"a {name} model exports only at a fixed size (its window partition is traced at one): "
+        raise SrtrtError(f"the {name} model exports only at a fixed size (its window partition is traced at one): "
                          "add --shape HxW in LR pixels" + (f", multiples of {step}" if step > 1 else ""))
     if args.fused and not arch.upsample_steps(view.generator):
-        raise SrtrtError(f"--fused: a {name} model has no conv -> PixelShuffle -> PReLU steps registered to fuse "
+        raise SrtrtError(f"--fused: the {name} model has no conv -> PixelShuffle -> PReLU steps registered to fuse "
                          "(srtrt's own networks have); export without --fused")
     if args.precision == "int8" and not view.int8_calibration:
         raise SrtrtError(f"--precision int8: this {name} model has no int8 calibration "
@@ -421,7 +431,7 @@ def _community_export_checks(view, args, shape=None) -> bool:
     if args.polyphase and not arch.rewrites_tail:
         import sys
 
-        print(f"srtrt: --polyphase changes nothing in a {name} model (no sub-pixel tail to rewrite): "
+        print(f"srtrt: --polyphase changes nothing in the {name} model (no sub-pixel tail to rewrite): "
               "exported as it is", file=sys.stderr)
         return False
     return args.polyphase

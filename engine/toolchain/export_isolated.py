@@ -33,6 +33,8 @@ TIMEOUT_S = 900  # a 23-block RRDBNet exports in about a minute on 2 cores
 # traced at one size): exported per window shape straight away.
 DYNAMIC_FAILS = frozenset({"SwinIR", "HAT"})
 
+UNTRACED = "a size it was not traced at"  # how the child's check says a dynamic graph holds at one size only
+
 _failed: dict[tuple, str] = {}  # (weights, precision, polyphase, static) -> why, so one process tries each once
 
 
@@ -66,6 +68,12 @@ def export_community(view, path: Path, precision: str, polyphase: bool,
     stage = "" if shape is None else f" at a static {'x'.join(map(str, shape[2:]))} window"
     _failed[key] = f"{view.facts.architecture} does not export to ONNX{stage} ({'; '.join(failures)})"
     raise SrtrtError(_failed[key], view.source)
+
+
+def fails_untraced(error: SrtrtError) -> bool:
+    """Whether a dynamic-shape export failed because its graph computes the traced size only (the
+    window partition of an architecture not yet in DYNAMIC_FAILS): a fixed-size export may work."""
+    return UNTRACED in str(error)
 
 
 def static_only(view) -> str | None:
@@ -145,7 +153,7 @@ def _check_against_module(view, path: Path, shape: tuple[int, int, int, int] | N
         step = max(view.facts.multiple_of, 1)
         shape = (1, channels, side + step, side + 2 * step)
     x = torch.rand(*shape)
-    where = f"{x.shape[2]}x{x.shape[3]}" + (", a size it was not traced at" if untraced else "")
+    where = f"{x.shape[2]}x{x.shape[3]}" + (f", {UNTRACED}" if untraced else "")
     try:
         model = shared_core().read_model(str(path))
         model.reshape({model.inputs[0]: list(x.shape)})

@@ -314,7 +314,7 @@ def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | No
             from srtrt.engine.toolchain.export import export_community_view
 
             if plugin != "none":
-                raise SrtrtError(f"a {view.facts.architecture} model has no steps for the {fused_op.NAME} plugin: "
+                raise SrtrtError(f"the {view.facts.architecture} model has no steps for the {fused_op.NAME} plugin: "
                                  "build with --no-plugin")
             path = export_community_view(view, workdir / "model.onnx", precision, shape=shape)
         else:
@@ -524,7 +524,8 @@ def _where(flavour: Flavour, trt, cc) -> tuple[dict, list]:
 def build(*, model: str | None = None, onnx_path: str | None = None, precision: str = "fp16",
           tile: int | None = None, margin: int | None = None, max_batch: int = DEFAULT_BATCH, opt_level: int = 3,
           plugin: str = "aot", output: str | None = None, progress: bool = True, out=None,
-          tensorrt: str = "auto", cc: str | None = None, allow_noncommercial: bool = False) -> tuple[Path, EngineKey]:
+          tensorrt: str = "auto", cc: str | None = None, allow_noncommercial: bool = False,
+          one_window: str | None = None) -> tuple[Path, EngineKey]:
     """Build an engine (or find it already built in the cache); put it at `output` too when given.
 
     `tensorrt`: trt, rtx or auto (TensorRT where it imports, else TensorRT-RTX). `cc`: the
@@ -532,7 +533,9 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
     `plugin`: "aot" (default), "jit" or "none" (stock DepthToSpace + PRelu layers; also what a
     flavour without a plugin module gets). A community model file (`allow_noncommercial` as
     srtrt.load_model takes it) is built without the plugin (it has no PixelShuffle + PReLU steps),
-    for its channels and with windows of the side multiple it needs. Returns (cached plan path, key).
+    for its channels and with windows of the side multiple it needs; one whose dynamic-shape graph
+    holds at its traced size only is built again for one window (`one_window`: why). Returns
+    (cached plan path, key).
     """
     import srtrt
 
@@ -567,7 +570,7 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
         step, smallest = facts.get("multiple_of", 1), facts.get("minimum", 1)
         window = allowed_side(core + 2 * margin, step, smallest)
         min_side = allowed_side(1, step, smallest)
-        fixed = _fixed_shape(view, facts, window, out)
+        fixed = _fixed_shape(view, facts, window, out, one_window)
         if fixed:  # the engine takes exactly that shape: the runtime's windows are all of it
             max_batch, window, min_side = fixed[0], fixed[1:], max(fixed[1:])
         profile = profile_for(window, max_batch, channels=facts["channels"], min_side=min_side)
@@ -585,9 +588,19 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
         print(f"building a {key.label} engine for {key.gpu}: {key.precision}, plugin {key.plugin}, {profile}, "
               f"margin {margin}", file=out, flush=True)
         if path is None:
-            path, facts = prepare_onnx(Path(tmp), model=model, precision=precision, plugin=plugin, view=view,
-                                       allow_noncommercial=allow_noncommercial,
-                                       shape=(1, facts["channels"], *window) if fixed else None)
+            try:
+                path, facts = prepare_onnx(Path(tmp), model=model, precision=precision, plugin=plugin, view=view,
+                                           allow_noncommercial=allow_noncommercial,
+                                           shape=(1, facts["channels"], *window) if fixed else None)
+            except SrtrtError as e:
+                from srtrt.engine.toolchain.export_isolated import fails_untraced
+
+                if fixed or not fails_untraced(e):
+                    raise
+                why = f"{view.facts.architecture}'s dynamic-shape graph holds at its traced size only"
+                return build(model=model, precision=precision, tile=tile, margin=margin, max_batch=max_batch,
+                             opt_level=opt_level, plugin=plugin, output=output, progress=progress, out=out,
+                             tensorrt=tensorrt, cc=cc, allow_noncommercial=allow_noncommercial, one_window=why)
         timing = (engine_cache.timing_cache_path(where["gpu_name"], where["compute_capabilities"][0], version)
                   if flavour.key == "trt" else None)
         plan = build_serialized(path, profile, flavour=flavour, targets=targets, opt_level=opt_level,
@@ -601,13 +614,14 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
     return cached, key
 
 
-def _fixed_shape(view, facts: dict, window: int, out) -> tuple[int, int, int] | None:
+def _fixed_shape(view, facts: dict, window: int, out, one_window: str | None = None) -> tuple[int, int, int] | None:
     """(batch, height, width) when the engine can take one input shape only, said in one line: a
-    model whose architecture exports only at a fixed size (one window, one at a time), or an ONNX
-    fixed at one shape (`srtrt export --shape`). None: batches and windows up to the profile's."""
+    model whose architecture exports only at a fixed size (one window, one at a time; `one_window`:
+    found so by its export), or an ONNX fixed at one shape (`srtrt export --shape`). None: batches
+    and windows up to the profile's."""
     from srtrt.engine.toolchain.export_isolated import static_only
 
-    why = static_only(view) if view is not None else None
+    why = one_window or (static_only(view) if view is not None else None)
     fixed = (1, window, window) if why else facts.get("fixed_input")
     if fixed and fixed[1] != fixed[2]:  # tiles.plan makes square windows wherever the image allows
         raise SrtrtError(f"the ONNX is fixed at {fixed[1]}x{fixed[2]}, but the runtime's windows are square: "
@@ -629,7 +643,7 @@ def _model_checks(view, precision: str, plugin: str, out) -> str:
     if precision == "fp16" and not view.facts.half:
         raise SrtrtError(f"--precision fp16: spandrel marks {name} as unsafe in fp16; build with --precision fp32")
     if plugin != "none" and not registry.of(view.generator).upsample_steps(view.generator):
-        print(f"a {name} model has no conv -> PixelShuffle -> PReLU steps for the {fused_op.NAME} plugin: "
+        print(f"the {name} model has no conv -> PixelShuffle -> PReLU steps for the {fused_op.NAME} plugin: "
               "building without it", file=out, flush=True)
         return "none"
     return plugin
