@@ -79,6 +79,12 @@ def model_label(model: str | os.PathLike | None) -> str:
     return _paths(model)[0].stem
 
 
+def _community_suffixes() -> tuple[str, ...]:
+    from .community import SUFFIXES  # community reads this module's format name: imported when asked
+
+    return SUFFIXES
+
+
 def resolve(model: str | os.PathLike | None) -> Path:
     """The weights file `model` names: None (the default), an embedded name, or a checkpoint path."""
     if model is None:
@@ -90,6 +96,12 @@ def resolve(model: str | os.PathLike | None) -> Path:
                              f"installed: {', '.join(embedded_models()) or 'none'}", model)
         return weights
     weights, sidecar = _paths(model)
+    given = Path(model)
+    if given.is_dir():
+        raise SrtrtError("is a folder, not a model file", model)
+    if given.is_file() and given.suffix.lower() not in (".json", *_community_suffixes()):
+        raise SrtrtError(f"not a model file srtrt reads ({given.suffix or 'no suffix'}; community models are "
+                         f"{', '.join(_community_suffixes())} files, srtrt's own NAME.safetensors + NAME.json)", model)
     if not weights.is_file() and not sidecar.is_file():
         raise SrtrtError("checkpoint file not found (a checkpoint is NAME.safetensors + NAME.json, a community "
                          "model one .safetensors/.pth/.ckpt/.pt file; "

@@ -3,7 +3,8 @@ read through spandrel and reduced to plain facts: the module, scale, channels, s
 precisions and whether tiling can be exact. Every failure is one SrtrtError line.
 
 No file's code ever runs: pickles are read with torch's weights-only unpickler (a pickle that
-names anything but tensors and plain containers is refused), TorchScript is refused, and
+names anything but tensors and plain containers is refused; the protocol-4 opcodes it lacks go to
+spandrel's restricted unpickler, which allows fewer globals still), TorchScript is refused, and
 safetensors holds no code. Architectures from spandrel_extra_arches (non-commercial licences)
 are detected only when the caller opts in with `allow_noncommercial=True`.
 
@@ -134,8 +135,8 @@ def load(path: str | os.PathLike, allow_noncommercial: bool = False) -> Communit
         raise SrtrtError(_no_match(state, allow_noncommercial), path)
     name = support.architecture.name
     try:
-        with warnings.catch_warnings():  # SwinIR/HAT's constructors call torch.meshgrid without indexing=: noise
-            warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
+        with warnings.catch_warnings():  # constructors' own notes (meshgrid indexing, zero-element inits): noise here
+            warnings.simplefilter("ignore")
             descriptor = spandrel.ModelLoader(device="cpu", registry=registry).load_from_state_dict(state)
     except Exception as e:  # size mismatches, missing keys, failed asserts: all say the file is bad
         raise SrtrtError(f"looks like {name}, but its weights do not load ({_first_line(e)})", path) from None
@@ -230,12 +231,12 @@ def _read_state_dict(path: Path) -> Mapping:
         raise SrtrtError("TorchScript files are not supported (loading one runs its code); "
                          "save the model's state dict as .safetensors or .pth", path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _unpickled(path)
     except pickle.UnpicklingError as e:
-        # The weights-only unpickler names the first global outside its allow-list.
-        named = re.search(r"GLOBAL ([\w.]+)", str(e))
+        # Both unpicklers name the first global outside their allow-lists.
+        named = re.search(r"GLOBAL ([\w.]+)|Global '([\w.]+)' is forbidden", str(e))
         if named:
-            raise SrtrtError(f"refused: the file's pickle names {named[1]}, which is not weights "
+            raise SrtrtError(f"refused: the file's pickle names {named[1] or named[2]}, which is not weights "
                              "(only tensors and plain containers are read; save a state dict)", path) from None
         raise SrtrtError(f"corrupt or truncated model file ({_unpickling_cause(e)})", path) from None
     except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError) as e:
@@ -243,6 +244,22 @@ def _read_state_dict(path: Path) -> Mapping:
     if not isinstance(state, Mapping):
         raise SrtrtError(f"holds a {type(state).__name__}, not a state dict", path)
     return state
+
+
+def _unpickled(path: Path):
+    """The file's pickle through torch's weights-only unpickler, or, for an opcode that one lacks
+    (protocol 4's FRAME: `torch.save(..., pickle_protocol=4)`), through spandrel's restricted one,
+    which reads every protocol and refuses any global but the tensor-rebuilding few. Neither runs code."""
+    with warnings.catch_warnings():  # torch warns about protocol 4 before failing on it: one line is ours to say
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "Unsupported operand" not in str(e):
+                raise
+            from spandrel.__helpers.unpickler import RestrictedUnpickle
+
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=RestrictedUnpickle)
 
 
 def _unpickling_cause(e: pickle.UnpicklingError) -> str:

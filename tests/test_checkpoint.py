@@ -216,3 +216,14 @@ def test_an_embedded_name_flows_through_run_and_upscale(embedded, tmp_path, caps
 
     code, err = run_cli(capsys, image, "-o", tmp_path / "no.png", "--model", "srgn")
     assert code == 2 and "embedded models: srresnet, srgan" in err and err.count("\n") == 1
+
+
+def test_a_folder_or_a_file_of_another_kind_is_named_as_such(tmp_path):
+    (tmp_path / "models.pth").mkdir()
+    with pytest.raises(SrtrtError, match="is a folder, not a model file"):
+        srtrt.load_model(tmp_path / "models.pth")
+    (tmp_path / "weights.bin").write_bytes(b"\0" * 64)
+    with pytest.raises(SrtrtError, match=r"not a model file srtrt reads \(\.bin; community models are \.pth"):
+        srtrt.load_model(tmp_path / "weights.bin")
+    with pytest.raises(SrtrtError, match="checkpoint file not found"):
+        srtrt.load_model(tmp_path / "absent.pth")
