@@ -67,7 +67,11 @@ class ModelFacts:
         """How exact tiles at `margin` (default: the model's) are, in words for the run's first line."""
         margin = self.margin if margin is None else margin
         if self.radius is not None and margin >= self.radius:
-            return f"exact tiles (margin {margin} >= receptive-field radius {self.radius})"
+            exact = f"exact tiles (margin {margin} >= receptive-field radius {self.radius})"
+            if self.multiple_of > 1:  # the network itself takes no other size: nothing to be exact to there
+                exact += (f" on sides that are multiples of {self.multiple_of}; on other sides the windows "
+                          "overlap from both ends, no pad (the network takes no such side whole)")
+            return exact
         if self.margin_figure and margin == self.margin:
             f = self.margin_figure
             return (f"measured margin {margin}: tiled 8-bit output within 1 level of a whole-image pass on "

@@ -125,6 +125,8 @@ def test_windows_meet_the_multiple_of_without_padding(model_files):
     out, _ = TiledUpscaler(backend, core=16).run_to_array(Planes(lr_image(45, 62), None))
     assert out.shape == (90, 124, 3) and np.isfinite(out).all()
     assert seen and all(h % 4 == 0 and w % 4 == 0 for h, w in seen)
+    # exactness is claimed where the network takes the image whole; spandrel would reflect-pad 45x62
+    assert "exact tiles" in view.facts.tiling_note() and "on sides that are multiples of 4" in view.facts.tiling_note()
 
 
 @pytest.mark.parametrize("name", ["rrdb_deep", "rcan"])

@@ -375,10 +375,17 @@ def main(args) -> int:
     if community:
         what = f"{view.facts.architecture}, x{view.scale}, {'grey' if view.facts.channels == 1 else 'RGB'}, " \
                f"tile margin {view.radius}"
+        if rules := _side_rules(view.facts):  # the graph takes no other input (no pad inside)
+            what += f", input sides {' and '.join(rules)}"
     else:
         what = f"x{view.scale}, radius {view.radius}"
     print(f"wrote {path} ({args.precision}{form}, {what}, {size_text})")
     return 0
+
+
+def _side_rules(facts) -> list[str]:
+    return ([f"multiples of {facts.multiple_of}"] if facts.multiple_of > 1 else []) + \
+        ([f"at least {facts.minimum}"] if facts.minimum > max(facts.multiple_of, 1) else [])
 
 
 def export_community_view(view, path: Path, precision: str, polyphase: bool = False,
