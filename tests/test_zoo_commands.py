@@ -235,6 +235,9 @@ def test_eval_scores_rgb_grey_and_unshuffle_models_at_their_scale(files, photos,
 
     line = one_line_exit_2(capsys, ["eval", str(photos), "--model", files["c2"], "--scale", "4"])
     assert "--scale 4 does not match the model's scale x2" in line
+    for command in (["eval", photos], ["compare", photos / "p0.png", "-o", photos / "side.png"]):
+        line = one_line_exit_2(capsys, [*command, "--model", files["c4"], "--model", files["c2"]])
+        assert "models of different scales cannot share a table: c4 is x4, c2 is x2" in line
 
 
 def test_compare_crops_equal_whole_image_runs_and_a_grey_model_shows_grey(files, photos, tmp_path, capsys):

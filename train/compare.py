@@ -24,7 +24,7 @@ from srtrt import atomic
 from srtrt.errors import SrtrtError
 
 from .degrade import bicubic_downscale, bicubic_upscale
-from .evaluate import check_scale, load_models, lr_requirements, read_hr, super_resolve
+from .evaluate import load_models, lr_requirements, one_scale, read_hr, super_resolve
 from .metrics import grid_ratio_y, hf_ratio_y, psnr_y
 
 MIN_PANEL = 256      # shown size of the smallest panel side, in screen pixels
@@ -95,9 +95,7 @@ def _scored(title: str, pixels: np.ndarray, hr: np.ndarray, scale: int) -> Panel
 def compare_panels(path: str | Path, models, crop: int = 256) -> list[Panel]:
     """LR (nearest), bicubic, one panel per model ({label: inference view}, or one view), HR."""
     models = dict(models) if isinstance(models, dict) else {"model": models}
-    scale = check_scale(next(iter(models.values())), None)
-    for model in models.values():
-        check_scale(model, scale)
+    scale = one_scale(models)
     hr_img = read_hr(Path(path), scale, *lr_requirements(models.values()))
     size = min(crop, *hr_img.size) // scale * scale
     if size < scale:

@@ -164,9 +164,7 @@ def evaluate_folder(folder: str | Path, model, scale: int | None = None) -> dict
     models = dict(model) if isinstance(model, dict) else {"model": model}
     if not models:
         raise ValueError("no model to evaluate")
-    scale = check_scale(next(iter(models.values())), scale)
-    for m in models.values():
-        check_scale(m, scale)
+    scale = one_scale(models, scale)
     rows = [evaluate_image(p, models, scale) for p in list_test_images(folder)]
     averages = {label: _means([r["models"][label] for r in rows]) for label in models}
     return {
@@ -177,10 +175,15 @@ def evaluate_folder(folder: str | Path, model, scale: int | None = None) -> dict
     }
 
 
-def check_scale(model: torch.nn.Module, scale: int | None) -> int:
-    have = model_scale(model)
-    if scale is not None and scale != have:
-        raise SrtrtError(f"--scale {scale} does not match the model's scale x{have}")
+def one_scale(models: dict[str, torch.nn.Module], asked: int | None = None) -> int:
+    """The scale every model shares (a table compares one scale), checked against `--scale` when given."""
+    scales = {label: model_scale(m) for label, m in models.items()}
+    if len(set(scales.values())) > 1:
+        raise SrtrtError("models of different scales cannot share a table: "
+                         + ", ".join(f"{label} is x{s}" for label, s in scales.items()))
+    have = next(iter(scales.values()))
+    if asked is not None and asked != have:
+        raise SrtrtError(f"--scale {asked} does not match the model's scale x{have}")
     return have
 
 
@@ -252,7 +255,7 @@ def load_models(specs: list | None, allow_noncommercial: bool = False) -> dict[s
 
 def main(args) -> int:
     models = load_models(args.model, getattr(args, "allow_noncommercial", False))
-    scale = check_scale(next(iter(models.values())), args.scale)
+    scale = one_scale(models, args.scale)
     keys = _folder_keys(args.dirs)
     results = {key: evaluate_folder(d, models, scale) for key, d in zip(keys, args.dirs, strict=True)}
     if args.json:
