@@ -56,8 +56,10 @@ _GLOBAL_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3
                  nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 _GLOBAL_NAMES = ("attention", "attn", "swin", "transformer")
 _PURPOSES = {"FaceSR": "a face restoration model", "Inpainting": "an inpainting model"}
+# what load() refuses for any file of theirs (faces, inpainting, square inputs only), by spandrel's name
+REFUSED_FAMILIES = frozenset({"GFPGAN", "RestoreFormer", "CodeFormer", "LaMa", "MAT", "Uformer"})
 
-SUPPORTED_FAMILIES: str  # e.g. "ATD, AuraSR, ..., SwinIR, Uformer"; computed on first use (module __getattr__)
+SUPPORTED_FAMILIES: str  # e.g. "ATD, AuraSR, ..., Swin2SR, SwinIR"; computed on first use (module __getattr__)
 
 
 @dataclass(frozen=True)
@@ -305,7 +307,8 @@ def _extra_registry():
 
 
 def _families(registry) -> str:
-    return ", ".join(sorted({s.architecture.name for s in registry}, key=str.lower))
+    """The architectures srtrt runs, by name: spandrel's, less those refused at load whatever the file."""
+    return ", ".join(sorted({s.architecture.name for s in registry} - REFUSED_FAMILIES, key=str.lower))
 
 
 def _no_match(state: Mapping, allow_noncommercial: bool) -> str:
