@@ -33,6 +33,7 @@ MODELS = {
     "grey": lambda: Compact(num_in_ch=1, num_out_ch=1, num_feat=8, num_conv=2, upscale=2),
     # Real-ESRGAN x2's form: pixel-unshuffle, then an x4 body; LR sides must be multiples of 4.
     "rrdb_x2": lambda: ESRGAN(in_nc=12, out_nc=3, num_filters=8, num_blocks=1, scale=4, shuffle_factor=2),
+    "x1": lambda: Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=1),
     # window attention: exports only at a fixed size
     "swinir": tiny_swinir,
     # window attention too, not known so in advance: its dynamic-shape export is found to hold at one size
@@ -238,6 +239,8 @@ def test_eval_scores_rgb_grey_and_unshuffle_models_at_their_scale(files, photos,
     for command in (["eval", photos], ["compare", photos / "p0.png", "-o", photos / "side.png"]):
         line = one_line_exit_2(capsys, [*command, "--model", files["c4"], "--model", files["c2"]])
         assert "models of different scales cannot share a table: c4 is x4, c2 is x2" in line
+    line = one_line_exit_2(capsys, ["eval", str(photos), "--model", files["x1"]])
+    assert "an x1 (restoration) model has no downscaled input to score" in line
 
 
 def test_compare_crops_equal_whole_image_runs_and_a_grey_model_shows_grey(files, photos, tmp_path, capsys):

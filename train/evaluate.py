@@ -256,6 +256,9 @@ def load_models(specs: list | None, allow_noncommercial: bool = False) -> dict[s
 def main(args) -> int:
     models = load_models(args.model, getattr(args, "allow_noncommercial", False))
     scale = one_scale(models, args.scale)
+    if scale == 1:  # the input would be the reference itself: bicubic scores infinity, the model whatever it changes
+        raise SrtrtError("eval scores super-resolution from a bicubic downscale; an x1 (restoration) model has "
+                         "no downscaled input to score: use srtrt compare to see what it does")
     keys = _folder_keys(args.dirs)
     results = {key: evaluate_folder(d, models, scale) for key, d in zip(keys, args.dirs, strict=True)}
     if args.json:
