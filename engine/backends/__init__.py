@@ -333,7 +333,7 @@ def _fit_to_model(backend: Backend, view) -> Backend:
 def _create(name: str, precision: str, device: str | None, view, shape_class: str = "large") -> Selection:
     dev = _device(device)
     sha, asked = _model_sha256(view), precision
-    if precision == "int8" and not getattr(view, "int8_calibration", None):
+    if precision == "int8" and name != "torch" and not getattr(view, "int8_calibration", None):  # torch says its own
         from srtrt.engine.toolchain.quantize import NO_CALIBRATION
 
         raise SrtrtError(f"--precision int8: this model {NO_CALIBRATION}")
