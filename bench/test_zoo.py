@@ -16,6 +16,8 @@ The first use of each weights file measures its tile margin and (auto) its bf16 
 fp32; both are cached by sha256 and happen while the model is loaded or the backend built,
 outside the timed rounds, and every case has one untimed warm-up round (OpenVINO compiles there).
 
+test_first_use_tiling: the one-time cost of a weights file's tile facts (zoo.measure_tiling).
+
 test_peak_rss: `srtrt run` in a subprocess with the RRDBNet file, its peak RSS as it reads it (peak_memory.py).
 By default on a 512x384 crop of the big image (a minute or two); with SRTRT_BENCH_ZOO_RSS=1 on
 the whole 2048x1536 image (tens of minutes on 2 cores), the case the 3 GB target is about.
@@ -248,6 +250,22 @@ def warm_caches(loaded: Loaded) -> str:
     selection = create_backend("auto", view=loaded.view)
     selection.backend.close()
     return selection.reason
+
+
+@pytest.mark.parametrize("model", zoo_models.MODELS, ids=[m.name for m in zoo_models.MODELS])
+def test_first_use_tiling(benchmark, model):
+    """What a model file's first use costs to know its tiles (srtrt.zoo.measure_tiling, cached by
+    sha256 afterwards): the receptive-field probe, then the float64 confirmation of exact tiles or
+    the margin measured on reference content. One round: it is a one-time cost per file."""
+    from srtrt import community, zoo
+
+    model_file = community.load(zoo_models.weights_file(model))
+    result = {}
+    benchmark.group = "zoo: first use, tiling facts"
+    benchmark.pedantic(lambda: result.update(zoo.measure_tiling(model_file)), rounds=1, iterations=1, warmup_rounds=0)
+    assert result["margin"] >= 0
+    benchmark.extra_info.update(kind="zoo-first-use", model=model.name, radius=result["radius"], margin=result["margin"],
+                                exact=result["figure"] is None)
 
 
 def test_peak_rss(benchmark, zoo, tmp_path):
