@@ -265,7 +265,6 @@ def _one_line(e: BaseException, source) -> BaseException:
     return SrtrtError(f"encoding failed ({ffmpeg_reason(e)})", source)
 
 
-
 def disk_full(e: BaseException) -> bool:
     """Whether `e` is a full disk: ENOSPC, or FFmpeg's text for it (an error that does not carry the errno)."""
     return isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left" in str(e)

@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 
 from srtrt.atomic import commit, temp_name
-from srtrt.engine.video.encoder import STAND_IN_SIDE, disk_full
+from srtrt.engine.video.encoder import STAND_IN_SIDE, add_video_stream, disk_full
 from srtrt.engine.video.source import ffmpeg_reason, open_input, video_stream
 from srtrt.errors import SrtrtError
 
@@ -43,8 +43,6 @@ def fits(source, video, suffix: str, settings) -> str | None:
     Checked by writing a header in memory with the encoder itself opened (at a small size: its
     codec, profile and pixel format are what a container may refuse) beside the copied streams
     (some refusals happen only there)."""
-    from srtrt.engine.video.encoder import add_video_stream
-
     fmt = FORMATS.get(suffix)
     if fmt is None:
         return UNWRITTEN.get(suffix, f"{suffix} is not a video container srtrt writes")

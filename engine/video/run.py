@@ -115,7 +115,7 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
     upscaler = runner.upscaler_for(info.height, info.width)
     upscaler.plan(info.height, info.width)  # too small for the model: one line now, not per frame
     if real_path(destination) == real_path(source):
-        raise SrtrtError(f"output path is the input itself ({note})", destination)
+        raise SrtrtError("output path is the input itself" + (f" ({plan.note})" if plan.note else ""), destination)
     if os.path.lexists(destination) and not options.overwrite:
         raise SrtrtError("exists (--overwrite to replace)", destination)
     key = {"source": resume.source_key(source), "settings": repr(settings), "model": repr(options.backend_key),
