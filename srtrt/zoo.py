@@ -149,7 +149,8 @@ def measure_tiling(model: community.CommunityModel) -> dict:
             if _tiles_equal_whole(module, radius, model.input_channels, model.multiple_of, model.minimum):
                 return {"radius": radius, "margin": radius, "figure": None}
             radius = None  # a path the one-pixel probe did not see: the margin is measured like a global model's
-    reference = reference_image(REFERENCE_SIDE, model.input_channels, model.multiple_of)
+    side = margin_reference_side(model.multiple_of, model.minimum)
+    reference = reference_image(side, model.input_channels, model.multiple_of)
     run = _WindowRunner(module, model.multiple_of, model.minimum)
     margin, figure = receptive_field.measure_margin(run.tiled, run.whole, reference, MARGIN_CANDIDATES)
     if margin is None:  # nothing within 1 level: the largest tried, and the figure says how far off it is
@@ -175,6 +176,19 @@ def _tiles_equal_whole(module: nn.Module, margin: int, channels: int, multiple_o
             if (double.core(x, tile) - expected).abs().max().item() > EXACT_TOLERANCE:
                 return False
     return True
+
+
+def margin_reference_side(multiple_of: int, minimum: int) -> int:
+    """The side of the content the margin is measured on: REFERENCE_SIDE, or more where a model's
+    window sides (multiples of 32, a minimum of 128) would make the largest candidate's plan one
+    window, equal to the whole image by construction."""
+    from srtrt.engine.datapath import tiles
+
+    side = tiles.allowed_side(REFERENCE_SIDE, multiple_of, minimum)
+    while len(tiles.plan(side, side, MEASURE_CORE, max(MARGIN_CANDIDATES), multiple_of=multiple_of,
+                         minimum=minimum).rows) < 2:
+        side += max(multiple_of, 1)
+    return side
 
 
 def _confirmation_plan(margin: int, multiple_of: int, minimum: int):

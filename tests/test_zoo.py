@@ -75,6 +75,20 @@ def test_tiles_are_exact_at_the_measured_radius(model_files, name):
     assert np.abs(tiled - whole).max() <= 1e-5
 
 
+def test_the_margin_is_measured_where_every_candidate_leaves_seams():
+    """Window sides of multiples of 32 would make the largest candidate's plan on 128 pixels one
+    window (nothing to measure), and so would a minimum side of 128; the content grows until it is
+    not. Other models keep 128."""
+    from srtrt.engine.datapath import tiles
+
+    assert zoo.margin_reference_side(1, 1) == zoo.margin_reference_side(8, 16) == zoo.REFERENCE_SIDE
+    for multiple_of, minimum in ((32, 1), (1, 128), (128, 1)):
+        side = zoo.margin_reference_side(multiple_of, minimum)
+        plan = tiles.plan(side, side, zoo.MEASURE_CORE, max(zoo.MARGIN_CANDIDATES), multiple_of=multiple_of,
+                          minimum=minimum)
+        assert side > zoo.REFERENCE_SIDE and len(plan.rows) >= 2
+
+
 @pytest.mark.parametrize("radius", [20, 56])
 def test_exact_tiles_are_confirmed_by_windows_inside_the_content_at_any_affordable_margin(radius):
     """A box blur of known radius: windows one pixel short of it must differ from the whole image.
