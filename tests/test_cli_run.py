@@ -113,6 +113,10 @@ def test_missing_input_and_empty_glob(tmp_path, capsys, model):
     assert code == 1 and "nope.png: no such file" in err
     code, err = run(capsys, str(tmp_path / "*.webp"), "--model", model)
     assert code == 2 and "no input images match" in err
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)  # Path.resolve raises on it; the batch reports it like any unreadable name
+    code, err = run(capsys, loop, "--model", model)
+    assert code == 1 and "loop.png: no such file" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

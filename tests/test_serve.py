@@ -120,6 +120,25 @@ def test_json_job_then_put_input(tmp_path, models_dir, images):
         assert client.post("/api/jobs", json={**TINY, "filename": "notes.txt"}).status_code == 415
         bad = client.post("/api/jobs", json={**TINY, "filename": "a.png", "tile": 0})
         assert bad.status_code == 422 and "\n" not in bad.json()["detail"]
+        # bodies json.loads raises other errors for: bad UTF-8, nesting past the recursion limit, a huge integer
+        for body in (b'{"filename":"\xff\xfe.png"}', b"[" * 8000 + b"]" * 8000,
+                     b'{"filename":"a.png","png_level":' + b"1" * 5000 + b"}"):
+            answer = client.post("/api/jobs", content=body, headers={"Content-Type": "application/json"})
+            assert answer.status_code == 400 and answer.json()["detail"].startswith("the body is not JSON")
+
+
+def test_a_second_put_while_the_first_is_writing_is_409_and_the_job_survives(tmp_path, models_dir, images):
+    """A PUT finds the input file already open for writing (another PUT under way): it is refused
+    without discarding the job the other request is filling."""
+    from srtrt.engine.serve import uploads
+
+    with serving(tmp_path, models_dir) as client:
+        job = client.post("/api/jobs", json={**TINY, "filename": "c.png"}).json()
+        (folder,) = job_folders(tmp_path)
+        uploads.input_path(folder, "c.png").write_bytes(images[1].read_bytes()[:10])  # the first PUT's bytes so far
+        second = client.put(job["input_url"], content=images[1].read_bytes())
+        assert second.status_code == 409 and "receiving its input from another request" in second.json()["detail"]
+        assert client.get(f"/api/jobs/{job['id']}").json()["state"] == "awaiting_input" and folder.is_dir()
 
 
 def test_cancel_queued_and_running_jobs(tmp_path, models_dir, images):
@@ -259,6 +278,21 @@ def test_the_models_folder_is_read_as_it_is_now(tmp_path):
 # --------------------------------------------------------------------------- who may call
 
 
+def test_a_port_out_of_range_or_in_use_is_one_line_before_serving(tmp_path, models_dir):
+    import socket
+
+    from srtrt.engine.serve.main import _check_free
+
+    with pytest.raises(SrtrtError, match="--port must be 0-65535, not 80000"):
+        ServeConfig(models_dir=models_dir, port=80000)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SrtrtError, match="cannot listen on .*in use"):
+            _check_free("127.0.0.1", port, f"http://127.0.0.1:{port}/")
+
+
 def test_non_local_bind_needs_a_token(tmp_path, models_dir, capsys):
     with pytest.raises(SrtrtError, match="needs --token"):
         ServeConfig(host="0.0.0.0")
@@ -292,6 +326,8 @@ def test_other_sites_are_refused(tmp_path, models_dir, images):
                             headers={"Origin": "http://evil.example"})
         assert cross.status_code == 403 and "access-control-allow-origin" not in cross.headers
         assert client.get("/api/server", headers={"Host": "evil.example"}).status_code == 403  # DNS rebinding
+        for bad in ({"Host": "["}, {"Origin": "http://["}):  # urlsplit raises on these: 400, not a 500
+            assert client.get("/api/server", headers=bad).status_code == 400
         assert client.get("/api/server", headers={"Origin": LOCAL}).status_code == 200
 
 

@@ -108,7 +108,7 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
             found.append(p)
     unique, seen = [], set()
     for f in found:
-        key = f.resolve()
+        key = real_path(f)  # never raises: a symlink loop is reported as an unreadable input, not a traceback
         if key not in seen:
             seen.add(key)
             unique.append(f)

@@ -121,7 +121,7 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
         json_body = request.headers.get("content-type", "").split(";")[0].strip() == "application/json"
         with queue.admission():
             if json_body:
-                asked = JobRequest.model_validate(json.loads(await _small_body(request)))
+                asked = JobRequest.model_validate(_json(await _small_body(request)))
                 options, model = job_options(asked)
                 name = uploads.display_name(asked.filename)
                 uploads.accepted_suffix(name)  # 415 now rather than after the upload
@@ -150,6 +150,12 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
         path = uploads.input_path(job.folder, job.name)
         try:
             await uploads.receive_body(request, path, config.max_upload_bytes)
+        except FileExistsError:  # another PUT is writing this job's input: that one keeps the job
+            raise Refused(409, f"job {job_id} is receiving its input from another request") from None
+        except BaseException:
+            queue.discard(job)
+            raise
+        try:
             await asyncio.to_thread(uploads.check_pixels, path, job.name, config.max_pixels)
         except BaseException:
             queue.discard(job)
@@ -230,6 +236,17 @@ async def _small_body(request: Request, limit: int = 16 * 1024) -> bytes:
     return bytes(body)
 
 
+def _json(body: bytes):
+    """The request's JSON; a body that is not (bad UTF-8, nesting past the recursion limit, an integer
+    of thousands of digits, a syntax error) is one 400 line, never a 500."""
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, RecursionError, ValueError) as e:
+        reason = f"{e.msg} at character {e.pos}" if isinstance(e, json.JSONDecodeError) else \
+            " ".join(str(e).split())[:120]
+        raise Refused(400, f"the body is not JSON ({reason})") from None
+
+
 def _ended(queue: JobQueue, job_id: str, owner: str) -> bool:
     job = queue.get(job_id, owner)
     return job is None or job.state in TERMINAL
@@ -273,10 +290,6 @@ def _handlers(app: FastAPI) -> None:
     @app.exception_handler(SrtrtError)
     async def srtrt_error(request, e: SrtrtError):
         return JSONResponse({"detail": str(e)}, status_code=400)
-
-    @app.exception_handler(json.JSONDecodeError)
-    async def bad_json(request, e: json.JSONDecodeError):
-        return JSONResponse({"detail": f"the body is not JSON ({e.msg} at character {e.pos})"}, status_code=400)
 
     @app.exception_handler(ValidationError)
     @app.exception_handler(RequestValidationError)

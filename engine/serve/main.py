@@ -26,6 +26,20 @@ def _max_pixels(value: int | None) -> int:
     return DEFAULT_MAX_PIXELS if value is None else value
 
 
+def _check_free(host: str, port: int, where: str) -> None:
+    """One line, before "serving on", when the address cannot be listened on (in use, not this
+    machine's); uvicorn would print its own error after that claim and exit with status 3."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closed server's port is free
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise SrtrtError(f"cannot listen on {where} ({e.strerror or e})") from None
+
+
 def main(args) -> int:
     try:
         import uvicorn
@@ -37,6 +51,7 @@ def main(args) -> int:
     app = create_app(config)
     host = f"[{config.host}]" if ":" in config.host else config.host
     where = f"http://{host}:{config.port}/"
+    _check_free(config.host, config.port, where)
     print(f"srtrt: serving on {where}" + (" (open it as /?token=TOKEN once)" if config.token else "")
           + f"; API schema at {where}docs", file=sys.stderr)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=3)

@@ -37,11 +37,15 @@ class Guard:
         return await self.app(scope, receive, send)
 
     def _refusal(self, scope, headers: Headers):
-        host = headers.get("host", "")
-        if self._names is not None and _hostname(host) not in self._names:
+        host, origin = headers.get("host", ""), headers.get("origin")
+        try:  # a malformed Host or Origin ("[", "http://[") is no name this server has
+            name = _hostname(host)
+            cross = origin is not None and urlsplit(origin).netloc != host
+        except ValueError:
+            return _refuse(400, "malformed Host or Origin header")
+        if self._names is not None and name not in self._names:
             return _refuse(403, f"Host {host!r} is not this server's loopback name")
-        origin = headers.get("origin")
-        if origin is not None and urlsplit(origin).netloc != host:
+        if cross:
             return _refuse(403, "cross-origin requests are refused (the server sends no CORS headers)")
         if self._token is None or self._authorised(scope, headers):
             return None

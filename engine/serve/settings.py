@@ -38,6 +38,8 @@ class ServeConfig:
                 raise SrtrtError(f"{name} must be >= 1, not {getattr(self, name)}")
         if self.max_pixels < 0:
             raise SrtrtError(f"max pixels must be >= 0, not {self.max_pixels}")
+        if not 0 <= self.port <= 65535:  # the socket layer would take it modulo 65536 and listen elsewhere
+            raise SrtrtError(f"--port must be 0-65535, not {self.port}")
 
 
 def is_loopback(host: str) -> bool:
