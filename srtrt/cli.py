@@ -6,6 +6,7 @@ expected failure (SrtrtError) is printed as one line and becomes the exit code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from .errors import SrtrtError
@@ -233,6 +234,29 @@ def _dispatch(args) -> int:
     raise AssertionError(args.command)
 
 
+@contextlib.contextmanager
+def _output_notes_as_lines(quiet: bool):
+    """An output format's loss (writers.OutputNote) as one `srtrt:` line, not Python's two-line
+    warning; -q hides it. Python's own display is back when the command ends."""
+    import warnings
+
+    from srtrt.engine.datapath.writers import OutputNote
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, OutputNote):
+            return shown(message, category, filename, lineno, file, line)
+        if not quiet:
+            print(f"srtrt: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from srtrt.engine.datapath.decoder_messages import quiet_decoding_libraries
@@ -242,7 +266,8 @@ def main(argv=None) -> int:
 
     keep_freed_buffers()  # before the runtime's threads make their arenas
     try:
-        return _dispatch(args)
+        with _output_notes_as_lines(getattr(args, "quiet", False)):
+            return _dispatch(args)
     except SrtrtError as e:
         print(f"srtrt: {e}", file=sys.stderr)
         return e.exit_code

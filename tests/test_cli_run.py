@@ -257,3 +257,14 @@ def test_a_stop_that_reaches_the_top_exits_with_its_signal_code(capsys, monkeypa
     monkeypatch.setattr(cli, "_dispatch", stopped)
     assert cli.main(["run", "x.png"]) == 128 + signum
     assert capsys.readouterr().err == f"srtrt: stopped by {signal.Signals(signum).name}\n"
+
+
+def test_what_an_output_format_loses_is_one_srtrt_line_hidden_by_quiet(tmp_path, capsys, model):
+    rgba = np.zeros((12, 10, 4), np.uint8)
+    rgba[..., 1], rgba[..., 3] = 200, 128
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    code, err = run(capsys, tmp_path / "a.png", "-o", tmp_path / "a.jpg", "--model", model)
+    assert code == 0 and "srtrt: " + str(tmp_path / "a.jpg") + ": JPEG cannot store transparency" in err
+    assert "UserWarning" not in err and "warnings.warn" not in err
+    code, err = run(capsys, tmp_path / "a.png", "-o", tmp_path / "a.jpg", "--model", model, "--overwrite", "-q")
+    assert code == 0 and "transparency" not in err

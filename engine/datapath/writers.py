@@ -104,6 +104,11 @@ def _check_destination(path: str, overwrite: bool) -> None:
         raise SrtrtError(f"output folder {folder} does not exist", path)
 
 
+
+class OutputNote(UserWarning):
+    """What an output format loses of an image (alpha in JPEG, 16 bits in WebP): `srtrt run` says it
+    as one `srtrt:` line (hidden by -q); Python callers get it as a warning they can filter."""
+
 class ImageWriter:
     """Rows in, top to bottom; the finished file appears under its name only on commit.
 
@@ -595,13 +600,13 @@ class PillowEncoder:
         self.stored_channels = channels if self.keep_alpha or channels in (1, 3) else channels - 1
         if bit_depth == 16:
             warnings.warn(f"{path}: {image_format} holds 8 bits per sample; "
-                          "16-bit samples are rounded to 8 bits", stacklevel=3)
+                          "16-bit samples are rounded to 8 bits", OutputNote, stacklevel=3)
         if channels in (2, 4) and not self.keep_alpha:
             warnings.warn(f"{path}: {image_format} cannot store transparency; "
-                          "the alpha channel is dropped", stacklevel=3)
+                          "the alpha channel is dropped", OutputNote, stacklevel=3)
         if image_format == "JPEG" and exif and len(exif) > JPEG_MAX_EXIF_BYTES:
             warnings.warn(f"{path}: EXIF too long for JPEG ({len(exif)} bytes); not written",
-                          stacklevel=3)
+                          OutputNote, stacklevel=3)
             self.exif = None
         # np.empty reserves address space; pages are touched only as rows arrive
         self._image = np.empty((height, width, self.stored_channels), np.uint8)
