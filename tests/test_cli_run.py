@@ -136,6 +136,7 @@ def test_a_signal_mid_batch_keeps_finished_outputs_and_no_partial_file(tmp_path,
     assert 1 <= len(kept) < 6
     for path in kept:
         assert is_complete_image(path, (768, 512))
+        assert f"-> {path}" in err  # each kept output has its line, the one written behind at the stop too
 
 
 def test_the_next_image_decodes_while_this_one_computes(tmp_path, capsys, monkeypatch):

@@ -162,6 +162,7 @@ def _make(name: str, view, dev: torch.device, precision: str) -> Backend:
     picked and those only judged or timed alike (a grey model's static graphs take one channel)."""
     return _fit_to_model(_MAKERS[name](view, dev, precision), view)
 
+
 # Without CUDA, the candidates in the order they are judged (and picked by when nothing is timed:
 # ties, or a caller that passes no timer). bench/ measured this order on a 2-core Zen 4 EPYC
 # (openvino int8 0.74 s, bf16 1.20 s, torch bf16 2.04 s, openvino fp32 2.69 s, torch fp32 5.64 s per

@@ -129,7 +129,8 @@ def main(args) -> int:
         remove_partials(current)
         if pending is not None:  # the last image's write: kept if it finishes, discarded if the stop reached it
             try:
-                report.add(pending.result())
+                outcome = report.add(pending.result())
+                say(f"srtrt: {outcome.message}", always=outcome.status == FAILED)  # its line, as any finished image's
             except Stopped:
                 pass
         bar.close()

@@ -22,7 +22,8 @@ async function loadServer() {
   const current = picker.value || server.default_model;
   picker.replaceChildren(...server.models.map((m) => new Option(`${m.id}${m.kind === "embedded" ? "" : ` (${m.kind})`}`, m.id)));
   if (current) picker.value = current;
-  const mp = server.max_pixels ? `${(server.max_pixels / 1e6).toFixed(0)} MP per image or frame, ` : "";
+  const size = (n) => (n >= 1e6 ? `${(n / 1e6).toFixed(0)} MP` : `${n.toLocaleString("en")} pixels`);  // 5000: not "0 MP"
+  const mp = server.max_pixels ? `${size(server.max_pixels)} per image or frame, ` : "";
   $("limits").textContent = `Limits: ${mp}${(server.max_upload_bytes / 2 ** 20).toFixed(0)} MiB per file.`;
   showChosen();
 }
