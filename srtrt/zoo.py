@@ -182,27 +182,25 @@ def margin_reference_side(multiple_of: int, minimum: int) -> int:
     """The side of the content the margin is measured on: REFERENCE_SIDE, or more where a model's
     window sides (multiples of 32, a minimum of 128) would make the largest candidate's plan one
     window, equal to the whole image by construction."""
-    from srtrt.engine.datapath import tiles
-
-    side = tiles.allowed_side(REFERENCE_SIDE, multiple_of, minimum)
-    while len(tiles.plan(side, side, MEASURE_CORE, max(MARGIN_CANDIDATES), multiple_of=multiple_of,
-                         minimum=minimum).rows) < 2:
-        side += max(multiple_of, 1)
-    return side
+    return _content_plan(max(MARGIN_CANDIDATES), multiple_of, minimum, lambda plan: len(plan.rows) >= 2).height
 
 
 def _confirmation_plan(margin: int, multiple_of: int, minimum: int):
-    """The runtime's plan (MEASURE_CORE cores) on the smallest square content from REFERENCE_SIDE up
-    with CONFIRM_WINDOWS_PER_AXIS windows per axis inside it (a margin near half the content would
-    otherwise leave no window inside, or make the whole plan one window)."""
+    """The runtime's plan on the smallest content with CONFIRM_WINDOWS_PER_AXIS windows per axis inside
+    it (a margin near half the content would otherwise leave no window inside, or make the plan one window)."""
+    return _content_plan(margin, multiple_of, minimum,
+                         lambda plan: len(_windows_inside(plan.rows, plan.height)) >= CONFIRM_WINDOWS_PER_AXIS)
+
+
+def _content_plan(margin: int, multiple_of: int, minimum: int, enough):
+    """The runtime's plan (MEASURE_CORE cores, `margin`) on the smallest square content from
+    REFERENCE_SIDE up, in steps the model takes, for which `enough(plan)` holds."""
     from srtrt.engine.datapath import tiles
 
     side = tiles.allowed_side(REFERENCE_SIDE, multiple_of, minimum)
-    while True:
-        plan = tiles.plan(side, side, MEASURE_CORE, margin, multiple_of=multiple_of, minimum=minimum)
-        if len(_windows_inside(plan.rows, side)) >= CONFIRM_WINDOWS_PER_AXIS:
-            return plan
+    while not enough(plan := tiles.plan(side, side, MEASURE_CORE, margin, multiple_of=multiple_of, minimum=minimum)):
         side += max(multiple_of, 1)
+    return plan
 
 
 def _windows_inside(spans, length: int) -> list:

@@ -42,29 +42,35 @@ def fits(source, video, suffix: str, settings) -> str | None:
 
     Checked by writing a header in memory with the encoder itself opened (at a small size: its
     codec, profile and pixel format are what a container may refuse) beside the copied streams
-    (some refusals happen only there)."""
+    (some refusals happen only there); on a refusal, the video alone says whose it is."""
     fmt = FORMATS.get(suffix)
     if fmt is None:
         return UNWRITTEN.get(suffix, f"{suffix} is not a video container srtrt writes")
     if attachments(source) and fmt != "matroska":
         return f"{suffix} cannot hold attachments"
-    try:  # the encoder itself opens (encoder.check_encoder): a failure here is the container's
-        with av.open(io.BytesIO(), "w", format=fmt) as out:
-            add_video_stream(out, settings, STAND_IN_SIDE, STAND_IN_SIDE)
-            out.start_encoding()
-    except (ValueError, av.FFmpegError):
+    refusal = _header_refusal(fmt, settings, source, video)
+    if refusal is None:
+        return None
+    if _header_refusal(fmt, settings) is not None:  # the encoder opens (encoder.check_encoder): the container refuses it
         return f"{suffix} cannot hold {settings.codec}"
+    return f"{suffix} cannot hold these streams ({ffmpeg_reason(refusal)})"
+
+
+def _header_refusal(fmt: str, settings, source=None, video=None) -> Exception | None:
+    """What writing a `fmt` header in memory raises with the encoder's stream (and `source`'s copied
+    streams and attachments, when given), or None."""
     try:
         with av.open(io.BytesIO(), "w", format=fmt) as out:
             add_video_stream(out, settings, STAND_IN_SIDE, STAND_IN_SIDE)
-            for stream in copied_streams(source, video):
-                _copy_stream(out, stream)
-            for stream in attachments(source):
-                out.add_attachment(stream.metadata.get("filename", "attachment"),
-                                   stream.mimetype or "application/octet-stream", stream.data)
+            if source is not None:
+                for stream in copied_streams(source, video):
+                    _copy_stream(out, stream)
+                for stream in attachments(source):
+                    out.add_attachment(stream.metadata.get("filename", "attachment"),
+                                       stream.mimetype or "application/octet-stream", stream.data)
             out.start_encoding()
     except (ValueError, av.FFmpegError) as e:
-        return f"{suffix} cannot hold these streams ({ffmpeg_reason(e)})"
+        return e
     return None
 
 
