@@ -246,11 +246,12 @@ class SegmentEncoder:
 
 def _plausible_dts(packets: list, current: list) -> list:
     """Packets with a decode time the muxer takes: x265 hands a one-frame encode out with an
-    uninitialised dts (-1.7e18 seen), which MP4 refuses. A dts more than DTS_LEAD_SECONDS before its
-    pts becomes that pts, or one tick after the segment's last dts (`current[6]`) if the pts is not later."""
+    uninitialised dts (-1.7e18 seen), which MP4 refuses. A dts after its pts, or more than
+    DTS_LEAD_SECONDS before it, becomes that pts, or one tick after the segment's last dts
+    (`current[6]`) if the pts is not later."""
     for packet in packets:
         if packet.dts is not None and packet.pts is not None:
-            if packet.dts < packet.pts - DTS_LEAD_SECONDS / packet.time_base:
+            if not packet.pts - DTS_LEAD_SECONDS / packet.time_base <= packet.dts <= packet.pts:
                 last = current[6]
                 packet.dts = packet.pts if last is None or packet.pts > last else last + 1
             current[6] = packet.dts
