@@ -261,7 +261,12 @@ def _unpickled(path: Path):
                 raise
             from spandrel.__helpers.unpickler import RestrictedUnpickle
 
-            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=RestrictedUnpickle)
+            try:
+                return torch.load(path, map_location="cpu", weights_only=False, pickle_module=RestrictedUnpickle)
+            except pickle.UnpicklingError:
+                raise  # a forbidden global, named
+            except Exception as e:  # bytes read as a pickle: lengths past any size (OverflowError), bad opcodes
+                raise pickle.UnpicklingError(f"{type(e).__name__}: {e}") from None
 
 
 def _unpickling_cause(e: pickle.UnpicklingError) -> str:

@@ -215,6 +215,9 @@ def test_random_bytes_are_refused(tmp_path, suffix):
     path = tmp_path / f"noise{suffix}"
     path.write_bytes(os.urandom(4096))
     assert "corrupt or truncated model file" in _refusal(path)
+    # an opcode torch's unpickler lacks, then a string length past any size: the restricted one overflows
+    path.write_bytes(b"\x80\x04\x8d" + (2**63).to_bytes(8, "little"))
+    assert "corrupt or truncated model file" in _refusal(path)
 
 
 def test_not_a_state_dict(tmp_path):
