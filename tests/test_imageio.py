@@ -519,3 +519,45 @@ def test_damaged_sixteen_bit_colour_is_one_line(tmp_path, name, capfd):
     write_bytes(tmp_path, name, bytes(data))
     assert_refused(path, "corrupt|truncated")
     assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "WEBP", "TIFF"])
+def test_an_animation_or_page_stack_is_refused_not_cut_to_its_first_image(tmp_path, image_format):
+    frames = [Image.fromarray(random_array(16, 16, 3)) for _ in range(3)]
+    path = save(tmp_path, frames[0], f"moving.{image_format.lower()}", format=image_format,
+                save_all=True, append_images=frames[1:])
+    assert_refused(path, "animated image \\(3 frames\\)" if image_format != "TIFF" else "multi-page TIFF \\(3 images\\)")
+
+
+def test_a_tiff_thumbnail_page_does_not_make_it_multi_page(tmp_path):
+    pixels = random_array(16, 16, 3)
+    thumbnail = Image.fromarray(pixels[::4, ::4].copy())
+    path = save(tmp_path, Image.fromarray(pixels), "with_thumb.tif", save_all=True, append_images=[thumbnail],
+                tiffinfo={254: 0})
+    with Image.open(path) as img:  # Pillow writes one tiffinfo for every page: mark the second one
+        assert img.n_frames == 2
+    data = bytearray(open(path, "rb").read())
+    second_ifd = _tiff_ifd_offsets(bytes(data))[1]
+    _set_tiff_short(data, second_ifd, 254, 1)
+    open(path, "wb").write(bytes(data))
+    decoded = read_image(path)
+    np.testing.assert_array_equal(decoded.pixels, pixels)
+
+
+def _tiff_ifd_offsets(data: bytes) -> list[int]:
+    offsets, offset = [], struct.unpack_from("<I", data, 4)[0]
+    while offset:
+        offsets.append(offset)
+        (count,) = struct.unpack_from("<H", data, offset)
+        offset = struct.unpack_from("<I", data, offset + 2 + 12 * count)[0]
+    return offsets
+
+
+def _set_tiff_short(data: bytearray, ifd: int, tag: int, value: int) -> None:
+    (count,) = struct.unpack_from("<H", data, ifd)
+    for index in range(count):
+        entry = ifd + 2 + 12 * index
+        if struct.unpack_from("<H", data, entry)[0] == tag:
+            struct.pack_into("<I", data, entry + 8, value)  # LONG or SHORT inline: low bytes first
+            return
+    raise AssertionError(f"tag {tag} not in the IFD")

@@ -76,6 +76,7 @@ def read_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImag
         try:
             with open_lazily(path) as img:
                 check_size(img.size, max_pixels, path)
+                _refuse_more_than_one_image(img, path)
                 source_format = img.format
                 if _sixteen_bit_colour_rawmode(img) is not None:
                     return _read_sixteen_bit_colour(img, path, source_format)
@@ -142,6 +143,32 @@ def check_size(size: tuple[int, int], max_pixels: int | None, path) -> None:
         raise SrtrtError(
             f"image is {width}x{height} = {width * height:,} pixels, over the limit of "
             f"{max_pixels:,} (a decompression-bomb guard); raise it with --max-pixels", path)
+
+
+# NewSubfileType (TIFF tag 254) bits of pages that belong to the first image: a reduced-
+# resolution copy (thumbnail, pyramid level) or a transparency mask.
+_AUXILIARY_PAGE_BITS = 0b101
+
+
+def _refuse_more_than_one_image(img: Image.Image, path) -> None:
+    """An animation or a multi-page TIFF is refused: upscaling its first image alone would drop
+    the rest without a word. Thumbnails and masks stored as further TIFF pages do not count."""
+    frames = getattr(img, "n_frames", 1)
+    if frames <= 1:
+        return
+    if img.format != "TIFF":
+        raise SrtrtError(f"an animated image ({frames} frames); srtrt upscales still images and "
+                         "videos: convert it to a video (e.g. .mkv) or to single frames", path)
+    pages = [index for index in range(1, frames) if not _auxiliary_page(img, index)]
+    img.seek(0)
+    if pages:
+        raise SrtrtError(f"a multi-page TIFF ({1 + len(pages)} images); srtrt upscales one image "
+                         "per file: split the pages first", path)
+
+
+def _auxiliary_page(img: Image.Image, index: int) -> bool:
+    img.seek(index)
+    return bool(int(img.tag_v2.get(254, 0)) & _AUXILIARY_PAGE_BITS)
 
 
 def _describe_decode_error(exc: BaseException) -> str:
