@@ -143,3 +143,20 @@ def test_backend_is_kept_per_configuration_and_closed_when_replaced(tmp_path, mo
     assert len(made) == 2 and closed == [made[0]]
     api.close()
     assert closed == made
+
+
+def test_a_pil_result_is_upright_and_keeps_its_profile_and_exif(tmp_path, model):
+    from test_imageio import srgb_profile
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    exif[0x010F] = "camera maker"
+    source = tmp_path / "turned.jpg"
+    Image.fromarray(smooth_image(20, 28)).save(source, exif=exif.tobytes(), icc_profile=srgb_profile(), quality=95)
+    with Image.open(source) as img:
+        out = srtrt.upscale(img, model=model, **FP32)
+    assert out.size == (20 * 4, 28 * 4)  # upright: the stored 28x20 turned a quarter
+    assert out.info["icc_profile"] == srgb_profile()
+    out.save(tmp_path / "saved.png", exif=out.info["exif"])
+    with Image.open(tmp_path / "saved.png") as saved:
+        assert saved.info["icc_profile"] == srgb_profile()
+        assert saved.getexif()[0x0112] == 1 and saved.getexif()[0x010F] == "camera maker"

@@ -44,6 +44,10 @@ def upscale(image, output=None, **options):
     """Upscale a PIL image or a path. Returns a PIL image, or writes `output` and returns the Path
     written (a video whose container cannot hold its streams goes to the .mkv of that name).
 
+    A returned image is upright (EXIF orientation applied, as `srtrt run` does) and carries the
+    input's ICC profile and EXIF (orientation reset) in `.info`, as Pillow's own opened images do:
+    `save` writes the profile back; the EXIF where asked (`save(..., exif=result.info["exif"])`).
+
     A video path needs `output` (a video file). Raises SrtrtError (one line) for bad input, an
     existing `output` without overwrite=True, or an image that does not fit the device even at
     the smallest tile.
@@ -63,4 +67,10 @@ def upscale(image, output=None, **options):
         return outcome.destination  # a video's .mkv twin when its container cannot hold its streams
     decoded = from_pil(image) if isinstance(image, Image.Image) else runner.decode(image)
     colour, alpha = runner.upscale_arrays(decoded, label=str(image) if not isinstance(image, Image.Image) else "image")
-    return to_pil(colour, alpha, decoded.bit_depth)
+    result = to_pil(colour, alpha, decoded.bit_depth)
+    # the pixels are upright (EXIF orientation applied, as for files): the profile and the EXIF,
+    # its orientation reset, go with them as `srtrt run` carries them to its files
+    for key, value in (("icc_profile", decoded.icc_profile), ("exif", decoded.exif)):
+        if value:
+            result.info[key] = value
+    return result
