@@ -178,6 +178,10 @@ def test_openvino_agrees_with_torch_fp32(model_files, name):
     reference = TorchBackend(view, "cpu", "fp32").infer(x)
     with create_backend("openvino", precision="fp32", view=view).backend as ov:
         assert (ov.infer(x) - reference).abs().max() <= 1e-4
+    from srtrt.cache import cache_dir
+
+    cached = [p.name for p in cache_dir("onnx").glob(f"{view.checkpoint_sha256[:16]}-*.onnx")]
+    assert cached and not any("polyphase" in name for name in cached)  # a rewrite a community net never gets
 
 
 def static_graphs(view) -> list[str]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from srtrt import registry
 from srtrt.cache import cache_dir
 from srtrt.engine.backends.base import Backend, OnnxGraphs, TileDefaults
 from srtrt.engine.backends.precision import (
@@ -62,7 +63,7 @@ def _model_sha256(view) -> str:
 def _onnx_path(view, precision: str, polyphase: bool = False, shape: tuple[int, int, int, int] | None = None):
     """Where the ONNX cache keeps this graph: by the model's sha256, precision and form (for int8, its
     calibration: a new calibration is a new graph) and, for a static graph, its (N, C, h, w)."""
-    form = "-polyphase" if polyphase else ""
+    form = "-polyphase" if polyphase and registry.of(view.generator).rewrites_tail else ""
     if precision == "int8":
         from srtrt.engine.toolchain.quantize import int8_graph_tag
 
