@@ -194,6 +194,19 @@ def test_oversized_upload_is_413_and_leaves_nothing(tmp_path, models_dir):
         assert job_folders(tmp_path) == []
 
 
+def test_a_form_cut_before_its_closing_boundary_is_400_and_leaves_nothing(tmp_path, models_dir):
+    boundary = "srtrtboundary"
+    head = f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n".encode()
+    png = (Path(write_images(tmp_path, 1, height=8, width=8)[0])).read_bytes()
+    with serving(tmp_path, models_dir) as client:
+        for body in (head + png[: len(png) // 2], head + png + f"\r\n--{boundary}".encode()):
+            response = client.post("/api/jobs", content=body,
+                                   headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+            assert response.status_code == 400 and "cut short" in response.json()["detail"], response.text
+        assert client.get("/api/jobs").json() == []
+        assert job_folders(tmp_path) == []
+
+
 def bomb_png(width: int, height: int) -> bytes:
     """A few hundred bytes whose header claims width x height pixels."""
     def chunk(kind: bytes, data: bytes) -> bytes:

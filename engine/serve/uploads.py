@@ -86,6 +86,8 @@ async def receive_form(request, folder: Path, limit: int) -> Upload:
         raise Refused(400, f"malformed multipart form ({' '.join(str(e).split())[:120]})") from None
     finally:
         form.close()
+    if not form.complete:  # python-multipart's finalize() does not check this itself
+        raise Refused(400, "malformed multipart form (it ends before its closing boundary: cut short?)")
     if form.upload.path is None:
         raise Refused(400, "the form has no file part")
     return form.upload
@@ -115,12 +117,13 @@ class _FormReader:
         self._file = None
         self._field: str | None = None
         self._data = bytearray()
+        self.complete = False  # the closing boundary was read: the upload was not cut short
 
     def callbacks(self) -> dict:
         return {"on_part_begin": self._part_begin, "on_header_field": self._header_field,
                 "on_header_value": self._header_value, "on_header_end": self._header_end,
                 "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
-                "on_part_end": self._part_end}
+                "on_part_end": self._part_end, "on_end": self._end}
 
     def _part_begin(self) -> None:
         self._headers, self._field, self._data = {}, None, bytearray()
@@ -163,6 +166,9 @@ class _FormReader:
             self._file = None
         elif self._field:
             self.upload.fields[self._field] = self._data.decode("utf-8", "replace")
+
+    def _end(self) -> None:
+        self.complete = True
 
     def close(self) -> None:
         if self._file is not None:
