@@ -151,7 +151,25 @@ def test_unreadable_image_names_the_file(capsys, model_path, tmp_path):
     write_images(tmp_path, [(32, 32)])
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     err = _error(capsys, tmp_path, "--model", model_path)
-    assert str(tmp_path / "broken.png") in err and "cannot read image" in err
+    assert str(tmp_path / "broken.png") in err and "header is corrupt" in err
+
+
+def test_sixteen_bit_images_score_as_their_eight_bit_copies(capsys, model_path, tmp_path):
+    """Pillow's convert("RGB") clips 16-bit grey to white (a 46 dB "score" on a blank image)."""
+    rng = np.random.default_rng(3)
+    grey, colour = blurred_grid(rng, 48, 52)[..., 0], blurred_grid(rng, 52, 48)
+    for depth, scale in (("8", 1), ("16", 257)):
+        (tmp_path / depth).mkdir()
+        Image.fromarray(grey.astype(np.uint16) * scale if scale > 1 else grey).save(tmp_path / depth / "grey.png")
+    Image.fromarray(colour).save(tmp_path / "8" / "colour.png")
+    import imagecodecs  # 16-bit RGB PNG: Pillow cannot write one
+    (tmp_path / "16" / "colour.png").write_bytes(imagecodecs.png_encode(colour.astype(np.uint16) * 257))
+    scores = []
+    for depth in ("8", "16"):
+        code, out, err = _run(capsys, tmp_path / depth, "--model", model_path, "--json")
+        assert code == 0, err
+        scores.append(json.loads(out)[depth]["images"])
+    assert scores[0] == scores[1]
 
 
 def test_image_too_small_names_the_file(capsys, model_path, tmp_path):

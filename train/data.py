@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
+
+from srtrt.engine.datapath.imageio import read_eight_bit_rgb
 
 from .degrade import bicubic_downscale, modcrop
 
@@ -26,8 +28,7 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def load_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        return ImageOps.exif_transpose(im).convert("RGB")
+    return read_eight_bit_rgb(path)
 
 
 def split_holdout(paths: list[Path], count: int) -> tuple[list[Path], list[Path]]:

@@ -35,8 +35,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from srtrt.engine.datapath.imageio import read_eight_bit_rgb
 from srtrt.errors import SrtrtError
 
 from .data import IMAGE_SUFFIXES
@@ -75,12 +76,7 @@ def read_hr(path: Path, scale: int, multiple_of: int = 1, minimum: int = 1) -> I
     """An HR test image as RGB (grey, palette, alpha dropped), cropped to a multiple of `scale`
     (times `multiple_of`: LR sides the models need to be multiples of); refused when its LR is
     smaller than `minimum`."""
-    try:
-        with Image.open(path) as im:
-            img = ImageOps.exif_transpose(im).convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        detail = str(e).splitlines()[0] if str(e) else "no detail"
-        raise SrtrtError(f"cannot read image ({e.__class__.__name__}: {detail})", path) from None
+    img = read_eight_bit_rgb(path)  # a bad file: one SrtrtError line naming it
     hr = modcrop(img, scale * multiple_of)
     if min(hr.size) < 2 * scale + SSIM_WINDOW or min(hr.size) // scale < minimum:
         raise SrtrtError(f"image is {img.size[0]}x{img.size[1]}, too small to evaluate at x{scale}", path)

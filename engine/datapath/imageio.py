@@ -90,6 +90,17 @@ def read_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImag
             raise SrtrtError(_describe_decode_error(exc) + decoder_messages.as_suffix(notes), path) from exc
 
 
+def read_eight_bit_rgb(path) -> Image.Image:
+    """A file as 8-bit RGB, for measuring and training on it: read as `read_image` reads it
+    (orientation applied, every mode, 16 bits kept until here), then 16 bits rounded to 8, grey
+    spread to RGB, alpha dropped. Pillow's own convert("RGB") clips 16-bit grey to white."""
+    decoded = read_image(path)
+    pixels = decoded.pixels if decoded.bit_depth == 8 else to_eight_bit(decoded.pixels)
+    if pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    return Image.fromarray(np.ascontiguousarray(pixels))
+
+
 def from_pil(img: Image.Image, path=None) -> DecodedImage:
     """The same normalisation as `read_image`, for an image already in memory."""
     filename = getattr(img, "filename", None) or None
