@@ -56,6 +56,14 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 
 
+def model_files(model: str | os.PathLike | None) -> list[Path]:
+    """The files a `--model` argument reads: a community file, or a checkpoint's weights and sidecar
+    (an embedded name: the packaged ones). What commands must never write their outputs over."""
+    if model is None or _is_embedded_name(model):
+        model = embedded_path(model or DEFAULT_MODEL)
+    return [Path(model), *_paths(model)]
+
+
 def embedded_path(name: str) -> Path:
     """The weights file of an embedded model (which may not be installed)."""
     return WEIGHTS_DIR / f"{EMBEDDED[name]}.safetensors"

@@ -64,7 +64,8 @@ def _add_eval(sub):
 
 
 def _add_compare(sub):
-    p = sub.add_parser("compare", help="one PNG: LR, bicubic, each model and HR crops side by side")
+    p = sub.add_parser("compare", help="one image (PNG; JPEG/WebP/TIFF by -o's suffix): LR, bicubic, each model "
+                                       "and HR crops side by side")
     p.add_argument("image")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--model", action="append", metavar="MODEL",

@@ -104,6 +104,20 @@ def test_compare_writes_one_png(model_path, tmp_path, capsys):
     assert np.array_equal(sheet, np.asarray(compare_image(image, labelled, crop=48)))
 
 
+def test_compare_writes_the_format_its_suffix_names_and_never_over_its_photo(model_path, tmp_path, capsys):
+    image = write_images(tmp_path / "in", [(90, 70)], seed=7)[0]
+    photo = image.read_bytes()
+    for output, cause in ((image, "is an input of this command"), (tmp_path / "side.gif", "-o needs one of")):
+        assert main(["compare", str(image), "-o", str(output), "--model", str(model_path), "--crop", "48"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{output}: {cause}" in err
+    assert image.read_bytes() == photo and not (tmp_path / "side.gif").exists()
+    out = tmp_path / "side.jpg"
+    assert main(["compare", str(image), "-o", str(out), "--model", str(model_path), "--crop", "48"]) == 0
+    with Image.open(out) as im:
+        assert im.format == "JPEG" and im.size == _sheet_size(4, 48)
+
+
 def test_default_crop_is_256_and_is_clamped_to_the_image(model_path, tmp_path):
     big = write_images(tmp_path, [(300, 280)], seed=8, prefix="big")[0]
     assert compare_image(big, srtrt.load_model(model_path)).size == _sheet_size(4, 256)

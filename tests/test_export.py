@@ -206,6 +206,21 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1 and "not found" in err
 
 
+def test_cli_export_never_writes_over_its_model_or_onto_a_folder(tmp_path, capsys):
+    from srtrt import checkpoint
+    from srtrt.cli import main
+
+    view = random_view(blocks=1, channels=8)
+    weights = checkpoint.save(tmp_path / "ckpt", view.generator, "srresnet", view.generator.config)
+    before = {p: p.read_bytes() for p in (weights, weights.with_suffix(".json"))}
+    for output, cause in ((weights, "is an input of this command"), (weights.with_suffix(".json"), "is an input"),
+                          (tmp_path, "is a folder")):
+        code = main(["export", "-o", str(output), "--model", str(weights)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and f"{output}: {cause}" in err
+    assert {p: p.read_bytes() for p in before} == before
+
+
 def test_metadata_refuses_non_onnx(tmp_path):
     from srtrt.engine.toolchain.onnx_io import load_onnx, metadata
     from srtrt.errors import SrtrtError

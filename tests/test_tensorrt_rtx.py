@@ -162,6 +162,31 @@ def test_current_without_a_gpu_is_refused(cache, capsys, monkeypatch):
     assert not cache.exists() or not list(cache.glob("*.plan"))
 
 
+def test_an_output_that_would_replace_an_input_or_a_checkpoints_sidecar_is_refused_before_building(
+        cache, capsys, tiny_checkpoint, tmp_path):
+    import shutil
+
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    for source in (tiny_checkpoint, tiny_checkpoint.with_suffix(".json")):
+        shutil.copy(source, folder / source.name.replace("tiny", "model"))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    weights = str(folder / "model.safetensors")
+    build = ["build", "--tensorrt", "rtx", "--model", weights, "--tile", "16", "--max-batch", "1", "-o"]
+    line = _one_line_exit_2(capsys, [*build, str(folder / "model.plan")])  # its sidecar is the checkpoint's
+    assert line.startswith(f"srtrt: {folder / 'model.json'}: is an input of this command")
+    line = _one_line_exit_2(capsys, [*build, weights])
+    assert line.startswith(f"srtrt: {weights}: is an input of this command")
+    other = tmp_path / "other.json"
+    other.write_text('{"format": "srtrt-checkpoint"}')
+    line = _one_line_exit_2(capsys, [*build, str(tmp_path / "other.plan")])
+    assert "not a plan's sidecar" in line and other.read_text() == '{"format": "srtrt-checkpoint"}'
+    line = _one_line_exit_2(capsys, [*build, str(tmp_path)])
+    assert "is a folder: -o names the file to write" in line
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert not cache.exists() or not list(cache.glob("*.plan"))
+
+
 def test_a_corrupt_onnx_is_refused(cache, capsys, tmp_path):
     bad = tmp_path / "corrupt.onnx"
     bad.write_bytes(b"\x08\x07\x12\x04srtr\xff\xff\xff\xff garbage that is no protobuf")

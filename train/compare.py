@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from srtrt import atomic
 from srtrt.errors import SrtrtError
+from srtrt.outputs import check_output_file
 
 from .degrade import bicubic_downscale, bicubic_upscale
 from .evaluate import load_models, lr_requirements, one_scale, read_hr, super_resolve
@@ -149,13 +150,26 @@ def compare_image(path: str | Path, models, crop: int = 256) -> Image.Image:
     return render_panels(compare_panels(path, models, crop))
 
 
-def save_png_atomic(img: Image.Image, output: str | Path) -> Path:
-    """Write through srtrt.atomic: a unique temporary name, then rename; never a half-written PNG."""
+SHEET_FORMATS = {".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def output_format(output: str | Path) -> str:
+    """The format `-o`'s suffix names (a .jpg gets JPEG bytes, not PNG under a .jpg name)."""
+    suffix = Path(output).suffix.lower()
+    if suffix not in SHEET_FORMATS:
+        raise SrtrtError(f"-o needs one of {', '.join(SHEET_FORMATS)}, not {suffix or 'no suffix'}", output)
+    return SHEET_FORMATS[suffix]
+
+
+def save_sheet_atomic(img: Image.Image, output: str | Path) -> Path:
+    """Write through srtrt.atomic: a unique temporary name, then rename; never a half-written file.
+    PNG (lossless) unless the suffix names another format; JPEG at quality 95."""
     out = Path(output)
+    image_format = output_format(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic.atomic_open(out, "wb") as f:
-            img.save(f, format="PNG")
+            img.save(f, format=image_format, **({"quality": 95} if image_format in ("JPEG", "WEBP") else {}))
     except OSError as e:
         raise SrtrtError(f"cannot write ({e.strerror or e.__class__.__name__})", out) from None
     return out
@@ -169,7 +183,9 @@ def default_models() -> list[str | None]:
 
 
 def main(args) -> int:
+    check_output_file(args.output, [args.image])
+    output_format(args.output)
     models = load_models(args.model or default_models(), getattr(args, "allow_noncommercial", False))
-    out = save_png_atomic(compare_image(args.image, models, args.crop), args.output)
+    out = save_sheet_atomic(compare_image(args.image, models, args.crop), args.output)
     print(out)
     return 0

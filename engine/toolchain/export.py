@@ -342,7 +342,10 @@ def save_onnx(model, path) -> Path:
 def main(args) -> int:
     """`srtrt export`: -o/--output, --model, --precision, --fused, --polyphase, --opset, --shape, --allow-noncommercial."""
     import srtrt
+    from srtrt import checkpoint
+    from srtrt.outputs import check_output_file
 
+    check_output_file(args.output, checkpoint.model_files(args.model))
     view = srtrt.load_model(args.model, getattr(args, "allow_noncommercial", False))
     community = isinstance(view, CommunityView)
     shape = _fixed_shape(view, getattr(args, "shape", None))

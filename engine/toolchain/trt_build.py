@@ -26,6 +26,7 @@ on any machine.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 import tempfile
 import time
@@ -546,6 +547,8 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
         raise SrtrtError(f"plugin must be one of {engine_cache.PLUGIN_MODES}, not {plugin!r}")
     max_batch = _checked("max-batch", int(max_batch), 1)
     opt_level = _checked("opt-level", int(opt_level), 0, 5)
+    if output:
+        _check_plan_output(Path(output), model, onnx_path)
     where, targets = _where(flavour, trt, cc)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="srtrt-build-") as tmp:
@@ -612,6 +615,29 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
     if output:
         engine_cache.write_plan(Path(output), key, plan, info)
     return cached, key
+
+
+def _check_plan_output(output: Path, model, onnx_path) -> None:
+    """Before any work: `-o` writes the plan and its NAME.json sidecar, so neither may be a file
+    the build reads, nor may the sidecar replace a JSON that is not a plan's (a checkpoint's)."""
+    from srtrt import checkpoint
+    from srtrt.outputs import check_output_file
+
+    inputs = [onnx_path] if onnx_path else checkpoint.model_files(model)
+    check_output_file(output, inputs)
+    side = check_output_file(engine_cache.sidecar_path(output), inputs, flag=f"the sidecar of -o {output.name}")
+    if side.is_file() and not _is_plan_sidecar(side):
+        raise SrtrtError(f"holds a file that is not a plan's sidecar; -o {output.name} would replace it: "
+                         "name another file", side)
+
+
+def _is_plan_sidecar(path: Path) -> bool:
+    """Whether a JSON file is a plan's sidecar, of any version (a rebuild may replace an old one)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == engine_cache.FORMAT
 
 
 def _fixed_shape(view, facts: dict, window: int, out, one_window: str | None = None) -> tuple[int, int, int] | None:

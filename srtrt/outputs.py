@@ -1,0 +1,31 @@
+"""Where a command that writes one file may write it: not onto a folder, not over a file the
+command reads (its model, the model's sidecar, its photos). `srtrt run` has its own rules for
+images and videos (engine/batch/files.py); this is for export, build, compare and interpolate.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import SrtrtError
+
+
+def check_output_file(output: str | os.PathLike, inputs=(), flag: str = "-o") -> Path:
+    """`output` as a Path, or one SrtrtError line before any work: a folder, or one of `inputs`."""
+    out = Path(output)
+    if out.is_dir() or str(output).endswith(os.sep):
+        raise SrtrtError(f"is a folder: {flag} names the file to write", out)
+    for source in inputs:
+        if source is not None and same_file(out, source):
+            raise SrtrtError(f"is an input of this command ({source}): {flag} would write over it; "
+                             "name another file", out)
+    return out
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two names reach one file (links and relative names included); a missing file is
+    compared by its resolved name."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
