@@ -221,6 +221,17 @@ def test_cli_export_never_writes_over_its_model_or_onto_a_folder(tmp_path, capsy
     assert {p: p.read_bytes() for p in before} == before
 
 
+def test_an_opset_the_converter_cannot_reach_is_one_line_and_no_file(tmp_path, capsys):
+    from srtrt.cli import main
+
+    out = tmp_path / "old.onnx"
+    code = main(["export", "-o", str(out), "--model", "srresnet", "--opset", "9"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.err.startswith("srtrt: --opset 9: the ONNX converter cannot bring this graph")
+    assert len(captured.err.strip().splitlines()) == 1 and "Traceback" not in captured.out + captured.err
+    assert not out.exists()
+
+
 def test_metadata_refuses_non_onnx(tmp_path):
     from srtrt.engine.toolchain.onnx_io import load_onnx, metadata
     from srtrt.errors import SrtrtError

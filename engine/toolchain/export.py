@@ -60,9 +60,12 @@ def state_dict_sha256(module: torch.nn.Module) -> str:
 def _quiet_exporter():
     """The exporter reports progress on stdout and logs notes about unrelated optional
     packages; `srtrt export` prints its own one line instead. Real warnings still show."""
-    log = logging.getLogger("torch.onnx")
-    level = log.level
-    log.setLevel(logging.ERROR)
+    # onnxscript's version converter logs its fallback, and a failed conversion with a traceback:
+    # the opset written is checked instead (_checked_opset)
+    logs = {logging.getLogger("torch.onnx"): logging.ERROR, logging.getLogger("onnxscript"): logging.CRITICAL}
+    levels = {log: log.level for log in logs}
+    for log, quiet in logs.items():
+        log.setLevel(quiet)
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecations
@@ -72,7 +75,8 @@ def _quiet_exporter():
             warnings.simplefilter("ignore", UserWarning)
             yield
     finally:
-        log.setLevel(level)
+        for log, level in levels.items():
+            log.setLevel(level)
 
 
 def example_shape(view: torch.nn.Module) -> tuple[int, int, int, int]:
@@ -109,7 +113,20 @@ def _to_onnx(view: torch.nn.Module, dtype: torch.dtype, opset: int | None, dynam
                                     output_names=[OUTPUT_NAME], dynamic_shapes=shapes,
                                     opset_version=opset, external_data=False, optimize=True,
                                     verbose=False)
-    return program.model_proto
+    return _checked_opset(program.model_proto, opset)
+
+
+def _checked_opset(model, opset: int | None):
+    """The exporter falls back to its own opset when it cannot convert to the one asked: refuse
+    rather than write a file of another opset."""
+    written = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and written != opset:
+        from onnx.defs import onnx_opset_version
+
+        raise SrtrtError(f"--opset {opset}: the ONNX converter cannot bring this graph to opset {opset} (it stays "
+                         f"at {written}; the newest this onnx knows is {onnx_opset_version()}): choose another, "
+                         "or leave --opset out")
+    return model
 
 
 def _to_onnx_torchscript(model: torch.nn.Module, example: torch.Tensor, opset: int | None, dynamic: bool):
