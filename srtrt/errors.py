@@ -7,5 +7,5 @@ class SrtrtError(Exception):
     exit_code = 2
 
     def __init__(self, message: str, path=None):
-        self.path = path
+        self.path, self.cause = path, message
         super().__init__(f"{path}: {message}" if path is not None else message)

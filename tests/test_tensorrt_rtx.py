@@ -187,6 +187,17 @@ def test_an_output_that_would_replace_an_input_or_a_checkpoints_sidecar_is_refus
     assert not cache.exists() or not list(cache.glob("*.plan"))
 
 
+def test_a_build_the_builder_refuses_names_the_model_not_its_temporary_export(cache, capsys, tiny_checkpoint):
+    from srtrt import cli
+
+    rc = cli.main(["build", "--tensorrt", "rtx", "--model", str(tiny_checkpoint), "--tile", "100000",
+                   "--max-batch", "1"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # TensorRT-RTX's own messages come first
+    assert rc == 2 and last.startswith(f"srtrt: {tiny_checkpoint}: TensorRT-RTX could not build the engine "
+                                       "for windows up to 1000")
+    assert "srtrt-build-" not in last and not list(cache.glob("*.plan"))
+
+
 def test_a_corrupt_onnx_is_refused(cache, capsys, tmp_path):
     bad = tmp_path / "corrupt.onnx"
     bad.write_bytes(b"\x08\x07\x12\x04srtr\xff\xff\xff\xff garbage that is no protobuf")

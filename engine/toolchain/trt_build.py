@@ -489,7 +489,8 @@ def build_serialized(onnx_path, profile: Profile, *, flavour: Flavour = TENSORRT
     with trt_plugin.aot_target(aot_arch, ptx):
         plan = net.builder.build_serialized_network(net.network, config)
     if plan is None:
-        raise SrtrtError(f"{flavour.name} could not build the engine (see its messages above)", onnx_path)
+        raise SrtrtError(f"{flavour.name} could not build the engine for windows up to {profile.max[2]}x"
+                         f"{profile.max[3]}, {profile.max[0]} at a time (see its messages above)", onnx_path)
     if flavour.key == "trt" and timing_cache is not None:
         Path(timing_cache).parent.mkdir(parents=True, exist_ok=True)
         atomic.write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
@@ -606,8 +607,14 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
                              tensorrt=tensorrt, cc=cc, allow_noncommercial=allow_noncommercial, one_window=why)
         timing = (engine_cache.timing_cache_path(where["gpu_name"], where["compute_capabilities"][0], version)
                   if flavour.key == "trt" else None)
-        plan = build_serialized(path, profile, flavour=flavour, targets=targets, opt_level=opt_level,
-                                timing_cache=timing, progress=progress, out=out)
+        try:
+            plan = build_serialized(path, profile, flavour=flavour, targets=targets, opt_level=opt_level,
+                                    timing_cache=timing, progress=progress, out=out)
+        except SrtrtError as e:
+            if onnx_path is not None or e.path != path:
+                raise
+            # the ONNX is this build's temporary export, gone when the line is read: name the model
+            raise SrtrtError(e.cause, model or "the default model") from None
     info = {"scale": facts["scale"], "radius": radius, "channels": facts["channels"], "io": facts["io"],
             "source": facts["source"], "opt_level": opt_level, "build_seconds": round(time.monotonic() - started, 1),
             "srtrt_version": srtrt.__version__}
