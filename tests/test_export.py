@@ -232,6 +232,18 @@ def test_an_opset_the_converter_cannot_reach_is_one_line_and_no_file(tmp_path, c
     assert not out.exists()
 
 
+def test_a_bad_metadata_value_names_the_file_it_came_from(exported, tmp_path):
+    import onnx
+
+    from srtrt.engine.toolchain.onnx_io import metadata
+    from srtrt.errors import SrtrtError
+
+    model = onnx.load(exported("fp32", False))
+    next(p for p in model.metadata_props if p.key == "srtrt.radius").value = "abc"
+    with pytest.raises(SrtrtError, match=f"^{tmp_path / 'm.onnx'}: metadata srtrt.radius is 'abc', not a number"):
+        metadata(model, tmp_path / "m.onnx")
+
+
 def test_metadata_refuses_non_onnx(tmp_path):
     from srtrt.engine.toolchain.onnx_io import load_onnx, metadata
     from srtrt.errors import SrtrtError

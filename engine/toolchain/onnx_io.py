@@ -50,10 +50,11 @@ def load_onnx(path, load_external_data: bool = True):
     return model
 
 
-def metadata(source) -> dict:
+def metadata(source, path=None) -> dict:
     """The srtrt metadata of an exported model (keys without the "srtrt." prefix, typed).
 
-    `source`: a path (loaded with `load_onnx`, external data not read) or a loaded ModelProto.
+    `source`: a path (loaded with `load_onnx`, external data not read) or a loaded ModelProto
+    (read from `path`, which a bad value's line then names).
     Keys: model_sha256, scale, radius, precision, fused, polyphase (files from before it have
     none) and, for fused graphs, aot.
     """
@@ -65,7 +66,7 @@ def metadata(source) -> dict:
             try:
                 meta[key] = META_TYPES.get(key, str)(p.value)
             except ValueError:
-                where = None if model is source else source
+                where = path if model is source else source
                 raise SrtrtError(f"metadata {p.key} is {p.value!r}, not a number", where) from None
     return meta
 

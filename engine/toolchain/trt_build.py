@@ -289,7 +289,7 @@ def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | No
         if not src.is_file():
             raise SrtrtError("ONNX file not found", src)
         m = load_onnx(src)
-        meta = metadata(m)
+        meta = metadata(m, src)
         sha = meta.get("model_sha256") or engine_cache.file_sha256(src)
         got = onnx_precision(m)
         if got != precision:
