@@ -23,7 +23,7 @@ class SRResNetConfig:
 
     def __post_init__(self):
         if self.scale not in (2, 4, 8):
-            raise ValueError(f"scale must be 2, 4 or 8, not {self.scale}")
+            raise ValueError(f"scale must be 2, 4 or 8, not {self.scale!r}")
         if self.blocks < 0 or self.channels < 1:
             raise ValueError("blocks must be >= 0 and channels >= 1")
         if self.head_kernel % 2 == 0 or self.tail_kernel % 2 == 0:

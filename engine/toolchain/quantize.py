@@ -238,6 +238,9 @@ def lr_photos(folder: str | Path, scale: int, limit: int = DEFAULT_IMAGES, chann
             continue
         used += 1
         yield lr[..., :h, :w]
+    if used == 0:
+        raise SrtrtError(f"no photo to calibrate on (PNG, JPEG, WebP, TIFF or BMP of at least "
+                         f"{max(2, minimum) * scale} pixels a side)", folder)
 
 
 def main(args) -> int:
@@ -246,6 +249,8 @@ def main(args) -> int:
     import srtrt
     from srtrt import checkpoint, zoo
 
+    if args.images is not None and args.images < 1:
+        raise SrtrtError(f"--images {args.images}: calibrate on at least one photo")
     view = srtrt.load_model(args.model, getattr(args, "allow_noncommercial", False))
     facts = view.facts
     photos = lr_photos(args.photos, view.scale, args.images or DEFAULT_IMAGES, facts.channels, facts.multiple_of,
