@@ -3,6 +3,7 @@
 The guards exist because an earlier evaluation mapped an LR tensor that was already in [0, 1]
 through a [-1, 1] -> [0, 1] conversion and reported 11 dB for bicubic-quality output.
 """
+import json
 import math
 
 import numpy as np
@@ -158,3 +159,18 @@ def test_grid_ratio_is_near_zero_without_a_pattern_and_large_with_one():
 def test_grid_ratio_refuses_an_image_smaller_than_its_period():
     with pytest.raises(ValueError, match="too small"):
         grid_ratio_y(np.zeros((4, 4, 3), np.uint8), 4)
+
+
+def test_the_hf_ratio_of_a_flat_reference_is_undefined_and_left_out_of_averages(capsys, tmp_path):
+    from srtrt.cli import main
+    from srtrt.train.metrics import hf_ratio_y, mean_of_defined
+
+    flat, textured = np.full((40, 40, 3), 128, np.uint8), np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8)
+    assert np.isnan(hf_ratio_y(textured, flat, 4)) and hf_ratio_y(textured, textured, 4) == 1.0
+    assert mean_of_defined([1.0, float("nan"), 0.5]) == 0.75 and np.isnan(mean_of_defined([float("nan")]))
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    Image.fromarray(flat).save(folder / "grey_card.png")
+    assert main(["eval", str(folder), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)["flat"]
+    assert scores["model"]["hf"] is None and scores["images"][0]["model_hf"] is None  # JSON null, not 5.9e11

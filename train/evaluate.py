@@ -42,7 +42,7 @@ from srtrt.errors import SrtrtError
 
 from .data import IMAGE_SUFFIXES
 from .degrade import bicubic_downscale, bicubic_upscale, modcrop
-from .metrics import grid_ratio_y, hf_ratio_y, psnr_y, ssim_y
+from .metrics import grid_ratio_y, hf_ratio_y, mean_of_defined, psnr_y, ssim_y
 
 SSIM_WINDOW = 11  # the Gaussian window needs at least this many pixels after the border cut
 RANGE_TOLERANCE = 1e-4  # float noise allowed outside [0, 1] before a tensor is refused
@@ -184,8 +184,9 @@ def one_scale(models: dict[str, torch.nn.Module], asked: int | None = None) -> i
 
 
 def _means(rows: list[dict]) -> dict:
-    """Per-key average of score dicts (psnr, ssim, hf, grid)."""
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    """Per-key average of score dicts (psnr, ssim, hf, grid); an undefined score (NaN: HF of a flat
+    image) is left out, and a key undefined on every image stays NaN."""
+    return {k: mean_of_defined([r[k] for r in rows]) for k in rows[0]}
 
 
 def _folder_keys(dirs: list[str]) -> list[str]:

@@ -76,9 +76,19 @@ def hf_ratio_y(sr: np.ndarray, hr: np.ndarray, border: int) -> float:
     """High-frequency energy of SR relative to HR on Y: 1 = as much fine detail as the original.
 
     MSE-trained models blur (well below 1); a GAN should come closer without going past 1,
-    which would mean invented noise.
+    which would mean invented noise. A flat HR has no detail to compare with: NaN (the tables
+    leave it out of averages and JSON writes null).
     """
-    return laplacian_energy(rgb_to_y(sr), border) / max(laplacian_energy(rgb_to_y(hr), border), 1e-12)
+    reference = laplacian_energy(rgb_to_y(hr), border)
+    if reference <= 1e-12:
+        return float("nan")
+    return laplacian_energy(rgb_to_y(sr), border) / reference
+
+
+def mean_of_defined(values) -> float:
+    """The mean of the scores that are defined (not NaN: the HF ratio of a flat image); NaN if none is."""
+    defined = [float(v) for v in values if not np.isnan(v)]
+    return float(np.mean(defined)) if defined else float("nan")
 
 
 def grid_ratio_y(rgb: np.ndarray, period: int, border: int = 0) -> float:
