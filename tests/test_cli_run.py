@@ -119,6 +119,16 @@ def test_missing_input_and_empty_glob(tmp_path, capsys, model):
     assert code == 1 and "loop.png: no such file" in err and "Traceback" not in err
 
 
+def test_a_device_name_torch_does_not_know_is_one_line(tmp_path, capsys, model):
+    (source,) = write_images(tmp_path, 1)
+    for device in ("gpu", "cuda:x", "meta"):
+        code, err = run(capsys, source, "--model", model, "--device", device)
+        assert code == 2 and err.startswith(f"srtrt: --device {device}: ") and len(err.splitlines()) == 1, err
+        with pytest.raises(srtrt.SrtrtError, match=f"--device {device}: "):
+            srtrt.upscale(source, model=str(model), device=device)
+    assert [p.name for p in tmp_path.iterdir()] == [source.name]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_mid_batch_keeps_finished_outputs_and_no_partial_file(tmp_path, signum):
     """Send the signal while the second image's temporary file exists, i.e. inside a write."""

@@ -37,7 +37,12 @@ class Selection:
 
 def _device(device: str | None) -> torch.device:
     if device:
-        d = torch.device(device)
+        try:
+            d = torch.device(device)
+        except RuntimeError:
+            raise SrtrtError(f"--device {device}: not a device name (cpu, cuda or cuda:N)") from None
+        if d.type not in ("cpu", "cuda"):
+            raise SrtrtError(f"--device {device}: srtrt runs on cpu or cuda[:N]")
         if d.type == "cuda" and not torch.cuda.is_available():
             raise SrtrtError(f"--device {device}: no CUDA device is available (torch {torch.__version__})")
         return d
