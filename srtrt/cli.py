@@ -76,12 +76,13 @@ def _add_compare(sub):
 
 
 def _add_train(sub):
-    from srtrt.train.config import TrainConfig  # the defaults live there
+    from srtrt.train.config import DEFAULT_OUT, TrainConfig  # the defaults live there
 
     d = TrainConfig(data="")
     p = sub.add_parser("train", help="train SRResNet (phase srresnet) or SRGAN (phase srgan)")
     p.add_argument("data", help="folder of HR training images")
-    p.add_argument("--out", default=d.out)
+    p.add_argument("--out", default=None, help=f"run folder (default: {DEFAULT_OUT['srresnet']}, or "
+                                               f"{DEFAULT_OUT['srgan']} for --phase srgan); a run there is resumed")
     p.add_argument("--phase", default=d.phase, choices=["srresnet", "srgan"])
     p.add_argument("--init", help="checkpoint to start from (the srgan phase needs the SRResNet one)")
     for name in ("scale", "blocks", "channels", "patch", "batch", "iters", "val_count", "val_crop",
@@ -95,7 +96,8 @@ def _add_train(sub):
     p.add_argument("--vgg-weights", help="VGG19 ImageNet weights (.pth or .safetensors) for the srgan phase")
     p.add_argument("--device", default=d.device)
     p.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "fp16", "off"])
-    p.add_argument("--no-resume", dest="resume", action="store_false")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="start fresh; a run already in --out is moved to a sub-folder of it, earlier-N")
     p.add_argument("-q", "--quiet", action="store_true")
 
 

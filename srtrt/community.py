@@ -126,7 +126,7 @@ def load(path: str | os.PathLike, allow_noncommercial: bool = False) -> Communit
         raise SrtrtError(f"not a community model file (expected {', '.join(SUFFIXES)})", path)
     if not p.is_file():
         raise SrtrtError("model file not found", path)
-    state = _read_state_dict(p)
+    state = read_state_dict(p)
     registry = _registry(allow_noncommercial)
     try:
         state = spandrel.canonicalize_state_dict(state)  # unwraps params_ema, state_dict, "module." prefixes
@@ -223,7 +223,8 @@ def _first_line(e: BaseException) -> str:
     return text.split(". ")[0]
 
 
-def _read_state_dict(path: Path) -> Mapping:
+def read_state_dict(path: Path) -> Mapping:
+    """A weights file's tensors (safetensors, or a pickle through the restricted unpickler: never executed)."""
     if path.suffix.lower() == ".safetensors":
         try:
             return load_file(str(path), device="cpu")

@@ -98,3 +98,37 @@ def test_cli_bad_alpha_is_one_line_and_writes_nothing(pair, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code != 0 and err.count("\n") == 1 and "alpha must be in [0, 1]" in err
     assert not list(tmp_path.glob("never*"))
+
+
+def _interpolate_cli(capsys, photos, psnr, gan, out) -> tuple[int, str]:
+    capsys.readouterr()
+    code = cli.main(["interpolate", str(photos), "--psnr", str(psnr), "--gan", str(gan), "--out", str(out),
+                     "--val-count", "1", "--val-crop", "48"])
+    return code, capsys.readouterr().err
+
+
+def test_cli_bad_folders_inputs_and_outputs_are_one_line(pair, tmp_path, capsys):
+    _, _, folder = pair
+    psnr, gan = folder / "psnr.safetensors", folder / "gan.safetensors"
+    photos, empty = tmp_path / "photos", tmp_path / "empty"
+    write_images(photos, [(64, 64), (72, 56)], seed=5)
+    empty.mkdir()
+    community_file = tmp_path / "compact4.pth"
+    torch.save(SRResNet(TINY).state_dict(), community_file)  # a bare state dict: a community model file
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    gan_bytes = gan.read_bytes()
+    for data, psnr_arg, gan_arg, out, cause in [
+        (tmp_path / "missing", psnr, gan, tmp_path / "m", "missing: not a directory"),
+        (empty, psnr, gan, tmp_path / "m", "empty: no images"),
+        (photos, psnr, gan, a_file / "m", "a_file: is a file, not a folder (--out writes into it)"),
+        (photos, psnr, gan, a_file / "sub" / "m", "cannot create this folder (--out)"),
+        (photos, psnr, community_file, tmp_path / "m", f"{community_file}: not an srtrt checkpoint"),
+        (photos, community_file, gan, tmp_path / "m", "--psnr takes srtrt checkpoints"),
+        (photos, psnr, gan, folder / "gan", "is an input of this command"),
+    ]:
+        code, err = _interpolate_cli(capsys, data, psnr_arg, gan_arg, out)
+        assert code == 2 and err.count("\n") == 1 and cause in err, err
+        assert "compact4.json" not in err
+    assert gan.read_bytes() == gan_bytes  # the GAN checkpoint was not replaced by a blend
+    assert not list(tmp_path.glob("m.*"))

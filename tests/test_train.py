@@ -12,9 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from srtrt import checkpoint
+from srtrt import checkpoint, cli
 from srtrt.errors import SrtrtError
-from srtrt.train.losses import VGGContentLoss, grid_loss, vgg19_features
+from srtrt.nets import SRResNet, SRResNetConfig
+from srtrt.train.losses import VGGContentLoss, content_loss, grid_loss, vgg19_features
 from srtrt.train.trainer import TrainConfig, Validation, selection_score, train
 
 from synthetic import write_images
@@ -302,3 +303,145 @@ def test_srgan_selection_wants_detail_within_the_psnr_floor_and_without_a_grown_
     assert selection_score("srgan", textured, start, 1.0) > selection_score("srgan", blurred, start, 1.0)
     assert selection_score("srgan", Validation(28.9, 0.95, 0.06), start, 1.0) == -float("inf")  # below the floor
     assert selection_score("srgan", Validation(29.5, 0.95, 0.13), start, 1.0) == -float("inf")  # grid > 2x start's
+
+
+def test_each_phase_has_its_own_default_run_folder():
+    args = cli.parser().parse_args(["train", "photos", "--phase", "srgan"])
+    assert args.out is None  # the config picks it by phase
+    assert TrainConfig(data="photos", phase="srgan", out=args.out).out == "runs/srgan_x4"
+    assert TrainConfig(data="photos").out == "runs/srresnet_x4"
+
+
+def _state_text(out) -> str:
+    return (out / "state.json").read_text()
+
+
+def test_a_run_of_another_phase_or_network_is_not_resumed(photos, straight_run, gan_run):
+    straight, init = straight_run
+    gan, _ = gan_run
+    before = _state_text(straight), _state_text(gan)
+    with pytest.raises(SrtrtError) as other_phase:
+        train(_gan_config(photos, straight, init))
+    assert "phase srresnet, not srgan" in str(other_phase.value)
+    assert "--no-resume" in str(other_phase.value) and "another --out" in str(other_phase.value)
+    with pytest.raises(SrtrtError, match="blocks 2, not 1"):
+        train(_config(photos, straight, blocks=1))
+    with pytest.raises(SrtrtError, match="phase srgan, not srresnet"):  # an SRResNet run in a GAN run's folder
+        train(_config(photos, gan))
+    assert (_state_text(straight), _state_text(gan)) == before  # nothing resumed, nothing replaced
+
+
+TINY_CLI = ["--blocks", "1", "--channels", "8", "--patch", "32", "--batch", "2", "--val-count", "1", "--val-crop", "48",
+            "--iters", "1", "--val-every", "1", "--amp", "off", "--device", "cpu", "-q"]
+
+
+def _train_cli(capsys, data, out, *extra) -> tuple[int, str]:
+    capsys.readouterr()
+    code = cli.main(["train", str(data), *TINY_CLI, "--out", str(out), *extra])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, cause", [
+    (["--patch", "30"], "--patch 30 must be a multiple of --scale 4"),
+    (["--log-every", "0"], "--log-every must be >= 1"),
+    (["--val-every", "0"], "--val-every must be >= 1"),
+    (["--batch", "0"], "--batch must be >= 1"),
+    (["--lr", "-1"], "--lr must be >= 0"),
+    (["--iters", "0"], "--iters must be >= 1"),
+    (["--iters", "-3"], "--iters must be >= 1"),
+    (["--scale", "3", "--patch", "48"], "scale must be 2, 4 or 8"),
+    (["--channels", "0"], "channels >= 1"),
+    (["--val-crop", "2"], "--val-crop must be at least 16"),
+    (["--device", "cuda"], "no CUDA device"),
+])
+def test_a_bad_option_is_one_line_before_any_work(photos, tmp_path, capsys, monkeypatch, extra, cause):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, err = _train_cli(capsys, photos, tmp_path / "run", *extra)
+    assert code == 2 and err.count("\n") == 1 and cause in err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() and not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_bad_data_and_out_folders_are_one_line(photos, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    few = tmp_path / "few"
+    write_images(few, [(64, 64)] * 3, seed=5)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    for data, extra, cause in [
+        (tmp_path / "missing", [], "missing: not a directory"),
+        (empty, [], "empty: no images"),
+        (few, ["--val-count", "4"], "all 3 photos are held out for validation (--val-count 4)"),
+        (photos, ["--out", str(a_file)], "a_file: is a file, not a folder"),
+        (photos, ["--out", str(a_file / "run")], "cannot create this folder (--out)"),
+    ]:
+        code, err = _train_cli(capsys, data, tmp_path / "run", *extra)
+        assert code == 2 and err.count("\n") == 1 and cause in err, (data, err)
+
+
+def test_unreadable_files_in_the_photo_folder_are_skipped_with_a_line(photos, tmp_path, capsys):
+    mixed = tmp_path / "mixed"
+    write_images(mixed, [(64, 64)] * 4, seed=6)
+    (mixed / "bad.png").write_text("not an image")
+    (mixed / "extra.png").mkdir()  # a folder with an image's name is not a photo
+    code, err = _train_cli(capsys, mixed, tmp_path / "run")
+    assert code == 0 and err.count("\n") == 1 and "bad.png" in err and "(skipped)" in err
+    assert checkpoint.load(tmp_path / "run" / "model").meta["training"]["iterations"] == 1
+
+
+def test_no_resume_keeps_the_earlier_run_aside_and_starts_a_clean_record(photos, tmp_path, capsys):
+    out = tmp_path / "run"
+    tiny = dict(blocks=1, channels=8, iters=2, val_every=2, batch=2)
+    train(_config(photos, out, **tiny))
+    earlier_rows, earlier_model = _metrics(out), (out / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    train(_config(photos, out, **{**tiny, "iters": 1, "val_every": 1}, resume=False))
+    assert f"kept in {out / 'earlier-1'}" in capsys.readouterr().out
+    assert [r["step"] for r in _metrics(out)] == [1, 1]  # the new run's rows alone
+    assert _metrics(out / "earlier-1") == earlier_rows
+    assert (out / "earlier-1" / "model.safetensors").read_bytes() == earlier_model
+    assert checkpoint.load(out / "model").meta["training"]["iterations"] == 1
+
+
+def test_a_community_model_file_given_to_init_is_named_as_one(photos, tmp_path):
+    community_file = tmp_path / "compact4.pth"
+    torch.save(SRResNet(SRResNetConfig(blocks=1, channels=8)).state_dict(), community_file)
+    with pytest.raises(SrtrtError) as info:
+        train(_config(photos, tmp_path / "run", init=str(community_file)))
+    message = str(info.value)
+    assert message.startswith(f"{community_file}: not an srtrt checkpoint") and "community model" in message
+    assert "--init takes srtrt checkpoints" in message and "compact4.json" not in message
+
+
+def _vgg_state(keep=lambda layer: True) -> dict:
+    return {f"features.{k}": v for k, v in vgg19_features().state_dict().items() if keep(int(k.split(".")[0]))}
+
+
+class _RunsAShellCommand:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_bad_vgg_weight_files_are_one_line_naming_the_file(tmp_path, random_vgg_file):
+    no_features, partial, truncated, hostile = (tmp_path / name for name in
+                                                ("classifier.pth", "partial.pth", "cut.safetensors", "hostile.pth"))
+    torch.save({"classifier.0.weight": torch.zeros(2)}, no_features)
+    torch.save(_vgg_state(lambda layer: layer < 9), partial)  # enough for vgg22, not for vgg54
+    truncated.write_bytes(random_vgg_file.read_bytes()[:1000])
+    marker = tmp_path / "executed"
+    torch.save({"features.0.weight": _RunsAShellCommand(marker)}, hostile)
+    for path, name, cause in [(no_features, "vgg54", "holds no VGG19 weights"),
+                              (partial, "vgg54", "lack features.10.weight"),
+                              (truncated, "vgg54", "corrupt or truncated"),
+                              (hostile, "vgg22", "refused: the file's pickle names posix.system")]:
+        with pytest.raises(SrtrtError) as info:
+            content_loss(name, path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: ") and cause in message and "\n" not in message, message
+        assert "weights_only" not in message
+    assert not marker.exists()  # the pickle was read, never run
+    assert content_loss("vgg22", partial).features[0].weight.shape == (64, 3, 3, 3)

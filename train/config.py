@@ -3,11 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from srtrt.errors import SrtrtError
+
+DEFAULT_OUT = {"srresnet": "runs/srresnet_x4", "srgan": "runs/srgan_x4"}  # each phase its own run folder
 
 @dataclass
 class TrainConfig:
     data: str
-    out: str = "runs/srresnet_x4"
+    out: str | None = None           # None: DEFAULT_OUT[phase]
     phase: str = "srresnet"          # srresnet | srgan
     architecture: str = "srresnet"   # a name in srtrt/registry.py
     init: str | None = None          # weights to start from (required by srgan: the SRResNet)
@@ -36,3 +39,33 @@ class TrainConfig:
     amp: str = "auto"                # auto | bf16 | fp16 | off
     resume: bool = True
     progress: bool = True
+
+    def __post_init__(self):
+        if self.out is None:
+            self.out = DEFAULT_OUT.get(self.phase, DEFAULT_OUT["srresnet"])
+
+    def check(self) -> None:
+        """Refuse, in one line, a value no run can use, before any work starts."""
+        limits = [
+            (self.phase in DEFAULT_OUT, f"--phase must be srresnet or srgan, not {self.phase!r}"),
+            (self.iters >= 1, f"--iters must be >= 1, not {self.iters}"),
+            (self.batch >= 1, f"--batch must be >= 1, not {self.batch}"),
+            (self.lr >= 0, f"--lr must be >= 0, not {self.lr}"),
+            (self.log_every >= 1, f"--log-every must be >= 1, not {self.log_every}"),
+            (self.val_every >= 1, f"--val-every must be >= 1, not {self.val_every}"),
+            (self.val_count >= 0, f"--val-count must be >= 0, not {self.val_count}"),
+            (self.workers >= 0, f"--workers must be >= 0, not {self.workers}"),
+            (self.minutes >= 0, f"--minutes must be >= 0, not {self.minutes}"),
+            (self.scale >= 1 and self.patch % self.scale == 0,
+             f"--patch {self.patch} must be a multiple of --scale {self.scale}"),
+            # One LR pixel per patch side leaves nothing to crop or rotate.
+            (self.patch >= 2 * self.scale, f"--patch must be at least {2 * self.scale} (2 x --scale), not {self.patch}"),
+            # PSNR leaves out `scale` pixels on each side and the grid metric needs a few periods.
+            (self.val_crop >= 4 * self.scale,
+             f"--val-crop must be at least {4 * self.scale} (4 x --scale), not {self.val_crop}"),
+        ]
+        limits += [(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}")
+                   for name in ("adv_weight", "pixel_weight", "grid_weight", "gan_psnr_drop")]
+        for ok, message in limits:
+            if not ok:
+                raise SrtrtError(message)

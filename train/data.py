@@ -7,6 +7,7 @@ the number of worker processes, and a resumed run draws the same patches it woul
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 
 from srtrt.engine.datapath.imageio import read_eight_bit_rgb
+from srtrt.errors import SrtrtError
 
 from .degrade import bicubic_downscale, modcrop
 
@@ -24,11 +26,31 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a directory")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def photo_paths(folder: str | Path) -> list[Path]:
+    """list_images for a command: a missing folder, or one without images, is one SrtrtError line."""
+    if not Path(folder).is_dir():
+        raise SrtrtError("not a directory (a folder of training photos is expected)", folder)
+    paths = list_images(folder)
+    if not paths:
+        raise SrtrtError(f"no images here (looked for {', '.join(sorted(IMAGE_SUFFIXES))})", folder)
+    return paths
 
 
 def load_rgb(path: Path) -> Image.Image:
     return read_eight_bit_rgb(path)
+
+
+def readable_rgb(path: Path) -> Image.Image | None:
+    """The photo as load_rgb reads it, or None after naming it on one line: an unreadable file in a
+    folder of photos is skipped, as `srtrt calibrate` skips one."""
+    try:
+        return load_rgb(path)
+    except SrtrtError as e:
+        print(f"srtrt: {e} (skipped)", file=sys.stderr)
+        return None
 
 
 def split_holdout(paths: list[Path], count: int) -> tuple[list[Path], list[Path]]:
@@ -48,12 +70,19 @@ class PatchDataset(torch.utils.data.Dataset):
             raise ValueError(f"patch {patch} must be a multiple of scale {scale}")
         self.scale, self.patch, self.seed, self.length = scale, patch, seed, length
         self.hr, self.lr = [], []
+        readable = 0
         for p in paths:
-            hr = modcrop(load_rgb(p), scale)
+            photo = readable_rgb(p)
+            if photo is None:
+                continue
+            readable += 1
+            hr = modcrop(photo, scale)
             if min(hr.size) < patch:
                 continue
             self.hr.append(np.asarray(hr))
             self.lr.append(np.asarray(bicubic_downscale(hr, scale)))
+        if not readable:
+            raise ValueError(f"none of the {len(paths)} training photos could be read")
         if not self.hr:
             raise ValueError(f"no training image is at least {patch}x{patch}")
 

@@ -17,10 +17,11 @@ import torch
 
 from srtrt import checkpoint
 from srtrt.errors import SrtrtError
+from srtrt.outputs import check_output_file
 
 from .config import TrainConfig
-from .data import list_images, split_holdout
-from .trainer import GRID_GROWTH_MAX, Validation, selection_score, validate, validation_pairs
+from .data import photo_paths, split_holdout
+from .trainer import GRID_GROWTH_MAX, Validation, load_srtrt_checkpoint, make_folder, selection_score, validate, validation_pairs
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -61,17 +62,28 @@ def choose(rows: list[dict], psnr_drop: float) -> dict:
     return max(rows, key=lambda r: (selection_score("srgan", _validation(r), start, psnr_drop), r["val_psnr_y"]))
 
 
+def refuse_output_over_inputs(out: str, inputs: list[str | None]) -> None:
+    """The blend's weights and sidecar may not replace a checkpoint it is made from."""
+    sources = [path for model in inputs for path in checkpoint.model_files(model)]
+    for written in checkpoint.model_files(out)[1:]:  # the weights and the sidecar `out` names
+        check_output_file(written, sources, flag="--out")
+
+
 def interpolate(data: str, psnr_model: str, gan_model: str, out: str, psnr_drop: float,
                 alpha: float | None = None, val_count: int | None = None, val_crop: int | None = None) -> tuple[Path, dict]:
     """Write the chosen (or given) blend to `out` as an srtrt checkpoint; returns its path and the choice."""
     d = TrainConfig(data=data)
     val_count = d.val_count if val_count is None else val_count
     val_crop = d.val_crop if val_crop is None else val_crop
-    psnr, gan = checkpoint.load(psnr_model), checkpoint.load(gan_model)
-    _, val_paths = split_holdout(list_images(data), val_count)
+    refuse_output_over_inputs(out, [psnr_model, gan_model])
+    make_folder(Path(out).parent, "--out")
+    psnr, gan = load_srtrt_checkpoint(psnr_model, "--psnr"), load_srtrt_checkpoint(gan_model, "--gan")
+    _, val_paths = split_holdout(photo_paths(data), val_count)
     if not val_paths:
         raise SrtrtError("no held-out photos to choose alpha on (use --val-count >= 1)", data)
     pairs = validation_pairs(val_paths, psnr.config.scale, val_crop)
+    if not pairs:
+        raise SrtrtError("none of the held-out photos could be read, so there is nothing to choose alpha on", data)
     alphas = DEFAULT_ALPHAS if alpha is None else (0.0, alpha)
     rows = sweep(psnr, gan, pairs, alphas)
     chosen = choose(rows, psnr_drop) if alpha is None else rows[-1]

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from srtrt.community import read_state_dict
 from srtrt.errors import SrtrtError
 
 # torchvision's vgg19 "E" config; "M" = max-pool. features[:9] ends at relu2_2, [:36] at relu5_4.
@@ -41,8 +42,9 @@ def torchvision_cache_path() -> Path:
     return Path(home) / "hub" / "checkpoints" / VGG19_FILE
 
 
-def load_vgg19_weights(path: str | os.PathLike | None) -> dict[str, torch.Tensor]:
-    """VGG19 `features.*` tensors from `path` or torchvision's cache; a clear error if neither exists."""
+def load_vgg19_weights(path: str | os.PathLike | None, layers: int = VGG_LAYERS["vgg54"]) -> dict[str, torch.Tensor]:
+    """The `features.*` tensors VGG19's first `layers` layers need, from `path` or torchvision's
+    cache; one line if neither exists or the file is not such weights."""
     candidate = Path(path) if path else torchvision_cache_path()
     if not candidate.is_file():
         raise SrtrtError(
@@ -50,12 +52,27 @@ def load_vgg19_weights(path: str | os.PathLike | None) -> dict[str, torch.Tensor
             f"{VGG19_FILE} there (python -c 'import torchvision; torchvision.models.vgg19(weights=\"DEFAULT\")' "
             "on a networked machine) or pass --vgg-weights PATH (.pth or .safetensors), "
             "or train SRGAN-MSE with --content-loss mse, which needs no VGG", candidate)
-    if candidate.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(candidate))
-    else:
-        state = torch.load(candidate, map_location="cpu", weights_only=True)  # restricted unpickler, tensors only
-    return {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    # As community model files are read: tensors only, a pickle naming any other global refused.
+    state = read_state_dict(candidate)
+    return vgg_features(state, layers, candidate)
+
+
+def vgg_features(state, layers: int, path: Path) -> dict[str, torch.Tensor]:
+    """`state`'s `features.*` tensors for the first `layers` layers, checked against VGG19's shapes."""
+    features = {k[len("features."):]: v for k, v in state.items() if str(k).startswith("features.")}
+    if not features:
+        raise SrtrtError("holds no VGG19 weights (no features.* tensors; torchvision's vgg19 state dict is expected)",
+                         path)
+    wanted = vgg19_features()[:layers].state_dict()
+    missing = [f"features.{k}" for k in wanted if k not in features]
+    if missing:
+        more = " ..." if len(missing) > 3 else ""
+        raise SrtrtError(f"VGG19 weights lack {', '.join(missing[:3])}{more}, which this content loss needs", path)
+    for k, v in wanted.items():
+        if not torch.is_tensor(features[k]) or features[k].shape != v.shape:
+            got = tuple(features[k].shape) if torch.is_tensor(features[k]) else type(features[k]).__name__
+            raise SrtrtError(f"features.{k} is {got}, not VGG19's {tuple(v.shape)}", path)
+    return {k: features[k] for k in wanted}
 
 
 class VGGContentLoss(nn.Module):
@@ -101,7 +118,7 @@ def content_loss(name: str, vgg_weights: str | os.PathLike | None) -> nn.Module:
         return PixelContentLoss()
     if name not in VGG_LAYERS:
         raise SrtrtError(f"unknown content loss {name!r} (one of {', '.join(CONTENT_LOSSES)})")
-    return VGGContentLoss(load_vgg19_weights(vgg_weights), layers=VGG_LAYERS[name])
+    return VGGContentLoss(load_vgg19_weights(vgg_weights, VGG_LAYERS[name]), layers=VGG_LAYERS[name])
 
 
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])

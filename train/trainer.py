@@ -28,23 +28,31 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from srtrt import checkpoint, registry
+from srtrt import checkpoint, community, registry
 from srtrt.errors import SrtrtError
 from srtrt.hardware import cpu_has_fast_bf16
 from srtrt.nets import Discriminator
 
 from .config import TrainConfig
-from .data import OffsetSampler, PatchDataset, list_images, load_rgb, split_holdout
+from .data import OffsetSampler, PatchDataset, photo_paths, readable_rgb, split_holdout
 from .degrade import bicubic_downscale, modcrop
 from .losses import adversarial_loss, content_loss, grid_loss
-from .metrics import grid_ratio_y, hf_ratio_y, psnr_y
+from .metrics import grid_ratio_y, hf_ratio_y, mean_of_defined, psnr_y
 from .state import load_state, save_state
 
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SrtrtError(f"--device {name}: not a device (auto, cpu or cuda[:i])") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SrtrtError(f"--device {name}: no CUDA device is available (torch {torch.__version__})")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise SrtrtError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
+    return device
 
 
 def pick_amp(name: str, device: torch.device) -> torch.dtype | None:
@@ -69,7 +77,9 @@ def validation_pairs(paths, scale: int, crop: int) -> list[tuple[torch.Tensor, n
     """Centre crops of held-out photos: (LR tensor 1x3xhxw in [0,1], HR uint8 HxWx3)."""
     pairs = []
     for p in paths:
-        img = load_rgb(p)
+        img = readable_rgb(p)
+        if img is None:
+            continue
         w, h = img.size
         c = min(crop, w, h) // scale * scale
         hr = img.crop(((w - c) // 2, (h - c) // 2, (w - c) // 2 + c, (h - c) // 2 + c))
@@ -95,7 +105,7 @@ def validate(generator: torch.nn.Module, pairs, device) -> Validation:
         sr = view(lr.to(device))[0].permute(1, 2, 0).mul(255).round().byte().cpu().numpy()
         rows.append((psnr_y(sr, hr, scale), hf_ratio_y(sr, hr, scale), grid_ratio_y(sr, scale, scale)))
     generator.train()
-    return Validation(*(float(np.mean(col)) for col in zip(*rows))) if rows else Validation(*[float("nan")] * 3)
+    return Validation(*(mean_of_defined(col) for col in zip(*rows))) if rows else Validation(*[float("nan")] * 3)
 
 
 GRID_GROWTH_MAX = 2.0  # srgan: a checkpoint may carry at most this many times its start's grid strength
@@ -135,6 +145,88 @@ def plot_curve(metrics_path: Path, png: Path) -> None:
     plt.close(fig)
 
 
+def load_srtrt_checkpoint(path: str | None, flag: str) -> checkpoint.Checkpoint:
+    """checkpoint.load, but a community model file is named as what it is: checkpoint.load would
+    look for its NAME.json and name that, a file the user never gave."""
+    if path is not None and Path(path).is_file() and community.is_community_file(path):
+        raise SrtrtError(f"not an srtrt checkpoint but a community model file (no srtrt NAME.json beside it); "
+                         f"{flag} takes srtrt checkpoints (NAME.safetensors + NAME.json)", path)
+    return checkpoint.load(path)
+
+
+def network_config(cfg: TrainConfig):
+    """The generator's config for these options, or one line saying which one no network takes."""
+    try:
+        return registry.get(cfg.architecture).make_config(
+            {"scale": cfg.scale, "blocks": cfg.blocks, "channels": cfg.channels})
+    except (KeyError, TypeError, ValueError) as e:
+        raise SrtrtError(f"--scale/--blocks/--channels: {e.args[0] if e.args else e}") from None
+
+
+def make_folder(folder: Path, flag: str) -> Path:
+    """Create `folder` now, so an --out that cannot be one fails before any work."""
+    if folder.exists() and not folder.is_dir():
+        raise SrtrtError(f"is a file, not a folder ({flag} writes into it)", folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SrtrtError(f"cannot create this folder ({flag}): {e.strerror or e}", folder) from None
+    return folder
+
+
+def training_split(cfg: TrainConfig) -> tuple[list[Path], list[Path]]:
+    """(training photos, held-out photos) of cfg.data; one line when no photo is left to train on."""
+    paths = photo_paths(cfg.data)
+    train_paths, val_paths = split_holdout(paths, cfg.val_count)
+    if not train_paths:
+        raise SrtrtError(f"all {len(paths)} photos are held out for validation (--val-count {cfg.val_count}): "
+                         "lower --val-count or add photos", cfg.data)
+    return train_paths, val_paths
+
+
+# A run's saved state holds the weights of a network of these options (and, for srgan, a discriminator).
+NETWORK_OPTIONS = ("phase", "architecture", "scale", "blocks", "channels")
+RUN_FILES = ("state.safetensors", "state.json", "model.safetensors", "model.json", "last.safetensors", "last.json",
+             "metrics.jsonl", "curve.png")
+
+
+def saved_run_config(state_path: Path) -> dict | None:
+    """The options the run in a folder was saved with, or None when the folder holds no saved state."""
+    sidecar = state_path.with_suffix(".json")
+    if not sidecar.exists():
+        return None
+    try:
+        return json.loads(sidecar.read_text()).get("config", {})
+    except (OSError, ValueError, AttributeError) as e:
+        raise SrtrtError(f"unreadable training state ({e}); --no-resume starts fresh", sidecar) from None
+
+
+def refuse_another_network(out: Path, saved: dict, cfg: TrainConfig) -> None:
+    """Resuming loads the saved weights into this run's networks: they must be the same networks."""
+    differs = [f"{k} {saved[k]}, not {getattr(cfg, k)}" for k in NETWORK_OPTIONS
+               if k in saved and saved[k] != getattr(cfg, k)]
+    if differs:
+        raise SrtrtError(f"holds a run with {'; '.join(differs)}, so it cannot be resumed as this run: "
+                         "--no-resume starts fresh there (the earlier run is kept in a sub-folder), "
+                         "or choose another --out", out)
+
+
+def set_aside_earlier_run(out: Path) -> Path | None:
+    """--no-resume in a folder that holds a run: its files move to out/earlier-N/, so the new run's
+    record starts clean and nothing written is lost."""
+    present = [out / name for name in RUN_FILES if (out / name).exists()]
+    if not present:
+        return None
+    n = 1
+    while (out / f"earlier-{n}").exists():
+        n += 1
+    aside = out / f"earlier-{n}"
+    aside.mkdir()
+    for path in present:
+        path.rename(aside / path.name)
+    return aside
+
+
 def _drop_rows_after(metrics_path: Path, step: int) -> None:
     if metrics_path.exists():
         rows = [line for line in metrics_path.read_text().splitlines() if line.strip()]
@@ -142,21 +234,29 @@ def _drop_rows_after(metrics_path: Path, step: int) -> None:
 
 
 def train(cfg: TrainConfig) -> Path:
+    # Every option, the device and the run folder are checked before any photo is read.
+    cfg.check()
+    gcfg = network_config(cfg)
     deadline = time.time() + cfg.minutes * 60 if cfg.minutes > 0 else math.inf
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     amp = pick_amp(cfg.amp, device)
+    out = make_folder(Path(cfg.out), "--out")
+    state_path, metrics_path = out / "state", out / "metrics.jsonl"
+    saved = saved_run_config(state_path) if cfg.resume else None
+    if saved is not None:
+        refuse_another_network(out, saved, cfg)
     torch.manual_seed(cfg.seed)
 
     # Data: held-out validation photos come from the training folder, never from test sets.
-    train_paths, val_paths = split_holdout(list_images(cfg.data), cfg.val_count)
-    dataset = PatchDataset(train_paths, cfg.scale, cfg.patch, cfg.seed)
+    train_paths, val_paths = training_split(cfg)
+    try:
+        dataset = PatchDataset(train_paths, cfg.scale, cfg.patch, cfg.seed)
+    except ValueError as e:  # no photo to cut patches from
+        raise SrtrtError(str(e), cfg.data) from None
     val_pairs = validation_pairs(val_paths, cfg.scale, cfg.val_crop)
 
     # Models and optimisers.
     arch = registry.get(cfg.architecture)
-    gcfg = arch.make_config({"scale": cfg.scale, "blocks": cfg.blocks, "channels": cfg.channels})
     generator = arch.build(gcfg).to(device, memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     modules, optimizers = {"g": generator}, {"g": opt_g}
@@ -166,17 +266,13 @@ def train(cfg: TrainConfig) -> Path:
         discriminator = Discriminator().to(device, memory_format=torch.channels_last)
         opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
         modules["d"], optimizers["d"] = discriminator, opt_d
-    elif cfg.phase != "srresnet":
-        raise SrtrtError(f"unknown phase {cfg.phase!r} (srresnet or srgan)")
 
-    state_path, metrics_path = out / "state", out / "metrics.jsonl"
-    parent = checkpoint.load(cfg.init) if cfg.init else None
+    parent = load_srtrt_checkpoint(cfg.init, "--init") if cfg.init else None
     step, best, start = 0, -float("inf"), Validation(*[float("nan")] * 3)
-    if cfg.resume and state_path.with_suffix(".json").exists():
+    if saved is not None:
         doc = load_state(state_path, modules, optimizers)
         step, best = doc["step"], doc.get("best_score", doc.get("best_val_psnr", best))
         start = Validation(doc.get("start_val_psnr", start.psnr), float("nan"), doc.get("start_val_grid", start.grid))
-        _drop_rows_after(metrics_path, step)  # a crash after the last save logged steps that will run again
         print(f"resumed {out} at step {step}")
     elif parent:  # start from trained weights (optimiser state starts fresh)
         if parent.config != gcfg:
@@ -184,6 +280,9 @@ def train(cfg: TrainConfig) -> Path:
         generator.load_state_dict(parent.state_dict)
     elif gan:
         raise SrtrtError("the srgan phase starts from an SRResNet checkpoint: pass --init PATH")
+    if not cfg.resume and (aside := set_aside_earlier_run(out)):
+        print(f"--no-resume: the earlier run in {out} is kept in {aside}")
+    _drop_rows_after(metrics_path, step)  # a crash after the last save logged steps that will run again
     if gan and step == 0:  # the PSNR floor and grid cap for checkpoint selection are relative to the start
         start = validate(generator, val_pairs, device)
 
