@@ -105,8 +105,8 @@ def from_pil(img: Image.Image, path=None) -> DecodedImage:
     """The same normalisation as `read_image`, for an image already in memory."""
     filename = getattr(img, "filename", None) or None
     path = path if path is not None else filename
-    if filename and img.tile and _sixteen_bit_colour_rawmode(img) is not None:
-        return read_image(filename, max_pixels=None)  # not loaded yet: keep all 16 bits
+    if filename and img.tile and (_sixteen_bit_colour_rawmode(img) is not None or _turned_tiff(img)):
+        return read_image(filename, max_pixels=None)  # not loaded yet: keep all 16 bits, or the right pixels
     try:
         img.load()
         return _normalise(img, path, img.format or "memory")
@@ -141,9 +141,13 @@ def _pillow_size_check_lifted():
                 Image.MAX_IMAGE_PIXELS = _saved_limit
 
 
-def open_lazily(path) -> Image.Image:
-    with _pillow_size_check_lifted():
-        return Image.open(path, formats=INPUT_FORMATS)
+@contextlib.contextmanager
+def open_lazily(path):
+    """The image's header, opened by Pillow from a file object: given a path, Pillow memory-maps
+    raw single-strip pixels at the image's displayed size, which Pillow 13 swaps for a TIFF whose
+    orientation turns it (5-8), scrambling grey and RGBA pixels."""
+    with open(path, "rb") as file, _pillow_size_check_lifted(), Image.open(file, formats=INPUT_FORMATS) as img:
+        yield img
 
 
 def check_size(size: tuple[int, int], max_pixels: int | None, path) -> None:
@@ -300,9 +304,30 @@ def _orientation_and_exif(img: Image.Image) -> tuple[int, bytes | None]:
         orientation = 1  # unreadable EXIF must not make the image unreadable
     if orientation not in range(1, 9):
         orientation = 1
-    raw = img.info.get("exif")
+    raw = img.info.get("exif") if img.format != "TIFF" else _tiff_exif(img)
     exif = _exif_with_orientation_reset(raw) if isinstance(raw, bytes) and raw else None
     return orientation, exif
+
+
+# The first directory of a TIFF holds the file's layout (strips, sizes, compression) beside
+# what describes the photo: only the latter, with the EXIF and GPS directories, is EXIF to carry.
+_TIFF_PHOTO_TAGS = (0x010E, 0x010F, 0x0110, 0x0112, 0x0131, 0x0132, 0x013B, 0x8298)  # description .. copyright
+_EXIF_DIRECTORIES = (0x8769, 0x8825)  # EXIF, GPS
+
+
+def _tiff_exif(img: Image.Image) -> bytes | None:
+    """A TIFF's EXIF as the b"Exif\\0\\0" block other formats carry (Pillow gives TIFFs none)."""
+    try:
+        source, exif = img.getexif(), Image.Exif()
+        for tag in _TIFF_PHOTO_TAGS:
+            if tag in source:
+                exif[tag] = source[tag]
+        for directory in _EXIF_DIRECTORIES:
+            if entries := dict(source.get_ifd(directory)):
+                exif.get_ifd(directory).update(entries)
+        return exif.tobytes() if len(exif) or any(exif.get_ifd(d) for d in _EXIF_DIRECTORIES) else None
+    except Exception:
+        return None  # unreadable EXIF must not make the image unreadable
 
 
 def _exif_with_orientation_reset(raw: bytes) -> bytes | None:
@@ -419,7 +444,7 @@ def _read_sixteen_bit_colour(first: Image.Image, path, source_format: str) -> De
         samples = samples[:, :, None]
     # TIFF RGBX: the extra sample is not alpha; PNG RGB with a tRNS key: libpng made it alpha
     has_alpha = layout in ("LA", "RGBA") or (source_format == "PNG" and samples.shape[2] > colour_channels)
-    if (samples.shape[:2] != (first.height, first.width) or samples.dtype != np.uint16
+    if (samples.shape[:2] not in _stored_shapes(first) or samples.dtype != np.uint16
             or samples.shape[2] < colour_channels + has_alpha):
         raise SrtrtError(f"corrupt or unreadable image (decoded {samples.dtype} samples of shape "
                          f"{samples.shape} for a {first.width}x{first.height} {layout} image)", path)
@@ -429,6 +454,19 @@ def _read_sixteen_bit_colour(first: Image.Image, path, source_format: str) -> De
     icc = first.info.get("icc_profile") or None
     return DecodedImage(_apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation),
                         16, icc, exif, source_format, path)
+
+
+def _turned_tiff(img: Image.Image) -> bool:
+    """A one-image TIFF whose orientation swaps its sides: the pixels Pillow 13 maps from a path are
+    scrambled (open_lazily)."""
+    return (img.format == "TIFF" and getattr(img, "n_frames", 1) == 1
+            and img.tag_v2.get(ORIENTATION_TAG) in (5, 6, 7, 8))
+
+
+def _stored_shapes(first: Image.Image) -> tuple[tuple[int, int], ...]:
+    """(rows, columns) the file's pixels may be stored at: Pillow 13 reports a TIFF turned by its
+    orientation (5-8) at its displayed size, older Pillow at its stored one."""
+    return (first.height, first.width), (first.width, first.height)
 
 
 def _tiff_samples(path) -> np.ndarray:

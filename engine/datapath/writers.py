@@ -77,6 +77,9 @@ def open_writer(path, width: int, height: int, channels: int, bit_depth: int,
     if image_format == "PNG":
         encoder = PngEncoder(width, height, channels, bit_depth, icc_profile, exif, png_level, threads)
     elif image_format == "TIFF":
+        if exif:
+            warnings.warn(f"{path}: TIFF output keeps the ICC profile but not the EXIF; write .png, .jpg "
+                          "or .webp to keep it", OutputNote, stacklevel=2)
         encoder = TiffEncoder(width, height, channels, bit_depth, icc_profile, threads=threads)
     else:
         encoder = PillowEncoder(image_format, width, height, channels, bit_depth, icc_profile,
