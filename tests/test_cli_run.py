@@ -70,6 +70,11 @@ def test_output_file_or_directory(tmp_path, capsys, model):
     (tmp_path / "there").mkdir()
     assert run(capsys, source, "-o", tmp_path / "there", "--model", model)[0] == 0
     assert [p.name for p in (tmp_path / "there").iterdir()] == ["img0_x4.png"]
+    # a folder given is a folder of outputs, however many images it holds (one made -o a file name)
+    assert run(capsys, tmp_path / "in", "-o", tmp_path / "from_folder", "--model", model)[0] == 0
+    assert [p.name for p in (tmp_path / "from_folder").iterdir()] == ["img0_x4.png"]
+    assert run(capsys, str(tmp_path / "in" / "*.png"), "-o", tmp_path / "from_glob.png", "--model", model)[0] == 0
+    assert [p.name for p in (tmp_path / "from_glob.png").iterdir()] == ["img0_x4.png"]
     # several inputs need a folder, not an existing file
     write_images(tmp_path / "in", 2)
     code, err = run(capsys, tmp_path / "in", "-o", tmp_path / "one.tif", "--model", model)

@@ -30,6 +30,7 @@ from srtrt.engine.batch.files import (
     expand_inputs,
     make_output_folder,
     plan_jobs,
+    several_outputs,
     shape_class,
 )
 from srtrt.engine.batch.options import RunOptions, open_backend
@@ -56,7 +57,8 @@ def main(args) -> int:
     if not inputs:
         raise SrtrtError(f"no input images match {' '.join(args.inputs)}")
     options = RunOptions.from_args(args).replace(shape_class=shape_class(inputs))
-    make_output_folder(args.output, len(inputs) > 1)
+    many = several_outputs(args.inputs, inputs)
+    make_output_folder(args.output, many)
 
     selection = open_backend(options)
     backend = selection.backend
@@ -64,7 +66,7 @@ def main(args) -> int:
         print(f"srtrt: backend {selection.reason}", file=sys.stderr)
         print(f"srtrt: {selection.facts.tiling_note(options.margin)}", file=sys.stderr)
     runner = FileRunner(backend, options, log=lambda m: print(m, file=sys.stderr))
-    jobs = plan_jobs(inputs, args.output, backend.scale, options)
+    jobs = plan_jobs(inputs, args.output, backend.scale, options, many)
 
     report = BatchReport()
     bar, bar_on = _progress(args.quiet)

@@ -102,7 +102,7 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
         if p.is_dir():
             found += sorted(f for f in p.iterdir()
                             if f.is_file() and f.suffix.lower() in INPUT_SUFFIXES | VIDEO_SUFFIXES)
-        elif any(c in pattern for c in "*?[") and not p.exists():
+        elif _is_glob(pattern):
             found += sorted(Path(m) for m in glob.glob(pattern) if Path(m).is_file())
         else:
             found.append(p)
@@ -113,6 +113,16 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
             seen.add(key)
             unique.append(f)
     return unique
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[") and not Path(pattern).exists()
+
+
+def several_outputs(patterns: list[str], inputs: list[Path]) -> bool:
+    """Whether `-o` names a folder: several inputs, or a folder or glob given, however many files
+    it holds today (a folder of one image must not turn `-o` into a file name)."""
+    return len(inputs) > 1 or any(Path(p).is_dir() or _is_glob(p) for p in patterns)
 
 
 SHAPE_SAMPLE = 64  # inputs whose headers are read to tell a folder of many small sizes from big images
@@ -169,7 +179,7 @@ class Job:
     note: str = ""              # why the destination is not the name asked for (a video's container)
 
 
-def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None) -> list[Job]:
+def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, many: bool | None = None) -> list[Job]:
     """Pair every input with its destination; refuse names that would collide or loop.
 
     With the run's `options`, a video's destination is the file it will really be written to (its
@@ -181,7 +191,7 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None) 
     - an input that is the destination of another input (`a_x4.png` beside `a.png`): skipped,
       as it is this batch's own output from an earlier run, not a source.
     """
-    many = len(inputs) > 1
+    many = len(inputs) > 1 if many is None else many  # several_outputs: whether -o is a folder
     jobs = []
     for source in inputs:
         try:
@@ -230,7 +240,7 @@ def make_output_folder(output: str | None, many: bool) -> None:
         return
     out = Path(output)
     if out.is_file():
-        raise SrtrtError("is a file, but several inputs need an output directory", output)
+        raise SrtrtError("is a file, but a folder or several inputs need an output directory", output)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -34,6 +34,7 @@ from srtrt.engine.batch.files import (
     expand_inputs,
     make_output_folder,
     plan_jobs,
+    several_outputs,
     shape_class,
 )
 from srtrt.engine.batch.options import RunOptions, open_backend
@@ -179,7 +180,8 @@ def main(args) -> int:
     inputs = expand_inputs(args.inputs)
     if not inputs:
         raise SrtrtError(f"no input images match {' '.join(args.inputs)}")
-    make_output_folder(args.output, len(inputs) > 1)
+    many = several_outputs(args.inputs, inputs)
+    make_output_folder(args.output, many)
     # Checks the model once, here, with one line if it is bad; the actors load it again from the
     # same path (RunOptions carries model and allow_noncommercial), so output names say its own scale.
     scale = srtrt.load_model(args.model, getattr(args, "allow_noncommercial", False)).scale
@@ -190,7 +192,7 @@ def main(args) -> int:
 
     report = BatchReport()
     todo, existing = [], 0
-    for job in plan_jobs(inputs, args.output, scale, RunOptions.from_args(args)):
+    for job in plan_jobs(inputs, args.output, scale, RunOptions.from_args(args), many):
         if job.note and not job.refusal:
             say(f"srtrt: {job.source}: {job.note}")
         if job.refusal:
