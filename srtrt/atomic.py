@@ -12,11 +12,21 @@ import os
 import secrets
 from pathlib import Path
 
+NAME_MAX = 255  # bytes in one file name (ext4, XFS, btrfs, APFS, NTFS in UTF-16 units)
+_PARTIAL_TAIL = len(".partial-") + 7 + 1 + 6  # PIDs reach 7 digits (pid_max 4194304), the token 6 hex
+
 
 def temp_name(path: str | os.PathLike) -> str:
     """`.NAME.partial-PID-TOKEN` beside `path`: unique per process and call, hidden from listings."""
     folder, name = os.path.split(os.fspath(path))
-    return os.path.join(folder, f".{name}.partial-{os.getpid()}-{secrets.token_hex(3)}")
+    return os.path.join(folder, f"{partial_prefix(name)}{os.getpid()}-{secrets.token_hex(3)}")
+
+
+def partial_prefix(name: str) -> str:
+    """`.NAME.partial-`, NAME cut (in bytes) so that a temporary name fits where `name` itself fits."""
+    room = NAME_MAX - 1 - _PARTIAL_TAIL
+    encoded = os.fsencode(name)
+    return f".{os.fsdecode(encoded[:room]) if len(encoded) > room else name}.partial-"
 
 
 def fsync_folder(folder: str | os.PathLike) -> None:
@@ -72,7 +82,7 @@ def remove_partials(path: str | os.PathLike | None, pid: int | None = None) -> N
     if path is None:
         return
     path = Path(path)
-    pattern = f".{glob.escape(path.name)}.partial-{os.getpid() if pid is None else pid}-*"
+    pattern = f"{glob.escape(partial_prefix(path.name))}{os.getpid() if pid is None else pid}-*"
     for leftover in glob.glob(os.path.join(glob.escape(str(path.parent)), pattern)):
         with contextlib.suppress(OSError):
             os.unlink(leftover)

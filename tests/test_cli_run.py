@@ -284,3 +284,20 @@ def test_what_an_output_format_loses_is_one_srtrt_line_hidden_by_quiet(tmp_path,
     assert "UserWarning" not in err and "warnings.warn" not in err
     code, err = run(capsys, tmp_path / "a.png", "-o", tmp_path / "a.jpg", "--model", model, "--overwrite", "-q")
     assert code == 0 and "transparency" not in err
+
+
+def test_a_name_that_fits_is_written_though_its_temporary_name_is_longer(tmp_path, capsys, model):
+    from srtrt import atomic
+
+    (source,) = write_images(tmp_path / "in", 1)
+    long_source = source.with_name("a" * 230 + "é" * 5 + ".png")  # 240 bytes; its output 247, its temporary ~272
+    source.rename(long_source)
+    code, err = run(capsys, long_source, "-o", f"{tmp_path / 'out'}{os.sep}", "--model", model)
+    assert code == 0, err
+    written = tmp_path / "out" / (long_source.stem + "_x4.png")
+    assert is_complete_image(written, (128, 96)) and partials(tmp_path) == []
+    temp = atomic.temp_name(written)
+    assert len(os.fsencode(os.path.basename(temp))) <= atomic.NAME_MAX
+    open(temp, "wb").close()
+    atomic.remove_partials(written)
+    assert not os.path.exists(temp)
