@@ -71,7 +71,7 @@ def test_path_to_file_skips_existing_unless_overwrite(tmp_path, model):
     destination = tmp_path / "out_x4.png"
     assert srtrt.upscale(source, destination, model=model, **FP32) == destination
     first = destination.read_bytes()
-    with pytest.raises(SrtrtError, match="exists") as caught:
+    with pytest.raises(SrtrtError, match="exists \\(overwrite=True replaces it\\)") as caught:
         srtrt.upscale(source, destination, model=model, **FP32)
     assert "\n" not in str(caught.value) and destination.read_bytes() == first
     assert srtrt.upscale(source, destination, model=model, overwrite=True, **FP32) == destination
@@ -97,6 +97,17 @@ def test_size_limit_and_wrong_calls(tmp_path, model):
         srtrt.upscale(source, model=model, tile_size=64)  # not an option of srtrt run
     with pytest.raises(TypeError, match="path"):
         srtrt.upscale(Image.new("RGB", (8, 8)), tmp_path / "o.png", model=model)
+    with pytest.raises(TypeError, match="takes a PIL image or a file path, not numpy.ndarray"):
+        srtrt.upscale(np.zeros((8, 8, 3), np.uint8), model=model)
+    for bad in ({"batch": 0}, {"tile": "8"}, {"margin": 1.5}):
+        with pytest.raises(SrtrtError, match=f"{next(iter(bad))} must be an integer"):
+            srtrt.upscale(source, model=model, **bad)
+
+
+def test_an_output_folder_named_with_a_separator_is_created_as_srtrt_run_creates_it(tmp_path, model):
+    (source,) = write_images(tmp_path, 1, height=24, width=32)
+    written = srtrt.upscale(source, f"{tmp_path / 'new'}/", model=model, **FP32)
+    assert written == tmp_path / "new" / f"{source.stem}_x4.png" and written.is_file()
 
 
 def test_out_of_memory_ladder_holds_for_the_api(tmp_path, monkeypatch, model):

@@ -8,12 +8,13 @@ configuration closes the previous one, and the last one is closed when the inter
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 from pathlib import Path
 
 from PIL import Image
 
-from srtrt.engine.batch.files import DONE, FileRunner, output_path
+from srtrt.engine.batch.files import DONE, SKIPPED, FileRunner, make_output_folder, output_path
 from srtrt.engine.batch.options import RunOptions, open_backend
 from srtrt.engine.datapath.imageio import from_pil, to_pil
 from srtrt.engine.video import is_video
@@ -52,6 +53,9 @@ def upscale(image, output=None, **options):
     existing `output` without overwrite=True, or an image that does not fit the device even at
     the smallest tile.
     """
+    if not isinstance(image, (Image.Image, str, os.PathLike)):
+        raise TypeError(f"upscale takes a PIL image or a file path, not {type(image).__module__}.{type(image).__name__}"
+                        " (PIL.Image.fromarray makes a PIL image of an HxWxC uint8 array)")
     if output is None and not isinstance(image, Image.Image) and is_video(image):
         raise SrtrtError("a video needs an output path: srtrt.upscale(video, output)", image)
     opts = RunOptions(**options)
@@ -60,8 +64,13 @@ def upscale(image, output=None, **options):
         if isinstance(image, Image.Image):
             raise TypeError("writing to `output` takes a path; for a PIL image call upscale(image) and save the result")
         source = Path(image)
-        # named as `srtrt run -o` names it (a folder gets <stem>_x4.<ext>; a video needs a video container)
-        outcome = runner.run(source, output_path(source, str(output), False, runner.backend.scale))
+        # named as `srtrt run -o` names it (a folder gets <stem>_x4.<ext>, created if missing; a video needs
+        # a video container)
+        make_output_folder(os.fspath(output), False)
+        destination = output_path(source, os.fspath(output), False, runner.backend.scale)
+        outcome = runner.run(source, destination)
+        if outcome.status == SKIPPED:
+            raise SrtrtError("exists (overwrite=True replaces it)", outcome.destination)
         if outcome.status != DONE:
             raise SrtrtError(outcome.message)
         return outcome.destination  # a video's .mkv twin when its container cannot hold its streams

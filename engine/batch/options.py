@@ -40,10 +40,11 @@ class RunOptions:
     def __post_init__(self):
         if self.alpha not in ALPHA_MODES:
             raise SrtrtError(f"alpha must be one of {', '.join(ALPHA_MODES)}, not {self.alpha!r}")
-        for name in ("tile", "margin", "batch", "max_pixels"):
+        for name, least in (("tile", 0), ("margin", 0), ("batch", 1), ("max_pixels", 0), ("crf", 0),
+                            ("png_level", 0)):
             value = getattr(self, name)
-            if value is not None and value < 0:
-                raise SrtrtError(f"{name} must be >= 0, not {value}")
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+                raise SrtrtError(f"{name} must be an integer >= {least}, not {value!r}")
         if self.crf is not None and not 0 <= self.crf <= 63:
             raise SrtrtError(f"crf must be 0-63, not {self.crf}")
         if self.shape_class not in SHAPE_CLASSES:
