@@ -598,3 +598,30 @@ def _set_tiff_short(data: bytearray, ifd: int, tag: int, value: int) -> None:
             struct.pack_into("<I", data, entry + 8, value)  # LONG or SHORT inline: low bytes first
             return
     raise AssertionError(f"tag {tag} not in the IFD")
+
+
+def test_tiff_layouts_pillow_has_no_mode_for_are_read_by_tifffile(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    grey, alpha = random_array(6, 10, 1, np.uint16), random_array(6, 10, 1, np.uint16)
+    tifffile.imwrite(tmp_path / "la16.tif", np.dstack([grey, alpha]), photometric="minisblack",
+                     extrasamples=["unassalpha"], extratags=[(0x0112, "H", 1, 6, True)])
+    image = read_image(tmp_path / "la16.tif")
+    assert image.bit_depth == 16
+    np.testing.assert_array_equal(image.pixels[..., 0], np.rot90(grey, -1))
+    np.testing.assert_array_equal(image.alpha, np.rot90(alpha, -1))
+    colour = random_array(6, 10, 3, np.uint16)
+    tifffile.imwrite(tmp_path / "float.tif", colour.astype(np.float32) / 65535, photometric="rgb")
+    np.testing.assert_array_equal(read_image(tmp_path / "float.tif").pixels, colour)
+    planes = RNG.integers(0, 256, (2, 6, 10), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", planes, photometric="minisblack", planarconfig="separate",
+                     extrasamples=["unassalpha"])
+    planar = read_image(tmp_path / "planar.tif")
+    np.testing.assert_array_equal(planar.pixels[..., 0], planes[0])
+    np.testing.assert_array_equal(planar.alpha, planes[1])
+    tifffile.imwrite(tmp_path / "int.tif", colour.astype(np.int32), photometric="rgb")
+    assert_refused(tmp_path / "int.tif", "unsupported TIFF layout \\(rgb, 3 samples of int32\\)")
+    tifffile.imwrite(tmp_path / "over.tif", colour.astype(np.float32), photometric="rgb")
+    assert_refused(tmp_path / "over.tif", "floating-point pixels must lie in \\[0, 1\\]")
+    tifffile.imwrite(tmp_path / "pages.tif", np.stack([np.dstack([grey, alpha])] * 2), photometric="minisblack",
+                     extrasamples=["unassalpha"])
+    assert_refused(tmp_path / "pages.tif", "multi-page TIFF \\(2 images\\)")

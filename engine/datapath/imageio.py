@@ -87,7 +87,12 @@ def read_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImag
         except SrtrtError:
             raise
         except Exception as exc:  # a decoder fed hostile bytes may raise anything
-            raise SrtrtError(_describe_decode_error(exc) + decoder_messages.as_suffix(notes), path) from exc
+            said = decoder_messages.as_suffix(notes)  # damage Pillow saw: the file is refused, not read again
+            cause = _describe_decode_error(exc) + said
+            no_mode = (isinstance(exc, UnidentifiedImageError) or "raw mode" in str(exc)) and not said
+    if no_mode and _is_tiff(path):  # layouts Pillow has no mode for: 16-bit grey+alpha, float RGB, planar LA
+        return _read_tiff_by_tifffile(path, max_pixels, cause)
+    raise SrtrtError(cause, path)
 
 
 def read_eight_bit_rgb(path) -> Image.Image:
@@ -461,6 +466,68 @@ def _turned_tiff(img: Image.Image) -> bool:
     scrambled (open_lazily)."""
     return (img.format == "TIFF" and getattr(img, "n_frames", 1) == 1
             and img.tag_v2.get(ORIENTATION_TAG) in (5, 6, 7, 8))
+
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+_MINISBLACK, _RGB = 1, 2  # TIFF photometric interpretations srtrt reads through tifffile
+
+
+def _is_tiff(path) -> bool:
+    with open(path, "rb") as file:
+        return file.read(4) in _TIFF_MAGIC
+
+
+def _read_tiff_by_tifffile(path, max_pixels: int | None, pillow_cause: str) -> DecodedImage:
+    """A TIFF whose layout Pillow has no mode for, read by tifffile: grey or RGB, with or without
+    alpha, 8 or 16 bits or floats in [0, 1] (kept as 16 bits), any planar configuration. Anything
+    else is refused naming its layout; a file tifffile cannot read either keeps Pillow's cause."""
+    import tifffile
+
+    try:
+        with _library_messages_dropped(), tifffile.TiffFile(path) as tiff:
+            page = tiff.pages[0]
+            check_size((page.imagewidth, page.imagelength), max_pixels, path)
+            images = 1 + sum(not other.subfiletype & _AUXILIARY_PAGE_BITS for other in tiff.pages[1:])
+            if images > 1:
+                raise SrtrtError(f"a multi-page TIFF ({images} images); srtrt upscales one image per file: "
+                                 "split the pages first", path)
+            layout = (int(page.photometric), page.samplesperpixel, np.dtype(page.dtype))
+            colour = {_MINISBLACK: 1, _RGB: 3}.get(layout[0])
+            if colour is None or layout[1] not in (colour, colour + 1) or layout[2].kind not in "uf":
+                raise SrtrtError(f"unsupported TIFF layout ({page.photometric.name.lower()}, {layout[1]} samples of "
+                                 f"{layout[2]}); srtrt reads grey or RGB, with or without alpha, in 8 or 16 bits or floats", path)
+            samples = _tiff_samples(path)
+            tags = {tag.code: tag.value for tag in page.tags.values() if tag.code in (ORIENTATION_TAG, 34675)}
+            shape = (page.imagelength, page.imagewidth)
+    except SrtrtError:
+        raise
+    except Exception:
+        raise SrtrtError(pillow_cause, path) from None
+    if samples.ndim == 2:
+        samples = samples[:, :, None]
+    if samples.ndim != 3 or samples.shape[:2] != shape or samples.shape[2] not in (colour, colour + 1):
+        raise SrtrtError(pillow_cause, path)  # a damaged file tifffile read as something else
+    samples = _as_uint(samples, path)
+    pixels, alpha = np.ascontiguousarray(samples[:, :, :colour]), None
+    if samples.shape[2] > colour:
+        alpha = np.ascontiguousarray(samples[:, :, colour])
+    orientation = int(tags.get(ORIENTATION_TAG, 1))
+    orientation = orientation if orientation in range(1, 9) else 1
+    icc = tags.get(34675)
+    return DecodedImage(_apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation),
+                        16 if pixels.dtype == np.uint16 else 8, bytes(icc) if icc else None, None, "TIFF",
+                        path)
+
+
+def _as_uint(samples: np.ndarray, path) -> np.ndarray:
+    """uint8 and uint16 as they are; floats in [0, 1] to 16 bits (as 32-bit float grey is)."""
+    if samples.dtype in (np.uint8, np.uint16):
+        return samples
+    if samples.dtype.kind == "f":
+        if samples.size and not (np.isfinite(samples).all() and samples.min() >= 0 and samples.max() <= 1):
+            raise SrtrtError("floating-point pixels must lie in [0, 1]", path)
+        return np.round(samples * 65535.0).astype(np.uint16)
+    raise SrtrtError(f"unsupported TIFF sample type {samples.dtype}; srtrt reads 8 or 16 bits or floats", path)
 
 
 def _stored_shapes(first: Image.Image) -> tuple[tuple[int, int], ...]:
