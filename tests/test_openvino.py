@@ -273,3 +273,23 @@ def test_cli_with_a_corrupt_cached_export_exits_2_and_writes_nothing(tmp_path, m
     assert code == 2
     assert err.strip().splitlines() == [f"srtrt: {cached}: OpenVINO cannot read this ONNX file (Model can't be parsed)"]
     assert not out.exists() and not partials(tmp_path)
+
+
+def test_importing_openvino_through_srtrt_starts_no_telemetry_and_forks_nothing():
+    """openvino's import starts Intel's usage telemetry, which forks the process to send an event."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import os, sys, time\n"
+        "os.register_at_fork(before=lambda: sys.stderr.write('forked\\n'))\n"
+        "from srtrt.engine.backends.openvino_backend import import_openvino, shared_core\n"
+        "ov = import_openvino(); shared_core()\n"
+        "import openvino.tools.ovc.telemetry_utils as t\n"
+        "time.sleep(1.0)  # the event goes out from a thread pool\n"
+        "import openvino_telemetry  # the block is lifted: a user's own import still works\n"
+        "print(t.tm.__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "openvino.tools.ovc.telemetry_stub" and "forked" not in done.stderr

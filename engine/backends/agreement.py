@@ -25,9 +25,9 @@ REFERENCE_SIDE = 96  # LR pixels: one window, small enough to measure in seconds
 
 def _library_version(backend: str) -> str:
     if backend == "openvino":
-        import openvino
+        from srtrt.engine.backends.openvino_backend import import_openvino
 
-        return "openvino-" + openvino.get_version().split("-")[0]
+        return "openvino-" + import_openvino().get_version().split("-")[0]
     return "torch-" + torch.__version__
 
 

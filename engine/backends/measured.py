@@ -71,9 +71,9 @@ def identity(window: tuple[int, int], shape_class: str = LARGE) -> dict:
 
     versions = {"torch": torch.__version__}
     try:
-        import openvino
+        from srtrt.engine.backends.openvino_backend import import_openvino
 
-        versions["openvino"] = openvino.get_version()
+        versions["openvino"] = import_openvino().get_version()
     except ImportError:
         versions["openvino"] = ""
     return {"cpu": cpu_model(), "generation": cpu_generation(), "cpus": usable_cpus(), "threads": torch.get_num_threads(),

@@ -30,6 +30,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -58,10 +59,27 @@ INSTALL_HINT = "pip install openvino"
 BYTES_PER_PIXEL = {"bf16": 4_600, "fp32": 8_700, "int8": 4_600}  # int8: bf16's, its float layers' storage
 
 
+def import_openvino():
+    """`import openvino` without the usage telemetry its import starts: openvino.tools.ovc sends an
+    event to Google Analytics from a forked copy of the process unless a consent file in the
+    user's home says no. srtrt sends nothing anywhere (and that fork, made at start-up, printed a
+    traceback at Ctrl-C). openvino takes its own no-op stub when the telemetry package does not
+    import; the block is lifted once openvino has bound the stub."""
+    blocked = "openvino" not in sys.modules and "openvino_telemetry" not in sys.modules
+    if blocked:
+        sys.modules["openvino_telemetry"] = None  # import raises ImportError: the documented fallback
+    try:
+        import openvino
+    finally:
+        if blocked and sys.modules.get("openvino_telemetry", 0) is None:
+            del sys.modules["openvino_telemetry"]
+    return openvino
+
+
 def available() -> tuple[bool, str]:
     """Whether this backend can run here: OpenVINO, and the exporter that writes its graph."""
     try:
-        import openvino
+        openvino = import_openvino()
     except ImportError:
         return False, f"openvino is not installed ({INSTALL_HINT})"
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
@@ -93,9 +111,7 @@ def shared_core():
     asyncio), SIGINT at Ctrl-C -- kills the process with SIGSEGV (engine/FAULTS.md). One Core
     for the process means one such stack, installed once and mapped for as long as it is used.
     """
-    import openvino as ov
-
-    return ov.Core()
+    return import_openvino().Core()
 
 
 def tile_defaults(precision: str, radius: int, channels: int = 64) -> TileDefaults:
@@ -142,7 +158,7 @@ class OpenVinoBackend(Backend):
             raise SrtrtError(why)
         if precision not in HINTS:
             raise SrtrtError(f"openvino runs {' or '.join(HINTS)} on the CPU, not {precision}")
-        import openvino as ov
+        ov = import_openvino()
         from openvino.frontend import FrontEndManager
 
         self._ov, self._frontends = ov, FrontEndManager()
