@@ -8,4 +8,11 @@ class SrtrtError(Exception):
 
     def __init__(self, message: str, path=None):
         self.path, self.cause = path, message
-        super().__init__(f"{path}: {message}" if path is not None else message)
+        super().__init__(f"{shown(path)}: {message}" if path is not None else message)
+
+
+def shown(path) -> str:
+    """A path for a one-line message: characters that would break the line (a newline in a file
+    name) written as escapes, every other character (accents, CJK) as it is."""
+    text = str(path)
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -301,3 +301,12 @@ def test_a_name_that_fits_is_written_though_its_temporary_name_is_longer(tmp_pat
     open(temp, "wb").close()
     atomic.remove_partials(written)
     assert not os.path.exists(temp)
+
+
+def test_a_file_name_with_a_newline_is_still_one_line(tmp_path, capsys, model):
+    broken = tmp_path / "two\nlines.png"
+    broken.write_bytes(b"not an image")
+    code, err = run(capsys, broken, "--model", model)
+    lines = [line for line in err.splitlines() if "lines.png" in line]
+    assert code == 1 and lines == [f"srtrt: {tmp_path}/two\\nlines.png: not a PNG, JPEG, WebP, TIFF or BMP image "
+                                    "(or its header is corrupt)"], err
