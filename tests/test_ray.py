@@ -2,6 +2,12 @@
 a re-run resumes (writes nothing new). Skipped without the `ray` extra."""
 from __future__ import annotations
 
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -9,12 +15,19 @@ pytest.importorskip("ray.data")
 
 from srtrt.cli import main, parser  # noqa: E402
 
-from run_helpers import is_complete_image, partials, save_tiny_model, write_images  # noqa: E402
+from run_helpers import (  # noqa: E402
+    is_complete_image,
+    partials,
+    save_tiny_model,
+    signal_when,
+    srtrt_process,
+    write_images,
+)
 
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)  # as srtrt starts it
     yield
     ray.shutdown()
 
@@ -83,7 +96,8 @@ def test_actor_rows_are_small_status_dicts(batch, tmp_path):
     rows = actor({"source": [str(root / "in" / "img0.png"), str(root / "in" / "broken.png"), str(tmp_path)],
                   "destination": [str(tmp_path / "a.png"), str(tmp_path / "b.png"), str(tmp_path / "c.png")]})
     assert rows["status"] == ["done", "failed", "failed"]
-    assert set(rows) == {"path", "output", "status", "message", "seconds", "pixels"}
+    assert set(rows) == {"path", "output", "status", "message", "seconds", "pixels", "notes"}
+    assert rows["notes"] == ["", "", ""]
     assert rows["pixels"][0] == 224 * 160 and all(isinstance(s, float) for s in rows["seconds"])
     assert "is a directory" in rows["message"][2]
     assert (tmp_path / "a.png").read_bytes() == (root / "local" / "img0_x4.png").read_bytes()
@@ -105,3 +119,118 @@ def test_without_ray_installed_it_is_one_line(monkeypatch, capsys, batch):
     err = capsys.readouterr().err
     assert code == 2 and err.strip() == 'srtrt: srtrt --ray needs Ray: pip install "srtrt[ray]"'
     assert not (root / "none").exists()
+
+
+# --------------------------------------------------------------------------- the driver's lines
+
+
+@pytest.fixture(scope="module")
+def two_images(batch):
+    root, model = batch
+    write_images(root / "two", 2, height=24, width=32)
+    return root / "two", model
+
+
+def _fp16_on_the_cpu(folder, out, model, *more):
+    return ["run", str(folder), "-o", str(out), "--model", str(model), "--device", "cpu", "--precision", "fp16", *more]
+
+
+def test_a_bad_backend_option_is_the_local_runs_line_before_ray_starts(two_images, tmp_path, capsys, monkeypatch):
+    from srtrt.engine.batch import ray_runner
+
+    folder, model = two_images
+    assert main(_fp16_on_the_cpu(folder, tmp_path / "local", model)) == 2
+    local = capsys.readouterr().err
+    monkeypatch.setattr(ray_runner, "_start_ray", lambda *a: pytest.fail("Ray started for a run that cannot run"))
+    assert main(_fp16_on_the_cpu(folder, tmp_path / "ray", model, "--ray")) == 2
+    err = capsys.readouterr().err
+    assert err == local and err.startswith("srtrt: the torch backend: fp16 on the CPU") and len(err.splitlines()) == 1
+
+
+def test_an_actors_setup_error_on_a_cluster_is_one_line(local_ray, two_images, tmp_path, capfd, monkeypatch):
+    """On a cluster the driver cannot check the backend for the nodes: the actor's SrtrtError comes
+    back as the local run's line and exit code, not as Ray's tracebacks."""
+    from srtrt.engine.batch import ray_runner
+
+    folder, model = two_images
+    monkeypatch.setattr(ray_runner, "_actors_run_here", lambda address: False)
+    assert main(_fp16_on_the_cpu(folder, tmp_path / "ray", model, "--ray", "-q")) == 2
+    err = capfd.readouterr().err
+    assert err == "srtrt: the torch backend: fp16 on the CPU is emulated and slow; use bf16 or fp32\n"
+
+
+def test_the_lines_are_the_local_runs(local_ray, two_images, tmp_path, capfd):
+    """The backend and tiles lines, one line per image, no summary for one input, nothing with -q
+    (Ray Data's notices and Ray's own error lines, written to the file descriptor, included)."""
+    folder, model = two_images
+
+    def lines(out, *more):
+        assert main(["run", str(folder / "img0.png"), "-o", f"{out}/", "--model", str(model), *more]) == 0
+        return capfd.readouterr().err.replace(str(out), "OUT").splitlines()
+
+    local, with_ray = lines(tmp_path / "local"), lines(tmp_path / "ray", "--ray")
+    assert [line for line in with_ray if " Ray actor" not in line] == local
+    assert local[0].startswith("srtrt: backend ") and "tiles" in local[1] and len(local) == 3
+    assert main(["run", str(folder), "-o", str(tmp_path / "quiet"), "--model", str(model), "--ray", "-q"]) == 0
+    assert capfd.readouterr().err == ""
+    assert sorted(p.name for p in (tmp_path / "quiet").iterdir()) == ["img0_x4.png", "img1_x4.png"]
+
+
+def test_an_actors_notes_are_printed_even_with_quiet(capsys):
+    from srtrt.engine.batch.files import BatchReport
+    from srtrt.engine.batch.ray_runner import _report_row
+
+    said = []
+    row = {"path": "a.png", "output": "a_x4.png", "status": "done", "message": "a.png -> a_x4.png", "seconds": 0.5,
+           "pixels": 16, "notes": "srtrt: a.png: out of device memory with batch 4\nsrtrt: second note"}
+    _report_row(row, BatchReport(), lambda message, always=False: said.append((message, always)))
+    assert said == [("srtrt: a.png: out of device memory with batch 4", True), ("srtrt: second note", True),
+                    ("srtrt: a.png -> a_x4.png", False)]
+
+
+# --------------------------------------------------------------------------- a Ray of its own (a fresh process)
+
+
+def _live_processes_naming(marker: str) -> list[int]:
+    """Processes (not zombies) whose command line names `marker`: those of the Ray under RAY_TMPDIR."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if marker in (entry / "cmdline").read_bytes().decode(errors="replace") and \
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                pids.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+@pytest.fixture
+def ray_tmpdir(monkeypatch):
+    """RAY_TMPDIR for the srtrt processes this test starts; short: Ray's sockets live under it."""
+    folder = tempfile.mkdtemp(prefix="srtrt-ray-", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", folder)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_quiet_is_quiet_with_a_ray_of_its_own(two_images, tmp_path, ray_tmpdir):
+    folder, model = two_images
+    process = srtrt_process("run", folder, "-o", tmp_path / "out", "--model", model, "--ray", "-q")
+    _, err = process.communicate(timeout=120)
+    assert (process.returncode, err) == (0, "")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img0_x4.png", "img1_x4.png"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_ctrl_c_while_ray_starts_shuts_it_down(two_images, tmp_path, ray_tmpdir):
+    """A SIGINT inside ray.init: one line, exit 130, and none of the Ray processes left running."""
+    folder, model = two_images
+    process = srtrt_process("run", folder, "-o", tmp_path / "out", "--model", model, "--ray")
+    sent, err = signal_when(process, lambda: bool(_live_processes_naming(ray_tmpdir)), signal.SIGINT, 120)
+    assert sent and process.returncode == 130
+    assert err.splitlines()[-1] == "srtrt: interrupted" and "Traceback" not in err
+    assert "Ray actors" not in err  # it was stopped during start-up, before any work
+    deadline = time.monotonic() + 10  # the agents notice the raylet's end within a few seconds
+    while _live_processes_naming(ray_tmpdir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _live_processes_naming(ray_tmpdir) == []

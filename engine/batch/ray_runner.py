@@ -18,12 +18,16 @@ where it stopped. `--ray` with no address starts a local Ray on this machine; wi
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
+from srtrt.atomic import partial_prefix
 from srtrt.engine.batch.files import (
     DONE,
     FAILED,
@@ -65,10 +69,12 @@ class ImageActor:
         threads_as_assigned()
         selection = open_backend(options)
         self.describe = selection.backend.describe()
-        self.runner = FileRunner(selection.backend, options, log=lambda m: print(m, file=sys.stderr))
+        # the runner's notes (an out-of-memory retry) travel in the rows: an actor's stderr is not the driver's
+        self.notes: list[str] = []
+        self.runner = FileRunner(selection.backend, options, log=self.notes.append)
 
     def __call__(self, batch: dict) -> dict:
-        rows = {k: [] for k in ("path", "output", "status", "message", "seconds", "pixels")}
+        rows = {k: [] for k in ("path", "output", "status", "message", "seconds", "pixels", "notes")}
         for source, destination in zip(batch["source"], batch["destination"]):
             source, destination = Path(str(source)), Path(str(destination))
             try:
@@ -81,6 +87,8 @@ class ImageActor:
             rows["message"].append(outcome.message)
             rows["seconds"].append(float(outcome.seconds))
             rows["pixels"].append(int(outcome.pixels))
+            rows["notes"].append("\n".join(self.notes))
+            self.notes.clear()
         return rows
 
 
@@ -101,19 +109,20 @@ def threads_as_assigned() -> None:
     torch.set_num_threads(max(1, int(cpus)))
 
 
-def connect(ray, address: str, quiet: bool = True, local_cpus: int | None = None) -> bool:
+def connect(ray, address: str, quiet: bool = True, local_cpus: int | None = None, log_to_driver: bool = True) -> bool:
     """Start a local Ray or connect to `address`; returns True when this call started it (and so stops it).
     `local_cpus` sizes a Ray started here; None leaves it to Ray, so a RAY_ADDRESS in the environment
-    is joined instead (Ray refuses a CPU count when it joins a cluster)."""
+    is joined instead (Ray refuses a CPU count when it joins a cluster). `log_to_driver=False` keeps
+    the workers' and raylet's output (their tracebacks, Ray's notices) in the session's log files."""
     if ray.is_initialized():
         return False
     level = logging.ERROR if quiet else logging.WARNING
     try:
         if address == LOCAL:
             cpus = {} if local_cpus is None else {"num_cpus": local_cpus}
-            ray.init(include_dashboard=False, logging_level=level, **cpus)
+            ray.init(include_dashboard=False, logging_level=level, log_to_driver=log_to_driver, **cpus)
         else:
-            ray.init(address=address, logging_level=level)
+            ray.init(address=address, logging_level=level, log_to_driver=log_to_driver)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise SrtrtError(f"cannot connect to the Ray cluster at {address} ({' '.join(str(e).split())[:200]})") from None
     return True
@@ -134,6 +143,14 @@ def _pool(ray, jobs: int, device: str | None) -> tuple[int, dict]:
     return size, {"concurrency": size, **per_actor}
 
 
+def _no_restarts(ray) -> dict:
+    """Ray Data restarts a dead actor forever by default, so an image that kills its process (a crash,
+    the OOM killer) was retried without end; with no restarts the run stops with one line and a re-run
+    resumes. No restarts also keeps Ray from printing its error about restarting an actor whose
+    constructor arguments (Ray Data's own) are in the object store. Ray 2.64 drops such arguments."""
+    return {"max_restarts": 0} if _ray_version(ray) < (2, 64) else {}
+
+
 def _ray_version(ray) -> tuple[int, int]:
     major, minor, *_ = (ray.__version__.split(".") + ["0", "0"])
     return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
@@ -150,7 +167,7 @@ def _sweep_dead_partials(destinations: list[Path]) -> None:
     """After an interrupted local run: delete temporary files of processes that no longer exist."""
     for destination in destinations:
         try:
-            leftovers = list(destination.parent.glob(f".{destination.name}.partial-*"))
+            leftovers = list(destination.parent.glob(f"{glob.escape(partial_prefix(destination.name))}*"))
         except OSError:
             continue
         for leftover in leftovers:
@@ -174,17 +191,15 @@ def _alive(pid: int) -> bool:
 
 def main(args) -> int:
     ray = _import_ray()
-    import srtrt
     from srtrt.engine.batch.signals import StopOnSignals, Stopped
 
     inputs = expand_inputs(args.inputs)
     if not inputs:
         raise SrtrtError(f"no input images match {' '.join(args.inputs)}")
+    options = RunOptions.from_args(args).replace(shape_class=shape_class(inputs))
     many = several_outputs(args.inputs, inputs)
     make_output_folder(args.output, many)
-    # Checks the model once, here, with one line if it is bad; the actors load it again from the
-    # same path (RunOptions carries model and allow_noncommercial), so output names say its own scale.
-    scale = srtrt.load_model(args.model, getattr(args, "allow_noncommercial", False)).scale
+    scale = _checked_scale(args, options)
 
     def say(message: str, always: bool = False) -> None:
         if always or not args.quiet:
@@ -192,7 +207,8 @@ def main(args) -> int:
 
     report = BatchReport()
     todo, existing = [], 0
-    for job in plan_jobs(inputs, args.output, scale, RunOptions.from_args(args), many):
+    jobs = plan_jobs(inputs, args.output, scale, options, many)
+    for job in jobs:
         if job.note and not job.refusal:
             say(f"srtrt: {job.source}: {job.note}")
         if job.refusal:
@@ -206,11 +222,9 @@ def main(args) -> int:
     if existing:
         say(f"srtrt: {existing} outputs exist, skipped (--overwrite to replace)")
 
-    started = False
+    started = _start_ray(ray, args.ray) if todo else False
     try:
-        if todo:
-            started = connect(ray, args.ray, args.quiet, usable_cpus())
-        with StopOnSignals() as stop:  # after ray.init, which installs handlers of its own
+        with StopOnSignals() as stop:  # after ray.init, which installs a SIGTERM handler of its own
             if todo:
                 _run_dataset(ray, args, todo, report, say, stop)
             stop.check()
@@ -225,8 +239,98 @@ def main(args) -> int:
     finally:
         if started:
             ray.shutdown()
-    say(report.summary(), always=True)
+    if len(jobs) > 1 and not args.quiet:  # as a local run: no summary for one input, none with -q
+        print(report.summary(), file=sys.stderr)
     return report.exit_code
+
+
+def _checked_scale(args, options: RunOptions) -> int:
+    """The model's scale, with the options checked before any Ray starts, as a local run checks them.
+
+    On a local Ray the actors build the backend on this machine, so it is opened here once first:
+    a bad --backend, --precision or --device is the local run's one line and exit code, the local
+    run's backend and tiles lines are printed, and `auto` measures its paths once (cached for the
+    actors) instead of in every actor at the same time. A cluster's nodes may differ from this
+    machine (GPUs there, none here), so for one only the model is checked here; an actor's own
+    setup error comes back as its line (`_one_line`)."""
+    if not _actors_run_here(args.ray):
+        import srtrt
+
+        return srtrt.load_model(options.model, options.allow_noncommercial).scale
+    selection = open_backend(options)
+    try:
+        if not args.quiet:
+            print(f"srtrt: backend {selection.reason}", file=sys.stderr)
+            print(f"srtrt: {selection.facts.tiling_note(options.margin)}", file=sys.stderr)
+        return selection.backend.scale
+    finally:
+        selection.backend.close()
+
+
+def _actors_run_here(address: str) -> bool:
+    # `--ray` alone starts a Ray on this machine, unless RAY_ADDRESS names a cluster to join
+    return address == LOCAL and not os.environ.get("RAY_ADDRESS")
+
+
+def _start_ray(ray, address: str) -> bool:
+    """`connect`, with Ray's own output kept out of srtrt's (the batch reports per image) and
+    SIGINT/SIGTERM held until it returns: a Ctrl-C inside ray.init left the processes it had
+    already started running (its agents for a minute more). A stop during start-up therefore
+    waits for it, shuts down what it started and then ends the run as a local one would then:
+    `srtrt: interrupted` (or stopped by SIGTERM), no traceback."""
+    from srtrt.engine.batch.signals import StopOnSignals, Stopped
+
+    with StopOnSignals() as starting:
+        try:
+            started = connect(ray, address, quiet=True, local_cpus=usable_cpus(), log_to_driver=False)
+        except BaseException:  # a failed start (or a second signal) may have left processes of its own
+            ray.shutdown()
+            if not starting.requested:
+                raise
+            started = False
+    _quiet_ray_data()
+    if starting.requested:
+        if started:
+            ray.shutdown()
+        raise KeyboardInterrupt if starting.signum == signal.SIGINT else Stopped(starting.signum)
+    return started
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data's console lines (the progress-bar notice, per-dataset INFO, its copy of a failure's
+    traceback) are not srtrt's to print; they still go to ray-data.log in the Ray session folder."""
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.CRITICAL + 1)
+
+
+def _one_line(ray, error: Exception) -> SrtrtError:
+    """A failed Ray job as one line: the SrtrtError an actor raised (a backend it cannot open) as
+    the local run says it, else Ray's own first line (an actor's process died)."""
+    found = _srtrt_error_in(ray, error)
+    if found is not None:
+        return found
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    failure = SrtrtError(f"the Ray job failed ({' '.join(first.split())[:200]}); finished outputs are kept: "
+                         "run the same command again to go on")
+    failure.exit_code = 1  # a failed run, not a bad option
+    return failure
+
+
+def _srtrt_error_in(ray, error: BaseException) -> SrtrtError | None:
+    """The SrtrtError among a Ray exception's causes: an actor's death wraps the RayTaskError of
+    its constructor (in `args`), which holds the original exception (`cause`)."""
+    pending, seen = [error], set()
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, SrtrtError) and not isinstance(current, ray.exceptions.RayError):
+            return current  # (a RayTaskError posing as its cause says the whole traceback)
+        linked = (getattr(current, "cause", None), current.__cause__, current.__context__, *current.args)
+        pending += [e for e in linked if isinstance(e, BaseException)]
+    return None
 
 
 def _run_dataset(ray, args, todo, report: BatchReport, say, stop) -> None:
@@ -234,20 +338,30 @@ def _run_dataset(ray, args, todo, report: BatchReport, say, stop) -> None:
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = not args.quiet and sys.stderr.isatty()
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset INFO lines; srtrt reports per image
     size, pool = _pool(ray, len(todo), args.device)
     options = RunOptions.from_args(args).replace(device=_actor_device(args.device, pool),
                                                  shape_class=shape_class([job.source for job in todo]))
     items = [{"source": str(job.source), "destination": str(job.destination)} for job in todo]
-    dataset = ray.data.from_items(items).map_batches(
-        ImageActor, fn_constructor_args=(options,), batch_size=1, batch_format="numpy", **pool)
+    with warnings.catch_warnings():  # max_restarts has no named parameter yet: Ray warns of **ray_remote_args
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        dataset = ray.data.from_items(items).map_batches(
+            ImageActor, fn_constructor_args=(options,), batch_size=1, batch_format="numpy", **_no_restarts(ray), **pool)
     say(f"srtrt: {len(todo)} files over {size} Ray actors ({'1 GPU' if pool.get('num_gpus') else '1 CPU'} each)")
     report.started = time.perf_counter()  # throughput of the work, not of starting the cluster
-    for row in dataset.iter_rows():
-        outcome = report.add(Outcome(Path(row["path"]), Path(row["output"]), str(row["status"]), str(row["message"]),
-                                     float(row["seconds"]), int(row["pixels"])))
-        if outcome.status == DONE:
-            say(f"srtrt: {outcome.message}")
-        elif outcome.status == FAILED:
-            say(f"srtrt: {outcome.message}", always=True)
-        stop.check()
+    try:
+        for row in dataset.iter_rows():
+            _report_row(row, report, say)
+            stop.check()
+    except ray.exceptions.RayError as e:
+        raise _one_line(ray, e) from None
+
+
+def _report_row(row: dict, report: BatchReport, say) -> None:
+    for note in filter(None, str(row["notes"]).split("\n")):
+        say(note, always=True)  # as a local run prints its runner's notes
+    outcome = report.add(Outcome(Path(row["path"]), Path(row["output"]), str(row["status"]), str(row["message"]),
+                                 float(row["seconds"]), int(row["pixels"])))
+    if outcome.status == DONE:
+        say(f"srtrt: {outcome.message}")
+    elif outcome.status == FAILED:
+        say(f"srtrt: {outcome.message}", always=True)
