@@ -182,8 +182,12 @@ def _refuse_more_than_one_image(img: Image.Image, path) -> None:
     pages = [index for index in range(1, frames) if not _auxiliary_page(img, index)]
     img.seek(0)
     if pages:
-        raise SrtrtError(f"a multi-page TIFF ({1 + len(pages)} images); srtrt upscales one image "
-                         "per file: split the pages first", path)
+        raise _multi_page(1 + len(pages), path)
+
+
+def _multi_page(images: int, path) -> SrtrtError:
+    return SrtrtError(f"a multi-page TIFF ({images} images); srtrt upscales one image per file: "
+                      "split the pages first", path)
 
 
 def _auxiliary_page(img: Image.Image, index: int) -> bool:
@@ -489,8 +493,7 @@ def _read_tiff_by_tifffile(path, max_pixels: int | None, pillow_cause: str) -> D
             check_size((page.imagewidth, page.imagelength), max_pixels, path)
             images = 1 + sum(not other.subfiletype & _AUXILIARY_PAGE_BITS for other in tiff.pages[1:])
             if images > 1:
-                raise SrtrtError(f"a multi-page TIFF ({images} images); srtrt upscales one image per file: "
-                                 "split the pages first", path)
+                raise _multi_page(images, path)
             layout = (int(page.photometric), page.samplesperpixel, np.dtype(page.dtype))
             colour = {_MINISBLACK: 1, _RGB: 3}.get(layout[0])
             if colour is None or layout[1] not in (colour, colour + 1) or layout[2].kind not in "uf":
