@@ -23,10 +23,16 @@ def temp_name(path: str | os.PathLike) -> str:
 
 
 def partial_prefix(name: str) -> str:
-    """`.NAME.partial-`, NAME cut (in bytes) so that a temporary name fits where `name` itself fits."""
-    room = NAME_MAX - 1 - _PARTIAL_TAIL
+    """`.NAME.partial-`, NAME cut so that a temporary name fits where `name` itself fits."""
+    return hidden_name(name, ".partial-", _PARTIAL_TAIL - len(".partial-"))
+
+
+def hidden_name(name: str, tail: str, appended: int = 0) -> str:
+    """`.NAME<tail>` for a file or folder of srtrt's own beside `name`, NAME cut (in bytes) so that
+    the whole, and `appended` bytes more, fit NAME_MAX."""
+    room = NAME_MAX - 1 - len(os.fsencode(tail)) - appended
     encoded = os.fsencode(name)
-    return f".{os.fsdecode(encoded[:room]) if len(encoded) > room else name}.partial-"
+    return f".{os.fsdecode(encoded[:room]) if len(encoded) > room else name}{tail}"
 
 
 def fsync_folder(folder: str | os.PathLike) -> None:

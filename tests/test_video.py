@@ -917,3 +917,14 @@ def test_fast_8_bit_conversion_is_within_one_code_value_of_the_exact_one(pix_fmt
             difference = _plane_array(plane, np.uint8).astype(int) - exact
             assert difference.shape == exact.shape and np.abs(difference).max() <= 1
             assert np.abs(difference).mean() < 0.1 and abs(difference.mean()) < 0.02  # rare, and unbiased
+
+
+def test_a_video_whose_name_fits_is_written_though_its_work_folder_name_is_longer(tmp_path, capsys, model):
+    from srtrt.engine.video.resume import work_folder
+
+    clip = tmp_path / ("v" * 240 + ".mp4")  # its output name is 247 bytes, its work folder's was 260
+    make_clip(clip, frames=4, audio=None)
+    code, err = run(capsys, clip, "--model", model, "--backend", "torch", "--precision", "fp32")
+    out = tmp_path / ("v" * 240 + "_x4.mp4")
+    assert code == 0 and out.is_file(), err
+    assert len(bytes(work_folder(out).name, "utf-8")) <= 255 and not work_folder(out).exists()

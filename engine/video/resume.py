@@ -18,13 +18,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from srtrt.atomic import write_text
+from srtrt.atomic import hidden_name, write_text
 
 MANIFEST = "manifest.json"
 
 
 def work_folder(destination: Path) -> Path:
-    return destination.parent / f".{destination.name}.srtrt-video"
+    return destination.parent / hidden_name(destination.name, ".srtrt-video")
 
 
 def source_key(source: Path) -> dict:
