@@ -74,6 +74,7 @@ def test_a_rerun_writes_nothing_new(local_ray, batch, capsys):
     err = capsys.readouterr().err
     assert code == 1  # the corrupt file is still corrupt
     assert "srtrt: 1 done, 4 skipped, 1 failed" in err
+    assert err.count("_x4.png: exists, skipped (--overwrite to replace)") == 4  # a line per file, as a local run
     after = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert {k: v for k, v in after.items() if k != "img3_x4.png"} == before
     assert (out / "img3_x4.png").read_bytes() == (root / "local" / "img3_x4.png").read_bytes()

@@ -170,6 +170,11 @@ def output_path(source: Path, output: str | None, many: bool, scale: int) -> Pat
     return out
 
 
+def skipped_existing(source: Path, destination: Path) -> Outcome:
+    """An input whose output is already there, left alone without --overwrite."""
+    return Outcome(source, destination, SKIPPED, f"{destination}: exists, skipped (--overwrite to replace)")
+
+
 @dataclass
 class Job:
     source: Path
@@ -309,8 +314,7 @@ class FileRunner:
             if real_path(destination) == real_path(source):
                 raise SrtrtError("output path is the input itself", destination)
             if existed and not overwrite:
-                return _finished(Outcome(source, destination, SKIPPED,
-                                         f"{destination}: exists, skipped (--overwrite to replace)"))
+                return _finished(skipped_existing(source, destination))
             if is_video(source):
                 return _finished(self._video(source, destination, on_frame, on_frames, stop_check, start))
             image = decoded.result() if decoded is not None else self.decode(source)

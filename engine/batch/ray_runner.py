@@ -31,7 +31,6 @@ from srtrt.atomic import partial_prefix
 from srtrt.engine.batch.files import (
     DONE,
     FAILED,
-    SKIPPED,
     BatchReport,
     FileRunner,
     Outcome,
@@ -40,6 +39,7 @@ from srtrt.engine.batch.files import (
     plan_jobs,
     several_outputs,
     shape_class,
+    skipped_existing,
 )
 from srtrt.engine.batch.options import RunOptions, open_backend
 from srtrt.errors import SrtrtError
@@ -206,7 +206,7 @@ def main(args) -> int:
             print(message, file=sys.stderr)
 
     report = BatchReport()
-    todo, existing = [], 0
+    todo = []
     jobs = plan_jobs(inputs, args.output, scale, options, many)
     for job in jobs:
         if job.note and not job.refusal:
@@ -215,12 +215,9 @@ def main(args) -> int:
             report.add(Outcome(job.source, job.destination, job.status, job.refusal))
             say(f"srtrt: {job.refusal}", always=job.status == FAILED)
         elif os.path.lexists(job.destination) and not args.overwrite:
-            report.add(Outcome(job.source, job.destination, SKIPPED))
-            existing += 1
+            say(f"srtrt: {report.add(skipped_existing(job.source, job.destination)).message}")  # as a local run
         else:
             todo.append(job)
-    if existing:
-        say(f"srtrt: {existing} outputs exist, skipped (--overwrite to replace)")
 
     started = _start_ray(ray, args.ray) if todo else False
     try:
@@ -346,7 +343,8 @@ def _run_dataset(ray, args, todo, report: BatchReport, say, stop) -> None:
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         dataset = ray.data.from_items(items).map_batches(
             ImageActor, fn_constructor_args=(options,), batch_size=1, batch_format="numpy", **_no_restarts(ray), **pool)
-    say(f"srtrt: {len(todo)} files over {size} Ray actors ({'1 GPU' if pool.get('num_gpus') else '1 CPU'} each)")
+    files = f"{len(todo)} file{'s' if len(todo) > 1 else ''}"
+    say(f"srtrt: {files} over {size} Ray actor{'s' if size > 1 else ''} ({'1 GPU' if pool.get('num_gpus') else '1 CPU'} each)")
     report.started = time.perf_counter()  # throughput of the work, not of starting the cluster
     try:
         for row in dataset.iter_rows():
