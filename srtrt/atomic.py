@@ -13,7 +13,7 @@ import secrets
 from pathlib import Path
 
 NAME_MAX = 255  # bytes in one file name (ext4, XFS, btrfs, APFS, NTFS in UTF-16 units)
-_PARTIAL_TAIL = len(".partial-") + 7 + 1 + 6  # PIDs reach 7 digits (pid_max 4194304), the token 6 hex
+_PID_AND_TOKEN = 7 + 1 + 6  # "PID-TOKEN": PIDs reach 7 digits (pid_max 4194304), the token 6 hex
 
 
 def temp_name(path: str | os.PathLike) -> str:
@@ -24,7 +24,7 @@ def temp_name(path: str | os.PathLike) -> str:
 
 def partial_prefix(name: str) -> str:
     """`.NAME.partial-`, NAME cut so that a temporary name fits where `name` itself fits."""
-    return hidden_name(name, ".partial-", _PARTIAL_TAIL - len(".partial-"))
+    return hidden_name(name, ".partial-", _PID_AND_TOKEN)
 
 
 def hidden_name(name: str, tail: str, appended: int = 0) -> str:

@@ -13,6 +13,9 @@ from srtrt.errors import SrtrtError
 
 ALPHA_MODES = ("bicubic", "model")
 SHAPE_CLASSES = ("large", "many-sizes")  # backends.measured.LARGE, MANY_SIZES
+# integer options: (least, most or None)
+INTEGER_RANGES = {"tile": (0, None), "margin": (0, None), "batch": (1, None), "max_pixels": (0, None),
+                  "crf": (0, 63), "png_level": (0, 9)}
 
 
 @dataclass(frozen=True)
@@ -40,17 +43,16 @@ class RunOptions:
     def __post_init__(self):
         if self.alpha not in ALPHA_MODES:
             raise SrtrtError(f"alpha must be one of {', '.join(ALPHA_MODES)}, not {self.alpha!r}")
-        for name, least in (("tile", 0), ("margin", 0), ("batch", 1), ("max_pixels", 0), ("crf", 0),
-                            ("png_level", 0)):
+        for name, (least, most) in INTEGER_RANGES.items():
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            if value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise SrtrtError(f"{name} must be an integer >= {least}, not {value!r}")
-        if self.crf is not None and not 0 <= self.crf <= 63:
-            raise SrtrtError(f"crf must be 0-63, not {self.crf}")
+            if most is not None and value > most:
+                raise SrtrtError(f"{name.replace('_', ' ')} must be {least}-{most}, not {value}")
         if self.shape_class not in SHAPE_CLASSES:
             raise SrtrtError(f"shape_class must be one of {', '.join(SHAPE_CLASSES)}, not {self.shape_class!r}")
-        if self.png_level is not None and not 0 <= self.png_level <= 9:
-            raise SrtrtError(f"png level must be 0-9, not {self.png_level}")
 
     @classmethod
     def from_args(cls, args) -> RunOptions:

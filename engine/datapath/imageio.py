@@ -499,7 +499,7 @@ def _read_tiff_by_tifffile(path, max_pixels: int | None, pillow_cause: str) -> D
             if colour is None or layout[1] not in (colour, colour + 1) or layout[2].kind not in "uf":
                 raise SrtrtError(f"unsupported TIFF layout ({page.photometric.name.lower()}, {layout[1]} samples of "
                                  f"{layout[2]}); srtrt reads grey or RGB, with or without alpha, in 8 or 16 bits or floats", path)
-            samples = _tiff_samples(path)
+            samples = _page_samples(page)
             tags = {tag.code: tag.value for tag in page.tags.values() if tag.code in (ORIENTATION_TAG, 34675)}
             shape = (page.imagelength, page.imagewidth)
     except SrtrtError:
@@ -544,8 +544,12 @@ def _tiff_samples(path) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(path) as tiff:
-        page = tiff.pages[0]
-        samples, axes = page.asarray(), page.axes
+        return _page_samples(tiff.pages[0])
+
+
+def _page_samples(page) -> np.ndarray:
+    """A tifffile page's pixels as (height, width, samples)."""
+    samples, axes = page.asarray(), page.axes
     if "S" in axes:
         samples = np.moveaxis(samples, axes.index("S"), -1)
         axes = axes.replace("S", "") + "S"

@@ -107,10 +107,10 @@ def _check_destination(path: str, overwrite: bool) -> None:
         raise SrtrtError(f"output folder {folder} does not exist", path)
 
 
-
 class OutputNote(UserWarning):
     """What an output format loses of an image (alpha in JPEG, 16 bits in WebP): `srtrt run` says it
     as one `srtrt:` line (hidden by -q); Python callers get it as a warning they can filter."""
+
 
 class ImageWriter:
     """Rows in, top to bottom; the finished file appears under its name only on commit.
