@@ -239,11 +239,11 @@ def _dispatch(args) -> int:
 
 @contextlib.contextmanager
 def _output_notes_as_lines(quiet: bool):
-    """An output format's loss (writers.OutputNote) as one `srtrt:` line, not Python's two-line
+    """An output format's loss (errors.OutputNote) as one `srtrt:` line, not Python's two-line
     warning; -q hides it. Python's own display is back when the command ends."""
     import warnings
 
-    from srtrt.engine.datapath.writers import OutputNote
+    from srtrt.errors import OutputNote
 
     shown = warnings.showwarning
 

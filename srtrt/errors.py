@@ -16,3 +16,9 @@ def shown(path) -> str:
     name) written as escapes, every other character (accents, CJK) as it is."""
     text = str(path)
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class OutputNote(UserWarning):
+    """What an output loses of an image (alpha in JPEG, 16 bits in WebP, 16-bit CMYK through a
+    profile): `srtrt run` says it as one `srtrt:` line (hidden by -q); Python callers get it as a
+    warning they can filter."""

@@ -220,6 +220,33 @@ def test_cmyk_jpeg_becomes_rgb(tmp_path):
     np.testing.assert_array_equal(image.pixels, np.asarray(Image.open(path).convert("RGB")))
 
 
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_sixteen_bit_cmyk_tiff_becomes_sixteen_bit_rgb(tmp_path, orientation):
+    tifffile = pytest.importorskip("tifffile")
+    ink = random_array(6, 10, 4, np.uint16)
+    path = str(tmp_path / "cmyk16.tif")
+    tifffile.imwrite(path, ink, photometric="separated", extratags=[(274, "H", 1, orientation, True)])
+    image = read_image(path)
+    c, m, y, k = (ink[:, :, i].astype(np.float64) / 65535 for i in range(4))
+    expected = np.round(np.stack([(1 - c) * (1 - k), (1 - m) * (1 - k), (1 - y) * (1 - k)], -1) * 65535)
+    expected = np.rot90(expected, -1) if orientation == 6 else expected
+    assert image.bit_depth == 16 and image.pixels.dtype == np.uint16
+    assert np.abs(image.pixels.astype(np.int64) - expected).max() <= 1  # float32 arithmetic
+    # the same formula Pillow applies at 8 bits
+    eight = np.asarray(ImageOps.exif_transpose(Image.open(path).convert("RGB")))
+    assert np.abs(image.pixels / 257.0 - eight).max() <= 2
+
+
+def test_sixteen_bit_cmyk_with_a_profile_says_it_is_converted_at_eight_bits(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    path = str(tmp_path / "cmyk16icc.tif")
+    tifffile.imwrite(path, random_array(4, 5, 4, np.uint16), photometric="separated",
+                     iccprofile=b"not a real profile")
+    with pytest.warns(OutputNote, match="16-bit CMYK is converted through its ICC profile at 8 bits"):
+        image = read_image(path)
+    assert image.bit_depth == 8 and image.pixels.shape == (4, 5, 3)
+
+
 def test_exif_rotated_jpeg_is_upright_and_orientation_reset(tmp_path):
     source = Image.fromarray(random_array(12, 30, 3))
     path = save(tmp_path, source, "rot.jpg", exif=exif_with_orientation(6), quality=95)

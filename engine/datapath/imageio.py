@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from srtrt.engine.datapath import decoder_messages
-from srtrt.errors import SrtrtError
+from srtrt.errors import OutputNote, SrtrtError
 
 DEFAULT_MAX_PIXELS = 20000 * 20000  # LR pixels; the x4 output is 16 times larger
 INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
@@ -78,6 +78,8 @@ def read_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImag
                 check_size(img.size, max_pixels, path)
                 _refuse_more_than_one_image(img, path)
                 source_format = img.format
+                if _sixteen_bit_cmyk(img):
+                    return _read_sixteen_bit_cmyk(img, path)
                 if _sixteen_bit_colour_rawmode(img) is not None:
                     return _read_sixteen_bit_colour(img, path, source_format)
                 if (decoded := _read_plain_png(img, path)) is not None:
@@ -463,6 +465,32 @@ def _read_sixteen_bit_colour(first: Image.Image, path, source_format: str) -> De
     icc = first.info.get("icc_profile") or None
     return DecodedImage(_apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation),
                         16, icc, exif, source_format, path)
+
+
+def _sixteen_bit_cmyk(img: Image.Image) -> bool:
+    return img.format == "TIFF" and img.mode == "CMYK" and _tiff_bits_per_sample(img) == {16}
+
+
+def _read_sixteen_bit_cmyk(first: Image.Image, path) -> DecodedImage:
+    """16-bit CMYK, which Pillow reads at 8 bits. Without a profile it becomes 16-bit RGB by
+    Pillow's own formula, R = (1 - C)(1 - K), at full precision. Pillow's colour engine converts
+    CMYK through a profile only at 8 bits, so a file with one keeps that path and says so."""
+    if first.info.get("icc_profile"):
+        warnings.warn(f"{path}: 16-bit CMYK is converted through its ICC profile at 8 bits per "
+                      "sample", OutputNote, stacklevel=3)
+        first.load()
+        return _normalise(first, path, "TIFF")
+    with _library_messages_dropped():
+        samples = _tiff_samples(path)
+    if samples.ndim != 3 or samples.shape[:2] not in _stored_shapes(first) or samples.dtype != np.uint16 \
+            or samples.shape[2] < 4:
+        raise SrtrtError(f"corrupt or unreadable image (decoded {samples.dtype} samples of shape "
+                         f"{samples.shape} for a {first.width}x{first.height} 16-bit CMYK image)", path)
+    ink = samples[:, :, :4].astype(np.float32) / 65535.0
+    rgb = (1.0 - ink[:, :, :3]) * (1.0 - ink[:, :, 3:])
+    pixels = np.round(rgb * 65535.0).astype(np.uint16)
+    orientation, exif = _orientation_and_exif(first)
+    return DecodedImage(_apply_orientation(pixels, orientation), None, 16, None, exif, "TIFF", path)
 
 
 def _turned_tiff(img: Image.Image) -> bool:

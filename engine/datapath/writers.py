@@ -34,7 +34,7 @@ from zlib_ng import zlib_ng
 from srtrt.atomic import commit as commit_file
 from srtrt.atomic import temp_name
 from srtrt.engine.datapath.imageio import to_eight_bit
-from srtrt.errors import SrtrtError
+from srtrt.errors import OutputNote, SrtrtError
 from srtrt.hardware import usable_cpus
 
 OUTPUT_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG",
@@ -105,11 +105,6 @@ def _check_destination(path: str, overwrite: bool) -> None:
     folder = os.path.dirname(path) or "."
     if not os.path.isdir(folder):
         raise SrtrtError(f"output folder {folder} does not exist", path)
-
-
-class OutputNote(UserWarning):
-    """What an output format loses of an image (alpha in JPEG, 16 bits in WebP): `srtrt run` says it
-    as one `srtrt:` line (hidden by -q); Python callers get it as a warning they can filter."""
 
 
 class ImageWriter:
