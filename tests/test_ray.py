@@ -223,13 +223,16 @@ def test_quiet_is_quiet_with_a_ray_of_its_own(two_images, tmp_path, ray_tmpdir):
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
-def test_ctrl_c_while_ray_starts_shuts_it_down(two_images, tmp_path, ray_tmpdir):
-    """A SIGINT inside ray.init: one line, exit 130, and none of the Ray processes left running."""
+@pytest.mark.parametrize("signum, last_line", [(signal.SIGINT, "srtrt: interrupted"),
+                                              (signal.SIGTERM, "srtrt: stopped by SIGTERM")])
+def test_a_signal_while_ray_starts_shuts_it_down(two_images, tmp_path, ray_tmpdir, signum, last_line):
+    """A SIGINT or SIGTERM inside ray.init (which installs a SIGTERM handler of its own that exits
+    15): one line, exit 128 + the signal, and none of the Ray processes left running."""
     folder, model = two_images
     process = srtrt_process("run", folder, "-o", tmp_path / "out", "--model", model, "--ray")
-    sent, err = signal_when(process, lambda: bool(_live_processes_naming(ray_tmpdir)), signal.SIGINT, 120)
-    assert sent and process.returncode == 130
-    assert err.splitlines()[-1] == "srtrt: interrupted" and "Traceback" not in err
+    sent, err = signal_when(process, lambda: bool(_live_processes_naming(ray_tmpdir)), signum, 120)
+    assert sent and process.returncode == 128 + signum, err
+    assert err.splitlines()[-1] == last_line and "Traceback" not in err
     assert "Ray actors" not in err  # it was stopped during start-up, before any work
     deadline = time.monotonic() + 10  # the agents notice the raylet's end within a few seconds
     while _live_processes_naming(ray_tmpdir) and time.monotonic() < deadline:

@@ -280,8 +280,10 @@ def _start_ray(ray, address: str) -> bool:
     with StopOnSignals() as starting:
         try:
             started = connect(ray, address, quiet=True, local_cpus=usable_cpus(), log_to_driver=False)
-        except BaseException:  # a failed start (or a second signal) may have left processes of its own
+        except BaseException as error:  # a failed start (or a second signal) may have left processes of its own
             ray.shutdown()
+            if isinstance(error, SystemExit) and error.code == signal.SIGTERM and not starting.requested:
+                starting.signum = signal.SIGTERM  # ray.init's first act swaps in a handler of its own: sys.exit(15)
             if not starting.requested:
                 raise
             started = False
