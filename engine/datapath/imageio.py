@@ -164,7 +164,7 @@ def check_size(size: tuple[int, int], max_pixels: int | None, path) -> None:
     if max_pixels and width * height > max_pixels:
         raise SrtrtError(
             f"image is {width}x{height} = {width * height:,} pixels, over the limit of "
-            f"{max_pixels:,} (a decompression-bomb guard); raise it with --max-pixels", path)
+            f"{max_pixels:,} (a decompression-bomb guard); raise it with --max-pixels (max_pixels= in Python)", path)
 
 
 # NewSubfileType (TIFF tag 254) bits of pages that belong to the first image: a reduced-

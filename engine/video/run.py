@@ -84,7 +84,8 @@ def plan_video(source: Path, destination: Path, options, scale: int) -> VideoPla
     info = probe(source)
     limit = options.decode_limit.get("max_pixels", DEFAULT_MAX_PIXELS)
     if limit and info.width * info.height > limit:
-        raise SrtrtError(f"frames are {info.width}x{info.height}, more than --max-pixels {limit:,} pixels", source)
+        raise SrtrtError(f"frames are {info.width}x{info.height}, more than the limit of {limit:,} pixels "
+                         "(a decompression-bomb guard); raise it with --max-pixels (max_pixels= in Python)", source)
     fmt = remux.FORMATS.get(destination.suffix.lower(), "matroska")
     codec = options.codec or default_codec(fmt, info.bits)
     settings = choose_settings(codec, options.crf, options.preset, info.pix_fmt, info.bits, info.width * scale,
