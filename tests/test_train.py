@@ -389,6 +389,15 @@ def test_unreadable_files_in_the_photo_folder_are_skipped_with_a_line(photos, tm
     assert checkpoint.load(tmp_path / "run" / "model").meta["training"]["iterations"] == 1
 
 
+def test_an_unreadable_held_out_photo_is_not_recorded_as_a_validation_image(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    write_images(folder, [(64, 64)] * 4, seed=7)
+    (folder / "zz.png").write_text("not an image")  # sorted last: the one photo held out
+    code, err = _train_cli(capsys, folder, tmp_path / "run", "--val-count", "1")
+    assert code == 0 and "zz.png" in err and "(skipped)" in err
+    assert checkpoint.load(tmp_path / "run" / "model").meta["training"]["val_images"] == []
+
+
 def test_no_resume_keeps_the_earlier_run_aside_and_starts_a_clean_record(photos, tmp_path, capsys):
     out = tmp_path / "run"
     tiny = dict(blocks=1, channels=8, iters=2, val_every=2, batch=2)

@@ -94,7 +94,7 @@ def interpolate(data: str, psnr_model: str, gan_model: str, out: str, psnr_drop:
         "grid strength, on held-out training photos",
         "val_psnr_y": chosen["val_psnr_y"], "val_hf_ratio_y": chosen["val_hf_ratio_y"],
         "val_grid_ratio_y": chosen["val_grid_ratio_y"],
-        "val_images": [p.name for p in val_paths], "val_crop": val_crop, "sweep": rows,
+        "val_images": [pair.name for pair in pairs], "val_crop": val_crop, "sweep": rows,
         "psnr_model": {"sha256": psnr.sha256, **psnr.meta.get("training", {})},
         "gan_model": {"sha256": gan.sha256, **gan.meta.get("training", {})},
     }}

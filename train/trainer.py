@@ -73,8 +73,14 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr
 
 
-def validation_pairs(paths, scale: int, crop: int) -> list[tuple[torch.Tensor, np.ndarray]]:
-    """Centre crops of held-out photos: (LR tensor 1x3xhxw in [0,1], HR uint8 HxWx3)."""
+class ValidationPair(NamedTuple):
+    lr: torch.Tensor  # 1x3xhxw in [0, 1]
+    hr: np.ndarray    # HxWx3 uint8
+    name: str         # the photo's file name, as a checkpoint's sidecar records it
+
+
+def validation_pairs(paths, scale: int, crop: int) -> list[ValidationPair]:
+    """Centre crops of the held-out photos that can be read (one that cannot is named and left out)."""
     pairs = []
     for p in paths:
         img = readable_rgb(p)
@@ -85,7 +91,7 @@ def validation_pairs(paths, scale: int, crop: int) -> list[tuple[torch.Tensor, n
         hr = img.crop(((w - c) // 2, (h - c) // 2, (w - c) // 2 + c, (h - c) // 2 + c))
         hr = modcrop(hr, scale)
         lr = torch.from_numpy(np.array(bicubic_downscale(hr, scale))).permute(2, 0, 1)[None].float() / 255
-        pairs.append((lr, np.asarray(hr)))
+        pairs.append(ValidationPair(lr, np.asarray(hr), p.name))
     return pairs
 
 
@@ -101,7 +107,7 @@ def validate(generator: torch.nn.Module, pairs, device) -> Validation:
     view = registry.inference_view(generator)
     scale = generator.config.scale
     rows = []
-    for lr, hr in pairs:
+    for lr, hr, _ in pairs:
         sr = view(lr.to(device))[0].permute(1, 2, 0).mul(255).round().byte().cpu().numpy()
         rows.append((psnr_y(sr, hr, scale), hf_ratio_y(sr, hr, scale), grid_ratio_y(sr, scale, scale)))
     generator.train()
@@ -352,7 +358,7 @@ def train(cfg: TrainConfig) -> Path:
                                  "amp": str(amp).replace("torch.", "") if amp else "off",
                                  "val_psnr_y": round(val, 4), "val_hf_ratio_y": round(val_hf, 4),
                                  "val_grid_ratio_y": round(val_grid, 4),
-                                 "val_images": [p.name for p in val_paths]}}
+                                 "val_images": [pair.name for pair in val_pairs]}}
             if gan:
                 meta["training"].update(content_loss=cfg.content_loss, adv_weight=cfg.adv_weight,
                                         pixel_weight=cfg.pixel_weight, grid_weight=cfg.grid_weight)
