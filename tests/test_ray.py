@@ -238,3 +238,22 @@ def test_a_signal_while_ray_starts_shuts_it_down(two_images, tmp_path, ray_tmpdi
     while _live_processes_naming(ray_tmpdir) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _live_processes_naming(ray_tmpdir) == []
+
+
+def test_every_row_an_actor_returns_is_said_as_a_local_run_says_it():
+    """An output another run wrote meanwhile comes back from the actor as skipped: it gets its line
+    (it was counted but not printed); -q keeps only failures."""
+    from srtrt.engine.batch.files import BatchReport
+    from srtrt.engine.batch.ray_runner import _report_row
+
+    rows = [{"path": f"in{i}.png", "output": f"out{i}.png", "status": status, "message": message,
+             "seconds": 0.1, "pixels": 16, "notes": ""}
+            for i, (status, message) in enumerate([("done", "in0.png -> out0.png"),
+                                                    ("skipped", "out1.png: written meanwhile by another run, skipped"),
+                                                    ("failed", "in2.png: truncated image file")])]
+    for quiet, expected in [(False, [row["message"] for row in rows]), (True, [rows[2]["message"]])]:
+        said, report = [], BatchReport()
+        for row in rows:
+            _report_row(row, report, lambda message, always=False: said.append(message) if always or not quiet else None)
+        assert said == [f"srtrt: {message}" for message in expected]
+        assert (len(report.done), len(report.skipped), len(report.failed)) == (1, 1, 1)

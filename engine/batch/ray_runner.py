@@ -29,7 +29,6 @@ from pathlib import Path
 
 from srtrt.atomic import partial_prefix
 from srtrt.engine.batch.files import (
-    DONE,
     FAILED,
     BatchReport,
     FileRunner,
@@ -361,7 +360,4 @@ def _report_row(row: dict, report: BatchReport, say) -> None:
         say(note, always=True)  # as a local run prints its runner's notes
     outcome = report.add(Outcome(Path(row["path"]), Path(row["output"]), str(row["status"]), str(row["message"]),
                                  float(row["seconds"]), int(row["pixels"])))
-    if outcome.status == DONE:
-        say(f"srtrt: {outcome.message}")
-    elif outcome.status == FAILED:
-        say(f"srtrt: {outcome.message}", always=True)
+    say(f"srtrt: {outcome.message}", always=outcome.status == FAILED)  # done and skipped as a local run says them
