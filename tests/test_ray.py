@@ -97,7 +97,8 @@ def test_actor_rows_are_small_status_dicts(batch, tmp_path):
     rows = actor({"source": [str(root / "in" / "img0.png"), str(root / "in" / "broken.png"), str(tmp_path)],
                   "destination": [str(tmp_path / "a.png"), str(tmp_path / "b.png"), str(tmp_path / "c.png")]})
     assert rows["status"] == ["done", "failed", "failed"]
-    assert set(rows) == {"path", "output", "status", "message", "seconds", "pixels", "notes"}
+    assert set(rows) == {"path", "output", "status", "message", "seconds", "pixels", "notes", "setup"}
+    assert rows["setup"] == ["", "", ""]  # the driver says them for actors on this machine
     assert rows["notes"] == ["", "", ""]
     assert rows["pixels"][0] == 224 * 160 and all(isinstance(s, float) for s in rows["seconds"])
     assert "is a directory" in rows["message"][2]
@@ -175,6 +176,23 @@ def test_the_lines_are_the_local_runs(local_ray, two_images, tmp_path, capfd):
     assert main(["run", str(folder), "-o", str(tmp_path / "quiet"), "--model", str(model), "--ray", "-q"]) == 0
     assert capfd.readouterr().err == ""
     assert sorted(p.name for p in (tmp_path / "quiet").iterdir()) == ["img0_x4.png", "img1_x4.png"]
+
+
+def test_on_a_cluster_the_nodes_say_the_backend_and_tiles_lines_once(local_ray, two_images, tmp_path, capfd,
+                                                                      monkeypatch):
+    """The driver opens no backend for a cluster (its nodes may differ from this machine): the
+    actors' backend and tiles lines come back with their rows, each said once, none with -q."""
+    from srtrt.engine.batch import ray_runner
+
+    folder, model = two_images
+    assert main(["run", str(folder), "-o", str(tmp_path / "local"), "--model", str(model)]) == 0
+    local = capfd.readouterr().err.splitlines()[:2]
+    monkeypatch.setattr(ray_runner, "_actors_run_here", lambda address: False)
+    assert main(["run", str(folder), "-o", str(tmp_path / "ray"), "--model", str(model), "--ray"]) == 0
+    with_ray = capfd.readouterr().err.splitlines()
+    assert local[0].startswith("srtrt: backend ") and [line for line in with_ray if line in local] == local
+    assert main(["run", str(folder), "-o", str(tmp_path / "quiet"), "--model", str(model), "--ray", "-q"]) == 0
+    assert capfd.readouterr().err == ""
 
 
 def test_an_actors_notes_are_printed_even_with_quiet(capsys):

@@ -33,7 +33,7 @@ from srtrt.engine.batch.files import (
     several_outputs,
     shape_class,
 )
-from srtrt.engine.batch.options import RunOptions, open_backend
+from srtrt.engine.batch.options import RunOptions, open_backend, setup_lines
 from srtrt.engine.batch.threads import torch_for_data_only
 from srtrt.errors import SrtrtError
 
@@ -63,8 +63,7 @@ def main(args) -> int:
     selection = open_backend(options)
     backend = selection.backend
     if not args.quiet:
-        print(f"srtrt: backend {selection.reason}", file=sys.stderr)
-        print(f"srtrt: {selection.facts.tiling_note(options.margin)}", file=sys.stderr)
+        print("\n".join(setup_lines(selection, options.margin)), file=sys.stderr)
     runner = FileRunner(backend, options, log=lambda m: print(m, file=sys.stderr))
     jobs = plan_jobs(inputs, args.output, backend.scale, options, many)
 

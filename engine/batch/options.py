@@ -80,3 +80,8 @@ def open_backend(options: RunOptions):
 
     return create_backend(options.backend, options.model, options.precision, options.device,
                           allow_noncommercial=options.allow_noncommercial, shape_class=options.shape_class)
+
+
+def setup_lines(selection, margin: int | None) -> list[str]:
+    """A run's first lines: the backend and why it was picked, and how exact its tiles are."""
+    return [f"srtrt: backend {selection.reason}", f"srtrt: {selection.facts.tiling_note(margin)}"]

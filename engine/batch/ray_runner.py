@@ -40,7 +40,7 @@ from srtrt.engine.batch.files import (
     shape_class,
     skipped_existing,
 )
-from srtrt.engine.batch.options import RunOptions, open_backend
+from srtrt.engine.batch.options import RunOptions, open_backend, setup_lines
 from srtrt.errors import SrtrtError
 from srtrt.hardware import usable_cpus
 
@@ -61,19 +61,21 @@ class ImageActor:
     """A Ray Data actor: builds the backend once, then upscales the files of each batch of paths
     (batches of one, so each video is one actor's from its first frame to its last)."""
 
-    def __init__(self, options: RunOptions):
+    def __init__(self, options: RunOptions, says_setup: bool = False):
         from srtrt.engine.datapath.decoder_messages import quiet_decoding_libraries
 
         quiet_decoding_libraries()  # an actor is a process of its own: decoders' messages are srtrt's here too
         threads_as_assigned()
         selection = open_backend(options)
         self.describe = selection.backend.describe()
+        # on a cluster the driver opened no backend: the backend and tiles lines come from the nodes
+        self.setup = setup_lines(selection, options.margin) if says_setup else []
         # the runner's notes (an out-of-memory retry) travel in the rows: an actor's stderr is not the driver's
         self.notes: list[str] = []
         self.runner = FileRunner(selection.backend, options, log=self.notes.append)
 
     def __call__(self, batch: dict) -> dict:
-        rows = {k: [] for k in ("path", "output", "status", "message", "seconds", "pixels", "notes")}
+        rows = {k: [] for k in ("path", "output", "status", "message", "seconds", "pixels", "notes", "setup")}
         for source, destination in zip(batch["source"], batch["destination"]):
             source, destination = Path(str(source)), Path(str(destination))
             try:
@@ -87,6 +89,7 @@ class ImageActor:
             rows["seconds"].append(float(outcome.seconds))
             rows["pixels"].append(int(outcome.pixels))
             rows["notes"].append("\n".join(self.notes))
+            rows["setup"].append("\n".join(self.setup))
             self.notes.clear()
         return rows
 
@@ -256,8 +259,7 @@ def _checked_scale(args, options: RunOptions) -> int:
     selection = open_backend(options)
     try:
         if not args.quiet:
-            print(f"srtrt: backend {selection.reason}", file=sys.stderr)
-            print(f"srtrt: {selection.facts.tiling_note(options.margin)}", file=sys.stderr)
+            print("\n".join(setup_lines(selection, options.margin)), file=sys.stderr)
         return selection.backend.scale
     finally:
         selection.backend.close()
@@ -343,12 +345,18 @@ def _run_dataset(ray, args, todo, report: BatchReport, say, stop) -> None:
     with warnings.catch_warnings():  # max_restarts has no named parameter yet: Ray warns of **ray_remote_args
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         dataset = ray.data.from_items(items).map_batches(
-            ImageActor, fn_constructor_args=(options,), batch_size=1, batch_format="numpy", **_no_restarts(ray), **pool)
+            ImageActor, fn_constructor_args=(options, not _actors_run_here(args.ray)), batch_size=1,
+            batch_format="numpy", **_no_restarts(ray), **pool)
     files = f"{len(todo)} file{'s' if len(todo) > 1 else ''}"
     say(f"srtrt: {files} over {size} Ray actor{'s' if size > 1 else ''} ({'1 GPU' if pool.get('num_gpus') else '1 CPU'} each)")
     report.started = time.perf_counter()  # throughput of the work, not of starting the cluster
+    said_setup: set[str] = set()  # each node's backend and tiles lines, once
     try:
         for row in dataset.iter_rows():
+            for line in filter(None, str(row.get("setup", "")).split("\n")):
+                if line not in said_setup:
+                    said_setup.add(line)
+                    say(line)
             _report_row(row, report, say)
             stop.check()
     except ray.exceptions.RayError as e:
