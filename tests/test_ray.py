@@ -271,7 +271,12 @@ def test_every_row_an_actor_returns_is_said_as_a_local_run_says_it():
                                                     ("failed", "in2.png: truncated image file")])]
     for quiet, expected in [(False, [row["message"] for row in rows]), (True, [rows[2]["message"]])]:
         said, report = [], BatchReport()
+
+        def say(message, always=False, said=said, quiet=quiet):
+            if always or not quiet:
+                said.append(message)
+
         for row in rows:
-            _report_row(row, report, lambda message, always=False: said.append(message) if always or not quiet else None)
+            _report_row(row, report, say)
         assert said == [f"srtrt: {message}" for message in expected]
         assert (len(report.done), len(report.skipped), len(report.failed)) == (1, 1, 1)

@@ -632,6 +632,49 @@ def test_disk_full_mid_encode_is_one_line_and_leaves_nothing(tmp_path, model):
     assert "Traceback" not in done.stderr and left == []
 
 
+def test_a_name_too_long_to_write_is_one_line_and_the_batch_goes_on(tmp_path, capsys, model):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_clip(folder / f"{'x' * 249}.mp4", frames=3, audio=None)  # its _x4 name is over 255 bytes
+    make_clip(folder / "z.mp4", frames=3, audio=None)
+    code, err = run(capsys, folder, "-o", tmp_path / "out", "--model", model, "--backend", "torch")
+    assert code == 1 and "Traceback" not in err
+    assert sum(line.endswith("_x4.mp4: cannot write the output (File name too long)") for line in err.splitlines()) == 1
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["z_x4.mp4"]  # no work folder left either
+
+
+@pytest.mark.parametrize("mount, cause", [("full", "disk full"), ("read-only", "Read-only file system")])
+def test_an_output_folder_that_takes_nothing_is_one_line_per_video(tmp_path, model, mount, cause):
+    """A real read-only or full file system (a tmpfs in a private mount namespace, root only): the
+    work folder cannot be made; each video gets the image's line, the batch goes on, nothing is left."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "--mount", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {tmp_path}"],
+            capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root and unshare)")
+    sources = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    for source in sources:
+        make_clip(source, frames=3, audio=None)
+    fs, out = tmp_path / "fs", tmp_path / "fs" / "out"
+    fs.mkdir()
+    run_srtrt = " ".join([sys.executable, "-m", "srtrt.cli", "run", *map(str, sources), "-o", f"{out}/",
+                          "--model", str(model), "--backend", "torch"])
+    take_all = f"head -c 8192 /dev/zero > {fs}/filler" if mount == "full" else f"mount -o remount,ro {fs}"
+    script = (f"mount -t tmpfs -o size=8k tmpfs {fs} && mkdir {out} && {{ {take_all}; }} ; "
+              f"{{ {run_srtrt}; rc=$?; echo LEFT; ls -A {out}; exit $rc; }}")
+    from run_helpers import cli_env
+
+    done = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, env=cli_env(),
+                          timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if f"cannot write to {out}: {cause}" in line]
+    assert [line.split(": ")[1] for line in lines] == [f"{out}/a_x4.mp4", f"{out}/b_x4.mp4"]
+    assert done.stdout.split("LEFT\n", 1)[1].split() == []
+
+
 def test_ray_runs_a_folder_of_a_video_and_an_image(tmp_path, capsys, model):
     pytest.importorskip("ray")
     pytest.importorskip("ray.data")

@@ -133,7 +133,7 @@ def join(source_path: Path, segments: list[Path], destination: Path, display_mat
             os.unlink(temp)
         if disk_full(e):
             raise SrtrtError("disk full while writing the output", destination) from None
-        if isinstance(e, (av.FFmpegError, ValueError)):
+        if isinstance(e, (av.FFmpegError, ValueError, OSError)):  # OSError: the rename (a name too long)
             raise SrtrtError(f"cannot write the output ({ffmpeg_reason(e)})", destination) from None
         raise
 

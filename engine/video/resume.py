@@ -12,6 +12,7 @@ made for another source file or other settings is not resumed from.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from srtrt.atomic import hidden_name, write_text
+from srtrt.errors import SrtrtError
 
 MANIFEST = "manifest.json"
 
@@ -79,7 +81,12 @@ def start(destination: Path, key: dict, resume: bool) -> Work:
         except (OSError, ValueError, TypeError):
             pass
     shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    work = Work(folder, key)
-    work.save()
+    try:
+        folder.mkdir(parents=True)
+        work = Work(folder, key)
+        work.save()
+    except OSError as e:  # a read-only or full disk: the image's line, and nothing left behind
+        shutil.rmtree(folder, ignore_errors=True)
+        cause = "disk full" if e.errno == errno.ENOSPC else e.strerror or " ".join(str(e).split())
+        raise SrtrtError(f"cannot write to {destination.parent}: {cause}", destination) from None
     return work

@@ -134,7 +134,7 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
         if not work.segments:
             raise SrtrtError("no frame was decoded", source)
         remux.join(source, [work.folder / seg.file for seg in work.segments], destination, info.display_matrix)
-    except SrtrtError:
+    except Exception:  # a stop (KeyboardInterrupt) keeps the work folder for --resume
         work.remove()  # nothing to resume from a bad file; a full disk gets its space back
         raise
     work.remove()
