@@ -577,6 +577,49 @@ def test_repeated_timestamps_are_moved_one_tick_and_the_run_says_so(tmp_path, ca
                                                                                           240, 280]
 
 
+def _stopped_then_resumed(source: Path, destination: Path, model: Path, segments: int) -> None:
+    """Stop a run (as Ctrl-C does) once `segments` segments are closed, then finish it with resume."""
+    from srtrt.engine.batch.files import DONE, FileRunner
+    from srtrt.engine.batch.options import RunOptions, open_backend
+    from srtrt.engine.batch.signals import Stopped
+
+    work = destination.parent / f".{destination.name}.srtrt-video"
+
+    def stop_after_segments():
+        if len(_closed_segments(work)) >= segments:
+            raise Stopped(signal.SIGINT)
+
+    options = RunOptions(model=str(model), backend="torch", resume=True)
+    runner = FileRunner(open_backend(options).backend, options)
+    with pytest.raises(Stopped):
+        runner.run(source, destination, stop_check=stop_after_segments)
+    assert len(_closed_segments(work)) >= segments and not destination.exists()
+    outcome = runner.run(source, destination)
+    assert outcome.status == DONE, outcome.message
+
+
+def test_resume_at_a_segment_that_starts_on_a_repeated_timestamp_keeps_every_frame(tmp_path, capsys, model):
+    """Frames 8 and 9 share a timestamp and 9 starts a segment's worth of time: its time is moved one
+    tick. A resumed run seeks by time, so a segment never starts on a moved frame (it started there
+    and the resumed run dropped the frame before it)."""
+    make_clip(tmp_path / "even.mkv", frames=24, audio=None, pts=[250 * i for i in range(24)],
+              time_base=Fraction(1, 1000), rate=4, gop=1)
+    source = tmp_path / "repeats.mkv"
+    with av.open(str(tmp_path / "even.mkv")) as i, av.open(str(source), "w") as o:
+        out = o.add_stream_from_template(i.streams.video[0])
+        for packet in i.demux(i.streams.video[0]):
+            if packet.size:
+                if packet.pts in (2000, 2250):  # frames 8 and 9, both keyframes
+                    packet.pts = packet.dts = 1999
+                packet.stream = out
+                o.mux(packet)
+    _stopped_then_resumed(source, tmp_path / "resumed.mkv", model, segments=2)
+    code, err = run(capsys, source, "-o", tmp_path / "fresh.mkv", "--model", model, "--backend", "torch")
+    assert code == 0, err
+    assert len(video_frames(tmp_path / "resumed.mkv")) == 24
+    assert packets(tmp_path / "resumed.mkv", "video") == packets(tmp_path / "fresh.mkv", "video")
+
+
 def test_chapters_and_container_metadata_are_kept(tmp_path, capsys, model):
     source = tmp_path / "chapters.mkv"
     make_clip(source, frames=24, audio="libopus")

@@ -207,7 +207,8 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> t
                 if frame.index < done:
                     continue
                 seconds = float(frame.pts * info.time_base)
-                if segment_start is None or (frame.key and seconds - segment_start >= SEGMENT_SECONDS):
+                # a resumed run finds a segment's first frame by its timestamp: never one that was moved
+                if segment_start is None or (frame.key and not frame.moved and seconds - segment_start >= SEGMENT_SECONDS):
                     flush()  # a group never spans a cut: its frames belong to the segment before
                     encoder.cut(number)
                     first_pts[frame.index] = frame.pts

@@ -51,6 +51,7 @@ class Frame:
     duration: int  # in the stream's time base; 0 when unknown
     key: bool
     rgb: np.ndarray
+    moved: bool = False  # its timestamp was moved one tick after the frame before's (repeated or backward)
 
 
 def open_input(path: Path):
@@ -135,8 +136,10 @@ def _decoded(container, stream, path: Path, start_pts: int | None = None):
 class FrameReader:
     """Decodes `path` on a thread into a bounded queue of RGB `Frame`s; iterate it, then `close()`.
 
-    `first_index`/`start_pts` resume at a keyframe: frames before `start_pts` are decoded (the
-    seek lands on the keyframe at or before it) but not handed over.
+    `first_index`/`start_pts` resume at a keyframe whose timestamp was not moved: every frame before
+    it has an earlier timestamp, so the frames from the seek's keyframe until the first one at or
+    after `start_pts` are decoded but not handed over, and every frame from it on is (a later one
+    with a backward timestamp included).
     """
 
     def __init__(self, path: Path, info: VideoInfo, first_index: int = 0, start_pts: int | None = None):
@@ -159,21 +162,22 @@ class FrameReader:
         return False
 
     def _run(self) -> None:
-        index, last_pts = self._first_index - 1, None
+        index, last_pts, skipping = self._first_index - 1, None, self._start_pts is not None
         try:
             with open_input(self.path) as container:
                 stream = video_stream(container, self.path)
                 for frame in _decoded(container, stream, self.path, self._start_pts):
-                    if self._start_pts is not None and frame.pts is not None and frame.pts < self._start_pts:
+                    if skipping and frame.pts is not None and frame.pts < self._start_pts:
                         continue
+                    skipping = False
                     index += 1
                     self._check(frame, index)
-                    pts = frame.pts
+                    pts, moved = frame.pts, False
                     if last_pts is not None and pts <= last_pts:  # encoders refuse a repeated or backward timestamp
-                        pts, self.nudged = last_pts + 1, self.nudged + 1
+                        pts, moved, self.nudged = last_pts + 1, True, self.nudged + 1
                     last_pts = pts
                     rgb = frame_to_rgb(frame, self.info.colour)
-                    if not self._put(Frame(index, pts, frame.duration or 0, bool(frame.key_frame), rgb)):
+                    if not self._put(Frame(index, pts, frame.duration or 0, bool(frame.key_frame), rgb, moved)):
                         return
         except SrtrtError as e:
             self._put(e)
