@@ -577,9 +577,9 @@ def test_repeated_timestamps_are_moved_one_tick_and_the_run_says_so(tmp_path, ca
                                                                                           240, 280]
 
 
-def _stopped_then_resumed(source: Path, destination: Path, model: Path, segments: int) -> None:
-    """Stop a run (as Ctrl-C does) once `segments` segments are closed, then finish it with resume."""
-    from srtrt.engine.batch.files import DONE, FileRunner
+def _stop_after_segments(source: Path, destination: Path, model: Path, segments: int):
+    """Stop a run (as Ctrl-C does) once `segments` segments are closed; returns its runner."""
+    from srtrt.engine.batch.files import FileRunner
     from srtrt.engine.batch.options import RunOptions, open_backend
     from srtrt.engine.batch.signals import Stopped
 
@@ -594,8 +594,33 @@ def _stopped_then_resumed(source: Path, destination: Path, model: Path, segments
     with pytest.raises(Stopped):
         runner.run(source, destination, stop_check=stop_after_segments)
     assert len(_closed_segments(work)) >= segments and not destination.exists()
-    outcome = runner.run(source, destination)
+    return runner
+
+
+def _stopped_then_resumed(source: Path, destination: Path, model: Path, segments: int) -> None:
+    """Stop a run once `segments` segments are closed, then finish it with resume."""
+    from srtrt.engine.batch.files import DONE
+
+    outcome = _stop_after_segments(source, destination, model, segments).run(source, destination)
     assert outcome.status == DONE, outcome.message
+
+
+def test_resume_starts_afresh_when_the_model_file_changed(tmp_path, capsys, model):
+    """The same --model path holding other weights (a retrained or replaced file): the closed
+    segments of the earlier model are not joined with the new model's."""
+    from run_helpers import save_tiny_model
+
+    source = _long_clip(tmp_path)
+    moved = save_tiny_model(tmp_path / "models", name="m", seed=0)
+    work = tmp_path / ".resumed.mp4.srtrt-video"
+    _stop_after_segments(source, tmp_path / "resumed.mp4", moved, 1)
+    assert save_tiny_model(tmp_path / "models", name="m", seed=1) == moved  # other weights, the same path
+    code, err = run(capsys, source, "-o", tmp_path / "resumed.mp4", "--model", moved, "--backend", "torch", "--resume")
+    assert code == 0, err
+    code, err = run(capsys, source, "-o", tmp_path / "fresh.mp4", "--model", moved, "--backend", "torch")
+    assert code == 0, err
+    assert packets(tmp_path / "resumed.mp4", "video") == packets(tmp_path / "fresh.mp4", "video")
+    assert not work.exists()
 
 
 def test_resume_at_a_segment_that_starts_on_a_repeated_timestamp_keeps_every_frame(tmp_path, capsys, model):

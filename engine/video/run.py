@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from srtrt.checkpoint import model_files
 from srtrt.engine.batch.files import real_path
 from srtrt.engine.datapath.imageio import DEFAULT_MAX_PIXELS
 from srtrt.engine.datapath.runtime import Band, Planes
@@ -119,8 +120,9 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
         raise SrtrtError("output path is the input itself" + (f" ({plan.note})" if plan.note else ""), destination)
     if os.path.lexists(destination) and not options.overwrite:
         raise SrtrtError("exists (--overwrite to replace)", destination)
+    # the model's files by size and time as well as its name: another model at the same path is not resumed
     key = {"source": resume.source_key(source), "settings": repr(settings), "model": repr(options.backend_key),
-           "scale": s}
+           "model_files": [resume.source_key(p) for p in model_files(options.model) if p.is_file()], "scale": s}
     work = resume.start(destination, key, options.resume)
     resumed = work.next_index
     if on_total:
