@@ -44,15 +44,15 @@ def moving(i: int, h: int, w: int, bits: int = 8) -> np.ndarray:
 def make_clip(path: Path, frames: int = 12, size=(48, 32), codec: str = "libx264", pix_fmt: str = "yuv420p",
               pts=None, time_base=Fraction(1, 24), audio: str | None = "aac", subtitles: bool = False,
               attachment: bool = False, rotation: int = 0, colour: Colour | None = None, gop: int = 6,
-              rate=24) -> dict:
+              rate=24, bframes: int | None = None) -> dict:
     """Write a clip; returns what went in (the audio packets' bytes, the subtitle texts)."""
     w, h = size
     colour = colour or Colour(1, False, 1, 1)  # BT.709 tagged, limited range
     pts = list(range(frames)) if pts is None else pts
     made = {"audio": [], "subtitles": []}
     with av.open(str(path), "w") as out:
-        video = out.add_stream(codec, rate=rate, options={"g": str(gop), "crf": "12"} if codec != "libvpx-vp9"
-                               else {"g": str(gop), "crf": "12", "b": "0"})
+        options = {"g": str(gop), "crf": "12"} if codec != "libvpx-vp9" else {"g": str(gop), "crf": "12", "b": "0"}
+        video = out.add_stream(codec, rate=rate, options=options | ({} if bframes is None else {"bf": str(bframes)}))
         video.width, video.height, video.pix_fmt = w, h, pix_fmt
         video.codec_context.time_base = time_base
         cc = video.codec_context
@@ -196,6 +196,38 @@ def test_mkv_keeps_vfr_opus_subtitles_attachment_and_tags(tmp_path, capsys, mode
         assert c.streams.audio[0].metadata.get("title") == "commentary"
         assert c.streams.subtitles[0].metadata.get("language") == "eng"
         assert c.metadata.get("title") == "a test clip"
+
+
+def _shown_durations(path: Path) -> list[float]:
+    """Each video packet's duration in presentation order, in seconds."""
+    with av.open(str(path)) as c:
+        shown = sorted((p for p in c.demux(c.streams.video[0]) if p.size), key=lambda p: p.pts)
+        return [float(p.duration * p.time_base) for p in shown]
+
+
+def _length(path: Path) -> float:
+    with av.open(str(path)) as c:
+        return c.duration / 1e6
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_a_variable_frame_rate_keeps_each_frames_duration_and_the_length(tmp_path, capsys, model, suffix):
+    """The output encoder makes B-frames, and its MP4 segments store durations as decode-time steps:
+    they came back on other frames, and the output's length changed (1.605 s for a 1.542 s input)."""
+    source = tmp_path / f"vfr{suffix}"
+    stamps = [0, 40, 80, 200, 210, 220, 500, 540, 541, 600, 700, 705, 1000, 1040, 1100, 1300, 1310, 1400]
+    # no B-frames in the input, so its own MP4 holds each frame's duration and its length is well defined
+    make_clip(source, frames=len(stamps), pts=stamps, time_base=Fraction(1, 1000), audio=None, gop=30, bframes=0)
+    code, err = run(capsys, source, "--model", model, "--backend", "torch")
+    assert code == 0, err
+    out = tmp_path / f"vfr_x4{suffix}"
+    if suffix == ".mkv":
+        assert abs(_length(out) - _length(source)) <= 0.001, (_length(out), _length(source))
+        steps = [(b - a) / 1000 for a, b in zip(stamps, stamps[1:])]
+        assert _shown_durations(out)[:-1] == pytest.approx(steps, abs=1e-9)
+    else:  # MP4 keeps decode-time steps, not durations, and FFmpeg measures the length from them: when the
+        # last frame is reordered (its decode time before its display time) the length ends that much short
+        assert -1 / 24 <= _length(out) - _length(source) <= 0.001, (_length(out), _length(source))
 
 
 def test_ten_bit_stays_ten_bit_with_its_colour(tmp_path, capsys, model):

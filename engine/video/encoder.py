@@ -146,13 +146,14 @@ def _open_segment(path: str, settings: EncoderSettings):
 class SegmentEncoder:
     """A thread encoding `put` frames into numbered segment files; `cut()` closes the current one.
 
-    `on_segment(path, first_index, frames)` runs on the thread after each segment is renamed into
+    `on_segment(path, first_index, frames, end_pts)` runs on the thread after each segment is renamed into
     place. Errors surface from `put`, `cut` or `finish` in the caller's thread.
     """
 
     def __init__(self, settings: EncoderSettings, segment_path, on_segment, path_for_errors):
         self.settings, self._segment_path, self._on_segment = settings, segment_path, on_segment
         self._source = path_for_errors
+        self._frame_ticks = max(1, round(1 / (settings.rate * settings.time_base)))  # a frame without a duration
         self._queue: queue.Queue = queue.Queue(QUEUE_FRAMES)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="srtrt-video-encode")
@@ -191,7 +192,7 @@ class SegmentEncoder:
             raise error
 
     def _run(self) -> None:
-        current = None  # (container, stream, temp, number, first index, frames, last dts)
+        current = None  # (container, stream, temp, number, first index, frames, last dts, end pts)
         item = None
         try:
             while (item := self._queue.get()) is not _END:
@@ -205,7 +206,7 @@ class SegmentEncoder:
                 if current is None:
                     temp = temp_name(self._segment_path(number))
                     container, stream = _open_segment(temp, self.settings)
-                    current = [container, stream, temp, number, value.index, 0, None]
+                    current = [container, stream, temp, number, value.index, 0, None, None]
                 self._encode(current, value)
             else:
                 current = self._close(current)
@@ -229,18 +230,19 @@ class SegmentEncoder:
             out.duration = frame.duration
         container.mux(_plausible_dts(stream.encode(out), current))
         current[5] += 1
+        current[7] = frame.pts + (frame.duration or self._frame_ticks)  # frames arrive in presentation order
 
     def _close(self, current):
         if current is None:
             return None
-        container, stream, temp, number, first, frames, _ = current
+        container, stream, temp, number, first, frames, _, end = current
         container.mux(_plausible_dts(stream.encode(), current))
         container.close()
         with open(temp, "rb+") as f:
             os.fsync(f.fileno())
         final = self._segment_path(number)
         commit(temp, final)
-        self._on_segment(Path(final), first, frames)
+        self._on_segment(Path(final), first, frames, end)
         return None
 
 

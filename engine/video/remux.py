@@ -11,6 +11,7 @@ import contextlib
 import heapq
 import io
 import os
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -74,14 +75,15 @@ def _header_refusal(fmt: str, settings, source=None, video=None) -> Exception | 
     return None
 
 
-def _video_packets(segments: list[Path], out_stream):
-    """The segments' packets in order, dts kept strictly increasing across the joins."""
+def _video_packets(segments: list[tuple[Path, Fraction | None]], out_stream):
+    """The segments' packets in order, dts kept strictly increasing across the joins, durations
+    those of the frames they show (one segment's packets are held at once: a few seconds of video)."""
     last_dts = None
-    for path in segments:
+    for path, end in segments:
         with av.open(str(path)) as segment:
-            for packet in segment.demux(segment.streams.video[0]):
-                if packet.size == 0:
-                    continue
+            packets = [packet for packet in segment.demux(segment.streams.video[0]) if packet.size]
+            _presentation_durations(packets, end)
+            for packet in packets:
                 if last_dts is not None and packet.dts is not None and packet.dts <= last_dts:
                     packet.dts = last_dts + 1  # a fresh encoder's first dts may precede the last one's
                 last_dts = packet.dts
@@ -89,18 +91,31 @@ def _video_packets(segments: list[Path], out_stream):
                 yield packet
 
 
+def _presentation_durations(packets: list, end: Fraction | None) -> None:
+    """Each packet's duration that of the frame it shows: until the next frame in presentation order,
+    the last one until `end`, its input frame's end. MP4 (the segments' container) stores durations
+    as decode-time steps, so with B-frames or a variable frame rate they came back on other frames
+    and the output's length changed."""
+    shown = sorted((packet for packet in packets if packet.pts is not None), key=lambda packet: packet.pts)
+    for this, following in zip(shown, shown[1:]):
+        this.duration = following.pts - this.pts
+    if shown and end is not None and (ticks := round(end / shown[-1].time_base) - shown[-1].pts) > 0:
+        shown[-1].duration = ticks
+
+
 def _time(packet) -> float:
     stamp = packet.dts if packet.dts is not None else packet.pts
     return float(stamp * packet.time_base) if stamp is not None else float("-inf")
 
 
-def join(source_path: Path, segments: list[Path], destination: Path, display_matrix) -> None:
-    """Write `destination` (temporary name, then rename) from the video segments and the input's other streams."""
+def join(source_path: Path, segments: list[tuple[Path, Fraction | None]], destination: Path, display_matrix) -> None:
+    """Write `destination` (temporary name, then rename) from the video segments, each with the time
+    its last frame ends (seconds; None if unknown), and the input's other streams."""
     temp = temp_name(destination)
     fmt = FORMATS[destination.suffix.lower()]
     try:
         with open_input(source_path) as source, av.open(temp, "w", format=fmt) as out, \
-                av.open(str(segments[0])) as first:
+                av.open(str(segments[0][0])) as first:
             video = video_stream(source, source_path)
             out.metadata.update({k: v for k, v in source.metadata.items() if k.lower() != "encoder"})
             out_video = _copy_stream(out, first.streams.video[0])

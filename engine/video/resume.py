@@ -40,6 +40,7 @@ class Segment:
     first: int   # index of its first frame
     frames: int
     first_pts: int
+    end_pts: int | None = None  # where its last frame ends (the input's time base); None in older manifests
 
 
 @dataclass
@@ -55,8 +56,8 @@ class Work:
     def segment_path(self, number: int) -> Path:
         return self.folder / f"seg-{number:05d}.mp4"
 
-    def add(self, path: Path, first: int, frames: int, first_pts: int) -> None:
-        self.segments.append(Segment(path.name, first, frames, first_pts))
+    def add(self, path: Path, first: int, frames: int, first_pts: int, end_pts: int) -> None:
+        self.segments.append(Segment(path.name, first, frames, first_pts, end_pts))
         self.save()
 
     def save(self) -> None:

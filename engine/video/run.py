@@ -135,7 +135,9 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
                 raise SrtrtError(bad, source)
         if not work.segments:
             raise SrtrtError("no frame was decoded", source)
-        remux.join(source, [work.folder / seg.file for seg in work.segments], destination, info.display_matrix)
+        segments = [(work.folder / seg.file, None if seg.end_pts is None else seg.end_pts * info.time_base)
+                    for seg in work.segments]
+        remux.join(source, segments, destination, info.display_matrix)
     except Exception:  # a stop (KeyboardInterrupt) keeps the work folder for --resume
         work.remove()  # nothing to resume from a bad file; a full disk gets its space back
         raise
@@ -175,7 +177,7 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> t
     done = work.next_index
     first_pts: dict[int, int] = {}  # first frame index of a segment in progress -> its pts
     encoder = SegmentEncoder(settings, work.segment_path,
-                             lambda path, first, count: work.add(path, first, count, first_pts.pop(first)), source)
+                             lambda path, first, count, end: work.add(path, first, count, first_pts.pop(first), end), source)
     # resume: seek to the last closed segment's keyframe, decode on and skip the frames already done
     last = work.segments[-1] if work.segments else None
     reader = FrameReader(source, info, first_index=last.first if last else 0, start_pts=last.first_pts if last else None)
