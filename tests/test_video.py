@@ -419,6 +419,54 @@ def test_bad_videos_fail_with_one_line_each_and_the_batch_goes_on(tmp_path, caps
     assert partials(tmp_path) == [] and not list((tmp_path / "out").glob(".*"))
 
 
+def test_a_clip_cut_before_a_keyframe_is_complete(tmp_path, capsys, model):
+    """A file whose first packets are not keyframes (cut mid-GOP): its stream starts before its first
+    decodable frame, and the frames up to the announced end are all there (it was "truncated?")."""
+    make_clip(tmp_path / "whole.mkv", frames=48, audio=None, gop=12)
+    source = tmp_path / "cut.mp4"
+    with av.open(str(tmp_path / "whole.mkv")) as i, av.open(str(source), "w") as o:
+        out = o.add_stream_from_template(i.streams.video[0], opaque=True)
+        stored = [p for p in i.demux(i.streams.video[0]) if p.size]  # in decode order
+        for packet in stored[3:]:  # the first keyframe and two frames after it are gone
+            packet.stream = out
+            o.mux(packet)
+    code, err = run(capsys, source, "--model", model, "--backend", "torch")
+    assert code == 0 and "truncated" not in err, err
+    assert len(video_frames(tmp_path / "cut_x4.mp4")) == len(video_frames(source))
+
+
+def _without_duration_tags(path: Path) -> None:
+    """As files from muxers that write no per-stream DURATION tag (many WebM recorders)."""
+    path.write_bytes(path.read_bytes().replace(b"DURATION", b"XURATION"))
+
+
+def test_audio_that_outlasts_the_video_is_no_sign_of_a_cut_file(tmp_path, capsys, model):
+    """Only the container's duration is known, and the audio runs 3 s past the video: the file is
+    whole. The same file cut in half is still found truncated."""
+    source = tmp_path / "long_audio.mkv"
+    with av.open(str(source), "w") as out:
+        video = out.add_stream("libx264", rate=24)
+        video.width, video.height, video.pix_fmt = 32, 24, "yuv420p"
+        audio = out.add_stream("libopus", rate=48000)
+        for i in range(24):  # 1 s of video
+            frame = av.VideoFrame.from_ndarray(moving(i, 24, 32), format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+        for j in range(200):  # 4 s of audio
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="fltp", layout="mono")
+            samples.sample_rate, samples.pts = 48000, j * 960
+            out.mux(audio.encode(samples))
+        out.mux(audio.encode())
+    _without_duration_tags(source)
+    data = source.read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(data[: len(data) // 3])
+    code, err = run(capsys, source, tmp_path / "cut.mkv", "-o", f"{tmp_path / 'out'}/", "--model", model,
+                    "--backend", "torch")
+    assert code == 1 and "long_audio.mkv -> " in err, err
+    assert sum("cut.mkv: ends after frame" in line and "truncated" in line for line in err.splitlines()) == 1
+
+
 def test_frames_beyond_max_pixels_and_unknown_codec_for_webm(tmp_path, capsys, model):
     source = tmp_path / "clip.mp4"
     make_clip(source, frames=4, audio=None)

@@ -38,7 +38,7 @@ class VideoInfo:
     time_base: Fraction
     rate: Fraction | None       # average frame rate (for the encoder's rate control and ETA)
     frames: int                 # from the container header; 0 when it does not say
-    duration: float | None      # seconds, from the video stream's header, else the container's
+    duration: float | None      # seconds from the first frame to where the header says the video ends
     duration_slack: float       # how far short the frames may end: 0 for a stream's own duration, 1 s for a container's
     start: float                # the first frame's time, seconds
     display_matrix: tuple | None  # the rotation/flip side data, 9 int32
@@ -89,15 +89,47 @@ def probe(path: Path) -> VideoInfo:
             if side.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
                 display = tuple(np.frombuffer(bytes(side), "<i4").tolist())
         start = float((first.pts or 0) * stream.time_base)
-        duration = float(stream.duration * stream.time_base) if stream.duration else None
-        if duration is None and (tagged := _tagged_duration(stream)) is not None:
-            duration = max(tagged - start, 0.0)  # FFmpeg's Matroska tag is where the stream ends, not its length
-        slack = 0.0  # a stream's own duration
-        if duration is None and container.duration:
-            duration, slack = container.duration / 1e6, 1.0  # other streams may outlast the video in the container's
+        ends, slack = _announced_end(container, stream)
+        duration = None if ends is None else max(ends - start, 0.0)
         return VideoInfo(first.width, first.height, max(c.bits for c in first.format.components), pix_fmt, colour,
                          stream.time_base, stream.average_rate or stream.guessed_rate, stream.frames or 0, duration,
                          slack, start, display)
+
+
+def _announced_end(container, stream) -> tuple[float | None, float]:
+    """(where the header says the video ends, in seconds, or None; how far short the frames may end).
+
+    The stream's own duration counts from the stream's start, which may precede its first decodable
+    frame (a file cut before a keyframe). FFmpeg's Matroska tag is where the stream ends. The
+    container's duration is its longest stream's: it stands for the video's only when no other
+    stream reaches it (audio that runs on past the video is no sign of a cut file)."""
+    if stream.duration:
+        return float(((stream.start_time or 0) + stream.duration) * stream.time_base), 0.0
+    if (tagged := _tagged_duration(stream)) is not None:
+        return tagged, 0.0
+    if not container.duration:
+        return None, 0.0
+    ends, slack = ((container.start_time or 0) + container.duration) / 1e6, 1.0
+    if _another_stream_reaches(container, stream, ends - slack):
+        return None, 0.0
+    return ends, slack
+
+
+def _another_stream_reaches(container, video, seconds: float) -> bool:
+    """Whether a stream other than `video` has a packet ending at `seconds` or later (read from a
+    few seconds before it: a seek, not a pass over the file)."""
+    others = [s for s in container.streams if s is not video and s.type in ("audio", "subtitle", "video")]
+    if not others:
+        return False
+    try:
+        container.seek(max(0, int((seconds - 5) * 1e6)), backward=True, any_frame=True)
+        for packet in container.demux(others):
+            if packet.pts is not None and packet.time_base and \
+                    float((packet.pts + (packet.duration or 0)) * packet.time_base) >= seconds:
+                return True
+    except (av.FFmpegError, ValueError, OSError):
+        pass  # unreadable near its end: let the frames decide
+    return False
 
 
 def _tagged_duration(stream) -> float | None:
