@@ -30,12 +30,36 @@ COPIED = ("audio", "subtitle")
 _STALE_TAGS = ("DURATION", "NUMBER_OF_FRAMES", "NUMBER_OF_BYTES", "BPS", "_STATISTICS_")
 
 
-def copied_streams(container, video) -> list:
-    return [s for s in container.streams if s.type in COPIED and s is not video]
+KEEPS_PICTURE_STREAMS = ("mp4", "mov")  # cover art as a stream; Matroska keeps it as an attachment
+_PICTURE_TYPES = {"mjpeg": ("jpg", "image/jpeg"), "png": ("png", "image/png"), "bmp": ("bmp", "image/bmp"),
+                  "webp": ("webp", "image/webp"), "gif": ("gif", "image/gif")}
+
+
+def copied_streams(container, video, fmt: str) -> list:
+    """Streams copied packet for packet into a `fmt` file: audio and subtitles, and cover art where
+    the format keeps it as a stream."""
+    kept = [s for s in container.streams if s.type in COPIED and s is not video]
+    return kept + (attached_pictures(container) if fmt in KEEPS_PICTURE_STREAMS else [])
 
 
 def attachments(container) -> list:
     return [s for s in container.streams if s.type == "attachment"]
+
+
+def attached_pictures(container) -> list:
+    """Cover art: a picture FFmpeg shows as a one-packet video stream (an MP4 cover, an MKV image attachment)."""
+    return [s for s in container.streams if s.type == "video" and s.disposition & av.stream.Disposition.attached_pic]
+
+
+def left_out(container, video) -> str:
+    """What no output keeps, in words, or "": further video streams (one is upscaled) and data streams
+    other than a timecode (which MOV rebuilds from the video's tag)."""
+    pictures = attached_pictures(container)
+    dropped = [f"stream {s.index} ({s.type}{f' {s.codec_context.name}' if s.type == 'video' else ''})"
+               for s in container.streams
+               if (s.type == "video" and s is not video and s not in pictures)
+               or (s.type == "data" and "timecode" not in s.metadata)]
+    return f"not kept: {', '.join(dropped)} (srtrt writes one video stream)" if dropped else ""
 
 
 def fits(source, video, suffix: str, settings) -> str | None:
@@ -49,6 +73,8 @@ def fits(source, video, suffix: str, settings) -> str | None:
         return UNWRITTEN.get(suffix, f"{suffix} is not a video container srtrt writes")
     if attachments(source) and fmt != "matroska":
         return f"{suffix} cannot hold attachments"
+    if attached_pictures(source) and fmt not in ("matroska", *KEEPS_PICTURE_STREAMS):
+        return f"{suffix} cannot hold cover art"
     refusal = _header_refusal(fmt, settings, source, video)
     if refusal is None:
         return None
@@ -64,7 +90,7 @@ def _header_refusal(fmt: str, settings, source=None, video=None) -> Exception | 
         with av.open(io.BytesIO(), "w", format=fmt) as out:
             add_video_stream(out, settings, STAND_IN_SIDE, STAND_IN_SIDE)
             if source is not None:
-                for stream in copied_streams(source, video):
+                for stream in copied_streams(source, video, fmt):
                     _copy_stream(out, stream)
                 for stream in attachments(source):
                     out.add_attachment(stream.metadata.get("filename", "attachment"),
@@ -127,12 +153,15 @@ def join(source_path: Path, segments: list[tuple[Path, Fraction | None]], destin
             if display_matrix is not None:
                 out_video.set_display_matrix(display_matrix)
             mapping = {}
-            for stream in copied_streams(source, video):
+            for stream in copied_streams(source, video, fmt):
                 mapping[stream.index] = _copy_stream(out, stream)
                 _copy_tags(stream, mapping[stream.index])
             for stream in attachments(source):
                 out.add_attachment(stream.metadata.get("filename", f"attachment{stream.index}"),
                                    stream.mimetype or "application/octet-stream", stream.data)
+            if fmt not in KEEPS_PICTURE_STREAMS:
+                for name, mimetype, data in _pictures_as_attachments(source_path):
+                    out.add_attachment(name, mimetype, data)
             with contextlib.suppress(Exception):
                 chapters = source.chapters()
                 if chapters:
@@ -151,6 +180,22 @@ def join(source_path: Path, segments: list[tuple[Path, Fraction | None]], destin
         if isinstance(e, (av.FFmpegError, ValueError, OSError)):  # OSError: the rename (a name too long)
             raise SrtrtError(f"cannot write the output ({ffmpeg_reason(e)})", destination) from None
         raise
+
+
+def _pictures_as_attachments(source_path: Path) -> list[tuple[str, str, bytes]]:
+    """(file name, MIME type, bytes) of each piece of cover art, for Matroska, which keeps them as
+    attachments (read from a second opening: the join's demuxer must start at the beginning)."""
+    found = []
+    with open_input(source_path) as source:
+        for stream in attached_pictures(source):
+            packet = next((p for p in source.demux(stream) if p.size), None)
+            if packet is None:
+                continue
+            source.seek(0)
+            extension, mimetype = _PICTURE_TYPES.get(stream.codec_context.name, ("bin", "application/octet-stream"))
+            found.append((stream.metadata.get("filename") or f"cover{len(found) or ''}.{extension}",
+                          stream.metadata.get("mimetype") or mimetype, bytes(packet)))
+    return found
 
 
 def _copy_stream(out, stream):

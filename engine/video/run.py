@@ -58,16 +58,18 @@ class VideoResult:
 
 
 def output_container(source: Path, destination: Path, settings) -> tuple[Path, str]:
-    """(destination, note): the requested container when it holds every stream, else .mkv."""
+    """(destination, note): the requested container when it holds every stream, else .mkv; the note
+    says why it changed and which streams no output keeps."""
     with open_input(source) as container:
         video = video_stream(container, source)
+        left_out = remux.left_out(container, video)
         why = remux.fits(container, video, destination.suffix.lower(), settings)
         if why is None:
-            return destination, ""
+            return destination, left_out
         fallback = destination.with_suffix(".mkv")
         if remux.fits(container, video, ".mkv", settings) is not None:
             raise SrtrtError(f"no container holds {settings.codec} with this file's streams ({why})", source)
-        return fallback, f"{why}: written as {fallback.name}"
+        return fallback, "; ".join(filter(None, [f"{why}: written as {fallback.name}", left_out]))
 
 
 @dataclass(frozen=True)
