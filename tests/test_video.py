@@ -325,6 +325,44 @@ def test_a_stream_the_container_cannot_hold_switches_to_mkv_and_says_so(tmp_path
     assert packets(tmp_path / "wanted.mkv", "subtitle") == [b"line 0", b"line 1"]
 
 
+def _mp4_with_mov_text(tmp_path: Path) -> Path:
+    """An MP4 with titled streams and MP4's own subtitles (mov_text, which Matroska cannot hold)."""
+    make_clip(tmp_path / "plain.mp4", frames=6)
+    source = tmp_path / "titled.mp4"
+    with av.open(str(tmp_path / "plain.mp4")) as i, av.open(str(source), "w") as o:
+        mapping = {s.index: o.add_stream_from_template(s, opaque=True) for s in i.streams}
+        for s, title in zip(i.streams, ("the picture", "the sound")):
+            mapping[s.index].metadata["title"] = title
+        text = o.add_mux_stream("mov_text")
+        text.metadata["title"] = "the words"
+        for packet in i.demux():
+            if packet.size:
+                packet.stream = mapping[packet.stream.index]
+                o.mux(packet)
+        packet = av.Packet(b"\x00\x06line 0")
+        packet.stream, packet.time_base, packet.pts, packet.dts, packet.duration = text, Fraction(1, 1000), 0, 0, 200
+        o.mux(packet)
+    return source
+
+
+def test_an_mp4s_stream_titles_are_kept_and_its_own_subtitles_keep_it_mp4(tmp_path, capsys, model):
+    """MP4's reader calls a stream's title "name" (the titles were lost); `-o x.mkv` with mov_text
+    subtitles falls back to the input's own container, which holds them (it was refused)."""
+    source = _mp4_with_mov_text(tmp_path)
+
+    def titles(path: Path) -> list:
+        with av.open(str(path)) as c:
+            return [s.metadata.get("title", s.metadata.get("name")) for s in c.streams if s.type != "data"]
+
+    assert titles(source) == ["the picture", "the sound", "the words"]
+    code, err = run(capsys, source, "--model", model, "--backend", "torch")
+    assert code == 0, err
+    assert titles(tmp_path / "titled_x4.mp4") == ["the picture", "the sound", "the words"]
+    code, err = run(capsys, source, "-o", tmp_path / "wanted.mkv", "--model", model, "--backend", "torch")
+    assert code == 0 and "written as wanted.mp4" in err, err
+    assert packets(tmp_path / "wanted.mp4", "subtitle") == packets(source, "subtitle")
+
+
 def test_a_fallback_name_never_writes_over_an_input_or_another_output(tmp_path, capsys, model):
     """The .mkv twin is settled before any work: asked for clip.mp4, clip.mkv (SRT inside) would be
     written over itself; in a folder, x.webm through H.264 would land on x.mkv's output."""
@@ -805,6 +843,13 @@ def test_chapters_and_container_metadata_are_kept(tmp_path, capsys, model):
 
     assert chapters(tmp_path / "book_x4.mkv") == chapters(chaptered)
     assert chapters(chaptered)[0][1][2] == {"title": "Ending"}
+    # an MP4's chapters are a text track its reader shows as a data stream: rebuilt, not "not kept"
+    code, err = run(capsys, chaptered, "-o", tmp_path / "book.mp4", "--model", model, "--backend", "torch",
+                    "--codec", "libx264")
+    assert code == 0, err
+    code, err = run(capsys, tmp_path / "book.mp4", "--model", model, "--backend", "torch")
+    assert code == 0 and "not kept" not in err, err
+    assert chapters(tmp_path / "book_x4.mp4")[0] == chapters(chaptered)[0]
 
 
 def test_disk_full_mid_encode_is_one_line_and_leaves_nothing(tmp_path, model):

@@ -53,12 +53,15 @@ def attached_pictures(container) -> list:
 
 def left_out(container, video) -> str:
     """What no output keeps, in words, or "": further video streams (one is upscaled) and data streams
-    other than a timecode (which MOV rebuilds from the video's tag)."""
-    pictures = attached_pictures(container)
+    other than those the output rebuilds: a timecode (MOV, from the video's tag) and an MP4's chapter
+    track (from the chapters, which are copied)."""
+    pictures, chapters = attached_pictures(container), False
+    with contextlib.suppress(Exception):
+        chapters = bool(container.chapters())
     dropped = [f"stream {s.index} ({s.type}{f' {s.codec_context.name}' if s.type == 'video' else ''})"
                for s in container.streams
                if (s.type == "video" and s is not video and s not in pictures)
-               or (s.type == "data" and "timecode" not in s.metadata)]
+               or (s.type == "data" and "timecode" not in s.metadata and not chapters)]
     return f"not kept: {', '.join(dropped)} (srtrt writes one video stream)" if dropped else ""
 
 
@@ -213,6 +216,9 @@ def _copied_packets(source, mapping: dict):
 
 
 def _copy_tags(src, dst) -> None:
-    dst.metadata.update({k: v for k, v in src.metadata.items() if not k.upper().startswith(_STALE_TAGS)})
+    tags = {k: v for k, v in src.metadata.items() if not k.upper().startswith(_STALE_TAGS)}
+    if "name" in tags and "title" not in tags:  # MP4's reader calls a stream's title "name"; every writer says "title"
+        tags["title"] = tags.pop("name")
+    dst.metadata.update(tags)
     with contextlib.suppress(AttributeError, TypeError, ValueError):
         dst.disposition = src.disposition

@@ -58,18 +58,20 @@ class VideoResult:
 
 
 def output_container(source: Path, destination: Path, settings) -> tuple[Path, str]:
-    """(destination, note): the requested container when it holds every stream, else .mkv; the note
-    says why it changed and which streams no output keeps."""
+    """(destination, note): the requested container when it holds every stream, else .mkv, else the
+    input's own (MP4's mov_text subtitles go nowhere else); the note says why it changed and which
+    streams no output keeps."""
     with open_input(source) as container:
         video = video_stream(container, source)
         left_out = remux.left_out(container, video)
         why = remux.fits(container, video, destination.suffix.lower(), settings)
         if why is None:
             return destination, left_out
-        fallback = destination.with_suffix(".mkv")
-        if remux.fits(container, video, ".mkv", settings) is not None:
-            raise SrtrtError(f"no container holds {settings.codec} with this file's streams ({why})", source)
-        return fallback, "; ".join(filter(None, [f"{why}: written as {fallback.name}", left_out]))
+        for suffix in dict.fromkeys([".mkv", source.suffix.lower()]):
+            if suffix != destination.suffix.lower() and remux.fits(container, video, suffix, settings) is None:
+                fallback = destination.with_suffix(suffix)
+                return fallback, "; ".join(filter(None, [f"{why}: written as {fallback.name}", left_out]))
+        raise SrtrtError(f"no container holds {settings.codec} with this file's streams ({why})", source)
 
 
 @dataclass(frozen=True)
