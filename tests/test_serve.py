@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import shutil
+import socket
 import struct
 import threading
 import time
@@ -53,6 +57,61 @@ def serving(tmp_path: Path, models_dir: Path, base_url: str = LOCAL, **settings)
     with TestClient(app, base_url=base_url) as client:
         client.app_state = app.state
         yield client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def live_server(config: ServeConfig):
+    """`srtrt serve`'s own uvicorn server (main.server) on a thread: yields its URL and `stop()`, which
+    shuts it down as Ctrl-C does and returns once it has (called again at exit)."""
+    from srtrt.engine.serve.main import server
+
+    running = server(create_app(config, log=lambda m: None), config)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not running.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert running.started, "uvicorn did not start"
+
+    def stop():
+        running.should_exit = True
+        thread.join(15)
+
+    try:
+        yield f"http://{config.host}:{config.port}", stop
+    finally:
+        stop()
+
+
+def stalled_upload(port: int) -> socket.socket:
+    """A multipart upload that says 100 kB are coming, sends its first 100 bytes, then nothing."""
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="slow.png"\r\n\r\n\x89PNG' + b"\0" * 30
+    head = (f"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            "Content-Length: 100000\r\n\r\n").encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(head + part)
+    return sock
+
+
+def receiving(tmp_path: Path) -> None:
+    """Returns once the server has a job folder with an upload's file open in it."""
+    deadline = time.monotonic() + 10
+    while not list((tmp_path / "work").glob("*/*/input.png")):
+        assert time.monotonic() < deadline, "the upload never reached the server"
+        time.sleep(0.02)
+
+
+def reply(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(65536)
+    except TimeoutError:
+        return b"(no answer)"
 
 
 def upload(client, data: bytes, name: str = "photo.png", **fields):
@@ -177,6 +236,89 @@ def test_full_queue_answers_429_with_retry_after(tmp_path, models_dir, images):
         assert upload(client, images[0].read_bytes()).status_code == 202  # room again
 
 
+def test_a_stalled_upload_is_dropped_and_frees_its_place(tmp_path, models_dir, images, monkeypatch):
+    """A client that stops sending its body holds its place in the queue only until the idle timeout:
+    then it gets 408, its folder goes, and the next upload is taken."""
+    import httpx
+
+    from srtrt.engine.serve import uploads
+
+    monkeypatch.setattr(uploads, "IDLE_SECONDS", 1.5)
+    (tmp_path / "work").mkdir()
+    config = ServeConfig(port=free_port(), models_dir=models_dir, work_dir=tmp_path / "work", queue_size=1)
+    with live_server(config) as (url, _), httpx.Client(base_url=url, timeout=30) as client:
+        with stalled_upload(config.port) as stalled:
+            receiving(tmp_path)
+            assert upload(client, images[0].read_bytes()).status_code == 429  # its place, while bytes may come
+            answer = reply(stalled)
+        assert answer.startswith(b"HTTP/1.1 408") and b"no bytes came for 1.5 s" in answer, answer
+        assert job_folders(tmp_path) == []
+        created = upload(client, images[0].read_bytes())
+        assert created.status_code == 202, created.text
+        assert finished(client, created.json()["id"])["state"] == "done"
+
+
+def test_shutdown_ends_event_streams_and_uploads_at_once(tmp_path, models_dir, capfd):
+    """Ctrl-C with the page open (its event stream) and an upload under way: both end as the server
+    starts shutting down, where uvicorn would wait for them, then cancel them with tracebacks."""
+    import httpx
+
+    from srtrt.engine.serve.main import GRACEFUL_SECONDS
+
+    (tmp_path / "work").mkdir()
+    config = ServeConfig(port=free_port(), models_dir=models_dir, work_dir=tmp_path / "work")
+    following, ended = threading.Event(), []
+
+    def follow(url):
+        try:
+            with httpx.stream("GET", url + "/api/events", timeout=30) as events:
+                for _ in events.iter_lines():
+                    following.set()
+            ended.append("cleanly")
+        except httpx.HTTPError as e:
+            ended.append(type(e).__name__)
+
+    with live_server(config) as (url, stop), stalled_upload(config.port) as stalled:
+        follower = threading.Thread(target=follow, args=(url,))
+        follower.start()
+        assert following.wait(10)
+        receiving(tmp_path)
+        started = time.monotonic()
+        stop()
+        took = time.monotonic() - started
+        follower.join(10)
+        answer = reply(stalled)
+    assert ended == ["cleanly"]
+    assert answer.startswith(b"HTTP/1.1 503") and b"shutting down" in answer, answer
+    assert took < GRACEFUL_SECONDS - 1, took
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "ERROR" not in err, err
+
+
+def test_jobs_awaiting_their_input_keep_no_upload_out(tmp_path, models_dir, images, monkeypatch):
+    """A job created by JSON takes a place in the queue only once its input comes: one whose client
+    never PUTs it keeps no upload out. Such jobs are bounded on their own, with the time until the
+    oldest is dropped as Retry-After, and an overdue one is dropped as soon as its place is asked for."""
+    from srtrt.engine.serve import jobs
+
+    with serving(tmp_path, models_dir, queue_size=1) as client:
+        awaiting = client.post("/api/jobs", json={**TINY, "filename": "a.png"})
+        assert awaiting.status_code == 201
+        uploaded = upload(client, images[0].read_bytes())
+        assert uploaded.status_code == 202, uploaded.text
+        refused = client.post("/api/jobs", json={**TINY, "filename": "b.png"})
+        assert refused.status_code == 429 and "too many jobs await their input" in refused.json()["detail"]
+        assert jobs.UPLOAD_WAIT - 5 <= int(refused.headers["retry-after"]) <= jobs.UPLOAD_WAIT
+
+        assert client.delete(f"/api/jobs/{awaiting.json()['id']}").status_code == 200
+        monkeypatch.setattr(jobs, "UPLOAD_WAIT", 0.2)
+        overdue = client.post("/api/jobs", json={**TINY, "filename": "c.png"}).json()["id"]
+        time.sleep(0.3)
+        assert client.post("/api/jobs", json={**TINY, "filename": "d.png"}).status_code == 201
+        assert client.get(f"/api/jobs/{overdue}").status_code == 404
+        assert finished(client, uploaded.json()["id"])["state"] == "done"
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -243,6 +385,25 @@ def test_corrupt_file_fails_alone_in_one_line(tmp_path, models_dir, images):
         assert finished(client, good)["state"] == "done"
 
 
+def test_a_failing_model_file_is_named_by_its_id_not_its_path(tmp_path, images):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "empty.pth").write_bytes(b"")
+    with serving(tmp_path, folder) as client:
+        job = finished(client, upload(client, images[0].read_bytes(), model="empty.pth").json()["id"])
+        assert job["state"] == "failed" and job["message"].startswith("empty.pth: "), job["message"]
+        assert str(tmp_path) not in job["message"]
+        assert client.get(f"/api/jobs/{job['id']}/result").json()["detail"] == job["message"]
+
+
+def test_media_types_match_in_any_case(tmp_path, models_dir):
+    body = json.dumps({**TINY, "filename": "a.png"})
+    with serving(tmp_path, models_dir) as client:
+        for media in ("Application/JSON", "application/json; charset=utf-8", "APPLICATION/JSON ; charset=UTF-8"):
+            created = client.post("/api/jobs", content=body, headers={"Content-Type": media})
+            assert created.status_code == 201, (media, created.text)
+
+
 @pytest.mark.parametrize("name", ["../../escape.png", "..\\..\\escape.png", "/etc/escape.png", "sub/../../escape.png",
                                   '"quoted"\r\nX-Injected: 1.png'])
 def test_file_names_are_never_paths(tmp_path, models_dir, images, name):
@@ -288,6 +449,25 @@ def test_the_models_folder_is_read_as_it_is_now(tmp_path):
     assert offered() == [("a.pth", "checkpoint"), ("b.pth", "community")]
 
 
+def test_a_model_file_name_that_is_not_utf8_or_a_vanished_folder_is_no_500(tmp_path):
+    """A name no client could send back (bytes that are not UTF-8) is not offered; a folder removed
+    while serving offers no files, and the embedded models go on working."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    save_tiny_model(folder)
+    with open(os.fsencode(folder) + b"/bad\xffname.pth", "wb") as f:
+        f.write(b"x")
+    with serving(tmp_path, folder) as client:
+        listed = client.get("/api/server")
+        assert listed.status_code == 200, listed.text
+        assert [m["id"] for m in listed.json()["models"] if m["kind"] != "embedded"] == ["tiny.safetensors"]
+        shutil.rmtree(folder)
+        listed = client.get("/api/server")
+        assert listed.status_code == 200 and {m["kind"] for m in listed.json()["models"]} == {"embedded"}
+        created = client.post("/api/jobs", json={"filename": "a.png"})  # the default model: embedded
+        assert created.status_code == 201, created.text
+
+
 # --------------------------------------------------------------------------- who may call
 
 
@@ -304,6 +484,43 @@ def test_a_port_out_of_range_or_in_use_is_one_line_before_serving(tmp_path, mode
         port = taken.getsockname()[1]
         with pytest.raises(SrtrtError, match="cannot listen on .*in use"):
             _check_free("127.0.0.1", port, f"http://127.0.0.1:{port}/")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"])
+def test_a_failed_start_leaves_no_folder_and_names_its_address_once(tmp_path, capsys, host):
+    from srtrt.cli import main
+
+    work = tmp_path / "work"
+    work.mkdir()
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as taken:
+        try:
+            taken.bind((host.strip("[]"), 0))
+        except OSError:
+            pytest.skip(f"no {host} here")
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--host", host, "--port", str(port), "--work-dir", str(work), "--no-warm"]) == 2
+    assert f"srtrt: cannot listen on http://{host}:{port}/ (" in capsys.readouterr().err
+    assert list(work.iterdir()) == []
+
+
+def test_settings_out_of_bounds_are_one_line(tmp_path, capsys):
+    """A work folder that is not one, and retention so short or small that a finished job could be
+    gone before its client sees it, are refused at start in one line, like `--queue 0`."""
+    from srtrt.cli import main
+    from srtrt.engine.serve.settings import MiB
+
+    for settings, refusal in (({"work_dir": tmp_path / "missing"}, "--work-dir: not a folder"),
+                              ({"keep_seconds": 0}, "--keep-minutes must be >= 1, not 0"),
+                              ({"keep_seconds": -60}, "--keep-minutes must be >= 1, not -1"),
+                              ({"keep_bytes": 0}, "--keep-mb must be > 0, not 0"),
+                              ({"keep_bytes": -MiB}, "--keep-mb must be > 0, not -1")):
+        with pytest.raises(SrtrtError, match=refusal):
+            ServeConfig(**settings)
+    for flags in (["--work-dir", str(tmp_path / "missing")], ["--keep-minutes", "0"], ["--keep-mb", "-1"]):
+        assert main(["serve", *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("srtrt: ") and err.count("\n") == 1 and flags[0] in err, err
 
 
 def test_non_local_bind_needs_a_token(tmp_path, models_dir, capsys):
@@ -366,6 +583,20 @@ def test_openapi_documents_the_api(tmp_path, models_dir):
     assert {"get", "delete"} <= set(paths["/api/jobs/{job_id}"])
     assert "/api/jobs/{job_id}/result" in paths and "/api/jobs/{job_id}/events" in paths
     assert "429" in paths["/api/jobs"]["post"]["responses"]
+    model = paths["/api/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["model"]
+    listing = re.search(r"GET (/[\w/{}]+)", model["description"]).group(1)
+    assert listing in paths and "models" in paths[listing]["get"]["summary"].lower()  # where the ids are listed
+
+
+def test_head_is_get_without_a_body(tmp_path, models_dir, images):
+    """`curl -I` on the page, the server's settings and a result: GET's status and headers, no body."""
+    with serving(tmp_path, models_dir) as client:
+        job = finished(client, upload(client, images[0].read_bytes()).json()["id"])
+        for path in ("/", "/api/server", job["result_url"]):
+            got, head = client.get(path), client.head(path)
+            assert head.status_code == 200 and head.content == b"", (path, head.status_code)
+            for name in ("content-type", "content-length"):
+                assert head.headers[name] == got.headers[name], (path, name)
 
 
 # --------------------------------------------------------------------------- each client its own view

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,10 +16,11 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("fastapi", reason="srtrt serve needs its extra: pip install 'srtrt[serve]'")
-uvicorn = pytest.importorskip("uvicorn", reason="srtrt serve needs its extra: pip install 'srtrt[serve]'")
+pytest.importorskip("uvicorn", reason="srtrt serve needs its extra: pip install 'srtrt[serve]'")
 webdriver = pytest.importorskip("selenium.webdriver", reason="the page test drives Chromium with selenium (pip install selenium)")
 
-from srtrt.engine.serve.app import create_app  # noqa: E402
+from test_serve import free_port, live_server  # noqa: E402
+
 from srtrt.engine.serve.settings import ServeConfig  # noqa: E402
 
 from run_helpers import save_tiny_model, write_images  # noqa: E402
@@ -38,29 +37,6 @@ zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true,
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def live_server(config: ServeConfig):
-    server = uvicorn.Server(uvicorn.Config(create_app(config, log=lambda m: None), host=config.host, port=config.port,
-                                           log_level="warning", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://{config.host}:{config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-
-
 @contextmanager
 def chromium(downloads: Path):
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
@@ -72,6 +48,7 @@ def chromium(downloads: Path):
         options.add_argument(flag)
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                               "download.prompt_for_download": False})
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for driver.get_log
     try:
         driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
     except Exception as e:  # a browser that cannot start here is an environment's limit, not a failure of srtrt
@@ -132,7 +109,7 @@ def test_page_drop_progress_result_and_download(tmp_path):
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     config = ServeConfig(port=free_port(), models_dir=models, work_dir=tmp_path / "work")
-    with live_server(config) as url, chromium(downloads) as driver:
+    with live_server(config) as (url, _), chromium(downloads) as driver:
         drop_files(driver, url, image, broken)
 
         after = driver.find_element(By.ID, "after")
@@ -178,7 +155,7 @@ def test_page_shows_a_video_result_as_a_video(tmp_path):
     make_clip(clip, frames=6, size=(32, 24), audio="aac")
     (tmp_path / "work").mkdir()
     config = ServeConfig(port=free_port(), models_dir=models, work_dir=tmp_path / "work")
-    with live_server(config) as url, chromium(tmp_path / "downloads") as driver:
+    with live_server(config) as (url, _), chromium(tmp_path / "downloads") as driver:
         drop_files(driver, url, clip)
 
         video = driver.find_element(By.ID, "video")
@@ -192,3 +169,58 @@ def test_page_shows_a_video_result_as_a_video(tmp_path):
             "const v = arguments[0]; return v.error ? 'unplayable' : v.videoWidth && [v.videoWidth, v.videoHeight];",
             video), 30, "the video's metadata")
         assert size in ("unplayable", [128, 96])
+
+
+def bare_config(tmp_path: Path) -> ServeConfig:
+    """A server with the embedded models only: for what the page does before any job runs."""
+    (tmp_path / "work").mkdir()
+    return ServeConfig(port=free_port(), work_dir=tmp_path / "work")
+
+
+def test_a_link_from_another_site_keeps_the_client_and_its_jobs(tmp_path):
+    """The client id cookie is SameSite=Lax: a link to the page from another site brings it, so the
+    page opens as the same client, its jobs listed (Strict left it behind: a new id, the jobs gone)."""
+    from selenium.webdriver.common.by import By
+
+    config = bare_config(tmp_path)
+    with live_server(config) as (url, _), chromium(tmp_path / "downloads") as driver:
+        driver.get(url + "/")
+        before = driver.get_cookie("srtrt_client")
+        assert before["sameSite"] == "Lax" and before["httpOnly"]
+        assert as_the_page(driver, url).post("/api/jobs", json={"filename": "kept.png"}).status_code == 201
+        driver.get(f"data:text/html,<a id=away href='{url}/'>srtrt</a>")
+        driver.find_element(By.ID, "away").click()
+        wait_for(lambda: driver.current_url == url + "/", 10, "the page, through the link")
+        assert driver.get_cookie("srtrt_client")["value"] == before["value"]
+        wait_for(lambda: "kept.png" in driver.find_element(By.ID, "jobs").text, 10, "the client's job on the page")
+
+
+def test_a_file_the_page_cannot_send_gets_a_row_saying_why(tmp_path):
+    from selenium.webdriver.common.by import By
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    config = bare_config(tmp_path)
+    with live_server(config) as (url, _), chromium(tmp_path / "downloads") as driver:
+        driver.get(url + "/")
+        driver.find_element(By.ID, "files").send_keys(str(notes))
+        queue = driver.find_element(By.ID, "jobs")
+        wait_for(lambda: "notes.txt" in queue.text, 10, "a row for notes.txt")
+        assert "not a supported image or video (.png .jpg" in queue.text, queue.text
+        assert as_the_page(driver, url).get("/api/jobs").json() == []  # nothing was sent
+
+
+def test_the_page_loads_with_a_clean_console(tmp_path):
+    """No error in the browser's console on opening the page: its icon is in the page, not a 404 for /favicon.ico."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    config = bare_config(tmp_path)
+    with live_server(config) as (url, _), chromium(tmp_path / "downloads") as driver:
+        driver.get(url + "/")
+        wait_for(lambda: Select(driver.find_element(By.ID, "model")).options, 30, "the model list")
+        logs, deadline = [], time.monotonic() + 1.5  # the icon is asked for after the load
+        while time.monotonic() < deadline:
+            logs += driver.get_log("browser")
+            time.sleep(0.1)
+    assert [entry for entry in logs if entry["level"] == "SEVERE"] == []

@@ -11,6 +11,7 @@ import json
 import shutil
 import sys
 import tempfile
+import threading
 from importlib import resources
 from pathlib import Path
 
@@ -57,8 +58,14 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
         from srtrt.engine.serve.replicas import RayBackends
 
         backends = RayBackends(config.ray, config.device, log)
-    root = Path(tempfile.mkdtemp(prefix="srtrt-serve-", dir=config.work_dir))
+    try:
+        root = Path(tempfile.mkdtemp(prefix="srtrt-serve-", dir=config.work_dir))
+    except OSError as e:  # not writable, full
+        raise SrtrtError(f"--work-dir: cannot make a folder in it ({e.strerror or e})", config.work_dir) from None
     queue = JobQueue(config, root, log, backends, workers=backends.replicas if backends else 1)
+    # set when the server starts shutting down (main.server, else the lifespan's end): event streams and
+    # uploads under way end then, rather than hold the shutdown until uvicorn cancels them
+    closing = threading.Event()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -66,6 +73,7 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
         try:
             yield
         finally:
+            closing.set()
             await asyncio.to_thread(queue.stop)
             shutil.rmtree(root, ignore_errors=True)
 
@@ -77,7 +85,7 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
                               "cookie; a request with neither is given a fresh id in both.")
     app.add_middleware(ClientId)
     app.add_middleware(Guard, config=config)  # outermost: nothing, not even a client id, before the token
-    app.state.queue = queue
+    app.state.queue, app.state.closing = queue, closing
     _handlers(app)
 
     def view(job) -> JobView:
@@ -118,18 +126,17 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
     @app.post("/api/jobs", status_code=202, response_model=JobView, openapi_extra=_create_body(),
               summary="Create a job: upload a file (multipart), or name its options (JSON) and PUT the input after")
     async def create_job(request: Request):
-        json_body = request.headers.get("content-type", "").split(";")[0].strip() == "application/json"
+        if uploads.media_type(request.headers) == b"application/json":  # its place in the queue is taken by the PUT
+            asked = JobRequest.model_validate(_json(await _small_body(request, closing)))
+            options, model = job_options(asked)
+            name = uploads.display_name(asked.filename)
+            uploads.accepted_suffix(name)  # 415 now rather than after the upload
+            job = queue.create(name, options, model, client_of(request), listed=True)
+            return JSONResponse(view(job).model_dump(), status_code=201)
         with queue.admission():
-            if json_body:
-                asked = JobRequest.model_validate(_json(await _small_body(request)))
-                options, model = job_options(asked)
-                name = uploads.display_name(asked.filename)
-                uploads.accepted_suffix(name)  # 415 now rather than after the upload
-                job = queue.create(name, options, model, client_of(request), listed=True)
-                return JSONResponse(view(job).model_dump(), status_code=201)
             job = queue.create("upload", RunOptions(), "", client_of(request))
             try:
-                upload = await uploads.receive_form(request, job.folder, config.max_upload_bytes)
+                upload = await uploads.receive_form(request, job.folder, config.max_upload_bytes, closing)
                 options, job.model = job_options(JobOptions.model_validate(upload.fields))
                 job.name, job.options = upload.name, options
                 await asyncio.to_thread(uploads.check_pixels, upload.path, upload.name, config.max_pixels)
@@ -148,20 +155,21 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
         if job.state != AWAITING:
             raise Refused(409, f"job {job_id} is {job.state}: its input is already in")
         path = uploads.input_path(job.folder, job.name)
-        try:
-            await uploads.receive_body(request, path, config.max_upload_bytes)
-        except FileExistsError:  # another PUT is writing this job's input: that one keeps the job
-            raise Refused(409, f"job {job_id} is receiving its input from another request") from None
-        except BaseException:
-            queue.discard(job)
-            raise
-        try:
-            await asyncio.to_thread(uploads.check_pixels, path, job.name, config.max_pixels)
-        except BaseException:
-            queue.discard(job)
-            raise
-        if not queue.submit(job, path):
-            raise Refused(409, f"job {job_id} was cancelled")
+        with queue.receiving(job), queue.admission():
+            try:
+                await uploads.receive_body(request, path, config.max_upload_bytes, closing)
+            except FileExistsError:  # another PUT is writing this job's input: that one keeps the job
+                raise Refused(409, f"job {job_id} is receiving its input from another request") from None
+            except BaseException:
+                queue.discard(job)
+                raise
+            try:
+                await asyncio.to_thread(uploads.check_pixels, path, job.name, config.max_pixels)
+            except BaseException:
+                queue.discard(job)
+                raise
+            if not queue.submit(job, path):
+                raise Refused(409, f"job {job_id} was cancelled")
         return view(job)
 
     @app.get("/api/jobs", response_model=list[JobView], summary="This client's jobs, oldest first")
@@ -182,7 +190,7 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
             job = queue.get(job_id, owner)
             return None if job is None else view(job).model_dump_json()
 
-        return _event_stream(request, queue, snapshot, "job", ends=lambda: _ended(queue, job_id, owner))
+        return _event_stream(request, queue, snapshot, "job", closing, ends=lambda: _ended(queue, job_id, owner))
 
     @app.get("/api/events", summary="This client's jobs as server-sent events (one list per change)",
              response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
@@ -192,7 +200,7 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
         def snapshot():
             return json.dumps([view(job).model_dump() for job in queue.jobs(owner)])
 
-        return _event_stream(request, queue, snapshot, "jobs")
+        return _event_stream(request, queue, snapshot, "jobs", closing)
 
     @app.get("/api/jobs/{job_id}/result", summary="The result file (inline; ?download=1 for an attachment)",
              response_class=FileResponse, responses={200: {"content": {"image/png": {}, "video/*": {}}}})
@@ -211,6 +219,10 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
             raise Refused(404, f"no job {job_id}")
         return view(job)
 
+    # `curl -I`, link checkers: HEAD is GET's headers without the body (the server drops it). Routes
+    # of their own, out of the schema: a route taking both would be two operations with one id there.
+    for path, endpoint in (("/", page), ("/api/server", server), ("/api/jobs/{job_id}/result", result)):
+        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
     return app
 
 
@@ -227,9 +239,9 @@ def _run_options(config: ServeConfig, entry: models.ModelEntry, chosen: JobOptio
                       png_level=chosen.png_level, device=config.device, max_pixels=config.max_pixels)
 
 
-async def _small_body(request: Request, limit: int = 16 * 1024) -> bytes:
+async def _small_body(request: Request, closing: threading.Event, limit: int = 16 * 1024) -> bytes:
     body = bytearray()
-    async for chunk in request.stream():
+    async for chunk in uploads.body_chunks(request, closing):
         body += chunk
         if len(body) > limit:
             raise Refused(413, f"a JSON job request is at most {limit} bytes; send the file with PUT")
@@ -252,12 +264,14 @@ def _ended(queue: JobQueue, job_id: str, owner: str) -> bool:
     return job is None or job.state in TERMINAL
 
 
-def _event_stream(request: Request, queue: JobQueue, snapshot, event: str, ends=None) -> StreamingResponse:
-    """Send `snapshot()` whenever it changes (looked at when the queue's version moves); stop when `ends()`."""
+def _event_stream(request: Request, queue: JobQueue, snapshot, event: str, closing: threading.Event,
+                  ends=None) -> StreamingResponse:
+    """Send `snapshot()` whenever it changes (looked at when the queue's version moves); stop when `ends()`,
+    or when the server shuts down (a browser's EventSource then reconnects once it is back)."""
 
     async def stream():
         seen, last, quiet = -1, None, 0.0
-        while not await request.is_disconnected():
+        while not closing.is_set() and not await request.is_disconnected():
             if queue.version != seen:
                 seen = queue.version
                 data = snapshot()
@@ -281,7 +295,7 @@ def _handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Refused)
     async def refused(request, e: Refused):
-        return JSONResponse({"detail": e.message}, status_code=e.status)
+        return JSONResponse({"detail": e.message}, status_code=e.status, headers=e.headers)
 
     @app.exception_handler(QueueFull)
     async def full(request, e: QueueFull):

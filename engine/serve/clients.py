@@ -2,9 +2,11 @@
 
 A client is named by the `X-Srtrt-Client` header (a program choosing its own id), else by the
 `srtrt_client` cookie; a request with neither gets a fresh random id, sent back as that cookie
-(HttpOnly, SameSite=Strict: the page never handles it, other sites never send it) and in the
-`X-Srtrt-Client` response header, so a program without a cookie jar can keep it. The token says
-who may use the server at all; this id keeps its users out of each other's files.
+(HttpOnly: the page never handles it) and in the `X-Srtrt-Client` response header, so a program
+without a cookie jar can keep it. The cookie is SameSite=Lax: a link to the page from another site
+must bring it, or the page would mint a new id and lose its jobs; other sites' requests that change
+anything (POST, PUT, DELETE) never carry it, and security.Guard refuses them by their Origin anyway.
+The token says who may use the server at all; this id keeps its users out of each other's files.
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ class ClientId:
         async def send_with_id(message):
             if fresh and message["type"] == "http.response.start":
                 out = MutableHeaders(scope=message)
-                out.append("set-cookie", f"{COOKIE}={client}; Max-Age={MAX_AGE}; Path=/; HttpOnly; SameSite=strict")
+                out.append("set-cookie", f"{COOKIE}={client}; Max-Age={MAX_AGE}; Path=/; HttpOnly; SameSite=lax")
                 out.append(HEADER, client)
             await send(message)
 

@@ -3,9 +3,10 @@
 Each job is one file in a folder of its own under the server's work folder, run by the same
 `FileRunner` as `srtrt run` (skip/overwrite, size limit, out-of-memory fallback, atomic output),
 with the backend kept warm between jobs. Admission is counted before an upload is read, so a full
-queue answers 429 without taking the body; a running job stops at its next tile batch (or frame)
-when cancelled. Finished jobs keep their result for `keep_seconds`, and fewer when the results
-together pass `keep_bytes` (oldest first, the newest always kept): disk use stays bounded.
+queue answers 429 without taking the body; a job created by JSON takes its place only when its input
+comes (see `admission`); a running job stops at its next tile batch (or frame) when cancelled.
+Finished jobs keep their result for `keep_seconds`, and fewer when the results together pass
+`keep_bytes` (oldest first, the newest always kept): disk use stays bounded.
 """
 from __future__ import annotations
 
@@ -31,14 +32,14 @@ from srtrt.errors import SrtrtError
 AWAITING, QUEUED, RUNNING, FAILED, CANCELLED = "awaiting_input", "queued", "running", "failed", "cancelled"
 TERMINAL = frozenset({DONE, FAILED, CANCELLED})
 SWEEP_SECONDS = 30.0    # the worker looks for expired results at least this often
-UPLOAD_WAIT = 600.0     # a job created by JSON whose input never comes is dropped after this long
+UPLOAD_WAIT = 60.0      # a job created by JSON is dropped when its input has not come this long after its last PUT
 MAX_RECORDS = 1000      # finished jobs remembered, whatever their size
 
 
 class QueueFull(Exception):
-    def __init__(self, retry_after: int):
+    def __init__(self, retry_after: int, reason: str = "the queue is full"):
         self.retry_after = retry_after
-        super().__init__(f"the queue is full; retry in about {retry_after} s")
+        super().__init__(f"{reason}; retry in about {retry_after} s")
 
 
 class Cancelled(Exception):
@@ -66,6 +67,8 @@ class Job:
     started: float | None = None
     finished: float | None = None
     cancel_requested: bool = False
+    receiving: int = 0        # PUTs of its input under way (a job created by JSON): not dropped for waiting meanwhile
+    expires: float = field(default_factory=lambda: time.time() + UPLOAD_WAIT)  # dropped then if still awaiting input
 
     @property
     def result_name(self) -> str:
@@ -110,10 +113,13 @@ class JobQueue:
 
     @contextlib.contextmanager
     def admission(self):
-        """A place in the queue, held while an upload streams in; QueueFull (-> 429) when there is none."""
+        """A place in the queue, held while an upload streams in; QueueFull (-> 429) when there is none.
+
+        A job created by JSON takes no place while it awaits its input, only while its PUT streams in:
+        a client that never sends the bytes would otherwise keep everyone else out. Those jobs have a
+        bound of their own (`create`), and a stalled upload ends at the upload idle timeout (uploads.py)."""
         with self._cond:
-            waiting = self._uploading + len(self._pending) + sum(j.state == AWAITING for j in self._jobs.values())
-            if waiting >= self.config.queue_size:
+            if self._uploading + len(self._pending) >= self.config.queue_size:
                 raise QueueFull(self._retry_after())
             self._uploading += 1
         try:
@@ -125,17 +131,45 @@ class JobQueue:
     def create(self, name: str, options: RunOptions, model: str, owner: str, listed: bool = False) -> Job:
         """A job awaiting its input, with a fresh folder; the id is 128 random bits, so ids cannot be guessed.
 
-        `listed`: shown (and counted against the queue) from now on, as a job created by JSON whose
-        input comes later; otherwise from `submit`, as an upload's job is once its file is in."""
+        `listed`: shown from now on, as a job created by JSON whose input comes later (at most
+        `queue_size` such jobs at once, else QueueFull); otherwise from `submit`, as an upload's job is
+        once its file is in."""
         job_id = secrets.token_hex(16)
-        folder = self.root / job_id
-        folder.mkdir()
-        job = Job(job_id, name, folder, options, model, owner)
+        job = Job(job_id, name, self.root / job_id, options, model, owner)
         if listed:
             with self._cond:
+                self._make_room_to_await()
+                job.folder.mkdir()
                 self._jobs[job_id] = job
                 self._changed()
+        else:
+            job.folder.mkdir()
         return job
+
+    def _make_room_to_await(self) -> None:  # under the lock
+        """Drop the jobs whose input is overdue now (not at the next sweep); QueueFull, with the time
+        until the next one is due, when `queue_size` jobs still await their input."""
+        now = time.time()
+        for job in self._drop_overdue(now):
+            _remove(job.folder)  # empty: a PUT that failed took its files with it
+        awaiting = [j for j in self._jobs.values() if j.state == AWAITING]
+        if len(awaiting) >= self.config.queue_size:
+            due = [j.expires for j in awaiting if not j.receiving]
+            retry = max(1, math.ceil(min(due) - now)) if due else self._retry_after()
+            raise QueueFull(retry, f"too many jobs await their input ({len(awaiting)})")
+
+    @contextlib.contextmanager
+    def receiving(self, job: Job):
+        """A PUT of a job's input: the job is not dropped for waiting while one streams in, and waits
+        afresh from its end (a client told to retry later by a 429 keeps its job)."""
+        with self._cond:
+            job.receiving += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                job.receiving -= 1
+                job.expires = time.time() + UPLOAD_WAIT
 
     def submit(self, job: Job, source: Path) -> bool:
         """Queue a job whose input is in; False when it was cancelled (or expired) meanwhile."""
@@ -255,7 +289,7 @@ class JobQueue:
             return
         except Exception as e:  # a bug or an unexpected library error: this job fails, the server goes on
             self.log(f"srtrt serve: job {job.id} ({job.name}):\n{traceback.format_exc()}")
-            self._end(job, FAILED, f"{job.name}: internal error ({type(e).__name__}: {_one_line(str(e))})")
+            self._end(job, FAILED, self._public(job, f"{job.name}: internal error ({type(e).__name__}: {e})"))
             return
         if outcome.status == DONE:
             job.result = outcome.destination
@@ -284,8 +318,10 @@ class JobQueue:
         self._changed()
 
     def _public(self, job: Job, message: str) -> str:
-        """A pipeline message in the client's words: its file name, not the server's folders."""
+        """A pipeline message in the client's words: its file name and model id, not the server's folders."""
         text = message.replace(str(job.source), job.name).replace(str(job.folder) + os.sep, "")
+        if self.config.models_dir is not None:  # a model file's path (models.list_models resolves the folder)
+            text = text.replace(str(Path(self.config.models_dir).resolve()) + os.sep, "")
         return _one_line(text)
 
     # ---------------------------------------------------------------- bounds
@@ -305,15 +341,21 @@ class JobQueue:
                 oldest = kept.pop(0)
                 total -= oldest.result_bytes
                 gone.append(oldest)
-            gone += [j for j in self._jobs.values() if j.state == AWAITING and now - j.created > UPLOAD_WAIT]
             for job in gone:
                 self._jobs.pop(job.id, None)
-                if job.state == AWAITING:
-                    self._finish(job, CANCELLED, "its input never came")
+            gone += self._drop_overdue(now)
             if gone:
                 self._changed()
         for job in gone:
             _remove(job.folder)
+
+    def _drop_overdue(self, now: float) -> list[Job]:  # under the lock; the caller removes their folders
+        """Forget the jobs created by JSON whose input did not come in time."""
+        overdue = [j for j in self._jobs.values() if j.state == AWAITING and not j.receiving and now > j.expires]
+        for job in overdue:
+            self._jobs.pop(job.id, None)
+            self._finish(job, CANCELLED, "its input never came")
+        return overdue
 
     # ---------------------------------------------------------------- change notes
 

@@ -9,10 +9,12 @@ from srtrt.engine.serve.settings import MiB, ServeConfig
 from srtrt.errors import SrtrtError
 
 TOKEN_ENV = "SRTRT_SERVE_TOKEN"  # keeps the token out of `ps` and shell history
+GRACEFUL_SECONDS = 3             # uvicorn's wait for requests under way at shutdown
 
 
 def config_from_args(args) -> ServeConfig:
-    return ServeConfig(host=args.host, port=args.port, models_dir=Path(args.models) if args.models else None,
+    host = args.host.strip("[]")  # "[::1]", as a URL writes it, is the address ::1
+    return ServeConfig(host=host, port=args.port, models_dir=Path(args.models) if args.models else None,
                        token=args.token or os.environ.get(TOKEN_ENV) or None, device=args.device,
                        work_dir=Path(args.work_dir) if args.work_dir else None,
                        max_upload_bytes=args.max_upload_mb * MiB, max_pixels=_max_pixels(args.max_pixels),
@@ -40,19 +42,41 @@ def _check_free(host: str, port: int, where: str) -> None:
             raise SrtrtError(f"cannot listen on {where} ({e.strerror or e})") from None
 
 
+def _url(config: ServeConfig) -> str:
+    host = f"[{config.host}]" if ":" in config.host else config.host  # an IPv6 address, bracketed once
+    return f"http://{host}:{config.port}/"
+
+
+def server(app, config: ServeConfig):
+    """uvicorn's server for `app`, which tells the app (`app.state.closing`) as it starts shutting down:
+    uvicorn waits for requests under way, then cancels them with a traceback, and the app's lifespan
+    hears of the shutdown only after that. Told first, the page's event streams and uploads end at once."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            app.state.closing.set()
+            await super().shutdown(sockets)
+
+    return Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
+                                 timeout_graceful_shutdown=GRACEFUL_SECONDS))
+
+
 def main(args) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (the extra is there: one line, not an ImportError, when not)
 
         from srtrt.engine.serve.app import create_app
     except ImportError as e:
         raise SrtrtError(f'srtrt serve needs its extra: pip install "srtrt[serve]" ({e})') from None
     config = config_from_args(args)
-    app = create_app(config)
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    where = f"http://{host}:{config.port}/"
-    _check_free(config.host, config.port, where)
+    where = _url(config)
+    _check_free(config.host, config.port, where)  # before the app makes its work folder: a failed start leaves none
+    running = server(create_app(config), config)
     print(f"srtrt: serving on {where}" + (" (open it as /?token=TOKEN once)" if config.token else "")
           + f"; API schema at {where}docs", file=sys.stderr)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=3)
-    return 0
+    try:
+        running.run()
+    except KeyboardInterrupt:  # uvicorn raises Ctrl-C again once it has shut down: the shutdown is done
+        pass
+    return 0 if running.started else 3  # uvicorn.run's status for a server that never started

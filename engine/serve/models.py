@@ -25,12 +25,27 @@ def list_models(models_dir: Path | None) -> list[ModelEntry]:
     if models_dir is None:
         return entries
     folder = Path(models_dir).resolve()
-    for path in sorted(folder.iterdir()):
+    try:
+        paths = sorted(folder.iterdir())
+    except OSError:  # removed or renamed while serving: no folder models, the embedded ones still work
+        return entries
+    for path in paths:
         # a link leading out of the folder is not offered: only files in --models DIR are ever read
-        if path.suffix.lower() in community.SUFFIXES and path.is_file() and path.resolve().parent == folder:
+        if path.suffix.lower() in community.SUFFIXES and _nameable(path) and path.is_file() \
+                and path.resolve().parent == folder:
             kind = "community" if community.is_community_file(path) else "checkpoint"
             entries.append(ModelEntry(path.name, kind, str(path)))
     return entries
+
+
+def _nameable(path: Path) -> bool:
+    """A name a client can send back: not bytes that are not UTF-8 (Python keeps them as surrogates, which
+    JSON cannot carry)."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def resolve(model_id: str | None, models_dir: Path | None) -> ModelEntry:

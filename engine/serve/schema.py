@@ -13,7 +13,7 @@ class JobOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: str | None = Field(None, description="an id from GET /api/models; default: the default model")
+    model: str | None = Field(None, description="an id from the models that GET /api/server lists; default: its default_model")
     backend: Literal["auto", "torch", "openvino", "onnxruntime", "tensorrt"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = "auto"
     alpha: Literal["bicubic", "model"] = "bicubic"

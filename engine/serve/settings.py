@@ -9,6 +9,7 @@ from srtrt.engine.datapath.imageio import DEFAULT_MAX_PIXELS
 from srtrt.errors import SrtrtError
 
 MiB = 2**20
+MIN_KEEP_SECONDS = 60.0  # a finished job's result outlives the page's (or a program's) look at it
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,16 @@ class ServeConfig:
         if not is_loopback(self.host) and not self.token:
             raise SrtrtError(f"--host {self.host} is reachable from other machines: it needs --token "
                              "(bearer auth on every route)")
-        if self.models_dir is not None and not Path(self.models_dir).is_dir():
-            raise SrtrtError("--models: not a folder", self.models_dir)
+        for flag, folder in (("--models", self.models_dir), ("--work-dir", self.work_dir)):
+            if folder is not None and not Path(folder).is_dir():
+                raise SrtrtError(f"{flag}: not a folder", folder)
         for name in ("max_upload_bytes", "queue_size"):
             if getattr(self, name) < 1:
                 raise SrtrtError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.keep_seconds < MIN_KEEP_SECONDS:
+            raise SrtrtError(f"--keep-minutes must be >= {MIN_KEEP_SECONDS / 60:g}, not {self.keep_seconds / 60:g}")
+        if self.keep_bytes < 1:  # 1 byte keeps the newest result only: the newest is always kept
+            raise SrtrtError(f"--keep-mb must be > 0, not {self.keep_bytes / MiB:g}")
         if self.max_pixels < 0:
             raise SrtrtError(f"max pixels must be >= 0, not {self.max_pixels}")
         if not 0 <= self.port <= 65535:  # the socket layer would take it modulo 65536 and listen elsewhere

@@ -3,10 +3,13 @@
 A client's file name is only ever shown and offered back as a download name: the file on disk is
 `input<suffix>` in the job's own folder, the suffix one of the known image and video suffixes.
 Refusals are `Refused(status, one line)`: 413 too large, 415 not a kind srtrt reads, 422 over the
-pixel limit (read from the header: nothing is decoded), 400 a malformed form.
+pixel limit (read from the header: nothing is decoded), 400 a malformed form, 408 a body that stalls,
+503 a body still coming when the server shuts down.
 """
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -20,11 +23,14 @@ ACCEPTED_SUFFIXES = frozenset(INPUT_SUFFIXES | VIDEO_SUFFIXES)
 FIELD_LIMIT = 4096          # bytes in one form field (options are short)
 FORM_OVERHEAD = 64 * 1024   # part headers and fields besides the file, within a declared Content-Length
 NAME_LIMIT = 120            # characters of a file name kept for display
+IDLE_SECONDS = 30.0         # a body that sends nothing for this long is dropped (uvicorn times out no body)
+SHUTDOWN_POLL = 0.2         # seconds between looks for the server's shutdown while a body is awaited
+CLOSE = {"Connection": "close"}  # the rest of a body cut off is never read: the connection cannot serve another
 
 
 class Refused(Exception):
-    def __init__(self, status: int, message: str):
-        self.status, self.message = status, message
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        self.status, self.message, self.headers = status, message, headers
         super().__init__(message)
 
 
@@ -58,6 +64,38 @@ def input_path(folder: Path, name: str) -> Path:
     return folder / f"input{accepted_suffix(name)}"
 
 
+def media_type(headers) -> bytes:
+    """The Content-Type without its parameters, lower case (media types are case-insensitive)."""
+    return parse_options_header(headers.get("content-type", ""))[0]
+
+
+async def body_chunks(request, closing):
+    """The request body's chunks as they come. A client that stops sending holds its queue place and
+    folder only until IDLE_SECONDS pass without a byte (408); the server shutting down (`closing`, a
+    threading.Event, set) ends the body at once (503), where uvicorn would wait, then cancel the request."""
+    chunks = request.stream()
+    while True:
+        chunk = await _next_chunk(chunks, closing)
+        if chunk is None:
+            return
+        yield chunk
+
+
+async def _next_chunk(chunks, closing) -> bytes | None:
+    """The next chunk (None at the end), waited for in slices so that a shutdown is seen within one."""
+    step = asyncio.ensure_future(anext(chunks, None))
+    waited_since = time.monotonic()
+    while not closing.is_set():
+        done, _ = await asyncio.wait({step}, timeout=SHUTDOWN_POLL)
+        if done:
+            return step.result()
+        if time.monotonic() - waited_since >= IDLE_SECONDS:
+            step.cancel()
+            raise Refused(408, f"the upload stalled: no bytes came for {IDLE_SECONDS:g} s", CLOSE)
+    step.cancel()
+    raise Refused(503, "the server is shutting down: send it again once it is back", CLOSE)
+
+
 def check_declared_length(headers, limit: int, overhead: int = 0) -> None:
     """413 before reading a byte when the client says the body is too large."""
     try:
@@ -68,7 +106,7 @@ def check_declared_length(headers, limit: int, overhead: int = 0) -> None:
         raise Refused(413, f"upload of {declared:,} bytes is over the limit of {limit:,} bytes")
 
 
-async def receive_form(request, folder: Path, limit: int) -> Upload:
+async def receive_form(request, folder: Path, limit: int, closing) -> Upload:
     """A multipart form with one file part (any field name) and short option fields, the file streamed to disk."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or not params.get(b"boundary"):
@@ -77,7 +115,7 @@ async def receive_form(request, folder: Path, limit: int) -> Upload:
     form = _FormReader(folder, limit)
     parser = MultipartParser(params[b"boundary"], form.callbacks())
     try:
-        async for chunk in request.stream():
+        async for chunk in body_chunks(request, closing):
             parser.write(chunk)
         parser.finalize()
     except Refused:
@@ -93,12 +131,12 @@ async def receive_form(request, folder: Path, limit: int) -> Upload:
     return form.upload
 
 
-async def receive_body(request, path: Path, limit: int) -> int:
+async def receive_body(request, path: Path, limit: int, closing) -> int:
     """A raw request body (PUT) streamed into `path`; its size."""
     check_declared_length(request.headers, limit)
     size = 0
     with open(path, "xb") as f:
-        async for chunk in request.stream():
+        async for chunk in body_chunks(request, closing):
             size += len(chunk)
             if size > limit:
                 raise Refused(413, f"upload is over the limit of {limit:,} bytes")

@@ -42,13 +42,26 @@ function showChosen() {
 // ------------------------------------------------------------------ sending files
 
 function addFiles(files) {
+  const others = [];
   for (const file of files) {
     const suffix = file.name.slice(file.name.lastIndexOf(".")).toLowerCase();
-    if (!SUFFIXES.includes(suffix)) continue;  // a folder's other files
-    outbox.push({ key: `local-${outboxKey++}`, file, state: "waiting", message: "", sent: 0 });
+    if (SUFFIXES.includes(suffix)) {
+      outbox.push({ key: `local-${outboxKey++}`, file, state: "waiting", message: "", sent: 0 });
+    } else {
+      others.push(file.name);
+    }
   }
+  if (others.length) notSent(others);
   render();
   sendNext();
+}
+
+// One row for the files not sent, saying why: a folder may hold many other files (notes, sidecars).
+function notSent(names) {
+  const name = names.length === 1 ? names[0] : `${names.length} files not sent`;
+  const which = names.length === 1 ? "" : `${names.slice(0, 5).join(", ")}${names.length > 5 ? ", …" : ""}: `;
+  const message = `${which}not a supported image or video (${SUFFIXES.join(" ")})`;
+  outbox.push({ key: `local-${outboxKey++}`, file: { name }, state: "failed", message, sent: 0 });
 }
 
 async function sendNext() {
