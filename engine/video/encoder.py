@@ -33,6 +33,8 @@ CODECS = ("libx264", "libx265", "libsvtav1", "libvpx-vp9", "h264_nvenc", "hevc_n
 DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libsvtav1": 30, "libvpx-vp9": 31, "h264_nvenc": 21, "hevc_nvenc": 23}
 DEFAULT_PRESET = {"libx264": "medium", "libx265": "fast", "libsvtav1": "8", "libvpx-vp9": None,
                   "h264_nvenc": "p5", "hevc_nvenc": "p5"}
+X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
 STAND_IN_SIDE = 128  # the encoder's size where it is opened only to check it (x265 needs 64 or more)
 QUEUE_FRAMES = 2  # upscaled frames waiting for the encoder (each is a full output frame)
 DTS_LEAD_SECONDS = 10  # a decode time this far before its presentation time is no reordering delay
@@ -93,6 +95,9 @@ def choose_settings(codec: str, crf: int | None, preset: str | None, source_pix_
     options = {}
     crf = DEFAULT_CRF[codec] if crf is None else crf
     preset = DEFAULT_PRESET[codec] if preset is None else preset
+    if codec in ("libx264", "libx265") and preset not in X26X_PRESETS:
+        # checked here: x264 and x265 print their own refusal on stderr, twice, beside srtrt's line
+        raise SrtrtError(f"{codec} has no preset {preset!r} (use one of {', '.join(X26X_PRESETS)})")
     if codec.endswith("_nvenc"):
         options.update(rc="vbr", cq=str(crf), b="0")
     else:
