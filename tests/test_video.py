@@ -638,6 +638,28 @@ def test_resume_after_a_killed_run_loses_at_most_one_segment(tmp_path, capsys, m
     assert not work.exists() and partials(tmp_path) == []
 
 
+def test_a_second_run_for_the_same_output_is_refused_and_the_first_finishes(tmp_path, capsys, model):
+    """Both runs used one work folder: the second emptied it under the first ("cannot write the
+    output (No such file or directory)"). The folder is held while a run writes it."""
+    source = _long_clip(tmp_path)
+    work = tmp_path / ".long_x4.mp4.srtrt-video"
+    first = srtrt_process("run", source, "--model", model, "--backend", "torch", "-q")
+    try:
+        assert _wait_for(lambda: len(_closed_segments(work)) >= 1 or first.poll() is not None, 120)
+        if first.poll() is not None:
+            pytest.skip("the first run finished before the second could start")
+        code, err = run(capsys, source, "--model", model, "--backend", "torch")
+        assert code == 1 and "long_x4.mp4: another srtrt run is writing this output now" in err, err
+        _, first_err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, first_err
+    assert len(video_frames(tmp_path / "long_x4.mp4")) == 240 and not work.exists()
+    # a stopped run lets the next one in: --resume takes its folder
+    _stopped_then_resumed(source, tmp_path / "again.mp4", model, segments=1)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_leaves_nothing_under_the_output_name(tmp_path, signum, model):
     source = _long_clip(tmp_path)

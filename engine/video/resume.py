@@ -8,7 +8,9 @@ Segments start at the input's keyframes, so a resumed run seeks the input straig
 first frame of the first missing segment and the decoded frames are the same as in one pass.
 The manifest is rewritten atomically after each segment is renamed into place, so it never
 lists a segment that is not whole; a death loses at most the segment in progress. A manifest
-made for another source file or other settings is not resumed from.
+made for another source file or other settings is not resumed from. A run holds the folder
+(flock on it) while it writes: a second run for the same output is refused, not let in to delete
+the first one's segments.
 """
 from __future__ import annotations
 
@@ -21,6 +23,11 @@ from pathlib import Path
 
 from srtrt.atomic import hidden_name, write_text
 from srtrt.errors import SrtrtError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 MANIFEST = "manifest.json"
 
@@ -48,6 +55,7 @@ class Work:
     folder: Path
     key: dict                  # source and settings: what the segments were made from
     segments: list[Segment] = field(default_factory=list)
+    lock: int | None = None    # the folder, open and held while this run writes it
 
     @property
     def next_index(self) -> int:
@@ -66,28 +74,70 @@ class Work:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        self.release()
+
+    def release(self) -> None:
+        """Let another run take the folder (after a stop, a `--resume` run)."""
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
 
 
 def start(destination: Path, key: dict, resume: bool) -> Work:
-    """The work folder for `destination`: continued when `resume` and it was made from the same
-    source and settings, otherwise started afresh."""
+    """The work folder for `destination`, held by this run: continued when `resume` and it was made
+    from the same source and settings, otherwise started afresh. A folder another run holds (two
+    runs writing the same output) is one line, and that run's segments are left alone."""
     folder = work_folder(destination)
-    if resume:
-        try:
-            data = json.loads((folder / MANIFEST).read_text())
-            if data.get("key") == key:
-                segments = [Segment(**s) for s in data.get("segments", [])]
-                if all((folder / s.file).is_file() for s in segments):
-                    return Work(folder, key, segments)
-        except (OSError, ValueError, TypeError):
-            pass
-    shutil.rmtree(folder, ignore_errors=True)
     try:
-        folder.mkdir(parents=True)
-        work = Work(folder, key)
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise _unwritable(e, destination) from None
+    if not _take(lock):
+        os.close(lock)
+        raise SrtrtError("another srtrt run is writing this output now", destination)
+    try:
+        if resume and (segments := _closed_segments(folder, key)) is not None:
+            return Work(folder, key, segments, lock)
+        for leftover in folder.iterdir():  # emptied, not removed: the folder itself is what is held
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+        work = Work(folder, key, lock=lock)
         work.save()
+        return work
     except OSError as e:  # a read-only or full disk: the image's line, and nothing left behind
         shutil.rmtree(folder, ignore_errors=True)
-        cause = "disk full" if e.errno == errno.ENOSPC else e.strerror or " ".join(str(e).split())
-        raise SrtrtError(f"cannot write to {destination.parent}: {cause}", destination) from None
-    return work
+        os.close(lock)
+        raise _unwritable(e, destination) from None
+
+
+def _take(lock: int) -> bool:
+    """An exclusive hold on the open folder, released when its descriptor closes (also when the
+    process dies, so a killed run never leaves a folder no one may resume)."""
+    if fcntl is None:  # no flock (Windows): runs are not kept apart
+        return True
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _closed_segments(folder: Path, key: dict) -> list[Segment] | None:
+    """The segments an earlier run of the same key closed, or None when there is nothing to resume."""
+    try:
+        data = json.loads((folder / MANIFEST).read_text())
+        if data.get("key") == key:
+            segments = [Segment(**s) for s in data.get("segments", [])]
+            if all((folder / s.file).is_file() for s in segments):
+                return segments
+    except (OSError, ValueError, TypeError):
+        pass
+    return None
+
+
+def _unwritable(e: OSError, destination: Path) -> SrtrtError:
+    cause = "disk full" if e.errno == errno.ENOSPC else e.strerror or " ".join(str(e).split())
+    return SrtrtError(f"cannot write to {destination.parent}: {cause}", destination)

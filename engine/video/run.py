@@ -142,8 +142,11 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
         segments = [(work.folder / seg.file, None if seg.end_pts is None else seg.end_pts * info.time_base)
                     for seg in work.segments]
         remux.join(source, segments, destination, info.display_matrix)
-    except Exception:  # a stop (KeyboardInterrupt) keeps the work folder for --resume
+    except Exception:
         work.remove()  # nothing to resume from a bad file; a full disk gets its space back
+        raise
+    except BaseException:  # a stop keeps the work folder for --resume, free for the next run to take
+        work.release()
         raise
     work.remove()
     if nudged:
