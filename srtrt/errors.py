@@ -19,6 +19,6 @@ def shown(path) -> str:
 
 
 class OutputNote(UserWarning):
-    """What an output loses of an image (alpha in JPEG, 16 bits in WebP, 16-bit CMYK through a
-    profile): `srtrt run` says it as one `srtrt:` line (hidden by -q); Python callers get it as a
-    warning they can filter."""
+    """What a run loses (alpha in JPEG, 16 bits in WebP, 16-bit CMYK through a profile, a cache it
+    cannot write): srtrt's commands say it as one `srtrt:` line (hidden by -q); Python callers get
+    it as a warning they can filter."""

@@ -360,12 +360,16 @@ def _relocate(path: Path, location: str) -> Path:
     return path
 
 
-def test_poisoned_onnx_cache_is_refused_by_srtrt_run(tmp_path, capsys, monkeypatch):
-    """`--backend onnxruntime` reuses the ONNX file cached for the checkpoint; a planted one
-    that points its weights outside the cache folder is refused with one line."""
+def test_poisoned_onnx_cache_is_replaced_by_srtrt_run(tmp_path, capsys, monkeypatch):
+    """`--backend onnxruntime` reuses the ONNX file cached for the checkpoint; a planted one that
+    points its weights outside the cache folder is never loaded: its external data is refused
+    before any loader reads it, and the graph is exported again from the checkpoint."""
     import shutil
 
+    import onnx
+
     import srtrt
+    from srtrt.engine.toolchain.onnx_io import metadata
 
     model = save_tiny_model(tmp_path)
     monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
@@ -376,10 +380,43 @@ def test_poisoned_onnx_cache_is_refused_by_srtrt_run(tmp_path, capsys, monkeypat
     shutil.copy(crafted, planted)
     (source,) = write_images(tmp_path / "in", 1)
     code, err = run(capsys, source, "--model", model, "--backend", "onnxruntime", "--precision", "fp32")
-    assert code == 2
-    (line,) = one_line_errors(err)
-    assert line.startswith(f"srtrt: {planted}: refused: external data '../../../secret.bin' lies outside")
-    assert not (tmp_path / "in" / "img0_x4.png").exists()
+    assert code == 0 and (tmp_path / "in" / "img0_x4.png").exists(), err
+    graph = onnx.load(str(planted), load_external_data=False)
+    assert metadata(graph)["model_sha256"] == sha
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer)
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "cut short", "another model's graph"])
+def test_a_damaged_or_foreign_cached_graph_is_exported_again(tmp_path, capsys, monkeypatch, damage):
+    """A cached ONNX emptied, overwritten, cut short, or exported from other weights (a model file
+    replaced while its first run exported it) under this model's name: exported again, and the
+    output is this model's (the emptied one ended in a traceback, the others failed every run or
+    gave the other model's image)."""
+    import numpy as np
+
+    import srtrt
+
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    model, other = save_tiny_model(tmp_path, seed=0), save_tiny_model(tmp_path, name="other", seed=1)
+    (source,) = write_images(tmp_path / "in", 1)
+    runs = iter(range(100))
+
+    def upscale(checkpoint) -> np.ndarray:
+        out = tmp_path / f"out{next(runs)}.png"
+        code, err = run(capsys, source, "-o", out, "--model", checkpoint, "--backend", "onnxruntime", "--precision", "fp32")
+        assert code == 0 and "Traceback" not in err, err
+        return np.asarray(Image.open(out))
+
+    clean = upscale(model)
+    graph = tmp_path / "cache" / "onnx" / f"{srtrt.load_model(model).checkpoint_sha256[:16]}-x4-fp32.onnx"
+    assert graph.is_file()
+    data = graph.read_bytes()
+    if damage == "another model's graph":
+        upscale(other)
+        (theirs,) = [p for p in graph.parent.glob("*.onnx") if p != graph]
+        data = theirs.read_bytes()
+    graph.write_bytes({"empty": b"", "garbage": bytes(range(256)) * 64, "cut short": data[: len(data) // 2]}.get(damage, data))
+    np.testing.assert_array_equal(upscale(model), clean)
 
 
 def test_tensorrt_without_a_gpu_is_one_line(tmp_path, capsys, model):

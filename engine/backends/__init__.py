@@ -8,6 +8,7 @@ was picked and why, so users never have to guess.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -84,16 +85,37 @@ def _exported_onnx(view, precision: str, polyphase: bool = False, shape: tuple[i
     from srtrt.engine.toolchain.export import export_for_runtime
 
     path = _onnx_path(view, precision, polyphase, shape)
+    if path.exists() and not _this_models_graph(path, view, precision, polyphase):
+        with contextlib.suppress(OSError):  # emptied, cut short or another model's: made again, never run
+            path.unlink()
     if not path.exists():
         if isinstance(view, CommunityView):  # exported in a child process that loads its file again
             from srtrt.engine.toolchain.export_isolated import export_community
 
             export_community(view, path, precision, polyphase, shape, quick=True)
+            if not _this_models_graph(path, view, precision, polyphase):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                raise SrtrtError("the file changed while srtrt read it (its graph is of other weights); run again",
+                                 view.source)
         else:
             float_graph = _exported_onnx(view, "fp32", polyphase, shape) if precision == "int8" else None
             export_for_runtime(view, path, precision, polyphase=polyphase, dynamic=shape is None, input_shape=shape,
                                float_graph=float_graph)
     return path
+
+
+def _this_models_graph(path, view, precision: str, polyphase: bool) -> bool:
+    """Whether the cached graph at `path` is whole and was exported from this model's weights in this
+    form: its metadata (written last, so a file cut short has none) names the weights' sha256."""
+    from srtrt.engine.toolchain.onnx_io import metadata
+
+    try:
+        meta = metadata(path)
+    except Exception:  # not an ONNX file at all
+        return False
+    return (meta.get("model_sha256"), meta.get("precision"), meta.get("polyphase")) == (
+        _model_sha256(view), precision, bool(polyphase))
 
 
 def _onnx_graphs(view, precision: str, polyphase: bool) -> OnnxGraphs:
