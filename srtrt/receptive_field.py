@@ -33,12 +33,14 @@ support still touches the square's border, where zero padding could have cut it 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,6 +49,11 @@ import torch.autograd.forward_ad as fwAD
 from srtrt import atomic
 from srtrt.cache import cache_dir
 from srtrt.engine.datapath.tiles import allowed_side
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 START_SIDE = 32         # first strip length and smallest square: tiny inputs can change what window nets do
 STRIP_WIDTH = 8         # the strips' short side (before the module's own size rules)
@@ -335,8 +342,25 @@ def cached(kind: str, sha256: str, compute: Callable[[], dict], valid: Callable[
     if not isinstance(value, dict):
         raise TypeError(f"compute() must return a dict, not {type(value).__name__}")
     value = json.loads(json.dumps(value))
-    results[kind] = value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(path, json.dumps({"format": CACHE_FORMAT, "sha256": sha256, "results": results},
-                                       indent=1, sort_keys=True))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _held(path):
+            results = _read(path)  # read again: another process may have added its entries meanwhile
+            results[kind] = value
+            atomic.write_text(path, json.dumps({"format": CACHE_FORMAT, "sha256": sha256, "results": results},
+                                               indent=1, sort_keys=True))
+    except OSError:
+        pass  # a cache only saves time: the value stands, measured again next time
     return value
+
+
+@contextlib.contextmanager
+def _held(path: Path):
+    """One process at a time between reading the file and writing it back (`<file>.lock`, flock):
+    two runs filling the cache at once each keep the other's entries."""
+    if fcntl is None:  # no flock (Windows): the last writer wins
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

@@ -64,7 +64,7 @@ def load_view(path, allow_noncommercial: bool = False) -> CommunityView:
     module = model.module.eval()
     with warnings.catch_warnings():  # torch's forward-mode autodiff loads its decompositions with a deprecation note
         warnings.simplefilter("ignore", FutureWarning)
-        tiling = receptive_field.cached(TILING_KIND, model.sha256, lambda: measure_tiling(model))
+        tiling = receptive_field.cached(TILING_KIND, model.sha256, lambda: measure_tiling(model), _whole_tiling)
     facts = ModelFacts(
         architecture=model.architecture_id, scale=model.scale, channels=model.input_channels,
         feature_channels=activation_width(module, model.scale, model.input_channels, model.minimum,
@@ -76,6 +76,13 @@ def load_view(path, allow_noncommercial: bool = False) -> CommunityView:
     view = CommunityView(module, facts, model.sha256, Path(path).resolve(), allow_noncommercial)
     view.int8_calibration = stored_calibration(model.sha256)
     return view
+
+
+def _whole_tiling(entry: dict) -> bool:
+    """A cached measure_tiling result of the right shape (an entry edited or damaged is measured again)."""
+    radius, margin, figure = entry.get("radius"), entry.get("margin"), entry.get("figure")
+    return ((radius is None or type(radius) is int and radius >= 0) and type(margin) is int and margin >= 0
+            and (figure is None or isinstance(figure, dict)))
 
 
 CALIBRATION_FORMAT, CALIBRATION_VERSION = "srtrt-int8-calibration", 1

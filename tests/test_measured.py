@@ -185,7 +185,8 @@ def test_a_foreign_or_damaged_entry_is_measured_again(view, tmp_path, monkeypatc
     (kind, entry), = ((k, v) for k, v in stored["results"].items() if k.startswith("speed-"))
     for damage in ({"identity": {**entry["identity"], "cpu": "another CPU"}},   # copied from another machine
                    {"seconds": {"torch bf16": 0.001}},                           # a candidate missing
-                   {"seconds": {"torch bf16": -1.0, "torch fp32": 0.5}}):        # nonsense figures
+                   {"seconds": {"torch bf16": -1.0, "torch fp32": 0.5}},         # nonsense figures
+                   {"first_call_only": None}):                                   # was a TypeError
         stored["results"][kind] = {**entry, **damage}
         path.write_text(json.dumps(stored))
         seconds, took, _ = measured.cached_seconds(SHA, PATHS, maker(view), WINDOW)

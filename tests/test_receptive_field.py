@@ -274,3 +274,52 @@ def test_cache_ignores_a_corrupt_or_foreign_file(cache_root, content):
 def test_cache_refuses_a_name_that_is_not_a_sha256(cache_root):
     with pytest.raises(ValueError):
         rf.cached("radius", "../../etc/passwd", _never)
+
+
+def _fill(root: str, worker: int, kinds: int) -> None:
+    import os
+
+    os.environ["SRTRT_CACHE"] = root
+    for k in range(kinds):
+        rf.cached(f"kind-{worker}-{k}", SHA, lambda: {"worker": worker})
+
+
+def test_two_processes_filling_the_cache_at_once_keep_each_others_entries(cache_root):
+    """Each read the file, added its entry and wrote it back: the other's entries written meanwhile were lost."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_fill, args=(str(cache_root), w, 40)) for w in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    stored = json.loads((cache_root / "receptive_field" / f"{SHA}.json").read_text())
+    assert set(stored["results"]) == {f"kind-{w}-{k}" for w in range(2) for k in range(40)}
+
+
+def test_an_unwritable_cache_still_returns_the_value(cache_root):
+    (cache_root / "receptive_field").write_text("a file where the folder should be")
+    assert rf.cached("radius", SHA, lambda: {"radius": 40}) == {"radius": 40}
+
+
+def test_entries_of_the_wrong_shape_are_measured_again(cache_root, tmp_path):
+    """An entry edited or damaged into the wrong shape (a tiling without a radius, an agreement figure
+    as text) is measured again instead of ending the run in a KeyError or TypeError."""
+    from safetensors.torch import save_file
+
+    import srtrt
+    from srtrt.engine.backends.agreement import _a_figure
+
+    net = _seeded(Compact, num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "compact.safetensors"))
+    first = srtrt.load_model(str(tmp_path / "compact.safetensors")).facts
+    (path,) = (cache_root / "receptive_field").glob("*.json")
+    stored = json.loads(path.read_text())
+    (tiling,) = [kind for kind in stored["results"] if kind.startswith("tiling")]
+    stored["results"][tiling] = {}
+    path.write_text(json.dumps(stored))
+    again = srtrt.load_model(str(tmp_path / "compact.safetensors")).facts
+    assert (again.radius, again.margin) == (first.radius, first.margin)
+    assert [_a_figure(entry) for entry in ({"psnr_db": 62.2}, {"psnr_db": "62.2"}, {"psnr_db": None}, {})] == [
+        True, False, False, False]

@@ -59,7 +59,12 @@ def measured_agreement(view, backend: str, precision: str, make, device: str = "
         form = f"int8-{int8_graph_tag(view.int8_calibration)}"
     # v2: every compiled form judged (before: the dynamic-shape model alone, for OpenVINO)
     kind = f"agreement-v2-{backend}-{device}-{form}-{_library_version(backend)}"
-    return receptive_field.cached(kind, view.checkpoint_sha256, measure)["psnr_db"]
+    return receptive_field.cached(kind, view.checkpoint_sha256, measure, _a_figure)["psnr_db"]
+
+
+def _a_figure(entry: dict) -> bool:
+    value = entry.get("psnr_db")
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def agreement_judge(view, make_backend, device: str = "cpu"):

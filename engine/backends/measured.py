@@ -203,7 +203,8 @@ def cached_seconds(sha256: str, candidates: list[Path], make, window: tuple[int,
         seconds = entry.get("seconds")
         return (entry.get("identity") == json.loads(json.dumps(ident)) and isinstance(seconds, dict)
                 and sorted(seconds) == wanted
-                and all(isinstance(v, (int, float)) and 0 < v < float("inf") for v in seconds.values()))
+                and all(isinstance(v, (int, float)) and 0 < v < float("inf") for v in seconds.values())
+                and isinstance(entry.get("first_call_only", []), list))
 
     entry = receptive_field.cached(_kind({**ident, "candidates": wanted, "int8": calibration}), sha256, compute, valid)
     return entry["seconds"], (measured_now[0] if measured_now else None), list(entry.get("first_call_only", []))
