@@ -204,6 +204,97 @@ def test_compiled_blob_cache_stays_within_its_size_and_drops_the_least_recently_
     assert kept == ["3.blob", "4.blob", "5.blob"] and (tmp_path / "notes.txt").exists()
 
 
+def static_backend(view, onnx_file, cache) -> OpenVinoBackend:
+    ov = backend(view, onnx_file, cache)
+    ov.dynamic_pixels = 0  # every shape compiled static: one blob per shape
+    return ov
+
+
+def flip_bytes(blob, start: int, count: int = 256) -> bytes:
+    """Corrupt `count` bytes of a cached blob in place, as a failing disk or a stray writer would."""
+    data = bytearray(blob.read_bytes())
+    data[start:start + count] = bytes(b ^ 0x55 for b in data[start:start + count])
+    blob.chmod(0o644)  # OpenVINO writes its blobs read-only
+    blob.write_bytes(data)
+    return bytes(data)
+
+
+def test_one_backend_compiling_shape_after_shape_keeps_the_blob_cache_within_its_limit(view, onnx_file, tmp_path,
+                                                                                         monkeypatch):
+    """A folder of many sizes, or `srtrt serve`'s one warm backend, compiles new shapes long after it
+    opened: each compile prunes the cache, and the blob just written stays."""
+    monkeypatch.setenv("SRTRT_OPENVINO_CACHE_MB", "0")  # room for the blob in use only
+    seen = set()
+    with static_backend(view, onnx_file, tmp_path) as ov:
+        for width in (16, 20, 24):
+            ov.infer(photo_batch(16, width))
+            blobs = set(tmp_path.rglob("*.blob"))
+            assert len(blobs) == 1 and not blobs & seen, blobs  # the new shape's blob, alone
+            seen |= blobs
+
+
+def test_the_blob_cache_drops_the_blob_srtrt_used_least_recently_whatever_its_atime(view, onnx_file, tmp_path):
+    """x written, then y, then x used again: y goes first. Under relatime (the default mount) a read
+    updates atime only once after each write, so x's atime still says its first read."""
+    import os
+    import time
+
+    from srtrt.engine.backends.openvino_backend import _prune_blobs
+
+    shapes, blobs = {"x": (16, 16), "y": (16, 20)}, {}
+    hour_ago = time.time_ns() - 3600 * 10**9
+    for i, (name, shape) in enumerate(shapes.items()):
+        with static_backend(view, onnx_file, tmp_path) as ov:
+            ov.infer(photo_batch(*shape))
+        (blobs[name],) = set(tmp_path.rglob("*.blob")) - set(blobs.values())
+        os.utime(blobs[name], ns=(hour_ago + i * 60 * 10**9,) * 2)  # y written a minute after x
+    with static_backend(view, onnx_file, tmp_path) as ov:  # a later run uses x again
+        ov.infer(photo_batch(*shapes["x"]))
+        assert ov._requests[(1, *shapes["x"])].get_compiled_model().get_property("LOADED_FROM_CACHE")
+    x_mtime = blobs["x"].stat().st_mtime_ns
+    os.utime(blobs["x"], ns=(hour_ago + 10**9, x_mtime))  # the atime relatime leaves, whatever this mount does
+    _prune_blobs(tmp_path, budget=blobs["x"].stat().st_size)  # room for one blob
+    assert blobs["x"].exists() and not blobs["y"].exists()
+
+
+@pytest.mark.parametrize("record", ["kept", "missing", "damaged"])
+def test_a_cached_blob_corrupted_past_its_header_is_compiled_again_not_run(view, onnx_file, tmp_path, record):
+    """OpenVINO imports a blob whose header is intact without looking further: bytes flipped in its
+    weights ran as wrong values. Such a blob no longer matches the sha256 srtrt recorded when it was
+    written, or has no record to match (lost, damaged): it is deleted and compiled afresh."""
+    x = photo_batch(16, 24)
+    with static_backend(view, onnx_file, tmp_path) as ov:
+        want = ov.infer(x)
+    (blob,) = tmp_path.rglob("*.blob")
+    corrupt = flip_bytes(blob, blob.stat().st_size * 3 // 10)  # in the weights (the topology comes last)
+    sidecar = blob.with_name(blob.name + ".sha256")
+    if record == "missing":
+        sidecar.unlink(missing_ok=True)
+    elif record == "damaged":
+        sidecar.write_bytes(b"\xff\x00e3b0c4")
+    with static_backend(view, onnx_file, tmp_path) as ov:
+        got = ov.infer(x)
+    assert (got - want).abs().max().item() <= 1e-6
+    (fresh,) = tmp_path.rglob("*.blob")
+    assert fresh.read_bytes() != corrupt
+
+
+def test_a_compile_killed_midway_leaves_no_blob_outside_the_cache_limit(view, onnx_file, tmp_path):
+    """A fresh compile writes its blob in a private folder first; a process killed there leaves it.
+    The next backend to open deletes such a folder once it is clearly no one's (an hour old)."""
+    import os
+    import time
+
+    abandoned, running = tmp_path / ".0123abcd.partial-4242-a1b2c3", tmp_path / ".4567ef01.partial-4343-d4e5f6"
+    for private in (abandoned, running):
+        private.mkdir()
+        (private / "1234.blob").write_bytes(b"x" * 1000)
+    two_hours_ago = time.time() - 7200
+    os.utime(abandoned, (two_hours_ago, two_hours_ago))
+    backend(view, onnx_file, tmp_path).close()
+    assert not abandoned.exists() and (running / "1234.blob").exists()
+
+
 def test_create_backend_reuses_the_cached_export(tmp_path, monkeypatch):
     monkeypatch.setenv("SRTRT_CACHE", str(tmp_path))
     view = random_view(blocks=1, channels=4, seed=5)
@@ -259,8 +350,10 @@ def test_fused_graph_names_the_op_openvino_lacks(view, tmp_path):
     assert str(raised.value).startswith(f"{fused}: OpenVINO cannot read this ONNX file (")
 
 
-def test_cli_with_a_corrupt_cached_export_exits_2_and_writes_nothing(tmp_path, monkeypatch, capsys):
+def test_cli_with_a_corrupt_cached_export_exports_it_again(tmp_path, monkeypatch, capsys):
+    """A cached graph cut short is never handed to OpenVINO (the run failed on it every time)."""
     from srtrt.checkpoint import file_sha256
+    from srtrt.engine.toolchain.onnx_io import metadata
 
     monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
     weights = save_tiny_model(tmp_path)
@@ -270,9 +363,8 @@ def test_cli_with_a_corrupt_cached_export_exits_2_and_writes_nothing(tmp_path, m
     (image,) = write_images(tmp_path / "in", 1)
     out = tmp_path / "out.png"
     code, err = run_cli(capsys, image, "-o", out, "--model", weights, "--backend", "openvino")
-    assert code == 2
-    assert err.strip().splitlines() == [f"srtrt: {cached}: OpenVINO cannot read this ONNX file (Model can't be parsed)"]
-    assert not out.exists() and not partials(tmp_path)
+    assert code == 0 and out.is_file(), err
+    assert metadata(cached)["model_sha256"] == file_sha256(weights) and not partials(tmp_path)
 
 
 def test_importing_openvino_through_srtrt_starts_no_telemetry_and_forks_nothing():

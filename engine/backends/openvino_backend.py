@@ -11,7 +11,8 @@ conv to 12 channels at half resolution and a 12-channel shuffle, the same values
 dynamic graph on large windows, and the runtime uses one window shape per image, so each
 (N, 3, h, w) seen again or large is compiled once and kept for the images and tiles that
 follow; OpenVINO's CACHE_DIR keeps the compiled blobs so the next process starts without
-recompiling. A small shape seen for the first time runs on one dynamic-shape model instead:
+recompiling (each blob checked against the sha256 srtrt recorded when it was written:
+_compile_cached). A small shape seen for the first time runs on one dynamic-shape model instead:
 a folder of photos of many sizes brings a new shape per image, and compiling each cost more
 than its inference (bench/test_varied.py). In bf16 and f32 both compute the same values, so a
 small shape that comes again is compiled static. int8's dynamic model fuses its quantize steps
@@ -28,16 +29,21 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib.util
 import os
+import shutil
 import sys
+import time
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from srtrt import atomic
 from srtrt.cache import cache_dir
+from srtrt.checkpoint import file_sha256
 from srtrt.engine.backends.base import Backend, OnnxGraphs, TileDefaults, defaults_for_budget
 from srtrt.engine.backends.torch_backend import CPU_ACTIVATION_BUDGET
 from srtrt.errors import SrtrtError
@@ -52,6 +58,7 @@ DYNAMIC_BELOW_PIXELS = 160_000
 STATIC_AFTER_IMAGES = 2  # a shape prepared or run this often is compiled static
 REMEMBERED_SHAPES = 4096  # shapes whose count is kept (a bound on memory, never reached by a folder)
 CACHE_BUDGET_MB = 512    # compiled blobs kept in CACHE_DIR, least recently used dropped first (SRTRT_OPENVINO_CACHE_MB)
+ABANDONED_AFTER_SECONDS = 3600  # a compile's private cache folder older than this was left by a killed process
 INSTALL_HINT = "pip install openvino"
 
 # Resident bytes per LR pixel of one compiled window, 64-channel x4 network: peak RSS growth
@@ -130,21 +137,116 @@ def cache_budget_bytes() -> int:
         return CACHE_BUDGET_MB << 20
 
 
-def _prune_blobs(folder: Path, budget: int | None = None) -> None:
-    """Keep CACHE_DIR within its size limit: every distinct window shape and precision adds a
-    blob, so the least recently used go first (last read or written; the newest always stays)."""
+def _prune_blobs(folder: Path, budget: int | None = None, keep: Path | None = None) -> None:
+    """Keep the blob cache within its size limit: every distinct window shape adds a blob, so the
+    least recently used go first; the newest and those in the folder `keep` (the compile
+    just done) always stay. A blob's mtime is when srtrt last stored or imported it (_mark_used): its
+    atime is no record of use, relatime updates it once after each write and noatime never."""
     budget = cache_budget_bytes() if budget is None else budget
-    try:
-        stats = [(p, p.stat()) for p in folder.glob("*.blob")]
-    except OSError:
-        return
-    stats.sort(key=lambda item: max(item[1].st_atime, item[1].st_mtime), reverse=True)
+    stats = sorted(_blob_stats(folder), key=lambda item: item[1].st_mtime, reverse=True)
     total = 0
     for i, (path, stat) in enumerate(stats):
         total += stat.st_size
-        if i > 0 and total > budget:
-            with contextlib.suppress(OSError):  # another process may hold or have removed it
-                path.unlink()
+        if i > 0 and total > budget and path.parent != keep:
+            _remove_blob(path, folder)
+
+
+def _blob_stats(folder: Path) -> list[tuple[Path, os.stat_result]]:
+    """The blobs stored under `folder`, with their stat: one folder per compile key, and blobs an older
+    srtrt kept at the top (never imported now: they age out). A compile's private folder (hidden) is
+    left out: its blob is still being written."""
+    stored = [p for p in folder.glob("*/*.blob") if not p.parent.name.startswith(".")]
+    stats = []
+    for path in [*folder.glob("*.blob"), *stored]:
+        with contextlib.suppress(OSError):  # another process may have removed it since the listing
+            stats.append((path, path.stat()))
+    return stats
+
+
+def _remove_abandoned_compiles(folder: Path) -> None:
+    """Delete the private folders of compiles that ended without cleaning up (a process killed
+    mid-compile): a compile takes seconds, so one an hour old is no one's."""
+    cutoff = time.time() - ABANDONED_AFTER_SECONDS
+    for private in folder.glob(".*.partial-*"):
+        with contextlib.suppress(OSError):
+            if private.is_dir() and private.stat().st_mtime < cutoff:
+                shutil.rmtree(private, ignore_errors=True)
+
+
+def _remove_blob(blob: Path, root: Path) -> None:
+    """Delete a blob, its record and its compile key's folder once empty."""
+    with contextlib.suppress(OSError):  # another process may hold or have removed it
+        blob.unlink()
+    with contextlib.suppress(OSError):
+        _record_path(blob).unlink()
+    if blob.parent != root:
+        with contextlib.suppress(OSError):  # not empty: another process stored a blob there meanwhile
+            blob.parent.rmdir()
+
+
+def _record_path(blob: Path) -> Path:
+    """The integrity record srtrt keeps beside a blob it stored: the sha256 of the blob's bytes."""
+    return blob.with_name(blob.name + ".sha256")
+
+
+def _matches_record(blob: Path) -> bool:
+    """Whether the blob's bytes are those srtrt stored. A missing or unreadable record (a blob
+    OpenVINO wrote there itself, a record lost or damaged) counts as no match: compiled again."""
+    try:
+        return _record_path(blob).read_text(encoding="ascii").strip() == file_sha256(blob)
+    except (OSError, ValueError):
+        return False
+
+
+def _verified_blobs(folder: Path) -> list[Path] | None:
+    """The blobs in `folder` that match their records, after deleting every other one: OpenVINO
+    checks a blob's header only, so a blob corrupted past it imports and computes wrong values.
+    None when a blob that does not match could not be deleted: nothing may be imported from `folder`."""
+    verified = []
+    for blob in folder.glob("*.blob"):
+        if _matches_record(blob):
+            verified.append(blob)
+            continue
+        try:
+            blob.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return None
+    return verified
+
+
+def _mark_used(blobs: list[Path]) -> None:
+    """Set the blobs' mtime to now: the recency _prune_blobs ranks by."""
+    for blob in blobs:
+        with contextlib.suppress(OSError):
+            os.utime(blob)
+
+
+def _store_blobs(private: Path, folder: Path) -> None:
+    """Move the blobs a fresh compile wrote in `private` into `folder`, each one whole (a rename: a
+    blob another process has mapped is replaced, never rewritten under it), its record written first."""
+    try:
+        folder.mkdir(exist_ok=True)
+        for blob in private.glob("*.blob"):
+            atomic.write_text(_record_path(folder / blob.name), file_sha256(blob) + "\n", fsync=False)
+            os.replace(blob, folder / blob.name)
+    except OSError:
+        pass  # not stored: the next process compiles this shape again
+
+
+def _compile_key(source: Path, dims: list[int]) -> str:
+    """The name of a compile's cache folder: what OpenVINO's blob name hashes (the graph and its window
+    shape; not the compile options, which the CPU plugin applies on import), from what srtrt has at
+    hand, so that one folder holds one blob. Were two blobs to share a folder, both would be verified
+    before each compile: the key saves hashing and never decides what is imported."""
+    try:
+        stat = source.stat()
+        identity = (str(source), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        identity = (str(source),)
+    described = repr((identity, dims, import_openvino().get_version()))
+    return hashlib.sha256(described.encode()).hexdigest()[:20]
 
 
 class OpenVinoBackend(Backend):
@@ -175,6 +277,7 @@ class OpenVinoBackend(Backend):
         self.cache = Path(cache) if cache is not None else cache_dir("openvino")
         try:
             self.cache.mkdir(parents=True, exist_ok=True)
+            _remove_abandoned_compiles(self.cache)
             _prune_blobs(self.cache)
             self.config["CACHE_DIR"] = str(self.cache)
         except OSError:
@@ -201,15 +304,52 @@ class OpenVinoBackend(Backend):
             raise SrtrtError(f"OpenVINO cannot read this ONNX file ({failure_reason(e)})", path) from None
 
     def _compile(self, dims: list[int], label: str):
+        source = self.graphs.dynamic if self.model is not None else self.graphs.static(tuple(dims))
         if self.model is None:  # a graph exported for this very shape: nothing to reshape
-            model = self._read(self.graphs.static(tuple(dims)))
+            model = self._read(source)
         else:
             model = self.model.clone()
             model.reshape({model.inputs[0]: self._ov.PartialShape(dims)})
         try:
-            return self.core.compile_model(model, "CPU", self.config).create_infer_request()
+            return self._compile_cached(model, source, dims).create_infer_request()
         except Exception as e:
             raise SrtrtError(f"OpenVINO cannot compile this ONNX file for {label} ({failure_reason(e)})", self.path) from None
+
+    def _compile_cached(self, model, source: Path, dims: list[int]):
+        """compile_model through the blob cache under config's CACHE_DIR. Each compile has a folder of
+        its own there (_compile_key), so the blobs it may import are known before OpenVINO opens them:
+        only those are verified, and only verified ones are imported. The cache is pruned after each
+        compile: a run or a long-lived backend adds a blob per new shape."""
+        config = dict(self.config)
+        root = config.pop("CACHE_DIR", None)
+        if root is None:
+            return self.core.compile_model(model, "CPU", config)
+        folder = Path(root) / _compile_key(source, dims)
+        verified = _verified_blobs(folder)
+        if verified is None:  # a corrupt blob stayed: compiled here, nothing read or stored
+            return self.core.compile_model(model, "CPU", config)
+        if verified:
+            compiled = self.core.compile_model(model, "CPU", dict(config, CACHE_DIR=str(folder)))
+            _mark_used(verified)
+        else:
+            compiled = self._compile_and_store(model, config, folder)
+        _prune_blobs(Path(root), keep=folder)
+        return compiled
+
+    def _compile_and_store(self, model, config: dict, folder: Path):
+        """A fresh compile whose blob OpenVINO writes in a private folder beside `folder` (it writes in
+        place, and another process could import the file half-written): moved in whole, once recorded."""
+        private = Path(atomic.temp_name(folder))
+        try:
+            private.mkdir(parents=True)
+        except OSError:  # an unwritable cache: compiled, not stored
+            return self.core.compile_model(model, "CPU", config)
+        try:
+            compiled = self.core.compile_model(model, "CPU", dict(config, CACHE_DIR=str(private)))
+            _store_blobs(private, folder)
+            return compiled
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
 
     def _request(self, batch: int, height: int, width: int):
         """The infer request for this input shape: its own static model when it has one, is large or
