@@ -276,26 +276,26 @@ def test_cache_refuses_a_name_that_is_not_a_sha256(cache_root):
         rf.cached("radius", "../../etc/passwd", _never)
 
 
-def _fill(root: str, worker: int, kinds: int) -> None:
-    import os
-
-    os.environ["SRTRT_CACHE"] = root
-    for k in range(kinds):
-        rf.cached(f"kind-{worker}-{k}", SHA, lambda: {"worker": worker})
+_FILL = """
+import sys
+from srtrt import receptive_field as rf
+worker = int(sys.argv[1])
+for k in range(400):
+    rf.cached(f"kind-{worker}-{k}", "ab" * 32, lambda: {"worker": worker})
+"""
 
 
 def test_two_processes_filling_the_cache_at_once_keep_each_others_entries(cache_root):
     """Each read the file, added its entry and wrote it back: the other's entries written meanwhile were lost."""
-    import multiprocessing
+    import os
+    import subprocess
+    import sys
 
-    context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_fill, args=(str(cache_root), w, 40)) for w in range(2)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(120)
+    workers = [subprocess.Popen([sys.executable, "-c", _FILL, str(w)], env={**os.environ, "SRTRT_CACHE": str(cache_root)})
+               for w in range(2)]
+    assert [worker.wait(120) for worker in workers] == [0, 0]
     stored = json.loads((cache_root / "receptive_field" / f"{SHA}.json").read_text())
-    assert set(stored["results"]) == {f"kind-{w}-{k}" for w in range(2) for k in range(40)}
+    assert set(stored["results"]) == {f"kind-{w}-{k}" for w in range(2) for k in range(400)}
 
 
 def test_an_unwritable_cache_still_returns_the_value(cache_root):
