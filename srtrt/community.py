@@ -99,11 +99,14 @@ class _ImageToImage(nn.Module):
 
 
 def is_community_file(path: str | os.PathLike) -> bool:
-    """A model file srtrt reads through spandrel: a known suffix with no srtrt sidecar
-    (NAME.json of format srtrt-checkpoint) beside it; srtrt's own checkpoints have one."""
+    """A model file srtrt reads through spandrel: a pickle (.pth, .ckpt, .pt: srtrt writes none), or
+    a .safetensors with no srtrt sidecar (NAME.json of format srtrt-checkpoint) beside it; srtrt's own
+    checkpoints have one. (A .pth beside an srtrt checkpoint of the same name is the .pth.)"""
     p = Path(path)
     if p.suffix.lower() not in SUFFIXES:
         return False
+    if p.suffix.lower() != ".safetensors":
+        return True
     sidecar = p.with_suffix(".json")
     try:
         data = sidecar.read_bytes()

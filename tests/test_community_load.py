@@ -239,12 +239,23 @@ def test_srtrt_checkpoint_is_not_community(tmp_path):
     config = SRResNetConfig(scale=4, blocks=1, channels=8)
     weights = checkpoint.save(tmp_path / "own", SRResNet(config).eval(), "srresnet", config)
     assert not community.is_community_file(weights)
-    assert not community.is_community_file(tmp_path / "own.pth")
     assert "no supported architecture matches" in _refusal(weights)   # spandrel knows no SRResNet
 
     sidecar = weights.with_suffix(".json")
     sidecar.write_text(sidecar.read_text()[:60])    # a damaged srtrt sidecar is still srtrt's
     assert not community.is_community_file(weights)
+
+
+def test_a_pickle_beside_an_srtrt_checkpoint_of_its_name_is_the_pickle(tmp_path):
+    """`--model model.pth` ran model.safetensors (an srtrt checkpoint beside it) without a word."""
+    import srtrt
+
+    torch.manual_seed(0)
+    config = SRResNetConfig(scale=4, blocks=1, channels=8)
+    checkpoint.save(tmp_path / "model", SRResNet(config).eval(), "srresnet", config)
+    torch.save(Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2).state_dict(), tmp_path / "model.pth")
+    assert srtrt.load_model(str(tmp_path / "model.pth")).scale == 2
+    assert srtrt.load_model(str(tmp_path / "model.safetensors")).scale == 4
 
 
 def test_is_community_file(tmp_path):

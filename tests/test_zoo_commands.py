@@ -434,3 +434,12 @@ def test_ray_run_on_a_local_cluster(files, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["in0_x2.png", "in1_x2.png"]
+
+
+def test_onnxruntime_refuses_fp16_where_spandrel_says_the_model_overflows(files, tmp_path, capsys):
+    """The torch backend, export and build refused it; onnxruntime exported and ran it in fp16."""
+    Image.fromarray(smooth_image(24, 24, seed=3)).save(tmp_path / "in.png")
+    line = one_line_exit_2(capsys, ["run", str(tmp_path / "in.png"), "--model", str(files["swinir"]),
+                                    "--backend", "onnxruntime", "--precision", "fp16"])
+    assert "SwinIR does not support fp16 (its outputs overflow or go NaN)" in line
+    assert not (tmp_path / "in_x2.png").exists()

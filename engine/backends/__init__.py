@@ -147,6 +147,8 @@ def _onnxruntime(view, device: torch.device, precision: str) -> Backend:
 
     if precision not in ("fp32", "fp16"):
         raise SrtrtError(f"onnxruntime runs fp32 or fp16 graphs, not {precision}")
+    if precision == "fp16" and not view.facts.half:  # as the torch backend, export and build refuse it
+        raise SrtrtError(f"{view.facts.architecture} does not support fp16 (its outputs overflow or go NaN)")
     return OnnxRuntimeBackend(_onnx_graphs(view, precision, polyphase=False), view.scale, view.radius,
                               device=str(device))
 
