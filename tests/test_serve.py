@@ -438,15 +438,16 @@ def test_the_models_folder_is_read_as_it_is_now(tmp_path):
 
     folder = tmp_path / "models"
     folder.mkdir()
-    (folder / "a.pth").write_bytes(b"x")
+    (folder / "a.safetensors").write_bytes(b"x")
 
     def offered():
         return [(entry.id, entry.kind) for entry in models.list_models(folder) if entry.kind != "embedded"]
 
-    assert offered() == [("a.pth", "community")]
+    assert offered() == [("a.safetensors", "community")]
     (folder / "b.pth").write_bytes(b"x")
     (folder / "a.json").write_text(json.dumps({"format": checkpoint.FORMAT}))
-    assert offered() == [("a.pth", "checkpoint"), ("b.pth", "community")]
+    (folder / "b.json").write_text(json.dumps({"format": checkpoint.FORMAT}))  # a pickle is never srtrt's
+    assert offered() == [("a.safetensors", "checkpoint"), ("b.pth", "community")]
 
 
 def test_a_model_file_name_that_is_not_utf8_or_a_vanished_folder_is_no_500(tmp_path):
