@@ -93,29 +93,48 @@ def _exported_onnx(view, precision: str, polyphase: bool = False, shape: tuple[i
             from srtrt.engine.toolchain.export_isolated import export_community
 
             export_community(view, path, precision, polyphase, shape, quick=True)
-            if not _this_models_graph(path, view, precision, polyphase):
-                with contextlib.suppress(OSError):
-                    path.unlink()
-                raise SrtrtError("the file changed while srtrt read it (its graph is of other weights); run again",
-                                 view.source)
         else:
             float_graph = _exported_onnx(view, "fp32", polyphase, shape) if precision == "int8" else None
             export_for_runtime(view, path, precision, polyphase=polyphase, dynamic=shape is None, input_shape=shape,
                                float_graph=float_graph)
+        if not _this_models_graph(path, view, precision, polyphase):  # also records it, for the next process
+            with contextlib.suppress(OSError):  # a community model's child process loads its file again
+                path.unlink()
+            raise SrtrtError("the file changed while srtrt read it (its graph is of other weights); run again",
+                             getattr(view, "source", None))
     return path
 
 
 def _this_models_graph(path, view, precision: str, polyphase: bool) -> bool:
     """Whether the cached graph at `path` is whole and was exported from this model's weights in this
-    form: its metadata (written last, so a file cut short has none) names the weights' sha256."""
+    form. Its record (`<graph>.json`: the model's sha256, the form, the graph's own sha256) says so in
+    milliseconds; a graph without a matching record is judged by its ONNX metadata (written last, so a
+    file cut short has none), which needs the onnx package (0.7 s to import), and recorded."""
+    import json
+
+    from srtrt.checkpoint import file_sha256
+
+    wanted = {"model_sha256": _model_sha256(view), "precision": precision, "polyphase": bool(polyphase)}
+    record = path.with_name(path.name + ".json")
+    try:
+        graph_sha256 = file_sha256(path)
+    except OSError:
+        return False
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(record.read_text()) == {**wanted, "sha256": graph_sha256}:
+            return True
+    from srtrt import atomic
     from srtrt.engine.toolchain.onnx_io import metadata
 
     try:
         meta = metadata(path)
     except Exception:  # not an ONNX file at all
         return False
-    return (meta.get("model_sha256"), meta.get("precision"), meta.get("polyphase")) == (
-        _model_sha256(view), precision, bool(polyphase))
+    if {key: meta.get(key) for key in wanted} != wanted:
+        return False
+    with contextlib.suppress(OSError):  # unrecorded, it is judged by its metadata again next time
+        atomic.write_text(record, json.dumps({**wanted, "sha256": graph_sha256}))
+    return True
 
 
 def _onnx_graphs(view, precision: str, polyphase: bool) -> OnnxGraphs:
