@@ -455,16 +455,21 @@ def _read_sixteen_bit_colour(first: Image.Image, path, source_format: str) -> De
         samples = samples[:, :, None]
     # TIFF RGBX: the extra sample is not alpha; PNG RGB with a tRNS key: libpng made it alpha
     has_alpha = layout in ("LA", "RGBA") or (source_format == "PNG" and samples.shape[2] > colour_channels)
-    if (samples.shape[:2] not in _stored_shapes(first) or samples.dtype != np.uint16
-            or samples.shape[2] < colour_channels + has_alpha):
-        raise SrtrtError(f"corrupt or unreadable image (decoded {samples.dtype} samples of shape "
-                         f"{samples.shape} for a {first.width}x{first.height} {layout} image)", path)
+    _check_sixteen_bit_samples(samples, first, colour_channels + has_alpha, layout, path)
     pixels = np.ascontiguousarray(samples[:, :, :colour_channels])
     alpha = np.ascontiguousarray(samples[:, :, colour_channels]) if has_alpha else None
     orientation, exif = _orientation_and_exif(first)
     icc = first.info.get("icc_profile") or None
     return DecodedImage(_apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation),
                         16, icc, exif, source_format, path)
+
+
+def _check_sixteen_bit_samples(samples: np.ndarray, first: Image.Image, channels: int, layout: str, path) -> None:
+    """One line when the decoded samples are not the 16-bit H x W x `channels` the header announced."""
+    if (samples.ndim != 3 or samples.shape[:2] not in _stored_shapes(first) or samples.dtype != np.uint16
+            or samples.shape[2] < channels):
+        raise SrtrtError(f"corrupt or unreadable image (decoded {samples.dtype} samples of shape "
+                         f"{samples.shape} for a {first.width}x{first.height} {layout} image)", path)
 
 
 def _sixteen_bit_cmyk(img: Image.Image) -> bool:
@@ -482,10 +487,7 @@ def _read_sixteen_bit_cmyk(first: Image.Image, path) -> DecodedImage:
         return _normalise(first, path, "TIFF")
     with _library_messages_dropped():
         samples = _tiff_samples(path)
-    if samples.ndim != 3 or samples.shape[:2] not in _stored_shapes(first) or samples.dtype != np.uint16 \
-            or samples.shape[2] < 4:
-        raise SrtrtError(f"corrupt or unreadable image (decoded {samples.dtype} samples of shape "
-                         f"{samples.shape} for a {first.width}x{first.height} 16-bit CMYK image)", path)
+    _check_sixteen_bit_samples(samples, first, 4, "16-bit CMYK", path)
     ink = samples[:, :, :4].astype(np.float32) / 65535.0
     rgb = (1.0 - ink[:, :, :3]) * (1.0 - ink[:, :, 3:])
     pixels = np.round(rgb * 65535.0).astype(np.uint16)
