@@ -99,6 +99,60 @@ def stalled_upload(port: int) -> socket.socket:
     return sock
 
 
+@contextmanager
+def paced_upload(port: int, first: bytes, rest: bytes, chunk: int, client: str):
+    """A multipart upload (boundary `b`) of `first + rest` that sends its headers and `first` at once, then
+    `chunk` bytes of `rest` every 0.1 s from a thread; yields its socket."""
+    head = (f"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Srtrt-Client: {client}\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(first) + len(rest)}\r\n\r\n")
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(head.encode() + first)
+    stop = threading.Event()
+
+    def send():
+        for at in range(0, len(rest), chunk):
+            if stop.wait(0.1):
+                return
+            try:
+                sock.sendall(rest[at:at + chunk])
+            except OSError:  # the server answered and closed
+                return
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        yield sock
+    finally:
+        stop.set()
+        sender.join(5)
+        sock.close()
+
+
+def whole_reply(sock: socket.socket) -> tuple[bytes, bytes]:
+    """An answer's head and its whole body (its Content-Length), however the bytes come."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        try:
+            data += sock.recv(65536) or b"\r\n\r\n"  # closed before a head: what came is the answer
+        except TimeoutError:
+            return b"(no answer)", b""
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length: *(\d+)", head)
+    while length and len(body) < int(length[1]):
+        more = sock.recv(65536)
+        if not more:
+            break
+        body += more
+    return head, body
+
+
+def form(data: bytes, name: str, **fields) -> bytes:
+    """A whole multipart/form-data body (boundary `b`): the fields, then the file."""
+    parts = [f'--b\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n' for key, value in fields.items()]
+    file = f'--b\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n\r\n'
+    return "".join(parts).encode() + file.encode() + data + b"\r\n--b--\r\n"
+
+
 def receiving(tmp_path: Path) -> None:
     """Returns once the server has a job folder with an upload's file open in it."""
     deadline = time.monotonic() + 10
@@ -256,6 +310,39 @@ def test_a_stalled_upload_is_dropped_and_frees_its_place(tmp_path, models_dir, i
         created = upload(client, images[0].read_bytes())
         assert created.status_code == 202, created.text
         assert finished(client, created.json()["id"])["state"] == "done"
+
+
+def test_a_trickling_upload_is_dropped_but_a_slow_steady_one_is_taken(tmp_path, models_dir, images, monkeypatch):
+    """A client sending a byte just often enough to dodge the idle timeout holds its place only until it
+    falls behind the minimum average rate (after a grace): 408, its folder gone, the next upload taken,
+    though that one too is slow and takes longer than the grace."""
+    import httpx
+
+    from srtrt.engine.serve import uploads
+
+    # the server's own bounds: 50 MB at 1 MB/s is never cut, a byte every 29 s is by its second byte
+    assert all(uploads.allowed_seconds(second * 10**6) > second for second in range(51))
+    assert uploads.allowed_seconds(2) < 2 * 29
+    monkeypatch.setattr(uploads, "GRACE_SECONDS", 1.0)
+    monkeypatch.setattr(uploads, "MIN_RATE", 200)  # the trickle sends 10 bytes/s, the steady upload 1000
+    (tmp_path / "work").mkdir()
+    config = ServeConfig(port=free_port(), models_dir=models_dir, work_dir=tmp_path / "work", queue_size=1)
+    me = {"X-Srtrt-Client": "trickle-test-client-0001"}
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="slow.png"\r\n\r\n\x89PNG'
+    with live_server(config) as (url, _), httpx.Client(base_url=url, timeout=30, headers=me) as client:
+        with paced_upload(config.port, part, b"\0" * 100_000, 1, me["X-Srtrt-Client"]) as trickle:
+            receiving(tmp_path)
+            assert upload(client, images[0].read_bytes()).status_code == 429  # its place, while bytes come
+            head, answer = whole_reply(trickle)
+        assert head.startswith(b"HTTP/1.1 408") and b"too slow: under 200 bytes/s" in answer, head + answer
+        assert job_folders(tmp_path) == []
+        body = form(images[0].read_bytes(), "steady.png", **TINY)
+        started = time.monotonic()
+        with paced_upload(config.port, b"", body, 100, me["X-Srtrt-Client"]) as steady:
+            head, answer = whole_reply(steady)
+        assert time.monotonic() - started > uploads.GRACE_SECONDS
+        assert head.startswith(b"HTTP/1.1 202"), head + answer
+        assert finished(client, json.loads(answer)["id"])["state"] == "done"
 
 
 def test_shutdown_ends_event_streams_and_uploads_at_once(tmp_path, models_dir, capfd):
@@ -545,10 +632,30 @@ def test_token_guards_every_route(tmp_path, models_dir, images):
         assert client.get("/api/server", headers=ok).status_code == 200
         login = client.get("/?token=s3cret", follow_redirects=False)
         assert login.status_code == 303 and login.headers["location"] == "/"
-        assert "HttpOnly" in login.headers["set-cookie"] and "SameSite=strict" in login.headers["set-cookie"]
+        assert "HttpOnly" in login.headers["set-cookie"] and "SameSite=lax" in login.headers["set-cookie"]
         assert client.get("/").status_code == 200  # the cookie now
         client.cookies.clear()
         assert client.get("/").status_code == 401
+
+
+def test_the_token_cookie_comes_with_links_from_other_sites_but_changes_nothing(tmp_path, models_dir, images):
+    """The token cookie is SameSite=Lax, as the client id's: a link to the page from another site brings
+    it (Strict showed the 401 page to a user who had opened /?token=T). Lax lets other sites send it on a
+    top-level GET only, and every route that changes anything is POST, PUT or DELETE, refused by its Origin."""
+    with serving(tmp_path, models_dir, base_url="http://srtrt.example:8000", host="0.0.0.0", token="s3cret") as client:
+        login = client.get("/?token=s3cret", follow_redirects=False)
+        assert "SameSite=lax" in login.headers["set-cookie"] and client.cookies.get("srtrt_token") == "s3cret"
+        followed = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}  # a link: no Origin on a GET
+        assert client.get("/", headers=followed).status_code == 200
+        mine = client.post("/api/jobs", json={**TINY, "filename": "mine.png"}).json()["id"]
+        elsewhere = {"Origin": "http://evil.example"}  # the cookie in the jar goes with each of these
+        tried = [client.post("/api/jobs", files={"file": ("a.png", images[0].read_bytes())}, data=TINY, headers=elsewhere),
+                 client.post("/api/jobs", json={**TINY, "filename": "b.png"}, headers=elsewhere),
+                 client.put(f"/api/jobs/{mine}/input", content=images[0].read_bytes(), headers=elsewhere),
+                 client.delete(f"/api/jobs/{mine}", headers=elsewhere)]
+        assert [r.status_code for r in tried] == [403] * 4
+        assert all("cross-origin requests are refused" in r.json()["detail"] for r in tried)
+        assert [(j["id"], j["state"]) for j in client.get("/api/jobs").json()] == [(mine, "awaiting_input")]
 
 
 def test_other_sites_are_refused(tmp_path, models_dir, images):

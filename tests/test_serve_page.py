@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -193,6 +194,31 @@ def test_a_link_from_another_site_keeps_the_client_and_its_jobs(tmp_path):
         wait_for(lambda: driver.current_url == url + "/", 10, "the page, through the link")
         assert driver.get_cookie("srtrt_client")["value"] == before["value"]
         wait_for(lambda: "kept.png" in driver.find_element(By.ID, "jobs").text, 10, "the client's job on the page")
+
+
+def test_a_link_from_another_site_keeps_the_token_but_its_form_changes_nothing(tmp_path):
+    """With --token, the token cookie is SameSite=Lax as well: a link from another site opens the page
+    (Strict left the cookie behind: the 401 page, though the user had opened /?token=T). A form on that
+    site posting a job gets the cross-origin refusal, and no job is made."""
+    from selenium.webdriver.common.by import By
+
+    config = replace(bare_config(tmp_path), token="s3cret")
+    with live_server(config) as (url, _), chromium(tmp_path / "downloads") as driver:
+        driver.get(url + "/?token=s3cret")
+        wait_for(lambda: driver.current_url == url + "/", 10, "the page, the token in its cookie")
+        token = driver.get_cookie("srtrt_token")
+        assert token["sameSite"] == "Lax" and token["httpOnly"]
+        driver.get(f"data:text/html,<a id=away href='{url}/'>srtrt</a>")
+        driver.find_element(By.ID, "away").click()
+        wait_for(lambda: driver.current_url == url + "/", 10, "the page, through the link")
+        wait_for(lambda: driver.find_elements(By.ID, "drop"), 10, "the page rather than the 401 answer")
+        driver.get(f"data:text/html,<form id=post method=post enctype=multipart/form-data action='{url}/api/jobs'>"
+                   "<input name=filename value=theirs.png></form>")
+        driver.find_element(By.ID, "post").submit()
+        wait_for(lambda: "cross-origin requests are refused" in driver.page_source, 10, "the refusal")
+        page = as_the_page(driver, url)
+        page.headers["Authorization"] = "Bearer s3cret"
+        assert page.get("/api/jobs").json() == []
 
 
 def test_a_file_the_page_cannot_send_gets_a_row_saying_why(tmp_path):

@@ -117,7 +117,8 @@ class JobQueue:
 
         A job created by JSON takes no place while it awaits its input, only while its PUT streams in:
         a client that never sends the bytes would otherwise keep everyone else out. Those jobs have a
-        bound of their own (`create`), and a stalled upload ends at the upload idle timeout (uploads.py)."""
+        bound of their own (`create`), and a stalled or trickling upload ends at uploads.py's idle
+        timeout or minimum rate."""
         with self._cond:
             if self._uploading + len(self._pending) >= self.config.queue_size:
                 raise QueueFull(self._retry_after())

@@ -1,7 +1,11 @@
 """Who may call the server: one ASGI layer in front of every route, the page and its files included.
 
 - A token (required on a non-loopback bind): `Authorization: Bearer T`, or the cookie the page gets
-  by opening `/?token=T` once (HttpOnly, SameSite=Strict, so other sites' requests never carry it).
+  by opening `/?token=T` once (HttpOnly, SameSite=Lax). Lax, as the client id's cookie: a link to the
+  page from another site must bring it, or the user who opened `/?token=T` gets the 401 page. What
+  Lax lets another site's request carry it on is a top-level GET, and no GET changes anything: the
+  routes that do (POST /api/jobs, PUT .../input, DELETE /api/jobs/ID) never get it from another
+  site, and the Origin check below refuses them anyway.
 - No CORS: a request whose Origin is another site is refused, so a page elsewhere cannot make a
   visitor's browser queue jobs on a server it can reach (localhost included).
 - On a loopback bind, only loopback Host names are served: a DNS-rebinding site cannot pose as it.
@@ -67,7 +71,7 @@ class Guard:
         if self._token is None or scope["path"] != "/" or not _query_token(scope):
             return None
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(COOKIE, self.config.token, httponly=True, samesite="strict")
+        response.set_cookie(COOKIE, self.config.token, httponly=True, samesite="lax")
         return response
 
 

@@ -3,8 +3,8 @@
 A client's file name is only ever shown and offered back as a download name: the file on disk is
 `input<suffix>` in the job's own folder, the suffix one of the known image and video suffixes.
 Refusals are `Refused(status, one line)`: 413 too large, 415 not a kind srtrt reads, 422 over the
-pixel limit (read from the header: nothing is decoded), 400 a malformed form, 408 a body that stalls,
-503 a body still coming when the server shuts down.
+pixel limit (read from the header: nothing is decoded), 400 a malformed form, 408 a body that stalls
+or trickles, 503 a body still coming when the server shuts down.
 """
 from __future__ import annotations
 
@@ -24,6 +24,12 @@ FIELD_LIMIT = 4096          # bytes in one form field (options are short)
 FORM_OVERHEAD = 64 * 1024   # part headers and fields besides the file, within a declared Content-Length
 NAME_LIMIT = 120            # characters of a file name kept for display
 IDLE_SECONDS = 30.0         # a body that sends nothing for this long is dropped (uvicorn times out no body)
+# A body must also come at MIN_RATE on average once GRACE_SECONDS have passed: each byte buys 1/MIN_RATE s.
+# A deadline scaled by Content-Length would trust the client's number (a trickler declares the limit and
+# gets hours; a chunked body declares none); a minimum rate needs nothing from the client, cuts a byte
+# every 29 s soon after the grace, and never cuts a steady upload of any size above it (1 MB/s is 122x).
+GRACE_SECONDS = 30.0        # a slow start (a phone's radio waking, a proxy buffering) is not held against it
+MIN_RATE = 8 * 1024         # bytes/s (64 kbit/s), below any uplink that can usefully send an image
 SHUTDOWN_POLL = 0.2         # seconds between looks for the server's shutdown while a body is awaited
 CLOSE = {"Connection": "close"}  # the rest of a body cut off is never read: the connection cannot serve another
 
@@ -71,29 +77,49 @@ def media_type(headers) -> bytes:
 
 async def body_chunks(request, closing):
     """The request body's chunks as they come. A client that stops sending holds its queue place and
-    folder only until IDLE_SECONDS pass without a byte (408); the server shutting down (`closing`, a
-    threading.Event, set) ends the body at once (503), where uvicorn would wait, then cancel the request."""
+    folder only until IDLE_SECONDS pass without a byte, one that trickles only until it falls behind
+    MIN_RATE (408); the server shutting down (`closing`, a threading.Event, set) ends the body at once
+    (503), where uvicorn would wait, then cancel the request."""
     chunks = request.stream()
+    started, received = time.monotonic(), 0
     while True:
-        chunk = await _next_chunk(chunks, closing)
+        chunk = await _next_chunk(chunks, closing, started + allowed_seconds(received))
         if chunk is None:
             return
+        received += len(chunk)
         yield chunk
 
 
-async def _next_chunk(chunks, closing) -> bytes | None:
-    """The next chunk (None at the end), waited for in slices so that a shutdown is seen within one."""
+def allowed_seconds(received: int) -> float:
+    """How long a body may have taken once `received` bytes are in: the grace, then 1/MIN_RATE s a byte."""
+    return GRACE_SECONDS + received / MIN_RATE
+
+
+async def _next_chunk(chunks, closing, deadline: float) -> bytes | None:
+    """The next chunk (None at the end), waited for in slices so that a shutdown is seen within one;
+    408 once the body is past `deadline` (too slow on average) or IDLE_SECONDS pass without a byte."""
     step = asyncio.ensure_future(anext(chunks, None))
     waited_since = time.monotonic()
     while not closing.is_set():
+        refusal = _too_slow(waited_since, deadline)
+        if refusal is not None:
+            step.cancel()
+            raise refusal
         done, _ = await asyncio.wait({step}, timeout=SHUTDOWN_POLL)
         if done:
             return step.result()
-        if time.monotonic() - waited_since >= IDLE_SECONDS:
-            step.cancel()
-            raise Refused(408, f"the upload stalled: no bytes came for {IDLE_SECONDS:g} s", CLOSE)
     step.cancel()
     raise Refused(503, "the server is shutting down: send it again once it is back", CLOSE)
+
+
+def _too_slow(waited_since: float, deadline: float) -> Refused | None:
+    now = time.monotonic()
+    if now - waited_since >= IDLE_SECONDS:
+        return Refused(408, f"the upload stalled: no bytes came for {IDLE_SECONDS:g} s", CLOSE)
+    if now >= deadline:
+        return Refused(408, f"the upload is too slow: under {MIN_RATE:,} bytes/s on average after its first "
+                            f"{GRACE_SECONDS:g} s", CLOSE)
+    return None
 
 
 def check_declared_length(headers, limit: int, overhead: int = 0) -> None:
