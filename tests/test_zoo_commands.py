@@ -171,6 +171,31 @@ def test_a_model_whose_dynamic_graph_holds_at_one_size_exports_with_a_hint_and_b
     assert "batch <= 1, window" in captured.out
 
 
+def test_int8_and_fp16_graphs_of_a_model_whose_dynamic_graph_holds_at_one_size_are_judged_as_its_fp32_one(
+        files, photos, tmp_path, capsys, monkeypatch):
+    """Only the fp32 graph used to be checked at an untraced size: an int8 (or fp16) export of OmniSR
+    was written dynamic, and a calibrated OmniSR failed on every image whose size was not the traced
+    one. Every precision's export is now judged by its fp32 trace, and int8 runs from static graphs."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxscript")
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    model = str(files["omnisr"])
+    assert main(["calibrate", str(photos), "--model", model]) == 0
+    err = one_line_exit_2(capsys, ["export", "-o", tmp_path / "int8.onnx", "--model", model, "--precision", "int8"])
+    assert "dynamic-shape graph holds at the size it was traced at only" in err and "add --shape HxW" in err
+    assert not (tmp_path / "int8.onnx").exists()
+    Image.fromarray(smooth_image(37, 51, seed=5)).save(tmp_path / "odd.png")
+    rc = main(["run", str(tmp_path / "odd.png"), "--model", model, "--backend", "openvino", "--precision", "int8",
+               "-o", str(tmp_path / "int8.png")])
+    assert rc == 0, capsys.readouterr().err
+    assert "backend openvino (int8" in capsys.readouterr().err
+    with torch.inference_mode():
+        want = srtrt.load_model(model)(torch.from_numpy(smooth_image(37, 51, seed=5)).permute(2, 0, 1)[None] / 255.0)
+    want = (want[0].permute(1, 2, 0).clamp(0, 1) * 255).round().numpy()
+    got = np.asarray(Image.open(tmp_path / "int8.png"), dtype=float)
+    assert got.shape == want.shape and np.abs(got - want).mean() < 2
+
+
 def test_an_onnx_fixed_at_a_non_square_shape_is_refused_in_one_line(files, tmp_path, capsys, monkeypatch):
     """The runtime's windows are square wherever the image allows: a plan fixed at 24x32 could take none."""
     pytest.importorskip("tensorrt_rtx")

@@ -89,12 +89,12 @@ def _exported_onnx(view, precision: str, polyphase: bool = False, shape: tuple[i
         with contextlib.suppress(OSError):  # emptied, cut short or another model's: made again, never run
             path.unlink()
     if not path.exists():
-        if isinstance(view, CommunityView):  # exported in a child process that loads its file again
+        float_graph = _exported_onnx(view, "fp32", polyphase, shape) if precision == "int8" else None
+        if isinstance(view, CommunityView) and float_graph is None:  # traced in a child process that loads its file
             from srtrt.engine.toolchain.export_isolated import export_community
 
             export_community(view, path, precision, polyphase, shape, quick=True)
-        else:
-            float_graph = _exported_onnx(view, "fp32", polyphase, shape) if precision == "int8" else None
+        else:  # an int8 graph is the checked fp32 one quantised, which no exporter touches
             export_for_runtime(view, path, precision, polyphase=polyphase, dynamic=shape is None, input_shape=shape,
                                float_graph=float_graph)
         if not _this_models_graph(path, view, precision, polyphase):  # also records it, for the next process
@@ -148,11 +148,14 @@ def _onnx_graphs(view, precision: str, polyphase: bool) -> OnnxGraphs:
     from srtrt.engine.toolchain.export_isolated import dynamic_failure, remember_dynamic_failure
 
     dynamic = _onnx_path(view, precision, polyphase)
-    if dynamic_failure(view, dynamic) is None:
+    # Whether a dynamic graph holds at every size is judged on its fp32 trace (export_isolated._child);
+    # an int8 graph is the fp32 one quantised, so its failure is the fp32 graph's.
+    judged = _onnx_path(view, "fp32", polyphase)
+    if dynamic_failure(view, dynamic) is None and dynamic_failure(view, judged) is None:
         try:
             return OnnxGraphs(dynamic=_exported_onnx(view, precision, polyphase))
         except SrtrtError as e:  # the next process goes straight to the static graphs
-            remember_dynamic_failure(dynamic, str(e))
+            remember_dynamic_failure(judged if precision == "int8" else dynamic, str(e))
     facts = view.facts
     graphs = OnnxGraphs(static=lambda shape: _exported_onnx(view, precision, polyphase, shape),
                         name=dynamic.name.replace(".onnx", "-NxCxHxW.onnx"),

@@ -4,9 +4,9 @@ torch.export takes srtrt's own networks, but some community architectures crash 
 (SPAN, whose convolutions fuse their weights inside forward, dies with SIGSEGV in torch 2.14's
 fake-tensor tracing): no exception to catch, the process is gone. So a community model is
 exported by a child process that loads the same file, with torch.export and the TorchScript
-tracer in turn (the tracer first for the fp32 graph the cache keeps, which the child checks; see
-`quick`); the parent sees an exit status. What fails is one line naming the
-architecture and the stage, and `auto` then runs the model on torch.
+tracer in turn (the tracer first for the graphs the cache keeps; the child checks every graph's
+fp32 trace against the module: see `quick`); the parent sees an exit status. What fails is one
+line naming the architecture and the stage, and `auto` then runs the model on torch.
 
 Window-attention transformers (SwinIR, HAT) do not export with dynamic H and W: a Python branch
 on the input size (the window partition's padding) is traced into a Reshape (SwinIR #145). A
@@ -43,15 +43,16 @@ def export_community(view, path: Path, precision: str, polyphase: bool,
     """Export `view` (a nets.CommunityView loaded from `view.source`) to `path`, with dynamic N, H, W
     or, given `shape`, fixed at that (N, C, H, W); one line if no exporter can.
 
-    quick: a graph for this machine's backends (the cache), not a file handed on: an fp32 graph,
-    which the child checks against the module at a size it was not traced at, is traced by the
-    TorchScript exporter first (a 23-block RRDBNet: 28 s against 51 s through torch.export, a
-    Compact 5 s against 9 s, child start-up and check included; OpenVINO runs both graphs alike)."""
+    quick: a graph for this machine's backends (the cache), not a file handed on: it is traced by
+    the TorchScript exporter first (a 23-block RRDBNet: 28 s against 51 s through torch.export, a
+    Compact 5 s against 9 s, child start-up and check included; OpenVINO runs both graphs alike),
+    whose constants the child's check catches: every graph's fp32 trace is run against the module at
+    a size it was not traced at."""
     key = (view.checkpoint_sha256, precision, polyphase, shape is not None)
     if key in _failed:
         raise SrtrtError(_failed[key], view.source)
     failures = []
-    exporters = ("torchscript", "dynamo") if quick and precision == "fp32" else ("dynamo", "torchscript")
+    exporters = ("torchscript", "dynamo") if quick else ("dynamo", "torchscript")
     for exporter in exporters:
         command = [sys.executable, "-m", __name__, str(view.source), str(path), precision, str(int(polyphase)), exporter,
                    str(int(view.allow_noncommercial)), "x".join(map(str, shape)) if shape else "dynamic",
@@ -65,6 +66,8 @@ def export_community(view, path: Path, precision: str, polyphase: bool,
         if done.returncode == 0 and path.is_file():
             return path
         failures.append(f"{exporter}: {_cause(done)}")
+        if exporter == "dynamo" and UNTRACED in failures[-1]:
+            break  # the tracer bakes in more of the input size than torch.export, never less
     stage = "" if shape is None else f" at a static {'x'.join(map(str, shape[2:]))} window"
     _failed[key] = f"{view.facts.architecture} does not export to ONNX{stage} ({'; '.join(failures)})"
     raise SrtrtError(_failed[key], view.source)
@@ -121,18 +124,26 @@ def _child(model: str, out: str, precision: str, polyphase: str, exporter: str, 
     from srtrt.engine.toolchain.export import export_onnx
 
     fixed = None if shape == "dynamic" else tuple(int(n) for n in shape.split("x"))
+    # The fp32 graph is the one checked against the module: an fp16 trace takes the same Python
+    # branches on the input size, and an int8 graph is that fp32 graph quantised.
+    float_graph = Path(out) if precision == "fp32" else Path(out).with_name(f".{Path(out).name}.fp32.onnx")
+    form = dict(polyphase=polyphase == "1", exporter=exporter, dynamic=fixed is None, input_shape=fixed)
     try:
         view = srtrt.load_model(model, allow_noncommercial=noncommercial == "1")
         if calibration != "-":
             view.int8_calibration = json.loads(calibration)
-        export_onnx(view, out, precision=precision, polyphase=polyphase == "1", exporter=exporter,
-                    dynamic=fixed is None, input_shape=fixed)
-        if precision == "fp32":
-            _check_against_module(view, Path(out), fixed)
+        export_onnx(view, float_graph, precision="fp32", **form)
+        _check_against_module(view, float_graph, fixed)
+        if precision != "fp32":
+            export_onnx(view, out, precision=precision, **form,
+                        float_graph=float_graph if precision == "int8" else None)
     except Exception as e:  # the parent reads the last line of stderr
         Path(out).unlink(missing_ok=True)
         print(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
         return 2
+    finally:
+        if float_graph != Path(out):
+            float_graph.unlink(missing_ok=True)
     return 0
 
 
