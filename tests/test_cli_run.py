@@ -310,3 +310,20 @@ def test_a_file_name_with_a_newline_is_still_one_line(tmp_path, capsys, model):
     lines = [line for line in err.splitlines() if "lines.png" in line]
     assert code == 1 and lines == [f"srtrt: {tmp_path}/two\\nlines.png: not a PNG, JPEG, WebP, TIFF or BMP image "
                                     "(or its header is corrupt)"], err
+
+
+@pytest.mark.parametrize("output, says", [("nodir/x.png", "output folder"), ("x.webp", "too large for WEBP")])
+def test_a_destination_that_cannot_take_the_output_is_refused_before_any_tile(tmp_path, capsys, monkeypatch,
+                                                                               model, output, says):
+    """A missing folder, or a side over the format's limit, was found only after the whole image had
+    been computed (8.5 s for a 2K photo on the CPU)."""
+    from srtrt.engine.backends.torch_backend import TorchBackend
+
+    source = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((2, 4100, 3), np.uint8)).save(source)  # x4: 16400 pixels wide
+    calls = []
+    real_infer = TorchBackend.infer
+    monkeypatch.setattr(TorchBackend, "infer", lambda self, x: calls.append(1) or real_infer(self, x))
+    code, err = run(capsys, source, "-o", tmp_path / output, "--model", model, "--backend", "torch")
+    assert code == 1 and says in err and calls == []
+    assert not list((tmp_path).glob("x.*"))

@@ -652,3 +652,102 @@ def test_tiff_layouts_pillow_has_no_mode_for_are_read_by_tifffile(tmp_path):
     tifffile.imwrite(tmp_path / "pages.tif", np.stack([np.dstack([grey, alpha])] * 2), photometric="minisblack",
                      extrasamples=["unassalpha"])
     assert_refused(tmp_path / "pages.tif", "multi-page TIFF \\(2 images\\)")
+
+
+# ---------------------------------------------------------------------------------------------
+# layouts a camera, a phone or a scanner writes that Pillow alone reads wrong
+
+
+def test_a_jpeg_with_further_mpf_images_is_its_first_image_and_says_what_is_left_out(tmp_path):
+    """Cameras list a preview in a JPEG's MPF index, phones a gain map: Pillow opens such a file as an
+    'MPO' of several frames, which srtrt took for an animation and refused."""
+    photo = random_array(24, 32, 3)
+    path = tmp_path / "camera.jpg"
+    Image.fromarray(photo).save(path, format="MPO", save_all=True, append_images=[Image.fromarray(photo[::2, ::2])])
+    with pytest.warns(OutputNote, match="the JPEG's first image is upscaled; the 1 further image its MPF index lists"):
+        decoded = read_image(path)
+    with Image.open(path) as img:
+        img.seek(0)
+        np.testing.assert_array_equal(decoded.pixels, np.asarray(img.convert("RGB")))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_half_float_tiff_is_read_at_its_values(tmp_path, channels):
+    """float16 times 65535.0 stays float16 in numpy, where 65535 overflows: a half-float TIFF came out black."""
+    tifffile = pytest.importorskip("tifffile")
+    values = RNG.random((12, 10) if channels == 1 else (12, 10, 3)).astype(np.float16)
+    path = tmp_path / "half.tif"
+    tifffile.imwrite(path, values, photometric="minisblack" if channels == 1 else "rgb")
+    decoded = read_image(path)
+    want = np.round(values.astype(np.float64) * 65535).reshape(12, 10, channels)
+    assert decoded.bit_depth == 16 and np.abs(decoded.pixels.astype(float) - want).max() <= 1
+
+
+def _keyed_grey_png(path, values: np.ndarray, depth: int, key: int) -> None:
+    """A grey PNG at 1, 2, 4, 8 or 16 bits with a tRNS colour key, written chunk by chunk."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b""
+    for row in values:
+        if depth == 16:
+            rows += b"\0" + row.astype(">u2").tobytes()
+        else:
+            bits = "".join(format(int(v), f"0{depth}b") for v in row)
+            bits += "0" * (-len(bits) % 8)
+            rows += b"\0" + int(bits, 2).to_bytes(len(bits) // 8, "big")
+    header = struct.pack(">IIBBBBB", values.shape[1], values.shape[0], depth, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tRNS", struct.pack(">H", key))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4, 8, 16])
+def test_a_grey_png_colour_key_becomes_alpha_at_every_bit_depth(tmp_path, depth):
+    """Pillow drops a grey tRNS key at 1 and 16 bits, and misses it at 2 and 4 bits (it scales the
+    pixels to 8 bits, not the key): those images lost their transparency."""
+    top = 2 ** depth - 1
+    values = RNG.integers(0, top + 1, (9, 13))
+    values[0, 0] = top
+    path = tmp_path / f"grey{depth}.png"
+    _keyed_grey_png(path, values, depth, key=top)
+    decoded = read_image(path)
+    full = 65535 if depth == 16 else 255
+    assert decoded.alpha is not None and decoded.bit_depth == (16 if depth == 16 else 8)
+    np.testing.assert_array_equal(decoded.alpha, np.where(values == top, 0, full))
+    np.testing.assert_array_equal(decoded.pixels[:, :, 0], values * (full // top))
+
+
+def test_an_exif_orientation_written_as_a_long_is_reset_once_applied(tmp_path):
+    """Pillow reads an orientation stored as LONG and srtrt turns the pixels, but only a SHORT was
+    reset: the output kept orientation 6, and viewers turned it a second time."""
+    ifd = b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHII", 0x0112, 4, 1, 6) + struct.pack("<I", 0)
+    photo = random_array(20, 30, 3)
+    path = save(tmp_path, Image.fromarray(photo), "long.png", exif=b"Exif\x00\x00" + ifd)
+    decoded = read_image(path)
+    assert decoded.pixels.shape[:2] == (30, 20)  # turned upright
+    exif = Image.Exif()
+    exif.load(decoded.exif)
+    assert exif[0x0112] == 1
+
+
+def test_the_exif_of_a_tiff_only_tifffile_reads_is_said_to_be_left_out(tmp_path):
+    """A float RGB TIFF is read by tifffile, which srtrt takes no EXIF from: the run says so."""
+    tifffile = pytest.importorskip("tifffile")
+    path = tmp_path / "float.tif"
+    tifffile.imwrite(path, RNG.random((6, 8, 3)).astype(np.float32), photometric="rgb",
+                     extratags=[(65000, 4, 1, 8, True)])  # then made an EXIF directory tag (tifffile writes none)
+    data = bytearray(path.read_bytes())
+    at = data.find(struct.pack("<HHI", 65000, 4, 1))
+    data[at:at + 2] = struct.pack("<H", 0x8769)
+    path.write_bytes(bytes(data))
+    with pytest.warns(OutputNote, match="the EXIF of a TIFF in this layout is not carried"):
+        assert read_image(path).bit_depth == 16
+
+
+def test_a_fifo_is_refused_in_one_line_not_waited_on(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(SrtrtError, match="not a regular file"):
+        read_image(fifo)

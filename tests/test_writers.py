@@ -530,3 +530,24 @@ def test_default_level_stays_close_to_zlib6_on_runs_and_on_texture(tmp_path, con
         rows = pixels.reshape(pixels.shape[0], -1)
         lines = writers.up_filter_rows(rows, np.zeros(rows.shape[1], np.uint8))
         assert len(writers.raw_deflate(lines, 3, zlib.Z_HUFFMAN_ONLY)) > 2 * size
+
+
+def _grey_profile() -> bytes:
+    ImageCms = pytest.importorskip("PIL.ImageCms")
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()  # a valid header to edit
+    return profile[:16] + b"GRAY" + profile[20:]
+
+
+def test_a_grey_image_written_as_webp_leaves_its_grey_profile_out_and_says_so(tmp_path):
+    """WebP has no grey: the image is written as RGB, and a grey ICC profile on an RGB file made
+    colour-managed readers fail (LittleCMS: cannot build transform)."""
+    grey = random_rows(6, 8, 1, 8)
+    with pytest.warns(UserWarning, match="written as RGB, without its grey ICC profile"):
+        path = write_image(str(tmp_path / "g.webp"), grey, 6, icc_profile=_grey_profile())
+    with Image.open(path) as webp:
+        assert webp.mode == "RGB" and "icc_profile" not in webp.info
+
+
+def test_bmp_output_says_it_keeps_no_profile_and_no_exif(tmp_path):
+    with pytest.warns(UserWarning, match="BMP output keeps neither the ICC profile nor the EXIF"):
+        write_image(str(tmp_path / "a.bmp"), random_rows(6, 8, 3, 8), 6, exif=b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x00\x00")

@@ -138,7 +138,7 @@ def shape_class(inputs: list[Path]) -> str:
     step = max(1, len(inputs) // SHAPE_SAMPLE)
     sizes = []
     for path in inputs[::step][:SHAPE_SAMPLE]:
-        if is_video(path):
+        if is_video(path) or not path.is_file():  # a FIFO would wait for a writer here
             continue
         try:
             with open_lazily(path) as img:
@@ -321,6 +321,9 @@ class FileRunner:
             if on_plan:
                 on_plan(len(self.upscaler_for(image.height, image.width).plan(image.height, image.width)))
             if write_behind and self._output_bytes(image) <= WRITE_BEHIND_BYTES:
+                from srtrt.engine.datapath.pipeline import check_destination
+
+                check_destination(image, destination, self.backend.scale, overwrite)  # before, not after, the compute
                 colour, alpha = self.upscale_arrays(image, source, on_tile)
                 return self._writer().submit(self._write_behind, source, destination, image, colour, alpha,
                                              start, existed, stop_check)

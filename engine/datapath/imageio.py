@@ -70,6 +70,8 @@ def read_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImag
         raise SrtrtError("is a directory, not an image", path)
     if not os.path.exists(path):
         raise SrtrtError("no such file", path)
+    if not os.path.isfile(path):  # a pipe would be read once (its header), and a FIFO waits for a writer
+        raise SrtrtError("not a regular file (a pipe or a device); save the image to a file first", path)
     if os.path.getsize(path) == 0:
         raise SrtrtError("empty file, not an image", path)
     with _pillow_size_check_lifted(), decoder_messages.kept() as notes:
@@ -82,7 +84,7 @@ def read_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImag
                     return _read_sixteen_bit_cmyk(img, path)
                 if _sixteen_bit_colour_rawmode(img) is not None:
                     return _read_sixteen_bit_colour(img, path, source_format)
-                if (decoded := _read_plain_png(img, path)) is not None:
+                if (decoded := _read_plain_png(img, path) or _read_keyed_grey_png(img, path)) is not None:
                     return decoded
                 img.load()
                 return _normalise(img, path, source_format)
@@ -92,8 +94,8 @@ def read_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImag
             said = decoder_messages.as_suffix(notes)  # damage Pillow saw: the file is refused, not read again
             cause = _describe_decode_error(exc) + said
             no_mode = (isinstance(exc, UnidentifiedImageError) or "raw mode" in str(exc)) and not said
-    if no_mode and _is_tiff(path):  # layouts Pillow has no mode for: 16-bit grey+alpha, float RGB, planar LA
-        return _read_tiff_by_tifffile(path, max_pixels, cause)
+        if no_mode and _is_tiff(path):  # layouts Pillow has no mode for: 16-bit grey+alpha, float RGB, planar LA
+            return _read_tiff_by_tifffile(path, max_pixels, cause)
     raise SrtrtError(cause, path)
 
 
@@ -174,9 +176,13 @@ _AUXILIARY_PAGE_BITS = 0b101
 
 def _refuse_more_than_one_image(img: Image.Image, path) -> None:
     """An animation or a multi-page TIFF is refused: upscaling its first image alone would drop
-    the rest without a word. Thumbnails and masks stored as further TIFF pages do not count."""
+    the rest without a word. Thumbnails and masks stored as further TIFF pages do not count, nor
+    the images a JPEG lists in its MPF index (MPO): the first is the photo (_note_mpf_images)."""
     frames = getattr(img, "n_frames", 1)
     if frames <= 1:
+        return
+    if img.format == "MPO":
+        _note_mpf_images(img, path)
         return
     if img.format != "TIFF":
         raise SrtrtError(f"an animated image ({frames} frames); srtrt upscales still images and "
@@ -185,6 +191,21 @@ def _refuse_more_than_one_image(img: Image.Image, path) -> None:
     img.seek(0)
     if pages:
         raise _multi_page(1 + len(pages), path)
+
+
+def _note_mpf_images(img: Image.Image, path) -> None:
+    """A camera JPEG lists a preview in its MPF index, a phone's a gain map or a depth map, a 3-D
+    camera's a second view: the first image is the photo, and the only one upscaled. Previews go
+    without a word; anything else is said to be left out."""
+    try:
+        kinds = [entry["Attribute"]["MPType"] for entry in img.mpinfo[0xB002][1:]]
+    except (AttributeError, KeyError, IndexError, TypeError):
+        kinds = ["Undefined"] * (img.n_frames - 1)
+    others = [kind for kind in kinds if "Thumbnail" not in kind]
+    if others:
+        warnings.warn(f"{path}: the JPEG's first image is upscaled; the {len(others)} further image"
+                      f"{'s' if len(others) > 1 else ''} its MPF index lists (MPType {', '.join(sorted(set(others)))}: "
+                      "a gain map, a depth map or another view) left out", OutputNote, stacklevel=4)
 
 
 def _multi_page(images: int, path) -> SrtrtError:
@@ -341,6 +362,11 @@ def _tiff_exif(img: Image.Image) -> bytes | None:
         return None  # unreadable EXIF must not make the image unreadable
 
 
+# EXIF field types an orientation may be written in (SHORT by the standard; LONG, SSHORT and SLONG
+# by some writers, and Pillow reads them all): their struct formats.
+_INLINE_INTEGERS = {3: "H", 4: "I", 8: "h", 9: "i"}
+
+
 def _exif_with_orientation_reset(raw: bytes) -> bytes | None:
     """Patch the orientation in place (lossless: everything else stays byte for byte).
 
@@ -353,9 +379,12 @@ def _exif_with_orientation_reset(raw: bytes) -> bytes | None:
         (count,) = struct.unpack_from(order + "H", body, ifd0)
         for index in range(count):
             entry = ifd0 + 2 + 12 * index
-            tag, kind = struct.unpack_from(order + "HH", body, entry)
-            if tag == ORIENTATION_TAG and kind == 3:  # SHORT, value stored inline
-                struct.pack_into(order + "H", body, entry + 8, 1)
+            tag, kind, count = struct.unpack_from(order + "HHI", body, entry)
+            if tag != ORIENTATION_TAG:
+                continue
+            if count != 1 or kind not in _INLINE_INTEGERS:
+                return None  # the pixels are turned already: a tag left as it is would turn them again
+            struct.pack_into(order + _INLINE_INTEGERS[kind], body, entry + 8, 1)
     except (KeyError, struct.error):
         return None
     return EXIF_PREFIX + bytes(body)
@@ -400,6 +429,28 @@ def _read_plain_png(img: Image.Image, path) -> DecodedImage | None:
     icc = img.info.get("icc_profile") or None
     return DecodedImage(_apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation),
                         8, icc, exif, "PNG", path)
+
+
+_GREY_MODES = ("1", "L", "I", "I;16", "I;16B")
+
+
+def _read_keyed_grey_png(img: Image.Image, path) -> DecodedImage | None:
+    """A grey PNG with a tRNS colour key, decoded by libpng, which makes the key alpha at every bit
+    depth; Pillow drops it at 1 and 16 bits and misses it at 2 and 4 (it scales the pixels to
+    8 bits, not the key). None for any other image, or where libpng refuses the data."""
+    if img.format != "PNG" or img.mode not in _GREY_MODES or "transparency" not in img.info:
+        return None
+    try:
+        with _library_messages_dropped():
+            samples = _png_samples(path)
+    except Exception:  # Pillow then decodes it and says what is wrong
+        return None
+    if samples.ndim != 3 or samples.shape != (img.height, img.width, 2):
+        return None
+    pixels, alpha = _split_alpha(samples, "LA")
+    orientation, exif = _orientation_and_exif(img)
+    return DecodedImage(_apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation),
+                        16 if samples.dtype == np.uint16 else 8, img.info.get("icc_profile") or None, exif, "PNG", path)
 
 
 def _png_metadata_after_pixels(data: bytes) -> bool:
@@ -530,7 +581,7 @@ def _read_tiff_by_tifffile(path, max_pixels: int | None, pillow_cause: str) -> D
                 raise SrtrtError(f"unsupported TIFF layout ({page.photometric.name.lower()}, {layout[1]} samples of "
                                  f"{layout[2]}); srtrt reads grey or RGB, with or without alpha, in 8 or 16 bits or floats", path)
             samples = _page_samples(page)
-            tags = {tag.code: tag.value for tag in page.tags.values() if tag.code in (ORIENTATION_TAG, 34675)}
+            tags = {tag.code: tag.value for tag in page.tags.values() if tag.code in (ORIENTATION_TAG, 34675, *_EXIF_DIRECTORIES)}
             shape = (page.imagelength, page.imagewidth)
     except SrtrtError:
         raise
@@ -546,6 +597,9 @@ def _read_tiff_by_tifffile(path, max_pixels: int | None, pillow_cause: str) -> D
         alpha = np.ascontiguousarray(samples[:, :, colour])
     orientation = int(tags.get(ORIENTATION_TAG, 1))
     orientation = orientation if orientation in range(1, 9) else 1
+    if any(directory in tags for directory in _EXIF_DIRECTORIES):
+        warnings.warn(f"{path}: the EXIF of a TIFF in this layout is not carried to the output (its ICC profile "
+                      "is)", OutputNote, stacklevel=4)
     icc = tags.get(34675)
     return DecodedImage(_apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation),
                         16 if pixels.dtype == np.uint16 else 8, bytes(icc) if icc else None, None, "TIFF",
@@ -559,7 +613,8 @@ def _as_uint(samples: np.ndarray, path) -> np.ndarray:
     if samples.dtype.kind == "f":
         if samples.size and not (np.isfinite(samples).all() and samples.min() >= 0 and samples.max() <= 1):
             raise SrtrtError("floating-point pixels must lie in [0, 1]", path)
-        return np.round(samples * 65535.0).astype(np.uint16)
+        # in float64: a float16 array times 65535.0 stays float16, where 65535 is out of range
+        return np.round(samples.astype(np.float64) * 65535.0).astype(np.uint16)
     raise SrtrtError(f"unsupported TIFF sample type {samples.dtype}; srtrt reads 8 or 16 bits or floats", path)
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from srtrt.engine.datapath.imageio import DecodedImage, read_image
 from srtrt.engine.datapath.runtime import Band, Planes, TiledUpscaler
-from srtrt.engine.datapath.writers import open_writer
+from srtrt.engine.datapath.writers import check_output, open_writer
 
 WRITE_SLICE_BYTES = 4 * 2**20  # write_upscaled checks for a stop between slices of about this size
 BICUBIC_CONTEXT = 4  # LR rows; PIL's bicubic reads 2 source pixels each side when enlarging
@@ -58,6 +58,11 @@ def upscale_decoded(upscaler: TiledUpscaler, image: DecodedImage, alpha_mode: st
 
     upscaler.run(_planes(image, alpha_mode), _with_bicubic_alpha(image, alpha_mode, s, keep), out_dtype, on_tile)
     return colour, alpha
+
+
+def check_destination(image: DecodedImage, destination: str | Path, scale: int, overwrite: bool) -> None:
+    """One line now, before any tile is computed, if `destination` cannot take this image's output."""
+    check_output(destination, image.width * scale, image.height * scale, image.file_channels, overwrite)
 
 
 def _open_output(image: DecodedImage, destination: str | Path, scale: int, overwrite: bool, png_level: int | None):

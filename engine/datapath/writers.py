@@ -65,15 +65,7 @@ def open_writer(path, width: int, height: int, channels: int, bit_depth: int,
         raise ValueError(f"need 1-4 channels and 8 or 16 bits, got {channels}, {bit_depth}")
     if png_level is not None and not 0 <= png_level <= 9:
         raise SrtrtError(f"png level must be 0-9, not {png_level}", path)
-    image_format = _format_from_extension(path)
-    _check_destination(path, overwrite)
-    if image_format in MAX_SIDE and max(width, height) > MAX_SIDE[image_format]:
-        raise SrtrtError(f"{width}x{height} is too large for {image_format} (at most "
-                         f"{MAX_SIDE[image_format]} pixels a side); write .png or .tif instead", path)
-    in_memory_bytes = width * height * channels
-    if image_format in MAX_SIDE and in_memory_bytes > IN_MEMORY_LIMIT_BYTES:
-        raise SrtrtError(f"{width}x{height} is too large to encode as {image_format} in memory "
-                         f"({in_memory_bytes / 2**30:.1f} GiB); write .png or .tif, which stream", path)
+    image_format = check_output(path, width, height, channels, overwrite)
     if image_format == "PNG":
         encoder = PngEncoder(width, height, channels, bit_depth, icc_profile, exif, png_level, threads)
     elif image_format == "TIFF":
@@ -85,6 +77,22 @@ def open_writer(path, width: int, height: int, channels: int, bit_depth: int,
         encoder = PillowEncoder(image_format, width, height, channels, bit_depth, icc_profile,
                                 exif, path)
     return ImageWriter(path, width, height, channels, bit_depth, encoder, overwrite)
+
+
+def check_output(path, width: int, height: int, channels: int, overwrite: bool = False) -> str:
+    """The output format of `path`, once the destination and the format's limits allow an image of
+    this size (one line why not): checked before an image is computed, not after."""
+    path = os.fspath(path)
+    image_format = _format_from_extension(path)
+    _check_destination(path, overwrite)
+    if image_format in MAX_SIDE and max(width, height) > MAX_SIDE[image_format]:
+        raise SrtrtError(f"{width}x{height} is too large for {image_format} (at most "
+                         f"{MAX_SIDE[image_format]} pixels a side); write .png or .tif instead", path)
+    in_memory_bytes = width * height * channels
+    if image_format in MAX_SIDE and in_memory_bytes > IN_MEMORY_LIMIT_BYTES:
+        raise SrtrtError(f"{width}x{height} is too large to encode as {image_format} in memory "
+                         f"({in_memory_bytes / 2**30:.1f} GiB); write .png or .tif, which stream", path)
+    return image_format
 
 
 def _format_from_extension(path: str) -> str:
@@ -589,6 +597,11 @@ class TiffEncoder:
 
 # --------------------------------------------------------------------------- Pillow formats
 
+def _grey_profile(icc_profile: bytes) -> bool:
+    """Whether an ICC profile describes grey data: its header's colour space field (bytes 16-20)."""
+    return icc_profile[16:20] == b"GRAY"
+
+
 class PillowEncoder:
     """JPEG, WebP, BMP: gather 8-bit rows, let Pillow encode the whole image at commit."""
 
@@ -602,6 +615,13 @@ class PillowEncoder:
         if channels in (2, 4) and not self.keep_alpha:
             warnings.warn(f"{path}: {image_format} cannot store transparency; "
                           "the alpha channel is dropped", OutputNote, stacklevel=3)
+        if image_format == "BMP" and (icc_profile or exif):
+            warnings.warn(f"{path}: BMP output keeps neither the ICC profile nor the EXIF; write .png, .jpg "
+                          "or .webp to keep them", OutputNote, stacklevel=3)
+        if image_format == "WEBP" and channels in (1, 2) and icc_profile and _grey_profile(icc_profile):
+            warnings.warn(f"{path}: WebP has no grey, so the image is written as RGB, without its grey ICC "
+                          "profile (an RGB file cannot carry one); write .png to keep it", OutputNote, stacklevel=3)
+            self.icc_profile = None
         if image_format == "JPEG" and exif and len(exif) > JPEG_MAX_EXIF_BYTES:
             warnings.warn(f"{path}: EXIF too long for JPEG ({len(exif)} bytes); not written",
                           OutputNote, stacklevel=3)
