@@ -1,6 +1,7 @@
 """One image through the runtime: decoded planes in, a streaming writer (or an array) out.
 
-Colour always goes through the network. Alpha is upscaled with bicubic by default, band by
+Colour always goes through the network, the colour under fully transparent pixels filled from
+the visible ones first (transparency.py). Alpha is upscaled with bicubic by default, band by
 band from an LR strip with a few rows of context (equal to resizing the whole alpha plane),
 or through the network with `alpha="model"`.
 """
@@ -13,6 +14,7 @@ from PIL import Image
 
 from srtrt.engine.datapath.imageio import DecodedImage, read_image
 from srtrt.engine.datapath.runtime import Band, Planes, TiledUpscaler
+from srtrt.engine.datapath.transparency import fill_hidden_colour
 from srtrt.engine.datapath.writers import check_output, open_writer
 
 WRITE_SLICE_BYTES = 4 * 2**20  # write_upscaled checks for a stop between slices of about this size
@@ -28,7 +30,9 @@ def bicubic_rows(plane: np.ndarray, y0: int, y1: int, scale: int) -> np.ndarray:
 
 
 def _planes(image: DecodedImage, alpha_mode: str) -> Planes:
-    return Planes(image.pixels, image.alpha if alpha_mode == "model" else None)
+    """The network's input: the colour under fully transparent pixels filled from the visible ones
+    (transparency.py: no dark fringe where the upscaled edge is half transparent)."""
+    return Planes(fill_hidden_colour(image.pixels, image.alpha), image.alpha if alpha_mode == "model" else None)
 
 
 def _with_bicubic_alpha(image: DecodedImage, alpha_mode: str, scale: int, sink):
