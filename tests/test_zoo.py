@@ -280,6 +280,60 @@ def test_a_model_whose_static_export_fails_too_is_one_line_and_auto_runs_torch(m
     selection.backend.close()
 
 
+def test_a_window_shape_no_graph_can_be_made_for_fails_only_its_images_and_auto_runs_them_on_torch(
+        model_files, monkeypatch, tmp_path, capsys):
+    """GRL's static export fails below a 32-pixel side (spandrel pads by reflection), and that failure
+    was remembered for every window shape: each later image failed too, and none ran on torch. Now
+    only that shape is refused: `--backend openvino` fails its image in one line, `auto` runs it on
+    torch fp32 and says so. (Here the child crashes for 24x24 windows.)"""
+    pytest.importorskip("openvino")
+    import subprocess
+
+    from srtrt.engine import backends
+    from srtrt.engine.toolchain import export_isolated
+
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(export_isolated, "_failed", {})
+    real_run = export_isolated.subprocess.run
+
+    def child(command, **kw):  # python -m MODULE MODEL OUT PRECISION POLYPHASE EXPORTER NONCOMMERCIAL SHAPE ...
+        return subprocess.CompletedProcess(command, -11, "", "") if command[9] == "1x3x24x24" else real_run(command, **kw)
+    monkeypatch.setattr(export_isolated.subprocess, "run", child)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(smooth_image(24, 24, seed=1)).save(folder / "a_small.png")
+    Image.fromarray(smooth_image(40, 48, seed=2)).save(folder / "b_large.png")
+    model = model_files["swinir"]
+    code, err = run_cli(capsys, folder, "--model", model, "--backend", "openvino", "--precision", "fp32",
+                        "-o", tmp_path / "ov")
+    assert code == 1, err
+    (refused,) = [line for line in err.splitlines() if "a_small.png" in line]
+    assert "its 24x24 windows are beyond the model's graphs (SwinIR does not export to ONNX at a static 24x24" in refused
+    assert (tmp_path / "ov" / "b_large_x2.png").is_file() and not (tmp_path / "ov" / "a_small_x2.png").exists()
+
+    monkeypatch.setattr(backends, "cpu_choice", lambda *a, **k: ("openvino", "fp32", "taken here"))
+    code, err = run_cli(capsys, folder, "--model", model, "-o", tmp_path / "auto")
+    assert code == 0, err
+    assert "its 24x24 windows are beyond the model's graphs" in err and "such images run on torch (fp32" in err
+    torch_out = np.asarray(Image.open(tmp_path / "auto" / "a_small_x2.png"), dtype=np.int16)
+    code, err = run_cli(capsys, folder / "a_small.png", "--model", model, "--backend", "torch", "--precision", "fp32",
+                        "-o", tmp_path / "torch.png")
+    assert code == 0 and np.array_equal(torch_out, np.asarray(Image.open(tmp_path / "torch.png"), dtype=np.int16))
+
+
+def test_window_attention_models_run_in_bf16_on_torch_at_sizes_they_were_not_built_at(model_files):
+    """SwinIR builds its attention mask in fp32 inside forward for any size but the one it was built at
+    (32 here), which a module cast to bf16 met: "expected m1 and m2 to have the same dtype", every
+    image failed. A community model in bf16 runs under autocast instead, close to its fp32 output."""
+    view = srtrt.load_model(model_files["swinir"])
+    fp32, bf16 = TorchBackend(view, "cpu", "fp32"), TorchBackend(view, "cpu", "bf16")
+    assert "bf16 autocast" in bf16.describe()
+    for h, w in [(32, 32), (24, 40), (48, 56)]:
+        x = torch.from_numpy(lr_image(h, w)).permute(2, 0, 1)[None]
+        got, want = bf16.infer(x).float(), fp32.infer(x)
+        assert got.shape == want.shape and 10 * torch.log10(1 / ((got - want) ** 2).mean()) > 30
+
+
 def test_the_cache_graph_is_traced_first_and_a_handed_on_one_goes_through_torch_export(model_files, monkeypatch, tmp_path):
     """The order the child is asked to try the exporters in: the runtime's fp32 graph (checked against
     the module in the child) TorchScript first; `srtrt export`'s file and unchecked precisions torch.export first."""

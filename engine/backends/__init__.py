@@ -355,6 +355,8 @@ def _auto_cpu(view, dev: torch.device, asked: str, sha: str, shape_class: str) -
     name, precision, why = cpu_choice(sha, asked, available(), calibrated=digest is not None, judge=judge,
                                       timer=_speed_timer(view, dev, sha, shape_class, graph), calibration=digest)
     backend = _make(name, view, dev, precision)
+    if name != "torch":  # windows no graph can be made for (a static export that fails at their shape) run on torch
+        backend.fallback = lambda: _make("torch", view, dev, "fp32")
     return Selection(backend, f"{backend.describe()}: no CUDA device; {why}")
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from srtrt.errors import SrtrtError
+
 
 @dataclass(frozen=True)
 class TileDefaults:
@@ -50,8 +52,9 @@ class Backend(abc.ABC):
     channels: int = 3                # image channels in and out: 3 RGB, 1 grey (registry.ModelFacts)
     architecture: str = "srresnet"   # the network's family: srtrt's own or spandrel's id (registry.ModelFacts)
     own_threads: bool = False        # the network runs on the backend's own CPU thread pool, not torch's
-    # `auto` on CUDA: makes the backend that runs an image whose windows this engine's profile
-    # cannot take (a plan fixed at one window); None: such an image is refused in one line
+    # `auto`: makes the backend that runs an image whose windows this engine cannot take (a TensorRT
+    # plan fixed at one window; a static ONNX graph that cannot be exported at their shape); None:
+    # such an image is refused in one line
     fallback: Callable[[], Backend] | None = None
 
     @abc.abstractmethod
@@ -66,6 +69,10 @@ class Backend(abc.ABC):
     def accepts(self, batch: int, height: int, width: int) -> bool:
         """Whether this input shape can run (engines with fixed profiles say no outside them)."""
         return True
+
+    def refusal(self, batch: int, height: int, width: int) -> str | None:
+        """Why this input shape cannot run, as the runtime's line ends ("its windows are ..."), or None."""
+        return None if self.accepts(batch, height, width) else f"outside what this engine takes ({self.describe()})"
 
     def prepare(self, batch: int, height: int, width: int) -> None:
         """Called once per window shape before the first batch of it (engines and graphs warm up here)."""
@@ -96,3 +103,13 @@ class OnnxGraphs:
     @property
     def label(self) -> Path:
         return self.dynamic if self.dynamic is not None else Path(self.name or "per-shape graphs")
+
+    def refusal(self, shape: tuple[int, int, int, int]) -> str | None:
+        """Why no graph runs input `shape` (its static export fails: GRL below a 32-pixel side), or None."""
+        if self.dynamic is not None or self.static is None:
+            return None
+        try:
+            self.static(shape)
+        except SrtrtError as e:
+            return f"beyond the model's graphs ({e.cause})"
+        return None

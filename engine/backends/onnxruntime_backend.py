@@ -83,6 +83,12 @@ class OnnxRuntimeBackend(Backend):
         self.session = self._static[shape]
         return self.session
 
+    def accepts(self, batch: int, height: int, width: int) -> bool:
+        return self.refusal(batch, height, width) is None
+
+    def refusal(self, batch: int, height: int, width: int) -> str | None:
+        return self.graphs.refusal((batch, self.channels, height, width))  # a per-shape graph exported now
+
     def prepare(self, batch: int, height: int, width: int) -> None:
         self._session_for(batch, height, width)  # a per-shape graph is exported and loaded before the image
 

@@ -370,6 +370,12 @@ class OpenVinoBackend(Backend):
             self._requests.popitem(last=False)
         return self._requests[shape]
 
+    def accepts(self, batch: int, height: int, width: int) -> bool:
+        return self.refusal(batch, height, width) is None
+
+    def refusal(self, batch: int, height: int, width: int) -> str | None:
+        return self.graphs.refusal((batch, self.channels, height, width))  # a per-shape graph exported now
+
     def prepare(self, batch: int, height: int, width: int) -> None:
         """Called once per image: counts the images of each shape, so one that comes again is compiled."""
         shape = (batch, height, width)

@@ -18,7 +18,7 @@ from srtrt.engine.backends.base import (
     activation_bytes_per_pixel,
     defaults_for_budget,
 )
-from srtrt.nets import InferenceView
+from srtrt.nets import CommunityView, InferenceView
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CPU_ACTIVATION_BUDGET = 1_500_000_000   # keeps `srtrt run` on any image under ~2.5 GB resident
@@ -58,7 +58,11 @@ class TorchBackend(Backend):
             from srtrt.kernels.torch_op import fuse_upsample
             generator = fuse_upsample(generator)  # the steps that still shuffle (all but the last when polyphase)
         self.fused_op = fused_op
-        model = view.with_generator(generator).to(self.device, self.dtype).eval()
+        # A community network in bf16 runs under autocast, its weights kept fp32: SwinIR and GRL build
+        # masks and position tables in fp32 inside forward for a size other than the one they were
+        # built at, which a module cast to bf16 then meets ("mat1 and mat2 must have the same dtype").
+        self.autocast = precision == "bf16" and isinstance(view, CommunityView)
+        model = view.with_generator(generator).to(self.device, torch.float32 if self.autocast else self.dtype).eval()
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = torch.compile(model, dynamic=False) if compile else model
@@ -71,12 +75,14 @@ class TorchBackend(Backend):
 
     @torch.inference_mode()
     def infer(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, self.dtype, non_blocking=True)
+        x = x.to(self.device, torch.float32 if self.autocast else self.dtype, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+            return self.model(x)
 
     def describe(self) -> str:
         extras = [e for e, on in (("channels_last", self.channels_last), ("polyphase tail", self.polyphase),
-                                  ("fused Triton op", self.fused_op), ("torch.compile", self.compiled)) if on]
+                                  ("fused Triton op", self.fused_op), ("torch.compile", self.compiled),
+                                  ("bf16 autocast", self.autocast)) if on]
         return f"torch ({self.precision}, {self.device}{', ' + ', '.join(extras) if extras else ''})"

@@ -290,10 +290,10 @@ class TiledUpscaler:
             core = 0  # the image fits one window: no overlap to recompute
         plan = tiling.plan(height, width, core, self.margin, self.backend.balanced_tiles, self.backend.multiple_of,
                            self.backend.minimum)
-        if not self.backend.accepts(1, *plan.window_shape):  # an engine fixed at one window larger than the image
+        # an engine fixed at one window larger than the image; a static graph that cannot be made for these windows
+        if (why := self.backend.refusal(1, *plan.window_shape)) is not None:
             h, w = plan.window_shape
-            raise WindowsOutsideEngine(f"image is {width}x{height}: its {h}x{w} windows are outside what this "
-                                       f"engine takes ({self.backend.describe()})")
+            raise WindowsOutsideEngine(f"image is {width}x{height}: its {h}x{w} windows are {why}")
         return plan
 
     def _buffers(self, current: StagingBuffers | None, shape, dtype, count: int) -> StagingBuffers:

@@ -21,6 +21,7 @@ process does not spend the minutes again.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -31,11 +32,12 @@ from srtrt.errors import SrtrtError
 TIMEOUT_S = 900  # a 23-block RRDBNet exports in about a minute on 2 cores
 # spandrel architecture ids whose dynamic-shape graph is wrong or fails in OpenVINO (window partition
 # traced at one size): exported per window shape straight away.
-DYNAMIC_FAILS = frozenset({"SwinIR", "HAT"})
+DYNAMIC_FAILS = frozenset({"SwinIR", "HAT", "GRL"})  # GRL: both exporters fail, after 85-115 s on 2 cores
 
 UNTRACED = "a size it was not traced at"  # how the child's check says a dynamic graph holds at one size only
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # torch.export colours its messages
 
-_failed: dict[tuple, str] = {}  # (weights, precision, polyphase, static) -> why, so one process tries each once
+_failed: dict[tuple, str] = {}  # (weights, precision, polyphase, shape or None) -> why: one process tries each once
 
 
 def export_community(view, path: Path, precision: str, polyphase: bool,
@@ -48,7 +50,7 @@ def export_community(view, path: Path, precision: str, polyphase: bool,
     Compact 5 s against 9 s, child start-up and check included; OpenVINO runs both graphs alike),
     whose constants the child's check catches: every graph's fp32 trace is run against the module at
     a size it was not traced at."""
-    key = (view.checkpoint_sha256, precision, polyphase, shape is not None)
+    key = (view.checkpoint_sha256, precision, polyphase, shape)  # one window shape failing says nothing of another
     if key in _failed:
         raise SrtrtError(_failed[key], view.source)
     failures = []
@@ -139,12 +141,21 @@ def _child(model: str, out: str, precision: str, polyphase: str, exporter: str, 
                         float_graph=float_graph if precision == "int8" else None)
     except Exception as e:  # the parent reads the last line of stderr
         Path(out).unlink(missing_ok=True)
-        print(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
+        print(_innermost_cause(e), file=sys.stderr)
         return 2
     finally:
         if float_graph != Path(out):
             float_graph.unlink(missing_ok=True)
     return 0
+
+
+def _innermost_cause(error: BaseException) -> str:
+    """The exception that started it all, on one line: torch.export wraps the cause (a padding too
+    large for the input, an unsupported op) in a generic, coloured header."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line.strip() for line in ANSI_ESCAPE.sub("", str(error)).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def _check_against_module(view, path: Path, shape: tuple[int, int, int, int] | None) -> None:
