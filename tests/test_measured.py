@@ -173,6 +173,27 @@ def test_measured_once_then_from_the_cache(view):
     assert line.endswith("per 24x24 window") and f"{measured.label(chosen)} " in line and "(picked)" in line
 
 
+def test_a_path_that_fails_is_left_out_and_said_not_the_end_of_the_run(view):
+    """A path that raises when built or timed (SwinIR's bf16 at a size it was not built at raised
+    "mat1 and mat2 must have the same dtype") ended `auto` with a traceback before any image. It is
+    now never the pick, the reason line says why, and the cached measurement keeps it so."""
+    from srtrt.errors import SrtrtError
+
+    def make(name, precision):
+        if precision == "bf16":
+            raise RuntimeError("mat1 and mat2 must have the same dtype\n(a second line)")
+        return Counted(TorchBackend(view, "cpu", precision))
+    sha = "f" * 64  # a model of its own: the module's cache holds SHA's measurements
+    seconds, took, _ = measured.cached_seconds(sha, PATHS, make, WINDOW)
+    assert took > 0 and measured.fastest(seconds, PATHS) == ("torch", "fp32")
+    line = measured.figures(seconds, WINDOW, ("torch", "fp32"))
+    assert "torch fp32 " in line and "torch bf16 failed (RuntimeError: mat1 and mat2 must have the same dtype)" in line
+    again, took, _ = measured.cached_seconds(sha, PATHS, make, WINDOW)
+    assert took is None and isinstance(again["torch bf16"], measured.Failed) and again["torch fp32"] == seconds["torch fp32"]
+    with pytest.raises(SrtrtError, match="no path runs this model here: torch bf16 RuntimeError: x; torch fp32 "):
+        measured.fastest({"torch bf16": measured.Failed("RuntimeError: x"), "torch fp32": measured.Failed("y")}, PATHS)
+
+
 def _entries(cache_root) -> tuple[object, dict]:
     path = cache_root / "receptive_field" / f"{SHA}.json"
     return path, json.loads(path.read_text())

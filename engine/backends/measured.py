@@ -116,6 +116,15 @@ class FirstCall(float):
     """A figure that is only a path's warm-up call (time_path's cut): an upper bound, said so in the reason line."""
 
 
+class Failed(float):
+    """A path that raised when built or timed: never the fastest; `why` goes into the reason line."""
+
+    def __new__(cls, why: str):
+        figure = super().__new__(cls, float("inf"))
+        figure.why = why
+        return figure
+
+
 def time_new_shapes(backend, rounding: tuple[int, int], channels: int = 3, best_so_far: float = float("inf")) -> float:
     """Mean seconds per image of a size the backend has not seen (NEW_SHAPES, rounded up to
     `rounding`: the model's multiple_of, passed where time_path takes its window), set-up and
@@ -155,14 +164,20 @@ def measure(candidates: list[Path], make: Callable[[str, str], object], window: 
     timing, budget = [0.0], CONFIRM_BUDGET if budget is None else budget
 
     def timed(path: Path) -> float:
-        with make(*path) as backend:
-            start = time.perf_counter()
-            figure = timer(backend, window, channels, min(seconds.values(), default=float("inf")))
-            timing[0] += time.perf_counter() - start
-            return figure
+        try:
+            with make(*path) as backend:
+                start = time.perf_counter()
+                figure = timer(backend, window, channels, min(seconds.values(), default=float("inf")))
+                timing[0] += time.perf_counter() - start
+                return figure
+        except Exception as e:  # noqa: BLE001 - a path that fails here (a model's dtype mix, an export that
+            # fails at this shape) is one the run must not take, not the end of the run
+            return Failed(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
 
     for path in candidates:
         seconds[label(path)] = timed(path)
+    if all(isinstance(value, Failed) for value in seconds.values()):
+        return seconds
     leader = min(seconds.values(), default=0.0)
     close = [p for p in sorted(candidates, key=lambda p: seconds[label(p)]) if seconds[label(p)] <= CONFIRM_WITHIN * leader]
     if len(close) < 2:  # a second look only ever lowers a figure: a leader with no one close keeps its lead
@@ -197,21 +212,32 @@ def cached_seconds(sha256: str, candidates: list[Path], make, window: tuple[int,
         seconds = measure(candidates, make, window, channels, timer)
         measured_now.append(time.perf_counter() - start)
         first_call = sorted(name for name, value in seconds.items() if isinstance(value, FirstCall))
-        return {"identity": ident, "seconds": seconds, "first_call_only": first_call, "took_seconds": measured_now[0]}
+        failed = {name: value.why for name, value in seconds.items() if isinstance(value, Failed)}
+        ran = {name: value for name, value in seconds.items() if name not in failed}
+        return {"identity": ident, "seconds": ran, "failed": failed, "first_call_only": first_call,
+                "took_seconds": measured_now[0]}
 
     def valid(entry: dict) -> bool:
-        seconds = entry.get("seconds")
+        seconds, failed = entry.get("seconds"), entry.get("failed", {})
         return (entry.get("identity") == json.loads(json.dumps(ident)) and isinstance(seconds, dict)
-                and sorted(seconds) == wanted
+                and isinstance(failed, dict) and sorted([*seconds, *failed]) == wanted
                 and all(isinstance(v, (int, float)) and 0 < v < float("inf") for v in seconds.values())
+                and all(isinstance(v, str) for v in failed.values())
                 and isinstance(entry.get("first_call_only", []), list))
 
     entry = receptive_field.cached(_kind({**ident, "candidates": wanted, "int8": calibration}), sha256, compute, valid)
-    return entry["seconds"], (measured_now[0] if measured_now else None), list(entry.get("first_call_only", []))
+    seconds = {**entry["seconds"], **{name: Failed(why) for name, why in entry.get("failed", {}).items()}}
+    return seconds, (measured_now[0] if measured_now else None), list(entry.get("first_call_only", []))
 
 
 def fastest(seconds: dict[str, float], candidates: list[Path]) -> Path:
-    """The candidate with the fewest seconds; ties go to the earlier candidate (the guard's order)."""
+    """The candidate with the fewest seconds; ties go to the earlier candidate (the guard's order).
+    When every candidate failed, one line saying why each did."""
+    if all(isinstance(seconds[label(p)], Failed) for p in candidates):
+        from srtrt.errors import SrtrtError
+
+        raise SrtrtError("no path runs this model here: " + "; ".join(
+            f"{label(p)} {seconds[label(p)].why}" for p in candidates))
     return min(candidates, key=lambda p: (seconds[label(p)], candidates.index(p)))
 
 
@@ -220,6 +246,8 @@ def figures(seconds: dict[str, float], window: tuple[int, int], chosen: Path, sh
     """'openvino bf16 41 ms (picked), torch bf16 88 ms, torch fp32 <= 300 ms (first call only), ...
     per 144x144 window'."""
     def part(name: str, value: float) -> str:
+        if isinstance(value, Failed):
+            return f"{name} failed ({value.why})"
         if name in first_call_only:
             return f"{name} <= {value * 1e3:.0f} ms (first call only)"
         return f"{name} {value * 1e3:.0f} ms{' (picked)' if name == label(chosen) else ''}"
