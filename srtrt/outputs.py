@@ -1,6 +1,7 @@
 """Where a command that writes one file may write it: not onto a folder, not over a file the
-command reads (its model, the model's sidecar, its photos). `srtrt run` has its own rules for
-images and videos (engine/batch/files.py); this is for export, build, compare and interpolate.
+command reads (its model, the model's sidecar, its photos), not over any other file without
+--overwrite. `srtrt run` has its own rules for images and videos (engine/batch/files.py); this
+is for export, build, compare and interpolate.
 """
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ def check_output_file(output: str | os.PathLike, inputs=(), flag: str = "-o") ->
             raise SrtrtError(f"is an input of this command ({source}): {flag} would write over it; "
                              "name another file", out)
     return out
+
+
+def check_overwrite(output: str | os.PathLike, overwrite: bool) -> None:
+    """One SrtrtError line if `output` is there already and --overwrite was not given (as `srtrt run`)."""
+    if not overwrite and os.path.lexists(output):
+        raise SrtrtError("output already exists (use --overwrite to replace it)", output)
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

@@ -221,6 +221,23 @@ def test_cli_export_never_writes_over_its_model_or_onto_a_folder(tmp_path, capsy
     assert {p: p.read_bytes() for p in before} == before
 
 
+def test_cli_export_replaces_an_existing_file_only_with_overwrite(tmp_path, capsys):
+    from srtrt import checkpoint
+    from srtrt.cli import main
+    from srtrt.engine.toolchain.onnx_io import metadata
+
+    view = random_view(blocks=1, channels=8)
+    weights = checkpoint.save(tmp_path / "ckpt", view.generator, "srresnet", view.generator.config)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"a photo")
+    code = main(["export", "-o", str(photo), "--model", str(weights)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"srtrt: {photo}: output already exists (use --overwrite to replace it)"
+    assert photo.read_bytes() == b"a photo"
+    assert main(["export", "-o", str(photo), "--model", str(weights), "--overwrite"]) == 0
+    assert metadata(photo)["model_sha256"] == checkpoint.file_sha256(weights)
+
+
 def test_an_opset_the_converter_cannot_reach_is_one_line_and_no_file(tmp_path, capsys):
     from srtrt.cli import main
 

@@ -28,6 +28,8 @@ from srtrt.engine.toolchain import engine_cache
 from srtrt.engine.toolchain.engine_cache import EngineKey, Profile, profile_for
 from srtrt.errors import SrtrtError
 
+from conftest import DiskFillsAfter
+
 ROOT = Path(__file__).resolve().parents[1]
 OUR_SOURCES = {
     "srtrt.engine.toolchain.trt_build": ROOT / "engine" / "toolchain" / "trt_build.py",
@@ -150,6 +152,7 @@ def _one_line(e: BaseException) -> str:
     (dict(plugin="jit"), "engine plugin mode is jit, wanted aot"),
     (dict(margin=20), "engine was built for margin 20, wanted 40: run `srtrt build --margin 40`"),
     (dict(flavour="rtx", gpu_name="", compute_capabilities=()), "engine is a TensorRT-RTX plan, a TensorRT one"),
+    (dict(graph_sha256="cd" * 32), "engine was built from ONNX graph cdcdcdcdcdcd, wanted the checkpoint's own export"),
 ])
 def test_validate_refuses_a_plan_built_for_something_else(cache, built, message):
     path = engine_cache.write_plan(cache / "copied.plan", key(**built), b"x" * 100)
@@ -194,6 +197,43 @@ def test_missing_or_bad_sidecars_are_refused(cache):
         _one_line(engine_cache.lookup(k))
     with pytest.raises(SrtrtError, match="engine plan not found"):
         engine_cache.validate(cache / "absent.plan")
+
+
+def test_a_graph_given_as_onnx_is_part_of_the_key_and_earlier_keys_keep_their_digest(cache):
+    from_checkpoint, from_graph = key(), key(graph_sha256="cd" * 32)  # one model, one I/O dtype
+    assert from_checkpoint != from_graph and from_checkpoint.stem() != from_graph.stem()
+    assert "graph_sha256" not in from_checkpoint.to_dict()  # plans cached before keep their names
+    assert EngineKey.from_dict(json.loads(json.dumps(from_graph.to_dict()))) == from_graph
+    engine_cache.store(from_checkpoint, b"the checkpoint's export")
+    assert engine_cache.lookup(from_graph) is None
+
+
+class _FullDisk(DiskFillsAfter):
+    """DiskFillsAfter as srtrt.atomic opens a file: in a with block."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._file.__exit__(*exc)
+
+
+def test_a_rewrite_that_the_disk_cannot_take_leaves_the_earlier_plan_and_its_sidecar(cache, monkeypatch):
+    from srtrt import atomic
+
+    path = engine_cache.write_plan(cache / "copied.plan", key(), b"the earlier plan")
+    before = {p.name: p.read_bytes() for p in cache.iterdir()}
+    real_open = open
+    for room in (0, 5000):  # full before the sidecar; room for the sidecar, not for the plan
+        def open_on_a_full_disk(file, mode="r", *args, room=room, **kwargs):
+            return _FullDisk(real_open(file, mode, *args, **kwargs), room)
+
+        monkeypatch.setattr(atomic, "open", open_on_a_full_disk, raising=False)
+        with pytest.raises(OSError, match="No space left"):
+            engine_cache.write_plan(path, key(precision="fp32"), b"p" * 10_000)
+        assert {p.name: p.read_bytes() for p in cache.iterdir()} == before  # no partial file either
+    monkeypatch.delattr(atomic, "open")
+    engine_cache.validate(path, key())
 
 
 def test_find_picks_a_fitting_plan_and_explains_misses(cache):

@@ -198,6 +198,89 @@ def test_a_build_the_builder_refuses_names_the_model_not_its_temporary_export(ca
     assert "srtrt-build-" not in last and not list(cache.glob("*.plan"))
 
 
+def _last_line_exit_2(capsys, argv) -> str:
+    """The one `srtrt:` line of a build that printed notes first (served from the cache, building ...)."""
+    from srtrt import cli
+
+    rc = cli.main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("srtrt: ")]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_an_output_that_exists_or_cannot_be_written_is_one_line_and_keeps_an_earlier_plan(
+        cache, capsys, tiny_checkpoint, tmp_path, monkeypatch):
+    from test_tensorrt import _FullDisk
+
+    from srtrt import atomic, cli
+
+    build = ["build", "--tensorrt", "rtx", "--cc", "8.6", "--model", str(tiny_checkpoint), "--tile", "16",
+             "--max-batch", "1", "-o"]
+    under_a_file = tiny_checkpoint / "x.plan"
+    line = _one_line_exit_2(capsys, [*build, str(under_a_file)])
+    assert line == f"srtrt: {under_a_file}: cannot write: {tiny_checkpoint} is a file, not a folder"
+    photo = tmp_path / "photo.plan"
+    photo.write_bytes(b"a photo")
+    line = _one_line_exit_2(capsys, [*build, str(photo)])
+    assert line == f"srtrt: {photo}: output already exists (use --overwrite to replace it)"
+    assert photo.read_bytes() == b"a photo"
+    assert not cache.exists() or not list(cache.glob("*.plan"))  # all refused before building
+
+    out = tmp_path / "out" / "x.plan"
+    assert cli.main([*build, str(out)]) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    line = _one_line_exit_2(capsys, [*build, str(out)])
+    assert line == f"srtrt: {out}: output already exists (use --overwrite to replace it)"
+    real_open = open
+
+    def open_on_a_full_disk(file, mode="r", *args, **kwargs):
+        opened = real_open(file, mode, *args, **kwargs)
+        return _FullDisk(opened) if Path(file).parent == out.parent else opened
+
+    monkeypatch.setattr(atomic, "open", open_on_a_full_disk, raising=False)
+    line = _last_line_exit_2(capsys, [*build, str(out), "--overwrite"])  # served from the cache, then -o
+    (cached,) = cache.glob("*.plan")
+    assert line == f"srtrt: {out}: cannot write (No space left on device); the plan is in the cache: {cached}"
+    assert {p.name: p.read_bytes() for p in out.parent.iterdir()} == before  # no partial file either
+    engine_cache.validate(out)
+    monkeypatch.delattr(atomic, "open")
+    assert cli.main([*build, str(out), "--overwrite"]) == 0
+
+
+def test_other_graphs_of_one_model_are_other_plans(cache, tmp_path):
+    from srtrt.engine.toolchain.export import export_onnx
+    from srtrt.engine.toolchain.trt_build import build
+
+    from conftest import random_view
+
+    view = random_view(blocks=1, channels=4)
+    plain = export_onnx(view, tmp_path / "plain.onnx")
+    polyphase = export_onnx(view, tmp_path / "polyphase.onnx", polyphase=True)  # same model and I/O dtype
+    notes = io.StringIO()
+    options = dict(precision="fp32", tensorrt="rtx", cc="8.6", tile=16, max_batch=1, progress=False, out=notes)
+    first, key = build(onnx_path=str(plain), **options)
+    second, other = build(onnx_path=str(polyphase), **options)
+    assert key.model_sha256 == other.model_sha256 and first != second
+    assert "served from the cache" not in notes.getvalue()
+    again, _ = build(onnx_path=str(plain), **options)
+    assert again == first and "served from the cache" in notes.getvalue()
+
+
+def test_an_onnx_the_builder_refuses_is_named_not_its_temporary_copy(cache, capsys, small_onnx, tmp_path):
+    import onnx
+
+    m = onnx.load(str(small_onnx))
+    m.graph.node[0].op_type = "NoSuchOp"
+    bad = tmp_path / "bad.onnx"
+    onnx.save(m, str(bad))
+    line = _last_line_exit_2(capsys, ["build", "--tensorrt", "rtx", "--onnx", str(bad), "--precision", "fp32",
+                                      "--tile", "16", "--max-batch", "1"])
+    assert line == f"srtrt: {bad}: TensorRT-RTX could not parse the ONNX (1 error(s) above)"
+    assert not list(cache.glob("*.plan"))
+
+
 def test_a_corrupt_onnx_is_refused(cache, capsys, tmp_path):
     bad = tmp_path / "corrupt.onnx"
     bad.write_bytes(b"\x08\x07\x12\x04srtr\xff\xff\xff\xff garbage that is no protobuf")

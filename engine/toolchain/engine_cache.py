@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -144,6 +145,9 @@ class EngineKey:
     capabilities, with or without a GPU: `gpu_name` is "" and `compute_capabilities` are the
     targets, empty for TensorRT-RTX's portable set (RTX_DEFAULT_TARGETS). `margin` is the
     overlap the window (core + 2 * margin) was built for, which the runtime tiles with.
+    `graph_sha256` is the ONNX graph's own hash for a build given a graph (`--onnx`): an int8 QDQ,
+    polyphase or hand-edited graph of the same model and I/O dtype is another plan. A build from
+    a checkpoint has none: its graph follows from the model, precision and plugin.
     """
 
     model_sha256: str
@@ -155,6 +159,7 @@ class EngineKey:
     trt_version: str                     # the flavour's __version__
     compute_capabilities: tuple          # ((major, minor), ...): where the plan runs (see above)
     gpu_name: str = ""                   # torch.cuda.get_device_name() of the building GPU (trt)
+    graph_sha256: str = ""               # the --onnx graph's hash (see above)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -217,14 +222,15 @@ class EngineKey:
         return {"model_sha256": self.model_sha256, "precision": self.precision, "profile": self.profile.to_dict(),
                 "plugin": self.plugin, "margin": self.margin, "flavour": self.flavour,
                 "trt_version": self.trt_version, "compute_capabilities": [list(cc) for cc in self.compute_capabilities],
-                "gpu_name": self.gpu_name}
+                "gpu_name": self.gpu_name,
+                **({"graph_sha256": self.graph_sha256} if self.graph_sha256 else {})}  # earlier keys keep their digest
 
     @classmethod
     def from_dict(cls, d: dict) -> EngineKey:
         return cls(model_sha256=d["model_sha256"], precision=d["precision"], profile=Profile.from_dict(d["profile"]),
                    plugin=d["plugin"], margin=d["margin"], flavour=d["flavour"], trt_version=d["trt_version"],
                    compute_capabilities=tuple(tuple(cc) for cc in d["compute_capabilities"]),
-                   gpu_name=d["gpu_name"])
+                   gpu_name=d["gpu_name"], graph_sha256=d.get("graph_sha256", ""))
 
     def digest(self) -> str:
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
@@ -277,7 +283,8 @@ def runtime_cache_path(plan: Path, gpu_name: str, compute_capability) -> Path:
 
 
 def write_plan(path: Path, key: EngineKey, plan: bytes, info: dict | None = None) -> Path:
-    """Write `plan` and its sidecar at `path` (each atomically; the sidecar last)."""
+    """Write `plan` and its sidecar at `path`. Both are written in full to temporary files before
+    either replaces a file, so a failed write (a full disk) leaves an earlier pair as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     plan = bytes(plan)
@@ -285,11 +292,20 @@ def write_plan(path: Path, key: EngineKey, plan: bytes, info: dict | None = None
            "plan_sha256": hashlib.sha256(plan).hexdigest(), "plan_bytes": len(plan),
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(info or {})}
     side = sidecar_path(path)
-    if side.exists():
-        side.unlink()  # a plan is never left beside a sidecar that describes another plan
-    atomic.write_bytes(path, plan)
-    atomic.write_text(side, json.dumps(doc, indent=2) + "\n")
+    with atomic.atomic_open(side) as side_file:  # replaced last
+        _write_through(side_file, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
+        with atomic.atomic_open(path) as plan_file:
+            _write_through(plan_file, plan)
+            # only the renames are left: a plan is never beside a sidecar that describes another plan
+            side.unlink(missing_ok=True)
     return path
+
+
+def _write_through(f, data: bytes) -> None:
+    """Write, flush and fsync now, so that a full disk fails here and not when the file is committed."""
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def store(key: EngineKey, plan: bytes, info: dict | None = None, root: Path | None = None) -> Path:
@@ -337,6 +353,10 @@ def check_key(built: EngineKey, wanted: EngineKey, plan: Path | None = None) -> 
                          f"run `srtrt build --margin {wanted.margin}`", plan)
     if built.plugin != wanted.plugin:
         raise SrtrtError(f"engine plugin mode is {built.plugin}, wanted {wanted.plugin}: {REBUILD}", plan)
+    if built.graph_sha256 != wanted.graph_sha256:
+        graphs = [f"ONNX graph {k.graph_sha256[:12]}" if k.graph_sha256 else "the checkpoint's own export"
+                  for k in (built, wanted)]
+        raise SrtrtError(f"engine was built from {graphs[0]}, wanted {graphs[1]}: {REBUILD}", plan)
 
 
 def check_runs_here(built: EngineKey, gpu_name: str, compute_capability, trt_version: str,

@@ -357,17 +357,19 @@ def save_onnx(model, path) -> Path:
 
 
 def main(args) -> int:
-    """`srtrt export`: -o/--output, --model, --precision, --fused, --polyphase, --opset, --shape, --allow-noncommercial."""
+    """`srtrt export`: -o/--output, --overwrite, --model, --precision, --fused, --polyphase, --opset,
+    --shape, --allow-noncommercial."""
     import srtrt
     from srtrt import checkpoint
-    from srtrt.outputs import check_output_file
+    from srtrt.outputs import check_output_file, check_overwrite
 
     check_output_file(args.output, checkpoint.model_files(args.model))
     view = srtrt.load_model(args.model, getattr(args, "allow_noncommercial", False))
     community = isinstance(view, CommunityView)
     shape = _fixed_shape(view, getattr(args, "shape", None))
+    polyphase = _community_export_checks(view, args, shape) if community else args.polyphase
+    check_overwrite(args.output, getattr(args, "overwrite", False))  # after what the options themselves refuse
     if community:
-        polyphase = _community_export_checks(view, args, shape)
         path = Path(args.output)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -385,7 +387,6 @@ def main(args) -> int:
                              "at only (its window partition): add --shape HxW in LR pixels"
                              + (f", multiples of {step}" if step > 1 else ""), args.model) from None
     else:
-        polyphase = args.polyphase
         path = export_onnx(view, args.output, precision=args.precision, fused=args.fused, opset=args.opset,
                            polyphase=polyphase, dynamic=shape is None, input_shape=shape)
     size = path.stat().st_size

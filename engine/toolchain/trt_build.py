@@ -25,8 +25,10 @@ on any machine.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -278,7 +280,8 @@ def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | No
     it) is exported as it is (export.export_community_view); it has nothing to fuse, so `plugin`
     must be "none"; `shape` (N, C, H, W) fixes its graph at that input (window-attention models
     export only so). Returns (path, {"sha256", "precision", "plugin", "scale", "radius", "source",
-    "channels", "io", "fixed_input"}; from a checkpoint also "minimum" and "multiple_of").
+    "channels", "io", "fixed_input"}; from a checkpoint also "minimum" and "multiple_of"; from
+    `onnx_path` also "graph_sha256", the graph's own hash, which the engine key takes).
     """
     from srtrt.engine.toolchain.export import save_onnx, unfuse_pixel_shuffle_prelu
     from srtrt.engine.toolchain.onnx_io import load_onnx, metadata
@@ -289,6 +292,7 @@ def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | No
         if not src.is_file():
             raise SrtrtError("ONNX file not found", src)
         m = load_onnx(src)
+        graph = hashlib.sha256(m.SerializeToString()).hexdigest()  # external data included, before any change
         meta = metadata(m, src)
         sha = meta.get("model_sha256") or engine_cache.file_sha256(src)
         got = onnx_precision(m)
@@ -303,8 +307,9 @@ def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | No
             set_plugin_mode(m, plugin)
             mode = plugin
         path = save_onnx(m, workdir / src.name)
-        facts = {"sha256": sha, "precision": got, "plugin": mode, "scale": int(meta.get("scale", 4)),
-                 "radius": meta.get("radius"), "source": str(src.resolve()), "channels": onnx_channels(m)}
+        facts = {"sha256": sha, "graph_sha256": graph, "precision": got, "plugin": mode,
+                 "scale": int(meta.get("scale", 4)), "radius": meta.get("radius"), "source": str(src.resolve()),
+                 "channels": onnx_channels(m)}
     else:
         import srtrt
         from srtrt.engine.toolchain.export import export_onnx
@@ -527,7 +532,7 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
           tile: int | None = None, margin: int | None = None, max_batch: int = DEFAULT_BATCH, opt_level: int = 3,
           plugin: str = "aot", output: str | None = None, progress: bool = True, out=None,
           tensorrt: str = "auto", cc: str | None = None, allow_noncommercial: bool = False,
-          one_window: str | None = None) -> tuple[Path, EngineKey]:
+          one_window: str | None = None, overwrite: bool = False) -> tuple[Path, EngineKey]:
     """Build an engine (or find it already built in the cache); put it at `output` too when given.
 
     `tensorrt`: trt, rtx or auto (TensorRT where it imports, else TensorRT-RTX). `cc`: the
@@ -536,8 +541,8 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
     flavour without a plugin module gets). A community model file (`allow_noncommercial` as
     srtrt.load_model takes it) is built without the plugin (it has no PixelShuffle + PReLU steps),
     for its channels and with windows of the side multiple it needs; one whose dynamic-shape graph
-    holds at its traced size only is built again for one window (`one_window`: why). Returns
-    (cached plan path, key).
+    holds at its traced size only is built again for one window (`one_window`: why). An existing
+    `output` (or its sidecar) is replaced only with `overwrite`. Returns (cached plan path, key).
     """
     import srtrt
 
@@ -549,7 +554,7 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
     max_batch = _checked("max-batch", int(max_batch), 1)
     opt_level = _checked("opt-level", int(opt_level), 0, 5)
     if output:
-        _check_plan_output(Path(output), model, onnx_path)
+        _check_plan_output(Path(output), model, onnx_path, overwrite)
     where, targets = _where(flavour, trt, cc)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="srtrt-build-") as tmp:
@@ -579,12 +584,13 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
             max_batch, window, min_side = fixed[0], fixed[1:], max(fixed[1:])
         profile = profile_for(window, max_batch, channels=facts["channels"], min_side=min_side)
         key = EngineKey(model_sha256=facts["sha256"], precision=facts["precision"], profile=profile,
-                        plugin=facts["plugin"], margin=margin, flavour=flavour.key, trt_version=version, **where)
+                        plugin=facts["plugin"], margin=margin, flavour=flavour.key, trt_version=version,
+                        graph_sha256=facts.get("graph_sha256", ""), **where)
         cached = _cached(key, out)
         if cached is not None:
             print(f"served from the cache: {cached.name}", file=out, flush=True)
             if output:
-                engine_cache.write_plan(Path(output), key, cached.read_bytes(), _info_of(cached))
+                _write_output(Path(output), key, cached.read_bytes(), _info_of(cached), cached)
             return cached, key
         if unfused:
             print(f"{flavour.name} {version} has no usable plugin module ({unfused}): building unfused "
@@ -604,31 +610,33 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
                 why = f"{view.facts.architecture}'s dynamic-shape graph holds at its traced size only"
                 return build(model=model, precision=precision, tile=tile, margin=margin, max_batch=max_batch,
                              opt_level=opt_level, plugin=plugin, output=output, progress=progress, out=out,
-                             tensorrt=tensorrt, cc=cc, allow_noncommercial=allow_noncommercial, one_window=why)
+                             tensorrt=tensorrt, cc=cc, allow_noncommercial=allow_noncommercial, one_window=why,
+                             overwrite=overwrite)
         timing = (engine_cache.timing_cache_path(where["gpu_name"], where["compute_capabilities"][0], version)
                   if flavour.key == "trt" else None)
         try:
             plan = build_serialized(path, profile, flavour=flavour, targets=targets, opt_level=opt_level,
                                     timing_cache=timing, progress=progress, out=out)
         except SrtrtError as e:
-            if onnx_path is not None or e.path != path:
+            if e.path != path:
                 raise
-            # the ONNX is this build's temporary export, gone when the line is read: name the model
-            raise SrtrtError(e.cause, model or "the default model") from None
+            # the ONNX is this build's temporary copy or export, gone when the line is read: name the user's file
+            raise SrtrtError(e.cause, onnx_path or model or "the default model") from None
     info = {"scale": facts["scale"], "radius": radius, "channels": facts["channels"], "io": facts["io"],
             "source": facts["source"], "opt_level": opt_level, "build_seconds": round(time.monotonic() - started, 1),
             "srtrt_version": srtrt.__version__}
     cached = engine_cache.store(key, plan, info)
     if output:
-        engine_cache.write_plan(Path(output), key, plan, info)
+        _write_output(Path(output), key, plan, info, cached)
     return cached, key
 
 
-def _check_plan_output(output: Path, model, onnx_path) -> None:
+def _check_plan_output(output: Path, model, onnx_path, overwrite: bool) -> None:
     """Before any work: `-o` writes the plan and its NAME.json sidecar, so neither may be a file
-    the build reads, nor may the sidecar replace a JSON that is not a plan's (a checkpoint's)."""
+    the build reads, nor may the sidecar replace a JSON that is not a plan's (a checkpoint's), nor
+    may either replace a file without `overwrite`; and the folder must take a file."""
     from srtrt import checkpoint
-    from srtrt.outputs import check_output_file
+    from srtrt.outputs import check_output_file, check_overwrite
 
     inputs = [onnx_path] if onnx_path else checkpoint.model_files(model)
     check_output_file(output, inputs)
@@ -636,6 +644,32 @@ def _check_plan_output(output: Path, model, onnx_path) -> None:
     if side.is_file() and not _is_plan_sidecar(side):
         raise SrtrtError(f"holds a file that is not a plan's sidecar; -o {output.name} would replace it: "
                          "name another file", side)
+    check_overwrite(output, overwrite)
+    check_overwrite(side, overwrite)
+    _check_writable_folder(output)
+
+
+def _check_writable_folder(output: Path) -> None:
+    """One line before the (slow) build if -o's folder cannot be made or take a file (a path under
+    a file, /proc, a read-only mount); a probe file is made and removed."""
+    probe = atomic.temp_name(output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except FileExistsError:  # mkdir's word for a file where the folder would be
+        raise SrtrtError(f"cannot write: {output.parent} is a file, not a folder", output) from None
+    except OSError as e:
+        raise SrtrtError(f"cannot write ({e.strerror or e})", output) from None
+
+
+def _write_output(output: Path, key: EngineKey, plan: bytes, info: dict, cached: Path) -> None:
+    """The `-o` copy of a plan; a write that fails (a full disk) is one line, and leaves an earlier
+    plan and sidecar at `output` as they were."""
+    try:
+        engine_cache.write_plan(output, key, plan, info)
+    except OSError as e:
+        raise SrtrtError(f"cannot write ({e.strerror or e}); the plan is in the cache: {cached}", output) from None
 
 
 def _is_plan_sidecar(path: Path) -> bool:
@@ -705,7 +739,8 @@ def main(args) -> int:
     path, key = build(model=args.model, onnx_path=args.onnx, precision=args.precision, tile=args.tile,
                       margin=args.margin, max_batch=args.max_batch, opt_level=args.opt_level, plugin=plugin,
                       output=args.output, tensorrt=getattr(args, "tensorrt", "auto"), cc=getattr(args, "cc", None),
-                      allow_noncommercial=getattr(args, "allow_noncommercial", False))
+                      allow_noncommercial=getattr(args, "allow_noncommercial", False),
+                      overwrite=getattr(args, "overwrite", False))
     size = path.stat().st_size / 2**20
     print(f"{path} ({size:.1f} MiB, {time.monotonic() - started:.0f} s): {key.precision}, plugin {key.plugin}, "
           f"{key.profile}, margin {key.margin}, {key.gpu}, {key.label}")
