@@ -141,6 +141,7 @@ def _add_export(sub):
     p.add_argument("--opset", type=int, default=None)
     p.add_argument("--shape", metavar="HxW", help="a graph fixed at this LR size, batch 1, instead of any size "
                                                   "(window-attention models, SwinIR and HAT, export only so)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing -o file (default: refuse it)")
 
 
 def _add_build(sub):
@@ -163,6 +164,8 @@ def _add_build(sub):
     p.add_argument("--no-plugin", action="store_true",
                    help="keep DepthToSpace+PRelu instead of the Triton plugin (community models never use it)")
     p.add_argument("-o", "--output", help="write the plan here as well as into the cache")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing -o plan and its sidecar (default: refuse them)")
 
 
 def _add_serve(sub):
