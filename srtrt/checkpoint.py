@@ -29,6 +29,7 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 EMBEDDED = {"srresnet": "srresnet_x4", "srgan": "srgan_x4"}  # name -> file stem in WEIGHTS_DIR
 DEFAULT_MODEL = "srresnet"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / f"{EMBEDDED[DEFAULT_MODEL]}.safetensors"
+WEIGHTS_SHA256 = "weights_sha256"  # the sidecar's record of the weights file it was saved with
 
 
 @dataclass
@@ -122,13 +123,22 @@ def save(path: str | os.PathLike, model: torch.nn.Module, architecture: str, con
     weights, sidecar = _paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    data = tensors_to_bytes(tensors)
     doc = {"format": FORMAT, "version": VERSION, "architecture": architecture,
-           "config": config.to_dict(), **(meta or {})}
-    # Weights first: a crash between the two renames leaves new weights beside the old sidecar
-    # (refused by load() if the shapes changed), never a sidecar for weights that are not there.
-    atomic.write_bytes(weights, tensors_to_bytes(tensors))
-    atomic.write_text(sidecar, json.dumps(doc, indent=2) + "\n")
+           "config": config.to_dict(), **(meta or {}), WEIGHTS_SHA256: hashlib.sha256(data).hexdigest()}
+    # Weights first: a crash between the two renames leaves new weights beside the old sidecar,
+    # which load() refuses by the sha256 the sidecar records, never a sidecar for absent weights.
+    _write(weights, lambda: atomic.write_bytes(weights, data))
+    _write(sidecar, lambda: atomic.write_text(sidecar, json.dumps(doc, indent=2) + "\n"))
     return weights
+
+
+def _write(path: Path, write) -> None:
+    """A full disk or a read-only folder is one line naming the file, not a traceback."""
+    try:
+        write()
+    except OSError as e:
+        raise SrtrtError(f"cannot write the checkpoint: {e.strerror or e}", path) from None
 
 
 def update_meta(model: str | os.PathLike | None, key: str, value) -> Path:
@@ -166,6 +176,10 @@ def load(model: str | os.PathLike | None = None) -> Checkpoint:
     except (SafetensorError, OSError, ValueError) as e:
         raise SrtrtError(f"corrupt or truncated weights ({str(e).splitlines()[0]})", weights) from None
 
+    sha256 = file_sha256(weights)
+    if doc.get(WEIGHTS_SHA256, sha256) != sha256:  # sidecars saved before it was recorded have none
+        raise SrtrtError(f"the weights are not the ones {sidecar.name} was saved with (a crash between "
+                         "their writes, or one of the pair replaced): save or copy the pair again", weights)
     expected = arch.build(config).state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -180,5 +194,5 @@ def load(model: str | os.PathLike | None = None) -> Checkpoint:
         if state[k].dtype.is_floating_point != v.dtype.is_floating_point:
             raise SrtrtError(f"weights do not match the config ({k} has dtype {state[k].dtype})", weights)
         state[k] = state[k].to(v.dtype)
-    meta = {k: v for k, v in doc.items() if k not in ("format", "version", "architecture", "config")}
-    return Checkpoint(doc["architecture"], config, state, meta, file_sha256(weights))
+    meta = {k: v for k, v in doc.items() if k not in ("format", "version", "architecture", "config", WEIGHTS_SHA256)}
+    return Checkpoint(doc["architecture"], config, state, meta, sha256)

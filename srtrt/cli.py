@@ -73,6 +73,7 @@ def _add_compare(sub):
                         "(default: every embedded model installed)")
     _add_allow_noncommercial(p)
     p.add_argument("--crop", type=int, default=256, help="HR crop size in pixels (panels are shown at least 256 px)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing -o file (default: refuse it)")
 
 
 def _add_train(sub):

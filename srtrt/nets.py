@@ -12,6 +12,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+# Far beyond any SRResNet worth building (the paper's: 16 blocks, 64 channels, 9x9 kernels), and
+# small enough that a damaged config cannot ask for terabytes or build for hours.
+MAX_BLOCKS, MAX_CHANNELS, MAX_KERNEL = 256, 1024, 15
+
 
 @dataclass(frozen=True)
 class SRResNetConfig:
@@ -22,12 +26,19 @@ class SRResNetConfig:
     tail_kernel: int = 9
 
     def __post_init__(self):
+        for name in ("scale", "blocks", "channels", "head_kernel", "tail_kernel"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):  # 4.0, NaN or true would build nonsense
+                raise ValueError(f"{name} must be a whole number, not {value!r}")
         if self.scale not in (2, 4, 8):
             raise ValueError(f"scale must be 2, 4 or 8, not {self.scale!r}")
-        if self.blocks < 0 or self.channels < 1:
-            raise ValueError("blocks must be >= 0 and channels >= 1")
-        if self.head_kernel % 2 == 0 or self.tail_kernel % 2 == 0:
-            raise ValueError("kernel sizes must be odd")
+        if not (0 <= self.blocks <= MAX_BLOCKS and 1 <= self.channels <= MAX_CHANNELS):
+            raise ValueError(f"blocks must be >= 0 and channels >= 1 (at most {MAX_BLOCKS} and {MAX_CHANNELS}), "
+                             f"not {self.blocks} and {self.channels}")
+        for name in ("head_kernel", "tail_kernel"):
+            k = getattr(self, name)
+            if not (1 <= k <= MAX_KERNEL and k % 2 == 1):
+                raise ValueError(f"kernel sizes must be odd and 1..{MAX_KERNEL}, not {name} {k}")
 
     def to_dict(self) -> dict:
         return asdict(self)

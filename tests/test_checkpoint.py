@@ -14,6 +14,7 @@ from srtrt.errors import SrtrtError
 from srtrt.nets import InferenceView, SRResNet, SRResNetConfig
 from srtrt.train.evaluate import super_resolve
 
+from conftest import DiskFillsAfter
 from embedded import install_embedded
 from run_helpers import pixels, run_cli, save_tiny_model, write_images
 
@@ -227,3 +228,62 @@ def test_a_folder_or_a_file_of_another_kind_is_named_as_such(tmp_path):
         srtrt.load_model(tmp_path / "weights.bin")
     with pytest.raises(SrtrtError, match="checkpoint file not found"):
         srtrt.load_model(tmp_path / "absent.pth")
+
+
+def test_weights_beside_a_stale_sidecar_are_refused(saved, tmp_path):
+    """A crash between save's two renames leaves new weights beside the old sidecar: refused, not run."""
+    _, weights, sidecar = saved
+    old_sidecar = sidecar.read_text()
+    torch.manual_seed(2)
+    checkpoint.save(weights, SRResNet(TINY), "srresnet", TINY, {"training": {"iterations": 9}})
+    sidecar.write_text(old_sidecar)
+    assert "the weights are not the ones model.json was saved with" in _refused(weights)
+
+
+def test_a_sidecar_saved_before_it_recorded_the_weights_sha256_still_loads(saved):
+    model, weights, sidecar = saved
+    doc = json.loads(sidecar.read_text())
+    del doc["weights_sha256"]
+    sidecar.write_text(json.dumps(doc))
+    ckpt = checkpoint.load(weights)
+    assert ckpt.meta == {"training": {"iterations": 7}} and ckpt.sha256 == checkpoint.file_sha256(weights)
+
+
+@pytest.mark.parametrize("change, cause", [
+    ({"scale": 4.0}, "scale must be a whole number, not 4.0"),
+    ({"blocks": 2.0}, "blocks must be a whole number"),
+    ({"blocks": float("nan")}, "blocks must be a whole number, not nan"),
+    ({"channels": 8.0}, "channels must be a whole number"),
+    ({"scale": True}, "scale must be a whole number, not True"),
+    ({"head_kernel": -1}, "kernel sizes must be odd and 1..15"),
+    ({"head_kernel": 99999}, "kernel sizes must be odd and 1..15"),
+    ({"blocks": 10 ** 12}, "at most 256"),
+])
+def test_config_values_of_a_wrong_type_or_size_are_one_line(saved, change, cause):
+    _, weights, sidecar = saved
+    doc = json.loads(sidecar.read_text())
+    doc["config"].update(change)
+    sidecar.write_text(json.dumps(doc))
+    message = _refused(weights)
+    assert message.startswith(f"{sidecar}: bad architecture or config") and cause in message
+
+
+class _FullDiskFile(DiskFillsAfter):
+    """DiskFillsAfter in a `with` block, as srtrt.atomic writes."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+
+@pytest.mark.parametrize("full", ["model.safetensors", "model.json"])
+def test_saving_onto_a_full_disk_is_one_line_naming_the_file(saved, monkeypatch, full):
+    model, weights, _ = saved
+    real_open = open
+    monkeypatch.setattr(checkpoint.atomic, "open", lambda path, mode="r", *a, **k: _FullDiskFile(
+        real_open(path, mode, *a, **k)) if full in str(path) else real_open(path, mode, *a, **k), raising=False)
+    with pytest.raises(SrtrtError) as info:
+        checkpoint.save(weights, model, "srresnet", TINY)
+    assert str(info.value) == f"{weights.parent / full}: cannot write the checkpoint: No space left on device"

@@ -118,6 +118,21 @@ def test_compare_writes_the_format_its_suffix_names_and_never_over_its_photo(mod
         assert im.format == "JPEG" and im.size == _sheet_size(4, 48)
 
 
+def test_compare_replaces_an_existing_file_only_with_overwrite(model_path, tmp_path, capsys):
+    """`-o` onto any existing file replaced it without a word (a photo, another model's sidecar)."""
+    image = write_images(tmp_path / "in", [(90, 70)], seed=7)[0]
+    other = tmp_path / "holiday.png"
+    other.write_bytes(b"a photo of someone's")
+    args = ["compare", str(image), "-o", str(other), "--model", str(model_path), "--crop", "48"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"srtrt: {other}: output already exists (use --overwrite to replace it)"
+    assert other.read_bytes() == b"a photo of someone's"
+    assert main([*args, "--overwrite"]) == 0
+    with Image.open(other) as im:
+        assert im.size == _sheet_size(4, 48)
+
+
 def test_default_crop_is_256_and_is_clamped_to_the_image(model_path, tmp_path):
     big = write_images(tmp_path, [(300, 280)], seed=8, prefix="big")[0]
     assert compare_image(big, srtrt.load_model(model_path)).size == _sheet_size(4, 256)
@@ -134,12 +149,13 @@ def test_default_shows_every_embedded_model_and_model_repeats(monkeypatch, tmp_p
     assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(compare_image(image, models)))
     assert Image.open(out).size == _sheet_size(5, 64)
 
-    assert main(["compare", str(image), "-o", str(out), "--model", "srgan", "--model", str(model_path)]) == 0
+    assert main(["compare", str(image), "-o", str(out), "--model", "srgan", "--model", str(model_path),
+                 "--overwrite"]) == 0
     assert Image.open(out).size == _sheet_size(5, 64)
     capsys.readouterr()
 
     install_embedded(monkeypatch, tmp_path / "only_srresnet", names=("srresnet",))  # srgan not shipped: one model
-    assert main(["compare", str(image), "-o", str(out)]) == 0
+    assert main(["compare", str(image), "-o", str(out), "--overwrite"]) == 0
     assert Image.open(out).size == _sheet_size(4, 64)
     assert main(["compare", str(image), "-o", str(tmp_path / "no.png"), "--model", "srgan"]) == 2
     err = capsys.readouterr().err
@@ -153,3 +169,14 @@ def test_compare_unreadable_image(capsys, model_path, tmp_path):
     err = capsys.readouterr().err
     assert str(bad) in err and err.count("\n") == 1
     assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("crop", [1, 4, 5, 7])
+def test_a_crop_under_two_lr_pixels_is_one_line(capsys, model_path, tmp_path, crop):
+    image = write_images(tmp_path / "in", [(90, 70)], seed=7)[0]
+    out = tmp_path / "o.png"
+    assert main(["compare", str(image), "-o", str(out), "--model", str(model_path), "--crop", str(crop)]) == 2
+    err = capsys.readouterr().err
+    assert f"--crop {crop} is too small: a crop of at least 8 px is needed at x4" in err and err.count("\n") == 1
+    assert not out.exists()
+    assert main(["compare", str(image), "-o", str(out), "--model", str(model_path), "--crop", "8"]) == 0

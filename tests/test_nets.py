@@ -50,6 +50,16 @@ def test_invalid_configs_are_refused():
             SRResNetConfig(**bad)
 
 
+def test_configs_of_a_wrong_type_or_beyond_any_real_network_are_refused():
+    """A damaged sidecar must not build a network from 4.0, NaN or true, nor ask for terabytes."""
+    for bad in (dict(scale=4.0), dict(scale=True), dict(blocks=16.0), dict(blocks=float("nan")),
+                dict(channels=64.0), dict(head_kernel=-1), dict(tail_kernel=0), dict(head_kernel=99999),
+                dict(tail_kernel=17), dict(blocks=10 ** 12), dict(blocks=257), dict(channels=1025)):
+        with pytest.raises(ValueError):
+            SRResNetConfig(**bad)
+    assert SRResNetConfig(blocks=256, channels=1024, head_kernel=15, tail_kernel=1).blocks == 256
+
+
 def _randomise_batchnorm(model: torch.nn.Module, gen: torch.Generator) -> None:
     """Non-trivial running statistics and affine parameters, so BN cannot hide a dependency."""
     for m in model.modules():

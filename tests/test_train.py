@@ -4,6 +4,7 @@ wall-clock budget stops a run with everything saved; the SRGAN phase with each c
 without one) alternates D and G and resumes exactly; bench/gpu_train.py runs in smoke mode."""
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from srtrt.nets import SRResNet, SRResNetConfig
 from srtrt.train.losses import VGGContentLoss, content_loss, grid_loss, vgg19_features
 from srtrt.train.trainer import TrainConfig, Validation, selection_score, train
 
+from conftest import DiskFillsAfter
 from synthetic import write_images
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -454,3 +456,139 @@ def test_bad_vgg_weight_files_are_one_line_naming_the_file(tmp_path, random_vgg_
         assert "weights_only" not in message
     assert not marker.exists()  # the pickle was read, never run
     assert content_loss("vgg22", partial).features[0].weight.shape == (64, 3, 3, 3)
+
+
+def _tiny_run(photos, out, iters: int, **overrides):
+    """A 1-block run saved at every step, so state.* names `iters` steps."""
+    tiny = dict(blocks=1, channels=8, batch=2, iters=iters, val_every=1)
+    return train(_config(photos, out, **{**tiny, **overrides}))
+
+
+def test_a_crash_between_the_state_files_is_refused_not_resumed_as_the_older_step(photos, tmp_path):
+    out = tmp_path / "run"
+    _tiny_run(photos, out, 1)
+    step_1_json = (out / "state.json").read_text()
+    _tiny_run(photos, out, 2)
+    (out / "state.json").write_text(step_1_json)  # step-2 tensors beside step 1's JSON: killed between the renames
+    with pytest.raises(SrtrtError) as info:
+        _tiny_run(photos, out, 3)
+    message = str(info.value)
+    assert message.startswith(f"{out}: state.safetensors is not the one state.json (step 1)")
+    assert "--no-resume starts fresh" in message and "\n" not in message
+
+
+def test_a_state_saved_without_the_tensors_sha256_still_resumes(photos, tmp_path, capsys):
+    out = tmp_path / "run"
+    _tiny_run(photos, out, 1)
+    doc = json.loads((out / "state.json").read_text())
+    del doc["tensors_sha256"]
+    (out / "state.json").write_text(json.dumps(doc))
+    _tiny_run(photos, out, 2)
+    assert f"resumed {out} at step 1" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def saved_run(photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("saved") / "run"
+    _tiny_run(photos, out, 1)
+    return out
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _without(key):
+    def damage(path):
+        doc = json.loads(path.read_text())
+        del doc[key]
+        path.write_text(json.dumps(doc))
+    return damage
+
+
+@pytest.mark.parametrize("name, damage, cause", [
+    ("state.safetensors", _truncate, "unreadable training state (state.safetensors: "),
+    ("state.safetensors", lambda path: path.unlink(), "(state.safetensors: No such file or directory)"),
+    ("state.json", _without("optimizers"), "damaged training state (lacks 'optimizers')"),
+    ("state.json", _without("step"), "damaged training state (lacks 'step')"),
+    ("metrics.jsonl", lambda path: path.write_text("{\"st\n" + path.read_text()), "line 1 is not a metrics row"),
+])
+def test_a_damaged_run_folder_is_one_line(photos, saved_run, tmp_path, capsys, name, damage, cause):
+    out = tmp_path / "run"
+    shutil.copytree(saved_run, out)
+    damage(out / name)
+    code, err = _train_cli(capsys, photos, out, "--iters", "2")
+    assert code == 2 and err.count("\n") == 1 and cause in err and "--no-resume starts fresh" in err, err
+
+
+def test_a_cut_off_last_metrics_line_is_left_out_on_resume(photos, saved_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(saved_run, out)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2, "loss_g": 0.4')  # a power cut mid-line
+    code, err = _train_cli(capsys, photos, out, "--iters", "2")
+    assert code == 0, err
+    assert [(r["step"], "val_psnr" in r) for r in _metrics(out)] == [(1, False), (1, True), (2, False), (2, True)]
+
+
+def test_resuming_rewrites_the_metrics_through_an_atomic_write(photos, saved_run, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(saved_run, out)
+    from srtrt import atomic
+    written, real = [], atomic.write_text
+    monkeypatch.setattr(atomic, "write_text", lambda path, *a, **k: written.append(Path(path).name) or real(path, *a, **k))
+    code, err = _train_cli(capsys, photos, out, "--iters", "2")
+    assert code == 0 and "metrics.jsonl" in written, err
+
+
+def test_a_held_out_photo_too_small_to_validate_on_is_skipped_with_a_line(tmp_path, capsys):
+    for name, size in [("zz.png", (8, 8)), ("zz.png", (400, 6)), ("zz.png", (12, 12))]:
+        folder = tmp_path / f"photos{size}"
+        write_images(folder, [(64, 64)] * 4, seed=7)
+        _one_image(folder / name, size)
+        code, err = _train_cli(capsys, folder, tmp_path / f"run{size}", "--val-count", "1")
+        assert code == 0 and "zz.png" in err and "too small to validate on" in err and "(skipped)" in err, err
+        assert checkpoint.load(tmp_path / f"run{size}" / "model").meta["training"]["val_images"] == []
+
+
+def _one_image(path, size):
+    from PIL import Image
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+def test_init_with_a_training_record_that_is_not_an_object_is_one_line(photos, straight_run, tmp_path):
+    init = tmp_path / "init"
+    for suffix in (".safetensors", ".json"):
+        init.with_suffix(suffix).write_bytes((straight_run[0] / "model").with_suffix(suffix).read_bytes())
+    doc = json.loads(init.with_suffix(".json").read_text())
+    doc["training"] = "not a record"
+    init.with_suffix(".json").write_text(json.dumps(doc))
+    with pytest.raises(SrtrtError) as info:
+        train(_config(photos, tmp_path / "run", init=str(init.with_suffix(".safetensors")), iters=1, val_every=1))
+    message = str(info.value)
+    assert message.startswith(f"{init.with_suffix('.json')}: ") and '"training" is not a JSON object' in message
+
+
+class _FullDiskFile(DiskFillsAfter):
+    """DiskFillsAfter in a `with` block, as srtrt.atomic writes."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+
+def test_training_onto_a_full_disk_is_one_line_naming_the_file(photos, tmp_path, capsys, monkeypatch):
+    from srtrt import atomic
+    real_open = open
+
+    def open_on_full_disk(path, mode="r", *args, **kwargs):
+        file = real_open(path, mode, *args, **kwargs)
+        return _FullDiskFile(file) if "model.safetensors" in str(path) else file
+
+    monkeypatch.setattr(atomic, "open", open_on_full_disk, raising=False)
+    code, err = _train_cli(capsys, photos, tmp_path / "run")
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"srtrt: {tmp_path / 'run' / 'model.safetensors'}: ") and "No space left on device" in err
+    assert not list((tmp_path / "run").glob(".*partial*"))

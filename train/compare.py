@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from srtrt import atomic
 from srtrt.errors import SrtrtError
-from srtrt.outputs import check_output_file
+from srtrt.outputs import check_output_file, check_overwrite
 
 from .degrade import bicubic_downscale, bicubic_upscale
 from .evaluate import load_models, lr_requirements, one_scale, read_hr, super_resolve
@@ -99,8 +99,9 @@ def compare_panels(path: str | Path, models, crop: int = 256) -> list[Panel]:
     scale = one_scale(models)
     hr_img = read_hr(Path(path), scale, *lr_requirements(models.values()))
     size = min(crop, *hr_img.size) // scale * scale
-    if size < scale:
-        raise SrtrtError(f"--crop {crop} is smaller than the scale x{scale}")
+    if size < 2 * scale:  # the LR crop must be at least 2 pixels for bicubic and the scores
+        what = f"--crop {crop}" if crop < 2 * scale else f"the image ({hr_img.size[0]}x{hr_img.size[1]})"
+        raise SrtrtError(f"{what} is too small: a crop of at least {2 * scale} px is needed at x{scale}")
     hr = np.asarray(hr_img)
     x, y = detail_crop(hr, size, scale)
     box = (x, y, x + size, y + size)
@@ -185,6 +186,7 @@ def default_models() -> list[str | None]:
 def main(args) -> int:
     check_output_file(args.output, [args.image])
     output_format(args.output)
+    check_overwrite(args.output, getattr(args, "overwrite", False))
     models = load_models(args.model or default_models(), getattr(args, "allow_noncommercial", False))
     out = save_sheet_atomic(compare_image(args.image, models, args.crop), args.output)
     print(out)

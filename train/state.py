@@ -2,14 +2,19 @@
 into one safetensors file, everything else (step, config, optimiser hyper-parameters) into JSON."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors import SafetensorError
+from safetensors.torch import load as tensors_from_bytes
 from safetensors.torch import save as tensors_to_bytes
 
 from srtrt import atomic
+from srtrt.errors import SrtrtError
+
+FRESH = "--no-resume starts fresh"
 
 
 def _flatten_optimizer(prefix: str, sd: dict, tensors: dict) -> dict:
@@ -35,7 +40,9 @@ def _unflatten_optimizer(prefix: str, doc: dict, tensors: dict) -> dict:
 
 
 def save_state(path: Path, step: int, modules: dict, optimizers: dict, extra: dict) -> None:
-    """Write `path`.safetensors + `path`.json, each atomically (srtrt.atomic); the JSON, which names the step, last."""
+    """Write `path`.safetensors + `path`.json, each atomically (srtrt.atomic); the JSON, which names the step, last.
+    The JSON records the tensors file's sha256: a crash between the two renames leaves a pair that
+    load_state refuses, never new weights resumed as an old step."""
     tensors, doc = {}, {"step": step, "optimizers": {}, **extra}
     for name, module in modules.items():
         for k, v in module.state_dict().items():
@@ -45,17 +52,55 @@ def save_state(path: Path, step: int, modules: dict, optimizers: dict, extra: di
     tensors["rng.torch"] = torch.get_rng_state()
     path.parent.mkdir(parents=True, exist_ok=True)
     weights, sidecar = path.with_suffix(".safetensors"), path.with_suffix(".json")
-    atomic.write_bytes(weights, tensors_to_bytes(tensors))
-    atomic.write_text(sidecar, json.dumps(doc, indent=1))
+    data = tensors_to_bytes(tensors)
+    doc["tensors_sha256"] = hashlib.sha256(data).hexdigest()
+    _write(weights, lambda: atomic.write_bytes(weights, data))
+    _write(sidecar, lambda: atomic.write_text(sidecar, json.dumps(doc, indent=1)))
+
+
+def _write(path: Path, write) -> None:
+    """A full disk or a read-only folder is one line naming the file, not a traceback."""
+    try:
+        write()
+    except OSError as e:
+        raise SrtrtError(f"cannot write the training state: {e.strerror or e}", path) from None
 
 
 def load_state(path: Path, modules: dict, optimizers: dict) -> dict:
-    """Restore modules, optimisers and the torch RNG in place; returns the JSON document."""
-    tensors = load_file(str(path.with_suffix(".safetensors")))
-    doc = json.loads(path.with_suffix(".json").read_text())
-    for name, module in modules.items():
-        module.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")})
-    for name, opt in optimizers.items():
-        opt.load_state_dict(_unflatten_optimizer(f"opt_{name}", doc["optimizers"][name], tensors))
-    torch.set_rng_state(tensors["rng.torch"])
+    """Restore modules, optimisers and the torch RNG in place; returns the JSON document.
+    A damaged or mismatched pair (a full disk, a power cut) is one line naming the folder."""
+    tensors, doc = _read_pair(path)
+    try:
+        step = doc["step"]
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"step {step!r} is not a step number")
+        for name, module in modules.items():
+            module.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")})
+        for name, opt in optimizers.items():
+            opt.load_state_dict(_unflatten_optimizer(f"opt_{name}", doc["optimizers"][name], tensors))
+        torch.set_rng_state(tensors["rng.torch"])
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        cause = f"lacks {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
+        raise SrtrtError(f"damaged training state ({cause}); {FRESH}", path.parent) from None
     return doc
+
+
+def _read_pair(path: Path) -> tuple[dict, dict]:
+    """The tensors and the JSON document, read whole and checked to be one save's pair."""
+    weights, sidecar = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    try:
+        data = weights.read_bytes()
+        doc = json.loads(sidecar.read_text())
+        tensors = tensors_from_bytes(data)
+    except (OSError, ValueError, SafetensorError) as e:
+        cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        name = e.filename if isinstance(e, OSError) and e.filename else (
+            sidecar if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)) else weights)
+        raise SrtrtError(f"unreadable training state ({Path(name).name}: {cause}); {FRESH}", path.parent) from None
+    if not isinstance(doc, dict):
+        raise SrtrtError(f"damaged training state ({sidecar.name} is not a JSON object); {FRESH}", path.parent)
+    recorded = doc.get("tensors_sha256")  # absent in states saved before it was recorded
+    if recorded is not None and recorded != hashlib.sha256(data).hexdigest():
+        raise SrtrtError(f"{weights.name} is not the one {sidecar.name} (step {doc.get('step')}) was saved with "
+                         f"(a crash between their writes); {FRESH}", path.parent)
+    return tensors, doc

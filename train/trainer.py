@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from srtrt import checkpoint, community, registry
-from srtrt.errors import SrtrtError
+from srtrt import atomic, checkpoint, community, registry
+from srtrt.errors import SrtrtError, shown
 from srtrt.hardware import cpu_has_fast_bf16
 from srtrt.nets import Discriminator
 
@@ -73,6 +74,9 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr
 
 
+MIN_VAL_CROP = 4  # in multiples of the scale: the smallest held-out crop the validation scores measure
+
+
 class ValidationPair(NamedTuple):
     lr: torch.Tensor  # 1x3xhxw in [0, 1]
     hr: np.ndarray    # HxWx3 uint8
@@ -80,7 +84,8 @@ class ValidationPair(NamedTuple):
 
 
 def validation_pairs(paths, scale: int, crop: int) -> list[ValidationPair]:
-    """Centre crops of the held-out photos that can be read (one that cannot is named and left out)."""
+    """Centre crops of the held-out photos that can be read and measured (one that cannot is named
+    and left out)."""
     pairs = []
     for p in paths:
         img = readable_rgb(p)
@@ -88,6 +93,10 @@ def validation_pairs(paths, scale: int, crop: int) -> list[ValidationPair]:
             continue
         w, h = img.size
         c = min(crop, w, h) // scale * scale
+        if c < MIN_VAL_CROP * scale:  # the scores shave a border of `scale` pixels and need pixels left
+            print(f"srtrt: {shown(p)}: {w}x{h} is too small to validate on (a square of at least "
+                  f"{MIN_VAL_CROP * scale} px is needed at x{scale}) (skipped)", file=sys.stderr)
+            continue
         hr = img.crop(((w - c) // 2, (h - c) // 2, (w - c) // 2 + c, (h - c) // 2 + c))
         hr = modcrop(hr, scale)
         lr = torch.from_numpy(np.array(bicubic_downscale(hr, scale))).permute(2, 0, 1)[None].float() / 255
@@ -135,7 +144,7 @@ def plot_curve(metrics_path: Path, png: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return  # the curve is a convenience; metrics.jsonl has the numbers
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = metric_rows(metrics_path)
     train = [(r["step"], r["loss_g"]) for r in rows if "loss_g" in r]
     val = [(r["step"], r["val_psnr"]) for r in rows if "val_psnr" in r]
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -147,8 +156,12 @@ def plot_curve(metrics_path: Path, png: Path) -> None:
         ax[1].plot(*zip(*val), marker="o")
     ax[1].set(xlabel="iteration", ylabel="Y-PSNR (dB)", title="held-out validation")
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(png, dpi=100)
+    except OSError as e:
+        raise SrtrtError(f"cannot write: {e.strerror or e}", png) from None
+    finally:
+        plt.close(fig)
 
 
 def load_srtrt_checkpoint(path: str | None, flag: str) -> checkpoint.Checkpoint:
@@ -157,7 +170,11 @@ def load_srtrt_checkpoint(path: str | None, flag: str) -> checkpoint.Checkpoint:
     if path is not None and Path(path).is_file() and community.is_community_file(path):
         raise SrtrtError(f"not an srtrt checkpoint but a community model file (no srtrt NAME.json beside it); "
                          f"{flag} takes srtrt checkpoints (NAME.safetensors + NAME.json)", path)
-    return checkpoint.load(path)
+    ckpt = checkpoint.load(path)
+    if not isinstance(ckpt.meta.get("training", {}), dict):  # its runs are copied into the new sidecar
+        raise SrtrtError(f'the sidecar\'s "training" is not a JSON object; {flag} takes srtrt checkpoints',
+                         checkpoint.model_files(path)[-1])
+    return ckpt
 
 
 def network_config(cfg: TrainConfig):
@@ -233,10 +250,41 @@ def set_aside_earlier_run(out: Path) -> Path | None:
     return aside
 
 
+def log_row(log, row: dict, metrics_path: Path) -> None:
+    """Append one metrics row; a full disk is one line naming the file."""
+    try:
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+    except OSError as e:
+        raise SrtrtError(f"cannot write: {e.strerror or e}", metrics_path) from None
+
+
 def _drop_rows_after(metrics_path: Path, step: int) -> None:
     if metrics_path.exists():
-        rows = [line for line in metrics_path.read_text().splitlines() if line.strip()]
-        metrics_path.write_text("".join(r + "\n" for r in rows if json.loads(r)["step"] <= step))
+        rows = metric_rows(metrics_path)
+        kept = "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step)
+        try:
+            atomic.write_text(metrics_path, kept)
+        except OSError as e:
+            raise SrtrtError(f"cannot write: {e.strerror or e}", metrics_path) from None
+
+
+def metric_rows(metrics_path: Path) -> list[dict]:
+    """The rows of metrics.jsonl. A cut-off last line (a power cut or a full disk mid-write) is
+    left out, as the steps it logged run again; damage anywhere else is one line."""
+    lines = [line for line in metrics_path.read_text(errors="replace").splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("no step")
+        except ValueError:
+            if n == len(lines):
+                break
+            raise SrtrtError(f"line {n} is not a metrics row; --no-resume starts fresh", metrics_path) from None
+        rows.append(row)
+    return rows
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -345,14 +393,12 @@ def train(cfg: TrainConfig) -> Path:
                 row.update(loss_d=round(loss_d.item(), 6), loss_content=round(loss_content.item(), 6),
                            loss_grid=float(f"{loss_grid.item():.4g}"))
             bar.set_postfix(loss=f"{row['loss_g']:.4g}", it_s=row["it_s"])
-            log.write(json.dumps(row) + "\n")
-            log.flush()
+            log_row(log, row, metrics_path)
         if step % cfg.val_every == 0 or step == cfg.iters or out_of_time:
             scored = validate(generator, val_pairs, device)
             val, val_hf, val_grid = scored
-            log.write(json.dumps({"step": step, "val_psnr": round(val, 4), "val_hf": round(val_hf, 4),
-                                  "val_grid": round(val_grid, 4)}) + "\n")
-            log.flush()
+            log_row(log, {"step": step, "val_psnr": round(val, 4), "val_hf": round(val_hf, 4),
+                          "val_grid": round(val_grid, 4)}, metrics_path)
             meta = {"training": {"phase": cfg.phase, "data": Path(cfg.data).name, "iterations": step,
                                  "patch": cfg.patch, "batch": cfg.batch, "lr": cfg.lr, "schedule": cfg.schedule,
                                  "amp": str(amp).replace("torch.", "") if amp else "off",
