@@ -12,6 +12,8 @@ import os
 import secrets
 from pathlib import Path
 
+from srtrt.errors import SrtrtError
+
 NAME_MAX = 255  # bytes in one file name (ext4, XFS, btrfs, APFS, NTFS in UTF-16 units)
 _PID_AND_TOKEN = 7 + 1 + 6  # "PID-TOKEN": PIDs reach 7 digits (pid_max 4194304), the token 6 hex
 
@@ -81,6 +83,15 @@ def write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> Non
 
 def write_text(path: str | os.PathLike, text: str, fsync: bool = True) -> None:
     write_bytes(path, text.encode("utf-8"), fsync)
+
+
+def write_or_refuse(path: str | os.PathLike, data: bytes | str, what: str) -> None:
+    """write_bytes, or write_text for a str; a full disk or an unwritable folder is one SrtrtError
+    line naming `path` ("cannot write the <what>: No space left on device"), not a traceback."""
+    try:
+        (write_text if isinstance(data, str) else write_bytes)(path, data)
+    except OSError as e:
+        raise SrtrtError(f"cannot write the {what}: {e.strerror or e}", path) from None
 
 
 def remove_partials(path: str | os.PathLike | None, pid: int | None = None) -> None:

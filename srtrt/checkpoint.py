@@ -128,17 +128,9 @@ def save(path: str | os.PathLike, model: torch.nn.Module, architecture: str, con
            "config": config.to_dict(), **(meta or {}), WEIGHTS_SHA256: hashlib.sha256(data).hexdigest()}
     # Weights first: a crash between the two renames leaves new weights beside the old sidecar,
     # which load() refuses by the sha256 the sidecar records, never a sidecar for absent weights.
-    _write(weights, lambda: atomic.write_bytes(weights, data))
-    _write(sidecar, lambda: atomic.write_text(sidecar, json.dumps(doc, indent=2) + "\n"))
+    atomic.write_or_refuse(weights, data, "checkpoint")
+    atomic.write_or_refuse(sidecar, json.dumps(doc, indent=2) + "\n", "checkpoint")
     return weights
-
-
-def _write(path: Path, write) -> None:
-    """A full disk or a read-only folder is one line naming the file, not a traceback."""
-    try:
-        write()
-    except OSError as e:
-        raise SrtrtError(f"cannot write the checkpoint: {e.strerror or e}", path) from None
 
 
 def update_meta(model: str | os.PathLike | None, key: str, value) -> Path:

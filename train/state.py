@@ -54,16 +54,8 @@ def save_state(path: Path, step: int, modules: dict, optimizers: dict, extra: di
     weights, sidecar = path.with_suffix(".safetensors"), path.with_suffix(".json")
     data = tensors_to_bytes(tensors)
     doc["tensors_sha256"] = hashlib.sha256(data).hexdigest()
-    _write(weights, lambda: atomic.write_bytes(weights, data))
-    _write(sidecar, lambda: atomic.write_text(sidecar, json.dumps(doc, indent=1)))
-
-
-def _write(path: Path, write) -> None:
-    """A full disk or a read-only folder is one line naming the file, not a traceback."""
-    try:
-        write()
-    except OSError as e:
-        raise SrtrtError(f"cannot write the training state: {e.strerror or e}", path) from None
+    atomic.write_or_refuse(weights, data, "training state")
+    atomic.write_or_refuse(sidecar, json.dumps(doc, indent=1), "training state")
 
 
 def load_state(path: Path, modules: dict, optimizers: dict) -> dict:

@@ -113,3 +113,17 @@ class OnnxGraphs:
         except SrtrtError as e:
             return f"beyond the model's graphs ({e.cause})"
         return None
+
+
+class PerShapeGraphs:
+    """For a backend that runs `self.graphs` (OnnxGraphs): an input shape runs where its graph can
+    be made (a per-shape graph is exported when first asked)."""
+
+    graphs: OnnxGraphs
+    channels: int
+
+    def accepts(self, batch: int, height: int, width: int) -> bool:
+        return self.refusal(batch, height, width) is None
+
+    def refusal(self, batch: int, height: int, width: int) -> str | None:
+        return self.graphs.refusal((batch, self.channels, height, width))

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from srtrt.engine.backends.base import Backend, OnnxGraphs, activation_bytes_per_pixel, defaults_for_budget
+from srtrt.engine.backends.base import (
+    Backend,
+    OnnxGraphs,
+    PerShapeGraphs,
+    activation_bytes_per_pixel,
+    defaults_for_budget,
+)
 from srtrt.engine.backends.torch_backend import CPU_ACTIVATION_BUDGET
 from srtrt.errors import SrtrtError
 
@@ -23,7 +29,7 @@ def available() -> tuple[bool, str]:
     return True, "onnxruntime " + onnxruntime.__version__
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(PerShapeGraphs, Backend):
     name = "onnxruntime"
 
     def __init__(self, onnx_path: str | os.PathLike | OnnxGraphs, scale: int, radius: int, device: str = "cpu",
@@ -82,12 +88,6 @@ class OnnxRuntimeBackend(Backend):
         self._static.move_to_end(shape)
         self.session = self._static[shape]
         return self.session
-
-    def accepts(self, batch: int, height: int, width: int) -> bool:
-        return self.refusal(batch, height, width) is None
-
-    def refusal(self, batch: int, height: int, width: int) -> str | None:
-        return self.graphs.refusal((batch, self.channels, height, width))  # a per-shape graph exported now
 
     def prepare(self, batch: int, height: int, width: int) -> None:
         self._session_for(batch, height, width)  # a per-shape graph is exported and loaded before the image

@@ -44,7 +44,7 @@ import torch
 from srtrt import atomic
 from srtrt.cache import cache_dir
 from srtrt.checkpoint import file_sha256
-from srtrt.engine.backends.base import Backend, OnnxGraphs, TileDefaults, defaults_for_budget
+from srtrt.engine.backends.base import Backend, OnnxGraphs, PerShapeGraphs, TileDefaults, defaults_for_budget
 from srtrt.engine.backends.torch_backend import CPU_ACTIVATION_BUDGET
 from srtrt.errors import SrtrtError
 from srtrt.hardware import cpu_has_fast_bf16, usable_cpus
@@ -249,7 +249,7 @@ def _compile_key(source: Path, dims: list[int]) -> str:
     return hashlib.sha256(described.encode()).hexdigest()[:20]
 
 
-class OpenVinoBackend(Backend):
+class OpenVinoBackend(PerShapeGraphs, Backend):
     name = "openvino"
     own_threads = True  # OpenVINO's TBB pool
 
@@ -369,12 +369,6 @@ class OpenVinoBackend(Backend):
         while len(self._requests) > KEEP_COMPILED:
             self._requests.popitem(last=False)
         return self._requests[shape]
-
-    def accepts(self, batch: int, height: int, width: int) -> bool:
-        return self.refusal(batch, height, width) is None
-
-    def refusal(self, batch: int, height: int, width: int) -> str | None:
-        return self.graphs.refusal((batch, self.channels, height, width))  # a per-shape graph exported now
 
     def prepare(self, batch: int, height: int, width: int) -> None:
         """Called once per image: counts the images of each shape, so one that comes again is compiled."""

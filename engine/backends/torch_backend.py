@@ -62,7 +62,8 @@ class TorchBackend(Backend):
         # masks and position tables in fp32 inside forward for a size other than the one they were
         # built at, which a module cast to bf16 then meets ("mat1 and mat2 must have the same dtype").
         self.autocast = precision == "bf16" and isinstance(view, CommunityView)
-        model = view.with_generator(generator).to(self.device, torch.float32 if self.autocast else self.dtype).eval()
+        self.stored = torch.float32 if self.autocast else self.dtype  # the module's weights and its input
+        model = view.with_generator(generator).to(self.device, self.stored).eval()
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = torch.compile(model, dynamic=False) if compile else model
@@ -75,7 +76,7 @@ class TorchBackend(Backend):
 
     @torch.inference_mode()
     def infer(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, torch.float32 if self.autocast else self.dtype, non_blocking=True)
+        x = x.to(self.device, self.stored, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):

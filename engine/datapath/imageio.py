@@ -379,10 +379,10 @@ def _exif_with_orientation_reset(raw: bytes) -> bytes | None:
         (count,) = struct.unpack_from(order + "H", body, ifd0)
         for index in range(count):
             entry = ifd0 + 2 + 12 * index
-            tag, kind, count = struct.unpack_from(order + "HHI", body, entry)
+            tag, kind, values = struct.unpack_from(order + "HHI", body, entry)
             if tag != ORIENTATION_TAG:
                 continue
-            if count != 1 or kind not in _INLINE_INTEGERS:
+            if values != 1 or kind not in _INLINE_INTEGERS:
                 return None  # the pixels are turned already: a tag left as it is would turn them again
             struct.pack_into(order + _INLINE_INTEGERS[kind], body, entry + 8, 1)
     except (KeyError, struct.error):
