@@ -24,7 +24,7 @@ from PIL import Image
 from workloads import Workload
 
 from srtrt.engine.datapath.runtime import Band, Planes, TiledUpscaler
-from srtrt.hardware import cpu_has_fast_bf16, cpu_has_fast_int8
+from srtrt.hardware import cpu_has_fast_bf16
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def throughput_cases(device_type: str, mode: str) -> list[Case]:
             Case(f"torch-{best}-compile", "srtrt", "torch", best, compile=True, needs=("compiler",)),
             Case("openvino-fp32", "srtrt", "openvino", "fp32", needs=("openvino",)),
             Case("openvino-bf16", "srtrt", "openvino", "bf16", big_on_cpu=True, needs=("openvino", "fast-bf16")),
-            Case("openvino-int8", "srtrt", "openvino", "int8", needs=("openvino", "fast-int8")),
+            Case("openvino-int8", "srtrt", "openvino", "int8", needs=("openvino",)),
             Case("openvino-bf16-plain", "srtrt", "openvino", "bf16", polyphase=False, needs=("openvino", "fast-bf16")),
             Case("onnxruntime-fp32", "srtrt", "onnxruntime", "fp32", needs=("onnxruntime",)),
             # what `--backend auto --precision auto` runs: its pick, against the cases above (report.py)
@@ -142,8 +142,6 @@ def missing(case: Case, device: torch.device) -> str | None:
     for need in case.needs:
         if need == "fast-bf16" and not cpu_has_fast_bf16():
             return "this CPU has neither AVX512-BF16 nor AMX: bf16 would be emulated"
-        if need == "fast-int8" and not cpu_has_fast_int8():
-            return "this CPU has neither VNNI nor AMX int8"
         if need == "compiler" and not _has_c_compiler():
             return "torch.compile on the CPU needs a C++ compiler"
         if need == "triton" and not _has("triton"):

@@ -47,12 +47,12 @@ def paths_for(device: str, calibrated: bool = False) -> list[tuple[str, str, str
     cuda = torch.cuda.is_available()
     if device == "cuda" and not cuda:
         raise SystemExit("quality guard: --device cuda asked, but no CUDA device is visible")
-    from srtrt.hardware import cpu_has_fast_bf16, cpu_has_fast_int8
+    from srtrt.hardware import cpu_has_fast_bf16
 
     chosen = [REFERENCE]  # always: every delta is against this run's own fp32 reference
     if device in ("all", "cpu"):  # emulated bf16 is not what --precision auto would ever run
         chosen += [p for p in CPU_PATHS[1:] if (p[2] != "bf16" or cpu_has_fast_bf16())
-                   and (p[2] != "int8" or (calibrated and cpu_has_fast_int8()))]  # int8 needs the model's ranges
+                   and (p[2] != "int8" or calibrated)]  # int8 needs the model's ranges
     if device in ("all", "cuda") and cuda:
         chosen += CUDA_PATHS
     return [p for p in chosen if _installed(p[0])]

@@ -25,7 +25,7 @@ import torch
 import varied_run
 import workloads
 
-from srtrt.hardware import cpu_has_fast_bf16, cpu_has_fast_int8
+from srtrt.hardware import cpu_has_fast_bf16
 
 CUDA = torch.cuda.is_available()
 MODE = run_mode.current(CUDA)
@@ -64,8 +64,6 @@ def test_varied_folder_against_one_image(benchmark, path, inputs, view, tmp_path
     name, precision, dynamic = path
     if DEVICE == "cpu" and precision == "bf16" and not cpu_has_fast_bf16():
         pytest.skip("bf16 runs in hardware only with AVX512-BF16 or AMX")
-    if precision == "int8" and not cpu_has_fast_int8():
-        pytest.skip("int8 runs fast only with VNNI or AMX int8")
     try:
         files = inputs[0]
         kind = shape_class(files) if name == "auto" else "large"  # what `srtrt run` on this folder asks `auto` for

@@ -8,7 +8,6 @@ from functools import lru_cache
 from pathlib import Path
 
 FAST_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # bf16 matmul in hardware (AMX tiles or AVX512-BF16)
-FAST_INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")  # int8 dot products in one instruction (AMX or VNNI)
 
 
 @lru_cache(maxsize=1)
@@ -41,9 +40,6 @@ def cpu_generation() -> str:
 def cpu_has_fast_bf16() -> bool:
     return any(f in cpu_flags() for f in FAST_BF16_FLAGS)
 
-
-def cpu_has_fast_int8() -> bool:
-    return any(f in cpu_flags() for f in FAST_INT8_FLAGS)
 
 
 def usable_cpus() -> int:

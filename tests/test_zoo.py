@@ -472,7 +472,6 @@ def test_an_explicit_cpu_backend_takes_a_community_models_reduced_precision_by_a
     from srtrt.engine import backends
 
     monkeypatch.setattr(backends, "cpu_bf16_reason", lambda fast=None: "")  # judged on any CPU: the agreement runs
-    monkeypatch.setattr(backends, "cpu_int8_reason", lambda fast=None: "")
     view = srtrt.load_model(model_files["compact"])
     selection = backends.create_backend("torch", view=view)
     assert selection.backend.precision == "bf16"

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from srtrt.errors import SrtrtError
-from srtrt.hardware import cpu_has_fast_bf16, cpu_has_fast_int8
+from srtrt.hardware import cpu_has_fast_bf16
 
 QUALITY_GUARD_DB = 0.05
 GUARD_FORMAT, GUARD_VERSION = "srtrt-quality-guard", 2
@@ -47,12 +47,6 @@ def cpu_bf16_reason(fast_bf16_cpu: bool | None = None) -> str:
     """Why bf16 is not used on this CPU, or "" when the CPU does bf16 in hardware."""
     fast = cpu_has_fast_bf16() if fast_bf16_cpu is None else fast_bf16_cpu
     return "" if fast else "this CPU has neither AVX512-BF16 nor AMX, so bf16 would be emulated"
-
-
-def cpu_int8_reason(fast_int8_cpu: bool | None = None) -> str:
-    """Why int8 is not used on this CPU, or "" when the CPU has int8 dot products (VNNI or AMX)."""
-    fast = cpu_has_fast_int8() if fast_int8_cpu is None else fast_int8_cpu
-    return "" if fast else "this CPU has neither VNNI nor AMX int8"
 
 
 def passes_guard(backend: str, device_type: str, precision: str, model_sha256: str, guard: dict | None = None,
