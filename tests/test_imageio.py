@@ -647,6 +647,10 @@ def test_tiff_layouts_pillow_has_no_mode_for_are_read_by_tifffile(tmp_path):
     np.testing.assert_array_equal(planar.alpha, planes[1])
     tifffile.imwrite(tmp_path / "int.tif", colour.astype(np.int32), photometric="rgb")
     assert_refused(tmp_path / "int.tif", "unsupported TIFF layout \\(rgb, 3 samples of int32\\)")
+    signed = np.arange(-8, 8, dtype=np.int8).reshape(4, 4)  # Pillow opens these, as unsigned (-1 as 255)
+    for stored, bits in ((signed, 8), (signed.astype(np.int16) * 256, 16)):
+        tifffile.imwrite(tmp_path / f"signed{bits}.tif", stored, photometric="minisblack")
+        assert_refused(tmp_path / f"signed{bits}.tif", f"unsupported TIFF layout \\(signed {bits}-bit integer samples\\)")
     tifffile.imwrite(tmp_path / "over.tif", colour.astype(np.float32), photometric="rgb")
     assert_refused(tmp_path / "over.tif", "floating-point pixels must lie in \\[0, 1\\]")
     tifffile.imwrite(tmp_path / "pages.tif", np.stack([np.dstack([grey, alpha])] * 2), photometric="minisblack",

@@ -79,6 +79,7 @@ def read_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImag
             with open_lazily(path) as img:
                 check_size(img.size, max_pixels, path)
                 _refuse_more_than_one_image(img, path)
+                _refuse_signed_tiff(img, path)
                 source_format = img.format
                 if _sixteen_bit_cmyk(img):
                     return _read_sixteen_bit_cmyk(img, path)
@@ -172,6 +173,17 @@ def check_size(size: tuple[int, int], max_pixels: int | None, path) -> None:
 # NewSubfileType (TIFF tag 254) bits of pages that belong to the first image: a reduced-
 # resolution copy (thumbnail, pyramid level) or a transparency mask.
 _AUXILIARY_PAGE_BITS = 0b101
+_SAMPLE_FORMAT_TAG, _SIGNED_INTEGER = 339, 2  # TIFF SampleFormat: 1 unsigned, 2 signed, 3 float
+
+
+def _refuse_signed_tiff(img: Image.Image, path) -> None:
+    """Pillow reads signed 8-bit TIFF samples as unsigned (-1 becomes 255) and signed 16-bit ones
+    as plain numbers; neither has one meaning as a picture, so both are refused like tifffile's
+    signed layouts."""
+    formats = img.tag_v2.get(_SAMPLE_FORMAT_TAG, ()) if img.format == "TIFF" else ()
+    if _SIGNED_INTEGER in (formats if isinstance(formats, tuple) else (formats,)):
+        raise SrtrtError(f"unsupported TIFF layout (signed {max(_tiff_bits_per_sample(img))}-bit integer samples); "
+                         "srtrt reads unsigned 8 or 16 bits or floats", path)
 
 
 def _refuse_more_than_one_image(img: Image.Image, path) -> None:
