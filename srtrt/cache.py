@@ -3,7 +3,8 @@ in both variables; an empty or relative XDG_CACHE_HOME is ignored, as the XDG sp
 
 A cache only saves time, so one srtrt cannot write (a read-only or full disk, a file where the
 folder should be) must not stop a run: the process then caches in a temporary folder of its own,
-removed at exit, and says so once."""
+removed at exit, and says so once. What the unwritable root already holds (a cache baked into a
+read-only image) is still used: the stand-in starts as links to its entries."""
 from __future__ import annotations
 
 import atexit
@@ -54,6 +55,26 @@ def _writable_or_stand_in(root: Path) -> Path:
         cause = "not a folder" if root.exists() and not root.is_dir() else e.strerror or str(e)
         stand_in = Path(tempfile.mkdtemp(prefix="srtrt-cache-"))
         atexit.register(shutil.rmtree, stand_in, True)
+        kept = ""
+        if root.is_dir():
+            _link_entries(root, stand_in)
+            kept = ", and reads what is cached there"
         warnings.warn(f"{root}: cannot keep srtrt's cache there ({cause}); this run caches in a "
-                      "temporary folder, removed when it ends (SRTRT_CACHE chooses another)", OutputNote, stacklevel=3)
+                      f"temporary folder, removed when it ends{kept} (SRTRT_CACHE chooses another)", OutputNote,
+                      stacklevel=3)
         return stand_in
+
+
+def _link_entries(root: Path, stand_in: Path) -> None:
+    """Mirror `root`'s folders in `stand_in`, each file as a symlink to the original: entries are
+    read where they lie, while a write (a rename over the link, an unlink) changes the stand-in
+    only. Lock files are left out: a lock is opened for appending, which would follow the link."""
+    for folder, _, files in os.walk(root, onerror=lambda error: None):
+        here = stand_in / Path(folder).relative_to(root)
+        try:
+            here.mkdir(exist_ok=True)
+            for name in files:
+                if not name.endswith(".lock") and not name.startswith(".srtrt-probe-"):
+                    (here / name).symlink_to(Path(folder) / name)
+        except OSError:
+            continue  # an entry not linked is computed again, as with no root at all

@@ -69,3 +69,47 @@ def test_srtrt_run_with_an_unusable_cache_runs_uncached_with_one_line(monkeypatc
     err = capsys.readouterr().err
     assert code == 0 and (tmp_path / "in_x2.png").is_file(), err
     assert err.count("cannot keep srtrt's cache there") == 1 and "Traceback" not in err
+
+
+def test_a_read_only_cache_is_read_not_measured_again(tmp_path):
+    """A cache baked into a read-only image (a real read-only bind mount, in a private mount namespace:
+    root only): the second run reads its measured timings and exported graphs, and writes nothing there."""
+    import shutil
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pytest
+    import torch
+    from PIL import Image
+
+    pytest.importorskip("spandrel")
+    pytest.importorskip("openvino")
+    from safetensors.torch import save_file
+    from spandrel.architectures.Compact import Compact
+
+    from run_helpers import cli_env
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "--mount", "sh", "-c", f"mount --bind {cache} {cache} && mount -o remount,bind,ro {cache}"],
+            capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only folder here (needs root and unshare)")
+    torch.manual_seed(0)
+    net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2).eval()
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "compact.safetensors"))
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), np.uint8)).save(tmp_path / "in.png")
+    run = [sys.executable, "-m", "srtrt.cli", "run", str(tmp_path / "in.png"), "--model", str(tmp_path / "compact.safetensors"),
+           "--overwrite"]
+    env = dict(cli_env(), SRTRT_CACHE=str(cache))
+    first = subprocess.run(run, capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0 and "measured now" in first.stderr, first.stderr
+    before = sorted(p.relative_to(cache) for p in cache.rglob("*"))
+    script = f"mount --bind {cache} {cache} && mount -o remount,bind,ro {cache} && exec {' '.join(run)}"
+    again = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+    assert f"{cache}: cannot keep srtrt's cache there (Read-only file system)" in again.stderr
+    assert "measured earlier" in again.stderr and "measured now" not in again.stderr, again.stderr
+    assert sorted(p.relative_to(cache) for p in cache.rglob("*")) == before
