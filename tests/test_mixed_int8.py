@@ -14,7 +14,10 @@ from conftest import random_view, smooth_image
 
 def test_the_simulation_computes_what_the_qdq_graph_does(tmp_path):
     """fake_quantized rounds as quantize_onnx's graph does: onnxruntime's int8 output and the
-    simulation's differ by float op order only, a hundredth of what int8 moves the output."""
+    simulation's differ by float op order only. That order moves an activation that lies on a
+    rounding boundary one quantisation step (1.9e-5 at the output on an AVX2 Zen 3, 0.3-2 % of the
+    outputs; never on the Zen 4 measured before), so the bound is on the mean: a hundredth of what
+    int8 moves the output, and every output within a twentieth of an 8-bit level."""
     ort = pytest.importorskip("onnxruntime")
     from srtrt.engine.toolchain.export import export_onnx
 
@@ -28,8 +31,9 @@ def test_the_simulation_computes_what_the_qdq_graph_does(tmp_path):
     with torch.inference_mode():
         simulated = view.with_generator(fake_quantized(generator, view.int8_calibration["ranges"])).eval()(x).numpy()
         fp32 = view.with_generator(generator).eval()(x).numpy()
-    off = np.abs(got - simulated).max()
-    assert off <= 1e-5 and np.abs(got - fp32).max() > 100 * off  # measured: 1.2e-7 against 9.3e-4
+    off = np.abs(got - simulated)
+    assert off.mean() < np.abs(got - fp32).mean() / 100  # measured: 4e-8 (Zen 3) against 1.6e-4
+    assert off.max() <= 1 / 255 / 20
 
 
 @pytest.fixture(scope="module")
