@@ -79,9 +79,13 @@ def test_output_file_or_directory(tmp_path, capsys, model):
     write_images(tmp_path / "in", 2)
     code, err = run(capsys, tmp_path / "in", "-o", tmp_path / "one.tif", "--model", model)
     assert code == 2 and "several inputs need an output directory" in err and len(err.strip().splitlines()) == 1
-    # an unknown extension for a single output file
-    code, err = run(capsys, source, "-o", tmp_path / "x.gif", "--model", model)
-    assert code == 1 and "unknown output format '.gif'" in err and not (tmp_path / "x.gif").exists()
+    # an unknown extension, a missing folder or a file as the folder of a single output file: one line,
+    # exit 2, before the backend is opened (its line never printed)
+    for bad, why in (("x.gif", "unknown output format '.gif'"), ("no/x.png", f"output folder {tmp_path / 'no'} does "
+                     "not exist"), ("one.tif/x.png", f"output folder {tmp_path / 'one.tif'} is not a folder")):
+        code, err = run(capsys, source, "-o", tmp_path / bad, "--model", model)
+        assert code == 2 and why in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x.gif").exists() and not (tmp_path / "no").exists()
 
 
 def test_default_name_beside_the_input_and_no_second_generation(tmp_path, capsys, model):
@@ -312,11 +316,12 @@ def test_a_file_name_with_a_newline_is_still_one_line(tmp_path, capsys, model):
                                     "(or its header is corrupt)"], err
 
 
-@pytest.mark.parametrize("output, says", [("nodir/x.png", "output folder"), ("x.webp", "too large for WEBP")])
+@pytest.mark.parametrize("output, says, exit_code", [("nodir/x.png", "output folder", 2), ("x.webp", "too large for WEBP", 1)])
 def test_a_destination_that_cannot_take_the_output_is_refused_before_any_tile(tmp_path, capsys, monkeypatch,
-                                                                               model, output, says):
+                                                                               model, output, says, exit_code):
     """A missing folder, or a side over the format's limit, was found only after the whole image had
-    been computed (8.5 s for a 2K photo on the CPU)."""
+    been computed (8.5 s for a 2K photo on the CPU). The folder is refused before the backend opens
+    (exit 2); the side, which needs the image's size, before its first tile."""
     from srtrt.engine.backends.torch_backend import TorchBackend
 
     source = tmp_path / "wide.png"
@@ -325,5 +330,5 @@ def test_a_destination_that_cannot_take_the_output_is_refused_before_any_tile(tm
     real_infer = TorchBackend.infer
     monkeypatch.setattr(TorchBackend, "infer", lambda self, x: calls.append(1) or real_infer(self, x))
     code, err = run(capsys, source, "-o", tmp_path / output, "--model", model, "--backend", "torch")
-    assert code == 1 and says in err and calls == []
+    assert code == exit_code and says in err and calls == []
     assert not list((tmp_path).glob("x.*"))

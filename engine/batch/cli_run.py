@@ -27,6 +27,7 @@ from srtrt.engine.batch.files import (
     DecodeAhead,
     FileRunner,
     Outcome,
+    check_output_file,
     expand_inputs,
     make_output_folder,
     plan_jobs,
@@ -59,6 +60,7 @@ def main(args) -> int:
     options = RunOptions.from_args(args).replace(shape_class=shape_class(inputs))
     many = several_outputs(args.inputs, inputs)
     make_output_folder(args.output, many)
+    check_output_file(args.output, many, inputs)
 
     selection = open_backend(options)
     backend = selection.backend

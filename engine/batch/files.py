@@ -239,6 +239,16 @@ def real_path(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
+def check_output_file(output: str | None, many: bool, inputs: list[Path]) -> None:
+    """`-o` naming one file: its format and folder, refused in one line before the backend is
+    opened (a model loaded and timed for nothing, then exit 1 as if the image had failed)."""
+    if output is None or many or Path(output).is_dir() or output.endswith(("/", "\\")):
+        return
+    folder = output_path(inputs[0], output, many, scale=1).parent  # -o is the name itself: no scale in it
+    if not folder.is_dir():
+        raise SrtrtError(f"output folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}", output)
+
+
 def make_output_folder(output: str | None, many: bool) -> None:
     """Create `-o` when it names a folder; one line if that is impossible."""
     if output is None or not (many or output.endswith(("/", "\\"))):

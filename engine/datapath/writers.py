@@ -112,7 +112,7 @@ def _check_destination(path: str, overwrite: bool) -> None:
         raise SrtrtError("output already exists (use --overwrite to replace it)", path)
     folder = os.path.dirname(path) or "."
     if not os.path.isdir(folder):
-        raise SrtrtError(f"output folder {folder} does not exist", path)
+        raise SrtrtError(f"output folder {folder} {'is not a folder' if os.path.exists(folder) else 'does not exist'}", path)
 
 
 class ImageWriter:
