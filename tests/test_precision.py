@@ -26,6 +26,12 @@ def guard(paths: dict, sha: str = SHA) -> dict:
     return {"format": GUARD_FORMAT, "version": GUARD_VERSION, "models": {sha: {"model": "test", "paths": paths}}}
 
 
+def test_an_unmeasured_model_says_so_on_a_cpu_without_bf16_units_too():
+    """The guard's missing measurement is the reason on any CPU (it was hidden behind the bf16 one)."""
+    for fast in (True, False):
+        assert auto_precision("torch", CPU, OTHER_SHA, guard({}), fast_bf16_cpu=fast) == ("fp32", f"fp32 ({UNMEASURED})")
+
+
 def test_measured_path_within_guard_is_chosen():
     g = guard({"torch-cpu-bf16": {"delta_db": -0.01}})
     precision, why = auto_precision("torch", CPU, SHA, g, fast_bf16_cpu=True)

@@ -85,6 +85,8 @@ def auto_precision(backend: str, device: torch.device, model_sha256: str, guard:
     if device.type == "cuda":
         candidates = ["fp16", "bf16"] if backend in ("torch", "tensorrt") else ["fp16"]
     elif backend in ("torch", "openvino"):
+        if not measured_paths(model_sha256, guard):  # the first reason: on any CPU, it rules out every precision
+            return "fp32", f"fp32 ({UNMEASURED})"
         if no_bf16 := cpu_bf16_reason(fast_bf16_cpu):
             return "fp32", f"fp32 ({no_bf16})"
         candidates = ["bf16"]
