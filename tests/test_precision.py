@@ -195,6 +195,15 @@ def test_auto_with_a_precision_asked_takes_the_fastest_backend_for_it():
     assert cpu_choice(SHA, "bf16", NO_OPENVINO, guard={})[:2] == ("torch", "bf16")
 
 
+def test_fp16_asked_on_the_cpu_runs_on_onnxruntime():
+    """`--precision fp16` alone was refused in the torch backend's words, though onnxruntime runs it."""
+    import pytest
+
+    pytest.importorskip("onnxruntime")
+    name, precision, why = cpu_choice(SHA, "fp16", guard={})
+    assert (name, precision) == ("onnxruntime", "fp16") and why.startswith("as asked")
+
+
 # ------------------------------------------------------------------ the measured pick (measured.py)
 
 def timer_of(seconds: dict, asked: list | None = None):

@@ -245,6 +245,13 @@ def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True
     notes = [] if has_openvino else [openvino_why]
     if asked == "int8" and not has_openvino:
         raise SrtrtError(f"int8 runs on the openvino backend only: {openvino_why}")
+    if asked == "fp16":  # no fp16 units on a CPU: onnxruntime is the one CPU backend that takes fp16 graphs
+        from srtrt.engine.backends.onnxruntime_backend import available
+
+        has_onnxruntime, why = available()
+        if not has_onnxruntime:
+            raise SrtrtError(f"fp16 runs on the CPU through the onnxruntime backend only: {why}")
+        return "onnxruntime", "fp16", "as asked (onnxruntime: the one CPU backend that runs fp16)"
     if asked != "auto":  # the precision asked for, on the backend that runs it fastest
         paths = [(name, asked) for name in ("openvino", "torch") if (name != "openvino" or has_openvino and asked in HINTS)
                  and (name != "torch" or asked != "int8")]
