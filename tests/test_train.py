@@ -517,8 +517,11 @@ def test_a_damaged_run_folder_is_one_line(photos, saved_run, tmp_path, capsys, n
     out = tmp_path / "run"
     shutil.copytree(saved_run, out)
     damage(out / name)
-    code, err = _train_cli(capsys, photos, out, "--iters", "2")
+    capsys.readouterr()
+    code = cli.main(["train", str(photos), *TINY_CLI, "--out", str(out), "--iters", "2"])
+    said, err = capsys.readouterr()
     assert code == 2 and err.count("\n") == 1 and cause in err and "--no-resume starts fresh" in err, err
+    assert "resumed" not in said  # nothing was resumed
 
 
 def test_a_cut_off_last_metrics_line_is_left_out_on_resume(photos, saved_run, tmp_path, capsys):

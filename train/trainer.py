@@ -327,7 +327,6 @@ def train(cfg: TrainConfig) -> Path:
         doc = load_state(state_path, modules, optimizers)
         step, best = doc["step"], doc.get("best_score", doc.get("best_val_psnr", best))
         start = Validation(doc.get("start_val_psnr", start.psnr), float("nan"), doc.get("start_val_grid", start.grid))
-        print(f"resumed {out} at step {step}")
     elif parent:  # start from trained weights (optimiser state starts fresh)
         if parent.config != gcfg:
             raise SrtrtError(f"--init has config {parent.config}, this run {gcfg}", cfg.init)
@@ -337,6 +336,8 @@ def train(cfg: TrainConfig) -> Path:
     if not cfg.resume and (aside := set_aside_earlier_run(out)):
         print(f"--no-resume: the earlier run in {out} is kept in {aside}")
     _drop_rows_after(metrics_path, step)  # a crash after the last save logged steps that will run again
+    if saved is not None:  # said once the whole run folder has been read
+        print(f"resumed {out} at step {step}")
     if gan and step == 0:  # the PSNR floor and grid cap for checkpoint selection are relative to the start
         start = validate(generator, val_pairs, device)
 
