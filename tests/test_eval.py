@@ -138,6 +138,24 @@ def _error(capsys, *argv) -> str:
     return err
 
 
+def test_an_exact_image_is_left_out_of_the_psnr_average_and_said(capsys, folder, model_path, tmp_path):
+    """A flat image bicubic reproduces exactly (PSNR infinite) made the folder's average infinite
+    (null in JSON) though every other image's PSNR was finite."""
+    import shutil
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(folder, mixed)
+    Image.new("RGB", (64, 64), (100, 120, 140)).save(mixed / "flat.png")
+    code, out, _ = _run(capsys, mixed, "--model", model_path, "--json")
+    res = json.loads(out)["mixed"]
+    finite = [r["bicubic_psnr"] for r in res["images"] if r["bicubic_psnr"] is not None]
+    assert code == 0 and len(finite) == len(res["images"]) - 1
+    assert res["bicubic"]["psnr"] == pytest.approx(np.mean(finite), abs=1e-3)
+    code, out, _ = _run(capsys, mixed, "--model", model_path)
+    assert code == 0 and "(bicubic: 1 exact image(s), PSNR infinite, left out of its PSNR average)" in out
+    assert "inf" not in out.split("average")[1].splitlines()[0]
+
+
 def test_missing_directory(capsys, model_path, tmp_path):
     assert f"{tmp_path / 'nope'}: not a directory" in _error(capsys, tmp_path / "nope", "--model", model_path)
 

@@ -185,8 +185,14 @@ def one_scale(models: dict[str, torch.nn.Module], asked: int | None = None) -> i
 
 def _means(rows: list[dict]) -> dict:
     """Per-key average of score dicts (psnr, ssim, hf, grid); an undefined score (NaN: HF of a flat
-    image) is left out, and a key undefined on every image stays NaN."""
-    return {k: mean_of_defined([r[k] for r in rows]) for k in rows[0]}
+    image) is left out, and a key undefined on every image stays NaN. An exact reconstruction's
+    infinite PSNR is left out of the PSNR average too (one such image made the whole average
+    infinite; the table says how many were); every image exact keeps it infinite."""
+    means = {k: mean_of_defined([r[k] for r in rows]) for k in rows[0]}
+    finite = [r["psnr"] for r in rows if r["psnr"] != math.inf]
+    if finite:
+        means["psnr"] = mean_of_defined(finite)
+    return means
 
 
 def _folder_keys(dirs: list[str]) -> list[str]:
@@ -223,6 +229,9 @@ def format_table(results: dict[str, dict], scale: int) -> str:
             lines.append(f"  {name:<{width}}" + "".join(
                 f"  {c['psnr']:>{h}.3f}  {c['ssim']:>6.4f}  {c['hf']:>5.3f}  {c['grid']:>5.3f}"
                 for c, h in zip(cells, heads, strict=True)))
+        for method, column in zip(methods, zip(*(cells for _, cells in rows[:-1]), strict=True), strict=True):
+            if 0 < (exact := sum(c["psnr"] == math.inf for c in column)) < len(column):
+                lines.append(f"  ({method}: {exact} exact image(s), PSNR infinite, left out of its PSNR average)")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
