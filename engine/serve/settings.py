@@ -35,15 +35,16 @@ class ServeConfig:
         for flag, folder in (("--models", self.models_dir), ("--work-dir", self.work_dir)):
             if folder is not None and not Path(folder).is_dir():
                 raise SrtrtError(f"{flag}: not a folder", folder)
-        for name in ("max_upload_bytes", "queue_size"):
-            if getattr(self, name) < 1:
-                raise SrtrtError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.queue_size < 1:
+            raise SrtrtError(f"--queue must be >= 1, not {self.queue_size}")
+        if self.max_upload_bytes < 1:  # the flag counts MiB; a config made in Python may ask for less
+            raise SrtrtError(f"--max-upload-mb must be > 0, not {self.max_upload_bytes / MiB:g}")
+        if self.max_pixels < 0:
+            raise SrtrtError(f"--max-pixels must be >= 0, not {self.max_pixels}")
         if self.keep_seconds < MIN_KEEP_SECONDS:
             raise SrtrtError(f"--keep-minutes must be >= {MIN_KEEP_SECONDS / 60:g}, not {self.keep_seconds / 60:g}")
         if self.keep_bytes < 1:  # 1 byte keeps the newest result only: the newest is always kept
             raise SrtrtError(f"--keep-mb must be > 0, not {self.keep_bytes / MiB:g}")
-        if self.max_pixels < 0:
-            raise SrtrtError(f"max pixels must be >= 0, not {self.max_pixels}")
         if not 0 <= self.port <= 65535:  # the socket layer would take it modulo 65536 and listen elsewhere
             raise SrtrtError(f"--port must be 0-65535, not {self.port}")
 
