@@ -134,7 +134,8 @@ def two_images(batch):
 
 
 def _fp16_on_the_cpu(folder, out, model, *more):
-    return ["run", str(folder), "-o", str(out), "--model", str(model), "--device", "cpu", "--precision", "fp16", *more]
+    return ["run", str(folder), "-o", str(out), "--model", str(model), "--device", "cpu", "--backend", "torch",
+            "--precision", "fp16", *more]
 
 
 def test_a_bad_backend_option_is_the_local_runs_line_before_ray_starts(two_images, tmp_path, capsys, monkeypatch):
@@ -147,6 +148,18 @@ def test_a_bad_backend_option_is_the_local_runs_line_before_ray_starts(two_image
     assert main(_fp16_on_the_cpu(folder, tmp_path / "ray", model, "--ray")) == 2
     err = capsys.readouterr().err
     assert err == local and err.startswith("srtrt: the torch backend: fp16 on the CPU") and len(err.splitlines()) == 1
+
+
+def test_a_bad_output_file_is_the_local_runs_line_before_ray_starts(two_images, tmp_path, capsys, monkeypatch):
+    from srtrt.engine.batch import ray_runner
+
+    folder, model = two_images
+    image = next(folder.iterdir())
+    monkeypatch.setattr(ray_runner, "_start_ray", lambda *a: pytest.fail("Ray started for a run that cannot run"))
+    for ray_flag in ([], ["--ray"]):
+        assert main(["run", str(image), "-o", str(tmp_path / "x.gif"), "--model", str(model), *ray_flag]) == 2
+        err = capsys.readouterr().err
+        assert "unknown output format '.gif'" in err and len(err.splitlines()) == 1, err
 
 
 def test_an_actors_setup_error_on_a_cluster_is_one_line(local_ray, two_images, tmp_path, capfd, monkeypatch):

@@ -33,6 +33,7 @@ from srtrt.engine.batch.files import (
     BatchReport,
     FileRunner,
     Outcome,
+    check_output_file,
     expand_inputs,
     make_output_folder,
     plan_jobs,
@@ -201,6 +202,7 @@ def main(args) -> int:
     options = RunOptions.from_args(args).replace(shape_class=shape_class(inputs))
     many = several_outputs(args.inputs, inputs)
     make_output_folder(args.output, many)
+    check_output_file(args.output, many, inputs)
     scale = _checked_scale(args, options)
 
     def say(message: str, always: bool = False) -> None:
