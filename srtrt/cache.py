@@ -65,6 +65,30 @@ def _writable_or_stand_in(root: Path) -> Path:
         return stand_in
 
 
+_spill: list[Path] = []  # this process's folder for entries the root could not take (made on need)
+
+
+def spilled(path: Path, cause: str | None = None) -> Path | None:
+    """Where an entry that could not be written at `path` under the cache root (a disk that filled
+    after the start-up check, `cause`) is kept for this process instead: the same place in a
+    temporary folder, made on first need, removed at exit, said once. Without a cause, only where
+    an earlier spill of this process would be. None when `path` is not under the root, or nothing spilled."""
+    root = cache_root()
+    try:
+        relative = Path(path).relative_to(root)
+    except ValueError:
+        return None
+    with _lock:
+        if not _spill:
+            if cause is None:
+                return None
+            _spill.append(Path(tempfile.mkdtemp(prefix="srtrt-cache-")))
+            atexit.register(shutil.rmtree, _spill[0], True)
+            warnings.warn(f"{root}: cannot keep srtrt's cache there ({cause}); this run keeps what it cannot store "
+                          "there in a temporary folder, removed when it ends", OutputNote, stacklevel=3)
+    return _spill[0] / relative
+
+
 def _link_entries(root: Path, stand_in: Path) -> None:
     """Mirror `root`'s folders in `stand_in`, each file as a symlink to the original: entries are
     read where they lie, while a write (a rename over the link, an unlink) changes the stand-in

@@ -11,6 +11,16 @@ class SrtrtError(Exception):
         super().__init__(f"{shown(path)}: {message}" if path is not None else message)
 
 
+class CannotWrite(SrtrtError):
+    """A file srtrt could not write (a full disk, a read-only folder): a state of this machine at
+    this moment, so a cache entry that could not be stored goes elsewhere (cache.spilled), and no
+    measurement remembers it as the model's or the backend's failure. `why`: the system's words."""
+
+    def __init__(self, why: str, path=None):
+        super().__init__(f"cannot write ({why})", path)
+        self.why = why
+
+
 def shown(path) -> str:
     """A path for a one-line message: characters that would break the line (a newline in a file
     name) written as escapes, every other character (accents, CJK) as it is."""

@@ -113,3 +113,39 @@ def test_a_read_only_cache_is_read_not_measured_again(tmp_path):
     assert f"{cache}: cannot keep srtrt's cache there (Read-only file system)" in again.stderr
     assert "measured earlier" in again.stderr and "measured now" not in again.stderr, again.stderr
     assert sorted(p.relative_to(cache) for p in cache.rglob("*")) == before
+
+
+def test_a_cache_disk_too_full_for_a_graph_keeps_it_for_the_run(tmp_path):
+    """A cache on a disk with room for the start-up check but not for the model's graph (a real 3 MB
+    tmpfs, in a private mount namespace: root only): `--backend openvino|onnxruntime` refused the whole
+    run ("cannot write (No space left on device)", exit 2). The graph is now kept in a temporary
+    folder for the run, said in one line, and the image is written."""
+    import shutil
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    from run_helpers import cli_env
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "--mount", "sh", "-c", f"mount -t tmpfs -o size=3m tmpfs {cache}"],
+            capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root and unshare)")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 32, 3), np.uint8)).save(tmp_path / "in.png")
+    runs = [" ".join([sys.executable, "-m", "srtrt.cli", "run", str(tmp_path / "in.png"), "-o",
+                      str(tmp_path / f"{backend}.png"), "--backend", backend]) for backend in ("openvino", "onnxruntime")]
+    script = f"mount -t tmpfs -o size=3m tmpfs {cache} && {runs[0]} && {runs[1]}"
+    done = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True,
+                          env=dict(cli_env(), SRTRT_CACHE=str(cache)), timeout=600)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    said = f"{cache}: cannot keep srtrt's cache there (No space left on device); this run keeps"
+    assert done.stderr.count(said) == 2, done.stderr  # once per run
+    for backend in ("openvino", "onnxruntime"):
+        assert Image.open(tmp_path / f"{backend}.png").size == (128, 96)

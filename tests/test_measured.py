@@ -194,6 +194,28 @@ def test_a_path_that_fails_is_left_out_and_said_not_the_end_of_the_run(view):
         measured.fastest({"torch bf16": measured.Failed("RuntimeError: x"), "torch fp32": measured.Failed("y")}, PATHS)
 
 
+def test_a_path_that_could_not_write_its_files_is_measured_again_next_run(view):
+    """A cache disk that was full when `auto` first measured made openvino "failed" for good: every
+    later run read the failure and took a slower path. A failure to write is the disk's state, not
+    the path's: the measurement that holds one is measured again."""
+    from srtrt.errors import CannotWrite
+
+    full = [True]
+
+    def make(name, precision):
+        if precision == "bf16" and full[0]:
+            raise CannotWrite("No space left on device", "graph.onnx")
+        return Counted(TorchBackend(view, "cpu", precision))
+    sha = "e" * 64
+    seconds, took, _ = measured.cached_seconds(sha, PATHS, make, WINDOW)
+    assert took > 0 and isinstance(seconds["torch bf16"], measured.Failed)
+    full[0] = False  # space freed
+    again, took, _ = measured.cached_seconds(sha, PATHS, make, WINDOW)
+    assert took > 0 and not isinstance(again["torch bf16"], measured.Failed)
+    third, took, _ = measured.cached_seconds(sha, PATHS, make, WINDOW)
+    assert took is None and third == again  # a clean measurement is kept as before
+
+
 def _entries(cache_root) -> tuple[object, dict]:
     path = cache_root / "receptive_field" / f"{SHA}.json"
     return path, json.loads(path.read_text())

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from srtrt import registry
-from srtrt.cache import cache_dir
+from srtrt.cache import cache_dir, spilled
 from srtrt.engine.backends.base import Backend, OnnxGraphs, TileDefaults
 from srtrt.engine.backends.precision import (
     auto_precision,
@@ -22,7 +23,7 @@ from srtrt.engine.backends.precision import (
     measured_paths,
     passes_guard,
 )
-from srtrt.errors import SrtrtError
+from srtrt.errors import CannotWrite, SrtrtError
 from srtrt.nets import CommunityView
 
 __all__ = ["Backend", "TileDefaults", "Selection", "create_backend"]
@@ -81,9 +82,21 @@ def _exported_onnx(view, precision: str, polyphase: bool = False, shape: tuple[i
     """The graph `srtrt export` writes for this model (given `shape`, fixed at that shape), exported
     once and cached (_onnx_path). An int8 graph is the cached fp32 one quantised (exported first if
     missing: `auto` times both, and one trace then serves both)."""
+    path = _onnx_path(view, precision, polyphase, shape)
+    spill = spilled(path)  # where this process put it when the cache could not take it, if it did
+    if spill is not None and spill.exists() and not path.exists():
+        return _exported_onnx_at(spill, view, precision, polyphase, shape)
+    try:
+        return _exported_onnx_at(path, view, precision, polyphase, shape)
+    except CannotWrite as e:  # a disk that filled since the start: the graph is kept for this run only
+        if (spill := spilled(path, e.why)) is None:
+            raise
+        return _exported_onnx_at(spill, view, precision, polyphase, shape)
+
+
+def _exported_onnx_at(path: Path, view, precision: str, polyphase: bool, shape: tuple[int, int, int, int] | None):
     from srtrt.engine.toolchain.export import export_for_runtime
 
-    path = _onnx_path(view, precision, polyphase, shape)
     if path.exists() and not _this_models_graph(path, view, precision, polyphase):
         with contextlib.suppress(OSError):  # emptied, cut short or another model's: made again, never run
             path.unlink()

@@ -30,6 +30,7 @@ from collections.abc import Callable
 import torch
 
 from srtrt.engine.datapath.tiles import allowed_side
+from srtrt.errors import CannotWrite
 
 MEASURE_CORE = 64     # LR core side of the timed window (the margin is added on each side)
 MIN_SECONDS = 0.2     # timed calls per candidate continue until this much time is spent ...
@@ -117,11 +118,13 @@ class FirstCall(float):
 
 
 class Failed(float):
-    """A path that raised when built or timed: never the fastest; `why` goes into the reason line."""
+    """A path that raised when built or timed: never the fastest; `why` goes into the reason line.
+    `transient`: it failed for this machine's state at the moment (a file it could not write), so a
+    measurement holding it is not trusted by a later run."""
 
-    def __new__(cls, why: str):
+    def __new__(cls, why: str, transient: bool = False):
         figure = super().__new__(cls, float("inf"))
-        figure.why = why
+        figure.why, figure.transient = why, transient
         return figure
 
 
@@ -172,7 +175,7 @@ def measure(candidates: list[Path], make: Callable[[str, str], object], window: 
                 return figure
         except Exception as e:  # noqa: BLE001 - a path that fails here (a model's dtype mix, an export that
             # fails at this shape) is one the run must not take, not the end of the run
-            return Failed(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
+            return Failed(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}", isinstance(e, CannotWrite))
 
     for path in candidates:
         seconds[label(path)] = timed(path)
@@ -214,12 +217,14 @@ def cached_seconds(sha256: str, candidates: list[Path], make, window: tuple[int,
         first_call = sorted(name for name, value in seconds.items() if isinstance(value, FirstCall))
         failed = {name: value.why for name, value in seconds.items() if isinstance(value, Failed)}
         ran = {name: value for name, value in seconds.items() if name not in failed}
+        transient = any(getattr(value, "transient", False) for value in seconds.values())
         return {"identity": ident, "seconds": ran, "failed": failed, "first_call_only": first_call,
-                "took_seconds": measured_now[0]}
+                "took_seconds": measured_now[0], "transient": transient}
 
     def valid(entry: dict) -> bool:
         seconds, failed = entry.get("seconds"), entry.get("failed", {})
         return (entry.get("identity") == json.loads(json.dumps(ident)) and isinstance(seconds, dict)
+                and not entry.get("transient")  # a path failed for want of disk space: measured again next run
                 and isinstance(failed, dict) and sorted([*seconds, *failed]) == wanted
                 and all(isinstance(v, (int, float)) and 0 < v < float("inf") for v in seconds.values())
                 and all(isinstance(v, str) for v in failed.values())

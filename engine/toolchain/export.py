@@ -26,7 +26,7 @@ import torch
 from srtrt import atomic
 from srtrt.engine.datapath.tiles import allowed_side
 from srtrt.engine.toolchain.onnx_io import META_PREFIX
-from srtrt.errors import SrtrtError
+from srtrt.errors import CannotWrite, SrtrtError
 from srtrt.kernels import fused_op
 from srtrt.nets import CommunityView
 
@@ -352,7 +352,7 @@ def save_onnx(model, path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_bytes(path, model.SerializeToString())
     except OSError as e:
-        raise SrtrtError(f"cannot write ({e.strerror or e})", path) from None
+        raise CannotWrite(e.strerror or str(e), path) from None
     return path
 
 

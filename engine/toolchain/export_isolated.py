@@ -27,7 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from srtrt.errors import SrtrtError
+from srtrt.errors import CannotWrite, SrtrtError
 
 TIMEOUT_S = 900  # a 23-block RRDBNet exports in about a minute on 2 cores
 # spandrel architecture ids whose dynamic-shape graph is wrong or fails in OpenVINO (window partition
@@ -38,6 +38,9 @@ UNTRACED = "a size it was not traced at"  # how the child's check says a dynamic
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # torch.export colours its messages
 
 _failed: dict[tuple, str] = {}  # (weights, precision, polyphase, shape or None) -> why: one process tries each once
+
+
+CANNOT_WRITE = 75  # the child's exit status when the graph could not be written (EX_TEMPFAIL)
 
 
 def export_community(view, path: Path, precision: str, polyphase: bool,
@@ -67,6 +70,8 @@ def export_community(view, path: Path, precision: str, polyphase: bool,
             continue
         if done.returncode == 0 and path.is_file():
             return path
+        if done.returncode == CANNOT_WRITE:  # the disk, not the model: no other exporter is tried, nothing remembered
+            raise CannotWrite(_cause(done), path)
         failures.append(f"{exporter}: {_cause(done)}")
         if exporter == "dynamo" and UNTRACED in failures[-1]:
             break  # the tracer bakes in more of the input size than torch.export, never less
@@ -141,6 +146,9 @@ def _child(model: str, out: str, precision: str, polyphase: str, exporter: str, 
                         float_graph=float_graph if precision == "int8" else None)
     except Exception as e:  # the parent reads the last line of stderr
         Path(out).unlink(missing_ok=True)
+        if isinstance(e, CannotWrite):
+            print(e.why, file=sys.stderr)
+            return CANNOT_WRITE
         print(_innermost_cause(e), file=sys.stderr)
         return 2
     finally:
