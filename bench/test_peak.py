@@ -19,7 +19,11 @@ if CUDA:
     PEAKS = ["fp16", "bf16", "tf32", "fp32"]
     SIZE, PER_ROUND = (1024, 2) if MODE.name == "smoke" else (8192, 20)
 else:
-    PEAKS = ["bf16", "fp32"]  # fp16 matmul on a CPU is emulated; no case computes in it there
+    from srtrt.hardware import cpu_has_fast_bf16
+
+    # fp16 matmul on a CPU is emulated, and so is bf16 without AVX512-BF16/AMX (a 4096² bf16 matmul
+    # ran for minutes on an AVX2 Zen 3): no case computes in them there
+    PEAKS = ["bf16", "fp32"] if cpu_has_fast_bf16() else ["fp32"]
     SIZE, PER_ROUND = {"smoke": (256, 1), "quick": (2048, 2), "full": (4096, 2)}[MODE.name]
 
 
