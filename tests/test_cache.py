@@ -71,10 +71,21 @@ def test_srtrt_run_with_an_unusable_cache_runs_uncached_with_one_line(monkeypatc
     assert err.count("cannot keep srtrt's cache there") == 1 and "Traceback" not in err
 
 
+def _skip_without_private_mounts(mounts: str) -> None:
+    """Skip unless `mounts` (shell mount commands) run in a private mount namespace here: root and unshare."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--mount", "sh", "-c", mounts],
+                                                         capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a folder of its own here (needs root and unshare)")
+
+
 def test_a_read_only_cache_is_read_not_measured_again(tmp_path):
     """A cache baked into a read-only image (a real read-only bind mount, in a private mount namespace:
     root only): the second run reads its measured timings and exported graphs, and writes nothing there."""
-    import shutil
     import subprocess
     import sys
 
@@ -92,10 +103,7 @@ def test_a_read_only_cache_is_read_not_measured_again(tmp_path):
 
     cache = tmp_path / "cache"
     cache.mkdir()
-    if shutil.which("unshare") is None or subprocess.run(
-            ["unshare", "--mount", "sh", "-c", f"mount --bind {cache} {cache} && mount -o remount,bind,ro {cache}"],
-            capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a read-only folder here (needs root and unshare)")
+    _skip_without_private_mounts(f"mount --bind {cache} {cache} && mount -o remount,bind,ro {cache}")
     torch.manual_seed(0)
     net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2).eval()
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "compact.safetensors"))
@@ -120,7 +128,6 @@ def test_a_cache_disk_too_full_for_a_graph_keeps_it_for_the_run(tmp_path):
     tmpfs, in a private mount namespace: root only): `--backend openvino|onnxruntime` refused the whole
     run ("cannot write (No space left on device)", exit 2). The graph is now kept in a temporary
     folder for the run, said in one line, and the image is written."""
-    import shutil
     import subprocess
     import sys
 
@@ -134,10 +141,7 @@ def test_a_cache_disk_too_full_for_a_graph_keeps_it_for_the_run(tmp_path):
 
     cache = tmp_path / "cache"
     cache.mkdir()
-    if shutil.which("unshare") is None or subprocess.run(
-            ["unshare", "--mount", "sh", "-c", f"mount -t tmpfs -o size=3m tmpfs {cache}"],
-            capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root and unshare)")
+    _skip_without_private_mounts(f"mount -t tmpfs -o size=3m tmpfs {cache}")
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 32, 3), np.uint8)).save(tmp_path / "in.png")
     runs = [" ".join([sys.executable, "-m", "srtrt.cli", "run", str(tmp_path / "in.png"), "-o",
                       str(tmp_path / f"{backend}.png"), "--backend", backend]) for backend in ("openvino", "onnxruntime")]
