@@ -113,7 +113,7 @@ def test_auto_skips_int8_without_calibration_and_says_why():
 
 
 def test_int8_is_timed_on_a_cpu_without_bf16_units():
-    """No CPU flag rules int8 out: on an AVX2-only CPU it ran 1.6x faster than openvino fp32, which
+    """No CPU flag rules int8 out: on an AVX2-only CPU it ran 2.6x faster than openvino fp32, which
     only timing it shows."""
     paths = {**MEASURED, "openvino-cpu-int8": {"delta_db": -0.04}}
     avx2_like = {("openvino", "int8"): 1.6, ("openvino", "fp32"): 2.6, ("torch", "fp32"): 3.0}

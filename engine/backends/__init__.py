@@ -231,7 +231,7 @@ def _make(name: str, view, dev: torch.device, precision: str) -> Backend:
 # ties, or a caller that passes no timer). bench/ measured this order on a 2-core Zen 4 EPYC
 # (openvino int8 0.74 s, bf16 1.20 s, torch bf16 2.04 s, openvino fp32 2.69 s, torch fp32 5.64 s per
 # 2K-output image), but an AMX Xeon put int8 behind bf16: `auto` times the paths (measured.py).
-# int8 is timed on every CPU, VNNI or not: on an AVX2-only Zen 3 EPYC it ran 1.6x faster than
+# int8 is timed on every CPU, VNNI or not: on an AVX2-only Zen 3 EPYC it ran 2.6x faster than
 # openvino fp32 (and changed Set5 by -0.039 dB, against -0.044 dB with VNNI).
 # torch fp32 is the reference and needs no guard measurement; every other path needs one for this model.
 CPU_ORDER = [("openvino", "int8"), ("openvino", "bf16"), ("torch", "bf16"), ("openvino", "fp32"), ("torch", "fp32")]

@@ -182,7 +182,7 @@ def _refuse_signed_tiff(img: Image.Image, path) -> None:
     signed layouts."""
     formats = img.tag_v2.get(_SAMPLE_FORMAT_TAG, ()) if img.format == "TIFF" else ()
     if _SIGNED_INTEGER in (formats if isinstance(formats, tuple) else (formats,)):
-        raise SrtrtError(f"unsupported TIFF layout (signed {max(_tiff_bits_per_sample(img))}-bit integer samples); "
+        raise SrtrtError(f"unsupported TIFF layout (signed {max(_tiff_bits_per_sample(img), default=1)}-bit integer samples); "
                          "srtrt reads unsigned 8 or 16 bits or floats", path)
 
 
