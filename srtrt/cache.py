@@ -53,8 +53,7 @@ def _writable_or_stand_in(root: Path) -> Path:
         return root
     except OSError as e:
         cause = "not a folder" if root.exists() and not root.is_dir() else e.strerror or str(e)
-        stand_in = Path(tempfile.mkdtemp(prefix="srtrt-cache-"))
-        atexit.register(shutil.rmtree, stand_in, True)
+        stand_in = _temporary_folder()
         kept = ""
         if root.is_dir():
             _link_entries(root, stand_in)
@@ -82,11 +81,17 @@ def spilled(path: Path, cause: str | None = None) -> Path | None:
         if not _spill:
             if cause is None:
                 return None
-            _spill.append(Path(tempfile.mkdtemp(prefix="srtrt-cache-")))
-            atexit.register(shutil.rmtree, _spill[0], True)
+            _spill.append(_temporary_folder())
             warnings.warn(f"{root}: cannot keep srtrt's cache there ({cause}); this run keeps what it cannot store "
                           "there in a temporary folder, removed when it ends", OutputNote, stacklevel=3)
     return _spill[0] / relative
+
+
+def _temporary_folder() -> Path:
+    """A cache folder of this process alone, removed at exit."""
+    folder = Path(tempfile.mkdtemp(prefix="srtrt-cache-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 def _link_entries(root: Path, stand_in: Path) -> None:

@@ -41,7 +41,6 @@ def cpu_has_fast_bf16() -> bool:
     return any(f in cpu_flags() for f in FAST_BF16_FLAGS)
 
 
-
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
     if hasattr(os, "sched_getaffinity"):

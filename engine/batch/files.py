@@ -26,7 +26,7 @@ import numpy as np
 from srtrt.atomic import remove_partials
 from srtrt.engine.batch.options import RunOptions
 from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, DecodedImage, read_image
-from srtrt.engine.datapath.writers import OUTPUT_SUFFIXES
+from srtrt.engine.datapath.writers import OUTPUT_SUFFIXES, check_output_folder
 from srtrt.engine.video import VIDEO_SUFFIXES, is_video
 from srtrt.errors import SrtrtError
 
@@ -244,9 +244,8 @@ def check_output_file(output: str | None, many: bool, inputs: list[Path]) -> Non
     opened (a model loaded and timed for nothing, then exit 1 as if the image had failed)."""
     if output is None or many or Path(output).is_dir() or output.endswith(("/", "\\")):
         return
-    folder = output_path(inputs[0], output, many, scale=1).parent  # -o is the name itself: no scale in it
-    if not folder.is_dir():
-        raise SrtrtError(f"output folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}", output)
+    output_path(inputs[0], output, many, scale=1)  # its format (one line for an unknown one); no scale in -o itself
+    check_output_folder(output)
 
 
 def make_output_folder(output: str | None, many: bool) -> None:

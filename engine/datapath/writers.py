@@ -110,7 +110,12 @@ def _check_destination(path: str, overwrite: bool) -> None:
         raise SrtrtError("output path is a directory", path)
     if os.path.lexists(path) and not overwrite:
         raise SrtrtError("output already exists (use --overwrite to replace it)", path)
-    folder = os.path.dirname(path) or "."
+    check_output_folder(path)
+
+
+def check_output_folder(path) -> None:
+    """One line when the folder `path` would be written into is missing or not a folder."""
+    folder = os.path.dirname(os.fspath(path)) or "."
     if not os.path.isdir(folder):
         raise SrtrtError(f"output folder {folder} {'is not a folder' if os.path.exists(folder) else 'does not exist'}", path)
 
