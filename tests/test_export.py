@@ -3,6 +3,7 @@ dynamic shapes, metadata, atomic single-file output and the `srtrt export` comma
 from __future__ import annotations
 
 import importlib.util
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -161,13 +162,13 @@ def test_fusion_skips_dcr_depth_to_space():
 
 
 def test_metadata(exported, view):
-    from srtrt.engine.toolchain.export import state_dict_sha256
+    from srtrt.engine.toolchain.export import GRAPH_FORM, state_dict_sha256
     from srtrt.engine.toolchain.onnx_io import load_onnx, metadata
 
     meta = metadata(exported("fp16", FP16_FUSED))
     assert metadata(load_onnx(exported("fp16", FP16_FUSED))) == meta  # a path or a loaded model
     expected = {"model_sha256": state_dict_sha256(view), "scale": 4, "radius": view.radius,
-                "precision": "fp16", "fused": FP16_FUSED, "polyphase": False}
+                "graph_form": GRAPH_FORM, "precision": "fp16", "fused": FP16_FUSED, "polyphase": False}
     assert meta == {**expected, **({"aot": True} if FP16_FUSED else {})}
     assert len(meta["model_sha256"]) == 64
 
@@ -379,3 +380,61 @@ def test_runtime_graph_falls_back_to_torch_export(view, tmp_path, monkeypatch):
     assert onnx.load(str(path)).opset_import[0].version > export.LEGACY_OPSET
     x = torch.rand(1, 3, 11, 17, generator=torch.Generator().manual_seed(5))
     assert _max_diff(path, view, x, "fp32") <= TOLERANCE["fp32"]
+
+
+def _shared_small_constants(model) -> list[str]:
+    """Small initializers (biases, slopes) that more than one node reads, directly or through an Identity."""
+    from onnx import numpy_helper
+
+    from srtrt.engine.toolchain.export import SMALL_CONSTANT_BYTES
+
+    small = {i.name for i in model.graph.initializer if numpy_helper.to_array(i).nbytes <= SMALL_CONSTANT_BYTES}
+    alias = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity" and n.input[0] in small}
+    readers = Counter(alias.get(name, name) for n in model.graph.node if n.op_type != "Identity"
+                      for name in n.input if alias.get(name, name) in small)
+    return sorted(name for name, count in readers.items() if count > 1)
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_each_node_owns_its_small_constants(tmp_path, exporter):
+    """A model whose PReLU slopes are equal (untrained ones are all 0.25): the exporter keeps one
+    initializer for all of them, which keeps OpenVINO from fusing each PReLU into its conv
+    (tests/test_openvino.py). The written graph gives each node its own copy, the same values."""
+    import onnx
+
+    from srtrt.engine.toolchain.export import _to_onnx, export_onnx
+
+    view = random_view(blocks=2, channels=16)
+    raw = _to_onnx(view, torch.float32, None, True, None, exporter)
+    assert _shared_small_constants(raw), "the exporter shares no constant here: nothing would be tested"
+    path = export_onnx(view, tmp_path / "model.onnx", exporter=exporter)
+    model = onnx.load(str(path))
+    assert _shared_small_constants(model) == []
+    assert not [n for n in model.graph.node if n.op_type == "Identity"]
+    convs = {f"{name}.weight" for name, m in view.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert {n.input[1] for n in model.graph.node if n.op_type == "Conv"} <= convs  # the int8 rewrite's names
+    x = torch.rand(2, 3, 13, 17, generator=torch.Generator().manual_seed(7))
+    assert _max_diff(path, view, x, "fp32") <= TOLERANCE["fp32"]
+
+
+def test_a_cached_graph_from_before_constants_were_owned_is_exported_again(tmp_path, monkeypatch):
+    """The CPU backends' cache holds graphs by model and form: one without this GRAPH_FORM (an older
+    srtrt's, with shared constants) is never run, it is exported again."""
+    import onnx
+
+    from srtrt.engine import backends
+    from srtrt.engine.toolchain import export
+
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path))
+    view = random_view(blocks=1, channels=8, seed=2)
+    path = backends._exported_onnx(view, "fp32")
+    old = onnx.load(str(path))
+    props = {p.key: p.value for p in old.metadata_props if not p.key.endswith("graph_form")}
+    onnx.helper.set_model_props(old, props)
+    export.save_onnx(old, path)
+    path.with_name(path.name + ".json").unlink()
+    again = backends._exported_onnx(view, "fp32")
+    assert again == path
+    from srtrt.engine.toolchain.onnx_io import metadata
+
+    assert metadata(path)["graph_form"] == export.GRAPH_FORM

@@ -89,6 +89,31 @@ def test_the_layer_profile_names_every_convolution_that_ran_and_sums_to_the_run(
     ov.close()
 
 
+def test_each_prelu_runs_inside_its_conv_when_the_slopes_are_equal(tmp_path):
+    """Untrained PReLUs (every slope 0.25) exported as one shared constant ran each PReLU on its
+    own, with a layout reorder on either side: a Compact's 384x512 window took 1.92 s against
+    1.34 s fp32 on an AVX2 EPYC. With each node owning its constants, every PReLU after a conv is
+    that conv's post-op."""
+    import onnx
+
+    view = random_view(blocks=2, channels=8, seed=3)  # its PReLUs keep their initial, equal slopes
+    path = export_onnx(view, tmp_path / "model.onnx", polyphase=True)
+    nodes = onnx.load(str(path)).graph.node
+    conv_outputs = {n.output[0] for n in nodes if n.op_type == "Conv"}
+    prelus = {n.name for n in nodes if n.op_type == "PRelu" and n.input[0] in conv_outputs}  # not the shuffled one
+    assert len(prelus) >= 4
+    ov = OpenVinoBackend(path, view.scale, view.radius, "fp32", cache=None, channels=view.generator.config.channels)
+    ov.prepare(1, 32, 32)
+    ov.infer(photo_batch(32, 32))
+    fused_into_convs = set()
+    for op in ov._last.get_compiled_model().get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) == "Convolution":
+            fused_into_convs |= set(info["originalLayersNames"].astype(str).split(","))
+    ov.close()
+    assert prelus <= fused_into_convs
+
+
 @pytest.mark.skipif(not cpu_has_fast_bf16(), reason="bf16 runs in hardware only with AVX512-BF16 or AMX")
 def test_bf16_is_within_45_db_of_fp32(view, onnx_file, blob_cache):
     x = photo_batch(40, 48)

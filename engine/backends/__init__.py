@@ -125,8 +125,10 @@ def _this_models_graph(path, view, precision: str, polyphase: bool) -> bool:
     import json
 
     from srtrt.checkpoint import file_sha256
+    from srtrt.engine.toolchain.export import GRAPH_FORM
 
-    wanted = {"model_sha256": _model_sha256(view), "precision": precision, "polyphase": bool(polyphase)}
+    wanted = {"model_sha256": _model_sha256(view), "precision": precision, "polyphase": bool(polyphase),
+              "graph_form": GRAPH_FORM}
     record = path.with_name(path.name + ".json")
     try:
         graph_sha256 = file_sha256(path)

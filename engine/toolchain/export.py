@@ -36,6 +36,10 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float3
 EXAMPLE_SHAPE = (2, 3, 32, 32)  # tracing input; batch > 1 so torch.export keeps it symbolic
 
 
+# What the exported graph looks like beyond the model's values; a cached graph of another form is
+# exported again. 2: no small constant shared between nodes (own_constants).
+GRAPH_FORM = 2
+SMALL_CONSTANT_BYTES = 1 << 16  # biases, slopes, scales: copied for each reader (own_constants); weights stay shared
 NEEDS_ONNX = "ONNX export needs onnx and onnxscript (pip install 'srtrt[onnx]')"
 
 
@@ -114,6 +118,62 @@ def _to_onnx(view: torch.nn.Module, dtype: torch.dtype, opset: int | None, dynam
                                     opset_version=opset, external_data=False, optimize=True,
                                     verbose=False)
     return _checked_opset(program.model_proto, opset)
+
+
+def own_constants(model) -> int:
+    """Give each node its own copy of every small constant it reads, as the PyTorch module has
+    its own parameters; returns how many copies were made.
+
+    The exporters keep one initializer for equal tensors (the TorchScript one reads it through
+    Identity nodes), so a Compact whose PReLU slopes are all 0.25 and whose biases are all zero
+    gets one slope and one bias for all of its layers. OpenVINO's CPU plugin fuses a PReLU into
+    the conv before it only where the slope has that one reader: shared, each PReLU ran on its
+    own with a layout reorder on either side, 1.92 s against 1.34 s a 384x512 fp32 window on an
+    AVX2 EPYC (bench/README.md). An Identity of an initializer becomes an initializer of that
+    name (a conv's weight keeps its module's name, which the int8 rewrite finds it by)."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    if any(a.HasField("g") or a.graphs for node in graph.node for a in node.attribute):
+        return 0  # control flow: its subgraphs may read these names too (no SR network has any)
+    initializers = {i.name: i for i in graph.initializer}
+    original = set(initializers)
+    copied, kept = [], []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in initializers:
+            copied.append(numpy_helper.from_array(numpy_helper.to_array(initializers[node.input[0]]), node.output[0]))
+        else:
+            kept.append(node)
+    initializers.update((tensor.name, tensor) for tensor in copied)
+    readers = Counter(name for node in kept for name in node.input if name in initializers)
+    taken = {*initializers, *(name for node in kept for name in node.output)}
+    seen: Counter = Counter()
+    for node in kept:
+        for k, name in enumerate(node.input):
+            source = initializers.get(name)
+            if source is None or readers[name] < 2 or _bytes(source) > SMALL_CONSTANT_BYTES:
+                continue
+            seen[name] += 1
+            if seen[name] > 1:  # the first reader keeps the original
+                copy_name = f"{name}_{seen[name]}"
+                while copy_name in taken:
+                    copy_name += "_"
+                taken.add(copy_name)
+                node.input[k] = copy_name
+                copied.append(numpy_helper.from_array(numpy_helper.to_array(source), node.input[k]))
+    del graph.node[:]
+    graph.node.extend(kept)
+    read = {name for node in kept for name in node.input} | {o.name for o in graph.output}
+    tensors = [i for i in [*graph.initializer, *copied] if i.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(tensors)
+    return len(tensors) - len(read & set(original))
+
+
+def _bytes(tensor) -> int:
+    from onnx import helper
+
+    return int(np.prod(tensor.dims, dtype=np.int64)) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
 def _checked_opset(model, opset: int | None):
@@ -315,6 +375,7 @@ def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: boo
             registry.of(view.generator).polyphase_tail(view.generator)
         model = _to_onnx(view, PRECISIONS[precision], opset, dynamic, input_shape, exporter)
         _strip_trace_metadata(model)
+        own_constants(model)
     if fused and fuse_pixel_shuffle_prelu(model, aot=aot) == 0:
         raise SrtrtError("no DepthToSpace -> PRelu pair to fuse in this model")
     if precision == "int8":
@@ -322,7 +383,7 @@ def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: boo
 
         quantize_onnx(model, calibration)
     _set_metadata(model, {"model_sha256": sha, "scale": view.scale, "radius": view.radius,
-                          "precision": precision, "fused": bool(fused), "polyphase": bool(polyphase),
+                          "graph_form": GRAPH_FORM, "precision": precision, "fused": bool(fused), "polyphase": bool(polyphase),
                           **({"aot": bool(aot)} if fused else {})})
     onnx.checker.check_model(model)
     save_onnx(model, path)

@@ -32,7 +32,9 @@ NO_CALIBRATION = "has no int8 calibration (srtrt calibrate PHOTOS --model M meas
 DEFAULT_IMAGES = 16  # photos calibrated on: what the shipped models used (16 of the 91 training photos)
 # The form of the QDQ graph quantize_onnx writes; a new form is a new cached graph and a new timing.
 # 2: a PRelu between int8 convs written as Max (_prelu_as_max). 3: not after a bias-less conv.
-QDQ_FORM = 3
+# 4: quantised from a graph whose nodes own their constants (export.own_constants), so a PRelu whose
+# slope equalled another's is rewritten too.
+QDQ_FORM = 4
 
 
 def calibrate(view, images: Iterable[torch.Tensor], source: str = "", agreement_db: float | None = None) -> dict:
