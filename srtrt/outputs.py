@@ -12,10 +12,16 @@ from .errors import SrtrtError
 
 
 def check_output_file(output: str | os.PathLike, inputs=(), flag: str = "-o") -> Path:
-    """`output` as a Path, or one SrtrtError line before any work: a folder, or one of `inputs`."""
+    """`output` as a Path, or one SrtrtError line before any work: a folder, one of `inputs`, or a
+    file where a folder above it would be."""
     out = Path(output)
     if out.is_dir() or str(output).endswith(os.sep):
         raise SrtrtError(f"is a folder: {flag} names the file to write", out)
+    for folder in out.parents:  # the nearest that exists must be a folder (the missing ones are made)
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise SrtrtError(f"output folder {folder} is not a folder", out)
+            break
     for source in inputs:
         if source is not None and same_file(out, source):
             raise SrtrtError(f"is an input of this command ({source}): {flag} would write over it; "

@@ -438,3 +438,37 @@ def test_a_cached_graph_from_before_constants_were_owned_is_exported_again(tmp_p
     from srtrt.engine.toolchain.onnx_io import metadata
 
     assert metadata(path)["graph_form"] == export.GRAPH_FORM
+
+
+def test_a_constant_copy_never_takes_a_graph_inputs_name():
+    """A copy of a shared constant named after a graph input would replace that input's values."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from srtrt.engine.toolchain.export import own_constants
+
+    c = numpy_helper.from_array(np.full(4, 25.0, np.float32), "c")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "c"], ["a"]), helper.make_node("Mul", ["c_2", "c"], ["b"]),
+         helper.make_node("Add", ["a", "b"], ["y"])], "g",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [4]) for name in ("x", "c_2")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [c])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert own_constants(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x, c_2 = np.arange(4, dtype=np.float32), np.full(4, 4.0, np.float32)
+    (y,) = session.run(["y"], {"x": x, "c_2": c_2})
+    assert np.array_equal(y, x + 25 + 4 * 25)
+
+
+def test_export_into_a_folder_that_is_a_file_is_one_line_before_any_tracing(tmp_path, capsys):
+    from srtrt.cli import main
+
+    (tmp_path / "taken").write_text("a file")
+    rc = main(["export", "-o", str(tmp_path / "taken" / "sub" / "m.onnx")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"srtrt: {tmp_path / 'taken' / 'sub' / 'm.onnx'}: output folder {tmp_path / 'taken'} "
+                               "is not a folder"]

@@ -171,6 +171,22 @@ def test_a_model_whose_dynamic_graph_holds_at_one_size_exports_with_a_hint_and_b
     assert "batch <= 1, window" in captured.out
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_failed_export_with_overwrite_leaves_the_file_it_was_to_replace(files, tmp_path, capsys, monkeypatch, precision):
+    """The export child wrote the fp32 graph onto -o before checking it, and removed -o on any failure:
+    a failed `--overwrite` export deleted the user's earlier file. It is now replaced only by a graph
+    that passed."""
+    pytest.importorskip("onnxscript")
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "kept.onnx"
+    out.write_bytes(b"an earlier export")
+    err = one_line_exit_2(capsys, ["export", "-o", out, "--model", files["omnisr"], "--precision", precision,
+                                   "--overwrite"])
+    assert "dynamic-shape graph holds at the size it was traced at only" in err
+    assert out.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "kept.onnx"]  # no graph left beside it
+
+
 def test_int8_and_fp16_graphs_of_a_model_whose_dynamic_graph_holds_at_one_size_are_judged_as_its_fp32_one(
         files, photos, tmp_path, capsys, monkeypatch):
     """Only the fp32 graph used to be checked at an untraced size: an int8 (or fp16) export of OmniSR

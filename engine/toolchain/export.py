@@ -122,7 +122,7 @@ def _to_onnx(view: torch.nn.Module, dtype: torch.dtype, opset: int | None, dynam
 
 def own_constants(model) -> int:
     """Give each node its own copy of every small constant it reads, as the PyTorch module has
-    its own parameters; returns how many copies were made.
+    its own parameters (in place); returns how many initializers were added.
 
     The exporters keep one initializer for equal tensors (the TorchScript one reads it through
     Identity nodes), so a Compact whose PReLU slopes are all 0.25 and whose biases are all zero
@@ -137,7 +137,6 @@ def own_constants(model) -> int:
     if any(a.HasField("g") or a.graphs for node in graph.node for a in node.attribute):
         return 0  # control flow: its subgraphs may read these names too (no SR network has any)
     initializers = {i.name: i for i in graph.initializer}
-    original = set(initializers)
     copied, kept = [], []
     for node in graph.node:
         if node.op_type == "Identity" and node.input[0] in initializers:
@@ -146,7 +145,7 @@ def own_constants(model) -> int:
             kept.append(node)
     initializers.update((tensor.name, tensor) for tensor in copied)
     readers = Counter(name for node in kept for name in node.input if name in initializers)
-    taken = {*initializers, *(name for node in kept for name in node.output)}
+    taken = {*initializers, *(name for node in kept for name in node.output), *(i.name for i in graph.input)}
     seen: Counter = Counter()
     for node in kept:
         for k, name in enumerate(node.input):
@@ -167,7 +166,7 @@ def own_constants(model) -> int:
     tensors = [i for i in [*graph.initializer, *copied] if i.name in read]
     del graph.initializer[:]
     graph.initializer.extend(tensors)
-    return len(tensors) - len(read & set(original))
+    return len(copied)
 
 
 def _bytes(tensor) -> int:

@@ -21,6 +21,7 @@ process does not spend the minutes again.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -132,8 +133,9 @@ def _child(model: str, out: str, precision: str, polyphase: str, exporter: str, 
 
     fixed = None if shape == "dynamic" else tuple(int(n) for n in shape.split("x"))
     # The fp32 graph is the one checked against the module: an fp16 trace takes the same Python
-    # branches on the input size, and an int8 graph is that fp32 graph quantised.
-    float_graph = Path(out) if precision == "fp32" else Path(out).with_name(f".{Path(out).name}.fp32.onnx")
+    # branches on the input size, and an int8 graph is that fp32 graph quantised. It is written beside
+    # `out` and, for fp32, renamed onto it once checked: a failed export leaves a file already there as it was.
+    float_graph = Path(out).with_name(f".{Path(out).name}.fp32.onnx")
     form = dict(polyphase=polyphase == "1", exporter=exporter, dynamic=fixed is None, input_shape=fixed)
     try:
         view = srtrt.load_model(model, allow_noncommercial=noncommercial == "1")
@@ -141,20 +143,27 @@ def _child(model: str, out: str, precision: str, polyphase: str, exporter: str, 
             view.int8_calibration = json.loads(calibration)
         export_onnx(view, float_graph, precision="fp32", **form)
         _check_against_module(view, float_graph, fixed)
-        if precision != "fp32":
+        if precision == "fp32":
+            _rename(float_graph, Path(out))
+        else:  # written atomically: `out` changes only when the graph is whole
             export_onnx(view, out, precision=precision, **form,
                         float_graph=float_graph if precision == "int8" else None)
     except Exception as e:  # the parent reads the last line of stderr
-        Path(out).unlink(missing_ok=True)
         if isinstance(e, CannotWrite):
             print(e.why, file=sys.stderr)
             return CANNOT_WRITE
         print(_innermost_cause(e), file=sys.stderr)
         return 2
     finally:
-        if float_graph != Path(out):
-            float_graph.unlink(missing_ok=True)
+        float_graph.unlink(missing_ok=True)
     return 0
+
+
+def _rename(source: Path, target: Path) -> None:
+    try:
+        os.replace(source, target)
+    except OSError as e:
+        raise CannotWrite(e.strerror or str(e), target) from None
 
 
 def _innermost_cause(error: BaseException) -> str:
