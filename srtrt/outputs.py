@@ -20,7 +20,7 @@ def check_output_file(output: str | os.PathLike, inputs=(), flag: str = "-o") ->
     for folder in out.parents:  # the nearest that exists must be a folder (the missing ones are made)
         if folder.exists() or folder.is_symlink():
             if not folder.is_dir():
-                raise SrtrtError(f"output folder {folder} is not a folder", out)
+                raise SrtrtError(f"{folder} is a file, not a folder ({flag} writes into it)", out)
             break
     for source in inputs:
         if source is not None and same_file(out, source):

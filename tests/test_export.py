@@ -470,5 +470,5 @@ def test_export_into_a_folder_that_is_a_file_is_one_line_before_any_tracing(tmp_
     (tmp_path / "taken").write_text("a file")
     rc = main(["export", "-o", str(tmp_path / "taken" / "sub" / "m.onnx")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err == [f"srtrt: {tmp_path / 'taken' / 'sub' / 'm.onnx'}: output folder {tmp_path / 'taken'} "
-                               "is not a folder"]
+    assert rc == 2 and err == [f"srtrt: {tmp_path / 'taken' / 'sub' / 'm.onnx'}: {tmp_path / 'taken'} is a file, "
+                               "not a folder (-o writes into it)"]

@@ -121,8 +121,8 @@ def test_cli_bad_folders_inputs_and_outputs_are_one_line(pair, tmp_path, capsys)
     for data, psnr_arg, gan_arg, out, cause in [
         (tmp_path / "missing", psnr, gan, tmp_path / "m", "missing: not a directory"),
         (empty, psnr, gan, tmp_path / "m", "empty: no images"),
-        (photos, psnr, gan, a_file / "m", "a_file: is a file, not a folder (--out writes into it)"),
-        (photos, psnr, gan, a_file / "sub" / "m", "cannot create this folder (--out)"),
+        (photos, psnr, gan, a_file / "m", "a_file is a file, not a folder (--out writes into it)"),
+        (photos, psnr, gan, a_file / "sub" / "m", "a_file is a file, not a folder (--out writes into it)"),
         (photos, psnr, community_file, tmp_path / "m", f"{community_file}: not an srtrt checkpoint"),
         (photos, community_file, gan, tmp_path / "m", "--psnr takes srtrt checkpoints"),
         (photos, psnr, gan, folder / "gan", "is an input of this command"),

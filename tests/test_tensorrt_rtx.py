@@ -219,7 +219,7 @@ def test_an_output_that_exists_or_cannot_be_written_is_one_line_and_keeps_an_ear
              "--max-batch", "1", "-o"]
     under_a_file = tiny_checkpoint / "x.plan"
     line = _one_line_exit_2(capsys, [*build, str(under_a_file)])
-    assert line == f"srtrt: {under_a_file}: cannot write: {tiny_checkpoint} is a file, not a folder"
+    assert line == f"srtrt: {under_a_file}: {tiny_checkpoint} is a file, not a folder (-o writes into it)"
     photo = tmp_path / "photo.plan"
     photo.write_bytes(b"a photo")
     line = _one_line_exit_2(capsys, [*build, str(photo)])
