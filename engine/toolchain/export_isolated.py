@@ -135,7 +135,7 @@ def _child(model: str, out: str, precision: str, polyphase: str, exporter: str, 
     # The fp32 graph is the one checked against the module: an fp16 trace takes the same Python
     # branches on the input size, and an int8 graph is that fp32 graph quantised. It is written beside
     # `out` and, for fp32, renamed onto it once checked: a failed export leaves a file already there as it was.
-    float_graph = Path(out).with_name(f".{Path(out).name}.fp32.onnx")
+    float_graph = Path(out).with_name(f".{Path(out).name}.{os.getpid()}.fp32.onnx")  # two processes never share it
     form = dict(polyphase=polyphase == "1", exporter=exporter, dynamic=fixed is None, input_shape=fixed)
     try:
         view = srtrt.load_model(model, allow_noncommercial=noncommercial == "1")
