@@ -131,8 +131,6 @@ def own_constants(model) -> int:
     own with a layout reorder on either side, 1.92 s against 1.34 s a 384x512 fp32 window on an
     AVX2 EPYC (bench/README.md). An Identity of an initializer becomes an initializer of that
     name (a conv's weight keeps its module's name, which the int8 rewrite finds it by)."""
-    from onnx import numpy_helper
-
     graph = model.graph
     if any(a.HasField("g") or a.graphs for node in graph.node for a in node.attribute):
         return 0  # control flow: its subgraphs may read these names too (no SR network has any)
@@ -140,7 +138,7 @@ def own_constants(model) -> int:
     copied, kept = [], []
     for node in graph.node:
         if node.op_type == "Identity" and node.input[0] in initializers:
-            copied.append(numpy_helper.from_array(numpy_helper.to_array(initializers[node.input[0]]), node.output[0]))
+            copied.append(_renamed(initializers[node.input[0]], node.output[0]))
         else:
             kept.append(node)
     initializers.update((tensor.name, tensor) for tensor in copied)
@@ -159,7 +157,7 @@ def own_constants(model) -> int:
                     copy_name += "_"
                 taken.add(copy_name)
                 node.input[k] = copy_name
-                copied.append(numpy_helper.from_array(numpy_helper.to_array(source), node.input[k]))
+                copied.append(_renamed(source, copy_name))
     del graph.node[:]
     graph.node.extend(kept)
     read = {name for node in kept for name in node.input} | {o.name for o in graph.output}
@@ -167,6 +165,14 @@ def own_constants(model) -> int:
     del graph.initializer[:]
     graph.initializer.extend(tensors)
     return len(copied)
+
+
+def _renamed(tensor, name: str):
+    """A copy of the TensorProto `tensor` under another name (its bytes copied, not decoded)."""
+    copied = type(tensor)()
+    copied.CopyFrom(tensor)
+    copied.name = name
+    return copied
 
 
 def _bytes(tensor) -> int:

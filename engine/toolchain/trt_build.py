@@ -650,16 +650,14 @@ def _check_plan_output(output: Path, model, onnx_path, overwrite: bool) -> None:
 
 
 def _check_writable_folder(output: Path) -> None:
-    """One line before the (slow) build if -o's folder cannot be made or take a file (a path under
-    a file, /proc, a read-only mount); a probe file is made and removed."""
+    """One line before the (slow) build if -o's folder cannot be made or take a file (/proc, a
+    read-only mount); a probe file is made and removed."""
     probe = atomic.temp_name(output)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(probe)
-    except FileExistsError:  # mkdir's word for a file where the folder would be
-        raise SrtrtError(f"cannot write: {output.parent} is a file, not a folder", output) from None
-    except OSError as e:
+    except OSError as e:  # a file where the folder would be is refused before (outputs.check_output_file)
         raise SrtrtError(f"cannot write ({e.strerror or e})", output) from None
 
 
