@@ -4,6 +4,7 @@ one), the auto choice, and bad ONNX files as one line."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -408,3 +409,90 @@ def test_importing_openvino_through_srtrt_starts_no_telemetry_and_forks_nothing(
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "openvino.tools.ovc.telemetry_stub" and "forked" not in done.stderr
+
+
+class WideAtFullSize(torch.nn.Module):
+    """RRDBNet's tail in small: upsampled by nearest neighbour, then convolved at the output's
+    resolution, where two `width`-channel maps are alive at once (the upsampled one and the conv's)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.head = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.up = torch.nn.Conv2d(8, width, 3, padding=1)
+        self.hr = torch.nn.Conv2d(width, width, 3, padding=1)
+        self.tail = torch.nn.Conv2d(width, 3, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.nn.functional.interpolate(torch.relu(self.head(x)), scale_factor=4, mode="nearest")
+        return self.tail(torch.relu(self.hr(torch.relu(self.up(x)))))
+
+
+def wide_graph(path, width: int):
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation: it exports this plain module in 0.1 s
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(WideAtFullSize(width).eval(), torch.rand(1, 3, 16, 16), str(path), input_names=["lr"],
+                          output_names=["hr"], dynamic_axes={"lr": {2: "h", 3: "w"}}, dynamo=False)
+    return path
+
+
+def compiled_at(path, side: int):
+    from srtrt.engine.backends.openvino_backend import import_openvino
+
+    ov = import_openvino()
+    model = ov.Core().read_model(str(path))
+    model.reshape({model.inputs[0]: ov.PartialShape([1, 3, side, side])})
+    return ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+
+def test_a_windows_activation_memory_is_read_from_its_compiled_graph_and_grows_with_its_pixels(tmp_path):
+    from srtrt.engine.backends.openvino_memory import peak_activation_bytes
+
+    path = wide_graph(tmp_path / "wide.onnx", width=24)
+    per_pixel = [peak_activation_bytes(compiled_at(path, side)) / side**2 for side in (24, 40)]
+    assert per_pixel[0] == pytest.approx(per_pixel[1], rel=0.02)  # weights are not counted
+    hr_map = 24 * 4 * 4 * 4  # one 24-channel f32 map at x4, per LR pixel
+    assert 2 * hr_map <= per_pixel[0] <= 6 * hr_map  # the conv's input and output at once; not every map at once
+
+
+def test_windows_are_sized_so_their_activations_fit_the_cpu_budget(tmp_path, monkeypatch):
+    """RRDBNet on an AVX2 EPYC peaked at 3.87 GB: its windows were sized by a table that took its
+    full-resolution maps for bf16, and its maps are wider there than srtrt's SRResNet's."""
+    from srtrt.engine.backends.openvino_memory import peak_activation_bytes
+    from srtrt.engine.backends.torch_backend import CPU_ACTIVATION_BUDGET
+
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    path = wide_graph(tmp_path / "wide.onnx", width=96)
+    with OpenVinoBackend(path, 4, 4, "fp32", cache=tmp_path / "blobs") as ov:
+        defaults = ov.defaults
+    window = defaults.core + 2 * 4
+    assert defaults.core >= 256  # a window as large as the budget holds, not a timid one
+    assert peak_activation_bytes(compiled_at(path, window)) <= CPU_ACTIVATION_BUDGET
+    whole_side = int(defaults.whole_image_pixels ** 0.5)
+    assert peak_activation_bytes(compiled_at(path, whole_side)) <= CPU_ACTIVATION_BUDGET
+
+
+def test_a_models_window_memory_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    path = wide_graph(tmp_path / "wide.onnx", width=16)
+    with OpenVinoBackend(path, 4, 4, "fp32", cache=None) as first:
+        measured = first.window_bytes_per_pixel()
+        defaults = first.defaults
+    assert measured > 0
+
+    def no_compile(*args):
+        raise AssertionError("compiled again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(OpenVinoBackend, "_compile", no_compile)
+        with OpenVinoBackend(path, 4, 4, "fp32", cache=None) as second:
+            assert second.defaults == defaults
+    # an entry that is not a byte count is measured again, never used
+    stored = next((tmp_path / "cache" / "receptive_field").glob("*.json"))
+    content = json.loads(stored.read_text())
+    for entry in content["results"].values():
+        entry["bytes_per_pixel"] = -1
+    stored.write_text(json.dumps(content))
+    with OpenVinoBackend(path, 4, 4, "fp32", cache=None) as third:
+        assert third.window_bytes_per_pixel() == measured

@@ -44,6 +44,7 @@ import torch
 from srtrt import atomic
 from srtrt.cache import cache_dir
 from srtrt.checkpoint import file_sha256
+from srtrt.engine.backends import openvino_memory
 from srtrt.engine.backends.base import Backend, OnnxGraphs, PerShapeGraphs, TileDefaults, defaults_for_budget
 from srtrt.engine.backends.torch_backend import CPU_ACTIVATION_BUDGET
 from srtrt.errors import SrtrtError
@@ -62,8 +63,9 @@ ABANDONED_AFTER_SECONDS = 3600  # a compile's private cache folder older than th
 INSTALL_HINT = "pip install openvino"
 
 # Resident bytes per LR pixel of one compiled window, 64-channel x4 network: peak RSS growth
-# from 256x256 to 512x640 windows, OpenVINO 2026.4 (bf16 4.5 KB, f32 8.6 KB; bench/README.md).
-BYTES_PER_PIXEL = {"bf16": 4_600, "fp32": 8_700, "int8": 4_600}  # int8: bf16's, its float layers' storage
+# from 256x256 to 512x640 windows, OpenVINO 2026.4 (bf16 4.5 KB, f32 8.6 KB; bench/README.md). Only for
+# a model whose memory cannot be read from a compiled window (openvino_memory): a guess for any other.
+BYTES_PER_PIXEL = {"bf16": 4_600, "fp32": 8_700, "int8": 8_700}
 
 
 def import_openvino():
@@ -122,11 +124,14 @@ def shared_core():
 
 
 def tile_defaults(precision: str, radius: int, channels: int = 64) -> TileDefaults:
-    """One window per call, as large as the CPU activation budget allows: the bench/ sweep on the
-    2K-output image ran fastest as one window and slower with every extra window (margins are
-    recomputed); batches sped up small tiles but never caught up with one large window."""
+    """OpenVinoBackend.defaults from the table's guess (BYTES_PER_PIXEL, scaled by the model's width)."""
     bpp = BYTES_PER_PIXEL[precision] * channels // 64
     return defaults_for_budget(CPU_ACTIVATION_BUDGET, bpp, radius, batch=1)
+
+
+def _a_byte_count(entry: dict) -> bool:
+    value = entry.get("bytes_per_pixel")
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def cache_budget_bytes() -> int:
@@ -293,7 +298,51 @@ class OpenVinoBackend(PerShapeGraphs, Backend):
         self.dynamic_runs = 0  # inferences through it (tests and bench/ check which path ran)
         self._last = None  # the request of the last inference (its layer profile)
         self._prepared: OrderedDict[tuple[int, int, int], int] = OrderedDict()  # shape -> images prepared
-        self.defaults = tile_defaults(precision, radius, channels)
+        self.feature_channels = channels  # registry.ModelFacts.feature_channels: the table's guess, when needed
+        self._defaults: TileDefaults | None = None
+
+    @property
+    def defaults(self) -> TileDefaults:
+        """One window per call, as large as the CPU activation budget allows at what this model's
+        windows cost here (window_bytes_per_pixel): the bench/ sweep on the 2K-output image ran
+        fastest as one window and slower with every extra window (margins are recomputed)."""
+        if self._defaults is None:
+            measured = self.window_bytes_per_pixel()
+            self._defaults = (defaults_for_budget(CPU_ACTIVATION_BUDGET, measured, self.radius) if measured
+                              else tile_defaults(self.precision, self.radius, self.feature_channels))
+        return self._defaults
+
+    def window_bytes_per_pixel(self) -> int:
+        """Activation bytes per LR pixel of one window of this graph, precision and CPU: read from a
+        window compiled at the quality guard's size (its compile is reused from the blob cache where
+        the guard ran), kept in the per-weights cache under the graph's sha256. 0 when not known."""
+        from srtrt import receptive_field
+        from srtrt.engine.backends.agreement import REFERENCE_SIDE
+        from srtrt.engine.datapath.tiles import allowed_side
+        from srtrt.hardware import cpu_flags, cpu_generation, cpu_model
+
+        if self.graphs.dynamic is not None:
+            side = allowed_side(REFERENCE_SIDE, self.multiple_of, self.minimum)
+            dims, source = [1, self.channels, side, side], self.graphs.dynamic
+        elif self.graphs.first is not None:  # per-shape graphs: the one exported already
+            dims, source = list(self.graphs.first), self.graphs.static(self.graphs.first)
+        else:
+            return 0
+
+        def probe() -> dict:
+            compiled = self._compile(dims, "x".join(map(str, dims))).get_compiled_model()
+            pixels = dims[0] * dims[2] * dims[3]
+            return {"bytes_per_pixel": -(-openvino_memory.peak_activation_bytes(compiled) // pixels)}
+
+        # the precisions the plugin picks follow the hint, its version and the CPU's instruction set
+        ident = repr((self.config["INFERENCE_PRECISION_HINT"], self._ov.get_version(), cpu_model(),
+                      cpu_generation(), sorted(cpu_flags())))
+        kind = "openvino-memory-" + hashlib.sha256(ident.encode()).hexdigest()[:16]
+        try:
+            entry = receptive_field.cached(kind, file_sha256(source), probe, _a_byte_count)
+        except OSError:  # the graph went from the cache meanwhile: the table's guess
+            return 0
+        return entry["bytes_per_pixel"]
 
     def _read(self, path: Path):
         # The ONNX frontend alone: read_model would also try other frontends on a bad file, and they log noise.
