@@ -1,4 +1,5 @@
 """The one exception type users see as a single line (file + cause), never as a traceback."""
+from __future__ import annotations
 
 
 class SrtrtError(Exception):
@@ -19,6 +20,11 @@ class CannotWrite(SrtrtError):
     def __init__(self, why: str, path=None):
         super().__init__(f"cannot write ({why})", path)
         self.why = why
+
+    @classmethod
+    def of(cls, error: OSError, path=None) -> CannotWrite:
+        """The line for `error`, met writing `path`: the system's words ("No space left on device")."""
+        return cls(error.strerror or str(error) or type(error).__name__, path)
 
 
 def shown(path) -> str:

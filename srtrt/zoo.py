@@ -25,7 +25,7 @@ from torch import nn
 
 from . import atomic, community, receptive_field
 from .cache import cache_dir
-from .errors import SrtrtError
+from .errors import CannotWrite, SrtrtError
 from .nets import CommunityView
 from .registry import ModelFacts
 from .sidecar import read_versioned_json
@@ -101,7 +101,7 @@ def store_calibration(sha256: str, record: dict) -> Path:
         atomic.write_text(path, json.dumps({"format": CALIBRATION_FORMAT, "version": CALIBRATION_VERSION,
                                             "sha256": sha256, "int8_calibration": record}, indent=1))
     except OSError as e:
-        raise SrtrtError(f"cannot write ({e.strerror or e})", path) from None
+        raise CannotWrite.of(e, path) from None
     return path
 
 

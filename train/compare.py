@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from srtrt import atomic
-from srtrt.errors import SrtrtError
+from srtrt.errors import CannotWrite, SrtrtError
 from srtrt.outputs import check_output_file, check_overwrite
 
 from .degrade import bicubic_downscale, bicubic_upscale
@@ -172,7 +172,7 @@ def save_sheet_atomic(img: Image.Image, output: str | Path) -> Path:
         with atomic.atomic_open(out, "wb") as f:
             img.save(f, format=image_format, **({"quality": 95} if image_format in ("JPEG", "WEBP") else {}))
     except OSError as e:
-        raise SrtrtError(f"cannot write ({e.strerror or e.__class__.__name__})", out) from None
+        raise CannotWrite.of(e, out) from None
     return out
 
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from srtrt import atomic, checkpoint, community, registry
-from srtrt.errors import SrtrtError, shown
+from srtrt.errors import CannotWrite, SrtrtError, shown
 from srtrt.hardware import cpu_has_fast_bf16
 from srtrt.nets import Discriminator
 
@@ -159,7 +159,7 @@ def plot_curve(metrics_path: Path, png: Path) -> None:
     try:
         fig.savefig(png, dpi=100)
     except OSError as e:
-        raise SrtrtError(f"cannot write: {e.strerror or e}", png) from None
+        raise CannotWrite.of(e, png) from None
     finally:
         plt.close(fig)
 
@@ -256,7 +256,7 @@ def log_row(log, row: dict, metrics_path: Path) -> None:
         log.write(json.dumps(row) + "\n")
         log.flush()
     except OSError as e:
-        raise SrtrtError(f"cannot write: {e.strerror or e}", metrics_path) from None
+        raise CannotWrite.of(e, metrics_path) from None
 
 
 def _drop_rows_after(metrics_path: Path, step: int) -> None:
@@ -266,7 +266,7 @@ def _drop_rows_after(metrics_path: Path, step: int) -> None:
         try:
             atomic.write_text(metrics_path, kept)
         except OSError as e:
-            raise SrtrtError(f"cannot write: {e.strerror or e}", metrics_path) from None
+            raise CannotWrite.of(e, metrics_path) from None
 
 
 def metric_rows(metrics_path: Path) -> list[dict]:

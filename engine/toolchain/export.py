@@ -440,7 +440,7 @@ def main(args) -> int:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise SrtrtError(f"cannot write ({e.strerror or e})", path) from None
+            raise CannotWrite.of(e, path) from None
         try:
             export_community_view(view, path, args.precision, polyphase, shape)
         except SrtrtError as e:

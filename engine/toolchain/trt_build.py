@@ -39,7 +39,7 @@ from srtrt import atomic
 from srtrt.engine.datapath.tiles import allowed_side
 from srtrt.engine.toolchain import engine_cache
 from srtrt.engine.toolchain.engine_cache import EngineKey, Profile, profile_for
-from srtrt.errors import SrtrtError
+from srtrt.errors import CannotWrite, SrtrtError
 from srtrt.kernels import fused_op
 
 DEFAULT_CORE = 512           # LR core per tile: with the default margin (40) the window is 592 x 592
@@ -658,7 +658,7 @@ def _check_writable_folder(output: Path) -> None:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(probe)
     except OSError as e:  # a file where the folder would be is refused before (outputs.check_output_file)
-        raise SrtrtError(f"cannot write ({e.strerror or e})", output) from None
+        raise CannotWrite.of(e, output) from None
 
 
 def _write_output(output: Path, key: EngineKey, plan: bytes, info: dict, cached: Path) -> None:

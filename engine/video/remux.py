@@ -181,7 +181,7 @@ def join(source_path: Path, segments: list[tuple[Path, Fraction | None]], destin
         if disk_full(e):
             raise SrtrtError("disk full while writing the output", destination) from None
         if isinstance(e, (av.FFmpegError, ValueError, OSError)):  # OSError: the rename (a name too long)
-            raise SrtrtError(f"cannot write the output ({ffmpeg_reason(e)})", destination) from None
+            raise SrtrtError(f"cannot write the output: {ffmpeg_reason(e)}", destination) from None
         raise
 
 
