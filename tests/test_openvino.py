@@ -436,12 +436,11 @@ def wide_graph(path, width: int):
 
 
 def compiled_at(path, side: int):
-    from srtrt.engine.backends.openvino_backend import import_openvino
+    from srtrt.engine.backends.openvino_backend import import_openvino, shared_core
 
-    ov = import_openvino()
-    model = ov.Core().read_model(str(path))
-    model.reshape({model.inputs[0]: ov.PartialShape([1, 3, side, side])})
-    return ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    model = shared_core().read_model(str(path))  # one Core per process (shared_core: each has its signal stack)
+    model.reshape({model.inputs[0]: import_openvino().PartialShape([1, 3, side, side])})
+    return shared_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
 
 def test_a_windows_activation_memory_is_read_from_its_compiled_graph_and_grows_with_its_pixels(tmp_path):

@@ -163,7 +163,7 @@ def _rename(source: Path, target: Path) -> None:
     try:
         os.replace(source, target)
     except OSError as e:
-        raise CannotWrite(e.strerror or str(e), target) from None
+        raise CannotWrite.of(e, target) from None
 
 
 def _innermost_cause(error: BaseException) -> str:
