@@ -37,6 +37,7 @@ import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -54,8 +55,12 @@ from srtrt.hardware import cpu_has_fast_bf16, usable_cpus
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "bf16"}
 KEEP_COMPILED = 4        # window shapes held compiled at once; each holds its own activation memory
 # Windows below this many LR pixels (batch included) run on the dynamic-shape model until their shape comes
-# again: compiling a static model (0.2-0.4 s) outweighs its speed-up there (bench/test_varied.py).
+# again: compiling a static model (0.2-0.4 s) outweighs its speed-up there (bench/test_varied.py). Fewer
+# where the dynamic model's blocks for such a window would not fit the CPU budget (_size_windows).
 DYNAMIC_BELOW_PIXELS = 160_000
+# The dynamic-shape model's memory is read after one inference of this side (its buffers grow with the
+# pixels): RRDBNet's int8 window of 96 px, the static probe's, takes 1.2 s on the AVX2 EPYC, this one 0.15 s.
+DYNAMIC_PROBE_SIDE = 32
 STATIC_AFTER_IMAGES = 2  # a shape prepared or run this often is compiled static
 REMEMBERED_SHAPES = 4096  # shapes whose count is kept (a bound on memory, never reached by a folder)
 CACHE_BUDGET_MB = 512    # compiled blobs kept in CACHE_DIR, least recently used dropped first (SRTRT_OPENVINO_CACHE_MB)
@@ -129,9 +134,19 @@ def tile_defaults(precision: str, radius: int, channels: int = 64) -> TileDefaul
     return defaults_for_budget(CPU_ACTIVATION_BUDGET, bpp, radius, batch=1)
 
 
-def _a_byte_count(entry: dict) -> bool:
-    value = entry.get("bytes_per_pixel")
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+class WindowMemory(NamedTuple):
+    """Activation bytes per LR pixel of one window (OpenVinoBackend.window_memory); 0: not known."""
+    static: int   # on a model compiled for the window's shape
+    dynamic: int  # on the dynamic-shape model (0 also where the graph has none)
+
+
+def _byte_counts(entry: dict) -> bool:
+    """Whether a cached window_memory entry holds what it should: a static figure, a dynamic one."""
+    def count(key: str) -> bool:
+        value = entry.get(key)
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    return count("bytes_per_pixel") and entry["bytes_per_pixel"] > 0 and count("dynamic_bytes_per_pixel")
 
 
 def cache_budget_bytes() -> int:
@@ -289,7 +304,8 @@ class OpenVinoBackend(PerShapeGraphs, Backend):
             self.cache = None  # an unwritable cache costs start-up time only
         self._requests: OrderedDict[tuple[int, int, int], object] = OrderedDict()
         self.compilations = 0  # how many window shapes were compiled static (tests check reuse)
-        # 0: every shape compiled static
+        # windows below this run on the dynamic-shape model (0: every shape compiled static); lowered to what
+        # the budget holds there once the model's memory is known (_size_windows)
         self.dynamic_pixels = 0 if self.model is None else DYNAMIC_BELOW_PIXELS
         # whether a small shape that comes again moves to a static model: only where both give the same values
         # (int8's dynamic model differs from its static one by up to 8 levels of 255, at the same PSNR against fp32)
@@ -304,18 +320,30 @@ class OpenVinoBackend(PerShapeGraphs, Backend):
     @property
     def defaults(self) -> TileDefaults:
         """One window per call, as large as the CPU activation budget allows at what this model's
-        windows cost here (window_bytes_per_pixel): the bench/ sweep on the 2K-output image ran
-        fastest as one window and slower with every extra window (margins are recomputed)."""
+        windows cost here (window_memory): the bench/ sweep on the 2K-output image ran fastest as
+        one window and slower with every extra window (margins are recomputed)."""
         if self._defaults is None:
-            measured = self.window_bytes_per_pixel()
-            self._defaults = (defaults_for_budget(CPU_ACTIVATION_BUDGET, measured, self.radius) if measured
-                              else tile_defaults(self.precision, self.radius, self.feature_channels))
+            self._size_windows()
         return self._defaults
 
-    def window_bytes_per_pixel(self) -> int:
-        """Activation bytes per LR pixel of one window of this graph, precision and CPU: read from a
-        window compiled at the quality guard's size (its compile is reused from the blob cache where
-        the guard ran), kept in the per-weights cache under the graph's sha256. 0 when not known."""
+    def _size_windows(self) -> None:
+        """Window sizes from what a window holds: the static models' for the windows a run plans,
+        and the dynamic-shape model's for the small windows it takes (they must fit the budget
+        too, and its blocks hold more: openvino_memory)."""
+        memory = self.window_memory()
+        self._defaults = (defaults_for_budget(CPU_ACTIVATION_BUDGET, memory.static, self.radius) if memory.static
+                          else tile_defaults(self.precision, self.radius, self.feature_channels))
+        if memory.dynamic:
+            self.dynamic_pixels = min(self.dynamic_pixels, CPU_ACTIVATION_BUDGET // memory.dynamic)
+
+    def window_memory(self) -> WindowMemory:
+        """Bytes per LR pixel one window of this graph, precision and CPU holds, on a static model
+        and on the dynamic-shape one. Its activations are read from a window compiled at the
+        quality guard's size (reused from the blob cache where the guard ran) and from the
+        dynamic-shape model after one small inference, and kept in the per-weights cache under the
+        graph's sha256. Its input and output tensors come on top: the plugin's output and the copy
+        `_run` takes of it are each a full output (Compact's window held 1.18 KB per LR pixel
+        against 0.58 KB of activations; bench/window_memory.py). 0 where not known."""
         from srtrt import receptive_field
         from srtrt.engine.backends.agreement import REFERENCE_SIDE
         from srtrt.engine.datapath.tiles import allowed_side
@@ -327,22 +355,32 @@ class OpenVinoBackend(PerShapeGraphs, Backend):
         elif self.graphs.first is not None:  # per-shape graphs: the one exported already
             dims, source = list(self.graphs.first), self.graphs.static(self.graphs.first)
         else:
-            return 0
+            return WindowMemory(0, 0)
 
         def probe() -> dict:
-            compiled = self._compile(dims, "x".join(map(str, dims))).get_compiled_model()
+            static = self._compile(dims, "x".join(map(str, dims))).get_compiled_model()
             pixels = dims[0] * dims[2] * dims[3]
-            return {"bytes_per_pixel": -(-openvino_memory.peak_activation_bytes(compiled) // pixels)}
+            entry = {"bytes_per_pixel": -(-openvino_memory.peak_activation_bytes(static) // pixels),
+                     "dynamic_bytes_per_pixel": 0}
+            if self.model is not None:  # its graph has the shapes of its last inference: a small one
+                side = allowed_side(DYNAMIC_PROBE_SIDE, self.multiple_of, self.minimum)
+                dynamic = self._dynamic_request()
+                dynamic.infer({0: np.zeros((1, self.channels, side, side), np.float32)})
+                entry["dynamic_bytes_per_pixel"] = -(-openvino_memory.dynamic_activation_bytes(
+                    dynamic.get_compiled_model()) // side**2)
+            return entry
 
         # the precisions the plugin picks follow the hint, its version and the CPU's instruction set
         ident = repr((self.config["INFERENCE_PRECISION_HINT"], self._ov.get_version(), cpu_model(),
                       cpu_generation(), sorted(cpu_flags())))
         kind = "openvino-memory-" + hashlib.sha256(ident.encode()).hexdigest()[:16]
         try:
-            entry = receptive_field.cached(kind, file_sha256(source), probe, _a_byte_count)
+            entry = receptive_field.cached(kind, file_sha256(source), probe, _byte_counts)
         except OSError:  # the graph went from the cache meanwhile: the table's guess
-            return 0
-        return entry["bytes_per_pixel"]
+            return WindowMemory(0, 0)
+        tensors = 4 * self.channels * (1 + 2 * self.scale**2)  # f32 input, output, output's copy
+        dynamic = entry["dynamic_bytes_per_pixel"]
+        return WindowMemory(entry["bytes_per_pixel"] + tensors, dynamic + tensors if dynamic else 0)
 
     def _read(self, path: Path):
         # The ONNX frontend alone: read_model would also try other frontends on a bad file, and they log noise.
@@ -407,17 +445,23 @@ class OpenVinoBackend(PerShapeGraphs, Backend):
         if shape in self._requests:
             self._requests.move_to_end(shape)
             return self._requests[shape]
+        if self._defaults is None and self.dynamic_pixels:
+            self._size_windows()  # which windows the dynamic-shape model can hold in the budget
         if batch * height * width < self.dynamic_pixels and (
                 not self.promotes or self._prepared.get(shape, 0) < STATIC_AFTER_IMAGES):
-            if self._dynamic is None:
-                self._dynamic = self._compile([-1, self.channels, -1, -1], "any input size")
-            return self._dynamic
+            return self._dynamic_request()
         self._requests[shape] = self._compile([batch, self.channels, height, width],
                                               f"{batch}x{self.channels}x{height}x{width}")
         self.compilations += 1
         while len(self._requests) > KEEP_COMPILED:
             self._requests.popitem(last=False)
         return self._requests[shape]
+
+    def _dynamic_request(self):
+        """The dynamic-shape model's infer request, compiled on first use."""
+        if self._dynamic is None:
+            self._dynamic = self._compile([-1, self.channels, -1, -1], "any input size")
+        return self._dynamic
 
     def prepare(self, batch: int, height: int, width: int) -> None:
         """Called once per image: counts the images of each shape, so one that comes again is compiled."""
