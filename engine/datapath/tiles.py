@@ -133,14 +133,45 @@ class TilePlan:
 
 
 def plan(height: int, width: int, core: int, margin: int, balance: bool = True, multiple_of: int = 1,
-         minimum: int = 1) -> TilePlan:
+         minimum: int = 1, core_width: int | None = None) -> TilePlan:
     """Plan tiles for an LR image; `core <= 0` means the whole image as one window.
 
     `balance=False` keeps every window exactly `core + 2 * margin` (engines tuned for one shape);
     `multiple_of`, `minimum`: every window side a multiple of it / at least it (the network's size
     requirements; a window longer than `core + 2 * margin` only gives its core more context).
+    `core_width`: the columns' core where it differs from the rows' (`fewest_windows`).
     """
     if core <= 0:
         core = max(height, width)
     return TilePlan(height, width, core, margin, tuple(plan_axis(height, core, margin, balance, multiple_of, minimum)),
-                    tuple(plan_axis(width, core, margin, balance, multiple_of, minimum)))
+                    tuple(plan_axis(width, core_width or core, margin, balance, multiple_of, minimum)))
+
+
+def least_computed(height: int, width: int, margin: int, window_pixels: int, multiple_of: int = 1,
+                   minimum: int = 1) -> TilePlan | None:
+    """The plan whose windows, at most `window_pixels` each, compute the fewest pixels in all (cores
+    and the margins recomputed around them), or None where no window fits.
+
+    A budget bounds a window's pixels, not its sides: square cores of the budget's side may split
+    an axis unevenly and leave room unused. RRDBNet's 2048x1536 image in windows of at most 174,662
+    pixels: 24 windows of 392x350 from square 400 px cores, 20 of 392x418 here.
+    """
+    best, best_pixels = None, 0
+    for rows in range(1, height + 1):
+        core_height = -(-height // rows)
+        if rows > 1 and core_height < 16:
+            break  # cores this thin recompute more margin than they keep
+        window_height = min(allowed_side(core_height + 2 * margin, multiple_of, minimum), height)
+        core_width = window_pixels // window_height - 2 * margin
+        if core_width < 1:
+            continue
+        columns = -(-width // core_width)
+        estimate = rows * columns * window_height * min(-(-width // columns) + 2 * margin, width)
+        if best is not None and estimate >= best_pixels:
+            continue  # the balanced windows' size before the model's rounding: no plan needed to rule it out
+        candidate = plan(height, width, core_height, margin, True, multiple_of, minimum, core_width=core_width)
+        h, w = candidate.window_shape
+        computed = len(candidate) * h * w
+        if h * w <= window_pixels and (best is None or computed < best_pixels):
+            best, best_pixels = candidate, computed
+    return best
