@@ -150,6 +150,19 @@ def test_a_pixel_budget_is_split_by_pixels_not_by_a_square_side():
     assert (len(plan), plan.window_shape) == (20, (392, 418))
 
 
+def test_an_image_larger_than_one_window_runs_in_the_windows_that_compute_least():
+    from srtrt.engine.backends.base import defaults_for_budget
+
+    backend = TorchBackend(random_view())
+    backend.defaults = defaults_for_budget(174_662 * 100, 100, backend.radius)  # RRDBNet's window on the AVX2 EPYC
+    up = TiledUpscaler(backend)
+    square = tiles.plan(1536, 2048, up.core, up.margin)
+    least = tiles.least_computed(1536, 2048, up.margin, 174_662)
+    assert least.computed_pixels < square.computed_pixels
+    assert up.plan(1536, 2048) == least
+    assert len(TiledUpscaler(backend, core=400).plan(1536, 2048)) == 24  # an explicit core is obeyed
+
+
 def test_tiles_of_uneven_cores_equal_the_whole_image():
     view = random_view(blocks=3, channels=8)
     img = smooth_image(61, 90, seed=3)

@@ -135,7 +135,7 @@ def tile_defaults(precision: str, radius: int, channels: int = 64) -> TileDefaul
 
 
 class WindowMemory(NamedTuple):
-    """Activation bytes per LR pixel of one window (OpenVinoBackend.window_memory); 0: not known."""
+    """Bytes per LR pixel one window holds (OpenVinoBackend.window_memory); 0: not known."""
     static: int   # on a model compiled for the window's shape
     dynamic: int  # on the dynamic-shape model (0 also where the graph has none)
 

@@ -19,7 +19,7 @@ places those buffers depends on whether their sizes are known when the model is 
   first step, go into the first group whose latest buffer's life does not overlap theirs; each
   group is one block, grown to its largest member (OpenVINO 2026.4's CPU plugin). So a block
   sized for a full-resolution map also sits under a small one, and the total exceeds the static
-  peak: RRDBNet 10.9 KB per LR pixel in f32 against 8.2 KB, measured growth 12.5 KB.
+  peak: RRDBNet 10.9 KB per LR pixel in f32 against 8.2 KB (its resident growth: 12.9-13.1 KB).
   A dynamic-shape model's execution graph carries the shapes of its last inference, so it is
   read after one.
 """

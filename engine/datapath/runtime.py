@@ -145,12 +145,6 @@ def to_network_input(x: torch.Tensor, colour_channels: int, max_value: float, ne
     return torch.stack(planes, 1).reshape(-1, 3, *x.shape[2:])
 
 
-def _computed(plan: tiling.TilePlan) -> int:
-    """LR pixels a plan's windows compute in all."""
-    h, w = plan.window_shape
-    return len(plan) * h * w
-
-
 def planes_per_tile(colour_channels: int, has_alpha: bool, network_channels: int = 3) -> int:
     """How many network inputs one tile makes (to_network_input's planes)."""
     return (colour_channels if network_channels == 1 else 1) + has_alpha
@@ -299,7 +293,7 @@ class TiledUpscaler:
         if core and self.auto_core and whole and self.backend.balanced_tiles:  # windows bounded by the budget's pixels
             cheaper = tiling.least_computed(height, width, self.margin, whole, self.backend.multiple_of,
                                             self.backend.minimum)
-            if cheaper is not None and _computed(cheaper) < _computed(plan):
+            if cheaper is not None and cheaper.computed_pixels < plan.computed_pixels:
                 plan = cheaper
         # an engine fixed at one window larger than the image; a static graph that cannot be made for these windows
         if (why := self.backend.refusal(1, *plan.window_shape)) is not None:

@@ -125,6 +125,11 @@ class TilePlan:
     def __len__(self) -> int:
         return len(self.rows) * len(self.cols)
 
+    @property
+    def computed_pixels(self) -> int:
+        """LR pixels the windows compute in all: the cores and the margins recomputed around them."""
+        return len(self) * self.window_shape[0] * self.window_shape[1]
+
     def __iter__(self):
         """Tiles in raster order, so cores complete whole row bands one after another."""
         for r, ys in enumerate(self.rows):
@@ -139,7 +144,7 @@ def plan(height: int, width: int, core: int, margin: int, balance: bool = True, 
     `balance=False` keeps every window exactly `core + 2 * margin` (engines tuned for one shape);
     `multiple_of`, `minimum`: every window side a multiple of it / at least it (the network's size
     requirements; a window longer than `core + 2 * margin` only gives its core more context).
-    `core_width`: the columns' core where it differs from the rows' (`fewest_windows`).
+    `core_width`: the columns' core where it differs from the rows' (`least_computed`).
     """
     if core <= 0:
         core = max(height, width)
@@ -171,7 +176,6 @@ def least_computed(height: int, width: int, margin: int, window_pixels: int, mul
             continue  # the balanced windows' size before the model's rounding: no plan needed to rule it out
         candidate = plan(height, width, core_height, margin, True, multiple_of, minimum, core_width=core_width)
         h, w = candidate.window_shape
-        computed = len(candidate) * h * w
-        if h * w <= window_pixels and (best is None or computed < best_pixels):
-            best, best_pixels = candidate, computed
+        if h * w <= window_pixels and (best is None or candidate.computed_pixels < best_pixels):
+            best, best_pixels = candidate, candidate.computed_pixels
     return best
