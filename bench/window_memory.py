@@ -36,11 +36,11 @@ else:
 backend.infer(torch.rand(1, backend.channels, 24, 24))
 before = peak()
 backend.infer(torch.rand(1, backend.channels, side, side))
-print(json.dumps({"growth": peak() - before, "figures": backend.window_memory()}))
+print(json.dumps({"growth": peak() - before, "figures": backend.window_memory()._asdict()}))
 """
 
 
-def growth(model: str | None, precision: str, path: str, side: int) -> tuple[int, list[int]]:
+def growth(model: str | None, precision: str, path: str, side: int) -> tuple[int, dict[str, int]]:
     done = subprocess.run([sys.executable, "-c", _CASE, json.dumps([model, precision, path, side])],
                           capture_output=True, text=True, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -55,12 +55,12 @@ def main() -> None:
     args = parser.parse_args()
     small, large = args.sides
     print(f"cpu: {machine_info.cpu_info().get('name')}; {args.model or 'default model'}, {args.precision}")
-    for index, path in enumerate(("static", "dynamic")):
+    for path in ("static", "dynamic"):  # WindowMemory's fields
         low, figures = growth(args.model, args.precision, path, small)
         high, _ = growth(args.model, args.precision, path, large)
         measured = (high - low) / (large**2 - small**2)
-        print(f"{path:8s} measured {measured:8.0f} B per LR pixel, figure {figures[index]:6d} B "
-              f"({figures[index] / measured:.2f} of measured)")
+        print(f"{path:8s} measured {measured:8.0f} B per LR pixel, figure {figures[path]:6d} B "
+              f"({figures[path] / measured:.2f} of measured)")
 
 
 if __name__ == "__main__":
