@@ -6,10 +6,10 @@
 - `test_video_pipeline_speed`: the same clip with a network that costs nothing (each pixel
   repeated 4x4 in a warm-up run, its outputs replayed in the timed run; through the torch backend
   and the same runtime): output frames per second at 1080p output (1920x1080 from 480x270),
-  against the clip's 24 fps. Target >= 1.5x real time. Run with the default encoder settings and
-  with x264 ultrafast, which shows what decode, colour conversion and the runtime allow when the
-  encoder costs little; ultrafast once more with the upscale computed in the run (what a
-  nearly free network costs).
+  against the clip's 24 fps, the median of SPEED_ROUNDS runs. Target >= 1.5x real time. Run
+  with the default encoder settings and with x264 ultrafast, which shows what decode, colour
+  conversion and the runtime allow when the encoder costs little; ultrafast once more with the
+  upscale computed in the run (what a nearly free network costs).
 Each result records the CPU model and the load average before and after (the machine may be shared).
 - `test_video_small_frames_share_batches`: a 160x90 clip (one window a frame) at batch 4 with the
   default model and backend: output frames per second with frames grouped into shared backend
@@ -52,6 +52,7 @@ MODE = run_mode.current(torch.cuda.is_available())
 SMOKE = run_mode._on(run_mode.SMOKE_ENV)
 SIZE = (96, 54) if SMOKE else (480, 270)
 FRAMES = 4 if SMOKE else 48
+SPEED_ROUNDS = 1 if SMOKE else 5  # test_video_pipeline_speed's rounds, the median counts
 BIG = Path(__file__).resolve().parents[2] / "shared/data/big/elephants_3840x2160.png"
 
 
@@ -162,10 +163,11 @@ def test_video_pipeline_speed(benchmark, tmp_path, preset, replay):
     computed = len(view.outputs)
     benchmark.group = "video"
     _machine(benchmark)
-    benchmark.pedantic(run, rounds=1, iterations=1)
+    # a round is about 1.3 s with the fast preset: the host's slow moments move one round by 20 %
+    benchmark.pedantic(run, rounds=SPEED_ROUNDS, iterations=1)
     assert len(view.outputs) == computed  # every batch of the timed run was replayed
     view.outputs.clear()  # 1.2 GB the later cases need not carry
-    fps = FRAMES / benchmark.stats.stats.mean
+    fps = FRAMES / benchmark.stats.stats.median
     encoder = f"libx264 {preset or 'default preset'}"
     network = "outputs replayed" if replay else "nearest-neighbour upscale"
     benchmark.extra_info.update(kind="video-speed", frames=FRAMES, output_fps=fps, realtime=fps / 24, encoder=encoder,

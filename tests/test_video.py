@@ -12,6 +12,7 @@ import contextlib
 import json
 import re
 import signal
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -1190,8 +1191,6 @@ def test_upscale_frames_equals_each_frame_alone(tmp_path, model, monkeypatch):
 
 
 def test_an_encoder_that_fails_at_its_flush_reports_instead_of_hanging(tmp_path):
-    import threading
-
     from srtrt.engine.video.encoder import SegmentEncoder, choose_settings
     from srtrt.engine.video.source import Frame
     from srtrt.errors import SrtrtError
@@ -1233,6 +1232,26 @@ def test_fast_8_bit_conversion_is_within_one_code_value_of_the_exact_one(pix_fmt
             difference = _plane_array(plane, np.uint8).astype(int) - exact
             assert difference.shape == exact.shape and np.abs(difference).max() <= 1
             assert np.abs(difference).mean() < 0.1 and abs(difference.mean()) < 0.02  # rare, and unbiased
+
+
+def test_a_thread_s_kept_conversion_context_follows_each_frame_s_size_matrix_and_format():
+    """rgb_to_frame keeps one swscale context per thread: a frame after others of another size,
+    matrix or format converts exactly as on a thread of its own (a fresh context)."""
+    rng = np.random.default_rng(3)
+    cases = [((48, 64), 1, "yuv420p"), ((96, 128), 1, "yuv420p"), ((96, 128), 6, "yuv420p"),
+             ((96, 128), 6, "yuv422p"), ((48, 64), 9, "yuv444p"), ((48, 64), 1, "yuv420p")]
+    images = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for size, _, _ in cases]
+
+    def planes(rgb, matrix, pix_fmt):
+        return [bytes(p) for p in rgb_to_frame(rgb, pix_fmt, Colour(matrix, False)).planes]
+
+    in_a_row = [planes(rgb, matrix, pix_fmt) for rgb, (_, matrix, pix_fmt) in zip(images, cases)]
+    for rgb, (_, matrix, pix_fmt), kept in zip(images, cases, in_a_row):
+        fresh = []
+        worker = threading.Thread(target=lambda: fresh.append(planes(rgb, matrix, pix_fmt)))  # noqa: B023
+        worker.start()
+        worker.join()
+        assert fresh == [kept]
 
 
 def test_a_video_whose_name_fits_is_written_though_its_work_folder_name_is_longer(tmp_path, capsys, model):
