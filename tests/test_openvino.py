@@ -4,6 +4,7 @@ one), the auto choice, and bad ONNX files as one line."""
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -352,6 +353,24 @@ def test_auto_on_this_cpu_runs_the_fastest_path_it_measured(tmp_path, monkeypatc
     assert "fastest here, measured earlier: " + figures in second.reason
     assert (second.backend.name, second.backend.precision) == (first.backend.name, first.backend.precision)
     second.backend.close()
+
+
+def test_auto_s_reason_line_tells_a_first_use_s_exports_from_its_timing(tmp_path, monkeypatch):
+    """A model's first measurement also exports its graphs (once per model, whichever path runs):
+    the reason line says how much of the measurement that was; measured again with the graphs
+    kept, it says nothing of exports."""
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path))
+    first = create_backend("auto", device="cpu")  # the default model: the guard allows several paths
+    first.backend.close()
+    said = re.search(r"measured now in ([\d.]+) s: .* \(([\d.]+) s of the ([\d.]+) s exported this model's graphs, "
+                     r"once per model\)", first.reason)
+    assert said, first.reason
+    assert said[1] == said[3] and 0 < float(said[2]) <= float(said[3])
+    for entry in (tmp_path / "receptive_field").glob("*.json"):
+        entry.unlink()  # the timings only: the exported graphs stay
+    again = create_backend("auto", device="cpu")
+    again.backend.close()
+    assert "measured now in " in again.reason and "exported" not in again.reason, again.reason
 
 
 def test_an_onnx_file_openvino_cannot_read_is_one_line_naming_it(tmp_path):
