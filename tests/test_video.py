@@ -1234,6 +1234,26 @@ def test_fast_8_bit_conversion_is_within_one_code_value_of_the_exact_one(pix_fmt
             assert np.abs(difference).mean() < 0.1 and abs(difference.mean()) < 0.02  # rare, and unbiased
 
 
+def test_fast_8_bit_conversion_holds_at_the_sizes_swscale_gets_wrong():
+    """libswscale 9.5 converts RGB rows that are not a multiple of 16 pixels wide wrongly now and
+    then (8 luma samples of a row up to ~100 levels off), 4:2:2 chroma at many sizes and a frame of
+    one chroma row: at every width, height and subsampling here the frame is within one code value
+    of the exact conversion."""
+    from srtrt.engine.video.colour import rgb_to_yuv
+    from srtrt.engine.video.planes import _plane_array, subsampling
+
+    rng = np.random.default_rng(5)
+    colour = Colour(1, False)
+    for pix_fmt in ("yuv420p", "yuv422p", "yuv444p"):
+        for width in range(4, 260, 4):
+            for height in (2, 4, 36):
+                rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+                frame = rgb_to_frame(rgb, pix_fmt, colour)
+                for plane, exact in zip(frame.planes, rgb_to_yuv(rgb, 8, colour, subsampling(pix_fmt))):
+                    difference = np.abs(_plane_array(plane, np.uint8).astype(int) - exact).max()
+                    assert difference <= 1, (pix_fmt, width, height, difference)
+
+
 def test_a_thread_s_kept_conversion_context_follows_each_frame_s_size_matrix_and_format():
     """rgb_to_frame keeps one swscale context per thread: a frame after others of another size,
     matrix or format converts exactly as on a thread of its own (a fresh context)."""
