@@ -344,11 +344,11 @@ def _speed_timer(view, dev: torch.device, sha: str, shape_class: str, calibratio
         window, time_one = measured.window_shape(facts.margin, facts.multiple_of, facts.minimum), measured.time_path
 
     def timer(paths):
-        exported = exporting_seconds()
+        exported_before = exporting_seconds()
         seconds, took, first_call = measured.cached_seconds(
             sha, paths, lambda name, precision: _make(name, view, dev, precision),
             window, facts.channels, time_one, shape_class, calibration)
-        exported = exporting_seconds() - exported
+        exported = exporting_seconds() - exported_before
         chosen = measured.fastest(seconds, paths)
         when = "measured earlier" if took is None else f"measured now in {took:.1f} s"
         figures = f"{when}: {measured.figures(seconds, window, chosen, shape_class, first_call)}"

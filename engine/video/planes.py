@@ -22,7 +22,6 @@ _SWS_MATRIX = {spaces.BT709: 1, spaces.FCC: 4, spaces.BT470BG: 5, spaces.SMPTE17
                spaces.BT2020_NCL: 9, spaces.BT2020_CL: 9}
 
 
-_THREAD = threading.local()  # a swscale context per thread: it cannot be shared, and one costs 1 ms at 1080p to make
 # libswscale 9.5 (FFmpeg 8) converts RGB rows that are not a multiple of 16 pixels wide wrongly now and
 # then: 8 luma samples of one row up to ~100 levels off (23 % of random 4:2:0 sizes, measured against
 # rgb_to_yuv; none of 400 once the rows are padded to a multiple of 16). So swscale gets padded rows;
@@ -33,11 +32,16 @@ SWS_MIN_HEIGHT = 4
 SWS_SUBSAMPLING = {(2, 2), (1, 1)}  # (vertical, horizontal): 4:2:0 and 4:4:4
 
 
-def _reformatter() -> VideoReformatter:
-    """This thread's reformatter: it keeps its swscale context while the sizes and formats stay."""
-    if (reformatter := getattr(_THREAD, "reformatter", None)) is None:
-        reformatter = _THREAD.reformatter = VideoReformatter()
-    return reformatter
+class _PerThread(threading.local):
+    """What each thread keeps for swscale: a reformatter, whose context (1 ms to make at 1080p, not to
+    be shared between threads) lasts while the sizes and formats stay, and `_padded_source`'s frame."""
+
+    def __init__(self):
+        self.reformatter = VideoReformatter()
+        self.source: av.VideoFrame | None = None
+
+
+_THREAD = _PerThread()
 
 
 def _padded_source(rgb: np.ndarray) -> av.VideoFrame:
@@ -46,7 +50,7 @@ def _padded_source(rgb: np.ndarray) -> av.VideoFrame:
     (padded lines) refilled costs 1.3 ms less at 1080p than a new one."""
     h, w = rgb.shape[:2]
     width = -(-w // SWS_WIDTH_MULTIPLE) * SWS_WIDTH_MULTIPLE
-    source = getattr(_THREAD, "source", None)
+    source = _THREAD.source
     if source is None or (source.height, source.width) != (h, width):
         source = _THREAD.source = av.VideoFrame(width, h, "rgb24")
     plane = source.planes[0]
@@ -82,7 +86,7 @@ def frame_to_rgb(frame: av.VideoFrame, colour: Colour) -> np.ndarray:
     if not fmt.name.startswith(("yuv", "nv", "p0", "p2", "p4", "y2", "uyv", "yuy", "yvy")):
         return frame.to_ndarray(format="rgb24" if bits <= 8 else "rgb48le")
     if not _direct_yuv(fmt):  # repack only; same matrix and range
-        frame = _reformatter().reformat(frame, format="yuv444p" if bits <= 8 else "yuv444p16le")
+        frame = _THREAD.reformatter.reformat(frame, format="yuv444p" if bits <= 8 else "yuv444p16le")
         bits = 8 if bits <= 8 else 16
     dtype = np.uint8 if bits <= 8 else np.uint16
     y, u, v = (_plane_array(frame.planes[i], dtype) for i in range(3))
@@ -127,7 +131,7 @@ def _swscale_into(frame: av.VideoFrame, rgb: np.ndarray, colour: Colour) -> bool
     if h % sy or w % sx or h < SWS_MIN_HEIGHT or (sy, sx) not in SWS_SUBSAMPLING:
         return False
     # the padding's chroma blocks lie right of the picture's (w is a multiple of the block), and are cut off
-    deep = _reformatter().reformat(_padded_source(rgb), format=deep_format, dst_colorspace=_SWS_MATRIX[colour.matrix],
+    deep = _THREAD.reformatter.reformat(_padded_source(rgb), format=deep_format, dst_colorspace=_SWS_MATRIX[colour.matrix],
                                    dst_color_range=spaces.RANGE_LIMITED, interpolation="AREA")
     for source, target in zip(deep.planes, frame.planes):
         # limited range tops out at 240 << 8, so adding half a step stays inside uint16
