@@ -45,7 +45,7 @@ def moving(i: int, h: int, w: int, bits: int = 8) -> np.ndarray:
 def make_clip(path: Path, frames: int = 12, size=(48, 32), codec: str = "libx264", pix_fmt: str = "yuv420p",
               pts=None, time_base=Fraction(1, 24), audio: str | None = "aac", subtitles: bool = False,
               attachment: bool = False, rotation: int = 0, colour: Colour | None = None, gop: int = 6,
-              rate=24, bframes: int | None = None) -> dict:
+              rate=24, bframes: int | None = None, sample_aspect: Fraction | None = None) -> dict:
     """Write a clip; returns what went in (the audio packets' bytes, the subtitle texts)."""
     w, h = size
     colour = colour or Colour(1, False, 1, 1)  # BT.709 tagged, limited range
@@ -63,6 +63,8 @@ def make_clip(path: Path, frames: int = 12, size=(48, 32), codec: str = "libx264
             video.options = {**video.options, "x265-params": "log-level=error"}
         if rotation:
             video.set_display_rotation(rotation)
+        if sample_aspect:
+            cc.sample_aspect_ratio = sample_aspect
         sound = None
         if audio:
             sound = out.add_stream(audio, rate=48000)
@@ -311,6 +313,29 @@ def test_odd_size_and_rotation_are_kept(tmp_path, capsys, model):
     frames = video_frames(out)
     assert len(frames) == 6 and frames[0][1].shape == (132, 188, 3)
     assert all(rotation == 90 for _, _, rotation in frames)
+
+
+@pytest.mark.parametrize("output, codec", [("mp4", "libx264"), ("mkv", "libx264"), ("mov", "libx265"),
+                                           ("mp4", "libvpx-vp9"), ("mp4", "libsvtav1"), ("mkv", "libvpx-vp9")])
+def test_anamorphic_pixels_keep_their_shape(tmp_path, capsys, model, output, codec):
+    """A DVD's 720x480 shows 16:9 through 32:27-wide pixels: the x4 output's pixels keep that shape
+    (so it shows 16:9 too rather than 3:2), or the run says it could not."""
+    source = tmp_path / "dvd.mp4"
+    w, h = (64, 64) if codec == "libx265" else (48, 32)  # x265 takes 64 px or more
+    make_clip(source, frames=4, size=(w, h), audio=None, sample_aspect=Fraction(32, 27))
+    with av.open(str(source)) as c:
+        assert c.streams.video[0].sample_aspect_ratio == Fraction(32, 27)
+    out = tmp_path / f"big.{output}"
+    preset = {"libvpx-vp9": "8", "libsvtav1": "12"}.get(codec, "ultrafast")
+    code, err = run(capsys, source, "-o", out, "--model", model, "--backend", "torch", "--codec", codec,
+                    "--preset", preset)
+    assert code == 0, err
+    with av.open(str(out)) as c:
+        stream = c.streams.video[0]
+        assert (stream.codec_context.width, stream.codec_context.height) == (4 * w, 4 * h)
+        kept = stream.sample_aspect_ratio == Fraction(32, 27)
+    lost = "pixel aspect 32:27 not kept: .mkv stores it outside the libvpx-vp9 stream" in err
+    assert (kept, lost) == ((False, True) if (output, codec) == ("mkv", "libvpx-vp9") else (True, False))
 
 
 def test_a_stream_the_container_cannot_hold_switches_to_mkv_and_says_so(tmp_path, capsys, model):

@@ -51,6 +51,7 @@ class EncoderSettings:
     rate: Fraction
     colour: Colour
     options: dict = field(default_factory=dict)
+    sample_aspect: Fraction | None = None  # the input's pixel shape, kept (source.sample_aspect)
 
     @property
     def bits(self) -> int:
@@ -69,7 +70,7 @@ def default_codec(container_format: str, bits: int) -> str:
 
 def choose_settings(codec: str, crf: int | None, preset: str | None, source_pix_fmt: str, bits: int,
                     width: int, height: int, time_base: Fraction, rate: Fraction | None, colour: Colour,
-                    path) -> EncoderSettings:
+                    path, sample_aspect: Fraction | None = None) -> EncoderSettings:
     """The encoder for an output of `width` x `height`: the source's chroma layout and bit depth
     where the codec has them, else 4:2:0 of the nearest depth it has."""
     if codec not in CODECS:
@@ -110,7 +111,8 @@ def choose_settings(codec: str, crf: int | None, preset: str | None, source_pix_
         options["x265-params"] = "log-level=error"
     if codec == "libsvtav1":
         options["svtav1-params"] = "enable-hdr=0"
-    return EncoderSettings(codec, pix_fmt, width, height, time_base, rate or Fraction(24), colour, options)
+    return EncoderSettings(codec, pix_fmt, width, height, time_base, rate or Fraction(24), colour, options,
+                           sample_aspect)
 
 
 def add_video_stream(container, settings: EncoderSettings, width: int | None = None, height: int | None = None):
@@ -123,6 +125,8 @@ def add_video_stream(container, settings: EncoderSettings, width: int | None = N
     cc.time_base = settings.time_base
     cc.colorspace, cc.color_range = settings.colour.matrix, settings.colour.range_code
     cc.color_primaries, cc.color_trc = settings.colour.primaries, settings.colour.transfer
+    if settings.sample_aspect:
+        cc.sample_aspect_ratio = settings.sample_aspect
     return stream
 
 

@@ -30,6 +30,9 @@ COPIED = ("audio", "subtitle")
 _STALE_TAGS = ("DURATION", "NUMBER_OF_FRAMES", "NUMBER_OF_BYTES", "BPS", "_STATISTICS_")
 
 
+# In Matroska and WebM a pixel's shape (sample aspect) is the stream's display size, which PyAV
+# cannot set: it survives there only inside a bitstream that carries it itself
+SHAPE_IN_BITSTREAM = ("libx264", "libx265", "h264_nvenc", "hevc_nvenc")
 KEEPS_PICTURE_STREAMS = ("mp4", "mov")  # cover art as a stream; Matroska keeps it as an attachment
 _PICTURE_TYPES = {"mjpeg": ("jpg", "image/jpeg"), "png": ("png", "image/png"), "bmp": ("bmp", "image/bmp"),
                   "webp": ("webp", "image/webp"), "gif": ("gif", "image/gif")}
@@ -137,7 +140,18 @@ def _time(packet) -> float:
     return float(stamp * packet.time_base) if stamp is not None else float("-inf")
 
 
-def join(source_path: Path, segments: list[tuple[Path, Fraction | None]], destination: Path, display_matrix) -> None:
+def pixel_shape_note(destination: Path, codec: str, sample_aspect: Fraction | None) -> str:
+    """Why `destination` cannot keep non-square pixels of `sample_aspect`, or ""."""
+    if not sample_aspect or sample_aspect == 1 or codec in SHAPE_IN_BITSTREAM:
+        return ""
+    if FORMATS[destination.suffix.lower()] in ("mp4", "mov"):
+        return ""
+    return (f"pixel aspect {sample_aspect.numerator}:{sample_aspect.denominator} not kept: {destination.suffix} "
+            f"stores it outside the {codec} stream, where PyAV cannot write it (.mp4 and .mov keep it)")
+
+
+def join(source_path: Path, segments: list[tuple[Path, Fraction | None]], destination: Path, display_matrix,
+         sample_aspect: Fraction | None = None) -> None:
     """Write `destination` (temporary name, then rename) from the video segments, each with the time
     its last frame ends (seconds; None if unknown), and the input's other streams."""
     temp = temp_name(destination)
@@ -155,6 +169,8 @@ def join(source_path: Path, segments: list[tuple[Path, Fraction | None]], destin
             _copy_tags(video, out_video)
             if display_matrix is not None:
                 out_video.set_display_matrix(display_matrix)
+            if sample_aspect:  # MP4 reads a segment's pixel shape into the stream, not its codec parameters
+                out_video.codec_context.sample_aspect_ratio = sample_aspect
             mapping = {}
             for stream in copied_streams(source, video, fmt):
                 mapping[stream.index] = _copy_stream(out, stream)

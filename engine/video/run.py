@@ -81,6 +81,7 @@ class VideoPlan:
     destination: Path  # the requested file, or its .mkv twin when its container cannot hold the streams
     note: str          # why the container changed, or ""
     depth_note: str    # why the bit depth went down, or ""
+    shape_note: str = ""  # why non-square pixels lose their shape, or ""
 
 
 def plan_video(source: Path, destination: Path, options, scale: int) -> VideoPlan:
@@ -94,12 +95,13 @@ def plan_video(source: Path, destination: Path, options, scale: int) -> VideoPla
     fmt = remux.FORMATS.get(destination.suffix.lower(), "matroska")
     codec = options.codec or default_codec(fmt, info.bits)
     settings = choose_settings(codec, options.crf, options.preset, info.pix_fmt, info.bits, info.width * scale,
-                               info.height * scale, info.time_base, info.rate, info.colour, source)
+                               info.height * scale, info.time_base, info.rate, info.colour, source, info.sample_aspect)
     check_encoder(settings, source)
     destination, note = output_container(source, destination, settings)
     depth_note = (f"{info.bits}-bit input written as {settings.bits}-bit ({codec} here has no {info.bits}-bit format)"
                   if settings.bits < info.bits else "")
-    return VideoPlan(info, settings, destination, note, depth_note)
+    shape_note = remux.pixel_shape_note(destination, codec, info.sample_aspect)
+    return VideoPlan(info, settings, destination, note, depth_note, shape_note)
 
 
 def settled_destination(source: Path, destination: Path, options, scale: int) -> tuple[Path, str]:
@@ -117,7 +119,7 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
     s = runner.backend.scale
     plan = plan_video(source, destination, options, s)
     info, settings, destination = plan.info, plan.settings, plan.destination
-    note = "; ".join(filter(None, [plan.note, plan.depth_note]))
+    note = "; ".join(filter(None, [plan.note, plan.depth_note, plan.shape_note]))
     upscaler = runner.upscaler_for(info.height, info.width)
     upscaler.plan(info.height, info.width)  # too small for the model: one line now, not per frame
     if real_path(destination) == real_path(source):
@@ -141,7 +143,7 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
             raise SrtrtError("no frame was decoded", source)
         segments = [(work.folder / seg.file, None if seg.end_pts is None else seg.end_pts * info.time_base)
                     for seg in work.segments]
-        remux.join(source, segments, destination, info.display_matrix)
+        remux.join(source, segments, destination, info.display_matrix, info.sample_aspect)
     except Exception:
         work.remove()  # nothing to resume from a bad file; a full disk gets its space back
         raise

@@ -42,6 +42,7 @@ class VideoInfo:
     duration_slack: float       # how far short the frames may end: 0 for a stream's own duration, 1 s for a container's
     start: float                # the first frame's time, seconds
     display_matrix: tuple | None  # the rotation/flip side data, 9 int32
+    sample_aspect: Fraction | None = None  # a pixel's width over its height (anamorphic video); None: square or unsaid
 
 
 @dataclass
@@ -93,7 +94,17 @@ def probe(path: Path) -> VideoInfo:
         duration = None if ends is None else max(ends - start, 0.0)
         return VideoInfo(first.width, first.height, max(c.bits for c in first.format.components), pix_fmt, colour,
                          stream.time_base, stream.average_rate or stream.guessed_rate, stream.frames or 0, duration,
-                         slack, start, display)
+                         slack, start, display, sample_aspect(stream))
+
+
+def sample_aspect(stream) -> Fraction | None:
+    """The shape of `stream`'s pixels (a DVD's 720x480 shows 16:9 through 32:27-wide pixels): the
+    container's word first, then the bitstream's, as FFmpeg's players take it. An upscale by the same
+    factor in both directions keeps it."""
+    for said in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if said and said > 0:
+            return Fraction(said)
+    return None
 
 
 def _announced_end(container, stream) -> tuple[float | None, float]:
