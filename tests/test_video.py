@@ -45,7 +45,8 @@ def moving(i: int, h: int, w: int, bits: int = 8) -> np.ndarray:
 def make_clip(path: Path, frames: int = 12, size=(48, 32), codec: str = "libx264", pix_fmt: str = "yuv420p",
               pts=None, time_base=Fraction(1, 24), audio: str | None = "aac", subtitles: bool = False,
               attachment: bool = False, rotation: int = 0, colour: Colour | None = None, gop: int = 6,
-              rate=24, bframes: int | None = None, sample_aspect: Fraction | None = None) -> dict:
+              rate=24, bframes: int | None = None, sample_aspect: Fraction | None = None,
+              hdr_params: str = "") -> dict:
     """Write a clip; returns what went in (the audio packets' bytes, the subtitle texts)."""
     w, h = size
     colour = colour or Colour(1, False, 1, 1)  # BT.709 tagged, limited range
@@ -60,7 +61,7 @@ def make_clip(path: Path, frames: int = 12, size=(48, 32), codec: str = "libx264
         cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc = (colour.matrix, colour.range_code,
                                                                            colour.primaries, colour.transfer)
         if codec == "libx265":
-            video.options = {**video.options, "x265-params": "log-level=error"}
+            video.options = {**video.options, "x265-params": ":".join(filter(None, ["log-level=error", hdr_params]))}
         if rotation:
             video.set_display_rotation(rotation)
         if sample_aspect:
@@ -336,6 +337,39 @@ def test_anamorphic_pixels_keep_their_shape(tmp_path, capsys, model, output, cod
         kept = stream.sample_aspect_ratio == Fraction(32, 27)
     lost = "pixel aspect 32:27 not kept: .mkv stores it outside the libvpx-vp9 stream" in err
     assert (kept, lost) == ((False, True) if (output, codec) == ("mkv", "libvpx-vp9") else (True, False))
+
+
+HDR10 = "master-display=G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,50):max-cll=1000,400"
+
+
+@pytest.mark.parametrize("codec", ["libx265", "libsvtav1", "libx264", "libvpx-vp9"])
+def test_hdr10_mastering_metadata_is_kept(tmp_path, capsys, model, codec):
+    """An HDR10 input's mastering display and light levels reach the output's frames (players
+    tone-map by them), or the run says they could not."""
+    from srtrt.engine.video.hdr import read_hdr
+
+    source = tmp_path / "hdr.mkv"
+    make_clip(source, frames=4, size=(64, 64), codec="libx265", pix_fmt="yuv420p10le", audio=None,
+              colour=Colour(9, False, 9, 16), hdr_params=HDR10)
+    preset = {"libvpx-vp9": "8", "libsvtav1": "12"}.get(codec, "ultrafast")
+    code, err = run(capsys, source, "--model", model, "--backend", "torch", "--codec", codec, "--preset", preset)
+    assert code == 0, err
+
+    def first_frame_hdr(path):
+        with av.open(str(path)) as c:
+            return read_hdr(next(c.decode(c.streams.video[0])))
+
+    given, kept = first_frame_hdr(source), first_frame_hdr(tmp_path / "hdr_x4.mkv")
+    assert given.light_level == (1000, 400) and given.luminance == (Fraction(50, 10000), 1000)
+    if codec == "libvpx-vp9":
+        assert kept is None and "HDR mastering metadata not kept (PyAV cannot pass it to libvpx-vp9)" in err
+        return
+    assert "HDR" not in err
+    assert kept.light_level == given.light_level
+    # AV1 stores chromaticities in 1/65536 and luminance in 1/256 (max) and 1/16384 (min) steps
+    for (x, y), (x0, y0) in zip(kept.primaries, given.primaries):
+        assert abs(x - x0) < 2e-5 and abs(y - y0) < 2e-5
+    assert [float(v) for v in kept.luminance] == pytest.approx([float(v) for v in given.luminance], rel=1e-3)
 
 
 def test_a_stream_the_container_cannot_hold_switches_to_mkv_and_says_so(tmp_path, capsys, model):

@@ -24,6 +24,7 @@ import av
 
 from srtrt.atomic import commit, temp_name
 from srtrt.engine.video.colour import Colour
+from srtrt.engine.video.hdr import WRITES_HDR, HdrMetadata
 from srtrt.engine.video.planes import rgb_to_frame
 from srtrt.engine.video.source import ffmpeg_reason
 from srtrt.errors import SrtrtError
@@ -70,7 +71,7 @@ def default_codec(container_format: str, bits: int) -> str:
 
 def choose_settings(codec: str, crf: int | None, preset: str | None, source_pix_fmt: str, bits: int,
                     width: int, height: int, time_base: Fraction, rate: Fraction | None, colour: Colour,
-                    path, sample_aspect: Fraction | None = None) -> EncoderSettings:
+                    path, sample_aspect: Fraction | None = None, hdr: HdrMetadata | None = None) -> EncoderSettings:
     """The encoder for an output of `width` x `height`: the source's chroma layout and bit depth
     where the codec has them, else 4:2:0 of the nearest depth it has."""
     if codec not in CODECS:
@@ -111,6 +112,9 @@ def choose_settings(codec: str, crf: int | None, preset: str | None, source_pix_
         options["x265-params"] = "log-level=error"
     if codec == "libsvtav1":
         options["svtav1-params"] = "enable-hdr=0"
+    if hdr is not None and codec in WRITES_HDR:
+        key = WRITES_HDR[codec]
+        options[key] = ":".join(filter(None, [options.get(key), hdr.encoder_params(codec)]))
     return EncoderSettings(codec, pix_fmt, width, height, time_base, rate or Fraction(24), colour, options,
                            sample_aspect)
 

@@ -31,6 +31,7 @@ from srtrt.engine.datapath.imageio import DEFAULT_MAX_PIXELS
 from srtrt.engine.datapath.runtime import Band, Planes
 from srtrt.engine.video import remux, resume
 from srtrt.engine.video.encoder import EncoderSettings, check_encoder, choose_settings, default_codec
+from srtrt.engine.video.hdr import WRITES_HDR
 from srtrt.engine.video.source import FrameReader, VideoInfo, open_input, probe, video_stream
 from srtrt.errors import SrtrtError
 
@@ -80,8 +81,7 @@ class VideoPlan:
     settings: EncoderSettings
     destination: Path  # the requested file, or its .mkv twin when its container cannot hold the streams
     note: str          # why the container changed, or ""
-    depth_note: str    # why the bit depth went down, or ""
-    shape_note: str = ""  # why non-square pixels lose their shape, or ""
+    losses: tuple[str, ...]  # what of the input the output cannot keep, and why (bit depth, pixel shape, HDR)
 
 
 def plan_video(source: Path, destination: Path, options, scale: int) -> VideoPlan:
@@ -95,13 +95,16 @@ def plan_video(source: Path, destination: Path, options, scale: int) -> VideoPla
     fmt = remux.FORMATS.get(destination.suffix.lower(), "matroska")
     codec = options.codec or default_codec(fmt, info.bits)
     settings = choose_settings(codec, options.crf, options.preset, info.pix_fmt, info.bits, info.width * scale,
-                               info.height * scale, info.time_base, info.rate, info.colour, source, info.sample_aspect)
+                               info.height * scale, info.time_base, info.rate, info.colour, source, info.sample_aspect,
+                               info.hdr)
     check_encoder(settings, source)
     destination, note = output_container(source, destination, settings)
-    depth_note = (f"{info.bits}-bit input written as {settings.bits}-bit ({codec} here has no {info.bits}-bit format)"
-                  if settings.bits < info.bits else "")
-    shape_note = remux.pixel_shape_note(destination, codec, info.sample_aspect)
-    return VideoPlan(info, settings, destination, note, depth_note, shape_note)
+    losses = (f"{info.bits}-bit input written as {settings.bits}-bit ({codec} here has no {info.bits}-bit format)"
+              if settings.bits < info.bits else "",
+              remux.pixel_shape_note(destination, codec, info.sample_aspect),
+              f"HDR mastering metadata not kept (PyAV cannot pass it to {codec})"
+              if info.hdr is not None and codec not in WRITES_HDR else "")
+    return VideoPlan(info, settings, destination, note, tuple(filter(None, losses)))
 
 
 def settled_destination(source: Path, destination: Path, options, scale: int) -> tuple[Path, str]:
@@ -119,7 +122,7 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
     s = runner.backend.scale
     plan = plan_video(source, destination, options, s)
     info, settings, destination = plan.info, plan.settings, plan.destination
-    note = "; ".join(filter(None, [plan.note, plan.depth_note, plan.shape_note]))
+    note = "; ".join(filter(None, [plan.note, *plan.losses]))
     upscaler = runner.upscaler_for(info.height, info.width)
     upscaler.plan(info.height, info.width)  # too small for the model: one line now, not per frame
     if real_path(destination) == real_path(source):

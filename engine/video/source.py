@@ -21,6 +21,7 @@ import av
 import numpy as np
 
 from srtrt.engine.video.colour import Colour, stream_colour
+from srtrt.engine.video.hdr import HdrMetadata, read_hdr
 from srtrt.engine.video.planes import frame_to_rgb
 from srtrt.errors import SrtrtError
 
@@ -43,6 +44,7 @@ class VideoInfo:
     start: float                # the first frame's time, seconds
     display_matrix: tuple | None  # the rotation/flip side data, 9 int32
     sample_aspect: Fraction | None = None  # a pixel's width over its height (anamorphic video); None: square or unsaid
+    hdr: HdrMetadata | None = None  # HDR10 mastering display and light levels, from the first frame
 
 
 @dataclass
@@ -94,7 +96,7 @@ def probe(path: Path) -> VideoInfo:
         duration = None if ends is None else max(ends - start, 0.0)
         return VideoInfo(first.width, first.height, max(c.bits for c in first.format.components), pix_fmt, colour,
                          stream.time_base, stream.average_rate or stream.guessed_rate, stream.frames or 0, duration,
-                         slack, start, display, sample_aspect(stream))
+                         slack, start, display, sample_aspect(stream), read_hdr(first))
 
 
 def sample_aspect(stream) -> Fraction | None:
