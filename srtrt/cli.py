@@ -48,6 +48,9 @@ def _add_run(sub):
     video.add_argument("--resume", action="store_true", help="continue videos whose earlier run died, from their closed segments")
     video.add_argument("--stop-at-bad-frame", action="store_true",
                        help="a video that fails to decode midway is written up to its last good frame (default: it fails)")
+    video.add_argument("--deinterlace", default="auto", choices=["auto", "on", "off"],
+                       help="make interlaced frames whole before upscaling (bwdif): auto = the frames flagged "
+                            "interlaced, on = every frame, off = none")
     p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS", help="spread the batch over a Ray cluster")
     p.add_argument("-q", "--quiet", action="store_true")
 

@@ -339,6 +339,84 @@ def test_anamorphic_pixels_keep_their_shape(tmp_path, capsys, model, output, cod
     assert (kept, lost) == ((False, True) if (output, codec) == ("mkv", "libvpx-vp9") else (True, False))
 
 
+def _interlaced_clip(path: Path, frames: int = 8, h: int = 64, w: int = 96) -> None:
+    """An interlaced clip (x264, top field first) of fast motion: each frame's odd lines are the
+    picture half a frame later, so a frame shown as one picture combs."""
+    def picture(t):
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        return np.stack([np.sin((xx + 6 * t) / 3), np.cos(yy / 5), np.sin((xx + 6 * t) / 4)], -1) * 0.45 + 0.5
+
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=25, options={"crf": "10", "x264-params": "tff=1"})
+        video.width, video.height, video.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            rgb = picture(i)
+            rgb[1::2] = picture(i + 0.5)[1::2]
+            frame = rgb_to_frame(np.round(rgb * 255).astype(np.uint8), "yuv420p", Colour(1, False, 1, 1))
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+
+
+def _combing(rgb: np.ndarray) -> float:
+    """How far each line is from the mean of its neighbours (large where two fields interleave)."""
+    y = rgb.astype(np.float32).mean(-1)
+    return float(np.abs(y[1:-1] - (y[:-2] + y[2:]) / 2).mean())
+
+
+def test_interlaced_frames_are_made_whole_before_upscaling(tmp_path, capsys, model):
+    from srtrt.engine.video.source import FrameReader, probe
+
+    source = tmp_path / "tv.mp4"
+    _interlaced_clip(source)
+    info = probe(source)
+    assert info.field_order == "top field first"
+
+    def decoded(mode):
+        reader = FrameReader(source, info, deinterlace=mode)
+        try:
+            return list(reader)
+        finally:
+            reader.close()
+
+    kept, whole = decoded("off"), decoded("auto")
+    assert [(f.pts, f.duration, f.key) for f in whole] == [(f.pts, f.duration, f.key) for f in kept]
+    assert np.mean([_combing(f.rgb) for f in whole]) < 0.2 * np.mean([_combing(f.rgb) for f in kept])
+
+    code, err = run(capsys, source, "--model", model, "--backend", "torch", "--preset", "ultrafast")
+    assert code == 0 and "interlaced (top field first): deinterlaced (bwdif)" in err, err
+    assert [t for t, _, _ in video_frames(tmp_path / "tv_x4.mp4")] == [t for t, _, _ in video_frames(source)]
+    code, err = run(capsys, source, "-o", tmp_path / "as_is.mp4", "--model", model, "--backend", "torch",
+                    "--preset", "ultrafast", "--deinterlace", "off")
+    assert code == 0 and "upscaled as whole frames (--deinterlace off)" in err, err
+
+
+def test_progressive_video_is_not_deinterlaced_unless_asked(tmp_path, capsys, model):
+    import srtrt
+    from srtrt.engine.video.source import FrameReader, probe
+    from srtrt.errors import SrtrtError
+
+    source = tmp_path / "film.mp4"
+    make_clip(source, frames=6, audio=None)
+    info = probe(source)
+    assert info.field_order is None
+    code, err = run(capsys, source, "--model", model, "--backend", "torch", "--preset", "ultrafast")
+    assert code == 0 and "interlace" not in err, err
+    reader = FrameReader(source, info, deinterlace="on")  # flagged progressive, made whole anyway when asked
+    try:
+        frames = list(reader)
+    finally:
+        reader.close()
+    assert len(frames) == 6 and frames[0].rgb.shape == (32, 48, 3)
+    with pytest.raises(SrtrtError, match="deinterlace must be one of auto, on, off"):
+        srtrt.upscale(source, tmp_path / "x.mp4", deinterlace="yes")
+    thin = tmp_path / "thin.mp4"
+    make_clip(thin, frames=3, size=(48, 2), audio=None)
+    code, err = run(capsys, thin, "--model", model, "--backend", "torch", "--deinterlace", "on")
+    assert code == 1 and "48x2 frames are too small to deinterlace (bwdif takes 3x4 or more)" in err, err
+    assert not list(tmp_path.glob("thin_x4*"))
+
+
 HDR10 = "master-display=G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,50):max-cll=1000,400"
 
 

@@ -13,6 +13,7 @@ from srtrt.errors import SrtrtError
 
 ALPHA_MODES = ("bicubic", "model")
 SHAPE_CLASSES = ("large", "many-sizes")  # backends.measured.LARGE, MANY_SIZES
+DEINTERLACE_MODES = ("auto", "on", "off")  # video.deinterlace.MODES
 # integer options: (least, most or None)
 INTEGER_RANGES = {"tile": (0, None), "margin": (0, None), "batch": (1, None), "max_pixels": (0, None),
                   "crf": (0, 63), "png_level": (0, 9)}
@@ -39,6 +40,7 @@ class RunOptions:
     preset: str | None = None        # the codec's speed preset; None = its measured default
     resume: bool = False             # continue a video whose run died, from its closed segments
     stop_at_bad_frame: bool = False  # a video that fails to decode midway keeps the frames before the error
+    deinterlace: str = "auto"        # auto: frames flagged interlaced | on: every frame | off: none
 
     def __post_init__(self):
         if self.alpha not in ALPHA_MODES:
@@ -51,6 +53,8 @@ class RunOptions:
                 raise SrtrtError(f"{name} must be an integer >= {least}, not {value!r}")
             if most is not None and value > most:
                 raise SrtrtError(f"{name.replace('_', ' ')} must be {least}-{most}, not {value}")
+        if self.deinterlace not in DEINTERLACE_MODES:
+            raise SrtrtError(f"deinterlace must be one of {', '.join(DEINTERLACE_MODES)}, not {self.deinterlace!r}")
         if self.shape_class not in SHAPE_CLASSES:
             raise SrtrtError(f"shape_class must be one of {', '.join(SHAPE_CLASSES)}, not {self.shape_class!r}")
 

@@ -30,6 +30,7 @@ from srtrt.engine.batch.files import real_path
 from srtrt.engine.datapath.imageio import DEFAULT_MAX_PIXELS
 from srtrt.engine.datapath.runtime import Band, Planes
 from srtrt.engine.video import remux, resume
+from srtrt.engine.video.deinterlace import check_size, what_happens
 from srtrt.engine.video.encoder import EncoderSettings, check_encoder, choose_settings, default_codec
 from srtrt.engine.video.hdr import WRITES_HDR
 from srtrt.engine.video.source import FrameReader, VideoInfo, open_input, probe, video_stream
@@ -92,6 +93,7 @@ def plan_video(source: Path, destination: Path, options, scale: int) -> VideoPla
     if limit and info.width * info.height > limit:
         raise SrtrtError(f"frames are {info.width}x{info.height}, more than the limit of {limit:,} pixels "
                          "(a decompression-bomb guard); raise it with --max-pixels (max_pixels= in Python)", source)
+    check_size(info.width, info.height, info.field_order, options.deinterlace, source)
     fmt = remux.FORMATS.get(destination.suffix.lower(), "matroska")
     codec = options.codec or default_codec(fmt, info.bits)
     settings = choose_settings(codec, options.crf, options.preset, info.pix_fmt, info.bits, info.width * scale,
@@ -122,7 +124,7 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
     s = runner.backend.scale
     plan = plan_video(source, destination, options, s)
     info, settings, destination = plan.info, plan.settings, plan.destination
-    note = "; ".join(filter(None, [plan.note, *plan.losses]))
+    note = "; ".join(filter(None, [plan.note, *plan.losses, what_happens(info.field_order, options.deinterlace)]))
     upscaler = runner.upscaler_for(info.height, info.width)
     upscaler.plan(info.height, info.width)  # too small for the model: one line now, not per frame
     if real_path(destination) == real_path(source):
@@ -131,7 +133,8 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
         raise SrtrtError("exists (--overwrite to replace)", destination)
     # the model's files by size and time as well as its name: another model at the same path is not resumed
     key = {"source": resume.source_key(source), "settings": repr(settings), "model": repr(options.backend_key),
-           "model_files": [resume.source_key(p) for p in model_files(options.model) if p.is_file()], "scale": s}
+           "model_files": [resume.source_key(p) for p in model_files(options.model) if p.is_file()], "scale": s,
+           "deinterlace": options.deinterlace}
     work = resume.start(destination, key, options.resume)
     resumed = work.next_index
     if on_total:
@@ -192,7 +195,8 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> t
                              lambda path, first, count, end: work.add(path, first, count, first_pts.pop(first), end), source)
     # resume: seek to the last closed segment's keyframe, decode on and skip the frames already done
     last = work.segments[-1] if work.segments else None
-    reader = FrameReader(source, info, first_index=last.first if last else 0, start_pts=last.first_pts if last else None)
+    reader = FrameReader(source, info, first_index=last.first if last else 0, start_pts=last.first_pts if last else None,
+                         deinterlace=runner.options.deinterlace)
     segment_start, number, count, bad, end = None, len(work.segments), done, "", None
     group: list = []  # decoded frames of the current segment waiting to be upscaled together
     sizes = GroupSizes(info.height, info.width)

@@ -21,6 +21,7 @@ import av
 import numpy as np
 
 from srtrt.engine.video.colour import Colour, stream_colour
+from srtrt.engine.video.deinterlace import applies, deinterlaced, field_order
 from srtrt.engine.video.hdr import HdrMetadata, read_hdr
 from srtrt.engine.video.planes import frame_to_rgb
 from srtrt.errors import SrtrtError
@@ -45,6 +46,7 @@ class VideoInfo:
     display_matrix: tuple | None  # the rotation/flip side data, 9 int32
     sample_aspect: Fraction | None = None  # a pixel's width over its height (anamorphic video); None: square or unsaid
     hdr: HdrMetadata | None = None  # HDR10 mastering display and light levels, from the first frame
+    field_order: str | None = None  # how it is interlaced, in words; None: progressive
 
 
 @dataclass
@@ -96,7 +98,7 @@ def probe(path: Path) -> VideoInfo:
         duration = None if ends is None else max(ends - start, 0.0)
         return VideoInfo(first.width, first.height, max(c.bits for c in first.format.components), pix_fmt, colour,
                          stream.time_base, stream.average_rate or stream.guessed_rate, stream.frames or 0, duration,
-                         slack, start, display, sample_aspect(stream), read_hdr(first))
+                         slack, start, display, sample_aspect(stream), read_hdr(first), field_order(stream, first))
 
 
 def sample_aspect(stream) -> Fraction | None:
@@ -187,8 +189,9 @@ class FrameReader:
     with a backward timestamp included).
     """
 
-    def __init__(self, path: Path, info: VideoInfo, first_index: int = 0, start_pts: int | None = None):
-        self.path, self.info = path, info
+    def __init__(self, path: Path, info: VideoInfo, first_index: int = 0, start_pts: int | None = None,
+                 deinterlace: str = "off"):
+        self.path, self.info, self._deinterlace = path, info, deinterlace
         self._first_index, self._start_pts = first_index, start_pts
         self.failed = False  # the decoder raised (as opposed to the consumer failing)
         self.nudged = 0  # frames whose timestamp was moved to keep them strictly increasing
@@ -211,7 +214,10 @@ class FrameReader:
         try:
             with open_input(self.path) as container:
                 stream = video_stream(container, self.path)
-                for frame in _decoded(container, stream, self.path, self._start_pts):
+                frames = _decoded(container, stream, self.path, self._start_pts)
+                if applies(self.info.field_order, self._deinterlace):
+                    frames = deinterlaced(frames, stream, self._deinterlace, self.path)
+                for frame in frames:
                     if skipping and frame.pts is not None and frame.pts < self._start_pts:
                         continue
                     skipping = False
