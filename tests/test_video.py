@@ -893,6 +893,31 @@ def test_a_bad_frame_fails_naming_it_or_stops_there_with_the_good_frames(tmp_pat
         assert [t for t, _, _ in video_frames(out)] == good  # exactly the good frames, with their timestamps
 
 
+@pytest.mark.parametrize("time_base, step", [(Fraction(1, 90000), 3750), (Fraction(1, 12288), 512)])
+def test_every_segment_keeps_its_frames_exact_timestamps(tmp_path, capsys, model, time_base, step):
+    """The output is joined from MP4 segments, and an MP4 that starts after 0 puts its start in an
+    edit list counted in milliseconds: read back as they are, a later segment's frames moved by up
+    to half a millisecond, and a frame 1 tick after a cut's last frame came back before it (the
+    join failed). Every output frame has its input frame's timestamp."""
+    from srtrt.engine.video.run import SEGMENT_SECONDS
+
+    cut = int(SEGMENT_SECONDS / time_base) + 45  # the keyframe a segment starts at, 45 ticks past 2 s
+    stamps = [i * step for i in range(47) if i * step < cut - 1] + [cut - 1] + [cut + k * step for k in range(12)]
+    source = tmp_path / "cut.mp4"
+    gop = stamps.index(cut)  # keyframes at 0, the cut, and on
+    make_clip(source, frames=len(stamps), size=(32, 24), pts=stamps, time_base=time_base, audio=None, gop=gop,
+              bframes=0)
+    code, err = run(capsys, source, "--model", model, "--backend", "torch", "--preset", "ultrafast")
+    assert code == 0, err
+
+    def stamps_of(path):
+        with av.open(str(path)) as c:
+            stream = c.streams.video[0]
+            return [f.pts * stream.time_base for f in c.decode(stream)]
+
+    assert stamps_of(tmp_path / "cut_x4.mp4") == stamps_of(source) == [t * time_base for t in stamps]
+
+
 def test_repeated_timestamps_are_moved_one_tick_and_the_run_says_so(tmp_path, capsys, model):
     make_clip(tmp_path / "even.mkv", frames=8, audio=None, pts=[40 * i for i in range(8)],
               time_base=Fraction(1, 1000))

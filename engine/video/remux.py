@@ -13,6 +13,7 @@ import io
 import os
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 import av
 
@@ -107,13 +108,14 @@ def _header_refusal(fmt: str, settings, source=None, video=None) -> Exception | 
     return None
 
 
-def _video_packets(segments: list[tuple[Path, Fraction | None]], out_stream):
+def _video_packets(segments: list[SegmentFile], out_stream):
     """The segments' packets in order, dts kept strictly increasing across the joins, durations
     those of the frames they show (one segment's packets are held at once: a few seconds of video)."""
     last_dts = None
-    for path, end in segments:
+    for path, start, end in segments:
         with av.open(str(path)) as segment:
             packets = [packet for packet in segment.demux(segment.streams.video[0]) if packet.size]
+            _anchored(packets, start)
             _presentation_durations(packets, end)
             for packet in packets:
                 if last_dts is not None and packet.dts is not None and packet.dts <= last_dts:
@@ -121,6 +123,23 @@ def _video_packets(segments: list[tuple[Path, Fraction | None]], out_stream):
                 last_dts = packet.dts
                 packet.stream = out_stream
                 yield packet
+
+
+def _anchored(packets: list, start: Fraction) -> None:
+    """Each packet moved by what puts the segment's first frame at `start`: an MP4 that starts later
+    than 0 says so in an edit list counted in its movie timescale (1 ms), so the times read back
+    can be up to half a millisecond off the frames' own -- enough to put a segment's first frame
+    before the last frame of the segment before it."""
+    stamped = [packet.pts for packet in packets if packet.pts is not None]
+    if not stamped:
+        return
+    shift = round(start / packets[0].time_base) - min(stamped)
+    if shift:
+        for packet in packets:
+            if packet.pts is not None:
+                packet.pts += shift
+            if packet.dts is not None:
+                packet.dts += shift
 
 
 def _presentation_durations(packets: list, end: Fraction | None) -> None:
@@ -150,15 +169,21 @@ def pixel_shape_note(destination: Path, codec: str, sample_aspect: Fraction | No
             f"stores it outside the {codec} stream, where PyAV cannot write it (.mp4 and .mov keep it)")
 
 
-def join(source_path: Path, segments: list[tuple[Path, Fraction | None]], destination: Path, display_matrix,
+class SegmentFile(NamedTuple):
+    path: Path
+    start: Fraction        # its first frame's time, seconds (as the input has it)
+    end: Fraction | None   # where its last frame ends, seconds; None if unknown
+
+
+def join(source_path: Path, segments: list[SegmentFile], destination: Path, display_matrix,
          sample_aspect: Fraction | None = None) -> None:
-    """Write `destination` (temporary name, then rename) from the video segments, each with the time
-    its last frame ends (seconds; None if unknown), and the input's other streams."""
+    """Write `destination` (temporary name, then rename) from the video segments and the input's
+    other streams."""
     temp = temp_name(destination)
     fmt = FORMATS[destination.suffix.lower()]
     try:
         with open_input(source_path) as source, av.open(temp, "w", format=fmt) as out, \
-                av.open(str(segments[0][0])) as first:
+                av.open(str(segments[0].path)) as first:
             video = video_stream(source, source_path)
             out.metadata.update({k: v for k, v in source.metadata.items() if k.lower() != "encoder"})
             out_video = _copy_stream(out, first.streams.video[0])

@@ -147,7 +147,8 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
                 raise SrtrtError(bad, source)
         if not work.segments:
             raise SrtrtError("no frame was decoded", source)
-        segments = [(work.folder / seg.file, None if seg.end_pts is None else seg.end_pts * info.time_base)
+        segments = [remux.SegmentFile(work.folder / seg.file, seg.first_pts * info.time_base,
+                                      None if seg.end_pts is None else seg.end_pts * info.time_base)
                     for seg in work.segments]
         remux.join(source, segments, destination, info.display_matrix, info.sample_aspect)
     except Exception:
