@@ -450,6 +450,21 @@ def test_hdr10_mastering_metadata_is_kept(tmp_path, capsys, model, codec):
     assert [float(v) for v in kept.luminance] == pytest.approx([float(v) for v in given.luminance], rel=1e-3)
 
 
+@pytest.mark.parametrize("pix_fmt", ["yuvj422p", "yuvj444p", "yuv422p"])
+def test_full_range_input_keeps_its_chroma_layout(tmp_path, capsys, model, pix_fmt):
+    """A webcam's or camera's full-range 4:2:2 (yuvj422p, named apart from yuv422p) keeps its chroma
+    resolution, as limited-range 4:2:2 does, and its range."""
+    source = tmp_path / "cam.mkv"
+    make_clip(source, frames=3, pix_fmt=pix_fmt, audio=None, colour=Colour(1, pix_fmt.startswith("yuvj"), 1, 1))
+    code, err = run(capsys, source, "--model", model, "--backend", "torch", "--preset", "ultrafast")
+    assert code == 0, err
+    with av.open(str(source)) as a, av.open(str(tmp_path / "cam_x4.mkv")) as b:
+        given, made = a.streams.video[0].codec_context, b.streams.video[0].codec_context
+        assert (made.format.chroma_width(64), made.format.chroma_height(64)) == \
+            (given.format.chroma_width(64), given.format.chroma_height(64))
+        assert made.color_range == given.color_range
+
+
 def test_a_stream_the_container_cannot_hold_switches_to_mkv_and_says_so(tmp_path, capsys, model):
     source = tmp_path / "subs.mp4"
     make_clip(source, frames=6, audio=None)

@@ -63,6 +63,15 @@ def _pix_fmts(codec: str) -> set[str]:
     return {f.name for f in (av.Codec(codec, "w").video_formats or ())}
 
 
+def chroma_layout(pix_fmt: str) -> str:
+    """"444", "422" or "420": `pix_fmt`'s chroma resolution, by its planes rather than its name (full-range
+    yuvj422p, semi-planar nv16); 4:2:0 for a format without chroma (grey, RGB) or another layout (4:1:1)."""
+    fmt = av.VideoFormat(pix_fmt)
+    if fmt.is_rgb or len(fmt.components) < 3:
+        return "420"
+    return {(16, 16): "444", (8, 16): "422"}.get((fmt.chroma_width(16), fmt.chroma_height(16)), "420")
+
+
 def default_codec(container_format: str, bits: int) -> str:
     if container_format == "webm":
         return "libvpx-vp9"
@@ -85,7 +94,7 @@ def choose_settings(codec: str, crf: int | None, preset: str | None, source_pix_
         raise SrtrtError(f"libx265 cannot encode {width}x{height} frames (under 64 pixels); use --codec libx264", path)
     available = _pix_fmts(codec)
     depth = "10le" if bits > 8 else ""
-    layout = next((c for c in ("444", "422", "420") if f"yuv{c}" in source_pix_fmt), "420")
+    layout = chroma_layout(source_pix_fmt)
     odd = width % 2 or height % 2
     wanted = [f"yuv{layout}p{depth}", f"yuv420p{depth}", "yuv420p"]
     if odd:  # 4:2:0 and 4:2:2 need even sizes
