@@ -478,6 +478,32 @@ def test_a_stream_the_container_cannot_hold_switches_to_mkv_and_says_so(tmp_path
     assert packets(tmp_path / "wanted.mkv", "subtitle") == [b"line 0", b"line 1"]
 
 
+def test_a_stream_the_container_refuses_only_at_its_end_switches_to_mkv(tmp_path, capsys, model):
+    """MP4 takes stereo PCM's header and refuses the stream only when the file is finished: found
+    before any frame is upscaled, so the output goes to .mkv (audio kept) instead of failing at the end."""
+    source = tmp_path / "pcm.mkv"
+    with av.open(str(source), "w") as out:
+        video = out.add_stream("libx264", rate=24)
+        video.width, video.height, video.pix_fmt = 48, 32, "yuv420p"
+        audio = out.add_stream("pcm_s16le", rate=48000, layout="stereo")
+        for i in range(6):
+            frame = av.VideoFrame.from_ndarray(moving(i, 32, 48), format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+        for j in range(12):
+            sound = av.AudioFrame.from_ndarray(np.full((1, 2048), j, np.int16), format="s16", layout="stereo")
+            sound.sample_rate, sound.pts = 48000, j * 1024
+            out.mux(audio.encode(sound))
+        out.mux(audio.encode())
+    code, err = run(capsys, source, "-o", tmp_path / "wanted.mp4", "--model", model, "--backend", "torch",
+                    "--preset", "ultrafast")
+    assert code == 0, err
+    assert ".mp4 cannot hold these streams" in err and "written as wanted.mkv" in err
+    assert not (tmp_path / "wanted.mp4").exists()
+    assert packets(tmp_path / "wanted.mkv", "audio") == packets(source, "audio")
+
+
 def _mp4_with_mov_text(tmp_path: Path) -> Path:
     """An MP4 with titled streams and MP4's own subtitles (mov_text, which Matroska cannot hold)."""
     make_clip(tmp_path / "plain.mp4", frames=6)

@@ -91,21 +91,48 @@ def fits(source, video, suffix: str, settings) -> str | None:
 
 
 def _header_refusal(fmt: str, settings, source=None, video=None) -> Exception | None:
-    """What writing a `fmt` header in memory raises with the encoder's stream (and `source`'s copied
-    streams and attachments, when given), or None."""
+    """What writing a `fmt` file in memory raises with the encoder's stream (and `source`'s copied
+    streams with their first packets, and its attachments, when given), or None. The packets and
+    the file's end are written too: MP4 takes stereo PCM's header and refuses it only there."""
     try:
         with av.open(io.BytesIO(), "w", format=fmt) as out:
             add_video_stream(out, settings, STAND_IN_SIDE, STAND_IN_SIDE)
-            if source is not None:
-                for stream in copied_streams(source, video, fmt):
-                    _copy_stream(out, stream)
-                for stream in attachments(source):
-                    out.add_attachment(stream.metadata.get("filename", "attachment"),
-                                       stream.mimetype or "application/octet-stream", stream.data)
+            if source is None:
+                out.start_encoding()
+                return None
+            copied = {stream.index: _copy_stream(out, stream) for stream in copied_streams(source, video, fmt)}
+            for stream in attachments(source):
+                out.add_attachment(stream.metadata.get("filename", "attachment"),
+                                   stream.mimetype or "application/octet-stream", stream.data)
             out.start_encoding()
+            for packet in _first_packets(source, copied):
+                out.mux(packet)
     except (ValueError, av.FFmpegError) as e:
         return e
     return None
+
+
+def _first_packets(source, mapping: dict, most: int = 1000) -> list:
+    """The first packet of each stream in `mapping` (source index -> output stream), each moved to
+    its output stream and to time 0, from at most `most` packets read (a file that cannot be read
+    that far gives those found); `source` is read from its start again afterwards."""
+    found = {}
+    if not mapping:
+        return []
+    try:
+        for packet in source.demux([source.streams[i] for i in mapping]):
+            index, most = packet.stream.index, most - 1
+            if packet.size and index not in found:
+                packet.pts = packet.dts = 0
+                packet.stream = mapping[index]
+                found[index] = packet
+            if len(found) == len(mapping) or most <= 0:
+                break
+    except (av.FFmpegError, OSError):
+        pass
+    finally:
+        source.seek(0)
+    return list(found.values())
 
 
 def _video_packets(segments: list[SegmentFile], out_stream):
