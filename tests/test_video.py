@@ -339,7 +339,7 @@ def test_anamorphic_pixels_keep_their_shape(tmp_path, capsys, model, output, cod
     assert (kept, lost) == ((False, True) if (output, codec) == ("mkv", "libvpx-vp9") else (True, False))
 
 
-def _interlaced_clip(path: Path, frames: int = 8, h: int = 64, w: int = 96) -> None:
+def _interlaced_clip(path: Path, frames: int = 8, h: int = 64, w: int = 96, gop: int = 12) -> None:
     """An interlaced clip (x264, top field first) of fast motion: each frame's odd lines are the
     picture half a frame later, so a frame shown as one picture combs."""
     def picture(t):
@@ -347,7 +347,7 @@ def _interlaced_clip(path: Path, frames: int = 8, h: int = 64, w: int = 96) -> N
         return np.stack([np.sin((xx + 6 * t) / 3), np.cos(yy / 5), np.sin((xx + 6 * t) / 4)], -1) * 0.45 + 0.5
 
     with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=25, options={"crf": "10", "x264-params": "tff=1"})
+        video = out.add_stream("libx264", rate=25, options={"crf": "10", "g": str(gop), "x264-params": "tff=1"})
         video.width, video.height, video.pix_fmt = w, h, "yuv420p"
         for i in range(frames):
             rgb = picture(i)
@@ -389,6 +389,31 @@ def test_interlaced_frames_are_made_whole_before_upscaling(tmp_path, capsys, mod
     code, err = run(capsys, source, "-o", tmp_path / "as_is.mp4", "--model", model, "--backend", "torch",
                     "--preset", "ultrafast", "--deinterlace", "off")
     assert code == 0 and "upscaled as whole frames (--deinterlace off)" in err, err
+
+
+def test_a_resumed_run_deinterlaces_its_first_frame_as_the_first_run_did(tmp_path):
+    """bwdif rebuilds a frame from the frames either side: a run resumed at a segment's keyframe
+    starts decoding at the keyframe before it, so that frame is made whole from the same neighbours."""
+    from srtrt.engine.video.source import FrameReader, probe
+
+    source = tmp_path / "tv.mp4"
+    _interlaced_clip(source, frames=24)
+    info = probe(source)
+
+    def read(**resume):
+        reader = FrameReader(source, info, deinterlace="auto", **resume)
+        try:
+            return list(reader)
+        finally:
+            reader.close()
+
+    every = read()
+    keyframes = [f for f in every if f.key and f.index > 0]
+    assert keyframes, "the clip needs a keyframe after its first frame"
+    start = keyframes[0]
+    resumed = read(first_index=start.index, start_pts=start.pts)
+    assert [f.index for f in resumed] == [f.index for f in every[start.index:]]
+    assert all(np.array_equal(a.rgb, b.rgb) for a, b in zip(resumed, every[start.index:]))
 
 
 def test_progressive_video_is_not_deinterlaced_unless_asked(tmp_path, capsys, model):

@@ -214,8 +214,12 @@ class FrameReader:
         try:
             with open_input(self.path) as container:
                 stream = video_stream(container, self.path)
-                frames = _decoded(container, stream, self.path, self._start_pts)
-                if applies(self.info.field_order, self._deinterlace):
+                whole = applies(self.info.field_order, self._deinterlace)
+                # a resumed run deinterlaces its first frame with the frame before it, as the first run did:
+                # decoding starts at the keyframe before that frame (the frames up to it are not handed over)
+                seek = self._start_pts - 1 if whole and self._start_pts is not None else self._start_pts
+                frames = _decoded(container, stream, self.path, seek)
+                if whole:
                     frames = deinterlaced(frames, stream, self._deinterlace, self.path)
                 for frame in frames:
                     if skipping and frame.pts is not None and frame.pts < self._start_pts:
