@@ -13,7 +13,7 @@ from srtrt.errors import SrtrtError
 
 ALPHA_MODES = ("bicubic", "model")
 SHAPE_CLASSES = ("large", "many-sizes")  # backends.measured.LARGE, MANY_SIZES
-DEINTERLACE_MODES = ("auto", "on", "off")  # video.deinterlace.MODES
+DEINTERLACE_MODES = ("auto", "on", "off")  # what video.deinterlace.applies takes
 # integer options: (least, most or None)
 INTEGER_RANGES = {"tile": (0, None), "margin": (0, None), "batch": (1, None), "max_pixels": (0, None),
                   "crf": (0, 63), "png_level": (0, 9)}

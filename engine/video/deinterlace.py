@@ -6,7 +6,7 @@ longer be separated afterwards. bwdif rebuilds each field's missing lines from i
 space and time (the previous and next frames), so the network sees whole pictures; the frame
 rate, frame count and timestamps stay the input's.
 
-Modes: "auto" deinterlaces the frames the decoder flags as interlaced, "on" every frame (for
+Modes (options.DEINTERLACE_MODES): "auto" deinterlaces the frames the decoder flags as interlaced, "on" every frame (for
 video flagged wrong), "off" none.
 """
 from __future__ import annotations
@@ -17,7 +17,6 @@ import av
 
 from srtrt.errors import SrtrtError
 
-MODES = ("auto", "on", "off")
 SMALLEST = (3, 4)  # the width and height bwdif takes at least
 FIELD_ORDERS = {2: "top field first", 3: "bottom field first", 4: "top field coded first, shown second",
                 5: "bottom field coded first, shown second"}
