@@ -26,6 +26,7 @@ import json
 import os
 import pickle
 import re
+import struct
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -202,6 +203,8 @@ def _image_to_image(descriptor, spandrel, path: Path) -> nn.Module:
         got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         raise SrtrtError(f"{name} model gives {got} for a {n}x{n} image, not the {expected} its scale and "
                          "channels say", path)
+    if not torch.isfinite(y).all():  # NaN weights: every image would come out black, silently
+        raise SrtrtError(f"{name} model gives NaN or infinite values for a {n}x{n} test image (broken weights)", path)
     copy_input = not torch.equal(x, probe)
     return _ImageToImage(model, call, copy_input).eval() if call is not None or copy_input else model
 
@@ -245,7 +248,10 @@ def read_state_dict(path: Path) -> Mapping:
             raise SrtrtError(f"refused: the file's pickle names {named[1] or named[2]}, which is not weights "
                              "(only tensors and plain containers are read; save a state dict)", path) from None
         raise SrtrtError(f"corrupt or truncated model file ({_unpickling_cause(e)})", path) from None
-    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError) as e:
+    # what torch's readers raise on damaged bytes: a legacy .pth cut in its header (struct.error), one whose
+    # storage list names a key its data never defined (AssertionError)
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError,
+            struct.error, AssertionError) as e:
         raise SrtrtError(f"corrupt or truncated model file ({_first_line(e)})", path) from None
     if not isinstance(state, Mapping):
         raise SrtrtError(f"holds a {type(state).__name__}, not a state dict", path)
@@ -286,7 +292,7 @@ def _is_torchscript(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             return any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in z.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):  # a zip version torch reads, zipfile not
         return False
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import pickle
+import re
 import sys
 import types
 
@@ -206,8 +207,42 @@ def test_legacy_pickle_truncated_is_refused(tmp_path):
     path = tmp_path / "legacy.pth"
     torch.save(_tensors(CASES["compact"][0]()), path, _use_new_zipfile_serialization=False)
     assert community.load(path).architecture_id == "Compact"
-    path.write_bytes(path.read_bytes()[:300])
-    assert "corrupt or truncated model file" in _refusal(path)
+    data = path.read_bytes()
+    # cut in its header records, torch's reader fails in struct (a buffer of 4 or 2 bytes too short)
+    for cut in (300, 30, 19, 53):
+        path.write_bytes(data[:cut])
+        assert "corrupt or truncated model file" in _refusal(path)
+
+
+def test_legacy_pickle_naming_a_storage_it_never_defined_is_refused(tmp_path):
+    path = tmp_path / "legacy.pth"
+    torch.save(_tensors(CASES["compact"][0]()), path, _use_new_zipfile_serialization=False)
+    data = bytearray(path.read_bytes())
+    key = re.search(rb"X.\x00\x00\x00(\d{6,})", bytes(data)).group(1)  # a storage key, as the data pickle has it
+    at = bytes(data).rfind(key)  # its copy in the storage list after the data
+    data[at] = ord("1") if data[at] != ord("1") else ord("2")
+    path.write_bytes(bytes(data))
+    assert "corrupt or truncated model file (storage key" in _refusal(path)
+
+
+def test_a_zip_version_python_s_zipfile_refuses_still_loads(tmp_path):
+    """torch reads a .pth whose zip directory asks for a newer "version needed to extract"; the
+    TorchScript check (Python's zipfile, which raises NotImplementedError there) must not stop it."""
+    path = tmp_path / "zip.pth"
+    torch.save(_tensors(CASES["compact"][0]()), path)
+    data = bytearray(path.read_bytes())
+    directory = bytes(data).find(b"PK\x01\x02")
+    data[directory + 6:directory + 8] = (255).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    assert community.load(path).architecture_id == "Compact"
+
+
+def test_nan_weights_are_refused(tmp_path):
+    """Weights of NaN give an all-black image for every input: refused when the file is read."""
+    model = CASES["compact"][0]()
+    path = tmp_path / "nan.safetensors"
+    save_file({k: torch.full_like(v, float("nan")) for k, v in _tensors(model).items()}, str(path))
+    assert "model gives NaN or infinite values for a 8x8 test image (broken weights)" in _refusal(path)
 
 
 @pytest.mark.parametrize("suffix", community.SUFFIXES)

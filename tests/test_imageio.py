@@ -590,7 +590,52 @@ def test_an_animation_or_page_stack_is_refused_not_cut_to_its_first_image(tmp_pa
     frames = [Image.fromarray(random_array(16, 16, 3)) for _ in range(3)]
     path = save(tmp_path, frames[0], f"moving.{image_format.lower()}", format=image_format,
                 save_all=True, append_images=frames[1:])
-    assert_refused(path, "animated image \\(3 frames\\)" if image_format != "TIFF" else "multi-page TIFF \\(3 images\\)")
+    refusal = "animated image \\(3 frames\\)" if image_format != "TIFF" else "multi-page TIFF \\(3 images\\)"
+    assert_refused(path, refusal)
+    with Image.open(path) as opened, pytest.raises(SrtrtError, match=refusal):
+        from_pil(opened)  # the API's door for an image opened by the caller
+    with Image.open(path) as opened:
+        assert from_pil(opened.copy()).pixels.shape == (16, 16, 3)  # one frame, taken by the caller
+
+
+def test_a_sixteen_bit_or_float_tiff_storing_0_as_white_is_not_a_negative(tmp_path):
+    """MINISWHITE grey: Pillow inverts it at 1 and 8 bits only; at 16 bits and in floats it came out
+    as a negative. Every depth gives the same picture."""
+    import tifffile
+
+    ramp = np.linspace(0, 1, 32, dtype=np.float64)[None, :].repeat(4, 0)  # 0 = white on the left
+    paths = {}
+    for name, stored in {"8": np.round(ramp * 255).astype(np.uint8), "16": np.round(ramp * 65535).astype(np.uint16),
+                         "float": ramp.astype(np.float32)}.items():
+        paths[name] = str(tmp_path / f"white_is_zero_{name}.tif")
+        tifffile.imwrite(paths[name], stored, photometric="miniswhite")
+    read = {name: read_image(path).pixels[:, :, 0].astype(np.float64) for name, path in paths.items()}
+    expected = 1 - ramp
+    assert np.abs(read["8"] / 255 - expected).max() < 1 / 255
+    assert np.abs(read["16"] / 65535 - expected).max() < 1 / 65535
+    assert np.abs(read["float"] / 65535 - expected).max() < 1 / 65535
+
+
+@pytest.mark.parametrize("layout, dtype", [("rgba", np.uint8), ("rgba", np.uint16), ("la", np.uint16),
+                                           ("rgba", np.float32)])
+def test_a_tiff_s_premultiplied_alpha_is_divided_out(tmp_path, layout, dtype):
+    """Associated (premultiplied) alpha: the colour is divided by it at every depth, as Pillow does at
+    8 bits; taken as straight alpha, every part-transparent pixel came out darkened by its alpha."""
+    import tifffile
+
+    top = 1.0 if dtype == np.float32 else np.iinfo(dtype).max
+    colour = np.array([0.8, 0.4, 0.2] if layout == "rgba" else [0.6])
+    alpha = np.linspace(0, 1, 16)[None, :, None].repeat(4, 0)
+    stored = np.concatenate([np.broadcast_to(colour, (4, 16, colour.size)) * alpha, alpha], axis=2) * top
+    stored = stored.astype(dtype) if dtype == np.float32 else np.round(stored).astype(dtype)
+    path = str(tmp_path / f"premultiplied_{layout}.tif")
+    tifffile.imwrite(path, stored, photometric="rgb" if layout == "rgba" else "minisblack",
+                     extrasamples=["assocalpha"])
+    decoded = read_image(path)
+    scale = np.iinfo(decoded.pixels.dtype).max
+    seen = decoded.pixels[:, 4:, :] / scale  # where alpha is 0.27 or more: the rounding of a division stays small
+    assert np.abs(seen - colour).max() < 4 / min(scale, 255 if dtype == np.uint8 else scale)
+    assert np.abs(decoded.alpha / scale - alpha[:, :, 0]).max() < 1 / 255
 
 
 def test_a_tiff_thumbnail_page_does_not_make_it_multi_page(tmp_path):

@@ -118,6 +118,7 @@ def from_pil(img: Image.Image, path=None) -> DecodedImage:
     if filename and img.tile and (_sixteen_bit_colour_rawmode(img) is not None or _turned_tiff(img)):
         return read_image(filename, max_pixels=None)  # not loaded yet: keep all 16 bits, or the right pixels
     try:
+        _refuse_more_than_one_image(img, path)  # as a file of it is: an opened animation is all its frames
         img.load()
         return _normalise(img, path, img.format or "memory")
     except SrtrtError:
@@ -252,13 +253,16 @@ def _normalise(img: Image.Image, path, source_format: str) -> DecodedImage:
     icc = img.info.get("icc_profile") or None
     if img.mode == "CMYK":
         img, icc = _cmyk_to_rgb(img, icc)
+    white_is_zero = _white_is_zero(img) and img.mode not in ("1", "L")  # Pillow inverts those itself
     img = _to_basic_mode(img, path)
     if img.mode in ("I", "F"):
-        pixels, alpha = _wide_grey_to_uint16(img, path), None
+        pixels, alpha = _wide_grey_to_uint16(img, path, white_is_zero), None
     else:
         array = np.asarray(img)
         if array.dtype.byteorder not in ("=", "|"):     # I;16B: make it native uint16
             array = array.astype(np.uint16)
+        if white_is_zero and img.mode.startswith("I;16"):
+            array = 65535 - array
         pixels, alpha = _split_alpha(array, img.mode)
     bit_depth = 16 if pixels.dtype == np.uint16 else 8
     pixels, alpha = _apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation)
@@ -296,13 +300,18 @@ def _split_alpha(array: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray |
     return array, None
 
 
-def _wide_grey_to_uint16(img: Image.Image, path) -> np.ndarray:
-    """32-bit integer and float grey: kept at 16 bits when the values allow it, else refused."""
+def _wide_grey_to_uint16(img: Image.Image, path, white_is_zero: bool = False) -> np.ndarray:
+    """32-bit integer and float grey: kept at 16 bits when the values allow it, else refused.
+    `white_is_zero`: stored inverted (a MINISWHITE TIFF), turned the right way round first."""
     values = np.asarray(img)
     if img.mode == "I":
+        if white_is_zero:
+            values = (2 ** max(_tiff_bits_per_sample(img) or {32}) - 1) - values.astype(np.int64)
         if values.size and (values.min() < 0 or values.max() > 65535):
             raise SrtrtError("32-bit integer pixels outside 0..65535 are not supported", path)
         return values.astype(np.uint16)[:, :, None]
+    if white_is_zero:
+        values = 1.0 - values
     if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
         raise SrtrtError("floating-point pixels must lie in [0, 1]", path)
     return np.round(values * 65535.0).astype(np.uint16)[:, :, None]
@@ -508,6 +517,30 @@ def _tiff_bits_per_sample(img: Image.Image) -> set[int]:
     return set(bits) if isinstance(bits, tuple) else {bits}
 
 
+_PHOTOMETRIC, _EXTRA_SAMPLES = 262, 338  # TIFF tags
+_MINISWHITE, _MINISBLACK, _RGB = 0, 1, 2  # photometric interpretations (grey with 0 as white or black; RGB)
+_ASSOCIATED_ALPHA = 1                     # an extra sample that is alpha premultiplied into the colour
+
+
+def _white_is_zero(img: Image.Image) -> bool:
+    """A grey TIFF storing 0 as white, which Pillow turns the right way round only at 1 and 8 bits."""
+    return img.format == "TIFF" and getattr(img, "tag_v2", {}).get(_PHOTOMETRIC) == _MINISWHITE
+
+
+def _extra_samples(img: Image.Image) -> tuple:
+    extra = getattr(img, "tag_v2", {}).get(_EXTRA_SAMPLES, ())
+    return tuple(extra) if isinstance(extra, tuple) else (extra,)
+
+
+def _straight_colour(pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Colour premultiplied by `alpha` (a TIFF's associated alpha) divided back out, as Pillow does
+    for 8-bit RGBa: srtrt's alpha is straight (unassociated) everywhere."""
+    top = np.iinfo(pixels.dtype).max
+    weight = alpha.astype(np.float64)[:, :, None]
+    straight = np.where(weight > 0, pixels * (top / np.maximum(weight, 1)), 0)
+    return np.clip(np.round(straight), 0, top).astype(pixels.dtype)
+
+
 def _read_sixteen_bit_colour(first: Image.Image, path, source_format: str) -> DecodedImage:
     """Pixels from tifffile or imagecodecs, metadata and orientation from Pillow's header."""
     layout = _sixteen_bit_colour_rawmode(first).split(";16")[0]
@@ -521,6 +554,8 @@ def _read_sixteen_bit_colour(first: Image.Image, path, source_format: str) -> De
     _check_sixteen_bit_samples(samples, first, colour_channels + has_alpha, layout, path)
     pixels = np.ascontiguousarray(samples[:, :, :colour_channels])
     alpha = np.ascontiguousarray(samples[:, :, colour_channels]) if has_alpha else None
+    if alpha is not None and source_format == "TIFF" and _extra_samples(first)[:1] == (_ASSOCIATED_ALPHA,):
+        pixels = _straight_colour(pixels, alpha)
     orientation, exif = _orientation_and_exif(first)
     icc = first.info.get("icc_profile") or None
     return DecodedImage(_apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation),
@@ -566,7 +601,6 @@ def _turned_tiff(img: Image.Image) -> bool:
 
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
-_MINISBLACK, _RGB = 1, 2  # TIFF photometric interpretations srtrt reads through tifffile
 
 
 def _is_tiff(path) -> bool:
@@ -588,6 +622,7 @@ def _read_tiff_by_tifffile(path, max_pixels: int | None, pillow_cause: str) -> D
             if images > 1:
                 raise _multi_page(images, path)
             layout = (int(page.photometric), page.samplesperpixel, np.dtype(page.dtype))
+            premultiplied = tuple(int(e) for e in (page.extrasamples or ()))[:1] == (_ASSOCIATED_ALPHA,)
             colour = {_MINISBLACK: 1, _RGB: 3}.get(layout[0])
             if colour is None or layout[1] not in (colour, colour + 1) or layout[2].kind not in "uf":
                 raise SrtrtError(f"unsupported TIFF layout ({page.photometric.name.lower()}, {layout[1]} samples of "
@@ -607,6 +642,8 @@ def _read_tiff_by_tifffile(path, max_pixels: int | None, pillow_cause: str) -> D
     pixels, alpha = np.ascontiguousarray(samples[:, :, :colour]), None
     if samples.shape[2] > colour:
         alpha = np.ascontiguousarray(samples[:, :, colour])
+        if premultiplied:
+            pixels = _straight_colour(pixels, alpha)
     orientation = int(tags.get(ORIENTATION_TAG, 1))
     orientation = orientation if orientation in range(1, 9) else 1
     if any(directory in tags for directory in _EXIF_DIRECTORIES):
