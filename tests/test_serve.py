@@ -382,6 +382,29 @@ def test_shutdown_ends_event_streams_and_uploads_at_once(tmp_path, models_dir, c
     assert "Traceback" not in err and "ERROR" not in err, err
 
 
+def test_a_client_gone_mid_body_is_no_traceback(tmp_path, models_dir, capfd):
+    """A client that disconnects in the middle of a PUT or a JSON body: its job is discarded and the
+    server logs nothing (starlette's ClientDisconnect came out as "Exception in ASGI application")."""
+    import httpx
+
+    (tmp_path / "work").mkdir()
+    config = ServeConfig(port=free_port(), models_dir=models_dir, work_dir=tmp_path / "work")
+    with live_server(config) as (url, stop):
+        job = httpx.post(url + "/api/jobs", json={**TINY, "filename": "a.png"}).json()["id"]
+        for head in (f"PUT /api/jobs/{job}/input HTTP/1.1\r\nContent-Type: application/octet-stream\r\n",
+                     "POST /api/jobs HTTP/1.1\r\nContent-Type: application/json\r\n"):
+            with socket.create_connection(("127.0.0.1", config.port), timeout=5) as sock:
+                sock.sendall(f"{head}Host: 127.0.0.1:{config.port}\r\nContent-Length: 1000\r\n\r\n".encode() + b"{" * 10)
+                time.sleep(0.3)  # the server is reading the body when the client goes
+        deadline = time.monotonic() + 10
+        while httpx.get(url + f"/api/jobs/{job}").status_code != 404 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(url + f"/api/jobs/{job}").status_code == 404  # discarded with its upload
+        stop()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "ERROR" not in err, err
+
+
 def test_jobs_awaiting_their_input_keep_no_upload_out(tmp_path, models_dir, images, monkeypatch):
     """A job created by JSON takes a place in the queue only once its input comes: one whose client
     never PUTs it keeps no upload out. Such jobs are bounded on their own, with the time until the
@@ -420,6 +443,29 @@ def test_oversized_upload_is_413_and_leaves_nothing(tmp_path, models_dir):
                               headers={"content-type": f"multipart/form-data; boundary={boundary}"})
         assert chunked.status_code == 413  # no Content-Length: counted while streaming
         assert client.get("/api/jobs").json() == []
+        assert job_folders(tmp_path) == []
+
+
+def test_a_chunked_form_of_endless_fields_is_413_not_held_in_memory(tmp_path, models_dir):
+    """Fields count towards the upload limit too: a chunked body (no Content-Length) of thousands of
+    small fields was kept whole in memory, however large, and answered with a 422 of megabytes."""
+    def fields():
+        for i in range(2000):  # 8 MB of fields against a 100 kB limit
+            yield b'--b\r\nContent-Disposition: form-data; name="f%d"\r\n\r\n' % i + b"v" * 4000 + b"\r\n"
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n\x89PNG\r\n--b--\r\n'
+
+    with serving(tmp_path, models_dir, max_upload_bytes=100_000) as client:
+        refused = client.post("/api/jobs", content=fields(), headers={"content-type": "multipart/form-data; boundary=b"})
+        assert refused.status_code == 413 and "over the limit of 100,000 bytes" in refused.json()["detail"]
+        assert len(refused.content) < 200
+        assert client.get("/api/jobs").json() == [] and job_folders(tmp_path) == []
+
+
+def test_a_boundary_the_parser_refuses_is_400_not_500(tmp_path, models_dir):
+    with serving(tmp_path, models_dir) as client:
+        response = client.post("/api/jobs", content=b"--" + b"x" * 300 + b"--\r\n",
+                               headers={"content-type": "multipart/form-data; boundary=" + "x" * 300})
+        assert response.status_code == 400 and "malformed multipart form (Boundary length 300" in response.text
         assert job_folders(tmp_path) == []
 
 
@@ -572,6 +618,9 @@ def test_a_port_out_of_range_or_in_use_is_one_line_before_serving(tmp_path, mode
         port = taken.getsockname()[1]
         with pytest.raises(SrtrtError, match="cannot listen on .*in use"):
             _check_free("127.0.0.1", port, f"http://127.0.0.1:{port}/")
+    # --port 0: the system picks the port, and "serving on" names that one, not ":0"
+    picked = _check_free("127.0.0.1", 0, "http://127.0.0.1:0/")
+    assert 0 < picked < 65536
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"])
@@ -622,6 +671,14 @@ def test_non_local_bind_needs_a_token(tmp_path, models_dir, capsys):
 
     assert main(["serve", "--host", "0.0.0.0"]) == 2
     assert "needs --token" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("token", ["pässwörd", "two words", "tab\there"])
+def test_a_token_http_cannot_carry_the_same_everywhere_is_refused_at_start(token):
+    """A header or cookie carries bytes the client encodes its own way: a non-ASCII token matched no
+    request (401 on every one, or a 500 setting its cookie)."""
+    with pytest.raises(SrtrtError, match="--token must be printable ASCII without spaces"):
+        ServeConfig(token=token)
 
 
 def test_token_guards_every_route(tmp_path, models_dir, images):
@@ -685,6 +742,18 @@ def test_results_are_bounded_in_space(tmp_path, models_dir, images):
         assert client.get(f"/api/jobs/{first}").status_code == 404
         assert client.get(f"/api/jobs/{second}/result").status_code == 200  # the newest is always kept
         assert len(job_folders(tmp_path)) == 1
+
+
+def test_a_failed_job_does_not_push_out_the_newest_result(tmp_path, models_dir, images):
+    """Only results hold bytes: a job that failed or was cancelled is no newer result to make room for
+    (the only result was deleted a second after a failed upload with --keep-mb)."""
+    with serving(tmp_path, models_dir, keep_bytes=1) as client:
+        kept = upload(client, images[0].read_bytes()).json()["id"]
+        assert finished(client, kept)["state"] == "done"
+        failed = upload(client, b"", name="empty.png").json()["id"]
+        assert finished(client, failed)["state"] == "failed"
+        client.app_state.queue._sweep()  # what the server does on its own every few seconds
+        assert client.get(f"/api/jobs/{kept}/result").status_code == 200
 
 
 def test_openapi_documents_the_api(tmp_path, models_dir):

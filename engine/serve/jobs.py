@@ -337,9 +337,13 @@ class JobQueue:
             finished = sorted((j for j in self._jobs.values() if j.state in TERMINAL), key=lambda j: j.finished)
             gone = [j for j in finished if now - j.finished > self.config.keep_seconds]
             kept = [j for j in finished if j not in gone]
-            total = sum(j.result_bytes for j in kept)
-            while len(kept) > 1 and (total > self.config.keep_bytes or len(kept) > MAX_RECORDS):
-                oldest = kept.pop(0)
+            while len(kept) > MAX_RECORDS:
+                gone.append(kept.pop(0))
+            # only results hold bytes: a failed or cancelled job is no newer result to make room for
+            results = [j for j in kept if j.result_bytes]
+            total = sum(j.result_bytes for j in results)
+            while len(results) > 1 and total > self.config.keep_bytes:
+                oldest = results.pop(0)
                 total -= oldest.result_bytes
                 gone.append(oldest)
             for job in gone:

@@ -1,6 +1,7 @@
 """`srtrt serve`: check the settings, build the app, run it on uvicorn until Ctrl-C."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -28,9 +29,10 @@ def _max_pixels(value: int | None) -> int:
     return DEFAULT_MAX_PIXELS if value is None else value
 
 
-def _check_free(host: str, port: int, where: str) -> None:
-    """One line, before "serving on", when the address cannot be listened on (in use, not this
-    machine's); uvicorn would print its own error after that claim and exit with status 3."""
+def _check_free(host: str, port: int, where: str) -> int:
+    """The port to listen on: `port`, or the one the system gives for 0 (so "serving on" names the
+    real address). One line, before "serving on", when the address cannot be listened on (in use,
+    not this machine's); uvicorn would print its own error after that claim and exit with status 3."""
     import socket
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -40,6 +42,7 @@ def _check_free(host: str, port: int, where: str) -> None:
             probe.bind((host, port))
         except OSError as e:
             raise SrtrtError(f"cannot listen on {where} ({e.strerror or e})") from None
+        return probe.getsockname()[1]
 
 
 def _url(config: ServeConfig) -> str:
@@ -70,8 +73,9 @@ def main(args) -> int:
     except ImportError as e:
         raise SrtrtError(f'srtrt serve needs its extra: pip install "srtrt[serve]" ({e})') from None
     config = config_from_args(args)
+    # before the app makes its work folder: a failed start leaves none
+    config = dataclasses.replace(config, port=_check_free(config.host, config.port, _url(config)))
     where = _url(config)
-    _check_free(config.host, config.port, where)  # before the app makes its work folder: a failed start leaves none
     running = server(create_app(config), config)
     print(f"srtrt: serving on {where}" + (" (open it as /?token=TOKEN once)" if config.token else "")
           + f"; API schema at {where}docs", file=sys.stderr)

@@ -32,6 +32,9 @@ class ServeConfig:
         if not is_loopback(self.host) and not self.token:
             raise SrtrtError(f"--host {self.host} is reachable from other machines: it needs --token "
                              "(bearer auth on every route)")
+        if self.token is not None and not (self.token.isascii() and self.token.isprintable() and " " not in self.token):
+            # HTTP headers and cookies carry bytes a client encodes its own way: only printable ASCII matches everywhere
+            raise SrtrtError("--token must be printable ASCII without spaces (letters, digits, punctuation)")
         for flag, folder in (("--models", self.models_dir), ("--work-dir", self.work_dir)):
             if folder is not None and not Path(folder).is_dir():
                 raise SrtrtError(f"{flag}: not a folder", folder)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, check_size, open_lazily
 from srtrt.engine.video import VIDEO_SUFFIXES, is_video
@@ -83,7 +84,10 @@ async def body_chunks(request, closing):
     chunks = request.stream()
     started, received = time.monotonic(), 0
     while True:
-        chunk = await _next_chunk(chunks, closing, started + allowed_seconds(received))
+        try:
+            chunk = await _next_chunk(chunks, closing, started + allowed_seconds(received))
+        except ClientDisconnect:  # nobody to answer; the request's job is discarded by its caller
+            raise Refused(400, "the client disconnected before the body was complete", CLOSE) from None
         if chunk is None:
             return
         received += len(chunk)
@@ -139,9 +143,13 @@ async def receive_form(request, folder: Path, limit: int, closing) -> Upload:
         raise Refused(415, "send the file as multipart/form-data (or create the job with JSON, then PUT its input)")
     check_declared_length(request.headers, limit, FORM_OVERHEAD)
     form = _FormReader(folder, limit)
-    parser = MultipartParser(params[b"boundary"], form.callbacks())
+    received = 0
     try:
+        parser = MultipartParser(params[b"boundary"], form.callbacks())  # refuses a boundary over 256 bytes
         async for chunk in body_chunks(request, closing):
+            received += len(chunk)
+            if received > limit + FORM_OVERHEAD:  # a chunked body (no Content-Length) of endless fields
+                raise Refused(413, f"upload is over the limit of {limit:,} bytes", CLOSE)
             parser.write(chunk)
         parser.finalize()
     except Refused:
