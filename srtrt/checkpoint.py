@@ -52,9 +52,12 @@ class Checkpoint:
 
 
 def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(weights, sidecar) of the checkpoint `path` names. Only a model file's own suffix is replaced:
+    the rest of a name is kept, dots and all (blend_0.3 is blend_0.3.safetensors, not blend_0's)."""
     p = Path(path)
-    stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
-    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    if p.suffix.lower() in (".json", *_community_suffixes()):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
 
 
 def model_files(model: str | os.PathLike | None) -> list[Path]:

@@ -100,6 +100,38 @@ def test_cli_bad_alpha_is_one_line_and_writes_nothing(pair, tmp_path, capsys):
     assert not list(tmp_path.glob("never*"))
 
 
+def test_cli_validation_options_are_judged_as_train_judges_them(pair, tmp_path, capsys):
+    """--val-crop under 4 x scale was taken, then every held-out photo was called too small to use."""
+    _, _, folder = pair
+    photos = tmp_path / "photos"
+    write_images(photos, [(64, 64), (72, 56)], seed=4)
+    for crop in ("8", "0"):
+        code = cli.main(["interpolate", str(photos), "--psnr", str(folder / "psnr"), "--gan", str(folder / "gan"),
+                         "--out", str(tmp_path / "never"), "--val-count", "1", "--val-crop", crop])
+        err = capsys.readouterr().err
+        assert code == 2 and err == f"srtrt: --val-crop must be at least 16 (4 x --scale), not {crop}\n", err
+    assert not list(tmp_path.glob("never*"))
+
+
+def test_a_dotted_out_name_is_all_name(pair, tmp_path, capsys):
+    """--out blend_0.3 and blend_0.7 are two checkpoints: the ".3" was taken for a suffix and replaced,
+    so both wrote blend_0.safetensors, and --model blend_0.3 loaded whichever came last."""
+    _, _, folder = pair
+    photos = tmp_path / "photos"
+    write_images(photos, [(64, 64), (72, 56)], seed=4)
+    for alpha in ("0.3", "0.7"):
+        code = cli.main(["interpolate", str(photos), "--psnr", str(folder / "psnr"), "--gan", str(folder / "gan"),
+                         "--out", str(tmp_path / f"blend_{alpha}"), "--alpha", alpha, "--val-count", "1",
+                         "--val-crop", "48"])
+        assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.glob("blend_*")) == [
+        "blend_0.3.json", "blend_0.3.safetensors", "blend_0.7.json", "blend_0.7.safetensors"]
+    for alpha in ("0.3", "0.7"):
+        assert checkpoint.load(tmp_path / f"blend_{alpha}").meta["training"]["alpha"] == float(alpha)
+    with pytest.raises(SrtrtError, match="checkpoint file not found"):
+        checkpoint.resolve(tmp_path / "blend_0.99")
+
+
 def _interpolate_cli(capsys, photos, psnr, gan, out) -> tuple[int, str]:
     capsys.readouterr()
     code = cli.main(["interpolate", str(photos), "--psnr", str(psnr), "--gan", str(gan), "--out", str(out),
@@ -126,6 +158,7 @@ def test_cli_bad_folders_inputs_and_outputs_are_one_line(pair, tmp_path, capsys)
         (photos, psnr, community_file, tmp_path / "m", f"{community_file}: not an srtrt checkpoint"),
         (photos, community_file, gan, tmp_path / "m", "--psnr takes srtrt checkpoints"),
         (photos, psnr, gan, folder / "gan", "is an input of this command"),
+        (photos, psnr, gan, f"{empty}/", "is a folder: --out names the file to write"),  # not empty.safetensors
     ]:
         code, err = _interpolate_cli(capsys, data, psnr_arg, gan_arg, out)
         assert code == 2 and err.count("\n") == 1 and cause in err, err

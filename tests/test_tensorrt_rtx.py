@@ -183,6 +183,8 @@ def test_an_output_that_would_replace_an_input_or_a_checkpoints_sidecar_is_refus
     assert "not a plan's sidecar" in line and other.read_text() == '{"format": "srtrt-checkpoint"}'
     line = _one_line_exit_2(capsys, [*build, str(tmp_path)])
     assert "is a folder: -o names the file to write" in line
+    line = _one_line_exit_2(capsys, [*build, str(tmp_path / "engine.json")])  # the plan would be its own sidecar
+    assert "is where the plan's sidecar (NAME.json) goes" in line and not (tmp_path / "engine.json").exists()
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert not cache.exists() or not list(cache.glob("*.plan"))
 

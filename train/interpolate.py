@@ -65,6 +65,7 @@ def choose(rows: list[dict], psnr_drop: float) -> dict:
 def refuse_output_over_inputs(out: str, inputs: list[str | None]) -> None:
     """The blend's weights and sidecar may not replace a checkpoint it is made from."""
     sources = [path for model in inputs for path in checkpoint.model_files(model)]
+    check_output_file(out, flag="--out")  # as given: a folder, "/" at its end included, is refused
     for written in checkpoint.model_files(out)[1:]:  # the weights and the sidecar `out` names
         check_output_file(written, sources, flag="--out")
 
@@ -78,6 +79,8 @@ def interpolate(data: str, psnr_model: str, gan_model: str, out: str, psnr_drop:
     refuse_output_over_inputs(out, [psnr_model, gan_model])
     make_folder(Path(out).parent, "--out")
     psnr, gan = load_srtrt_checkpoint(psnr_model, "--psnr"), load_srtrt_checkpoint(gan_model, "--gan")
+    scale = psnr.config.scale  # the validation options are judged as `srtrt train` judges them
+    TrainConfig(data=data, scale=scale, patch=4 * scale, val_count=val_count, val_crop=val_crop).check()
     _, val_paths = split_holdout(photo_paths(data), val_count)
     if not val_paths:
         raise SrtrtError("no held-out photos to choose alpha on (use --val-count >= 1)", data)

@@ -640,6 +640,8 @@ def _check_plan_output(output: Path, model, onnx_path, overwrite: bool) -> None:
 
     inputs = [onnx_path] if onnx_path else checkpoint.model_files(model)
     check_output_file(output, inputs)
+    if engine_cache.sidecar_path(output) == output:
+        raise SrtrtError("is where the plan's sidecar (NAME.json) goes: -o names the plan, e.g. NAME.plan", output)
     side = check_output_file(engine_cache.sidecar_path(output), inputs, flag=f"the sidecar of -o {output.name}")
     if side.is_file() and not _is_plan_sidecar(side):
         raise SrtrtError(f"holds a file that is not a plan's sidecar; -o {output.name} would replace it: "
