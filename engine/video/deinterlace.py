@@ -6,8 +6,8 @@ longer be separated afterwards. bwdif rebuilds each field's missing lines from i
 space and time (the previous and next frames), so the network sees whole pictures; the frame
 rate, frame count and timestamps stay the input's.
 
-Modes (options.DEINTERLACE_MODES): "auto" deinterlaces the frames the decoder flags as interlaced, "on" every frame (for
-video flagged wrong), "off" none.
+Modes (options.DEINTERLACE_MODES): "auto" deinterlaces the frames the decoder flags as interlaced,
+"on" every frame (for video flagged wrong), "off" none.
 """
 from __future__ import annotations
 
@@ -76,8 +76,9 @@ def deinterlaced(frames, stream, mode: str, path):
                 whole.pts, whole.duration, whole.key_frame = waiting.popleft()
                 yield whole
     except (av.FFmpegError, ValueError) as e:
-        reason = " ".join(str(getattr(e, "strerror", None) or e).split())[:120]
-        raise SrtrtError(f"cannot deinterlace ({reason}); --deinterlace off upscales the frames as they are",
+        from srtrt.engine.video.source import ffmpeg_reason  # source reads frames through this module
+
+        raise SrtrtError(f"cannot deinterlace ({ffmpeg_reason(e)}); --deinterlace off upscales the frames as they are",
                          path) from None
 
 

@@ -116,9 +116,9 @@ def _first_packets(source, mapping: dict, most: int = 1000) -> list:
     """The first packet of each stream in `mapping` (source index -> output stream), each moved to
     its output stream and to time 0, from at most `most` packets read (a file that cannot be read
     that far gives those found); `source` is read from its start again afterwards."""
-    found = {}
     if not mapping:
         return []
+    found = {}
     try:
         for packet in source.demux([source.streams[i] for i in mapping]):
             index, most = packet.stream.index, most - 1
