@@ -7,6 +7,7 @@ import io
 import os
 import random
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,17 @@ def test_first_signal_is_recorded_and_raised_at_the_next_check():
     assert caught.value.exit_code == 143 and caught.value.name == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is before
     assert Stopped(signal.SIGINT).exit_code == 130
+
+
+def test_at_once_the_first_signal_raises_where_the_main_thread_waits():
+    """The Ray driver waits on its actors' rows with no safe point to ask at: the first signal stops it."""
+    from srtrt.engine.batch.signals import StopOnSignals, Stopped
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(Stopped) as caught, StopOnSignals(at_once=True):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # a wait the signal ends
+    assert caught.value.exit_code == 130 and signal.getsignal(signal.SIGINT) is before
 
 
 # --------------------------------------------------------------------------- device memory
@@ -136,13 +148,84 @@ def test_out_of_memory_at_the_floor_fails_that_image_only(tmp_path, capsys, mode
     (RuntimeError("TensorRT could not create an execution context (out of GPU memory?)"), True),
     (RuntimeError("CUDA error: out of memory"), True),
     (RuntimeError("Given groups=1, weight of size [4, 3, 9, 9]"), False),
-    (MemoryError(), False),
+    (MemoryError(), True),
     (KeyboardInterrupt(), False),
 ])
 def test_what_counts_as_out_of_device_memory(exc, expected):
     from srtrt.engine.batch.oom import is_out_of_memory
 
     assert is_out_of_memory(exc) is expected
+
+
+def host_allocation_failure() -> BaseException:
+    """What torch's CPU allocator raises when the host has no memory left (a real failed allocation)."""
+    try:
+        torch.empty(2**62, dtype=torch.uint8)
+    except RuntimeError as e:
+        return e
+    pytest.skip("this host allocated 4 EiB")
+
+
+def test_host_allocation_failures_count_as_out_of_memory():
+    from srtrt.engine.batch.oom import is_host_memory, is_out_of_memory
+
+    error = host_allocation_failure()
+    assert is_out_of_memory(error) and is_host_memory(error)
+    try:
+        np.empty(2**62, np.uint8)
+    except MemoryError as e:
+        assert is_out_of_memory(e) and is_host_memory(e)
+    assert not is_host_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+
+
+def test_out_of_host_memory_steps_down_like_device_memory(tmp_path, capsys, model, monkeypatch):
+    """torch's CPU allocator failing in a window (a ulimit, a cgroup) ended the batch with a traceback."""
+    import srtrt
+    import srtrt.engine.backends as backends
+    from srtrt.engine.backends.torch_backend import TorchBackend
+
+    class HostMemoryAbove(TorchBackend):
+        def infer(self, x):
+            if x.shape[0] * x.shape[2] * x.shape[3] > 52 * 52:
+                raise host_allocation_failure()
+            return super().infer(x)
+
+    def create(name="auto", model=None, precision="auto", device=None, view=None, allow_noncommercial=False,
+               shape_class="large"):
+        view = srtrt.load_model(model)
+        return backends.Selection(HostMemoryAbove(view, "cpu", "fp32"), "torch, host memory short", view.facts)
+
+    monkeypatch.setattr(backends, "create_backend", create)
+    write_images(tmp_path / "in", 1, height=96, width=96, prefix="a")
+    write_images(tmp_path / "in", 1, height=8, width=8, prefix="b")
+    code, err = run(capsys, tmp_path / "in", "-o", tmp_path / "out", "--model", model, "--tile", "64", "--margin", "10")
+    assert code == 0 and "Traceback" not in err, err
+    assert "a0.png: out of memory with batch 1, tile 64; retrying with batch 1, tile 32" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a0_x4.png", "b0_x4.png"]
+    assert partials(tmp_path) == []
+
+
+def test_an_output_the_host_cannot_hold_is_one_line_before_any_work(tmp_path):
+    """JPEG's encoder holds the whole image: a host that cannot reserve it got a numpy traceback."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import resource, sys\n"
+        "from srtrt.engine.datapath.writers import open_writer\n"
+        "from srtrt.errors import SrtrtError\n"
+        "size = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (size + 2**30, resource.RLIM_INFINITY))\n"
+        "try:\n"
+        "    open_writer(sys.argv[1], 40000, 30000, 3, 8)\n"
+        "except SrtrtError as e:\n"
+        "    print(e)\n"
+    )
+    out = tmp_path / "big.jpg"
+    done = subprocess.run([sys.executable, "-c", probe, str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "not enough memory to hold the 40000x30000 image for JPEG's encoder" in done.stdout
+    assert not out.exists()
 
 
 # --------------------------------------------------------------------------- files

@@ -229,6 +229,7 @@ def test_a_foreign_or_damaged_entry_is_measured_again(view, tmp_path, monkeypatc
     for damage in ({"identity": {**entry["identity"], "cpu": "another CPU"}},   # copied from another machine
                    {"seconds": {"torch bf16": 0.001}},                           # a candidate missing
                    {"seconds": {"torch bf16": -1.0, "torch fp32": 0.5}},         # nonsense figures
+                   {"seconds": {"torch bf16": True, "torch fp32": True}},        # booleans read as 1 s
                    {"first_call_only": None}):                                   # was a TypeError
         stored["results"][kind] = {**entry, **damage}
         path.write_text(json.dumps(stored))

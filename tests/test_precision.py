@@ -259,3 +259,19 @@ def test_a_precision_asked_is_kept_and_its_backends_are_timed():
     assert (name, precision) == ("torch", "bf16") and asked == [[("openvino", "bf16"), ("torch", "bf16")]]
     assert "as asked" in why
     assert cpu_choice(SHA, "int8", guard={}, timer=timer_of({}, asked := []))[:2] == ("openvino", "int8") and asked == []
+
+
+def test_backend_openvino_with_precision_auto_times_openvino_precisions_only():
+    """`--backend openvino --precision auto` took bf16 without a look at int8, which the guard allowed
+    and which ran faster: its precisions are timed as `auto` times every path."""
+    paths = {**MEASURED, "openvino-cpu-int8": {"delta_db": -0.04}}
+    amx_like = {("openvino", "int8"): 0.9, ("openvino", "bf16"): 1.3, ("openvino", "fp32"): 4.0}
+    name, precision, why = cpu_choice(SHA, guard=guard(paths), fast_bf16_cpu=True, only="openvino",
+                                      timer=timer_of(amx_like, asked := []))
+    assert asked == [[("openvino", "int8"), ("openvino", "bf16"), ("openvino", "fp32")]]
+    assert (name, precision) == ("openvino", "int8") and why.startswith("fastest here")
+    slow_int8 = {**amx_like, ("openvino", "int8"): 2.0}
+    assert cpu_choice(SHA, guard=guard(paths), fast_bf16_cpu=True, only="openvino",
+                      timer=timer_of(slow_int8, []))[:2] == ("openvino", "bf16")
+    # a model the guard has not measured: the backend asked for, in fp32
+    assert cpu_choice(SHA, guard={}, fast_bf16_cpu=True, only="openvino")[:2] == ("openvino", "fp32")

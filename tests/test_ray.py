@@ -293,3 +293,62 @@ def test_every_row_an_actor_returns_is_said_as_a_local_run_says_it():
             _report_row(row, report, say)
         assert said == [f"srtrt: {message}" for message in expected]
         assert (len(report.done), len(report.skipped), len(report.failed)) == (1, 1, 1)
+
+
+def test_actors_on_this_machine_run_what_the_driver_picked(two_images):
+    """Each local actor opened its backend with `auto` again, and with one CPU its own measurement
+    picked another path than the printed line named (other bytes than a local run's). The driver's
+    pick travels to them; a GPU pick is left to the actors, each with its own GPU and engines."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from srtrt.engine.batch.options import RunOptions
+    from srtrt.engine.batch.ray_runner import LOCAL, _as_picked, _checked_scale
+
+    folder, model = two_images
+    args = parser().parse_args(["run", str(folder), "--model", str(model), "--ray", "-q"])
+    assert args.ray == LOCAL
+    scale, options = _checked_scale(args, RunOptions.from_args(args))
+    assert scale == 4 and (options.backend, options.precision) == ("torch", "fp32")  # auto's pick for this model
+    asked = RunOptions(backend="auto")
+    openvino = SimpleNamespace(name="openvino", precision="int8", device=torch.device("cpu"))
+    assert (_as_picked(asked, openvino).backend, _as_picked(asked, openvino).precision) == ("openvino", "int8")
+    on_a_gpu = SimpleNamespace(name="torch", precision="fp16", device=torch.device("cuda", 0))
+    assert _as_picked(asked, on_a_gpu) == asked
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_a_signal_stops_a_ray_run_without_waiting_for_its_video_and_a_local_run_resumes_it(tmp_path, ray_tmpdir):
+    """The first SIGTERM was only recorded while the driver waited on the actors' rows: the run ended
+    when the video in progress was done (and written). It stops now, keeps the closed segments,
+    and a run without --ray resumes them (the resume key held the actor's device, "cpu")."""
+    pytest.importorskip("av")
+    from test_video import _closed_segments, make_clip
+
+    from srtrt.engine.batch.files import DONE, FileRunner
+    from srtrt.engine.batch.options import RunOptions, open_backend
+
+    model = save_tiny_model(tmp_path)
+    source = tmp_path / "in" / "long.mp4"
+    source.parent.mkdir()
+    make_clip(source, frames=1200, size=(64, 48), audio=None, gop=12)  # 50 s of video: 25 segments
+    out = tmp_path / "out"
+    work = out / ".long_x4.mp4.srtrt-video"
+    process = srtrt_process("run", source.parent, "-o", out, "--model", model, "--ray", "-q")
+    sent, err = signal_when(process, lambda: len(_closed_segments(work)) >= 1, signal.SIGTERM, 300)
+    if not sent:
+        pytest.skip("the run ended before a segment was closed")
+    assert process.returncode == 143 and err.splitlines()[-1].startswith("srtrt: stopped by SIGTERM"), err
+    kept = sum(d["frames"] for d in _closed_segments(work))
+    assert not (out / "long_x4.mp4").exists() and 0 < kept < 1200
+    options = RunOptions(model=str(model), resume=True)
+    runner = FileRunner(open_backend(options).backend, options)
+    starts, deadline = [], time.monotonic() + 20
+    while True:  # the actor's process may outlive the driver by a moment, holding the folder's lock
+        outcome = runner.run(source, out / "long_x4.mp4", on_frames=lambda total, done: starts.append(done))
+        if "another srtrt run is writing" not in outcome.message or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert outcome.status == DONE, outcome.message
+    assert starts == [kept] and partials(tmp_path) == []

@@ -1050,6 +1050,26 @@ def test_resume_starts_afresh_when_the_model_file_changed(tmp_path, capsys, mode
     assert not work.exists()
 
 
+def test_resume_takes_over_segments_whatever_door_the_same_path_came_by(tmp_path, model):
+    """The resume key held the options as asked: a run stopped under --ray (whose actors name their
+    device, "cpu") or with `--backend torch` started over when resumed by `auto` with no device
+    named, though the same backend computed both. It keys on what computes."""
+    from srtrt.engine.batch.files import DONE, FileRunner
+    from srtrt.engine.batch.options import RunOptions, open_backend
+
+    source = _long_clip(tmp_path)
+    destination = tmp_path / "resumed.mp4"
+    _stop_after_segments(source, destination, model, 1)
+    kept = sum(d["frames"] for d in _closed_segments(tmp_path / ".resumed.mp4.srtrt-video"))
+    options = RunOptions(model=str(model), backend="auto", device=None, resume=True)
+    runner = FileRunner(open_backend(options).backend, options)
+    assert runner.backend.name == "torch"  # what `auto` takes for a model the quality guard has not measured
+    starts = []
+    outcome = runner.run(source, destination, on_frames=lambda total, done: starts.append(done))
+    assert outcome.status == DONE, outcome.message
+    assert starts == [kept] and kept > 0
+
+
 def test_resume_at_a_segment_that_starts_on_a_repeated_timestamp_keeps_every_frame(tmp_path, capsys, model):
     """Frames 8 and 9 share a timestamp and 9 starts a segment's worth of time: its time is moved one
     tick. A resumed run seeks by time, so a segment never starts on a moved frame (it started there

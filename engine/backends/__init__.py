@@ -256,9 +256,10 @@ CPU_REFERENCE = ("torch", "fp32")
 
 def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True, ""), guard: dict | None = None,
                fast_bf16_cpu: bool | None = None, calibrated: bool = True, judge=None, timer=None,
-               calibration: str | None = None) -> tuple[str, str, str]:
+               calibration: str | None = None, only: str | None = None) -> tuple[str, str, str]:
     """(backend, precision, why) for `--backend auto` without CUDA: of the CPU_ORDER paths this
     machine has and the quality guard allows for the model with this sha256, the fastest.
+    `only`: of that backend's paths (`--backend openvino --precision auto`).
 
     `openvino` is (installed, why not); `guard` and `fast_bf16_cpu` default to the real file and
     CPU; `calibrated`: the model has int8 ranges (its sidecar's int8_calibration), and
@@ -288,7 +289,7 @@ def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True
     if judge is None:
         if not measured_paths(sha, guard):
             precision, why = auto_precision("torch", torch.device("cpu"), sha, guard, fast_bf16_cpu)  # fp32, says why
-            return "torch", precision, "; ".join([why, *notes])
+            return only or "torch", precision, "; ".join([why, *notes])
 
         def judge(name, precision):
             return passes_guard(name, "cpu", precision, sha, guard, exact=True, calibration=calibration)
@@ -300,7 +301,7 @@ def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True
     allowed: dict[tuple[str, str], str] = {}
     for name, precision in CPU_ORDER:
         if (name == "openvino" and not has_openvino) or (precision == "bf16" and no_bf16) or \
-                (precision == "int8" and no_int8):
+                (precision == "int8" and no_int8) or only not in (None, name):
             continue
         if (name, precision) == CPU_REFERENCE:
             allowed[name, precision] = "fp32, the reference"
@@ -381,7 +382,8 @@ def _community_precision(view, name: str, dev: torch.device) -> tuple[str, str]:
     return "fp32", f"fp32 ({'; '.join(reasons) or 'no faster precision on this backend'})"
 
 
-def _auto_cpu(view, dev: torch.device, asked: str, sha: str, shape_class: str) -> Selection:
+def _auto_cpu(view, dev: torch.device, asked: str, sha: str, shape_class: str, only: str | None = None) -> Selection:
+    """The fastest CPU path the guard allows (`only`: of that backend's precisions), and why."""
     from srtrt.engine.backends.openvino_backend import available
 
     judge = None
@@ -395,8 +397,11 @@ def _auto_cpu(view, dev: torch.device, asked: str, sha: str, shape_class: str) -
     digest = calibration_digest(calibration) if calibration else None  # the guard's entries name the ranges
     graph = int8_graph_tag(calibration) if calibration else ""  # the timings name the graph too
     name, precision, why = cpu_choice(sha, asked, available(), calibrated=digest is not None, judge=judge,
-                                      timer=_speed_timer(view, dev, sha, shape_class, graph), calibration=digest)
+                                      timer=_speed_timer(view, dev, sha, shape_class, graph), calibration=digest,
+                                      only=only)
     backend = _make(name, view, dev, precision)
+    if only:
+        return Selection(backend, f"{backend.describe()}: as asked; precision {why}")
     if name != "torch":  # windows no graph can be made for (a static export that fails at their shape) run on torch
         backend.fallback = lambda: _make("torch", view, dev, "fp32")
     return Selection(backend, f"{backend.describe()}: no CUDA device; {why}")
@@ -427,6 +432,12 @@ def _fit_to_model(backend: Backend, view) -> Backend:
     return backend
 
 
+def _openvino_available() -> bool:
+    from srtrt.engine.backends.openvino_backend import available
+
+    return available()[0]
+
+
 def _create(name: str, precision: str, device: str | None, view, shape_class: str = "large") -> Selection:
     dev = _device(device)
     sha, asked = _model_sha256(view), precision
@@ -436,6 +447,9 @@ def _create(name: str, precision: str, device: str | None, view, shape_class: st
         raise SrtrtError(f"--precision int8: this model {NO_CALIBRATION}")
     if precision == "auto" and isinstance(view, CommunityView) and (dev.type == "cuda" or name in ("torch", "openvino")):
         precision, why_precision = _community_precision(view, name, dev)
+    elif precision == "auto" and name == "openvino" and dev.type == "cpu" and _openvino_available():
+        # its precisions timed as `auto` times every path: int8 or bf16 is faster depending on the CPU
+        return _auto_cpu(view, dev, "auto", sha, shape_class, only="openvino")
     elif precision == "auto":
         precision, why_precision = auto_precision(name if name != "auto" else "torch", dev, sha)
     else:

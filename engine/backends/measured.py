@@ -227,7 +227,8 @@ def cached_seconds(sha256: str, candidates: list[Path], make, window: tuple[int,
         return (entry.get("identity") == json.loads(json.dumps(ident)) and isinstance(seconds, dict)
                 and not entry.get("transient")  # a path failed for want of disk space: measured again next run
                 and isinstance(failed, dict) and sorted([*seconds, *failed]) == wanted
-                and all(isinstance(v, (int, float)) and 0 < v < float("inf") for v in seconds.values())
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")
+                        for v in seconds.values())
                 and all(isinstance(v, str) for v in failed.values())
                 and isinstance(entry.get("first_call_only", []), list))
 

@@ -6,7 +6,7 @@ renamed when complete, so an interrupted run never leaves a half-written image:
 
 - SIGINT and SIGTERM stop the batch between or inside images: the image in progress is
   discarded (its temporary file deleted), finished outputs stay, exit code 128 + signal.
-- An image that runs out of device memory is retried with half the tile batch, then half the
+- An image that runs out of memory (device or host) is retried with half the tile batch, then half the
   tile core, and fails with one line only when no smaller setting is left (see `oom`).
 - Output names come from the input's file stem only, so no input name places a file outside
   the output folder. Two inputs that would share an output name are refused rather than one

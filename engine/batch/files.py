@@ -4,7 +4,7 @@
   names that would collide or loop refused before any work (`plan_jobs`).
 - `FileRunner` holds one backend and the options: it skips existing outputs unless asked to
   overwrite, decodes within the size limit, streams the upscaled rows to a temporary file
-  renamed when complete, and retries an image that runs out of device memory with half the
+  renamed when complete, and retries an image that runs out of memory (device or host) with half the
   tile batch, then half the tile (see `oom`), failing with one line only when nothing smaller
   is left. Every file ends as an `Outcome`: done, skipped or failed with a one-line message.
   `submit` leaves a small image's encoding and write to a writer thread while the caller
@@ -432,7 +432,7 @@ class FileRunner:
                      on_tile=on_tile, png_level=self.options.png_level)
 
     def _retrying(self, image: DecodedImage, source, destination: Path | None, work, images: int = 1):
-        """`work(upscaler)`, stepping down after running out of device memory; `images` of the
+        """`work(upscaler)`, stepping down after running out of device or host memory; `images` of the
         image's shape go through together (video frames)."""
         from srtrt import registry
         from srtrt.engine.batch import oom
@@ -452,11 +452,13 @@ class FileRunner:
                 remove_partials(destination)
                 oom.free_device_memory(before)
                 after = oom.smaller(before, image.height, image.width, images=images)
-                cause = " ".join(str(e).split())[:160]
+                cause = " ".join(str(e).split())[:160] or type(e).__name__
+                memory, advice = ("memory", "free some memory") if oom.is_host_memory(e) else ("device memory",
+                                                                                             "--device cpu")
                 if after is None:
-                    raise SrtrtError(f"out of device memory even with batch {before.batch} and tile {before.core} "
-                                     f"({cause}); try a smaller --tile or --device cpu", source) from None
-                self.log(f"srtrt: {source}: out of device memory with batch {before.batch}, tile {before.core}; "
+                    raise SrtrtError(f"out of {memory} even with batch {before.batch} and tile {before.core} "
+                                     f"({cause}); try a smaller --tile or {advice}", source) from None
+                self.log(f"srtrt: {source}: out of {memory} with batch {before.batch}, tile {before.core}; "
                          f"retrying with batch {after.batch}, tile {after.core}")
                 # later images start from the setting that fits
                 if before is self.upscaler:

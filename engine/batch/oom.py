@@ -1,9 +1,10 @@
-"""Out of device memory: recognise it and step down to a smaller tile batch, then a smaller tile.
+"""Out of memory: recognise it and step down to a smaller tile batch, then a smaller tile.
 
-A tile batch's activations are what fill the GPU, so the fallback for an image that runs out of
-memory is to retry it with half the batch (down to one tile), then with half the tile core
-(down to `MIN_CORE` LR pixels, or until the window stops shrinking). Tiled output equals the
-whole-image output whatever the tile, so a retried image is the same image, only slower.
+A tile batch's activations are what fill the GPU (or, on the CPU, the host's memory under a
+ulimit, a cgroup or other work), so the fallback for an image that runs out of memory is to
+retry it with half the batch (down to one tile), then with half the tile core (down to
+`MIN_CORE` LR pixels, or until the window stops shrinking). Tiled output equals the whole-image
+output whatever the tile, so a retried image is the same image, only slower.
 """
 from __future__ import annotations
 
@@ -14,13 +15,17 @@ MIN_CORE = 32  # LR pixels: below this the margins dominate the work of a window
 # Messages of allocation failures that do not come as torch.cuda.OutOfMemoryError:
 # onnxruntime ("Failed to allocate memory for requested buffer", BFC arena, CUDA error 2),
 # TensorRT contexts and cuDNN/cuBLAS workspaces, and older torch builds.
+# Host allocation failures: torch's CPU allocator raises a RuntimeError ("DefaultCPUAllocator: can't
+# allocate memory"), numpy a MemoryError, OpenVINO its own exception ("std::bad_alloc").
+_HOST_MARKERS = ("can't allocate memory", "bad_alloc")
 _MARKERS = ("out of memory", "failed to allocate memory", "out of gpu memory",
             "cudaerrormemoryallocation", "cuda_error_out_of_memory", "bfcarena",
-            "cublas_status_alloc_failed", "cudnn_status_alloc_failed")
+            "cublas_status_alloc_failed", "cudnn_status_alloc_failed", *_HOST_MARKERS)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """True for a device allocation failure from torch, onnxruntime or TensorRT."""
+    """True for an allocation failure, on the device or the host, from torch, numpy, onnxruntime,
+    OpenVINO or TensorRT."""
     try:
         import torch
 
@@ -28,10 +33,18 @@ def is_out_of_memory(exc: BaseException) -> bool:
             return True
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
-    if isinstance(exc, MemoryError) or not isinstance(exc, Exception):
-        return False  # host memory and interrupts are not retried with smaller tiles
+    if isinstance(exc, MemoryError):
+        return True
+    if not isinstance(exc, Exception):
+        return False  # interrupts are not retried
     message = str(exc).lower()
     return any(marker in message for marker in _MARKERS)
+
+
+def is_host_memory(exc: BaseException) -> bool:
+    """Whether an out-of-memory error (is_out_of_memory) was the host's rather than a device's."""
+    message = str(exc).lower()
+    return isinstance(exc, MemoryError) or any(marker in message for marker in _HOST_MARKERS)
 
 
 def free_device_memory(upscaler: TiledUpscaler) -> None:

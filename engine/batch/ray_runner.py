@@ -203,7 +203,7 @@ def main(args) -> int:
     many = several_outputs(args.inputs, inputs)
     make_output_folder(args.output, many)
     check_output_file(args.output, many, inputs)
-    scale = _checked_scale(args, options)
+    scale, options = _checked_scale(args, options)
 
     def say(message: str, always: bool = False) -> None:
         if always or not args.quiet:
@@ -225,9 +225,11 @@ def main(args) -> int:
 
     started = _start_ray(ray, args.ray) if todo else False
     try:
-        with StopOnSignals() as stop:  # after ray.init, which installs a SIGTERM handler of its own
+        # after ray.init, which installs a SIGTERM handler of its own; at once: the driver waits on rows while
+        # the actors work, with no safe point to ask at before the files in progress (a whole video) are done
+        with StopOnSignals(at_once=True) as stop:
             if todo:
-                _run_dataset(ray, args, todo, report, say, stop)
+                _run_dataset(ray, args, options, todo, report, say, stop)
             stop.check()
     except Stopped as stopped:
         if started and args.ray == LOCAL:
@@ -245,26 +247,37 @@ def main(args) -> int:
     return report.exit_code
 
 
-def _checked_scale(args, options: RunOptions) -> int:
-    """The model's scale, with the options checked before any Ray starts, as a local run checks them.
+def _checked_scale(args, options: RunOptions) -> tuple[int, RunOptions]:
+    """The model's scale, with the options checked before any Ray starts, as a local run checks them,
+    and the options the actors get.
 
     On a local Ray the actors build the backend on this machine, so it is opened here once first:
     a bad --backend, --precision or --device is the local run's one line and exit code, the local
-    run's backend and tiles lines are printed, and `auto` measures its paths once (cached for the
-    actors) instead of in every actor at the same time. A cluster's nodes may differ from this
-    machine (GPUs there, none here), so for one only the model is checked here; an actor's own
-    setup error comes back as its line (`_one_line`)."""
+    run's backend and tiles lines are printed, and `auto` measures its paths once. The actors then
+    get the backend and precision it picked (`_as_picked`): an actor has one CPU, so its own
+    measurement could pick another path than the line printed here says, with other bytes than a
+    local run's. A cluster's nodes may differ from this machine (GPUs there, none here), so for one
+    only the model is checked here and each node picks for itself; an actor's own setup error
+    comes back as its line (`_one_line`)."""
     if not _actors_run_here(args.ray):
         import srtrt
 
-        return srtrt.load_model(options.model, options.allow_noncommercial).scale
+        return srtrt.load_model(options.model, options.allow_noncommercial).scale, options
     selection = open_backend(options)
     try:
         if not args.quiet:
             print("\n".join(setup_lines(selection, options.margin)), file=sys.stderr)
-        return selection.backend.scale
+        return selection.backend.scale, _as_picked(options, selection.backend)
     finally:
         selection.backend.close()
+
+
+def _as_picked(options: RunOptions, backend) -> RunOptions:
+    """`options` naming the CPU backend and precision that were picked (what `auto` measured) instead
+    of `auto`; GPU picks are left to the actors (each sees its own GPU, and its cached engines)."""
+    if backend.name not in ("torch", "openvino", "onnxruntime") or str(backend.device) != "cpu":
+        return options
+    return options.replace(backend=backend.name, precision=backend.precision)
 
 
 def _actors_run_here(address: str) -> bool:
@@ -335,14 +348,13 @@ def _srtrt_error_in(ray, error: BaseException) -> SrtrtError | None:
     return None
 
 
-def _run_dataset(ray, args, todo, report: BatchReport, say, stop) -> None:
+def _run_dataset(ray, args, options: RunOptions, todo, report: BatchReport, say, stop) -> None:
     import ray.data
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = not args.quiet and sys.stderr.isatty()
     size, pool = _pool(ray, len(todo), args.device)
-    options = RunOptions.from_args(args).replace(device=_actor_device(args.device, pool),
-                                                 shape_class=shape_class([job.source for job in todo]))
+    options = options.replace(device=_actor_device(args.device, pool))
     items = [{"source": str(job.source), "destination": str(job.destination)} for job in todo]
     with warnings.catch_warnings():  # max_restarts has no named parameter yet: Ray warns of **ray_remote_args
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")

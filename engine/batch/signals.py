@@ -41,11 +41,14 @@ class Stopped(KeyboardInterrupt):
 class StopOnSignals:
     """Context manager: record SIGINT/SIGTERM, raise `Stopped` from `check()`; handlers restored on exit.
 
-    Outside the main thread (where Python delivers signals) it installs nothing and `check()`
-    never raises.
+    `at_once`: the first signal raises `Stopped` where the main thread is, for a loop that only
+    waits on others' work (the Ray driver, whose actors a shutdown ends) and has no safe point
+    while it waits. Outside the main thread (where Python delivers signals) it installs nothing
+    and `check()` never raises.
     """
 
-    def __init__(self):
+    def __init__(self, at_once: bool = False):
+        self.at_once = at_once
         self.signum: int | None = None
         self._count = 0
         self._previous: dict = {}
@@ -62,8 +65,8 @@ class StopOnSignals:
         self._count += 1
         if self.signum is None:
             self.signum = signum
-        if self._count == 2:
-            for s in STOP_SIGNALS:  # a third signal ends the process outright
+        if self._count == 2 or self.at_once:
+            for s in STOP_SIGNALS:  # one more signal ends the process outright
                 signal.signal(s, signal.SIG_DFL)
             raise Stopped(self.signum)
 

@@ -74,8 +74,12 @@ def open_writer(path, width: int, height: int, channels: int, bit_depth: int,
                           "or .webp to keep it", OutputNote, stacklevel=2)
         encoder = TiffEncoder(width, height, channels, bit_depth, icc_profile, threads=threads)
     else:
-        encoder = PillowEncoder(image_format, width, height, channels, bit_depth, icc_profile,
-                                exif, path)
+        try:
+            encoder = PillowEncoder(image_format, width, height, channels, bit_depth, icc_profile,
+                                    exif, path)
+        except MemoryError:  # the whole image is held for Pillow's encoder: no smaller tile helps
+            raise SrtrtError(f"not enough memory to hold the {width}x{height} image for {image_format}'s "
+                             "encoder; write .png or .tif, which stream", path) from None
     return ImageWriter(path, width, height, channels, bit_depth, encoder, overwrite)
 
 

@@ -115,6 +115,11 @@ def settled_destination(source: Path, destination: Path, options, scale: int) ->
     return plan.destination, plan.note
 
 
+def _computed_by(backend, options) -> tuple:
+    """What a frame's values depend on besides the model file: the backend, its precision and device."""
+    return (options.model, options.allow_noncommercial, backend.name, backend.precision, str(backend.device).split(":")[0])
+
+
 def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_total=None,
                   stop_check=None) -> VideoResult:
     """Upscale every frame of `source` into `destination` (or its .mkv twin; see the result) with a
@@ -131,8 +136,10 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
         raise SrtrtError("output path is the input itself" + (f" ({plan.note})" if plan.note else ""), destination)
     if os.path.lexists(destination) and not options.overwrite:
         raise SrtrtError("exists (--overwrite to replace)", destination)
-    # the model's files by size and time as well as its name: another model at the same path is not resumed
-    key = {"source": resume.source_key(source), "settings": repr(settings), "model": repr(options.backend_key),
+    # the model's files by size and time as well as its name: another model at the same path is not resumed;
+    # the path that computes, not the options asked for (`auto`, a device left unnamed, the folder's shape
+    # class), so a run resumed by another door (--ray or not) that computes alike takes the segments over
+    key = {"source": resume.source_key(source), "settings": repr(settings), "model": repr(_computed_by(runner.backend, options)),
            "model_files": [resume.source_key(p) for p in model_files(options.model) if p.is_file()], "scale": s,
            "deinterlace": options.deinterlace}
     work = resume.start(destination, key, options.resume)
