@@ -66,3 +66,17 @@ def test_auto_against_the_fastest_path_judges_the_pick_not_the_noise_between_two
     assert "the pick is the fastest path (target ≤ 5%: met)" in same and "+15.0%" in same
     wrong = _auto_line(tmp_path, "openvino-bf16")
     assert "auto +15.0% behind (target ≤ 5%: not met)" in wrong
+
+
+def test_the_folder_under_auto_is_judged_against_the_image_as_auto_runs_it_alone(tmp_path):
+    """`auto` may pick another path for a folder of small images than for one big image: the folder
+    read 82 % of the big image on the folder's own path and "met" while `srtrt run big.png` ran the big
+    image 1.7x faster (55 %)."""
+    varied = {"extra_info": {"kind": "varied", "case": "auto-auto", "folder_mp_per_s": 1.16, "single_mp_per_s": 1.41,
+                             "ratio": 1.16 / 1.41, "single_default_mp_per_s": 2.1, "ratio_to_single_default": 1.16 / 2.1},
+              "stats": {}}
+    run = _run(tmp_path / "varied.json", "2026-12-06T10:00", [_throughput("eager-fp32-nchw", 10.0), varied])
+    text = report.render([report.load(run)], tmp_path / "out").read_text()
+    (line,) = [line for line in text.splitlines() if "varied-size folder" in line]
+    assert line == ("- varied-size folder, `auto-auto`: 1.160 output MP/s against 1.410 for the single 2K image (82 %), "
+                    "2.100 for that image by what `auto` picks for it alone (55 %; target ≥ 75 %: not met)")
