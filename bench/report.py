@@ -289,7 +289,7 @@ WORKLOAD_LINES = {
                                 f"{e['frames_per_call']} frames a call, {e['ms_one_frame_a_call']:.1f} ms one frame a call"),
     "video-rss": lambda e: (f"video peak RSS {e['peak_short_mb']:.0f} MB -> {e['peak_long_mb']:.0f} MB for a 10x longer "
                             f"clip ({100 * e['growth']:+.1f} %)"),
-    "varied": lambda e: _varied_line(e),
+    "varied": _varied_line,
     "serve": lambda e: (f"`srtrt serve`, {e['clients']} concurrent clients: {e['accepted']} done, {e['refused_429']} "
                         f"answered 429, none lost; {e['jobs_per_s']:.2f} jobs/s, p95 latency {e['p95_latency_s']:.2f} s, "
                         f"server peak RSS {e['peak_rss_mb']:.0f} MiB ({e['warm_rss_mb']:.0f} warm)"),

@@ -275,6 +275,8 @@ def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True
     notes = [] if has_openvino else [openvino_why]
     if asked == "int8" and not has_openvino:
         raise SrtrtError(f"int8 runs on the openvino backend only: {openvino_why}")
+    if only == "openvino" and not has_openvino:
+        raise SrtrtError(openvino_why)  # as the backend itself says it (_openvino)
     if asked == "fp16":  # no fp16 units on a CPU: onnxruntime is the one CPU backend that takes fp16 graphs
         from srtrt.engine.backends.onnxruntime_backend import available
 
@@ -432,12 +434,6 @@ def _fit_to_model(backend: Backend, view) -> Backend:
     return backend
 
 
-def _openvino_available() -> bool:
-    from srtrt.engine.backends.openvino_backend import available
-
-    return available()[0]
-
-
 def _create(name: str, precision: str, device: str | None, view, shape_class: str = "large") -> Selection:
     dev = _device(device)
     sha, asked = _model_sha256(view), precision
@@ -447,7 +443,7 @@ def _create(name: str, precision: str, device: str | None, view, shape_class: st
         raise SrtrtError(f"--precision int8: this model {NO_CALIBRATION}")
     if precision == "auto" and isinstance(view, CommunityView) and (dev.type == "cuda" or name in ("torch", "openvino")):
         precision, why_precision = _community_precision(view, name, dev)
-    elif precision == "auto" and name == "openvino" and dev.type == "cpu" and _openvino_available():
+    elif precision == "auto" and name == "openvino" and dev.type == "cpu":
         # its precisions timed as `auto` times every path: int8 or bf16 is faster depending on the CPU
         return _auto_cpu(view, dev, "auto", sha, shape_class, only="openvino")
     elif precision == "auto":
