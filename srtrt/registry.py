@@ -57,6 +57,9 @@ class ModelFacts:
     radius: int | None = None         # receptive-field radius in LR pixels; None: unbounded or beyond what was measured
     margin: int = 0                   # the default tile margin: the radius where affordable, else measured
     margin_figure: dict | None = None  # the measurement behind a margin below the radius
+    # LR pixels between images sharing a sheet (engine/datapath/sheets.py): the widest border any one
+    # conv reads, at its resolution; 0: the model's images never share one (not every op is known local)
+    sheet_gap: int = 0
 
     @property
     def exact(self) -> bool:
@@ -116,7 +119,10 @@ def _srresnet_int8_convs(generator: SRResNet) -> list[str]:
 
 def srresnet_facts(config: SRResNetConfig) -> ModelFacts:
     radius = receptive_field_radius(config)
-    return ModelFacts("srresnet", config.scale, feature_channels=config.channels, radius=radius, margin=radius)
+    # convs: the head at LR, 3x3 ones at LR and after each x2 shuffle, the tail at full resolution
+    widest = max(config.head_kernel // 2, 1, -(-(config.tail_kernel // 2) // config.scale))
+    return ModelFacts("srresnet", config.scale, feature_channels=config.channels, radius=radius, margin=radius,
+                      sheet_gap=widest)
 
 
 def _community_int8_convs(generator: nn.Module) -> list[str]:

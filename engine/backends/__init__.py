@@ -341,6 +341,10 @@ def _speed_timer(view, dev: torch.device, sha: str, shape_class: str, calibratio
     from srtrt.engine.backends import measured
 
     facts = view.facts
+    if shape_class == measured.MANY_SIZES and facts.sheet_gap:
+        # its images share sheets of one static shape on OpenVINO (sheet_runs.py), which run as big windows
+        # do per pixel, and run one by one on torch, which has no per-shape cost
+        shape_class = measured.LARGE
     if shape_class == measured.MANY_SIZES:
         window, time_one = (facts.multiple_of, facts.multiple_of), measured.time_new_shapes
     else:
@@ -430,7 +434,7 @@ def _fit_to_model(backend: Backend, view) -> Backend:
     """Give `backend` what the runtime asks it about the model's inputs (registry.ModelFacts)."""
     facts = view.facts
     backend.channels, backend.minimum, backend.multiple_of = facts.channels, facts.minimum, facts.multiple_of
-    backend.architecture = facts.architecture
+    backend.architecture, backend.sheet_gap = facts.architecture, facts.sheet_gap
     return backend
 
 

@@ -56,10 +56,21 @@ class Backend(abc.ABC):
     # plan fixed at one window; a static ONNX graph that cannot be exported at their shape); None:
     # such an image is refused in one line
     fallback: Callable[[], Backend] | None = None
+    runs_masks: bool = False         # infer_masked runs (datapath/sheets.py)
+    # small images of many sizes run faster sharing sheets than one by one: where each new shape costs a
+    # compile (OpenVINO). torch has no such cost, and ran a varied folder 0.6x as fast on sheets (AMX, bf16:
+    # larger windows cost it more per pixel, and the masks 15 %)
+    shares_sheets: bool = False
+    sheet_gap: int = 0               # pixels between images on a sheet; 0: never shared (registry.ModelFacts)
 
     @abc.abstractmethod
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, h, w) float32 in [0, 1] on self.device -> (N, 3, h*s, w*s) in [0, 1] on self.device."""
+
+    def infer_masked(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`infer(x)` with every convolution's input multiplied by `mask` (N, 1, h, w) of 0 and 1 at
+        that convolution's resolution (sheets.masks_at): where `runs_masks` says so."""
+        raise NotImplementedError(f"{self.name} does not run masks")
 
     def every_form_infer(self, x: torch.Tensor) -> list[torch.Tensor]:
         """`infer(x)` through each compiled form a run may use for an input like `x` (one here): what

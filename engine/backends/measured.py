@@ -13,7 +13,9 @@ seen before, and a path that compiles per shape pays a compile per image that no
 timing shows (issue 24: OpenVINO int8, when it compiled every shape, ran such a folder at 0.47 of
 its single-image rate, bf16 on its dynamic-shape model at 0.98). For that shape class
 (`MANY_SIZES`, chosen by `shape_class_of` from the run's inputs) each candidate is timed on
-NEW_SHAPES images of sizes it has not seen, compile included, after one warm-up image.
+NEW_SHAPES images of sizes it has not seen, compile included, after one warm-up image. srtrt's own
+models put such images on sheets of one static shape instead (engine/batch/sheet_runs.py), so for
+them the class is timed as LARGE: per pixel, a sheet runs as a big window does.
 
 Measured once per CPU (model name, family/model, usable cores), model sha256, library versions
 and window or shape class, then kept in the per-weights cache (receptive_field.cached): a second run starts with

@@ -45,9 +45,10 @@ import torch
 from srtrt import atomic
 from srtrt.cache import cache_dir
 from srtrt.checkpoint import file_sha256
-from srtrt.engine.backends import openvino_memory
+from srtrt.engine.backends import openvino_masks, openvino_memory
 from srtrt.engine.backends.base import Backend, OnnxGraphs, PerShapeGraphs, TileDefaults, defaults_for_budget
 from srtrt.engine.backends.torch_backend import CPU_ACTIVATION_BUDGET
+from srtrt.engine.datapath.sheets import masks_at
 from srtrt.errors import SrtrtError
 from srtrt.hardware import cpu_has_fast_bf16, usable_cpus
 
@@ -272,6 +273,7 @@ def _compile_key(source: Path, dims: list[int]) -> str:
 class OpenVinoBackend(PerShapeGraphs, Backend):
     name = "openvino"
     own_threads = True  # OpenVINO's TBB pool
+    runs_masks = shares_sheets = True  # openvino_masks; a sheet is one compile where each size was one
 
     def __init__(self, onnx_path: str | os.PathLike | OnnxGraphs, scale: int, radius: int, precision: str = "fp32",
                  threads: int | None = None, cache: str | os.PathLike | None = None, channels: int = 64):
@@ -316,6 +318,8 @@ class OpenVinoBackend(PerShapeGraphs, Backend):
         self._prepared: OrderedDict[tuple[int, int, int], int] = OrderedDict()  # shape -> images prepared
         self.feature_channels = channels  # registry.ModelFacts.feature_channels: the table's guess, when needed
         self._defaults: TileDefaults | None = None
+        self._masked: dict[tuple[int, ...], object] = {}  # shape -> infer request of the graph with masks
+        self._mask_factors: dict[tuple[int, ...], list] = {}  # shape -> its mask inputs' resolutions
 
     @property
     def defaults(self) -> TileDefaults:
@@ -390,7 +394,7 @@ class OpenVinoBackend(PerShapeGraphs, Backend):
         except Exception as e:  # OpenVINO raises several unrelated types (GeneralFailure, OpConversionFailure, ...)
             raise SrtrtError(f"OpenVINO cannot read this ONNX file ({failure_reason(e)})", path) from None
 
-    def _compile(self, dims: list[int], label: str):
+    def _compile(self, dims: list[int], label: str, masked: bool = False):
         source = self.graphs.dynamic if self.model is not None else self.graphs.static(tuple(dims))
         if self.model is None:  # a graph exported for this very shape: nothing to reshape
             model = self._read(source)
@@ -398,7 +402,10 @@ class OpenVinoBackend(PerShapeGraphs, Backend):
             model = self.model.clone()
             model.reshape({model.inputs[0]: self._ov.PartialShape(dims)})
         try:
-            return self._compile_cached(model, source, dims).create_infer_request()
+            if masked:
+                model, self._mask_factors[tuple(dims)] = openvino_masks.with_masks(model, dims)
+            key = [*dims, "masked"] if masked else dims
+            return self._compile_cached(model, source, key).create_infer_request()
         except Exception as e:
             raise SrtrtError(f"OpenVINO cannot compile this ONNX file for {label} ({failure_reason(e)})", self.path) from None
 
@@ -479,6 +486,21 @@ class OpenVinoBackend(PerShapeGraphs, Backend):
             self._prepared[n, h, w] = self._prepared.get((n, h, w), 0) + 1
         return self._run(request, x)
 
+    def infer_masked(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`infer` through the graph with masks (openvino_masks), compiled static for this shape."""
+        dims = [x.shape[0], self.channels, x.shape[2], x.shape[3]]
+        shape = tuple(dims)
+        if shape not in self._masked:
+            self._masked[shape] = self._compile(dims, "x".join(map(str, dims)) + " with masks", masked=True)
+        feed = {0: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
+        for factor in self._mask_factors[shape]:
+            at = masks_at(mask, int(dims[2] * factor), int(dims[3] * factor))
+            feed[openvino_masks.mask_name(factor)] = np.ascontiguousarray(at.cpu().numpy(), dtype=np.float32)
+        request = self._masked[shape]
+        result = request.infer(feed, share_inputs=True, share_outputs=False)
+        self._last = request
+        return torch.from_numpy(result[0])
+
     def every_form_infer(self, x: torch.Tensor) -> list[torch.Tensor]:
         """A small `x` through the dynamic-shape model and through a static one: the two are
         different compiled graphs, and OpenVINO has computed wrong values in one and not the other
@@ -506,4 +528,5 @@ class OpenVinoBackend(PerShapeGraphs, Backend):
 
     def close(self) -> None:
         self._requests.clear()
+        self._masked.clear()
         self._dynamic = self._last = None

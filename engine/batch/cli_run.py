@@ -35,6 +35,7 @@ from srtrt.engine.batch.files import (
     shape_class,
 )
 from srtrt.engine.batch.options import RunOptions, open_backend, setup_lines
+from srtrt.engine.batch.sheet_runs import run_sheet, sheet_shape, units
 from srtrt.engine.batch.threads import torch_for_data_only
 from srtrt.errors import SrtrtError
 
@@ -68,6 +69,10 @@ def main(args) -> int:
         print("\n".join(setup_lines(selection, options.margin)), file=sys.stderr)
     runner = FileRunner(backend, options, log=lambda m: print(m, file=sys.stderr))
     jobs = plan_jobs(inputs, args.output, backend.scale, options, many)
+    sheet = sheet_shape(runner)
+    if sheet and not args.quiet:
+        print(f"srtrt: small images of many sizes share {sheet[0]}x{sheet[1]} windows (sheets), masked so each "
+              "equals its whole-image pass", file=sys.stderr)
 
     report = BatchReport()
     bar, bar_on = _progress(args.quiet)
@@ -77,7 +82,7 @@ def main(args) -> int:
             (bar.write if bar_on else lambda m: print(m, file=sys.stderr))(message)
 
     current = None
-    pending = None  # the last image's output, still being written on the runner's writer thread
+    pending: list = []  # the last images' outputs, still being written on the runner's writer thread
     try:
         with StopOnSignals() as stop, DecodeAhead(runner) as ahead, torch_for_data_only(backend):
             def on_tile(n):  # runs in the runtime's assembler thread after each batch of tiles
@@ -99,40 +104,50 @@ def main(args) -> int:
                 stop.check()
                 bar.update(n)
 
-            def collect():  # the previous image's outcome, once its output is written
-                nonlocal pending
-                if pending is not None:
-                    outcome, pending = report.add(pending.result()), None
+            def collect():  # the previous images' outcomes, once their outputs are written
+                while pending:
+                    outcome = report.add(pending.pop(0).result())
                     say(f"srtrt: {outcome.message}", always=outcome.status == FAILED)
 
-            for i, job in enumerate(jobs, 1):
+            groups = units(jobs, runner)
+            group, started = next(groups, None), 0
+            while group is not None:
                 stop.check()
-                if job.refusal:
+                following = next(groups, None)
+                job = group[0]
+                started += len(group)
+                if len(group) == 1 and job.refusal:
                     collect()
                     report.add(Outcome(job.source, job.destination, job.status, job.refusal))
                     say(f"srtrt: {job.refusal}", always=job.status == FAILED)
+                    group = following
                     continue
                 if job.note:
                     say(f"srtrt: {job.source}: {job.note}")
-                current = job.destination
-                decoded = ahead.take(job)
-                ahead.start(jobs[i] if i < len(jobs) else None)  # the next image decodes while this one runs
+                decoded = [ahead.take(j) for j in group]
+                ahead.start(following[0] if following else None)  # the next image decodes while this one runs
                 bar.reset(total=0)
-                bar.set_description(f"[{i}/{len(jobs)}] {job.source.name}")
-                # a small image's output is written while the next one computes (FileRunner.submit)
-                written = runner.submit(job.source, job.destination, on_tile=on_tile, on_plan=on_plan,
-                                        decoded=decoded, on_frame=on_frame, on_frames=on_frames,
-                                        stop_check=stop.check)
-                current = None
+                if len(group) > 1:  # small images sharing one window (sheet_runs.py)
+                    bar.set_description(f"[{started}/{len(jobs)}] {len(group)} images on one sheet")
+                    written = run_sheet(runner, group, decoded, stop_check=stop.check)
+                else:
+                    current = job.destination
+                    bar.set_description(f"[{started}/{len(jobs)}] {job.source.name}")
+                    # a small image's output is written while the next one computes (FileRunner.submit)
+                    written = [runner.submit(job.source, job.destination, on_tile=on_tile, on_plan=on_plan,
+                                             decoded=decoded[0], on_frame=on_frame, on_frames=on_frames,
+                                             stop_check=stop.check)]
+                    current = None
                 collect()
                 pending = written
+                group = following
             collect()
             stop.check()
     except Stopped as stopped:
         remove_partials(current)
-        if pending is not None:  # the last image's write: kept if it finishes, discarded if the stop reached it
+        for written in pending:  # the last images' writes: kept if they finish, discarded if the stop reached them
             try:
-                outcome = report.add(pending.result())
+                outcome = report.add(written.result())
                 say(f"srtrt: {outcome.message}", always=outcome.status == FAILED)  # its line, as any finished image's
             except Stopped:
                 pass

@@ -37,9 +37,10 @@ DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 WRITE_BEHIND_BYTES = 32 * 2**20
 
 
-def _finished(outcome: Outcome) -> Future:
+def done_future(value) -> Future:
+    """A Future already holding `value` (an Outcome, or an image decoded already)."""
     future: Future = Future()
-    future.set_result(outcome)
+    future.set_result(value)
     return future
 
 
@@ -275,6 +276,7 @@ class FileRunner:
         self.fallback_upscaler = None  # for images the backend's engine cannot take (backend.fallback), made on need
         self._writer_pool: ThreadPoolExecutor | None = None  # submit's write-behind thread, made on need
         self.log = log or (lambda message: None)
+        self.sheets = 0  # sheets of small images computed (sheet_runs.py)
 
     def upscaler_for(self, height: int, width: int):
         """The upscaler an image of this size runs on: the backend's, or the fallback `auto` named
@@ -323,9 +325,9 @@ class FileRunner:
             if real_path(destination) == real_path(source):
                 raise SrtrtError("output path is the input itself", destination)
             if existed and not overwrite:
-                return _finished(skipped_existing(source, destination))
+                return done_future(skipped_existing(source, destination))
             if is_video(source):
-                return _finished(self._video(source, destination, on_frame, on_frames, stop_check, start))
+                return done_future(self._video(source, destination, on_frame, on_frames, stop_check, start))
             image = decoded.result() if decoded is not None else self.decode(source)
             if on_plan:
                 on_plan(len(self.upscaler_for(image.height, image.width).plan(image.height, image.width)))
@@ -334,13 +336,12 @@ class FileRunner:
 
                 check_destination(image, destination, self.backend.scale, overwrite)  # before, not after, the compute
                 colour, alpha = self.upscale_arrays(image, source, on_tile)
-                return self._writer().submit(self._write_behind, source, destination, image, colour, alpha,
-                                             start, existed, stop_check)
+                return self.write_later(source, destination, image, colour, alpha, start, existed, stop_check)
             self._retrying(image, source, destination,
                            lambda upscaler: self._write(upscaler, image, destination, on_tile))
         except SrtrtError as e:
-            return _finished(self._failed(e, source, destination, existed, start))
-        return _finished(self._done(source, destination, image, start))
+            return done_future(self.failed(e, source, destination, existed, start))
+        return done_future(self._done(source, destination, image, start))
 
     def close(self) -> None:
         """Wait for the output being written, then stop the writer thread."""
@@ -357,6 +358,12 @@ class FileRunner:
         s = self.backend.scale
         return image.height * image.width * s * s * image.file_channels * image.pixels.dtype.itemsize
 
+    def write_later(self, source: Path, destination: Path, image: DecodedImage, colour, alpha, start: float,
+                    existed: bool, stop_check) -> Future:
+        """Encode and write an upscaled result on the writer thread; its Outcome as a Future."""
+        return self._writer().submit(self._write_behind, source, destination, image, colour, alpha,
+                                     start, existed, stop_check)
+
     def _write_behind(self, source: Path, destination: Path, image: DecodedImage, colour, alpha,
                       start: float, existed: bool, stop_check) -> Outcome:
         from srtrt.engine.datapath.pipeline import write_upscaled
@@ -365,14 +372,15 @@ class FileRunner:
             write_upscaled(image, colour, alpha, destination, scale=self.backend.scale,
                            overwrite=self.options.overwrite, png_level=self.options.png_level, stop_check=stop_check)
         except SrtrtError as e:
-            return self._failed(e, source, destination, existed, start)
+            return self.failed(e, source, destination, existed, start)
         return self._done(source, destination, image, start)
 
     def _done(self, source: Path, destination: Path, image: DecodedImage, start: float) -> Outcome:
         pixels = image.height * image.width * self.backend.scale ** 2
         return Outcome(source, destination, DONE, f"{source} -> {destination}", time.perf_counter() - start, pixels)
 
-    def _failed(self, e: SrtrtError, source: Path, destination: Path, existed: bool, start: float) -> Outcome:
+    def failed(self, e: SrtrtError, source: Path, destination: Path, existed: bool, start: float) -> Outcome:
+        """The Outcome of an image that failed with `e` (or that another run wrote meanwhile)."""
         if not existed and not self.options.overwrite and os.path.lexists(destination):
             # another run wrote it while this one was encoding; its output is complete
             return Outcome(source, destination, SKIPPED, f"{destination}: written meanwhile by another run, skipped",

@@ -1,0 +1,197 @@
+"""Small images of many sizes sharing one window (engine/datapath/sheets.py, engine/batch/sheet_runs.py):
+the packing, the masked networks on torch and OpenVINO, and `srtrt run` over such a folder."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from srtrt.engine.backends.torch_backend import TorchBackend
+from srtrt.engine.datapath import sheets
+
+from conftest import random_view, smooth_image
+from run_helpers import partials, pixels, run_cli, save_tiny_model
+
+
+def _apart(a: sheets.Placement, b: sheets.Placement) -> int:
+    """Pixels between two placed images (0 where they touch or overlap)."""
+    dy = max(a.top - (b.top + b.height), b.top - (a.top + a.height), 0)
+    dx = max(a.left - (b.left + b.width), b.left - (a.left + a.width), 0)
+    return max(dy, dx)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_packed_images_lie_inside_the_sheet_at_least_the_gap_apart(seed):
+    rng = np.random.default_rng(seed)
+    sizes = [(int(h), int(w)) for h, w in rng.integers(8, 200, (40, 2))]
+    sheet, gap = (256, 320), 4
+    placed = sheets.pack(sizes, sheet, gap)
+    assert placed and len({p.index for p in placed}) == len(placed)
+    for p in placed:
+        assert (p.height, p.width) == sizes[p.index]
+        assert 0 <= p.top and p.top + p.height <= sheet[0] and 0 <= p.left and p.left + p.width <= sheet[1]
+    for a, b in itertools.combinations(placed, 2):
+        assert _apart(a, b) >= gap, (a, b)
+
+
+def test_a_sheet_is_filled_and_what_is_left_goes_on_the_next():
+    sizes = [(100, 100)] * 9
+    first = sheets.pack(sizes, (310, 310), 5)
+    assert len(first) == 9  # three rows of three, 5 px apart, touching the far edges: exactly full
+    assert len(sheets.pack(sizes, (309, 309), 5)) == 4
+    with pytest.raises(ValueError, match="does not fit"):
+        sheets.pack([(400, 10)], (310, 310), 5)
+
+
+def test_masks_follow_each_layers_resolution():
+    mask = torch.zeros(1, 1, 4, 6)
+    mask[..., 1:3, 2:6] = 1
+    finer = sheets.masks_at(mask, 8, 12)
+    assert finer.shape == (1, 1, 8, 12) and torch.equal(finer[..., ::2, ::2], mask)
+    assert torch.equal(sheets.masks_at(finer, 4, 6), mask)
+
+
+def _sheet_of(images, sheet, gap):
+    placed = sheets.pack([im.shape[:2] for im in images], sheet, gap)
+    assert len(placed) == len(images)
+    x, mask = sheets.compose(images, placed, sheet)
+    return placed, x, mask
+
+
+def _alone(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+
+
+SIZES = [(37, 53), (20, 64), (45, 30), (16, 17), (50, 41)]
+
+
+def test_torch_masked_sheet_equals_each_images_whole_pass_fp32():
+    view = random_view(blocks=2, channels=8, seed=5)
+    backend = TorchBackend(view, "cpu", "fp32")
+    images = [smooth_image(h, w, seed=i) for i, (h, w) in enumerate(SIZES)]
+    placed, x, mask = _sheet_of(images, (96, 128), view.facts.sheet_gap)
+    out = backend.infer_masked(x, mask)
+    plain = backend.infer(x)  # the same sheet without masks: images see their neighbours and the gaps
+    worst_plain = 0.0
+    for p in placed:
+        ref = backend.infer(_alone(images[p.index]))
+        cut = out[..., p.top * 4:(p.top + p.height) * 4, p.left * 4:(p.left + p.width) * 4]
+        assert (cut - ref).abs().max().item() <= 1e-5
+        unmasked = plain[..., p.top * 4:(p.top + p.height) * 4, p.left * 4:(p.left + p.width) * 4]
+        worst_plain = max(worst_plain, (unmasked - ref).abs().max().item())
+        assert np.array_equal(sheets.cut(out, p, 4, np.uint8),
+                              sheets.cut(ref, sheets.Placement(0, 0, 0, p.height, p.width), 4, np.uint8))
+    assert worst_plain > 1e-3  # the masks are what makes it exact
+
+
+def test_the_gap_is_the_widest_border_a_conv_reads():
+    assert random_view().facts.sheet_gap == 4  # the 9x9 head at LR
+    from srtrt.nets import InferenceView, SRResNet, SRResNetConfig
+
+    narrow = InferenceView(SRResNet(SRResNetConfig(blocks=1, channels=4, head_kernel=3, tail_kernel=9)))
+    assert narrow.facts.sheet_gap == 1  # 3x3 convs; the tail's 9x9 at x4 reads 4 px there, one LR pixel
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_openvino_masked_sheet_equals_each_images_static_graph(precision, tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxscript")
+    from srtrt.engine.backends.openvino_backend import OpenVinoBackend
+    from srtrt.engine.toolchain.export import export_onnx
+    from srtrt.engine.toolchain.quantize import calibrate
+
+    view = random_view(blocks=2, channels=8, seed=6)
+    if precision == "int8":
+        view.int8_calibration = calibrate(view, [_alone(smooth_image(40, 48, seed=s)) for s in (1, 7)])
+    onnx_file = export_onnx(view, tmp_path / "m.onnx", precision=precision, polyphase=True)
+    backend = OpenVinoBackend(onnx_file, view.scale, view.radius, precision, cache=tmp_path / "blobs", channels=8)
+    images = [smooth_image(h, w, seed=10 + i) for i, (h, w) in enumerate(SIZES)]
+    placed, x, mask = _sheet_of(images, (96, 128), view.facts.sheet_gap)
+    out = backend.infer_masked(x, mask)
+    for p in placed:
+        h, w = p.height, p.width
+        ref = backend._run(backend._compile([1, 3, h, w], f"{h}x{w}"), _alone(images[p.index]))  # static, its own shape
+        cut = out[..., p.top * 4:(p.top + h) * 4, p.left * 4:(p.left + w) * 4]
+        assert (cut - ref).abs().max().item() <= 1e-5
+    ones = backend.infer_masked(x, torch.ones_like(mask))
+    assert torch.equal(ones, backend._run(backend._compile([1, 3, 96, 128], "sheet"), x))  # the masks cost no values
+
+
+def _folder(root, count=10):
+    root.mkdir()
+    sizes = {}
+    for i in range(count):  # every size new: the many-sizes class
+        h, w = 20 + 3 * i, 44 - 2 * i
+        Image.fromarray(smooth_image(h, w, seed=i)).save(root / f"small{i}.png")
+        sizes[f"small{i}"] = (h, w)
+    return sizes
+
+
+def _openvino():
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxscript")  # the exporter that writes the graph the backend runs
+
+
+def test_srtrt_run_puts_a_folder_of_many_small_sizes_on_sheets_with_the_bytes_of_one_at_a_time(
+        tmp_path, capsys, own_srtrt_cache):
+    _openvino()
+    weights = save_tiny_model(tmp_path, channels=8)
+    folder = tmp_path / "in"
+    _folder(folder)
+    Image.fromarray(smooth_image(30, 31, channels=4, seed=3)).save(folder / "alpha.png")  # alpha: runs alone
+    Image.fromarray(smooth_image(26, 35, channels=1, seed=4)[..., 0]).save(folder / "grey.png")  # grey: alone
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # fails alone, one line
+    run = ["--model", weights, "--backend", "openvino", "--precision", "fp32"]
+    code, err = run_cli(capsys, folder, "-o", tmp_path / "out", *run)
+    assert code == 1 and "share 512x512 windows (sheets)" in err
+    assert err.count("broken.png") == 1 and "Traceback" not in err
+    assert not partials(tmp_path / "out")
+    (tmp_path / "alone").mkdir()
+    for source in sorted(folder.glob("*.png")):
+        if source.name == "broken.png":
+            continue
+        alone = tmp_path / "alone" / f"{source.stem}_x4.png"
+        assert run_cli(capsys, source, "-o", alone, *run)[0] == 0
+        assert np.array_equal(pixels(tmp_path / "out" / alone.name), pixels(alone)), source.name
+
+
+def test_a_sheet_run_skips_existing_outputs_and_keeps_them(tmp_path, capsys, own_srtrt_cache):
+    _openvino()
+    weights = save_tiny_model(tmp_path, channels=4)
+    folder = tmp_path / "in"
+    _folder(folder)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "small3_x4.png").write_bytes(b"kept")
+    code, err = run_cli(capsys, folder, "-o", out, "--model", weights, "--backend", "openvino", "--precision", "fp32")
+    assert code == 0 and "(sheets)" in err and "small3_x4.png: exists, skipped" in err
+    assert (out / "small3_x4.png").read_bytes() == b"kept"
+    assert len(list(out.glob("*_x4.png"))) == 10
+
+
+def test_torch_runs_small_images_one_by_one(tmp_path, capsys):
+    """torch has no per-shape cost, and bigger windows cost it more per pixel: no sheets (Backend.shares_sheets)."""
+    weights = save_tiny_model(tmp_path, channels=4)
+    _folder(tmp_path / "in")
+    code, err = run_cli(capsys, tmp_path / "in", "-o", tmp_path / "out", "--model", weights, "--backend", "torch")
+    assert code == 0 and "10 done" in err and "sheets" not in err
+
+
+def test_the_varied_bench_path_runs_sheets(tmp_path, own_srtrt_cache):
+    _openvino()
+    import sys
+    from pathlib import Path
+
+    from srtrt.engine.backends import create_backend
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import varied_run
+
+    backend = create_backend("openvino", precision="fp32", view=random_view(blocks=1, channels=4)).backend
+    sizes = _folder(tmp_path / "in")
+    result = varied_run.run_files(backend, sorted((tmp_path / "in").glob("*.png")), tmp_path / "out")
+    assert result["images"] == 10 and result["sheets"] == 1
+    assert result["output_mp"] == pytest.approx(sum(h * w * 16 for h, w in sizes.values()) / 1e6)
