@@ -11,9 +11,11 @@ from PIL import Image
 
 from srtrt.engine.backends.torch_backend import TorchBackend
 from srtrt.engine.datapath import sheets
+from srtrt.engine.datapath.imageio import read_image
+from srtrt.engine.datapath.writers import open_writer
 
 from conftest import random_view, smooth_image
-from run_helpers import partials, pixels, run_cli, save_tiny_model
+from run_helpers import partials, run_cli, save_tiny_model
 
 
 def _apart(a: sheets.Placement, b: sheets.Placement) -> int:
@@ -144,6 +146,8 @@ def test_srtrt_run_puts_a_folder_of_many_small_sizes_on_sheets_with_the_bytes_of
     Image.fromarray(smooth_image(30, 31, channels=4, seed=3)).save(folder / "alpha.png")  # alpha: runs alone
     Image.fromarray(smooth_image(26, 35, channels=1, seed=4)[..., 0]).save(folder / "grey.png")  # grey: alone
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # fails alone, one line
+    with open_writer(folder / "deep.png", 39, 28, 3, 16) as writer:  # 16-bit RGB: on the sheet, stays 16-bit
+        writer.write_rows(smooth_image(28, 39, seed=9, dtype=np.uint16))
     run = ["--model", weights, "--backend", "openvino", "--precision", "fp32"]
     code, err = run_cli(capsys, folder, "-o", tmp_path / "out", *run)
     assert code == 1 and "share 512x512 windows (sheets)" in err
@@ -155,7 +159,8 @@ def test_srtrt_run_puts_a_folder_of_many_small_sizes_on_sheets_with_the_bytes_of
             continue
         alone = tmp_path / "alone" / f"{source.stem}_x4.png"
         assert run_cli(capsys, source, "-o", alone, *run)[0] == 0
-        assert np.array_equal(pixels(tmp_path / "out" / alone.name), pixels(alone)), source.name
+        assert np.array_equal(read_image(tmp_path / "out" / alone.name).pixels, read_image(alone).pixels), source.name
+    assert read_image(tmp_path / "out" / "deep_x4.png").pixels.dtype == np.uint16
 
 
 def test_a_sheet_run_skips_existing_outputs_and_keeps_them(tmp_path, capsys, own_srtrt_cache):
