@@ -48,6 +48,7 @@ CONFIRM_WINDOWS_PER_AXIS = 2
 # pass with every window touching the border, and margins above 48 made it one window). Older entries
 # are measured again.
 TILING_KIND = "tiling-v3"
+SHEET_KIND = "sheet-gap-v1"  # measure_sheet_gap's cache entries
 
 
 def is_community_file(model) -> bool:
@@ -71,11 +72,74 @@ def load_view(path, allow_noncommercial: bool = False) -> CommunityView:
                                           model.multiple_of),
         minimum=model.minimum, multiple_of=model.multiple_of,
         half=model.supports_half, bfloat16=model.supports_bfloat16, global_operations=model.global_operations,
-        radius=tiling["radius"], margin=tiling["margin"], margin_figure=tiling.get("figure"))
+        radius=tiling["radius"], margin=tiling["margin"], margin_figure=tiling.get("figure"),
+        sheet_gap=receptive_field.cached(SHEET_KIND, model.sha256, lambda: {"gap": measure_sheet_gap(model)},
+                                         _whole_gap)["gap"])
     # The source and the opt-in travel with the view: a child process loads the file again (ONNX export).
     view = CommunityView(module, facts, model.sha256, Path(path).resolve(), allow_noncommercial)
     view.int8_calibration = stored_calibration(model.sha256)
     return view
+
+
+def _whole_gap(entry: dict) -> bool:
+    return type(entry.get("gap")) is int and entry["gap"] >= 0
+
+
+def measure_sheet_gap(model: community.CommunityModel) -> int:
+    """LR pixels between images sharing a sheet (engine/datapath/sheets.py), or 0 where this model's
+    images never share one. The widest zero border one of its nn.Conv2d reads, at that conv's
+    resolution, found with one small pass; then confirmed: three images on a sheet, every conv's
+    input masked, each equal to its own whole-image pass in float64. A model with global operations,
+    another padding than zeros, or a step the masks do not reach (a convolution written inline, a
+    pooling) fails the confirmation and runs its images one by one."""
+    from srtrt.engine.datapath import sheets
+    from srtrt.engine.datapath.tiles import allowed_side
+
+    if model.global_operations:
+        return 0
+    module, step, channels = copy.deepcopy(model.module).eval().double(), max(model.multiple_of, 1), model.input_channels
+    side = allowed_side(32, step, model.minimum)
+    reach = [1]
+
+    def record(conv, inputs):
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            reach.append(-1)  # reflect/replicate/circular padding, or "same"/"valid" by name: not handled
+            return
+        finer = inputs[0].shape[2] / side  # this layer's pixels per LR pixel
+        reach.append(int(np.ceil(max(conv.padding) / finer)))
+
+    hooks = [m.register_forward_pre_hook(record) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.inference_mode():
+            module(torch.rand(1, channels, side, side, dtype=torch.float64))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if min(reach) < 0:
+        return 0
+    gap = allowed_side(max(reach), step)
+    base = allowed_side(max(12, model.minimum), step)
+    sizes = [(base, base + step), (base + 2 * step, base), (base + step, base + 2 * step)]
+    sheet = (allowed_side(2 * (base + 2 * step) + gap, step),) * 2
+    placed = sheets.pack(sizes, sheet, gap, step)
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.rand(1, channels, h, w, generator=generator, dtype=torch.float64) for h, w in sizes]
+    x, mask = torch.zeros(1, channels, *sheet, dtype=torch.float64), torch.zeros(1, 1, *sheet, dtype=torch.float64)
+    for p in placed:
+        x[..., p.top:p.top + p.height, p.left:p.left + p.width] = images[p.index]
+        mask[..., p.top:p.top + p.height, p.left:p.left + p.width] = 1
+    with torch.inference_mode(), sheets.masking(module, mask):
+        out = module(x)
+    if len(placed) < len(sizes) or out.shape[-1] != sheet[1] * model.scale:
+        return 0
+    s = model.scale
+    with torch.inference_mode():
+        for p in placed:
+            whole = module(images[p.index])
+            cut = out[..., p.top * s:(p.top + p.height) * s, p.left * s:(p.left + p.width) * s]
+            if (cut - whole).abs().max().item() > EXACT_TOLERANCE:
+                return 0
+    return gap
 
 
 def _whole_tiling(entry: dict) -> bool:

@@ -200,3 +200,35 @@ def test_the_varied_bench_path_runs_sheets(tmp_path, own_srtrt_cache):
     result = varied_run.run_files(backend, sorted((tmp_path / "in").glob("*.png")), tmp_path / "out")
     assert result["images"] == 10 and result["sheets"] == 1
     assert result["output_mp"] == pytest.approx(sum(h * w * 16 for h, w in sizes.values()) / 1e6)
+
+
+def test_a_community_model_whose_gap_was_measured_runs_its_small_images_on_sheets(tmp_path, capsys, own_srtrt_cache,
+                                                                                 monkeypatch):
+    """RRDBNet x2 pixel-unshuffles by 2 (sides multiples of 4 here): its images start on that grid."""
+    _openvino()
+    pytest.importorskip("spandrel")
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    from srtrt.engine.backends.openvino_backend import OpenVinoBackend
+
+    sheet_calls = []
+    real = OpenVinoBackend.infer_masked
+    monkeypatch.setattr(OpenVinoBackend, "infer_masked", lambda self, x, m: sheet_calls.append(1) or real(self, x, m))
+
+    from conftest import save_community_models
+
+    weights = save_community_models(tmp_path, {"x2": lambda: ESRGAN(in_nc=12, num_filters=8, num_blocks=1, scale=4,
+                                                                   shuffle_factor=2)})["x2"]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(9):
+        Image.fromarray(smooth_image(16 + 4 * i, 40 - 4 * (i % 3), seed=i)).save(folder / f"s{i}.png")
+    Image.fromarray(smooth_image(18, 22, seed=20)).save(folder / "odd.png")  # not on its grid: runs alone
+    run = ["--model", weights, "--backend", "openvino", "--precision", "fp32"]
+    code, err = run_cli(capsys, folder, "-o", tmp_path / "out", *run)
+    assert code == 0 and "(sheets)" in err and "10 done" in err and len(sheet_calls) == 1
+    (tmp_path / "alone").mkdir()
+    for source in sorted(folder.glob("*.png")):
+        alone = tmp_path / "alone" / f"{source.stem}_x2.png"
+        assert run_cli(capsys, source, "-o", alone, *run)[0] == 0
+        assert np.array_equal(read_image(tmp_path / "out" / alone.name).pixels, read_image(alone).pixels), source.name

@@ -132,3 +132,40 @@ def test_tiles_are_exact_only_where_a_tiled_pass_confirms_it(model_files):
     safmn = srtrt.load_model(model_files["SAFMN"]).facts
     assert not safmn.exact and safmn.margin_figure is not None and "measured margin" in safmn.tiling_note()
     assert srtrt.load_model(model_files["ESRGAN-x2"]).facts.exact
+
+
+def test_models_whose_images_share_sheets_are_exact_there(model_files):
+    """A sheet gap is measured per model (zoo.measure_sheet_gap, float64): here each such model's
+    sheet of three images through the torch backend, masked, equals each image's own pass in fp32."""
+    from srtrt.engine.datapath import sheets
+
+    shared = set()
+    for name in sorted(ARCHITECTURES):
+        view = srtrt.load_model(model_files[name])
+        facts = view.facts
+        if not facts.sheet_gap:
+            continue
+        assert not facts.global_operations
+        shared.add(name)
+        step, channels, scale = facts.multiple_of, facts.channels, facts.scale
+        side = max(16, facts.minimum)
+        sizes = [(side, side + step), (side + step, side), (side + 2 * step, side + step)]
+        sheet = (4 * side + 4 * facts.sheet_gap,) * 2
+        sheet = tuple(-(-n // step) * step for n in sheet)
+        placed = sheets.pack(sizes, sheet, facts.sheet_gap, step)
+        assert len(placed) == 3 and all(p.top % step == p.left % step == 0 for p in placed)
+        images = [smooth_image(h, w, channels=3, seed=i)[..., :channels] for i, (h, w) in enumerate(sizes)]
+        backend = TorchBackend(view, "cpu", "fp32")
+        x = torch.zeros(1, channels, *sheet)
+        mask = torch.zeros(1, 1, *sheet)
+        for p in placed:
+            x[0, :, p.top:p.top + p.height, p.left:p.left + p.width] = torch.from_numpy(
+                images[p.index].astype(np.float32) / 255).permute(2, 0, 1)
+            mask[..., p.top:p.top + p.height, p.left:p.left + p.width] = 1
+        with torch.inference_mode():
+            out = backend.infer_masked(x, mask)
+            for p in placed:
+                whole = backend.infer(x[..., p.top:p.top + p.height, p.left:p.left + p.width])
+                cut = out[..., p.top * scale:(p.top + p.height) * scale, p.left * scale:(p.left + p.width) * scale]
+                assert (cut - whole).abs().max().item() <= 1e-5, name
+    assert {"Compact", "ESRGAN", "ESRGAN-x2", "SPAN", "SwiftSRGAN"} <= shared, sorted(shared)

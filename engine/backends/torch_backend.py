@@ -18,7 +18,7 @@ from srtrt.engine.backends.base import (
     activation_bytes_per_pixel,
     defaults_for_budget,
 )
-from srtrt.engine.datapath.sheets import masks_at
+from srtrt.engine.datapath.sheets import masking
 from srtrt.nets import CommunityView, InferenceView
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -69,12 +69,7 @@ class TorchBackend(Backend):
             model = model.to(memory_format=torch.channels_last)
         self.model = torch.compile(model, dynamic=False) if compile else model
         self.compiled = compile
-        self.runs_masks = not compile and not fused_op  # the hooks below see every nn.Conv2d's input
-        self._mask: torch.Tensor | None = None
-        if self.runs_masks:
-            for module in model.modules():
-                if isinstance(module, torch.nn.Conv2d):
-                    module.register_forward_pre_hook(self._masked_input)
+        self.runs_masks = not compile  # sheets.masking hooks every nn.Conv2d; a compiled graph would not see them
         bpp = activation_bytes_per_pixel(view.facts.feature_channels, self.scale, self.dtype.itemsize)
         if self.device.type == "cuda":  # batches of 4 large windows keep a GPU busy; memory is plentiful
             self.defaults = defaults_for_budget(CUDA_ACTIVATION_BUDGET, bpp, self.radius, batch=4)
@@ -93,17 +88,8 @@ class TorchBackend(Backend):
     def infer_masked(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if not self.runs_masks:
             return super().infer_masked(x, mask)
-        self._mask = mask.to(self.device, self.stored)
-        try:
+        with masking(self.model, mask.to(self.device)):
             return self.infer(x)
-        finally:
-            self._mask = None
-
-    def _masked_input(self, _module, inputs):
-        if self._mask is None:
-            return None
-        x = inputs[0]
-        return (x * masks_at(self._mask, x.shape[2], x.shape[3]).to(x.dtype),)
 
     def describe(self) -> str:
         extras = [e for e, on in (("channels_last", self.channels_last), ("polyphase tail", self.polyphase),

@@ -54,7 +54,8 @@ def _header_size(job: Job, runner: FileRunner, sheet: tuple[int, int]) -> tuple[
             size = (img.height, img.width)
     except Exception:  # noqa: BLE001 - any unreadable input runs alone and fails there with its own line
         return None
-    return size if sheets.fits(size, sheet) else None
+    step = runner.backend.multiple_of
+    return size if sheets.fits(size, sheet) and size[0] % step == 0 and size[1] % step == 0 else None
 
 
 def units(jobs: list[Job], runner: FileRunner) -> Iterator[list[Job]]:
@@ -68,7 +69,7 @@ def units(jobs: list[Job], runner: FileRunner) -> Iterator[list[Job]]:
     waiting: list[tuple[Job, tuple[int, int]]] = []
 
     def next_sheet() -> list[Job]:
-        placed = sheets.pack([size for _, size in waiting], sheet, gap)
+        placed = sheets.pack([size for _, size in waiting], sheet, gap, runner.backend.multiple_of)
         chosen = {p.index for p in placed}
         group = [waiting[i][0] for i in sorted(chosen)]
         waiting[:] = [w for i, w in enumerate(waiting) if i not in chosen]
@@ -120,7 +121,8 @@ def run_sheet(runner: FileRunner, jobs: list[Job], decoded: list[Future | None],
             continue
         if _on_sheet(image, sheet, backend.multiple_of):
             ready.append(k)
-    placements = sheets.pack([images[k].pixels.shape[:2] for k in ready], sheet, backend.sheet_gap) if ready else []
+    placements = sheets.pack([images[k].pixels.shape[:2] for k in ready], sheet, backend.sheet_gap,
+                             backend.multiple_of) if ready else []
     if stop_check:
         stop_check()
     output = None

@@ -17,10 +17,12 @@ pixel shuffles move nothing across pixels, so each cut-out equals the image's wh
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -38,17 +40,23 @@ def fits(size: tuple[int, int], sheet: tuple[int, int]) -> bool:
     return size[0] <= sheet[0] and size[1] <= sheet[1]
 
 
-def pack(sizes: list[tuple[int, int]], sheet: tuple[int, int], gap: int) -> list[Placement]:
+def pack(sizes: list[tuple[int, int]], sheet: tuple[int, int], gap: int, align: int = 1) -> list[Placement]:
     """Places for as many of `sizes` ((height, width), each fitting the sheet) as one sheet holds,
     at least `gap` pixels apart: a skyline packing, each image put where its top edge lands
     highest (then leftmost), in the order (tallest, widest, largest or longest side first) that
     covers most of the sheet. Images left out go on a later sheet.
 
     Each image is packed as a (height + gap) x (width + gap) block on a sheet `gap` larger than
-    the real one, so neighbours are `gap` apart and an image may touch the sheet's far edges."""
+    the real one, so neighbours are `gap` apart and an image may touch the sheet's far edges.
+    `align`: every image starts on multiples of it (a network that pixel-unshuffles by it sees
+    each image on the grid of its own pass), packed in units of `align` pixels."""
     for h, w in sizes:
         if not fits((h, w), sheet):
             raise ValueError(f"an image of {h}x{w} does not fit a {sheet[0]}x{sheet[1]} sheet")
+    if align > 1:
+        units = [(-(-h // align), -(-w // align)) for h, w in sizes]
+        placed = pack(units, (sheet[0] // align, sheet[1] // align), -(-gap // align))
+        return [Placement(p.index, p.top * align, p.left * align, *sizes[p.index]) for p in placed]
     layouts = [_skyline(sizes, sorted(range(len(sizes)), key=key), sheet, gap) for key in (
         lambda i: (-sizes[i][0], -sizes[i][1]),             # tallest first
         lambda i: (-sizes[i][1], -sizes[i][0]),             # widest first
@@ -138,3 +146,19 @@ def masks_at(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
         return mask.repeat_interleave(f, 2).repeat_interleave(f, 3)
     f = h // height
     return mask[:, :, ::f, ::f]
+
+
+@contextlib.contextmanager
+def masking(module: nn.Module, mask: torch.Tensor):
+    """Within the block, every nn.Conv2d of `module` reads its input multiplied by `mask`
+    (N, 1, H, W) at that input's resolution (masks_at): a torch network run on a sheet."""
+    def masked(_conv, inputs):
+        x = inputs[0]
+        return (x * masks_at(mask, x.shape[2], x.shape[3]).to(x.dtype),)
+
+    hooks = [m.register_forward_pre_hook(masked) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
