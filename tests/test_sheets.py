@@ -126,7 +126,7 @@ def _folder(root, count=10):
     root.mkdir()
     sizes = {}
     for i in range(count):  # every size new: the many-sizes class
-        h, w = 20 + 3 * i, 44 - 2 * i
+        h, w = 16 + i, 60 - i % 30
         Image.fromarray(smooth_image(h, w, seed=i)).save(root / f"small{i}.png")
         sizes[f"small{i}"] = (h, w)
     return sizes
@@ -232,3 +232,23 @@ def test_a_community_model_whose_gap_was_measured_runs_its_small_images_on_sheet
         alone = tmp_path / "alone" / f"{source.stem}_x2.png"
         assert run_cli(capsys, source, "-o", alone, *run)[0] == 0
         assert np.array_equal(read_image(tmp_path / "out" / alone.name).pixels, read_image(alone).pixels), source.name
+
+
+def test_a_sheet_the_backend_cannot_compile_leaves_its_images_to_run_one_by_one(tmp_path, capsys, own_srtrt_cache,
+                                                                               monkeypatch):
+    """Fault injection: the graph with masks failing to compile (as OpenVINO says it) costs the run
+    its sheets, said once, not its images."""
+    _openvino()
+    from srtrt.engine.backends.openvino_backend import OpenVinoBackend
+    from srtrt.errors import SrtrtError
+
+    def cannot(self, x, mask):
+        raise SrtrtError("OpenVINO cannot compile this ONNX file for 1x3x512x512 with masks (injected)")
+
+    monkeypatch.setattr(OpenVinoBackend, "infer_masked", cannot)
+    weights = save_tiny_model(tmp_path, channels=4)
+    _folder(tmp_path / "in", count=40)  # more than one sheet's worth: the second is not tried
+    code, err = run_cli(capsys, tmp_path / "in", "-o", tmp_path / "out", "--model", weights, "--backend", "openvino",
+                        "--precision", "fp32")
+    assert code == 0 and "40 done" in err and err.count("small images run one at a time") == 1
+    assert len(list((tmp_path / "out").glob("*_x4.png"))) == 40

@@ -277,6 +277,7 @@ class FileRunner:
         self._writer_pool: ThreadPoolExecutor | None = None  # submit's write-behind thread, made on need
         self.log = log or (lambda message: None)
         self.sheets = 0  # sheets of small images computed (sheet_runs.py)
+        self.sheets_failed: str | None = None  # why this backend could not run a sheet: images go one by one
 
     def upscaler_for(self, height: int, width: int):
         """The upscaler an image of this size runs on: the backend's, or the fallback `auto` named

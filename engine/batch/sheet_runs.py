@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 
+import numpy as np
+
 from srtrt.engine.batch.files import FileRunner, Job, done_future, real_path, skipped_existing
 from srtrt.engine.datapath import sheets
 from srtrt.engine.video import is_video
@@ -91,6 +93,7 @@ def _on_sheet(image, sheet: tuple[int, int], multiple_of: int) -> bool:
     """Whether a decoded image can share a sheet (its header said so; EXIF may have turned it)."""
     pixels = image.pixels
     return (image.alpha is None and pixels.ndim == 3 and pixels.shape[2] == 3 and sheets.fits(pixels.shape[:2], sheet)
+            and np.issubdtype(pixels.dtype, np.integer)
             and pixels.shape[0] % multiple_of == 0 and pixels.shape[1] % multiple_of == 0)
 
 
@@ -126,12 +129,15 @@ def run_sheet(runner: FileRunner, jobs: list[Job], decoded: list[Future | None],
     if stop_check:
         stop_check()
     output = None
-    if len(placements) > 1:
+    if len(placements) > 1 and runner.sheets_failed is None:
         from srtrt.engine.batch import oom
 
         x, mask = sheets.compose([images[k].pixels for k in ready], placements, sheet)
         try:
             output = backend.infer_masked(x, mask)
+        except SrtrtError as e:  # the graph with masks cannot be made here: this run's images go one by one
+            runner.sheets_failed = str(e)
+            runner.log(f"srtrt: small images run one at a time: {e}")
         except Exception as e:
             if not oom.is_out_of_memory(e):
                 raise
