@@ -252,3 +252,30 @@ def test_a_sheet_the_backend_cannot_compile_leaves_its_images_to_run_one_by_one(
                         "--precision", "fp32")
     assert code == 0 and "40 done" in err and err.count("small images run one at a time") == 1
     assert len(list((tmp_path / "out").glob("*_x4.png"))) == 40
+
+
+def test_a_sheet_that_runs_out_of_memory_leaves_its_images_to_run_alone(tmp_path, capsys, own_srtrt_cache,
+                                                                         monkeypatch):
+    """Fault injection: the host cannot hold a sheet (MemoryError); its images run one by one, each
+    with the usual out-of-memory ladder, and the next sheet is tried again."""
+    _openvino()
+    from srtrt.engine.backends.openvino_backend import OpenVinoBackend
+
+    calls = []
+    real = OpenVinoBackend.infer_masked
+
+    def first_fails(self, x, mask):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError("injected")
+        return real(self, x, mask)
+
+    monkeypatch.setattr(OpenVinoBackend, "infer_masked", first_fails)
+    weights = save_tiny_model(tmp_path, channels=4)
+    (tmp_path / "in").mkdir()
+    for i in range(16):  # about two sheets' worth
+        Image.fromarray(smooth_image(150 + i, 170 - i, seed=i)).save(tmp_path / "in" / f"p{i}.png")
+    code, err = run_cli(capsys, tmp_path / "in", "-o", tmp_path / "out", "--model", weights, "--backend", "openvino",
+                        "--precision", "fp32")
+    assert code == 0 and "16 done" in err and "Traceback" not in err and len(calls) >= 2
+    assert len(list((tmp_path / "out").glob("*_x4.png"))) == 16
