@@ -132,12 +132,19 @@ def _folder(root, count=10):
     return sizes
 
 
+def _same_up_to_rounding(a: np.ndarray, b: np.ndarray) -> bool:
+    """Outputs of one image from a sheet and alone: OpenVINO's kernels sum in another order on another
+    window (floats up to ~1.2e-7 apart), so a rare value rounds to the next 8- or 16-bit step."""
+    difference = np.abs(a.astype(np.int64) - b.astype(np.int64))
+    return a.shape == b.shape and difference.max() <= 1 and np.mean(difference > 0) < 1e-3
+
+
 def _openvino():
     pytest.importorskip("openvino")
     pytest.importorskip("onnxscript")  # the exporter that writes the graph the backend runs
 
 
-def test_srtrt_run_puts_a_folder_of_many_small_sizes_on_sheets_with_the_bytes_of_one_at_a_time(
+def test_srtrt_run_puts_a_folder_of_many_small_sizes_on_sheets_with_the_outputs_of_one_at_a_time(
         tmp_path, capsys, own_srtrt_cache):
     _openvino()
     weights = save_tiny_model(tmp_path, channels=8)
@@ -159,7 +166,8 @@ def test_srtrt_run_puts_a_folder_of_many_small_sizes_on_sheets_with_the_bytes_of
             continue
         alone = tmp_path / "alone" / f"{source.stem}_x4.png"
         assert run_cli(capsys, source, "-o", alone, *run)[0] == 0
-        assert np.array_equal(read_image(tmp_path / "out" / alone.name).pixels, read_image(alone).pixels), source.name
+        assert _same_up_to_rounding(read_image(tmp_path / "out" / alone.name).pixels, read_image(alone).pixels), \
+            source.name
     assert read_image(tmp_path / "out" / "deep_x4.png").pixels.dtype == np.uint16
 
 
@@ -231,7 +239,8 @@ def test_a_community_model_whose_gap_was_measured_runs_its_small_images_on_sheet
     for source in sorted(folder.glob("*.png")):
         alone = tmp_path / "alone" / f"{source.stem}_x2.png"
         assert run_cli(capsys, source, "-o", alone, *run)[0] == 0
-        assert np.array_equal(read_image(tmp_path / "out" / alone.name).pixels, read_image(alone).pixels), source.name
+        assert _same_up_to_rounding(read_image(tmp_path / "out" / alone.name).pixels, read_image(alone).pixels), \
+            source.name
 
 
 def test_a_sheet_the_backend_cannot_compile_leaves_its_images_to_run_one_by_one(tmp_path, capsys, own_srtrt_cache,
@@ -279,3 +288,27 @@ def test_a_sheet_that_runs_out_of_memory_leaves_its_images_to_run_alone(tmp_path
                         "--precision", "fp32")
     assert code == 0 and "16 done" in err and "Traceback" not in err and len(calls) >= 2
     assert len(list((tmp_path / "out").glob("*_x4.png"))) == 16
+
+
+def test_what_a_sheet_would_change_runs_alone(tmp_path, capsys, own_srtrt_cache):
+    """A grey model (each channel of an RGB image is an image to it), images below the model's minimum
+    side (refused alone, so refused here too) and `--tile` / `--margin` (a sheet is one window): no sheets."""
+    _openvino()
+    pytest.importorskip("spandrel")
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    from conftest import save_community_models
+
+    models = save_community_models(tmp_path, {"grey": lambda: ESRGAN(in_nc=1, out_nc=1, num_filters=8, num_blocks=1),
+                                              "rgb": lambda: ESRGAN(num_filters=8, num_blocks=1)})
+    _folder(tmp_path / "in")
+    run = ["--backend", "openvino", "--precision", "fp32"]
+    code, err = run_cli(capsys, tmp_path / "in", "-o", tmp_path / "grey", "--model", models["grey"], *run)
+    assert code == 0 and "10 done" in err and "(sheets)" not in err
+    Image.fromarray(smooth_image(1, 1, seed=1)).save(tmp_path / "in" / "dot.png")  # below RRDBNet's 2-pixel side
+    code, err = run_cli(capsys, tmp_path / "in", "-o", tmp_path / "rgb", "--model", models["rgb"], *run)
+    assert code == 1 and "(sheets)" in err and "dot.png: image is 1x1, smaller than the 2-pixel side" in err
+    assert "10 done" in err and "1 failed" in err
+    weights = save_tiny_model(tmp_path, channels=4)
+    code, err = run_cli(capsys, tmp_path / "in", "-o", tmp_path / "tiled", "--model", weights, "--tile", "16", *run)
+    assert code == 0 and "(sheets)" not in err

@@ -31,11 +31,14 @@ LOOKAHEAD = 64    # jobs whose sizes one sheet is chosen from (only the sheet's 
 def sheet_shape(runner: FileRunner) -> tuple[int, int] | None:
     """The sheet a run of many small sizes uses on this backend, or None where images run one at a
     time: a backend that gains nothing from sheets (Backend.shares_sheets), a model whose images
-    cannot share one (registry sheet_gap 0), another shape class, or a window budget below a useful sheet."""
+    cannot share one (registry sheet_gap 0) or that is not RGB (a grey model takes each channel as
+    an image), another shape class, tiles asked for (`--tile`, `--margin`: a sheet is one window),
+    or a window budget below a useful sheet."""
     from srtrt.engine.backends.measured import MANY_SIZES
 
-    backend = runner.backend
-    if runner.options.shape_class != MANY_SIZES or not backend.shares_sheets or not backend.sheet_gap:
+    backend, options = runner.backend, runner.options
+    if (options.shape_class != MANY_SIZES or not backend.shares_sheets or not backend.sheet_gap
+            or backend.channels != 3 or options.tile is not None or options.margin is not None):
         return None
     side = min(SHEET_SIDE, int(backend.defaults.whole_image_pixels ** 0.5) // 64 * 64)
     return (side, side) if side >= 128 else None
@@ -56,8 +59,16 @@ def _header_size(job: Job, runner: FileRunner, sheet: tuple[int, int]) -> tuple[
             size = (img.height, img.width)
     except Exception:  # noqa: BLE001 - any unreadable input runs alone and fails there with its own line
         return None
-    step = runner.backend.multiple_of
-    return size if sheets.fits(size, sheet) and size[0] % step == 0 and size[1] % step == 0 else None
+    return size if _sheet_size(size, sheet, runner.backend) else None
+
+
+def _sheet_size(size: tuple[int, int], sheet: tuple[int, int], backend) -> bool:
+    """Whether an image of this (height, width) may go on the sheet: it fits, and it is a size the
+    network takes whole (at least its minimum side, a multiple of what it needs); others run alone,
+    where the runtime meets those needs or says why not."""
+    step = backend.multiple_of
+    return (sheets.fits(size, sheet) and min(size) >= backend.minimum
+            and size[0] % step == 0 and size[1] % step == 0)
 
 
 def units(jobs: list[Job], runner: FileRunner) -> Iterator[list[Job]]:
@@ -89,12 +100,11 @@ def units(jobs: list[Job], runner: FileRunner) -> Iterator[list[Job]]:
         yield next_sheet()
 
 
-def _on_sheet(image, sheet: tuple[int, int], multiple_of: int) -> bool:
+def _on_sheet(image, sheet: tuple[int, int], backend) -> bool:
     """Whether a decoded image can share a sheet (its header said so; EXIF may have turned it)."""
     pixels = image.pixels
-    return (image.alpha is None and pixels.ndim == 3 and pixels.shape[2] == 3 and sheets.fits(pixels.shape[:2], sheet)
-            and np.issubdtype(pixels.dtype, np.integer)
-            and pixels.shape[0] % multiple_of == 0 and pixels.shape[1] % multiple_of == 0)
+    return (image.alpha is None and pixels.ndim == 3 and pixels.shape[2] == 3
+            and np.issubdtype(pixels.dtype, np.integer) and _sheet_size(pixels.shape[:2], sheet, backend))
 
 
 def run_sheet(runner: FileRunner, jobs: list[Job], decoded: list[Future | None], stop_check=None) -> list[Future]:
@@ -122,7 +132,7 @@ def run_sheet(runner: FileRunner, jobs: list[Job], decoded: list[Future | None],
         except SrtrtError as e:
             results[k] = done_future(runner.failed(e, job.source, job.destination, existed[k], start))
             continue
-        if _on_sheet(image, sheet, backend.multiple_of):
+        if _on_sheet(image, sheet, backend):
             ready.append(k)
     placements = sheets.pack([images[k].pixels.shape[:2] for k in ready], sheet, backend.sheet_gap,
                              backend.multiple_of) if ready else []
