@@ -11,7 +11,7 @@ from pathlib import Path
 
 from srtrt.engine.batch.files import DONE, DecodeAhead, FileRunner, plan_jobs, shape_class
 from srtrt.engine.batch.options import RunOptions
-from srtrt.engine.batch.sheet_runs import run_sheet, units
+from srtrt.engine.batch.sheet_runs import run_sheet, units, with_next
 from srtrt.engine.batch.threads import torch_for_data_only
 
 
@@ -24,10 +24,7 @@ def run_files(backend, files: list[Path], output: Path) -> dict:
     outcomes, pending = [], []
     try:
         with DecodeAhead(runner) as ahead, torch_for_data_only(backend):  # as `srtrt run` runs
-            groups = units(jobs, runner)
-            group = next(groups, None)
-            while group is not None:
-                following = next(groups, None)
+            for group, following in with_next(units(jobs, runner)):
                 decoded = [ahead.take(job) for job in group]
                 ahead.start(following[0] if following else None)
                 if len(group) > 1:
@@ -35,7 +32,7 @@ def run_files(backend, files: list[Path], output: Path) -> dict:
                 else:
                     written = [runner.submit(group[0].source, group[0].destination, decoded=decoded[0])]
                 outcomes += [future.result() for future in pending]
-                pending, group = written, following
+                pending = written
             outcomes += [future.result() for future in pending]
     finally:
         runner.close()

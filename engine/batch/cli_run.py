@@ -35,7 +35,7 @@ from srtrt.engine.batch.files import (
     shape_class,
 )
 from srtrt.engine.batch.options import RunOptions, open_backend, setup_lines
-from srtrt.engine.batch.sheet_runs import run_sheet, sheet_shape, units
+from srtrt.engine.batch.sheet_runs import run_sheet, sheet_shape, units, with_next
 from srtrt.engine.batch.threads import torch_for_data_only
 from srtrt.errors import SrtrtError
 
@@ -109,18 +109,15 @@ def main(args) -> int:
                     outcome = report.add(pending.pop(0).result())
                     say(f"srtrt: {outcome.message}", always=outcome.status == FAILED)
 
-            groups = units(jobs, runner)
-            group, started = next(groups, None), 0
-            while group is not None:
+            started = 0
+            for group, following in with_next(units(jobs, runner)):
                 stop.check()
-                following = next(groups, None)
                 job = group[0]
                 started += len(group)
                 if len(group) == 1 and job.refusal:
                     collect()
                     report.add(Outcome(job.source, job.destination, job.status, job.refusal))
                     say(f"srtrt: {job.refusal}", always=job.status == FAILED)
-                    group = following
                     continue
                 if job.note:
                     say(f"srtrt: {job.source}: {job.note}")
@@ -140,7 +137,6 @@ def main(args) -> int:
                     current = None
                 collect()
                 pending = written
-                group = following
             collect()
             stop.check()
     except Stopped as stopped:

@@ -100,6 +100,16 @@ def units(jobs: list[Job], runner: FileRunner) -> Iterator[list[Job]]:
         yield next_sheet()
 
 
+def with_next(groups: Iterator[list[Job]]) -> Iterator[tuple[list[Job], list[Job] | None]]:
+    """Each group of `units` with the one after it (None at the end): the loop starts decoding the
+    next group's first image while this one computes."""
+    group = next(groups, None)
+    while group is not None:
+        following = next(groups, None)
+        yield group, following
+        group = following
+
+
 def _on_sheet(image, sheet: tuple[int, int], backend) -> bool:
     """Whether a decoded image can share a sheet (its header said so; EXIF may have turned it)."""
     pixels = image.pixels
