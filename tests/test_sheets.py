@@ -145,12 +145,18 @@ def _openvino():
 
 
 def test_srtrt_run_puts_a_folder_of_many_small_sizes_on_sheets_with_the_outputs_of_one_at_a_time(
-        tmp_path, capsys, own_srtrt_cache):
+        tmp_path, capsys, own_srtrt_cache, monkeypatch):
     _openvino()
+    cut = []
+    real_cut = sheets.cut
+    monkeypatch.setattr(sheets, "cut", lambda *a: cut.append(1) or real_cut(*a))  # counts the images on sheets
     weights = save_tiny_model(tmp_path, channels=8)
     folder = tmp_path / "in"
     _folder(folder)
-    Image.fromarray(smooth_image(30, 31, channels=4, seed=3)).save(folder / "alpha.png")  # alpha: runs alone
+    Image.fromarray(smooth_image(30, 31, channels=4, seed=3)).save(folder / "alpha.png")  # alpha bicubic beside it
+    logo = smooth_image(27, 33, channels=4, seed=5)
+    logo[:, :15, 3] = 0  # hidden colour: filled from the visible pixels first, as alone
+    Image.fromarray(logo).save(folder / "logo.png")
     Image.fromarray(smooth_image(26, 35, channels=1, seed=4)[..., 0]).save(folder / "grey.png")  # grey: alone
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # fails alone, one line
     with open_writer(folder / "deep.png", 39, 28, 3, 16) as writer:  # 16-bit RGB: on the sheet, stays 16-bit
@@ -158,6 +164,7 @@ def test_srtrt_run_puts_a_folder_of_many_small_sizes_on_sheets_with_the_outputs_
     run = ["--model", weights, "--backend", "openvino", "--precision", "fp32"]
     code, err = run_cli(capsys, folder, "-o", tmp_path / "out", *run)
     assert code == 1 and "share 512x512 windows (sheets)" in err
+    assert len(cut) == 13  # the 10, alpha, logo and deep; grey alone
     assert err.count("broken.png") == 1 and "Traceback" not in err
     assert not partials(tmp_path / "out")
     (tmp_path / "alone").mkdir()
@@ -166,8 +173,10 @@ def test_srtrt_run_puts_a_folder_of_many_small_sizes_on_sheets_with_the_outputs_
             continue
         alone = tmp_path / "alone" / f"{source.stem}_x4.png"
         assert run_cli(capsys, source, "-o", alone, *run)[0] == 0
-        assert _same_up_to_rounding(read_image(tmp_path / "out" / alone.name).pixels, read_image(alone).pixels), \
-            source.name
+        sheet_output, alone_output = read_image(tmp_path / "out" / alone.name), read_image(alone)
+        assert _same_up_to_rounding(sheet_output.pixels, alone_output.pixels), source.name
+        assert (sheet_output.alpha is None) == (alone_output.alpha is None)
+        assert sheet_output.alpha is None or np.array_equal(sheet_output.alpha, alone_output.alpha)
     assert read_image(tmp_path / "out" / "deep_x4.png").pixels.dtype == np.uint16
 
 
@@ -312,3 +321,19 @@ def test_what_a_sheet_would_change_runs_alone(tmp_path, capsys, own_srtrt_cache)
     weights = save_tiny_model(tmp_path, channels=4)
     code, err = run_cli(capsys, tmp_path / "in", "-o", tmp_path / "tiled", "--model", weights, "--tile", "16", *run)
     assert code == 0 and "(sheets)" not in err
+
+
+def test_alpha_through_the_network_runs_alone(tmp_path, capsys, own_srtrt_cache, monkeypatch):
+    """`--alpha model` runs the alpha plane through the network as an image of its own: not on a sheet."""
+    _openvino()
+    cut = []
+    real_cut = sheets.cut
+    monkeypatch.setattr(sheets, "cut", lambda *a: cut.append(1) or real_cut(*a))
+    weights = save_tiny_model(tmp_path, channels=4)
+    _folder(tmp_path / "in")
+    Image.fromarray(smooth_image(30, 31, channels=4, seed=3)).save(tmp_path / "in" / "alpha.png")
+    run = ["--model", weights, "--backend", "openvino", "--precision", "fp32", "--alpha", "model"]
+    code, err = run_cli(capsys, tmp_path / "in", "-o", tmp_path / "out", *run)
+    assert code == 0 and "(sheets)" in err and len(cut) == 10
+    assert run_cli(capsys, tmp_path / "in" / "alpha.png", "-o", tmp_path / "alone.png", *run)[0] == 0
+    assert np.array_equal(read_image(tmp_path / "out" / "alpha_x4.png").alpha, read_image(tmp_path / "alone.png").alpha)

@@ -3,7 +3,7 @@
 `srtrt run` on such a folder (measured.MANY_SIZES) groups the small RGB images into sheets of one
 static shape, so a backend that compiles per shape compiles once, and every image still equals
 its whole-image pass. `units` turns the batch's jobs into what runs together: a sheet's jobs, or
-one job alone (a large image, alpha, grey, a video, a file that does not open). `run_sheet`
+one job alone (a large image, grey, alpha run through the network, a video, a file that does not open). `run_sheet`
 computes one sheet and returns each image's Outcome as a Future, its output written on the
 runner's writer thread, as FileRunner.submit does for one small image.
 
@@ -54,7 +54,8 @@ def _header_size(job: Job, runner: FileRunner, sheet: tuple[int, int]) -> tuple[
         return None  # skipped by submit, with its line
     try:
         with open_lazily(job.source) as img:
-            if img.mode != "RGB" or "transparency" in img.info:
+            alpha = img.mode == "RGBA" or "transparency" in img.info
+            if img.mode not in ("RGB", "RGBA") or alpha and runner.options.alpha != "bicubic":
                 return None
             size = (img.height, img.width)
     except Exception:  # noqa: BLE001 - any unreadable input runs alone and fails there with its own line
@@ -110,18 +111,20 @@ def with_next(groups: Iterator[list[Job]]) -> Iterator[tuple[list[Job], list[Job
         group = following
 
 
-def _on_sheet(image, sheet: tuple[int, int], backend) -> bool:
-    """Whether a decoded image can share a sheet (its header said so; EXIF may have turned it)."""
+def _on_sheet(image, sheet: tuple[int, int], runner: FileRunner) -> bool:
+    """Whether a decoded image can share a sheet (its header said so; EXIF may have turned it): RGB,
+    with an alpha plane only where alpha is upscaled bicubic beside the network (the default)."""
     pixels = image.pixels
-    return (image.alpha is None and pixels.ndim == 3 and pixels.shape[2] == 3
-            and np.issubdtype(pixels.dtype, np.integer) and _sheet_size(pixels.shape[:2], sheet, backend))
+    return ((image.alpha is None or runner.options.alpha == "bicubic") and pixels.ndim == 3 and pixels.shape[2] == 3
+            and np.issubdtype(pixels.dtype, np.integer) and _sheet_size(pixels.shape[:2], sheet, runner.backend))
 
 
 def run_sheet(runner: FileRunner, jobs: list[Job], decoded: list[Future | None], stop_check=None) -> list[Future]:
     """Upscale `jobs` (from `units`) on one sheet; their Outcomes as Futures, in the jobs' order.
     A job that fails to decode fails alone; one that no longer fits (turned by EXIF) or whose
     sheet runs out of memory runs on its own through FileRunner.submit."""
-    from srtrt.engine.datapath.pipeline import check_destination
+    from srtrt.engine.datapath.pipeline import bicubic_rows, check_destination
+    from srtrt.engine.datapath.transparency import fill_hidden_colour
 
     start = time.perf_counter()
     sheet, backend = sheet_shape(runner), runner.backend
@@ -142,7 +145,7 @@ def run_sheet(runner: FileRunner, jobs: list[Job], decoded: list[Future | None],
         except SrtrtError as e:
             results[k] = done_future(runner.failed(e, job.source, job.destination, existed[k], start))
             continue
-        if _on_sheet(image, sheet, backend):
+        if _on_sheet(image, sheet, runner):
             ready.append(k)
     placements = sheets.pack([images[k].pixels.shape[:2] for k in ready], sheet, backend.sheet_gap,
                              backend.multiple_of) if ready else []
@@ -152,7 +155,9 @@ def run_sheet(runner: FileRunner, jobs: list[Job], decoded: list[Future | None],
     if len(placements) > 1 and runner.sheets_failed is None:
         from srtrt.engine.batch import oom
 
-        x, mask = sheets.compose([images[k].pixels for k in ready], placements, sheet)
+        # the colour under transparent pixels filled from the visible ones, as for an image alone (pipeline._planes)
+        colours = [fill_hidden_colour(images[k].pixels, images[k].alpha) for k in ready]
+        x, mask = sheets.compose(colours, placements, sheet)
         try:
             output = backend.infer_masked(x, mask)
         except SrtrtError as e:  # the graph with masks cannot be made here: this run's images go one by one
@@ -167,8 +172,10 @@ def run_sheet(runner: FileRunner, jobs: list[Job], decoded: list[Future | None],
         if results[k] is not None:
             continue
         if k in on_sheet:
-            colour = sheets.cut(output, on_sheet[k], backend.scale, images[k].pixels.dtype)
-            results[k] = runner.write_later(job.source, job.destination, images[k], colour, None, start,
+            image = images[k]
+            colour = sheets.cut(output, on_sheet[k], backend.scale, image.pixels.dtype)
+            alpha = None if image.alpha is None else bicubic_rows(image.alpha, 0, image.height, backend.scale)
+            results[k] = runner.write_later(job.source, job.destination, image, colour, alpha, start,
                                             existed[k], stop_check)
         else:
             results[k] = runner.submit(job.source, job.destination, decoded=done_future(images[k]),
