@@ -29,7 +29,7 @@ from srtrt.engine.serve.app import create_app  # noqa: E402
 from srtrt.engine.serve.settings import ServeConfig  # noqa: E402
 from srtrt.errors import SrtrtError  # noqa: E402
 
-from run_helpers import finished, run_cli, save_tiny_model, write_images  # noqa: E402
+from run_helpers import finished, run_cli, save_tiny_model, srtrt_process, write_images  # noqa: E402
 
 LOCAL = "http://127.0.0.1:8000"
 TINY = {"model": "tiny.safetensors", "backend": "torch"}
@@ -380,6 +380,38 @@ def test_shutdown_ends_event_streams_and_uploads_at_once(tmp_path, models_dir, c
     assert took < GRACEFUL_SECONDS - 1, took
     err = capfd.readouterr().err
     assert "Traceback" not in err and "ERROR" not in err, err
+
+
+@pytest.mark.parametrize("signals, code", [(["SIGINT"], 130), (["SIGINT", "SIGINT"], 130), (["SIGTERM"], 143)])
+def test_serve_stopped_by_a_signal_exits_with_its_code(tmp_path, models_dir, signals, code):
+    """`srtrt serve` stopped by Ctrl-C (twice in a row too: uvicorn then skips the app's shutdown, and
+    the lifespan asyncio cancels printed a traceback) or SIGTERM: the shell's status for that signal,
+    as for srtrt run, no traceback, and its work folder removed."""
+    import signal
+
+    import httpx
+
+    (tmp_path / "work").mkdir()
+    port = free_port()
+    server = srtrt_process("serve", "--port", port, "--models", models_dir, "--work-dir", tmp_path / "work", "--no-warm")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/jobs", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        for name in signals:
+            server.send_signal(getattr(signal, name))
+            time.sleep(0.01)
+        err = server.communicate(timeout=30)[1]
+    finally:
+        server.kill()
+    shell_status = 128 - server.returncode if server.returncode < 0 else server.returncode  # -15: ended by SIGTERM
+    assert shell_status == code, err
+    assert "Traceback" not in err and "ERROR" not in err, err
+    assert list((tmp_path / "work").iterdir()) == []
 
 
 def test_a_client_gone_mid_body_is_no_traceback(tmp_path, models_dir, capfd):

@@ -57,9 +57,17 @@ def server(app, config: ServeConfig):
     import uvicorn
 
     class Server(uvicorn.Server):
+        stopped_by = 0  # the first signal that asked it to stop
+
+        def handle_exit(self, sig, frame):
+            self.stopped_by = self.stopped_by or sig
+            super().handle_exit(sig, frame)
+
         async def shutdown(self, sockets=None):
             app.state.closing.set()
             await super().shutdown(sockets)
+            if self.force_exit:  # a second Ctrl-C: uvicorn skips the app's shutdown, whose lifespan asyncio
+                await self.lifespan.shutdown()  # would then cancel with a traceback; run it, quick as closing is set
 
     return Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
                                  timeout_graceful_shutdown=GRACEFUL_SECONDS))
@@ -79,8 +87,7 @@ def main(args) -> int:
     running = server(create_app(config), config)
     print(f"srtrt: serving on {where}" + (" (open it as /?token=TOKEN once)" if config.token else "")
           + f"; API schema at {where}docs", file=sys.stderr)
-    try:
-        running.run()
-    except KeyboardInterrupt:  # uvicorn raises Ctrl-C again once it has shut down: the shutdown is done
-        pass
+    running.run()
+    if running.stopped_by:  # as srtrt run: 130 after Ctrl-C, 143 after SIGTERM
+        return 128 + running.stopped_by
     return 0 if running.started else 3  # uvicorn.run's status for a server that never started
