@@ -35,6 +35,25 @@ def write_images(folder: Path, count: int, height: int = 24, width: int = 32, pr
     return paths
 
 
+def write_many_sizes(root: Path, count: int = 10) -> dict[str, tuple[int, int]]:
+    """`count` small images in a new folder `root`, every size new (the many-sizes class, whose
+    images share sheets); their (height, width) by stem."""
+    root.mkdir()
+    sizes = {}
+    for i in range(count):
+        h, w = 16 + i, 60 - i % 30
+        Image.fromarray(smooth_image(h, w, seed=i)).save(root / f"small{i}.png")
+        sizes[f"small{i}"] = (h, w)
+    return sizes
+
+
+def same_up_to_rounding(a: np.ndarray, b: np.ndarray) -> bool:
+    """Outputs of one image from a sheet and alone: OpenVINO's kernels sum in another order on another
+    window (floats up to ~1.2e-7 apart), so a rare value rounds to the next 8- or 16-bit step."""
+    difference = np.abs(a.astype(np.int64) - b.astype(np.int64))
+    return a.shape == b.shape and difference.max() <= 1 and np.mean(difference > 0) < 1e-3
+
+
 def partials(folder: Path) -> list[Path]:
     """Temporary files a writer left behind (`.NAME.partial-PID-TOKEN`), searched recursively."""
     return [p for p in Path(folder).rglob("*") if ".partial-" in p.name or p.name.endswith(".tmp")]

@@ -18,10 +18,12 @@ from srtrt.cli import main, parser  # noqa: E402
 from run_helpers import (  # noqa: E402
     is_complete_image,
     partials,
+    same_up_to_rounding,
     save_tiny_model,
     signal_when,
     srtrt_process,
     write_images,
+    write_many_sizes,
 )
 
 
@@ -103,6 +105,66 @@ def test_actor_rows_are_small_status_dicts(batch, tmp_path):
     assert rows["pixels"][0] == 224 * 160 and all(isinstance(s, float) for s in rows["seconds"])
     assert "is a directory" in rows["message"][2]
     assert (tmp_path / "a.png").read_bytes() == (root / "local" / "img0_x4.png").read_bytes()
+
+
+def _many_sizes_and_a_broken_file(root: Path, count: int) -> list[Path]:
+    write_many_sizes(root, count)
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    return sorted(root.iterdir())
+
+
+def _as_alone(sources: list[Path], got: Path, run: list[str], capsys) -> None:
+    """Each output in `got` is its image's own local pass, up to OpenVINO's rounding on another window."""
+    from srtrt.engine.datapath.imageio import read_image
+
+    (got.parent / "alone").mkdir()
+    for source in sources:
+        if source.name == "broken.png":
+            continue
+        alone = got.parent / "alone" / f"{source.stem}_x4.png"
+        assert main(["run", str(source), "-o", str(alone), *run, "-q"]) == 0
+        assert same_up_to_rounding(read_image(got / alone.name).pixels, read_image(alone).pixels), source.name
+    capsys.readouterr()
+
+
+def test_an_actor_puts_its_small_images_of_many_sizes_on_sheets(tmp_path, monkeypatch, own_srtrt_cache, capsys):
+    """The actor outside Ray, given a batch of a many-sizes run: its images go on a sheet as in a
+    local run (each as its own pass), the broken file fails alone, a row per file."""
+    pytest.importorskip("openvino")
+    from srtrt.engine.backends.measured import MANY_SIZES
+    from srtrt.engine.batch.options import RunOptions
+    from srtrt.engine.batch.ray_runner import ImageActor
+    from srtrt.engine.datapath import sheets
+
+    cut, real_cut = [], sheets.cut
+    monkeypatch.setattr(sheets, "cut", lambda *a: cut.append(1) or real_cut(*a))  # counts the images on sheets
+    model = save_tiny_model(tmp_path)
+    sources = _many_sizes_and_a_broken_file(tmp_path / "in", 6)
+    run = ["--model", str(model), "--backend", "openvino", "--precision", "fp32"]
+    options = RunOptions.from_args(parser().parse_args(["run", "x", *run])).replace(shape_class=MANY_SIZES)
+    (tmp_path / "out").mkdir()  # the driver makes it
+    rows = ImageActor(options)({"source": [str(s) for s in sources],
+                                "destination": [str(tmp_path / "out" / f"{s.stem}_x4.png") for s in sources]})
+    status = dict(zip(rows["path"], rows["status"]))
+    assert status == {str(s): "failed" if s.name == "broken.png" else "done" for s in sources}
+    assert len(cut) == 6
+    _as_alone(sources, tmp_path / "out", run, capsys)
+
+
+def test_a_ray_run_of_many_small_sizes_uses_sheets(tmp_path, ray_tmpdir, monkeypatch, capsys):
+    """`--ray` on a folder of small images of many sizes: the local run's sheets line, outputs as
+    each image's own pass, the broken file alone (a Ray of its own, with this test's cache)."""
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    model = save_tiny_model(tmp_path)
+    sources = _many_sizes_and_a_broken_file(tmp_path / "in", 12)
+    run = ["--model", str(model), "--backend", "openvino", "--precision", "fp32"]
+    process = srtrt_process("run", tmp_path / "in", "-o", tmp_path / "ray", *run, "--ray")
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 1, err
+    assert "share 512x512 windows (sheets)" in err and "srtrt: 12 done, 0 skipped, 1 failed" in err, err
+    assert err.count("broken.png") == 1 and "Traceback" not in err
+    _as_alone(sources, tmp_path / "ray", run, capsys)
 
 
 def test_without_ray_installed_it_is_one_line(monkeypatch, capsys, batch):

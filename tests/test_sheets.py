@@ -15,7 +15,7 @@ from srtrt.engine.datapath.imageio import read_image
 from srtrt.engine.datapath.writers import open_writer
 
 from conftest import random_view, smooth_image
-from run_helpers import partials, run_cli, save_tiny_model
+from run_helpers import partials, run_cli, same_up_to_rounding, save_tiny_model, write_many_sizes
 
 
 def _apart(a: sheets.Placement, b: sheets.Placement) -> int:
@@ -122,23 +122,6 @@ def test_openvino_masked_sheet_equals_each_images_static_graph(precision, tmp_pa
     assert torch.equal(ones, backend._run(backend._compile([1, 3, 96, 128], "sheet"), x))  # the masks cost no values
 
 
-def _folder(root, count=10):
-    root.mkdir()
-    sizes = {}
-    for i in range(count):  # every size new: the many-sizes class
-        h, w = 16 + i, 60 - i % 30
-        Image.fromarray(smooth_image(h, w, seed=i)).save(root / f"small{i}.png")
-        sizes[f"small{i}"] = (h, w)
-    return sizes
-
-
-def _same_up_to_rounding(a: np.ndarray, b: np.ndarray) -> bool:
-    """Outputs of one image from a sheet and alone: OpenVINO's kernels sum in another order on another
-    window (floats up to ~1.2e-7 apart), so a rare value rounds to the next 8- or 16-bit step."""
-    difference = np.abs(a.astype(np.int64) - b.astype(np.int64))
-    return a.shape == b.shape and difference.max() <= 1 and np.mean(difference > 0) < 1e-3
-
-
 def _openvino():
     pytest.importorskip("openvino")
     pytest.importorskip("onnxscript")  # the exporter that writes the graph the backend runs
@@ -152,7 +135,7 @@ def test_srtrt_run_puts_a_folder_of_many_small_sizes_on_sheets_with_the_outputs_
     monkeypatch.setattr(sheets, "cut", lambda *a: cut.append(1) or real_cut(*a))  # counts the images on sheets
     weights = save_tiny_model(tmp_path, channels=8)
     folder = tmp_path / "in"
-    _folder(folder)
+    write_many_sizes(folder)
     Image.fromarray(smooth_image(30, 31, channels=4, seed=3)).save(folder / "alpha.png")  # alpha bicubic beside it
     logo = smooth_image(27, 33, channels=4, seed=5)
     logo[:, :15, 3] = 0  # hidden colour: filled from the visible pixels first, as alone
@@ -174,7 +157,7 @@ def test_srtrt_run_puts_a_folder_of_many_small_sizes_on_sheets_with_the_outputs_
         alone = tmp_path / "alone" / f"{source.stem}_x4.png"
         assert run_cli(capsys, source, "-o", alone, *run)[0] == 0
         sheet_output, alone_output = read_image(tmp_path / "out" / alone.name), read_image(alone)
-        assert _same_up_to_rounding(sheet_output.pixels, alone_output.pixels), source.name
+        assert same_up_to_rounding(sheet_output.pixels, alone_output.pixels), source.name
         assert (sheet_output.alpha is None) == (alone_output.alpha is None)
         assert sheet_output.alpha is None or np.array_equal(sheet_output.alpha, alone_output.alpha)
     assert read_image(tmp_path / "out" / "deep_x4.png").pixels.dtype == np.uint16
@@ -184,7 +167,7 @@ def test_a_sheet_run_skips_existing_outputs_and_keeps_them(tmp_path, capsys, own
     _openvino()
     weights = save_tiny_model(tmp_path, channels=4)
     folder = tmp_path / "in"
-    _folder(folder)
+    write_many_sizes(folder)
     out = tmp_path / "out"
     out.mkdir()
     (out / "small3_x4.png").write_bytes(b"kept")
@@ -197,7 +180,7 @@ def test_a_sheet_run_skips_existing_outputs_and_keeps_them(tmp_path, capsys, own
 def test_torch_runs_small_images_one_by_one(tmp_path, capsys):
     """torch has no per-shape cost, and bigger windows cost it more per pixel: no sheets (Backend.shares_sheets)."""
     weights = save_tiny_model(tmp_path, channels=4)
-    _folder(tmp_path / "in")
+    write_many_sizes(tmp_path / "in")
     code, err = run_cli(capsys, tmp_path / "in", "-o", tmp_path / "out", "--model", weights, "--backend", "torch")
     assert code == 0 and "10 done" in err and "sheets" not in err
 
@@ -213,7 +196,7 @@ def test_the_varied_bench_path_runs_sheets(tmp_path, own_srtrt_cache):
     import varied_run
 
     backend = create_backend("openvino", precision="fp32", view=random_view(blocks=1, channels=4)).backend
-    sizes = _folder(tmp_path / "in")
+    sizes = write_many_sizes(tmp_path / "in")
     result = varied_run.run_files(backend, sorted((tmp_path / "in").glob("*.png")), tmp_path / "out")
     assert result["images"] == 10 and result["sheets"] == 1
     assert result["output_mp"] == pytest.approx(sum(h * w * 16 for h, w in sizes.values()) / 1e6)
@@ -248,7 +231,7 @@ def test_a_community_model_whose_gap_was_measured_runs_its_small_images_on_sheet
     for source in sorted(folder.glob("*.png")):
         alone = tmp_path / "alone" / f"{source.stem}_x2.png"
         assert run_cli(capsys, source, "-o", alone, *run)[0] == 0
-        assert _same_up_to_rounding(read_image(tmp_path / "out" / alone.name).pixels, read_image(alone).pixels), \
+        assert same_up_to_rounding(read_image(tmp_path / "out" / alone.name).pixels, read_image(alone).pixels), \
             source.name
 
 
@@ -265,7 +248,7 @@ def test_a_sheet_the_backend_cannot_compile_leaves_its_images_to_run_one_by_one(
 
     monkeypatch.setattr(OpenVinoBackend, "infer_masked", cannot)
     weights = save_tiny_model(tmp_path, channels=4)
-    _folder(tmp_path / "in", count=40)  # more than one sheet's worth: the second is not tried
+    write_many_sizes(tmp_path / "in", count=40)  # more than one sheet's worth: the second is not tried
     code, err = run_cli(capsys, tmp_path / "in", "-o", tmp_path / "out", "--model", weights, "--backend", "openvino",
                         "--precision", "fp32")
     assert code == 0 and "40 done" in err and err.count("small images run one at a time") == 1
@@ -310,7 +293,7 @@ def test_what_a_sheet_would_change_runs_alone(tmp_path, capsys, own_srtrt_cache)
 
     models = save_community_models(tmp_path, {"grey": lambda: ESRGAN(in_nc=1, out_nc=1, num_filters=8, num_blocks=1),
                                               "rgb": lambda: ESRGAN(num_filters=8, num_blocks=1)})
-    _folder(tmp_path / "in")
+    write_many_sizes(tmp_path / "in")
     run = ["--backend", "openvino", "--precision", "fp32"]
     code, err = run_cli(capsys, tmp_path / "in", "-o", tmp_path / "grey", "--model", models["grey"], *run)
     assert code == 0 and "10 done" in err and "(sheets)" not in err
@@ -330,7 +313,7 @@ def test_alpha_through_the_network_runs_alone(tmp_path, capsys, own_srtrt_cache,
     real_cut = sheets.cut
     monkeypatch.setattr(sheets, "cut", lambda *a: cut.append(1) or real_cut(*a))
     weights = save_tiny_model(tmp_path, channels=4)
-    _folder(tmp_path / "in")
+    write_many_sizes(tmp_path / "in")
     Image.fromarray(smooth_image(30, 31, channels=4, seed=3)).save(tmp_path / "in" / "alpha.png")
     run = ["--model", weights, "--backend", "openvino", "--precision", "fp32", "--alpha", "model"]
     code, err = run_cli(capsys, tmp_path / "in", "-o", tmp_path / "out", *run)

@@ -35,7 +35,7 @@ from srtrt.engine.batch.files import (
     shape_class,
 )
 from srtrt.engine.batch.options import RunOptions, open_backend, setup_lines
-from srtrt.engine.batch.sheet_runs import run_sheet, sheet_shape, units, with_next
+from srtrt.engine.batch.sheet_runs import run_sheet, sheet_shape, sheets_line, units, with_next
 from srtrt.engine.batch.threads import torch_for_data_only
 from srtrt.errors import SrtrtError
 
@@ -69,10 +69,9 @@ def main(args) -> int:
         print("\n".join(setup_lines(selection, options.margin)), file=sys.stderr)
     runner = FileRunner(backend, options, log=lambda m: print(m, file=sys.stderr))
     jobs = plan_jobs(inputs, args.output, backend.scale, options, many)
-    sheet = sheet_shape(runner)
+    sheet = sheet_shape(backend, options)
     if sheet and not args.quiet:
-        print(f"srtrt: small images of many sizes share {sheet[0]}x{sheet[1]} windows (sheets), masked so each "
-              "equals its whole-image pass", file=sys.stderr)
+        print(sheets_line(sheet), file=sys.stderr)
 
     report = BatchReport()
     bar, bar_on = _progress(args.quiet)

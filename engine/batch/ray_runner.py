@@ -10,7 +10,8 @@ GPU (`num_gpus=1`) where the cluster has GPUs, otherwise one single-threaded CPU
 each builds its backend once. Inputs and the output folder must be visible to every node at
 the same paths (a shared file system); a single machine always qualifies.
 
-Videos go the same way, one per actor (`FileRunner` decodes, upscales and encodes it there).
+Small images of many sizes go in batches, which each actor lays on sheets (sheet_runs), as a local
+run does. Videos go the same way, one per actor (`FileRunner` decodes, upscales and encodes it there).
 A bad image fails that image only. Outputs already present are skipped (on the driver, before
 any work is scheduled), so running the same command again after a crash or preemption resumes
 where it stopped. `--ray` with no address starts a local Ray on this machine; with an address
@@ -32,6 +33,7 @@ from srtrt.engine.batch.files import (
     FAILED,
     BatchReport,
     FileRunner,
+    Job,
     Outcome,
     check_output_file,
     expand_inputs,
@@ -42,6 +44,7 @@ from srtrt.engine.batch.files import (
     skipped_existing,
 )
 from srtrt.engine.batch.options import RunOptions, open_backend, setup_lines
+from srtrt.engine.batch.sheet_runs import LOOKAHEAD, run_sheet, sheet_shape, sheets_line, units
 from srtrt.errors import SrtrtError
 from srtrt.hardware import usable_cpus
 
@@ -60,7 +63,8 @@ def _import_ray():
 
 class ImageActor:
     """A Ray Data actor: builds the backend once, then upscales the files of each batch of paths
-    (batches of one, so each video is one actor's from its first frame to its last)."""
+    (`_batch_size`), each video from its first frame to its last and small images of many sizes
+    on sheets (sheet_runs), as a local run does."""
 
     def __init__(self, options: RunOptions, says_setup: bool = False):
         from srtrt.engine.datapath.decoder_messages import quiet_decoding_libraries
@@ -71,28 +75,49 @@ class ImageActor:
         self.describe = selection.backend.describe()
         # on a cluster the driver opened no backend: the backend and tiles lines come from the nodes
         self.setup = setup_lines(selection, options.margin) if says_setup else []
+        if says_setup and (sheet := sheet_shape(selection.backend, options)):
+            self.setup.append(sheets_line(sheet))
         # the runner's notes (an out-of-memory retry) travel in the rows: an actor's stderr is not the driver's
         self.notes: list[str] = []
         self.runner = FileRunner(selection.backend, options, log=self.notes.append)
 
     def __call__(self, batch: dict) -> dict:
         rows = {k: [] for k in ("path", "output", "status", "message", "seconds", "pixels", "notes", "setup")}
-        for source, destination in zip(batch["source"], batch["destination"]):
-            source, destination = Path(str(source)), Path(str(destination))
-            try:
-                outcome = self.runner.run(source, destination)
-            except Exception as e:  # anything unexpected fails this image, not the job
-                outcome = Outcome(source, destination, FAILED, f"{source}: {type(e).__name__}: {' '.join(str(e).split())}")
-            rows["path"].append(str(source))
-            rows["output"].append(str(outcome.destination or destination))  # a video may change container
-            rows["status"].append(outcome.status)
-            rows["message"].append(outcome.message)
-            rows["seconds"].append(float(outcome.seconds))
-            rows["pixels"].append(int(outcome.pixels))
-            rows["notes"].append("\n".join(self.notes))
-            rows["setup"].append("\n".join(self.setup))
-            self.notes.clear()
+        jobs = [Job(Path(str(source)), Path(str(destination)))
+                for source, destination in zip(batch["source"], batch["destination"])]
+        for group in units(jobs, self.runner):  # small images of many sizes share sheets, as in a local run
+            for job, outcome in zip(group, self._outcomes(group)):
+                rows["path"].append(str(job.source))
+                rows["output"].append(str(outcome.destination or job.destination))  # a video may change container
+                rows["status"].append(outcome.status)
+                rows["message"].append(outcome.message)
+                rows["seconds"].append(float(outcome.seconds))
+                rows["pixels"].append(int(outcome.pixels))
+                rows["notes"].append("\n".join(self.notes))
+                rows["setup"].append("\n".join(self.setup))
+                self.notes.clear()
         return rows
+
+    def _outcomes(self, group: list[Job]) -> list[Outcome]:
+        """The Outcome of each job of a group from `units`; anything unexpected fails its files, not the job."""
+        try:
+            if len(group) == 1:
+                return [self.runner.run(group[0].source, group[0].destination)]
+            written = run_sheet(self.runner, group, [None] * len(group))
+        except Exception as e:
+            return [_unexpected(job, e) for job in group]
+        outcomes = []
+        for job, future in zip(group, written):
+            try:
+                outcomes.append(future.result())
+            except Exception as e:
+                outcomes.append(_unexpected(job, e))
+        return outcomes
+
+
+def _unexpected(job: Job, error: Exception) -> Outcome:
+    return Outcome(job.source, job.destination, FAILED,
+                   f"{job.source}: {type(error).__name__}: {' '.join(str(error).split())}")
 
 
 def threads_as_assigned() -> None:
@@ -267,6 +292,8 @@ def _checked_scale(args, options: RunOptions) -> tuple[int, RunOptions]:
     try:
         if not args.quiet:
             print("\n".join(setup_lines(selection, options.margin)), file=sys.stderr)
+            if sheet := sheet_shape(selection.backend, options):
+                print(sheets_line(sheet), file=sys.stderr)
         return selection.backend.scale, _as_picked(options, selection.backend)
     finally:
         selection.backend.close()
@@ -359,7 +386,8 @@ def _run_dataset(ray, args, options: RunOptions, todo, report: BatchReport, say,
     with warnings.catch_warnings():  # max_restarts has no named parameter yet: Ray warns of **ray_remote_args
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         dataset = ray.data.from_items(items).map_batches(
-            ImageActor, fn_constructor_args=(options, not _actors_run_here(args.ray)), batch_size=1,
+            ImageActor, fn_constructor_args=(options, not _actors_run_here(args.ray)),
+            batch_size=_batch_size(options, len(todo), size),
             batch_format="numpy", **_no_restarts(ray), **pool)
     files = f"{len(todo)} file{'s' if len(todo) > 1 else ''}"
     say(f"srtrt: {files} over {size} Ray actor{'s' if size > 1 else ''} ({'1 GPU' if pool.get('num_gpus') else '1 CPU'} each)")
@@ -375,6 +403,17 @@ def _run_dataset(ray, args, options: RunOptions, todo, report: BatchReport, say,
             stop.check()
     except ray.exceptions.RayError as e:
         raise _one_line(ray, e) from None
+
+
+def _batch_size(options: RunOptions, files: int, actors: int) -> int:
+    """Files per actor call: one, so the pool balances file by file; for small images of many sizes
+    enough for an actor to fill sheets from (the local run packs from LOOKAHEAD), two calls per
+    actor at least so the pool still balances."""
+    from srtrt.engine.backends.measured import MANY_SIZES
+
+    if options.shape_class != MANY_SIZES:
+        return 1
+    return max(1, min(LOOKAHEAD, files // (2 * actors)))
 
 
 def _report_row(row: dict, report: BatchReport, say) -> None:

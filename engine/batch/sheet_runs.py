@@ -28,7 +28,7 @@ SHEET_SIDE = 512  # LR pixels: the varied folder's 64-320 px photos covered 87 %
 LOOKAHEAD = 64    # jobs whose sizes one sheet is chosen from (only the sheet's images are decoded)
 
 
-def sheet_shape(runner: FileRunner) -> tuple[int, int] | None:
+def sheet_shape(backend, options) -> tuple[int, int] | None:
     """The sheet a run of many small sizes uses on this backend, or None where images run one at a
     time: a backend that gains nothing from sheets (Backend.shares_sheets), a model whose images
     cannot share one (registry sheet_gap 0) or that is not RGB (a grey model takes each channel as
@@ -36,12 +36,16 @@ def sheet_shape(runner: FileRunner) -> tuple[int, int] | None:
     or a window budget below a useful sheet."""
     from srtrt.engine.backends.measured import MANY_SIZES
 
-    backend, options = runner.backend, runner.options
     if (options.shape_class != MANY_SIZES or not backend.shares_sheets or not backend.sheet_gap
             or backend.channels != 3 or options.tile is not None or options.margin is not None):
         return None
     side = min(SHEET_SIDE, int(backend.defaults.whole_image_pixels ** 0.5) // 64 * 64)
     return (side, side) if side >= 128 else None
+
+
+def sheets_line(sheet: tuple[int, int]) -> str:
+    return (f"srtrt: small images of many sizes share {sheet[0]}x{sheet[1]} windows (sheets), masked so each "
+            "equals its whole-image pass")
 
 
 def _header_size(job: Job, runner: FileRunner, sheet: tuple[int, int]) -> tuple[int, int] | None:
@@ -75,7 +79,7 @@ def _sheet_size(size: tuple[int, int], sheet: tuple[int, int], backend) -> bool:
 def units(jobs: list[Job], runner: FileRunner) -> Iterator[list[Job]]:
     """The jobs in groups that run together: a sheet's (two or more), or one job alone. A job runs
     alone where its image would not share a sheet; the others are packed LOOKAHEAD at a time."""
-    sheet = sheet_shape(runner)
+    sheet = sheet_shape(runner.backend, runner.options)
     if sheet is None:
         yield from ([job] for job in jobs)
         return
@@ -127,7 +131,7 @@ def run_sheet(runner: FileRunner, jobs: list[Job], decoded: list[Future | None],
     from srtrt.engine.datapath.transparency import fill_hidden_colour
 
     start = time.perf_counter()
-    sheet, backend = sheet_shape(runner), runner.backend
+    sheet, backend = sheet_shape(runner.backend, runner.options), runner.backend
     results: list[Future | None] = [None] * len(jobs)
     ready: list[int] = []  # jobs whose images go on the sheet
     images: dict[int, object] = {}
