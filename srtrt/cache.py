@@ -87,6 +87,12 @@ def spilled(path: Path, cause: str | None = None) -> Path | None:
     return _spill[0] / relative
 
 
+def outlives_this_process(path: Path) -> bool:
+    """Whether an entry at `path` stays after this process: under the configured root, not in a
+    stand-in or spill folder removed at exit."""
+    return Path(path).resolve().is_relative_to(configured_root().resolve())
+
+
 def _temporary_folder() -> Path:
     """A cache folder of this process alone, removed at exit."""
     folder = Path(tempfile.mkdtemp(prefix="srtrt-cache-"))

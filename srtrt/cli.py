@@ -267,6 +267,50 @@ def _output_notes_as_lines(quiet: bool):
         warnings.showwarning = shown
 
 
+class _ReaderMayGo:
+    """stdout or stderr for a command whose reader may go (`srtrt run DIR 2>&1 | head -4`): once it
+    has, the stream's descriptor is pointed at /dev/null and the command goes on. Its results are
+    its files; a closed pipe costs the log only, not the rest of the batch."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_null()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_null()
+
+    def _to_null(self) -> None:
+        import os
+
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, self._stream.fileno())
+        finally:
+            os.close(null)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _readers_may_go():
+    before = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (None if s is None else _ReaderMayGo(s) for s in before)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = before
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from srtrt.engine.datapath.decoder_messages import quiet_decoding_libraries
@@ -275,16 +319,19 @@ def main(argv=None) -> int:
     from srtrt.engine.batch.allocator import keep_freed_buffers
 
     keep_freed_buffers()  # before the runtime's threads make their arenas
-    try:
-        with _output_notes_as_lines(getattr(args, "quiet", False)):
-            return _dispatch(args)
-    except SrtrtError as e:
-        print(f"srtrt: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt as e:  # Ctrl-C outside a batch, or a second signal during a batch's clean-up
-        stopped = getattr(e, "name", None)  # signals.Stopped: which signal, and its exit code
-        print(f"srtrt: stopped by {stopped}" if stopped else "srtrt: interrupted", file=sys.stderr)
-        return getattr(e, "exit_code", 130)
+    from srtrt.engine.batch.signals import end_commands_on_signals
+
+    with _readers_may_go():
+        try:
+            with end_commands_on_signals(), _output_notes_as_lines(getattr(args, "quiet", False)):
+                return _dispatch(args)
+        except SrtrtError as e:
+            print(f"srtrt: {e}", file=sys.stderr)
+            return e.exit_code
+        except KeyboardInterrupt as e:  # Ctrl-C outside a batch, or a second signal during a batch's clean-up
+            stopped = getattr(e, "name", None)  # signals.Stopped: which signal, and its exit code
+            print(f"srtrt: stopped by {stopped}" if stopped else "srtrt: interrupted", file=sys.stderr)
+            return getattr(e, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,12 @@ def test_default_name_beside_the_input_and_no_second_generation(tmp_path, capsys
     assert code == 0
     assert sorted(p.name for p in folder.iterdir()) == ["shot0.png", "shot0_x4.png", "shot1.png", "shot1_x4.png"]
     assert err.count("not upscaled again") == 2 and err.count("exists, skipped") == 2
+    # nor into another folder: the results beside their photos are still not photos of their own
+    code, err = run(capsys, folder, "-o", tmp_path / "elsewhere", "--model", model)
+    assert code == 0 and err.count("not upscaled again") == 2, err
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == ["shot0_x4.png", "shot1_x4.png"]
+    # named alone, a result is an image like any other
+    assert run(capsys, folder / "shot0_x4.png", "-o", tmp_path / "x16.png", "--model", model)[0] == 0
 
 
 def test_two_inputs_with_one_output_name_are_not_merged(tmp_path, capsys, model):
@@ -115,6 +121,18 @@ def test_two_inputs_with_one_output_name_are_not_merged(tmp_path, capsys, model)
     reference = tmp_path / "ref.png"
     assert run(capsys, tmp_path / "in" / "a0.jpg", "-o", reference, "--model", model)[0] == 0
     assert (tmp_path / "out" / "a0_x4.png").read_bytes() == reference.read_bytes()
+
+
+def test_an_empty_glob_beside_other_inputs_and_a_symlink_alias_each_get_their_line(tmp_path, capsys, model):
+    """Neither is dropped without a word: the glob matching nothing is reported missing, and a symlink
+    given beside its target gets the output its own name asks for."""
+    (source,) = write_images(tmp_path / "in", 1)
+    (tmp_path / "alias").mkdir()
+    (tmp_path / "alias" / "b.png").symlink_to(source)
+    code, err = run(capsys, source, tmp_path / "alias" / "b.png", str(tmp_path / "in" / "*.gif"), "-o", tmp_path / "out",
+                    "--model", model)
+    assert code == 1 and f"{tmp_path / 'in' / '*.gif'}: no such file" in err, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b_x4.png", "img0_x4.png"]
 
 
 def test_missing_input_and_empty_glob(tmp_path, capsys, model):
@@ -138,7 +156,7 @@ def test_a_device_name_torch_does_not_know_is_one_line(tmp_path, capsys, model):
     assert [p.name for p in tmp_path.iterdir()] == [source.name]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_mid_batch_keeps_finished_outputs_and_no_partial_file(tmp_path, signum):
     """Send the signal while the second image's temporary file exists, i.e. inside a write."""
     model = save_tiny_model(tmp_path, channels=16, blocks=2)
@@ -156,6 +174,30 @@ def test_a_signal_mid_batch_keeps_finished_outputs_and_no_partial_file(tmp_path,
     for path in kept:
         assert is_complete_image(path, (768, 512))
         assert f"-> {path}" in err  # each kept output has its line, the one written behind at the stop too
+
+
+def test_a_signal_the_parent_ignores_stays_ignored(tmp_path):
+    """`trap '' INT` (or a shell's background job): a Ctrl-C meant for the foreground does not stop the batch."""
+    model = save_tiny_model(tmp_path)
+    write_images(tmp_path / "in", 6, height=64, width=96)
+    out = tmp_path / "out"
+    process = srtrt_process("run", tmp_path / "in", "-o", out, "--model", model, "--tile", "16", "--margin", "4",
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    sent, err = signal_when(process, lambda: out.is_dir() and any(out.glob("*_x4.png")), signal.SIGINT, 60)
+    assert sent and process.returncode == 0, err
+    assert len(list(out.glob("*_x4.png"))) == 6
+
+
+def test_a_reader_that_goes_costs_the_log_not_the_batch(tmp_path):
+    """`srtrt run DIR 2>&1 | head -1`: the pipe closes after the first line; every image is still
+    upscaled and the exit code is the batch's (a BrokenPipeError ended it after a few images)."""
+    model = save_tiny_model(tmp_path)
+    write_images(tmp_path / "in", 8)
+    process = srtrt_process("run", tmp_path / "in", "-o", tmp_path / "out", "--model", model)
+    assert process.stderr.readline().startswith("srtrt: ")
+    process.stderr.close()
+    assert process.wait(timeout=120) == 0
+    assert len(list((tmp_path / "out").glob("*_x4.png"))) == 8
 
 
 def test_the_next_image_decodes_while_this_one_computes(tmp_path, capsys, monkeypatch):

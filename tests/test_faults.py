@@ -528,6 +528,22 @@ def test_odd_input_names_stay_in_the_output_folder(tmp_path, capsys, model, name
     assert is_complete_image(written, (20, 24))
 
 
+def test_a_newline_in_a_name_keeps_every_message_on_one_line(tmp_path, capsys, model):
+    """Done, refused (a shared output name) and skipped lines write the newline as an escape, as error lines do."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a\nb.png", "a\nb.jpg", "c\nd.png"):
+        Image.fromarray(np.full((6, 5, 3), 90, np.uint8)).save(folder / name, "PNG" if name.endswith("png") else "JPEG")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "c\nd_x4.png").write_bytes(b"kept")
+    code, err = run(capsys, folder, "-o", out, "--model", model)
+    assert code == 1, err
+    assert all(line.startswith("srtrt: ") for line in err.splitlines()), err
+    assert "a\\nb.png: same output name a\\nb_x4.png as" in err and "c\\nd_x4.png: exists, skipped" in err
+    assert "a\\nb.jpg -> " in err
+
+
 def test_output_names_come_from_stems_only(tmp_path):
     from srtrt.engine.batch.files import output_path
 

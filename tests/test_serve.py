@@ -382,10 +382,11 @@ def test_shutdown_ends_event_streams_and_uploads_at_once(tmp_path, models_dir, c
     assert "Traceback" not in err and "ERROR" not in err, err
 
 
-@pytest.mark.parametrize("signals, code", [(["SIGINT"], 130), (["SIGINT", "SIGINT"], 130), (["SIGTERM"], 143)])
+@pytest.mark.parametrize("signals, code", [(["SIGINT"], 130), (["SIGINT", "SIGINT"], 130), (["SIGTERM"], 143),
+                                           (["SIGHUP"], 129)])
 def test_serve_stopped_by_a_signal_exits_with_its_code(tmp_path, models_dir, signals, code):
     """`srtrt serve` stopped by Ctrl-C (twice in a row too: uvicorn then skips the app's shutdown, and
-    the lifespan asyncio cancels printed a traceback) or SIGTERM: the shell's status for that signal,
+    the lifespan asyncio cancels printed a traceback), SIGTERM or SIGHUP: the shell's status for that signal,
     as for srtrt run, no traceback, and its work folder removed."""
     import signal
 
@@ -408,8 +409,8 @@ def test_serve_stopped_by_a_signal_exits_with_its_code(tmp_path, models_dir, sig
         err = server.communicate(timeout=30)[1]
     finally:
         server.kill()
-    shell_status = 128 - server.returncode if server.returncode < 0 else server.returncode  # -15: ended by SIGTERM
-    assert shell_status == code, err
+    assert server.returncode == code, err
+    assert err.strip().splitlines()[-1] == f"srtrt: stopped by {signals[0]}"
     assert "Traceback" not in err and "ERROR" not in err, err
     assert list((tmp_path / "work").iterdir()) == []
 

@@ -251,6 +251,28 @@ def test_an_output_that_exists_or_cannot_be_written_is_one_line_and_keeps_an_ear
     assert cli.main([*build, str(out), "--overwrite"]) == 0
 
 
+def test_a_cache_that_cannot_take_the_plan_keeps_it_for_the_run_and_a_build_without_o_says_so(
+        tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """Something not a folder where the cache's engines go (as a full disk): the plan is kept for this
+    process (a traceback after the whole build before), so -o still gets it; without -o the plan
+    would be gone as the command ends: one line, exit 1."""
+    from srtrt import cli
+    from srtrt.engine.toolchain.trt_build import LOST_PLAN
+
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / "engines").write_bytes(b"not a folder")
+    monkeypatch.setenv("SRTRT_CACHE", str(root))
+    build = ["build", "--tensorrt", "rtx", "--cc", "8.6", "--model", str(tiny_checkpoint), "--tile", "16",
+             "--max-batch", "1"]
+    assert cli.main([*build, "-o", str(tmp_path / "x.plan")]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    engine_cache.validate(tmp_path / "x.plan")
+    assert cli.main(build) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"srtrt: {LOST_PLAN}"
+    assert (root / "engines").read_bytes() == b"not a folder"
+
+
 def test_other_graphs_of_one_model_are_other_plans(cache, tmp_path):
     from srtrt.engine.toolchain.export import export_onnx
     from srtrt.engine.toolchain.trt_build import build

@@ -4,6 +4,10 @@ bound, backends in agreement with torch fp32, output names, grey models, bad inp
 Models are spandrel's own architecture classes with small configs and random weights."""
 from __future__ import annotations
 
+import contextlib
+import signal
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -22,7 +26,7 @@ from srtrt.engine.backends.torch_backend import TorchBackend  # noqa: E402
 from srtrt.engine.datapath.runtime import Planes, TiledUpscaler  # noqa: E402
 
 from conftest import save_community_models, smooth_image, strict_fp32, tiny_swinir  # noqa: E402
-from run_helpers import partials, run_cli  # noqa: E402
+from run_helpers import partials, run_cli, signal_when, srtrt_process  # noqa: E402
 
 MODELS = {
     "compact": lambda: Compact(num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=6, upscale=4),
@@ -464,6 +468,29 @@ def test_srtrt_export_takes_swinir_at_a_fixed_shape_only(model_files, tmp_path, 
     assert got.shape == (1, 3, 48, 80) and np.abs(got - want).max() <= 1e-4
     assert main(["export", "-o", str(out), "--model", str(model_files["rrdb_x2"]), "--shape", "30x32"]) == 2
     assert "this model needs sides of at least 4 LR pixels, multiples of 4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_community_export_stops_its_exporter_and_leaves_nothing(model_files, tmp_path, signum):
+    """The exporter is a child process: stopped with the command (an orphan went on and wrote -o after
+    a SIGTERM had ended it), and the graph it was writing is removed (a Ctrl-C left it hidden in -o's folder)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    process = srtrt_process("export", "-o", out / "x2.onnx", "--model", model_files["rrdb_x2"])
+    sent, err = signal_when(process, lambda: any(out.glob(".x2.onnx.*")), signum, 120)
+    assert sent and process.returncode == 128 + signum, err
+    assert "Traceback" not in err
+    assert not _processes_naming(str(out / "x2.onnx"))  # no exporter left running
+    assert list(out.iterdir()) == []
+
+
+def _processes_naming(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(entry.name)
+    return found
 
 
 def test_an_explicit_cpu_backend_takes_a_community_models_reduced_precision_by_agreement(model_files, monkeypatch):

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import time
@@ -28,7 +29,7 @@ from srtrt.engine.batch.options import RunOptions
 from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, DecodedImage, read_image
 from srtrt.engine.datapath.writers import OUTPUT_SUFFIXES, check_output_folder
 from srtrt.engine.video import VIDEO_SUFFIXES, is_video
-from srtrt.errors import SrtrtError
+from srtrt.errors import SrtrtError, shown
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 # An output up to this size is held in memory and written while the next image computes
@@ -95,21 +96,27 @@ class BatchReport:
 # --------------------------------------------------------------------------- inputs and names
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
-    """Files as given, directories' image files (sorted, not recursive), globs expanded; unmatched names kept
-    so they are reported as missing rather than silently dropped."""
+    """Files as given, directories' image files (sorted, not recursive), globs expanded. A name
+    given twice (a folder and a glob in it) counts once; a symlink to a file also given counts as
+    a file of its own, as its name asks for an output of its own. Unmatched names and globs are
+    kept so they are reported as missing rather than silently dropped, unless nothing matched at
+    all (the caller says so in one line)."""
     found: list[Path] = []
+    unmatched: list[Path] = []
     for pattern in patterns:
         p = Path(pattern)
         if p.is_dir():
             found += sorted(f for f in p.iterdir()
                             if f.is_file() and f.suffix.lower() in INPUT_SUFFIXES | VIDEO_SUFFIXES)
         elif _is_glob(pattern):
-            found += sorted(Path(m) for m in glob.glob(pattern) if Path(m).is_file())
+            matches = sorted(Path(m) for m in glob.glob(pattern) if Path(m).is_file())
+            found += matches
+            unmatched += [] if matches else [p]
         else:
             found.append(p)
     unique, seen = [], set()
-    for f in found:
-        key = real_path(f)  # never raises: a symlink loop is reported as an unreadable input, not a traceback
+    for f in found + (unmatched if found else []):
+        key = os.path.abspath(f)  # never raises: a symlink loop is reported as an unreadable input, not a traceback
         if key not in seen:
             seen.add(key)
             unique.append(f)
@@ -173,7 +180,7 @@ def output_path(source: Path, output: str | None, many: bool, scale: int) -> Pat
 
 def skipped_existing(source: Path, destination: Path) -> Outcome:
     """An input whose output is already there, left alone without --overwrite."""
-    return Outcome(source, destination, SKIPPED, f"{destination}: exists, skipped (--overwrite to replace)")
+    return Outcome(source, destination, SKIPPED, f"{shown(destination)}: exists, skipped (--overwrite to replace)")
 
 
 @dataclass
@@ -194,8 +201,9 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, 
     - a destination equal to its own input: refused (the input would be destroyed);
     - two inputs with the same destination (a.png and a.jpg, or dir1/a.png and dir2/a.png into
       one folder): the later ones are refused, none overwrites another's result;
-    - an input that is the destination of another input (`a_x4.png` beside `a.png`): skipped,
-      as it is this batch's own output from an earlier run, not a source.
+    - an input that is the destination of another input, or the name another input's output gets
+      beside it (`a_x4.png` beside `a.png`, also when -o now names another folder): skipped, as it
+      is this batch's own output from an earlier run, not a source (given alone, it is upscaled).
     """
     many = len(inputs) > 1 if many is None else many  # several_outputs: whether -o is a folder
     jobs = []
@@ -208,16 +216,22 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, 
     for job in jobs:
         if job.destination is not None:
             owner.setdefault(real_path(job.destination), job.source)
+    earlier: dict[Path, Path] = dict(owner)  # outputs of earlier runs: where this run writes, and beside the inputs
+    for job in jobs:
+        with contextlib.suppress(SrtrtError):
+            earlier.setdefault(real_path(output_path(job.source, None, False, scale)), job.source)
     for job in jobs:
         if job.refusal or job.destination is None:
             continue
         key, first = real_path(job.destination), owner.get(real_path(job.destination))
         if key == real_path(job.source):
-            job.refusal = f"{job.destination}: output path is the input itself" + (f" ({job.note})" if job.note else "")
+            job.refusal = f"{shown(job.destination)}: output path is the input itself" + (f" ({job.note})" if job.note else "")
         elif first is not None and real_path(first) != real_path(job.source):
-            job.refusal = f"{job.source}: same output name {job.destination.name} as {first}; rename one of them"
-        elif real_path(job.source) in owner and real_path(owner[real_path(job.source)]) != real_path(job.source):
-            job.refusal, job.status = (f"{job.source}: is the output of {owner[real_path(job.source)]} in this batch, "
+            job.refusal = (f"{shown(job.source)}: same output name {shown(job.destination.name)} as {shown(first)}; "
+                           "rename one of them")
+        elif real_path(earlier.get(real_path(job.source), job.source)) != real_path(job.source):
+            origin = earlier[real_path(job.source)]
+            job.refusal, job.status = (f"{shown(job.source)}: is the output of {shown(origin)} in this batch, "
                                        "not upscaled again"), SKIPPED
     return jobs
 
@@ -378,15 +392,16 @@ class FileRunner:
 
     def _done(self, source: Path, destination: Path, image: DecodedImage, start: float) -> Outcome:
         pixels = image.height * image.width * self.backend.scale ** 2
-        return Outcome(source, destination, DONE, f"{source} -> {destination}", time.perf_counter() - start, pixels)
+        return Outcome(source, destination, DONE, f"{shown(source)} -> {shown(destination)}",
+                       time.perf_counter() - start, pixels)
 
     def failed(self, e: SrtrtError, source: Path, destination: Path, existed: bool, start: float) -> Outcome:
         """The Outcome of an image that failed with `e` (or that another run wrote meanwhile)."""
         if not existed and not self.options.overwrite and os.path.lexists(destination):
             # another run wrote it while this one was encoding; its output is complete
-            return Outcome(source, destination, SKIPPED, f"{destination}: written meanwhile by another run, skipped",
+            return Outcome(source, destination, SKIPPED, f"{shown(destination)}: written meanwhile by another run, skipped",
                            time.perf_counter() - start)
-        message = str(e) if e.path is not None else f"{source}: {e}"  # every failure names its file
+        message = str(e) if e.path is not None else f"{shown(source)}: {e}"  # every failure names its file
         return Outcome(source, destination, FAILED, message, time.perf_counter() - start)
 
     def _video(self, source: Path, destination: Path, on_frame, on_frames, stop_check, start: float) -> Outcome:

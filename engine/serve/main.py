@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -87,7 +88,17 @@ def main(args) -> int:
     running = server(create_app(config), config)
     print(f"srtrt: serving on {where}" + (" (open it as /?token=TOKEN once)" if config.token else "")
           + f"; API schema at {where}docs", file=sys.stderr)
-    running.run()
-    if running.stopped_by:  # as srtrt run: 130 after Ctrl-C, 143 after SIGTERM
+    # SIGHUP (the terminal gone) shuts the server down as SIGTERM does: uvicorn takes SIGINT and SIGTERM only
+    hang_up = signal.getsignal(signal.SIGHUP)
+    if hang_up != signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, running.handle_exit)
+    try:
+        running.run()
+    except KeyboardInterrupt:  # uvicorn raises the signal that stopped it again once it has shut down
+        pass
+    finally:
+        signal.signal(signal.SIGHUP, hang_up)
+    if running.stopped_by:  # as srtrt run: 130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP
+        print(f"srtrt: stopped by {signal.Signals(running.stopped_by).name}", file=sys.stderr)
         return 128 + running.stopped_by
     return 0 if running.started else 3  # uvicorn.run's status for a server that never started

@@ -28,7 +28,7 @@ from pathlib import Path
 from srtrt import atomic
 from srtrt import cache as srtrt_cache
 from srtrt.checkpoint import file_sha256
-from srtrt.errors import SrtrtError
+from srtrt.errors import CannotWrite, SrtrtError
 from srtrt.sidecar import read_versioned_json
 
 FORMAT = "srtrt-engine"
@@ -309,8 +309,17 @@ def _write_through(f, data: bytes) -> None:
 
 
 def store(key: EngineKey, plan: bytes, info: dict | None = None, root: Path | None = None) -> Path:
-    """Put a freshly built plan into the cache; returns its path. `info` goes into the sidecar."""
-    return write_plan(plan_path(key, root), key, plan, info)
+    """Put a freshly built plan into the cache; returns its path. `info` goes into the sidecar. A
+    cache that cannot take it (its disk full, something not a file where the entry goes) keeps it
+    for this process only (cache.spilled, said once), so a build's `-o` copy and a run still get it."""
+    path = plan_path(key, root)
+    try:
+        return write_plan(path, key, plan, info)
+    except OSError as e:
+        spill = srtrt_cache.spilled(path, e.strerror or str(e))
+        if spill is None:
+            raise CannotWrite.of(e, path) from None
+        return write_plan(spill, key, plan, info)
 
 
 def read_sidecar(plan: Path) -> dict:

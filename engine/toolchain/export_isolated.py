@@ -20,6 +20,8 @@ process does not spend the minutes again.
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import re
@@ -28,6 +30,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from srtrt.atomic import partial_prefix
 from srtrt.errors import CannotWrite, SrtrtError
 
 TIMEOUT_S = 900  # a 23-block RRDBNet exports in about a minute on 2 cores
@@ -65,7 +68,7 @@ def export_community(view, path: Path, precision: str, polyphase: bool,
                    # the int8 ranges this graph is named after (_onnx_path), not whatever the child finds stored
                    json.dumps(view.int8_calibration) if precision == "int8" else "-"]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
+            done = _run_child(command, path)
         except subprocess.TimeoutExpired:
             failures.append(f"{exporter}: no result in {TIMEOUT_S} s")
             continue
@@ -79,6 +82,38 @@ def export_community(view, path: Path, precision: str, polyphase: bool,
     stage = "" if shape is None else f" at a static {'x'.join(map(str, shape[2:]))} window"
     _failed[key] = f"{view.facts.architecture} does not export to ONNX{stage} ({'; '.join(failures)})"
     raise SrtrtError(_failed[key], view.source)
+
+
+def _run_child(command: list[str], path: Path) -> subprocess.CompletedProcess:
+    """Run the exporter child to its end. Whatever ends this process's wait (Ctrl-C, SIGTERM, the
+    timeout) kills the child first and removes the files it was writing beside `path`: an orphan
+    would go on and write `path` after the command had ended."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        try:
+            out, err = child.communicate(timeout=TIMEOUT_S)
+        except BaseException:
+            child.kill()
+            child.wait()
+            for leftover in (_float_graph(path, child.pid),
+                             *path.parent.glob(f"{glob.escape(partial_prefix(path.name))}{child.pid}-*")):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+            raise
+    return subprocess.CompletedProcess(command, child.returncode, out, err)
+
+
+def _float_graph(out: Path, pid: int) -> Path:
+    """The fp32 graph the child `pid` writes beside `out` first (two processes never share it)."""
+    return out.with_name(f".{out.name}.{pid}.fp32.onnx")
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this child if its parent dies without doing so (SIGKILL, the OOM killer)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def fails_untraced(error: SrtrtError) -> bool:
@@ -131,11 +166,12 @@ def _child(model: str, out: str, precision: str, polyphase: str, exporter: str, 
     import srtrt
     from srtrt.engine.toolchain.export import export_onnx
 
+    _die_with_parent()
     fixed = None if shape == "dynamic" else tuple(int(n) for n in shape.split("x"))
     # The fp32 graph is the one checked against the module: an fp16 trace takes the same Python
     # branches on the input size, and an int8 graph is that fp32 graph quantised. It is written beside
     # `out` and, for fp32, renamed onto it once checked: a failed export leaves a file already there as it was.
-    float_graph = Path(out).with_name(f".{Path(out).name}.{os.getpid()}.fp32.onnx")  # two processes never share it
+    float_graph = _float_graph(Path(out), os.getpid())
     form = dict(polyphase=polyphase == "1", exporter=exporter, dynamic=fixed is None, input_shape=fixed)
     try:
         view = srtrt.load_model(model, allow_noncommercial=noncommercial == "1")
@@ -155,7 +191,8 @@ def _child(model: str, out: str, precision: str, polyphase: str, exporter: str, 
         print(_innermost_cause(e), file=sys.stderr)
         return 2
     finally:
-        float_graph.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder refuses even the unlink of a missing file
+            float_graph.unlink()
     return 0
 
 

@@ -732,8 +732,14 @@ def _info_of(plan: Path) -> dict:
                                                       "created")}
 
 
+LOST_PLAN = ("the cache cannot keep the plan, so it would be gone when this command ends: "
+             "build with -o FILE.plan, or set SRTRT_CACHE to a folder srtrt can write")
+
+
 def main(args) -> int:
     """`srtrt build` (flags parsed in srtrt/cli.py)."""
+    from srtrt.cache import outlives_this_process
+
     plugin = getattr(args, "plugin", None) or ("none" if args.no_plugin else "aot")
     started = time.monotonic()
     path, key = build(model=args.model, onnx_path=args.onnx, precision=args.precision, tile=args.tile,
@@ -741,6 +747,10 @@ def main(args) -> int:
                       output=args.output, tensorrt=getattr(args, "tensorrt", "auto"), cc=getattr(args, "cc", None),
                       allow_noncommercial=getattr(args, "allow_noncommercial", False),
                       overwrite=getattr(args, "overwrite", False))
+    if not args.output and not outlives_this_process(path):  # a cache srtrt cannot write: its line said why
+        failed = SrtrtError(LOST_PLAN)
+        failed.exit_code = 1
+        raise failed
     size = path.stat().st_size / 2**20
     print(f"{path} ({size:.1f} MiB, {time.monotonic() - started:.0f} s): {key.precision}, plugin {key.plugin}, "
           f"{key.profile}, margin {key.margin}, {key.gpu}, {key.label}")

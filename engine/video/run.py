@@ -34,7 +34,7 @@ from srtrt.engine.video.deinterlace import check_size, what_happens
 from srtrt.engine.video.encoder import EncoderSettings, check_encoder, choose_settings, default_codec
 from srtrt.engine.video.hdr import WRITES_HDR
 from srtrt.engine.video.source import FrameReader, VideoInfo, open_input, probe, video_stream
-from srtrt.errors import SrtrtError
+from srtrt.errors import SrtrtError, shown
 
 SEGMENT_SECONDS = 2.0  # at most this much work (plus one GOP) is lost when a run dies
 MAX_GROUP_FRAMES = 8  # frames through one runtime call at most: their inputs are all held at once
@@ -53,9 +53,9 @@ class VideoResult:
 
     def summary(self, source: Path) -> str:
         size = self.destination.stat().st_size
-        shown = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"  # a short clip is no "0.0 MB"
+        written = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"  # a short clip is no "0.0 MB"
         fps = (self.frames - self.resumed) / max(self.seconds, 1e-9)
-        return (f"{source} -> {self.destination} ({self.frames} frames, {fps:.2f} fps, {shown})"
+        return (f"{shown(source)} -> {shown(self.destination)} ({self.frames} frames, {fps:.2f} fps, {written})"
                 + (f"; {self.note}" if self.note else ""))
 
 
