@@ -142,8 +142,13 @@ def update_meta(model: str | os.PathLike | None, key: str, value) -> Path:
     _, sidecar = _paths(resolve(model))
     doc = read_versioned_json(sidecar, FORMAT, VERSION, "checkpoint config")
     doc[key] = value
-    atomic.write_text(sidecar, json.dumps(doc, indent=2) + "\n")
+    atomic.write_or_refuse(sidecar, json.dumps(doc, indent=2) + "\n", "checkpoint config")
     return sidecar
+
+
+def sidecar_of(model: str | os.PathLike | None) -> Path:
+    """The NAME.json a checkpoint's descriptive entries go to (update_meta)."""
+    return _paths(resolve(model))[1]
 
 
 def file_sha256(path: Path) -> str:

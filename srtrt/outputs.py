@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import SrtrtError
+from . import atomic
+from .errors import CannotWrite, SrtrtError
 
 
 def check_output_file(output: str | os.PathLike, inputs=(), flag: str = "-o") -> Path:
@@ -42,3 +43,16 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return Path(a).resolve() == Path(b).resolve()
+
+
+def check_writable_folder(output: str | os.PathLike) -> None:
+    """One line before a slow command's work if `output`'s folder cannot be made or take a file
+    (/proc, a read-only mount); a probe file is made and removed."""
+    output = Path(output)
+    probe = atomic.temp_name(output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as e:  # a file where the folder would be is refused before (check_output_file)
+        raise CannotWrite.of(e, output) from None

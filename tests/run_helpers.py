@@ -54,6 +54,26 @@ def same_up_to_rounding(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and difference.max() <= 1 and np.mean(difference > 0) < 1e-3
 
 
+def skip_without_private_mounts(mounts: str) -> None:
+    """Skip unless `mounts` (shell mount commands) run in a private mount namespace here: root and unshare."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--mount", "sh", "-c", mounts],
+                                                         capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a folder of its own here (needs root and unshare)")
+
+
+def read_only(folder: Path, command: list[str]) -> list[str]:
+    """`command` run in a private mount namespace where `folder` is a read-only bind mount of itself."""
+    import shlex
+
+    script = f"mount --bind {shlex.quote(str(folder))} {shlex.quote(str(folder))} && " \
+             f"mount -o remount,bind,ro {shlex.quote(str(folder))} && exec {shlex.join(map(str, command))}"
+    return ["unshare", "--mount", "sh", "-c", script]
+
+
 def partials(folder: Path) -> list[Path]:
     """Temporary files a writer left behind (`.NAME.partial-PID-TOKEN`), searched recursively."""
     return [p for p in Path(folder).rglob("*") if ".partial-" in p.name or p.name.endswith(".tmp")]

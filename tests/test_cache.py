@@ -71,18 +71,6 @@ def test_srtrt_run_with_an_unusable_cache_runs_uncached_with_one_line(monkeypatc
     assert err.count("cannot keep srtrt's cache there") == 1 and "Traceback" not in err
 
 
-def _skip_without_private_mounts(mounts: str) -> None:
-    """Skip unless `mounts` (shell mount commands) run in a private mount namespace here: root and unshare."""
-    import shutil
-    import subprocess
-
-    import pytest
-
-    if shutil.which("unshare") is None or subprocess.run(["unshare", "--mount", "sh", "-c", mounts],
-                                                         capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a folder of its own here (needs root and unshare)")
-
-
 def test_a_read_only_cache_is_read_not_measured_again(tmp_path):
     """A cache baked into a read-only image (a real read-only bind mount, in a private mount namespace:
     root only): the second run reads its measured timings and exported graphs, and writes nothing there."""
@@ -99,11 +87,11 @@ def test_a_read_only_cache_is_read_not_measured_again(tmp_path):
     from safetensors.torch import save_file
     from spandrel.architectures.Compact import Compact
 
-    from run_helpers import cli_env
+    from run_helpers import cli_env, skip_without_private_mounts
 
     cache = tmp_path / "cache"
     cache.mkdir()
-    _skip_without_private_mounts(f"mount --bind {cache} {cache} && mount -o remount,bind,ro {cache}")
+    skip_without_private_mounts(f"mount --bind {cache} {cache} && mount -o remount,bind,ro {cache}")
     torch.manual_seed(0)
     net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2).eval()
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "compact.safetensors"))
@@ -137,11 +125,11 @@ def test_a_cache_disk_too_full_for_a_graph_keeps_it_for_the_run(tmp_path):
 
     pytest.importorskip("openvino")
     pytest.importorskip("onnxruntime")
-    from run_helpers import cli_env
+    from run_helpers import cli_env, skip_without_private_mounts
 
     cache = tmp_path / "cache"
     cache.mkdir()
-    _skip_without_private_mounts(f"mount -t tmpfs -o size=3m tmpfs {cache}")
+    skip_without_private_mounts(f"mount -t tmpfs -o size=3m tmpfs {cache}")
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 32, 3), np.uint8)).save(tmp_path / "in.png")
     runs = [" ".join([sys.executable, "-m", "srtrt.cli", "run", str(tmp_path / "in.png"), "-o",
                       str(tmp_path / f"{backend}.png"), "--backend", backend]) for backend in ("openvino", "onnxruntime")]

@@ -241,6 +241,28 @@ def test_calibrate_command_writes_the_sidecar_and_keeps_the_weights(tmp_path, ca
     assert checkpoint.load(stem).meta["int8_calibration"]["images"] == 3  # the refusals changed nothing
 
 
+def test_calibrating_a_checkpoint_in_a_read_only_folder_is_one_line_before_the_work(tmp_path):
+    """Its ranges go into its sidecar: a read-only folder (a real read-only bind mount, in a private
+    mount namespace: root only) is one line, exit 2, before the photos are read (was a traceback after
+    the calibration)."""
+    import subprocess
+    import sys
+
+    from run_helpers import cli_env, read_only, skip_without_private_mounts
+
+    models = tmp_path / "models"
+    models.mkdir()
+    skip_without_private_mounts(f"mount --bind {models} {models} && mount -o remount,bind,ro {models}")
+    view = random_view(blocks=1, channels=4)
+    checkpoint.save(models / "model", view.generator, "srresnet", view.generator.config)
+    sidecar = (models / "model.json").read_bytes()
+    command = [sys.executable, "-m", "srtrt.cli", "calibrate", tmp_path / "no-photos-here", "--model", models / "model"]
+    done = subprocess.run(read_only(models, command), capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"srtrt: {models / 'model.json'}: cannot write (Read-only file system)\n"
+    assert (models / "model.json").read_bytes() == sidecar
+
+
 def test_lr_photos_downscale_by_the_scale_and_stop_at_the_limit(tmp_path):
     from PIL import Image
 

@@ -255,9 +255,13 @@ def main(args) -> int:
         raise SrtrtError(f"--images {args.images}: calibrate on at least one photo")
     view = srtrt.load_model(args.model, getattr(args, "allow_noncommercial", False))
     facts = view.facts
+    community = isinstance(view, CommunityView)
+    if not community:  # the ranges go into its sidecar: a folder that takes no file is said before the work
+        from srtrt.outputs import check_writable_folder
+
+        check_writable_folder(checkpoint.sidecar_of(args.model))
     photos = lr_photos(args.photos, view.scale, args.images or DEFAULT_IMAGES, facts.channels, facts.multiple_of,
                        facts.minimum)
-    community = isinstance(view, CommunityView)
     record = calibrate(view, photos, source=Path(args.photos).name, agreement_db=AGREEMENT_DB if community else None)
     if community:
         where = zoo.store_calibration(view.checkpoint_sha256, record)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ from srtrt import atomic
 from srtrt.engine.datapath.tiles import allowed_side
 from srtrt.engine.toolchain import engine_cache
 from srtrt.engine.toolchain.engine_cache import EngineKey, Profile, profile_for
-from srtrt.errors import CannotWrite, SrtrtError
+from srtrt.errors import SrtrtError
 from srtrt.kernels import fused_op
 
 DEFAULT_CORE = 512           # LR core per tile: with the default margin (40) the window is 592 x 592
@@ -636,7 +635,7 @@ def _check_plan_output(output: Path, model, onnx_path, overwrite: bool) -> None:
     the build reads, nor may the sidecar replace a JSON that is not a plan's (a checkpoint's), nor
     may either replace a file without `overwrite`; and the folder must take a file."""
     from srtrt import checkpoint
-    from srtrt.outputs import check_output_file, check_overwrite
+    from srtrt.outputs import check_output_file, check_overwrite, check_writable_folder
 
     inputs = [onnx_path] if onnx_path else checkpoint.model_files(model)
     check_output_file(output, inputs)
@@ -648,19 +647,7 @@ def _check_plan_output(output: Path, model, onnx_path, overwrite: bool) -> None:
                          "name another file", side)
     check_overwrite(output, overwrite)
     check_overwrite(side, overwrite)
-    _check_writable_folder(output)
-
-
-def _check_writable_folder(output: Path) -> None:
-    """One line before the (slow) build if -o's folder cannot be made or take a file (/proc, a
-    read-only mount); a probe file is made and removed."""
-    probe = atomic.temp_name(output)
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        os.unlink(probe)
-    except OSError as e:  # a file where the folder would be is refused before (outputs.check_output_file)
-        raise CannotWrite.of(e, output) from None
+    check_writable_folder(output)
 
 
 def _write_output(output: Path, key: EngineKey, plan: bytes, info: dict, cached: Path) -> None:
