@@ -292,6 +292,39 @@ def test_other_graphs_of_one_model_are_other_plans(cache, tmp_path):
     assert again == first and "served from the cache" in notes.getvalue()
 
 
+def test_an_onnx_carries_the_sides_its_network_takes_into_the_profile(cache, tmp_path, capsys):
+    """A graph of Real-ESRGAN x2's form (pixel-unshuffle: sides multiples of 4) built from its ONNX gets
+    the windows a --model build gets (its profile took any side, and --tile 15 failed in the builder);
+    a graph fixed no wider than its two margins holds no tile: one line before building."""
+    pytest.importorskip("spandrel")
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    import srtrt
+    from srtrt.engine.toolchain.export import export_onnx
+    from srtrt.engine.toolchain.trt_build import build
+
+    from conftest import random_view, save_community_models
+
+    model = save_community_models(tmp_path, {"x2": lambda: ESRGAN(in_nc=12, out_nc=3, num_filters=8, num_blocks=1,
+                                                                   scale=4, shuffle_factor=2)})["x2"]
+    graph = export_onnx(srtrt.load_model(model), tmp_path / "x2.onnx")
+    options = dict(precision="fp32", tensorrt="rtx", cc="8.6", tile=15, max_batch=1, progress=False, out=io.StringIO())
+    _, from_onnx = build(onnx_path=str(graph), **options)
+    _, from_model = build(model=str(model), **options)
+    assert from_onnx.profile == from_model.profile
+    assert all(side % 4 == 0 for side in (*from_onnx.profile.min[2:], *from_onnx.profile.max[2:]))
+
+    view = random_view(blocks=1, channels=4)
+    margin = view.radius
+    assert 16 <= 2 * margin
+    fixed = export_onnx(view, tmp_path / "16.onnx", dynamic=False, input_shape=(1, 3, 16, 16))
+    line = _one_line_exit_2(capsys, ["build", "--tensorrt", "rtx", "--cc", "8.6", "--onnx", str(fixed),
+                                     "--precision", "fp32", "--max-batch", "1"])
+    assert line == (f"srtrt: {fixed}: the ONNX is fixed at 16x16, no wider than its two margins of {margin}: export it "
+                    f"with --shape of at least {2 * margin + 1}x{2 * margin + 1}, or build with a smaller --margin")
+    assert not list(cache.glob("*-b1-16x16-*.plan"))
+
+
 def test_an_onnx_the_builder_refuses_is_named_not_its_temporary_copy(cache, capsys, small_onnx, tmp_path):
     import onnx
 

@@ -388,6 +388,7 @@ def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: boo
 
         quantize_onnx(model, calibration)
     _set_metadata(model, {"model_sha256": sha, "scale": view.scale, "radius": view.radius,
+                          "minimum": view.facts.minimum, "multiple_of": view.facts.multiple_of,
                           "graph_form": GRAPH_FORM, "precision": precision, "fused": bool(fused), "polyphase": bool(polyphase),
                           **({"aot": bool(aot)} if fused else {})})
     onnx.checker.check_model(model)

@@ -17,8 +17,8 @@ from srtrt.errors import SrtrtError
 
 META_PREFIX = "srtrt."  # metadata_props keys export.py writes: "srtrt.model_sha256", ...
 # How each metadata value is read back (everything else stays a string).
-META_TYPES = {"scale": int, "radius": int, "graph_form": int, "fused": lambda v: v == "True", "aot": lambda v: v == "True",
-              "polyphase": lambda v: v == "True"}
+META_TYPES = {"scale": int, "radius": int, "minimum": int, "multiple_of": int, "graph_form": int,
+              "fused": lambda v: v == "True", "aot": lambda v: v == "True", "polyphase": lambda v: v == "True"}
 
 
 def load_onnx(path, load_external_data: bool = True):
@@ -55,8 +55,9 @@ def metadata(source, path=None) -> dict:
 
     `source`: a path (loaded with `load_onnx`, external data not read) or a loaded ModelProto
     (read from `path`, which a bad value's line then names).
-    Keys: model_sha256, scale, radius, graph_form (export.GRAPH_FORM), precision, fused, polyphase
-    (files from before these two have none) and, for fused graphs, aot.
+    Keys: model_sha256, scale, radius, minimum and multiple_of (the sides the network takes), graph_form
+    (export.GRAPH_FORM), precision, fused, polyphase (files from before these have none) and, for fused
+    graphs, aot.
     """
     model = source if hasattr(source, "metadata_props") else load_onnx(source, load_external_data=False)
     meta = {}

@@ -279,8 +279,9 @@ def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | No
     it) is exported as it is (export.export_community_view); it has nothing to fuse, so `plugin`
     must be "none"; `shape` (N, C, H, W) fixes its graph at that input (window-attention models
     export only so). Returns (path, {"sha256", "precision", "plugin", "scale", "radius", "source",
-    "channels", "io", "fixed_input"}; from a checkpoint also "minimum" and "multiple_of"; from
-    `onnx_path` also "graph_sha256", the graph's own hash, which the engine key takes).
+    "channels", "io", "fixed_input", "minimum", "multiple_of"}; from `onnx_path` also "graph_sha256",
+    the graph's own hash, which the engine key takes; an ONNX from before the sizes were in its
+    metadata takes any size).
     """
     from srtrt.engine.toolchain.export import save_onnx, unfuse_pixel_shuffle_prelu
     from srtrt.engine.toolchain.onnx_io import load_onnx, metadata
@@ -308,7 +309,7 @@ def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | No
         path = save_onnx(m, workdir / src.name)
         facts = {"sha256": sha, "graph_sha256": graph, "precision": got, "plugin": mode,
                  "scale": int(meta.get("scale", 4)), "radius": meta.get("radius"), "source": str(src.resolve()),
-                 "channels": onnx_channels(m)}
+                 "channels": onnx_channels(m), "minimum": meta.get("minimum", 1), "multiple_of": meta.get("multiple_of", 1)}
     else:
         import srtrt
         from srtrt.engine.toolchain.export import export_onnx
@@ -578,7 +579,7 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
         step, smallest = facts.get("multiple_of", 1), facts.get("minimum", 1)
         window = allowed_side(core + 2 * margin, step, smallest)
         min_side = allowed_side(1, step, smallest)
-        fixed = _fixed_shape(view, facts, window, out, one_window)
+        fixed = _fixed_shape(view, facts, window, margin, out, one_window)
         if fixed:  # the engine takes exactly that shape: the runtime's windows are all of it
             max_batch, window, min_side = fixed[0], fixed[1:], max(fixed[1:])
         profile = profile_for(window, max_batch, channels=facts["channels"], min_side=min_side)
@@ -668,7 +669,8 @@ def _is_plan_sidecar(path: Path) -> bool:
     return isinstance(doc, dict) and doc.get("format") == engine_cache.FORMAT
 
 
-def _fixed_shape(view, facts: dict, window: int, out, one_window: str | None = None) -> tuple[int, int, int] | None:
+def _fixed_shape(view, facts: dict, window: int, margin: int, out,
+                 one_window: str | None = None) -> tuple[int, int, int] | None:
     """(batch, height, width) when the engine can take one input shape only, said in one line: a
     model whose architecture exports only at a fixed size (one window, one at a time; `one_window`:
     found so by its export), or an ONNX fixed at one shape (`srtrt export --shape`). None: batches
@@ -680,6 +682,10 @@ def _fixed_shape(view, facts: dict, window: int, out, one_window: str | None = N
     if fixed and fixed[1] != fixed[2]:  # tiles.plan makes square windows wherever the image allows
         raise SrtrtError(f"the ONNX is fixed at {fixed[1]}x{fixed[2]}, but the runtime's windows are square: "
                          "export it with --shape NxN", facts.get("source"))
+    if fixed and fixed[1] <= 2 * margin:  # its windows would hold no pixel inside their margins
+        raise SrtrtError(f"the ONNX is fixed at {fixed[1]}x{fixed[2]}, no wider than its two margins of {margin}: "
+                         f"export it with --shape of at least {2 * margin + 1}x{2 * margin + 1}, or build with a "
+                         "smaller --margin", facts.get("source"))
     if fixed:
         why, smaller = (why, "--tile") if why else ("the ONNX is fixed at one input shape", "srtrt export --shape")
         print(f"{why}: the engine takes {fixed[1]}x{fixed[2]} windows only, {fixed[0]} at a time; images with "
