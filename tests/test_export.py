@@ -168,7 +168,8 @@ def test_metadata(exported, view):
     meta = metadata(exported("fp16", FP16_FUSED))
     assert metadata(load_onnx(exported("fp16", FP16_FUSED))) == meta  # a path or a loaded model
     expected = {"model_sha256": state_dict_sha256(view), "scale": 4, "radius": view.radius,
-                "minimum": view.facts.minimum, "multiple_of": view.facts.multiple_of, "graph_form": GRAPH_FORM, "precision": "fp16", "fused": FP16_FUSED, "polyphase": False}
+                "minimum": view.facts.minimum, "multiple_of": view.facts.multiple_of, "graph_form": GRAPH_FORM,
+                "precision": "fp16", "fused": FP16_FUSED, "polyphase": False}
     assert meta == {**expected, **({"aot": True} if FP16_FUSED else {})}
     assert len(meta["model_sha256"]) == 64
 

@@ -271,8 +271,8 @@ def test_a_model_whose_static_export_fails_too_is_one_line_and_auto_runs_torch(m
 
     monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))  # no graph exported earlier
     monkeypatch.setattr(export_isolated, "_failed", {})
-    monkeypatch.setattr(export_isolated.subprocess, "run",
-                        lambda command, **kw: subprocess.CompletedProcess(command, -11, "", ""))
+    monkeypatch.setattr(export_isolated, "_run_child",
+                        lambda command, path: subprocess.CompletedProcess(command, -11, "", ""))
     view = srtrt.load_model(model_files["swinir"])
     with pytest.raises(SrtrtError) as refused:
         create_backend("openvino", precision="fp32", view=view)
@@ -298,11 +298,11 @@ def test_a_window_shape_no_graph_can_be_made_for_fails_only_its_images_and_auto_
 
     monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(export_isolated, "_failed", {})
-    real_run = export_isolated.subprocess.run
+    real_run = export_isolated._run_child
 
-    def child(command, **kw):  # python -m MODULE MODEL OUT PRECISION POLYPHASE EXPORTER NONCOMMERCIAL SHAPE ...
-        return subprocess.CompletedProcess(command, -11, "", "") if command[9] == "1x3x24x24" else real_run(command, **kw)
-    monkeypatch.setattr(export_isolated.subprocess, "run", child)
+    def child(command, path):  # python -m MODULE MODEL OUT PRECISION POLYPHASE EXPORTER NONCOMMERCIAL SHAPE ...
+        return subprocess.CompletedProcess(command, -11, "", "") if command[9] == "1x3x24x24" else real_run(command, path)
+    monkeypatch.setattr(export_isolated, "_run_child", child)
     folder = tmp_path / "in"
     folder.mkdir()
     Image.fromarray(smooth_image(24, 24, seed=1)).save(folder / "a_small.png")
@@ -348,10 +348,10 @@ def test_the_cache_graph_is_traced_first_and_a_handed_on_one_goes_through_torch_
 
     tried = []
 
-    def child(command, **kw):
+    def child(command, path):
         tried.append(command[7])  # python -m MODULE MODEL OUT PRECISION POLYPHASE EXPORTER ...
         return subprocess.CompletedProcess(command, 2, "", "ValueError: the graph is wrong at 33x34")
-    monkeypatch.setattr(export_isolated.subprocess, "run", child)
+    monkeypatch.setattr(export_isolated, "_run_child", child)
     view = srtrt.load_model(model_files["compact"])
     for precision, quick, order in [("fp32", True, ["torchscript", "dynamo"]), ("fp32", False, ["dynamo", "torchscript"]),
                                     ("fp16", True, ["torchscript", "dynamo"]), ("fp16", False, ["dynamo", "torchscript"])]:
