@@ -151,6 +151,16 @@ def sidecar_of(model: str | os.PathLike | None) -> Path:
     return _paths(resolve(model))[1]
 
 
+def refuse_lost_weights(state, path) -> None:
+    """One line for weights that hold NaN or infinite values: a training run that diverged saved
+    them, and every output would be NaN, written as black. (A community model is tried on a test
+    image when it is read: community.load.)"""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise SrtrtError(f"the weights hold NaN or infinite values ({name}): saved by a training run that "
+                             "diverged; no image can be upscaled with them", path)
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -176,6 +186,7 @@ def load(model: str | os.PathLike | None = None) -> Checkpoint:
     except (SafetensorError, OSError, ValueError) as e:
         raise SrtrtError(f"corrupt or truncated weights ({str(e).splitlines()[0]})", weights) from None
 
+    refuse_lost_weights(state, weights)
     sha256 = file_sha256(weights)
     if doc.get(WEIGHTS_SHA256, sha256) != sha256:  # sidecars saved before it was recorded have none
         raise SrtrtError(f"the weights are not the ones {sidecar.name} was saved with (a crash between "

@@ -119,6 +119,7 @@ def _add_interpolate(sub):
                    help="largest validation PSNR loss against the PSNR model an alpha may cost (dB)")
     p.add_argument("--val-count", type=int, default=d.val_count)
     p.add_argument("--val-crop", type=int, default=d.val_crop)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out checkpoint")
 
 
 def _add_calibrate(sub):

@@ -156,6 +156,35 @@ def test_backend_is_kept_per_configuration_and_closed_when_replaced(tmp_path, mo
     assert closed == made
 
 
+def test_threads_take_turns_on_the_kept_backend(model, tmp_path, own_srtrt_cache):
+    """Two threads calling upscale at once on one OpenVINO backend (its infer requests serve one call
+    at a time: "Infer Request is busy"), and a third switching models under them: every result is
+    the one a lone call gives."""
+    import threading
+
+    pytest.importorskip("openvino")
+    other = str(save_tiny_model(tmp_path, name="other", seed=1))
+    img = Image.fromarray(smooth_image(160, 200))  # several windows a call: calls overlap
+    options = {"backend": "openvino", "precision": "fp32", "tile": 48}
+    alone = {m: np.asarray(srtrt.upscale(img, model=m, **options)) for m in (model, other)}
+    failures, results = [], []
+
+    def calls(m):
+        try:
+            for _ in range(4):
+                results.append((m, np.asarray(srtrt.upscale(img, model=m, **options))))
+        except Exception as e:  # noqa: BLE001 - what the test counts
+            failures.append(repr(e))
+
+    threads = [threading.Thread(target=calls, args=(m,)) for m in (model, model, other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == [] and len(results) == 12
+    assert all(np.array_equal(got, alone[m]) for m, got in results)
+
+
 def test_a_pil_result_is_upright_and_keeps_its_profile_and_exif(tmp_path, model):
     from test_imageio import srgb_profile
     exif = Image.Exif()

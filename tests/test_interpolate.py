@@ -100,6 +100,26 @@ def test_cli_bad_alpha_is_one_line_and_writes_nothing(pair, tmp_path, capsys):
     assert not list(tmp_path.glob("never*"))
 
 
+def test_cli_an_existing_out_or_a_negative_psnr_drop_is_one_line(pair, tmp_path, capsys):
+    """An existing blend is replaced only with --overwrite (as export, build and compare); a negative
+    --psnr-drop, a floor above the PSNR model itself, silently picked alpha 1."""
+    _, _, folder = pair
+    photos = tmp_path / "photos"
+    write_images(photos, [(64, 64), (72, 56)], seed=4)
+    run = ["interpolate", str(photos), "--psnr", str(folder / "psnr"), "--gan", str(folder / "gan"),
+           "--out", str(tmp_path / "blend"), "--val-count", "1", "--val-crop", "48"]
+    assert cli.main([*run, "--psnr-drop", "-1"]) == 2
+    assert capsys.readouterr().err == "srtrt: --psnr-drop must be a number >= 0, not -1.0\n"
+    assert cli.main([*run, "--alpha", "0.3"]) == 0
+    before = (tmp_path / "blend.safetensors").read_bytes()
+    capsys.readouterr()
+    assert cli.main([*run, "--alpha", "0.7"]) == 2
+    assert "output already exists (use --overwrite to replace it)" in capsys.readouterr().err
+    assert (tmp_path / "blend.safetensors").read_bytes() == before
+    assert cli.main([*run, "--alpha", "0.7", "--overwrite"]) == 0
+    assert checkpoint.load(tmp_path / "blend").meta["training"]["alpha"] == 0.7
+
+
 def test_cli_validation_options_are_judged_as_train_judges_them(pair, tmp_path, capsys):
     """--val-crop under 4 x scale was taken, then every held-out photo was called too small to use."""
     _, _, folder = pair

@@ -348,7 +348,8 @@ def _train_cli(capsys, data, out, *extra) -> tuple[int, str]:
     (["--log-every", "0"], "--log-every must be >= 1"),
     (["--val-every", "0"], "--val-every must be >= 1"),
     (["--batch", "0"], "--batch must be >= 1"),
-    (["--lr", "-1"], "--lr must be >= 0"),
+    (["--lr", "-1"], "--lr must be a number >= 0, not -1.0"),
+    (["--lr", "inf"], "--lr must be a number >= 0, not inf"),
     (["--iters", "0"], "--iters must be >= 1"),
     (["--iters", "-3"], "--iters must be >= 1"),
     (["--scale", "3", "--patch", "48"], "scale must be 2, 4 or 8"),
@@ -379,6 +380,94 @@ def test_bad_data_and_out_folders_are_one_line(photos, tmp_path, capsys):
     ]:
         code, err = _train_cli(capsys, data, tmp_path / "run", *extra)
         assert code == 2 and err.count("\n") == 1 and cause in err, (data, err)
+
+
+def test_a_diverging_run_stops_with_one_line_and_saves_no_lost_weights(photos, tmp_path, capsys):
+    """A loss that is no longer a number: one line, exit 1 (was: NaN weights saved as the best model,
+    exit 0, then black images from `srtrt run` and tracebacks from eval); what was saved before stays."""
+    out = tmp_path / "run"
+    code, err = _train_cli(capsys, photos, out, "--iters", "8", "--lr", "1e8", "--log-every", "1", "--val-every", "1")
+    assert code == 1 and err.count("\n") == 1 and "training diverged at step" in err, err
+    if (out / "model.safetensors").exists():
+        checkpoint.load(out / "model")  # saved before the loss was lost: whole and finite
+
+
+def test_weights_a_diverged_run_saved_are_one_line_wherever_they_are_loaded(photos, tmp_path, capsys):
+    from srtrt.nets import SRResNet, SRResNetConfig
+
+    config = SRResNetConfig(blocks=1, channels=4)
+    net = SRResNet(config)
+    with torch.no_grad():
+        next(net.parameters()).fill_(float("nan"))
+    path = checkpoint.save(tmp_path / "lost", net, "srresnet", config)
+    image = next(photos.glob("*.png"))
+    for command in (["run", str(image), "-o", str(tmp_path / "out.png")], ["eval", str(photos)]):
+        assert cli.main([*command, "--model", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "the weights hold NaN or infinite values" in err, err
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_a_stop_during_a_save_waits_for_the_save_and_the_run_resumes(photos, tmp_path, capsys, monkeypatch):
+    """SIGTERM between the best model's two files and the state's: the save completes first (a stop
+    in between left a pair no run could resume or load), then exit 143; the next run resumes."""
+    import os
+    import signal
+
+    from srtrt.train import trainer
+
+    real_save = trainer.checkpoint.save
+
+    def save_then_signal(path, *args, **kwargs):
+        written = real_save(path, *args, **kwargs)
+        if Path(path).name == "model":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return written
+
+    monkeypatch.setattr(trainer.checkpoint, "save", save_then_signal)
+    out = tmp_path / "run"
+    code, err = _train_cli(capsys, photos, out, "--iters", "3")
+    assert code == 143 and err.strip().splitlines()[-1] == "srtrt: stopped by SIGTERM", err
+    monkeypatch.setattr(trainer.checkpoint, "save", real_save)
+    checkpoint.load(out / "model")
+    checkpoint.load(out / "last")
+    code, err = _train_cli(capsys, photos, out, "--iters", "3")
+    assert code == 0, err
+    assert json.loads((out / "last.json").read_text())["training"]["iterations"] == 3
+
+
+def test_a_read_only_out_folder_is_one_line_before_any_work(photos, tmp_path):
+    """(a real read-only bind mount, in a private mount namespace: root only; was a traceback once
+    the photos were read)"""
+    import subprocess
+    import sys
+
+    from run_helpers import cli_env, read_only, skip_without_private_mounts
+
+    out = tmp_path / "ro"
+    out.mkdir()
+    skip_without_private_mounts(f"mount --bind {out} {out} && mount -o remount,bind,ro {out}")
+    command = [sys.executable, "-m", "srtrt.cli", "train", photos, *TINY_CLI, "--out", out]
+    done = subprocess.run(read_only(out, command), capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "cannot write (Read-only file system)" in done.stderr
+
+
+def test_a_resumed_run_keeps_the_model_it_started_from_and_refuses_another(photos, straight_run, tmp_path, capsys):
+    """Its state names the --init it started from: a resume without --init still records it (it was
+    dropped), and a resume with another --init is refused (it was recorded as the parent)."""
+    _, init = straight_run
+    out = tmp_path / "run"
+    assert _train_cli(capsys, photos, out, "--init", str(init), "--blocks", "2", "--channels", "16")[0] == 0
+    parent = checkpoint.load(init).sha256
+    code, err = _train_cli(capsys, photos, out, "--iters", "2", "--blocks", "2", "--channels", "16")
+    assert code == 0, err
+    assert json.loads((out / "last.json").read_text())["training"]["initialised_from"]["sha256"] == parent
+    other = tmp_path / "other"
+    assert _train_cli(capsys, photos, other, "--blocks", "2", "--channels", "16")[0] == 0
+    code, err = _train_cli(capsys, photos, out, "--iters", "3", "--blocks", "2", "--channels", "16",
+                           "--init", str(other / "model.safetensors"))
+    assert code == 2 and "--init names another model than the one this run started from" in err, err
 
 
 def test_unreadable_files_in_the_photo_folder_are_skipped_with_a_line(photos, tmp_path, capsys):

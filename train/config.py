@@ -1,6 +1,7 @@
 """Training options and their defaults (torch-free, so the CLI can show them quickly)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from srtrt.errors import SrtrtError
@@ -50,7 +51,7 @@ class TrainConfig:
             (self.phase in DEFAULT_OUT, f"--phase must be srresnet or srgan, not {self.phase!r}"),
             (self.iters >= 1, f"--iters must be >= 1, not {self.iters}"),
             (self.batch >= 1, f"--batch must be >= 1, not {self.batch}"),
-            (self.lr >= 0, f"--lr must be >= 0, not {self.lr}"),
+            (0 <= self.lr < math.inf, f"--lr must be a number >= 0, not {self.lr}"),
             (self.log_every >= 1, f"--log-every must be >= 1, not {self.log_every}"),
             (self.val_every >= 1, f"--val-every must be >= 1, not {self.val_every}"),
             (self.val_count >= 0, f"--val-count must be >= 0, not {self.val_count}"),

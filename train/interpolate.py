@@ -17,7 +17,7 @@ import torch
 
 from srtrt import checkpoint
 from srtrt.errors import SrtrtError
-from srtrt.outputs import check_output_file
+from srtrt.outputs import check_output_file, check_overwrite
 
 from .config import TrainConfig
 from .data import photo_paths, split_holdout
@@ -62,21 +62,26 @@ def choose(rows: list[dict], psnr_drop: float) -> dict:
     return max(rows, key=lambda r: (selection_score("srgan", _validation(r), start, psnr_drop), r["val_psnr_y"]))
 
 
-def refuse_output_over_inputs(out: str, inputs: list[str | None]) -> None:
-    """The blend's weights and sidecar may not replace a checkpoint it is made from."""
+def refuse_output_over_inputs(out: str, inputs: list[str | None], overwrite: bool = False) -> None:
+    """The blend's weights and sidecar may not replace a checkpoint it is made from, nor any other
+    file without `overwrite` (as export, build and compare)."""
     sources = [path for model in inputs for path in checkpoint.model_files(model)]
     check_output_file(out, flag="--out")  # as given: a folder, "/" at its end included, is refused
     for written in checkpoint.model_files(out)[1:]:  # the weights and the sidecar `out` names
         check_output_file(written, sources, flag="--out")
+        check_overwrite(written, overwrite)
 
 
 def interpolate(data: str, psnr_model: str, gan_model: str, out: str, psnr_drop: float,
-                alpha: float | None = None, val_count: int | None = None, val_crop: int | None = None) -> tuple[Path, dict]:
+                alpha: float | None = None, val_count: int | None = None, val_crop: int | None = None,
+                overwrite: bool = False) -> tuple[Path, dict]:
     """Write the chosen (or given) blend to `out` as an srtrt checkpoint; returns its path and the choice."""
+    if not 0 <= psnr_drop < float("inf"):  # a negative floor leaves no alpha but the PSNR model's
+        raise SrtrtError(f"--psnr-drop must be a number >= 0, not {psnr_drop}")
     d = TrainConfig(data=data)
     val_count = d.val_count if val_count is None else val_count
     val_crop = d.val_crop if val_crop is None else val_crop
-    refuse_output_over_inputs(out, [psnr_model, gan_model])
+    refuse_output_over_inputs(out, [psnr_model, gan_model], overwrite)
     make_folder(Path(out).parent, "--out")
     psnr, gan = load_srtrt_checkpoint(psnr_model, "--psnr"), load_srtrt_checkpoint(gan_model, "--gan")
     scale = psnr.config.scale  # the validation options are judged as `srtrt train` judges them
@@ -107,7 +112,7 @@ def interpolate(data: str, psnr_model: str, gan_model: str, out: str, psnr_drop:
 
 def main(args: argparse.Namespace) -> int:
     path, chosen = interpolate(args.data, args.psnr, args.gan, args.out, args.psnr_drop, args.alpha,
-                               args.val_count, args.val_crop)
+                               args.val_count, args.val_crop, args.overwrite)
     print(f"alpha {chosen['alpha']}: validation Y-PSNR {chosen['val_psnr_y']:.3f} dB, "
           f"HF ratio {chosen['val_hf_ratio_y']:.3f}, grid {chosen['val_grid_ratio_y']:.3f} -> {path}")
     return 0

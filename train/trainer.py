@@ -16,6 +16,7 @@ by validation PSNR, an srtrt checkpoint), `metrics.jsonl` and `curve.png`.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
@@ -30,9 +31,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from srtrt import atomic, checkpoint, community, registry
+from srtrt.engine.batch.signals import StopOnSignals
 from srtrt.errors import CannotWrite, SrtrtError, shown
 from srtrt.hardware import cpu_has_fast_bf16
 from srtrt.nets import Discriminator
+from srtrt.outputs import check_writable_folder
 
 from .config import TrainConfig
 from .data import OffsetSampler, PatchDataset, photo_paths, readable_rgb, split_holdout
@@ -156,12 +159,12 @@ def plot_curve(metrics_path: Path, png: Path) -> None:
         ax[1].plot(*zip(*val), marker="o")
     ax[1].set(xlabel="iteration", ylabel="Y-PSNR (dB)", title="held-out validation")
     fig.tight_layout()
+    picture = io.BytesIO()
     try:
-        fig.savefig(png, dpi=100)
-    except OSError as e:
-        raise CannotWrite.of(e, png) from None
+        fig.savefig(picture, format="png", dpi=100)
     finally:
         plt.close(fig)
+    atomic.write_or_refuse(png, picture.getvalue(), "training curve")  # a full disk leaves the last curve whole
 
 
 def load_srtrt_checkpoint(path: str | None, flag: str) -> checkpoint.Checkpoint:
@@ -194,6 +197,7 @@ def make_folder(folder: Path, flag: str) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SrtrtError(f"cannot create this folder ({flag}): {e.strerror or e}", folder) from None
+    check_writable_folder(folder / "metrics.jsonl")  # a read-only one, before any photo is read
     return folder
 
 
@@ -248,6 +252,24 @@ def set_aside_earlier_run(out: Path) -> Path | None:
     for path in present:
         path.rename(aside / path.name)
     return aside
+
+
+def refuse_diverged(loss: float, step: int, out: Path) -> None:
+    """One line, exit 1, when the loss is no longer a number: the weights are lost (NaN or inf), and
+    saving them would make a "best" model that upscales to black. What was saved before stays."""
+    if not math.isfinite(loss):
+        failed = SrtrtError(f"training diverged at step {step} (loss {loss}): nothing of this step is saved; "
+                            "a lower --lr may hold it", out)
+        failed.exit_code = 1
+        raise failed
+
+
+def resumed_lineage(saved: dict | None, given: dict | None, out: Path) -> dict | None:
+    """The model a resumed run started from: its state says so; an --init naming another is refused."""
+    if saved and given and saved.get("sha256") != given.get("sha256"):
+        raise SrtrtError(f"--init names another model than the one this run started from (sha256 "
+                         f"{str(saved.get('sha256'))[:12]}...): --no-resume starts a new run from it", out)
+    return saved or given
 
 
 def log_row(log, row: dict, metrics_path: Path) -> None:
@@ -322,11 +344,13 @@ def train(cfg: TrainConfig) -> Path:
         modules["d"], optimizers["d"] = discriminator, opt_d
 
     parent = load_srtrt_checkpoint(cfg.init, "--init") if cfg.init else None
+    lineage = {"sha256": parent.sha256, **parent.meta.get("training", {})} if parent else None
     step, best, start = 0, -float("inf"), Validation(*[float("nan")] * 3)
     if saved is not None:
         doc = load_state(state_path, modules, optimizers)
         step, best = doc["step"], doc.get("best_score", doc.get("best_val_psnr", best))
         start = Validation(doc.get("start_val_psnr", start.psnr), float("nan"), doc.get("start_val_grid", start.grid))
+        lineage = resumed_lineage(doc.get("initialised_from"), lineage, out)
     elif parent:  # start from trained weights (optimiser state starts fresh)
         if parent.config != gcfg:
             raise SrtrtError(f"--init has config {parent.config}, this run {gcfg}", cfg.init)
@@ -387,6 +411,9 @@ def train(cfg: TrainConfig) -> Path:
         bar.update(1)
         out_of_time = time.time() >= deadline  # then this step is the last: logged, validated, saved
 
+        validating = step % cfg.val_every == 0 or step == cfg.iters or out_of_time
+        if step % cfg.log_every == 0 or validating:  # never a step's weights saved from a diverged run
+            refuse_diverged(loss_g.item(), step, out)
         if step % cfg.log_every == 0 or step == cfg.iters or out_of_time:
             row = {"step": step, "loss_g": round(loss_g.item(), 6), "lr": learning_rate(cfg, step - 1),
                    "it_s": round(seen / (time.time() - t0), 3)}
@@ -395,7 +422,7 @@ def train(cfg: TrainConfig) -> Path:
                            loss_grid=float(f"{loss_grid.item():.4g}"))
             bar.set_postfix(loss=f"{row['loss_g']:.4g}", it_s=row["it_s"])
             log_row(log, row, metrics_path)
-        if step % cfg.val_every == 0 or step == cfg.iters or out_of_time:
+        if validating:
             scored = validate(generator, val_pairs, device)
             val, val_hf, val_grid = scored
             log_row(log, {"step": step, "val_psnr": round(val, 4), "val_hf": round(val_hf, 4),
@@ -409,16 +436,19 @@ def train(cfg: TrainConfig) -> Path:
             if gan:
                 meta["training"].update(content_loss=cfg.content_loss, adv_weight=cfg.adv_weight,
                                         pixel_weight=cfg.pixel_weight, grid_weight=cfg.grid_weight)
-            if parent:  # a model's sidecar names every run that led to it
-                meta["training"]["initialised_from"] = {"sha256": parent.sha256, **parent.meta.get("training", {})}
+            if lineage:  # a model's sidecar names every run that led to it
+                meta["training"]["initialised_from"] = lineage
             score = selection_score(cfg.phase, scored, start, cfg.gan_psnr_drop)
-            if score > best or not val_pairs or not (out / "model.safetensors").exists():
-                best = score
-                checkpoint.save(out / "model", generator, arch.name, gcfg, meta)
-            checkpoint.save(out / "last", generator, arch.name, gcfg, meta)
-            save_state(state_path, step, modules, optimizers,
-                       {"best_score": best, "start_val_psnr": start.psnr, "start_val_grid": start.grid,
-                        "config": asdict(cfg)})
+            # a stop between a pair's two files (weights, sidecar) would leave a checkpoint or state no run can read
+            with StopOnSignals() as held:
+                if score > best or not val_pairs or not (out / "model.safetensors").exists():
+                    best = score
+                    checkpoint.save(out / "model", generator, arch.name, gcfg, meta)
+                checkpoint.save(out / "last", generator, arch.name, gcfg, meta)
+                save_state(state_path, step, modules, optimizers,
+                           {"best_score": best, "start_val_psnr": start.psnr, "start_val_grid": start.grid,
+                            "config": asdict(cfg), **({"initialised_from": lineage} if lineage else {})})
+            held.check()
             plot_curve(metrics_path, out / "curve.png")
             bar.write(f"step {step}: validation Y-PSNR {val:.3f} dB, HF ratio {val_hf:.3f}, grid {val_grid:.3f} "
                       f"(best score {best:.4g})")

@@ -4,6 +4,7 @@ Options are `RunOptions` fields (model may be a community model file; allow_nonc
 lets it be a spandrel_extra_arches architecture). The backend is built once per (model,
 backend, precision, device, allow_noncommercial) and kept for the next call; asking for another
 configuration closes the previous one, and the last one is closed when the interpreter exits.
+Calls from several threads take turns on it.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from srtrt.engine.datapath.imageio import from_pil, to_pil
 from srtrt.engine.video import is_video
 from srtrt.errors import SrtrtError
 
-_lock = threading.Lock()
+# held for a whole call: the kept backend serves one image at a time (OpenVINO's infer requests are
+# not shared: "Infer Request is busy"), and another configuration must not close it under a call
+_lock = threading.RLock()
 _current: dict = {}  # {"key": backend_key, "backend": Backend}
 
 
@@ -59,6 +62,11 @@ def upscale(image, output=None, **options):
     if output is None and not isinstance(image, Image.Image) and is_video(image):
         raise SrtrtError("a video needs an output path: srtrt.upscale(video, output)", image)
     opts = RunOptions(**options)
+    with _lock:
+        return _upscale(image, output, opts)
+
+
+def _upscale(image, output, opts: RunOptions):
     runner = FileRunner(_backend(opts), opts)
     if output is not None:
         if isinstance(image, Image.Image):
