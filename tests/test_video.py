@@ -689,6 +689,61 @@ def test_api_takes_videos(tmp_path, model):
 
 # --------------------------------------------------------------------------- bad input
 
+def test_libsvtav1_refuses_frames_its_flush_never_returns_from(tmp_path, capsys, model):
+    """A 40x6 clip is 160x24 at x4: SVT-AV1 hung in its flush (a run that never ended); one line first."""
+    clip = tmp_path / "thin.mp4"
+    make_clip(clip, frames=3, size=(40, 6), audio=None)
+    code, err = run(capsys, clip, "--model", model, "--backend", "torch", "--codec", "libsvtav1")
+    assert code == 1 and "thin.mp4: libsvtav1 cannot encode 160x24 frames (under 32 pixels)" in err, err
+    assert not list(tmp_path.glob("thin_x4*")) and partials(tmp_path) == []
+
+
+def test_an_mp4_cut_two_frames_short_is_said(tmp_path, capsys, model):
+    """An MP4 cut at its end loses B-frames from the middle while the frames shown still reach the
+    announced end (times leave two frames' slack): its sample table's count says so (was: done, exit 0)."""
+    made = tmp_path / "made.mp4"
+    make_clip(made, frames=30, audio="aac", gop=8)
+    full = tmp_path / "full.mp4"
+    with av.open(str(made)) as source, av.open(str(full), "w", options={"movflags": "+faststart"}) as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in source.streams}  # the index first
+        for packet in source.demux():
+            if packet.size:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+    data = full.read_bytes()
+
+    def decoded(blob: bytes) -> int | None:  # None: a decode error, which says itself
+        (tmp_path / "probe.mp4").write_bytes(blob)
+        try:
+            with av.open(str(tmp_path / "probe.mp4")) as c:
+                return sum(1 for _ in c.decode(c.streams.video[0]))
+        except av.error.FFmpegError:
+            return None
+
+    size = next((n for n in range(len(data) - 1, len(data) // 2, -4) if decoded(data[:n]) == 28), None)
+    assert size is not None, "no cut that loses two frames found"
+    (tmp_path / "cut.mp4").write_bytes(data[:size])
+    code, err = run(capsys, tmp_path / "cut.mp4", "--model", model, "--backend", "torch")
+    assert code == 1 and "decodes to 28 frames where its header announces 30 over 1.25 s (truncated?)" in err, err
+    assert not (tmp_path / "cut_x4.mp4").exists()
+    assert run(capsys, full, "--model", model, "--backend", "torch")[0] == 0  # the whole clip is no cut
+
+
+def test_transparency_a_video_loses_is_said(tmp_path, capsys, model):
+    """An RGBA clip (PNG in MOV): written opaque, as every video output is, and the run says so."""
+    clip = tmp_path / "alpha.mov"
+    with av.open(str(clip), "w") as out:
+        stream = out.add_stream("png", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "rgba"
+        for i in range(3):
+            rgba = np.dstack([moving(i, 24, 32), np.full((24, 32), 128, np.uint8)])
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgba, format="rgba")))
+        out.mux(stream.encode())
+    code, err = run(capsys, clip, "--model", model, "--backend", "torch")
+    assert code == 0 and "transparency not kept (video outputs are opaque)" in err, err
+    assert len(video_frames(tmp_path / "alpha_x4.mov")) == 3
+
+
 def test_bad_videos_fail_with_one_line_each_and_the_batch_goes_on(tmp_path, capsys, model):
     folder = tmp_path / "in"
     folder.mkdir()

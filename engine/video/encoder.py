@@ -36,6 +36,8 @@ DEFAULT_PRESET = {"libx264": "medium", "libx265": "fast", "libsvtav1": "8", "lib
                   "h264_nvenc": "p5", "hevc_nvenc": "p5"}
 X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
                 "placebo")
+SVT_AV1_MIN_SIDE = 32  # the SVT-AV1 in PyAV 18 never returns from its flush below ~28 pixels a side
+ABORT_WAIT_S = 30     # an abort waits this long for the encoder thread to close its segment
 STAND_IN_SIDE = 128  # the encoder's size where it is opened only to check it (x265 needs 64 or more)
 QUEUE_FRAMES = 2  # upscaled frames waiting for the encoder (each is a full output frame)
 DTS_LEAD_SECONDS = 10  # a decode time this far before its presentation time is no reordering delay
@@ -92,6 +94,9 @@ def choose_settings(codec: str, crf: int | None, preset: str | None, source_pix_
             raise SrtrtError(f"{codec} needs an NVIDIA GPU; none is available (use libx264 or libx265)")
     if codec == "libx265" and min(width, height) < 64:  # x265 4.2 corrupts memory below its 64-pixel block
         raise SrtrtError(f"libx265 cannot encode {width}x{height} frames (under 64 pixels); use --codec libx264", path)
+    if codec == "libsvtav1" and min(width, height) < SVT_AV1_MIN_SIDE:  # its flush never returns (160x24, 20x96)
+        raise SrtrtError(f"libsvtav1 cannot encode {width}x{height} frames (under {SVT_AV1_MIN_SIDE} pixels); "
+                         "use --codec libx264 or libvpx-vp9", path)
     available = _pix_fmts(codec)
     depth = "10le" if bits > 8 else ""
     layout = chroma_layout(source_pix_fmt)
@@ -188,15 +193,20 @@ class SegmentEncoder:
         """Frames from now on go into segment `number`."""
         self._send(("cut", number))
 
-    def finish(self) -> None:
+    def finish(self, stop_check=None) -> None:
+        """Wait for the last segment to be closed; `stop_check` is asked while waiting (it may raise to stop)."""
         self._send(_END)
-        self._thread.join()
+        while self._thread.is_alive():
+            self._thread.join(0.1)
+            if stop_check:
+                stop_check()
         self._raise()
 
     def abort(self) -> None:
-        """Stop now; the segment in progress is deleted, closed ones stay."""
+        """Stop now; the segment in progress is deleted, closed ones stay. An encoder stuck inside its
+        library is left behind (the thread is a daemon) rather than waited for."""
         self._send(("abort", None), check=False)
-        self._thread.join()
+        self._thread.join(ABORT_WAIT_S)
 
     def _send(self, item, check: bool = True) -> None:
         while self._thread.is_alive():

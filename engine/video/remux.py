@@ -28,7 +28,8 @@ FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".we
 UNWRITTEN = {".avi": "AVI keeps no timestamps"}
 COPIED = ("audio", "subtitle")
 # Matroska's statistics tags describe the input's encode, not the output's
-_STALE_TAGS = ("DURATION", "NUMBER_OF_FRAMES", "NUMBER_OF_BYTES", "BPS", "_STATISTICS_")
+_STALE_TAGS = ("DURATION", "NUMBER_OF_FRAMES", "NUMBER_OF_BYTES", "BPS", "_STATISTICS_",
+               "ALPHA_MODE")  # the output is opaque: WebM's VP9 alpha flag would describe data it has not
 
 
 # In Matroska and WebM a pixel's shape (sample aspect) is the stream's display size, which PyAV

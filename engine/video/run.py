@@ -82,7 +82,7 @@ class VideoPlan:
     settings: EncoderSettings
     destination: Path  # the requested file, or its .mkv twin when its container cannot hold the streams
     note: str          # why the container changed, or ""
-    losses: tuple[str, ...]  # what of the input the output cannot keep, and why (bit depth, pixel shape, HDR)
+    losses: tuple[str, ...]  # what of the input the output cannot keep, and why (bit depth, pixel shape, HDR, alpha)
 
 
 def plan_video(source: Path, destination: Path, options, scale: int) -> VideoPlan:
@@ -105,7 +105,8 @@ def plan_video(source: Path, destination: Path, options, scale: int) -> VideoPla
               if settings.bits < info.bits else "",
               remux.pixel_shape_note(destination, codec, info.sample_aspect),
               f"HDR mastering metadata not kept (PyAV cannot pass it to {codec})"
-              if info.hdr is not None and codec not in WRITES_HDR else "")
+              if info.hdr is not None and codec not in WRITES_HDR else "",
+              "transparency not kept (video outputs are opaque)" if info.alpha else "")
     return VideoPlan(info, settings, destination, note, tuple(filter(None, losses)))
 
 
@@ -182,6 +183,13 @@ def _truncated(info, frames: int, end: float | None) -> str:
         played, period = end - info.start, 1 / float(info.rate or 24)
         if played < info.duration - info.duration_slack - 2 * period:
             return f"ends after frame {frames}, at {played:.2f} s of the {info.duration:.2f} s its header announces (truncated?)"
+        # times leave two frames' slack, and a cut mid-file loses B-frames from the middle while the shown ones
+        # still reach the end: an MP4/MOV header's rate (its frame count over its length) counts what the span
+        # from the first decodable frame to the announced end holds (a file cut mid-GOP starts later)
+        expected = (info.duration - info.duration_slack) * float(info.rate or 0)
+        if info.frames_counted and frames < expected - 1.5:
+            return (f"decodes to {frames} frames where its header announces {round(expected)} over "
+                    f"{info.duration:.2f} s (truncated?)")
         return ""
     if info.frames and frames < info.frames:
         return f"ends after frame {frames} of the {info.frames} its header announces (truncated?)"
@@ -252,7 +260,7 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> t
                 raise
             bad = str(e).removeprefix(f"{e.path}: ")
             flush()  # the good frames decoded before the bad one are kept
-        encoder.finish()
+        encoder.finish(stop_check)
     except BaseException:
         encoder.abort()
         raise

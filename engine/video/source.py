@@ -47,6 +47,8 @@ class VideoInfo:
     sample_aspect: Fraction | None = None  # a pixel's width over its height (anamorphic video); None: square or unsaid
     hdr: HdrMetadata | None = None  # HDR10 mastering display and light levels, from the first frame
     field_order: str | None = None  # how it is interlaced, in words; None: progressive
+    frames_counted: bool = False  # `frames` counts every stored frame (an MP4/MOV sample table; AVI's index may not)
+    alpha: bool = False           # the frames carry transparency (an alpha plane, or WebM's VP9 alpha side stream)
 
 
 @dataclass
@@ -98,7 +100,10 @@ def probe(path: Path) -> VideoInfo:
         duration = None if ends is None else max(ends - start, 0.0)
         return VideoInfo(first.width, first.height, max(c.bits for c in first.format.components), pix_fmt, colour,
                          stream.time_base, stream.average_rate or stream.guessed_rate, stream.frames or 0, duration,
-                         slack, start, display, sample_aspect(stream), read_hdr(first), field_order(stream, first))
+                         slack, start, display, sample_aspect(stream), read_hdr(first), field_order(stream, first),
+                         frames_counted="mp4" in container.format.name.split(","),
+                         alpha=any(c.is_alpha for c in first.format.components)
+                         or {k.lower(): v for k, v in stream.metadata.items()}.get("alpha_mode") == "1")
 
 
 def sample_aspect(stream) -> Fraction | None:
