@@ -56,6 +56,7 @@ class Work:
     key: dict                  # source and settings: what the segments were made from
     segments: list[Segment] = field(default_factory=list)
     lock: int | None = None    # the folder, open and held while this run writes it
+    started_over: int = 0      # closed segments a --resume found but could not take (another source or settings)
 
     @property
     def next_index(self) -> int:
@@ -99,12 +100,13 @@ def start(destination: Path, key: dict, resume: bool) -> Work:
     try:
         if resume and (segments := _closed_segments(folder, key)) is not None:
             return Work(folder, key, segments, lock)
+        unusable = _segments_listed(folder) if resume else 0
         for leftover in folder.iterdir():  # emptied, not removed: the folder itself is what is held
             if leftover.is_dir():
                 shutil.rmtree(leftover)
             else:
                 leftover.unlink()
-        work = Work(folder, key, lock=lock)
+        work = Work(folder, key, lock=lock, started_over=unusable)
         work.save()
         return work
     except OSError as e:  # a read-only or full disk: the image's line, and nothing left behind
@@ -136,6 +138,14 @@ def _closed_segments(folder: Path, key: dict) -> list[Segment] | None:
     except (OSError, ValueError, TypeError):
         pass
     return None
+
+
+def _segments_listed(folder: Path) -> int:
+    """How many closed segments the folder's manifest lists, whatever they were made from."""
+    try:
+        return len(json.loads((folder / MANIFEST).read_text()).get("segments", []))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
 
 
 def _unwritable(e: OSError, destination: Path) -> SrtrtError:

@@ -145,6 +145,9 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
            "deinterlace": options.deinterlace}
     work = resume.start(destination, key, options.resume)
     resumed = work.next_index
+    if work.started_over:
+        note = "; ".join(filter(None, [note, f"--resume: the earlier run's {work.started_over} closed segments came from "
+                                              "another source, model or settings, so it started over"]))
     if on_total:
         on_total(info.frames or 0, work.next_index)
     try:
