@@ -231,7 +231,7 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, 
                            "rename one of them")
         elif real_path(earlier.get(real_path(job.source), job.source)) != real_path(job.source):
             origin = earlier[real_path(job.source)]
-            job.refusal, job.status = (f"{shown(job.source)}: is the output of {shown(origin)} in this batch, "
+            job.refusal, job.status = (f"{shown(job.source)}: is the output of {shown(origin)} from an earlier run, "
                                        "not upscaled again"), SKIPPED
     return jobs
 
