@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -95,10 +97,34 @@ def cli_env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
+def default_signals() -> None:
+    """SIGINT, SIGTERM and SIGHUP as a terminal gives them to a command it starts: the tests that send
+    them must not inherit a runner's SIG_IGN (a non-interactive shell's background job ignores SIGINT,
+    nohup SIGHUP), which srtrt leaves ignored, as asked. (A preexec_fn for subprocess.)"""
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
+
 def srtrt_process(*args: str, **kwargs) -> subprocess.Popen:
-    """`srtrt ...` in a fresh interpreter (for signals and concurrent runs)."""
+    """`srtrt ...` in a fresh interpreter (for signals and concurrent runs), signals as a terminal gives them."""
+    kwargs.setdefault("preexec_fn", default_signals)
     return subprocess.Popen([sys.executable, "-m", "srtrt.cli", *map(str, args)], env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@contextmanager
+def terminal_signals():
+    """In this process, for a test that signals itself: SIGINT raising KeyboardInterrupt and SIGTERM
+    and SIGHUP at their default, where the runner had them ignored; restored after."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def signal_when(process: subprocess.Popen, ready, signum: int, timeout: float) -> tuple[bool, str]:

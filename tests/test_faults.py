@@ -18,7 +18,16 @@ from PIL import Image
 from srtrt.errors import SrtrtError
 
 from conftest import DiskFillsAfter
-from run_helpers import is_complete_image, partials, pixels, save_tiny_model, signal_when, srtrt_process, write_images
+from run_helpers import (
+    is_complete_image,
+    partials,
+    pixels,
+    save_tiny_model,
+    signal_when,
+    srtrt_process,
+    terminal_signals,
+    write_images,
+)
 from run_helpers import run_cli as run
 
 
@@ -37,14 +46,15 @@ def one_line_errors(err: str) -> list[str]:
 def test_first_signal_is_recorded_and_raised_at_the_next_check():
     from srtrt.engine.batch.signals import StopOnSignals, Stopped
 
-    before = signal.getsignal(signal.SIGTERM)
-    with StopOnSignals() as stop:
-        os.kill(os.getpid(), signal.SIGTERM)  # recorded, nothing raised here
-        assert stop.requested
-        with pytest.raises(Stopped) as caught:
-            stop.check()
-    assert caught.value.exit_code == 143 and caught.value.name == "SIGTERM"
-    assert signal.getsignal(signal.SIGTERM) is before
+    with terminal_signals():
+        before = signal.getsignal(signal.SIGTERM)
+        with StopOnSignals() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)  # recorded, nothing raised here
+            assert stop.requested
+            with pytest.raises(Stopped) as caught:
+                stop.check()
+        assert caught.value.exit_code == 143 and caught.value.name == "SIGTERM"
+        assert signal.getsignal(signal.SIGTERM) is before
     assert Stopped(signal.SIGINT).exit_code == 130
 
 
@@ -52,11 +62,12 @@ def test_at_once_the_first_signal_raises_where_the_main_thread_waits():
     """The Ray driver waits on its actors' rows with no safe point to ask at: the first signal stops it."""
     from srtrt.engine.batch.signals import StopOnSignals, Stopped
 
-    before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(Stopped) as caught, StopOnSignals(at_once=True):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(5)  # a wait the signal ends
-    assert caught.value.exit_code == 130 and signal.getsignal(signal.SIGINT) is before
+    with terminal_signals():
+        before = signal.getsignal(signal.SIGINT)
+        with pytest.raises(Stopped) as caught, StopOnSignals(at_once=True):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # a wait the signal ends
+        assert caught.value.exit_code == 130 and signal.getsignal(signal.SIGINT) is before
 
 
 # --------------------------------------------------------------------------- device memory

@@ -110,8 +110,10 @@ print("amx", bool(granted.value >> XTILEDATA & 1), "children", len(children_seen
 
 
 def run_script(code: str) -> subprocess.CompletedProcess:
+    from run_helpers import default_signals
+
     return subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, preexec_fn=default_signals)
 
 
 def test_openvino_cores_released_in_creation_order_leave_an_unmapped_signal_stack():

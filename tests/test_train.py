@@ -416,6 +416,8 @@ def test_a_stop_during_a_save_waits_for_the_save_and_the_run_resumes(photos, tmp
 
     from srtrt.train import trainer
 
+    from run_helpers import terminal_signals
+
     real_save = trainer.checkpoint.save
 
     def save_then_signal(path, *args, **kwargs):
@@ -426,7 +428,8 @@ def test_a_stop_during_a_save_waits_for_the_save_and_the_run_resumes(photos, tmp
 
     monkeypatch.setattr(trainer.checkpoint, "save", save_then_signal)
     out = tmp_path / "run"
-    code, err = _train_cli(capsys, photos, out, "--iters", "3")
+    with terminal_signals():
+        code, err = _train_cli(capsys, photos, out, "--iters", "3")
     assert code == 143 and err.strip().splitlines()[-1] == "srtrt: stopped by SIGTERM", err
     monkeypatch.setattr(trainer.checkpoint, "save", real_save)
     checkpoint.load(out / "model")

@@ -481,7 +481,13 @@ def test_a_signal_during_a_community_export_stops_its_exporter_and_leaves_nothin
     assert sent and process.returncode == 128 + signum, err
     assert "Traceback" not in err
     assert not _processes_naming(str(out / "x2.onnx"))  # no exporter left running
-    assert list(out.iterdir()) == []
+    left = list(out.iterdir())
+    # nothing, or the whole graph where the child renamed it into place just before the stop reached it
+    assert left in ([], [out / "x2.onnx"]), left
+    if left:
+        import onnx
+
+        onnx.checker.check_model(onnx.load(str(left[0])))
 
 
 def _processes_naming(text: str) -> list[str]:
