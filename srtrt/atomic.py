@@ -1,32 +1,44 @@
 """Atomic file writes: a unique temporary name in the destination's folder, fsync, rename.
 
 The one place srtrt writes a file that must never be seen half-written (outputs, plans,
-sidecars, ONNX, checkpoints, JSON). A crash or signal leaves at most a `.NAME.partial-PID-*`
-file behind, which its own process removes when it can (`remove_partials`).
+sidecars, ONNX, checkpoints, JSON). A crash or signal leaves at most a `.NAME.partial-HOST-PID-*`
+file behind, which its own process removes when it can (`remove_partials`); one whose process was
+killed (SIGKILL, the out-of-memory killer) is removed by the next run (`sweep_abandoned`).
 """
 from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import os
+import re
 import secrets
+import socket
 from pathlib import Path
 
 from srtrt.errors import SrtrtError
 
 NAME_MAX = 255  # bytes in one file name (ext4, XFS, btrfs, APFS, NTFS in UTF-16 units)
-_PID_AND_TOKEN = 7 + 1 + 6  # "PID-TOKEN": PIDs reach 7 digits (pid_max 4194304), the token 6 hex
+# which machine wrote a temporary file: on a shared folder, a PID says nothing about another host's processes
+HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+_HOST_PID_AND_TOKEN = 6 + 1 + 7 + 1 + 6  # "HOST-PID-TOKEN": PIDs reach 7 digits (pid_max 4194304)
+_TAIL = re.compile(r"\.partial-([0-9a-f]{6})-([0-9]{1,7})-[0-9a-f]{6}$")
 
 
 def temp_name(path: str | os.PathLike) -> str:
-    """`.NAME.partial-PID-TOKEN` beside `path`: unique per process and call, hidden from listings."""
+    """`.NAME.partial-HOST-PID-TOKEN` beside `path`: unique per process and call, hidden from listings."""
     folder, name = os.path.split(os.fspath(path))
-    return os.path.join(folder, f"{partial_prefix(name)}{os.getpid()}-{secrets.token_hex(3)}")
+    return os.path.join(folder, f"{partial_prefix(name)}{HOST}-{os.getpid()}-{secrets.token_hex(3)}")
+
+
+def partials_of(name: str, pid: int | None = None) -> str:
+    """The glob pattern of the temporary files process `pid` (this one by default) writes for `name`."""
+    return f"{glob.escape(partial_prefix(name))}{HOST}-{os.getpid() if pid is None else pid}-*"
 
 
 def partial_prefix(name: str) -> str:
     """`.NAME.partial-`, NAME cut so that a temporary name fits where `name` itself fits."""
-    return hidden_name(name, ".partial-", _PID_AND_TOKEN)
+    return hidden_name(name, ".partial-", _HOST_PID_AND_TOKEN)
 
 
 def hidden_name(name: str, tail: str, appended: int = 0) -> str:
@@ -99,7 +111,37 @@ def remove_partials(path: str | os.PathLike | None, pid: int | None = None) -> N
     if path is None:
         return
     path = Path(path)
-    pattern = f"{glob.escape(partial_prefix(path.name))}{os.getpid() if pid is None else pid}-*"
-    for leftover in glob.glob(os.path.join(glob.escape(str(path.parent)), pattern)):
+    for leftover in glob.glob(os.path.join(glob.escape(str(path.parent)), partials_of(path.name, pid))):
         with contextlib.suppress(OSError):
             os.unlink(leftover)
+
+
+def sweep_abandoned(folders) -> int:
+    """Delete the temporary files in `folders` that a process of this machine wrote and that no
+    longer has a writer (killed before it could clean up). Files of other hosts, of live processes
+    and of other programs are left alone. Returns how many were deleted."""
+    removed = 0
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder or "."))
+        except OSError:
+            continue
+        for entry in entries:
+            found = _TAIL.search(entry.name) if entry.name.startswith(".") else None
+            if not found or found[1] != HOST or _alive(int(found[2])):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process, or a number no PID can be
+        return True
+    return True

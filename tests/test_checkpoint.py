@@ -151,7 +151,7 @@ def test_save_writes_through_unique_temporary_names(saved, monkeypatch):
     real = checkpoint.atomic.temp_name
     monkeypatch.setattr(checkpoint.atomic, "temp_name", lambda path: seen.append(real(path)) or seen[-1])
     checkpoint.save(weights, model, "srresnet", TINY)
-    assert len(seen) == 2 and all(f"partial-{__import__('os').getpid()}-" in name for name in seen)
+    assert len(seen) == 2 and all(f"partial-{checkpoint.atomic.HOST}-{__import__('os').getpid()}-" in name for name in seen)
     assert sorted(p.name for p in weights.parent.iterdir()) == ["model.json", "model.safetensors"]
 
 

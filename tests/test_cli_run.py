@@ -176,6 +176,31 @@ def test_a_signal_mid_batch_keeps_finished_outputs_and_no_partial_file(tmp_path,
         assert f"-> {path}" in err  # each kept output has its line, the one written behind at the stop too
 
 
+def test_the_next_run_deletes_what_a_killed_run_left_and_nothing_else(tmp_path, capsys):
+    """SIGKILL (the out-of-memory killer) allows no clean-up: the hidden temporary output stays. The
+    next run into that folder deletes it; another host's, a live process's and a foreign file stay."""
+    from srtrt import atomic
+
+    model = save_tiny_model(tmp_path, channels=16, blocks=2)
+    write_images(tmp_path / "in", 6, height=128, width=192)
+    out = tmp_path / "out"
+    process = srtrt_process("run", tmp_path / "in", "-o", out, "--model", model, "--tile", "16", "--margin", "4")
+    sent, err = signal_when(process, lambda: out.is_dir() and partials(out), signal.SIGKILL, 60)
+    assert sent and process.returncode == -signal.SIGKILL, err
+    (abandoned,) = partials(out)
+    other_host = out / f".a_x4.png.partial-{'0' if atomic.HOST[0] != '0' else '1'}{atomic.HOST[1:]}-{process.pid}-abcdef"
+    live = out / f".b_x4.png.partial-{atomic.HOST}-{os.getpid()}-abcdef"
+    foreign = out / f".c_x4.png.partial-{process.pid}-abcdef"  # not a name srtrt writes
+    for kept in (other_host, live, foreign):
+        kept.write_bytes(b"x")
+
+    code, err = run(capsys, tmp_path / "in", "-o", out, "--model", model)
+    assert code == 0, err
+    assert "srtrt: deleted 1 unfinished output file of an earlier run that was killed" in err.splitlines()
+    assert not abandoned.exists() and all(kept.exists() for kept in (other_host, live, foreign))
+    assert len(list(out.glob("*_x4.png"))) == 6
+
+
 def test_a_signal_the_parent_ignores_stays_ignored(tmp_path):
     """`trap '' INT` (or a shell's background job): a Ctrl-C meant for the foreground does not stop the batch."""
     model = save_tiny_model(tmp_path)

@@ -33,6 +33,7 @@ from srtrt.engine.batch.files import (
     plan_jobs,
     several_outputs,
     shape_class,
+    sweep_killed_runs,
 )
 from srtrt.engine.batch.options import RunOptions, open_backend, setup_lines
 from srtrt.engine.batch.sheet_runs import run_sheet, sheet_shape, sheets_line, units, with_next
@@ -69,6 +70,9 @@ def main(args) -> int:
         print("\n".join(setup_lines(selection, options.margin)), file=sys.stderr)
     runner = FileRunner(backend, options, log=lambda m: print(m, file=sys.stderr))
     jobs = plan_jobs(inputs, args.output, backend.scale, options, many)
+    swept = sweep_killed_runs(jobs)
+    if swept and not args.quiet:
+        print(swept, file=sys.stderr)
     sheet = sheet_shape(backend, options)
     if sheet and not args.quiet:
         print(sheets_line(sheet), file=sys.stderr)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from srtrt.atomic import remove_partials
+from srtrt.atomic import remove_partials, sweep_abandoned
 from srtrt.engine.batch.options import RunOptions
 from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, DecodedImage, read_image
 from srtrt.engine.datapath.writers import OUTPUT_SUFFIXES, check_output_folder
@@ -234,6 +234,15 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, 
             job.refusal, job.status = (f"{shown(job.source)}: is the output of {shown(origin)} from an earlier run, "
                                        "not upscaled again"), SKIPPED
     return jobs
+
+
+def sweep_killed_runs(jobs: list[Job]) -> str | None:
+    """Delete the unfinished outputs a killed run (SIGKILL, the out-of-memory killer) left hidden beside
+    these outputs, where nothing else would ever remove them; the line to say, if any were."""
+    removed = sweep_abandoned({job.destination.parent for job in jobs})
+    if removed:
+        return f"srtrt: deleted {removed} unfinished output file{'s' * (removed > 1)} of an earlier run that was killed"
+    return None
 
 
 def _settled(job: Job, options, scale: int) -> Job:

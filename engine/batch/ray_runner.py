@@ -19,7 +19,6 @@ where it stopped. `--ray` with no address starts a local Ray on this machine; wi
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import signal
@@ -28,7 +27,7 @@ import time
 import warnings
 from pathlib import Path
 
-from srtrt.atomic import partial_prefix
+from srtrt.atomic import sweep_abandoned
 from srtrt.engine.batch.files import (
     FAILED,
     BatchReport,
@@ -42,6 +41,7 @@ from srtrt.engine.batch.files import (
     several_outputs,
     shape_class,
     skipped_existing,
+    sweep_killed_runs,
 )
 from srtrt.engine.batch.options import RunOptions, open_backend, setup_lines
 from srtrt.engine.batch.sheet_runs import LOOKAHEAD, run_sheet, sheet_shape, sheets_line, units
@@ -191,32 +191,6 @@ def _actor_device(device: str | None, pool: dict) -> str | None:
     return device or "cpu"
 
 
-def _sweep_dead_partials(destinations: list[Path]) -> None:
-    """After an interrupted local run: delete temporary files of processes that no longer exist."""
-    for destination in destinations:
-        try:
-            leftovers = list(destination.parent.glob(f"{glob.escape(partial_prefix(destination.name))}*"))
-        except OSError:
-            continue
-        for leftover in leftovers:
-            pid = leftover.name.rsplit(".partial-", 1)[1].split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
-                try:
-                    leftover.unlink()
-                except OSError:
-                    pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def main(args) -> int:
     ray = _import_ray()
     from srtrt.engine.batch.signals import StopOnSignals, Stopped
@@ -237,6 +211,9 @@ def main(args) -> int:
     report = BatchReport()
     todo = []
     jobs = plan_jobs(inputs, args.output, scale, options, many)
+    swept = sweep_killed_runs(jobs)
+    if swept:
+        say(swept)
     for job in jobs:
         if job.note and not job.refusal:
             say(f"srtrt: {job.source}: {job.note}")
@@ -260,7 +237,7 @@ def main(args) -> int:
         if started and args.ray == LOCAL:
             ray.shutdown()
             started = False
-            _sweep_dead_partials([job.destination for job in todo])
+            sweep_abandoned({job.destination.parent for job in todo})  # the actors' temporary files
         say(f"srtrt: stopped by {stopped.name}: finished outputs kept ({len(report.done)} reported before the stop), "
             "images in progress discarded", always=True)
         return stopped.exit_code

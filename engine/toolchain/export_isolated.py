@@ -21,7 +21,6 @@ process does not spend the minutes again.
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import re
@@ -30,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from srtrt.atomic import partial_prefix
+from srtrt.atomic import partials_of
 from srtrt.errors import CannotWrite, SrtrtError
 
 TIMEOUT_S = 900  # a 23-block RRDBNet exports in about a minute on 2 cores
@@ -95,7 +94,7 @@ def _run_child(command: list[str], path: Path) -> subprocess.CompletedProcess:
             child.kill()
             child.wait()
             for leftover in (_float_graph(path, child.pid),
-                             *path.parent.glob(f"{glob.escape(partial_prefix(path.name))}{child.pid}-*")):
+                             *path.parent.glob(partials_of(path.name, child.pid))):
                 with contextlib.suppress(OSError):
                     leftover.unlink()
             raise
