@@ -317,9 +317,10 @@ def _srtrt(case: Case, view, workload: Workload, device: torch.device, workdir: 
     def keep(band: Band):
         out[band.y0:band.y0 + band.colour.shape[0]] = band.colour
 
-    flop, windows = model_flops.tiled_flop(view.generator.config, workload.height, workload.width,
-                                           upscaler.core, upscaler.margin)
-    info = {"device": device.type, "model_gflop": flop / 1e9, "windows": windows, "core": upscaler.core,
+    plan = upscaler.plan(workload.height, workload.width)  # what run() computes, not a bare tiling of the image
+    flop, windows = model_flops.tiled_flop(view.generator.config, plan)
+    info = {"device": device.type, "model_gflop": flop / 1e9, "windows": windows,
+            "core": 0 if windows == 1 else plan.core,
             "margin": upscaler.margin, "batch": upscaler.batch, "describe": backend.describe(),
             "picked": f"{backend.name}-{backend.precision}"}
     if hasattr(backend, "auto_reason"):

@@ -3,7 +3,7 @@
 `pytest bench/` measures; the unit suite (`pytest`, testpaths = tests) never collects this
 folder. Results go to bench/results/<device>.json (full) or <device>-quick.json unless
 --benchmark-json names another file; a run of a selection (some files, -k, -m) goes to
-bench/results/partial/ instead, so it never replaces a whole run's report; smoke runs write
+bench/results/partial/ (ignored by git) instead, so it never replaces a whole run's report; smoke runs write
 nothing unless asked.
 """
 from __future__ import annotations

@@ -46,6 +46,7 @@ fi
 RUN=("$PY" bench/srtrt_path.py)
 
 # -- pytest from a carried venv's pure-Python packages, when the interpreter lacks it ---------
+PLUGINS=()
 if ! "$PY" -c "import pytest, pytest_benchmark" 2>/dev/null; then
     SITE=$(ls -d .venv/lib/python3*/site-packages 2>/dev/null | head -n 1)
     if [ -n "$SITE" ]; then
@@ -56,6 +57,8 @@ if ! "$PY" -c "import pytest, pytest_benchmark" 2>/dev/null; then
             fi
         done
         export PYTHONPATH="$DEPS${PYTHONPATH:+:$PYTHONPATH}"
+        # without its *.dist-info, pytest finds no entry point for the plugin: load it by name
+        [ -e "$DEPS/pytest_benchmark" ] && PLUGINS=(-p pytest_benchmark.plugin)
         echo "pytest packages taken from $SITE: $(ls "$DEPS" | tr '\n' ' ')"
     fi
 fi
@@ -121,7 +124,9 @@ step gpu-tests 60 "${RUN[@]}" -m pytest tests -m gpu -q -rs -p no:cacheprovider 
 #     machine with 16 cores took 13/46/27/37/30 s for the first five).
 if [ $ON_CPU = 1 ]; then MODE=(--smoke); else MODE=(); fi
 PARTS="$OUT/parts"
+rm -rf "$PARTS"  # an earlier run's part must not stand in for one that wrote nothing this time
 mkdir -p "$PARTS"
+PART_FILES=()  # merged in this order: the first part's machine info (and mode) is the run's
 # encoding is a CPU benchmark: on a GPU machine its full mode (level 9 on every core) overran 90 s,
 # so it runs there in quick mode.
 BENCH_PARTS=(  # name limit target [mode]
@@ -139,9 +144,11 @@ for part in "${BENCH_PARTS[@]}"; do
     # the CPU check exports and compiles every zoo model on two cores: more than a GPU machine's limits
     if [ $ON_CPU = 1 ]; then limit=$((limit * 3)); fi
     step "bench-$name" "$limit" "${RUN[@]}" -m pytest "$target" -q -p no:cacheprovider $part_mode \
-        --benchmark-json="$PARTS/$name.json" --benchmark-columns=min,median,rounds || FAILED=1
+        ${PLUGINS[@]+"${PLUGINS[@]}"} --benchmark-json="$PARTS/$name.json" --benchmark-columns=min,median,rounds \
+        || FAILED=1
+    PART_FILES+=("$PARTS/$name.json")
 done
-"$PY" bench/merge_results.py "$OUT/$SLUG.json" "$PARTS"/*.json || FAILED=1
+"$PY" bench/merge_results.py "$OUT/$SLUG.json" "${PART_FILES[@]}" || FAILED=1
 
 # (c) quality guard (needs the trained default model; exit 2 = refused, not a failure)
 if [ $ON_CPU = 1 ]; then GUARD_DEVICE=cpu; else GUARD_DEVICE=cuda; fi

@@ -106,9 +106,12 @@ def slug(info: dict | None = None) -> str:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--slug"]:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="This machine's device and library versions, as JSON.")
+    parser.add_argument("--slug", action="store_true", help="print only the name result files take (bench/gpu.sh)")
+    if parser.parse_args().slug:
         print(slug())
     else:
-        import json
-
         print(json.dumps({"device": device_info(), "versions": versions()}, indent=2))

@@ -35,11 +35,11 @@ def image_flop(config: SRResNetConfig, height: int, width: int) -> int:
     return flop_per_lr_pixel(config) * height * width
 
 
-def tiled_flop(config: SRResNetConfig, height: int, width: int, core: int, margin: int) -> tuple[int, int]:
-    """(FLOPs actually computed, number of windows) when the runtime tiles the image.
+def tiled_flop(config: SRResNetConfig, plan: tiling.TilePlan) -> tuple[int, int]:
+    """(FLOPs actually computed, number of windows) for the runtime's own plan of an image
+    (`TiledUpscaler.plan`: one window for a small image, balanced tiles, the cheapest split).
 
     Every window has the plan's one shape, so margins computed twice are counted twice.
     """
-    plan = tiling.plan(height, width, core, margin)
     wh, ww = plan.window_shape
     return flop_per_lr_pixel(config) * wh * ww * len(plan), len(plan)

@@ -153,11 +153,17 @@ def print_table(precision: str, r: dict) -> None:
         print(f"  {ms:9.1f} ms {100 * ms / max(r['profile_ms'], 1e-9):5.1f} %  {kernel}")
 
 
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count of 1 or more")
+    return int(text)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--precision", nargs="+", default=["bf16", "int8"], choices=["fp32", "bf16", "int8", "int8-prelu"])
     ap.add_argument("--model", default=None, help="checkpoint path or embedded name (default: the default model)")
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=_at_least_one, default=3, help="timed runs per precision (the median is kept)")
     ap.add_argument("--json", default=None, help="default: bench/results/openvino-profile-<device>.json")
     args = ap.parse_args()
     info = cpu_info()

@@ -56,7 +56,11 @@ class Run:
 
 
 def load(path: Path) -> Run | None:
-    doc = json.loads(path.read_text())
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        print(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e}); skipped", file=sys.stderr)
+        return None
     info = doc.get("machine_info", {}).get("srtrt")
     if info is None:
         print(f"{path}: not a bench/ run (no srtrt machine info); skipped", file=sys.stderr)
@@ -104,6 +108,7 @@ def rows(run: Run) -> list[dict]:
             "lr": f"{e['lr_width']}x{e['lr_height']}", "mp_s": e["output_mp"] / seconds, "ms": seconds * 1e3,
             "vs_eager": eager / seconds if eager else None, "vs_bicubic": bicubic / seconds if bicubic else None,
             "peak_pct": 100 * flop * 1e9 / seconds / (peak * 1e12) if flop and peak else None,
+            "peak_key": e.get("peak_key"),
             "tiles": e.get("windows"), "core": e.get("core"), "batch": e.get("batch"), "rounds": b["stats"]["rounds"],
         })
     return sorted(out, key=lambda r: (r["workload"] != "2k-output", -r["mp_s"]))
@@ -187,7 +192,7 @@ def targets(run: Run, rs: list[dict]) -> list[str]:
         want = TARGETS["gpu_vs_eager" if gpu else "cpu_vs_eager"]
         lines.append(f"- best srtrt path on 2K output: `{best['case']}` at {best['vs_eager']:.2f}× eager fp32 "
                      f"(target ≥ {want:g}×: {'met' if best['vs_eager'] >= want else 'not met'}), "
-                     f"{_fmt(best['peak_pct'], '.1f')}% of the measured {best['precision']} matmul peak")
+                     f"{_of_peak(best)}")
         if gpu and "fp16" in peaks:
             fp16 = 100 * _flop_rate(run, best) / (peaks["fp16"] * 1e12)
             lines.append(f"- GPU: {fp16:.1f}% of the measured fp16 peak ({peaks['fp16']:.3g} TFLOP/s); "
@@ -199,6 +204,12 @@ def targets(run: Run, rs: list[dict]) -> list[str]:
         lines.append(f"- pipeline efficiency {100 * eff:.1f}% (target ≥ {100 * TARGETS['pipeline_efficiency']:.0f}%: "
                      f"{'met' if eff >= TARGETS['pipeline_efficiency'] else 'not met'})")
     return lines
+
+
+def _of_peak(row: dict) -> str:
+    if row["peak_pct"] is None:  # int8 and `auto` rows: no peak of their kind is measured
+        return "no measured matmul peak of its kind to compare with"
+    return f"{row['peak_pct']:.1f}% of the measured {row['peak_key']} matmul peak"
 
 
 def cpu_default_targets(run: Run, rs: list[dict]) -> list[str]:
@@ -213,7 +224,7 @@ def cpu_default_targets(run: Run, rs: list[dict]) -> list[str]:
         want = TARGETS["cpu_default_vs_eager"]
         line = (f"- what `srtrt run` picks here, `{default['case']}`: {default['vs_eager']:.2f}× eager fp32 "
                 f"(target ≥ {want:g}×: {'met' if default['vs_eager'] >= want else 'not met'}), "
-                f"{_fmt(default['peak_pct'], '.1f')}% of the measured {default['precision']} matmul peak")
+                f"{_of_peak(default)}")
         torch_bf16 = on_2k.get("torch-bf16")
         if torch_bf16 and default["case"] != "torch-bf16":
             ratio, want = default["mp_s"] / torch_bf16["mp_s"], TARGETS["cpu_default_vs_torch_bf16"]
@@ -329,6 +340,9 @@ def device_section(run: Run, plot_name: str | None, device_runs: list[Run] = ())
     if run.mode != "full":
         out += [f"> A {run.mode} run: fewer rounds{' and tiny inputs' if run.mode == 'smoke' else ''}; "
                 "use a full run for published numbers.", ""]
+    if info.get("part_modes"):  # a merged run (bench/gpu.sh) some of whose parts ran in another mode
+        out += ["> Parts run in another mode: " + ", ".join(f"{part} {mode}" for part, mode in info["part_modes"].items())
+                + ".", ""]
     if peaks:
         out += ["Measured matmul peak: " + ", ".join(f"{k} {v:.3g} TFLOP/s" for k, v in sorted(peaks.items())), ""]
     out += ["### Targets", "", *targets(run, rs), ""]

@@ -80,8 +80,8 @@ def test_srtrt_run_pipeline(benchmark, view, device, workload, tmp_path):
         upscale_file(upscaler, source, destination, overwrite=True)
         rounds.append({**asdict(upscaler.times), "file_wall": time.perf_counter() - t0})
 
-    flop, windows = model_flops.tiled_flop(view.generator.config, work.height, work.width,
-                                           upscaler.core, upscaler.margin)
+    plan = upscaler.plan(work.height, work.width)  # what the run computes, not a bare tiling of the image
+    flop, windows = model_flops.tiled_flop(view.generator.config, plan)
     benchmark.group = "srtrt run pipeline"
     # Two rounds at most on a GPU: the PNG encode of 50 MP dominates and barely varies.
     benchmark.pedantic(run, rounds=min(MODE.big_rounds, 2), iterations=1, warmup_rounds=1)
@@ -93,7 +93,7 @@ def test_srtrt_run_pipeline(benchmark, view, device, workload, tmp_path):
         kind="pipeline", case=f"srtrt-run-{upscaler.backend.name}-{upscaler.backend.precision}",
         backend=upscaler.backend.name,
         precision=upscaler.backend.precision, describe=upscaler.backend.describe(), weights=view.bench_weights,
-        peak_key=upscaler.backend.precision, model_gflop=flop / 1e9, windows=windows, core=upscaler.core,
+        peak_key=upscaler.backend.precision, model_gflop=flop / 1e9, windows=windows, core=0 if windows == 1 else plan.core,
         margin=upscaler.margin, batch=upscaler.batch, **work.info(),
         note={"full": "", "quick": "quick mode: 1024x768 input, not the 2K input",
               "smoke": "smoke mode: tiny input"}[MODE.name],

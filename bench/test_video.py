@@ -1,6 +1,6 @@
 """Video: what the pipeline around the network costs, its speed with a nearly free network, memory.
 
-- `test_video_pipeline_share`: a 480x270 pan/zoom over ../shared/data/big (real content) through
+- `test_video_pipeline_share`: a 480x270 pan/zoom over ../shared/data/big (real content; generated where absent) through
   `srtrt run`'s FileRunner with the default model and backend; the network-only time is the same
   decoded frames through the runtime with no decode or encode. Target: (wall - network) / wall <= 15 %.
 - `test_video_pipeline_speed`: the same clip with a network that costs nothing (each pixel
@@ -35,6 +35,7 @@ import numpy as np
 import pytest
 import run_mode
 import torch
+import workloads
 from peak_memory import run_srtrt
 from PIL import Image
 
@@ -53,11 +54,10 @@ SMOKE = run_mode._on(run_mode.SMOKE_ENV)
 SIZE = (96, 54) if SMOKE else (480, 270)
 FRAMES = 4 if SMOKE else 48
 SPEED_ROUNDS = 1 if SMOKE else 5  # test_video_pipeline_speed's rounds, the median counts
-BIG = Path(__file__).resolve().parents[2] / "shared/data/big/elephants_3840x2160.png"
 
 
 def pan_clip(path: Path, frames: int = FRAMES, size=SIZE) -> Path:
-    photo = Image.open(BIG).convert("RGB")
+    photo, _ = workloads.pan_photo()
     with av.open(str(path), "w") as out:
         s = out.add_stream("libx264", rate=24, options={"crf": "16"})
         s.width, s.height, s.pix_fmt = *size, "yuv420p"

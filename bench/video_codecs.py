@@ -12,10 +12,10 @@ import argparse
 import io
 import time
 from fractions import Fraction
-from pathlib import Path
 
 import av
 import numpy as np
+import workloads
 from PIL import Image
 
 from srtrt.engine.video.colour import Colour
@@ -29,7 +29,7 @@ CANDIDATES = [("libx264", 18, "medium"), ("libx264", 18, "faster"), ("libx264", 
 
 
 def pan(frames: int, size=(1920, 1080)) -> list[np.ndarray]:
-    photo = Image.open(Path(__file__).resolve().parents[2] / "shared/data/big/elephants_3840x2160.png").convert("RGB")
+    photo, _ = workloads.pan_photo()
     out = []
     for i in range(frames):
         zoom = 1.0 + 0.004 * i

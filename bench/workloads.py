@@ -85,6 +85,19 @@ def _source() -> tuple[Image.Image | None, str]:
     return None, "generated photo-like image (../shared/data/big absent)"
 
 
+PAN_NAME = "elephants_3840x2160.png"
+
+
+@lru_cache(maxsize=1)
+def pan_photo() -> tuple[Image.Image, str]:
+    """The 4K photo the video benchmarks pan over, and its label; a generated one where it is absent."""
+    path = SHARED_BIG / PAN_NAME
+    if path.is_file():
+        with Image.open(path) as im:
+            return im.convert("RGB"), f"{PAN_NAME} (../shared/data/big)"
+    return Image.fromarray(photo_like(3840, 2160)), "generated photo-like image (../shared/data/big absent)"
+
+
 def make(name: str, mode: str) -> Workload:
     width, height = SIZES[name][mode]
     source, label = _source()

@@ -80,3 +80,50 @@ def test_the_folder_under_auto_is_judged_against_the_image_as_auto_runs_it_alone
     (line,) = [line for line in text.splitlines() if "varied-size folder" in line]
     assert line == ("- varied-size folder, `auto-auto`: 1.160 output MP/s against 1.410 for the single 2K image (82 %), "
                     "2.100 for that image by what `auto` picks for it alone (55 %; target ≥ 75 %: not met)")
+
+
+def _merged(tmp_path, *parts: tuple[str, str, str]) -> tuple[int, Path]:
+    """bench/merge_results.py over parts (name, slug, mode), as bench/gpu.sh calls it."""
+    import merge_results
+
+    paths = []
+    for name, slug, mode in parts:
+        path = _run(tmp_path / f"{name}.json", "2026-12-06T10:00", [_throughput(f"{name}-case", 1.0)], mode)
+        doc = json.loads(path.read_text())
+        doc["machine_info"]["srtrt"]["slug"] = slug
+        path.write_text(json.dumps(doc))
+        paths.append(path)
+    out = tmp_path / "merged.json"
+    return merge_results.main([str(out), *map(str, paths)]), out
+
+
+def test_merging_parts_of_two_devices_is_refused(tmp_path, capsys):
+    """A CPU run's parts merged with a GPU run's read as one device with the other's rows and ratios."""
+    code, out = _merged(tmp_path, ("peak", "cpu-test-2c", "full"), ("throughput", "cuda-test", "full"))
+    assert code == 1 and not out.exists()
+    assert "another device (cuda-test)" in capsys.readouterr().err
+
+
+def test_a_part_run_in_another_mode_is_named_not_taken_for_the_run(tmp_path):
+    """gpu.sh runs its encoding part quick: the merged run keeps the first part's mode and says which part differs."""
+    code, out = _merged(tmp_path, ("peak", "cpu-test-2c", "full"), ("encoding", "cpu-test-2c", "quick"))
+    assert code == 0
+    run = report.load(out)
+    assert run.mode == "full" and run.info["part_modes"] == {"encoding": "quick"}
+    assert len(run.benchmarks) == 2
+    text = report.render([run], tmp_path / "out").read_text()
+    assert "> Parts run in another mode: encoding quick." in text and "A quick run" not in text
+
+
+def test_a_path_with_no_measured_peak_of_its_kind_says_so(tmp_path):
+    """int8 and `auto` rows have no peak of their kind: not "—% of the measured auto matmul peak"."""
+    run = _run(tmp_path / "int8.json", "2026-12-06T10:00", [_throughput("eager-fp32-nchw", 10.0), _throughput("auto", 1.0)])
+    text = report.render([report.load(run)], tmp_path / "out").read_text()
+    (line,) = [line for line in text.splitlines() if line.startswith("- best srtrt path")]
+    assert line.endswith("no measured matmul peak of its kind to compare with") and "—%" not in line
+
+
+def test_a_result_file_that_cannot_be_read_is_one_line(tmp_path, capsys):
+    assert report.main([str(tmp_path / "absent.json")]) == 1
+    err = capsys.readouterr().err
+    assert "absent.json: cannot be read (No such file or directory); skipped" in err and "Traceback" not in err
