@@ -153,10 +153,10 @@ def form(data: bytes, name: str, **fields) -> bytes:
     return "".join(parts).encode() + file.encode() + data + b"\r\n--b--\r\n"
 
 
-def receiving(tmp_path: Path) -> None:
-    """Returns once the server has a job folder with an upload's file open in it."""
+def receiving(tmp_path: Path, uploads: int = 1) -> None:
+    """Returns once the server has `uploads` job folders, each with an upload's file open in it."""
     deadline = time.monotonic() + 10
-    while not list((tmp_path / "work").glob("*/*/input.png")):
+    while len(list((tmp_path / "work").glob("*/*/input.png"))) < uploads:
         assert time.monotonic() < deadline, "the upload never reached the server"
         time.sleep(0.02)
 
@@ -292,7 +292,8 @@ def test_full_queue_answers_429_with_retry_after(tmp_path, models_dir, images):
 
 def test_a_stalled_upload_is_dropped_and_frees_its_place(tmp_path, models_dir, images, monkeypatch):
     """A client that stops sending its body holds its place in the queue only until the idle timeout:
-    then it gets 408, its folder goes, and the next upload is taken."""
+    then it gets 408, its folder goes, and the next upload is taken. `--queue 1` on an idle server
+    has two places: the one that will run at once and the one that waits behind it."""
     import httpx
 
     from srtrt.engine.serve import uploads
@@ -301,11 +302,12 @@ def test_a_stalled_upload_is_dropped_and_frees_its_place(tmp_path, models_dir, i
     (tmp_path / "work").mkdir()
     config = ServeConfig(port=free_port(), models_dir=models_dir, work_dir=tmp_path / "work", queue_size=1)
     with live_server(config) as (url, _), httpx.Client(base_url=url, timeout=30) as client:
-        with stalled_upload(config.port) as stalled:
-            receiving(tmp_path)
-            assert upload(client, images[0].read_bytes()).status_code == 429  # its place, while bytes may come
-            answer = reply(stalled)
-        assert answer.startswith(b"HTTP/1.1 408") and b"no bytes came for 1.5 s" in answer, answer
+        with stalled_upload(config.port) as stalled, stalled_upload(config.port) as behind:
+            receiving(tmp_path, uploads=2)
+            assert upload(client, images[0].read_bytes()).status_code == 429  # their places, while bytes may come
+            answers = reply(stalled), reply(behind)
+        for answer in answers:
+            assert answer.startswith(b"HTTP/1.1 408") and b"no bytes came for 1.5 s" in answer, answer
         assert job_folders(tmp_path) == []
         created = upload(client, images[0].read_bytes())
         assert created.status_code == 202, created.text
@@ -330,11 +332,13 @@ def test_a_trickling_upload_is_dropped_but_a_slow_steady_one_is_taken(tmp_path, 
     me = {"X-Srtrt-Client": "trickle-test-client-0001"}
     part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="slow.png"\r\n\r\n\x89PNG'
     with live_server(config) as (url, _), httpx.Client(base_url=url, timeout=30, headers=me) as client:
-        with paced_upload(config.port, part, b"\0" * 100_000, 1, me["X-Srtrt-Client"]) as trickle:
-            receiving(tmp_path)
-            assert upload(client, images[0].read_bytes()).status_code == 429  # its place, while bytes come
-            head, answer = whole_reply(trickle)
-        assert head.startswith(b"HTTP/1.1 408") and b"too slow: under 200 bytes/s" in answer, head + answer
+        with paced_upload(config.port, part, b"\0" * 100_000, 1, me["X-Srtrt-Client"]) as trickle, \
+                paced_upload(config.port, part, b"\0" * 100_000, 1, me["X-Srtrt-Client"]) as behind:
+            receiving(tmp_path, uploads=2)  # `--queue 1` on an idle server: two places
+            assert upload(client, images[0].read_bytes()).status_code == 429  # their places, while bytes come
+            replies = whole_reply(trickle), whole_reply(behind)
+        for head, answer in replies:
+            assert head.startswith(b"HTTP/1.1 408") and b"too slow: under 200 bytes/s" in answer, head + answer
         assert job_folders(tmp_path) == []
         body = form(images[0].read_bytes(), "steady.png", **TINY)
         started = time.monotonic()
@@ -800,6 +804,27 @@ def test_openapi_documents_the_api(tmp_path, models_dir):
     model = paths["/api/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["model"]
     listing = re.search(r"GET (/[\w/{}]+)", model["description"]).group(1)
     assert listing in paths and "models" in paths[listing]["get"]["summary"].lower()  # where the ids are listed
+    created = paths["/api/jobs"]["post"]["responses"]
+    assert {"201", "202", "408", "503"} <= set(created)  # 201: created by JSON; 408/503: an upload cut short
+    assert {"408", "503"} <= set(paths["/api/jobs/{job_id}/input"]["put"]["responses"])
+
+
+def test_the_api_reference_needs_nothing_from_elsewhere(tmp_path, models_dir):
+    """/docs was FastAPI's Swagger UI, loaded from a CDN: blank on a machine without internet."""
+    with serving(tmp_path, models_dir) as client:
+        page = client.get("/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<script" not in page.text and "http://" not in page.text and "https://" not in page.text
+    assert "<code>POST /api/jobs</code>" in page.text and "<code>DELETE /api/jobs/{job_id}</code>" in page.text
+    assert "<code>429</code>" in page.text and 'href="/openapi.json"' in page.text
+
+
+def test_a_malformed_form_is_one_answer_not_a_parser_log_line(tmp_path, models_dir, caplog):
+    """The multipart parser logged "Expected boundary character 45, got 103 at index 2" on the server's stderr."""
+    with serving(tmp_path, models_dir) as client:
+        answer = client.post("/api/jobs", content=b"--garbage\r\n", headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert answer.status_code == 400 and "malformed multipart form" in answer.json()["detail"]
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("python_multipart")] == []
 
 
 def test_head_is_get_without_a_body(tmp_path, models_dir, images):

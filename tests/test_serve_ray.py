@@ -95,3 +95,60 @@ def test_cancel_reaches_the_replica(local_ray, tmp_path):
         started = time.monotonic()
         after = finished(client, upload(client, small.read_bytes(), small.name), 180)
         assert after["state"] == "done" and time.monotonic() - started < 30  # the replica is free again
+
+
+def test_a_video_whose_container_changes_keeps_the_replicas_name(local_ray, tmp_path):
+    """An .avi comes back as Matroska (`srtrt run` writes clip_x4.mkv): the server names and serves the
+    replica's file as it was written, as a local job does (was: Matroska bytes named clip_x4.avi)."""
+    pytest.importorskip("av")
+    from test_video import make_clip
+
+    models = tmp_path / "models"
+    models.mkdir()
+    save_tiny_model(models)
+    clip = tmp_path / "clip.avi"
+    make_clip(clip, frames=4, codec="mjpeg", pix_fmt="yuvj420p", audio=None)
+    answers = {}
+    for flags in ((), ("--ray",)):
+        with served(tmp_path / "-".join(flags or ("local",)), models, *flags) as client:
+            job = finished(client, upload(client, clip.read_bytes(), clip.name), 180)
+            assert job["state"] == "done", job
+            got = client.get(job["result_url"])
+            answers[flags] = got.headers["content-disposition"], got.headers["content-type"], got.content[:4]
+    assert answers[("--ray",)] == answers[()]
+    assert 'filename="clip_x4.mkv"' in answers[()][0] and answers[()][2] == b"\x1aE\xdf\xa3"
+
+
+def test_sigterm_stops_a_ray_server_with_its_status(tmp_path):
+    """ray.init swaps in a SIGTERM handler of its own (sys.exit(15)): `srtrt serve --ray` exited 15
+    without its `stopped by` line. It stops as without --ray: 143, the line, its work folder removed."""
+    import signal
+
+    import httpx
+    from test_serve import free_port
+
+    from run_helpers import srtrt_process
+
+    models = tmp_path / "models"
+    models.mkdir()
+    save_tiny_model(models)
+    (tmp_path / "work").mkdir()
+    port = free_port()
+    server = srtrt_process("serve", "--ray", "--port", port, "--models", models, "--work-dir", tmp_path / "work",
+                           "--no-warm")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/jobs", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        server.send_signal(signal.SIGTERM)
+        err = server.communicate(timeout=60)[1]
+    finally:
+        server.kill()
+    assert server.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "srtrt: stopped by SIGTERM"
+    assert "Traceback" not in err, err
+    assert list((tmp_path / "work").iterdir()) == []

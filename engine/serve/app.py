@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from pydantic import ValidationError
 
 from srtrt import __version__
 from srtrt.engine.batch.options import RunOptions
-from srtrt.engine.serve import models, uploads
+from srtrt.engine.serve import api_docs, models, uploads
 from srtrt.engine.serve.clients import ClientId, client_of
 from srtrt.engine.serve.jobs import AWAITING, TERMINAL, JobQueue, QueueFull
 from srtrt.engine.serve.schema import JobOptions, JobRequest, JobView, Problem, ServerView, job_view
@@ -38,6 +39,8 @@ KEEPALIVE = 15.0        # a comment line this often keeps proxies from closing a
 MEDIA = {".png": "image/png", ".tif": "image/tiff", ".tiff": "image/tiff", ".mp4": "video/mp4", ".m4v": "video/mp4",
          ".mkv": "video/x-matroska", ".mov": "video/quicktime", ".webm": "video/webm", ".avi": "video/x-msvideo"}
 PROBLEMS = {status: {"model": Problem} for status in (400, 401, 403, 404, 409, 413, 415, 422, 429)}
+UPLOAD_PROBLEMS = {408: {"model": Problem, "description": "the upload stalled or trickled"},
+                   503: {"model": Problem, "description": "the server is shutting down: send it again once it is back"}}
 
 
 def _create_body() -> dict:
@@ -53,6 +56,8 @@ def _create_body() -> dict:
 
 def create_app(config: ServeConfig, log=None) -> FastAPI:
     log = log or (lambda message: print(message, file=sys.stderr))
+    # the multipart parser logs each malformed form it meets; the client's 400 already says it, in one line
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
     backends = None
     if config.ray:  # connect before anything is made, so a cluster that cannot be reached is one line
         from srtrt.engine.serve.replicas import RayBackends
@@ -78,6 +83,7 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
             shutil.rmtree(root, ignore_errors=True)
 
     app = FastAPI(title="srtrt serve", version=__version__, lifespan=lifespan, responses=PROBLEMS,
+                  docs_url=None, redoc_url=None,  # /docs is api_docs: served from here, no CDN
                   description="Upscale images and videos with srtrt: create a job (a multipart upload, or JSON naming "
                               "its options and then PUT its input), follow its progress (GET, or server-sent events), "
                               "fetch the result, cancel it. Errors are `{\"detail\": one line}`. Each client sees only "
@@ -107,6 +113,10 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
     def page() -> HTMLResponse:
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(api_docs.render(app.openapi()))
+
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
     # ---------------------------------------------------------------- the server
@@ -124,6 +134,7 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
     # ---------------------------------------------------------------- jobs
 
     @app.post("/api/jobs", status_code=202, response_model=JobView, openapi_extra=_create_body(),
+              responses={201: {"model": JobView, "description": "created by JSON: PUT its input next"}, **UPLOAD_PROBLEMS},
               summary="Create a job: upload a file (multipart), or name its options (JSON) and PUT the input after")
     async def create_job(request: Request):
         if uploads.media_type(request.headers) == b"application/json":  # its place in the queue is taken by the PUT
@@ -146,7 +157,7 @@ def create_app(config: ServeConfig, log=None) -> FastAPI:
                 raise
         return view(job)
 
-    @app.put("/api/jobs/{job_id}/input", status_code=202, response_model=JobView,
+    @app.put("/api/jobs/{job_id}/input", status_code=202, response_model=JobView, responses=UPLOAD_PROBLEMS,
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
              summary="The input of a job created by JSON, as the raw request body")

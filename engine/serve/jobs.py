@@ -87,6 +87,7 @@ class JobQueue:
         self._jobs: dict[str, Job] = {}
         self._pending: deque[Job] = deque()
         self._uploading = 0
+        self._running = 0  # jobs on a worker now: an idle worker is a place too (N wait behind the running job)
         self._durations: deque[float] = deque(maxlen=20)
         self._cond = threading.Condition()
         self._stopping = False
@@ -113,14 +114,15 @@ class JobQueue:
 
     @contextlib.contextmanager
     def admission(self):
-        """A place in the queue, held while an upload streams in; QueueFull (-> 429) when there is none.
+        """A place in the queue, held while an upload streams in; QueueFull (-> 429) when there is none:
+        `queue_size` places behind the running jobs, and one more for each idle worker.
 
         A job created by JSON takes no place while it awaits its input, only while its PUT streams in:
         a client that never sends the bytes would otherwise keep everyone else out. Those jobs have a
         bound of their own (`create`), and a stalled or trickling upload ends at uploads.py's idle
         timeout or minimum rate."""
         with self._cond:
-            if self._uploading + len(self._pending) >= self.config.queue_size:
+            if self._uploading + len(self._pending) >= self.config.queue_size + self.workers - self._running:
                 raise QueueFull(self._retry_after())
             self._uploading += 1
         try:
@@ -248,9 +250,14 @@ class JobQueue:
                 job = self._pending.popleft() if self._pending else None
                 if job is not None:
                     job.state, job.started = RUNNING, time.time()
+                    self._running += 1
                     self._changed()
             if job is not None:
-                self._run(job)
+                try:
+                    self._run(job)
+                finally:
+                    with self._cond:
+                        self._running -= 1
             self._sweep()
 
     def _run(self, job: Job) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue as queues
+import signal
 import tempfile
 import threading
 import time
@@ -53,8 +54,9 @@ class Replica:
 
     def run(self, suffix: str, data: bytes, options: RunOptions, label: str):
         """Upscale one file: yields ("plan", n), ("tile", n), ("frames", total, done), ("frame", n) as it
-        goes, then ("end", status, message, seconds, pixels, result bytes or None). `label` replaces
-        this replica's temporary path in messages, so they read as on the server."""
+        goes, then ("end", status, message, seconds, pixels, result bytes or None, the result's suffix:
+        a video may change container, .avi -> .mkv). `label` replaces this replica's temporary path in
+        messages, so they read as on the server."""
         events: queues.Queue = queues.Queue()
         stop = threading.Event()
         with tempfile.TemporaryDirectory(prefix="srtrt-replica-") as folder:
@@ -71,7 +73,8 @@ class Replica:
                 worker.join()
             result = outcome.destination.read_bytes() if outcome.status == DONE else None
             message = outcome.message.replace(str(source), label).replace(str(outcome.destination or destination), label)
-            yield ("end", outcome.status, message, outcome.seconds, outcome.pixels, result)
+            suffix = outcome.destination.suffix if outcome.destination else ""
+            yield ("end", outcome.status, message, outcome.seconds, outcome.pixels, result, suffix)
 
     def _run(self, source: Path, options: RunOptions, events: queues.Queue, stop: threading.Event) -> None:
         from srtrt.engine.batch.files import output_path
@@ -138,7 +141,11 @@ class RayBackends:
         except ImportError:
             raise SrtrtError(INSTALL) from None
         self.log = log or (lambda message: None)
+        on_term = signal.getsignal(signal.SIGTERM)
         self._started_ray = connect(ray, address)  # no CPU count: `--ray` alone joins RAY_ADDRESS if set
+        if threading.current_thread() is threading.main_thread():
+            # ray.init swaps in a SIGTERM handler of its own, sys.exit(15): the server stops as without --ray
+            signal.signal(signal.SIGTERM, on_term)
         replicas, actor = _replicas(ray, device)
         self.replicas = replicas
         # a GPU replica sees its one GPU as cuda:0 (Ray sets CUDA_VISIBLE_DEVICES); None lets it pick the best
@@ -190,7 +197,8 @@ class RemoteRunner:
                 if stop_check:
                     stop_check()
                 if kind == "end":
-                    status, message, seconds, pixels, result = values
+                    status, message, seconds, pixels, result, suffix = values
+                    destination = destination.with_suffix(suffix or destination.suffix)  # as the replica named it
                     if result is not None:
                         write_bytes(destination, result)  # atomic, as the local runner writes
                     return Outcome(source, destination if status == DONE else None, status, message, seconds, pixels)
