@@ -153,7 +153,7 @@ def _add_build(sub):
     p = sub.add_parser("build", help="build a TensorRT engine for this GPU, or a TensorRT-RTX one (no GPU needed); cached")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help=f"embedded model (default srresnet), checkpoint or {_COMMUNITY_FILE}")
-    src.add_argument("--onnx")
+    src.add_argument("--onnx", help="build from this ONNX file (from srtrt export) instead of a model")
     _add_allow_noncommercial(p)
     p.add_argument("--tensorrt", default="auto", choices=["auto", "trt", "rtx"],
                    help="trt: TensorRT, for this GPU; rtx: TensorRT-RTX, for --cc targets; auto: TensorRT where it "
@@ -161,11 +161,14 @@ def _add_build(sub):
     p.add_argument("--cc", default=None, metavar="M.m,...",
                    help="TensorRT-RTX target compute capabilities, e.g. 8.6,8.9 (default: its portable set; "
                         "current: the visible GPU)")
-    p.add_argument("--precision", default="fp16", choices=["fp16", "fp32"])
-    p.add_argument("--tile", type=int, default=None)
-    p.add_argument("--margin", type=int, default=None)
-    p.add_argument("--max-batch", type=int, default=4)
-    p.add_argument("--opt-level", type=int, default=3)
+    p.add_argument("--precision", default=None, choices=["fp16", "fp32"],
+                   help="the engine's precision (default fp16; with --onnx, the graph's own)")
+    p.add_argument("--tile", type=int, default=None, help="LR tile core side the engine's profile is built for "
+                                                          "(default 512)")
+    p.add_argument("--margin", type=int, default=None,
+                   help="tile margin in LR pixels (default: the model's receptive-field radius)")
+    p.add_argument("--max-batch", type=int, default=4, help="most tiles per inference in the profile")
+    p.add_argument("--opt-level", type=int, default=3, help="builder optimisation level, 0-5")
     p.add_argument("--no-plugin", action="store_true",
                    help="keep DepthToSpace+PRelu instead of the Triton plugin (community models never use it)")
     p.add_argument("-o", "--output", help="write the plan here as well as into the cache")

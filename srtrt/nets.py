@@ -159,6 +159,7 @@ class CommunityView(nn.Module):
         self.source = source  # the model file, for work done in another process (ONNX export)
         self.allow_noncommercial = allow_noncommercial  # how the file was allowed to load (spandrel_extra_arches)
         self.int8_calibration = None
+        self.eval()  # an inference view, as srtrt's own: `.training` says so too, not only the generator's
 
     def forward(self, x):
         return self.generator(x).clamp(0.0, 1.0)

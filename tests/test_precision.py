@@ -178,16 +178,31 @@ def test_auto_without_openvino_falls_back_to_torch_and_says_why():
 
 
 def test_auto_needs_a_measurement_of_openvino_itself():
+    """A reduced precision on OpenVINO is judged by OpenVINO's own measurement, not torch's."""
     paths = {k: v for k, v in MEASURED.items() if k.startswith("torch")}
-    name, precision, why = cpu_choice(SHA, guard=guard(paths), fast_bf16_cpu=False)
-    assert (name, precision) == ("torch", "fp32")
-    assert "openvino fp32 not used (openvino-cpu-fp32 has no quality-guard measurement for this model)" in why
+    name, precision, why = cpu_choice(SHA, guard=guard(paths), fast_bf16_cpu=True)
+    assert (name, precision) == ("torch", "bf16")
+    assert "openvino bf16 not used (openvino-cpu-bf16 has no quality-guard measurement for this model)" in why
+    assert "openvino int8 not used (openvino-cpu-int8 has no quality-guard measurement for this model)" in why
 
 
-def test_auto_for_an_unmeasured_model_is_torch_fp32_with_the_reason():
-    name, precision, why = cpu_choice(SHA, guard=guard(MEASURED, sha=OTHER_SHA), fast_bf16_cpu=True)
-    assert (name, precision, why) == ("torch", "fp32", f"fp32 ({UNMEASURED})")
+def test_fp32_on_openvino_needs_no_guard_measurement():
+    """OpenVINO told f32 computes what the reference computes: it competes as `--precision fp32` has it do."""
+    paths = {k: v for k, v in MEASURED.items() if k.startswith("torch")}
+    name, precision, _ = cpu_choice(SHA, guard=guard(paths), fast_bf16_cpu=False, timer=timer_of(AMX_LIKE, asked := []))
+    assert (name, precision) == ("openvino", "fp32") and asked == [[("openvino", "fp32"), ("torch", "fp32")]]
+
+
+def test_auto_for_an_unmeasured_model_times_the_fp32_paths_with_the_reason():
+    """A checkpoint the guard has not measured runs fp32, on the faster backend (it went straight to torch,
+    2x slower than OpenVINO's fp32 here); the reason line says why nothing else was tried."""
+    name, precision, why = cpu_choice(SHA, guard=guard(MEASURED, sha=OTHER_SHA), fast_bf16_cpu=True,
+                                      timer=timer_of(AMX_LIKE, asked := []))
+    assert (name, precision) == ("openvino", "fp32") and asked == [[("openvino", "fp32"), ("torch", "fp32")]]
+    assert why == f"fastest here, timed 2; fp32, as the reference computes; {UNMEASURED}"
     assert UNMEASURED == "no quality-guard measurement for this model; bench/quality_guard.py --model PATH measures one"
+    assert cpu_choice(SHA, openvino=NO_OPENVINO, guard=guard(MEASURED, sha=OTHER_SHA), fast_bf16_cpu=True)[:2] == \
+        ("torch", "fp32")
 
 
 def test_auto_with_a_precision_asked_takes_the_fastest_backend_for_it():

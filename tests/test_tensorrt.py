@@ -460,6 +460,8 @@ def test_onnx_for_the_builder_has_the_intended_dtypes_and_nodes(tmp_path, tiny_c
     other = "fp32" if precision == "fp16" else "fp16"
     with pytest.raises(SrtrtError, match=f"the graph is {precision} but --precision {other} was asked"):
         prepare_onnx(tmp_path, onnx_path=str(path), precision=other)
+    (tmp_path / "unasked").mkdir()  # `srtrt build --onnx F` without --precision: the graph's own, as TENSORRT.md says
+    assert prepare_onnx(tmp_path / "unasked", onnx_path=str(path), precision=None)[1]["precision"] == precision
     if plugin != "none":  # --no-plugin on a fused file (or a flavour without the plugin): built unfused
         (tmp_path / "plain").mkdir()
         plain, facts3 = prepare_onnx(tmp_path / "plain", onnx_path=str(path), precision=precision, plugin="none")

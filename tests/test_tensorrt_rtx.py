@@ -395,9 +395,9 @@ def test_external_data_inside_the_folder_builds(cache, tmp_path, small_onnx):
     from srtrt.engine.toolchain.trt_build import build
 
     path = _onnx_with_external_weights(small_onnx, tmp_path / "model")
-    plan, key = build(onnx_path=str(path), precision="fp32", tensorrt="rtx", tile=16, max_batch=1, progress=False,
-                      out=io.StringIO())
-    assert plan.is_file() and key.flavour == "rtx" and key.plugin == "none"
+    # no precision asked: an --onnx graph's is its dtypes' (it was fp16 by default, refused against this fp32 graph)
+    plan, key = build(onnx_path=str(path), tensorrt="rtx", tile=16, max_batch=1, progress=False, out=io.StringIO())
+    assert plan.is_file() and key.flavour == "rtx" and key.plugin == "none" and key.precision == "fp32"
 
 
 def test_tensorrt_refuses_rtx_targets(monkeypatch, capsys):

@@ -70,6 +70,9 @@ def test_facts_come_from_the_network(model_files):
     assert (grey.scale, grey.facts.channels) == (2, 1)
     x2 = srtrt.load_model(model_files["rrdb_x2"])
     assert (x2.scale, x2.facts.multiple_of) == (2, 4)
+    # an inference view in eval mode, as the README says and srtrt's own models are (the wrapper said training)
+    assert not any(module.training for view in (compact, span, grey, x2) for module in view.modules())
+    assert not compact.with_generator(compact.generator).training
 
 
 @pytest.mark.parametrize("name", ["compact", "span"])

@@ -19,6 +19,7 @@ from srtrt import registry
 from srtrt.cache import cache_dir, spilled
 from srtrt.engine.backends.base import Backend, OnnxGraphs, TileDefaults
 from srtrt.engine.backends.precision import (
+    UNMEASURED,
     auto_precision,
     cpu_bf16_reason,
     measured_paths,
@@ -249,7 +250,8 @@ def _make(name: str, view, dev: torch.device, precision: str) -> Backend:
 # 2K-output image), but an AMX Xeon put int8 behind bf16: `auto` times the paths (measured.py).
 # int8 is timed on every CPU, VNNI or not: on an AVX2-only Zen 3 EPYC it ran 2.6x faster than
 # openvino fp32 (and changed Set5 by -0.039 dB, against -0.044 dB with VNNI).
-# torch fp32 is the reference and needs no guard measurement; every other path needs one for this model.
+# fp32 needs no guard measurement (torch's is the reference, OpenVINO's is told f32); every other path
+# needs one for this model.
 CPU_ORDER = [("openvino", "int8"), ("openvino", "bf16"), ("torch", "bf16"), ("openvino", "fp32"), ("torch", "fp32")]
 CPU_REFERENCE = ("torch", "fp32")
 
@@ -288,17 +290,16 @@ def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True
         paths = [(name, asked) for name in ("openvino", "torch") if (name != "openvino" or has_openvino and asked in HINTS)
                  and (name != "torch" or asked != "int8")]
         return _timed(paths, {p: "as asked" for p in paths}, notes, timer)
-    if judge is None:
-        if not measured_paths(sha, guard):
-            precision, why = auto_precision("torch", torch.device("cpu"), sha, guard, fast_bf16_cpu)  # fp32, says why
-            return only or "torch", precision, "; ".join([why, *notes])
-
+    own_model, unmeasured = judge is None, judge is None and not measured_paths(sha, guard)
+    if unmeasured:  # fp32 only, on whichever backend runs it fastest: it needs no guard
+        notes.append(UNMEASURED)
+    elif judge is None:
         def judge(name, precision):
             return passes_guard(name, "cpu", precision, sha, guard, exact=True, calibration=calibration)
-    if no_bf16 := _cpu_unfit("bf16", calibrated, fast_bf16_cpu):
+    if (no_bf16 := _cpu_unfit("bf16", calibrated, fast_bf16_cpu)) and not unmeasured:
         notes.append(f"bf16 not used ({no_bf16})")
     no_int8 = _cpu_unfit("int8", calibrated, fast_bf16_cpu)
-    if no_int8 and has_openvino:
+    if no_int8 and has_openvino and not unmeasured:
         notes.append(f"int8 not used ({no_int8})")
     allowed: dict[tuple[str, str], str] = {}
     for name, precision in CPU_ORDER:
@@ -307,6 +308,11 @@ def cpu_choice(sha: str, asked: str = "auto", openvino: tuple[bool, str] = (True
             continue
         if (name, precision) == CPU_REFERENCE:
             allowed[name, precision] = "fp32, the reference"
+            continue
+        if own_model and precision == "fp32":  # OpenVINO told f32 (HINTS): the reference's arithmetic, in another order
+            allowed[name, precision] = "fp32, as the reference computes"
+            continue
+        if unmeasured:
             continue
         ok, why = judge(name, precision)
         if ok:

@@ -265,7 +265,7 @@ def view_facts(view, model: str | None, precision: str, plugin: str) -> dict:
 
 
 def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | None = None,
-                 precision: str = "fp16", plugin: str = "aot", view=None,
+                 precision: str | None = "fp16", plugin: str = "aot", view=None,
                  allow_noncommercial: bool = False, shape: tuple[int, int, int, int] | None = None
                  ) -> tuple[Path, dict]:
     """The ONNX the builder gets, written under `workdir`, and facts about it.
@@ -273,7 +273,8 @@ def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | No
     From a checkpoint (`model`, None = the embedded one; or an already loaded `view`): exported
     at `precision`, fused unless `plugin == "none"`, with every plugin node set to `plugin`.
     From `onnx_path`: loaded through onnx_io.load_onnx (external data outside the file's folder
-    is refused before anything reads it) and taken as it is, except that plugin nodes without
+    is refused before anything reads it) and taken as it is (its precision is its dtypes'; a
+    `precision` given must match them), except that plugin nodes without
     an `aot` choice get `plugin`, and `plugin == "none"` turns fused nodes back into
     DepthToSpace + PRelu. A community model file (`allow_noncommercial`: as srtrt.load_model takes
     it) is exported as it is (export.export_community_view); it has nothing to fuse, so `plugin`
@@ -296,7 +297,7 @@ def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | No
         meta = metadata(m, src)
         sha = meta.get("model_sha256") or engine_cache.file_sha256(src)
         got = onnx_precision(m)
-        if got != precision:
+        if precision is not None and got != precision:
             raise SrtrtError(f"the graph is {got} but --precision {precision} was asked: pass --precision {got}, "
                              f"or export with `srtrt export --precision {precision}`", src)
         mode = plugin_mode(m)
@@ -528,7 +529,7 @@ def _where(flavour: Flavour, trt, cc) -> tuple[dict, list]:
     return {"gpu_name": gpu_name, "compute_capabilities": (here,)}, targets
 
 
-def build(*, model: str | None = None, onnx_path: str | None = None, precision: str = "fp16",
+def build(*, model: str | None = None, onnx_path: str | None = None, precision: str | None = None,
           tile: int | None = None, margin: int | None = None, max_batch: int = DEFAULT_BATCH, opt_level: int = 3,
           plugin: str = "aot", output: str | None = None, progress: bool = True, out=None,
           tensorrt: str = "auto", cc: str | None = None, allow_noncommercial: bool = False,
@@ -547,6 +548,8 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
     import srtrt
 
     out = out or sys.stderr
+    if onnx_path is None:
+        precision = precision or "fp16"  # an --onnx graph's precision is its dtypes' (prepare_onnx)
     flavour, trt = resolve_flavour(tensorrt)
     version = str(trt.__version__)
     if plugin not in engine_cache.PLUGIN_MODES:
