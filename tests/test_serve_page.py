@@ -77,8 +77,8 @@ def as_the_page(driver, url: str):
     return httpx.Client(base_url=url, headers={"X-Srtrt-Client": driver.get_cookie("srtrt_client")["value"]})
 
 
-def drop_files(driver, url: str, *paths: Path) -> None:
-    """Open the page, pick the tiny model on torch, and drop `paths` on its drop zone as a user would."""
+def open_page(driver, url: str) -> None:
+    """Open the page and pick the tiny model on torch."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -86,6 +86,13 @@ def drop_files(driver, url: str, *paths: Path) -> None:
     wait_for(lambda: len(Select(driver.find_element(By.ID, "model")).options) > 1, 30, "the model list")
     Select(driver.find_element(By.ID, "model")).select_by_value("tiny.safetensors")
     Select(driver.find_element(By.ID, "backend")).select_by_value("torch")
+
+
+def drop_files(driver, url: str, *paths: Path) -> None:
+    """Open the page, pick the tiny model on torch, and drop `paths` on its drop zone as a user would."""
+    from selenium.webdriver.common.by import By
+
+    open_page(driver, url)
     picker = driver.execute_script("const i = document.createElement('input'); i.type = 'file'; i.multiple = true;"
                                    "i.style.display = 'none'; document.body.append(i); return i;")
     picker.send_keys("\n".join(map(str, paths)))
@@ -250,3 +257,136 @@ def test_the_page_loads_with_a_clean_console(tmp_path):
             logs += driver.get_log("browser")
             time.sleep(0.1)
     assert [entry for entry in logs if entry["level"] == "SEVERE"] == []
+
+
+# ---------------------------------------------------------------- while a job runs
+
+STEP = 0.1  # seconds each progress step of a job waits (slow_jobs): a tiny model's video would be over at once
+
+
+@pytest.fixture
+def slow_jobs(monkeypatch):
+    """Jobs that run for seconds, sending a progress event every step, for the page to be looked at meanwhile."""
+    from srtrt.engine.serve.jobs import JobQueue
+
+    progress = JobQueue._progress
+
+    def slowed(self, *args):
+        time.sleep(STEP)
+        progress(self, *args)
+
+    monkeypatch.setattr(JobQueue, "_progress", slowed)
+
+
+def video_server(tmp_path: Path, name: str = "clip.mp4", frames: int = 60) -> tuple[ServeConfig, Path]:
+    """A server with the tiny model, and a clip of `frames` frames for it."""
+    pytest.importorskip("av")
+    from test_video import make_clip
+
+    models = tmp_path / "models"
+    models.mkdir()
+    save_tiny_model(models)
+    clip = tmp_path / "in" / name
+    clip.parent.mkdir()
+    make_clip(clip, frames=frames, size=(32, 24), audio=None)
+    (tmp_path / "work").mkdir()
+    return ServeConfig(port=free_port(), models_dir=models, work_dir=tmp_path / "work"), clip
+
+
+def row_in_state(driver, pattern: str):
+    """The queue's first row whose state matches `pattern` (a regular expression, whole), else None; looked
+    for in one script, as a file's row waiting to be sent gives way to its job's row."""
+    return driver.execute_script("const re = new RegExp(`^(?:${arguments[0]})$`);"
+                                 "return [...document.querySelectorAll('#jobs li')]"
+                                 ".find((li) => re.test(li.querySelector('.state').textContent)) || null;", pattern)
+
+
+def test_a_click_held_while_progress_events_come_registers(tmp_path, slow_jobs):
+    """Rows are updated in place: a button pressed as a running job's events come is still the same element
+    when the mouse is released, so a real click (held 120 ms) cancels on the first press. (Rows rebuilt on
+    every event lost about half of all clicks while a job ran.)"""
+    from selenium.webdriver import ActionChains
+    from selenium.webdriver.common.by import By
+
+    config, clip = video_server(tmp_path)
+    with live_server(config) as (url, _), chromium(tmp_path / "downloads") as driver:
+        drop_files(driver, url, clip)
+        row = wait_for(lambda: row_in_state(driver, r"[1-9]\d*/60 frames"), 60, "the video running")
+        state, button = row.find_element(By.CLASS_NAME, "state"), row.find_element(By.TAG_NAME, "button")
+        seen, deadline = set(), time.monotonic() + 20
+        while len(seen) < 4 and time.monotonic() < deadline:  # a stale element raises here
+            seen.add(state.text)
+            time.sleep(0.05)
+        assert len(seen) >= 4 and button.text == "cancel", seen
+
+        ActionChains(driver).click_and_hold(button).pause(0.12).release().perform()
+        api = as_the_page(driver, url)
+        wait_for(lambda: api.get("/api/jobs").json()[0]["state"] == "cancelled", 10, "the job cancelled by one press")
+
+
+def test_a_video_without_a_frame_count_shows_the_frames_done(tmp_path, slow_jobs):
+    """A Matroska file gives no frame count (the API's total is 0): the page counts the frames done,
+    as `srtrt run` does, under a bar with no value (indeterminate), not "starting" over a full bar."""
+    from selenium.webdriver.common.by import By
+
+    config, clip = video_server(tmp_path, "clip.mkv", frames=30)
+    with live_server(config) as (url, _), chromium(tmp_path / "downloads") as driver:
+        drop_files(driver, url, clip)
+        row = wait_for(lambda: row_in_state(driver, r"([2-9]|\d\d+) frames"), 60, "the frames counted")
+        (job,) = as_the_page(driver, url).get("/api/jobs").json()
+        assert job["progress"]["total"] == 0
+        bar = row.find_element(By.TAG_NAME, "progress")
+        assert bar.is_displayed() and bar.get_dom_attribute("value") is None
+
+
+def test_the_page_says_when_the_server_is_gone_and_which_jobs_went_with_it(tmp_path, slow_jobs):
+    """The server stopping mid-job is said at once, the job's state unknown rather than still running;
+    once a restarted server answers again, the page says which of its jobs that server no longer has."""
+    from selenium.webdriver.common.by import By
+
+    config, clip = video_server(tmp_path)
+    with chromium(tmp_path / "downloads") as driver:
+        with live_server(config) as (url, stop):
+            drop_files(driver, url, clip)
+            wait_for(lambda: row_in_state(driver, r"[1-9]\d*/60 frames"), 60, "the video running")
+            stop()  # as SIGTERM or Ctrl-C does
+            wait_for(lambda: row_in_state(driver, "unknown"), 5, "the job's state unknown")
+            assert row_in_state(driver, ".*frames") is None
+            notice = driver.find_element(By.ID, "notice")
+            assert "connection to the server lost" in notice.text.lower()
+        with live_server(config):  # the same address: the page's event stream finds it by itself
+            wait_for(lambda: "no longer has 1 job" in notice.text, 20, "the lost job said")
+            assert "clip.mp4" in notice.text and driver.find_element(By.ID, "jobs").text == ""
+
+
+DROP_NAMED = """
+const [data, names, zone] = arguments;
+const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+const transfer = new DataTransfer();
+for (const name of names) transfer.items.add(new File([bytes], name, {type: "image/png"}));
+zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+"""
+
+
+def test_a_name_the_browser_escapes_is_shown_as_the_user_named_it(tmp_path):
+    """Chromium sends `"`, CR and LF in a file name as %22, %0D and %0A; the server undoes those three
+    (and only those: a real "%25" stays), then drops the quote and control characters as from any name."""
+    import base64
+
+    from selenium.webdriver.common.by import By
+
+    models = tmp_path / "models"
+    models.mkdir()
+    save_tiny_model(models)
+    (image,) = write_images(tmp_path / "in", 1, height=24, width=32)
+    (tmp_path / "work").mkdir()
+    config = ServeConfig(port=free_port(), models_dir=models, work_dir=tmp_path / "work")
+    with live_server(config) as (url, _), chromium(tmp_path / "downloads") as driver:
+        open_page(driver, url)
+        driver.execute_script(DROP_NAMED, base64.b64encode(image.read_bytes()).decode(),
+                              ['quo"te.png', "new\nline.png", "100%25.png"], driver.find_element(By.ID, "drop"))
+        api = as_the_page(driver, url)
+        wait_for(lambda: len(api.get("/api/jobs").json()) == 3, 30, "the three jobs")
+        assert sorted(job["name"] for job in api.get("/api/jobs").json()) == ["100%25.png", "newline.png", "quote.png"]
+        queue = driver.find_element(By.ID, "jobs")
+        wait_for(lambda: "quote.png" in queue.text and "newline.png" in queue.text, 10, "the names on the page")

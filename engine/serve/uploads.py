@@ -9,6 +9,7 @@ or trickles, 503 a body still coming when the server shuts down.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -57,6 +58,16 @@ def display_name(name: str | None) -> str:
         suffix = PurePosixPath(clean).suffix[:10]
         clean = clean[:NAME_LIMIT - len(suffix)] + suffix
     return clean or "upload"
+
+
+# A browser escapes these three in a multipart file name (WHATWG's multipart/form-data encoding) and
+# nothing else, not even "%": a file really named "100%25.png" arrives as it is, so only these are undone.
+FORM_ESCAPES = {"%22": '"', "%0D": "\r", "%0A": "\n"}
+
+
+def form_filename(raw: bytes) -> str:
+    """A multipart part's filename parameter as the browser's user named it (display_name then cleans it)."""
+    return re.sub("%22|%0D|%0A", lambda m: FORM_ESCAPES[m.group()], raw.decode("utf-8", "replace"))
 
 
 def accepted_suffix(name: str) -> str:
@@ -217,7 +228,7 @@ class _FormReader:
             return
         if self.upload.path is not None:
             raise Refused(400, "one file per job: send each file in a request of its own")
-        self.upload.name = display_name(params[b"filename"].decode("utf-8", "replace"))
+        self.upload.name = display_name(form_filename(params[b"filename"]))
         self.upload.path = input_path(self.folder, self.upload.name)
         self._file = open(self.upload.path, "xb")
 

@@ -11,6 +11,8 @@ let server = null;
 let selected = null;       // job id shown in the viewer
 let sending = false;
 let outboxKey = 0;
+let lost = false;          // the event stream is down: what the server's jobs are now is not known
+const rows = new Map();    // row key (a job id, or an outbox entry's key) -> its <li>, kept across renders
 
 // ------------------------------------------------------------------ models and limits
 
@@ -138,9 +140,20 @@ async function filesOf(dataTransfer) {
 
 function follow() {
   const events = new EventSource("/api/events");
+  events.onerror = () => {
+    if (!lost) {
+      lost = true;
+      notice("Connection to the server lost; jobs in progress may be gone. Trying again…");
+      render();
+    }
+    // the browser retries by itself while the server cannot be reached, but gives up on one that answers an error
+    if (events.readyState === EventSource.CLOSED) setTimeout(follow, 3000);
+  };
   events.addEventListener("jobs", (e) => {
+    const old = jobs;
     const before = new Map(jobs.map((j) => [j.id, j.state]));
     jobs = JSON.parse(e.data);
+    if (lost) reconnected(old);
     for (const job of jobs) {  // show a result of this page's as soon as it is done, unless another is open
       if (job.state === "done" && before.get(job.id) !== "done" && inputs.has(job.id)) {
         if (!selected || !jobs.some((j) => j.id === selected && j.state === "done")) select(job.id);
@@ -152,75 +165,110 @@ function follow() {
   });
 }
 
+// Back after a lost connection: a server that was restarted has none of the jobs it had.
+function reconnected(old) {
+  lost = false;
+  const gone = old.filter((o) => !jobs.some((j) => j.id === o.id)).map((o) => o.name);
+  const which = `${gone.slice(0, 5).join(", ")}${gone.length > 5 ? ", …" : ""}`;
+  notice(gone.length ? `Reconnected, but the server no longer has ${gone.length === 1 ? "1 job" : `${gone.length} jobs`} `
+                       + `of this page (was it restarted?): ${which}` : "");
+  loadServer();
+}
+
+function notice(text) {
+  $("notice").textContent = text;
+  $("notice").hidden = !text;
+}
+
+// Rows are made once per job (or file waiting to be sent) and then updated in place: a row rebuilt on each
+// event would be replaced between a mouse press and its release, and the click lost.
 function render() {
   const list = $("jobs");
-  const rows = jobs.map(jobRow).concat(outbox.map(outboxRow));
-  list.replaceChildren(...rows);
-  $("empty").hidden = rows.length > 0;
+  const wanted = jobs.map((j) => [j.id, jobView(j)]).concat(outbox.map((e) => [e.key, outboxView(e)]));
+  const keys = new Set(wanted.map(([key]) => key));
+  for (const [key, row] of rows) {
+    if (!keys.has(key)) { row.remove(); rows.delete(key); }
+  }
+  wanted.forEach(([key, view], i) => {
+    if (!rows.has(key)) rows.set(key, newRow());
+    const row = rows.get(key);
+    update(row, view);
+    if (list.children[i] !== row) list.insertBefore(row, list.children[i] ?? null);
+  });
+  $("empty").hidden = wanted.length > 0;
   const waiting = jobs.filter((j) => j.state === "queued").length + outbox.filter((e) => e.state !== "failed").length;
   const running = jobs.filter((j) => j.state === "running").length;
-  $("count").textContent = rows.length ? `${running} running, ${waiting} waiting` : "";
+  $("count").textContent = lost ? "connection lost" : wanted.length ? `${running} running, ${waiting} waiting` : "";
 }
 
-function jobRow(job) {
+function jobView(job) {
   const { unit, done, total } = job.progress;
-  let state = job.state;
-  if (job.state === "queued" && job.position) state = `queued #${job.position}`;
-  if (job.state === "running") state = total ? `${done}/${total} ${unit}s` : "starting";
-  if (job.cancel_requested && job.state === "running") state = "cancelling";
-  const row = item(job.name, state, job.state, job.state === "failed" ? job.message : "",
-                   job.state === "running" ? [done, total] : null);
-  row.dataset.id = job.id;
-  if (job.id === selected) row.classList.add("selected");
   const active = ["awaiting_input", "queued", "running"].includes(job.state);
-  row.querySelector(".row").append(button(active ? "cancel" : "remove", () => fetch(`/api/jobs/${job.id}`, { method: "DELETE" })));
-  if (job.state === "done") row.addEventListener("click", () => select(job.id));
-  return row;
-}
-
-function outboxRow(entry) {
-  const state = entry.state === "uploading" ? `uploading ${Math.round(entry.sent * 100)} %` : entry.state;
-  const row = item(entry.file.name, state, entry.state === "failed" ? "failed" : "queued", entry.message,
-                   entry.state === "uploading" ? [entry.sent, 1] : null);
-  if (entry.state !== "uploading") {
-    row.querySelector(".row").append(button("remove", () => { outbox.splice(outbox.indexOf(entry), 1); render(); }));
+  const view = { id: job.id, name: job.name, state: job.state, kind: job.state, selected: job.id === selected,
+                 message: job.state === "failed" ? job.message : "", progress: null,
+                 action: { label: active ? "cancel" : "remove", run: () => fetch(`/api/jobs/${job.id}`, { method: "DELETE" }) },
+                 pick: job.state === "done" ? () => select(job.id) : null };
+  if (job.state === "queued" && job.position) view.state = `queued #${job.position}`;
+  if (job.state === "running") {
+    // a video whose container gives no frame count (Matroska, WebM) counts its frames, as `srtrt run` does
+    view.state = total ? `${done}/${total} ${unit}s` : done ? `${done} ${unit}${done === 1 ? "" : "s"}` : "starting";
+    view.progress = [done, total];
   }
-  return row;
+  if (job.cancel_requested && job.state === "running") view.state = "cancelling";
+  if (lost && active) Object.assign(view, { state: "unknown", kind: "lost", progress: null, action: null });
+  return view;
 }
 
-function item(name, state, kind, message, progress) {
+function outboxView(entry) {
+  const uploading = entry.state === "uploading";
+  return { name: entry.file.name, state: uploading ? `uploading ${Math.round(entry.sent * 100)} %` : entry.state,
+           kind: entry.state === "failed" ? "failed" : "queued", message: entry.message, selected: false,
+           progress: uploading ? [entry.sent, 1] : null, pick: null,
+           action: uploading ? null : { label: "remove", run: () => { outbox.splice(outbox.indexOf(entry), 1); render(); } } };
+}
+
+// A row's elements, found again by update(); what its button and a click on it do is read from its current view.
+function newRow() {
   const row = document.createElement("li");
-  row.className = `job ${kind}`;
   const line = document.createElement("div");
   line.className = "row";
-  line.append(span("name", name), span("state", state));
-  row.append(line);
-  if (progress) {
-    const bar = document.createElement("progress");
-    [bar.value, bar.max] = [progress[0], progress[1] || 1];
-    row.append(bar);
-  }
-  if (message) {
-    const text = document.createElement("p");
-    text.className = `message${kind === "failed" ? " bad" : ""}`;
-    text.textContent = message;
-    row.append(text);
-  }
+  const act = document.createElement("button");
+  act.addEventListener("click", (e) => { e.stopPropagation(); if (row.view.action) row.view.action.run(); });
+  line.append(span("name"), span("state"), act);
+  row.append(line, document.createElement("progress"), document.createElement("p"));
+  row.addEventListener("click", () => { if (row.view.pick) row.view.pick(); });
   return row;
 }
 
-function span(cls, text) {
-  const s = document.createElement("span");
-  s.className = cls;
-  s.textContent = text;
-  return s;
+function update(row, view) {
+  row.view = view;
+  row.className = `job ${view.kind}${view.selected ? " selected" : ""}`;
+  if (view.id) row.dataset.id = view.id;
+  const [line, bar, text] = row.children;
+  const [name, state, act] = line.children;
+  setText(name, view.name);
+  setText(state, view.state);
+  act.hidden = !view.action;
+  if (view.action) setText(act, view.action.label);
+  bar.hidden = !view.progress;
+  if (view.progress) {
+    const [done, total] = view.progress;
+    bar.max = total || 1;
+    if (total) bar.value = done; else bar.removeAttribute("value");  // no value: an indeterminate bar
+  }
+  text.className = `message${view.kind === "failed" ? " bad" : ""}`;
+  text.hidden = !view.message;
+  setText(text, view.message);
 }
 
-function button(label, action) {
-  const b = document.createElement("button");
-  b.textContent = label;
-  b.addEventListener("click", (e) => { e.stopPropagation(); action(); });
-  return b;
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+
+function span(cls) {
+  const s = document.createElement("span");
+  s.className = cls;
+  return s;
 }
 
 // ------------------------------------------------------------------ the viewer
