@@ -97,6 +97,8 @@ def test_size_limit_and_wrong_calls(tmp_path, model):
         srtrt.upscale(source, model=model, tile_size=64)  # not an option of srtrt run
     with pytest.raises(TypeError, match="path"):
         srtrt.upscale(Image.new("RGB", (8, 8)), tmp_path / "o.png", model=model)
+    with pytest.raises(TypeError, match="path"):  # said before any model is opened (none is, here)
+        srtrt.upscale(Image.new("RGB", (8, 8)), tmp_path / "o.png", model=str(tmp_path / "absent.pth"))
     with pytest.raises(TypeError, match="takes a PIL image or a file path, not numpy.ndarray"):
         srtrt.upscale(np.zeros((8, 8, 3), np.uint8), model=model)
     for bad in ({"batch": 0}, {"tile": "8"}, {"margin": 1.5}):

@@ -242,10 +242,11 @@ def test_an_output_the_host_cannot_hold_is_one_line_before_any_work(tmp_path):
 # --------------------------------------------------------------------------- files
 
 def test_output_path_equal_to_the_input_is_refused(tmp_path, capsys, model):
+    """A bad -o: exit 2 and one line before the backend opens (was exit 1 after opening it, as if the image failed)."""
     (source,) = write_images(tmp_path, 1)
     before = source.read_bytes()
     code, err = run(capsys, source, "-o", source, "--model", model, "--overwrite")
-    assert code == 1 and one_line_errors(err)[-1] == f"srtrt: {source}: output path is the input itself"
+    assert code == 2 and err.splitlines() == [f"srtrt: {source}: output path is the input itself"]
     assert source.read_bytes() == before and partials(tmp_path) == []
 
 

@@ -52,13 +52,16 @@ def upscale(image, output=None, **options):
     input's ICC profile and EXIF (orientation reset) in `.info`, as Pillow's own opened images do:
     `save` writes the profile back; the EXIF where asked (`save(..., exif=result.info["exif"])`).
 
-    A video path needs `output` (a video file). Raises SrtrtError (one line) for bad input, an
+    A video path needs `output` (a video file); a PIL image cannot take one (TypeError: save the
+    returned image). Raises SrtrtError (one line) for bad input, an
     existing `output` without overwrite=True, or an image that does not fit the device even at
     the smallest tile.
     """
     if not isinstance(image, (Image.Image, str, os.PathLike)):
         raise TypeError(f"upscale takes a PIL image or a file path, not {type(image).__module__}.{type(image).__name__}"
                         " (PIL.Image.fromarray makes a PIL image of an HxWxC uint8 array)")
+    if output is not None and isinstance(image, Image.Image):  # before any model is opened
+        raise TypeError("writing to `output` takes a path; for a PIL image call upscale(image) and save the result")
     if output is None and not isinstance(image, Image.Image) and is_video(image):
         raise SrtrtError("a video needs an output path: srtrt.upscale(video, output)", image)
     opts = RunOptions(**options)
@@ -69,8 +72,6 @@ def upscale(image, output=None, **options):
 def _upscale(image, output, opts: RunOptions):
     runner = FileRunner(_backend(opts), opts)
     if output is not None:
-        if isinstance(image, Image.Image):
-            raise TypeError("writing to `output` takes a path; for a PIL image call upscale(image) and save the result")
         source = Path(image)
         # named as `srtrt run -o` names it (a folder gets <stem>_x4.<ext>, created if missing; a video needs
         # a video container)
@@ -81,7 +82,7 @@ def _upscale(image, output, opts: RunOptions):
             raise SrtrtError("exists (overwrite=True replaces it)", outcome.destination)
         if outcome.status != DONE:
             raise SrtrtError(outcome.message)
-        return outcome.destination  # a video's .mkv twin when its container cannot hold its streams
+        return Path(outcome.destination)  # a video's .mkv twin when its container cannot hold its streams
     decoded = from_pil(image) if isinstance(image, Image.Image) else runner.decode(image)
     colour, alpha = runner.upscale_arrays(decoded, label=str(image) if not isinstance(image, Image.Image) else "image")
     result = to_pil(colour, alpha, decoded.bit_depth)

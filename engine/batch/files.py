@@ -269,6 +269,8 @@ def check_output_file(output: str | None, many: bool, inputs: list[Path]) -> Non
     if output is None or many or Path(output).is_dir() or output.endswith(("/", "\\")):
         return
     output_path(inputs[0], output, many, scale=1)  # its format (one line for an unknown one); no scale in -o itself
+    if real_path(Path(output)) == real_path(inputs[0]):
+        raise SrtrtError("output path is the input itself", output)
     check_output_folder(output)
 
 
