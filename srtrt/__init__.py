@@ -23,7 +23,7 @@ def load_model(model=None, allow_noncommercial: bool = False):
     `allow_noncommercial` lets spandrel_extra_arches' architectures be detected. The module
     carries `.facts` (registry.ModelFacts: scale, channels, size requirements, tile margin),
     `.scale`, `.radius` (the default tile margin in LR pixels), `.checkpoint_sha256` and
-    `.int8_calibration` (the sidecar's activation ranges, or None).
+    `.int8_calibration` (the sidecar's activation ranges, or None, also for ranges not in their shape).
     """
     from . import checkpoint, registry, zoo
 
@@ -32,7 +32,12 @@ def load_model(model=None, allow_noncommercial: bool = False):
     ckpt = checkpoint.load(model)
     view = registry.inference_view(ckpt.build())
     view.checkpoint_sha256 = ckpt.sha256
-    view.int8_calibration = ckpt.meta.get("int8_calibration")
+    calibration = ckpt.meta.get("int8_calibration")
+    if calibration is not None:
+        from srtrt.engine.toolchain.quantize import usable_calibration
+
+        calibration = calibration if usable_calibration(calibration) else None  # damaged: as if never calibrated
+    view.int8_calibration = calibration
     return view
 
 

@@ -315,7 +315,7 @@ def _read(path) -> dict:
     """The results stored in `path`, or {} when it is absent, unreadable, corrupt or foreign."""
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a damaged entry is measured again
         return {}
     if not isinstance(stored, dict) or stored.get("format") != CACHE_FORMAT or \
             stored.get("sha256") != path.stem or not isinstance(stored.get("results"), dict):

@@ -13,7 +13,7 @@ def read_versioned_json(path: Path, fmt: str, version: int, what: str, remedy: s
     tail = f": {remedy}" if remedy else ""
     try:
         doc = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad UTF-8, bad JSON, a 5000-digit integer
         raise SrtrtError(f"{what} is not readable JSON ({e.__class__.__name__}){tail}", path) from None
     if not isinstance(doc, dict) or doc.get("format") != fmt:
         raise SrtrtError(f"not an srtrt {what} (expected format {fmt!r}){tail}", path)

@@ -176,9 +176,10 @@ def stored_calibration(sha256: str) -> dict | None:
                                      "int8 calibration")
     except SrtrtError:
         return None
+    from srtrt.engine.toolchain.quantize import usable_calibration
+
     record = stored.get("int8_calibration")
-    ok = stored.get("sha256") == sha256 and isinstance(record, dict) and isinstance(record.get("ranges"), dict)
-    return record if ok else None
+    return record if stored.get("sha256") == sha256 and usable_calibration(record) else None
 
 
 def activation_width(module: nn.Module, scale: int, channels: int, minimum: int = 1, multiple_of: int = 1) -> int:

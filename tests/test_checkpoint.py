@@ -114,9 +114,11 @@ def test_wrong_sidecar_fields_are_refused(saved, field, value, expected):
     assert expected in _refused(weights)
 
 
-def test_sidecar_that_is_not_json_is_refused(saved):
+@pytest.mark.parametrize("text", ["{not json", "[" * 100_000 + "]" * 100_000, '{"n": ' + "9" * 5000 + "}"])
+def test_sidecar_that_is_not_json_is_refused(saved, text):
+    """Deeply nested JSON (RecursionError) and a 5000-digit integer (ValueError) were tracebacks."""
     _, weights, sidecar = saved
-    sidecar.write_text("{not json")
+    sidecar.write_text(text)
     assert "checkpoint config is not readable JSON" in _refused(weights)
 
 

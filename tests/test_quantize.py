@@ -277,3 +277,22 @@ def test_int8_on_the_torch_backend_is_one_clear_line():
 
     with pytest.raises(SrtrtError, match="the torch backend: precision must be one of"):
         create_backend("torch", precision="int8", device="cpu", view=random_view())
+
+
+@pytest.mark.parametrize("damaged", [{"x": "y"}, "x", {"ranges": {"head": "nan"}}, {"ranges": {"body.0": [0, float("nan")]}},
+                                     {"ranges": {"body.0": [0, True]}}])
+def test_a_damaged_calibration_in_a_sidecar_counts_as_none(tmp_path, capsys, damaged):
+    """A sidecar whose int8_calibration was edited out of shape: int8 is refused in one line, as for a model
+    never calibrated (was a KeyError or TypeError traceback in calibration_digest or quantize_onnx)."""
+    import srtrt
+    from srtrt.cli import main
+
+    from run_helpers import save_tiny_model
+
+    model = save_tiny_model(tmp_path)
+    checkpoint.update_meta(model, "int8_calibration", damaged)
+    assert srtrt.load_model(str(model)).int8_calibration is None
+    code = main(["export", "--model", str(model), "--precision", "int8", "-o", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and "has no int8 calibration" in err and "Traceback" not in err
+    assert not (tmp_path / "m.onnx").exists()

@@ -262,6 +262,7 @@ def _stored(version: int, sha256: str, results) -> bytes:
     _stored(999, SHA, {"radius": {"radius": 1}}),             # another format version
     _stored(rf.CACHE_FORMAT, "cd" * 32, {"radius": {"radius": 1}}),  # another model's entry
     _stored(rf.CACHE_FORMAT, SHA, {"radius": 7}),             # an entry that is not a dict
+    b"[" * 100_000 + b"]" * 100_000,                          # nested past the parser's recursion limit
 ])
 def test_cache_ignores_a_corrupt_or_foreign_file(cache_root, content):
     path = cache_root / "receptive_field" / f"{SHA}.json"

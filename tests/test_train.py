@@ -151,7 +151,7 @@ def test_vgg_content_loss_without_weights_stops_before_training(photos, tmp_path
     message = str(info.value)
     assert "\n" not in message and "--vgg-weights" in message and "VGG19" in message
     assert "--content-loss mse" in message  # the way on without VGG
-    assert not (out / "metrics.jsonl").exists() and not (out / "state.json").exists()
+    assert not out.exists()  # not even an empty run folder
 
     with pytest.raises(SrtrtError, match="not found"):
         train(_config(photos, out, phase="srgan", content_loss=content_loss, vgg_weights=str(tmp_path / "missing.pth")))
@@ -514,6 +514,7 @@ def test_a_community_model_file_given_to_init_is_named_as_one(photos, tmp_path):
     message = str(info.value)
     assert message.startswith(f"{community_file}: not an srtrt checkpoint") and "community model" in message
     assert "--init takes srtrt checkpoints" in message and "compact4.json" not in message
+    assert not (tmp_path / "run").exists()  # a refused --init leaves no empty run folder
 
 
 def _vgg_state(keep=lambda layer: True) -> dict:

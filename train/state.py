@@ -84,7 +84,7 @@ def _read_pair(path: Path) -> tuple[dict, dict]:
         data = weights.read_bytes()
         doc = json.loads(sidecar.read_text())
         tensors = tensors_from_bytes(data)
-    except (OSError, ValueError, SafetensorError) as e:
+    except (OSError, ValueError, RecursionError, SafetensorError) as e:
         cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
         name = e.filename if isinstance(e, OSError) and e.filename else (
             sidecar if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)) else weights)

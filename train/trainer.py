@@ -224,7 +224,7 @@ def saved_run_config(state_path: Path) -> dict | None:
         return None
     try:
         return json.loads(sidecar.read_text()).get("config", {})
-    except (OSError, ValueError, AttributeError) as e:
+    except (OSError, ValueError, AttributeError, RecursionError) as e:
         raise SrtrtError(f"unreadable training state ({e}); --no-resume starts fresh", sidecar) from None
 
 
@@ -316,6 +316,10 @@ def train(cfg: TrainConfig) -> Path:
     deadline = time.time() + cfg.minutes * 60 if cfg.minutes > 0 else math.inf
     device = pick_device(cfg.device)
     amp = pick_amp(cfg.amp, device)
+    gan = cfg.phase == "srgan"
+    # the model files too, before --out is made: a refused one leaves no empty run folder behind
+    content = content_loss(cfg.content_loss, cfg.vgg_weights) if gan else None
+    parent = load_srtrt_checkpoint(cfg.init, "--init") if cfg.init else None
     out = make_folder(Path(cfg.out), "--out")
     state_path, metrics_path = out / "state", out / "metrics.jsonl"
     saved = saved_run_config(state_path) if cfg.resume else None
@@ -336,14 +340,12 @@ def train(cfg: TrainConfig) -> Path:
     generator = arch.build(gcfg).to(device, memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     modules, optimizers = {"g": generator}, {"g": opt_g}
-    gan = cfg.phase == "srgan"
     if gan:
-        content = content_loss(cfg.content_loss, cfg.vgg_weights).to(device, memory_format=torch.channels_last)
+        content = content.to(device, memory_format=torch.channels_last)
         discriminator = Discriminator().to(device, memory_format=torch.channels_last)
         opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
         modules["d"], optimizers["d"] = discriminator, opt_d
 
-    parent = load_srtrt_checkpoint(cfg.init, "--init") if cfg.init else None
     lineage = {"sha256": parent.sha256, **parent.meta.get("training", {})} if parent else None
     step, best, start = 0, -float("inf"), Validation(*[float("nan")] * 3)
     if saved is not None:

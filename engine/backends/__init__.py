@@ -149,7 +149,7 @@ def _this_models_graph(path, view, precision: str, polyphase: bool) -> bool:
         graph_sha256 = file_sha256(path)
     except OSError:
         return False
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, RecursionError):
         if json.loads(record.read_text()) == {**wanted, "sha256": graph_sha256}:
             return True
     from srtrt import atomic

@@ -138,7 +138,7 @@ def dynamic_failure(view, path: Path) -> str | None:
 
     try:
         memo = json.loads(Path(f"{path}.failed").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return memo.get("why") if isinstance(memo, dict) and memo.get("torch") == torch.__version__ else None
 

@@ -15,6 +15,7 @@ import copy
 import datetime
 import hashlib
 import json
+import math
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -92,6 +93,15 @@ def describe_selection(calibration: dict) -> str:
     floated, total = len(calibration.get("float", [])), len(calibration["ranges"]) + len(calibration.get("float", []))
     agrees = f"int8 simulated to agree with fp32 to {calibration['simulated_db']:.1f} dB (wanted {calibration['target_db']:.1f})"
     return f"{agrees} with {floated} of {total} convs kept in float" if floated else f"{agrees}, every conv in int8"
+
+
+def usable_calibration(record) -> bool:
+    """Whether a stored calibration has the shape quantize_onnx reads, {"ranges": {conv: [lo, hi]}} of
+    finite numbers: a sidecar edited or damaged into another shape is not one (it was a KeyError)."""
+    ranges = record.get("ranges") if isinstance(record, dict) else None
+    return isinstance(ranges, dict) and isinstance(record.get("float", []), list) and all(
+        isinstance(bounds, list) and len(bounds) == 2 and
+        all(type(x) in (int, float) and math.isfinite(x) for x in bounds) for bounds in ranges.values())
 
 
 def calibration_digest(calibration: dict) -> str:

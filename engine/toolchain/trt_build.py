@@ -667,7 +667,7 @@ def _is_plan_sidecar(path: Path) -> bool:
     """Whether a JSON file is a plan's sidecar, of any version (a rebuild may replace an old one)."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(doc, dict) and doc.get("format") == engine_cache.FORMAT
 

@@ -135,7 +135,7 @@ def _closed_segments(folder: Path, key: dict) -> list[Segment] | None:
             segments = [Segment(**s) for s in data.get("segments", [])]
             if all((folder / s.file).is_file() for s in segments):
                 return segments
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError):
         pass
     return None
 
@@ -144,7 +144,7 @@ def _segments_listed(folder: Path) -> int:
     """How many closed segments the folder's manifest lists, whatever they were made from."""
     try:
         return len(json.loads((folder / MANIFEST).read_text()).get("segments", []))
-    except (OSError, ValueError, TypeError, AttributeError):
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError):
         return 0
 
 
