@@ -57,6 +57,17 @@ def test_existing_outputs_are_skipped_unless_overwrite(tmp_path, capsys, model):
     assert partials(tmp_path) == []
 
 
+def test_an_empty_output_is_refused_not_taken_as_the_current_folder(tmp_path, capsys, model, monkeypatch):
+    """`-o "$OUT"` with OUT unset: it wrote into the working folder."""
+    (source,) = write_images(tmp_path / "in", 1)
+    monkeypatch.chdir(tmp_path)
+    code, err = run(capsys, source, "-o", "", "--model", model)
+    assert code == 2 and err.splitlines() == ["srtrt: -o is empty (an unset variable?): name a file or a folder"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"] and len(list((tmp_path / "in").iterdir())) == 1
+    with pytest.raises(srtrt.SrtrtError, match="-o is empty"):
+        srtrt.upscale(source, "", model=str(model))
+
+
 def test_output_file_or_directory(tmp_path, capsys, model):
     (source,) = write_images(tmp_path / "in", 1)
     # one input: -o is a file, its extension picks the format

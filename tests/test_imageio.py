@@ -301,6 +301,20 @@ def test_a_tiffs_exif_is_carried_without_its_layout_tags(tmp_path):
     assert not {0x0100, 0x0101, 0x0111, 0x0117} & set(carried)  # sizes and strips stay with the TIFF
 
 
+def test_a_tiff_stamped_only_by_the_library_that_wrote_it_has_no_exif(tmp_path):
+    """tifffile writes its array shape as the description and itself as the software: copied as EXIF,
+    the PNG got a stale shape and a TIFF or BMP output noted the loss of EXIF the file never had."""
+    import tifffile
+
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, random_array(6, 10, 3), photometric="rgb")
+    assert read_image(path).exif is None
+    described = tmp_path / "described.tif"
+    tifffile.imwrite(described, random_array(6, 10, 3), photometric="rgb", description="a harbour at dusk",
+                     metadata=None, extratags=[(0x0132, "s", 20, "2026:12:06 10:00:00", True)])
+    assert read_image(described).exif is not None  # a date says something of the photo: carried
+
+
 def test_icc_and_exif_are_carried_to_every_output_format(tmp_path):
     profile = srgb_profile()
     path = save(tmp_path, Image.fromarray(random_array(8, 8, 3)), "icc.png", icc_profile=profile,

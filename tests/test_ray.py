@@ -195,6 +195,23 @@ def two_images(batch):
     return root / "two", model
 
 
+def test_what_a_format_loses_is_said_under_ray_as_in_a_local_run(local_ray, batch, tmp_path, capfd):
+    """RGBA into a JPEG: the actor's OutputNote reached only its own stderr, which a local Ray drops."""
+    from PIL import Image
+
+    root, model = batch
+    rgba = tmp_path / "rgba.png"
+    Image.new("RGBA", (32, 24), (200, 100, 50, 128)).save(rgba)
+
+    def said(out, *more):
+        assert main(["run", str(rgba), "-o", str(out), "--model", str(model), "--backend", "torch", *more]) == 0
+        return [line for line in capfd.readouterr().err.splitlines() if "JPEG" in line]
+
+    local, with_ray = said(tmp_path / "local.jpg"), said(tmp_path / "ray.jpg", "--ray")
+    assert local == [f"srtrt: {tmp_path / 'local.jpg'}: JPEG cannot store transparency; the alpha channel is dropped"]
+    assert [line.replace("ray.jpg", "local.jpg") for line in with_ray] == local
+
+
 def _fp16_on_the_cpu(folder, out, model, *more):
     return ["run", str(folder), "-o", str(out), "--model", str(model), "--device", "cpu", "--backend", "torch",
             "--precision", "fp16", *more]
@@ -245,6 +262,7 @@ def test_the_lines_are_the_local_runs(local_ray, two_images, tmp_path, capfd):
         assert main(["run", str(folder / "img0.png"), "-o", f"{out}/", "--model", str(model), *more]) == 0
         return capfd.readouterr().err.replace(str(out), "OUT").splitlines()
 
+    lines(tmp_path / "first")  # `auto` times this model's fp32 paths once: both runs below read that timing
     local, with_ray = lines(tmp_path / "local"), lines(tmp_path / "ray", "--ray")
     assert [line for line in with_ray if " Ray actor" not in line] == local
     assert local[0].startswith("srtrt: backend ") and "tiles" in local[1] and len(local) == 3

@@ -276,6 +276,8 @@ def check_output_file(output: str | None, many: bool, inputs: list[Path]) -> Non
 
 def make_output_folder(output: str | None, many: bool) -> None:
     """Create `-o` when it names a folder; one line if that is impossible."""
+    if output == "":  # Path("") is the current folder: `-o "$OUT"` with OUT unset would write there
+        raise SrtrtError("-o is empty (an unset variable?): name a file or a folder")
     if output is None or not (many or output.endswith(("/", "\\"))):
         return
     out = Path(output)

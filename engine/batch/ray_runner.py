@@ -77,9 +77,11 @@ class ImageActor:
         self.setup = setup_lines(selection, options.margin) if says_setup else []
         if says_setup and (sheet := sheet_shape(selection.backend, options)):
             self.setup.append(sheets_line(sheet))
-        # the runner's notes (an out-of-memory retry) travel in the rows: an actor's stderr is not the driver's
+        # the runner's notes (an out-of-memory retry) and what a format loses (OutputNote: alpha in a JPEG) travel
+        # in the rows: an actor's stderr is not the driver's
         self.notes: list[str] = []
         self.runner = FileRunner(selection.backend, options, log=self.notes.append)
+        _output_notes_to(self.notes)
 
     def __call__(self, batch: dict) -> dict:
         rows = {k: [] for k in ("path", "output", "status", "message", "seconds", "pixels", "notes", "setup")}
@@ -182,6 +184,23 @@ def _no_restarts(ray) -> dict:
 def _ray_version(ray) -> tuple[int, int]:
     major, minor, *_ = (ray.__version__.split(".") + ["0", "0"])
     return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def _output_notes_to(notes: list[str]) -> None:
+    """In an actor's process: each OutputNote (every time, not once per place) as the `srtrt:` line
+    a local run prints; other warnings as before."""
+    from srtrt.errors import OutputNote
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, OutputNote):
+            notes.append(f"srtrt: {message}")
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.simplefilter("always", OutputNote)
+    warnings.showwarning = show
 
 
 def _actor_device(device: str | None, pool: dict) -> str | None:

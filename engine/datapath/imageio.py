@@ -378,7 +378,10 @@ def _tiff_exif(img: Image.Image) -> bytes | None:
         for directory in _EXIF_DIRECTORIES:
             if entries := dict(source.get_ifd(directory)):
                 exif.get_ifd(directory).update(entries)
-        return exif.tobytes() if len(exif) or any(exif.get_ifd(d) for d in _EXIF_DIRECTORIES) else None
+        # a library's own stamp (tifffile writes its array shape as the description and itself as the
+        # software) says nothing of the photo: such a file has no EXIF to carry, or to note the loss of
+        about_the_photo = set(exif) - {0x010E, 0x0131} or any(exif.get_ifd(d) for d in _EXIF_DIRECTORIES)
+        return exif.tobytes() if about_the_photo else None
     except Exception:
         return None  # unreadable EXIF must not make the image unreadable
 
