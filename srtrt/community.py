@@ -2,6 +2,10 @@
 read through spandrel and reduced to plain facts: the module, scale, channels, size requirements,
 precisions and whether tiling can be exact. Every failure is one SrtrtError line.
 
+Only regular files are read (a FIFO would block, a link to /dev/zero never end), and no memory is
+spent on what a file only claims: a zip checkpoint's records are checked against the file's size
+before torch inflates them, and spandrel builds a network under a budget its file's weights set.
+
 No file's code ever runs: pickles are read with torch's weights-only unpickler (a pickle that
 names anything but tensors and plain containers is refused; the protocol-4 opcodes it lacks go to
 spandrel's restricted unpickler, which allows fewer globals still), TorchScript is refused, and
@@ -22,23 +26,27 @@ towards True: a False model is a convolution stack whose receptive field is boun
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
+import pickletools
 import re
 import struct
 import warnings
-import zipfile
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from . import bounded_read
 from .checkpoint import FORMAT as SRTRT_FORMAT
 from .checkpoint import file_sha256
 from .engine.datapath.tiles import allowed_side
@@ -59,6 +67,21 @@ _GLOBAL_NAMES = ("attention", "attn", "swin", "transformer")
 _PURPOSES = {"FaceSR": "a face restoration model", "Inpainting": "an inpainting model"}
 # what load() refuses for any file of theirs (faces, inpainting, square inputs only), by spandrel's name
 REFUSED_FAMILIES = frozenset({"GFPGAN", "RestoreFormer", "CodeFormer", "LaMa", "MAT", "Uformer"})
+
+# srtrt writes sidecars of a few KB; of a longer NAME.json only this much is read to tell whose it is
+SIDECAR_LIMIT = 1 << 20
+# torch.save stores zip records uncompressed, so a checkpoint's records add up to about its size; weights
+# deflate little, so records declaring many times the file's size are a zip bomb (or damage)
+ZIP_INFLATION = 8
+# While spandrel builds a network, the tensors it holds may reach this many times the file's weights (as fp32)
+# plus a slack (attention masks, index tables, temporaries): a loaded network holds all its file's weights
+# (spandrel loads strictly), so one far larger is described by shapes and key names, not by weights.
+# GRL's attention masks and index tables took 92 MiB beside 0.8 MiB of weights at a small test size, and grow
+# with the window: the slack is generous, the point being a bound, not a tight one.
+BUILD_FACTOR = 4
+BUILD_SLACK = 1 << 30
+_MIN_CHARGE = 1024  # bytes charged per tensor built: empty tensors must not buy an endless network either
+_MAX_CAUSE = 300    # characters of a third-party message kept in a one-line refusal
 
 SUPPORTED_FAMILIES: str  # e.g. "ATD, AuraSR, ..., Swin2SR, SwinIR"; computed on first use (module __getattr__)
 
@@ -110,13 +133,19 @@ def is_community_file(path: str | os.PathLike) -> bool:
         return True
     sidecar = p.with_suffix(".json")
     try:
-        data = sidecar.read_bytes()
-    except OSError:
+        data = bounded_read.read_regular(sidecar, SIDECAR_LIMIT)
+    except bounded_read.TooLarge as e:
+        data = e.head  # no sidecar srtrt writes is this long: below, it is srtrt's only if it names srtrt's format
+    except bounded_read.NotRegularFile:
+        return True  # srtrt writes regular files; a FIFO there would block the read, a link to /dev/zero never end
+    except PermissionError:
+        return False  # a sidecar this process cannot read: srtrt's loader names it and the cause
+    except OSError:  # none there (or a link loop)
         return True
     try:
         doc = json.loads(data)
         return not (isinstance(doc, dict) and doc.get("format") == SRTRT_FORMAT)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, an integer of 5000 digits, nesting past the stack
         # A damaged srtrt sidecar still belongs to srtrt, whose loader says what is wrong with it.
         return f'"{SRTRT_FORMAT}"'.encode() not in data
 
@@ -128,24 +157,21 @@ def load(path: str | os.PathLike, allow_noncommercial: bool = False) -> Communit
     p = Path(path)
     if p.suffix.lower() not in SUFFIXES:
         raise SrtrtError(f"not a community model file (expected {', '.join(SUFFIXES)})", path)
-    if not p.is_file():
-        raise SrtrtError("model file not found", path)
     state = read_state_dict(p)
     registry = _registry(allow_noncommercial)
     try:
         state = spandrel.canonicalize_state_dict(state)  # unwraps params_ema, state_dict, "module." prefixes
+    except Exception as e:  # third-party code fed an untrusted file
+        raise SrtrtError(f"not a model spandrel can read ({_first_line(e)})", path) from None
+    _refuse_absent_layers(state, p)
+    try:
         support = next((s for s in registry.architectures("detection") if s.detect(state)), None)
     except Exception as e:  # third-party detection code fed an untrusted file
         raise SrtrtError(f"not a model spandrel can read ({_first_line(e)})", path) from None
     if support is None:
         raise SrtrtError(_no_match(state, allow_noncommercial), path)
     name = support.architecture.name
-    try:
-        with warnings.catch_warnings():  # constructors' own notes (meshgrid indexing, zero-element inits): noise here
-            warnings.simplefilter("ignore")
-            descriptor = spandrel.ModelLoader(device="cpu", registry=registry).load_from_state_dict(state)
-    except Exception as e:  # size mismatches, missing keys, failed asserts: all say the file is bad
-        raise SrtrtError(f"looks like {name}, but its weights do not load ({_first_line(e)})", path) from None
+    descriptor = _built(spandrel, registry, state, name, p)
 
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
         what = _PURPOSES.get(descriptor.purpose, f"a {descriptor.purpose} model")
@@ -180,6 +206,168 @@ def load(path: str | os.PathLike, allow_noncommercial: bool = False) -> Communit
         global_operations=_global_operations(descriptor, spandrel),
         sha256=file_sha256(p),
     )
+
+
+def _refuse_absent_layers(state: Mapping, path: Path) -> None:
+    """Refuse a key numbering a layer far beyond what the file's keys could hold. spandrel sizes a
+    network by the highest index in its keys (Compact: body.N), so three keys ending in body.100000000.bias
+    would have it loop and build 10^8 layers; a real file holds keys for (nearly) every layer it numbers."""
+    most = 4 * len(state) + 100
+    for key in state:
+        for part in str(key).split("."):
+            number = _layer_number(part)
+            if number is not None and number > most:
+                shown = part if len(part) <= 12 else f"{part[:12]}... ({len(part)} digits)"
+                raise SrtrtError(f"refused: a key numbers layer {shown}, but the file holds only {len(state)} tensors "
+                                 f"(key {_clipped(str(key), 80)}; a crafted or damaged file)", path)
+
+
+def _layer_number(part: str) -> int | None:
+    # as spandrel reads body.N: int() also takes " 7", "1_000" and other scripts' digits
+    if len(part) > 4300:  # int() refuses more digits; so does spandrel
+        return None
+    try:
+        return int(part)
+    except ValueError:
+        return None
+
+
+def _built(spandrel, registry, state: Mapping, name: str, path: Path):
+    """spandrel's descriptor of the network `state` describes, built on the CPU under a memory budget
+    that the file's weights set (_BuildBudget): one line when it would take more, before it does."""
+    budget = _BuildBudget(_weights_bytes(state))
+    try:
+        with warnings.catch_warnings(), budget:  # constructors' own notes (meshgrid indexing, zero-element inits): noise
+            warnings.simplefilter("ignore")
+            descriptor = spandrel.ModelLoader(device="cpu", registry=registry).load_from_state_dict(state)
+    except Exception as e:  # size mismatches, missing keys, failed asserts: all say the file is bad
+        if not budget.exceeded:
+            raise SrtrtError(f"looks like {name}, but its weights do not load ({_first_line(e)})", path) from None
+    if budget.exceeded:  # also where the architecture's code swallowed the budget's exception
+        raise SrtrtError(f"refused: the {name} network its shapes and key names describe takes more than "
+                         f"{_size(budget.limit)}, far beyond the {_size(budget.weights)} of weights the file holds "
+                         "(a crafted or damaged file)", path) from None
+    return descriptor
+
+
+def _weights_bytes(state: Mapping) -> int:
+    # counted as fp32 at least: srtrt builds every network in fp32, whatever the file's precision
+    return sum(v.numel() * max(v.element_size(), 4) for v in state.values() if isinstance(v, torch.Tensor))
+
+
+def _size(n: int) -> str:
+    return f"{n} bytes" if n < 1 << 10 else f"{n / 2**10:.0f} KiB" if n < 1 << 20 else f"{n / 2**20:.1f} MiB"
+
+
+class _BuildTooLarge(Exception):
+    pass
+
+
+class _BuildBudget(TorchDispatchMode):
+    """Bounds the bytes held by the tensors made while a network is built: each op that makes new
+    tensors is first run on meta tensors (shapes, no memory) and refused when its outputs would take
+    the live total past `limit`; what it then allocates counts until its storage is freed. A file of
+    242 bytes (zero-sized tensors, a key body.502.bias) had spandrel build and initialise 2 GB."""
+
+    def __init__(self, weights: int):
+        super().__init__()
+        self.weights = weights
+        self.limit = BUILD_FACTOR * weights + BUILD_SLACK
+        self.exceeded = False
+        self._alive = 0
+        self._sizes: dict[int, int] = {}  # live storages made during the build: their bytes, by storage
+        self._finalizers: list[weakref.finalize] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.exceeded:  # an architecture that catches the refusal gets it again on its next op
+            raise _BuildTooLarge
+        if not _makes_new_tensors(func):  # in place or a view: nothing is allocated
+            return func(*args, **kwargs)
+        self._check(_meta_bytes(func, args, kwargs))
+        out = func(*args, **kwargs)
+        given = {_storage_key(t) for t in _tensors((*args, *kwargs.values()))}
+        for t in _tensors(out):
+            key = _storage_key(t)
+            if key is not None and key not in given and t.device.type != "meta":
+                self._hold(t.untyped_storage())
+        self._check(0)  # what the meta run could not foretell is counted once made
+        return out
+
+    def __exit__(self, *exc):
+        for f in self._finalizers:  # the network keeps its storages; the budget is done with them
+            f.detach()
+        return super().__exit__(*exc)
+
+    def _check(self, more: int) -> None:
+        if self._alive + more > self.limit:
+            self.exceeded = True
+            raise _BuildTooLarge
+
+    def _hold(self, storage) -> None:
+        key = storage._cdata
+        if key not in self._sizes:
+            self._sizes[key] = size = max(storage.nbytes(), _MIN_CHARGE)
+            self._alive += size
+            self._finalizers.append(weakref.finalize(storage, self._release, key))
+
+    def _release(self, key: int) -> None:
+        self._alive -= self._sizes.pop(key, 0)
+
+
+@cache
+def _makes_new_tensors(func) -> bool:
+    schema = getattr(func, "_schema", None)
+    return schema is None or any(r.alias_info is None and "Tensor" in str(r.type) for r in schema.returns)
+
+
+@cache
+def _takes_device(func) -> bool:
+    schema = getattr(func, "_schema", None)
+    return schema is not None and any(a.name == "device" for a in schema.arguments)
+
+
+def _storage_key(t: torch.Tensor) -> int | None:
+    try:
+        return t.untyped_storage()._cdata
+    except (RuntimeError, NotImplementedError):  # a tensor without storage (sparse): nothing to count
+        return None
+
+
+def _meta_bytes(func, args, kwargs) -> int:
+    """The bytes `func`'s outputs take, from a run on meta tensors; 0 where it cannot run there (it
+    reads a value, or has no meta kernel): it is then counted once it has run."""
+    takes_device = _takes_device(func)
+    if not takes_device and not any(True for _ in _tensors((*args, *kwargs.values()))):  # a factory that cannot be sent to meta
+        return 0
+
+    def meta(x):
+        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta") if isinstance(x, torch.Tensor) else x
+
+    args, kwargs = _mapped(meta, args), {k: _mapped(meta, v) for k, v in kwargs.items()}
+    if takes_device:
+        kwargs["device"] = torch.device("meta")
+    try:
+        out = func(*args, **kwargs)
+    except Exception:
+        return 0
+    return sum(max(t.numel() * t.element_size(), _MIN_CHARGE) for t in _tensors(out) if t.device.type == "meta")
+
+
+def _tensors(x):
+    """The tensors in an op's arguments or results: a tensor, or lists and tuples of them (aten's schemas
+    nest no deeper); torch's pytree does the same, slower, and the budget sees every op of a build."""
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, (list, tuple)):
+        for y in x:
+            yield from _tensors(y)
+
+
+def _mapped(f, x):
+    if isinstance(x, (list, tuple)):
+        return [_mapped(f, y) for y in x] if isinstance(x, list) else tuple(_mapped(f, y) for y in x)
+    return f(x)
 
 
 def _image_to_image(descriptor, spandrel, path: Path) -> nn.Module:
@@ -226,28 +414,47 @@ def _first_line(e: BaseException) -> str:
     if not lines:
         return type(e).__name__
     text = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
-    return text.split(". ")[0]
+    return _clipped(_counted_keys(text.split(". ")[0]), _MAX_CAUSE)
+
+
+def _counted_keys(text: str) -> str:
+    # load_state_dict lists every missing or unexpected key: thousands for a crafted file; their count and the first 3
+    def counted(m: re.Match) -> str:
+        keys = re.findall(r'"[^"]*"', m[2])
+        return m[0] if len(keys) <= 3 else f"{m[1]}{len(keys)} keys, {', '.join(keys[:3])}, ..."
+
+    return re.sub(r'((?:Missing|Unexpected) key\(s\) in state_dict: )((?:"[^"]*"(?:, )?)+)\.?', counted, text)
+
+
+def _clipped(text: str, most: int) -> str:
+    return text if len(text) <= most else f"{text[:most - 3]}..."
 
 
 def read_state_dict(path: Path) -> Mapping:
     """A weights file's tensors (safetensors, or a pickle through the restricted unpickler: never executed)."""
+    _refuse_unreadable(path)
     if path.suffix.lower() == ".safetensors":
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise SrtrtError(f"corrupt or truncated model file ({_first_line(e)})", path) from None
-    if _is_torchscript(path):
-        raise SrtrtError("TorchScript files are not supported (loading one runs its code); "
-                         "save the model's state dict as .safetensors or .pth", path)
+    records = _zip_records(path)
+    if records is not None:
+        _refuse_inflation(records, path)
+        if _is_torchscript(records):
+            raise SrtrtError("TorchScript files are not supported (loading one runs its code); "
+                             "save the model's state dict as .safetensors or .pth", path)
     try:
         state = _unpickled(path)
     except pickle.UnpicklingError as e:
-        # Both unpicklers name the first global outside their allow-lists.
+        # Both unpicklers name the first global outside their allow-lists; a pickle cut inside one's name
+        # (a legacy .pth cut short; a zip's records are whole) gets a name cut short too ("torch._.").
         named = re.search(r"GLOBAL ([\w.]+)|Global '([\w.]+)' is forbidden", str(e))
-        if named:
+        if named and (records is not None or not _pickle_ends_early(path)):
             raise SrtrtError(f"refused: the file's pickle names {named[1] or named[2]}, which is not weights "
                              "(only tensors and plain containers are read; save a state dict)", path) from None
-        raise SrtrtError(f"corrupt or truncated model file ({_unpickling_cause(e)})", path) from None
+        cause = "its pickle ends early" if named else _unpickling_cause(e)
+        raise SrtrtError(f"corrupt or truncated model file ({cause})", path) from None
     # what torch's readers raise on damaged bytes: a legacy .pth cut in its header (struct.error), one whose
     # storage list names a key its data never defined (AssertionError)
     except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError,
@@ -287,13 +494,62 @@ def _unpickling_cause(e: pickle.UnpicklingError) -> str:
     return (specific or lines or ["unreadable pickle"])[-1].removeprefix("WeightsUnpickler error: ")
 
 
-def _is_torchscript(path: Path) -> bool:
-    # torch.load would hand a TorchScript archive to torch.jit.load; its records include constants.pkl.
+def _refuse_unreadable(path: Path) -> None:
+    """One line saying why a path is no model file to read: missing, a FIFO (whose open would wait for a
+    writer forever), a folder, a link loop, no permission (safetensors says "No such file" for that)."""
     try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in z.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):  # a zip version torch reads, zipfile not
+        bounded_read.open_regular(path).close()
+    except FileNotFoundError:
+        raise SrtrtError("model file not found", path) from None
+    except bounded_read.NotRegularFile as e:
+        raise SrtrtError(f"is {e.kind}, not a model file", path) from None
+    except OSError as e:
+        raise SrtrtError(f"cannot read the model file ({e.strerror or type(e).__name__})", path) from None
+
+
+def _zip_records(path: Path) -> list[bounded_read.ZipEntry] | None:
+    """The records of a torch zip checkpoint as its directory declares them, None for a file that does
+    not start as a zip (torch.load's own test; it reads those as legacy pickles)."""
+    with bounded_read.open_regular(path) as f:
+        if f.read(4) != b"PK\x03\x04":
+            return None
+    try:
+        return bounded_read.zip_entries(path)
+    except (ValueError, struct.error) as e:
+        raise SrtrtError(f"corrupt or truncated model file ({e})", path) from None
+
+
+def _refuse_inflation(records: list[bounded_read.ZipEntry], path: Path) -> None:
+    # torch's zip reader allocates and inflates each record whole, at the size its directory declares
+    declared, size = sum(r.size for r in records), path.stat().st_size
+    if declared > ZIP_INFLATION * size + (1 << 20):
+        raise SrtrtError(f"refused: its zip records declare {_size(declared)} in a file of {_size(size)} (compressed "
+                         "far beyond what weights compress to: a zip bomb, or a damaged file; torch.save stores "
+                         "records uncompressed)", path)
+
+
+def _is_torchscript(records: list[bounded_read.ZipEntry]) -> bool:
+    # torch.load would hand a TorchScript archive to torch.jit.load; its records include constants.pkl.
+    return any(r.name.rsplit("/", 1)[-1] == "constants.pkl" for r in records)
+
+
+def _pickle_ends_early(path: Path, scan: int = 16 << 20) -> bool:
+    """Whether the file ends inside one of its first pickles (a legacy .pth holds five, then raw
+    storage bytes), found by parsing them with pickletools, which runs nothing."""
+    with bounded_read.open_regular(path) as f:
+        data = f.read(scan + 1)
+    if len(data) > scan:  # its pickles lie in its first bytes: a longer file was not cut inside them
         return False
+    stream = io.BytesIO(data)
+    for _ in range(5):  # magic number, protocol, system info, the object, its storage keys
+        if stream.tell() == len(data):
+            return False
+        try:
+            for _ in pickletools.genops(stream):
+                pass
+        except Exception:  # pure parsing of bytes: any failure is the bytes'; cut short if at their end
+            return stream.tell() >= len(data)
+    return False
 
 
 @lru_cache(maxsize=2)

@@ -2,14 +2,20 @@
 built with spandrel's own architecture classes (no downloads), and the files it must refuse."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pathlib
 import pickle
 import re
+import shutil
+import signal
+import subprocess
 import sys
+import tracemalloc
 import types
+import zipfile
 
 import pytest
 import torch
@@ -402,3 +408,253 @@ def test_opt_in_without_the_package_says_how(tmp_path, monkeypatch, fresh_regist
     torch.save({"encoder.weight": torch.zeros(4, 4)}, path)
     message = _refusal(path, allow_noncommercial=True)
     assert "pip install spandrel_extra_arches" in message and "--allow-noncommercial" not in message
+
+
+class _Blocked(Exception):
+    """Not an OSError, which the code under test may catch."""
+
+
+@contextlib.contextmanager
+def _within(seconds: int):
+    """Fails a step that blocks (a FIFO's open waits for a writer forever) instead of hanging the run."""
+    def expired(signum, frame):
+        raise _Blocked(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def _memory_capped(more: int = 1 << 30):
+    """Address space capped at what the process has plus `more`: a read without end fails with
+    MemoryError instead of taking the machine's memory."""
+    import resource
+
+    pages = int(pathlib.Path("/proc/self/statm").read_text().split()[0])
+    previous = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (pages * os.sysconf("SC_PAGE_SIZE") + more, previous[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, previous)
+
+
+def test_a_sidecar_that_is_no_regular_file_is_never_read(tmp_path):
+    """NAME.json beside a .safetensors was read whole before any check: a FIFO blocked for ever (srtrt
+    serve's model listing too), a link to /dev/zero grew memory without end. srtrt writes regular files."""
+    model, sidecar = tmp_path / "m.safetensors", tmp_path / "m.json"
+    save_file(_tensors(CASES["compact"][0]()), str(model))
+    os.mkfifo(sidecar)
+    with _within(5):
+        assert community.is_community_file(model)
+        assert community.load(model).architecture_id == "Compact"
+    sidecar.unlink()
+    sidecar.symlink_to("/dev/zero")
+    with _within(5), _memory_capped():
+        assert community.is_community_file(model)
+    sidecar.unlink()
+    sidecar.mkdir()
+    assert community.is_community_file(model)
+
+
+def test_a_long_sidecar_is_read_only_up_to_the_bound(tmp_path):
+    model, sidecar = tmp_path / "m.safetensors", tmp_path / "m.json"
+    sidecar.write_bytes(b'{"name": "' + b"x" * (16 << 20) + b'"}')  # 16 MiB: a zoo's JSON, not srtrt's
+    tracemalloc.start()
+    try:
+        assert community.is_community_file(model)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20  # the bound is 1 MiB
+    sidecar.write_text(json.dumps({"format": checkpoint.FORMAT, "notes": "x" * (4 << 20)}))
+    assert not community.is_community_file(model)  # srtrt's by its head: srtrt's loader judges the rest
+
+
+@pytest.mark.parametrize("value", ["[" * 100_000, "9" * 5000], ids=["deep-nesting", "5000-digit-integer"])
+def test_a_sidecar_past_the_json_parser_s_limits_is_judged_by_its_bytes(tmp_path, value):
+    """json.loads raises RecursionError and ValueError there, not JSONDecodeError: they escaped as tracebacks."""
+    model, sidecar = tmp_path / "m.safetensors", tmp_path / "m.json"
+    sidecar.write_text(f'{{"name": {value}}}')
+    assert community.is_community_file(model)
+    sidecar.write_text(f'{{"format": "{checkpoint.FORMAT}", "notes": {value}}}')
+    assert not community.is_community_file(model)  # a damaged srtrt sidecar is still srtrt's
+
+
+def test_a_path_that_is_no_regular_file_says_what_it_is(tmp_path):
+    """A FIFO named x.pth and a link loop were "model file not found"; read, the FIFO would block for ever."""
+    fifo, loop, folder = tmp_path / "pipe.pth", tmp_path / "loop.safetensors", tmp_path / "folder.pth"
+    os.mkfifo(fifo)
+    loop.symlink_to(loop)
+    folder.mkdir()
+    with _within(5):
+        assert _refusal(fifo).endswith(": is a FIFO (named pipe), not a model file")
+        assert _refusal(loop).endswith(": cannot read the model file (Too many levels of symbolic links)")
+        assert _refusal(folder).endswith(": is a folder, not a model file")
+        assert _refusal(tmp_path / "none.pth").endswith(": model file not found")
+
+
+_UNREADABLE_CHILD = """
+import sys
+from pathlib import Path
+from srtrt import community
+from srtrt.errors import SrtrtError
+folder = Path(sys.argv[1])
+try:
+    open(folder / "noread.pth", "rb").close()
+    sys.exit("SKIP: this process reads a file of mode 000")
+except PermissionError:
+    pass
+for name in ("noread.safetensors", "noread.pth"):
+    try:
+        community.load(folder / name)
+    except SrtrtError as e:
+        print(e)
+print("community:", community.is_community_file(folder / "own.safetensors"))
+"""
+
+
+def test_a_file_this_process_may_not_read_says_so(tmp_path):
+    """An unreadable .safetensors said "corrupt or truncated model file (No such file or directory)", a .pth
+    "corrupt or truncated"; an srtrt checkpoint whose sidecar could not be read was taken for a community
+    file ("no supported architecture matches"): its loader now names the sidecar."""
+    st, pth = _save_both(tmp_path, "noread", CASES["compact"][0]())
+    config = SRResNetConfig(scale=4, blocks=1, channels=8)
+    own = checkpoint.save(tmp_path / "own", SRResNet(config).eval(), "srresnet", config)
+    for path in (st, pth, own.with_suffix(".json")):
+        path.chmod(0)
+    command = [sys.executable, "-c", _UNREADABLE_CHILD, str(tmp_path)]
+    if os.geteuid() == 0:  # root reads any file: run the child without the capabilities that let it
+        if shutil.which("setpriv") is None:
+            pytest.skip("root, and no setpriv to drop CAP_DAC_OVERRIDE")
+        drop = "-dac_override,-dac_read_search"
+        command = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", *command]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=pathlib.Path(__file__).parents[1])
+    if done.returncode != 0 and ("SKIP" in done.stderr or done.stderr.startswith("setpriv")):
+        pytest.skip(done.stderr.strip())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"{st}: cannot read the model file (Permission denied)",
+                                        f"{pth}: cannot read the model file (Permission denied)",
+                                        "community: False"]
+
+
+def test_a_legacy_pickle_cut_inside_a_global_s_name_is_called_truncated_not_hostile(tmp_path):
+    """Cut at byte 200, a legacy .pth ended inside "ctorch._utils\\n_rebuild_tensor_v2": torch's unpickler
+    read the global "torch._." and the file was called a pickle naming what is not weights."""
+    path = tmp_path / "legacy.pth"
+    torch.save(_tensors(CASES["compact"][0]()), path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    first_global = data.index(b"ctorch\n")
+    for cut in range(first_global + 1, first_global + 40):
+        path.write_bytes(data[:cut])
+        assert "corrupt or truncated model file" in _refusal(path), cut
+    cut = data.index(b"ctorch._utils\n") + 4
+    path.write_bytes(data[:cut])
+    assert _refusal(path).endswith("corrupt or truncated model file (its pickle ends early)")
+
+    marker = tmp_path / "never"  # a whole legacy pickle naming code is still called what it is
+    torch.save({"w": torch.zeros(1), "x": _Touch(marker)}, path, _use_new_zipfile_serialization=False)
+    assert "refused: the file's pickle names" in _refusal(path) and not marker.exists()
+
+
+def test_a_zip_record_inflating_far_past_the_file_is_refused_before_torch_reads_it(tmp_path, monkeypatch):
+    """torch.save stores records uncompressed; a 3 MB .pth holding a record of 3 GB of deflated zeros was
+    inflated whole by torch.load. Its zip directory declares the sizes: refused from there."""
+    plain, deflated, bomb = tmp_path / "plain.pth", tmp_path / "deflated.pth", tmp_path / "bomb.pth"
+    torch.save(_tensors(CASES["compact"][0]()), plain)
+    with zipfile.ZipFile(plain) as z:
+        records = [(info.filename, z.read(info)) for info in z.infolist()]
+    for path, padding in ((deflated, 0), (bomb, 32 << 20)):  # 32 MiB of zeros: about 32 kB deflated
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+            for name, data in records:
+                z.writestr(name, data + bytes(padding) if name.endswith("/data/0") else data)
+    assert community.load(deflated).architecture_id == "Compact"  # compressed as weights compress: read
+    assert bomb.stat().st_size < 1 << 20
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", no_load)
+    message = _refusal(bomb)
+    assert re.search(r"refused: its zip records declare 32\.\d MiB in a file of \d+ KiB \(.*a zip bomb", message), message
+
+
+def _zero_sized_compact(path: pathlib.Path, num_feat: int, num_conv: int, every_layer: bool) -> pathlib.Path:
+    """A Compact file whose tensors hold nothing, but whose shapes and key names describe `num_conv`
+    convolutions of `num_feat` channels: spandrel sizes the network by them (num_feat from body.0.weight,
+    num_conv from the highest body.N)."""
+    highest = 2 * num_conv + 2
+    tensors = {"body.0.weight": torch.empty(num_feat, 3, 0, 3), f"body.{highest}.bias": torch.empty(48, 0)}
+    for i in range(1, highest if every_layer else 2):
+        tensors[f"body.{i}.weight"] = torch.empty(0)
+    save_file(tensors, str(path))
+    return path
+
+
+def _counted_convs(monkeypatch) -> list:
+    built = []
+    init = torch.nn.Conv2d.__init__
+
+    def counted(self, *args, **kwargs):
+        built.append(self)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Conv2d, "__init__", counted)
+    return built
+
+
+def test_a_key_numbering_absent_layers_is_refused_before_any_layer_is_built(tmp_path, monkeypatch):
+    """242 bytes (body.0.weight of shape [256, 3, 0, 3], body.502.bias) had spandrel build and initialise
+    250 convolutions of 256 channels, 1.4 GB, before load_state_dict refused them; with body.200000002.bias
+    it ran out of memory. 3 keys cannot hold layer 202."""
+    path = _zero_sized_compact(tmp_path / "bomb.safetensors", 256, 100, every_layer=False)
+    assert path.stat().st_size < 400
+    built = _counted_convs(monkeypatch)
+    assert "refused: a key numbers layer 202, but the file holds only 3 tensors" in _refusal(path)
+    assert built == []
+
+
+def test_a_network_far_larger_than_the_file_s_weights_is_refused_while_built(tmp_path, monkeypatch):
+    """With a zero-sized tensor for every layer, 100 convolutions of 256 channels (236 MB) from 10 kB: the
+    build stops when its tensors would pass BUILD_FACTOR x the file's weights + BUILD_SLACK (set to 64 MiB
+    here, so the test builds little before the refusal)."""
+    monkeypatch.setattr(community, "BUILD_SLACK", 64 << 20)
+    path = _zero_sized_compact(tmp_path / "bomb.safetensors", 256, 100, every_layer=True)
+    built = _counted_convs(monkeypatch)
+    message = _refusal(path)
+    assert ("refused: the RealESRGAN Compact network its shapes and key names describe takes more than 64.0 MiB, "
+            "far beyond the 0 bytes of weights the file holds") in message
+    assert len(built) <= community.BUILD_SLACK // (256 * 256 * 9 * 4) + 2  # of the 101 it describes
+
+
+def test_the_build_budget_refuses_an_allocation_before_it_is_made(monkeypatch):
+    monkeypatch.setattr(community, "BUILD_SLACK", 64 << 20)  # so that two 40 MiB tensors pass it
+    budget = community._BuildBudget(weights=0)
+    with pytest.raises(community._BuildTooLarge), budget:  # 32 TiB: the allocator would raise RuntimeError
+        torch.empty(1 << 45, dtype=torch.uint8)
+    with pytest.raises(community._BuildTooLarge), community._BuildBudget(weights=0):
+        rows = torch.arange(1 << 22)  # broadcast to 2^44 differences, as a relative position index is made
+        rows[:, None] - rows[None, :]
+    with community._BuildBudget(weights=0):  # what is freed is no longer held
+        for _ in range(4):
+            torch.zeros(40 << 20, dtype=torch.uint8)
+    with pytest.raises(community._BuildTooLarge), community._BuildBudget(weights=0):
+        kept = [torch.zeros(40 << 20, dtype=torch.uint8) for _ in range(2)]
+        del kept
+
+
+def test_a_file_missing_most_of_its_layers_is_one_short_line(tmp_path):
+    """load_state_dict names every missing key; its whole list made a refusal line of 13-27 kB."""
+    tensors = _tensors(Compact(num_in_ch=3, num_out_ch=3, num_feat=4, num_conv=40, upscale=4))
+    path = tmp_path / "sparse.safetensors"
+    save_file({k: v for k, v in tensors.items() if k.split(".")[1] in ("0", "1", "82")}, str(path))
+    message = _refusal(path)
+    assert "looks like RealESRGAN Compact, but its weights do not load" in message
+    first_three = r'"body\.2\.weight", "body\.2\.bias", "body\.3\.weight", \.\.\.\)$'
+    assert re.search(r"Missing key\(s\) in state_dict: \d+ keys, " + first_three, message), message
+    assert len(message) < 400
