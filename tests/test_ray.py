@@ -283,7 +283,10 @@ def test_on_a_cluster_the_nodes_say_the_backend_and_tiles_lines_once(local_ray, 
     monkeypatch.setattr(ray_runner, "_actors_run_here", lambda address: False)
     assert main(["run", str(folder), "-o", str(tmp_path / "ray"), "--model", str(model), "--ray"]) == 0
     with_ray = capfd.readouterr().err.splitlines()
-    assert local[0].startswith("srtrt: backend ") and [line for line in with_ray if line in local] == local
+    # a node times its own paths (its cores, its thread count): its backend line is its own, said once
+    assert local[0].startswith("srtrt: backend ")
+    assert len([line for line in with_ray if line.startswith("srtrt: backend ")]) == 1
+    assert with_ray.count(local[1]) == 1  # the tiles line
     assert main(["run", str(folder), "-o", str(tmp_path / "quiet"), "--model", str(model), "--ray", "-q"]) == 0
     assert capfd.readouterr().err == ""
 
@@ -390,7 +393,8 @@ def test_actors_on_this_machine_run_what_the_driver_picked(two_images):
     args = parser().parse_args(["run", str(folder), "--model", str(model), "--ray", "-q"])
     assert args.ray == LOCAL
     scale, options = _checked_scale(args, RunOptions.from_args(args))
-    assert scale == 4 and (options.backend, options.precision) == ("torch", "fp32")  # auto's pick for this model
+    # auto's pick for this model, which the guard has not measured: the faster fp32 path, named for the actors
+    assert scale == 4 and options.backend in ("openvino", "torch") and options.precision == "fp32"
     asked = RunOptions(backend="auto")
     openvino = SimpleNamespace(name="openvino", precision="int8", device=torch.device("cpu"))
     assert (_as_picked(asked, openvino).backend, _as_picked(asked, openvino).precision) == ("openvino", "int8")

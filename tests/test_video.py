@@ -1059,8 +1059,9 @@ def test_repeated_timestamps_are_moved_one_tick_and_the_run_says_so(tmp_path, ca
                                                                                           240, 280]
 
 
-def _stop_after_segments(source: Path, destination: Path, model: Path, segments: int):
-    """Stop a run (as Ctrl-C does) once `segments` segments are closed; returns its runner."""
+def _stop_after_segments(source: Path, destination: Path, model: Path, segments: int, **options):
+    """Stop a run (as Ctrl-C does) once `segments` segments are closed; returns its runner. `options`
+    replace the run's (torch, no device named)."""
     from srtrt.engine.batch.files import FileRunner
     from srtrt.engine.batch.options import RunOptions, open_backend
     from srtrt.engine.batch.signals import Stopped
@@ -1071,7 +1072,7 @@ def _stop_after_segments(source: Path, destination: Path, model: Path, segments:
         if len(_closed_segments(work)) >= segments:
             raise Stopped(signal.SIGINT)
 
-    options = RunOptions(model=str(model), backend="torch", resume=True)
+    options = RunOptions(**{"model": str(model), "backend": "torch", "resume": True, **options})
     runner = FileRunner(open_backend(options).backend, options)
     with pytest.raises(Stopped):
         runner.run(source, destination, stop_check=stop_after_segments)
@@ -1114,11 +1115,11 @@ def test_resume_takes_over_segments_whatever_door_the_same_path_came_by(tmp_path
 
     source = _long_clip(tmp_path)
     destination = tmp_path / "resumed.mp4"
-    _stop_after_segments(source, destination, model, 1)
-    kept = sum(d["frames"] for d in _closed_segments(tmp_path / ".resumed.mp4.srtrt-video"))
     options = RunOptions(model=str(model), backend="auto", device=None, resume=True)
     runner = FileRunner(open_backend(options).backend, options)
-    assert runner.backend.name == "torch"  # what `auto` takes for a model the quality guard has not measured
+    # stopped where the same path was named outright, with its device: `--backend NAME --device cpu`
+    _stop_after_segments(source, destination, model, 1, backend=runner.backend.name, device="cpu")
+    kept = sum(d["frames"] for d in _closed_segments(tmp_path / ".resumed.mp4.srtrt-video"))
     starts = []
     outcome = runner.run(source, destination, on_frames=lambda total, done: starts.append(done))
     assert outcome.status == DONE, outcome.message
