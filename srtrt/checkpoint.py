@@ -111,6 +111,17 @@ def resolve(model: str | os.PathLike | None) -> Path:
     given = Path(model)
     if given.is_dir():
         raise SrtrtError("is a folder, not a model file", model)
+    if os.path.lexists(given) and not given.is_file():  # a FIFO, a device, a link loop: not "not found"
+        from srtrt import bounded_read
+
+        try:
+            kind = bounded_read.kind_of(os.stat(given).st_mode)
+        except FileNotFoundError:  # a dangling link: not found, as below
+            kind = None
+        except OSError as e:
+            raise SrtrtError(f"cannot read the model file ({e.strerror or e})", model) from None
+        if kind is not None:
+            raise SrtrtError(f"is {kind}, not a model file", model)
     if given.is_file() and given.suffix.lower() not in (".json", *_community_suffixes()):
         raise SrtrtError(f"not a model file srtrt reads ({given.suffix or 'no suffix'}; community models are "
                          f"{', '.join(_community_suffixes())} files, srtrt's own NAME.safetensors + NAME.json)", model)

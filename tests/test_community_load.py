@@ -497,6 +497,15 @@ def test_a_path_that_is_no_regular_file_says_what_it_is(tmp_path):
         assert _refusal(loop).endswith(": cannot read the model file (Too many levels of symbolic links)")
         assert _refusal(folder).endswith(": is a folder, not a model file")
         assert _refusal(tmp_path / "none.pth").endswith(": model file not found")
+    # the same through srtrt.load_model, as `--model` takes them (it said "checkpoint file not found")
+    import srtrt
+
+    with _within(5):
+        for path, cause in ((fifo, "is a FIFO (named pipe), not a model file"),
+                            (loop, "cannot read the model file (Too many levels of symbolic links)")):
+            with pytest.raises(SrtrtError) as refused:
+                srtrt.load_model(str(path))
+            assert str(refused.value) == f"{path}: {cause}"
 
 
 _UNREADABLE_CHILD = """
