@@ -122,6 +122,26 @@ def test_sidecar_that_is_not_json_is_refused(saved, text):
     assert "checkpoint config is not readable JSON" in _refused(weights)
 
 
+def test_a_json_sidecar_that_is_no_regular_file_is_not_read(tmp_path):
+    """srtrt's JSON reader (checkpoint configs, engine sidecars, int8 ranges, the quality guard) read a
+    FIFO there for ever: refused in one line, at once."""
+    import os
+    import signal
+
+    from srtrt.sidecar import read_versioned_json
+
+    fifo = tmp_path / "model.json"
+    os.mkfifo(fifo)
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the sidecar's read blocked"))
+    signal.alarm(10)
+    try:
+        with pytest.raises(SrtrtError) as refused:
+            read_versioned_json(fifo, checkpoint.FORMAT, checkpoint.VERSION, "checkpoint config")
+    finally:
+        signal.alarm(0)
+    assert str(refused.value) == f"{fifo}: checkpoint config is not readable (a FIFO (named pipe), not a regular file)"
+
+
 class _Trap:
     """Unpickling this runs code that leaves a marker file behind."""
 
