@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -50,14 +51,18 @@ def chromium(downloads: Path):
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                               "download.prompt_for_download": False})
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for driver.get_log
-    try:
-        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    except Exception as e:  # a browser that cannot start here is an environment's limit, not a failure of srtrt
-        pytest.skip(f"Chromium did not start: {' '.join(str(e).split())[:200]}")
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    # Chromium's singleton folders (org.chromium.Chromium.*) go into a folder removed afterwards: in /tmp itself
+    # every browser the suite started left one behind. Short, as it holds a Unix socket's path (108 bytes at most).
+    with tempfile.TemporaryDirectory(prefix="srtrt-chromium-") as scratch:
+        service = webdriver.ChromeService(executable_path=CHROMEDRIVER, env={**os.environ, "TMPDIR": scratch})
+        try:
+            driver = webdriver.Chrome(options=options, service=service)
+        except Exception as e:  # a browser that cannot start here is an environment's limit, not a failure of srtrt
+            pytest.skip(f"Chromium did not start: {' '.join(str(e).split())[:200]}")
+        try:
+            yield driver
+        finally:
+            driver.quit()
 
 
 def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
