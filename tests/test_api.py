@@ -192,6 +192,7 @@ def test_a_pil_result_is_upright_and_keeps_its_profile_and_exif(tmp_path, model)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     exif[0x010F] = "camera maker"
+    exif.get_ifd(0x8769)[0xA002], exif.get_ifd(0x8769)[0xA003] = 28, 20  # the stored size, as cameras write it
     source = tmp_path / "turned.jpg"
     Image.fromarray(smooth_image(20, 28)).save(source, exif=exif.tobytes(), icc_profile=srgb_profile(), quality=95)
     with Image.open(source) as img:
@@ -202,3 +203,4 @@ def test_a_pil_result_is_upright_and_keeps_its_profile_and_exif(tmp_path, model)
     with Image.open(tmp_path / "saved.png") as saved:
         assert saved.info["icc_profile"] == srgb_profile()
         assert saved.getexif()[0x0112] == 1 and saved.getexif()[0x010F] == "camera maker"
+        assert saved.getexif().get_ifd(0x8769)[0xA002] == 20 * 4  # the result's width, not the input's

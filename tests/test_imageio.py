@@ -793,6 +793,49 @@ def test_an_exif_orientation_written_as_a_long_is_reset_once_applied(tmp_path):
     assert exif[0x0112] == 1
 
 
+def _camera_exif(order: str, kind: int, width: int, height: int) -> bytes:
+    """A camera's EXIF as cameras write it: IFD0 (Make, the EXIF pointer), then the EXIF directory
+    with PixelX/YDimension as `kind` (3 SHORT, 4 LONG) and a maker note the patch must not move."""
+    pack = lambda fmt, *v: struct.pack(order + fmt, *v)  # noqa: E731
+    value = (lambda v: pack("H2x", v)) if kind == 3 else (lambda v: pack("I", v))
+    head = (b"II" if order == "<" else b"MM") + pack("HI", 42, 8)
+    ifd0 = pack("H", 2) + pack("HHI", 0x010F, 2, 4) + b"Cam\x00" + pack("HHII", 0x8769, 4, 1, 38) + pack("I", 0)
+    note = b"MAKERNOTE-12"
+    exif_ifd = (pack("H", 3) + pack("HHI", 0xA002, kind, 1) + value(width) + pack("HHI", 0xA003, kind, 1) + value(height)
+                + pack("HHII", 0x927C, 7, len(note), 38 + 2 + 36 + 4) + pack("I", 0) + note)
+    assert len(head + ifd0) == 38
+    return b"Exif\x00\x00" + head + ifd0 + exif_ifd
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("kind", [3, 4])
+def test_the_exif_pixel_dimensions_give_the_outputs_size(tmp_path, order, kind):
+    """The input's PixelX/YDimension went out unchanged: an upscaled photo's EXIF said it was the
+    input's size. Each format that carries EXIF now states the output's, and nothing else moves."""
+    from srtrt.engine.datapath.imageio import exif_for_size
+
+    exif = _camera_exif(order, kind, 30, 20)
+    path = save(tmp_path, Image.fromarray(random_array(20, 30, 3)), "camera.png", exif=exif)
+    image = read_image(path)
+    assert image.exif == exif
+    doubled = image.pixels.repeat(2, axis=0).repeat(2, axis=1)  # an output twice the input's size
+    for name in ("out.png", "out.jpg", "out.webp"):
+        with open_writer(tmp_path / name, 60, 40, 3, 8, exif=image.exif) as writer:
+            writer.write_rows(doubled)
+        with Image.open(tmp_path / name) as written:
+            carried = written.getexif().get_ifd(0x8769)
+            assert (carried[0xA002], carried[0xA003]) == (60, 40), name
+    bigger = exif_for_size(exif, 120, 80)
+    assert len(bigger) == len(exif) and bigger.endswith(b"MAKERNOTE-12")
+    loaded = Image.Exif()
+    loaded.load(bigger)
+    assert (loaded.get_ifd(0x8769)[0xA002], loaded.get_ifd(0x8769)[0xA003], loaded[0x010F]) == (120, 80, "Cam")
+    wide = Image.Exif()
+    wide.load(exif_for_size(exif, 70_000, 80))  # beyond a SHORT: retyped as a LONG in the same slot
+    assert (wide.get_ifd(0x8769)[0xA002], wide.get_ifd(0x8769)[0xA003]) == (70_000, 80)
+    assert exif_for_size(b"Exif\x00\x00not tiff", 1, 1) == b"Exif\x00\x00not tiff"  # unreadable: as it was
+
+
 def test_the_exif_of_a_tiff_only_tifffile_reads_is_said_to_be_left_out(tmp_path):
     """A float RGB TIFF is read by tifffile, which srtrt takes no EXIF from: the run says so."""
     tifffile = pytest.importorskip("tifffile")

@@ -414,6 +414,40 @@ def _exif_with_orientation_reset(raw: bytes) -> bytes | None:
     return EXIF_PREFIX + bytes(body)
 
 
+EXIF_IFD_POINTER = 0x8769
+PIXEL_DIMENSION_TAGS = (0xA002, 0xA003)  # PixelXDimension, PixelYDimension: the image's width and height
+
+
+def exif_for_size(exif: bytes | None, width: int, height: int) -> bytes | None:
+    """`exif` with its PixelX/YDimension giving `width` x `height` (the output's, which the input's
+    figures would misstate), patched in place like the orientation: everything else stays byte for
+    byte. A SHORT entry too small for the new figure becomes a LONG, which fits the same 4-byte slot.
+    An EXIF this cannot walk is returned as it is."""
+    if not exif:
+        return exif
+    body = bytearray(exif[len(EXIF_PREFIX):] if exif.startswith(EXIF_PREFIX) else exif)
+    try:
+        order = {b"II": "<", b"MM": ">"}[bytes(body[:2])]
+
+        def entries(ifd: int):
+            (count,) = struct.unpack_from(order + "H", body, ifd)
+            for index in range(count):
+                entry = ifd + 2 + 12 * index
+                yield (entry, *struct.unpack_from(order + "HHI", body, entry))
+
+        ifd0 = struct.unpack_from(order + "I", body, 4)[0]
+        pointer = [struct.unpack_from(order + "I", body, entry + 8)[0]
+                   for entry, tag, _, values in entries(ifd0) if tag == EXIF_IFD_POINTER and values == 1]
+        for entry, tag, kind, values in entries(pointer[0]) if pointer else ():
+            if tag in PIXEL_DIMENSION_TAGS and values == 1 and kind in (3, 4):
+                figure = width if tag == PIXEL_DIMENSION_TAGS[0] else height
+                struct.pack_into(order + "HI", body, entry + 2, 3 if kind == 3 and figure < 1 << 16 else 4, 1)
+                body[entry + 8:entry + 12] = struct.pack(order + ("H2x" if kind == 3 and figure < 1 << 16 else "I"), figure)
+    except (KeyError, struct.error):
+        return exif
+    return EXIF_PREFIX + bytes(body)
+
+
 # --------------------------------------------------------------------------- 8-bit PNG
 
 _PLAIN_PNG_CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}

@@ -33,7 +33,7 @@ from zlib_ng import zlib_ng
 
 from srtrt.atomic import commit as commit_file
 from srtrt.atomic import temp_name
-from srtrt.engine.datapath.imageio import to_eight_bit
+from srtrt.engine.datapath.imageio import exif_for_size, to_eight_bit
 from srtrt.errors import OutputNote, SrtrtError
 from srtrt.hardware import usable_cpus
 
@@ -66,6 +66,7 @@ def open_writer(path, width: int, height: int, channels: int, bit_depth: int,
     if png_level is not None and not 0 <= png_level <= 9:
         raise SrtrtError(f"png level must be 0-9, not {png_level}", path)
     image_format = check_output(path, width, height, channels, overwrite)
+    exif = exif_for_size(exif, width, height)
     if image_format == "PNG":
         encoder = PngEncoder(width, height, channels, bit_depth, icc_profile, exif, png_level, threads)
     elif image_format == "TIFF":
