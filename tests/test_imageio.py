@@ -1,6 +1,7 @@
 """Decoding: every input mode normalised correctly, metadata carried, bad files refused in one line."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import struct
@@ -834,6 +835,45 @@ def test_the_exif_pixel_dimensions_give_the_outputs_size(tmp_path, order, kind):
     wide.load(exif_for_size(exif, 70_000, 80))  # beyond a SHORT: retyped as a LONG in the same slot
     assert (wide.get_ifd(0x8769)[0xA002], wide.get_ifd(0x8769)[0xA003]) == (70_000, 80)
     assert exif_for_size(b"Exif\x00\x00not tiff", 1, 1) == b"Exif\x00\x00not tiff"  # unreadable: as it was
+
+
+def _padded_profile(size: int) -> bytes:
+    """A valid sRGB profile padded to `size` bytes (its header's size field says so), as print
+    profiles with large tables are."""
+    profile = srgb_profile()
+    return struct.pack(">I", size) + profile[4:] + bytes(size - len(profile))
+
+
+def test_a_png_with_an_icc_profile_over_pillows_1_mib_is_read_and_carried(tmp_path):
+    """Pillow refuses a PNG whose iCCP inflates past 1 MiB (PngImagePlugin.MAX_TEXT_CHUNK): such a
+    photo failed as 'corrupt or unreadable'. Its profile now reads and goes to the output, and
+    Pillow's own setting is back as it was."""
+    from PIL import PngImagePlugin
+
+    before = PngImagePlugin.MAX_TEXT_CHUNK
+    profile = _padded_profile(3_000_000)
+    pixels = random_array(12, 10, 3)
+    path = save(tmp_path, Image.fromarray(pixels), "print.png", icc_profile=profile)
+    image = read_image(path)
+    np.testing.assert_array_equal(image.pixels, pixels)
+    assert image.icc_profile == profile
+    assert read_image(through_writer(tmp_path, image, "out.png")).icc_profile == profile
+    assert PngImagePlugin.MAX_TEXT_CHUNK == before
+
+
+def test_an_icc_profile_jpeg_cannot_hold_is_left_out_with_a_note(tmp_path):
+    """JPEG splits a profile over at most 255 markers, numbered in one byte: Pillow wrapped the count
+    of a longer one round and wrote a file whose profile no reader assembles. It is left out, said."""
+    from srtrt.engine.datapath.writers import JPEG_MAX_ICC_BYTES
+
+    pixels = random_array(8, 8, 3)
+    for size, kept in ((JPEG_MAX_ICC_BYTES, True), (JPEG_MAX_ICC_BYTES + 1, False)):
+        profile = _padded_profile(size)
+        with pytest.warns(OutputNote, match="ICC profile too long for JPEG") if not kept else contextlib.nullcontext():
+            with open_writer(tmp_path / f"{size}.jpg", 8, 8, 3, 8, icc_profile=profile) as writer:
+                writer.write_rows(pixels)
+        with Image.open(tmp_path / f"{size}.jpg") as written:
+            assert written.info.get("icc_profile") == (profile if kept else None)
 
 
 def test_the_exif_of_a_tiff_only_tifffile_reads_is_said_to_be_left_out(tmp_path):

@@ -25,7 +25,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from srtrt.engine.datapath import decoder_messages
 from srtrt.errors import OutputNote, SrtrtError
@@ -131,17 +131,23 @@ def from_pil(img: Image.Image, path=None) -> DecodedImage:
 # a TIFF allocates its pixels in load(). The limit that counts is `max_pixels` (checked from
 # the header right after opening), so Pillow's check is lifted while any decode of ours runs:
 # the first to start saves the setting, the last to finish puts it back.
+# Its cap on one PNG text or ICC chunk (1 MiB) is raised the same way: print and camera profiles
+# with large tables run past it, and such a PNG was unreadable; Pillow's 64 MB cap on all of a
+# file's text chunks together stays.
+PNG_CHUNK_LIMIT = 32 << 20
 _LIMIT_LOCK = threading.Lock()
 _limit_lifts = 0
-_saved_limit = None
+_saved_limits = None
 
 
 @contextlib.contextmanager
 def _pillow_size_check_lifted():
-    global _limit_lifts, _saved_limit
+    global _limit_lifts, _saved_limits
     with _LIMIT_LOCK:
         if _limit_lifts == 0:
-            _saved_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            _saved_limits = Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK
+            Image.MAX_IMAGE_PIXELS = None
+            PngImagePlugin.MAX_TEXT_CHUNK = max(PngImagePlugin.MAX_TEXT_CHUNK, PNG_CHUNK_LIMIT)
         _limit_lifts += 1
     try:
         yield
@@ -149,7 +155,7 @@ def _pillow_size_check_lifted():
         with _LIMIT_LOCK:
             _limit_lifts -= 1
             if _limit_lifts == 0:
-                Image.MAX_IMAGE_PIXELS = _saved_limit
+                Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK = _saved_limits
 
 
 @contextlib.contextmanager

@@ -43,6 +43,7 @@ OUTPUT_SUFFIXES = frozenset(OUTPUT_FORMATS)
 MAX_SIDE = {"JPEG": 65500, "WEBP": 16383, "BMP": 2**31 - 1}   # libjpeg, libwebp, BMP header
 IN_MEMORY_LIMIT_BYTES = 4 << 30       # JPEG, WebP and BMP are encoded from one array in RAM
 JPEG_MAX_EXIF_BYTES = 65533           # one APP1 marker
+JPEG_MAX_ICC_BYTES = 255 * (65533 - 14)  # 255 APP2 markers, each with its 14-byte ICC_PROFILE header
 JPEG_QUALITY = 95
 WEBP_QUALITY = 95
 FILE_BUFFER_BYTES = 1 << 20
@@ -636,6 +637,11 @@ class PillowEncoder:
             warnings.warn(f"{path}: EXIF too long for JPEG ({len(exif)} bytes); not written",
                           OutputNote, stacklevel=3)
             self.exif = None
+        if image_format == "JPEG" and icc_profile and len(icc_profile) > JPEG_MAX_ICC_BYTES:
+            # Pillow numbers the markers in one byte: a longer profile is written wrapped round, corrupt
+            warnings.warn(f"{path}: ICC profile too long for JPEG ({len(icc_profile)} bytes, at most "
+                          f"{JPEG_MAX_ICC_BYTES}); not written: write .png to keep it", OutputNote, stacklevel=3)
+            self.icc_profile = None
         # np.empty reserves address space; pages are touched only as rows arrive
         self._image = np.empty((height, width, self.stored_channels), np.uint8)
         self._rows = 0
