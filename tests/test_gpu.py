@@ -1,4 +1,4 @@
-"""Tests on a real CUDA GPU (skipped without one; bench/gpu.sh runs them with `-m gpu`).
+"""Tests on a real CUDA GPU (skipped without one; bench/gpu.sh runs them with `-m "gpu or tensorrt"`).
 
 - the fused Triton pixel-shuffle + PReLU kernel against the torch reference, every dtype and
   output layout;

@@ -272,6 +272,19 @@ def test_find_picks_a_fitting_plan_and_explains_misses(cache):
         engine_cache.find(SHA, "fp16", *here, window=592, max_batch=4, plugin="aot")
 
 
+def test_find_runs_the_models_own_plan_before_one_built_from_an_onnx_graph(cache):
+    """A plan built with `--onnx` (an int8 QDQ or edited graph of the same weights, keyed by the
+    graph's sha256) was taken over the model's own plan whenever it was the newer one: `auto` then
+    ran a graph nobody asked for. It is run only where the model's own was not built."""
+    here = (*H200, "11.4.0.106")
+    graph = engine_cache.store(key(graph_sha256="cd" * 32), b"qdq")
+    assert engine_cache.find(SHA, "fp16", *here) == graph  # nothing else built: the graph's plan runs
+    own = engine_cache.store(key(), b"own")
+    os.utime(own, (1, 1))  # the graph's plan is the newer one
+    assert engine_cache.find(SHA, "fp16", *here) == own
+    assert engine_cache.find(SHA, "fp16", *here, window=592, max_batch=4) == own
+
+
 # ---------------------------------------------------------------------------------------------
 # without TensorRT or without a GPU
 
@@ -790,9 +803,17 @@ def test_cuda_graphs_replay_equals_plain_run(trt_ready, tiny_checkpoint, export_
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
         x = torch.rand(2, 3, 32, 32, device="cuda")
+        y = torch.rand(1, 3, 24, 32, device="cuda")  # a second shape: a graph of its own
         graphs.prepare(2, 32, 32)
         a, b = plain.infer(x), graphs.infer(x)
         c = graphs.infer(x.flip(-1))
+        d = graphs.infer(y)
+        e = graphs.infer(x)  # the first shape's graph again, after the second was captured and run
+        want_c, want_d = plain.infer(x.flip(-1)), plain.infer(y)
     stream.synchronize()
+    # every shape was captured (a failed capture falls back to plain runs, which would pass unseen)
+    assert len(graphs._graphs) == 2 and all(v is not None and v[0] is not None for v in graphs._graphs.values())
     torch.testing.assert_close(b, a, atol=1e-3, rtol=0)
-    torch.testing.assert_close(c, plain.infer(x.flip(-1)), atol=1e-3, rtol=0)
+    torch.testing.assert_close(c, want_c, atol=1e-3, rtol=0)
+    torch.testing.assert_close(d, want_d, atol=1e-3, rtol=0)
+    torch.testing.assert_close(e, a, atol=1e-3, rtol=0)

@@ -5,7 +5,9 @@ kernels share one memory system. Each CUDA stream the runtime calls `infer` on g
 execution context (a context holds the activations of one inference in flight), created on
 first use. Batches larger than the engine's profile are split. With `cuda_graphs=True` each
 (stream, tile shape) is captured once into a torch.cuda.CUDAGraph after one ordinary run, and
-replayed from then on.
+replayed from then on. A captured graph fixes its context's shapes and state, so each graph has
+an execution context of its own; the graphs of one stream run one after another, so their
+contexts share that stream's one block of activation memory (TensorRT's USER_MANAGED contexts).
 
 The TensorRT-RTX backend (tensorrt_rtx_backend.py) is this class with the flavour's hooks
 overridden: `_check_blob` (before deserializing), `_create_context`, `_uses_torch_graphs`.
@@ -33,7 +35,8 @@ TRT_NAMES_USED = (
     "__version__", "Logger", "WARNING", "Runtime", "deserialize_cuda_engine", "create_execution_context",
     "num_io_tensors", "get_tensor_name", "get_tensor_mode", "TensorIOMode", "INPUT", "OUTPUT", "get_tensor_dtype",
     "DataType", "FLOAT", "HALF", "BF16", "get_tensor_profile_shape", "set_input_shape", "get_tensor_shape",
-    "set_tensor_address", "execute_async_v3",
+    "set_tensor_address", "execute_async_v3", "ExecutionContextAllocationStrategy", "USER_MANAGED",
+    "device_memory_size_v2", "set_device_memory",
 )
 MAX_GRAPHS = 16  # captured CUDA graphs kept per backend (one per stream and tile shape)
 
@@ -144,6 +147,7 @@ class TensorRTBackend(Backend):
         self._contexts = {}   # stream handle -> execution context
         self._shapes = {}     # stream handle -> input shape last set on that context
         self._graphs = {}     # (stream handle, shape) -> (graph or None, static input, static output) or None
+        self._graph_memory = {}  # stream handle -> the activation memory its graphs' contexts share
         self._after_load()
 
     @classmethod
@@ -201,11 +205,10 @@ class TensorRTBackend(Backend):
     def prepare(self, batch: int, height: int, width: int) -> None:
         stream = torch.cuda.current_stream(self.device)
         shape = (min(batch, self.profile.max_batch), self.profile.max[1], height, width)
-        ctx = self._context(stream.cuda_stream)
         if self.cuda_graphs:
-            self._graph(ctx, shape, stream)
+            self._graph(shape, stream)
         elif self._shapes.get(stream.cuda_stream) != shape:
-            self._set_shape(ctx, stream.cuda_stream, shape)
+            self._set_shape(self._context(stream.cuda_stream), stream.cuda_stream, shape)
 
     @torch.inference_mode()
     def infer(self, x: torch.Tensor) -> torch.Tensor:
@@ -229,6 +232,7 @@ class TensorRTBackend(Backend):
 
     def close(self) -> None:
         self._graphs.clear()
+        self._graph_memory.clear()
         self._contexts.clear()
         self._shapes.clear()
         self._engine = None
@@ -249,7 +253,8 @@ class TensorRTBackend(Backend):
     def _set_shape(self, ctx, handle: int, shape: tuple) -> tuple:
         if not ctx.set_input_shape(self._in, shape):
             raise RuntimeError(f"TensorRT refused input shape {shape} (profile {self.profile})")
-        self._shapes[handle] = shape
+        if self._contexts.get(handle) is ctx:  # a graph's own context is not the stream's
+            self._shapes[handle] = shape
         return tuple(int(d) for d in ctx.get_tensor_shape(self._out))
 
     def _bind(self, ctx, handle: int, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -267,23 +272,24 @@ class TensorRTBackend(Backend):
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         stream = torch.cuda.current_stream(self.device)
         handle = stream.cuda_stream
-        ctx = self._context(handle)
         if self.cuda_graphs:
-            captured = self._graph(ctx, tuple(x.shape), stream)
+            captured = self._graph(tuple(x.shape), stream)
             if captured is not None:
                 graph, static_in, static_out = captured
                 static_in.copy_(x)
                 if graph is not None:
                     graph.replay()
                 else:  # the flavour replays its own graph for these fixed addresses
+                    ctx = self._context(handle)
                     self._bind(ctx, handle, static_in, static_out)
                     self._enqueue(ctx, handle)
                 return static_out.clone()  # the next run overwrites static_out
+        ctx = self._context(handle)  # past MAX_GRAPHS, or a shape that could not be captured
         out = self._bind(ctx, handle, x)
         self._enqueue(ctx, handle)
         return out
 
-    def _graph(self, ctx, shape: tuple, stream):
+    def _graph(self, shape: tuple, stream):
         """(graph, static input, static output) for (stream, shape), made on first use; None past MAX_GRAPHS
         or if not capturable. The graph is None where the flavour captures its own (fixed buffers only)."""
         key = (stream.cuda_stream, shape)
@@ -291,6 +297,7 @@ class TensorRTBackend(Backend):
             return self._graphs[key]
         if len(self._graphs) >= MAX_GRAPHS:
             return None
+        ctx = self._graph_context(stream.cuda_stream) if self._uses_torch_graphs else self._context(stream.cuda_stream)
         static_in = torch.zeros(shape, dtype=self.in_dtype, device=self.device)
         static_out = self._bind(ctx, stream.cuda_stream, static_in)
         # One ordinary run first, so lazy initialisation (and TensorRT-RTX's kernel
@@ -302,10 +309,28 @@ class TensorRTBackend(Backend):
             return self._graphs[key]
         graph = torch.cuda.CUDAGraph()
         ok = False
-        try:
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        try:  # the capture stream torch makes is on the current device: this backend's
+            with torch.cuda.device(self.device), torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 ok = ctx.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream)
         except RuntimeError:
             ok = False
         self._graphs[key] = (graph, static_in, static_out) if ok else None
         return self._graphs[key]
+
+    def _graph_context(self, handle: int):
+        """A new execution context for one graph on stream `handle`. Replaying a graph after its
+        context was set to another shape would run on state that is no longer the captured one; a
+        context per graph has none to lose. Its activation memory is the stream's one block: the
+        stream runs its graphs one at a time, and the captured address stays valid while the
+        backend lives."""
+        trt = self._trt
+        with self._lock, torch.cuda.device(self.device):
+            memory = self._graph_memory.get(handle)
+            if memory is None:  # torch's allocator aligns blocks to 512 bytes; TensorRT asks 256
+                memory = torch.empty(max(1, self._engine.device_memory_size_v2), dtype=torch.uint8, device=self.device)
+                self._graph_memory[handle] = memory
+            ctx = self._engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            if ctx is None:
+                raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?)")
+            ctx.set_device_memory(memory.data_ptr(), memory.numel())
+        return ctx

@@ -438,8 +438,10 @@ def find(model_sha256: str, precision: str, gpu_name: str, compute_capability, t
     A plan qualifies when model, precision and flavour match, it runs on this GPU (TensorRT:
     built on this GPU model; TensorRT-RTX: its targets cover this compute capability) with this
     `trt_version`, and, when given, its profile's largest shape is exactly `window` (int or
-    (h, w)), its batch is at least `max_batch` and its plugin mode is `plugin`. Among those the
-    newest plan wins (with a window given: the smallest sufficient batch, then the newest). The
+    (h, w)), its batch is at least `max_batch` and its plugin mode is `plugin`. Among those a plan
+    built from the model itself wins over one built from an `--onnx` graph of the same weights (an
+    int8 QDQ or hand-edited graph is run only where nothing else was built), then the newest
+    (with a window given: the smallest sufficient batch, then the newest). The
     plan is validated before it is returned. Raises SrtrtError with the reason when none
     qualifies; plans only for another GPU or version are named as such.
     """
@@ -461,9 +463,10 @@ def find(model_sha256: str, precision: str, gpu_name: str, compute_capability, t
             continue
         if plugin is not None and k.plugin != plugin:
             continue
-        candidates.append((k.profile.max_batch if max_batch is not None and hw is not None else 0, plan, k))
+        candidates.append(((bool(k.graph_sha256), k.profile.max_batch if max_batch is not None and hw is not None else 0),
+                           plan, k))
     if candidates:
-        candidates.sort(key=lambda c: c[0])  # stable: newest first within a batch size
+        candidates.sort(key=lambda c: c[0])  # stable: newest first within the same source and batch size
         _, plan, k = candidates[0]
         validate(plan, k)
         return plan
