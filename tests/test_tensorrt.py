@@ -437,6 +437,32 @@ def _elem(value) -> str:
     return onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type)
 
 
+def test_an_aot_profile_past_the_kernels_int32_indexing_is_refused_before_building(tmp_path, tiny_checkpoint,
+                                                                                      export_module):
+    """The AOT plugin runs one kernel over a fused node's whole output with int32 offsets: a
+    default-model build with --max-batch 6 (64 channels x 2368² at the last step, 2.15e9 elements)
+    built, and its engine would write nothing. The build says so first, with the batch that fits."""
+    import srtrt
+    from srtrt.engine.toolchain.trt_build import _check_aot_index_range, prepare_onnx, view_facts
+
+    _, facts = prepare_onnx(tmp_path, model=str(tiny_checkpoint), precision="fp16", plugin="aot")
+    assert facts["fused_channels"] == 8  # the tiny model's width, read from the graph's last fused node
+    (tmp_path / "again").mkdir()
+    path, _ = prepare_onnx(tmp_path, model=str(tiny_checkpoint), precision="fp16", plugin="aot")
+    assert prepare_onnx(tmp_path / "again", onnx_path=str(path), plugin="aot")[1]["fused_channels"] == 8
+    default = view_facts(srtrt.load_model(), None, "fp16", "aot")  # the embedded SRResNet: 64 channels
+    assert default["fused_channels"] == 64
+    _check_aot_index_range(default, profile_for(592, 5))  # 1.79e9 elements: fits
+    with pytest.raises(SrtrtError) as e:
+        _check_aot_index_range(default, profile_for(592, 6))
+    assert _one_line(e.value) == ("the AOT plugin indexes in 32 bits, and a batch of 6 windows of 592x592 makes "
+                                  "2,153,250,816 elements in the last upsample step (at most 2,147,483,647): "
+                                  "build with --max-batch 5 or less")
+    with pytest.raises(SrtrtError, match="build with a smaller --tile"):
+        _check_aot_index_range(default, profile_for(6000, 1))
+    _check_aot_index_range({**default, "plugin": "jit"}, profile_for(592, 6))  # JIT splits its launches
+
+
 @pytest.mark.parametrize("precision, plugin", [("fp16", "aot"), ("fp32", "none")])
 def test_onnx_for_the_builder_has_the_intended_dtypes_and_nodes(tmp_path, tiny_checkpoint, export_module,
                                                                  precision, plugin):

@@ -246,6 +246,45 @@ def plugin_unavailable(flavour: Flavour) -> str | None:
     return trt_plugin.unavailable(flavour.module)
 
 
+def fused_channels(model) -> int | None:
+    """Output channels of the graph's last PixelShufflePReLU node (the conv feeding it makes r²
+    times as many), None where the graph has no fused node or its conv weight is not a constant."""
+    from onnx import helper, numpy_helper
+
+    from srtrt.engine.toolchain.export import fused_nodes
+
+    nodes = fused_nodes(model)
+    if not nodes:
+        return None
+    last = nodes[-1]
+    upscale = int({a.name: helper.get_attribute_value(a) for a in last.attribute}.get("upscale", 1))
+    producer = next((n for n in model.graph.node if last.input[0] in n.output), None)
+    weights = {t.name: t for t in model.graph.initializer}
+    if producer is None or producer.op_type != "Conv" or producer.input[1] not in weights:
+        return None
+    return int(numpy_helper.to_array(weights[producer.input[1]]).shape[0]) // (upscale * upscale)
+
+
+def _check_aot_index_range(facts: dict, profile) -> None:
+    """The AOT plugin launches one kernel over a fused node's whole output, indexed in int32 (the
+    JIT plugin splits its batches itself): a profile whose last upsample step, at full resolution
+    and the largest batch, holds INDEX_LIMIT elements or more would build and then write nothing."""
+    from srtrt.kernels.pixel_shuffle_prelu import INDEX_LIMIT
+
+    channels = facts.get("fused_channels")
+    if facts.get("plugin") != "aot" or not channels:
+        return
+    batch, _, height, width = profile.max
+    scale = int(facts.get("scale") or 4)
+    per_window = channels * height * scale * width * scale
+    if batch * per_window >= INDEX_LIMIT:
+        fits = (INDEX_LIMIT - 1) // per_window
+        advice = f"--max-batch {fits} or less" if fits >= 1 else "a smaller --tile"
+        raise SrtrtError(f"the AOT plugin indexes in 32 bits, and a batch of {batch} windows of {height}x{width} makes "
+                         f"{batch * per_window:,} elements in the last upsample step (at most {INDEX_LIMIT - 1:,}): "
+                         f"build with {advice}")
+
+
 def _checked(name: str, value: int, lo: int, hi: int | None = None) -> int:
     if value < lo or (hi is not None and value > hi):
         allowed = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
@@ -261,7 +300,8 @@ def view_facts(view, model: str | None, precision: str, plugin: str) -> dict:
     facts = view.facts  # registry.ModelFacts: a community model may be grey or need sides of a multiple
     return {"sha256": sha, "precision": precision, "plugin": plugin, "scale": view.scale,
             "radius": view.radius, "source": str(model) if model else "embedded default model",
-            "channels": facts.channels, "minimum": facts.minimum, "multiple_of": facts.multiple_of}
+            "channels": facts.channels, "minimum": facts.minimum, "multiple_of": facts.multiple_of,
+            "fused_channels": facts.feature_channels if plugin != "none" else None}
 
 
 def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | None = None,
@@ -310,7 +350,8 @@ def prepare_onnx(workdir: Path, *, model: str | None = None, onnx_path: str | No
         path = save_onnx(m, workdir / src.name)
         facts = {"sha256": sha, "graph_sha256": graph, "precision": got, "plugin": mode,
                  "scale": int(meta.get("scale", 4)), "radius": meta.get("radius"), "source": str(src.resolve()),
-                 "channels": onnx_channels(m), "minimum": meta.get("minimum", 1), "multiple_of": meta.get("multiple_of", 1)}
+                 "channels": onnx_channels(m), "minimum": meta.get("minimum", 1), "multiple_of": meta.get("multiple_of", 1),
+                 "fused_channels": fused_channels(m)}
     else:
         import srtrt
         from srtrt.engine.toolchain.export import export_onnx
@@ -586,6 +627,7 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
         if fixed:  # the engine takes exactly that shape: the runtime's windows are all of it
             max_batch, window, min_side = fixed[0], fixed[1:], max(fixed[1:])
         profile = profile_for(window, max_batch, channels=facts["channels"], min_side=min_side)
+        _check_aot_index_range(facts, profile)
         key = EngineKey(model_sha256=facts["sha256"], precision=facts["precision"], profile=profile,
                         plugin=facts["plugin"], margin=margin, flavour=flavour.key, trt_version=version,
                         graph_sha256=facts.get("graph_sha256", ""), **where)
