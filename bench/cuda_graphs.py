@@ -3,13 +3,16 @@
 One graph per (CUDA stream, input shape): the runtime alternates streams, and a graph's
 output buffer is reused by its next replay, so two streams must never share one. A graph is
 captured after two ordinary passes on a side stream (cuDNN picks its algorithms and Triton
-compiles its kernels there), then replayed for every later batch of that shape.
+compiles its kernels there), then replayed for every later batch of that shape. Each graph holds
+its own memory pool, so past MAX_GRAPHS (a folder of many sizes) new shapes run uncaptured.
 """
 from __future__ import annotations
 
 import torch
 
 from srtrt.engine.backends.torch_backend import TorchBackend
+
+MAX_GRAPHS = 16  # as the TensorRT backend keeps
 
 
 class GraphedTorchBackend(TorchBackend):
@@ -23,10 +26,12 @@ class GraphedTorchBackend(TorchBackend):
 
     @torch.inference_mode()
     def infer(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, self.dtype, non_blocking=True)
+        key = (torch.cuda.current_stream(self.device).cuda_stream, tuple(x.shape))
+        if key not in self._graphs and len(self._graphs) >= MAX_GRAPHS:
+            return super().infer(x)
+        x = x.to(self.device, self.stored, non_blocking=True)  # what TorchBackend.infer feeds the module
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        key = (torch.cuda.current_stream(self.device).cuda_stream, tuple(x.shape))
         graph, static_in, static_out = self._graphs.get(key) or self._capture(key, x)
         static_in.copy_(x)
         graph.replay()

@@ -496,3 +496,36 @@ def test_images_an_engine_cannot_take_run_on_the_fallback_auto_named(tmp_path):
     assert set(fixed.windows) == {(40, 40)}  # the large image only, in the plan's windows
     assert len(lines) == 1 and "windows are outside what this engine takes" in lines[0]
     assert "; such images run on torch (fp32, cpu" in lines[0], lines[0]
+
+
+def test_an_abandoned_runs_output_buffers_go_back_only_after_their_device_copy():
+    """A stopped or failed run handed its pinned output buffers back without waiting for the
+    device-to-host copy queued into them, and the next run's tiles could then be overwritten by
+    that late copy. The assembler now waits on each buffer's copy event, also when it skips it.
+    (The event is a stand-in: a CUDA event needs a GPU; tests/test_gpu.py runs the real streams.)"""
+    import queue
+    import threading
+
+    from srtrt.engine.datapath.runtime import _DONE
+
+    up = TiledUpscaler(TorchBackend(random_view()), core=16)
+    order = []
+
+    class CopyEvent:
+        def synchronize(self):
+            order.append("copy done")
+
+    class Pool:
+        def give(self, buffer):
+            order.append(f"{buffer} back")
+
+    up._outputs = Pool()
+    planes = Planes(smooth_image(20, 20), None)
+    plan = up.plan(20, 20)
+    q_out, bands, abandon = queue.Queue(), queue.Queue(), threading.Event()
+    abandon.set()
+    for name in ("a", "b"):
+        q_out.put(([(0, tile) for tile in plan], None, name, CopyEvent()))
+    q_out.put(_DONE)
+    up._assemble(planes, plan, q_out, bands, np.uint8, None, [], abandon)
+    assert order == ["copy done", "a back", "copy done", "b back"]

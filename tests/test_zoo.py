@@ -117,6 +117,22 @@ def test_a_grey_model_keeps_a_grey_image_grey_and_tiles_exactly(model_files):
     assert np.abs(tiled - whole).max() <= 1e-5
 
 
+def test_a_grey_model_on_a_colour_image_is_prepared_for_the_batches_it_runs(model_files):
+    """A grey network runs an RGB tile as three planes (one per channel): the backend was prepared
+    for one plane per tile, a shape its batches never have (TensorRT set up that context in vain;
+    OpenVINO compiled a model for it)."""
+    view = srtrt.load_model(model_files["grey"])
+    backend = TorchBackend(view, "cpu", "fp32")
+    prepared, ran = [], []
+    prepare, infer = backend.prepare, backend.infer
+    backend.prepare = lambda n, h, w: prepared.append((n, h, w)) or prepare(n, h, w)
+    backend.infer = lambda x: ran.append(tuple(x.shape[:1] + x.shape[2:])) or infer(x)
+    up = TiledUpscaler(backend, core=16, margin=view.radius, batch=2)
+    out, _ = up.run_to_array(Planes(lr_image(40, 52), None))
+    assert out.shape == (40 * view.scale, 52 * view.scale, 3)
+    assert prepared == [ran[0]] and prepared[0][0] == 2 * 3
+
+
 def test_windows_meet_the_minimum_side_without_padding(tmp_path):
     """MixDehazeNet states a 40-pixel minimum (its reflect pads fail below it): the windows of a
     64x90 image in tiles of 16 are lengthened to 40 and the run completes (it failed before)."""

@@ -20,6 +20,7 @@ run checks the bytes a GPU run produces.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
@@ -450,17 +451,26 @@ class TiledUpscaler:
                             band = None
                     self.times.add(assemble=time.perf_counter() - t0)
                 finally:
-                    if host_buffer is not None:
-                        self._outputs.give(host_buffer)  # its cores are copied into bands by now
+                    self._give_output(host_buffer, event)  # its cores are copied into bands by now
                 if on_tile:
                     on_tile(len(windows))
         except BaseException as e:
             errors.append(e)
             while (item := q_out.get()) is not _DONE:  # drain so the worker never blocks on a full queue
-                if item[2] is not None:
-                    self._outputs.give(item[2])
+                self._give_output(item[2], item[3])
         finally:
             bands.put(_DONE)
+
+    def _give_output(self, host_buffer, event) -> None:
+        """Return an output buffer to its pool once the device's copy into it is done: one handed
+        back with its copy still queued (an abandoned or failed run skips the wait) would be
+        written over by that copy while the next run holds it."""
+        if host_buffer is None:
+            return
+        if event is not None:
+            with contextlib.suppress(Exception):  # a device that failed copies nothing more
+                event.synchronize()
+        self._outputs.give(host_buffer)
 
     def _encode(self, bands: queue.Queue, sink, errors: list, abandon: threading.Event):
         """Encoder: the sink gets each finished (image index, band); after an error the rest are dropped."""
@@ -502,10 +512,14 @@ class TiledUpscaler:
                     or (other.alpha is None) != (planes.alpha is None)):
                 raise ValueError("run_many takes images of one shape, alpha and dtype")
         plan = self.plan(planes.height, planes.width)
-        n_planes = 1 + (planes.alpha is not None)
+        n_planes = planes_per_tile(planes.channels, planes.alpha is not None, self.backend.channels)
         batch = min(self.batch, len(plan) * len(frames))
         window = plan.window_shape
-        self.backend.prepare(batch * n_planes, *window)
+        # on each stream the batches will run on: a CUDA backend keeps per-stream state (TensorRT's
+        # execution contexts and captured graphs)
+        for stream in self.streams if self.cuda else [None]:
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                self.backend.prepare(batch * n_planes, *window)
         self.times = StageTimes(tiles=len(plan) * len(frames))
         self._allocate_staging(planes, batch, window, out_dtype)
         start = time.perf_counter()
