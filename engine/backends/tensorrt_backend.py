@@ -148,6 +148,7 @@ class TensorRTBackend(Backend):
         self._shapes = {}     # stream handle -> input shape last set on that context
         self._graphs = {}     # (stream handle, shape) -> (graph or None, static input, static output) or None
         self._graph_memory = {}  # stream handle -> the activation memory its graphs' contexts share
+        self._graph_contexts = {}  # (stream handle, shape) -> the context its graph replays: kept alive with it
         self._after_load()
 
     @classmethod
@@ -232,6 +233,7 @@ class TensorRTBackend(Backend):
 
     def close(self) -> None:
         self._graphs.clear()
+        self._graph_contexts.clear()
         self._graph_memory.clear()
         self._contexts.clear()
         self._shapes.clear()
@@ -315,6 +317,8 @@ class TensorRTBackend(Backend):
         except RuntimeError:
             ok = False
         self._graphs[key] = (graph, static_in, static_out) if ok else None
+        if ok:
+            self._graph_contexts[key] = ctx
         return self._graphs[key]
 
     def _graph_context(self, handle: int):
