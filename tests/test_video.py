@@ -687,6 +687,21 @@ def test_api_takes_videos(tmp_path, model):
         srtrt.upscale(source, tmp_path / "big.webm", model=str(model), backend="torch")
 
 
+def test_names_ffmpeg_would_read_as_a_protocol_are_the_files_named(tmp_path, capsys, model, monkeypatch):
+    """FFmpeg reads a relative name whose start is letters, digits, '+', '-' or '.' before a ':' as
+    a protocol: `10:30.mp4` (`date -Iseconds` names) was refused, and `file:a.mp4` upscaled a.mp4."""
+    monkeypatch.chdir(tmp_path)
+    make_clip(tmp_path / "10:30.mp4", frames=3, audio=None)
+    make_clip(tmp_path / "a.mp4", frames=5, audio=None)
+    make_clip(tmp_path / "file:a.mp4", frames=2, audio=None)
+    code, err = run(capsys, "10:30.mp4", "--model", model, "--backend", "torch")
+    assert code == 0, err
+    assert len(video_frames(tmp_path / "10:30_x4.mp4")) == 3
+    code, err = run(capsys, "file:a.mp4", "-o", "12:00.mp4", "--model", model, "--backend", "torch")
+    assert code == 0, err
+    assert len(video_frames(tmp_path / "12:00.mp4")) == 2  # the 2-frame file named, not a.mp4's 5
+
+
 # --------------------------------------------------------------------------- bad input
 
 def test_libsvtav1_refuses_frames_its_flush_never_returns_from(tmp_path, capsys, model):

@@ -26,7 +26,7 @@ from srtrt.atomic import commit, temp_name
 from srtrt.engine.video.colour import Colour
 from srtrt.engine.video.hdr import WRITES_HDR, HdrMetadata
 from srtrt.engine.video.planes import rgb_to_frame
-from srtrt.engine.video.source import ffmpeg_reason
+from srtrt.engine.video.source import ffmpeg_reason, file_url
 from srtrt.errors import SrtrtError
 
 CODECS = ("libx264", "libx265", "libsvtav1", "libvpx-vp9", "h264_nvenc", "hevc_nvenc")
@@ -161,7 +161,7 @@ def check_encoder(settings: EncoderSettings, path) -> None:
 
 
 def _open_segment(path: str, settings: EncoderSettings):
-    container = av.open(path, "w", format="mp4")
+    container = av.open(file_url(path), "w", format="mp4")
     try:
         stream = add_video_stream(container, settings)
     except BaseException:

@@ -19,7 +19,7 @@ import av
 
 from srtrt.atomic import commit, temp_name
 from srtrt.engine.video.encoder import STAND_IN_SIDE, add_video_stream, disk_full
-from srtrt.engine.video.source import ffmpeg_reason, open_input, video_stream
+from srtrt.engine.video.source import ffmpeg_reason, file_url, open_input, video_stream
 from srtrt.errors import SrtrtError
 
 FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
@@ -141,7 +141,7 @@ def _video_packets(segments: list[SegmentFile], out_stream):
     those of the frames they show (one segment's packets are held at once: a few seconds of video)."""
     last_dts = None
     for path, start, end in segments:
-        with av.open(str(path)) as segment:
+        with av.open(file_url(path)) as segment:
             packets = [packet for packet in segment.demux(segment.streams.video[0]) if packet.size]
             _anchored(packets, start)
             _presentation_durations(packets, end)
@@ -210,8 +210,8 @@ def join(source_path: Path, segments: list[SegmentFile], destination: Path, disp
     temp = temp_name(destination)
     fmt = FORMATS[destination.suffix.lower()]
     try:
-        with open_input(source_path) as source, av.open(temp, "w", format=fmt) as out, \
-                av.open(str(segments[0].path)) as first:
+        with open_input(source_path) as source, av.open(file_url(temp), "w", format=fmt) as out, \
+                av.open(file_url(segments[0].path)) as first:
             video = video_stream(source, source_path)
             out.metadata.update({k: v for k, v in source.metadata.items() if k.lower() != "encoder"})
             out_video = _copy_stream(out, first.streams.video[0])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -61,9 +62,15 @@ class Frame:
     moved: bool = False  # its timestamp was moved one tick after the frame before's (repeated or backward)
 
 
+def file_url(path) -> str:
+    """`path` as FFmpeg must be given a file: absolute, since a relative name whose start reads
+    as a protocol ("10:30.mp4", "file:a.mp4") is opened as that protocol's URL instead."""
+    return os.path.abspath(os.fspath(path))
+
+
 def open_input(path: Path):
     try:
-        return av.open(str(path), metadata_errors="replace")
+        return av.open(file_url(path), metadata_errors="replace")
     except (av.FFmpegError, UnicodeDecodeError, OSError) as e:
         raise SrtrtError(f"cannot open as video ({ffmpeg_reason(e)})", path) from None
 
