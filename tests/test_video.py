@@ -713,6 +713,30 @@ def test_libsvtav1_refuses_frames_its_flush_never_returns_from(tmp_path, capsys,
     assert not list(tmp_path.glob("thin_x4*")) and partials(tmp_path) == []
 
 
+def test_an_avi_cut_short_is_said(tmp_path, capsys, model):
+    """FFmpeg re-estimates a cut AVI's duration from what is left, and AVI's frame count may hold
+    dropped frames, so a 40-frame AVI cut at 60 % passed as done with 26 frames (exit 0). Its RIFF
+    header's size shows the cut; --stop-at-bad-frame keeps what is there and says so."""
+    made = tmp_path / "made.avi"
+    make_clip(made, frames=40, gop=5, audio="pcm_s16le")
+    data = made.read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[:int(len(data) * 0.6)])
+    (tmp_path / "out").mkdir()
+    code, err = run(capsys, tmp_path / "cut.avi", "-o", tmp_path / "out", "--model", model, "--backend", "torch")
+    assert code == 1 and re.search(r"cut\.avi: ends after frame (\d+): the file holds [\d,]+ of the [\d,]+ bytes its "
+                                   r"RIFF header announces \(truncated\?\)", err), err
+    assert not list((tmp_path / "out").glob("cut*")) and partials(tmp_path) == []
+    kept = int(re.search(r"ends after frame (\d+)", err).group(1))
+    assert 0 < kept < 40
+    code, err = run(capsys, tmp_path / "cut.avi", "-o", tmp_path / "out", "--model", model, "--backend", "torch",
+                    "--stop-at-bad-frame")
+    assert code == 0 and "truncated?" in err, err
+    assert len(video_frames(tmp_path / "out" / "cut_x4.mkv")) == kept
+    code, err = run(capsys, made, "-o", tmp_path / "out", "--model", model, "--backend", "torch")
+    assert code == 0, err  # the whole file
+    assert len(video_frames(tmp_path / "out" / "made_x4.mkv")) == 40
+
+
 def test_an_mp4_cut_two_frames_short_is_said(tmp_path, capsys, model):
     """An MP4 cut at its end loses B-frames from the middle while the frames shown still reach the
     announced end (times leave two frames' slack): its sample table's count says so (was: done, exit 0)."""

@@ -181,7 +181,13 @@ def _truncated(info, frames: int, end: float | None) -> str:
     """Why the decoded frames fall short of what the header announces, or "".
 
     Time first: a header's frame count may include frames that were never stored (AVI's empty
-    index entries for dropped frames), while frames that reach the announced end are all there."""
+    index entries for dropped frames), while frames that reach the announced end are all there. An
+    AVI ending inside its RIFF chunks is cut whatever its times say (even one that lost only the
+    index at its end is an unfinished file: --stop-at-bad-frame keeps what it holds)."""
+    if info.riff_cut:
+        there, announced = info.riff_cut
+        return (f"ends after frame {frames}: the file holds {there:,} of the {announced:,} bytes its RIFF header "
+                "announces (truncated?)")
     if end is not None and info.duration:
         played, period = end - info.start, 1 / float(info.rate or 24)
         if played < info.duration - info.duration_slack - 2 * period:

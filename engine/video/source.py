@@ -49,6 +49,7 @@ class VideoInfo:
     hdr: HdrMetadata | None = None  # HDR10 mastering display and light levels, from the first frame
     field_order: str | None = None  # how it is interlaced, in words; None: progressive
     frames_counted: bool = False  # `frames` counts every stored frame (an MP4/MOV sample table; AVI's index may not)
+    riff_cut: tuple[int, int] | None = None  # an AVI shorter than its RIFF chunks say: (bytes there, bytes announced)
     alpha: bool = False           # the frames carry transparency (an alpha plane, or WebM's VP9 alpha side stream)
 
 
@@ -109,8 +110,31 @@ def probe(path: Path) -> VideoInfo:
                          stream.time_base, stream.average_rate or stream.guessed_rate, stream.frames or 0, duration,
                          slack, start, display, sample_aspect(stream), read_hdr(first), field_order(stream, first),
                          frames_counted="mp4" in container.format.name.split(","),
+                         riff_cut=riff_cut(path) if "avi" in container.format.name.split(",") else None,
                          alpha=any(c.is_alpha for c in first.format.components)
                          or {k.lower(): v for k, v in stream.metadata.items()}.get("alpha_mode") == "1")
+
+
+def riff_cut(path: Path) -> tuple[int, int] | None:
+    """(bytes in the file, bytes its RIFF chunks announce) when an AVI ends inside one of them, else
+    None. FFmpeg re-estimates a cut AVI's duration from the data left and its frame count may hold
+    dropped frames, so neither shows the cut; the RIFF sizes (one chunk, or AVIX chunks after it
+    past 1 GB) do. A writer that never filled a size in (0) announces nothing."""
+    size = os.path.getsize(path)
+    offset = 0
+    with open(path, "rb") as file:
+        while offset + 8 <= size:
+            file.seek(offset)
+            head = file.read(8)
+            if head[:4] != b"RIFF":
+                return None
+            length = int.from_bytes(head[4:8], "little")
+            if length and offset + 8 + length > size:
+                return size, offset + 8 + length
+            if not length:
+                return None
+            offset += 8 + length + (length & 1)
+    return None
 
 
 def sample_aspect(stream) -> Fraction | None:
