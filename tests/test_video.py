@@ -589,6 +589,22 @@ def test_a_fallback_name_never_writes_over_an_input_or_another_output(tmp_path, 
     assert "x_x4.mkv: exists, skipped" in err and "is the output of" in err  # a rerun knows its own output
 
 
+def test_a_rerun_into_another_folder_knows_an_avis_mkv_output_beside_it(tmp_path, capsys, model):
+    """An AVI is written as `clip_x4.mkv`; a later run of the folder with -o elsewhere took that
+    file for an input and upscaled it again (`clip_x4_x4.mkv`, x16), while an MP4's output beside it
+    was known."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_clip(folder / "clip.avi", frames=3, audio=None)
+    make_clip(folder / "film.mp4", frames=3, audio=None)
+    code, err = run(capsys, folder, "--model", model, "--backend", "torch")
+    assert code == 0 and (folder / "clip_x4.mkv").exists() and (folder / "film_x4.mp4").exists(), err
+    code, err = run(capsys, folder, "-o", tmp_path / "out", "--model", model, "--backend", "torch")
+    assert code == 0, err
+    assert "clip_x4.mkv: is the output of" in err and "film_x4.mp4: is the output of" in err, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip_x4.mkv", "film_x4.mp4"]
+
+
 def test_av1_in_and_out_vp9_into_webm_and_avi_read_into_mkv(tmp_path, capsys, model):
     """Streams are copied without opening a codec (an AV1 input decodes through libdav1d, which is
     no encoder name); the container check opens the output's own encoder."""

@@ -219,7 +219,10 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, 
     earlier: dict[Path, Path] = dict(owner)  # outputs of earlier runs: where this run writes, and beside the inputs
     for job in jobs:
         with contextlib.suppress(SrtrtError):
-            earlier.setdefault(real_path(output_path(job.source, None, False, scale)), job.source)
+            beside = output_path(job.source, None, False, scale)
+            earlier.setdefault(real_path(beside), job.source)
+            if output is not None and is_video(job.source):  # beside it as written: an AVI's .mkv twin
+                earlier.setdefault(real_path(_settled(Job(job.source, beside), options, scale).destination), job.source)
     for job in jobs:
         if job.refusal or job.destination is None:
             continue
