@@ -1161,6 +1161,17 @@ def test_resume_starts_afresh_when_the_model_file_changed(tmp_path, capsys, mode
     assert not work.exists()
 
 
+def test_resume_starts_afresh_when_the_tiles_changed(tmp_path, capsys, model):
+    """A run stopped under the default tiles and resumed with `--tile 8 --margin 0` joined seamless
+    segments with seamed ones (frames after the join 70-129 levels off): the tiles are part of what
+    a resumed run must share."""
+    source = _long_clip(tmp_path)
+    _stop_after_segments(source, tmp_path / "resumed.mp4", model, 1)
+    code, err = run(capsys, source, "-o", tmp_path / "resumed.mp4", "--model", model, "--backend", "torch", "--resume",
+                    "--tile", "8", "--margin", "0")
+    assert code == 0 and "came from another source, model or settings, so it started over" in err, err
+
+
 def test_resume_takes_over_segments_whatever_door_the_same_path_came_by(tmp_path, model):
     """The resume key held the options as asked: a run stopped under --ray (whose actors name their
     device, "cpu") or with `--backend torch` started over when resumed by `auto` with no device

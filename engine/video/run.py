@@ -132,7 +132,7 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
     info, settings, destination = plan.info, plan.settings, plan.destination
     note = "; ".join(filter(None, [plan.note, *plan.losses, what_happens(info.field_order, options.deinterlace)]))
     upscaler = runner.upscaler_for(info.height, info.width)
-    upscaler.plan(info.height, info.width)  # too small for the model: one line now, not per frame
+    tiles = upscaler.plan(info.height, info.width)  # too small for the model: one line now, not per frame
     if real_path(destination) == real_path(source):
         raise SrtrtError("output path is the input itself" + (f" ({plan.note})" if plan.note else ""), destination)
     if os.path.lexists(destination) and not options.overwrite:
@@ -142,7 +142,9 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
     # class), so a run resumed by another door (--ray or not) that computes alike takes the segments over
     key = {"source": resume.source_key(source), "settings": repr(settings), "model": repr(_computed_by(runner.backend, options)),
            "model_files": [resume.source_key(p) for p in model_files(options.model) if p.is_file()], "scale": s,
-           "deinterlace": options.deinterlace}
+           "deinterlace": options.deinterlace,
+           # the tiles too: under a margin below the receptive field (--margin) they are where the values change
+           "tiles": [upscaler.margin, *tiles.window_shape, len(tiles)]}
     work = resume.start(destination, key, options.resume)
     resumed = work.next_index
     if work.started_over:
