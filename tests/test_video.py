@@ -589,6 +589,26 @@ def test_a_fallback_name_never_writes_over_an_input_or_another_output(tmp_path, 
     assert "x_x4.mkv: exists, skipped" in err and "is the output of" in err  # a rerun knows its own output
 
 
+def test_overwrite_never_replaces_a_file_only_the_fallback_name_reaches(tmp_path, capsys, model):
+    """`-o movie.webm --overwrite` of an H.264+AAC clip is written as movie.mkv (WebM holds neither):
+    an existing movie.mkv, a file the user never named, was replaced."""
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, frames=3)
+    (tmp_path / "movie.mkv").write_bytes(b"precious")
+    code, err = run(capsys, clip, "-o", tmp_path / "movie.webm", "--model", model, "--backend", "torch",
+                    "--codec", "libx264", "--overwrite")
+    assert code == 1 and "movie.mkv: exists, and is not the file -o names (" in err, err
+    assert (tmp_path / "movie.mkv").read_bytes() == b"precious" and not (tmp_path / "movie.webm").exists()
+    import srtrt
+    from srtrt.errors import SrtrtError
+
+    with pytest.raises(SrtrtError, match="exists, and is not the file -o names"):  # the API alike
+        srtrt.upscale(clip, tmp_path / "movie.webm", model=str(model), backend="torch", codec="libx264", overwrite=True)
+    assert (tmp_path / "movie.mkv").read_bytes() == b"precious"
+    code, err = run(capsys, clip, "-o", tmp_path / "movie.mkv", "--model", model, "--backend", "torch", "--overwrite")
+    assert code == 0 and len(video_frames(tmp_path / "movie.mkv")) == 3, err  # named with -o: replaced
+
+
 def test_a_rerun_into_another_folder_knows_an_avis_mkv_output_beside_it(tmp_path, capsys, model):
     """An AVI is written as `clip_x4.mkv`; a later run of the folder with -o elsewhere took that
     file for an input and upscaled it again (`clip_x4_x4.mkv`, x16), while an MP4's output beside it

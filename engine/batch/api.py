@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from srtrt.engine.batch.files import DONE, SKIPPED, FileRunner, make_output_folder, output_path
+from srtrt.engine.batch.files import DONE, SKIPPED, FileRunner, make_output_folder, plan_jobs
 from srtrt.engine.batch.options import RunOptions, open_backend
 from srtrt.engine.datapath.imageio import exif_for_size, from_pil, to_pil
 from srtrt.engine.video import is_video
@@ -76,8 +76,10 @@ def _upscale(image, output, opts: RunOptions):
         # named as `srtrt run -o` names it (a folder gets <stem>_x4.<ext>, created if missing; a video needs
         # a video container)
         make_output_folder(os.fspath(output), False)
-        destination = output_path(source, os.fspath(output), False, runner.backend.scale)
-        outcome = runner.run(source, destination)
+        job = plan_jobs([source], os.fspath(output), runner.backend.scale, opts, many=False)[0]  # as `srtrt run` checks it
+        if job.refusal:
+            raise SrtrtError(job.refusal)
+        outcome = runner.run(source, job.destination)
         if outcome.status == SKIPPED:
             raise SrtrtError("exists (overwrite=True replaces it)", outcome.destination)
         if outcome.status != DONE:

@@ -206,12 +206,20 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, 
       is this batch's own output from an earlier run, not a source (given alone, it is upscaled).
     """
     many = len(inputs) > 1 if many is None else many  # several_outputs: whether -o is a folder
+    named = output is not None and not many and not Path(output).is_dir() and not output.endswith(("/", "\\"))
     jobs = []
     for source in inputs:
         try:
             jobs.append(_settled(Job(source, output_path(source, output, many, scale)), options, scale))
         except SrtrtError as e:
             jobs.append(Job(source, refusal=str(e)))
+            continue
+        job = jobs[-1]
+        if (named and job.note and getattr(options, "overwrite", False) and os.path.lexists(job.destination)
+                and real_path(job.destination) != real_path(source)):  # the input itself: refused below
+            # --overwrite is for the file -o names: a file under the name a video falls back to is the user's
+            job.refusal = (f"{shown(job.destination)}: exists, and is not the file -o names ({job.note}); "
+                           "--overwrite replaces only that one: remove it, or name it with -o")
     owner: dict[Path, Path] = {}
     for job in jobs:
         if job.destination is not None:
