@@ -692,6 +692,9 @@ def test_settings_an_encoder_refuses_fail_before_decoding_and_a_lost_bit_depth_i
         code, err = run(capsys, clip, "--model", model, "--backend", "torch", "--preset", "bogus", "--codec", codec)
         assert code == 1 and f"clip.mp4: {codec} has no preset 'bogus' (use one of ultrafast," in err, err
         assert "[error]" not in err  # one line, srtrt's (x264 printed its own twice)
+        # x265 refused --crf 52-63 (srtrt's 0-63 is VP9's and SVT-AV1's) with its own lines; x264 took it silently
+        code, err = run(capsys, clip, "--model", model, "--backend", "torch", "--crf", "60", "--codec", codec)
+        assert code == 1 and f"clip.mp4: {codec} takes --crf 0-51, not 60" in err and "[error]" not in err, err
     assert not list(tmp_path.glob("clip_x4*")) and partials(tmp_path) == []
 
     ten = tmp_path / "ten.mkv"

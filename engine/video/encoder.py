@@ -34,6 +34,10 @@ CODECS = ("libx264", "libx265", "libsvtav1", "libvpx-vp9", "h264_nvenc", "hevc_n
 DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libsvtav1": 30, "libvpx-vp9": 31, "h264_nvenc": 21, "hevc_nvenc": 23}
 DEFAULT_PRESET = {"libx264": "medium", "libx265": "fast", "libsvtav1": "8", "libvpx-vp9": None,
                   "h264_nvenc": "p5", "hevc_nvenc": "p5"}
+# The --crf each codec takes: x264 and x265 (and NVENC's cq) stop at 51; x265 refuses more with its own
+# lines on stderr, x264 took 52-63 without a word
+CRF_RANGES = {"libx264": (0, 51), "libx265": (0, 51), "libsvtav1": (0, 63), "libvpx-vp9": (0, 63),
+              "h264_nvenc": (0, 51), "hevc_nvenc": (0, 51)}
 X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
                 "placebo")
 SVT_AV1_MIN_SIDE = 32  # the SVT-AV1 in PyAV 18 never returns from its flush below ~28 pixels a side
@@ -110,6 +114,9 @@ def choose_settings(codec: str, crf: int | None, preset: str | None, source_pix_
                          f"({'odd sizes need 4:4:4, which it lacks' if odd else 'no suitable pixel format'})", path)
     options = {}
     crf = DEFAULT_CRF[codec] if crf is None else crf
+    low, high = CRF_RANGES[codec]
+    if not low <= crf <= high:
+        raise SrtrtError(f"{codec} takes --crf {low}-{high}, not {crf}")
     preset = DEFAULT_PRESET[codec] if preset is None else preset
     if codec in ("libx264", "libx265") and preset not in X26X_PRESETS:
         # checked here: x264 and x265 print their own refusal on stderr, twice, beside srtrt's line
