@@ -619,6 +619,7 @@ def test_a_rerun_into_another_folder_knows_an_avis_mkv_output_beside_it(tmp_path
     make_clip(folder / "film.mp4", frames=3, audio=None)
     code, err = run(capsys, folder, "--model", model, "--backend", "torch")
     assert code == 0 and (folder / "clip_x4.mkv").exists() and (folder / "film_x4.mp4").exists(), err
+    assert re.search(r"2 done, .* \([0-9.]+ files/s, ", err), err  # videos: no "images/s"
     code, err = run(capsys, folder, "-o", tmp_path / "out", "--model", model, "--backend", "torch")
     assert code == 0, err
     assert "clip_x4.mkv: is the output of" in err and "film_x4.mp4: is the output of" in err, err
@@ -682,6 +683,7 @@ def test_a_timecode_a_late_start_and_a_one_frame_x265_clip(tmp_path, capsys, mod
     make_clip(one, frames=1, audio=None, size=(64, 64))
     code, err = run(capsys, one, "--model", model, "--backend", "torch", "--codec", "libx265")
     assert code == 0 and len(video_frames(tmp_path / "one_x4.mp4")) == 1, err
+    assert "(1 frame, " in err, err
 
 
 def test_settings_an_encoder_refuses_fail_before_decoding_and_a_lost_bit_depth_is_said(tmp_path, capfd, model):

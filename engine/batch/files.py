@@ -89,8 +89,9 @@ class BatchReport:
     def summary(self) -> str:
         wall = max(time.perf_counter() - self.started, 1e-9)
         megapixels = sum(o.pixels for o in self.done) / 1e6
+        kind = "files" if any(is_video(o.source) for o in self.done) else "images"  # a video is one file of many frames
         return (f"srtrt: {len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed "
-                f"in {wall:.1f} s ({len(self.done) / wall:.2f} images/s, {megapixels / wall:.2f} output MP/s)")
+                f"in {wall:.1f} s ({len(self.done) / wall:.2f} {kind}/s, {megapixels / wall:.2f} output MP/s)")
 
 
 # --------------------------------------------------------------------------- inputs and names

@@ -54,9 +54,10 @@ class VideoResult:
     def summary(self, source: Path) -> str:
         size = self.destination.stat().st_size
         written = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"  # a short clip is no "0.0 MB"
-        fps = (self.frames - self.resumed) / max(self.seconds, 1e-9)
-        return (f"{shown(source)} -> {shown(self.destination)} ({self.frames} frames, {fps:.2f} fps, {written})"
-                + (f"; {self.note}" if self.note else ""))
+        now = self.frames - self.resumed
+        rate = f"{now / max(self.seconds, 1e-9):.2f} fps" if now else "every one done by the stopped run"
+        return (f"{shown(source)} -> {shown(self.destination)} ({self.frames} frame{'s' * (self.frames != 1)}, {rate}, "
+                f"{written})" + (f"; {self.note}" if self.note else ""))
 
 
 def output_container(source: Path, destination: Path, settings) -> tuple[Path, str]:
