@@ -128,7 +128,7 @@ def sweep_abandoned(folders) -> int:
             continue
         for entry in entries:
             found = _TAIL.search(entry.name) if entry.name.startswith(".") else None
-            if not found or found[1] != HOST or _alive(int(found[2])):
+            if not found or found[1] != HOST or process_alive(int(found[2])):
                 continue
             with contextlib.suppress(OSError):
                 if entry.is_file(follow_symlinks=False):
@@ -137,7 +137,8 @@ def sweep_abandoned(folders) -> int:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine with this id runs (a pid reused since counts as alive: kept)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

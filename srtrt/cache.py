@@ -8,7 +8,9 @@ read-only image) is still used: the stand-in starts as links to its entries."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -36,6 +38,7 @@ def cache_root() -> Path:
     with _lock:
         if configured not in _checked:
             _checked[configured] = _writable_or_stand_in(configured)
+            _sweep_killed_writes(_checked[configured])
         return _checked[configured]
 
 
@@ -93,11 +96,40 @@ def outlives_this_process(path: Path) -> bool:
     return Path(path).resolve().is_relative_to(configured_root().resolve())
 
 
+# Entries are written under temporary names and renamed (srtrt.atomic): a process killed mid-write
+# (SIGKILL, the out-of-memory killer) leaves its temporary file, a whole graph for an export. The
+# first use of the cache in each process deletes those of dead processes of this machine in these
+# folders (OpenVINO's own compile folders are swept by openvino_backend, after an hour).
+SWEPT_FOLDERS = ("", "onnx", "receptive_field", "engines", "int8-calibration")
+
+
+def _sweep_killed_writes(root: Path) -> None:
+    from srtrt import atomic
+
+    atomic.sweep_abandoned([root / folder for folder in SWEPT_FOLDERS])
+
+
 def _temporary_folder() -> Path:
-    """A cache folder of this process alone, removed at exit."""
-    folder = Path(tempfile.mkdtemp(prefix="srtrt-cache-"))
+    """A cache folder of this process alone, removed at exit; named for its host and process, so
+    that one a killed process could not remove is removed by the next srtrt that makes one."""
+    from srtrt import atomic
+
+    _sweep_stand_ins()
+    folder = Path(tempfile.mkdtemp(prefix=f"srtrt-cache-{atomic.HOST}-{os.getpid()}-"))
     atexit.register(shutil.rmtree, folder, True)
     return folder
+
+
+def _sweep_stand_ins() -> None:
+    """Remove the temporary cache folders of dead processes of this machine."""
+    from srtrt import atomic
+
+    pattern = re.compile(rf"srtrt-cache-{atomic.HOST}-([0-9]{{1,7}})-")
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(tempfile.gettempdir()):
+            found = pattern.match(entry.name)
+            if found and entry.is_dir(follow_symlinks=False) and not atomic.process_alive(int(found[1])):
+                shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _link_entries(root: Path, stand_in: Path) -> None:

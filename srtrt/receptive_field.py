@@ -47,7 +47,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from srtrt import atomic
-from srtrt.cache import cache_dir
+from srtrt.cache import cache_dir, spilled
 from srtrt.engine.datapath.tiles import allowed_side
 
 try:
@@ -335,7 +335,8 @@ def cached(kind: str, sha256: str, compute: Callable[[], dict], valid: Callable[
     if not _SHA256.fullmatch(sha256):
         raise ValueError(f"not a sha256 hex digest: {sha256!r}")
     path = cache_dir(CACHE_KIND) / f"{sha256}.json"
-    results = _read(path)
+    spill = spilled(path)  # where this process keeps entries the cache could not take, if it had to
+    results = {**(_read(spill) if spill is not None else {}), **_read(path)}
     if isinstance(results.get(kind), dict) and (valid is None or valid(results[kind])):
         return results[kind]
     value = compute()
@@ -349,9 +350,20 @@ def cached(kind: str, sha256: str, compute: Callable[[], dict], valid: Callable[
             results[kind] = value
             atomic.write_text(path, json.dumps({"format": CACHE_FORMAT, "sha256": sha256, "results": results},
                                                indent=1, sort_keys=True))
-    except OSError:
-        pass  # a cache only saves time: the value stands, measured again next time
+    except OSError as e:  # a cache only saves time: the value stands; said once, as the next run measures again
+        _spill(path, sha256, kind, value, e.strerror or str(e))
     return value
+
+
+def _spill(path: Path, sha256: str, kind: str, value: dict, cause: str) -> None:
+    """Keep an entry the cache could not take for the rest of this process (cache.spilled: said once)."""
+    spill = spilled(path, cause)
+    if spill is None:
+        return
+    with contextlib.suppress(OSError):
+        results = {**_read(spill), kind: value}
+        spill.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(spill, json.dumps({"format": CACHE_FORMAT, "sha256": sha256, "results": results}))
 
 
 @contextlib.contextmanager

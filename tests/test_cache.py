@@ -141,3 +141,139 @@ def test_a_cache_disk_too_full_for_a_graph_keeps_it_for_the_run(tmp_path):
     assert done.stderr.count(said) == 2, done.stderr  # once per run
     for backend in ("openvino", "onnxruntime"):
         assert Image.open(tmp_path / f"{backend}.png").size == (128, 96)
+
+
+def _dead_pid() -> int:
+    """The id of a process of this machine that has ended."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_what_killed_writes_left_in_the_cache_is_deleted_by_the_next_process(monkeypatch, tmp_path):
+    """A run SIGKILLed mid-export left its 6 MB temporary graph (`.NAME.onnx.partial-HOST-PID-TOKEN`)
+    in the cache for good: only output folders were swept. The first use of the cache in a process
+    now deletes those of dead processes of this machine; a live writer's stay."""
+    from srtrt import atomic, cache
+
+    root = tmp_path / "cache"
+    dead, alive = _dead_pid(), __import__("os").getpid()
+    left = []
+    for folder in ("onnx", "receptive_field", "engines"):
+        (root / folder).mkdir(parents=True)
+        left.append(root / folder / f".graph.onnx.partial-{atomic.HOST}-{dead}-abcdef")
+        left[-1].write_bytes(b"half a graph")
+    writing = root / "onnx" / f".other.onnx.partial-{atomic.HOST}-{alive}-abcdef"
+    writing.write_bytes(b"being written")
+    foreign = root / "onnx" / f".third.onnx.partial-ffffff-{dead}-abcdef"  # another machine's, on a shared disk
+    foreign.write_bytes(b"not ours")
+    monkeypatch.setattr(cache, "_checked", {})
+    monkeypatch.setenv("SRTRT_CACHE", str(root))
+    assert cache_root() == root
+    assert not any(p.exists() for p in left) and writing.exists() and foreign.exists()
+
+
+def test_a_stand_in_cache_a_killed_process_left_is_removed_by_the_next_one(monkeypatch, tmp_path):
+    """A run with an unwritable cache keeps its entries in a temporary folder removed at exit, which
+    a SIGKILL skips: the folder (6 MB with a graph) stayed in /tmp for good."""
+    import tempfile
+
+    from srtrt import atomic, cache
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / f"srtrt-cache-{atomic.HOST}-{_dead_pid()}-x1y2z3"
+    live = tmp_path / f"srtrt-cache-{atomic.HOST}-{__import__('os').getpid()}-a1b2c3"
+    for folder in (dead, live):
+        (folder / "onnx").mkdir(parents=True)
+        (folder / "onnx" / "graph.onnx").write_bytes(b"graph")
+    made = cache._temporary_folder()
+    assert made.parent == tmp_path and made.name.startswith(f"srtrt-cache-{atomic.HOST}-")
+    assert not dead.exists() and live.exists()
+
+
+def test_an_entry_the_cache_cannot_take_is_kept_for_the_process_and_said_once(monkeypatch, tmp_path, recwarn):
+    """A file where the cache's receptive_field folder should be: every run measured again (8-10 s
+    for `auto`) without a word. The process now keeps the entry aside and says once why."""
+    from srtrt import cache, receptive_field
+    from srtrt.errors import OutputNote
+
+    monkeypatch.setattr(cache, "_checked", {})
+    monkeypatch.setattr(cache, "_spill", [])
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "receptive_field").write_text("not a folder")
+    computed = []
+
+    def compute():
+        computed.append(1)
+        return {"radius": 40}
+
+    sha = "ab" * 32
+    assert receptive_field.cached("facts", sha, compute) == {"radius": 40}
+    assert receptive_field.cached("facts", sha, compute) == {"radius": 40}
+    assert len(computed) == 1  # the second read found it aside
+    notes = [str(w.message) for w in recwarn if issubclass(w.category, OutputNote)]
+    assert len(notes) == 1 and "cannot keep srtrt's cache there" in notes[0], notes
+
+
+def test_a_folder_where_a_cached_graph_should_be_is_exported_around(monkeypatch, tmp_path):
+    """A folder at a cached graph's path (a copy gone wrong): every OpenVINO run failed with exit 2
+    ("Model can't be parsed") and `auto` recorded the path as failed for good. It is removed and the
+    graph exported again."""
+    import pytest
+
+    pytest.importorskip("openvino")
+    import srtrt
+    from srtrt import cache
+    from srtrt.engine.backends import _onnx_path, create_backend
+
+    monkeypatch.setattr(cache, "_checked", {})
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    view = srtrt.load_model()
+    graph = _onnx_path(view, "fp32", polyphase=True)
+    (graph / "inside").mkdir(parents=True)
+    selection = create_backend("openvino", view=view, device="cpu", precision="fp32")
+    selection.backend.close()
+    assert graph.is_file() and graph.stat().st_size > 1_000_000
+
+
+def test_openvino_blobs_are_found_by_the_graphs_bytes_not_its_path(tmp_path):
+    """The compile key hashed the graph's path: a cache copied elsewhere, or read through a read-only
+    root's stand-in (a new temporary path each run), compiled every window shape again."""
+    import pytest
+
+    pytest.importorskip("openvino")
+    from srtrt.engine.backends.openvino_backend import _compile_key
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "g.onnx").write_bytes(b"graph bytes")
+    (tmp_path / "b" / "g.onnx").write_bytes(b"graph bytes")
+    (tmp_path / "b" / "h.onnx").write_bytes(b"other bytes")
+    key = _compile_key(tmp_path / "a" / "g.onnx", [1, 3, 64, 64])
+    assert _compile_key(tmp_path / "b" / "g.onnx", [1, 3, 64, 64]) == key
+    assert _compile_key(tmp_path / "b" / "h.onnx", [1, 3, 64, 64]) != key
+    assert _compile_key(tmp_path / "a" / "g.onnx", [1, 3, 64, 72]) != key
+
+
+def test_the_openvino_cache_limit_takes_fractions_and_says_what_it_cannot_read(monkeypatch, recwarn):
+    """SRTRT_OPENVINO_CACHE_MB=0.5 (or 10MB) meant 512 MB without a word: the largest limit for a
+    user asking for a small one."""
+    import pytest
+
+    pytest.importorskip("openvino")
+    from srtrt.engine.backends import openvino_backend
+    from srtrt.errors import OutputNote
+
+    monkeypatch.setattr(openvino_backend, "_SAID_BAD_BUDGET", set())
+    monkeypatch.setenv("SRTRT_OPENVINO_CACHE_MB", "0.5")
+    assert openvino_backend.cache_budget_bytes() == 1 << 19
+    for bad in ("10MB", "-3", "nan"):
+        monkeypatch.setenv("SRTRT_OPENVINO_CACHE_MB", bad)
+        assert openvino_backend.cache_budget_bytes() == openvino_backend.CACHE_BUDGET_MB << 20
+        assert openvino_backend.cache_budget_bytes() == openvino_backend.CACHE_BUDGET_MB << 20  # said once
+    notes = [str(w.message) for w in recwarn if issubclass(w.category, OutputNote)]
+    assert len(notes) == 3 and "SRTRT_OPENVINO_CACHE_MB='10MB' is not a number of megabytes" in notes[0], notes

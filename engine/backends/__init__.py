@@ -9,6 +9,7 @@ was picked and why, so users never have to guess.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +110,10 @@ def _exported_onnx_at(path: Path, view, precision: str, polyphase: bool, shape: 
     from srtrt.engine.toolchain.export import export_for_runtime
 
     if path.exists() and not _this_models_graph(path, view, precision, polyphase):
-        with contextlib.suppress(OSError):  # emptied, cut short or another model's: made again, never run
-            path.unlink()
+        with contextlib.suppress(OSError):  # emptied, cut short, another model's or no file: made again, never run
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        if path.exists():  # _exported_onnx keeps the graph for this run elsewhere
+            raise CannotWrite("is not this model's graph and cannot be removed", path)
     if not path.exists():
         float_graph = _exported_onnx(view, "fp32", polyphase, shape) if precision == "int8" else None
         started = time.perf_counter()

@@ -35,6 +35,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple
@@ -49,7 +50,7 @@ from srtrt.engine.backends import openvino_masks, openvino_memory
 from srtrt.engine.backends.base import Backend, OnnxGraphs, PerShapeGraphs, TileDefaults, defaults_for_budget
 from srtrt.engine.backends.torch_backend import CPU_ACTIVATION_BUDGET
 from srtrt.engine.datapath.sheets import masks_at
-from srtrt.errors import SrtrtError
+from srtrt.errors import OutputNote, SrtrtError
 from srtrt.hardware import cpu_has_fast_bf16, usable_cpus
 
 # srtrt precision -> INFERENCE_PRECISION_HINT; int8's hint is for the layers its graph leaves in float.
@@ -151,11 +152,25 @@ def _byte_counts(entry: dict) -> bool:
 
 
 def cache_budget_bytes() -> int:
-    """CACHE_DIR's size limit: SRTRT_OPENVINO_CACHE_MB, else CACHE_BUDGET_MB."""
-    try:
-        return max(0, int(os.environ.get("SRTRT_OPENVINO_CACHE_MB", CACHE_BUDGET_MB))) << 20
-    except ValueError:
+    """CACHE_DIR's size limit: SRTRT_OPENVINO_CACHE_MB (megabytes, a fraction allowed), else
+    CACHE_BUDGET_MB; a value that is no such number is said once and the default kept."""
+    said = os.environ.get("SRTRT_OPENVINO_CACHE_MB")
+    if said is None:
         return CACHE_BUDGET_MB << 20
+    try:
+        megabytes = float(said)
+        if not 0 <= megabytes < float("inf"):
+            raise ValueError
+    except ValueError:
+        if said not in _SAID_BAD_BUDGET:
+            _SAID_BAD_BUDGET.add(said)
+            warnings.warn(f"SRTRT_OPENVINO_CACHE_MB={said!r} is not a number of megabytes (0 or more); "
+                          f"the OpenVINO cache keeps its default limit of {CACHE_BUDGET_MB} MB", OutputNote, stacklevel=2)
+        return CACHE_BUDGET_MB << 20
+    return int(megabytes * (1 << 20))
+
+
+_SAID_BAD_BUDGET: set[str] = set()
 
 
 def _prune_blobs(folder: Path, budget: int | None = None, keep: Path | None = None) -> None:
@@ -256,17 +271,28 @@ def _store_blobs(private: Path, folder: Path) -> None:
         pass  # not stored: the next process compiles this shape again
 
 
+_GRAPH_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime) -> the graph file's sha256, hashed once per process
+
+
+def _graph_identity(source: Path) -> str:
+    """The graph by its bytes, not its path: a cache copied elsewhere, or read through the stand-in
+    of a read-only root (a new temporary path each run), finds its blobs again."""
+    try:
+        stat = source.stat()
+        seen = (str(source), stat.st_size, stat.st_mtime_ns)
+        if seen not in _GRAPH_DIGESTS:
+            _GRAPH_DIGESTS[seen] = file_sha256(source)
+        return _GRAPH_DIGESTS[seen]
+    except OSError:
+        return str(source)
+
+
 def _compile_key(source: Path, dims: list[int]) -> str:
     """The name of a compile's cache folder: what OpenVINO's blob name hashes (the graph and its window
     shape; not the compile options, which the CPU plugin applies on import), from what srtrt has at
     hand, so that one folder holds one blob. Were two blobs to share a folder, both would be verified
     before each compile: the key saves hashing and never decides what is imported."""
-    try:
-        stat = source.stat()
-        identity = (str(source), stat.st_size, stat.st_mtime_ns)
-    except OSError:
-        identity = (str(source),)
-    described = repr((identity, dims, import_openvino().get_version()))
+    described = repr((_graph_identity(source), dims, import_openvino().get_version()))
     return hashlib.sha256(described.encode()).hexdigest()[:20]
 
 
