@@ -348,11 +348,15 @@ def cached(kind: str, sha256: str, compute: Callable[[], dict], valid: Callable[
         with _held(path):
             results = _read(path)  # read again: another process may have added its entries meanwhile
             results[kind] = value
-            atomic.write_text(path, json.dumps({"format": CACHE_FORMAT, "sha256": sha256, "results": results},
-                                               indent=1, sort_keys=True))
+            atomic.write_text(path, _stored(sha256, results))
     except OSError as e:  # a cache only saves time: the value stands; said once, as the next run measures again
         _spill(path, sha256, kind, value, e.strerror or str(e))
     return value
+
+
+def _stored(sha256: str, results: dict) -> str:
+    """The file's text: what _read accepts back."""
+    return json.dumps({"format": CACHE_FORMAT, "sha256": sha256, "results": results}, indent=1, sort_keys=True)
 
 
 def _spill(path: Path, sha256: str, kind: str, value: dict, cause: str) -> None:
@@ -363,7 +367,7 @@ def _spill(path: Path, sha256: str, kind: str, value: dict, cause: str) -> None:
     with contextlib.suppress(OSError):
         results = {**_read(spill), kind: value}
         spill.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(spill, json.dumps({"format": CACHE_FORMAT, "sha256": sha256, "results": results}))
+        atomic.write_text(spill, _stored(sha256, results))
 
 
 @contextlib.contextmanager
