@@ -413,3 +413,13 @@ def test_a_destination_that_cannot_take_the_output_is_refused_before_any_tile(tm
     code, err = run(capsys, source, "-o", tmp_path / output, "--model", model, "--backend", "torch")
     assert code == exit_code and says in err and calls == []
     assert not list((tmp_path).glob("x.*"))
+
+
+def test_a_whole_image_run_says_so_not_that_its_margin_may_show_seams(tmp_path, capsys, model):
+    source = write_images(tmp_path / "in", 1)[0]
+    code, err = run(capsys, source, "-o", tmp_path / "out.png", "--model", model, "--tile", "0", "--margin", "1")
+
+    assert code == 0 and is_complete_image(tmp_path / "out.png", (128, 96))
+    assert "whole image in one window (--tile 0)" in err and "seams" not in err
+    code, err = run(capsys, source, "-o", tmp_path / "tiled.png", "--model", model, "--tile", "16", "--margin", "1")
+    assert code == 0 and "tiles may show seams" in err

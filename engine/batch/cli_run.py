@@ -67,7 +67,7 @@ def main(args) -> int:
     selection = open_backend(options)
     backend = selection.backend
     if not args.quiet:
-        print("\n".join(setup_lines(selection, options.margin)), file=sys.stderr)
+        print("\n".join(setup_lines(selection, options)), file=sys.stderr)
     runner = FileRunner(backend, options, log=lambda m: print(m, file=sys.stderr))
     jobs = plan_jobs(inputs, args.output, backend.scale, options, many)
     swept = sweep_killed_runs(jobs)

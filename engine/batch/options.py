@@ -86,6 +86,11 @@ def open_backend(options: RunOptions):
                           allow_noncommercial=options.allow_noncommercial, shape_class=options.shape_class)
 
 
-def setup_lines(selection, margin: int | None) -> list[str]:
+def setup_lines(selection, options: RunOptions) -> list[str]:
     """A run's first lines: the backend and why it was picked, and how exact its tiles are."""
-    return [f"srtrt: backend {selection.reason}", f"srtrt: {selection.facts.tiling_note(margin)}"]
+    facts = selection.facts
+    if options.tile == 0 and facts.multiple_of == 1:  # one window per image: no tiles, so no margin to judge
+        tiles = "whole image in one window (--tile 0): no tiles, the margin is unused"
+    else:
+        tiles = facts.tiling_note(options.margin)
+    return [f"srtrt: backend {selection.reason}", f"srtrt: {tiles}"]

@@ -74,7 +74,7 @@ class ImageActor:
         selection = open_backend(options)
         self.describe = selection.backend.describe()
         # on a cluster the driver opened no backend: the backend and tiles lines come from the nodes
-        self.setup = setup_lines(selection, options.margin) if says_setup else []
+        self.setup = setup_lines(selection, options) if says_setup else []
         if says_setup and (sheet := sheet_shape(selection.backend, options)):
             self.setup.append(sheets_line(sheet))
         # the runner's notes (an out-of-memory retry) and what a format loses (OutputNote: alpha in a JPEG) travel
@@ -287,7 +287,7 @@ def _checked_scale(args, options: RunOptions) -> tuple[int, RunOptions]:
     selection = open_backend(options)
     try:
         if not args.quiet:
-            print("\n".join(setup_lines(selection, options.margin)), file=sys.stderr)
+            print("\n".join(setup_lines(selection, options)), file=sys.stderr)
             if sheet := sheet_shape(selection.backend, options):
                 print(sheets_line(sheet), file=sys.stderr)
         return selection.backend.scale, _as_picked(options, selection.backend)
