@@ -67,7 +67,7 @@ def _writable_or_stand_in(root: Path) -> Path:
         return stand_in
 
 
-_spill: list[Path] = []  # this process's folder for entries the root could not take (made on need)
+_spill: dict[Path, Path] = {}  # cache root -> this process's folder for entries it could not take (made on need)
 
 
 def spilled(path: Path, cause: str | None = None) -> Path | None:
@@ -81,13 +81,13 @@ def spilled(path: Path, cause: str | None = None) -> Path | None:
     except ValueError:
         return None
     with _lock:
-        if not _spill:
+        if root not in _spill:  # one per root: SRTRT_CACHE may name another root later in this process
             if cause is None:
                 return None
-            _spill.append(_temporary_folder())
+            _spill[root] = _temporary_folder()
             warnings.warn(f"{root}: cannot keep srtrt's cache there ({cause}); this run keeps what it cannot store "
                           "there in a temporary folder, removed when it ends", OutputNote, stacklevel=3)
-    return _spill[0] / relative
+    return _spill[root] / relative
 
 
 def outlives_this_process(path: Path) -> bool:

@@ -201,7 +201,7 @@ def test_an_entry_the_cache_cannot_take_is_kept_for_the_process_and_said_once(mo
     from srtrt.errors import OutputNote
 
     monkeypatch.setattr(cache, "_checked", {})
-    monkeypatch.setattr(cache, "_spill", [])
+    monkeypatch.setattr(cache, "_spill", {})
     monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "receptive_field").write_text("not a folder")
@@ -217,6 +217,24 @@ def test_an_entry_the_cache_cannot_take_is_kept_for_the_process_and_said_once(mo
     assert len(computed) == 1  # the second read found it aside
     notes = [str(w.message) for w in recwarn if issubclass(w.category, OutputNote)]
     assert len(notes) == 1 and "cannot keep srtrt's cache there" in notes[0], notes
+
+
+def test_an_entry_spilled_under_one_root_is_not_found_under_another(monkeypatch, tmp_path, recwarn):
+    """The spill folder was one per process: after SRTRT_CACHE named another root (a server, a
+    notebook), an entry spilled under the first root was read as the second root's."""
+    from srtrt import cache, receptive_field
+
+    monkeypatch.setattr(cache, "_checked", {})
+    monkeypatch.setattr(cache, "_spill", {})
+    computed = []
+    sha = "cd" * 32
+    for root in ("first", "second"):
+        monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / root))
+        (tmp_path / root).mkdir()
+        (tmp_path / root / "receptive_field").write_text("not a folder")
+        assert receptive_field.cached("facts", sha, lambda root=root: computed.append(root) or {"root": root}) == \
+            {"root": root}
+    assert computed == ["first", "second"]
 
 
 def test_a_folder_where_a_cached_graph_should_be_is_exported_around(monkeypatch, tmp_path):

@@ -303,7 +303,7 @@ def test_an_unwritable_cache_still_returns_the_value(cache_root, monkeypatch):
     from srtrt import cache
     from srtrt.errors import OutputNote
 
-    monkeypatch.setattr(cache, "_spill", [])  # this process's spill folder: this test's alone
+    monkeypatch.setattr(cache, "_spill", {})  # this process's spill folder: this test's alone
     (cache_root / "receptive_field").write_text("a file where the folder should be")
     with pytest.warns(OutputNote, match="cannot keep srtrt's cache there"):
         assert rf.cached("radius", SHA, lambda: {"radius": 40}) == {"radius": 40}
