@@ -43,6 +43,19 @@ def test_pil_in_pil_out_equals_the_cli_output(tmp_path, capsys, model):
     assert np.array_equal(np.asarray(out), pixels(tmp_path / "cli.png"))
 
 
+def test_a_model_file_written_again_between_calls_is_read_again(tmp_path):
+    """The kept backend was found by the model's path alone: a notebook that trained on and saved
+    over the same file went on upscaling with the first weights."""
+    (source,) = write_images(tmp_path, 1, height=20, width=24)
+    path = str(save_tiny_model(tmp_path, seed=0))
+    first = np.asarray(srtrt.upscale(source, model=path, **FP32))
+    save_tiny_model(tmp_path, seed=1)
+    second = np.asarray(srtrt.upscale(source, model=path, **FP32))
+    api.close()
+    fresh = np.asarray(srtrt.upscale(source, model=path, **FP32))
+    assert not np.array_equal(first, second) and np.array_equal(second, fresh)
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "LA", "P"])
 def test_modes_survive_the_round_trip(model, mode):
     rgb = Image.fromarray(smooth_image(20, 24))

@@ -29,7 +29,7 @@ from srtrt.engine.serve.app import create_app  # noqa: E402
 from srtrt.engine.serve.settings import ServeConfig  # noqa: E402
 from srtrt.errors import SrtrtError  # noqa: E402
 
-from run_helpers import finished, run_cli, save_tiny_model, srtrt_process, write_images  # noqa: E402
+from run_helpers import default_signals, finished, run_cli, save_tiny_model, srtrt_process, write_images  # noqa: E402
 
 LOCAL = "http://127.0.0.1:8000"
 TINY = {"model": "tiny.safetensors", "backend": "torch"}
@@ -498,6 +498,21 @@ def test_a_chunked_form_of_endless_fields_is_413_not_held_in_memory(tmp_path, mo
         assert client.get("/api/jobs").json() == [] and job_folders(tmp_path) == []
 
 
+def test_a_forms_fields_are_bounded_in_all_whatever_the_upload_limit(tmp_path, models_dir, images):
+    """Fields are held in memory: a form declaring 150 MB of 4000-byte fields under the 1 GiB upload
+    limit was read whole into memory (three at once took 450 MB) before its 400 "no file part"."""
+    body = b"".join(b'--b\r\nContent-Disposition: form-data; name="f%d"\r\n\r\n' % i + b"v" * 4000 + b"\r\n"
+                    for i in range(20))  # 80 kB of fields: 16 take the 64 KiB
+    body += b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+    body += images[0].read_bytes() + b"\r\n--b--\r\n"
+    with serving(tmp_path, models_dir) as client:
+        refused = client.post("/api/jobs", content=body, headers={"content-type": "multipart/form-data; boundary=b"})
+        assert refused.status_code == 413, refused.text
+        assert refused.json()["detail"].startswith("the form's fields and part headers are over 65,536 bytes in all")
+        assert refused.headers["connection"] == "close"
+        assert client.get("/api/jobs").json() == [] and job_folders(tmp_path) == []
+
+
 def test_a_boundary_the_parser_refuses_is_400_not_500(tmp_path, models_dir):
     with serving(tmp_path, models_dir) as client:
         response = client.post("/api/jobs", content=b"--" + b"x" * 300 + b"--\r\n",
@@ -791,6 +806,106 @@ def test_a_failed_job_does_not_push_out_the_newest_result(tmp_path, models_dir, 
         assert finished(client, failed)["state"] == "failed"
         client.app_state.queue._sweep()  # what the server does on its own every few seconds
         assert client.get(f"/api/jobs/{kept}/result").status_code == 200
+
+
+def test_a_flood_of_failed_jobs_forgets_failures_before_anyones_result(tmp_path, models_dir, images, monkeypatch):
+    """Past the cap on finished jobs remembered, the oldest went first whatever they were: another
+    client's 1001 empty files took the only result there was, seconds after it was done."""
+    from srtrt.engine.serve import jobs
+
+    monkeypatch.setattr(jobs, "MAX_RECORDS", 3)
+    with serving(tmp_path, models_dir) as client:
+        client.headers["X-Srtrt-Client"] = "a" * 32
+        kept = upload(client, images[0].read_bytes()).json()["id"]
+        assert finished(client, kept)["state"] == "done"
+        client.headers["X-Srtrt-Client"] = "b" * 32
+        for i in range(5):
+            assert finished(client, upload(client, b"", name=f"e{i}.png").json()["id"])["state"] == "failed"
+        client.app_state.queue._sweep()  # what the server does on its own every few seconds
+        assert len(client.get("/api/jobs").json()) == 2  # the oldest failures forgotten
+        client.headers["X-Srtrt-Client"] = "a" * 32
+        assert client.get(f"/api/jobs/{kept}/result").status_code == 200
+
+
+def test_a_model_file_replaced_in_the_folder_is_the_one_the_next_job_runs(tmp_path, images, capsys):
+    """The warm backend was found by the model's path alone: a file replaced under the same name
+    went on running the old weights, without a word."""
+    models = tmp_path / "models"
+    models.mkdir()
+    save_tiny_model(models, seed=0)
+    with serving(tmp_path, models) as client:
+        first = upload(client, images[0].read_bytes()).json()["id"]
+        assert finished(client, first)["state"] == "done"
+        old = client.get(f"/api/jobs/{first}/result").content
+        save_tiny_model(models, seed=1)  # same name, other weights
+        second = upload(client, images[0].read_bytes()).json()["id"]
+        assert finished(client, second)["state"] == "done"
+        new = client.get(f"/api/jobs/{second}/result").content
+    assert run_cli(capsys, images[0], "-o", tmp_path / "cli.png", "--model", models / "tiny.safetensors",
+                   "--backend", "torch")[0] == 0
+    assert new != old and new == (tmp_path / "cli.png").read_bytes()
+
+
+def test_a_work_folder_removed_under_the_server_is_made_again(tmp_path, models_dir, images):
+    """A /tmp cleaner removing an idle server's work folder: every upload was a 500 and a traceback
+    until the server was restarted."""
+    with serving(tmp_path, models_dir) as client:
+        shutil.rmtree(client.app_state.queue.root)
+        created = upload(client, images[0].read_bytes())
+        assert created.status_code == 202, created.text
+        assert finished(client, created.json()["id"])["state"] == "done"
+        json_job = client.post("/api/jobs", json={"filename": "b.png", **TINY})
+        assert json_job.status_code == 201, json_job.text
+        assert client.app_state.queue.root.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_disk_that_cannot_take_an_upload_is_507_in_one_line(tmp_path, models_dir):
+    """A full disk (here a file-size limit, which fails writes as ENOSPC would): a form upload was
+    "400 malformed multipart form", a PUT a 500 with a traceback in the log."""
+    import resource
+
+    import httpx
+
+    def small_files():
+        default_signals()
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))
+
+    (tmp_path / "work").mkdir()
+    port = free_port()
+    server = srtrt_process("serve", "--port", port, "--models", models_dir, "--work-dir", tmp_path / "work",
+                           "--no-warm", preexec_fn=small_files)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/api/jobs", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        big = b"\x89PNG" + b"\0" * (3 << 20)
+        with httpx.Client(base_url=url, headers={"X-Srtrt-Client": "c" * 32}, timeout=30) as client:
+            form_upload = client.post("/api/jobs", files={"file": ("big.png", big)}, data=TINY)
+            created = client.post("/api/jobs", json={"filename": "big.png", **TINY}).json()
+            put = client.put(f"/api/jobs/{created['id']}/input", content=big)
+    finally:
+        server.terminate()
+        err = server.communicate(timeout=30)[1]
+    for answer in (form_upload, put):
+        assert answer.status_code == 507, answer.text
+        assert answer.json()["detail"] == "the server cannot store the upload now (File too large)"
+    assert "Traceback" not in err, err
+    assert [p for p in (tmp_path / "work").rglob("*") if p.is_file()] == []
+
+
+def test_a_base64_token_opens_the_page_as_printed(tmp_path, models_dir):
+    """`/?token=T` read the query as a form, "+" as a space: a token from `openssl rand -base64`
+    (which has "+" and "/") got 401 however it was written, unless percent-encoded."""
+    token = "ab+cd/ef=="
+    with serving(tmp_path, models_dir, token=token) as client:
+        for query, status in ((token, 303), ("ab%2Bcd%2Fef%3D%3D", 303), ("ab+cd/ef%3D", 401)):
+            client.cookies.clear()  # each login from scratch, without the cookie the last one set
+            assert client.get("/?token=" + query, follow_redirects=False).status_code == status, query
 
 
 def test_openapi_documents_the_api(tmp_path, models_dir):

@@ -395,3 +395,27 @@ def test_a_name_the_browser_escapes_is_shown_as_the_user_named_it(tmp_path):
         assert sorted(job["name"] for job in api.get("/api/jobs").json()) == ["100%25.png", "newline.png", "quote.png"]
         queue = driver.find_element(By.ID, "jobs")
         wait_for(lambda: "quote.png" in queue.text and "newline.png" in queue.text, 10, "the names on the page")
+
+
+def test_eight_tabs_share_one_event_stream_and_the_last_still_uploads(tmp_path):
+    """Each tab followed the queue on a stream of its own: over HTTP/1.1 a browser opens six
+    connections to a server, so six tabs took them all, a seventh never loaded and uploads hung.
+    One tab now follows the queue for all of them."""
+    from selenium.webdriver.common.by import By
+
+    models = tmp_path / "models"
+    models.mkdir()
+    save_tiny_model(models)
+    (image,) = write_images(tmp_path / "in", 1, height=24, width=32, prefix="tab")
+    (tmp_path / "work").mkdir()
+    config = ServeConfig(port=free_port(), models_dir=models, work_dir=tmp_path / "work")
+    with live_server(config) as (url, _), chromium(tmp_path / "downloads") as driver:
+        first = driver.current_window_handle
+        open_page(driver, url)
+        for _ in range(7):
+            driver.switch_to.new_window("tab")
+            open_page(driver, url)  # a tab that cannot connect never lists its models: times out here
+        drop_files(driver, url, image)
+        wait_for(lambda: row_in_state(driver, "done"), 60, "the upload of the eighth tab done")
+        driver.switch_to.window(first)  # told by the tab that follows the queue for all
+        wait_for(lambda: "tab0.png" in driver.find_element(By.ID, "jobs").text, 10, "the job in the first tab")

@@ -7,6 +7,7 @@ output) is kept by the same code whichever door an image comes in by.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 from srtrt.errors import SrtrtError
@@ -69,13 +70,24 @@ class RunOptions:
 
     @property
     def backend_key(self) -> tuple:
-        """What the backend depends on: runs with equal keys can share one backend."""
-        return (self.model, self.backend, self.precision, self.device, self.allow_noncommercial, self.shape_class)
+        """What the backend depends on: runs with equal keys can share one backend. A model file
+        replaced under its name (a server's --models folder, a notebook) is another key."""
+        return (self.model, file_identity(self.model), self.backend, self.precision, self.device,
+                self.allow_noncommercial, self.shape_class)
 
     @property
     def decode_limit(self) -> dict:
         """Keyword arguments for `read_image`: the default limit unless one was given (0 = none)."""
         return {} if self.max_pixels is None else {"max_pixels": self.max_pixels or None}
+
+
+def file_identity(model: str | None) -> tuple:
+    """The model file's identity on disk (device, inode, size, modification time); () for a name."""
+    try:
+        st = os.stat(model)
+    except (OSError, TypeError, ValueError):  # a model name, or no model: the embedded default
+        return ()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def open_backend(options: RunOptions):

@@ -26,6 +26,7 @@ from srtrt.atomic import remove_partials
 from srtrt.engine.batch.files import DONE, output_path
 from srtrt.engine.batch.options import RunOptions
 from srtrt.engine.serve.settings import ServeConfig
+from srtrt.engine.serve.uploads import storage_refused
 from srtrt.engine.serve.warm import WarmBackends
 from srtrt.errors import SrtrtError
 
@@ -33,7 +34,7 @@ AWAITING, QUEUED, RUNNING, FAILED, CANCELLED = "awaiting_input", "queued", "runn
 TERMINAL = frozenset({DONE, FAILED, CANCELLED})
 SWEEP_SECONDS = 30.0    # the worker looks for expired results at least this often
 UPLOAD_WAIT = 60.0      # a job created by JSON is dropped when its input has not come this long after its last PUT
-MAX_RECORDS = 1000      # finished jobs remembered, whatever their size
+MAX_RECORDS = 1000      # finished jobs remembered, whatever their size (_past_record_cap)
 
 
 class QueueFull(Exception):
@@ -142,12 +143,23 @@ class JobQueue:
         if listed:
             with self._cond:
                 self._make_room_to_await()
-                job.folder.mkdir()
+                self._make_folder(job.folder)
                 self._jobs[job_id] = job
                 self._changed()
         else:
-            job.folder.mkdir()
+            self._make_folder(job.folder)
         return job
+
+    def _make_folder(self, folder: Path) -> None:
+        """A job's folder; the work folder made again if something removed it (a /tmp cleaner on an idle server)."""
+        try:
+            try:
+                folder.mkdir()
+            except FileNotFoundError:
+                self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+                folder.mkdir()
+        except OSError as e:
+            raise storage_refused(e) from None
 
     def _make_room_to_await(self) -> None:  # under the lock
         """Drop the jobs whose input is overdue now (not at the next sweep); QueueFull, with the time
@@ -344,8 +356,9 @@ class JobQueue:
             finished = sorted((j for j in self._jobs.values() if j.state in TERMINAL), key=lambda j: j.finished)
             gone = [j for j in finished if now - j.finished > self.config.keep_seconds]
             kept = [j for j in finished if j not in gone]
-            while len(kept) > MAX_RECORDS:
-                gone.append(kept.pop(0))
+            for job in _past_record_cap(kept):
+                kept.remove(job)
+                gone.append(job)
             # only results hold bytes: a failed or cancelled job is no newer result to make room for
             results = [j for j in kept if j.result_bytes]
             total = sum(j.result_bytes for j in results)
@@ -385,3 +398,14 @@ def _remove(folder: Path) -> None:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())[:300]
+
+
+def _past_record_cap(finished: list[Job]) -> list[Job]:
+    """Which of the finished jobs (oldest first) to forget beyond MAX_RECORDS: those without a result
+    (failed, cancelled) first, then the oldest results; never the newest result, whoever's it is (a
+    folder of a thousand bad files must not take another client's only result with it)."""
+    over = len(finished) - MAX_RECORDS
+    if over <= 0:
+        return []
+    results = [j for j in finished if j.result_bytes]
+    return ([j for j in finished if not j.result_bytes] + results[:-1])[:over]

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import secrets
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection
@@ -76,7 +76,13 @@ class Guard:
 
 
 def _query_token(scope) -> str:
-    return parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
+    """`token` from the query, percent-decoded. A "+" stays a "+", not a space as in a form: a token
+    has no spaces, and base64 tokens (`openssl rand -base64`) have "+"."""
+    for pair in scope.get("query_string", b"").decode("latin-1").split("&"):
+        name, _, value = pair.partition("=")
+        if name == "token":
+            return unquote(value)
+    return ""
 
 
 def _hostname(host: str) -> str:

@@ -4,7 +4,8 @@ A client's file name is only ever shown and offered back as a download name: the
 `input<suffix>` in the job's own folder, the suffix one of the known image and video suffixes.
 Refusals are `Refused(status, one line)`: 413 too large, 415 not a kind srtrt reads, 422 over the
 pixel limit (read from the header: nothing is decoded), 400 a malformed form, 408 a body that stalls
-or trickles, 503 a body still coming when the server shuts down.
+or trickles, 503 a body still coming when the server shuts down, 507 a body the server's disk cannot
+take (full, or its work folder gone).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from srtrt.errors import SrtrtError
 
 ACCEPTED_SUFFIXES = frozenset(INPUT_SUFFIXES | VIDEO_SUFFIXES)
 FIELD_LIMIT = 4096          # bytes in one form field (options are short)
-FORM_OVERHEAD = 64 * 1024   # part headers and fields besides the file, within a declared Content-Length
+FORM_OVERHEAD = 64 * 1024   # part headers and fields besides the file, in all: they are held in memory
 NAME_LIMIT = 120            # characters of a file name kept for display
 IDLE_SECONDS = 30.0         # a body that sends nothing for this long is dropped (uvicorn times out no body)
 # A body must also come at MIN_RATE on average once GRACE_SECONDS have passed: each byte buys 1/MIN_RATE s.
@@ -165,6 +166,8 @@ async def receive_form(request, folder: Path, limit: int, closing) -> Upload:
         parser.finalize()
     except Refused:
         raise
+    except OSError as e:  # writing the file: not the form's fault
+        raise storage_refused(e) from None
     except Exception as e:  # python-multipart's own parse errors
         raise Refused(400, f"malformed multipart form ({' '.join(str(e).split())[:120]})") from None
     finally:
@@ -180,13 +183,23 @@ async def receive_body(request, path: Path, limit: int, closing) -> int:
     """A raw request body (PUT) streamed into `path`; its size."""
     check_declared_length(request.headers, limit)
     size = 0
-    with open(path, "xb") as f:
-        async for chunk in body_chunks(request, closing):
-            size += len(chunk)
-            if size > limit:
-                raise Refused(413, f"upload is over the limit of {limit:,} bytes")
-            f.write(chunk)
+    try:
+        with open(path, "xb") as f:
+            async for chunk in body_chunks(request, closing):
+                size += len(chunk)
+                if size > limit:
+                    raise Refused(413, f"upload is over the limit of {limit:,} bytes")
+                f.write(chunk)
+    except FileExistsError:  # another request is writing this input (the caller's 409)
+        raise
+    except OSError as e:
+        raise storage_refused(e) from None
     return size
+
+
+def storage_refused(e: OSError) -> Refused:
+    """507: the server cannot keep the bytes (a full disk, a quota); its cause, never its paths."""
+    return Refused(507, f"the server cannot store the upload now ({e.strerror or type(e).__name__})", CLOSE)
 
 
 class _FormReader:
@@ -200,6 +213,7 @@ class _FormReader:
         self._file = None
         self._field: str | None = None
         self._data = bytearray()
+        self._held = 0  # bytes of part headers and fields so far: kept in memory, so bounded in all
         self.complete = False  # the closing boundary was read: the upload was not cut short
 
     def callbacks(self) -> dict:
@@ -211,10 +225,18 @@ class _FormReader:
     def _part_begin(self) -> None:
         self._headers, self._field, self._data = {}, None, bytearray()
 
+    def _hold(self, length: int) -> None:
+        self._held += length
+        if self._held > FORM_OVERHEAD:
+            raise Refused(413, f"the form's fields and part headers are over {FORM_OVERHEAD:,} bytes in all "
+                          "(options are short; the file is its own part)", CLOSE)
+
     def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._hold(end - start)
         self._header += data[start:end]
 
     def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._hold(end - start)
         self._value += data[start:end]
 
     def _header_end(self) -> None:
@@ -239,6 +261,7 @@ class _FormReader:
                 raise Refused(413, f"{self.upload.name}: upload is over the limit of {self.limit:,} bytes")
             self._file.write(data[start:end])
         else:
+            self._hold(end - start)
             self._data += data[start:end]
             if len(self._data) > FIELD_LIMIT:
                 raise Refused(400, f"form field {self._field!r} is over {FIELD_LIMIT} bytes")

@@ -138,31 +138,59 @@ async function filesOf(dataTransfer) {
 
 // ------------------------------------------------------------------ the queue
 
+// One event stream per browser, however many tabs show the page: over HTTP/1.1 a browser opens at most
+// six connections to a server, and a stream per tab took them all (a seventh tab never loaded, uploads
+// hung). The tab holding the lock follows /api/events and passes on what comes to the other tabs.
+const shared = "BroadcastChannel" in window && navigator.locks ? new BroadcastChannel("srtrt-events") : null;
+let latest = null;  // the last list this tab's own stream gave: for a tab opened after it
+
 function follow() {
+  if (!shared) { stream(); return; }
+  shared.onmessage = (e) => {
+    const {kind, data} = e.data;
+    if (kind === "hello" && latest !== null) shared.postMessage({kind: "jobs", data: latest});
+    else if (kind === "jobs") received(data);
+    else if (kind === "lost") lostConnection();
+  };
+  shared.postMessage({kind: "hello"});
+  navigator.locks.request("srtrt-events", () => { stream(); return new Promise(() => {}); });  // held while open
+}
+
+function stream() {
   const events = new EventSource("/api/events");
   events.onerror = () => {
-    if (!lost) {
-      lost = true;
-      notice("Connection to the server lost; jobs in progress may be gone. Trying again…");
-      render();
-    }
+    lostConnection();
+    if (shared) shared.postMessage({kind: "lost"});
     // the browser retries by itself while the server cannot be reached, but gives up on one that answers an error
-    if (events.readyState === EventSource.CLOSED) setTimeout(follow, 3000);
+    if (events.readyState === EventSource.CLOSED) setTimeout(stream, 3000);
   };
   events.addEventListener("jobs", (e) => {
-    const old = jobs;
-    const before = new Map(jobs.map((j) => [j.id, j.state]));
-    jobs = JSON.parse(e.data);
-    if (lost) reconnected(old);
-    for (const job of jobs) {  // show a result of this page's as soon as it is done, unless another is open
-      if (job.state === "done" && before.get(job.id) !== "done" && inputs.has(job.id)) {
-        if (!selected || !jobs.some((j) => j.id === selected && j.state === "done")) select(job.id);
-        loadServer();  // what auto chose is known now
-      }
-    }
-    if (selected && !jobs.some((j) => j.id === selected)) { selected = null; $("viewer").hidden = true; }
-    render();
+    latest = e.data;
+    if (shared) shared.postMessage({kind: "jobs", data: e.data});
+    received(e.data);
   });
+}
+
+function lostConnection() {
+  if (lost) return;
+  lost = true;
+  notice("Connection to the server lost; jobs in progress may be gone. Trying again…");
+  render();
+}
+
+function received(data) {
+  const old = jobs;
+  const before = new Map(jobs.map((j) => [j.id, j.state]));
+  jobs = JSON.parse(data);
+  if (lost) reconnected(old);
+  for (const job of jobs) {  // show a result of this page's as soon as it is done, unless another is open
+    if (job.state === "done" && before.get(job.id) !== "done" && inputs.has(job.id)) {
+      if (!selected || !jobs.some((j) => j.id === selected && j.state === "done")) select(job.id);
+      loadServer();  // what auto chose is known now
+    }
+  }
+  if (selected && !jobs.some((j) => j.id === selected)) { selected = null; $("viewer").hidden = true; }
+  render();
 }
 
 // Back after a lost connection: a server that was restarted has none of the jobs it had.
