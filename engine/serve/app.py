@@ -40,7 +40,8 @@ MEDIA = {".png": "image/png", ".tif": "image/tiff", ".tiff": "image/tiff", ".mp4
          ".mkv": "video/x-matroska", ".mov": "video/quicktime", ".webm": "video/webm", ".avi": "video/x-msvideo"}
 PROBLEMS = {status: {"model": Problem} for status in (400, 401, 403, 404, 409, 413, 415, 422, 429)}
 UPLOAD_PROBLEMS = {408: {"model": Problem, "description": "the upload stalled or trickled"},
-                   503: {"model": Problem, "description": "the server is shutting down: send it again once it is back"}}
+                   503: {"model": Problem, "description": "the server is shutting down: send it again once it is back"},
+                   507: {"model": Problem, "description": "the server's disk cannot take the upload now"}}
 
 
 def _create_body() -> dict:
