@@ -167,7 +167,7 @@ def main(argv=None) -> int:
         return EXIT_REFUSED
     label = model_label(args.model)
     pairs = set5_pairs(args.set5, view.scale)
-    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    today = datetime.datetime.now(datetime.UTC).date().isoformat()
     measured, reference = {}, None
     for path in paths_for(args.device, calibrated=bool(view.int8_calibration)):
         psnr = score(path, view, pairs, view.scale)

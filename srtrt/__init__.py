@@ -8,7 +8,17 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from .errors import SrtrtError
+
+# Imported from a checkout rather than an install: pyproject.toml maps engine/, train/ and kernels/
+# beside this folder in as srtrt.engine, srtrt.train and srtrt.kernels. A `python -m` child or a Ray
+# worker started in the checkout finds this folder first on its path (after `pip install .`), so
+# they are found beside it too.
+_checkout = Path(__file__).resolve().parent.parent
+if not (Path(__file__).parent / "engine").is_dir() and (_checkout / "engine" / "__init__.py").is_file():
+    __path__.append(str(_checkout))
 
 __version__ = "0.1.0"
 __all__ = ["SrtrtError", "load_model", "upscale", "__version__"]
