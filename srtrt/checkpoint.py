@@ -55,6 +55,8 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     """(weights, sidecar) of the checkpoint `path` names. Only a model file's own suffix is replaced:
     the rest of a name is kept, dots and all (blend_0.3 is blend_0.3.safetensors, not blend_0's)."""
     p = Path(path)
+    if not p.name:  # "", ".", "/": no file name to find a checkpoint by
+        raise SrtrtError("names no model file (empty, or a folder)", os.fspath(path) or '""')
     if p.suffix.lower() in (".json", *_community_suffixes()):
         p = p.with_suffix("")
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")

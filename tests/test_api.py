@@ -56,6 +56,50 @@ def test_a_model_file_written_again_between_calls_is_read_again(tmp_path):
     assert not np.array_equal(first, second) and np.array_equal(second, fresh)
 
 
+def test_a_checkpoint_named_by_its_stem_and_saved_again_is_read_again(tmp_path):
+    (source,) = write_images(tmp_path, 1, height=20, width=24)
+    save_tiny_model(tmp_path, seed=0)
+    stem = str(tmp_path / "tiny")  # tiny.safetensors + tiny.json
+    first = np.asarray(srtrt.upscale(source, model=stem, **FP32))
+    save_tiny_model(tmp_path, seed=1)
+    assert not np.array_equal(first, np.asarray(srtrt.upscale(source, model=stem, **FP32)))
+
+
+def test_options_of_the_wrong_type_or_an_empty_model_are_one_line(tmp_path):
+    """overwrite="false" is a true string: it replaced the file it was to keep. An empty model
+    (an unset variable) was a ValueError traceback from pathlib."""
+    (source,) = write_images(tmp_path, 1, height=20, width=24)
+    kept = tmp_path / "kept.png"
+    kept.write_bytes(b"mine")
+    with pytest.raises(SrtrtError, match="overwrite must be True or False, not 'false'"):
+        srtrt.upscale(source, kept, overwrite="false")
+    with pytest.raises(SrtrtError, match="allow_noncommercial must be True or False"):
+        srtrt.upscale(source, allow_noncommercial="no")
+    assert kept.read_bytes() == b"mine"
+    for empty in ("", " "):
+        with pytest.raises(SrtrtError, match="the model is empty"):
+            srtrt.upscale(source, model=empty)
+    for folder in (".", "/"):
+        with pytest.raises(SrtrtError, match="names no model file"):
+            srtrt.load_model(folder)
+
+
+def test_a_pil_image_is_held_to_max_pixels_as_a_path_is(tmp_path):
+    (source,) = write_images(tmp_path, 1, height=20, width=24)
+    with pytest.raises(SrtrtError, match="over the limit of 100"):
+        srtrt.upscale(source, max_pixels=100)
+    with Image.open(source) as img, pytest.raises(SrtrtError, match="over the limit of 100"):
+        srtrt.upscale(img, max_pixels=100)
+    with pytest.raises(SrtrtError, match="over the limit of 100"):
+        srtrt.upscale(Image.new("RGB", (24, 20)), max_pixels=100)
+
+
+def test_an_output_named_by_bytes_is_written(tmp_path):
+    (source,) = write_images(tmp_path, 1, height=20, width=24)
+    written = srtrt.upscale(source, bytes(tmp_path / "out.png"), **FP32)
+    assert written == tmp_path / "out.png" and Image.open(written).size == (96, 80)
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "LA", "P"])
 def test_modes_survive_the_round_trip(model, mode):
     rgb = Image.fromarray(smooth_image(20, 24))

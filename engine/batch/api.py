@@ -72,11 +72,12 @@ def upscale(image, output=None, **options):
 def _upscale(image, output, opts: RunOptions):
     runner = FileRunner(_backend(opts), opts)
     if output is not None:
+        output = os.fsdecode(output)  # a str, bytes or Path
         source = Path(image)
         # named as `srtrt run -o` names it (a folder gets <stem>_x4.<ext>, created if missing; a video needs
         # a video container)
-        make_output_folder(os.fspath(output), False)
-        job = plan_jobs([source], os.fspath(output), runner.backend.scale, opts, many=False)[0]  # as `srtrt run` checks it
+        make_output_folder(output, False)
+        job = plan_jobs([source], output, runner.backend.scale, opts, many=False)[0]  # as `srtrt run` checks it
         if job.refusal:
             raise SrtrtError(job.refusal)
         outcome = runner.run(source, job.destination)
@@ -85,7 +86,7 @@ def _upscale(image, output, opts: RunOptions):
         if outcome.status != DONE:
             raise SrtrtError(outcome.message)
         return Path(outcome.destination)  # a video's .mkv twin when its container cannot hold its streams
-    decoded = from_pil(image) if isinstance(image, Image.Image) else runner.decode(image)
+    decoded = from_pil(image, **opts.decode_limit) if isinstance(image, Image.Image) else runner.decode(image)
     colour, alpha = runner.upscale_arrays(decoded, label=str(image) if not isinstance(image, Image.Image) else "image")
     result = to_pil(colour, alpha, decoded.bit_depth)
     # the pixels are upright (EXIF orientation applied, as for files): the profile and the EXIF,

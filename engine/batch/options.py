@@ -7,7 +7,6 @@ output) is kept by the same code whichever door an image comes in by.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 
 from srtrt.errors import SrtrtError
@@ -15,6 +14,7 @@ from srtrt.errors import SrtrtError
 ALPHA_MODES = ("bicubic", "model")
 SHAPE_CLASSES = ("large", "many-sizes")  # backends.measured.LARGE, MANY_SIZES
 DEINTERLACE_MODES = ("auto", "on", "off")  # what video.deinterlace.applies takes
+BOOLEAN_OPTIONS = ("overwrite", "allow_noncommercial", "resume", "stop_at_bad_frame")
 # integer options: (least, most or None)
 INTEGER_RANGES = {"tile": (0, None), "margin": (0, None), "batch": (1, None), "max_pixels": (0, None),
                   "crf": (0, 63), "png_level": (0, 9)}
@@ -44,6 +44,11 @@ class RunOptions:
     deinterlace: str = "auto"        # auto: frames flagged interlaced | on: every frame | off: none
 
     def __post_init__(self):
+        for name in BOOLEAN_OPTIONS:  # overwrite="false" is a str, and true: it replaced files
+            if not isinstance(getattr(self, name), bool):
+                raise SrtrtError(f"{name} must be True or False, not {getattr(self, name)!r}")
+        if self.model is not None and not str(self.model).strip():
+            raise SrtrtError("the model is empty (an unset variable?): name a model file or an embedded model")
         if self.alpha not in ALPHA_MODES:
             raise SrtrtError(f"alpha must be one of {', '.join(ALPHA_MODES)}, not {self.alpha!r}")
         for name, (least, most) in INTEGER_RANGES.items():
@@ -82,12 +87,22 @@ class RunOptions:
 
 
 def file_identity(model: str | None) -> tuple:
-    """The model file's identity on disk (device, inode, size, modification time); () for a name."""
+    """The identity on disk (device, inode, size, modification time) of the files `model` reads: a
+    community file, or a checkpoint's weights and sidecar, named with or without their suffix."""
+    from srtrt.checkpoint import model_files
+
     try:
-        st = os.stat(model)
-    except (OSError, TypeError, ValueError):  # a model name, or no model: the embedded default
+        files = model_files(model)
+    except SrtrtError:  # a name that is no file: the run itself says why
         return ()
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    identity = []
+    for path in files:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        identity.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(identity)
 
 
 def open_backend(options: RunOptions):

@@ -111,12 +111,13 @@ def read_eight_bit_rgb(path) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(pixels))
 
 
-def from_pil(img: Image.Image, path=None) -> DecodedImage:
-    """The same normalisation as `read_image`, for an image already in memory."""
+def from_pil(img: Image.Image, path=None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """The same normalisation as `read_image`, for an image already in memory, and the same size limit."""
     filename = getattr(img, "filename", None) or None
     path = path if path is not None else filename
+    check_size(img.size, max_pixels, path or "image")
     if filename and img.tile and (_sixteen_bit_colour_rawmode(img) is not None or _turned_tiff(img)):
-        return read_image(filename, max_pixels=None)  # not loaded yet: keep all 16 bits, or the right pixels
+        return read_image(filename, max_pixels)  # not loaded yet: keep all 16 bits, or the right pixels
     try:
         _refuse_more_than_one_image(img, path)  # as a file of it is: an opened animation is all its frames
         img.load()
