@@ -567,3 +567,33 @@ def test_a_models_window_memory_is_measured_once_then_read_from_the_cache(tmp_pa
     stored.write_text(json.dumps(content))
     with OpenVinoBackend(path, 4, 4, "fp32", cache=None) as third:
         assert third.window_memory() == measured
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+@pytest.mark.slow
+def test_the_dynamic_models_memory_levels_off_over_many_new_sizes():
+    """A folder of photos of many sizes through int8 (every small window on the dynamic model): the
+    compiled model kept every shape's kernels, about 7 MB each for the default model, 1.5 GB after
+    240 sizes and growing (`srtrt.upscale` in a loop, `srtrt serve`). It now keeps the last few."""
+    import srtrt
+
+    view = srtrt.load_model()
+    if view.int8_calibration is None:
+        pytest.skip("the embedded model carries no int8 ranges")
+    selection = create_backend("openvino", view=view, precision="int8", device="cpu")
+    ov = selection.backend
+    try:
+        sizes = [(20 + i % 40, 21 + i // 40) for i in range(160)]
+        marks = {}
+        for i, (h, w) in enumerate(sizes):
+            ov.infer(torch.rand(1, 3, h, w))
+            if i + 1 in (100, 160):
+                marks[i + 1] = _rss_mb()
+        assert ov.dynamic_runs == len(sizes) and ov.compilations == 0
+        assert marks[160] - marks[100] < 60, marks  # 60 more sizes: about 420 MB more before
+    finally:
+        selection.backend.close()

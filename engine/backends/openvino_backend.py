@@ -64,6 +64,10 @@ DYNAMIC_BELOW_PIXELS = 160_000
 # pixels): RRDBNet's int8 window of 96 px, the static probe's, takes 1.2 s on the AVX2 EPYC, this one 0.15 s.
 DYNAMIC_PROBE_SIDE = 32
 STATIC_AFTER_IMAGES = 2  # a shape prepared or run this often is compiled static
+# The dynamic-shape model keeps the kernels of every shape it has run, 5000 shapes by default: the default
+# model in int8 took 1.5 GB more after 240 new sizes, and went on growing. Held to the last 16 shapes
+# it levels off near 0.6 GB (oneDNN's own cache of kernels, shared by the process, holds the rest).
+DYNAMIC_SHAPES_KEPT = 16
 REMEMBERED_SHAPES = 4096  # shapes whose count is kept (a bound on memory, never reached by a folder)
 CACHE_BUDGET_MB = 512    # compiled blobs kept in CACHE_DIR, least recently used dropped first (SRTRT_OPENVINO_CACHE_MB)
 ABANDONED_AFTER_SECONDS = 3600  # a compile's private cache folder older than this was left by a killed process
@@ -420,7 +424,7 @@ class OpenVinoBackend(PerShapeGraphs, Backend):
         except Exception as e:  # OpenVINO raises several unrelated types (GeneralFailure, OpConversionFailure, ...)
             raise SrtrtError(f"OpenVINO cannot read this ONNX file ({failure_reason(e)})", path) from None
 
-    def _compile(self, dims: list[int], label: str, masked: bool = False):
+    def _compile(self, dims: list[int], label: str, masked: bool = False, config: dict | None = None):
         source = self.graphs.dynamic if self.model is not None else self.graphs.static(tuple(dims))
         if self.model is None:  # a graph exported for this very shape: nothing to reshape
             model = self._read(source)
@@ -431,16 +435,16 @@ class OpenVinoBackend(PerShapeGraphs, Backend):
             if masked:
                 model, self._mask_factors[tuple(dims)] = openvino_masks.with_masks(model, dims)
             key = [*dims, "masked"] if masked else dims
-            return self._compile_cached(model, source, key).create_infer_request()
+            return self._compile_cached(model, source, key, config or {}).create_infer_request()
         except Exception as e:
             raise SrtrtError(f"OpenVINO cannot compile this ONNX file for {label} ({failure_reason(e)})", self.path) from None
 
-    def _compile_cached(self, model, source: Path, dims: list[int]):
+    def _compile_cached(self, model, source: Path, dims: list[int], extra: dict | None = None):
         """compile_model through the blob cache under config's CACHE_DIR. Each compile has a folder of
         its own there (_compile_key), so the blobs it may import are known before OpenVINO opens them:
         only those are verified, and only verified ones are imported. The cache is pruned after each
-        compile: a run or a long-lived backend adds a blob per new shape."""
-        config = dict(self.config)
+        compile: a run or a long-lived backend adds a blob per new shape. `extra`: settings of this compile alone."""
+        config = {**self.config, **(extra or {})}
         root = config.pop("CACHE_DIR", None)
         if root is None:
             return self.core.compile_model(model, "CPU", config)
@@ -493,7 +497,8 @@ class OpenVinoBackend(PerShapeGraphs, Backend):
     def _dynamic_request(self):
         """The dynamic-shape model's infer request, compiled on first use."""
         if self._dynamic is None:
-            self._dynamic = self._compile([-1, self.channels, -1, -1], "any input size")
+            self._dynamic = self._compile([-1, self.channels, -1, -1], "any input size",
+                                          config={"CPU_RUNTIME_CACHE_CAPACITY": str(DYNAMIC_SHAPES_KEPT)})
         return self._dynamic
 
     def prepare(self, batch: int, height: int, width: int) -> None:
