@@ -200,7 +200,8 @@ def test_auto_for_an_unmeasured_model_times_the_fp32_paths_with_the_reason():
                                       timer=timer_of(AMX_LIKE, asked := []))
     assert (name, precision) == ("openvino", "fp32") and asked == [[("openvino", "fp32"), ("torch", "fp32")]]
     assert why == f"fastest here, timed 2; fp32, as the reference computes; {UNMEASURED}"
-    assert UNMEASURED == "no quality-guard measurement for this model; bench/quality_guard.py --model PATH measures one"
+    assert UNMEASURED == ("no quality-guard measurement for this model; bench/quality_guard.py --model PATH, in "
+                          "srtrt's source tree, measures one")
     assert cpu_choice(SHA, openvino=NO_OPENVINO, guard=guard(MEASURED, sha=OTHER_SHA), fast_bf16_cpu=True)[:2] == \
         ("torch", "fp32")
 

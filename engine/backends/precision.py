@@ -18,7 +18,8 @@ from srtrt.hardware import cpu_has_fast_bf16
 
 QUALITY_GUARD_DB = 0.05
 GUARD_FORMAT, GUARD_VERSION = "srtrt-quality-guard", 2
-UNMEASURED = "no quality-guard measurement for this model; bench/quality_guard.py --model PATH measures one"
+UNMEASURED = ("no quality-guard measurement for this model; bench/quality_guard.py --model PATH, in srtrt's "
+              "source tree, measures one")
 
 
 def guard_path() -> Path:
@@ -72,7 +73,7 @@ def passes_guard(backend: str, device_type: str, precision: str, model_sha256: s
         entries, where = [paths[k] for k in proxies], f" (measured as {', '.join(proxies)})"
     if precision == "int8" and calibration is not None and any(e.get("calibration") != calibration for e in entries):
         return False, (f"{key} was measured with other int8 ranges than this model's ({calibration}): "
-                       "bench/quality_guard.py measures these")
+                       "bench/quality_guard.py, in srtrt's source tree, measures these")
     delta = max((e["delta_db"] for e in entries), key=abs)
     ok = abs(delta) <= QUALITY_GUARD_DB
     verdict = "within" if ok else "outside"
