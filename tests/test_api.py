@@ -100,6 +100,37 @@ def test_an_output_named_by_bytes_is_written(tmp_path):
     assert written == tmp_path / "out.png" and Image.open(written).size == (96, 80)
 
 
+def test_an_opened_file_is_read_as_its_path_is(tmp_path):
+    """`Image.open(f)` skipped what reading `f` does: a signed 8-bit TIFF was upscaled as garbage
+    (-100 read as 156) where the path is refused; a grey PNG's colour key gave no alpha."""
+    tifffile = pytest.importorskip("tifffile")
+    signed = tmp_path / "signed.tif"
+    tifffile.imwrite(signed, np.tile(np.linspace(-100, 100, 24).astype(np.int8), (20, 1)))
+    for given in (signed, Image.open(signed)):
+        with pytest.raises(SrtrtError, match="signed 8-bit integer samples"):
+            srtrt.upscale(given, **FP32)
+    keyed = tmp_path / "keyed16.png"
+    grey = smooth_image(20, 24)[:, :, 0].astype(np.uint16) * 257
+    Image.fromarray(grey).save(keyed, transparency=int(grey[0, 0]))  # a 16-bit grey PNG with a tRNS colour key
+    with pytest.warns(UserWarning, match="16-bit colour or grey[+]alpha cannot be held by a PIL image"):
+        from_path, from_pil = srtrt.upscale(keyed, **FP32), srtrt.upscale(Image.open(keyed), **FP32)
+    assert from_path.mode == from_pil.mode and np.array_equal(np.asarray(from_path), np.asarray(from_pil))
+    assert len(from_path.getbands()) == 2  # the key became alpha
+
+
+def test_the_tiff_page_the_caller_chose_is_upscaled_and_stays_chosen(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    path = tmp_path / "with_thumb.tif"
+    with tifffile.TiffWriter(path) as tiff:
+        tiff.write(np.full((32, 32, 3), (200, 0, 0), np.uint8), photometric="rgb")  # the photo
+        tiff.write(np.full((8, 8, 3), (0, 0, 200), np.uint8), photometric="rgb", subfiletype=1)  # its thumbnail
+    with Image.open(path) as img:
+        img.seek(1)
+        out = srtrt.upscale(img, **FP32)
+        assert out.size == (32, 32) and img.tell() == 1 and img.size == (8, 8)
+        assert np.asarray(out)[..., 2].mean() > np.asarray(out)[..., 0].mean()  # the blue page, not the red one
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "LA", "P"])
 def test_modes_survive_the_round_trip(model, mode):
     rgb = Image.fromarray(smooth_image(20, 24))

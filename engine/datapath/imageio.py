@@ -116,10 +116,16 @@ def from_pil(img: Image.Image, path=None, max_pixels: int | None = DEFAULT_MAX_P
     filename = getattr(img, "filename", None) or None
     path = path if path is not None else filename
     check_size(img.size, max_pixels, path or "image")
-    if filename and img.tile and (_sixteen_bit_colour_rawmode(img) is not None or _turned_tiff(img)):
-        return read_image(filename, max_pixels)  # not loaded yet: keep all 16 bits, or the right pixels
+    frame = img.tell() if hasattr(img, "tell") else 0
+    # Opened from a file and not decoded yet, at its first image and not drafted smaller: read as
+    # `srtrt run` reads the file (all 16 bits, a grey PNG's colour key as alpha, signed TIFF refused).
+    if filename and img.tile and frame == 0 and not getattr(img, "decoderconfig", None) and os.path.isfile(filename):
+        return read_image(filename, max_pixels)
     try:
-        _refuse_more_than_one_image(img, path)  # as a file of it is: an opened animation is all its frames
+        if frame == 0:  # as a file of it is: an opened animation is all its frames
+            _refuse_more_than_one_image(img, path)
+        # else the caller chose this frame or page: that image is upscaled, and the caller's image stays there
+        _refuse_signed_tiff(img, path)
         img.load()
         return _normalise(img, path, img.format or "memory")
     except SrtrtError:
