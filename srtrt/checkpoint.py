@@ -84,6 +84,11 @@ def _is_embedded_name(model) -> bool:
     return isinstance(model, str) and model in EMBEDDED
 
 
+def names_embedded(model: str | os.PathLike | None) -> bool:
+    """Whether `model` is one of the packaged models by default or by name (not by its files' path)."""
+    return model is None or _is_embedded_name(model)
+
+
 def model_label(model: str | os.PathLike | None) -> str:
     """A short name for tables and panels: the embedded name, or the checkpoint's file stem."""
     if model is None:

@@ -125,8 +125,8 @@ def _add_interpolate(sub):
 def _add_calibrate(sub):
     p = sub.add_parser("calibrate", help="measure a model's int8 activation ranges on photos (the openvino int8 path)")
     p.add_argument("photos", help="a folder of ordinary photos (not a test set); each is downscaled as training's LR")
-    p.add_argument("--model", help="srtrt checkpoint whose sidecar gets the ranges (default: the embedded default model), "
-                                   "or a community model file (its ranges are kept in srtrt's cache by its sha256)")
+    p.add_argument("--model", help="srtrt checkpoint whose sidecar gets the ranges (not an embedded model: they come "
+                                   "with theirs), or a community model file (its ranges are kept in srtrt's cache by its sha256)")
     _add_allow_noncommercial(p)
     p.add_argument("--images", type=int, default=None, help="how many photos to use (default 16)")
 

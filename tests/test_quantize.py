@@ -241,6 +241,26 @@ def test_calibrate_command_writes_the_sidecar_and_keeps_the_weights(tmp_path, ca
     assert checkpoint.load(stem).meta["int8_calibration"]["images"] == 3  # the refusals changed nothing
 
 
+def test_calibrating_an_embedded_model_by_name_is_refused_and_changes_nothing(tmp_path, capsys):
+    """`srtrt calibrate PHOTOS` (no --model) rewrote the installed default model's sidecar: its int8
+    ranges no longer matched the quality guard's, and `auto` dropped int8 until a reinstall."""
+    from srtrt.cli import main
+
+    sidecars = [checkpoint.model_files(name)[2] for name in (None, "srgan")]
+    before = [p.read_bytes() for p in sidecars]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from PIL import Image
+
+    Image.fromarray(smooth_image(64, 80)).save(photos / "p.png")
+    for model in ([], ["--model", "srgan"]):
+        assert main(["calibrate", str(photos), *model]) == 2
+        err = capsys.readouterr().err
+        assert "comes with the int8 ranges its quality-guard figures were measured with" in err and "--model COPY" in err
+        assert len(err.splitlines()) == 1
+    assert [p.read_bytes() for p in sidecars] == before
+
+
 def test_calibrating_a_checkpoint_in_a_read_only_folder_is_one_line_before_the_work(tmp_path):
     """Its ranges go into its sidecar: a read-only folder (a real read-only bind mount, in a private
     mount namespace: root only) is one line, exit 2, before the photos are read (was a traceback after

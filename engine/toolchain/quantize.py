@@ -263,6 +263,13 @@ def main(args) -> int:
 
     if args.images is not None and args.images < 1:
         raise SrtrtError(f"--images {args.images}: calibrate on at least one photo")
+    # Rewriting the installed sidecar would turn the model's int8 off until a reinstall (the guard's figures
+    # name the ranges they were measured with). A path to the packaged files is taken as meant: how they are made.
+    if checkpoint.names_embedded(args.model):
+        weights, sidecar = checkpoint.model_files(args.model)[1:]
+        raise SrtrtError(f"the embedded model {checkpoint.model_label(args.model)} comes with the int8 ranges its "
+                         f"quality-guard figures were measured with; to calibrate on other photos, copy {weights} and "
+                         f"{sidecar} elsewhere and pass --model COPY")
     view = srtrt.load_model(args.model, getattr(args, "allow_noncommercial", False))
     facts = view.facts
     community = isinstance(view, CommunityView)
