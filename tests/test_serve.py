@@ -89,6 +89,19 @@ def live_server(config: ServeConfig):
         stop()
 
 
+def answering(url: str, timeout: float = 60.0) -> None:
+    """Returns once an `srtrt serve` process at `url` answers (it imports torch first: seconds)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/api/jobs", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+
+
 def stalled_upload(port: int) -> socket.socket:
     """A multipart upload that says 100 kB are coming, sends its first 100 bytes, then nothing."""
     part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="slow.png"\r\n\r\n\x89PNG' + b"\0" * 30
@@ -394,19 +407,12 @@ def test_serve_stopped_by_a_signal_exits_with_its_code(tmp_path, models_dir, sig
     as for srtrt run, no traceback, and its work folder removed."""
     import signal
 
-    import httpx
 
     (tmp_path / "work").mkdir()
     port = free_port()
     server = srtrt_process("serve", "--port", port, "--models", models_dir, "--work-dir", tmp_path / "work", "--no-warm")
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/jobs", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        answering(f"http://127.0.0.1:{port}")
         for name in signals:
             server.send_signal(getattr(signal, name))
             time.sleep(0.01)
@@ -876,13 +882,7 @@ def test_a_disk_that_cannot_take_an_upload_is_507_in_one_line(tmp_path, models_d
                            "--no-warm", preexec_fn=small_files)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/api/jobs", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        answering(url)
         big = b"\x89PNG" + b"\0" * (3 << 20)
         with httpx.Client(base_url=url, headers={"X-Srtrt-Client": "c" * 32}, timeout=30) as client:
             form_upload = client.post("/api/jobs", files={"file": ("big.png", big)}, data=TINY)
