@@ -897,3 +897,24 @@ def test_a_fifo_is_refused_in_one_line_not_waited_on(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(SrtrtError, match="not a regular file"):
         read_image(fifo)
+
+
+@pytest.mark.parametrize("compression", [None, "deflate", "lzw", "packbits"])
+@pytest.mark.parametrize("associated", [False, True])
+def test_a_planar_grey_alpha_tiff_keeps_its_alpha(tmp_path, compression, associated):
+    """Stored plane by plane and compressed, Pillow decoded the grey plane and left alpha zero: the
+    whole upscaled image came out transparent, without a word."""
+    tifffile = pytest.importorskip("tifffile")
+    grey = (np.arange(48 * 64).reshape(48, 64) % 200).astype(np.uint8)
+    alpha = np.full(grey.shape, 255, np.uint8)
+    alpha[:, :20] = 128
+    stored = (grey.astype(np.uint16) * alpha // 255).astype(np.uint8) if associated else grey
+    decoded = {}
+    for planar in ("contig", "separate"):
+        path = tmp_path / f"{planar}.tif"
+        tifffile.imwrite(path, np.stack([stored, alpha], 0 if planar == "separate" else -1), photometric="minisblack",
+                         planarconfig=planar, extrasamples=[1 if associated else 2], compression=compression)
+        decoded[planar] = read_image(path)
+    assert np.array_equal(decoded["separate"].alpha[..., 0] if decoded["separate"].alpha.ndim == 3
+                          else decoded["separate"].alpha, alpha)
+    assert np.abs(decoded["separate"].pixels.astype(int) - decoded["contig"].pixels).max() <= 1

@@ -87,6 +87,8 @@ def read_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImag
                     return _read_sixteen_bit_colour(img, path, source_format)
                 if (decoded := _read_plain_png(img, path) or _read_keyed_grey_png(img, path)) is not None:
                     return decoded
+                if _planar_grey_alpha_tiff(img):  # compressed, Pillow's libtiff path gives an all-zero alpha plane
+                    return _read_tiff_by_tifffile(path, max_pixels, "planar grey+alpha TIFF")
                 img.load()
                 return _normalise(img, path, source_format)
         except SrtrtError:
@@ -656,6 +658,16 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and Bi
 def _is_tiff(path) -> bool:
     with open(path, "rb") as file:
         return file.read(4) in _TIFF_MAGIC
+
+
+_PLANAR_CONFIGURATION_TAG, _SEPARATE_PLANES = 284, 2
+
+
+def _planar_grey_alpha_tiff(img: Image.Image) -> bool:
+    """A grey+alpha TIFF stored plane by plane: uncompressed, Pillow has no raw mode for it; compressed,
+    it decodes the grey plane and leaves the alpha plane zero (every pixel transparent)."""
+    return (img.format == "TIFF" and img.mode in ("LA", "La")  # La: associated (premultiplied) alpha
+            and img.tag_v2.get(_PLANAR_CONFIGURATION_TAG) == _SEPARATE_PLANES)
 
 
 def _read_tiff_by_tifffile(path, max_pixels: int | None, pillow_cause: str) -> DecodedImage:
