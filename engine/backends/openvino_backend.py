@@ -435,7 +435,7 @@ class OpenVinoBackend(PerShapeGraphs, Backend):
             if masked:
                 model, self._mask_factors[tuple(dims)] = openvino_masks.with_masks(model, dims)
             key = [*dims, "masked"] if masked else dims
-            return self._compile_cached(model, source, key, config or {}).create_infer_request()
+            return self._compile_cached(model, source, key, config).create_infer_request()
         except Exception as e:
             raise SrtrtError(f"OpenVINO cannot compile this ONNX file for {label} ({failure_reason(e)})", self.path) from None
 
