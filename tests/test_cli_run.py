@@ -92,11 +92,12 @@ def test_output_file_or_directory(tmp_path, capsys, model):
     assert code == 2 and "several inputs need an output directory" in err and len(err.strip().splitlines()) == 1
     # an unknown extension, a missing folder or a file as the folder of a single output file: one line,
     # exit 2, before the backend is opened (its line never printed)
-    for bad, why in (("x.gif", "unknown output format '.gif'"), ("no/x.png", f"output folder {tmp_path / 'no'} does "
+    for bad, why in (("x.gif", "unknown output format '.gif'"), ("fresh", "end the name with / for a new folder"),
+                     ("no/x.png", f"output folder {tmp_path / 'no'} does "
                      "not exist"), ("one.tif/x.png", f"output folder {tmp_path / 'one.tif'} is not a folder")):
         code, err = run(capsys, source, "-o", tmp_path / bad, "--model", model)
         assert code == 2 and why in err and len(err.strip().splitlines()) == 1, err
-    assert not (tmp_path / "x.gif").exists() and not (tmp_path / "no").exists()
+    assert not (tmp_path / "x.gif").exists() and not (tmp_path / "no").exists() and not (tmp_path / "fresh").exists()
 
 
 def test_default_name_beside_the_input_and_no_second_generation(tmp_path, capsys, model):

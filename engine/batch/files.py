@@ -174,6 +174,9 @@ def output_path(source: Path, output: str | None, many: bool, scale: int) -> Pat
         if out.suffix.lower() not in VIDEO_SUFFIXES:
             raise SrtrtError(f"a video's output needs a video container ({', '.join(sorted(VIDEO_SUFFIXES))})", out)
         return out
+    if not out.suffix:  # a new folder meant, or a file with its format left out: either is one line away
+        raise SrtrtError(f"no output format: name a file ({', '.join(sorted(OUTPUT_SUFFIXES))}) or end the "
+                         "name with / for a new folder", out)
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise SrtrtError(f"unknown output format {out.suffix!r} (use one of {', '.join(sorted(OUTPUT_SUFFIXES))})", out)
     return out
