@@ -1,7 +1,10 @@
 """The streaming runtime end to end on the CPU: backends agree, image modes round-trip, memory stays bounded."""
 from __future__ import annotations
 
+import struct
 import tracemalloc
+import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -9,9 +12,10 @@ import torch
 from PIL import Image, ImageCms
 
 from srtrt.engine.backends.torch_backend import TorchBackend
-from srtrt.engine.datapath.imageio import read_image
+from srtrt.engine.datapath.imageio import png_colour_chunks, read_image
 from srtrt.engine.datapath.pipeline import bicubic_rows, upscale_file
 from srtrt.engine.datapath.runtime import Planes, TiledUpscaler
+from srtrt.errors import OutputNote
 
 from conftest import random_view, smooth_image
 
@@ -153,6 +157,48 @@ def test_icc_profile_is_carried(tmp_path):
     up = TiledUpscaler(TorchBackend(random_view()), core=16)
     with Image.open(upscale_file(up, src, tmp_path / "o.png")) as im:
         assert im.info.get("icc_profile") == icc
+
+
+def _with_chunks(path, chunks) -> None:
+    """Put raw chunks right after a PNG's IHDR, where its colour chunks belong (Pillow writes none)."""
+    data = path.read_bytes()
+    ihdr_end = 8 + 12 + struct.unpack_from(">I", data, 8)[0]
+    made = b"".join(struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+                    for kind, body in chunks)
+    path.write_bytes(data[:ihdr_end] + made + data[ihdr_end:])
+
+
+def test_png_colour_chunks_are_carried_or_said_to_be_lost(tmp_path):
+    """gAMA, cHRM and cICP tell a viewer how to show the values; a PNG output keeps them as they were,
+    for every decoder path (libpng's for plain 8-bit RGB, Pillow's for a palette, 16 bits), and
+    another format says which of them it loses, where losing them changes what is shown."""
+    linear = [(b"gAMA", struct.pack(">I", 100000)),
+              (b"cHRM", struct.pack(">8I", 31270, 32900, 64000, 33000, 21000, 71000, 15000, 6000))]
+    up = TiledUpscaler(TorchBackend(random_view()), core=16)
+    for name, image in (("rgb", MODES["RGB"]()), ("palette", MODES["RGB"]().quantize(16)),
+                        ("wide", Image.fromarray(smooth_image(12, 16, 1, dtype=np.uint16)[..., 0]))):
+        src = _save(image, tmp_path / f"{name}.png")
+        _with_chunks(src, linear)
+        assert read_image(src).colour_chunks == tuple(linear), name
+        out = upscale_file(up, src, tmp_path / f"{name}_x4.png")
+        assert png_colour_chunks(out) == tuple(linear), name
+        with Image.open(out) as shown:
+            assert shown.info["gamma"] == 1.0, name
+    with pytest.warns(OutputNote, match="JPEG output cannot keep the input PNG's gAMA/cHRM"):
+        upscale_file(up, tmp_path / "rgb.png", tmp_path / "rgb_x4.jpg")
+    # sRGB's own values, or an sRGB chunk beside them, say what an untagged file is taken as: no note
+    src = _save(MODES["RGB"](), tmp_path / "srgb.png")
+    _with_chunks(src, [(b"sRGB", b"\x00"), (b"gAMA", struct.pack(">I", 45455)), (b"cICP", bytes((1, 13, 0, 1)))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutputNote)
+        upscale_file(up, src, tmp_path / "srgb_x4.jpg")
+    assert png_colour_chunks(upscale_file(up, src, tmp_path / "srgb_x4.png"))[0] == (b"sRGB", b"\x00")
+    # an HDR PNG (BT.2100 PQ) loses what it is in a JPEG, ICC profile or not: said
+    src = _save(MODES["RGB"](), tmp_path / "pq.png", icc_profile=ImageCms.ImageCmsProfile(
+        ImageCms.createProfile("sRGB")).tobytes())
+    _with_chunks(src, [(b"cICP", bytes((9, 16, 0, 1)))])
+    with pytest.warns(OutputNote, match="cannot keep the input PNG's cICP"):
+        upscale_file(up, src, tmp_path / "pq_x4.webp")
 
 
 def test_memory_is_bounded_by_a_band_not_the_image():

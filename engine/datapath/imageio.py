@@ -46,6 +46,7 @@ class DecodedImage:
     exif: bytes | None          # starts with b"Exif\0\0"; orientation tag already reset to 1
     format: str                 # source format, e.g. "PNG"; "memory" for in-memory images
     path: str | None
+    colour_chunks: tuple = ()   # a PNG's (type, data) chunks that say how its values are shown
 
     @property
     def height(self) -> int:
@@ -74,6 +75,13 @@ def read_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImag
         raise SrtrtError("not a regular file (a pipe or a device); save the image to a file first", path)
     if os.path.getsize(path) == 0:
         raise SrtrtError("empty file, not an image", path)
+    decoded = _decode(path, max_pixels)
+    if decoded.format == "PNG":
+        decoded.colour_chunks = png_colour_chunks(path)
+    return decoded
+
+
+def _decode(path: str, max_pixels: int | None) -> DecodedImage:
     with _pillow_size_check_lifted(), decoder_messages.kept() as notes:
         try:
             with open_lazily(path) as img:
@@ -524,6 +532,27 @@ def _read_keyed_grey_png(img: Image.Image, path) -> DecodedImage | None:
     orientation, exif = _orientation_and_exif(img)
     return DecodedImage(_apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation),
                         16 if samples.dtype == np.uint16 else 8, img.info.get("icc_profile") or None, exif, "PNG", path)
+
+
+# How a PNG's values are to be shown, beside an ICC profile: copied into a PNG output as they are
+PNG_COLOUR_CHUNKS = (b"sRGB", b"gAMA", b"cHRM", b"cICP", b"mDCv", b"cLLI")
+
+
+def png_colour_chunks(path) -> tuple:
+    """The colour chunks before a PNG's pixels (where the format puts them), (type, data) in file order."""
+    found = []
+    with open(path, "rb") as file:
+        file.seek(8)
+        while len(head := file.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", head)
+            if kind in (b"IDAT", b"IEND"):
+                break
+            if kind in PNG_COLOUR_CHUNKS and length <= 64:  # each is a few bytes; more is not one of them
+                found.append((kind, file.read(length)))
+                file.seek(4, os.SEEK_CUR)
+            else:
+                file.seek(length + 4, os.SEEK_CUR)
+    return tuple(found)
 
 
 def _png_metadata_after_pixels(data: bytes) -> bool:

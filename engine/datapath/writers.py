@@ -53,11 +53,13 @@ EXIF_PREFIX = b"Exif\x00\x00"
 def open_writer(path, width: int, height: int, channels: int, bit_depth: int,
                 icc_profile: bytes | None = None, exif: bytes | None = None,
                 overwrite: bool = False, png_level: int | None = None,
-                threads: int | None = None) -> ImageWriter:
+                threads: int | None = None, colour_chunks: tuple = ()) -> ImageWriter:
     """Check the destination and the format's limits, then create the temporary file.
 
     png_level: deflate level 0-9 of a PNG (None: DEFAULT_PNG_LEVEL); threads: how many
-    threads compress a PNG or TIFF (None: every CPU this process may use).
+    threads compress a PNG or TIFF (None: every CPU this process may use); colour_chunks: a PNG
+    input's sRGB/gAMA/cHRM/cICP/mDCv/cLLI chunks, kept in a PNG and noted where they change what
+    another format shows.
     """
     path = os.fspath(path)
     if width <= 0 or height <= 0:
@@ -68,8 +70,12 @@ def open_writer(path, width: int, height: int, channels: int, bit_depth: int,
         raise SrtrtError(f"png level must be 0-9, not {png_level}", path)
     image_format = check_output(path, width, height, channels, overwrite)
     exif = exif_for_size(exif, width, height)
+    if image_format != "PNG" and (lost := _colour_chunks_that_matter(colour_chunks, icc_profile)):
+        warnings.warn(f"{path}: {image_format} output cannot keep the input PNG's {'/'.join(lost)} (how its "
+                      "colours are shown), so viewers may show it otherwise; write .png to keep it", OutputNote,
+                      stacklevel=2)
     if image_format == "PNG":
-        encoder = PngEncoder(width, height, channels, bit_depth, icc_profile, exif, png_level, threads)
+        encoder = PngEncoder(width, height, channels, bit_depth, icc_profile, exif, png_level, threads, colour_chunks)
     elif image_format == "TIFF":
         if exif:
             warnings.warn(f"{path}: TIFF output keeps the ICC profile but not the EXIF; write .png, .jpg "
@@ -83,6 +89,27 @@ def open_writer(path, width: int, height: int, channels: int, bit_depth: int,
             raise SrtrtError(f"not enough memory to hold the {width}x{height} image for {image_format}'s "
                              "encoder; write .png or .tif, which stream", path) from None
     return ImageWriter(path, width, height, channels, bit_depth, encoder, overwrite)
+
+
+# the chunk values that say what an untagged file is taken as anyway (sRGB), so dropping them changes nothing
+_SRGB_GAMMA, _SRGB_CHROMATICITIES, _SRGB_CICP = 45455, (31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000), \
+    bytes((1, 13, 0, 1))
+
+
+def _colour_chunks_that_matter(chunks: tuple, icc_profile: bytes | None) -> list[str]:
+    """The chunks among a PNG's colour chunks whose loss changes how a viewer shows the image."""
+    said = dict(chunks)
+    lost = []
+    if b"cICP" in said and said[b"cICP"] != _SRGB_CICP:  # cICP outranks every other colour statement
+        lost.append("cICP")
+    if icc_profile or b"sRGB" in said:  # they outrank gAMA and cHRM, and the output keeps the profile
+        return lost
+    if len(said.get(b"gAMA", b"")) == 4 and abs(struct.unpack(">I", said[b"gAMA"])[0] - _SRGB_GAMMA) > 100:
+        lost.append("gAMA")
+    if len(said.get(b"cHRM", b"")) == 32 and any(
+            abs(a - b) > 100 for a, b in zip(struct.unpack(">8I", said[b"cHRM"]), _SRGB_CHROMATICITIES)):
+        lost.append("cHRM")
+    return lost
 
 
 def check_output(path, width: int, height: int, channels: int, overwrite: bool = False) -> str:
@@ -307,9 +334,9 @@ class PngEncoder:
     """
 
     def __init__(self, width, height, channels, bit_depth, icc_profile=None, exif=None,
-                 level: int | None = None, threads: int | None = None):
+                 level: int | None = None, threads: int | None = None, colour_chunks: tuple = ()):
         self.width, self.height, self.channels, self.bit_depth = width, height, channels, bit_depth
-        self.icc_profile, self.exif = icc_profile, exif
+        self.icc_profile, self.exif, self.colour_chunks = icc_profile, exif, colour_chunks
         self.level = DEFAULT_PNG_LEVEL if level is None else level
         if not 0 <= self.level <= 9:
             raise ValueError(f"png level must be 0-9, got {self.level}")
@@ -327,6 +354,8 @@ class PngEncoder:
         header = struct.pack(">IIBBBBB", self.width, self.height, self.bit_depth,
                              PNG_COLOUR_TYPE[self.channels], 0, 0, 0)
         file.write(PNG_SIGNATURE + png_chunk(b"IHDR", header))
+        for kind, data in self.colour_chunks:
+            file.write(png_chunk(kind, data))
         if self.icc_profile:
             # name, separator, compression method 0 (deflate), compressed profile
             file.write(png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(self.icc_profile)))
