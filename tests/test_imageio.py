@@ -781,6 +781,65 @@ def test_a_grey_png_colour_key_becomes_alpha_at_every_bit_depth(tmp_path, depth)
     np.testing.assert_array_equal(decoded.pixels[:, :, 0], values * (full // top))
 
 
+@pytest.mark.parametrize("depth", [1, 16])
+def test_a_loaded_grey_image_keeps_its_colour_key_as_alpha_as_its_file_does(tmp_path, depth):
+    """A loaded 1- or 16-bit grey PNG holds its tRNS key in `info` only: srtrt.upscale(image) dropped
+    the transparency that srtrt.upscale(path) keeps."""
+    top = 2 ** depth - 1
+    values = RNG.integers(0, top + 1, (9, 13))
+    values[0, 0] = top
+    path = tmp_path / f"grey{depth}.png"
+    _keyed_grey_png(path, values, depth, key=top)
+    with Image.open(path) as img:
+        img.load()
+        decoded = from_pil(img)
+    by_path = read_image(path)
+    assert decoded.bit_depth == by_path.bit_depth
+    np.testing.assert_array_equal(decoded.alpha, by_path.alpha)
+    np.testing.assert_array_equal(decoded.pixels, by_path.pixels)
+
+
+def test_a_palette_of_rgba_colours_keeps_its_alpha():
+    """quantize() of an RGBA image gives a palette of RGBA colours and no `transparency`: its alpha was dropped."""
+    rgba = random_array(8, 8, 4)
+    rgba[:, :4, 3] = 0
+    quantized = Image.fromarray(rgba, "RGBA").quantize(4, method=Image.Quantize.FASTOCTREE)
+    decoded = from_pil(quantized)
+    np.testing.assert_array_equal(decoded.alpha, np.asarray(quantized.convert("RGBA"))[..., 3])
+    assert decoded.alpha[:, :4].max() == 0
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".ppm"])
+def test_an_opened_image_of_a_format_srtrt_does_not_read_from_files_is_taken_as_decoded(tmp_path, suffix):
+    """srtrt.upscale(Image.open(f)) of a GIF or PPM: read_image, which opens PNG/JPEG/WebP/TIFF/BMP only,
+    was asked to read the file and said "not a PNG, JPEG, ... (or its header is corrupt)"."""
+    rgb = random_array(6, 7, 3)
+    path = save(tmp_path, Image.fromarray(rgb), f"in{suffix}")
+    with Image.open(path) as img:
+        expected = np.asarray(img.convert("RGB"))
+    with Image.open(path) as img:
+        np.testing.assert_array_equal(from_pil(img).pixels, expected)
+    frames = [Image.fromarray(random_array(6, 7, 3)) for _ in range(2)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with Image.open(tmp_path / "anim.gif") as img, pytest.raises(SrtrtError, match="animat"):
+        from_pil(img)
+
+
+@pytest.mark.parametrize("bits", [10, 12, 14])
+def test_a_tiff_of_fewer_than_sixteen_bits_is_scaled_to_sixteen(tmp_path, bits):
+    """A 12-bit TIFF's white is 4095: taken as 16-bit samples, an all-white scan came out nearly black."""
+    tifffile = pytest.importorskip("tifffile")
+    top = 2 ** bits - 1
+    for name, shape, photometric in (("grey", (5, 6), "minisblack"), ("rgb", (5, 6, 3), "rgb")):
+        stored = RNG.integers(0, top + 1, shape).astype(np.uint16)
+        stored.flat[0] = top
+        tifffile.imwrite(tmp_path / f"{name}.tif", stored, bitspersample=bits, photometric=photometric)
+        decoded = read_image(tmp_path / f"{name}.tif")
+        want = np.round(stored.astype(np.float64) * 65535 / top).reshape(5, 6, -1)
+        assert decoded.bit_depth == 16 and decoded.pixels.flat[0] == 65535, name
+        np.testing.assert_array_equal(decoded.pixels, want.astype(np.uint16), err_msg=name)
+
+
 def test_an_exif_orientation_written_as_a_long_is_reset_once_applied(tmp_path):
     """Pillow reads an orientation stored as LONG and srtrt turns the pixels, but only a SHORT was
     reset: the output kept orientation 6, and viewers turned it a second time."""

@@ -129,7 +129,9 @@ def from_pil(img: Image.Image, path=None, max_pixels: int | None = DEFAULT_MAX_P
     frame = img.tell() if hasattr(img, "tell") else 0
     # Opened from a file and not decoded yet, at its first image and not drafted smaller: read as
     # `srtrt run` reads the file (all 16 bits, a grey PNG's colour key as alpha, signed TIFF refused).
-    if filename and img.tile and frame == 0 and not getattr(img, "decoderconfig", None) and os.path.isfile(filename):
+    # Other formats (GIF, PPM, ...) are not opened by read_image: they are taken as decoded here.
+    if (filename and img.tile and frame == 0 and img.format in (*INPUT_FORMATS, "MPO")
+            and not getattr(img, "decoderconfig", None) and os.path.isfile(filename)):
         return read_image(filename, max_pixels)
     try:
         if frame == 0:  # as a file of it is: an opened animation is all its frames
@@ -277,6 +279,7 @@ def _normalise(img: Image.Image, path, source_format: str) -> DecodedImage:
     if img.mode == "CMYK":
         img, icc = _cmyk_to_rgb(img, icc)
     white_is_zero = _white_is_zero(img) and img.mode not in ("1", "L")  # Pillow inverts those itself
+    keyed = _grey_key_opaque(img)
     img = _to_basic_mode(img, path)
     if img.mode in ("I", "F"):
         pixels, alpha = _wide_grey_to_uint16(img, path, white_is_zero), None
@@ -284,12 +287,32 @@ def _normalise(img: Image.Image, path, source_format: str) -> DecodedImage:
         array = np.asarray(img)
         if array.dtype.byteorder not in ("=", "|"):     # I;16B: make it native uint16
             array = array.astype(np.uint16)
+        if img.mode.startswith("I;16") and (bits := max(_tiff_bits_per_sample(img), default=16)) < 16:
+            array = full_range(array, bits)  # a 10-, 12- or 14-bit TIFF: its white is 2**bits - 1
         if white_is_zero and img.mode.startswith("I;16"):
             array = 65535 - array
         pixels, alpha = _split_alpha(array, img.mode)
+    if keyed is not None and alpha is None:
+        alpha = keyed.astype(pixels.dtype) * np.iinfo(pixels.dtype).max
     bit_depth = 16 if pixels.dtype == np.uint16 else 8
     pixels, alpha = _apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation)
     return DecodedImage(pixels, alpha, bit_depth, icc, exif, source_format, path)
+
+
+def _grey_key_opaque(img: Image.Image) -> np.ndarray | None:
+    """Where a 1-bit or 16/32-bit grey image is opaque under its colour key (a PNG's tRNS), which
+    Pillow keeps in `info` only and drops on conversion; None without a key. (8-bit grey converts.)"""
+    key = img.info.get("transparency")
+    if img.mode not in ("1", "I") and not img.mode.startswith("I;16") or not isinstance(key, int):
+        return None
+    values = np.asarray(img)
+    return values != (bool(key) if img.mode == "1" else key)
+
+
+def full_range(samples: np.ndarray, bits: int) -> np.ndarray:
+    """Samples of `bits` bits stored in a wider integer, scaled so that 2**bits - 1 is its maximum."""
+    top, wide = 2 ** bits - 1, np.iinfo(samples.dtype).max
+    return ((samples.astype(np.uint32) * wide + top // 2) // top).astype(samples.dtype)
 
 
 def _to_basic_mode(img: Image.Image, path) -> Image.Image:
@@ -298,8 +321,8 @@ def _to_basic_mode(img: Image.Image, path) -> Image.Image:
     has_transparency = "transparency" in img.info
     if mode == "1":
         return img.convert("L")
-    if mode == "P":
-        return img.convert("RGBA" if has_transparency else "RGB")
+    if mode == "P":  # a palette of RGBA colours (what quantize() of an RGBA image gives) holds alpha itself
+        return img.convert("RGBA" if has_transparency or img.palette.mode == "RGBA" else "RGB")
     if mode == "PA":
         return img.convert("RGBA")
     if mode in ("L", "RGB") and has_transparency:     # a tRNS colour key becomes real alpha
@@ -719,6 +742,7 @@ def _read_tiff_by_tifffile(path, max_pixels: int | None, pillow_cause: str) -> D
                 raise SrtrtError(f"unsupported TIFF layout ({page.photometric.name.lower()}, {layout[1]} samples of "
                                  f"{layout[2]}); srtrt reads grey or RGB, with or without alpha, in 8 or 16 bits or floats", path)
             samples = _page_samples(page)
+            bits = int(page.bitspersample)
             tags = {tag.code: tag.value for tag in page.tags.values() if tag.code in (ORIENTATION_TAG, 34675, *_EXIF_DIRECTORIES)}
             shape = (page.imagelength, page.imagewidth)
     except SrtrtError:
@@ -730,6 +754,8 @@ def _read_tiff_by_tifffile(path, max_pixels: int | None, pillow_cause: str) -> D
     if samples.ndim != 3 or samples.shape[:2] != shape or samples.shape[2] not in (colour, colour + 1):
         raise SrtrtError(pillow_cause, path)  # a damaged file tifffile read as something else
     samples = _as_uint(samples, path)
+    if samples.dtype.kind == "u" and 1 < bits < samples.dtype.itemsize * 8:  # e.g. 12-bit RGB in uint16
+        samples = full_range(samples, bits)
     pixels, alpha = np.ascontiguousarray(samples[:, :, :colour]), None
     if samples.shape[2] > colour:
         alpha = np.ascontiguousarray(samples[:, :, colour])
