@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageCms
 
 from srtrt.engine.backends.torch_backend import TorchBackend
-from srtrt.engine.datapath.imageio import png_colour_chunks, read_image
+from srtrt.engine.datapath.imageio import PNG_COLOUR_CHUNKS, png_chunks, read_image
 from srtrt.engine.datapath.pipeline import bicubic_rows, upscale_file
 from srtrt.engine.datapath.runtime import Planes, TiledUpscaler
 from srtrt.errors import OutputNote
@@ -179,9 +179,9 @@ def test_png_colour_chunks_are_carried_or_said_to_be_lost(tmp_path):
                         ("wide", Image.fromarray(smooth_image(12, 16, 1, dtype=np.uint16)[..., 0]))):
         src = _save(image, tmp_path / f"{name}.png")
         _with_chunks(src, linear)
-        assert read_image(src).colour_chunks == tuple(linear), name
+        assert read_image(src).description.colour_chunks == tuple(linear), name
         out = upscale_file(up, src, tmp_path / f"{name}_x4.png")
-        assert png_colour_chunks(out) == tuple(linear), name
+        assert png_chunks(out, PNG_COLOUR_CHUNKS) == tuple(linear), name
         with Image.open(out) as shown:
             assert shown.info["gamma"] == 1.0, name
     with pytest.warns(OutputNote, match="JPEG output cannot keep the input PNG's gAMA/cHRM"):
@@ -192,13 +192,53 @@ def test_png_colour_chunks_are_carried_or_said_to_be_lost(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", OutputNote)
         upscale_file(up, src, tmp_path / "srgb_x4.jpg")
-    assert png_colour_chunks(upscale_file(up, src, tmp_path / "srgb_x4.png"))[0] == (b"sRGB", b"\x00")
+    assert png_chunks(upscale_file(up, src, tmp_path / "srgb_x4.png"), PNG_COLOUR_CHUNKS)[0] == (b"sRGB", b"\x00")
     # an HDR PNG (BT.2100 PQ) loses what it is in a JPEG, ICC profile or not: said
     src = _save(MODES["RGB"](), tmp_path / "pq.png", icc_profile=ImageCms.ImageCmsProfile(
         ImageCms.createProfile("sRGB")).tobytes())
     _with_chunks(src, [(b"cICP", bytes((9, 16, 0, 1)))])
     with pytest.warns(OutputNote, match="cannot keep the input PNG's cICP"):
         upscale_file(up, src, tmp_path / "pq_x4.webp")
+
+
+XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+       b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" xmlns:exif="http://ns.adobe.com/exif/1.0/" '
+       b'tiff:Orientation="6" exif:PixelXDimension="30"><dc:rights xmlns:dc="http://purl.org/dc/elements/1.1/">'
+       b'(c) someone</dc:rights></rdf:Description></rdf:RDF></x:xmpmeta>')
+
+
+def test_resolution_xmp_and_png_text_are_carried_or_said_to_be_lost(tmp_path):
+    """dpi, a PNG's text chunks (Copyright) and XMP were dropped without a word. dpi is kept as it was
+    (as an image editor's resample keeps it); XMP says the pixels are upright and gives their new
+    sizes; text and XMP a format has no place for are noted."""
+    from PIL import PngImagePlugin
+
+    up = TiledUpscaler(TorchBackend(random_view()), core=16)
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Copyright", "(c) someone")
+    text.add_itxt("XML:com.adobe.xmp", XMP.decode())
+    photo = MODES["RGB"]()  # 30 x 21; the XMP's orientation 6 turns it to 21 x 30
+    sources = {"png": _save(photo, tmp_path / "in.png", dpi=(300, 300), pnginfo=text),
+               "jpg": _save(photo, tmp_path / "in.jpg", dpi=(300, 300), xmp=XMP),
+               "tif": _save(photo, tmp_path / "in.tif", dpi=(300, 300), tiffinfo={700: XMP})}
+    for kind, source in sources.items():
+        for suffix in ("png", "jpg", "tif", "webp"):
+            out = tmp_path / f"{kind}_x4.{suffix}"
+            with warnings.catch_warnings(record=True) as notes:
+                warnings.simplefilter("always", OutputNote)
+                upscale_file(up, source, out)
+            said = " ".join(str(n.message) for n in notes)
+            with Image.open(out) as shown:
+                assert shown.size == (84, 120), (kind, suffix)  # upright
+                if suffix != "webp":  # WebP has no resolution
+                    assert np.allclose(shown.info["dpi"], 300, atol=0.01), (kind, suffix)
+                xmp = shown.info["xmp"]
+                xmp = xmp.encode() if isinstance(xmp, str) else xmp
+                assert b'tiff:Orientation="1"' in xmp and b'exif:PixelXDimension="84"' in xmp, (kind, suffix)
+                assert b"(c) someone" in xmp
+                if kind == "png" and suffix == "png":
+                    assert shown.info["Copyright"] == "(c) someone"
+            assert ("does not keep the input's text (Copyright)" in said) == (kind == "png" and suffix != "png"), said
 
 
 def test_memory_is_bounded_by_a_band_not_the_image():

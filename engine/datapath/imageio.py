@@ -18,10 +18,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import struct
 import sys
 import threading
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +39,16 @@ ORIENTATION_TAG = 0x0112
 EXIF_PREFIX = b"Exif\x00\x00"
 
 
+@dataclass(frozen=True)
+class Description:
+    """What describes an image beside its pixels, ICC and EXIF: carried to the output where its
+    format has a place for it, and said where losing it changes what the file says."""
+    dpi: tuple | None = None    # (x, y) pixels per inch, as the input states it (kept, like a resample)
+    xmp: bytes | None = None    # its orientation reset to 1 where the pixels were turned upright, as the EXIF's
+    png_text: tuple = ()        # a PNG's tEXt/zTXt/iTXt chunks, raw (type, data), its XMP aside
+    colour_chunks: tuple = ()   # a PNG's (type, data) chunks that say how its values are shown
+
+
 @dataclass
 class DecodedImage:
     pixels: np.ndarray          # H x W x C, C = 1 (grey) or 3 (colour); uint8 or uint16
@@ -46,7 +58,7 @@ class DecodedImage:
     exif: bytes | None          # starts with b"Exif\0\0"; orientation tag already reset to 1
     format: str                 # source format, e.g. "PNG"; "memory" for in-memory images
     path: str | None
-    colour_chunks: tuple = ()   # a PNG's (type, data) chunks that say how its values are shown
+    description: Description = Description()
 
     @property
     def height(self) -> int:
@@ -76,9 +88,53 @@ def read_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImag
     if os.path.getsize(path) == 0:
         raise SrtrtError("empty file, not an image", path)
     decoded = _decode(path, max_pixels)
-    if decoded.format == "PNG":
-        decoded.colour_chunks = png_colour_chunks(path)
+    decoded.description = _description(path, decoded.format)
     return decoded
+
+
+def _description(path: str, source_format: str) -> Description:
+    """dpi and XMP as Pillow reads the header; a PNG's own chunks from its chunk list (text may
+    follow the pixels, where Pillow reads it only while decoding)."""
+    dpi = xmp = None
+    turned = False
+    with contextlib.suppress(Exception), open_lazily(path) as img:  # a layout only tifffile reads: none
+        dpi = img.info.get("dpi")
+        xmp = img.info.get("xmp")
+        turned = _orientation_and_exif(img)[0] != 1  # as the decoders read it: the pixels were turned
+    if not (isinstance(dpi, tuple) and len(dpi) == 2 and all(0 < float(v) < 1e6 for v in dpi)):
+        dpi = None
+    text = ()
+    if source_format == "PNG":
+        text = png_chunks(path, (b"tEXt", b"zTXt", b"iTXt"))
+        xmp_chunks = [data for kind, data in text if kind == b"iTXt" and data.startswith(XMP_KEYWORD + b"\0")]
+        text = tuple(chunk for chunk in text if chunk[1][:len(XMP_KEYWORD) + 1] != XMP_KEYWORD + b"\0")
+        xmp = _itxt_text(xmp_chunks[0]) if xmp_chunks else None
+    xmp = xmp.encode() if isinstance(xmp, str) else xmp if isinstance(xmp, bytes) and xmp else None
+    return Description(dpi, _xmp_upright(xmp) if xmp and turned else xmp, text,
+                       png_chunks(path, PNG_COLOUR_CHUNKS) if source_format == "PNG" else ())
+
+
+XMP_KEYWORD = b"XML:com.adobe.xmp"  # the iTXt keyword of a PNG's XMP packet
+# what an XMP packet says of the stored pixels' orientation: the output's pixels are upright
+_XMP_ORIENTATION = (re.compile(rb'(tiff:Orientation=["\'])[0-9]'), re.compile(rb"(<tiff:Orientation>)\s*[0-9]"))
+
+
+def _xmp_upright(xmp: bytes) -> bytes:
+    for pattern in _XMP_ORIENTATION:
+        xmp = pattern.sub(rb"\g<1>1", xmp)
+    return xmp
+
+
+def _itxt_text(data: bytes) -> bytes | None:
+    """The text of an iTXt chunk: keyword, 0, compression flag and method, language, 0, keyword translated, 0."""
+    try:
+        keyword_end = data.index(b"\0")
+        compressed = data[keyword_end + 1]
+        language_end = data.index(b"\0", keyword_end + 3)
+        text = data[data.index(b"\0", language_end + 1) + 1:]
+        return zlib.decompress(text) if compressed else text
+    except (ValueError, IndexError, zlib.error):
+        return None
 
 
 def _decode(path: str, max_pixels: int | None) -> DecodedImage:
@@ -464,6 +520,21 @@ EXIF_IFD_POINTER = 0x8769
 PIXEL_DIMENSION_TAGS = (0xA002, 0xA003)  # PixelXDimension, PixelYDimension: the image's width and height
 
 
+_XMP_SIZES = tuple((re.compile(rb'(%s=["\'])[0-9]+' % name), re.compile(rb"(<%s>)\s*[0-9]+" % name), axis)
+                   for name, axis in ((rb"exif:PixelXDimension", 0), (rb"tiff:ImageWidth", 0),
+                                      (rb"exif:PixelYDimension", 1), (rb"tiff:ImageLength", 1)))
+
+
+def xmp_for_size(xmp: bytes | None, width: int, height: int) -> bytes | None:
+    """`xmp` with the pixel sizes it states (EXIF's and TIFF's) giving `width` x `height`, as exif_for_size does."""
+    if not xmp:
+        return xmp
+    for attribute, element, axis in _XMP_SIZES:
+        figure = b"%d" % (width, height)[axis]
+        xmp = element.sub(rb"\g<1>" + figure, attribute.sub(rb"\g<1>" + figure, xmp))
+    return xmp
+
+
 def exif_for_size(exif: bytes | None, width: int, height: int) -> bytes | None:
     """`exif` with its PixelX/YDimension giving `width` x `height` (the output's, which the input's
     figures would misstate), patched in place like the orientation: everything else stays byte for
@@ -561,17 +632,21 @@ def _read_keyed_grey_png(img: Image.Image, path) -> DecodedImage | None:
 PNG_COLOUR_CHUNKS = (b"sRGB", b"gAMA", b"cHRM", b"cICP", b"mDCv", b"cLLI")
 
 
-def png_colour_chunks(path) -> tuple:
-    """The colour chunks before a PNG's pixels (where the format puts them), (type, data) in file order."""
-    found = []
+def png_chunks(path, kinds: tuple) -> tuple:
+    """A PNG's chunks of these types, (type, data) in file order, at most PNG_CHUNK_LIMIT bytes in all."""
+    found, held = [], 0
     with open(path, "rb") as file:
         file.seek(8)
         while len(head := file.read(8)) == 8:
             length, kind = struct.unpack(">I4s", head)
-            if kind in (b"IDAT", b"IEND"):
+            if kind == b"IEND":
                 break
-            if kind in PNG_COLOUR_CHUNKS and length <= 64:  # each is a few bytes; more is not one of them
-                found.append((kind, file.read(length)))
+            if kind in kinds and held + length <= PNG_CHUNK_LIMIT:
+                data = file.read(length)
+                if len(data) < length:
+                    break
+                found.append((kind, data))
+                held += length
                 file.seek(4, os.SEEK_CUR)
             else:
                 file.seek(length + 4, os.SEEK_CUR)

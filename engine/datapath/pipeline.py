@@ -72,7 +72,7 @@ def check_destination(image: DecodedImage, destination: str | Path, scale: int, 
 def _open_output(image: DecodedImage, destination: str | Path, scale: int, overwrite: bool, png_level: int | None):
     return open_writer(destination, image.width * scale, image.height * scale, image.file_channels, image.bit_depth,
                        icc_profile=image.icc_profile, exif=image.exif, overwrite=overwrite, png_level=png_level,
-                       colour_chunks=image.colour_chunks)
+                       description=image.description)
 
 
 def _rows(colour: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:

@@ -21,6 +21,7 @@ the real name.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import threading
@@ -33,7 +34,7 @@ from zlib_ng import zlib_ng
 
 from srtrt.atomic import commit as commit_file
 from srtrt.atomic import temp_name
-from srtrt.engine.datapath.imageio import exif_for_size, to_eight_bit
+from srtrt.engine.datapath.imageio import XMP_KEYWORD, Description, exif_for_size, to_eight_bit, xmp_for_size
 from srtrt.errors import OutputNote, SrtrtError
 from srtrt.hardware import usable_cpus
 
@@ -44,22 +45,24 @@ MAX_SIDE = {"JPEG": 65500, "WEBP": 16383, "BMP": 2**31 - 1}   # libjpeg, libwebp
 IN_MEMORY_LIMIT_BYTES = 4 << 30       # JPEG, WebP and BMP are encoded from one array in RAM
 JPEG_MAX_EXIF_BYTES = 65533           # one APP1 marker
 JPEG_MAX_ICC_BYTES = 255 * (65533 - 14)  # 255 APP2 markers, each with its 14-byte ICC_PROFILE header
+JPEG_MAX_XMP_BYTES = 65533 - 29          # one APP1 marker after its namespace, http://ns.adobe.com/xap/1.0/
 JPEG_QUALITY = 95
 WEBP_QUALITY = 95
 FILE_BUFFER_BYTES = 1 << 20
+XMP_TAG = 700  # TIFF's XMP packet, bytes
 EXIF_PREFIX = b"Exif\x00\x00"
 
 
 def open_writer(path, width: int, height: int, channels: int, bit_depth: int,
                 icc_profile: bytes | None = None, exif: bytes | None = None,
                 overwrite: bool = False, png_level: int | None = None,
-                threads: int | None = None, colour_chunks: tuple = ()) -> ImageWriter:
+                threads: int | None = None, description: Description | None = None) -> ImageWriter:
     """Check the destination and the format's limits, then create the temporary file.
 
     png_level: deflate level 0-9 of a PNG (None: DEFAULT_PNG_LEVEL); threads: how many
-    threads compress a PNG or TIFF (None: every CPU this process may use); colour_chunks: a PNG
-    input's sRGB/gAMA/cHRM/cICP/mDCv/cLLI chunks, kept in a PNG and noted where they change what
-    another format shows.
+    threads compress a PNG or TIFF (None: every CPU this process may use); description: the input's
+    dpi, XMP, PNG text and colour chunks, kept where the format has a place for them (a note says
+    what is lost where that changes what the file says).
     """
     path = os.fspath(path)
     if width <= 0 or height <= 0:
@@ -70,21 +73,23 @@ def open_writer(path, width: int, height: int, channels: int, bit_depth: int,
         raise SrtrtError(f"png level must be 0-9, not {png_level}", path)
     image_format = check_output(path, width, height, channels, overwrite)
     exif = exif_for_size(exif, width, height)
-    if image_format != "PNG" and (lost := _colour_chunks_that_matter(colour_chunks, icc_profile)):
-        warnings.warn(f"{path}: {image_format} output cannot keep the input PNG's {'/'.join(lost)} (how its "
-                      "colours are shown), so viewers may show it otherwise; write .png to keep it", OutputNote,
-                      stacklevel=2)
+    description = description or Description()
+    if description.xmp:
+        description = dataclasses.replace(description, xmp=xmp_for_size(description.xmp, width, height))
+    if image_format != "PNG":
+        _note_what_is_lost(path, image_format, description, icc_profile)
     if image_format == "PNG":
-        encoder = PngEncoder(width, height, channels, bit_depth, icc_profile, exif, png_level, threads, colour_chunks)
+        encoder = PngEncoder(width, height, channels, bit_depth, icc_profile, exif, png_level, threads, description)
     elif image_format == "TIFF":
         if exif:
             warnings.warn(f"{path}: TIFF output keeps the ICC profile but not the EXIF; write .png, .jpg "
                           "or .webp to keep it", OutputNote, stacklevel=2)
-        encoder = TiffEncoder(width, height, channels, bit_depth, icc_profile, threads=threads)
+        encoder = TiffEncoder(width, height, channels, bit_depth, icc_profile, threads=threads,
+                              description=description)
     else:
         try:
             encoder = PillowEncoder(image_format, width, height, channels, bit_depth, icc_profile,
-                                    exif, path)
+                                    exif, path, description)
         except MemoryError:  # the whole image is held for Pillow's encoder: no smaller tile helps
             raise SrtrtError(f"not enough memory to hold the {width}x{height} image for {image_format}'s "
                              "encoder; write .png or .tif, which stream", path) from None
@@ -110,6 +115,21 @@ def _colour_chunks_that_matter(chunks: tuple, icc_profile: bytes | None) -> list
             abs(a - b) > 100 for a, b in zip(struct.unpack(">8I", said[b"cHRM"]), _SRGB_CHROMATICITIES)):
         lost.append("cHRM")
     return lost
+
+
+def _note_what_is_lost(path: str, image_format: str, description: Description, icc_profile) -> None:
+    """One note for what describes the input and has no place in `image_format`."""
+    lost = _colour_chunks_that_matter(description.colour_chunks, icc_profile if image_format != "BMP" else None)
+    if lost:
+        warnings.warn(f"{path}: {image_format} output cannot keep the input PNG's {'/'.join(lost)} (how its "
+                      "colours are shown), so viewers may show it otherwise; write .png to keep it", OutputNote,
+                      stacklevel=3)
+    keywords = sorted({data.split(b"\0", 1)[0].decode("latin-1") for _, data in description.png_text})
+    unkept = ([f"text ({', '.join(keywords)})"] if keywords else []) + (
+        ["XMP"] if description.xmp and image_format == "BMP" else [])
+    if unkept:
+        warnings.warn(f"{path}: {image_format} output does not keep the input's {' and '.join(unkept)}; write .png "
+                      "to keep it", OutputNote, stacklevel=3)
 
 
 def check_output(path, width: int, height: int, channels: int, overwrite: bool = False) -> str:
@@ -334,9 +354,9 @@ class PngEncoder:
     """
 
     def __init__(self, width, height, channels, bit_depth, icc_profile=None, exif=None,
-                 level: int | None = None, threads: int | None = None, colour_chunks: tuple = ()):
+                 level: int | None = None, threads: int | None = None, description: Description | None = None):
         self.width, self.height, self.channels, self.bit_depth = width, height, channels, bit_depth
-        self.icc_profile, self.exif, self.colour_chunks = icc_profile, exif, colour_chunks
+        self.icc_profile, self.exif, self.description = icc_profile, exif, description or Description()
         self.level = DEFAULT_PNG_LEVEL if level is None else level
         if not 0 <= self.level <= 9:
             raise ValueError(f"png level must be 0-9, got {self.level}")
@@ -354,8 +374,15 @@ class PngEncoder:
         header = struct.pack(">IIBBBBB", self.width, self.height, self.bit_depth,
                              PNG_COLOUR_TYPE[self.channels], 0, 0, 0)
         file.write(PNG_SIGNATURE + png_chunk(b"IHDR", header))
-        for kind, data in self.colour_chunks:
+        said = self.description
+        for kind, data in said.colour_chunks:
             file.write(png_chunk(kind, data))
+        if said.dpi:  # pHYs: pixels per metre, unit 1
+            file.write(png_chunk(b"pHYs", struct.pack(">IIB", *(round(v / 0.0254) for v in said.dpi), 1)))
+        for kind, data in said.png_text:
+            file.write(png_chunk(kind, data))
+        if said.xmp:  # iTXt, uncompressed, no language, as XMP's specification places it in a PNG
+            file.write(png_chunk(b"iTXt", XMP_KEYWORD + b"\0\0\0\0\0" + said.xmp))
         if self.icc_profile:
             # name, separator, compression method 0 (deflate), compressed profile
             file.write(png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(self.icc_profile)))
@@ -525,9 +552,9 @@ class TiffEncoder:
     """
 
     def __init__(self, width, height, channels, bit_depth, icc_profile=None, bigtiff=None,
-                 threads: int | None = None):
+                 threads: int | None = None, description: Description | None = None):
         self.width, self.height, self.channels, self.bit_depth = width, height, channels, bit_depth
-        self.icc_profile = icc_profile
+        self.icc_profile, self.description = icc_profile, description or Description()
         self.threads = _thread_count(threads)
         self.pixel_bytes = channels * bit_depth // 8
         self.tile_rows = max(16, min(TILE_ROWS, SEGMENT_BYTES // (16 * self.pixel_bytes) // 16 * 16))
@@ -610,6 +637,8 @@ class TiffEncoder:
                     tile=(self.tile_rows, self.tile_width), compression="zlib",
                     compressionargs={"level": TIFF_DEFLATE_LEVEL}, predictor=True,
                     iccprofile=self.icc_profile or None, metadata=None, software="srtrt",
+                    resolution=self.description.dpi, resolutionunit="INCH" if self.description.dpi else None,
+                    extratags=[(XMP_TAG, 1, len(xmp), xmp, True)] if (xmp := self.description.xmp) else (),
                     maxworkers=self.threads,
                     # one row of tiles per pass, so tifffile takes rows of tiles one by one
                     buffersize=self.tiles_across * tile_bytes)
@@ -645,8 +674,10 @@ def _grey_profile(icc_profile: bytes) -> bool:
 class PillowEncoder:
     """JPEG, WebP, BMP: gather 8-bit rows, let Pillow encode the whole image at commit."""
 
-    def __init__(self, image_format, width, height, channels, bit_depth, icc_profile, exif, path):
+    def __init__(self, image_format, width, height, channels, bit_depth, icc_profile, exif, path,
+                 description: Description | None = None):
         self.format, self.icc_profile, self.exif = image_format, icc_profile, exif
+        self.description = description or Description()
         self.keep_alpha = image_format == "WEBP"
         self.stored_channels = channels if self.keep_alpha or channels in (1, 3) else channels - 1
         if bit_depth == 16:
@@ -666,6 +697,10 @@ class PillowEncoder:
             warnings.warn(f"{path}: EXIF too long for JPEG ({len(exif)} bytes); not written",
                           OutputNote, stacklevel=3)
             self.exif = None
+        if image_format == "JPEG" and self.description.xmp and len(self.description.xmp) > JPEG_MAX_XMP_BYTES:
+            warnings.warn(f"{path}: XMP too long for JPEG ({len(self.description.xmp)} bytes); not written: "
+                          "write .png to keep it", OutputNote, stacklevel=3)
+            self.description = dataclasses.replace(self.description, xmp=None)
         if image_format == "JPEG" and icc_profile and len(icc_profile) > JPEG_MAX_ICC_BYTES:
             # Pillow numbers the markers in one byte: a longer profile is written wrapped round, corrupt
             warnings.warn(f"{path}: ICC profile too long for JPEG ({len(icc_profile)} bytes, at most "
@@ -697,6 +732,10 @@ class PillowEncoder:
                 options["icc_profile"] = self.icc_profile
             if self.exif:
                 options["exif"] = self.exif
+            if self.description.xmp:
+                options["xmp"] = self.description.xmp
+        if self.description.dpi and self.format in ("JPEG", "BMP"):  # WebP has no resolution of its own
+            options["dpi"] = self.description.dpi
         image.save(file, format=self.format, **options)
         self._image = None
 
