@@ -292,3 +292,10 @@ def test_a_pil_result_is_upright_and_keeps_its_profile_and_exif(tmp_path, model)
         assert saved.info["icc_profile"] == srgb_profile()
         assert saved.getexif()[0x0112] == 1 and saved.getexif()[0x010F] == "camera maker"
         assert saved.getexif().get_ifd(0x8769)[0xA002] == 20 * 4  # the result's width, not the input's
+
+
+def test_a_pil_result_carries_the_files_dpi_and_xmp(tmp_path, model):
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><r exif:PixelXDimension="28" tiff:Orientation="1"/></x:xmpmeta>'
+    Image.fromarray(smooth_image(20, 28)).save(tmp_path / "scan.jpg", dpi=(300, 300), xmp=xmp)
+    out = srtrt.upscale(tmp_path / "scan.jpg", model=model, **FP32)
+    assert out.info["dpi"] == (300, 300) and b'exif:PixelXDimension="112"' in out.info["xmp"]

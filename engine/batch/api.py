@@ -17,7 +17,7 @@ from PIL import Image
 
 from srtrt.engine.batch.files import DONE, SKIPPED, FileRunner, make_output_folder, plan_jobs
 from srtrt.engine.batch.options import RunOptions, open_backend
-from srtrt.engine.datapath.imageio import exif_for_size, from_pil, to_pil
+from srtrt.engine.datapath.imageio import exif_for_size, from_pil, to_pil, xmp_for_size
 from srtrt.engine.video import is_video
 from srtrt.errors import SrtrtError
 
@@ -91,7 +91,9 @@ def _upscale(image, output, opts: RunOptions):
     result = to_pil(colour, alpha, decoded.bit_depth)
     # the pixels are upright (EXIF orientation applied, as for files): the profile and the EXIF,
     # its orientation reset, go with them as `srtrt run` carries them to its files
-    for key, value in (("icc_profile", decoded.icc_profile), ("exif", exif_for_size(decoded.exif, *result.size))):
+    said = decoded.description
+    for key, value in (("icc_profile", decoded.icc_profile), ("exif", exif_for_size(decoded.exif, *result.size)),
+                       ("dpi", said.dpi), ("xmp", xmp_for_size(said.xmp, *result.size))):
         if value:
             result.info[key] = value
     return result
