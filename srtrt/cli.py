@@ -332,6 +332,12 @@ def main(argv=None) -> int:
         except SrtrtError as e:
             print(f"srtrt: {e}", file=sys.stderr)
             return e.exit_code
+        except OSError as e:  # the system refused what no check foresaw (a folder's permissions, a name's length)
+            from srtrt.errors import shown
+
+            where = f"{shown(e.filename)}: " if e.filename is not None else ""
+            print(f"srtrt: {where}{(e.strerror or str(e) or type(e).__name__).lower()}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt as e:  # Ctrl-C outside a batch, or a second signal during a batch's clean-up
             stopped = getattr(e, "name", None)  # signals.Stopped: which signal, and its exit code
             print(f"srtrt: stopped by {stopped}" if stopped else "srtrt: interrupted", file=sys.stderr)

@@ -16,11 +16,14 @@ def check_output_file(output: str | os.PathLike, inputs=(), flag: str = "-o") ->
     """`output` as a Path, or one SrtrtError line before any work: a folder, one of `inputs`, or a
     file where a folder above it would be."""
     out = Path(output)
-    if out.is_dir() or str(output).endswith(os.sep):
+    if os.path.isdir(out) or str(output).endswith(os.sep):
         raise SrtrtError(f"is a folder: {flag} names the file to write", out)
+    if len(os.fsencode(out.name)) > 255:  # os.path's tests below say False for it; its writer would fail late
+        raise SrtrtError("file name too long", out)
+    # os.path's tests: on Python 3.11 Path's raise for a folder that may not be entered
     for folder in out.parents:  # the nearest that exists must be a folder (the missing ones are made)
-        if folder.exists() or folder.is_symlink():
-            if not folder.is_dir():
+        if os.path.lexists(folder):
+            if not os.path.isdir(folder):
                 raise SrtrtError(f"{folder} is a file, not a folder ({flag} writes into it)", out)
             break
     for source in inputs:

@@ -424,3 +424,41 @@ def test_a_whole_image_run_says_so_not_that_its_margin_may_show_seams(tmp_path, 
     assert "whole image in one window (--tile 0)" in err and "seams" not in err
     code, err = run(capsys, source, "-o", tmp_path / "tiled.png", "--model", model, "--tile", "16", "--margin", "1")
     assert code == 0 and "tiles may show seams" in err
+
+
+def test_a_folder_it_may_not_list_and_names_too_long_fail_alone(tmp_path, capsys, model):
+    """On Python 3.11 pathlib's is_dir/is_file raise for a folder the process may not enter and for a
+    name over 255 bytes: a traceback, and the good image beside them was never upscaled."""
+    import shutil
+    import subprocess
+    import sys
+
+    from run_helpers import cli_env
+
+    source = write_images(tmp_path / "in", 1)[0]
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    long = tmp_path / ("x" * 300 + ".png")
+    code, err = run(capsys, source, long, "-o", tmp_path / "out", "--model", model)
+    assert code == 1 and "Traceback" not in err and "x.png: file name too long" in err, err
+    assert is_complete_image(tmp_path / "out" / "img0_x4.png", (128, 96))
+    code, err = run(capsys, source, "-o", long, "--model", model)
+    assert code == 1 and "Traceback" not in err and "file name too long" in err.splitlines()[-1].lower(), err
+    locked.chmod(0)
+    command = [sys.executable, "-m", "srtrt.cli", "run", str(source), str(locked), str(locked / "x.png"),
+               "-o", str(tmp_path / "out2"), "--model", str(model)]
+    if os.geteuid() == 0:  # root enters any folder: run the child without the capabilities that let it
+        if shutil.which("setpriv") is None:
+            pytest.skip("root, and no setpriv to drop CAP_DAC_OVERRIDE")
+        drop = "-dac_override,-dac_read_search"
+        command = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", *command]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=cli_env())
+    finally:
+        locked.chmod(0o700)
+    if done.returncode != 1 and done.stderr.startswith("setpriv"):
+        pytest.skip(done.stderr.strip())
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"srtrt: {locked}: cannot list this folder (permission denied)" in done.stderr
+    assert f"srtrt: {locked / 'x.png'}: permission denied" in done.stderr
+    assert is_complete_image(tmp_path / "out2" / "img0_x4.png", (128, 96))

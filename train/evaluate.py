@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from functools import reduce
 from pathlib import Path
@@ -141,9 +142,12 @@ def evaluate_image(path: Path, models: dict[str, torch.nn.Module], scale: int) -
 
 def list_test_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
-    if not folder.is_dir():
+    if not os.path.isdir(folder):
         raise SrtrtError("not a directory", folder)
-    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        paths = sorted(p for p in folder.iterdir() if os.path.isfile(p) and p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as exc:
+        raise SrtrtError(f"cannot list this folder ({(exc.strerror or type(exc).__name__).lower()})", folder) from None
     if not paths:
         raise SrtrtError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this directory", folder)
     return paths

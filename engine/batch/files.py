@@ -104,13 +104,17 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
     all (the caller says so in one line)."""
     found: list[Path] = []
     unmatched: list[Path] = []
+    # os.path's tests, not Path's: on Python 3.11 those raise for a name too long or a folder not entered
     for pattern in patterns:
         p = Path(pattern)
-        if p.is_dir():
-            found += sorted(f for f in p.iterdir()
-                            if f.is_file() and f.suffix.lower() in INPUT_SUFFIXES | VIDEO_SUFFIXES)
+        if os.path.isdir(p):
+            try:
+                found += sorted(f for f in p.iterdir()
+                                if os.path.isfile(f) and f.suffix.lower() in INPUT_SUFFIXES | VIDEO_SUFFIXES)
+            except OSError:  # a folder it may not list: kept, so plan_jobs says why in its line
+                found.append(p)
         elif _is_glob(pattern):
-            matches = sorted(Path(m) for m in glob.glob(pattern) if Path(m).is_file())
+            matches = sorted(Path(m) for m in glob.glob(pattern) if os.path.isfile(m))
             found += matches
             unmatched += [] if matches else [p]
         else:
@@ -125,13 +129,13 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
 
 
 def _is_glob(pattern: str) -> bool:
-    return any(c in pattern for c in "*?[") and not Path(pattern).exists()
+    return any(c in pattern for c in "*?[") and not os.path.exists(pattern)
 
 
 def several_outputs(patterns: list[str], inputs: list[Path]) -> bool:
     """Whether `-o` names a folder: several inputs, or a folder or glob given, however many files
     it holds today (a folder of one image must not turn `-o` into a file name)."""
-    return len(inputs) > 1 or any(Path(p).is_dir() or _is_glob(p) for p in patterns)
+    return len(inputs) > 1 or any(os.path.isdir(p) or _is_glob(p) for p in patterns)
 
 
 SHAPE_SAMPLE = 64  # inputs whose headers are read to tell a folder of many small sizes from big images
@@ -147,7 +151,7 @@ def shape_class(inputs: list[Path]) -> str:
     step = max(1, len(inputs) // SHAPE_SAMPLE)
     sizes = []
     for path in inputs[::step][:SHAPE_SAMPLE]:
-        if is_video(path) or not path.is_file():  # a FIFO would wait for a writer here
+        if is_video(path) or not os.path.isfile(path):  # a FIFO would wait for a writer here
             continue
         try:
             with open_lazily(path) as img:
@@ -168,7 +172,7 @@ def output_path(source: Path, output: str | None, many: bool, scale: int) -> Pat
     if output is None:
         return source.parent / name
     out = Path(output)
-    if many or out.is_dir() or output.endswith(("/", "\\")):
+    if many or os.path.isdir(out) or output.endswith(("/", "\\")):
         return out / name
     if video:
         if out.suffix.lower() not in VIDEO_SUFFIXES:
@@ -210,9 +214,12 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, 
       is this batch's own output from an earlier run, not a source (given alone, it is upscaled).
     """
     many = len(inputs) > 1 if many is None else many  # several_outputs: whether -o is a folder
-    named = output is not None and not many and not Path(output).is_dir() and not output.endswith(("/", "\\"))
+    named = output is not None and not many and not os.path.isdir(output) and not output.endswith(("/", "\\"))
     jobs = []
     for source in inputs:
+        if os.path.isdir(source):  # only a folder expand_inputs could not list is an input
+            jobs.append(Job(source, refusal=f"{shown(source)}: cannot list this folder ({_listing_error(source)})"))
+            continue
         try:
             jobs.append(_settled(Job(source, output_path(source, output, many, scale)), options, scale))
         except SrtrtError as e:
@@ -251,10 +258,18 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, 
     return jobs
 
 
+def _listing_error(folder: Path) -> str:
+    try:
+        os.listdir(folder)
+    except OSError as exc:
+        return (exc.strerror or type(exc).__name__).lower()
+    return "it changed while the batch was planned"
+
+
 def sweep_killed_runs(jobs: list[Job]) -> str | None:
     """Delete the unfinished outputs a killed run (SIGKILL, the out-of-memory killer) left hidden beside
     these outputs, where nothing else would ever remove them; the line to say, if any were."""
-    removed = sweep_abandoned({job.destination.parent for job in jobs})
+    removed = sweep_abandoned({job.destination.parent for job in jobs if job.destination is not None})
     if removed:
         return f"srtrt: deleted {removed} unfinished output file{'s' * (removed > 1)} of an earlier run that was killed"
     return None
@@ -281,7 +296,7 @@ def real_path(path: Path) -> Path:
 def check_output_file(output: str | None, many: bool, inputs: list[Path]) -> None:
     """`-o` naming one file: its format and folder, refused in one line before the backend is
     opened (a model loaded and timed for nothing, then exit 1 as if the image had failed)."""
-    if output is None or many or Path(output).is_dir() or output.endswith(("/", "\\")):
+    if output is None or many or os.path.isdir(output) or output.endswith(("/", "\\")):
         return
     output_path(inputs[0], output, many, scale=1)  # its format (one line for an unknown one); no scale in -o itself
     if real_path(Path(output)) == real_path(inputs[0]):
@@ -296,7 +311,7 @@ def make_output_folder(output: str | None, many: bool) -> None:
     if output is None or not (many or output.endswith(("/", "\\"))):
         return
     out = Path(output)
-    if out.is_file():
+    if os.path.isfile(out):
         raise SrtrtError("is a file, but a folder or several inputs need an output directory", output)
     try:
         out.mkdir(parents=True, exist_ok=True)

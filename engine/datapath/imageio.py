@@ -16,6 +16,7 @@ interlacing; a tRNS colour key becomes alpha, as it does at 8 bits). libpng also
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -79,10 +80,12 @@ class DecodedImage:
 def read_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImage:
     """Decode the file fully (so truncation shows up now, not halfway through a run)."""
     path = os.fspath(path)
+    try:
+        os.stat(path)
+    except OSError as exc:  # missing, a folder that may not be entered, a name too long, a link loop
+        raise SrtrtError(_describe_decode_error(exc), path) from None
     if os.path.isdir(path):
         raise SrtrtError("is a directory, not an image", path)
-    if not os.path.exists(path):
-        raise SrtrtError("no such file", path)
     if not os.path.isfile(path):  # a pipe would be read once (its header), and a FIFO waits for a writer
         raise SrtrtError("not a regular file (a pipe or a device); save the image to a file first", path)
     if os.path.getsize(path) == 0:
@@ -319,6 +322,8 @@ def _describe_decode_error(exc: BaseException) -> str:
         return "no such file"
     if isinstance(exc, PermissionError):
         return "permission denied"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
+        return exc.strerror.lower()
     if isinstance(exc, MemoryError):
         return "not enough memory to decode the image"
     detail = " ".join(str(exc).split()) or type(exc).__name__
