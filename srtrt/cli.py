@@ -272,9 +272,10 @@ def _output_notes_as_lines(quiet: bool):
 
 
 class _ReaderMayGo:
-    """stdout or stderr for a command whose reader may go (`srtrt run DIR 2>&1 | head -4`): once it
-    has, the stream's descriptor is pointed at /dev/null and the command goes on. Its results are
-    its files; a closed pipe costs the log only, not the rest of the batch."""
+    """stdout or stderr for a command whose reader may go (`srtrt run DIR 2>&1 | head -4`) or whose
+    log cannot be written (a full disk, `2>/dev/full`): from then on, the stream's descriptor is
+    pointed at /dev/null and the command goes on. Its results are its files; a log that cannot be
+    written costs the log only, not the rest of the batch."""
 
     def __init__(self, stream):
         self._stream = stream
@@ -282,14 +283,14 @@ class _ReaderMayGo:
     def write(self, text: str) -> int:
         try:
             return self._stream.write(text)
-        except BrokenPipeError:
+        except OSError:
             self._to_null()
             return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
-        except BrokenPipeError:
+        except OSError:
             self._to_null()
 
     def _to_null(self) -> None:

@@ -1,6 +1,7 @@
 """`srtrt run` on batches: bad files, skip/overwrite, output naming, interruption by signals."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -238,6 +239,28 @@ def test_a_reader_that_goes_costs_the_log_not_the_batch(tmp_path):
     process.stderr.close()
     assert process.wait(timeout=120) == 0
     assert len(list((tmp_path / "out").glob("*_x4.png"))) == 8
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_a_log_that_cannot_be_written_or_no_stderr_costs_the_log_not_the_batch(tmp_path):
+    """`2>/dev/full` (a log on a full disk) ended the batch before its first image, with no word;
+    a process started with stderr closed (`2>&-`, as from cron) failed on `sys.stderr.isatty()`."""
+    import subprocess
+    import sys
+
+    from run_helpers import cli_env
+
+    model = save_tiny_model(tmp_path)
+    write_images(tmp_path / "in", 3)
+    for name in ("full", "closed"):
+        command = [sys.executable, "-m", "srtrt.cli", "run", str(tmp_path / "in"), "-o", str(tmp_path / name),
+                   "--model", str(model)]
+        with open("/dev/full", "w") if name == "full" else contextlib.nullcontext() as full:
+            done = subprocess.run(command, env=cli_env(), timeout=120, stdout=subprocess.DEVNULL,
+                                  stderr=full if name == "full" else None,
+                                  preexec_fn=(lambda: os.close(2)) if name == "closed" else None)
+        assert done.returncode == 0, name
+        assert len(list((tmp_path / name).glob("*_x4.png"))) == 3, name
 
 
 def test_the_next_image_decodes_while_this_one_computes(tmp_path, capsys, monkeypatch):

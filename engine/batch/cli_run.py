@@ -45,7 +45,7 @@ from srtrt.errors import SrtrtError
 def _progress(quiet: bool):
     from tqdm import tqdm
 
-    enabled = not quiet and sys.stderr.isatty()
+    enabled = not quiet and sys.stderr is not None and sys.stderr.isatty()  # None: started with stderr closed
     return tqdm(total=0, unit="tile", disable=not enabled, dynamic_ncols=True, leave=False), enabled
 
 

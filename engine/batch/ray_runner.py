@@ -375,7 +375,7 @@ def _run_dataset(ray, args, options: RunOptions, todo, report: BatchReport, say,
     import ray.data
 
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = not args.quiet and sys.stderr.isatty()
+    context.enable_progress_bars = not args.quiet and sys.stderr is not None and sys.stderr.isatty()
     size, pool = _pool(ray, len(todo), args.device)
     options = options.replace(device=_actor_device(args.device, pool))
     items = [{"source": str(job.source), "destination": str(job.destination)} for job in todo]
