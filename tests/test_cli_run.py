@@ -485,3 +485,14 @@ def test_a_folder_it_may_not_list_and_names_too_long_fail_alone(tmp_path, capsys
     assert f"srtrt: {locked}: cannot list this folder (permission denied)" in done.stderr
     assert f"srtrt: {locked / 'x.png'}: permission denied" in done.stderr
     assert is_complete_image(tmp_path / "out2" / "img0_x4.png", (128, 96))
+
+
+def test_a_newline_in_a_folder_name_inside_a_cause_keeps_the_line_one_line(tmp_path, capsys, model):
+    """The cause named the folder raw ("output folder no<newline>such does not exist"): two lines."""
+    source = write_images(tmp_path / "in", 1)[0]
+    (tmp_path / "fi\nle").write_text("a file")
+    for folder, cause in (("no\nsuch", "does not exist"), ("fi\nle", "is not a folder")):
+        code, err = run(capsys, source, "-o", tmp_path / folder / "x.png", "--model", model)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        escaped = folder.replace("\n", "\\n")
+        assert f"output folder {tmp_path}/{escaped} {cause}" in err, err

@@ -38,7 +38,7 @@ from srtrt.engine.batch.files import (
 from srtrt.engine.batch.options import RunOptions, open_backend, setup_lines
 from srtrt.engine.batch.sheet_runs import run_sheet, sheet_shape, sheets_line, units, with_next
 from srtrt.engine.batch.threads import torch_for_data_only
-from srtrt.errors import SrtrtError
+from srtrt.errors import SrtrtError, shown
 
 # --------------------------------------------------------------------------- the batch
 
@@ -123,7 +123,7 @@ def main(args) -> int:
                     say(f"srtrt: {job.refusal}", always=job.status == FAILED)
                     continue
                 if job.note:
-                    say(f"srtrt: {job.source}: {job.note}")
+                    say(shown(f"srtrt: {shown(job.source)}: {job.note}"))
                 decoded = [ahead.take(j) for j in group]
                 ahead.start(following[0] if following else None)  # the next image decodes while this one runs
                 bar.reset(total=0)

@@ -45,7 +45,7 @@ from srtrt.engine.batch.files import (
 )
 from srtrt.engine.batch.options import RunOptions, open_backend, setup_lines
 from srtrt.engine.batch.sheet_runs import LOOKAHEAD, run_sheet, sheet_shape, sheets_line, units
-from srtrt.errors import SrtrtError
+from srtrt.errors import SrtrtError, shown
 from srtrt.hardware import usable_cpus
 
 INSTALL = 'srtrt --ray needs Ray: pip install "srtrt[ray]"'
@@ -235,7 +235,7 @@ def main(args) -> int:
         say(swept)
     for job in jobs:
         if job.note and not job.refusal:
-            say(f"srtrt: {job.source}: {job.note}")
+            say(shown(f"srtrt: {shown(job.source)}: {job.note}"))
         if job.refusal:
             report.add(Outcome(job.source, job.destination, job.status, job.refusal))
             say(f"srtrt: {job.refusal}", always=job.status == FAILED)
