@@ -853,6 +853,29 @@ def test_bad_videos_fail_with_one_line_each_and_the_batch_goes_on(tmp_path, caps
     assert partials(tmp_path) == [] and not list((tmp_path / "out").glob(".*"))
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_named_like_a_video_is_refused_at_once(tmp_path, model):
+    """`clip.mp4` a FIFO: FFmpeg's open waited for a writer while the batch was planned, for ever and
+    deaf to SIGTERM; the image beside it was never upscaled."""
+    import os
+    import subprocess
+
+    from run_helpers import write_images
+
+    image = write_images(tmp_path, 1)[0]
+    os.mkfifo(tmp_path / "clip.mp4")
+    process = srtrt_process("run", image, tmp_path / "clip.mp4", "-o", tmp_path / "out", "--model", model)
+    try:
+        _, err = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise AssertionError("srtrt run waited on the FIFO") from None
+    assert process.returncode == 1 and "Traceback" not in err, err
+    assert f"{tmp_path / 'clip.mp4'}: not a regular file" in err
+    assert (tmp_path / "out" / f"{image.stem}_x4.png").is_file()
+
+
 def test_a_clip_cut_before_a_keyframe_is_complete(tmp_path, capsys, model):
     """A file whose first packets are not keyframes (cut mid-GOP): its stream starts before its first
     decodable frame, and the frames up to the announced end are all there (it was "truncated?")."""

@@ -70,6 +70,8 @@ def file_url(path) -> str:
 
 
 def open_input(path: Path):
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would wait for a writer, deaf to SIGTERM
+        raise SrtrtError("not a regular file (a pipe or a device); save the video to a file first", path)
     try:
         return av.open(file_url(path), metadata_errors="replace")
     except (av.FFmpegError, UnicodeDecodeError, OSError) as e:
