@@ -496,3 +496,12 @@ def test_a_newline_in_a_folder_name_inside_a_cause_keeps_the_line_one_line(tmp_p
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         escaped = folder.replace("\n", "\\n")
         assert f"output folder {tmp_path}/{escaped} {cause}" in err, err
+
+
+def test_a_run_refused_before_its_first_image_makes_no_output_folder(tmp_path, capsys, model):
+    """`-o new/deep/out --model bogus` was refused, exit 2, and left new/deep/out behind."""
+    sources = write_images(tmp_path / "in", 2)
+    for bad in (("--model", tmp_path / "bogus"), ("--model", model, "--device", "cuda:x")):
+        code, err = run(capsys, *sources, "-o", tmp_path / "new" / "deep", *bad)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "new").exists()

@@ -61,10 +61,11 @@ def main(args) -> int:
         raise SrtrtError(f"no input images match {' '.join(args.inputs)}")
     options = RunOptions.from_args(args).replace(shape_class=shape_class(inputs))
     many = several_outputs(args.inputs, inputs)
-    make_output_folder(args.output, many)
+    make_output_folder(args.output, many, create=False)
     check_output_file(args.output, many, inputs)
 
     selection = open_backend(options)
+    make_output_folder(args.output, many)  # once the model and device are known good
     backend = selection.backend
     if not args.quiet:
         print("\n".join(setup_lines(selection, options)), file=sys.stderr)

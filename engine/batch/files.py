@@ -304,8 +304,9 @@ def check_output_file(output: str | None, many: bool, inputs: list[Path]) -> Non
     check_output_folder(output)
 
 
-def make_output_folder(output: str | None, many: bool) -> None:
-    """Create `-o` when it names a folder; one line if that is impossible."""
+def make_output_folder(output: str | None, many: bool, create: bool = True) -> None:
+    """Create `-o` when it names a folder; one line if that is impossible. create=False: only the
+    checks, for a command that may still be refused (nothing is made for a run that never starts)."""
     if output == "":  # Path("") is the current folder: `-o "$OUT"` with OUT unset would write there
         raise SrtrtError("-o is empty (an unset variable?): name a file or a folder")
     if output is None or not (many or output.endswith(("/", "\\"))):
@@ -313,6 +314,8 @@ def make_output_folder(output: str | None, many: bool) -> None:
     out = Path(output)
     if os.path.isfile(out):
         raise SrtrtError("is a file, but a folder or several inputs need an output directory", output)
+    if not create:
+        return
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -219,9 +219,10 @@ def main(args) -> int:
         raise SrtrtError(f"no input images match {' '.join(args.inputs)}")
     options = RunOptions.from_args(args).replace(shape_class=shape_class(inputs))
     many = several_outputs(args.inputs, inputs)
-    make_output_folder(args.output, many)
+    make_output_folder(args.output, many, create=False)
     check_output_file(args.output, many, inputs)
     scale, options = _checked_scale(args, options)
+    make_output_folder(args.output, many)  # once the model is known good
 
     def say(message: str, always: bool = False) -> None:
         if always or not args.quiet:
