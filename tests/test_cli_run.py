@@ -505,3 +505,25 @@ def test_a_run_refused_before_its_first_image_makes_no_output_folder(tmp_path, c
         code, err = run(capsys, *sources, "-o", tmp_path / "new" / "deep", *bad)
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.skipif(not __import__("shutil").which("unshare"), reason="no unshare to mount a folder twice")
+def test_the_input_reached_through_a_second_mount_of_its_folder_is_not_overwritten(tmp_path, model):
+    """`-o view/a.png --overwrite` with view a bind mount of the input's folder (a container's two
+    volumes of one path): realpath told the names apart, and the input was replaced by its upscale."""
+    import subprocess
+    import sys
+
+    from run_helpers import cli_env
+
+    source = write_images(tmp_path / "real", 1)[0]
+    (tmp_path / "view").mkdir()
+    before = source.read_bytes()
+    run_it = (f"mount --bind {tmp_path / 'real'} {tmp_path / 'view'} && exec {sys.executable} -m srtrt.cli run "
+              f"{source} -o {tmp_path / 'view' / source.name} --overwrite --model {model}")
+    done = subprocess.run(["unshare", "--mount", "sh", "-c", run_it], capture_output=True, text=True, timeout=300,
+                          env=cli_env())
+    if "Traceback" not in done.stderr and "srtrt:" not in done.stderr:
+        pytest.skip(f"cannot mount here: {done.stderr.strip()}")
+    assert done.returncode == 2 and "output path is the input itself" in done.stderr, done.stderr
+    assert source.read_bytes() == before
