@@ -644,3 +644,26 @@ def test_a_signal_while_the_encoder_is_busy(tmp_path, signum):
     assert err.strip().splitlines()[-1].startswith(f"srtrt: stopped by {signal.Signals(signum).name}")
     assert partials(tmp_path) == []
     assert not out.exists() or is_complete_image(out, (1280, 1280))  # the stop waits for the batch in progress
+
+
+@pytest.mark.skipif(not __import__("shutil").which("unshare"), reason="no unshare to mount a small disk")
+def test_a_jpeg_on_a_disk_that_fills_fails_and_leaves_nothing(tmp_path, model):
+    """libjpeg writes to the descriptor itself and ignores a short write: on a real full disk the JPEG
+    was left cut short under its name and the run said it was done."""
+    import subprocess
+    import sys
+
+    from run_helpers import cli_env
+
+    (source,) = write_images(tmp_path / "in", 1, height=80, width=80)
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(source)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    run_it = (f"mount -t tmpfs -o size=8k tmpfs {disk} && {sys.executable} -m srtrt.cli run {source} "
+              f"-o {disk / 'out.jpg'} --model {model}; echo exit=$?; ls -A {disk}")
+    done = subprocess.run(["unshare", "--mount", "sh", "-c", run_it], capture_output=True, text=True, timeout=300,
+                          env=cli_env())
+    if "exit=" not in done.stdout:
+        pytest.skip(f"cannot mount here: {done.stderr.strip()}")
+    assert "exit=1" in done.stdout and done.stdout.split("exit=1", 1)[1].strip() == "", done.stdout
+    assert f"{disk / 'out.jpg'}: cannot write the output: No space left on device" in done.stderr, done.stderr

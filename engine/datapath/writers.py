@@ -22,6 +22,7 @@ the real name.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import struct
 import threading
@@ -736,8 +737,12 @@ class PillowEncoder:
                 options["xmp"] = self.description.xmp
         if self.description.dpi and self.format in ("JPEG", "BMP"):  # WebP has no resolution of its own
             options["dpi"] = self.description.dpi
-        image.save(file, format=self.format, **options)
+        # encoded in memory, then written: libjpeg writes to the descriptor itself and ignores a short
+        # write, so a full disk left a truncated JPEG under the output name and no error
+        encoded = io.BytesIO()
+        image.save(encoded, format=self.format, **options)
         self._image = None
+        file.write(encoded.getbuffer())
 
     def abort(self) -> None:
         self._image = None
