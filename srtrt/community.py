@@ -108,15 +108,25 @@ class CommunityModel:
 
 class _ImageToImage(nn.Module):
     """The network, run the way spandrel runs it (some add a noise-level plane or unpack a tuple
-    in a call function) and, where it writes into its input (RCAN scales it in place), on a copy."""
+    in a call function), where it writes into its input (RCAN scales it in place) on a copy, and
+    where its code takes one image at a time (a noise plane built for batch 1: DRUNet, FDnCNN;
+    SeemoRe's forward) image by image: srtrt batches planes and windows."""
 
-    def __init__(self, model: nn.Module, call=None, copy_input: bool = False):
+    def __init__(self, model: nn.Module, call=None, copy_input: bool = False, one_at_a_time: bool = False):
         super().__init__()
         self.model = model
         self._call = call
         self._copy_input = copy_input
+        self.one_at_a_time = one_at_a_time
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.one_at_a_time:
+            return self._one(x)
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            raise NotImplementedError("its code takes one image at a time; an exported graph takes batches")
+        return torch.cat([self._one(x[i:i + 1]) for i in range(x.shape[0])])
+
+    def _one(self, x: torch.Tensor) -> torch.Tensor:
         if self._copy_input:
             x = x.clone()
         return self._call(self.model, x) if self._call is not None else self.model(x)
@@ -394,7 +404,22 @@ def _image_to_image(descriptor, spandrel, path: Path) -> nn.Module:
     if not torch.isfinite(y).all():  # NaN weights: every image would come out black, silently
         raise SrtrtError(f"{name} model gives NaN or infinite values for a {n}x{n} test image (broken weights)", path)
     copy_input = not torch.equal(x, probe)
-    return _ImageToImage(model, call, copy_input).eval() if call is not None or copy_input else model
+    one_at_a_time = not _takes_batches(model, call, x, y)
+    if call is None and not copy_input and not one_at_a_time:
+        return model
+    return _ImageToImage(model, call, copy_input, one_at_a_time).eval()
+
+
+def _takes_batches(model: nn.Module, call, x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether the network gives each image of a batch of two what it gives that image alone."""
+    pair = torch.cat([x, x.flip(-1)])
+    try:
+        with torch.no_grad():
+            both = call(model, pair.clone()) if call is not None else model(pair.clone())
+    except Exception:  # noqa: BLE001 - code written for batch 1 fails in any way at batch 2
+        return False
+    return (isinstance(both, torch.Tensor) and both.shape[0] == 2
+            and torch.allclose(both[:1], y, rtol=1e-4, atol=1e-5))
 
 
 def _spandrel(path=None):

@@ -126,6 +126,24 @@ def test_spandrel_call_function_is_kept(tmp_path):
         torch.testing.assert_close(m.module(x), expected)
 
 
+def test_a_network_whose_code_takes_one_image_at_a_time_runs_batches_image_by_image(tmp_path):
+    """FDnCNN's noise plane is built for batch 1, and SeemoRe's forward fails above it: a grey model on
+    a colour image (three planes), `--alpha model` or `--batch 2` failed the whole image."""
+    from spandrel.architectures.SeemoRe import SeemoRe
+
+    torch.manual_seed(0)
+    for name, net in (("fdncnn", DnCNN(in_nc=4, out_nc=3, nc=8, nb=4, act_mode="BR", mode="FDnCNN")),
+                      ("seemore", SeemoRe(scale=2, embedding_dim=16, num_layers=1, num_experts=2))):
+        m = community.load(_save_both(tmp_path, name, net.eval())[0])
+        x = torch.rand(3, 3, 16, 16)
+        with torch.no_grad():
+            one_by_one = torch.cat([m.module(x[i:i + 1]) for i in range(3)])
+            torch.testing.assert_close(m.module(x), one_by_one, msg=name)
+        assert m.module.one_at_a_time, name
+    m = community.load(_save_both(tmp_path, "compact", CASES["compact"][0]().eval())[0])
+    assert not getattr(m.module, "one_at_a_time", False)  # batches as they are where the network takes them
+
+
 def test_wrapped_state_dicts_are_unwrapped(tmp_path):
     torch.manual_seed(0)
     tensors = _tensors(CASES["compact"][0]())
