@@ -133,6 +133,23 @@ def test_a_grey_model_on_a_colour_image_is_prepared_for_the_batches_it_runs(mode
     assert prepared == [ran[0]] and prepared[0][0] == 2 * 3
 
 
+def test_a_network_holding_weights_of_another_rank_runs_on_torch(tmp_path):
+    """FFTformer's frequency filters are 5-D: putting the model in channels_last raised "required
+    rank 4 tensor to use channels_last format", a traceback on torch and on `auto`."""
+    from safetensors.torch import save_file
+    from spandrel.architectures.FFTformer import FFTformer
+
+    torch.manual_seed(0)
+    net = FFTformer(dim=8, num_blocks=[1, 1, 1], num_refinement_blocks=1).eval()
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "fft.safetensors"))
+    view = srtrt.load_model(tmp_path / "fft.safetensors")
+    image = lr_image(32, 32)
+    whole, _ = TiledUpscaler(TorchBackend(view, "cpu", "fp32"), core=0, margin=0).run_to_array(Planes(image, None))
+    with torch.no_grad():
+        eager = net(torch.from_numpy(image).permute(2, 0, 1)[None].float())[0].permute(1, 2, 0).numpy()
+    assert np.abs(whole - eager.clip(0, 1)).max() <= 1e-4  # srtrt clamps its output to the image range
+
+
 def test_windows_meet_the_minimum_side_without_padding(tmp_path):
     """MixDehazeNet states a 40-pixel minimum (its reflect pads fail below it): the windows of a
     64x90 image in tiles of 16 are lengthened to 40 and the run completes (it failed before)."""

@@ -66,7 +66,7 @@ class TorchBackend(Backend):
         self.stored = torch.float32 if self.autocast else self.dtype  # the module's weights and its input
         model = view.with_generator(generator).to(self.device, self.stored).eval()
         if channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            _to_channels_last(model)
         self.model = torch.compile(model, dynamic=False) if compile else model
         self.compiled = compile
         self.runs_masks = not compile  # sheets.masking hooks every nn.Conv2d; a compiled graph would not see them
@@ -96,3 +96,12 @@ class TorchBackend(Backend):
                                   ("fused Triton op", self.fused_op), ("torch.compile", self.compiled),
                                   ("bf16 autocast", self.autocast)) if on]
         return f"torch ({self.precision}, {self.device}{', ' + ', '.join(extras) if extras else ''})"
+
+
+def _to_channels_last(model: torch.nn.Module) -> None:
+    """Its 4-D weights in channels_last, the others as they are: Module.to(memory_format=...) refuses a
+    model holding any tensor of another rank (FFTformer's 5-D frequency filters)."""
+    with torch.no_grad():
+        for tensor in (*model.parameters(), *model.buffers()):
+            if tensor.dim() == 4:
+                tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
