@@ -138,6 +138,10 @@ def _only_tensor(out) -> torch.Tensor:
     return out
 
 
+class Unmeasurable(Exception):
+    """The network runs, but neither forward- nor reverse-mode differentiation goes through it."""
+
+
 class _Prober:
     """An fp64 eval copy of the module and the probes run on it."""
 
@@ -161,7 +165,10 @@ class _Prober:
                 self.forward_mode = False
         if self.forward_mode:
             return self._forward(x, gen, centre)
-        return self._reverse(x, gen, centre)
+        try:
+            return self._reverse(x, gen, centre)
+        except RuntimeError as e:  # neither mode: an op without a forward formula, and an in-place write
+            raise Unmeasurable(str(e)) from None  # reverse mode needs (RealPLKSR with DySample has both)
 
     def _random(self, shape, gen: torch.Generator) -> torch.Tensor:
         return torch.randn(shape, generator=gen, dtype=torch.float64).to(self.device)
@@ -218,7 +225,8 @@ def measure_radius(module: torch.nn.Module, scale: int, channels: int, *, limit:
     the farthest LR distance, along rows or columns, between an output pixel's LR position and an
     input pixel it depends on. None when the field reaches the border of a `limit`-sided input
     (radius about limit / 2 or more: global operations, or too deep to measure within the limit),
-    or when its edge is too faint to resolve in fp64 (so it may be wider than it looks).
+    when its edge is too faint to resolve in fp64 (so it may be wider than it looks), or when no mode
+    of differentiation goes through the network.
 
     Inputs are sides >= `minimum` and multiples of `multiple_of`. See the module docstring for the method.
     """
@@ -227,6 +235,13 @@ def measure_radius(module: torch.nn.Module, scale: int, channels: int, *, limit:
         return None
     probe = _Prober(module, scale, channels)
     start = allowed_side(min(START_SIDE, longest), multiple_of, minimum)
+    try:
+        return _measured(probe, start, longest, multiple_of, minimum)
+    except Unmeasurable:  # no finite radius to vouch for: its margin is measured on a tiled pass instead
+        return None
+
+
+def _measured(probe: _Prober, start: int, longest: int, multiple_of: int, minimum: int) -> int | None:
     bound = 0
     for axis in (0, 1):
         reach = _strip_reach(probe, axis, start, longest, multiple_of, minimum)

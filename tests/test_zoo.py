@@ -150,6 +150,23 @@ def test_a_network_holding_weights_of_another_rank_runs_on_torch(tmp_path):
     assert np.abs(whole - eager.clip(0, 1)).max() <= 1e-4  # srtrt clamps its output to the image range
 
 
+def test_a_network_no_mode_of_differentiation_goes_through_gets_a_measured_margin(tmp_path):
+    """RealPLKSR with DySample: grid_sample has no forward-mode formula and its in-place writes stop
+    reverse mode: the radius probe's RuntimeError was a traceback for `srtrt run` and `export`."""
+    from safetensors.torch import save_file
+    from spandrel.architectures.PLKSR import RealPLKSR
+
+    from srtrt.receptive_field import measure_radius
+
+    torch.manual_seed(0)
+    net = RealPLKSR(dim=16, n_blocks=2, upscaling_factor=4, dysample=True).eval()
+    assert measure_radius(net, 4, 3) is None
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "dys.safetensors"))
+    out = srtrt.upscale(Image.fromarray(smooth_image(32, 40)), model=tmp_path / "dys.safetensors",
+                        backend="torch", precision="fp32")
+    assert out.size == (160, 128)
+
+
 def test_windows_meet_the_minimum_side_without_padding(tmp_path):
     """MixDehazeNet states a 40-pixel minimum (its reflect pads fail below it): the windows of a
     64x90 image in tiles of 16 are lengthened to 40 and the run completes (it failed before)."""
