@@ -35,6 +35,13 @@ def load_model(model=None, allow_noncommercial: bool = False):
     `.scale`, `.radius` (the default tile margin in LR pixels), `.checkpoint_sha256` and
     `.int8_calibration` (the sidecar's activation ranges, or None, also for ranges not in their shape).
     """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # building a network draws random initial weights: the caller's
+        return _load_model(model, allow_noncommercial)  # seeded stream is left as it was
+
+
+def _load_model(model, allow_noncommercial: bool):
     from . import checkpoint, registry, zoo
 
     if zoo.is_community_file(model):

@@ -299,3 +299,17 @@ def test_a_pil_result_carries_the_files_dpi_and_xmp(tmp_path, model):
     Image.fromarray(smooth_image(20, 28)).save(tmp_path / "scan.jpg", dpi=(300, 300), xmp=xmp)
     out = srtrt.upscale(tmp_path / "scan.jpg", model=model, **FP32)
     assert out.info["dpi"] == (300, 300) and b'exif:PixelXDimension="112"' in out.info["xmp"]
+
+
+def test_a_call_leaves_the_callers_random_stream_as_it_was(tmp_path, model):
+    """Building a network draws its random initial weights: an application that seeds torch got
+    another stream after its first call of each new configuration."""
+    import torch
+
+    api.close()  # the next call builds its network
+    torch.manual_seed(1234)
+    expected = torch.rand(4)
+    torch.manual_seed(1234)
+    srtrt.upscale(Image.fromarray(smooth_image(8, 8)), model=model, **FP32)
+    srtrt.load_model(model)
+    assert torch.equal(torch.rand(4), expected)

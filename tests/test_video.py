@@ -876,6 +876,19 @@ def test_a_fifo_named_like_a_video_is_refused_at_once(tmp_path, model):
     assert (tmp_path / "out" / f"{image.stem}_x4.png").is_file()
 
 
+def test_an_av1_run_leaves_the_callers_environment_as_it_was(tmp_path, model, monkeypatch):
+    """SVT_LOG=1 (SVT-AV1's errors-only level) was left in the caller's environment, for every child
+    process and encoder it starts after."""
+    import os
+
+    import srtrt
+
+    monkeypatch.delenv("SVT_LOG", raising=False)
+    make_clip(tmp_path / "in.mkv", frames=3, audio=None)
+    srtrt.upscale(tmp_path / "in.mkv", tmp_path / "out.mkv", model=model, backend="torch", codec="libsvtav1")
+    assert (tmp_path / "out.mkv").is_file() and "SVT_LOG" not in os.environ
+
+
 def test_a_clip_cut_before_a_keyframe_is_complete(tmp_path, capsys, model):
     """A file whose first packets are not keyframes (cut mid-GOP): its stream starts before its first
     decodable frame, and the frames up to the announced end are all there (it was "truncated?")."""

@@ -31,7 +31,11 @@ def _backend(options: RunOptions):
     with _lock:
         if _current.get("key") != options.backend_key:
             close()
-            _current.update(key=options.backend_key, backend=open_backend(options).backend)
+            import torch
+
+            with torch.random.fork_rng(devices=[]):  # building a network draws its random initial weights:
+                backend = open_backend(options).backend  # the caller's seeded stream is theirs
+            _current.update(key=options.backend_key, backend=backend)
         return _current["backend"]
 
 

@@ -142,8 +142,6 @@ def choose_settings(codec: str, crf: int | None, preset: str | None, source_pix_
 
 def add_video_stream(container, settings: EncoderSettings, width: int | None = None, height: int | None = None):
     """The encoder's stream in `container` (at `width` x `height` instead of the settings' for a stand-in)."""
-    if settings.codec == "libsvtav1":
-        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole configuration at info level; errors only
     stream = container.add_stream(settings.codec, rate=settings.rate, options=dict(settings.options))
     stream.width, stream.height, stream.pix_fmt = width or settings.width, height or settings.height, settings.pix_fmt
     cc = stream.codec_context
@@ -155,11 +153,25 @@ def add_video_stream(container, settings: EncoderSettings, width: int | None = N
     return stream
 
 
+@contextlib.contextmanager
+def svt_errors_only():
+    """SVT-AV1 prints its whole configuration at info level when an encoder opens, reading SVT_LOG
+    then: errors only, while srtrt encodes; the caller's environment is as it was afterwards."""
+    said = os.environ.get("SVT_LOG")
+    if said is None:
+        os.environ["SVT_LOG"] = "1"
+    try:
+        yield
+    finally:
+        if said is None:
+            os.environ.pop("SVT_LOG", None)
+
+
 def check_encoder(settings: EncoderSettings, path) -> None:
     """Open the encoder once at a small size (in Matroska, which holds every codec here), so options
     it refuses (a preset of another codec's) fail in one line before any frame is decoded."""
     try:
-        with av.open(io.BytesIO(), "w", format="matroska") as out:
+        with svt_errors_only(), av.open(io.BytesIO(), "w", format="matroska") as out:
             add_video_stream(out, settings, STAND_IN_SIDE, STAND_IN_SIDE)
             out.start_encoding()
     except (ValueError, av.FFmpegError) as e:

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from srtrt.checkpoint import model_files
-from srtrt.engine.batch.files import real_path
+from srtrt.engine.batch.files import same_file
 from srtrt.engine.datapath.imageio import DEFAULT_MAX_PIXELS
 from srtrt.engine.datapath.runtime import Band, Planes
 from srtrt.engine.video import remux, resume
 from srtrt.engine.video.deinterlace import check_size, what_happens
-from srtrt.engine.video.encoder import EncoderSettings, check_encoder, choose_settings, default_codec
+from srtrt.engine.video.encoder import EncoderSettings, check_encoder, choose_settings, default_codec, svt_errors_only
 from srtrt.engine.video.hdr import WRITES_HDR
 from srtrt.engine.video.source import FrameReader, VideoInfo, open_input, probe, video_stream
 from srtrt.errors import SrtrtError, shown
@@ -126,6 +126,11 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
                   stop_check=None) -> VideoResult:
     """Upscale every frame of `source` into `destination` (or its .mkv twin; see the result) with a
     `FileRunner`'s backend, options and out-of-memory fallback."""
+    with svt_errors_only():
+        return _upscale_video(runner, source, destination, on_frame, on_total, stop_check)
+
+
+def _upscale_video(runner, source: Path, destination: Path, on_frame, on_total, stop_check) -> VideoResult:
     start = time.perf_counter()
     options = runner.options
     s = runner.backend.scale
@@ -134,7 +139,7 @@ def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_tot
     note = "; ".join(filter(None, [plan.note, *plan.losses, what_happens(info.field_order, options.deinterlace)]))
     upscaler = runner.upscaler_for(info.height, info.width)
     tiles = upscaler.plan(info.height, info.width)  # too small for the model: one line now, not per frame
-    if real_path(destination) == real_path(source):
+    if same_file(destination, source):
         raise SrtrtError("output path is the input itself" + (f" ({plan.note})" if plan.note else ""), destination)
     if os.path.lexists(destination) and not options.overwrite:
         raise SrtrtError("exists (--overwrite to replace)", destination)
