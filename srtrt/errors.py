@@ -1,6 +1,8 @@
 """The one exception type users see as a single line (file + cause), never as a traceback."""
 from __future__ import annotations
 
+import warnings
+
 
 class SrtrtError(Exception):
     """An expected failure: bad input, missing dependency, refused file. `str()` is the whole message."""
@@ -38,4 +40,9 @@ def shown(path) -> str:
 class OutputNote(UserWarning):
     """What a run loses (alpha in JPEG, 16 bits in WebP, 16-bit CMYK through a profile, a cache it
     cannot write): srtrt's commands say it as one `srtrt:` line (hidden by -q); Python callers get
-    it as a warning they can filter."""
+    it as a warning they can filter, every time it happens."""
+
+
+# Python shows a warning once per line of code by default: the second image that loses its alpha
+# would go unsaid. Appended, so a filter the application set before (to ignore them) still wins.
+warnings.filterwarnings("always", category=OutputNote, append=True)

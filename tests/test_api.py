@@ -313,3 +313,28 @@ def test_a_call_leaves_the_callers_random_stream_as_it_was(tmp_path, model):
     srtrt.upscale(Image.fromarray(smooth_image(8, 8)), model=model, **FP32)
     srtrt.load_model(model)
     assert torch.equal(torch.rand(4), expected)
+
+
+def test_every_call_that_loses_something_says_so(tmp_path, model):
+    """Python's default filter shows a warning once per line of code: the second image written to a
+    JPEG lost its alpha, and the second 16-bit image returned at 8 bits, without a word."""
+    import subprocess
+    import sys
+
+    from run_helpers import cli_env
+
+    for i in range(2):
+        Image.fromarray(np.full((8, 8, 4), 60 * i + 50, np.uint8), "RGBA").save(tmp_path / f"a{i}.png")
+        Image.fromarray(np.full((8, 8, 3), 60 * i + 50, np.uint8)).save(tmp_path / f"b{i}.png")
+    script = f"""
+import numpy as np, srtrt, tifffile
+for i in range(2):
+    srtrt.upscale({str(tmp_path)!r} + f"/a{{i}}.png", {str(tmp_path)!r} + "/out.jpg", overwrite=True,
+                  model={str(model)!r}, backend="torch", precision="fp32")
+    tifffile.imwrite({str(tmp_path)!r} + f"/d{{i}}.tif", np.full((8, 8, 3), 300 * i + 1000, np.uint16))
+    srtrt.upscale({str(tmp_path)!r} + f"/d{{i}}.tif", model={str(model)!r}, backend="torch", precision="fp32")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=cli_env())
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("cannot store transparency") == 2, done.stderr
+    assert done.stderr.count("returning 8 bits per sample") == 2, done.stderr

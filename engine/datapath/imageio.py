@@ -963,7 +963,7 @@ def to_pil(pixels: np.ndarray, alpha: np.ndarray | None, bit_depth: int) -> Imag
         return Image.fromarray(np.ascontiguousarray(pixels[:, :, 0], dtype=np.uint16))
     if bit_depth == 16:
         warnings.warn("16-bit colour or grey+alpha cannot be held by a PIL image; "
-                      "returning 8 bits per sample", stacklevel=2)
+                      "returning 8 bits per sample", OutputNote, stacklevel=2)
         pixels = to_eight_bit(pixels)
         alpha = None if alpha is None else to_eight_bit(alpha)
     planes = pixels if alpha is None else np.concatenate([pixels, alpha[:, :, None]], axis=2)
