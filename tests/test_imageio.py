@@ -977,3 +977,19 @@ def test_a_planar_grey_alpha_tiff_keeps_its_alpha(tmp_path, compression, associa
     assert np.array_equal(decoded["separate"].alpha[..., 0] if decoded["separate"].alpha.ndim == 3
                           else decoded["separate"].alpha, alpha)
     assert np.abs(decoded["separate"].pixels.astype(int) - decoded["contig"].pixels).max() <= 1
+
+
+def test_a_pillow_limit_the_application_sets_during_a_decode_is_kept(tmp_path, monkeypatch):
+    """The limits were put back as saved at the start of the decode: a value the application set
+    meanwhile (in another thread) was undone."""
+    from srtrt.engine.datapath import imageio
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    path = save(tmp_path, Image.fromarray(random_array(8, 8, 3)), "a.png")
+    with imageio._pillow_size_check_lifted():
+        read_image(path)
+        Image.MAX_IMAGE_PIXELS = 5_000  # the application, while srtrt decodes
+    assert Image.MAX_IMAGE_PIXELS == 5_000
+    with imageio._pillow_size_check_lifted():
+        pass
+    assert Image.MAX_IMAGE_PIXELS == 5_000

@@ -208,7 +208,8 @@ def from_pil(img: Image.Image, path=None, max_pixels: int | None = DEFAULT_MAX_P
 # Pillow's own bomb check is a process-wide setting, read inside Image.open and again when
 # a TIFF allocates its pixels in load(). The limit that counts is `max_pixels` (checked from
 # the header right after opening), so Pillow's check is lifted while any decode of ours runs:
-# the first to start saves the setting, the last to finish puts it back.
+# the first to start saves the setting, the last to finish puts it back (an application's own
+# thread sees Pillow's check off meanwhile; a value it sets then is kept).
 # Its cap on one PNG text or ICC chunk (1 MiB) is raised the same way: print and camera profiles
 # with large tables run past it, and such a PNG was unreadable; Pillow's 64 MB cap on all of a
 # file's text chunks together stays.
@@ -232,8 +233,11 @@ def _pillow_size_check_lifted():
     finally:
         with _LIMIT_LOCK:
             _limit_lifts -= 1
-            if _limit_lifts == 0:
-                Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK = _saved_limits
+            if _limit_lifts == 0:  # each put back unless the application set it meanwhile: its value stands
+                if Image.MAX_IMAGE_PIXELS is None:
+                    Image.MAX_IMAGE_PIXELS = _saved_limits[0]
+                if PngImagePlugin.MAX_TEXT_CHUNK == max(_saved_limits[1], PNG_CHUNK_LIMIT):
+                    PngImagePlugin.MAX_TEXT_CHUNK = _saved_limits[1]
 
 
 @contextlib.contextmanager
