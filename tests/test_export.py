@@ -473,3 +473,40 @@ def test_export_into_a_folder_that_is_a_file_is_one_line_before_any_tracing(tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == [f"srtrt: {tmp_path / 'taken' / 'sub' / 'm.onnx'}: {tmp_path / 'taken'} is a file, "
                                "not a folder (-o writes into it)"]
+
+
+def test_an_export_leaves_the_applications_other_threads_their_stdout_and_warnings(capsys):
+    """An in-process export (an API call's first openvino/auto use) swapped sys.stdout for a StringIO
+    and the warning filters for its own, process-wide: another thread's print() went nowhere, its
+    warnings were ignored, and a filter it added meanwhile was undone."""
+    import sys
+    import threading
+    import warnings
+
+    from srtrt.engine.toolchain.export import _quiet_exporter
+
+    inside, done = threading.Event(), threading.Event()
+
+    def export():
+        with _quiet_exporter():
+            print("the exporter's progress")
+            inside.set()
+            done.wait(30)
+
+    worker = threading.Thread(target=export)
+    worker.start()
+    assert inside.wait(30)
+    try:
+        print("the application's line")
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.warn("the application's warning", UserWarning)
+        warnings.filterwarnings("ignore", message="added by the application")
+        added = warnings.filters[0]
+    finally:
+        done.set()
+        worker.join()
+    out = capsys.readouterr().out
+    assert "the application's line" in out and "the exporter's progress" not in out
+    assert [str(w.message) for w in seen] == ["the application's warning"]
+    assert added in warnings.filters and sys.stdout is not None
+    warnings.filters.remove(added)

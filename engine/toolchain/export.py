@@ -16,6 +16,9 @@ import copy
 import hashlib
 import io
 import logging
+import re
+import sys
+import threading
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -68,19 +71,55 @@ def _quiet_exporter():
     # the opset written is checked instead (_checked_opset)
     logs = {logging.getLogger("torch.onnx"): logging.ERROR, logging.getLogger("onnxscript"): logging.CRITICAL}
     levels = {log: log.level for log in logs}
+    # An application's own threads go on printing and warning meanwhile: stdout is dropped for this
+    # thread alone, and only warnings the libraries raise are ignored (filters are process-wide).
+    ours = [("ignore", None, category, re.compile(_EXPORTING_MODULES), 0)
+            for category in (FutureWarning,  # torch-internal deprecations
+                             DeprecationWarning,  # "legacy TorchScript-based export": chosen knowingly
+                             # tracing notes about community networks that cache fused weights as plain
+                             # attributes in forward: the exported graph is checked by running it
+                             UserWarning)]
     for log, quiet in logs.items():
         log.setLevel(quiet)
+    quiet_stdout = _ThreadQuiet(sys.stdout)
+    sys.stdout = quiet_stdout
+    warnings.filters[:0] = ours
+    warnings._filters_mutated()
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecations
-            warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript-based export": chosen knowingly
-            # Tracing notes about the module (community networks that cache fused weights as plain
-            # attributes in forward): the exported graph is checked by running it, not by these.
-            warnings.simplefilter("ignore", UserWarning)
-            yield
+        yield
     finally:
         for log, level in levels.items():
             log.setLevel(level)
+        if sys.stdout is quiet_stdout:  # else the application replaced it meanwhile: theirs stands
+            sys.stdout = quiet_stdout.stream
+        for f in ours:  # only these: a filter the application added meanwhile stays
+            with contextlib.suppress(ValueError):
+                warnings.filters.remove(f)
+        warnings._filters_mutated()
+
+
+# where the exporter's warnings come from: torch, ONNX tools, the network's own code, this module's call
+_EXPORTING_MODULES = (r"(torch|onnx|onnxscript|onnxruntime|spandrel|spandrel_extra_arches)(\.|$)"
+                      r"|srtrt\.engine\.toolchain\.export$")
+
+
+class _ThreadQuiet:
+    """stdout for the exporting thread dropped; every other thread's writes go through."""
+
+    def __init__(self, stream):
+        self.stream, self._thread = stream, threading.current_thread()
+
+    def write(self, text: str) -> int:
+        if threading.current_thread() is self._thread or self.stream is None:
+            return len(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        if self.stream is not None:
+            self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 def example_shape(view: torch.nn.Module) -> tuple[int, int, int, int]:
