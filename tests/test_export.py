@@ -499,7 +499,7 @@ def test_an_export_leaves_the_applications_other_threads_their_stdout_and_warnin
     try:
         print("the application's line")
         with warnings.catch_warnings(record=True) as seen:
-            warnings.warn("the application's warning", UserWarning)
+            warnings.warn("the application's warning", UserWarning, stacklevel=1)
         warnings.filterwarnings("ignore", message="added by the application")
         added = warnings.filters[0]
     finally:
