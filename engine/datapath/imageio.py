@@ -99,22 +99,26 @@ def _description(path: str, source_format: str) -> Description:
     """dpi and XMP as Pillow reads the header; a PNG's own chunks from its chunk list (text may
     follow the pixels, where Pillow reads it only while decoding)."""
     dpi = xmp = None
-    turned = False
-    with contextlib.suppress(Exception), open_lazily(path) as img:  # a layout only tifffile reads: none
-        dpi = img.info.get("dpi")
-        xmp = img.info.get("xmp")
-        turned = _orientation_and_exif(img)[0] != 1  # as the decoders read it: the pixels were turned
-    if not (isinstance(dpi, tuple) and len(dpi) == 2 and all(0 < float(v) < 1e6 for v in dpi)):
-        dpi = None
-    text = ()
-    if source_format == "PNG":
-        text = png_chunks(path, (b"tEXt", b"zTXt", b"iTXt"))
+    text = colour = ()
+    if source_format == "PNG":  # one walk over the chunk list
+        chunks = png_chunks(path, (b"tEXt", b"zTXt", b"iTXt", *PNG_COLOUR_CHUNKS))
+        colour = tuple(chunk for chunk in chunks if chunk[0] in PNG_COLOUR_CHUNKS)
+        text = tuple(chunk for chunk in chunks if chunk not in colour)
         xmp_chunks = [data for kind, data in text if kind == b"iTXt" and data.startswith(XMP_KEYWORD + b"\0")]
         text = tuple(chunk for chunk in text if chunk[1][:len(XMP_KEYWORD) + 1] != XMP_KEYWORD + b"\0")
         xmp = _itxt_text(xmp_chunks[0]) if xmp_chunks else None
-    xmp = xmp.encode() if isinstance(xmp, str) else xmp if isinstance(xmp, bytes) and xmp else None
-    return Description(dpi, _xmp_upright(xmp) if xmp and turned else xmp, text,
-                       png_chunks(path, PNG_COLOUR_CHUNKS) if source_format == "PNG" else ())
+    with contextlib.suppress(Exception), open_lazily(path) as img:  # a layout only tifffile reads: none
+        dpi = img.info.get("dpi")
+        xmp = xmp if source_format == "PNG" else img.info.get("xmp")
+        xmp = xmp.encode() if isinstance(xmp, str) else xmp if isinstance(xmp, bytes) and xmp else None
+        # as the decoders read it, the pixels were turned upright; asked only where an XMP says how
+        # (a PNG's getexif decodes the whole image, looking for a late EXIF)
+        if xmp and _orientation_and_exif(img)[0] != 1:
+            xmp = _xmp_upright(xmp)
+    if not (isinstance(dpi, tuple) and len(dpi) == 2 and all(0 < float(v) < 1e6 for v in dpi)):
+        dpi = None
+    xmp = xmp if isinstance(xmp, bytes) and xmp else None
+    return Description(dpi, xmp, text, colour)
 
 
 XMP_KEYWORD = b"XML:com.adobe.xmp"  # the iTXt keyword of a PNG's XMP packet
@@ -135,7 +139,11 @@ def _itxt_text(data: bytes) -> bytes | None:
         compressed = data[keyword_end + 1]
         language_end = data.index(b"\0", keyword_end + 3)
         text = data[data.index(b"\0", language_end + 1) + 1:]
-        return zlib.decompress(text) if compressed else text
+        if not compressed:
+            return text
+        inflate = zlib.decompressobj()
+        text = inflate.decompress(text, PNG_CHUNK_LIMIT)  # bounded: a few hostile bytes inflate to gigabytes
+        return None if inflate.unconsumed_tail else text
     except (ValueError, IndexError, zlib.error):
         return None
 
