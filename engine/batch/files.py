@@ -217,8 +217,10 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, 
     named = output is not None and not many and not os.path.isdir(output) and not output.endswith(("/", "\\"))
     jobs = []
     for source in inputs:
-        if os.path.isdir(source):  # only a folder expand_inputs could not list is an input
-            jobs.append(Job(source, refusal=f"{shown(source)}: cannot list this folder ({_listing_error(source)})"))
+        if os.path.isdir(source):  # a folder expand_inputs could not list, or one handed to the API
+            cause = _listing_error(source)
+            jobs.append(Job(source, refusal=f"{shown(source)}: " + (f"cannot list this folder ({cause})" if cause
+                                                                     else "is a directory, not an image")))
             continue
         try:
             jobs.append(_settled(Job(source, output_path(source, output, many, scale)), options, scale))
@@ -258,12 +260,13 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, 
     return jobs
 
 
-def _listing_error(folder: Path) -> str:
+def _listing_error(folder: Path) -> str | None:
+    """Why `folder` cannot be listed, or None."""
     try:
         os.listdir(folder)
     except OSError as exc:
         return (exc.strerror or type(exc).__name__).lower()
-    return "it changed while the batch was planned"
+    return None
 
 
 def sweep_killed_runs(jobs: list[Job]) -> str | None:
