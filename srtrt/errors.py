@@ -12,7 +12,7 @@ class SrtrtError(Exception):
     def __init__(self, message: str, path=None):
         self.path, self.cause = path, message
         # shown whole: a name inside the cause (a folder's, with a newline in it) must not break the line
-        super().__init__(shown(f"{shown(path)}: {message}" if path is not None else message))
+        super().__init__(shown(f"{path}: {message}" if path is not None else message))
 
 
 class CannotWrite(SrtrtError):

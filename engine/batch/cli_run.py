@@ -124,7 +124,7 @@ def main(args) -> int:
                     say(f"srtrt: {job.refusal}", always=job.status == FAILED)
                     continue
                 if job.note:
-                    say(shown(f"srtrt: {shown(job.source)}: {job.note}"))
+                    say(shown(f"srtrt: {job.source}: {job.note}"))
                 decoded = [ahead.take(j) for j in group]
                 ahead.start(following[0] if following else None)  # the next image decodes while this one runs
                 bar.reset(total=0)

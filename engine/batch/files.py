@@ -229,7 +229,7 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, 
             continue
         job = jobs[-1]
         if (named and job.note and getattr(options, "overwrite", False) and os.path.lexists(job.destination)
-                and not same_file(job.destination, source)):  # the input itself: refused below
+                and not writes_over(job.destination, source)):  # the input itself: refused below
             # --overwrite is for the file -o names: a file under the name a video falls back to is the user's
             job.refusal = (f"{shown(job.destination)}: exists, and is not the file -o names ({job.note}); "
                            "--overwrite replaces only that one: remove it, or name it with -o")
@@ -248,7 +248,7 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, 
         if job.refusal or job.destination is None:
             continue
         first = owner.get(real_path(job.destination))
-        if same_file(job.destination, job.source):
+        if writes_over(job.destination, job.source):
             job.refusal = f"{shown(job.destination)}: output path is the input itself" + (f" ({job.note})" if job.note else "")
         elif first is not None and real_path(first) != real_path(job.source):
             job.refusal = (f"{shown(job.source)}: same output name {shown(job.destination.name)} as {shown(first)}; "
@@ -296,10 +296,11 @@ def real_path(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def same_file(a, b) -> bool:
+def writes_over(a, b) -> bool:
     """Whether writing name `a` replaces file `b`: one name after links and `..`, or one name in a
     folder mounted twice (a bind mount, a container's two volumes of one path), which only the
-    folder's device and inode tell. (A hard link is another name: writing it leaves `b` as it was.)"""
+    folder's device and inode tell. (A hard link is another name: writing it, by rename, leaves `b`
+    as it was; outputs.same_file counts it as `b`.)"""
     a, b = real_path(a), real_path(b)
     if a == b:
         return True
@@ -315,7 +316,7 @@ def check_output_file(output: str | None, many: bool, inputs: list[Path]) -> Non
     if output is None or many or os.path.isdir(output) or output.endswith(("/", "\\")):
         return
     output_path(inputs[0], output, many, scale=1)  # its format (one line for an unknown one); no scale in -o itself
-    if same_file(output, inputs[0]):
+    if writes_over(output, inputs[0]):
         raise SrtrtError("output path is the input itself", output)
     check_output_folder(output)
 
@@ -399,7 +400,7 @@ class FileRunner:
         overwrite = self.options.overwrite
         existed = os.path.lexists(destination)
         try:
-            if same_file(destination, source):
+            if writes_over(destination, source):
                 raise SrtrtError("output path is the input itself", destination)
             if existed and not overwrite:
                 return done_future(skipped_existing(source, destination))

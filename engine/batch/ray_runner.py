@@ -236,7 +236,7 @@ def main(args) -> int:
         say(swept)
     for job in jobs:
         if job.note and not job.refusal:
-            say(shown(f"srtrt: {shown(job.source)}: {job.note}"))
+            say(shown(f"srtrt: {job.source}: {job.note}"))
         if job.refusal:
             report.add(Outcome(job.source, job.destination, job.status, job.refusal))
             say(f"srtrt: {job.refusal}", always=job.status == FAILED)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from srtrt.checkpoint import model_files
-from srtrt.engine.batch.files import same_file
+from srtrt.engine.batch.files import writes_over
 from srtrt.engine.datapath.imageio import DEFAULT_MAX_PIXELS
 from srtrt.engine.datapath.runtime import Band, Planes
 from srtrt.engine.video import remux, resume
@@ -139,7 +139,7 @@ def _upscale_video(runner, source: Path, destination: Path, on_frame, on_total, 
     note = "; ".join(filter(None, [plan.note, *plan.losses, what_happens(info.field_order, options.deinterlace)]))
     upscaler = runner.upscaler_for(info.height, info.width)
     tiles = upscaler.plan(info.height, info.width)  # too small for the model: one line now, not per frame
-    if same_file(destination, source):
+    if writes_over(destination, source):
         raise SrtrtError("output path is the input itself" + (f" ({plan.note})" if plan.note else ""), destination)
     if os.path.lexists(destination) and not options.overwrite:
         raise SrtrtError("exists (--overwrite to replace)", destination)
