@@ -91,7 +91,7 @@ def measure_sheet_gap(model: community.CommunityModel) -> int:
     resolution, found with one small pass; then confirmed: three images on a sheet, every conv's
     input masked, each equal to its own whole-image pass in float64. A model with global operations,
     another padding than zeros, or a step the masks do not reach (a convolution written inline, a
-    pooling) fails the confirmation and runs its images one by one."""
+    pooling, a padding inside the forward) fails the confirmation and runs its images one by one."""
     from srtrt.engine.datapath import sheets
     from srtrt.engine.datapath.tiles import allowed_side
 
@@ -128,8 +128,11 @@ def measure_sheet_gap(model: community.CommunityModel) -> int:
     for p in placed:
         x[..., p.top:p.top + p.height, p.left:p.left + p.width] = images[p.index]
         mask[..., p.top:p.top + p.height, p.left:p.left + p.width] = 1
-    with torch.inference_mode(), sheets.masking(module, mask):
-        out = module(x)
+    try:
+        with torch.inference_mode(), sheets.masking(module, mask):
+            out = module(x)
+    except RuntimeError:  # a mask that fits no layer's input: a forward that pads its input first (SRFormer)
+        return 0
     if len(placed) < len(sizes) or out.shape[-1] != sheet[1] * model.scale:
         return 0
     s = model.scale

@@ -82,6 +82,23 @@ def test_options_of_the_wrong_type_or_an_empty_model_are_one_line(tmp_path):
     for folder in (".", "/"):
         with pytest.raises(SrtrtError, match="names no model file"):
             srtrt.load_model(folder)
+    # load_model took "no" as an opt-in, and a model of the wrong type was a TypeError from pathlib
+    with pytest.raises(SrtrtError, match="allow_noncommercial must be True or False, not 'no'"):
+        srtrt.load_model(allow_noncommercial="no")
+    view = srtrt.load_model()
+    for call in (lambda: srtrt.upscale(source, model=view), lambda: srtrt.load_model(view)):
+        with pytest.raises(TypeError, match="not srtrt.nets.InferenceView [(]a loaded model is called directly"):
+            call()
+    for wrong in (source.open("rb"), __import__("io").BytesIO()):
+        with pytest.raises(TypeError, match="output takes a file or folder path"):
+            srtrt.upscale(source, wrong)
+
+
+def test_numpy_integers_and_byte_paths_are_taken(tmp_path):
+    """tile=np.int64(8) was refused as not an integer; a bytes path was taken as `output` only."""
+    (source,) = write_images(tmp_path, 1, height=12, width=16)
+    out = srtrt.upscale(bytes(source), tile=np.int64(8), margin=np.int32(40), model=b"srresnet", **FP32)
+    assert np.array_equal(np.asarray(out), np.asarray(srtrt.upscale(source, **FP32)))
 
 
 def test_a_pil_image_is_held_to_max_pixels_as_a_path_is(tmp_path):
@@ -129,6 +146,47 @@ def test_the_tiff_page_the_caller_chose_is_upscaled_and_stays_chosen(tmp_path):
         out = srtrt.upscale(img, **FP32)
         assert out.size == (32, 32) and img.tell() == 1 and img.size == (8, 8)
         assert np.asarray(out)[..., 2].mean() > np.asarray(out)[..., 0].mean()  # the blue page, not the red one
+
+
+def test_an_edited_tiff_with_a_thumbnail_is_upscaled_as_edited_and_left_as_edited(tmp_path):
+    """Counting the pages seeked the caller's image away and back, which reloads its first page
+    from the file: the edit was dropped from the result and from the caller's image."""
+    tifffile = pytest.importorskip("tifffile")
+    path = tmp_path / "with_thumb.tif"
+    with tifffile.TiffWriter(path) as tiff:
+        tiff.write(np.zeros((16, 16, 3), np.uint8), photometric="rgb")  # a black photo
+        tiff.write(np.zeros((4, 4, 3), np.uint8), photometric="rgb", subfiletype=1)  # its thumbnail
+    with Image.open(path) as img:
+        img.load()
+        img.paste((255, 255, 255), (0, 0, 16, 16))
+        out = srtrt.upscale(img, **FP32)
+        assert np.asarray(img).min() == 255 and np.asarray(out).mean() > 200
+
+
+def test_an_opened_image_is_not_read_again_from_a_file_that_replaced_it(tmp_path, monkeypatch):
+    """An unloaded `Image.open(f)` was read again by its name: a file put in its place since (an
+    atomic save), or a relative name after a change of folder, was upscaled instead."""
+    red, blue = np.zeros((12, 12, 3), np.uint8), np.zeros((12, 12, 3), np.uint8)
+    red[..., 0] = blue[..., 2] = 255
+    Image.fromarray(red).save(tmp_path / "photo.png")
+    Image.fromarray(blue).save(tmp_path / "new.png")
+    monkeypatch.chdir(tmp_path)
+    img = Image.open("photo.png")
+    (tmp_path / "new.png").replace(tmp_path / "photo.png")
+    out = np.asarray(srtrt.upscale(img, **FP32)).reshape(-1, 3).mean(0)
+    assert out[0] > 200 and out[2] < 50
+
+
+def test_a_closed_image_is_said_to_be_closed(tmp_path):
+    (source,) = write_images(tmp_path, 1, height=8, width=8)
+    with Image.open(source) as unloaded:
+        pass
+    loaded = Image.open(source)
+    loaded.load()
+    loaded.close()
+    for img, cause in ((unloaded, "closed before its pixels were loaded"), (loaded, "the PIL image was closed")):
+        with pytest.raises(SrtrtError, match=cause):
+            srtrt.upscale(img, **FP32)
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "LA", "P"])
@@ -297,8 +355,11 @@ def test_a_pil_result_is_upright_and_keeps_its_profile_and_exif(tmp_path, model)
 def test_a_pil_result_carries_the_files_dpi_and_xmp(tmp_path, model):
     xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><r exif:PixelXDimension="28" tiff:Orientation="1"/></x:xmpmeta>'
     Image.fromarray(smooth_image(20, 28)).save(tmp_path / "scan.jpg", dpi=(300, 300), xmp=xmp)
-    out = srtrt.upscale(tmp_path / "scan.jpg", model=model, **FP32)
-    assert out.info["dpi"] == (300, 300) and b'exif:PixelXDimension="112"' in out.info["xmp"]
+    with Image.open(tmp_path / "scan.jpg") as loaded:
+        loaded.load()  # a loaded image, or its copy, was taken without them
+        for given in (tmp_path / "scan.jpg", loaded, loaded.copy()):
+            out = srtrt.upscale(given, model=model, **FP32)
+            assert out.info["dpi"] == (300, 300) and b'exif:PixelXDimension="112"' in out.info["xmp"]
 
 
 def test_a_call_leaves_the_callers_random_stream_as_it_was(tmp_path, model):

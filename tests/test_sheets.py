@@ -320,3 +320,29 @@ def test_alpha_through_the_network_runs_alone(tmp_path, capsys, own_srtrt_cache,
     assert code == 0 and "(sheets)" in err and len(cut) == 10
     assert run_cli(capsys, tmp_path / "in" / "alpha.png", "-o", tmp_path / "alone.png", *run)[0] == 0
     assert np.array_equal(read_image(tmp_path / "out" / "alpha_x4.png").alpha, read_image(tmp_path / "alone.png").alpha)
+
+
+def test_a_network_that_pads_its_input_inside_runs_its_images_one_by_one():
+    """SRFormer pads its input to a window multiple before its first conv: the sheet's mask fit
+    no layer, and measuring the gap was a RuntimeError traceback from load_model and upscale."""
+    import torch.nn.functional as F
+
+    from srtrt.community import CommunityModel
+    from srtrt.zoo import measure_sheet_gap
+
+    class PadsToEight(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3 * 16, 3, padding=1)
+
+        def forward(self, x):
+            h, w = x.shape[2:]
+            x = F.pad(x, (0, -w % 8, 0, -h % 8))
+            return F.pixel_shuffle(self.conv(x), 4)[..., :h * 4, :w * 4]
+
+    model = CommunityModel(module=PadsToEight(), architecture_name="PadsToEight", architecture_id="PadsToEight",
+                           tags=(), scale=4, input_channels=3, output_channels=3, supports_half=True,
+                           supports_bfloat16=True,
+                           minimum=1, multiple_of=1, square=False, tiling="supported", purpose="SR",
+                           global_operations=False, sha256="0" * 64)
+    assert measure_sheet_gap(model) == 0

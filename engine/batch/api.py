@@ -61,9 +61,14 @@ def upscale(image, output=None, **options):
     existing `output` without overwrite=True, or an image that does not fit the device even at
     the smallest tile.
     """
+    if isinstance(image, bytes):  # a path as the file system gives it, as `output` takes one
+        image = os.fsdecode(image)
     if not isinstance(image, (Image.Image, str, os.PathLike)):
         raise TypeError(f"upscale takes a PIL image or a file path, not {type(image).__module__}.{type(image).__name__}"
                         " (PIL.Image.fromarray makes a PIL image of an HxWxC uint8 array)")
+    if output is not None and not isinstance(output, (str, bytes, os.PathLike)):
+        raise TypeError(f"output takes a file or folder path, not {type(output).__module__}.{type(output).__name__}"
+                        " (upscale(image) returns a PIL image to save where you like)")
     if output is not None and isinstance(image, Image.Image):  # before any model is opened
         raise TypeError("writing to `output` takes a path; for a PIL image call upscale(image) and save the result")
     if output is None and not isinstance(image, Image.Image) and is_video(image):

@@ -7,6 +7,8 @@ output) is kept by the same code whichever door an image comes in by.
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import os
 from dataclasses import dataclass
 
 from srtrt.errors import SrtrtError
@@ -44,19 +46,18 @@ class RunOptions:
     deinterlace: str = "auto"        # auto: frames flagged interlaced | on: every frame | off: none
 
     def __post_init__(self):
-        for name in BOOLEAN_OPTIONS:  # overwrite="false" is a str, and true: it replaced files
-            if not isinstance(getattr(self, name), bool):
-                raise SrtrtError(f"{name} must be True or False, not {getattr(self, name)!r}")
-        if self.model is not None and not str(self.model).strip():
-            raise SrtrtError("the model is empty (an unset variable?): name a model file or an embedded model")
+        for name in BOOLEAN_OPTIONS:
+            check_flag(name, getattr(self, name))
+        object.__setattr__(self, "model", model_argument(self.model))
         if self.alpha not in ALPHA_MODES:
             raise SrtrtError(f"alpha must be one of {', '.join(ALPHA_MODES)}, not {self.alpha!r}")
         for name, (least, most) in INTEGER_RANGES.items():
             value = getattr(self, name)
             if value is None:
                 continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
                 raise SrtrtError(f"{name} must be an integer >= {least}, not {value!r}")
+            object.__setattr__(self, name, int(value))  # numpy's integers too, as plain ints from here on
             if most is not None and value > most:
                 raise SrtrtError(f"{name.replace('_', ' ')} must be {least}-{most}, not {value}")
         if self.deinterlace not in DEINTERLACE_MODES:
@@ -84,6 +85,28 @@ class RunOptions:
     def decode_limit(self) -> dict:
         """Keyword arguments for `read_image`: the default limit unless one was given (0 = none)."""
         return {} if self.max_pixels is None else {"max_pixels": self.max_pixels or None}
+
+
+def check_flag(name: str, value) -> None:
+    """A yes/no option is a bool: overwrite="false" is a true string, and it replaced files."""
+    if not isinstance(value, bool):
+        raise SrtrtError(f"{name} must be True or False, not {value!r}")
+
+
+def model_argument(model):
+    """A `model` argument as every command takes it: None, an embedded model's name or a file path
+    (str, bytes or os.PathLike; bytes decoded as the file system does)."""
+    if model is None:
+        return None
+    if isinstance(model, bytes):
+        model = os.fsdecode(model)
+    if not isinstance(model, (str, os.PathLike)):
+        loaded = " (a loaded model is called directly: model(x))" if hasattr(model, "forward") else ""
+        raise TypeError(f"model takes an embedded model's name or a model file's path, not "
+                        f"{type(model).__module__}.{type(model).__name__}{loaded}")
+    if not str(model).strip():
+        raise SrtrtError("the model is empty (an unset variable?): name a model file or an embedded model")
+    return model
 
 
 def file_identity(model: str | None) -> tuple:

@@ -108,17 +108,23 @@ def _description(path: str, source_format: str) -> Description:
         text = tuple(chunk for chunk in text if chunk[1][:len(XMP_KEYWORD) + 1] != XMP_KEYWORD + b"\0")
         xmp = _itxt_text(xmp_chunks[0]) if xmp_chunks else None
     with contextlib.suppress(Exception), open_lazily(path) as img:  # a layout only tifffile reads: none
-        dpi = img.info.get("dpi")
-        xmp = xmp if source_format == "PNG" else img.info.get("xmp")
-        xmp = xmp.encode() if isinstance(xmp, str) else xmp if isinstance(xmp, bytes) and xmp else None
-        # as the decoders read it, the pixels were turned upright; asked only where an XMP says how
-        # (a PNG's getexif decodes the whole image, looking for a late EXIF)
-        if xmp and _orientation_and_exif(img)[0] != 1:
-            xmp = _xmp_upright(xmp)
+        dpi, xmp = _dpi_and_xmp(img, xmp if source_format == "PNG" else None)
+    return Description(dpi, xmp, text, colour)
+
+
+def _dpi_and_xmp(img: Image.Image, xmp: bytes | None = None) -> tuple:
+    """(dpi, XMP) as Pillow holds them for an image (`xmp` where it was read otherwise), each None
+    where absent or not usable."""
+    dpi = img.info.get("dpi")
+    xmp = xmp if xmp is not None else img.info.get("xmp")
+    xmp = xmp.encode() if isinstance(xmp, str) else xmp if isinstance(xmp, bytes) and xmp else None
+    # as the decoders read it, the pixels were turned upright; asked only where an XMP says how
+    # (a PNG's getexif decodes the whole image, looking for a late EXIF)
+    if xmp and _orientation_and_exif(img)[0] != 1:
+        xmp = _xmp_upright(xmp)
     if not (isinstance(dpi, tuple) and len(dpi) == 2 and all(0 < float(v) < 1e6 for v in dpi)):
         dpi = None
-    xmp = xmp if isinstance(xmp, bytes) and xmp else None
-    return Description(dpi, xmp, text, colour)
+    return dpi, xmp
 
 
 XMP_KEYWORD = b"XML:com.adobe.xmp"  # the iTXt keyword of a PNG's XMP packet
@@ -198,19 +204,37 @@ def from_pil(img: Image.Image, path=None, max_pixels: int | None = DEFAULT_MAX_P
     # `srtrt run` reads the file (all 16 bits, a grey PNG's colour key as alpha, signed TIFF refused).
     # Other formats (GIF, PPM, ...) are not opened by read_image: they are taken as decoded here.
     if (filename and img.tile and frame == 0 and img.format in (*INPUT_FORMATS, "MPO")
-            and not getattr(img, "decoderconfig", None) and os.path.isfile(filename)):
+            and not getattr(img, "decoderconfig", None) and _still_named(img, filename)):
         return read_image(filename, max_pixels)
+    if getattr(img, "tile", None) and getattr(img, "fp", None) is None:  # Pillow itself fails on it with a bare AssertionError
+        raise SrtrtError("the PIL image was closed before its pixels were loaded (call load() before "
+                         "closing it, or upscale the file)", path)
     try:
         if frame == 0:  # as a file of it is: an opened animation is all its frames
             _refuse_more_than_one_image(img, path)
         # else the caller chose this frame or page: that image is upscaled, and the caller's image stays there
         _refuse_signed_tiff(img, path)
         img.load()
-        return _normalise(img, path, img.format or "memory")
+        decoded = _normalise(img, path, img.format or "memory")
     except SrtrtError:
         raise
+    except ValueError as exc:
+        if "closed image" not in str(exc):
+            raise SrtrtError(_describe_decode_error(exc), path) from exc
+        raise SrtrtError("the PIL image was closed (Image.close() frees its pixels)", path) from exc
     except Exception as exc:
         raise SrtrtError(_describe_decode_error(exc), path) from exc
+    decoded.description = Description(*_dpi_and_xmp(img))
+    return decoded
+
+
+def _still_named(img: Image.Image, filename: str) -> bool:
+    """Whether `filename` still names the file the image was opened from: a file replaced under
+    that name since, or a relative name read from another working folder, names another."""
+    try:
+        return os.path.samestat(os.fstat(img.fp.fileno()), os.stat(filename))
+    except (AttributeError, OSError, ValueError):  # no file object, or one without a descriptor
+        return False
 
 
 # Pillow's own bomb check is a process-wide setting, read inside Image.open and again when
@@ -287,19 +311,35 @@ def _refuse_more_than_one_image(img: Image.Image, path) -> None:
     """An animation or a multi-page TIFF is refused: upscaling its first image alone would drop
     the rest without a word. Thumbnails and masks stored as further TIFF pages do not count, nor
     the images a JPEG lists in its MPF index (MPO): the first is the photo (_note_mpf_images)."""
+    if img.format == "TIFF":
+        if pages := _tiff_images_after_first(img):
+            raise _multi_page(1 + pages, path)
+        return
     frames = getattr(img, "n_frames", 1)
     if frames <= 1:
         return
     if img.format == "MPO":
         _note_mpf_images(img, path)
         return
-    if img.format != "TIFF":
-        raise SrtrtError(f"an animated image ({frames} frames); srtrt upscales still images and "
-                         "videos: convert it to a video (e.g. .mkv) or to single frames", path)
-    pages = [index for index in range(1, frames) if not _auxiliary_page(img, index)]
-    img.seek(0)
-    if pages:
-        raise _multi_page(1 + len(pages), path)
+    raise SrtrtError(f"an animated image ({frames} frames); srtrt upscales still images and "
+                     "videos: convert it to a video (e.g. .mkv) or to single frames", path)
+
+
+def _tiff_images_after_first(img: Image.Image) -> int:
+    """A TIFF's pages after its first that are images of their own (not thumbnails or masks), read
+    through a second view of its file: counting or seeking the caller's image would reload its
+    first page from the file when it came back, losing what the caller changed in memory."""
+    # Once pixels are loaded, Pillow keeps a many-page TIFF's file only as `_fp`, for seeking; a
+    # one-page TIFF's file it closes, and a closed image has none (its use fails, and says so, later)
+    file = getattr(img, "fp", None) or getattr(img, "_fp", None)
+    if not hasattr(file, "seek") or getattr(file, "closed", False):
+        return 0
+    position = file.tell()
+    try:
+        with _pillow_size_check_lifted(), Image.open(file, formats=["TIFF"]) as view:
+            return sum(not _auxiliary_page(view, index) for index in range(1, view.n_frames))
+    finally:
+        file.seek(position)
 
 
 def _note_mpf_images(img: Image.Image, path) -> None:
