@@ -22,7 +22,7 @@ from srtrt.engine.toolchain.export import export_onnx  # noqa: E402
 from srtrt.hardware import cpu_has_fast_bf16  # noqa: E402
 
 from conftest import random_view, smooth_image  # noqa: E402
-from run_helpers import partials, run_cli, save_tiny_model, write_images  # noqa: E402
+from run_helpers import partials, pixels, run_cli, save_tiny_model, write_images  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -408,6 +408,26 @@ def test_cli_with_a_corrupt_cached_export_exports_it_again(tmp_path, monkeypatch
     code, err = run_cli(capsys, image, "-o", out, "--model", weights, "--backend", "openvino")
     assert code == 0 and out.is_file(), err
     assert metadata(cached)["model_sha256"] == file_sha256(weights) and not partials(tmp_path)
+
+
+def test_a_cached_graph_damaged_inside_its_weights_is_exported_again(tmp_path, monkeypatch, capsys):
+    """Its record's sha256 no longer matched, and the graph was judged by its ONNX metadata, which
+    damage inside the weights leaves whole: the record was rewritten to the damaged bytes and every
+    later run wrote wrong pixels, exit 0."""
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    weights = save_tiny_model(tmp_path)
+    (image,) = write_images(tmp_path / "in", 1)
+    run = ("--model", weights, "--backend", "openvino", "--precision", "fp32")
+    assert run_cli(capsys, image, "-o", tmp_path / "good.png", *run)[0] == 0
+    (graph,) = (tmp_path / "cache" / "onnx").glob("*.onnx")
+    data = bytearray(graph.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = bytes(4096)
+    graph.write_bytes(data)
+    code, err = run_cli(capsys, image, "-o", tmp_path / "again.png", *run)
+    assert code == 0, err
+    assert np.array_equal(pixels(tmp_path / "again.png"), pixels(tmp_path / "good.png"))
+    assert graph.read_bytes() != bytes(data)
 
 
 def test_importing_openvino_through_srtrt_starts_no_telemetry_and_forks_nothing():

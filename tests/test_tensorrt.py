@@ -134,6 +134,17 @@ def test_store_and_lookup(cache):
     assert not list(cache.glob("*.tmp")) and not list(cache.glob(".*"))
 
 
+@pytest.mark.parametrize("which", ["plan", "sidecar"])
+def test_a_folder_in_a_cached_plans_place_is_replaced_by_the_plan(cache, which):
+    """`store` spilled every build to a temporary folder (IsADirectoryError), blaming the writable
+    root, and `srtrt build` exited 1 each time: the build's plan was lost for good."""
+    k = key()
+    where = engine_cache.plan_path(k)
+    (where if which == "plan" else engine_cache.sidecar_path(where)).mkdir(parents=True)
+    assert engine_cache.store(k, b"plan bytes", {"scale": 4, "radius": 40}) == where
+    assert engine_cache.lookup(k) == where and where.read_bytes() == b"plan bytes"
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e)
     assert "\n" not in text, text

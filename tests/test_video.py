@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import signal
 import threading
@@ -25,7 +26,7 @@ av = pytest.importorskip("av")
 from srtrt.engine.video.colour import Colour  # noqa: E402
 from srtrt.engine.video.planes import frame_to_rgb, rgb_to_frame  # noqa: E402
 
-from run_helpers import partials, save_tiny_model, srtrt_process  # noqa: E402
+from run_helpers import partials, save_tiny_model, srtrt_process, write_images  # noqa: E402
 from run_helpers import run_cli as run  # noqa: E402
 
 
@@ -860,7 +861,6 @@ def test_a_fifo_named_like_a_video_is_refused_at_once(tmp_path, model):
     import os
     import subprocess
 
-    from run_helpers import write_images
 
     image = write_images(tmp_path, 1)[0]
     os.mkfifo(tmp_path / "clip.mp4")
@@ -1220,6 +1220,57 @@ def test_resume_starts_afresh_when_the_model_file_changed(tmp_path, capsys, mode
     assert code == 0, err
     assert packets(tmp_path / "resumed.mp4", "video") == packets(tmp_path / "fresh.mp4", "video")
     assert not work.exists()
+
+
+@pytest.mark.parametrize("damage", ["zeroed", "swapped", "cut short", "frames a string", "a name outside"])
+def test_resume_makes_again_a_segment_changed_since_it_was_written(tmp_path, capsys, model, damage):
+    """Only a listed segment's existence was checked: one damaged on disk (a zeroed block) or swapped
+    for another run's was joined, exit 0 (16 frames that did not decode, 48 of another video); one
+    cut short failed the run after encoding the rest; a manifest value of another type was a
+    traceback on every --resume, and the rest of the batch was lost."""
+    source = _long_clip(tmp_path)
+    work = tmp_path / ".long_x4.mp4.srtrt-video"
+    _stop_after_segments(source, tmp_path / "long_x4.mp4", model, 3)
+    segment = work / "seg-00001.mp4"
+    data = bytearray(segment.read_bytes())
+    manifest = json.loads((work / "manifest.json").read_text())
+    if damage == "zeroed":
+        data[len(data) // 2:len(data) // 2 + 512] = bytes(512)
+        segment.write_bytes(data)
+    elif damage == "swapped":
+        segment.write_bytes((work / "seg-00002.mp4").read_bytes())
+    elif damage == "cut short":
+        segment.write_bytes(data[:len(data) // 3])
+    else:
+        manifest["segments"][-1 if damage == "frames a string" else 1].update(
+            {"frames": "24"} if damage == "frames a string" else {"file": "../long.mp4"})
+        (work / "manifest.json").write_text(json.dumps(manifest))
+    (image,) = write_images(tmp_path / "images", 1)
+    code, err = run(capsys, source, image, "-o", f"{tmp_path}/", "--model", model, "--backend", "torch", "--resume")
+    assert code == 0 and "Traceback" not in err, err
+    if damage in ("zeroed", "swapped", "cut short"):
+        assert "a closed segment had changed since it was written (damaged or replaced)" in err, err
+    code, err = run(capsys, source, "-o", tmp_path / "fresh.mp4", "--model", model, "--backend", "torch")
+    assert code == 0, err
+    assert packets(tmp_path / "long_x4.mp4", "video") == packets(tmp_path / "fresh.mp4", "video")
+    assert (tmp_path / f"{image.stem}_x4.png").is_file() and not work.exists()
+
+
+def test_a_source_replaced_by_another_of_the_same_size_and_time_is_another_source(tmp_path):
+    """The source was known by path, size and mtime: another video padded to the same size and given
+    the same time (`touch -r`) was resumed, its first frames the old video's."""
+    from srtrt.engine.video.resume import source_key
+
+    for size in (1000, 5 << 20):  # read whole, and sampled
+        clip = tmp_path / "clip.mp4"
+        data = bytearray(os.urandom(size))
+        clip.write_bytes(data)
+        kept, stat = source_key(clip), clip.stat()
+        data[:4] = bytes(b ^ 0xFF for b in data[:4])
+        clip.write_bytes(data)
+        os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        again = source_key(clip)
+        assert (again["size"], again["mtime_ns"]) == (kept["size"], kept["mtime_ns"]) and again != kept
 
 
 def test_resume_starts_afresh_when_the_tiles_changed(tmp_path, capsys, model):

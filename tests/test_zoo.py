@@ -426,6 +426,33 @@ def test_a_failed_dynamic_export_is_remembered_for_the_next_process(model_files,
     assert "window partition" in export_isolated.dynamic_failure(srtrt.load_model(model_files["swinir"]), graph)
 
 
+@pytest.mark.parametrize("child_end, remembered", [(-9, False), (2, True)])
+def test_only_an_exporters_own_refusal_is_remembered_not_a_killed_child(model_files, monkeypatch, tmp_path,
+                                                                         child_end, remembered):
+    """An exporter child killed (the OOM killer) was remembered as "does not export" for good: every
+    later run of the model exported and compiled a static graph per window shape, without a word."""
+    pytest.importorskip("openvino")
+    import subprocess
+
+    from srtrt.engine.backends import create_backend
+    from srtrt.engine.toolchain import export_isolated
+
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(export_isolated, "_failed", {})
+    if not remembered:  # a cache that has exported another model (a refusal is remembered in a new one too)
+        (tmp_path / "cache" / "onnx").mkdir(parents=True)
+    real_run = export_isolated._run_child
+
+    def child(command, path):  # python -m MODULE MODEL OUT PRECISION POLYPHASE EXPORTER NONCOMMERCIAL SHAPE ...
+        if command[9] == "dynamic":
+            return subprocess.CompletedProcess(command, child_end, "", "ValueError: the graph is wrong")
+        return real_run(command, path)
+    monkeypatch.setattr(export_isolated, "_run_child", child)
+    selection = create_backend("openvino", precision="fp32", view=srtrt.load_model(model_files["compact"]))
+    selection.backend.close()
+    assert bool(list((tmp_path / "cache" / "onnx").glob("*.failed"))) == remembered
+
+
 def test_run_names_the_output_by_scale_and_says_how_exact(model_files, tmp_path, capsys):
     image = tmp_path / "photo.png"
     Image.fromarray(smooth_image(30, 40, seed=1)).save(image)

@@ -9,6 +9,7 @@ was picked and why, so users never have to guess.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -112,6 +113,8 @@ def _exported_onnx_at(path: Path, view, precision: str, polyphase: bool, shape: 
     if path.exists() and not _this_models_graph(path, view, precision, polyphase):
         with contextlib.suppress(OSError):  # emptied, cut short, another model's or no file: made again, never run
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        with contextlib.suppress(OSError):  # its record describes the bytes removed
+            path.with_name(path.name + ".json").unlink()
         if path.exists():  # _exported_onnx keeps the graph for this run elsewhere
             raise CannotWrite("is not this model's graph and cannot be removed", path)
     if not path.exists():
@@ -127,7 +130,7 @@ def _exported_onnx_at(path: Path, view, precision: str, polyphase: bool, shape: 
                                    float_graph=float_graph)
         finally:
             _EXPORTING[0] += time.perf_counter() - started
-        if not _this_models_graph(path, view, precision, polyphase):  # also records it, for the next process
+        if not _this_models_graph(path, view, precision, polyphase, just_exported=True):  # and records it
             with contextlib.suppress(OSError):  # a community model's child process loads its file again
                 path.unlink()
             raise SrtrtError("the file changed while srtrt read it (its graph is of other weights); run again",
@@ -135,11 +138,14 @@ def _exported_onnx_at(path: Path, view, precision: str, polyphase: bool, shape: 
     return path
 
 
-def _this_models_graph(path, view, precision: str, polyphase: bool) -> bool:
+def _this_models_graph(path, view, precision: str, polyphase: bool, just_exported: bool = False) -> bool:
     """Whether the cached graph at `path` is whole and was exported from this model's weights in this
     form. Its record (`<graph>.json`: the model's sha256, the form, the graph's own sha256) says so in
-    milliseconds; a graph without a matching record is judged by its ONNX metadata (written last, so a
-    file cut short has none), which needs the onnx package (0.7 s to import), and recorded."""
+    milliseconds. A graph whose record disagrees is damaged (its metadata, written last, survives
+    damage inside the weights), unless this process has just exported it (another process's export
+    may have recorded its own bytes meanwhile). A graph without a record (one written before records
+    were, or whose record could not be written) is judged by its ONNX metadata (a file cut short has
+    none), which needs the onnx package (0.7 s to import), and recorded."""
     import json
 
     from srtrt.checkpoint import file_sha256
@@ -155,6 +161,8 @@ def _this_models_graph(path, view, precision: str, polyphase: bool) -> bool:
     with contextlib.suppress(OSError, ValueError, RecursionError):
         if json.loads(record.read_text()) == {**wanted, "sha256": graph_sha256}:
             return True
+    if os.path.lexists(record) and not just_exported:
+        return False
     from srtrt import atomic
     from srtrt.engine.toolchain.onnx_io import metadata
 
@@ -177,7 +185,7 @@ def _onnx_graphs(view, precision: str, polyphase: bool) -> OnnxGraphs:
 
     if not isinstance(view, CommunityView):
         return OnnxGraphs(dynamic=_exported_onnx(view, precision, polyphase))
-    from srtrt.engine.toolchain.export_isolated import dynamic_failure, remember_dynamic_failure
+    from srtrt.engine.toolchain.export_isolated import ExportFailed, dynamic_failure, remember_dynamic_failure
 
     dynamic = _onnx_path(view, precision, polyphase)
     # Whether a dynamic graph holds at every size is judged on its fp32 trace (export_isolated._child);
@@ -186,8 +194,9 @@ def _onnx_graphs(view, precision: str, polyphase: bool) -> OnnxGraphs:
     if dynamic_failure(view, dynamic) is None and dynamic_failure(view, judged) is None:
         try:
             return OnnxGraphs(dynamic=_exported_onnx(view, precision, polyphase))
-        except SrtrtError as e:  # the next process goes straight to the static graphs
-            remember_dynamic_failure(judged if precision == "int8" else dynamic, str(e))
+        except SrtrtError as e:  # the next process goes straight to the static graphs, where the model is why
+            if isinstance(e, ExportFailed) and e.lasting:
+                remember_dynamic_failure(judged if precision == "int8" else dynamic, str(e))
     facts = view.facts
     graphs = OnnxGraphs(static=lambda shape: _exported_onnx(view, precision, polyphase, shape),
                         name=dynamic.name.replace(".onnx", "-NxCxHxW.onnx"),

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,6 +314,9 @@ def store(key: EngineKey, plan: bytes, info: dict | None = None, root: Path | No
     cache that cannot take it (its disk full, something not a file where the entry goes) keeps it
     for this process only (cache.spilled, said once), so a build's `-o` copy and a run still get it."""
     path = plan_path(key, root)
+    for entry in (path, sidecar_path(path)):  # the cache's own names: a folder there would refuse every plan
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
     try:
         return write_plan(path, key, plan, info)
     except OSError as e:

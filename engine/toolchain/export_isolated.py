@@ -40,7 +40,7 @@ DYNAMIC_FAILS = frozenset({"SwinIR", "HAT", "GRL"})  # GRL: both exporters fail,
 UNTRACED = "a size it was not traced at"  # how the child's check says a dynamic graph holds at one size only
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # torch.export colours its messages
 
-_failed: dict[tuple, str] = {}  # (weights, precision, polyphase, shape or None) -> why: one process tries each once
+_failed: dict[tuple, tuple] = {}  # (weights, precision, polyphase, shape or None) -> (why, lasting): tried once a process
 
 
 CANNOT_WRITE = 75  # the child's exit status when the graph could not be written (EX_TEMPFAIL)
@@ -58,8 +58,8 @@ def export_community(view, path: Path, precision: str, polyphase: bool,
     a size it was not traced at."""
     key = (view.checkpoint_sha256, precision, polyphase, shape)  # one window shape failing says nothing of another
     if key in _failed:
-        raise SrtrtError(_failed[key], view.source)
-    failures = []
+        raise ExportFailed(*_failed[key], view.source)
+    failures, of_the_machine = [], False
     exporters = ("torchscript", "dynamo") if quick else ("dynamo", "torchscript")
     for exporter in exporters:
         command = [sys.executable, "-m", __name__, str(view.source), str(path), precision, str(int(polyphase)), exporter,
@@ -70,17 +70,30 @@ def export_community(view, path: Path, precision: str, polyphase: bool,
             done = _run_child(command, path)
         except subprocess.TimeoutExpired:
             failures.append(f"{exporter}: no result in {TIMEOUT_S} s")
+            of_the_machine = True
             continue
         if done.returncode == 0 and path.is_file():
             return path
         if done.returncode == CANNOT_WRITE:  # the disk, not the model: no other exporter is tried, nothing remembered
             raise CannotWrite(_cause(done), path)
         failures.append(f"{exporter}: {_cause(done)}")
+        of_the_machine |= done.returncode < 0  # a signal: the OOM killer, a user's kill
         if exporter == "dynamo" and UNTRACED in failures[-1]:
             break  # the tracer bakes in more of the input size than torch.export, never less
     stage = "" if shape is None else f" at a static {'x'.join(map(str, shape[2:]))} window"
-    _failed[key] = f"{view.facts.architecture} does not export to ONNX{stage} ({'; '.join(failures)})"
-    raise SrtrtError(_failed[key], view.source)
+    _failed[key] = (f"{view.facts.architecture} does not export to ONNX{stage} ({'; '.join(failures)})",
+                    not of_the_machine)
+    raise ExportFailed(*_failed[key], view.source)
+
+
+class ExportFailed(SrtrtError):
+    """No exporter took the model. `lasting`: every exporter refused it with an error of its own,
+    which the next process would meet again; a child killed (the OOM killer) or out of time says
+    more of this machine at this moment than of the model."""
+
+    def __init__(self, message: str, lasting: bool, path=None):
+        super().__init__(message, path)
+        self.lasting = lasting
 
 
 def _run_child(command: list[str], path: Path) -> subprocess.CompletedProcess:
@@ -148,6 +161,7 @@ def remember_dynamic_failure(path: Path, why: str) -> None:
     import torch
 
     try:  # a cache that cannot be written costs the next process the attempt, nothing more
+        path.parent.mkdir(parents=True, exist_ok=True)  # the first graph of a new cache folder
         Path(f"{path}.failed").write_text(json.dumps({"torch": torch.__version__, "why": why}))
     except OSError:
         pass

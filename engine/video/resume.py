@@ -8,20 +8,26 @@ Segments start at the input's keyframes, so a resumed run seeks the input straig
 first frame of the first missing segment and the decoded frames are the same as in one pass.
 The manifest is rewritten atomically after each segment is renamed into place, so it never
 lists a segment that is not whole; a death loses at most the segment in progress. A manifest
-made for another source file or other settings is not resumed from. A run holds the folder
+made for another source file (its path, size, time and a sample of its bytes) or other settings
+is not resumed from; a segment whose size or sha256 is not what was recorded (damaged, replaced)
+is made again, with every segment after it. A run holds the folder
 (flock on it) while it writes: a second run for the same output is refused, not let in to delete
 the first one's segments.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
+import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from srtrt.atomic import hidden_name, write_text
+from srtrt.checkpoint import file_sha256
 from srtrt.errors import SrtrtError
 
 try:
@@ -30,6 +36,8 @@ except ImportError:  # Windows
     fcntl = None
 
 MANIFEST = "manifest.json"
+SEGMENT_NAME = re.compile(r"seg-[0-9]{5}\.mp4")
+SAMPLES, SAMPLE_BYTES = 16, 1 << 16
 
 
 def work_folder(destination: Path) -> Path:
@@ -38,7 +46,22 @@ def work_folder(destination: Path) -> Path:
 
 def source_key(source: Path) -> dict:
     stat = os.stat(source)
-    return {"path": str(Path(source).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"path": str(Path(source).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "sample_sha256": _sample_sha256(source, stat.st_size)}
+
+
+def _sample_sha256(path: Path, size: int) -> str:
+    """sha256 of 16 slices of 64 KiB spread over the file (all of a smaller one): another file given
+    the same size and time (`touch -r`) differs in them, and a video of many GB is read in milliseconds."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= SAMPLES * SAMPLE_BYTES:
+            digest.update(f.read())
+        else:
+            for i in range(SAMPLES):
+                f.seek((size - SAMPLE_BYTES) * i // (SAMPLES - 1))
+                digest.update(f.read(SAMPLE_BYTES))
+    return digest.hexdigest()
 
 
 @dataclass
@@ -47,7 +70,9 @@ class Segment:
     first: int   # index of its first frame
     frames: int
     first_pts: int
-    end_pts: int | None = None  # where its last frame ends (the input's time base); None in older manifests
+    end_pts: int | None  # where its last frame ends (the input's time base)
+    size: int
+    sha256: str
 
 
 @dataclass
@@ -57,6 +82,7 @@ class Work:
     segments: list[Segment] = field(default_factory=list)
     lock: int | None = None    # the folder, open and held while this run writes it
     started_over: int = 0      # closed segments a --resume found but could not take (another source or settings)
+    damaged: int = 0           # closed segments a --resume found changed since they were recorded, made again
 
     @property
     def next_index(self) -> int:
@@ -66,7 +92,8 @@ class Work:
         return self.folder / f"seg-{number:05d}.mp4"
 
     def add(self, path: Path, first: int, frames: int, first_pts: int, end_pts: int) -> None:
-        self.segments.append(Segment(path.name, first, frames, first_pts, end_pts))
+        self.segments.append(Segment(path.name, first, frames, first_pts, end_pts, path.stat().st_size,
+                                     file_sha256(path)))
         self.save()
 
     def save(self) -> None:
@@ -98,8 +125,11 @@ def start(destination: Path, key: dict, resume: bool) -> Work:
         os.close(lock)
         raise SrtrtError("another srtrt run is writing this output now", destination)
     try:
-        if resume and (segments := _closed_segments(folder, key)) is not None:
-            return Work(folder, key, segments, lock)
+        if resume and (found := _closed_segments(folder, key)) is not None:
+            work = Work(folder, key, found[0], lock, damaged=found[1])
+            if work.damaged:
+                work.save()  # listing only the segments taken
+            return work
         unusable = _segments_listed(folder) if resume else 0
         for leftover in folder.iterdir():  # emptied, not removed: the folder itself is what is held
             if leftover.is_dir():
@@ -127,17 +157,46 @@ def _take(lock: int) -> bool:
     return True
 
 
-def _closed_segments(folder: Path, key: dict) -> list[Segment] | None:
-    """The segments an earlier run of the same key closed, or None when there is nothing to resume."""
+def _closed_segments(folder: Path, key: dict) -> tuple[list[Segment], int] | None:
+    """(the segments an earlier run of the same key closed that are as it recorded them, how many it
+    listed after the first that is not), or None when there is nothing to resume."""
     try:
         data = json.loads((folder / MANIFEST).read_text())
-        if data.get("key") == key:
-            segments = [Segment(**s) for s in data.get("segments", [])]
-            if all((folder / s.file).is_file() for s in segments):
-                return segments
-    except (OSError, ValueError, TypeError, AttributeError, RecursionError):
-        pass
-    return None
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or data.get("key") != key or not isinstance(data.get("segments"), list):
+        return None
+    taken: list[Segment] = []
+    for entry in data["segments"]:
+        segment = _recorded_segment(entry, taken[-1].first + taken[-1].frames if taken else 0)
+        if segment is None or not _as_recorded(folder / segment.file, segment):
+            break
+        taken.append(segment)
+    return taken, len(data["segments"]) - len(taken)
+
+
+def _recorded_segment(entry, first: int) -> Segment | None:
+    """A manifest's entry as a Segment, or None where it is not one (a value of another type, a
+    name outside the folder, frames not following on from the segment before)."""
+    def number(value) -> bool:
+        return type(value) is int
+
+    if not isinstance(entry, dict) or set(entry) != {f.name for f in dataclasses.fields(Segment)}:
+        return None
+    segment = Segment(**entry)
+    if not (isinstance(segment.file, str) and SEGMENT_NAME.fullmatch(segment.file) and segment.first == first
+            and number(segment.frames) and segment.frames > 0 and number(segment.first_pts)
+            and (segment.end_pts is None or number(segment.end_pts)) and number(segment.size)
+            and isinstance(segment.sha256, str)):
+        return None
+    return segment
+
+
+def _as_recorded(path: Path, segment: Segment) -> bool:
+    try:
+        return path.is_file() and path.stat().st_size == segment.size and file_sha256(path) == segment.sha256
+    except OSError:
+        return False
 
 
 def _segments_listed(folder: Path) -> int:
