@@ -113,7 +113,7 @@ def smoke_photos(folder: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     ap.add_argument("outdir", type=Path)
     ap.add_argument("--minutes", type=float, required=True, help="wall-clock budget for both phases together")
     ap.add_argument("--gan-share", type=float, default=0.5, help="fraction of the budget for the srgan-mse phase")

@@ -44,7 +44,7 @@ def merge(parts: list[Path]) -> dict | None:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        print("usage: python bench/merge_results.py OUT.json PART.json [PART.json ...]", file=sys.stderr)
         return 2
     out, parts = Path(argv[0]), [Path(a) for a in argv[1:]]
     try:

@@ -160,7 +160,7 @@ def _at_least_one(text: str) -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     ap.add_argument("--precision", nargs="+", default=["bf16", "int8"], choices=["fp32", "bf16", "int8", "int8-prelu"])
     ap.add_argument("--model", default=None, help="checkpoint path or embedded name (default: the default model)")
     ap.add_argument("--runs", type=_at_least_one, default=3, help="timed runs per precision (the median is kept)")

@@ -450,7 +450,7 @@ def summary(runs: list[Run]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("json", nargs="*", type=Path, help="benchmark JSON files (default: bench/results/*.json)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for REPORT.md and the PNGs")
     args = parser.parse_args(argv)

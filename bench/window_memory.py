@@ -48,7 +48,7 @@ def growth(model: str | None, precision: str, path: str, side: int) -> tuple[int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--model", help="a model file (default: srtrt's embedded model)")
     parser.add_argument("--precision", default="int8", choices=["int8", "bf16", "fp32"])
     parser.add_argument("--sides", type=int, nargs=2, default=[128, 256], metavar=("SMALL", "LARGE"))

@@ -167,7 +167,7 @@ def _names(text: str) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m srtrt.kernels.aot", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m srtrt.kernels.aot", description=(__doc__ or "").partition("\n")[0])
     ap.add_argument("--out", required=True, help="C file to write")
     ap.add_argument("--archs", default=";".join(map(str, DEFAULT_ARCHS)))
     ap.add_argument("--dtypes", default="fp32;fp16;bf16")

@@ -55,8 +55,15 @@ def open_regular(path: str | os.PathLike):
 
 def read_regular(path: str | os.PathLike, limit: int) -> bytes:
     """The bytes of the regular file at `path`, refusing (TooLarge) one longer than `limit`."""
+    chunks, length = [], 0
     with open_regular(path) as f:
-        data = f.read(limit + 1)
+        while length <= limit:  # in pieces: read(n) allocates all n bytes first, for a file of a few
+            chunk = f.read(min(1 << 20, limit + 1 - length))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            length += len(chunk)
+    data = b"".join(chunks)
     if len(data) > limit:
         raise TooLarge(limit, data[:limit], path)
     return data

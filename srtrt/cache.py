@@ -49,22 +49,36 @@ def cache_dir(kind: str) -> Path:
 
 def _writable_or_stand_in(root: Path) -> Path:
     try:
+        if not _utf8_name(root):
+            raise OSError("its name is not UTF-8, as OpenVINO and onnxruntime read file names")
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=root, prefix=".srtrt-probe-") as probe:
             probe.write(b"srtrt")
             probe.flush()  # a full disk refuses the bytes, not the name
         return root
     except OSError as e:
-        cause = "not a folder" if root.exists() and not root.is_dir() else e.strerror or str(e)
+        # os.path's tests, which say False where a folder above may not be entered (pathlib's raise)
+        cause = "not a folder" if os.path.exists(root) and not os.path.isdir(root) else e.strerror or str(e)
         stand_in = _temporary_folder()
         kept = ""
-        if root.is_dir():
+        if os.path.isdir(root) and os.access(root, os.R_OK | os.X_OK):
             _link_entries(root, stand_in)
             kept = ", and reads what is cached there"
         warnings.warn(f"{root}: cannot keep srtrt's cache there ({cause}); this run caches in a "
                       f"temporary folder, removed when it ends{kept} (SRTRT_CACHE chooses another)", OutputNote,
                       stacklevel=3)
         return stand_in
+
+
+def _utf8_name(root: Path) -> bool:
+    """Whether the file system's bytes for `root` are its UTF-8 text: OpenVINO and onnxruntime take
+    names as UTF-8, so bytes the locale could not decode, or a Latin-1 locale's accents, reach them
+    as another name (a file "not found", a cache written to a stray folder)."""
+    text = os.fspath(root)
+    try:
+        return os.fsencode(text) == text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
 
 
 _spill: dict[Path, Path] = {}  # cache root -> this process's folder for entries it could not take (made on need)

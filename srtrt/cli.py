@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 
 from .errors import SrtrtError
@@ -264,11 +265,10 @@ def _output_notes_as_lines(quiet: bool):
         if not quiet:
             print(f"srtrt: {message}", file=sys.stderr)
 
-    warnings.showwarning = show
-    try:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("always", category=OutputNote)  # a line, also under -W error / PYTHONWARNINGS=error
+        warnings.showwarning = show
         yield
-    finally:
-        warnings.showwarning = shown
 
 
 class _ReaderMayGo:
@@ -283,6 +283,9 @@ class _ReaderMayGo:
     def write(self, text: str) -> int:
         try:
             return self._stream.write(text)
+        except UnicodeEncodeError:  # a name the stream's encoding lacks (PYTHONIOENCODING=ascii): escaped
+            encoding = self._stream.encoding or "ascii"
+            return self.write(text.encode(encoding, "backslashreplace").decode(encoding))
         except OSError:
             self._to_null()
             return len(text)
@@ -309,11 +312,14 @@ class _ReaderMayGo:
 @contextlib.contextmanager
 def _readers_may_go():
     before = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = (None if s is None else _ReaderMayGo(s) for s in before)
-    try:
-        yield
-    finally:
-        sys.stdout, sys.stderr = before
+    # a stream the process was started without (`2>&-`, cron) is /dev/null: print(file=None) writes
+    # to stdout, which would mix the log into the command's output
+    with open(os.devnull, "w") as null:
+        sys.stdout, sys.stderr = (null if s is None else _ReaderMayGo(s) for s in before)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = before
 
 
 def main(argv=None) -> int:
@@ -333,6 +339,16 @@ def main(argv=None) -> int:
         except SrtrtError as e:
             print(f"srtrt: {e}", file=sys.stderr)
             return e.exit_code
+        except MemoryError:  # outside the tiles' own ladder: an import or a read under `ulimit -v`
+            print("srtrt: not enough memory (a limit such as ulimit -v, or the machine's own)", file=sys.stderr)
+            return 1
+        except ImportError as e:  # a library that cannot be mapped (`ulimit -v`), or an install broken since
+            from srtrt.errors import shown
+
+            why = shown((str(e).splitlines() or [""])[0])
+            memory = "; not enough memory to map it (a limit such as ulimit -v?)" if "map segment" in why else ""
+            print(f"srtrt: cannot load {e.name or 'a library'}: {why}{memory}", file=sys.stderr)
+            return 1
         except OSError as e:  # the system refused what no check foresaw (a folder's permissions, a name's length)
             from srtrt.errors import shown
 

@@ -54,3 +54,22 @@ def test_ptx_entry_refuses_text_without_one_kernel():
 
     with pytest.raises(ValueError, match="one .entry"):
         aot.ptx_entry(".version 8.0\n.target sm_80\n")
+
+
+def test_the_build_steps_python_runs_under_optimised_python():
+    """`python -OO` strips docstrings: the AOT command's help was built from its docstring (an
+    AttributeError), and CMake's import check was an `assert`, which -O removes."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    help_text = subprocess.run([sys.executable, "-OO", "-m", "srtrt.kernels.aot", "--help"], capture_output=True,
+                               text=True, timeout=120)
+    assert help_text.returncode == 0 and "--layouts" in help_text.stdout, help_text.stderr
+    cmake = (Path(__file__).parent.parent / "CMakeLists.txt").read_text()
+    check = re.search(r'Python3_EXECUTABLE\} -c "([^"]*srtrt\.kernels\.aot[^"]*)"', cmake).group(1)
+    for module, code in (("aot", 0), ("no_such_module", 1)):
+        done = subprocess.run([sys.executable, "-O", "-c", check.replace("kernels.aot", f"kernels.{module}")],
+                              timeout=120)
+        assert done.returncode == code, module

@@ -42,6 +42,48 @@ def test_a_cache_that_cannot_be_written_is_a_temporary_one_said_once(monkeypatch
     assert f"{where}: cannot keep srtrt's cache there (not a folder)" in str(note.message)
 
 
+def test_a_cache_under_a_folder_that_may_not_be_entered_is_a_temporary_one(tmp_path):
+    """Another user's 0700 home (`sudo -u` keeping HOME): Python 3.11's pathlib raised while the cause
+    was worked out, and every run ended there with "permission denied", no image written."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    locked = tmp_path / "home"
+    locked.mkdir()
+    locked.chmod(0)
+    command = [sys.executable, "-c", "from srtrt.cache import cache_root; print(cache_root().is_dir())"]
+    if os.geteuid() == 0:  # root enters any folder: run the child without the capabilities that let it
+        if shutil.which("setpriv") is None:
+            pytest.skip("root, and no setpriv to drop CAP_DAC_OVERRIDE")
+        drop = "-dac_override,-dac_read_search"
+        command = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", *command]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "SRTRT_CACHE": str(locked / ".cache" / "srtrt")})
+    finally:
+        locked.chmod(0o700)
+    if done.returncode != 0 and done.stderr.startswith("setpriv"):
+        pytest.skip(done.stderr.strip())
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
+    assert "cannot keep srtrt's cache there (Permission denied)" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_cache_whose_name_is_not_utf8_is_a_temporary_one(monkeypatch, tmp_path, recwarn):
+    """OpenVINO and onnxruntime take file names as UTF-8: a byte the locale could not decode made
+    onnxruntime's session a TypeError traceback and OpenVINO "cannot compile this ONNX file"."""
+    from srtrt import cache
+
+    monkeypatch.setattr(cache, "_checked", {})
+    monkeypatch.setenv("SRTRT_CACHE", f"{tmp_path}/cache_\udcff")
+    root = cache_root()
+    assert root.is_dir() and "\udcff" not in str(root)
+    assert any("its name is not UTF-8" in str(w.message) for w in recwarn)
+
+
 def test_srtrt_run_with_an_unusable_cache_runs_uncached_with_one_line(monkeypatch, tmp_path, capsys):
     """A file where the cache folder should be: a community model's run (its receptive field is
     measured and cached) ended in a traceback."""

@@ -309,3 +309,28 @@ def test_saving_onto_a_full_disk_is_one_line_naming_the_file(saved, monkeypatch,
     with pytest.raises(SrtrtError) as info:
         checkpoint.save(weights, model, "srresnet", TINY)
     assert str(info.value) == f"{weights.parent / full}: cannot write the checkpoint: No space left on device"
+
+
+def test_a_small_file_read_within_a_large_limit_allocates_its_size():
+    """read_regular(path, 64 MiB) allocated 64 MiB for a sidecar of a few bytes (read(n) takes n
+    first): under `ulimit -v` that was a MemoryError before the first image."""
+    import tempfile
+    import tracemalloc
+
+    from srtrt.bounded_read import TooLarge, read_regular
+
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(b"{}")
+        f.flush()
+        tracemalloc.start()
+        try:
+            assert read_regular(f.name, 64 << 20) == b"{}"
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 4 << 20
+        f.write(bytes(3 << 20))
+        f.flush()
+        with pytest.raises(TooLarge):
+            read_regular(f.name, 2 << 20)
+        assert len(read_regular(f.name, 4 << 20)) == 2 + (3 << 20)

@@ -244,7 +244,8 @@ def test_a_reader_that_goes_costs_the_log_not_the_batch(tmp_path):
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
 def test_a_log_that_cannot_be_written_or_no_stderr_costs_the_log_not_the_batch(tmp_path):
     """`2>/dev/full` (a log on a full disk) ended the batch before its first image, with no word;
-    a process started with stderr closed (`2>&-`, as from cron) failed on `sys.stderr.isatty()`."""
+    a process started with stderr closed (`2>&-`, as from cron) failed on `sys.stderr.isatty()`, and
+    then wrote its log to stdout (print(file=None) is stdout); `srtrt eval >&-` was a traceback."""
     import subprocess
     import sys
 
@@ -256,11 +257,72 @@ def test_a_log_that_cannot_be_written_or_no_stderr_costs_the_log_not_the_batch(t
         command = [sys.executable, "-m", "srtrt.cli", "run", str(tmp_path / "in"), "-o", str(tmp_path / name),
                    "--model", str(model)]
         with open("/dev/full", "w") if name == "full" else contextlib.nullcontext() as full:
-            done = subprocess.run(command, env=cli_env(), timeout=120, stdout=subprocess.DEVNULL,
+            done = subprocess.run(command, env=cli_env(), timeout=120, stdout=subprocess.PIPE,
                                   stderr=full if name == "full" else None,
                                   preexec_fn=(lambda: os.close(2)) if name == "closed" else None)
         assert done.returncode == 0, name
         assert len(list((tmp_path / name).glob("*_x4.png"))) == 3, name
+        assert done.stdout == b"", name
+    command = [sys.executable, "-m", "srtrt.cli", "eval", str(tmp_path / "in"), "--model", str(model)]
+    done = subprocess.run(command, env=cli_env(), timeout=120, stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1))
+    assert done.returncode == 0, done.stderr
+
+
+def test_srtrt_notes_stay_lines_under_warnings_as_errors(tmp_path, capsys):
+    """`python -W error` / PYTHONWARNINGS=error made a note (alpha lost to a JPEG) a traceback, exit 1,
+    and no output."""
+    import warnings
+
+    model = save_tiny_model(tmp_path)
+    Image.new("RGBA", (12, 8), (10, 200, 30, 128)).save(tmp_path / "a.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        code, err = run(capsys, tmp_path / "a.png", "-o", tmp_path / "a.jpg", "--model", model)
+    assert code == 0 and "a.jpg: JPEG cannot store transparency" in err and (tmp_path / "a.jpg").is_file(), err
+
+
+def test_names_printed_by_eval_export_and_compare_are_escaped(tmp_path):
+    """eval's table, export's "wrote" line and compare's output name printed a name as it was: an
+    escape sequence reached the terminal, a newline split a row, and a name stdout's encoding
+    lacks (PYTHONIOENCODING=ascii) was a UnicodeEncodeError traceback, exit 1, after the file was written."""
+    import subprocess
+    import sys
+
+    from run_helpers import cli_env
+
+    model = save_tiny_model(tmp_path)
+    folder = tmp_path / "s\u00e9t"
+    write_images(folder, 1)
+    (folder / "img0.png").rename(folder / "two\nlines\x1b[31m.png")
+    env = {**cli_env(), "PYTHONIOENCODING": "ascii"}
+    for command in (["eval", str(folder)], ["export", "-o", str(tmp_path / "m\x1b[2J\u00e9.onnx")],
+                    ["compare", str(folder / "two\nlines\x1b[31m.png"), "-o", str(tmp_path / "c\u00e9.png")]):
+        done = subprocess.run([sys.executable, "-m", "srtrt.cli", *command, "--model", str(model)], env=env,
+                              capture_output=True, text=True, encoding="ascii", errors="strict", timeout=300)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (command, done.stderr)
+        assert "\x1b" not in done.stdout and "two\nlines" not in done.stdout, done.stdout
+        assert "\\xe9" in done.stdout or "\\x1b" in done.stdout, done.stdout
+
+
+def test_a_memory_limit_too_low_to_load_the_libraries_is_one_line(tmp_path):
+    """Under `ulimit -v` below what torch maps, `import torch` raised ImportError ("failed to map
+    segment") and, a little above, MemoryError: each was a traceback."""
+    import resource
+    import subprocess
+    import sys
+
+    from run_helpers import cli_env
+
+    Image.new("RGB", (16, 12), (9, 80, 200)).save(tmp_path / "a.png")
+    limit = 1 << 30
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    done = subprocess.run([sys.executable, "-m", "srtrt.cli", "run", str(tmp_path / "a.png"), "--backend", "torch"],
+                          env=cli_env(), capture_output=True, text=True, timeout=300, preexec_fn=limited)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("srtrt: "), done.stderr
 
 
 def test_the_next_image_decodes_while_this_one_computes(tmp_path, capsys, monkeypatch):

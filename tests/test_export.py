@@ -510,3 +510,19 @@ def test_an_export_leaves_the_applications_other_threads_their_stdout_and_warnin
     assert [str(w.message) for w in seen] == ["the application's warning"]
     assert added in warnings.filters and sys.stdout is not None
     warnings.filters.remove(added)
+
+
+def test_onnxruntime_says_nothing_of_its_own_where_its_home_cache_cannot_be_written(tmp_path):
+    """Its import printed a coloured warning line (a telemetry id it could not keep) where the home
+    cache was not writable (a service account; XDG_CACHE_HOME a file), into pipes too."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "a_file").write_text("")
+    probe = ("import os; from srtrt.engine.backends.onnxruntime_backend import available; "
+             "print(available()[0], 'ORT_DISABLE_TELEMETRY' in os.environ)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "a_file")})
+    assert done.stdout.strip() == "True False" and done.stderr == "", done.stderr
+

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from srtrt import atomic
-from srtrt.errors import CannotWrite, SrtrtError
+from srtrt.errors import CannotWrite, SrtrtError, shown
 from srtrt.outputs import check_output_file, check_overwrite
 
 from .degrade import bicubic_downscale, bicubic_upscale
@@ -189,5 +189,5 @@ def main(args) -> int:
     check_overwrite(args.output, getattr(args, "overwrite", False))
     models = load_models(args.model or default_models(), getattr(args, "allow_noncommercial", False))
     out = save_sheet_atomic(compare_image(args.image, models, args.crop), args.output)
-    print(out)
+    print(shown(out))
     return 0

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from functools import reduce
 from pathlib import Path
 
@@ -39,7 +38,7 @@ import torch
 from PIL import Image
 
 from srtrt.engine.datapath.imageio import read_eight_bit_rgb
-from srtrt.errors import SrtrtError
+from srtrt.errors import SrtrtError, shown
 
 from .data import IMAGE_SUFFIXES
 from .degrade import bicubic_downscale, bicubic_upscale, modcrop
@@ -221,13 +220,14 @@ def format_table(results: dict[str, dict], scale: int) -> str:
     lines = []
     for key, res in results.items():
         methods = [*res["models"], "bicubic"]
-        width = max([len("average")] + [len(r["name"]) for r in res["images"]])
+        names = [shown(r["name"]) for r in res["images"]]  # a newline or an escape in a name: one row still
+        width = max([len("average")] + [len(name) for name in names])
         heads = [max(10, len(m) + 5) for m in methods]
-        lines.append(f"{key} (x{scale}, Y channel, {scale}-pixel border cut; HF = fine-detail energy / HR's, "
+        lines.append(f"{shown(key)} (x{scale}, Y channel, {scale}-pixel border cut; HF = fine-detail energy / HR's, "
                      f"grid = {scale}-pixel pattern strength, HR photos ~0.01)")
         lines.append(f"  {'image':<{width}}" + "".join(f"  {m + ' PSNR':>{h}}  {'SSIM':>6}  {'HF':>5}  {'grid':>5}"
                                                        for m, h in zip(methods, heads, strict=True)))
-        rows = [(r["name"], [*r["models"].values(), _prefixed(r, "bicubic_")]) for r in res["images"]]
+        rows = [(name, [*r["models"].values(), _prefixed(r, "bicubic_")]) for name, r in zip(names, res["images"], strict=True)]
         rows.append(("average", [*res["models"].values(), res["bicubic"]]))
         for name, cells in rows:
             lines.append(f"  {name:<{width}}" + "".join(
@@ -274,5 +274,5 @@ def main(args) -> int:
     if args.json:
         print(json.dumps(_json_safe(results)))
     else:
-        sys.stdout.write(format_table(results, scale))
+        print(format_table(results, scale), end="")
     return 0

@@ -23,10 +23,25 @@ KEEP_SESSIONS = 4  # per-shape graphs held loaded at once (a window-attention mo
 
 def available() -> tuple[bool, str]:
     try:
-        import onnxruntime  # noqa: F401
+        onnxruntime = import_onnxruntime()
     except ImportError:
         return False, 'onnxruntime is not installed (pip install "srtrt[onnx]")'
     return True, "onnxruntime " + onnxruntime.__version__
+
+
+def import_onnxruntime():
+    """onnxruntime, imported with its telemetry off: where a home it cannot write keeps no device id,
+    its import printed a coloured line of its own, into pipes too. The environment is as it was after."""
+    before = os.environ.get("ORT_DISABLE_TELEMETRY")
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+    try:
+        import onnxruntime
+    finally:
+        if before is None:
+            del os.environ["ORT_DISABLE_TELEMETRY"]
+        else:
+            os.environ["ORT_DISABLE_TELEMETRY"] = before
+    return onnxruntime
 
 
 class OnnxRuntimeBackend(PerShapeGraphs, Backend):
@@ -37,8 +52,7 @@ class OnnxRuntimeBackend(PerShapeGraphs, Backend):
         ok, why = available()
         if not ok:
             raise SrtrtError(why)
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         self._ort, self.threads = ort, threads
         self.providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):

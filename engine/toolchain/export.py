@@ -29,7 +29,7 @@ import torch
 from srtrt import atomic
 from srtrt.engine.datapath.tiles import allowed_side
 from srtrt.engine.toolchain.onnx_io import META_PREFIX
-from srtrt.errors import CannotWrite, SrtrtError
+from srtrt.errors import CannotWrite, SrtrtError, shown
 from srtrt.kernels import fused_op
 from srtrt.nets import CommunityView
 
@@ -506,7 +506,7 @@ def main(args) -> int:
             what += f", input sides {' and '.join(rules)}"
     else:
         what = f"x{view.scale}, radius {view.radius}"
-    print(f"wrote {path} ({args.precision}{form}, {what}, {size_text})")
+    print(f"wrote {shown(path)} ({args.precision}{form}, {what}, {size_text})")
     return 0
 
 
