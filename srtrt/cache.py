@@ -128,13 +128,13 @@ def _temporary_folder() -> Path:
     that one a killed process could not remove is removed by the next srtrt that makes one."""
     from srtrt import atomic
 
-    _sweep_stand_ins()
+    sweep_stand_ins()
     folder = Path(tempfile.mkdtemp(prefix=f"srtrt-cache-{atomic.HOST}-{os.getpid()}-"))
     atexit.register(shutil.rmtree, folder, True)
     return folder
 
 
-def _sweep_stand_ins() -> None:
+def sweep_stand_ins() -> None:
     """Remove the temporary cache folders of dead processes of this machine."""
     from srtrt import atomic
 

@@ -43,6 +43,16 @@ def test_pil_in_pil_out_equals_the_cli_output(tmp_path, capsys, model):
     assert np.array_equal(np.asarray(out), pixels(tmp_path / "cli.png"))
 
 
+def test_a_file_written_by_the_api_is_the_clis_byte_for_byte(tmp_path, capsys, model):
+    """An image of several tile rows was streamed into its file by the API (and by a Ray actor,
+    which runs the same call), but encoded whole by `srtrt run`: equal pixels, other PNG bytes."""
+    (source,) = write_images(tmp_path, 1, height=30, width=41)
+    options = ("--model", model, "--precision", "fp32", "--backend", "torch", "--tile", "8")
+    assert run_cli(capsys, source, "-o", tmp_path / "cli.png", *options)[0] == 0
+    srtrt.upscale(source, tmp_path / "api.png", model=model, tile=8, **FP32)
+    assert (tmp_path / "api.png").read_bytes() == (tmp_path / "cli.png").read_bytes()
+
+
 def test_a_model_file_written_again_between_calls_is_read_again(tmp_path):
     """The kept backend was found by the model's path alone: a notebook that trained on and saved
     over the same file went on upscaling with the first weights."""

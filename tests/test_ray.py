@@ -210,6 +210,8 @@ def test_what_a_format_loses_is_said_under_ray_as_in_a_local_run(local_ray, batc
     local, with_ray = said(tmp_path / "local.jpg"), said(tmp_path / "ray.jpg", "--ray")
     assert local == [f"srtrt: {tmp_path / 'local.jpg'}: JPEG cannot store transparency; the alpha channel is dropped"]
     assert [line.replace("ray.jpg", "local.jpg") for line in with_ray] == local
+    # -q hid it in a local run only: the actor's losses came back with its always-said notes
+    assert said(tmp_path / "local_q.jpg", "-q") == said(tmp_path / "ray_q.jpg", "--ray", "-q") == []
 
 
 def _fp16_on_the_cpu(folder, out, model, *more):
@@ -336,6 +338,25 @@ def test_quiet_is_quiet_with_a_ray_of_its_own(two_images, tmp_path, ray_tmpdir):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img0_x4.png", "img1_x4.png"]
 
 
+def test_the_actors_temporary_caches_are_removed(two_images, tmp_path, ray_tmpdir):
+    """With a cache that cannot be used, each actor keeps one in a temporary folder, removed at its
+    exit; Ray kills its actors, so such runs left their folders behind. The driver removes those of
+    dead processes once its Ray is down (here one left by a process that has ended)."""
+    import subprocess
+    import sys
+
+    from srtrt import atomic
+
+    folder, model = two_images
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = Path(tempfile.gettempdir()) / f"srtrt-cache-{atomic.HOST}-{int(ended.stdout)}-test"
+    (left / "onnx").mkdir(parents=True)
+    process = srtrt_process("run", folder, "-o", tmp_path / "out", "--model", model, "--ray")
+    _, err = process.communicate(timeout=180)
+    assert process.returncode == 0, err
+    assert not left.exists()
+
+
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
 @pytest.mark.parametrize("signum, last_line", [(signal.SIGINT, "srtrt: interrupted"),
                                               (signal.SIGTERM, "srtrt: stopped by SIGTERM")])
@@ -352,6 +373,23 @@ def test_a_signal_while_ray_starts_shuts_it_down(two_images, tmp_path, ray_tmpdi
     while _live_processes_naming(ray_tmpdir) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _live_processes_naming(ray_tmpdir) == []
+
+
+def test_rays_own_notices_stay_off_the_drivers_stdout(capsys):
+    """Ray's driver thread printed a raylet notice (a worker that died, coloured) on stdout, into a
+    pipe too, whatever log_to_driver says; srtrt says the failure in its own line."""
+    import sys
+    import threading
+
+    from srtrt.engine.batch.ray_runner import RAY_NOTICES_THREAD, _without_ray_notices
+
+    with _without_ray_notices():
+        notice = threading.Thread(target=lambda: print("(raylet) A worker died"), name=RAY_NOTICES_THREAD)
+        notice.start()
+        notice.join()
+        print("the command's own output")
+        sys.stdout.flush()
+    assert capsys.readouterr().out == "the command's own output\n"
 
 
 def test_every_row_an_actor_returns_is_said_as_a_local_run_says_it():

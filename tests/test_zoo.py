@@ -426,6 +426,61 @@ def test_a_failed_dynamic_export_is_remembered_for_the_next_process(model_files,
     assert "window partition" in export_isolated.dynamic_failure(srtrt.load_model(model_files["swinir"]), graph)
 
 
+def test_an_output_that_overflows_fp16_fails_its_image_in_one_line(monkeypatch, tmp_path, capsys):
+    """A Compact (spandrel: half supported) whose activations pass 65504: at fp16 its output was NaN,
+    cast to 0, and the image written all black, exit 0, with numpy's own warning on stderr."""
+    pytest.importorskip("onnxruntime")
+    from safetensors.torch import save_file
+    from spandrel.architectures.Compact import Compact
+
+    from srtrt.cli import main
+
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2).eval()
+    with torch.no_grad():  # the same function in fp32: the first conv x1e7, the next /1e7
+        net.body[0].weight.mul_(1e7)
+        net.body[0].bias.mul_(1e7)
+        net.body[2].weight.div_(1e7)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "big.safetensors"))
+    Image.fromarray(smooth_image(16, 20)).save(tmp_path / "in.png")
+    run = ["run", str(tmp_path / "in.png"), "--model", str(tmp_path / "big.safetensors")]
+    assert main([*run, "-o", str(tmp_path / "fp32.png"), "--backend", "torch", "--precision", "fp32"]) == 0
+    assert main([*run, "-o", str(tmp_path / "fp16.png"), "--backend", "onnxruntime", "--precision", "fp16"]) == 1
+    err = capsys.readouterr().err
+    assert "in.png: the network gave NaN or infinite values" in err and "RuntimeWarning" not in err, err
+    assert not (tmp_path / "fp16.png").exists() and np.asarray(Image.open(tmp_path / "fp32.png")).max() > 0
+
+
+def test_openvino_times_a_community_models_precisions_as_it_times_the_default_models(model_files, monkeypatch,
+                                                                                    tmp_path):
+    """`--backend openvino` alone took a community model's first guard-allowed precision in a fixed
+    order (int8, then bf16) untimed, where the README says it times those the guard allows."""
+    pytest.importorskip("openvino")
+    from srtrt.engine.backends import create_backend
+
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    selection = create_backend("openvino", precision="auto", view=srtrt.load_model(model_files["compact"]))
+    selection.backend.close()
+    assert "measured now in" in selection.reason and "openvino fp32" in selection.reason, selection.reason
+
+
+def test_one_graph_of_a_community_model_serves_openvino_and_onnxruntime(model_files, monkeypatch, tmp_path):
+    """OpenVINO asks for the polyphase form, which a community model does not have, and onnxruntime
+    for the plain one: the file was one, its record said one form, and each backend took the other's
+    graph for damaged and exported it again (7-12 s a switch; 28 s for an RRDBNet)."""
+    pytest.importorskip("openvino")
+    from srtrt.engine.backends import create_backend
+
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
+    view = srtrt.load_model(model_files["compact"])
+    stamps = []
+    for backend in ("openvino", "onnxruntime", "openvino"):
+        create_backend(backend, precision="fp32", view=view).backend.close()
+        stamps.append({p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache" / "onnx").glob("*.onnx")})
+    assert len(stamps[0]) == 1 and stamps[0] == stamps[1] == stamps[2]
+
+
 @pytest.mark.parametrize("child_end, remembered", [(-9, False), (2, True)])
 def test_only_an_exporters_own_refusal_is_remembered_not_a_killed_child(model_files, monkeypatch, tmp_path,
                                                                          child_end, remembered):

@@ -70,10 +70,16 @@ def _model_sha256(view) -> str:
     return getattr(view, "checkpoint_sha256", "") or state_dict_sha256(view)
 
 
+def _tail_form(view, polyphase: bool) -> bool:
+    """Whether a graph asked for `polyphase` takes the polyphase tail: only where the architecture has
+    one to rewrite, so a community model's graph is one file, exported once, for every backend."""
+    return bool(polyphase) and registry.of(view.generator).rewrites_tail
+
+
 def _onnx_path(view, precision: str, polyphase: bool = False, shape: tuple[int, int, int, int] | None = None):
     """Where the ONNX cache keeps this graph: by the model's sha256, precision and form (for int8, its
     calibration: a new calibration is a new graph) and, for a static graph, its (N, C, h, w)."""
-    form = "-polyphase" if polyphase and registry.of(view.generator).rewrites_tail else ""
+    form = "-polyphase" if _tail_form(view, polyphase) else ""
     if precision == "int8":
         from srtrt.engine.toolchain.quantize import int8_graph_tag
 
@@ -95,6 +101,7 @@ def _exported_onnx(view, precision: str, polyphase: bool = False, shape: tuple[i
     """The graph `srtrt export` writes for this model (given `shape`, fixed at that shape), exported
     once and cached (_onnx_path). An int8 graph is the cached fp32 one quantised (exported first if
     missing: `auto` times both, and one trace then serves both)."""
+    polyphase = _tail_form(view, polyphase)  # the form the file, its record and its metadata all say
     path = _onnx_path(view, precision, polyphase, shape)
     spill = spilled(path)  # where this process put it when the cache could not take it, if it did
     if spill is not None and spill.exists() and not path.exists():
@@ -183,6 +190,7 @@ def _onnx_graphs(view, precision: str, polyphase: bool) -> OnnxGraphs:
     exporter takes is one line here, before any image. OpenVINO and ONNX Runtime both run these."""
     from srtrt.engine.backends.measured import window_shape
 
+    polyphase = _tail_form(view, polyphase)
     if not isinstance(view, CommunityView):
         return OnnxGraphs(dynamic=_exported_onnx(view, precision, polyphase))
     from srtrt.engine.toolchain.export_isolated import ExportFailed, dynamic_failure, remember_dynamic_failure
@@ -463,7 +471,7 @@ def _create(name: str, precision: str, device: str | None, view, shape_class: st
         from srtrt.engine.toolchain.quantize import NO_CALIBRATION
 
         raise SrtrtError(f"--precision int8: this model {NO_CALIBRATION}")
-    if precision == "auto" and isinstance(view, CommunityView) and (dev.type == "cuda" or name in ("torch", "openvino")):
+    if precision == "auto" and isinstance(view, CommunityView) and (dev.type == "cuda" or name == "torch"):
         precision, why_precision = _community_precision(view, name, dev)
     elif precision == "auto" and name == "openvino" and dev.type == "cpu":
         # its precisions timed as `auto` times every path: int8 or bf16 is faster depending on the CPU

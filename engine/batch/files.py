@@ -382,9 +382,11 @@ class FileRunner:
         """Upscale `source` into `destination`; `decoded` is the image already being decoded (DecodeAhead).
 
         A video reports `on_frames(total, done)` once and `on_frame(1)` per frame; `stop_check` is
-        called between its tile batches (it may raise to stop)."""
-        return self.submit(source, destination, on_tile, on_plan, decoded, on_frame, on_frames, stop_check,
-                           write_behind=False).result()
+        called between its tile batches (it may raise to stop). The file is written as `submit`
+        writes it (an image of up to WRITE_BEHIND_BYTES encoded whole, a larger one streamed), so
+        `srtrt.upscale` and a Ray actor write the bytes `srtrt run` writes."""
+        return self.submit(source, destination, on_tile, on_plan, decoded, on_frame, on_frames,
+                           stop_check).result()
 
     def submit(self, source: Path, destination: Path, on_tile=None, on_plan=None,
                decoded: Future | None = None, on_frame=None, on_frames=None, stop_check=None,

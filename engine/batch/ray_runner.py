@@ -19,15 +19,18 @@ where it stopped. `--ray` with no address starts a local Ray on this machine; wi
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
 
 from srtrt.atomic import sweep_abandoned
+from srtrt.cache import sweep_stand_ins
 from srtrt.engine.batch.files import (
     FAILED,
     BatchReport,
@@ -78,13 +81,14 @@ class ImageActor:
         if says_setup and (sheet := sheet_shape(selection.backend, options)):
             self.setup.append(sheets_line(sheet))
         # the runner's notes (an out-of-memory retry) and what a format loses (OutputNote: alpha in a JPEG) travel
-        # in the rows: an actor's stderr is not the driver's
+        # in the rows, apart: an actor's stderr is not the driver's, and -q hides the losses only, as in a local run
         self.notes: list[str] = []
+        self.losses: list[str] = []
         self.runner = FileRunner(selection.backend, options, log=self.notes.append)
-        _output_notes_to(self.notes)
+        _output_notes_to(self.losses)
 
     def __call__(self, batch: dict) -> dict:
-        rows = {k: [] for k in ("path", "output", "status", "message", "seconds", "pixels", "notes", "setup")}
+        rows = {k: [] for k in ("path", "output", "status", "message", "seconds", "pixels", "notes", "losses", "setup")}
         jobs = [Job(Path(str(source)), Path(str(destination)))
                 for source, destination in zip(batch["source"], batch["destination"])]
         for group in units(jobs, self.runner):  # small images of many sizes share sheets, as in a local run
@@ -96,8 +100,10 @@ class ImageActor:
                 rows["seconds"].append(float(outcome.seconds))
                 rows["pixels"].append(int(outcome.pixels))
                 rows["notes"].append("\n".join(self.notes))
+                rows["losses"].append("\n".join(self.losses))
                 rows["setup"].append("\n".join(self.setup))
                 self.notes.clear()
+                self.losses.clear()
         return rows
 
     def _outcomes(self, group: list[Job]) -> list[Outcome]:
@@ -212,8 +218,6 @@ def _actor_device(device: str | None, pool: dict) -> str | None:
 
 def main(args) -> int:
     ray = _import_ray()
-    from srtrt.engine.batch.signals import StopOnSignals, Stopped
-
     inputs = expand_inputs(args.inputs)
     if not inputs:
         raise SrtrtError(f"no input images match {' '.join(args.inputs)}")
@@ -246,6 +250,17 @@ def main(args) -> int:
             todo.append(job)
 
     started = _start_ray(ray, args.ray) if todo else False
+    try:
+        with _without_ray_notices():
+            return _run_started(ray, args, options, jobs, todo, report, say, started)
+    finally:
+        if started and args.ray == LOCAL:  # the actors are killed at shutdown, before their own clean-up
+            sweep_stand_ins()
+
+
+def _run_started(ray, args, options: RunOptions, jobs: list, todo: list, report: BatchReport, say, started: bool) -> int:
+    from srtrt.engine.batch.signals import StopOnSignals, Stopped
+
     try:
         # after ray.init, which installs a SIGTERM handler of its own; at once: the driver waits on rows while
         # the actors work, with no safe point to ask at before the files in progress (a whole video) are done
@@ -307,6 +322,34 @@ def _as_picked(options: RunOptions, backend) -> RunOptions:
 def _actors_run_here(address: str) -> bool:
     # `--ray` alone starts a Ray on this machine, unless RAY_ADDRESS names a cluster to join
     return address == LOCAL and not os.environ.get("RAY_ADDRESS")
+
+
+RAY_NOTICES_THREAD = "ray_listen_error_messages"  # the driver thread Ray prints raylet notices from
+
+
+@contextlib.contextmanager
+def _without_ray_notices():
+    """Ray's driver prints the raylet's notices (a worker that died, coloured) on stdout, into pipes
+    too, whatever log_to_driver says: srtrt says such a failure in its own line on stderr, and stdout
+    stays the command's."""
+    class Filtered:
+        def __init__(self, stream):
+            self._stream = stream
+
+        def write(self, text: str) -> int:
+            if threading.current_thread().name == RAY_NOTICES_THREAD:
+                return len(text)
+            return self._stream.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self._stream, name)
+
+    before = sys.stdout
+    sys.stdout = Filtered(before)
+    try:
+        yield
+    finally:
+        sys.stdout = before
 
 
 def _start_ray(ray, address: str) -> bool:
@@ -416,6 +459,8 @@ def _batch_size(options: RunOptions, files: int, actors: int) -> int:
 def _report_row(row: dict, report: BatchReport, say) -> None:
     for note in filter(None, str(row["notes"]).split("\n")):
         say(note, always=True)  # as a local run prints its runner's notes
+    for loss in filter(None, str(row.get("losses", "")).split("\n")):
+        say(loss)  # as a local run says what a format loses, unless -q
     outcome = report.add(Outcome(Path(row["path"]), Path(row["output"]), str(row["status"]), str(row["message"]),
                                  float(row["seconds"]), int(row["pixels"])))
     say(f"srtrt: {outcome.message}", always=outcome.status == FAILED)  # done and skipped as a local run says them

@@ -161,6 +161,9 @@ def _quantise(y: torch.Tensor, out_dtype, out: torch.Tensor, work: torch.Tensor 
     """
     if work is None:
         return _quantise_rows(y, out_dtype, out, y.float().clamp(0, 1))
+    if not torch.isfinite(y).all():  # the cast makes NaN 0 and the clamp infinity 1: a blank image, said done
+        raise SrtrtError("the network gave NaN or infinite values, an overflow (fp16 holds at most 65504): "
+                         "--precision fp32 runs it in full range")
     integer, target, rows = np.issubdtype(out_dtype, np.integer), _host_array(out), work.shape[2]
     nhwc = y.permute(0, 2, 3, 1)
     if nhwc.is_contiguous():
