@@ -148,6 +148,66 @@ def test_an_empty_glob_beside_other_inputs_and_a_symlink_alias_each_get_their_li
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b_x4.png", "img0_x4.png"]
 
 
+def test_a_link_at_an_output_name_is_replaced_not_taken_for_the_file_it_names(tmp_path, capsys, model):
+    """`o/a_x4.png` a link to the input `p/b.png`: the plan followed it and skipped b.png as a.png's
+    earlier output, every run, --overwrite or not (the write replaces the link; it never follows it)."""
+    write_images(tmp_path / "p", 2)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "img0_x4.png").symlink_to(tmp_path / "p" / "img1.png")
+    before = (tmp_path / "p" / "img1.png").read_bytes()
+    code, err = run(capsys, tmp_path / "p", "-o", tmp_path / "o", "--model", model, "--overwrite")
+    assert code == 0 and "from an earlier run" not in err, err
+    assert is_complete_image(tmp_path / "o" / "img1_x4.png", (128, 96))
+    assert not (tmp_path / "o" / "img0_x4.png").is_symlink() and (tmp_path / "p" / "img1.png").read_bytes() == before
+
+
+def test_one_file_through_a_linked_folder_is_upscaled_once(tmp_path, capsys, model):
+    """`p/a.png` and `alias/a.png` (alias -> p): computed twice into one output, the second said to be
+    another run's; with --overwrite written twice and counted "2 done"."""
+    write_images(tmp_path / "p", 1)
+    (tmp_path / "alias").symlink_to(tmp_path / "p")
+    for given in ((tmp_path / "p" / "img0.png", tmp_path / "alias" / "img0.png", "-o", tmp_path / "out"),
+                  (tmp_path / "p", tmp_path / "alias", "--overwrite")):
+        code, err = run(capsys, *given, "--model", model)
+        assert code == 0 and "the same file as" in err and "1 done, 1 skipped" in err, err
+        assert "another run" not in err
+
+
+def test_an_input_that_will_not_write_takes_no_name_from_one_that_will(tmp_path, capsys, model):
+    """An empty `photo.jpg` (a failed download) took `photo_x4.png`, and the good `photo.png` was
+    refused as a collision; a skipped earlier output held its `_x4_x4` name the same way."""
+    (source,) = write_images(tmp_path, 1)
+    source.rename(tmp_path / "photo.png")
+    (tmp_path / "photo.jpg").write_bytes(b"")
+    code, err = run(capsys, tmp_path, "--model", model)
+    assert code == 1 and "photo.jpg: empty file, not an image" in err and "same output name" not in err, err
+    assert is_complete_image(tmp_path / "photo_x4.png", (128, 96))
+    Image.open(tmp_path / "photo.png").save(tmp_path / "photo_x4.webp", lossless=True)  # a photo of its own
+    code, err = run(capsys, tmp_path, "--model", model)
+    assert "same output name" not in err and is_complete_image(tmp_path / "photo_x4_x4.png", (128, 96)), err
+
+
+def test_a_folders_broken_links_and_a_folder_at_an_output_name_each_get_their_line(tmp_path, capsys, model):
+    """A broken link or a link loop inside a folder was left out without a word (named alone, each
+    got its line); a folder at an output name was "exists, skipped (--overwrite to replace)", and
+    --overwrite then failed on it."""
+    write_images(tmp_path / "p", 1)
+    (tmp_path / "p" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "p" / "loop.png").symlink_to(tmp_path / "p" / "loop.png")
+    code, err = run(capsys, tmp_path / "p", "-o", tmp_path / "o", "--model", model)
+    assert code == 1 and "gone.png: no such file" in err and "loop.png: too many levels of symbolic links" in err
+    (tmp_path / "o" / "img0_x4.png").unlink()
+    (tmp_path / "o" / "img0_x4.png").mkdir()
+    for more in ((), ("--overwrite",)):
+        code, err = run(capsys, tmp_path / "p" / "img0.png", "-o", f"{tmp_path / 'o'}/", "--model", model, *more)
+        assert code == 1 and "img0_x4.png: output path is a directory" in err and "skipped" not in err, err
+    (tmp_path / "o" / "img0_x4.png").rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "o" / "img0_x4.png").symlink_to(tmp_path / "elsewhere")  # a link to a folder: replaced, as one to a file
+    code, err = run(capsys, tmp_path / "p" / "img0.png", "-o", f"{tmp_path / 'o'}/", "--model", model, "--overwrite")
+    assert code == 0 and is_complete_image(tmp_path / "o" / "img0_x4.png", (128, 96)), err
+
+
 def test_missing_input_and_empty_glob(tmp_path, capsys, model):
     code, err = run(capsys, tmp_path / "nope.png", "--model", model)
     assert code == 1 and "nope.png: no such file" in err

@@ -99,9 +99,9 @@ def test_actor_rows_are_small_status_dicts(batch, tmp_path):
     rows = actor({"source": [str(root / "in" / "img0.png"), str(root / "in" / "broken.png"), str(tmp_path)],
                   "destination": [str(tmp_path / "a.png"), str(tmp_path / "b.png"), str(tmp_path / "c.png")]})
     assert rows["status"] == ["done", "failed", "failed"]
-    assert set(rows) == {"path", "output", "status", "message", "seconds", "pixels", "notes", "setup"}
+    assert set(rows) == {"path", "output", "status", "message", "seconds", "pixels", "notes", "losses", "setup"}
     assert rows["setup"] == ["", "", ""]  # the driver says them for actors on this machine
-    assert rows["notes"] == ["", "", ""]
+    assert rows["notes"] == rows["losses"] == ["", "", ""]
     assert rows["pixels"][0] == 224 * 160 and all(isinstance(s, float) for s in rows["seconds"])
     assert "is a directory" in rows["message"][2]
     assert (tmp_path / "a.png").read_bytes() == (root / "local" / "img0_x4.png").read_bytes()

@@ -101,7 +101,8 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
     given twice (a folder and a glob in it) counts once; a symlink to a file also given counts as
     a file of its own, as its name asks for an output of its own. Unmatched names and globs are
     kept so they are reported as missing rather than silently dropped, unless nothing matched at
-    all (the caller says so in one line)."""
+    all (the caller says so in one line); so are a folder's entries with an image's or a video's
+    suffix that are not files (a broken link, a link loop, a FIFO): each run says why in its line."""
     found: list[Path] = []
     unmatched: list[Path] = []
     # os.path's tests, not Path's: on Python 3.11 those raise for a name too long or a folder not entered
@@ -110,11 +111,11 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
         if os.path.isdir(p):
             try:
                 found += sorted(f for f in p.iterdir()
-                                if os.path.isfile(f) and f.suffix.lower() in INPUT_SUFFIXES | VIDEO_SUFFIXES)
+                                if not os.path.isdir(f) and f.suffix.lower() in INPUT_SUFFIXES | VIDEO_SUFFIXES)
             except OSError:  # a folder it may not list: kept, so plan_jobs says why in its line
                 found.append(p)
         elif _is_glob(pattern):
-            matches = sorted(Path(m) for m in glob.glob(pattern) if os.path.isfile(m))
+            matches = sorted(Path(m) for m in glob.glob(pattern) if not os.path.isdir(m))
             found += matches
             unmatched += [] if matches else [p]
         else:
@@ -211,7 +212,13 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, 
       one folder): the later ones are refused, none overwrites another's result;
     - an input that is the destination of another input, or the name another input's output gets
       beside it (`a_x4.png` beside `a.png`, also when -o now names another folder): skipped, as it
-      is this batch's own output from an earlier run, not a source (given alone, it is upscaled).
+      is this batch's own output from an earlier run, not a source (given alone, it is upscaled);
+    - one file named twice through a linked folder, to one destination: upscaled once;
+    - a folder under a destination's name: refused (it cannot be replaced, --overwrite or not).
+
+    Destinations are compared by the name a write replaces (written_name: a link there is replaced,
+    not followed), and an input that cannot be read at all (missing, empty, not a file) takes no
+    destination from another: it fails in its own line.
     """
     many = len(inputs) > 1 if many is None else many  # several_outputs: whether -o is a folder
     named = output is not None and not many and not os.path.isdir(output) and not output.endswith(("/", "\\"))
@@ -233,31 +240,57 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, 
             # --overwrite is for the file -o names: a file under the name a video falls back to is the user's
             job.refusal = (f"{shown(job.destination)}: exists, and is not the file -o names ({job.note}); "
                            "--overwrite replaces only that one: remove it, or name it with -o")
-    owner: dict[Path, Path] = {}
+    earlier: dict[Path, Path] = {}  # outputs of earlier runs: where this run writes, and beside the inputs
     for job in jobs:
         if job.destination is not None:
-            owner.setdefault(real_path(job.destination), job.source)
-    earlier: dict[Path, Path] = dict(owner)  # outputs of earlier runs: where this run writes, and beside the inputs
+            earlier.setdefault(written_name(job.destination), job.source)
     for job in jobs:
         with contextlib.suppress(SrtrtError):
             beside = output_path(job.source, None, False, scale)
-            earlier.setdefault(real_path(beside), job.source)
+            earlier.setdefault(written_name(beside), job.source)
             if output is not None and is_video(job.source):  # beside it as written: an AVI's .mkv twin
-                earlier.setdefault(real_path(_settled(Job(job.source, beside), options, scale).destination), job.source)
+                earlier.setdefault(written_name(_settled(Job(job.source, beside), options, scale).destination),
+                                   job.source)
     for job in jobs:
         if job.refusal or job.destination is None:
             continue
-        first = owner.get(real_path(job.destination))
         if writes_over(job.destination, job.source):
             job.refusal = f"{shown(job.destination)}: output path is the input itself" + (f" ({job.note})" if job.note else "")
-        elif first is not None and real_path(first) != real_path(job.source):
-            job.refusal = (f"{shown(job.source)}: same output name {shown(job.destination.name)} as {shown(first)}; "
-                           "rename one of them")
+        elif os.path.isdir(job.destination) and not os.path.islink(job.destination):
+            job.refusal = f"{shown(job.destination)}: output path is a directory"
         elif real_path(earlier.get(real_path(job.source), job.source)) != real_path(job.source):
             origin = earlier[real_path(job.source)]
             job.refusal, job.status = (f"{shown(job.source)}: is the output of {shown(origin)} from an earlier run, "
                                        "not upscaled again"), SKIPPED
+    owner: dict[Path, Path] = {}  # the first input that will write each name
+    for job in jobs:
+        if job.refusal or job.destination is None or not _readable(job.source):
+            continue
+        first = owner.setdefault(written_name(job.destination), job.source)
+        if first is job.source:
+            continue
+        if real_path(first) == real_path(job.source):
+            job.refusal, job.status = f"{shown(job.source)}: the same file as {shown(first)}, upscaled once", SKIPPED
+        else:
+            job.refusal = (f"{shown(job.source)}: same output name {shown(job.destination.name)} as {shown(first)}; "
+                           "rename one of them")
     return jobs
+
+
+def written_name(path: Path) -> Path:
+    """The name a write to `path` replaces: its folder after links, its own name as it is (a write
+    renames over a link there; it never follows it)."""
+    path = Path(path)
+    return real_path(path.parent) / path.name
+
+
+def _readable(source: Path) -> bool:
+    """Whether `source` may be an image or a video: a regular file with bytes in it (one that is
+    not fails in its own line, and writes nothing)."""
+    try:
+        return os.path.isfile(source) and os.path.getsize(source) > 0
+    except OSError:
+        return False
 
 
 def _listing_error(folder: Path) -> str | None:

@@ -160,7 +160,7 @@ def _format_from_extension(path: str) -> str:
 
 
 def _check_destination(path: str, overwrite: bool) -> None:
-    if os.path.isdir(path):
+    if os.path.isdir(path) and not os.path.islink(path):  # a link to a folder is replaced, as a link to a file
         raise SrtrtError("output path is a directory", path)
     if os.path.lexists(path) and not overwrite:
         raise SrtrtError("output already exists (use --overwrite to replace it)", path)
