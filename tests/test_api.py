@@ -191,10 +191,13 @@ def test_a_closed_image_is_said_to_be_closed(tmp_path):
     (source,) = write_images(tmp_path, 1, height=8, width=8)
     with Image.open(source) as unloaded:
         pass
+    with source.open("rb") as file:  # its file object closed (was "corrupt or unreadable image")
+        opened_from_file = Image.open(file)
     loaded = Image.open(source)
     loaded.load()
     loaded.close()
-    for img, cause in ((unloaded, "closed before its pixels were loaded"), (loaded, "the PIL image was closed")):
+    for img, cause in ((unloaded, "closed before its pixels were loaded"), (loaded, "the PIL image was closed"),
+                       (opened_from_file, "closed before its pixels were loaded")):
         with pytest.raises(SrtrtError, match=cause):
             srtrt.upscale(img, **FP32)
 

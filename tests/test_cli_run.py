@@ -159,6 +159,11 @@ def test_a_link_at_an_output_name_is_replaced_not_taken_for_the_file_it_names(tm
     assert code == 0 and "from an earlier run" not in err, err
     assert is_complete_image(tmp_path / "o" / "img1_x4.png", (128, 96))
     assert not (tmp_path / "o" / "img0_x4.png").is_symlink() and (tmp_path / "p" / "img1.png").read_bytes() == before
+    # an earlier output kept elsewhere and linked under its name beside its input is still an earlier output
+    (tmp_path / "o" / "img0_x4.png").replace(tmp_path / "kept.png")
+    (tmp_path / "p" / "img0_x4.png").symlink_to(tmp_path / "kept.png")
+    code, err = run(capsys, tmp_path / "p", "--model", model)
+    assert "img0_x4.png: is the output of" in err and not (tmp_path / "p" / "img0_x4_x4.png").exists(), err
 
 
 def test_one_file_through_a_linked_folder_is_upscaled_once(tmp_path, capsys, model):

@@ -733,6 +733,8 @@ def test_a_jpeg_with_further_mpf_images_is_its_first_image_and_says_what_is_left
     with Image.open(path) as img:
         img.seek(0)
         np.testing.assert_array_equal(decoded.pixels, np.asarray(img.convert("RGB")))
+    with pytest.warns(OutputNote, match="^image: the JPEG's first image is upscaled"):  # was "None: ..."
+        from_pil(Image.open(io.BytesIO(path.read_bytes())))
 
 
 @pytest.mark.parametrize("channels", [1, 3])

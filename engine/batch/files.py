@@ -254,12 +254,13 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, 
     for job in jobs:
         if job.refusal or job.destination is None:
             continue
+        # an earlier output by its name (a link under it is one too), or by the file it is
+        origin = earlier.get(written_name(job.source)) or earlier.get(real_path(job.source)) or job.source
         if writes_over(job.destination, job.source):
             job.refusal = f"{shown(job.destination)}: output path is the input itself" + (f" ({job.note})" if job.note else "")
         elif os.path.isdir(job.destination) and not os.path.islink(job.destination):
             job.refusal = f"{shown(job.destination)}: output path is a directory"
-        elif real_path(earlier.get(real_path(job.source), job.source)) != real_path(job.source):
-            origin = earlier[real_path(job.source)]
+        elif real_path(origin) != real_path(job.source):
             job.refusal, job.status = (f"{shown(job.source)}: is the output of {shown(origin)} from an earlier run, "
                                        "not upscaled again"), SKIPPED
     owner: dict[Path, Path] = {}  # the first input that will write each name

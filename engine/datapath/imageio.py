@@ -206,8 +206,9 @@ def from_pil(img: Image.Image, path=None, max_pixels: int | None = DEFAULT_MAX_P
     if (filename and img.tile and frame == 0 and img.format in (*INPUT_FORMATS, "MPO")
             and not getattr(img, "decoderconfig", None) and _still_named(img, filename)):
         return read_image(filename, max_pixels)
-    if getattr(img, "tile", None) and getattr(img, "fp", None) is None:  # Pillow itself fails on it with a bare AssertionError
-        raise SrtrtError("the PIL image was closed before its pixels were loaded (call load() before "
+    fp = getattr(img, "fp", None)
+    if getattr(img, "tile", None) and (fp is None or getattr(fp, "closed", False)):  # Pillow: a bare AssertionError
+        raise SrtrtError("the PIL image's file was closed before its pixels were loaded (call load() before "
                          "closing it, or upscale the file)", path)
     try:
         if frame == 0:  # as a file of it is: an opened animation is all its frames
@@ -352,7 +353,7 @@ def _note_mpf_images(img: Image.Image, path) -> None:
         kinds = ["Undefined"] * (img.n_frames - 1)
     others = [kind for kind in kinds if "Thumbnail" not in kind]
     if others:
-        warnings.warn(f"{path}: the JPEG's first image is upscaled; the {len(others)} further image"
+        warnings.warn(f"{path or 'image'}: the JPEG's first image is upscaled; the {len(others)} further image"
                       f"{'s' if len(others) > 1 else ''} its MPF index lists (MPType {', '.join(sorted(set(others)))}: "
                       "a gain map, a depth map or another view) left out", OutputNote, stacklevel=4)
 

@@ -41,6 +41,14 @@ BAND_QUEUE_DEPTH = 1  # a finished band waits for the encoder to take it: one en
 _DONE = object()
 
 
+class NotFinite(SrtrtError):
+    """The network's output holds NaN or infinity: quantised, it would be a blank image said done."""
+
+    def __init__(self):
+        super().__init__("the network gave NaN or infinite values, an overflow of its precision (fp16 holds at "
+                         "most 65504): --precision fp32 runs it in full range")
+
+
 class WindowsOutsideEngine(SrtrtError):
     """An image needs windows the backend's engine cannot take (its profile is fixed at one window)."""
 
@@ -162,8 +170,7 @@ def _quantise(y: torch.Tensor, out_dtype, out: torch.Tensor, work: torch.Tensor 
     if work is None:
         return _quantise_rows(y, out_dtype, out, y.float().clamp(0, 1))
     if not torch.isfinite(y).all():  # the cast makes NaN 0 and the clamp infinity 1: a blank image, said done
-        raise SrtrtError("the network gave NaN or infinite values, an overflow (fp16 holds at most 65504): "
-                         "--precision fp32 runs it in full range")
+        raise NotFinite()
     integer, target, rows = np.issubdtype(out_dtype, np.integer), _host_array(out), work.shape[2]
     nhwc = y.permute(0, 2, 3, 1)
     if nhwc.is_contiguous():
@@ -375,7 +382,9 @@ class TiledUpscaler:
         return buffer[:len(windows)]
 
     def _infer(self, staged: torch.Tensor, buffer, planes: Planes, out_dtype, i: int):
-        """Device worker step: returns (host tensor, its output buffer, event or None) of quantised outputs.
+        """Device worker step: returns (host tensor, its output buffer, event or None, finite or None) of
+        quantised outputs; on CUDA `finite` is a pinned flag (whether every output value was finite),
+        read once the event has passed: asked at once, it would wait for the device each batch.
         `planes` is any image of the run: only its channels, alpha and dtype (shared by all) matter."""
         b = self.backend
         n_planes = planes_per_tile(planes.channels, planes.alpha is not None, b.channels)
@@ -384,7 +393,7 @@ class TiledUpscaler:
             y = b.infer(staged)
             host = self._postprocess(y, n_planes, planes.channels, out_dtype, host_buffer[:y.shape[0] // n_planes],
                                      self._work)
-            return host, host_buffer, None
+            return host, host_buffer, None, None
         stream = self.streams[i % len(self.streams)]
         with torch.cuda.stream(stream):
             on_device = staged.to(b.device, non_blocking=True)
@@ -397,9 +406,11 @@ class TiledUpscaler:
             host = host_buffer[:y.shape[0] // n_planes]
             quantised = torch.empty(host.shape, dtype=host.dtype, device=b.device)
             host.copy_(self._postprocess(y, n_planes, planes.channels, out_dtype, quantised), non_blocking=True)
+            finite = torch.empty((), dtype=torch.bool, pin_memory=True)
+            finite.copy_(torch.isfinite(y).all(), non_blocking=True)
             event = torch.cuda.Event()
             event.record(stream)
-        return host, host_buffer, event
+        return host, host_buffer, event, finite
 
     @staticmethod
     def _postprocess(y: torch.Tensor, n_planes: int, channels: int, out_dtype, out: torch.Tensor,
@@ -427,7 +438,7 @@ class TiledUpscaler:
         tiles_per_row, band, band_key, placed = len(plan.cols), None, None, 0
         try:
             while (item := q_out.get()) is not _DONE:
-                windows, host, host_buffer, event = item
+                windows, host, host_buffer, event, finite = item
                 try:
                     if abandon.is_set():
                         continue
@@ -435,6 +446,8 @@ class TiledUpscaler:
                         t0 = time.perf_counter()
                         event.synchronize()  # device time, not assembly: counted under infer
                         self.times.add(infer=time.perf_counter() - t0)
+                    if finite is not None and not finite.item():
+                        raise NotFinite()
                     t0 = time.perf_counter()
                     out = _host_array(host)
                     for k, (f, tile) in enumerate(windows):
@@ -548,9 +561,9 @@ class TiledUpscaler:
                     raise item
                 windows, staged, buffer = item
                 t0 = time.perf_counter()
-                host, host_buffer, event = self._infer(staged, buffer, planes, out_dtype, i)
+                host, host_buffer, event, finite = self._infer(staged, buffer, planes, out_dtype, i)
                 self.times.add(infer=time.perf_counter() - t0, batches=1)
-                q_out.put((windows, host, host_buffer, event))
+                q_out.put((windows, host, host_buffer, event, finite))
                 i += 1
                 if errors:
                     break

@@ -155,7 +155,7 @@ def _upscale_video(runner, source: Path, destination: Path, on_frame, on_total, 
     resumed = work.next_index
     if work.started_over:
         note = "; ".join(filter(None, [note, f"--resume: the earlier run's {work.started_over} closed segments came from "
-                                              "another source, model or settings, so it started over"]))
+                                              "another source, model or settings (or an older srtrt), so it started over"]))
     if work.damaged:
         after = f"it and the {work.damaged - 1} after it were" if work.damaged > 1 else "it was"
         note = "; ".join(filter(None, [note, "--resume: a closed segment had changed since it was written "
