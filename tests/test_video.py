@@ -1257,6 +1257,21 @@ def test_resume_makes_again_a_segment_changed_since_it_was_written(tmp_path, cap
     assert (tmp_path / f"{image.stem}_x4.png").is_file() and not work.exists()
 
 
+def test_resume_of_an_older_srtrts_folder_starts_over_and_says_it_may_be_that(tmp_path, capsys, model):
+    """A manifest without the sha256s a resume now checks segments by: nothing to trust them by, so the
+    run starts over; its line blamed another source, model or settings, none of which changed."""
+    source = _long_clip(tmp_path)
+    work = tmp_path / ".long_x4.mp4.srtrt-video"
+    _stop_after_segments(source, tmp_path / "long_x4.mp4", model, 1)
+    manifest = json.loads((work / "manifest.json").read_text())
+    manifest["key"]["source"].pop("sample_sha256")
+    for segment in manifest["segments"]:
+        del segment["size"], segment["sha256"]
+    (work / "manifest.json").write_text(json.dumps(manifest))
+    code, err = run(capsys, source, "--model", model, "--backend", "torch", "--resume")
+    assert code == 0 and "(or an older srtrt), so it started over" in err, err
+
+
 def test_a_source_replaced_by_another_of_the_same_size_and_time_is_another_source(tmp_path):
     """The source was known by path, size and mtime: another video padded to the same size and given
     the same time (`touch -r`) was resumed, its first frames the old video's."""
