@@ -119,6 +119,22 @@ def tiny_swinir():
                       upsampler="pixelshuffledirect")
 
 
+def save_fp16_overflowing_compact(path: Path) -> Path:
+    """A small Compact (spandrel: half supported) whose activations pass fp16's 65504: its first conv
+    x1e7 and the next /1e7, the same function in fp32."""
+    from safetensors.torch import save_file
+    from spandrel.architectures.Compact import Compact
+
+    torch.manual_seed(0)
+    net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2).eval()
+    with torch.no_grad():
+        net.body[0].weight.mul_(1e7)
+        net.body[0].bias.mul_(1e7)
+        net.body[2].weight.div_(1e7)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    return path
+
+
 def save_community_models(folder: Path, makers: dict) -> dict[str, Path]:
     """Each maker's network (spandrel's own classes) with seed-0 random weights halved (random
     outputs stay inside [0, 1] more often), saved as NAME.safetensors in `folder`."""

@@ -97,6 +97,21 @@ def cli_env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
+def without_dac_override(command: list[str]) -> list[str]:
+    """`command` run so that file permissions apply to it: as root, without the capabilities that
+    let root read and enter anything (setpriv); skips the test where that cannot be done."""
+    import shutil
+
+    import pytest
+
+    if os.geteuid() != 0:
+        return command
+    if shutil.which("setpriv") is None:
+        pytest.skip("root, and no setpriv to drop CAP_DAC_OVERRIDE")
+    drop = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", *command]
+
+
 def default_signals() -> None:
     """SIGINT, SIGTERM and SIGHUP as a terminal gives them to a command it starts: the tests that send
     them must not inherit a runner's SIG_IGN (a non-interactive shell's background job ignores SIGINT,

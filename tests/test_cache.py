@@ -46,7 +46,6 @@ def test_a_cache_under_a_folder_that_may_not_be_entered_is_a_temporary_one(tmp_p
     """Another user's 0700 home (`sudo -u` keeping HOME): Python 3.11's pathlib raised while the cause
     was worked out, and every run ended there with "permission denied", no image written."""
     import os
-    import shutil
     import subprocess
     import sys
 
@@ -56,11 +55,9 @@ def test_a_cache_under_a_folder_that_may_not_be_entered_is_a_temporary_one(tmp_p
     locked.mkdir()
     locked.chmod(0)
     command = [sys.executable, "-c", "from srtrt.cache import cache_root; print(cache_root().is_dir())"]
-    if os.geteuid() == 0:  # root enters any folder: run the child without the capabilities that let it
-        if shutil.which("setpriv") is None:
-            pytest.skip("root, and no setpriv to drop CAP_DAC_OVERRIDE")
-        drop = "-dac_override,-dac_read_search"
-        command = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", *command]
+    from run_helpers import without_dac_override
+
+    command = without_dac_override(command)  # root enters any folder
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=120,
                               env={**os.environ, "SRTRT_CACHE": str(locked / ".cache" / "srtrt")})

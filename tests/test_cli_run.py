@@ -12,7 +12,16 @@ from PIL import Image
 
 import srtrt
 
-from run_helpers import is_complete_image, partials, pixels, save_tiny_model, signal_when, srtrt_process, write_images
+from run_helpers import (
+    is_complete_image,
+    partials,
+    pixels,
+    save_tiny_model,
+    signal_when,
+    srtrt_process,
+    without_dac_override,
+    write_images,
+)
 from run_helpers import run_cli as run
 
 
@@ -579,7 +588,6 @@ def test_a_whole_image_run_says_so_not_that_its_margin_may_show_seams(tmp_path, 
 def test_a_folder_it_may_not_list_and_names_too_long_fail_alone(tmp_path, capsys, model):
     """On Python 3.11 pathlib's is_dir/is_file raise for a folder the process may not enter and for a
     name over 255 bytes: a traceback, and the good image beside them was never upscaled."""
-    import shutil
     import subprocess
     import sys
 
@@ -597,11 +605,7 @@ def test_a_folder_it_may_not_list_and_names_too_long_fail_alone(tmp_path, capsys
     locked.chmod(0)
     command = [sys.executable, "-m", "srtrt.cli", "run", str(source), str(locked), str(locked / "x.png"),
                "-o", str(tmp_path / "out2"), "--model", str(model)]
-    if os.geteuid() == 0:  # root enters any folder: run the child without the capabilities that let it
-        if shutil.which("setpriv") is None:
-            pytest.skip("root, and no setpriv to drop CAP_DAC_OVERRIDE")
-        drop = "-dac_override,-dac_read_search"
-        command = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", *command]
+    command = without_dac_override(command)  # root enters any folder
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=cli_env())
     finally:

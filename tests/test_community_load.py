@@ -9,7 +9,6 @@ import os
 import pathlib
 import pickle
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -556,11 +555,9 @@ def test_a_file_this_process_may_not_read_says_so(tmp_path):
     for path in (st, pth, own.with_suffix(".json")):
         path.chmod(0)
     command = [sys.executable, "-c", _UNREADABLE_CHILD, str(tmp_path)]
-    if os.geteuid() == 0:  # root reads any file: run the child without the capabilities that let it
-        if shutil.which("setpriv") is None:
-            pytest.skip("root, and no setpriv to drop CAP_DAC_OVERRIDE")
-        drop = "-dac_override,-dac_read_search"
-        command = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", *command]
+    from run_helpers import without_dac_override
+
+    command = without_dac_override(command)  # root reads any file
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=pathlib.Path(__file__).parents[1])
     if done.returncode != 0 and ("SKIP" in done.stderr or done.stderr.startswith("setpriv")):
         pytest.skip(done.stderr.strip())

@@ -214,19 +214,13 @@ def test_an_output_that_overflows_fp16_on_the_gpu_fails_its_image_in_one_line(tm
     activations pass 65504 wrote an all-black image at fp16, exit 0."""
     pytest.importorskip("spandrel")
     from PIL import Image
-    from safetensors.torch import save_file
-    from spandrel.architectures.Compact import Compact
 
     from srtrt.cli import main
 
+    from conftest import save_fp16_overflowing_compact
+
     monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
-    torch.manual_seed(0)
-    net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2).eval()
-    with torch.no_grad():  # the same function in fp32: the first conv x1e7, the next /1e7
-        net.body[0].weight.mul_(1e7)
-        net.body[0].bias.mul_(1e7)
-        net.body[2].weight.div_(1e7)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "big.safetensors"))
+    save_fp16_overflowing_compact(tmp_path / "big.safetensors")
     Image.fromarray(smooth_image(16, 20)).save(tmp_path / "in.png")
     code = main(["run", str(tmp_path / "in.png"), "-o", str(tmp_path / "fp16.png"), "--model",
                  str(tmp_path / "big.safetensors"), "--device", "cuda", "--backend", "torch", "--precision", "fp16"])

@@ -430,19 +430,12 @@ def test_an_output_that_overflows_fp16_fails_its_image_in_one_line(monkeypatch, 
     """A Compact (spandrel: half supported) whose activations pass 65504: at fp16 its output was NaN,
     cast to 0, and the image written all black, exit 0, with numpy's own warning on stderr."""
     pytest.importorskip("onnxruntime")
-    from safetensors.torch import save_file
-    from spandrel.architectures.Compact import Compact
-
     from srtrt.cli import main
 
+    from conftest import save_fp16_overflowing_compact
+
     monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))
-    torch.manual_seed(0)
-    net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2).eval()
-    with torch.no_grad():  # the same function in fp32: the first conv x1e7, the next /1e7
-        net.body[0].weight.mul_(1e7)
-        net.body[0].bias.mul_(1e7)
-        net.body[2].weight.div_(1e7)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "big.safetensors"))
+    save_fp16_overflowing_compact(tmp_path / "big.safetensors")
     Image.fromarray(smooth_image(16, 20)).save(tmp_path / "in.png")
     run = ["run", str(tmp_path / "in.png"), "--model", str(tmp_path / "big.safetensors")]
     assert main([*run, "-o", str(tmp_path / "fp32.png"), "--backend", "torch", "--precision", "fp32"]) == 0
