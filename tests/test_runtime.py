@@ -611,7 +611,7 @@ def test_an_abandoned_runs_output_buffers_go_back_only_after_their_device_copy()
     q_out, bands, abandon = queue.Queue(), queue.Queue(), threading.Event()
     abandon.set()
     for name in ("a", "b"):
-        q_out.put(([(0, tile) for tile in plan], None, name, CopyEvent()))
+        q_out.put(([(0, tile) for tile in plan], None, name, CopyEvent(), None))
     q_out.put(_DONE)
     up._assemble(planes, plan, q_out, bands, np.uint8, None, [], abandon)
     assert order == ["copy done", "a back", "copy done", "b back"]
