@@ -190,7 +190,6 @@ def _onnx_graphs(view, precision: str, polyphase: bool) -> OnnxGraphs:
     exporter takes is one line here, before any image. OpenVINO and ONNX Runtime both run these."""
     from srtrt.engine.backends.measured import window_shape
 
-    polyphase = _tail_form(view, polyphase)
     if not isinstance(view, CommunityView):
         return OnnxGraphs(dynamic=_exported_onnx(view, precision, polyphase))
     from srtrt.engine.toolchain.export_isolated import ExportFailed, dynamic_failure, remember_dynamic_failure
