@@ -1,4 +1,5 @@
-"""What this machine's CPU can do: the one probe that precision policy, training and bench/ ask."""
+"""What this machine's CPU can do, and how much of it this process gets: the one probe that precision
+policy, `auto`'s measurement, training and bench/ ask."""
 from __future__ import annotations
 
 import os
@@ -46,3 +47,40 @@ def usable_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
+
+
+def _thread_schedstats() -> dict[str, tuple[int, int]] | None:
+    """Per thread of this process: (ns it ran, ns it waited, runnable, for a CPU), as the kernel's
+    schedstat counts them; None where the kernel does not say (not Linux, no schedstat)."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    stats = {}
+    for tid in tasks:
+        try:
+            ran, waited, _ = Path(f"/proc/self/task/{tid}/schedstat").read_text().split()
+        except (OSError, ValueError):
+            continue  # a thread that ended meanwhile
+        stats[tid] = int(ran), int(waited)
+    return stats or None
+
+
+class CpuWait:
+    """How much of the time this process's threads wanted a CPU, since this was made, they spent
+    waiting for one: near 0 on an idle host, 0.5-0.7 with two busy programs beside it on 2 cores.
+    A timing taken while it is high measured the other programs as much as the code timed."""
+
+    def __init__(self):
+        self._start = _thread_schedstats()
+
+    def fraction(self) -> float | None:
+        """Waited / (ran + waited) since made; None where the kernel does not say."""
+        end = _thread_schedstats()
+        if self._start is None or end is None:
+            return None
+        ran = waited = 0
+        for tid, (r, w) in end.items():  # threads started meanwhile count from zero; ended ones drop out
+            r0, w0 = self._start.get(tid, (0, 0))
+            ran, waited = ran + r - r0, waited + w - w0
+        return waited / (ran + waited) if ran + waited > 0 else 0.0

@@ -377,15 +377,17 @@ def _speed_timer(view, dev: torch.device, sha: str, shape_class: str, calibratio
 
     def timer(paths):
         exported_before = exporting_seconds()
-        seconds, took, first_call = measured.cached_seconds(
-            sha, paths, lambda name, precision: _make(name, view, dev, precision),
-            window, facts.channels, time_one, shape_class, calibration)
+        found = measured.cached_seconds(sha, paths, lambda name, precision: _make(name, view, dev, precision),
+                                        window, facts.channels, time_one, shape_class, calibration)
         exported = exporting_seconds() - exported_before
-        chosen = measured.fastest(seconds, paths)
+        chosen = measured.fastest(found.seconds, paths)
+        took = found.took
         when = "measured earlier" if took is None else f"measured now in {took:.1f} s"
-        figures = f"{when}: {measured.figures(seconds, window, chosen, shape_class, first_call)}"
+        figures = f"{when}: {measured.figures(found.seconds, window, chosen, shape_class, found.first_call_only)}"
         if took is not None and exported >= 0.05:  # a first use's exports: paid once per model, not per measurement
             figures += f" ({exported:.1f} s of the {took:.1f} s exported this model's graphs, once per model)"
+        if found.busy:
+            figures += f"; {found.busy}"
         return chosen, figures
     return timer
 
