@@ -207,7 +207,7 @@ def targets(run: Run, rs: list[dict]) -> list[str]:
 
 
 def _of_peak(row: dict) -> str:
-    if row["peak_pct"] is None:  # int8 and `auto` rows: no peak of their kind is measured
+    if row["peak_pct"] is None:  # `auto` rows, and int8 where no int8 peak was measured: no peak of their kind
         return "no measured matmul peak of its kind to compare with"
     return f"{row['peak_pct']:.1f}% of the measured {row['peak_key']} matmul peak"
 

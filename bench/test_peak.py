@@ -1,4 +1,4 @@
-"""The device's measured matrix-math peak: square matmuls per dtype, in TFLOP/s.
+"""The device's measured matrix-math peak: square matmuls per dtype, in TFLOP/s (int8: TOP/s).
 
 The report divides each model case's FLOPs per second by the peak of the dtype it computes in
 ("percent of peak"). A measured peak, not a datasheet one: it is what this machine's BLAS
@@ -24,6 +24,9 @@ else:
     # fp16 matmul on a CPU is emulated, and so is bf16 without AVX512-BF16/AMX (a 4096² bf16 matmul
     # ran for minutes on an AVX2 Zen 3): no case computes in them there
     PEAKS = ["bf16", "fp32"] if cpu_has_fast_bf16() else ["fp32"]
+    # int8 x int8 -> int32 (torch._int_mm: oneDNN's u8/s8 GEMM, VNNI or AMX where the CPU has them):
+    # the ceiling of OpenVINO's int8 convolutions, measured on every CPU as int8 is timed on every CPU
+    PEAKS.insert(0, "int8")
     SIZE, PER_ROUND = {"smoke": (256, 1), "quick": (2048, 2), "full": (4096, 2)}[MODE.name]
 
 
@@ -38,14 +41,26 @@ def matmul_precision(name: str):
         torch.set_float32_matmul_precision(before)
 
 
+def _operands(name: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+    if name == "int8":
+        generator = torch.Generator().manual_seed(0)
+        return tuple(torch.randint(-128, 128, (SIZE, SIZE), dtype=torch.int8, generator=generator).to(device)
+                     for _ in range(2))
+    return tuple(torch.randn(SIZE, SIZE, device=device).to(DTYPES[name]) for _ in range(2))
+
+
 @pytest.mark.parametrize("name", PEAKS)
 def test_matmul_peak(benchmark, name, device):
-    a = torch.randn(SIZE, SIZE, device=device).to(DTYPES[name])
-    b = torch.randn(SIZE, SIZE, device=device).to(DTYPES[name])
+    a, b = _operands(name, device)
+    mm = torch._int_mm if name == "int8" else torch.mm
+    try:
+        mm(a[:64, :64], b[:64, :64])
+    except RuntimeError as e:  # a torch build without an int8 GEMM on this device
+        pytest.skip(f"{name} matmul does not run here: {(str(e).splitlines() or [''])[0]}")
 
     def run():
         for _ in range(PER_ROUND):
-            torch.mm(a, b)
+            mm(a, b)
         if CUDA:
             torch.cuda.synchronize()
 

@@ -39,6 +39,24 @@ def throughput_table(benchmarks: list[dict], judge: bool = True) -> list[str]:
     return lines
 
 
+def ceiling_lines(benchmarks: list[dict]) -> list[str]:
+    """How fast any int8 path could be against eager fp32, from the matmul peaks measured in the same run
+    (`pytest bench/test_peak.py bench/test_zoo.py`): the int8 peak over what eager fp32 reached."""
+    peaks = {b["extra_info"]["dtype"]: b["extra_info"]["tflops_best"] for b in benchmarks
+             if b["extra_info"].get("kind") == "peak"}
+    if "int8" not in peaks or "fp32" not in peaks:
+        return []
+    lines = [f"measured matmul peaks: {', '.join(f'{k} {v:.3g} T/s' for k, v in peaks.items())}"]
+    for b in benchmarks:
+        e = b["extra_info"]
+        if e.get("kind") == "zoo" and e["case"] == EAGER and e.get("gflop_per_s"):
+            eager = float(e["gflop_per_s"]) / 1e3
+            lines.append(f"{e['model']}: eager fp32 ran at {100 * eager / peaks['fp32']:.0f}% of the fp32 peak; every conv "
+                         f"in int8 at the int8 peak would be {peaks['int8'] / eager:.2f}x eager "
+                         f"(target {TARGETS.get(e['model'], float('nan')):g}x)")
+    return lines
+
+
 def rss_lines(benchmarks: list[dict]) -> list[str]:
     out = []
     for b in benchmarks:
@@ -58,7 +76,7 @@ def main(argv: list[str]) -> int:
     info = doc.get("machine_info", {}).get("srtrt", {})
     print(f"{info.get('describe', '?')}, mode {info.get('mode', '?')}, {doc.get('datetime', '')}\n")
     table = throughput_table(doc["benchmarks"], judge=info.get("mode") != "smoke")
-    print("\n".join(table + [""] + rss_lines(doc["benchmarks"])))
+    print("\n".join(table + [""] + rss_lines(doc["benchmarks"]) + [""] + ceiling_lines(doc["benchmarks"])))
     return 0
 
 
