@@ -296,7 +296,7 @@ def test_a_foreign_or_damaged_entry_is_measured_again(view, tmp_path, monkeypatc
                    {"seconds": {"torch bf16": -1.0, "torch fp32": 0.5}},         # nonsense figures
                    {"seconds": {"torch bf16": True, "torch fp32": True}},        # booleans read as 1 s
                    {"first_call_only": None},                                    # was a TypeError
-                   {"busy_looks": "1"}, {"busy_looks": -1}, {"busy_looks": True}):
+                   {"busy_looks": "1"}, {"busy_looks": -1}, {"busy_looks": True}, {"busy_looks": 10 ** 9}):
         stored["results"][kind] = {**entry, **damage}
         path.write_text(json.dumps(stored))
         seconds, took, *_ = measured.cached_seconds(SHA, PATHS, maker(view), WINDOW)

@@ -259,7 +259,7 @@ def cached_seconds(sha256: str, candidates: list[Path], make, window: tuple[int,
                                for v in seconds.values())
                        and all(isinstance(v, str) for v in failed.values())
                        and isinstance(entry.get("first_call_only", []), list)
-                       and isinstance(looks, int) and not isinstance(looks, bool) and looks >= 0)
+                       and isinstance(looks, int) and not isinstance(looks, bool) and 0 <= looks <= BUSY_LOOKS)
         if well_formed and 0 < looks < BUSY_LOOKS and not entry.get("transient"):
             earlier.append(entry)
         return (well_formed and not entry.get("transient")  # a path failed for want of disk space: measured again
