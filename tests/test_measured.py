@@ -276,7 +276,7 @@ def test_a_look_on_an_idle_host_after_a_busy_one_is_kept(view, monkeypatch):
     assert busy.took > 0 and busy.busy.endswith("measured again next run")
     idle = measured.cached_seconds(sha, PATHS, maker(view), WINDOW)
     assert idle.took > 0 and idle.busy == ""
-    assert all(idle.seconds[name] < busy.seconds[name] for name in idle.seconds)
+    assert all(idle.seconds[name] <= busy.seconds[name] for name in idle.seconds)  # each path keeps its best look
     again = measured.cached_seconds(sha, PATHS, maker(view), WINDOW)
     assert again.took is None and again.seconds == idle.seconds and again.busy == ""
 
