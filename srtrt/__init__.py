@@ -39,7 +39,7 @@ def load_model(model=None, allow_noncommercial: bool = False):
 
     from srtrt.engine.batch.options import check_flag, model_argument
 
-    check_flag("allow_noncommercial", allow_noncommercial)  # "no" is a true string: it opted in
+    allow_noncommercial = check_flag("allow_noncommercial", allow_noncommercial)  # "no" is a true string: it opted in
     model = model_argument(model)
     with torch.random.fork_rng(devices=[]):  # building a network draws random initial weights: the caller's
         return _load_model(model, allow_noncommercial)  # seeded stream is left as it was

@@ -86,6 +86,12 @@ def test_options_of_the_wrong_type_or_an_empty_model_are_one_line(tmp_path):
     with pytest.raises(SrtrtError, match="allow_noncommercial must be True or False"):
         srtrt.upscale(source, allow_noncommercial="no")
     assert kept.read_bytes() == b"mine"
+    for flag in (np.bool_(False), np.array([1, 2]).sum() > 5):  # numpy's bools are bools: they were refused
+        with pytest.raises(SrtrtError, match="exists [(]overwrite=True replaces it[)]"):
+            srtrt.upscale(source, kept, overwrite=flag)
+        assert kept.read_bytes() == b"mine"
+    srtrt.upscale(source, kept, overwrite=np.array([True]).all())
+    assert kept.read_bytes().startswith(b"\x89PNG")
     for empty in ("", " "):
         with pytest.raises(SrtrtError, match="the model is empty"):
             srtrt.upscale(source, model=empty)

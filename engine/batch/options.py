@@ -11,6 +11,8 @@ import numbers
 import os
 from dataclasses import dataclass
 
+import numpy as np
+
 from srtrt.errors import SrtrtError
 
 ALPHA_MODES = ("bicubic", "model")
@@ -47,7 +49,7 @@ class RunOptions:
 
     def __post_init__(self):
         for name in BOOLEAN_OPTIONS:
-            check_flag(name, getattr(self, name))
+            object.__setattr__(self, name, check_flag(name, getattr(self, name)))
         object.__setattr__(self, "model", model_argument(self.model))
         if self.alpha not in ALPHA_MODES:
             raise SrtrtError(f"alpha must be one of {', '.join(ALPHA_MODES)}, not {self.alpha!r}")
@@ -87,10 +89,12 @@ class RunOptions:
         return {} if self.max_pixels is None else {"max_pixels": self.max_pixels or None}
 
 
-def check_flag(name: str, value) -> None:
-    """A yes/no option is a bool: overwrite="false" is a true string, and it replaced files."""
-    if not isinstance(value, bool):
+def check_flag(name: str, value) -> bool:
+    """A yes/no option as a plain bool: a bool or numpy's (a mask's element, `arr.any()`), never
+    anything else: overwrite="false" is a true string, and it replaced files."""
+    if not isinstance(value, (bool, np.bool_)):
         raise SrtrtError(f"{name} must be True or False, not {value!r}")
+    return bool(value)
 
 
 def model_argument(model):
