@@ -51,6 +51,9 @@ class ModelFacts:
     feature_channels: int = 64        # the widest activation: sizes tile memory
     minimum: int = 1                  # smallest LR side the network takes
     multiple_of: int = 1              # LR sides must be multiples of this
+    # a network that pads its input to multiples of this inside its forward (spandrel: any size) computes
+    # on a grid from the input's origin: tile windows start on it (engine/datapath/tiles.py)
+    grid: int = 1
     half: bool = True                 # fp16 allowed (spandrel says whether it overflows)
     bfloat16: bool = True
     global_operations: bool = False   # pooling or attention over the whole input: never exact in tiles

@@ -45,9 +45,11 @@ EXACT_TOLERANCE = 1e-9
 CONFIRM_BEYOND = 8
 CONFIRM_WINDOWS_PER_AXIS = 2
 # v2: an exact radius is confirmed by a tiled pass; v3: by windows inside the content (a v2 check could
-# pass with every window touching the border, and margins above 48 made it one window). Older entries
+# pass with every window touching the border, and margins above 48 made it one window); v4: with the
+# grid a network pads its input to (measure_grid), on content whose windows it pads. Older entries
 # are measured again.
-TILING_KIND = "tiling-v3"
+TILING_KIND = "tiling-v4"
+GRID_PROBE_STEPS = (0, 3, 8, 16, 24)  # LR sides probed for a pad to a grid (the smallest allowed side plus these)
 SHEET_KIND = "sheet-gap-v1"  # measure_sheet_gap's cache entries
 
 
@@ -72,7 +74,7 @@ def load_view(path, allow_noncommercial: bool = False) -> CommunityView:
                                           model.multiple_of),
         minimum=model.minimum, multiple_of=model.multiple_of,
         half=model.supports_half, bfloat16=model.supports_bfloat16, global_operations=model.global_operations,
-        radius=tiling["radius"], margin=tiling["margin"], margin_figure=tiling.get("figure"),
+        radius=tiling["radius"], margin=tiling["margin"], margin_figure=tiling.get("figure"), grid=tiling["grid"],
         sheet_gap=receptive_field.cached(SHEET_KIND, model.sha256, lambda: {"gap": measure_sheet_gap(model)},
                                          _whole_gap)["gap"])
     # The source and the opt-in travel with the view: a child process loads the file again (ONNX export).
@@ -147,9 +149,9 @@ def measure_sheet_gap(model: community.CommunityModel) -> int:
 
 def _whole_tiling(entry: dict) -> bool:
     """A cached measure_tiling result of the right shape (an entry edited or damaged is measured again)."""
-    radius, margin, figure = entry.get("radius"), entry.get("margin"), entry.get("figure")
+    radius, margin, figure, grid = entry.get("radius"), entry.get("margin"), entry.get("figure"), entry.get("grid")
     return ((radius is None or type(radius) is int and radius >= 0) and type(margin) is int and margin >= 0
-            and (figure is None or isinstance(figure, dict)))
+            and (figure is None or isinstance(figure, dict)) and type(grid) is int and 1 <= grid <= 1024)
 
 
 CALIBRATION_FORMAT, CALIBRATION_VERSION = "srtrt-int8-calibration", 1
@@ -209,10 +211,57 @@ def activation_width(module: nn.Module, scale: int, channels: int, minimum: int 
     return max(1, round(widest[0] / scale**2)) if widest[0] else 64
 
 
-def measure_tiling(model: community.CommunityModel) -> dict:
-    """{"radius": int | None, "margin": int, "figure": dict | None} for the cache."""
+class _PadSeen(Exception):
+    """Raised by _EndPads at a forward's first pad of its input: the rest of the forward is not needed."""
+
+
+class _EndPads(torch.overrides.TorchFunctionMode):
+    """Records the size a forward pads an input of `side` x `side` to at its end (bottom and right)."""
+
+    def __init__(self, side: int):
+        super().__init__()
+        self.side, self.padded = side, None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.nn.functional.pad, torch._C._nn.pad) and args and isinstance(args[0], torch.Tensor):
+            x, pad = args[0], list(args[1] if len(args) > 1 else kwargs.get("pad", ()))
+            if (x.dim() == 4 and tuple(x.shape[-2:]) == (self.side, self.side) and len(pad) == 4
+                    and pad[0] == pad[2] == 0 and pad[1] == pad[3] >= 0):
+                self.padded = self.side + pad[1]
+                raise _PadSeen
+        return func(*args, **kwargs)
+
+
+def measure_grid(model: community.CommunityModel) -> int:
+    """The grid a network pads its input to inside its forward, or 1: SwinIR pads to its attention
+    windows (8), MoESR to its pixel-unshuffle (2), and spandrel calls their sides free. Such a network
+    computes on a grid from its input's origin, so tile windows must start on it (tiles.plan_axis).
+    Each probed side counts as padded to itself where the forward pads nothing; the grid is the
+    greatest common divisor of what the sides were padded to (1 for a network that pads to nothing)."""
+    import math
+
+    from srtrt.engine.datapath.tiles import allowed_side
+
     module = model.module.eval()
-    radius = None
+    smallest = allowed_side(9, model.multiple_of, model.minimum)
+    padded_to = []
+    for step in GRID_PROBE_STEPS:
+        side = allowed_side(smallest + step, model.multiple_of, model.minimum)
+        watch = _EndPads(side)
+        try:
+            with torch.inference_mode(), watch:
+                module(torch.rand(1, model.input_channels, side, side, generator=torch.Generator().manual_seed(side)))
+        except _PadSeen:
+            pass
+        padded_to.append(watch.padded or side)
+    return max(math.gcd(*padded_to), 1)
+
+
+def measure_tiling(model: community.CommunityModel) -> dict:
+    """{"radius": int | None, "margin": int, "figure": dict | None, "grid": int} for the cache."""
+    module = model.module.eval()
+    radius, grid = None, measure_grid(model)
     if not model.global_operations:
         # Measured only as far as an affordable radius: a larger field is None ("beyond what was measured").
         radius = receptive_field.measure_radius(module, model.scale, model.input_channels,
@@ -221,26 +270,27 @@ def measure_tiling(model: community.CommunityModel) -> dict:
         if radius is not None and radius <= AFFORDABLE_RADIUS:
             # The field is measured from one input pixel, and a max pooling passes a pixel on only where
             # it is its cell's maximum (SAFMN): windows of that margin confirm what exact tiles promise.
-            if _tiles_equal_whole(module, radius, model.input_channels, model.multiple_of, model.minimum):
-                return {"radius": radius, "margin": radius, "figure": None}
+            if _tiles_equal_whole(module, radius, model.input_channels, model.multiple_of, model.minimum, grid):
+                return {"radius": radius, "margin": radius, "figure": None, "grid": grid}
             radius = None  # a path the one-pixel probe did not see: the margin is measured like a global model's
-    side = margin_reference_side(model.multiple_of, model.minimum)
+    side = margin_reference_side(model.multiple_of, model.minimum, grid)
     reference = reference_image(side, model.input_channels, model.multiple_of)
-    run = _WindowRunner(module, model.multiple_of, model.minimum)
+    run = _WindowRunner(module, model.multiple_of, model.minimum, grid)
     margin, figure = receptive_field.measure_margin(run.tiled, run.whole, reference, MARGIN_CANDIDATES)
     if margin is None:  # nothing within 1 level: the largest tried, and the figure says how far off it is
         margin = figure["margin"]
-    return {"radius": radius, "margin": margin, "figure": figure}
+    return {"radius": radius, "margin": margin, "figure": figure, "grid": grid}
 
 
-def _tiles_equal_whole(module: nn.Module, margin: int, channels: int, multiple_of: int = 1, minimum: int = 1) -> bool:
+def _tiles_equal_whole(module: nn.Module, margin: int, channels: int, multiple_of: int = 1, minimum: int = 1,
+                       grid: int = 1) -> bool:
     """Whether windows with `margin` pixels of context equal the whole-image pass, in float64.
 
     Only windows inside the content are compared: a side that touches the border has the same zero
     padding as the whole image there and tests nothing, and those windows are what the check is about."""
-    plan = _confirmation_plan(margin, multiple_of, minimum)
+    plan = _confirmation_plan(margin, multiple_of, minimum, grid)
     inside = set(_windows_inside(plan.rows, plan.height))
-    double = _WindowRunner(copy.deepcopy(module).double(), multiple_of, minimum)
+    double = _WindowRunner(copy.deepcopy(module).double(), multiple_of, minimum, grid)
     x = reference_image(plan.height, channels, multiple_of).double()
     whole = double.whole(x)
     s = whole.shape[-1] // plan.width
@@ -253,28 +303,31 @@ def _tiles_equal_whole(module: nn.Module, margin: int, channels: int, multiple_o
     return True
 
 
-def margin_reference_side(multiple_of: int, minimum: int) -> int:
+def margin_reference_side(multiple_of: int, minimum: int, grid: int = 1) -> int:
     """The side of the content the margin is measured on: REFERENCE_SIDE, or more where a model's
     window sides (multiples of 32, a minimum of 128) would make the largest candidate's plan one
     window, equal to the whole image by construction."""
-    return _content_plan(max(MARGIN_CANDIDATES), multiple_of, minimum, lambda plan: len(plan.rows) >= 2).height
+    return _content_plan(max(MARGIN_CANDIDATES), multiple_of, minimum, lambda plan: len(plan.rows) >= 2, grid).height
 
 
-def _confirmation_plan(margin: int, multiple_of: int, minimum: int):
+def _confirmation_plan(margin: int, multiple_of: int, minimum: int, grid: int = 1):
     """The runtime's plan on the smallest content with CONFIRM_WINDOWS_PER_AXIS windows per axis inside
     it (a margin near half the content would otherwise leave no window inside, or make the plan one window)."""
     return _content_plan(margin, multiple_of, minimum,
-                         lambda plan: len(_windows_inside(plan.rows, plan.height)) >= CONFIRM_WINDOWS_PER_AXIS)
+                         lambda plan: len(_windows_inside(plan.rows, plan.height)) >= CONFIRM_WINDOWS_PER_AXIS, grid)
 
 
-def _content_plan(margin: int, multiple_of: int, minimum: int, enough):
+def _content_plan(margin: int, multiple_of: int, minimum: int, enough, grid: int = 1):
     """The runtime's plan (MEASURE_CORE cores, `margin`) on the smallest square content from
-    REFERENCE_SIDE up, in steps the model takes, for which `enough(plan)` holds."""
+    REFERENCE_SIDE up, in steps the model takes, for which `enough(plan)` holds. For a network that
+    pads to a `grid`, a side one past the grid: every window is then padded inside the network, as
+    most images' windows are (a side on the grid would test windows it does not pad)."""
     from srtrt.engine.datapath import tiles
 
-    side = tiles.allowed_side(REFERENCE_SIDE, multiple_of, minimum)
-    while not enough(plan := tiles.plan(side, side, MEASURE_CORE, margin, multiple_of=multiple_of, minimum=minimum)):
-        side += max(multiple_of, 1)
+    side = tiles.allowed_side(REFERENCE_SIDE, multiple_of, minimum) + (1 if grid > 1 else 0)
+    while not enough(plan := tiles.plan(side, side, MEASURE_CORE, margin, multiple_of=multiple_of, minimum=minimum,
+                                        grid=grid)):
+        side += max(multiple_of, grid, 1)
     return plan
 
 
@@ -307,8 +360,8 @@ class _WindowRunner:
     tiled exactly as the runtime tiles
     (engine/datapath/tiles.py: the same planner, the same window shapes)."""
 
-    def __init__(self, module: nn.Module, multiple_of: int, minimum: int):
-        self.module, self.multiple_of, self.minimum = module, multiple_of, minimum
+    def __init__(self, module: nn.Module, multiple_of: int, minimum: int, grid: int = 1):
+        self.module, self.multiple_of, self.minimum, self.grid = module, multiple_of, minimum, grid
 
     @torch.inference_mode()
     def whole(self, lr: torch.Tensor) -> torch.Tensor:
@@ -319,7 +372,7 @@ class _WindowRunner:
         from srtrt.engine.datapath import tiles
 
         _, _, h, w = lr.shape
-        plan = tiles.plan(h, w, MEASURE_CORE, margin, multiple_of=self.multiple_of, minimum=self.minimum)
+        plan = tiles.plan(h, w, MEASURE_CORE, margin, multiple_of=self.multiple_of, minimum=self.minimum, grid=self.grid)
         out, s = None, None
         for tile in plan:
             core = self.core(lr, tile)

@@ -76,6 +76,27 @@ def _assert_cores_partition_with_context(plan: tiles.TilePlan, h: int, w: int, m
     assert shapes == {plan.window_shape}  # one static window shape per image
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 400), st.integers(1, 120), st.integers(0, 40), st.sampled_from([2, 4, 8, 16]), st.integers(0, 24))
+def test_a_network_that_pads_to_a_grid_gets_windows_on_the_grid_the_last_ending_with_the_image(
+        length, core, margin, grid, minimum):
+    """SwinIR pads its input to multiples of 8 inside its forward, MoESR to multiples of 2 (spandrel:
+    any side): windows starting off that grid computed other values than the whole image (MoESR at
+    "exact" tiles: 7 levels of 255). Every window starts on the grid, all are one length, and the last
+    ends with the axis, so the network pads it as it pads the whole image."""
+    spans = tiles.plan_axis(length, core, margin, grid=grid, minimum=minimum)
+    if len(spans) == 1:
+        assert spans[0] == tiles.Span(0, length, 0, length)
+        return
+    assert len({s.wlen for s in spans}) == 1 and all(s.w0 % grid == 0 for s in spans)
+    assert spans[-1].w0 + spans[-1].wlen == length and spans[0].w0 == 0
+    assert [s.c0 for s in spans] == sorted(s.c0 for s in spans) and sum(s.clen for s in spans) == length
+    for s in spans:  # each core inside its window with a full margin, or the image's own edge
+        assert s.w0 <= s.c0 and s.c0 + s.clen <= s.w0 + s.wlen
+        assert s.c0 - s.w0 >= margin or s.w0 == 0
+        assert s.w0 + s.wlen - (s.c0 + s.clen) >= margin or s.w0 + s.wlen == length
+
+
 def test_plan_raster_order_completes_bands_in_order():
     plan = tiles.plan(100, 130, 32, 8)
     rows = [t.row for t in plan]

@@ -461,6 +461,7 @@ def _fit_to_model(backend: Backend, view) -> Backend:
     """Give `backend` what the runtime asks it about the model's inputs (registry.ModelFacts)."""
     facts = view.facts
     backend.channels, backend.minimum, backend.multiple_of = facts.channels, facts.minimum, facts.multiple_of
+    backend.grid = facts.grid
     backend.architecture, backend.sheet_gap = facts.architecture, facts.sheet_gap
     return backend
 

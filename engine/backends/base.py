@@ -49,6 +49,7 @@ class Backend(abc.ABC):
     balanced_tiles: bool = True      # False: windows of exactly core + 2*margin (engines tuned for one shape)
     minimum: int = 1                 # smallest LR side the network takes (registry.ModelFacts)
     multiple_of: int = 1             # LR window sides must be multiples of this (registry.ModelFacts)
+    grid: int = 1                    # LR windows start on multiples of this (registry.ModelFacts)
     channels: int = 3                # image channels in and out: 3 RGB, 1 grey (registry.ModelFacts)
     architecture: str = "srresnet"   # the network's family: srtrt's own or spandrel's id (registry.ModelFacts)
     own_threads: bool = False        # the network runs on the backend's own CPU thread pool, not torch's

@@ -43,6 +43,7 @@ class TorchBackend(Backend):
         self.precision, self.dtype = precision, DTYPES[precision]
         self.scale, self.radius = view.scale, view.radius
         self.channels, self.minimum, self.multiple_of = facts.channels, facts.minimum, facts.multiple_of
+        self.grid = facts.grid
         self.architecture = facts.architecture
         self.channels_last = channels_last
         arch = registry.of(view.generator)

@@ -300,10 +300,10 @@ class TiledUpscaler:
         if self.auto_core and height * width <= whole and self.backend.accepts(1, height, width):
             core = 0  # the image fits one window: no overlap to recompute
         plan = tiling.plan(height, width, core, self.margin, self.backend.balanced_tiles, self.backend.multiple_of,
-                           self.backend.minimum)
+                           self.backend.minimum, grid=self.backend.grid)
         if core and self.auto_core and whole and self.backend.balanced_tiles:  # windows bounded by the budget's pixels
             cheaper = tiling.least_computed(height, width, self.margin, whole, self.backend.multiple_of,
-                                            self.backend.minimum)
+                                            self.backend.minimum, self.backend.grid)
             if cheaper is not None and cheaper.computed_pixels < plan.computed_pixels:
                 plan = cheaper
         # an engine fixed at one window larger than the image; a static graph that cannot be made for these windows

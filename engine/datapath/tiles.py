@@ -58,14 +58,17 @@ def allowed_side(side: int, multiple_of: int = 1, minimum: int = 1) -> int:
 
 
 def plan_axis(length: int, core: int, margin: int, balance: bool = True, multiple_of: int = 1,
-              minimum: int = 1) -> list[Span]:
+              minimum: int = 1, grid: int = 1) -> list[Span]:
     """Spans along one axis. `multiple_of`, `minimum`: window lengths the network requires to be
     multiples of / at least (pixel-unshuffle, attention windows, downsampling U-Nets); met by the
-    windows' shapes, never by padding."""
+    windows' shapes, never by padding. `grid`: a network that takes any length but pads its input to
+    multiples of `grid` inside its forward (registry.ModelFacts.grid): its windows start on the grid."""
     if length <= 0:
         raise ValueError(f"image side must be positive, got {length}")
     if core <= 0 or margin < 0:
         raise ValueError(f"core must be > 0 and margin >= 0 (got core={core}, margin={margin})")
+    if grid > 1 and multiple_of == 1 and balance:
+        return _plan_on_grid(length, core, margin, grid, minimum)
     if length < allowed_side(1, multiple_of, minimum):
         raise ValueError(f"image side {length} is below the network's smallest window "
                          f"{allowed_side(1, multiple_of, minimum)}")
@@ -108,6 +111,25 @@ def plan_axis(length: int, core: int, margin: int, balance: bool = True, multipl
     return spans
 
 
+def _plan_on_grid(length: int, core: int, margin: int, grid: int, minimum: int) -> list[Span]:
+    """Spans for a network that pads its input at the end to a multiple of `grid` inside its forward
+    (SwinIR's attention windows, MoESR's pixel-unshuffle). It computes on a grid from the input's
+    origin, so a window starting off the image's grid computes other values than the whole image
+    there (MoESR: 7 levels of 255 in fp32 at "exact" tiles). Every window starts on the grid, and all
+    are as long as the last, which ends where the image does and so is padded as the whole image is;
+    the others' padding lies past their margins."""
+    if length <= max(core + 2 * margin, minimum):
+        return [Span(0, length, 0, length)]
+    core = -(-length // -(-length // core))  # balanced, as plan_axis balances
+    core, pad = (-(-n // grid) * grid for n in (core, margin))
+    window = max(core + 2 * pad, minimum)
+    window += (length - window) % grid  # as long as the image modulo the grid: the last window ends on its end
+    if window >= length:
+        return [Span(0, length, 0, length)]
+    return [Span(min(max(c0 - pad, 0), length - window), window, c0, min(core, length - c0))
+            for c0 in range(0, length, core)]
+
+
 @dataclass(frozen=True)
 class TilePlan:
     height: int
@@ -138,22 +160,23 @@ class TilePlan:
 
 
 def plan(height: int, width: int, core: int, margin: int, balance: bool = True, multiple_of: int = 1,
-         minimum: int = 1, core_width: int | None = None) -> TilePlan:
+         minimum: int = 1, core_width: int | None = None, grid: int = 1) -> TilePlan:
     """Plan tiles for an LR image; `core <= 0` means the whole image as one window.
 
     `balance=False` keeps every window exactly `core + 2 * margin` (engines tuned for one shape);
     `multiple_of`, `minimum`: every window side a multiple of it / at least it (the network's size
     requirements; a window longer than `core + 2 * margin` only gives its core more context).
-    `core_width`: the columns' core where it differs from the rows' (`least_computed`).
+    `core_width`: the columns' core where it differs from the rows' (`least_computed`); `grid`: see plan_axis.
     """
     if core <= 0:
         core = max(height, width)
-    return TilePlan(height, width, core, margin, tuple(plan_axis(height, core, margin, balance, multiple_of, minimum)),
-                    tuple(plan_axis(width, core_width or core, margin, balance, multiple_of, minimum)))
+    return TilePlan(height, width, core, margin,
+                    tuple(plan_axis(height, core, margin, balance, multiple_of, minimum, grid)),
+                    tuple(plan_axis(width, core_width or core, margin, balance, multiple_of, minimum, grid)))
 
 
 def least_computed(height: int, width: int, margin: int, window_pixels: int, multiple_of: int = 1,
-                   minimum: int = 1) -> TilePlan | None:
+                   minimum: int = 1, grid: int = 1) -> TilePlan | None:
     """The plan whose windows, at most `window_pixels` each, compute the fewest pixels in all (cores
     and the margins recomputed around them), or None where no window fits.
 
@@ -174,7 +197,7 @@ def least_computed(height: int, width: int, margin: int, window_pixels: int, mul
         estimate = rows * columns * window_height * min(-(-width // columns) + 2 * margin, width)
         if best is not None and estimate >= best_pixels:
             continue  # the balanced windows' size before the model's rounding: no plan needed to rule it out
-        candidate = plan(height, width, core_height, margin, True, multiple_of, minimum, core_width=core_width)
+        candidate = plan(height, width, core_height, margin, True, multiple_of, minimum, core_width=core_width, grid=grid)
         h, w = candidate.window_shape
         if h * w <= window_pixels and (best is None or candidate.computed_pixels < best_pixels):
             best, best_pixels = candidate, candidate.computed_pixels
