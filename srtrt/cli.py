@@ -130,6 +130,7 @@ def _add_calibrate(sub):
                                    "with theirs), or a community model file (its ranges are kept in srtrt's cache by its sha256)")
     _add_allow_noncommercial(p)
     p.add_argument("--images", type=int, default=None, help="how many photos to use (default 16)")
+    p.add_argument("--max-pixels", type=int, default=None, help="skip photos with more pixels (0 = no limit)")
 
 
 def _add_export(sub):

@@ -324,10 +324,11 @@ def _content_plan(margin: int, multiple_of: int, minimum: int, enough, grid: int
     most images' windows are (a side on the grid would test windows it does not pad)."""
     from srtrt.engine.datapath import tiles
 
-    side = tiles.allowed_side(REFERENCE_SIDE, multiple_of, minimum) + (1 if grid > 1 else 0)
+    pads = grid > 1 and multiple_of == 1  # a network that takes only multiples is never padded
+    side = tiles.allowed_side(REFERENCE_SIDE, multiple_of, minimum) + (1 if pads else 0)
     while not enough(plan := tiles.plan(side, side, MEASURE_CORE, margin, multiple_of=multiple_of, minimum=minimum,
                                         grid=grid)):
-        side += max(multiple_of, grid, 1)
+        side += grid if pads else max(multiple_of, 1)
     return plan
 
 

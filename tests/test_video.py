@@ -504,6 +504,25 @@ def test_a_stream_the_container_cannot_hold_switches_to_mkv_and_says_so(tmp_path
     assert packets(tmp_path / "wanted.mkv", "subtitle") == [b"line 0", b"line 1"]
 
 
+def test_a_webm_that_cannot_hold_the_audio_keeps_its_vp9_in_the_mkv_it_falls_back_to(tmp_path, capsys, model):
+    """`-o x.webm` of an input with AAC: the batch settled the name to x.mkv, and the run planned again
+    from x.mkv, whose default codec is libx264: x.mkv held H.264, and VP9's own --preset 8 or --crf 55
+    was refused after the line that said the file would be VP9's .mkv twin."""
+    source = tmp_path / "talk.mp4"
+    make_clip(source, frames=6)  # with AAC audio
+    code, err = run(capsys, source, "-o", tmp_path / "wanted.webm", "--model", model, "--backend", "torch",
+                    "--preset", "8", "--crf", "55")
+    assert code == 0, err
+    assert not (tmp_path / "wanted.webm").exists() and err.count("written as wanted.mkv") == 1, err
+    with av.open(str(tmp_path / "wanted.mkv")) as made:
+        assert made.streams.video[0].codec_context.name == "vp9" and made.streams.audio
+    import srtrt
+
+    srtrt.upscale(source, tmp_path / "api.webm", model=str(model), backend="torch")
+    with av.open(str(tmp_path / "api.mkv")) as made:
+        assert made.streams.video[0].codec_context.name == "vp9"
+
+
 def test_a_stream_the_container_refuses_only_at_its_end_switches_to_mkv(tmp_path, capsys, model):
     """MP4 takes stereo PCM's header and refuses the stream only when the file is finished: found
     before any frame is upscaled, so the output goes to .mkv (audio kept) instead of failing at the end."""
@@ -1320,6 +1339,19 @@ def test_resume_takes_over_segments_whatever_door_the_same_path_came_by(tmp_path
     assert starts == [kept] and kept > 0
 
 
+def test_resume_takes_over_segments_when_the_model_is_named_by_another_path(tmp_path, capsys, model, monkeypatch):
+    """The resume key held --model as typed: a run stopped with `--model models/m.safetensors` started
+    over when resumed with `./models/m.safetensors` (or its absolute path), the same file."""
+    source = _long_clip(tmp_path)
+    _stop_after_segments(source, tmp_path / "resumed.mp4", model, 1)
+    kept = sum(d["frames"] for d in _closed_segments(tmp_path / ".resumed.mp4.srtrt-video"))
+    monkeypatch.chdir(model.parent)
+    code, err = run(capsys, source, "-o", tmp_path / "resumed.mp4", "--model", f"./{model.name}", "--backend", "torch",
+                    "--resume")
+    assert code == 0 and kept > 0, err
+    assert "started over" not in err, err
+
+
 def test_resume_at_a_segment_that_starts_on_a_repeated_timestamp_keeps_every_frame(tmp_path, capsys, model):
     """Frames 8 and 9 share a timestamp and 9 starts a segment's worth of time: its time is moved one
     tick. A resumed run seeks by time, so a segment never starts on a moved frame (it started there
@@ -1781,3 +1813,24 @@ def test_a_video_whose_name_fits_is_written_though_its_work_folder_name_is_longe
     out = tmp_path / ("v" * 240 + "_x4.mp4")
     assert code == 0 and out.is_file(), err
     assert len(bytes(work_folder(out).name, "utf-8")) <= 255 and not work_folder(out).exists()
+
+
+@pytest.mark.parametrize("pix_fmt, black, white, dtype", [("gray", 16, 235, np.uint8), ("gray10le", 64, 940, np.uint16)])
+def test_limited_range_grey_keeps_its_black_and_white(pix_fmt, black, white, dtype):
+    """A grey video tagged limited range (HEVC 4:0:0, FFV1 gray): PyAV's conversion read it as full
+    range, so black (16) came out as 16 and white as 235, and the output, limited yuv420p, wrote the
+    16..235 ramp as 30..218 (10-bit: 64..940 as 119..868). Black is 0 and white is full scale, and
+    the limited yuv420p made of it carries the same 16..235 again."""
+    frame = av.VideoFrame(64, 4, pix_fmt)
+    plane = frame.planes[0]
+    rows = np.frombuffer(plane, dtype).reshape(plane.height, -1)
+    rows[:, :64] = np.linspace(black, white, 64).round().astype(dtype)
+    frame.color_range = 1  # limited ("tv")
+    colour = Colour(1, False, 1, 1)
+    rgb = frame_to_rgb(frame, colour)
+    top = np.iinfo(dtype).max
+    assert rgb.dtype == dtype and rgb[0, 0].tolist() == [0] * 3 and rgb[0, -1].tolist() == [top] * 3
+    assert (rgb[..., 0] == rgb[..., 1]).all() and (np.diff(rgb[0, :, 0].astype(int)) > 0).all()
+    out = rgb_to_frame((rgb >> 8).astype(np.uint8) if dtype == np.uint16 else rgb, "yuv420p", colour)
+    y = np.frombuffer(out.planes[0], np.uint8).reshape(out.planes[0].height, -1)[:, :64]
+    assert (y.min(), y.max()) == (16, 235)

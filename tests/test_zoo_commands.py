@@ -353,6 +353,75 @@ def test_calibrate_keeps_a_community_models_ranges_by_sha256_and_int8_runs_on_op
     assert ok and why.startswith("int8 agrees with this model's fp32 output to "), why
 
 
+def test_a_calibration_the_cache_cannot_keep_or_with_nothing_to_quantise_is_not_a_success(photos, tmp_path, capsys,
+                                                                                         monkeypatch):
+    """calibrate said "calibrated ..." and exited 0 with its ranges in a temporary cache deleted at exit
+    (the next run: "this model has no int8 calibration"); a model whose only convs read and write the
+    image was "calibrated 0 convs", and its float graph was then timed and picked as int8. Its photos
+    take --max-pixels, as the line for an over-limit photo says."""
+    models = save_community_models(tmp_path, {
+        "fresh": lambda: Compact(num_in_ch=3, num_out_ch=3, num_feat=12, num_conv=2, upscale=2),
+        "shallow": lambda: Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=0, upscale=2)})
+    line = one_line_exit_2(capsys, ["calibrate", photos, "--model", models["shallow"]])
+    assert line == (f"srtrt: {models['shallow']}: the model has no conv between the two that read and write the image: "
+                    "nothing to run in int8")
+    assert main(["calibrate", str(photos), "--model", str(models["fresh"]), "--max-pixels", "100"]) == 2
+    assert "over the limit of 100" in capsys.readouterr().err  # each photo skipped, then none was left
+    (tmp_path / "a-file").write_bytes(b"")
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "a-file" / "cache"))
+    assert main(["calibrate", str(photos), "--model", str(models["fresh"])]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().endswith("srtrt: the cache cannot keep the calibration, so it would be gone when this command "
+                                "ends: set SRTRT_CACHE to a folder srtrt can write"), err
+
+
+def test_upscale_takes_a_community_models_new_calibration_between_calls(photos, tmp_path, capsys):
+    """srtrt.upscale keeps its backend between calls; a `srtrt calibrate` meanwhile (another shell) gave
+    a community model new int8 ranges in srtrt's cache, and every later call ran the old ones."""
+    pytest.importorskip("openvino")
+    from srtrt.engine.batch import api
+    from srtrt.engine.toolchain.quantize import int8_graph_tag
+
+    model = save_community_models(tmp_path, {"recal": lambda: Compact(num_in_ch=3, num_out_ch=3, num_feat=12,
+                                                                     num_conv=3, upscale=2)})["recal"]
+    dark = tmp_path / "dark"
+    dark.mkdir()
+    Image.fromarray((smooth_image(46, 50, seed=5) // 8).astype(np.uint8)).save(dark / "d.png")
+    image = Image.fromarray(smooth_image(24, 28, seed=7))
+    tags = []
+    for folder in (dark, photos):
+        assert main(["calibrate", str(folder), "--model", str(model)]) == 0
+        capsys.readouterr()
+        srtrt.upscale(image, model=model, precision="int8")
+        tags.append(int8_graph_tag(srtrt.load_model(model).int8_calibration))
+        assert tags[-1] in api._current["backend"].describe()
+    assert tags[0] != tags[1]
+    api.close()
+
+
+def test_the_int8_agreement_is_measured_again_on_another_cpu(files, monkeypatch):
+    """A CPU with bf16 instructions runs OpenVINO int8's float layers in bf16, one without in fp32: one
+    SPAN's int8 agreed to 91.7 dB on the one and 40.6 dB on the other, and a cache shared between them
+    carried the first figure to the second."""
+    from srtrt import hardware
+    from srtrt.engine.backends import agreement
+    from srtrt.engine.backends.torch_backend import TorchBackend
+
+    view, made = srtrt.load_model(files["c2"]), []
+
+    def make():
+        made.append(1)
+        return TorchBackend(view, "cpu", "fp32")
+
+    agreement.measured_agreement(view, "torch", "fp32", make)
+    agreement.measured_agreement(view, "torch", "fp32", make)
+    assert len(made) == 1  # cached
+    flags = hardware.cpu_flags()
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: flags ^ {"avx512_bf16"})  # the other machine
+    agreement.measured_agreement(view, "torch", "fp32", make)
+    assert len(made) == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # srtrt run --ray: the driver and its actors, on a stand-in for Ray that runs the actor in this process
 

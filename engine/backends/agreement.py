@@ -57,9 +57,22 @@ def measured_agreement(view, backend: str, precision: str, make, device: str = "
         from srtrt.engine.toolchain.quantize import int8_graph_tag
 
         form = f"int8-{int8_graph_tag(view.int8_calibration)}"
-    # v2: every compiled form judged (before: the dynamic-shape model alone, for OpenVINO)
-    kind = f"agreement-v2-{backend}-{device}-{form}-{_library_version(backend)}"
+    # v2: every compiled form judged (before: the dynamic-shape model alone, for OpenVINO); v3: per CPU (a
+    # CPU with bf16 instructions runs OpenVINO int8's float layers in bf16, one without in fp32: one SPAN's
+    # int8 agreed to 91.7 dB on the one, 40.6 dB on the other, and a shared cache carried the first across)
+    kind = f"agreement-v3-{backend}-{device}-{form}-{_library_version(backend)}{_cpu_tag(device)}"
     return receptive_field.cached(kind, view.checkpoint_sha256, measure, _a_figure)["psnr_db"]
+
+
+def _cpu_tag(device: str) -> str:
+    """"-" and a digest of the CPU (model, family/model, flags) whose arithmetic a CPU path's output is; "" on a GPU."""
+    if device != "cpu":
+        return ""
+    import hashlib
+
+    from srtrt.hardware import cpu_flags, cpu_generation, cpu_model
+
+    return "-" + hashlib.sha256(repr((cpu_model(), cpu_generation(), sorted(cpu_flags()))).encode()).hexdigest()[:12]
 
 
 def _a_figure(entry: dict) -> bool:

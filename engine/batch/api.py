@@ -89,7 +89,7 @@ def _upscale(image, output, opts: RunOptions):
         job = plan_jobs([source], output, runner.backend.scale, opts, many=False)[0]  # as `srtrt run` checks it
         if job.refusal:
             raise SrtrtError(job.refusal)
-        outcome = runner.run(source, job.destination)
+        outcome = runner.run(source, job.destination, asked=job.asked)
         if outcome.status == SKIPPED:
             raise SrtrtError("exists (overwrite=True replaces it)", outcome.destination)
         if outcome.status != DONE:

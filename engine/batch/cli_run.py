@@ -137,7 +137,7 @@ def main(args) -> int:
                     # a small image's output is written while the next one computes (FileRunner.submit)
                     written = [runner.submit(job.source, job.destination, on_tile=on_tile, on_plan=on_plan,
                                              decoded=decoded[0], on_frame=on_frame, on_frames=on_frames,
-                                             stop_check=stop.check)]
+                                             stop_check=stop.check, asked=job.asked)]
                     current = None
                 collect()
                 pending = written

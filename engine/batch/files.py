@@ -199,6 +199,7 @@ class Job:
     refusal: str | None = None  # set when the input is refused before any work
     status: str = FAILED        # what a refusal counts as
     note: str = ""              # why the destination is not the name asked for (a video's container)
+    asked: Path | None = None   # that name, where a video's container moved it (its codec is the one chosen for it)
 
 
 def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, many: bool | None = None) -> list[Job]:
@@ -320,7 +321,9 @@ def _settled(job: Job, options, scale: int) -> Job:
     try:
         from srtrt.engine.video.run import settled_destination
 
-        job.destination, job.note = settled_destination(job.source, job.destination, options, scale)
+        settled, job.note = settled_destination(job.source, job.destination, options, scale)
+        if settled != job.destination:
+            job.asked, job.destination = job.destination, settled
     except (ImportError, SrtrtError):
         pass
     return job
@@ -412,19 +415,21 @@ class FileRunner:
         return read_image(source, **self.options.decode_limit)
 
     def run(self, source: Path, destination: Path, on_tile=None, on_plan=None,
-            decoded: Future | None = None, on_frame=None, on_frames=None, stop_check=None) -> Outcome:
+            decoded: Future | None = None, on_frame=None, on_frames=None, stop_check=None,
+            asked: Path | None = None) -> Outcome:
         """Upscale `source` into `destination`; `decoded` is the image already being decoded (DecodeAhead).
 
         A video reports `on_frames(total, done)` once and `on_frame(1)` per frame; `stop_check` is
         called between its tile batches (it may raise to stop). The file is written as `submit`
         writes it (an image of up to WRITE_BEHIND_BYTES encoded whole, a larger one streamed), so
-        `srtrt.upscale` and a Ray actor write the bytes `srtrt run` writes."""
+        `srtrt.upscale` and a Ray actor write the bytes `srtrt run` writes. `asked`: the name a video's
+        `destination` was settled from (Job.asked), whose container its codec was chosen for."""
         return self.submit(source, destination, on_tile, on_plan, decoded, on_frame, on_frames,
-                           stop_check).result()
+                           stop_check, asked=asked).result()
 
     def submit(self, source: Path, destination: Path, on_tile=None, on_plan=None,
                decoded: Future | None = None, on_frame=None, on_frames=None, stop_check=None,
-               write_behind: bool = True) -> Future:
+               write_behind: bool = True, asked: Path | None = None) -> Future:
         """`run`, returning once the image is computed: an output of up to WRITE_BEHIND_BYTES is
         encoded and written on the runner's writer thread while the caller starts the next image.
         The Future's Outcome is ready when the file is in place; take it before submitting the
@@ -441,7 +446,7 @@ class FileRunner:
             if existed and not overwrite:
                 return done_future(skipped_existing(source, destination))
             if is_video(source):
-                return done_future(self._video(source, destination, on_frame, on_frames, stop_check, start))
+                return done_future(self._video(source, destination, on_frame, on_frames, stop_check, start, asked))
             image = decoded.result() if decoded is not None else self.decode(source)
             if on_plan:
                 on_plan(len(self.upscaler_for(image.height, image.width).plan(image.height, image.width)))
@@ -503,12 +508,13 @@ class FileRunner:
         message = str(e) if e.path is not None else f"{shown(source)}: {e}"  # every failure names its file
         return Outcome(source, destination, FAILED, message, time.perf_counter() - start)
 
-    def _video(self, source: Path, destination: Path, on_frame, on_frames, stop_check, start: float) -> Outcome:
+    def _video(self, source: Path, destination: Path, on_frame, on_frames, stop_check, start: float,
+               asked: Path | None = None) -> Outcome:
         try:
             from srtrt.engine.video.run import upscale_video
         except ImportError as e:
             raise SrtrtError(f"videos need PyAV: pip install av ({e})", source) from None
-        result = upscale_video(self, source, destination, on_frame, on_frames, stop_check)
+        result = upscale_video(self, source, destination, on_frame, on_frames, stop_check, asked)
         s = self.backend.scale
         pixels = (result.frames - result.resumed) * result.width * result.height * s * s  # this run's work
         return Outcome(source, result.destination, DONE, result.summary(source), time.perf_counter() - start, pixels)

@@ -80,8 +80,8 @@ class RunOptions:
     def backend_key(self) -> tuple:
         """What the backend depends on: runs with equal keys can share one backend. A model file
         replaced under its name (a server's --models folder, a notebook) is another key."""
-        return (self.model, file_identity(self.model), self.backend, self.precision, self.device,
-                self.allow_noncommercial, self.shape_class)
+        return (self.model, file_identity(self.model), _calibrations_identity(self.model), self.backend,
+                self.precision, self.device, self.allow_noncommercial, self.shape_class)
 
     @property
     def decode_limit(self) -> dict:
@@ -111,6 +111,22 @@ def model_argument(model):
     if not str(model).strip():
         raise SrtrtError("the model is empty (an unset variable?): name a model file or an embedded model")
     return model
+
+
+def _calibrations_identity(model: str | None) -> tuple:
+    """When a community model's int8 ranges may have changed: `srtrt calibrate` keeps them in the cache's
+    int8-calibration folder (zoo.store_calibration), which each calibration renames a file into. A
+    backend kept across calls went on with the old ranges; an srtrt checkpoint's are in its sidecar."""
+    from srtrt import zoo
+    from srtrt.cache import cache_dir
+
+    if model is None or not zoo.is_community_file(model):
+        return ()
+    try:
+        st = cache_dir("int8-calibration").stat()
+    except OSError:
+        return ()
+    return st.st_dev, st.st_ino, st.st_mtime_ns
 
 
 def file_identity(model: str | None) -> tuple:

@@ -110,7 +110,7 @@ class ImageActor:
         """The Outcome of each job of a group from `units`; anything unexpected fails its files, not the job."""
         try:
             if len(group) == 1:
-                return [self.runner.run(group[0].source, group[0].destination)]
+                return [self.runner.run(group[0].source, group[0].destination, asked=group[0].asked)]
             written = run_sheet(self.runner, group, [None] * len(group))
         except Exception as e:
             return [_unexpected(job, e) for job in group]

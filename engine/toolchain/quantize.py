@@ -97,9 +97,10 @@ def describe_selection(calibration: dict) -> str:
 
 def usable_calibration(record) -> bool:
     """Whether a stored calibration has the shape quantize_onnx reads, {"ranges": {conv: [lo, hi]}} of
-    finite numbers: a sidecar edited or damaged into another shape is not one (it was a KeyError)."""
+    finite numbers: a sidecar edited or damaged into another shape is not one (it was a KeyError), nor
+    one that puts no conv in int8 (its "int8" graph was the float one, timed and picked as int8)."""
     ranges = record.get("ranges") if isinstance(record, dict) else None
-    return isinstance(ranges, dict) and isinstance(record.get("float", []), list) and all(
+    return isinstance(ranges, dict) and bool(ranges) and isinstance(record.get("float", []), list) and all(
         isinstance(bounds, list) and len(bounds) == 2 and
         all(type(x) in (int, float) and math.isfinite(x) for x in bounds) for bounds in ranges.values())
 
@@ -220,12 +221,13 @@ def _prelu_as_max(nodes: list, initializers: dict) -> list:
 
 
 def lr_photos(folder: str | Path, scale: int, limit: int = DEFAULT_IMAGES, channels: int = 3, multiple_of: int = 1,
-              minimum: int = 1) -> Iterator[torch.Tensor]:
+              minimum: int = 1, max_pixels: int | None = None) -> Iterator[torch.Tensor]:
     """The first `limit` readable photos of `folder`, bicubic-downscaled by `scale` as training's
     LR inputs are (1x3xHxW in [0, 1]; a grey network, `channels` 1, gets each colour channel as a
     plane), cropped to the network's `multiple_of`; one smaller than its `minimum` side is passed
-    over. A file that cannot be read is reported on one line and skipped."""
-    from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, read_image
+    over. A file that cannot be read is reported on one line and skipped. `max_pixels`: as `srtrt run`
+    takes it (None: the decompression-bomb guard's default, 0: no limit)."""
+    from srtrt.engine.datapath.imageio import DEFAULT_MAX_PIXELS, INPUT_SUFFIXES, read_image
     from srtrt.engine.datapath.runtime import to_network_input
 
     folder = Path(folder)
@@ -236,7 +238,7 @@ def lr_photos(folder: str | Path, scale: int, limit: int = DEFAULT_IMAGES, chann
         if used == limit:
             return
         try:
-            image = read_image(path)
+            image = read_image(path, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels or None)
         except SrtrtError as e:
             print(f"srtrt: {e} (skipped)", file=sys.stderr)
             continue
@@ -255,11 +257,16 @@ def lr_photos(folder: str | Path, scale: int, limit: int = DEFAULT_IMAGES, chann
                          f"{max(2, minimum) * scale} pixels a side)", folder)
 
 
+LOST_CALIBRATION = ("the cache cannot keep the calibration, so it would be gone when this command ends: "
+                    "set SRTRT_CACHE to a folder srtrt can write")
+
+
 def main(args) -> int:
     """`srtrt calibrate DIR`: measure the int8 ranges of --model on the photos in DIR, into its sidecar
     (a community model file has none: the ranges are kept by its sha256, zoo.store_calibration)."""
     import srtrt
     from srtrt import checkpoint, zoo
+    from srtrt.cache import outlives_this_process
 
     if args.images is not None and args.images < 1:
         raise SrtrtError(f"--images {args.images}: calibrate on at least one photo")
@@ -278,10 +285,17 @@ def main(args) -> int:
 
         check_writable_folder(checkpoint.sidecar_of(args.model))
     photos = lr_photos(args.photos, view.scale, args.images or DEFAULT_IMAGES, facts.channels, facts.multiple_of,
-                       facts.minimum)
+                       facts.minimum, getattr(args, "max_pixels", None))
     record = calibrate(view, photos, source=Path(args.photos).name, agreement_db=AGREEMENT_DB if community else None)
+    if not record["ranges"] and not record.get("float"):
+        raise SrtrtError("the model has no conv between the two that read and write the image: nothing to run in "
+                         "int8", args.model)
     if community:
         where = zoo.store_calibration(view.checkpoint_sha256, record)
+        if not outlives_this_process(where):  # a cache srtrt cannot write: its line said why
+            failed = SrtrtError(LOST_CALIBRATION)
+            failed.exit_code = 1
+            raise failed
     else:
         where = checkpoint.update_meta(args.model, "int8_calibration", record)
     print(f"calibrated {len(record['ranges'])} convs on {record['images']} photos of {args.photos}: {where}")

@@ -83,6 +83,8 @@ def frame_to_rgb(frame: av.VideoFrame, colour: Colour) -> np.ndarray:
     fmt = frame.format
     bits = max(c.bits for c in fmt.components)
     out_dtype = np.uint8 if bits <= 8 else np.uint16
+    if fmt.name.startswith("gray") and frame.color_range == spaces.RANGE_LIMITED:
+        return _limited_grey_to_rgb(frame, bits, out_dtype)
     if not fmt.name.startswith(("yuv", "nv", "p0", "p2", "p4", "y2", "uyv", "yuy", "yvy")):
         return frame.to_ndarray(format="rgb24" if bits <= 8 else "rgb48le")
     if not _direct_yuv(fmt):  # repack only; same matrix and range
@@ -91,6 +93,17 @@ def frame_to_rgb(frame: av.VideoFrame, colour: Colour) -> np.ndarray:
     dtype = np.uint8 if bits <= 8 else np.uint16
     y, u, v = (_plane_array(frame.planes[i], dtype) for i in range(3))
     return yuv_to_rgb(y, u, v, bits, colour, out_dtype)
+
+
+def _limited_grey_to_rgb(frame: av.VideoFrame, bits: int, out_dtype) -> np.ndarray:
+    """A grey frame tagged limited range ("tv": black 16, white 235 at 8 bits) as full-scale RGB. PyAV's
+    own conversion reads grey as full range whatever the tag: black came out as 16, and the output,
+    tagged limited, took that 16 for a dark grey (a 16..235 ramp was written as 30..218)."""
+    y = _plane_array(frame.planes[0], np.uint8 if bits <= 8 else np.uint16).astype(np.float32)
+    offset, span = 16 << (bits - 8), 219 << (bits - 8)
+    top = np.iinfo(out_dtype).max
+    grey = np.clip(np.rint((y - offset) * (top / span)), 0, top).astype(out_dtype)
+    return np.repeat(grey[:, :, None], 3, axis=2)
 
 
 @functools.cache

@@ -118,25 +118,31 @@ def settled_destination(source: Path, destination: Path, options, scale: int) ->
 
 
 def _computed_by(backend, options) -> tuple:
-    """What a frame's values depend on besides the model file: the backend, its precision and device."""
-    return (options.model, options.allow_noncommercial, backend.name, backend.precision, str(backend.device).split(":")[0])
+    """What a frame's values depend on besides the model's files: the backend, its precision and device.
+    Not the name --model gave: the files say which model it is (`./m.pth`, `m.pth` and its absolute
+    path are one file, and a resume by another of them started over)."""
+    return (options.allow_noncommercial, backend.name, backend.precision, str(backend.device).split(":")[0])
 
 
 def upscale_video(runner, source: Path, destination: Path, on_frame=None, on_total=None,
-                  stop_check=None) -> VideoResult:
+                  stop_check=None, asked: Path | None = None) -> VideoResult:
     """Upscale every frame of `source` into `destination` (or its .mkv twin; see the result) with a
-    `FileRunner`'s backend, options and out-of-memory fallback."""
+    `FileRunner`'s backend, options and out-of-memory fallback. `asked`: the name a batch settled
+    `destination` from (files.Job.asked): planned from it, the codec stays the one chosen for its
+    container (`-o x.webm` of an input with AAC was written as x.mkv in H.264, not VP9)."""
     with svt_errors_only():
-        return _upscale_video(runner, source, destination, on_frame, on_total, stop_check)
+        return _upscale_video(runner, source, destination, on_frame, on_total, stop_check, asked)
 
 
-def _upscale_video(runner, source: Path, destination: Path, on_frame, on_total, stop_check) -> VideoResult:
+def _upscale_video(runner, source: Path, destination: Path, on_frame, on_total, stop_check,
+                   asked: Path | None) -> VideoResult:
     start = time.perf_counter()
     options = runner.options
     s = runner.backend.scale
-    plan = plan_video(source, destination, options, s)
+    plan = plan_video(source, asked or destination, options, s)
     info, settings, destination = plan.info, plan.settings, plan.destination
-    note = "; ".join(filter(None, [plan.note, *plan.losses, what_happens(info.field_order, options.deinterlace)]))
+    moved = "" if asked else plan.note  # a batch that settled the name has said why already
+    note = "; ".join(filter(None, [moved, *plan.losses, what_happens(info.field_order, options.deinterlace)]))
     upscaler = runner.upscaler_for(info.height, info.width)
     tiles = upscaler.plan(info.height, info.width)  # too small for the model: one line now, not per frame
     if writes_over(destination, source):
