@@ -375,6 +375,20 @@ def test_a_calibration_the_cache_cannot_keep_or_with_nothing_to_quantise_is_not_
                                 "ends: set SRTRT_CACHE to a folder srtrt can write"), err
 
 
+def test_the_convs_that_read_and_write_the_image_stay_in_float_past_a_colour_transform(photos, tmp_path, capsys):
+    """RCAN runs a fixed 1x1 mean shift before its first conv and after its last: taken for the first and
+    last convs, they left in float what needs no care, and the conv that reads the image went to int8."""
+    from spandrel.architectures.RCAN import RCAN
+
+    model = save_community_models(tmp_path, {"rcan": lambda: RCAN(scale=2, n_resgroups=1, n_resblocks=1, n_feats=16,
+                                                                   reduction=4)})["rcan"]
+    assert main(["calibrate", str(photos), "--model", str(model)]) == 0
+    capsys.readouterr()
+    calibration = srtrt.load_model(model).int8_calibration
+    int8 = set(calibration["ranges"])
+    assert int8 and not int8 & {"model.sub_mean", "model.head.0", "model.tail.1", "model.add_mean"}, int8
+
+
 def test_upscale_takes_a_community_models_new_calibration_between_calls(photos, tmp_path, capsys):
     """srtrt.upscale keeps its backend between calls; a `srtrt calibrate` meanwhile (another shell) gave
     a community model new int8 ranges in srtrt's cache, and every later call ran the old ones."""

@@ -74,8 +74,14 @@ def calibrate(view, images: Iterable[torch.Tensor], source: str = "", agreement_
     # A conv that never ran has no range (SPAN's training-time branches; inference runs their sum).
     # A community network's first and last convs in running order read and write the image: they stay
     # in float whatever order its class defines them in (srresnet's tail is int8 by measurement, registry;
-    # an unknown network's last conv is not, its rounding reaching the image undamped).
-    kept = ran[1:-1] if arch is registry.COMMUNITY else [n for n in names if n in ran]
+    # an unknown network's last conv is not, its rounding reaching the image undamped). A colour transform
+    # before or after them (RCAN's mean shifts: fixed 1x1 convs) stays in float with them: counted as the
+    # first and last, they put the conv that reads the image in int8.
+    if arch is registry.COMMUNITY:
+        lead, trail = _colour_transforms(ran, modules), _colour_transforms(ran[::-1], modules)
+        kept = ran[lead + 1:len(ran) - trail - 1]
+    else:
+        kept = [n for n in names if n in ran]
     record = {"method": "min-max", "images": count, "source": source, "date": datetime.date.today().isoformat(),
               "ranges": {n: [round(lo[n], 6), round(hi[n], 6)] for n in kept}}
     if agreement_db is not None and record["ranges"]:
@@ -86,6 +92,18 @@ def calibrate(view, images: Iterable[torch.Tensor], source: str = "", agreement_
                                selection_images(images, facts.channels, facts.multiple_of, facts.minimum), agreement_db)
         record.update(chosen)  # ranges: those left in int8, in running order still
     return record
+
+
+def _colour_transforms(ran: list[str], modules: dict) -> int:
+    """How many of the convs at the start of `ran` are colour transforms: 1x1, as many channels out as
+    in, and at most 4 (an image's), like RCAN's MeanShift."""
+    count = 0
+    for name in ran:
+        conv = modules[name]
+        if tuple(conv.kernel_size) != (1, 1) or conv.in_channels != conv.out_channels or conv.in_channels > 4:
+            break
+        count += 1
+    return count
 
 
 def describe_selection(calibration: dict) -> str:
