@@ -367,6 +367,9 @@ def test_a_calibration_the_cache_cannot_keep_or_with_nothing_to_quantise_is_not_
                     "nothing to run in int8")
     assert main(["calibrate", str(photos), "--model", str(models["fresh"]), "--max-pixels", "100"]) == 2
     assert "over the limit of 100" in capsys.readouterr().err  # each photo skipped, then none was left
+    line = one_line_exit_2(capsys, ["run", photos / "p0.png", "-o", tmp_path / "o.png", "--model", models["fresh"],
+                                    "--precision", "int8"])  # the line names the model it is about
+    assert line.startswith(f"srtrt: {models['fresh'].resolve()}: --precision int8: this model has no int8 calibration")
     (tmp_path / "a-file").write_bytes(b"")
     monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "a-file" / "cache"))
     assert main(["calibrate", str(photos), "--model", str(models["fresh"])]) == 1

@@ -472,7 +472,7 @@ def _create(name: str, precision: str, device: str | None, view, shape_class: st
     if precision == "int8" and name != "torch" and not getattr(view, "int8_calibration", None):  # torch says its own
         from srtrt.engine.toolchain.quantize import NO_CALIBRATION
 
-        raise SrtrtError(f"--precision int8: this model {NO_CALIBRATION}")
+        raise SrtrtError(f"--precision int8: this model {NO_CALIBRATION}", getattr(view, "source", None))
     if precision == "auto" and isinstance(view, CommunityView) and (dev.type == "cuda" or name == "torch"):
         precision, why_precision = _community_precision(view, name, dev)
     elif precision == "auto" and name == "openvino" and dev.type == "cpu":
