@@ -274,6 +274,8 @@ def test_a_look_on_an_idle_host_after_a_busy_one_is_kept(view, monkeypatch):
     with busy_host():
         busy = measured.cached_seconds(sha, PATHS, maker(view), WINDOW)
     assert busy.took > 0 and busy.busy.endswith("measured again next run")
+    # the next look taken as on an idle host whatever else this host runs meanwhile (a test suite beside it)
+    monkeypatch.setattr(measured, "BUSY_WAITED", float("inf"))
     idle = measured.cached_seconds(sha, PATHS, maker(view), WINDOW)
     assert idle.took > 0 and idle.busy == ""
     assert all(idle.seconds[name] <= busy.seconds[name] for name in idle.seconds)  # each path keeps its best look
