@@ -237,23 +237,38 @@ def measure_grid(model: community.CommunityModel) -> int:
     """The grid a network pads its input to inside its forward, or 1: SwinIR pads to its attention
     windows (8), MoESR to its pixel-unshuffle (2), and spandrel calls their sides free. Such a network
     computes on a grid from its input's origin, so tile windows must start on it (tiles.plan_axis).
-    Each probed side counts as padded to itself where the forward pads nothing; the grid is the
-    greatest common divisor of what the sides were padded to (1 for a network that pads to nothing)."""
+    A pad is seen as an end-only F.pad of the input's size, or as a first convolution reading a larger
+    input than the network was given (ATD pads by concatenating a flipped copy). Each probed side
+    counts as padded to itself where neither is seen; the grid is the greatest common divisor of
+    what the sides were padded to (1 for a network that pads to nothing)."""
     import math
 
     from srtrt.engine.datapath.tiles import allowed_side
 
     module = model.module.eval()
     smallest = allowed_side(9, model.multiple_of, model.minimum)
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
     padded_to = []
     for step in GRID_PROBE_STEPS:
         side = allowed_side(smallest + step, model.multiple_of, model.minimum)
         watch = _EndPads(side)
+        first_conv: list[int] = []
+
+        def read(_conv, inputs, watch=watch, first_conv=first_conv):
+            if not first_conv:
+                first_conv.append(inputs[0].shape[-1])
+                if inputs[0].shape[-1] == inputs[0].shape[-2] > watch.side:  # padded before its first conv
+                    watch.padded = inputs[0].shape[-1]
+                    raise _PadSeen
+        hooks = [conv.register_forward_pre_hook(read) for conv in convs]
         try:
             with torch.inference_mode(), watch:
                 module(torch.rand(1, model.input_channels, side, side, generator=torch.Generator().manual_seed(side)))
         except _PadSeen:
             pass
+        finally:
+            for hook in hooks:
+                hook.remove()
         padded_to.append(watch.padded or side)
     return max(math.gcd(*padded_to), 1)
 

@@ -49,14 +49,7 @@ def one_look(monkeypatch):
     monkeypatch.setattr(measured, "CONFIRM_BUDGET", 0)
 
 
-BUSY_WAITED = measured.BUSY_WAITED  # the product's threshold, which the tests of a busy host set back
-
-
-@pytest.fixture(autouse=True)
-def steady_host(monkeypatch):
-    """Whether a figure is reused must not hang on what else the host runs meanwhile: these tests take
-    every measurement as made on an idle host, except the tests of a busy one (they set it back)."""
-    monkeypatch.setattr(measured, "BUSY_WAITED", float("inf"))
+BUSY_WAITED = measured.BUSY_WAITED  # the product's threshold (conftest.steady_host lifts it; busy-host tests set it back)
 
 
 @contextlib.contextmanager
@@ -64,9 +57,11 @@ def busy_host():
     """Other programs keeping every CPU busy (two per CPU) while the block runs."""
     from srtrt.hardware import usable_cpus
 
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * usable_cpus())]
+    spinners = [subprocess.Popen([sys.executable, "-c", "print('spinning', flush=True)\nwhile True: pass"],
+                                 stdout=subprocess.PIPE, text=True) for _ in range(2 * usable_cpus())]
     try:
-        time.sleep(0.5)  # started and spinning
+        for spinner in spinners:  # each one started and spinning (on a loaded host a start takes seconds)
+            assert spinner.stdout.readline() == "spinning\n"
         yield
     finally:
         for spinner in spinners:

@@ -339,12 +339,9 @@ def test_create_backend_reuses_the_cached_export(tmp_path, monkeypatch):
 
 def test_auto_on_this_cpu_runs_the_fastest_path_it_measured(tmp_path, monkeypatch):
     """The default model: every path the guard allows is timed on this CPU and the fastest runs;
-    a second selection reads the figures back instead of measuring again (on a host taken as idle:
-    whether it is busy meanwhile has its own tests, test_measured)."""
-    from srtrt.engine.backends import measured
-
+    a second selection reads the figures back instead of measuring again (on a host taken as idle,
+    conftest.steady_host: whether it is busy meanwhile has its own tests, test_measured)."""
     monkeypatch.setenv("SRTRT_CACHE", str(tmp_path))
-    monkeypatch.setattr(measured, "BUSY_WAITED", float("inf"))
     first = create_backend("auto", device="cpu")
     assert "fastest here, measured now in " in first.reason, first.reason
     figures = first.reason.split(" s: ", 1)[1].split(" window")[0]

@@ -97,6 +97,17 @@ def test_a_network_that_pads_to_a_grid_gets_windows_on_the_grid_the_last_ending_
         assert s.w0 + s.wlen - (s.c0 + s.clen) >= margin or s.w0 + s.wlen == length
 
 
+def test_windows_on_a_wide_grid_keep_to_the_pixel_budget():
+    """GRL and SCUNet pad to 64: cores and margins rounded up to 64 made every candidate miss the
+    budget, and the default plan ran 288x304 windows against a 109x110 budget (4.2 GB against 1.5 GB
+    for a tiny GRL), computing 5.5x the image's pixels."""
+    budget = 200 * 200
+    plan = tiles.least_computed(2000, 3000, 4, budget, grid=64)
+    assert plan is not None
+    h, w = plan.window_shape
+    assert h * w <= budget and all(t.y.w0 % 64 == 0 and t.x.w0 % 64 == 0 for t in plan)
+
+
 def test_plan_raster_order_completes_bands_in_order():
     plan = tiles.plan(100, 130, 32, 8)
     rows = [t.row for t in plan]

@@ -93,6 +93,12 @@ def test_the_grid_a_network_pads_to_inside_its_forward_is_measured(model_files):
     path = save_community_models(model_files["compact"].parent, {"moesr": lambda: MoESR(
         dim=8, n_blocks=1, n_block=1, upsample_dim=8, upsampler="nearest+conv")})["moesr"]
     assert zoo.measure_grid(community.load(path)) == 2  # its pixel-unshuffle
+    from spandrel.architectures.ATD import ATD  # pads by concatenating a flipped copy, not F.pad
+
+    path = save_community_models(model_files["compact"].parent, {"atd": lambda: ATD(
+        img_size=32, embed_dim=12, depths=(2,), num_heads=(2,), window_size=8, category_size=32, num_tokens=8,
+        reducted_dim=4, convffn_kernel_size=3, mlp_ratio=1.0, upscale=2, upsampler="pixelshuffledirect")})["atd"]
+    assert zoo.measure_grid(community.load(path)) == 8
 
 
 def test_exact_tiles_of_a_network_that_pads_to_a_grid_are_exact(model_files):

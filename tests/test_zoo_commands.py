@@ -365,6 +365,8 @@ def test_a_calibration_the_cache_cannot_keep_or_with_nothing_to_quantise_is_not_
     line = one_line_exit_2(capsys, ["calibrate", photos, "--model", models["shallow"]])
     assert line == (f"srtrt: {models['shallow']}: the model has no conv between the two that read and write the image: "
                     "nothing to run in int8")
+    line = one_line_exit_2(capsys, ["calibrate", photos, "--model", models["fresh"], "--max-pixels", "-5"])
+    assert line == "srtrt: --max-pixels must be an integer >= 0 (0: no limit), not -5"
     assert main(["calibrate", str(photos), "--model", str(models["fresh"]), "--max-pixels", "100"]) == 2
     assert "over the limit of 100" in capsys.readouterr().err  # each photo skipped, then none was left
     line = one_line_exit_2(capsys, ["run", photos / "p0.png", "-o", tmp_path / "o.png", "--model", models["fresh"],

@@ -115,18 +115,19 @@ def _plan_on_grid(length: int, core: int, margin: int, grid: int, minimum: int) 
     """Spans for a network that pads its input at the end to a multiple of `grid` inside its forward
     (SwinIR's attention windows, MoESR's pixel-unshuffle). It computes on a grid from the input's
     origin, so a window starting off the image's grid computes other values than the whole image
-    there (MoESR: 7 levels of 255 in fp32 at "exact" tiles). Every window starts on the grid, and all
-    are as long as the last, which ends where the image does and so is padded as the whole image is;
-    the others' padding lies past their margins."""
+    there (MoESR: 7 levels of 255 in fp32 at "exact" tiles). Every window starts on the grid (its
+    core's start less the margin, rounded down to it) and all are as long as the last, which ends
+    where the image does and so is padded as the whole image is; the others' padding lies past
+    their margins. The rounding costs a window up to 2 * (grid - 1) pixels, not cores and margins
+    rounded up to the grid (GRL's 64: windows 5.5x the image's pixels)."""
     if length <= max(core + 2 * margin, minimum):
         return [Span(0, length, 0, length)]
     core = -(-length // -(-length // core))  # balanced, as plan_axis balances
-    core, pad = (-(-n // grid) * grid for n in (core, margin))
-    window = max(core + 2 * pad, minimum)
+    window = max(core + 2 * margin + grid - 1, minimum)  # a start rounded down by up to grid - 1
     window += (length - window) % grid  # as long as the image modulo the grid: the last window ends on its end
     if window >= length:
         return [Span(0, length, 0, length)]
-    return [Span(min(max(c0 - pad, 0), length - window), window, c0, min(core, length - c0))
+    return [Span(min(max((c0 - margin) // grid * grid, 0), length - window), window, c0, min(core, length - c0))
             for c0 in range(0, length, core)]
 
 
@@ -185,12 +186,13 @@ def least_computed(height: int, width: int, margin: int, window_pixels: int, mul
     pixels: 24 windows of 392x350 from square 400 px cores, 20 of 392x418 here.
     """
     best, best_pixels = None, 0
+    on_grid = 2 * (grid - 1) if grid > 1 and multiple_of == 1 else 0  # what _plan_on_grid adds to a window
     for rows in range(1, height + 1):
         core_height = -(-height // rows)
         if rows > 1 and core_height < 16:
             break  # cores this thin recompute more margin than they keep
-        window_height = min(allowed_side(core_height + 2 * margin, multiple_of, minimum), height)
-        core_width = window_pixels // window_height - 2 * margin
+        window_height = min(allowed_side(core_height + 2 * margin, multiple_of, minimum) + on_grid, height)
+        core_width = window_pixels // window_height - 2 * margin - on_grid
         if core_width < 1:
             continue
         columns = -(-width // core_width)

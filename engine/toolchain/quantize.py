@@ -288,6 +288,8 @@ def main(args) -> int:
 
     if args.images is not None and args.images < 1:
         raise SrtrtError(f"--images {args.images}: calibrate on at least one photo")
+    if getattr(args, "max_pixels", None) is not None and args.max_pixels < 0:
+        raise SrtrtError(f"--max-pixels must be an integer >= 0 (0: no limit), not {args.max_pixels}")
     # Rewriting the installed sidecar would turn the model's int8 off until a reinstall (the guard's figures
     # name the ranges they were measured with). A path to the packaged files is taken as meant: how they are made.
     if checkpoint.names_embedded(args.model):
