@@ -85,8 +85,12 @@ class RunOptions:
 
     @property
     def decode_limit(self) -> dict:
-        """Keyword arguments for `read_image`: the default limit unless one was given (0 = none)."""
-        return {} if self.max_pixels is None else {"max_pixels": self.max_pixels or None}
+        return decode_limit(self.max_pixels)
+
+
+def decode_limit(max_pixels: int | None) -> dict:
+    """Keyword arguments for `read_image`: the default limit unless one was given (0 = none)."""
+    return {} if max_pixels is None else {"max_pixels": max_pixels or None}
 
 
 def check_flag(name: str, value) -> bool:

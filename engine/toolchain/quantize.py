@@ -245,7 +245,8 @@ def lr_photos(folder: str | Path, scale: int, limit: int = DEFAULT_IMAGES, chann
     plane), cropped to the network's `multiple_of`; one smaller than its `minimum` side is passed
     over. A file that cannot be read is reported on one line and skipped. `max_pixels`: as `srtrt run`
     takes it (None: the decompression-bomb guard's default, 0: no limit)."""
-    from srtrt.engine.datapath.imageio import DEFAULT_MAX_PIXELS, INPUT_SUFFIXES, read_image
+    from srtrt.engine.batch.options import decode_limit
+    from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, read_image
     from srtrt.engine.datapath.runtime import to_network_input
 
     folder = Path(folder)
@@ -256,7 +257,7 @@ def lr_photos(folder: str | Path, scale: int, limit: int = DEFAULT_IMAGES, chann
         if used == limit:
             return
         try:
-            image = read_image(path, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels or None)
+            image = read_image(path, **decode_limit(max_pixels))
         except SrtrtError as e:
             print(f"srtrt: {e} (skipped)", file=sys.stderr)
             continue
