@@ -299,8 +299,11 @@ class TiledUpscaler:
         whole = self.backend.defaults.whole_image_pixels
         if self.auto_core and height * width <= whole and self.backend.accepts(1, height, width):
             core = 0  # the image fits one window: no overlap to recompute
-        plan = tiling.plan(height, width, core, self.margin, self.backend.balanced_tiles, self.backend.multiple_of,
-                           self.backend.minimum, grid=self.backend.grid)
+        try:
+            plan = tiling.plan(height, width, core, self.margin, self.backend.balanced_tiles,
+                               self.backend.multiple_of, self.backend.minimum, grid=self.backend.grid)
+        except tiling.WindowTooShort as e:
+            raise WindowsOutsideEngine(f"image is {width}x{height}: {e}") from None
         if core and self.auto_core and whole and self.backend.balanced_tiles:  # windows bounded by the budget's pixels
             cheaper = tiling.least_computed(height, width, self.margin, whole, self.backend.multiple_of,
                                             self.backend.minimum, self.backend.grid)

@@ -50,6 +50,10 @@ class Tile:
         return self.y.c0 - self.y.w0, self.x.c0 - self.x.w0, self.y.clen, self.x.clen
 
 
+class WindowTooShort(ValueError):
+    """An engine's fixed window cannot hold a core, its margins and the network's grid."""
+
+
 def allowed_side(side: int, multiple_of: int = 1, minimum: int = 1) -> int:
     """The shortest window side >= `side` the network takes: at least `minimum`, a multiple of
     `multiple_of` (the size requirements a community model states; 1 and 1 for srtrt's own)."""
@@ -67,8 +71,8 @@ def plan_axis(length: int, core: int, margin: int, balance: bool = True, multipl
         raise ValueError(f"image side must be positive, got {length}")
     if core <= 0 or margin < 0:
         raise ValueError(f"core must be > 0 and margin >= 0 (got core={core}, margin={margin})")
-    if grid > 1 and multiple_of == 1 and balance:
-        return _plan_on_grid(length, core, margin, grid, minimum)
+    if grid > 1 and multiple_of == 1:
+        return _plan_on_grid(length, core, margin, grid, minimum, balance)
     if length < allowed_side(1, multiple_of, minimum):
         raise ValueError(f"image side {length} is below the network's smallest window "
                          f"{allowed_side(1, multiple_of, minimum)}")
@@ -111,7 +115,7 @@ def plan_axis(length: int, core: int, margin: int, balance: bool = True, multipl
     return spans
 
 
-def _plan_on_grid(length: int, core: int, margin: int, grid: int, minimum: int) -> list[Span]:
+def _plan_on_grid(length: int, core: int, margin: int, grid: int, minimum: int, balance: bool) -> list[Span]:
     """Spans for a network that pads its input at the end to a multiple of `grid` inside its forward
     (SwinIR's attention windows, MoESR's pixel-unshuffle). It computes on a grid from the input's
     origin, so a window starting off the image's grid computes other values than the whole image
@@ -119,12 +123,21 @@ def _plan_on_grid(length: int, core: int, margin: int, grid: int, minimum: int) 
     core's start less the margin, rounded down to it) and all are as long as the last, which ends
     where the image does and so is padded as the whole image is; the others' padding lies past
     their margins. The rounding costs a window up to 2 * (grid - 1) pixels, not cores and margins
-    rounded up to the grid (GRL's 64: windows 5.5x the image's pixels)."""
+    rounded up to the grid (GRL's 64: windows 5.5x the image's pixels). `balance=False` (an engine
+    built for windows of core + 2 * margin): windows no longer than that, their cores shrunk to fit."""
     if length <= max(core + 2 * margin, minimum):
         return [Span(0, length, 0, length)]
-    core = -(-length // -(-length // core))  # balanced, as plan_axis balances
-    window = max(core + 2 * margin + grid - 1, minimum)  # a start rounded down by up to grid - 1
-    window += (length - window) % grid  # as long as the image modulo the grid: the last window ends on its end
+    if balance:
+        core = -(-length // -(-length // core))  # balanced, as plan_axis balances
+        window = max(core + 2 * margin + grid - 1, minimum)  # a start rounded down by up to grid - 1
+        window += (length - window) % grid  # as long as the image modulo the grid: the last window ends on its end
+    else:
+        window = core + 2 * margin  # the engine's: the longest it takes
+        window -= (window - length) % grid  # the longest as long as the image modulo the grid
+        core = window - 2 * margin - (grid - 1)
+        if core < 1 or window < minimum:
+            raise WindowTooShort(f"{core + 2 * margin + grid - 1}-pixel windows cannot hold a core, {margin}-pixel "
+                                 f"margins and a start on this network's {grid}-pixel grid")
     if window >= length:
         return [Span(0, length, 0, length)]
     return [Span(min(max((c0 - margin) // grid * grid, 0), length - window), window, c0, min(core, length - c0))
