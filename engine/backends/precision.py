@@ -22,6 +22,17 @@ UNMEASURED = ("no quality-guard measurement for this model; bench/quality_guard.
               "source tree, measures one")
 
 
+# Significant bits of a pixel each precision keeps: bf16's 8-bit mantissa, int8's 256 levels a tensor,
+# fp16's 11 bits. The guard judges them on 8-bit outputs; a deeper input needs more than these
+# (a 16-bit PNG through openvino int8 was 1449 16-bit levels off fp32, against 128 for rounding to 8 bits).
+SIGNIFICANT_BITS = {"int8": 8, "bf16": 8, "fp16": 11, "fp32": 24}
+
+
+def keeps_bits(precision: str, bits: int) -> bool:
+    """Whether `precision` computes an input of `bits` bits a sample without losing what it holds."""
+    return bits <= SIGNIFICANT_BITS.get(precision, 24)
+
+
 def guard_path() -> Path:
     import srtrt
 

@@ -24,7 +24,7 @@ from srtrt.errors import SrtrtError
 # held for a whole call: the kept backend serves one image at a time (OpenVINO's infer requests are
 # not shared: "Infer Request is busy"), and another configuration must not close it under a call
 _lock = threading.RLock()
-_current: dict = {}  # {"key": backend_key, "backend": Backend}
+_current: dict = {}  # {"key": backend_key, "backend": Backend, "deep": the fp32 FileRunner for deep inputs}
 
 
 def _backend(options: RunOptions):
@@ -42,10 +42,13 @@ def _backend(options: RunOptions):
 @atexit.register
 def close() -> None:
     """Release the kept backend (device memory, engine contexts)."""
-    backend = _current.pop("backend", None)
+    backend, deep = _current.pop("backend", None), _current.pop("deep", None)
     _current.pop("key", None)
     if backend is not None:
         backend.close()
+    if deep is not None:
+        deep.close()
+        deep.backend.close()
 
 
 def upscale(image, output=None, **options):
@@ -80,6 +83,14 @@ def upscale(image, output=None, **options):
 
 def _upscale(image, output, opts: RunOptions):
     runner = FileRunner(_backend(opts), opts)
+    runner.keep_deep(_current.get("deep"))
+    try:
+        return _upscale_on(runner, image, output, opts)
+    finally:
+        _current["deep"] = runner.deep  # kept with the backend, closed with it
+
+
+def _upscale_on(runner: FileRunner, image, output, opts: RunOptions):
     if output is not None:
         output = os.fsdecode(output)  # a str, bytes or Path
         source = Path(image)

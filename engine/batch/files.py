@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from srtrt.atomic import remove_partials, sweep_abandoned
+from srtrt.engine.backends.precision import SIGNIFICANT_BITS
 from srtrt.engine.batch.options import RunOptions
 from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, DecodedImage, read_image
 from srtrt.engine.datapath.writers import OUTPUT_SUFFIXES, check_output_folder
@@ -392,12 +393,24 @@ class FileRunner:
         self.log = log or (lambda message: None)
         self.sheets = 0  # sheets of small images computed (sheet_runs.py)
         self.sheets_failed: str | None = None  # why this backend could not run a sheet: images go one by one
+        self.deep: FileRunner | None = None  # fp32, for inputs deeper than `auto`'s precision keeps; made on need
 
-    def upscaler_for(self, height: int, width: int):
-        """The upscaler an image of this size runs on: the backend's, or the fallback `auto` named
-        where the backend's engine cannot take the image's windows (a plan fixed at one window)."""
+    def computes_apart(self, bits: int) -> bool:
+        """Whether an input of `bits` bits a sample runs on an fp32 backend of its own: `--precision
+        auto` picked a precision that keeps fewer (bf16 or int8 for a 16-bit PNG or a 10-bit video).
+        A precision asked for by name is used as asked."""
+        from srtrt.engine.backends.precision import keeps_bits
+
+        return self.options.precision == "auto" and not keeps_bits(self.backend.precision, bits)
+
+    def upscaler_for(self, height: int, width: int, bits: int = 8):
+        """The upscaler an image of this size and depth runs on: the backend's; the fp32 runner's for
+        an input deeper than the backend's precision keeps (`computes_apart`); or the fallback `auto`
+        named where the backend's engine cannot take the image's windows (a plan fixed at one window)."""
         from srtrt.engine.datapath.runtime import TiledUpscaler, WindowsOutsideEngine
 
+        if self.computes_apart(bits):
+            return self._deep_runner(bits).upscaler_for(height, width)
         if self.backend.fallback is None:
             return self.upscaler
         try:
@@ -410,6 +423,30 @@ class FileRunner:
                                                        batch=options.batch)
                 self.log(f"srtrt: {e}; such images run on {backend.describe()}")
             return self.fallback_upscaler
+
+    def _deep_runner(self, bits: int) -> FileRunner:
+        if self.deep is None:
+            from srtrt.engine.batch.options import open_backend
+
+            options = self.options.replace(precision="fp32")
+            self.deep = FileRunner(open_backend(options).backend, options, log=self.log)
+            self.log(f"srtrt: inputs of {bits} bits a sample run on {self.deep.backend.describe()}: "
+                     f"{self.backend.precision} keeps about {SIGNIFICANT_BITS[self.backend.precision]} bits of a sample "
+                     f"(--precision {self.backend.precision} to use it anyway)")
+        return self.deep
+
+    def keep_deep(self, earlier: FileRunner | None) -> None:
+        """Take over the fp32 runner an earlier runner of this backend made (`srtrt.upscale`'s calls,
+        `srtrt serve`'s jobs), so its backend is opened once."""
+        if earlier is None:
+            return
+        tiles = lambda options: (options.tile, options.margin, options.batch)  # noqa: E731
+        if tiles(earlier.options) == tiles(self.options):
+            self.deep = earlier
+        else:  # its upscalers are for the earlier tiles
+            options = earlier.options.replace(tile=self.options.tile, margin=self.options.margin,
+                                              batch=self.options.batch)
+            self.deep = FileRunner(earlier.backend, options, log=self.log)
 
     def decode(self, source: str | Path) -> DecodedImage:
         return read_image(source, **self.options.decode_limit)
@@ -449,7 +486,8 @@ class FileRunner:
                 return done_future(self._video(source, destination, on_frame, on_frames, stop_check, start, asked))
             image = decoded.result() if decoded is not None else self.decode(source)
             if on_plan:
-                on_plan(len(self.upscaler_for(image.height, image.width).plan(image.height, image.width)))
+                upscaler = self.upscaler_for(image.height, image.width, image.bit_depth)
+                on_plan(len(upscaler.plan(image.height, image.width)))
             if write_behind and self._output_bytes(image) <= WRITE_BEHIND_BYTES:
                 from srtrt.engine.datapath.pipeline import check_destination
 
@@ -463,10 +501,15 @@ class FileRunner:
         return done_future(self._done(source, destination, image, start))
 
     def close(self) -> None:
-        """Wait for the output being written, then stop the writer thread."""
+        """Wait for the output being written, then stop the writer thread (and close the fp32
+        runner's backend, which this runner opened; its own backend is its opener's to close)."""
         if self._writer_pool is not None:
             self._writer_pool.shutdown(wait=True)
             self._writer_pool = None
+        if self.deep is not None:
+            self.deep.close()
+            self.deep.backend.close()
+            self.deep = None
 
     def _writer(self) -> ThreadPoolExecutor:
         if self._writer_pool is None:
@@ -529,7 +572,7 @@ class FileRunner:
         self.stream_frames(rgbs, outs.append, on_tile)
         return outs
 
-    def stream_frames(self, rgbs: list[np.ndarray], deliver, on_tile=None) -> None:
+    def stream_frames(self, rgbs: list[np.ndarray], deliver, on_tile=None, bits: int = 8) -> None:
         """Video frames of one shape through one runtime call (their windows share the tile
         batches and the runtime's stages overlap across them); `deliver(rgb)` gets each upscaled
         frame in order as soon as it is done, on the runtime's encoder thread. With the same
@@ -543,7 +586,7 @@ class FileRunner:
             deliver(rgb)
             delivered += 1
 
-        self._retrying(_Shape(*rgbs[0].shape[:2]), "frame", None,
+        self._retrying(_Shape(*rgbs[0].shape[:2], bits), "frame", None,
                        lambda upscaler: frames_through(upscaler, rgbs[delivered:], counted, on_tile), images=len(rgbs))
 
     def upscale_arrays(self, image: DecodedImage, label: str | Path = "image",
@@ -566,7 +609,7 @@ class FileRunner:
         from srtrt import registry
         from srtrt.engine.batch import oom
 
-        before = self.upscaler_for(image.height, image.width)
+        before = self.upscaler_for(image.height, image.width, image.bit_depth)
         while True:
             try:
                 return work(before)
@@ -589,12 +632,17 @@ class FileRunner:
                                      f"({cause}); try a smaller --tile or {advice}", source) from None
                 self.log(f"srtrt: {source}: out of {memory} with batch {before.batch}, tile {before.core}; "
                          f"retrying with batch {after.batch}, tile {after.core}")
-                # later images start from the setting that fits
-                if before is self.upscaler:
-                    self.upscaler = after
-                else:
-                    self.fallback_upscaler = after
+                self._stepped_down(before, after)
                 before = after
+
+    def _stepped_down(self, before, after) -> None:
+        """Later images start from the setting that fits."""
+        if before is self.upscaler:
+            self.upscaler = after
+        elif before is self.fallback_upscaler:
+            self.fallback_upscaler = after
+        elif self.deep is not None:
+            self.deep._stepped_down(before, after)
 
 
 @dataclass
@@ -603,6 +651,7 @@ class _Shape:
 
     height: int
     width: int
+    bit_depth: int = 8
 
 
 class DecodeAhead:

@@ -117,10 +117,12 @@ def with_next(groups: Iterator[list[Job]]) -> Iterator[tuple[list[Job], list[Job
 
 def _on_sheet(image, sheet: tuple[int, int], runner: FileRunner) -> bool:
     """Whether a decoded image can share a sheet (its header said so; EXIF may have turned it): RGB,
-    with an alpha plane only where alpha is upscaled bicubic beside the network (the default)."""
+    with an alpha plane only where alpha is upscaled bicubic beside the network (the default), and
+    no deeper than the backend's precision keeps (a 16-bit PNG runs alone, in fp32: FileRunner.computes_apart)."""
     pixels = image.pixels
     return ((image.alpha is None or runner.options.alpha == "bicubic") and pixels.ndim == 3 and pixels.shape[2] == 3
-            and np.issubdtype(pixels.dtype, np.integer) and _sheet_size(pixels.shape[:2], sheet, runner.backend))
+            and np.issubdtype(pixels.dtype, np.integer) and _sheet_size(pixels.shape[:2], sheet, runner.backend)
+            and not runner.computes_apart(image.bit_depth))
 
 
 def run_sheet(runner: FileRunner, jobs: list[Job], decoded: list[Future | None], stop_check=None) -> list[Future]:

@@ -29,6 +29,7 @@ class WarmBackends:
             return runner
         while len(self._runners) >= self.keep:
             _, oldest = self._runners.popitem(last=False)
+            oldest.close()
             oldest.backend.close()
         selection = open_backend(options)
         self.reasons[key] = selection.reason
@@ -41,12 +42,15 @@ class WarmBackends:
     def close(self) -> None:
         while self._runners:
             _, runner = self._runners.popitem()
+            runner.close()
             runner.backend.close()
 
 
 def _rebind(runner: FileRunner, options: RunOptions) -> FileRunner:
     """A runner for the same warm backend with other options, keeping the tile setting that fit the device."""
     fresh = FileRunner(runner.backend, options, log=runner.log)
+    fresh.keep_deep(runner.deep)  # the fp32 backend for deep inputs stays warm too
+    runner.deep = None
     if (options.tile, options.margin, options.batch) == (runner.options.tile, runner.options.margin, runner.options.batch):
         fresh.upscaler = runner.upscaler
     return fresh

@@ -143,7 +143,7 @@ def _upscale_video(runner, source: Path, destination: Path, on_frame, on_total, 
     info, settings, destination = plan.info, plan.settings, plan.destination
     moved = "" if asked else plan.note  # a batch that settled the name has said why already
     note = "; ".join(filter(None, [moved, *plan.losses, what_happens(info.field_order, options.deinterlace)]))
-    upscaler = runner.upscaler_for(info.height, info.width)
+    upscaler = runner.upscaler_for(info.height, info.width, info.bits)
     tiles = upscaler.plan(info.height, info.width)  # too small for the model: one line now, not per frame
     if writes_over(destination, source):
         raise SrtrtError("output path is the input itself" + (f" ({plan.note})" if plan.note else ""), destination)
@@ -152,7 +152,8 @@ def _upscale_video(runner, source: Path, destination: Path, on_frame, on_total, 
     # the model's files by size and time as well as its name: another model at the same path is not resumed;
     # the path that computes, not the options asked for (`auto`, a device left unnamed, the folder's shape
     # class), so a run resumed by another door (--ray or not) that computes alike takes the segments over
-    key = {"source": resume.source_key(source), "settings": repr(settings), "model": repr(_computed_by(runner.backend, options)),
+    key = {"source": resume.source_key(source), "settings": repr(settings),
+           "model": repr(_computed_by(upscaler.backend, options)),
            "model_files": [resume.source_key(p) for p in model_files(options.model) if p.is_file()], "scale": s,
            "deinterlace": options.deinterlace,
            # the tiles too: under a margin below the receptive field (--margin) they are where the values change
@@ -261,7 +262,7 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> t
                 on_frame(1)
 
         if group:
-            runner.stream_frames([f.rgb for f in group], deliver, on_tile)
+            runner.stream_frames([f.rgb for f in group], deliver, on_tile, info.bits)
         group.clear()
 
     try:
@@ -279,7 +280,7 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> t
                 group.append(frame)
                 # the runner's upscaler may have stepped down after running out of memory: asked each frame,
                 # planned once per upscaler
-                if len(group) >= sizes(runner.upscaler_for(info.height, info.width)):
+                if len(group) >= sizes(runner.upscaler_for(info.height, info.width, info.bits)):
                     flush()
             flush()
         except SrtrtError as e:
