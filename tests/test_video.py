@@ -742,6 +742,23 @@ def test_settings_an_encoder_refuses_fail_before_decoding_and_a_lost_bit_depth_i
     assert ("10-bit input written as 8-bit" in err) == ("yuv420p10le" not in formats)
 
 
+def test_twelve_bit_stays_twelve_bit_where_the_codec_has_it(tmp_path, capsys, model):
+    """x265 writes 12 bits; a 12-bit clip was written as 10-bit, "libx265 here has no 12-bit format"."""
+    if "yuv420p12le" not in {f.name for f in av.Codec("libx265", "w").video_formats}:
+        pytest.skip("this libx265 has no 12-bit format")
+    source = tmp_path / "twelve.mkv"
+    make_clip(source, frames=4, codec="libx265", pix_fmt="yuv420p12le", audio=None, size=(64, 64))
+    code, err = run(capsys, source, "--model", model, "--backend", "torch")
+    assert code == 0 and "written as" not in err, err
+    with av.open(str(tmp_path / "twelve_x4.mkv")) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv420p12le"
+    code, err = run(capsys, source, "-o", tmp_path / "av1.mkv", "--model", model, "--backend", "torch",
+                    "--codec", "libsvtav1")
+    assert code == 0 and "12-bit input written as 10-bit (libsvtav1 here has no 12-bit format)" in err, err
+    with av.open(str(tmp_path / "av1.mkv")) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv420p10le"
+
+
 def test_api_takes_videos(tmp_path, model):
     import srtrt
     from srtrt.errors import SrtrtError

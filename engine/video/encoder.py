@@ -25,7 +25,7 @@ import av
 from srtrt.atomic import commit, temp_name
 from srtrt.engine.video.colour import Colour
 from srtrt.engine.video.hdr import WRITES_HDR, HdrMetadata
-from srtrt.engine.video.planes import rgb_to_frame
+from srtrt.engine.video.planes import bit_depth, rgb_to_frame
 from srtrt.engine.video.source import ffmpeg_reason, file_url
 from srtrt.errors import SrtrtError
 
@@ -62,7 +62,7 @@ class EncoderSettings:
 
     @property
     def bits(self) -> int:
-        return 10 if "10" in self.pix_fmt else 8
+        return bit_depth(self.pix_fmt)
 
 
 def _pix_fmts(codec: str) -> set[str]:
@@ -102,12 +102,13 @@ def choose_settings(codec: str, crf: int | None, preset: str | None, source_pix_
         raise SrtrtError(f"libsvtav1 cannot encode {width}x{height} frames (under {SVT_AV1_MIN_SIDE} pixels); "
                          "use --codec libx264 or libvpx-vp9", path)
     available = _pix_fmts(codec)
-    depth = "10le" if bits > 8 else ""
+    # the source's depth, else the deepest below it the codec has (x265: 12 and 10 bits; SVT-AV1: 10)
+    depths = [f"{d}le" for d in (12, 10) if bits > 8 and (d <= bits or d == 10)] + [""]
     layout = chroma_layout(source_pix_fmt)
     odd = width % 2 or height % 2
-    wanted = [f"yuv{layout}p{depth}", f"yuv420p{depth}", "yuv420p"]
+    wanted = [f for depth in depths for f in (f"yuv{layout}p{depth}", f"yuv420p{depth}")]
     if odd:  # 4:2:0 and 4:2:2 need even sizes
-        wanted = [f"yuv444p{depth}", "yuv444p"]
+        wanted = [f"yuv444p{depth}" for depth in depths]
     pix_fmt = next((f for f in wanted if f in available), None)
     if pix_fmt is None:
         raise SrtrtError(f"{codec} cannot encode a {width}x{height} frame "
