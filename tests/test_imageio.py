@@ -631,6 +631,23 @@ def test_a_sixteen_bit_or_float_tiff_storing_0_as_white_is_not_a_negative(tmp_pa
     assert np.abs(read["float"] / 65535 - expected).max() < 1 / 65535
 
 
+def test_a_tiff_storing_0_as_white_at_12_bits_or_with_alpha_is_read_the_right_way_round(tmp_path):
+    """Pillow opens neither; they were refused as "unsupported TIFF layout (miniswhite, 1 samples of uint16)"."""
+    import tifffile
+
+    ramp = np.linspace(0, 1, 32, dtype=np.float64)[None, :].repeat(4, 0)  # 0 = white on the left
+    opacity = np.linspace(1, 0.2, 32)[None, :].repeat(4, 0)
+    twelve, with_alpha = str(tmp_path / "white12.tif"), str(tmp_path / "white_alpha.tif")
+    tifffile.imwrite(twelve, np.round(ramp * 4095).astype(np.uint16), photometric="miniswhite", bitspersample=12)
+    tifffile.imwrite(with_alpha, np.round(np.stack([ramp, opacity], -1) * 65535).astype(np.uint16),
+                     photometric="miniswhite", extrasamples=["unassalpha"])
+    read = read_image(twelve)
+    assert read.bit_depth == 16 and np.abs(read.pixels[:, :, 0] / 65535 - (1 - ramp)).max() < 1 / 4095
+    read = read_image(with_alpha)
+    assert np.abs(read.pixels[:, :, 0] / 65535 - (1 - ramp)).max() < 1 / 65535
+    assert np.abs(read.alpha / 65535 - opacity).max() < 1 / 65535  # the alpha as stored, not turned
+
+
 @pytest.mark.parametrize("layout, dtype", [("rgba", np.uint8), ("rgba", np.uint16), ("la", np.uint16),
                                            ("rgba", np.float32)])
 def test_a_tiff_s_premultiplied_alpha_is_divided_out(tmp_path, layout, dtype):

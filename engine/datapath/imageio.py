@@ -870,7 +870,7 @@ def _read_tiff_by_tifffile(path, max_pixels: int | None, pillow_cause: str) -> D
                 raise _multi_page(images, path)
             layout = (int(page.photometric), page.samplesperpixel, np.dtype(page.dtype))
             premultiplied = tuple(int(e) for e in (page.extrasamples or ()))[:1] == (_ASSOCIATED_ALPHA,)
-            colour = {_MINISBLACK: 1, _RGB: 3}.get(layout[0])
+            colour = {_MINISBLACK: 1, _MINISWHITE: 1, _RGB: 3}.get(layout[0])
             if colour is None or layout[1] not in (colour, colour + 1) or layout[2].kind not in "uf":
                 raise SrtrtError(f"unsupported TIFF layout ({page.photometric.name.lower()}, {layout[1]} samples of "
                                  f"{layout[2]}); srtrt reads grey or RGB, with or without alpha, in 8 or 16 bits or floats", path)
@@ -887,7 +887,11 @@ def _read_tiff_by_tifffile(path, max_pixels: int | None, pillow_cause: str) -> D
     if samples.ndim != 3 or samples.shape[:2] != shape or samples.shape[2] not in (colour, colour + 1):
         raise SrtrtError(pillow_cause, path)  # a damaged file tifffile read as something else
     samples = _as_uint(samples, path)
-    if samples.dtype.kind == "u" and 1 < bits < samples.dtype.itemsize * 8:  # e.g. 12-bit RGB in uint16
+    stored_bits = bits if 1 < bits < samples.dtype.itemsize * 8 else samples.dtype.itemsize * 8  # 12 in uint16
+    if layout[0] == _MINISWHITE:  # grey stored with 0 as white, turned the right way round (not its alpha)
+        top = 2 ** stored_bits - 1
+        samples = np.concatenate([top - np.minimum(samples[:, :, :1], top), samples[:, :, 1:]], axis=2)
+    if stored_bits < samples.dtype.itemsize * 8:
         samples = full_range(samples, bits)
     pixels, alpha = np.ascontiguousarray(samples[:, :, :colour]), None
     if samples.shape[2] > colour:
