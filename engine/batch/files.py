@@ -440,8 +440,7 @@ class FileRunner:
         `srtrt serve`'s jobs), so its backend is opened once."""
         if earlier is None:
             return
-        tiles = lambda options: (options.tile, options.margin, options.batch)  # noqa: E731
-        if tiles(earlier.options) == tiles(self.options):
+        if earlier.options.tiles == self.options.tiles:
             self.deep = earlier
         else:  # its upscalers are for the earlier tiles
             options = earlier.options.replace(tile=self.options.tile, margin=self.options.margin,

@@ -84,6 +84,11 @@ class RunOptions:
                 self.precision, self.device, self.allow_noncommercial, self.shape_class)
 
     @property
+    def tiles(self) -> tuple:
+        """What an upscaler is made for: its tile, margin and batch."""
+        return self.tile, self.margin, self.batch
+
+    @property
     def decode_limit(self) -> dict:
         return decode_limit(self.max_pixels)
 

@@ -136,8 +136,8 @@ def _plan_on_grid(length: int, core: int, margin: int, grid: int, minimum: int, 
         window -= (window - length) % grid  # the longest as long as the image modulo the grid
         core = window - 2 * margin - (grid - 1)
         if core < 1 or window < minimum:
-            raise WindowTooShort(f"{core + 2 * margin + grid - 1}-pixel windows cannot hold a core, {margin}-pixel "
-                                 f"margins and a start on this network's {grid}-pixel grid")
+            raise WindowTooShort(f"{window}-pixel windows cannot hold a core, {margin}-pixel margins and a start "
+                                 f"on this network's {grid}-pixel grid")
     if window >= length:
         return [Span(0, length, 0, length)]
     return [Span(min(max((c0 - margin) // grid * grid, 0), length - window), window, c0, min(core, length - c0))

@@ -51,6 +51,6 @@ def _rebind(runner: FileRunner, options: RunOptions) -> FileRunner:
     fresh = FileRunner(runner.backend, options, log=runner.log)
     fresh.keep_deep(runner.deep)  # the fp32 backend for deep inputs stays warm too
     runner.deep = None
-    if (options.tile, options.margin, options.batch) == (runner.options.tile, runner.options.margin, runner.options.batch):
+    if options.tiles == runner.options.tiles:
         fresh.upscaler = runner.upscaler
     return fresh
