@@ -69,19 +69,28 @@ class ModelFacts:
         """Tiles equal a whole-image pass (fp32) at the default margin."""
         return self.radius is not None and self.margin >= self.radius
 
-    def tiling_note(self, margin: int | None = None) -> str:
-        """How exact tiles at `margin` (default: the model's) are, in words for the run's first line."""
+    def tiling_note(self, margin: int | None = None, core: int | None = None) -> str:
+        """How exact tiles at `margin` (default: the model's) are, in words for the run's first line;
+        `core`: the run's `--tile`, where it asked for one."""
         margin = self.margin if margin is None else margin
+        # A network that takes multiples of N only: other sides are cut into windows of such sides from
+        # both ends, unpadded, which no pass of the network equals (spandrel's pads them; DITN's forward
+        # pads itself): 67 % within 1 level of DITN's own pass at 97x131, against 100 % at 96x128.
+        other_sides = (f" on sides that are multiples of {self.multiple_of}; other sides are cut into windows "
+                       "of such sides from both ends, unpadded, and differ from a pass that pads them"
+                       if self.multiple_of > 1 else "")
         if self.radius is not None and margin >= self.radius:
-            exact = f"exact tiles (margin {margin} >= receptive-field radius {self.radius})"
-            if self.multiple_of > 1:  # the network itself takes no other size: nothing to be exact to there
-                exact += (f" on sides that are multiples of {self.multiple_of}; on other sides the windows "
-                          "overlap from both ends, no pad (the network takes no such side whole)")
-            return exact
+            return f"exact tiles (margin {margin} >= receptive-field radius {self.radius}){other_sides}"
         if self.margin_figure and margin == self.margin:
+            from srtrt.zoo import MEASURE_CORE
+
             f = self.margin_figure
+            # the figure is for cores of MEASURE_CORE: smaller ones put more of the image near a seam
+            # (an ATD measured at 97.16 % gave 86.9 % at --tile 12)
+            smaller = (f"; measured with {MEASURE_CORE}-pixel tiles, so --tile {core} puts more of the image "
+                       "near a seam" if core and core < MEASURE_CORE else "")
             return (f"measured margin {margin}: tiled 8-bit output within 1 level of a whole-image pass on "
-                    f"{100 * f['within_1_level']:.2f} % of samples (max {f['max_level_diff']})")
+                    f"{100 * f['within_1_level']:.2f} % of samples (max {f['max_level_diff']}){other_sides}{smaller}")
         return f"margin {margin}, below the receptive field and not measured: tiles may show seams"
 
 

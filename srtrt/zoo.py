@@ -46,9 +46,9 @@ CONFIRM_BEYOND = 8
 CONFIRM_WINDOWS_PER_AXIS = 2
 # v2: an exact radius is confirmed by a tiled pass; v3: by windows inside the content (a v2 check could
 # pass with every window touching the border, and margins above 48 made it one window); v4: with the
-# grid a network pads its input to (measure_grid), on content whose windows it pads. Older entries
-# are measured again.
-TILING_KIND = "tiling-v4"
+# grid a network pads its input to (measure_grid), on content whose windows it pads; v5: a pad seen in
+# any layout (FDAT's (B, H, W, C)). Older entries are measured again.
+TILING_KIND = "tiling-v5"
 GRID_PROBE_STEPS = (0, 3, 8, 16, 24)  # LR sides probed for a pad to a grid (the smallest allowed side plus these)
 SHEET_KIND = "sheet-gap-v1"  # measure_sheet_gap's cache entries
 
@@ -216,7 +216,9 @@ class _PadSeen(Exception):
 
 
 class _EndPads(torch.overrides.TorchFunctionMode):
-    """Records the size a forward pads an input of `side` x `side` to at its end (bottom and right)."""
+    """Records the size a forward pads an input of `side` x `side` to at its end (bottom and right):
+    the first F.pad of a tensor with two such dims, whatever its layout (FDAT pads a (B, H, W, C) view
+    inside its window attention), padding both at their ends alike and nothing else."""
 
     def __init__(self, side: int):
         super().__init__()
@@ -226,9 +228,13 @@ class _EndPads(torch.overrides.TorchFunctionMode):
         kwargs = kwargs or {}
         if func in (torch.nn.functional.pad, torch._C._nn.pad) and args and isinstance(args[0], torch.Tensor):
             x, pad = args[0], list(args[1] if len(args) > 1 else kwargs.get("pad", ()))
-            if (x.dim() == 4 and tuple(x.shape[-2:]) == (self.side, self.side) and len(pad) == 4
-                    and pad[0] == pad[2] == 0 and pad[1] == pad[3] >= 0):
-                self.padded = self.side + pad[1]
+            # pad[2i], pad[2i + 1]: before and after along dim -1 - i
+            pairs = [(x.shape[-1 - i], pad[2 * i], pad[2 * i + 1]) for i in range(min(len(pad) // 2, x.dim()))]
+            spatial = [(before, after) for size, before, after in pairs if size == self.side]
+            others = [(before, after) for size, before, after in pairs if size != self.side]
+            if (len(pad) % 2 == 0 and len(spatial) == 2 and spatial[0] == spatial[1] and spatial[0][0] == 0
+                    and spatial[0][1] >= 0 and all(p == (0, 0) for p in others)):
+                self.padded = self.side + spatial[0][1]
                 raise _PadSeen
         return func(*args, **kwargs)
 

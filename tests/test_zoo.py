@@ -99,6 +99,11 @@ def test_the_grid_a_network_pads_to_inside_its_forward_is_measured(model_files):
         img_size=32, embed_dim=12, depths=(2,), num_heads=(2,), window_size=8, category_size=32, num_tokens=8,
         reducted_dim=4, convffn_kernel_size=3, mlp_ratio=1.0, upscale=2, upsampler="pixelshuffledirect")})["atd"]
     assert zoo.measure_grid(community.load(path)) == 8
+    from spandrel.architectures.FDAT import FDAT  # pads a (B, H, W, C) view inside its window attention
+
+    path = save_community_models(model_files["compact"].parent, {"fdat": lambda: FDAT(
+        embed_dim=24, num_groups=1, depth_per_group=1, num_heads=2, window_size=8, scale=2, mid_dim=16)})["fdat"]
+    assert zoo.measure_grid(community.load(path)) == 8
 
 
 def test_exact_tiles_of_a_network_that_pads_to_a_grid_are_exact(model_files):
@@ -255,6 +260,26 @@ def test_windows_meet_the_multiple_of_without_padding(model_files):
     assert seen and all(h % 4 == 0 and w % 4 == 0 for h, w in seen)
     # exactness is claimed where the network takes the image whole; spandrel would reflect-pad 45x62
     assert "exact tiles" in view.facts.tiling_note() and "on sides that are multiples of 4" in view.facts.tiling_note()
+
+
+def test_a_measured_margin_of_a_network_taking_multiples_only_says_what_other_sides_get():
+    """DITN takes multiples of 8: at 97x131 its windows from both ends were 67 % within 1 level of its own
+    (self-padding) pass while the line said "100.00 %", with no word on other sides (the exact line had one)."""
+    from srtrt.registry import ModelFacts
+
+    figure = {"within_1_level": 1.0, "max_level_diff": 1}
+    note = ModelFacts("DITN", 4, multiple_of=8, margin=12, margin_figure=figure).tiling_note()
+    assert note.startswith("measured margin 12") and "on sides that are multiples of 8; other sides" in note
+    assert "other sides" not in ModelFacts("SPAN", 4, margin=12, margin_figure=figure).tiling_note()
+
+
+def test_a_measured_figure_says_it_was_taken_with_larger_tiles_than_a_run_asks():
+    """The figure is measured with 32-pixel cores; an ATD that printed 97.16 % gave 86.9 % at --tile 12."""
+    from srtrt.registry import ModelFacts
+
+    facts = ModelFacts("ATD", 4, margin=40, margin_figure={"within_1_level": 0.9716, "max_level_diff": 5})
+    assert "measured with 32-pixel tiles, so --tile 12 puts more of the image near a seam" in facts.tiling_note(40, 12)
+    assert "measured with" not in facts.tiling_note(40, 64) and "measured with" not in facts.tiling_note(40, None)
 
 
 @pytest.mark.parametrize("name", ["rrdb_deep", "rcan"])

@@ -171,5 +171,5 @@ def setup_lines(selection, options: RunOptions) -> list[str]:
     if options.tile == 0 and facts.multiple_of == 1:  # one window per image: no tiles, so no margin to judge
         tiles = "whole image in one window (--tile 0): no tiles, the margin is unused"
     else:
-        tiles = facts.tiling_note(options.margin)
+        tiles = facts.tiling_note(options.margin, options.tile)
     return [f"srtrt: backend {selection.reason}", f"srtrt: {tiles}"]
