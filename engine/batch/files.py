@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 from srtrt.atomic import remove_partials, sweep_abandoned
-from srtrt.engine.backends.precision import SIGNIFICANT_BITS
 from srtrt.engine.batch.options import RunOptions
 from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, DecodedImage, read_image
 from srtrt.engine.datapath.writers import OUTPUT_SUFFIXES, check_output_folder
@@ -426,6 +425,7 @@ class FileRunner:
 
     def _deep_runner(self, bits: int) -> FileRunner:
         if self.deep is None:
+            from srtrt.engine.backends.precision import SIGNIFICANT_BITS
             from srtrt.engine.batch.options import open_backend
 
             options = self.options.replace(precision="fp32")
