@@ -47,8 +47,7 @@ def close() -> None:
     if backend is not None:
         backend.close()
     if deep is not None:
-        deep.close()
-        deep.backend.close()
+        deep.close_with_backend()
 
 
 def upscale(image, output=None, **options):

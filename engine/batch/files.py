@@ -428,8 +428,7 @@ class FileRunner:
             from srtrt.engine.backends.precision import SIGNIFICANT_BITS
             from srtrt.engine.batch.options import open_backend
 
-            options = self.options.replace(precision="fp32")
-            self.deep = FileRunner(open_backend(options).backend, options, log=self.log)
+            self.deep = FileRunner(open_backend(self._deep_options()).backend, self._deep_options(), log=self.log)
             self.log(f"srtrt: inputs of {bits} bits a sample run on {self.deep.backend.describe()}: "
                      f"{self.backend.precision} keeps about {SIGNIFICANT_BITS[self.backend.precision]} bits of a sample "
                      f"(--precision {self.backend.precision} to use it anyway)")
@@ -443,9 +442,10 @@ class FileRunner:
         if earlier.options.tiles == self.options.tiles:
             self.deep = earlier
         else:  # its upscalers are for the earlier tiles
-            options = earlier.options.replace(tile=self.options.tile, margin=self.options.margin,
-                                              batch=self.options.batch)
-            self.deep = FileRunner(earlier.backend, options, log=self.log)
+            self.deep = FileRunner(earlier.backend, self._deep_options(), log=self.log)
+
+    def _deep_options(self) -> RunOptions:
+        return self.options.replace(precision="fp32")
 
     def decode(self, source: str | Path) -> DecodedImage:
         return read_image(source, **self.options.decode_limit)
@@ -506,9 +506,13 @@ class FileRunner:
             self._writer_pool.shutdown(wait=True)
             self._writer_pool = None
         if self.deep is not None:
-            self.deep.close()
-            self.deep.backend.close()
+            self.deep.close_with_backend()
             self.deep = None
+
+    def close_with_backend(self) -> None:
+        """`close`, then the backend: for the runner's owner, where the runner holds the only use of it."""
+        self.close()
+        self.backend.close()
 
     def _writer(self) -> ThreadPoolExecutor:
         if self._writer_pool is None:

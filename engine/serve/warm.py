@@ -29,8 +29,7 @@ class WarmBackends:
             return runner
         while len(self._runners) >= self.keep:
             _, oldest = self._runners.popitem(last=False)
-            oldest.close()
-            oldest.backend.close()
+            oldest.close_with_backend()
         selection = open_backend(options)
         self.reasons[key] = selection.reason
         runner = self._runners[key] = FileRunner(selection.backend, options, log=self.log)
@@ -42,8 +41,7 @@ class WarmBackends:
     def close(self) -> None:
         while self._runners:
             _, runner = self._runners.popitem()
-            runner.close()
-            runner.backend.close()
+            runner.close_with_backend()
 
 
 def _rebind(runner: FileRunner, options: RunOptions) -> FileRunner:
