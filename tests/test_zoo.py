@@ -603,6 +603,22 @@ def test_an_image_below_the_models_minimum_is_one_line(model_files, tmp_path, ca
     assert not (tmp_path / "tiny_x2.png").exists() and not partials(tmp_path)
 
 
+def test_a_video_below_the_models_minimum_is_one_line_about_its_frames(model_files, tmp_path, capsys):
+    av = pytest.importorskip("av")
+    clip = tmp_path / "thin.mp4"
+    with av.open(str(clip), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 48, 2, "yuv420p"
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(smooth_image(2, 48, seed=i), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    code, err = run_cli(capsys, clip, "--model", model_files["rrdb_x2"], "--backend", "torch")
+    assert code == 1 and "Traceback" not in err
+    assert "thin.mp4: frames are 48x2, smaller than the 4-pixel side this model needs" in err, err
+    assert not list(tmp_path.glob("thin_x2*")) and not partials(tmp_path)
+
+
 def test_a_community_network_failing_on_an_image_is_one_line_and_the_batch_goes_on(model_files, tmp_path, capsys,
                                                                                     monkeypatch):
     """A network's own code refusing an input (a shape its author never tried): the image's one

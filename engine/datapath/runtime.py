@@ -291,10 +291,12 @@ class TiledUpscaler:
         self._outputs: StagingBuffers | None = None
         self._work: torch.Tensor | None = None
 
-    def plan(self, height: int, width: int) -> tiling.TilePlan:
+    def plan(self, height: int, width: int, frames: bool = False) -> tiling.TilePlan:
+        """Tiles for an image (or a video's frames: `frames` words a refusal for them) of this size."""
+        size = f"{'frames are' if frames else 'image is'} {width}x{height}"
         smallest = tiling.allowed_side(1, self.backend.multiple_of, self.backend.minimum)
         if min(height, width) < smallest:
-            raise SrtrtError(f"image is {width}x{height}, smaller than the {smallest}-pixel side this model needs")
+            raise SrtrtError(f"{size}, smaller than the {smallest}-pixel side this model needs")
         core = self.core
         whole = self.backend.defaults.whole_image_pixels
         if self.auto_core and height * width <= whole and self.backend.accepts(1, height, width):
@@ -303,7 +305,7 @@ class TiledUpscaler:
             plan = tiling.plan(height, width, core, self.margin, self.backend.balanced_tiles,
                                self.backend.multiple_of, self.backend.minimum, grid=self.backend.grid)
         except tiling.WindowTooShort as e:
-            raise WindowsOutsideEngine(f"image is {width}x{height}: {e}") from None
+            raise WindowsOutsideEngine(f"{size}: {e}") from None
         if core and self.auto_core and whole and self.backend.balanced_tiles:  # windows bounded by the budget's pixels
             cheaper = tiling.least_computed(height, width, self.margin, whole, self.backend.multiple_of,
                                             self.backend.minimum, self.backend.grid)

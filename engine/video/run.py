@@ -144,7 +144,7 @@ def _upscale_video(runner, source: Path, destination: Path, on_frame, on_total, 
     moved = "" if asked else plan.note  # a batch that settled the name has said why already
     note = "; ".join(filter(None, [moved, *plan.losses, what_happens(info.field_order, options.deinterlace)]))
     upscaler = runner.upscaler_for(info.height, info.width, info.bits)
-    tiles = upscaler.plan(info.height, info.width)  # too small for the model: one line now, not per frame
+    tiles = upscaler.plan(info.height, info.width, frames=True)  # too small for the model: one line now, not per frame
     if writes_over(destination, source):
         raise SrtrtError("output path is the input itself" + (f" ({plan.note})" if plan.note else ""), destination)
     if os.path.lexists(destination) and not options.overwrite:
