@@ -282,6 +282,34 @@ def test_a_sheet_that_runs_out_of_memory_leaves_its_images_to_run_alone(tmp_path
     assert len(list((tmp_path / "out").glob("*_x4.png"))) == 16
 
 
+def test_an_image_a_sheet_gives_nan_for_fails_alone_and_the_others_are_written(tmp_path, capsys, own_srtrt_cache,
+                                                                              monkeypatch):
+    """Fault injection: the sheet's output NaN over one image's part (an overflow of its precision).
+    That image was cut as black and written, said done, exit 0; the tiled runtime refuses NaN."""
+    _openvino()
+    from srtrt.engine.backends.openvino_backend import OpenVinoBackend
+
+    real = OpenVinoBackend.infer_masked
+
+    def nan_over_pure_red(self, x, mask):
+        y = real(self, x, mask)
+        red = (x[:, 0] == 1) & (x[:, 1] == 0) & (x[:, 2] == 0)
+        return y.masked_fill(red.repeat_interleave(4, 1).repeat_interleave(4, 2)[:, None], float("nan"))
+
+    monkeypatch.setattr(OpenVinoBackend, "infer_masked", nan_over_pure_red)
+    weights = save_tiny_model(tmp_path, channels=4)
+    write_many_sizes(tmp_path / "in")
+    hot = smooth_image(30, 34, seed=7)
+    hot[10:16, 12:18] = (255, 0, 0)
+    Image.fromarray(hot).save(tmp_path / "in" / "hot.png")
+    code, err = run_cli(capsys, tmp_path / "in", "-o", tmp_path / "out", "--model", weights, "--backend", "openvino",
+                        "--precision", "fp32")
+    assert code == 1 and "(sheets)" in err and "Traceback" not in err, err
+    assert "hot.png: the network gave NaN or infinite values" in err and "10 done" in err, err
+    assert not (tmp_path / "out" / "hot_x4.png").exists() and len(list((tmp_path / "out").glob("*_x4.png"))) == 10
+    assert not partials(tmp_path / "out")
+
+
 def test_what_a_sheet_would_change_runs_alone(tmp_path, capsys, own_srtrt_cache):
     """A grey model (each channel of an RGB image is an image to it), images below the model's minimum
     side (refused alone, so refused here too) and `--tile` / `--margin` (a sheet is one window): no sheets."""

@@ -36,6 +36,7 @@ DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 # (FileRunner.submit): a small image's stages run one after another, so on a GPU its encoding
 # was a third of its time. Larger outputs stream into their file as they are computed.
 WRITE_BEHIND_BYTES = 32 * 2**20
+INPUT_ITSELF = "output path is the input itself"
 
 
 def done_future(value) -> Future:
@@ -258,7 +259,7 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, 
         # an earlier output by its name (a link under it is one too), or by the file it is
         origin = earlier.get(written_name(job.source)) or earlier.get(real_path(job.source)) or job.source
         if writes_over(job.destination, job.source):
-            job.refusal = f"{shown(job.destination)}: output path is the input itself" + (f" ({job.note})" if job.note else "")
+            job.refusal = f"{shown(job.destination)}: {INPUT_ITSELF}" + (f" ({job.note})" if job.note else "")
         elif os.path.isdir(job.destination) and not os.path.islink(job.destination):
             job.refusal = f"{shown(job.destination)}: output path is a directory"
         elif real_path(origin) != real_path(job.source):
@@ -354,7 +355,7 @@ def check_output_file(output: str | None, many: bool, inputs: list[Path]) -> Non
         return
     output_path(inputs[0], output, many, scale=1)  # its format (one line for an unknown one); no scale in -o itself
     if writes_over(output, inputs[0]):
-        raise SrtrtError("output path is the input itself", output)
+        raise SrtrtError(INPUT_ITSELF, output)
     check_output_folder(output)
 
 
@@ -463,6 +464,15 @@ class FileRunner:
         return self.submit(source, destination, on_tile, on_plan, decoded, on_frame, on_frames,
                            stop_check, asked=asked).result()
 
+    def skipped_or_refused(self, source: Path, destination: Path, existed: bool) -> Outcome | None:
+        """The Outcome of an output already there (skipped without --overwrite), or None to go on;
+        SrtrtError for an output that would replace its own input."""
+        if writes_over(destination, source):
+            raise SrtrtError(INPUT_ITSELF, destination)
+        if existed and not self.options.overwrite:
+            return skipped_existing(source, destination)
+        return None
+
     def submit(self, source: Path, destination: Path, on_tile=None, on_plan=None,
                decoded: Future | None = None, on_frame=None, on_frames=None, stop_check=None,
                write_behind: bool = True, asked: Path | None = None) -> Future:
@@ -477,10 +487,8 @@ class FileRunner:
         overwrite = self.options.overwrite
         existed = os.path.lexists(destination)
         try:
-            if writes_over(destination, source):
-                raise SrtrtError("output path is the input itself", destination)
-            if existed and not overwrite:
-                return done_future(skipped_existing(source, destination))
+            if (skipped := self.skipped_or_refused(source, destination, existed)) is not None:
+                return done_future(skipped)
             if is_video(source):
                 return done_future(self._video(source, destination, on_frame, on_frames, stop_check, start, asked))
             image = decoded.result() if decoded is not None else self.decode(source)

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from srtrt.engine.batch.files import FileRunner, Job, done_future, real_path, skipped_existing
+from srtrt.engine.batch.files import FileRunner, Job, done_future
 from srtrt.engine.datapath import sheets
 from srtrt.engine.video import is_video
 from srtrt.errors import SrtrtError
@@ -141,10 +141,8 @@ def run_sheet(runner: FileRunner, jobs: list[Job], decoded: list[Future | None],
     for k, (job, future) in enumerate(zip(jobs, decoded)):
         existed[k] = os.path.lexists(job.destination)
         try:
-            if real_path(job.destination) == real_path(job.source):
-                raise SrtrtError("output path is the input itself", job.destination)
-            if existed[k] and not runner.options.overwrite:
-                results[k] = done_future(skipped_existing(job.source, job.destination))
+            if (skipped := runner.skipped_or_refused(job.source, job.destination, existed[k])) is not None:
+                results[k] = done_future(skipped)
                 continue
             images[k] = image = future.result() if future is not None else runner.decode(job.source)
             check_destination(image, job.destination, backend.scale, runner.options.overwrite)
@@ -179,7 +177,11 @@ def run_sheet(runner: FileRunner, jobs: list[Job], decoded: list[Future | None],
             continue
         if k in on_sheet:
             image = images[k]
-            colour = sheets.cut(output, on_sheet[k], backend.scale, image.pixels.dtype)
+            try:
+                colour = sheets.cut(output, on_sheet[k], backend.scale, image.pixels.dtype)
+            except SrtrtError as e:  # NaN in this image's part: it fails alone, as it would in tiles
+                results[k] = done_future(runner.failed(e, job.source, job.destination, existed[k], start))
+                continue
             alpha = None if image.alpha is None else bicubic_rows(image.alpha, 0, image.height, backend.scale)
             results[k] = runner.write_later(job.source, job.destination, image, colour, alpha, start,
                                             existed[k], stop_check)

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from srtrt.engine.datapath.runtime import NotFinite
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -125,8 +127,11 @@ def compose(pixels: list[np.ndarray], placements: list[Placement],
 
 def cut(output: torch.Tensor, p: Placement, scale: int, dtype) -> np.ndarray:
     """Image p's output, (H*scale) x (W*scale) x 3 of `dtype`, from the sheet's (1, 3, Hs, Ws)
-    float output: clamped to [0, 1] and rounded as the tiled runtime quantises."""
+    float output: clamped to [0, 1] and rounded as the tiled runtime quantises; NotFinite where
+    the part holds NaN or infinity, as there."""
     part = output[0, :, p.top * scale:(p.top + p.height) * scale, p.left * scale:(p.left + p.width) * scale]
+    if not torch.isfinite(part).all():
+        raise NotFinite()
     part = part.float().clamp(0, 1).permute(1, 2, 0)
     if np.issubdtype(dtype, np.integer):
         part = part.mul(float(np.iinfo(dtype).max)).round_()
