@@ -61,6 +61,15 @@ def test_unmeasured_path_uses_the_worst_measurement_of_its_format():
     assert not ok  # bf16 measured outside the guard elsewhere: not used on the GPU either
 
 
+def test_tensorrt_on_the_gpu_is_never_offered_bf16_which_its_plans_are_not_built_at():
+    """fp16 outside the guard and bf16 within it: torch took bf16, and so did TensorRT, whose
+    engine cache builds fp16 and fp32 only; `srtrt run --backend tensorrt` then failed."""
+    g = guard({"torch-cuda-fp16": {"delta_db": -0.3}, "torch-cuda-bf16": {"delta_db": -0.01}})
+    assert auto_precision("torch", CUDA, SHA, g)[0] == "bf16"
+    precision, why = auto_precision("tensorrt", CUDA, SHA, g)
+    assert precision == "fp32" and "fp16 changes Set5 Y-PSNR by -0.300 dB" in why and "bf16" not in why
+
+
 def test_exact_refuses_a_proxy():
     g = guard({"torch-cpu-bf16": {"delta_db": -0.001}})
     ok, why = passes_guard("openvino", "cpu", "bf16", SHA, g, exact=True)

@@ -95,7 +95,13 @@ def auto_precision(backend: str, device: torch.device, model_sha256: str, guard:
                    fast_bf16_cpu: bool | None = None) -> tuple[str, str]:
     """(precision, reason) for `--precision auto` of `backend` running the model with this sha256."""
     if device.type == "cuda":
-        candidates = ["fp16", "bf16"] if backend in ("torch", "tensorrt") else ["fp16"]
+        from srtrt.engine.toolchain.engine_cache import PRECISIONS as PLAN_PRECISIONS
+
+        candidates = ["fp16", "bf16"]
+        if backend == "tensorrt":  # a plan is built at a precision the engine cache keeps (no bf16)
+            candidates = [p for p in candidates if p in PLAN_PRECISIONS]
+        elif backend != "torch":
+            candidates = ["fp16"]
     elif backend in ("torch", "openvino"):
         if not measured_paths(model_sha256, guard):  # the first reason: on any CPU, it rules out every precision
             return "fp32", f"fp32 ({UNMEASURED})"
