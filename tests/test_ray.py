@@ -476,3 +476,34 @@ def test_a_signal_stops_a_ray_run_without_waiting_for_its_video_and_a_local_run_
         time.sleep(0.5)
     assert outcome.status == DONE, outcome.message
     assert starts == [kept] and partials(tmp_path) == []
+
+
+def test_a_deep_input_runs_in_fp32_on_the_actors_as_in_a_local_run(local_ray, tmp_path, capsys, own_srtrt_cache):
+    """The actors got `auto`'s pick by name (int8 or bf16), so a 16-bit PNG ran in it: 1124 16-bit
+    levels off the local run's fp32, with no line. The pick now travels saying it was auto's."""
+    import numpy as np
+
+    from srtrt.engine.backends.torch_backend import TorchBackend
+    from srtrt.engine.batch.files import FileRunner
+    from srtrt.engine.batch.options import RunOptions
+    from srtrt.engine.batch.ray_runner import _as_picked
+    from srtrt.engine.datapath.writers import open_writer
+
+    from conftest import random_view, smooth_image
+
+    bf16 = TorchBackend(random_view(blocks=1, channels=4), "cpu", "bf16")
+    picked = _as_picked(RunOptions(), bf16)
+    assert (picked.backend, picked.precision, picked.picked_by_auto) == ("torch", "bf16", True)
+    assert FileRunner(bf16, picked).computes_apart(16) and not FileRunner(bf16, picked).computes_apart(8)
+    named = _as_picked(RunOptions(precision="bf16"), bf16)
+    assert not FileRunner(bf16, named).computes_apart(16)  # asked for by name: used as asked
+    (tmp_path / "in").mkdir()
+    with open_writer(tmp_path / "in" / "deep.png", 24, 20, 3, 16) as writer:
+        writer.write_rows(smooth_image(20, 24, seed=2, dtype=np.uint16))
+    assert main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "local")]) == 0  # the default model, auto
+    local_err = capsys.readouterr().err
+    assert main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "ray"), "--ray"]) == 0
+    assert (tmp_path / "ray" / "deep_x4.png").read_bytes() == (tmp_path / "local" / "deep_x4.png").read_bytes()
+    if "inputs of 16 bits a sample run on" in local_err:  # auto picked bf16 or int8 on this CPU
+        assert main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "fp32"), "--precision", "fp32", "-q"]) == 0
+        assert (tmp_path / "fp32" / "deep_x4.png").read_bytes() == (tmp_path / "local" / "deep_x4.png").read_bytes()

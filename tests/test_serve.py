@@ -232,6 +232,34 @@ def test_upload_progress_result_equals_srtrt_run(tmp_path, models_dir, images, c
     assert Image.open(io.BytesIO(result.content)).size == (32 * 4, 24 * 4)
 
 
+def test_a_deep_input_names_the_fp32_backend_that_ran_it(tmp_path, models_dir):
+    """The shipped model under auto (a reduced precision the guard allows, where this CPU has one):
+    a 16-bit PNG ran in fp32, while the job named the int8 or bf16 backend it did not run on."""
+    import numpy as np
+
+    from srtrt.engine.datapath.writers import open_writer
+
+    from conftest import smooth_image
+
+    with open_writer(tmp_path / "deep.png", 24, 20, 3, 16) as writer:
+        writer.write_rows(smooth_image(20, 24, seed=2, dtype=np.uint16))
+    with open_writer(tmp_path / "flat.png", 24, 20, 3, 8) as writer:
+        writer.write_rows(smooth_image(20, 24, seed=2))
+    with serving(tmp_path, models_dir) as client:
+        def job(name):
+            created = client.post("/api/jobs", files={"file": (name, (tmp_path / name).read_bytes())},
+                                  data={"backend": "torch"})
+            assert created.status_code == 202, created.text
+            done = finished(client, created.json()["id"])
+            assert done["state"] == "done", done
+            return done["backend"]
+
+        flat, deep = job("flat.png"), job("deep.png")
+    if flat.startswith("torch (fp32"):  # no bf16 here: nothing runs apart
+        pytest.skip("torch runs the shipped model in fp32 on this CPU")
+    assert flat.startswith("torch (bf16") and deep.startswith("inputs of 16 bits a sample run on torch (fp32"), deep
+
+
 def test_json_job_then_put_input(tmp_path, models_dir, images):
     with serving(tmp_path, models_dir) as client:
         created = client.post("/api/jobs", json={**TINY, "filename": "from-json.png"})

@@ -394,14 +394,16 @@ class FileRunner:
         self.sheets = 0  # sheets of small images computed (sheet_runs.py)
         self.sheets_failed: str | None = None  # why this backend could not run a sheet: images go one by one
         self.deep: FileRunner | None = None  # fp32, for inputs deeper than `auto`'s precision keeps; made on need
+        self.last_apart: str | None = None  # the last upscaler_for's input ran on `deep`: why (its line), else None
 
     def computes_apart(self, bits: int) -> bool:
         """Whether an input of `bits` bits a sample runs on an fp32 backend of its own: `--precision
-        auto` picked a precision that keeps fewer (bf16 or int8 for a 16-bit PNG or a 10-bit video).
-        A precision asked for by name is used as asked."""
+        auto` picked a precision that keeps fewer (bf16 or int8 for a 16-bit PNG or a 10-bit video),
+        here or on a Ray driver (`picked_by_auto`). A precision asked for by name is used as asked."""
         from srtrt.engine.backends.precision import keeps_bits
 
-        return self.options.precision == "auto" and not keeps_bits(self.backend.precision, bits)
+        by_auto = self.options.precision == "auto" or self.options.picked_by_auto
+        return by_auto and not keeps_bits(self.backend.precision, bits)
 
     def upscaler_for(self, height: int, width: int, bits: int = 8):
         """The upscaler an image of this size and depth runs on: the backend's; the fp32 runner's for
@@ -409,8 +411,11 @@ class FileRunner:
         named where the backend's engine cannot take the image's windows (a plan fixed at one window)."""
         from srtrt.engine.datapath.runtime import TiledUpscaler, WindowsOutsideEngine
 
+        self.last_apart = None
         if self.computes_apart(bits):
-            return self._deep_runner(bits).upscaler_for(height, width)
+            deep = self._deep_runner(bits)
+            self.last_apart = self._apart_line(bits)
+            return deep.upscaler_for(height, width)
         if self.backend.fallback is None:
             return self.upscaler
         try:
@@ -426,14 +431,18 @@ class FileRunner:
 
     def _deep_runner(self, bits: int) -> FileRunner:
         if self.deep is None:
-            from srtrt.engine.backends.precision import SIGNIFICANT_BITS
             from srtrt.engine.batch.options import open_backend
 
             self.deep = FileRunner(open_backend(self._deep_options()).backend, self._deep_options(), log=self.log)
-            self.log(f"srtrt: inputs of {bits} bits a sample run on {self.deep.backend.describe()}: "
-                     f"{self.backend.precision} keeps about {SIGNIFICANT_BITS[self.backend.precision]} bits of a sample "
-                     f"(--precision {self.backend.precision} to use it anyway)")
+            self.log(f"srtrt: {self._apart_line(bits)}")
         return self.deep
+
+    def _apart_line(self, bits: int) -> str:
+        from srtrt.engine.backends.precision import SIGNIFICANT_BITS
+
+        picked = self.backend.precision
+        return (f"inputs of {bits} bits a sample run on {self.deep.backend.describe()}: {picked} keeps about "
+                f"{SIGNIFICANT_BITS[picked]} bits of a sample (--precision {picked} to use it anyway)")
 
     def keep_deep(self, earlier: FileRunner | None) -> None:
         """Take over the fp32 runner an earlier runner of this backend made (`srtrt.upscale`'s calls,
@@ -446,7 +455,7 @@ class FileRunner:
             self.deep = FileRunner(earlier.backend, self._deep_options(), log=self.log)
 
     def _deep_options(self) -> RunOptions:
-        return self.options.replace(precision="fp32")
+        return self.options.replace(precision="fp32", picked_by_auto=False)
 
     def decode(self, source: str | Path) -> DecodedImage:
         return read_image(source, **self.options.decode_limit)

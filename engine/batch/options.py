@@ -18,7 +18,7 @@ from srtrt.errors import SrtrtError
 ALPHA_MODES = ("bicubic", "model")
 SHAPE_CLASSES = ("large", "many-sizes")  # backends.measured.LARGE, MANY_SIZES
 DEINTERLACE_MODES = ("auto", "on", "off")  # what video.deinterlace.applies takes
-BOOLEAN_OPTIONS = ("overwrite", "allow_noncommercial", "resume", "stop_at_bad_frame")
+BOOLEAN_OPTIONS = ("overwrite", "allow_noncommercial", "resume", "stop_at_bad_frame", "picked_by_auto")
 # integer options: (least, most or None)
 INTEGER_RANGES = {"tile": (0, None), "margin": (0, None), "batch": (1, None), "max_pixels": (0, None),
                   "crf": (0, 63), "png_level": (0, 9)}
@@ -46,6 +46,9 @@ class RunOptions:
     resume: bool = False             # continue a video whose run died, from its closed segments
     stop_at_bad_frame: bool = False  # a video that fails to decode midway keeps the frames before the error
     deinterlace: str = "auto"        # auto: frames flagged interlaced | on: every frame | off: none
+    # backend and precision name what `auto` picked elsewhere (a Ray driver for its actors): inputs
+    # deeper than that precision keeps still run in fp32, as under `auto` (FileRunner.computes_apart)
+    picked_by_auto: bool = False
 
     def __post_init__(self):
         for name in BOOLEAN_OPTIONS:

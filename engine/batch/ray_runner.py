@@ -313,10 +313,12 @@ def _checked_scale(args, options: RunOptions) -> tuple[int, RunOptions]:
 
 def _as_picked(options: RunOptions, backend) -> RunOptions:
     """`options` naming the CPU backend and precision that were picked (what `auto` measured) instead
-    of `auto`; GPU picks are left to the actors (each sees its own GPU, and its cached engines)."""
+    of `auto`, and saying so (deep inputs still run in fp32); GPU picks are left to the actors (each
+    sees its own GPU, and its cached engines)."""
     if backend.name not in ("torch", "openvino", "onnxruntime") or str(backend.device) != "cpu":
         return options
-    return options.replace(backend=backend.name, precision=backend.precision)
+    by_auto = options.precision == "auto" or options.picked_by_auto
+    return options.replace(backend=backend.name, precision=backend.precision, picked_by_auto=by_auto)
 
 
 def _actors_run_here(address: str) -> bool:

@@ -281,11 +281,11 @@ class JobQueue:
 
         def on_plan(total):
             check()
-            self._progress(job, "tile", 0, total)
+            self._progress(job, "tile", 0, total, runner.last_apart)
 
         def on_frames(total, done):
             check()
-            self._progress(job, "frame", done, total or 0)
+            self._progress(job, "frame", done, total or 0, runner.last_apart)
 
         def on_step(n):  # a tile batch or a frame
             check()
@@ -320,9 +320,13 @@ class JobQueue:
         else:
             self._end(job, FAILED, self._public(job, outcome.message))
 
-    def _progress(self, job: Job, unit: str, done: int, total: int) -> None:
+    def _progress(self, job: Job, unit: str, done: int, total: int, apart: str | None = None) -> None:
+        """`apart`: the input runs on the runner's fp32 backend (FileRunner.last_apart), which the job
+        then names as the backend that ran it."""
         with self._cond:
             job.unit, job.done, job.total = unit, done, total
+            if apart:
+                job.backend = apart
             self._changed()
 
     def _end(self, job: Job, state: str, message: str, keep_files: bool = False) -> None:
