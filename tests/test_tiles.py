@@ -218,3 +218,12 @@ def test_unbalanced_plan_keeps_the_exact_window():
     plan = tiles.plan(2000, 3000, 512, 40, balance=False)
     assert plan.window_shape == (592, 592)
     assert tiles.plan(2000, 3000, 512, 40).window_shape[0] < 592  # balanced: 4 cores of 500
+
+
+def test_an_engine_window_too_short_for_the_grid_is_named_as_the_engine_takes_it():
+    """The refusal named the window cut to the image's side modulo the grid (13, 16 or 17 pixels for
+    sides of 37, 40 and 41), not the engine's 20."""
+    for side, cut in ((37, 13), (40, 16), (41, 17)):
+        with pytest.raises(tiles.WindowTooShort, match=f"the engine's 20-pixel windows \\(at most {cut} on a side of "
+                                                       f"{side}, to end on this network's 8-pixel grid\\)"):
+            tiles.plan(side, side, 4, 8, False, grid=8)

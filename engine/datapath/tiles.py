@@ -132,12 +132,13 @@ def _plan_on_grid(length: int, core: int, margin: int, grid: int, minimum: int, 
         window = max(core + 2 * margin + grid - 1, minimum)  # a start rounded down by up to grid - 1
         window += (length - window) % grid  # as long as the image modulo the grid: the last window ends on its end
     else:
-        window = core + 2 * margin  # the engine's: the longest it takes
+        engine = window = core + 2 * margin  # the longest window the engine takes
         window -= (window - length) % grid  # the longest as long as the image modulo the grid
         core = window - 2 * margin - (grid - 1)
         if core < 1 or window < minimum:
-            raise WindowTooShort(f"{window}-pixel windows cannot hold a core, {margin}-pixel margins and a start "
-                                 f"on this network's {grid}-pixel grid")
+            raise WindowTooShort(f"the engine's {engine}-pixel windows (at most {window} on a side of {length}, to end "
+                                 f"on this network's {grid}-pixel grid) cannot hold a core, {margin}-pixel margins "
+                                 "and a start on the grid")
     if window >= length:
         return [Span(0, length, 0, length)]
     return [Span(min(max((c0 - margin) // grid * grid, 0), length - window), window, c0, min(core, length - c0))
