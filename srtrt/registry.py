@@ -64,6 +64,12 @@ class ModelFacts:
     # conv reads, at its resolution; 0: the model's images never share one (not every op is known local)
     sheet_gap: int = 0
 
+    def refusal(self, precision: str) -> str | None:
+        """Why this model cannot run in `precision` (fp16 or bf16 where spandrel marks it unsafe), or None."""
+        if precision == "fp16" and not self.half or precision == "bf16" and not self.bfloat16:
+            return f"{self.architecture} does not support {precision} (spandrel marks it unsafe: its outputs overflow or go NaN)"
+        return None
+
     @property
     def exact(self) -> bool:
         """Tiles equal a whole-image pass (fp32) at the default margin."""

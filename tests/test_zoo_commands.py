@@ -543,8 +543,8 @@ def test_build_refuses_fp16_for_a_model_spandrel_marks_unsafe_in_fp16(files, cap
     view = srtrt.load_model(files["c2"])
     view.facts = replace(view.facts, half=False)  # as spandrel says of SwinIR, RCAN, ...
     monkeypatch.setattr(srtrt, "load_model", lambda model=None, allow_noncommercial=False: view)
-    with pytest.raises(srtrt.SrtrtError, match="--precision fp16: spandrel marks Compact as unsafe in fp16; "
-                                               "build with --precision fp32"):
+    with pytest.raises(srtrt.SrtrtError, match=r"--precision fp16: Compact does not support fp16 \(spandrel marks it "
+                                               r"unsafe: its outputs overflow or go NaN\); build with --precision fp32"):
         trt_build.build(model=str(files["c2"]), tensorrt="rtx", out=io.StringIO())
 
 
@@ -565,10 +565,23 @@ def test_ray_run_on_a_local_cluster(files, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["in0_x2.png", "in1_x2.png"]
 
 
+def test_openvino_refuses_bf16_where_spandrel_says_the_model_overflows_in_it(files):
+    """The torch backend refused bf16 for a model spandrel marks unsafe in it (AuraSR); openvino ran it."""
+    pytest.importorskip("openvino")
+    from dataclasses import replace
+
+    from srtrt.engine.backends import create_backend
+
+    view = srtrt.load_model(files["c2"])
+    view.facts = replace(view.facts, bfloat16=False)
+    with pytest.raises(srtrt.SrtrtError, match=r"Compact does not support bf16 \(spandrel marks it unsafe"):
+        create_backend("openvino", precision="bf16", view=view)
+
+
 def test_onnxruntime_refuses_fp16_where_spandrel_says_the_model_overflows(files, tmp_path, capsys):
     """The torch backend, export and build refused it; onnxruntime exported and ran it in fp16."""
     Image.fromarray(smooth_image(24, 24, seed=3)).save(tmp_path / "in.png")
     line = one_line_exit_2(capsys, ["run", str(tmp_path / "in.png"), "--model", str(files["swinir"]),
                                     "--backend", "onnxruntime", "--precision", "fp16"])
-    assert "SwinIR does not support fp16 (its outputs overflow or go NaN)" in line
+    assert "SwinIR does not support fp16 (spandrel marks it unsafe: its outputs overflow or go NaN)" in line
     assert not (tmp_path / "in_x2.png").exists()

@@ -217,8 +217,8 @@ def _onnxruntime(view, device: torch.device, precision: str) -> Backend:
 
     if precision not in ("fp32", "fp16"):
         raise SrtrtError(f"onnxruntime runs fp32 or fp16 graphs, not {precision}")
-    if precision == "fp16" and not view.facts.half:  # as the torch backend, export and build refuse it
-        raise SrtrtError(f"{view.facts.architecture} does not support fp16 (its outputs overflow or go NaN)")
+    if refusal := view.facts.refusal(precision):  # as the torch backend, export and build refuse it
+        raise SrtrtError(refusal)
     return OnnxRuntimeBackend(_onnx_graphs(view, precision, polyphase=False), view.scale, view.radius,
                               device=str(device))
 
@@ -233,6 +233,8 @@ def _openvino(view, device: torch.device, precision: str) -> Backend:
         raise SrtrtError(f"the openvino backend runs on the CPU, not {device}")
     if precision not in HINTS:
         raise SrtrtError(f"openvino runs {' or '.join(HINTS)} on the CPU, not {precision}")
+    if refusal := view.facts.refusal(precision):
+        raise SrtrtError(refusal)
     # bf16 is a compile-time hint on the CPU plugin: one fp32 graph serves fp32 and bf16; int8 has
     # its own (QDQ) graph. The polyphase tail: AMX convolutions want 16+ output channels, the RGB
     # tail has 3 (openvino_backend).

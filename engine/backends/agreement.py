@@ -84,8 +84,8 @@ def agreement_judge(view, make_backend, device: str = "cpu"):
     """A judge for backends.cpu_choice: (backend, precision) -> (allowed, reason), measuring on
     demand; `make_backend(backend, precision)` builds the path on `device` (its type: "cpu", "cuda")."""
     def judge(backend: str, precision: str) -> tuple[bool, str]:
-        if precision in ("fp16", "bf16") and not getattr(view.facts, "half" if precision == "fp16" else "bfloat16"):
-            return False, f"{view.facts.architecture} does not support {precision}"
+        if refusal := view.facts.refusal(precision):
+            return False, refusal
         try:
             value = measured_agreement(view, backend, precision, lambda: make_backend(backend, precision), device)
         except SrtrtError as e:  # the path cannot run this model at all (an export that fails)

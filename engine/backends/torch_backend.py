@@ -38,8 +38,8 @@ class TorchBackend(Backend):
         if precision == "fp16" and self.device.type == "cpu":
             raise ValueError("fp16 on the CPU is emulated and slow; use bf16 or fp32")
         facts = view.facts
-        if precision == "fp16" and not facts.half or precision == "bf16" and not facts.bfloat16:
-            raise ValueError(f"{facts.architecture} does not support {precision} (its outputs overflow or go NaN)")
+        if refusal := facts.refusal(precision):
+            raise ValueError(refusal)
         self.precision, self.dtype = precision, DTYPES[precision]
         self.scale, self.radius = view.scale, view.radius
         self.channels, self.minimum, self.multiple_of = facts.channels, facts.minimum, facts.multiple_of

@@ -558,8 +558,8 @@ def _community_export_checks(view, args, shape=None) -> bool:
     if args.precision == "int8" and not view.int8_calibration:
         raise SrtrtError(f"--precision int8: this {name} model has no int8 calibration "
                          f"(srtrt calibrate PHOTOS --model {args.model} measures one)")
-    if args.precision == "fp16" and not view.facts.half:
-        raise SrtrtError(f"--precision fp16: spandrel marks {name} as unsafe in fp16; export fp32")
+    if refusal := view.facts.refusal(args.precision):
+        raise SrtrtError(f"--precision {args.precision}: {refusal}; export fp32")
     if args.opset is not None:  # export_isolated's child picks the opset (torch's default, TorchScript's 17)
         raise SrtrtError("--opset is not supported for community models yet; leave it out")
     if args.polyphase and not arch.rewrites_tail:

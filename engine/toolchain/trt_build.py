@@ -745,8 +745,8 @@ def _model_checks(view, precision: str, plugin: str, out) -> str:
     from srtrt import registry
 
     name = view.facts.architecture
-    if precision == "fp16" and not view.facts.half:
-        raise SrtrtError(f"--precision fp16: spandrel marks {name} as unsafe in fp16; build with --precision fp32")
+    if refusal := view.facts.refusal(precision):
+        raise SrtrtError(f"--precision {precision}: {refusal}; build with --precision fp32")
     if plugin != "none" and not registry.of(view.generator).upsample_steps(view.generator):
         print(f"the {name} model has no conv -> PixelShuffle -> PReLU steps for the {fused_op.NAME} plugin: "
               "building without it", file=out, flush=True)
