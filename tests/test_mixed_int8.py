@@ -87,3 +87,20 @@ def test_agreement_out_of_reach_with_half_the_convs_leaves_the_ranges_whole(comp
     out_of_reach = calibrate(view, photos, agreement_db=60.0)
     assert out_of_reach["float"] == [] and out_of_reach["ranges"] == whole["ranges"]
     assert out_of_reach["simulated_db"] < out_of_reach["target_db"]
+
+
+def test_an_image_the_simulation_makes_nan_is_the_worst_whatever_its_place():
+    """max() over [error, NaN] keeps whichever comes first: a NaN simulation (an overflow) could pass
+    as agreeing, where the guard's psnr counts NaN as the farthest from agreement there is."""
+    import math
+
+    from srtrt.engine.toolchain.mixed_int8 import _mse
+
+    view = random_view(blocks=1, channels=4)
+    good = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    broken = good.clone()
+    broken[..., 3, 3] = float("nan")
+    reference = view.with_generator(view.generator).eval()(good).detach()
+    for images in ([good, broken], [broken, good]):
+        assert _mse(view, view.generator, images, [reference, reference]) == math.inf
+    assert _mse(view, view.generator, [good], [reference]) < 1e-12

@@ -23,6 +23,7 @@ The guard still judges the result itself, on its own reference content, through 
 from __future__ import annotations
 
 import copy
+import math
 import sys
 
 import torch
@@ -72,10 +73,12 @@ def fake_quantized(generator: nn.Module, ranges: dict) -> nn.Module:
 
 
 def _mse(view, generator: nn.Module, images: list[torch.Tensor], references: list[torch.Tensor]) -> float:
-    """The worst image's: the guard judges one image, not an average."""
+    """The worst image's: the guard judges one image, not an average. NaN (an overflow) is the worst
+    there is, as the guard's psnr counts it; max() would keep or drop it by its place in the list."""
     network = view.with_generator(generator).eval()
     with torch.inference_mode():
-        return max(((network(x).clamp(0, 1) - ref.clamp(0, 1)) ** 2).mean().item() for x, ref in zip(images, references))
+        errors = [((network(x).clamp(0, 1) - ref.clamp(0, 1)) ** 2).mean().item() for x, ref in zip(images, references)]
+    return max(math.inf if math.isnan(e) else e for e in errors)
 
 
 def error_shares(view, generator: nn.Module, ranges: dict, images: list[torch.Tensor]) -> dict[str, float]:
@@ -153,6 +156,4 @@ def keep_in_float(view, generator: nn.Module, ranges: dict, images: list[torch.T
 
 
 def _db(mse: float) -> float:
-    import math
-
     return math.inf if mse <= 0 else -10 * math.log10(mse)
