@@ -112,10 +112,11 @@ def test_compare_writes_the_format_its_suffix_names_and_never_over_its_photo(mod
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and f"{output}: {cause}" in err
     assert image.read_bytes() == photo and not (tmp_path / "side.gif").exists()
-    out = tmp_path / "side.jpg"
-    assert main(["compare", str(image), "-o", str(out), "--model", str(model_path), "--crop", "48"]) == 0
-    with Image.open(out) as im:
-        assert im.format == "JPEG" and im.size == _sheet_size(4, 48)
+    for name, image_format in (("side.jpg", "JPEG"), ("side.bmp", "BMP")):  # what `srtrt run -o` writes (BMP was refused)
+        out = tmp_path / name
+        assert main(["compare", str(image), "-o", str(out), "--model", str(model_path), "--crop", "48"]) == 0
+        with Image.open(out) as im:
+            assert im.format == image_format and im.size == _sheet_size(4, 48)
 
 
 def test_compare_replaces_an_existing_file_only_with_overwrite(model_path, tmp_path, capsys):

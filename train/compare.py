@@ -151,26 +151,29 @@ def compare_image(path: str | Path, models, crop: int = 256) -> Image.Image:
     return render_panels(compare_panels(path, models, crop))
 
 
-SHEET_FORMATS = {".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
-
-
 def output_format(output: str | Path) -> str:
-    """The format `-o`'s suffix names (a .jpg gets JPEG bytes, not PNG under a .jpg name)."""
+    """The format `-o`'s suffix names (a .jpg gets JPEG bytes, not PNG under a .jpg name): those
+    `srtrt run` writes."""
+    from srtrt.engine.datapath.writers import OUTPUT_FORMATS
+
     suffix = Path(output).suffix.lower()
-    if suffix not in SHEET_FORMATS:
-        raise SrtrtError(f"-o needs one of {', '.join(SHEET_FORMATS)}, not {suffix or 'no suffix'}", output)
-    return SHEET_FORMATS[suffix]
+    if suffix not in OUTPUT_FORMATS:
+        raise SrtrtError(f"-o needs one of {', '.join(OUTPUT_FORMATS)}, not {suffix or 'no suffix'}", output)
+    return OUTPUT_FORMATS[suffix]
 
 
 def save_sheet_atomic(img: Image.Image, output: str | Path) -> Path:
     """Write through srtrt.atomic: a unique temporary name, then rename; never a half-written file.
-    PNG (lossless) unless the suffix names another format; JPEG at quality 95."""
+    PNG (lossless) unless the suffix names another format; JPEG and WebP at `srtrt run`'s quality."""
+    from srtrt.engine.datapath.writers import JPEG_QUALITY, WEBP_QUALITY
+
     out = Path(output)
     image_format = output_format(out)
+    quality = {"JPEG": {"quality": JPEG_QUALITY}, "WEBP": {"quality": WEBP_QUALITY}}.get(image_format, {})
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic.atomic_open(out, "wb") as f:
-            img.save(f, format=image_format, **({"quality": 95} if image_format in ("JPEG", "WEBP") else {}))
+            img.save(f, format=image_format, **quality)
     except OSError as e:
         raise CannotWrite.of(e, out) from None
     return out
