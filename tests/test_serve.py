@@ -1019,6 +1019,19 @@ def test_each_client_sees_only_its_own_jobs(tmp_path, models_dir, images):
 # --------------------------------------------------------------------------- videos
 
 
+def test_a_video_over_the_pixel_limit_is_422_in_srtrt_runs_words(tmp_path, models_dir):
+    pytest.importorskip("av")
+    from test_video import make_clip
+
+    source = tmp_path / "clip.mp4"
+    make_clip(source, frames=2, size=(32, 24), audio=None)
+    with serving(tmp_path, models_dir, max_pixels=100) as client:
+        response = upload(client, source.read_bytes(), "clip.mp4")
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"].startswith("clip.mp4: frames are 32x24 = 768 pixels, over the limit of 100 ")
+        assert client.get("/api/jobs").json() == [] and job_folders(tmp_path) == []
+
+
 def test_video_job_progress_in_frames_audio_kept(tmp_path, models_dir, capsys):
     pytest.importorskip("av")
     from test_video import make_clip, packets

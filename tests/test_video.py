@@ -992,7 +992,8 @@ def test_frames_beyond_max_pixels_and_unknown_codec_for_webm(tmp_path, capsys, m
     source = tmp_path / "clip.mp4"
     make_clip(source, frames=4, audio=None)
     code, err = run(capsys, source, "--model", model, "--backend", "torch", "--max-pixels", "100")
-    assert code == 1 and "raise it with --max-pixels" in err and not (tmp_path / "clip_x4.mp4").exists()
+    assert code == 1 and "clip.mp4: frames are 48x32 = 1,536 pixels, over the limit of 100 " in err, err
+    assert "raise it with --max-pixels" in err and not (tmp_path / "clip_x4.mp4").exists()
 
     webm = tmp_path / "clip.webm"
     make_clip(webm, frames=4, codec="libvpx-vp9", audio=None)

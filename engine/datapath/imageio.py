@@ -282,13 +282,15 @@ def open_lazily(path):
         yield img
 
 
-def check_size(size: tuple[int, int], max_pixels: int | None, path) -> None:
+def check_size(size: tuple[int, int], max_pixels: int | None, path, frames: bool = False) -> None:
+    """An empty size, or one over `max_pixels` (the decompression-bomb guard), refused in one line;
+    `frames`: the size is a video's frames'."""
     width, height = size
     if width <= 0 or height <= 0:
-        raise SrtrtError(f"image has an empty size {width}x{height}", path)
+        raise SrtrtError(f"{'frames have' if frames else 'image has'} an empty size {width}x{height}", path)
     if max_pixels and width * height > max_pixels:
         raise SrtrtError(
-            f"image is {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{'frames are' if frames else 'image is'} {width}x{height} = {width * height:,} pixels, over the limit of "
             f"{max_pixels:,} (a decompression-bomb guard); raise it with --max-pixels (max_pixels= in Python)", path)
 
 

@@ -290,15 +290,12 @@ def check_pixels(path: Path, name: str, max_pixels: int) -> None:
     if not max_pixels:
         return
     if is_video(path):
-        size = _video_size(path)
-        if size and size[0] * size[1] > max_pixels:
-            raise Refused(422, f"{name}: video frames are {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, over "
-                               f"the limit of {max_pixels:,} (a decompression-bomb guard); raise it with --max-pixels")
-        return
-    size = _image_size(path)
+        size, frames = _video_size(path), True
+    else:
+        size, frames = _image_size(path), False
     if size is not None:
         try:
-            check_size(size, max_pixels, name)  # the rule and words of `srtrt run --max-pixels`
+            check_size(size, max_pixels, name, frames)  # the rule and words of `srtrt run --max-pixels`
         except SrtrtError as e:
             raise Refused(422, str(e)) from None
 

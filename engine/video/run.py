@@ -27,7 +27,7 @@ import numpy as np
 
 from srtrt.checkpoint import model_files
 from srtrt.engine.batch.files import writes_over
-from srtrt.engine.datapath.imageio import DEFAULT_MAX_PIXELS
+from srtrt.engine.datapath import imageio
 from srtrt.engine.datapath.runtime import Band, Planes
 from srtrt.engine.video import remux, resume
 from srtrt.engine.video.deinterlace import check_size, what_happens
@@ -90,10 +90,8 @@ def plan_video(source: Path, destination: Path, options, scale: int) -> VideoPla
     """What `source` becomes with these options: its encoder settings and the file it is written to.
     Deterministic, so a batch plans every name before any work and the run writes the same one."""
     info = probe(source)
-    limit = options.decode_limit.get("max_pixels", DEFAULT_MAX_PIXELS)
-    if limit and info.width * info.height > limit:
-        raise SrtrtError(f"frames are {info.width}x{info.height}, more than the limit of {limit:,} pixels "
-                         "(a decompression-bomb guard); raise it with --max-pixels (max_pixels= in Python)", source)
+    imageio.check_size((info.width, info.height), options.decode_limit.get("max_pixels", imageio.DEFAULT_MAX_PIXELS),
+                       source, frames=True)
     check_size(info.width, info.height, info.field_order, options.deinterlace, source)
     fmt = remux.FORMATS.get(destination.suffix.lower(), "matroska")
     codec = options.codec or default_codec(fmt, info.bits)
