@@ -33,10 +33,13 @@ def check_output_file(output: str | os.PathLike, inputs=(), flag: str = "-o") ->
     return out
 
 
+EXISTS = "output already exists (use --overwrite to replace it)"
+
+
 def check_overwrite(output: str | os.PathLike, overwrite: bool) -> None:
     """One SrtrtError line if `output` is there already and --overwrite was not given (as `srtrt run`)."""
     if not overwrite and os.path.lexists(output):
-        raise SrtrtError("output already exists (use --overwrite to replace it)", output)
+        raise SrtrtError(EXISTS, output)
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

@@ -38,6 +38,7 @@ from srtrt.atomic import temp_name
 from srtrt.engine.datapath.imageio import XMP_KEYWORD, Description, exif_for_size, to_eight_bit, xmp_for_size
 from srtrt.errors import OutputNote, SrtrtError
 from srtrt.hardware import usable_cpus
+from srtrt.outputs import EXISTS, check_overwrite
 
 OUTPUT_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG",
                   ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
@@ -162,8 +163,7 @@ def _format_from_extension(path: str) -> str:
 def _check_destination(path: str, overwrite: bool) -> None:
     if os.path.isdir(path) and not os.path.islink(path):  # a link to a folder is replaced, as a link to a file
         raise SrtrtError("output path is a directory", path)
-    if os.path.lexists(path) and not overwrite:
-        raise SrtrtError("output already exists (use --overwrite to replace it)", path)
+    check_overwrite(path, overwrite)
     check_output_folder(path)
 
 
@@ -216,7 +216,7 @@ class ImageWriter:
         self._guard(self._finish_file)
         if not self._overwrite and os.path.lexists(self.path):
             self.abort()  # someone else created it while we were encoding
-            raise SrtrtError("output already exists (use --overwrite to replace it)", self.path)
+            raise SrtrtError(EXISTS, self.path)
         self._guard(commit_file, self._temp_path, self.path)
         self._state = "committed"
 

@@ -18,7 +18,6 @@ name; the work folder is kept after a stop (for --resume) and removed after a fa
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from srtrt.checkpoint import model_files
-from srtrt.engine.batch.files import writes_over
+from srtrt.engine.batch.files import INPUT_ITSELF, writes_over
 from srtrt.engine.datapath import imageio
 from srtrt.engine.datapath.runtime import Band, Planes
 from srtrt.engine.video import remux, resume
@@ -35,6 +34,7 @@ from srtrt.engine.video.encoder import EncoderSettings, check_encoder, choose_se
 from srtrt.engine.video.hdr import WRITES_HDR
 from srtrt.engine.video.source import FrameReader, VideoInfo, open_input, probe, video_stream
 from srtrt.errors import SrtrtError, shown
+from srtrt.outputs import check_overwrite
 
 SEGMENT_SECONDS = 2.0  # at most this much work (plus one GOP) is lost when a run dies
 MAX_GROUP_FRAMES = 8  # frames through one runtime call at most: their inputs are all held at once
@@ -144,9 +144,8 @@ def _upscale_video(runner, source: Path, destination: Path, on_frame, on_total, 
     upscaler = runner.upscaler_for(info.height, info.width, info.bits)
     tiles = upscaler.plan(info.height, info.width, frames=True)  # too small for the model: one line now, not per frame
     if writes_over(destination, source):
-        raise SrtrtError("output path is the input itself" + (f" ({plan.note})" if plan.note else ""), destination)
-    if os.path.lexists(destination) and not options.overwrite:
-        raise SrtrtError("exists (--overwrite to replace)", destination)
+        raise SrtrtError(INPUT_ITSELF + (f" ({plan.note})" if plan.note else ""), destination)
+    check_overwrite(destination, options.overwrite)
     # the model's files by size and time as well as its name: another model at the same path is not resumed;
     # the path that computes, not the options asked for (`auto`, a device left unnamed, the folder's shape
     # class), so a run resumed by another door (--ray or not) that computes alike takes the segments over
