@@ -10,6 +10,8 @@ import contextlib
 import os
 import sys
 
+from .engine.batch import options
+from .engine.video import CODECS
 from .errors import SrtrtError
 
 _COMMUNITY_FILE = "a community model file (.safetensors/.pth/.ckpt/.pt without an srtrt sidecar, read by spandrel)"
@@ -27,29 +29,28 @@ def _add_run(sub):
     p.add_argument("--model", help="embedded model (srresnet, the default, or srgan), a checkpoint (.safetensors + .json) "
                                    f"or {_COMMUNITY_FILE}")
     _add_allow_noncommercial(p)
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino", "onnxruntime", "tensorrt"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16", "int8"])
+    p.add_argument("--backend", default="auto", choices=options.BACKENDS)
+    p.add_argument("--precision", default="auto", choices=options.PRECISIONS)
     p.add_argument("--tile", type=int, default=None,
                    help="tile core size in LR pixels (cores are balanced, so at most N); 0 = whole image in one pass")
     p.add_argument("--margin", type=int, default=None,
                    help="overlap on each side in LR pixels (default: the receptive-field radius)")
     p.add_argument("--batch", type=int, default=None, help="tiles per backend call")
     p.add_argument("--device", default=None, help="cpu or cuda[:i]")
-    p.add_argument("--alpha", default="bicubic", choices=["bicubic", "model"], help="how an alpha channel is upscaled")
+    p.add_argument("--alpha", default="bicubic", choices=options.ALPHA_MODES, help="how an alpha channel is upscaled")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     p.add_argument("--max-pixels", type=int, default=None, help="refuse inputs with more LR pixels (0 = no limit)")
     p.add_argument("--png-level", type=int, default=None, metavar="0-9",
                    help="PNG deflate level (default: measured for speed at a size close to level 6's; 9 = smallest)")
     video = p.add_argument_group("video")
-    video.add_argument("--codec", default=None, choices=["libx264", "libx265", "libsvtav1", "libvpx-vp9", "h264_nvenc",
-                                                         "hevc_nvenc"],
+    video.add_argument("--codec", default=None, choices=CODECS,
                        help="video encoder (default: libx264 for 8-bit, libx265 for 10-bit, libvpx-vp9 for .webm)")
     video.add_argument("--crf", type=int, default=None, help="video quality, the codec's own scale (default: measured, README)")
     video.add_argument("--preset", default=None, help="the encoder's speed preset (default: measured, README)")
     video.add_argument("--resume", action="store_true", help="continue videos whose earlier run died, from their closed segments")
     video.add_argument("--stop-at-bad-frame", action="store_true",
                        help="a video that fails to decode midway is written up to its last good frame (default: it fails)")
-    video.add_argument("--deinterlace", default="auto", choices=["auto", "on", "off"],
+    video.add_argument("--deinterlace", default="auto", choices=options.DEINTERLACE_MODES,
                        help="make interlaced frames whole before upscaling (bwdif): auto = the frames flagged "
                             "interlaced, on = every frame, off = none")
     p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS", help="spread the batch over a Ray cluster")

@@ -33,3 +33,16 @@ def test_unknown_subcommand_is_a_usage_error(capsys):
         main(["upsample"])
     assert info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_the_run_options_choices_are_the_engines_own():
+    """The parser's lists were copies (backends, precisions, codecs, alpha and deinterlace modes):
+    one owner each, and the backends that choice offers are those that exist."""
+    from srtrt.cli import parser
+    from srtrt.engine import backends
+    from srtrt.engine.batch import options
+    from srtrt.engine.video import CODECS, encoder
+
+    run = next(a for a in parser()._subparsers._group_actions[0].choices["run"]._actions if a.dest == "backend")
+    assert tuple(run.choices) == options.BACKENDS and set(options.BACKENDS) == {"auto", *backends._MAKERS}
+    assert encoder.CODECS is CODECS and set(encoder.DEFAULT_CRF) == set(CODECS)

@@ -944,7 +944,11 @@ def test_openapi_documents_the_api(tmp_path, models_dir):
     assert {"get", "delete"} <= set(paths["/api/jobs/{job_id}"])
     assert "/api/jobs/{job_id}/result" in paths and "/api/jobs/{job_id}/events" in paths
     assert "429" in paths["/api/jobs"]["post"]["responses"]
-    model = paths["/api/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["model"]
+    fields = paths["/api/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    from srtrt.engine.batch.options import BACKENDS, PRECISIONS
+
+    assert fields["backend"]["enum"] == list(BACKENDS) and fields["precision"]["enum"] == list(PRECISIONS)
+    model = fields["model"]
     listing = re.search(r"GET (/[\w/{}]+)", model["description"]).group(1)
     assert listing in paths and "models" in paths[listing]["get"]["summary"].lower()  # where the ids are listed
     created = paths["/api/jobs"]["post"]["responses"]

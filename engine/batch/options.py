@@ -11,10 +11,12 @@ import numbers
 import os
 from dataclasses import dataclass
 
-import numpy as np
-
 from srtrt.errors import SrtrtError
 
+# Light on purpose (no numpy, torch or av at import): the CLI's parser and the server's schema take
+# their choices from here. The backends' own table (backends._MAKERS) is checked against BACKENDS.
+BACKENDS = ("auto", "torch", "openvino", "onnxruntime", "tensorrt")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 ALPHA_MODES = ("bicubic", "model")
 SHAPE_CLASSES = ("large", "many-sizes")  # backends.measured.LARGE, MANY_SIZES
 DEINTERLACE_MODES = ("auto", "on", "off")  # what video.deinterlace.applies takes
@@ -104,6 +106,8 @@ def decode_limit(max_pixels: int | None) -> dict:
 def check_flag(name: str, value) -> bool:
     """A yes/no option as a plain bool: a bool or numpy's (a mask's element, `arr.any()`), never
     anything else: overwrite="false" is a true string, and it replaced files."""
+    import numpy as np
+
     if not isinstance(value, (bool, np.bool_)):
         raise SrtrtError(f"{name} must be True or False, not {value!r}")
     return bool(value)

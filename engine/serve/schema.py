@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from srtrt.engine.batch.options import ALPHA_MODES, BACKENDS, PRECISIONS
 from srtrt.engine.serve.jobs import Job
 
 
@@ -14,9 +15,9 @@ class JobOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: str | None = Field(None, description="an id from the models that GET /api/server lists; default: its default_model")
-    backend: Literal["auto", "torch", "openvino", "onnxruntime", "tensorrt"] = "auto"
-    precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = "auto"
-    alpha: Literal["bicubic", "model"] = "bicubic"
+    backend: Literal[BACKENDS] = "auto"
+    precision: Literal[PRECISIONS] = "auto"
+    alpha: Literal[ALPHA_MODES] = "bicubic"
     png_level: int | None = Field(None, ge=0, le=9, description="PNG deflate level; default: the measured one")
 
 

@@ -23,13 +23,13 @@ from pathlib import Path
 import av
 
 from srtrt.atomic import commit, temp_name
+from srtrt.engine.video import CODECS
 from srtrt.engine.video.colour import Colour
 from srtrt.engine.video.hdr import WRITES_HDR, HdrMetadata
 from srtrt.engine.video.planes import bit_depth, rgb_to_frame
 from srtrt.engine.video.source import ffmpeg_reason, file_url
 from srtrt.errors import SrtrtError
 
-CODECS = ("libx264", "libx265", "libsvtav1", "libvpx-vp9", "h264_nvenc", "hevc_nvenc")
 # Measured defaults (README, "Video"): constant quality, each codec's own scale.
 DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libsvtav1": 30, "libvpx-vp9": 31, "h264_nvenc": 21, "hevc_nvenc": 23}
 DEFAULT_PRESET = {"libx264": "medium", "libx265": "fast", "libsvtav1": "8", "libvpx-vp9": None,
