@@ -14,19 +14,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from srtrt.engine.datapath.imageio import read_eight_bit_rgb
+from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, read_eight_bit_rgb
 from srtrt.errors import SrtrtError
 
 from .degrade import bicubic_downscale, modcrop
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a directory")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in INPUT_SUFFIXES and p.is_file())
 
 
 def photo_paths(folder: str | Path) -> list[Path]:
@@ -35,7 +33,7 @@ def photo_paths(folder: str | Path) -> list[Path]:
         raise SrtrtError("not a directory (a folder of training photos is expected)", folder)
     paths = list_images(folder)
     if not paths:
-        raise SrtrtError(f"no images here (looked for {', '.join(sorted(IMAGE_SUFFIXES))})", folder)
+        raise SrtrtError(f"no images here (looked for {', '.join(sorted(INPUT_SUFFIXES))})", folder)
     return paths
 
 

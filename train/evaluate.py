@@ -37,10 +37,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from srtrt.engine.datapath.imageio import read_eight_bit_rgb
+from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, read_eight_bit_rgb
 from srtrt.errors import SrtrtError, shown
 
-from .data import IMAGE_SUFFIXES
 from .degrade import bicubic_downscale, bicubic_upscale, modcrop
 from .metrics import grid_ratio_y, hf_ratio_y, mean_of_defined, psnr_y, ssim_y
 
@@ -144,11 +143,11 @@ def list_test_images(folder: str | Path) -> list[Path]:
     if not os.path.isdir(folder):
         raise SrtrtError("not a directory", folder)
     try:
-        paths = sorted(p for p in folder.iterdir() if os.path.isfile(p) and p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = sorted(p for p in folder.iterdir() if os.path.isfile(p) and p.suffix.lower() in INPUT_SUFFIXES)
     except OSError as exc:
         raise SrtrtError(f"cannot list this folder ({(exc.strerror or type(exc).__name__).lower()})", folder) from None
     if not paths:
-        raise SrtrtError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this directory", folder)
+        raise SrtrtError(f"no images ({', '.join(sorted(INPUT_SUFFIXES))}) in this directory", folder)
     return paths
 
 
