@@ -157,8 +157,13 @@ def _whole_tiling(entry: dict) -> bool:
 CALIBRATION_FORMAT, CALIBRATION_VERSION = "srtrt-int8-calibration", 1
 
 
+def calibration_dir() -> Path:
+    """The cache folder holding community models' int8 ranges, one file per model's sha256."""
+    return cache_dir("int8-calibration")
+
+
 def _calibration_path(sha256: str) -> Path:
-    return cache_dir("int8-calibration") / f"{sha256}.json"
+    return calibration_dir() / f"{sha256}.json"
 
 
 def store_calibration(sha256: str, record: dict) -> Path:

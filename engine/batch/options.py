@@ -134,12 +134,11 @@ def _calibrations_identity(model: str | None) -> tuple:
     int8-calibration folder (zoo.store_calibration), which each calibration renames a file into. A
     backend kept across calls went on with the old ranges; an srtrt checkpoint's are in its sidecar."""
     from srtrt import zoo
-    from srtrt.cache import cache_dir
 
     if model is None or not zoo.is_community_file(model):
         return ()
     try:
-        st = cache_dir("int8-calibration").stat()
+        st = zoo.calibration_dir().stat()
     except OSError:
         return ()
     return st.st_dev, st.st_ino, st.st_mtime_ns
