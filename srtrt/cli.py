@@ -126,7 +126,7 @@ def _add_interpolate(sub):
 
 def _add_calibrate(sub):
     p = sub.add_parser("calibrate", help="measure a model's int8 activation ranges on photos (the openvino int8 path)")
-    p.add_argument("photos", help="a folder of ordinary photos (not a test set); each is downscaled as training's LR")
+    p.add_argument("photos", help="a folder of ordinary photos (not a test set); each is bicubic-downscaled to LR")
     p.add_argument("--model", help="srtrt checkpoint whose sidecar gets the ranges (not an embedded model: they come "
                                    "with theirs), or a community model file (its ranges are kept in srtrt's cache by its sha256)")
     _add_allow_noncommercial(p)

@@ -16,9 +16,10 @@ Several models (`--model srresnet --model srgan`) are scored on the same images 
 The JSON keeps the one-model shape, `model` / `model_*` being the first model's scores, and
 adds `models` ({label: {psnr, ssim, hf, grid}}) per folder and per image for all of them.
 
-Every image crosses between PIL and torch through `image_to_tensor` / `tensor_to_uint8`,
-which check the [0, 1] value range: a tensor on the [-1, 1] training scale (or one mapped
-twice) fails loudly instead of producing a plausible-looking low score.
+Every output crosses back from torch through `tensor_to_uint8`, which checks the [0, 1] value
+range: a tensor on the [-1, 1] training scale (or one mapped twice) fails loudly instead of
+producing a plausible-looking low score. RGB inputs go in through `image_to_tensor`; a grey
+model's luma plane is made beside it, on the same [0, 1] scale.
 
 Any model srtrt.load_model reads is scored, community model files included: the scale, image
 channels and size requirements are the model's (its `.facts`, registry.ModelFacts). A grey model

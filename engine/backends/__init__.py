@@ -3,8 +3,9 @@
 `auto` takes the fastest backend this machine has, in the order measured by bench/:
 TensorRT (a cached engine for this GPU) > torch CUDA; without CUDA, CPU_ORDER below, where a
 path counts only if the quality guard measured it for this model. ONNX Runtime on the CPU is
-slower than OpenVINO and torch, so it is chosen only by name. The returned reason says what
-was picked and why, so users never have to guess.
+slower than OpenVINO and torch, so it is chosen by name, or for `--precision fp16` (the one CPU
+backend that runs fp16 graphs). The returned reason says what was picked and why, so users
+never have to guess.
 """
 from __future__ import annotations
 

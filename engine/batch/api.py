@@ -1,9 +1,10 @@
 """`srtrt.upscale`: the Python face of `srtrt run`, through the same per-file pipeline.
 
 Options are `RunOptions` fields (model may be a community model file; allow_noncommercial=True
-lets it be a spandrel_extra_arches architecture). The backend is built once per (model,
-backend, precision, device, allow_noncommercial) and kept for the next call; asking for another
-configuration closes the previous one, and the last one is closed when the interpreter exits.
+lets it be a spandrel_extra_arches architecture). The backend is built once per configuration
+(`RunOptions.backend_key`: the model and its file's identity and int8 ranges, backend, precision,
+device, ...) and kept for the next call; asking for another configuration closes the previous
+one, and the last one is closed when the interpreter exits.
 Calls from several threads take turns on it.
 """
 from __future__ import annotations

@@ -156,8 +156,7 @@ def main(args) -> int:
               "any image in progress discarded (a video's finished segments are kept for --resume)", file=sys.stderr)
         return stopped.exit_code
     finally:
-        runner.close()
-        backend.close()
+        runner.close_with_backend()
     bar.close()
     if len(jobs) > 1 and not args.quiet:
         print(report.summary(), file=sys.stderr)

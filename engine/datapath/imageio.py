@@ -832,13 +832,6 @@ def _read_sixteen_bit_cmyk(first: Image.Image, path) -> DecodedImage:
     return DecodedImage(_apply_orientation(pixels, orientation), None, 16, None, exif, "TIFF", path)
 
 
-def _turned_tiff(img: Image.Image) -> bool:
-    """A one-image TIFF whose orientation swaps its sides: the pixels Pillow 13 maps from a path are
-    scrambled (open_lazily)."""
-    return (img.format == "TIFF" and getattr(img, "n_frames", 1) == 1
-            and img.tag_v2.get(ORIENTATION_TAG) in (5, 6, 7, 8))
-
-
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 
 

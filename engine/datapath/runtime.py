@@ -168,7 +168,7 @@ def _quantise(y: torch.Tensor, out_dtype, out: torch.Tensor, work: torch.Tensor 
     through one small reused buffer, which stays in cache; on a GPU the whole batch at once.
     """
     if work is None:
-        return _quantise_rows(y, out_dtype, out, y.float().clamp(0, 1))
+        return _quantise_rows(out_dtype, out, y.float().clamp(0, 1))
     if not torch.isfinite(y).all():  # the cast makes NaN 0 and the clamp infinity 1: a blank image, said done
         raise NotFinite()
     integer, target, rows = np.issubdtype(out_dtype, np.integer), _host_array(out), work.shape[2]
@@ -211,7 +211,7 @@ def _quantise_interleaved(nhwc: torch.Tensor, integer: bool, max_value: float, t
     return out
 
 
-def _quantise_rows(y: torch.Tensor, out_dtype, out: torch.Tensor, clamped: torch.Tensor) -> torch.Tensor:
+def _quantise_rows(out_dtype, out: torch.Tensor, clamped: torch.Tensor) -> torch.Tensor:
     q = clamped
     if np.issubdtype(out_dtype, np.integer):
         q = q.mul_(_max_value(out_dtype)).round_()

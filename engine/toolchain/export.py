@@ -129,7 +129,6 @@ def example_shape(view: torch.nn.Module) -> tuple[int, int, int, int]:
     return EXAMPLE_SHAPE[0], facts.channels, side, side
 
 
-EXPORTERS = ("dynamo", "torchscript")
 LEGACY_OPSET = 17
 
 

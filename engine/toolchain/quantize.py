@@ -240,8 +240,9 @@ def _prelu_as_max(nodes: list, initializers: dict) -> list:
 
 def lr_photos(folder: str | Path, scale: int, limit: int = DEFAULT_IMAGES, channels: int = 3, multiple_of: int = 1,
               minimum: int = 1, max_pixels: int | None = None) -> Iterator[torch.Tensor]:
-    """The first `limit` readable photos of `folder`, bicubic-downscaled by `scale` as training's
-    LR inputs are (1x3xHxW in [0, 1]; a grey network, `channels` 1, gets each colour channel as a
+    """The first `limit` readable photos of `folder`, bicubic-downscaled by `scale` (torch, antialiased:
+    within about one 8-bit level of the PIL downscale training's LR inputs get; 1x3xHxW in [0, 1];
+    a grey network, `channels` 1, gets each colour channel as a
     plane), cropped to the network's `multiple_of`; one smaller than its `minimum` side is passed
     over. A file that cannot be read is reported on one line and skipped. `max_pixels`: as `srtrt run`
     takes it (None: the decompression-bomb guard's default, 0: no limit)."""

@@ -476,7 +476,7 @@ def parse_network(onnx_path, flavour: Flavour = TENSORRT, *, verbose: bool = Fal
     return Network(trt, builder, network, parser, logger, mode)
 
 
-def _set_targets(rtx, config, targets) -> None:
+def _set_targets(config, targets) -> None:
     """TensorRT-RTX: build for `targets` (ComputeCapability values); none = its portable set."""
     config.num_compute_capabilities = len(targets)
     for i, value in enumerate(targets):
@@ -505,7 +505,7 @@ def build_serialized(onnx_path, profile: Profile, *, flavour: Flavour = TENSORRT
     config.builder_optimization_level = int(opt_level)
     aot_arch = ptx = None  # AOT plugin kernels: for the building GPU
     if flavour.key == "rtx":
-        _set_targets(trt, config, targets)
+        _set_targets(config, targets)
         if net.plugin == "aot":
             from srtrt.kernels import aot
 
