@@ -148,7 +148,7 @@ def _add_export(sub):
                         "srtrt's own networks, community models are exported as they are)")
     p.add_argument("--opset", type=int, default=None)
     p.add_argument("--shape", metavar="HxW", help="a graph fixed at this LR size, batch 1, instead of any size "
-                                                  "(window-attention models, SwinIR and HAT, export only so)")
+                                                  "(window-attention models, SwinIR, HAT and GRL, export only so)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing -o file (default: refuse it)")
 
 

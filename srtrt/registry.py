@@ -57,6 +57,7 @@ class ModelFacts:
     half: bool = True                 # fp16 allowed (spandrel says whether it overflows)
     bfloat16: bool = True
     global_operations: bool = False   # pooling or attention over the whole input: never exact in tiles
+    static_export_only: bool = False  # no dynamic-shape graph (a window partition traced at one size)
     radius: int | None = None         # receptive-field radius in LR pixels; None: unbounded or beyond what was measured
     margin: int = 0                   # the default tile margin: the radius where affordable, else measured
     margin_figure: dict | None = None  # the measurement behind a margin below the radius

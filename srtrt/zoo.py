@@ -51,6 +51,10 @@ CONFIRM_WINDOWS_PER_AXIS = 2
 TILING_KIND = "tiling-v5"
 GRID_PROBE_STEPS = (0, 3, 8, 16, 24)  # LR sides probed for a pad to a grid (the smallest allowed side plus these)
 SHEET_KIND = "sheet-gap-v1"  # measure_sheet_gap's cache entries
+# spandrel architecture ids whose dynamic-shape graph is wrong or fails in OpenVINO (window partition
+# traced at one size): exported per window shape straight away (export_isolated).
+# GRL: both exporters fail, after 85-115 s on 2 cores.
+STATIC_EXPORT_ONLY = frozenset({"SwinIR", "HAT", "GRL"})
 
 
 def is_community_file(model) -> bool:
@@ -74,6 +78,7 @@ def load_view(path, allow_noncommercial: bool = False) -> CommunityView:
                                           model.multiple_of),
         minimum=model.minimum, multiple_of=model.multiple_of,
         half=model.supports_half, bfloat16=model.supports_bfloat16, global_operations=model.global_operations,
+        static_export_only=model.architecture_id in STATIC_EXPORT_ONLY,
         radius=tiling["radius"], margin=tiling["margin"], margin_figure=tiling.get("figure"), grid=tiling["grid"],
         sheet_gap=receptive_field.cached(SHEET_KIND, model.sha256, lambda: {"gap": measure_sheet_gap(model)},
                                          _whole_gap)["gap"])

@@ -11,7 +11,7 @@ line naming the architecture and the stage, and `auto` then runs the model on to
 Window-attention transformers (SwinIR, HAT) do not export with dynamic H and W: a Python branch
 on the input size (the window partition's padding) is traced into a Reshape (SwinIR #145). A
 graph exported at one static shape computes them exactly, so `shape` asks for that: one file per
-window shape. Architectures in DYNAMIC_FAILS skip the dynamic attempt, and a failed dynamic
+window shape. Models whose facts say `static_export_only` (zoo.STATIC_EXPORT_ONLY) skip the dynamic attempt, and a failed dynamic
 attempt is remembered beside the cached graph it would have been (NAME.onnx.failed), so the next
 process does not spend the minutes again.
 
@@ -33,9 +33,6 @@ from srtrt.atomic import partials_of
 from srtrt.errors import CannotWrite, SrtrtError
 
 TIMEOUT_S = 900  # a 23-block RRDBNet exports in about a minute on 2 cores
-# spandrel architecture ids whose dynamic-shape graph is wrong or fails in OpenVINO (window partition
-# traced at one size): exported per window shape straight away.
-DYNAMIC_FAILS = frozenset({"SwinIR", "HAT", "GRL"})  # GRL: both exporters fail, after 85-115 s on 2 cores
 
 UNTRACED = "a size it was not traced at"  # how the child's check says a dynamic graph holds at one size only
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # torch.export colours its messages
@@ -130,13 +127,13 @@ def _die_with_parent() -> None:
 
 def fails_untraced(error: SrtrtError) -> bool:
     """Whether a dynamic-shape export failed because its graph computes the traced size only (the
-    window partition of an architecture not yet in DYNAMIC_FAILS): a fixed-size export may work."""
+    window partition of an architecture not yet in zoo.STATIC_EXPORT_ONLY): a fixed-size export may work."""
     return UNTRACED in str(error)
 
 
 def static_only(view) -> str | None:
     """Why `view`'s architecture exports only at a fixed size, or None."""
-    if view.facts.architecture in DYNAMIC_FAILS:
+    if view.facts.static_export_only:
         return f"{view.facts.architecture} has no dynamic-shape graph (its window partition is traced at one size)"
     return None
 
