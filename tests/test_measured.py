@@ -362,3 +362,31 @@ def test_run_options_refuse_an_unknown_shape_class():
     assert RunOptions(shape_class="many-sizes").backend_key != RunOptions().backend_key
     with pytest.raises(SrtrtError, match="shape_class must be one of large, many-sizes"):
         RunOptions(shape_class="tiny")
+
+
+def test_the_guard_measures_a_model_on_content_as_large_as_its_minimum_side(monkeypatch, own_srtrt_cache, tmp_path):
+    """The guard's content was 96 LR pixels whatever the model's minimum side, which a model needing
+    more failed on, as if its precision did not agree; calibrate's simulation rounded the side itself."""
+    from dataclasses import replace
+
+    from srtrt import zoo
+    from srtrt.engine.backends import agreement
+    from srtrt.engine.toolchain import mixed_int8
+
+    sides = []
+    real = zoo.reference_image
+    monkeypatch.setattr(zoo, "reference_image", lambda side, *a, **k: sides.append(side) or real(side, *a, **k))
+    pytest.importorskip("spandrel")
+    from spandrel.architectures.Compact import Compact
+
+    import srtrt
+
+    from conftest import save_community_models
+
+    path = save_community_models(tmp_path, {"c": lambda: Compact(num_feat=8, num_conv=2, upscale=2)})["c"]
+    view = srtrt.load_model(str(path))
+    view.facts = replace(view.facts, minimum=100, multiple_of=8)
+    sides.clear()
+    agreement.measured_agreement(view, "torch", "bf16", lambda: TorchBackend(view, "cpu", "bf16"))
+    mixed_int8.selection_images([], 3, multiple_of=8, minimum=100)
+    assert sides == [104] * (1 + len(mixed_int8.REFERENCE_SEEDS))

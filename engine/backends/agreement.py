@@ -23,6 +23,13 @@ AGREEMENT_DB = 45.0
 REFERENCE_SIDE = 96  # LR pixels: one window, small enough to measure in seconds even for RRDBNet
 
 
+def reference_side(multiple_of: int = 1, minimum: int = 1) -> int:
+    """The side of the content the guard measures a model on: REFERENCE_SIDE, as the model takes it."""
+    from srtrt.engine.datapath.tiles import allowed_side
+
+    return allowed_side(REFERENCE_SIDE, multiple_of, minimum)
+
+
 def _library_version(backend: str) -> str:
     if backend == "openvino":
         from srtrt.engine.backends.openvino_backend import import_openvino
@@ -46,7 +53,7 @@ def measured_agreement(view, backend: str, precision: str, make, device: str = "
 
     def measure() -> dict:
         facts = view.facts
-        lr = zoo.reference_image(REFERENCE_SIDE, facts.channels, facts.multiple_of)
+        lr = zoo.reference_image(reference_side(facts.multiple_of, facts.minimum), facts.channels)
         reference = TorchBackend(view, "cpu", "fp32").infer(lr)
         with make() as candidate:  # the worst of its compiled forms (OpenVINO: dynamic and static)
             value = min(psnr(out, reference) for out in candidate.every_form_infer(lr))

@@ -379,12 +379,12 @@ class OpenVinoBackend(PerShapeGraphs, Backend):
         `_run` takes of it are each a full output (Compact's window held 1.18 KB per LR pixel
         against 0.58 KB of activations; bench/window_memory.py). 0 where not known."""
         from srtrt import receptive_field
-        from srtrt.engine.backends.agreement import REFERENCE_SIDE
+        from srtrt.engine.backends.agreement import reference_side
         from srtrt.engine.datapath.tiles import allowed_side
         from srtrt.hardware import cpu_flags, cpu_generation, cpu_model
 
         if self.graphs.dynamic is not None:
-            side = allowed_side(REFERENCE_SIDE, self.multiple_of, self.minimum)
+            side = reference_side(self.multiple_of, self.minimum)
             dims, source = [1, self.channels, side, side], self.graphs.dynamic
         elif self.graphs.first is not None:  # per-shape graphs: the one exported already
             dims, source = list(self.graphs.first), self.graphs.static(self.graphs.first)

@@ -44,9 +44,9 @@ def selection_images(images: list[torch.Tensor], channels: int, multiple_of: int
                      minimum: int = 1) -> list[torch.Tensor]:
     """Centre crops of the first calibration photos and photo-like content the guard does not see."""
     from srtrt import zoo
-    from srtrt.engine.backends.agreement import REFERENCE_SIDE
+    from srtrt.engine.backends.agreement import reference_side
 
-    side = -(-max(REFERENCE_SIDE, minimum) // multiple_of) * multiple_of
+    side = reference_side(multiple_of, minimum)
     crops = []
     for x in images[:SELECTION_PHOTOS]:
         h, w = (min(s, side) // multiple_of * multiple_of for s in x.shape[-2:])
