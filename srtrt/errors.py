@@ -30,6 +30,11 @@ class CannotWrite(SrtrtError):
         return cls(error.strerror or str(error) or type(error).__name__, path)
 
 
+class StopWork(Exception):
+    """Raised by a caller's progress or stop callback (a server's cancel) to stop the work it watches:
+    passed through as it is, never taken for the model's or the input's failure."""
+
+
 def shown(path) -> str:
     """A path for a one-line message: characters that would break the line (a newline in a file
     name) written as escapes, every other character (accents, CJK) as it is."""

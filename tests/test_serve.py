@@ -315,6 +315,28 @@ def test_cancel_queued_and_running_jobs(tmp_path, models_dir, images):
         assert client.get(f"/api/jobs/{after}").status_code == 404
 
 
+def test_cancelling_a_running_job_on_a_community_model_cancels_it(tmp_path, images):
+    """The cancel, raised from the job's progress report inside the network's run, was taken for the
+    model failing on the image: state failed, "the Compact model failed on this image (Cancelled)"."""
+    pytest.importorskip("spandrel")
+    from spandrel.architectures.Compact import Compact
+
+    from conftest import save_community_models
+
+    models = tmp_path / "models"
+    models.mkdir()
+    save_community_models(models, {"compact": lambda: Compact(num_feat=8, num_conv=2, upscale=2)})
+    with serving(tmp_path, models) as client:
+        gate = Gate(client.app_state.queue)
+        running = upload(client, images[0].read_bytes(), model="compact.safetensors").json()["id"]
+        assert gate.entered.wait(30)
+        assert client.delete(f"/api/jobs/{running}").json()["cancel_requested"] is True
+        gate.release.set()
+        job = finished(client, running)
+        assert job["state"] == "cancelled" and job["message"] == "cancelled", job
+        assert job_folders(tmp_path) == []
+
+
 def test_full_queue_answers_429_with_retry_after(tmp_path, models_dir, images):
     with serving(tmp_path, models_dir, queue_size=2) as client:
         gate = Gate(client.app_state.queue)

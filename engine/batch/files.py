@@ -29,7 +29,7 @@ from srtrt.engine.batch.options import RunOptions
 from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, DecodedImage, read_image
 from srtrt.engine.datapath.writers import OUTPUT_SUFFIXES, check_output_folder
 from srtrt.engine.video import VIDEO_SUFFIXES, is_video
-from srtrt.errors import SrtrtError, shown
+from srtrt.errors import SrtrtError, StopWork, shown
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 # An output up to this size is held in memory and written while the next image computes
@@ -635,8 +635,11 @@ class FileRunner:
                 return work(before)
             except Exception as e:
                 if not oom.is_out_of_memory(e):
-                    if isinstance(e, (SrtrtError, OSError)) or before.backend.architecture in registry.ARCHITECTURES:
-                        raise  # said already, an I/O error, or srtrt's own network failing: a bug, its traceback the report
+                    if (isinstance(e, (SrtrtError, OSError, StopWork))
+                            or before.backend.architecture in registry.ARCHITECTURES):
+                        # said already, an I/O error, a caller's stop, or srtrt's own network failing: a bug,
+                        # its traceback the report
+                        raise
                     # a community network's own code refusing this input: one line, the batch goes on
                     cause = " ".join(str(e).split())[:200] or type(e).__name__
                     raise SrtrtError(f"the {before.backend.architecture} model failed on this image "

@@ -28,7 +28,7 @@ from srtrt.engine.batch.options import RunOptions
 from srtrt.engine.serve.settings import ServeConfig
 from srtrt.engine.serve.uploads import storage_refused
 from srtrt.engine.serve.warm import WarmBackends
-from srtrt.errors import SrtrtError
+from srtrt.errors import SrtrtError, StopWork
 
 AWAITING, QUEUED, RUNNING, FAILED, CANCELLED = "awaiting_input", "queued", "running", "failed", "cancelled"
 TERMINAL = frozenset({DONE, FAILED, CANCELLED})
@@ -43,7 +43,7 @@ class QueueFull(Exception):
         super().__init__(f"{reason}; retry in about {retry_after} s")
 
 
-class Cancelled(Exception):
+class Cancelled(StopWork):
     """Raised from the progress callbacks of a job whose cancel was asked for."""
 
 

@@ -21,7 +21,7 @@ from srtrt.atomic import write_bytes
 from srtrt.engine.batch.files import DONE, Outcome
 from srtrt.engine.batch.options import RunOptions
 from srtrt.engine.batch.ray_runner import connect, threads_as_assigned
-from srtrt.errors import SrtrtError
+from srtrt.errors import SrtrtError, StopWork
 
 APP_NAME = "srtrt-serve"
 CPUS_PER_REPLICA = 4       # threads a CPU replica's backend gets; fewer where the cluster has fewer
@@ -29,7 +29,7 @@ PROGRESS_EVERY = 0.1       # seconds: tile and frame counts are summed between p
 INSTALL = 'srtrt serve --ray needs Ray Serve: pip install "srtrt[serve-ray]"'
 
 
-class Cancelled(Exception):
+class Cancelled(StopWork):
     """Raised inside a replica's job when its caller went away (cancel or a closed stream)."""
 
 
