@@ -374,6 +374,28 @@ def test_swinir_runs_on_onnxruntime_from_a_static_graph_per_window_shape(model_f
     assert np.abs(got - want).max() <= 1e-4
 
 
+def test_graphs_fixed_at_one_shape_are_kept_within_their_limit(model_files, monkeypatch):
+    """Each new window shape of a SwinIR added a graph (larger than the model's weights) and its record
+    to the ONNX cache, and none was ever removed: a folder of many sizes grew it without bound. The
+    least recently used go first; one this backend loaded keeps running from memory."""
+    pytest.importorskip("onnxruntime")
+    from srtrt.cache import cache_dir
+    from srtrt.engine.backends import create_backend, graph_cache
+
+    monkeypatch.setattr(graph_cache, "STATIC_GRAPHS_BUDGET_MB", 0)  # the newest graph alone fits
+    view = srtrt.load_model(model_files["swinir"])
+    torch_fp32 = TiledUpscaler(TorchBackend(view, "cpu", "fp32"), core=0)
+    with create_backend("onnxruntime", precision="fp32", view=view).backend as ort:
+        for h, w in ((24, 32), (40, 24), (32, 48), (24, 32)):
+            planes = Planes(lr_image(h, w), None)
+            got, _ = TiledUpscaler(ort, core=0).run_to_array(planes)
+            assert np.abs(got - torch_fp32.run_to_array(planes)[0]).max() <= 1e-4
+            kept = static_graphs(view)
+            assert len(kept) == 1 and (cache_dir("onnx") / f"{kept[0]}.json").exists(), kept
+    records = [p.name[:-5] for p in cache_dir("onnx").glob(f"{view.checkpoint_sha256[:16]}-*x*x*x*.onnx.json")]
+    assert records == kept  # the removed graphs' records went with them
+
+
 def test_auto_may_pick_openvino_for_swinir(model_files, monkeypatch):
     """The static graphs pass the agreement guard, so `auto` times openvino among the allowed paths."""
     pytest.importorskip("openvino")

@@ -20,6 +20,7 @@ import torch
 
 from srtrt import registry
 from srtrt.cache import cache_dir, spilled
+from srtrt.engine.backends import graph_cache
 from srtrt.engine.backends.base import Backend, OnnxGraphs, TileDefaults
 from srtrt.engine.backends.precision import (
     UNMEASURED,
@@ -125,7 +126,9 @@ def _exported_onnx_at(path: Path, view, precision: str, polyphase: bool, shape: 
             path.with_name(path.name + ".json").unlink()
         if path.exists():  # _exported_onnx keeps the graph for this run elsewhere
             raise CannotWrite("is not this model's graph and cannot be removed", path)
-    if not path.exists():
+    if path.exists():
+        graph_cache.mark_used(path)
+    else:
         float_graph = _exported_onnx(view, "fp32", polyphase, shape) if precision == "int8" else None
         started = time.perf_counter()
         try:
@@ -143,6 +146,7 @@ def _exported_onnx_at(path: Path, view, precision: str, polyphase: bool, shape: 
                 path.unlink()
             raise SrtrtError("the file changed while srtrt read it (its graph is of other weights); run again",
                              getattr(view, "source", None))
+        graph_cache.prune(path.parent, keep=path)  # one graph per window shape adds up: within a limit
     return path
 
 
