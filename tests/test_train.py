@@ -471,6 +471,27 @@ def test_a_resumed_run_keeps_the_model_it_started_from_and_refuses_another(photo
     code, err = _train_cli(capsys, photos, out, "--iters", "3", "--blocks", "2", "--channels", "16",
                            "--init", str(other / "model.safetensors"))
     assert code == 2 and "--init names another model than the one this run started from" in err, err
+    # a run started from scratch, resumed with an --init: it was ignored and recorded as the parent
+    before = (other / "model.json").read_bytes()
+    code, err = _train_cli(capsys, photos, other, "--iters", "3", "--blocks", "2", "--channels", "16",
+                           "--init", str(init))
+    assert code == 2 and "this run started from (none: it started from scratch)" in err, err
+    assert (other / "model.json").read_bytes() == before
+
+
+def test_a_run_refused_for_its_init_or_photos_leaves_no_run_folder(photos, straight_run, tmp_path, capsys):
+    """Each refusal left an empty --out folder behind, and a config that differs from --init's named
+    no option that would make them agree."""
+    _, init = straight_run
+    refusals = [(["--phase", "srgan", "--content-loss", "mse"],
+                 "the srgan phase starts from an SRResNet checkpoint: pass --init PATH"),
+                (["--init", str(init), "--channels", "8"], "give this run the network options it was trained with "
+                                                           "(--scale, --blocks, --channels)"),
+                (["--val-count", "9"], "lower --val-count or add photos")]
+    for i, (flags, said) in enumerate(refusals):
+        code, err = _train_cli(capsys, photos, tmp_path / f"out{i}", "--blocks", "2", *flags)
+        assert code == 2 and said in err, err
+        assert not (tmp_path / f"out{i}").exists()
 
 
 def test_unreadable_files_in_the_photo_folder_are_skipped_with_a_line(photos, tmp_path, capsys):

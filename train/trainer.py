@@ -265,11 +265,13 @@ def refuse_diverged(loss: float, step: int, out: Path) -> None:
 
 
 def resumed_lineage(saved: dict | None, given: dict | None, out: Path) -> dict | None:
-    """The model a resumed run started from: its state says so; an --init naming another is refused."""
-    if saved and given and saved.get("sha256") != given.get("sha256"):
-        raise SrtrtError(f"--init names another model than the one this run started from (sha256 "
-                         f"{str(saved.get('sha256'))[:12]}...): --no-resume starts a new run from it", out)
-    return saved or given
+    """The model a resumed run started from: its state says so; an --init naming another (or naming one
+    for a run that started from scratch, whose weights it would never reach) is refused."""
+    if given and (saved or {}).get("sha256") != given.get("sha256"):
+        started = f"sha256 {str(saved.get('sha256'))[:12]}..." if saved else "none: it started from scratch"
+        raise SrtrtError(f"--init names another model than the one this run started from ({started}): "
+                         "--no-resume starts a new run from it", out)
+    return saved
 
 
 def log_row(log, row: dict, metrics_path: Path) -> None:
@@ -317,18 +319,25 @@ def train(cfg: TrainConfig) -> Path:
     device = pick_device(cfg.device)
     amp = pick_amp(cfg.amp, device)
     gan = cfg.phase == "srgan"
-    # the model files too, before --out is made: a refused one leaves no empty run folder behind
+    # the model files, the run to resume and the photos too, before --out is made: a refused run
+    # leaves no empty run folder behind
     content = content_loss(cfg.content_loss, cfg.vgg_weights) if gan else None
     parent = load_srtrt_checkpoint(cfg.init, "--init") if cfg.init else None
-    out = make_folder(Path(cfg.out), "--out")
+    out = Path(cfg.out)
     state_path, metrics_path = out / "state", out / "metrics.jsonl"
     saved = saved_run_config(state_path) if cfg.resume else None
     if saved is not None:
         refuse_another_network(out, saved, cfg)
-    torch.manual_seed(cfg.seed)
-
+    elif parent is not None and parent.config != gcfg:
+        raise SrtrtError(f"--init has config {parent.config}, this run {gcfg}: give this run the network options "
+                         "it was trained with (--scale, --blocks, --channels)", cfg.init)
+    elif parent is None and gan:
+        raise SrtrtError("the srgan phase starts from an SRResNet checkpoint: pass --init PATH")
     # Data: held-out validation photos come from the training folder, never from test sets.
     train_paths, val_paths = training_split(cfg)
+    out = make_folder(out, "--out")
+    torch.manual_seed(cfg.seed)
+
     try:
         dataset = PatchDataset(train_paths, cfg.scale, cfg.patch, cfg.seed)
     except ValueError as e:  # no photo to cut patches from
@@ -353,12 +362,8 @@ def train(cfg: TrainConfig) -> Path:
         step, best = doc["step"], doc.get("best_score", doc.get("best_val_psnr", best))
         start = Validation(doc.get("start_val_psnr", start.psnr), float("nan"), doc.get("start_val_grid", start.grid))
         lineage = resumed_lineage(doc.get("initialised_from"), lineage, out)
-    elif parent:  # start from trained weights (optimiser state starts fresh)
-        if parent.config != gcfg:
-            raise SrtrtError(f"--init has config {parent.config}, this run {gcfg}", cfg.init)
+    elif parent:  # start from trained weights (optimiser state starts fresh; its config checked above)
         generator.load_state_dict(parent.state_dict)
-    elif gan:
-        raise SrtrtError("the srgan phase starts from an SRResNet checkpoint: pass --init PATH")
     if not cfg.resume and (aside := set_aside_earlier_run(out)):
         print(f"--no-resume: the earlier run in {out} is kept in {aside}")
     _drop_rows_after(metrics_path, step)  # a crash after the last save logged steps that will run again
