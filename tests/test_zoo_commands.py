@@ -98,7 +98,7 @@ def test_export_writes_a_graph_equal_to_torch_fp32_and_says_polyphase_is_a_no_op
 
 @pytest.mark.parametrize("flags, says", [
     (["--fused"], "--fused: the Compact model has no conv -> PixelShuffle -> PReLU steps"),
-    (["--precision", "int8"], "--precision int8: this Compact model has no int8 calibration (srtrt calibrate PHOTOS"),
+    (["--precision", "int8"], "--precision int8: this model has no int8 calibration (srtrt calibrate PHOTOS --model "),
     (["--opset", "18"], "--opset is not supported for community models"),
 ])
 def test_export_options_a_community_model_cannot_honour_are_one_line(files, tmp_path, capsys, flags, says):

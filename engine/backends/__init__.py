@@ -458,6 +458,11 @@ def create_backend(name: str = "auto", model: str | None = None, precision: str 
     import srtrt
 
     view = view if view is not None else srtrt.load_model(model, allow_noncommercial)
+    if precision == "int8" and name != "torch" and not getattr(view, "int8_calibration", None):  # torch says its own
+        from srtrt.engine.toolchain.quantize import no_calibration
+
+        model = model or getattr(view, "source", None)
+        raise SrtrtError(f"--precision int8: this model {no_calibration(model or 'MODEL')}", model)
     selection = _create(name, precision, device, view, shape_class)
     _fit_to_model(selection.backend, view)
     selection.facts = view.facts
@@ -476,10 +481,6 @@ def _fit_to_model(backend: Backend, view) -> Backend:
 def _create(name: str, precision: str, device: str | None, view, shape_class: str = "large") -> Selection:
     dev = _device(device)
     sha, asked = _model_sha256(view), precision
-    if precision == "int8" and name != "torch" and not getattr(view, "int8_calibration", None):  # torch says its own
-        from srtrt.engine.toolchain.quantize import NO_CALIBRATION
-
-        raise SrtrtError(f"--precision int8: this model {NO_CALIBRATION}", getattr(view, "source", None))
     if precision == "auto" and isinstance(view, CommunityView) and (dev.type == "cuda" or name == "torch"):
         precision, why_precision = _community_precision(view, name, dev)
     elif precision == "auto" and name == "openvino" and dev.type == "cpu":

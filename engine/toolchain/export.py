@@ -399,9 +399,10 @@ def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: boo
     sha = getattr(view, "checkpoint_sha256", None) or state_dict_sha256(view)
     calibration = getattr(view, "int8_calibration", None)
     if precision == "int8" and not calibration:
-        from srtrt.engine.toolchain.quantize import NO_CALIBRATION
+        from srtrt.engine.toolchain.quantize import no_calibration
 
-        raise SrtrtError(f"this model {NO_CALIBRATION}")
+        model = getattr(view, "source", None)
+        raise SrtrtError(f"this model {no_calibration(model or 'MODEL')}", model)
     if precision == "int8" and float_graph is not None:
         from srtrt.engine.toolchain.onnx_io import load_onnx, metadata
 
@@ -470,6 +471,10 @@ def main(args) -> int:
 
     check_output_file(args.output, checkpoint.model_files(args.model))
     view = srtrt.load_model(args.model, getattr(args, "allow_noncommercial", False))
+    if args.precision == "int8" and not view.int8_calibration:
+        from srtrt.engine.toolchain.quantize import no_calibration
+
+        raise SrtrtError(f"--precision int8: this model {no_calibration(args.model)}", args.model)
     community = isinstance(view, CommunityView)
     shape = _fixed_shape(view, getattr(args, "shape", None))
     polyphase = _community_export_checks(view, args, shape) if community else args.polyphase
@@ -554,9 +559,6 @@ def _community_export_checks(view, args, shape=None) -> bool:
     if args.fused and not arch.upsample_steps(view.generator):
         raise SrtrtError(f"--fused: the {name} model has no conv -> PixelShuffle -> PReLU steps registered to fuse "
                          "(srtrt's own networks have); export without --fused")
-    if args.precision == "int8" and not view.int8_calibration:
-        raise SrtrtError(f"--precision int8: this {name} model has no int8 calibration "
-                         f"(srtrt calibrate PHOTOS --model {args.model} measures one)")
     if refusal := view.facts.refusal(args.precision):
         raise SrtrtError(f"--precision {args.precision}: {refusal}; export fp32")
     if args.opset is not None:  # export_isolated's child picks the opset (torch's default, TorchScript's 17)

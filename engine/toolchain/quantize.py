@@ -29,7 +29,13 @@ from srtrt.errors import SrtrtError
 from srtrt.nets import CommunityView
 
 WEIGHT_PREFIX = "generator."   # the exporter names a conv's weight after the module: generator.<conv>.weight
-NO_CALIBRATION = "has no int8 calibration (srtrt calibrate PHOTOS --model M measures one)"
+
+
+def no_calibration(model) -> str:
+    """Why int8 cannot run `model` (a path or an embedded model's name), with the command that fixes it."""
+    return f"has no int8 calibration (srtrt calibrate PHOTOS --model {model} measures one)"
+
+
 DEFAULT_IMAGES = 16  # photos calibrated on: what the shipped models used (16 of the 91 training photos)
 # The form of the QDQ graph quantize_onnx writes; a new form is a new cached graph and a new timing.
 # 2: a PRelu between int8 convs written as Max (_prelu_as_max). 3: not after a bias-less conv.
