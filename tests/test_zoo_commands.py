@@ -368,7 +368,9 @@ def test_a_calibration_the_cache_cannot_keep_or_with_nothing_to_quantise_is_not_
     line = one_line_exit_2(capsys, ["calibrate", photos, "--model", models["fresh"], "--max-pixels", "-5"])
     assert line == "srtrt: --max-pixels must be an integer >= 0 (0: no limit), not -5"
     assert main(["calibrate", str(photos), "--model", str(models["fresh"]), "--max-pixels", "100"]) == 2
-    assert "over the limit of 100" in capsys.readouterr().err  # each photo skipped, then none was left
+    err = capsys.readouterr().err
+    assert "over the limit of 100" in err  # each photo skipped, then none was left, and the last line says why
+    assert f"no photo to calibrate on ({len(list(photos.iterdir()))} skipped above, each for the cause its line gives" in err
     line = one_line_exit_2(capsys, ["run", photos / "p0.png", "-o", tmp_path / "o.png", "--model", models["fresh"],
                                     "--precision", "int8"])  # the line names the model it is about
     assert line.startswith(f"srtrt: {models['fresh'].resolve()}: --precision int8: this model has no int8 calibration")

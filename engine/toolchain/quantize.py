@@ -259,7 +259,7 @@ def lr_photos(folder: str | Path, scale: int, limit: int = DEFAULT_IMAGES, chann
     folder = Path(folder)
     if not folder.is_dir():
         raise SrtrtError("not a directory", folder)
-    used = 0
+    used, skipped, small = 0, 0, 0
     for path in sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in INPUT_SUFFIXES):
         if used == limit:
             return
@@ -267,20 +267,26 @@ def lr_photos(folder: str | Path, scale: int, limit: int = DEFAULT_IMAGES, chann
             image = read_image(path, **decode_limit(max_pixels))
         except SrtrtError as e:
             print(f"srtrt: {e} (skipped)", file=sys.stderr)
+            skipped += 1
             continue
         pixels = torch.from_numpy(image.pixels.astype(np.float32))[None]
         x = to_network_input(pixels, image.pixels.shape[2], float(2 ** image.bit_depth - 1), channels)
         if min(x.shape[-2:]) < max(2, minimum) * scale:
+            small += 1
             continue  # too small to downscale (or for the network): nothing to measure
         lr = torch.nn.functional.interpolate(x, scale_factor=1 / scale, mode="bicubic", antialias=True).clamp(0, 1)
         h, w = (side // multiple_of * multiple_of for side in lr.shape[-2:])
         if min(h, w) < minimum:
+            small += 1
             continue
         used += 1
         yield lr[..., :h, :w]
     if used == 0:
-        raise SrtrtError(f"no photo to calibrate on (PNG, JPEG, WebP, TIFF or BMP of at least "
-                         f"{max(2, minimum) * scale} pixels a side)", folder)
+        side = max(2, minimum) * scale
+        why = [f"{skipped} skipped above, each for the cause its line gives"] if skipped else []
+        why += [f"{small} under {side} pixels a side"] if small else []
+        raise SrtrtError(f"no photo to calibrate on ({'; '.join(why) or 'no PNG, JPEG, WebP, TIFF or BMP here'}; "
+                         f"photos of at least {side} pixels a side are needed)", folder)
 
 
 LOST_CALIBRATION = ("the cache cannot keep the calibration, so it would be gone when this command ends: "
