@@ -46,3 +46,6 @@ def test_the_run_options_choices_are_the_engines_own():
     run = next(a for a in parser()._subparsers._group_actions[0].choices["run"]._actions if a.dest == "backend")
     assert tuple(run.choices) == options.BACKENDS and set(options.BACKENDS) == {"auto", *backends._MAKERS}
     assert encoder.CODECS is CODECS and set(encoder.DEFAULT_CRF) == set(CODECS)
+    from srtrt.engine.video import WRITTEN_SUFFIXES, remux
+
+    assert set(remux.FORMATS) == WRITTEN_SUFFIXES  # what "needs a video container" lists is what is written as named

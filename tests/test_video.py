@@ -770,7 +770,8 @@ def test_api_takes_videos(tmp_path, model):
     # the path returned is the file written: here the .mkv twin (webm holds no H.264); never an image name
     assert srtrt.upscale(source, tmp_path / "h264.webm", model=str(model), backend="torch",
                          codec="libx264") == tmp_path / "h264.mkv"
-    with pytest.raises(SrtrtError, match="needs a video container"):
+    # the containers written as named (an .avi is written as .mkv, so it is no answer)
+    with pytest.raises(SrtrtError, match=r"needs a video container \(\.m4v, \.mkv, \.mov, \.mp4, \.webm\)"):
         srtrt.upscale(source, tmp_path / "big.png", model=str(model), backend="torch")
     assert len(video_frames(written)) == 6
     with av.open(str(written)) as c:
@@ -803,6 +804,11 @@ def test_libsvtav1_refuses_frames_its_flush_never_returns_from(tmp_path, capsys,
     code, err = run(capsys, clip, "--model", model, "--backend", "torch", "--codec", "libsvtav1")
     assert code == 1 and "thin.mp4: libsvtav1 cannot encode 160x24 frames (under 32 pixels)" in err, err
     assert not list(tmp_path.glob("thin_x4*")) and partials(tmp_path) == []
+    # x265 too: its advice names a codec .webm holds beside one it does not (libx264 alone ended in .mkv)
+    code, err = run(capsys, clip, "-o", tmp_path / "thin.webm", "--model", model, "--backend", "torch",
+                    "--codec", "libx265")
+    assert code == 1 and "libx265 cannot encode 160x24 frames (under 64 pixels); use --codec libx264 or libvpx-vp9" \
+        in err, err
 
 
 def test_an_avi_cut_short_is_said(tmp_path, capsys, model):

@@ -28,7 +28,7 @@ from srtrt.atomic import remove_partials, sweep_abandoned
 from srtrt.engine.batch.options import RunOptions
 from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, DecodedImage, read_image
 from srtrt.engine.datapath.writers import OUTPUT_SUFFIXES, check_output_folder
-from srtrt.engine.video import VIDEO_SUFFIXES, is_video
+from srtrt.engine.video import VIDEO_SUFFIXES, WRITTEN_SUFFIXES, is_video
 from srtrt.errors import SrtrtError, StopWork, shown
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
@@ -178,7 +178,7 @@ def output_path(source: Path, output: str | None, many: bool, scale: int) -> Pat
         return out / name
     if video:
         if out.suffix.lower() not in VIDEO_SUFFIXES:
-            raise SrtrtError(f"a video's output needs a video container ({', '.join(sorted(VIDEO_SUFFIXES))})", out)
+            raise SrtrtError(f"a video's output needs a video container ({', '.join(sorted(WRITTEN_SUFFIXES))})", out)
         return out
     if not out.suffix:  # a new folder meant, or a file with its format left out: either is one line away
         raise SrtrtError(f"no output format: name a file ({', '.join(sorted(OUTPUT_SUFFIXES))}) or end the "

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi"}
+WRITTEN_SUFFIXES = VIDEO_SUFFIXES - {".avi"}  # the containers written as named (remux.FORMATS); an .avi becomes .mkv
 CODECS = ("libx264", "libx265", "libsvtav1", "libvpx-vp9", "h264_nvenc", "hevc_nvenc")  # what --codec takes
 
 

@@ -97,7 +97,8 @@ def choose_settings(codec: str, crf: int | None, preset: str | None, source_pix_
         if not torch.cuda.is_available():
             raise SrtrtError(f"{codec} needs an NVIDIA GPU; none is available (use libx264 or libx265)")
     if codec == "libx265" and min(width, height) < 64:  # x265 4.2 corrupts memory below its 64-pixel block
-        raise SrtrtError(f"libx265 cannot encode {width}x{height} frames (under 64 pixels); use --codec libx264", path)
+        raise SrtrtError(f"libx265 cannot encode {width}x{height} frames (under 64 pixels); "
+                         "use --codec libx264 or libvpx-vp9", path)
     if codec == "libsvtav1" and min(width, height) < SVT_AV1_MIN_SIDE:  # its flush never returns (160x24, 20x96)
         raise SrtrtError(f"libsvtav1 cannot encode {width}x{height} frames (under {SVT_AV1_MIN_SIDE} pixels); "
                          "use --codec libx264 or libvpx-vp9", path)
