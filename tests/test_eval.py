@@ -119,6 +119,19 @@ def test_several_models_are_scored_in_one_table_and_one_json(capsys, folder, mod
     assert cells[4:8] == pytest.approx([res["models"]["other"][k] for k in ("psnr", "ssim", "hf", "grid")], abs=1e-3)
 
 
+def test_a_model_file_named_bicubic_does_not_take_the_baselines_name(capsys, folder, model_path, tmp_path):
+    """Its column and JSON key were "bicubic", beside the baseline's own."""
+    import shutil
+
+    named = tmp_path / "bicubic.safetensors"
+    shutil.copy(model_path, named)
+    shutil.copy(Path(model_path).with_suffix(".json"), named.with_suffix(".json"))
+    code, out, _ = _run(capsys, folder, "--model", named, "--json")
+    assert code == 0
+    res = json.loads(out)["synth"]
+    assert list(res["models"]) == [str(named)] and res["models"][str(named)] != res["bicubic"]
+
+
 def test_embedded_names_in_eval(capsys, folder, monkeypatch, tmp_path):
     paths = install_embedded(monkeypatch, tmp_path / "weights")
     code, out, _ = _run(capsys, folder, "--model", "srresnet", "--model", "srgan", "--json")

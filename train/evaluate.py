@@ -139,6 +139,9 @@ def evaluate_image(path: Path, models: dict[str, torch.nn.Module], scale: int) -
             **{f"bicubic_{k}": v for k, v in bicubic.items()}, "models": per_model}
 
 
+BASELINE = "bicubic"  # the method every model is scored beside, under this name in the table and the JSON
+
+
 def list_test_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not os.path.isdir(folder):
@@ -168,7 +171,7 @@ def evaluate_folder(folder: str | Path, model, scale: int | None = None) -> dict
     averages = {label: _means([r["models"][label] for r in rows]) for label in models}
     return {
         "model": next(iter(averages.values())),
-        "bicubic": _means([_prefixed(r, "bicubic_") for r in rows]),
+        BASELINE: _means([_prefixed(r, "bicubic_") for r in rows]),
         "images": rows,
         "models": averages,
     }
@@ -219,7 +222,7 @@ def format_table(results: dict[str, dict], scale: int) -> str:
     """One block per folder: a row per image and the average, columns PSNR / SSIM / HF / grid per method."""
     lines = []
     for key, res in results.items():
-        methods = [*res["models"], "bicubic"]
+        methods = [*res["models"], BASELINE]
         names = [shown(r["name"]) for r in res["images"]]  # a newline or an escape in a name: one row still
         width = max([len("average")] + [len(name) for name in names])
         heads = [max(10, len(m) + 5) for m in methods]
@@ -228,7 +231,7 @@ def format_table(results: dict[str, dict], scale: int) -> str:
         lines.append(f"  {'image':<{width}}" + "".join(f"  {m + ' PSNR':>{h}}  {'SSIM':>6}  {'HF':>5}  {'grid':>5}"
                                                        for m, h in zip(methods, heads, strict=True)))
         rows = [(name, [*r["models"].values(), _prefixed(r, "bicubic_")]) for name, r in zip(names, res["images"], strict=True)]
-        rows.append(("average", [*res["models"].values(), res["bicubic"]]))
+        rows.append(("average", [*res["models"].values(), res[BASELINE]]))
         for name, cells in rows:
             lines.append(f"  {name:<{width}}" + "".join(
                 f"  {c['psnr']:>{h}.3f}  {c['ssim']:>6.4f}  {c['hf']:>5.3f}  {c['grid']:>5.3f}"
@@ -245,11 +248,13 @@ def _prefixed(row: dict, prefix: str) -> dict:
 
 
 def model_labels(specs: list) -> list[str]:
-    """Column names for `--model` values: embedded names or file stems; the value as given where two collide."""
+    """Column names for `--model` values: embedded names or file stems; the value as given where two
+    collide, or where a stem is the baseline's own name (a model file called bicubic.safetensors)."""
     from srtrt import checkpoint
 
     labels = [checkpoint.model_label(spec) for spec in specs]
-    return [label if labels.count(label) == 1 else str(spec) for label, spec in zip(labels, specs, strict=True)]
+    return [label if labels.count(label) == 1 and label != BASELINE else str(spec)
+            for label, spec in zip(labels, specs, strict=True)]
 
 
 def load_models(specs: list | None, allow_noncommercial: bool = False) -> dict[str, torch.nn.Module]:
