@@ -152,3 +152,25 @@ def test_sigterm_stops_a_ray_server_with_its_status(tmp_path):
     assert err.strip().splitlines()[-1] == "srtrt: stopped by SIGTERM"
     assert "Traceback" not in err, err
     assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_a_deep_input_through_a_replica_names_the_fp32_backend_that_ran_it(local_ray, tmp_path):
+    """As in the server's own process (test_serve): the replica says which backend ran the input."""
+    import numpy as np
+
+    from srtrt.engine.datapath.writers import open_writer
+
+    from conftest import smooth_image
+
+    (tmp_path / "models").mkdir()
+    with open_writer(tmp_path / "deep.png", 24, 20, 3, 16) as writer:
+        writer.write_rows(smooth_image(20, 24, seed=2, dtype=np.uint16))
+    with served(tmp_path, tmp_path / "models", "--ray") as client:
+        created = client.post("/api/jobs", files={"file": ("deep.png", (tmp_path / "deep.png").read_bytes())},
+                              data={"backend": "torch"})
+        assert created.status_code == 202, created.text
+        job = finished(client, created.json()["id"], 180)
+    assert job["state"] == "done", job
+    if job["backend"].startswith("torch (fp32"):  # no bf16 here: nothing runs apart
+        pytest.skip("torch runs the shipped model in fp32 on this CPU")
+    assert job["backend"].startswith("inputs of 16 bits a sample run on torch (fp32"), job["backend"]

@@ -1700,7 +1700,7 @@ def test_a_run_plans_the_frame_once_per_upscaler_not_per_frame(tmp_path, model):
     runner = FileRunner(open_backend(options).backend, options)
     upscaler, plans, groups = runner.upscaler, [], []
     real_plan, real_run_many = upscaler.plan, upscaler.run_many
-    upscaler.plan = lambda h, w: plans.append((h, w)) or real_plan(h, w)
+    upscaler.plan = lambda h, w, **said: plans.append((h, w)) or real_plan(h, w, **said)
     upscaler.run_many = lambda frames, *rest: groups.append(len(frames)) or real_run_many(frames, *rest)
     assert runner.run(source, tmp_path / "out.mp4").status == DONE
     assert groups == [8, 4] and plans == [(32, 48)] * (2 + len(groups))

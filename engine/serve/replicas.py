@@ -54,9 +54,10 @@ class Replica:
 
     def run(self, suffix: str, data: bytes, options: RunOptions, label: str):
         """Upscale one file: yields ("plan", n), ("tile", n), ("frames", total, done), ("frame", n) as it
-        goes, then ("end", status, message, seconds, pixels, result bytes or None, the result's suffix:
-        a video may change container, .avi -> .mkv). `label` replaces this replica's temporary path in
-        messages, so they read as on the server."""
+        goes (each plan or frames event after ("apart", line) where the input runs on the fp32 backend
+        for deep inputs: FileRunner.last_apart), then ("end", status, message, seconds, pixels, result
+        bytes or None, the result's suffix: a video may change container, .avi -> .mkv). `label`
+        replaces this replica's temporary path in messages, so they read as on the server."""
         events: queues.Queue = queues.Queue()
         stop = threading.Event()
         with tempfile.TemporaryDirectory(prefix="srtrt-replica-") as folder:
@@ -92,9 +93,15 @@ class Replica:
                 check()  # cancelled while waiting for the engine
                 runner = self.warm.runner(options)
                 destination = output_path(source, None, False, runner.backend.scale)
-                outcome = runner.run(source, destination, on_plan=lambda n: say("plan", n),
+
+                def planned(*event):  # which backend runs it is known once it is planned
+                    if runner.last_apart:
+                        say("apart", runner.last_apart)
+                    say(*event)
+
+                outcome = runner.run(source, destination, on_plan=lambda n: planned("plan", n),
                                      on_tile=lambda n: say("tile", n),
-                                     on_frames=lambda total, done: say("frames", total, done),
+                                     on_frames=lambda total, done: planned("frames", total, done),
                                      on_frame=lambda n: say("frame", n), stop_check=check)
         except Cancelled:
             outcome = Outcome(source, None, "cancelled", "cancelled")
@@ -187,10 +194,12 @@ class RemoteRunner:
     def __init__(self, handle, options: RunOptions, scale: int):
         self.handle, self.options = handle, options
         self.backend = _Scale(scale)
+        self.last_apart: str | None = None  # as FileRunner's: the replica's input ran on its fp32 backend, and why
 
     def run(self, source: Path, destination: Path, on_tile=None, on_plan=None, on_frame=None, on_frames=None,
             stop_check=None) -> Outcome:
         calls = {"plan": on_plan, "tile": on_tile, "frames": on_frames, "frame": on_frame}
+        self.last_apart = None
         stream = self.handle.options(stream=True).run.remote(source.suffix, source.read_bytes(), self.options, str(source))
         try:
             for kind, *values in stream:
@@ -202,7 +211,9 @@ class RemoteRunner:
                     if result is not None:
                         write_bytes(destination, result)  # atomic, as the local runner writes
                     return Outcome(source, destination if status == DONE else None, status, message, seconds, pixels)
-                if calls.get(kind):
+                if kind == "apart":
+                    self.last_apart = values[0]
+                elif calls.get(kind):
                     calls[kind](*values)
         except BaseException:
             stream.cancel()  # the replica stops at its next step
