@@ -199,6 +199,14 @@ def test_an_input_that_will_not_write_takes_no_name_from_one_that_will(tmp_path,
     Image.open(tmp_path / "photo.png").save(tmp_path / "photo_x4.webp", lossless=True)  # a photo of its own
     code, err = run(capsys, tmp_path, "--model", model)
     assert "same output name" not in err and is_complete_image(tmp_path / "photo_x4_x4.png", (128, 96)), err
+    # a file srtrt cannot read, named first (a GIF), took the name from the PNG after it, which was refused
+    (tmp_path / "gif").mkdir()
+    Image.open(tmp_path / "photo.png").save(tmp_path / "gif" / "x.gif")
+    (tmp_path / "photo.png").rename(tmp_path / "gif" / "x.png")
+    code, err = run(capsys, tmp_path / "gif" / "x.gif", tmp_path / "gif" / "x.png", "-o", tmp_path / "out", "--model",
+                    model)
+    assert code == 1 and "x.gif: not a PNG, JPEG, WebP, TIFF or BMP image" in err and "same output name" not in err, err
+    assert is_complete_image(tmp_path / "out" / "x_x4.png", (128, 96))
 
 
 def test_a_folders_broken_links_and_a_folder_at_an_output_name_each_get_their_line(tmp_path, capsys, model):

@@ -272,6 +272,11 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, 
         first = owner.setdefault(written_name(job.destination), job.source)
         if first is job.source:
             continue
+        if not _may_be_read(first):  # it fails on its own line, writing nothing: this one takes the name
+            owner[written_name(job.destination)] = job.source
+            continue
+        if not _may_be_read(job.source):
+            continue
         if real_path(first) == real_path(job.source):
             job.refusal, job.status = f"{shown(job.source)}: the same file as {shown(first)}, upscaled once", SKIPPED
         else:
@@ -294,6 +299,14 @@ def _readable(source: Path) -> bool:
         return os.path.isfile(source) and os.path.getsize(source) > 0
     except OSError:
         return False
+
+
+def _may_be_read(source: Path) -> bool:
+    """Whether `source` may decode (a video by its name; an image by its first bytes), asked only of
+    inputs whose outputs share a name: one that cannot (a GIF beside a PNG of its stem) does not take it."""
+    from srtrt.engine.datapath.imageio import starts_as_an_input
+
+    return is_video(source) or starts_as_an_input(source)
 
 
 def _listing_error(folder: Path) -> str | None:

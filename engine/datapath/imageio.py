@@ -273,6 +273,19 @@ def _pillow_size_check_lifted():
                     PngImagePlugin.MAX_TEXT_CHUNK = _saved_limits[1]
 
 
+def starts_as_an_input(path) -> bool:
+    """Whether `path`'s first bytes are those of a format srtrt reads (INPUT_FORMATS), by Pillow's own
+    test of a file's start: nothing decoded, so a file that passes may still fail to read."""
+    try:
+        with open(path, "rb") as file:
+            prefix = file.read(16)
+    except OSError:
+        return False
+    Image.init()
+    return any(accept is not None and accept(prefix) for accept in (Image.OPEN.get(f, (None, None))[1]
+                                                                    for f in INPUT_FORMATS))
+
+
 @contextlib.contextmanager
 def open_lazily(path):
     """The image's header, opened by Pillow from a file object: given a path, Pillow memory-maps
