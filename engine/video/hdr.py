@@ -53,10 +53,18 @@ def _ratio(num: int, den: int) -> Fraction | None:
     return Fraction(num, den) if den > 0 else None
 
 
+def side_data(frame: av.VideoFrame) -> list:
+    """The frame's side data entries (av.sidedata.SideData, each with its `.type`). The container is a
+    Mapping whose iteration gave the entries in PyAV 18.1.0 and gives their types in 18.1.1, where
+    `.values()` gives the entries (in 18.1.0 it raises KeyError)."""
+    container = frame.side_data
+    return [side if isinstance(side, av.sidedata.sidedata.SideData) else container[side] for side in container]
+
+
 def read_hdr(frame: av.VideoFrame) -> HdrMetadata | None:
     """The HDR10 static metadata `frame` carries, or None."""
     primaries = luminance = light = None
-    for side in frame.side_data:
+    for side in side_data(frame):
         data = bytes(side)
         if side.type == av.sidedata.sidedata.Type.MASTERING_DISPLAY_METADATA and len(data) >= _MASTERING.size:
             v = _MASTERING.unpack_from(data)

@@ -23,7 +23,7 @@ import numpy as np
 
 from srtrt.engine.video.colour import Colour, stream_colour
 from srtrt.engine.video.deinterlace import applies, deinterlaced, field_order
-from srtrt.engine.video.hdr import HdrMetadata, read_hdr
+from srtrt.engine.video.hdr import HdrMetadata, read_hdr, side_data
 from srtrt.engine.video.planes import frame_to_rgb
 from srtrt.errors import SrtrtError
 
@@ -102,7 +102,7 @@ def probe(path: Path) -> VideoInfo:
         colour = stream_colour(first.colorspace or cc.colorspace, first.color_range or cc.color_range,
                                cc.color_primaries, cc.color_trc, first.height, pix_fmt)
         display = None
-        for side in first.side_data:
+        for side in side_data(first):
             if side.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
                 display = tuple(np.frombuffer(bytes(side), "<i4").tolist())
         start = float((first.pts or 0) * stream.time_base)
