@@ -462,7 +462,7 @@ def create_backend(name: str = "auto", model: str | None = None, precision: str 
         from srtrt.engine.toolchain.quantize import no_calibration
 
         model = model or getattr(view, "source", None)
-        raise SrtrtError(f"--precision int8: this model {no_calibration(model or 'MODEL')}", model)
+        raise SrtrtError(f"--precision int8: {no_calibration(model)}", model)
     selection = _create(name, precision, device, view, shape_class)
     _fit_to_model(selection.backend, view)
     selection.facts = view.facts

@@ -402,7 +402,7 @@ def export_onnx(view: torch.nn.Module, path, precision: str = "fp32", fused: boo
         from srtrt.engine.toolchain.quantize import no_calibration
 
         model = getattr(view, "source", None)
-        raise SrtrtError(f"this model {no_calibration(model or 'MODEL')}", model)
+        raise SrtrtError(no_calibration(model), model)
     if precision == "int8" and float_graph is not None:
         from srtrt.engine.toolchain.onnx_io import load_onnx, metadata
 
@@ -474,7 +474,7 @@ def main(args) -> int:
     if args.precision == "int8" and not view.int8_calibration:
         from srtrt.engine.toolchain.quantize import no_calibration
 
-        raise SrtrtError(f"--precision int8: this model {no_calibration(args.model)}", args.model)
+        raise SrtrtError(f"--precision int8: {no_calibration(args.model)}", args.model)
     community = isinstance(view, CommunityView)
     shape = _fixed_shape(view, getattr(args, "shape", None))
     polyphase = _community_export_checks(view, args, shape) if community else args.polyphase

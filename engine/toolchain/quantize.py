@@ -32,8 +32,9 @@ WEIGHT_PREFIX = "generator."   # the exporter names a conv's weight after the mo
 
 
 def no_calibration(model) -> str:
-    """Why int8 cannot run `model` (a path or an embedded model's name), with the command that fixes it."""
-    return f"has no int8 calibration (srtrt calibrate PHOTOS --model {model} measures one)"
+    """Why int8 cannot run `model` (a path or an embedded model's name; None: not known), with the
+    command that fixes it."""
+    return f"this model has no int8 calibration (srtrt calibrate PHOTOS --model {model or 'MODEL'} measures one)"
 
 
 DEFAULT_IMAGES = 16  # photos calibrated on: what the shipped models used (16 of the 91 training photos)
