@@ -93,11 +93,12 @@ def run_phase(cfg, seconds: float) -> dict:
 def held_out_psnr(model_path: str | Path, cfg) -> float:
     """Y-PSNR of a checkpoint on the photos `cfg`'s runs hold out (the trainer's own validation)."""
     from srtrt import checkpoint
-    from srtrt.train.data import list_images, split_holdout
+    from srtrt.engine.datapath.imageio import images_in
+    from srtrt.train.data import split_holdout
     from srtrt.train.trainer import pick_device, validate, validation_pairs
 
     device = pick_device(cfg.device)
-    _, val_paths = split_holdout(list_images(cfg.data), cfg.val_count)
+    _, val_paths = split_holdout(images_in(cfg.data), cfg.val_count)
     generator = checkpoint.load(model_path).build().to(device)
     return validate(generator, validation_pairs(val_paths, cfg.scale, cfg.val_crop), device)[0]
 

@@ -71,11 +71,12 @@ def _installed(backend: str) -> bool:
 
 def set5_pairs(folder: Path, scale: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, LR uint8, HR uint8) per image, by the evaluation protocol."""
+    from srtrt.engine.datapath.imageio import images_in
     from srtrt.train.degrade import bicubic_downscale
-    from srtrt.train.evaluate import list_test_images, read_hr
+    from srtrt.train.evaluate import read_hr
 
     pairs = []
-    for p in list_test_images(folder):
+    for p in images_in(folder):
         hr = read_hr(p, scale)
         pairs.append((p.name, np.array(bicubic_downscale(hr, scale)), np.array(hr)))  # writable copies
     return pairs

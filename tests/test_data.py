@@ -4,7 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from srtrt.train.data import OffsetSampler, PatchDataset, list_images, split_holdout
+from srtrt.engine.datapath.imageio import images_in
+from srtrt.errors import SrtrtError
+from srtrt.train.data import OffsetSampler, PatchDataset, split_holdout
 
 from synthetic import write_images
 
@@ -114,11 +116,15 @@ def test_no_usable_photo_is_an_error(photos):
         PatchDataset(photos[2:], SCALE, PATCH)
 
 
-def test_list_images_is_sorted_and_filtered(tmp_path, photos):
+def test_images_in_a_folder_are_sorted_and_filtered(tmp_path, photos):
     (tmp_path / "hr" / "notes.txt").write_text("not an image")
-    assert list_images(tmp_path / "hr") == sorted(photos)
-    with pytest.raises(FileNotFoundError):
-        list_images(tmp_path / "missing")
+    (tmp_path / "hr" / "folder.png").mkdir()
+    assert images_in(tmp_path / "hr") == sorted(photos)
+    with pytest.raises(SrtrtError, match="not a directory"):
+        images_in(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SrtrtError, match=r"no images \(.*\.png.*\) in this directory"):
+        images_in(tmp_path / "empty")
 
 
 def test_split_holdout_spreads_a_disjoint_validation_set(tmp_path):

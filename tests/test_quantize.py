@@ -235,7 +235,7 @@ def test_calibrate_command_writes_the_sidecar_and_keeps_the_weights(tmp_path, ca
     assert "not a directory" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["calibrate", str(tmp_path / "empty"), "--model", str(stem)]) == 2
-    assert capsys.readouterr().err.startswith(f"srtrt: {tmp_path / 'empty'}: no photo to calibrate on")
+    assert capsys.readouterr().err.startswith(f"srtrt: {tmp_path / 'empty'}: no images (")
     assert main(["calibrate", str(photos), "--model", str(stem), "--images", "0"]) == 2
     assert "--images 0: calibrate on at least one photo" in capsys.readouterr().err
     assert checkpoint.load(stem).meta["int8_calibration"]["images"] == 3  # the refusals changed nothing

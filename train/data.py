@@ -14,27 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, read_eight_bit_rgb
+from srtrt.engine.datapath.imageio import read_eight_bit_rgb
 from srtrt.errors import SrtrtError
 
 from .degrade import bicubic_downscale, modcrop
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: not a directory")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in INPUT_SUFFIXES and p.is_file())
-
-
-def photo_paths(folder: str | Path) -> list[Path]:
-    """list_images for a command: a missing folder, or one without images, is one SrtrtError line."""
-    if not Path(folder).is_dir():
-        raise SrtrtError("not a directory (a folder of training photos is expected)", folder)
-    paths = list_images(folder)
-    if not paths:
-        raise SrtrtError(f"no images here (looked for {', '.join(sorted(INPUT_SUFFIXES))})", folder)
-    return paths
 
 
 def load_rgb(path: Path) -> Image.Image:

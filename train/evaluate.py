@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from functools import reduce
 from pathlib import Path
 
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, read_eight_bit_rgb
+from srtrt.engine.datapath.imageio import images_in, read_eight_bit_rgb
 from srtrt.errors import SrtrtError, shown
 
 from .degrade import bicubic_downscale, bicubic_upscale, modcrop
@@ -142,19 +141,6 @@ def evaluate_image(path: Path, models: dict[str, torch.nn.Module], scale: int) -
 BASELINE = "bicubic"  # the method every model is scored beside, under this name in the table and the JSON
 
 
-def list_test_images(folder: str | Path) -> list[Path]:
-    folder = Path(folder)
-    if not os.path.isdir(folder):
-        raise SrtrtError("not a directory", folder)
-    try:
-        paths = sorted(p for p in folder.iterdir() if os.path.isfile(p) and p.suffix.lower() in INPUT_SUFFIXES)
-    except OSError as exc:
-        raise SrtrtError(f"cannot list this folder ({(exc.strerror or type(exc).__name__).lower()})", folder) from None
-    if not paths:
-        raise SrtrtError(f"no images ({', '.join(sorted(INPUT_SUFFIXES))}) in this directory", folder)
-    return paths
-
-
 def evaluate_folder(folder: str | Path, model, scale: int | None = None) -> dict:
     """Scores of a model (an inference view with `.scale`), or of several ({label: view}), and of
     bicubic on every image in `folder`.
@@ -167,7 +153,7 @@ def evaluate_folder(folder: str | Path, model, scale: int | None = None) -> dict
     if not models:
         raise ValueError("no model to evaluate")
     scale = one_scale(models, scale)
-    rows = [evaluate_image(p, models, scale) for p in list_test_images(folder)]
+    rows = [evaluate_image(p, models, scale) for p in images_in(folder)]
     averages = {label: _means([r["models"][label] for r in rows]) for label in models}
     return {
         "model": next(iter(averages.values())),

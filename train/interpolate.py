@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 
 from srtrt import checkpoint
+from srtrt.engine.datapath.imageio import images_in
 from srtrt.errors import SrtrtError
 from srtrt.outputs import check_output_file, check_overwrite
 
 from .config import TrainConfig
-from .data import photo_paths, split_holdout
+from .data import split_holdout
 from .trainer import GRID_GROWTH_MAX, Validation, load_srtrt_checkpoint, make_folder, selection_score, validate, validation_pairs
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -86,7 +87,7 @@ def interpolate(data: str, psnr_model: str, gan_model: str, out: str, psnr_drop:
     psnr, gan = load_srtrt_checkpoint(psnr_model, "--psnr"), load_srtrt_checkpoint(gan_model, "--gan")
     scale = psnr.config.scale  # the validation options are judged as `srtrt train` judges them
     TrainConfig(data=data, scale=scale, patch=4 * scale, val_count=val_count, val_crop=val_crop).check()
-    _, val_paths = split_holdout(photo_paths(data), val_count)
+    _, val_paths = split_holdout(images_in(data), val_count)
     if not val_paths:
         raise SrtrtError("no held-out photos to choose alpha on (use --val-count >= 1)", data)
     pairs = validation_pairs(val_paths, psnr.config.scale, val_crop)

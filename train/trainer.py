@@ -32,13 +32,14 @@ from tqdm import tqdm
 
 from srtrt import atomic, checkpoint, community, registry
 from srtrt.engine.batch.signals import StopOnSignals
+from srtrt.engine.datapath.imageio import images_in
 from srtrt.errors import CannotWrite, SrtrtError, shown
 from srtrt.hardware import cpu_has_fast_bf16
 from srtrt.nets import Discriminator
 from srtrt.outputs import check_writable_folder
 
 from .config import TrainConfig
-from .data import OffsetSampler, PatchDataset, photo_paths, readable_rgb, split_holdout
+from .data import OffsetSampler, PatchDataset, readable_rgb, split_holdout
 from .degrade import bicubic_downscale, modcrop
 from .losses import adversarial_loss, content_loss, grid_loss
 from .metrics import grid_ratio_y, hf_ratio_y, mean_of_defined, psnr_y
@@ -203,7 +204,7 @@ def make_folder(folder: Path, flag: str) -> Path:
 
 def training_split(cfg: TrainConfig) -> tuple[list[Path], list[Path]]:
     """(training photos, held-out photos) of cfg.data; one line when no photo is left to train on."""
-    paths = photo_paths(cfg.data)
+    paths = images_in(cfg.data)
     train_paths, val_paths = split_holdout(paths, cfg.val_count)
     if not train_paths:
         raise SrtrtError(f"all {len(paths)} photos are held out for validation (--val-count {cfg.val_count}): "

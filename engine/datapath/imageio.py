@@ -26,6 +26,7 @@ import threading
 import warnings
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
@@ -284,6 +285,22 @@ def starts_as_an_input(path) -> bool:
     Image.init()
     return any(accept is not None and accept(prefix) for accept in (Image.OPEN.get(f, (None, None))[1]
                                                                     for f in INPUT_FORMATS))
+
+
+def images_in(folder) -> list[Path]:
+    """The files of `folder` with a suffix srtrt reads as an image, sorted: the photos a command that
+    takes a folder works on (train, eval, calibrate). A folder that is not one, cannot be listed or
+    holds no image is one SrtrtError line."""
+    folder = Path(folder)
+    if not os.path.isdir(folder):
+        raise SrtrtError("not a directory", folder)
+    try:  # os.path's test, not Path's: on Python 3.11 that raises for a name too long
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in INPUT_SUFFIXES and os.path.isfile(p))
+    except OSError as exc:
+        raise SrtrtError(f"cannot list this folder ({(exc.strerror or type(exc).__name__).lower()})", folder) from None
+    if not paths:
+        raise SrtrtError(f"no images ({', '.join(sorted(INPUT_SUFFIXES))}) in this directory", folder)
+    return paths
 
 
 @contextlib.contextmanager

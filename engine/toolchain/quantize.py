@@ -254,14 +254,11 @@ def lr_photos(folder: str | Path, scale: int, limit: int = DEFAULT_IMAGES, chann
     over. A file that cannot be read is reported on one line and skipped. `max_pixels`: as `srtrt run`
     takes it (None: the decompression-bomb guard's default, 0: no limit)."""
     from srtrt.engine.batch.options import decode_limit
-    from srtrt.engine.datapath.imageio import INPUT_SUFFIXES, read_image
+    from srtrt.engine.datapath.imageio import images_in, read_image
     from srtrt.engine.datapath.runtime import to_network_input
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise SrtrtError("not a directory", folder)
     used, skipped, small = 0, 0, 0
-    for path in sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in INPUT_SUFFIXES):
+    for path in images_in(folder):
         if used == limit:
             return
         try:
@@ -286,7 +283,7 @@ def lr_photos(folder: str | Path, scale: int, limit: int = DEFAULT_IMAGES, chann
         side = max(2, minimum) * scale
         why = [f"{skipped} skipped above, each for the cause its line gives"] if skipped else []
         why += [f"{small} under {side} pixels a side"] if small else []
-        raise SrtrtError(f"no photo to calibrate on ({'; '.join(why) or 'no PNG, JPEG, WebP, TIFF or BMP here'}; "
+        raise SrtrtError(f"no photo to calibrate on ({'; '.join(why)}; "
                          f"photos of at least {side} pixels a side are needed)", folder)
 
 
