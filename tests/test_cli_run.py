@@ -207,6 +207,13 @@ def test_an_input_that_will_not_write_takes_no_name_from_one_that_will(tmp_path,
                     model)
     assert code == 1 and "x.gif: not a PNG, JPEG, WebP, TIFF or BMP image" in err and "same output name" not in err, err
     assert is_complete_image(tmp_path / "out" / "x_x4.png", (128, 96))
+    # named after the PNG (an image between them, so the PNG's output is written first), the GIF met
+    # that output and was "exists, skipped", exit 0
+    Image.open(tmp_path / "gif" / "x.png").save(tmp_path / "gif" / "y.png")
+    code, err = run(capsys, tmp_path / "gif" / "x.png", tmp_path / "gif" / "y.png", tmp_path / "gif" / "x.gif",
+                    "-o", tmp_path / "out2", "--model", model)
+    assert code == 1 and "x.gif: not a PNG, JPEG, WebP, TIFF or BMP image" in err and "exists" not in err, err
+    assert "2 done, 0 skipped, 1 failed" in err and is_complete_image(tmp_path / "out2" / "x_x4.png", (128, 96))
 
 
 def test_a_folders_broken_links_and_a_folder_at_an_output_name_each_get_their_line(tmp_path, capsys, model):

@@ -265,23 +265,25 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, 
         elif real_path(origin) != real_path(job.source):
             job.refusal, job.status = (f"{shown(job.source)}: is the output of {shown(origin)} from an earlier run, "
                                        "not upscaled again"), SKIPPED
-    owner: dict[Path, Path] = {}  # the first input that will write each name
+    owner: dict[Path, Job] = {}  # the first input that will write each name
     for job in jobs:
         if job.refusal or job.destination is None or not _readable(job.source):
             continue
-        first = owner.setdefault(written_name(job.destination), job.source)
-        if first is job.source:
+        name = written_name(job.destination)
+        first = owner.setdefault(name, job)
+        if first is job:
             continue
-        if not _may_be_read(first):  # it fails on its own line, writing nothing: this one takes the name
-            owner[written_name(job.destination)] = job.source
+        if _refused_as_undecodable(first):  # it fails on its own line, writing nothing: this one takes the name
+            owner[name] = job
             continue
-        if not _may_be_read(job.source):
+        if _refused_as_undecodable(job):
             continue
-        if real_path(first) == real_path(job.source):
-            job.refusal, job.status = f"{shown(job.source)}: the same file as {shown(first)}, upscaled once", SKIPPED
+        if real_path(first.source) == real_path(job.source):
+            job.refusal, job.status = (f"{shown(job.source)}: the same file as {shown(first.source)}, upscaled once",
+                                       SKIPPED)
         else:
-            job.refusal = (f"{shown(job.source)}: same output name {shown(job.destination.name)} as {shown(first)}; "
-                           "rename one of them")
+            job.refusal = (f"{shown(job.source)}: same output name {shown(job.destination.name)} as "
+                           f"{shown(first.source)}; rename one of them")
     return jobs
 
 
@@ -301,12 +303,16 @@ def _readable(source: Path) -> bool:
         return False
 
 
-def _may_be_read(source: Path) -> bool:
-    """Whether `source` may decode (a video by its name; an image by its first bytes), asked only of
-    inputs whose outputs share a name: one that cannot (a GIF beside a PNG of its stem) does not take it."""
-    from srtrt.engine.datapath.imageio import starts_as_an_input
+def _refused_as_undecodable(job: Job) -> bool:
+    """Whether `job`'s input cannot decode (a video by its name may; an image by its first bytes),
+    asked only of inputs whose outputs share a name: one that cannot (a GIF beside a PNG of its stem)
+    fails now in its own line, and takes neither the name nor the file the other writes there."""
+    from srtrt.engine.datapath.imageio import why_not_an_input
 
-    return is_video(source) or starts_as_an_input(source)
+    cause = None if is_video(job.source) else why_not_an_input(job.source)
+    if cause is not None:
+        job.refusal = str(SrtrtError(cause, job.source))
+    return cause is not None
 
 
 def _listing_error(folder: Path) -> str | None:

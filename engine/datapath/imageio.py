@@ -274,17 +274,20 @@ def _pillow_size_check_lifted():
                     PngImagePlugin.MAX_TEXT_CHUNK = _saved_limits[1]
 
 
-def starts_as_an_input(path) -> bool:
-    """Whether `path`'s first bytes are those of a format srtrt reads (INPUT_FORMATS), by Pillow's own
-    test of a file's start: nothing decoded, so a file that passes may still fail to read."""
+def why_not_an_input(path) -> str | None:
+    """Why `path` cannot be an input, from its first bytes by Pillow's own test of a file's start
+    (INPUT_FORMATS), in the words reading it gives; None where it may be one (nothing is decoded,
+    so a file that passes may still fail to read)."""
     try:
         with open(path, "rb") as file:
             prefix = file.read(16)
-    except OSError:
-        return False
+    except OSError as exc:
+        return _describe_decode_error(exc)
     Image.init()
-    return any(accept is not None and accept(prefix) for accept in (Image.OPEN.get(f, (None, None))[1]
-                                                                    for f in INPUT_FORMATS))
+    if any(accept is not None and accept(prefix) for accept in (Image.OPEN.get(f, (None, None))[1]
+                                                                for f in INPUT_FORMATS)):
+        return None
+    return _describe_decode_error(UnidentifiedImageError())
 
 
 def images_in(folder) -> list[Path]:
