@@ -65,6 +65,13 @@ class EncoderSettings:
         return bit_depth(self.pix_fmt)
 
 
+class FramesTooSmall(SrtrtError):
+    """A codec's refusal of frames under its least side; the caller, who knows the container, advises."""
+
+
+SMALL_FRAME_CODECS = ("libx264", "libvpx-vp9")  # encoders with no least side of their own
+
+
 def _pix_fmts(codec: str) -> set[str]:
     return {f.name for f in (av.Codec(codec, "w").video_formats or ())}
 
@@ -96,12 +103,10 @@ def choose_settings(codec: str, crf: int | None, preset: str | None, source_pix_
 
         if not torch.cuda.is_available():
             raise SrtrtError(f"{codec} needs an NVIDIA GPU; none is available (use libx264 or libx265)")
-    if codec == "libx265" and min(width, height) < 64:  # x265 4.2 corrupts memory below its 64-pixel block
-        raise SrtrtError(f"libx265 cannot encode {width}x{height} frames (under 64 pixels); "
-                         "use --codec libx264 or libvpx-vp9", path)
-    if codec == "libsvtav1" and min(width, height) < SVT_AV1_MIN_SIDE:  # its flush never returns (160x24, 20x96)
-        raise SrtrtError(f"libsvtav1 cannot encode {width}x{height} frames (under {SVT_AV1_MIN_SIDE} pixels); "
-                         "use --codec libx264 or libvpx-vp9", path)
+    least = {"libx265": 64,  # x265 4.2 corrupts memory below its 64-pixel block
+             "libsvtav1": SVT_AV1_MIN_SIDE}.get(codec, 0)  # its flush never returns (160x24, 20x96)
+    if min(width, height) < least:
+        raise FramesTooSmall(f"{codec} cannot encode {width}x{height} frames (under {least} pixels)", path)
     available = _pix_fmts(codec)
     # the source's depth, else the deepest below it the codec has (x265: 12 and 10 bits; SVT-AV1: 10)
     depths = [f"{d}le" for d in (12, 10) if bits > 8 and (d <= bits or d == 10)] + [""]

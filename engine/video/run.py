@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,15 @@ from srtrt.engine.datapath import imageio
 from srtrt.engine.datapath.runtime import Band, Planes
 from srtrt.engine.video import remux, resume
 from srtrt.engine.video.deinterlace import check_size, what_happens
-from srtrt.engine.video.encoder import EncoderSettings, check_encoder, choose_settings, default_codec, svt_errors_only
+from srtrt.engine.video.encoder import (
+    SMALL_FRAME_CODECS,
+    EncoderSettings,
+    FramesTooSmall,
+    check_encoder,
+    choose_settings,
+    default_codec,
+    svt_errors_only,
+)
 from srtrt.engine.video.hdr import WRITES_HDR
 from srtrt.engine.video.source import FrameReader, VideoInfo, open_input, probe, video_stream
 from srtrt.errors import SrtrtError, shown
@@ -95,9 +104,16 @@ def plan_video(source: Path, destination: Path, options, scale: int) -> VideoPla
     check_size(info.width, info.height, info.field_order, options.deinterlace, source)
     fmt = remux.FORMATS.get(destination.suffix.lower(), "matroska")
     codec = options.codec or default_codec(fmt, info.bits)
-    settings = choose_settings(codec, options.crf, options.preset, info.pix_fmt, info.bits, info.width * scale,
-                               info.height * scale, info.time_base, info.rate, info.colour, source, info.sample_aspect,
-                               info.hdr)
+
+    def settings_for(codec: str, crf: int | None = None, preset: str | None = None) -> EncoderSettings:
+        return choose_settings(codec, crf, preset, info.pix_fmt, info.bits, info.width * scale, info.height * scale,
+                               info.time_base, info.rate, info.colour, source, info.sample_aspect, info.hdr)
+
+    try:
+        settings = settings_for(codec, options.crf, options.preset)
+    except FramesTooSmall as small:  # advice that keeps the container asked for (an .mkv no one asked for is none)
+        held = [c for c in SMALL_FRAME_CODECS if remux.holds(fmt, partial(settings_for, c))]
+        raise SrtrtError(small.cause + (f"; use --codec {' or '.join(held)}" if held else ""), source) from None
     check_encoder(settings, source)
     destination, note = output_container(source, destination, settings)
     losses = (f"{info.bits}-bit input written as {settings.bits}-bit ({codec} here has no {info.bits}-bit format)"
