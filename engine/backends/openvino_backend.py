@@ -118,6 +118,22 @@ def failure_reason(error: Exception) -> str:
     return lines[-1] if lines else error.__class__.__name__
 
 
+def _fused_reason(path: Path) -> str | None:
+    """Why a graph with srtrt's fused op fails, said whatever OpenVINO fails on first (before 2026.1
+    a rank it cannot infer past the op, not the op); None for any other graph."""
+    import onnx
+
+    from srtrt.engine.toolchain.export import fused_nodes
+    from srtrt.kernels import fused_op
+
+    try:
+        if not fused_nodes(onnx.load(str(path), load_external_data=False)):
+            return None
+    except Exception:  # a file onnx cannot parse either: OpenVINO's own words
+        return None
+    return f"it holds {fused_op.NAME}, srtrt's fused op for TensorRT, which OpenVINO has not: export without --fused"
+
+
 @functools.cache
 def shared_core():
     """The one `openvino.Core` of this process, made on first use and kept until exit.
@@ -422,7 +438,8 @@ class OpenVinoBackend(PerShapeGraphs, Backend):
             frontend = self._frontends.load_by_framework("onnx")
             return frontend.convert(frontend.load(str(path)))
         except Exception as e:  # OpenVINO raises several unrelated types (GeneralFailure, OpConversionFailure, ...)
-            raise SrtrtError(f"OpenVINO cannot read this ONNX file ({failure_reason(e)})", path) from None
+            raise SrtrtError(f"OpenVINO cannot read this ONNX file ({_fused_reason(path) or failure_reason(e)})",
+                             path) from None
 
     def _compile(self, dims: list[int], label: str, masked: bool = False, config: dict | None = None):
         source = self.graphs.dynamic if self.model is not None else self.graphs.static(tuple(dims))
