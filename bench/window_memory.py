@@ -30,7 +30,7 @@ def peak() -> int:
 
 backend = create_backend("openvino", model=model, precision=precision).backend
 if path == "dynamic":
-    backend.dynamic_pixels, backend.promotes = 10**12, False  # every window on the dynamic-shape model
+    backend.dynamic_pixels = 10**12  # every window on the dynamic-shape model
 else:
     backend.dynamic_pixels = 0  # every window on a model compiled for its shape
 backend.infer(torch.rand(1, backend.channels, 24, 24))
