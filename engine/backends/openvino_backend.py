@@ -549,9 +549,9 @@ class OpenVinoBackend(PerShapeGraphs, Backend):
         return torch.from_numpy(result[0])
 
     def every_form_infer(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """A small `x` through the dynamic-shape model and through a static one: the two are
-        different compiled graphs, and OpenVINO has computed wrong values in one and not the other
-        (2026.4: a bias-less int8 conv read by two nodes, quantize._prelu_as_max)."""
+        """A small `x` through each compiled form it may run on: the dynamic-shape model (not int8's)
+        and a static one. They are different graphs, and OpenVINO has computed wrong values in one and
+        not the other (2026.4: a bias-less int8 conv read by two nodes, quantize._prelu_as_max)."""
         n, _, h, w = x.shape
         outputs = [self.infer(x)]
         if self._last is self._dynamic and self._dynamic is not None:
