@@ -32,7 +32,8 @@ def _add_run(sub):
     p.add_argument("--backend", default="auto", choices=options.BACKENDS)
     p.add_argument("--precision", default="auto", choices=options.PRECISIONS)
     p.add_argument("--tile", type=int, default=None,
-                   help="tile core size in LR pixels (cores are balanced, so at most N); 0 = whole image in one pass")
+                   help="tile core size in LR pixels (cores are balanced, so at most N, rounded up to a side the "
+                        "model takes); 0 = whole image in one pass")
     p.add_argument("--margin", type=int, default=None,
                    help="overlap on each side in LR pixels (default: the receptive-field radius)")
     p.add_argument("--batch", type=int, default=None, help="tiles per backend call")
@@ -54,7 +55,7 @@ def _add_run(sub):
                        help="make interlaced frames whole before upscaling (bwdif): auto = the frames flagged "
                             "interlaced, on = every frame, off = none")
     p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS", help="spread the batch over a Ray cluster")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="say only what failed")
 
 
 def _add_eval(sub):

@@ -58,6 +58,18 @@ def test_a_sixteen_bit_input_under_auto_runs_in_fp32_and_an_eight_bit_one_as_pic
     assert as_picked.deep is None
 
 
+def test_quiet_says_nothing_of_a_deep_input_run_apart(tmp_path, capsys):
+    """`srtrt run deep.png -q` printed the line that 16-bit inputs run on an fp32 backend: -q says
+    only what failed."""
+    from srtrt.cli import main
+
+    source = deep_image(tmp_path / "deep.tif")
+    assert main(["run", str(source), "-o", str(tmp_path / "loud.png"), "--backend", "openvino"]) == 0
+    assert "inputs of 16 bits a sample run on" in capsys.readouterr().err
+    assert main(["run", str(source), "-o", str(tmp_path / "quiet.png"), "--backend", "openvino", "-q"]) == 0
+    assert capsys.readouterr().err == "" and (tmp_path / "quiet.png").is_file()
+
+
 def test_a_precision_asked_for_by_name_is_used_as_asked(tmp_path, model, view):
     source = deep_image(tmp_path / "deep.tif")
     reference = upscaled(FileRunner(TorchBackend(view, "cpu", "fp32"), RunOptions(model=str(model), backend="torch")), source)

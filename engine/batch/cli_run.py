@@ -69,7 +69,8 @@ def main(args) -> int:
     backend = selection.backend
     if not args.quiet:
         print("\n".join(setup_lines(selection, options)), file=sys.stderr)
-    runner = FileRunner(backend, options, log=lambda m: print(m, file=sys.stderr))
+    # its notes (an input run apart, an out-of-memory retry) are said unless -q, which leaves failures alone
+    runner = FileRunner(backend, options, log=None if args.quiet else lambda m: print(m, file=sys.stderr))
     jobs = plan_jobs(inputs, args.output, backend.scale, options, many)
     swept = sweep_killed_runs(jobs)
     if swept and not args.quiet:

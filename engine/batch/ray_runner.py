@@ -460,7 +460,7 @@ def _batch_size(options: RunOptions, files: int, actors: int) -> int:
 
 def _report_row(row: dict, report: BatchReport, say) -> None:
     for note in filter(None, str(row["notes"]).split("\n")):
-        say(note, always=True)  # as a local run prints its runner's notes
+        say(note)  # as a local run prints its runner's notes, unless -q
     for loss in filter(None, str(row.get("losses", "")).split("\n")):
         say(loss)  # as a local run says what a format loses, unless -q
     outcome = report.add(Outcome(Path(row["path"]), Path(row["output"]), str(row["status"]), str(row["message"]),

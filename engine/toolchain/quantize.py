@@ -114,10 +114,13 @@ def _colour_transforms(ran: list[str], modules: dict) -> int:
 
 
 def describe_selection(calibration: dict) -> str:
-    """What mixed_int8 chose for a community model's calibration, in one line."""
+    """What mixed_int8 chose for a community model's calibration, in one line. Its candidates are the
+    convs between the first and last to run, which read and write the image and stay in float."""
     floated, total = len(calibration.get("float", [])), len(calibration["ranges"]) + len(calibration.get("float", []))
     agrees = f"int8 simulated to agree with fp32 to {calibration['simulated_db']:.1f} dB (wanted {calibration['target_db']:.1f})"
-    return f"{agrees} with {floated} of {total} convs kept in float" if floated else f"{agrees}, every conv in int8"
+    if floated:
+        return f"{agrees}; {floated} of the {total} convs between the first and last kept in float (those two always are)"
+    return f"{agrees}; all {total} convs between the first and last in int8 (those two stay in float)"
 
 
 def usable_calibration(record) -> bool:
