@@ -814,6 +814,25 @@ def test_libsvtav1_refuses_frames_its_flush_never_returns_from(tmp_path, capsys,
         code, err = run(capsys, clip, "-o", tmp_path / f"thin{suffix}", "--model", model, "--backend", "torch",
                         "--codec", advice.split()[0])
         assert code == 0 and "written as" not in err and (tmp_path / f"thin{suffix}").is_file(), err
+    # with AAC beside the frames no codec keeps .webm (libvpx-vp9 was advised, and ended in .mkv): it says so
+    make_clip(tmp_path / "aac.mp4", frames=3, size=(40, 6))
+    code, err = run(capsys, tmp_path / "aac.mp4", "-o", tmp_path / "aac.webm", "--model", model, "--backend", "torch",
+                    "--codec", "libx265")
+    assert code == 1 and ("(under 64 pixels); use --codec libx264 (written as .mkv: no codec keeps .webm with this "
+                          "file's streams)") in err, err
+
+
+def test_a_video_that_cannot_open_takes_no_name_from_one_that_can(tmp_path, capsys, model):
+    """`srtrt run a/x.mp4 b/x.mp4 -o out/` with a/x.mp4 not a video: the good one was refused as a
+    name clash with a file that could never write (images had this fixed: x.gif beside x.png)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.mp4").write_bytes(np.random.default_rng(0).bytes(3000))
+    (tmp_path / "b").mkdir()
+    make_clip(tmp_path / "b" / "x.mp4", frames=3)
+    code, err = run(capsys, tmp_path / "a" / "x.mp4", tmp_path / "b" / "x.mp4", "-o", f"{tmp_path / 'out'}/",
+                    "--model", model, "--backend", "torch")
+    assert code == 1 and "a/x.mp4: cannot open as video" in err and "same output name" not in err, err
+    assert len(video_frames(tmp_path / "out" / "x_x4.mp4")) == 3
 
 
 def test_an_avi_cut_short_is_said(tmp_path, capsys, model):

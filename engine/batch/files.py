@@ -334,8 +334,8 @@ def sweep_killed_runs(jobs: list[Job]) -> str | None:
 
 
 def _settled(job: Job, options, scale: int) -> Job:
-    """`job` with a video's real destination; a file that cannot be read as one keeps its name (its
-    run says why, in one line)."""
+    """`job` with a video's real destination; one that cannot be planned (not a video it can open, a
+    codec or size refused) is refused now, in its line, and takes no name from a file that can."""
     if options is None or not is_video(job.source):
         return job
     try:
@@ -344,8 +344,10 @@ def _settled(job: Job, options, scale: int) -> Job:
         settled, job.note = settled_destination(job.source, job.destination, options, scale)
         if settled != job.destination:
             job.asked, job.destination = job.destination, settled
-    except (ImportError, SrtrtError):
+    except ImportError:  # no PyAV: its run says so
         pass
+    except SrtrtError as e:
+        job.refusal = str(e if e.path is not None else SrtrtError(e.cause, job.source))
     return job
 
 

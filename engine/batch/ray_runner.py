@@ -81,7 +81,7 @@ class ImageActor:
         if says_setup and (sheet := sheet_shape(selection.backend, options)):
             self.setup.append(sheets_line(sheet))
         # the runner's notes (an out-of-memory retry) and what a format loses (OutputNote: alpha in a JPEG) travel
-        # in the rows, apart: an actor's stderr is not the driver's, and -q hides the losses only, as in a local run
+        # in the rows, apart: an actor's stderr is not the driver's, and -q hides both, as in a local run
         self.notes: list[str] = []
         self.losses: list[str] = []
         self.runner = FileRunner(selection.backend, options, log=self.notes.append)

@@ -114,13 +114,12 @@ def _colour_transforms(ran: list[str], modules: dict) -> int:
 
 
 def describe_selection(calibration: dict) -> str:
-    """What mixed_int8 chose for a community model's calibration, in one line. Its candidates are the
-    convs between the first and last to run, which read and write the image and stay in float."""
-    floated, total = len(calibration.get("float", [])), len(calibration["ranges"]) + len(calibration.get("float", []))
+    """What mixed_int8 chose for a community model's calibration, in one line. The convs that read
+    and write the image (the first and last to run, colour transforms beside them) are never candidates."""
+    int8, floated = len(calibration["ranges"]), len(calibration.get("float", []))
     agrees = f"int8 simulated to agree with fp32 to {calibration['simulated_db']:.1f} dB (wanted {calibration['target_db']:.1f})"
-    if floated:
-        return f"{agrees}; {floated} of the {total} convs between the first and last kept in float (those two always are)"
-    return f"{agrees}; all {total} convs between the first and last in int8 (those two stay in float)"
+    kept = f", {floated} more kept in float to reach it" if floated else ""
+    return f"{agrees}: {int8} convs in int8{kept} (those that read and write the image are in float always)"
 
 
 def usable_calibration(record) -> bool:

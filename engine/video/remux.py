@@ -91,15 +91,6 @@ def fits(source, video, suffix: str, settings) -> str | None:
     return f"{suffix} cannot hold these streams ({ffmpeg_reason(refusal)})"
 
 
-def holds(fmt: str, settings_for) -> bool:
-    """Whether a `fmt` file can hold the video `settings_for()` makes (False where the encoder
-    refuses the frames itself): a header written in memory, as `fits` checks."""
-    try:
-        return _header_refusal(fmt, settings_for()) is None
-    except SrtrtError:
-        return False
-
-
 def _header_refusal(fmt: str, settings, source=None, video=None) -> Exception | None:
     """What writing a `fmt` file in memory raises with the encoder's stream (and `source`'s copied
     streams with their first packets, and its attachments, when given), or None. The packets and

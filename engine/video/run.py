@@ -95,6 +95,17 @@ class VideoPlan:
     losses: tuple[str, ...]  # what of the input the output cannot keep, and why (bit depth, pixel shape, HDR, alpha)
 
 
+def _keeps_container(source: Path, destination: Path, settings_for) -> bool:
+    """Whether the video `settings_for()` makes is written under `destination`'s own container with
+    `source`'s streams (False where the encoder refuses the frames itself)."""
+    try:
+        settings = settings_for()
+        check_encoder(settings, source)
+        return output_container(source, destination, settings)[0] == destination
+    except SrtrtError:
+        return False
+
+
 def plan_video(source: Path, destination: Path, options, scale: int) -> VideoPlan:
     """What `source` becomes with these options: its encoder settings and the file it is written to.
     Deterministic, so a batch plans every name before any work and the run writes the same one."""
@@ -112,8 +123,10 @@ def plan_video(source: Path, destination: Path, options, scale: int) -> VideoPla
     try:
         settings = settings_for(codec, options.crf, options.preset)
     except FramesTooSmall as small:  # advice that keeps the container asked for (an .mkv no one asked for is none)
-        held = [c for c in SMALL_FRAME_CODECS if remux.holds(fmt, partial(settings_for, c))]
-        raise SrtrtError(small.cause + (f"; use --codec {' or '.join(held)}" if held else ""), source) from None
+        held = [c for c in SMALL_FRAME_CODECS if _keeps_container(source, destination, partial(settings_for, c))]
+        advice = (f"use --codec {' or '.join(held)}" if held else f"use --codec {SMALL_FRAME_CODECS[0]} (written as "
+                  f".mkv: no codec keeps {destination.suffix} with this file's streams)")
+        raise SrtrtError(f"{small.cause}; {advice}", source) from None
     check_encoder(settings, source)
     destination, note = output_container(source, destination, settings)
     losses = (f"{info.bits}-bit input written as {settings.bits}-bit ({codec} here has no {info.bits}-bit format)"
