@@ -373,9 +373,10 @@ def _speed_timer(view, dev: torch.device, sha: str, shape_class: str, calibratio
     from srtrt.engine.backends import measured
 
     facts = view.facts
-    if shape_class == measured.MANY_SIZES and facts.sheet_gap:
+    if shape_class == measured.MANY_SIZES and facts.sheet_gap and facts.architecture == "srresnet":
         # its images share sheets of one static shape on OpenVINO (sheet_runs.py), which run as big windows
-        # do per pixel, and run one by one on torch, which has no per-shape cost
+        # do per pixel, and run one by one on torch, which has no per-shape cost. A community model's
+        # run one by one in int8 (OpenVinoBackend.shares_sheets): each path is timed on new sizes
         shape_class = measured.LARGE
     if shape_class == measured.MANY_SIZES:
         window, time_one = (facts.multiple_of, facts.multiple_of), measured.time_new_shapes

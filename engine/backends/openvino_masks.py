@@ -5,6 +5,7 @@ In an int8 graph a convolution reads its input through FakeQuantize and the dequ
 after it; the mask multiplies what enters the FakeQuantize, so zeros quantise to the zero point
 and the convolution stays int8 (AMX/VNNI). Measured on the AMX Xeon at 384x512, int8: the masked
 graph took 1.01-1.03x the plain one's time, and with a mask of ones its output was bit-identical.
+Not so for community models' int8 graphs (OpenVinoBackend.shares_sheets keeps their images apart).
 """
 from __future__ import annotations
 
