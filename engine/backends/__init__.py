@@ -371,12 +371,13 @@ def _speed_timer(view, dev: torch.device, sha: str, shape_class: str, calibratio
     """The timer cpu_choice asks: each path run on the shapes this run's images bring (measured.py),
     once per CPU, sha256, int8 ranges, library versions and shape class; cached."""
     from srtrt.engine.backends import measured
+    from srtrt.engine.backends.openvino_backend import masks_exact
 
     facts = view.facts
-    if shape_class == measured.MANY_SIZES and facts.sheet_gap and facts.architecture == "srresnet":
+    if shape_class == measured.MANY_SIZES and facts.sheet_gap and masks_exact("int8", facts.architecture):
         # its images share sheets of one static shape on OpenVINO (sheet_runs.py), which run as big windows
-        # do per pixel, and run one by one on torch, which has no per-shape cost. A community model's
-        # run one by one in int8 (OpenVinoBackend.shares_sheets): each path is timed on new sizes
+        # do per pixel, and run one by one on torch, which has no per-shape cost. Where int8's would run
+        # one by one (masks_exact), each path is timed on new sizes
         shape_class = measured.LARGE
     if shape_class == measured.MANY_SIZES:
         window, time_one = (facts.multiple_of, facts.multiple_of), measured.time_new_shapes

@@ -135,6 +135,13 @@ def _fused_reason(path: Path) -> str | None:
     return f"it holds {fused_op.NAME}, srtrt's fused op for TensorRT, which OpenVINO has not: export without --fused"
 
 
+def masks_exact(precision: str, architecture: str) -> bool:
+    """Whether the graph with masks (openvino_masks) computes what the plain one does: not a community
+    model's int8, which rounds otherwise even under a mask of ones (a small RRDBNet: 2 levels of 255 on
+    19 % of samples, Compact 1 level on 0.3 %); srtrt's own model's is bit-identical."""
+    return precision != "int8" or architecture == "srresnet"
+
+
 @functools.cache
 def shared_core():
     """The one `openvino.Core` of this process, made on first use and kept until exit.
@@ -324,10 +331,8 @@ class OpenVinoBackend(PerShapeGraphs, Backend):
 
     @property
     def shares_sheets(self) -> bool:
-        """A sheet is one compile where each size was one; not a community model's int8: its masked
-        graph rounds otherwise than its plain one even under a mask of ones (a small RRDBNet: 2 levels
-        of 255 on 19 % of samples, Compact 1 level on 0.3 %), where srtrt's own model's is bit-identical."""
-        return self.precision != "int8" or self.architecture == "srresnet"
+        """A sheet is one compile where each size was one, where its masks change no value."""
+        return masks_exact(self.precision, self.architecture)
 
     def __init__(self, onnx_path: str | os.PathLike | OnnxGraphs, scale: int, radius: int, precision: str = "fp32",
                  threads: int | None = None, cache: str | os.PathLike | None = None, channels: int = 64):
