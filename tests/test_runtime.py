@@ -615,3 +615,22 @@ def test_an_abandoned_runs_output_buffers_go_back_only_after_their_device_copy()
     q_out.put(_DONE)
     up._assemble(planes, plan, q_out, bands, np.uint8, None, [], abandon)
     assert order == ["copy done", "a back", "copy done", "b back"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_all_finite_finds_nan_and_either_infinity_wherever_they_are(dtype):
+    """The runtime's check before quantising (one min/max reduction instead of a bool per value)
+    says what torch.isfinite(t).all() says, on contiguous and permuted outputs alike."""
+    from srtrt.engine.datapath.runtime import all_finite
+
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.rand(2, 3, 17, 23, generator=generator).to(dtype)
+    assert bool(all_finite(clean)) and bool(all_finite(clean.permute(0, 2, 3, 1)))
+    assert bool(all_finite(torch.empty(0, 3, 4, 4, dtype=dtype)))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for index in ((0, 0, 0, 0), (1, 2, 16, 22), (1, 1, 8, 5)):
+            y = clean.clone()
+            y[index] = bad
+            assert not bool(all_finite(y))
+            below_first_row = y.permute(0, 2, 3, 1)[:, 1:]  # a strided view: bad only if the value is in it
+            assert bool(all_finite(below_first_row)) == (index[2] == 0)

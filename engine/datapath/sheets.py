@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from srtrt.engine.datapath.runtime import NotFinite
+from srtrt.engine.datapath.runtime import NotFinite, all_finite
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def cut(output: torch.Tensor, p: Placement, scale: int, dtype) -> np.ndarray:
     float output: clamped to [0, 1] and rounded as the tiled runtime quantises; NotFinite where
     the part holds NaN or infinity, as there."""
     part = output[0, :, p.top * scale:(p.top + p.height) * scale, p.left * scale:(p.left + p.width) * scale]
-    if not torch.isfinite(part).all():
+    if not all_finite(part):
         raise NotFinite()
     part = part.float().clamp(0, 1).permute(1, 2, 0)
     if np.issubdtype(dtype, np.integer):
