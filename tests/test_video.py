@@ -601,6 +601,30 @@ def test_an_mp4s_stream_titles_are_kept_and_its_own_subtitles_keep_it_mp4(tmp_pa
     assert packets(tmp_path / "wanted.mp4", "subtitle") == packets(source, "subtitle")
 
 
+def test_small_frame_advice_names_the_container_the_advised_codec_is_written_as(tmp_path, capsys, model):
+    """mov_text subtitles go only in MP4: libx265's refusal of small frames advised libx264 "written as
+    .mkv" for `-o x.mkv`, and libx264 then wrote x.mp4."""
+    make_clip(tmp_path / "thin.mp4", frames=3, size=(40, 6))
+    with av.open(str(tmp_path / "thin.mp4")) as i, av.open(str(tmp_path / "subtitled.mp4"), "w") as o:
+        mapping = {s.index: o.add_stream_from_template(s, opaque=True) for s in i.streams}
+        text = o.add_mux_stream("mov_text")
+        for packet in i.demux():
+            if packet.size:
+                packet.stream = mapping[packet.stream.index]
+                o.mux(packet)
+        packet = av.Packet(b"\x00\x06line 0")
+        packet.stream, packet.time_base, packet.pts, packet.dts, packet.duration = text, Fraction(1, 1000), 0, 0, 200
+        o.mux(packet)
+    for suffix in (".mkv", ".webm"):
+        code, err = run(capsys, tmp_path / "subtitled.mp4", "-o", tmp_path / f"x{suffix}", "--model", model,
+                        "--backend", "torch", "--codec", "libx265")
+        assert code == 1 and (f"(under 64 pixels); use --codec libx264 (written as .mp4: no codec keeps {suffix} "
+                              "with this file's streams)") in err, err
+    code, err = run(capsys, tmp_path / "subtitled.mp4", "-o", tmp_path / "x.mkv", "--model", model, "--backend",
+                    "torch", "--codec", "libx264")
+    assert code == 0 and "written as x.mp4" in err and (tmp_path / "x.mp4").is_file(), err
+
+
 def test_a_fallback_name_never_writes_over_an_input_or_another_output(tmp_path, capsys, model):
     """The .mkv twin is settled before any work: asked for clip.mp4, clip.mkv (SRT inside) would be
     written over itself; in a folder, x.webm through H.264 would land on x.mkv's output."""

@@ -95,15 +95,31 @@ class VideoPlan:
     losses: tuple[str, ...]  # what of the input the output cannot keep, and why (bit depth, pixel shape, HDR, alpha)
 
 
-def _keeps_container(source: Path, destination: Path, settings_for) -> bool:
-    """Whether the video `settings_for()` makes is written under `destination`'s own container with
-    `source`'s streams (False where the encoder refuses the frames itself)."""
+def _written_as(source: Path, destination: Path, settings_for) -> Path | None:
+    """The file the video `settings_for()` makes is written to with `source`'s streams: `destination`,
+    or the container output_container falls back to; None where the encoder refuses the frames
+    itself or no container holds the streams."""
     try:
         settings = settings_for()
         check_encoder(settings, source)
-        return output_container(source, destination, settings)[0] == destination
+        return output_container(source, destination, settings)[0]
     except SrtrtError:
-        return False
+        return None
+
+
+def _small_frame_advice(source: Path, destination: Path, settings_for) -> str:
+    """What to ask for where the codec asked for refuses small frames: the codecs that keep the
+    container asked for (an .mkv no one asked for is none), else the one that takes them and the
+    file it would be written as."""
+    written = {codec: _written_as(source, destination, partial(settings_for, codec)) for codec in SMALL_FRAME_CODECS}
+    held = [codec for codec, path in written.items() if path == destination]
+    if held:
+        return f"use --codec {' or '.join(held)}"
+    for codec, path in written.items():
+        if path is not None:
+            return (f"use --codec {codec} (written as {path.suffix}: no codec keeps {destination.suffix} with this "
+                    "file's streams)")
+    return f"no codec srtrt writes holds these frames with this file's streams in {destination.suffix}"
 
 
 def plan_video(source: Path, destination: Path, options, scale: int) -> VideoPlan:
@@ -122,11 +138,8 @@ def plan_video(source: Path, destination: Path, options, scale: int) -> VideoPla
 
     try:
         settings = settings_for(codec, options.crf, options.preset)
-    except FramesTooSmall as small:  # advice that keeps the container asked for (an .mkv no one asked for is none)
-        held = [c for c in SMALL_FRAME_CODECS if _keeps_container(source, destination, partial(settings_for, c))]
-        advice = (f"use --codec {' or '.join(held)}" if held else f"use --codec {SMALL_FRAME_CODECS[0]} (written as "
-                  f".mkv: no codec keeps {destination.suffix} with this file's streams)")
-        raise SrtrtError(f"{small.cause}; {advice}", source) from None
+    except FramesTooSmall as small:
+        raise SrtrtError(f"{small.cause}; {_small_frame_advice(source, destination, settings_for)}", source) from None
     check_encoder(settings, source)
     destination, note = output_container(source, destination, settings)
     losses = (f"{info.bits}-bit input written as {settings.bits}-bit ({codec} here has no {info.bits}-bit format)"
