@@ -859,6 +859,15 @@ def test_a_video_that_cannot_open_takes_no_name_from_one_that_can(tmp_path, caps
     assert len(video_frames(tmp_path / "out" / "x_x4.mp4")) == 3
 
 
+def test_an_earlier_video_output_over_max_pixels_is_skipped_as_an_earlier_output(tmp_path, capsys, model):
+    """A folder re-run with --max-pixels its clip passes and its earlier x4 output does not: the output
+    was refused by the limit (failed, exit 1) instead of skipped as an earlier run's output."""
+    make_clip(tmp_path / "clip.mp4", frames=2, audio=None)
+    make_clip(tmp_path / "clip_x4.mp4", frames=2, size=(192, 128), audio=None)
+    code, err = run(capsys, tmp_path, "--max-pixels", "10000", "--model", model, "--backend", "torch")
+    assert code == 0 and "clip_x4.mp4: is the output of" in err and "over the limit" not in err, err
+
+
 def test_an_avi_cut_short_is_said(tmp_path, capsys, model):
     """FFmpeg re-estimates a cut AVI's duration from what is left, and AVI's frame count may hold
     dropped frames, so a 40-frame AVI cut at 60 % passed as done with 26 frames (exit 0). Its RIFF

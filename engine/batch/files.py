@@ -254,17 +254,20 @@ def plan_jobs(inputs: list[Path], output: str | None, scale: int, options=None, 
                 earlier.setdefault(written_name(_settled(Job(job.source, beside), options, scale).destination),
                                    job.source)
     for job in jobs:
-        if job.refusal or job.destination is None:
+        if job.destination is None:
             continue
-        # an earlier output by its name (a link under it is one too), or by the file it is
+        # an earlier output by its name (a link under it is one too), or by the file it is: skipped, whatever
+        # its own plan would refuse (an earlier video output's frames are over a --max-pixels its input is not)
         origin = earlier.get(written_name(job.source)) or earlier.get(real_path(job.source)) or job.source
-        if writes_over(job.destination, job.source):
+        if real_path(origin) != real_path(job.source):
+            job.refusal, job.status = (f"{shown(job.source)}: is the output of {shown(origin)} from an earlier run, "
+                                       "not upscaled again"), SKIPPED
+        elif job.refusal:
+            continue
+        elif writes_over(job.destination, job.source):
             job.refusal = f"{shown(job.destination)}: {INPUT_ITSELF}" + (f" ({job.note})" if job.note else "")
         elif os.path.isdir(job.destination) and not os.path.islink(job.destination):
             job.refusal = f"{shown(job.destination)}: output path is a directory"
-        elif real_path(origin) != real_path(job.source):
-            job.refusal, job.status = (f"{shown(job.source)}: is the output of {shown(origin)} from an earlier run, "
-                                       "not upscaled again"), SKIPPED
     owner: dict[Path, Job] = {}  # the first input that will write each name
     for job in jobs:
         if job.refusal or job.destination is None or not _readable(job.source):
