@@ -292,6 +292,25 @@ def test_a_community_models_int8_images_run_one_by_one_with_the_bytes_they_get_a
         assert np.array_equal(read_image(tmp_path / "out" / alone.name).pixels, read_image(alone).pixels), source.name
 
 
+def test_auto_times_an_uncalibrated_community_models_folder_on_the_windows_its_sheets_are(tmp_path, own_srtrt_cache):
+    """Only int8 of a community model runs a folder one image at a time, and only a calibrated model
+    has int8: an uncalibrated Compact, whose every path shares sheets or has no per-shape cost, was
+    timed on new sizes."""
+    _openvino()
+    pytest.importorskip("spandrel")
+    from spandrel.architectures.Compact import Compact
+
+    import srtrt
+    from srtrt.engine.backends import create_backend
+
+    from conftest import save_community_models
+
+    weights = save_community_models(tmp_path, {"compact": lambda: Compact(num_feat=8, num_conv=2, upscale=4)})
+    selection = create_backend("auto", view=srtrt.load_model(weights["compact"]), shape_class="many-sizes")
+    selection.backend.close()
+    assert "window" in selection.reason and "size not seen before" not in selection.reason, selection.reason
+
+
 def test_a_sheet_the_backend_cannot_compile_leaves_its_images_to_run_one_by_one(tmp_path, capsys, own_srtrt_cache,
                                                                                monkeypatch):
     """Fault injection: the graph with masks failing to compile (as OpenVINO says it) costs the run

@@ -374,7 +374,8 @@ def _speed_timer(view, dev: torch.device, sha: str, shape_class: str, calibratio
     from srtrt.engine.backends.openvino_backend import masks_exact
 
     facts = view.facts
-    if shape_class == measured.MANY_SIZES and facts.sheet_gap and masks_exact("int8", facts.architecture):
+    int8_on_sheets = not calibration or masks_exact("int8", facts.architecture)  # no ranges: no int8 to time
+    if shape_class == measured.MANY_SIZES and facts.sheet_gap and int8_on_sheets:
         # its images share sheets of one static shape on OpenVINO (sheet_runs.py), which run as big windows
         # do per pixel, and run one by one on torch, which has no per-shape cost. Where int8's would run
         # one by one (masks_exact), each path is timed on new sizes
