@@ -251,6 +251,23 @@ def test_an_opset_the_converter_cannot_reach_is_one_line_and_no_file(tmp_path, c
     assert not out.exists()
 
 
+@pytest.mark.parametrize("option, said", [
+    (["--opset", "1000000000000"], "--opset 1000000000000: this onnx knows opsets 1 to"),
+    (["--shape", "100000000x100000000"], "--shape 100000000x100000000: over the 400,000,000 pixels"),
+    (["--shape", ""], "--shape is empty (an unset variable?)"),
+], ids=["huge-opset", "huge-shape", "empty-shape"])
+def test_an_opset_or_shape_out_of_range_is_refused_before_exporting(tmp_path, capsys, option, said):
+    """A huge --opset failed in the converter and a huge --shape in allocating its example input, each
+    with a traceback; an empty --shape (an unset variable) gave a dynamic graph, exit 0."""
+    from srtrt.cli import main
+
+    out = tmp_path / "m.onnx"
+    code = main(["export", "-o", str(out), "--model", "srresnet", *option])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"srtrt: {said}") and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
 def test_a_bad_metadata_value_names_the_file_it_came_from(exported, tmp_path):
     import onnx
 

@@ -200,6 +200,28 @@ def test_a_build_the_builder_refuses_names_the_model_not_its_temporary_export(ca
     assert "srtrt-build-" not in last and not list(cache.glob("*.plan"))
 
 
+@pytest.mark.parametrize("option", [["--max-batch", "3000000000"], ["--tile", "1000000000000"],
+                                    ["--margin", "1000000000000"]], ids=["max-batch", "tile", "margin"])
+def test_a_window_or_batch_beyond_32_bits_is_refused_in_one_line(cache, capsys, tiny_checkpoint, option):
+    """TensorRT's profile takes 32-bit sides: beyond them the builder raised a traceback ("Shape
+    provided for opt is inconsistent with other shapes"), exit 1."""
+    from srtrt import cli
+
+    rc = cli.main(["build", "--tensorrt", "rtx", "--model", str(tiny_checkpoint), *option])
+    err = capsys.readouterr().err
+    assert rc == 2 and "TensorRT takes sides and batches up to 2,147,483,647" in err and "Traceback" not in err, err
+    assert not list(cache.glob("*.plan"))
+
+
+def test_an_empty_output_is_refused_not_taken_for_none(cache, capsys, tiny_checkpoint):
+    """`srtrt build -o "$PLAN"` with PLAN unset built into the cache alone, said nothing, exit 0."""
+    from srtrt import cli
+
+    rc = cli.main(["build", "--tensorrt", "rtx", "--model", str(tiny_checkpoint), "-o", ""])
+    assert rc == 2 and "-o is empty (an unset variable?)" in capsys.readouterr().err
+    assert not list(cache.glob("*.plan"))
+
+
 def _last_line_exit_2(capsys, argv) -> str:
     """The one `srtrt:` line of a build that printed notes first (served from the cache, building ...)."""
     from srtrt import cli

@@ -219,6 +219,16 @@ def _bytes(tensor) -> int:
     return int(np.prod(tensor.dims, dtype=np.int64)) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
+def _check_opset(opset: int | None) -> None:
+    """--opset within what this onnx knows, before any export (a huge one failed in the converter with
+    a traceback)."""
+    from onnx.defs import onnx_opset_version
+
+    if opset is not None and not 1 <= opset <= onnx_opset_version():
+        raise SrtrtError(f"--opset {opset}: this onnx knows opsets 1 to {onnx_opset_version()}; choose one of "
+                         "them, or leave --opset out")
+
+
 def _checked_opset(model, opset: int | None):
     """The exporter falls back to its own opset when it cannot convert to the one asked: refuse
     rather than write a file of another opset."""
@@ -476,6 +486,7 @@ def main(args) -> int:
 
         raise SrtrtError(f"--precision int8: {no_calibration(args.model)}", args.model)
     community = isinstance(view, CommunityView)
+    _check_opset(args.opset)
     shape = _fixed_shape(view, getattr(args, "shape", None))
     polyphase = _community_export_checks(view, args, shape) if community else args.polyphase
     check_overwrite(args.output, getattr(args, "overwrite", False))  # after what the options themselves refuse
@@ -530,13 +541,21 @@ def export_community_view(view, path: Path, precision: str, polyphase: bool = Fa
 
 
 def _fixed_shape(view, text: str | None) -> tuple[int, int, int, int] | None:
-    """`--shape HxW` as the graph's (1, C, H, W), checked against the model's size requirements."""
-    if not text:
+    """`--shape HxW` as the graph's (1, C, H, W), checked against the model's size requirements and
+    the largest image srtrt reads (a larger example input could not even be allocated)."""
+    from srtrt.engine.datapath.imageio import DEFAULT_MAX_PIXELS
+
+    if text is None:
         return None
+    if not text:
+        raise SrtrtError("--shape is empty (an unset variable?): give HxW in LR pixels, or leave it out")
     try:
         height, width = (int(n) for n in text.lower().split("x"))
     except ValueError:
         raise SrtrtError(f"--shape must be HxW in LR pixels (e.g. 64x64), not {text!r}") from None
+    if height * width > DEFAULT_MAX_PIXELS:
+        raise SrtrtError(f"--shape {height}x{width}: over the {DEFAULT_MAX_PIXELS:,} pixels of the largest image "
+                         "srtrt reads by default")
     facts = view.facts
     step, smallest = max(facts.multiple_of, 1), max(facts.minimum, 1)
     if min(height, width) < smallest or height % step or width % step:

@@ -292,6 +292,17 @@ def _checked(name: str, value: int, lo: int, hi: int | None = None) -> int:
     return value
 
 
+def _check_dimensions(profile, scale: int) -> None:
+    """Every side of the input and output windows and the batch must be a 32-bit number, as
+    TensorRT's profile takes them: --tile, --margin or --max-batch beyond it failed in the builder
+    with a traceback ("Shape provided for opt is inconsistent")."""
+    batch, _, h, w = profile.max
+    largest = max(batch, h * scale, w * scale)
+    if largest > 2**31 - 1:
+        raise SrtrtError(f"--tile, --margin and --max-batch make a batch of {batch} window(s) of {h}x{w} (x{scale}: "
+                         f"{h * scale}x{w * scale}); TensorRT takes sides and batches up to {2**31 - 1:,}: lower them")
+
+
 def view_facts(view, model: str | None, precision: str, plugin: str) -> dict:
     """What a checkpoint's export will be, known before exporting (the cache key needs no ONNX)."""
     from srtrt.engine.toolchain.export import state_dict_sha256
@@ -627,6 +638,7 @@ def build(*, model: str | None = None, onnx_path: str | None = None, precision: 
         if fixed:  # the engine takes exactly that shape: the runtime's windows are all of it
             max_batch, window, min_side = fixed[0], fixed[1:], max(fixed[1:])
         profile = profile_for(window, max_batch, channels=facts["channels"], min_side=min_side)
+        _check_dimensions(profile, facts["scale"])
         _check_aot_index_range(facts, profile)
         key = EngineKey(model_sha256=facts["sha256"], precision=facts["precision"], profile=profile,
                         plugin=facts["plugin"], margin=margin, flavour=flavour.key, trt_version=version,
@@ -778,6 +790,8 @@ def main(args) -> int:
     """`srtrt build` (flags parsed in srtrt/cli.py)."""
     from srtrt.cache import outlives_this_process
 
+    if args.output == "":
+        raise SrtrtError("-o is empty (an unset variable?): name a .plan file, or leave -o out for the cache alone")
     plugin = getattr(args, "plugin", None) or ("none" if args.no_plugin else "aot")
     started = time.monotonic()
     path, key = build(model=args.model, onnx_path=args.onnx, precision=args.precision, tile=args.tile,
