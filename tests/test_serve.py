@@ -762,11 +762,14 @@ def test_settings_out_of_bounds_are_one_line(tmp_path, capsys):
                               ({"keep_bytes": -MiB}, "--keep-mb must be > 0, not -1"),
                               ({"queue_size": -1}, "--queue must be >= 1, not -1"),
                               ({"max_upload_bytes": 0}, "--max-upload-mb must be > 0, not 0"),
-                              ({"max_pixels": -1}, "--max-pixels must be >= 0, not -1")):
+                              ({"max_pixels": -1}, "--max-pixels must be >= 0, not -1"),
+                              # NaN passed (no result would ever expire), and a device no job can run on served
+                              ({"keep_seconds": float("nan")}, "--keep-minutes must be >= 1, not nan"),
+                              ({"device": "tpu"}, "--device tpu: not a device name")):
         with pytest.raises(SrtrtError, match=refusal):
             ServeConfig(**settings)
     for flags in (["--work-dir", str(tmp_path / "missing")], ["--keep-minutes", "0"], ["--keep-mb", "-1"],
-                  ["--queue", "-1"], ["--max-upload-mb", "0"]):
+                  ["--queue", "-1"], ["--max-upload-mb", "0"], ["--keep-minutes", "nan"], ["--device", "tpu"]):
         assert main(["serve", *flags]) == 2
         err = capsys.readouterr().err
         assert err.startswith("srtrt: ") and err.count("\n") == 1 and flags[0] in err, err

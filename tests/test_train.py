@@ -356,6 +356,8 @@ def _train_cli(capsys, data, out, *extra) -> tuple[int, str]:
     (["--channels", "0"], "channels >= 1"),
     (["--val-crop", "2"], "--val-crop must be at least 16"),
     (["--device", "cuda"], "no CUDA device"),
+    (["--seed", "-1"], "--seed must be in [0, 2**63), not -1"),  # both were tracebacks after the run folder was made
+    (["--seed", str(10**23)], "--seed must be in [0, 2**63)"),
 ])
 def test_a_bad_option_is_one_line_before_any_work(photos, tmp_path, capsys, monkeypatch, extra, cause):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

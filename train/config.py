@@ -57,6 +57,8 @@ class TrainConfig:
             (self.val_count >= 0, f"--val-count must be >= 0, not {self.val_count}"),
             (self.workers >= 0, f"--workers must be >= 0, not {self.workers}"),
             (self.minutes >= 0, f"--minutes must be >= 0, not {self.minutes}"),
+            # numpy's generators take no negative seed and torch's no seed past 64 bits
+            (0 <= self.seed < 2**63, f"--seed must be in [0, 2**63), not {self.seed}"),
             (self.scale >= 1 and self.patch % self.scale == 0,
              f"--patch {self.patch} must be a multiple of --scale {self.scale}"),
             # One LR pixel per patch side leaves nothing to crop or rotate.

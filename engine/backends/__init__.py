@@ -42,7 +42,8 @@ class Selection:
     facts: object = None  # the model's registry.ModelFacts (tile margin and how exact it is)
 
 
-def _device(device: str | None) -> torch.device:
+def torch_device(device: str | None) -> torch.device:
+    """The device `--device` names (None: the best there is); one line for a name srtrt cannot run on."""
     if device:
         try:
             d = torch.device(device)
@@ -482,7 +483,7 @@ def _fit_to_model(backend: Backend, view) -> Backend:
 
 
 def _create(name: str, precision: str, device: str | None, view, shape_class: str = "large") -> Selection:
-    dev = _device(device)
+    dev = torch_device(device)
     sha, asked = _model_sha256(view), precision
     if precision == "auto" and isinstance(view, CommunityView) and (dev.type == "cuda" or name == "torch"):
         precision, why_precision = _community_precision(view, name, dev)

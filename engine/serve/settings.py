@@ -44,10 +44,14 @@ class ServeConfig:
             raise SrtrtError(f"--max-upload-mb must be > 0, not {self.max_upload_bytes / MiB:g}")
         if self.max_pixels < 0:
             raise SrtrtError(f"--max-pixels must be >= 0, not {self.max_pixels}")
-        if self.keep_seconds < MIN_KEEP_SECONDS:
+        if not self.keep_seconds >= MIN_KEEP_SECONDS:  # NaN too: no result would ever expire
             raise SrtrtError(f"--keep-minutes must be >= {MIN_KEEP_SECONDS / 60:g}, not {self.keep_seconds / 60:g}")
         if self.keep_bytes < 1:  # 1 byte keeps the newest result only: the newest is always kept
             raise SrtrtError(f"--keep-mb must be > 0, not {self.keep_bytes / MiB:g}")
+        if self.device is not None:  # every job would fail on it: refused now, as `srtrt run` refuses it
+            from srtrt.engine.backends import torch_device
+
+            torch_device(self.device)
         if not 0 <= self.port <= 65535:  # the socket layer would take it modulo 65536 and listen elsewhere
             raise SrtrtError(f"--port must be 0-65535, not {self.port}")
 
