@@ -566,13 +566,17 @@ def test_a_stream_the_container_refuses_only_at_its_end_switches_to_mkv(tmp_path
 def _mp4_with_mov_text(tmp_path: Path) -> Path:
     """An MP4 with titled streams and MP4's own subtitles (mov_text, which Matroska cannot hold)."""
     make_clip(tmp_path / "plain.mp4", frames=6)
-    source = tmp_path / "titled.mp4"
-    with av.open(str(tmp_path / "plain.mp4")) as i, av.open(str(source), "w") as o:
+    return _with_mov_text(tmp_path / "plain.mp4", tmp_path / "titled.mp4", ("the picture", "the sound", "the words"))
+
+
+def _with_mov_text(plain: Path, source: Path, titles=(None, None, None)) -> Path:
+    """`plain`'s streams (video, audio) with a mov_text track after them, as an MP4 at `source`."""
+    with av.open(str(plain)) as i, av.open(str(source), "w") as o:
         mapping = {s.index: o.add_stream_from_template(s, opaque=True) for s in i.streams}
-        for s, title in zip(i.streams, ("the picture", "the sound")):
-            mapping[s.index].metadata["title"] = title
         text = o.add_mux_stream("mov_text")
-        text.metadata["title"] = "the words"
+        for stream, title in zip([*(mapping[s.index] for s in i.streams), text], titles):
+            if title:
+                stream.metadata["title"] = title
         for packet in i.demux():
             if packet.size:
                 packet.stream = mapping[packet.stream.index]
@@ -605,16 +609,7 @@ def test_small_frame_advice_names_the_container_the_advised_codec_is_written_as(
     """mov_text subtitles go only in MP4: libx265's refusal of small frames advised libx264 "written as
     .mkv" for `-o x.mkv`, and libx264 then wrote x.mp4."""
     make_clip(tmp_path / "thin.mp4", frames=3, size=(40, 6))
-    with av.open(str(tmp_path / "thin.mp4")) as i, av.open(str(tmp_path / "subtitled.mp4"), "w") as o:
-        mapping = {s.index: o.add_stream_from_template(s, opaque=True) for s in i.streams}
-        text = o.add_mux_stream("mov_text")
-        for packet in i.demux():
-            if packet.size:
-                packet.stream = mapping[packet.stream.index]
-                o.mux(packet)
-        packet = av.Packet(b"\x00\x06line 0")
-        packet.stream, packet.time_base, packet.pts, packet.dts, packet.duration = text, Fraction(1, 1000), 0, 0, 200
-        o.mux(packet)
+    _with_mov_text(tmp_path / "thin.mp4", tmp_path / "subtitled.mp4")
     for suffix in (".mkv", ".webm"):
         code, err = run(capsys, tmp_path / "subtitled.mp4", "-o", tmp_path / f"x{suffix}", "--model", model,
                         "--backend", "torch", "--codec", "libx265")
