@@ -1060,6 +1060,17 @@ def test_frames_beyond_max_pixels_and_unknown_codec_for_webm(tmp_path, capsys, m
     assert code == 0 and "written as clip_x4.mkv" in err and (tmp_path / "clip_x4.mkv").is_file()
 
 
+def test_video_options_given_for_images_alone_are_said_to_be_unused(tmp_path, capsys, model):
+    image, = write_images(tmp_path, 1, height=16, width=20)
+    code, err = run(capsys, image, "--model", model, "--backend", "torch", "--crf", "18", "--resume")
+    assert code == 0 and "--crf, --resume apply to videos only, and no input is a video: ignored" in err, err
+    assert (tmp_path / f"{image.stem}_x4.png").is_file()
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, frames=2, audio=None)
+    code, err = run(capsys, image, clip, "--model", model, "--backend", "torch", "--crf", "18", "-o", tmp_path / "out")
+    assert code == 0 and "videos only" not in err and (tmp_path / "out" / "clip_x4.mp4").is_file(), err
+
+
 # --------------------------------------------------------------------------- resume and signals
 
 def _wait_for(predicate, timeout: float) -> bool:

@@ -35,7 +35,7 @@ from srtrt.engine.batch.files import (
     shape_class,
     sweep_killed_runs,
 )
-from srtrt.engine.batch.options import RunOptions, open_backend, setup_lines
+from srtrt.engine.batch.options import RunOptions, open_backend, setup_lines, unused_video_flags
 from srtrt.engine.batch.sheet_runs import run_sheet, sheet_shape, sheets_line, units, with_next
 from srtrt.engine.batch.threads import torch_for_data_only
 from srtrt.errors import SrtrtError, shown
@@ -69,6 +69,8 @@ def main(args) -> int:
     backend = selection.backend
     if not args.quiet:
         print("\n".join(setup_lines(selection, options)), file=sys.stderr)
+        if unused := unused_video_flags(options, inputs):
+            print(f"srtrt: {unused}", file=sys.stderr)
     # its notes (an input run apart, an out-of-memory retry) are said unless -q, which leaves failures alone
     runner = FileRunner(backend, options, log=None if args.quiet else lambda m: print(m, file=sys.stderr))
     jobs = plan_jobs(inputs, args.output, backend.scale, options, many)

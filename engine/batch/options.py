@@ -171,6 +171,24 @@ def open_backend(options: RunOptions):
                           allow_noncommercial=options.allow_noncommercial, shape_class=options.shape_class)
 
 
+# the options a video alone reads, as `srtrt run` spells them
+VIDEO_FLAGS = {"codec": "--codec", "crf": "--crf", "preset": "--preset", "resume": "--resume",
+               "stop_at_bad_frame": "--stop-at-bad-frame", "deinterlace": "--deinterlace"}
+
+
+def unused_video_flags(options: RunOptions, inputs) -> str:
+    """A note when video options were given and no input is a video (they would go silently unused), or ""."""
+    from srtrt.engine.video import is_video
+
+    if any(is_video(path) for path in inputs):
+        return ""
+    defaults = {f.name: f.default for f in dataclasses.fields(RunOptions)}
+    given = [flag for name, flag in VIDEO_FLAGS.items() if getattr(options, name) != defaults[name]]
+    if not given:
+        return ""
+    return f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to videos only, and no input is a video: ignored"
+
+
 def setup_lines(selection, options: RunOptions) -> list[str]:
     """A run's first lines: the backend and why it was picked, and how exact its tiles are."""
     facts = selection.facts
