@@ -70,6 +70,31 @@ def busy_host():
             spinner.wait()
 
 
+@contextlib.contextmanager
+def reported_busy(monkeypatch, fraction: float = 0.6):
+    """This process's threads said to wait `fraction` of their time for a CPU while the block runs (as
+    with two busy programs beside it on 2 cores: test_cpu_wait_sees_other_programs_keep_the_cpu_busy)."""
+    from srtrt import hardware
+
+    with monkeypatch.context() as patch:
+        patch.setattr(hardware.CpuWait, "fraction", lambda self: fraction)
+        patch.setattr(measured, "BUSY_WAITED", BUSY_WAITED)
+        yield
+
+
+def test_cpu_wait_sees_other_programs_keep_the_cpu_busy():
+    from srtrt import hardware
+
+    if hardware._thread_schedstats() is None:
+        pytest.skip("the kernel does not say how long threads wait for a CPU (no schedstat)")
+    with busy_host():
+        wait, end = hardware.CpuWait(), time.perf_counter() + 0.5
+        while time.perf_counter() < end:
+            pass
+        waited = wait.fraction()
+    assert waited > 2 * BUSY_WAITED  # three programs a CPU: about two thirds
+
+
 @pytest.fixture(scope="module")
 def view():
     return random_view(blocks=1, channels=8, seed=3)
@@ -91,7 +116,7 @@ def test_window_is_the_core_plus_the_margin_rounded_to_what_the_model_takes():
     assert measured.window_shape(0, minimum=100) == (100, 100)
 
 
-def test_every_candidate_is_run_and_a_losing_one_stops_after_one_timed_call(view):
+def test_every_candidate_is_run_and_a_losing_one_stops_after_one_timed_call(view, monkeypatch):
     made = []
     seconds = measured.measure(PATHS, maker(view, made), WINDOW)
     assert sorted(seconds) == ["torch bf16", "torch fp32"] and all(v > 0 for v in seconds.values())
@@ -100,30 +125,40 @@ def test_every_candidate_is_run_and_a_losing_one_stops_after_one_timed_call(view
     measured.time_path(backend, WINDOW, best_so_far=1e-9)  # far behind the best: the warm-up call only
     assert backend.calls == 1
     backend.calls = 0
+    monkeypatch.setattr(measured, "MIN_SECONDS", float("inf"))  # a stall on a loaded host ends no loop early
     measured.time_path(backend, WINDOW)
-    assert 3 <= backend.calls <= measured.MAX_CALLS + 1  # warm-up, then calls until MIN_SECONDS or MAX_CALLS
+    assert backend.calls == measured.MAX_CALLS + 1  # warm-up, then calls until MIN_SECONDS or MAX_CALLS
 
 
-def test_a_slow_first_call_alone_does_not_cut_a_path_that_is_faster(view):
+class Clock:
+    """Time as measured.time_path reads it, moved on by the calls it times alone: a host's load moves
+    no figure (a real sleep that woke late crossed a cut)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_a_slow_first_call_alone_does_not_cut_a_path_that_is_faster(view, monkeypatch):
     """A first call costs up to ~3x a steady one (OpenVINO's first inference after a compile): a path
     whose warm-up is ~3x the leader's steady call but whose steady calls are faster is timed (the
     old 2.25x cut ended it there), and only a warm-up beyond WARM_UP_CUT ends a path at its first
     call, said so in the line."""
-    measured.time_path(TorchBackend(view, "cpu", "fp32"), WINDOW)  # this process's one-time costs out of the way
-    steady = measured.time_path(TorchBackend(view, "cpu", "fp32"), WINDOW)
-    leader = 10 * steady  # far from this path's own calls: a load spike on the host does not cross a cut
-    backend, first_sleep = Counted(TorchBackend(view, "cpu", "fp32")), []
+    clock, leader = Clock(), 0.01
+    monkeypatch.setattr(measured, "time", clock)
+    backend, costs = Counted(TorchBackend(view, "cpu", "fp32")), []
     infer = backend.backend.infer
 
-    def slow_first(x):
-        if backend.calls == 1:  # the warm-up
-            time.sleep(first_sleep[0])
+    def timed(x):  # the real call, taking the time `costs` says: the warm-up's, then a steady one's
+        clock.now += costs[0] if backend.calls == 1 else costs[1]
         return infer(x)
-    backend.backend.infer = slow_first
-    first_sleep[:] = [2.6 * leader]  # warm-up ~3.1x the leader
+    backend.backend.infer = timed
+    costs[:] = [3.1 * leader, 0.1 * leader]
     figure = measured.time_path(backend, WINDOW, best_so_far=leader)
-    assert backend.calls >= 2 and not isinstance(figure, measured.FirstCall) and figure < leader
-    backend.calls, first_sleep[:] = 0, [measured.WARM_UP_CUT * leader]
+    assert backend.calls >= 2 and not isinstance(figure, measured.FirstCall) and figure == pytest.approx(0.1 * leader)
+    backend.calls, costs[:] = 0, [1.01 * measured.WARM_UP_CUT * leader, 0.1 * leader]
     figure = measured.time_path(backend, WINDOW, best_so_far=leader)
     assert backend.calls == 1 and isinstance(figure, measured.FirstCall)
     line = measured.figures({"torch bf16": leader, "torch fp32": figure}, WINDOW, ("torch", "bf16"),
@@ -170,14 +205,19 @@ def test_a_candidate_timed_in_a_slow_moment_of_the_host_is_timed_again(view):
     assert builds == ["torch", "same"]  # no time left for a second look
 
 
-def test_a_leader_with_no_runner_up_close_is_not_timed_again(view):
-    builds = []
+def test_a_leader_with_no_runner_up_close_is_not_timed_again(view, monkeypatch):
+    builds, clock = [], Clock()
+    monkeypatch.setattr(measured, "time", clock)
 
     def make(name, precision):
-        backend = Counted(TorchBackend(view, "cpu", precision))
+        backend = TorchBackend(view, "cpu", precision)
         builds.append(name)
-        if name == "slow":  # each call three times as long: never within CONFIRM_WITHIN
-            slow_down(backend, 2.0)
+        infer = backend.infer
+
+        def timed(x):  # the real call, taking 1 ms, or three times as long: never within CONFIRM_WITHIN
+            clock.now += 0.003 if name == "slow" else 0.001
+            return infer(x)
+        backend.infer = timed
         return backend
 
     seconds = measured.measure([("torch", "fp32"), ("slow", "fp32")], make, (96, 96), budget=60)
@@ -245,9 +285,8 @@ def test_a_measurement_taken_while_other_programs_kept_the_cpu_busy_is_taken_aga
     window (124 and 228 ms idle) and kept bf16 for every later run. A measurement taken while this
     process's threads waited for a CPU is used, said, and taken again by the next run, each path
     keeping its best figure, until one is taken on an idle host or BUSY_LOOKS were taken."""
-    monkeypatch.setattr(measured, "BUSY_WAITED", BUSY_WAITED)
     sha, looks = "b" * 64, []
-    with busy_host():
+    with reported_busy(monkeypatch):
         for _ in range(measured.BUSY_LOOKS):
             looks.append(measured.cached_seconds(sha, PATHS, maker(view), WINDOW))
             assert looks[-1].took > 0, "a busy look is never the last while fewer than BUSY_LOOKS were taken"
@@ -264,14 +303,12 @@ def test_a_measurement_taken_while_other_programs_kept_the_cpu_busy_is_taken_aga
 
 
 def test_a_look_on_an_idle_host_after_a_busy_one_is_kept(view, monkeypatch):
-    monkeypatch.setattr(measured, "BUSY_WAITED", BUSY_WAITED)
     sha = "a" * 64
-    with busy_host():
+    with reported_busy(monkeypatch):
         busy = measured.cached_seconds(sha, PATHS, maker(view), WINDOW)
     assert busy.took > 0 and busy.busy.endswith("measured again next run")
-    # the next look taken as on an idle host whatever else this host runs meanwhile (a test suite beside it)
-    monkeypatch.setattr(measured, "BUSY_WAITED", float("inf"))
-    idle = measured.cached_seconds(sha, PATHS, maker(view), WINDOW)
+    with reported_busy(monkeypatch, 0.0):  # the next look on an idle host, whatever else this host runs meanwhile
+        idle = measured.cached_seconds(sha, PATHS, maker(view), WINDOW)
     assert idle.took > 0 and idle.busy == ""
     assert all(idle.seconds[name] <= busy.seconds[name] for name in idle.seconds)  # each path keeps its best look
     again = measured.cached_seconds(sha, PATHS, maker(view), WINDOW)
