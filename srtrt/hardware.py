@@ -38,6 +38,14 @@ def cpu_generation() -> str:
     return f"family {family} model {model}" if family and model else ""
 
 
+def cpu_digest() -> str:
+    """12 hex digits naming this CPU's arithmetic and speed (model, family/model, flags): what a cached
+    measurement made on it is keyed by."""
+    import hashlib
+
+    return hashlib.sha256(repr((cpu_model(), cpu_generation(), sorted(cpu_flags()))).encode()).hexdigest()[:12]
+
+
 def cpu_has_fast_bf16() -> bool:
     return any(f in cpu_flags() for f in FAST_BF16_FLAGS)
 

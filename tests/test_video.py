@@ -1324,6 +1324,43 @@ def _stopped_then_resumed(source: Path, destination: Path, model: Path, segments
     assert outcome.status == DONE, outcome.message
 
 
+def test_the_preset_follows_the_networks_pace():
+    """x264 medium behind a network that costs nothing was the whole run (0.50x real time at 1080p on
+    two cores): with no --preset, the slowest preset within the encoder's share of the network's time."""
+    from srtrt.engine.video import pace
+    from srtrt.engine.video.encoder import choose_settings
+
+    settings = choose_settings("libx264", None, None, "yuv420p", 8, 1920, 1080, Fraction(1, 24), Fraction(24),
+                               Colour(1, False, 1, 1), "clip.mp4")
+    assert settings.options["preset"] == "medium" and pace.paced("libx264", None) and not pace.paced("libx264", "slow")
+    preset, why = pace.choose(settings, 60.0, shares_cpu=True)  # a network slower than any encoder
+    assert preset == "medium" and "the slowest that keeps pace with the network (60000 ms a frame" in why, why
+    preset, why = pace.choose(settings, 0.0, shares_cpu=True)
+    assert preset == "ultrafast" and "the fastest, and still slower than the network" in why, why
+    medium = pace.encoder_seconds(settings, "medium")  # measured once, then cached
+    assert pace.encoder_seconds(settings, "medium") == medium > pace.encoder_seconds(settings, "ultrafast")
+    # on another device the encoder keeps up with the network; beside it on the CPU it takes a tenth of the run
+    assert pace.choose(settings, 1.05 * medium, shares_cpu=False)[0] == "medium"
+    assert pace.choose(settings, 1.05 * medium, shares_cpu=True)[0] != "medium"
+
+
+def test_a_paced_preset_is_said_and_kept_by_a_resumed_run(tmp_path, capsys, model):
+    source = _long_clip(tmp_path)
+    code, err = run(capsys, source, "-o", tmp_path / "paced.mp4", "--model", model, "--backend", "torch")
+    assert code == 0 and re.search(r"libx264 preset \w+, the (slowest|fastest)", err) and "--preset chooses one" in err
+    code, err = run(capsys, source, "-o", tmp_path / "asked.mp4", "--model", model, "--backend", "torch", "--preset", "fast")
+    assert code == 0 and "--preset chooses one" not in err, err
+    work = tmp_path / ".resumed.mp4.srtrt-video"
+    _stop_after_segments(source, tmp_path / "resumed.mp4", model, 1)
+    manifest = json.loads((work / "manifest.json").read_text())
+    chosen = manifest["paced_preset"]
+    assert chosen in ("medium", "faster", "veryfast", "superfast", "ultrafast")
+    other = "veryfast" if chosen != "veryfast" else "superfast"  # not what this machine's pace would choose again
+    (work / "manifest.json").write_text(json.dumps({**manifest, "paced_preset": other}))
+    code, err = run(capsys, source, "-o", tmp_path / "resumed.mp4", "--model", model, "--backend", "torch", "--resume")
+    assert code == 0 and f"libx264 preset {other}, as the resumed segments were encoded" in err, err
+
+
 def test_resume_starts_afresh_when_the_model_file_changed(tmp_path, capsys, model):
     """The same --model path holding other weights (a retrained or replaced file): the closed
     segments of the earlier model are not joined with the new model's."""

@@ -72,14 +72,10 @@ def measured_agreement(view, backend: str, precision: str, make, device: str = "
 
 
 def _cpu_tag(device: str) -> str:
-    """"-" and a digest of the CPU (model, family/model, flags) whose arithmetic a CPU path's output is; "" on a GPU."""
-    if device != "cpu":
-        return ""
-    import hashlib
+    """"-" and a digest of the CPU whose arithmetic a CPU path's output is; "" on a GPU."""
+    from srtrt.hardware import cpu_digest
 
-    from srtrt.hardware import cpu_flags, cpu_generation, cpu_model
-
-    return "-" + hashlib.sha256(repr((cpu_model(), cpu_generation(), sorted(cpu_flags()))).encode()).hexdigest()[:12]
+    return "" if device != "cpu" else "-" + cpu_digest()
 
 
 def _a_figure(entry: dict) -> bool:

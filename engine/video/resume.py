@@ -28,6 +28,7 @@ from pathlib import Path
 
 from srtrt.atomic import hidden_name, write_text
 from srtrt.checkpoint import file_sha256
+from srtrt.engine.video.pace import PACED_PRESETS
 from srtrt.errors import SrtrtError
 
 try:
@@ -83,6 +84,7 @@ class Work:
     lock: int | None = None    # the folder, open and held while this run writes it
     started_over: int = 0      # closed segments a --resume found but could not take (another source or settings)
     damaged: int = 0           # closed segments a --resume found changed since they were recorded, made again
+    paced_preset: str | None = None  # the preset the network's pace chose for the segments (pace.py)
 
     @property
     def next_index(self) -> int:
@@ -97,7 +99,7 @@ class Work:
         self.save()
 
     def save(self) -> None:
-        data = {"key": self.key, "segments": [vars(s) for s in self.segments]}
+        data = {"key": self.key, "segments": [vars(s) for s in self.segments], "paced_preset": self.paced_preset}
         write_text(self.folder / MANIFEST, json.dumps(data, indent=1))
 
     def remove(self) -> None:
@@ -126,7 +128,7 @@ def start(destination: Path, key: dict, resume: bool) -> Work:
         raise SrtrtError("another srtrt run is writing this output now", destination)
     try:
         if resume and (found := _closed_segments(folder, key)) is not None:
-            work = Work(folder, key, found[0], lock, damaged=found[1])
+            work = Work(folder, key, found[0], lock, damaged=found[1], paced_preset=found[2])
             if work.damaged:
                 work.save()  # listing only the segments taken
             return work
@@ -157,9 +159,10 @@ def _take(lock: int) -> bool:
     return True
 
 
-def _closed_segments(folder: Path, key: dict) -> tuple[list[Segment], int] | None:
+def _closed_segments(folder: Path, key: dict) -> tuple[list[Segment], int, str | None] | None:
     """(the segments an earlier run of the same key closed that are as it recorded them, how many it
-    listed after the first that is not), or None when there is nothing to resume."""
+    listed after the first that is not, the preset the network's pace chose for them), or None when
+    there is nothing to resume."""
     try:
         data = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError, RecursionError):
@@ -172,7 +175,10 @@ def _closed_segments(folder: Path, key: dict) -> tuple[list[Segment], int] | Non
         if segment is None or not _as_recorded(folder / segment.file, segment):
             break
         taken.append(segment)
-    return taken, len(data["segments"]) - len(taken)
+    preset = data.get("paced_preset")
+    if key.get("paced") and taken and not any(preset in presets for presets in PACED_PRESETS.values()):
+        return None  # closed segments whose preset is not recorded (a manifest edited by hand): started over
+    return taken, len(data["segments"]) - len(taken), preset
 
 
 def _recorded_segment(entry, first: int) -> Segment | None:

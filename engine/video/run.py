@@ -29,7 +29,7 @@ from srtrt.checkpoint import model_files
 from srtrt.engine.batch.files import INPUT_ITSELF, writes_over
 from srtrt.engine.datapath import imageio
 from srtrt.engine.datapath.runtime import Band, Planes
-from srtrt.engine.video import remux, resume
+from srtrt.engine.video import pace, remux, resume
 from srtrt.engine.video.deinterlace import check_size, what_happens
 from srtrt.engine.video.encoder import (
     SMALL_FRAME_CODECS,
@@ -196,7 +196,8 @@ def _upscale_video(runner, source: Path, destination: Path, on_frame, on_total, 
            "model_files": [resume.source_key(p) for p in model_files(options.model) if p.is_file()], "scale": s,
            "deinterlace": options.deinterlace,
            # the tiles too: under a margin below the receptive field (--margin) they are where the values change
-           "tiles": [upscaler.margin, *tiles.window_shape, len(tiles)]}
+           "tiles": [upscaler.margin, *tiles.window_shape, len(tiles)],
+           "paced": pace.paced(settings.codec, options.preset)}  # the preset is the network's pace's (pace.py)
     work = resume.start(destination, key, options.resume)
     resumed = work.next_index
     if work.started_over:
@@ -209,7 +210,11 @@ def _upscale_video(runner, source: Path, destination: Path, on_frame, on_total, 
     if on_total:
         on_total(info.frames or 0, work.next_index)
     try:
-        frames, bad, end, nudged = _encode_all(runner, source, info, settings, work, on_frame, stop_check)
+        computes = {k: key[k] for k in ("model", "model_files", "scale", "tiles")}  # what the network's pace depends on
+        pace_key = repr(computes | {"frame": [info.width, info.height, info.bits]})
+        frames, bad, end, nudged, paced_why = _encode_all(runner, source, info, settings, work, on_frame, stop_check,
+                                                          pace_key)
+        note = "; ".join(filter(None, [note, paced_why]))
         if not bad:
             bad = _truncated(info, frames, end)
             if bad and not options.stop_at_bad_frame:
@@ -263,17 +268,35 @@ def _truncated(info, frames: int, end: float | None) -> str:
     return ""
 
 
-def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> tuple[int, str, float | None, int]:
+def _paced(runner, info, settings, work, pace_key: str) -> tuple[EncoderSettings, str]:
+    """(settings, how their preset was chosen) where no preset was asked (pace.py): the closed segments'
+    preset for a resumed run, so the joined stream is one encoder's; else the network's pace's."""
+    if not pace.paced(settings.codec, runner.options.preset):
+        return settings, ""
+    if work.segments and work.paced_preset:
+        return (pace.with_preset(settings, work.paced_preset),
+                f"{settings.codec} preset {work.paced_preset}, as the resumed segments were encoded")
+    seconds = pace.network_seconds(lambda rgb: runner.stream_frames([rgb], lambda _: None, None, info.bits),
+                                   info.height, info.width, info.bits, pace_key)
+    preset, why = pace.choose(settings, seconds, str(runner.backend.device).startswith("cpu"))
+    work.paced_preset = preset
+    work.save()
+    return pace.with_preset(settings, preset), why
+
+
+def _encode_all(runner, source, info, settings, work, on_frame, stop_check,
+                pace_key: str) -> tuple[int, str, float | None, int, str]:
     """Decode, upscale and encode the frames from the first missing segment on.
 
     Returns (frames in the output, "" or why decoding stopped early with --stop-at-bad-frame,
     the end time of the last frame in seconds or None if no frame was left to do, the number
-    of timestamps moved to keep them increasing).
+    of timestamps moved to keep them increasing, how the preset was chosen where the network's pace chose it).
     """
     from srtrt.engine.video.encoder import SegmentEncoder
 
     done = work.next_index
     first_pts: dict[int, int] = {}  # first frame index of a segment in progress -> its pts
+    settings, paced_why = _paced(runner, info, settings, work, pace_key)
     encoder = SegmentEncoder(settings, work.segment_path,
                              lambda path, first, count, end: work.add(path, first, count, first_pts.pop(first), end), source)
     # resume: seek to the last closed segment's keyframe, decode on and skip the frames already done
@@ -333,7 +356,7 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> t
         raise
     finally:
         reader.close()
-    return count, bad, end, reader.nudged
+    return count, bad, end, reader.nudged, paced_why
 
 
 def group_size(upscaler, height: int, width: int) -> int:

@@ -1,0 +1,141 @@
+"""The encoder's preset where none is asked: the slowest that keeps pace with the network.
+
+x264 medium takes 80-110 ms of wall time a 1080p frame on two cores (README, "Video"). Behind a
+network that takes half a second a frame that is a fair price for its quality; behind one that
+takes 20 ms (a GPU, a small model) it is the whole run. So the preset follows the network, timed
+on the video's first frame: where the two share the CPU's cores the encoder may take at most
+ENCODER_SHARE of the run, and where the network runs on another device the encoder must keep up
+with it. Of the codec's PACED_PRESETS, slowest (best per byte) first, the first within that
+budget is used, else the fastest.
+
+Each preset's speed is measured once per CPU, codec, pixel format and library version, on frames
+of photo-like content panning, and cached; a resumed video keeps the preset its segments were
+encoded with (resume.Work.paced_preset).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import math
+import time
+from functools import lru_cache
+
+import av
+import numpy as np
+
+PACED_PRESETS = {"libx264": ("medium", "faster", "veryfast", "superfast", "ultrafast"),
+                 "libx265": ("fast", "faster", "veryfast", "superfast", "ultrafast")}
+ENCODER_SHARE = 0.10  # of a run whose network and encoder share the CPU
+SAMPLE_WIDTH, SAMPLE_HEIGHT, SAMPLE_FRAMES = 960, 544, 12  # x264 and x265 take time in proportion to pixels
+PAN_STEP = 3  # pixels a sample frame moves on from the one before
+_CACHE_SHA256 = hashlib.sha256(b"srtrt video encoder speeds").hexdigest()  # receptive_field.cached's file
+
+
+def paced(codec: str, asked_preset: str | None) -> bool:
+    """Whether the preset is chosen by the network's pace: none asked, and the codec has presets to choose among."""
+    return asked_preset is None and codec in PACED_PRESETS
+
+
+def with_preset(settings, preset: str):
+    """`settings` (encoder.EncoderSettings) with another preset."""
+    return dataclasses.replace(settings, options={**settings.options, "preset": preset})
+
+
+def encoder_seconds(settings, preset: str) -> float:
+    """Wall seconds this machine's encoder takes for one frame of `settings`' size at `preset`."""
+    from srtrt import receptive_field
+    from srtrt.hardware import cpu_digest, usable_cpus
+
+    kind = f"encoder-speed-v1-{settings.codec}-{preset}-{settings.pix_fmt}-av{av.__version__}-{usable_cpus()}-{cpu_digest()}"
+    entry = receptive_field.cached(kind, _CACHE_SHA256, lambda: {"seconds_per_megapixel": _timed(settings, preset)},
+                                   _a_figure)
+    return entry["seconds_per_megapixel"] * settings.width * settings.height / 1e6
+
+
+def network_seconds(run_frame, height: int, width: int, bits: int, identity: str) -> float:
+    """Wall seconds `run_frame(rgb)` takes for one `height` x `width` frame of photo-like content: the
+    second of two runs (the first compiles its window shapes). Once per `identity` (what computes: the
+    model's files, the path and its tiles, the frame's size) and CPU; cached."""
+    from srtrt import receptive_field
+    from srtrt.hardware import cpu_digest, usable_cpus
+
+    def measure() -> dict:
+        rgb = _picture(height, width, bits > 8)
+        run_frame(rgb)
+        start = time.perf_counter()
+        run_frame(rgb)
+        return {"seconds": time.perf_counter() - start}
+
+    sha256 = hashlib.sha256(identity.encode()).hexdigest()
+    entry = receptive_field.cached(f"network-pace-v1-{usable_cpus()}-{cpu_digest()}", sha256, measure, _seconds)
+    return entry["seconds"]
+
+
+def choose(settings, network_seconds: float, shares_cpu: bool) -> tuple[str, str]:
+    """(preset, why) for frames the network takes `network_seconds` each to compute."""
+    budget = network_seconds * (ENCODER_SHARE / (1 - ENCODER_SHARE) if shares_cpu else 1.0)
+    for preset in PACED_PRESETS[settings.codec]:
+        seconds = encoder_seconds(settings, preset)
+        if seconds <= budget:
+            which = "the slowest that keeps pace with the network"
+            break
+    else:
+        which = "the fastest, and still slower than the network"
+    given = f"{ENCODER_SHARE:.0%} of a run beside it" if shares_cpu else "as long as the network"
+    return preset, (f"{settings.codec} preset {preset}, {which} ({network_seconds * 1e3:.0f} ms a frame; the "
+                    f"encoder is given {given}, {budget * 1e3:.0f} ms, and takes {seconds * 1e3:.0f} ms here; "
+                    "--preset chooses one)")
+
+
+def _timed(settings, preset: str) -> float:
+    """Seconds per megapixel of one frame, encoding SAMPLE_FRAMES frames (colour conversion included, as the
+    encoder thread does it) and the encoder's flush."""
+    from srtrt.engine.video.encoder import add_video_stream, svt_errors_only
+    from srtrt.engine.video.planes import bit_depth, rgb_to_frame
+
+    sample = dataclasses.replace(with_preset(settings, preset), width=SAMPLE_WIDTH, height=SAMPLE_HEIGHT)
+    frames = _sample_frames(bit_depth(settings.pix_fmt) > 8)
+    with svt_errors_only(), av.open(io.BytesIO(), "w", format="mp4") as out:
+        stream = add_video_stream(out, sample)
+        start = time.perf_counter()
+        for i, rgb in enumerate(frames):
+            frame = rgb_to_frame(rgb, sample.pix_fmt, sample.colour)
+            frame.pts, frame.time_base = i, sample.time_base
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+        took = time.perf_counter() - start
+    return took / len(frames) / (SAMPLE_WIDTH * SAMPLE_HEIGHT / 1e6)
+
+
+@lru_cache(maxsize=2)
+def _sample_frames(deep: bool) -> tuple[np.ndarray, ...]:
+    """SAMPLE_FRAMES frames of one picture panning PAN_STEP pixels a frame."""
+    picture = _picture(SAMPLE_HEIGHT, SAMPLE_WIDTH + PAN_STEP * SAMPLE_FRAMES, deep, smooth=True)
+    return tuple(np.ascontiguousarray(picture[:, i * PAN_STEP:i * PAN_STEP + SAMPLE_WIDTH]) for i in range(SAMPLE_FRAMES))
+
+
+def _picture(height: int, width: int, deep: bool, smooth: bool = False) -> np.ndarray:
+    """Photo-like RGB content (zoo.reference_image), 8- or 16-bit; `smooth`: made at a quarter of the size
+    and enlarged, as an x4 upscale's output is smooth."""
+    import torch
+
+    from srtrt import zoo
+
+    shrink = 4 if smooth else 1
+    image = zoo.reference_image(-(-max(height, width) // shrink), 3)
+    if smooth:
+        image = torch.nn.functional.interpolate(image, scale_factor=shrink, mode="bicubic").clamp(0, 1)
+    top = 65535 if deep else 255
+    picture = (image[0, :, :height, :width].permute(1, 2, 0).numpy() * top).round()
+    return np.ascontiguousarray(picture.astype(np.uint16 if deep else np.uint8))
+
+
+def _a_figure(entry: dict) -> bool:
+    value = entry.get("seconds_per_megapixel")
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def _seconds(entry: dict) -> bool:
+    value = entry.get("seconds")
+    return isinstance(value, float) and math.isfinite(value) and value >= 0
