@@ -47,7 +47,8 @@ def _add_run(sub):
     video.add_argument("--codec", default=None, choices=CODECS,
                        help="video encoder (default: libx264 for 8-bit, libx265 for 10-bit, libvpx-vp9 for .webm)")
     video.add_argument("--crf", type=int, default=None, help="video quality, the codec's own scale (default: measured, README)")
-    video.add_argument("--preset", default=None, help="the encoder's speed preset (default for x264/x265: the slowest that keeps pace with the network, README)")
+    video.add_argument("--preset", default=None, help="the encoder's speed preset (default: measured, README; x264 and "
+                                                      "x265: the slowest that keeps pace with the network)")
     video.add_argument("--resume", action="store_true", help="continue videos whose earlier run died, from their closed segments")
     video.add_argument("--stop-at-bad-frame", action="store_true",
                        help="a video that fails to decode midway is written up to its last good frame (default: it fails)")

@@ -773,6 +773,10 @@ def test_settings_out_of_bounds_are_one_line(tmp_path, capsys):
         assert main(["serve", *flags]) == 2
         err = capsys.readouterr().err
         assert err.startswith("srtrt: ") and err.count("\n") == 1 and flags[0] in err, err
+    # a CPU-only head node in front of a Ray cluster's GPUs: the replicas hold the device
+    assert ServeConfig(device="cuda", ray="ray://gpu-cluster:10001").device == "cuda"
+    with pytest.raises(SrtrtError, match="--device tpu: not a device name"):
+        ServeConfig(device="tpu", ray="auto")
 
 
 def test_non_local_bind_needs_a_token(tmp_path, models_dir, capsys):

@@ -618,6 +618,11 @@ def test_small_frame_advice_names_the_container_the_advised_codec_is_written_as(
     code, err = run(capsys, tmp_path / "subtitled.mp4", "-o", tmp_path / "x.mkv", "--model", model, "--backend",
                     "torch", "--codec", "libx264")
     assert code == 0 and "written as x.mp4" in err and (tmp_path / "x.mp4").is_file(), err
+    # where that file is the input itself, the advice says to name another (as advised, the run refused it)
+    code, err = run(capsys, tmp_path / "subtitled.mp4", "-o", tmp_path / "subtitled.webm", "--model", model,
+                    "--backend", "torch", "--codec", "libx265")
+    assert code == 1 and ("use --codec libx264 and another -o (it is written as subtitled.mp4, the input itself: no "
+                          "codec keeps .webm with this file's streams)") in err, err
 
 
 def test_a_fallback_name_never_writes_over_an_input_or_another_output(tmp_path, capsys, model):

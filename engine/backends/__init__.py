@@ -42,8 +42,9 @@ class Selection:
     facts: object = None  # the model's registry.ModelFacts (tile margin and how exact it is)
 
 
-def torch_device(device: str | None) -> torch.device:
-    """The device `--device` names (None: the best there is); one line for a name srtrt cannot run on."""
+def torch_device(device: str | None, here: bool = True) -> torch.device:
+    """The device `--device` names (None: the best there is); one line for a name srtrt cannot run on.
+    `here`: the device must be this machine's (not a Ray cluster's, whose replicas may hold the GPUs)."""
     if device:
         try:
             d = torch.device(device)
@@ -51,7 +52,7 @@ def torch_device(device: str | None) -> torch.device:
             raise SrtrtError(f"--device {device}: not a device name (cpu, cuda or cuda:N)") from None
         if d.type not in ("cpu", "cuda"):
             raise SrtrtError(f"--device {device}: srtrt runs on cpu or cuda[:N]")
-        if d.type == "cuda" and not torch.cuda.is_available():
+        if d.type == "cuda" and here and not torch.cuda.is_available():
             raise SrtrtError(f"--device {device}: no CUDA device is available (torch {torch.__version__})")
         return d
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -51,7 +51,7 @@ class ServeConfig:
         if self.device is not None:  # every job would fail on it: refused now, as `srtrt run` refuses it
             from srtrt.engine.backends import torch_device
 
-            torch_device(self.device)
+            torch_device(self.device, here=self.ray is None)  # --ray: the cluster's replicas hold the device
         if not 0 <= self.port <= 65535:  # the socket layer would take it modulo 65536 and listen elsewhere
             raise SrtrtError(f"--port must be 0-65535, not {self.port}")
 

@@ -117,8 +117,10 @@ def _small_frame_advice(source: Path, destination: Path, settings_for) -> str:
         return f"use --codec {' or '.join(held)}"
     for codec, path in written.items():
         if path is not None:
-            return (f"use --codec {codec} (written as {path.suffix}: no codec keeps {destination.suffix} with this "
-                    "file's streams)")
+            kept_out = f"no codec keeps {destination.suffix} with this file's streams"
+            if writes_over(path, source):  # as advised, the run would refuse to write over its input
+                return f"use --codec {codec} and another -o (it is written as {path.name}, the input itself: {kept_out})"
+            return f"use --codec {codec} (written as {path.suffix}: {kept_out})"
     return f"no codec srtrt writes holds these frames with this file's streams in {destination.suffix}"
 
 
