@@ -285,9 +285,11 @@ def test_on_a_cluster_the_nodes_say_the_backend_and_tiles_lines_once(local_ray, 
     monkeypatch.setattr(ray_runner, "_actors_run_here", lambda address: False)
     assert main(["run", str(folder), "-o", str(tmp_path / "ray"), "--model", str(model), "--ray"]) == 0
     with_ray = capfd.readouterr().err.splitlines()
-    # a node times its own paths (its cores, its thread count): its backend line is its own, said once
+    # a node times its own paths (its cores, its thread count): its backend line is its own, said once. Each of
+    # the two actors may time them (its figures, or a busy host said, make its line its own)
     assert local[0].startswith("srtrt: backend ")
-    assert len([line for line in with_ray if line.startswith("srtrt: backend ")]) == 1
+    backend_lines = [line for line in with_ray if line.startswith("srtrt: backend ")]
+    assert 1 <= len(backend_lines) <= 2 and len(set(backend_lines)) == len(backend_lines), backend_lines
     assert with_ray.count(local[1]) == 1  # the tiles line
     assert main(["run", str(folder), "-o", str(tmp_path / "quiet"), "--model", str(model), "--ray", "-q"]) == 0
     assert capfd.readouterr().err == ""
