@@ -270,7 +270,7 @@ def _truncated(info, frames: int, end: float | None) -> str:
     return ""
 
 
-def _paced(runner, info, settings, work, pace_key: str) -> tuple[EncoderSettings, str]:
+def _paced(runner, info, settings, work, pace_key: str, stop_check) -> tuple[EncoderSettings, str]:
     """(settings, how their preset was chosen) where no preset was asked (pace.py): the closed segments'
     preset for a resumed run, so the joined stream is one encoder's; else the network's pace's."""
     if not pace.paced(settings.codec, runner.options.preset):
@@ -278,9 +278,11 @@ def _paced(runner, info, settings, work, pace_key: str) -> tuple[EncoderSettings
     if work.segments and work.paced_preset:
         return (pace.with_preset(settings, work.paced_preset),
                 f"{settings.codec} preset {work.paced_preset}, as the resumed segments were encoded")
-    seconds = pace.network_seconds(lambda rgb: runner.stream_frames([rgb], lambda _: None, None, info.bits),
+    on_tile = (lambda n: stop_check()) if stop_check else None
+    group = group_size(runner.upscaler_for(info.height, info.width, info.bits), info.height, info.width)
+    seconds = pace.network_seconds(lambda rgbs: runner.stream_frames(rgbs, lambda _: None, on_tile, info.bits), group,
                                    info.height, info.width, info.bits, pace_key)
-    preset, why = pace.choose(settings, seconds, str(runner.backend.device).startswith("cpu"))
+    preset, why = pace.choose(settings, seconds, str(runner.backend.device).startswith("cpu"), stop_check)
     work.paced_preset = preset
     work.save()
     return pace.with_preset(settings, preset), why
@@ -298,7 +300,7 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check,
 
     done = work.next_index
     first_pts: dict[int, int] = {}  # first frame index of a segment in progress -> its pts
-    settings, paced_why = _paced(runner, info, settings, work, pace_key)
+    settings, paced_why = _paced(runner, info, settings, work, pace_key, stop_check)
     encoder = SegmentEncoder(settings, work.segment_path,
                              lambda path, first, count, end: work.add(path, first, count, first_pts.pop(first), end), source)
     # resume: seek to the last closed segment's keyframe, decode on and skip the frames already done
