@@ -1349,6 +1349,31 @@ def test_the_preset_follows_the_networks_pace():
     assert pace.choose(settings, 1.05 * medium, shares_cpu=True)[0] != "medium"
 
 
+def test_a_stop_while_the_pace_is_measured_is_taken_there(tmp_path, model, monkeypatch):
+    """The network's two frames and every preset's encodes ran before a Ctrl-C was looked at (2 s here,
+    minutes for a heavy model on a big frame): the measurement asks the run's stop check as it goes."""
+    from srtrt.engine.batch.files import FileRunner
+    from srtrt.engine.batch.options import RunOptions, open_backend
+    from srtrt.engine.batch.signals import Stopped
+    from srtrt.engine.video import pace
+
+    source = tmp_path / "clip.mp4"
+    make_clip(source, frames=4, audio=None)
+    options = RunOptions(model=str(model), backend="torch")
+    runner = FileRunner(open_backend(options).backend, options)
+    monkeypatch.setenv("SRTRT_CACHE", str(tmp_path / "cache"))  # nothing of the pace measured yet
+    encoded, asked = [], []
+    real_timed = pace._timed
+    monkeypatch.setattr(pace, "_timed", lambda *args: encoded.append(args[1]) or real_timed(*args))
+
+    def stop():
+        asked.append(1)
+        raise Stopped(signal.SIGINT)
+    with pytest.raises(Stopped):
+        runner.run(source, tmp_path / "out.mp4", stop_check=stop)
+    assert asked == [1] and encoded == [] and not (tmp_path / "out.mp4").exists()
+
+
 def test_a_paced_preset_is_said_and_kept_by_a_resumed_run(tmp_path, capsys, model):
     source = _long_clip(tmp_path)
     code, err = run(capsys, source, "-o", tmp_path / "paced.mp4", "--model", model, "--backend", "torch")
