@@ -34,6 +34,7 @@ SAMPLE_WIDTH, SAMPLE_HEIGHT = 960, 544  # x264 and x265 take time in proportion 
 SAMPLE_FEW, SAMPLE_FRAMES = 16, 64
 NETWORK_LOOKS, NETWORK_SECONDS = 3, 1.0  # timed calls of the network at most, and the time that ends them sooner
 PAN_STEP = 3  # pixels a sample frame moves on from the one before
+PICTURE_SIDE = 1024  # the content is made (in float64) at most this size a side, and repeated beyond
 _CACHE_SHA256 = hashlib.sha256(b"srtrt video encoder speeds").hexdigest()  # receptive_field.cached's file
 
 
@@ -108,12 +109,12 @@ def _timed(settings, preset: str) -> float:
     """Seconds per megapixel of one frame in the encoder's steady state (colour conversion included, as the
     encoder thread does it): two whole encodes, of SAMPLE_FEW and SAMPLE_FRAMES frames, differ by the frames
     between alone. What both pay once (opening the encoder, filling its lookahead, its flush) cancels."""
+    from srtrt.engine.video.planes import bit_depth
+
     def encode(count: int) -> float:
         start = time.perf_counter()
         _encode(sample, frames[:count])
         return time.perf_counter() - start
-
-    from srtrt.engine.video.planes import bit_depth
 
     sample = dataclasses.replace(with_preset(settings, preset), width=SAMPLE_WIDTH, height=SAMPLE_HEIGHT)
     frames = _sample_frames(bit_depth(settings.pix_fmt) > 8)
@@ -150,12 +151,13 @@ def _picture(height: int, width: int, deep: bool, smooth: bool = False) -> np.nd
     from srtrt import zoo
 
     shrink = 4 if smooth else 1
-    image = zoo.reference_image(-(-max(height, width) // shrink), 3)
+    image = zoo.reference_image(min(-(-max(height, width) // shrink), PICTURE_SIDE), 3)
     if smooth:
         image = torch.nn.functional.interpolate(image, scale_factor=shrink, mode="bicubic").clamp(0, 1)
     top = 65535 if deep else 255
-    picture = (image[0, :, :height, :width].permute(1, 2, 0).numpy() * top).round()
-    return np.ascontiguousarray(picture.astype(np.uint16 if deep else np.uint8))
+    tile = (image[0].permute(1, 2, 0).numpy() * top).round().astype(np.uint16 if deep else np.uint8)
+    repeats = (-(-height // tile.shape[0]), -(-width // tile.shape[1]), 1)  # a big frame: the picture repeated
+    return np.ascontiguousarray(np.tile(tile, repeats)[:height, :width])
 
 
 def _a_figure(entry: dict) -> bool:
