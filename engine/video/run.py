@@ -212,11 +212,13 @@ def _upscale_video(runner, source: Path, destination: Path, on_frame, on_total, 
     if on_total:
         on_total(info.frames or 0, work.next_index)
     try:
-        computes = {k: key[k] for k in ("model", "model_files", "scale", "tiles")}  # what the network's pace depends on
-        pace_key = repr(computes | {"frame": [info.width, info.height, info.bits]})
-        frames, bad, end, nudged, paced_why = _encode_all(runner, source, info, settings, work, on_frame, stop_check,
-                                                          pace_key)
-        note = "; ".join(filter(None, [note, paced_why]))
+        if key["paced"]:
+            # what the network's pace depends on: what computes, and the frame
+            identity = {k: key[k] for k in ("model", "model_files", "scale", "tiles")} | {"frame": [info.width, info.height,
+                                                                                                   info.bits]}
+            settings, paced_why = _paced(runner, info, settings, work, repr(identity), stop_check)
+            note = "; ".join(filter(None, [note, paced_why]))
+        frames, bad, end, nudged = _encode_all(runner, source, info, settings, work, on_frame, stop_check)
         if not bad:
             bad = _truncated(info, frames, end)
             if bad and not options.stop_at_bad_frame:
@@ -273,8 +275,6 @@ def _truncated(info, frames: int, end: float | None) -> str:
 def _paced(runner, info, settings, work, pace_key: str, stop_check) -> tuple[EncoderSettings, str]:
     """(settings, how their preset was chosen) where no preset was asked (pace.py): the closed segments'
     preset for a resumed run, so the joined stream is one encoder's; else the network's pace's."""
-    if not pace.paced(settings.codec, runner.options.preset):
-        return settings, ""
     if work.segments and work.paced_preset:
         return (pace.with_preset(settings, work.paced_preset),
                 f"{settings.codec} preset {work.paced_preset}, as the resumed segments were encoded")
@@ -288,19 +288,17 @@ def _paced(runner, info, settings, work, pace_key: str, stop_check) -> tuple[Enc
     return pace.with_preset(settings, preset), why
 
 
-def _encode_all(runner, source, info, settings, work, on_frame, stop_check,
-                pace_key: str) -> tuple[int, str, float | None, int, str]:
+def _encode_all(runner, source, info, settings, work, on_frame, stop_check) -> tuple[int, str, float | None, int]:
     """Decode, upscale and encode the frames from the first missing segment on.
 
     Returns (frames in the output, "" or why decoding stopped early with --stop-at-bad-frame,
     the end time of the last frame in seconds or None if no frame was left to do, the number
-    of timestamps moved to keep them increasing, how the preset was chosen where the network's pace chose it).
+    of timestamps moved to keep them increasing).
     """
     from srtrt.engine.video.encoder import SegmentEncoder
 
     done = work.next_index
     first_pts: dict[int, int] = {}  # first frame index of a segment in progress -> its pts
-    settings, paced_why = _paced(runner, info, settings, work, pace_key, stop_check)
     encoder = SegmentEncoder(settings, work.segment_path,
                              lambda path, first, count, end: work.add(path, first, count, first_pts.pop(first), end), source)
     # resume: seek to the last closed segment's keyframe, decode on and skip the frames already done
@@ -360,7 +358,7 @@ def _encode_all(runner, source, info, settings, work, on_frame, stop_check,
         raise
     finally:
         reader.close()
-    return count, bad, end, reader.nudged, paced_why
+    return count, bad, end, reader.nudged
 
 
 def group_size(upscaler, height: int, width: int) -> int:
